@@ -1,1 +1,65 @@
-//! weft CLI (being built).
+//! The `weft` command-line tool.
+//!
+//! One module per subcommand under [`cmd`]; this file parses arguments, sets up
+//! logging and turns errors into a message and an exit code. Human output goes to
+//! stdout, progress and logs to stderr, machine output with `--json`.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a CLI's job is to print; output is centralised in cmd modules"
+)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod cmd;
+
+/// weft: a self-hosted zero-trust overlay network.
+///
+/// Every machine runs `weftd`; `weft` manages identities and talks to the local
+/// agent and the controller.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, propagate_version = true)]
+pub struct Cli {
+    /// Log filter for diagnostics on stderr (e.g. `info`, `debug`, `weft_identity=trace`).
+    #[arg(long, global = true, env = "WEFT_LOG", default_value = "warn")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create and inspect node identities (Ed25519 key + proof of work).
+    #[command(subcommand)]
+    Identity(cmd::identity::IdentityCmd),
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Identity(c) => cmd::identity::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

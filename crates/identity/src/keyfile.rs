@@ -32,8 +32,7 @@ pub const VERSION: u32 = 1;
 /// A key file is a few hundred bytes; anything larger is not one.
 const MAX_FILE_LEN: u64 = 4096;
 
-const HEADER: &str =
-    "# weft node identity. PRIVATE: keep it mode 0600 and on this machine only.\n";
+const HEADER: &str = "# weft node identity. PRIVATE: keep it mode 0600 and on this machine only.\n";
 
 /// Why a key file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +87,9 @@ pub enum KeyFileError {
         why: &'static str,
     },
     /// Written by a newer weft.
-    #[error("key file {path} has format version {version}; this weft reads version {VERSION}. Upgrade weft")]
+    #[error(
+        "key file {path} has format version {version}; this weft reads version {VERSION}. Upgrade weft"
+    )]
     UnsupportedVersion {
         /// The file.
         path: PathBuf,
@@ -96,7 +97,9 @@ pub enum KeyFileError {
         version: u32,
     },
     /// Refusing to replace an existing identity.
-    #[error("{path} already exists; refusing to overwrite an identity (remove it first, or pass --force)")]
+    #[error(
+        "{path} already exists; refusing to overwrite an identity (remove it first, or pass --force)"
+    )]
     Exists {
         /// The file.
         path: PathBuf,
@@ -347,7 +350,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         save(&p, &id(), false).unwrap();
-        assert!(matches!(save(&p, &id(), false), Err(KeyFileError::Exists { .. })));
+        assert!(matches!(
+            save(&p, &id(), false),
+            Err(KeyFileError::Exists { .. })
+        ));
         let c = id();
         save(&p, &c, true).unwrap();
         assert_eq!(load(&p).unwrap().node_key(), c.node_key());
@@ -361,7 +367,10 @@ mod tests {
         for mode in [0o644, 0o640, 0o604, 0o660] {
             fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
             let err = load(&p).unwrap_err();
-            assert!(matches!(err, KeyFileError::Permissions { .. }), "{mode:o}: {err}");
+            assert!(
+                matches!(err, KeyFileError::Permissions { .. }),
+                "{mode:o}: {err}"
+            );
             let msg = err.to_string();
             assert!(msg.contains("chmod 600") && msg.contains(&p.display().to_string()));
         }
@@ -394,7 +403,9 @@ mod tests {
                 continue;
             }
             bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
-            let Ok(s) = String::from_utf8(bytes) else { continue };
+            let Ok(s) = String::from_utf8(bytes) else {
+                continue;
+            };
             match decode(&s, Path::new("k")) {
                 Ok(b) => panic!("flip at {i} accepted: {:?}", b.node_key()),
                 Err(e) => assert!(!e.to_string().contains(&seed_b64)),
@@ -415,11 +426,21 @@ mod tests {
     fn garbage_and_oversize_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
-        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&p).unwrap();
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .unwrap();
         f.write_all(&vec![0xff; 10_000]).unwrap();
         assert!(matches!(load(&p), Err(KeyFileError::NotAKeyFile { .. })));
         fs::write(&p, [0xff, 0xfe, 0x00]).unwrap();
         assert!(matches!(load(&p), Err(KeyFileError::Corrupt { .. })));
-        assert!(matches!(load(dir.path()), Err(KeyFileError::NotAKeyFile { .. } | KeyFileError::Permissions { .. } | KeyFileError::Io { .. })));
+        assert!(matches!(
+            load(dir.path()),
+            Err(KeyFileError::NotAKeyFile { .. }
+                | KeyFileError::Permissions { .. }
+                | KeyFileError::Io { .. })
+        ));
     }
 }

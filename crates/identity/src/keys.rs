@@ -19,7 +19,8 @@ use crate::pow::{self, Difficulty, MintError, ProofOfWork, SearchOptions};
 /// `crypto_sign_ed25519_sk_to_curve25519`. Anyone holding a node's identity key
 /// can therefore compute its WireGuard public key without extra signatures, and
 /// the node cannot present a WireGuard key that is not bound to its identity.
-pub const X25519_DERIVATION: &str = "derived: X25519 = Montgomery form of the Ed25519 key (libsodium ed25519_sk_to_curve25519)";
+pub const X25519_DERIVATION: &str =
+    "derived: X25519 = Montgomery form of the Ed25519 key (libsodium ed25519_sk_to_curve25519)";
 
 /// A node's private identity: Ed25519 signing key plus its proof of work.
 ///
@@ -134,6 +135,18 @@ pub fn x25519_public_of(key: &NodeKey) -> Result<[u8; 32], SignatureError> {
     Ok(vk.to_montgomery().to_bytes())
 }
 
+/// A short, human-comparable fingerprint of a node key: the first 8 bytes of
+/// `SHA-256(key)` as colon-separated hex pairs of bytes (`1a2b:3c4d:5e6f:7081`).
+pub fn fingerprint(key: &NodeKey) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(key.as_bytes());
+    d[..8]
+        .chunks(2)
+        .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 fn signed_bytes(context: &str, message: &[u8]) -> Vec<u8> {
     // Length-prefix the context so no (context, message) pair aliases another.
     let mut v = Vec::with_capacity(8 + context.len() + message.len());
@@ -165,7 +178,10 @@ mod tests {
         let id = quick();
         let key = id.node_key();
         let sig = id.sign("weft/test/v1", b"hello");
-        assert_eq!(verify_signature(&key, "weft/test/v1", b"hello", &sig), Ok(()));
+        assert_eq!(
+            verify_signature(&key, "weft/test/v1", b"hello", &sig),
+            Ok(())
+        );
         assert_eq!(
             verify_signature(&key, "weft/other/v1", b"hello", &sig),
             Err(SignatureError::Mismatch)
@@ -186,7 +202,10 @@ mod tests {
         let id = quick();
         let from_secret = MontgomeryPoint::mul_base_clamped(*id.x25519_secret());
         assert_eq!(from_secret.to_bytes(), id.x25519_public());
-        assert_eq!(x25519_public_of(&id.node_key()).unwrap(), id.x25519_public());
+        assert_eq!(
+            x25519_public_of(&id.node_key()).unwrap(),
+            id.x25519_public()
+        );
     }
 
     #[test]
@@ -198,6 +217,15 @@ mod tests {
         let b64 = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, *seed);
         assert!(!dbg.contains(&hex) && !dbg.contains(&b64));
         assert!(dbg.contains(&id.node_key().to_string()));
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_short() {
+        let k = NodeKey::from_bytes([0; 32]);
+        let f = fingerprint(&k);
+        assert_eq!(f.len(), 19);
+        assert_eq!(f, fingerprint(&k));
+        assert_ne!(f, fingerprint(&NodeKey::from_bytes([1; 32])));
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub mod pow;
 
 mod keys;
 
-pub use keys::{Identity, SignatureError, X25519_DERIVATION, verify_signature, x25519_public_of};
+pub use keys::{
+    Identity, SignatureError, X25519_DERIVATION, fingerprint, verify_signature, x25519_public_of,
+};
 pub use pow::{Difficulty, DifficultyError, MintError, PowError, ProofOfWork, SearchOptions};
 pub use weft_proto::NodeKey;

@@ -268,17 +268,29 @@ mod tests {
     fn search_meets_difficulty_and_verify_boundaries() {
         let key = NodeKey::from_bytes([3; 32]);
         let d = Difficulty::new(12).unwrap();
-        let pow = search(&key, d, &SearchOptions::default(), &AtomicBool::new(false), |_| {})
-            .unwrap();
+        let pow = search(
+            &key,
+            d,
+            &SearchOptions::default(),
+            &AtomicBool::new(false),
+            |_| {},
+        )
+        .unwrap();
         let achieved = pow.achieved(&key);
         assert!(achieved >= 12);
         // Exactly at the achieved level passes; one bit above fails.
-        assert_eq!(pow.verify(&key, Difficulty::new(achieved).unwrap()), Ok(achieved));
+        assert_eq!(
+            pow.verify(&key, Difficulty::new(achieved).unwrap()),
+            Ok(achieved)
+        );
         if achieved < 40 {
             let above = Difficulty::new(achieved + 1).unwrap();
             assert_eq!(
                 pow.verify(&key, above),
-                Err(PowError::TooWeak { achieved, required: achieved + 1 })
+                Err(PowError::TooWeak {
+                    achieved,
+                    required: achieved + 1
+                })
             );
         }
     }
@@ -287,13 +299,21 @@ mod tests {
     fn proof_is_bound_to_its_key() {
         let key = NodeKey::from_bytes([9; 32]);
         let d = Difficulty::new(16).unwrap();
-        let pow = search(&key, d, &SearchOptions::default(), &AtomicBool::new(false), |_| {})
-            .unwrap();
+        let pow = search(
+            &key,
+            d,
+            &SearchOptions::default(),
+            &AtomicBool::new(false),
+            |_| {},
+        )
+        .unwrap();
         let mut other = *key.as_bytes();
         other[31] ^= 1;
         // A different key with the same nonce reaches 16 bits with probability 2^-16.
         assert!(pow.verify(&NodeKey::from_bytes(other), d).is_err());
-        let tampered = ProofOfWork { nonce: pow.nonce ^ 1 };
+        let tampered = ProofOfWork {
+            nonce: pow.nonce ^ 1,
+        };
         assert!(tampered.verify(&key, d).is_err());
     }
 
@@ -302,15 +322,21 @@ mod tests {
         let key = NodeKey::from_bytes([1; 32]);
         let cancel = AtomicBool::new(false);
         let mut calls = 0;
-        let res = search(&key, Difficulty::MAX, &SearchOptions {
-            report_every: Duration::from_millis(20),
-            ..SearchOptions::default()
-        }, &cancel, |_| {
-            calls += 1;
-            if calls == 3 {
-                cancel.store(true, Ordering::Relaxed);
-            }
-        });
+        let res = search(
+            &key,
+            Difficulty::MAX,
+            &SearchOptions {
+                report_every: Duration::from_millis(20),
+                ..SearchOptions::default()
+            },
+            &cancel,
+            |_| {
+                calls += 1;
+                if calls == 3 {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            },
+        );
         assert!(matches!(res, Err(MintError::Cancelled { .. })));
     }
 
