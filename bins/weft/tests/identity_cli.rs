@@ -1,5 +1,7 @@
 //! `weft identity` end to end: the real binary, real files.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Output};
 
@@ -20,7 +22,15 @@ fn new_show_verify_and_permission_refusal() {
     let key = dir.path().join("node.key");
     let k = key.to_str().unwrap();
 
-    let out = weft(&["identity", "new", "--difficulty", "12", "--out", k, "--json"]);
+    let out = weft(&[
+        "identity",
+        "new",
+        "--difficulty",
+        "12",
+        "--out",
+        k,
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let node_key = json["node_key"].as_str().unwrap().to_owned();
@@ -45,7 +55,11 @@ fn new_show_verify_and_permission_refusal() {
     // A proof minted at 12 is rejected where far more is required.
     let out = weft(&["identity", "verify", k, "--difficulty", "40"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("too weak"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("too weak"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = weft(&["identity", "verify", k, "--difficulty", "12"]);
     assert!(out.status.success());
 
@@ -67,13 +81,21 @@ fn corrupt_and_truncated_files_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("node.key");
     let k = key.to_str().unwrap();
-    assert!(weft(&["identity", "new", "-d", "4", "--out", k]).status.success());
+    assert!(
+        weft(&["identity", "new", "-d", "4", "--out", k])
+            .status
+            .success()
+    );
     let full = std::fs::read(&key).unwrap();
 
     std::fs::write(&key, &full[..full.len() / 2]).unwrap();
     let out = weft(&["identity", "show", k]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("truncated"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("truncated"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let mut bad = full.clone();
     let i = bad.len() - 30;
@@ -81,12 +103,23 @@ fn corrupt_and_truncated_files_are_refused_clearly() {
     std::fs::write(&key, &bad).unwrap();
     let out = weft(&["identity", "show", k]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("corrupt"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("corrupt"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn bad_arguments_are_explained() {
-    let out = weft(&["identity", "new", "--difficulty", "99", "--out", "/tmp/never"]);
+    let out = weft(&[
+        "identity",
+        "new",
+        "--difficulty",
+        "99",
+        "--out",
+        "/tmp/never",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("accepted is 0 to 40"));
     let out = weft(&["identity", "new", "--out", "/nonexistent-dir/k"]);

@@ -1,0 +1,284 @@
+//! A checked, read-only view of the IP header fields the data plane needs, and the
+//! ICMP "destination unreachable" replies it generates.
+//!
+//! Every accessor is bounds-checked at construction ([`IpView::parse`]); nothing here
+//! panics on any input (there is a property test for that).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// IP protocol numbers the data plane cares about.
+pub mod proto {
+    /// ICMP for IPv4.
+    pub const ICMP: u8 = 1;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// ICMP for IPv6.
+    pub const ICMPV6: u8 = 58;
+}
+
+/// Validated header fields of an IPv4 or IPv6 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpView {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Transport protocol (IPv6: the first next-header; extension headers are not
+    /// walked).
+    pub protocol: u8,
+    /// Header length in bytes (IPv4 IHL·4, IPv6 40).
+    pub header_len: usize,
+    /// Total length the header claims (never more than the buffer).
+    pub total_len: usize,
+}
+
+/// Why bytes are not an IP packet we accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IpError {
+    /// Shorter than the minimal header, or than the length the header claims.
+    #[error("truncated IP packet")]
+    Truncated,
+    /// Version nibble is neither 4 nor 6.
+    #[error("not an IPv4 or IPv6 packet")]
+    Version,
+    /// IPv4 IHL below 5.
+    #[error("malformed IPv4 header")]
+    Header,
+}
+
+impl IpView {
+    /// Parses the header; the packet may carry trailing bytes beyond `total_len`.
+    pub fn parse(pkt: &[u8]) -> Result<Self, IpError> {
+        let first = *pkt.first().ok_or(IpError::Truncated)?;
+        match first >> 4 {
+            4 => {
+                if pkt.len() < 20 {
+                    return Err(IpError::Truncated);
+                }
+                let header_len = usize::from(first & 0x0f) * 4;
+                if header_len < 20 {
+                    return Err(IpError::Header);
+                }
+                let total_len = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+                if total_len < header_len || total_len > pkt.len() {
+                    return Err(IpError::Truncated);
+                }
+                Ok(Self {
+                    src: IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15])),
+                    dst: IpAddr::V4(Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19])),
+                    protocol: pkt[9],
+                    header_len,
+                    total_len,
+                })
+            }
+            6 => {
+                if pkt.len() < 40 {
+                    return Err(IpError::Truncated);
+                }
+                let total_len = 40 + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+                if total_len > pkt.len() {
+                    return Err(IpError::Truncated);
+                }
+                let mut src = [0u8; 16];
+                let mut dst = [0u8; 16];
+                src.copy_from_slice(&pkt[8..24]);
+                dst.copy_from_slice(&pkt[24..40]);
+                Ok(Self {
+                    src: IpAddr::V6(Ipv6Addr::from(src)),
+                    dst: IpAddr::V6(Ipv6Addr::from(dst)),
+                    protocol: pkt[6],
+                    header_len: 40,
+                    total_len,
+                })
+            }
+            _ => Err(IpError::Version),
+        }
+    }
+
+    /// Source and destination ports for TCP/UDP (None for other protocols or a
+    /// packet too short to carry them).
+    pub fn ports(&self, pkt: &[u8]) -> Option<(u16, u16)> {
+        if self.protocol != proto::TCP && self.protocol != proto::UDP {
+            return None;
+        }
+        let t = pkt.get(self.header_len..self.header_len + 4)?;
+        Some((
+            u16::from_be_bytes([t[0], t[1]]),
+            u16::from_be_bytes([t[2], t[3]]),
+        ))
+    }
+}
+
+/// Builds an ICMP "destination unreachable" for `original` into `out`, sent from
+/// `from` (this node's overlay address) back to the original sender. Returns the
+/// length written, or None when no reply is due (ICMP errors are never answered
+/// with ICMP errors, and the address families must match).
+pub fn icmp_unreachable(
+    original: &[u8],
+    view: &IpView,
+    from: IpAddr,
+    out: &mut [u8],
+) -> Option<usize> {
+    match (view.src, from) {
+        (IpAddr::V4(to), IpAddr::V4(from)) => {
+            if view.protocol == proto::ICMP {
+                // Only echo requests (type 8) get an error back, never errors.
+                let icmp_type = *original.get(view.header_len)?;
+                if icmp_type != 8 {
+                    return None;
+                }
+            }
+            // RFC 792: the original IP header plus the first 8 bytes of its payload.
+            let quoted = original.len().min(view.header_len + 8);
+            let len = 20 + 8 + quoted;
+            let out = out.get_mut(..len)?;
+            out.fill(0);
+            out[0] = 0x45;
+            out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            out[8] = 64; // TTL
+            out[9] = proto::ICMP;
+            out[12..16].copy_from_slice(&from.octets());
+            out[16..20].copy_from_slice(&to.octets());
+            let c = checksum(&[&out[..20]]);
+            out[10..12].copy_from_slice(&c.to_be_bytes());
+            out[20] = 3; // destination unreachable
+            out[21] = 1; // host unreachable
+            out[28..].copy_from_slice(&original[..quoted]);
+            let c = checksum(&[&out[20..]]);
+            out[22..24].copy_from_slice(&c.to_be_bytes());
+            Some(len)
+        }
+        (IpAddr::V6(to), IpAddr::V6(from)) => {
+            if view.protocol == proto::ICMPV6 {
+                // Only informational messages (type >= 128) get an error back.
+                let icmp_type = *original.get(view.header_len)?;
+                if icmp_type < 128 {
+                    return None;
+                }
+            }
+            // RFC 4443: as much of the original as fits in the minimum MTU.
+            let quoted = original.len().min(1280 - 48);
+            let payload_len = 8 + quoted;
+            let len = 40 + payload_len;
+            let out = out.get_mut(..len)?;
+            out.fill(0);
+            out[0] = 0x60;
+            out[4..6].copy_from_slice(&(payload_len as u16).to_be_bytes());
+            out[6] = proto::ICMPV6;
+            out[7] = 64; // hop limit
+            out[8..24].copy_from_slice(&from.octets());
+            out[24..40].copy_from_slice(&to.octets());
+            out[40] = 1; // destination unreachable
+            out[41] = 3; // address unreachable
+            out[48..].copy_from_slice(&original[..quoted]);
+            let mut pseudo = [0u8; 40];
+            pseudo[..16].copy_from_slice(&from.octets());
+            pseudo[16..32].copy_from_slice(&to.octets());
+            pseudo[32..36].copy_from_slice(&(payload_len as u32).to_be_bytes());
+            pseudo[39] = proto::ICMPV6;
+            let c = checksum(&[&pseudo, &out[40..]]);
+            out[42..44].copy_from_slice(&c.to_be_bytes());
+            Some(len)
+        }
+        _ => None,
+    }
+}
+
+/// The Internet checksum (RFC 1071) over the concatenation of `parts`.
+pub fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut odd: Option<u8> = None;
+    for part in parts {
+        for &b in *part {
+            match odd.take() {
+                Some(hi) => sum += u32::from(u16::from_be_bytes([hi, b])),
+                None => odd = Some(b),
+            }
+        }
+    }
+    if let Some(hi) = odd {
+        sum += u32::from(u16::from_be_bytes([hi, 0]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A minimal IPv4 packet with a UDP-ish payload.
+    pub(crate) fn ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, payload: &[u8]) -> Vec<u8> {
+        let len = 20 + payload.len();
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = protocol;
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        let c = checksum(&[&p[..20]]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p[20..].copy_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn parses_ipv4_and_ports() {
+        let p = ipv4(
+            [100, 64, 0, 2],
+            [100, 64, 0, 3],
+            proto::UDP,
+            &[0x12, 0x34, 0x00, 0x35, 0, 0, 0, 0],
+        );
+        let v = IpView::parse(&p).unwrap();
+        assert_eq!(v.src, IpAddr::from([100, 64, 0, 2]));
+        assert_eq!(v.dst, IpAddr::from([100, 64, 0, 3]));
+        assert_eq!(v.ports(&p), Some((0x1234, 53)));
+        assert_eq!(IpView::parse(&p[..19]), Err(IpError::Truncated));
+    }
+
+    #[test]
+    fn icmp_unreachable_v4_is_well_formed() {
+        let p = ipv4(
+            [100, 64, 0, 2],
+            [100, 64, 9, 9],
+            proto::UDP,
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9],
+        );
+        let v = IpView::parse(&p).unwrap();
+        let mut out = [0u8; 128];
+        let n = icmp_unreachable(&p, &v, IpAddr::from([100, 64, 0, 2]), &mut out).unwrap();
+        let r = IpView::parse(&out[..n]).unwrap();
+        assert_eq!(r.protocol, proto::ICMP);
+        assert_eq!(r.dst, v.src);
+        assert_eq!(checksum(&[&out[..20]]), 0, "IP header checksum");
+        assert_eq!(checksum(&[&out[20..n]]), 0, "ICMP checksum");
+        assert_eq!((out[20], out[21]), (3, 1));
+        // No error about an error.
+        let err = &out[..n];
+        let ev = IpView::parse(err).unwrap();
+        assert_eq!(
+            icmp_unreachable(err, &ev, IpAddr::from([1, 1, 1, 1]), &mut [0u8; 128]),
+            None
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_and_reply_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+            if let Ok(v) = IpView::parse(&bytes) {
+                prop_assert!(v.total_len <= bytes.len());
+                let _ = v.ports(&bytes);
+                let mut out = [0u8; 1500];
+                let _ = icmp_unreachable(&bytes, &v, IpAddr::from([10, 0, 0, 1]), &mut out);
+                let _ = icmp_unreachable(&bytes, &v, IpAddr::from([0u16; 8]), &mut out);
+            }
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! weft's sans-IO data-plane core.
+//!
+//! One [`Node`] per overlay network holds the peers, their WireGuard sessions
+//! (boringtun's noise layer), the cryptokey routing table (overlay address → peer)
+//! and the drop counters. It performs no I/O: the agent's shell moves bytes between
+//! the TUN device, the UDP socket and this state machine.
+//!
+//! # Drive contract
+//!
+//! 1. Inputs: [`Node::apply_config`] (from the network map), [`Node::handle_tun_packet`]
+//!    (a packet read from the TUN), [`Node::handle_datagram`] (a datagram from the UDP
+//!    socket), [`Node::handle_timeout`] (when [`Node::poll_timeout`]'s deadline passes).
+//!    Every input carries `now`.
+//! 2. Hot-path inputs write into a caller-owned buffer and return what to do with it
+//!    ([`TunOutcome`], [`NetOutcome`]), so a shell can reuse one buffer per packet
+//!    (or a pool per batch) and never allocate per data packet.
+//! 3. After every input, drain [`Node::poll_transmit`] (handshakes, keepalives,
+//!    packets released by a handshake) and [`Node::poll_event`] until `None`, then
+//!    re-read [`Node::poll_timeout`].
+//!
+//! Every packet is checked: outbound, the destination must be a peer's address
+//! (else an ICMP unreachable goes back to the sender); inbound, only datagrams that
+//! a peer's session authenticates, whose inner source is one of that peer's
+//! addresses (anti-spoofing) and whose destination is this node reach the TUN.
+//! Everything else is dropped and counted by [`DropReason`].
+//!
+//! Time: weft's own timers use the `now` passed in. boringtun's WireGuard timers
+//! (rekey, handshake retry, keepalive) read the monotonic clock internally; the
+//! node calls them from `handle_timeout`, so they advance only when driven.
+
+mod counters;
+pub mod ip;
+mod node;
+
+pub use counters::{DropCounters, DropReason};
+pub use node::{
+    Event, MIN_OUT_BUF, NetOutcome, Node, NodeConfig, PeerConfig, PeerStatus, Transmit, TunOutcome,
+    WG_OVERHEAD,
+};

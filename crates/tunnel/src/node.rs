@@ -1,0 +1,641 @@
+//! The data-plane state machine: one per overlay network.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use weft_proto::NodeKey;
+
+use crate::counters::{DropCounters, DropReason};
+use crate::ip::{self, IpView};
+
+/// WireGuard's recommended timer granularity.
+const TIMER_TICK: Duration = Duration::from_millis(250);
+/// Keepalive interval that keeps NAT mappings open (WireGuard's customary 25 s).
+const PERSISTENT_KEEPALIVE_SECS: u16 = 25;
+/// Handshakes admitted per second before cookies are demanded (boringtun's default).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// WireGuard adds 32 bytes to each packet; handshakes are up to 148 bytes.
+pub const WG_OVERHEAD: usize = 32;
+/// The smallest output buffer the node accepts.
+pub const MIN_OUT_BUF: usize = 148;
+
+/// What the node should look like: built by the agent from the network map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's overlay addresses in this network.
+    pub local_addresses: Vec<IpAddr>,
+    /// The peers this node may talk to.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One peer as the controller describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Identity key (its X25519 key is derived from it).
+    pub key: NodeKey,
+    /// Display name.
+    pub name: String,
+    /// Overlay addresses; packets from this peer must come from one of these.
+    pub addresses: Vec<IpAddr>,
+    /// Underlay candidates (`ip:port`) to try.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// A datagram to send on the UDP socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub dst: SocketAddr,
+    /// Bytes (WireGuard message).
+    pub payload: Vec<u8>,
+}
+
+/// Something the shell may want to log or show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A WireGuard session with this peer is established (first or after expiry).
+    PeerUp {
+        /// The peer.
+        key: NodeKey,
+        /// Where its packets come from.
+        endpoint: SocketAddr,
+    },
+    /// The peer's session expired (no handshake for 3 minutes).
+    PeerDown {
+        /// The peer.
+        key: NodeKey,
+    },
+    /// Authenticated packets from this peer now come from a new address (roaming).
+    EndpointChanged {
+        /// The peer.
+        key: NodeKey,
+        /// The new endpoint.
+        endpoint: SocketAddr,
+    },
+    /// A peer in the configuration was ignored (bad key, duplicate address, ourselves).
+    PeerRejected {
+        /// The peer.
+        key: NodeKey,
+        /// Why.
+        why: &'static str,
+    },
+}
+
+/// Result of a packet read from the TUN.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TunOutcome<'a> {
+    /// Send this datagram.
+    Send {
+        /// Destination.
+        dst: SocketAddr,
+        /// The encrypted datagram (in the caller's buffer).
+        datagram: &'a [u8],
+    },
+    /// The packet waits for a handshake; handshake messages are in `poll_transmit`.
+    Queued,
+    /// Write this packet back to the TUN (an ICMP error for the sender).
+    Reply(&'a [u8]),
+    /// Dropped and counted.
+    Dropped(DropReason),
+}
+
+/// Result of a datagram received on the UDP socket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NetOutcome<'a> {
+    /// Write this decrypted packet to the TUN.
+    WriteTun(&'a [u8]),
+    /// Nothing for the TUN (handshake, keepalive); check `poll_transmit`.
+    Handled,
+    /// Dropped and counted.
+    Dropped(DropReason),
+}
+
+/// Status of one peer, for `weft status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    /// Identity key.
+    pub key: NodeKey,
+    /// Display name.
+    pub name: String,
+    /// Overlay addresses.
+    pub addresses: Vec<IpAddr>,
+    /// The endpoint authenticated packets last came from.
+    pub endpoint: Option<SocketAddr>,
+    /// Time since the current session's handshake.
+    pub since_handshake: Option<Duration>,
+    /// Plaintext bytes sent.
+    pub tx_bytes: u64,
+    /// Plaintext bytes received.
+    pub rx_bytes: u64,
+    /// Packets dropped that were attributed to this peer.
+    pub drops: DropCounters,
+}
+
+struct Peer {
+    name: String,
+    tunn: Tunn,
+    index: u32,
+    x25519: [u8; 32],
+    addresses: BTreeSet<IpAddr>,
+    candidates: Vec<SocketAddr>,
+    endpoint: Option<SocketAddr>,
+    up: bool,
+    drops: DropCounters,
+}
+
+/// The sans-IO data plane of one overlay network. See the crate docs for the drive
+/// contract.
+pub struct Node {
+    key: NodeKey,
+    secret: StaticSecret,
+    public: PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+    peers: BTreeMap<NodeKey, Peer>,
+    by_index: BTreeMap<u32, NodeKey>,
+    by_ip: BTreeMap<IpAddr, NodeKey>,
+    by_x25519: BTreeMap<[u8; 32], NodeKey>,
+    local: BTreeSet<IpAddr>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    drops: DropCounters,
+    rng: u64,
+    next_tick: Instant,
+    next_rate_reset: Instant,
+    scratch: Vec<u8>,
+}
+
+impl Node {
+    /// Creates a node for identity `key` with its X25519 secret (see
+    /// `weft_identity::Identity::x25519_secret`). `seed` drives session-index
+    /// allocation so simulations replay exactly.
+    pub fn new(key: NodeKey, x25519_secret: [u8; 32], seed: [u8; 32], now: Instant) -> Self {
+        let secret = StaticSecret::from(x25519_secret);
+        let public = PublicKey::from(&secret);
+        let mut rng = 0u64;
+        for chunk in seed.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            rng ^= u64::from_le_bytes(b);
+        }
+        Self {
+            key,
+            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            secret,
+            public,
+            peers: BTreeMap::new(),
+            by_index: BTreeMap::new(),
+            by_ip: BTreeMap::new(),
+            by_x25519: BTreeMap::new(),
+            local: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            drops: DropCounters::default(),
+            rng,
+            next_tick: now,
+            next_rate_reset: now,
+            scratch: vec![0u8; 65_536 + WG_OVERHEAD],
+        }
+    }
+
+    /// This node's identity.
+    pub fn key(&self) -> NodeKey {
+        self.key
+    }
+
+    /// Makes the peer set and addresses match `cfg`. Peers no longer listed are
+    /// forgotten at once (their sessions end; their packets are dropped as
+    /// `unknown_session`); existing sessions of kept peers survive.
+    pub fn apply_config(&mut self, _now: Instant, cfg: &NodeConfig) {
+        self.local = cfg.local_addresses.iter().copied().collect();
+        let wanted: BTreeMap<NodeKey, &PeerConfig> = cfg
+            .peers
+            .iter()
+            .filter(|p| p.key != self.key)
+            .map(|p| (p.key, p))
+            .collect();
+
+        let gone: Vec<NodeKey> = self
+            .peers
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(peer) = self.peers.remove(&key) {
+                self.by_index.remove(&peer.index);
+                self.by_x25519.remove(&peer.x25519);
+            }
+        }
+
+        for (key, pc) in &wanted {
+            if !self.peers.contains_key(key) {
+                let Ok(x) = weft_identity::x25519_public_of(key) else {
+                    self.events.push_back(Event::PeerRejected {
+                        key: *key,
+                        why: "not a valid Ed25519 key",
+                    });
+                    continue;
+                };
+                let index = self.fresh_index();
+                let tunn = Tunn::new(
+                    self.secret.clone(),
+                    PublicKey::from(x),
+                    None,
+                    Some(PERSISTENT_KEEPALIVE_SECS),
+                    index,
+                    Some(self.rate_limiter.clone()),
+                );
+                self.by_index.insert(index, *key);
+                self.by_x25519.insert(x, *key);
+                self.peers.insert(
+                    *key,
+                    Peer {
+                        name: String::new(),
+                        tunn,
+                        index,
+                        x25519: x,
+                        addresses: BTreeSet::new(),
+                        candidates: Vec::new(),
+                        endpoint: None,
+                        up: false,
+                        drops: DropCounters::default(),
+                    },
+                );
+            }
+            if let Some(peer) = self.peers.get_mut(key) {
+                peer.name.clone_from(&pc.name);
+                peer.addresses = pc.addresses.iter().copied().collect();
+                peer.candidates.clone_from(&pc.endpoints);
+            }
+        }
+
+        // Cryptokey routing table: each overlay address belongs to exactly one peer.
+        // On a conflict the smaller key keeps it and the other peer is told off.
+        self.by_ip.clear();
+        let mut conflicts = Vec::new();
+        for (key, peer) in &self.peers {
+            for addr in &peer.addresses {
+                if self.local.contains(addr) {
+                    conflicts.push((*key, "claims one of this node's addresses"));
+                } else if self.by_ip.contains_key(addr) {
+                    conflicts.push((*key, "claims an address another peer has"));
+                } else {
+                    self.by_ip.insert(*addr, *key);
+                }
+            }
+        }
+        for (key, why) in conflicts {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                let keep: BTreeSet<IpAddr> = peer
+                    .addresses
+                    .iter()
+                    .copied()
+                    .filter(|a| self.by_ip.get(a) == Some(&key))
+                    .collect();
+                peer.addresses = keep;
+            }
+            self.events.push_back(Event::PeerRejected { key, why });
+        }
+    }
+
+    /// Handles a packet read from the TUN: route it to a peer by destination
+    /// address and encrypt it into `out` (at least `packet.len() + 32` and
+    /// [`MIN_OUT_BUF`] bytes).
+    pub fn handle_tun_packet<'a>(
+        &mut self,
+        _now: Instant,
+        packet: &[u8],
+        out: &'a mut [u8],
+    ) -> TunOutcome<'a> {
+        let Ok(view) = IpView::parse(packet) else {
+            return self.drop_tun(DropReason::MalformedIp);
+        };
+        let packet = &packet[..view.total_len];
+        let Some(key) = self.by_ip.get(&view.dst).copied() else {
+            self.drops.add(DropReason::NoRoute);
+            let from = self
+                .local
+                .iter()
+                .find(|a| a.is_ipv4() == view.src.is_ipv4())
+                .copied();
+            if let Some(from) = from
+                && let Some(n) = ip::icmp_unreachable(packet, &view, from, out)
+            {
+                return TunOutcome::Reply(&out[..n]);
+            }
+            return TunOutcome::Dropped(DropReason::NoRoute);
+        };
+        if out.len() < packet.len() + WG_OVERHEAD || out.len() < MIN_OUT_BUF {
+            return self.drop_tun(DropReason::BufferTooSmall);
+        }
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return self.drop_tun(DropReason::NoRoute);
+        };
+        match peer.tunn.encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(buf) => {
+                if is_data(buf)
+                    && let Some(dst) = peer.endpoint
+                {
+                    let n = buf.len();
+                    return TunOutcome::Send {
+                        dst,
+                        datagram: &out[..n],
+                    };
+                }
+                // A handshake initiation (the packet is queued behind it).
+                fan_out(&mut self.transmits, peer, buf);
+                TunOutcome::Queued
+            }
+            TunnResult::Done => TunOutcome::Queued,
+            TunnResult::Err(_) => {
+                peer.drops.add(DropReason::SessionError);
+                self.drop_tun(DropReason::SessionError)
+            }
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                self.drop_tun(DropReason::SessionError)
+            }
+        }
+    }
+
+    /// Handles a datagram from the UDP socket. Only packets authenticated by a
+    /// peer's WireGuard session, whose inner source address belongs to that peer
+    /// and whose destination is this node, come out as [`NetOutcome::WriteTun`].
+    pub fn handle_datagram<'a>(
+        &mut self,
+        _now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &'a mut [u8],
+    ) -> NetOutcome<'a> {
+        if out.len() < datagram.len() || out.len() < MIN_OUT_BUF {
+            return self.drop_net(None, DropReason::BufferTooSmall);
+        }
+        let key = match Tunn::parse_incoming_packet(datagram) {
+            Err(_) => return self.drop_net(None, DropReason::NotWireGuard),
+            Ok(Packet::HandshakeInit(init)) => {
+                // Check MAC1 and load before the expensive Diffie-Hellman.
+                match self
+                    .rate_limiter
+                    .verify_packet(Some(from.ip()), datagram, out)
+                {
+                    Ok(_) => {}
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        self.transmits.push_back(Transmit {
+                            dst: from,
+                            payload: cookie.to_vec(),
+                        });
+                        return self.drop_net(None, DropReason::UnderLoad);
+                    }
+                    Err(_) => return self.drop_net(None, DropReason::BadAuth),
+                }
+                match parse_handshake_anon(&self.secret, &self.public, &init) {
+                    Ok(half) => match self.by_x25519.get(&half.peer_static_public) {
+                        Some(k) => *k,
+                        None => return self.drop_net(None, DropReason::UnknownPeer),
+                    },
+                    Err(_) => return self.drop_net(None, DropReason::BadAuth),
+                }
+            }
+            Ok(Packet::HandshakeResponse(p)) => match self.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(k) => *k,
+                None => return self.drop_net(None, DropReason::UnknownSession),
+            },
+            Ok(Packet::PacketCookieReply(p)) => match self.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(k) => *k,
+                None => return self.drop_net(None, DropReason::UnknownSession),
+            },
+            Ok(Packet::PacketData(p)) => match self.by_index.get(&(p.receiver_idx >> 8)) {
+                Some(k) => *k,
+                None => return self.drop_net(None, DropReason::UnknownSession),
+            },
+        };
+        let data = is_data(datagram);
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return self.drop_net(None, DropReason::UnknownPeer);
+        };
+        let res = peer.tunn.decapsulate(Some(from.ip()), datagram, out);
+        match res {
+            TunnResult::WriteToNetwork(buf) => {
+                // Handshake response, or keepalive after one: reply where it came from.
+                self.transmits.push_back(Transmit {
+                    dst: from,
+                    payload: buf.to_vec(),
+                });
+                confirm_endpoint(&mut self.events, key, peer, from);
+                // Flush packets that queued while the handshake was under way.
+                while let TunnResult::WriteToNetwork(b) =
+                    peer.tunn.decapsulate(None, &[], &mut self.scratch)
+                {
+                    self.transmits.push_back(Transmit {
+                        dst: from,
+                        payload: b.to_vec(),
+                    });
+                }
+                NetOutcome::Handled
+            }
+            TunnResult::Done => {
+                if data {
+                    // An authenticated keepalive.
+                    confirm_endpoint(&mut self.events, key, peer, from);
+                }
+                NetOutcome::Handled
+            }
+            TunnResult::Err(e) => {
+                let reason = match e {
+                    WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => {
+                        DropReason::Replay
+                    }
+                    WireGuardError::NoCurrentSession | WireGuardError::WrongIndex => {
+                        DropReason::UnknownSession
+                    }
+                    WireGuardError::UnderLoad => DropReason::UnderLoad,
+                    WireGuardError::InvalidPacket | WireGuardError::IncorrectPacketLength => {
+                        DropReason::NotWireGuard
+                    }
+                    WireGuardError::ConnectionExpired => DropReason::SessionError,
+                    _ => DropReason::BadAuth,
+                };
+                self.drop_net(Some(key), reason)
+            }
+            TunnResult::WriteToTunnelV4(pkt, src) => {
+                let n = pkt.len();
+                self.deliver(key, from, IpAddr::V4(src), n, out)
+            }
+            TunnResult::WriteToTunnelV6(pkt, src) => {
+                let n = pkt.len();
+                self.deliver(key, from, IpAddr::V6(src), n, out)
+            }
+        }
+    }
+
+    /// Runs WireGuard's timers (handshake retries, rekeys, keepalives) when due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_rate_reset {
+            self.rate_limiter.reset_count();
+            self.next_rate_reset = now + Duration::from_secs(1);
+        }
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TIMER_TICK;
+        for (key, peer) in &mut self.peers {
+            match peer.tunn.update_timers(&mut self.scratch) {
+                TunnResult::WriteToNetwork(buf) => {
+                    if is_data(buf) {
+                        if let Some(dst) = peer.endpoint {
+                            self.transmits.push_back(Transmit {
+                                dst,
+                                payload: buf.to_vec(),
+                            });
+                        }
+                    } else {
+                        fan_out(&mut self.transmits, peer, buf);
+                    }
+                }
+                TunnResult::Err(WireGuardError::ConnectionExpired) if peer.up => {
+                    peer.up = false;
+                    self.events.push_back(Event::PeerDown { key: *key });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// When [`Node::handle_timeout`] wants to run next, and why.
+    pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
+        Some((self.next_tick.min(self.next_rate_reset), "wireguard timers"))
+    }
+
+    /// The next control datagram to send (handshakes, cookies, keepalives, and
+    /// packets released by a completed handshake).
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Drop counters for packets not attributable to a peer plus all peers'.
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// Status of every peer, ordered by key.
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        self.peers
+            .iter()
+            .map(|(key, p)| {
+                let (since, tx, rx, _, _) = p.tunn.stats();
+                PeerStatus {
+                    key: *key,
+                    name: p.name.clone(),
+                    addresses: p.addresses.iter().copied().collect(),
+                    endpoint: p.endpoint,
+                    since_handshake: since,
+                    tx_bytes: tx as u64,
+                    rx_bytes: rx as u64,
+                    drops: p.drops.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn deliver<'a>(
+        &mut self,
+        key: NodeKey,
+        from: SocketAddr,
+        src: IpAddr,
+        n: usize,
+        out: &'a mut [u8],
+    ) -> NetOutcome<'a> {
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return self.drop_net(None, DropReason::UnknownPeer);
+        };
+        confirm_endpoint(&mut self.events, key, peer, from);
+        if !peer.addresses.contains(&src) {
+            return self.drop_net(Some(key), DropReason::SpoofedSource);
+        }
+        let Ok(view) = IpView::parse(&out[..n]) else {
+            return self.drop_net(Some(key), DropReason::MalformedIp);
+        };
+        if !self.local.contains(&view.dst) {
+            return self.drop_net(Some(key), DropReason::NotForUs);
+        }
+        NetOutcome::WriteTun(&out[..n])
+    }
+
+    fn drop_tun<'a>(&mut self, r: DropReason) -> TunOutcome<'a> {
+        self.drops.add(r);
+        TunOutcome::Dropped(r)
+    }
+
+    fn drop_net<'a>(&mut self, key: Option<NodeKey>, r: DropReason) -> NetOutcome<'a> {
+        self.drops.add(r);
+        if let Some(peer) = key.and_then(|k| self.peers.get_mut(&k)) {
+            peer.drops.add(r);
+        }
+        tracing::trace!(reason = %r, "dropped datagram");
+        NetOutcome::Dropped(r)
+    }
+
+    /// A fresh 24-bit session index (boringtun shifts it left by 8).
+    fn fresh_index(&mut self) -> u32 {
+        loop {
+            // SplitMix64.
+            self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.rng;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let idx = (z as u32) & 0x00ff_ffff;
+            if !self.by_index.contains_key(&idx) {
+                return idx;
+            }
+        }
+    }
+}
+
+/// WireGuard message type 4 is transport data (including keepalives).
+fn is_data(msg: &[u8]) -> bool {
+    msg.first() == Some(&4)
+}
+
+/// Sends a handshake message to the confirmed endpoint and every candidate: the
+/// first path that answers becomes the endpoint.
+fn fan_out(transmits: &mut VecDeque<Transmit>, peer: &Peer, msg: &[u8]) {
+    let mut sent = BTreeSet::new();
+    for dst in peer.endpoint.iter().chain(peer.candidates.iter()) {
+        if sent.insert(*dst) {
+            transmits.push_back(Transmit {
+                dst: *dst,
+                payload: msg.to_vec(),
+            });
+        }
+    }
+}
+
+fn confirm_endpoint(events: &mut VecDeque<Event>, key: NodeKey, peer: &mut Peer, from: SocketAddr) {
+    if !peer.up {
+        peer.up = true;
+        peer.endpoint = Some(from);
+        events.push_back(Event::PeerUp {
+            key,
+            endpoint: from,
+        });
+    } else if peer.endpoint != Some(from) {
+        peer.endpoint = Some(from);
+        events.push_back(Event::EndpointChanged {
+            key,
+            endpoint: from,
+        });
+    }
+}

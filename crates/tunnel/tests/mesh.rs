@@ -1,0 +1,504 @@
+//! Several `Node`s against each other over an in-memory network with loss and
+//! reordering. Real WireGuard handshakes and encryption; no sockets, no TUN.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "boringtun's timers read the real clock, so the harness does too"
+)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use weft_identity::{Difficulty, Identity, SearchOptions};
+use weft_tunnel::{DropReason, Event, NetOutcome, Node, NodeConfig, PeerConfig, TunOutcome};
+
+struct Host {
+    node: Node,
+    underlay: SocketAddr,
+    overlay: IpAddr,
+    tun_rx: Vec<Vec<u8>>,
+    events: Vec<Event>,
+}
+
+struct Datagram {
+    from: SocketAddr,
+    to: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+/// A tiny seeded network: drops and reorders datagrams on demand.
+struct Net {
+    hosts: Vec<Host>,
+    wire: Vec<Datagram>,
+    rng: u64,
+    loss_pct: u64,
+    reorder: bool,
+    /// Every datagram that crossed the wire, for replay tests.
+    captured: Vec<Datagram>,
+}
+
+fn ipv4(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        panic!("v4 only")
+    };
+    let len = 20 + payload.len();
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&s.octets());
+    p[16..20].copy_from_slice(&d.octets());
+    let c = weft_tunnel::ip::checksum(&[&p[..20]]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20..].copy_from_slice(payload);
+    p
+}
+
+impl Net {
+    fn new(n: usize) -> Self {
+        let ids: Vec<Identity> = (0..n)
+            .map(|_| {
+                Identity::mint(
+                    &mut rand_core::OsRng,
+                    Difficulty::new(0).unwrap(),
+                    &SearchOptions::default(),
+                    &AtomicBool::new(false),
+                    |_| {},
+                )
+                .unwrap()
+            })
+            .collect();
+        let now = Instant::now();
+        let hosts: Vec<Host> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Host {
+                node: Node::new(id.node_key(), *id.x25519_secret(), [i as u8; 32], now),
+                underlay: SocketAddr::from(([192, 0, 2, 10 + i as u8], 51820)),
+                overlay: IpAddr::from([100, 64, 0, 10 + i as u8]),
+                tun_rx: Vec::new(),
+                events: Vec::new(),
+            })
+            .collect();
+        let mut net = Net {
+            hosts,
+            wire: Vec::new(),
+            rng: 42,
+            loss_pct: 0,
+            reorder: false,
+            captured: Vec::new(),
+        };
+        net.configure_all();
+        net
+    }
+
+    fn configure_all(&mut self) {
+        let peers: Vec<PeerConfig> = self
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| PeerConfig {
+                key: h.node.key(),
+                name: format!("n{i}"),
+                addresses: vec![h.overlay],
+                endpoints: vec![h.underlay],
+            })
+            .collect();
+        for h in &mut self.hosts {
+            let cfg = NodeConfig {
+                local_addresses: vec![h.overlay],
+                peers: peers.clone(),
+            };
+            h.node.apply_config(Instant::now(), &cfg);
+        }
+    }
+
+    fn rand(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn idx(&self, addr: SocketAddr) -> Option<usize> {
+        self.hosts.iter().position(|h| h.underlay == addr)
+    }
+
+    /// Host `i` writes `pkt` into its TUN.
+    fn send_from_tun(&mut self, i: usize, pkt: &[u8]) -> Option<DropReason> {
+        let mut out = vec![0u8; 2048];
+        let from = self.hosts[i].underlay;
+        let res = self.hosts[i]
+            .node
+            .handle_tun_packet(Instant::now(), pkt, &mut out);
+        let dropped = match res {
+            TunOutcome::Send { dst, datagram } => {
+                self.wire.push(Datagram {
+                    from,
+                    to: dst,
+                    bytes: datagram.to_vec(),
+                });
+                None
+            }
+            TunOutcome::Reply(r) => {
+                self.hosts[i].tun_rx.push(r.to_vec());
+                None
+            }
+            TunOutcome::Queued => None,
+            TunOutcome::Dropped(r) => Some(r),
+        };
+        self.drain(i);
+        dropped
+    }
+
+    fn drain(&mut self, i: usize) {
+        let from = self.hosts[i].underlay;
+        while let Some(t) = self.hosts[i].node.poll_transmit() {
+            self.wire.push(Datagram {
+                from,
+                to: t.dst,
+                bytes: t.payload,
+            });
+        }
+        while let Some(e) = self.hosts[i].node.poll_event() {
+            self.hosts[i].events.push(e);
+        }
+    }
+
+    /// Delivers one datagram to its destination host.
+    fn deliver(&mut self, d: Datagram) -> Option<NetOutcomeOwned> {
+        let i = self.idx(d.to)?;
+        let mut out = vec![0u8; 2048];
+        let res = self.hosts[i]
+            .node
+            .handle_datagram(Instant::now(), d.from, &d.bytes, &mut out);
+        let owned = match res {
+            NetOutcome::WriteTun(p) => {
+                self.hosts[i].tun_rx.push(p.to_vec());
+                NetOutcomeOwned::Tun
+            }
+            NetOutcome::Handled => NetOutcomeOwned::Handled,
+            NetOutcome::Dropped(r) => NetOutcomeOwned::Dropped(r),
+        };
+        self.drain(i);
+        Some(owned)
+    }
+
+    /// Runs until the wire is empty (bounded, so a livelock fails the test).
+    fn run(&mut self) {
+        for _ in 0..100_000 {
+            if self.wire.is_empty() {
+                return;
+            }
+            let pick = if self.reorder {
+                (self.rand() % self.wire.len() as u64) as usize
+            } else {
+                0
+            };
+            let d = self.wire.remove(pick);
+            self.captured.push(Datagram {
+                from: d.from,
+                to: d.to,
+                bytes: d.bytes.clone(),
+            });
+            if self.loss_pct > 0 && self.rand() % 100 < self.loss_pct {
+                continue;
+            }
+            self.deliver(d);
+        }
+        panic!("network did not go quiet");
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum NetOutcomeOwned {
+    Tun,
+    Handled,
+    Dropped(DropReason),
+}
+
+fn payload(n: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 64];
+    p[..4].copy_from_slice(&n.to_be_bytes());
+    p
+}
+
+/// Brings up sessions between all pairs and returns the net.
+fn mesh(n: usize) -> Net {
+    let mut net = Net::new(n);
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                let pkt = ipv4(net.hosts[i].overlay, net.hosts[j].overlay, &payload(0));
+                assert_eq!(net.send_from_tun(i, &pkt), None);
+                net.run();
+            }
+        }
+    }
+    for h in &mut net.hosts {
+        h.tun_rx.clear();
+    }
+    net
+}
+
+#[test]
+fn three_nodes_handshake_and_deliver_queued_packets() {
+    let mut net = Net::new(3);
+    let pkt = ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(7));
+    assert_eq!(net.send_from_tun(0, &pkt), None);
+    net.run();
+    // The first packet waited for the handshake and then arrived intact.
+    assert_eq!(net.hosts[1].tun_rx, vec![pkt.clone()]);
+    assert!(
+        net.hosts[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::PeerUp { .. }))
+    );
+    assert!(
+        net.hosts[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::PeerUp { .. }))
+    );
+
+    let mut net = mesh(3);
+    for i in 0..3 {
+        for j in 0..3 {
+            if i != j {
+                let pkt = ipv4(
+                    net.hosts[i].overlay,
+                    net.hosts[j].overlay,
+                    &payload(100 + i as u32),
+                );
+                assert_eq!(net.send_from_tun(i, &pkt), None);
+            }
+        }
+    }
+    net.run();
+    for h in &net.hosts {
+        assert_eq!(
+            h.tun_rx.len(),
+            2,
+            "each node gets one packet from each peer"
+        );
+    }
+    for h in &net.hosts {
+        assert_eq!(h.node.drops().total(), 0, "{:?}", h.node.drops());
+    }
+}
+
+#[test]
+fn loss_and_reordering_deliver_a_clean_subset() {
+    let mut net = mesh(2);
+    net.loss_pct = 20;
+    net.reorder = true;
+    let sent: Vec<Vec<u8>> = (0..300)
+        .map(|n| ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(n)))
+        .collect();
+    for p in &sent {
+        net.send_from_tun(0, p);
+    }
+    net.run();
+    let got = &net.hosts[1].tun_rx;
+    // Every delivered packet is one that was sent, intact, and delivered once.
+    let mut seen = BTreeMap::new();
+    for p in got {
+        assert!(sent.contains(p), "corrupted packet delivered");
+        *seen.entry(p.clone()).or_insert(0) += 1;
+    }
+    assert!(seen.values().all(|&c| c == 1), "duplicate delivery");
+    assert!(
+        got.len() > 180 && got.len() < 300,
+        "~80% expected, got {}",
+        got.len()
+    );
+    assert_eq!(net.hosts[1].node.drops().get(DropReason::Replay), 0);
+}
+
+#[test]
+fn spoofed_inner_source_is_dropped_and_counted() {
+    let mut net = mesh(3);
+    // Node 0 sends to node 1 a packet claiming node 2's overlay address.
+    let spoofed = ipv4(net.hosts[2].overlay, net.hosts[1].overlay, &payload(1));
+    assert_eq!(net.send_from_tun(0, &spoofed), None);
+    let d = net.wire.remove(0);
+    assert_eq!(
+        net.deliver(d),
+        Some(NetOutcomeOwned::Dropped(DropReason::SpoofedSource))
+    );
+    assert!(net.hosts[1].tun_rx.is_empty());
+    assert_eq!(net.hosts[1].node.drops().get(DropReason::SpoofedSource), 1);
+    let status = net.hosts[1].node.peer_status();
+    let from0 = status
+        .iter()
+        .find(|p| p.key == net.hosts[0].node.key())
+        .unwrap();
+    assert_eq!(from0.drops.get(DropReason::SpoofedSource), 1);
+
+    // Packets not addressed to the receiver are refused too.
+    let elsewhere = ipv4(
+        net.hosts[0].overlay,
+        IpAddr::from([100, 64, 0, 12]),
+        &payload(2),
+    );
+    net.send_from_tun(0, &elsewhere);
+    net.run();
+    assert!(net.hosts[1].tun_rx.is_empty());
+}
+
+#[test]
+fn unauthenticated_datagrams_never_reach_the_tun() {
+    let mut net = mesh(2);
+    let a = net.hosts[0].underlay;
+    let b = net.hosts[1].underlay;
+    // Capture a genuine data datagram to replay and mangle.
+    net.captured.clear();
+    let pkt = ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(9));
+    net.send_from_tun(0, &pkt);
+    net.run();
+    assert_eq!(net.hosts[1].tun_rx.len(), 1);
+    let genuine = net
+        .captured
+        .iter()
+        .find(|d| d.bytes[0] == 4)
+        .unwrap()
+        .bytes
+        .clone();
+    net.hosts[1].tun_rx.clear();
+
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("replay", genuine.clone()),
+        ("truncated", genuine[..genuine.len() - 5].to_vec()),
+        ("empty", vec![]),
+        ("garbage", vec![0xAB; 200]),
+        ("short header", vec![4, 0, 0]),
+    ];
+    let mut flipped = genuine.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    cases.push(("bit flip", flipped));
+    // Plaintext IP packet dressed as a data message for the real session index.
+    let mut forged = genuine[..16].to_vec();
+    forged[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    forged.extend_from_slice(&pkt);
+    forged.extend_from_slice(&[0u8; 16]);
+    cases.push(("forged data", forged));
+    // A handshake initiation of the right size with random content.
+    let mut hs = vec![0u8; 148];
+    hs[0] = 1;
+    for (i, b) in hs.iter_mut().enumerate().skip(4) {
+        *b = (i * 7) as u8;
+    }
+    cases.push(("forged handshake", hs));
+
+    for (name, bytes) in cases {
+        let before = net.hosts[1].node.drops().total();
+        let res = net.deliver(Datagram {
+            from: a,
+            to: b,
+            bytes,
+        });
+        assert!(
+            matches!(res, Some(NetOutcomeOwned::Dropped(_))),
+            "{name}: {res:?}"
+        );
+        assert_eq!(
+            net.hosts[1].node.drops().total(),
+            before + 1,
+            "{name} not counted"
+        );
+    }
+    assert!(net.hosts[1].tun_rx.is_empty());
+    assert!(net.hosts[1].node.drops().get(DropReason::Replay) >= 1);
+
+    // The session still works afterwards.
+    net.send_from_tun(0, &pkt);
+    net.run();
+    assert_eq!(net.hosts[1].tun_rx, vec![pkt]);
+}
+
+#[test]
+fn unknown_destination_gets_icmp_unreachable() {
+    let mut net = mesh(2);
+    let pkt = ipv4(
+        net.hosts[0].overlay,
+        IpAddr::from([100, 64, 9, 9]),
+        &payload(3),
+    );
+    assert_eq!(net.send_from_tun(0, &pkt), None);
+    let reply = net.hosts[0]
+        .tun_rx
+        .pop()
+        .expect("an ICMP error back to the sender");
+    let v = weft_tunnel::ip::IpView::parse(&reply).unwrap();
+    assert_eq!(v.protocol, weft_tunnel::ip::proto::ICMP);
+    assert_eq!(v.dst, net.hosts[0].overlay);
+    assert_eq!(net.hosts[0].node.drops().get(DropReason::NoRoute), 1);
+    assert!(net.wire.is_empty(), "nothing goes on the wire");
+}
+
+#[test]
+fn removed_peer_is_cut_off_at_once() {
+    let mut net = mesh(3);
+    // Node 1's map no longer has node 0.
+    let peers: Vec<PeerConfig> = net.hosts[1..]
+        .iter()
+        .map(|h| PeerConfig {
+            key: h.node.key(),
+            name: String::new(),
+            addresses: vec![h.overlay],
+            endpoints: vec![h.underlay],
+        })
+        .collect();
+    let cfg = NodeConfig {
+        local_addresses: vec![net.hosts[1].overlay],
+        peers,
+    };
+    net.hosts[1].node.apply_config(Instant::now(), &cfg);
+
+    let pkt = ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(5));
+    net.send_from_tun(0, &pkt);
+    net.run();
+    assert!(net.hosts[1].tun_rx.is_empty());
+    assert!(net.hosts[1].node.drops().get(DropReason::UnknownSession) >= 1);
+    assert!(
+        net.hosts[1]
+            .node
+            .peer_status()
+            .iter()
+            .all(|p| p.key != net.hosts[0].node.key())
+    );
+    // Node 2 still talks to node 1.
+    let ok = ipv4(net.hosts[2].overlay, net.hosts[1].overlay, &payload(6));
+    net.send_from_tun(2, &ok);
+    net.run();
+    assert_eq!(net.hosts[1].tun_rx, vec![ok]);
+}
+
+#[test]
+fn roaming_peer_is_followed() {
+    let mut net = mesh(2);
+    let new_addr = SocketAddr::from(([198, 51, 100, 7], 40000));
+    net.hosts[0].underlay = new_addr;
+    let pkt = ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(1));
+    net.send_from_tun(0, &pkt);
+    net.run();
+    assert_eq!(net.hosts[1].tun_rx.len(), 1);
+    assert!(
+        net.hosts[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::EndpointChanged { endpoint, .. } if *endpoint == new_addr))
+    );
+    // Replies go to the new address.
+    let back = ipv4(net.hosts[1].overlay, net.hosts[0].overlay, &payload(2));
+    net.send_from_tun(1, &back);
+    assert_eq!(net.wire.last().map(|d| d.to), Some(new_addr));
+    net.run();
+    assert_eq!(net.hosts[0].tun_rx, vec![back]);
+}
