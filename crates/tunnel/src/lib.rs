@@ -34,6 +34,6 @@ mod node;
 
 pub use counters::{DropCounters, DropReason};
 pub use node::{
-    Event, MIN_OUT_BUF, NetOutcome, Node, NodeConfig, PeerConfig, PeerStatus, Transmit, TunOutcome,
-    WG_OVERHEAD,
+    Event, MIN_OUT_BUF, NetIndex, NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig,
+    PeerStatus, Transmit, TunOutcome, WG_OVERHEAD,
 };

@@ -26,13 +26,27 @@ pub const WG_OVERHEAD: usize = 32;
 /// The smallest output buffer the node accepts.
 pub const MIN_OUT_BUF: usize = 148;
 
+/// Index of an overlay network in [`NodeConfig::networks`] (and of its TUN).
+pub type NetIndex = usize;
+
 /// What the node should look like: built by the agent from the network map.
+///
+/// One node serves every network the machine is a member of, so a peer met in two
+/// networks has one WireGuard session; which network a packet belongs to is decided
+/// by its overlay addresses, and networks never leak into each other.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeConfig {
+    /// The networks, indexed by [`NetIndex`].
+    pub networks: Vec<NetworkConfig>,
+    /// The peers this node may talk to, in any of the networks.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One overlay network as the data plane sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkConfig {
     /// This node's overlay addresses in this network.
     pub local_addresses: Vec<IpAddr>,
-    /// The peers this node may talk to.
-    pub peers: Vec<PeerConfig>,
 }
 
 /// One peer as the controller describes it.
@@ -42,8 +56,9 @@ pub struct PeerConfig {
     pub key: NodeKey,
     /// Display name.
     pub name: String,
-    /// Overlay addresses; packets from this peer must come from one of these.
-    pub addresses: Vec<IpAddr>,
+    /// Overlay addresses per network; packets from this peer must come from one of
+    /// these, in the network of their destination.
+    pub addresses: Vec<(NetIndex, IpAddr)>,
     /// Underlay candidates (`ip:port`) to try.
     pub endpoints: Vec<SocketAddr>,
 }
@@ -109,8 +124,13 @@ pub enum TunOutcome<'a> {
 /// Result of a datagram received on the UDP socket.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NetOutcome<'a> {
-    /// Write this decrypted packet to the TUN.
-    WriteTun(&'a [u8]),
+    /// Write this decrypted packet to the TUN of network `net`.
+    WriteTun {
+        /// Which network's TUN.
+        net: NetIndex,
+        /// The plaintext IP packet (in the caller's buffer).
+        packet: &'a [u8],
+    },
     /// Nothing for the TUN (handshake, keepalive); check `poll_transmit`.
     Handled,
     /// Dropped and counted.
@@ -124,8 +144,8 @@ pub struct PeerStatus {
     pub key: NodeKey,
     /// Display name.
     pub name: String,
-    /// Overlay addresses.
-    pub addresses: Vec<IpAddr>,
+    /// Overlay addresses, per network.
+    pub addresses: Vec<(NetIndex, IpAddr)>,
     /// The endpoint authenticated packets last came from.
     pub endpoint: Option<SocketAddr>,
     /// Time since the current session's handshake.
@@ -143,7 +163,7 @@ struct Peer {
     tunn: Tunn,
     index: u32,
     x25519: [u8; 32],
-    addresses: BTreeSet<IpAddr>,
+    addresses: BTreeSet<(NetIndex, IpAddr)>,
     candidates: Vec<SocketAddr>,
     endpoint: Option<SocketAddr>,
     up: bool,
@@ -159,9 +179,9 @@ pub struct Node {
     rate_limiter: Arc<RateLimiter>,
     peers: BTreeMap<NodeKey, Peer>,
     by_index: BTreeMap<u32, NodeKey>,
-    by_ip: BTreeMap<IpAddr, NodeKey>,
+    by_ip: BTreeMap<(NetIndex, IpAddr), NodeKey>,
     by_x25519: BTreeMap<[u8; 32], NodeKey>,
-    local: BTreeSet<IpAddr>,
+    local: BTreeMap<IpAddr, NetIndex>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     drops: DropCounters,
@@ -193,7 +213,7 @@ impl Node {
             by_index: BTreeMap::new(),
             by_ip: BTreeMap::new(),
             by_x25519: BTreeMap::new(),
-            local: BTreeSet::new(),
+            local: BTreeMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             drops: DropCounters::default(),
@@ -213,7 +233,12 @@ impl Node {
     /// forgotten at once (their sessions end; their packets are dropped as
     /// `unknown_session`); existing sessions of kept peers survive.
     pub fn apply_config(&mut self, _now: Instant, cfg: &NodeConfig) {
-        self.local = cfg.local_addresses.iter().copied().collect();
+        self.local.clear();
+        for (net, nc) in cfg.networks.iter().enumerate() {
+            for a in &nc.local_addresses {
+                self.local.entry(*a).or_insert(net);
+            }
+        }
         let wanted: BTreeMap<NodeKey, &PeerConfig> = cfg
             .peers
             .iter()
@@ -282,7 +307,7 @@ impl Node {
         let mut conflicts = Vec::new();
         for (key, peer) in &self.peers {
             for addr in &peer.addresses {
-                if self.local.contains(addr) {
+                if self.local.contains_key(&addr.1) {
                     conflicts.push((*key, "claims one of this node's addresses"));
                 } else if self.by_ip.contains_key(addr) {
                     conflicts.push((*key, "claims an address another peer has"));
@@ -293,7 +318,7 @@ impl Node {
         }
         for (key, why) in conflicts {
             if let Some(peer) = self.peers.get_mut(&key) {
-                let keep: BTreeSet<IpAddr> = peer
+                let keep: BTreeSet<(NetIndex, IpAddr)> = peer
                     .addresses
                     .iter()
                     .copied()
@@ -311,6 +336,7 @@ impl Node {
     pub fn handle_tun_packet<'a>(
         &mut self,
         _now: Instant,
+        net: NetIndex,
         packet: &[u8],
         out: &'a mut [u8],
     ) -> TunOutcome<'a> {
@@ -318,13 +344,13 @@ impl Node {
             return self.drop_tun(DropReason::MalformedIp);
         };
         let packet = &packet[..view.total_len];
-        let Some(key) = self.by_ip.get(&view.dst).copied() else {
+        let Some(key) = self.by_ip.get(&(net, view.dst)).copied() else {
             self.drops.add(DropReason::NoRoute);
             let from = self
                 .local
                 .iter()
-                .find(|a| a.is_ipv4() == view.src.is_ipv4())
-                .copied();
+                .find(|(a, n)| **n == net && a.is_ipv4() == view.src.is_ipv4())
+                .map(|(a, _)| *a);
             if let Some(from) = from
                 && let Some(n) = ip::icmp_unreachable(packet, &view, from, out)
             {
@@ -561,16 +587,21 @@ impl Node {
             return self.drop_net(None, DropReason::UnknownPeer);
         };
         confirm_endpoint(&mut self.events, key, peer, from);
-        if !peer.addresses.contains(&src) {
-            return self.drop_net(Some(key), DropReason::SpoofedSource);
-        }
         let Ok(view) = IpView::parse(&out[..n]) else {
             return self.drop_net(Some(key), DropReason::MalformedIp);
         };
-        if !self.local.contains(&view.dst) {
+        // The destination picks the network; the source must be the peer's address
+        // in that same network.
+        let Some(&net) = self.local.get(&view.dst) else {
             return self.drop_net(Some(key), DropReason::NotForUs);
+        };
+        if view.src != src || !peer.addresses.contains(&(net, src)) {
+            return self.drop_net(Some(key), DropReason::SpoofedSource);
         }
-        NetOutcome::WriteTun(&out[..n])
+        NetOutcome::WriteTun {
+            net,
+            packet: &out[..n],
+        }
     }
 
     fn drop_tun<'a>(&mut self, r: DropReason) -> TunOutcome<'a> {

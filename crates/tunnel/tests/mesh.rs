@@ -13,7 +13,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use weft_identity::{Difficulty, Identity, SearchOptions};
-use weft_tunnel::{DropReason, Event, NetOutcome, Node, NodeConfig, PeerConfig, TunOutcome};
+use weft_tunnel::{
+    DropReason, Event, NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig, TunOutcome,
+};
 
 struct Host {
     node: Node,
@@ -104,13 +106,15 @@ impl Net {
             .map(|(i, h)| PeerConfig {
                 key: h.node.key(),
                 name: format!("n{i}"),
-                addresses: vec![h.overlay],
+                addresses: vec![(0, h.overlay)],
                 endpoints: vec![h.underlay],
             })
             .collect();
         for h in &mut self.hosts {
             let cfg = NodeConfig {
-                local_addresses: vec![h.overlay],
+                networks: vec![NetworkConfig {
+                    local_addresses: vec![h.overlay],
+                }],
                 peers: peers.clone(),
             };
             h.node.apply_config(Instant::now(), &cfg);
@@ -134,7 +138,7 @@ impl Net {
         let from = self.hosts[i].underlay;
         let res = self.hosts[i]
             .node
-            .handle_tun_packet(Instant::now(), pkt, &mut out);
+            .handle_tun_packet(Instant::now(), 0, pkt, &mut out);
         let dropped = match res {
             TunOutcome::Send { dst, datagram } => {
                 self.wire.push(Datagram {
@@ -177,8 +181,9 @@ impl Net {
             .node
             .handle_datagram(Instant::now(), d.from, &d.bytes, &mut out);
         let owned = match res {
-            NetOutcome::WriteTun(p) => {
-                self.hosts[i].tun_rx.push(p.to_vec());
+            NetOutcome::WriteTun { net, packet } => {
+                assert_eq!(net, 0);
+                self.hosts[i].tun_rx.push(packet.to_vec());
                 NetOutcomeOwned::Tun
             }
             NetOutcome::Handled => NetOutcomeOwned::Handled,
@@ -451,12 +456,14 @@ fn removed_peer_is_cut_off_at_once() {
         .map(|h| PeerConfig {
             key: h.node.key(),
             name: String::new(),
-            addresses: vec![h.overlay],
+            addresses: vec![(0, h.overlay)],
             endpoints: vec![h.underlay],
         })
         .collect();
     let cfg = NodeConfig {
-        local_addresses: vec![net.hosts[1].overlay],
+        networks: vec![NetworkConfig {
+            local_addresses: vec![net.hosts[1].overlay],
+        }],
         peers,
     };
     net.hosts[1].node.apply_config(Instant::now(), &cfg);
@@ -501,4 +508,57 @@ fn roaming_peer_is_followed() {
     assert_eq!(net.wire.last().map(|d| d.to), Some(new_addr));
     net.run();
     assert_eq!(net.hosts[0].tun_rx, vec![back]);
+}
+
+#[test]
+fn networks_are_isolated_from_each_other() {
+    let mut net = mesh(2);
+    // Node 0 is also in a second network (index 1) where node 1 is not a member.
+    let a_net1 = IpAddr::from([100, 80, 0, 1]);
+    let peers = vec![PeerConfig {
+        key: net.hosts[1].node.key(),
+        name: "n1".into(),
+        addresses: vec![(0, net.hosts[1].overlay)],
+        endpoints: vec![net.hosts[1].underlay],
+    }];
+    let cfg = NodeConfig {
+        networks: vec![
+            NetworkConfig {
+                local_addresses: vec![net.hosts[0].overlay],
+            },
+            NetworkConfig {
+                local_addresses: vec![a_net1],
+            },
+        ],
+        peers,
+    };
+    net.hosts[0].node.apply_config(Instant::now(), &cfg);
+    // Node 1 aims at node 0's address in the other network: it must not get in.
+    let sneaky = ipv4(net.hosts[1].overlay, a_net1, &payload(1));
+    // Node 1 has no route to that address at all...
+    assert_eq!(net.send_from_tun(1, &sneaky), None);
+    assert!(net.wire.is_empty());
+    // ...and a hand-crafted peer config that routes it anyway is refused at node 0.
+    let peers = vec![PeerConfig {
+        key: net.hosts[0].node.key(),
+        name: "n0".into(),
+        addresses: vec![(0, net.hosts[0].overlay), (0, a_net1)],
+        endpoints: vec![net.hosts[0].underlay],
+    }];
+    let cfg = NodeConfig {
+        networks: vec![NetworkConfig {
+            local_addresses: vec![net.hosts[1].overlay],
+        }],
+        peers,
+    };
+    net.hosts[1].node.apply_config(Instant::now(), &cfg);
+    net.send_from_tun(1, &sneaky);
+    net.run();
+    assert!(net.hosts[0].tun_rx.is_empty());
+    assert_eq!(net.hosts[0].node.drops().get(DropReason::SpoofedSource), 1);
+    // Traffic in the shared network still flows.
+    let ok = ipv4(net.hosts[1].overlay, net.hosts[0].overlay, &payload(2));
+    net.send_from_tun(1, &ok);
+    net.run();
+    assert_eq!(net.hosts[0].tun_rx, vec![ok]);
 }
