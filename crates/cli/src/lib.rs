@@ -27,12 +27,23 @@ pub struct Cli {
     #[arg(long, global = true, env = "WEFT_LOG", default_value = "warn")]
     log: String,
 
+    #[command(flatten)]
+    socket: cmd::agent::SocketArg,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Show this node, its networks, the controller connection and every peer.
+    Status(cmd::agent::StatusArgs),
+    /// Join a controller (first time: --controller and a token) or reconnect.
+    Up(cmd::agent::UpArgs),
+    /// Leave the overlay: remove weft's interfaces, routes and sessions (stays joined).
+    Down,
+    /// Ping a peer over the overlay and show the round-trip time and path.
+    Ping(cmd::agent::PingArgs),
     /// Create and inspect node identities (Ed25519 key + proof of work).
     #[command(subcommand)]
     Identity(cmd::identity::IdentityCmd),
@@ -43,6 +54,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
     let result = match cli.command {
+        Command::Status(a) => cmd::agent::status(&cli.socket, a),
+        Command::Up(a) => cmd::agent::up(&cli.socket, a),
+        Command::Down => cmd::agent::down(&cli.socket),
+        Command::Ping(a) => cmd::agent::ping(&cli.socket, a),
         Command::Identity(c) => cmd::identity::run(c),
     };
     match result {

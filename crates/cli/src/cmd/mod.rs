@@ -1,4 +1,5 @@
 //! Subcommands, one module each.
 
+pub mod agent;
 pub mod identity;
 pub(crate) mod progress;

@@ -1,0 +1,159 @@
+//! `weft-lab`: builds real network topologies from Linux namespaces for weft's
+//! end-to-end tests and demo. This file only parses arguments and prints; the
+//! work is in the `weft-lab` library.
+
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the lab is an I/O shell and reads the clock to wait"
+)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use weft_lab::Nat;
+use weft_lab::probe::{self, ProbeOptions};
+use weft_lab::selftest::{self, SelftestOptions};
+
+/// Real network topologies for weft, from Linux network namespaces.
+///
+/// Builds hosts (namespaces), LANs (bridges), a shared "internet" segment
+/// (198.18.0.0/16) and routers with NAT profiles (nftables), impairs links with
+/// tc netem, and runs real processes in them. Everything lives in namespaces
+/// named wl-<run id>-<node> and is removed when the run ends, also when it is
+/// killed. Needs root.
+#[derive(Parser)]
+#[command(name = "weft-lab", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Prove every NAT profile behaves as named, then clean up.
+    ///
+    /// Builds a lab with two observers and a third host on the internet and, per
+    /// profile, a router with a host behind it. Each host sends from one UDP
+    /// socket to both observers (which answer with the address they saw: the
+    /// mapped address) and connects to one over TCP; the third host then sends
+    /// to the mapped address. Prints a table and exits non-zero on any deviation.
+    ///
+    /// Profiles: open (no NAT), easy (endpoint-independent mapping, filtered),
+    /// hard (a new mapped port per destination), fullcone (mapped port open to
+    /// anyone), udp-blocked (only TCP leaves), cgnat (home NAT behind a carrier
+    /// NAT in 100.64.0.0/10).
+    Selftest {
+        /// Test only this profile (repeatable): open, easy, hard, fullcone,
+        /// udp-blocked, cgnat. Default: all.
+        #[arg(long = "profile", value_name = "PROFILE")]
+        profiles: Vec<Nat>,
+    },
+    /// Remove namespaces and processes left behind by lab runs whose owner died.
+    ///
+    /// Every run records its owner process in /run/weft-lab/<run id>/owner. Runs
+    /// of live owners are left alone. Labs also sweep when they start.
+    Sweep,
+    /// Answer UDP and TCP probes with the source address seen (self-test helper).
+    #[command(name = "__udp-observer", hide = true)]
+    UdpObserver {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Probe observers from one UDP socket and report mappings as JSON (self-test helper).
+    #[command(name = "__udp-probe", hide = true)]
+    UdpProbe {
+        #[arg(long = "to")]
+        udp: Vec<SocketAddr>,
+        #[arg(long = "tcp")]
+        tcp: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 0)]
+        listen_ms: u64,
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
+    },
+    /// Send unsolicited datagrams to an address (self-test helper).
+    #[command(name = "__udp-send", hide = true)]
+    UdpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 5)]
+        count: u32,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
+    /// Build a small lab and sleep until killed (crash-cleanup test helper).
+    #[command(name = "__hold", hide = true)]
+    Hold,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weft-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout, reason = "this is the binary's output")]
+fn run(command: Cmd) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    match command {
+        Cmd::Selftest { profiles } => {
+            install_ctrlc()?;
+            let mut opts = SelftestOptions::default();
+            if !profiles.is_empty() {
+                opts.profiles = profiles;
+            }
+            let report = selftest::run(&opts).context("self-test could not run")?;
+            print!("{report}");
+            return Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Cmd::Sweep => print!("{}", weft_lab::sweep()?),
+        Cmd::UdpObserver { listen } => probe::run_observer(listen, &mut stdout)?,
+        Cmd::UdpProbe {
+            udp,
+            tcp,
+            listen_ms,
+            stop_file,
+        } => {
+            let opts = ProbeOptions {
+                udp,
+                tcp,
+                listen: Duration::from_millis(listen_ms),
+                stop_file,
+            };
+            probe::run_probe(&opts, &mut stdout)?;
+        }
+        Cmd::UdpSend {
+            to,
+            count,
+            interval_ms,
+        } => probe::run_send(to, count, Duration::from_millis(interval_ms))?,
+        Cmd::Hold => {
+            install_ctrlc()?;
+            selftest::hold(&weft_lab::bin_path("weft-lab")?, &mut stdout)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// On Ctrl-C / SIGTERM: tear down this process's labs, then exit 130.
+fn install_ctrlc() -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {
+        eprintln!("weft-lab: interrupted, removing the lab");
+        weft_lab::teardown_active_runs();
+        std::process::exit(130);
+    })
+    .context("cannot install the Ctrl-C handler")
+}

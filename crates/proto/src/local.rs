@@ -1,0 +1,192 @@
+//! The agent's local API (Unix socket), shared by `weftd` and the `weft` CLI.
+//!
+//! Framing: the client writes one JSON [`LocalRequest`] terminated by `\n`; the
+//! agent answers with one JSON [`LocalResponse`] line and closes. Requests are
+//! capped at [`MAX_REQUEST_LEN`] bytes. Access control is the socket's file mode
+//! (root, or the `weft` group).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::NodeKey;
+
+/// Longest request line the agent reads.
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+
+/// Default path of the agent's socket.
+pub const DEFAULT_SOCKET: &str = "/run/weft/weftd.sock";
+
+/// A request to the local agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LocalRequest {
+    /// Report the agent's state.
+    Status,
+    /// Join a controller (first time) or reconnect to the one joined before.
+    Up(UpRequest),
+    /// Leave the overlay: tear down interfaces, routes and sessions; stay joined
+    /// (a later `up` without a token reconnects).
+    Down,
+}
+
+/// Parameters of `weft up`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpRequest {
+    /// Controller URL (`https://host:port`); required on first join.
+    #[serde(default)]
+    pub controller: Option<String>,
+    /// Join token; required on first join. Never logged.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// PEM file with the CA that signs the controller's certificate.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// SHA-256 fingerprint (hex) of the controller's certificate to pin.
+    #[serde(default)]
+    pub pin_sha256: Option<String>,
+    /// Allow `http://` to a non-loopback controller (insecure; for labs only).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// Requested node name (defaults to the hostname).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum LocalResponse {
+    /// The request succeeded; for `status`, carries the status.
+    Ok {
+        /// Present for `status`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<Box<AgentStatus>>,
+        /// A human-readable note.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        message: String,
+    },
+    /// The request failed.
+    Error {
+        /// Stable machine-readable code.
+        code: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
+}
+
+/// What `weft status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// This node's identity.
+    pub node_key: NodeKey,
+    /// Its name on the controller, once joined.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `up`, `down` or `not_joined`.
+    pub state: String,
+    /// The controller connection.
+    #[serde(default)]
+    pub controller: Option<ControllerStatus>,
+    /// Networks this node is in.
+    #[serde(default)]
+    pub networks: Vec<NetworkStatus>,
+    /// Peers across all networks.
+    #[serde(default)]
+    pub peers: Vec<PeerStatus>,
+    /// Drops not attributed to a peer plus all peers', by reason.
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
+    /// Whether the system configuration matches the map.
+    #[serde(default)]
+    pub reconcile: ReconcileStatus,
+    /// The UDP port the data plane listens on.
+    #[serde(default)]
+    pub listen_port: u16,
+}
+
+/// Controller connection state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerStatus {
+    /// Where it is.
+    pub url: String,
+    /// Whether the map stream is open right now.
+    pub connected: bool,
+    /// Version of the map in use.
+    #[serde(default)]
+    pub map_version: Option<u64>,
+    /// Whether the map in use came from the on-disk cache (controller not yet reached).
+    #[serde(default)]
+    pub from_cache: bool,
+    /// The last connection error, if any.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// One network on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    /// Network name.
+    pub name: String,
+    /// TUN interface.
+    pub interface: String,
+    /// This node's overlay addresses.
+    pub addresses: Vec<String>,
+    /// The network's prefix.
+    pub cidr: String,
+    /// DNS domain.
+    pub dns_domain: String,
+}
+
+/// One peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Name.
+    pub name: String,
+    /// Identity key.
+    pub node_key: NodeKey,
+    /// Networks shared with this node.
+    pub networks: Vec<String>,
+    /// Overlay addresses.
+    pub addresses: Vec<String>,
+    /// Underlay endpoint in use (`ip:port`), once a session exists.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Seconds since the last WireGuard handshake.
+    #[serde(default)]
+    pub last_handshake_secs: Option<u64>,
+    /// Plaintext bytes received.
+    pub rx_bytes: u64,
+    /// Plaintext bytes sent.
+    pub tx_bytes: u64,
+    /// Drops attributed to this peer, by reason.
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// Reconciler state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileStatus {
+    /// Whether the kernel matched the desired state at the last pass.
+    pub converged: bool,
+    /// Actions that failed at the last pass.
+    #[serde(default)]
+    pub failures: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        let r: LocalRequest = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
+        assert_eq!(r, LocalRequest::Status);
+        let r: LocalRequest =
+            serde_json::from_str(r#"{"op":"up","controller":"https://c:8443","token":"t"}"#).unwrap();
+        assert!(matches!(r, LocalRequest::Up(UpRequest { token: Some(_), .. })));
+        assert!(serde_json::from_str::<LocalRequest>(r#"{"op":"rm -rf"}"#).is_err());
+        assert!(serde_json::from_str::<LocalRequest>(r#"{"op":"up","evil":1}"#).is_err());
+    }
+}
