@@ -1,0 +1,7 @@
+//! Linux executors. Today: interfaces, addresses and routes over `NETLINK_ROUTE`
+//! ([`NetlinkExecutor`]). The nftables table `weft` (`nft.rs`) and per-link DNS
+//! (`resolved.rs`, `resolv_conf.rs`) join here, each behind its own `Action` variants.
+
+mod netlink;
+
+pub use netlink::NetlinkExecutor;
