@@ -56,7 +56,21 @@ enum Cmd {
     ///
     /// Every run records its owner process in /run/weft-lab/<run id>/owner. Runs
     /// of live owners are left alone. Labs also sweep when they start.
+    /// Remove what crashed runs left behind (namespaces, processes, log state of
+    /// runs whose owner is dead).
     Sweep,
+    /// The quickstart: a controller and 3 agents on a shared LAN behind a NAT,
+    /// joined with a token; waits until every pair pings over the overlay, prints a
+    /// status table, then runs until Ctrl-C and cleans up.
+    Demo {
+        /// Exit 0 after the table if the mesh is complete (1 if not) instead of
+        /// waiting for Ctrl-C; for scripts and CI.
+        #[arg(long)]
+        check: bool,
+        /// Number of agents.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=8))]
+        nodes: u8,
+    },
     /// Answer UDP and TCP probes with the source address seen (self-test helper).
     #[command(name = "__udp-observer", hide = true)]
     UdpObserver {
@@ -120,6 +134,10 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             });
         }
         Cmd::Sweep => print!("{}", weft_lab::sweep()?),
+        Cmd::Demo { check, nodes } => {
+            install_ctrlc()?;
+            return demo(check, nodes);
+        }
         Cmd::UdpObserver { listen } => probe::run_observer(listen, &mut stdout)?,
         Cmd::UdpProbe {
             udp,
@@ -156,4 +174,71 @@ fn install_ctrlc() -> anyhow::Result<()> {
         std::process::exit(130);
     })
     .context("cannot install the Ctrl-C handler")
+}
+
+#[allow(clippy::print_stdout, reason = "this is the binary's output")]
+fn demo(check: bool, nodes: u8) -> anyhow::Result<ExitCode> {
+    use std::time::Instant;
+    use weft_lab::mesh::{Mesh, NetworkSpec};
+    use weft_lab::{Lab, Net, Topology};
+
+    let names: Vec<String> = (0..nodes).map(|i| format!("node{}", i + 1)).collect();
+    let mut topo = Topology::new().host("controller", Net::Internet).router(
+        "office",
+        Net::Internet,
+        Nat::Easy,
+    );
+    for n in &names {
+        topo = topo.host(n, Net::lan("office"));
+    }
+    let start = Instant::now();
+    println!(
+        "building the lab: a controller on the internet, {nodes} machines on an office LAN behind NAT"
+    );
+    let lab = Lab::build(&topo).context("building the lab")?;
+    println!("starting weft-controller and creating network `lab` (100.64.0.0/24)");
+    let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default())?;
+    println!(
+        "  controller {} (certificate {})",
+        mesh.controller.url, mesh.controller.fingerprint
+    );
+    let token = mesh.token_file(u32::from(nodes))?;
+    for n in &names {
+        println!("starting weftd on {n} and joining with the token");
+        mesh.start_agent(n, Some(&token))?;
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    println!("waiting until every pair pings over the overlay...");
+    let result = mesh.wait_full_mesh(&refs, Duration::from_secs(30));
+    println!();
+    print!("{}", mesh.status_table());
+    println!();
+    match &result {
+        Ok(()) => println!(
+            "full mesh: all {} pairs ping each other over the overlay ({:.1}s from an empty machine)",
+            refs.len() * (refs.len() - 1),
+            start.elapsed().as_secs_f64()
+        ),
+        Err(e) => println!("mesh incomplete: {e:#}"),
+    }
+    println!("logs: {}", lab.log_dir().display());
+    if check {
+        return Ok(if result.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    println!(
+        "running; try: ip netns exec {} {} --socket {} status   (Ctrl-C to stop and clean up)",
+        lab.netns(&names[0])?,
+        weft_lab::bin_path("weft")?.display(),
+        mesh.agents
+            .get(&names[0])
+            .map(|a| a.socket.display().to_string())
+            .unwrap_or_default()
+    );
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }

@@ -47,6 +47,7 @@ mod cmd;
 mod error;
 pub mod guard;
 mod lab;
+pub mod mesh;
 pub mod names;
 pub mod nat;
 pub mod netem;

@@ -106,7 +106,10 @@ mod tests {
 
     #[test]
     fn rejects_wrong_length_and_alphabet() {
-        assert!(matches!("abc".parse::<NodeKey>(), Err(KeyDecodeError::Length(_))));
+        assert!(matches!(
+            "abc".parse::<NodeKey>(),
+            Err(KeyDecodeError::Length(_))
+        ));
         let bad = "+".repeat(NodeKey::TEXT_LEN);
         assert_eq!(bad.parse::<NodeKey>(), Err(KeyDecodeError::Base64));
     }

@@ -184,8 +184,12 @@ mod tests {
         let r: LocalRequest = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
         assert_eq!(r, LocalRequest::Status);
         let r: LocalRequest =
-            serde_json::from_str(r#"{"op":"up","controller":"https://c:8443","token":"t"}"#).unwrap();
-        assert!(matches!(r, LocalRequest::Up(UpRequest { token: Some(_), .. })));
+            serde_json::from_str(r#"{"op":"up","controller":"https://c:8443","token":"t"}"#)
+                .unwrap();
+        assert!(matches!(
+            r,
+            LocalRequest::Up(UpRequest { token: Some(_), .. })
+        ));
         assert!(serde_json::from_str::<LocalRequest>(r#"{"op":"rm -rf"}"#).is_err());
         assert!(serde_json::from_str::<LocalRequest>(r#"{"op":"up","evil":1}"#).is_err());
     }

@@ -151,8 +151,8 @@ pub fn render_status(st: &AgentStatus) -> String {
     if !st.peers.is_empty() {
         let _ = writeln!(
             o,
-            "\n{:<16} {:<16} {:<22} {:>9} {:>10} {:>10}  {}",
-            "PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "RX", "TX", "DROPS"
+            "\n{:<16} {:<16} {:<22} {:>9} {:>10} {:>10}  DROPS",
+            "PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "RX", "TX"
         );
         for p in &st.peers {
             let hs = p

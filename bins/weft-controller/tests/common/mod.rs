@@ -1,0 +1,313 @@
+//! Test harness: runs the real `weft-controller` binary on 127.0.0.1:0.
+#![allow(dead_code, unreachable_pub, reason = "shared by several test binaries")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness: failing loudly is the point"
+)]
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand_core::{OsRng, RngCore as _};
+use weft_api_client::{Client, ClientConfig, ClientError, Trust, parse_fingerprint};
+use weft_identity::{Identity, ProofOfWork};
+use weft_proto::api::{
+    CreateNetworkRequest, CreateTokenRequest, REGISTER_SIGNATURE_CONTEXT, RegisterResponse,
+    register_signed_message,
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
+
+pub struct Controller {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub url: String,
+    pub addr: String,
+    pub fingerprint: Option<[u8; 32]>,
+    pub admin_token: String,
+    pub stdout: String,
+}
+
+impl Controller {
+    /// Starts the controller on `dir` with extra flags and waits until it serves.
+    pub fn start(dir: &Path, extra: &[&str]) -> Controller {
+        let _ = std::fs::remove_file(dir.join("controller.url"));
+        std::fs::create_dir_all(dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("controller.log"))
+            .unwrap();
+        let out = std::fs::File::create(dir.join("stdout.txt")).unwrap();
+        let mut args = vec![
+            "serve",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let child = Command::new(BIN)
+            .args(&args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn weft-controller");
+        let mut c = Controller {
+            child: Some(child),
+            dir: dir.to_owned(),
+            url: String::new(),
+            addr: String::new(),
+            fingerprint: None,
+            admin_token: String::new(),
+            stdout: String::new(),
+        };
+        for _ in 0..1000 {
+            if let Ok(url) = std::fs::read_to_string(dir.join("controller.url")) {
+                c.url = url.trim().to_owned();
+                break;
+            }
+            if let Some(status) = c.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("controller exited early ({status}); log:\n{}", c.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !c.url.is_empty(),
+            "controller did not start; log:\n{}",
+            c.log()
+        );
+        c.addr = std::fs::read_to_string(dir.join("listen.addr"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        c.admin_token = std::fs::read_to_string(dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        // stdout is flushed before controller.url is written.
+        c.stdout = std::fs::read_to_string(dir.join("stdout.txt")).unwrap();
+        c.fingerprint = c
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("TLS certificate fingerprint: "))
+            .map(|fp| parse_fingerprint(fp).unwrap());
+        c
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("controller.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        let trust = match self.fingerprint {
+            Some(fp) => Trust::Fingerprint(fp),
+            None => Trust::SystemRoots,
+        };
+        Client::new(ClientConfig {
+            trust,
+            ..ClientConfig::new(self.url.clone())
+        })
+        .unwrap()
+    }
+
+    pub fn admin(&self) -> Client {
+        self.client().with_bearer(&self.admin_token).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then waits (at most `limit`) for the exit status.
+    pub fn sigterm(&mut self, limit: Duration) -> ExitStatus {
+        let mut c = self.child.take().unwrap();
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let step = Duration::from_millis(20);
+        let mut waited = Duration::ZERO;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if waited > limit {
+                c.kill().unwrap();
+                panic!("controller did not stop within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(step);
+            waited += step;
+        }
+    }
+
+    /// Runs `weft-controller admin --data-dir DIR <args>` and returns stdout.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(BIN)
+            .args(["admin", "--data-dir", self.dir.to_str().unwrap()])
+            .args(args)
+            .env_remove("WEFT_ADMIN_TOKEN")
+            .env_remove("WEFT_CONTROLLER_URL")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An identity whose proof of work reaches `bits` (found in microseconds for
+/// small `bits`, without the minting thread pool).
+pub fn identity(bits: u32) -> Identity {
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    let key = Identity::from_parts(&seed, ProofOfWork { nonce: 0 }).node_key();
+    let nonce = (0u64..)
+        .find(|n| ProofOfWork { nonce: *n }.achieved(&key) >= bits)
+        .unwrap();
+    Identity::from_parts(&seed, ProofOfWork { nonce })
+}
+
+/// An identity whose proof of work is below `bits`.
+pub fn weak_identity(bits: u32) -> Identity {
+    loop {
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        let id = Identity::from_parts(&seed, ProofOfWork { nonce: 0 });
+        if id.difficulty_reached() < bits {
+            return id;
+        }
+    }
+}
+
+pub async fn register(
+    c: &Client,
+    token: &str,
+    id: &Identity,
+) -> Result<RegisterResponse, ClientError> {
+    c.register(
+        token,
+        id.node_key(),
+        id.pow().nonce,
+        |ctx, msg| id.sign(ctx, msg),
+        None,
+        Some("test-host".into()),
+    )
+    .await
+}
+
+/// A registration body signed over `challenge` (for raw-HTTP tests).
+pub fn register_body(token: &str, id: &Identity, challenge_b64: &str) -> serde_json::Value {
+    let ch: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(challenge_b64)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let sig = id.sign(
+        REGISTER_SIGNATURE_CONTEXT,
+        &register_signed_message(&ch, token),
+    );
+    serde_json::json!({
+        "token": token,
+        "node_key": id.node_key().to_string(),
+        "pow_nonce": id.pow().nonce,
+        "challenge": challenge_b64,
+        "signature": URL_SAFE_NO_PAD.encode(sig),
+    })
+}
+
+pub fn network(name: &str, cidr: &str, pow: u32) -> CreateNetworkRequest {
+    CreateNetworkRequest {
+        api_version: None,
+        name: name.into(),
+        ipv4_cidr: cidr.into(),
+        ipv6_prefix: None,
+        dns_domain: None,
+        pow_difficulty: Some(pow),
+    }
+}
+
+pub fn token_req(nets: &[&str], max_uses: Option<u32>, expires_in_secs: u64) -> CreateTokenRequest {
+    CreateTokenRequest {
+        api_version: None,
+        networks: nets.iter().map(|s| s.to_string()).collect(),
+        tags: vec![],
+        expires_in_secs,
+        max_uses,
+        description: None,
+    }
+}
+
+/// A raw HTTP/1.1 exchange over cleartext TCP: returns status and body.
+pub fn raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // The server may answer (413) before reading the whole body.
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Asserts a `{code, message}` error with this status and code.
+pub fn expect_error(resp: (u16, String), status: u16, code: &str) {
+    let (got, body) = resp;
+    assert_eq!(got, status, "body: {body}");
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
+    assert_eq!(v["code"], code, "body: {body}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "body: {body}"
+    );
+}

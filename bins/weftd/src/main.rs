@@ -1,0 +1,121 @@
+//! `weftd`: the weft node agent. All logic lives in `weft-agent`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use weft_identity::Difficulty;
+use weft_proto::local::UpRequest;
+
+/// weftd: the weft node agent.
+///
+/// Gives this machine an encrypted overlay address in every network it joins,
+/// keeps WireGuard sessions with its peers, and keeps the system's interfaces and
+/// routes as the controller wants them. Control it with `weft` (status, up, down,
+/// ping) over the local socket.
+#[derive(Debug, Parser)]
+#[command(name = "weftd", version)]
+struct Args {
+    /// State directory: identity key, controller credential, cached network map.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// Local API socket for the `weft` CLI.
+    #[arg(long, env = "WEFT_SOCKET", default_value = weft_proto::local::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// UDP port of the data plane (0 picks a free one).
+    #[arg(long, env = "WEFT_PORT", default_value_t = 51820)]
+    port: u16,
+    /// Proof-of-work difficulty when minting this node's identity on first start;
+    /// must be at least what the controller's networks require.
+    #[arg(long, default_value_t = Difficulty::DEFAULT)]
+    mint_difficulty: Difficulty,
+    /// Join this controller at start (like `weft up --controller`).
+    #[arg(long, env = "WEFT_CONTROLLER", value_name = "URL")]
+    controller: Option<String>,
+    /// Join token file for --controller (read once; the token is never logged).
+    #[arg(long, env = "WEFT_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// PEM CA file for the controller's certificate.
+    #[arg(long, value_name = "PATH")]
+    ca_file: Option<String>,
+    /// Pin the controller's certificate by SHA-256 fingerprint (hex).
+    #[arg(long, value_name = "HEX")]
+    pin_sha256: Option<String>,
+    /// Allow cleartext http:// to a non-loopback controller (insecure; labs only).
+    #[arg(long)]
+    allow_insecure_http: bool,
+    /// Node name to register with (default: hostname).
+    #[arg(long)]
+    name: Option<String>,
+    /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    log: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let join = match (&args.controller, &args.token_file) {
+        (Some(url), Some(file)) => Some(UpRequest {
+            controller: Some(url.clone()),
+            token: Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("reading token file {}", file.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            ca_file: args.ca_file.clone(),
+            pin_sha256: args.pin_sha256.clone(),
+            allow_insecure_http: args.allow_insecure_http,
+            name: args.name.clone(),
+        }),
+        (Some(_), None) | (None, Some(_)) => {
+            anyhow::bail!("--controller and --token-file go together")
+        }
+        (None, None) => None,
+    };
+    let cfg = weft_agent::AgentConfig {
+        state_dir: args.state_dir,
+        socket: args.socket,
+        port: args.port,
+        mint_difficulty: args.mint_difficulty,
+        join,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(weft_agent::run(cfg, shutdown_signal()))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop weftd with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}

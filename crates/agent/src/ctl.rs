@@ -1,0 +1,278 @@
+//! The controller link: registration, the map stream (resume from the last version,
+//! backoff with jitter on failure) and endpoint/liveness reports.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use weft_api_client::{Client, ClientConfig, Trust};
+use weft_identity::Identity;
+use weft_proto::NodeKey;
+use weft_proto::api::ReportRequest;
+use weft_proto::netmap::{MapEvent, NetworkMap};
+
+use crate::netmap::host_candidates;
+use crate::state::Credential;
+
+/// How to trust the controller.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TrustSettings {
+    pub(crate) ca_file: Option<String>,
+    pub(crate) pin_sha256: Option<String>,
+    pub(crate) allow_insecure_http: bool,
+}
+
+/// What the supervisor shows about the link.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LinkState {
+    pub(crate) connected: bool,
+    pub(crate) last_error: Option<String>,
+}
+
+/// A running link task.
+pub(crate) struct Link {
+    task: JoinHandle<()>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Liveness report interval; endpoints are re-gathered this often too.
+const REPORT_EVERY: Duration = Duration::from_secs(30);
+/// A stream silent for this long (no event, no keepalive) is considered dead; the
+/// controller sends keepalive comments every 15 s.
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+
+fn client(url: &str, trust: &TrustSettings, credential: Option<&str>) -> anyhow::Result<Client> {
+    let mut cfg = ClientConfig::new(url);
+    cfg.allow_insecure_http = trust.allow_insecure_http;
+    cfg.trust = match (&trust.pin_sha256, &trust.ca_file) {
+        (Some(pin), _) => Trust::Fingerprint(
+            weft_api_client::parse_fingerprint(pin)
+                .context("--pin-sha256 is not a SHA-256 fingerprint")?,
+        ),
+        (None, Some(ca)) => Trust::CaFile(ca.into()),
+        (None, None) => Trust::SystemRoots,
+    };
+    let c = Client::new(cfg).with_context(|| format!("controller {url}"))?;
+    match credential {
+        Some(cred) => c.with_bearer(cred).context("node credential"),
+        None => Ok(c),
+    }
+}
+
+/// Registers this node with a join token; returns the node credential.
+pub(crate) async fn register(
+    url: &str,
+    trust: &TrustSettings,
+    token: &str,
+    id: &Identity,
+    name: Option<&str>,
+    hostname: Option<&str>,
+) -> anyhow::Result<String> {
+    let c = client(url, trust, None)?;
+    let resp = c
+        .register(
+            token,
+            id.node_key(),
+            id.pow().nonce,
+            |ctx, msg| id.sign(ctx, msg),
+            name.map(sanitize_name),
+            hostname.map(str::to_owned),
+        )
+        .await
+        .context("registering with the controller")?;
+    tracing::info!(name = %resp.name, node_key = %resp.node_key, "registered with the controller");
+    Ok(resp.credential)
+}
+
+/// Turns a hostname into a DNS label the controller accepts.
+fn sanitize_name(s: &str) -> String {
+    let mut out: String = s
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    while out.starts_with('-') {
+        out.remove(0);
+    }
+    while out.ends_with('-') {
+        out.pop();
+    }
+    if out.is_empty() { "node".into() } else { out }
+}
+
+impl Link {
+    /// Starts the link task.
+    pub(crate) fn spawn(
+        cred: Credential,
+        key: NodeKey,
+        port: u16,
+        have_version: Option<u64>,
+        maps: mpsc::Sender<NetworkMap>,
+    ) -> (Self, watch::Receiver<LinkState>) {
+        let (state_tx, state_rx) = watch::channel(LinkState::default());
+        let task = tokio::spawn(link_task(cred, key, port, have_version, maps, state_tx));
+        (Self { task }, state_rx)
+    }
+
+    /// Stops it.
+    pub(crate) fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn link_task(
+    cred: Credential,
+    key: NodeKey,
+    port: u16,
+    mut version: Option<u64>,
+    maps: mpsc::Sender<NetworkMap>,
+    state: watch::Sender<LinkState>,
+) {
+    let trust = TrustSettings {
+        ca_file: cred.ca_file.clone(),
+        pin_sha256: cred.pin_sha256.clone(),
+        allow_insecure_http: cred.allow_insecure_http,
+    };
+    let mut backoff = BACKOFF_MIN;
+    let mut jitter_state = u64::from_le_bytes(key.as_bytes()[..8].try_into().unwrap_or([7; 8]));
+    let mut map: Option<NetworkMap> = None;
+    loop {
+        let result = session(&cred, &trust, port, &mut version, &mut map, &maps, &state).await;
+        let msg = match result {
+            Ok(()) => "map stream ended".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        state.send_modify(|s| {
+            s.connected = false;
+            s.last_error = Some(msg.clone());
+        });
+        // Exponential backoff with ±50% jitter, so agents do not reconnect in lockstep.
+        jitter_state ^= jitter_state << 13;
+        jitter_state ^= jitter_state >> 7;
+        jitter_state ^= jitter_state << 17;
+        let factor = 0.5 + (jitter_state % 1000) as f64 / 1000.0;
+        let wait = backoff.mul_f64(factor);
+        tracing::warn!(error = %msg, retry_in_ms = wait.as_millis() as u64, "controller link down");
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if matches!(state.borrow().last_error.as_deref(), Some(e) if e.contains("(401)") || e.contains("unauthorized"))
+        {
+            backoff = BACKOFF_MAX;
+        }
+    }
+}
+
+async fn session(
+    cred: &Credential,
+    trust: &TrustSettings,
+    port: u16,
+    version: &mut Option<u64>,
+    map: &mut Option<NetworkMap>,
+    maps: &mpsc::Sender<NetworkMap>,
+    state: &watch::Sender<LinkState>,
+) -> anyhow::Result<()> {
+    let c = client(&cred.controller, trust, Some(&cred.credential))?;
+    let mut endpoints = gather(port);
+    c.report(&ReportRequest {
+        api_version: Some(weft_proto::api::API_VERSION),
+        endpoints: Some(endpoints.clone()),
+    })
+    .await
+    .context("reporting endpoints")?;
+    // Resume from our version only if we still hold the map it belongs to.
+    let resume = if map.is_some() { *version } else { None };
+    let mut stream = c
+        .map_stream(resume, STREAM_IDLE_TIMEOUT)
+        .await
+        .context("opening the map stream")?;
+    state.send_modify(|s| {
+        s.connected = true;
+        s.last_error = None;
+    });
+    tracing::info!(controller = %cred.controller, resume_from = ?resume, "map stream open");
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    report.tick().await;
+    loop {
+        tokio::select! {
+            ev = stream.next() => {
+                let Some(ev) = ev else {
+                    return Ok(());
+                };
+                let ev = ev.context("reading the map stream")?;
+                match ev {
+                    MapEvent::Snapshot(m) => {
+                        *version = Some(m.version);
+                        *map = Some(m.clone());
+                        if maps.send(m).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    MapEvent::Delta(d) => {
+                        let Some(current) = map.as_mut() else {
+                            anyhow::bail!("delta before any snapshot");
+                        };
+                        current
+                            .apply(&d)
+                            .context("applying a map delta (will resync from a snapshot)")
+                            .inspect_err(|_| {
+                                *version = None;
+                            })?;
+                        *version = Some(current.version);
+                        if maps.send(current.clone()).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            _ = report.tick() => {
+                let now = gather(port);
+                let changed = now != endpoints;
+                if changed {
+                    tracing::info!(?now, "host addresses changed; reporting new endpoints");
+                    endpoints = now.clone();
+                }
+                c.report(&ReportRequest {
+                    api_version: Some(weft_proto::api::API_VERSION),
+                    endpoints: changed.then_some(now),
+                })
+                .await
+                .context("reporting liveness")?;
+            }
+        }
+    }
+}
+
+fn gather(port: u16) -> Vec<std::net::SocketAddr> {
+    let addrs: Vec<(String, std::net::IpAddr)> = if_addrs::get_if_addrs()
+        .map(|v| {
+            v.into_iter()
+                .map(|i| {
+                    let ip = i.ip();
+                    (i.name, ip)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    host_candidates(&addrs, port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_dns_labels() {
+        assert_eq!(sanitize_name("Web_01.example.com"), "web-01-example-com");
+        assert_eq!(sanitize_name("---"), "node");
+        assert_eq!(sanitize_name(&"a".repeat(100)).len(), 63);
+    }
+}

@@ -1,0 +1,27 @@
+//! `weftd`, the node agent: the I/O shell around weft's sans-IO cores.
+//!
+//! # Layout
+//! - [`run`]: the supervisor. One task owns the agent's state (map, slots,
+//!   reconciler, controller link) and serves, in one `select!`, local API calls,
+//!   map updates from the controller link, reconcile deadlines and shutdown.
+//! - `dataplane`: TUN devices + UDP socket tasks around `weft_tunnel::Node`.
+//! - `ctl`: the controller link (register, map stream with resume and backoff,
+//!   endpoint/liveness reports), via `weft-api-client`.
+//! - `netmap`: pure map → tunnel config / interface plan translation.
+//! - `state`: the state directory (identity, credential, cached map; all 0600).
+//! - `api`: the local API on a Unix socket.
+//! - `clock`: the only place that reads clocks.
+//!
+//! Offline operation: the last applied map is cached (checksummed); at start the
+//! agent applies it before the controller answers, so peers work while the
+//! controller is down. A corrupt cache is discarded (no peers, fail closed).
+
+mod api;
+mod clock;
+mod ctl;
+mod dataplane;
+pub mod netmap;
+pub mod state;
+mod supervisor;
+
+pub use supervisor::{AgentConfig, run};

@@ -1,0 +1,311 @@
+//! Pure translation of a controller [`NetworkMap`] into what the data plane and
+//! the reconciler need: interface slots, the tunnel's [`NodeConfig`] and the
+//! interfaces' desired addresses and routes. No I/O; unit-tested.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use weft_proto::NodeKey;
+use weft_proto::netmap::NetworkMap;
+use weft_tunnel::{NetIndex, NetworkConfig, NodeConfig, PeerConfig};
+
+/// Prefix of every interface weft creates.
+pub const IFACE_PREFIX: &str = "weft";
+
+/// Overlay MTU: 1500 minus IPv6 (40) + UDP (8) + WireGuard (32) headers, so it fits
+/// any underlay path with a 1500-byte MTU whatever the address family.
+pub const OVERLAY_MTU: u32 = 1420;
+
+/// Stable assignment of networks to TUN slots (`weft0`, `weft1`, ...): a network
+/// keeps its slot while it stays in the map; a new one takes the lowest free slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slots {
+    by_name: BTreeMap<String, NetIndex>,
+}
+
+impl Slots {
+    /// Updates the assignment for the networks in `map`; returns it.
+    pub fn assign(&mut self, map: &NetworkMap) -> &BTreeMap<String, NetIndex> {
+        self.by_name
+            .retain(|name, _| map.networks.iter().any(|n| &n.name == name));
+        for n in &map.networks {
+            if !self.by_name.contains_key(&n.name) {
+                let used: Vec<NetIndex> = self.by_name.values().copied().collect();
+                let free = (0..).find(|i| !used.contains(i)).unwrap_or(0);
+                self.by_name.insert(n.name.clone(), free);
+            }
+        }
+        &self.by_name
+    }
+
+    /// Current assignment.
+    pub fn get(&self) -> &BTreeMap<String, NetIndex> {
+        &self.by_name
+    }
+}
+
+/// The interface name of a slot.
+pub fn ifname(slot: NetIndex) -> String {
+    format!("{IFACE_PREFIX}{slot}")
+}
+
+/// One interface as it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfacePlan {
+    /// Network name.
+    pub network: String,
+    /// Slot / tunnel network index.
+    pub slot: NetIndex,
+    /// Interface name.
+    pub ifname: String,
+    /// Addresses with the network's prefix length (`100.64.0.2/10`).
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Routes through the interface (network prefixes).
+    pub routes: Vec<(IpAddr, u8)>,
+    /// MTU.
+    pub mtu: u32,
+    /// DNS domain (for status; DNS is a later issue).
+    pub dns_domain: String,
+    /// CIDR text (for status).
+    pub cidr: String,
+}
+
+/// Everything derived from one map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derived {
+    /// Data-plane configuration.
+    pub node: NodeConfig,
+    /// Interfaces, by slot.
+    pub interfaces: Vec<InterfacePlan>,
+    /// Peer names and the networks they share with us, for status.
+    pub peer_networks: BTreeMap<NodeKey, Vec<String>>,
+}
+
+/// Translates `map` using (and updating) `slots`.
+pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
+    let assignment = slots.assign(map).clone();
+    let width = assignment.values().copied().max().map_or(0, |m| m + 1);
+    let mut networks = vec![NetworkConfig::default(); width];
+    let mut interfaces = Vec::new();
+    let mut peers: BTreeMap<NodeKey, PeerConfig> = BTreeMap::new();
+    let mut peer_networks: BTreeMap<NodeKey, Vec<String>> = BTreeMap::new();
+
+    for n in &map.networks {
+        let Some(&slot) = assignment.get(&n.name) else {
+            continue;
+        };
+        let mut addresses = vec![(IpAddr::V4(n.ipv4), n.ipv4_cidr.prefix_len())];
+        let mut routes = vec![(IpAddr::V4(n.ipv4_cidr.network()), n.ipv4_cidr.prefix_len())];
+        let mut cidr = n.ipv4_cidr.to_string();
+        if let (Some(v6), Some(prefix)) = (n.ipv6, n.ipv6_prefix) {
+            addresses.push((IpAddr::V6(v6), prefix.prefix_len()));
+            routes.push((IpAddr::V6(prefix.network()), prefix.prefix_len()));
+            cidr = format!("{cidr} {prefix}");
+        }
+        networks[slot] = NetworkConfig {
+            local_addresses: addresses.iter().map(|(a, _)| *a).collect(),
+        };
+        interfaces.push(InterfacePlan {
+            network: n.name.clone(),
+            slot,
+            ifname: ifname(slot),
+            addresses,
+            routes,
+            mtu: OVERLAY_MTU,
+            dns_domain: n.dns_domain.clone(),
+            cidr,
+        });
+        for p in &n.peers {
+            if p.node_key == map.node.node_key {
+                continue;
+            }
+            let entry = peers.entry(p.node_key).or_insert_with(|| PeerConfig {
+                key: p.node_key,
+                name: p.name.clone(),
+                addresses: Vec::new(),
+                endpoints: Vec::new(),
+            });
+            entry.addresses.push((slot, IpAddr::V4(p.ipv4)));
+            if let Some(v6) = p.ipv6 {
+                entry.addresses.push((slot, IpAddr::V6(v6)));
+            }
+            for e in &p.endpoints {
+                if !entry.endpoints.contains(e) {
+                    entry.endpoints.push(*e);
+                }
+            }
+            peer_networks
+                .entry(p.node_key)
+                .or_default()
+                .push(n.name.clone());
+        }
+    }
+    interfaces.sort_by_key(|i| i.slot);
+    Derived {
+        node: NodeConfig {
+            networks,
+            peers: peers.into_values().collect(),
+        },
+        interfaces,
+        peer_networks,
+    }
+}
+
+/// The candidate endpoints this node reports: every non-loopback, non-weft host
+/// address with the data-plane port.
+pub fn host_candidates(addrs: &[(String, IpAddr)], port: u16) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = addrs
+        .iter()
+        .filter(|(ifname, ip)| {
+            !ifname.starts_with(IFACE_PREFIX)
+                && !ip.is_loopback()
+                && !ip.is_unspecified()
+                && !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+        })
+        .map(|(_, ip)| SocketAddr::new(*ip, port))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use weft_proto::netmap::{NetworkView, Peer, SelfNode};
+
+    fn key(b: u8) -> NodeKey {
+        NodeKey::from_bytes([b; 32])
+    }
+
+    fn net(name: &str, cidr: &str, me: [u8; 4], peers: &[(u8, [u8; 4])]) -> NetworkView {
+        NetworkView {
+            name: name.into(),
+            ipv4_cidr: cidr.parse().unwrap(),
+            ipv6_prefix: None,
+            dns_domain: "weft.internal".into(),
+            ipv4: Ipv4Addr::from(me),
+            ipv6: None,
+            peers: peers
+                .iter()
+                .map(|(k, ip)| Peer {
+                    node_key: key(*k),
+                    name: format!("p{k}"),
+                    tags: vec![],
+                    ipv4: Ipv4Addr::from(*ip),
+                    ipv6: None,
+                    endpoints: vec![SocketAddr::from(([192, 0, 2, *k], 51820))],
+                    last_seen: None,
+                    online: true,
+                })
+                .collect(),
+        }
+    }
+
+    fn map(networks: Vec<NetworkView>) -> NetworkMap {
+        NetworkMap {
+            api_version: weft_proto::api::API_VERSION,
+            version: 1,
+            node: SelfNode {
+                node_key: key(1),
+                name: "me".into(),
+                tags: vec![],
+            },
+            networks,
+            relays: vec![],
+        }
+    }
+
+    #[test]
+    fn one_network_becomes_weft0_with_peers() {
+        let m = map(vec![net(
+            "prod",
+            "100.64.0.0/10",
+            [100, 64, 0, 2],
+            &[(2, [100, 64, 0, 3])],
+        )]);
+        let d = derive(&m, &mut Slots::default());
+        assert_eq!(d.interfaces.len(), 1);
+        let i = &d.interfaces[0];
+        assert_eq!(i.ifname, "weft0");
+        assert_eq!(i.addresses, vec![(IpAddr::from([100, 64, 0, 2]), 10)]);
+        assert_eq!(i.routes, vec![(IpAddr::from([100, 64, 0, 0]), 10)]);
+        assert_eq!(d.node.peers.len(), 1);
+        assert_eq!(
+            d.node.peers[0].addresses,
+            vec![(0, IpAddr::from([100, 64, 0, 3]))]
+        );
+        assert_eq!(
+            d.node.networks[0].local_addresses,
+            vec![IpAddr::from([100, 64, 0, 2])]
+        );
+    }
+
+    #[test]
+    fn slots_are_stable_across_changes() {
+        let mut slots = Slots::default();
+        let a = net("a", "100.64.0.0/16", [100, 64, 0, 2], &[]);
+        let b = net("b", "100.65.0.0/16", [100, 65, 0, 2], &[]);
+        let c = net("c", "100.66.0.0/16", [100, 66, 0, 2], &[]);
+        derive(&map(vec![a.clone(), b.clone()]), &mut slots);
+        assert_eq!(slots.get().get("b"), Some(&1));
+        // a leaves: b keeps weft1, c takes the free weft0.
+        let d = derive(&map(vec![b, c]), &mut slots);
+        assert_eq!(slots.get().get("b"), Some(&1));
+        assert_eq!(slots.get().get("c"), Some(&0));
+        assert_eq!(d.node.networks.len(), 2);
+        assert_eq!(
+            d.interfaces
+                .iter()
+                .map(|i| i.ifname.as_str())
+                .collect::<Vec<_>>(),
+            ["weft0", "weft1"]
+        );
+    }
+
+    #[test]
+    fn peer_in_two_networks_is_one_peer_with_both_addresses() {
+        let m = map(vec![
+            net(
+                "a",
+                "100.64.0.0/16",
+                [100, 64, 0, 2],
+                &[(2, [100, 64, 0, 3])],
+            ),
+            net(
+                "b",
+                "100.65.0.0/16",
+                [100, 65, 0, 2],
+                &[(2, [100, 65, 0, 3])],
+            ),
+        ]);
+        let d = derive(&m, &mut Slots::default());
+        assert_eq!(d.node.peers.len(), 1);
+        assert_eq!(d.node.peers[0].addresses.len(), 2);
+        assert_eq!(d.node.peers[0].endpoints.len(), 1, "endpoints deduplicated");
+        assert_eq!(
+            d.peer_networks[&key(2)],
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+    }
+
+    #[test]
+    fn candidates_skip_loopback_link_local_and_weft() {
+        let addrs = vec![
+            ("lo".to_owned(), IpAddr::from([127, 0, 0, 1])),
+            ("eth0".to_owned(), IpAddr::from([10, 1, 0, 2])),
+            ("weft0".to_owned(), IpAddr::from([100, 64, 0, 2])),
+            ("eth0".to_owned(), "fe80::1".parse().unwrap()),
+            ("eth1".to_owned(), "2001:db8::5".parse().unwrap()),
+        ];
+        let c = host_candidates(&addrs, 51820);
+        assert_eq!(
+            c,
+            vec![
+                "10.1.0.2:51820".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::5]:51820".parse().unwrap()
+            ]
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! The agent's state directory: identity, controller credential, cached map.
+//!
+//! ```text
+//! STATE_DIR/identity.key     private identity (weft-identity key file, 0600)
+//! STATE_DIR/credential.json  controller URL, TLS trust, node credential (0600)
+//! STATE_DIR/netmap.json      last applied network map + SHA-256 checksum (0600)
+//! ```
+//!
+//! Every file is written atomically (temp file created 0600, fsync, rename, fsync
+//! dir). A cache that fails its checksum or does not parse is discarded with a
+//! log line: the agent then runs with no peers until the controller answers
+//! (fail closed, never allow-all).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use weft_identity::{Difficulty, Identity, SearchOptions, keyfile};
+use weft_proto::netmap::NetworkMap;
+
+/// Paths inside the state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// What the agent needs to reconnect to its controller.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Credential {
+    /// Controller base URL.
+    pub controller: String,
+    /// The per-node bearer credential. Never logged.
+    pub credential: String,
+    /// PEM CA file to trust, if any.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Pinned SHA-256 certificate fingerprint (hex), if any.
+    #[serde(default)]
+    pub pin_sha256: Option<String>,
+    /// Cleartext to a non-loopback controller explicitly allowed.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("controller", &self.controller)
+            .field("credential", &"<redacted>")
+            .field("ca_file", &self.ca_file)
+            .field("pin_sha256", &self.pin_sha256)
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedMap {
+    checksum: String,
+    map: serde_json::Value,
+}
+
+impl StateDir {
+    /// Opens (creating with mode 0700) the state directory.
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        if !root.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .with_context(|| format!("creating state directory {}", root.display()))?;
+        }
+        let meta = fs::metadata(root)
+            .with_context(|| format!("reading state directory {}", root.display()))?;
+        if !meta.is_dir() {
+            bail!("state directory {} is not a directory", root.display());
+        }
+        if meta.mode() & 0o077 != 0 {
+            tracing::warn!(
+                dir = %root.display(),
+                mode = format!("{:04o}", meta.mode() & 0o7777),
+                "state directory is accessible by other users; it holds private keys (chmod 700 it)"
+            );
+        }
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn identity_path(&self) -> PathBuf {
+        self.root.join("identity.key")
+    }
+
+    fn credential_path(&self) -> PathBuf {
+        self.root.join("credential.json")
+    }
+
+    fn map_path(&self) -> PathBuf {
+        self.root.join("netmap.json")
+    }
+
+    /// Loads the identity, minting one (with progress logs) on first start.
+    pub fn load_or_mint_identity(
+        &self,
+        difficulty: Difficulty,
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<Identity> {
+        let path = self.identity_path();
+        if path.exists() {
+            let id = keyfile::load(&path)?;
+            tracing::info!(node_key = %id.node_key(), "loaded identity");
+            return Ok(id);
+        }
+        tracing::info!(
+            difficulty = difficulty.bits(),
+            "no identity yet: minting one (proof of work; this takes a few seconds)"
+        );
+        let expected = difficulty.expected_hashes();
+        let mut last_pct = 0u64;
+        let id = Identity::mint(
+            &mut rand_core::OsRng,
+            difficulty,
+            &SearchOptions::default(),
+            cancel,
+            |hashes| {
+                let pct = (100.0 * hashes as f64 / expected) as u64;
+                if pct >= last_pct + 25 && pct < 1000 {
+                    last_pct = pct;
+                    tracing::info!("proof of work: {pct}% of expected work done");
+                }
+            },
+        )?;
+        keyfile::save(&path, &id, false)?;
+        tracing::info!(node_key = %id.node_key(), file = %path.display(), "minted identity");
+        Ok(id)
+    }
+
+    /// The saved credential, if the node has joined.
+    pub fn load_credential(&self) -> anyhow::Result<Option<Credential>> {
+        let path = self.credential_path();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        check_private(&path)?;
+        let c = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is corrupt; remove it and join again with `weft up --token ...`",
+                path.display()
+            )
+        })?;
+        Ok(Some(c))
+    }
+
+    /// Saves the credential (0600, atomic).
+    pub fn save_credential(&self, c: &Credential) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec_pretty(c)?;
+        write_private(&self.credential_path(), &bytes)
+    }
+
+    /// Saves the map with a checksum (0600, atomic).
+    pub fn save_map(&self, map: &NetworkMap) -> anyhow::Result<()> {
+        let value = serde_json::to_value(map)?;
+        let canonical = serde_json::to_vec(&value)?;
+        let cached = CachedMap {
+            checksum: hex(&Sha256::digest(&canonical)),
+            map: value,
+        };
+        write_private(&self.map_path(), &serde_json::to_vec(&cached)?)
+    }
+
+    /// Loads the cached map. A missing cache is `Ok(None)`; a corrupt or
+    /// unverifiable one is discarded (renamed aside) and reported as an error the
+    /// caller logs.
+    pub fn load_map(&self) -> anyhow::Result<Option<NetworkMap>> {
+        let path = self.map_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let verdict = (|| -> Result<NetworkMap, &'static str> {
+            let cached: CachedMap = serde_json::from_slice(&bytes).map_err(|_| "not valid JSON")?;
+            let canonical = serde_json::to_vec(&cached.map).map_err(|_| "not valid JSON")?;
+            if hex(&Sha256::digest(&canonical)) != cached.checksum {
+                return Err("checksum mismatch");
+            }
+            serde_json::from_value(cached.map).map_err(|_| "not a network map of this version")
+        })();
+        match verdict {
+            Ok(map) => Ok(Some(map)),
+            Err(why) => {
+                let aside = path.with_extension("json.corrupt");
+                let _ = fs::rename(&path, &aside);
+                bail!(
+                    "cached network map {} is unusable ({why}); discarded (moved to {}), running with no peers until the controller answers",
+                    path.display(),
+                    aside.display()
+                )
+            }
+        }
+    }
+
+    /// Forgets the cached map (on leave).
+    pub fn remove_map(&self) {
+        let _ = fs::remove_file(self.map_path());
+    }
+}
+
+fn check_private(path: &Path) -> anyhow::Result<()> {
+    let mode = fs::metadata(path)?.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "{} is accessible by other users (mode {mode:04o}); it holds a secret credential: chmod 600 it",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600 from the first byte.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let res = (|| -> std::io::Result<()> {
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res.with_context(|| format!("writing {}", path.display()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+    use weft_proto::netmap::SelfNode;
+
+    fn map() -> NetworkMap {
+        NetworkMap {
+            api_version: weft_proto::api::API_VERSION,
+            version: 7,
+            node: SelfNode {
+                node_key: weft_proto::NodeKey::from_bytes([1; 32]),
+                name: "a".into(),
+                tags: vec![],
+            },
+            networks: vec![],
+            relays: vec![],
+        }
+    }
+
+    #[test]
+    fn map_cache_round_trip_and_corruption_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir::open(dir.path()).unwrap();
+        assert!(st.load_map().unwrap().is_none());
+        st.save_map(&map()).unwrap();
+        let mode = fs::metadata(st.map_path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(st.load_map().unwrap(), Some(map()));
+
+        let text = fs::read_to_string(st.map_path()).unwrap();
+        fs::write(
+            st.map_path(),
+            text.replace("\"version\":7", "\"version\":8"),
+        )
+        .unwrap();
+        let err = st.load_map().unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        assert!(!st.map_path().exists(), "corrupt cache moved aside");
+        assert!(st.load_map().unwrap().is_none());
+
+        fs::write(st.map_path(), b"{trunc").unwrap();
+        assert!(st.load_map().is_err());
+    }
+
+    #[test]
+    fn credential_is_private_and_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir::open(dir.path()).unwrap();
+        let c = Credential {
+            controller: "https://c".into(),
+            credential: "sekrit-123".into(),
+            ca_file: None,
+            pin_sha256: None,
+            allow_insecure_http: false,
+        };
+        st.save_credential(&c).unwrap();
+        assert_eq!(st.load_credential().unwrap(), Some(c.clone()));
+        assert!(!format!("{c:?}").contains("sekrit"));
+        fs::set_permissions(st.credential_path(), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(st.load_credential().is_err());
+    }
+}

@@ -1,0 +1,431 @@
+//! The supervisor: owns the agent's state and serves every event in one loop.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use ipnet::IpNet;
+use tokio::sync::{mpsc, watch};
+use weft_identity::{Difficulty, Identity};
+use weft_netcfg::exec::linux::NetlinkExecutor;
+use weft_netcfg::{DesiredState, LinkSpec, Reconciler, ReconcilerConfig, RouteSpec};
+use weft_proto::local::{
+    AgentStatus, ControllerStatus, LocalRequest, LocalResponse, NetworkStatus, PeerStatus,
+    ReconcileStatus, UpRequest,
+};
+use weft_proto::netmap::NetworkMap;
+use weft_tunnel::Node;
+
+use crate::api::{self, ApiCall};
+use crate::clock;
+use crate::ctl::{self, LinkState};
+use crate::dataplane::Dataplane;
+use crate::netmap::{self, Derived, Slots};
+use crate::state::{Credential, StateDir};
+
+/// How `weftd` is configured (command line).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// State directory (identity, credential, cached map).
+    pub state_dir: PathBuf,
+    /// Local API socket.
+    pub socket: PathBuf,
+    /// Data-plane UDP port (0: any).
+    pub port: u16,
+    /// Proof-of-work difficulty used when minting the identity on first start.
+    pub mint_difficulty: Difficulty,
+    /// Join at start (same as `weft up`), e.g. from a config file or flags.
+    pub join: Option<UpRequest>,
+}
+
+struct Agent {
+    state: StateDir,
+    identity: Arc<Identity>,
+    dp: Dataplane,
+    slots: Slots,
+    map: Option<NetworkMap>,
+    derived: Option<Derived>,
+    from_cache: bool,
+    credential: Option<Credential>,
+    down: bool,
+    link: Option<ctl::Link>,
+    link_state: watch::Receiver<LinkState>,
+    maps_tx: mpsc::Sender<NetworkMap>,
+    reconciler: Reconciler,
+    exec: Option<NetlinkExecutor>,
+    reconcile_status: ReconcileStatus,
+}
+
+/// Runs the agent until `shutdown` completes; then removes what it created.
+pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let state = StateDir::open(&cfg.state_dir)?;
+    let cancel = AtomicBool::new(false);
+    let identity = Arc::new(state.load_or_mint_identity(cfg.mint_difficulty, &cancel)?);
+    let listener = api::bind(&cfg.socket).await?;
+
+    let mut seed = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    let node = Node::new(
+        identity.node_key(),
+        *identity.x25519_secret(),
+        seed,
+        clock::now(),
+    );
+    let dp = Dataplane::start(node, cfg.port).await?;
+
+    let exec = match NetlinkExecutor::new() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open netlink: interfaces will not be configured");
+            None
+        }
+    };
+    let (maps_tx, mut maps_rx) = mpsc::channel::<NetworkMap>(16);
+    let (_, link_state) = watch::channel(LinkState::default());
+    let mut agent = Agent {
+        credential: state.load_credential()?,
+        state,
+        identity,
+        dp,
+        slots: Slots::default(),
+        map: None,
+        derived: None,
+        from_cache: false,
+        down: false,
+        link: None,
+        link_state,
+        maps_tx,
+        reconciler: Reconciler::new(
+            ReconcilerConfig::default(),
+            u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8])),
+        ),
+        exec,
+        reconcile_status: ReconcileStatus::default(),
+    };
+
+    // Offline start: apply the cached map at once.
+    match agent.state.load_map() {
+        Ok(Some(map)) => {
+            tracing::info!(version = map.version, "applying cached network map");
+            agent.from_cache = true;
+            agent.apply_map(map).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e:#}"),
+    }
+    if let Some(join) = cfg.join.clone() {
+        if let LocalResponse::Error { message, .. } = agent.up(join).await {
+            tracing::error!("joining at start failed: {message}");
+        }
+    } else if agent.credential.is_some() {
+        agent.start_link();
+    } else {
+        tracing::info!("not joined yet: run `weft up --controller URL --token-file FILE`");
+    }
+
+    let (calls_tx, mut calls_rx) = mpsc::channel::<ApiCall>(16);
+    let server = tokio::spawn(api::serve(listener, calls_tx));
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = agent.reconciler.poll_timeout().map(|(at, _)| at);
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some((req, reply)) = calls_rx.recv() => {
+                let resp = agent.handle(req).await;
+                let _ = reply.send(resp);
+            }
+            Some(map) = maps_rx.recv() => {
+                agent.from_cache = false;
+                if let Err(e) = agent.state.save_map(&map) {
+                    tracing::warn!("could not cache the network map: {e:#}");
+                }
+                agent.apply_map(map).await;
+            }
+            () = sleep_until(deadline) => agent.reconcile(),
+        }
+    }
+    tracing::info!("shutting down: removing weft interfaces and routes");
+    server.abort();
+    agent.stop_link();
+    agent.teardown();
+    api::unlink(&cfg.socket);
+    Ok(())
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Agent {
+    async fn handle(&mut self, req: LocalRequest) -> LocalResponse {
+        match req {
+            LocalRequest::Status => LocalResponse::Ok {
+                status: Some(Box::new(self.status())),
+                message: String::new(),
+            },
+            LocalRequest::Up(up) => self.up(up).await,
+            LocalRequest::Down => {
+                self.down = true;
+                self.stop_link();
+                self.teardown();
+                LocalResponse::Ok {
+                    status: None,
+                    message: "down: weft interfaces and routes removed (`weft up` reconnects)"
+                        .into(),
+                }
+            }
+        }
+    }
+
+    async fn up(&mut self, up: UpRequest) -> LocalResponse {
+        if let Some(token) = up.token.clone() {
+            let Some(url) = up
+                .controller
+                .clone()
+                .or_else(|| self.credential.as_ref().map(|c| c.controller.clone()))
+            else {
+                return api::error("bad_request", "first join needs --controller URL");
+            };
+            let trust = ctl::TrustSettings {
+                ca_file: up.ca_file.clone(),
+                pin_sha256: up.pin_sha256.clone(),
+                allow_insecure_http: up.allow_insecure_http,
+            };
+            let name = up.name.clone().or_else(hostname);
+            match ctl::register(
+                &url,
+                &trust,
+                &token,
+                &self.identity,
+                name.as_deref(),
+                hostname().as_deref(),
+            )
+            .await
+            {
+                Ok(credential) => {
+                    let cred = Credential {
+                        controller: url,
+                        credential,
+                        ca_file: trust.ca_file,
+                        pin_sha256: trust.pin_sha256,
+                        allow_insecure_http: trust.allow_insecure_http,
+                    };
+                    if let Err(e) = self.state.save_credential(&cred) {
+                        return api::error("state", &format!("{e:#}"));
+                    }
+                    self.credential = Some(cred);
+                    self.down = false;
+                    self.stop_link();
+                    self.start_link();
+                    if let Some(map) = self.map.take() {
+                        // Re-apply: the TUNs come back after a `down`.
+                        self.apply_map(map).await;
+                    }
+                    LocalResponse::Ok {
+                        status: None,
+                        message: "joined; connecting to the controller".into(),
+                    }
+                }
+                Err(e) => api::error("join_failed", &format!("{e:#}")),
+            }
+        } else if self.credential.is_some() {
+            self.down = false;
+            if self.link.is_none() {
+                self.start_link();
+            }
+            if let Some(map) = self.map.take() {
+                self.apply_map(map).await;
+            }
+            LocalResponse::Ok {
+                status: None,
+                message: "up".into(),
+            }
+        } else {
+            api::error(
+                "not_joined",
+                "this node has not joined a controller yet: weft up --controller URL --token-file FILE",
+            )
+        }
+    }
+
+    fn start_link(&mut self) {
+        let Some(cred) = self.credential.clone() else {
+            return;
+        };
+        let (link, state) = ctl::Link::spawn(
+            cred,
+            self.identity.node_key(),
+            self.dp.port(),
+            self.map.as_ref().map(|m| m.version),
+            self.maps_tx.clone(),
+        );
+        self.link = Some(link);
+        self.link_state = state;
+    }
+
+    fn stop_link(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.stop();
+        }
+    }
+
+    async fn apply_map(&mut self, map: NetworkMap) {
+        if self.down {
+            self.map = Some(map);
+            return;
+        }
+        let derived = netmap::derive(&map, &mut self.slots);
+        let wanted: BTreeMap<usize, String> = derived
+            .interfaces
+            .iter()
+            .map(|i| (i.slot, i.ifname.clone()))
+            .collect();
+        for e in self.dp.ensure_tuns(&wanted, netmap::OVERLAY_MTU) {
+            tracing::error!("{e}");
+        }
+        self.dp.apply(&derived.node).await;
+        self.reconciler
+            .set_desired(desired_state(&derived), clock::now());
+        tracing::info!(
+            version = map.version,
+            networks = derived.interfaces.len(),
+            peers = derived.node.peers.len(),
+            "applied network map"
+        );
+        self.derived = Some(derived);
+        self.map = Some(map);
+        self.reconcile();
+    }
+
+    fn reconcile(&mut self) {
+        let Some(exec) = self.exec.as_mut() else {
+            return;
+        };
+        if let Some(report) = self.reconciler.handle_timeout(exec, clock::now()) {
+            for a in &report.applied {
+                tracing::info!(action = %a, "applied");
+            }
+            for (a, e) in &report.failed {
+                tracing::warn!(action = %a, error = %e, "action failed; will retry");
+            }
+            self.reconcile_status = ReconcileStatus {
+                converged: report.converged,
+                failures: report
+                    .failed
+                    .iter()
+                    .map(|(a, e)| format!("{a}: {e}"))
+                    .collect(),
+            };
+        }
+    }
+
+    fn teardown(&mut self) {
+        self.dp.ensure_tuns(&BTreeMap::new(), netmap::OVERLAY_MTU);
+        self.derived = None;
+        self.slots = Slots::default();
+        if let Some(exec) = self.exec.as_mut() {
+            let report = self.reconciler.shutdown(exec);
+            for (a, e) in &report.failed {
+                tracing::warn!(action = %a, error = %e, "teardown action failed");
+            }
+        }
+        self.reconcile_status = ReconcileStatus::default();
+    }
+
+    fn status(&self) -> AgentStatus {
+        let (peers, drops) = self.dp.status();
+        let link = self.link_state.borrow().clone();
+        let derived = self.derived.as_ref();
+        let networks = derived
+            .map(|d| {
+                d.interfaces
+                    .iter()
+                    .map(|i| NetworkStatus {
+                        name: i.network.clone(),
+                        interface: i.ifname.clone(),
+                        addresses: i.addresses.iter().map(|(a, _)| a.to_string()).collect(),
+                        cidr: i.cidr.clone(),
+                        dns_domain: i.dns_domain.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let peers = peers
+            .into_iter()
+            .map(|p| PeerStatus {
+                name: p.name,
+                node_key: p.key,
+                networks: derived
+                    .and_then(|d| d.peer_networks.get(&p.key).cloned())
+                    .unwrap_or_default(),
+                addresses: p.addresses.iter().map(|(_, a)| a.to_string()).collect(),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                last_handshake_secs: p.since_handshake.map(|d| d.as_secs()),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                drops: p
+                    .drops
+                    .nonzero()
+                    .map(|(r, n)| (r.as_str().to_owned(), n))
+                    .collect(),
+            })
+            .collect();
+        AgentStatus {
+            node_key: self.identity.node_key(),
+            name: self.map.as_ref().map(|m| m.node.name.clone()),
+            state: if self.credential.is_none() {
+                "not_joined".into()
+            } else if self.down {
+                "down".into()
+            } else {
+                "up".into()
+            },
+            controller: self.credential.as_ref().map(|c| ControllerStatus {
+                url: c.controller.clone(),
+                connected: link.connected,
+                map_version: self.map.as_ref().map(|m| m.version),
+                from_cache: self.from_cache,
+                last_error: link.last_error,
+            }),
+            networks,
+            peers,
+            drops: drops
+                .nonzero()
+                .map(|(r, n)| (r.as_str().to_owned(), n))
+                .collect(),
+            reconcile: self.reconcile_status.clone(),
+            listen_port: self.dp.port(),
+        }
+    }
+}
+
+fn desired_state(d: &Derived) -> DesiredState {
+    let mut desired = DesiredState::default();
+    for i in &d.interfaces {
+        let mut spec = LinkSpec::up(i.mtu);
+        for (a, p) in &i.addresses {
+            if let Ok(net) = IpNet::new(*a, *p) {
+                spec = spec.with_addr(net);
+            }
+        }
+        for (a, p) in &i.routes {
+            if let Ok(net) = IpNet::new(*a, *p) {
+                spec = spec.with_route(RouteSpec::new(net.trunc()));
+            }
+        }
+        desired = desired.with_link(i.ifname.clone(), spec);
+    }
+    desired
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}

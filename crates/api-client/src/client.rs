@@ -1,0 +1,646 @@
+//! The HTTP client: URL policy, connections (pooled), JSON calls.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use weft_proto::NodeKey;
+use weft_proto::api::{
+    AuditList, CHALLENGE_LEN, ChallengeResponse, CreateNetworkRequest, CreateTokenRequest,
+    CreateTokenResponse, ErrorBody, Health, Network, NetworkList, NodeInfo, NodeList,
+    REGISTER_SIGNATURE_CONTEXT, RegisterRequest, RegisterResponse, ReportRequest, TokenInfo,
+    TokenList, UpdateNodeRequest, register_signed_message,
+};
+use weft_proto::netmap::NetworkMap;
+
+use crate::ClientError;
+use crate::stream::{MapStream, MapSubscription};
+use crate::tls::client_config;
+
+/// Largest response body read (a full map of tens of thousands of peers).
+const MAX_RESPONSE: usize = 32 << 20;
+/// Idle pooled connections kept.
+const POOL_SIZE: usize = 8;
+
+/// Whom to trust for `https://`.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The operating system's CA certificates.
+    SystemRoots,
+    /// CA certificates from a PEM file (for example the controller's own
+    /// self-signed `tls/cert.pem`).
+    CaFile(PathBuf),
+    /// CA certificates as PEM bytes.
+    CaPem(Vec<u8>),
+    /// Exactly the certificate with this SHA-256 (as printed by the controller).
+    Fingerprint([u8; 32]),
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `https://host:port` (or `http://` for loopback), optionally with a path prefix.
+    pub base_url: String,
+    /// Whom to trust.
+    pub trust: Trust,
+    /// Allow cleartext `http://` to non-loopback hosts (never do this in production).
+    pub allow_insecure_http: bool,
+    /// Timeout of a whole call (not of a map stream).
+    pub timeout: Duration,
+    /// Timeout of connecting plus the TLS handshake.
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults: system roots, 30 s calls, 10 s connect.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            trust: Trust::SystemRoots,
+            allow_insecure_http: false,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+type Sender = SendRequest<Full<Bytes>>;
+
+struct Transport {
+    host: String,
+    port: u16,
+    authority: HeaderValue,
+    base_path: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    pool: Mutex<Vec<Sender>>,
+    timeout: Duration,
+    connect_timeout: Duration,
+}
+
+/// A controller client. Cheap to clone; clones share the connection pool.
+#[derive(Clone)]
+pub struct Client {
+    transport: Arc<Transport>,
+    bearer: Option<Arc<HeaderValue>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("host", &self.transport.host)
+            .field("port", &self.transport.port)
+            .field("tls", &self.transport.tls.is_some())
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Client {
+    /// Validates the URL and trust settings; does not connect yet.
+    pub fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
+        let bad = |why: &str| ClientError::InvalidUrl(why.to_owned());
+        if cfg.base_url.len() > 2048 {
+            return Err(bad("too long"));
+        }
+        let uri: http::Uri = cfg.base_url.parse().map_err(|_| bad("not a URL"))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad("scheme must be https:// or http://")),
+        };
+        if uri.query().is_some() {
+            return Err(bad("must not contain a query string"));
+        }
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?.clone();
+        if authority.as_str().contains('@') {
+            return Err(bad("must not contain credentials"));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        if !https && !cfg.allow_insecure_http && !is_loopback(&host) {
+            return Err(ClientError::InsecureHttp(host));
+        }
+        let tls = if https {
+            let name = ServerName::try_from(host.clone())
+                .map_err(|_| bad("host is not a valid TLS server name"))?;
+            Some((TlsConnector::from(client_config(&cfg.trust)?), name))
+        } else {
+            None
+        };
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        let authority = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("bad host"))?;
+        Ok(Client {
+            transport: Arc::new(Transport {
+                host,
+                port,
+                authority,
+                base_path,
+                tls,
+                pool: Mutex::new(Vec::new()),
+                timeout: cfg.timeout,
+                connect_timeout: cfg.connect_timeout,
+            }),
+            bearer: None,
+        })
+    }
+
+    /// A client that sends `Authorization: Bearer <credential>` (shares the pool).
+    pub fn with_bearer(&self, credential: &str) -> Result<Client, ClientError> {
+        let mut v = HeaderValue::from_str(&format!("Bearer {credential}")).map_err(|_| {
+            ClientError::Trust("credential has characters not allowed in a header".into())
+        })?;
+        v.set_sensitive(true);
+        Ok(Client {
+            transport: self.transport.clone(),
+            bearer: Some(Arc::new(v)),
+        })
+    }
+
+    async fn connect(&self) -> Result<Sender, ClientError> {
+        let t = &self.transport;
+        let addr = format!("{}:{}", t.host, t.port);
+        let connect = async {
+            let tcp = TcpStream::connect((t.host.as_str(), t.port))
+                .await
+                .map_err(|e| ClientError::Connect {
+                    addr: addr.clone(),
+                    why: e.to_string(),
+                })?;
+            let _ = tcp.set_nodelay(true);
+            let conn_err = |e: hyper::Error| ClientError::Connect {
+                addr: addr.clone(),
+                why: e.to_string(),
+            };
+            match &t.tls {
+                Some((connector, name)) => {
+                    let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                        ClientError::Connect {
+                            addr: addr.clone(),
+                            why: format!("TLS: {e}"),
+                        }
+                    })?;
+                    let (sender, conn) = http1::handshake(TokioIo::new(tls))
+                        .await
+                        .map_err(conn_err)?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    Ok(sender)
+                }
+                None => {
+                    let (sender, conn) = http1::handshake(TokioIo::new(tcp))
+                        .await
+                        .map_err(conn_err)?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    Ok(sender)
+                }
+            }
+        };
+        tokio::time::timeout(t.connect_timeout, connect)
+            .await
+            .map_err(|_| ClientError::Timeout("connect"))?
+    }
+
+    async fn sender(&self, pooled: bool) -> Result<Sender, ClientError> {
+        if pooled {
+            loop {
+                let candidate = {
+                    let mut pool = self
+                        .transport
+                        .pool
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    pool.pop()
+                };
+                let Some(mut s) = candidate else { break };
+                if !s.is_closed() && s.ready().await.is_ok() {
+                    return Ok(s);
+                }
+            }
+        }
+        self.connect().await
+    }
+
+    fn give_back(&self, s: Sender) {
+        if s.is_closed() {
+            return;
+        }
+        let mut pool = self
+            .transport
+            .pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pool.len() < POOL_SIZE {
+            pool.push(s);
+        }
+    }
+
+    fn build(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&str, String)],
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
+        let t = &self.transport;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", t.base_path))
+            .header(header::HOST, t.authority.clone())
+            .header(
+                header::USER_AGENT,
+                concat!("weft-api-client/", env!("CARGO_PKG_VERSION")),
+            );
+        if let Some(b) = &self.bearer {
+            req = req.header(header::AUTHORIZATION, (**b).clone());
+        }
+        for (k, v) in extra {
+            req = req.header(*k, v.as_str());
+        }
+        let body = match body {
+            Some(b) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(b))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        req.body(body)
+            .map_err(|e| ClientError::InvalidUrl(e.to_string()))
+    }
+
+    /// Sends a request and returns the raw response (body not yet read).
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&str, String)],
+        pooled: bool,
+    ) -> Result<(http::Response<Incoming>, Sender), ClientError> {
+        let req = self.build(method, path, body, extra)?;
+        let mut s = self.sender(pooled).await?;
+        let resp = s
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        Ok((resp, s))
+    }
+
+    /// One JSON call: returns the status and body bytes of a 2xx response, or
+    /// the controller's `{code, message}` as [`ClientError::Api`].
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let work = async {
+            let (resp, sender) = self.send(method, path, body, &[], true).await?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| ClientError::Http(format!("reading response: {e}")))?
+                .to_bytes();
+            self.give_back(sender);
+            if !status.is_success() {
+                return Err(api_error(status, &bytes));
+            }
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(self.transport.timeout, work)
+            .await
+            .map_err(|_| ClientError::Timeout("request"))?
+    }
+
+    /// A JSON call with a JSON response.
+    pub async fn request<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R, ClientError> {
+        let body = body
+            .map(|b| serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string())))
+            .transpose()?;
+        let (_, bytes) = self.call(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// A JSON call whose response body is ignored (204 and the like).
+    pub async fn request_no_content<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(), ClientError> {
+        let body = body
+            .map(|b| serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string())))
+            .transpose()?;
+        self.call(method, path, body).await.map(|_| ())
+    }
+
+    // ---- agent API ----
+
+    /// `GET /healthz`.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.request::<(), _>(Method::GET, "/healthz", None).await
+    }
+
+    /// `POST /v1/register/challenge`.
+    pub async fn register_challenge(&self) -> Result<ChallengeResponse, ClientError> {
+        self.request::<(), _>(Method::POST, "/v1/register/challenge", None)
+            .await
+    }
+
+    /// `POST /v1/register` with a prepared request.
+    pub async fn register_raw(
+        &self,
+        req: &RegisterRequest,
+    ) -> Result<RegisterResponse, ClientError> {
+        self.request(Method::POST, "/v1/register", Some(req)).await
+    }
+
+    /// Registers a key: fetches a challenge, has `sign(context, message)` sign
+    /// it (pass `|c, m| identity.sign(c, m)`), and registers.
+    pub async fn register(
+        &self,
+        token: &str,
+        node_key: NodeKey,
+        pow_nonce: u64,
+        sign: impl FnOnce(&str, &[u8]) -> [u8; 64],
+        name: Option<String>,
+        hostname: Option<String>,
+    ) -> Result<RegisterResponse, ClientError> {
+        use base64::Engine as _;
+        let ch = self.register_challenge().await?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&ch.challenge)
+            .map_err(|_| ClientError::Decode("challenge is not base64".into()))?;
+        let challenge: [u8; CHALLENGE_LEN] = bytes
+            .try_into()
+            .map_err(|_| ClientError::Decode("challenge has the wrong length".into()))?;
+        let sig = sign(
+            REGISTER_SIGNATURE_CONTEXT,
+            &register_signed_message(&challenge, token),
+        );
+        let req = RegisterRequest {
+            api_version: None,
+            token: token.to_owned(),
+            node_key,
+            pow_nonce,
+            challenge: ch.challenge,
+            signature: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig),
+            name,
+            hostname,
+        };
+        self.register_raw(&req).await
+    }
+
+    /// `GET /v1/map`.
+    pub async fn map(&self) -> Result<NetworkMap, ClientError> {
+        self.request::<(), _>(Method::GET, "/v1/map", None).await
+    }
+
+    /// `POST /v1/node/report`.
+    pub async fn report(&self, req: &ReportRequest) -> Result<(), ClientError> {
+        self.request_no_content(Method::POST, "/v1/node/report", Some(req))
+            .await
+    }
+
+    /// Opens the map stream once (`Last-Event-ID: last_event_id` if given).
+    /// `idle_timeout` bounds the silence between events or keepalives.
+    pub async fn map_stream(
+        &self,
+        last_event_id: Option<u64>,
+        idle_timeout: Duration,
+    ) -> Result<MapStream, ClientError> {
+        let mut extra = vec![("accept", "text/event-stream".to_owned())];
+        if let Some(id) = last_event_id {
+            extra.push(("last-event-id", id.to_string()));
+        }
+        let (resp, sender) = tokio::time::timeout(
+            self.transport.timeout,
+            self.send(Method::GET, "/v1/map/stream", None, &extra, false),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout("opening the map stream"))??;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = Limited::new(resp.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        Ok(MapStream::new(
+            resp.into_body(),
+            sender,
+            last_event_id,
+            idle_timeout,
+        ))
+    }
+
+    /// A self-reconnecting map subscription starting after `last_event_id`.
+    pub fn subscribe_map(
+        &self,
+        last_event_id: Option<u64>,
+        idle_timeout: Duration,
+    ) -> MapSubscription {
+        MapSubscription::new(self.clone(), last_event_id, idle_timeout)
+    }
+
+    // ---- admin API ----
+
+    /// `POST /v1/admin/networks`.
+    pub async fn create_network(&self, req: &CreateNetworkRequest) -> Result<Network, ClientError> {
+        self.request(Method::POST, "/v1/admin/networks", Some(req))
+            .await
+    }
+
+    /// `GET /v1/admin/networks`.
+    pub async fn list_networks(&self) -> Result<NetworkList, ClientError> {
+        self.request::<(), _>(Method::GET, "/v1/admin/networks", None)
+            .await
+    }
+
+    /// `GET /v1/admin/networks/{name}`.
+    pub async fn show_network(&self, name: &str) -> Result<Network, ClientError> {
+        self.request::<(), _>(
+            Method::GET,
+            &format!("/v1/admin/networks/{}", escape(name)),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/admin/tokens` (the secret is in the response, once).
+    pub async fn create_token(
+        &self,
+        req: &CreateTokenRequest,
+    ) -> Result<CreateTokenResponse, ClientError> {
+        self.request(Method::POST, "/v1/admin/tokens", Some(req))
+            .await
+    }
+
+    /// `GET /v1/admin/tokens`.
+    pub async fn list_tokens(&self) -> Result<TokenList, ClientError> {
+        self.request::<(), _>(Method::GET, "/v1/admin/tokens", None)
+            .await
+    }
+
+    /// `DELETE /v1/admin/tokens/{id}`.
+    pub async fn revoke_token(&self, id: u64) -> Result<TokenInfo, ClientError> {
+        self.request::<(), _>(Method::DELETE, &format!("/v1/admin/tokens/{id}"), None)
+            .await
+    }
+
+    /// `GET /v1/admin/nodes[?network=]`.
+    pub async fn list_nodes(&self, network: Option<&str>) -> Result<NodeList, ClientError> {
+        let path = match network {
+            Some(n) => format!("/v1/admin/nodes?network={}", escape(n)),
+            None => "/v1/admin/nodes".to_owned(),
+        };
+        self.request::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `GET /v1/admin/nodes/{key-or-name}`.
+    pub async fn show_node(&self, node: &str) -> Result<NodeInfo, ClientError> {
+        self.request::<(), _>(
+            Method::GET,
+            &format!("/v1/admin/nodes/{}", escape(node)),
+            None,
+        )
+        .await
+    }
+
+    /// `PATCH /v1/admin/nodes/{key-or-name}`.
+    pub async fn update_node(
+        &self,
+        node: &str,
+        req: &UpdateNodeRequest,
+    ) -> Result<NodeInfo, ClientError> {
+        self.request(
+            Method::PATCH,
+            &format!("/v1/admin/nodes/{}", escape(node)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/admin/nodes/{key-or-name}`.
+    pub async fn remove_node(&self, node: &str) -> Result<(), ClientError> {
+        self.request_no_content::<()>(
+            Method::DELETE,
+            &format!("/v1/admin/nodes/{}", escape(node)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/admin/audit`.
+    pub async fn audit(
+        &self,
+        limit: u32,
+        before: Option<u64>,
+        target: Option<&str>,
+    ) -> Result<AuditList, ClientError> {
+        let mut path = format!("/v1/admin/audit?limit={limit}");
+        if let Some(b) = before {
+            path.push_str(&format!("&before={b}"));
+        }
+        if let Some(t) = target {
+            path.push_str(&format!("&target={}", escape(t)));
+        }
+        self.request::<(), _>(Method::GET, &path, None).await
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let body = serde_json::from_slice::<ErrorBody>(bytes).unwrap_or_else(|_| ErrorBody {
+        code: format!("http_{}", status.as_u16()),
+        message: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+    });
+    ClientError::Api {
+        status: status.as_u16(),
+        body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_cleartext_to_non_loopback() {
+        let plain = |url: &str, allow| {
+            Client::new(ClientConfig {
+                allow_insecure_http: allow,
+                ..ClientConfig::new(url)
+            })
+        };
+        assert!(matches!(
+            plain("http://controller.example:8080", false),
+            Err(ClientError::InsecureHttp(_))
+        ));
+        assert!(matches!(
+            plain("http://10.0.0.1", false),
+            Err(ClientError::InsecureHttp(_))
+        ));
+        assert!(plain("http://10.0.0.1", true).is_ok());
+        assert!(plain("http://127.0.0.1:1", false).is_ok());
+        assert!(plain("http://localhost:1", false).is_ok());
+        assert!(plain("http://[::1]:1", false).is_ok());
+        assert!(matches!(
+            plain("ftp://x", false),
+            Err(ClientError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            plain("https://u:p@x", false),
+            Err(ClientError::InvalidUrl(_))
+        ));
+    }
+
+    #[test]
+    fn escapes_path_segments() {
+        assert_eq!(escape("a/b c"), "a%2Fb%20c");
+        assert_eq!(escape("lab-1"), "lab-1");
+    }
+}

@@ -1,0 +1,23 @@
+//! Typed async client for the weft controller API (HTTP/1.1 over rustls, JSON,
+//! Server-Sent Events), used by the agent and the command-line tools.
+//!
+//! - Refuses `http://` to anything but a loopback host unless
+//!   [`ClientConfig::allow_insecure_http`] is set.
+//! - Trusts the system roots, a CA file, or a pinned SHA-256 certificate
+//!   fingerprint ([`Trust`]); the ring crypto provider.
+//! - Sends credentials only in the `Authorization: Bearer` header, never in URLs.
+//! - [`MapStream`] parses the map stream with `weft_proto::sse` (bounded) and
+//!   tracks the last event id; [`MapSubscription`] reconnects with backoff and
+//!   resumes with `Last-Event-ID`.
+//!
+//! It holds no agent logic and keeps no state beyond a small connection pool.
+
+mod client;
+mod error;
+mod stream;
+mod tls;
+
+pub use client::{Client, ClientConfig, Trust};
+pub use error::ClientError;
+pub use stream::{MapStream, MapSubscription};
+pub use tls::parse_fingerprint;

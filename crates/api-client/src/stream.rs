@@ -1,0 +1,157 @@
+//! The map stream: SSE over a long-lived response, parsed with the bounded
+//! parser from `weft_proto::sse`, and a reconnecting subscription on top.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use weft_proto::netmap::MapEvent;
+use weft_proto::sse::SseParser;
+
+use crate::{Client, ClientError};
+
+/// One open map stream. Dropping it closes the connection.
+pub struct MapStream {
+    body: Incoming,
+    _sender: SendRequest<Full<Bytes>>,
+    parser: SseParser,
+    pending: VecDeque<Result<MapEvent, ClientError>>,
+    last_event_id: Option<u64>,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for MapStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapStream")
+            .field("last_event_id", &self.last_event_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MapStream {
+    pub(crate) fn new(
+        body: Incoming,
+        sender: SendRequest<Full<Bytes>>,
+        last_event_id: Option<u64>,
+        idle_timeout: Duration,
+    ) -> Self {
+        Self {
+            body,
+            _sender: sender,
+            parser: SseParser::default(),
+            pending: VecDeque::new(),
+            last_event_id,
+            idle_timeout,
+        }
+    }
+
+    /// The version of the last event received: send it as `Last-Event-ID` when
+    /// reconnecting.
+    pub fn last_event_id(&self) -> Option<u64> {
+        self.last_event_id
+    }
+
+    /// The next map event. `None` when the controller ended the stream; an error
+    /// when it broke or stayed silent (not even a keepalive) for the idle timeout.
+    pub async fn next(&mut self) -> Option<Result<MapEvent, ClientError>> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Some(ev);
+            }
+            let frame = match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
+                Err(_) => return Some(Err(ClientError::Timeout("map stream idle (no keepalive)"))),
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => return Some(Err(ClientError::Stream(e.to_string()))),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if let Err(e) = self.parser.feed(&data) {
+                return Some(Err(ClientError::Stream(e.to_string())));
+            }
+            while let Some(ev) = self.parser.next_event() {
+                let decoded = MapEvent::decode(&ev.event, ev.id.as_deref(), &ev.data)
+                    .map_err(|e| ClientError::Stream(e.to_string()));
+                if let Ok(m) = &decoded {
+                    self.last_event_id = Some(m.version());
+                }
+                self.pending.push_back(decoded);
+            }
+        }
+    }
+}
+
+/// A map stream that reconnects by itself (exponential backoff from 250 ms to
+/// 30 s, reset after a successful event) and resumes with `Last-Event-ID`, so
+/// after a reconnect the caller gets only what changed, or a snapshot.
+pub struct MapSubscription {
+    client: Client,
+    stream: Option<MapStream>,
+    last_event_id: Option<u64>,
+    idle_timeout: Duration,
+    backoff: Duration,
+}
+
+impl MapSubscription {
+    pub(crate) fn new(client: Client, last_event_id: Option<u64>, idle_timeout: Duration) -> Self {
+        Self {
+            client,
+            stream: None,
+            last_event_id,
+            idle_timeout,
+            backoff: Duration::ZERO,
+        }
+    }
+
+    /// The version of the last event delivered.
+    pub fn last_event_id(&self) -> Option<u64> {
+        self.last_event_id
+    }
+
+    /// The next event. Transient failures are retried internally; an error is
+    /// returned only when retrying cannot help (credential refused, node
+    /// disabled or removed).
+    pub async fn next(&mut self) -> Result<MapEvent, ClientError> {
+        loop {
+            if self.stream.is_none() {
+                if !self.backoff.is_zero() {
+                    tokio::time::sleep(self.backoff).await;
+                }
+                self.backoff =
+                    (self.backoff * 2).clamp(Duration::from_millis(250), Duration::from_secs(30));
+                match self
+                    .client
+                    .map_stream(self.last_event_id, self.idle_timeout)
+                    .await
+                {
+                    Ok(s) => self.stream = Some(s),
+                    Err(e) if e.is_permanent() => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "map stream connect failed; retrying");
+                        continue;
+                    }
+                }
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
+            match stream.next().await {
+                Some(Ok(ev)) => {
+                    self.last_event_id = Some(ev.version());
+                    self.backoff = Duration::ZERO;
+                    return Ok(ev);
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "map stream broke; reconnecting");
+                    self.stream = None;
+                }
+                None => self.stream = None,
+            }
+        }
+    }
+}

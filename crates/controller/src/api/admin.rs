@@ -1,0 +1,322 @@
+//! The admin API: networks, join tokens, nodes and the audit log.
+
+use std::collections::BTreeSet;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use http::StatusCode;
+use rand_core::OsRng;
+use serde::Deserialize;
+use weft_identity::Difficulty;
+use weft_proto::api::{
+    AuditEntry, AuditList, CreateNetworkRequest, CreateTokenRequest, CreateTokenResponse, Network,
+    NetworkList, NodeInfo, NodeList, TokenInfo, TokenList, UpdateNodeRequest,
+};
+use weft_proto::net::{Ipv4Net, Ipv6Net};
+use weft_proto::netmap::DEFAULT_DNS_DOMAIN;
+
+use super::{AdminAuth, ApiJson, ApiPath, ApiQuery, AppState};
+use crate::clock;
+use crate::error::ApiError;
+use crate::model::{Actor, NewNetwork, NewToken, NodePatch, Op, Output};
+use crate::secret::{self, JOIN_PREFIX};
+use crate::store::AuditQuery;
+use crate::validate::{self, MAX_DESCRIPTION, MAX_TOKEN_NETWORKS};
+
+/// Longest token lifetime: ten years.
+const MAX_TOKEN_LIFETIME_SECS: u64 = 10 * 365 * 24 * 3600;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/admin/networks",
+            get(list_networks).post(create_network),
+        )
+        .route("/v1/admin/networks/{name}", get(show_network))
+        .route("/v1/admin/tokens", get(list_tokens).post(create_token))
+        .route("/v1/admin/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/v1/admin/nodes", get(list_nodes))
+        .route(
+            "/v1/admin/nodes/{node}",
+            get(show_node).patch(update_node).delete(remove_node),
+        )
+        .route("/v1/admin/audit", get(audit))
+}
+
+fn invalid_cidr(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid("invalid_cidr", format!("{what}: {e}"))
+}
+
+async fn create_network(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<CreateNetworkRequest>,
+) -> Result<(StatusCode, Json<Network>), ApiError> {
+    validate::name("network", &req.name)?;
+    let ipv4_cidr: Ipv4Net = req
+        .ipv4_cidr
+        .parse()
+        .map_err(|e| invalid_cidr("ipv4_cidr", e))?;
+    if !(8..=30).contains(&ipv4_cidr.prefix_len()) {
+        return Err(invalid_cidr("ipv4_cidr", "prefix length must be 8 to 30"));
+    }
+    let ipv6_prefix = match &req.ipv6_prefix {
+        None => None,
+        Some(s) => {
+            let p: Ipv6Net = s.parse().map_err(|e| invalid_cidr("ipv6_prefix", e))?;
+            if !(8..=96).contains(&p.prefix_len()) {
+                return Err(invalid_cidr("ipv6_prefix", "prefix length must be 8 to 96"));
+            }
+            Some(p)
+        }
+    };
+    let dns_domain = req
+        .dns_domain
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DNS_DOMAIN.to_owned());
+    validate::domain(&dns_domain)?;
+    let pow = req.pow_difficulty.unwrap_or(Difficulty::DEFAULT.bits());
+    Difficulty::new(pow).map_err(|e| ApiError::invalid("invalid_difficulty", e.to_string()))?;
+    let op = Op::CreateNetwork(NewNetwork {
+        name: req.name,
+        ipv4_cidr,
+        ipv6_prefix,
+        dns_domain,
+        pow_difficulty: pow,
+    });
+    match st.engine.execute(Actor::Admin, op).await? {
+        Output::Network(n) => Ok((StatusCode::CREATED, Json(n))),
+        _ => Err(ApiError::Internal),
+    }
+}
+
+async fn list_networks(State(st): State<AppState>, _: AdminAuth) -> Json<NetworkList> {
+    let world = st.engine.world().read().await;
+    Json(NetworkList {
+        networks: world.networks_info(),
+    })
+}
+
+async fn show_network(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Network>, ApiError> {
+    let world = st.engine.world().read().await;
+    let net = world.network_by_name(&name).ok_or_else(|| {
+        ApiError::not_found("network_not_found", format!("no network named {name:?}"))
+    })?;
+    Ok(Json(world.network_info(net)))
+}
+
+async fn create_token(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<CreateTokenRequest>,
+) -> Result<(StatusCode, Json<CreateTokenResponse>), ApiError> {
+    if req.networks.is_empty() || req.networks.len() > MAX_TOKEN_NETWORKS {
+        return Err(ApiError::invalid(
+            "invalid_networks",
+            format!("name 1 to {MAX_TOKEN_NETWORKS} networks"),
+        ));
+    }
+    for n in &req.networks {
+        validate::name("network", n)?;
+    }
+    validate::tags(&req.tags)?;
+    if req.expires_in_secs == 0 || req.expires_in_secs > MAX_TOKEN_LIFETIME_SECS {
+        return Err(ApiError::invalid(
+            "invalid_expiry",
+            "expires_in_secs must be 1 to 315360000 (ten years)",
+        ));
+    }
+    if req.max_uses == Some(0) {
+        return Err(ApiError::invalid(
+            "invalid_uses",
+            "max_uses must be at least 1, or null for unlimited",
+        ));
+    }
+    if let Some(d) = &req.description
+        && (d.len() > MAX_DESCRIPTION || d.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "invalid_description",
+            format!(
+                "description must be at most {MAX_DESCRIPTION} bytes without control characters"
+            ),
+        ));
+    }
+    let (token, hash) = secret::generate(JOIN_PREFIX, &mut OsRng);
+    let expires_at = clock::now_unix_ms() / 1000 + req.expires_in_secs;
+    let op = Op::CreateToken(NewToken {
+        networks: req.networks,
+        tags: req.tags.into_iter().collect(),
+        expires_at,
+        max_uses: req.max_uses,
+        description: req.description,
+        hash,
+    });
+    match st.engine.execute(Actor::Admin, op).await? {
+        Output::Token(info) => Ok((
+            StatusCode::CREATED,
+            Json(CreateTokenResponse { token, info }),
+        )),
+        _ => Err(ApiError::Internal),
+    }
+}
+
+async fn list_tokens(State(st): State<AppState>, _: AdminAuth) -> Json<TokenList> {
+    let world = st.engine.world().read().await;
+    Json(TokenList {
+        tokens: world.tokens_info(clock::now_unix_ms()),
+    })
+}
+
+async fn revoke_token(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiPath(id): ApiPath<u64>,
+) -> Result<Json<TokenInfo>, ApiError> {
+    match st.engine.execute(Actor::Admin, Op::RevokeToken(id)).await? {
+        Output::Token(info) => Ok(Json(info)),
+        _ => Err(ApiError::Internal),
+    }
+}
+
+#[derive(Deserialize)]
+struct NodeFilter {
+    network: Option<String>,
+}
+
+async fn list_nodes(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiQuery(filter): ApiQuery<NodeFilter>,
+) -> Result<Json<NodeList>, ApiError> {
+    let world = st.engine.world().read().await;
+    let net = match &filter.network {
+        None => None,
+        Some(name) => Some(
+            world
+                .network_by_name(name)
+                .ok_or_else(|| {
+                    ApiError::not_found("network_not_found", format!("no network named {name:?}"))
+                })?
+                .rec
+                .id,
+        ),
+    };
+    Ok(Json(NodeList {
+        nodes: world.nodes_info(net),
+    }))
+}
+
+fn bounded_selector(sel: &str) -> Result<(), ApiError> {
+    if sel.len() > 64 {
+        return Err(ApiError::not_found(
+            "node_not_found",
+            "no node with that key or name",
+        ));
+    }
+    Ok(())
+}
+
+async fn show_node(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiPath(sel): ApiPath<String>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    bounded_selector(&sel)?;
+    let world = st.engine.world().read().await;
+    let node = world.find_node(&sel).ok_or_else(|| {
+        ApiError::not_found(
+            "node_not_found",
+            format!("no node with key or name {sel:?}"),
+        )
+    })?;
+    Ok(Json(world.node_info(node)))
+}
+
+async fn update_node(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiPath(sel): ApiPath<String>,
+    ApiJson(req): ApiJson<UpdateNodeRequest>,
+) -> Result<Json<NodeInfo>, ApiError> {
+    bounded_selector(&sel)?;
+    if let Some(name) = &req.name {
+        validate::name("node", name)?;
+    }
+    if let Some(tags) = &req.tags {
+        validate::tags(tags)?;
+    }
+    let patch = NodePatch {
+        name: req.name,
+        tags: req.tags.map(|t| t.into_iter().collect::<BTreeSet<_>>()),
+        disabled: req.disabled,
+    };
+    match st
+        .engine
+        .execute(Actor::Admin, Op::UpdateNode(sel, patch))
+        .await?
+    {
+        Output::Node(info) => Ok(Json(*info)),
+        _ => Err(ApiError::Internal),
+    }
+}
+
+async fn remove_node(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiPath(sel): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    bounded_selector(&sel)?;
+    st.engine.execute(Actor::Admin, Op::RemoveNode(sel)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct AuditParams {
+    limit: Option<u32>,
+    before: Option<u64>,
+    target: Option<String>,
+}
+
+async fn audit(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiQuery(p): ApiQuery<AuditParams>,
+) -> Result<Json<AuditList>, ApiError> {
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(
+            "invalid_query",
+            "limit must be 1 to 1000",
+        ));
+    }
+    if p.target.as_ref().is_some_and(|t| t.len() > 128) {
+        return Err(ApiError::invalid("invalid_query", "target is too long"));
+    }
+    let rows = st
+        .engine
+        .audit(AuditQuery {
+            limit,
+            before_id: p.before,
+            target: p.target,
+        })
+        .await?;
+    Ok(Json(AuditList {
+        entries: rows
+            .into_iter()
+            .map(|r| AuditEntry {
+                id: r.id,
+                at_ms: r.at_ms,
+                actor: r.actor,
+                action: r.action,
+                target: r.target,
+                detail: r.detail,
+            })
+            .collect(),
+    }))
+}

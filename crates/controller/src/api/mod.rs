@@ -1,0 +1,338 @@
+//! HTTP handlers, one module per resource, and the extractors they share.
+//!
+//! | Method | Path | Auth | Purpose |
+//! |---|---|---|---|
+//! | GET | `/healthz` | none | liveness, API and map version |
+//! | POST | `/v1/register/challenge` | none | a fresh single-use challenge |
+//! | POST | `/v1/register` | join token in body | register a key, get a credential |
+//! | GET | `/v1/map` | node | the node's map, once |
+//! | GET | `/v1/map/stream` | node | SSE: snapshot, then deltas (`Last-Event-ID` resumes) |
+//! | POST | `/v1/node/report` | node | liveness and endpoints |
+//! | POST/GET | `/v1/admin/networks` | admin | create / list networks |
+//! | GET | `/v1/admin/networks/{name}` | admin | show a network |
+//! | POST/GET | `/v1/admin/tokens` | admin | create (secret shown once) / list join tokens |
+//! | DELETE | `/v1/admin/tokens/{id}` | admin | revoke a join token |
+//! | GET | `/v1/admin/nodes` | admin | list nodes (`?network=`) |
+//! | GET/PATCH/DELETE | `/v1/admin/nodes/{key-or-name}` | admin | show / rename, tag, disable, enable / remove |
+//! | GET | `/v1/admin/audit` | admin | audit log (`?limit=&before=&target=`) |
+//!
+//! Credentials only travel in `Authorization: Bearer`; a query string that looks
+//! like it carries one is refused, and query strings are never logged.
+
+mod admin;
+mod health;
+mod map;
+mod node;
+mod register;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::FutureExt as _;
+use http::request::Parts;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tracing::{debug, error, warn};
+use weft_proto::NodeKey;
+use weft_proto::api::API_VERSION;
+
+use crate::clock;
+use crate::engine::Engine;
+use crate::error::ApiError;
+use crate::model::NodeId;
+use crate::secret::{MAX_SECRET_LEN, SecretHash};
+
+pub use register::Challenges;
+
+/// Handler settings.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted request body in bytes.
+    pub max_body: usize,
+    /// Interval of SSE keepalive comments.
+    pub keepalive: Duration,
+    /// Lifetime of a registration challenge.
+    pub challenge_ttl: Duration,
+    /// Outstanding challenges at most.
+    pub max_challenges: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_body: 64 * 1024,
+            keepalive: Duration::from_secs(15),
+            challenge_ttl: Duration::from_secs(60),
+            max_challenges: 65_536,
+        }
+    }
+}
+
+/// Shared by all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The engine.
+    pub engine: Engine,
+    /// Outstanding registration challenges.
+    pub challenges: Arc<Challenges>,
+    /// Settings.
+    pub cfg: Arc<ApiConfig>,
+    /// Becomes `true` when the server shuts down (ends map streams).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.cfg.max_body;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/v1/register/challenge", post(register::challenge))
+        .route("/v1/register", post(register::register))
+        .route("/v1/map", get(map::get_map))
+        .route("/v1/map/stream", get(map::stream))
+        .route("/v1/node/report", post(node::report))
+        .merge(admin::routes())
+        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(guard))
+        .with_state(state)
+}
+
+/// Refuses secrets in URLs, logs requests without query strings, and turns a
+/// handler panic into a 500 instead of a dropped connection.
+async fn guard(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    if let Some(q) = req.uri().query() {
+        const SECRET_PARAMS: [&str; 8] = [
+            "token",
+            "access_token",
+            "credential",
+            "secret",
+            "bearer",
+            "authorization",
+            "auth",
+            "api_key",
+        ];
+        let carries_secret = q.split('&').any(|pair| {
+            let key = pair
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            SECRET_PARAMS.contains(&key.as_str())
+        });
+        if carries_secret {
+            debug!(%method, %path, "refused a query string that looks like it carries a secret");
+            return ApiError::invalid(
+                "token_in_url",
+                "secrets are never accepted in URLs; send them in the Authorization header or the body",
+            )
+            .into_response();
+        }
+    }
+    let start = clock::now();
+    let resp = match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            error!(%method, %path, "handler panicked");
+            ApiError::Internal.into_response()
+        }
+    };
+    let ms = start.elapsed().as_millis();
+    let status = resp.status().as_u16();
+    if status >= 500 {
+        warn!(%method, %path, status, ms, "request failed");
+    } else {
+        debug!(%method, %path, status, ms, "request");
+    }
+    resp
+}
+
+/// Request bodies that may carry an `api_version`.
+pub trait Versioned {
+    /// The version the client claims, if any.
+    fn api_version(&self) -> Option<u32>;
+}
+
+macro_rules! versioned {
+    ($($t:ty),*) => {$(
+        impl Versioned for $t {
+            fn api_version(&self) -> Option<u32> { self.api_version }
+        }
+    )*};
+}
+versioned!(
+    weft_proto::api::RegisterRequest,
+    weft_proto::api::ReportRequest,
+    weft_proto::api::CreateNetworkRequest,
+    weft_proto::api::CreateTokenRequest,
+    weft_proto::api::UpdateNodeRequest
+);
+
+/// A JSON body: content type checked, size capped, parse errors and unknown
+/// API versions mapped to 4xx `{code, message}`.
+pub struct ApiJson<T>(pub T);
+
+fn clip(mut s: String) -> String {
+    if s.len() > 300 {
+        let mut cut = 300;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+impl<T: DeserializeOwned + Versioned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: state.cfg.max_body,
+                }
+            } else {
+                ApiError::invalid("bad_body", "could not read the request body")
+            }
+        })?;
+        let value: T = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                ApiError::invalid("invalid_body", clip(e.to_string()))
+            }
+            _ => ApiError::invalid("malformed_json", clip(e.to_string())),
+        })?;
+        check_version(value.api_version())?;
+        Ok(ApiJson(value))
+    }
+}
+
+fn check_version(v: Option<u32>) -> Result<(), ApiError> {
+    match v {
+        None | Some(API_VERSION) => Ok(()),
+        Some(other) => Err(ApiError::invalid(
+            "unsupported_api_version",
+            format!("api_version {other} is not supported; this controller speaks {API_VERSION}"),
+        )),
+    }
+}
+
+/// Query parameters, with parse errors as 400 `invalid_query`.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::invalid("invalid_query", clip(e.body_text())))
+    }
+}
+
+/// A path parameter, with decoding errors as 400 `invalid_path`.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e| ApiError::invalid("invalid_path", clip(e.body_text())))
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<SecretHash, ApiError> {
+    let value = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized)?
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized)?;
+    let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthorized)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.len() > MAX_SECRET_LEN {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(SecretHash::of(token))
+}
+
+/// An authenticated, enabled node.
+pub struct NodeAuth {
+    /// Its id.
+    pub id: NodeId,
+    /// Its key.
+    pub key: NodeKey,
+}
+
+impl FromRequestParts<AppState> for NodeAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let hash = bearer(parts)?;
+        let world = state.engine.world().read().await;
+        let node = world
+            .node_by_credential(&hash)
+            .ok_or(ApiError::Unauthorized)?;
+        if node.rec.disabled {
+            return Err(ApiError::NodeDisabled);
+        }
+        Ok(NodeAuth {
+            id: node.rec.id,
+            key: node.rec.node_key,
+        })
+    }
+}
+
+/// The admin.
+pub struct AdminAuth;
+
+impl FromRequestParts<AppState> for AdminAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let hash = bearer(parts)?;
+        let world = state.engine.world().read().await;
+        match &world.admin_hash {
+            Some(admin) if admin.ct_eq(&hash) => Ok(AdminAuth),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// `State` re-export for handler signatures.
+pub type St = State<AppState>;

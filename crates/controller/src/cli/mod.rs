@@ -1,0 +1,50 @@
+//! The `weft-controller` command line: `serve` and `admin ...`.
+
+mod admin;
+mod format;
+mod serve;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// weft controller: holds the desired state of weft overlay networks and
+/// streams each node its network map.
+#[derive(Debug, Parser)]
+#[command(name = "weft-controller", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the controller (HTTPS API and map streams).
+    Serve(serve::ServeArgs),
+    /// Manage networks, join tokens and nodes through a running controller.
+    Admin(admin::AdminArgs),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Admin(args) => admin::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes to stdout, ignoring a closed pipe.
+pub(crate) fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}

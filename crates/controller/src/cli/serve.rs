@@ -1,0 +1,177 @@
+//! `weft-controller serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+use weft_proto::netmap::Relay;
+
+use super::out;
+use crate::serve::{self, Config, LISTEN_ADDR_FILE, URL_FILE};
+use crate::tls;
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// State directory: database, admin token, TLS material, bound address.
+    #[arg(long, env = "WEFT_CONTROLLER_DATA_DIR", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port (written to DIR/listen.addr).
+    #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// TLS certificate chain (PEM). Without it a self-signed certificate is
+    /// generated once into DIR/tls/ and its fingerprint printed for pinning.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Extra DNS name or IP for the self-signed certificate (repeatable).
+    #[arg(long, value_name = "NAME")]
+    tls_san: Vec<String>,
+    /// Serve cleartext HTTP. Only allowed on a loopback address, unless
+    /// --insecure-http is also given.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    plain_http: bool,
+    /// Serve cleartext HTTP on any address (logs a warning). Credentials then
+    /// cross the network unencrypted: only for labs.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    insecure_http: bool,
+    /// Relay URL handed to every node in its map (repeatable).
+    #[arg(long, value_name = "URL")]
+    relay: Vec<String>,
+    /// Seconds between keepalive comments on idle map streams.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    keepalive_secs: u64,
+    /// Largest accepted request body in bytes.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
+    max_body_bytes: u64,
+    /// Seconds shutdown waits for open requests.
+    #[arg(long, default_value_t = 5)]
+    shutdown_grace_secs: u64,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+/// Raises the soft open-file limit to the hard limit: every map stream is a
+/// socket, and the default 1024 is too few for a thousand agents.
+fn raise_nofile_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        setrlimit(Resource::Nofile, lim).ok()?;
+    }
+    lim.current
+}
+
+pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&args.log))
+        .context("--log is not a valid filter")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let nofile = raise_nofile_limit();
+
+    let plain = args.plain_http || args.insecure_http;
+    let loopback = args.listen.ip().is_loopback();
+    if plain && !loopback && !args.insecure_http {
+        bail!(
+            "refusing cleartext HTTP on non-loopback address {}: use TLS (the default), or pass --insecure-http if you really mean it",
+            args.listen
+        );
+    }
+    let mut relays = Vec::new();
+    for r in &args.relay {
+        let ok = r.len() <= 512
+            && r.parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme().is_some() && u.host().is_some());
+        if !ok {
+            bail!("--relay {r:?} is not a URL like https://relay.example.net:443");
+        }
+        relays.push(Relay { url: r.clone() });
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let tls = if plain {
+            if !loopback {
+                warn!(listen = %args.listen, "serving cleartext HTTP on a non-loopback address (--insecure-http): credentials cross the network unencrypted");
+            }
+            None
+        } else {
+            let material = match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => tls::load(cert, key)?,
+                _ => tls::load_or_generate(&args.data_dir.join("tls"), &args.tls_san)?,
+            };
+            Some(material)
+        };
+        let prepared = serve::prepare(&args.data_dir, relays)?;
+        if let Some(token) = &prepared.new_admin_token {
+            out(&format!(
+                "Admin token (shown once; also saved to {} with mode 0600):\n  {token}\n",
+                prepared.admin_token_path.display()
+            ));
+            info!(file = %prepared.admin_token_path.display(), "created the admin token (printed once on stdout)");
+        }
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let bound = listener.local_addr().context("reading the bound address")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{bound}");
+        tls::write_private(&args.data_dir.join(LISTEN_ADDR_FILE), format!("{bound}\n").as_bytes())
+            .context("writing listen.addr")?;
+        tls::write_private(&args.data_dir.join(URL_FILE), format!("{url}\n").as_bytes())
+            .context("writing controller.url")?;
+        out(&format!("weft-controller listening on {url}\n"));
+        if let Some(m) = &tls {
+            out(&format!("TLS certificate fingerprint: {}\n", m.fingerprint));
+            info!(%url, fingerprint = %m.fingerprint, cert = %m.cert_path.display(), "listening");
+        } else {
+            info!(%url, "listening (cleartext HTTP)");
+        }
+        if let Some(n) = nofile {
+            info!(open_files = n, "file descriptor limit");
+        }
+        let config = Config {
+            tls: tls.map(|m| m.config),
+            api: crate::api::ApiConfig {
+                keepalive: Duration::from_secs(args.keepalive_secs),
+                max_body: usize::try_from(args.max_body_bytes).unwrap_or(64 * 1024),
+                ..Default::default()
+            },
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            ..Config::default()
+        };
+        serve::run(prepared, config, listener, shutdown_signal()).await?;
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("could not install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,215 @@
+//! The single writer: batches operations, commits them durably, then publishes.
+//!
+//! One dedicated thread owns the store. It takes every queued operation (up to
+//! [`MAX_BATCH`]), applies them one by one to the in-memory state under the write
+//! lock, commits all their writes in **one** transaction (group commit: one fsync
+//! for the whole batch), then publishes the resulting deltas under the same lock,
+//! and only then answers the callers. So:
+//! - an answered request is durable (it survived the commit's fsync);
+//! - readers never see state that is not committed;
+//! - concurrent registrations are serialized, so addresses never collide;
+//! - every batch that changes a map gets the next version, persisted with it.
+//!
+//! If a commit fails, the state is reloaded from the store (undoing the batch in
+//! memory), every caller in the batch gets `503 storage_unavailable`, and all
+//! streams are closed so agents resynchronise.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{RwLock, mpsc, oneshot};
+use tracing::{error, info};
+
+use crate::clock;
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::model::{Actor, Batch, NodeId, Op, Output, World};
+use crate::netmap;
+use crate::store::{AuditQuery, AuditRecord, Store, Write};
+
+/// Most operations committed in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+enum Cmd {
+    Op(Actor, Op, Reply<Output>),
+    Presence(NodeId, bool),
+    Audit(AuditQuery, Reply<Vec<AuditRecord>>),
+    Shutdown,
+}
+
+/// A handle to the engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Cmd>,
+    world: Arc<RwLock<World>>,
+    hub: Arc<Hub>,
+}
+
+/// The writer thread; join it after [`Engine::shutdown`].
+pub struct EngineThread(JoinHandle<()>);
+
+impl EngineThread {
+    /// Waits for the writer to finish its queue and stop.
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            error!("the store writer thread panicked");
+        }
+    }
+}
+
+fn unavailable() -> ApiError {
+    ApiError::Unavailable {
+        code: "storage_unavailable",
+        message: "the controller's store is not available; retry later".into(),
+    }
+}
+
+impl Engine {
+    /// Starts the writer thread over `store`, with `world` loaded from it.
+    pub fn start<S: Store>(
+        store: S,
+        world: World,
+        hub: Arc<Hub>,
+    ) -> std::io::Result<(Engine, EngineThread)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let world = Arc::new(RwLock::new(world));
+        let thread = {
+            let world = world.clone();
+            let hub = hub.clone();
+            std::thread::Builder::new()
+                .name("weft-store".into())
+                .spawn(move || writer(store, world, hub, rx))?
+        };
+        Ok((Engine { tx, world, hub }, EngineThread(thread)))
+    }
+
+    /// Queues an operation and waits until it is committed (or refused).
+    pub async fn execute(&self, actor: Actor, op: Op) -> Result<Output, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Op(actor, op, reply))
+            .map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
+    /// Records that a map stream of `node` opened or closed (fire and forget).
+    pub fn presence(&self, node: NodeId, up: bool) {
+        let _ = self.tx.send(Cmd::Presence(node, up));
+    }
+
+    /// Reads the audit log.
+    pub async fn audit(&self, query: AuditQuery) -> Result<Vec<AuditRecord>, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Audit(query, reply))
+            .map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
+    /// The state (read it; only the writer writes).
+    pub fn world(&self) -> &Arc<RwLock<World>> {
+        &self.world
+    }
+
+    /// The fan-out hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Asks the writer to stop after the operations already queued.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Cmd::Shutdown);
+    }
+}
+
+fn writer<S: Store>(
+    mut store: S,
+    world: Arc<RwLock<World>>,
+    hub: Arc<Hub>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut ops = Vec::new();
+        let mut audits = Vec::new();
+        let mut stop = false;
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Cmd::Op(actor, op, reply) => ops.push((actor, op, Some(reply))),
+                Cmd::Presence(node, up) => ops.push((Actor::Admin, Op::Presence(node, up), None)),
+                Cmd::Audit(q, reply) => audits.push((q, reply)),
+                Cmd::Shutdown => stop = true,
+            }
+            if ops.len() < MAX_BATCH && !stop {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !ops.is_empty() {
+            commit_batch(&mut store, &world, &hub, ops);
+        }
+        for (q, reply) in audits {
+            let r = store.audit(&q).map_err(|e| {
+                error!(error = %e, "reading the audit log failed");
+                unavailable()
+            });
+            let _ = reply.send(r);
+        }
+        if stop {
+            break;
+        }
+    }
+}
+
+type PendingOp = (Actor, Op, Option<Reply<Output>>);
+
+fn commit_batch<S: Store>(store: &mut S, world: &RwLock<World>, hub: &Hub, ops: Vec<PendingOp>) {
+    let mut w = world.blocking_write();
+    let now = clock::now_unix_ms();
+    let mut batch = Batch::default();
+    let mut results = Vec::with_capacity(ops.len());
+    for (actor, op, reply) in ops {
+        let r = w.apply(&mut batch, &actor, op, now);
+        results.push((reply, r));
+    }
+    let bumped = w.finish_batch(&mut batch);
+    match store.apply(&batch.writes) {
+        Ok(()) => {
+            if bumped {
+                let out = netmap::compile(&w, &batch.touched);
+                hub.publish(&w, &out, &batch.touched.evicted);
+            }
+            drop(w);
+            for write in &batch.writes {
+                if let Write::Audit(a) = write {
+                    info!(actor = %a.actor, action = %a.action, target = %a.target, "state changed");
+                }
+            }
+            for (reply, r) in results {
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        Err(e) => {
+            error!(error = %e, ops = results.len(), "commit failed; reloading state from the store");
+            match store.load() {
+                Ok(snap) => {
+                    let relays = std::mem::take(&mut w.relays);
+                    *w = World::from_snapshot(snap, relays);
+                }
+                Err(e) => {
+                    error!(error = %e, "reloading state failed; the controller keeps serving reads of possibly uncommitted state")
+                }
+            }
+            hub.evict_all();
+            drop(w);
+            for (reply, r) in results {
+                if let Some(reply) = reply {
+                    let _ = reply.send(r.and(Err(unavailable())));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Map stream fan-out: per-node subscriptions and the replay ring.
+//!
+//! The engine calls [`Hub::publish`] while it holds the state write lock, right
+//! after a batch committed; stream handlers call [`Hub::subscribe`] while holding
+//! the read lock. So a new subscriber's snapshot (or replay) and the frames later
+//! pushed to it never overlap or leave a gap.
+//!
+//! A delta shared by many nodes is serialized once; each subscriber gets a cheap
+//! reference-counted copy of the bytes through a bounded queue. A subscriber that
+//! falls behind (queue full) is not disconnected: it is flagged as lagged and its
+//! stream replaces the backlog with a fresh snapshot.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use weft_proto::netmap::{EVENT_DELTA, EVENT_SNAPSHOT, MapEvent};
+use weft_proto::sse;
+
+use crate::error::ApiError;
+use crate::model::{NodeId, World};
+use crate::netmap::{self, Outgoing, Payload};
+
+/// One encoded SSE event.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The map version it brings the receiver to.
+    pub version: u64,
+    /// The encoded event.
+    pub bytes: Bytes,
+}
+
+/// Hub limits.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Frames queued per subscriber before it is flagged as lagged.
+    pub queue: usize,
+    /// Versions kept for `Last-Event-ID` replay.
+    pub ring_versions: usize,
+    /// Recipient ids kept in the ring at most (bounds its memory: 8 bytes each).
+    pub ring_recipients: usize,
+    /// Encoded delta bytes kept in the ring at most.
+    pub ring_bytes: usize,
+    /// Open streams allowed per node.
+    pub streams_per_node: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            queue: 64,
+            ring_versions: 1024,
+            ring_recipients: 2_000_000,
+            ring_bytes: 16 << 20,
+            streams_per_node: 4,
+        }
+    }
+}
+
+struct SubHandle {
+    id: u64,
+    tx: mpsc::Sender<Frame>,
+    lagged: Arc<AtomicBool>,
+}
+
+enum RingPayload {
+    Delta(Bytes),
+    Resync,
+}
+
+struct RingEntry {
+    version: u64,
+    groups: Vec<(Arc<[NodeId]>, RingPayload)>,
+}
+
+#[derive(Default)]
+struct Ring {
+    entries: VecDeque<RingEntry>,
+    recipients: usize,
+    bytes: usize,
+}
+
+impl RingEntry {
+    fn recipients(&self) -> usize {
+        self.groups.iter().map(|g| g.0.len()).sum()
+    }
+
+    fn bytes(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|g| match &g.1 {
+                RingPayload::Delta(b) => b.len(),
+                RingPayload::Resync => 0,
+            })
+            .sum()
+    }
+}
+
+/// A stream's end of a subscription.
+pub struct Subscription {
+    /// Subscription id.
+    pub id: u64,
+    /// The node.
+    pub node: NodeId,
+    /// Frames pushed by the engine.
+    pub rx: mpsc::Receiver<Frame>,
+    /// Set when frames were dropped because the queue was full.
+    pub lagged: Arc<AtomicBool>,
+}
+
+/// The fan-out hub.
+pub struct Hub {
+    cfg: HubConfig,
+    // Lookup by node only; never iterated.
+    subs: Mutex<HashMap<NodeId, Vec<SubHandle>>>,
+    ring: Mutex<Ring>,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent (every
+    // critical section is a single insert/remove), so a poisoned lock is usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Encodes a map event as an SSE frame.
+pub fn encode(event: &MapEvent) -> Frame {
+    let mut buf = Vec::with_capacity(256);
+    let name = match event {
+        MapEvent::Snapshot(_) => EVENT_SNAPSHOT,
+        MapEvent::Delta(_) => EVENT_DELTA,
+    };
+    sse::encode_event(
+        &mut buf,
+        Some(&event.version().to_string()),
+        Some(name),
+        &event.to_json(),
+    );
+    Frame {
+        version: event.version(),
+        bytes: Bytes::from(buf),
+    }
+}
+
+/// The snapshot frame of `node`, if it exists and is enabled.
+pub fn snapshot_frame(world: &World, node: NodeId) -> Option<Frame> {
+    netmap::snapshot(world, node).map(|m| encode(&MapEvent::Snapshot(m)))
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(cfg: HubConfig) -> Self {
+        Self {
+            cfg,
+            subs: Mutex::new(HashMap::new()),
+            ring: Mutex::new(Ring::default()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Registers a stream for `node` and returns the frames it must send first:
+    /// the deltas after `last_event_id` if the ring still has them all, else a
+    /// snapshot. Call with the state read-locked.
+    pub fn subscribe(
+        &self,
+        world: &World,
+        node: NodeId,
+        last_event_id: Option<u64>,
+    ) -> Result<(Subscription, Vec<Frame>), ApiError> {
+        let initial = match last_event_id.and_then(|last| self.replay(world.version, node, last)) {
+            Some(frames) => frames,
+            None => vec![snapshot_frame(world, node).ok_or(ApiError::NodeDisabled)?],
+        };
+        let (tx, rx) = mpsc::channel(self.cfg.queue);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut subs = lock(&self.subs);
+        let list = subs.entry(node).or_default();
+        if list.len() >= self.cfg.streams_per_node {
+            return Err(ApiError::TooMany {
+                code: "too_many_streams",
+                message: format!("at most {} map streams per node", self.cfg.streams_per_node),
+            });
+        }
+        list.push(SubHandle {
+            id,
+            tx,
+            lagged: lagged.clone(),
+        });
+        Ok((
+            Subscription {
+                id,
+                node,
+                rx,
+                lagged,
+            },
+            initial,
+        ))
+    }
+
+    /// Removes a stream.
+    pub fn unsubscribe(&self, node: NodeId, id: u64) {
+        let mut subs = lock(&self.subs);
+        if let Some(list) = subs.get_mut(&node) {
+            list.retain(|s| s.id != id);
+            if list.is_empty() {
+                subs.remove(&node);
+            }
+        }
+    }
+
+    /// Number of open streams.
+    pub fn stream_count(&self) -> usize {
+        lock(&self.subs).values().map(Vec::len).sum()
+    }
+
+    /// Closes every stream (after the state was reloaded).
+    pub fn evict_all(&self) {
+        lock(&self.subs).clear();
+        *lock(&self.ring) = Ring::default();
+    }
+
+    /// Pushes one version's outgoing payloads to subscribers and records them for
+    /// replay; closes the streams of evicted nodes. Call with the state
+    /// write-locked, after the batch committed.
+    pub fn publish(&self, world: &World, outgoing: &[Outgoing], evicted: &BTreeSet<NodeId>) {
+        let version = world.version;
+        let mut groups = Vec::with_capacity(outgoing.len());
+        {
+            let mut subs = lock(&self.subs);
+            for id in evicted {
+                subs.remove(id);
+            }
+            for o in outgoing {
+                match &o.payload {
+                    Payload::Delta(delta) => {
+                        let frame = encode(&MapEvent::Delta((**delta).clone()));
+                        for r in o.recipients.iter() {
+                            if let Some(list) = subs.get(r) {
+                                push(list, &frame);
+                            }
+                        }
+                        groups.push((o.recipients.clone(), RingPayload::Delta(frame.bytes)));
+                    }
+                    Payload::Resync => {
+                        for r in o.recipients.iter() {
+                            if let Some(list) = subs.get(r)
+                                && let Some(frame) = snapshot_frame(world, *r)
+                            {
+                                push(list, &frame);
+                            }
+                        }
+                        groups.push((o.recipients.clone(), RingPayload::Resync));
+                    }
+                }
+            }
+        }
+        let entry = RingEntry { version, groups };
+        let mut ring = lock(&self.ring);
+        ring.recipients += entry.recipients();
+        ring.bytes += entry.bytes();
+        ring.entries.push_back(entry);
+        while ring.entries.len() > self.cfg.ring_versions
+            || ring.recipients > self.cfg.ring_recipients
+            || ring.bytes > self.cfg.ring_bytes
+        {
+            let Some(old) = ring.entries.pop_front() else {
+                break;
+            };
+            ring.recipients -= old.recipients();
+            ring.bytes -= old.bytes();
+        }
+    }
+
+    /// The frames `node` missed after `last`, or `None` when a snapshot is needed.
+    fn replay(&self, current: u64, node: NodeId, last: u64) -> Option<Vec<Frame>> {
+        if last > current {
+            return None;
+        }
+        if last == current {
+            return Some(Vec::new());
+        }
+        let ring = lock(&self.ring);
+        let first = ring.entries.front()?.version;
+        if first > last + 1 {
+            return None;
+        }
+        let mut frames = Vec::new();
+        for e in ring.entries.iter().filter(|e| e.version > last) {
+            for (recipients, payload) in &e.groups {
+                if recipients.binary_search(&node).is_ok() {
+                    match payload {
+                        RingPayload::Delta(bytes) => frames.push(Frame {
+                            version: e.version,
+                            bytes: bytes.clone(),
+                        }),
+                        RingPayload::Resync => return None,
+                    }
+                }
+            }
+        }
+        Some(frames)
+    }
+}
+
+fn push(list: &[SubHandle], frame: &Frame) {
+    for s in list {
+        if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(frame.clone()) {
+            s.lagged.store(true, Ordering::Release);
+        }
+    }
+}

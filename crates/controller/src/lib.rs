@@ -1,0 +1,38 @@
+//! weft controller: the source of desired state.
+//!
+//! Agents register (join token + key + proof of work + signature over a fresh
+//! challenge), then hold a Server-Sent Events stream of their network map and
+//! report endpoints and liveness; admins manage networks, join tokens and nodes.
+//!
+//! # Layout
+//! - [`model`]: the state in memory ([`model::World`]) and every operation on it.
+//!   Pure: validates, mutates, and records row writes and what changed.
+//! - [`netmap`]: pure compiler from the state to one node's map and from a
+//!   batch's changes to per-node deltas.
+//! - [`store`]: the persistence trait (load, apply a batch atomically, read the
+//!   audit log) and its SQLite driver; migrations in `migrations/`.
+//! - [`engine`]: the single writer. A dedicated thread takes queued operations in
+//!   batches, applies them to the state, commits them in one durable transaction,
+//!   and only then publishes deltas to the [`hub`] and answers the callers.
+//! - [`hub`]: per-node stream subscriptions, the replay ring for `Last-Event-ID`.
+//! - [`api`]: the HTTP handlers, one module per resource; [`error`] maps every
+//!   failure to a status and `{code, message}`.
+//! - [`serve`]: TLS/plain listener, connection handling, graceful shutdown:
+//!   `run(config, listener, shutdown)`.
+//! - [`cli`]: the `weft-controller` command line (`serve`, `admin ...`).
+//!
+//! [`clock`] is the one module that reads the clock.
+
+pub mod api;
+pub mod cli;
+pub mod clock;
+pub mod engine;
+pub mod error;
+pub mod hub;
+pub mod model;
+pub mod netmap;
+pub mod secret;
+pub mod serve;
+pub mod store;
+pub mod tls;
+pub mod validate;

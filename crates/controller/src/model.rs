@@ -1,0 +1,1064 @@
+//! The controller's state in memory and the operations on it.
+//!
+//! [`World`] is loaded from the store at start and is the authority while this
+//! controller runs: every operation validates against it, mutates it and records
+//! the row-level [`Write`]s that make the change durable, plus what it
+//! [`Touched`] for the netmap compiler. An operation either fails without any
+//! effect or succeeds completely. Time comes in as an argument; nothing here
+//! does I/O, so the whole module is deterministic and unit-tested.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use serde_json::json;
+use weft_proto::NodeKey;
+use weft_proto::api::{self, NodeAddress, NodeInfo, TokenInfo};
+use weft_proto::net::{Ipv4Net, Ipv6Net};
+use weft_proto::netmap::Relay;
+
+use crate::error::ApiError;
+use crate::secret::SecretHash;
+use crate::store::{
+    AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, StoreSnapshot, TokenRecord, Write,
+};
+
+/// A network id.
+pub type NetId = u64;
+/// A node id.
+pub type NodeId = u64;
+
+/// Offsets below this are not handed out: `.0` is the network address and `.1`
+/// is reserved for a future in-network controller/DNS address.
+pub const FIRST_HOST_OFFSET: u64 = 2;
+
+/// A network and its indexes.
+#[derive(Debug, Clone)]
+pub struct NetState {
+    /// The row.
+    pub rec: NetworkRecord,
+    /// Member nodes.
+    pub members: BTreeSet<NodeId>,
+    used: BTreeSet<u64>,
+    cursor: u64,
+}
+
+/// A node and its indexes.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// The row.
+    pub rec: NodeRecord,
+    /// Its memberships by network.
+    pub memberships: BTreeMap<NetId, MembershipRecord>,
+    /// Open map streams (not persisted: after a restart every node is offline
+    /// until it reconnects).
+    pub streams: u32,
+    /// The `last_seen` value peers were last told about.
+    pub seen_published: Option<u64>,
+}
+
+/// Who did something (for the audit log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// The admin token holder.
+    Admin,
+    /// A node, by key.
+    Node(NodeKey),
+}
+
+impl Actor {
+    fn label(&self) -> String {
+        match self {
+            Actor::Admin => "admin".into(),
+            Actor::Node(k) => format!("node:{k}"),
+        }
+    }
+}
+
+/// What a batch changed, in the netmap compiler's terms.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// `(network, node key)` entries to re-send: an upsert if the node is now an
+    /// enabled member of the network, else a removal.
+    pub entries: BTreeSet<(NetId, NodeKey)>,
+    /// Nodes whose own entry (name, tags) changed.
+    pub self_changed: BTreeSet<NodeId>,
+    /// Nodes whose set of networks changed: they get a fresh snapshot.
+    pub resync: BTreeSet<NodeId>,
+    /// Nodes whose streams must be closed (disabled or removed).
+    pub evicted: BTreeSet<NodeId>,
+}
+
+impl Touched {
+    /// Whether any map changed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+            && self.self_changed.is_empty()
+            && self.resync.is_empty()
+            && self.evicted.is_empty()
+    }
+}
+
+/// The effects of a batch of operations.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Rows to persist, in order.
+    pub writes: Vec<Write>,
+    /// What the netmap compiler must look at.
+    pub touched: Touched,
+}
+
+/// A validated request to create a network.
+#[derive(Debug, Clone)]
+pub struct NewNetwork {
+    /// Name.
+    pub name: String,
+    /// IPv4 prefix.
+    pub ipv4_cidr: Ipv4Net,
+    /// IPv6 prefix.
+    pub ipv6_prefix: Option<Ipv6Net>,
+    /// DNS domain.
+    pub dns_domain: String,
+    /// PoW bits.
+    pub pow_difficulty: u32,
+}
+
+/// A validated request to create a join token.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// Network names.
+    pub networks: Vec<String>,
+    /// Tags.
+    pub tags: BTreeSet<String>,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// `None` = unlimited.
+    pub max_uses: Option<u32>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Hash of the generated secret.
+    pub hash: SecretHash,
+}
+
+/// A registration whose signature and proof of work the handler already checked.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The key.
+    pub node_key: NodeKey,
+    /// Hash of the presented join token.
+    pub token_hash: SecretHash,
+    /// Proof-of-work bits the key reaches.
+    pub pow_bits: u32,
+    /// Validated requested name.
+    pub name: Option<String>,
+    /// Validated host name.
+    pub hostname: Option<String>,
+    /// Hash of the new credential.
+    pub credential_hash: SecretHash,
+}
+
+/// A validated node update.
+#[derive(Debug, Clone, Default)]
+pub struct NodePatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New tags.
+    pub tags: Option<BTreeSet<String>>,
+    /// Disable / enable.
+    pub disabled: Option<bool>,
+}
+
+/// A state-changing operation.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Admin: create a network.
+    CreateNetwork(NewNetwork),
+    /// Admin: create a join token.
+    CreateToken(NewToken),
+    /// Admin: revoke a join token.
+    RevokeToken(u64),
+    /// Agent: register.
+    Register(Registration),
+    /// Admin: rename, tag, disable, enable (node by key or name).
+    UpdateNode(String, NodePatch),
+    /// Admin: remove a node (by key or name).
+    RemoveNode(String),
+    /// Agent: liveness and endpoints.
+    Report(NodeId, Option<Vec<SocketAddr>>),
+    /// A map stream opened (`true`) or closed (`false`).
+    Presence(NodeId, bool),
+}
+
+/// What a successful operation returns.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// A network.
+    Network(api::Network),
+    /// A token.
+    Token(TokenInfo),
+    /// A registration.
+    Registered {
+        /// Final name.
+        name: String,
+        /// Addresses.
+        addresses: Vec<NodeAddress>,
+    },
+    /// A node.
+    Node(Box<NodeInfo>),
+    /// Nothing to return.
+    Done,
+}
+
+/// The controller's state.
+#[derive(Debug, Default)]
+pub struct World {
+    /// The last map version handed out.
+    pub version: u64,
+    /// Admin token hash.
+    pub admin_hash: Option<SecretHash>,
+    /// Relays from the configuration.
+    pub relays: Vec<Relay>,
+    networks: BTreeMap<NetId, NetState>,
+    network_by_name: BTreeMap<String, NetId>,
+    nodes: BTreeMap<NodeId, NodeState>,
+    node_by_key: BTreeMap<NodeKey, NodeId>,
+    node_by_name: BTreeMap<String, NodeId>,
+    // Lookup only, never iterated.
+    node_by_cred: HashMap<SecretHash, NodeId>,
+    tokens: BTreeMap<u64, TokenRecord>,
+    token_by_hash: HashMap<SecretHash, u64>,
+    next_network_id: u64,
+    next_node_id: u64,
+    next_token_id: u64,
+    next_audit_id: u64,
+}
+
+fn secs(now_ms: u64) -> u64 {
+    now_ms / 1000
+}
+
+impl World {
+    /// Builds the state from what the store loaded.
+    pub fn from_snapshot(snap: StoreSnapshot, relays: Vec<Relay>) -> Self {
+        let mut w = World {
+            version: snap.map_version,
+            admin_hash: snap.admin_hash,
+            relays,
+            next_audit_id: snap.max_audit_id + 1,
+            next_network_id: 1,
+            next_node_id: 1,
+            next_token_id: 1,
+            ..World::default()
+        };
+        for n in snap.networks {
+            w.next_network_id = w.next_network_id.max(n.id + 1);
+            w.network_by_name.insert(n.name.clone(), n.id);
+            w.networks.insert(
+                n.id,
+                NetState {
+                    rec: n,
+                    members: BTreeSet::new(),
+                    used: BTreeSet::new(),
+                    cursor: FIRST_HOST_OFFSET,
+                },
+            );
+        }
+        for n in snap.nodes {
+            w.next_node_id = w.next_node_id.max(n.id + 1);
+            w.node_by_key.insert(n.node_key, n.id);
+            w.node_by_name.insert(n.name.clone(), n.id);
+            w.node_by_cred.insert(n.credential_hash, n.id);
+            let seen = n.last_seen;
+            w.nodes.insert(
+                n.id,
+                NodeState {
+                    rec: n,
+                    memberships: BTreeMap::new(),
+                    streams: 0,
+                    seen_published: seen,
+                },
+            );
+        }
+        for m in snap.memberships {
+            if let (Some(net), Some(node)) = (
+                w.networks.get_mut(&m.network_id),
+                w.nodes.get_mut(&m.node_id),
+            ) {
+                net.members.insert(m.node_id);
+                if let Some(off) = net.rec.ipv4_cidr.offset_of(m.ipv4) {
+                    net.used.insert(off);
+                }
+                node.memberships.insert(m.network_id, m);
+            }
+        }
+        for t in snap.tokens {
+            w.next_token_id = w.next_token_id.max(t.id + 1);
+            w.token_by_hash.insert(t.token_hash, t.id);
+            w.tokens.insert(t.id, t);
+        }
+        w
+    }
+
+    // ---- reads ----
+
+    /// The node holding this credential.
+    pub fn node_by_credential(&self, hash: &SecretHash) -> Option<&NodeState> {
+        self.node_by_cred
+            .get(hash)
+            .and_then(|id| self.nodes.get(id))
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: NodeId) -> Option<&NodeState> {
+        self.nodes.get(&id)
+    }
+
+    /// A network by id.
+    pub fn network(&self, id: NetId) -> Option<&NetState> {
+        self.networks.get(&id)
+    }
+
+    /// A node by key (43-character text) or name.
+    pub fn find_node(&self, sel: &str) -> Option<&NodeState> {
+        let by_key = sel
+            .parse::<NodeKey>()
+            .ok()
+            .and_then(|k| self.node_by_key.get(&k));
+        by_key
+            .or_else(|| self.node_by_name.get(sel))
+            .and_then(|id| self.nodes.get(id))
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Network info for the admin API.
+    pub fn network_info(&self, net: &NetState) -> api::Network {
+        api::Network {
+            name: net.rec.name.clone(),
+            ipv4_cidr: net.rec.ipv4_cidr,
+            ipv6_prefix: net.rec.ipv6_prefix,
+            dns_domain: net.rec.dns_domain.clone(),
+            pow_difficulty: net.rec.pow_difficulty,
+            node_count: net.members.len() as u64,
+            created_at: net.rec.created_at,
+        }
+    }
+
+    /// All networks, by name.
+    pub fn networks_info(&self) -> Vec<api::Network> {
+        self.network_by_name
+            .values()
+            .filter_map(|id| self.networks.get(id))
+            .map(|n| self.network_info(n))
+            .collect()
+    }
+
+    /// A network by name.
+    pub fn network_by_name(&self, name: &str) -> Option<&NetState> {
+        self.network_by_name
+            .get(name)
+            .and_then(|id| self.networks.get(id))
+    }
+
+    /// Node info for the admin API.
+    pub fn node_info(&self, n: &NodeState) -> NodeInfo {
+        NodeInfo {
+            node_key: n.rec.node_key,
+            name: n.rec.name.clone(),
+            hostname: n.rec.hostname.clone(),
+            tags: n.rec.tags.iter().cloned().collect(),
+            disabled: n.rec.disabled,
+            online: n.streams > 0,
+            endpoints: n.rec.endpoints.clone(),
+            last_seen: n.rec.last_seen,
+            created_at: n.rec.created_at,
+            addresses: self.addresses(n),
+        }
+    }
+
+    /// Nodes for the admin API, by name, optionally only members of a network.
+    pub fn nodes_info(&self, network: Option<NetId>) -> Vec<NodeInfo> {
+        self.node_by_name
+            .values()
+            .filter_map(|id| self.nodes.get(id))
+            .filter(|n| network.is_none_or(|net| n.memberships.contains_key(&net)))
+            .map(|n| self.node_info(n))
+            .collect()
+    }
+
+    /// A node's addresses, by network name.
+    pub fn addresses(&self, n: &NodeState) -> Vec<NodeAddress> {
+        let mut out: Vec<NodeAddress> = n
+            .memberships
+            .values()
+            .filter_map(|m| {
+                self.networks.get(&m.network_id).map(|net| NodeAddress {
+                    network: net.rec.name.clone(),
+                    ipv4: m.ipv4,
+                    ipv6: m.ipv6,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.network.cmp(&b.network));
+        out
+    }
+
+    /// Token info for the admin API.
+    pub fn token_info(&self, t: &TokenRecord, now_ms: u64) -> TokenInfo {
+        let state = match token_state(t, now_ms) {
+            Ok(()) => "active",
+            Err(ApiError::TokenGone { code, .. }) => code.trim_start_matches("token_"),
+            Err(_) => "invalid",
+        };
+        let mut networks: Vec<String> = t
+            .networks
+            .iter()
+            .filter_map(|id| self.networks.get(id).map(|n| n.rec.name.clone()))
+            .collect();
+        networks.sort();
+        TokenInfo {
+            id: t.id,
+            networks,
+            tags: t.tags.iter().cloned().collect(),
+            max_uses: t.max_uses,
+            uses: t.uses,
+            expires_at: t.expires_at,
+            created_at: t.created_at,
+            state: state.to_owned(),
+            description: t.description.clone(),
+        }
+    }
+
+    /// All tokens, by id.
+    pub fn tokens_info(&self, now_ms: u64) -> Vec<TokenInfo> {
+        self.tokens
+            .values()
+            .map(|t| self.token_info(t, now_ms))
+            .collect()
+    }
+
+    /// All node ids (for tests and checks).
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes.keys().copied()
+    }
+
+    // ---- writes ----
+
+    /// Applies one operation. On error nothing changed.
+    pub fn apply(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        op: Op,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        match op {
+            Op::CreateNetwork(n) => self.create_network(batch, actor, n, now_ms),
+            Op::CreateToken(t) => self.create_token(batch, actor, t, now_ms),
+            Op::RevokeToken(id) => self.revoke_token(batch, actor, id, now_ms),
+            Op::Register(r) => self.register(batch, r, now_ms),
+            Op::UpdateNode(sel, patch) => self.update_node(batch, actor, &sel, patch, now_ms),
+            Op::RemoveNode(sel) => self.remove_node(batch, actor, &sel, now_ms),
+            Op::Report(id, endpoints) => self.report(batch, id, endpoints, now_ms),
+            Op::Presence(id, up) => self.presence(batch, id, up, now_ms),
+        }
+    }
+
+    fn audit(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        action: &str,
+        target: String,
+        detail: serde_json::Value,
+        now_ms: u64,
+    ) {
+        let id = self.next_audit_id;
+        self.next_audit_id += 1;
+        batch.writes.push(Write::Audit(AuditRecord {
+            id,
+            at_ms: now_ms,
+            actor: actor.label(),
+            action: action.to_owned(),
+            target,
+            detail,
+        }));
+    }
+
+    fn create_network(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        n: NewNetwork,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        if self.network_by_name.contains_key(&n.name) {
+            return Err(ApiError::conflict(
+                "network_exists",
+                format!("network {:?} already exists", n.name),
+            ));
+        }
+        if let Some(other) = self
+            .networks
+            .values()
+            .find(|o| o.rec.ipv4_cidr.overlaps(&n.ipv4_cidr))
+        {
+            return Err(ApiError::conflict(
+                "cidr_overlap",
+                format!(
+                    "{} overlaps network {:?} ({})",
+                    n.ipv4_cidr, other.rec.name, other.rec.ipv4_cidr
+                ),
+            ));
+        }
+        let id = self.next_network_id;
+        self.next_network_id += 1;
+        let rec = NetworkRecord {
+            id,
+            name: n.name.clone(),
+            ipv4_cidr: n.ipv4_cidr,
+            ipv6_prefix: n.ipv6_prefix,
+            dns_domain: n.dns_domain,
+            pow_difficulty: n.pow_difficulty,
+            created_at: secs(now_ms),
+        };
+        batch.writes.push(Write::PutNetwork(rec.clone()));
+        self.network_by_name.insert(n.name.clone(), id);
+        let state = NetState {
+            rec,
+            members: BTreeSet::new(),
+            used: BTreeSet::new(),
+            cursor: FIRST_HOST_OFFSET,
+        };
+        let info = self.network_info(&state);
+        self.networks.insert(id, state);
+        self.audit(
+            batch,
+            actor,
+            "network.create",
+            n.name,
+            json!({"ipv4_cidr": info.ipv4_cidr, "ipv6_prefix": info.ipv6_prefix, "dns_domain": info.dns_domain, "pow_difficulty": info.pow_difficulty}),
+            now_ms,
+        );
+        Ok(Output::Network(info))
+    }
+
+    fn create_token(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        t: NewToken,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let mut networks = BTreeSet::new();
+        for name in &t.networks {
+            let id = self.network_by_name.get(name).ok_or_else(|| {
+                ApiError::not_found("network_not_found", format!("no network named {name:?}"))
+            })?;
+            networks.insert(*id);
+        }
+        let id = self.next_token_id;
+        self.next_token_id += 1;
+        let rec = TokenRecord {
+            id,
+            token_hash: t.hash,
+            description: t.description,
+            tags: t.tags,
+            networks,
+            max_uses: t.max_uses,
+            uses: 0,
+            expires_at: t.expires_at,
+            revoked: false,
+            created_at: secs(now_ms),
+        };
+        batch.writes.push(Write::PutToken(rec.clone()));
+        let info = self.token_info(&rec, now_ms);
+        self.token_by_hash.insert(rec.token_hash, id);
+        self.tokens.insert(id, rec);
+        self.audit(
+            batch,
+            actor,
+            "token.create",
+            format!("token:{id}"),
+            json!({"networks": info.networks, "tags": info.tags, "max_uses": info.max_uses, "expires_at": info.expires_at}),
+            now_ms,
+        );
+        Ok(Output::Token(info))
+    }
+
+    fn revoke_token(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        id: u64,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let t = self.tokens.get_mut(&id).ok_or_else(|| {
+            ApiError::not_found("token_not_found", format!("no token with id {id}"))
+        })?;
+        t.revoked = true;
+        let rec = t.clone();
+        batch.writes.push(Write::PutToken(rec.clone()));
+        self.audit(
+            batch,
+            actor,
+            "token.revoke",
+            format!("token:{id}"),
+            json!({}),
+            now_ms,
+        );
+        Ok(Output::Token(self.token_info(&rec, now_ms)))
+    }
+
+    fn register(
+        &mut self,
+        batch: &mut Batch,
+        r: Registration,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let token_id = *self
+            .token_by_hash
+            .get(&r.token_hash)
+            .ok_or(ApiError::InvalidToken)?;
+        let token = self
+            .tokens
+            .get(&token_id)
+            .ok_or(ApiError::InvalidToken)?
+            .clone();
+        let existing = self.node_by_key.get(&r.node_key).copied();
+        if let Some(id) = existing
+            && self.nodes.get(&id).is_some_and(|n| n.rec.disabled)
+        {
+            return Err(ApiError::NodeDisabled);
+        }
+        let joined: BTreeSet<NetId> = existing
+            .and_then(|id| self.nodes.get(&id))
+            .map(|n| n.memberships.keys().copied().collect())
+            .unwrap_or_default();
+        let new_nets: Vec<NetId> = token
+            .networks
+            .iter()
+            .copied()
+            .filter(|n| !joined.contains(n))
+            .collect();
+        let is_retry = existing.is_some() && new_nets.is_empty();
+        if token.revoked {
+            return Err(token_gone("token_revoked", "join token was revoked"));
+        }
+        // A retry of a registration whose response was lost succeeds even if the
+        // token has since expired or been used up: it consumes nothing.
+        if !is_retry {
+            token_state(&token, now_ms)?;
+        }
+        let required = token
+            .networks
+            .iter()
+            .filter_map(|id| self.networks.get(id))
+            .map(|n| n.rec.pow_difficulty)
+            .max()
+            .unwrap_or(0);
+        if r.pow_bits < required {
+            return Err(ApiError::PowTooWeak {
+                achieved: r.pow_bits,
+                required,
+            });
+        }
+        // Plan the addresses before changing anything.
+        let mut planned = Vec::with_capacity(new_nets.len());
+        for net_id in &new_nets {
+            let net = self.networks.get(net_id).ok_or(ApiError::Internal)?;
+            let off = net.free_offset().ok_or_else(|| {
+                ApiError::conflict(
+                    "network_full",
+                    format!(
+                        "network {:?} ({}) has no free address",
+                        net.rec.name, net.rec.ipv4_cidr
+                    ),
+                )
+            })?;
+            planned.push((*net_id, off));
+        }
+        let name = match existing.and_then(|id| self.nodes.get(&id)) {
+            Some(n) => n.rec.name.clone(),
+            None => self.unique_name(r.name.clone().unwrap_or_else(|| {
+                crate::validate::derive_node_name(r.hostname.as_deref(), &r.node_key)
+            }))?,
+        };
+
+        // Everything checked: apply.
+        let now = secs(now_ms);
+        let id = existing.unwrap_or_else(|| {
+            let id = self.next_node_id;
+            self.next_node_id += 1;
+            id
+        });
+        let mut node = match existing.and_then(|id| self.nodes.remove(&id)) {
+            Some(n) => n,
+            None => NodeState {
+                rec: NodeRecord {
+                    id,
+                    node_key: r.node_key,
+                    name: name.clone(),
+                    hostname: r.hostname.clone(),
+                    tags: BTreeSet::new(),
+                    disabled: false,
+                    credential_hash: r.credential_hash,
+                    endpoints: Vec::new(),
+                    last_seen: None,
+                    created_at: now,
+                },
+                memberships: BTreeMap::new(),
+                streams: 0,
+                seen_published: None,
+            },
+        };
+        self.node_by_cred.remove(&node.rec.credential_hash);
+        node.rec.credential_hash = r.credential_hash;
+        node.rec.last_seen = Some(now);
+        if r.hostname.is_some() {
+            node.rec.hostname = r.hostname.clone();
+        }
+        let tags_before = node.rec.tags.clone();
+        node.rec.tags.extend(token.tags.iter().cloned());
+        let tags_changed = node.rec.tags != tags_before;
+        if tags_changed {
+            batch.touched.self_changed.insert(id);
+        }
+        self.node_by_cred.insert(r.credential_hash, id);
+        self.node_by_key.insert(r.node_key, id);
+        self.node_by_name.insert(name.clone(), id);
+        batch.writes.push(Write::PutNode(node.rec.clone()));
+        for (net_id, off) in planned {
+            let Some(net) = self.networks.get_mut(&net_id) else {
+                continue;
+            };
+            let Some(ipv4) = net.rec.ipv4_cidr.nth(off) else {
+                continue;
+            };
+            net.used.insert(off);
+            net.cursor = off + 1;
+            net.members.insert(id);
+            let m = MembershipRecord {
+                node_id: id,
+                network_id: net_id,
+                ipv4,
+                ipv6: net.rec.ipv6_prefix.and_then(|p| p.nth(u128::from(off))),
+                token_id: Some(token_id),
+                joined_at: now,
+            };
+            batch.writes.push(Write::PutMembership(m.clone()));
+            node.memberships.insert(net_id, m);
+        }
+        if !is_retry {
+            batch.touched.resync.insert(id);
+            if let Some(t) = self.tokens.get_mut(&token_id) {
+                t.uses = t.uses.saturating_add(1);
+                batch.writes.push(Write::PutToken(t.clone()));
+            }
+        }
+        // Peers learn about the node in every network (new ones, and the old ones
+        // when tags changed).
+        if !is_retry || tags_changed {
+            Self::touch_everywhere(batch, &mut node);
+        }
+        let key = node.rec.node_key;
+        let addresses = {
+            self.nodes.insert(id, node);
+            self.nodes
+                .get(&id)
+                .map(|n| self.addresses(n))
+                .unwrap_or_default()
+        };
+        let action = if existing.is_none() {
+            "node.register"
+        } else if is_retry {
+            "node.reregister"
+        } else {
+            "node.join"
+        };
+        self.audit(
+            batch,
+            &Actor::Node(key),
+            action,
+            key.to_string(),
+            json!({"name": name, "token": format!("token:{token_id}"), "addresses": addresses}),
+            now_ms,
+        );
+        Ok(Output::Registered { name, addresses })
+    }
+
+    fn unique_name(&self, base: String) -> Result<String, ApiError> {
+        if !self.node_by_name.contains_key(&base) {
+            return Ok(base);
+        }
+        for i in 2..10_000u32 {
+            let suffix = format!("-{i}");
+            let mut stem = base.clone();
+            stem.truncate(crate::validate::MAX_LABEL - suffix.len());
+            let candidate = format!("{}{suffix}", stem.trim_end_matches('-'));
+            if !self.node_by_name.contains_key(&candidate) {
+                return Ok(candidate);
+            }
+        }
+        Err(ApiError::conflict(
+            "name_taken",
+            format!("no free name derived from {base:?}"),
+        ))
+    }
+
+    fn node_id_for(&self, sel: &str) -> Result<NodeId, ApiError> {
+        self.find_node(sel).map(|n| n.rec.id).ok_or_else(|| {
+            ApiError::not_found(
+                "node_not_found",
+                format!("no node with key or name {sel:?}"),
+            )
+        })
+    }
+
+    fn touch_everywhere(batch: &mut Batch, node: &mut NodeState) {
+        node.seen_published = node.rec.last_seen;
+        for net in node.memberships.keys() {
+            batch.touched.entries.insert((*net, node.rec.node_key));
+        }
+    }
+
+    fn update_node(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        sel: &str,
+        patch: NodePatch,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let id = self.node_id_for(sel)?;
+        if let Some(name) = &patch.name
+            && self
+                .node_by_name
+                .get(name)
+                .is_some_and(|other| *other != id)
+        {
+            return Err(ApiError::conflict(
+                "name_taken",
+                format!("another node is named {name:?}"),
+            ));
+        }
+        let Some(mut node) = self.nodes.remove(&id) else {
+            return Err(ApiError::Internal);
+        };
+        let key = node.rec.node_key.to_string();
+        let mut audits = Vec::new();
+        if let Some(name) = patch.name
+            && name != node.rec.name
+        {
+            audits.push(("node.rename", json!({"from": node.rec.name, "to": name})));
+            self.node_by_name.remove(&node.rec.name);
+            self.node_by_name.insert(name.clone(), id);
+            node.rec.name = name;
+            batch.touched.self_changed.insert(id);
+            Self::touch_everywhere(batch, &mut node);
+        }
+        if let Some(tags) = patch.tags
+            && tags != node.rec.tags
+        {
+            audits.push(("node.tag", json!({"from": node.rec.tags, "to": tags})));
+            node.rec.tags = tags;
+            batch.touched.self_changed.insert(id);
+            Self::touch_everywhere(batch, &mut node);
+        }
+        if let Some(disabled) = patch.disabled
+            && disabled != node.rec.disabled
+        {
+            audits.push((
+                if disabled {
+                    "node.disable"
+                } else {
+                    "node.enable"
+                },
+                json!({}),
+            ));
+            node.rec.disabled = disabled;
+            Self::touch_everywhere(batch, &mut node);
+            if disabled {
+                batch.touched.evicted.insert(id);
+            }
+        }
+        if !audits.is_empty() {
+            batch.writes.push(Write::PutNode(node.rec.clone()));
+        }
+        self.nodes.insert(id, node);
+        for (action, detail) in audits {
+            self.audit(batch, actor, action, key.clone(), detail, now_ms);
+        }
+        let info = self
+            .nodes
+            .get(&id)
+            .map(|n| self.node_info(n))
+            .ok_or(ApiError::Internal)?;
+        Ok(Output::Node(Box::new(info)))
+    }
+
+    fn remove_node(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        sel: &str,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let id = self.node_id_for(sel)?;
+        let Some(mut node) = self.nodes.remove(&id) else {
+            return Err(ApiError::Internal);
+        };
+        Self::touch_everywhere(batch, &mut node);
+        batch.touched.evicted.insert(id);
+        for (net_id, m) in &node.memberships {
+            if let Some(net) = self.networks.get_mut(net_id) {
+                net.members.remove(&id);
+                if let Some(off) = net.rec.ipv4_cidr.offset_of(m.ipv4) {
+                    net.used.remove(&off);
+                }
+            }
+        }
+        self.node_by_key.remove(&node.rec.node_key);
+        self.node_by_name.remove(&node.rec.name);
+        self.node_by_cred.remove(&node.rec.credential_hash);
+        batch.writes.push(Write::DeleteNode(id));
+        let addresses: Vec<String> = node
+            .memberships
+            .values()
+            .map(|m| m.ipv4.to_string())
+            .collect();
+        self.audit(
+            batch,
+            actor,
+            "node.remove",
+            node.rec.node_key.to_string(),
+            json!({"name": node.rec.name, "addresses": addresses}),
+            now_ms,
+        );
+        Ok(Output::Done)
+    }
+
+    fn report(
+        &mut self,
+        batch: &mut Batch,
+        id: NodeId,
+        endpoints: Option<Vec<SocketAddr>>,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let node = self.nodes.get_mut(&id).ok_or(ApiError::Unauthorized)?;
+        if node.rec.disabled {
+            return Err(ApiError::NodeDisabled);
+        }
+        node.rec.last_seen = Some(secs(now_ms));
+        if let Some(mut eps) = endpoints {
+            eps.sort();
+            eps.dedup();
+            if eps != node.rec.endpoints {
+                node.rec.endpoints = eps;
+                Self::touch_everywhere(batch, node);
+            }
+        }
+        batch.writes.push(Write::PutNode(node.rec.clone()));
+        Ok(Output::Done)
+    }
+
+    fn presence(
+        &mut self,
+        batch: &mut Batch,
+        id: NodeId,
+        up: bool,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Ok(Output::Done);
+        };
+        let was_online = node.streams > 0;
+        node.streams = if up {
+            node.streams + 1
+        } else {
+            node.streams.saturating_sub(1)
+        };
+        if was_online != (node.streams > 0) {
+            node.rec.last_seen = Some(secs(now_ms));
+            batch.writes.push(Write::PutNode(node.rec.clone()));
+            if !node.rec.disabled {
+                Self::touch_everywhere(batch, node);
+            }
+        }
+        Ok(Output::Done)
+    }
+}
+
+impl NetState {
+    /// Number of addresses that can be handed out.
+    pub fn capacity(&self) -> u64 {
+        self.rec
+            .ipv4_cidr
+            .size()
+            .saturating_sub(FIRST_HOST_OFFSET + 1)
+    }
+
+    /// The next free host offset at or after the cursor (wrapping), skipping the
+    /// network address, the reserved `.1` and the broadcast address.
+    fn free_offset(&self) -> Option<u64> {
+        let last = self.rec.ipv4_cidr.size().checked_sub(2)?;
+        if last < FIRST_HOST_OFFSET || self.used.len() as u64 >= self.capacity() {
+            return None;
+        }
+        let start = self.cursor.clamp(FIRST_HOST_OFFSET, last);
+        let scan = |from: u64, to: u64| {
+            let mut candidate = from;
+            for used in self.used.range(from..=to) {
+                if *used != candidate {
+                    break;
+                }
+                candidate += 1;
+            }
+            (candidate <= to).then_some(candidate)
+        };
+        scan(start, last).or_else(|| scan(FIRST_HOST_OFFSET, start))
+    }
+}
+
+fn token_gone(code: &'static str, message: &str) -> ApiError {
+    ApiError::TokenGone {
+        code,
+        message: message.to_owned(),
+    }
+}
+
+/// Whether a token can be used now.
+fn token_state(t: &TokenRecord, now_ms: u64) -> Result<(), ApiError> {
+    if t.revoked {
+        return Err(token_gone("token_revoked", "join token was revoked"));
+    }
+    if secs(now_ms) >= t.expires_at {
+        return Err(token_gone("token_expired", "join token has expired"));
+    }
+    if t.max_uses.is_some_and(|max| t.uses >= max) {
+        return Err(token_gone("token_exhausted", "join token has been used up"));
+    }
+    Ok(())
+}
+
+impl World {
+    /// A node by key.
+    pub fn find_node_by_key(&self, key: &NodeKey) -> Option<&NodeState> {
+        self.node_by_key.get(key).and_then(|id| self.nodes.get(id))
+    }
+}
+
+impl World {
+    /// Closes a batch: if any map changed, moves the version forward and records
+    /// it. Returns whether the version moved.
+    pub fn finish_batch(&mut self, batch: &mut Batch) -> bool {
+        if batch.touched.is_empty() {
+            return false;
+        }
+        self.version += 1;
+        batch.writes.push(Write::SetMapVersion(self.version));
+        true
+    }
+}

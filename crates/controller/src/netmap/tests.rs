@@ -1,0 +1,367 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use weft_proto::NodeKey;
+
+use super::*;
+use crate::model::{Actor, Batch, NewNetwork, NewToken, NodePatch, Op, Registration};
+use crate::secret::SecretHash;
+
+fn key(i: u8) -> NodeKey {
+    NodeKey::from_bytes([i; 32])
+}
+
+fn setup() -> World {
+    let mut w = World::default();
+    let mut b = Batch::default();
+    for (name, cidr) in [("a", "100.64.0.0/24"), ("b", "100.64.1.0/24")] {
+        let op = Op::CreateNetwork(NewNetwork {
+            name: name.into(),
+            ipv4_cidr: cidr.parse().unwrap(),
+            ipv6_prefix: Some(
+                if name == "a" {
+                    "fd00:a::/64"
+                } else {
+                    "fd00:b::/64"
+                }
+                .parse()
+                .unwrap(),
+            ),
+            dns_domain: "weft.internal".into(),
+            pow_difficulty: 0,
+        });
+        w.apply(&mut b, &Actor::Admin, op, 0).unwrap();
+    }
+    for (tok, nets) in [
+        ("ta", vec!["a"]),
+        ("tb", vec!["b"]),
+        ("tab", vec!["a", "b"]),
+    ] {
+        let op = Op::CreateToken(NewToken {
+            networks: nets.into_iter().map(String::from).collect(),
+            tags: ["t".to_string()].into(),
+            expires_at: u64::MAX,
+            max_uses: None,
+            description: None,
+            hash: SecretHash::of(tok),
+        });
+        w.apply(&mut b, &Actor::Admin, op, 0).unwrap();
+    }
+    w
+}
+
+fn register(i: u8, token: &str) -> Op {
+    Op::Register(Registration {
+        node_key: key(i),
+        token_hash: SecretHash::of(token),
+        pow_bits: 0,
+        name: None,
+        hostname: Some(format!("h{i}")),
+        credential_hash: SecretHash::of(&format!("cred{i}")),
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Register(u8, u8),
+    Rename(u8, u8),
+    Tag(u8, bool),
+    Disable(u8, bool),
+    Remove(u8),
+    Report(u8, u16),
+    Presence(u8, bool),
+}
+
+fn step_op(w: &World, s: &Step) -> Option<Op> {
+    let id_of = |i: u8| w.find_node_by_key(&key(i)).map(|n| n.rec.id);
+    let sel = |i: u8| key(i).to_string();
+    Some(match s {
+        Step::Register(i, t) => register(*i, ["ta", "tb", "tab"][usize::from(*t % 3)]),
+        Step::Rename(i, n) => Op::UpdateNode(
+            sel(*i),
+            NodePatch {
+                name: Some(format!("name{n}")),
+                ..NodePatch::default()
+            },
+        ),
+        Step::Tag(i, on) => Op::UpdateNode(
+            sel(*i),
+            NodePatch {
+                tags: Some(if *on {
+                    ["x".to_string()].into()
+                } else {
+                    Default::default()
+                }),
+                ..NodePatch::default()
+            },
+        ),
+        Step::Disable(i, d) => Op::UpdateNode(
+            sel(*i),
+            NodePatch {
+                disabled: Some(*d),
+                ..NodePatch::default()
+            },
+        ),
+        Step::Remove(i) => Op::RemoveNode(sel(*i)),
+        Step::Report(i, port) => Op::Report(
+            id_of(*i)?,
+            Some(vec![format!("192.0.2.{i}:{port}").parse().unwrap()]),
+        ),
+        Step::Presence(i, up) => Op::Presence(id_of(*i)?, *up),
+    })
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    let n = 0u8..8;
+    prop_oneof![
+        4 => (n.clone(), 0u8..3).prop_map(|(i, t)| Step::Register(i, t)),
+        1 => (n.clone(), 0u8..4).prop_map(|(i, x)| Step::Rename(i, x)),
+        1 => (n.clone(), any::<bool>()).prop_map(|(i, b)| Step::Tag(i, b)),
+        1 => (n.clone(), any::<bool>()).prop_map(|(i, b)| Step::Disable(i, b)),
+        1 => n.clone().prop_map(Step::Remove),
+        2 => (n.clone(), 1u16..4).prop_map(|(i, p)| Step::Report(i, p)),
+        2 => (n, any::<bool>()).prop_map(|(i, b)| Step::Presence(i, b)),
+    ]
+}
+
+/// Applies compile output to the maps the nodes hold, as the hub and agents do.
+fn deliver(w: &World, batch: &Batch, out: &[Outgoing], held: &mut BTreeMap<NodeId, NetworkMap>) {
+    for id in &batch.touched.evicted {
+        held.remove(id);
+    }
+    for o in out {
+        for r in o.recipients.iter() {
+            let node = w.node(*r).unwrap();
+            assert!(!node.rec.disabled, "a disabled node received an event");
+            match &o.payload {
+                Payload::Resync => {
+                    held.insert(*r, snapshot(w, *r).unwrap());
+                }
+                Payload::Delta(d) => {
+                    for c in &d.changes {
+                        if let MapChange::PeerUpsert { peer, .. } = c {
+                            assert_ne!(
+                                peer.node_key, node.rec.node_key,
+                                "a node received itself as a peer"
+                            );
+                        }
+                    }
+                    if let Some(map) = held.get_mut(r) {
+                        map.apply(d).unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_invariants(w: &World, held: &BTreeMap<NodeId, NetworkMap>) {
+    for (id, map) in held {
+        let mut fresh = snapshot(w, *id).expect("held map of a live node");
+        // Versions are controller-global: a node's map only moves to the versions
+        // that changed it, so it may trail the controller's.
+        assert!(map.version <= fresh.version);
+        fresh.version = map.version;
+        assert_eq!(
+            map, &fresh,
+            "delta-maintained map differs from a fresh snapshot"
+        );
+        for net in &map.networks {
+            for p in &net.peers {
+                assert_ne!(p.node_key, map.node.node_key);
+                let peer = w.find_node_by_key(&p.node_key).expect("peer exists");
+                assert!(!peer.rec.disabled, "disabled node in a map");
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    #[test]
+    fn deltas_keep_every_map_equal_to_a_fresh_snapshot(
+        batches in proptest::collection::vec(proptest::collection::vec(arb_step(), 1..5), 1..25)
+    ) {
+        let mut w = setup();
+        let mut held: BTreeMap<NodeId, NetworkMap> = BTreeMap::new();
+        for (t, steps) in batches.iter().enumerate() {
+            let mut batch = Batch::default();
+            for s in steps {
+                if let Some(op) = step_op(&w, s) {
+                    let _ = w.apply(&mut batch, &Actor::Admin, op, 1000 * (t as u64 + 1));
+                }
+            }
+            if w.finish_batch(&mut batch) {
+                let out = compile(&w, &batch.touched);
+                deliver(&w, &batch, &out, &mut held);
+            }
+            // Nodes without a map (new, re-enabled) connect and get a snapshot.
+            let ids: Vec<NodeId> = w.node_ids().collect();
+            for id in ids {
+                if let Some(s) = snapshot(&w, id) {
+                    held.entry(id).or_insert(s);
+                } else {
+                    held.remove(&id);
+                }
+            }
+            check_invariants(&w, &held);
+        }
+    }
+}
+
+#[test]
+fn a_change_reaches_only_members_of_the_touched_network() {
+    let mut w = setup();
+    let mut b = Batch::default();
+    for (i, t) in [(1, "ta"), (2, "ta"), (3, "tb"), (4, "tb")] {
+        w.apply(&mut b, &Actor::Admin, register(i, t), 0).unwrap();
+    }
+    w.finish_batch(&mut b);
+    let id1 = w.find_node_by_key(&key(1)).unwrap().rec.id;
+    let mut b = Batch::default();
+    w.apply(
+        &mut b,
+        &Actor::Admin,
+        Op::Report(id1, Some(vec!["192.0.2.1:1".parse().unwrap()])),
+        0,
+    )
+    .unwrap();
+    w.finish_batch(&mut b);
+    let out = compile(&w, &b.touched);
+    let id2 = w.find_node_by_key(&key(2)).unwrap().rec.id;
+    assert_eq!(out.len(), 1);
+    assert_eq!(&*out[0].recipients, &[id2]);
+    let Payload::Delta(d) = &out[0].payload else {
+        panic!("expected a delta")
+    };
+    assert!(
+        matches!(&d.changes[..], [MapChange::PeerUpsert { peer, .. }] if peer.node_key == key(1))
+    );
+}
+
+#[test]
+fn one_join_is_one_shared_delta_for_all_members() {
+    let mut w = setup();
+    let mut b = Batch::default();
+    for i in 1..=50 {
+        w.apply(&mut b, &Actor::Admin, register(i, "ta"), 0)
+            .unwrap();
+    }
+    w.finish_batch(&mut b);
+    let mut b = Batch::default();
+    w.apply(&mut b, &Actor::Admin, register(99, "ta"), 0)
+        .unwrap();
+    w.finish_batch(&mut b);
+    let out = compile(&w, &b.touched);
+    // One delta shared by the 50 existing members, one resync for the newcomer.
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].recipients.len(), 50);
+    assert!(matches!(out[1].payload, Payload::Resync));
+}
+
+#[test]
+fn addresses_are_unique_and_skip_reserved() {
+    let mut w = World::default();
+    let mut b = Batch::default();
+    w.apply(
+        &mut b,
+        &Actor::Admin,
+        Op::CreateNetwork(NewNetwork {
+            name: "tiny".into(),
+            ipv4_cidr: "10.0.0.0/29".parse().unwrap(),
+            ipv6_prefix: None,
+            dns_domain: "weft.internal".into(),
+            pow_difficulty: 0,
+        }),
+        0,
+    )
+    .unwrap();
+    w.apply(
+        &mut b,
+        &Actor::Admin,
+        Op::CreateToken(NewToken {
+            networks: vec!["tiny".into()],
+            tags: Default::default(),
+            expires_at: u64::MAX,
+            max_uses: None,
+            description: None,
+            hash: SecretHash::of("t"),
+        }),
+        0,
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    for i in 1..=5 {
+        match w.apply(&mut b, &Actor::Admin, register(i, "t"), 0).unwrap() {
+            crate::model::Output::Registered { addresses, .. } => {
+                got.push(addresses[0].ipv4.to_string())
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // /29: .0 network, .1 reserved, .7 broadcast: five usable.
+    assert_eq!(
+        got,
+        ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+    );
+    let err = w
+        .apply(&mut b, &Actor::Admin, register(6, "t"), 0)
+        .unwrap_err();
+    assert_eq!(err.code(), "network_full");
+    // Removing one frees its address for the next node.
+    w.apply(&mut b, &Actor::Admin, Op::RemoveNode(key(3).to_string()), 0)
+        .unwrap();
+    match w.apply(&mut b, &Actor::Admin, register(7, "t"), 0).unwrap() {
+        crate::model::Output::Registered { addresses, .. } => {
+            assert_eq!(addresses[0].ipv4.to_string(), "10.0.0.4")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn reregistration_is_idempotent_and_tokens_are_accounted() {
+    let mut w = setup();
+    let mut b = Batch::default();
+    w.apply(
+        &mut b,
+        &Actor::Admin,
+        Op::CreateToken(NewToken {
+            networks: vec!["a".into()],
+            tags: Default::default(),
+            expires_at: 100,
+            max_uses: Some(1),
+            description: None,
+            hash: SecretHash::of("once"),
+        }),
+        0,
+    )
+    .unwrap();
+    let first = w
+        .apply(&mut b, &Actor::Admin, register(1, "once"), 0)
+        .unwrap();
+    // Same key again: same addresses, no use consumed (the token is one-shot).
+    let again = w
+        .apply(&mut b, &Actor::Admin, register(1, "once"), 0)
+        .unwrap();
+    assert_eq!(format!("{first:?}"), format!("{again:?}"));
+    // Even after expiry, a retry succeeds; a new key does not.
+    assert!(
+        w.apply(&mut b, &Actor::Admin, register(1, "once"), 200_000)
+            .is_ok()
+    );
+    assert_eq!(
+        w.apply(&mut b, &Actor::Admin, register(2, "once"), 0)
+            .unwrap_err()
+            .code(),
+        "token_exhausted"
+    );
+    assert_eq!(
+        w.apply(&mut b, &Actor::Admin, register(3, "nope"), 0)
+            .unwrap_err()
+            .code(),
+        "invalid_token"
+    );
+    // The old credential no longer works; the newest does.
+    assert!(w.node_by_credential(&SecretHash::of("cred1")).is_some());
+}

@@ -1,0 +1,239 @@
+//! The server: storage start-up, the listener loop, TLS, graceful shutdown.
+//!
+//! [`prepare`] opens (and migrates) the database, loads the state and creates
+//! the admin token on first start. [`run`] serves HTTP/1.1 (over TLS unless the
+//! config has none) on an already-bound listener until `shutdown` resolves, so
+//! tests can bind port 0. On shutdown it stops accepting, ends every map stream,
+//! waits for in-flight requests (up to a grace period), then lets the store
+//! writer finish its queue.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rand_core::OsRng;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+use weft_proto::netmap::Relay;
+
+use crate::api::{self, ApiConfig, AppState, Challenges};
+use crate::engine::Engine;
+use crate::hub::{Hub, HubConfig};
+use crate::model::World;
+use crate::secret::{self, ADMIN_PREFIX};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{AuditRecord, Store as _, StoreError, Write};
+use crate::{clock, tls};
+
+/// File name of the database in the data directory.
+pub const DB_FILE: &str = "controller.db";
+/// File the admin token is written to on first start (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// File holding the controller's URL (`https://host:port`), for local tools.
+pub const URL_FILE: &str = "controller.url";
+/// File the bound address is written to (`host:port`).
+pub const LISTEN_ADDR_FILE: &str = "listen.addr";
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Server settings.
+pub struct Config {
+    /// TLS configuration; `None` serves cleartext HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Handler settings.
+    pub api: ApiConfig,
+    /// Fan-out settings.
+    pub hub: HubConfig,
+    /// How long shutdown waits for open requests.
+    pub shutdown_grace: Duration,
+    /// Concurrent connections at most (each map stream is one).
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            api: ApiConfig::default(),
+            hub: HubConfig::default(),
+            shutdown_grace: Duration::from_secs(5),
+            max_connections: 16_384,
+        }
+    }
+}
+
+/// The opened store and loaded state.
+pub struct Prepared {
+    store: SqliteStore,
+    world: World,
+    /// The admin token, if it was created by this start (show it once).
+    pub new_admin_token: Option<String>,
+    /// Where the admin token was written.
+    pub admin_token_path: PathBuf,
+}
+
+/// Opens `data_dir/controller.db` (creating and migrating it), loads the state,
+/// and on first start creates the admin token: stored hashed, and written to
+/// `data_dir/admin.token` with mode 0600.
+pub fn prepare(data_dir: &Path, relays: Vec<Relay>) -> Result<Prepared, ServeError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| ServeError::Io {
+        what: format!("creating {}", data_dir.display()),
+        source,
+    })?;
+    let mut store = SqliteStore::open(&data_dir.join(DB_FILE))?;
+    let snap = store.load()?;
+    let mut world = World::from_snapshot(snap, relays);
+    let admin_token_path = data_dir.join(ADMIN_TOKEN_FILE);
+    let mut new_admin_token = None;
+    if world.admin_hash.is_none() {
+        let (token, hash) = secret::generate(ADMIN_PREFIX, &mut OsRng);
+        // Write the file first: if we crash in between, the next start creates a
+        // new token and overwrites it, so the file never holds a dead token for long.
+        tls::write_private(&admin_token_path, format!("{token}\n").as_bytes()).map_err(
+            |source| ServeError::Io {
+                what: format!("writing {}", admin_token_path.display()),
+                source,
+            },
+        )?;
+        store.apply(&[
+            Write::SetAdminHash(hash),
+            Write::Audit(AuditRecord {
+                id: 1,
+                at_ms: clock::now_unix_ms(),
+                actor: "controller".into(),
+                action: "admin.token.create".into(),
+                target: "admin".into(),
+                detail: serde_json::json!({"file": admin_token_path.display().to_string()}),
+            }),
+        ])?;
+        let snap = store.load()?;
+        let relays = std::mem::take(&mut world.relays);
+        world = World::from_snapshot(snap, relays);
+        new_admin_token = Some(token);
+    }
+    // Every start begins a new map version: presence (online) is not persisted,
+    // so a stream resuming from before the restart must get a fresh snapshot
+    // rather than an empty replay.
+    world.version += 1;
+    store.apply(&[Write::SetMapVersion(world.version)])?;
+    Ok(Prepared {
+        store,
+        world,
+        new_admin_token,
+        admin_token_path,
+    })
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn run(
+    prepared: Prepared,
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let hub = Arc::new(Hub::new(config.hub.clone()));
+    let (engine, writer) =
+        Engine::start(prepared.store, prepared.world, hub).map_err(|source| ServeError::Io {
+            what: "starting the store writer".into(),
+            source,
+        })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = AppState {
+        engine: engine.clone(),
+        challenges: Arc::new(Challenges::new(
+            config.api.challenge_ttl,
+            config.api.max_challenges,
+        )),
+        cfg: Arc::new(config.api.clone()),
+        shutdown: shutdown_rx,
+    };
+    let router = api::router(state);
+    let acceptor = config.tls.clone().map(TlsAcceptor::from);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, _peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            debug!("connection limit reached; dropping a connection");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let svc = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .max_buf_size(64 * 1024);
+            match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(tls)) => {
+                            let _ = watcher
+                                .watch(builder.serve_connection(TokioIo::new(tls), svc))
+                                .await;
+                        }
+                        Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => debug!("TLS handshake timed out"),
+                    }
+                }
+                None => {
+                    let _ = watcher
+                        .watch(builder.serve_connection(TokioIo::new(tcp), svc))
+                        .await;
+                }
+            }
+        });
+    }
+    info!("shutting down: no new connections; ending map streams");
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(config.shutdown_grace) => warn!("requests still open after the grace period; closing them"),
+    }
+    engine.shutdown();
+    drop(engine);
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! Persistence: a dumb, transactional row store.
+//!
+//! All business rules (address allocation, token accounting, names) run in memory
+//! in [`crate::model`] against the loaded state; what reaches the store is a list
+//! of row-level [`Write`]s applied in **one transaction** per batch. A driver
+//! therefore implements three methods and no logic, which is what makes a second
+//! driver (PostgreSQL, for several replicas) a driver and not a rewrite. The
+//! schema also enforces the invariants that matter (unique address per network,
+//! unique key, unique name), so a logic bug fails a commit instead of persisting
+//! a duplicate.
+//!
+//! Durability contract: [`Store::apply`] returns `Ok` only after the transaction
+//! is durable. The controller acknowledges a request only after that.
+
+pub mod sqlite;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use weft_proto::NodeKey;
+use weft_proto::net::{Ipv4Net, Ipv6Net};
+
+use crate::secret::SecretHash;
+
+/// Why the store failed. Never caused by user input: the model validates first.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database engine reported an error (I/O, corruption, constraint).
+    #[error("database error: {0}")]
+    Db(String),
+    /// A stored value does not parse (manual edits or corruption).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer controller.
+    #[error(
+        "database schema version {found} is newer than this controller knows ({known}); upgrade weft-controller"
+    )]
+    SchemaTooNew {
+        /// Version in the database.
+        found: u32,
+        /// Newest version this build has.
+        known: u32,
+    },
+}
+
+/// A network row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRecord {
+    /// Controller-assigned id.
+    pub id: u64,
+    /// Unique name (DNS label).
+    pub name: String,
+    /// IPv4 prefix.
+    pub ipv4_cidr: Ipv4Net,
+    /// IPv6 prefix.
+    pub ipv6_prefix: Option<Ipv6Net>,
+    /// DNS domain.
+    pub dns_domain: String,
+    /// Required proof-of-work bits.
+    pub pow_difficulty: u32,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A node row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// Controller-assigned id.
+    pub id: u64,
+    /// Identity key.
+    pub node_key: NodeKey,
+    /// Unique name (DNS label).
+    pub name: String,
+    /// Reported host name.
+    pub hostname: Option<String>,
+    /// Tags.
+    pub tags: BTreeSet<String>,
+    /// Disabled by an admin.
+    pub disabled: bool,
+    /// SHA-256 of the node credential.
+    pub credential_hash: SecretHash,
+    /// Reported endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// Unix seconds.
+    pub last_seen: Option<u64>,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A node's membership in a network, with its addresses there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipRecord {
+    /// The node.
+    pub node_id: u64,
+    /// The network.
+    pub network_id: u64,
+    /// IPv4 address (unique in the network).
+    pub ipv4: Ipv4Addr,
+    /// IPv6 address.
+    pub ipv6: Option<Ipv6Addr>,
+    /// The join token used.
+    pub token_id: Option<u64>,
+    /// Unix seconds.
+    pub joined_at: u64,
+}
+
+/// A join token row (the secret itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Controller-assigned id.
+    pub id: u64,
+    /// SHA-256 of the token.
+    pub token_hash: SecretHash,
+    /// Free text.
+    pub description: Option<String>,
+    /// Tags given to joining nodes.
+    pub tags: BTreeSet<String>,
+    /// Network ids granted.
+    pub networks: BTreeSet<u64>,
+    /// `None` = unlimited.
+    pub max_uses: Option<u32>,
+    /// Registrations so far.
+    pub uses: u32,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Revoked by an admin.
+    pub revoked: bool,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// An audit row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    /// Sequence number.
+    pub id: u64,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// `admin` or `node:<key>`.
+    pub actor: String,
+    /// For example `node.rename`.
+    pub action: String,
+    /// Network name, node key, token id.
+    pub target: String,
+    /// JSON details (never secrets).
+    pub detail: serde_json::Value,
+}
+
+/// Everything the controller loads at start.
+#[derive(Debug, Default)]
+pub struct StoreSnapshot {
+    /// The last map version handed out.
+    pub map_version: u64,
+    /// SHA-256 of the admin token, once created.
+    pub admin_hash: Option<SecretHash>,
+    /// All networks.
+    pub networks: Vec<NetworkRecord>,
+    /// All nodes.
+    pub nodes: Vec<NodeRecord>,
+    /// All memberships.
+    pub memberships: Vec<MembershipRecord>,
+    /// All join tokens.
+    pub tokens: Vec<TokenRecord>,
+    /// Highest audit id so far (0 if none).
+    pub max_audit_id: u64,
+}
+
+/// One row-level change. A batch of them is applied atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Insert or replace a network.
+    PutNetwork(NetworkRecord),
+    /// Insert or replace a node.
+    PutNode(NodeRecord),
+    /// Delete a node and its memberships.
+    DeleteNode(u64),
+    /// Insert or replace a membership.
+    PutMembership(MembershipRecord),
+    /// Insert or replace a join token.
+    PutToken(TokenRecord),
+    /// Append an audit record.
+    Audit(AuditRecord),
+    /// Persist the map version counter.
+    SetMapVersion(u64),
+    /// Persist the admin token hash.
+    SetAdminHash(SecretHash),
+}
+
+/// Which audit records to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// At most this many (newest first).
+    pub limit: u32,
+    /// Only ids below this (paging).
+    pub before_id: Option<u64>,
+    /// Only this target.
+    pub target: Option<String>,
+}
+
+/// A persistence driver.
+pub trait Store: Send + 'static {
+    /// Reads everything the controller keeps in memory.
+    fn load(&mut self) -> Result<StoreSnapshot, StoreError>;
+    /// Applies `writes` in one transaction; returns once it is durable.
+    fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError>;
+    /// Reads audit records, newest first.
+    fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// The behaviour every driver must have; run by each driver's tests.
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    fn net(id: u64, name: &str, cidr: &str) -> NetworkRecord {
+        NetworkRecord {
+            id,
+            name: name.into(),
+            ipv4_cidr: cidr.parse().unwrap(),
+            ipv6_prefix: Some("fd00:1::/48".parse().unwrap()),
+            dns_domain: "weft.internal".into(),
+            pow_difficulty: 8,
+            created_at: 1,
+        }
+    }
+
+    fn node(id: u64, name: &str) -> NodeRecord {
+        NodeRecord {
+            id,
+            node_key: NodeKey::from_bytes([id as u8; 32]),
+            name: name.into(),
+            hostname: Some("host".into()),
+            tags: ["a".to_string()].into(),
+            disabled: false,
+            credential_hash: SecretHash::of(name),
+            endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
+            last_seen: Some(5),
+            created_at: 2,
+        }
+    }
+
+    fn member(node_id: u64, network_id: u64, last: u8) -> MembershipRecord {
+        MembershipRecord {
+            node_id,
+            network_id,
+            ipv4: Ipv4Addr::new(100, 64, 0, last),
+            ipv6: None,
+            token_id: None,
+            joined_at: 3,
+        }
+    }
+
+    pub(crate) fn store_suite<S: Store>(open: impl Fn() -> S) {
+        let mut s = open();
+        let empty = s.load().unwrap();
+        assert_eq!(empty.map_version, 0);
+        assert!(empty.admin_hash.is_none());
+
+        let token = TokenRecord {
+            id: 1,
+            token_hash: SecretHash::of("t"),
+            description: None,
+            tags: BTreeSet::new(),
+            networks: [1].into(),
+            max_uses: Some(2),
+            uses: 0,
+            expires_at: 100,
+            revoked: false,
+            created_at: 1,
+        };
+        s.apply(&[
+            Write::PutNetwork(net(1, "lab", "100.64.0.0/24")),
+            Write::PutToken(token.clone()),
+            Write::PutNode(node(1, "a")),
+            Write::PutMembership(MembershipRecord {
+                token_id: Some(1),
+                ..member(1, 1, 2)
+            }),
+            Write::SetMapVersion(7),
+            Write::SetAdminHash(SecretHash::of("admin")),
+            Write::Audit(AuditRecord {
+                id: 1,
+                at_ms: 9,
+                actor: "admin".into(),
+                action: "network.create".into(),
+                target: "lab".into(),
+                detail: serde_json::json!({"cidr": "100.64.0.0/24"}),
+            }),
+        ])
+        .unwrap();
+
+        // A batch that violates uniqueness is rolled back as a whole.
+        let err = s.apply(&[
+            Write::PutNode(node(2, "b")),
+            Write::PutMembership(member(2, 1, 2)),
+        ]);
+        assert!(err.is_err());
+
+        drop(s);
+        let mut s = open();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.map_version, 7);
+        assert_eq!(snap.admin_hash, Some(SecretHash::of("admin")));
+        assert_eq!(snap.networks, vec![net(1, "lab", "100.64.0.0/24")]);
+        assert_eq!(snap.nodes, vec![node(1, "a")]);
+        assert_eq!(snap.memberships.len(), 1);
+        assert_eq!(snap.tokens, vec![token.clone()]);
+        assert_eq!(snap.max_audit_id, 1);
+
+        // Upserts replace; deletes cascade to memberships.
+        let mut renamed = node(1, "a2");
+        renamed.disabled = true;
+        s.apply(&[
+            Write::PutNode(renamed.clone()),
+            Write::PutToken(TokenRecord { uses: 1, ..token }),
+        ])
+        .unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.nodes, vec![renamed]);
+        assert_eq!(snap.tokens[0].uses, 1);
+        s.apply(&[Write::DeleteNode(1)]).unwrap();
+        let snap = s.load().unwrap();
+        assert!(snap.nodes.is_empty() && snap.memberships.is_empty());
+
+        let audit = s
+            .audit(&AuditQuery {
+                limit: 10,
+                before_id: None,
+                target: Some("lab".into()),
+            })
+            .unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].detail["cidr"], "100.64.0.0/24");
+        let none = s
+            .audit(&AuditQuery {
+                limit: 10,
+                before_id: Some(1),
+                target: None,
+            })
+            .unwrap();
+        assert!(none.is_empty());
+    }
+}

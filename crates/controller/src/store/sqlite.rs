@@ -1,0 +1,462 @@
+//! The embedded SQLite driver (the default).
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so every committed transaction
+//! has been fsynced to the WAL before [`Store::apply`] returns. That survives a
+//! `kill -9` of the controller (which alone would only need the page cache) and
+//! also an OS crash or power loss, provided the disk honours flushes. (`NORMAL`
+//! would survive `kill -9` too, but could lose the last transactions on power
+//! loss; acknowledged writes must not be lost, so `FULL` it is. Batching several
+//! requests per transaction keeps the fsync cost per request low.)
+//!
+//! Migrations are SQL files in `crates/controller/migrations/`, applied in order,
+//! each in its own transaction, and recorded in `schema_migrations`.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::{
+    AuditQuery, AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, Store, StoreError,
+    StoreSnapshot, TokenRecord, Write,
+};
+use crate::secret::SecretHash;
+
+/// Schema migrations, in order: (version, name, SQL).
+const MIGRATIONS: &[(u32, &str, &str)] =
+    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+
+/// A SQLite database file.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e.to_string())
+    }
+}
+
+fn corrupt(what: &str) -> impl Fn(String) -> StoreError + '_ {
+    move |e| StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn json_list<T: serde::Serialize>(v: impl IntoIterator<Item = T>) -> String {
+    serde_json::to_string(&v.into_iter().collect::<Vec<T>>()).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse()
+        .map_err(|e: T::Err| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, sets WAL and full sync,
+    /// and runs pending migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if mode != "wal" && mode != "memory" {
+            return Err(StoreError::Db(format!(
+                "could not enable WAL journal (got {mode})"
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
+        let mut store = Self { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The schema version after migration.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let v: Option<u32> =
+            self.conn
+                .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(v.unwrap_or(0))
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        )?;
+        let current = self.schema_version()?;
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        if current > known {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                known,
+            });
+        }
+        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, strftime('%s','now'))",
+                params![version, name],
+            )?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+}
+
+impl Store for SqliteStore {
+    fn load(&mut self) -> Result<StoreSnapshot, StoreError> {
+        let mut snap = StoreSnapshot {
+            map_version: match self.meta("map_version")? {
+                Some(v) => parse("map_version", &v)?,
+                None => 0,
+            },
+            admin_hash: match self.meta("admin_hash")? {
+                Some(v) => Some(parse::<SecretHash>("admin_hash", &v)?),
+                None => None,
+            },
+            ..StoreSnapshot::default()
+        };
+        let c = &self.conn;
+
+        let mut st = c.prepare(
+            "SELECT id, name, ipv4_cidr, ipv6_prefix, dns_domain, pow_difficulty, created_at FROM networks ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, u32>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, name, v4, v6, dns, pow, created) = row?;
+            snap.networks.push(NetworkRecord {
+                id: to_u64(id),
+                name,
+                ipv4_cidr: parse("network ipv4_cidr", &v4)?,
+                ipv6_prefix: v6.map(|s| parse("network ipv6_prefix", &s)).transpose()?,
+                dns_domain: dns,
+                pow_difficulty: pow,
+                created_at: to_u64(created),
+            });
+        }
+
+        let mut st = c.prepare(
+            "SELECT id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at FROM nodes ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, bool>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, Option<i64>>(8)?,
+                r.get::<_, i64>(9)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, key, name, hostname, tags, disabled, cred, endpoints, seen, created) = row?;
+            snap.nodes.push(NodeRecord {
+                id: to_u64(id),
+                node_key: parse("node_key", &key)?,
+                name,
+                hostname,
+                tags: parse_json("node tags", &tags)?,
+                disabled,
+                credential_hash: parse("credential_hash", &cred)?,
+                endpoints: parse_json("node endpoints", &endpoints)?,
+                last_seen: seen.map(to_u64),
+                created_at: to_u64(created),
+            });
+        }
+
+        let mut st = c.prepare(
+            "SELECT node_id, network_id, ipv4, ipv6, token_id, joined_at FROM memberships ORDER BY node_id, network_id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        for row in rows {
+            let (node, net, v4, v6, token, joined) = row?;
+            snap.memberships.push(MembershipRecord {
+                node_id: to_u64(node),
+                network_id: to_u64(net),
+                ipv4: parse("membership ipv4", &v4)?,
+                ipv6: v6.map(|s| parse("membership ipv6", &s)).transpose()?,
+                token_id: token.map(to_u64),
+                joined_at: to_u64(joined),
+            });
+        }
+
+        let mut st = c.prepare(
+            "SELECT id, token_hash, description, tags, networks, max_uses, uses, expires_at, revoked, created_at FROM join_tokens ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<u32>>(5)?,
+                r.get::<_, u32>(6)?,
+                r.get::<_, i64>(7)?,
+                r.get::<_, bool>(8)?,
+                r.get::<_, i64>(9)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, hash, description, tags, networks, max_uses, uses, expires, revoked, created) =
+                row?;
+            snap.tokens.push(TokenRecord {
+                id: to_u64(id),
+                token_hash: parse("token_hash", &hash)?,
+                description,
+                tags: parse_json("token tags", &tags)?,
+                networks: parse_json("token networks", &networks)?,
+                max_uses,
+                uses,
+                expires_at: to_u64(expires),
+                revoked,
+                created_at: to_u64(created),
+            });
+        }
+        let max_audit: Option<i64> =
+            c.query_row("SELECT MAX(id) FROM audit_log", [], |r| r.get(0))?;
+        snap.max_audit_id = max_audit.map_or(0, to_u64);
+        Ok(snap)
+    }
+
+    fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        for w in writes {
+            match w {
+                Write::PutNetwork(n) => {
+                    tx.prepare_cached(
+                        "INSERT INTO networks (id, name, ipv4_cidr, ipv6_prefix, dns_domain, pow_difficulty, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (id) DO UPDATE SET name = excluded.name, ipv4_cidr = excluded.ipv4_cidr,
+                           ipv6_prefix = excluded.ipv6_prefix, dns_domain = excluded.dns_domain,
+                           pow_difficulty = excluded.pow_difficulty",
+                    )?
+                    .execute(params![
+                        to_i64(n.id),
+                        n.name,
+                        n.ipv4_cidr.to_string(),
+                        n.ipv6_prefix.map(|p| p.to_string()),
+                        n.dns_domain,
+                        n.pow_difficulty,
+                        to_i64(n.created_at)
+                    ])?;
+                }
+                Write::PutNode(n) => {
+                    tx.prepare_cached(
+                        "INSERT INTO nodes (id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                         ON CONFLICT (id) DO UPDATE SET name = excluded.name, hostname = excluded.hostname,
+                           tags = excluded.tags, disabled = excluded.disabled,
+                           credential_hash = excluded.credential_hash, endpoints = excluded.endpoints,
+                           last_seen = excluded.last_seen",
+                    )?
+                    .execute(params![
+                        to_i64(n.id),
+                        n.node_key.to_string(),
+                        n.name,
+                        n.hostname,
+                        json_list(&n.tags),
+                        n.disabled,
+                        n.credential_hash.to_string(),
+                        json_list(&n.endpoints),
+                        n.last_seen.map(to_i64),
+                        to_i64(n.created_at)
+                    ])?;
+                }
+                Write::DeleteNode(id) => {
+                    tx.prepare_cached("DELETE FROM nodes WHERE id = ?1")?
+                        .execute([to_i64(*id)])?;
+                }
+                Write::PutMembership(m) => {
+                    tx.prepare_cached(
+                        "INSERT INTO memberships (node_id, network_id, ipv4, ipv6, token_id, joined_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (node_id, network_id) DO UPDATE SET ipv4 = excluded.ipv4,
+                           ipv6 = excluded.ipv6, token_id = excluded.token_id",
+                    )?
+                    .execute(params![
+                        to_i64(m.node_id),
+                        to_i64(m.network_id),
+                        m.ipv4.to_string(),
+                        m.ipv6.map(|a| a.to_string()),
+                        m.token_id.map(to_i64),
+                        to_i64(m.joined_at)
+                    ])?;
+                }
+                Write::PutToken(t) => {
+                    tx.prepare_cached(
+                        "INSERT INTO join_tokens (id, token_hash, description, tags, networks, max_uses, uses, expires_at, revoked, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                         ON CONFLICT (id) DO UPDATE SET uses = excluded.uses, revoked = excluded.revoked,
+                           description = excluded.description",
+                    )?
+                    .execute(params![
+                        to_i64(t.id),
+                        t.token_hash.to_string(),
+                        t.description,
+                        json_list(&t.tags),
+                        json_list(&t.networks),
+                        t.max_uses,
+                        t.uses,
+                        to_i64(t.expires_at),
+                        t.revoked,
+                        to_i64(t.created_at)
+                    ])?;
+                }
+                Write::Audit(a) => {
+                    tx.prepare_cached(
+                        "INSERT INTO audit_log (id, at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        to_i64(a.id),
+                        to_i64(a.at_ms),
+                        a.actor,
+                        a.action,
+                        a.target,
+                        a.detail.to_string()
+                    ])?;
+                }
+                Write::SetMapVersion(v) => {
+                    tx.prepare_cached(
+                        "INSERT INTO meta (key, value) VALUES ('map_version', ?1)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute([v.to_string()])?;
+                }
+                Write::SetAdminHash(h) => {
+                    tx.prepare_cached(
+                        "INSERT INTO meta (key, value) VALUES ('admin_hash', ?1)
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute([h.to_string()])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit(&mut self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, at_ms, actor, action, target, detail FROM audit_log
+             WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR target = ?2)
+             ORDER BY id DESC LIMIT ?3",
+        )?;
+        let rows = st.query_map(
+            params![q.before_id.map(to_i64), q.target, i64::from(q.limit)],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at, actor, action, target, detail) = row?;
+            out.push(AuditRecord {
+                id: to_u64(id),
+                at_ms: to_u64(at),
+                actor,
+                action,
+                target,
+                detail: serde_json::from_str(&detail)
+                    .map_err(|e| corrupt("audit detail")(e.to_string()))?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::store_suite;
+
+    #[test]
+    fn sqlite_passes_the_store_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        store_suite(|| SqliteStore::open(&path).unwrap());
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 1);
+        s.conn
+            .execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)", [])
+            .unwrap();
+        drop(s);
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::SchemaTooNew {
+                found: 99,
+                known: 1
+            })
+        ));
+    }
+}

@@ -1,0 +1,395 @@
+//! Controller HTTP API bodies (JSON) and the registration signature format.
+//!
+//! Every path is under `/v1/`. Request bodies may carry `api_version`; a value
+//! other than [`API_VERSION`] is refused with `400 unsupported_api_version`.
+//! Errors are always [`ErrorBody`] `{code, message}`.
+//!
+//! Secrets (join tokens, node credentials, the admin token) only ever travel in
+//! bodies and the `Authorization: Bearer` header; the `Debug` impls of the types
+//! that hold them print `<redacted>`.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::NodeKey;
+use crate::net::{Ipv4Net, Ipv6Net};
+
+/// The API and wire format version of this build.
+pub const API_VERSION: u32 = 1;
+
+/// Signature context of a registration (see [`register_signed_message`]).
+pub const REGISTER_SIGNATURE_CONTEXT: &str = "weft/register/v1";
+
+/// Length of a registration challenge in bytes.
+pub const CHALLENGE_LEN: usize = 32;
+
+/// The message a node signs, under [`REGISTER_SIGNATURE_CONTEXT`], to register:
+/// `challenge (32 bytes) || SHA-256(join token as UTF-8) (32 bytes)`.
+///
+/// The challenge proves freshness (the controller issued it, it is single-use and
+/// short-lived); the token hash binds the signature to the token it is presented
+/// with, so a signature cannot be replayed with another token. The signature
+/// itself is `Identity::sign(REGISTER_SIGNATURE_CONTEXT, message)` from
+/// `weft-identity` (Ed25519 over a context-prefixed message), sent as unpadded
+/// URL-safe base64.
+pub fn register_signed_message(challenge: &[u8; CHALLENGE_LEN], token: &str) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(challenge);
+    out[32..].copy_from_slice(&Sha256::digest(token.as_bytes()));
+    out
+}
+
+/// Every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, for example `token_expired`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `ok` when the controller answers.
+    pub status: String,
+    /// [`API_VERSION`].
+    pub api_version: u32,
+    /// The controller's current map version.
+    pub map_version: u64,
+}
+
+/// `POST /v1/register/challenge` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeResponse {
+    /// 32 random bytes, unpadded URL-safe base64. Single use.
+    pub challenge: String,
+    /// Seconds until it expires.
+    pub expires_in_secs: u64,
+}
+
+/// `POST /v1/register` body.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// Must be [`API_VERSION`] when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<u32>,
+    /// The join token (secret).
+    pub token: String,
+    /// The node's identity key.
+    pub node_key: NodeKey,
+    /// The proof-of-work nonce for `node_key`.
+    pub pow_nonce: u64,
+    /// A challenge from `POST /v1/register/challenge`.
+    pub challenge: String,
+    /// Signature over [`register_signed_message`], unpadded URL-safe base64.
+    pub signature: String,
+    /// Requested node name (a DNS label); defaults to one derived from `hostname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The machine's host name, informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+impl fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("token", &"<redacted>")
+            .field("node_key", &self.node_key)
+            .field("name", &self.name)
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A node's address in one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddress {
+    /// The network's name.
+    pub network: String,
+    /// IPv4 address.
+    pub ipv4: Ipv4Addr,
+    /// IPv6 address, if the network has an IPv6 prefix.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// `POST /v1/register` response.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// [`API_VERSION`].
+    pub api_version: u32,
+    /// The registered key.
+    pub node_key: NodeKey,
+    /// The node's name.
+    pub name: String,
+    /// The per-node credential (secret): send as `Authorization: Bearer` on every
+    /// later call. Registering again returns a new one and revokes the old.
+    pub credential: String,
+    /// The node's addresses.
+    pub addresses: Vec<NodeAddress>,
+}
+
+impl fmt::Debug for RegisterResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegisterResponse")
+            .field("node_key", &self.node_key)
+            .field("name", &self.name)
+            .field("credential", &"<redacted>")
+            .field("addresses", &self.addresses)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /v1/node/report` body: liveness, and optionally the node's candidate
+/// endpoints (replacing the previous list).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportRequest {
+    /// Must be [`API_VERSION`] when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<u32>,
+    /// Candidate underlay addresses; `None` keeps the previous list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<SocketAddr>>,
+}
+
+/// `POST /v1/admin/networks` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateNetworkRequest {
+    /// Must be [`API_VERSION`] when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<u32>,
+    /// A DNS label: lowercase letters, digits, `-`; 1 to 63 characters.
+    pub name: String,
+    /// IPv4 prefix, prefix length 8 to 30, for example `100.64.0.0/24`.
+    pub ipv4_cidr: String,
+    /// Optional IPv6 prefix, prefix length 8 to 96.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_prefix: Option<String>,
+    /// DNS domain; default [`crate::netmap::DEFAULT_DNS_DOMAIN`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_domain: Option<String>,
+    /// Proof-of-work bits required to join (0 to 40); default 24.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pow_difficulty: Option<u32>,
+}
+
+/// A network as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Name.
+    pub name: String,
+    /// IPv4 prefix.
+    pub ipv4_cidr: Ipv4Net,
+    /// IPv6 prefix.
+    #[serde(default)]
+    pub ipv6_prefix: Option<Ipv6Net>,
+    /// DNS domain.
+    pub dns_domain: String,
+    /// Proof-of-work bits required to join.
+    pub pow_difficulty: u32,
+    /// Number of member nodes.
+    pub node_count: u64,
+    /// Creation time, Unix seconds.
+    pub created_at: u64,
+}
+
+/// `GET /v1/admin/networks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkList {
+    /// Sorted by name.
+    pub networks: Vec<Network>,
+}
+
+fn one_use() -> Option<u32> {
+    Some(1)
+}
+
+/// `POST /v1/admin/tokens` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTokenRequest {
+    /// Must be [`API_VERSION`] when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<u32>,
+    /// Networks a node joins with this token (at least one).
+    pub networks: Vec<String>,
+    /// Tags given to nodes that join with it.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Lifetime in seconds (1 to 10 years' worth).
+    pub expires_in_secs: u64,
+    /// How many registrations it allows: absent = 1 (one-shot), `null` = unlimited.
+    #[serde(default = "one_use")]
+    pub max_uses: Option<u32>,
+    /// Free text for the admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A join token's metadata (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Identifier used to revoke it.
+    pub id: u64,
+    /// Networks it grants.
+    pub networks: Vec<String>,
+    /// Tags it gives.
+    pub tags: Vec<String>,
+    /// Allowed registrations; `None` = unlimited.
+    pub max_uses: Option<u32>,
+    /// Registrations so far.
+    pub uses: u32,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+    /// Creation time, Unix seconds.
+    pub created_at: u64,
+    /// `active`, `expired`, `exhausted` or `revoked`.
+    pub state: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `POST /v1/admin/tokens` response: the secret is shown this once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTokenResponse {
+    /// The join token (secret).
+    pub token: String,
+    /// Its metadata.
+    pub info: TokenInfo,
+}
+
+impl fmt::Debug for CreateTokenResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateTokenResponse")
+            .field("token", &"<redacted>")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// `GET /v1/admin/tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenList {
+    /// Sorted by id.
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// A node as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Identity key.
+    pub node_key: NodeKey,
+    /// Name.
+    pub name: String,
+    /// Host name it reported at registration.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Tags, sorted.
+    pub tags: Vec<String>,
+    /// Disabled nodes are in nobody's map and their credential is refused.
+    pub disabled: bool,
+    /// Holds a map stream now.
+    pub online: bool,
+    /// Reported endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// Last contact, Unix seconds.
+    #[serde(default)]
+    pub last_seen: Option<u64>,
+    /// Registration time, Unix seconds.
+    pub created_at: u64,
+    /// Addresses per network.
+    pub addresses: Vec<NodeAddress>,
+}
+
+/// `GET /v1/admin/nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeList {
+    /// Sorted by name.
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// `PATCH /v1/admin/nodes/{node}` body; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateNodeRequest {
+    /// Must be [`API_VERSION`] when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<u32>,
+    /// New name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// New tag set (replaces the old one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Disable (`true`) or enable (`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Sequence number.
+    pub id: u64,
+    /// When, Unix milliseconds.
+    pub at_ms: u64,
+    /// Who: `admin` or `node:<key>`.
+    pub actor: String,
+    /// What, for example `network.create`, `node.rename`.
+    pub action: String,
+    /// On what, for example a network name or node key.
+    pub target: String,
+    /// Details (never secrets).
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+/// `GET /v1/admin/audit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditList {
+    /// Newest first.
+    pub entries: Vec<AuditEntry>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_uses_default_is_one_and_null_is_unlimited() {
+        let r: CreateTokenRequest =
+            serde_json::from_str(r#"{"networks":["a"],"expires_in_secs":60}"#).unwrap();
+        assert_eq!(r.max_uses, Some(1));
+        let r: CreateTokenRequest =
+            serde_json::from_str(r#"{"networks":["a"],"expires_in_secs":60,"max_uses":null}"#)
+                .unwrap();
+        assert_eq!(r.max_uses, None);
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let req = RegisterRequest {
+            api_version: None,
+            token: "weft_j_SECRET".into(),
+            node_key: NodeKey::from_bytes([1; 32]),
+            pow_nonce: 0,
+            challenge: String::new(),
+            signature: String::new(),
+            name: None,
+            hostname: None,
+        };
+        assert!(!format!("{req:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn signed_message_binds_challenge_and_token() {
+        let a = register_signed_message(&[1; 32], "t1");
+        assert_ne!(a, register_signed_message(&[1; 32], "t2"));
+        assert_ne!(a, register_signed_message(&[2; 32], "t1"));
+        assert_eq!(&a[..32], &[1; 32]);
+    }
+}

@@ -1,0 +1,440 @@
+//! The per-node network map and its versioned deltas, as streamed by the controller.
+//!
+//! A node's map lists, for every overlay network it is a member of, its own
+//! addresses and its peers. The controller sends a [`MapEvent::Snapshot`] first and
+//! then [`MapEvent::Delta`]s; every event carries the controller-global version it
+//! brings the map to (also the SSE event id). [`NetworkMap::apply`] is the one
+//! definition of what a delta means: applying the deltas a node received to its
+//! snapshot yields exactly the snapshot the controller would send now.
+//!
+//! Ordering is canonical (networks by name, peers by key, tags sorted), so two maps
+//! with the same content compare equal.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::NodeKey;
+use crate::api::API_VERSION;
+use crate::net::{Ipv4Net, Ipv6Net};
+
+/// SSE event name of a [`MapEvent::Snapshot`].
+pub const EVENT_SNAPSHOT: &str = "snapshot";
+/// SSE event name of a [`MapEvent::Delta`].
+pub const EVENT_DELTA: &str = "delta";
+
+/// Default DNS domain of a network: names are `<node>.<network>.<domain>`.
+pub const DEFAULT_DNS_DOMAIN: &str = "weft.internal";
+
+/// Everything one node needs to know to join its overlay networks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkMap {
+    /// Wire format version ([`API_VERSION`]).
+    pub api_version: u32,
+    /// The controller-global version this map reflects.
+    pub version: u64,
+    /// The node itself.
+    pub node: SelfNode,
+    /// The networks the node is a member of, sorted by name.
+    pub networks: Vec<NetworkView>,
+    /// Relays the node may use (from the controller's configuration).
+    #[serde(default)]
+    pub relays: Vec<Relay>,
+}
+
+/// The receiving node's own entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfNode {
+    /// Its identity key.
+    pub node_key: NodeKey,
+    /// Its name (a DNS label, unique on the controller).
+    pub name: String,
+    /// Its tags, sorted.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// One network as seen by one member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkView {
+    /// The network's name (a DNS label).
+    pub name: String,
+    /// The network's IPv4 prefix.
+    pub ipv4_cidr: Ipv4Net,
+    /// The network's IPv6 prefix, if it has one.
+    #[serde(default)]
+    pub ipv6_prefix: Option<Ipv6Net>,
+    /// DNS domain: peers are `<peer>.<network>.<dns_domain>`.
+    pub dns_domain: String,
+    /// This node's IPv4 address in the network.
+    pub ipv4: Ipv4Addr,
+    /// This node's IPv6 address in the network, if the network has a prefix.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+    /// The other members, sorted by key. Never contains the node itself, nor a
+    /// disabled node.
+    pub peers: Vec<Peer>,
+}
+
+/// Another member of a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Its identity key (its WireGuard key is derived from it).
+    pub node_key: NodeKey,
+    /// Its name.
+    pub name: String,
+    /// Its tags, sorted.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Its IPv4 address in this network.
+    pub ipv4: Ipv4Addr,
+    /// Its IPv6 address in this network.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+    /// Candidate underlay addresses it reported (`ip:port`).
+    #[serde(default)]
+    pub endpoints: Vec<SocketAddr>,
+    /// When it was last seen (Unix seconds), as of its last change in this map.
+    #[serde(default)]
+    pub last_seen: Option<u64>,
+    /// Whether it holds a map stream to the controller right now.
+    #[serde(default)]
+    pub online: bool,
+}
+
+/// A relay server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relay {
+    /// Where to reach it, for example `https://relay.example.net:443`.
+    pub url: String,
+}
+
+/// What changed between two versions of one node's map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapDelta {
+    /// Wire format version ([`API_VERSION`]).
+    pub api_version: u32,
+    /// The version the map has after this delta.
+    pub version: u64,
+    /// The changes, applied in order.
+    pub changes: Vec<MapChange>,
+}
+
+/// One change to a map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MapChange {
+    /// A peer appeared in a network or changed: replace its whole entry.
+    PeerUpsert {
+        /// The network's name.
+        network: String,
+        /// The new entry.
+        peer: Peer,
+    },
+    /// A peer left a network (removed, disabled, or left).
+    PeerRemove {
+        /// The network's name.
+        network: String,
+        /// The peer.
+        node_key: NodeKey,
+    },
+    /// The node's own entry changed (renamed, tagged).
+    SelfUpdate {
+        /// The new entry.
+        node: SelfNode,
+    },
+}
+
+/// One event of a map stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapEvent {
+    /// The whole map: replaces whatever the receiver had.
+    Snapshot(NetworkMap),
+    /// Changes since the previous event.
+    Delta(MapDelta),
+}
+
+/// Why a delta cannot be applied: the receiver should reconnect without a
+/// `Last-Event-ID` to get a fresh snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The delta is from an API version this build does not know.
+    #[error("delta has api_version {0}, expected {API_VERSION}")]
+    UnknownApiVersion(u32),
+    /// The delta does not move the version forward.
+    #[error("delta version {delta} is not newer than the map's version {map}")]
+    Stale {
+        /// The map's version.
+        map: u64,
+        /// The delta's version.
+        delta: u64,
+    },
+    /// A change names a network the map does not have.
+    #[error("delta names unknown network {0:?}")]
+    UnknownNetwork(String),
+    /// A change would make the node its own peer.
+    #[error("delta lists the node itself as a peer")]
+    SelfAsPeer,
+}
+
+/// Why an SSE event is not a valid map event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapEventError {
+    /// The event name is neither `snapshot` nor `delta`.
+    #[error("unknown map event type {0:?}")]
+    UnknownEvent(String),
+    /// The data is not the JSON of the event type.
+    #[error("map event data is not valid: {0}")]
+    Json(String),
+    /// The payload's api_version is unknown.
+    #[error("map event has api_version {0}, expected {API_VERSION}")]
+    UnknownApiVersion(u32),
+    /// The SSE id does not match the payload's version.
+    #[error("map event id does not match its version")]
+    IdMismatch,
+}
+
+impl MapEvent {
+    /// The version the event brings the map to.
+    pub fn version(&self) -> u64 {
+        match self {
+            MapEvent::Snapshot(m) => m.version,
+            MapEvent::Delta(d) => d.version,
+        }
+    }
+
+    /// The SSE event name.
+    pub fn event_name(&self) -> &'static str {
+        match self {
+            MapEvent::Snapshot(_) => EVENT_SNAPSHOT,
+            MapEvent::Delta(_) => EVENT_DELTA,
+        }
+    }
+
+    /// Decodes an SSE event (`event`, `id`, `data`) into a map event, checking the
+    /// API version and that the id equals the version.
+    pub fn decode(event: &str, id: Option<&str>, data: &str) -> Result<Self, MapEventError> {
+        let json = |e: serde_json::Error| MapEventError::Json(e.to_string());
+        let ev = match event {
+            EVENT_SNAPSHOT => MapEvent::Snapshot(serde_json::from_str(data).map_err(json)?),
+            EVENT_DELTA => MapEvent::Delta(serde_json::from_str(data).map_err(json)?),
+            other => {
+                let mut name = other.to_owned();
+                name.truncate(64);
+                return Err(MapEventError::UnknownEvent(name));
+            }
+        };
+        let api = match &ev {
+            MapEvent::Snapshot(m) => m.api_version,
+            MapEvent::Delta(d) => d.api_version,
+        };
+        if api != API_VERSION {
+            return Err(MapEventError::UnknownApiVersion(api));
+        }
+        if let Some(id) = id
+            && id.parse::<u64>().ok() != Some(ev.version())
+        {
+            return Err(MapEventError::IdMismatch);
+        }
+        Ok(ev)
+    }
+
+    /// The JSON payload (the SSE `data` field).
+    pub fn to_json(&self) -> String {
+        let r = match self {
+            MapEvent::Snapshot(m) => serde_json::to_string(m),
+            MapEvent::Delta(d) => serde_json::to_string(d),
+        };
+        // These types contain only strings, numbers and addresses: serialization
+        // cannot fail.
+        r.unwrap_or_default()
+    }
+}
+
+impl NetworkMap {
+    /// Applies a delta in place. On error the map is unchanged.
+    pub fn apply(&mut self, delta: &MapDelta) -> Result<(), ApplyError> {
+        if delta.api_version != API_VERSION {
+            return Err(ApplyError::UnknownApiVersion(delta.api_version));
+        }
+        if delta.version <= self.version {
+            return Err(ApplyError::Stale {
+                map: self.version,
+                delta: delta.version,
+            });
+        }
+        // Check everything first so a bad delta leaves the map untouched.
+        for change in &delta.changes {
+            match change {
+                MapChange::PeerUpsert { network, peer } => {
+                    if peer.node_key == self.node.node_key {
+                        return Err(ApplyError::SelfAsPeer);
+                    }
+                    self.network_index(network)?;
+                }
+                MapChange::PeerRemove { network, .. } => {
+                    self.network_index(network)?;
+                }
+                MapChange::SelfUpdate { .. } => {}
+            }
+        }
+        for change in &delta.changes {
+            match change {
+                MapChange::PeerUpsert { network, peer } => {
+                    let i = self.network_index(network)?;
+                    let peers = &mut self.networks[i].peers;
+                    match peers.binary_search_by(|p| p.node_key.cmp(&peer.node_key)) {
+                        Ok(j) => peers[j] = peer.clone(),
+                        Err(j) => peers.insert(j, peer.clone()),
+                    }
+                }
+                MapChange::PeerRemove { network, node_key } => {
+                    let i = self.network_index(network)?;
+                    let peers = &mut self.networks[i].peers;
+                    if let Ok(j) = peers.binary_search_by(|p| p.node_key.cmp(node_key)) {
+                        peers.remove(j);
+                    }
+                }
+                MapChange::SelfUpdate { node } => self.node = node.clone(),
+            }
+        }
+        self.version = delta.version;
+        Ok(())
+    }
+
+    /// The network with this name.
+    pub fn network(&self, name: &str) -> Option<&NetworkView> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+
+    fn network_index(&self, name: &str) -> Result<usize, ApplyError> {
+        self.networks
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .map_err(|_| ApplyError::UnknownNetwork(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(b: u8) -> NodeKey {
+        NodeKey::from_bytes([b; 32])
+    }
+
+    fn peer(b: u8) -> Peer {
+        Peer {
+            node_key: key(b),
+            name: format!("n{b}"),
+            tags: vec![],
+            ipv4: Ipv4Addr::new(100, 64, 0, b),
+            ipv6: None,
+            endpoints: vec![],
+            last_seen: None,
+            online: false,
+        }
+    }
+
+    fn map() -> NetworkMap {
+        NetworkMap {
+            api_version: API_VERSION,
+            version: 5,
+            node: SelfNode {
+                node_key: key(1),
+                name: "me".into(),
+                tags: vec![],
+            },
+            networks: vec![NetworkView {
+                name: "lab".into(),
+                ipv4_cidr: "100.64.0.0/24".parse().unwrap(),
+                ipv6_prefix: None,
+                dns_domain: DEFAULT_DNS_DOMAIN.into(),
+                ipv4: Ipv4Addr::new(100, 64, 0, 1),
+                ipv6: None,
+                peers: vec![peer(3)],
+            }],
+            relays: vec![],
+        }
+    }
+
+    fn delta(version: u64, changes: Vec<MapChange>) -> MapDelta {
+        MapDelta {
+            api_version: API_VERSION,
+            version,
+            changes,
+        }
+    }
+
+    #[test]
+    fn upsert_keeps_peers_sorted_and_remove_is_idempotent() {
+        let mut m = map();
+        let up = |b| MapChange::PeerUpsert {
+            network: "lab".into(),
+            peer: peer(b),
+        };
+        m.apply(&delta(6, vec![up(9), up(2)])).unwrap();
+        let keys: Vec<_> = m.networks[0].peers.iter().map(|p| p.node_key).collect();
+        assert_eq!(keys, vec![key(2), key(3), key(9)]);
+        let rm = MapChange::PeerRemove {
+            network: "lab".into(),
+            node_key: key(3),
+        };
+        m.apply(&delta(7, vec![rm.clone(), rm])).unwrap();
+        assert_eq!(m.networks[0].peers.len(), 2);
+        assert_eq!(m.version, 7);
+    }
+
+    #[test]
+    fn bad_deltas_leave_map_unchanged() {
+        let mut m = map();
+        let before = m.clone();
+        let up = MapChange::PeerUpsert {
+            network: "lab".into(),
+            peer: peer(4),
+        };
+        assert_eq!(
+            m.apply(&delta(5, vec![up.clone()])),
+            Err(ApplyError::Stale { map: 5, delta: 5 })
+        );
+        let other = MapChange::PeerUpsert {
+            network: "nope".into(),
+            peer: peer(4),
+        };
+        assert!(matches!(
+            m.apply(&delta(6, vec![up, other])),
+            Err(ApplyError::UnknownNetwork(_))
+        ));
+        let me = MapChange::PeerUpsert {
+            network: "lab".into(),
+            peer: peer(1),
+        };
+        assert_eq!(m.apply(&delta(6, vec![me])), Err(ApplyError::SelfAsPeer));
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn event_round_trip_and_checks() {
+        let ev = MapEvent::Snapshot(map());
+        let json = ev.to_json();
+        assert_eq!(MapEvent::decode(EVENT_SNAPSHOT, Some("5"), &json), Ok(ev));
+        assert_eq!(
+            MapEvent::decode(EVENT_SNAPSHOT, Some("6"), &json),
+            Err(MapEventError::IdMismatch)
+        );
+        assert!(matches!(
+            MapEvent::decode("bogus", None, &json),
+            Err(MapEventError::UnknownEvent(_))
+        ));
+        let d = MapEvent::Delta(delta(9, vec![]));
+        let mut v: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
+        v["api_version"] = 99.into();
+        assert_eq!(
+            MapEvent::decode(EVENT_DELTA, None, &v.to_string()),
+            Err(MapEventError::UnknownApiVersion(99))
+        );
+        assert!(matches!(
+            MapEvent::decode(EVENT_DELTA, None, "{"),
+            Err(MapEventError::Json(_))
+        ));
+    }
+}

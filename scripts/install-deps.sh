@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the system packages weft's lab, demo and tests need. Idempotent: it
+# asks apt only when something is missing. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+# package:command-that-proves-it-is-there
+want=(
+    iproute2:ip
+    nftables:nft
+    iperf3:iperf3
+    iputils-ping:ping
+    conntrack:conntrack
+    ethtool:ethtool
+    procps:pkill
+    dnsutils:dig
+    ca-certificates:update-ca-certificates
+)
+
+missing=()
+for entry in "${want[@]}"; do
+    pkg=${entry%%:*}
+    cmd=${entry#*:}
+    if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ] && ! [ -x "/sbin/$cmd" ]; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-deps: all system packages present"
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root to install: ${missing[*]}" >&2; exit 1; }
+    SUDO=sudo
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"
