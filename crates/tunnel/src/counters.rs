@@ -30,11 +30,14 @@ pub enum DropReason {
     BufferTooSmall,
     /// The WireGuard session expired or could not be used.
     SessionError,
+    /// A handshake response for a handshake this node already replaced (both sides
+    /// initiated at once). Harmless.
+    StaleHandshake,
 }
 
 impl DropReason {
     /// All reasons, in display order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::MalformedIp,
         DropReason::NoRoute,
         DropReason::NotWireGuard,
@@ -47,6 +50,7 @@ impl DropReason {
         DropReason::UnderLoad,
         DropReason::BufferTooSmall,
         DropReason::SessionError,
+        DropReason::StaleHandshake,
     ];
 
     /// A stable snake_case name (status output, metrics labels).
@@ -64,6 +68,7 @@ impl DropReason {
             DropReason::UnderLoad => "under_load",
             DropReason::BufferTooSmall => "buffer_too_small",
             DropReason::SessionError => "session_error",
+            DropReason::StaleHandshake => "stale_handshake",
         }
     }
 

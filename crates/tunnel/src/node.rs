@@ -259,8 +259,10 @@ impl Node {
             }
         }
 
+        let mut fresh = BTreeSet::new();
         for (key, pc) in &wanted {
             if !self.peers.contains_key(key) {
+                fresh.insert(*key);
                 let Ok(x) = weft_identity::x25519_public_of(key) else {
                     self.events.push_back(Event::PeerRejected {
                         key: *key,
@@ -298,6 +300,19 @@ impl Node {
                 peer.name.clone_from(&pc.name);
                 peer.addresses = pc.addresses.iter().copied().collect();
                 peer.candidates.clone_from(&pc.endpoints);
+            }
+            if fresh.contains(key) {
+                // Handshake at once rather than on first traffic: a peer that still
+                // holds a session with our previous incarnation (we restarted)
+                // learns our new one now, instead of after its 15 s retry timer.
+                if let Some(peer) = self.peers.get_mut(key)
+                    && !peer.candidates.is_empty()
+                    && let TunnResult::WriteToNetwork(msg) = peer
+                        .tunn
+                        .format_handshake_initiation(&mut self.scratch, false)
+                {
+                    fan_out(&mut self.transmits, peer, msg);
+                }
             }
         }
 
@@ -474,6 +489,7 @@ impl Node {
                 NetOutcome::Handled
             }
             TunnResult::Err(e) => {
+                tracing::trace!(peer = %key, error = ?e, "WireGuard refused a datagram");
                 let reason = match e {
                     WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => {
                         DropReason::Replay
@@ -486,6 +502,9 @@ impl Node {
                         DropReason::NotWireGuard
                     }
                     WireGuardError::ConnectionExpired => DropReason::SessionError,
+                    // A response to a handshake we already replaced (both sides
+                    // initiated at once): harmless, the newer handshake wins.
+                    WireGuardError::UnexpectedPacket => DropReason::StaleHandshake,
                     _ => DropReason::BadAuth,
                 };
                 self.drop_net(Some(key), reason)

@@ -130,10 +130,6 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         let bound = listener.local_addr().context("reading the bound address")?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{bound}");
-        tls::write_private(&args.data_dir.join(LISTEN_ADDR_FILE), format!("{bound}\n").as_bytes())
-            .context("writing listen.addr")?;
-        tls::write_private(&args.data_dir.join(URL_FILE), format!("{url}\n").as_bytes())
-            .context("writing controller.url")?;
         out(&format!("weft-controller listening on {url}\n"));
         if let Some(m) = &tls {
             out(&format!("TLS certificate fingerprint: {}\n", m.fingerprint));
@@ -141,6 +137,12 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             info!(%url, "listening (cleartext HTTP)");
         }
+        // The address files come last: whoever waits for them (tests, scripts) can
+        // rely on the fingerprint already being on stdout.
+        tls::write_private(&args.data_dir.join(LISTEN_ADDR_FILE), format!("{bound}\n").as_bytes())
+            .context("writing listen.addr")?;
+        tls::write_private(&args.data_dir.join(URL_FILE), format!("{url}\n").as_bytes())
+            .context("writing controller.url")?;
         if let Some(n) = nofile {
             info!(open_files = n, "file descriptor limit");
         }

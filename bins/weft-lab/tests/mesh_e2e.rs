@@ -1,0 +1,384 @@
+//! End-to-end tests of weft itself: the real `weft-controller`, `weftd` and `weft`
+//! binaries in lab namespaces. They need root and FAIL (never skip) without it.
+//! The binaries come from `WEFT_BIN_DIR` or next to this test executable: run
+//! `cargo build --workspace --bins` first (scripts/test.sh does).
+
+#![allow(clippy::disallowed_methods, reason = "tests wait on the real clock")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use weft_lab::mesh::{Mesh, NetworkSpec};
+use weft_lab::{Lab, Nat, Net, Topology};
+
+const NODES: [&str; 3] = ["node1", "node2", "node3"];
+
+fn lab() -> Lab {
+    if let Err(e) = weft_lab::require_root() {
+        panic!("{e}");
+    }
+    let mut topo = Topology::new().host("controller", Net::Internet).router(
+        "office",
+        Net::Internet,
+        Nat::Easy,
+    );
+    for n in NODES {
+        topo = topo.host(n, Net::lan("office"));
+    }
+    Lab::build(&topo).expect("build the lab")
+}
+
+fn mesh(lab: &Lab) -> Mesh<'_> {
+    let mut mesh = Mesh::start(lab, "controller", NetworkSpec::default()).expect("controller");
+    let token = mesh.token_file(NODES.len() as u32).unwrap();
+    for n in NODES {
+        mesh.start_agent(n, Some(&token)).unwrap();
+    }
+    mesh.wait_full_mesh(&NODES, Duration::from_secs(20))
+        .unwrap();
+    mesh
+}
+
+/// Waits until `check` holds, failing with `what` after `timeout`; returns how long
+/// it took.
+fn within(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ip_json(lab: &Lab, node: &str, args: &[&str]) -> serde_json::Value {
+    let mut argv = vec!["ip", "-j"];
+    argv.extend_from_slice(args);
+    let out = lab.run(node, &argv).unwrap();
+    serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out }).unwrap()
+}
+
+/// Overlay addresses on weft0 and weft-owned routes (protocol 119) in `node`.
+fn weft_objects(lab: &Lab, node: &str) -> (Vec<String>, Vec<String>) {
+    let links = ip_json(lab, node, &["addr", "show"]);
+    let mut addrs = Vec::new();
+    for l in links.as_array().unwrap() {
+        let name = l["ifname"].as_str().unwrap_or_default();
+        if name.starts_with("weft") {
+            for a in l["addr_info"].as_array().into_iter().flatten() {
+                if a["scope"] != "link" {
+                    addrs.push(format!(
+                        "{name} {}/{}",
+                        a["local"].as_str().unwrap(),
+                        a["prefixlen"]
+                    ));
+                }
+            }
+        }
+    }
+    let routes = ip_json(lab, node, &["route", "show", "proto", "119"]);
+    let routes = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} dev {}",
+                r["dst"].as_str().unwrap_or("?"),
+                r["dev"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    (addrs, routes)
+}
+
+fn weft_links(lab: &Lab, node: &str) -> Vec<String> {
+    ip_json(lab, node, &["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+        .filter(|n| n.starts_with("weft"))
+        .collect()
+}
+
+#[test]
+fn three_nodes_ping_each_other_and_carry_tcp() {
+    let lab = lab();
+    let mesh = mesh(&lab);
+    let ip2 = mesh.overlay_ip("node2").unwrap();
+
+    // `weft ping` by name goes through the tunnel and reports the RTT.
+    let out = mesh.weft("node1", &["ping", "node2", "-c", "2"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "weft ping: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("reply from node2") && text.contains("time="),
+        "{text}"
+    );
+
+    // A TCP transfer over the overlay with iperf3.
+    let mut server = Command::new("iperf3");
+    server.args(["-s", "-1", "-B", &ip2.to_string(), "-p", "5201"]);
+    let mut srv = lab.spawn("node2", "iperf3-server", &server).unwrap();
+    srv.wait_for_tcp_listen(5201, Duration::from_secs(10))
+        .unwrap();
+    let out = lab
+        .run(
+            "node1",
+            &[
+                "iperf3",
+                "-c",
+                &ip2.to_string(),
+                "-p",
+                "5201",
+                "-t",
+                "2",
+                "-J",
+            ],
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap();
+    assert!(bytes > 1_000_000.0, "iperf3 moved only {bytes} bytes");
+
+    // Status shows every peer with an endpoint and traffic.
+    let st = mesh.status("node1").unwrap();
+    assert_eq!(st.peers.len(), 2);
+    for p in &st.peers {
+        assert!(p.endpoint.is_some(), "{p:?}");
+        assert!(p.rx_bytes > 0 && p.tx_bytes > 0, "{p:?}");
+        assert!(p.last_handshake_secs.is_some());
+    }
+    let c = st.controller.unwrap();
+    assert!(c.connected && c.map_version.is_some());
+    // The pings and the transfer dropped nothing (a ping sent before a peer was in
+    // the map is answered with ICMP unreachable and counted as no_route).
+    // Both sides handshaking at once leaves harmless stale_handshake counts.
+    assert!(
+        st.drops
+            .keys()
+            .all(|k| k == "no_route" || k == "stale_handshake"),
+        "{:?}",
+        st.drops
+    );
+}
+
+#[test]
+fn removed_node_is_cut_off_within_two_seconds() {
+    let lab = lab();
+    let mesh = mesh(&lab);
+    let ip3 = mesh.overlay_ip("node3").unwrap();
+    assert!(lab.ping("node1", ip3).unwrap());
+
+    mesh.admin(&["node", "remove", "node3"]).unwrap();
+    let took = within(
+        "node3 gone from node1's status",
+        Duration::from_secs(2),
+        || {
+            mesh.status("node1")
+                .map(|s| s.peers.iter().all(|p| p.name != "node3"))
+                .unwrap_or(false)
+        },
+    );
+    eprintln!("removal reached node1 in {took:?}");
+    // Its traffic is dropped: no ping gets through in either direction.
+    assert!(!lab.ping("node1", ip3).unwrap());
+    let ip1 = mesh.overlay_ip("node1").unwrap();
+    assert!(!lab.ping("node3", ip1).unwrap());
+    // The others still talk.
+    assert!(
+        lab.ping("node1", mesh.overlay_ip("node2").unwrap())
+            .unwrap()
+    );
+}
+
+#[test]
+fn controller_outage_offline_restart_and_resume() {
+    let lab = lab();
+    let mut mesh = mesh(&lab);
+    let ip1 = mesh.overlay_ip("node1").unwrap();
+    let ip2 = mesh.overlay_ip("node2").unwrap();
+    let version_before = mesh
+        .status("node1")
+        .unwrap()
+        .controller
+        .unwrap()
+        .map_version
+        .unwrap();
+
+    mesh.kill_controller().unwrap();
+    // Existing peers keep working.
+    assert!(lab.ping("node1", ip2).unwrap());
+    assert!(lab.ping("node2", ip1).unwrap());
+
+    // An agent restarted while the controller is down comes back from its cache.
+    mesh.stop_agent("node2").unwrap();
+    mesh.start_agent("node2", None).unwrap();
+    let took = within(
+        "node1 pings node2 after node2's restart",
+        Duration::from_secs(5),
+        || lab.ping("node1", ip2).unwrap_or(false),
+    );
+    eprintln!("restarted agent reachable after {took:?}");
+    let st = mesh.status("node2").unwrap();
+    let c = st.controller.unwrap();
+    assert!(c.from_cache && !c.connected, "{c:?}");
+
+    // Controller back: agents reconnect and resume from their version.
+    mesh.restart_controller().unwrap();
+    within("node2 reconnects", Duration::from_secs(40), || {
+        mesh.status("node2")
+            .is_ok_and(|s| s.controller.is_some_and(|c| c.connected && !c.from_cache))
+    });
+    within("node1 reconnects", Duration::from_secs(40), || {
+        mesh.status("node1")
+            .is_ok_and(|s| s.controller.is_some_and(|c| c.connected))
+    });
+    let log = mesh.agent_log_tail("node1");
+    let full =
+        std::fs::read_to_string(mesh.agents["node1"].process.as_ref().unwrap().log_path()).unwrap();
+    assert!(
+        full.contains(&format!("resume_from=Some({version_before})"))
+            || full.contains("resume_from=Some("),
+        "node1 did not resume from its version: {log}"
+    );
+    assert!(lab.ping("node1", ip2).unwrap());
+}
+
+#[test]
+fn drift_is_repaired_and_down_removes_everything() {
+    let lab = lab();
+    let mut mesh = mesh(&lab);
+    let before = weft_objects(&lab, "node1");
+    assert_eq!(before.0.len(), 1, "{before:?}");
+    assert_eq!(before.1.len(), 1, "{before:?}");
+
+    // Someone deletes the overlay route, then the address.
+    let (addr, route) = (before.0[0].clone(), before.1[0].clone());
+    let cidr = addr.split_whitespace().nth(1).unwrap();
+    lab.run(
+        "node1",
+        &[
+            "ip",
+            "route",
+            "del",
+            route.split_whitespace().next().unwrap(),
+            "dev",
+            "weft0",
+            "proto",
+            "119",
+        ],
+    )
+    .unwrap();
+    let took = within("route restored", Duration::from_secs(5), || {
+        weft_objects(&lab, "node1") == before
+    });
+    eprintln!("route restored after {took:?}");
+    lab.run("node1", &["ip", "addr", "del", cidr, "dev", "weft0"])
+        .unwrap();
+    let took = within("address restored", Duration::from_secs(5), || {
+        weft_objects(&lab, "node1") == before
+    });
+    eprintln!("address restored after {took:?}");
+    assert!(
+        lab.ping("node1", mesh.overlay_ip("node2").unwrap())
+            .unwrap()
+    );
+
+    // kill -9 and restart: converges without duplicates.
+    mesh.kill_agent("node1").unwrap();
+    mesh.start_agent("node1", None).unwrap();
+    within("node1 back after kill -9", Duration::from_secs(10), || {
+        weft_objects(&lab, "node1") == before
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        weft_objects(&lab, "node1"),
+        before,
+        "duplicates after restart"
+    );
+
+    // `weft down` leaves no weft interface, address or route behind.
+    let out = mesh.weft("node1", &["down"]).unwrap();
+    assert!(out.status.success());
+    assert!(
+        weft_links(&lab, "node1").is_empty(),
+        "{:?}",
+        weft_links(&lab, "node1")
+    );
+    assert_eq!(weft_objects(&lab, "node1"), (vec![], vec![]));
+    assert_eq!(mesh.status("node1").unwrap().state, "down");
+    // `weft up` brings it back.
+    let out = mesh.weft("node1", &["up"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    within("node1 up again", Duration::from_secs(10), || {
+        lab.ping("node1", mesh.overlay_ip("node2").unwrap())
+            .unwrap_or(false)
+    });
+
+    // SIGTERM also cleans up.
+    mesh.stop_agent("node1").unwrap();
+    assert!(weft_links(&lab, "node1").is_empty());
+    assert_eq!(weft_objects(&lab, "node1"), (vec![], vec![]));
+}
+
+#[test]
+fn unauthenticated_datagrams_are_counted_and_harmless() {
+    let lab = lab();
+    let mesh = mesh(&lab);
+    let node2 = lab.addr("node2").ok();
+    // node2's LAN address (what node1 reaches directly).
+    let lan2 = mesh
+        .status("node1")
+        .unwrap()
+        .peers
+        .iter()
+        .find(|p| p.name == "node2")
+        .and_then(|p| p.endpoint.clone())
+        .unwrap();
+    let _ = node2;
+    let before = mesh.status("node2").unwrap().drops.values().sum::<u64>();
+    let bin = weft_lab::bin_path("weft-lab").unwrap();
+    let out = lab
+        .run(
+            "node1",
+            &[
+                bin.to_str().unwrap(),
+                "__udp-send",
+                "--to",
+                &lan2,
+                "--count",
+                "20",
+                "--interval-ms",
+                "5",
+            ],
+        )
+        .unwrap();
+    let _ = out;
+    within("garbage counted", Duration::from_secs(5), || {
+        mesh.status("node2")
+            .is_ok_and(|s| s.drops.values().sum::<u64>() >= before + 20)
+    });
+    let st = mesh.status("node2").unwrap();
+    assert!(
+        st.drops.get("not_wireguard").copied().unwrap_or(0) >= 20,
+        "{:?}",
+        st.drops
+    );
+    // Still alive and still forwarding.
+    assert!(
+        lab.ping("node1", mesh.overlay_ip("node2").unwrap())
+            .unwrap()
+    );
+}
