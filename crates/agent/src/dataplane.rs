@@ -15,7 +15,8 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tun_rs::{AsyncDevice, DeviceBuilder};
 use weft_tunnel::{
-    DropCounters, Event, NetIndex, NetOutcome, Node, NodeConfig, PeerStatus, Transmit, TunOutcome,
+    Dest, DropCounters, Event, NetIndex, NetOutcome, Node, NodeConfig, PeerStatus, Transmit,
+    TunOutcome,
 };
 
 use crate::clock;
@@ -136,7 +137,7 @@ impl Dataplane {
     /// Per-peer status and global drop counters.
     pub(crate) fn status(&self) -> (Vec<PeerStatus>, DropCounters) {
         let node = lock(&self.node);
-        (node.peer_status(), node.drops().clone())
+        (node.peer_status(clock::now()), node.drops().clone())
     }
 
     /// Stops every task and closes every TUN device.
@@ -167,12 +168,10 @@ fn drain(node: &mut Node, tx: &mut Vec<Transmit>) {
     }
     while let Some(e) = node.poll_event() {
         match e {
-            Event::PeerUp { key, endpoint } => {
-                tracing::info!(peer = %key, %endpoint, "peer session established")
-            }
+            Event::PeerUp { key } => tracing::info!(peer = %key, "peer session established"),
             Event::PeerDown { key } => tracing::info!(peer = %key, "peer session expired"),
-            Event::EndpointChanged { key, endpoint } => {
-                tracing::info!(peer = %key, %endpoint, "peer moved to a new endpoint")
+            Event::PathChanged { key, path } => {
+                tracing::info!(peer = %key, path = ?path, "peer path changed")
             }
             Event::PeerRejected { key, why } => {
                 tracing::warn!(peer = %key, why, "peer ignored")
@@ -183,8 +182,17 @@ fn drain(node: &mut Node, tx: &mut Vec<Transmit>) {
 
 async fn flush(udp: &UdpSocket, tx: &mut Vec<Transmit>) {
     for t in tx.drain(..) {
-        if let Err(e) = udp.send_to(&t.payload, t.dst).await {
-            tracing::debug!(dst = %t.dst, error = %e, "sending datagram failed");
+        match t.dst {
+            Dest::Udp(dst) => {
+                if let Err(e) = udp.send_to(&t.payload, dst).await {
+                    tracing::debug!(%dst, error = %e, "sending datagram failed");
+                }
+            }
+            Dest::Relay(peer) => {
+                // No relay link yet in this build; the core only routes via the relay
+                // after `set_relay_available(true)`.
+                tracing::trace!(%peer, "no relay link: datagram dropped");
+            }
         }
     }
 }
@@ -199,7 +207,7 @@ async fn tun_reader(
     let mut out = vec![0u8; BUF_LEN];
     let mut tx = Vec::new();
     enum Act {
-        Send(SocketAddr, usize),
+        Send(Dest, usize),
         Reply(usize),
         Nothing,
     }
@@ -222,11 +230,15 @@ async fn tun_reader(
             act
         };
         match act {
-            Act::Send(dst, len) => {
+            Act::Send(Dest::Udp(dst), len) => {
                 if let Err(e) = udp.send_to(&out[..len], dst).await {
                     tracing::trace!(%dst, error = %e, "send failed");
                 }
             }
+            Act::Send(dst @ Dest::Relay(_), len) => tx.push(Transmit {
+                dst,
+                payload: out[..len].to_vec(),
+            }),
             Act::Reply(len) => {
                 let _ = dev.send(&out[..len]).await;
             }

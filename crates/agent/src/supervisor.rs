@@ -12,11 +12,12 @@ use weft_identity::{Difficulty, Identity};
 use weft_netcfg::exec::linux::NetlinkExecutor;
 use weft_netcfg::{DesiredState, LinkSpec, Reconciler, ReconcilerConfig, RouteSpec};
 use weft_proto::local::{
-    AgentStatus, ControllerStatus, LocalRequest, LocalResponse, NetworkStatus, PeerStatus,
-    ReconcileStatus, UpRequest,
+    AgentStatus, CandidateStatus, ControllerStatus, LocalRequest, LocalResponse, NetworkStatus,
+    PeerStatus, ReconcileStatus, UpRequest,
 };
 use weft_proto::netmap::NetworkMap;
 use weft_tunnel::Node;
+use weft_tunnel::path::PathKind;
 
 use crate::api::{self, ApiCall};
 use crate::clock;
@@ -365,6 +366,23 @@ impl Agent {
                     .unwrap_or_default(),
                 addresses: p.addresses.iter().map(|(_, a)| a.to_string()).collect(),
                 endpoint: p.endpoint.map(|e| e.to_string()),
+                path: match p.path {
+                    PathKind::Direct(a) => format!("direct {a}"),
+                    PathKind::Relay => "relay".into(),
+                    PathKind::None => "none".into(),
+                },
+                path_age_secs: p.path_age.map(|d| d.as_secs()),
+                candidates: p
+                    .candidates
+                    .iter()
+                    .map(|(a, c)| CandidateStatus {
+                        addr: a.to_string(),
+                        pings: c.pings,
+                        pongs: c.pongs,
+                        rtt_us: c.last_rtt.map(|d| d.as_micros() as u64),
+                        learned: c.learned,
+                    })
+                    .collect(),
                 last_handshake_secs: p.since_handshake.map(|d| d.as_secs()),
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,

@@ -44,6 +44,8 @@ enum Command {
     Down,
     /// Ping a peer over the overlay and show the round-trip time and path.
     Ping(cmd::agent::PingArgs),
+    /// Explain a peer's path: its candidate addresses, what was tried, what answered.
+    Why(cmd::agent::WhyArgs),
     /// Create and inspect node identities (Ed25519 key + proof of work).
     #[command(subcommand)]
     Identity(cmd::identity::IdentityCmd),
@@ -58,6 +60,7 @@ pub fn main() -> ExitCode {
         Command::Up(a) => cmd::agent::up(&cli.socket, a),
         Command::Down => cmd::agent::down(&cli.socket),
         Command::Ping(a) => cmd::agent::ping(&cli.socket, a),
+        Command::Why(a) => cmd::agent::why(&cli.socket, a),
         Command::Identity(c) => cmd::identity::run(c),
     };
     match result {

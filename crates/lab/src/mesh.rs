@@ -342,8 +342,8 @@ impl<'l> Mesh<'l> {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "{:<10} {:<14} {:<10} {:<14} {:<20} {:>10} {:>10} {:>10}",
-            "NODE", "OVERLAY", "PEER", "PEER ADDR", "ENDPOINT", "HANDSHAKE", "RX", "TX"
+            "{:<10} {:<14} {:<10} {:<14} {:<28} {:>10} {:>10} {:>10}",
+            "NODE", "OVERLAY", "PEER", "PEER ADDR", "PATH", "HANDSHAKE", "RX", "TX"
         );
         for node in self.agents.keys() {
             let Some(st) = self.try_status(node) else {
@@ -361,12 +361,16 @@ impl<'l> Mesh<'l> {
             for (i, p) in st.peers.iter().enumerate() {
                 let _ = writeln!(
                     o,
-                    "{:<10} {:<14} {:<10} {:<14} {:<20} {:>10} {:>10} {:>10}",
+                    "{:<10} {:<14} {:<10} {:<14} {:<28} {:>10} {:>10} {:>10}",
                     if i == 0 { node.as_str() } else { "" },
                     if i == 0 { me.as_str() } else { "" },
                     p.name,
                     p.addresses.first().map_or("-", String::as_str),
-                    p.endpoint.as_deref().unwrap_or("-"),
+                    if p.path.is_empty() {
+                        "-"
+                    } else {
+                        p.path.as_str()
+                    },
                     p.last_handshake_secs
                         .map_or("-".to_owned(), |s| format!("{s}s ago")),
                     p.rx_bytes,

@@ -150,9 +150,18 @@ pub struct PeerStatus {
     pub networks: Vec<String>,
     /// Overlay addresses.
     pub addresses: Vec<String>,
-    /// Underlay endpoint in use (`ip:port`), once a session exists.
+    /// Underlay endpoint in use (`ip:port`) when the path is direct.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// The path packets take: `direct <ip:port>`, `relay`, or `none`.
+    #[serde(default)]
+    pub path: String,
+    /// Seconds on the current path.
+    #[serde(default)]
+    pub path_age_secs: Option<u64>,
+    /// Every candidate address and what probing it found (`weft why`).
+    #[serde(default)]
+    pub candidates: Vec<CandidateStatus>,
     /// Seconds since the last WireGuard handshake.
     #[serde(default)]
     pub last_handshake_secs: Option<u64>,
@@ -163,6 +172,23 @@ pub struct PeerStatus {
     /// Drops attributed to this peer, by reason.
     #[serde(default)]
     pub drops: BTreeMap<String, u64>,
+}
+
+/// One candidate address of a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CandidateStatus {
+    /// `ip:port`.
+    pub addr: String,
+    /// Discovery pings sent to it.
+    pub pings: u32,
+    /// Pongs received from it.
+    pub pongs: u32,
+    /// Last round-trip time in microseconds.
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
+    /// Learned from the peer's own pings (peer-reflexive), not from the map.
+    #[serde(default)]
+    pub learned: bool,
 }
 
 /// Reconciler state.

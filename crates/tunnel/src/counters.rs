@@ -33,11 +33,16 @@ pub enum DropReason {
     /// A handshake response for a handshake this node already replaced (both sides
     /// initiated at once). Harmless.
     StaleHandshake,
+    /// A discovery message that is malformed, fails authentication, or answers no
+    /// ping of ours.
+    BadDisco,
+    /// No path to the peer at all (no direct address, no relay, no candidate).
+    NoPath,
 }
 
 impl DropReason {
     /// All reasons, in display order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::MalformedIp,
         DropReason::NoRoute,
         DropReason::NotWireGuard,
@@ -51,6 +56,8 @@ impl DropReason {
         DropReason::BufferTooSmall,
         DropReason::SessionError,
         DropReason::StaleHandshake,
+        DropReason::BadDisco,
+        DropReason::NoPath,
     ];
 
     /// A stable snake_case name (status output, metrics labels).
@@ -69,6 +76,8 @@ impl DropReason {
             DropReason::BufferTooSmall => "buffer_too_small",
             DropReason::SessionError => "session_error",
             DropReason::StaleHandshake => "stale_handshake",
+            DropReason::BadDisco => "bad_disco",
+            DropReason::NoPath => "no_path",
         }
     }
 

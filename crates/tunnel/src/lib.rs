@@ -9,14 +9,20 @@
 //!
 //! 1. Inputs: [`Node::apply_config`] (from the network map), [`Node::handle_tun_packet`]
 //!    (a packet read from the TUN), [`Node::handle_datagram`] (a datagram from the UDP
-//!    socket), [`Node::handle_timeout`] (when [`Node::poll_timeout`]'s deadline passes).
-//!    Every input carries `now`.
+//!    socket), [`Node::handle_relay_frame`] (a WireGuard message the relay delivered),
+//!    [`Node::set_relay_available`], [`Node::handle_timeout`] (when
+//!    [`Node::poll_timeout`]'s deadline passes). Every input carries `now`.
 //! 2. Hot-path inputs write into a caller-owned buffer and return what to do with it
 //!    ([`TunOutcome`], [`NetOutcome`]), so a shell can reuse one buffer per packet
 //!    (or a pool per batch) and never allocate per data packet.
 //! 3. After every input, drain [`Node::poll_transmit`] (handshakes, keepalives,
 //!    packets released by a handshake) and [`Node::poll_event`] until `None`, then
 //!    re-read [`Node::poll_timeout`].
+//!
+//! Paths ([`path`]): a peer is reachable over the relay at once; discovery
+//! ping/pong ([`disco`], authenticated and encrypted per pair) over every candidate
+//! address upgrades it to a direct UDP path, which is kept while it answers and
+//! abandoned for the relay within seconds when it goes quiet.
 //!
 //! Every packet is checked: outbound, the destination must be a peer's address
 //! (else an ICMP unreachable goes back to the sender); inbound, only datagrams that
@@ -29,11 +35,13 @@
 //! node calls them from `handle_timeout`, so they advance only when driven.
 
 mod counters;
+pub mod disco;
 pub mod ip;
 mod node;
+pub mod path;
 
 pub use counters::{DropCounters, DropReason};
 pub use node::{
-    Event, MIN_OUT_BUF, NetIndex, NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig,
+    Dest, Event, MIN_OUT_BUF, NetIndex, NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig,
     PeerStatus, Transmit, TunOutcome, WG_OVERHEAD,
 };

@@ -13,7 +13,9 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use weft_proto::NodeKey;
 
 use crate::counters::{DropCounters, DropReason};
+use crate::disco::{self, Disco, DiscoKey};
 use crate::ip::{self, IpView};
+use crate::path::{CandidateStats, PathKind, PathState, Route};
 
 /// WireGuard's recommended timer granularity.
 const TIMER_TICK: Duration = Duration::from_millis(250);
@@ -63,12 +65,21 @@ pub struct PeerConfig {
     pub endpoints: Vec<SocketAddr>,
 }
 
-/// A datagram to send on the UDP socket.
+/// Where a datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dest {
+    /// Directly over the UDP socket.
+    Udp(SocketAddr),
+    /// Through the relay, addressed to this peer.
+    Relay(NodeKey),
+}
+
+/// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     /// Destination.
-    pub dst: SocketAddr,
-    /// Bytes (WireGuard message).
+    pub dst: Dest,
+    /// Bytes (WireGuard or discovery message).
     pub payload: Vec<u8>,
 }
 
@@ -79,20 +90,18 @@ pub enum Event {
     PeerUp {
         /// The peer.
         key: NodeKey,
-        /// Where its packets come from.
-        endpoint: SocketAddr,
     },
     /// The peer's session expired (no handshake for 3 minutes).
     PeerDown {
         /// The peer.
         key: NodeKey,
     },
-    /// Authenticated packets from this peer now come from a new address (roaming).
-    EndpointChanged {
+    /// Packets to this peer now take another path (direct address, relay).
+    PathChanged {
         /// The peer.
         key: NodeKey,
-        /// The new endpoint.
-        endpoint: SocketAddr,
+        /// The new path.
+        path: PathKind,
     },
     /// A peer in the configuration was ignored (bad key, duplicate address, ourselves).
     PeerRejected {
@@ -109,7 +118,7 @@ pub enum TunOutcome<'a> {
     /// Send this datagram.
     Send {
         /// Destination.
-        dst: SocketAddr,
+        dst: Dest,
         /// The encrypted datagram (in the caller's buffer).
         datagram: &'a [u8],
     },
@@ -146,8 +155,14 @@ pub struct PeerStatus {
     pub name: String,
     /// Overlay addresses, per network.
     pub addresses: Vec<(NetIndex, IpAddr)>,
-    /// The endpoint authenticated packets last came from.
+    /// The path packets take now.
+    pub path: PathKind,
+    /// How long the path has been in use.
+    pub path_age: Option<Duration>,
+    /// The direct address, when direct.
     pub endpoint: Option<SocketAddr>,
+    /// Every candidate and what probing it found (for `weft why`).
+    pub candidates: Vec<(SocketAddr, CandidateStats)>,
     /// Time since the current session's handshake.
     pub since_handshake: Option<Duration>,
     /// Plaintext bytes sent.
@@ -164,8 +179,8 @@ struct Peer {
     index: u32,
     x25519: [u8; 32],
     addresses: BTreeSet<(NetIndex, IpAddr)>,
-    candidates: Vec<SocketAddr>,
-    endpoint: Option<SocketAddr>,
+    path: PathState,
+    disco: DiscoKey,
     up: bool,
     drops: DropCounters,
 }
@@ -188,6 +203,8 @@ pub struct Node {
     rng: u64,
     next_tick: Instant,
     next_rate_reset: Instant,
+    relay_up: bool,
+    reflexive: BTreeSet<SocketAddr>,
     scratch: Vec<u8>,
 }
 
@@ -220,6 +237,8 @@ impl Node {
             rng,
             next_tick: now,
             next_rate_reset: now,
+            relay_up: false,
+            reflexive: BTreeSet::new(),
             scratch: vec![0u8; 65_536 + WG_OVERHEAD],
         }
     }
@@ -232,7 +251,7 @@ impl Node {
     /// Makes the peer set and addresses match `cfg`. Peers no longer listed are
     /// forgotten at once (their sessions end; their packets are dropped as
     /// `unknown_session`); existing sessions of kept peers survive.
-    pub fn apply_config(&mut self, _now: Instant, cfg: &NodeConfig) {
+    pub fn apply_config(&mut self, now: Instant, cfg: &NodeConfig) {
         self.local.clear();
         for (net, nc) in cfg.networks.iter().enumerate() {
             for a in &nc.local_addresses {
@@ -281,6 +300,7 @@ impl Node {
                 );
                 self.by_index.insert(index, *key);
                 self.by_x25519.insert(x, *key);
+                let shared = self.secret.diffie_hellman(&PublicKey::from(x));
                 self.peers.insert(
                     *key,
                     Peer {
@@ -289,8 +309,8 @@ impl Node {
                         index,
                         x25519: x,
                         addresses: BTreeSet::new(),
-                        candidates: Vec::new(),
-                        endpoint: None,
+                        path: PathState::default(),
+                        disco: DiscoKey::from_shared(shared.as_bytes()),
                         up: false,
                         drops: DropCounters::default(),
                     },
@@ -299,19 +319,18 @@ impl Node {
             if let Some(peer) = self.peers.get_mut(key) {
                 peer.name.clone_from(&pc.name);
                 peer.addresses = pc.addresses.iter().copied().collect();
-                peer.candidates.clone_from(&pc.endpoints);
+                peer.path.set_candidates(&pc.endpoints, now);
             }
             if fresh.contains(key) {
                 // Handshake at once rather than on first traffic: a peer that still
                 // holds a session with our previous incarnation (we restarted)
                 // learns our new one now, instead of after its 15 s retry timer.
                 if let Some(peer) = self.peers.get_mut(key)
-                    && !peer.candidates.is_empty()
                     && let TunnResult::WriteToNetwork(msg) = peer
                         .tunn
                         .format_handshake_initiation(&mut self.scratch, false)
                 {
-                    fan_out(&mut self.transmits, peer, msg);
+                    send_handshake(&mut self.transmits, *key, peer, msg, now, self.relay_up);
                 }
             }
         }
@@ -350,7 +369,7 @@ impl Node {
     /// [`MIN_OUT_BUF`] bytes).
     pub fn handle_tun_packet<'a>(
         &mut self,
-        _now: Instant,
+        now: Instant,
         net: NetIndex,
         packet: &[u8],
         out: &'a mut [u8],
@@ -379,11 +398,22 @@ impl Node {
         let Some(peer) = self.peers.get_mut(&key) else {
             return self.drop_tun(DropReason::NoRoute);
         };
+        let relay_up = self.relay_up;
         match peer.tunn.encapsulate(packet, out) {
             TunnResult::WriteToNetwork(buf) => {
-                if is_data(buf)
-                    && let Some(dst) = peer.endpoint
-                {
+                if is_data(buf) {
+                    let dst = match peer.path.route(now, relay_up) {
+                        Route::Direct(a) => Dest::Udp(a),
+                        Route::Relay => Dest::Relay(key),
+                        Route::Candidates => {
+                            // No confirmed path and no relay: best effort.
+                            let first = peer.path.candidates().next();
+                            match first {
+                                Some(a) => Dest::Udp(a),
+                                None => return self.drop_tun(DropReason::NoPath),
+                            }
+                        }
+                    };
                     let n = buf.len();
                     return TunOutcome::Send {
                         dst,
@@ -391,7 +421,7 @@ impl Node {
                     };
                 }
                 // A handshake initiation (the packet is queued behind it).
-                fan_out(&mut self.transmits, peer, buf);
+                send_handshake(&mut self.transmits, key, peer, buf, now, relay_up);
                 TunOutcome::Queued
             }
             TunnResult::Done => TunOutcome::Queued,
@@ -410,7 +440,7 @@ impl Node {
     /// and whose destination is this node, come out as [`NetOutcome::WriteTun`].
     pub fn handle_datagram<'a>(
         &mut self,
-        _now: Instant,
+        now: Instant,
         from: SocketAddr,
         datagram: &[u8],
         out: &'a mut [u8],
@@ -418,20 +448,77 @@ impl Node {
         if out.len() < datagram.len() || out.len() < MIN_OUT_BUF {
             return self.drop_net(None, DropReason::BufferTooSmall);
         }
+        if disco::is_disco(datagram) {
+            return self.handle_disco(now, from, datagram);
+        }
+        self.handle_wireguard(now, Some(from), None, datagram, out)
+    }
+
+    /// Handles a WireGuard message that the relay delivered from peer `src`.
+    pub fn handle_relay_frame<'a>(
+        &mut self,
+        now: Instant,
+        src: NodeKey,
+        datagram: &[u8],
+        out: &'a mut [u8],
+    ) -> NetOutcome<'a> {
+        if out.len() < datagram.len() || out.len() < MIN_OUT_BUF {
+            return self.drop_net(None, DropReason::BufferTooSmall);
+        }
+        if !self.peers.contains_key(&src) {
+            return self.drop_net(None, DropReason::UnknownPeer);
+        }
+        self.handle_wireguard(now, None, Some(src), datagram, out)
+    }
+
+    /// Tells the node whether the relay connection is up (it then routes peers
+    /// without a direct path through it).
+    pub fn set_relay_available(&mut self, now: Instant, up: bool) {
+        if self.relay_up == up {
+            return;
+        }
+        self.relay_up = up;
+        if up {
+            // Peers still waiting for a handshake (their candidates may be
+            // unreachable) get one through the relay now, not at the next retry.
+            for (key, peer) in &mut self.peers {
+                if !peer.up
+                    && let TunnResult::WriteToNetwork(msg) = peer
+                        .tunn
+                        .format_handshake_initiation(&mut self.scratch, true)
+                {
+                    self.transmits.push_back(Transmit {
+                        dst: Dest::Relay(*key),
+                        payload: msg.to_vec(),
+                    });
+                }
+            }
+        }
+        self.report_path_changes(now);
+    }
+
+    fn handle_wireguard<'a>(
+        &mut self,
+        now: Instant,
+        from: Option<SocketAddr>,
+        via_relay: Option<NodeKey>,
+        datagram: &[u8],
+        out: &'a mut [u8],
+    ) -> NetOutcome<'a> {
+        let src_ip = from.map(|f| f.ip());
         let key = match Tunn::parse_incoming_packet(datagram) {
             Err(_) => return self.drop_net(None, DropReason::NotWireGuard),
             Ok(Packet::HandshakeInit(init)) => {
                 // Check MAC1 and load before the expensive Diffie-Hellman.
-                match self
-                    .rate_limiter
-                    .verify_packet(Some(from.ip()), datagram, out)
-                {
+                match self.rate_limiter.verify_packet(src_ip, datagram, out) {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
-                        self.transmits.push_back(Transmit {
-                            dst: from,
-                            payload: cookie.to_vec(),
-                        });
+                        if let Some(from) = from {
+                            self.transmits.push_back(Transmit {
+                                dst: Dest::Udp(from),
+                                payload: cookie.to_vec(),
+                            });
+                        }
                         return self.drop_net(None, DropReason::UnderLoad);
                     }
                     Err(_) => return self.drop_net(None, DropReason::BadAuth),
@@ -457,34 +544,50 @@ impl Node {
                 None => return self.drop_net(None, DropReason::UnknownSession),
             },
         };
+        if via_relay.is_some_and(|k| k != key) {
+            // The relay says it is from one peer, the message belongs to another.
+            return self.drop_net(None, DropReason::BadAuth);
+        }
         let data = is_data(datagram);
+        let relay_up = self.relay_up;
         let Some(peer) = self.peers.get_mut(&key) else {
             return self.drop_net(None, DropReason::UnknownPeer);
         };
-        let res = peer.tunn.decapsulate(Some(from.ip()), datagram, out);
+        let reply_to = match from {
+            Some(f) => Dest::Udp(f),
+            None => Dest::Relay(key),
+        };
+        let res = peer.tunn.decapsulate(src_ip, datagram, out);
         match res {
             TunnResult::WriteToNetwork(buf) => {
                 // Handshake response, or keepalive after one: reply where it came from.
                 self.transmits.push_back(Transmit {
-                    dst: from,
+                    dst: reply_to,
                     payload: buf.to_vec(),
                 });
-                confirm_endpoint(&mut self.events, key, peer, from);
+                heard(&mut self.events, key, peer, from, now);
                 // Flush packets that queued while the handshake was under way.
                 while let TunnResult::WriteToNetwork(b) =
                     peer.tunn.decapsulate(None, &[], &mut self.scratch)
                 {
+                    let dst = match peer.path.route(now, relay_up) {
+                        Route::Direct(a) => Dest::Udp(a),
+                        Route::Relay => Dest::Relay(key),
+                        Route::Candidates => reply_to,
+                    };
                     self.transmits.push_back(Transmit {
-                        dst: from,
+                        dst,
                         payload: b.to_vec(),
                     });
                 }
+                self.report_path_changes(now);
                 NetOutcome::Handled
             }
             TunnResult::Done => {
                 if data {
                     // An authenticated keepalive.
-                    confirm_endpoint(&mut self.events, key, peer, from);
+                    heard(&mut self.events, key, peer, from, now);
+                    self.report_path_changes(now);
                 }
                 NetOutcome::Handled
             }
@@ -511,11 +614,13 @@ impl Node {
             }
             TunnResult::WriteToTunnelV4(pkt, src) => {
                 let n = pkt.len();
-                self.deliver(key, from, IpAddr::V4(src), n, out)
+                heard(&mut self.events, key, peer, from, now);
+                self.deliver(now, key, IpAddr::V4(src), n, out)
             }
             TunnResult::WriteToTunnelV6(pkt, src) => {
                 let n = pkt.len();
-                self.deliver(key, from, IpAddr::V6(src), n, out)
+                heard(&mut self.events, key, peer, from, now);
+                self.deliver(now, key, IpAddr::V6(src), n, out)
             }
         }
     }
@@ -526,22 +631,29 @@ impl Node {
             self.rate_limiter.reset_count();
             self.next_rate_reset = now + Duration::from_secs(1);
         }
+        self.run_paths(now);
         if now < self.next_tick {
             return;
         }
         self.next_tick = now + TIMER_TICK;
+        let relay_up = self.relay_up;
         for (key, peer) in &mut self.peers {
             match peer.tunn.update_timers(&mut self.scratch) {
                 TunnResult::WriteToNetwork(buf) => {
                     if is_data(buf) {
-                        if let Some(dst) = peer.endpoint {
+                        let dst = match peer.path.route(now, relay_up) {
+                            Route::Direct(a) => Some(Dest::Udp(a)),
+                            Route::Relay => Some(Dest::Relay(*key)),
+                            Route::Candidates => None,
+                        };
+                        if let Some(dst) = dst {
                             self.transmits.push_back(Transmit {
                                 dst,
                                 payload: buf.to_vec(),
                             });
                         }
                     } else {
-                        fan_out(&mut self.transmits, peer, buf);
+                        send_handshake(&mut self.transmits, *key, peer, buf, now, relay_up);
                     }
                 }
                 TunnResult::Err(WireGuardError::ConnectionExpired) if peer.up => {
@@ -555,7 +667,17 @@ impl Node {
 
     /// When [`Node::handle_timeout`] wants to run next, and why.
     pub fn poll_timeout(&self) -> Option<(Instant, &'static str)> {
-        Some((self.next_tick.min(self.next_rate_reset), "wireguard timers"))
+        let wg = (self.next_tick.min(self.next_rate_reset), "wireguard timers");
+        let paths = self
+            .peers
+            .values()
+            .filter_map(|p| p.path.next_due(wg.0))
+            .min()
+            .map(|t| (t, "path discovery"));
+        Some(match paths {
+            Some(p) if p.0 < wg.0 => p,
+            _ => wg,
+        })
     }
 
     /// The next control datagram to send (handshakes, cookies, keepalives, and
@@ -574,17 +696,24 @@ impl Node {
         &self.drops
     }
 
-    /// Status of every peer, ordered by key.
-    pub fn peer_status(&self) -> Vec<PeerStatus> {
+    /// Status of every peer at `now`, ordered by key.
+    pub fn peer_status(&self, now: Instant) -> Vec<PeerStatus> {
         self.peers
             .iter()
             .map(|(key, p)| {
                 let (since, tx, rx, _, _) = p.tunn.stats();
+                let path = p.path.kind(now, self.relay_up);
                 PeerStatus {
                     key: *key,
                     name: p.name.clone(),
                     addresses: p.addresses.iter().copied().collect(),
-                    endpoint: p.endpoint,
+                    path,
+                    path_age: p.path.since().map(|s| now.saturating_duration_since(s)),
+                    endpoint: match path {
+                        PathKind::Direct(a) => Some(a),
+                        _ => None,
+                    },
+                    candidates: p.path.stats(),
                     since_handshake: since,
                     tx_bytes: tx as u64,
                     rx_bytes: rx as u64,
@@ -596,16 +725,16 @@ impl Node {
 
     fn deliver<'a>(
         &mut self,
+        now: Instant,
         key: NodeKey,
-        from: SocketAddr,
         src: IpAddr,
         n: usize,
         out: &'a mut [u8],
     ) -> NetOutcome<'a> {
-        let Some(peer) = self.peers.get_mut(&key) else {
+        self.report_path_change(key, now);
+        let Some(peer) = self.peers.get(&key) else {
             return self.drop_net(None, DropReason::UnknownPeer);
         };
-        confirm_endpoint(&mut self.events, key, peer, from);
         let Ok(view) = IpView::parse(&out[..n]) else {
             return self.drop_net(Some(key), DropReason::MalformedIp);
         };
@@ -621,6 +750,103 @@ impl Node {
             net,
             packet: &out[..n],
         }
+    }
+
+    /// Handles a discovery ping or pong from `from`.
+    fn handle_disco<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> NetOutcome<'a> {
+        let Ok(sender) = disco::sender(datagram) else {
+            return self.drop_net(None, DropReason::BadDisco);
+        };
+        let Some(peer) = self.peers.get_mut(&sender) else {
+            return self.drop_net(None, DropReason::UnknownPeer);
+        };
+        let msg = match peer.disco.open(datagram) {
+            Ok(m) => m,
+            Err(_) => return self.drop_net(Some(sender), DropReason::BadDisco),
+        };
+        match msg {
+            Disco::Ping { tx } => {
+                // Answer, learn the address, and ping back so our NAT opens too.
+                peer.path.pinged_from(from);
+                let nonce = next_nonce(&mut self.rng);
+                let pong = peer
+                    .disco
+                    .seal(&self.key, nonce, &Disco::Pong { tx, observed: from });
+                self.transmits.push_back(Transmit {
+                    dst: Dest::Udp(from),
+                    payload: pong,
+                });
+                if !peer.path.direct_fresh(now) {
+                    let tx = splitmix(&mut self.rng);
+                    let nonce = next_nonce(&mut self.rng);
+                    peer.path.ping_sent(tx, from, now);
+                    self.transmits.push_back(Transmit {
+                        dst: Dest::Udp(from),
+                        payload: peer.disco.seal(&self.key, nonce, &Disco::Ping { tx }),
+                    });
+                }
+            }
+            Disco::Pong { tx, observed } => {
+                if !peer.path.pong(tx, from, now) {
+                    return self.drop_net(Some(sender), DropReason::BadDisco);
+                }
+                if self.reflexive.insert(observed) && self.reflexive.len() > 8 {
+                    // Keep the set small; the newest observations matter.
+                    if let Some(first) = self.reflexive.iter().next().copied() {
+                        self.reflexive.remove(&first);
+                    }
+                }
+            }
+        }
+        self.report_path_change(sender, now);
+        NetOutcome::Handled
+    }
+
+    /// Sends due discovery pings and reports path changes.
+    fn run_paths(&mut self, now: Instant) {
+        let relay_up = self.relay_up;
+        for (key, peer) in &mut self.peers {
+            for to in peer.path.due_pings(now) {
+                let tx = splitmix(&mut self.rng);
+                let nonce = next_nonce(&mut self.rng);
+                peer.path.ping_sent(tx, to, now);
+                self.transmits.push_back(Transmit {
+                    dst: Dest::Udp(to),
+                    payload: peer.disco.seal(&self.key, nonce, &Disco::Ping { tx }),
+                });
+            }
+            if let Some(path) = peer.path.changed(now, relay_up) {
+                self.events
+                    .push_back(Event::PathChanged { key: *key, path });
+            }
+        }
+    }
+
+    fn report_path_changes(&mut self, now: Instant) {
+        let keys: Vec<NodeKey> = self.peers.keys().copied().collect();
+        for k in keys {
+            self.report_path_change(k, now);
+        }
+    }
+
+    fn report_path_change(&mut self, key: NodeKey, now: Instant) {
+        let relay_up = self.relay_up;
+        if let Some(peer) = self.peers.get_mut(&key)
+            && let Some(path) = peer.path.changed(now, relay_up)
+        {
+            self.events.push_back(Event::PathChanged { key, path });
+        }
+    }
+
+    /// Addresses peers saw our discovery pings come from (our reflexive
+    /// addresses), most recent last.
+    pub fn observed_addresses(&self) -> Vec<SocketAddr> {
+        self.reflexive.iter().copied().collect()
     }
 
     fn drop_tun<'a>(&mut self, r: DropReason) -> TunOutcome<'a> {
@@ -640,13 +866,7 @@ impl Node {
     /// A fresh 24-bit session index (boringtun shifts it left by 8).
     fn fresh_index(&mut self) -> u32 {
         loop {
-            // SplitMix64.
-            self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.rng;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let idx = (z as u32) & 0x00ff_ffff;
+            let idx = (splitmix(&mut self.rng) as u32) & 0x00ff_ffff;
             if !self.by_index.contains_key(&idx) {
                 return idx;
             }
@@ -659,33 +879,80 @@ fn is_data(msg: &[u8]) -> bool {
     msg.first() == Some(&4)
 }
 
-/// Sends a handshake message to the confirmed endpoint and every candidate: the
-/// first path that answers becomes the endpoint.
-fn fan_out(transmits: &mut VecDeque<Transmit>, peer: &Peer, msg: &[u8]) {
+/// Sends a handshake message: to the direct path when it is trusted, else through
+/// the relay (when up) and to every candidate, so whichever path works first
+/// carries the handshake.
+fn send_handshake(
+    transmits: &mut VecDeque<Transmit>,
+    key: NodeKey,
+    peer: &Peer,
+    msg: &[u8],
+    now: Instant,
+    relay_up: bool,
+) {
+    if let Route::Direct(a) = peer.path.route(now, false)
+        && peer.path.direct_fresh(now)
+    {
+        transmits.push_back(Transmit {
+            dst: Dest::Udp(a),
+            payload: msg.to_vec(),
+        });
+        return;
+    }
+    if relay_up {
+        transmits.push_back(Transmit {
+            dst: Dest::Relay(key),
+            payload: msg.to_vec(),
+        });
+    }
+    // A stale direct address first (it may still work), then every candidate.
+    let stale = match peer.path.route(now, false) {
+        Route::Direct(a) => Some(a),
+        Route::Relay | Route::Candidates => None,
+    };
     let mut sent = BTreeSet::new();
-    for dst in peer.endpoint.iter().chain(peer.candidates.iter()) {
-        if sent.insert(*dst) {
+    for dst in stale.into_iter().chain(peer.path.candidates()) {
+        if sent.insert(dst) {
             transmits.push_back(Transmit {
-                dst: *dst,
+                dst: Dest::Udp(dst),
                 payload: msg.to_vec(),
             });
         }
     }
 }
 
-fn confirm_endpoint(events: &mut VecDeque<Event>, key: NodeKey, peer: &mut Peer, from: SocketAddr) {
+/// Authenticated WireGuard traffic from `peer` arrived over `from` (None: relay).
+fn heard(
+    events: &mut VecDeque<Event>,
+    key: NodeKey,
+    peer: &mut Peer,
+    from: Option<SocketAddr>,
+    now: Instant,
+) {
+    match from {
+        Some(f) => peer.path.heard_direct(f, now),
+        None => peer.path.heard_relay(now),
+    }
     if !peer.up {
         peer.up = true;
-        peer.endpoint = Some(from);
-        events.push_back(Event::PeerUp {
-            key,
-            endpoint: from,
-        });
-    } else if peer.endpoint != Some(from) {
-        peer.endpoint = Some(from);
-        events.push_back(Event::EndpointChanged {
-            key,
-            endpoint: from,
-        });
+        events.push_back(Event::PeerUp { key });
     }
+}
+
+/// SplitMix64 step over the seeded state.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A discovery nonce: unique per message (a 96-bit value from the seeded stream;
+/// the pair key never sees the same nonce twice in practice).
+fn next_nonce(state: &mut u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&splitmix(state).to_le_bytes());
+    n[8..].copy_from_slice(&(splitmix(state) as u32).to_le_bytes());
+    n
 }

@@ -13,8 +13,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use weft_identity::{Difficulty, Identity, SearchOptions};
+use weft_proto::NodeKey;
+use weft_tunnel::path::PathKind;
 use weft_tunnel::{
-    DropReason, Event, NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig, TunOutcome,
+    Dest, DropReason, Event, NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig, TunOutcome,
 };
 
 struct Host {
@@ -27,7 +29,8 @@ struct Host {
 
 struct Datagram {
     from: SocketAddr,
-    to: SocketAddr,
+    src_key: NodeKey,
+    to: Dest,
     bytes: Vec<u8>,
 }
 
@@ -40,6 +43,12 @@ struct Net {
     reorder: bool,
     /// Every datagram that crossed the wire, for replay tests.
     captured: Vec<Datagram>,
+    /// Direct UDP between these host indices is blocked (both directions).
+    blocked: Vec<(usize, usize)>,
+    /// The simulated clock for the nodes' own timers.
+    clock: Instant,
+    /// Datagrams delivered through the relay.
+    relayed: usize,
 }
 
 fn ipv4(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
@@ -93,6 +102,9 @@ impl Net {
             loss_pct: 0,
             reorder: false,
             captured: Vec::new(),
+            blocked: Vec::new(),
+            clock: Instant::now(),
+            relayed: 0,
         };
         net.configure_all();
         net
@@ -117,7 +129,7 @@ impl Net {
                 }],
                 peers: peers.clone(),
             };
-            h.node.apply_config(Instant::now(), &cfg);
+            h.node.apply_config(self.clock, &cfg);
         }
     }
 
@@ -132,17 +144,53 @@ impl Net {
         self.hosts.iter().position(|h| h.underlay == addr)
     }
 
+    fn idx_key(&self, key: NodeKey) -> Option<usize> {
+        self.hosts.iter().position(|h| h.node.key() == key)
+    }
+
+    /// Tells every node the relay is up.
+    fn relay_up(&mut self) {
+        let now = self.clock;
+        for i in 0..self.hosts.len() {
+            self.hosts[i].node.set_relay_available(now, true);
+            self.drain(i);
+        }
+    }
+
+    /// Advances the clock and runs every node's timers, then the network.
+    fn tick(&mut self, dt: std::time::Duration) {
+        self.clock += dt;
+        let now = self.clock;
+        for i in 0..self.hosts.len() {
+            self.hosts[i].node.handle_timeout(now);
+            self.drain(i);
+        }
+        self.run();
+    }
+
+    fn path(&self, i: usize, j: usize) -> PathKind {
+        let key = self.hosts[j].node.key();
+        self.hosts[i]
+            .node
+            .peer_status(self.clock)
+            .into_iter()
+            .find(|p| p.key == key)
+            .map(|p| p.path)
+            .unwrap()
+    }
+
     /// Host `i` writes `pkt` into its TUN.
     fn send_from_tun(&mut self, i: usize, pkt: &[u8]) -> Option<DropReason> {
         let mut out = vec![0u8; 2048];
         let from = self.hosts[i].underlay;
-        let res = self.hosts[i]
-            .node
-            .handle_tun_packet(Instant::now(), 0, pkt, &mut out);
+        let src_key = self.hosts[i].node.key();
+        let now = self.clock;
+        let res = self.hosts[i].node.handle_tun_packet(now, 0, pkt, &mut out);
         let dropped = match res {
             TunOutcome::Send { dst, datagram } => {
                 self.wire.push(Datagram {
                     from,
+                    src_key,
                     to: dst,
                     bytes: datagram.to_vec(),
                 });
@@ -161,9 +209,11 @@ impl Net {
 
     fn drain(&mut self, i: usize) {
         let from = self.hosts[i].underlay;
+        let src_key = self.hosts[i].node.key();
         while let Some(t) = self.hosts[i].node.poll_transmit() {
             self.wire.push(Datagram {
                 from,
+                src_key,
                 to: t.dst,
                 bytes: t.payload,
             });
@@ -175,11 +225,35 @@ impl Net {
 
     /// Delivers one datagram to its destination host.
     fn deliver(&mut self, d: Datagram) -> Option<NetOutcomeOwned> {
-        let i = self.idx(d.to)?;
         let mut out = vec![0u8; 2048];
-        let res = self.hosts[i]
-            .node
-            .handle_datagram(Instant::now(), d.from, &d.bytes, &mut out);
+        let now = self.clock;
+        let (i, res) = match d.to {
+            Dest::Udp(to) => {
+                let i = self.idx(to)?;
+                let j = self.idx(d.from);
+                if j.is_some_and(|j| {
+                    self.blocked.contains(&(i, j)) || self.blocked.contains(&(j, i))
+                }) {
+                    return None;
+                }
+                (
+                    i,
+                    self.hosts[i]
+                        .node
+                        .handle_datagram(now, d.from, &d.bytes, &mut out),
+                )
+            }
+            Dest::Relay(key) => {
+                let i = self.idx_key(key)?;
+                self.relayed += 1;
+                (
+                    i,
+                    self.hosts[i]
+                        .node
+                        .handle_relay_frame(now, d.src_key, &d.bytes, &mut out),
+                )
+            }
+        };
         let owned = match res {
             NetOutcome::WriteTun { net, packet } => {
                 assert_eq!(net, 0);
@@ -207,6 +281,7 @@ impl Net {
             let d = self.wire.remove(pick);
             self.captured.push(Datagram {
                 from: d.from,
+                src_key: d.src_key,
                 to: d.to,
                 bytes: d.bytes.clone(),
             });
@@ -339,7 +414,7 @@ fn spoofed_inner_source_is_dropped_and_counted() {
     );
     assert!(net.hosts[1].tun_rx.is_empty());
     assert_eq!(net.hosts[1].node.drops().get(DropReason::SpoofedSource), 1);
-    let status = net.hosts[1].node.peer_status();
+    let status = net.hosts[1].node.peer_status(net.clock);
     let from0 = status
         .iter()
         .find(|p| p.key == net.hosts[0].node.key())
@@ -362,6 +437,7 @@ fn unauthenticated_datagrams_never_reach_the_tun() {
     let mut net = mesh(2);
     let a = net.hosts[0].underlay;
     let b = net.hosts[1].underlay;
+    let a_key = net.hosts[0].node.key();
     // Capture a genuine data datagram to replay and mangle.
     net.captured.clear();
     let pkt = ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(9));
@@ -371,7 +447,7 @@ fn unauthenticated_datagrams_never_reach_the_tun() {
     let genuine = net
         .captured
         .iter()
-        .find(|d| d.bytes[0] == 4)
+        .find(|d| d.bytes.first() == Some(&4))
         .unwrap()
         .bytes
         .clone();
@@ -406,7 +482,8 @@ fn unauthenticated_datagrams_never_reach_the_tun() {
         let before = net.hosts[1].node.drops().total();
         let res = net.deliver(Datagram {
             from: a,
-            to: b,
+            src_key: a_key,
+            to: Dest::Udp(b),
             bytes,
         });
         assert!(
@@ -467,7 +544,10 @@ fn removed_peer_is_cut_off_at_once() {
         }],
         peers,
     };
-    net.hosts[1].node.apply_config(Instant::now(), &cfg);
+    {
+        let now = net.clock;
+        net.hosts[1].node.apply_config(now, &cfg);
+    }
 
     let pkt = ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(5));
     net.send_from_tun(0, &pkt);
@@ -477,7 +557,7 @@ fn removed_peer_is_cut_off_at_once() {
     assert!(
         net.hosts[1]
             .node
-            .peer_status()
+            .peer_status(net.clock)
             .iter()
             .all(|p| p.key != net.hosts[0].node.key())
     );
@@ -497,16 +577,13 @@ fn roaming_peer_is_followed() {
     net.send_from_tun(0, &pkt);
     net.run();
     assert_eq!(net.hosts[1].tun_rx.len(), 1);
-    assert!(
-        net.hosts[1]
-            .events
-            .iter()
-            .any(|e| matches!(e, Event::EndpointChanged { endpoint, .. } if *endpoint == new_addr))
-    );
+    assert!(net.hosts[1].events.iter().any(
+        |e| matches!(e, Event::PathChanged { path: PathKind::Direct(a), .. } if *a == new_addr)
+    ));
     // Replies go to the new address.
     let back = ipv4(net.hosts[1].overlay, net.hosts[0].overlay, &payload(2));
     net.send_from_tun(1, &back);
-    assert_eq!(net.wire.last().map(|d| d.to), Some(new_addr));
+    assert_eq!(net.wire.last().map(|d| d.to), Some(Dest::Udp(new_addr)));
     net.run();
     assert_eq!(net.hosts[0].tun_rx, vec![back]);
 }
@@ -533,7 +610,10 @@ fn networks_are_isolated_from_each_other() {
         ],
         peers,
     };
-    net.hosts[0].node.apply_config(Instant::now(), &cfg);
+    {
+        let now = net.clock;
+        net.hosts[0].node.apply_config(now, &cfg);
+    }
     // Node 1 aims at node 0's address in the other network: it must not get in.
     let sneaky = ipv4(net.hosts[1].overlay, a_net1, &payload(1));
     // Node 1 has no route to that address at all...
@@ -552,7 +632,10 @@ fn networks_are_isolated_from_each_other() {
         }],
         peers,
     };
-    net.hosts[1].node.apply_config(Instant::now(), &cfg);
+    {
+        let now = net.clock;
+        net.hosts[1].node.apply_config(now, &cfg);
+    }
     net.send_from_tun(1, &sneaky);
     net.run();
     assert!(net.hosts[0].tun_rx.is_empty());
@@ -562,4 +645,109 @@ fn networks_are_isolated_from_each_other() {
     net.send_from_tun(1, &ok);
     net.run();
     assert_eq!(net.hosts[0].tun_rx, vec![ok]);
+}
+
+#[test]
+fn relay_carries_traffic_at_once_then_direct_takes_over() {
+    let mut net = Net::new(2);
+    net.relay_up();
+    let pkt = ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(1));
+    net.send_from_tun(0, &pkt);
+    net.run();
+    assert_eq!(
+        net.hosts[1].tun_rx,
+        vec![pkt.clone()],
+        "first packet delivered"
+    );
+    // Discovery runs on the timers: a pong makes the path direct.
+    net.tick(std::time::Duration::from_millis(10));
+    assert!(
+        matches!(net.path(0, 1), PathKind::Direct(_)),
+        "{:?}",
+        net.path(0, 1)
+    );
+    assert!(matches!(net.path(1, 0), PathKind::Direct(_)));
+    let relayed = net.relayed;
+    net.send_from_tun(0, &pkt);
+    net.run();
+    assert_eq!(net.relayed, relayed, "direct traffic avoids the relay");
+    assert_eq!(net.hosts[1].tun_rx.len(), 2);
+}
+
+#[test]
+fn blocked_direct_path_stays_on_relay_and_failover_recovers() {
+    let mut net = Net::new(2);
+    net.relay_up();
+    net.blocked.push((0, 1));
+    let pkt = ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(1));
+    net.send_from_tun(0, &pkt);
+    net.run();
+    for _ in 0..5 {
+        net.tick(std::time::Duration::from_secs(1));
+    }
+    assert_eq!(net.path(0, 1), PathKind::Relay);
+    net.send_from_tun(0, &pkt);
+    net.run();
+    assert_eq!(net.hosts[1].tun_rx.len(), 2, "relayed traffic arrives");
+
+    // Unblock: the periodic probe upgrades to direct.
+    net.blocked.clear();
+    for _ in 0..4 {
+        net.tick(std::time::Duration::from_secs(1));
+    }
+    assert!(
+        matches!(net.path(0, 1), PathKind::Direct(_)),
+        "{:?}",
+        net.path(0, 1)
+    );
+
+    // Cut the direct path mid-flow: within the trust window it falls back to the
+    // relay and packets keep arriving.
+    net.blocked.push((0, 1));
+    let mut fell_back = None;
+    for step in 1..=10 {
+        net.tick(std::time::Duration::from_millis(500));
+        if net.path(0, 1) == PathKind::Relay {
+            fell_back = Some(step);
+            break;
+        }
+    }
+    assert!(fell_back.is_some(), "fell back to the relay within 5 s");
+    let before = net.hosts[1].tun_rx.len();
+    net.send_from_tun(0, &pkt);
+    net.run();
+    assert_eq!(net.hosts[1].tun_rx.len(), before + 1);
+    assert!(net.hosts[0].events.iter().any(|e| matches!(
+        e,
+        Event::PathChanged {
+            path: PathKind::Relay,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn forged_and_unsolicited_discovery_is_dropped() {
+    let mut net = mesh(2);
+    let a = net.hosts[0].underlay;
+    let b = net.hosts[1].underlay;
+    let a_key = net.hosts[0].node.key();
+    // Garbage after the magic, and a well-formed message under the wrong key.
+    let mut junk = weft_tunnel::disco::MAGIC.to_vec();
+    junk.extend_from_slice(a_key.as_bytes());
+    junk.extend_from_slice(&[0u8; 40]);
+    let wrong = weft_tunnel::disco::DiscoKey::from_shared(&[7; 32]).seal(
+        &a_key,
+        [1; 12],
+        &weft_tunnel::disco::Disco::Pong { tx: 1, observed: a },
+    );
+    for bytes in [junk, wrong] {
+        let res = net.deliver(Datagram {
+            from: a,
+            src_key: a_key,
+            to: Dest::Udp(b),
+            bytes,
+        });
+        assert_eq!(res, Some(NetOutcomeOwned::Dropped(DropReason::BadDisco)));
+    }
 }

@@ -151,20 +151,25 @@ pub fn render_status(st: &AgentStatus) -> String {
     if !st.peers.is_empty() {
         let _ = writeln!(
             o,
-            "\n{:<16} {:<16} {:<22} {:>9} {:>10} {:>10}  DROPS",
-            "PEER", "ADDRESS", "ENDPOINT", "HANDSHAKE", "RX", "TX"
+            "\n{:<16} {:<16} {:<30} {:>9} {:>10} {:>10}  DROPS",
+            "PEER", "ADDRESS", "PATH (SINCE)", "HANDSHAKE", "RX", "TX"
         );
         for p in &st.peers {
             let hs = p
                 .last_handshake_secs
                 .map_or("-".to_owned(), |s| format!("{s}s ago"));
             let drops: Vec<String> = p.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let path = match p.path_age_secs {
+                Some(s) if !p.path.is_empty() => format!("{} ({s}s)", p.path),
+                _ if !p.path.is_empty() => p.path.clone(),
+                _ => p.endpoint.clone().unwrap_or_else(|| "-".into()),
+            };
             let _ = writeln!(
                 o,
-                "{:<16} {:<16} {:<22} {:>9} {:>10} {:>10}  {}",
+                "{:<16} {:<16} {:<30} {:>9} {:>10} {:>10}  {}",
                 p.name,
                 p.addresses.first().map_or("-", String::as_str),
-                p.endpoint.as_deref().unwrap_or("-"),
+                path,
                 hs,
                 human_bytes(p.rx_bytes),
                 human_bytes(p.tx_bytes),
@@ -273,6 +278,53 @@ pub(crate) fn resolve_peer<'a>(
         [] => bail!("no peer named {what:?} (see `weft status`)"),
         _ => bail!("{what:?} is ambiguous: name the network too, e.g. {name}.NETWORK"),
     }
+}
+
+#[derive(Debug, Args)]
+pub struct WhyArgs {
+    /// Peer name (`db`, `db.prod`), or overlay IP.
+    peer: String,
+}
+
+/// `weft why PEER`: which path a peer uses and why (candidates tried, answers).
+pub fn why(sock: &SocketArg, a: WhyArgs) -> anyhow::Result<ExitCode> {
+    let st = status_of(&sock.socket)?;
+    let (p, ip) = resolve_peer(&st, &a.peer)?;
+    println!(
+        "{} ({ip}): path {}",
+        p.name,
+        if p.path.is_empty() { "-" } else { &p.path }
+    );
+    if p.candidates.is_empty() {
+        println!("  no candidate addresses: the peer reported none (is it online?)");
+    }
+    for c in &p.candidates {
+        let rtt = c
+            .rtt_us
+            .map_or("-".to_owned(), |us| format!("{:.2} ms", us as f64 / 1e3));
+        let origin = if c.learned {
+            "learned from its pings"
+        } else {
+            "from the map"
+        };
+        let verdict = if c.pongs > 0 {
+            "answers"
+        } else if c.pings > 0 {
+            "no answer (filtered by a NAT or firewall?)"
+        } else {
+            "not probed yet"
+        };
+        println!(
+            "  {:<24} {origin:<22} pings {:>4}  pongs {:>4}  rtt {rtt:>9}  {verdict}",
+            c.addr, c.pings, c.pongs
+        );
+    }
+    if p.path == "relay" {
+        println!(
+            "  relayed: no candidate answered discovery pings; direct is retried every few seconds"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `weft ping`: ICMP echo to a peer's overlay address through the tunnel.
