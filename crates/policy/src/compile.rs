@@ -1,0 +1,372 @@
+//! Compiling a policy per node: the rules that concern the node, keyed by peer
+//! prefixes, and the peers it may see.
+//!
+//! The controller runs [`compile()`] over its inventory and ships each node's
+//! [`CompiledPolicy`] in that node's network map; the agent builds an
+//! [`crate::Engine`] from it and needs no inventory. Cost: resolving the selectors
+//! is O(rules × nodes); the output for a node is proportional to the rules that
+//! concern it times the peers they name.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::{Inventory, resolve};
+use crate::matcher::{Transport, proto_ports_match};
+use crate::model::{Action, Policy, PortRange, Proto};
+
+/// A rule's position in its policy (0-based). Rules are reported by this id;
+/// [`RuleInfo`] carries the name and line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RuleId(pub u32);
+
+/// What an explanation says about a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    /// Its position in the policy.
+    pub id: RuleId,
+    /// Its name, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The line of its `[[rule]]` header (0 if built in code).
+    pub line: u32,
+    /// Allow or deny.
+    pub action: Action,
+}
+
+impl RuleInfo {
+    /// The info of rule `id` of `policy`.
+    pub fn of(policy: &Policy, id: RuleId) -> Option<RuleInfo> {
+        let rule = policy.rules.get(usize::try_from(id.0).ok()?)?;
+        Some(RuleInfo {
+            id,
+            name: rule.name.clone(),
+            line: rule.line,
+            action: rule.action,
+        })
+    }
+}
+
+impl fmt::Display for RuleInfo {
+    /// `rule "web to db" (line 12)`, or `rule #3 (line 12)` for an unnamed rule.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(n) => write!(f, "rule {n:?}")?,
+            None => write!(f, "rule #{}", self.id.0 + 1)?,
+        }
+        if self.line > 0 {
+            write!(f, " (line {})", self.line)?;
+        }
+        Ok(())
+    }
+}
+
+/// The part of a policy that concerns one node, as its agent enforces it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompiledPolicy {
+    /// The node it was compiled for.
+    pub node: String,
+    /// Every rule referenced below, sorted by id (for explanations).
+    pub rules: Vec<RuleInfo>,
+    /// Rules for packets a peer initiates towards this node.
+    pub inbound: Vec<FlowRule>,
+    /// Rules for packets this node initiates towards a peer.
+    pub outbound: Vec<FlowRule>,
+    /// Names of the nodes this node may reach or be reached by (some packet in
+    /// either direction is allowed), sorted. No other node may appear in its map.
+    pub visible_peers: Vec<String>,
+}
+
+/// One rule as it applies to one node and one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRule {
+    /// The policy rule it comes from.
+    pub rule: RuleId,
+    /// Allow or deny.
+    pub action: Action,
+    /// Transport protocol.
+    pub proto: Proto,
+    /// Destination ports (of the initiating packet); empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRange>,
+    /// This node's addresses the rule covers (host prefixes, or routed subnets
+    /// for a gateway).
+    pub local: Vec<IpNet>,
+    /// The peers' addresses the rule covers (host prefixes and routed subnets).
+    pub peers: Vec<IpNet>,
+}
+
+/// Every node's compiled policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compiled {
+    nodes: BTreeMap<String, CompiledPolicy>,
+}
+
+impl Compiled {
+    /// The compiled policy of `node` (None for a node not in the inventory).
+    pub fn node(&self, node: &str) -> Option<&CompiledPolicy> {
+        self.nodes.get(node)
+    }
+
+    /// The names of the nodes `node` may see (empty for an unknown node).
+    pub fn visible_peers(&self, node: &str) -> &[String] {
+        self.nodes.get(node).map_or(&[], |c| &c.visible_peers)
+    }
+
+    /// All compiled policies, by node name.
+    pub fn into_nodes(self) -> BTreeMap<String, CompiledPolicy> {
+        self.nodes
+    }
+}
+
+/// Compiles `policy` for every node of `inventory`. The policy should be valid
+/// ([`Policy::validate`]); a hand-built invalid one compiles its well-formed parts.
+pub fn compile(policy: &Policy, inventory: &Inventory) -> Compiled {
+    let sides = Sides::new(policy, inventory);
+    let nodes = (0..inventory.nodes().len())
+        .map(|x| (inventory.nodes()[x].name.clone(), sides.compile_node(x)))
+        .collect();
+    Compiled { nodes }
+}
+
+/// Compiles `policy` for the one node named `node` (None if it is not in the
+/// inventory). Resolving selectors still visits every node.
+pub fn compile_node(policy: &Policy, inventory: &Inventory, node: &str) -> Option<CompiledPolicy> {
+    let x = inventory
+        .nodes()
+        .binary_search_by(|n| n.name.as_str().cmp(node))
+        .ok()?;
+    Some(Sides::new(policy, inventory).compile_node(x))
+}
+
+/// Every rule's sides resolved to prefixes per node index.
+struct Sides<'a> {
+    policy: &'a Policy,
+    inventory: &'a Inventory,
+    from: Vec<BTreeMap<usize, Vec<IpNet>>>,
+    to: Vec<BTreeMap<usize, Vec<IpNet>>>,
+}
+
+/// One rule's view of one (node, peer) pair: its local and peer prefixes.
+struct PairRule<'a> {
+    action: Action,
+    proto: Proto,
+    ports: &'a [PortRange],
+    local: &'a [IpNet],
+    peer: &'a [IpNet],
+}
+
+impl<'a> Sides<'a> {
+    fn new(policy: &'a Policy, inventory: &'a Inventory) -> Self {
+        let from = policy
+            .rules
+            .iter()
+            .map(|r| resolve(policy, inventory, &r.from))
+            .collect();
+        let to = policy
+            .rules
+            .iter()
+            .map(|r| resolve(policy, inventory, &r.to))
+            .collect();
+        Sides {
+            policy,
+            inventory,
+            from,
+            to,
+        }
+    }
+
+    fn compile_node(&self, x: usize) -> CompiledPolicy {
+        // Rules where x initiates (outbound) or is reached (inbound).
+        let out: Vec<usize> = (0..self.policy.rules.len())
+            .filter(|&r| self.from[r].contains_key(&x))
+            .collect();
+        let inb: Vec<usize> = (0..self.policy.rules.len())
+            .filter(|&r| self.to[r].contains_key(&x))
+            .collect();
+
+        let mut candidates = BTreeSet::new();
+        for &r in &out {
+            if self.policy.rules[r].action == Action::Allow {
+                candidates.extend(self.to[r].keys().filter(|&&y| y != x));
+            }
+        }
+        for &r in &inb {
+            if self.policy.rules[r].action == Action::Allow {
+                candidates.extend(self.from[r].keys().filter(|&&y| y != x));
+            }
+        }
+        let visible: BTreeSet<usize> = candidates
+            .into_iter()
+            .filter(|&y| {
+                any_allowed(&self.pair_rules(&out, &self.from, &self.to, x, y))
+                    || any_allowed(&self.pair_rules(&inb, &self.to, &self.from, x, y))
+            })
+            .collect();
+
+        let outbound = self.flow_rules(&out, &self.from, &self.to, x, &visible);
+        let inbound = self.flow_rules(&inb, &self.to, &self.from, x, &visible);
+        let ids: BTreeSet<RuleId> = outbound.iter().chain(&inbound).map(|f| f.rule).collect();
+        CompiledPolicy {
+            node: self.inventory.nodes()[x].name.clone(),
+            rules: ids
+                .into_iter()
+                .filter_map(|id| RuleInfo::of(self.policy, id))
+                .collect(),
+            inbound,
+            outbound,
+            visible_peers: visible
+                .iter()
+                .map(|&y| self.inventory.nodes()[y].name.clone())
+                .collect(),
+        }
+    }
+
+    /// The rules among `rules` that relate local node `x` (on side `mine`) to
+    /// peer `y` (on side `theirs`).
+    fn pair_rules<'s>(
+        &'s self,
+        rules: &[usize],
+        mine: &'s [BTreeMap<usize, Vec<IpNet>>],
+        theirs: &'s [BTreeMap<usize, Vec<IpNet>>],
+        x: usize,
+        y: usize,
+    ) -> Vec<PairRule<'s>> {
+        rules
+            .iter()
+            .filter_map(|&r| {
+                let rule = &self.policy.rules[r];
+                Some(PairRule {
+                    action: rule.action,
+                    proto: rule.proto,
+                    ports: &rule.ports,
+                    local: mine[r].get(&x)?,
+                    peer: theirs[r].get(&y)?,
+                })
+            })
+            .collect()
+    }
+
+    fn flow_rules(
+        &self,
+        rules: &[usize],
+        mine: &[BTreeMap<usize, Vec<IpNet>>],
+        theirs: &[BTreeMap<usize, Vec<IpNet>>],
+        x: usize,
+        visible: &BTreeSet<usize>,
+    ) -> Vec<FlowRule> {
+        let mut out = Vec::new();
+        for &r in rules {
+            let Some(local) = mine[r].get(&x) else {
+                continue;
+            };
+            let mut peers: Vec<IpNet> = theirs[r]
+                .iter()
+                .filter(|(y, _)| visible.contains(y))
+                .flat_map(|(_, nets)| nets.iter().copied())
+                .collect();
+            if peers.is_empty() {
+                continue;
+            }
+            peers.sort_unstable();
+            peers.dedup();
+            let rule = &self.policy.rules[r];
+            out.push(FlowRule {
+                rule: RuleId(u32::try_from(r).unwrap_or(u32::MAX)),
+                action: rule.action,
+                proto: rule.proto,
+                ports: rule.ports.clone(),
+                local: local.clone(),
+                peers,
+            });
+        }
+        out
+    }
+}
+
+/// Whether some packet is allowed by `rules` (deny wins). Exact: membership in
+/// the rules' prefixes and port ranges only changes at their boundaries, so it
+/// suffices to try each boundary (and each protocol class).
+fn any_allowed(rules: &[PairRule<'_>]) -> bool {
+    if !rules.iter().any(|r| r.action == Action::Allow) {
+        return false;
+    }
+    let locals = boundaries(rules.iter().flat_map(|r| r.local.iter()));
+    let peers = boundaries(rules.iter().flat_map(|r| r.peer.iter()));
+    let mut ports: Vec<u16> = vec![0];
+    for r in rules {
+        for p in r.ports {
+            ports.push(p.first);
+            if let Some(next) = p.last.checked_add(1) {
+                ports.push(next);
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    let mut transports: Vec<Transport> = Vec::new();
+    for &port in &ports {
+        transports.push(Transport::Tcp {
+            src_port: 0,
+            dst_port: port,
+            flags: 0,
+        });
+        transports.push(Transport::Udp {
+            src_port: 0,
+            dst_port: port,
+        });
+    }
+    transports.push(Transport::Icmp {
+        kind: crate::matcher::IcmpKind::EchoRequest,
+        id: 0,
+    });
+    transports.push(Transport::Other(0));
+    for &l in &locals {
+        for &p in &peers {
+            for t in &transports {
+                let mut allow = false;
+                let mut deny = false;
+                for r in rules {
+                    if proto_ports_match(r.proto, r.ports, t)
+                        && r.local.iter().any(|n| n.contains(&l))
+                        && r.peer.iter().any(|n| n.contains(&p))
+                    {
+                        match r.action {
+                            Action::Allow => allow = true,
+                            Action::Deny => deny = true,
+                        }
+                    }
+                }
+                if allow && !deny {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+/// The first address of each prefix and the address just past it, sorted.
+pub(crate) fn boundaries<'n>(nets: impl Iterator<Item = &'n IpNet>) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for n in nets {
+        out.push(n.network());
+        if let Some(next) = next_addr(n.broadcast()) {
+            out.push(next);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn next_addr(a: IpAddr) -> Option<IpAddr> {
+    match a {
+        IpAddr::V4(v4) => u32::from(v4).checked_add(1).map(|n| IpAddr::V4(n.into())),
+        IpAddr::V6(v6) => u128::from(v6).checked_add(1).map(|n| IpAddr::V6(n.into())),
+    }
+}

@@ -1,0 +1,230 @@
+//! The facts about nodes a policy is evaluated against, and what each selector
+//! means for one node.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Policy, Selector};
+
+/// What the controller knows about one node, as far as policy cares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    /// Its name (unique; a DNS label).
+    pub name: String,
+    /// Its tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The networks it is a member of, with its overlay addresses in each.
+    #[serde(default)]
+    pub networks: Vec<Membership>,
+    /// Subnets it routes for (approved routes), reachable through it.
+    #[serde(default)]
+    pub routed_subnets: Vec<IpNet>,
+}
+
+/// A node's membership in one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The network's name.
+    pub network: String,
+    /// The node's overlay addresses in it (IPv4 and optionally IPv6).
+    pub addrs: Vec<IpAddr>,
+}
+
+/// All nodes, sorted by name; names are unique.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    nodes: Vec<NodeFacts>,
+}
+
+/// Why an inventory could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InventoryError {
+    /// Two nodes share a name; selectors and visibility are by name.
+    #[error("two nodes are named {0:?}")]
+    DuplicateName(String),
+}
+
+impl Inventory {
+    /// Builds an inventory; fails when two nodes share a name.
+    pub fn new(mut nodes: Vec<NodeFacts>) -> Result<Self, InventoryError> {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        for w in nodes.windows(2) {
+            if w[0].name == w[1].name {
+                return Err(InventoryError::DuplicateName(w[0].name.clone()));
+            }
+        }
+        Ok(Inventory { nodes })
+    }
+
+    /// The nodes, sorted by name.
+    pub fn nodes(&self) -> &[NodeFacts] {
+        &self.nodes
+    }
+
+    /// The node named `name`.
+    pub fn get(&self, name: &str) -> Option<&NodeFacts> {
+        self.nodes
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+
+    /// Network names the nodes are members of, sorted and deduplicated.
+    pub fn networks(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.networks.iter().map(|m| m.network.as_str()))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+impl NodeFacts {
+    /// Every overlay address of the node, in all networks.
+    pub fn overlay_addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.networks.iter().flat_map(|m| m.addrs.iter().copied())
+    }
+
+    /// The networks an address of this node is usable in: its membership for an
+    /// overlay address, every network for an address behind a routed subnet.
+    pub(crate) fn networks_of(&self, addr: IpAddr) -> Vec<&str> {
+        let direct: Vec<&str> = self
+            .networks
+            .iter()
+            .filter(|m| m.addrs.contains(&addr))
+            .map(|m| m.network.as_str())
+            .collect();
+        if direct.is_empty() && self.routed_subnets.iter().any(|s| s.contains(&addr)) {
+            return self.networks.iter().map(|m| m.network.as_str()).collect();
+        }
+        direct
+    }
+}
+
+/// Appends the prefixes `sel` selects on `node` to `out`: host prefixes (/32,
+/// /128) for overlay addresses, subnet prefixes for routed subnets.
+///
+/// `depth` bounds group nesting so a hand-built policy with a cycle (which
+/// [`Policy::validate`] rejects) cannot recurse forever.
+pub(crate) fn endpoints(
+    policy: &Policy,
+    sel: &Selector,
+    node: &NodeFacts,
+    depth: usize,
+    out: &mut Vec<IpNet>,
+) {
+    match sel {
+        Selector::Any => {
+            out.extend(node.overlay_addrs().map(IpNet::from));
+            out.extend(node.routed_subnets.iter().copied());
+        }
+        Selector::Node(n) => {
+            if node.name == *n {
+                out.extend(node.overlay_addrs().map(IpNet::from));
+            }
+        }
+        Selector::Tag(t) => {
+            if node.tags.contains(t) {
+                out.extend(node.overlay_addrs().map(IpNet::from));
+            }
+        }
+        Selector::Network(n) => {
+            for m in node.networks.iter().filter(|m| m.network == *n) {
+                out.extend(m.addrs.iter().copied().map(IpNet::from));
+            }
+        }
+        Selector::Cidr(c) => {
+            out.extend(
+                node.overlay_addrs()
+                    .filter(|a| c.contains(a))
+                    .map(IpNet::from),
+            );
+        }
+        Selector::Subnet(p) => {
+            for r in &node.routed_subnets {
+                // Prefixes either nest or are disjoint: the overlap is the longer one.
+                if r.contains(p) {
+                    out.push(*p);
+                } else if p.contains(r) {
+                    out.push(*r);
+                }
+            }
+        }
+        Selector::Group(g) => {
+            if depth > policy.groups.len() {
+                return;
+            }
+            if let Some(group) = policy.groups.get(g) {
+                for m in &group.members {
+                    endpoints(policy, m, node, depth + 1, out);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `sel` selects address `addr` on `node` (the naive form of
+/// [`endpoints`], used by the reference evaluator).
+pub(crate) fn selects(
+    policy: &Policy,
+    sel: &Selector,
+    node: &NodeFacts,
+    addr: IpAddr,
+    depth: usize,
+) -> bool {
+    match sel {
+        Selector::Any => {
+            node.overlay_addrs().any(|a| a == addr)
+                || node.routed_subnets.iter().any(|s| s.contains(&addr))
+        }
+        Selector::Node(n) => node.name == *n && node.overlay_addrs().any(|a| a == addr),
+        Selector::Tag(t) => node.tags.contains(t) && node.overlay_addrs().any(|a| a == addr),
+        Selector::Network(n) => node
+            .networks
+            .iter()
+            .any(|m| m.network == *n && m.addrs.contains(&addr)),
+        Selector::Cidr(c) => c.contains(&addr) && node.overlay_addrs().any(|a| a == addr),
+        Selector::Subnet(p) => {
+            p.contains(&addr) && node.routed_subnets.iter().any(|s| s.contains(&addr))
+        }
+        Selector::Group(g) => {
+            depth <= policy.groups.len()
+                && policy.groups.get(g).is_some_and(|group| {
+                    group
+                        .members
+                        .iter()
+                        .any(|m| selects(policy, m, node, addr, depth + 1))
+                })
+        }
+    }
+}
+
+/// The prefixes a list of selectors picks out, per node index (nodes with none
+/// are absent). Prefixes are sorted and deduplicated.
+pub(crate) fn resolve(
+    policy: &Policy,
+    inventory: &Inventory,
+    list: &[Selector],
+) -> BTreeMap<usize, Vec<IpNet>> {
+    let mut out = BTreeMap::new();
+    let mut buf = Vec::new();
+    for (i, node) in inventory.nodes().iter().enumerate() {
+        buf.clear();
+        for sel in list {
+            endpoints(policy, sel, node, 0, &mut buf);
+        }
+        if !buf.is_empty() {
+            buf.sort_unstable();
+            buf.dedup();
+            out.insert(i, buf.clone());
+        }
+    }
+    out
+}
