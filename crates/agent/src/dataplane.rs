@@ -176,6 +176,20 @@ fn drain(node: &mut Node, tx: &mut Vec<Transmit>) {
             Event::PeerRejected { key, why } => {
                 tracing::warn!(peer = %key, why, "peer ignored")
             }
+            Event::PolicyDrop {
+                key,
+                direction,
+                explanation,
+                suppressed,
+            } => tracing::info!(
+                peer = %key,
+                ?direction,
+                suppressed,
+                "policy dropped a packet: {explanation}"
+            ),
+            Event::PolicyRejected { why } => {
+                tracing::error!(why, "policy from the controller unusable: denying everything")
+            }
         }
     }
 }

@@ -145,6 +145,9 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
         node: NodeConfig {
             networks,
             peers: peers.into_values().collect(),
+            // The controller does not ship compiled policies yet (the map has no
+            // policy field); enforcement turns on when it does.
+            policy: None,
         },
         interfaces,
         peer_networks,

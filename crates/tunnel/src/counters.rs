@@ -38,11 +38,15 @@ pub enum DropReason {
     BadDisco,
     /// No path to the peer at all (no direct address, no relay, no candidate).
     NoPath,
+    /// The access policy has no rule allowing the packet (default deny).
+    PolicyNoRule,
+    /// A deny rule of the access policy matched the packet.
+    PolicyDenied,
 }
 
 impl DropReason {
     /// All reasons, in display order.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::MalformedIp,
         DropReason::NoRoute,
         DropReason::NotWireGuard,
@@ -58,6 +62,8 @@ impl DropReason {
         DropReason::StaleHandshake,
         DropReason::BadDisco,
         DropReason::NoPath,
+        DropReason::PolicyNoRule,
+        DropReason::PolicyDenied,
     ];
 
     /// A stable snake_case name (status output, metrics labels).
@@ -78,6 +84,8 @@ impl DropReason {
             DropReason::StaleHandshake => "stale_handshake",
             DropReason::BadDisco => "bad_disco",
             DropReason::NoPath => "no_path",
+            DropReason::PolicyNoRule => "policy_no_rule",
+            DropReason::PolicyDenied => "policy_denied",
         }
     }
 

@@ -111,15 +111,35 @@ impl IpView {
     }
 }
 
-/// Builds an ICMP "destination unreachable" for `original` into `out`, sent from
-/// `from` (this node's overlay address) back to the original sender. Returns the
-/// length written, or None when no reply is due (ICMP errors are never answered
-/// with ICMP errors, and the address families must match).
+/// Which "destination unreachable" to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// No such host (no peer has the address).
+    Host,
+    /// Communication administratively prohibited (the access policy said no).
+    Prohibited,
+}
+
+/// Builds an ICMP "host unreachable" for `original`; see [`icmp_error`].
 pub fn icmp_unreachable(
     original: &[u8],
     view: &IpView,
     from: IpAddr,
     out: &mut [u8],
+) -> Option<usize> {
+    icmp_error(original, view, from, out, Unreachable::Host)
+}
+
+/// Builds an ICMP "destination unreachable" of `kind` for `original` into `out`,
+/// sent from `from` (this node's overlay address) back to the original sender.
+/// Returns the length written, or None when no reply is due (ICMP errors are never
+/// answered with ICMP errors, and the address families must match).
+pub fn icmp_error(
+    original: &[u8],
+    view: &IpView,
+    from: IpAddr,
+    out: &mut [u8],
+    kind: Unreachable,
 ) -> Option<usize> {
     match (view.src, from) {
         (IpAddr::V4(to), IpAddr::V4(from)) => {
@@ -144,7 +164,10 @@ pub fn icmp_unreachable(
             let c = checksum(&[&out[..20]]);
             out[10..12].copy_from_slice(&c.to_be_bytes());
             out[20] = 3; // destination unreachable
-            out[21] = 1; // host unreachable
+            out[21] = match kind {
+                Unreachable::Host => 1,
+                Unreachable::Prohibited => 13,
+            };
             out[28..].copy_from_slice(&original[..quoted]);
             let c = checksum(&[&out[20..]]);
             out[22..24].copy_from_slice(&c.to_be_bytes());
@@ -171,7 +194,10 @@ pub fn icmp_unreachable(
             out[8..24].copy_from_slice(&from.octets());
             out[24..40].copy_from_slice(&to.octets());
             out[40] = 1; // destination unreachable
-            out[41] = 3; // address unreachable
+            out[41] = match kind {
+                Unreachable::Host => 3,       // address unreachable
+                Unreachable::Prohibited => 1, // administratively prohibited
+            };
             out[48..].copy_from_slice(&original[..quoted]);
             let mut pseudo = [0u8; 40];
             pseudo[..16].copy_from_slice(&from.octets());

@@ -16,6 +16,10 @@ use crate::counters::{DropCounters, DropReason};
 use crate::disco::{self, Disco, DiscoKey};
 use crate::ip::{self, IpView};
 use crate::path::{CandidateStats, PathKind, PathState, Route};
+use weft_policy::{
+    CompiledPolicy, ConntrackConfig, DROP_LOG_INTERVAL, Direction, DropReason as PolicyDrop,
+    Engine, FiveTuple, LogLimiter, Verdict,
+};
 
 /// WireGuard's recommended timer granularity.
 const TIMER_TICK: Duration = Duration::from_millis(250);
@@ -42,6 +46,10 @@ pub struct NodeConfig {
     pub networks: Vec<NetworkConfig>,
     /// The peers this node may talk to, in any of the networks.
     pub peers: Vec<PeerConfig>,
+    /// The access policy compiled for this node, enforced on every packet in both
+    /// directions (default deny, stateful). `None` turns enforcement off: only for
+    /// tests and controllers that predate policies.
+    pub policy: Option<CompiledPolicy>,
 }
 
 /// One overlay network as the data plane sees it.
@@ -102,6 +110,24 @@ pub enum Event {
         key: NodeKey,
         /// The new path.
         path: PathKind,
+    },
+    /// The access policy dropped a packet (at most one event per peer per 10 s;
+    /// every drop is counted).
+    PolicyDrop {
+        /// The peer on the other end.
+        key: NodeKey,
+        /// Outbound or inbound.
+        direction: Direction,
+        /// The packet and the rule that decided, in words.
+        explanation: String,
+        /// Drops for this peer since the last event.
+        suppressed: u64,
+    },
+    /// A policy from the controller could not be used; everything is denied until
+    /// a valid one arrives.
+    PolicyRejected {
+        /// Why.
+        why: String,
     },
     /// A peer in the configuration was ignored (bad key, duplicate address, ourselves).
     PeerRejected {
@@ -205,6 +231,8 @@ pub struct Node {
     next_rate_reset: Instant,
     relay_up: bool,
     reflexive: BTreeSet<SocketAddr>,
+    policy: Option<Engine>,
+    policy_log: LogLimiter<NodeKey>,
     scratch: Vec<u8>,
 }
 
@@ -239,6 +267,8 @@ impl Node {
             next_rate_reset: now,
             relay_up: false,
             reflexive: BTreeSet::new(),
+            policy: None,
+            policy_log: LogLimiter::new(DROP_LOG_INTERVAL, 4096),
             scratch: vec![0u8; 65_536 + WG_OVERHEAD],
         }
     }
@@ -252,6 +282,7 @@ impl Node {
     /// forgotten at once (their sessions end; their packets are dropped as
     /// `unknown_session`); existing sessions of kept peers survive.
     pub fn apply_config(&mut self, now: Instant, cfg: &NodeConfig) {
+        self.apply_policy(now, cfg.policy.clone());
         self.local.clear();
         for (net, nc) in cfg.networks.iter().enumerate() {
             for a in &nc.local_addresses {
@@ -364,6 +395,86 @@ impl Node {
         }
     }
 
+    fn apply_policy(&mut self, now: Instant, policy: Option<CompiledPolicy>) {
+        let Some(cp) = policy else {
+            self.policy = None;
+            return;
+        };
+        match self.policy.as_mut() {
+            Some(engine) => match engine.replace_policy(cp, now) {
+                Ok(ended) if ended > 0 => {
+                    tracing::info!(
+                        flows = ended,
+                        "policy change ended flows it no longer allows"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.events
+                        .push_back(Event::PolicyRejected { why: e.to_string() });
+                    self.policy = Some(Engine::deny_all(ConntrackConfig::default()));
+                }
+            },
+            None => match Engine::new(cp, ConntrackConfig::default()) {
+                Ok(e) => self.policy = Some(e),
+                Err(e) => {
+                    self.events
+                        .push_back(Event::PolicyRejected { why: e.to_string() });
+                    self.policy = Some(Engine::deny_all(ConntrackConfig::default()));
+                }
+            },
+        }
+    }
+
+    /// Runs the policy on a packet to or from `key`; on a drop counts it and
+    /// (rate-limited) reports it.
+    fn police(
+        &mut self,
+        now: Instant,
+        key: NodeKey,
+        dir: Direction,
+        packet: &[u8],
+    ) -> Result<(), DropReason> {
+        let Some(engine) = self.policy.as_mut() else {
+            return Ok(());
+        };
+        let Ok(tuple) = FiveTuple::parse(packet) else {
+            self.drops.add(DropReason::MalformedIp);
+            return Err(DropReason::MalformedIp);
+        };
+        match engine.decide(dir, &tuple, now) {
+            Verdict::Allow { .. } => Ok(()),
+            Verdict::Drop(why) => {
+                let reason = match why {
+                    PolicyDrop::NoRule => DropReason::PolicyNoRule,
+                    PolicyDrop::Denied(_) => DropReason::PolicyDenied,
+                };
+                self.drops.add(reason);
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    peer.drops.add(reason);
+                }
+                if let Some(suppressed) = self.policy_log.check(&key, now) {
+                    let explanation = engine.explain(dir, &tuple, now).to_string();
+                    self.events.push_back(Event::PolicyDrop {
+                        key,
+                        direction: dir,
+                        explanation,
+                        suppressed,
+                    });
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// Explains what the policy would do with `packet` in direction `dir` now
+    /// (`None` when enforcement is off).
+    pub fn explain(&self, dir: Direction, packet: &FiveTuple, now: Instant) -> Option<String> {
+        self.policy
+            .as_ref()
+            .map(|e| e.explain(dir, packet, now).to_string())
+    }
+
     /// Handles a packet read from the TUN: route it to a peer by destination
     /// address and encrypt it into `out` (at least `packet.len() + 32` and
     /// [`MIN_OUT_BUF`] bytes).
@@ -394,6 +505,20 @@ impl Node {
         };
         if out.len() < packet.len() + WG_OVERHEAD || out.len() < MIN_OUT_BUF {
             return self.drop_tun(DropReason::BufferTooSmall);
+        }
+        if let Err(reason) = self.police(now, key, Direction::Egress, packet) {
+            // Tell the local sender at once instead of letting it time out.
+            if let Some(from) = self
+                .local
+                .iter()
+                .find(|(a, n)| **n == net && a.is_ipv4() == view.src.is_ipv4())
+                .map(|(a, _)| *a)
+                && let Some(n) =
+                    ip::icmp_error(packet, &view, from, out, ip::Unreachable::Prohibited)
+            {
+                return TunOutcome::Reply(&out[..n]);
+            }
+            return TunOutcome::Dropped(reason);
         }
         let Some(peer) = self.peers.get_mut(&key) else {
             return self.drop_tun(DropReason::NoRoute);
@@ -627,6 +752,9 @@ impl Node {
 
     /// Runs WireGuard's timers (handshake retries, rekeys, keepalives) when due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(engine) = self.policy.as_mut() {
+            engine.handle_timeout(now);
+        }
         if now >= self.next_rate_reset {
             self.rate_limiter.reset_count();
             self.next_rate_reset = now + Duration::from_secs(1);
@@ -674,10 +802,11 @@ impl Node {
             .filter_map(|p| p.path.next_due(wg.0))
             .min()
             .map(|t| (t, "path discovery"));
-        Some(match paths {
-            Some(p) if p.0 < wg.0 => p,
-            _ => wg,
-        })
+        let policy = self.policy.as_ref().and_then(Engine::poll_timeout);
+        [Some(wg), paths, policy]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(t, _)| *t)
     }
 
     /// The next control datagram to send (handshakes, cookies, keepalives, and
@@ -746,6 +875,9 @@ impl Node {
         if view.src != src || !peer.addresses.contains(&(net, src)) {
             return self.drop_net(Some(key), DropReason::SpoofedSource);
         }
+        if let Err(reason) = self.police(now, key, Direction::Ingress, &out[..n]) {
+            return NetOutcome::Dropped(reason);
+        }
         NetOutcome::WriteTun {
             net,
             packet: &out[..n],
@@ -765,9 +897,8 @@ impl Node {
         let Some(peer) = self.peers.get_mut(&sender) else {
             return self.drop_net(None, DropReason::UnknownPeer);
         };
-        let msg = match peer.disco.open(datagram) {
-            Ok(m) => m,
-            Err(_) => return self.drop_net(Some(sender), DropReason::BadDisco),
+        let Ok(msg) = peer.disco.open(datagram) else {
+            return self.drop_net(Some(sender), DropReason::BadDisco);
         };
         match msg {
             Disco::Ping { tx } => {

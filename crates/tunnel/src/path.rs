@@ -250,6 +250,7 @@ impl PathState {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods, reason = "a test needs some origin instant")]
 mod tests {
     use super::*;
 

@@ -124,6 +124,7 @@ impl Net {
             .collect();
         for h in &mut self.hosts {
             let cfg = NodeConfig {
+                policy: None,
                 networks: vec![NetworkConfig {
                     local_addresses: vec![h.overlay],
                 }],
@@ -539,6 +540,7 @@ fn removed_peer_is_cut_off_at_once() {
         })
         .collect();
     let cfg = NodeConfig {
+        policy: None,
         networks: vec![NetworkConfig {
             local_addresses: vec![net.hosts[1].overlay],
         }],
@@ -600,6 +602,7 @@ fn networks_are_isolated_from_each_other() {
         endpoints: vec![net.hosts[1].underlay],
     }];
     let cfg = NodeConfig {
+        policy: None,
         networks: vec![
             NetworkConfig {
                 local_addresses: vec![net.hosts[0].overlay],
@@ -627,6 +630,7 @@ fn networks_are_isolated_from_each_other() {
         endpoints: vec![net.hosts[0].underlay],
     }];
     let cfg = NodeConfig {
+        policy: None,
         networks: vec![NetworkConfig {
             local_addresses: vec![net.hosts[1].overlay],
         }],
@@ -750,4 +754,134 @@ fn forged_and_unsolicited_discovery_is_dropped() {
         });
         assert_eq!(res, Some(NetOutcomeOwned::Dropped(DropReason::BadDisco)));
     }
+}
+
+/// Compiles `policy_text` for a mesh whose hosts are named n0, n1, ... and tagged
+/// by `tags[i]`.
+fn compile_policy(net: &Net, tags: &[&str], policy_text: &str) -> weft_policy::Compiled {
+    let nodes = net
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| weft_policy::NodeFacts {
+            name: format!("n{i}"),
+            tags: vec![tags[i].to_owned()],
+            networks: vec![weft_policy::Membership {
+                network: "lab".into(),
+                addrs: vec![h.overlay],
+            }],
+            routed_subnets: vec![],
+        })
+        .collect();
+    let inv = weft_policy::Inventory::new(nodes).unwrap();
+    let policy = weft_policy::parse(policy_text).unwrap();
+    weft_policy::compile(&policy, &inv)
+}
+
+fn set_policy(net: &mut Net, i: usize, policy: Option<weft_policy::CompiledPolicy>) {
+    let peers: Vec<PeerConfig> = net
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(j, h)| PeerConfig {
+            key: h.node.key(),
+            name: format!("n{j}"),
+            addresses: vec![(0, h.overlay)],
+            endpoints: vec![h.underlay],
+        })
+        .collect();
+    let cfg = NodeConfig {
+        policy,
+        networks: vec![NetworkConfig {
+            local_addresses: vec![net.hosts[i].overlay],
+        }],
+        peers,
+    };
+    let now = net.clock;
+    net.hosts[i].node.apply_config(now, &cfg);
+    net.drain(i);
+}
+
+fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    let mut p = ipv4(src, dst, &t);
+    p[9] = 6;
+    let c = weft_tunnel::ip::checksum(&[&p[..10], &[0, 0], &p[12..20]]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+#[test]
+fn policy_is_enforced_on_egress_and_ingress_statefully() {
+    const POLICY: &str = r#"
+[[rule]]
+name = "web to db"
+action = "allow"
+from = ["tag:web"]
+to = ["tag:db"]
+proto = "tcp"
+ports = [5432]
+"#;
+    let mut net = mesh(2);
+    let compiled = compile_policy(&net, &["web", "db"], POLICY);
+    let (web, db) = (net.hosts[0].overlay, net.hosts[1].overlay);
+    set_policy(&mut net, 0, compiled.node("n0").cloned());
+    set_policy(&mut net, 1, compiled.node("n1").cloned());
+    net.run();
+
+    // web -> db:5432 passes, and db's reply (SYN-ACK) passes back.
+    let syn = tcp(web, db, 40000, 5432, 0x02);
+    assert_eq!(net.send_from_tun(0, &syn), None);
+    net.run();
+    assert_eq!(net.hosts[1].tun_rx, vec![syn]);
+    let synack = tcp(db, web, 5432, 40000, 0x12);
+    assert_eq!(net.send_from_tun(1, &synack), None);
+    net.run();
+    assert_eq!(net.hosts[0].tun_rx, vec![synack]);
+
+    // web -> db:22 is refused on egress with an ICMP "prohibited" to the sender.
+    let ssh = tcp(web, db, 40001, 22, 0x02);
+    net.hosts[0].tun_rx.clear();
+    assert_eq!(net.send_from_tun(0, &ssh), None);
+    let reply = net.hosts[0].tun_rx.pop().expect("ICMP prohibited");
+    assert_eq!((reply[20], reply[21]), (3, 13));
+    assert!(net.wire.is_empty());
+    assert_eq!(net.hosts[0].node.drops().get(DropReason::PolicyNoRule), 1);
+
+    // db may not open a connection to web.
+    let back = tcp(db, web, 40002, 8080, 0x02);
+    net.send_from_tun(1, &back);
+    net.run();
+    assert_eq!(net.hosts[1].node.drops().get(DropReason::PolicyNoRule), 1);
+
+    // A web node that ignores its policy is still stopped at db's ingress.
+    set_policy(&mut net, 0, None);
+    net.hosts[1].tun_rx.clear();
+    net.send_from_tun(0, &ssh);
+    net.run();
+    assert!(net.hosts[1].tun_rx.is_empty());
+    assert_eq!(net.hosts[1].node.drops().get(DropReason::PolicyNoRule), 2);
+    let st = net.hosts[1].node.peer_status(net.clock);
+    let web_key = net.hosts[0].node.key();
+    let web_peer = st.iter().find(|p| p.key == web_key).unwrap();
+    // db's own refused egress to web plus web's refused ingress, both about web.
+    assert_eq!(web_peer.drops.get(DropReason::PolicyNoRule), 2);
+    assert!(
+        net.hosts[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::PolicyDrop { .. }))
+    );
+
+    // Removing the rule ends the open flow: further packets of it are dropped.
+    let closed = compile_policy(&net, &["web", "db"], "");
+    set_policy(&mut net, 1, closed.node("n1").cloned());
+    let more = tcp(web, db, 40000, 5432, 0x10);
+    net.send_from_tun(0, &more);
+    net.run();
+    assert!(!net.hosts[1].tun_rx.contains(&more));
 }
