@@ -56,6 +56,19 @@ enum Cmd {
     ///
     /// Every run records its owner process in /run/weft-lab/<run id>/owner. Runs
     /// of live owners are left alone. Labs also sweep when they start.
+    /// The NAT traversal matrix: every pair of NAT profiles (open, easy, fullcone,
+    /// hard, udp-blocked, cgnat), each side behind its own router, with a real
+    /// controller, relay and agents. Prints per pair the path reached and the time
+    /// to the first packet and to a direct path; exits non-zero if any pair falls
+    /// short of what its NATs allow.
+    Grid {
+        /// Only these profiles (repeatable); default all six.
+        #[arg(long = "profile", value_name = "PROFILE")]
+        profiles: Vec<Nat>,
+        /// Seconds each pair may take to connect and go direct.
+        #[arg(long, default_value_t = 20)]
+        settle_secs: u64,
+    },
     /// Remove what crashed runs left behind (namespaces, processes, log state of
     /// runs whose owner is dead).
     Sweep,
@@ -134,6 +147,24 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             });
         }
         Cmd::Sweep => print!("{}", weft_lab::sweep()?),
+        Cmd::Grid {
+            profiles,
+            settle_secs,
+        } => {
+            install_ctrlc()?;
+            let profiles = if profiles.is_empty() {
+                weft_lab::grid::PROFILES.to_vec()
+            } else {
+                profiles
+            };
+            let report = weft_lab::grid::run(&profiles, Duration::from_secs(settle_secs))?;
+            print!("{report}");
+            return Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
         Cmd::Demo { check, nodes } => {
             install_ctrlc()?;
             return demo(check, nodes);

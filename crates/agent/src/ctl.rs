@@ -1,6 +1,7 @@
 //! The controller link: registration, the map stream (resume from the last version,
 //! backoff with jitter on failure) and endpoint/liveness reports.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -117,9 +118,18 @@ impl Link {
         port: u16,
         have_version: Option<u64>,
         maps: mpsc::Sender<NetworkMap>,
+        reflexive: watch::Receiver<Vec<SocketAddr>>,
     ) -> (Self, watch::Receiver<LinkState>) {
         let (state_tx, state_rx) = watch::channel(LinkState::default());
-        let task = tokio::spawn(link_task(cred, key, port, have_version, maps, state_tx));
+        let task = tokio::spawn(link_task(
+            cred,
+            key,
+            port,
+            have_version,
+            maps,
+            state_tx,
+            reflexive,
+        ));
         (Self { task }, state_rx)
     }
 
@@ -136,6 +146,7 @@ async fn link_task(
     mut version: Option<u64>,
     maps: mpsc::Sender<NetworkMap>,
     state: watch::Sender<LinkState>,
+    mut reflexive: watch::Receiver<Vec<SocketAddr>>,
 ) {
     let trust = TrustSettings {
         ca_file: cred.ca_file.clone(),
@@ -146,7 +157,14 @@ async fn link_task(
     let mut jitter_state = u64::from_le_bytes(key.as_bytes()[..8].try_into().unwrap_or([7; 8]));
     let mut map: Option<NetworkMap> = None;
     loop {
-        let result = session(&cred, &trust, port, &mut version, &mut map, &maps, &state).await;
+        let ctx = LinkCtx {
+            cred: &cred,
+            trust: &trust,
+            port,
+            maps: &maps,
+            state: &state,
+        };
+        let result = session(&ctx, &mut version, &mut map, &mut reflexive).await;
         let msg = match result {
             Ok(()) => "map stream ended".to_owned(),
             Err(e) => format!("{e:#}"),
@@ -171,17 +189,24 @@ async fn link_task(
     }
 }
 
-async fn session(
-    cred: &Credential,
-    trust: &TrustSettings,
+/// What a session needs that does not change between reconnects.
+struct LinkCtx<'a> {
+    cred: &'a Credential,
+    trust: &'a TrustSettings,
     port: u16,
+    maps: &'a mpsc::Sender<NetworkMap>,
+    state: &'a watch::Sender<LinkState>,
+}
+
+async fn session(
+    ctx: &LinkCtx<'_>,
     version: &mut Option<u64>,
     map: &mut Option<NetworkMap>,
-    maps: &mpsc::Sender<NetworkMap>,
-    state: &watch::Sender<LinkState>,
+    reflexive: &mut watch::Receiver<Vec<SocketAddr>>,
 ) -> anyhow::Result<()> {
+    let (cred, trust, port, maps, state) = (ctx.cred, ctx.trust, ctx.port, ctx.maps, ctx.state);
     let c = client(&cred.controller, trust, Some(&cred.credential))?;
-    let mut endpoints = gather(port);
+    let mut endpoints = gather(port, &reflexive.borrow_and_update());
     c.report(&ReportRequest {
         api_version: Some(weft_proto::api::API_VERSION),
         endpoints: Some(endpoints.clone()),
@@ -233,8 +258,21 @@ async fn session(
                     }
                 }
             }
+            Ok(()) = reflexive.changed() => {
+                let now = gather(port, &reflexive.borrow_and_update());
+                if now != endpoints {
+                    tracing::info!(?now, "reporting new endpoints (reflexive address changed)");
+                    endpoints = now.clone();
+                    c.report(&ReportRequest {
+                        api_version: Some(weft_proto::api::API_VERSION),
+                        endpoints: Some(now),
+                    })
+                    .await
+                    .context("reporting endpoints")?;
+                }
+            }
             _ = report.tick() => {
-                let now = gather(port);
+                let now = gather(port, &reflexive.borrow());
                 let changed = now != endpoints;
                 if changed {
                     tracing::info!(?now, "host addresses changed; reporting new endpoints");
@@ -251,7 +289,9 @@ async fn session(
     }
 }
 
-fn gather(port: u16) -> Vec<std::net::SocketAddr> {
+/// Host candidates (every interface address with our port) plus the reflexive
+/// addresses STUN reported.
+fn gather(port: u16, reflexive: &[SocketAddr]) -> Vec<SocketAddr> {
     let addrs: Vec<(String, std::net::IpAddr)> = if_addrs::get_if_addrs()
         .map(|v| {
             v.into_iter()
@@ -262,7 +302,13 @@ fn gather(port: u16) -> Vec<std::net::SocketAddr> {
                 .collect()
         })
         .unwrap_or_default();
-    host_candidates(&addrs, port)
+    let mut all = host_candidates(&addrs, port);
+    for r in reflexive {
+        if !all.contains(r) {
+            all.push(*r);
+        }
+    }
+    all
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use weft_netcfg::exec::linux::NetlinkExecutor;
 use weft_netcfg::{DesiredState, LinkSpec, Reconciler, ReconcilerConfig, RouteSpec};
 use weft_proto::local::{
     AgentStatus, CandidateStatus, ControllerStatus, LocalRequest, LocalResponse, NetworkStatus,
-    PeerStatus, ReconcileStatus, UpRequest,
+    PeerStatus, ReconcileStatus, RelayStatus, UpRequest,
 };
 use weft_proto::netmap::NetworkMap;
 use weft_tunnel::Node;
@@ -264,6 +264,7 @@ impl Agent {
             self.dp.port(),
             self.map.as_ref().map(|m| m.version),
             self.maps_tx.clone(),
+            self.dp.reflexive(),
         );
         self.link = Some(link);
         self.link_state = state;
@@ -290,6 +291,11 @@ impl Agent {
             tracing::error!("{e}");
         }
         self.dp.apply(&derived.node).await;
+        // The first relay of the map is this node's relay; every node uses the
+        // same one, so relayed peers always meet.
+        self.dp
+            .set_relay(map.relays.first().cloned(), &self.identity)
+            .await;
         self.reconciler
             .set_desired(desired_state(&derived), clock::now());
         tracing::info!(
@@ -327,6 +333,7 @@ impl Agent {
 
     fn teardown(&mut self) {
         self.dp.ensure_tuns(&BTreeMap::new(), netmap::OVERLAY_MTU);
+        self.dp.shutdown_relay();
         self.derived = None;
         self.slots = Slots::default();
         if let Some(exec) = self.exec.as_mut() {
@@ -418,6 +425,10 @@ impl Agent {
                 .collect(),
             reconcile: self.reconcile_status.clone(),
             listen_port: self.dp.port(),
+            relay: self
+                .dp
+                .relay_connected()
+                .map(|(url, connected)| RelayStatus { url, connected }),
         }
     }
 }

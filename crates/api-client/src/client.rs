@@ -24,8 +24,13 @@ use weft_proto::api::{
     TokenList, UpdateNodeRequest, register_signed_message,
 };
 use weft_proto::netmap::NetworkMap;
+use weft_proto::relay_api::{
+    CreateRelayRequest, CreateRelayResponse, MemberSnapshot, RelayInfo, RelayList,
+    RelayReportRequest,
+};
 
 use crate::ClientError;
+use crate::members::MembersStream;
 use crate::stream::{MapStream, MapSubscription};
 use crate::tls::client_config;
 
@@ -562,6 +567,81 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/admin/relays` (the relay token is in the response, once).
+    pub async fn create_relay(
+        &self,
+        req: &CreateRelayRequest,
+    ) -> Result<CreateRelayResponse, ClientError> {
+        self.request(Method::POST, "/v1/admin/relays", Some(req))
+            .await
+    }
+
+    /// `GET /v1/admin/relays`.
+    pub async fn list_relays(&self) -> Result<RelayList, ClientError> {
+        self.request::<(), _>(Method::GET, "/v1/admin/relays", None)
+            .await
+    }
+
+    /// `GET /v1/admin/relays/{name}`.
+    pub async fn show_relay(&self, name: &str) -> Result<RelayInfo, ClientError> {
+        self.request::<(), _>(
+            Method::GET,
+            &format!("/v1/admin/relays/{}", escape(name)),
+            None,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/admin/relays/{name}`.
+    pub async fn remove_relay(&self, name: &str) -> Result<(), ClientError> {
+        self.request_no_content::<()>(
+            Method::DELETE,
+            &format!("/v1/admin/relays/{}", escape(name)),
+            None,
+        )
+        .await
+    }
+
+    // ---- relay API (bearer: a relay token) ----
+
+    /// `POST /v1/relay/report`: the relay's TLS fingerprint and STUN port.
+    pub async fn relay_report(&self, req: &RelayReportRequest) -> Result<RelayInfo, ClientError> {
+        self.request(Method::POST, "/v1/relay/report", Some(req))
+            .await
+    }
+
+    /// `GET /v1/relay/members`: the node keys the relay may serve.
+    pub async fn relay_members(&self) -> Result<MemberSnapshot, ClientError> {
+        self.request::<(), _>(Method::GET, "/v1/relay/members", None)
+            .await
+    }
+
+    /// Opens the member stream (`GET /v1/relay/members/stream`): a snapshot,
+    /// then deltas. `idle_timeout` bounds the silence between events or
+    /// keepalives. It does not reconnect by itself.
+    pub async fn relay_members_stream(
+        &self,
+        idle_timeout: Duration,
+    ) -> Result<MembersStream, ClientError> {
+        let extra = [("accept", "text/event-stream".to_owned())];
+        let (resp, sender) = tokio::time::timeout(
+            self.transport.timeout,
+            self.send(Method::GET, "/v1/relay/members/stream", None, &extra, false),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout("opening the member stream"))??;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = Limited::new(resp.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        Ok(MembersStream::new(resp.into_body(), sender, idle_timeout))
+    }
+
     /// `GET /v1/admin/audit`.
     pub async fn audit(
         &self,
@@ -593,7 +673,7 @@ fn escape(s: &str) -> String {
     out
 }
 
-fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+pub(crate) fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
     let body = serde_json::from_slice::<ErrorBody>(bytes).unwrap_or_else(|_| ErrorBody {
         code: format!("http_{}", status.as_u16()),
         message: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),

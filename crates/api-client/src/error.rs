@@ -45,6 +45,9 @@ pub enum ClientError {
     /// The map stream broke (bad framing, too large, dropped).
     #[error("map stream: {0}")]
     Stream(String),
+    /// The relay member stream broke (bad framing, bad event, dropped).
+    #[error("member stream: {0}")]
+    MemberStream(String),
 }
 
 impl ClientError {

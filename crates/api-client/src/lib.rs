@@ -9,15 +9,20 @@
 //! - [`MapStream`] parses the map stream with `weft_proto::sse` (bounded) and
 //!   tracks the last event id; [`MapSubscription`] reconnects with backoff and
 //!   resumes with `Last-Event-ID`.
+//! - Relays use [`Client::relay_report`] and [`MembersStream`] (the member set
+//!   they may serve); [`tls_client_config`] gives other TLS clients (the relay
+//!   client) the same trust rules.
 //!
 //! It holds no agent logic and keeps no state beyond a small connection pool.
 
 mod client;
 mod error;
+mod members;
 mod stream;
 mod tls;
 
 pub use client::{Client, ClientConfig, Trust};
 pub use error::ClientError;
+pub use members::MembersStream;
 pub use stream::{MapStream, MapSubscription};
-pub use tls::parse_fingerprint;
+pub use tls::{parse_fingerprint, tls_client_config};

@@ -42,6 +42,13 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 pub(crate) fn client_config(trust: &Trust) -> Result<Arc<TlsConfig>, ClientError> {
+    tls_client_config(trust, &[b"http/1.1"])
+}
+
+/// A rustls client configuration (ring provider, TLS 1.2 and 1.3) trusting
+/// `trust` and offering the ALPN protocols `alpn`; for other TLS protocols that
+/// trust servers the same way as the API client (the relay client uses it).
+pub fn tls_client_config(trust: &Trust, alpn: &[&[u8]]) -> Result<Arc<TlsConfig>, ClientError> {
     let provider = provider();
     let builder = TlsConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -80,7 +87,7 @@ pub(crate) fn client_config(trust: &Trust) -> Result<Arc<TlsConfig>, ClientError
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 

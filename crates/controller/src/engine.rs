@@ -25,6 +25,7 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::model::{Actor, Batch, NodeId, Op, Output, World};
 use crate::netmap;
+use crate::relay_feed::RelayFeed;
 use crate::store::{AuditQuery, AuditRecord, Store, Write};
 
 /// Most operations committed in one transaction.
@@ -45,6 +46,7 @@ pub struct Engine {
     tx: mpsc::UnboundedSender<Cmd>,
     world: Arc<RwLock<World>>,
     hub: Arc<Hub>,
+    relay_feed: Arc<RelayFeed>,
 }
 
 /// The writer thread; join it after [`Engine::shutdown`].
@@ -74,15 +76,25 @@ impl Engine {
         hub: Arc<Hub>,
     ) -> std::io::Result<(Engine, EngineThread)> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let relay_feed = Arc::new(RelayFeed::new(&world));
         let world = Arc::new(RwLock::new(world));
         let thread = {
             let world = world.clone();
             let hub = hub.clone();
+            let feed = relay_feed.clone();
             std::thread::Builder::new()
                 .name("weft-store".into())
-                .spawn(move || writer(store, world, hub, rx))?
+                .spawn(move || writer(store, world, hub, feed, rx))?
         };
-        Ok((Engine { tx, world, hub }, EngineThread(thread)))
+        Ok((
+            Engine {
+                tx,
+                world,
+                hub,
+                relay_feed,
+            },
+            EngineThread(thread),
+        ))
     }
 
     /// Queues an operation and waits until it is committed (or refused).
@@ -118,6 +130,11 @@ impl Engine {
         &self.hub
     }
 
+    /// The relay member feed.
+    pub fn relay_feed(&self) -> &Arc<RelayFeed> {
+        &self.relay_feed
+    }
+
     /// Asks the writer to stop after the operations already queued.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Cmd::Shutdown);
@@ -128,6 +145,7 @@ fn writer<S: Store>(
     mut store: S,
     world: Arc<RwLock<World>>,
     hub: Arc<Hub>,
+    feed: Arc<RelayFeed>,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
 ) {
     while let Some(first) = rx.blocking_recv() {
@@ -147,7 +165,7 @@ fn writer<S: Store>(
             }
         }
         if !ops.is_empty() {
-            commit_batch(&mut store, &world, &hub, ops);
+            commit_batch(&mut store, &world, &hub, &feed, ops);
         }
         for (q, reply) in audits {
             let r = store.audit(&q).map_err(|e| {
@@ -164,7 +182,13 @@ fn writer<S: Store>(
 
 type PendingOp = (Actor, Op, Option<Reply<Output>>);
 
-fn commit_batch<S: Store>(store: &mut S, world: &RwLock<World>, hub: &Hub, ops: Vec<PendingOp>) {
+fn commit_batch<S: Store>(
+    store: &mut S,
+    world: &RwLock<World>,
+    hub: &Hub,
+    feed: &RelayFeed,
+    ops: Vec<PendingOp>,
+) {
     let mut w = world.blocking_write();
     let now = clock::now_unix_ms();
     let mut batch = Batch::default();
@@ -179,6 +203,7 @@ fn commit_batch<S: Store>(store: &mut S, world: &RwLock<World>, hub: &Hub, ops: 
             if bumped {
                 let out = netmap::compile(&w, &batch.touched);
                 hub.publish(&w, &out, &batch.touched.evicted);
+                feed.publish(&w, &batch.touched);
             }
             drop(w);
             for write in &batch.writes {
@@ -204,6 +229,7 @@ fn commit_batch<S: Store>(store: &mut S, world: &RwLock<World>, hub: &Hub, ops: 
                 }
             }
             hub.evict_all();
+            feed.reset(&w);
             drop(w);
             for (reply, r) in results {
                 if let Some(reply) = reply {

@@ -41,7 +41,8 @@ pub enum ApiError {
     /// 404: the named object does not exist.
     #[error("{message}")]
     NotFound {
-        /// `not_found`, `network_not_found`, `node_not_found`, `token_not_found`.
+        /// `not_found`, `network_not_found`, `node_not_found`, `token_not_found`,
+        /// `relay_not_found`.
         code: &'static str,
         /// What was not found.
         message: String,
@@ -52,7 +53,8 @@ pub enum ApiError {
     /// 409: conflicts with existing state.
     #[error("{message}")]
     Conflict {
-        /// `network_exists`, `cidr_overlap`, `name_taken`, `network_full`.
+        /// `network_exists`, `cidr_overlap`, `name_taken`, `network_full`,
+        /// `relay_exists`.
         code: &'static str,
         /// What conflicts.
         message: String,

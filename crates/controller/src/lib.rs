@@ -15,6 +15,8 @@
 //!   batches, applies them to the state, commits them in one durable transaction,
 //!   and only then publishes deltas to the [`hub`] and answers the callers.
 //! - [`hub`]: per-node stream subscriptions, the replay ring for `Last-Event-ID`.
+//! - [`relay_feed`]: the member set relays may serve and the relay streams that
+//!   follow it.
 //! - [`api`]: the HTTP handlers, one module per resource; [`error`] maps every
 //!   failure to a status and `{code, message}`.
 //! - [`serve`]: TLS/plain listener, connection handling, graceful shutdown:
@@ -31,6 +33,7 @@ pub mod error;
 pub mod hub;
 pub mod model;
 pub mod netmap;
+pub mod relay_feed;
 pub mod secret;
 pub mod serve;
 pub mod store;

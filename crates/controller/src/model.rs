@@ -15,17 +15,21 @@ use weft_proto::NodeKey;
 use weft_proto::api::{self, NodeAddress, NodeInfo, TokenInfo};
 use weft_proto::net::{Ipv4Net, Ipv6Net};
 use weft_proto::netmap::Relay;
+use weft_proto::relay_api::RelayInfo;
 
 use crate::error::ApiError;
 use crate::secret::SecretHash;
 use crate::store::{
-    AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, StoreSnapshot, TokenRecord, Write,
+    AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, RelayRecord, StoreSnapshot,
+    TokenRecord, Write,
 };
 
 /// A network id.
 pub type NetId = u64;
 /// A node id.
 pub type NodeId = u64;
+/// A relay id.
+pub type RelayId = u64;
 
 /// Offsets below this are not handed out: `.0` is the network address and `.1`
 /// is reserved for a future in-network controller/DNS address.
@@ -63,6 +67,8 @@ pub enum Actor {
     Admin,
     /// A node, by key.
     Node(NodeKey),
+    /// A relay, by name.
+    Relay(String),
 }
 
 impl Actor {
@@ -70,6 +76,7 @@ impl Actor {
         match self {
             Actor::Admin => "admin".into(),
             Actor::Node(k) => format!("node:{k}"),
+            Actor::Relay(name) => format!("relay:{name}"),
         }
     }
 }
@@ -86,6 +93,8 @@ pub struct Touched {
     pub resync: BTreeSet<NodeId>,
     /// Nodes whose streams must be closed (disabled or removed).
     pub evicted: BTreeSet<NodeId>,
+    /// Relays whose member streams must be closed (removed).
+    pub evicted_relays: BTreeSet<RelayId>,
 }
 
 impl Touched {
@@ -95,6 +104,7 @@ impl Touched {
             && self.self_changed.is_empty()
             && self.resync.is_empty()
             && self.evicted.is_empty()
+            && self.evicted_relays.is_empty()
     }
 }
 
@@ -156,6 +166,26 @@ pub struct Registration {
     pub credential_hash: SecretHash,
 }
 
+/// A validated request to register a relay.
+#[derive(Debug, Clone)]
+pub struct NewRelay {
+    /// Name (a DNS label).
+    pub name: String,
+    /// URL (a valid `RelayUrl`).
+    pub url: String,
+    /// Hash of the generated relay token.
+    pub hash: SecretHash,
+}
+
+/// What a relay reports about itself (validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayReport {
+    /// `sha256:<hex>` of its TLS certificate.
+    pub tls_fingerprint: Option<String>,
+    /// Its STUN port.
+    pub stun_port: Option<u16>,
+}
+
 /// A validated node update.
 #[derive(Debug, Clone, Default)]
 pub struct NodePatch {
@@ -186,6 +216,12 @@ pub enum Op {
     Report(NodeId, Option<Vec<SocketAddr>>),
     /// A map stream opened (`true`) or closed (`false`).
     Presence(NodeId, bool),
+    /// Admin: register a relay.
+    CreateRelay(NewRelay),
+    /// Admin: remove a relay (by name).
+    RemoveRelay(String),
+    /// Relay: report its TLS fingerprint and STUN port.
+    RelayReport(RelayId, RelayReport),
 }
 
 /// What a successful operation returns.
@@ -204,6 +240,8 @@ pub enum Output {
     },
     /// A node.
     Node(Box<NodeInfo>),
+    /// A relay.
+    Relay(RelayInfo),
     /// Nothing to return.
     Done,
 }
@@ -215,7 +253,7 @@ pub struct World {
     pub version: u64,
     /// Admin token hash.
     pub admin_hash: Option<SecretHash>,
-    /// Relays from the configuration.
+    /// Relays from the configuration (`--relay URL`): in every map, URL only.
     pub relays: Vec<Relay>,
     networks: BTreeMap<NetId, NetState>,
     network_by_name: BTreeMap<String, NetId>,
@@ -226,9 +264,14 @@ pub struct World {
     node_by_cred: HashMap<SecretHash, NodeId>,
     tokens: BTreeMap<u64, TokenRecord>,
     token_by_hash: HashMap<SecretHash, u64>,
+    relay_records: BTreeMap<RelayId, RelayRecord>,
+    relay_by_name: BTreeMap<String, RelayId>,
+    // Lookup only, never iterated.
+    relay_by_token: HashMap<SecretHash, RelayId>,
     next_network_id: u64,
     next_node_id: u64,
     next_token_id: u64,
+    next_relay_id: u64,
     next_audit_id: u64,
 }
 
@@ -247,6 +290,7 @@ impl World {
             next_network_id: 1,
             next_node_id: 1,
             next_token_id: 1,
+            next_relay_id: 1,
             ..World::default()
         };
         for n in snap.networks {
@@ -294,6 +338,12 @@ impl World {
             w.next_token_id = w.next_token_id.max(t.id + 1);
             w.token_by_hash.insert(t.token_hash, t.id);
             w.tokens.insert(t.id, t);
+        }
+        for r in snap.relays {
+            w.next_relay_id = w.next_relay_id.max(r.id + 1);
+            w.relay_by_name.insert(r.name.clone(), r.id);
+            w.relay_by_token.insert(r.token_hash, r.id);
+            w.relay_records.insert(r.id, r);
         }
         w
     }
@@ -463,6 +513,9 @@ impl World {
             Op::RemoveNode(sel) => self.remove_node(batch, actor, &sel, now_ms),
             Op::Report(id, endpoints) => self.report(batch, id, endpoints, now_ms),
             Op::Presence(id, up) => self.presence(batch, id, up, now_ms),
+            Op::CreateRelay(r) => self.create_relay(batch, actor, r, now_ms),
+            Op::RemoveRelay(name) => self.remove_relay(batch, actor, &name, now_ms),
+            Op::RelayReport(id, report) => self.relay_report(batch, id, report, now_ms),
         }
     }
 
@@ -1041,6 +1094,194 @@ fn token_state(t: &TokenRecord, now_ms: u64) -> Result<(), ApiError> {
         return Err(token_gone("token_exhausted", "join token has been used up"));
     }
     Ok(())
+}
+
+impl World {
+    // ---- relays ----
+
+    /// The relays every map lists: registered relays by name, then the
+    /// configured `--relay` URLs.
+    pub fn map_relays(&self) -> Vec<Relay> {
+        self.relay_by_name
+            .values()
+            .filter_map(|id| self.relay_records.get(id))
+            .map(|r| Relay {
+                url: r.url.clone(),
+                name: Some(r.name.clone()),
+                tls_fingerprint: r.tls_fingerprint.clone(),
+                stun_port: r.stun_port,
+            })
+            .chain(self.relays.iter().cloned())
+            .collect()
+    }
+
+    /// The relay holding this token.
+    pub fn relay_by_token(&self, hash: &SecretHash) -> Option<&RelayRecord> {
+        self.relay_by_token
+            .get(hash)
+            .and_then(|id| self.relay_records.get(id))
+    }
+
+    /// A relay by id.
+    pub fn relay(&self, id: RelayId) -> Option<&RelayRecord> {
+        self.relay_records.get(&id)
+    }
+
+    /// A relay by name.
+    pub fn relay_by_name(&self, name: &str) -> Option<&RelayRecord> {
+        self.relay_by_name
+            .get(name)
+            .and_then(|id| self.relay_records.get(id))
+    }
+
+    /// Relay info for the admin API (`connected` is filled in by the caller).
+    pub fn relay_info(r: &RelayRecord) -> RelayInfo {
+        RelayInfo {
+            name: r.name.clone(),
+            url: r.url.clone(),
+            tls_fingerprint: r.tls_fingerprint.clone(),
+            stun_port: r.stun_port,
+            created_at: r.created_at,
+            last_seen: r.last_seen,
+            connected: false,
+        }
+    }
+
+    /// All relays, by name.
+    pub fn relays_info(&self) -> Vec<(RelayId, RelayInfo)> {
+        self.relay_by_name
+            .values()
+            .filter_map(|id| self.relay_records.get(id))
+            .map(|r| (r.id, Self::relay_info(r)))
+            .collect()
+    }
+
+    /// Whether `key` is a member a relay may serve: a registered, enabled node.
+    pub fn is_relay_member(&self, key: &NodeKey) -> bool {
+        self.find_node_by_key(key).is_some_and(|n| !n.rec.disabled)
+    }
+
+    /// Every key a relay may serve, sorted.
+    pub fn relay_members(&self) -> impl Iterator<Item = NodeKey> + '_ {
+        self.node_by_key
+            .iter()
+            .filter(|(_, id)| self.nodes.get(id).is_some_and(|n| !n.rec.disabled))
+            .map(|(k, _)| *k)
+    }
+
+    /// Every enabled node gets a fresh snapshot: the relay list changed.
+    fn resync_all(&self, batch: &mut Batch) {
+        batch.touched.resync.extend(
+            self.nodes
+                .values()
+                .filter(|n| !n.rec.disabled)
+                .map(|n| n.rec.id),
+        );
+    }
+
+    fn create_relay(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        r: NewRelay,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        if self.relay_by_name.contains_key(&r.name) {
+            return Err(ApiError::conflict(
+                "relay_exists",
+                format!("relay {:?} already exists", r.name),
+            ));
+        }
+        let id = self.next_relay_id;
+        self.next_relay_id += 1;
+        let rec = RelayRecord {
+            id,
+            name: r.name.clone(),
+            url: r.url,
+            token_hash: r.hash,
+            tls_fingerprint: None,
+            stun_port: None,
+            created_at: secs(now_ms),
+            last_seen: None,
+        };
+        batch.writes.push(Write::PutRelay(rec.clone()));
+        let info = Self::relay_info(&rec);
+        self.relay_by_name.insert(rec.name.clone(), id);
+        self.relay_by_token.insert(rec.token_hash, id);
+        self.relay_records.insert(id, rec);
+        self.resync_all(batch);
+        self.audit(
+            batch,
+            actor,
+            "relay.create",
+            format!("relay:{}", r.name),
+            json!({"url": info.url}),
+            now_ms,
+        );
+        Ok(Output::Relay(info))
+    }
+
+    fn remove_relay(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let id = *self.relay_by_name.get(name).ok_or_else(|| {
+            ApiError::not_found("relay_not_found", format!("no relay named {name:?}"))
+        })?;
+        let Some(rec) = self.relay_records.remove(&id) else {
+            return Err(ApiError::Internal);
+        };
+        self.relay_by_name.remove(&rec.name);
+        self.relay_by_token.remove(&rec.token_hash);
+        batch.writes.push(Write::DeleteRelay(id));
+        batch.touched.evicted_relays.insert(id);
+        self.resync_all(batch);
+        self.audit(
+            batch,
+            actor,
+            "relay.remove",
+            format!("relay:{}", rec.name),
+            json!({"url": rec.url}),
+            now_ms,
+        );
+        Ok(Output::Done)
+    }
+
+    fn relay_report(
+        &mut self,
+        batch: &mut Batch,
+        id: RelayId,
+        report: RelayReport,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let rec = self
+            .relay_records
+            .get_mut(&id)
+            .ok_or(ApiError::Unauthorized)?;
+        let changed =
+            rec.tls_fingerprint != report.tls_fingerprint || rec.stun_port != report.stun_port;
+        let before = json!({"tls_fingerprint": rec.tls_fingerprint, "stun_port": rec.stun_port});
+        rec.tls_fingerprint = report.tls_fingerprint;
+        rec.stun_port = report.stun_port;
+        rec.last_seen = Some(secs(now_ms));
+        let rec = rec.clone();
+        batch.writes.push(Write::PutRelay(rec.clone()));
+        if changed {
+            self.resync_all(batch);
+            self.audit(
+                batch,
+                &Actor::Relay(rec.name.clone()),
+                "relay.report",
+                format!("relay:{}", rec.name),
+                json!({"from": before, "to": {"tls_fingerprint": rec.tls_fingerprint, "stun_port": rec.stun_port}}),
+                now_ms,
+            );
+        }
+        Ok(Output::Relay(Self::relay_info(&rec)))
+    }
 }
 
 impl World {

@@ -1,7 +1,7 @@
-//! Bearer secrets: the admin token, join tokens and node credentials.
+//! Bearer secrets: the admin token, join tokens, node credentials and relay tokens.
 //!
 //! Each is 32 random bytes (256 bits) in unpadded URL-safe base64 behind a prefix
-//! that says what it is (`weft_admin_`, `weft_join_`, `weft_node_`), which makes
+//! that says what it is (`weft_admin_`, `weft_join_`, `weft_node_`, `weft_relay_`), which makes
 //! leaked secrets easy to recognise and to scan for. Only SHA-256 hashes are
 //! stored: with 256 bits of entropy a fast hash is enough (no password hashing),
 //! and comparisons are constant-time.
@@ -21,6 +21,8 @@ pub const ADMIN_PREFIX: &str = "weft_admin_";
 pub const JOIN_PREFIX: &str = "weft_join_";
 /// Prefix of node credentials.
 pub const NODE_PREFIX: &str = "weft_node_";
+/// Prefix of relay tokens.
+pub const RELAY_PREFIX: &str = "weft_relay_";
 
 /// Longest secret accepted from a client (bounds hashing work).
 pub const MAX_SECRET_LEN: usize = 128;

@@ -45,6 +45,7 @@
 
 mod cmd;
 mod error;
+pub mod grid;
 pub mod guard;
 mod lab;
 pub mod mesh;

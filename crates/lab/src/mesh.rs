@@ -69,12 +69,34 @@ pub struct Agent {
     pub socket: PathBuf,
 }
 
+/// A running relay.
+#[derive(Debug)]
+pub struct RelayProc {
+    /// Lab node it runs in.
+    pub node: String,
+    /// The process.
+    pub process: Process,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its name on the controller.
+    pub name: String,
+    /// Its token file.
+    pub token_file: PathBuf,
+}
+
+/// The relay's TLS port inside the lab.
+pub const RELAY_PORT: u16 = 443;
+/// The relay's STUN port inside the lab.
+pub const STUN_PORT: u16 = 3478;
+
 /// A controller, a network, and agents.
 #[derive(Debug)]
 pub struct Mesh<'l> {
     lab: &'l Lab,
     /// The controller.
     pub controller: Controller,
+    /// The relay, once started.
+    pub relay: Option<RelayProc>,
     /// Agents by node name.
     pub agents: BTreeMap<String, Agent>,
     /// The network.
@@ -95,6 +117,7 @@ impl<'l> Mesh<'l> {
         let mesh = Self {
             lab,
             controller,
+            relay: None,
             agents: BTreeMap::new(),
             network,
             restarts: 0,
@@ -129,6 +152,104 @@ impl<'l> Mesh<'l> {
             .exec(&self.controller.node, &cmd)
             .with_context(|| format!("weft-controller admin {}", args.join(" ")))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Registers a relay on the controller and starts `weft-relay` in `node`
+    /// (TLS on [`RELAY_PORT`], STUN on [`STUN_PORT`]). Start it before the agents so
+    /// their first map already lists it.
+    pub fn start_relay(&mut self, node: &str) -> anyhow::Result<()> {
+        let addr = self.lab.addr(node)?;
+        let name = "relay1";
+        let json = self.admin(&[
+            "relay",
+            "create",
+            name,
+            "--url",
+            &format!("https://{addr}:{RELAY_PORT}"),
+            "--json",
+        ])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&json).context("relay create --json output")?;
+        let token = v["token"]
+            .as_str()
+            .context("no token in relay create output")?;
+        let token_file = self.lab.log_dir().join("relay.token");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)?;
+        f.write_all(token.as_bytes())?;
+        let data_dir = self.lab.log_dir().join("relay-data");
+        std::fs::create_dir_all(&data_dir)?;
+        self.spawn_relay(node, name, &data_dir, &token_file, 0)
+    }
+
+    fn spawn_relay(
+        &mut self,
+        node: &str,
+        name: &str,
+        data_dir: &Path,
+        token_file: &Path,
+        generation: u32,
+    ) -> anyhow::Result<()> {
+        let addr = self.lab.addr(node)?;
+        let mut cmd = Command::new(bin_path("weft-relay")?);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", &format!("0.0.0.0:{RELAY_PORT}")])
+            .args(["--stun-listen", &format!("0.0.0.0:{STUN_PORT}")])
+            .args(["--controller", &self.controller.url])
+            .arg("--relay-token-file")
+            .arg(token_file)
+            .args(["--pin-sha256", &self.controller.fingerprint])
+            .args(["--tls-san", &addr.to_string()])
+            .args(["--name", name])
+            .args(["--log", "info"]);
+        let mut process = self.lab.spawn(node, &format!("relay-{generation}"), &cmd)?;
+        process
+            .wait_for_tcp_listen(RELAY_PORT, Duration::from_secs(30))
+            .context("relay did not start")?;
+        self.relay = Some(RelayProc {
+            node: node.to_owned(),
+            process,
+            data_dir: data_dir.to_owned(),
+            name: name.to_owned(),
+            token_file: token_file.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Kills the relay (SIGKILL).
+    pub fn kill_relay(&mut self) -> anyhow::Result<()> {
+        if let Some(r) = self.relay.as_mut() {
+            r.process.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the relay again with the same identity and token.
+    pub fn restart_relay(&mut self) -> anyhow::Result<()> {
+        let r = self.relay.take().context("no relay started")?;
+        let (node, name, dir, token) = (
+            r.node.clone(),
+            r.name.clone(),
+            r.data_dir.clone(),
+            r.token_file.clone(),
+        );
+        drop(r);
+        self.spawn_relay(&node, &name, &dir, &token, 1)
+    }
+
+    /// The path `node` uses to `peer` (`direct ip:port`, `relay`, `none`), from
+    /// `weft status`.
+    pub fn path(&self, node: &str, peer: &str) -> Option<String> {
+        self.try_status(node)?
+            .peers
+            .into_iter()
+            .find(|p| p.name == peer)
+            .map(|p| p.path)
     }
 
     /// Kills the controller (SIGKILL).

@@ -65,6 +65,16 @@ pub fn ruleset(nat: Nat, wan: &str, lan: &str) -> String {
         }
         forward.push_str("  }\n");
         chains.push_str(&forward);
+        // Unsolicited packets to the router itself are dropped, as a home router's
+        // firewall does. Besides realism this matters for hole punching: a packet
+        // accepted locally leaves a conntrack entry on the mapped port, and the
+        // next outbound packet to that peer is then masqueraded to another port.
+        chains.push_str(&format!(
+            "  chain input {{\n    type filter hook input priority filter; policy accept;\n    \
+             iifname \"{wan}\" ct state established,related accept\n    \
+             iifname \"{wan}\" icmp type echo-request accept\n    \
+             iifname \"{wan}\" drop\n  }}\n"
+        ));
     }
     // Creating then deleting the table first makes the load idempotent.
     format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n{chains}}}\n")

@@ -2,15 +2,24 @@
 //!
 //! This crate owns the node key type ([`NodeKey`]), IP prefixes ([`net`]), the
 //! controller API bodies ([`api`]), the per-node network map and its versioned
-//! deltas ([`netmap`]) and Server-Sent Events framing ([`sse`]); later, the
-//! disco/relay frame codecs. It performs no I/O: no sockets, files, clocks, async
-//! or logging. Parsers here are bounded and return errors, never panic.
+//! deltas ([`netmap`]), Server-Sent Events framing ([`sse`]), the relay frame
+//! codec ([`relay`]) and its controller API bodies ([`relay_api`]), and the STUN
+//! Binding codec ([`stun`]). It performs no I/O: no sockets, files, clocks, async
+//! or logging. Parsers here are bounded and return errors, never panic; each has
+//! a fuzz target in `fuzz/` whose committed corpus `tests/fuzz_corpora.rs`
+//! replays through [`fuzzing`].
 
 pub mod api;
 pub mod local;
 pub mod net;
 pub mod netmap;
+pub mod relay;
+pub mod relay_api;
 pub mod sse;
+pub mod stun;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 mod key;
 

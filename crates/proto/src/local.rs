@@ -104,6 +104,18 @@ pub struct AgentStatus {
     /// The UDP port the data plane listens on.
     #[serde(default)]
     pub listen_port: u16,
+    /// The relay this node uses, and whether it is connected.
+    #[serde(default)]
+    pub relay: Option<RelayStatus>,
+}
+
+/// The relay link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    /// Its URL.
+    pub url: String,
+    /// Logged in right now.
+    pub connected: bool,
 }
 
 /// Controller connection state.

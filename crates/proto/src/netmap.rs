@@ -102,11 +102,35 @@ pub struct Peer {
     pub online: bool,
 }
 
-/// A relay server.
+/// A relay server (see `weft_proto::relay` for its protocol).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Relay {
     /// Where to reach it, for example `https://relay.example.net:443`.
     pub url: String,
+    /// Its name on the controller (absent for relays given by the controller's
+    /// `--relay` flag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `sha256:<hex>` of its TLS certificate: pin it. Absent when unknown (the
+    /// relay has not reported yet, or a `--relay` flag relay): then the system
+    /// CA roots decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
+    /// UDP port of its STUN server on the URL's host, if it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stun_port: Option<u16>,
+}
+
+impl Relay {
+    /// A relay known only by its URL.
+    pub fn from_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            name: None,
+            tls_fingerprint: None,
+            stun_port: None,
+        }
+    }
 }
 
 /// What changed between two versions of one node's map.
@@ -219,8 +243,8 @@ impl MapEvent {
             EVENT_SNAPSHOT => MapEvent::Snapshot(serde_json::from_str(data).map_err(json)?),
             EVENT_DELTA => MapEvent::Delta(serde_json::from_str(data).map_err(json)?),
             other => {
-                let mut name = other.to_owned();
-                name.truncate(64);
+                // Bounded, and cut at a character boundary.
+                let name: String = other.chars().take(64).collect();
                 return Err(MapEventError::UnknownEvent(name));
             }
         };

@@ -42,11 +42,13 @@ pub enum DropReason {
     PolicyNoRule,
     /// A deny rule of the access policy matched the packet.
     PolicyDenied,
+    /// A STUN message that is malformed or answers no request of ours.
+    BadStun,
 }
 
 impl DropReason {
     /// All reasons, in display order.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::MalformedIp,
         DropReason::NoRoute,
         DropReason::NotWireGuard,
@@ -64,6 +66,7 @@ impl DropReason {
         DropReason::NoPath,
         DropReason::PolicyNoRule,
         DropReason::PolicyDenied,
+        DropReason::BadStun,
     ];
 
     /// A stable snake_case name (status output, metrics labels).
@@ -86,6 +89,7 @@ impl DropReason {
             DropReason::NoPath => "no_path",
             DropReason::PolicyNoRule => "policy_no_rule",
             DropReason::PolicyDenied => "policy_denied",
+            DropReason::BadStun => "bad_stun",
         }
     }
 

@@ -20,6 +20,7 @@ use weft_policy::{
     CompiledPolicy, ConntrackConfig, DROP_LOG_INTERVAL, Direction, DropReason as PolicyDrop,
     Engine, FiveTuple, LogLimiter, Verdict,
 };
+use weft_proto::stun;
 
 /// WireGuard's recommended timer granularity.
 const TIMER_TICK: Duration = Duration::from_millis(250);
@@ -129,6 +130,12 @@ pub enum Event {
         /// Why.
         why: String,
     },
+    /// The set of this node's reflexive addresses (as STUN servers see its UDP
+    /// socket) changed; the shell reports them to the controller as candidates.
+    ReflexiveAddresses {
+        /// The current set.
+        addrs: Vec<SocketAddr>,
+    },
     /// A peer in the configuration was ignored (bad key, duplicate address, ourselves).
     PeerRejected {
         /// The peer.
@@ -233,8 +240,24 @@ pub struct Node {
     reflexive: BTreeSet<SocketAddr>,
     policy: Option<Engine>,
     policy_log: LogLimiter<NodeKey>,
+    stun: Stun,
     scratch: Vec<u8>,
 }
+
+/// STUN reflexive-address discovery against the relays' STUN servers.
+#[derive(Debug, Default)]
+struct Stun {
+    servers: Vec<SocketAddr>,
+    pending: BTreeMap<[u8; 12], (SocketAddr, Instant)>,
+    mapped: BTreeMap<SocketAddr, (SocketAddr, Instant)>,
+    next: Option<Instant>,
+    reported: Vec<SocketAddr>,
+}
+
+/// How often reflexive addresses are refreshed (NAT mappings and roaming).
+const STUN_EVERY: Duration = Duration::from_secs(20);
+/// A mapping not confirmed for this long is forgotten.
+const STUN_FORGET: Duration = Duration::from_secs(75);
 
 impl Node {
     /// Creates a node for identity `key` with its X25519 secret (see
@@ -269,6 +292,7 @@ impl Node {
             reflexive: BTreeSet::new(),
             policy: None,
             policy_log: LogLimiter::new(DROP_LOG_INTERVAL, 4096),
+            stun: Stun::default(),
             scratch: vec![0u8; 65_536 + WG_OVERHEAD],
         }
     }
@@ -576,6 +600,9 @@ impl Node {
         if disco::is_disco(datagram) {
             return self.handle_disco(now, from, datagram);
         }
+        if stun::is_stun(datagram) {
+            return self.handle_stun(now, from, datagram);
+        }
         self.handle_wireguard(now, Some(from), None, datagram, out)
     }
 
@@ -803,7 +830,12 @@ impl Node {
             .min()
             .map(|t| (t, "path discovery"));
         let policy = self.policy.as_ref().and_then(Engine::poll_timeout);
-        [Some(wg), paths, policy]
+        let stun = self
+            .stun
+            .next
+            .filter(|_| !self.stun.servers.is_empty())
+            .map(|t| (t, "stun refresh"));
+        [Some(wg), paths, policy, stun]
             .into_iter()
             .flatten()
             .min_by_key(|(t, _)| *t)
@@ -938,8 +970,86 @@ impl Node {
         NetOutcome::Handled
     }
 
+    /// Sets the STUN servers used to learn this node's reflexive addresses (the
+    /// relays' STUN ports); a change queries them at once.
+    pub fn set_stun_servers(&mut self, now: Instant, servers: Vec<SocketAddr>) {
+        if servers != self.stun.servers {
+            self.stun.servers = servers;
+            self.stun
+                .mapped
+                .retain(|s, _| self.stun.servers.contains(s));
+            self.stun.next = Some(now);
+        }
+    }
+
+    /// The reflexive addresses STUN servers currently report.
+    pub fn reflexive_addresses(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.stun.mapped.values().map(|(a, _)| *a).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn handle_stun<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> NetOutcome<'a> {
+        let Ok(resp) = stun::parse_binding_response(datagram) else {
+            return self.drop_net(None, DropReason::BadStun);
+        };
+        match self.stun.pending.remove(&resp.transaction_id) {
+            Some((server, _)) if server == from => {
+                self.stun.mapped.insert(server, (resp.mapped, now));
+                self.report_reflexive();
+                NetOutcome::Handled
+            }
+            _ => self.drop_net(None, DropReason::BadStun),
+        }
+    }
+
+    fn report_reflexive(&mut self) {
+        let now_set = self.reflexive_addresses();
+        if now_set != self.stun.reported {
+            self.stun.reported.clone_from(&now_set);
+            self.events
+                .push_back(Event::ReflexiveAddresses { addrs: now_set });
+        }
+    }
+
+    fn run_stun(&mut self, now: Instant) {
+        self.stun
+            .pending
+            .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < Duration::from_secs(5));
+        let before = self.stun.mapped.len();
+        self.stun
+            .mapped
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < STUN_FORGET);
+        if self.stun.mapped.len() != before {
+            self.report_reflexive();
+        }
+        if self.stun.servers.is_empty() || self.stun.next.is_some_and(|t| now < t) {
+            return;
+        }
+        self.stun.next = Some(now + STUN_EVERY);
+        for server in self.stun.servers.clone() {
+            let mut id = [0u8; 12];
+            id[..8].copy_from_slice(&splitmix(&mut self.rng).to_le_bytes());
+            id[8..].copy_from_slice(&(splitmix(&mut self.rng) as u32).to_le_bytes());
+            let mut msg = Vec::with_capacity(28);
+            stun::encode_binding_request(&id, true, &mut msg);
+            self.stun.pending.insert(id, (server, now));
+            self.transmits.push_back(Transmit {
+                dst: Dest::Udp(server),
+                payload: msg,
+            });
+        }
+    }
+
     /// Sends due discovery pings and reports path changes.
     fn run_paths(&mut self, now: Instant) {
+        self.run_stun(now);
         let relay_up = self.relay_up;
         for (key, peer) in &mut self.peers {
             for to in peer.path.due_pings(now) {

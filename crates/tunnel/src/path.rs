@@ -17,9 +17,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// How long a direct path is trusted without hearing from it.
-pub const DIRECT_TRUST: Duration = Duration::from_millis(4_000);
+pub const DIRECT_TRUST: Duration = Duration::from_millis(3_000);
 /// Ping interval on a quiet direct path.
-pub const DIRECT_PING: Duration = Duration::from_millis(1_200);
+pub const DIRECT_PING: Duration = Duration::from_millis(1_000);
 /// Re-probe interval for candidates while relayed.
 pub const PROBE_EVERY: Duration = Duration::from_secs(3);
 /// Most candidates probed per peer (map-supplied plus learned).
@@ -250,7 +250,10 @@ impl PathState {
 }
 
 #[cfg(test)]
-#[allow(clippy::disallowed_methods, reason = "a test needs some origin instant")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a test needs some origin instant"
+)]
 mod tests {
     use super::*;
 

@@ -129,6 +129,14 @@ pub fn render_status(st: &AgentStatus) -> String {
             let _ = writeln!(o, "          last error: {e}");
         }
     }
+    if let Some(r) = &st.relay {
+        let c = if r.connected {
+            "connected"
+        } else {
+            "connecting"
+        };
+        let _ = writeln!(o, "relay     {}  {c}", r.url);
+    }
     let conv = if st.reconcile.converged {
         "in sync"
     } else {

@@ -15,6 +15,11 @@
 //! | GET | `/v1/admin/nodes` | admin | list nodes (`?network=`) |
 //! | GET/PATCH/DELETE | `/v1/admin/nodes/{key-or-name}` | admin | show / rename, tag, disable, enable / remove |
 //! | GET | `/v1/admin/audit` | admin | audit log (`?limit=&before=&target=`) |
+//! | POST/GET | `/v1/admin/relays` | admin | register a relay (token shown once) / list relays |
+//! | GET/DELETE | `/v1/admin/relays/{name}` | admin | show / remove a relay |
+//! | POST | `/v1/relay/report` | relay | the relay's TLS fingerprint and STUN port |
+//! | GET | `/v1/relay/members` | relay | the node keys it may serve, once |
+//! | GET | `/v1/relay/members/stream` | relay | SSE: `members` snapshot, then `members_delta`s |
 //!
 //! Credentials only travel in `Authorization: Bearer`; a query string that looks
 //! like it carries one is refused, and query strings are never logged.
@@ -24,6 +29,7 @@ mod health;
 mod map;
 mod node;
 mod register;
+mod relay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +55,7 @@ use crate::model::NodeId;
 use crate::secret::{MAX_SECRET_LEN, SecretHash};
 
 pub use register::Challenges;
+pub use relay::RelayAuth;
 
 /// Handler settings.
 #[derive(Debug, Clone)]
@@ -98,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/map/stream", get(map::stream))
         .route("/v1/node/report", post(node::report))
         .merge(admin::routes())
+        .merge(relay::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
@@ -177,7 +185,9 @@ versioned!(
     weft_proto::api::ReportRequest,
     weft_proto::api::CreateNetworkRequest,
     weft_proto::api::CreateTokenRequest,
-    weft_proto::api::UpdateNodeRequest
+    weft_proto::api::UpdateNodeRequest,
+    weft_proto::relay_api::CreateRelayRequest,
+    weft_proto::relay_api::RelayReportRequest
 );
 
 /// A JSON body: content type checked, size capped, parse errors and unknown

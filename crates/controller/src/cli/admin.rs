@@ -22,6 +22,7 @@ use weft_proto::api::{
     AuditEntry, CreateNetworkRequest, CreateTokenRequest, Network, NodeInfo, TokenInfo,
     UpdateNodeRequest,
 };
+use weft_proto::relay_api::{CreateRelayRequest, RelayInfo};
 
 use super::format::{datetime, parse_duration, table};
 use super::out;
@@ -62,6 +63,9 @@ enum AdminCommand {
     /// Nodes.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Relays (registered relays are in every node's map).
+    #[command(subcommand)]
+    Relay(RelayCmd),
     /// The audit log (newest first).
     Audit {
         /// How many entries.
@@ -221,6 +225,41 @@ enum NodeCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum RelayCmd {
+    /// Register a relay; its token is printed once (give it to `weft-relay
+    /// serve --relay-token-file`).
+    Create {
+        /// Name (a DNS label).
+        name: String,
+        /// Where nodes reach it: `https://host[:port]` (port 443 by default).
+        #[arg(long)]
+        url: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List relays (never their tokens).
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one relay.
+    Show {
+        /// Name.
+        name: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a relay: its token stops working and it leaves every map.
+    Remove {
+        /// Name.
+        name: String,
+    },
+}
+
 fn read_trimmed(path: &Path) -> anyhow::Result<String> {
     let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(s.trim().to_owned())
@@ -284,6 +323,7 @@ async fn dispatch(c: &Client, cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Network(n) => network(c, n).await,
         AdminCommand::Token(t) => token(c, t).await,
         AdminCommand::Node(n) => node(c, n).await,
+        AdminCommand::Relay(r) => relay(c, r).await,
         AdminCommand::Audit {
             limit,
             before,
@@ -616,4 +656,75 @@ fn audit_table(entries: &[AuditEntry]) -> String {
         &["ID", "TIME (UTC)", "ACTOR", "ACTION", "TARGET", "DETAIL"],
         &rows,
     )
+}
+
+fn relays_table(relays: &[RelayInfo]) -> String {
+    let rows: Vec<Vec<String>> = relays
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.url.clone(),
+                r.stun_port
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                if r.connected { "yes" } else { "no" }.into(),
+                r.last_seen.map(datetime).unwrap_or_else(|| "-".into()),
+                r.tls_fingerprint.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "URL",
+            "STUN",
+            "CONNECTED",
+            "LAST SEEN (UTC)",
+            "TLS FINGERPRINT",
+        ],
+        &rows,
+    )
+}
+
+async fn relay(c: &Client, cmd: RelayCmd) -> anyhow::Result<()> {
+    let (info, json) = match cmd {
+        RelayCmd::Create { name, url, json } => {
+            let resp = c
+                .create_relay(&CreateRelayRequest {
+                    api_version: None,
+                    name,
+                    url,
+                })
+                .await?;
+            if json {
+                return print_json(&resp);
+            }
+            out(&format!(
+                "Relay token (shown once; put it in the file given to weft-relay --relay-token-file):\n  {}\n\n{}",
+                resp.token,
+                relays_table(std::slice::from_ref(&resp.info))
+            ));
+            return Ok(());
+        }
+        RelayCmd::List { json } => {
+            let list = c.list_relays().await?;
+            if json {
+                return print_json(&list);
+            }
+            out(&relays_table(&list.relays));
+            return Ok(());
+        }
+        RelayCmd::Show { name, json } => (c.show_relay(&name).await?, json),
+        RelayCmd::Remove { name } => {
+            c.remove_relay(&name).await?;
+            out(&format!("removed relay {name}\n"));
+            return Ok(());
+        }
+    };
+    if json {
+        return print_json(&info);
+    }
+    out(&relays_table(std::slice::from_ref(&info)));
+    Ok(())
 }

@@ -40,7 +40,9 @@ pub(super) struct ServeArgs {
     /// cross the network unencrypted: only for labs.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     insecure_http: bool,
-    /// Relay URL handed to every node in its map (repeatable).
+    /// Relay URL handed to every node in its map as is (repeatable): no
+    /// fingerprint, no membership feed. Relays registered with `admin relay
+    /// create` are listed too, with their fingerprint and STUN port.
     #[arg(long, value_name = "URL")]
     relay: Vec<String>,
     /// Seconds between keepalive comments on idle map streams.
@@ -96,7 +98,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         if !ok {
             bail!("--relay {r:?} is not a URL like https://relay.example.net:443");
         }
-        relays.push(Relay { url: r.clone() });
+        relays.push(Relay::from_url(r.clone()));
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -103,7 +103,7 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         version: world.version,
         node: self_node(me),
         networks,
-        relays: world.relays.clone(),
+        relays: world.map_relays(),
     })
 }
 

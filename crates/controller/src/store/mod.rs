@@ -129,6 +129,27 @@ pub struct TokenRecord {
     pub created_at: u64,
 }
 
+/// A relay row (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayRecord {
+    /// Controller-assigned id.
+    pub id: u64,
+    /// Unique name (DNS label).
+    pub name: String,
+    /// URL handed to nodes.
+    pub url: String,
+    /// SHA-256 of the relay token.
+    pub token_hash: SecretHash,
+    /// `sha256:<hex>` of its TLS certificate, as reported.
+    pub tls_fingerprint: Option<String>,
+    /// Its STUN port, as reported.
+    pub stun_port: Option<u16>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Last report, Unix seconds.
+    pub last_seen: Option<u64>,
+}
+
 /// An audit row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditRecord {
@@ -161,6 +182,8 @@ pub struct StoreSnapshot {
     pub memberships: Vec<MembershipRecord>,
     /// All join tokens.
     pub tokens: Vec<TokenRecord>,
+    /// All relays.
+    pub relays: Vec<RelayRecord>,
     /// Highest audit id so far (0 if none).
     pub max_audit_id: u64,
 }
@@ -178,6 +201,10 @@ pub enum Write {
     PutMembership(MembershipRecord),
     /// Insert or replace a join token.
     PutToken(TokenRecord),
+    /// Insert or replace a relay.
+    PutRelay(RelayRecord),
+    /// Delete a relay.
+    DeleteRelay(u64),
     /// Append an audit record.
     Audit(AuditRecord),
     /// Persist the map version counter.
@@ -321,6 +348,35 @@ pub(crate) mod tests {
         s.apply(&[Write::DeleteNode(1)]).unwrap();
         let snap = s.load().unwrap();
         assert!(snap.nodes.is_empty() && snap.memberships.is_empty());
+
+        // Relays: insert, update, unique names, delete.
+        let relay = RelayRecord {
+            id: 1,
+            name: "fra1".into(),
+            url: "https://relay.example.net".into(),
+            token_hash: SecretHash::of("r"),
+            tls_fingerprint: None,
+            stun_port: None,
+            created_at: 4,
+            last_seen: None,
+        };
+        s.apply(&[Write::PutRelay(relay.clone())]).unwrap();
+        let reported = RelayRecord {
+            tls_fingerprint: Some(format!("sha256:{}", "a".repeat(64))),
+            stun_port: Some(3478),
+            last_seen: Some(9),
+            ..relay.clone()
+        };
+        s.apply(&[Write::PutRelay(reported.clone())]).unwrap();
+        assert_eq!(s.load().unwrap().relays, vec![reported]);
+        let dup = RelayRecord {
+            id: 2,
+            token_hash: SecretHash::of("r2"),
+            ..relay
+        };
+        assert!(s.apply(&[Write::PutRelay(dup)]).is_err());
+        s.apply(&[Write::DeleteRelay(1)]).unwrap();
+        assert!(s.load().unwrap().relays.is_empty());
 
         let audit = s
             .audit(&AuditQuery {

@@ -16,14 +16,20 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{
-    AuditQuery, AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, Store, StoreError,
-    StoreSnapshot, TokenRecord, Write,
+    AuditQuery, AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, RelayRecord, Store,
+    StoreError, StoreSnapshot, TokenRecord, Write,
 };
 use crate::secret::SecretHash;
 
 /// Schema migrations, in order: (version, name, SQL).
-const MIGRATIONS: &[(u32, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        "relays",
+        include_str!("../../migrations/0002_relays.sql"),
+    ),
+];
 
 /// A SQLite database file.
 pub struct SqliteStore {
@@ -267,6 +273,34 @@ impl Store for SqliteStore {
                 created_at: to_u64(created),
             });
         }
+        let mut st = c.prepare(
+            "SELECT id, name, url, token_hash, tls_fingerprint, stun_port, created_at, last_seen FROM relays ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<u16>>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, name, url, hash, fingerprint, stun_port, created, seen) = row?;
+            snap.relays.push(RelayRecord {
+                id: to_u64(id),
+                name,
+                url,
+                token_hash: parse("relay token_hash", &hash)?,
+                tls_fingerprint: fingerprint,
+                stun_port,
+                created_at: to_u64(created),
+                last_seen: seen.map(to_u64),
+            });
+        }
         let max_audit: Option<i64> =
             c.query_row("SELECT MAX(id) FROM audit_log", [], |r| r.get(0))?;
         snap.max_audit_id = max_audit.map_or(0, to_u64);
@@ -360,6 +394,29 @@ impl Store for SqliteStore {
                         to_i64(t.created_at)
                     ])?;
                 }
+                Write::PutRelay(r) => {
+                    tx.prepare_cached(
+                        "INSERT INTO relays (id, name, url, token_hash, tls_fingerprint, stun_port, created_at, last_seen)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT (id) DO UPDATE SET url = excluded.url,
+                           tls_fingerprint = excluded.tls_fingerprint, stun_port = excluded.stun_port,
+                           last_seen = excluded.last_seen",
+                    )?
+                    .execute(params![
+                        to_i64(r.id),
+                        r.name,
+                        r.url,
+                        r.token_hash.to_string(),
+                        r.tls_fingerprint,
+                        r.stun_port,
+                        to_i64(r.created_at),
+                        r.last_seen.map(to_i64)
+                    ])?;
+                }
+                Write::DeleteRelay(id) => {
+                    tx.prepare_cached("DELETE FROM relays WHERE id = ?1")?
+                        .execute([to_i64(*id)])?;
+                }
                 Write::Audit(a) => {
                     tx.prepare_cached(
                         "INSERT INTO audit_log (id, at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -446,7 +503,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 1);
+        assert_eq!(s.schema_version().unwrap(), 2);
         s.conn
             .execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)", [])
             .unwrap();
@@ -455,7 +512,7 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::SchemaTooNew {
                 found: 99,
-                known: 1
+                known: 2
             })
         ));
     }

@@ -1,0 +1,194 @@
+//! End-to-end connectivity tests with a real relay: the NAT grid, failover of a
+//! live TCP stream between direct and relayed paths, and relay restarts. Root
+//! only; they FAIL without root. Binaries from `WEFT_BIN_DIR` or next to this test.
+
+#![allow(clippy::disallowed_methods, reason = "tests wait on the real clock")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    reason = "test code"
+)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use weft_lab::mesh::{Mesh, NetworkSpec};
+use weft_lab::{Lab, Nat, Net, Topology};
+
+fn require_root() {
+    if let Err(e) = weft_lab::require_root() {
+        panic!("{e}");
+    }
+}
+
+fn within(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn nat_grid_every_pair_connects_and_goes_direct_where_possible() {
+    require_root();
+    let report = weft_lab::grid::run(&weft_lab::grid::PROFILES, Duration::from_secs(20)).unwrap();
+    println!("{report}");
+    assert!(report.passed(), "{report}");
+}
+
+/// Two nodes behind easy NATs (direct possible), a controller and a relay.
+fn pair(lab: &Lab) -> Mesh<'_> {
+    let mut mesh = Mesh::start(lab, "infra", NetworkSpec::default()).unwrap();
+    mesh.start_relay("infra").unwrap();
+    let token = mesh.token_file(2).unwrap();
+    mesh.start_agent("a", Some(&token)).unwrap();
+    mesh.start_agent("b", Some(&token)).unwrap();
+    mesh.wait_full_mesh(&["a", "b"], Duration::from_secs(20))
+        .unwrap();
+    within("a-b direct", Duration::from_secs(10), || {
+        mesh.path("a", "b").is_some_and(|p| p.starts_with("direct"))
+    });
+    mesh
+}
+
+fn pair_lab() -> Lab {
+    require_root();
+    Lab::build(
+        &Topology::new()
+            .host("infra", Net::Internet)
+            .router("ra", Net::Internet, Nat::Easy)
+            .router("rb", Net::Internet, Nat::Easy)
+            .host("a", Net::lan("ra"))
+            .host("b", Net::lan("rb")),
+    )
+    .unwrap()
+}
+
+#[test]
+fn tcp_stream_survives_direct_to_relay_and_back() {
+    let lab = pair_lab();
+    let mesh = pair(&lab);
+    let ip_b = mesh.overlay_ip("b").unwrap();
+    let mut server = Command::new("iperf3");
+    server.args(["-s", "-1", "-B", &ip_b.to_string(), "-p", "5201"]);
+    let mut srv = lab.spawn("b", "iperf3-server", &server).unwrap();
+    srv.wait_for_tcp_listen(5201, Duration::from_secs(10))
+        .unwrap();
+    // A 12 s stream, rate-limited so the relay path keeps up.
+    let mut client = Command::new("iperf3");
+    client.args([
+        "-c",
+        &ip_b.to_string(),
+        "-p",
+        "5201",
+        "-t",
+        "12",
+        "-b",
+        "20M",
+        "-J",
+    ]);
+    let mut cli = lab.spawn("a", "iperf3-client", &client).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Cut direct UDP between the two sites at a's router (the relay is TCP).
+    lab.run("ra", &["nft", "add", "table", "ip", "cut"])
+        .unwrap();
+    lab.run(
+        "ra",
+        &[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "cut",
+            "block",
+            "{ type filter hook forward priority -10 ; }",
+        ],
+    )
+    .unwrap();
+    lab.run(
+        "ra",
+        &[
+            "nft", "add", "rule", "ip", "cut", "block", "udp", "dport", "51820", "drop",
+        ],
+    )
+    .unwrap();
+    lab.run(
+        "ra",
+        &[
+            "nft", "add", "rule", "ip", "cut", "block", "udp", "sport", "51820", "drop",
+        ],
+    )
+    .unwrap();
+    let took = within("a moves to the relay", Duration::from_secs(5), || {
+        mesh.path("a", "b").as_deref() == Some("relay")
+    });
+    println!("direct -> relay in {took:?}");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Restore: it moves back to direct.
+    lab.run("ra", &["nft", "delete", "table", "ip", "cut"])
+        .unwrap();
+    let took = within("a moves back to direct", Duration::from_secs(10), || {
+        mesh.path("a", "b").is_some_and(|p| p.starts_with("direct"))
+    });
+    println!("relay -> direct in {took:?}");
+
+    let status = cli.wait_exit(Duration::from_secs(30)).unwrap();
+    let log = cli.log().unwrap();
+    assert!(status.success(), "iperf3 failed: {log}");
+    let start = log.find('{').unwrap();
+    let v: serde_json::Value = serde_json::from_str(&log[start..]).unwrap();
+    assert!(v.get("error").is_none(), "{log}");
+    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap();
+    assert!(bytes > 10_000_000.0, "stream moved only {bytes} bytes");
+}
+
+#[test]
+fn relayed_peers_recover_after_relay_restart_and_direct_peers_do_not_notice() {
+    require_root();
+    let lab = Lab::build(
+        &Topology::new()
+            .host("infra", Net::Internet)
+            .router("ra", Net::Internet, Nat::Easy)
+            .router("rh", Net::Internet, Nat::Hard)
+            .router("rb", Net::Internet, Nat::Easy)
+            .host("a", Net::lan("ra"))
+            .host("h", Net::lan("rh"))
+            .host("b", Net::lan("rb")),
+    )
+    .unwrap();
+    let mut mesh = Mesh::start(&lab, "infra", NetworkSpec::default()).unwrap();
+    mesh.start_relay("infra").unwrap();
+    let token = mesh.token_file(3).unwrap();
+    for n in ["a", "h", "b"] {
+        mesh.start_agent(n, Some(&token)).unwrap();
+    }
+    mesh.wait_full_mesh(&["a", "h", "b"], Duration::from_secs(20))
+        .unwrap();
+    within("a-b direct", Duration::from_secs(10), || {
+        mesh.path("a", "b").is_some_and(|p| p.starts_with("direct"))
+    });
+    assert_eq!(
+        mesh.path("a", "h").as_deref(),
+        Some("relay"),
+        "hard NAT pair is relayed"
+    );
+    let ip_h = mesh.overlay_ip("h").unwrap();
+    let ip_b = mesh.overlay_ip("b").unwrap();
+
+    mesh.kill_relay().unwrap();
+    // The direct pair keeps working while the relay is gone.
+    assert!(lab.ping("a", ip_b).unwrap());
+    mesh.restart_relay().unwrap();
+    let took = within("relayed pair recovers", Duration::from_secs(10), || {
+        lab.ping("a", ip_h).unwrap_or(false)
+    });
+    println!("relayed pair recovered {took:?} after the relay restarted");
+    assert!(mesh.path("a", "b").is_some_and(|p| p.starts_with("direct")));
+}

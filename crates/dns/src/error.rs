@@ -1,0 +1,69 @@
+//! Errors of the DNS service and of the system configuration it owns.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why the DNS service could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DnsError {
+    /// Reading or writing a file failed (permissions, read-only `/etc`, a full
+    /// disk).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The listening socket could not be bound (another resolver holds the port,
+    /// or not root for port 53).
+    #[error("cannot listen for DNS on {addr} ({proto}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `udp` or `tcp`.
+        proto: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The listen address is not a loopback address; the resolver only serves
+    /// this host.
+    #[error("DNS listen address {0} is not a loopback address")]
+    NotLoopback(SocketAddr),
+    /// The file is something weft will not manage.
+    #[error("{}: not managing it: {reason}", path.display())]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The backup of the original resolv.conf is unreadable (edited or
+    /// truncated by hand).
+    #[error("{}: bad resolv.conf backup: {reason}", path.display())]
+    BadBackup {
+        /// The backup metadata file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An external command (`resolvectl`) failed.
+    #[error("`{command}`: {message}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its error output or why it could not run.
+        message: String,
+    },
+}
+
+impl DnsError {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+        Self::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}

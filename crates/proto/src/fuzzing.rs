@@ -1,0 +1,120 @@
+//! Fuzz entry points, shared by the cargo-fuzz targets in `fuzz/` and by the
+//! corpus replay test (`tests/fuzz_corpora.rs`), so CI exercises exactly what the
+//! fuzzer runs, on stable Rust. Each function must not panic on any input; the
+//! assertions inside are the properties being fuzzed (what parses, re-encodes
+//! to something that parses the same).
+
+use crate::netmap::MapEvent;
+use crate::relay::{Frame, FrameDecoder, MAX_FRAME};
+use crate::relay_api::MembersEvent;
+use crate::sse::{SseLimits, SseParser};
+use crate::stun;
+
+/// Cuts `data` into chunks whose sizes come from the data itself (the first
+/// byte seeds them), so the fuzzer explores how streams are split.
+fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let (seed, mut rest) = match data.split_first() {
+        Some((s, r)) => (usize::from(*s), r),
+        None => (0, data),
+    };
+    let mut i = 0usize;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        i += 1;
+        let n = (1 + (seed.wrapping_mul(i) % 97)).min(rest.len());
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
+}
+
+/// The relay frame decoder over a stream split at arbitrary points.
+pub fn relay_frame(data: &[u8]) {
+    let mut d = FrameDecoder::new();
+    'stream: for chunk in chunks(data) {
+        d.feed(chunk);
+        while let Some(r) = d.next_frame() {
+            match r {
+                Ok(f) => {
+                    let bytes = f.to_vec();
+                    assert_eq!(bytes.len(), f.encoded_len());
+                    assert_eq!(Frame::decode(&bytes), Ok((f, bytes.len())));
+                }
+                Err(e) if e.is_fatal() => break 'stream,
+                Err(_) => {}
+            }
+        }
+        assert!(d.buffered() <= MAX_FRAME + 97);
+    }
+    let _ = Frame::decode(data);
+}
+
+/// The STUN request and response parsers, and the server's answer to whatever
+/// parses as a request.
+pub fn stun_message(data: &[u8]) {
+    let _ = stun::is_stun(data);
+    if let Ok(req) = stun::parse_binding_request(data) {
+        for from in ["192.0.2.1:32853", "[2001:db8::7]:1"] {
+            let from = from
+                .parse()
+                .unwrap_or(std::net::SocketAddr::from(([0; 4], 0)));
+            let mut out = Vec::new();
+            stun::encode_binding_response(&req, from, &mut out);
+            let modern = matches!(req.transaction_id, stun::TransactionId::Modern(_));
+            if modern {
+                assert!(stun::is_stun(&out));
+                match stun::parse_binding_response(&out) {
+                    Ok(resp) => {
+                        assert!(req.unknown_required.is_empty());
+                        assert_eq!(resp.mapped, from);
+                    }
+                    Err(e) => {
+                        assert_eq!(e, stun::StunError::ErrorResponse(420));
+                        assert!(!req.unknown_required.is_empty());
+                    }
+                }
+            }
+        }
+    }
+    let _ = stun::parse_binding_response(data);
+}
+
+/// The SSE parser with small limits over a stream split at arbitrary points.
+pub fn sse_parser(data: &[u8]) {
+    let limits = SseLimits {
+        max_line: 256,
+        max_data: 512,
+    };
+    let mut p = SseParser::new(limits);
+    for chunk in chunks(data) {
+        if p.feed(chunk).is_err() {
+            break;
+        }
+        while let Some(ev) = p.next_event() {
+            // Lossy UTF-8 may expand each byte to 3.
+            assert!(ev.data.len() <= limits.max_data * 3);
+        }
+    }
+    let _ = p.last_event_id();
+}
+
+/// Map and member event decoding: `event \0 id \0 data`.
+pub fn map_event_decode(data: &[u8]) {
+    let mut parts = data.splitn(3, |b| *b == 0);
+    let event = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let id = parts.next().map(String::from_utf8_lossy);
+    let body = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    if let Ok(ev) = MapEvent::decode(&event, id.as_deref(), &body) {
+        let again = MapEvent::decode(
+            ev.event_name(),
+            Some(&ev.version().to_string()),
+            &ev.to_json(),
+        );
+        assert_eq!(again, Ok(ev));
+    }
+    if let Ok(ev) = MembersEvent::decode(&event, &body) {
+        assert_eq!(MembersEvent::decode(ev.event_name(), &ev.to_json()), Ok(ev));
+    }
+}

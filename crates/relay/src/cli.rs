@@ -1,0 +1,244 @@
+//! The `weft-relay` command line.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+use weft_api_client::{Client, ClientConfig, Trust, parse_fingerprint};
+use weft_proto::relay_api::RelayReportRequest;
+
+use crate::controller::{self, LinkConfig};
+use crate::server::{self, ServerConfig};
+use crate::tls;
+
+/// File the bound TCP address is written to (`host:port`).
+pub const LISTEN_ADDR_FILE: &str = "listen.addr";
+/// File the bound STUN address is written to (`host:port`).
+pub const STUN_ADDR_FILE: &str = "stun.addr";
+
+/// weft relay: carries encrypted packets between nodes that cannot reach each
+/// other directly (TLS over TCP), and answers STUN Binding requests (UDP).
+#[derive(Debug, Parser)]
+#[command(name = "weft-relay", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// State directory: TLS material, bound addresses.
+    #[arg(long, env = "WEFT_RELAY_DATA_DIR", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// TLS/TCP address to listen on; port 0 picks a free port (written to
+    /// DIR/listen.addr).
+    #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR")]
+    listen: SocketAddr,
+    /// UDP address of the STUN server; port 0 picks a free port (written to
+    /// DIR/stun.addr).
+    #[arg(long, default_value = "0.0.0.0:3478", value_name = "ADDR")]
+    stun_listen: SocketAddr,
+    /// Do not run the STUN server.
+    #[arg(long, conflicts_with = "stun_listen")]
+    no_stun: bool,
+    /// Controller URL, for example `https://controller.example.net:8443`.
+    #[arg(long, env = "WEFT_CONTROLLER_URL", value_name = "URL")]
+    controller: String,
+    /// File holding the relay token (from `weft-controller admin relay create`).
+    #[arg(long, value_name = "FILE")]
+    relay_token_file: PathBuf,
+    /// Trust exactly the controller certificate with this SHA-256 (`sha256:<hex>`).
+    #[arg(long, value_name = "FP", conflicts_with = "ca_file")]
+    pin_sha256: Option<String>,
+    /// CA certificate(s) to trust for the controller (PEM). Without this or
+    /// --pin-sha256, the system roots.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// Allow http:// to a non-loopback controller (the relay token crosses the
+    /// network in cleartext: labs only).
+    #[arg(long)]
+    allow_insecure_http: bool,
+    /// TLS certificate chain (PEM). Without it a self-signed certificate is
+    /// generated once into DIR/tls/ and its fingerprint printed; the controller
+    /// hands the fingerprint to nodes, which pin it.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Extra DNS name or IP for the self-signed certificate (repeatable).
+    #[arg(long, value_name = "NAME")]
+    tls_san: Vec<String>,
+    /// The relay's name on the controller; if given, a token of another relay is
+    /// refused.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Seconds the last member set stays valid when the controller is
+    /// unreachable; then every node is refused until it is back.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    membership_grace_secs: u64,
+    /// Seconds a session may stay silent (clients ping every 25 s).
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    idle_timeout_secs: u64,
+    /// Packets queued per client at most; more are dropped (the slow client
+    /// loses its own packets).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(8..=65_536))]
+    queue_packets: u64,
+    /// Seconds between counter summaries in the log.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    summary_interval_secs: u64,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let t = s.trim().to_owned();
+    if t.is_empty() {
+        bail!("{} is empty", path.display());
+    }
+    Ok(t)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&args.log))
+        .context("--log is not a valid filter")?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+
+    let token = read_token(&args.relay_token_file)?;
+    let trust = match (&args.pin_sha256, &args.ca_file) {
+        (Some(fp), _) => Trust::Fingerprint(parse_fingerprint(fp)?),
+        (None, Some(ca)) => Trust::CaFile(ca.clone()),
+        (None, None) => Trust::SystemRoots,
+    };
+    let client = Client::new(ClientConfig {
+        trust,
+        allow_insecure_http: args.allow_insecure_http,
+        ..ClientConfig::new(args.controller.clone())
+    })
+    .context("--controller")?
+    .with_bearer(&token)?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let material = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => tls::load(cert, key)?,
+        _ => tls::load_or_generate(&args.data_dir.join("tls"), &args.tls_san)?,
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        let bound = listener.local_addr().context("reading the bound address")?;
+        let stun = if args.no_stun {
+            None
+        } else {
+            Some(
+                tokio::net::UdpSocket::bind(args.stun_listen)
+                    .await
+                    .with_context(|| format!("binding UDP {}", args.stun_listen))?,
+            )
+        };
+        let stun_bound = stun.as_ref().and_then(|s| s.local_addr().ok());
+        out(&format!("weft-relay listening on {bound} (TLS)\n"));
+        if let Some(s) = stun_bound {
+            out(&format!("STUN on {s} (UDP)\n"));
+        }
+        out(&format!("TLS certificate fingerprint: {}\n", material.fingerprint));
+        info!(listen = %bound, stun = ?stun_bound, fingerprint = %material.fingerprint, cert = %material.cert_path.display(), "listening");
+        // The address files come last: whoever waits for them can rely on
+        // stdout being complete.
+        if let Some(s) = stun_bound {
+            tls::write_private(&args.data_dir.join(STUN_ADDR_FILE), format!("{s}\n").as_bytes())
+                .context("writing stun.addr")?;
+        }
+        tls::write_private(&args.data_dir.join(LISTEN_ADDR_FILE), format!("{bound}\n").as_bytes())
+            .context("writing listen.addr")?;
+
+        let (members_tx, members_rx) = mpsc::channel(64);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let link = tokio::spawn(controller::follow(
+            LinkConfig {
+                client,
+                report: RelayReportRequest {
+                    api_version: None,
+                    tls_fingerprint: Some(material.fingerprint.clone()),
+                    stun_port: stun_bound.map(|s| s.port()),
+                },
+                expected_name: args.name.clone(),
+                idle_timeout: Duration::from_secs(60),
+            },
+            members_tx,
+            stop_rx,
+        ));
+        let mut config = ServerConfig::new(material.config);
+        config.core.membership_grace = Duration::from_secs(args.membership_grace_secs);
+        config.core.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
+        config.core.queue_frames = usize::try_from(args.queue_packets).unwrap_or(512);
+        config.summary_interval = Duration::from_secs(args.summary_interval_secs);
+        server::run(config, listener, stun, members_rx, shutdown_signal()).await?;
+        let _ = stop_tx.send(true);
+        let _ = link.await;
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("could not install signal handlers; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+}

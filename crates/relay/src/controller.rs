@@ -1,0 +1,121 @@
+//! The relay's link to the controller: report the relay's TLS fingerprint and
+//! STUN port, then follow the member stream and feed the core.
+//!
+//! Every failure (controller unreachable, stream broken, token refused) sends
+//! [`MembershipUpdate::LinkDown`] and retries with exponential backoff (250 ms
+//! to 30 s). The core keeps the last member set for its grace period and then
+//! refuses everyone, so a relay that cannot reach its controller fails closed.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+use weft_api_client::Client;
+use weft_proto::relay_api::{MembersEvent, RelayReportRequest};
+
+use crate::core::MembershipUpdate;
+
+/// Link settings.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// A controller client that sends the relay token as bearer.
+    pub client: Client,
+    /// What to report at every (re)connect.
+    pub report: RelayReportRequest,
+    /// The relay's name, if the operator gave one: a token of another relay is
+    /// then refused (logged, and the link stays down).
+    pub expected_name: Option<String>,
+    /// Longest silence on the member stream (the controller sends keepalives
+    /// every 15 s by default).
+    pub idle_timeout: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Runs the link until `stop` becomes `true` (or the receiver of `tx` is gone).
+pub async fn follow(
+    cfg: LinkConfig,
+    tx: mpsc::Sender<MembershipUpdate>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let session = async {
+            let info = cfg.client.relay_report(&cfg.report).await.map_err(|e| {
+                if e.is_permanent() {
+                    error!(error = %e, "the controller refused this relay (is the relay token valid?)");
+                } else {
+                    warn!(error = %e, "cannot report to the controller");
+                }
+            })?;
+            if let Some(want) = &cfg.expected_name
+                && *want != info.name
+            {
+                error!(token_of = %info.name, name = %want, "the relay token belongs to another relay; not serving");
+                return Err(());
+            }
+            info!(name = %info.name, url = %info.url, "reported to the controller");
+            let mut stream = cfg
+                .client
+                .relay_members_stream(cfg.idle_timeout)
+                .await
+                .map_err(|e| warn!(error = %e, "cannot open the member stream"))?;
+            loop {
+                match stream.next().await {
+                    Some(Ok(MembersEvent::Snapshot(s))) => {
+                        debug!(
+                            members = s.members.len(),
+                            version = s.version,
+                            "member snapshot"
+                        );
+                        tx.send(MembershipUpdate::Snapshot(s.members))
+                            .await
+                            .map_err(|_| ())?;
+                    }
+                    Some(Ok(MembersEvent::Delta(d))) => {
+                        debug!(
+                            added = d.added.len(),
+                            removed = d.removed.len(),
+                            version = d.version,
+                            "member delta"
+                        );
+                        tx.send(MembershipUpdate::Delta {
+                            added: d.added,
+                            removed: d.removed,
+                        })
+                        .await
+                        .map_err(|_| ())?;
+                    }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "member stream broke");
+                        return Ok(true);
+                    }
+                    None => {
+                        warn!("the controller ended the member stream");
+                        return Ok(true);
+                    }
+                }
+            }
+        };
+        let outcome: Result<bool, ()> = tokio::select! {
+            _ = stop.changed() => return,
+            r = session => r,
+        };
+        if tx.send(MembershipUpdate::LinkDown).await.is_err() {
+            return;
+        }
+        // A stream that delivered before breaking resets the backoff.
+        if outcome == Ok(true) {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
