@@ -13,6 +13,7 @@ want=(
     ethtool:ethtool
     procps:pkill
     dnsutils:dig
+    dnsmasq-base:dnsmasq
     ca-certificates:update-ca-certificates
 )
 

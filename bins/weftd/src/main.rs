@@ -47,9 +47,24 @@ struct Args {
     /// Node name to register with (default: hostname).
     #[arg(long)]
     name: Option<String>,
+    /// Overlay DNS: `auto` runs a resolver on 127.0.2.53 for `<node>.<network>.weft.internal`
+    /// and points the system at it for the overlay domains (systemd-resolved per
+    /// link, or a managed /etc/resolv.conf restored on `weft down` and exit);
+    /// `off` runs no resolver and changes nothing.
+    #[arg(long, env = "WEFT_DNS", value_enum, default_value_t = DnsArg::Auto)]
+    dns: DnsArg,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
+}
+
+/// `--dns` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DnsArg {
+    /// Run the resolver and point the system at it.
+    Auto,
+    /// No resolver, no system change.
+    Off,
 }
 
 fn main() -> ExitCode {
@@ -97,6 +112,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         port: args.port,
         mint_difficulty: args.mint_difficulty,
         join,
+        dns: match args.dns {
+            DnsArg::Auto => weft_agent::DnsMode::Auto,
+            DnsArg::Off => weft_agent::DnsMode::Off,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -145,6 +145,7 @@ impl Dataplane {
             .await
             .with_context(|| format!("binding the data-plane UDP socket on port {port}"))?;
         let port = udp.local_addr()?.port();
+        size_socket_buffers(&udp);
         let (reflexive, _) = watch::channel(Vec::new());
         let shared = Arc::new(Shared {
             node: Mutex::new(node),
@@ -350,6 +351,32 @@ impl Dataplane {
 impl Drop for Dataplane {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Socket buffer size asked for. The default (~208 KiB) overflows at a few
+/// hundred Mbit/s: bench/dataplane measured 20% of tunnel datagrams dropped at the
+/// receiver with it, none with 4 MiB (and 1.5x the throughput).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Raises the UDP socket's buffers past `net.core.{r,w}mem_max` when root
+/// (`SO_RCVBUFFORCE`), else as far as the limits allow.
+fn size_socket_buffers(udp: &UdpSocket) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(udp, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(udp, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    if setsockopt(udp, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(udp, sockopt::SndBuf, &SOCKET_BUFFER);
+    }
+    let rcv = getsockopt(udp, sockopt::RcvBuf).unwrap_or(0);
+    let snd = getsockopt(udp, sockopt::SndBuf).unwrap_or(0);
+    tracing::debug!(rcvbuf = rcv, sndbuf = snd, "UDP socket buffers");
+    if rcv < SOCKET_BUFFER {
+        tracing::warn!(
+            rcvbuf = rcv,
+            "could not raise the UDP receive buffer to 4 MiB (not root?); expect drops under load"
+        );
     }
 }
 

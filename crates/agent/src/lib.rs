@@ -7,6 +7,10 @@
 //! - `dataplane`: TUN devices + UDP socket tasks around `weft_tunnel::Node`.
 //! - `ctl`: the controller link (register, map stream with resume and backoff,
 //!   endpoint/liveness reports), via `weft-api-client`.
+//! - `dns`: the overlay resolver's lifecycle (`weft-dns`): started with the
+//!   first map that has a network, a new zone on every map, drift checks on its
+//!   own tick, stopped (system configuration restored) on down, exit and when the
+//!   last network is left; its failures never stop the data plane.
 //! - `netmap`: pure map → tunnel config / interface plan translation.
 //! - `state`: the state directory (identity, credential, cached map; all 0600).
 //! - `api`: the local API on a Unix socket.
@@ -20,8 +24,10 @@ mod api;
 mod clock;
 mod ctl;
 mod dataplane;
+mod dns;
 pub mod netmap;
 pub mod state;
 mod supervisor;
 
+pub use dns::DnsMode;
 pub use supervisor::{AgentConfig, run};

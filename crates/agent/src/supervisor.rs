@@ -23,6 +23,7 @@ use crate::api::{self, ApiCall};
 use crate::clock;
 use crate::ctl::{self, LinkState};
 use crate::dataplane::Dataplane;
+use crate::dns::{self, Dns, DnsMode};
 use crate::netmap::{self, Derived, Slots};
 use crate::state::{Credential, StateDir};
 
@@ -39,6 +40,8 @@ pub struct AgentConfig {
     pub mint_difficulty: Difficulty,
     /// Join at start (same as `weft up`), e.g. from a config file or flags.
     pub join: Option<UpRequest>,
+    /// Overlay DNS (`weftd --dns`).
+    pub dns: DnsMode,
 }
 
 struct Agent {
@@ -57,6 +60,7 @@ struct Agent {
     reconciler: Reconciler,
     exec: Option<NetlinkExecutor>,
     reconcile_status: ReconcileStatus,
+    dns: Dns,
 }
 
 /// Runs the agent until `shutdown` completes; then removes what it created.
@@ -85,6 +89,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     };
     let (maps_tx, mut maps_rx) = mpsc::channel::<NetworkMap>(16);
     let (_, link_state) = watch::channel(LinkState::default());
+    let dns = Dns::new(cfg.dns, cfg.state_dir.clone());
     let mut agent = Agent {
         credential: state.load_credential()?,
         state,
@@ -104,6 +109,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         ),
         exec,
         reconcile_status: ReconcileStatus::default(),
+        dns,
     };
 
     // Offline start: apply the cached map at once.
@@ -129,6 +135,8 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     let (calls_tx, mut calls_rx) = mpsc::channel::<ApiCall>(16);
     let server = tokio::spawn(api::serve(listener, calls_tx));
     tokio::pin!(shutdown);
+    let mut dns_tick = tokio::time::interval(dns::DRIFT_INTERVAL);
+    dns_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = agent.reconciler.poll_timeout().map(|(at, _)| at);
         tokio::select! {
@@ -145,11 +153,15 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
                 agent.apply_map(map).await;
             }
             () = sleep_until(deadline) => agent.reconcile(),
+            _ = dns_tick.tick() => if !agent.down {
+                agent.dns.tick().await;
+            },
         }
     }
     tracing::info!("shutting down: removing weft interfaces and routes");
     server.abort();
     agent.stop_link();
+    agent.dns.shutdown().await;
     agent.teardown();
     api::unlink(&cfg.socket);
     Ok(())
@@ -173,6 +185,7 @@ impl Agent {
             LocalRequest::Down => {
                 self.down = true;
                 self.stop_link();
+                self.dns.shutdown().await;
                 self.teardown();
                 LocalResponse::Ok {
                     status: None,
@@ -304,9 +317,17 @@ impl Agent {
             peers = derived.node.peers.len(),
             "applied network map"
         );
+        let dns_link = derived.interfaces.first().and_then(|i| {
+            i.addresses
+                .first()
+                .map(|(addr, _)| (i.ifname.clone(), *addr))
+        });
         self.derived = Some(derived);
-        self.map = Some(map);
         self.reconcile();
+        // After the reconcile pass, so with systemd-resolved the overlay link
+        // exists when it is pointed at the resolver.
+        self.dns.apply(&map, dns_link).await;
+        self.map = Some(map);
     }
 
     fn reconcile(&mut self) {

@@ -721,7 +721,9 @@ fn write_file(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.weft-tmp"));
+    // Unique per process: several agents (one per lab namespace) may write their
+    // bind-mounted resolv.conf at once, and they share the real /etc directory.
+    let tmp = path.with_file_name(format!(".{name}.weft-tmp-{}", std::process::id()));
     let write_tmp = || -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)

@@ -53,6 +53,7 @@ sweep
 # An `ip` command the owner had started may still be creating a namespace.
 sleep 0.5
 sweep
+rm -rf /etc/netns/wl-RUNID-*
 rm -rf /run/weft-lab/RUNID
 "#;
 
@@ -205,6 +206,8 @@ pub fn teardown_run(run_id: &str) -> Result<Teardown> {
             ));
         }
     }
+    // The nodes' private resolv.conf files (`crate::resolv`), once nothing runs.
+    crate::resolv::remove_run_etc(run_id)?;
     let dir = state_dir(run_id);
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
@@ -303,6 +306,7 @@ mod tests {
         let script = REAPER_SCRIPT.replace("RUNID", "0123abcd");
         assert!(script.contains("wl-0123abcd-*)"));
         assert!(script.contains("rm -rf /run/weft-lab/0123abcd\n"));
+        assert!(script.contains("rm -rf /etc/netns/wl-0123abcd-*\n"));
         assert!(!script.contains("RUNID"));
     }
 }

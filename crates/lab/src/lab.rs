@@ -12,6 +12,7 @@ use crate::names;
 use crate::nat;
 use crate::netem::{self, Impairment, NetemSupport};
 use crate::process::{self, Process, Proto};
+use crate::resolv;
 use crate::topology::{Node, Plan, Role, Topology};
 
 /// Where per-run log directories are created.
@@ -27,6 +28,8 @@ pub struct Lab {
     plan: Plan,
     log_dir: PathBuf,
     netem: NetemSupport,
+    /// The upstream resolver (dnsmasq in the internet switch), if installed.
+    upstream_dns: Option<Process>,
     guard: RunGuard,
 }
 
@@ -46,13 +49,15 @@ impl Lab {
         let log_dir = Path::new(LOG_ROOT).join(guard.run_id());
         std::fs::create_dir_all(&log_dir)
             .map_err(|e| LabError::io(format!("cannot create {}", log_dir.display()), e))?;
-        let lab = Self {
+        let mut lab = Self {
             plan,
             log_dir,
             netem: NetemSupport::default(),
+            upstream_dns: None,
             guard,
         };
         lab.create()?;
+        lab.upstream_dns = lab.start_upstream_dns()?;
         tracing::info!(
             run = lab.run_id(),
             nodes = lab.plan.nodes.len(),
@@ -102,6 +107,29 @@ impl Lab {
             .chain(nodes)
             .map(|name| names::netns_name(self.run_id(), name))
             .collect()
+    }
+
+    /// The address of the lab's upstream DNS resolver (every node's private
+    /// resolv.conf names it); see [`crate::resolv`].
+    pub fn upstream_dns(&self) -> Ipv4Addr {
+        resolv::UPSTREAM_DNS
+    }
+
+    /// Whether the upstream resolver runs (dnsmasq is installed).
+    pub fn has_upstream_dns(&self) -> bool {
+        self.upstream_dns.is_some()
+    }
+
+    /// Node `name`'s private resolv.conf (`/etc/netns/<netns>/resolv.conf`), which
+    /// `ip netns exec` mounts over `/etc/resolv.conf` for everything run in it.
+    pub fn resolv_conf_path(&self, name: &str) -> Result<PathBuf> {
+        Ok(resolv::netns_resolv_conf(&self.netns(name)?))
+    }
+
+    /// Whether node `name` has its private resolv.conf (so a program in it that
+    /// manages `/etc/resolv.conf` cannot touch the host's).
+    pub fn has_private_resolv_conf(&self, name: &str) -> Result<bool> {
+        Ok(self.resolv_conf_path(name)?.is_file())
     }
 
     /// Node `name`'s uplink address (a router's WAN address).
@@ -217,6 +245,11 @@ impl Lab {
             .map(|n| format!("netns add {n}\n"))
             .collect();
         cmd::ip_batch(None, &adds)?;
+        // Before anything runs in a node: its private resolv.conf (see
+        // `crate::resolv`), so nothing in it can rewrite the host's.
+        for node in &self.plan.nodes {
+            resolv::write_node_resolv_conf(&ns(&node.name))?;
+        }
         // Veth pairs are created directly inside their namespaces: nothing of the
         // lab ever appears in the root namespace.
         let mut veths = String::new();
@@ -282,6 +315,57 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Gives the internet switch the upstream resolver's address (and routes to
+    /// `open` routers' public LANs) and starts dnsmasq there, if installed.
+    fn start_upstream_dns(&self) -> Result<Option<Process>> {
+        let internet = names::netns_name(self.run_id(), names::INTERNET);
+        let mut script = format!(
+            "addr add {}/{} dev br0\n",
+            resolv::UPSTREAM_DNS,
+            crate::topology::INTERNET_CIDR.prefix
+        );
+        for node in &self.plan.nodes {
+            if node.nat() == Some(crate::Nat::Open)
+                && node.uplink().segment == names::INTERNET
+                && let Some(lan) = node.lan_iface()
+                && let Some(seg) = self.plan.segment(&lan.segment)
+            {
+                script.push_str(&format!(
+                    "route add {} via {}\n",
+                    seg.subnet,
+                    node.uplink().addr
+                ));
+            }
+        }
+        cmd::ip_batch(Some(&internet), &script)?;
+        let Some(program) = resolv::dnsmasq_path() else {
+            tracing::warn!(
+                "dnsmasq not found (apt-get install dnsmasq-base): the lab has no upstream DNS resolver"
+            );
+            return Ok(None);
+        };
+        // Not fatal: only tests that resolve non-overlay names need it (they check
+        // `has_upstream_dns`).
+        let started = Process::spawn(
+            names::INTERNET,
+            &internet,
+            "dnsmasq",
+            &self.log_dir,
+            &resolv::dnsmasq_command(&program),
+        )
+        .and_then(|mut p| {
+            p.wait_for_udp_bound(53, Duration::from_secs(10))?;
+            Ok(p)
+        });
+        match started {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => {
+                tracing::warn!("the lab's upstream DNS resolver (dnsmasq) did not start: {e}");
+                Ok(None)
+            }
+        }
     }
 
     fn segment_ns(&self, segment: &str) -> Result<String> {

@@ -32,6 +32,8 @@
 //! - [`process`]: [`Process`]es in a node, logs, wait-for-ready helpers;
 //! - [`guard`]: run ownership, the reaper, teardown; [`mod@sweep`]: removing runs of
 //!   dead owners;
+//! - [`resolv`]: every node's private resolv.conf (`/etc/netns/<netns>/`) and
+//!   the lab's upstream DNS resolver (dnsmasq on the internet segment);
 //! - [`probe`]: the UDP/TCP probe and observer behind the hidden `weft-lab __*`
 //!   subcommands; [`selftest`]: proves every NAT profile behaves as named.
 //!
@@ -54,6 +56,7 @@ pub mod nat;
 pub mod netem;
 pub mod probe;
 pub mod process;
+pub mod resolv;
 pub mod selftest;
 pub mod sweep;
 mod sys;

@@ -295,6 +295,10 @@ impl<'l> Mesh<'l> {
     }
 
     /// Starts `weftd` in `node`; with `token` it joins, else it reuses its state.
+    ///
+    /// Overlay DNS (`--dns auto`) is enabled only when the node has its private
+    /// `/etc/netns/<netns>/resolv.conf` (the lab always creates it): the agent then
+    /// manages that file, never the host's `/etc/resolv.conf`. Otherwise `--dns off`.
     pub fn start_agent(&mut self, node: &str, token: Option<&Path>) -> anyhow::Result<()> {
         let state_dir = self.lab.log_dir().join(format!("{node}-state"));
         let socket = self.lab.log_dir().join(format!("{node}.sock"));
@@ -308,6 +312,12 @@ impl<'l> Mesh<'l> {
                 &self.network.pow_difficulty.to_string(),
             ])
             .args(["--log", "info"]);
+        let dns = if self.lab.has_private_resolv_conf(node)? {
+            "auto"
+        } else {
+            "off"
+        };
+        cmd.args(["--dns", dns]);
         if let Some(t) = token {
             cmd.args(["--controller", &self.controller.url])
                 .arg("--token-file")

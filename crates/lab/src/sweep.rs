@@ -66,6 +66,12 @@ pub fn sweep() -> Result<SweepReport> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(LabError::io(format!("cannot list {STATE_ROOT}"), e)),
     }
+    // Private resolv.conf directories left by a run whose namespaces are gone.
+    runs.extend(
+        crate::resolv::lab_etc_dirs()?
+            .iter()
+            .filter_map(|name| names::run_id_of_netns(name).map(str::to_owned)),
+    );
     let mut report = SweepReport::default();
     prune_old_logs(&runs);
     for run in runs {

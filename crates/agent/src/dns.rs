@@ -1,0 +1,311 @@
+//! The agent's side of overlay DNS: when the `weft-dns` service runs, which zone
+//! it serves, and keeping its failures away from the data plane.
+//!
+//! - The service starts with the first applied map that has at least one network
+//!   (never before joining), gets a new zone on every applied map (renames and
+//!   joins are visible as soon as the map arrives), checks the system's resolver
+//!   configuration for drift on its own 2 s tick, and stops (restoring the system
+//!   configuration) on `weft down`, on exit, and when the last network is left.
+//! - Every failure is logged and retried later (start: after
+//!   [`START_RETRY`]); none of them stops the data plane.
+//! - [`DnsMode::Off`]: no resolver, no system change.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use weft_dns::{DnsConfig, DnsService, Drift, Zone};
+use weft_proto::netmap::NetworkMap;
+
+use crate::clock;
+
+/// How often the system configuration is checked for drift.
+pub(crate) const DRIFT_INTERVAL: Duration = Duration::from_secs(2);
+/// How long after a failed start the next attempt is made.
+pub(crate) const START_RETRY: Duration = Duration::from_secs(10);
+
+/// Whether the agent runs the overlay resolver (`weftd --dns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DnsMode {
+    /// Run it and point the system at it for the overlay domains
+    /// (systemd-resolved per link, or a managed `/etc/resolv.conf`).
+    #[default]
+    Auto,
+    /// No resolver and no change to the system's resolver configuration.
+    Off,
+}
+
+/// The resolver's lifecycle inside the supervisor.
+#[derive(Debug)]
+pub(crate) struct Dns {
+    mode: DnsMode,
+    config: DnsConfig,
+    service: Option<DnsService>,
+    /// The zone to serve (from the last applied map), kept for a retried start.
+    zone: Option<Zone>,
+    /// With systemd-resolved: the overlay link and this node's address on it.
+    link: Option<(String, IpAddr)>,
+    /// The link the running service was last pointed at (resolved is asked again
+    /// only when it changes; drift checks cover the rest).
+    applied_link: Option<(String, IpAddr)>,
+    retry_at: Option<Instant>,
+}
+
+impl Dns {
+    /// The agent's resolver: [`DnsConfig::new`], backing up into `state_dir`.
+    pub(crate) fn new(mode: DnsMode, state_dir: PathBuf) -> Self {
+        Self::with_config(mode, DnsConfig::new(state_dir))
+    }
+
+    pub(crate) fn with_config(mode: DnsMode, config: DnsConfig) -> Self {
+        Self {
+            mode,
+            config,
+            service: None,
+            zone: None,
+            link: None,
+            applied_link: None,
+            retry_at: None,
+        }
+    }
+
+    /// Serves `map` (starting the service if needed), or stops when the map has no
+    /// network left. `link`: the first overlay interface and this node's address
+    /// on it (for systemd-resolved).
+    pub(crate) async fn apply(&mut self, map: &NetworkMap, link: Option<(String, IpAddr)>) {
+        if self.mode == DnsMode::Off {
+            return;
+        }
+        if map.networks.is_empty() {
+            self.zone = None;
+            self.link = None;
+            self.stop().await;
+            return;
+        }
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "the SOA serial wraps to 32 bits"
+        )]
+        let zone = Zone::from_map(map).with_serial(map.version as u32);
+        self.zone = Some(zone);
+        self.link = link;
+        if self.service.is_none() {
+            // A new map is a good moment to try again after a failure.
+            self.retry_at = None;
+            self.try_start().await;
+        } else {
+            self.push_zone().await;
+        }
+    }
+
+    /// The 2 s tick: drift repair, or a retried start.
+    pub(crate) async fn tick(&mut self) {
+        if self.mode == DnsMode::Off || self.zone.is_none() {
+            return;
+        }
+        let Some(service) = self.service.as_mut() else {
+            self.try_start().await;
+            return;
+        };
+        match service.check_drift() {
+            Ok(Drift::Unchanged) => {}
+            Ok(Drift::Repaired) => {
+                tracing::info!("overlay DNS: the resolver configuration was changed; repaired");
+            }
+            Ok(Drift::NewOriginal { upstreams }) => tracing::info!(
+                ?upstreams,
+                "overlay DNS: another program wrote a new resolver configuration; \
+                 adopted as the original, weft's configuration written again"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "overlay DNS: checking the resolver configuration failed; will retry")
+            }
+        }
+    }
+
+    /// Stops serving and restores the system configuration (`weft down`, exit,
+    /// last network left). The zone is kept only until the next map.
+    pub(crate) async fn stop(&mut self) {
+        self.applied_link = None;
+        if let Some(service) = self.service.take() {
+            match service.stop().await {
+                Ok(()) => {
+                    tracing::info!("overlay DNS stopped; resolver configuration restored");
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "overlay DNS: restoring the resolver configuration failed"
+                ),
+            }
+        }
+        self.retry_at = None;
+    }
+
+    /// Forgets the zone and stops (`weft down`): a later `weft up` starts again
+    /// from the next applied map.
+    pub(crate) async fn shutdown(&mut self) {
+        self.zone = None;
+        self.link = None;
+        self.stop().await;
+    }
+
+    async fn try_start(&mut self) {
+        if self.service.is_some() || self.zone.is_none() {
+            return;
+        }
+        if self.retry_at.is_some_and(|at| clock::now() < at) {
+            return;
+        }
+        match DnsService::start(self.config.clone()).await {
+            Ok(service) => {
+                tracing::info!(
+                    listen = %service.local_addr(),
+                    system = ?service.system_kind(),
+                    upstreams = ?service.upstreams(),
+                    "overlay DNS running"
+                );
+                self.service = Some(service);
+                self.retry_at = None;
+                self.push_zone().await;
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    retry_in = ?START_RETRY,
+                    "overlay DNS could not start (the overlay itself keeps working)"
+                );
+                self.retry_at = Some(clock::now() + START_RETRY);
+            }
+        }
+    }
+
+    async fn push_zone(&mut self) {
+        let (Some(service), Some(zone)) = (self.service.as_mut(), self.zone.clone()) else {
+            return;
+        };
+        if let Err(e) = service.set_zone(zone) {
+            tracing::warn!(error = %e, "overlay DNS: updating the zone's system routing failed");
+        }
+        if let Some((ifname, addr)) = &self.link
+            && self.applied_link != self.link
+        {
+            match service.set_resolved_link(ifname, *addr).await {
+                Ok(()) => self.applied_link = self.link.clone(),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    link = %ifname,
+                    "overlay DNS: per-link DNS on systemd-resolved failed; will retry with the next map"
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use weft_dns::{SystemMode, SystemPaths, Upstreams};
+
+    use super::*;
+
+    fn map(version: u64, networks: &[&str]) -> NetworkMap {
+        let key = serde_json::to_value(weft_proto::NodeKey::from_bytes([1; 32])).unwrap();
+        let networks: Vec<serde_json::Value> = networks
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "name": n,
+                    "ipv4_cidr": "100.64.0.0/24",
+                    "dns_domain": "weft.internal",
+                    "ipv4": "100.64.0.1",
+                    "peers": [],
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "api_version": weft_proto::api::API_VERSION,
+            "version": version,
+            "node": { "node_key": key, "name": "db" },
+            "networks": networks,
+        }))
+        .unwrap()
+    }
+
+    fn config(dir: &Path) -> DnsConfig {
+        DnsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstreams: Upstreams::Static(vec![]),
+            system: SystemMode::ResolvConf(SystemPaths {
+                resolv_conf: dir.join("resolv.conf"),
+                backup_dir: dir.join("state"),
+                resolved_stub: dir.join("no-stub"),
+                resolved_upstreams: dir.join("no-upstreams"),
+            }),
+        }
+    }
+
+    const ORIGINAL: &str = "nameserver 192.0.2.1\n";
+
+    #[tokio::test]
+    async fn starts_with_a_network_and_stops_with_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("resolv.conf");
+        std::fs::write(&conf, ORIGINAL).unwrap();
+        let mut dns = Dns::with_config(DnsMode::Auto, config(dir.path()));
+
+        // Joined to nothing yet: nothing runs, nothing changes.
+        dns.apply(&map(1, &[]), None).await;
+        dns.tick().await;
+        assert!(dns.service.is_none());
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), ORIGINAL);
+
+        dns.apply(&map(2, &["prod"]), None).await;
+        assert!(dns.service.is_some());
+        assert_ne!(std::fs::read_to_string(&conf).unwrap(), ORIGINAL);
+
+        // Drift is repaired on the tick.
+        std::fs::remove_file(&conf).unwrap();
+        dns.tick().await;
+        assert!(conf.exists());
+
+        // The last network left: stopped, restored exactly.
+        dns.apply(&map(3, &[]), None).await;
+        assert!(dns.service.is_none());
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), ORIGINAL);
+
+        // Back, then `weft down`: restored again, and the tick does not restart it.
+        dns.apply(&map(4, &["prod"]), None).await;
+        assert!(dns.service.is_some());
+        dns.shutdown().await;
+        dns.tick().await;
+        assert!(dns.service.is_none());
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), ORIGINAL);
+    }
+
+    #[tokio::test]
+    async fn off_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("resolv.conf");
+        std::fs::write(&conf, ORIGINAL).unwrap();
+        let mut dns = Dns::with_config(DnsMode::Off, config(dir.path()));
+        dns.apply(&map(1, &["prod"]), None).await;
+        dns.tick().await;
+        assert!(dns.service.is_none());
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), ORIGINAL);
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_is_retried_and_never_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        // Not loopback: refused at start.
+        cfg.listen = "192.0.2.1:0".parse().unwrap();
+        let mut dns = Dns::with_config(DnsMode::Auto, cfg);
+        dns.apply(&map(1, &["prod"]), None).await;
+        assert!(dns.service.is_none());
+        assert!(dns.retry_at.is_some());
+        dns.tick().await;
+        assert!(dns.service.is_none());
+    }
+}
