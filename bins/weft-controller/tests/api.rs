@@ -846,3 +846,140 @@ fn plain_http_is_refused_on_non_loopback_unless_insecure() {
     assert!(matches!(r, Err(ClientError::InsecureHttp(_))));
     let _ = CreateNetworkRequest::clone;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_is_validated_versioned_audited_and_streamed() {
+    use weft_proto::api::{PolicyCheckRequest, SetPolicyRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctl = Controller::start(dir.path(), &[]);
+    let admin = ctl.admin();
+    // Before any network: a generated, never stored policy (version 0).
+    let p0 = admin.get_policy().await.unwrap();
+    assert_eq!(p0.version, 0);
+    admin
+        .create_network(&network("lab", "100.64.0.0/24", 8))
+        .await
+        .unwrap();
+    // Creating a network appends its default rule (a new version).
+    let p1 = admin.get_policy().await.unwrap();
+    assert_eq!(p1.version, 1);
+    assert!(p1.text.contains("members of lab may reach each other"));
+    let tok = admin
+        .create_token(&token_req(&["lab"], None, 3600))
+        .await
+        .unwrap()
+        .token;
+    let c = ctl.client();
+    let (a, b) = (identity(8), identity(8));
+    let ra = register(&c, &tok, &a).await.unwrap();
+    register(&c, &tok, &b).await.unwrap();
+    let ca = c.with_bearer(&ra.credential).unwrap();
+    let mut sa = ca.map_stream(None, IDLE).await.unwrap();
+    let MapEvent::Snapshot(map_a) = next_event(&mut sa).await else {
+        panic!("first event must be a snapshot")
+    };
+    assert_eq!(map_a.network("lab").unwrap().peers.len(), 1);
+    assert!(
+        map_a.policy.is_some(),
+        "the map carries the compiled policy"
+    );
+    let names = admin.list_nodes(None).await.unwrap().nodes;
+    let name_of = |k| names.iter().find(|n| n.node_key == k).unwrap().name.clone();
+    let (na, nb) = (name_of(a.node_key()), name_of(b.node_key()));
+
+    let set = |text: String, expect_version: Option<u64>| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .set_policy(&SetPolicyRequest {
+                    api_version: None,
+                    text,
+                    expect_version,
+                })
+                .await
+        }
+    };
+    // Parse errors: 400 with the line.
+    let e = set("[[rule]]\naction = \"maybe\"\n".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    assert_eq!(e.code(), Some("policy_invalid"));
+    assert!(e.to_string().contains("2:"), "{e}");
+    // Failing tests: 422 with the test.
+    let only_a_to_b = format!(
+        "[[rule]]\nname = \"a to b\"\naction = \"allow\"\nfrom = \"node:{na}\"\nto = \"node:{nb}\"\nproto = \"tcp\"\nports = [5432]\n"
+    );
+    let failing = format!(
+        "{only_a_to_b}\n[[test]]\nfrom = \"node:{nb}\"\nto = \"node:{na}\"\nproto = \"tcp\"\nport = 22\nexpect = \"allow\"\n"
+    );
+    let e = set(failing, None).await.unwrap_err();
+    assert_eq!(e.status(), Some(422), "{e}");
+    assert_eq!(e.code(), Some("policy_tests_failed"));
+    // Optimistic locking.
+    let e = set(only_a_to_b.clone(), Some(7)).await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+
+    let p2 = set(only_a_to_b.clone(), Some(1)).await.unwrap();
+    assert_eq!((p2.version, p2.author.as_str()), (2, "admin"));
+    // a receives its new policy as a delta (b stays visible: a may reach it).
+    let MapEvent::Delta(d) = next_event(&mut sa).await else {
+        panic!("expected a delta")
+    };
+    assert!(
+        d.changes
+            .iter()
+            .any(|ch| matches!(ch, MapChange::Policy { policy: Some(_) })),
+        "{d:?}"
+    );
+
+    // Explain.
+    let r = admin
+        .check_policy(&PolicyCheckRequest {
+            api_version: None,
+            from: na.clone(),
+            to: nb.clone(),
+            proto: Some("tcp".into()),
+            port: Some(5432),
+        })
+        .await
+        .unwrap();
+    assert!(r.allowed);
+    assert_eq!(r.pairs[0].rule.as_deref(), Some("a to b"));
+    assert_eq!(r.pairs[0].line, Some(1));
+    let r = admin
+        .check_policy(&PolicyCheckRequest {
+            api_version: None,
+            from: nb.clone(),
+            to: na.clone(),
+            proto: Some("tcp".into()),
+            port: Some(5432),
+        })
+        .await
+        .unwrap();
+    assert!(!r.allowed);
+    assert!(r.pairs[0].explanation.contains("default deny"), "{r:?}");
+
+    // Nothing allowed: a loses b from its map.
+    set("# closed\n".into(), None).await.unwrap();
+    let MapEvent::Delta(d) = next_event(&mut sa).await else {
+        panic!("expected a delta")
+    };
+    assert!(
+        d.changes.iter().any(
+            |ch| matches!(ch, MapChange::PeerRemove { node_key, .. } if *node_key == b.node_key())
+        ),
+        "{d:?}"
+    );
+
+    // Audited, and durable across a restart.
+    let audit = admin.audit(50, None, Some("policy")).await.unwrap().entries;
+    assert_eq!(audit.len(), 3, "{audit:?}");
+    assert!(audit.iter().all(|e| e.action == "policy.update"));
+    drop(sa);
+    ctl.sigterm(Duration::from_secs(10));
+    let ctl = Controller::start(dir.path(), &[]);
+    let p = ctl.admin().get_policy().await.unwrap();
+    assert_eq!((p.version, p.text.as_str()), (3, "# closed\n"));
+}

@@ -145,9 +145,16 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
         node: NodeConfig {
             networks,
             peers: peers.into_values().collect(),
-            // The controller does not ship compiled policies yet (the map has no
-            // policy field); enforcement turns on when it does.
-            policy: None,
+            // The compiled access policy the map carries. A map without one
+            // (from a controller that does not ship policies) turns enforcement
+            // off; one that does not parse fails closed: an empty policy, which
+            // denies everything.
+            policy: map.policy.as_ref().map(|v| {
+                serde_json::from_value(v.clone()).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "the map's access policy does not parse; denying all traffic");
+                    Default::default()
+                })
+            }),
         },
         interfaces,
         peer_networks,
@@ -217,6 +224,7 @@ mod tests {
             },
             networks,
             relays: vec![],
+            policy: None,
         }
     }
 
@@ -291,6 +299,38 @@ mod tests {
             d.peer_networks[&key(2)],
             vec!["a".to_owned(), "b".to_owned()]
         );
+    }
+
+    #[test]
+    fn policy_comes_from_the_map_and_fails_closed() {
+        let mut m = map(vec![net(
+            "prod",
+            "100.64.0.0/10",
+            [100, 64, 0, 2],
+            &[(2, [100, 64, 0, 3])],
+        )]);
+        // An old controller: no policy, enforcement off.
+        assert!(derive(&m, &mut Slots::default()).node.policy.is_none());
+        m.policy = Some(serde_json::json!({
+            "node": "me",
+            "rules": [{"id": 0, "line": 3, "action": "allow"}],
+            "inbound": [],
+            "outbound": [{"rule": 0, "action": "allow", "proto": "tcp", "ports": [{"first": 5432, "last": 5432}],
+                "local": ["100.64.0.2/32"], "peers": ["100.64.0.3/32"]}],
+            "visible_peers": ["p2"],
+        }));
+        let d = derive(&m, &mut Slots::default());
+        let p = d.node.policy.expect("policy");
+        assert_eq!(p.node, "me");
+        assert_eq!(p.outbound.len(), 1);
+        assert_eq!(p.visible_peers, vec!["p2".to_owned()]);
+        // Garbage: an empty policy (deny all), not enforcement off.
+        m.policy = Some(serde_json::json!({"node": 7}));
+        let p = derive(&m, &mut Slots::default())
+            .node
+            .policy
+            .expect("fails closed");
+        assert!(p.inbound.is_empty() && p.outbound.is_empty() && p.rules.is_empty());
     }
 
     #[test]

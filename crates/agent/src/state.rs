@@ -275,6 +275,7 @@ mod tests {
             },
             networks: vec![],
             relays: vec![],
+            policy: None,
         }
     }
 

@@ -20,8 +20,9 @@ use weft_proto::NodeKey;
 use weft_proto::api::{
     AuditList, CHALLENGE_LEN, ChallengeResponse, CreateNetworkRequest, CreateTokenRequest,
     CreateTokenResponse, ErrorBody, Health, Network, NetworkList, NodeInfo, NodeList,
-    REGISTER_SIGNATURE_CONTEXT, RegisterRequest, RegisterResponse, ReportRequest, TokenInfo,
-    TokenList, UpdateNodeRequest, register_signed_message,
+    PolicyCheckRequest, PolicyCheckResponse, PolicyDoc, REGISTER_SIGNATURE_CONTEXT,
+    RegisterRequest, RegisterResponse, ReportRequest, SetPolicyRequest, TokenInfo, TokenList,
+    UpdateNodeRequest, register_signed_message,
 };
 use weft_proto::netmap::NetworkMap;
 use weft_proto::relay_api::{
@@ -480,6 +481,27 @@ impl Client {
     }
 
     // ---- admin API ----
+
+    /// `GET /v1/admin/policy`.
+    pub async fn get_policy(&self) -> Result<PolicyDoc, ClientError> {
+        self.request::<(), _>(Method::GET, "/v1/admin/policy", None)
+            .await
+    }
+
+    /// `PUT /v1/admin/policy`.
+    pub async fn set_policy(&self, req: &SetPolicyRequest) -> Result<PolicyDoc, ClientError> {
+        self.request(Method::PUT, "/v1/admin/policy", Some(req))
+            .await
+    }
+
+    /// `POST /v1/admin/policy/check`.
+    pub async fn check_policy(
+        &self,
+        req: &PolicyCheckRequest,
+    ) -> Result<PolicyCheckResponse, ClientError> {
+        self.request(Method::POST, "/v1/admin/policy/check", Some(req))
+            .await
+    }
 
     /// `POST /v1/admin/networks`.
     pub async fn create_network(&self, req: &CreateNetworkRequest) -> Result<Network, ClientError> {

@@ -46,6 +46,9 @@ enum Command {
     Ping(cmd::agent::PingArgs),
     /// Explain a peer's path: its candidate addresses, what was tried, what answered.
     Why(cmd::agent::WhyArgs),
+    /// The controller's access policy: which rule decides A -> B (admin token).
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCmd),
     /// Create and inspect node identities (Ed25519 key + proof of work).
     #[command(subcommand)]
     Identity(cmd::identity::IdentityCmd),
@@ -62,6 +65,7 @@ pub fn main() -> ExitCode {
         Command::Ping(a) => cmd::agent::ping(&cli.socket, a),
         Command::Why(a) => cmd::agent::why(&cli.socket, a),
         Command::Identity(c) => cmd::identity::run(c),
+        Command::Policy(c) => cmd::policy::run(c),
     };
     match result {
         Ok(code) => code,

@@ -76,6 +76,14 @@ pub enum ApiError {
     /// 415.
     #[error("request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
+    /// 422: well-formed but refused (a policy whose tests fail).
+    #[error("{message}")]
+    Unprocessable {
+        /// `policy_tests_failed`.
+        code: &'static str,
+        /// Why.
+        message: String,
+    },
     /// 429: a per-node or global limit was hit.
     #[error("{message}")]
     TooMany {
@@ -136,6 +144,7 @@ impl ApiError {
             ApiError::TokenGone { .. } => StatusCode::GONE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -149,6 +158,7 @@ impl ApiError {
             | ApiError::NotFound { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::TokenGone { code, .. }
+            | ApiError::Unprocessable { code, .. }
             | ApiError::TooMany { code, .. }
             | ApiError::Unavailable { code, .. } => code,
             ApiError::Unauthorized => "unauthorized",
@@ -210,6 +220,10 @@ mod tests {
             },
             ApiError::PayloadTooLarge { limit: 1 },
             ApiError::UnsupportedMediaType,
+            ApiError::Unprocessable {
+                code: "policy_tests_failed",
+                message: "x".into(),
+            },
             ApiError::TooMany {
                 code: "too_many_streams",
                 message: "x".into(),

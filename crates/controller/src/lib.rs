@@ -9,6 +9,8 @@
 //!   Pure: validates, mutates, and records row writes and what changed.
 //! - [`netmap`]: pure compiler from the state to one node's map and from a
 //!   batch's changes to per-node deltas.
+//! - [`policy`]: the access policy document (versioned, validated) and its
+//!   per-node compile (rules and peer visibility) after every relevant batch.
 //! - [`store`]: the persistence trait (load, apply a batch atomically, read the
 //!   audit log) and its SQLite driver; migrations in `migrations/`.
 //! - [`engine`]: the single writer. A dedicated thread takes queued operations in
@@ -33,6 +35,7 @@ pub mod error;
 pub mod hub;
 pub mod model;
 pub mod netmap;
+pub mod policy;
 pub mod relay_feed;
 pub mod secret;
 pub mod serve;

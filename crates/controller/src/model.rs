@@ -12,16 +12,20 @@ use std::net::SocketAddr;
 
 use serde_json::json;
 use weft_proto::NodeKey;
-use weft_proto::api::{self, NodeAddress, NodeInfo, TokenInfo};
+use weft_proto::api::{
+    self, NodeAddress, NodeInfo, PolicyCheckRequest, PolicyCheckResponse, PolicyDoc,
+    PolicyPairDecision, TokenInfo,
+};
 use weft_proto::net::{Ipv4Net, Ipv6Net};
 use weft_proto::netmap::Relay;
 use weft_proto::relay_api::RelayInfo;
 
 use crate::error::ApiError;
+use crate::policy::{self, InventoryNode, NodePolicy, PolicyState};
 use crate::secret::SecretHash;
 use crate::store::{
-    AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, RelayRecord, StoreSnapshot,
-    TokenRecord, Write,
+    AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, PolicyRecord, RelayRecord,
+    StoreSnapshot, TokenRecord, Write,
 };
 
 /// A network id.
@@ -95,6 +99,12 @@ pub struct Touched {
     pub evicted: BTreeSet<NodeId>,
     /// Relays whose member streams must be closed (removed).
     pub evicted_relays: BTreeSet<RelayId>,
+    /// A policy input changed (the policy, a node's name, tags, memberships,
+    /// enabled state): recompile every node's policy when the batch closes.
+    pub recompile: bool,
+    /// Filled when the batch closes: the nodes whose compiled policy changed,
+    /// with the keys of the peers they could see before.
+    pub policy_changed: BTreeMap<NodeId, BTreeSet<NodeKey>>,
 }
 
 impl Touched {
@@ -105,6 +115,7 @@ impl Touched {
             && self.resync.is_empty()
             && self.evicted.is_empty()
             && self.evicted_relays.is_empty()
+            && !self.recompile
     }
 }
 
@@ -218,6 +229,9 @@ pub enum Op {
     Presence(NodeId, bool),
     /// Admin: register a relay.
     CreateRelay(NewRelay),
+    /// Admin: replace the policy text (validated against the current nodes),
+    /// optionally only if the current version is the given one.
+    SetPolicy(String, Option<u64>),
     /// Admin: remove a relay (by name).
     RemoveRelay(String),
     /// Relay: report its TLS fingerprint and STUN port.
@@ -242,6 +256,8 @@ pub enum Output {
     Node(Box<NodeInfo>),
     /// A relay.
     Relay(RelayInfo),
+    /// The policy.
+    Policy(PolicyDoc),
     /// Nothing to return.
     Done,
 }
@@ -255,6 +271,10 @@ pub struct World {
     pub admin_hash: Option<SecretHash>,
     /// Relays from the configuration (`--relay URL`): in every map, URL only.
     pub relays: Vec<Relay>,
+    /// The access policy in force.
+    pub policy: PolicyState,
+    /// Every enabled node's compiled policy (by id).
+    compiled: BTreeMap<NodeId, NodePolicy>,
     networks: BTreeMap<NetId, NetState>,
     network_by_name: BTreeMap<String, NetId>,
     nodes: BTreeMap<NodeId, NodeState>,
@@ -345,7 +365,182 @@ impl World {
             w.relay_by_token.insert(r.token_hash, r.id);
             w.relay_records.insert(r.id, r);
         }
+        w.policy = match snap.policy {
+            Some(rec) => PolicyState::from_record(rec),
+            None => {
+                let names: Vec<&str> = w.network_by_name.keys().map(String::as_str).collect();
+                PolicyState::generated(&names)
+            }
+        };
+        w.recompile();
         w
+    }
+
+    // ---- policy ----
+
+    /// Every enabled node as the policy sees it.
+    fn inventory_nodes(&self) -> Vec<InventoryNode<'_>> {
+        self.nodes
+            .values()
+            .filter(|n| !n.rec.disabled)
+            .map(|n| InventoryNode {
+                name: &n.rec.name,
+                key: n.rec.node_key,
+                tags: n.rec.tags.iter().cloned().collect(),
+                networks: n
+                    .memberships
+                    .values()
+                    .filter_map(|m| {
+                        let net = self.networks.get(&m.network_id)?;
+                        let mut addrs = vec![std::net::IpAddr::V4(m.ipv4)];
+                        addrs.extend(m.ipv6.map(std::net::IpAddr::V6));
+                        Some((net.rec.name.clone(), addrs))
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Recompiles every node's policy; returns the nodes whose compiled policy
+    /// changed, with the peers they could see before.
+    fn recompile(&mut self) -> BTreeMap<NodeId, BTreeSet<NodeKey>> {
+        let by_name = policy::compile_all(&self.policy.parsed, &self.inventory_nodes());
+        let mut next = BTreeMap::new();
+        for (name, np) in by_name {
+            if let Some(id) = self.node_by_name.get(&name) {
+                next.insert(*id, np);
+            }
+        }
+        let mut changed = BTreeMap::new();
+        for (id, np) in &next {
+            match self.compiled.get(id) {
+                Some(old) if old.json == np.json => {}
+                Some(old) => {
+                    changed.insert(*id, old.visible.clone());
+                }
+                None => {
+                    changed.insert(*id, BTreeSet::new());
+                }
+            }
+        }
+        self.compiled = next;
+        changed
+    }
+
+    /// The compiled policy of an enabled node.
+    pub fn node_policy(&self, id: NodeId) -> Option<&NodePolicy> {
+        self.compiled.get(&id)
+    }
+
+    /// Decides `req` against the policy in force and the current nodes.
+    pub fn check_policy(&self, req: &PolicyCheckRequest) -> Result<PolicyCheckResponse, ApiError> {
+        let sel = |what: &str, s: &str| {
+            weft_policy::Selector::parse_or_node(s)
+                .map_err(|e| ApiError::invalid("invalid_selector", format!("{what}: {e}")))
+        };
+        let from = sel("from", &req.from)?;
+        let to = sel("to", &req.to)?;
+        let proto = match req.proto.as_deref() {
+            None => weft_policy::Proto::Any,
+            Some(p) => p
+                .parse()
+                .map_err(|e| ApiError::invalid("invalid_proto", format!("proto: {e}")))?,
+        };
+        let service = weft_policy::Service::new(proto, req.port)
+            .map_err(|e| ApiError::invalid("invalid_service", e.to_string()))?;
+        let inv = policy::inventory(&self.inventory_nodes());
+        let report = self.policy.parsed.check(&inv, &from, &to, service);
+        let pairs = report
+            .pairs
+            .iter()
+            .map(|p| PolicyPairDecision {
+                from_node: p.from_node.clone(),
+                from_addr: p.from_addr,
+                to_node: p.to_node.clone(),
+                to_addr: p.to_addr,
+                verdict: if p.verdict.is_allow() {
+                    "allow"
+                } else {
+                    "deny"
+                }
+                .into(),
+                rule: p.rule.as_ref().and_then(|r| r.name.clone()),
+                rule_number: p.rule.as_ref().map(|r| r.id.0 + 1),
+                line: p.rule.as_ref().map(|r| r.line),
+                explanation: p.to_string(),
+            })
+            .collect();
+        Ok(PolicyCheckResponse {
+            version: self.policy.rec.version,
+            allowed: report.all_allowed(),
+            pairs,
+            representative: report.representative,
+            truncated: report.truncated,
+        })
+    }
+
+    fn set_policy(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        text: String,
+        expect: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        if let Some(v) = expect
+            && v != self.policy.rec.version
+        {
+            return Err(ApiError::conflict(
+                "policy_version_mismatch",
+                format!(
+                    "the policy is at version {}, not {v}; fetch it again",
+                    self.policy.rec.version
+                ),
+            ));
+        }
+        let inv = policy::inventory(&self.inventory_nodes());
+        let parsed = policy::validate(&text, &inv)?;
+        if text == self.policy.rec.text {
+            return Ok(Output::Policy(self.policy.doc()));
+        }
+        self.put_policy(batch, actor, text, parsed, "set", now_ms);
+        Ok(Output::Policy(self.policy.doc()))
+    }
+
+    fn put_policy(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        text: String,
+        parsed: weft_policy::Policy,
+        reason: &str,
+        now_ms: u64,
+    ) {
+        let from = self.policy.rec.version;
+        let rec = PolicyRecord {
+            version: from + 1,
+            text,
+            author: actor.label(),
+            at_ms: now_ms,
+        };
+        batch.writes.push(Write::PutPolicy(rec.clone()));
+        let rules: Vec<String> = parsed
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| r.name.clone().unwrap_or_else(|| format!("#{}", i + 1)))
+            .collect();
+        let detail = json!({"from_version": from, "to_version": rec.version, "reason": reason, "rules": rules, "bytes": rec.text.len()});
+        self.policy = PolicyState { rec, parsed };
+        batch.touched.recompile = true;
+        self.audit(
+            batch,
+            actor,
+            "policy.update",
+            "policy".into(),
+            detail,
+            now_ms,
+        );
     }
 
     // ---- reads ----
@@ -516,6 +711,7 @@ impl World {
             Op::CreateRelay(r) => self.create_relay(batch, actor, r, now_ms),
             Op::RemoveRelay(name) => self.remove_relay(batch, actor, &name, now_ms),
             Op::RelayReport(id, report) => self.relay_report(batch, id, report, now_ms),
+            Op::SetPolicy(text, expect) => self.set_policy(batch, actor, text, expect, now_ms),
         }
     }
 
@@ -595,6 +791,12 @@ impl World {
             json!({"ipv4_cidr": info.ipv4_cidr, "ipv6_prefix": info.ipv6_prefix, "dns_domain": info.dns_domain, "pow_difficulty": info.pow_difficulty}),
             now_ms,
         );
+        // The new network's default rule, visible and editable in the policy.
+        if let Some((text, parsed)) = self.policy.with_network(&info.name) {
+            self.put_policy(batch, actor, text, parsed, "network.create", now_ms);
+        } else {
+            tracing::error!(network = %info.name, "could not append the network's default rule to the policy");
+        }
         Ok(Output::Network(info))
     }
 
@@ -815,6 +1017,7 @@ impl World {
         // when tags changed).
         if !is_retry || tags_changed {
             Self::touch_everywhere(batch, &mut node);
+            batch.touched.recompile = true;
         }
         let key = node.rec.node_key;
         let addresses = {
@@ -939,6 +1142,7 @@ impl World {
         }
         if !audits.is_empty() {
             batch.writes.push(Write::PutNode(node.rec.clone()));
+            batch.touched.recompile = true;
         }
         self.nodes.insert(id, node);
         for (action, detail) in audits {
@@ -965,6 +1169,7 @@ impl World {
         };
         Self::touch_everywhere(batch, &mut node);
         batch.touched.evicted.insert(id);
+        batch.touched.recompile = true;
         for (net_id, m) in &node.memberships {
             if let Some(net) = self.networks.get_mut(net_id) {
                 net.members.remove(&id);
@@ -1300,6 +1505,9 @@ impl World {
         }
         self.version += 1;
         batch.writes.push(Write::SetMapVersion(self.version));
+        if batch.touched.recompile {
+            batch.touched.policy_changed = self.recompile();
+        }
         true
     }
 }

@@ -659,6 +659,7 @@ mod tests {
                 }],
             }],
             relays: vec![],
+            policy: None,
         };
         let z = Zone::from_map(&map);
         let (_, records) = addrs(z.answer("me.prod.weft.internal", QueryType::Any));

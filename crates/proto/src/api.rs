@@ -355,6 +355,96 @@ pub struct AuditList {
     pub entries: Vec<AuditEntry>,
 }
 
+/// `GET /v1/admin/policy` and the answer to `PUT /v1/admin/policy`: the
+/// controller's one policy document (the `weft-policy` TOML format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDoc {
+    /// Version: 0 while the policy is the one generated from the networks and
+    /// never stored, then +1 per change.
+    pub version: u64,
+    /// The policy text.
+    pub text: String,
+    /// Who set this version (`admin`, `system`).
+    pub author: String,
+    /// When, Unix milliseconds (0 for a generated policy).
+    pub at_ms: u64,
+}
+
+/// `PUT /v1/admin/policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetPolicyRequest {
+    /// Optional; if present must equal [`API_VERSION`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<u32>,
+    /// The new policy text. Refused (400 `policy_invalid`, with line numbers)
+    /// when it does not parse, and (422 `policy_tests_failed`) when one of its
+    /// `[[test]]` blocks fails against the current nodes.
+    pub text: String,
+    /// Only store if the current version is this one (optimistic locking).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_version: Option<u64>,
+}
+
+/// `POST /v1/admin/policy/check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCheckRequest {
+    /// Optional; if present must equal [`API_VERSION`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<u32>,
+    /// Initiator: a selector (`tag:web`, `node:web1`, `network:prod`, ...) or a
+    /// bare node name.
+    pub from: String,
+    /// Destination, same forms.
+    pub to: String,
+    /// `any` (default), `tcp`, `udp`, `icmp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<String>,
+    /// Destination port (tcp/udp).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// One decided pair of a policy check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyPairDecision {
+    /// Initiating node.
+    pub from_node: String,
+    /// Its address used.
+    pub from_addr: std::net::IpAddr,
+    /// Destination node.
+    pub to_node: String,
+    /// Its address used.
+    pub to_addr: std::net::IpAddr,
+    /// `allow` or `deny`.
+    pub verdict: String,
+    /// The deciding rule's name (absent for an unnamed rule or default deny).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The deciding rule's number (1-based; absent for default deny).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_number: Option<u32>,
+    /// The deciding rule's line in the policy text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// One line: `web (100.64.0.2) -> db (100.64.0.3): allowed by rule "x" (line 3)`.
+    pub explanation: String,
+}
+
+/// Answer to `POST /v1/admin/policy/check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCheckResponse {
+    /// The policy version checked against.
+    pub version: u64,
+    /// Whether every pair is allowed (false when there is no pair).
+    pub allowed: bool,
+    /// Every pair decided.
+    pub pairs: Vec<PolicyPairDecision>,
+    /// A side matched no node and a representative node stood in.
+    pub representative: bool,
+    /// Only the first pairs were checked.
+    pub truncated: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,12 @@ pub struct NetworkMap {
     /// Relays the node may use (from the controller's configuration).
     #[serde(default)]
     pub relays: Vec<Relay>,
+    /// The access policy compiled for this node (`weft_policy::CompiledPolicy`
+    /// in its serde form; this crate stays below `weft-policy`). Absent from an
+    /// old controller: enforcement off. The node's peers are exactly the nodes
+    /// this policy lets it reach or be reached by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<serde_json::Value>,
 }
 
 /// The receiving node's own entry.
@@ -166,6 +172,12 @@ pub enum MapChange {
     SelfUpdate {
         /// The new entry.
         node: SelfNode,
+    },
+    /// The node's compiled access policy changed: replace it.
+    Policy {
+        /// The new compiled policy (see [`NetworkMap::policy`]).
+        #[serde(default)]
+        policy: Option<serde_json::Value>,
     },
 }
 
@@ -299,7 +311,7 @@ impl NetworkMap {
                 MapChange::PeerRemove { network, .. } => {
                     self.network_index(network)?;
                 }
-                MapChange::SelfUpdate { .. } => {}
+                MapChange::SelfUpdate { .. } | MapChange::Policy { .. } => {}
             }
         }
         for change in &delta.changes {
@@ -320,6 +332,7 @@ impl NetworkMap {
                     }
                 }
                 MapChange::SelfUpdate { node } => self.node = node.clone(),
+                MapChange::Policy { policy } => self.policy = policy.clone(),
             }
         }
         self.version = delta.version;
@@ -378,6 +391,7 @@ mod tests {
                 peers: vec![peer(3)],
             }],
             relays: vec![],
+            policy: None,
         }
     }
 

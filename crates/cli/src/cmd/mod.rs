@@ -2,4 +2,5 @@
 
 pub mod agent;
 pub mod identity;
+pub mod policy;
 pub(crate) mod progress;

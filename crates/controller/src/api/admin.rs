@@ -11,7 +11,8 @@ use serde::Deserialize;
 use weft_identity::Difficulty;
 use weft_proto::api::{
     AuditEntry, AuditList, CreateNetworkRequest, CreateTokenRequest, CreateTokenResponse, Network,
-    NetworkList, NodeInfo, NodeList, TokenInfo, TokenList, UpdateNodeRequest,
+    NetworkList, NodeInfo, NodeList, PolicyCheckRequest, PolicyCheckResponse, PolicyDoc,
+    SetPolicyRequest, TokenInfo, TokenList, UpdateNodeRequest,
 };
 use weft_proto::net::{Ipv4Net, Ipv6Net};
 use weft_proto::netmap::DEFAULT_DNS_DOMAIN;
@@ -42,6 +43,8 @@ pub(super) fn routes() -> Router<AppState> {
             get(show_node).patch(update_node).delete(remove_node),
         )
         .route("/v1/admin/audit", get(audit))
+        .route("/v1/admin/policy", get(get_policy).put(set_policy))
+        .route("/v1/admin/policy/check", axum::routing::post(check_policy))
 }
 
 fn invalid_cidr(what: &str, e: impl std::fmt::Display) -> ApiError {
@@ -319,4 +322,33 @@ async fn audit(
             })
             .collect(),
     }))
+}
+
+async fn get_policy(State(st): State<AppState>, _: AdminAuth) -> Json<PolicyDoc> {
+    let world = st.engine.world().read().await;
+    Json(world.policy.doc())
+}
+
+async fn set_policy(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<SetPolicyRequest>,
+) -> Result<Json<PolicyDoc>, ApiError> {
+    match st
+        .engine
+        .execute(Actor::Admin, Op::SetPolicy(req.text, req.expect_version))
+        .await?
+    {
+        Output::Policy(p) => Ok(Json(p)),
+        _ => Err(ApiError::Internal),
+    }
+}
+
+async fn check_policy(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiJson(req): ApiJson<PolicyCheckRequest>,
+) -> Result<Json<PolicyCheckResponse>, ApiError> {
+    let world = st.engine.world().read().await;
+    Ok(Json(world.check_policy(&req)?))
 }

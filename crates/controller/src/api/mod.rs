@@ -15,6 +15,8 @@
 //! | GET | `/v1/admin/nodes` | admin | list nodes (`?network=`) |
 //! | GET/PATCH/DELETE | `/v1/admin/nodes/{key-or-name}` | admin | show / rename, tag, disable, enable / remove |
 //! | GET | `/v1/admin/audit` | admin | audit log (`?limit=&before=&target=`) |
+//! | GET/PUT | `/v1/admin/policy` | admin | the policy text and version / replace it (400 with lines when it does not parse, 422 when its tests fail) |
+//! | POST | `/v1/admin/policy/check` | admin | decide `{from, to, proto, port}` against the policy: verdict per pair, deciding rule and line |
 //! | POST/GET | `/v1/admin/relays` | admin | register a relay (token shown once) / list relays |
 //! | GET/DELETE | `/v1/admin/relays/{name}` | admin | show / remove a relay |
 //! | POST | `/v1/relay/report` | relay | the relay's TLS fingerprint and STUN port |
@@ -186,6 +188,8 @@ versioned!(
     weft_proto::api::CreateNetworkRequest,
     weft_proto::api::CreateTokenRequest,
     weft_proto::api::UpdateNodeRequest,
+    weft_proto::api::SetPolicyRequest,
+    weft_proto::api::PolicyCheckRequest,
     weft_proto::relay_api::CreateRelayRequest,
     weft_proto::relay_api::RelayReportRequest
 );

@@ -19,8 +19,8 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use weft_api_client::{Client, ClientConfig, Trust, parse_fingerprint};
 use weft_proto::api::{
-    AuditEntry, CreateNetworkRequest, CreateTokenRequest, Network, NodeInfo, TokenInfo,
-    UpdateNodeRequest,
+    AuditEntry, CreateNetworkRequest, CreateTokenRequest, Network, NodeInfo, PolicyCheckRequest,
+    SetPolicyRequest, TokenInfo, UpdateNodeRequest,
 };
 use weft_proto::relay_api::{CreateRelayRequest, RelayInfo};
 
@@ -66,6 +66,9 @@ enum AdminCommand {
     /// Relays (registered relays are in every node's map).
     #[command(subcommand)]
     Relay(RelayCmd),
+    /// The access policy (one document, versioned).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// The audit log (newest first).
     Audit {
         /// How many entries.
@@ -115,6 +118,46 @@ enum NetworkCmd {
     Show {
         /// Name.
         name: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Print the policy text (with `--json`: version, author, time too).
+    Show {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the policy with the text of FILE (`-` for stdin). Refused with
+    /// line numbers when it does not parse, and when one of its tests fails.
+    Set {
+        /// The policy file (weft-policy TOML).
+        file: PathBuf,
+        /// Only if the policy is still at this version.
+        #[arg(long)]
+        expect_version: Option<u64>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which rule decides traffic from A to B (exit 0 if allowed, 1 if not).
+    Check {
+        /// Initiator: a node name or selector (`tag:web`, `network:prod`, ...).
+        #[arg(long)]
+        from: String,
+        /// Destination, same forms.
+        #[arg(long)]
+        to: String,
+        /// any, tcp, udp, icmp.
+        #[arg(long)]
+        proto: Option<String>,
+        /// Destination port (tcp/udp).
+        #[arg(long)]
+        port: Option<u16>,
         /// JSON output.
         #[arg(long)]
         json: bool,
@@ -324,6 +367,7 @@ async fn dispatch(c: &Client, cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Token(t) => token(c, t).await,
         AdminCommand::Node(n) => node(c, n).await,
         AdminCommand::Relay(r) => relay(c, r).await,
+        AdminCommand::Policy(p) => policy(c, p).await,
         AdminCommand::Audit {
             limit,
             before,
@@ -636,6 +680,93 @@ async fn node(c: &Client, cmd: NodeCmd) -> anyhow::Result<()> {
     }
     out(&node_detail(&info));
     Ok(())
+}
+
+async fn policy(c: &Client, cmd: PolicyCmd) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCmd::Show { json } => {
+            let doc = c.get_policy().await?;
+            if json {
+                return print_json(&doc);
+            }
+            out(&doc.text);
+            if !doc.text.ends_with('\n') {
+                out("\n");
+            }
+            Ok(())
+        }
+        PolicyCmd::Set {
+            file,
+            expect_version,
+            json,
+        } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let doc = c
+                .set_policy(&SetPolicyRequest {
+                    api_version: None,
+                    text,
+                    expect_version,
+                })
+                .await?;
+            if json {
+                return print_json(&doc);
+            }
+            out(&format!(
+                "policy version {} set by {}\n",
+                doc.version, doc.author
+            ));
+            Ok(())
+        }
+        PolicyCmd::Check {
+            from,
+            to,
+            proto,
+            port,
+            json,
+        } => {
+            let r = c
+                .check_policy(&PolicyCheckRequest {
+                    api_version: None,
+                    from,
+                    to,
+                    proto,
+                    port,
+                })
+                .await?;
+            if json {
+                print_json(&r)?;
+            } else {
+                let mut text = String::new();
+                if r.pairs.is_empty() {
+                    text.push_str("no pair of distinct nodes sharing a network matches\n");
+                }
+                for p in &r.pairs {
+                    text.push_str(&p.explanation);
+                    text.push('\n');
+                }
+                if r.representative {
+                    text.push_str(
+                        "(a side matched no node; a representative node stood in for it)\n",
+                    );
+                }
+                text.push_str(&format!(
+                    "policy version {}: {}\n",
+                    r.version,
+                    if r.allowed { "allowed" } else { "not allowed" }
+                ));
+                out(&text);
+            }
+            if !r.allowed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
 }
 
 fn audit_table(entries: &[AuditEntry]) -> String {

@@ -4,11 +4,14 @@
 //!
 //! Rules (property-tested below): a node never receives itself as a peer; a
 //! disabled or removed node is in nobody's map and receives nothing; only members
-//! of a touched network receive anything. The cost of a change is proportional
+//! of a touched network (and nodes whose compiled policy changed) receive
+//! anything; a node's map lists only the peers its compiled policy lets it see
+//! (`visible_peers`: some packet allowed in either direction) and carries that
+//! compiled policy. The cost of a change is proportional
 //! to the members of the networks it touches, and nodes that receive the same
 //! changes share one delta (the hub serializes it once).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use weft_proto::NodeKey;
@@ -70,6 +73,11 @@ fn network_view(
         .filter(|id| **id != me.rec.id)
         .filter_map(|id| world.node(*id))
         .filter(|p| !p.rec.disabled)
+        .filter(|p| {
+            world
+                .node_policy(me.rec.id)
+                .is_some_and(|np| np.visible.contains(&p.rec.node_key))
+        })
         .filter_map(|p| p.memberships.get(&net.rec.id).map(|pm| peer_view(p, pm)))
         .collect();
     peers.sort_by_key(|a| a.node_key);
@@ -104,16 +112,35 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         node: self_node(me),
         networks,
         relays: world.map_relays(),
+        policy: world.node_policy(node).map(|p| p.json.clone()),
     })
 }
 
+/// Recipients that receive the same changes, and those changes.
+type Group = (Vec<NodeId>, Vec<MapChange>);
+
 /// Computes who receives what for the changes in `touched`, at `world.version`.
+///
+/// Peer visibility: a node receives changes only about peers its compiled policy
+/// lets it see (removals also about peers it saw before the batch). A node whose
+/// compiled policy changed receives it ([`MapChange::Policy`]) with upserts of
+/// the peers it can now see and removals of those it no longer may.
 pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
     let version = world.version;
     let enabled = |id: &NodeId| world.node(*id).is_some_and(|n| !n.rec.disabled);
+    let visible_now = |r: NodeId, key: &NodeKey| {
+        world
+            .node_policy(r)
+            .is_some_and(|p| p.visible.contains(key))
+    };
+    let visible_before = |r: NodeId, key: &NodeKey| match touched.policy_changed.get(&r) {
+        Some(old) => old.contains(key),
+        None => visible_now(r, key),
+    };
 
-    // Per touched network: its changes, each with the key of its subject.
-    let mut by_net: BTreeMap<NetId, Vec<(NodeKey, MapChange)>> = BTreeMap::new();
+    // Per touched network: its changes, each with the key of its subject and
+    // whether it is an upsert.
+    let mut by_net: BTreeMap<NetId, Vec<(NodeKey, bool, MapChange)>> = BTreeMap::new();
     for (net_id, key) in &touched.entries {
         let Some(net) = world.network(*net_id) else {
             continue;
@@ -122,17 +149,26 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
             .find_node_by_key(key)
             .filter(|n| !n.rec.disabled)
             .and_then(|n| n.memberships.get(net_id).map(|m| (n, m)));
-        let change = match subject {
-            Some((n, m)) => MapChange::PeerUpsert {
-                network: net.rec.name.clone(),
-                peer: peer_view(n, m),
-            },
-            None => MapChange::PeerRemove {
-                network: net.rec.name.clone(),
-                node_key: *key,
-            },
+        let (upsert, change) = match subject {
+            Some((n, m)) => (
+                true,
+                MapChange::PeerUpsert {
+                    network: net.rec.name.clone(),
+                    peer: peer_view(n, m),
+                },
+            ),
+            None => (
+                false,
+                MapChange::PeerRemove {
+                    network: net.rec.name.clone(),
+                    node_key: *key,
+                },
+            ),
         };
-        by_net.entry(*net_id).or_default().push((*key, change));
+        by_net
+            .entry(*net_id)
+            .or_default()
+            .push((*key, upsert, change));
     }
 
     // Each recipient's touched networks; subjects are handled one by one.
@@ -145,11 +181,16 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
             per_recipient.entry(*member).or_default().push(*net_id);
         }
     }
-    for id in touched.self_changed.iter().filter(|id| enabled(id)) {
+    for id in touched
+        .self_changed
+        .iter()
+        .chain(touched.policy_changed.keys())
+        .filter(|id| enabled(id))
+    {
         per_recipient.entry(*id).or_default();
     }
 
-    let mut groups: BTreeMap<Vec<NetId>, Vec<NodeId>> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<(NetId, NodeKey)>, Group> = BTreeMap::new();
     let mut out = Vec::new();
     let mut resync = Vec::new();
     for (id, nets) in per_recipient {
@@ -158,25 +199,42 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
             continue;
         }
         let Some(me) = world.node(id) else { continue };
+        let mine = me.rec.node_key;
+        let mut keys = Vec::new();
+        let mut changes = Vec::new();
+        for n in &nets {
+            for (key, upsert, change) in by_net.get(n).into_iter().flatten() {
+                let shown = if *upsert {
+                    visible_now(id, key)
+                } else {
+                    visible_before(id, key) || visible_now(id, key)
+                };
+                if *key != mine && shown {
+                    keys.push((*n, *key));
+                    changes.push(change.clone());
+                }
+            }
+        }
         let is_subject = touched.self_changed.contains(&id)
-            || nets
-                .iter()
-                .any(|n| touched.entries.contains(&(*n, me.rec.node_key)));
+            || touched.policy_changed.contains_key(&id)
+            || nets.iter().any(|n| touched.entries.contains(&(*n, mine)));
         if !is_subject {
-            groups.entry(nets).or_default().push(id);
+            if !changes.is_empty() {
+                groups
+                    .entry(keys)
+                    .or_insert_with(|| (Vec::new(), changes))
+                    .0
+                    .push(id);
+            }
             continue;
         }
-        let mut changes: Vec<MapChange> = nets
-            .iter()
-            .filter_map(|n| by_net.get(n))
-            .flatten()
-            .filter(|(key, _)| *key != me.rec.node_key)
-            .map(|(_, c)| c.clone())
-            .collect();
         if touched.self_changed.contains(&id) {
             changes.push(MapChange::SelfUpdate {
                 node: self_node(me),
             });
+        }
+        if let Some(old) = touched.policy_changed.get(&id) {
+            changes.extend(policy_changes(world, me, old));
         }
         if !changes.is_empty() {
             out.push(Outgoing {
@@ -189,13 +247,7 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
             });
         }
     }
-    for (nets, recipients) in groups {
-        let changes: Vec<MapChange> = nets
-            .iter()
-            .filter_map(|n| by_net.get(n))
-            .flatten()
-            .map(|(_, c)| c.clone())
-            .collect();
+    for (_, (recipients, changes)) in groups {
         out.push(Outgoing {
             recipients: Arc::from(recipients),
             payload: Payload::Delta(Arc::new(MapDelta {
@@ -220,6 +272,43 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
         });
     }
     out
+}
+
+/// The changes of a node whose compiled policy changed: the new policy, then
+/// the peers it may now see (in every network it shares with them) and the
+/// removal of those it saw before and no longer may.
+fn policy_changes(world: &World, me: &NodeState, old: &BTreeSet<NodeKey>) -> Vec<MapChange> {
+    let Some(np) = world.node_policy(me.rec.id) else {
+        return Vec::new();
+    };
+    let mut changes = vec![MapChange::Policy {
+        policy: Some(np.json.clone()),
+    }];
+    for key in np.visible.difference(old) {
+        let Some(peer) = world.find_node_by_key(key).filter(|p| !p.rec.disabled) else {
+            continue;
+        };
+        for (net_id, pm) in &peer.memberships {
+            if let (Some(net), true) = (world.network(*net_id), me.memberships.contains_key(net_id))
+            {
+                changes.push(MapChange::PeerUpsert {
+                    network: net.rec.name.clone(),
+                    peer: peer_view(peer, pm),
+                });
+            }
+        }
+    }
+    for key in old.difference(&np.visible) {
+        for net_id in me.memberships.keys() {
+            if let Some(net) = world.network(*net_id) {
+                changes.push(MapChange::PeerRemove {
+                    network: net.rec.name.clone(),
+                    node_key: *key,
+                });
+            }
+        }
+    }
+    changes
 }
 
 #[cfg(test)]

@@ -240,7 +240,7 @@ fn a_change_reaches_only_members_of_the_touched_network() {
 }
 
 #[test]
-fn one_join_is_one_shared_delta_for_all_members() {
+fn one_join_reaches_every_member_with_its_new_policy() {
     let mut w = setup();
     let mut b = Batch::default();
     for i in 1..=50 {
@@ -253,10 +253,90 @@ fn one_join_is_one_shared_delta_for_all_members() {
         .unwrap();
     w.finish_batch(&mut b);
     let out = compile(&w, &b.touched);
-    // One delta shared by the 50 existing members, one resync for the newcomer.
-    assert_eq!(out.len(), 2);
-    assert_eq!(out[0].recipients.len(), 50);
-    assert!(matches!(out[1].payload, Payload::Resync));
+    // Each existing member's compiled policy now names the newcomer's addresses:
+    // one delta each (the newcomer as a peer, the new policy), one resync for the
+    // newcomer.
+    assert_eq!(out.len(), 51);
+    for o in &out[..50] {
+        assert_eq!(o.recipients.len(), 1);
+        let Payload::Delta(d) = &o.payload else {
+            panic!("expected a delta")
+        };
+        assert!(
+            d.changes.iter().any(
+                |c| matches!(c, MapChange::PeerUpsert { peer, .. } if peer.node_key == key(99))
+            )
+        );
+        assert!(
+            d.changes
+                .iter()
+                .any(|c| matches!(c, MapChange::Policy { policy: Some(_) }))
+        );
+    }
+    assert!(matches!(out[50].payload, Payload::Resync));
+}
+
+#[test]
+fn visibility_follows_the_policy() {
+    let mut w = setup();
+    let mut b = Batch::default();
+    for (i, t) in [(1, "ta"), (2, "ta"), (3, "ta")] {
+        w.apply(&mut b, &Actor::Admin, register(i, t), 0).unwrap();
+    }
+    w.finish_batch(&mut b);
+    let id = |i: u8| w.find_node_by_key(&key(i)).unwrap().rec.id;
+    let (id1, id2, id3) = (id(1), id(2), id(3));
+    let name = |i: u8| w.find_node_by_key(&key(i)).unwrap().rec.name.clone();
+    let (n1, n2) = (name(1), name(2));
+    let mut held: BTreeMap<NodeId, NetworkMap> = [id1, id2, id3]
+        .into_iter()
+        .map(|i| (i, snapshot(&w, i).unwrap()))
+        .collect();
+    assert_eq!(held[&id3].networks[0].peers.len(), 2);
+
+    // Only 1 -> 2 on tcp/5432: 3 sees nobody, nobody sees 3.
+    let text = format!(
+        "[[rule]]\nname = \"one to two\"\naction = \"allow\"\nfrom = \"node:{n1}\"\nto = \"node:{n2}\"\nproto = \"tcp\"\nports = [5432]\n"
+    );
+    let mut b = Batch::default();
+    w.apply(&mut b, &Actor::Admin, Op::SetPolicy(text, None), 5)
+        .unwrap();
+    assert!(w.finish_batch(&mut b));
+    assert_eq!(b.touched.policy_changed.len(), 3);
+    let out = compile(&w, &b.touched);
+    deliver(&w, &b, &out, &mut held);
+    check_invariants(&w, &held);
+    assert!(held[&id3].networks[0].peers.is_empty());
+    assert_eq!(held[&id1].networks[0].peers.len(), 1);
+    assert_eq!(held[&id1].networks[0].peers[0].node_key, key(2));
+    assert_eq!(held[&id2].networks[0].peers[0].node_key, key(1));
+    let p3: weft_policy::CompiledPolicy =
+        serde_json::from_value(held[&id3].policy.clone().unwrap()).unwrap();
+    assert!(p3.visible_peers.is_empty() && p3.outbound.is_empty());
+
+    // A change to 3 reaches nobody else.
+    let mut b = Batch::default();
+    w.apply(
+        &mut b,
+        &Actor::Admin,
+        Op::Report(id3, Some(vec!["192.0.2.3:1".parse().unwrap()])),
+        6,
+    )
+    .unwrap();
+    w.finish_batch(&mut b);
+    assert!(compile(&w, &b.touched).is_empty());
+
+    // A policy that fails its tests is refused, and nothing changes.
+    let bad = format!(
+        "{}\n[[test]]\nfrom = \"node:{n2}\"\nto = \"node:{n1}\"\nproto = \"tcp\"\nport = 5432\nexpect = \"allow\"\n",
+        w.policy.rec.text
+    );
+    let mut b = Batch::default();
+    let e = w
+        .apply(&mut b, &Actor::Admin, Op::SetPolicy(bad, None), 7)
+        .unwrap_err();
+    assert_eq!(e.code(), "policy_tests_failed", "{e}");
+    assert!(b.writes.is_empty());
 }
 
 #[test]

@@ -150,6 +150,19 @@ pub struct RelayRecord {
     pub last_seen: Option<u64>,
 }
 
+/// One version of the access policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRecord {
+    /// Version (1, 2, ...).
+    pub version: u64,
+    /// The policy text.
+    pub text: String,
+    /// Who set it (`admin`, `system`).
+    pub author: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+}
+
 /// An audit row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditRecord {
@@ -184,6 +197,8 @@ pub struct StoreSnapshot {
     pub tokens: Vec<TokenRecord>,
     /// All relays.
     pub relays: Vec<RelayRecord>,
+    /// The newest policy version, if one was ever stored.
+    pub policy: Option<PolicyRecord>,
     /// Highest audit id so far (0 if none).
     pub max_audit_id: u64,
 }
@@ -205,6 +220,8 @@ pub enum Write {
     PutRelay(RelayRecord),
     /// Delete a relay.
     DeleteRelay(u64),
+    /// Append a policy version.
+    PutPolicy(PolicyRecord),
     /// Append an audit record.
     Audit(AuditRecord),
     /// Persist the map version counter.
@@ -377,6 +394,27 @@ pub(crate) mod tests {
         assert!(s.apply(&[Write::PutRelay(dup)]).is_err());
         s.apply(&[Write::DeleteRelay(1)]).unwrap();
         assert!(s.load().unwrap().relays.is_empty());
+
+        // Policy versions: the newest is loaded.
+        assert!(s.load().unwrap().policy.is_none());
+        let p1 = PolicyRecord {
+            version: 1,
+            text: "# one".into(),
+            author: "admin".into(),
+            at_ms: 5,
+        };
+        let p2 = PolicyRecord {
+            version: 2,
+            text: "# two".into(),
+            ..p1.clone()
+        };
+        s.apply(&[Write::PutPolicy(p1.clone())]).unwrap();
+        s.apply(&[Write::PutPolicy(p2.clone())]).unwrap();
+        assert_eq!(s.load().unwrap().policy, Some(p2));
+        assert!(
+            s.apply(&[Write::PutPolicy(p1)]).is_err(),
+            "versions are unique"
+        );
 
         let audit = s
             .audit(&AuditQuery {

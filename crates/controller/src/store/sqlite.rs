@@ -16,8 +16,8 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{
-    AuditQuery, AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, RelayRecord, Store,
-    StoreError, StoreSnapshot, TokenRecord, Write,
+    AuditQuery, AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, PolicyRecord,
+    RelayRecord, Store, StoreError, StoreSnapshot, TokenRecord, Write,
 };
 use crate::secret::SecretHash;
 
@@ -28,6 +28,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         2,
         "relays",
         include_str!("../../migrations/0002_relays.sql"),
+    ),
+    (
+        3,
+        "policy",
+        include_str!("../../migrations/0003_policy.sql"),
     ),
 ];
 
@@ -301,6 +306,20 @@ impl Store for SqliteStore {
                 last_seen: seen.map(to_u64),
             });
         }
+        snap.policy = c
+            .query_row(
+                "SELECT version, text, author, at_ms FROM policy_versions ORDER BY version DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(PolicyRecord {
+                        version: to_u64(r.get::<_, i64>(0)?),
+                        text: r.get(1)?,
+                        author: r.get(2)?,
+                        at_ms: to_u64(r.get::<_, i64>(3)?),
+                    })
+                },
+            )
+            .optional()?;
         let max_audit: Option<i64> =
             c.query_row("SELECT MAX(id) FROM audit_log", [], |r| r.get(0))?;
         snap.max_audit_id = max_audit.map_or(0, to_u64);
@@ -417,6 +436,12 @@ impl Store for SqliteStore {
                     tx.prepare_cached("DELETE FROM relays WHERE id = ?1")?
                         .execute([to_i64(*id)])?;
                 }
+                Write::PutPolicy(p) => {
+                    tx.prepare_cached(
+                        "INSERT INTO policy_versions (version, text, author, at_ms) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![to_i64(p.version), p.text, p.author, to_i64(p.at_ms)])?;
+                }
                 Write::Audit(a) => {
                     tx.prepare_cached(
                         "INSERT INTO audit_log (id, at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -503,7 +528,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         s.conn
             .execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)", [])
             .unwrap();
@@ -512,7 +537,7 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::SchemaTooNew {
                 found: 99,
-                known: 2
+                known: 3
             })
         ));
     }
