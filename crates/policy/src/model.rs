@@ -17,7 +17,7 @@ use crate::parse::{PolicyError, PolicyErrorKind, PolicyErrors};
 /// spare, small enough that parsing stays in the milliseconds).
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
 /// Most rules in one policy.
-pub const MAX_RULES: usize = 4096;
+pub const MAX_RULES: usize = 16_384;
 /// Most groups in one policy.
 pub const MAX_GROUPS: usize = 1024;
 /// Most tests in one policy.
