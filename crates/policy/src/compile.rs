@@ -272,8 +272,11 @@ impl<'a> Sides<'a> {
             if peers.is_empty() {
                 continue;
             }
-            peers.sort_unstable();
-            peers.dedup();
+            // Exact CIDR aggregation (sibling prefixes merge only when both halves
+            // are present): sequentially allocated members collapse to a few
+            // prefixes, so a rule naming a whole network stays O(log n) in size
+            // and a join does not grow every member's policy by one address.
+            let peers = IpNet::aggregate(&peers);
             let rule = &self.policy.rules[r];
             out.push(FlowRule {
                 rule: RuleId(u32::try_from(r).unwrap_or(u32::MAX)),
