@@ -264,7 +264,7 @@ impl<'a> Sides<'a> {
             let Some(local) = mine[r].get(&x) else {
                 continue;
             };
-            let mut peers: Vec<IpNet> = theirs[r]
+            let peers: Vec<IpNet> = theirs[r]
                 .iter()
                 .filter(|(y, _)| visible.contains(y))
                 .flat_map(|(_, nets)| nets.iter().copied())
