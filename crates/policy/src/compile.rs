@@ -298,6 +298,13 @@ fn any_allowed(rules: &[PairRule<'_>]) -> bool {
     if !rules.iter().any(|r| r.action == Action::Allow) {
         return false;
     }
+    // Fast path: with no deny in play, any allow rule (non-empty sides, some
+    // protocol and port) allows some packet. This is the common case (the
+    // default "members may reach each other" rule) and keeps a recompile over
+    // thousands of nodes cheap.
+    if !rules.iter().any(|r| r.action == Action::Deny) {
+        return true;
+    }
     let locals = boundaries(rules.iter().flat_map(|r| r.local.iter()));
     let peers = boundaries(rules.iter().flat_map(|r| r.peer.iter()));
     let mut ports: Vec<u16> = vec![0];
