@@ -192,12 +192,15 @@ pub fn compile_all(policy: &Policy, nodes: &[InventoryNode<'_>]) -> BTreeMap<Str
     weft_policy::compile(policy, &inv)
         .into_nodes()
         .into_iter()
-        .map(|(name, compiled)| {
+        .map(|(name, mut compiled)| {
             let visible = compiled
                 .visible_peers
                 .iter()
                 .filter_map(|p| key_of.get(p.as_str()).copied())
                 .collect();
+            // The map's peer list already is the visible set; shipping and keeping
+            // the names too would cost O(n) per node, O(n^2) in all.
+            compiled.visible_peers = Vec::new();
             let json = serde_json::to_value(&compiled).unwrap_or(serde_json::Value::Null);
             (
                 name,
