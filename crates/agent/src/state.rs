@@ -210,11 +210,6 @@ impl StateDir {
             }
         }
     }
-
-    /// Forgets the cached map (on leave).
-    pub fn remove_map(&self) {
-        let _ = fs::remove_file(self.map_path());
-    }
 }
 
 fn check_private(path: &Path) -> anyhow::Result<()> {

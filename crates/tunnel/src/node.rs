@@ -237,7 +237,6 @@ pub struct Node {
     next_tick: Instant,
     next_rate_reset: Instant,
     relay_up: bool,
-    reflexive: BTreeSet<SocketAddr>,
     policy: Option<Engine>,
     policy_log: LogLimiter<NodeKey>,
     stun: Stun,
@@ -289,7 +288,6 @@ impl Node {
             next_tick: now,
             next_rate_reset: now,
             relay_up: false,
-            reflexive: BTreeSet::new(),
             policy: None,
             policy_log: LogLimiter::new(DROP_LOG_INTERVAL, 4096),
             stun: Stun::default(),
@@ -954,15 +952,9 @@ impl Node {
                     });
                 }
             }
-            Disco::Pong { tx, observed } => {
+            Disco::Pong { tx, .. } => {
                 if !peer.path.pong(tx, from, now) {
                     return self.drop_net(Some(sender), DropReason::BadDisco);
-                }
-                if self.reflexive.insert(observed) && self.reflexive.len() > 8 {
-                    // Keep the set small; the newest observations matter.
-                    if let Some(first) = self.reflexive.iter().next().copied() {
-                        self.reflexive.remove(&first);
-                    }
                 }
             }
         }
@@ -1082,12 +1074,6 @@ impl Node {
         {
             self.events.push_back(Event::PathChanged { key, path });
         }
-    }
-
-    /// Addresses peers saw our discovery pings come from (our reflexive
-    /// addresses), most recent last.
-    pub fn observed_addresses(&self) -> Vec<SocketAddr> {
-        self.reflexive.iter().copied().collect()
     }
 
     fn drop_tun<'a>(&mut self, r: DropReason) -> TunOutcome<'a> {
