@@ -152,12 +152,12 @@ struct Sides<'a> {
 }
 
 /// One rule's view of one (node, peer) pair: its local and peer prefixes.
-struct PairRule<'a> {
-    action: Action,
-    proto: Proto,
-    ports: &'a [PortRange],
-    local: &'a [IpNet],
-    peer: &'a [IpNet],
+pub(crate) struct PairRule<'a> {
+    pub(crate) action: Action,
+    pub(crate) proto: Proto,
+    pub(crate) ports: &'a [PortRange],
+    pub(crate) local: &'a [IpNet],
+    pub(crate) peer: &'a [IpNet],
 }
 
 impl<'a> Sides<'a> {
@@ -294,7 +294,7 @@ impl<'a> Sides<'a> {
 /// Whether some packet is allowed by `rules` (deny wins). Exact: membership in
 /// the rules' prefixes and port ranges only changes at their boundaries, so it
 /// suffices to try each boundary (and each protocol class).
-fn any_allowed(rules: &[PairRule<'_>]) -> bool {
+pub(crate) fn any_allowed(rules: &[PairRule<'_>]) -> bool {
     if !rules.iter().any(|r| r.action == Action::Allow) {
         return false;
     }

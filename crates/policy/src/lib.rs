@@ -73,6 +73,11 @@
 //! allowed (exactly, deny rules included). Other nodes appear in no flow rule and
 //! must not appear in the node's network map.
 //!
+//! [`LivePolicy`] keeps the same result up to date as nodes join, change and
+//! leave: a change recompiles only the changed node and the members of the rule
+//! sides opposite it, each in O(its rules × log n) unless a deny rule picks it,
+//! and decides visibility per pair on demand instead of storing O(n²) sets.
+//!
 //! # Drive contract of the [`Engine`]
 //!
 //! 1. Build it from the node's compiled policy: [`Engine::new`] (or
@@ -100,6 +105,7 @@ mod compile;
 mod conntrack;
 mod engine;
 mod inventory;
+mod live;
 mod matcher;
 mod model;
 mod parse;
@@ -114,6 +120,7 @@ pub use conntrack::{ConntrackConfig, Flow};
 pub use engine::{Counters, DropReason, Engine, Explanation, Verdict, Via};
 pub use inventory::{Inventory, InventoryError, Membership, NodeFacts};
 pub use ipnet::IpNet;
+pub use live::{Flushed, LivePolicy, Transition};
 pub use matcher::{
     Direction, FiveTuple, IcmpKind, InvalidPolicy, Matcher, PacketError, RuleVerdict, Transport,
     ip_proto, tcp_flags,

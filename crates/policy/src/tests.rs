@@ -1349,3 +1349,172 @@ proptest! {
         }
     }
 }
+
+// ------------------------------------------------------- incremental compile
+
+/// One step of a live policy's life.
+#[derive(Debug, Clone)]
+enum LiveStep {
+    /// Node `i` joins or changes: tags, networks with a host byte (small, so two
+    /// nodes may share an address), a routed subnet, and whether it is renamed.
+    Upsert(usize, Vec<&'static str>, Vec<(usize, u8)>, bool, bool),
+    Remove(usize),
+    SetPolicy(Policy),
+}
+
+fn arb_live_step() -> impl Strategy<Value = LiveStep> {
+    prop_oneof![
+        6 => (
+            0..NODES,
+            proptest::sample::subsequence(TAGS.to_vec(), 0..=2),
+            proptest::collection::vec((0usize..2, 1u8..6), 0..=2),
+            proptest::bool::weighted(0.15),
+            proptest::bool::weighted(0.2),
+        )
+            .prop_map(|(i, tags, nets, routes, renamed)| LiveStep::Upsert(i, tags, nets, routes, renamed)),
+        2 => (0..NODES).prop_map(LiveStep::Remove),
+        1 => arb_policy().prop_map(LiveStep::SetPolicy),
+    ]
+}
+
+fn live_facts(
+    i: usize,
+    tags: &[&str],
+    nets: &[(usize, u8)],
+    routes: bool,
+    renamed: bool,
+) -> NodeFacts {
+    let mut networks: Vec<Membership> = Vec::new();
+    for &(j, host) in nets {
+        if networks.iter().any(|m| m.network == NETS[j]) {
+            continue;
+        }
+        networks.push(Membership {
+            network: NETS[j].into(),
+            addrs: vec![
+                IpAddr::V4(Ipv4Addr::new(100, 64, j as u8, host)),
+                IpAddr::V6(Ipv6Addr::new(
+                    0xfd00,
+                    j as u16,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    u16::from(host),
+                )),
+            ],
+        });
+    }
+    NodeFacts {
+        name: if renamed {
+            format!("r{i}")
+        } else {
+            format!("n{i}")
+        },
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        networks,
+        routed_subnets: if routes {
+            vec![format!("10.{i}.0.0/16").parse().unwrap()]
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+/// Per node id: the from-scratch compile (visible peers by id) of `facts`.
+fn reference(
+    policy: &Policy,
+    facts: &std::collections::BTreeMap<usize, NodeFacts>,
+) -> std::collections::BTreeMap<usize, (CompiledPolicy, Vec<usize>)> {
+    let inv = Inventory::new(facts.values().cloned().collect()).unwrap();
+    let c = compile(policy, &inv);
+    let id_of = |name: &str| {
+        facts
+            .iter()
+            .find(|(_, f)| f.name == name)
+            .map(|(i, _)| *i)
+            .unwrap()
+    };
+    facts
+        .iter()
+        .map(|(i, f)| {
+            let mut cp = c.node(&f.name).unwrap().clone();
+            let mut vis: Vec<usize> = cp.visible_peers.iter().map(|n| id_of(n)).collect();
+            vis.sort_unstable();
+            cp.visible_peers = Vec::new();
+            (*i, (cp, vis))
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// After any sequence of joins, changes, removals and policy replacements
+    /// (flushed in batches), every node's incrementally compiled policy and
+    /// visible peers equal a from-scratch compile; the flush reports exactly the
+    /// nodes whose compiled policy changed, and the transition answers
+    /// visibility as it was before.
+    #[test]
+    fn live_policy_equals_a_fresh_compile(
+        p in arb_policy(),
+        batches in proptest::collection::vec(proptest::collection::vec(arb_live_step(), 1..5), 1..8),
+    ) {
+        let mut policy = p;
+        let mut facts: std::collections::BTreeMap<usize, NodeFacts> = Default::default();
+        let mut live: LivePolicy<usize> = LivePolicy::new(policy.clone(), Vec::new());
+        let mut prev = reference(&policy, &facts);
+        for batch in batches {
+            let mut replaced: Option<Transition<usize>> = None;
+            let mut changed = std::collections::BTreeSet::new();
+            for step in batch {
+                match step {
+                    LiveStep::Upsert(i, tags, nets, routes, renamed) => {
+                        let f = live_facts(i, &tags, &nets, routes, renamed);
+                        facts.insert(i, f.clone());
+                        live.upsert(i, f);
+                    }
+                    LiveStep::Remove(i) => {
+                        facts.remove(&i);
+                        live.remove(&i);
+                    }
+                    LiveStep::SetPolicy(np) => {
+                        policy = np.clone();
+                        let r = live.set_policy(np);
+                        changed.extend(r.changed);
+                        // The first replacement's transition knows the state before the batch.
+                        replaced.get_or_insert(r.transition);
+                    }
+                }
+            }
+            let flushed = live.flush();
+            changed.extend(flushed.changed);
+            let transition = replaced.unwrap_or(flushed.transition);
+            let now = reference(&policy, &facts);
+            for (i, (cp, vis)) in &now {
+                prop_assert_eq!(live.compiled(i).map(|c| &**c), Some(cp), "node {}", i);
+                prop_assert_eq!(&live.visible_peers(i), vis, "node {}", i);
+                if prev.get(i).map(|p| &p.0) != Some(cp) {
+                    prop_assert!(changed.contains(i), "node {} changed but was not reported", i);
+                }
+            }
+            for i in 0..NODES {
+                for j in 0..NODES {
+                    let before = prev.get(&i).is_some_and(|p| p.1.contains(&j));
+                    let after = now.get(&i).is_some_and(|p| p.1.contains(&j));
+                    if replaced_is_none(&transition) && before != after {
+                        let nodes: Vec<usize> = transition.changed_nodes().unwrap().copied().collect();
+                        prop_assert!(nodes.contains(&i) || nodes.contains(&j), "{}-{} flipped unreported", i, j);
+                    }
+                    prop_assert_eq!(transition.was_visible(&live, &i, &j), before, "before {}-{}", i, j);
+                }
+            }
+            prev = now;
+        }
+    }
+}
+
+fn replaced_is_none(t: &Transition<usize>) -> bool {
+    t.changed_nodes().is_some()
+}

@@ -1,0 +1,571 @@
+//! Incremental per-node compile: the same result as [`crate::compile()`], kept
+//! up to date as nodes come, go and change, without recompiling everyone.
+//!
+//! [`LivePolicy`] resolves each node's selectors once (its *selection*: for each
+//! rule side that picks it, the prefixes it picks) and keeps, per rule side, the
+//! set of members and the aggregate of their prefixes. A node's compiled policy
+//! only depends on its own selection, on the members of the opposite sides of
+//! its rules, and on which of those it may see; so when node X changes, only
+//! X and the members of the sides opposite X's rules (before and after the
+//! change) are recompiled ([`LivePolicy::flush`]).
+//!
+//! Recompiling a node costs O(its rules × log n) when no deny rule picks it: every
+//! member of an allow rule's other side is then visible, so a flow rule's peers
+//! are the side's shared aggregate minus the node's own host addresses. A node
+//! that some deny rule picks is compiled exactly like [`crate::compile()`] does,
+//! in O(n). Visibility is not stored per node (that is O(n²)): [`LivePolicy::is_visible`]
+//! decides one pair in O(rules), and [`Transition::was_visible`] answers for the
+//! state before the last flush.
+//!
+//! Compiled policies here leave [`CompiledPolicy::visible_peers`] empty; use
+//! [`LivePolicy::visible_peers`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::compile::{CompiledPolicy, FlowRule, PairRule, RuleId, RuleInfo, any_allowed};
+use crate::inventory::{NodeFacts, endpoints};
+use crate::model::{Action, Policy};
+
+const FROM: u8 = 0;
+const TO: u8 = 1;
+
+/// One rule side that picks a node, and the prefixes it picks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    rule: u32,
+    side: u8,
+    nets: Vec<IpNet>,
+}
+
+/// A node's selection: its entries sorted by (rule, side).
+type Selection = Vec<Entry>;
+
+fn find(sel: &[Entry], rule: u32, side: u8) -> Option<&Entry> {
+    sel.binary_search_by(|e| (e.rule, e.side).cmp(&(rule, side)))
+        .ok()
+        .map(|i| &sel[i])
+}
+
+/// The members of one rule side and their prefixes.
+#[derive(Debug, Clone)]
+struct Side<K> {
+    members: BTreeSet<K>,
+    /// How many members contribute each prefix.
+    count: BTreeMap<IpNet, u32>,
+    /// Contributed prefixes that are not host prefixes.
+    non_host: usize,
+    /// The aggregate of every member's prefixes (None: stale).
+    agg: Option<Vec<IpNet>>,
+}
+
+impl<K> Default for Side<K> {
+    fn default() -> Self {
+        Side {
+            members: BTreeSet::new(),
+            count: BTreeMap::new(),
+            non_host: 0,
+            agg: Some(Vec::new()),
+        }
+    }
+}
+
+fn is_host(n: &IpNet) -> bool {
+    n.prefix_len() == n.max_prefix_len()
+}
+
+impl<K: Ord + Clone> Side<K> {
+    fn add(&mut self, k: &K, nets: &[IpNet]) {
+        self.members.insert(k.clone());
+        for n in nets {
+            *self.count.entry(*n).or_insert(0) += 1;
+            if !is_host(n) {
+                self.non_host += 1;
+            }
+        }
+        self.agg = None;
+    }
+
+    fn remove(&mut self, k: &K, nets: &[IpNet]) {
+        self.members.remove(k);
+        for n in nets {
+            if let Some(c) = self.count.get_mut(n) {
+                *c -= 1;
+                if *c == 0 {
+                    self.count.remove(n);
+                }
+            }
+            if !is_host(n) {
+                self.non_host -= 1;
+            }
+        }
+        self.agg = None;
+    }
+
+    fn refresh(&mut self) {
+        if self.agg.is_none() {
+            let all: Vec<IpNet> = self.count.keys().copied().collect();
+            self.agg = Some(IpNet::aggregate(&all));
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LiveNode {
+    facts: NodeFacts,
+    sel: Selection,
+    /// None until the next flush compiles it.
+    compiled: Option<Arc<CompiledPolicy>>,
+}
+
+/// A policy compiled for a changing set of nodes, keyed by `K` (any stable id;
+/// the node's name is in its [`NodeFacts`]).
+#[derive(Debug, Clone)]
+pub struct LivePolicy<K> {
+    policy: Arc<Policy>,
+    nodes: BTreeMap<K, LiveNode>,
+    /// Per rule: its from and to sides.
+    sides: Vec<[Side<K>; 2]>,
+    /// Nodes to recompile at the next flush.
+    dirty: BTreeSet<K>,
+    /// The selections, before the first change since the last flush, of the
+    /// nodes changed since (None: the node did not exist).
+    before: BTreeMap<K, Option<Selection>>,
+}
+
+/// What the last [`LivePolicy::flush`] (or [`LivePolicy::set_policy`]) changed,
+/// to ask about visibility before it.
+#[derive(Debug, Clone)]
+pub struct Transition<K>(Before<K>);
+
+#[derive(Debug, Clone)]
+enum Before<K> {
+    /// These nodes' selections changed (the others' did not), with their
+    /// selection before (None: the node did not exist).
+    Nodes(BTreeMap<K, Option<Selection>>),
+    /// The policy was replaced; this is the state before.
+    Rebuilt(Box<LivePolicy<K>>),
+}
+
+impl<K> Default for Transition<K> {
+    fn default() -> Self {
+        Transition(Before::Nodes(BTreeMap::new()))
+    }
+}
+
+/// The result of a flush.
+#[derive(Debug, Clone)]
+pub struct Flushed<K> {
+    /// Nodes whose compiled policy changed (new ones included, removed ones not).
+    pub changed: BTreeSet<K>,
+    /// How to ask about visibility before the flush.
+    pub transition: Transition<K>,
+}
+
+/// The selection `policy` makes on `node`.
+fn selection(policy: &Policy, node: &NodeFacts) -> Selection {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    for (r, rule) in policy.rules.iter().enumerate() {
+        let Ok(rule_id) = u32::try_from(r) else { break };
+        for (side, list) in [(FROM, &rule.from), (TO, &rule.to)] {
+            buf.clear();
+            for sel in list {
+                endpoints(policy, sel, node, 0, &mut buf);
+            }
+            if !buf.is_empty() {
+                buf.sort_unstable();
+                buf.dedup();
+                out.push(Entry {
+                    rule: rule_id,
+                    side,
+                    nets: buf.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether some packet is allowed between the nodes with selections `a` and
+/// `b`, in either direction (deny wins).
+fn pair_visible(policy: &Policy, a: &[Entry], b: &[Entry]) -> bool {
+    let mut out = Vec::new();
+    let mut inb = Vec::new();
+    for e in a {
+        let Some(theirs) = find(b, e.rule, 1 - e.side) else {
+            continue;
+        };
+        let Some(rule) = policy.rules.get(e.rule as usize) else {
+            continue;
+        };
+        let pr = PairRule {
+            action: rule.action,
+            proto: rule.proto,
+            ports: &rule.ports,
+            local: &e.nets,
+            peer: &theirs.nets,
+        };
+        if e.side == FROM {
+            out.push(pr);
+        } else {
+            inb.push(pr);
+        }
+    }
+    any_allowed(&out) || any_allowed(&inb)
+}
+
+/// `nets` minus the addresses in `hole` (host prefixes), aggregated.
+fn subtract(nets: &[IpNet], hole: &[IpNet]) -> Vec<IpNet> {
+    let mut out = Vec::with_capacity(nets.len() + 32);
+    let mut stack: Vec<IpNet> = nets.to_vec();
+    while let Some(n) = stack.pop() {
+        if hole.iter().any(|h| h.contains(&n)) {
+            continue;
+        }
+        if !hole.iter().any(|h| n.contains(h)) {
+            out.push(n);
+            continue;
+        }
+        if let Ok(halves) = n.subnets(n.prefix_len() + 1) {
+            stack.extend(halves);
+        }
+    }
+    IpNet::aggregate(&out)
+}
+
+impl<K: Ord + Clone> LivePolicy<K> {
+    /// Compiles `policy` for `nodes`.
+    pub fn new(policy: Policy, nodes: impl IntoIterator<Item = (K, NodeFacts)>) -> Self {
+        let mut live = LivePolicy {
+            sides: (0..policy.rules.len())
+                .map(|_| Default::default())
+                .collect(),
+            policy: Arc::new(policy),
+            nodes: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            before: BTreeMap::new(),
+        };
+        for (k, facts) in nodes {
+            live.insert(k, facts);
+        }
+        live.dirty = live.nodes.keys().cloned().collect();
+        live.before.clear();
+        live.flush();
+        live
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Replaces the policy and recompiles every node (flushing pending changes);
+    /// the transition holds the whole state before.
+    pub fn set_policy(&mut self, policy: Policy) -> Flushed<K> {
+        let nodes: Vec<(K, NodeFacts)> = self
+            .nodes
+            .iter()
+            .map(|(k, n)| (k.clone(), n.facts.clone()))
+            .collect();
+        let next = LivePolicy::new(policy, nodes);
+        let old = std::mem::replace(self, next);
+        let changed = self
+            .nodes
+            .iter()
+            .filter(|(k, n)| {
+                old.nodes.get(*k).and_then(|o| o.compiled.as_ref()) != n.compiled.as_ref()
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        Flushed {
+            changed,
+            transition: Transition(Before::Rebuilt(Box::new(old))),
+        }
+    }
+
+    fn insert(&mut self, k: K, facts: NodeFacts) {
+        let sel = selection(&self.policy, &facts);
+        for e in &sel {
+            if let Some(s) = self.sides.get_mut(e.rule as usize) {
+                s[usize::from(e.side)].add(&k, &e.nets);
+            }
+        }
+        self.nodes.insert(
+            k,
+            LiveNode {
+                facts,
+                sel,
+                compiled: None,
+            },
+        );
+    }
+
+    /// Marks dirty the node and every member of a side opposite one of its entries.
+    fn mark(&mut self, k: &K, sel: &[Entry]) {
+        self.dirty.insert(k.clone());
+        for e in sel {
+            if let Some(s) = self.sides.get(e.rule as usize) {
+                self.dirty
+                    .extend(s[usize::from(1 - e.side)].members.iter().cloned());
+            }
+        }
+    }
+
+    /// Takes `k` out of the sides; returns its node.
+    fn take(&mut self, k: &K) -> Option<LiveNode> {
+        let node = self.nodes.remove(k)?;
+        for e in &node.sel {
+            if let Some(s) = self.sides.get_mut(e.rule as usize) {
+                s[usize::from(e.side)].remove(k, &e.nets);
+            }
+        }
+        Some(node)
+    }
+
+    /// Adds node `k` or replaces its facts (recompiled at the next flush).
+    pub fn upsert(&mut self, k: K, facts: NodeFacts) {
+        if self.nodes.get(&k).is_some_and(|n| n.facts == facts) {
+            return;
+        }
+        let old = self.take(&k);
+        if let Some(o) = &old {
+            self.mark(&k, &o.sel);
+        }
+        let compiled = old.as_ref().and_then(|o| o.compiled.clone());
+        let old_sel = old.map(|o| o.sel);
+        self.before.entry(k.clone()).or_insert(old_sel);
+        self.insert(k.clone(), facts);
+        if let Some(n) = self.nodes.get_mut(&k) {
+            // Kept to tell at the flush whether it changed.
+            n.compiled = compiled;
+        }
+        let sel = self
+            .nodes
+            .get(&k)
+            .map(|n| n.sel.clone())
+            .unwrap_or_default();
+        self.mark(&k, &sel);
+    }
+
+    /// Removes node `k` (its peers are recompiled at the next flush).
+    pub fn remove(&mut self, k: &K) {
+        if let Some(old) = self.take(k) {
+            self.mark(k, &old.sel);
+            self.before.entry(k.clone()).or_insert(Some(old.sel));
+        }
+    }
+
+    /// Recompiles the nodes the changes since the last flush may affect.
+    pub fn flush(&mut self) -> Flushed<K> {
+        for s in &mut self.sides {
+            s[0].refresh();
+            s[1].refresh();
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut changed = BTreeSet::new();
+        for k in dirty {
+            let Some(node) = self.nodes.get(&k) else {
+                continue;
+            };
+            let next = self.compile_node(&k, node);
+            if node.compiled.as_deref() != Some(&next) {
+                changed.insert(k.clone());
+                if let Some(n) = self.nodes.get_mut(&k) {
+                    n.compiled = Some(Arc::new(next));
+                }
+            }
+        }
+        // A node changed and changed back since the last flush: nothing to report.
+        let before = std::mem::take(&mut self.before)
+            .into_iter()
+            .filter(|(k, sel)| self.nodes.get(k).map(|n| &n.sel) != sel.as_ref())
+            .collect();
+        Flushed {
+            changed,
+            transition: Transition(Before::Nodes(before)),
+        }
+    }
+
+    /// The compiled policy of `k` as of the last flush (`visible_peers` empty).
+    pub fn compiled(&self, k: &K) -> Option<&Arc<CompiledPolicy>> {
+        self.nodes.get(k).and_then(|n| n.compiled.as_ref())
+    }
+
+    /// Whether `a` and `b` (both present, distinct) may see each other.
+    pub fn is_visible(&self, a: &K, b: &K) -> bool {
+        if a == b {
+            return false;
+        }
+        match (self.nodes.get(a), self.nodes.get(b)) {
+            (Some(x), Some(y)) => pair_visible(&self.policy, &x.sel, &y.sel),
+            _ => false,
+        }
+    }
+
+    /// The nodes `k` may see, O(n).
+    pub fn visible_peers(&self, k: &K) -> Vec<K> {
+        self.nodes
+            .keys()
+            .filter(|o| self.is_visible(k, o))
+            .cloned()
+            .collect()
+    }
+
+    /// The ids of all nodes.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.nodes.keys()
+    }
+
+    fn peer_nets(&self, z: &K, rule: u32, side: u8) -> &[IpNet] {
+        self.nodes
+            .get(z)
+            .and_then(|n| find(&n.sel, rule, side))
+            .map_or(&[], |e| e.nets.as_slice())
+    }
+
+    fn compile_node(&self, k: &K, node: &LiveNode) -> CompiledPolicy {
+        let rules = &self.policy.rules;
+        let deny_free = node
+            .sel
+            .iter()
+            .all(|e| rules.get(e.rule as usize).map(|r| r.action) == Some(Action::Allow));
+        // Exact visibility, only needed when a deny rule picks the node.
+        let visible: Option<BTreeSet<&K>> = (!deny_free).then(|| {
+            let mut candidates = BTreeSet::new();
+            for e in &node.sel {
+                if rules.get(e.rule as usize).map(|r| r.action) == Some(Action::Allow)
+                    && let Some(s) = self.sides.get(e.rule as usize)
+                {
+                    candidates.extend(s[usize::from(1 - e.side)].members.iter());
+                }
+            }
+            candidates
+                .into_iter()
+                .filter(|z| {
+                    *z != k
+                        && self
+                            .nodes
+                            .get(*z)
+                            .is_some_and(|o| pair_visible(&self.policy, &node.sel, &o.sel))
+                })
+                .collect()
+        });
+        let mut outbound = Vec::new();
+        let mut inbound = Vec::new();
+        for mine in [FROM, TO] {
+            for e in node.sel.iter().filter(|e| e.side == mine) {
+                let (Some(rule), Some(sides)) =
+                    (rules.get(e.rule as usize), self.sides.get(e.rule as usize))
+                else {
+                    continue;
+                };
+                let theirs = &sides[usize::from(1 - mine)];
+                let own = find(&node.sel, e.rule, 1 - mine).map(|o| o.nets.as_slice());
+                let all = theirs.agg.as_deref().unwrap_or_default();
+                let peers = match (&visible, own) {
+                    (None, None) => all.to_vec(),
+                    (None, Some(own))
+                        if theirs.non_host == 0
+                            && own.iter().all(|n| theirs.count.get(n) == Some(&1)) =>
+                    {
+                        subtract(all, own)
+                    }
+                    _ => {
+                        let nets: Vec<IpNet> = theirs
+                            .members
+                            .iter()
+                            .filter(|z| *z != k && visible.as_ref().is_none_or(|v| v.contains(z)))
+                            .flat_map(|z| self.peer_nets(z, e.rule, 1 - mine).iter().copied())
+                            .collect();
+                        IpNet::aggregate(&nets)
+                    }
+                };
+                if peers.is_empty() {
+                    continue;
+                }
+                let flow = FlowRule {
+                    rule: RuleId(e.rule),
+                    action: rule.action,
+                    proto: rule.proto,
+                    ports: rule.ports.clone(),
+                    local: e.nets.clone(),
+                    peers,
+                };
+                if mine == FROM {
+                    outbound.push(flow);
+                } else {
+                    inbound.push(flow);
+                }
+            }
+        }
+        let ids: BTreeSet<RuleId> = outbound.iter().chain(&inbound).map(|f| f.rule).collect();
+        CompiledPolicy {
+            node: node.facts.name.clone(),
+            rules: ids
+                .into_iter()
+                .filter_map(|id| RuleInfo::of(&self.policy, id))
+                .collect(),
+            inbound,
+            outbound,
+            visible_peers: Vec::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> Transition<K> {
+    /// Whether `a` and `b` could see each other before the flush that produced
+    /// this transition; `now` is the state after it.
+    pub fn was_visible(&self, now: &LivePolicy<K>, a: &K, b: &K) -> bool {
+        if a == b {
+            return false;
+        }
+        let (state, before) = match &self.0 {
+            Before::Rebuilt(old) => (&**old, &old.before),
+            Before::Nodes(before) => (now, before),
+        };
+        let sel = |k: &K| match before.get(k) {
+            Some(s) => s.as_deref(),
+            None => state.nodes.get(k).map(|n| n.sel.as_slice()),
+        };
+        match (sel(a), sel(b)) {
+            (Some(x), Some(y)) => pair_visible(&state.policy, x, y),
+            _ => false,
+        }
+    }
+
+    /// The nodes whose visibility to others may have changed: `Some(those)`, or
+    /// `None` when the policy was replaced (anyone's may have).
+    pub fn changed_nodes(&self) -> Option<impl Iterator<Item = &K>> {
+        match &self.0 {
+            Before::Rebuilt(_) => None,
+            Before::Nodes(before) => Some(before.keys()),
+        }
+    }
+
+    /// Every node that existed before the policy was replaced (none when it
+    /// was not).
+    pub fn nodes_before(&self) -> Vec<&K> {
+        match &self.0 {
+            Before::Rebuilt(old) => {
+                let mut v: Vec<&K> = old
+                    .nodes
+                    .keys()
+                    .filter(|k| !matches!(old.before.get(*k), Some(None)))
+                    .chain(
+                        old.before
+                            .iter()
+                            .filter(|(_, s)| s.is_some())
+                            .map(|(k, _)| k),
+                    )
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            }
+            Before::Nodes(_) => Vec::new(),
+        }
+    }
+}
