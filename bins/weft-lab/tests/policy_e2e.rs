@@ -331,6 +331,32 @@ fn policy_is_shipped_enforced_explained_and_changed_live() {
         .is_err(),
         "port 22 is not allowed: exit 1"
     );
+    // The agent's live view: `weft why-blocked` asks web's own engine.
+    let ask = |node: &str, args: &[&str]| {
+        let out = mesh.weft(node, args).unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = ask("web", &["why-blocked", "db", "--port", "5432"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("outbound") && text.contains("allowed by rule \"web to db\" (line 2)"),
+        "{text}"
+    );
+    let (ok, text) = ask("web", &["why-blocked", "db", "--port", "22"]);
+    assert!(!ok, "web -> db:22 is blocked: exit 1\n{text}");
+    assert!(text.contains("no rule allows it"), "{text}");
+    // db's engine: web may open 5432 on db, db may not open 8080 on web.
+    let (ok, text) = ask("db", &["why-blocked", "web", "--port", "5432", "--inbound"]);
+    assert!(ok && text.contains("inbound"), "{text}");
+    let (ok, text) = ask("db", &["why-blocked", "web", "--port", "8080", "--json"]);
+    assert!(!ok, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["allowed"], false, "{text}");
 
     // Unauthorized traffic is dropped and counted exactly, per peer, on the
     // sender (egress, before encryption).

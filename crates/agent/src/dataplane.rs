@@ -305,6 +305,16 @@ impl Dataplane {
         (node.peer_status(clock::now()), node.drops().clone())
     }
 
+    /// The policy verdict `packet` would get now, explained (`weft why-blocked`);
+    /// `None` before the first map brings a policy.
+    pub(crate) fn explain(
+        &self,
+        dir: weft_policy::Direction,
+        packet: &weft_policy::FiveTuple,
+    ) -> Option<(bool, String)> {
+        self.shared.lock().explain(dir, packet, clock::now())
+    }
+
     /// Leaves the relay (on `weft down`).
     pub(crate) fn shutdown_relay(&mut self) {
         if let Some((_, t)) = self.relay_task.take() {

@@ -12,8 +12,8 @@ use weft_identity::{Difficulty, Identity};
 use weft_netcfg::exec::linux::NetlinkExecutor;
 use weft_netcfg::{DesiredState, LinkSpec, Reconciler, ReconcilerConfig, RouteSpec};
 use weft_proto::local::{
-    AgentStatus, CandidateStatus, ControllerStatus, LocalRequest, LocalResponse, NetworkStatus,
-    PeerStatus, ReconcileStatus, RelayStatus, UpRequest,
+    AgentStatus, CandidateStatus, ControllerStatus, ExplainRequest, LocalRequest, LocalResponse,
+    NetworkStatus, PeerStatus, ReconcileStatus, RelayStatus, UpRequest,
 };
 use weft_proto::netmap::NetworkMap;
 use weft_tunnel::Node;
@@ -182,6 +182,7 @@ impl Agent {
                 message: String::new(),
             },
             LocalRequest::Up(up) => self.up(up).await,
+            LocalRequest::Explain(req) => self.explain(&req),
             LocalRequest::Down => {
                 self.down = true;
                 self.stop_link();
@@ -193,6 +194,41 @@ impl Agent {
                         .into(),
                 }
             }
+        }
+    }
+
+    /// `weft why-blocked`: the live engine's verdict for one packet, with the
+    /// rule that decided it.
+    fn explain(&self, req: &ExplainRequest) -> LocalResponse {
+        use weft_policy::{Direction, FiveTuple, IcmpKind, tcp_flags};
+        // An ephemeral source port: the question is about opening a flow.
+        const SRC_PORT: u16 = 49152;
+        let port = req.port.unwrap_or(0);
+        let packet = match req.proto.as_str() {
+            "tcp" => FiveTuple::tcp(req.src, SRC_PORT, req.dst, port, tcp_flags::SYN),
+            "udp" => FiveTuple::udp(req.src, SRC_PORT, req.dst, port),
+            "icmp" => FiveTuple::icmp(req.src, req.dst, IcmpKind::EchoRequest, 0),
+            other => {
+                return api::error(
+                    "bad_request",
+                    &format!("unknown protocol {other:?}: use tcp, udp or icmp"),
+                );
+            }
+        };
+        let dir = if req.ingress {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        match self.dp.explain(dir, &packet) {
+            Some((allowed, explanation)) => LocalResponse::Explained {
+                allowed,
+                explanation,
+            },
+            None => api::error(
+                "no_policy",
+                "no policy yet: the agent has not received a map (is it up and joined?)",
+            ),
         }
     }
 

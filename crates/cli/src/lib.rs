@@ -46,6 +46,10 @@ enum Command {
     Ping(cmd::agent::PingArgs),
     /// Explain a peer's path: its candidate addresses, what was tried, what answered.
     Why(cmd::agent::WhyArgs),
+    /// Would this node's live policy let a new connection to (or from) a peer
+    /// through, and which rule decides? Exit status 1 when blocked.
+    #[command(name = "why-blocked")]
+    WhyBlocked(cmd::agent::WhyBlockedArgs),
     /// The controller's access policy: which rule decides A -> B (admin token).
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Down => cmd::agent::down(&cli.socket),
         Command::Ping(a) => cmd::agent::ping(&cli.socket, a),
         Command::Why(a) => cmd::agent::why(&cli.socket, a),
+        Command::WhyBlocked(a) => cmd::agent::why_blocked(&cli.socket, a),
         Command::Identity(c) => cmd::identity::run(c),
         Command::Policy(c) => cmd::policy::run(c),
     };

@@ -28,6 +28,26 @@ pub enum LocalRequest {
     /// Leave the overlay: tear down interfaces, routes and sessions; stay joined
     /// (a later `up` without a token reconnects).
     Down,
+    /// Explain the policy verdict a packet would get on this node now
+    /// (`weft why-blocked`).
+    Explain(ExplainRequest),
+}
+
+/// Parameters of `weft why-blocked`: one packet, described by its five-tuple.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// `true`: the packet arrives from a peer (ingress); `false`: this node sends it.
+    pub ingress: bool,
+    /// Source address.
+    pub src: std::net::IpAddr,
+    /// Destination address.
+    pub dst: std::net::IpAddr,
+    /// `tcp`, `udp` or `icmp`.
+    pub proto: String,
+    /// Destination port (TCP/UDP).
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 /// Parameters of `weft up`.
@@ -66,6 +86,13 @@ pub enum LocalResponse {
         /// A human-readable note.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         message: String,
+    },
+    /// The answer to [`LocalRequest::Explain`].
+    Explained {
+        /// Whether the packet would pass.
+        allowed: bool,
+        /// Which rule (or the default deny, or a tracked flow) decided, in words.
+        explanation: String,
     },
     /// The request failed.
     Error {

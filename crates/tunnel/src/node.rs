@@ -491,10 +491,16 @@ impl Node {
 
     /// Explains what the policy would do with `packet` in direction `dir` now
     /// (`None` when enforcement is off).
-    pub fn explain(&self, dir: Direction, packet: &FiveTuple, now: Instant) -> Option<String> {
-        self.policy
-            .as_ref()
-            .map(|e| e.explain(dir, packet, now).to_string())
+    pub fn explain(
+        &self,
+        dir: Direction,
+        packet: &FiveTuple,
+        now: Instant,
+    ) -> Option<(bool, String)> {
+        self.policy.as_ref().map(|e| {
+            let x = e.explain(dir, packet, now);
+            (matches!(x.verdict, Verdict::Allow { .. }), x.to_string())
+        })
     }
 
     /// Handles a packet read from the TUN: route it to a peer by destination

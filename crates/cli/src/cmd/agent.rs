@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use weft_proto::local::{AgentStatus, LocalRequest, LocalResponse, UpRequest};
+use weft_proto::local::{AgentStatus, ExplainRequest, LocalRequest, LocalResponse, UpRequest};
 
 /// Where the agent listens.
 #[derive(Debug, Clone, Args)]
@@ -88,6 +88,7 @@ fn expect_ok(resp: LocalResponse) -> anyhow::Result<(Option<Box<AgentStatus>>, S
     match resp {
         LocalResponse::Ok { status, message } => Ok((status, message)),
         LocalResponse::Error { code, message } => bail!("{message} ({code})"),
+        LocalResponse::Explained { .. } => bail!("the agent answered a different question"),
     }
 }
 
@@ -333,6 +334,86 @@ pub fn why(sock: &SocketArg, a: WhyArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct WhyBlockedArgs {
+    /// Peer name (`db`, `db.prod`), or overlay IP.
+    peer: String,
+    /// Protocol: tcp, udp or icmp.
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "icmp"])]
+    proto: String,
+    /// Destination port (tcp/udp): the peer's port, or this node's with --inbound.
+    #[arg(long, required_if_eq_any = [("proto", "tcp"), ("proto", "udp")])]
+    port: Option<u16>,
+    /// Ask about the peer opening a connection to this node instead.
+    #[arg(long)]
+    inbound: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `weft why-blocked PEER --port N`: the live policy verdict on this node for a
+/// new connection to (or, with `--inbound`, from) a peer, and the rule that
+/// decided. Exit status 0 when allowed, 1 when blocked.
+pub fn why_blocked(sock: &SocketArg, a: WhyBlockedArgs) -> anyhow::Result<ExitCode> {
+    let st = status_of(&sock.socket)?;
+    let (p, peer_ip) = resolve_peer(&st, &a.peer)?;
+    let own_ip = st
+        .networks
+        .iter()
+        .filter(|n| p.networks.contains(&n.name))
+        .flat_map(|n| n.addresses.iter())
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+        .find(|a| a.is_ipv4() == peer_ip.is_ipv4())
+        .with_context(|| {
+            format!(
+                "this node has no address in a network shared with {}",
+                p.name
+            )
+        })?;
+    let (src, dst) = if a.inbound {
+        (peer_ip, own_ip)
+    } else {
+        (own_ip, peer_ip)
+    };
+    let req = LocalRequest::Explain(ExplainRequest {
+        ingress: a.inbound,
+        src,
+        dst,
+        proto: a.proto.clone(),
+        port: a.port,
+    });
+    let (allowed, explanation) = match call(&sock.socket, &req)? {
+        LocalResponse::Explained {
+            allowed,
+            explanation,
+        } => (allowed, explanation),
+        LocalResponse::Error { code, message } => bail!("{message} ({code})"),
+        LocalResponse::Ok { .. } => bail!("the agent does not support why-blocked (upgrade weftd)"),
+    };
+    let drops: u64 = p.drops.values().sum();
+    if a.json {
+        let v = serde_json::json!({
+            "peer": p.name,
+            "allowed": allowed,
+            "explanation": explanation,
+            "peer_drops": p.drops,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("{explanation}");
+        if drops > 0 {
+            let list: Vec<String> = p.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("drops from/to {} so far: {}", p.name, list.join(", "));
+        }
+    }
+    Ok(if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `weft ping`: ICMP echo to a peer's overlay address through the tunnel.
