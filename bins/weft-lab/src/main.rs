@@ -22,7 +22,8 @@ use weft_lab::selftest::{self, SelftestOptions};
 ///
 /// Builds hosts (namespaces), LANs (bridges), a shared "internet" segment
 /// (198.18.0.0/16) and routers with NAT profiles (nftables), impairs links with
-/// tc netem, and runs real processes in them. Everything lives in namespaces
+/// tc netem (or, on kernels without netem, a userspace delay/loss wire), and
+/// runs real processes in them. Everything lives in namespaces
 /// named wl-<run id>-<node> and is removed when the run ends, also when it is
 /// killed. Needs root.
 #[derive(Parser)]
@@ -68,6 +69,13 @@ enum Cmd {
         /// Seconds each pair may take to connect and go direct.
         #[arg(long, default_value_t = 20)]
         settle_secs: u64,
+        /// Delay added to every router's uplink, each direction, in ms (netem,
+        /// or the lab's userspace wire on kernels without it).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Loss on every router's uplink, each direction, in percent.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
     },
     /// Remove what crashed runs left behind (namespaces, processes, log state of
     /// runs whose owner is dead).
@@ -150,6 +158,8 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Grid {
             profiles,
             settle_secs,
+            delay_ms,
+            loss,
         } => {
             install_ctrlc()?;
             let profiles = if profiles.is_empty() {
@@ -157,7 +167,10 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             } else {
                 profiles
             };
-            let report = weft_lab::grid::run(&profiles, Duration::from_secs(settle_secs))?;
+            let uplink =
+                weft_lab::Impairment::delay(Duration::from_millis(delay_ms)).with_loss(loss);
+            let report =
+                weft_lab::grid::run_impaired(&profiles, Duration::from_secs(settle_secs), uplink)?;
             print!("{report}");
             return Ok(if report.passed() {
                 ExitCode::SUCCESS

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_lab::mesh::{Mesh, NetworkSpec};
-use weft_lab::{Lab, Nat, Net, Topology};
+use weft_lab::{Impairment, Lab, Nat, Net, Topology};
 
 fn require_root() {
     if let Err(e) = weft_lab::require_root() {
@@ -191,4 +191,91 @@ fn relayed_peers_recover_after_relay_restart_and_direct_peers_do_not_notice() {
     });
     println!("relayed pair recovered {took:?} after the relay restarted");
     assert!(mesh.path("a", "b").is_some_and(|p| p.starts_with("direct")));
+}
+
+/// The slow-link case: 100 ms each way and 1 % loss on both routers'
+/// uplinks (the userspace wire where the kernel has no netem), so a direct
+/// round trip between a and b takes about 400 ms. The pair must be direct
+/// within 3 s of both agents having the other in their map.
+#[test]
+fn easy_pair_goes_direct_within_3s_over_delayed_lossy_links() {
+    let lab = pair_lab();
+    let slow = Impairment::delay(Duration::from_millis(100)).with_loss(1.0);
+    lab.impair("ra", slow).unwrap();
+    lab.impair("rb", slow).unwrap();
+    // Warm the neighbour caches, then measure: a -> rb crosses both wires.
+    let rb = lab.addr("rb").unwrap();
+    within("a reaches rb", Duration::from_secs(10), || {
+        lab.ping("a", rb).unwrap_or(false)
+    });
+    let out = lab
+        .run(
+            "a",
+            &["ping", "-c", "3", "-i", "0.3", "-n", "-q", &rb.to_string()],
+        )
+        .unwrap();
+    println!(
+        "underlay a -> rb: {}",
+        out.lines().last().unwrap_or_default()
+    );
+
+    let mut mesh = Mesh::start(&lab, "infra", NetworkSpec::default()).unwrap();
+    mesh.start_relay("infra").unwrap();
+    let token = mesh.token_file(2).unwrap();
+    mesh.start_agent("a", Some(&token)).unwrap();
+    mesh.start_agent("b", Some(&token)).unwrap();
+
+    let start = Instant::now();
+    let mut in_map: Option<Instant> = None;
+    let direct = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no direct path within 60 s (peer in both maps after {:?})\n{}",
+            in_map.map(|t| t - start),
+            mesh.status_table()
+        );
+        let (Some(sa), Some(sb)) = (mesh.try_status("a"), mesh.try_status("b")) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let now = Instant::now();
+        let pa = sa
+            .peers
+            .iter()
+            .find(|p| p.name == "b")
+            .map(|p| p.path.clone());
+        let pb = sb
+            .peers
+            .iter()
+            .find(|p| p.name == "a")
+            .map(|p| p.path.clone());
+        if in_map.is_none() && pa.is_some() && pb.is_some() {
+            in_map = Some(now);
+        }
+        if let (Some(pa), Some(pb)) = (&pa, &pb)
+            && pa.starts_with("direct")
+            && pb.starts_with("direct")
+        {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let in_map = in_map.unwrap();
+    let took = direct - in_map;
+    println!(
+        "100 ms each way + 1 % loss on both uplinks: peer in both maps after {:?}, direct {took:?} later",
+        in_map - start
+    );
+    assert!(
+        took <= Duration::from_secs(3),
+        "direct after {took:?} (> 3 s)"
+    );
+    // The overlay works over the slow direct path (RTT about 400 ms).
+    let ip_b = mesh.overlay_ip("b").unwrap();
+    within("a pings b", Duration::from_secs(10), || {
+        lab.ping("a", ip_b).unwrap_or(false)
+    });
+    assert!(mesh.path("a", "b").is_some_and(|p| p.starts_with("direct")));
+    let stats = lab.wire_stats("ra", "eth0");
+    println!("wire on ra: {stats:?}");
 }

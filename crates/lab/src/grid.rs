@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::mesh::{Mesh, NetworkSpec};
-use crate::{Lab, Nat, Net, Topology};
+use crate::{Impairment, Lab, Nat, Net, Topology};
 
 /// The profiles of the grid, in display order.
 pub const PROFILES: [Nat; 6] = [
@@ -155,6 +155,16 @@ fn short(n: Nat) -> &'static str {
 /// Runs the grid over `profiles` (all pairs with repetition). `settle` bounds
 /// how long each pair may take to reach its expected path.
 pub fn run(profiles: &[Nat], settle: Duration) -> anyhow::Result<GridReport> {
+    run_impaired(profiles, settle, Impairment::NONE)
+}
+
+/// [`run`] with `uplink` impairing every router's upstream link (for a CGNAT
+/// pair, the carrier's and the home router's), as [`Lab::impair`] does.
+pub fn run_impaired(
+    profiles: &[Nat],
+    settle: Duration,
+    uplink: Impairment,
+) -> anyhow::Result<GridReport> {
     let start = Instant::now();
     let mut topo = Topology::new().host("infra", Net::Internet);
     let mut nodes = Vec::new();
@@ -169,6 +179,18 @@ pub fn run(profiles: &[Nat], settle: Duration) -> anyhow::Result<GridReport> {
         }
     }
     let lab = Lab::build(&topo)?;
+    if !uplink.is_none() {
+        let routers: Vec<String> = lab
+            .plan()
+            .nodes
+            .iter()
+            .filter(|n| n.nat().is_some())
+            .map(|n| n.name.clone())
+            .collect();
+        for r in routers {
+            lab.impair(&r, uplink)?;
+        }
+    }
     let spec = NetworkSpec {
         cidr: "100.64.0.0/24".into(),
         ..NetworkSpec::default()

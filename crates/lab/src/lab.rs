@@ -1,8 +1,10 @@
 //! [`Lab`]: a built topology, alive until dropped.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::cmd;
@@ -14,6 +16,7 @@ use crate::netem::{self, Impairment, NetemSupport};
 use crate::process::{self, Process, Proto};
 use crate::resolv;
 use crate::topology::{Node, Plan, Role, Topology};
+use crate::wire::{Wire, WireStats};
 
 /// Where per-run log directories are created.
 pub const LOG_ROOT: &str = "/tmp/weft-lab";
@@ -30,6 +33,9 @@ pub struct Lab {
     netem: NetemSupport,
     /// The upstream resolver (dnsmasq in the internet switch), if installed.
     upstream_dns: Option<Process>,
+    /// Userspace impairments by (node, interface); declared before `guard` so
+    /// they stop before the namespaces go.
+    wires: Mutex<BTreeMap<(String, String), Wire>>,
     guard: RunGuard,
 }
 
@@ -54,6 +60,7 @@ impl Lab {
             log_dir,
             netem: NetemSupport::default(),
             upstream_dns: None,
+            wires: Mutex::new(BTreeMap::new()),
             guard,
         };
         lab.create()?;
@@ -186,6 +193,11 @@ impl Lab {
 
     /// Sets (or with [`Impairment::NONE`] clears) the impairment of `node`'s uplink,
     /// in both directions.
+    ///
+    /// The mechanism is `tc netem`. A kernel without `sch_netem` gets loss from
+    /// nftables and delay or jitter from a userspace wire spliced into the link
+    /// (see [`crate::wire`]); either way a delay D per direction adds 2·D to a
+    /// round trip.
     pub fn impair(&self, node: &str, impairment: Impairment) -> Result<()> {
         self.impair_iface(node, "eth0", impairment)
     }
@@ -193,6 +205,83 @@ impl Lab {
     /// Sets the impairment of `node`'s interface `iface` (`eth0` uplink, `eth1` a
     /// router's LAN side), in both directions.
     pub fn impair_iface(&self, node: &str, iface: &str, impairment: Impairment) -> Result<()> {
+        let link = self.link(node, iface)?;
+        let mut wires = self.wires.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (node.to_owned(), iface.to_owned());
+        if let Some(wire) = wires.get(&key) {
+            // A link with a wire keeps it until the impairment is cleared.
+            if impairment.is_none() {
+                if let Some(wire) = wires.remove(&key) {
+                    wire.remove()?;
+                }
+            } else {
+                wire.set(&impairment);
+            }
+            return Ok(());
+        }
+        let applied = netem::apply(&link.node_ns, &link.dev, &impairment, &self.netem)
+            .and_then(|()| netem::apply(&link.switch_ns, &link.port, &impairment, &self.netem));
+        match applied {
+            Err(LabError::NetemUnavailable { .. }) => {
+                tracing::info!(
+                    node,
+                    iface,
+                    "no sch_netem: impairing the link with a userspace wire"
+                );
+                self.insert_wire(&mut wires, key, &link, impairment)
+            }
+            other => other,
+        }
+    }
+
+    /// Like [`Lab::impair_iface`], but always with the userspace wire (also on
+    /// kernels that have netem), so it can be tested and compared anywhere.
+    /// [`Impairment::NONE`] removes the wire.
+    pub fn impair_with_wire(&self, node: &str, iface: &str, impairment: Impairment) -> Result<()> {
+        let link = self.link(node, iface)?;
+        let mut wires = self.wires.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (node.to_owned(), iface.to_owned());
+        if let Some(wire) = wires.get(&key) {
+            if impairment.is_none() {
+                if let Some(wire) = wires.remove(&key) {
+                    wire.remove()?;
+                }
+            } else {
+                wire.set(&impairment);
+            }
+            return Ok(());
+        }
+        if impairment.is_none() {
+            return Ok(());
+        }
+        self.insert_wire(&mut wires, key, &link, impairment)
+    }
+
+    /// The frame counters of the userspace wire on `node`'s interface `iface`, if
+    /// one is in place.
+    pub fn wire_stats(&self, node: &str, iface: &str) -> Option<WireStats> {
+        let wires = self.wires.lock().unwrap_or_else(PoisonError::into_inner);
+        wires
+            .get(&(node.to_owned(), iface.to_owned()))
+            .map(Wire::stats)
+    }
+
+    fn insert_wire(
+        &self,
+        wires: &mut BTreeMap<(String, String), Wire>,
+        key: (String, String),
+        link: &Link,
+        impairment: Impairment,
+    ) -> Result<()> {
+        // Clear whatever netem or nftables state is on the link first.
+        netem::apply(&link.node_ns, &link.dev, &Impairment::NONE, &self.netem)?;
+        netem::apply(&link.switch_ns, &link.port, &Impairment::NONE, &self.netem)?;
+        let wire = Wire::insert(&link.switch_ns, &link.port, &impairment)?;
+        wires.insert(key, wire);
+        Ok(())
+    }
+
+    fn link(&self, node: &str, iface: &str) -> Result<Link> {
         let n = self.node(node)?;
         let i = n.iface(iface).ok_or_else(|| {
             LabError::Topology(format!("node `{node}` has no interface `{iface}`"))
@@ -201,13 +290,12 @@ impl Lab {
             .plan
             .segment(&i.segment)
             .ok_or_else(|| LabError::Topology(format!("no segment `{}`", i.segment)))?;
-        netem::apply(&self.netns(node)?, &i.name, &impairment, &self.netem)?;
-        netem::apply(
-            &names::netns_name(self.run_id(), &switch.netns_suffix),
-            &i.port,
-            &impairment,
-            &self.netem,
-        )
+        Ok(Link {
+            node_ns: self.netns(node)?,
+            dev: i.name.clone(),
+            switch_ns: names::netns_name(self.run_id(), &switch.netns_suffix),
+            port: i.port.clone(),
+        })
     }
 
     /// Waits until something in `node` listens on TCP `port`.
@@ -233,6 +321,10 @@ impl Lab {
 
     /// Tears the lab down now, reporting errors (dropping does the same silently).
     pub fn teardown(mut self) -> Result<()> {
+        self.wires
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         self.guard.teardown()
     }
 
@@ -375,4 +467,12 @@ impl Lab {
             .ok_or_else(|| LabError::Topology(format!("no segment `{segment}`")))?;
         Ok(names::netns_name(self.run_id(), &seg.netns_suffix))
     }
+}
+
+/// Both ends of one node interface's link.
+struct Link {
+    node_ns: String,
+    dev: String,
+    switch_ns: String,
+    port: String,
 }

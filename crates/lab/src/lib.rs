@@ -29,6 +29,7 @@
 //! - [`names`]: run ids and namespace/interface naming (`wl-<run id>-<node>`);
 //! - [`nat`]: the nftables ruleset of each [`Nat`] profile;
 //! - [`netem`]: link [`Impairment`]s (`tc netem`, nftables loss fallback);
+//! - [`wire`]: the userspace delay/loss wire used where the kernel has no netem;
 //! - [`process`]: [`Process`]es in a node, logs, wait-for-ready helpers;
 //! - [`guard`]: run ownership, the reaper, teardown; [`mod@sweep`]: removing runs of
 //!   dead owners;
@@ -61,6 +62,7 @@ pub mod selftest;
 pub mod sweep;
 mod sys;
 pub mod topology;
+pub mod wire;
 
 use std::path::PathBuf;
 
@@ -71,6 +73,7 @@ pub use netem::Impairment;
 pub use process::{Process, wait_until};
 pub use sweep::{SweepReport, sweep};
 pub use topology::{Nat, Net, Plan, Topology};
+pub use wire::WireStats;
 
 /// The environment variable naming the directory of weft's binaries.
 pub const BIN_DIR_ENV: &str = "WEFT_BIN_DIR";
