@@ -9,8 +9,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde_json::json;
+use weft_policy::{CompiledPolicy, LivePolicy, Membership, NodeFacts, Transition};
 use weft_proto::NodeKey;
 use weft_proto::api::{
     self, NodeAddress, NodeInfo, PolicyCheckRequest, PolicyCheckResponse, PolicyDoc,
@@ -21,7 +23,7 @@ use weft_proto::netmap::Relay;
 use weft_proto::relay_api::RelayInfo;
 
 use crate::error::ApiError;
-use crate::policy::{self, InventoryNode, NodePolicy, PolicyState};
+use crate::policy::{self, InventoryNode, PolicyState};
 use crate::secret::SecretHash;
 use crate::store::{
     AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, PolicyRecord, RelayRecord,
@@ -99,12 +101,16 @@ pub struct Touched {
     pub evicted: BTreeSet<NodeId>,
     /// Relays whose member streams must be closed (removed).
     pub evicted_relays: BTreeSet<RelayId>,
-    /// A policy input changed (the policy, a node's name, tags, memberships,
-    /// enabled state): recompile every node's policy when the batch closes.
+    /// The policy text changed: recompile every node's policy when the batch
+    /// closes.
     pub recompile: bool,
-    /// Filled when the batch closes: the nodes whose compiled policy changed,
-    /// with the keys of the peers they could see before.
-    pub policy_changed: BTreeMap<NodeId, BTreeSet<NodeKey>>,
+    /// Nodes whose policy inputs (name, tags, memberships, enabled state, or
+    /// existence) changed: recompiled, with the nodes their change affects,
+    /// when the batch closes.
+    pub policy_nodes: BTreeSet<NodeKey>,
+    /// Filled when the batch closes: the nodes whose compiled policy changed
+    /// (visibility before the batch: [`World::was_visible`]).
+    pub policy_changed: BTreeSet<NodeId>,
 }
 
 impl Touched {
@@ -116,6 +122,7 @@ impl Touched {
             && self.evicted.is_empty()
             && self.evicted_relays.is_empty()
             && !self.recompile
+            && self.policy_nodes.is_empty()
     }
 }
 
@@ -273,8 +280,10 @@ pub struct World {
     pub relays: Vec<Relay>,
     /// The access policy in force.
     pub policy: PolicyState,
-    /// Every enabled node's compiled policy (by id).
-    compiled: BTreeMap<NodeId, NodePolicy>,
+    /// Every enabled node's compiled policy and visibility, kept incrementally.
+    live: LivePolicy<NodeKey>,
+    /// Visibility before the last batch that changed a policy input.
+    policy_before: Transition<NodeKey>,
     networks: BTreeMap<NetId, NetState>,
     network_by_name: BTreeMap<String, NetId>,
     nodes: BTreeMap<NodeId, NodeState>,
@@ -372,14 +381,21 @@ impl World {
                 PolicyState::generated(&names)
             }
         };
-        w.recompile();
+        w.live = LivePolicy::new(
+            w.policy.parsed.clone(),
+            w.nodes
+                .values()
+                .filter(|n| !n.rec.disabled)
+                .map(|n| (n.rec.node_key, w.node_facts(n)))
+                .collect::<Vec<_>>(),
+        );
         w
     }
 
     // ---- policy ----
 
     /// Every enabled node as the policy sees it.
-    fn inventory_nodes(&self) -> Vec<InventoryNode<'_>> {
+    pub(crate) fn inventory_nodes(&self) -> Vec<InventoryNode<'_>> {
         self.nodes
             .values()
             .filter(|n| !n.rec.disabled)
@@ -401,35 +417,87 @@ impl World {
             .collect()
     }
 
-    /// Recompiles every node's policy; returns the nodes whose compiled policy
-    /// changed, with the peers they could see before.
-    fn recompile(&mut self) -> BTreeMap<NodeId, BTreeSet<NodeKey>> {
-        let by_name = policy::compile_all(&self.policy.parsed, &self.inventory_nodes());
-        let mut next = BTreeMap::new();
-        for (name, np) in by_name {
-            if let Some(id) = self.node_by_name.get(&name) {
-                next.insert(*id, np);
+    /// How the policy sees an (enabled) node.
+    fn node_facts(&self, n: &NodeState) -> NodeFacts {
+        NodeFacts {
+            name: n.rec.name.clone(),
+            tags: n.rec.tags.iter().cloned().collect(),
+            networks: n
+                .memberships
+                .values()
+                .filter_map(|m| {
+                    let net = self.networks.get(&m.network_id)?;
+                    let mut addrs = vec![std::net::IpAddr::V4(m.ipv4)];
+                    addrs.extend(m.ipv6.map(std::net::IpAddr::V6));
+                    Some(Membership {
+                        network: net.rec.name.clone(),
+                        addrs,
+                    })
+                })
+                .collect(),
+            routed_subnets: Vec::new(),
+        }
+    }
+
+    /// Brings the compiled policies up to date with the batch: everything after
+    /// a policy edit, else only the changed nodes and those their change
+    /// affects. Returns the nodes whose compiled policy changed.
+    fn recompile(&mut self, touched: &Touched) -> BTreeSet<NodeId> {
+        for key in &touched.policy_nodes {
+            match self.find_node_by_key(key).filter(|n| !n.rec.disabled) {
+                Some(n) => {
+                    let f = self.node_facts(n);
+                    self.live.upsert(*key, f);
+                }
+                None => self.live.remove(key),
             }
         }
-        let mut changed = BTreeMap::new();
-        for (id, np) in &next {
-            match self.compiled.get(id) {
-                Some(old) if old.json == np.json => {}
-                Some(old) => {
-                    changed.insert(*id, old.visible.clone());
-                }
-                None => {
-                    changed.insert(*id, BTreeSet::new());
-                }
-            }
-        }
-        self.compiled = next;
-        changed
+        // (Also when the policy changed in a batch that was never closed.)
+        let flushed = if touched.recompile || self.live.policy() != &self.policy.parsed {
+            // Recompiles everyone (with the changes above); the transition still
+            // knows the state before the batch.
+            self.live.set_policy(self.policy.parsed.clone())
+        } else {
+            self.live.flush()
+        };
+        self.policy_before = flushed.transition;
+        flushed
+            .changed
+            .iter()
+            .filter_map(|k| self.node_by_key.get(k).copied())
+            .collect()
     }
 
     /// The compiled policy of an enabled node.
-    pub fn node_policy(&self, id: NodeId) -> Option<&NodePolicy> {
-        self.compiled.get(&id)
+    pub fn node_policy(&self, id: NodeId) -> Option<&Arc<CompiledPolicy>> {
+        self.live.compiled(&self.nodes.get(&id)?.rec.node_key)
+    }
+
+    /// Whether nodes `a` and `b` may see each other now.
+    pub fn is_visible(&self, a: &NodeKey, b: &NodeKey) -> bool {
+        self.live.is_visible(a, b)
+    }
+
+    /// Whether nodes `a` and `b` could see each other before the last batch.
+    pub fn was_visible(&self, a: &NodeKey, b: &NodeKey) -> bool {
+        self.policy_before.was_visible(&self.live, a, b)
+    }
+
+    /// The nodes whose visibility to others the last batch may have changed
+    /// (`None`: anyone's, the policy changed).
+    pub fn visibility_changed(&self) -> Option<Vec<NodeKey>> {
+        self.policy_before
+            .changed_nodes()
+            .map(|i| i.copied().collect())
+    }
+
+    /// The nodes before the last batch, when it changed the policy.
+    pub fn nodes_before_policy_change(&self) -> Vec<NodeKey> {
+        self.policy_before
+            .nodes_before()
+            .into_iter()
+            .copied()
+            .collect()
     }
 
     /// Decides `req` against the policy in force and the current nodes.
@@ -1017,7 +1085,7 @@ impl World {
         // when tags changed).
         if !is_retry || tags_changed {
             Self::touch_everywhere(batch, &mut node);
-            batch.touched.recompile = true;
+            batch.touched.policy_nodes.insert(node.rec.node_key);
         }
         let key = node.rec.node_key;
         let addresses = {
@@ -1142,7 +1210,7 @@ impl World {
         }
         if !audits.is_empty() {
             batch.writes.push(Write::PutNode(node.rec.clone()));
-            batch.touched.recompile = true;
+            batch.touched.policy_nodes.insert(node.rec.node_key);
         }
         self.nodes.insert(id, node);
         for (action, detail) in audits {
@@ -1169,7 +1237,7 @@ impl World {
         };
         Self::touch_everywhere(batch, &mut node);
         batch.touched.evicted.insert(id);
-        batch.touched.recompile = true;
+        batch.touched.policy_nodes.insert(node.rec.node_key);
         for (net_id, m) in &node.memberships {
             if let Some(net) = self.networks.get_mut(net_id) {
                 net.members.remove(&id);
@@ -1505,8 +1573,8 @@ impl World {
         }
         self.version += 1;
         batch.writes.push(Write::SetMapVersion(self.version));
-        if batch.touched.recompile {
-            batch.touched.policy_changed = self.recompile();
+        if batch.touched.recompile || !batch.touched.policy_nodes.is_empty() {
+            batch.touched.policy_changed = self.recompile(&batch.touched);
         }
         true
     }

@@ -1,14 +1,15 @@
 //! The controller's access policy: one versioned document, validated on every
 //! change, compiled per node after every batch that changes a policy input.
 //!
-//! Pure (no I/O): [`crate::model::World`] holds a [`PolicyState`] and calls
-//! into this module; the netmap compiler reads each node's compiled policy and
-//! visible peers from it.
+//! Pure (no I/O): [`crate::model::World`] holds a [`PolicyState`] and a
+//! [`weft_policy::LivePolicy`] that keeps every node's compiled policy up to
+//! date incrementally (a membership change recompiles only the nodes it
+//! affects; a policy edit recompiles everyone); the netmap compiler reads each
+//! node's compiled policy and pairwise visibility from the world.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use weft_policy::{CompiledPolicy, Inventory, Membership, NodeFacts, Policy, Rule, render_rule};
+use weft_policy::{Inventory, Membership, NodeFacts, Policy, Rule, render_rule};
 use weft_proto::NodeKey;
 use weft_proto::api::PolicyDoc;
 
@@ -38,17 +39,6 @@ impl Default for PolicyState {
     fn default() -> Self {
         PolicyState::generated(&[])
     }
-}
-
-/// One node's compiled policy, with its serde form and visible peers by key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodePolicy {
-    /// The compiled policy.
-    pub compiled: CompiledPolicy,
-    /// Its serde form, as shipped in the map.
-    pub json: serde_json::Value,
-    /// The keys of the peers it may see.
-    pub visible: BTreeSet<NodeKey>,
 }
 
 impl PolicyState {
@@ -183,35 +173,6 @@ pub fn inventory(nodes: &[InventoryNode<'_>]) -> Inventory {
             Inventory::default()
         }
     }
-}
-
-/// Compiles `policy` for every node; keyed by node name.
-pub fn compile_all(policy: &Policy, nodes: &[InventoryNode<'_>]) -> BTreeMap<String, NodePolicy> {
-    let inv = inventory(nodes);
-    let key_of: BTreeMap<&str, NodeKey> = nodes.iter().map(|n| (n.name, n.key)).collect();
-    weft_policy::compile(policy, &inv)
-        .into_nodes()
-        .into_iter()
-        .map(|(name, mut compiled)| {
-            let visible = compiled
-                .visible_peers
-                .iter()
-                .filter_map(|p| key_of.get(p.as_str()).copied())
-                .collect();
-            // The map's peer list already is the visible set; shipping and keeping
-            // the names too would cost O(n) per node, O(n^2) in all.
-            compiled.visible_peers = Vec::new();
-            let json = serde_json::to_value(&compiled).unwrap_or(serde_json::Value::Null);
-            (
-                name,
-                NodePolicy {
-                    compiled,
-                    json,
-                    visible,
-                },
-            )
-        })
-        .collect()
 }
 
 #[cfg(test)]

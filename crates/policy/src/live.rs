@@ -135,6 +135,18 @@ pub struct LivePolicy<K> {
     before: BTreeMap<K, Option<Selection>>,
 }
 
+impl<K> Default for LivePolicy<K> {
+    fn default() -> Self {
+        LivePolicy {
+            policy: Arc::default(),
+            nodes: BTreeMap::new(),
+            sides: Vec::new(),
+            dirty: BTreeSet::new(),
+            before: BTreeMap::new(),
+        }
+    }
+}
+
 /// What the last [`LivePolicy::flush`] (or [`LivePolicy::set_policy`]) changed,
 /// to ask about visibility before it.
 #[derive(Debug, Clone)]

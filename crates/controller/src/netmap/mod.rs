@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use weft_policy::CompiledPolicy;
 use weft_proto::NodeKey;
 use weft_proto::api::API_VERSION;
 use weft_proto::netmap::{MapChange, MapDelta, NetworkMap, NetworkView, Peer, SelfNode};
@@ -73,11 +74,7 @@ fn network_view(
         .filter(|id| **id != me.rec.id)
         .filter_map(|id| world.node(*id))
         .filter(|p| !p.rec.disabled)
-        .filter(|p| {
-            world
-                .node_policy(me.rec.id)
-                .is_some_and(|np| np.visible.contains(&p.rec.node_key))
-        })
+        .filter(|p| world.is_visible(&me.rec.node_key, &p.rec.node_key))
         .filter_map(|p| p.memberships.get(&net.rec.id).map(|pm| peer_view(p, pm)))
         .collect();
     peers.sort_by_key(|a| a.node_key);
@@ -112,7 +109,7 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         node: self_node(me),
         networks,
         relays: world.map_relays(),
-        policy: world.node_policy(node).map(|p| p.json.clone()),
+        policy: world.node_policy(node).map(|p| policy_json(p)),
     })
 }
 
@@ -130,13 +127,15 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
     let enabled = |id: &NodeId| world.node(*id).is_some_and(|n| !n.rec.disabled);
     let visible_now = |r: NodeId, key: &NodeKey| {
         world
-            .node_policy(r)
-            .is_some_and(|p| p.visible.contains(key))
+            .node(r)
+            .is_some_and(|n| world.is_visible(&n.rec.node_key, key))
     };
-    let visible_before = |r: NodeId, key: &NodeKey| match touched.policy_changed.get(&r) {
-        Some(old) => old.contains(key),
-        None => visible_now(r, key),
+    let visible_before = |r: NodeId, key: &NodeKey| {
+        world
+            .node(r)
+            .is_some_and(|n| world.was_visible(&n.rec.node_key, key))
     };
+    let visibility_changed = world.visibility_changed();
 
     // Per touched network: its changes, each with the key of its subject and
     // whether it is an upsert.
@@ -184,7 +183,7 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
     for id in touched
         .self_changed
         .iter()
-        .chain(touched.policy_changed.keys())
+        .chain(touched.policy_changed.iter())
         .filter(|id| enabled(id))
     {
         per_recipient.entry(*id).or_default();
@@ -216,7 +215,7 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
             }
         }
         let is_subject = touched.self_changed.contains(&id)
-            || touched.policy_changed.contains_key(&id)
+            || touched.policy_changed.contains(&id)
             || nets.iter().any(|n| touched.entries.contains(&(*n, mine)));
         if !is_subject {
             if !changes.is_empty() {
@@ -233,8 +232,13 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
                 node: self_node(me),
             });
         }
-        if let Some(old) = touched.policy_changed.get(&id) {
-            changes.extend(policy_changes(world, me, old));
+        if touched.policy_changed.contains(&id) {
+            changes.extend(policy_changes(
+                world,
+                me,
+                visibility_changed.as_deref(),
+                &keys,
+            ));
         }
         if !changes.is_empty() {
             out.push(Outgoing {
@@ -274,37 +278,77 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
     out
 }
 
+/// A compiled policy as shipped in the map.
+fn policy_json(p: &CompiledPolicy) -> serde_json::Value {
+    serde_json::to_value(p).unwrap_or(serde_json::Value::Null)
+}
+
 /// The changes of a node whose compiled policy changed: the new policy, then
 /// the peers it may now see (in every network it shares with them) and the
-/// removal of those it saw before and no longer may.
-fn policy_changes(world: &World, me: &NodeState, old: &BTreeSet<NodeKey>) -> Vec<MapChange> {
+/// removal of those it saw before and no longer may, leaving out the entries
+/// it already receives (`sent`).
+///
+/// Only the nodes whose policy inputs changed (`changed`) can have changed
+/// visibility towards an unchanged node; a changed node, or every node after
+/// a policy edit (`changed` is None), compares against every member of its
+/// networks.
+fn policy_changes(
+    world: &World,
+    me: &NodeState,
+    changed: Option<&[NodeKey]>,
+    sent: &[(NetId, NodeKey)],
+) -> Vec<MapChange> {
     let Some(np) = world.node_policy(me.rec.id) else {
         return Vec::new();
     };
+    let mine = me.rec.node_key;
     let mut changes = vec![MapChange::Policy {
-        policy: Some(np.json.clone()),
+        policy: Some(policy_json(np)),
     }];
-    for key in np.visible.difference(old) {
-        let Some(peer) = world.find_node_by_key(key).filter(|p| !p.rec.disabled) else {
-            continue;
-        };
-        for (net_id, pm) in &peer.memberships {
-            if let (Some(net), true) = (world.network(*net_id), me.memberships.contains_key(net_id))
-            {
-                changes.push(MapChange::PeerUpsert {
-                    network: net.rec.name.clone(),
-                    peer: peer_view(peer, pm),
-                });
+    let candidates: BTreeSet<NodeKey> = match changed {
+        Some(keys) if !keys.contains(&mine) => keys.iter().copied().collect(),
+        _ => me
+            .memberships
+            .keys()
+            .filter_map(|n| world.network(*n))
+            .flat_map(|net| net.members.iter())
+            .filter_map(|id| world.node(*id))
+            .map(|n| n.rec.node_key)
+            .chain(changed.into_iter().flatten().copied())
+            .filter(|k| *k != mine)
+            .collect(),
+    };
+    for key in candidates {
+        let before = world.was_visible(&mine, &key);
+        let now = world.is_visible(&mine, &key);
+        if now && !before {
+            let Some(peer) = world.find_node_by_key(&key).filter(|p| !p.rec.disabled) else {
+                continue;
+            };
+            for (net_id, pm) in &peer.memberships {
+                if sent.contains(&(*net_id, key)) {
+                    continue;
+                }
+                if let (Some(net), true) =
+                    (world.network(*net_id), me.memberships.contains_key(net_id))
+                {
+                    changes.push(MapChange::PeerUpsert {
+                        network: net.rec.name.clone(),
+                        peer: peer_view(peer, pm),
+                    });
+                }
             }
-        }
-    }
-    for key in old.difference(&np.visible) {
-        for net_id in me.memberships.keys() {
-            if let Some(net) = world.network(*net_id) {
-                changes.push(MapChange::PeerRemove {
-                    network: net.rec.name.clone(),
-                    node_key: *key,
-                });
+        } else if before && !now {
+            for net_id in me.memberships.keys() {
+                if sent.contains(&(*net_id, key)) {
+                    continue;
+                }
+                if let Some(net) = world.network(*net_id) {
+                    changes.push(MapChange::PeerRemove {
+                        network: net.rec.name.clone(),
+                        node_key: key,
+                    });
+                }
             }
         }
     }

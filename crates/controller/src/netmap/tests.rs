@@ -70,7 +70,17 @@ enum Step {
     Remove(u8),
     Report(u8, u16),
     Presence(u8, bool),
+    SetPolicy(u8),
 }
+
+/// Policies the property test switches between: per-network defaults, deny
+/// rules (which take the exact visibility path), tags and node names.
+const POLICIES: [&str; 4] = [
+    "[[rule]]\naction = \"allow\"\nfrom = \"network:a\"\nto = \"network:a\"\n\n[[rule]]\naction = \"allow\"\nfrom = \"network:b\"\nto = \"network:b\"\n",
+    "[[rule]]\naction = \"allow\"\nfrom = \"*\"\nto = \"*\"\n\n[[rule]]\naction = \"deny\"\nfrom = \"tag:x\"\nto = \"network:b\"\nproto = \"tcp\"\nports = [22]\n\n[[rule]]\naction = \"deny\"\nfrom = \"node:name1\"\nto = \"*\"\n",
+    "[[rule]]\naction = \"allow\"\nfrom = \"tag:t\"\nto = \"tag:x\"\nproto = \"tcp\"\nports = [80]\n\n[[rule]]\naction = \"allow\"\nfrom = \"node:name2\"\nto = \"*\"\n",
+    "[[rule]]\naction = \"allow\"\nfrom = \"network:a\"\nto = \"network:b\"\n\n[[rule]]\naction = \"allow\"\nfrom = \"tag:x\"\nto = \"tag:x\"\n",
+];
 
 fn step_op(w: &World, s: &Step) -> Option<Op> {
     let id_of = |i: u8| w.find_node_by_key(&key(i)).map(|n| n.rec.id);
@@ -108,6 +118,9 @@ fn step_op(w: &World, s: &Step) -> Option<Op> {
             Some(vec![format!("192.0.2.{i}:{port}").parse().unwrap()]),
         ),
         Step::Presence(i, up) => Op::Presence(id_of(*i)?, *up),
+        Step::SetPolicy(p) => {
+            Op::SetPolicy(POLICIES[usize::from(*p) % POLICIES.len()].into(), None)
+        }
     })
 }
 
@@ -121,6 +134,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
         1 => n.clone().prop_map(Step::Remove),
         2 => (n.clone(), 1u16..4).prop_map(|(i, p)| Step::Report(i, p)),
         2 => (n, any::<bool>()).prop_map(|(i, b)| Step::Presence(i, b)),
+        1 => (0u8..4).prop_map(Step::SetPolicy),
     ]
 }
 
@@ -156,6 +170,33 @@ fn deliver(w: &World, batch: &Batch, out: &[Outgoing], held: &mut BTreeMap<NodeI
 }
 
 fn check_invariants(w: &World, held: &BTreeMap<NodeId, NetworkMap>) {
+    // The incrementally kept policies equal a from-scratch compile.
+    let inv = crate::policy::inventory(&w.inventory_nodes());
+    let fresh = weft_policy::compile(&w.policy.parsed, &inv);
+    let enabled: Vec<&NodeState> = w
+        .node_ids()
+        .filter_map(|id| w.node(id))
+        .filter(|n| !n.rec.disabled)
+        .collect();
+    for n in &enabled {
+        let mut want = fresh.node(&n.rec.name).expect("compiled").clone();
+        let visible = std::mem::take(&mut want.visible_peers);
+        assert_eq!(
+            w.node_policy(n.rec.id).map(|p| &**p),
+            Some(&want),
+            "incremental policy of {} differs from a fresh compile",
+            n.rec.name
+        );
+        for p in &enabled {
+            assert_eq!(
+                w.is_visible(&n.rec.node_key, &p.rec.node_key),
+                visible.contains(&p.rec.name),
+                "visibility {} -> {}",
+                n.rec.name,
+                p.rec.name
+            );
+        }
+    }
     for (id, map) in held {
         let mut fresh = snapshot(w, *id).expect("held map of a live node");
         // Versions are controller-global: a node's map only moves to the versions
@@ -310,8 +351,7 @@ fn visibility_follows_the_policy() {
     assert_eq!(held[&id1].networks[0].peers.len(), 1);
     assert_eq!(held[&id1].networks[0].peers[0].node_key, key(2));
     assert_eq!(held[&id2].networks[0].peers[0].node_key, key(1));
-    let p3: weft_policy::CompiledPolicy =
-        serde_json::from_value(held[&id3].policy.clone().unwrap()).unwrap();
+    let p3: CompiledPolicy = serde_json::from_value(held[&id3].policy.clone().unwrap()).unwrap();
     assert!(p3.visible_peers.is_empty() && p3.outbound.is_empty());
 
     // A change to 3 reaches nobody else.
@@ -444,4 +484,12 @@ fn reregistration_is_idempotent_and_tokens_are_accounted() {
     );
     // The old credential no longer works; the newest does.
     assert!(w.node_by_credential(&SecretHash::of("cred1")).is_some());
+}
+
+#[test]
+fn property_test_policies_are_valid() {
+    for p in POLICIES {
+        let parsed = weft_policy::parse(p).unwrap();
+        assert!(parsed.validate().is_ok(), "{p}");
+    }
 }
