@@ -486,6 +486,18 @@ impl Agent {
                 .dp
                 .relay_connected()
                 .map(|(url, connected)| RelayStatus { url, connected }),
+            relays: self
+                .map
+                .as_ref()
+                .map(|m| m.relays.clone())
+                .unwrap_or_default(),
+            reflexive: self
+                .dp
+                .reflexive()
+                .borrow()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 }

@@ -46,6 +46,9 @@ enum Command {
     Ping(cmd::agent::PingArgs),
     /// Explain a peer's path: its candidate addresses, what was tried, what answered.
     Why(cmd::agent::WhyArgs),
+    /// Check the underlay: UDP reachability, reflexive address, whether the NAT
+    /// maps endpoint-independently, latency to each relay.
+    Netcheck(cmd::netcheck::NetcheckArgs),
     /// Would this node's live policy let a new connection to (or from) a peer
     /// through, and which rule decides? Exit status 1 when blocked.
     #[command(name = "why-blocked")]
@@ -68,6 +71,7 @@ pub fn main() -> ExitCode {
         Command::Down => cmd::agent::down(&cli.socket),
         Command::Ping(a) => cmd::agent::ping(&cli.socket, a),
         Command::Why(a) => cmd::agent::why(&cli.socket, a),
+        Command::Netcheck(a) => cmd::netcheck::run(&cli.socket, a),
         Command::WhyBlocked(a) => cmd::agent::why_blocked(&cli.socket, a),
         Command::Identity(c) => cmd::identity::run(c),
         Command::Policy(c) => cmd::policy::run(c),

@@ -88,6 +88,8 @@ pub struct RelayProc {
 pub const RELAY_PORT: u16 = 443;
 /// The relay's STUN port inside the lab.
 pub const STUN_PORT: u16 = 3478;
+/// The relay's alternate STUN port (RFC 5780 OTHER-ADDRESS), for `weft netcheck`.
+pub const STUN_ALT_PORT: u16 = 3479;
 
 /// A controller, a network, and agents.
 #[derive(Debug)]
@@ -155,7 +157,7 @@ impl<'l> Mesh<'l> {
     }
 
     /// Registers a relay on the controller and starts `weft-relay` in `node`
-    /// (TLS on [`RELAY_PORT`], STUN on [`STUN_PORT`]). Start it before the agents so
+    /// (TLS on [`RELAY_PORT`], STUN on [`STUN_PORT`] and [`STUN_ALT_PORT`]). Start it before the agents so
     /// their first map already lists it.
     pub fn start_relay(&mut self, node: &str) -> anyhow::Result<()> {
         let addr = self.lab.addr(node)?;
@@ -200,6 +202,7 @@ impl<'l> Mesh<'l> {
             .arg(data_dir)
             .args(["--listen", &format!("0.0.0.0:{RELAY_PORT}")])
             .args(["--stun-listen", &format!("0.0.0.0:{STUN_PORT}")])
+            .args(["--stun-alt-port", &STUN_ALT_PORT.to_string()])
             .args(["--controller", &self.controller.url])
             .arg("--relay-token-file")
             .arg(token_file)

@@ -134,6 +134,13 @@ pub struct AgentStatus {
     /// The relay this node uses, and whether it is connected.
     #[serde(default)]
     pub relay: Option<RelayStatus>,
+    /// Every relay in this node's map (what `weft netcheck` probes).
+    #[serde(default)]
+    pub relays: Vec<crate::netmap::Relay>,
+    /// This node's reflexive addresses, as the relays' STUN servers see its
+    /// data-plane socket.
+    #[serde(default)]
+    pub reflexive: Vec<String>,
 }
 
 /// The relay link.

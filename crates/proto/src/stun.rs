@@ -58,6 +58,11 @@ pub const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
 pub const ATTR_SOFTWARE: u16 = 0x8022;
 /// FINGERPRINT.
 pub const ATTR_FINGERPRINT: u16 = 0x8028;
+/// RFC 5780 OTHER-ADDRESS: the server's alternate address and port, where a
+/// client can repeat its request to see whether its NAT maps per destination.
+/// Comprehension-optional; encoded like MAPPED-ADDRESS. weft's relay fills in
+/// an unspecified IP (`0.0.0.0`) to mean "my address, this port".
+pub const ATTR_OTHER_ADDRESS: u16 = 0x802C;
 
 /// XOR constant of FINGERPRINT ("STUN").
 const FINGERPRINT_XOR: u32 = 0x5354_554E;
@@ -124,6 +129,8 @@ pub struct BindingResponse {
     pub transaction_id: [u8; 12],
     /// The reflexive address the server saw.
     pub mapped: SocketAddr,
+    /// The server's alternate address (RFC 5780 OTHER-ADDRESS), if it has one.
+    pub other_address: Option<SocketAddr>,
 }
 
 const fn crc32_table() -> [u32; 256] {
@@ -326,6 +333,17 @@ fn finish(out: &mut Vec<u8>, start: usize, fingerprint: bool) {
 /// with the mapped address, or a 420 error for unknown required attributes.
 /// IPv4-mapped IPv6 sources are reported as IPv4.
 pub fn encode_binding_response(req: &BindingRequest, from: SocketAddr, out: &mut Vec<u8>) {
+    encode_binding_response_with_other(req, from, None, out);
+}
+
+/// [`encode_binding_response`] with an OTHER-ADDRESS attribute naming `other`
+/// (the server's alternate STUN address) in a success response.
+pub fn encode_binding_response_with_other(
+    req: &BindingRequest,
+    from: SocketAddr,
+    other: Option<SocketAddr>,
+    out: &mut Vec<u8>,
+) {
     let from = canonical(from);
     let start = out.len();
     let error = !req.unknown_required.is_empty();
@@ -368,6 +386,13 @@ pub fn encode_binding_response(req: &BindingRequest, from: SocketAddr, out: &mut
             );
         }
         push_attr(out, ATTR_MAPPED_ADDRESS, &address_value(from, None));
+        if let Some(other) = other {
+            push_attr(
+                out,
+                ATTR_OTHER_ADDRESS,
+                &address_value(canonical(other), None),
+            );
+        }
     }
     finish(out, start, req.fingerprint && modern);
 }
@@ -429,8 +454,12 @@ pub fn parse_binding_response(msg: &[u8]) -> Result<BindingResponse, StunError> 
     let mut xor = None;
     let mut plain = None;
     let mut error_code = None;
+    let mut other_address = None;
     walk(msg, |aty, v| {
         match aty {
+            ATTR_OTHER_ADDRESS if other_address.is_none() => {
+                other_address = decode_address(aty, v, None).ok();
+            }
             ATTR_XOR_MAPPED_ADDRESS if xor.is_none() => {
                 xor = Some(decode_address(aty, v, Some(&mask))?);
             }
@@ -451,6 +480,7 @@ pub fn parse_binding_response(msg: &[u8]) -> Result<BindingResponse, StunError> 
     Ok(BindingResponse {
         transaction_id,
         mapped: canonical(mapped),
+        other_address: other_address.map(canonical),
     })
 }
 
@@ -601,6 +631,30 @@ mod tests {
                 assert_eq!(got.mapped, canonical(from));
                 assert_eq!(resp.len() % 4, 0);
             }
+        }
+    }
+
+    #[test]
+    fn other_address_round_trips_and_keeps_the_fingerprint_last() {
+        for fp in [false, true] {
+            let mut req = Vec::new();
+            encode_binding_request(&[7; 12], fp, &mut req);
+            let parsed = parse_binding_request(&req).unwrap();
+            let from: SocketAddr = "198.51.100.7:40000".parse().unwrap();
+            let other: SocketAddr = "0.0.0.0:3479".parse().unwrap();
+            let mut resp = Vec::new();
+            encode_binding_response_with_other(&parsed, from, Some(other), &mut resp);
+            let got = parse_binding_response(&resp).unwrap();
+            assert_eq!(got.mapped, from);
+            assert_eq!(got.other_address, Some(other));
+            if fp {
+                // FINGERPRINT is the last attribute and covers OTHER-ADDRESS.
+                let n = resp.len();
+                assert_eq!(be16(&resp, n - 8), ATTR_FINGERPRINT);
+            }
+            let mut plain = Vec::new();
+            encode_binding_response(&parsed, from, &mut plain);
+            assert_eq!(parse_binding_response(&plain).unwrap().other_address, None);
         }
     }
 

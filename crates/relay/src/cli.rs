@@ -54,6 +54,11 @@ struct ServeArgs {
     /// Do not run the STUN server.
     #[arg(long, conflicts_with = "stun_listen")]
     no_stun: bool,
+    /// Also answer STUN on this UDP port (same address as --stun-listen). Each
+    /// STUN port names the other in its answers (RFC 5780 OTHER-ADDRESS), so
+    /// `weft netcheck` can tell whether a node's NAT maps endpoint-independently.
+    #[arg(long, value_name = "PORT", conflicts_with = "no_stun")]
+    stun_alt_port: Option<u16>,
     /// Controller URL, for example `https://controller.example.net:8443`.
     #[arg(long, env = "WEFT_CONTROLLER_URL", value_name = "URL")]
     controller: String,
@@ -174,18 +179,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", args.listen))?;
         let bound = listener.local_addr().context("reading the bound address")?;
-        let stun = if args.no_stun {
-            None
-        } else {
-            Some(
-                tokio::net::UdpSocket::bind(args.stun_listen)
-                    .await
-                    .with_context(|| format!("binding UDP {}", args.stun_listen))?,
-            )
-        };
-        let stun_bound = stun.as_ref().and_then(|s| s.local_addr().ok());
+        let mut stun = Vec::new();
+        if !args.no_stun {
+            let mut addrs = vec![args.stun_listen];
+            if let Some(port) = args.stun_alt_port {
+                addrs.push(SocketAddr::new(args.stun_listen.ip(), port));
+            }
+            for a in addrs {
+                stun.push(
+                    tokio::net::UdpSocket::bind(a)
+                        .await
+                        .with_context(|| format!("binding UDP {a}"))?,
+                );
+            }
+        }
+        let stun_bound = stun.first().and_then(|s| s.local_addr().ok());
         out(&format!("weft-relay listening on {bound} (TLS)\n"));
-        if let Some(s) = stun_bound {
+        for s in stun.iter().filter_map(|s| s.local_addr().ok()) {
             out(&format!("STUN on {s} (UDP)\n"));
         }
         out(&format!("TLS certificate fingerprint: {}\n", material.fingerprint));

@@ -216,7 +216,7 @@ fn log_event(e: &Event) {
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
-    stun: Option<UdpSocket>,
+    stun: Vec<UdpSocket>,
     mut members: mpsc::Receiver<MembershipUpdate>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary, ServeError> {
@@ -277,11 +277,23 @@ pub async fn run(
         })
     };
 
-    let stun_task = stun.map(|sock| {
-        let shared = shared.clone();
-        let stop = stop_rx.clone();
-        tokio::spawn(stun_loop(sock, shared, stop))
-    });
+    // With two STUN sockets, each names the other in OTHER-ADDRESS (RFC 5780),
+    // so a client can tell whether its NAT maps per destination.
+    let stun_addrs: Vec<Option<SocketAddr>> = stun.iter().map(|s| s.local_addr().ok()).collect();
+    let stun_tasks: Vec<_> = stun
+        .into_iter()
+        .enumerate()
+        .map(|(i, sock)| {
+            let other = if stun_addrs.len() > 1 {
+                stun_addrs[(i + 1) % stun_addrs.len()]
+            } else {
+                None
+            };
+            let shared = shared.clone();
+            let stop = stop_rx.clone();
+            tokio::spawn(stun_loop(sock, other, shared, stop))
+        })
+        .collect();
 
     let acceptor = TlsAcceptor::from(config.tls.clone());
     let slots = Arc::new(Semaphore::new(config.core.max_connections));
@@ -325,7 +337,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = member_task.await;
     let _ = tick_task.await;
-    if let Some(t) = stun_task {
+    for t in stun_tasks {
         let _ = t.await;
     }
     let summary = shared.summary();
@@ -334,7 +346,12 @@ pub async fn run(
     Ok(summary)
 }
 
-async fn stun_loop(sock: UdpSocket, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn stun_loop(
+    sock: UdpSocket,
+    other: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 2048];
     let mut out = Vec::with_capacity(128);
     loop {
@@ -352,7 +369,7 @@ async fn stun_loop(sock: UdpSocket, shared: Arc<Shared>, mut stop: watch::Receiv
         match stun::parse_binding_request(&buf[..n]) {
             Ok(req) => {
                 out.clear();
-                stun::encode_binding_response(&req, from, &mut out);
+                stun::encode_binding_response_with_other(&req, from, other, &mut out);
                 if let Err(e) = sock.send_to(&out, from).await {
                     debug!(error = %e, "STUN send failed");
                 }

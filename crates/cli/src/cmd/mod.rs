@@ -2,5 +2,6 @@
 
 pub mod agent;
 pub mod identity;
+pub mod netcheck;
 pub mod policy;
 pub(crate) mod progress;
