@@ -279,3 +279,114 @@ fn easy_pair_goes_direct_within_3s_over_delayed_lossy_links() {
     let stats = lab.wire_stats("ra", "eth0");
     println!("wire on ra: {stats:?}");
 }
+
+/// Reply timestamps (`ping -D`) in a ping log, in seconds.
+fn reply_times(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect()
+}
+
+/// The longest silence between consecutive replies after `from` (Unix seconds).
+fn longest_gap_after(times: &[f64], from: f64) -> f64 {
+    times
+        .windows(2)
+        .filter(|w| w[1] >= from)
+        .map(|w| w[1] - w[0])
+        .fold(0.0, f64::max)
+}
+
+/// Roaming: a's router gets a new WAN address (the ISP renumbers it) while
+/// pings flow to a from a public host and from a host behind another NAT.
+/// Nobody restarts: the public peer follows a's authenticated packets to the new
+/// address at once; the NATed peer keeps reaching a (over the relay while the
+/// old direct path is dead) and goes direct to the new address once a's agent
+/// has learned and published its new reflexive address.
+#[test]
+fn peers_heal_when_a_nodes_underlay_address_changes() {
+    require_root();
+    let lab = Lab::build(
+        &Topology::new()
+            .host("infra", Net::Internet)
+            .host("o", Net::Internet)
+            .router("ra", Net::Internet, Nat::Easy)
+            .router("rb", Net::Internet, Nat::Easy)
+            .host("a", Net::lan("ra"))
+            .host("b", Net::lan("rb")),
+    )
+    .unwrap();
+    let mut mesh = Mesh::start(&lab, "infra", NetworkSpec::default()).unwrap();
+    mesh.start_relay("infra").unwrap();
+    let token = mesh.token_file(3).unwrap();
+    for n in ["a", "o", "b"] {
+        mesh.start_agent(n, Some(&token)).unwrap();
+    }
+    mesh.wait_full_mesh(&["a", "o", "b"], Duration::from_secs(20))
+        .unwrap();
+    let old_wan = lab.addr("ra").unwrap();
+    for peer in ["o", "b"] {
+        within(&format!("{peer}-a direct"), Duration::from_secs(10), || {
+            mesh.path(peer, "a")
+                .is_some_and(|p| p.starts_with(&format!("direct {old_wan}:")))
+        });
+    }
+    let ip_a = mesh.overlay_ip("a").unwrap();
+    let flow = |from: &str| {
+        let mut ping = Command::new("ping");
+        ping.args(["-D", "-n", "-i", "0.1", &ip_a.to_string()]);
+        lab.spawn(from, "ping-a", &ping).unwrap()
+    };
+    let mut from_o = flow("o");
+    let mut from_b = flow("b");
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Renumber ra's WAN side: the old address (and every NAT mapping on it) goes.
+    let new_wan = "198.18.0.200";
+    // Delete first: an address added next to it would be a secondary one, and
+    // deleting the primary takes secondaries with it.
+    let script = format!("ip addr del {old_wan}/16 dev eth0 && ip addr add {new_wan}/16 dev eth0");
+    lab.run("ra", &["sh", "-c", &script]).unwrap();
+    let renumbered = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let start = Instant::now();
+
+    let took = within(
+        "o follows a to its new address",
+        Duration::from_secs(10),
+        || {
+            mesh.path("o", "a")
+                .is_some_and(|p| p.starts_with(&format!("direct {new_wan}:")))
+        },
+    );
+    println!("public peer: direct to the new address {took:?} after the renumbering");
+    let took = within(
+        "b goes direct to a's new address",
+        Duration::from_secs(40),
+        || {
+            mesh.path("b", "a")
+                .is_some_and(|p| p.starts_with(&format!("direct {new_wan}:")))
+        },
+    );
+    println!("NATed peer: direct to the new address {took:?} after the renumbering");
+    std::thread::sleep(Duration::from_secs(1));
+    let elapsed = start.elapsed().as_secs_f64();
+    for (name, p) in [("o", &mut from_o), ("b", &mut from_b)] {
+        p.kill().unwrap();
+        let times = reply_times(&p.log().unwrap());
+        let gap = longest_gap_after(&times, renumbered);
+        let last = times.last().copied().unwrap_or(0.0);
+        println!(
+            "ping {name} -> a: {} replies, longest silence after the renumbering {gap:.2} s",
+            times.len()
+        );
+        assert!(
+            last >= renumbered + elapsed - 1.0,
+            "{name}'s flow to a stopped (last reply {:.1} s after the renumbering)",
+            last - renumbered
+        );
+        assert!(gap < 6.0, "{name}'s flow to a was silent for {gap:.2} s");
+    }
+}

@@ -16,7 +16,11 @@
 //!   after `Restarting` the relay's hint is used instead, so a restarted relay
 //!   is back within about a second.
 //! - Keepalive: a `Ping` every [`RelayClientConfig::keepalive`]; a session that
-//!   receives nothing for three keepalive intervals is considered dead.
+//!   receives nothing for three keepalive intervals is considered dead. Any
+//!   ping (a keepalive, or the one sent with data after 2 s without hearing
+//!   from the relay) must be answered by some frame within 3 s, or the session
+//!   is dead: a connection killed silently by an underlay change (roaming, a
+//!   NAT that lost its mapping) is replaced in seconds.
 //! - The login signature is bound to the TLS session (see `weft_proto::relay`).
 //!
 //! Dropping the [`RelayClient`] stops the task.
@@ -260,6 +264,15 @@ impl std::fmt::Debug for RelayClient {
     }
 }
 
+/// A session that has heard nothing from the relay for this long pings it
+/// before sending more: an underlay change (roaming, a NAT that lost its
+/// mapping) kills a TCP connection silently, and the sender should notice in
+/// seconds, not after three keepalive intervals.
+const PROBE_AFTER_SILENCE: Duration = Duration::from_secs(2);
+/// How long a probing ping may go unanswered (by any frame) before the session
+/// is considered dead and reconnected.
+const PONG_TIMEOUT: Duration = Duration::from_secs(3);
+
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const REFUSED_MIN: Duration = Duration::from_secs(1);
@@ -467,6 +480,9 @@ impl Session {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.tick().await;
         let mut silent_ticks = 0u32;
+        let mut last_rx = tokio::time::Instant::now();
+        // Set while a ping is outstanding on a session that was silent.
+        let mut probe_deadline: Option<tokio::time::Instant> = None;
         let mut buf = vec![0u8; 16 * 1024];
         let mut wbuf = Vec::with_capacity(64 * 1024);
         let mut ping = 0u64;
@@ -536,6 +552,8 @@ impl Session {
                     Ok(0) => return fail(RelayClientError::Io("the relay closed the connection".into())),
                     Ok(n) => {
                         silent_ticks = 0;
+                        last_rx = tokio::time::Instant::now();
+                        probe_deadline = None;
                         decoder.feed(&buf[..n]);
                         while let Some(r) = decoder.next_frame() {
                             pending.push(r);
@@ -557,10 +575,19 @@ impl Session {
                             n += 1;
                         }
                     }
+                    let now = tokio::time::Instant::now();
+                    if probe_deadline.is_none() && now.duration_since(last_rx) >= PROBE_AFTER_SILENCE {
+                        ping += 1;
+                        Frame::Ping { data: ping.to_be_bytes() }.encode(&mut wbuf);
+                        probe_deadline = Some(now + PONG_TIMEOUT);
+                    }
                     if let Err(e) = write(&mut wr, &wbuf).await {
                         return fail(e);
                     }
                     self.stats.sent.fetch_add(n, Ordering::Relaxed);
+                }
+                () = sleep_until_or_never(probe_deadline), if probe_deadline.is_some() => {
+                    return fail(RelayClientError::Timeout("the relay did not answer a ping within 3 s"));
                 }
                 _ = keepalive.tick() => {
                     silent_ticks += 1;
@@ -572,6 +599,9 @@ impl Session {
                     Frame::Ping { data: ping.to_be_bytes() }.encode(&mut wbuf);
                     if let Err(e) = write(&mut wr, &wbuf).await {
                         return fail(e);
+                    }
+                    if probe_deadline.is_none() {
+                        probe_deadline = Some(tokio::time::Instant::now() + PONG_TIMEOUT);
                     }
                 }
             }
@@ -663,5 +693,14 @@ async fn next_frame(
             ));
         }
         decoder.feed(&buf[..n]);
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one (for a `select!` branch
+/// guarded by `deadline.is_some()`).
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

@@ -1060,6 +1060,12 @@ impl Node {
                 });
             }
             if let Some(path) = peer.path.changed(now, relay_up) {
+                // A direct path that went quiet may mean our own underlay
+                // address changed (roaming): learn the reflexive address again
+                // now rather than at the next refresh, so peers get the new one.
+                if !matches!(path, PathKind::Direct(_)) {
+                    self.stun.next = Some(now);
+                }
                 self.events
                     .push_back(Event::PathChanged { key: *key, path });
             }

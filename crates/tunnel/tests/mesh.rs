@@ -885,3 +885,44 @@ ports = [5432]
     net.run();
     assert!(!net.hosts[1].tun_rx.contains(&more));
 }
+
+#[test]
+fn a_direct_path_going_quiet_refreshes_the_reflexive_address_at_once() {
+    // Roaming: when our own underlay address changes, every direct path goes
+    // quiet. The node asks STUN again at once (not at the next 20 s refresh),
+    // so peers learn the new reflexive address quickly.
+    let mut net = Net::new(2);
+    net.relay_up();
+    let stun = SocketAddr::from(([198, 51, 100, 1], 3478));
+    let now = net.clock;
+    net.hosts[0].node.set_stun_servers(now, vec![stun]);
+    let pkt = ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(1));
+    net.send_from_tun(0, &pkt);
+    net.run();
+    net.tick(std::time::Duration::from_millis(10));
+    assert!(matches!(net.path(0, 1), PathKind::Direct(_)));
+    let stun_requests = |net: &Net| {
+        net.captured
+            .iter()
+            .filter(|d| d.to == Dest::Udp(stun))
+            .count()
+    };
+    let before = stun_requests(&net);
+    assert!(before >= 1, "the first STUN request went out");
+
+    net.blocked.push((0, 1));
+    let mut fell_back = false;
+    for _ in 0..10 {
+        net.tick(std::time::Duration::from_millis(500));
+        if net.path(0, 1) == PathKind::Relay {
+            fell_back = true;
+            break;
+        }
+    }
+    assert!(fell_back, "fell back to the relay");
+    net.tick(std::time::Duration::from_millis(10));
+    assert!(
+        stun_requests(&net) > before,
+        "a new STUN request within 10 ms of the fallback, well before the 20 s refresh"
+    );
+}
