@@ -80,6 +80,24 @@ enum Cmd {
     /// Remove what crashed runs left behind (namespaces, processes, log state of
     /// runs whose owner is dead).
     Sweep,
+    /// Benchmark: iperf3 throughput and ping RTT between two weft nodes (each
+    /// behind an easy NAT) over the direct path and over the relay (forced by
+    /// dropping the data plane's UDP at one router), in the same run; prints
+    /// medians and the relay/direct ratio. Used by bench/relay-vs-direct.
+    BenchPaths {
+        /// iperf3 seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Rounds (each measures direct, then relay).
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
+        /// Pings per RTT measurement (10 ms apart).
+        #[arg(long, default_value_t = 200)]
+        pings: u32,
+        /// iperf3 parallel streams.
+        #[arg(long, default_value_t = 1)]
+        streams: u32,
+    },
     /// The quickstart: a controller and 3 agents on a shared LAN behind a NAT,
     /// joined with a token; waits until every pair pings over the overlay, prints a
     /// status table, then runs until Ctrl-C and cleans up.
@@ -155,6 +173,21 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             });
         }
         Cmd::Sweep => print!("{}", weft_lab::sweep()?),
+        Cmd::BenchPaths {
+            duration,
+            runs,
+            pings,
+            streams,
+        } => {
+            install_ctrlc()?;
+            let opts = weft_lab::pathbench::PathBenchOptions {
+                duration: Duration::from_secs(duration),
+                runs: runs.max(1),
+                pings: pings.max(1),
+                streams: streams.max(1),
+            };
+            print!("{}", weft_lab::pathbench::run(&opts)?);
+        }
         Cmd::Grid {
             profiles,
             settle_secs,

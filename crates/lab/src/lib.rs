@@ -35,6 +35,7 @@
 //!   dead owners;
 //! - [`resolv`]: every node's private resolv.conf (`/etc/netns/<netns>/`) and
 //!   the lab's upstream DNS resolver (dnsmasq on the internet segment);
+//! - [`pathbench`]: relay vs direct throughput and RTT (`weft-lab bench-paths`);
 //! - [`probe`]: the UDP/TCP probe and observer behind the hidden `weft-lab __*`
 //!   subcommands; [`selftest`]: proves every NAT profile behaves as named.
 //!
@@ -55,6 +56,7 @@ pub mod mesh;
 pub mod names;
 pub mod nat;
 pub mod netem;
+pub mod pathbench;
 pub mod probe;
 pub mod process;
 pub mod resolv;
