@@ -2,8 +2,8 @@
 //!
 //! Registers N nodes into one network (each agent with its own TLS
 //! connection), holds N map streams, then applies changes that touch every
-//! node (a join, then a rename) and measures how long until every stream saw
-//! each one. Prints registrations/s, fan-out p50/p99/max, the controller's RSS
+//! node (a join, a rename, then a policy edit that every node's compiled
+//! policy picks up) and measures how long until every stream saw each one. Prints registrations/s, fan-out p50/p99/max, the controller's RSS
 //! and CPU time.
 //!
 //! ```text
@@ -26,7 +26,9 @@ use rand_core::{OsRng, RngCore as _};
 use tokio::sync::{Semaphore, mpsc};
 use weft_api_client::{Client, ClientConfig, Trust, parse_fingerprint};
 use weft_identity::{Identity, ProofOfWork};
-use weft_proto::api::{CreateNetworkRequest, CreateTokenRequest, UpdateNodeRequest};
+use weft_proto::api::{
+    CreateNetworkRequest, CreateTokenRequest, SetPolicyRequest, UpdateNodeRequest,
+};
 use weft_proto::netmap::{MapChange, MapEvent};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
@@ -273,6 +275,7 @@ async fn run(n: usize, plain: bool) {
                     MapChange::PeerUpsert { peer, .. } => {
                         peer.node_key.to_string() == marker || peer.name == marker
                     }
+                    MapChange::Policy { policy: Some(p) } => p.to_string().contains(&marker),
                     _ => false,
                 });
                 if hit {
@@ -324,6 +327,32 @@ async fn run(n: usize, plain: bool) {
         .unwrap();
     let rename = collect(&mut rx, "renamed-newcomer", n, t3).await;
     report("rename", &rename, n);
+
+    // 5. A policy edit every node's compiled policy picks up (a new rule among
+    //    all members): the controller recompiles everyone.
+    let marker = "bench-policy-edit";
+    *armed.write().unwrap() = Some(marker.into());
+    let mut text = admin.get_policy().await.unwrap().text;
+    text.push_str(&format!(
+        "\n[[rule]]\nname = \"{marker}\"\naction = \"allow\"\nfrom = \"tag:bench\"\nto = \"tag:bench\"\nproto = \"tcp\"\nports = [443]\n"
+    ));
+    let (_, _, cpu_before_edit) = usage(pid);
+    let t4 = Instant::now();
+    admin
+        .set_policy(&SetPolicyRequest {
+            api_version: None,
+            text,
+            expect_version: None,
+        })
+        .await
+        .unwrap();
+    let edit = collect(&mut rx, marker, n, t4).await;
+    report("policy edit", &edit, n);
+    let (_, _, cpu_after_edit) = usage(pid);
+    println!(
+        "policy edit: controller CPU {:.2} s (recompile of every node and the fan-out)",
+        cpu_after_edit - cpu_before_edit
+    );
 
     let (rss_end, hwm, cpu_end) = usage(pid);
     println!(

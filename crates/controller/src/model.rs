@@ -485,19 +485,10 @@ impl World {
 
     /// The nodes whose visibility to others the last batch may have changed
     /// (`None`: anyone's, the policy changed).
-    pub fn visibility_changed(&self) -> Option<Vec<NodeKey>> {
+    pub fn visibility_changed(&self) -> Option<BTreeSet<NodeKey>> {
         self.policy_before
             .changed_nodes()
             .map(|i| i.copied().collect())
-    }
-
-    /// The nodes before the last batch, when it changed the policy.
-    pub fn nodes_before_policy_change(&self) -> Vec<NodeKey> {
-        self.policy_before
-            .nodes_before()
-            .into_iter()
-            .copied()
-            .collect()
     }
 
     /// Decides `req` against the policy in force and the current nodes.
@@ -1575,6 +1566,9 @@ impl World {
         batch.writes.push(Write::SetMapVersion(self.version));
         if batch.touched.recompile || !batch.touched.policy_nodes.is_empty() {
             batch.touched.policy_changed = self.recompile(&batch.touched);
+        } else {
+            // Visibility did not change in this batch.
+            self.policy_before = Transition::default();
         }
         true
     }

@@ -204,6 +204,24 @@ fn selection(policy: &Policy, node: &NodeFacts) -> Selection {
 /// Whether some packet is allowed between the nodes with selections `a` and
 /// `b`, in either direction (deny wins).
 fn pair_visible(policy: &Policy, a: &[Entry], b: &[Entry]) -> bool {
+    // Fast path (no allocation): with no deny rule relating the pair, any allow
+    // rule relating it allows some packet.
+    let (mut allow, mut deny) = (false, false);
+    for e in a {
+        if find(b, e.rule, 1 - e.side).is_some() {
+            match policy.rules.get(e.rule as usize).map(|r| r.action) {
+                Some(Action::Allow) => allow = true,
+                Some(Action::Deny) => deny = true,
+                None => {}
+            }
+        }
+    }
+    if !allow {
+        return false;
+    }
+    if !deny {
+        return true;
+    }
     let mut out = Vec::new();
     let mut inb = Vec::new();
     for e in a {
@@ -229,21 +247,60 @@ fn pair_visible(policy: &Policy, a: &[Entry], b: &[Entry]) -> bool {
     any_allowed(&out) || any_allowed(&inb)
 }
 
-/// `nets` minus the addresses in `hole` (host prefixes), aggregated.
+/// `nets` minus the addresses in `hole`, aggregated: interval arithmetic per
+/// address family, then the minimal prefixes of each remaining interval.
 fn subtract(nets: &[IpNet], hole: &[IpNet]) -> Vec<IpNet> {
-    let mut out = Vec::with_capacity(nets.len() + 32);
-    let mut stack: Vec<IpNet> = nets.to_vec();
-    while let Some(n) = stack.pop() {
-        if hole.iter().any(|h| h.contains(&n)) {
-            continue;
+    fn cut<T: Copy + Ord + std::ops::Add<Output = T> + std::ops::Sub<Output = T>>(
+        mut ranges: Vec<(T, T)>,
+        mut holes: Vec<(T, T)>,
+        one: T,
+    ) -> Vec<(T, T)> {
+        ranges.sort_unstable();
+        holes.sort_unstable();
+        let mut out = Vec::with_capacity(ranges.len() + holes.len());
+        for (mut start, end) in ranges {
+            let mut open = true;
+            for &(hs, he) in &holes {
+                if he < start || hs > end {
+                    continue;
+                }
+                if hs > start {
+                    out.push((start, hs - one));
+                }
+                if he >= end {
+                    open = false;
+                    break;
+                }
+                start = he + one;
+            }
+            if open {
+                out.push((start, end));
+            }
         }
-        if !hole.iter().any(|h| n.contains(h)) {
-            out.push(n);
-            continue;
-        }
-        if let Ok(halves) = n.subnets(n.prefix_len() + 1) {
-            stack.extend(halves);
-        }
+        out
+    }
+    let v4 = |n: &IpNet| match n {
+        IpNet::V4(n) => Some((u32::from(n.network()), u32::from(n.broadcast()))),
+        IpNet::V6(_) => None,
+    };
+    let v6 = |n: &IpNet| match n {
+        IpNet::V6(n) => Some((u128::from(n.network()), u128::from(n.broadcast()))),
+        IpNet::V4(_) => None,
+    };
+    let mut out: Vec<IpNet> = Vec::new();
+    for (s, e) in cut(
+        nets.iter().filter_map(v4).collect(),
+        hole.iter().filter_map(v4).collect(),
+        1,
+    ) {
+        out.extend(ipnet::Ipv4Subnets::new(s.into(), e.into(), 0).map(IpNet::V4));
+    }
+    for (s, e) in cut(
+        nets.iter().filter_map(v6).collect(),
+        hole.iter().filter_map(v6).collect(),
+        1,
+    ) {
+        out.extend(ipnet::Ipv6Subnets::new(s.into(), e.into(), 0).map(IpNet::V6));
     }
     IpNet::aggregate(&out)
 }
@@ -382,7 +439,14 @@ impl<K: Ord + Clone> LivePolicy<K> {
             let Some(node) = self.nodes.get(&k) else {
                 continue;
             };
-            let next = self.compile_node(&k, node);
+            let next = match &node.compiled {
+                // A node that did not change itself, picked by a deny rule: update
+                // its old compile with the changed nodes only.
+                Some(old) if !self.before.contains_key(&k) && !self.deny_free(node) => self
+                    .update_node(&k, node, old)
+                    .unwrap_or_else(|| self.compile_node(&k, node)),
+                _ => self.compile_node(&k, node),
+            };
             if node.compiled.as_deref() != Some(&next) {
                 changed.insert(k.clone());
                 if let Some(n) = self.nodes.get_mut(&k) {
@@ -438,12 +502,130 @@ impl<K: Ord + Clone> LivePolicy<K> {
             .map_or(&[], |e| e.nets.as_slice())
     }
 
+    fn deny_free(&self, node: &LiveNode) -> bool {
+        node.sel.iter().all(|e| {
+            self.policy.rules.get(e.rule as usize).map(|r| r.action) == Some(Action::Allow)
+        })
+    }
+
+    /// `old` (the compile of unchanged node `k` before the changes since the last
+    /// flush) with the changed nodes' old contributions taken out and their new
+    /// ones put in: O(changed nodes × rules) instead of O(n). None when that is
+    /// not exact (a removed prefix is not a host prefix, or an unchanged node
+    /// contributes it too); then compile from scratch.
+    fn update_node(&self, k: &K, node: &LiveNode, old: &CompiledPolicy) -> Option<CompiledPolicy> {
+        let rules = &self.policy.rules;
+        let mut outbound = Vec::new();
+        let mut inbound = Vec::new();
+        for mine in [FROM, TO] {
+            let theirs_side = 1 - mine;
+            let old_flows = if mine == FROM {
+                &old.outbound
+            } else {
+                &old.inbound
+            };
+            for e in node.sel.iter().filter(|e| e.side == mine) {
+                let (Some(rule), Some(sides)) =
+                    (rules.get(e.rule as usize), self.sides.get(e.rule as usize))
+                else {
+                    continue;
+                };
+                let side = &sides[usize::from(theirs_side)];
+                let mut removed: Vec<IpNet> = Vec::new();
+                let mut added: Vec<IpNet> = Vec::new();
+                for (c, before) in &self.before {
+                    if c == k {
+                        continue;
+                    }
+                    if let Some(b) = before
+                        && let Some(be) = find(b, e.rule, theirs_side)
+                        && pair_visible(&self.policy, &node.sel, b)
+                    {
+                        removed.extend(be.nets.iter().copied());
+                    }
+                    if let Some(now) = self.nodes.get(c)
+                        && let Some(ne) = find(&now.sel, e.rule, theirs_side)
+                        && pair_visible(&self.policy, &node.sel, &now.sel)
+                    {
+                        added.extend(ne.nets.iter().copied());
+                    }
+                }
+                if side.non_host > 0 {
+                    return None;
+                }
+                for p in &removed {
+                    if !is_host(p) {
+                        return None;
+                    }
+                    // Contributors now, less the changed nodes among them: must be none.
+                    let now = side.count.get(p).copied().unwrap_or(0);
+                    let changed_now = self
+                        .before
+                        .keys()
+                        .filter_map(|c| self.nodes.get(c))
+                        .filter_map(|n| find(&n.sel, e.rule, theirs_side))
+                        .filter(|ne| ne.nets.contains(p))
+                        .count();
+                    if usize::try_from(now).ok()? != changed_now {
+                        return None;
+                    }
+                }
+                let old_peers = old_flows
+                    .iter()
+                    .find(|f| f.rule.0 == e.rule)
+                    .map_or(&[][..], |f| f.peers.as_slice());
+                let mut peers = if removed.is_empty() {
+                    old_peers.to_vec()
+                } else {
+                    subtract(old_peers, &removed)
+                };
+                if !added.is_empty() {
+                    peers.extend(added);
+                    peers = IpNet::aggregate(&peers);
+                }
+                if peers.is_empty() {
+                    continue;
+                }
+                let flow = FlowRule {
+                    rule: RuleId(e.rule),
+                    action: rule.action,
+                    proto: rule.proto,
+                    ports: rule.ports.clone(),
+                    local: e.nets.clone(),
+                    peers,
+                };
+                if mine == FROM {
+                    outbound.push(flow);
+                } else {
+                    inbound.push(flow);
+                }
+            }
+        }
+        Some(self.finish(node, outbound, inbound))
+    }
+
+    fn finish(
+        &self,
+        node: &LiveNode,
+        outbound: Vec<FlowRule>,
+        inbound: Vec<FlowRule>,
+    ) -> CompiledPolicy {
+        let ids: BTreeSet<RuleId> = outbound.iter().chain(&inbound).map(|f| f.rule).collect();
+        CompiledPolicy {
+            node: node.facts.name.clone(),
+            rules: ids
+                .into_iter()
+                .filter_map(|id| RuleInfo::of(&self.policy, id))
+                .collect(),
+            inbound,
+            outbound,
+            visible_peers: Vec::new(),
+        }
+    }
+
     fn compile_node(&self, k: &K, node: &LiveNode) -> CompiledPolicy {
         let rules = &self.policy.rules;
-        let deny_free = node
-            .sel
-            .iter()
-            .all(|e| rules.get(e.rule as usize).map(|r| r.action) == Some(Action::Allow));
+        let deny_free = self.deny_free(node);
         // Exact visibility, only needed when a deny rule picks the node.
         let visible: Option<BTreeSet<&K>> = (!deny_free).then(|| {
             let mut candidates = BTreeSet::new();
@@ -513,17 +695,7 @@ impl<K: Ord + Clone> LivePolicy<K> {
                 }
             }
         }
-        let ids: BTreeSet<RuleId> = outbound.iter().chain(&inbound).map(|f| f.rule).collect();
-        CompiledPolicy {
-            node: node.facts.name.clone(),
-            rules: ids
-                .into_iter()
-                .filter_map(|id| RuleInfo::of(&self.policy, id))
-                .collect(),
-            inbound,
-            outbound,
-            visible_peers: Vec::new(),
-        }
+        self.finish(node, outbound, inbound)
     }
 }
 
@@ -554,30 +726,6 @@ impl<K: Ord + Clone> Transition<K> {
         match &self.0 {
             Before::Rebuilt(_) => None,
             Before::Nodes(before) => Some(before.keys()),
-        }
-    }
-
-    /// Every node that existed before the policy was replaced (none when it
-    /// was not).
-    pub fn nodes_before(&self) -> Vec<&K> {
-        match &self.0 {
-            Before::Rebuilt(old) => {
-                let mut v: Vec<&K> = old
-                    .nodes
-                    .keys()
-                    .filter(|k| !matches!(old.before.get(*k), Some(None)))
-                    .chain(
-                        old.before
-                            .iter()
-                            .filter(|(_, s)| s.is_some())
-                            .map(|(k, _)| k),
-                    )
-                    .collect();
-                v.sort();
-                v.dedup();
-                v
-            }
-            Before::Nodes(_) => Vec::new(),
         }
     }
 }

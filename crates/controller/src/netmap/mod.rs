@@ -233,11 +233,12 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
             });
         }
         if touched.policy_changed.contains(&id) {
+            let sent: BTreeSet<(NetId, NodeKey)> = keys.iter().copied().collect();
             changes.extend(policy_changes(
                 world,
                 me,
-                visibility_changed.as_deref(),
-                &keys,
+                visibility_changed.as_ref(),
+                &sent,
             ));
         }
         if !changes.is_empty() {
@@ -295,8 +296,8 @@ fn policy_json(p: &CompiledPolicy) -> serde_json::Value {
 fn policy_changes(
     world: &World,
     me: &NodeState,
-    changed: Option<&[NodeKey]>,
-    sent: &[(NetId, NodeKey)],
+    changed: Option<&BTreeSet<NodeKey>>,
+    sent: &BTreeSet<(NetId, NodeKey)>,
 ) -> Vec<MapChange> {
     let Some(np) = world.node_policy(me.rec.id) else {
         return Vec::new();
