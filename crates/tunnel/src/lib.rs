@@ -15,6 +15,10 @@
 //! 2. Hot-path inputs write into a caller-owned buffer and return what to do with it
 //!    ([`TunOutcome`], [`NetOutcome`]), so a shell can reuse one buffer per packet
 //!    (or a pool per batch) and never allocate per data packet.
+//!    [`Node::handle_tun_batch`] and [`Node::handle_datagram_batch`] take the packets
+//!    of one batched read and fill a [`batch::DatagramBatch`] (encrypted datagrams
+//!    grouped for UDP GSO sends) or a [`batch::PacketBatch`] (packets for the TUN),
+//!    doing per packet exactly what the one-packet methods do.
 //! 3. After every input, drain [`Node::poll_transmit`] (handshakes, keepalives,
 //!    packets released by a handshake) and [`Node::poll_event`] until `None`, then
 //!    re-read [`Node::poll_timeout`].
@@ -34,6 +38,7 @@
 //! (rekey, handshake retry, keepalive) read the monotonic clock internally; the
 //! node calls them from `handle_timeout`, so they advance only when driven.
 
+pub mod batch;
 mod counters;
 pub mod disco;
 pub mod ip;

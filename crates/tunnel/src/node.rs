@@ -12,6 +12,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use weft_proto::NodeKey;
 
+use crate::batch::{DatagramBatch, PacketBatch};
 use crate::counters::{DropCounters, DropReason};
 use crate::disco::{self, Disco, DiscoKey};
 use crate::ip::{self, IpView};
@@ -418,6 +419,9 @@ impl Node {
     }
 
     fn apply_policy(&mut self, now: Instant, policy: Option<CompiledPolicy>) {
+        // Benchmark builds only (see the feature in Cargo.toml): no enforcement.
+        #[cfg(feature = "unenforced-benchmark-only")]
+        let policy: Option<CompiledPolicy> = policy.and(None);
         let Some(cp) = policy else {
             self.policy = None;
             return;
@@ -584,6 +588,57 @@ impl Node {
             }
             TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
                 self.drop_tun(DropReason::SessionError)
+            }
+        }
+    }
+
+    /// Handles packets read together from the TUN of `net` (the segments of one
+    /// offload read, say): each exactly as [`Node::handle_tun_packet`] would, in
+    /// order. Encrypted datagrams are appended to `out` (grouped for GSO sends),
+    /// ICMP errors for local senders to `replies`; handshakes and queued packets
+    /// go to [`Node::poll_transmit`] as usual.
+    pub fn handle_tun_batch<'p>(
+        &mut self,
+        now: Instant,
+        net: NetIndex,
+        packets: impl IntoIterator<Item = &'p [u8]>,
+        out: &mut DatagramBatch,
+        replies: &mut PacketBatch,
+    ) {
+        for packet in packets {
+            let space = out.space((packet.len() + WG_OVERHEAD).max(MIN_OUT_BUF));
+            let sent = match self.handle_tun_packet(now, net, packet, space) {
+                TunOutcome::Send { dst, datagram } => Some((dst, datagram.len())),
+                TunOutcome::Reply(icmp) => {
+                    replies.push(net, icmp);
+                    None
+                }
+                TunOutcome::Queued | TunOutcome::Dropped(_) => None,
+            };
+            if let Some((dst, n)) = sent {
+                out.commit(dst, n);
+            }
+        }
+    }
+
+    /// Handles datagrams received together from `from` (the datagrams of one GRO
+    /// read, say): each exactly as [`Node::handle_datagram`] would, in order.
+    /// Packets for a TUN are appended to `out` with their network.
+    pub fn handle_datagram_batch<'d>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagrams: impl IntoIterator<Item = &'d [u8]>,
+        out: &mut PacketBatch,
+    ) {
+        for datagram in datagrams {
+            let space = out.space(datagram.len().max(MIN_OUT_BUF));
+            let written = match self.handle_datagram(now, from, datagram, space) {
+                NetOutcome::WriteTun { net, packet } => Some((net, packet.len())),
+                NetOutcome::Handled | NetOutcome::Dropped(_) => None,
+            };
+            if let Some((net, n)) = written {
+                out.commit(net, n);
             }
         }
     }
