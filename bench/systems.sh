@@ -45,6 +45,7 @@ sys_weft_install() {
         WEFT_BIN=$src/target/release
         [ "$NO_BUILD" = 1 ] && die "WEFT_REV needs a build (drop NO_BUILD=1)"
     fi
+    WEFT_SRC_DIR=$src
     if [ "$NO_BUILD" != 1 ]; then
         log "cargo build --release --bins in $src (log: $OUT/build.log)"
         (cd "$src" && cargo build --release --bins) >>"$OUT/build.log" 2>&1 \
@@ -85,7 +86,7 @@ sys_weft_up() {
           token create --network bench --uses 2 --json | jq -er .token >"$d/token" ) 2>>"$d/admin.log" || return 1
     for n in a b; do
         ns=$NS_A; [ "$n" = b ] && ns=$NS_B
-        spawn "$ns" "$d/weftd-$n.log" "$WEFT_BIN/weftd" --state-dir "$d/state-$n" --socket "$d/$n.sock" \
+        spawn "$ns" "$d/weftd-$n.log" "${WEFTD_BIN:-$WEFT_BIN/weftd}" --state-dir "$d/state-$n" --socket "$d/$n.sock" \
             --port 51820 --mint-difficulty 8 --controller "https://$UL_A:8443" --token-file "$d/token" \
             --pin-sha256 "$fp" --name "bench-$n" --log info
         DAEMONS+=("$SPAWNED")
@@ -97,6 +98,30 @@ sys_weft_up() {
 }
 
 sys_weft_report() { weft_status a; echo; weft_status b; }
+
+# ---- weft with policy enforcement compiled out (benchmark-only binary) ------
+# The same weft, but weftd built with the cargo feature `unenforced-benchmark-only`
+# (a separate binary, weftd-nopolicy; production builds cannot turn enforcement
+# off). Run it next to `weft` to see the price of enforcement (issue 6: < 5%).
+# Built into <src>/target/nopolicy, seeded from target/release on first use.
+sys_weftnp_install() {
+    [ -x "$OUT/bin/weftd" ] || sys_weft_install
+    local src=${WEFT_SRC_DIR:-$REPO} td
+    td=$src/target/nopolicy
+    if [ "$NO_BUILD" != 1 ]; then
+        if [ ! -d "$td/release" ] && [ -d "$src/target/release" ]; then
+            mkdir -p "$td" && cp -a "$src/target/release" "$td/" 2>/dev/null
+        fi
+        log "cargo build --release -p weftd --features unenforced-benchmark-only (log: $OUT/build.log)"
+        (cd "$src" && cargo build --release -p weftd --features unenforced-benchmark-only --target-dir "$td") \
+            >>"$OUT/build.log" 2>&1 || die "building weftd-nopolicy failed (see $OUT/build.log)"
+    fi
+    [ -x "$td/release/weftd" ] || die "$td/release/weftd missing"
+    cp "$td/release/weftd" "$OUT/bin/weftd-nopolicy"
+}
+sys_weftnp_version() { echo "$("$OUT/bin/weftd-nopolicy" --version 2>/dev/null), $WEFT_SRC"; }
+sys_weftnp_up() { WEFTD_BIN=$OUT/bin/weftd-nopolicy sys_weft_up; }
+sys_weftnp_report() { sys_weft_report; }
 
 # ---- userspace WireGuard (wireguard-go, boringtun-cli, gotatun share the UAPI)
 wg_keys() {

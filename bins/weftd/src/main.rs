@@ -7,6 +7,14 @@ use clap::Parser;
 use weft_identity::Difficulty;
 use weft_proto::local::UpRequest;
 
+#[cfg(not(feature = "unenforced-benchmark-only"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(feature = "unenforced-benchmark-only")]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (BENCHMARK BUILD: policy enforcement compiled out)"
+);
+
 /// weftd: the weft node agent.
 ///
 /// Gives this machine an encrypted overlay address in every network it joins,
@@ -14,7 +22,7 @@ use weft_proto::local::UpRequest;
 /// routes as the controller wants them. Control it with `weft` (status, up, down,
 /// ping) over the local socket.
 #[derive(Debug, Parser)]
-#[command(name = "weftd", version)]
+#[command(name = "weftd", version = VERSION)]
 struct Args {
     /// State directory: identity key, controller credential, cached network map.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]

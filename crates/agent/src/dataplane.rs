@@ -3,37 +3,83 @@
 //!
 //! Tasks: one reader per TUN device, one UDP reader, one relay reader (while a
 //! relay is configured), one timer task. Each takes the node's lock only while the
-//! core processes one input (never across an await), drains the core's transmit
-//! queue, then does its I/O. Packet buffers are allocated once per task and reused.
+//! core processes one batch of input (never across an await), drains the core's
+//! transmit queue, then does its I/O. Packet buffers are allocated once per task
+//! and reused.
+//!
+//! Batching (issue 8): TUN devices are opened with a virtio-net header and
+//! TSO/USO, so one read hands over a TCP/UDP super-packet of up to 64 KiB, split
+//! into MTU-sized segments; the segments are encrypted back to back and every run
+//! of them to one peer address leaves in one `sendmsg` with `UDP_SEGMENT`. The UDP
+//! socket receives with `UDP_GRO` (one read, many datagrams), and decrypted
+//! packets go back to the TUN coalesced (GRO on the write side). Each offload
+//! falls back to one packet per syscall when the kernel or device lacks it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use anyhow::Context as _;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tun_rs::{AsyncDevice, DeviceBuilder};
+use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 use weft_api_client::Trust;
 use weft_identity::Identity;
 use weft_proto::netmap::Relay;
 use weft_relay::client::{RelayClient, RelayClientConfig, RelayEvent, RelayEvents};
+use weft_tunnel::batch::{DatagramBatch, MAX_SEGMENTS, PacketBatch};
 use weft_tunnel::{
-    Dest, DropCounters, Event, NetIndex, NetOutcome, Node, NodeConfig, PeerStatus, Transmit,
-    TunOutcome,
+    Dest, DropCounters, Event, MIN_OUT_BUF, NetIndex, NetOutcome, Node, NodeConfig, PeerStatus,
+    Transmit, WG_OVERHEAD,
 };
 
 use crate::clock;
+use crate::udp_batch::{self, Offloads, RECV_BUF};
 
-/// Largest packet the TUN hands us (no offloads yet) plus WireGuard overhead.
+/// Largest datagram or packet handled one at a time, plus WireGuard overhead.
 const BUF_LEN: usize = 65_536 + 64;
+/// Room kept in front of every packet written to a TUN for its virtio-net header.
+const HDR: usize = VIRTIO_NET_HDR_LEN;
+/// Packets per batch (segments of one TUN read; datagrams decrypted per TUN flush).
+const BATCH: usize = IDEAL_BATCH_SIZE;
+
+/// Whether the data plane asks for TUN and UDP offloads (`WEFTD_OFFLOAD=0` turns
+/// them off: for comparisons and for testing the fallback path).
+fn offloads_wanted() -> bool {
+    std::env::var_os("WEFTD_OFFLOAD").is_none_or(|v| v != "0")
+}
+
+/// A TUN device and whether it speaks the virtio-net header (offloads on).
+struct Tun {
+    dev: AsyncDevice,
+    vnet: bool,
+}
+
+impl Tun {
+    /// Writes one packet held in `framed[HDR..]` (the first [`HDR`] bytes are
+    /// scratch for the header).
+    async fn write_one(&self, framed: &mut [u8]) {
+        let res = if self.vnet {
+            // GSO_NONE, checksum complete: an ordinary packet.
+            framed[..HDR].fill(0);
+            self.dev.send(framed).await
+        } else {
+            self.dev.send(&framed[HDR..]).await
+        };
+        if let Err(e) = res {
+            tracing::trace!(error = %e, "TUN write failed");
+        }
+    }
+}
 
 /// State shared by the data-plane tasks.
 struct Shared {
     node: Mutex<Node>,
     udp: UdpSocket,
-    tuns: RwLock<BTreeMap<NetIndex, Arc<AsyncDevice>>>,
+    udp_offloads: Offloads,
+    tuns: RwLock<BTreeMap<NetIndex, Arc<Tun>>>,
     relay: RwLock<Option<Arc<RelayClient>>>,
     reflexive: watch::Sender<Vec<SocketAddr>>,
 }
@@ -45,7 +91,7 @@ impl Shared {
         self.node.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn tun(&self, net: NetIndex) -> Option<Arc<AsyncDevice>> {
+    fn tun(&self, net: NetIndex) -> Option<Arc<Tun>> {
         self.tuns
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -94,6 +140,23 @@ impl Shared {
     async fn flush(&self, tx: &mut Vec<Transmit>) {
         for t in tx.drain(..) {
             self.send(t.dst, &t.payload).await;
+        }
+    }
+
+    /// Sends the datagrams of a batch, one GSO send per run to a UDP address.
+    async fn send_batch(&self, batch: &DatagramBatch) {
+        for (run, data) in batch.runs() {
+            match run.dst {
+                Dest::Udp(addr) => {
+                    udp_batch::send_segments(&self.udp, &self.udp_offloads, addr, data, run.seg)
+                        .await;
+                }
+                Dest::Relay(_) => {
+                    for d in data.chunks(run.seg.max(1)) {
+                        self.send(run.dst, d).await;
+                    }
+                }
+            }
         }
     }
 }
@@ -146,10 +209,12 @@ impl Dataplane {
             .with_context(|| format!("binding the data-plane UDP socket on port {port}"))?;
         let port = udp.local_addr()?.port();
         size_socket_buffers(&udp);
+        let udp_offloads = Offloads::setup(&udp, offloads_wanted());
         let (reflexive, _) = watch::channel(Vec::new());
         let shared = Arc::new(Shared {
             node: Mutex::new(node),
             udp,
+            udp_offloads,
             tuns: RwLock::default(),
             relay: RwLock::default(),
             reflexive,
@@ -158,7 +223,17 @@ impl Dataplane {
             tokio::spawn(udp_reader(shared.clone())),
             tokio::spawn(timer_task(shared.clone())),
         ];
-        tracing::info!(port, "data plane listening");
+        tracing::info!(
+            port,
+            udp_gso = shared.udp_offloads.gso_on(),
+            udp_gro = shared.udp_offloads.gro,
+            pipelined = pipelined(),
+            "data plane listening"
+        );
+        #[cfg(feature = "unenforced-benchmark-only")]
+        tracing::warn!(
+            "BENCHMARK BUILD: access policy enforcement is compiled out; every packet passes"
+        );
         Ok(Self {
             shared,
             tun_tasks: BTreeMap::new(),
@@ -208,21 +283,39 @@ impl Dataplane {
             if self.tun_tasks.contains_key(slot) {
                 continue;
             }
-            let dev = DeviceBuilder::new()
-                .name(name)
-                .mtu(u16::try_from(mtu).unwrap_or(1420))
-                .build_async();
+            let mtu16 = u16::try_from(mtu).unwrap_or(1420);
+            let build = |offload: bool| {
+                DeviceBuilder::new()
+                    .name(name)
+                    .mtu(mtu16)
+                    .offload(offload)
+                    .build_async()
+            };
+            let dev = match offloads_wanted().then(|| build(true)) {
+                Some(Ok(dev)) => Ok(dev),
+                Some(Err(e)) => {
+                    tracing::warn!(interface = %name, error = %e, "TUN offloads (virtio-net header, TSO) unavailable; one packet per read");
+                    build(false)
+                }
+                None => build(false),
+            };
             match dev {
                 Ok(dev) => {
-                    let dev = Arc::new(dev);
+                    let vnet = dev.tcp_gso();
+                    let dev = Arc::new(Tun { dev, vnet });
                     self.shared
                         .tuns
                         .write()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(*slot, dev.clone());
-                    let task = tokio::spawn(tun_reader(*slot, dev, self.shared.clone()));
+                    let task = tokio::spawn(tun_reader(
+                        *slot,
+                        dev,
+                        self.shared.clone(),
+                        usize::from(mtu16),
+                    ));
                     self.tun_tasks.insert(*slot, (name.clone(), task));
-                    tracing::info!(interface = %name, "created TUN device");
+                    tracing::info!(interface = %name, offloads = vnet, "created TUN device");
                 }
                 Err(e) => errors.push(format!("creating TUN device {name}: {e}")),
             }
@@ -412,39 +505,161 @@ async fn stun_server(relay: &Relay) -> Option<SocketAddr> {
     }
 }
 
-async fn tun_reader(slot: NetIndex, dev: Arc<AsyncDevice>, sh: Arc<Shared>) {
-    let mut buf = vec![0u8; BUF_LEN];
-    let mut out = vec![0u8; BUF_LEN];
-    let mut tx = Vec::new();
-    enum Act {
-        Send(Dest, usize),
-        Reply(usize),
-        Nothing,
+/// Batches in flight per direction when the I/O is handed to a second task.
+const POOL: usize = 4;
+
+/// Whether each reader hands its batches' I/O to a second task, so reading and
+/// crypto overlap with sending on another core (`WEFTD_PIPELINE=0/1` overrides;
+/// by default only when this process may use more than one CPU: on one, the hop
+/// between tasks is pure cost).
+fn pipelined() -> bool {
+    match std::env::var("WEFTD_PIPELINE").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
     }
+}
+
+/// The producer's end of a hand-off: filled batches go to the consumer task,
+/// emptied ones come back (at most [`POOL`] exist, so a slow consumer holds the
+/// producer back instead of queueing without bound).
+struct Handoff<B> {
+    full: mpsc::Sender<B>,
+    empty: mpsc::Receiver<B>,
+    made: usize,
+}
+
+/// A hand-off and the consumer's ends (filled batches in, emptied ones back).
+fn handoff<B>() -> (Handoff<B>, mpsc::Receiver<B>, mpsc::Sender<B>) {
+    let (full_tx, full_rx) = mpsc::channel(POOL);
+    let (empty_tx, empty_rx) = mpsc::channel(POOL);
+    (
+        Handoff {
+            full: full_tx,
+            empty: empty_rx,
+            made: 1,
+        },
+        full_rx,
+        empty_tx,
+    )
+}
+
+impl<B> Handoff<B> {
+    /// Passes `filled` on and returns an empty batch to fill next (`None` when
+    /// the consumer is gone).
+    async fn pass(&mut self, filled: B, make: impl FnOnce() -> B) -> Option<B> {
+        self.full.send(filled).await.ok()?;
+        match self.empty.try_recv() {
+            Ok(b) => Some(b),
+            Err(_) if self.made < POOL => {
+                self.made += 1;
+                Some(make())
+            }
+            Err(_) => self.empty.recv().await,
+        }
+    }
+}
+
+/// Sends the batches a TUN reader hands over.
+async fn udp_sender(
+    sh: Arc<Shared>,
+    mut full: mpsc::Receiver<DatagramBatch>,
+    empty: mpsc::Sender<DatagramBatch>,
+) {
+    while let Some(mut b) = full.recv().await {
+        sh.send_batch(&b).await;
+        b.clear();
+        if empty.send(b).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn tun_reader(slot: NetIndex, dev: Arc<Tun>, sh: Arc<Shared>, mtu: usize) {
+    // One read: a super-packet (up to 64 KiB behind its virtio-net header) split
+    // into segments of at most the MTU; without offloads, one packet.
+    let seg_len = mtu.max(1500) + 64;
+    let mut raw = vec![0u8; HDR + 65_535];
+    let mut segs = vec![vec![0u8; seg_len]; if dev.vnet { BATCH } else { 1 }];
+    let mut sizes = vec![0usize; segs.len()];
+    let slots = segs.len();
+    let new_batch = || DatagramBatch::new((seg_len + WG_OVERHEAD).max(MIN_OUT_BUF), slots);
+    let mut batch = new_batch();
+    let mut replies = PacketBatch::new(HDR, 4);
+    let mut tx = Vec::new();
+    let mut pipe = pipelined().then(|| {
+        let (h, full, empty) = handoff();
+        // Ends by itself when this reader (and with it `h`) goes away.
+        tokio::spawn(udp_sender(sh.clone(), full, empty));
+        h
+    });
     loop {
-        let n = match dev.recv(&mut buf).await {
-            Ok(n) => n,
+        let read = if dev.vnet {
+            dev.dev
+                .recv_multiple(&mut raw, &mut segs, &mut sizes, 0)
+                .await
+        } else {
+            // Read into the large buffer: a packet longer than the MTU is the
+            // core's to refuse, not a read error.
+            dev.dev.recv(&mut raw).await.map(|n| {
+                sizes[0] = n;
+                1
+            })
+        };
+        let n = match read {
+            Ok(n) => n.min(sizes.len()),
+            // The kernel handed over an offload packet tun-rs cannot split: drop it.
+            Err(e) if e.raw_os_error().is_none() => {
+                tracing::debug!(slot, error = %e, "unusable packet from the TUN dropped");
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(slot, error = %e, "reading from TUN failed; stopping this interface's reader");
                 return;
             }
         };
-        let act = {
+        {
             let mut node = sh.lock();
-            let act = match node.handle_tun_packet(clock::now(), slot, &buf[..n], &mut out) {
-                TunOutcome::Send { dst, datagram } => Act::Send(dst, datagram.len()),
-                TunOutcome::Reply(p) => Act::Reply(p.len()),
-                TunOutcome::Queued | TunOutcome::Dropped(_) => Act::Nothing,
-            };
-            sh.drain(&mut node, &mut tx);
-            act
-        };
-        match act {
-            Act::Send(dst, len) => sh.send(dst, &out[..len]).await,
-            Act::Reply(len) => {
-                let _ = dev.send(&out[..len]).await;
+            let now = clock::now();
+            if dev.vnet {
+                let packets = segs[..n]
+                    .iter()
+                    .zip(&sizes)
+                    .map(|(s, len)| &s[..(*len).min(s.len())]);
+                node.handle_tun_batch(now, slot, packets, &mut batch, &mut replies);
+            } else {
+                let packet = &raw[..sizes[0].min(raw.len())];
+                node.handle_tun_batch(now, slot, [packet], &mut batch, &mut replies);
             }
-            Act::Nothing => {}
+            sh.drain(&mut node, &mut tx);
+        }
+        if !batch.is_empty() {
+            match pipe.as_mut() {
+                Some(h) => {
+                    let filled = std::mem::replace(&mut batch, DatagramBatch::new(0, 0));
+                    match h.pass(filled, new_batch).await {
+                        Some(b) => batch = b,
+                        None => {
+                            tracing::warn!(
+                                slot,
+                                "UDP sender task gone; stopping this interface's reader"
+                            );
+                            return;
+                        }
+                    }
+                }
+                None => {
+                    sh.send_batch(&batch).await;
+                    batch.clear();
+                }
+            }
+        }
+        if !replies.is_empty() {
+            let (bufs, _) = replies.buffers_mut();
+            for r in bufs {
+                dev.write_one(r).await;
+            }
+            replies.clear();
         }
         if !tx.is_empty() {
             sh.flush(&mut tx).await;
@@ -452,38 +667,141 @@ async fn tun_reader(slot: NetIndex, dev: Arc<AsyncDevice>, sh: Arc<Shared>) {
     }
 }
 
-async fn deliver(sh: &Shared, write: Option<(NetIndex, usize)>, out: &[u8]) {
-    if let Some((net, len)) = write
-        && let Some(dev) = sh.tun(net)
-        && let Err(e) = dev.send(&out[..len]).await
-    {
-        tracing::trace!(error = %e, "TUN write failed");
+/// Writes decrypted packets to their TUNs, GRO-coalesced.
+struct TunWriter {
+    gro: GROTable,
+    group: Vec<Vec<u8>>,
+}
+
+impl TunWriter {
+    fn new() -> Self {
+        Self {
+            gro: GROTable::default(),
+            group: Vec::new(),
+        }
+    }
+
+    /// Writes `packets` (one coalesced write per flow and network) and empties it.
+    async fn write(&mut self, sh: &Shared, packets: &mut PacketBatch) {
+        let (bufs, nets) = packets.buffers_mut();
+        let Some(&first) = nets.first() else {
+            return;
+        };
+        if nets.iter().all(|n| *n == first) {
+            if let Some(dev) = sh.tun(first)
+                && let Err(e) = dev.dev.send_multiple(&mut self.gro, bufs, HDR).await
+            {
+                tracing::trace!(error = %e, "TUN write failed");
+            }
+            packets.clear();
+            return;
+        }
+        // Several networks in one batch: one coalesced write per network, order
+        // kept within each.
+        let mut distinct: Vec<NetIndex> = nets.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for net in distinct {
+            self.group.clear();
+            for (b, n) in bufs.iter_mut().zip(nets) {
+                if *n == net {
+                    self.group.push(std::mem::take(b));
+                }
+            }
+            if let Some(dev) = sh.tun(net)
+                && let Err(e) = dev
+                    .dev
+                    .send_multiple(&mut self.gro, &mut self.group, HDR)
+                    .await
+            {
+                tracing::trace!(error = %e, "TUN write failed");
+            }
+            // Give the buffers back for reuse.
+            let mut back = self.group.drain(..);
+            for (b, n) in bufs.iter_mut().zip(nets) {
+                if *n == net
+                    && let Some(g) = back.next()
+                {
+                    *b = g;
+                }
+            }
+        }
+        packets.clear();
+    }
+}
+
+/// Writes the batches a UDP reader hands over.
+async fn tun_writer(
+    sh: Arc<Shared>,
+    mut full: mpsc::Receiver<PacketBatch>,
+    empty: mpsc::Sender<PacketBatch>,
+) {
+    let mut w = TunWriter::new();
+    while let Some(mut b) = full.recv().await {
+        w.write(&sh, &mut b).await;
+        if empty.send(b).await.is_err() {
+            return;
+        }
     }
 }
 
 async fn udp_reader(sh: Arc<Shared>) {
-    let mut buf = vec![0u8; BUF_LEN];
-    let mut out = vec![0u8; BUF_LEN];
+    let mut buf = vec![0u8; RECV_BUF];
+    let mut cmsg = udp_batch::gro_cmsg_space();
+    let new_batch = || PacketBatch::new(HDR, BATCH);
+    let mut out = new_batch();
+    let mut writer = TunWriter::new();
     let mut tx = Vec::new();
+    let mut pipe = pipelined().then(|| {
+        let (h, full, empty) = handoff();
+        tokio::spawn(tun_writer(sh.clone(), full, empty));
+        h
+    });
     loop {
-        let (n, from) = match sh.udp.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
+        let mut got = sh
+            .udp
+            .async_io(Interest::READABLE, || {
+                udp_batch::recv_segments(&sh.udp, &mut buf, &mut cmsg)
+            })
+            .await;
+        loop {
+            match got {
+                Ok((n, from, seg)) => {
+                    let mut node = sh.lock();
+                    let datagrams = buf[..n.min(buf.len())].chunks(seg);
+                    node.handle_datagram_batch(clock::now(), from, datagrams, &mut out);
+                    sh.drain(&mut node, &mut tx);
+                }
                 // ICMP errors surface here (ECONNREFUSED etc.); they are not fatal.
-                tracing::trace!(error = %e, "UDP receive error");
-                continue;
+                Err(e) => tracing::trace!(error = %e, "UDP receive error"),
             }
-        };
-        let write = {
-            let mut node = sh.lock();
-            let w = match node.handle_datagram(clock::now(), from, &buf[..n], &mut out) {
-                NetOutcome::WriteTun { net, packet } => Some((net, packet.len())),
-                NetOutcome::Handled | NetOutcome::Dropped(_) => None,
+            // Room for another full GRO read without growing the batch?
+            if out.len() + MAX_SEGMENTS > BATCH {
+                break;
+            }
+            got = match sh.udp.try_io(Interest::READABLE, || {
+                udp_batch::recv_segments(&sh.udp, &mut buf, &mut cmsg)
+            }) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                r => r,
             };
-            sh.drain(&mut node, &mut tx);
-            w
-        };
-        deliver(&sh, write, &out).await;
+        }
+        if !out.is_empty() {
+            match pipe.as_mut() {
+                Some(h) => {
+                    let filled = std::mem::replace(&mut out, PacketBatch::new(HDR, 0));
+                    match h.pass(filled, new_batch).await {
+                        Some(b) => out = b,
+                        None => {
+                            tracing::warn!("TUN writer task gone; writing inline");
+                            pipe = None;
+                            out = new_batch();
+                        }
+                    }
+                }
+                None => writer.write(&sh, &mut out).await,
+            }
+        }
         if !tx.is_empty() {
             sh.flush(&mut tx).await;
         }
@@ -491,7 +809,7 @@ async fn udp_reader(sh: Arc<Shared>) {
 }
 
 async fn relay_reader(mut events: RelayEvents, sh: Arc<Shared>) {
-    let mut out = vec![0u8; BUF_LEN];
+    let mut framed = vec![0u8; HDR + BUF_LEN];
     let mut tx = Vec::new();
     while let Some(ev) = events.recv().await {
         let write = {
@@ -499,7 +817,7 @@ async fn relay_reader(mut events: RelayEvents, sh: Arc<Shared>) {
             let now = clock::now();
             let w = match ev {
                 RelayEvent::Packet { src, payload } => {
-                    match node.handle_relay_frame(now, src, &payload, &mut out) {
+                    match node.handle_relay_frame(now, src, &payload, &mut framed[HDR..]) {
                         NetOutcome::WriteTun { net, packet } => Some((net, packet.len())),
                         NetOutcome::Handled | NetOutcome::Dropped(_) => None,
                     }
@@ -530,7 +848,11 @@ async fn relay_reader(mut events: RelayEvents, sh: Arc<Shared>) {
             sh.drain(&mut node, &mut tx);
             w
         };
-        deliver(&sh, write, &out).await;
+        if let Some((net, len)) = write
+            && let Some(dev) = sh.tun(net)
+        {
+            dev.write_one(&mut framed[..HDR + len]).await;
+        }
         if !tx.is_empty() {
             sh.flush(&mut tx).await;
         }

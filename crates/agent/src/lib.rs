@@ -28,6 +28,7 @@ mod dns;
 pub mod netmap;
 pub mod state;
 mod supervisor;
+mod udp_batch;
 
 pub use dns::DnsMode;
 pub use supervisor::{AgentConfig, run};
