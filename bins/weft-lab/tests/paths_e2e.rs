@@ -362,15 +362,18 @@ fn peers_heal_when_a_nodes_underlay_address_changes() {
         },
     );
     println!("public peer: direct to the new address {took:?} after the renumbering");
-    let took = within(
+    within(
         "b goes direct to a's new address",
-        Duration::from_secs(40),
+        Duration::from_secs(15),
         || {
             mesh.path("b", "a")
                 .is_some_and(|p| p.starts_with(&format!("direct {new_wan}:")))
         },
     );
-    println!("NATed peer: direct to the new address {took:?} after the renumbering");
+    println!(
+        "NATed peer: direct to the new address {:?} after the renumbering",
+        start.elapsed()
+    );
     std::thread::sleep(Duration::from_secs(1));
     let elapsed = start.elapsed().as_secs_f64();
     for (name, p) in [("o", &mut from_o), ("b", &mut from_b)] {
