@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::json;
-use weft_policy::{CompiledPolicy, LivePolicy, Membership, NodeFacts, Transition};
+use weft_policy::{CompiledPolicy, LivePolicy, Membership, NodeFacts, Transition, Viewpoint};
 use weft_proto::NodeKey;
 use weft_proto::api::{
     self, NodeAddress, NodeInfo, PolicyCheckRequest, PolicyCheckResponse, PolicyDoc,
@@ -109,7 +109,7 @@ pub struct Touched {
     /// when the batch closes.
     pub policy_nodes: BTreeSet<NodeKey>,
     /// Filled when the batch closes: the nodes whose compiled policy changed
-    /// (visibility before the batch: [`World::was_visible`]).
+    /// (visibility before the batch: [`World::viewpoints`]).
     pub policy_changed: BTreeSet<NodeId>,
 }
 
@@ -478,9 +478,18 @@ impl World {
         self.live.is_visible(a, b)
     }
 
-    /// Whether nodes `a` and `b` could see each other before the last batch.
-    pub fn was_visible(&self, a: &NodeKey, b: &NodeKey) -> bool {
-        self.policy_before.was_visible(&self.live, a, b)
+    /// Node `k` as visibility sees it now, and before the last batch.
+    pub fn viewpoints<'a>(
+        &'a self,
+        k: &'a NodeKey,
+    ) -> (
+        Option<Viewpoint<'a, NodeKey>>,
+        Option<Viewpoint<'a, NodeKey>>,
+    ) {
+        (
+            self.live.viewpoint(k),
+            self.policy_before.viewpoint_before(&self.live, k),
+        )
     }
 
     /// The nodes whose visibility to others the last batch may have changed
@@ -614,6 +623,11 @@ impl World {
     /// A node by id.
     pub fn node(&self, id: NodeId) -> Option<&NodeState> {
         self.nodes.get(&id)
+    }
+
+    /// The ids of all networks.
+    pub fn network_ids(&self) -> impl Iterator<Item = NetId> + '_ {
+        self.networks.keys().copied()
     }
 
     /// A network by id.

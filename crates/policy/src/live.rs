@@ -167,6 +167,22 @@ impl<K> Default for Transition<K> {
     }
 }
 
+/// One node as visibility sees it, to decide many pairs without lookups. Only
+/// compare viewpoints taken from the same state (both now, or both before).
+#[derive(Debug, Clone, Copy)]
+pub struct Viewpoint<'a, K> {
+    key: &'a K,
+    sel: &'a [Entry],
+    policy: &'a Policy,
+}
+
+impl<K: Ord> Viewpoint<'_, K> {
+    /// Whether the two nodes may see each other (never a node itself).
+    pub fn sees(&self, other: &Viewpoint<'_, K>) -> bool {
+        self.key != other.key && pair_visible(self.policy, self.sel, other.sel)
+    }
+}
+
 /// The result of a flush.
 #[derive(Debug, Clone)]
 pub struct Flushed<K> {
@@ -481,6 +497,15 @@ impl<K: Ord + Clone> LivePolicy<K> {
         }
     }
 
+    /// Node `k`'s viewpoint (None if absent).
+    pub fn viewpoint<'a>(&'a self, k: &'a K) -> Option<Viewpoint<'a, K>> {
+        self.nodes.get(k).map(|n| Viewpoint {
+            key: k,
+            sel: &n.sel,
+            policy: &self.policy,
+        })
+    }
+
     /// The nodes `k` may see, O(n).
     pub fn visible_peers(&self, k: &K) -> Vec<K> {
         self.nodes
@@ -718,6 +743,28 @@ impl<K: Ord + Clone> Transition<K> {
             (Some(x), Some(y)) => pair_visible(&state.policy, x, y),
             _ => false,
         }
+    }
+
+    /// Node `k`'s viewpoint before the flush that produced this transition
+    /// (None if it did not exist); `now` is the state after it.
+    pub fn viewpoint_before<'a>(
+        &'a self,
+        now: &'a LivePolicy<K>,
+        k: &'a K,
+    ) -> Option<Viewpoint<'a, K>> {
+        let (state, before) = match &self.0 {
+            Before::Rebuilt(old) => (&**old, &old.before),
+            Before::Nodes(before) => (now, before),
+        };
+        let sel = match before.get(k) {
+            Some(s) => s.as_deref(),
+            None => state.nodes.get(k).map(|n| n.sel.as_slice()),
+        }?;
+        Some(Viewpoint {
+            key: k,
+            sel,
+            policy: &state.policy,
+        })
     }
 
     /// The nodes whose visibility to others may have changed: `Some(those)`, or

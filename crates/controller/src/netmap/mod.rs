@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use weft_policy::CompiledPolicy;
+use weft_policy::{CompiledPolicy, Viewpoint};
 use weft_proto::NodeKey;
 use weft_proto::api::API_VERSION;
 use weft_proto::netmap::{MapChange, MapDelta, NetworkMap, NetworkView, Peer, SelfNode};
@@ -68,13 +68,21 @@ fn network_view(
     me: &NodeState,
     m: &MembershipRecord,
 ) -> NetworkView {
+    let viewer = world.viewpoints(&me.rec.node_key).0;
     let mut peers: Vec<Peer> = net
         .members
         .iter()
         .filter(|id| **id != me.rec.id)
         .filter_map(|id| world.node(*id))
         .filter(|p| !p.rec.disabled)
-        .filter(|p| world.is_visible(&me.rec.node_key, &p.rec.node_key))
+        .filter(|p| {
+            viewer.as_ref().is_some_and(|v| {
+                world
+                    .viewpoints(&p.rec.node_key)
+                    .0
+                    .is_some_and(|o| v.sees(&o))
+            })
+        })
         .filter_map(|p| p.memberships.get(&net.rec.id).map(|pm| peer_view(p, pm)))
         .collect();
     peers.sort_by_key(|a| a.node_key);
@@ -113,6 +121,23 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
     })
 }
 
+/// A change in a touched network: its subject's key, whether it is an upsert,
+/// the change, and the subject's viewpoints (now, before).
+type Entry<'a> = (
+    NodeKey,
+    bool,
+    MapChange,
+    Option<Viewpoint<'a, NodeKey>>,
+    Option<Viewpoint<'a, NodeKey>>,
+);
+
+/// A node that may have changed visibility: key, viewpoints (now, before).
+type Candidate<'a> = (
+    &'a NodeKey,
+    Option<Viewpoint<'a, NodeKey>>,
+    Option<Viewpoint<'a, NodeKey>>,
+);
+
 /// Recipients that receive the same changes, and those changes.
 type Group = (Vec<NodeId>, Vec<MapChange>);
 
@@ -125,21 +150,54 @@ type Group = (Vec<NodeId>, Vec<MapChange>);
 pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
     let version = world.version;
     let enabled = |id: &NodeId| world.node(*id).is_some_and(|n| !n.rec.disabled);
-    let visible_now = |r: NodeId, key: &NodeKey| {
-        world
-            .node(r)
-            .is_some_and(|n| world.is_visible(&n.rec.node_key, key))
-    };
-    let visible_before = |r: NodeId, key: &NodeKey| {
-        world
-            .node(r)
-            .is_some_and(|n| world.was_visible(&n.rec.node_key, key))
+    let sees = |a: &Option<Viewpoint<'_, NodeKey>>, b: &Option<Viewpoint<'_, NodeKey>>| match (a, b)
+    {
+        (Some(a), Some(b)) => a.sees(b),
+        _ => false,
     };
     let visibility_changed = world.visibility_changed();
+    // Candidates for visibility changes, with their viewpoints (now, before):
+    // the changed nodes, and (when a recipient itself changed, or the policy did)
+    // the members of each network.
+    let changed_vps: Vec<Candidate<'_>> = visibility_changed
+        .iter()
+        .flatten()
+        .map(|k| {
+            let (now, before) = world.viewpoints(k);
+            (k, now, before)
+        })
+        .collect();
+    let needs_members = touched.policy_changed.iter().any(|id| {
+        world.node(*id).is_some_and(|n| {
+            visibility_changed
+                .as_ref()
+                .is_none_or(|c| c.contains(&n.rec.node_key))
+        })
+    });
+    let member_vps: BTreeMap<NetId, Vec<Candidate<'_>>> = if needs_members {
+        world
+            .network_ids()
+            .filter_map(|id| world.network(id))
+            .map(|net| {
+                let v = net
+                    .members
+                    .iter()
+                    .filter_map(|id| world.node(*id))
+                    .map(|n| {
+                        let (now, before) = world.viewpoints(&n.rec.node_key);
+                        (&n.rec.node_key, now, before)
+                    })
+                    .collect();
+                (net.rec.id, v)
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
 
     // Per touched network: its changes, each with the key of its subject and
     // whether it is an upsert.
-    let mut by_net: BTreeMap<NetId, Vec<(NodeKey, bool, MapChange)>> = BTreeMap::new();
+    let mut by_net: BTreeMap<NetId, Vec<Entry<'_>>> = BTreeMap::new();
     for (net_id, key) in &touched.entries {
         let Some(net) = world.network(*net_id) else {
             continue;
@@ -164,10 +222,11 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
                 },
             ),
         };
+        let (now, before) = world.viewpoints(key);
         by_net
             .entry(*net_id)
             .or_default()
-            .push((*key, upsert, change));
+            .push((*key, upsert, change, now, before));
     }
 
     // Each recipient's touched networks; subjects are handled one by one.
@@ -199,14 +258,15 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
         }
         let Some(me) = world.node(id) else { continue };
         let mine = me.rec.node_key;
+        let (me_now, me_before) = world.viewpoints(&me.rec.node_key);
         let mut keys = Vec::new();
         let mut changes = Vec::new();
         for n in &nets {
-            for (key, upsert, change) in by_net.get(n).into_iter().flatten() {
+            for (key, upsert, change, now, before) in by_net.get(n).into_iter().flatten() {
                 let shown = if *upsert {
-                    visible_now(id, key)
+                    sees(&me_now, now)
                 } else {
-                    visible_before(id, key) || visible_now(id, key)
+                    sees(&me_before, before) || sees(&me_now, now)
                 };
                 if *key != mine && shown {
                     keys.push((*n, *key));
@@ -234,12 +294,24 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
         }
         if touched.policy_changed.contains(&id) {
             let sent: BTreeSet<(NetId, NodeKey)> = keys.iter().copied().collect();
-            changes.extend(policy_changes(
-                world,
-                me,
-                visibility_changed.as_ref(),
-                &sent,
-            ));
+            let changed_me = visibility_changed
+                .as_ref()
+                .is_none_or(|c| c.contains(&mine));
+            let members = me
+                .memberships
+                .keys()
+                .filter(|_| changed_me)
+                .filter_map(|n| member_vps.get(n))
+                .flatten();
+            // Visibility flips towards the candidates, deduplicated.
+            let mut flips: BTreeMap<NodeKey, bool> = BTreeMap::new();
+            for (key, now, before) in changed_vps.iter().chain(members) {
+                let (b, a) = (sees(&me_before, before), sees(&me_now, now));
+                if a != b {
+                    flips.insert(**key, a);
+                }
+            }
+            changes.extend(policy_changes(world, me, &flips, &sent));
         }
         if !changes.is_empty() {
             out.push(Outgoing {
@@ -286,43 +358,28 @@ fn policy_json(p: &CompiledPolicy) -> serde_json::Value {
 
 /// The changes of a node whose compiled policy changed: the new policy, then
 /// the peers it may now see (in every network it shares with them) and the
-/// removal of those it saw before and no longer may, leaving out the entries
-/// it already receives (`sent`).
+/// removal of those it saw before and no longer may (`flips`: peer key → now
+/// visible), leaving out the entries it already receives (`sent`).
 ///
-/// Only the nodes whose policy inputs changed (`changed`) can have changed
-/// visibility towards an unchanged node; a changed node, or every node after
-/// a policy edit (`changed` is None), compares against every member of its
-/// networks.
+/// Only the nodes whose policy inputs changed can have changed visibility
+/// towards an unchanged node; a changed node, or every node after a policy
+/// edit, compares against every member of its networks (the caller's
+/// candidates).
 fn policy_changes(
     world: &World,
     me: &NodeState,
-    changed: Option<&BTreeSet<NodeKey>>,
+    flips: &BTreeMap<NodeKey, bool>,
     sent: &BTreeSet<(NetId, NodeKey)>,
 ) -> Vec<MapChange> {
     let Some(np) = world.node_policy(me.rec.id) else {
         return Vec::new();
     };
-    let mine = me.rec.node_key;
     let mut changes = vec![MapChange::Policy {
         policy: Some(policy_json(np)),
     }];
-    let candidates: BTreeSet<NodeKey> = match changed {
-        Some(keys) if !keys.contains(&mine) => keys.iter().copied().collect(),
-        _ => me
-            .memberships
-            .keys()
-            .filter_map(|n| world.network(*n))
-            .flat_map(|net| net.members.iter())
-            .filter_map(|id| world.node(*id))
-            .map(|n| n.rec.node_key)
-            .chain(changed.into_iter().flatten().copied())
-            .filter(|k| *k != mine)
-            .collect(),
-    };
-    for key in candidates {
-        let before = world.was_visible(&mine, &key);
-        let now = world.is_visible(&mine, &key);
-        if now && !before {
+    for (key, now) in flips {
+        let key = *key;
+        if *now {
             let Some(peer) = world.find_node_by_key(&key).filter(|p| !p.rec.disabled) else {
                 continue;
             };
@@ -339,7 +396,7 @@ fn policy_changes(
                     });
                 }
             }
-        } else if before && !now {
+        } else {
             for net_id in me.memberships.keys() {
                 if sent.contains(&(*net_id, key)) {
                     continue;
