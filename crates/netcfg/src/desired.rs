@@ -47,6 +47,9 @@ pub fn is_managed_address(addr: &IpNet) -> bool {
 pub struct DesiredState {
     /// Interface name → what should be on it.
     pub links: BTreeMap<String, LinkSpec>,
+    /// Forwarding and the nftables table `inet weft` (gateways, isolation
+    /// between networks).
+    pub firewall: crate::firewall::FirewallSpec,
 }
 
 impl DesiredState {

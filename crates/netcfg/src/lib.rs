@@ -35,6 +35,7 @@
 
 mod desired;
 pub mod exec;
+pub mod firewall;
 mod observed;
 mod plan;
 mod reconcile;
@@ -45,6 +46,7 @@ pub use desired::{
     is_managed_address, is_weft_link,
 };
 pub use exec::{ExecError, Executor, FakeKernel};
+pub use firewall::{FirewallSpec, NftRule, ObservedFirewall};
 pub use observed::{ObservedLink, ObservedState};
 pub use plan::{Action, Plan, plan};
 pub use reconcile::{

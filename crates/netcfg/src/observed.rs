@@ -22,6 +22,8 @@ pub struct ObservedState {
     /// Weft-tagged routes whose device is not a `weft*` interface, as
     /// `(device name, route)`. weft never creates these; they are deleted.
     pub orphan_routes: BTreeSet<(String, RouteSpec)>,
+    /// Forwarding and the nftables table `inet weft`.
+    pub firewall: crate::firewall::ObservedFirewall,
 }
 
 /// One `weft*` interface as the kernel reports it.
@@ -54,6 +56,8 @@ impl ObservedState {
     /// address, no route): what [`teardown`](crate::teardown) leaves behind.
     pub fn is_clean(&self) -> bool {
         self.orphan_routes.is_empty()
+            && self.firewall.table.is_none()
+            && !self.firewall.forward_set_by_weft
             && self
                 .links
                 .values()

@@ -9,6 +9,7 @@ use std::fmt;
 use ipnet::IpNet;
 
 use crate::desired::{DesiredState, LinkSpec, RouteSpec, is_managed_address, is_weft_link};
+use crate::firewall::{NFT_TABLE, NftRule};
 use crate::observed::{ObservedLink, ObservedState};
 
 /// One change to the kernel. Every variant names the `weft*` interface it touches.
@@ -59,10 +60,23 @@ pub enum Action {
         /// The route.
         route: RouteSpec,
     },
+    /// Delete the nftables table `inet weft`.
+    DeleteNftTable,
+    /// Replace the nftables table `inet weft` (atomically) with these rules.
+    SetNftTable {
+        /// The rules.
+        rules: BTreeSet<NftRule>,
+    },
+    /// Set `net.ipv4.ip_forward` (off only when weft turned it on).
+    SetIpForward {
+        /// On or off.
+        on: bool,
+    },
 }
 
 impl Action {
-    /// The interface this action touches.
+    /// The interface this action touches (empty for the host-wide firewall
+    /// actions).
     pub fn link(&self) -> &str {
         match self {
             Self::DeleteRoute { link, .. }
@@ -71,12 +85,25 @@ impl Action {
             | Self::SetLinkUp { link, .. }
             | Self::AddAddress { link, .. }
             | Self::AddRoute { link, .. } => link,
+            Self::DeleteNftTable | Self::SetNftTable { .. } | Self::SetIpForward { .. } => "",
         }
+    }
+
+    /// Returns whether the action is host-wide (nftables, sysctl) rather than
+    /// about one interface.
+    pub fn is_host_wide(&self) -> bool {
+        matches!(
+            self,
+            Self::DeleteNftTable | Self::SetNftTable { .. } | Self::SetIpForward { .. }
+        )
     }
 
     /// Returns whether the action removes an object.
     pub fn is_delete(&self) -> bool {
-        matches!(self, Self::DeleteRoute { .. } | Self::DeleteAddress { .. })
+        matches!(
+            self,
+            Self::DeleteRoute { .. } | Self::DeleteAddress { .. } | Self::DeleteNftTable
+        )
     }
 
     /// Position of the action's kind in a plan: stale routes go first, then stale
@@ -84,12 +111,14 @@ impl Action {
     /// its link up; an address needs the MTU that lets IPv6 run).
     pub fn phase(&self) -> u8 {
         match self {
-            Self::DeleteRoute { .. } => 0,
-            Self::DeleteAddress { .. } => 1,
+            Self::DeleteNftTable | Self::DeleteRoute { .. } => 0,
+            Self::SetIpForward { on: false } | Self::DeleteAddress { .. } => 1,
             Self::SetMtu { .. } => 2,
             Self::SetLinkUp { .. } => 3,
             Self::AddAddress { .. } => 4,
             Self::AddRoute { .. } => 5,
+            Self::SetNftTable { .. } => 6,
+            Self::SetIpForward { on: true } => 7,
         }
     }
 }
@@ -106,6 +135,17 @@ impl fmt::Display for Action {
             }
             Self::AddAddress { link, addr } => write!(f, "add address {addr} to {link}"),
             Self::AddRoute { link, route } => write!(f, "add route {route} dev {link}"),
+            Self::DeleteNftTable => write!(f, "delete nftables table {NFT_TABLE}"),
+            Self::SetNftTable { rules } => {
+                write!(f, "set nftables table {NFT_TABLE}:")?;
+                for (i, r) in rules.iter().enumerate() {
+                    write!(f, "{} {r}", if i == 0 { "" } else { ";" })?;
+                }
+                Ok(())
+            }
+            Self::SetIpForward { on } => {
+                write!(f, "set net.ipv4.ip_forward {}", u8::from(*on))
+            }
         }
     }
 }
@@ -268,7 +308,28 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Plan {
             });
         }
     }
+    plan_firewall(desired, observed, &mut plan);
+    plan.actions.sort_by_key(Action::phase);
     plan
+}
+
+/// The firewall actions: the table (replaced whole when its rules differ) and
+/// forwarding.
+fn plan_firewall(desired: &DesiredState, observed: &ObservedState, plan: &mut Plan) {
+    let rules = desired.firewall.rules();
+    let comments: BTreeSet<String> = rules.iter().map(NftRule::comment).collect();
+    match &observed.firewall.table {
+        Some(_) if rules.is_empty() => plan.actions.push(Action::DeleteNftTable),
+        Some(have) if *have == comments => {}
+        None if rules.is_empty() => {}
+        Some(_) | None => plan.actions.push(Action::SetNftTable { rules }),
+    }
+    let fw = &observed.firewall;
+    if desired.firewall.forwarding() && !fw.ip_forward {
+        plan.actions.push(Action::SetIpForward { on: true });
+    } else if !desired.firewall.forwarding() && fw.ip_forward && fw.forward_set_by_weft {
+        plan.actions.push(Action::SetIpForward { on: false });
+    }
 }
 
 /// The routes a link should carry: none while it is desired down (see [`LinkSpec::up`]).
@@ -461,5 +522,51 @@ mod tests {
         spec.mtu = None;
         let desired = DesiredState::default().with_link("weft0", spec);
         assert!(plan(&desired, &observed).is_converged());
+    }
+
+    #[test]
+    fn a_gateway_gets_its_table_and_forwarding_and_loses_them_again() {
+        use crate::exec::FakeKernel;
+        use crate::reconcile::reconcile_once;
+        let mut kernel = FakeKernel::new();
+        kernel.add_link("weft0", 1280);
+        let mut desired = overlay("weft0");
+        desired.firewall.overlay.insert(net("100.64.0.0/10"));
+        desired.firewall.masquerade.insert(net("10.1.0.0/24"));
+        let report = reconcile_once(&mut kernel, &desired);
+        assert!(report.converged, "{:?}", report.remaining);
+        let applied: Vec<String> = report.applied.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            applied[applied.len() - 2..],
+            [
+                "set nftables table inet weft: no forwarding between weft interfaces; masquerade 100.64.0.0/10 to 10.1.0.0/24",
+                "set net.ipv4.ip_forward 1",
+            ]
+        );
+        // Drift: someone deletes the table; the next pass puts it back.
+        assert!(kernel.delete_nft_table());
+        let again = reconcile_once(&mut kernel, &desired);
+        assert_eq!(again.applied.len(), 1);
+        assert!(kernel.nft_table().is_some());
+        // The route goes: table deleted, forwarding back off (weft turned it on).
+        desired.firewall.masquerade.clear();
+        let report = reconcile_once(&mut kernel, &desired);
+        let applied: Vec<String> = report.applied.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            applied,
+            [
+                "delete nftables table inet weft",
+                "set net.ipv4.ip_forward 0"
+            ]
+        );
+        assert!(kernel.nft_table().is_none());
+        assert!(!kernel.ip_forward());
+        // Forwarding someone else turned on stays on.
+        kernel.set_ip_forward(true);
+        desired.firewall.masquerade.insert(net("10.1.0.0/24"));
+        reconcile_once(&mut kernel, &desired);
+        desired.firewall.masquerade.clear();
+        reconcile_once(&mut kernel, &desired);
+        assert!(kernel.ip_forward());
     }
 }

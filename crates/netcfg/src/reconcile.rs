@@ -87,6 +87,7 @@ fn restrict(observed: &ObservedState, scope: &TeardownScope) -> ObservedState {
                 .map(|(name, link)| (name.clone(), link.clone()))
                 .collect(),
             orphan_routes: BTreeSet::new(),
+            firewall: Default::default(),
         },
     }
 }

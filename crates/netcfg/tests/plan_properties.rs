@@ -139,6 +139,7 @@ fn desired() -> impl Strategy<Value = DesiredState> {
     )
     .prop_map(|links| DesiredState {
         links: links.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        ..DesiredState::default()
     })
 }
 
@@ -291,7 +292,10 @@ proptest! {
         prop_assert_eq!(unique.len(), p.actions.len(), "duplicate actions");
         // Same inputs, rebuilt independently: same plan.
         prop_assert_eq!(plan(&desired.clone(), &observed.clone()), p);
-        let rebuilt = DesiredState { links: desired.links.clone().into_iter().rev().collect() };
+        let rebuilt = DesiredState {
+            links: desired.links.clone().into_iter().rev().collect(),
+            ..DesiredState::default()
+        };
         prop_assert_eq!(plan(&rebuilt, &observed), plan(&desired, &observed));
     }
 }

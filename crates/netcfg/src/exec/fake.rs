@@ -18,6 +18,7 @@ use ipnet::IpNet;
 
 use crate::desired::{RouteSpec, WEFT_ROUTE_PROTOCOL, is_managed_address, is_weft_link};
 use crate::exec::{ExecError, Executor};
+use crate::firewall::{NftRule, ObservedFirewall};
 use crate::observed::{ObservedLink, ObservedState};
 use crate::plan::Action;
 
@@ -74,6 +75,9 @@ pub struct FakeKernel {
     faults: Vec<Fault>,
     observe_faults: u32,
     journal: Vec<Action>,
+    nft: Option<BTreeSet<NftRule>>,
+    ip_forward: bool,
+    forward_set_by_weft: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +204,29 @@ impl FakeKernel {
         &self.routes
     }
 
+    /// The rules of the nftables table `inet weft`, if it exists.
+    pub fn nft_table(&self) -> Option<&BTreeSet<NftRule>> {
+        self.nft.as_ref()
+    }
+
+    /// Deletes the table `inet weft` by hand (drift).
+    pub fn delete_nft_table(&mut self) -> bool {
+        self.nft.take().is_some()
+    }
+
+    /// `net.ipv4.ip_forward`.
+    pub fn ip_forward(&self) -> bool {
+        self.ip_forward
+    }
+
+    /// Sets `net.ipv4.ip_forward` by hand (someone else's choice: weft does not
+    /// turn it off later).
+    pub fn set_ip_forward(&mut self, on: bool) -> &mut Self {
+        self.ip_forward = on;
+        self.forward_set_by_weft = false;
+        self
+    }
+
     /// Every action applied successfully so far, in order.
     pub fn journal(&self) -> &[Action] {
         &self.journal
@@ -249,6 +276,27 @@ impl FakeKernel {
     }
 
     fn apply_inner(&mut self, action: &Action) -> Result<(), ExecError> {
+        match action {
+            Action::DeleteNftTable => {
+                self.nft = None;
+                return Ok(());
+            }
+            Action::SetNftTable { rules } => {
+                self.nft = Some(rules.clone());
+                return Ok(());
+            }
+            Action::SetIpForward { on } => {
+                if *on && !self.ip_forward {
+                    self.forward_set_by_weft = true;
+                }
+                if !*on {
+                    self.forward_set_by_weft = false;
+                }
+                self.ip_forward = *on;
+                return Ok(());
+            }
+            _ => {}
+        }
         let op = || action.to_string();
         let link_name = action.link();
         let Some(link) = self.links.get_mut(link_name) else {
@@ -294,6 +342,7 @@ impl FakeKernel {
             Action::DeleteRoute { link: dev, route } => {
                 self.remove_route(dev, *route, WEFT_ROUTE_PROTOCOL);
             }
+            Action::DeleteNftTable | Action::SetNftTable { .. } | Action::SetIpForward { .. } => {}
         }
         Ok(())
     }
@@ -336,6 +385,14 @@ impl Executor for FakeKernel {
                 }
             }
         }
+        observed.firewall = ObservedFirewall {
+            table: self
+                .nft
+                .as_ref()
+                .map(|rules| rules.iter().map(NftRule::comment).collect()),
+            ip_forward: self.ip_forward,
+            forward_set_by_weft: self.forward_set_by_weft,
+        };
         Ok(observed)
     }
 

@@ -3,5 +3,6 @@
 //! (`resolved.rs`, `resolv_conf.rs`) join here, each behind its own `Action` variants.
 
 mod netlink;
+mod nft;
 
 pub use netlink::NetlinkExecutor;

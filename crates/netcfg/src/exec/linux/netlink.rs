@@ -49,6 +49,7 @@ const NLMSG_HEADER_LEN: usize = 16;
 pub struct NetlinkExecutor {
     socket: Socket,
     seq: u32,
+    firewall: super::nft::Firewall,
 }
 
 /// Objects collected by one observation, before filtering.
@@ -82,7 +83,11 @@ impl NetlinkExecutor {
         if let Err(e) = socket.set_netlink_get_strict_chk(true) {
             tracing::debug!(error = %e, "netlink strict checking unavailable");
         }
-        Ok(Self { socket, seq: 0 })
+        Ok(Self {
+            socket,
+            seq: 0,
+            firewall: super::nft::Firewall::default(),
+        })
     }
 
     fn observe_once(&mut self) -> Result<Option<ObservedState>, ExecError> {
@@ -234,6 +239,12 @@ impl NetlinkExecutor {
                 RouteNetlinkMessage::DelRoute(route_message(index, *route, true)),
                 0,
             ),
+            Action::DeleteNftTable | Action::SetNftTable { .. } | Action::SetIpForward { .. } => {
+                return Err(ExecError::Decode {
+                    op: op.to_owned(),
+                    detail: "not a netlink action".to_owned(),
+                });
+            }
         };
         self.request(op, message, NLM_F_ACK | flags).map(drop)
     }
@@ -306,7 +317,8 @@ impl NetlinkExecutor {
 impl Executor for NetlinkExecutor {
     fn observe(&mut self) -> Result<ObservedState, ExecError> {
         for _ in 0..DUMP_ATTEMPTS {
-            if let Some(observed) = self.observe_once()? {
+            if let Some(mut observed) = self.observe_once()? {
+                observed.firewall = self.firewall.observe()?;
                 return Ok(observed);
             }
             tracing::debug!("netlink dump interrupted by a concurrent change; observing again");
@@ -319,6 +331,12 @@ impl Executor for NetlinkExecutor {
 
     fn apply(&mut self, action: &Action) -> Result<(), ExecError> {
         let op = action.to_string();
+        match action {
+            Action::SetNftTable { rules } => return self.firewall.set_table(&op, rules),
+            Action::DeleteNftTable => return self.firewall.delete_table(&op),
+            Action::SetIpForward { on } => return self.firewall.set_forward(&op, *on),
+            _ => {}
+        }
         let result = self
             .link_index(&op, action.link())
             .and_then(|index| self.apply_to(&op, action, index));
