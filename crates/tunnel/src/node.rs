@@ -19,7 +19,7 @@ use crate::ip::{self, IpView};
 use crate::path::{CandidateStats, PathKind, PathState, Route};
 use weft_policy::{
     CompiledPolicy, ConntrackConfig, DROP_LOG_INTERVAL, Direction, DropReason as PolicyDrop,
-    Engine, FiveTuple, LogLimiter, Verdict,
+    Engine, FiveTuple, IpNet, LogLimiter, Verdict,
 };
 use weft_proto::stun;
 
@@ -59,6 +59,9 @@ pub struct NodeConfig {
 pub struct NetworkConfig {
     /// This node's overlay addresses in this network.
     pub local_addresses: Vec<IpAddr>,
+    /// Subnets this node is a gateway for in this network: packets from the
+    /// network's peers to them are accepted (and leave through the TUN).
+    pub serves: Vec<IpNet>,
 }
 
 /// One peer as the controller describes it.
@@ -73,6 +76,9 @@ pub struct PeerConfig {
     pub addresses: Vec<(NetIndex, IpAddr)>,
     /// Underlay candidates (`ip:port`) to try.
     pub endpoints: Vec<SocketAddr>,
+    /// Subnets reached through this peer (it is their gateway), per network:
+    /// packets to them go to this peer, and packets from it may come from them.
+    pub routes: Vec<(NetIndex, IpNet)>,
 }
 
 /// Where a datagram goes.
@@ -213,6 +219,7 @@ struct Peer {
     index: u32,
     x25519: [u8; 32],
     addresses: BTreeSet<(NetIndex, IpAddr)>,
+    routes: Vec<(NetIndex, IpNet)>,
     path: PathState,
     disco: DiscoKey,
     up: bool,
@@ -231,6 +238,10 @@ pub struct Node {
     by_ip: BTreeMap<(NetIndex, IpAddr), NodeKey>,
     by_x25519: BTreeMap<[u8; 32], NodeKey>,
     local: BTreeMap<IpAddr, NetIndex>,
+    /// Routed subnets by gateway, longest prefix first.
+    routes: Vec<(NetIndex, IpNet, NodeKey)>,
+    /// Subnets this node serves, per network.
+    served: Vec<(NetIndex, IpNet)>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     drops: DropCounters,
@@ -282,6 +293,8 @@ impl Node {
             by_ip: BTreeMap::new(),
             by_x25519: BTreeMap::new(),
             local: BTreeMap::new(),
+            routes: Vec::new(),
+            served: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             drops: DropCounters::default(),
@@ -307,10 +320,12 @@ impl Node {
     pub fn apply_config(&mut self, now: Instant, cfg: &NodeConfig) {
         self.apply_policy(now, cfg.policy.clone());
         self.local.clear();
+        self.served.clear();
         for (net, nc) in cfg.networks.iter().enumerate() {
             for a in &nc.local_addresses {
                 self.local.entry(*a).or_insert(net);
             }
+            self.served.extend(nc.serves.iter().map(|p| (net, *p)));
         }
         let wanted: BTreeMap<NodeKey, &PeerConfig> = cfg
             .peers
@@ -363,6 +378,7 @@ impl Node {
                         index,
                         x25519: x,
                         addresses: BTreeSet::new(),
+                        routes: Vec::new(),
                         path: PathState::default(),
                         disco: DiscoKey::from_shared(shared.as_bytes()),
                         up: false,
@@ -373,6 +389,7 @@ impl Node {
             if let Some(peer) = self.peers.get_mut(key) {
                 peer.name.clone_from(&pc.name);
                 peer.addresses = pc.addresses.iter().copied().collect();
+                peer.routes.clone_from(&pc.routes);
                 peer.path.set_candidates(&pc.endpoints, now);
             }
             if fresh.contains(key) {
@@ -404,6 +421,14 @@ impl Node {
                 }
             }
         }
+        // Routed subnets: longest prefix first, so the most specific route wins.
+        self.routes = self
+            .peers
+            .iter()
+            .flat_map(|(k, p)| p.routes.iter().map(|(n, net)| (*n, *net, *k)))
+            .collect();
+        self.routes
+            .sort_by(|a, b| b.1.prefix_len().cmp(&a.1.prefix_len()).then(a.cmp(b)));
         for (key, why) in conflicts {
             if let Some(peer) = self.peers.get_mut(&key) {
                 let keep: BTreeSet<(NetIndex, IpAddr)> = peer
@@ -521,7 +546,13 @@ impl Node {
             return self.drop_tun(DropReason::MalformedIp);
         };
         let packet = &packet[..view.total_len];
-        let Some(key) = self.by_ip.get(&(net, view.dst)).copied() else {
+        let routed = || {
+            self.routes
+                .iter()
+                .find(|(n, p, _)| *n == net && p.contains(&view.dst))
+                .map(|r| r.2)
+        };
+        let Some(key) = self.by_ip.get(&(net, view.dst)).copied().or_else(routed) else {
             self.drops.add(DropReason::NoRoute);
             let from = self
                 .local
@@ -958,14 +989,34 @@ impl Node {
         let Ok(view) = IpView::parse(&out[..n]) else {
             return self.drop_net(Some(key), DropReason::MalformedIp);
         };
-        // The destination picks the network; the source must be the peer's address
-        // in that same network.
-        let Some(&net) = self.local.get(&view.dst) else {
-            return self.drop_net(Some(key), DropReason::NotForUs);
+        // The destination picks the network: one of this node's addresses, or a
+        // subnet it serves (possibly in several networks: the one where the
+        // source belongs to the peer). The source must be the peer's address, or
+        // inside a subnet the peer routes, in that same network.
+        let src_ok = |net: NetIndex| {
+            peer.addresses.contains(&(net, src))
+                || peer
+                    .routes
+                    .iter()
+                    .any(|(n, p)| *n == net && p.contains(&src))
         };
-        if view.src != src || !peer.addresses.contains(&(net, src)) {
+        let chosen = match self.local.get(&view.dst) {
+            Some(&net) => Some(net).filter(|n| src_ok(*n)),
+            None => {
+                let mut served = self
+                    .served
+                    .iter()
+                    .filter(|(_, p)| p.contains(&view.dst))
+                    .peekable();
+                if served.peek().is_none() {
+                    return self.drop_net(Some(key), DropReason::NotForUs);
+                }
+                served.map(|s| s.0).find(|n| src_ok(*n))
+            }
+        };
+        let Some(net) = chosen.filter(|_| view.src == src) else {
             return self.drop_net(Some(key), DropReason::SpoofedSource);
-        }
+        };
         if let Err(reason) = self.police(now, key, Direction::Ingress, &out[..n]) {
             return NetOutcome::Dropped(reason);
         }

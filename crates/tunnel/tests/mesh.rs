@@ -120,6 +120,7 @@ impl Net {
                 name: format!("n{i}"),
                 addresses: vec![(0, h.overlay)],
                 endpoints: vec![h.underlay],
+                routes: vec![],
             })
             .collect();
         for h in &mut self.hosts {
@@ -127,6 +128,7 @@ impl Net {
                 policy: None,
                 networks: vec![NetworkConfig {
                     local_addresses: vec![h.overlay],
+                    serves: vec![],
                 }],
                 peers: peers.clone(),
             };
@@ -537,12 +539,14 @@ fn removed_peer_is_cut_off_at_once() {
             name: String::new(),
             addresses: vec![(0, h.overlay)],
             endpoints: vec![h.underlay],
+            routes: vec![],
         })
         .collect();
     let cfg = NodeConfig {
         policy: None,
         networks: vec![NetworkConfig {
             local_addresses: vec![net.hosts[1].overlay],
+            serves: vec![],
         }],
         peers,
     };
@@ -600,15 +604,18 @@ fn networks_are_isolated_from_each_other() {
         name: "n1".into(),
         addresses: vec![(0, net.hosts[1].overlay)],
         endpoints: vec![net.hosts[1].underlay],
+        routes: vec![],
     }];
     let cfg = NodeConfig {
         policy: None,
         networks: vec![
             NetworkConfig {
                 local_addresses: vec![net.hosts[0].overlay],
+                serves: vec![],
             },
             NetworkConfig {
                 local_addresses: vec![a_net1],
+                serves: vec![],
             },
         ],
         peers,
@@ -628,11 +635,13 @@ fn networks_are_isolated_from_each_other() {
         name: "n0".into(),
         addresses: vec![(0, net.hosts[0].overlay), (0, a_net1)],
         endpoints: vec![net.hosts[0].underlay],
+        routes: vec![],
     }];
     let cfg = NodeConfig {
         policy: None,
         networks: vec![NetworkConfig {
             local_addresses: vec![net.hosts[1].overlay],
+            serves: vec![],
         }],
         peers,
     };
@@ -788,12 +797,14 @@ fn set_policy(net: &mut Net, i: usize, policy: Option<weft_policy::CompiledPolic
             name: format!("n{j}"),
             addresses: vec![(0, h.overlay)],
             endpoints: vec![h.underlay],
+            routes: vec![],
         })
         .collect();
     let cfg = NodeConfig {
         policy,
         networks: vec![NetworkConfig {
             local_addresses: vec![net.hosts[i].overlay],
+            serves: vec![],
         }],
         peers,
     };
