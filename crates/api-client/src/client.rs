@@ -589,6 +589,54 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/node/routes`: the subnets this node advertises.
+    pub async fn advertise_routes(
+        &self,
+        req: &weft_proto::api::AdvertiseRoutesRequest,
+    ) -> Result<(), ClientError> {
+        self.request_no_content(Method::POST, "/v1/node/routes", Some(req))
+            .await
+    }
+
+    /// `GET /v1/admin/routes`.
+    pub async fn list_routes(&self) -> Result<weft_proto::api::RouteList, ClientError> {
+        self.request::<(), _>(Method::GET, "/v1/admin/routes", None)
+            .await
+    }
+
+    /// `POST /v1/admin/routes` (`op` = `add`) or
+    /// `POST /v1/admin/routes/{op}` (`approve`, `reject`, `withdraw`).
+    pub async fn route(
+        &self,
+        op: &str,
+        req: &weft_proto::api::RouteRequest,
+    ) -> Result<weft_proto::api::RouteList, ClientError> {
+        let path = if op == "add" {
+            "/v1/admin/routes".to_owned()
+        } else {
+            format!("/v1/admin/routes/{}", escape(op))
+        };
+        self.request(Method::POST, &path, Some(req)).await
+    }
+
+    /// `DELETE /v1/admin/networks/{network}/members/{node}`.
+    pub async fn leave_network(
+        &self,
+        network: &str,
+        node: &str,
+    ) -> Result<weft_proto::api::LeaveResponse, ClientError> {
+        self.request::<(), _>(
+            Method::DELETE,
+            &format!(
+                "/v1/admin/networks/{}/members/{}",
+                escape(network),
+                escape(node)
+            ),
+            None,
+        )
+        .await
+    }
+
     /// `POST /v1/admin/relays` (the relay token is in the response, once).
     pub async fn create_relay(
         &self,

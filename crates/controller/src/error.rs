@@ -38,6 +38,14 @@ pub enum ApiError {
         /// Bits required.
         required: u32,
     },
+    /// 403: the caller may not do this (code says which).
+    #[error("{message}")]
+    Forbidden {
+        /// `route_not_permitted`.
+        code: &'static str,
+        /// Why, and what would permit it.
+        message: String,
+    },
     /// 404: the named object does not exist.
     #[error("{message}")]
     NotFound {
@@ -137,7 +145,9 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::InvalidToken | ApiError::BadSignature => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::NodeDisabled | ApiError::PowTooWeak { .. } => StatusCode::FORBIDDEN,
+            ApiError::NodeDisabled | ApiError::PowTooWeak { .. } | ApiError::Forbidden { .. } => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -155,6 +165,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Invalid { code, .. }
+            | ApiError::Forbidden { code, .. }
             | ApiError::NotFound { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::TokenGone { code, .. }

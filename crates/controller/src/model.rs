@@ -27,8 +27,12 @@ use crate::policy::{self, InventoryNode, PolicyState};
 use crate::secret::SecretHash;
 use crate::store::{
     AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, PolicyRecord, RelayRecord,
-    StoreSnapshot, TokenRecord, Write,
+    RouteRecord, StoreSnapshot, TokenRecord, Write,
 };
+
+mod routes;
+
+pub use routes::{GATEWAY_TAG, RouteOp};
 
 /// A network id.
 pub type NetId = u64;
@@ -243,6 +247,12 @@ pub enum Op {
     RemoveRelay(String),
     /// Relay: report its TLS fingerprint and STUN port.
     RelayReport(RelayId, RelayReport),
+    /// Agent: the subnets it advertises (CIDR text, validated here).
+    AdvertiseRoutes(NodeId, Vec<String>),
+    /// Admin: add, approve, reject or withdraw a subnet route.
+    Route(RouteOp, api::RouteRequest),
+    /// Admin: remove a node from one network (network name, node key or name).
+    LeaveNetwork(String, String),
 }
 
 /// What a successful operation returns.
@@ -265,6 +275,10 @@ pub enum Output {
     Relay(RelayInfo),
     /// The policy.
     Policy(PolicyDoc),
+    /// Subnet routes (those an operation touched).
+    Routes(Vec<api::RouteInfo>),
+    /// A node left a network.
+    Left(api::LeaveResponse),
     /// Nothing to return.
     Done,
 }
@@ -294,6 +308,8 @@ pub struct World {
     tokens: BTreeMap<u64, TokenRecord>,
     token_by_hash: HashMap<SecretHash, u64>,
     relay_records: BTreeMap<RelayId, RelayRecord>,
+    /// Subnet routes by (network, prefix, gateway node).
+    routes: BTreeMap<routes::RouteKey, RouteRecord>,
     relay_by_name: BTreeMap<String, RelayId>,
     // Lookup only, never iterated.
     relay_by_token: HashMap<SecretHash, RelayId>,
@@ -374,6 +390,11 @@ impl World {
             w.relay_by_token.insert(r.token_hash, r.id);
             w.relay_records.insert(r.id, r);
         }
+        for r in snap.routes {
+            if w.nodes.contains_key(&r.node_id) && w.networks.contains_key(&r.network_id) {
+                w.routes.insert((r.network_id, r.prefix, r.node_id), r);
+            }
+        }
         w.policy = match snap.policy {
             Some(rec) => PolicyState::from_record(rec),
             None => {
@@ -413,6 +434,7 @@ impl World {
                         Some((net.rec.name.clone(), addrs))
                     })
                     .collect(),
+                routed_subnets: self.routed_subnets(n.rec.id),
             })
             .collect()
     }
@@ -785,6 +807,9 @@ impl World {
             Op::RemoveRelay(name) => self.remove_relay(batch, actor, &name, now_ms),
             Op::RelayReport(id, report) => self.relay_report(batch, id, report, now_ms),
             Op::SetPolicy(text, expect) => self.set_policy(batch, actor, text, expect, now_ms),
+            Op::AdvertiseRoutes(id, routes) => self.advertise_routes(batch, id, &routes, now_ms),
+            Op::Route(op, req) => self.route_op(batch, actor, op, &req, now_ms),
+            Op::LeaveNetwork(net, node) => self.leave_network(batch, actor, &net, &node, now_ms),
         }
     }
 
@@ -832,6 +857,20 @@ impl World {
                 format!(
                     "{} overlaps network {:?} ({})",
                     n.ipv4_cidr, other.rec.name, other.rec.ipv4_cidr
+                ),
+            ));
+        }
+        if let Some(r) = self.route_overlapping(&n.ipv4_cidr) {
+            let gw = self
+                .nodes
+                .get(&r.node_id)
+                .map(|g| g.rec.name.clone())
+                .unwrap_or_default();
+            return Err(ApiError::conflict(
+                "cidr_overlap",
+                format!(
+                    "{} overlaps the subnet route {} of gateway {gw:?}; withdraw that route first",
+                    n.ipv4_cidr, r.prefix
                 ),
             ));
         }
@@ -997,6 +1036,22 @@ impl World {
         let mut planned = Vec::with_capacity(new_nets.len());
         for net_id in &new_nets {
             let net = self.networks.get(net_id).ok_or(ApiError::Internal)?;
+            // One node's networks must not overlap: its interfaces would claim
+            // the same addresses.
+            if let Some(other) = joined
+                .iter()
+                .chain(new_nets.iter().filter(|o| *o != net_id))
+                .filter_map(|o| self.networks.get(o))
+                .find(|o| o.rec.ipv4_cidr.overlaps(&net.rec.ipv4_cidr))
+            {
+                return Err(ApiError::conflict(
+                    "cidr_overlap",
+                    format!(
+                        "joining network {:?} ({}) would give this node overlapping networks: it overlaps {:?} ({})",
+                        net.rec.name, net.rec.ipv4_cidr, other.rec.name, other.rec.ipv4_cidr
+                    ),
+                ));
+            }
             let off = net.free_offset().ok_or_else(|| {
                 ApiError::conflict(
                     "network_full",
@@ -1254,6 +1309,7 @@ impl World {
         self.node_by_key.remove(&node.rec.node_key);
         self.node_by_name.remove(&node.rec.name);
         self.node_by_cred.remove(&node.rec.credential_hash);
+        self.drop_routes_of(batch, id, None);
         batch.writes.push(Write::DeleteNode(id));
         let addresses: Vec<String> = node
             .memberships
@@ -1317,6 +1373,8 @@ impl World {
             if !node.rec.disabled {
                 Self::touch_everywhere(batch, node);
             }
+            // A gateway coming or going may change which gateway carries a subnet.
+            self.resync_gateway_networks(batch, id);
         }
         Ok(Output::Done)
     }

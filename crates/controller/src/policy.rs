@@ -146,6 +146,8 @@ pub struct InventoryNode<'a> {
     pub tags: Vec<String>,
     /// Memberships: network name and addresses.
     pub networks: Vec<(String, Vec<IpAddr>)>,
+    /// Approved subnet routes it is a gateway for (`subnet:` selectors).
+    pub routed_subnets: Vec<weft_policy::IpNet>,
 }
 
 /// Builds the inventory (names are unique on the controller).
@@ -163,7 +165,7 @@ pub fn inventory(nodes: &[InventoryNode<'_>]) -> Inventory {
                     addrs: addrs.clone(),
                 })
                 .collect(),
-            routed_subnets: Vec::new(),
+            routed_subnets: n.routed_subnets.clone(),
         })
         .collect();
     match Inventory::new(facts) {

@@ -657,6 +657,8 @@ mod tests {
                     last_seen: None,
                     online: true,
                 }],
+                routes: vec![],
+                serves: vec![],
             }],
             relays: vec![],
             policy: None,

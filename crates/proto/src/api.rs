@@ -483,3 +483,65 @@ mod tests {
         assert_eq!(&a[..32], &[1; 32]);
     }
 }
+
+/// `POST /v1/node/routes` body: the subnets this node advertises (replacing
+/// what it advertised before). Each is IPv4 CIDR text, e.g. `192.168.50.0/24`;
+/// new ones wait for an admin's approval.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertiseRoutesRequest {
+    /// The subnets.
+    pub routes: Vec<String>,
+}
+
+/// `POST /v1/admin/routes` (admin-set route, approved at once) and
+/// `POST /v1/admin/routes/{approve,reject,withdraw}` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRequest {
+    /// The gateway node (key or name).
+    pub node: String,
+    /// The subnet (IPv4 CIDR text).
+    pub prefix: String,
+    /// The network; may be left out when the node is in exactly one network
+    /// (approve, reject, withdraw: every network where the node has the route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+/// One advertised route as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// The gateway node's name.
+    pub node: String,
+    /// The gateway node's key.
+    pub node_key: NodeKey,
+    /// The network.
+    pub network: String,
+    /// The subnet.
+    pub prefix: String,
+    /// `pending`, `approved` or `rejected`.
+    pub state: String,
+    /// `node` (advertised by the agent) or `admin` (set by an admin).
+    pub source: String,
+    /// Whether this gateway carries the subnet now (approved, and the first
+    /// approved gateway that is online).
+    pub primary: bool,
+    /// Whether the gateway holds a map stream now.
+    pub online: bool,
+}
+
+/// `GET /v1/admin/routes` response (and the body of route changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteList {
+    /// Routes, by network, prefix and approval order.
+    pub routes: Vec<RouteInfo>,
+}
+
+/// `DELETE /v1/admin/networks/{network}/members/{node}`: removes a node from one
+/// network (its address there is released; its other networks stay).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaveResponse {
+    /// The node's name.
+    pub node: String,
+    /// The network it left.
+    pub network: String,
+}

@@ -72,6 +72,11 @@ pub struct UpRequest {
     /// Requested node name (defaults to the hostname).
     #[serde(default)]
     pub name: Option<String>,
+    /// Subnets to offer as a gateway (IPv4 CIDRs), replacing those offered
+    /// before; `None` keeps them, an empty list stops offering any. The
+    /// controller holds them as pending until an admin approves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_routes: Option<Vec<String>>,
 }
 
 /// The agent's answer.

@@ -80,6 +80,24 @@ pub struct NetworkView {
     /// The other members, sorted by key. Never contains the node itself, nor a
     /// disabled node.
     pub peers: Vec<Peer>,
+    /// Physical subnets reachable through a gateway peer (approved routes, each
+    /// with its current primary gateway), sorted by prefix. Only routes whose
+    /// gateway is in `peers`, and never a subnet this node serves itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<SubnetRoute>,
+    /// Subnets this node is an approved gateway for in this network (it forwards
+    /// and masquerades overlay traffic to them), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serves: Vec<Ipv4Net>,
+}
+
+/// A physical subnet reached through a gateway peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetRoute {
+    /// The subnet.
+    pub prefix: Ipv4Net,
+    /// The gateway peer that carries it now (the primary).
+    pub via: NodeKey,
 }
 
 /// Another member of a network.
@@ -389,6 +407,8 @@ mod tests {
                 ipv4: Ipv4Addr::new(100, 64, 0, 1),
                 ipv6: None,
                 peers: vec![peer(3)],
+                routes: vec![],
+                serves: vec![],
             }],
             relays: vec![],
             policy: None,

@@ -19,6 +19,10 @@
 //! | POST | `/v1/admin/policy/check` | admin | decide `{from, to, proto, port}` against the policy: verdict per pair, deciding rule and line |
 //! | POST/GET | `/v1/admin/relays` | admin | register a relay (token shown once) / list relays |
 //! | GET/DELETE | `/v1/admin/relays/{name}` | admin | show / remove a relay |
+//! | POST | `/v1/node/routes` | node | the subnets this node advertises (pending until approved; tag `gateway` required) |
+//! | GET/POST | `/v1/admin/routes` | admin | list subnet routes / set one on a node (approved) |
+//! | POST | `/v1/admin/routes/{approve,reject,withdraw}` | admin | `{node, prefix, network?}` |
+//! | DELETE | `/v1/admin/networks/{network}/members/{node}` | admin | remove a node from one network |
 //! | POST | `/v1/relay/report` | relay | the relay's TLS fingerprint and STUN port |
 //! | GET | `/v1/relay/members` | relay | the node keys it may serve, once |
 //! | GET | `/v1/relay/members/stream` | relay | SSE: `members` snapshot, then `members_delta`s |
@@ -32,6 +36,7 @@ mod map;
 mod node;
 mod register;
 mod relay;
+mod routes;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/node/report", post(node::report))
         .merge(admin::routes())
         .merge(relay::routes())
+        .merge(routes::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))

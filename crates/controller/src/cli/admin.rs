@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 use weft_api_client::{Client, ClientConfig, Trust, parse_fingerprint};
 use weft_proto::api::{
     AuditEntry, CreateNetworkRequest, CreateTokenRequest, Network, NodeInfo, PolicyCheckRequest,
-    SetPolicyRequest, TokenInfo, UpdateNodeRequest,
+    RouteInfo, RouteRequest, SetPolicyRequest, TokenInfo, UpdateNodeRequest,
 };
 use weft_proto::relay_api::{CreateRelayRequest, RelayInfo};
 
@@ -69,6 +69,9 @@ enum AdminCommand {
     /// The access policy (one document, versioned).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Subnet routes offered by gateway nodes (pending until approved).
+    #[command(subcommand)]
+    Route(RouteCmd),
     /// The audit log (newest first).
     Audit {
         /// How many entries.
@@ -122,6 +125,49 @@ enum NetworkCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Remove a node from this network only (its interface, address, routes
+    /// and names there go; its other networks stay).
+    Leave {
+        /// The network.
+        name: String,
+        /// The node (key or name).
+        node: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RouteCmd {
+    /// List advertised routes, their state and which gateway carries each.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a route on a gateway node (approved at once).
+    Add(RouteArgs),
+    /// Approve a pending route: every peer allowed to reach the subnet gets it.
+    Approve(RouteArgs),
+    /// Reject a route (it stays rejected even if the node advertises it again).
+    Reject(RouteArgs),
+    /// Withdraw a route (peers drop it; the gateway stops forwarding to it).
+    Withdraw(RouteArgs),
+}
+
+#[derive(Debug, Args)]
+struct RouteArgs {
+    /// The gateway node (key or name).
+    node: String,
+    /// The subnet, for example 192.168.50.0/24.
+    prefix: String,
+    /// The network (needed when the node is in several).
+    #[arg(long)]
+    network: Option<String>,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -368,6 +414,7 @@ async fn dispatch(c: &Client, cmd: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::Node(n) => node(c, n).await,
         AdminCommand::Relay(r) => relay(c, r).await,
         AdminCommand::Policy(p) => policy(c, p).await,
+        AdminCommand::Route(r) => route(c, r).await,
         AdminCommand::Audit {
             limit,
             before,
@@ -443,11 +490,80 @@ async fn network(c: &Client, cmd: NetworkCmd) -> anyhow::Result<()> {
             (list.networks, false)
         }
         NetworkCmd::Show { name, json } => (vec![c.show_network(&name).await?], json),
+        NetworkCmd::Leave { name, node, json } => {
+            let left = c.leave_network(&name, &node).await?;
+            if json {
+                return print_json(&left);
+            }
+            out(&format!(
+                "node {} left network {}\n",
+                left.node, left.network
+            ));
+            return Ok(());
+        }
     };
     if json {
         return print_json(nets.first().ok_or_else(|| anyhow!("no network returned"))?);
     }
     out(&networks_table(&nets));
+    Ok(())
+}
+
+fn routes_table(routes: &[RouteInfo]) -> String {
+    let rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.network.clone(),
+                r.prefix.clone(),
+                r.node.clone(),
+                r.state.clone(),
+                r.source.clone(),
+                if r.primary { "yes" } else { "-" }.into(),
+                if r.online { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NETWORK", "PREFIX", "GATEWAY", "STATE", "SOURCE", "PRIMARY", "ONLINE",
+        ],
+        &rows,
+    )
+}
+
+async fn route(c: &Client, cmd: RouteCmd) -> anyhow::Result<()> {
+    let (op, a) = match cmd {
+        RouteCmd::List { json } => {
+            let list = c.list_routes().await?;
+            if json {
+                return print_json(&list);
+            }
+            out(&routes_table(&list.routes));
+            return Ok(());
+        }
+        RouteCmd::Add(a) => ("add", a),
+        RouteCmd::Approve(a) => ("approve", a),
+        RouteCmd::Reject(a) => ("reject", a),
+        RouteCmd::Withdraw(a) => ("withdraw", a),
+    };
+    let req = RouteRequest {
+        node: a.node,
+        prefix: a.prefix,
+        network: a.network,
+    };
+    let list = c.route(op, &req).await?;
+    if a.json {
+        return print_json(&list);
+    }
+    if list.routes.is_empty() {
+        out(&format!(
+            "route {} of {}: withdrawn\n",
+            req.prefix, req.node
+        ));
+    } else {
+        out(&routes_table(&list.routes));
+    }
     Ok(())
 }
 

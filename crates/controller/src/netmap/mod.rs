@@ -86,6 +86,9 @@ fn network_view(
         .filter_map(|p| p.memberships.get(&net.rec.id).map(|pm| peer_view(p, pm)))
         .collect();
     peers.sort_by_key(|a| a.node_key);
+    let (mut routes, serves) = world.map_routes(net.rec.id, me.rec.id);
+    // Only through gateways this node may talk to.
+    routes.retain(|r| peers.binary_search_by_key(&r.via, |p| p.node_key).is_ok());
     NetworkView {
         name: net.rec.name.clone(),
         ipv4_cidr: net.rec.ipv4_cidr,
@@ -94,6 +97,8 @@ fn network_view(
         ipv4: m.ipv4,
         ipv6: m.ipv6,
         peers,
+        routes,
+        serves,
     }
 }
 

@@ -104,6 +104,85 @@ pub struct MembershipRecord {
     pub joined_at: u64,
 }
 
+/// Where a subnet route stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteState {
+    /// Advertised, waiting for an admin.
+    Pending,
+    /// Approved: in the maps.
+    Approved,
+    /// Rejected by an admin; advertising it again does not bring it back.
+    Rejected,
+}
+
+impl RouteState {
+    /// The stored and shown text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteState::Pending => "pending",
+            RouteState::Approved => "approved",
+            RouteState::Rejected => "rejected",
+        }
+    }
+
+    /// Parses [`RouteState::as_str`] text.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(RouteState::Pending),
+            "approved" => Some(RouteState::Approved),
+            "rejected" => Some(RouteState::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// Who created a subnet route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RouteSource {
+    /// The node's agent advertised it (`weft up --advertise-routes`).
+    Node,
+    /// An admin set it (`weft-controller admin route add`).
+    Admin,
+}
+
+impl RouteSource {
+    /// The stored and shown text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteSource::Node => "node",
+            RouteSource::Admin => "admin",
+        }
+    }
+
+    /// Parses [`RouteSource::as_str`] text.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "node" => Some(RouteSource::Node),
+            "admin" => Some(RouteSource::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A subnet a gateway node offers in one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRecord {
+    /// The gateway node.
+    pub node_id: u64,
+    /// The network.
+    pub network_id: u64,
+    /// The subnet.
+    pub prefix: Ipv4Net,
+    /// Pending, approved, rejected.
+    pub state: RouteState,
+    /// Node or admin.
+    pub source: RouteSource,
+    /// When it was approved (Unix milliseconds): orders the gateways of a subnet.
+    pub approved_at: Option<u64>,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
 /// A join token row (the secret itself is never stored).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenRecord {
@@ -199,6 +278,8 @@ pub struct StoreSnapshot {
     pub relays: Vec<RelayRecord>,
     /// The newest policy version, if one was ever stored.
     pub policy: Option<PolicyRecord>,
+    /// All subnet routes.
+    pub routes: Vec<RouteRecord>,
     /// Highest audit id so far (0 if none).
     pub max_audit_id: u64,
 }
@@ -220,6 +301,25 @@ pub enum Write {
     PutRelay(RelayRecord),
     /// Delete a relay.
     DeleteRelay(u64),
+    /// Insert or replace a subnet route.
+    PutRoute(RouteRecord),
+    /// Delete a subnet route.
+    DeleteRoute {
+        /// The gateway node.
+        node_id: u64,
+        /// The network.
+        network_id: u64,
+        /// The subnet.
+        prefix: Ipv4Net,
+    },
+    /// Delete one membership (the node leaves one network) and the node's
+    /// routes in that network.
+    DeleteMembership {
+        /// The node.
+        node_id: u64,
+        /// The network.
+        network_id: u64,
+    },
     /// Append a policy version.
     PutPolicy(PolicyRecord),
     /// Append an audit record.

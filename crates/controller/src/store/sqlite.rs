@@ -17,7 +17,8 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{
     AuditQuery, AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, PolicyRecord,
-    RelayRecord, Store, StoreError, StoreSnapshot, TokenRecord, Write,
+    RelayRecord, RouteRecord, RouteSource, RouteState, Store, StoreError, StoreSnapshot,
+    TokenRecord, Write,
 };
 use crate::secret::SecretHash;
 
@@ -33,6 +34,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         3,
         "policy",
         include_str!("../../migrations/0003_policy.sql"),
+    ),
+    (
+        4,
+        "routes",
+        include_str!("../../migrations/0004_routes.sql"),
     ),
 ];
 
@@ -279,6 +285,34 @@ impl Store for SqliteStore {
             });
         }
         let mut st = c.prepare(
+            "SELECT node_id, network_id, prefix, state, source, approved_at, created_at FROM routes ORDER BY network_id, prefix, node_id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        for row in rows {
+            let (node, net, prefix, state, source, approved, created) = row?;
+            snap.routes.push(RouteRecord {
+                node_id: to_u64(node),
+                network_id: to_u64(net),
+                prefix: parse("routes.prefix", &prefix)?,
+                state: RouteState::parse(&state)
+                    .ok_or_else(|| StoreError::Corrupt(format!("routes.state {state:?}")))?,
+                source: RouteSource::parse(&source)
+                    .ok_or_else(|| StoreError::Corrupt(format!("routes.source {source:?}")))?,
+                approved_at: approved.map(to_u64),
+                created_at: to_u64(created),
+            });
+        }
+        let mut st = c.prepare(
             "SELECT id, name, url, token_hash, tls_fingerprint, stun_port, created_at, last_seen FROM relays ORDER BY id",
         )?;
         let rows = st.query_map([], |r| {
@@ -432,6 +466,48 @@ impl Store for SqliteStore {
                         r.last_seen.map(to_i64)
                     ])?;
                 }
+                Write::PutRoute(r) => {
+                    tx.prepare_cached(
+                        "INSERT INTO routes (node_id, network_id, prefix, state, source, approved_at, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (node_id, network_id, prefix) DO UPDATE SET state = excluded.state,
+                           source = excluded.source, approved_at = excluded.approved_at",
+                    )?
+                    .execute(params![
+                        to_i64(r.node_id),
+                        to_i64(r.network_id),
+                        r.prefix.to_string(),
+                        r.state.as_str(),
+                        r.source.as_str(),
+                        r.approved_at.map(to_i64),
+                        to_i64(r.created_at)
+                    ])?;
+                }
+                Write::DeleteRoute {
+                    node_id,
+                    network_id,
+                    prefix,
+                } => {
+                    tx.prepare_cached(
+                        "DELETE FROM routes WHERE node_id = ?1 AND network_id = ?2 AND prefix = ?3",
+                    )?
+                    .execute(params![
+                        to_i64(*node_id),
+                        to_i64(*network_id),
+                        prefix.to_string()
+                    ])?;
+                }
+                Write::DeleteMembership {
+                    node_id,
+                    network_id,
+                } => {
+                    tx.prepare_cached("DELETE FROM routes WHERE node_id = ?1 AND network_id = ?2")?
+                        .execute(params![to_i64(*node_id), to_i64(*network_id)])?;
+                    tx.prepare_cached(
+                        "DELETE FROM memberships WHERE node_id = ?1 AND network_id = ?2",
+                    )?
+                    .execute(params![to_i64(*node_id), to_i64(*network_id)])?;
+                }
                 Write::DeleteRelay(id) => {
                     tx.prepare_cached("DELETE FROM relays WHERE id = ?1")?
                         .execute([to_i64(*id)])?;
@@ -528,7 +604,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 3);
+        assert_eq!(s.schema_version().unwrap(), 4);
         s.conn
             .execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)", [])
             .unwrap();
@@ -537,7 +613,7 @@ mod tests {
             SqliteStore::open(&path),
             Err(StoreError::SchemaTooNew {
                 found: 99,
-                known: 3
+                known: 4
             })
         ));
     }

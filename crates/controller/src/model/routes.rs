@@ -1,0 +1,612 @@
+//! Subnet routes and leaving one network: validation, approval, which gateway
+//! carries a subnet, and what each node's map says about them.
+//!
+//! Rules:
+//! - A route is an IPv4 prefix a gateway node offers in one network. It comes
+//!   from the node's agent (`weft up --advertise-routes`), recorded as
+//!   `pending` in every network the node is a member of, or from an admin
+//!   (`admin route add`), recorded as `approved`.
+//! - Only nodes with the tag [`GATEWAY_TAG`] may advertise routes; any other
+//!   node's advertisement is refused (403 `route_not_permitted`). An admin may
+//!   set a route on any node.
+//! - A prefix must be a routable IPv4 subnet: not the default route, not
+//!   loopback, link-local, multicast or reserved space, and it may not overlap
+//!   any overlay network's CIDR (that includes host routes to overlay
+//!   addresses).
+//! - Only approved routes are in maps and in the policy (`subnet:` selectors).
+//!   Of the gateways approved for one subnet in one network, the primary is
+//!   the first approved one that is online (holds a map stream), else the first
+//!   approved one. Members receive the subnet with its primary gateway when
+//!   their policy lets them see that gateway; a gateway never receives a route
+//!   to a subnet it offers itself.
+//! - Route changes and gateway presence changes send the members of the
+//!   network a fresh snapshot (route changes are rare; maps stay exact).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use serde_json::json;
+use weft_proto::api::{self, RouteInfo, RouteRequest};
+use weft_proto::net::Ipv4Net;
+use weft_proto::netmap::SubnetRoute;
+
+use super::{Actor, Batch, NetId, NodeId, Output, World, secs};
+use crate::error::ApiError;
+use crate::store::{RouteRecord, RouteSource, RouteState, Write};
+
+/// The tag that lets a node advertise subnet routes.
+pub const GATEWAY_TAG: &str = "gateway";
+
+/// Most routes one node may advertise.
+pub(super) const MAX_ROUTES_PER_NODE: usize = 64;
+
+/// (network, prefix, gateway node).
+pub(super) type RouteKey = (NetId, Ipv4Net, NodeId);
+
+/// An admin's route operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOp {
+    /// Set a route on a node, approved at once.
+    Add,
+    /// Approve a pending (or rejected) route.
+    Approve,
+    /// Reject a route: it leaves the maps and advertising it again does not
+    /// bring it back (approve it to).
+    Reject,
+    /// Withdraw a route: it leaves the maps and is forgotten; a node that still
+    /// advertises it offers it again as pending.
+    Withdraw,
+}
+
+impl RouteOp {
+    fn verb(self) -> &'static str {
+        match self {
+            RouteOp::Add => "add",
+            RouteOp::Approve => "approve",
+            RouteOp::Reject => "reject",
+            RouteOp::Withdraw => "withdraw",
+        }
+    }
+}
+
+/// Ranges that are never a gateway's subnet.
+const RESERVED: [(Ipv4Addr, u8, &str); 6] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\" (0.0.0.0/8)"),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback (127.0.0.0/8)"),
+    (
+        Ipv4Addr::new(169, 254, 0, 0),
+        16,
+        "link-local (169.254.0.0/16)",
+    ),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast (224.0.0.0/4)"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved (240.0.0.0/4)"),
+    (Ipv4Addr::new(255, 255, 255, 255), 32, "broadcast"),
+];
+
+/// Parses and checks one route prefix (without looking at the networks).
+pub(super) fn parse_prefix(text: &str) -> Result<Ipv4Net, ApiError> {
+    let shown: String = text.chars().take(64).collect();
+    let prefix: Ipv4Net = text.trim().parse().map_err(|e| {
+        ApiError::invalid(
+            "invalid_cidr",
+            format!("route {shown:?} is not an IPv4 CIDR such as 192.168.50.0/24: {e}"),
+        )
+    })?;
+    if prefix.prefix_len() == 0 {
+        return Err(ApiError::invalid(
+            "invalid_cidr",
+            format!("route {prefix} is a default route; only subnets can be routed"),
+        ));
+    }
+    for (addr, len, what) in RESERVED {
+        if let Ok(r) = Ipv4Net::new(addr, len)
+            && r.overlaps(&prefix)
+        {
+            return Err(ApiError::invalid(
+                "invalid_cidr",
+                format!("route {prefix} overlaps {what}, which cannot be routed"),
+            ));
+        }
+    }
+    Ok(prefix)
+}
+
+impl World {
+    /// Refuses a prefix that overlaps any overlay network.
+    fn check_not_overlay(&self, prefix: Ipv4Net) -> Result<(), ApiError> {
+        if let Some(net) = self
+            .networks
+            .values()
+            .find(|n| n.rec.ipv4_cidr.overlaps(&prefix))
+        {
+            let what = if prefix.prefix_len() == 32 {
+                "is a host route to an overlay address of"
+            } else {
+                "overlaps the overlay CIDR of"
+            };
+            return Err(ApiError::conflict(
+                "route_overlaps_overlay",
+                format!(
+                    "route {prefix} {what} network {:?} ({}); overlay addresses are reached directly, never through a gateway",
+                    net.rec.name, net.rec.ipv4_cidr
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An approved route that overlaps `cidr` (for refusing a new network).
+    pub(super) fn route_overlapping(&self, cidr: &Ipv4Net) -> Option<&RouteRecord> {
+        self.routes
+            .values()
+            .find(|r| r.state == RouteState::Approved && r.prefix.overlaps(cidr))
+    }
+
+    /// The approved subnets `node` is a gateway for, in any network (policy input).
+    pub(super) fn routed_subnets(&self, node: NodeId) -> Vec<weft_policy::IpNet> {
+        let mut v: Vec<weft_policy::IpNet> = self
+            .routes
+            .values()
+            .filter(|r| r.node_id == node && r.state == RouteState::Approved)
+            .filter_map(|r| {
+                weft_policy::IpNet::new(r.prefix.network().into(), r.prefix.prefix_len()).ok()
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn usable_gateway(&self, id: NodeId) -> Option<bool> {
+        self.nodes
+            .get(&id)
+            .filter(|n| !n.rec.disabled)
+            .map(|n| n.streams > 0)
+    }
+
+    /// The gateway that carries `prefix` in `net` now.
+    pub fn primary_gateway(&self, net: NetId, prefix: Ipv4Net) -> Option<NodeId> {
+        let mut candidates: Vec<(bool, u64, NodeId)> = self
+            .routes
+            .range((net, prefix, NodeId::MIN)..=(net, prefix, NodeId::MAX))
+            .filter(|(_, r)| r.state == RouteState::Approved)
+            .filter_map(|(_, r)| {
+                let online = self.usable_gateway(r.node_id)?;
+                Some((!online, r.approved_at.unwrap_or(u64::MAX), r.node_id))
+            })
+            .collect();
+        candidates.sort_unstable();
+        candidates.first().map(|c| c.2)
+    }
+
+    /// What `me`'s map says about routes in `net`: subnets reached through a
+    /// gateway (before the visibility filter, which the netmap compiler
+    /// applies) and subnets `me` serves.
+    pub fn map_routes(&self, net: NetId, me: NodeId) -> (Vec<SubnetRoute>, Vec<Ipv4Net>) {
+        let mine: BTreeSet<Ipv4Net> = self
+            .routes
+            .values()
+            .filter(|r| r.network_id == net && r.node_id == me)
+            .map(|r| r.prefix)
+            .collect();
+        let serves: Vec<Ipv4Net> = self
+            .routes
+            .values()
+            .filter(|r| r.network_id == net && r.node_id == me && r.state == RouteState::Approved)
+            .map(|r| r.prefix)
+            .collect();
+        let prefixes: BTreeSet<Ipv4Net> = self
+            .routes
+            .values()
+            .filter(|r| r.network_id == net && r.state == RouteState::Approved)
+            .map(|r| r.prefix)
+            .filter(|p| !mine.contains(p))
+            .collect();
+        let routes = prefixes
+            .into_iter()
+            .filter_map(|p| {
+                let gw = self.primary_gateway(net, p)?;
+                let via = self.nodes.get(&gw)?.rec.node_key;
+                Some(SubnetRoute { prefix: p, via })
+            })
+            .collect();
+        (routes, serves)
+    }
+
+    /// Every route, for the admin API.
+    pub fn routes_info(&self) -> Vec<RouteInfo> {
+        self.routes
+            .values()
+            .filter_map(|r| self.route_info(r))
+            .collect()
+    }
+
+    fn route_info(&self, r: &RouteRecord) -> Option<RouteInfo> {
+        let node = self.nodes.get(&r.node_id)?;
+        let net = self.networks.get(&r.network_id)?;
+        Some(RouteInfo {
+            node: node.rec.name.clone(),
+            node_key: node.rec.node_key,
+            network: net.rec.name.clone(),
+            prefix: r.prefix.to_string(),
+            state: r.state.as_str().to_owned(),
+            source: r.source.as_str().to_owned(),
+            primary: r.state == RouteState::Approved
+                && self.primary_gateway(r.network_id, r.prefix) == Some(r.node_id),
+            online: node.streams > 0,
+        })
+    }
+
+    /// Every member of `net` gets a fresh snapshot, and policies are recompiled.
+    fn resync_network(&self, batch: &mut Batch, net: NetId) {
+        if let Some(n) = self.networks.get(&net) {
+            batch.touched.resync.extend(n.members.iter().copied());
+        }
+        batch.touched.recompile = true;
+    }
+
+    /// After `node`'s presence changed: resync the networks where it is an
+    /// approved gateway (the primary may have changed).
+    pub(super) fn resync_gateway_networks(&self, batch: &mut Batch, node: NodeId) {
+        let nets: BTreeSet<NetId> = self
+            .routes
+            .values()
+            .filter(|r| r.node_id == node && r.state == RouteState::Approved)
+            .map(|r| r.network_id)
+            .collect();
+        for net in nets {
+            if let Some(n) = self.networks.get(&net) {
+                batch.touched.resync.extend(n.members.iter().copied());
+            }
+        }
+    }
+
+    /// Forgets `node`'s routes (in `net`, or everywhere), resyncing the
+    /// networks where one was approved. The rows go with the node or membership.
+    pub(super) fn drop_routes_of(&mut self, batch: &mut Batch, node: NodeId, net: Option<NetId>) {
+        let gone: Vec<RouteKey> = self
+            .routes
+            .iter()
+            .filter(|(_, r)| r.node_id == node && net.is_none_or(|n| n == r.network_id))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            if let Some(r) = self.routes.remove(&k)
+                && r.state == RouteState::Approved
+            {
+                self.resync_network(batch, r.network_id);
+            }
+        }
+    }
+
+    /// `POST /v1/node/routes`: the node's advertised set replaces its previous
+    /// one (admin-set routes stay).
+    pub(super) fn advertise_routes(
+        &mut self,
+        batch: &mut Batch,
+        id: NodeId,
+        texts: &[String],
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let node = self.nodes.get(&id).ok_or(ApiError::Unauthorized)?;
+        if node.rec.disabled {
+            return Err(ApiError::NodeDisabled);
+        }
+        if texts.len() > MAX_ROUTES_PER_NODE {
+            return Err(ApiError::invalid(
+                "too_many_routes",
+                format!("at most {MAX_ROUTES_PER_NODE} routes per node"),
+            ));
+        }
+        let mut wanted = BTreeSet::new();
+        for t in texts {
+            let p = parse_prefix(t)?;
+            self.check_not_overlay(p)?;
+            wanted.insert(p);
+        }
+        if !wanted.is_empty() && !node.rec.tags.contains(GATEWAY_TAG) {
+            return Err(ApiError::Forbidden {
+                code: "route_not_permitted",
+                message: format!(
+                    "node {:?} may not advertise routes: only nodes tagged {GATEWAY_TAG:?} may (an admin can tag it: weft-controller admin node tag {} {GATEWAY_TAG})",
+                    node.rec.name, node.rec.name
+                ),
+            });
+        }
+        let key = node.rec.node_key;
+        let nets: Vec<NetId> = node.memberships.keys().copied().collect();
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for net in nets {
+            for p in &wanted {
+                if let std::collections::btree_map::Entry::Vacant(slot) =
+                    self.routes.entry((net, *p, id))
+                {
+                    let r = RouteRecord {
+                        node_id: id,
+                        network_id: net,
+                        prefix: *p,
+                        state: RouteState::Pending,
+                        source: RouteSource::Node,
+                        approved_at: None,
+                        created_at: secs(now_ms),
+                    };
+                    batch.writes.push(Write::PutRoute(r.clone()));
+                    slot.insert(r);
+                    added.push(*p);
+                }
+            }
+            let stale: Vec<RouteKey> = self
+                .routes
+                .iter()
+                .filter(|(k, r)| {
+                    k.0 == net
+                        && k.2 == id
+                        && r.source == RouteSource::Node
+                        && r.state != RouteState::Rejected
+                        && !wanted.contains(&k.1)
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for k in stale {
+                if let Some(r) = self.routes.remove(&k) {
+                    batch.writes.push(Write::DeleteRoute {
+                        node_id: id,
+                        network_id: net,
+                        prefix: k.1,
+                    });
+                    if r.state == RouteState::Approved {
+                        self.resync_network(batch, net);
+                    }
+                    removed.push(k.1);
+                }
+            }
+        }
+        if !added.is_empty() || !removed.is_empty() {
+            // The gateway's own map lists the routes it serves.
+            batch.touched.resync.insert(id);
+            added.sort_unstable();
+            added.dedup();
+            removed.sort_unstable();
+            removed.dedup();
+            let show = |v: &[Ipv4Net]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+            self.audit(
+                batch,
+                &Actor::Node(key),
+                "route.advertise",
+                key.to_string(),
+                json!({"pending": show(&added), "removed": show(&removed)}),
+                now_ms,
+            );
+        }
+        Ok(Output::Done)
+    }
+
+    /// The networks `req` names for `node`: the one given, or for `add` the
+    /// node's only network, or for the others every network where it has the
+    /// route.
+    fn route_networks(
+        &self,
+        op: RouteOp,
+        node: NodeId,
+        prefix: Ipv4Net,
+        req: &RouteRequest,
+    ) -> Result<Vec<NetId>, ApiError> {
+        let n = self.nodes.get(&node).ok_or(ApiError::Internal)?;
+        if let Some(name) = &req.network {
+            let net = self.network_by_name.get(name).copied().ok_or_else(|| {
+                ApiError::not_found("network_not_found", format!("no network named {name:?}"))
+            })?;
+            if !n.memberships.contains_key(&net) {
+                return Err(ApiError::conflict(
+                    "not_a_member",
+                    format!("node {:?} is not a member of network {name:?}", n.rec.name),
+                ));
+            }
+            return Ok(vec![net]);
+        }
+        if op == RouteOp::Add {
+            let mut nets = n.memberships.keys().copied();
+            return match (nets.next(), nets.next()) {
+                (Some(net), None) => Ok(vec![net]),
+                (None, _) => Err(ApiError::conflict(
+                    "not_a_member",
+                    format!("node {:?} is in no network", n.rec.name),
+                )),
+                (Some(_), Some(_)) => Err(ApiError::invalid(
+                    "network_required",
+                    format!(
+                        "node {:?} is in several networks: say which (--network)",
+                        n.rec.name
+                    ),
+                )),
+            };
+        }
+        let nets: Vec<NetId> = self
+            .routes
+            .keys()
+            .filter(|k| k.1 == prefix && k.2 == node)
+            .map(|k| k.0)
+            .collect();
+        if nets.is_empty() {
+            return Err(ApiError::not_found(
+                "route_not_found",
+                format!("node {:?} has no route {prefix}", n.rec.name),
+            ));
+        }
+        Ok(nets)
+    }
+
+    /// `admin route add|approve|reject|withdraw`.
+    pub(super) fn route_op(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        op: RouteOp,
+        req: &RouteRequest,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let id = self.node_id_for(&req.node)?;
+        let prefix = parse_prefix(&req.prefix)?;
+        if matches!(op, RouteOp::Add | RouteOp::Approve) {
+            self.check_not_overlay(prefix)?;
+        }
+        let nets = self.route_networks(op, id, prefix, req)?;
+        let key = self
+            .nodes
+            .get(&id)
+            .map(|n| n.rec.node_key)
+            .ok_or(ApiError::Internal)?;
+        let mut touched = Vec::new();
+        for net in nets {
+            let k = (net, prefix, id);
+            let before = self.routes.get(&k).map(|r| r.state);
+            match op {
+                RouteOp::Add | RouteOp::Approve => {
+                    let r = match self.routes.get(&k) {
+                        Some(r) => RouteRecord {
+                            state: RouteState::Approved,
+                            approved_at: if r.state == RouteState::Approved {
+                                r.approved_at
+                            } else {
+                                Some(now_ms)
+                            },
+                            ..r.clone()
+                        },
+                        None => RouteRecord {
+                            node_id: id,
+                            network_id: net,
+                            prefix,
+                            state: RouteState::Approved,
+                            source: RouteSource::Admin,
+                            approved_at: Some(now_ms),
+                            created_at: secs(now_ms),
+                        },
+                    };
+                    batch.writes.push(Write::PutRoute(r.clone()));
+                    self.routes.insert(k, r);
+                }
+                RouteOp::Reject => {
+                    if let Some(r) = self.routes.get_mut(&k) {
+                        r.state = RouteState::Rejected;
+                        r.approved_at = None;
+                        batch.writes.push(Write::PutRoute(r.clone()));
+                    }
+                }
+                RouteOp::Withdraw => {
+                    self.routes.remove(&k);
+                    batch.writes.push(Write::DeleteRoute {
+                        node_id: id,
+                        network_id: net,
+                        prefix,
+                    });
+                }
+            }
+            let after = self.routes.get(&k).map(|r| r.state);
+            if before == Some(RouteState::Approved) || after == Some(RouteState::Approved) {
+                self.resync_network(batch, net);
+            }
+            batch.touched.resync.insert(id);
+            let net_name = self
+                .networks
+                .get(&net)
+                .map(|n| n.rec.name.clone())
+                .unwrap_or_default();
+            self.audit(
+                batch,
+                actor,
+                &format!("route.{}", op.verb()),
+                key.to_string(),
+                json!({"prefix": prefix.to_string(), "network": net_name,
+                       "from": before.map(RouteState::as_str), "to": after.map(RouteState::as_str)}),
+                now_ms,
+            );
+            touched.push(k);
+        }
+        let infos = touched
+            .iter()
+            .filter_map(|k| self.routes.get(k).and_then(|r| self.route_info(r)))
+            .collect();
+        Ok(Output::Routes(infos))
+    }
+
+    /// `admin network leave NETWORK NODE`: the node leaves one network; its
+    /// address there is released, its routes there are forgotten, its other
+    /// networks stay.
+    pub(super) fn leave_network(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        network: &str,
+        sel: &str,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let id = self.node_id_for(sel)?;
+        let net_id = self.network_by_name.get(network).copied().ok_or_else(|| {
+            ApiError::not_found("network_not_found", format!("no network named {network:?}"))
+        })?;
+        let Some(mut node) = self.nodes.remove(&id) else {
+            return Err(ApiError::Internal);
+        };
+        let Some(m) = node.memberships.remove(&net_id) else {
+            let name = node.rec.name.clone();
+            self.nodes.insert(id, node);
+            return Err(ApiError::conflict(
+                "not_a_member",
+                format!("node {name:?} is not a member of network {network:?}"),
+            ));
+        };
+        if let Some(net) = self.networks.get_mut(&net_id) {
+            net.members.remove(&id);
+            if let Some(off) = net.rec.ipv4_cidr.offset_of(m.ipv4) {
+                net.used.remove(&off);
+            }
+        }
+        // Peers in that network drop it; the node gets a map without it.
+        batch.touched.entries.insert((net_id, node.rec.node_key));
+        batch.touched.resync.insert(id);
+        batch.touched.recompile = true;
+        let (key, name) = (node.rec.node_key, node.rec.name.clone());
+        self.nodes.insert(id, node);
+        self.drop_routes_of(batch, id, Some(net_id));
+        batch.writes.push(Write::DeleteMembership {
+            node_id: id,
+            network_id: net_id,
+        });
+        self.audit(
+            batch,
+            actor,
+            "node.leave",
+            key.to_string(),
+            json!({"name": name, "network": network, "ipv4": m.ipv4.to_string()}),
+            now_ms,
+        );
+        Ok(Output::Left(api::LeaveResponse {
+            node: name,
+            network: network.to_owned(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_checked_with_clear_messages() {
+        assert_eq!(
+            parse_prefix("192.168.50.0/24").unwrap().to_string(),
+            "192.168.50.0/24"
+        );
+        let e = parse_prefix("192.168.50.0/33").unwrap_err();
+        assert_eq!(e.code(), "invalid_cidr");
+        assert!(e.to_string().contains("not an IPv4 CIDR"), "{e}");
+        let e = parse_prefix("192.168.50.1/24").unwrap_err();
+        assert!(e.to_string().contains("192.168.50.1/24"), "{e}");
+        let e = parse_prefix("0.0.0.0/0").unwrap_err();
+        assert!(e.to_string().contains("default route"), "{e}");
+        let e = parse_prefix("127.0.0.0/8").unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        assert!(parse_prefix("nonsense").is_err());
+    }
+}
