@@ -55,6 +55,10 @@ struct Args {
     /// Node name to register with (default: hostname).
     #[arg(long)]
     name: Option<String>,
+    /// With --controller: offer these subnets as a gateway (comma-separated
+    /// IPv4 CIDRs; pending until an admin approves; needs the tag `gateway`).
+    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]")]
+    advertise_routes: Option<Vec<String>>,
     /// Overlay DNS: `auto` runs a resolver on 127.0.2.53 for `<node>.<network>.weft.internal`
     /// and points the system at it for the overlay domains (systemd-resolved per
     /// link, or a managed /etc/resolv.conf restored on `weft down` and exit);
@@ -108,6 +112,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             pin_sha256: args.pin_sha256.clone(),
             allow_insecure_http: args.allow_insecure_http,
             name: args.name.clone(),
+            advertise_routes: args.advertise_routes.clone(),
         }),
         (Some(_), None) | (None, Some(_)) => {
             anyhow::bail!("--controller and --token-file go together")

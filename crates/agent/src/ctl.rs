@@ -213,6 +213,7 @@ async fn session(
     })
     .await
     .context("reporting endpoints")?;
+    advertise(&c, &cred.advertise_routes).await;
     // Resume from our version only if we still hold the map it belongs to.
     let resume = if map.is_some() { *version } else { None };
     let mut stream = c
@@ -284,7 +285,25 @@ async fn session(
                 })
                 .await
                 .context("reporting liveness")?;
+                advertise(&c, &cred.advertise_routes).await;
             }
+        }
+    }
+}
+
+/// Offers this node's subnets (again: a withdrawn route comes back as pending).
+/// A refusal is logged and does not end the session.
+async fn advertise(c: &Client, routes: &[String]) {
+    let req = weft_proto::api::AdvertiseRoutesRequest {
+        routes: routes.to_vec(),
+    };
+    match c.advertise_routes(&req).await {
+        Ok(()) if !routes.is_empty() => {
+            tracing::debug!(?routes, "advertised routes");
+        }
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(?routes, error = %e, "the controller refused the advertised routes")
         }
     }
 }

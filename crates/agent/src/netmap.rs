@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use ipnet::IpNet;
 use weft_proto::NodeKey;
 use weft_proto::netmap::NetworkMap;
 use weft_tunnel::{NetIndex, NetworkConfig, NodeConfig, PeerConfig};
@@ -60,8 +61,11 @@ pub struct InterfacePlan {
     pub ifname: String,
     /// Addresses with the network's prefix length (`100.64.0.2/10`).
     pub addresses: Vec<(IpAddr, u8)>,
-    /// Routes through the interface (network prefixes).
+    /// Routes through the interface (network prefixes and routed subnets).
     pub routes: Vec<(IpAddr, u8)>,
+    /// Subnets this node is a gateway for in the network (forwarded and
+    /// masqueraded from the overlay).
+    pub serves: Vec<(IpAddr, u8)>,
     /// MTU.
     pub mtu: u32,
     /// DNS domain (for status; DNS is a later issue).
@@ -102,8 +106,15 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
             routes.push((IpAddr::V6(prefix.network()), prefix.prefix_len()));
             cidr = format!("{cidr} {prefix}");
         }
+        let net_of =
+            |p: &weft_proto::net::Ipv4Net| IpNet::new(IpAddr::V4(p.network()), p.prefix_len()).ok();
+        for r in &n.routes {
+            routes.push((IpAddr::V4(r.prefix.network()), r.prefix.prefix_len()));
+        }
+        let serves: Vec<IpNet> = n.serves.iter().filter_map(net_of).collect();
         networks[slot] = NetworkConfig {
             local_addresses: addresses.iter().map(|(a, _)| *a).collect(),
+            serves: serves.clone(),
         };
         interfaces.push(InterfacePlan {
             network: n.name.clone(),
@@ -111,6 +122,10 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
             ifname: ifname(slot),
             addresses,
             routes,
+            serves: serves
+                .iter()
+                .map(|p| (p.network(), p.prefix_len()))
+                .collect(),
             mtu: OVERLAY_MTU,
             dns_domain: n.dns_domain.clone(),
             cidr,
@@ -124,6 +139,7 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
                 name: p.name.clone(),
                 addresses: Vec::new(),
                 endpoints: Vec::new(),
+                routes: Vec::new(),
             });
             entry.addresses.push((slot, IpAddr::V4(p.ipv4)));
             if let Some(v6) = p.ipv6 {
@@ -132,6 +148,11 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
             for e in &p.endpoints {
                 if !entry.endpoints.contains(e) {
                     entry.endpoints.push(*e);
+                }
+            }
+            for r in n.routes.iter().filter(|r| r.via == p.node_key) {
+                if let Some(net) = net_of(&r.prefix) {
+                    entry.routes.push((slot, net));
                 }
             }
             peer_networks
@@ -210,6 +231,8 @@ mod tests {
                     online: true,
                 })
                 .collect(),
+            routes: vec![],
+            serves: vec![],
         }
     }
 

@@ -45,6 +45,9 @@ pub struct Credential {
     /// Cleartext to a non-loopback controller explicitly allowed.
     #[serde(default)]
     pub allow_insecure_http: bool,
+    /// Subnets this node offers as a gateway (`weft up --advertise-routes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advertise_routes: Vec<String>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -309,6 +312,7 @@ mod tests {
             ca_file: None,
             pin_sha256: None,
             allow_insecure_http: false,
+            advertise_routes: vec!["192.168.50.0/24".into()],
         };
         st.save_credential(&c).unwrap();
         assert_eq!(st.load_credential().unwrap(), Some(c.clone()));

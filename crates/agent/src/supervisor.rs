@@ -258,12 +258,19 @@ impl Agent {
             .await
             {
                 Ok(credential) => {
+                    let advertise_routes = up.advertise_routes.clone().unwrap_or_else(|| {
+                        self.credential
+                            .as_ref()
+                            .map(|c| c.advertise_routes.clone())
+                            .unwrap_or_default()
+                    });
                     let cred = Credential {
                         controller: url,
                         credential,
                         ca_file: trust.ca_file,
                         pin_sha256: trust.pin_sha256,
                         allow_insecure_http: trust.allow_insecure_http,
+                        advertise_routes,
                     };
                     if let Err(e) = self.state.save_credential(&cred) {
                         return api::error("state", &format!("{e:#}"));
@@ -283,9 +290,21 @@ impl Agent {
                 }
                 Err(e) => api::error("join_failed", &format!("{e:#}")),
             }
-        } else if self.credential.is_some() {
+        } else if let Some(cred) = self.credential.as_mut() {
             self.down = false;
-            if self.link.is_none() {
+            let mut restart = self.link.is_none();
+            if let Some(routes) = up.advertise_routes.clone()
+                && routes != cred.advertise_routes
+            {
+                cred.advertise_routes = routes;
+                let cred = cred.clone();
+                if let Err(e) = self.state.save_credential(&cred) {
+                    return api::error("state", &format!("{e:#}"));
+                }
+                restart = true;
+            }
+            if restart {
+                self.stop_link();
                 self.start_link();
             }
             if let Some(map) = self.map.take() {
@@ -517,7 +536,21 @@ fn desired_state(d: &Derived) -> DesiredState {
             }
         }
         desired = desired.with_link(i.ifname.clone(), spec);
+        // A gateway forwards from the overlay to its subnets, masqueraded.
+        for (a, p) in &i.serves {
+            if let Ok(net) = IpNet::new(*a, *p) {
+                desired.firewall.masquerade.insert(net.trunc());
+            }
+        }
+        if let Some(&(a, p)) = i.routes.first() {
+            // The first route is the network's own IPv4 prefix.
+            if let Ok(net) = IpNet::new(a, p) {
+                desired.firewall.overlay.insert(net.trunc());
+            }
+        }
     }
+    // In several networks: never forward between them.
+    desired.firewall.isolate = d.interfaces.len() > 1;
     desired
 }
 

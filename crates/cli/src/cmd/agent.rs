@@ -52,6 +52,11 @@ pub struct UpArgs {
     /// Name for this node (default: the hostname).
     #[arg(long)]
     name: Option<String>,
+    /// Offer these subnets as a gateway, comma-separated IPv4 CIDRs (e.g.
+    /// 192.168.50.0/24). They wait for an admin's approval; the node needs the
+    /// tag `gateway`. Replaces the subnets offered before; "" offers none.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]")]
+    advertise_routes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +246,12 @@ pub fn up(sock: &SocketArg, a: UpArgs) -> anyhow::Result<ExitCode> {
         pin_sha256: a.pin_sha256,
         allow_insecure_http: a.allow_insecure_http,
         name: a.name,
+        advertise_routes: a.advertise_routes.map(|v| {
+            v.into_iter()
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty())
+                .collect()
+        }),
     });
     let (_, message) = expect_ok(call(&sock.socket, &req)?)?;
     println!("{}", if message.is_empty() { "up" } else { &message });

@@ -1,0 +1,316 @@
+//! Subnet gateways end to end (issue 7, part 2): the real controller, agents
+//! and CLIs in lab namespaces. A LAN host that runs no agent, behind gateway
+//! `gw1`, is reached by its LAN address (ping and TCP) from a remote node;
+//! withdrawing the route removes it from the peers and the masquerade from the
+//! gateway; killing the gateway moves traffic to a second one (`gw2`), and the
+//! test prints how long that took. Needs root and FAILS (never skips) without
+//! it. Binaries from `WEFT_BIN_DIR` (run `cargo build --workspace --bins`).
+
+#![allow(clippy::disallowed_methods, reason = "tests wait on the real clock")]
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+#![allow(
+    clippy::print_stdout,
+    reason = "the measured failover time is reported"
+)]
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use weft_lab::mesh::{Mesh, NetworkSpec};
+use weft_lab::{Lab, Nat, Net, Topology};
+
+/// A threaded TCP echo server on the port in argv[1].
+const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(64)
+def serve(c):
+    try:
+        while True:
+            d = c.recv(4096)
+            if not d:
+                break
+            c.sendall(d)
+    except OSError:
+        pass
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Exit 0 if a TCP connection to argv[1]:argv[2] opens and echoes a byte within
+/// argv[3] seconds.
+const CONNECT: &str = r#"
+import socket, sys
+t = float(sys.argv[3])
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=t)
+    s.settimeout(t)
+    s.sendall(b"x")
+    ok = s.recv(1) == b"x"
+except OSError:
+    ok = False
+sys.exit(0 if ok else 1)
+"#;
+
+const ECHO_PORT: u16 = 7007;
+
+fn python(lab: &Lab, node: &str, script: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.netns(node).unwrap(),
+            "python3",
+            "-c",
+            script,
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn connects(lab: &Lab, node: &str, ip: Ipv4Addr) -> bool {
+    python(
+        lab,
+        node,
+        CONNECT,
+        &[&ip.to_string(), &ECHO_PORT.to_string(), "1"],
+    )
+    .status
+    .success()
+}
+
+/// One quick ping (answer within 500 ms).
+fn ping_once(lab: &Lab, node: &str, ip: Ipv4Addr) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.netns(node).unwrap()])
+        .args(["ping", "-c", "1", "-W", "0.5", "-n", "-q"])
+        .arg(ip.to_string())
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn within(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `ip route show <prefix>` in `node`: the route lines for exactly that prefix.
+fn route_lines(lab: &Lab, node: &str, prefix: &str) -> String {
+    lab.run(node, &["ip", "-4", "route", "show", "exact", prefix])
+        .unwrap_or_default()
+}
+
+/// The `weft:` comments in `node`'s nftables table `inet weft` (empty: no table).
+fn nft_rules(lab: &Lab, node: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.netns(node).unwrap()])
+        .args(["nft", "list", "table", "inet", "weft"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn routes_json(mesh: &Mesh<'_>) -> serde_json::Value {
+    serde_json::from_str(&mesh.admin(&["route", "list", "--json"]).unwrap()).unwrap()
+}
+
+fn route_state(mesh: &Mesh<'_>, node: &str, prefix: &str) -> Option<(String, bool)> {
+    routes_json(mesh)["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == node && r["prefix"] == prefix)
+        .map(|r| {
+            (
+                r["state"].as_str().unwrap_or_default().to_owned(),
+                r["primary"].as_bool().unwrap_or(false),
+            )
+        })
+}
+
+fn policy(subnet: &str) -> String {
+    format!(
+        r#"[[rule]]
+name = "members of lab may reach each other"
+action = "allow"
+from = "network:lab"
+to = "network:lab"
+
+[[rule]]
+name = "remote reaches the site LAN"
+action = "allow"
+from = "node:remote"
+to = "subnet:{subnet}"
+"#
+    )
+}
+
+#[test]
+fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
+    if let Err(e) = weft_lab::require_root() {
+        panic!("{e}");
+    }
+    let topo = Topology::new()
+        .host("controller", Net::Internet)
+        .host("remote", Net::Internet)
+        .router("site", Net::Internet, Nat::Easy)
+        .host("gw1", Net::lan("site"))
+        .host("gw2", Net::lan("site"))
+        .host("server", Net::lan("site"));
+    let lab = Lab::build(&topo).expect("build the lab");
+    let server = lab.addr("server").unwrap();
+    let o = server.octets();
+    let subnet = format!("{}.{}.{}.0/24", o[0], o[1], o[2]);
+
+    // The LAN host runs no agent: only a TCP echo server.
+    let mut echo = Command::new("python3");
+    echo.args(["-c", ECHO_SERVER, &ECHO_PORT.to_string()]);
+    let _echo = lab.spawn("server", "echo", &echo).unwrap();
+    lab.wait_for_tcp_port("server", ECHO_PORT, Duration::from_secs(10))
+        .unwrap();
+    // Without the overlay the remote node cannot reach the LAN.
+    assert!(
+        !ping_once(&lab, "remote", server),
+        "{server} reachable without weft"
+    );
+
+    let mut mesh = Mesh::start(
+        &lab,
+        "controller",
+        NetworkSpec {
+            name: "lab".into(),
+            cidr: "100.64.0.0/24".into(),
+            ..NetworkSpec::default()
+        },
+    )
+    .expect("controller");
+    let path = lab.log_dir().join("policy.toml");
+    std::fs::write(&path, policy(&subnet)).unwrap();
+    mesh.admin(&["policy", "set", path.to_str().unwrap()])
+        .unwrap();
+    let token = mesh.token_file(10).unwrap();
+    for n in ["gw1", "remote"] {
+        mesh.start_agent(n, Some(&token)).unwrap();
+    }
+    mesh.wait_full_mesh(&["gw1", "remote"], Duration::from_secs(20))
+        .unwrap();
+
+    // gw1 offers the subnet: refused until it carries the tag `gateway` (the
+    // agent logs the refusal), then pending until approved.
+    mesh.admin(&["node", "tag", "gw1", "gateway"]).unwrap();
+    let out = mesh
+        .weft("gw1", &["up", "--advertise-routes", &subnet])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    within("gw1's route is pending", Duration::from_secs(10), || {
+        route_state(&mesh, "gw1", &subnet).is_some_and(|(s, _)| s == "pending")
+    });
+    assert!(route_lines(&lab, "remote", &subnet).is_empty());
+    mesh.admin(&["route", "approve", "gw1", &subnet]).unwrap();
+
+    // The remote node reaches the LAN host by its LAN address, ping and TCP.
+    let t = within("remote pings the LAN host", Duration::from_secs(15), || {
+        ping_once(&lab, "remote", server)
+    });
+    println!("route approved -> remote pings {server} through gw1 in {t:?}");
+    assert!(
+        connects(&lab, "remote", server),
+        "TCP to {server}:{ECHO_PORT}"
+    );
+    assert!(route_lines(&lab, "remote", &subnet).contains("weft0"));
+    let rules = nft_rules(&lab, "gw1");
+    assert!(rules.contains("masquerade"), "gw1 table: {rules}");
+    assert_eq!(
+        lab.run("gw1", &["cat", "/proc/sys/net/ipv4/ip_forward"])
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    // gw1 installs no route to its own LAN through the overlay.
+    assert!(!route_lines(&lab, "gw1", &subnet).contains("weft"));
+
+    // Withdraw: the route leaves the remote node, the masquerade leaves gw1.
+    mesh.admin(&["route", "withdraw", "gw1", &subnet]).unwrap();
+    let t = within("withdrawn route gone", Duration::from_secs(10), || {
+        route_lines(&lab, "remote", &subnet).is_empty()
+            && !nft_rules(&lab, "gw1").contains("masquerade")
+    });
+    println!("route withdrawn -> removed on remote and gw1 in {t:?}");
+    assert!(!ping_once(&lab, "remote", server));
+    assert_eq!(
+        lab.run("gw1", &["cat", "/proc/sys/net/ipv4/ip_forward"])
+            .unwrap()
+            .trim(),
+        "0"
+    );
+
+    // Two gateways: gw1 (approved first) carries the subnet, gw2 stands by.
+    mesh.admin(&["route", "add", "gw1", &subnet]).unwrap();
+    mesh.start_agent("gw2", Some(&token)).unwrap();
+    mesh.admin(&["node", "tag", "gw2", "gateway"]).unwrap();
+    assert!(
+        mesh.weft("gw2", &["up", "--advertise-routes", &subnet])
+            .unwrap()
+            .status
+            .success()
+    );
+    within("gw2's route is pending", Duration::from_secs(10), || {
+        route_state(&mesh, "gw2", &subnet).is_some()
+    });
+    mesh.admin(&["route", "approve", "gw2", &subnet]).unwrap();
+    assert_eq!(
+        route_state(&mesh, "gw1", &subnet),
+        Some(("approved".into(), true))
+    );
+    assert_eq!(
+        route_state(&mesh, "gw2", &subnet),
+        Some(("approved".into(), false))
+    );
+    within(
+        "remote pings the LAN host via gw1",
+        Duration::from_secs(15),
+        || ping_once(&lab, "remote", server),
+    );
+    within("gw2 is ready (masquerade)", Duration::from_secs(10), || {
+        nft_rules(&lab, "gw2").contains("masquerade")
+    });
+
+    mesh.kill_agent("gw1").unwrap();
+    let killed = Instant::now();
+    within("traffic moves to gw2", Duration::from_secs(10), || {
+        ping_once(&lab, "remote", server)
+    });
+    let took = killed.elapsed();
+    println!("gw1 killed -> remote pings {server} through gw2 after {took:?}");
+    assert!(took < Duration::from_secs(10), "failover took {took:?}");
+    assert!(connects(&lab, "remote", server), "TCP through gw2");
+    assert_eq!(
+        route_state(&mesh, "gw2", &subnet),
+        Some(("approved".into(), true))
+    );
+
+    // Every route change is audited.
+    let audit = mesh.admin(&["audit", "--json", "--limit", "200"]).unwrap();
+    for action in [
+        "route.advertise",
+        "route.approve",
+        "route.withdraw",
+        "route.add",
+    ] {
+        assert!(audit.contains(action), "audit lacks {action}");
+    }
+    drop(mesh);
+    lab.teardown().unwrap();
+}
