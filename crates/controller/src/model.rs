@@ -457,7 +457,7 @@ impl World {
                     })
                 })
                 .collect(),
-            routed_subnets: Vec::new(),
+            routed_subnets: self.routed_subnets(n.rec.id),
         }
     }
 

@@ -237,12 +237,15 @@ impl World {
         })
     }
 
-    /// Every member of `net` gets a fresh snapshot, and policies are recompiled.
-    fn resync_network(&self, batch: &mut Batch, net: NetId) {
+    /// Every member of `net` gets a fresh snapshot, and the gateway's policy
+    /// inputs changed (its routed subnets).
+    fn resync_network(&self, batch: &mut Batch, net: NetId, gateway: NodeId) {
         if let Some(n) = self.networks.get(&net) {
             batch.touched.resync.extend(n.members.iter().copied());
         }
-        batch.touched.recompile = true;
+        if let Some(g) = self.nodes.get(&gateway) {
+            batch.touched.policy_nodes.insert(g.rec.node_key);
+        }
     }
 
     /// After `node`'s presence changed: resync the networks where it is an
@@ -274,7 +277,7 @@ impl World {
             if let Some(r) = self.routes.remove(&k)
                 && r.state == RouteState::Approved
             {
-                self.resync_network(batch, r.network_id);
+                self.resync_network(batch, r.network_id, node);
             }
         }
     }
@@ -356,7 +359,7 @@ impl World {
                         prefix: k.1,
                     });
                     if r.state == RouteState::Approved {
-                        self.resync_network(batch, net);
+                        self.resync_network(batch, net, id);
                     }
                     removed.push(k.1);
                 }
@@ -504,7 +507,7 @@ impl World {
             }
             let after = self.routes.get(&k).map(|r| r.state);
             if before == Some(RouteState::Approved) || after == Some(RouteState::Approved) {
-                self.resync_network(batch, net);
+                self.resync_network(batch, net, id);
             }
             batch.touched.resync.insert(id);
             let net_name = self
@@ -565,7 +568,7 @@ impl World {
         // Peers in that network drop it; the node gets a map without it.
         batch.touched.entries.insert((net_id, node.rec.node_key));
         batch.touched.resync.insert(id);
-        batch.touched.recompile = true;
+        batch.touched.policy_nodes.insert(node.rec.node_key);
         let (key, name) = (node.rec.node_key, node.rec.name.clone());
         self.nodes.insert(id, node);
         self.drop_routes_of(batch, id, Some(net_id));
