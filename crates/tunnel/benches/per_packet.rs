@@ -95,12 +95,14 @@ fn pair(policy: bool) -> Pair {
             name: "a".into(),
             addresses: vec![(0, p.a_ip)],
             endpoints: vec![p.a_addr],
+            routes: vec![],
         },
         PeerConfig {
             key: ib.node_key(),
             name: "b".into(),
             addresses: vec![(0, p.b_ip)],
             endpoints: vec![p.b_addr],
+            routes: vec![],
         },
     ];
     let compiled = policy.then(|| {
@@ -123,6 +125,7 @@ fn pair(policy: bool) -> Pair {
             &NodeConfig {
                 networks: vec![NetworkConfig {
                     local_addresses: vec![ip],
+                    serves: vec![],
                 }],
                 peers: peers.clone(),
                 policy: compiled.as_ref().and_then(|c| c.node(name).cloned()),
