@@ -55,8 +55,9 @@ struct Side<K> {
     members: BTreeSet<K>,
     /// How many members contribute each prefix.
     count: BTreeMap<IpNet, u32>,
-    /// Contributed prefixes that are not host prefixes.
-    non_host: usize,
+    /// Contributed prefixes that are not host prefixes (routed subnets), with
+    /// how many members contribute each.
+    subnets: BTreeMap<IpNet, u32>,
     /// The aggregate of every member's prefixes (None: stale).
     agg: Option<Vec<IpNet>>,
 }
@@ -66,7 +67,7 @@ impl<K> Default for Side<K> {
         Side {
             members: BTreeSet::new(),
             count: BTreeMap::new(),
-            non_host: 0,
+            subnets: BTreeMap::new(),
             agg: Some(Vec::new()),
         }
     }
@@ -82,7 +83,7 @@ impl<K: Ord + Clone> Side<K> {
         for n in nets {
             *self.count.entry(*n).or_insert(0) += 1;
             if !is_host(n) {
-                self.non_host += 1;
+                *self.subnets.entry(*n).or_insert(0) += 1;
             }
         }
         self.agg = None;
@@ -97,11 +98,27 @@ impl<K: Ord + Clone> Side<K> {
                     self.count.remove(n);
                 }
             }
-            if !is_host(n) {
-                self.non_host -= 1;
+            if !is_host(n)
+                && let Some(c) = self.subnets.get_mut(n)
+            {
+                *c -= 1;
+                if *c == 0 {
+                    self.subnets.remove(n);
+                }
             }
         }
         self.agg = None;
+    }
+
+    /// Whether `n` is a host prefix only one member contributes and no routed
+    /// subnet in the side covers: taking that member's `n` out of the side's
+    /// aggregate is then exact.
+    fn sole(&self, n: &IpNet) -> bool {
+        is_host(n) && self.count.get(n) == Some(&1) && !self.covered(n)
+    }
+
+    fn covered(&self, n: &IpNet) -> bool {
+        self.subnets.keys().any(|q| q.contains(n))
     }
 
     fn refresh(&mut self) {
@@ -536,8 +553,8 @@ impl<K: Ord + Clone> LivePolicy<K> {
     /// `old` (the compile of unchanged node `k` before the changes since the last
     /// flush) with the changed nodes' old contributions taken out and their new
     /// ones put in: O(changed nodes × rules) instead of O(n). None when that is
-    /// not exact (a removed prefix is not a host prefix, or an unchanged node
-    /// contributes it too); then compile from scratch.
+    /// not exact (a removed prefix is not a host prefix, a routed subnet covers
+    /// it, or an unchanged node contributes it too); then compile from scratch.
     fn update_node(&self, k: &K, node: &LiveNode, old: &CompiledPolicy) -> Option<CompiledPolicy> {
         let rules = &self.policy.rules;
         let mut outbound = Vec::new();
@@ -575,11 +592,8 @@ impl<K: Ord + Clone> LivePolicy<K> {
                         added.extend(ne.nets.iter().copied());
                     }
                 }
-                if side.non_host > 0 {
-                    return None;
-                }
                 for p in &removed {
-                    if !is_host(p) {
+                    if !is_host(p) || side.covered(p) {
                         return None;
                     }
                     // Contributors now, less the changed nodes among them: must be none.
@@ -686,12 +700,7 @@ impl<K: Ord + Clone> LivePolicy<K> {
                 let all = theirs.agg.as_deref().unwrap_or_default();
                 let peers = match (&visible, own) {
                     (None, None) => all.to_vec(),
-                    (None, Some(own))
-                        if theirs.non_host == 0
-                            && own.iter().all(|n| theirs.count.get(n) == Some(&1)) =>
-                    {
-                        subtract(all, own)
-                    }
+                    (None, Some(own)) if own.iter().all(|n| theirs.sole(n)) => subtract(all, own),
                     _ => {
                         let nets: Vec<IpNet> = theirs
                             .members

@@ -1414,10 +1414,12 @@ fn live_facts(
         },
         tags: tags.iter().map(|t| (*t).to_owned()).collect(),
         networks,
-        routed_subnets: if routes {
-            vec![format!("10.{i}.0.0/16").parse().unwrap()]
-        } else {
-            Vec::new()
+        // Some routes cover other nodes' overlay addresses (a subnet selector or
+        // `*` then picks both), so removals from aggregates must check coverage.
+        routed_subnets: match (routes, i % 2) {
+            (false, _) => Vec::new(),
+            (true, 0) => vec!["100.64.0.0/30".parse().unwrap()],
+            (true, _) => vec![format!("10.{i}.0.0/16").parse().unwrap()],
         },
     }
 }
