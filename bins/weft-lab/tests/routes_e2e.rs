@@ -122,6 +122,18 @@ fn nft_rules(lab: &Lab, node: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Packets counted by gw's masquerade rule (one per new connection).
+fn masq_packets(lab: &Lab, node: &str) -> u64 {
+    nft_rules(lab, node)
+        .lines()
+        .filter(|l| l.contains("masquerade"))
+        .filter_map(|l| {
+            let rest = l.split("counter packets ").nth(1)?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 fn routes_json(mesh: &Mesh<'_>) -> serde_json::Value {
     serde_json::from_str(&mesh.admin(&["route", "list", "--json"]).unwrap()).unwrap()
 }
@@ -300,6 +312,44 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
         route_state(&mesh, "gw2", &subnet),
         Some(("approved".into(), true))
     );
+
+    // gw1 comes back: it is the primary again. Then its path dies without its
+    // controller stream ending (uplink down: no FIN, the controller still
+    // thinks it is online); the remote node's agent moves the subnet to gw2 on
+    // its own.
+    mesh.start_agent("gw1", None).unwrap();
+    within("gw1 is primary again", Duration::from_secs(15), || {
+        route_state(&mesh, "gw1", &subnet) == Some(("approved".into(), true))
+    });
+    within(
+        "remote talks to gw1 directly",
+        Duration::from_secs(15),
+        || {
+            mesh.path("remote", "gw1")
+                .is_some_and(|p| p.starts_with("direct"))
+        },
+    );
+    within("traffic goes through gw1", Duration::from_secs(15), || {
+        let before = masq_packets(&lab, "gw1");
+        ping_once(&lab, "remote", server) && masq_packets(&lab, "gw1") > before
+    });
+    lab.run("gw1", &["ip", "link", "set", "eth0", "down"])
+        .unwrap();
+    let cut = Instant::now();
+    within(
+        "traffic moves to gw2 after gw1's path died",
+        Duration::from_secs(10),
+        || ping_once(&lab, "remote", server),
+    );
+    let took = cut.elapsed();
+    println!(
+        "gw1's path cut -> remote pings {server} through gw2 after {took:?} (controller still sees gw1 online)"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "path failover took {took:?}"
+    );
+    assert!(connects(&lab, "remote", server), "TCP through gw2");
 
     // Every route change is audited.
     let audit = mesh.admin(&["audit", "--json", "--limit", "200"]).unwrap();

@@ -150,9 +150,14 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
                     entry.endpoints.push(*e);
                 }
             }
-            for r in n.routes.iter().filter(|r| r.via == p.node_key) {
-                if let Some(net) = net_of(&r.prefix) {
-                    entry.routes.push((slot, net));
+            for r in &n.routes {
+                let rank = std::iter::once(&r.via)
+                    .chain(&r.backups)
+                    .position(|k| *k == p.node_key);
+                if let (Some(rank), Some(net)) = (rank, net_of(&r.prefix)) {
+                    entry
+                        .routes
+                        .push((slot, net, u32::try_from(rank).unwrap_or(u32::MAX)));
                 }
             }
             peer_networks
@@ -273,6 +278,49 @@ mod tests {
         assert_eq!(
             d.node.networks[0].local_addresses,
             vec![IpAddr::from([100, 64, 0, 2])]
+        );
+    }
+
+    #[test]
+    fn routed_subnets_go_to_their_gateways_in_rank_order() {
+        let mut n = net(
+            "prod",
+            "100.64.0.0/24",
+            [100, 64, 0, 2],
+            &[(2, [100, 64, 0, 3]), (3, [100, 64, 0, 4])],
+        );
+        let lan: weft_proto::net::Ipv4Net = "10.1.0.0/24".parse().unwrap();
+        n.routes = vec![weft_proto::netmap::SubnetRoute {
+            prefix: lan,
+            via: key(3),
+            backups: vec![key(2)],
+        }];
+        n.serves = vec!["192.168.9.0/24".parse().unwrap()];
+        let d = derive(&map(vec![n]), &mut Slots::default());
+        let lan_net: IpNet = "10.1.0.0/24".parse().unwrap();
+        let by_key = |k: u8| {
+            d.node
+                .peers
+                .iter()
+                .find(|p| p.key == key(k))
+                .unwrap()
+                .routes
+                .clone()
+        };
+        assert_eq!(by_key(3), vec![(0, lan_net, 0)]);
+        assert_eq!(by_key(2), vec![(0, lan_net, 1)]);
+        assert!(
+            d.interfaces[0]
+                .routes
+                .contains(&(IpAddr::from([10, 1, 0, 0]), 24))
+        );
+        assert_eq!(
+            d.node.networks[0].serves,
+            vec!["192.168.9.0/24".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            d.interfaces[0].serves,
+            vec![(IpAddr::from([192, 168, 9, 0]), 24)]
         );
     }
 

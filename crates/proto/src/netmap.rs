@@ -98,6 +98,10 @@ pub struct SubnetRoute {
     pub prefix: Ipv4Net,
     /// The gateway peer that carries it now (the primary).
     pub via: NodeKey,
+    /// The other approved gateways, in the order they take over (the agent
+    /// skips a gateway whose path is dead without waiting for the controller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<NodeKey>,
 }
 
 /// Another member of a network.

@@ -23,6 +23,9 @@ use weft_policy::{
 };
 use weft_proto::stun;
 
+/// A gateway heard only through the relay counts as alive this long
+/// (persistent keepalives come every 25 s).
+const GATEWAY_RELAY_WINDOW: Duration = Duration::from_secs(30);
 /// WireGuard's recommended timer granularity.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Keepalive interval that keeps NAT mappings open (WireGuard's customary 25 s).
@@ -76,9 +79,12 @@ pub struct PeerConfig {
     pub addresses: Vec<(NetIndex, IpAddr)>,
     /// Underlay candidates (`ip:port`) to try.
     pub endpoints: Vec<SocketAddr>,
-    /// Subnets reached through this peer (it is their gateway), per network:
-    /// packets to them go to this peer, and packets from it may come from them.
-    pub routes: Vec<(NetIndex, IpNet)>,
+    /// Subnets this peer is a gateway for, per network, each with its rank
+    /// among the subnet's gateways (0: the controller's primary). Packets to a
+    /// subnet go to the best-ranked gateway that is alive (heard over a trusted
+    /// direct path, or through the relay within 30 s), else to the best-ranked
+    /// one; packets from this peer may come from these subnets.
+    pub routes: Vec<(NetIndex, IpNet, u32)>,
 }
 
 /// Where a datagram goes.
@@ -219,7 +225,7 @@ struct Peer {
     index: u32,
     x25519: [u8; 32],
     addresses: BTreeSet<(NetIndex, IpAddr)>,
-    routes: Vec<(NetIndex, IpNet)>,
+    routes: Vec<(NetIndex, IpNet, u32)>,
     path: PathState,
     disco: DiscoKey,
     up: bool,
@@ -238,8 +244,9 @@ pub struct Node {
     by_ip: BTreeMap<(NetIndex, IpAddr), NodeKey>,
     by_x25519: BTreeMap<[u8; 32], NodeKey>,
     local: BTreeMap<IpAddr, NetIndex>,
-    /// Routed subnets by gateway, longest prefix first.
-    routes: Vec<(NetIndex, IpNet, NodeKey)>,
+    /// Routed subnets: (network, prefix, rank, gateway), longest prefix first,
+    /// then by rank.
+    routes: Vec<(NetIndex, IpNet, u32, NodeKey)>,
     /// Subnets this node serves, per network.
     served: Vec<(NetIndex, IpNet)>,
     transmits: VecDeque<Transmit>,
@@ -425,7 +432,7 @@ impl Node {
         self.routes = self
             .peers
             .iter()
-            .flat_map(|(k, p)| p.routes.iter().map(|(n, net)| (*n, *net, *k)))
+            .flat_map(|(k, p)| p.routes.iter().map(|(n, net, r)| (*n, *net, *r, *k)))
             .collect();
         self.routes
             .sort_by(|a, b| b.1.prefix_len().cmp(&a.1.prefix_len()).then(a.cmp(b)));
@@ -546,12 +553,7 @@ impl Node {
             return self.drop_tun(DropReason::MalformedIp);
         };
         let packet = &packet[..view.total_len];
-        let routed = || {
-            self.routes
-                .iter()
-                .find(|(n, p, _)| *n == net && p.contains(&view.dst))
-                .map(|r| r.2)
-        };
+        let routed = || self.gateway_for(now, net, view.dst);
         let Some(key) = self.by_ip.get(&(net, view.dst)).copied().or_else(routed) else {
             self.drops.add(DropReason::NoRoute);
             let from = self
@@ -621,6 +623,31 @@ impl Node {
                 self.drop_tun(DropReason::SessionError)
             }
         }
+    }
+
+    /// The gateway for `dst` in `net`: among the gateways of the longest
+    /// matching prefix, the best-ranked one that is alive, else the best-ranked.
+    fn gateway_for(&self, now: Instant, net: NetIndex, dst: IpAddr) -> Option<NodeKey> {
+        let mut first: Option<(IpNet, NodeKey)> = None;
+        for (n, p, _, k) in &self.routes {
+            if *n != net || !p.contains(&dst) {
+                continue;
+            }
+            match first {
+                None => first = Some((*p, *k)),
+                // Only the gateways of the most specific prefix compete.
+                Some((fp, _)) if fp != *p => break,
+                Some(_) => {}
+            }
+            if self
+                .peers
+                .get(k)
+                .is_some_and(|peer| peer.path.alive(now, GATEWAY_RELAY_WINDOW))
+            {
+                return Some(*k);
+            }
+        }
+        first.map(|f| f.1)
     }
 
     /// Handles packets read together from the TUN of `net` (the segments of one
@@ -998,7 +1025,7 @@ impl Node {
                 || peer
                     .routes
                     .iter()
-                    .any(|(n, p)| *n == net && p.contains(&src))
+                    .any(|(n, p, _)| *n == net && p.contains(&src))
         };
         let chosen = match self.local.get(&view.dst) {
             Some(&net) => Some(net).filter(|n| src_ok(*n)),

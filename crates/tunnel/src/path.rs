@@ -105,6 +105,15 @@ impl PathState {
             .take(MAX_CANDIDATES)
     }
 
+    /// Whether the peer was heard recently: over a trusted direct path, or
+    /// through the relay within `relay_window` (keepalives come every 25 s).
+    pub(crate) fn alive(&self, now: Instant, relay_window: Duration) -> bool {
+        self.direct_fresh(now)
+            || self
+                .relay_heard
+                .is_some_and(|h| now.saturating_duration_since(h) < relay_window)
+    }
+
     /// Whether the direct path is trusted at `now`.
     pub(crate) fn direct_fresh(&self, now: Instant) -> bool {
         self.direct.is_some()

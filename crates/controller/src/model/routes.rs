@@ -26,9 +26,9 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use serde_json::json;
+use weft_proto::NodeKey;
 use weft_proto::api::{self, RouteInfo, RouteRequest};
 use weft_proto::net::Ipv4Net;
-use weft_proto::netmap::SubnetRoute;
 
 use super::{Actor, Batch, NetId, NodeId, Output, World, secs};
 use crate::error::ApiError;
@@ -166,6 +166,12 @@ impl World {
 
     /// The gateway that carries `prefix` in `net` now.
     pub fn primary_gateway(&self, net: NetId, prefix: Ipv4Net) -> Option<NodeId> {
+        self.gateways(net, prefix).first().copied()
+    }
+
+    /// The approved gateways of `prefix` in `net`, in the order they carry it:
+    /// online ones first, each group by approval time.
+    pub fn gateways(&self, net: NetId, prefix: Ipv4Net) -> Vec<NodeId> {
         let mut candidates: Vec<(bool, u64, NodeId)> = self
             .routes
             .range((net, prefix, NodeId::MIN)..=(net, prefix, NodeId::MAX))
@@ -176,13 +182,17 @@ impl World {
             })
             .collect();
         candidates.sort_unstable();
-        candidates.first().map(|c| c.2)
+        candidates.into_iter().map(|c| c.2).collect()
     }
 
-    /// What `me`'s map says about routes in `net`: subnets reached through a
-    /// gateway (before the visibility filter, which the netmap compiler
-    /// applies) and subnets `me` serves.
-    pub fn map_routes(&self, net: NetId, me: NodeId) -> (Vec<SubnetRoute>, Vec<Ipv4Net>) {
+    /// What `me`'s map says about routes in `net`: subnets reached through
+    /// gateways, each with its gateways in order (before the visibility
+    /// filter, which the netmap compiler applies), and subnets `me` serves.
+    pub fn map_routes(
+        &self,
+        net: NetId,
+        me: NodeId,
+    ) -> (Vec<(Ipv4Net, Vec<NodeKey>)>, Vec<Ipv4Net>) {
         let mine: BTreeSet<Ipv4Net> = self
             .routes
             .values()
@@ -204,10 +214,13 @@ impl World {
             .collect();
         let routes = prefixes
             .into_iter()
-            .filter_map(|p| {
-                let gw = self.primary_gateway(net, p)?;
-                let via = self.nodes.get(&gw)?.rec.node_key;
-                Some(SubnetRoute { prefix: p, via })
+            .map(|p| {
+                let keys = self
+                    .gateways(net, p)
+                    .into_iter()
+                    .filter_map(|g| self.nodes.get(&g).map(|n| n.rec.node_key))
+                    .collect();
+                (p, keys)
             })
             .collect();
         (routes, serves)

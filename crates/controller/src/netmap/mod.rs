@@ -86,9 +86,21 @@ fn network_view(
         .filter_map(|p| p.memberships.get(&net.rec.id).map(|pm| peer_view(p, pm)))
         .collect();
     peers.sort_by_key(|a| a.node_key);
-    let (mut routes, serves) = world.map_routes(net.rec.id, me.rec.id);
+    let (gateways, serves) = world.map_routes(net.rec.id, me.rec.id);
     // Only through gateways this node may talk to.
-    routes.retain(|r| peers.binary_search_by_key(&r.via, |p| p.node_key).is_ok());
+    let routes = gateways
+        .into_iter()
+        .filter_map(|(prefix, mut keys)| {
+            keys.retain(|k| peers.binary_search_by_key(k, |p| p.node_key).is_ok());
+            let mut keys = keys.into_iter();
+            let via = keys.next()?;
+            Some(weft_proto::netmap::SubnetRoute {
+                prefix,
+                via,
+                backups: keys.collect(),
+            })
+        })
+        .collect();
     NetworkView {
         name: net.rec.name.clone(),
         ipv4_cidr: net.rec.ipv4_cidr,
