@@ -161,10 +161,19 @@ from = "network:lab"
 to = "network:lab"
 
 [[rule]]
-name = "remote reaches the site LAN"
+name = "remote pings the site LAN"
 action = "allow"
 from = "node:remote"
 to = "subnet:{subnet}"
+proto = "icmp"
+
+[[rule]]
+name = "remote reaches the echo service on the site LAN"
+action = "allow"
+from = "node:remote"
+to = "subnet:{subnet}"
+proto = "tcp"
+ports = [{ECHO_PORT}]
 "#
     )
 }
@@ -177,6 +186,7 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
     let topo = Topology::new()
         .host("controller", Net::Internet)
         .host("remote", Net::Internet)
+        .host("other", Net::Internet)
         .router("site", Net::Internet, Nat::Easy)
         .host("gw1", Net::lan("site"))
         .host("gw2", Net::lan("site"))
@@ -213,10 +223,10 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
     mesh.admin(&["policy", "set", path.to_str().unwrap()])
         .unwrap();
     let token = mesh.token_file(10).unwrap();
-    for n in ["gw1", "remote"] {
+    for n in ["gw1", "remote", "other"] {
         mesh.start_agent(n, Some(&token)).unwrap();
     }
-    mesh.wait_full_mesh(&["gw1", "remote"], Duration::from_secs(20))
+    mesh.wait_full_mesh(&["gw1", "remote", "other"], Duration::from_secs(20))
         .unwrap();
 
     // gw1 offers the subnet: refused until it carries the tag `gateway` (the
@@ -241,7 +251,48 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
         connects(&lab, "remote", server),
         "TCP to {server}:{ECHO_PORT}"
     );
+    // The policy applies to the routed destination: another port of the same
+    // LAN host is refused (and counted) on the remote node.
+    let mut other_port = Command::new("python3");
+    other_port.args(["-c", ECHO_SERVER, &(ECHO_PORT + 1).to_string()]);
+    let _other_port = lab.spawn("server", "echo2", &other_port).unwrap();
+    lab.wait_for_tcp_port("server", ECHO_PORT + 1, Duration::from_secs(10))
+        .unwrap();
+    let drops = || {
+        mesh.status("remote")
+            .unwrap()
+            .peers
+            .iter()
+            .find(|p| p.name == "gw1")
+            .and_then(|p| p.drops.get("policy_no_rule").copied())
+            .unwrap_or(0)
+    };
+    let before = drops();
+    let refused = python(
+        &lab,
+        "remote",
+        CONNECT,
+        &[&server.to_string(), &(ECHO_PORT + 1).to_string(), "1"],
+    );
+    assert!(
+        !refused.status.success(),
+        "port {} was reachable",
+        ECHO_PORT + 1
+    );
+    assert!(drops() > before, "no policy drop counted");
     assert!(route_lines(&lab, "remote", &subnet).contains("weft0"));
+    // `other` may reach gw1 but not the subnet: no route, no packets, even
+    // when it points the subnet at the overlay itself.
+    assert!(route_lines(&lab, "other", &subnet).is_empty());
+    lab.run("other", &["ip", "route", "add", &subnet, "dev", "weft0"])
+        .unwrap();
+    assert!(!ping_once(&lab, "other", server), "other reached {server}");
+    assert!(
+        !connects(&lab, "other", server),
+        "other reached TCP {server}"
+    );
+    lab.run("other", &["ip", "route", "del", &subnet, "dev", "weft0"])
+        .unwrap();
     let rules = nft_rules(&lab, "gw1");
     assert!(rules.contains("masquerade"), "gw1 table: {rules}");
     assert_eq!(

@@ -1638,6 +1638,7 @@ impl World {
         batch.writes.push(Write::SetMapVersion(self.version));
         if batch.touched.recompile || !batch.touched.policy_nodes.is_empty() {
             batch.touched.policy_changed = self.recompile(&batch.touched);
+            self.resync_for_policy_changes(batch);
         } else {
             // Visibility did not change in this batch.
             self.policy_before = Transition::default();

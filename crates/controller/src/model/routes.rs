@@ -205,12 +205,15 @@ impl World {
             .filter(|r| r.network_id == net && r.node_id == me && r.state == RouteState::Approved)
             .map(|r| r.prefix)
             .collect();
+        let policy = self.node_policy(me);
         let prefixes: BTreeSet<Ipv4Net> = self
             .routes
             .values()
             .filter(|r| r.network_id == net && r.state == RouteState::Approved)
             .map(|r| r.prefix)
             .filter(|p| !mine.contains(p))
+            // Only subnets the policy lets this node reach (some part of).
+            .filter(|p| policy.is_none_or(|cp| may_reach(cp, *p)))
             .collect();
         let routes = prefixes
             .into_iter()
@@ -224,6 +227,33 @@ impl World {
             })
             .collect();
         (routes, serves)
+    }
+
+    /// After a batch that changed compiled policies: members of networks with
+    /// approved routes get a fresh snapshot (which subnets they may reach may
+    /// have changed).
+    pub(super) fn resync_for_policy_changes(&self, batch: &mut Batch) {
+        let nets: BTreeSet<NetId> = self
+            .routes
+            .values()
+            .filter(|r| r.state == RouteState::Approved)
+            .map(|r| r.network_id)
+            .collect();
+        if nets.is_empty() {
+            return;
+        }
+        let ids: Vec<NodeId> = batch
+            .touched
+            .policy_changed
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.nodes
+                    .get(id)
+                    .is_some_and(|n| n.memberships.keys().any(|m| nets.contains(m)))
+            })
+            .collect();
+        batch.touched.resync.extend(ids);
     }
 
     /// Every route, for the admin API.
@@ -602,6 +632,19 @@ impl World {
             network: network.to_owned(),
         }))
     }
+}
+
+/// Whether `cp` allows some packet from this node into `prefix`.
+fn may_reach(cp: &weft_policy::CompiledPolicy, prefix: Ipv4Net) -> bool {
+    let Ok(p) = weft_policy::IpNet::new(prefix.network().into(), prefix.prefix_len()) else {
+        return false;
+    };
+    cp.outbound.iter().any(|r| {
+        r.action == weft_policy::Action::Allow
+            && r.peers
+                .iter()
+                .any(|q| q.contains(&p.network()) || p.contains(&q.network()))
+    })
 }
 
 #[cfg(test)]
