@@ -52,7 +52,7 @@ to = "subnet:192.168.50.0/24"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_are_validated_permitted_approved_and_mapped() {
     let dir = tempfile::tempdir().unwrap();
-    let ctl = Controller::start(dir.path(), &[]);
+    let mut ctl = Controller::start(dir.path(), &[]);
     let admin = ctl.admin();
     admin
         .create_network(&network("lab", "100.64.0.0/24", 8))
@@ -159,6 +159,26 @@ async fn routes_are_validated_permitted_approved_and_mapped() {
         "no route to its own subnet"
     );
     assert_eq!(gm.networks[0].serves.len(), 1);
+
+    // Routes are durable: after kill -9 and a restart they are still there.
+    ctl.kill9();
+    let ctl = Controller::start(dir.path(), &[]);
+    let admin = ctl.admin();
+    let client = ctl.client();
+    let gwc = client.with_bearer(&gw.credential).unwrap();
+    let peerc = client.with_bearer(&peer.credential).unwrap();
+    let list = admin.list_routes().await.unwrap().routes;
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].state.as_str(), list[0].source.as_str()),
+        ("approved", "node")
+    );
+    let m = peerc.map().await.unwrap();
+    assert_eq!(m.networks[0].routes.len(), 1);
+    // The CLI shows the same.
+    let (ok, out, err) = ctl.cli(&["route", "list", "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("192.168.50.0/24"), "{out}");
     // A new network overlapping an approved route is refused.
     let (status, code, msg) = refused(
         admin
