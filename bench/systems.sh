@@ -123,6 +123,20 @@ sys_weftnp_version() { echo "$("$OUT/bin/weftd-nopolicy" --version 2>/dev/null),
 sys_weftnp_up() { WEFTD_BIN=$OUT/bin/weftd-nopolicy sys_weft_up; }
 sys_weftnp_report() { sys_weft_report; }
 
+# ---- weft without offloads (WEFTD_OFFLOAD=0: one packet per syscall) ---------
+# The same binaries with TUN offloads, UDP GSO and GRO off: shows what they buy.
+sys_weftnooff_install() { [ -x "$OUT/bin/weftd" ] || sys_weft_install; }
+sys_weftnooff_version() { echo "$("$OUT/bin/weftd" --version 2>/dev/null) with WEFTD_OFFLOAD=0, $WEFT_SRC"; }
+sys_weftnooff_up() { WEFTD_OFFLOAD=0 sys_weft_up; }
+sys_weftnooff_report() { sys_weft_report; }
+
+# ---- weft with readers doing their own I/O (WEFTD_PIPELINE=0) ---------------
+# No hand-off to a sender/writer task: what weftd does on one CPU.
+sys_weftinline_install() { [ -x "$OUT/bin/weftd" ] || sys_weft_install; }
+sys_weftinline_version() { echo "$("$OUT/bin/weftd" --version 2>/dev/null) with WEFTD_PIPELINE=0, $WEFT_SRC"; }
+sys_weftinline_up() { WEFTD_PIPELINE=0 sys_weft_up; }
+sys_weftinline_report() { sys_weft_report; }
+
 # ---- userspace WireGuard (wireguard-go, boringtun-cli, gotatun share the UAPI)
 wg_keys() {
     local d=$WORK/keys; mkdir -p "$d"

@@ -748,7 +748,9 @@ async fn tun_writer(
 async fn udp_reader(sh: Arc<Shared>) {
     let mut buf = vec![0u8; RECV_BUF];
     let mut cmsg = udp_batch::gro_cmsg_space();
-    let new_batch = || PacketBatch::new(HDR, BATCH);
+    // tun-rs coalesces a flow's packets into its first buffer only when that
+    // buffer has room for the whole 64 KiB write (it never reallocates).
+    let new_batch = || PacketBatch::with_room(HDR, BATCH, 2 * HDR + 65_535);
     let mut out = new_batch();
     let mut writer = TunWriter::new();
     let mut tx = Vec::new();

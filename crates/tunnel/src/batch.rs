@@ -141,8 +141,15 @@ impl PacketBatch {
     /// `capacity` buffers (more are added when a batch needs them), each with
     /// `headroom` bytes in front of its packet.
     pub fn new(headroom: usize, capacity: usize) -> Self {
+        Self::with_room(headroom, capacity, headroom + 2048)
+    }
+
+    /// Like [`PacketBatch::new`], each buffer reserving `bytes` (untouched
+    /// memory until used): a shell that coalesces packets into the first
+    /// buffer of a flow (GRO writes of up to 64 KiB) needs that much room.
+    pub fn with_room(headroom: usize, capacity: usize, bytes: usize) -> Self {
         Self {
-            bufs: vec![Vec::with_capacity(headroom + 2048); capacity],
+            bufs: (0..capacity).map(|_| Vec::with_capacity(bytes)).collect(),
             nets: vec![0; capacity],
             len: 0,
             headroom,
