@@ -281,6 +281,10 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
     );
     assert!(drops() > before, "no policy drop counted");
     assert!(route_lines(&lab, "remote", &subnet).contains("weft0"));
+    let st = mesh.status("remote").unwrap();
+    assert_eq!(st.networks[0].routes, vec![format!("{subnet} via gw1")]);
+    let st = mesh.status("gw1").unwrap();
+    assert_eq!(st.networks[0].serves, vec![subnet.clone()]);
     // `other` may reach gw1 but not the subnet: no route, no packets, even
     // when it points the subnet at the overlay itself.
     assert!(route_lines(&lab, "other", &subnet).is_empty());

@@ -66,6 +66,8 @@ pub struct InterfacePlan {
     /// Subnets this node is a gateway for in the network (forwarded and
     /// masqueraded from the overlay).
     pub serves: Vec<(IpAddr, u8)>,
+    /// Routed subnets for status: `PREFIX via GATEWAY[, then BACKUP...]`.
+    pub subnet_routes: Vec<String>,
     /// MTU.
     pub mtu: u32,
     /// DNS domain (for status; DNS is a later issue).
@@ -125,6 +127,23 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
             serves: serves
                 .iter()
                 .map(|p| (p.network(), p.prefix_len()))
+                .collect(),
+            subnet_routes: n
+                .routes
+                .iter()
+                .map(|r| {
+                    let name = |k: &NodeKey| {
+                        n.peers
+                            .iter()
+                            .find(|p| p.node_key == *k)
+                            .map_or_else(|| k.to_string(), |p| p.name.clone())
+                    };
+                    let mut line = format!("{} via {}", r.prefix, name(&r.via));
+                    for b in &r.backups {
+                        line.push_str(&format!(", then {}", name(b)));
+                    }
+                    line
+                })
                 .collect(),
             mtu: OVERLAY_MTU,
             dns_domain: n.dns_domain.clone(),

@@ -435,6 +435,8 @@ impl Agent {
                         addresses: i.addresses.iter().map(|(a, _)| a.to_string()).collect(),
                         cidr: i.cidr.clone(),
                         dns_domain: i.dns_domain.clone(),
+                        routes: i.subnet_routes.clone(),
+                        serves: i.serves.iter().map(|(a, p)| format!("{a}/{p}")).collect(),
                     })
                     .collect()
             })

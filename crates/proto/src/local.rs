@@ -188,6 +188,13 @@ pub struct NetworkStatus {
     pub cidr: String,
     /// DNS domain.
     pub dns_domain: String,
+    /// Subnets reached through gateway peers, as `PREFIX via GATEWAY` (then
+    /// `, then BACKUP...` for gateways that take over).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// Subnets this node is a gateway for in the network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serves: Vec<String>,
 }
 
 /// One peer.

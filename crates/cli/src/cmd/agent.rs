@@ -161,6 +161,12 @@ pub fn render_status(st: &AgentStatus) -> String {
             n.addresses.join(", "),
             n.cidr
         );
+        for r in &n.routes {
+            let _ = writeln!(o, "  route   {r}");
+        }
+        for s in &n.serves {
+            let _ = writeln!(o, "  serves  {s} (gateway: forwards and masquerades)");
+        }
     }
     if !st.peers.is_empty() {
         let _ = writeln!(
