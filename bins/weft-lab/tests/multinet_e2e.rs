@@ -1,5 +1,5 @@
 //! Many networks end to end (issue 7, part 3): the real controller, agents and
-//! CLIs in lab namespaces. `hub` is a member of networks `a` and `b` (one TUN
+//! CLIs in lab namespaces. `hub` joins networks `a` and then `b` (one TUN
 //! each); `a1` is only in `a`, `b1` only in `b`. `hub` talks to both; `a1`
 //! cannot reach `b1` through `hub` even with IPv4 forwarding on there; when the
 //! admin removes `hub` from `b`, exactly its `b` interface, routes and DNS
@@ -134,12 +134,16 @@ fn a_node_in_two_networks_reaches_both_isolates_them_and_leaves_one() {
         .unwrap_err();
     assert!(format!("{err:#}").contains("cidr_overlap"), "{err:#}");
 
-    let both = token(&mesh, &lab, "token-ab", &["a", "b"]);
     let only_a = token(&mesh, &lab, "token-a", &["a"]);
     let only_b = token(&mesh, &lab, "token-b", &["b"]);
-    mesh.start_agent("hub", Some(&both)).unwrap();
+    mesh.start_agent("hub", Some(&only_a)).unwrap();
     mesh.start_agent("a1", Some(&only_a)).unwrap();
     mesh.start_agent("b1", Some(&only_b)).unwrap();
+    // hub joins b as well, with b's token: a second interface.
+    let out = mesh
+        .weft("hub", &["up", "--token-file", only_b.to_str().unwrap()])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 
     let mut ips = Vec::new();
     within("addresses", Duration::from_secs(20), || {

@@ -241,10 +241,24 @@ impl Agent {
             else {
                 return api::error("bad_request", "first join needs --controller URL");
             };
-            let trust = ctl::TrustSettings {
-                ca_file: up.ca_file.clone(),
-                pin_sha256: up.pin_sha256.clone(),
-                allow_insecure_http: up.allow_insecure_http,
+            // Joining another network of the same controller (a second token)
+            // keeps the trust settings of the first join unless new ones are given.
+            let same = self
+                .credential
+                .as_ref()
+                .filter(|c| up.controller.as_ref().is_none_or(|u| *u == c.controller));
+            let explicit = up.ca_file.is_some() || up.pin_sha256.is_some();
+            let trust = match same {
+                Some(c) if !explicit => ctl::TrustSettings {
+                    ca_file: c.ca_file.clone(),
+                    pin_sha256: c.pin_sha256.clone(),
+                    allow_insecure_http: up.allow_insecure_http || c.allow_insecure_http,
+                },
+                _ => ctl::TrustSettings {
+                    ca_file: up.ca_file.clone(),
+                    pin_sha256: up.pin_sha256.clone(),
+                    allow_insecure_http: up.allow_insecure_http,
+                },
             };
             let name = up.name.clone().or_else(hostname);
             match ctl::register(
