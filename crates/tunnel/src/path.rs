@@ -10,7 +10,10 @@
 //! - The direct path is trusted while something authenticated arrived on it within
 //!   [`DIRECT_TRUST`]; it is pinged every [`DIRECT_PING`] when quiet, so a dead path
 //!   is abandoned for the relay within about [`DIRECT_TRUST`].
-//! - Without a direct path, candidates are re-probed every [`PROBE_EVERY`].
+//! - Without a direct path, candidates are re-probed every [`PROBE_EVERY`]; the
+//!   first rounds after the candidates change (or a direct path is lost) come
+//!   sooner ([`PROBE_BACKOFF`]), so a first ping lost on the wire or dropped by
+//!   a NAT whose peer side had not opened yet costs half a second, not three.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -22,6 +25,13 @@ pub const DIRECT_TRUST: Duration = Duration::from_millis(3_000);
 pub const DIRECT_PING: Duration = Duration::from_millis(1_000);
 /// Re-probe interval for candidates while relayed.
 pub const PROBE_EVERY: Duration = Duration::from_secs(3);
+/// Gaps before the first re-probes after the candidates change or a direct
+/// path is lost; [`PROBE_EVERY`] after these.
+pub const PROBE_BACKOFF: [Duration; 3] = [
+    Duration::from_millis(500),
+    Duration::from_millis(1_000),
+    Duration::from_millis(2_000),
+];
 /// Most candidates probed per peer (map-supplied plus learned).
 pub const MAX_CANDIDATES: usize = 16;
 /// Outstanding pings remembered per peer.
@@ -76,6 +86,8 @@ pub(crate) struct PathState {
     reported: Option<PathKind>,
     pending: BTreeMap<u64, (SocketAddr, Instant)>,
     next_probe: Option<Instant>,
+    /// Probe rounds sent since the candidates changed or the path was direct.
+    probe_round: usize,
     last_direct_ping: Option<Instant>,
     stats: BTreeMap<SocketAddr, CandidateStats>,
 }
@@ -88,6 +100,7 @@ impl PathState {
         if c != self.mapped {
             self.mapped = c;
             self.next_probe = Some(now);
+            self.probe_round = 0;
         }
     }
 
@@ -206,6 +219,9 @@ impl PathState {
             let recently = self
                 .last_direct_ping
                 .is_some_and(|p| now.saturating_duration_since(p) < DIRECT_PING);
+            // Once direct, a later loss of the path re-probes on the fast
+            // schedule again.
+            self.probe_round = 0;
             if quiet
                 && !recently
                 && let Some(d) = direct
@@ -218,7 +234,12 @@ impl PathState {
         match self.next_probe {
             Some(at) if now < at => Vec::new(),
             _ => {
-                self.next_probe = Some(now + PROBE_EVERY);
+                let gap = PROBE_BACKOFF
+                    .get(self.probe_round)
+                    .copied()
+                    .unwrap_or(PROBE_EVERY);
+                self.probe_round = self.probe_round.saturating_add(1);
+                self.next_probe = Some(now + gap);
                 self.candidates().collect()
             }
         }
@@ -296,6 +317,32 @@ mod tests {
         assert_eq!(p.due_pings(t3).len(), 2);
         // Without a relay the stale direct path is still used.
         assert_eq!(p.route(t3, false), Route::Direct(a("10.0.0.2:51820")));
+    }
+
+    #[test]
+    fn unanswered_probes_retry_fast_first_then_every_probe_interval() {
+        let t0 = Instant::now();
+        let mut p = PathState::default();
+        p.set_candidates(&[a("192.0.2.1:51820")], t0);
+        let mut t = t0;
+        assert_eq!(p.due_pings(t).len(), 1, "at once");
+        for gap in PROBE_BACKOFF.iter().copied().chain([PROBE_EVERY; 2]) {
+            assert!(p.due_pings(t + gap - Duration::from_millis(1)).is_empty());
+            t += gap;
+            assert_eq!(p.next_due(t), Some(t));
+            assert_eq!(p.due_pings(t).len(), 1, "after {gap:?}");
+        }
+        // New candidates start the fast schedule over.
+        p.set_candidates(&[a("192.0.2.2:51820")], t);
+        assert_eq!(p.due_pings(t).len(), 1);
+        assert_eq!(p.next_due(t), Some(t + PROBE_BACKOFF[0]));
+        // So does losing a direct path.
+        p.ping_sent(7, a("192.0.2.2:51820"), t);
+        assert!(p.pong(7, a("192.0.2.2:51820"), t));
+        assert!(p.due_pings(t).is_empty());
+        let lost = t + DIRECT_TRUST;
+        assert_eq!(p.due_pings(lost).len(), 1);
+        assert_eq!(p.next_due(lost), Some(lost + PROBE_BACKOFF[0]));
     }
 
     #[test]
