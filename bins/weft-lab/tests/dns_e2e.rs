@@ -64,15 +64,8 @@ fn dig(lab: &Lab, node: &str, name: &str) -> Vec<String> {
 
 /// Polls `check` every 20 ms until it holds; panics with `what` after `timeout`.
 /// Returns how long it took.
-fn within(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn within(what: &str, timeout: Duration, check: impl FnMut() -> bool) -> Duration {
+    weft_lab::timed_wait(what, timeout, check).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn resolves_to(lab: &Lab, node: &str, name: &str, ip: Ipv4Addr) -> bool {

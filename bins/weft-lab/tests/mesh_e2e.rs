@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use weft_lab::mesh::{Mesh, NetworkSpec};
 use weft_lab::{Lab, Nat, Net, Topology};
@@ -42,15 +42,8 @@ fn mesh(lab: &Lab) -> Mesh<'_> {
 
 /// Waits until `check` holds, failing with `what` after `timeout`; returns how long
 /// it took.
-fn within(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn within(what: &str, timeout: Duration, check: impl FnMut() -> bool) -> Duration {
+    weft_lab::timed_wait(what, timeout, check).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn ip_json(lab: &Lab, node: &str, args: &[&str]) -> serde_json::Value {

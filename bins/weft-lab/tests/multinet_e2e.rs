@@ -20,24 +20,8 @@ use std::time::{Duration, Instant};
 use weft_lab::mesh::{Mesh, NetworkSpec};
 use weft_lab::{Lab, Nat, Net, Topology};
 
-fn within(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn ping_once(lab: &Lab, node: &str, ip: Ipv4Addr) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", &lab.netns(node).unwrap()])
-        .args(["ping", "-c", "1", "-W", "0.5", "-n", "-q"])
-        .arg(ip.to_string())
-        .output()
-        .is_ok_and(|o| o.status.success())
+fn within(what: &str, timeout: Duration, check: impl FnMut() -> bool) -> Duration {
+    weft_lab::timed_wait(what, timeout, check).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn getent(lab: &Lab, node: &str, name: &str) -> Vec<String> {
@@ -161,7 +145,7 @@ fn a_node_in_two_networks_reaches_both_isolates_them_and_leaves_one() {
         within(
             &format!("{from} pings {to}"),
             Duration::from_secs(20),
-            || ping_once(&lab, from, to),
+            || lab.ping_once(from, to),
         );
     }
     assert_eq!(
@@ -183,9 +167,9 @@ fn a_node_in_two_networks_reaches_both_isolates_them_and_leaves_one() {
     )
     .unwrap();
     for target in [b1, hub_b] {
-        assert!(!ping_once(&lab, "a1", target), "a1 reached {target}");
+        assert!(!lab.ping_once("a1", target), "a1 reached {target}");
     }
-    assert!(!ping_once(&lab, "b1", hub_a), "b1 reached hub's a address");
+    assert!(!lab.ping_once("b1", hub_a), "b1 reached hub's a address");
     let nft = lab
         .run("hub", &["nft", "list", "table", "inet", "weft"])
         .unwrap();
@@ -207,8 +191,8 @@ fn a_node_in_two_networks_reaches_both_isolates_them_and_leaves_one() {
         .unwrap();
     assert!(!routes.contains("100.64.2."), "{routes}");
     assert!(routes.contains("100.64.1.0/24"), "{routes}");
-    assert!(!ping_once(&lab, "hub", b1));
-    assert!(ping_once(&lab, "hub", a1), "hub still reaches a");
+    assert!(!lab.ping_once("hub", b1));
+    assert!(lab.ping_once("hub", a1), "hub still reaches a");
     assert_eq!(
         getent(&lab, "hub", "a1.a.weft.internal"),
         vec![a1.to_string()]

@@ -22,15 +22,8 @@ fn require_root() {
     }
 }
 
-fn within(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn within(what: &str, timeout: Duration, check: impl FnMut() -> bool) -> Duration {
+    weft_lab::timed_wait(what, timeout, check).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

@@ -7,58 +7,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weft_lab::mesh::{Mesh, NetworkSpec};
+use weft_lab::scripts::{ECHO_SERVER, UDP_BURST};
 use weft_lab::{Lab, Nat, Net, Topology};
 
 const NODES: [&str; 3] = ["web", "db", "other"];
-
-/// A threaded TCP echo server on the port in argv[1].
-const ECHO_SERVER: &str = r#"
-import socket, sys, threading
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(64)
-def serve(c):
-    try:
-        while True:
-            d = c.recv(4096)
-            if not d:
-                break
-            c.sendall(d)
-    except OSError:
-        pass
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
-
-/// Exit 0 if a TCP connection to argv[1]:argv[2] opens and echoes a byte within
-/// argv[3] seconds.
-const CONNECT: &str = r#"
-import socket, sys
-t = float(sys.argv[3])
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=t)
-    s.settimeout(t)
-    s.sendall(b"x")
-    ok = s.recv(1) == b"x"
-except OSError:
-    ok = False
-sys.exit(0 if ok else 1)
-"#;
-
-/// Sends argv[3] UDP datagrams to argv[1]:argv[2].
-const UDP_BURST: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for _ in range(int(sys.argv[3])):
-    s.sendto(b"x", (sys.argv[1], int(sys.argv[2])))
-"#;
 
 /// Holds a TCP connection to argv[1]:argv[2] open, echoing a byte every 50 ms and
 /// appending the wall-clock time of each echo to the file argv[3]; exits when an
@@ -92,30 +48,8 @@ fn lab() -> Lab {
     Lab::build(&topo).expect("build the lab")
 }
 
-fn python(lab: &Lab, node: &str, script: &str, args: &[&str]) -> Output {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.netns(node).unwrap(),
-            "python3",
-            "-c",
-            script,
-        ])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn connects(lab: &Lab, node: &str, ip: Ipv4Addr, port: u16) -> bool {
-    python(
-        lab,
-        node,
-        CONNECT,
-        &[&ip.to_string(), &port.to_string(), "1"],
-    )
-    .status
-    .success()
+    lab.tcp_echoes(node, ip, port)
 }
 
 fn peers(mesh: &Mesh<'_>, node: &str) -> Vec<String> {
@@ -139,15 +73,8 @@ fn peer_drops(mesh: &Mesh<'_>, node: &str, peer: &str, reason: &str) -> u64 {
 
 /// Waits until `check` holds (polling fast), failing after `timeout`; returns how
 /// long it took.
-fn within(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn within(what: &str, timeout: Duration, check: impl FnMut() -> bool) -> Duration {
+    weft_lab::timed_wait(what, timeout, check).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn set_policy(mesh: &Mesh<'_>, lab: &Lab, name: &str, text: &str) -> Instant {
@@ -363,13 +290,15 @@ fn policy_is_shipped_enforced_explained_and_changed_live() {
     std::thread::sleep(Duration::from_millis(300));
     let before = peer_drops(&mesh, "web", "db", "policy_no_rule");
     assert!(
-        python(&lab, "web", UDP_BURST, &[&ip_db.to_string(), "22", "50"])
+        lab.python("web", UDP_BURST, &[&ip_db.to_string(), "22", "50"])
+            .unwrap()
             .status
             .success()
     );
     let before_db = peer_drops(&mesh, "db", "web", "policy_no_rule");
     assert!(
-        python(&lab, "db", UDP_BURST, &[&ip_web.to_string(), "8080", "30"])
+        lab.python("db", UDP_BURST, &[&ip_web.to_string(), "8080", "30"])
+            .unwrap()
             .status
             .success()
     );

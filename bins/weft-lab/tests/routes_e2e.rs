@@ -14,96 +14,21 @@
 )]
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_lab::mesh::{Mesh, NetworkSpec};
+use weft_lab::scripts::ECHO_SERVER;
 use weft_lab::{Lab, Nat, Net, Topology};
-
-/// A threaded TCP echo server on the port in argv[1].
-const ECHO_SERVER: &str = r#"
-import socket, sys, threading
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(64)
-def serve(c):
-    try:
-        while True:
-            d = c.recv(4096)
-            if not d:
-                break
-            c.sendall(d)
-    except OSError:
-        pass
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
-
-/// Exit 0 if a TCP connection to argv[1]:argv[2] opens and echoes a byte within
-/// argv[3] seconds.
-const CONNECT: &str = r#"
-import socket, sys
-t = float(sys.argv[3])
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=t)
-    s.settimeout(t)
-    s.sendall(b"x")
-    ok = s.recv(1) == b"x"
-except OSError:
-    ok = False
-sys.exit(0 if ok else 1)
-"#;
 
 const ECHO_PORT: u16 = 7007;
 
-fn python(lab: &Lab, node: &str, script: &str, args: &[&str]) -> Output {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.netns(node).unwrap(),
-            "python3",
-            "-c",
-            script,
-        ])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn connects(lab: &Lab, node: &str, ip: Ipv4Addr) -> bool {
-    python(
-        lab,
-        node,
-        CONNECT,
-        &[&ip.to_string(), &ECHO_PORT.to_string(), "1"],
-    )
-    .status
-    .success()
+    lab.tcp_echoes(node, ip, ECHO_PORT)
 }
 
-/// One quick ping (answer within 500 ms).
-fn ping_once(lab: &Lab, node: &str, ip: Ipv4Addr) -> bool {
-    Command::new("ip")
-        .args(["netns", "exec", &lab.netns(node).unwrap()])
-        .args(["ping", "-c", "1", "-W", "0.5", "-n", "-q"])
-        .arg(ip.to_string())
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn within(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn within(what: &str, timeout: Duration, check: impl FnMut() -> bool) -> Duration {
+    weft_lab::timed_wait(what, timeout, check).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `ip route show <prefix>` in `node`: the route lines for exactly that prefix.
@@ -204,7 +129,7 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
         .unwrap();
     // Without the overlay the remote node cannot reach the LAN.
     assert!(
-        !ping_once(&lab, "remote", server),
+        !lab.ping_once("remote", server),
         "{server} reachable without weft"
     );
 
@@ -244,7 +169,7 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
 
     // The remote node reaches the LAN host by its LAN address, ping and TCP.
     let t = within("remote pings the LAN host", Duration::from_secs(15), || {
-        ping_once(&lab, "remote", server)
+        lab.ping_once("remote", server)
     });
     println!("route approved -> remote pings {server} through gw1 in {t:?}");
     assert!(
@@ -268,14 +193,8 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
             .unwrap_or(0)
     };
     let before = drops();
-    let refused = python(
-        &lab,
-        "remote",
-        CONNECT,
-        &[&server.to_string(), &(ECHO_PORT + 1).to_string(), "1"],
-    );
     assert!(
-        !refused.status.success(),
+        !lab.tcp_echoes("remote", server, ECHO_PORT + 1),
         "port {} was reachable",
         ECHO_PORT + 1
     );
@@ -290,7 +209,7 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
     assert!(route_lines(&lab, "other", &subnet).is_empty());
     lab.run("other", &["ip", "route", "add", &subnet, "dev", "weft0"])
         .unwrap();
-    assert!(!ping_once(&lab, "other", server), "other reached {server}");
+    assert!(!lab.ping_once("other", server), "other reached {server}");
     assert!(
         !connects(&lab, "other", server),
         "other reached TCP {server}"
@@ -315,7 +234,7 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
             && !nft_rules(&lab, "gw1").contains("masquerade")
     });
     println!("route withdrawn -> removed on remote and gw1 in {t:?}");
-    assert!(!ping_once(&lab, "remote", server));
+    assert!(!lab.ping_once("remote", server));
     assert_eq!(
         lab.run("gw1", &["cat", "/proc/sys/net/ipv4/ip_forward"])
             .unwrap()
@@ -348,7 +267,7 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
     within(
         "remote pings the LAN host via gw1",
         Duration::from_secs(15),
-        || ping_once(&lab, "remote", server),
+        || lab.ping_once("remote", server),
     );
     within("gw2 is ready (masquerade)", Duration::from_secs(10), || {
         nft_rules(&lab, "gw2").contains("masquerade")
@@ -357,7 +276,7 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
     mesh.kill_agent("gw1").unwrap();
     let killed = Instant::now();
     within("traffic moves to gw2", Duration::from_secs(10), || {
-        ping_once(&lab, "remote", server)
+        lab.ping_once("remote", server)
     });
     let took = killed.elapsed();
     println!("gw1 killed -> remote pings {server} through gw2 after {took:?}");
@@ -386,7 +305,7 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
     );
     within("traffic goes through gw1", Duration::from_secs(15), || {
         let before = masq_packets(&lab, "gw1");
-        ping_once(&lab, "remote", server) && masq_packets(&lab, "gw1") > before
+        lab.ping_once("remote", server) && masq_packets(&lab, "gw1") > before
     });
     lab.run("gw1", &["ip", "link", "set", "eth0", "down"])
         .unwrap();
@@ -394,7 +313,7 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
     within(
         "traffic moves to gw2 after gw1's path died",
         Duration::from_secs(10),
-        || ping_once(&lab, "remote", server),
+        || lab.ping_once("remote", server),
     );
     let took = cut.elapsed();
     println!(

@@ -25,6 +25,30 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How many log lines an error shows.
 const TAIL_LINES: usize = 20;
 
+/// Polls `check` every [`POLL_INTERVAL`] until it holds and returns how long
+/// that took, or fails with [`LabError::Timeout`] naming `what` after `timeout`
+/// (for tests that measure how fast something takes effect).
+pub fn timed_wait(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return Err(LabError::Timeout {
+                what: what.to_owned(),
+                waited: start.elapsed(),
+                detail: String::new(),
+            });
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
 /// Polls `check` every [`POLL_INTERVAL`] until it returns `true`, an error, or
 /// `timeout` passes (then [`LabError::Timeout`] naming `what`).
 pub fn wait_until(
