@@ -671,6 +671,8 @@ async fn tun_reader(slot: NetIndex, dev: Arc<Tun>, sh: Arc<Shared>, mtu: usize) 
 struct TunWriter {
     gro: GROTable,
     group: Vec<Vec<u8>>,
+    /// The networks of a mixed batch (reused: no allocation per batch).
+    distinct: Vec<NetIndex>,
 }
 
 impl TunWriter {
@@ -678,6 +680,7 @@ impl TunWriter {
         Self {
             gro: GROTable::default(),
             group: Vec::new(),
+            distinct: Vec::new(),
         }
     }
 
@@ -698,10 +701,12 @@ impl TunWriter {
         }
         // Several networks in one batch: one coalesced write per network, order
         // kept within each.
-        let mut distinct: Vec<NetIndex> = nets.to_vec();
-        distinct.sort_unstable();
-        distinct.dedup();
-        for net in distinct {
+        self.distinct.clear();
+        self.distinct.extend_from_slice(nets);
+        self.distinct.sort_unstable();
+        self.distinct.dedup();
+        for i in 0..self.distinct.len() {
+            let net = self.distinct[i];
             self.group.clear();
             for (b, n) in bufs.iter_mut().zip(nets) {
                 if *n == net {

@@ -26,6 +26,7 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use rand_core::RngCore as _;
 use serde::Serialize;
+use weft_proto::relay_api::RelayUrl;
 use weft_proto::stun;
 
 use super::agent::SocketArg;
@@ -133,30 +134,11 @@ pub fn alternate_of(server: SocketAddr, other: SocketAddr) -> SocketAddr {
     }
 }
 
-/// `https://host[:port][/...]` to `host:port` (default 443).
+/// A relay URL's host and port ([`RelayUrl`], the same parser the controller
+/// and agents use).
 fn url_host_port(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .unwrap_or(url);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .with_context(|| format!("bad relay URL {url}"))?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().with_context(|| format!("bad port in {url}"))?,
-            None => 443,
-        };
-        return Ok((host.to_owned(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Ok((
-            host.to_owned(),
-            port.parse().with_context(|| format!("bad port in {url}"))?,
-        )),
-        None => Ok((authority.to_owned(), 443)),
-    }
+    let u = RelayUrl::parse(url).with_context(|| format!("bad relay URL {url}"))?;
+    Ok((u.host, u.port))
 }
 
 fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
@@ -521,22 +503,6 @@ mod tests {
         assert_eq!(
             alternate_of(sa("198.18.0.10:3478"), sa("198.18.0.11:3479")),
             sa("198.18.0.11:3479")
-        );
-    }
-
-    #[test]
-    fn relay_urls_give_host_and_port() {
-        assert_eq!(
-            url_host_port("https://relay.example.net").unwrap(),
-            ("relay.example.net".to_owned(), 443)
-        );
-        assert_eq!(
-            url_host_port("https://198.18.0.10:8443/x").unwrap(),
-            ("198.18.0.10".to_owned(), 8443)
-        );
-        assert_eq!(
-            url_host_port("https://[2001:db8::1]:444").unwrap(),
-            ("2001:db8::1".to_owned(), 444)
         );
     }
 
