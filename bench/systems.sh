@@ -28,6 +28,10 @@ sys_rawnooff_up() {
 # ---- weft (this repository, release build) ---------------------------------
 # Controller in bench-a on the veth address; both agents join with one token
 # (PoW difficulty 8); overlay 100.64.0.0/24 from the controller, MTU 1420.
+# --dns off: the two agents share the host's /etc/resolv.conf (a network
+# namespace does not separate files), and with DNS on each would repair the
+# other's edit every few seconds: noise in the measurement, and the host's file
+# rewritten.
 sys_weft_install() {
     local src=$REPO
     if [ -n "${WEFT_REV:-}" ]; then
@@ -88,7 +92,7 @@ sys_weft_up() {
         ns=$NS_A; [ "$n" = b ] && ns=$NS_B
         spawn "$ns" "$d/weftd-$n.log" "${WEFTD_BIN:-$WEFT_BIN/weftd}" --state-dir "$d/state-$n" --socket "$d/$n.sock" \
             --port 51820 --mint-difficulty 8 --controller "https://$UL_A:8443" --token-file "$d/token" \
-            --pin-sha256 "$fp" --name "bench-$n" --log info
+            --pin-sha256 "$fp" --name "bench-$n" --log info --dns off
         DAEMONS+=("$SPAWNED")
     done
     wait_for "weftd in $NS_A joined" 300 weft_ready a "$NS_A" || return 1

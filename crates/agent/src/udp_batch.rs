@@ -5,19 +5,24 @@
 //!
 //! Each feature is probed when the socket is set up and falls back to one
 //! syscall per datagram when the kernel lacks it (logged once).
+//!
+//! The socket is non-blocking and owned by the data plane's I/O thread (not
+//! registered with the async runtime); sends that find its buffer full either
+//! wait for room ([`Wait::Room`], the data path: backpressure) or drop
+//! ([`Wait::No`], control traffic sent from async tasks, which the protocols
+//! retry).
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, getsockopt, recvmsg, sendmsg,
     setsockopt, sockopt,
 };
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 /// Receive buffer for one (possibly GRO-coalesced) read.
 pub(crate) const RECV_BUF: usize = 65_536;
@@ -68,15 +73,53 @@ impl Offloads {
     }
 }
 
+/// What a send does when the socket's buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Wait (up to [`FULL_WAIT_MS`]) for room: the data path, where waiting is
+    /// backpressure on the reader.
+    Room,
+    /// Drop the datagram: callers on the async runtime must not block.
+    No,
+}
+
+/// The longest a data-path send waits for room in a full socket buffer.
+const FULL_WAIT_MS: u8 = 100;
+
+/// Runs `op` (a non-blocking send); on `EAGAIN` with [`Wait::Room`] waits for
+/// the socket to become writable and tries once more.
+fn with_room<T>(
+    udp: &UdpSocket,
+    wait: Wait,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    match op() {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && wait == Wait::Room => {
+            let mut fds = [PollFd::new(udp.as_fd(), PollFlags::POLLOUT)];
+            let _ = poll(&mut fds, PollTimeout::from(FULL_WAIT_MS));
+            op()
+        }
+        r => r,
+    }
+}
+
+/// Sends one datagram.
+pub(crate) fn send_one(udp: &UdpSocket, dst: SocketAddr, data: &[u8], wait: Wait) {
+    if let Err(e) = with_room(udp, wait, || udp.send_to(data, dst)) {
+        tracing::trace!(%dst, error = %e, "sending datagram failed");
+    }
+}
+
 /// Sends `data`, datagrams of `seg` bytes back to back (the last may be
 /// shorter), to `dst`: one `sendmsg` with `UDP_SEGMENT` when there are several
 /// and the kernel supports it, else one send each.
-pub(crate) async fn send_segments(
+pub(crate) fn send_segments(
     udp: &UdpSocket,
     off: &Offloads,
     dst: SocketAddr,
     data: &[u8],
     seg: usize,
+    wait: Wait,
 ) {
     let seg = seg.max(1);
     if data.len() > seg
@@ -84,18 +127,16 @@ pub(crate) async fn send_segments(
         && let Ok(seg16) = u16::try_from(seg)
     {
         let addr = SockaddrStorage::from(dst);
-        let sent = udp
-            .async_io(Interest::WRITABLE, || {
-                sendmsg(
-                    udp.as_raw_fd(),
-                    &[IoSlice::new(data)],
-                    &[ControlMessage::UdpGsoSegments(&seg16)],
-                    MsgFlags::empty(),
-                    Some(&addr),
-                )
-                .map_err(io::Error::from)
-            })
-            .await;
+        let sent = with_room(udp, wait, || {
+            sendmsg(
+                udp.as_raw_fd(),
+                &[IoSlice::new(data)],
+                &[ControlMessage::UdpGsoSegments(&seg16)],
+                MsgFlags::empty(),
+                Some(&addr),
+            )
+            .map_err(io::Error::from)
+        });
         match sent {
             Ok(_) => return,
             // EIO: the device cannot checksum-offload segments; EINVAL/EOPNOTSUPP:
@@ -114,9 +155,7 @@ pub(crate) async fn send_segments(
         }
     }
     for d in data.chunks(seg) {
-        if let Err(e) = udp.send_to(d, dst).await {
-            tracing::trace!(%dst, error = %e, "sending datagram failed");
-        }
+        send_one(udp, dst, d, wait);
     }
 }
 
@@ -174,10 +213,11 @@ pub(crate) fn gro_cmsg_space() -> Vec<u8> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn gso_send_and_gro_receive_round_trip_between_sockets() {
-        let a = UdpSocket::bind("127.0.0.1:0").await.expect("bind a");
-        let b = UdpSocket::bind("127.0.0.1:0").await.expect("bind b");
+    #[test]
+    fn gso_send_and_gro_receive_round_trip_between_sockets() {
+        let a = UdpSocket::bind("127.0.0.1:0").expect("bind a");
+        let b = UdpSocket::bind("127.0.0.1:0").expect("bind b");
+        a.set_nonblocking(true).expect("nonblocking a");
         let off_a = Offloads::setup(&a, true);
         let off_b = Offloads::setup(&b, true);
         let to = b.local_addr().expect("addr b");
@@ -185,17 +225,13 @@ mod tests {
         for i in 0..10u8 {
             data.extend(std::iter::repeat_n(i, if i == 9 { 300 } else { 1000 }));
         }
-        send_segments(&a, &off_a, to, &data, 1000).await;
+        send_segments(&a, &off_a, to, &data, 1000, Wait::Room);
         let mut got = Vec::new();
         let mut buf = vec![0u8; RECV_BUF];
         let mut cmsg = gro_cmsg_space();
         while got.len() < 10 {
-            let (n, from, seg) = b
-                .async_io(Interest::READABLE, || {
-                    recv_segments(&b, &mut buf, &mut cmsg)
-                })
-                .await
-                .expect("receive");
+            // `b` blocks: the datagrams are already queued or on their way.
+            let (n, from, seg) = recv_segments(&b, &mut buf, &mut cmsg).expect("receive");
             assert_eq!(from, a.local_addr().expect("addr a"));
             if !off_b.gro {
                 assert_eq!(seg, n);

@@ -303,6 +303,17 @@ impl<'l> Mesh<'l> {
     /// `/etc/netns/<netns>/resolv.conf` (the lab always creates it): the agent then
     /// manages that file, never the host's `/etc/resolv.conf`. Otherwise `--dns off`.
     pub fn start_agent(&mut self, node: &str, token: Option<&Path>) -> anyhow::Result<()> {
+        self.start_agent_with_env(node, token, &[])
+    }
+
+    /// [`Mesh::start_agent`] with extra environment variables for `weftd` (e.g.
+    /// `WEFTD_OFFLOAD=0` to exercise the fallback without offloads).
+    pub fn start_agent_with_env(
+        &mut self,
+        node: &str,
+        token: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let state_dir = self.lab.log_dir().join(format!("{node}-state"));
         let socket = self.lab.log_dir().join(format!("{node}.sock"));
         let mut cmd = Command::new(bin_path("weftd")?);
@@ -321,6 +332,7 @@ impl<'l> Mesh<'l> {
             "off"
         };
         cmd.args(["--dns", dns]);
+        cmd.envs(env.iter().copied());
         if let Some(t) = token {
             cmd.args(["--controller", &self.controller.url])
                 .arg("--token-file")

@@ -120,6 +120,11 @@ impl DatagramBatch {
         self.runs.is_empty()
     }
 
+    /// Bytes committed (all datagrams together).
+    pub fn bytes(&self) -> usize {
+        self.len
+    }
+
     /// Forgets every datagram, keeping the buffer.
     pub fn clear(&mut self) {
         self.len = 0;

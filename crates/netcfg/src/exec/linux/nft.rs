@@ -1,6 +1,7 @@
 //! The host-wide executor part: the nftables table `inet weft` (through the
 //! `nft` program, one atomic script per change) and `net.ipv4.ip_forward`.
 
+use std::collections::BTreeSet;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
@@ -13,11 +14,20 @@ use crate::firewall::{
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Largest `nft` output read (the table holds a few rules).
 const MAX_OUTPUT: usize = 1 << 20;
+/// Observations answered from the last `nft` listing before `nft` runs again.
+/// Listing means starting the `nft` program (a few milliseconds of CPU and a
+/// burst of page faults); the reconciler observes every 2 s, so running it each
+/// time cost an idle agent more CPU than everything else together and disturbed
+/// the data plane's latency. A table changed behind weft's back is now repaired
+/// within about 30 s; every change weft makes itself drops the cached listing.
+const LIST_EVERY: u32 = 15;
 
-/// State kept across calls: what forwarding was before weft turned it on.
+/// State kept across calls: what forwarding was before weft turned it on, and
+/// the last listing of the table with how many observations it has answered.
 #[derive(Debug, Default)]
 pub(super) struct Firewall {
     forward_set_by_weft: bool,
+    listed: Option<(Option<BTreeSet<String>>, u32)>,
 }
 
 fn failed(op: &str, detail: impl Into<String>) -> ExecError {
@@ -37,6 +47,27 @@ fn io_err(op: &str, e: &std::io::Error) -> ExecError {
 
 impl Firewall {
     pub(super) fn observe(&mut self) -> Result<ObservedFirewall, ExecError> {
+        let table = match &mut self.listed {
+            Some((table, uses)) if *uses < LIST_EVERY => {
+                *uses += 1;
+                table.clone()
+            }
+            _ => {
+                let table = Self::list()?;
+                self.listed = Some((table.clone(), 1));
+                table
+            }
+        };
+        let fwd = std::fs::read_to_string(IP_FORWARD).map_err(|e| io_err(IP_FORWARD, &e))?;
+        Ok(ObservedFirewall {
+            table,
+            ip_forward: fwd.trim() == "1",
+            forward_set_by_weft: self.forward_set_by_weft,
+        })
+    }
+
+    /// The comments of the rules in table `inet weft` as `nft` lists them.
+    fn list() -> Result<Option<BTreeSet<String>>, ExecError> {
         let op = "observe nftables";
         let out = Command::new("nft")
             .args(["-j", "list", "table"])
@@ -57,23 +88,20 @@ impl Firewall {
                 return Err(failed(op, format!("nft list table: {}", err.trim())));
             }
         };
-        let fwd = std::fs::read_to_string(IP_FORWARD).map_err(|e| io_err(IP_FORWARD, &e))?;
-        Ok(ObservedFirewall {
-            table,
-            ip_forward: fwd.trim() == "1",
-            forward_set_by_weft: self.forward_set_by_weft,
-        })
+        Ok(table)
     }
 
     pub(super) fn set_table(
         &mut self,
         op: &str,
-        rules: &std::collections::BTreeSet<NftRule>,
+        rules: &BTreeSet<NftRule>,
     ) -> Result<(), ExecError> {
+        self.listed = None;
         run_nft(op, &render_script(rules))
     }
 
     pub(super) fn delete_table(&mut self, op: &str) -> Result<(), ExecError> {
+        self.listed = None;
         run_nft(op, &delete_script())
     }
 
