@@ -729,9 +729,22 @@ fn io_loop(sh: &Arc<Shared>, ctl: &LoopCtl) {
                 udp.read(sh);
             }
             for (i, (slot, dev)) in devs.iter().enumerate() {
-                if is_ready(&fds[2 + i]) && !tun.read(sh, *slot, dev) {
-                    // Reads fail for good: stop polling it (the supervisor closes it).
-                    fds[2 + i].set_events(PollFlags::empty());
+                if !is_ready(&fds[2 + i]) {
+                    continue;
+                }
+                // A super-packet means a bulk flow: read on without a `poll` in
+                // between (a few times, so the other descriptors get their turn).
+                for _ in 0..TUN_READS_PER_WAKE {
+                    match tun.read(sh, *slot, dev) {
+                        TunRead::Bulk => {}
+                        TunRead::Done => break,
+                        TunRead::Failed => {
+                            // Reads fail for good: stop polling it (the
+                            // supervisor closes it).
+                            fds[2 + i].set_events(PollFlags::empty());
+                            break;
+                        }
+                    }
                 }
             }
             if is_ready(&fds[0]) {
@@ -742,6 +755,19 @@ fn io_loop(sh: &Arc<Shared>, ctl: &LoopCtl) {
             }
         }
     }
+}
+
+/// Reads of one TUN per wake-up while they keep returning super-packets.
+const TUN_READS_PER_WAKE: usize = 8;
+
+/// What one TUN read found.
+enum TunRead {
+    /// A super-packet (several segments): more are likely queued.
+    Bulk,
+    /// A single packet, nothing, or a packet dropped: back to `poll`.
+    Done,
+    /// The device cannot be read any more.
+    Failed,
 }
 
 /// The TUN side of the I/O thread: reads, encrypts, sends. Buffers are shared
@@ -797,9 +823,8 @@ impl TunSide {
         }
     }
 
-    /// One read from `dev` and what follows from it; `false` when the device
-    /// cannot be read any more.
-    fn read(&mut self, sh: &Shared, slot: NetIndex, dev: &Tun) -> bool {
+    /// One read from `dev` and what follows from it.
+    fn read(&mut self, sh: &Shared, slot: NetIndex, dev: &Tun) -> TunRead {
         let read = if dev.vnet {
             dev.dev
                 .recv_multiple(&mut self.raw, &mut self.segs, &mut self.sizes, 0)
@@ -813,16 +838,16 @@ impl TunSide {
         };
         let n = match read {
             Ok(n) => n.min(self.sizes.len()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return TunRead::Done,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return TunRead::Done,
             // The kernel handed over an offload packet tun-rs cannot split: drop it.
             Err(e) if e.raw_os_error().is_none() => {
                 tracing::debug!(slot, error = %e, "unusable packet from the TUN dropped");
-                return true;
+                return TunRead::Done;
             }
             Err(e) => {
                 tracing::warn!(slot, error = %e, "reading from TUN failed; no longer reading this interface");
-                return false;
+                return TunRead::Failed;
             }
         };
         {
@@ -870,7 +895,7 @@ impl TunSide {
         if !self.tx.is_empty() {
             sh.flush(&mut self.tx, Wait::Room);
         }
-        true
+        if n > 1 { TunRead::Bulk } else { TunRead::Done }
     }
 }
 
