@@ -461,28 +461,7 @@ fn userspace_wire_delays_and_drops_as_asked() {
     );
 
     // TCP with segmentation offload and partial checksums crosses the wire.
-    let mut server = Command::new("iperf3");
-    server.args(["-s", "-1", "-p", "5201"]);
-    let mut srv = lab.spawn("y", "iperf3-server", &server).unwrap();
-    srv.wait_for_tcp_listen(5201, Duration::from_secs(10))
-        .unwrap();
-    let out = lab
-        .run(
-            "x",
-            &[
-                "iperf3",
-                "-c",
-                &y.to_string(),
-                "-p",
-                "5201",
-                "-t",
-                "2",
-                "-J",
-            ],
-        )
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap();
+    let (bytes, out) = lab.iperf3_bytes("x", "y", y, 2).unwrap();
     println!("iperf3 through the wire (100 ms RTT, 2 s): {bytes} bytes");
     assert!(bytes > 1_000_000.0, "{out}");
 

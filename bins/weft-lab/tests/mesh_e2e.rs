@@ -6,7 +6,6 @@
 #![allow(clippy::disallowed_methods, reason = "tests wait on the real clock")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
-use std::process::Command;
 use std::time::Duration;
 
 use weft_lab::mesh::{Mesh, NetworkSpec};
@@ -117,28 +116,7 @@ fn three_nodes_ping_each_other_and_carry_tcp() {
     );
 
     // A TCP transfer over the overlay with iperf3.
-    let mut server = Command::new("iperf3");
-    server.args(["-s", "-1", "-B", &ip2.to_string(), "-p", "5201"]);
-    let mut srv = lab.spawn("node2", "iperf3-server", &server).unwrap();
-    srv.wait_for_tcp_listen(5201, Duration::from_secs(10))
-        .unwrap();
-    let out = lab
-        .run(
-            "node1",
-            &[
-                "iperf3",
-                "-c",
-                &ip2.to_string(),
-                "-p",
-                "5201",
-                "-t",
-                "2",
-                "-J",
-            ],
-        )
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap();
+    let (bytes, _) = lab.iperf3_bytes("node1", "node2", ip2, 2).unwrap();
     assert!(bytes > 1_000_000.0, "iperf3 moved only {bytes} bytes");
 
     // Status shows every peer with an endpoint and traffic.
@@ -210,28 +188,7 @@ fn offload_and_thread_fallbacks_carry_ping_and_tcp() {
             )
             .unwrap();
         assert!(out.contains(" 0% packet loss"), "{from} -> {to}: {out}");
-        let mut server = Command::new("iperf3");
-        server.args(["-s", "-1", "-B", &ip.to_string(), "-p", "5201"]);
-        let mut srv = lab.spawn(to, "iperf3-server", &server).unwrap();
-        srv.wait_for_tcp_listen(5201, Duration::from_secs(10))
-            .unwrap();
-        let out = lab
-            .run(
-                from,
-                &[
-                    "iperf3",
-                    "-c",
-                    &ip.to_string(),
-                    "-p",
-                    "5201",
-                    "-t",
-                    "2",
-                    "-J",
-                ],
-            )
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap();
+        let (bytes, _) = lab.iperf3_bytes(from, to, ip, 2).unwrap();
         assert!(
             bytes > 1_000_000.0,
             "{from} -> {to}: iperf3 moved only {bytes} bytes"

@@ -4,9 +4,10 @@
 
 use std::net::IpAddr;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use crate::Lab;
-use crate::error::Result;
+use crate::error::{LabError, Result};
 use crate::process;
 
 /// A threaded TCP echo server on the port in argv[1].
@@ -74,6 +75,40 @@ impl Lab {
             &[&ip.to_string(), &port.to_string(), "1"],
         )
         .is_ok_and(|o| o.status.success())
+    }
+
+    /// One iperf3 TCP run of `secs` seconds from `from` to a one-shot server in
+    /// `to` listening on `ip` (port 5201): the bytes received and iperf3's JSON.
+    pub fn iperf3_bytes(
+        &self,
+        from: &str,
+        to: &str,
+        ip: impl Into<IpAddr>,
+        secs: u32,
+    ) -> Result<(f64, String)> {
+        let ip = ip.into().to_string();
+        let mut server = Command::new("iperf3");
+        server.args(["-s", "-1", "-B", &ip, "-p", "5201"]);
+        let mut srv = self.spawn(to, "iperf3-server", &server)?;
+        srv.wait_for_tcp_listen(5201, Duration::from_secs(10))?;
+        let out = self.run(
+            from,
+            &[
+                "iperf3",
+                "-c",
+                &ip,
+                "-p",
+                "5201",
+                "-t",
+                &secs.to_string(),
+                "-J",
+            ],
+        )?;
+        let bytes = serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| v["end"]["sum_received"]["bytes"].as_f64())
+            .ok_or_else(|| LabError::Probe(format!("iperf3 printed no received bytes: {out}")))?;
+        Ok((bytes, out))
     }
 
     /// Whether one ping from `node` to `ip` is answered within 500 ms (no retry:
