@@ -121,6 +121,19 @@ pub fn render_script(rules: &BTreeSet<NftRule>) -> String {
             }
         }
     }
+    // The NAT chain only when something is masqueraded: any chain of type nat
+    // makes the kernel track connections for every packet of the host (or
+    // network namespace), which an isolation-only table must not cost.
+    let postrouting = if nat.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\x20 chain postrouting {{\n\
+             \x20   type nat hook postrouting priority srcnat; policy accept;\n\
+             {nat}\
+             \x20 }}\n"
+        )
+    };
     format!(
         "table {NFT_TABLE} {{}}\n\
          delete table {NFT_TABLE}\n\
@@ -129,10 +142,7 @@ pub fn render_script(rules: &BTreeSet<NftRule>) -> String {
          \x20   type filter hook forward priority filter; policy accept;\n\
          {forward}\
          \x20 }}\n\
-         \x20 chain postrouting {{\n\
-         \x20   type nat hook postrouting priority srcnat; policy accept;\n\
-         {nat}\
-         \x20 }}\n\
+         {postrouting}\
          }}\n"
     )
 }
@@ -188,6 +198,16 @@ mod tests {
             "ip saddr 100.64.0.0/24 ip daddr 10.1.0.0/24 counter masquerade comment \"weft:masq 100.64.0.0/24 10.1.0.0/24\""
         ));
         assert!(script.starts_with("table inet weft {}\ndelete table inet weft\n"));
+        assert!(script.contains("type nat hook postrouting"));
+        // Isolation alone needs no NAT chain (which would turn on connection
+        // tracking for every packet of the host).
+        let isolate_only = FirewallSpec {
+            isolate: true,
+            ..FirewallSpec::default()
+        };
+        let script = render_script(&isolate_only.rules());
+        assert!(script.contains("comment \"weft:isolate\""), "{script}");
+        assert!(!script.contains("postrouting"), "{script}");
     }
 
     #[test]
