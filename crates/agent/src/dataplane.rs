@@ -367,6 +367,14 @@ impl Dataplane {
         errors
     }
 
+    /// Whether the I/O thread has ended without being asked to (a panic, or
+    /// `poll` failing): the data plane no longer moves packets.
+    pub(crate) fn io_stopped(&self) -> bool {
+        self.io
+            .as_ref()
+            .is_some_and(|(ctl, t)| t.is_finished() && !ctl.stop.load(Ordering::Acquire))
+    }
+
     /// Tells the I/O thread that the set of TUN devices changed and waits (up to
     /// a second) until it runs with the new set.
     fn sync_io(&self) {
@@ -1151,6 +1159,24 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(*done.lock().expect("lock"), (0..50).collect::<Vec<_>>());
+    }
+
+    /// A running data plane is not reported stopped, nor is one shut down on
+    /// purpose; shutdown joins the I/O thread.
+    #[tokio::test]
+    async fn io_stopped_only_when_the_thread_ends_unasked() {
+        let node = Node::new(
+            weft_proto::NodeKey::from_bytes([1; 32]),
+            [2; 32],
+            [3; 32],
+            clock::now(),
+        );
+        let mut dp = Dataplane::start(node, 0).await.expect("start");
+        assert_ne!(dp.port(), 0);
+        assert!(!dp.io_stopped());
+        dp.shutdown();
+        assert!(dp.io.is_none());
+        assert!(!dp.io_stopped());
     }
 
     /// The I/O thread picks up added and removed TUN sets and stops on request.

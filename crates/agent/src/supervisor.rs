@@ -137,6 +137,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     tokio::pin!(shutdown);
     let mut dns_tick = tokio::time::interval(dns::DRIFT_INTERVAL);
     dns_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed = None;
     loop {
         let deadline = agent.reconciler.poll_timeout().map(|(at, _)| at);
         tokio::select! {
@@ -153,9 +154,19 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
                 agent.apply_map(map).await;
             }
             () = sleep_until(deadline) => agent.reconcile(),
-            _ = dns_tick.tick() => if !agent.down {
-                agent.dns.tick().await;
-            },
+            _ = dns_tick.tick() => {
+                // A data plane that stopped (its I/O thread panicked, say) must not
+                // leave an agent that looks alive: exit, so the service manager
+                // restarts it.
+                if agent.dp.io_stopped() {
+                    tracing::error!("the data plane's I/O thread stopped; exiting so weftd can be restarted");
+                    failed = Some("the data plane's I/O thread stopped unexpectedly (see the log)");
+                    break;
+                }
+                if !agent.down {
+                    agent.dns.tick().await;
+                }
+            }
         }
     }
     tracing::info!("shutting down: removing weft interfaces and routes");
@@ -164,7 +175,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     agent.dns.shutdown().await;
     agent.teardown();
     api::unlink(&cfg.socket);
-    Ok(())
+    match failed {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
 }
 
 async fn sleep_until(at: Option<std::time::Instant>) {
