@@ -245,11 +245,12 @@ impl Dataplane {
             reflexive,
         });
         let ctl = Arc::new(LoopCtl::new().context("creating the I/O thread's wake-up eventfd")?);
+        let pipelined = pipelined();
         let io = {
             let (sh, ctl) = (shared.clone(), ctl.clone());
             std::thread::Builder::new()
                 .name("weft-io".into())
-                .spawn(move || io_loop(&sh, &ctl))
+                .spawn(move || io_loop(&sh, &ctl, pipelined))
                 .context("starting the data plane's I/O thread")?
         };
         let timer_task = tokio::spawn(timer_task(shared.clone()));
@@ -257,7 +258,7 @@ impl Dataplane {
             port,
             udp_gso = shared.udp_offloads.gso_on(),
             udp_gro = shared.udp_offloads.gro,
-            pipelined = pipelined(),
+            pipelined,
             "data plane listening"
         );
         #[cfg(feature = "unenforced-benchmark-only")]
@@ -641,6 +642,21 @@ impl<B: Send + 'static> Worker<B> {
         })
     }
 
+    /// [`Worker::spawn`] when `pipelined`; a worker that cannot start is logged
+    /// and its output done inline.
+    fn start_if(
+        pipelined: bool,
+        name: &str,
+        work: impl FnMut(&mut B) + Send + 'static,
+    ) -> Option<Self> {
+        if !pipelined {
+            return None;
+        }
+        Self::spawn(name, work)
+            .map_err(|e| tracing::warn!(worker = name, error = %e, "cannot start; doing its output inline"))
+            .ok()
+    }
+
     /// Whether every batch handed over is done (so output done inline now
     /// cannot overtake one).
     fn idle(&self) -> bool {
@@ -661,6 +677,35 @@ impl<B: Send + 'static> Worker<B> {
             Err(_) => self.empty.recv().ok(),
         }
     }
+}
+
+/// Hands `batch` to the worker in `slot` when it is `large` or the worker still
+/// holds earlier batches (so nothing done inline overtakes them), leaving the
+/// batch it gives back (or a new one from `make`) in its place. `false`: the caller does it inline. A
+/// worker found gone is dropped, and its output is done inline from then on.
+fn hand_over<B: Send + 'static>(
+    slot: &mut Option<Worker<B>>,
+    batch: &mut B,
+    large: bool,
+    placeholder: impl FnOnce() -> B,
+    make: impl Fn() -> B,
+) -> bool {
+    let Some(w) = slot.as_mut() else {
+        return false;
+    };
+    if !large && w.idle() {
+        return false;
+    }
+    let filled = std::mem::replace(batch, placeholder());
+    match w.pass(filled, &make) {
+        Some(b) => *batch = b,
+        None => {
+            tracing::warn!("output worker gone; doing its output inline");
+            *slot = None;
+            *batch = make();
+        }
+    }
+    true
 }
 
 /// Control of the I/O thread.
@@ -693,10 +738,9 @@ impl LoopCtl {
 
 /// The I/O thread: one `poll` over the wake-up eventfd, the UDP socket and
 /// every TUN device; whatever is ready is handled inline.
-fn io_loop(sh: &Arc<Shared>, ctl: &LoopCtl) {
-    let pipe = pipelined();
-    let mut udp = UdpSide::new(sh, pipe);
-    let mut tun = TunSide::new(sh, pipe);
+fn io_loop(sh: &Arc<Shared>, ctl: &LoopCtl, pipelined: bool) {
+    let mut udp = UdpSide::new(sh, pipelined);
+    let mut tun = TunSide::new(sh, pipelined);
     loop {
         // A new generation of the TUN set: pick it up and tell `sync_io`.
         let want = ctl.wanted.load(Ordering::Acquire);
@@ -782,9 +826,9 @@ enum TunRead {
 /// by all devices (one is read at a time).
 struct TunSide {
     raw: Vec<u8>,
+    /// One buffer per segment of a read, each as long as the longest segment.
     segs: Vec<Vec<u8>>,
     sizes: Vec<usize>,
-    seg_len: usize,
     batch: DatagramBatch,
     replies: PacketBatch,
     tx: Vec<Transmit>,
@@ -793,22 +837,15 @@ struct TunSide {
 
 impl TunSide {
     fn new(sh: &Arc<Shared>, pipelined: bool) -> Self {
-        let worker = pipelined
-            .then(|| {
-                let sh = sh.clone();
-                Worker::spawn("weft-udp-tx", move |b: &mut DatagramBatch| {
-                    sh.send_batch(b);
-                    b.clear();
-                })
-                .map_err(|e| tracing::warn!(error = %e, "no UDP send worker; sending inline"))
-                .ok()
-            })
-            .flatten();
+        let sh = sh.clone();
+        let worker = Worker::start_if(pipelined, "weft-udp-tx", move |b: &mut DatagramBatch| {
+            sh.send_batch(b);
+            b.clear();
+        });
         let mut side = Self {
             raw: vec![0u8; HDR + 65_535],
             segs: Vec::new(),
             sizes: vec![0; BATCH],
-            seg_len: 0,
             batch: DatagramBatch::new(0, 0),
             replies: PacketBatch::new(HDR, 4),
             tx: Vec::new(),
@@ -822,10 +859,14 @@ impl TunSide {
         DatagramBatch::new((seg_len + WG_OVERHEAD).max(MIN_OUT_BUF), BATCH)
     }
 
+    /// The segment length the buffers hold.
+    fn seg_len(&self) -> usize {
+        self.segs.first().map_or(0, Vec::len)
+    }
+
     /// Makes the segment buffers hold segments of `seg_len` bytes.
     fn fit(&mut self, seg_len: usize) {
-        if seg_len > self.seg_len {
-            self.seg_len = seg_len;
+        if seg_len > self.seg_len() {
             self.segs = vec![vec![0u8; seg_len]; BATCH];
             self.batch = Self::new_batch(seg_len);
         }
@@ -874,23 +915,14 @@ impl TunSide {
             sh.drain(&mut node, &mut self.tx);
         }
         if !self.batch.is_empty() {
-            match self.worker.as_mut() {
-                Some(w) if self.batch.bytes() > INLINE_BYTES || !w.idle() => {
-                    let seg_len = self.seg_len;
-                    let filled = std::mem::replace(&mut self.batch, DatagramBatch::new(0, 0));
-                    match w.pass(filled, || Self::new_batch(seg_len)) {
-                        Some(b) => self.batch = b,
-                        None => {
-                            tracing::warn!("UDP send worker gone; sending inline");
-                            self.worker = None;
-                            self.batch = Self::new_batch(seg_len);
-                        }
-                    }
-                }
-                _ => {
-                    sh.send_batch(&self.batch);
-                    self.batch.clear();
-                }
+            let seg_len = self.seg_len();
+            let large = self.batch.bytes() > INLINE_BYTES;
+            let empty = || DatagramBatch::new(0, 0);
+            if !hand_over(&mut self.worker, &mut self.batch, large, empty, || {
+                Self::new_batch(seg_len)
+            }) {
+                sh.send_batch(&self.batch);
+                self.batch.clear();
             }
         }
         if !self.replies.is_empty() {
@@ -919,15 +951,11 @@ struct UdpSide {
 
 impl UdpSide {
     fn new(sh: &Arc<Shared>, pipelined: bool) -> Self {
-        let worker = pipelined
-            .then(|| {
-                let sh = sh.clone();
-                let mut w = TunWriter::new();
-                Worker::spawn("weft-tun-tx", move |b: &mut PacketBatch| w.write(&sh, b))
-                    .map_err(|e| tracing::warn!(error = %e, "no TUN write worker; writing inline"))
-                    .ok()
-            })
-            .flatten();
+        let sh = sh.clone();
+        let mut w = TunWriter::new();
+        let worker = Worker::start_if(pipelined, "weft-tun-tx", move |b: &mut PacketBatch| {
+            w.write(&sh, b)
+        });
         Self {
             buf: vec![0u8; RECV_BUF],
             cmsg: udp_batch::gro_cmsg_space(),
@@ -965,19 +993,16 @@ impl UdpSide {
             }
         }
         if !self.out.is_empty() {
-            match self.worker.as_mut() {
-                Some(w) if self.out.len() > INLINE_PACKETS || !w.idle() => {
-                    let filled = std::mem::replace(&mut self.out, PacketBatch::new(HDR, 0));
-                    match w.pass(filled, Self::new_batch) {
-                        Some(b) => self.out = b,
-                        None => {
-                            tracing::warn!("TUN write worker gone; writing inline");
-                            self.worker = None;
-                            self.out = Self::new_batch();
-                        }
-                    }
-                }
-                _ => self.writer.write(sh, &mut self.out),
+            let large = self.out.len() > INLINE_PACKETS;
+            let empty = || PacketBatch::new(HDR, 0);
+            if !hand_over(
+                &mut self.worker,
+                &mut self.out,
+                large,
+                empty,
+                Self::new_batch,
+            ) {
+                self.writer.write(sh, &mut self.out);
             }
         }
         if !self.tx.is_empty() {
@@ -1203,7 +1228,7 @@ mod tests {
         });
         let thread = {
             let (sh, ctl) = (sh.clone(), ctl.clone());
-            std::thread::spawn(move || io_loop(&sh, &ctl))
+            std::thread::spawn(move || io_loop(&sh, &ctl, true))
         };
         for _ in 0..3 {
             let want = ctl.wanted.fetch_add(1, Ordering::AcqRel) + 1;

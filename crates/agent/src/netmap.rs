@@ -3,6 +3,7 @@
 //! interfaces' desired addresses and routes. No I/O; unit-tested.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
@@ -140,7 +141,7 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
                     };
                     let mut line = format!("{} via {}", r.prefix, name(&r.via));
                     for b in &r.backups {
-                        line.push_str(&format!(", then {}", name(b)));
+                        let _ = write!(line, ", then {}", name(b));
                     }
                     line
                 })

@@ -34,19 +34,8 @@ pub fn timed_wait(
     mut check: impl FnMut() -> bool,
 ) -> Result<Duration> {
     let start = Instant::now();
-    loop {
-        if check() {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() >= timeout {
-            return Err(LabError::Timeout {
-                what: what.to_owned(),
-                waited: start.elapsed(),
-                detail: String::new(),
-            });
-        }
-        std::thread::sleep(POLL_INTERVAL);
-    }
+    wait_until(what, timeout, || Ok(check()))?;
+    Ok(start.elapsed())
 }
 
 /// Polls `check` every [`POLL_INTERVAL`] until it returns `true`, an error, or
