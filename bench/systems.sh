@@ -141,6 +141,35 @@ sys_weftinline_version() { echo "$("$OUT/bin/weftd" --version 2>/dev/null) with 
 sys_weftinline_up() { WEFTD_PIPELINE=0 sys_weft_up; }
 sys_weftinline_report() { sys_weft_report; }
 
+# ---- the floor: a minimal C TUN<->UDP forwarder (bench/floor/fwd.c) ----------
+# Not tunnels anyone would deploy: no handshake, keys, replay window or policy.
+# They show what any userspace tunnel pays on this machine before doing its own
+# work (cfwd: the TUN and UDP syscalls and wake-ups only), and what WireGuard's
+# cipher alone adds to that (cfwdaead: ChaCha20-Poly1305 on every packet via
+# OpenSSL). One poll(2) thread per end, like weftd's I/O thread; no offloads.
+cfwd_install() {
+    need_cmd gcc gcc
+    [ -f /usr/include/openssl/evp.h ] || apt_install libssl-dev
+    [ -x "$OUT/bin/cfwd" ] && return 0
+    mkdir -p "$OUT/bin"
+    gcc -O2 -pthread -o "$OUT/bin/cfwd" "$REPO/bench/floor/fwd.c" -lcrypto 2>>"$OUT/build.log" \
+        || die "building bench/floor/fwd.c failed (see $OUT/build.log)"
+}
+cfwd_up() {   # cfwd_up MODE
+    spawn "$NS_A" "$WORK/cfwd-a.log" "$OUT/bin/cfwd" cfwda "$UL_B" "$1"; DAEMONS=("$SPAWNED")
+    spawn "$NS_B" "$WORK/cfwd-b.log" "$OUT/bin/cfwd" cfwdb "$UL_A" "$1"; DAEMONS+=("$SPAWNED")
+    wait_for "cfwd TUNs" 100 sh -c "ip -n $NS_A link show cfwda && ip -n $NS_B link show cfwdb" || return 1
+    ip -n "$NS_A" addr add "$OV_A/24" dev cfwda; ip -n "$NS_A" link set cfwda mtu 1420 up
+    ip -n "$NS_B" addr add "$OV_B/24" dev cfwdb; ip -n "$NS_B" link set cfwdb mtu 1420 up
+    TUN_A=cfwda OVB=$OV_B
+}
+sys_cfwd_install() { cfwd_install; }
+sys_cfwd_version() { echo "bench/floor/fwd.c poll, $(gcc --version | head -n 1)"; }
+sys_cfwd_up() { cfwd_up poll; }
+sys_cfwdaead_install() { cfwd_install; }
+sys_cfwdaead_version() { echo "bench/floor/fwd.c aead (ChaCha20-Poly1305, $(openssl version 2>/dev/null | awk '{print "OpenSSL", $2}'))"; }
+sys_cfwdaead_up() { cfwd_up aead; }
+
 # ---- userspace WireGuard (wireguard-go, boringtun-cli, gotatun share the UAPI)
 wg_keys() {
     local d=$WORK/keys; mkdir -p "$d"
