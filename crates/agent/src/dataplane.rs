@@ -54,7 +54,7 @@ use weft_tunnel::{
 };
 
 use crate::clock;
-use crate::udp_batch::{self, Offloads, RECV_BUF, Wait};
+use crate::udp_batch::{self, Offloads, Wait};
 
 /// Largest datagram or packet handled one at a time, plus WireGuard overhead.
 const BUF_LEN: usize = 65_536 + 64;
@@ -941,8 +941,10 @@ impl TunSide {
 
 /// The UDP side of the I/O thread: receives, decrypts, writes to the TUNs.
 struct UdpSide {
-    buf: Vec<u8>,
-    cmsg: Vec<u8>,
+    rx: udp_batch::Receiver,
+    /// Most datagrams one received message can hold: [`MAX_SEGMENTS`] with
+    /// GRO, else 1.
+    per_message: usize,
     out: PacketBatch,
     writer: TunWriter,
     tx: Vec<Transmit>,
@@ -951,14 +953,15 @@ struct UdpSide {
 
 impl UdpSide {
     fn new(sh: &Arc<Shared>, pipelined: bool) -> Self {
+        let per_message = if sh.udp_offloads.gro { MAX_SEGMENTS } else { 1 };
         let sh = sh.clone();
         let mut w = TunWriter::new();
         let worker = Worker::start_if(pipelined, "weft-tun-tx", move |b: &mut PacketBatch| {
             w.write(&sh, b)
         });
         Self {
-            buf: vec![0u8; RECV_BUF],
-            cmsg: udp_batch::gro_cmsg_space(),
+            rx: udp_batch::Receiver::new(),
+            per_message,
             out: Self::new_batch(),
             writer: TunWriter::new(),
             tx: Vec::new(),
@@ -972,23 +975,45 @@ impl UdpSide {
         PacketBatch::with_room(HDR, BATCH, 2 * HDR + 65_535)
     }
 
-    /// Receives until the socket is empty or the batch is nearly full, then
-    /// writes the decrypted packets.
+    /// Receives until the socket is empty or the batch is full, then writes
+    /// the decrypted packets. Each `recvmmsg` asks for as many messages as the
+    /// batch has room for; getting fewer means the socket was empty, and when
+    /// that leaves only a few packets the next receive is left to `poll` (a
+    /// ping costs no receive that finds nothing).
     fn read(&mut self, sh: &Shared) {
         loop {
-            match udp_batch::recv_segments(&sh.udp, &mut self.buf, &mut self.cmsg) {
-                Ok((n, from, seg)) => {
+            let want = (BATCH.saturating_sub(self.out.len()) / self.per_message).max(1);
+            match self.rx.recv(&sh.udp, want) {
+                Ok(got) => {
                     let mut node = sh.lock();
-                    let datagrams = self.buf[..n.min(self.buf.len())].chunks(seg);
-                    node.handle_datagram_batch(clock::now(), from, datagrams, &mut self.out);
+                    let now = clock::now();
+                    for m in self.rx.messages() {
+                        match m {
+                            Ok((from, seg, bytes)) => {
+                                node.handle_datagram_batch(
+                                    now,
+                                    from,
+                                    bytes.chunks(seg),
+                                    &mut self.out,
+                                );
+                            }
+                            Err(why) => tracing::trace!(?why, "UDP message dropped"),
+                        }
+                    }
                     sh.drain(&mut node, &mut self.tx);
+                    // Fewer than asked: the socket was empty. For a few packets
+                    // (a ping, ACKs) leave the next receive to `poll`; in a bulk
+                    // flow more arrived while these were decrypted, so read on.
+                    if got < want.min(udp_batch::MAX_MESSAGES) && self.out.len() <= INLINE_PACKETS {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP errors surface here (ECONNREFUSED etc.); they are not fatal.
                 Err(e) => tracing::trace!(error = %e, "UDP receive error"),
             }
-            // Room for another full GRO read without growing the batch?
-            if self.out.len() + MAX_SEGMENTS > BATCH {
+            // Room for another full message without growing the batch?
+            if self.out.len() + self.per_message > BATCH {
                 break;
             }
         }

@@ -1,10 +1,11 @@
 //! Batched UDP I/O for the data plane: many datagrams to one address in one
-//! `sendmsg` (`UDP_SEGMENT`, UDP GSO), many datagrams from one address in one
-//! `recvmsg` (`UDP_GRO`). The core lines datagrams up for such sends in a
-//! [`weft_tunnel::batch::DatagramBatch`].
+//! `sendmsg` (`UDP_SEGMENT`, UDP GSO); many messages in one `recvmmsg`, each
+//! with `UDP_GRO` a run of datagrams from one sender. The core lines datagrams
+//! up for such sends in a [`weft_tunnel::batch::DatagramBatch`].
 //!
-//! Each feature is probed when the socket is set up and falls back to one
-//! syscall per datagram when the kernel lacks it (logged once).
+//! GSO and GRO are probed when the socket is set up (logged once when the
+//! kernel lacks them): without GSO each datagram is its own send, without GRO
+//! each message of a `recvmmsg` is one datagram.
 //!
 //! The socket is non-blocking and owned by the data plane's I/O thread (not
 //! registered with the async runtime); sends that find its buffer full either
@@ -20,11 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, getsockopt, recvmsg, sendmsg,
-    setsockopt, sockopt,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, getsockopt,
+    recvmmsg, sendmsg, setsockopt, sockopt,
 };
 
-/// Receive buffer for one (possibly GRO-coalesced) read.
+/// Receive buffer for one (possibly GRO-coalesced) message.
 pub(crate) const RECV_BUF: usize = 65_536;
 
 /// Which offloads the socket has.
@@ -52,7 +53,7 @@ impl Offloads {
             tracing::warn!("kernel lacks UDP GSO (UDP_SEGMENT): one send per datagram");
         }
         if !gro {
-            tracing::warn!("kernel lacks UDP GRO: one receive per datagram");
+            tracing::warn!("kernel lacks UDP GRO: one datagram per received message");
         }
         tracing::debug!(gso, gro, "UDP offloads");
         Self {
@@ -159,41 +160,107 @@ pub(crate) fn send_segments(
     }
 }
 
-/// One receive, without waiting: `(bytes, sender, segment size)`. With GRO the
-/// bytes are several datagrams of `segment size` back to back (the last may be
-/// shorter); without, one datagram (`segment size` = bytes). Truncated reads and
-/// senders that are not IP are refused as `InvalidData`.
-pub(crate) fn recv_segments(
-    udp: &UdpSocket,
-    buf: &mut [u8],
-    cmsg: &mut [u8],
-) -> io::Result<(usize, SocketAddr, usize)> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrStorage>(udp.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty())
-        .map_err(io::Error::from)?;
-    if msg.flags.contains(MsgFlags::MSG_TRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "datagram truncated",
-        ));
-    }
-    let n = msg.bytes;
-    let mut seg = n;
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::UdpGroSegments(s) = c
-                && let Ok(s) = usize::try_from(s)
-                && s > 0
-            {
-                seg = s;
-            }
+/// Most messages one [`Receiver::recv`] takes (each a datagram, or with GRO a
+/// run of datagrams from one sender).
+pub(crate) const MAX_MESSAGES: usize = 32;
+
+/// One message of a [`Receiver::recv`].
+#[derive(Debug, Clone, Copy)]
+struct Message {
+    len: usize,
+    /// The sender, `None` if it is not an IP address.
+    from: Option<SocketAddr>,
+    /// The GRO segment size (`len` without GRO).
+    seg: usize,
+    truncated: bool,
+}
+
+/// Receives many messages per `recvmmsg`, each into its own [`RECV_BUF`]
+/// buffer (one allocation, made resident only as far as datagrams fill it).
+pub(crate) struct Receiver {
+    buf: Vec<u8>,
+    got: Vec<Message>,
+}
+
+/// Why a received message is not handed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Longer than its buffer: cut off by the kernel.
+    Truncated,
+    /// The sender is not an IP address.
+    NotIp,
+}
+
+impl Receiver {
+    pub(crate) fn new() -> Self {
+        Self {
+            buf: vec![0u8; MAX_MESSAGES * RECV_BUF],
+            got: Vec::with_capacity(MAX_MESSAGES),
         }
     }
-    let from =
-        msg.address.as_ref().and_then(socket_addr).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidData, "sender is not an IP address")
-        })?;
-    Ok((n, from, seg.max(1)))
+
+    /// One `recvmmsg` of up to `want` (at most [`MAX_MESSAGES`]) messages,
+    /// without waiting. Returns how many arrived: fewer than `want` means the
+    /// socket was empty (no further receive needed), `WouldBlock` that nothing
+    /// was queued.
+    pub(crate) fn recv(&mut self, udp: &UdpSocket, want: usize) -> io::Result<usize> {
+        let want = want.clamp(1, MAX_MESSAGES);
+        self.got.clear();
+        let mut chunks = self.buf.chunks_mut(RECV_BUF);
+        let mut iovs: [[IoSliceMut<'_>; 1]; MAX_MESSAGES] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+        // Fresh headers per call: the kernel shrinks each header's name and
+        // control lengths to what it wrote, and nix does not restore them, so
+        // reused headers would truncate a later IPv6 sender or GRO size.
+        let mut headers =
+            MultiHeaders::<SockaddrStorage>::preallocate(want, Some(gro_cmsg_space()));
+        let msgs = recvmmsg(
+            udp.as_raw_fd(),
+            &mut headers,
+            iovs.iter_mut().take(want),
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(io::Error::from)?;
+        for m in msgs {
+            let mut seg = m.bytes;
+            if let Ok(cmsgs) = m.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::UdpGroSegments(s) = c
+                        && let Ok(s) = usize::try_from(s)
+                        && s > 0
+                    {
+                        seg = s;
+                    }
+                }
+            }
+            self.got.push(Message {
+                len: m.bytes,
+                from: m.address.as_ref().and_then(socket_addr),
+                seg: seg.max(1),
+                truncated: m.flags.contains(MsgFlags::MSG_TRUNC),
+            });
+        }
+        Ok(self.got.len())
+    }
+
+    /// The messages of the last [`Receiver::recv`]: sender, GRO segment size
+    /// and bytes (datagrams of that size back to back, the last may be
+    /// shorter), or why the message is refused.
+    pub(crate) fn messages(
+        &self,
+    ) -> impl Iterator<Item = Result<(SocketAddr, usize, &[u8]), Refused>> + '_ {
+        self.got
+            .iter()
+            .zip(self.buf.chunks(RECV_BUF))
+            .map(|(m, b)| {
+                if m.truncated {
+                    return Err(Refused::Truncated);
+                }
+                let from = m.from.ok_or(Refused::NotIp)?;
+                Ok((from, m.seg, &b[..m.len.min(b.len())]))
+            })
+    }
 }
 
 fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
@@ -218,6 +285,7 @@ mod tests {
         let a = UdpSocket::bind("127.0.0.1:0").expect("bind a");
         let b = UdpSocket::bind("127.0.0.1:0").expect("bind b");
         a.set_nonblocking(true).expect("nonblocking a");
+        b.set_nonblocking(true).expect("nonblocking b");
         let off_a = Offloads::setup(&a, true);
         let off_b = Offloads::setup(&b, true);
         let to = b.local_addr().expect("addr b");
@@ -227,21 +295,86 @@ mod tests {
         }
         send_segments(&a, &off_a, to, &data, 1000, Wait::Room);
         let mut got = Vec::new();
-        let mut buf = vec![0u8; RECV_BUF];
-        let mut cmsg = gro_cmsg_space();
+        let mut rx = Receiver::new();
         while got.len() < 10 {
-            // `b` blocks: the datagrams are already queued or on their way.
-            let (n, from, seg) = recv_segments(&b, &mut buf, &mut cmsg).expect("receive");
-            assert_eq!(from, a.local_addr().expect("addr a"));
-            if !off_b.gro {
-                assert_eq!(seg, n);
+            // Non-blocking: the datagrams are queued or on their way over loopback.
+            match rx.recv(&b, MAX_MESSAGES) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                    continue;
+                }
+                Err(e) => panic!("receive: {e}"),
             }
-            got.extend(buf[..n].chunks(seg).map(<[u8]>::to_vec));
+            for m in rx.messages() {
+                let (from, seg, bytes) = m.expect("a whole datagram from an IP sender");
+                assert_eq!(from, a.local_addr().expect("addr a"));
+                if !off_b.gro {
+                    assert_eq!(seg, bytes.len());
+                }
+                got.extend(bytes.chunks(seg).map(<[u8]>::to_vec));
+            }
         }
         assert_eq!(got.len(), 10);
         for (i, d) in got.iter().enumerate() {
             assert_eq!(d.len(), if i == 9 { 300 } else { 1000 });
             assert!(d.iter().all(|x| usize::from(*x) == i));
         }
+    }
+
+    /// Without GRO each message is one datagram: one `recvmmsg` takes many, from
+    /// several senders of both families (headers are not reused with a shrunken
+    /// address length), and reports fewer than asked once the socket is empty.
+    #[test]
+    fn recvmmsg_takes_many_senders_of_both_families_and_reports_empty() {
+        let rx_sock = UdpSocket::bind("[::]:0").expect("a dual-stack socket (needs IPv6 loopback)");
+        rx_sock.set_nonblocking(true).expect("nonblocking");
+        let port = rx_sock.local_addr().expect("addr").port();
+        let v4: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind v4"))
+            .collect();
+        let v6 = UdpSocket::bind("[::1]:0").expect("bind v6");
+        let mut sent = Vec::new();
+        for round in 0..2u8 {
+            for (i, s) in v4.iter().enumerate() {
+                let payload = vec![round * 10 + u8::try_from(i).expect("small"); 100 + i];
+                s.send_to(&payload, ("127.0.0.1", port)).expect("send v4");
+                sent.push((s.local_addr().expect("addr"), payload));
+            }
+            let payload = vec![round * 10 + 9; 1400];
+            v6.send_to(&payload, ("::1", port)).expect("send v6");
+            sent.push((v6.local_addr().expect("addr"), payload));
+        }
+        let mut rx = Receiver::new();
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            if got.len() == sent.len() {
+                break;
+            }
+            match rx.recv(&rx_sock, MAX_MESSAGES) {
+                Ok(n) => {
+                    assert!(n < MAX_MESSAGES, "fewer than asked: the socket was emptied");
+                    for m in rx.messages() {
+                        let (from, seg, bytes) = m.expect("whole datagram");
+                        assert_eq!(seg, bytes.len(), "no GRO: one datagram per message");
+                        let from = match from {
+                            SocketAddr::V6(a) => a
+                                .ip()
+                                .to_ipv4_mapped()
+                                .map_or(from, |ip| SocketAddr::from((ip, a.port()))),
+                            v4 => v4,
+                        };
+                        got.push((from, bytes.to_vec()));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("receive: {e}"),
+            }
+        }
+        assert_eq!(got, sent, "every datagram, in order, with its sender");
+        let e = rx.recv(&rx_sock, 4).expect_err("empty socket");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
 }
