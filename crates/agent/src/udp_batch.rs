@@ -209,9 +209,10 @@ impl Receiver {
         let mut chunks = self.buf.chunks_mut(RECV_BUF);
         let mut iovs: [[IoSliceMut<'_>; 1]; MAX_MESSAGES] =
             std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
-        // Fresh headers per call: the kernel shrinks each header's name and
-        // control lengths to what it wrote, and nix does not restore them, so
-        // reused headers would truncate a later IPv6 sender or GRO size.
+        // Fresh headers per call: the kernel shrinks each header's control
+        // length to what it wrote and nix does not restore it, so a reused
+        // header loses the GRO segment size (MSG_CTRUNC) after a message that
+        // carried none.
         let mut headers =
             MultiHeaders::<SockaddrStorage>::preallocate(want, Some(gro_cmsg_space()));
         let msgs = recvmmsg(
@@ -293,9 +294,22 @@ mod tests {
         for i in 0..10u8 {
             data.extend(std::iter::repeat_n(i, if i == 9 { 300 } else { 1000 }));
         }
+        let mut rx = Receiver::new();
+        // First a lone datagram (no GRO control message), then the burst: the
+        // burst's segment size must still come through.
+        a.send_to(b"lone", to).expect("send lone");
+        let lone = loop {
+            match rx.recv(&b, MAX_MESSAGES) {
+                Ok(_) => break rx.messages().next().expect("one message").expect("whole"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("receive: {e}"),
+            }
+        };
+        assert_eq!(lone.2, b"lone");
         send_segments(&a, &off_a, to, &data, 1000, Wait::Room);
         let mut got = Vec::new();
-        let mut rx = Receiver::new();
         while got.len() < 10 {
             // Non-blocking: the datagrams are queued or on their way over loopback.
             match rx.recv(&b, MAX_MESSAGES) {
