@@ -61,8 +61,10 @@ struct Args {
     advertise_routes: Option<Vec<String>>,
     /// Overlay DNS: `auto` runs a resolver on 127.0.2.53 for `<node>.<network>.weft.internal`
     /// and points the system at it for the overlay domains (systemd-resolved per
-    /// link, or a managed /etc/resolv.conf restored on `weft down` and exit);
-    /// `off` runs no resolver and changes nothing.
+    /// link, or a managed /etc/resolv.conf restored on `weft down` and exit;
+    /// changes by others are repaired within 2 s, but a program that keeps
+    /// rewriting it makes weft pause its repairs, logged); `off` runs no
+    /// resolver and changes nothing.
     #[arg(long, env = "WEFT_DNS", value_enum, default_value_t = DnsArg::Auto)]
     dns: DnsArg,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).

@@ -10,6 +10,7 @@
 //!   [`START_RETRY`]); none of them stops the data plane.
 //! - [`DnsMode::Off`]: no resolver, no system change.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,6 +24,14 @@ use crate::clock;
 pub(crate) const DRIFT_INTERVAL: Duration = Duration::from_secs(2);
 /// How long after a failed start the next attempt is made.
 pub(crate) const START_RETRY: Duration = Duration::from_secs(10);
+/// This many repairs within [`FIGHT_WINDOW`] mean another program (or a second
+/// agent) keeps rewriting the resolver configuration: weft stops fighting it.
+const FIGHT_REPAIRS: usize = 5;
+const FIGHT_WINDOW: Duration = Duration::from_secs(60);
+/// The first pause of the repairs after a fight; a fight right after a pause
+/// doubles it, up to [`FIGHT_PAUSE_MAX`]; a calm window resets it.
+const FIGHT_PAUSE: Duration = Duration::from_secs(60);
+const FIGHT_PAUSE_MAX: Duration = Duration::from_secs(30 * 60);
 
 /// Whether the agent runs the overlay resolver (`weftd --dns`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,6 +58,65 @@ pub(crate) struct Dns {
     /// only when it changes; drift checks cover the rest).
     applied_link: Option<(String, IpAddr)>,
     retry_at: Option<Instant>,
+    fight: FightGuard,
+}
+
+/// Keeps weft from rewriting the resolver configuration every tick against
+/// another program that rewrites it too (NetworkManager, a DHCP client, a
+/// second weft agent on the host): after [`FIGHT_REPAIRS`] repairs within
+/// [`FIGHT_WINDOW`], drift checks pause, longer each time it happens again.
+#[derive(Debug)]
+struct FightGuard {
+    repairs: VecDeque<Instant>,
+    last: Option<Instant>,
+    paused_until: Option<Instant>,
+    pause: Duration,
+}
+
+impl FightGuard {
+    fn new() -> Self {
+        Self {
+            repairs: VecDeque::with_capacity(FIGHT_REPAIRS),
+            last: None,
+            paused_until: None,
+            pause: FIGHT_PAUSE,
+        }
+    }
+
+    /// Whether drift checks are paused at `now`.
+    fn paused(&mut self, now: Instant) -> bool {
+        match self.paused_until {
+            Some(until) if now < until => true,
+            Some(_) => {
+                self.paused_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Records a repair at `now`; returns the pause that starts now when it
+    /// was one repair too many.
+    fn repaired(&mut self, now: Instant) -> Option<Duration> {
+        if self
+            .last
+            .is_some_and(|l| now.saturating_duration_since(l) > self.pause + FIGHT_WINDOW)
+        {
+            self.pause = FIGHT_PAUSE;
+        }
+        self.last = Some(now);
+        self.repairs
+            .retain(|t| now.saturating_duration_since(*t) <= FIGHT_WINDOW);
+        self.repairs.push_back(now);
+        if self.repairs.len() < FIGHT_REPAIRS {
+            return None;
+        }
+        self.repairs.clear();
+        let pause = self.pause;
+        self.paused_until = Some(now + pause);
+        self.pause = (pause * 2).min(FIGHT_PAUSE_MAX);
+        Some(pause)
+    }
 }
 
 impl Dns {
@@ -66,6 +134,7 @@ impl Dns {
             link: None,
             applied_link: None,
             retry_at: None,
+            fight: FightGuard::new(),
         }
     }
 
@@ -100,6 +169,10 @@ impl Dns {
 
     /// The 2 s tick: drift repair, or a retried start.
     pub(crate) async fn tick(&mut self) {
+        self.tick_at(clock::now()).await;
+    }
+
+    async fn tick_at(&mut self, now: Instant) {
         if self.mode == DnsMode::Off || self.zone.is_none() {
             return;
         }
@@ -107,8 +180,11 @@ impl Dns {
             self.try_start().await;
             return;
         };
+        if self.fight.paused(now) {
+            return;
+        }
         match service.check_drift() {
-            Ok(Drift::Unchanged) => {}
+            Ok(Drift::Unchanged) => return,
             Ok(Drift::Repaired) => {
                 tracing::info!("overlay DNS: the resolver configuration was changed; repaired");
             }
@@ -118,8 +194,21 @@ impl Dns {
                  adopted as the original, weft's configuration written again"
             ),
             Err(e) => {
-                tracing::warn!(error = %e, "overlay DNS: checking the resolver configuration failed; will retry")
+                tracing::warn!(error = %e, "overlay DNS: checking the resolver configuration failed; will retry");
+                return;
             }
+        }
+        if let Some(pause) = self.fight.repaired(now) {
+            tracing::warn!(
+                repairs = FIGHT_REPAIRS,
+                window_s = FIGHT_WINDOW.as_secs(),
+                pause_s = pause.as_secs(),
+                "overlay DNS: the resolver configuration keeps being rewritten: another program \
+                 (or a second weft agent on this host) manages it too. weft stops repairing it \
+                 for pause_s seconds (longer each time this repeats); meanwhile overlay names may \
+                 not resolve. Let one of them manage it: `weftd --dns off` on the other agent, or \
+                 stop the other program from rewriting it"
+            );
         }
     }
 
@@ -307,5 +396,78 @@ mod tests {
         assert!(dns.retry_at.is_some());
         dns.tick().await;
         assert!(dns.service.is_none());
+    }
+
+    /// Another program rewrites the file before every tick: weft repairs it
+    /// [`FIGHT_REPAIRS`] times, then leaves it alone for [`FIGHT_PAUSE`], then
+    /// repairs again, and the next fight pauses twice as long.
+    #[tokio::test]
+    async fn a_fight_over_the_resolver_configuration_pauses_the_repairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("resolv.conf");
+        std::fs::write(&conf, ORIGINAL).unwrap();
+        let mut dns = Dns::with_config(DnsMode::Auto, config(dir.path()));
+        dns.apply(&map(1, &["prod"]), None).await;
+        assert!(dns.service.is_some());
+        let foreign = "nameserver 198.51.100.7\n";
+        let read = || std::fs::read_to_string(&conf).unwrap();
+        let step = Duration::from_secs(2);
+        let mut t = clock::now();
+        let fight = async |dns: &mut Dns, from: Instant| {
+            let mut t = from;
+            for i in 0..FIGHT_REPAIRS {
+                std::fs::write(&conf, foreign).unwrap();
+                dns.tick_at(t).await;
+                assert_ne!(read(), foreign, "repair {i} of the fight");
+                t += step;
+            }
+            t - step
+        };
+        t = fight(&mut dns, t).await;
+        // Paused: the other program's file stays.
+        std::fs::write(&conf, foreign).unwrap();
+        dns.tick_at(t + step).await;
+        assert_eq!(read(), foreign);
+        dns.tick_at(t + FIGHT_PAUSE - step).await;
+        assert_eq!(read(), foreign);
+        // The pause is over: repairs again; the second fight pauses 2 × as long.
+        t = fight(&mut dns, t + FIGHT_PAUSE).await;
+        std::fs::write(&conf, foreign).unwrap();
+        dns.tick_at(t + FIGHT_PAUSE + step).await;
+        assert_eq!(read(), foreign, "the second pause is longer");
+        dns.tick_at(t + 2 * FIGHT_PAUSE).await;
+        assert_ne!(read(), foreign);
+    }
+
+    #[test]
+    fn fight_guard_doubles_its_pause_up_to_the_cap_and_forgets_after_calm() {
+        let t0 = clock::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut g = FightGuard::new();
+        // Repairs a window apart are no fight.
+        for i in 0..10 {
+            assert_eq!(g.repaired(at(i * 61)), None);
+        }
+        let mut t = 1000;
+        let mut pauses = Vec::new();
+        for _ in 0..7 {
+            for _ in 0..FIGHT_REPAIRS - 1 {
+                assert_eq!(g.repaired(at(t)), None);
+                t += 2;
+            }
+            let pause = g.repaired(at(t)).expect("one repair too many");
+            assert!(g.paused(at(t + pause.as_secs() - 1)));
+            assert!(!g.paused(at(t + pause.as_secs())));
+            pauses.push(pause.as_secs());
+            t += pause.as_secs() + 2;
+        }
+        assert_eq!(pauses, [60, 120, 240, 480, 960, 1800, 1800]);
+        // A calm window after the pause: the next fight pauses briefly again.
+        t += 1800 + FIGHT_WINDOW.as_secs() + 1;
+        for _ in 0..FIGHT_REPAIRS - 1 {
+            assert_eq!(g.repaired(at(t)), None);
+            t += 2;
+        }
+        assert_eq!(g.repaired(at(t)), Some(FIGHT_PAUSE));
     }
 }
