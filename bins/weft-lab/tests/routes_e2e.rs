@@ -338,3 +338,75 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
     drop(mesh);
     lab.teardown().unwrap();
 }
+
+/// A gateway killed with SIGKILL (nothing cleaned up) and started again still
+/// knows that weft turned IPv4 forwarding on: when its route is withdrawn,
+/// forwarding goes back off, as it does without the crash.
+#[test]
+fn forwarding_weft_turned_on_goes_off_after_a_crash_and_restart() {
+    if let Err(e) = weft_lab::require_root() {
+        panic!("{e}");
+    }
+    let topo = Topology::new()
+        .host("controller", Net::Internet)
+        .router("site", Net::Internet, Nat::Easy)
+        .host("gw1", Net::lan("site"));
+    let lab = Lab::build(&topo).expect("build the lab");
+    let o = lab.addr("gw1").unwrap().octets();
+    let subnet = format!("{}.{}.{}.0/24", o[0], o[1], o[2]);
+    let forwarding = || {
+        lab.run("gw1", &["cat", "/proc/sys/net/ipv4/ip_forward"])
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(forwarding(), "0", "a fresh namespace does not forward");
+
+    let mut mesh = Mesh::start(
+        &lab,
+        "controller",
+        NetworkSpec {
+            name: "lab".into(),
+            cidr: "100.64.0.0/24".into(),
+            ..NetworkSpec::default()
+        },
+    )
+    .expect("controller");
+    let path = lab.log_dir().join("policy.toml");
+    std::fs::write(&path, policy(&subnet)).unwrap();
+    mesh.admin(&["policy", "set", path.to_str().unwrap()])
+        .unwrap();
+    let token = mesh.token_file(2).unwrap();
+    mesh.start_agent("gw1", Some(&token)).unwrap();
+    mesh.admin(&["node", "tag", "gw1", "gateway"]).unwrap();
+    let out = mesh
+        .weft("gw1", &["up", "--advertise-routes", &subnet])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    within("gw1's route is pending", Duration::from_secs(10), || {
+        route_state(&mesh, "gw1", &subnet).is_some()
+    });
+    mesh.admin(&["route", "approve", "gw1", &subnet]).unwrap();
+    within("gw1 forwards", Duration::from_secs(10), || {
+        forwarding() == "1"
+    });
+
+    mesh.kill_agent("gw1").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    mesh.start_agent("gw1", None).unwrap();
+    within(
+        "gw1 is back as the gateway",
+        Duration::from_secs(15),
+        || route_state(&mesh, "gw1", &subnet) == Some(("approved".into(), true)),
+    );
+    assert_eq!(forwarding(), "1", "still a gateway after the restart");
+    mesh.admin(&["route", "withdraw", "gw1", &subnet]).unwrap();
+    let t = within(
+        "forwarding off after the route is withdrawn",
+        Duration::from_secs(10),
+        || forwarding() == "0",
+    );
+    println!("route withdrawn after a crash and restart -> forwarding off in {t:?}");
+    drop(mesh);
+    lab.teardown().unwrap();
+}

@@ -27,6 +27,10 @@ use crate::dns::{self, Dns, DnsMode};
 use crate::netmap::{self, Derived, Slots};
 use crate::state::{Credential, StateDir};
 
+/// In the state directory: present while IPv4 forwarding is on because weft
+/// turned it on (so a restart after a crash still turns it off again).
+const FORWARD_MARKER: &str = "ip-forward-set-by-weft";
+
 /// How `weftd` is configured (command line).
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -81,7 +85,10 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     let dp = Dataplane::start(node, cfg.port).await?;
 
     let exec = match NetlinkExecutor::new() {
-        Ok(e) => Some(e),
+        Ok(mut e) => {
+            e.remember_forwarding_in(cfg.state_dir.join(FORWARD_MARKER));
+            Some(e)
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot open netlink: interfaces will not be configured");
             None

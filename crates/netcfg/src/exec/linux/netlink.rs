@@ -90,6 +90,16 @@ impl NetlinkExecutor {
         })
     }
 
+    /// Keeps "weft turned IPv4 forwarding on" in the file `path` (in the
+    /// agent's state directory), so that after a crash and restart weft still
+    /// turns forwarding off again when the node stops being a gateway. The
+    /// marker names the boot and network namespace that wrote it; anywhere
+    /// else it is ignored and removed. Without it that knowledge lives only in
+    /// memory.
+    pub fn remember_forwarding_in(&mut self, path: std::path::PathBuf) {
+        self.firewall.remember_in(path);
+    }
+
     fn observe_once(&mut self) -> Result<Option<ObservedState>, ExecError> {
         let mut interrupted = false;
         let mut all_links = BTreeMap::new();

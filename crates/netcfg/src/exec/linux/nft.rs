@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::exec::ExecError;
@@ -28,6 +30,57 @@ const LIST_EVERY: u32 = 15;
 pub(super) struct Firewall {
     forward_set_by_weft: bool,
     listed: Option<(Option<BTreeSet<String>>, u32)>,
+    /// Where "weft turned forwarding on" is kept across a crash, if anywhere.
+    marker: Option<PathBuf>,
+}
+
+/// What a forwarding marker holds: it is valid only in the boot and network
+/// namespace that wrote it (forwarding itself does not outlive either).
+fn marker_identity() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let netns = std::fs::metadata("/proc/thread-self/ns/net").ok()?.ino();
+    Some(format!(
+        "weft: IPv4 forwarding turned on by weft\nboot {}\nnetns {netns}\n",
+        boot.trim()
+    ))
+}
+
+/// Whether the marker at `path` says weft turned forwarding on in the boot
+/// and namespace `identity` names; a marker from another boot or namespace is
+/// removed.
+fn read_marker(path: &Path, identity: &str) -> bool {
+    match std::fs::read_to_string(path) {
+        Ok(held) if held == identity => true,
+        Ok(_) => {
+            tracing::debug!(path = %path.display(), "forwarding marker from another boot or namespace removed");
+            remove_marker(path);
+            false
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the forwarding marker");
+            false
+        }
+    }
+}
+
+fn write_marker(path: &Path, identity: &str) {
+    let tmp = path.with_extension("tmp");
+    let done = std::fs::write(&tmp, identity).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = done {
+        tracing::warn!(path = %path.display(), error = %e,
+            "cannot record that weft turned IPv4 forwarding on: after a crash it would stay on");
+    }
+}
+
+fn remove_marker(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the forwarding marker")
+        }
+    }
 }
 
 fn failed(op: &str, detail: impl Into<String>) -> ExecError {
@@ -46,6 +99,35 @@ fn io_err(op: &str, e: &std::io::Error) -> ExecError {
 }
 
 impl Firewall {
+    /// Keeps "weft turned IPv4 forwarding on" in the file `path`, so that weft
+    /// restarted after a crash still turns it off again when the node stops
+    /// being a gateway. Picks up a marker an earlier run of this boot and
+    /// namespace left.
+    pub(super) fn remember_in(&mut self, path: PathBuf) {
+        if let Some(identity) = marker_identity()
+            && read_marker(&path, &identity)
+        {
+            tracing::info!(path = %path.display(),
+                "IPv4 forwarding was turned on by an earlier run of weft: it is turned off again when this node stops being a gateway");
+            self.forward_set_by_weft = true;
+        }
+        self.marker = Some(path);
+    }
+
+    fn set_by_weft(&mut self, on: bool) {
+        self.forward_set_by_weft = on;
+        let Some(path) = &self.marker else {
+            return;
+        };
+        match (on, marker_identity()) {
+            (true, Some(identity)) => write_marker(path, &identity),
+            (true, None) => tracing::warn!(
+                "cannot identify this boot and namespace: forwarding marker not written"
+            ),
+            (false, _) => remove_marker(path),
+        }
+    }
+
     pub(super) fn observe(&mut self) -> Result<ObservedFirewall, ExecError> {
         let table = match &mut self.listed {
             Some((table, uses)) if *uses < LIST_EVERY => {
@@ -59,9 +141,14 @@ impl Firewall {
             }
         };
         let fwd = std::fs::read_to_string(IP_FORWARD).map_err(|e| io_err(IP_FORWARD, &e))?;
+        let ip_forward = fwd.trim() == "1";
+        if !ip_forward && self.forward_set_by_weft {
+            // Someone turned it off: if it is turned on again later, it is not weft's.
+            self.set_by_weft(false);
+        }
         Ok(ObservedFirewall {
             table,
-            ip_forward: fwd.trim() == "1",
+            ip_forward,
             forward_set_by_weft: self.forward_set_by_weft,
         })
     }
@@ -109,10 +196,10 @@ impl Firewall {
         let before = std::fs::read_to_string(IP_FORWARD).map_err(|e| io_err(op, &e))?;
         std::fs::write(IP_FORWARD, if on { "1\n" } else { "0\n" }).map_err(|e| io_err(op, &e))?;
         if on && before.trim() != "1" {
-            self.forward_set_by_weft = true;
+            self.set_by_weft(true);
         }
         if !on {
-            self.forward_set_by_weft = false;
+            self.set_by_weft(false);
         }
         Ok(())
     }
@@ -142,4 +229,59 @@ fn run_nft(op: &str, script: &str) -> Result<(), ExecError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("weft-nft-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_marker_counts_only_in_the_boot_and_namespace_that_wrote_it() {
+        let d = scratch("marker");
+        let path = d.join("m");
+        let here = "weft: IPv4 forwarding turned on by weft\nboot A\nnetns 1\n";
+        assert!(!read_marker(&path, here), "no marker yet");
+        write_marker(&path, here);
+        assert!(read_marker(&path, here));
+        // Another boot or namespace: not weft's doing here; the marker goes.
+        assert!(!read_marker(
+            &path,
+            "weft: IPv4 forwarding turned on by weft\nboot B\nnetns 1\n"
+        ));
+        assert!(!path.exists());
+        remove_marker(&path);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// As after a crash: a new `Firewall` remembering in the same file knows
+    /// weft turned forwarding on; turning it off removes the marker.
+    #[test]
+    fn a_restarted_firewall_remembers_who_turned_forwarding_on() {
+        let identity = marker_identity().expect("/proc has boot_id and the thread's netns link");
+        let d = scratch("remember");
+        let path = d.join("m");
+        let mut fw = Firewall::default();
+        fw.remember_in(path.clone());
+        assert!(!fw.forward_set_by_weft);
+        fw.set_by_weft(true);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), identity);
+
+        let mut restarted = Firewall::default();
+        restarted.remember_in(path.clone());
+        assert!(restarted.forward_set_by_weft);
+        restarted.set_by_weft(false);
+        assert!(!path.exists());
+
+        let mut again = Firewall::default();
+        again.remember_in(path);
+        assert!(!again.forward_set_by_weft);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
