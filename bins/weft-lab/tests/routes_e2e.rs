@@ -103,6 +103,26 @@ ports = [{ECHO_PORT}]
     )
 }
 
+/// The controller in `controller`, network `lab` (100.64.0.0/24), with
+/// [`policy`] for `subnet` set.
+fn start_mesh<'l>(lab: &'l Lab, subnet: &str) -> Mesh<'l> {
+    let mesh = Mesh::start(
+        lab,
+        "controller",
+        NetworkSpec {
+            name: "lab".into(),
+            cidr: "100.64.0.0/24".into(),
+            ..NetworkSpec::default()
+        },
+    )
+    .expect("controller");
+    let path = lab.log_dir().join("policy.toml");
+    std::fs::write(&path, policy(subnet)).unwrap();
+    mesh.admin(&["policy", "set", path.to_str().unwrap()])
+        .unwrap();
+    mesh
+}
+
 #[test]
 fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
     if let Err(e) = weft_lab::require_root() {
@@ -133,20 +153,7 @@ fn a_lan_host_behind_a_gateway_is_reachable_withdrawn_and_fails_over() {
         "{server} reachable without weft"
     );
 
-    let mut mesh = Mesh::start(
-        &lab,
-        "controller",
-        NetworkSpec {
-            name: "lab".into(),
-            cidr: "100.64.0.0/24".into(),
-            ..NetworkSpec::default()
-        },
-    )
-    .expect("controller");
-    let path = lab.log_dir().join("policy.toml");
-    std::fs::write(&path, policy(&subnet)).unwrap();
-    mesh.admin(&["policy", "set", path.to_str().unwrap()])
-        .unwrap();
+    let mut mesh = start_mesh(&lab, &subnet);
     let token = mesh.token_file(10).unwrap();
     for n in ["gw1", "remote", "other"] {
         mesh.start_agent(n, Some(&token)).unwrap();
@@ -362,20 +369,7 @@ fn forwarding_weft_turned_on_goes_off_after_a_crash_and_restart() {
     };
     assert_eq!(forwarding(), "0", "a fresh namespace does not forward");
 
-    let mut mesh = Mesh::start(
-        &lab,
-        "controller",
-        NetworkSpec {
-            name: "lab".into(),
-            cidr: "100.64.0.0/24".into(),
-            ..NetworkSpec::default()
-        },
-    )
-    .expect("controller");
-    let path = lab.log_dir().join("policy.toml");
-    std::fs::write(&path, policy(&subnet)).unwrap();
-    mesh.admin(&["policy", "set", path.to_str().unwrap()])
-        .unwrap();
+    let mut mesh = start_mesh(&lab, &subnet);
     let token = mesh.token_file(2).unwrap();
     mesh.start_agent("gw1", Some(&token)).unwrap();
     mesh.admin(&["node", "tag", "gw1", "gateway"]).unwrap();
