@@ -30,8 +30,8 @@ sys_rawnooff_up() {
 # (PoW difficulty 8); overlay 100.64.0.0/24 from the controller, MTU 1420.
 # --dns off: the two agents share the host's /etc/resolv.conf (a network
 # namespace does not separate files), and with DNS on each would repair the
-# other's edit every few seconds: noise in the measurement, and the host's file
-# rewritten.
+# other's edit until both pause their repairs: noise in the measurement, and
+# the host's file rewritten.
 sys_weft_install() {
     local src=$REPO
     if [ -n "${WEFT_REV:-}" ]; then

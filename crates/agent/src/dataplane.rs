@@ -23,9 +23,10 @@
 //! TSO/USO, so one read hands over a TCP/UDP super-packet of up to 64 KiB, split
 //! into MTU-sized segments; the segments are encrypted back to back and every run
 //! of them to one peer address leaves in one `sendmsg` with `UDP_SEGMENT`. The UDP
-//! socket receives with `UDP_GRO` (one read, many datagrams), and decrypted
-//! packets go back to the TUN coalesced (GRO on the write side). Each offload
-//! falls back to one packet per syscall when the kernel or device lacks it.
+//! socket receives with `recvmmsg`, each message with `UDP_GRO` a run of
+//! datagrams from one sender, and decrypted packets go back to the TUN
+//! coalesced (GRO on the write side). Without an offload the TUN and UDP sends
+//! fall back to one packet per syscall, UDP receives to one datagram per message.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -982,7 +983,8 @@ impl UdpSide {
     /// ping costs no receive that finds nothing).
     fn read(&mut self, sh: &Shared) {
         loop {
-            let want = (BATCH.saturating_sub(self.out.len()) / self.per_message).max(1);
+            let want = (BATCH.saturating_sub(self.out.len()) / self.per_message)
+                .clamp(1, udp_batch::MAX_MESSAGES);
             match self.rx.recv(&sh.udp, want) {
                 Ok(got) => {
                     let mut node = sh.lock();
@@ -1004,7 +1006,7 @@ impl UdpSide {
                     // Fewer than asked: the socket was empty. For a few packets
                     // (a ping, ACKs) leave the next receive to `poll`; in a bulk
                     // flow more arrived while these were decrypted, so read on.
-                    if got < want.min(udp_batch::MAX_MESSAGES) && self.out.len() <= INLINE_PACKETS {
+                    if got < want && self.out.len() <= INLINE_PACKETS {
                         break;
                     }
                 }

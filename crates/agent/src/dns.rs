@@ -32,6 +32,7 @@ const FIGHT_WINDOW: Duration = Duration::from_secs(60);
 /// doubles it, up to [`FIGHT_PAUSE_MAX`]; a calm window resets it.
 const FIGHT_PAUSE: Duration = Duration::from_secs(60);
 const FIGHT_PAUSE_MAX: Duration = Duration::from_secs(30 * 60);
+const _: () = assert!(FIGHT_PAUSE.as_secs() >= FIGHT_WINDOW.as_secs());
 
 /// Whether the agent runs the overlay resolver (`weftd --dns`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,8 +68,9 @@ pub(crate) struct Dns {
 /// [`FIGHT_WINDOW`], drift checks pause, longer each time it happens again.
 #[derive(Debug)]
 struct FightGuard {
+    /// The repairs of the last [`FIGHT_WINDOW`], newest last (the newest is
+    /// kept however old: it tells a calm window).
     repairs: VecDeque<Instant>,
-    last: Option<Instant>,
     paused_until: Option<Instant>,
     pause: Duration,
 }
@@ -77,41 +79,34 @@ impl FightGuard {
     fn new() -> Self {
         Self {
             repairs: VecDeque::with_capacity(FIGHT_REPAIRS),
-            last: None,
             paused_until: None,
             pause: FIGHT_PAUSE,
         }
     }
 
     /// Whether drift checks are paused at `now`.
-    fn paused(&mut self, now: Instant) -> bool {
-        match self.paused_until {
-            Some(until) if now < until => true,
-            Some(_) => {
-                self.paused_until = None;
-                false
-            }
-            None => false,
-        }
+    fn paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|until| now < until)
     }
 
     /// Records a repair at `now`; returns the pause that starts now when it
     /// was one repair too many.
     fn repaired(&mut self, now: Instant) -> Option<Duration> {
         if self
-            .last
-            .is_some_and(|l| now.saturating_duration_since(l) > self.pause + FIGHT_WINDOW)
+            .repairs
+            .back()
+            .is_some_and(|l| now.saturating_duration_since(*l) > self.pause + FIGHT_WINDOW)
         {
             self.pause = FIGHT_PAUSE;
         }
-        self.last = Some(now);
+        // A pause is at least a window long, so the repairs of the fight
+        // before it are gone by the first repair after it.
         self.repairs
             .retain(|t| now.saturating_duration_since(*t) <= FIGHT_WINDOW);
         self.repairs.push_back(now);
         if self.repairs.len() < FIGHT_REPAIRS {
             return None;
         }
-        self.repairs.clear();
         let pause = self.pause;
         self.paused_until = Some(now + pause);
         self.pause = (pause * 2).min(FIGHT_PAUSE_MAX);

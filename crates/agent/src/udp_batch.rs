@@ -168,11 +168,10 @@ pub(crate) const MAX_MESSAGES: usize = 32;
 #[derive(Debug, Clone, Copy)]
 struct Message {
     len: usize,
-    /// The sender, `None` if it is not an IP address.
-    from: Option<SocketAddr>,
     /// The GRO segment size (`len` without GRO).
     seg: usize,
-    truncated: bool,
+    /// The sender, or why the message is not handed on.
+    from: Result<SocketAddr, Refused>,
 }
 
 /// Receives many messages per `recvmmsg`, each into its own [`RECV_BUF`]
@@ -199,7 +198,7 @@ impl Receiver {
         }
     }
 
-    /// One `recvmmsg` of up to `want` (at most [`MAX_MESSAGES`]) messages,
+    /// One `recvmmsg` of up to `want` messages (1 to [`MAX_MESSAGES`]),
     /// without waiting. Returns how many arrived: fewer than `want` means the
     /// socket was empty (no further receive needed), `WouldBlock` that nothing
     /// was queued.
@@ -235,11 +234,18 @@ impl Receiver {
                     }
                 }
             }
+            let from = if m.flags.contains(MsgFlags::MSG_TRUNC) {
+                Err(Refused::Truncated)
+            } else {
+                m.address
+                    .as_ref()
+                    .and_then(socket_addr)
+                    .ok_or(Refused::NotIp)
+            };
             self.got.push(Message {
                 len: m.bytes,
-                from: m.address.as_ref().and_then(socket_addr),
                 seg: seg.max(1),
-                truncated: m.flags.contains(MsgFlags::MSG_TRUNC),
+                from,
             });
         }
         Ok(self.got.len())
@@ -254,13 +260,7 @@ impl Receiver {
         self.got
             .iter()
             .zip(self.buf.chunks(RECV_BUF))
-            .map(|(m, b)| {
-                if m.truncated {
-                    return Err(Refused::Truncated);
-                }
-                let from = m.from.ok_or(Refused::NotIp)?;
-                Ok((from, m.seg, &b[..m.len.min(b.len())]))
-            })
+            .map(|(m, b)| m.from.map(|from| (from, m.seg, &b[..m.len.min(b.len())])))
     }
 }
 

@@ -64,10 +64,10 @@ fn read_marker(path: &Path, identity: &str) -> bool {
     }
 }
 
+/// A marker torn by a crash mid-write reads as another boot's: forwarding
+/// then stays on, as it did before markers existed.
 fn write_marker(path: &Path, identity: &str) {
-    let tmp = path.with_extension("tmp");
-    let done = std::fs::write(&tmp, identity).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = done {
+    if let Err(e) = std::fs::write(path, identity) {
         tracing::warn!(path = %path.display(), error = %e,
             "cannot record that weft turned IPv4 forwarding on: after a crash it would stay on");
     }
