@@ -41,6 +41,8 @@
 pub mod batch;
 mod counters;
 pub mod disco;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ip;
 mod node;
 pub mod path;
