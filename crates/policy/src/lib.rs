@@ -104,6 +104,8 @@ mod check;
 mod compile;
 mod conntrack;
 mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 mod inventory;
 mod live;
 mod matcher;

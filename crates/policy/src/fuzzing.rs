@@ -1,0 +1,201 @@
+//! Fuzz entry points, shared by the cargo-fuzz targets in `fuzz/` and by the
+//! corpus replay test (`tests/fuzz_corpora.rs`), so CI exercises exactly what the
+//! fuzzer runs, on stable Rust. No function here may panic on any input; the
+//! assertions inside are the properties being fuzzed.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    ConntrackConfig, Direction, Engine, FiveTuple, Inventory, Matcher, Membership, NodeFacts,
+    Policy, RuleVerdict, Verdict, compile, parse, render_rule,
+};
+
+/// A small inventory: two networks, tags, a gateway with a routed subnet, IPv4
+/// and IPv6 addresses.
+fn inventory() -> Inventory {
+    let node = |name: &str, tags: &[&str], nets: &[(&str, &str)], subnets: &[&str]| NodeFacts {
+        name: name.into(),
+        tags: tags.iter().map(|t| (*t).to_string()).collect(),
+        networks: nets
+            .iter()
+            .map(|(n, a)| Membership {
+                network: (*n).to_string(),
+                addrs: a.split(',').filter_map(|a| a.parse().ok()).collect(),
+            })
+            .collect(),
+        routed_subnets: subnets.iter().filter_map(|s| s.parse().ok()).collect(),
+    };
+    Inventory::new(vec![
+        node("web1", &["web"], &[("office", "100.64.0.1,fd7a::1")], &[]),
+        node("db1", &["db"], &[("office", "100.64.0.10")], &[]),
+        node(
+            "gw",
+            &["gw"],
+            &[("office", "100.64.0.20,fd7a::20")],
+            &["10.1.0.0/16", "fd00:1::/64"],
+        ),
+        node(
+            "laptop",
+            &["admin"],
+            &[("office", "100.64.0.30"), ("lab", "100.65.0.30")],
+            &[],
+        ),
+        node("lone", &[], &[("lab", "100.65.0.9")], &[]),
+    ])
+    .unwrap_or_default()
+}
+
+/// Policy text: parse; errors render; what parses validates, renders rules that
+/// parse again, compiles for every node into policies the packet matcher and the
+/// engine accept, and runs its tests.
+pub fn policy_parse(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let policy = match parse(&text) {
+        Ok(p) => p,
+        Err(errors) => {
+            assert!(!errors.errors().is_empty());
+            let _ = errors.with_source("policy.toml");
+            let _ = errors.first().to_string();
+            return;
+        }
+    };
+    let _ = policy.validate();
+    for rule in &policy.rules {
+        let rendered = render_rule(rule);
+        assert!(!rendered.is_empty());
+    }
+    let inv = inventory();
+    let compiled = compile(&policy, &inv);
+    for node in inv.nodes() {
+        let _ = compiled.visible_peers(&node.name);
+        if let Some(cp) = compiled.node(&node.name) {
+            let m = Matcher::new(cp);
+            assert!(m.is_ok(), "{}: compiled policy refused: {m:?}", node.name);
+            let e = Engine::new(cp.clone(), ConntrackConfig::default());
+            assert!(e.is_ok());
+        }
+    }
+    let _ = policy.run_tests(&inv);
+}
+
+/// The engine for node "gw" under a fixed policy with allows, denies, ports,
+/// ICMP and a routed subnet.
+fn engine() -> Option<Engine> {
+    const POLICY: &str = r#"
+[groups]
+servers = ["tag:db", "node:gw"]
+
+[[rule]]
+name = "web to servers"
+action = "allow"
+from = ["tag:web"]
+to = ["group:servers"]
+proto = "tcp"
+ports = [22, 5432, "8000-8100"]
+
+[[rule]]
+name = "admins"
+action = "allow"
+from = "tag:admin"
+to = "*"
+
+[[rule]]
+name = "no telnet"
+action = "deny"
+from = "*"
+to = "*"
+proto = "tcp"
+ports = [23]
+
+[[rule]]
+name = "ping"
+action = "allow"
+from = "network:office"
+to = "network:office"
+proto = "icmp"
+
+[[rule]]
+name = "dns to subnet"
+action = "allow"
+from = "cidr:100.64.0.0/10"
+to = "subnet:10.1.0.0/24"
+proto = "udp"
+ports = [53]
+"#;
+    let policy: Policy = parse(POLICY).ok()?;
+    let compiled = compile(&policy, &inventory());
+    let cp = compiled.node("gw")?.clone();
+    Engine::new(
+        cp,
+        ConntrackConfig {
+            capacity: 16,
+            ..ConntrackConfig::default()
+        },
+    )
+    .ok()
+}
+
+/// The packet parser and the stateful matcher: `data` is a sequence of
+/// `op, len (1 byte), packet` records; op's low bit picks the direction, the
+/// next bits let time pass. Every parsed packet is decided and explained, and
+/// its reverse decided too; the verdict never contradicts the explanation made
+/// just before, and a stateless rule allow is always an engine allow.
+pub fn policy_match(data: &[u8]) {
+    // A fixed policy: if it stops parsing or compiling, the harness is broken
+    // (every corpus replay then fails, so CI notices).
+    let Some(mut engine) = engine() else {
+        panic!("the fixed fuzzing policy no longer compiles");
+    };
+    let Ok(matcher) = Matcher::new(engine.policy()) else {
+        panic!("the compiled fixed policy is refused by the matcher");
+    };
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the fuzz harness needs some base instant"
+    )]
+    let mut now = Instant::now();
+    let mut rest = data;
+    while let [op, len, tail @ ..] = rest {
+        let n = usize::from(*len).min(tail.len());
+        let (pkt, next) = tail.split_at(n);
+        rest = next;
+        let dir = if op & 1 == 0 {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
+        now += Duration::from_secs(u64::from(op >> 1) * 10);
+        if op >> 1 == 0x7f {
+            engine.handle_timeout(now);
+        }
+        let _ = engine.poll_timeout();
+        let Ok(tuple) = FiveTuple::parse(pkt) else {
+            continue;
+        };
+        let _ = tuple.to_string();
+        let _ = tuple.ip_proto();
+        let stateless = matcher.evaluate(dir, &tuple);
+        let explained = engine.explain(dir, &tuple, now);
+        let verdict = engine.decide(dir, &tuple, now);
+        assert_eq!(
+            explained.verdict, verdict,
+            "{tuple}: explain and decide differ"
+        );
+        assert_eq!(explained.rules_verdict, stateless);
+        if let RuleVerdict::Allow(_) = stateless {
+            assert!(
+                verdict.is_allow(),
+                "{tuple}: rules allow, engine {verdict:?}"
+            );
+        }
+        if let Verdict::Allow { .. } = verdict {
+            // Its reply belongs to the flow just opened or continued.
+            let back = tuple.reversed();
+            let _ = engine.decide(dir.reverse(), &back, now);
+        }
+        let _ = engine.counters();
+        let _ = engine.flow_count();
+        let _ = engine.flows().count();
+        assert!(engine.flow_count() <= 16);
+    }
+}
