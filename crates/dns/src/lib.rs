@@ -55,6 +55,8 @@
 pub mod cache;
 mod clock;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 pub mod resolv_conf;
 mod server;
