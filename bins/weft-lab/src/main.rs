@@ -110,6 +110,77 @@ enum Cmd {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=8))]
         nodes: u8,
     },
+    /// Run the fault suite: hostile and unlucky events against real weft
+    /// binaries in lab namespaces, each checked with counts.
+    ///
+    /// Cases (in order; --case picks some):
+    ///   spoofed-source      a packet with another node's inner source is dropped
+    ///                       and counted (spoofed_source)
+    ///   replayed-packets    encrypted datagrams captured on the underlay and sent
+    ///                       again are not delivered twice (replay counted)
+    ///   wrong-network       a node of network `other` cannot reach network `lab`
+    ///   unauthorized-peer   a peer the policy does not allow, and a WireGuard key
+    ///                       in no map, are dropped and counted
+    ///   policy-churn        100 policy edits under iperf3, ping and open flows: no
+    ///                       allowed flow cut, every disallowed flow cut
+    ///   agent-sigkill       kill -9 weftd, restart from its cache (controller down,
+    ///                       then up): interface, routes, nft, DNS and pings back
+    ///   relay-restart       relay-only peers reconnect after the relay restarts
+    ///   stream-flapping     a node's map stream closes repeatedly; its peers see no
+    ///                       map change
+    ///   challenge-flood     a registration succeeds while one source floods
+    ///                       /v1/register/challenge
+    ///   idle-connections    2000 idle connections each to controller and relay, 50
+    ///                       slowloris: the controller still answers within 2 s
+    ///   token-cleartext     weft up with http:// to a non-loopback controller is
+    ///                       refused and sends nothing
+    ///   controller-sigkill  kill -9 the controller under admin writes: every
+    ///                       acknowledged write is still there
+    ///   state-loss          a deleted TLS key or an empty database is refused at
+    ///                       start, naming the file
+    ///
+    /// Prints a table (case, result, time, counts, what was done and checked) and
+    /// exits 1 if any case failed. Needs root, python3, iperf3 and the weft
+    /// binaries (cargo build --workspace --bins); takes about 4 minutes. Logs of
+    /// every process stay in /tmp/weft-lab/<run id>/.
+    #[command(verbatim_doc_comment)]
+    Faults {
+        /// Run only this case (repeatable); default all.
+        #[arg(long = "case", value_name = "CASE",
+              value_parser = clap::builder::PossibleValuesParser::new(weft_lab::faults::case_names()))]
+        cases: Vec<String>,
+    },
+    /// Send WireGuard handshake initiations from random keys (fault-suite helper).
+    #[command(name = "__wg-stranger", hide = true)]
+    WgStranger {
+        #[arg(long)]
+        peer_key: weft_lab::faults::stranger::NodeKey,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+    },
+    /// With a node's own identity, handshake with a peer and send it UDP packets
+    /// with any inner source (fault-suite helper: a rogue node).
+    #[command(name = "__wg-spoof", hide = true)]
+    WgSpoof {
+        #[arg(long)]
+        identity: PathBuf,
+        #[arg(long)]
+        peer_key: weft_lab::faults::stranger::NodeKey,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        src: std::net::Ipv4Addr,
+        #[arg(long)]
+        dst: std::net::Ipv4Addr,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        #[arg(long, default_value = "spoof")]
+        tag: String,
+    },
     /// Answer UDP and TCP probes with the source address seen (self-test helper).
     #[command(name = "__udp-observer", hide = true)]
     UdpObserver {
@@ -210,6 +281,52 @@ fn run(command: Cmd) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             });
+        }
+        Cmd::Faults { cases } => {
+            install_ctrlc()?;
+            let opts = weft_lab::faults::FaultsOptions { cases };
+            let report = weft_lab::faults::run(&opts, &mut |r| {
+                eprintln!(
+                    "weft-lab faults: {} {} ({:.1}s)",
+                    r.def.name,
+                    if r.passed() { "PASS" } else { "FAIL" },
+                    r.took.as_secs_f64()
+                );
+            })?;
+            print!("{report}");
+            return Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Cmd::WgStranger {
+            peer_key,
+            to,
+            count,
+        } => {
+            let sent = weft_lab::faults::stranger::send_initiations(&peer_key, to, count)?;
+            println!("sent {sent} handshake initiations to {to}");
+        }
+        Cmd::WgSpoof {
+            identity,
+            peer_key,
+            to,
+            src,
+            dst,
+            port,
+            count,
+            tag,
+        } => {
+            let sent = weft_lab::faults::stranger::send_as(
+                &identity,
+                &peer_key,
+                to,
+                (src, dst, port),
+                count,
+                &tag,
+            )?;
+            println!("sent {sent} packets from {src} to {dst}:{port} through a session with {to}");
         }
         Cmd::Demo { check, nodes } => {
             install_ctrlc()?;

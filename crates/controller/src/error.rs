@@ -100,6 +100,12 @@ pub enum ApiError {
         /// Which limit.
         message: String,
     },
+    /// 429 with `Retry-After`: a source sent too many unauthenticated requests.
+    #[error("too many requests from this address; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until a request would be accepted.
+        retry_after_secs: u64,
+    },
     /// 503: temporarily unable to serve (storage failure, overload, shutdown).
     #[error("{message}")]
     Unavailable {
@@ -155,7 +161,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooMany { .. } | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -179,6 +187,7 @@ impl ApiError {
             ApiError::PowTooWeak { .. } => "pow_too_weak",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Internal => "internal",
         }
@@ -196,6 +205,12 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status(), Json(self.body())).into_response();
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(retry_after_secs),
+            );
+        }
         if self.status() == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
@@ -230,6 +245,9 @@ mod tests {
                 message: "x".into(),
             },
             ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::RateLimited {
+                retry_after_secs: 1,
+            },
             ApiError::UnsupportedMediaType,
             ApiError::Unprocessable {
                 code: "policy_tests_failed",

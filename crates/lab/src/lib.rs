@@ -49,6 +49,7 @@
 
 mod cmd;
 mod error;
+pub mod faults;
 pub mod grid;
 pub mod guard;
 mod lab;

@@ -60,3 +60,28 @@ pub(crate) fn set_die_with_parent(cmd: &mut std::process::Command) {
         cmd.pre_exec(move || die_with_parent(parent));
     }
 }
+
+/// Raises this process's soft open-file limit to its hard limit (children
+/// inherit it). Returns the soft limit now in force, if it could be read.
+pub(crate) fn raise_nofile_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
