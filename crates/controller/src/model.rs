@@ -841,6 +841,15 @@ impl World {
         n: NewNetwork,
         now_ms: u64,
     ) -> Result<Output, ApiError> {
+        // The same check as subnet routes: an overlay on loopback, link-local,
+        // multicast or broadcast space could never carry traffic.
+        weft_proto::net::check_routable_v4(&n.ipv4_cidr).map_err(|e| {
+            ApiError::invalid("invalid_cidr", format!("ipv4_cidr {} {e}", n.ipv4_cidr))
+        })?;
+        if let Some(p) = &n.ipv6_prefix {
+            weft_proto::net::check_routable_v6(p)
+                .map_err(|e| ApiError::invalid("invalid_cidr", format!("ipv6_prefix {p} {e}")))?;
+        }
         if self.network_by_name.contains_key(&n.name) {
             return Err(ApiError::conflict(
                 "network_exists",

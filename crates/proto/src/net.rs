@@ -170,6 +170,108 @@ impl Ipv6Net {
     pub fn contains(&self, ip: Ipv6Addr) -> bool {
         u128::from(ip) & mask128(self.prefix) == u128::from(self.addr)
     }
+
+    /// Whether the two prefixes share any address.
+    pub fn overlaps(&self, other: &Ipv6Net) -> bool {
+        let p = self.prefix.min(other.prefix);
+        u128::from(self.addr) & mask128(p) == u128::from(other.addr) & mask128(p)
+    }
+}
+
+/// Why a prefix cannot be an overlay network or a routed subnet.
+///
+/// Its `Display` text completes a sentence that starts with the prefix, as in
+/// `format!("route {prefix} {err}")`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unroutable {
+    /// `/0`: every address.
+    #[error("is a default route; only subnets can be routed")]
+    Default,
+    /// It overlaps address space that is never a unicast subnet (named).
+    #[error("overlaps {0}, which cannot be routed")]
+    Reserved(&'static str),
+}
+
+/// IPv4 space that is never an overlay network or a gateway's subnet.
+const RESERVED_V4: [(Ipv4Addr, u8, &str); 6] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\" (0.0.0.0/8)"),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback (127.0.0.0/8)"),
+    (
+        Ipv4Addr::new(169, 254, 0, 0),
+        16,
+        "link-local (169.254.0.0/16)",
+    ),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast (224.0.0.0/4)"),
+    (
+        Ipv4Addr::new(255, 255, 255, 255),
+        32,
+        "broadcast (255.255.255.255)",
+    ),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved (240.0.0.0/4)"),
+];
+
+/// IPv6 space that is never an overlay network.
+const RESERVED_V6: [(Ipv6Addr, u8, &str); 5] = [
+    (
+        Ipv6Addr::UNSPECIFIED,
+        128,
+        "the unspecified address (::/128)",
+    ),
+    (Ipv6Addr::LOCALHOST, 128, "loopback (::1/128)"),
+    (
+        Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
+        96,
+        "IPv4-mapped space (::ffff:0:0/96)",
+    ),
+    (
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+        10,
+        "link-local (fe80::/10)",
+    ),
+    (
+        Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0),
+        8,
+        "multicast (ff00::/8)",
+    ),
+];
+
+/// The one check of "can this be a subnet": an overlay network's IPv4 CIDR and
+/// a gateway's subnet route (controller and CLI) both go through it. Refuses
+/// the default route and any prefix overlapping "this network" (0.0.0.0/8),
+/// loopback, link-local, multicast, reserved (240.0.0.0/4) or broadcast space.
+pub fn check_routable_v4(prefix: &Ipv4Net) -> Result<(), Unroutable> {
+    if prefix.prefix_len() == 0 {
+        return Err(Unroutable::Default);
+    }
+    // Name the range that holds the prefix if there is one (a /32 broadcast is
+    // "broadcast", not "reserved"), else the first it overlaps.
+    let hits = RESERVED_V4.iter().filter_map(|(addr, len, what)| {
+        let r = Ipv4Net::new(*addr, *len).ok()?;
+        r.overlaps(prefix)
+            .then_some((r.prefix_len() <= prefix.prefix_len(), *what))
+    });
+    match hits.clone().find(|h| h.0).or_else(|| hits.clone().next()) {
+        Some((_, what)) => Err(Unroutable::Reserved(what)),
+        None => Ok(()),
+    }
+}
+
+/// [`check_routable_v4`] for an overlay network's IPv6 prefix: refuses the
+/// default route and any prefix overlapping the unspecified or loopback
+/// address, IPv4-mapped space, link-local (fe80::/10) or multicast (ff00::/8).
+pub fn check_routable_v6(prefix: &Ipv6Net) -> Result<(), Unroutable> {
+    if prefix.prefix_len() == 0 {
+        return Err(Unroutable::Default);
+    }
+    let hits = RESERVED_V6.iter().filter_map(|(addr, len, what)| {
+        let r = Ipv6Net::new(*addr, *len).ok()?;
+        r.overlaps(prefix)
+            .then_some((r.prefix_len() <= prefix.prefix_len(), *what))
+    });
+    match hits.clone().find(|h| h.0).or_else(|| hits.clone().next()) {
+        Some((_, what)) => Err(Unroutable::Reserved(what)),
+        None => Ok(()),
+    }
 }
 
 impl FromStr for Ipv4Net {
@@ -187,6 +289,27 @@ impl FromStr for Ipv6Net {
         let (addr, prefix) = split(s)?;
         let addr: Ipv6Addr = addr.parse().map_err(|_| CidrError::BadAddress)?;
         Self::new(addr, prefix)
+    }
+}
+
+/// Why `ep` can never be a peer's underlay endpoint, or `None` when it may be:
+/// port 0, the unspecified address, loopback (it would name the sender itself),
+/// multicast or the IPv4 broadcast address (IPv4-mapped IPv6 forms included).
+/// Used by the controller on what nodes report and by agents on what maps say.
+pub fn unusable_endpoint(ep: &std::net::SocketAddr) -> Option<&'static str> {
+    let ip = ep.ip().to_canonical();
+    if ep.port() == 0 {
+        Some("port 0")
+    } else if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if ip == std::net::IpAddr::V4(Ipv4Addr::BROADCAST) {
+        Some("the broadcast address")
+    } else {
+        None
     }
 }
 
@@ -250,6 +373,74 @@ mod tests {
         assert!(v6.contains("fd7a:115c:a1e0:1::1".parse().unwrap()));
         assert!("0.0.0.0/0".parse::<Ipv4Net>().unwrap().overlaps(&n));
         assert!(!"10.0.0.0/8".parse::<Ipv4Net>().unwrap().overlaps(&n));
+    }
+
+    #[test]
+    fn routable_prefixes() {
+        let v4 = |s: &str| check_routable_v4(&s.parse().unwrap());
+        assert_eq!(v4("192.168.50.0/24"), Ok(()));
+        assert_eq!(v4("100.64.0.0/10"), Ok(()));
+        assert_eq!(v4("0.0.0.0/0"), Err(Unroutable::Default));
+        for (cidr, what) in [
+            ("0.0.0.0/8", "this network"),
+            ("0.0.0.0/16", "this network"),
+            ("127.0.0.0/8", "loopback"),
+            ("127.0.0.1/32", "loopback"),
+            ("96.0.0.0/3", "loopback"),
+            ("169.254.0.0/16", "link-local"),
+            ("169.254.7.0/24", "link-local"),
+            ("224.0.0.0/4", "multicast"),
+            ("239.1.0.0/16", "multicast"),
+            ("240.0.0.0/4", "reserved"),
+            ("255.255.255.255/32", "broadcast"),
+        ] {
+            let e = v4(cidr).unwrap_err().to_string();
+            assert!(e.contains(what), "{cidr}: {e}");
+        }
+        let v6 = |s: &str| check_routable_v6(&s.parse().unwrap());
+        assert_eq!(v6("fd7a:115c:a1e0::/48"), Ok(()));
+        assert_eq!(v6("2001:db8::/32"), Ok(()));
+        assert_eq!(v6("::/0"), Err(Unroutable::Default));
+        for (cidr, what) in [
+            ("::/128", "unspecified"),
+            ("::1/128", "loopback"),
+            ("::/96", "unspecified"),
+            ("::ffff:0:0/96", "IPv4-mapped"),
+            ("fe80::/10", "link-local"),
+            ("fe80::/64", "link-local"),
+            ("ff00::/8", "multicast"),
+            ("ff02::/16", "multicast"),
+            ("f000::/4", "link-local"),
+        ] {
+            let e = v6(cidr).unwrap_err().to_string();
+            assert!(e.contains(what), "{cidr}: {e}");
+        }
+    }
+
+    #[test]
+    fn unusable_endpoints() {
+        let bad = |s: &str| unusable_endpoint(&s.parse().unwrap());
+        assert_eq!(bad("192.0.2.1:41641"), None);
+        assert_eq!(bad("[2001:db8::1]:41641"), None);
+        assert_eq!(bad("10.0.0.1:41641"), None);
+        for (ep, what) in [
+            ("192.0.2.1:0", "port 0"),
+            ("0.0.0.0:41641", "unspecified"),
+            ("[::]:41641", "unspecified"),
+            ("127.0.0.1:41641", "loopback"),
+            ("127.9.9.9:41641", "loopback"),
+            ("[::1]:41641", "loopback"),
+            ("[::ffff:127.0.0.1]:41641", "loopback"),
+            ("224.0.0.251:5353", "multicast"),
+            ("[ff02::1]:41641", "multicast"),
+            ("255.255.255.255:41641", "broadcast"),
+        ] {
+            assert!(
+                bad(ep).is_some_and(|r| r.contains(what)),
+                "{ep}: {:?}",
+                bad(ep)
+            );
+        }
     }
 
     proptest! {

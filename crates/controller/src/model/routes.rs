@@ -23,12 +23,11 @@
 //!   network a fresh snapshot (route changes are rare; maps stay exact).
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 
 use serde_json::json;
 use weft_proto::NodeKey;
 use weft_proto::api::{self, RouteInfo, RouteRequest};
-use weft_proto::net::Ipv4Net;
+use weft_proto::net::{Ipv4Net, check_routable_v4};
 
 use super::{Actor, Batch, NetId, NodeId, Output, World, secs};
 use crate::error::ApiError;
@@ -69,21 +68,8 @@ impl RouteOp {
     }
 }
 
-/// Ranges that are never a gateway's subnet.
-const RESERVED: [(Ipv4Addr, u8, &str); 6] = [
-    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\" (0.0.0.0/8)"),
-    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback (127.0.0.0/8)"),
-    (
-        Ipv4Addr::new(169, 254, 0, 0),
-        16,
-        "link-local (169.254.0.0/16)",
-    ),
-    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast (224.0.0.0/4)"),
-    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved (240.0.0.0/4)"),
-    (Ipv4Addr::new(255, 255, 255, 255), 32, "broadcast"),
-];
-
-/// Parses and checks one route prefix (without looking at the networks).
+/// Parses and checks one route prefix (without looking at the networks): the
+/// same check as an overlay network's CIDR ([`check_routable_v4`]).
 pub(super) fn parse_prefix(text: &str) -> Result<Ipv4Net, ApiError> {
     let shown: String = text.chars().take(64).collect();
     let prefix: Ipv4Net = text.trim().parse().map_err(|e| {
@@ -92,22 +78,8 @@ pub(super) fn parse_prefix(text: &str) -> Result<Ipv4Net, ApiError> {
             format!("route {shown:?} is not an IPv4 CIDR such as 192.168.50.0/24: {e}"),
         )
     })?;
-    if prefix.prefix_len() == 0 {
-        return Err(ApiError::invalid(
-            "invalid_cidr",
-            format!("route {prefix} is a default route; only subnets can be routed"),
-        ));
-    }
-    for (addr, len, what) in RESERVED {
-        if let Ok(r) = Ipv4Net::new(addr, len)
-            && r.overlaps(&prefix)
-        {
-            return Err(ApiError::invalid(
-                "invalid_cidr",
-                format!("route {prefix} overlaps {what}, which cannot be routed"),
-            ));
-        }
-    }
+    check_routable_v4(&prefix)
+        .map_err(|e| ApiError::invalid("invalid_cidr", format!("route {prefix} {e}")))?;
     Ok(prefix)
 }
 
