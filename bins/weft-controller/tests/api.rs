@@ -983,3 +983,130 @@ async fn policy_is_validated_versioned_audited_and_streamed() {
     let p = ctl.admin().get_policy().await.unwrap();
     assert_eq!((p.version, p.text.as_str()), (3, "# closed\n"));
 }
+
+/// Issue 14 item 1: one source flooding the unauthenticated endpoints gets 429
+/// with Retry-After after its burst, the refusals are summarized in one WARN,
+/// and a registration from another source goes through; challenges are
+/// stateless but single use, and forged or tampered ones are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenge_flood_from_one_source_does_not_stop_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(
+        dir.path(),
+        &[
+            "--plain-http",
+            "--register-burst",
+            "5",
+            "--register-per-minute",
+            "6",
+        ],
+    );
+    let admin = ctl.admin();
+    admin
+        .create_network(&network("lab", "100.64.0.0/24", 0))
+        .await
+        .unwrap();
+    let token = admin
+        .create_token(&token_req(&["lab"], None, 3600))
+        .await
+        .unwrap()
+        .token;
+    let addr = ctl.addr.clone();
+    let json = ("content-type", "application/json");
+
+    // The flood: 300 challenge requests from 127.0.0.3.
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..300 {
+        let (status, head, body) = raw_from(
+            "127.0.0.3",
+            &addr,
+            "POST",
+            "/v1/register/challenge",
+            &[],
+            b"",
+        )
+        .await;
+        match status {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert!(body.contains("rate_limited"), "{body}");
+                let retry: u64 = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("retry-after: ")
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| panic!("no Retry-After in {head}"))
+                    .trim()
+                    .parse()
+                    .unwrap();
+                assert!((1..=11).contains(&retry), "Retry-After {retry}");
+            }
+            other => panic!("status {other}: {body}"),
+        }
+    }
+    assert!((5..=6).contains(&ok), "burst of 5 (+1 refill): {ok}");
+    assert_eq!(ok + limited, 300);
+
+    // Another source registers while the flooder is limited.
+    let challenge_from = |src: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let (s, _, b) = raw_from(src, &addr, "POST", "/v1/register/challenge", &[], b"").await;
+            assert_eq!(s, 200, "{b}");
+            serde_json::from_str::<serde_json::Value>(&b).unwrap()["challenge"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let reg = |src: &'static str, body: serde_json::Value| {
+        let addr = addr.clone();
+        async move {
+            let (s, _, b) = raw_from(
+                src,
+                &addr,
+                "POST",
+                "/v1/register",
+                &[json],
+                body.to_string().as_bytes(),
+            )
+            .await;
+            (s, b)
+        }
+    };
+    let id = identity(0);
+    let ch = challenge_from("127.0.0.2").await;
+    let body = register_body(&token, &id, &ch);
+    let (s, b) = reg("127.0.0.2", body.clone()).await;
+    assert_eq!(s, 200, "{b}");
+    // The whole registration replayed: the challenge is single use.
+    expect_error(reg("127.0.0.4", body).await, 400, "invalid_challenge");
+    // Tampered (one bit of the issue time, the nonce, the MAC) and forged.
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let fresh = URL_SAFE_NO_PAD
+        .decode(challenge_from("127.0.0.4").await)
+        .unwrap();
+    for byte in [0, 12, 31] {
+        let mut bad = fresh.clone();
+        bad[byte] ^= 0x01;
+        let body = register_body(&token, &identity(0), &URL_SAFE_NO_PAD.encode(&bad));
+        expect_error(reg("127.0.0.4", body).await, 400, "invalid_challenge");
+    }
+    let body = register_body(&token, &identity(0), &URL_SAFE_NO_PAD.encode([7u8; 32]));
+    expect_error(reg("127.0.0.5", body).await, 400, "invalid_challenge");
+    // The flooder is still limited on /v1/register too.
+    let (s, _) = reg("127.0.0.3", serde_json::json!({})).await;
+    assert_eq!(s, 429);
+
+    // Refusals are summarized, not logged one per request.
+    let summaries = ctl
+        .log()
+        .lines()
+        .filter(|l| l.contains("rate limit: refused"))
+        .count();
+    assert_eq!(summaries, 1, "{}", ctl.log());
+}

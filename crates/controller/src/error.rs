@@ -30,7 +30,10 @@ pub enum ApiError {
     NodeDisabled,
     /// 403: the identity's proof of work is below the network's difficulty.
     #[error(
-        "proof of work too weak: {achieved} bits, the network requires {required}; mint an identity with at least {required} bits"
+        "proof of work too weak: {achieved} bits, the network requires {required}. Mint a new \
+         identity with at least {required} bits: stop weftd, move STATE_DIR/identity.key aside, \
+         start weftd with --mint-difficulty {required} (or mint one with `weft identity new \
+         --difficulty {required} --out STATE_DIR/identity.key`), then run `weft up` again"
     )]
     PowTooWeak {
         /// Bits the proof reaches.
@@ -224,6 +227,18 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pow_too_weak_says_how_to_mint_again() {
+        let msg = ApiError::PowTooWeak {
+            achieved: 12,
+            required: 26,
+        }
+        .to_string();
+        assert!(msg.contains("12 bits, the network requires 26"), "{msg}");
+        assert!(msg.contains("weftd with --mint-difficulty 26"), "{msg}");
+        assert!(msg.contains("weft identity new --difficulty 26"), "{msg}");
+    }
 
     #[test]
     fn every_error_is_4xx_or_5xx_with_a_code() {

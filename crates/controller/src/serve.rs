@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 use weft_proto::netmap::Relay;
 
-use crate::api::{self, ApiConfig, AppState, Challenges};
+use crate::api::{self, ApiConfig, AppState, Challenges, Limiter, Peer};
 use crate::engine::Engine;
 use crate::hub::{Hub, HubConfig};
 use crate::model::World;
@@ -164,7 +164,11 @@ pub async fn run(
         engine: engine.clone(),
         challenges: Arc::new(Challenges::new(
             config.api.challenge_ttl,
-            config.api.max_challenges,
+            config.api.max_used_challenges,
+        )),
+        limiter: Arc::new(Limiter::new(
+            config.api.rate_limit,
+            config.api.refusal_summary_every,
         )),
         cfg: Arc::new(config.api.clone()),
         shutdown: shutdown_rx,
@@ -179,7 +183,7 @@ pub async fn run(
             () = &mut shutdown => break,
             a = listener.accept() => a,
         };
-        let (tcp, _peer) = match accepted {
+        let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -193,7 +197,8 @@ pub async fn run(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let svc = TowerToHyperService::new(router.clone());
+        // Handlers see the peer address (per-source rate limits).
+        let svc = TowerToHyperService::new(router.clone().layer(axum::Extension(Peer(peer))));
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {

@@ -32,6 +32,7 @@
 
 mod admin;
 mod health;
+mod limit;
 mod map;
 mod node;
 mod register;
@@ -61,6 +62,7 @@ use crate::error::ApiError;
 use crate::model::NodeId;
 use crate::secret::{MAX_SECRET_LEN, SecretHash};
 
+pub use limit::{Limiter, Peer, RateLimit};
 pub use register::Challenges;
 pub use relay::RelayAuth;
 
@@ -73,8 +75,13 @@ pub struct ApiConfig {
     pub keepalive: Duration,
     /// Lifetime of a registration challenge.
     pub challenge_ttl: Duration,
-    /// Outstanding challenges at most.
-    pub max_challenges: usize,
+    /// Successful registrations remembered (for single use of their challenge)
+    /// per challenge lifetime at most; beyond it registration answers 503.
+    pub max_used_challenges: usize,
+    /// Per-source limit of the unauthenticated endpoints.
+    pub rate_limit: RateLimit,
+    /// At most one WARN summarizing rate-limit refusals per this interval.
+    pub refusal_summary_every: Duration,
 }
 
 impl Default for ApiConfig {
@@ -83,7 +90,9 @@ impl Default for ApiConfig {
             max_body: 64 * 1024,
             keepalive: Duration::from_secs(15),
             challenge_ttl: Duration::from_secs(60),
-            max_challenges: 65_536,
+            max_used_challenges: 65_536,
+            rate_limit: RateLimit::default(),
+            refusal_summary_every: Duration::from_secs(60),
         }
     }
 }
@@ -93,8 +102,10 @@ impl Default for ApiConfig {
 pub struct AppState {
     /// The engine.
     pub engine: Engine,
-    /// Outstanding registration challenges.
+    /// Registration challenges (the MAC key and the used set).
     pub challenges: Arc<Challenges>,
+    /// Per-source limits of the unauthenticated endpoints.
+    pub limiter: Arc<Limiter>,
     /// Settings.
     pub cfg: Arc<ApiConfig>,
     /// Becomes `true` when the server shuts down (ends map streams).
@@ -104,10 +115,16 @@ pub struct AppState {
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
     let max_body = state.cfg.max_body;
-    Router::new()
-        .route("/healthz", get(health::healthz))
+    let unauthenticated = Router::new()
         .route("/v1/register/challenge", post(register::challenge))
         .route("/v1/register", post(register::register))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            register::limit,
+        ));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .merge(unauthenticated)
         .route("/v1/map", get(map::get_map))
         .route("/v1/map/stream", get(map::stream))
         .route("/v1/node/report", post(node::report))

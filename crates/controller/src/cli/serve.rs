@@ -51,6 +51,15 @@ pub(super) struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
     max_body_bytes: u64,
+    /// Requests one client address (an IPv6 /64) may send at once to the
+    /// unauthenticated registration endpoints; beyond it they get 429 with
+    /// Retry-After. A registration takes two (challenge, register).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    register_burst: u32,
+    /// Registration requests per minute one client address regains. Raise both
+    /// when many nodes enrol at once from behind one NAT or proxy.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    register_per_minute: u32,
     /// Seconds shutdown waits for open requests.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_secs: u64,
@@ -153,6 +162,11 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             api: crate::api::ApiConfig {
                 keepalive: Duration::from_secs(args.keepalive_secs),
                 max_body: usize::try_from(args.max_body_bytes).unwrap_or(64 * 1024),
+                rate_limit: crate::api::RateLimit {
+                    burst: args.register_burst,
+                    per_minute: args.register_per_minute,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
