@@ -25,6 +25,8 @@ mod clock;
 mod ctl;
 mod dataplane;
 mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod netmap;
 pub mod state;
 mod supervisor;
