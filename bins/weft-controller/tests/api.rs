@@ -1110,3 +1110,62 @@ async fn challenge_flood_from_one_source_does_not_stop_another() {
         .count();
     assert_eq!(summaries, 1, "{}", ctl.log());
 }
+
+/// Issue 14 item 7: the secret-in-URL guard decodes and normalises parameter
+/// names, and only `application/json` (with parameters) is JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_in_url_guard_and_exact_content_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(dir.path(), &["--plain-http"]);
+    let addr = ctl.addr.clone();
+    let admin_h = format!("Bearer {}", ctl.admin_token);
+    let auth = ("authorization", admin_h.as_str());
+    for q in [
+        "tok%65n=x",
+        "token[]=x",
+        "password=x",
+        "key=x",
+        "api-key=x",
+        "apiKey=x",
+        "access_token=x",
+        "sig=x",
+        "network=weft_admin_x",
+    ] {
+        expect_error(
+            raw(&addr, "GET", &format!("/v1/admin/nodes?{q}"), &[auth], b""),
+            400,
+            "token_in_url",
+        );
+    }
+    assert_eq!(
+        raw(&addr, "GET", "/v1/admin/nodes?network=lab", &[auth], b"").0,
+        404,
+        "an ordinary query passes the guard (no network lab yet)"
+    );
+    let body = br#"{"name":"lab","ipv4_cidr":"100.64.0.0/24"}"#;
+    for ct in [
+        "application/jsonx",
+        "application/json-seq",
+        "application/json5",
+    ] {
+        expect_error(
+            raw(
+                &addr,
+                "POST",
+                "/v1/admin/networks",
+                &[auth, ("content-type", ct)],
+                body,
+            ),
+            415,
+            "unsupported_media_type",
+        );
+    }
+    let (s, b) = raw(
+        &addr,
+        "POST",
+        "/v1/admin/networks",
+        &[auth, ("content-type", "application/json; charset=utf-8")],
+        body,
+    );
+    assert_eq!(s, 201, "{b}");
+}

@@ -60,7 +60,9 @@ use crate::clock;
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::model::NodeId;
-use crate::secret::{MAX_SECRET_LEN, SecretHash};
+use crate::secret::{
+    ADMIN_PREFIX, JOIN_PREFIX, MAX_SECRET_LEN, NODE_PREFIX, RELAY_PREFIX, SecretHash,
+};
 
 pub use limit::{Limiter, Peer, RateLimit};
 pub use register::Challenges;
@@ -143,33 +145,13 @@ pub fn router(state: AppState) -> Router {
 async fn guard(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    if let Some(q) = req.uri().query() {
-        const SECRET_PARAMS: [&str; 8] = [
-            "token",
-            "access_token",
-            "credential",
-            "secret",
-            "bearer",
-            "authorization",
-            "auth",
-            "api_key",
-        ];
-        let carries_secret = q.split('&').any(|pair| {
-            let key = pair
-                .split('=')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            SECRET_PARAMS.contains(&key.as_str())
-        });
-        if carries_secret {
-            debug!(%method, %path, "refused a query string that looks like it carries a secret");
-            return ApiError::invalid(
-                "token_in_url",
-                "secrets are never accepted in URLs; send them in the Authorization header or the body",
-            )
-            .into_response();
-        }
+    if req.uri().query().is_some_and(query_carries_secret) {
+        debug!(%method, %path, "refused a query string that looks like it carries a secret");
+        return ApiError::invalid(
+            "token_in_url",
+            "secrets are never accepted in URLs; send them in the Authorization header or the body",
+        )
+        .into_response();
     }
     let start = clock::now();
     let resp = match std::panic::AssertUnwindSafe(next.run(req))
@@ -190,6 +172,125 @@ async fn guard(req: Request, next: Next) -> Response {
         debug!(%method, %path, status, ms, "request");
     }
     resp
+}
+
+/// Parameter names (lowercase, without `-`, `_`, `.` or spaces) that name a
+/// secret wherever they appear.
+const SECRET_NAMES: &[&str] = &[
+    "token",
+    "accesstoken",
+    "refreshtoken",
+    "idtoken",
+    "authtoken",
+    "jointoken",
+    "admintoken",
+    "credential",
+    "credentials",
+    "secret",
+    "clientsecret",
+    "bearer",
+    "authorization",
+    "auth",
+    "apikey",
+    "key",
+    "privatekey",
+    "password",
+    "passwd",
+    "pwd",
+    "pass",
+    "passphrase",
+    "session",
+    "sessionid",
+    "sig",
+    "signature",
+    "jwt",
+];
+
+/// Last words of a parameter name (`join_token`, `x-api-key`) that name a secret.
+const SECRET_SUFFIXES: &[&str] = &[
+    "token",
+    "secret",
+    "key",
+    "password",
+    "passwd",
+    "credential",
+    "credentials",
+    "signature",
+    "session",
+];
+
+/// Percent-decodes `s` once (`+` is a space, as in forms); bad escapes stay.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| char::from(c).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether one query parameter name names a secret: decoded (up to three
+/// times, so `%2565` counts too), lowercased, any `[..]` suffix cut
+/// (`token[]`), and compared without `-`, `_`, `.` and spaces, as a whole
+/// (`api-key`, `apiKey`) or by its last word (`join_token`).
+fn secret_name(raw: &str) -> bool {
+    let mut name = raw.to_owned();
+    for _ in 0..3 {
+        let next = percent_decode(&name);
+        if next == name {
+            break;
+        }
+        name = next;
+    }
+    let name = name.to_lowercase();
+    let name = name.split('[').next().unwrap_or_default().trim();
+    let is_sep = |c: char| matches!(c, '-' | '_' | '.' | ' ');
+    let squashed: String = name.chars().filter(|c| !is_sep(*c)).collect();
+    if SECRET_NAMES.contains(&squashed.as_str()) {
+        return true;
+    }
+    name.rsplit(is_sep)
+        .find(|w| !w.is_empty())
+        .is_some_and(|last| name.contains(is_sep) && SECRET_SUFFIXES.contains(&last))
+}
+
+/// Whether a query string looks like it carries a secret: a parameter named
+/// like one, or a value that is a weft secret (`weft_admin_…`, `weft_join_…`,
+/// `weft_node_…`, `weft_relay_…`).
+fn query_carries_secret(q: &str) -> bool {
+    q.split(['&', ';']).any(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if secret_name(key) {
+            return true;
+        }
+        let value = percent_decode(value);
+        [ADMIN_PREFIX, JOIN_PREFIX, NODE_PREFIX, RELAY_PREFIX]
+            .iter()
+            .any(|p| value.trim().starts_with(p))
+    })
+}
+
+/// Whether a Content-Type header value is exactly `application/json`
+/// (parameters such as `charset` are ignored; `application/jsonx` or
+/// `application/json-seq` are not JSON).
+fn is_json_media_type(v: &str) -> bool {
+    v.split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Request bodies that may carry an `api_version`.
@@ -241,11 +342,7 @@ impl<T: DeserializeOwned + Versioned> FromRequest<AppState> for ApiJson<T> {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.trim()
-                    .to_ascii_lowercase()
-                    .starts_with("application/json")
-            });
+            .is_some_and(is_json_media_type);
         if !json {
             return Err(ApiError::UnsupportedMediaType);
         }
@@ -373,3 +470,89 @@ impl FromRequestParts<AppState> for AdminAuth {
 
 /// `State` re-export for handler signatures.
 pub type St = State<AppState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_query_strings_are_found_however_spelled() {
+        for q in [
+            "token=x",
+            "TOKEN=x",
+            "tok%65n=x",
+            "tok%2565n=x",
+            "%74%6f%6b%65%6e=x",
+            "token[]=x",
+            "token[0]=x",
+            "tok%65n%5B%5D=x",
+            "a=1&password=x",
+            "a=1;passwd=x",
+            "key=x",
+            "api-key=x",
+            "api_key=x",
+            "apikey=x",
+            "apiKey=x",
+            "X-Api-Key=x",
+            "access_token=x",
+            "access-token=x",
+            "refresh_token=x",
+            "session=x",
+            "sig=x",
+            "signature=x",
+            "private_key=x",
+            "private-key=x",
+            "join_token=x",
+            "client_secret=x",
+            "credential=x",
+            "auth=x",
+            "bearer=x",
+            "authorization=x",
+            "token",
+            "q=weft_admin_abc",
+            "q=%77eft_join_abc",
+        ] {
+            assert!(query_carries_secret(q), "{q}");
+        }
+    }
+
+    #[test]
+    fn ordinary_query_strings_pass() {
+        for q in [
+            "network=lab",
+            "limit=10&before=5&target=node:a",
+            "monkey=1",
+            "tokens=all",
+            "keyboard=1",
+            "q=weft",
+            "a%ZZ=1",
+            "%=1",
+            "",
+        ] {
+            assert!(!query_carries_secret(q), "{q}");
+        }
+    }
+
+    #[test]
+    fn only_application_json_is_json() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            " application/json ; charset=utf-8",
+            "application/json;charset=UTF-8",
+        ] {
+            assert!(is_json_media_type(ok), "{ok}");
+        }
+        for bad in [
+            "application/jsonx",
+            "application/json-seq",
+            "application/json5",
+            "application/jsonp; charset=utf-8",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "",
+        ] {
+            assert!(!is_json_media_type(bad), "{bad}");
+        }
+    }
+}
