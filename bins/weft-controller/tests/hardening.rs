@@ -145,3 +145,83 @@ async fn network_cidrs_and_routes_refuse_the_same_unroutable_ranges() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_endpoints_peers_cannot_use_never_reach_their_maps() {
+    use weft_proto::api::ReportRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(dir.path(), &[]);
+    let admin = ctl.admin();
+    let req = CreateNetworkRequest {
+        ipv6_prefix: Some("fd7a:115c:a1e0::/48".into()),
+        ..network("lab", "100.64.0.0/24", 0)
+    };
+    admin.create_network(&req).await.unwrap();
+    admin
+        .create_network(&network("other", "100.65.0.0/24", 0))
+        .await
+        .unwrap();
+    let tok = admin
+        .create_token(&token_req(&["lab"], None, 3600))
+        .await
+        .unwrap();
+    let client = ctl.client();
+    let a = register(&client, &tok.token, &identity(0)).await.unwrap();
+    let b = register(&client, &tok.token, &identity(0)).await.unwrap();
+    let ca = client.with_bearer(&a.credential).unwrap();
+    let cb = client.with_bearer(&b.credential).unwrap();
+    let report = |eps: &[&str]| ReportRequest {
+        api_version: None,
+        endpoints: Some(eps.iter().map(|e| e.parse().unwrap()).collect()),
+    };
+    let a_in_b_map = || async {
+        let m = cb.map().await.unwrap();
+        m.network("lab").unwrap().peers[0].endpoints.clone()
+    };
+
+    // Endpoints in overlay space (A's own address, B's, another network's,
+    // the IPv6 prefix, an IPv4-mapped form) are dropped; the valid ones stay.
+    let b_ip = b.addresses[0].ipv4;
+    let a_ip = a.addresses[0].ipv4;
+    ca.report(&report(&[
+        "192.0.2.10:41641",
+        &format!("{a_ip}:41641"),
+        &format!("{b_ip}:41641"),
+        "100.65.0.9:41641",
+        "[fd7a:115c:a1e0::9]:41641",
+        &format!("[::ffff:{b_ip}]:41641"),
+        "[2001:db8::10]:41641",
+    ]))
+    .await
+    .unwrap();
+    let want: Vec<std::net::SocketAddr> = vec![
+        "192.0.2.10:41641".parse().unwrap(),
+        "[2001:db8::10]:41641".parse().unwrap(),
+    ];
+    assert_eq!(a_in_b_map().await, want);
+    let node = admin.show_node(&a.name).await.unwrap();
+    assert_eq!(node.endpoints, want);
+
+    // Loopback, unspecified, multicast, broadcast and port 0 are refused with
+    // a message naming the endpoint; nothing of such a report is kept.
+    for bad in [
+        "127.0.0.1:41641",
+        "[::1]:41641",
+        "[::ffff:127.0.0.1]:41641",
+        "0.0.0.0:41641",
+        "[::]:41641",
+        "224.0.0.251:5353",
+        "[ff02::1]:41641",
+        "255.255.255.255:41641",
+        "192.0.2.11:0",
+    ] {
+        let (status, code, msg) = refused(ca.report(&report(&["192.0.2.12:41641", bad])).await);
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "invalid_endpoints"),
+            "{bad}: {msg}"
+        );
+        assert!(msg.contains("not a usable endpoint"), "{bad}: {msg}");
+        assert_eq!(a_in_b_map().await, want, "after {bad}");
+    }
+}

@@ -1349,6 +1349,21 @@ impl World {
         }
         node.rec.last_seen = Some(secs(now_ms));
         if let Some(mut eps) = endpoints {
+            // An endpoint inside an overlay network (this node's own address or
+            // another node's) would send peers' datagrams into the tunnel:
+            // dropped, the others kept. (The handler refused loopback,
+            // unspecified, multicast and broadcast endpoints already.)
+            let networks = &self.networks;
+            eps.retain(|e| {
+                let overlay = networks.values().any(|n| match e.ip().to_canonical() {
+                    std::net::IpAddr::V4(ip) => n.rec.ipv4_cidr.contains(ip),
+                    std::net::IpAddr::V6(ip) => n.rec.ipv6_prefix.is_some_and(|p| p.contains(ip)),
+                });
+                if overlay {
+                    tracing::debug!(node = id, endpoint = %e, "dropped a reported endpoint in overlay address space");
+                }
+                !overlay && weft_proto::net::unusable_endpoint(e).is_none()
+            });
             eps.sort();
             eps.dedup();
             if eps != node.rec.endpoints {

@@ -354,6 +354,24 @@ impl Node {
             }
         }
 
+        // Underlay candidates are never loopback, unspecified, multicast or
+        // broadcast, nor an overlay address (sent there, a datagram would loop
+        // back into the tunnel); the controller drops them, and so do we.
+        let overlay: BTreeSet<IpAddr> = self
+            .local
+            .keys()
+            .copied()
+            .chain(
+                wanted
+                    .values()
+                    .flat_map(|p| p.addresses.iter().map(|a| a.1)),
+            )
+            .collect();
+        let usable = |e: &&SocketAddr| {
+            weft_proto::net::unusable_endpoint(e).is_none()
+                && !overlay.contains(&e.ip().to_canonical())
+        };
+
         let mut fresh = BTreeSet::new();
         for (key, pc) in &wanted {
             if !self.peers.contains_key(key) {
@@ -397,7 +415,9 @@ impl Node {
                 peer.name.clone_from(&pc.name);
                 peer.addresses = pc.addresses.iter().copied().collect();
                 peer.routes.clone_from(&pc.routes);
-                peer.path.set_candidates(&pc.endpoints, now);
+                let endpoints: Vec<SocketAddr> =
+                    pc.endpoints.iter().filter(usable).copied().collect();
+                peer.path.set_candidates(&endpoints, now);
             }
             if fresh.contains(key) {
                 // Handshake at once rather than on first traffic: a peer that still

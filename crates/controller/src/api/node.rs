@@ -1,8 +1,13 @@
 //! `POST /v1/node/report`: an agent's liveness and candidate endpoints.
+//!
+//! A report naming a loopback, unspecified, multicast or broadcast endpoint (or
+//! port 0) is refused (`invalid_endpoints`); endpoints inside an overlay
+//! network are dropped and the rest kept.
 
 use axum::extract::State;
 use http::StatusCode;
 use weft_proto::api::ReportRequest;
+use weft_proto::net::unusable_endpoint;
 
 use super::{ApiJson, AppState, NodeAuth};
 use crate::error::ApiError;
@@ -21,13 +26,16 @@ pub(super) async fn report(
                 format!("at most {MAX_ENDPOINTS} endpoints"),
             ));
         }
-        if let Some(bad) = eps
+        // Loopback, unspecified, multicast or broadcast: peers would send to
+        // themselves or to nobody. (Endpoints in overlay space are dropped by
+        // the model, which knows the networks.)
+        if let Some((bad, why)) = eps
             .iter()
-            .find(|e| e.port() == 0 || e.ip().is_unspecified() || e.ip().is_multicast())
+            .find_map(|e| unusable_endpoint(e).map(|why| (e, why)))
         {
             return Err(ApiError::invalid(
                 "invalid_endpoints",
-                format!("{bad} is not a usable endpoint"),
+                format!("{bad} is not a usable endpoint ({why})"),
             ));
         }
     }
