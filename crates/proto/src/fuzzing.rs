@@ -118,3 +118,33 @@ pub fn map_event_decode(data: &[u8]) {
         assert_eq!(MembersEvent::decode(ev.event_name(), &ev.to_json()), Ok(ev));
     }
 }
+
+/// The local API's JSON, both ways: `data[0]` even, the agent reading a request
+/// line (as `weftd` does: at most [`MAX_REQUEST_LEN`] bytes, trailing whitespace
+/// trimmed); odd, the CLI reading the agent's response line. What decodes
+/// re-encodes to JSON that decodes the same.
+///
+/// [`MAX_REQUEST_LEN`]: crate::local::MAX_REQUEST_LEN
+pub fn local_api(data: &[u8]) {
+    use crate::local::{LocalRequest, LocalResponse, MAX_REQUEST_LEN};
+    let Some((&which, line)) = data.split_first() else {
+        return;
+    };
+    let line = String::from_utf8_lossy(line);
+    if which & 1 == 0 {
+        if line.len() > MAX_REQUEST_LEN {
+            return;
+        }
+        if let Ok(req) = serde_json::from_str::<LocalRequest>(line.trim_end()) {
+            let json = serde_json::to_string(&req);
+            assert!(json.is_ok());
+            let again = json.map(|j| serde_json::from_str::<LocalRequest>(&j).ok());
+            assert_eq!(again.ok().flatten(), Some(req));
+        }
+    } else if let Ok(resp) = serde_json::from_str::<LocalResponse>(line.trim_end()) {
+        let json = serde_json::to_string(&resp);
+        assert!(json.is_ok());
+        let again = json.map(|j| serde_json::from_str::<LocalResponse>(&j).ok());
+        assert_eq!(again.ok().flatten(), Some(resp));
+    }
+}

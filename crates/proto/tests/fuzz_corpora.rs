@@ -50,3 +50,8 @@ fn sse_parser_corpus() {
 fn map_event_decode_corpus() {
     replay("map_event_decode", fuzzing::map_event_decode, 4);
 }
+
+#[test]
+fn local_api_corpus() {
+    replay("local_api", fuzzing::local_api, 4);
+}
