@@ -20,7 +20,8 @@ const VERSION: &str = concat!(
 /// Gives this machine an encrypted overlay address in every network it joins,
 /// keeps WireGuard sessions with its peers, and keeps the system's interfaces and
 /// routes as the controller wants them. Control it with `weft` (status, up, down,
-/// ping) over the local socket.
+/// ping) over the local socket. Needs CAP_NET_ADMIN (root, or
+/// `AmbientCapabilities=CAP_NET_ADMIN`); refuses to start without it.
 #[derive(Debug, Parser)]
 #[command(name = "weftd", version = VERSION)]
 struct Args {

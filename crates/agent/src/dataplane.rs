@@ -293,7 +293,7 @@ impl Dataplane {
         &mut self,
         wanted: &BTreeMap<NetIndex, String>,
         mtu: u32,
-    ) -> Vec<String> {
+    ) -> Vec<(String, String)> {
         let mut errors = Vec::new();
         let stale: Vec<NetIndex> = self
             .tun_names
@@ -360,7 +360,7 @@ impl Dataplane {
                     added = true;
                     tracing::info!(interface = %name, offloads = vnet, "created TUN device");
                 }
-                Err(e) => errors.push(format!("creating TUN device {name}: {e}")),
+                Err(e) => errors.push((name.clone(), format!("creating TUN device {name}: {e}"))),
             }
         }
         if added {

@@ -21,10 +21,12 @@
 //! controller is down. A corrupt cache is discarded (no peers, fail closed).
 
 mod api;
+mod caps;
 mod clock;
 mod ctl;
 mod dataplane;
 mod dns;
+mod failures;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod netmap;

@@ -15,7 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
@@ -111,11 +111,18 @@ impl StateDir {
         self.root.join("netmap.json")
     }
 
-    /// Loads the identity, minting one (with progress logs) on first start.
+    /// Whether an identity has been minted (it may still fail to load).
+    pub fn has_identity(&self) -> bool {
+        self.identity_path().exists()
+    }
+
+    /// Loads the identity, minting one (with progress logs) on first start;
+    /// `hashes_done` is kept up to date while minting (for the local API).
     pub fn load_or_mint_identity(
         &self,
         difficulty: Difficulty,
         cancel: &AtomicBool,
+        hashes_done: &AtomicU64,
     ) -> anyhow::Result<Identity> {
         let path = self.identity_path();
         if path.exists() {
@@ -135,6 +142,7 @@ impl StateDir {
             &SearchOptions::default(),
             cancel,
             |hashes| {
+                hashes_done.store(hashes, Ordering::Relaxed);
                 let pct = (100.0 * hashes as f64 / expected) as u64;
                 if pct >= last_pct + 25 && pct < 1000 {
                     last_pct = pct;

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use anyhow::Context as _;
 
 use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
@@ -24,6 +26,7 @@ use crate::clock;
 use crate::ctl::{self, LinkState};
 use crate::dataplane::Dataplane;
 use crate::dns::{self, Dns, DnsMode};
+use crate::failures::Failures;
 use crate::netmap::{self, Derived, Slots};
 use crate::state::{Credential, StateDir};
 
@@ -64,15 +67,91 @@ struct Agent {
     reconciler: Reconciler,
     exec: Option<NetlinkExecutor>,
     reconcile_status: ReconcileStatus,
+    /// What is failing now (shown by `weft status`, fails `weft up`).
+    failures: Failures,
     dns: Dns,
 }
 
 /// Runs the agent until `shutdown` completes; then removes what it created.
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    crate::caps::require_net_admin()?;
     let state = StateDir::open(&cfg.state_dir)?;
-    let cancel = AtomicBool::new(false);
-    let identity = Arc::new(state.load_or_mint_identity(cfg.mint_difficulty, &cancel)?);
+    // The local API answers before the identity is minted, so `weft` shows the
+    // minting's progress instead of "is weftd running?".
     let listener = api::bind(&cfg.socket).await?;
+    let (calls_tx, mut calls_rx) = mpsc::channel::<ApiCall>(16);
+    let server = tokio::spawn(api::serve(listener, calls_tx));
+    let shutdown = std::pin::pin!(shutdown);
+    let result = serve(&cfg, state, &mut calls_rx, shutdown).await;
+    server.abort();
+    api::unlink(&cfg.socket);
+    result
+}
+
+/// Loads the identity, or mints it while answering every local API call with
+/// the minting's progress. `None`: shut down while minting.
+async fn identity<F: Future<Output = ()>>(
+    state: &StateDir,
+    difficulty: Difficulty,
+    calls_rx: &mut mpsc::Receiver<ApiCall>,
+    shutdown: &mut std::pin::Pin<&mut F>,
+) -> anyhow::Result<Option<Identity>> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let hashes = Arc::new(AtomicU64::new(0));
+    if state.has_identity() {
+        return state
+            .load_or_mint_identity(difficulty, &cancel, &hashes)
+            .map(Some);
+    }
+    let task = tokio::task::spawn_blocking({
+        let (state, cancel, hashes) = (state.clone(), cancel.clone(), hashes.clone());
+        move || state.load_or_mint_identity(difficulty, &cancel, &hashes)
+    });
+    let mut task = std::pin::pin!(task);
+    let started = clock::now();
+    loop {
+        tokio::select! {
+            r = &mut task => return r.context("the minting task failed")?.map(Some),
+            Some((_, reply)) = calls_rx.recv() => {
+                let done = hashes.load(Ordering::Relaxed) as f64 / difficulty.expected_hashes();
+                let _ = reply.send(api::error(
+                    "minting",
+                    &minting_message(difficulty, done, clock::now().saturating_duration_since(started)),
+                ));
+            }
+            () = &mut *shutdown => {
+                cancel.store(true, Ordering::Relaxed);
+                let _ = task.await;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// What the local API answers while the identity is being minted.
+fn minting_message(difficulty: Difficulty, done: f64, elapsed: std::time::Duration) -> String {
+    format!(
+        "weftd is minting this node's identity (proof of work, difficulty {}): {:.0}% of the \
+         expected work after {} s (the actual work varies by chance; debug builds are much \
+         slower); `weft up` waits for it",
+        difficulty.bits(),
+        done * 100.0,
+        elapsed.as_secs()
+    )
+}
+
+async fn serve<F: Future<Output = ()>>(
+    cfg: &AgentConfig,
+    state: StateDir,
+    calls_rx: &mut mpsc::Receiver<ApiCall>,
+    mut shutdown: std::pin::Pin<&mut F>,
+) -> anyhow::Result<()> {
+    let Some(identity) = identity(&state, cfg.mint_difficulty, calls_rx, &mut shutdown).await?
+    else {
+        tracing::info!("shut down while minting the identity");
+        return Ok(());
+    };
+    let identity = Arc::new(identity);
 
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
@@ -116,6 +195,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         ),
         exec,
         reconcile_status: ReconcileStatus::default(),
+        failures: Failures::default(),
         dns,
     };
 
@@ -139,9 +219,6 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
         tracing::info!("not joined yet: run `weft up --controller URL --token-file FILE`");
     }
 
-    let (calls_tx, mut calls_rx) = mpsc::channel::<ApiCall>(16);
-    let server = tokio::spawn(api::serve(listener, calls_tx));
-    tokio::pin!(shutdown);
     let mut dns_tick = tokio::time::interval(dns::DRIFT_INTERVAL);
     dns_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed = None;
@@ -171,17 +248,16 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
                     break;
                 }
                 if !agent.down {
+                    agent.retry_tuns();
                     agent.dns.tick().await;
                 }
             }
         }
     }
     tracing::info!("shutting down: removing weft interfaces and routes");
-    server.abort();
     agent.stop_link();
     agent.dns.shutdown().await;
     agent.teardown();
-    api::unlink(&cfg.socket);
     match failed {
         Some(why) => Err(anyhow::anyhow!(why)),
         None => Ok(()),
@@ -225,14 +301,19 @@ impl Agent {
         // An ephemeral source port: the question is about opening a flow.
         const SRC_PORT: u16 = 49152;
         let port = req.port.unwrap_or(0);
-        let packet = match req.proto.as_str() {
-            "tcp" => FiveTuple::tcp(req.src, SRC_PORT, req.dst, port, tcp_flags::SYN),
-            "udp" => FiveTuple::udp(req.src, SRC_PORT, req.dst, port),
-            "icmp" => FiveTuple::icmp(req.src, req.dst, IcmpKind::EchoRequest, 0),
+        let tcp = FiveTuple::tcp(req.src, SRC_PORT, req.dst, port, tcp_flags::SYN);
+        let udp = FiveTuple::udp(req.src, SRC_PORT, req.dst, port);
+        let icmp = FiveTuple::icmp(req.src, req.dst, IcmpKind::EchoRequest, 0);
+        // `any`: every protocol a rule can name, each explained on its own line.
+        let packets = match req.proto.as_str() {
+            "tcp" => vec![("", tcp)],
+            "udp" => vec![("", udp)],
+            "icmp" => vec![("", icmp)],
+            "any" => vec![("tcp: ", tcp), ("udp: ", udp), ("icmp: ", icmp)],
             other => {
                 return api::error(
                     "bad_request",
-                    &format!("unknown protocol {other:?}: use tcp, udp or icmp"),
+                    &format!("unknown protocol {other:?}: use tcp, udp, icmp or any"),
                 );
             }
         };
@@ -241,15 +322,21 @@ impl Agent {
         } else {
             Direction::Egress
         };
-        match self.dp.explain(dir, &packet) {
-            Some((allowed, explanation)) => LocalResponse::Explained {
-                allowed,
-                explanation,
-            },
-            None => api::error(
-                "no_policy",
-                "no policy yet: the agent has not received a map (is it up and joined?)",
-            ),
+        let mut all_allowed = true;
+        let mut lines = Vec::new();
+        for (label, packet) in &packets {
+            let Some((allowed, explanation)) = self.dp.explain(dir, packet) else {
+                return api::error(
+                    "no_policy",
+                    "no policy yet: the agent has not received a map (is it up and joined?)",
+                );
+            };
+            all_allowed &= allowed;
+            lines.push(format!("{label}{explanation}"));
+        }
+        LocalResponse::Explained {
+            allowed: all_allowed,
+            explanation: lines.join("\n"),
         }
     }
 
@@ -390,9 +477,7 @@ impl Agent {
             .iter()
             .map(|i| (i.slot, i.ifname.clone()))
             .collect();
-        for e in self.dp.ensure_tuns(&wanted, netmap::OVERLAY_MTU) {
-            tracing::error!("{e}");
-        }
+        self.ensure_tuns(&wanted);
         self.dp.apply(&derived.node).await;
         // The first relay of the map is this node's relay; every node uses the
         // same one, so relayed peers always meet.
@@ -420,6 +505,32 @@ impl Agent {
         self.map = Some(map);
     }
 
+    /// Creates the TUN devices `wanted` lacks; a failure is shown in status
+    /// until a retry (every 2 s) succeeds.
+    fn ensure_tuns(&mut self, wanted: &BTreeMap<usize, String>) {
+        let errors = self.dp.ensure_tuns(wanted, netmap::OVERLAY_MTU);
+        for (_, e) in &errors {
+            tracing::error!("{e}; will retry");
+        }
+        self.failures.set_area("tun", errors, clock::unix_ms());
+    }
+
+    /// Retries the TUN devices that could not be created.
+    fn retry_tuns(&mut self) {
+        if !self.failures.any_in("tun") {
+            return;
+        }
+        let Some(wanted) = self.derived.as_ref().map(|d| {
+            d.interfaces
+                .iter()
+                .map(|i| (i.slot, i.ifname.clone()))
+                .collect::<BTreeMap<usize, String>>()
+        }) else {
+            return;
+        };
+        self.ensure_tuns(&wanted);
+    }
+
     fn reconcile(&mut self) {
         let Some(exec) = self.exec.as_mut() else {
             return;
@@ -431,6 +542,14 @@ impl Agent {
             for (a, e) in &report.failed {
                 tracing::warn!(action = %a, error = %e, "action failed; will retry");
             }
+            self.failures.set_area(
+                "system",
+                report
+                    .failed
+                    .iter()
+                    .map(|(a, e)| (a.to_string(), e.to_string())),
+                clock::unix_ms(),
+            );
             self.reconcile_status = ReconcileStatus {
                 converged: report.converged,
                 failures: report
@@ -454,6 +573,7 @@ impl Agent {
             }
         }
         self.reconcile_status = ReconcileStatus::default();
+        self.failures.clear();
     }
 
     fn status(&self) -> AgentStatus {
@@ -554,6 +674,7 @@ impl Agent {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            failures: self.failures.list(),
         }
     }
 }

@@ -38,7 +38,8 @@ pub struct Cli {
 enum Command {
     /// Show this node, its networks, the controller connection and every peer.
     Status(cmd::agent::StatusArgs),
-    /// Join a controller (first time: --controller and a token) or reconnect.
+    /// Join a controller (first time: --controller and a token) or reconnect, and
+    /// wait until the node is up (registered, map received, interfaces configured).
     Up(cmd::agent::UpArgs),
     /// Leave the overlay: remove weft's interfaces, routes and sessions (stays joined).
     Down,

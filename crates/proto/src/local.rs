@@ -146,6 +146,25 @@ pub struct AgentStatus {
     /// data-plane socket.
     #[serde(default)]
     pub reflexive: Vec<String>,
+    /// What is failing right now (interfaces, system configuration, the
+    /// controller's refusals), oldest first. `weft up` fails while this is not
+    /// empty.
+    #[serde(default)]
+    pub failures: Vec<FailureStatus>,
+}
+
+/// One thing that is failing right now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureStatus {
+    /// Where: `tun`, `system` (interfaces, addresses, routes, nftables), `routes`
+    /// (advertised subnets refused by the controller), `dns`.
+    pub area: String,
+    /// What failed (an interface, an action, a prefix).
+    pub what: String,
+    /// Why.
+    pub error: String,
+    /// Since when it has been failing (milliseconds since the Unix epoch).
+    pub since_unix_ms: u64,
 }
 
 /// The relay link.

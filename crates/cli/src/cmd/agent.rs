@@ -57,6 +57,12 @@ pub struct UpArgs {
     /// tag `gateway`. Replaces the subnets offered before; "" offers none.
     #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]")]
     advertise_routes: Option<Vec<String>>,
+    /// Wait at most this long (seconds) for the node to be registered, to have
+    /// its network map and to have configured its interfaces; 0 returns once the
+    /// agent took the request. Exits non-zero when something failed or the
+    /// time ran out, with the reason.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -149,8 +155,14 @@ pub fn render_status(st: &AgentStatus) -> String {
         "converging"
     };
     let _ = writeln!(o, "system    {conv}");
-    for f in &st.reconcile.failures {
-        let _ = writeln!(o, "          failed: {f}");
+    let now_ms = unix_ms();
+    for f in &st.failures {
+        let ago = now_ms.saturating_sub(f.since_unix_ms) / 1000;
+        let _ = writeln!(
+            o,
+            "failing   {} {}: {}  (for {ago}s)",
+            f.area, f.what, f.error
+        );
     }
     for n in &st.networks {
         let _ = writeln!(
@@ -259,9 +271,142 @@ pub fn up(sock: &SocketArg, a: UpArgs) -> anyhow::Result<ExitCode> {
                 .collect()
         }),
     });
+    let deadline = now() + Duration::from_secs(a.timeout);
+    wait_minted(&sock.socket, deadline)?;
+    if let LocalRequest::Up(UpRequest {
+        token: Some(_),
+        controller,
+        ..
+    }) = &req
+    {
+        eprintln!(
+            "registering with {}…",
+            controller.as_deref().unwrap_or("the controller")
+        );
+    }
     let (_, message) = expect_ok(call(&sock.socket, &req)?)?;
-    println!("{}", if message.is_empty() { "up" } else { &message });
+    if a.timeout == 0 {
+        println!("{}", if message.is_empty() { "up" } else { &message });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let st = wait_up(&sock.socket, deadline, a.timeout)?;
+    println!("{}", up_summary(&st));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits while the agent mints its identity, showing its progress.
+fn wait_minted(socket: &Path, deadline: Instant) -> anyhow::Result<()> {
+    let mut shown: Option<Instant> = None;
+    loop {
+        match call(socket, &LocalRequest::Status)? {
+            LocalResponse::Error { code, message } if code == "minting" => {
+                if now() >= deadline {
+                    bail!("timed out: {message}");
+                }
+                if shown.is_none_or(|t| now().duration_since(t) >= Duration::from_secs(5)) {
+                    eprintln!("{message}");
+                    shown = Some(now());
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Where a `weft up` stands, judged from one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UpStage {
+    /// Still on the way: what it waits for.
+    Waiting(String),
+    /// Something failed (kept failing for a while: `weft up` fails).
+    Failing(String),
+    /// Registered, map in hand, system configured.
+    Done,
+}
+
+/// The pure decision behind `weft up`'s wait.
+pub(crate) fn up_stage(st: &AgentStatus) -> UpStage {
+    if !st.failures.is_empty() {
+        let list: Vec<String> = st
+            .failures
+            .iter()
+            .map(|f| format!("{} {}: {}", f.area, f.what, f.error))
+            .collect();
+        return UpStage::Failing(list.join("; "));
+    }
+    let Some(c) = &st.controller else {
+        return UpStage::Failing("the node has not joined a controller".into());
+    };
+    if st.state != "up" {
+        return UpStage::Waiting(format!("the agent is {}", st.state));
+    }
+    if !c.connected {
+        return UpStage::Waiting(match &c.last_error {
+            Some(e) => format!("connecting to the controller (last error: {e})"),
+            None => "connecting to the controller".into(),
+        });
+    }
+    if c.map_version.is_none() || c.from_cache {
+        return UpStage::Waiting("waiting for the network map".into());
+    }
+    if !st.networks.is_empty() && !st.reconcile.converged {
+        return UpStage::Waiting("configuring interfaces and routes".into());
+    }
+    UpStage::Done
+}
+
+/// How long a failure must last before `weft up` gives up on it (the
+/// reconciler retries a transient one within this).
+const FAILING_GRACE: Duration = Duration::from_secs(4);
+
+/// Polls status until the node is up, something keeps failing, or `deadline`.
+fn wait_up(socket: &Path, deadline: Instant, timeout_s: u64) -> anyhow::Result<AgentStatus> {
+    let mut last_shown = String::new();
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let st = status_of(socket)?;
+        let stage = up_stage(&st);
+        match &stage {
+            UpStage::Done => return Ok(st),
+            UpStage::Failing(why) => {
+                let since = *failing_since.get_or_insert_with(now);
+                if now().duration_since(since) >= FAILING_GRACE {
+                    bail!("{why} (see `weft status`)");
+                }
+            }
+            UpStage::Waiting(what) => {
+                failing_since = None;
+                if *what != last_shown {
+                    eprintln!("{what}…");
+                    last_shown.clone_from(what);
+                }
+            }
+        }
+        if now() >= deadline {
+            let what = match stage {
+                UpStage::Waiting(w) | UpStage::Failing(w) => w,
+                UpStage::Done => String::new(),
+            };
+            bail!("not up after {timeout_s} s: {what} (`weft up --timeout SECONDS` waits longer)");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The line `weft up` ends with.
+fn up_summary(st: &AgentStatus) -> String {
+    let name = st.name.as_deref().unwrap_or("this node");
+    let nets: Vec<String> = st
+        .networks
+        .iter()
+        .map(|n| format!("{} {}", n.name, n.addresses.join(" ")))
+        .collect();
+    if nets.is_empty() {
+        format!("up: {name} (in no network yet)")
+    } else {
+        format!("up: {name} in {}", nets.join(", "))
+    }
 }
 
 /// `weft down`.
@@ -357,11 +502,12 @@ pub fn why(sock: &SocketArg, a: WhyArgs) -> anyhow::Result<ExitCode> {
 pub struct WhyBlockedArgs {
     /// Peer name (`db`, `db.prod`), or overlay IP.
     peer: String,
-    /// Protocol: tcp, udp or icmp.
-    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "icmp"])]
+    /// Protocol: tcp, udp, icmp, or any (tcp and udp at --port, and icmp;
+    /// allowed only if all three are).
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp", "icmp", "any"])]
     proto: String,
-    /// Destination port (tcp/udp): the peer's port, or this node's with --inbound.
-    #[arg(long, required_if_eq_any = [("proto", "tcp"), ("proto", "udp")])]
+    /// Destination port (tcp/udp/any): the peer's port, or this node's with --inbound.
+    #[arg(long, required_if_eq_any = [("proto", "tcp"), ("proto", "udp"), ("proto", "any")])]
     port: Option<u16>,
     /// Ask about the peer opening a connection to this node instead.
     #[arg(long)]
@@ -542,6 +688,16 @@ fn now() -> Instant {
     Instant::now()
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the CLI shows how long a failure has lasted"
+)]
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn icmp_socket() -> anyhow::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4))
@@ -558,4 +714,80 @@ fn icmp_checksum(b: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_proto::local::{ControllerStatus, FailureStatus, NetworkStatus, ReconcileStatus};
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn status() -> AgentStatus {
+        AgentStatus {
+            node_key: weft_proto::NodeKey::from_bytes([1; 32]),
+            name: Some("n1".into()),
+            state: "up".into(),
+            controller: Some(ControllerStatus {
+                url: "https://c:8443".into(),
+                connected: true,
+                map_version: Some(3),
+                from_cache: false,
+                last_error: None,
+            }),
+            networks: vec![NetworkStatus {
+                name: "prod".into(),
+                interface: "weft0".into(),
+                addresses: vec!["100.64.0.2".into()],
+                cidr: "100.64.0.0/10".into(),
+                dns_domain: "weft.internal".into(),
+                routes: Vec::new(),
+                serves: Vec::new(),
+            }],
+            peers: Vec::new(),
+            drops: BTreeMap::new(),
+            reconcile: ReconcileStatus {
+                converged: true,
+                failures: Vec::new(),
+            },
+            listen_port: 51820,
+            relay: None,
+            relays: Vec::new(),
+            reflexive: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn up_waits_for_the_link_the_map_and_the_system() {
+        assert_eq!(up_stage(&status()), UpStage::Done);
+        let mut st = status();
+        st.controller.as_mut().unwrap().connected = false;
+        st.controller.as_mut().unwrap().last_error = Some("connection refused".into());
+        assert!(matches!(up_stage(&st), UpStage::Waiting(w) if w.contains("connection refused")));
+        let mut st = status();
+        st.controller.as_mut().unwrap().from_cache = true;
+        assert!(matches!(up_stage(&st), UpStage::Waiting(w) if w.contains("map")));
+        let mut st = status();
+        st.reconcile.converged = false;
+        assert!(matches!(up_stage(&st), UpStage::Waiting(w) if w.contains("configuring")));
+    }
+
+    #[test]
+    fn up_fails_on_any_failure() {
+        let mut st = status();
+        st.failures.push(FailureStatus {
+            area: "tun".into(),
+            what: "weft0".into(),
+            error: "creating TUN device weft0: Operation not permitted".into(),
+            since_unix_ms: 1,
+        });
+        assert!(
+            matches!(up_stage(&st), UpStage::Failing(w) if w.contains("tun weft0: creating TUN"))
+        );
+        let mut st = status();
+        st.controller = None;
+        assert!(matches!(up_stage(&st), UpStage::Failing(_)));
+    }
 }
