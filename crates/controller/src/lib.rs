@@ -32,6 +32,8 @@ pub mod cli;
 pub mod clock;
 pub mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod model;
 pub mod netmap;
