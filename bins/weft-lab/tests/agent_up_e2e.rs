@@ -219,3 +219,58 @@ fn up_waits_for_minting_and_shows_its_progress() {
     assert!(out.status.success(), "{stdout} {stderr}");
     assert!(stdout.starts_with("up: node1 in "), "{stdout}");
 }
+
+/// `weft up --advertise-routes` refuses a prefix with host bits set or the
+/// default route before asking anyone (usage error, exit 2); a refusal by the
+/// controller (an untagged node may not advertise) shows in `weft status` and
+/// fails `weft up` (both used to exit 0, the refusal only logged every 30 s).
+#[test]
+fn refused_routes_fail_up() {
+    let lab = lab(&["node1"]);
+    let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default()).unwrap();
+    mesh.start_agent("node1", None).unwrap();
+    for bad in ["192.168.50.1/24", "0.0.0.0/0"] {
+        let out = weft_up(&mesh, "node1", "60");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let out = mesh
+            .weft("node1", &["up", "--advertise-routes", bad])
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("advertise-routes"), "{stderr}");
+    }
+    let out = mesh
+        .weft(
+            "node1",
+            &[
+                "up",
+                "--advertise-routes",
+                "192.168.50.0/24",
+                "--timeout",
+                "30",
+            ],
+        )
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "weft up succeeded: {}",
+        text(&out.stdout)
+    );
+    assert!(stderr.contains("may not advertise routes"), "{stderr}");
+    let st = mesh.status("node1").unwrap();
+    assert!(
+        st.failures.iter().any(|f| f.area == "routes"),
+        "{:?}",
+        st.failures
+    );
+    // Offering none clears it.
+    let out = mesh
+        .weft(
+            "node1",
+            &["up", "--advertise-routes", "", "--timeout", "30"],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(mesh.status("node1").unwrap().failures.is_empty());
+}

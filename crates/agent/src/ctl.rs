@@ -29,6 +29,9 @@ pub(crate) struct TrustSettings {
 pub(crate) struct LinkState {
     pub(crate) connected: bool,
     pub(crate) last_error: Option<String>,
+    /// The controller refused the advertised routes: why, and since when (ms
+    /// since the Unix epoch).
+    pub(crate) routes_refused: Option<(String, u64)>,
 }
 
 /// A running link task.
@@ -213,7 +216,7 @@ async fn session(
     })
     .await
     .context("reporting endpoints")?;
-    advertise(&c, &cred.advertise_routes).await;
+    advertise(&c, &cred.advertise_routes, state).await;
     // Resume from our version only if we still hold the map it belongs to.
     let resume = if map.is_some() { *version } else { None };
     let mut stream = c
@@ -285,26 +288,60 @@ async fn session(
                 })
                 .await
                 .context("reporting liveness")?;
-                advertise(&c, &cred.advertise_routes).await;
+                advertise(&c, &cred.advertise_routes, state).await;
             }
         }
     }
 }
 
 /// Offers this node's subnets (again: a withdrawn route comes back as pending).
-/// A refusal is logged and does not end the session.
-async fn advertise(c: &Client, routes: &[String]) {
+/// A refusal does not end the session: it is kept in the link state (shown by
+/// `weft status`, fails `weft up`) and logged when it starts or changes, not
+/// on every repeat.
+async fn advertise(c: &Client, routes: &[String], state: &watch::Sender<LinkState>) {
     let req = weft_proto::api::AdvertiseRoutesRequest {
         routes: routes.to_vec(),
     };
-    match c.advertise_routes(&req).await {
-        Ok(()) if !routes.is_empty() => {
-            tracing::debug!(?routes, "advertised routes");
-        }
-        Ok(()) => {}
+    let refusal = match c.advertise_routes(&req).await {
+        Ok(()) => None,
+        // Only the controller's answer is a refusal; a transport error ends
+        // up in the session's own error soon enough.
+        Err(e) if e.status().is_some() && e.is_permanent() => Some(e.to_string()),
         Err(e) => {
-            tracing::warn!(?routes, error = %e, "the controller refused the advertised routes")
+            tracing::debug!(error = %e, "advertising routes failed");
+            return;
         }
+    };
+    let before = state.borrow().routes_refused.as_ref().map(|(e, _)| e.clone());
+    if let Some(log) = refusal_change(before.as_deref(), refusal.as_deref()) {
+        match log {
+            RefusalLog::Refused(e) => {
+                tracing::warn!(?routes, error = %e, "the controller refused the advertised routes");
+            }
+            RefusalLog::Accepted => {
+                tracing::info!(?routes, "the controller accepted the advertised routes");
+            }
+        }
+        let now = crate::clock::unix_ms();
+        state.send_modify(|s| s.routes_refused = refusal.map(|e| (e, now)));
+    } else if routes.is_empty() || refusal.is_none() {
+        tracing::debug!(?routes, "advertised routes");
+    }
+}
+
+/// What to log when the answer to an advertisement is `now` after `before`.
+#[derive(Debug, PartialEq, Eq)]
+enum RefusalLog<'a> {
+    Refused(&'a str),
+    Accepted,
+}
+
+/// `None` when nothing changed (a refusal repeated every 30 s is logged once).
+fn refusal_change<'a>(before: Option<&str>, now: Option<&'a str>) -> Option<RefusalLog<'a>> {
+    match (before, now) {
+        (b, Some(n)) if b != Some(n) => Some(RefusalLog::Refused(n)),
+        (Some(_), None) => Some(RefusalLog::Accepted),
+        _ => None,
     }
 }
 
@@ -333,6 +370,21 @@ fn gather(port: u16, reflexive: &[SocketAddr]) -> Vec<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_refusal_is_logged_once() {
+        assert_eq!(
+            refusal_change(None, Some("bad")),
+            Some(RefusalLog::Refused("bad"))
+        );
+        assert_eq!(refusal_change(Some("bad"), Some("bad")), None);
+        assert_eq!(
+            refusal_change(Some("bad"), Some("worse")),
+            Some(RefusalLog::Refused("worse"))
+        );
+        assert_eq!(refusal_change(Some("bad"), None), Some(RefusalLog::Accepted));
+        assert_eq!(refusal_change(None, None), None);
+    }
 
     #[test]
     fn names_become_dns_labels() {

@@ -674,7 +674,22 @@ impl Agent {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
-            failures: self.failures.list(),
+            failures: {
+                let mut f = self.failures.list();
+                if let Some((error, since_unix_ms)) = link.routes_refused.clone() {
+                    f.push(weft_proto::local::FailureStatus {
+                        area: "routes".into(),
+                        what: self
+                            .credential
+                            .as_ref()
+                            .map(|c| c.advertise_routes.join(","))
+                            .unwrap_or_default(),
+                        error,
+                        since_unix_ms,
+                    });
+                }
+                f
+            },
         }
     }
 }

@@ -55,7 +55,9 @@ pub struct UpArgs {
     /// Offer these subnets as a gateway, comma-separated IPv4 CIDRs (e.g.
     /// 192.168.50.0/24). They wait for an admin's approval; the node needs the
     /// tag `gateway`. Replaces the subnets offered before; "" offers none.
-    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]")]
+    /// Refused here: host bits set (192.168.50.1/24), the default route, and
+    /// loopback, link-local, multicast or reserved space.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]", value_parser = route_arg)]
     advertise_routes: Option<Vec<String>>,
     /// Wait at most this long (seconds) for the node to be registered, to have
     /// its network map and to have configured its interfaces; 0 returns once the
@@ -292,6 +294,21 @@ pub fn up(sock: &SocketArg, a: UpArgs) -> anyhow::Result<ExitCode> {
     let st = wait_up(&sock.socket, deadline, a.timeout)?;
     println!("{}", up_summary(&st));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--advertise-routes` values: an IPv4 subnet that can be routed (the same
+/// check as the controller's, `weft_proto::net::check_routable_v4`), or "" for
+/// none.
+fn route_arg(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    let prefix: weft_proto::net::Ipv4Net = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not an IPv4 subnet such as 192.168.50.0/24: {e}"))?;
+    weft_proto::net::check_routable_v4(&prefix).map_err(|e| format!("{prefix} {e}"))?;
+    Ok(prefix.to_string())
 }
 
 /// Waits while the agent mints its identity, showing its progress.
@@ -772,6 +789,17 @@ mod tests {
         let mut st = status();
         st.reconcile.converged = false;
         assert!(matches!(up_stage(&st), UpStage::Waiting(w) if w.contains("configuring")));
+    }
+
+    #[test]
+    fn advertised_routes_are_checked_before_sending() {
+        assert_eq!(route_arg(" 192.168.50.0/24").unwrap(), "192.168.50.0/24");
+        assert_eq!(route_arg("").unwrap(), "");
+        let e = route_arg("192.168.50.1/24").unwrap_err();
+        assert!(e.contains("did you mean 192.168.50.0/24"), "{e}");
+        assert!(route_arg("0.0.0.0/0").unwrap_err().contains("default route"));
+        assert!(route_arg("127.0.0.0/8").is_err());
+        assert!(route_arg("fd00::/64").is_err());
     }
 
     #[test]
