@@ -14,7 +14,7 @@ use anyhow::{Context as _, bail};
 use super::py::{ACCEPT_LOG, CHALLENGE_FLOOD, HEALTH_PROBE, IDLE_CONNS, TOKEN_WRITER};
 use super::util::{arg, last_json, lines, py, run_bounded, secs};
 use super::{CaseResult, Tally, not_run, run_case};
-use crate::mesh::{CONTROLLER_PORT, Mesh, NetworkSpec, RELAY_PORT};
+use crate::mesh::{CONTROLLER_PORT, Mesh, NetworkSpec, RELAY_PORT, STUN_ALT_PORT, STUN_PORT};
 use crate::{Lab, Nat, Net, Process, Topology, bin_path, timed_wait, wait_until};
 
 pub(super) fn run(names: &[&str], progress: &mut dyn FnMut(&CaseResult)) -> Vec<CaseResult> {
@@ -374,10 +374,16 @@ fn token_cleartext(mesh: &mut Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
     )?;
     std::thread::sleep(Duration::from_secs(1));
     let accepted = lines(&log).len();
-    let first = text.lines().next().unwrap_or_default().to_owned();
+    let said = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let clear = text.contains("http") && (text.contains("cleartext") || text.contains("insecure"));
     t.count(format!(
-        "weft up exit ok: {ok}, says: {first:?}; connections to {url}: {accepted}"
+        "weft up exit ok: {ok}, says: {said:?}; connections to {url}: {accepted}"
     ));
     t.require(!ok, "weft up exited 0");
     t.require(
@@ -428,8 +434,8 @@ fn controller_sigkill(mesh: &mut Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> 
         ),
     )?;
     writer.wait_for_log("writing", Duration::from_secs(10))?;
-    wait_until("30 acknowledged writes", Duration::from_secs(60), || {
-        Ok(lines(&acked_file).len() >= 30)
+    wait_until("150 acknowledged writes", Duration::from_secs(60), || {
+        Ok(lines(&acked_file).len() >= 150)
     })?;
     mesh.kill_controller()?;
     let at_kill = lines(&acked_file).len();
@@ -495,17 +501,26 @@ fn restore(backup: &Path, dir: &Path) -> anyhow::Result<()> {
     copy_tree(backup, dir)
 }
 
-/// Starts the controller on a damaged data dir: whether it refused (exited
-/// non-zero within 30 s) and whether its output names `file`.
-fn refuses(mesh: &Mesh<'_>, name: &str, file: &str) -> anyhow::Result<(bool, bool, String)> {
-    let mut p = mesh
-        .lab()
-        .spawn(&mesh.controller.node, name, &controller_cmd(mesh)?)?;
-    let refused = match p.wait_exit(Duration::from_secs(30)) {
-        Ok(status) => !status.success(),
-        Err(_) => {
+/// Starts `cmd` in `node` on a damaged data dir: whether it refused (exited
+/// non-zero instead of listening on `port` within 20 s), whether its output
+/// names `file`, and the line that says so (or its last line).
+fn refuses(
+    lab: &Lab,
+    node: &str,
+    name: &str,
+    cmd: &Command,
+    port: u16,
+    file: &str,
+) -> anyhow::Result<(bool, bool, String)> {
+    let mut p = lab.spawn(node, name, cmd)?;
+    let refused = match p.wait_for_tcp_listen(port, Duration::from_secs(20)) {
+        Ok(()) => {
             let _ = p.kill();
             false
+        }
+        Err(_) => {
+            let _ = p.kill();
+            p.try_wait()?.is_some_and(|s| !s.success())
         }
     };
     let log = p.log()?;
@@ -513,14 +528,44 @@ fn refuses(mesh: &Mesh<'_>, name: &str, file: &str) -> anyhow::Result<(bool, boo
     let line = log
         .lines()
         .rev()
-        .find(|l| l.contains(file) || l.contains("rror"))
-        .unwrap_or_else(|| log.lines().last().unwrap_or_default())
+        .find(|l| l.contains(file))
+        .or_else(|| log.lines().find(|l| l.contains("fingerprint")))
+        .or_else(|| log.lines().last())
+        .unwrap_or_default()
         .trim()
         .to_owned();
     Ok((refused, named, line))
 }
 
+/// The command `Mesh` starts the relay with.
+fn relay_cmd(mesh: &Mesh<'_>) -> anyhow::Result<Command> {
+    let r = mesh.relay.as_ref().context("no relay")?;
+    let addr = mesh.lab().addr(&r.node)?;
+    let mut cmd = Command::new(bin_path("weft-relay")?);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(&r.data_dir)
+        .args(["--listen", &format!("0.0.0.0:{RELAY_PORT}")])
+        .args(["--stun-listen", &format!("0.0.0.0:{STUN_PORT}")])
+        .args(["--stun-alt-port", &STUN_ALT_PORT.to_string()])
+        .args(["--controller", &mesh.controller.url])
+        .arg("--relay-token-file")
+        .arg(&r.token_file)
+        .args(["--pin-sha256", &mesh.controller.fingerprint])
+        .args(["--tls-san", &addr.to_string()])
+        .args(["--name", &r.name])
+        .args(["--log", "info"]);
+    Ok(cmd)
+}
+
+/// One damaged start, described for the counts.
+fn damaged(what: &str, (refused, named, line): &(bool, bool, String)) -> String {
+    format!("{what}: refused {refused}, names the file {named} ({line:?})")
+}
+
 fn state_loss(mesh: &mut Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
+    let lab = mesh.lab();
+    let node = mesh.controller.node.clone();
     let dir = mesh.controller.data_dir.clone();
     let backup = dir.with_extension("backup");
     let fingerprint = mesh.controller.fingerprint.clone();
@@ -529,37 +574,82 @@ fn state_loss(mesh: &mut Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
         bail!("the controller exited with {status} on SIGTERM");
     }
     copy_tree(&dir, &backup)?;
+    let cmd = controller_cmd(mesh)?;
 
     let key = dir.join("tls").join("key.pem");
     std::fs::remove_file(&key).with_context(|| format!("cannot remove {}", key.display()))?;
-    let (key_refused, key_named, key_line) = refuses(mesh, "controller-no-key", "key.pem")?;
+    let no_key = refuses(
+        lab,
+        &node,
+        "controller-no-key",
+        &cmd,
+        CONTROLLER_PORT,
+        "key.pem",
+    )?;
     restore(&backup, &dir)?;
 
-    let db = dir.join(weft_db_file());
+    let db = dir.join(DB_FILE);
     std::fs::write(&db, b"").with_context(|| format!("cannot truncate {}", db.display()))?;
-    let (db_refused, db_named, db_line) = refuses(mesh, "controller-empty-db", weft_db_file())?;
+    let empty_db = refuses(
+        lab,
+        &node,
+        "controller-empty-db",
+        &cmd,
+        CONTROLLER_PORT,
+        DB_FILE,
+    )?;
     restore(&backup, &dir)?;
 
     let restarted = mesh.restart_controller();
     let same = restarted.is_ok() && mesh.controller.fingerprint == fingerprint;
+    restarted.context("the restored controller did not start")?;
+
+    // The relay's TLS key.
+    let relay_cmd = relay_cmd(mesh)?;
+    let (relay_node, relay_dir) = {
+        let r = mesh.relay.as_mut().context("no relay")?;
+        r.process.stop(Duration::from_secs(10))?;
+        (r.node.clone(), r.data_dir.clone())
+    };
+    let relay_backup = relay_dir.with_extension("backup");
+    copy_tree(&relay_dir, &relay_backup)?;
+    let relay_key = relay_dir.join("tls").join("key.pem");
+    std::fs::remove_file(&relay_key)
+        .with_context(|| format!("cannot remove {}", relay_key.display()))?;
+    let relay_no_key = refuses(
+        lab,
+        &relay_node,
+        "relay-no-key",
+        &relay_cmd,
+        RELAY_PORT,
+        "key.pem",
+    )?;
+    restore(&relay_backup, &relay_dir)?;
+    let relay_back = mesh.restart_relay();
+
     t.count(format!(
-        "key.pem deleted: refused {key_refused}, names the file {key_named} ({key_line:?}); controller.db truncated: refused {db_refused}, names the file {db_named} ({db_line:?}); restored: started {}, same fingerprint {same}",
-        restarted.is_ok()
+        "{}; {}; {}; restored: controller started, same fingerprint {same}; relay started {}",
+        damaged("controller tls/key.pem deleted", &no_key),
+        damaged("controller.db truncated", &empty_db),
+        damaged("relay tls/key.pem deleted", &relay_no_key),
+        relay_back.is_ok()
     ));
     t.require(
-        key_refused && key_named,
-        "a deleted tls/key.pem was not refused with its name",
+        no_key.0 && no_key.1,
+        "a deleted controller tls/key.pem was not refused with its name",
     );
     t.require(
-        db_refused && db_named,
+        empty_db.0 && empty_db.1,
         "an empty controller.db was not refused with its name",
     );
-    restarted.context("the restored controller did not start")?;
+    t.require(
+        relay_no_key.0 && relay_no_key.1,
+        "a deleted relay tls/key.pem was not refused with its name",
+    );
     t.require(same, "the restored controller has another fingerprint");
+    relay_back.context("the restored relay did not start")?;
     Ok(())
 }
 
-/// The controller's database file name in its data dir.
-fn weft_db_file() -> &'static str {
-    "controller.db"
-}
+/// The controller's database file in its data dir.
+const DB_FILE: &str = "controller.db";

@@ -19,6 +19,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+mod churn;
 mod control;
 mod overlay;
 mod py;
@@ -89,11 +90,11 @@ pub const CASES: [CaseDef; 13] = [
     ),
     case(
         "agent-sigkill",
-        "kill -9 a's weftd, stop the controller, start weftd again from its cache; \
-         then with the controller up, kill -9 and start again",
-        "weft0 with its address, the overlay route (protocol 119), the nftables table \
-         `inet weft` and overlay DNS (b's name resolves) are back, and a pings b \
-         again within 15 s, both times",
+        "kill -9 c's weftd (c is in two networks), stop the controller, start weftd \
+         again from its cache; then with the controller up, kill -9 and start again",
+        "both interfaces with their addresses, the overlay routes (protocol 119), the \
+         nftables table `inet weft` and overlay DNS (b's name resolves) are as before, \
+         and c pings b again within 15 s, both times",
     ),
     case(
         "relay-restart",
@@ -138,9 +139,10 @@ pub const CASES: [CaseDef; 13] = [
     case(
         "state-loss",
         "stop the controller; delete tls/key.pem and start it; restore it, truncate \
-         controller.db to 0 bytes and start it; restore it and start it",
-        "both broken starts exit non-zero with a message naming the file; the \
-         restored controller starts",
+         controller.db to 0 bytes and start it; restore it and start it; stop the \
+         relay, delete its tls/key.pem and start it; restore it and start it",
+        "every broken start exits non-zero (does not serve) with a message naming the \
+         file; the restored controller starts with its old fingerprint, the relay starts",
     ),
 ];
 

@@ -1,23 +1,22 @@
 //! The overlay group: a controller on the internet and four agents on an office
-//! LAN behind a NAT: a, b and c in network `lab` (100.64.0.0/24), d in network
-//! `other` (100.64.1.0/24). Data-plane cases first, then the ones that change
-//! the policy, then the agent restarts (which stop the controller).
+//! LAN behind a NAT: a, b and c in network `lab` (100.64.0.0/24), c and d in
+//! network `other` (100.64.1.0/24). Data-plane cases first, then the ones that
+//! change the policy (policy churn is in `churn.rs`), then the agent
+//! restarts (which stop the controller).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use super::py::{CONNECTS, FLOW, RAW_UDP, REPLAY, UDP_LOG, UDP_SEQ};
+use super::py::{RAW_UDP, REPLAY, UDP_LOG, UDP_SEQ};
 use super::util::{
     arg, drops, last_json, lines, peer_drops, peer_names, py, py_ok, run_bounded, secs, set_policy,
     token_for,
 };
 use super::{CaseResult, Tally, not_run, run_case};
 use crate::mesh::{Mesh, NetworkSpec};
-use crate::scripts::ECHO_SERVER;
 use crate::{Lab, Nat, Net, Topology, timed_wait, wait_until};
 
 const LAB_NODES: [&str; 3] = ["a", "b", "c"];
@@ -51,7 +50,7 @@ pub(super) fn run(names: &[&str], progress: &mut dyn FnMut(&CaseResult)) -> Vec<
             "replayed-packets" => replayed_packets(&mesh, t),
             "wrong-network" => wrong_network(&mesh, t),
             "unauthorized-peer" => unauthorized_peer(&mesh, t),
-            "policy-churn" => policy_churn(&mesh, t),
+            "policy-churn" => super::churn::policy_churn(&mesh, t),
             "agent-sigkill" => agent_sigkill(&mut mesh, t),
             other => bail!("case {other} is not in the overlay group"),
         }));
@@ -70,11 +69,14 @@ fn setup(lab: &Lab) -> anyhow::Result<Mesh<'_>> {
         "--pow-difficulty",
         &mesh.network.pow_difficulty.to_string(),
     ])?;
-    let token = mesh.token_file(3)?;
-    for n in LAB_NODES {
+    let token = mesh.token_file(2)?;
+    for n in ["a", "b"] {
         mesh.start_agent(n, Some(&token))?;
     }
-    let other = token_for(&mesh, "other", 1)?;
+    // c is in both networks (so it has the nftables table that keeps them apart).
+    let both = token_for(&mesh, &["lab", "other"], 1)?;
+    mesh.start_agent("c", Some(&both))?;
+    let other = token_for(&mesh, &["other"], 1)?;
     mesh.start_agent("d", Some(&other))?;
     mesh.wait_full_mesh(&LAB_NODES, Duration::from_secs(30))?;
     mesh.overlay_ip("d")?;
@@ -351,7 +353,20 @@ fn wrong_network(mesh: &Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
     Ok(())
 }
 
-const AB: &str = r#"
+/// Every network's default rule.
+const OPEN: &str = r#"
+[[rule]]
+action = "allow"
+from = "network:lab"
+to = "network:lab"
+
+[[rule]]
+action = "allow"
+from = "network:other"
+to = "network:other"
+"#;
+
+pub(super) const AB: &str = r#"
 [[rule]]
 name = "a and b"
 action = "allow"
@@ -435,246 +450,6 @@ fn unauthorized_peer(mesh: &Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn churn_policy(i: usize) -> String {
-    if i.is_multiple_of(2) {
-        format!(
-            "# edit {i}: c may reach b on tcp/7000\n{AB}\n[[rule]]\nname = \"c to b 7000\"\naction = \"allow\"\nfrom = \"node:c\"\nto = \"node:b\"\nproto = \"tcp\"\nports = [7000]\n"
-        )
-    } else {
-        format!("# edit {i}: a and b only\n{AB}")
-    }
-}
-
-/// Background traffic a->b during the churn: iperf3 runs back to back, and pings.
-#[derive(Debug, Default)]
-struct Traffic {
-    iperf_runs: u32,
-    iperf_failed: u32,
-    empty_seconds: u32,
-    min_second_bytes: Option<u64>,
-}
-
-fn iperf_loop(lab: &Lab, ip_b: Ipv4Addr, done: &AtomicBool) -> Traffic {
-    let mut tr = Traffic::default();
-    let ip = ip_b.to_string();
-    while !done.load(Ordering::Relaxed) {
-        let argv = [
-            "iperf3", "-c", &ip, "-p", "5201", "-t", "4", "-b", "40M", "-J",
-        ];
-        tr.iperf_runs += 1;
-        let Ok((ok, text)) = run_bounded(lab, "a", 20, &argv) else {
-            tr.iperf_failed += 1;
-            continue;
-        };
-        let v = last_json(&text).or_else(|| serde_json::from_str(&text).ok());
-        let intervals = v
-            .as_ref()
-            .and_then(|v| v["intervals"].as_array().cloned())
-            .unwrap_or_default();
-        if !ok || intervals.is_empty() {
-            tr.iperf_failed += 1;
-            continue;
-        }
-        for iv in intervals {
-            let bytes = iv["sum"]["bytes"].as_u64().unwrap_or(0);
-            if bytes == 0 {
-                tr.empty_seconds += 1;
-            }
-            tr.min_second_bytes = Some(tr.min_second_bytes.map_or(bytes, |m| m.min(bytes)));
-        }
-    }
-    tr
-}
-
-fn ping_loop(lab: &Lab, ip_b: Ipv4Addr, done: &AtomicBool) -> (u64, u64) {
-    let (mut sent, mut answered) = (0, 0);
-    let ip = ip_b.to_string();
-    while !done.load(Ordering::Relaxed) {
-        let argv = ["ping", "-n", "-q", "-c", "20", "-i", "0.1", "-W", "1", &ip];
-        let Ok((_, text)) = run_bounded(lab, "a", 10, &argv) else {
-            continue;
-        };
-        // "20 packets transmitted, 20 received, ..."
-        if let Some(line) = text.lines().find(|l| l.contains("packets transmitted")) {
-            let nums: Vec<u64> = line
-                .split(|c: char| !c.is_ascii_digit())
-                .filter_map(|w| w.parse().ok())
-                .collect();
-            if let [tx, rx, ..] = nums[..] {
-                sent += tx;
-                answered += rx;
-            }
-        }
-    }
-    (sent, answered)
-}
-
-fn policy_churn(mesh: &Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
-    let lab = mesh.lab();
-    let ip_b = mesh.overlay_ip("b")?;
-    let b = ip_b.to_string();
-    set_policy(mesh, "churn-start.toml", &churn_policy(1))?;
-    let mut servers = Vec::new();
-    for port in [7000u16, 7100] {
-        let mut p = lab.spawn(
-            "b",
-            &format!("echo-{port}"),
-            &py(ECHO_SERVER, &[&port.to_string()]),
-        )?;
-        p.wait_for_tcp_listen(port, Duration::from_secs(10))?;
-        servers.push(p);
-    }
-    let mut iperf = std::process::Command::new("iperf3");
-    iperf.args(["-s", "-B", &b, "-p", "5201"]);
-    let mut srv = lab.spawn("b", "iperf3-server", &iperf)?;
-    srv.wait_for_tcp_listen(5201, Duration::from_secs(10))?;
-    servers.push(srv);
-    wait_until("a pings b", Duration::from_secs(10), || lab.ping("a", ip_b))?;
-    let ab_log = lab.log_dir().join("churn-ab.flow");
-    let mut ab_flow = lab.spawn(
-        "a",
-        "flow-ab",
-        &py(FLOW, &[&b, "7100", arg(&ab_log)?, "1.0", "300"]),
-    )?;
-    wait_until("the a->b flow echoes", Duration::from_secs(5), || {
-        Ok(!lines(&ab_log).is_empty())
-    })?;
-
-    const EDITS: usize = 100;
-    let done = AtomicBool::new(false);
-    let start = Instant::now();
-    let (edits, traffic, pings) = std::thread::scope(|s| {
-        let iperf = s.spawn(|| iperf_loop(lab, ip_b, &done));
-        let ping = s.spawn(|| ping_loop(lab, ip_b, &done));
-        let edits = churn_edits(mesh, &b, EDITS);
-        done.store(true, Ordering::Relaxed);
-        (
-            edits,
-            iperf.join().unwrap_or_default(),
-            ping.join().unwrap_or_default(),
-        )
-    });
-    let window = start.elapsed();
-    let e = edits?;
-    let ab_alive = ab_flow.try_wait()?.is_none();
-    let ab_echoes = lines(&ab_log).len();
-    t.count(format!(
-        "{} edits in {}; c->b:7000 opened {}/{}, open flow cut {}/{} (slowest {}), refused after cut {}/{}; a->b flow {} echoes, alive {ab_alive}; iperf3 {} runs, {} failed, {} empty seconds, slowest second {} KB; ping {}/{}",
-        e.applied,
-        secs(window),
-        e.opened,
-        EDITS / 2,
-        e.cut,
-        EDITS / 2,
-        secs(e.slowest_cut),
-        e.refused,
-        EDITS / 2,
-        ab_echoes,
-        traffic.iperf_runs,
-        traffic.iperf_failed,
-        traffic.empty_seconds,
-        traffic.min_second_bytes.unwrap_or(0) / 1000,
-        pings.1,
-        pings.0
-    ));
-    t.problems.extend(e.problems);
-    t.require(
-        e.applied == EDITS,
-        format!("only {} edits applied", e.applied),
-    );
-    t.require(ab_alive, "the a->b flow was cut");
-    t.require(
-        traffic.iperf_runs > 0 && traffic.iperf_failed == 0 && traffic.empty_seconds == 0,
-        format!(
-            "iperf3: {} of {} runs failed, {} empty seconds",
-            traffic.iperf_failed, traffic.iperf_runs, traffic.empty_seconds
-        ),
-    );
-    t.require(
-        pings.0 > 0 && pings.0 == pings.1,
-        format!("ping: {} of {} answered", pings.1, pings.0),
-    );
-    Ok(())
-}
-
-#[derive(Debug, Default)]
-struct Edits {
-    applied: usize,
-    opened: usize,
-    cut: usize,
-    refused: usize,
-    slowest_cut: Duration,
-    problems: Vec<String>,
-}
-
-/// The churn itself: `n` edits; after each, what it allows must open and what it
-/// closes must be cut, each within 2 s.
-fn churn_edits(mesh: &Mesh<'_>, b: &str, n: usize) -> anyhow::Result<Edits> {
-    let lab = mesh.lab();
-    let mut e = Edits::default();
-    let mut flow: Option<crate::Process> = None;
-    let connects = |timeout: &str| -> bool {
-        lab.python("c", CONNECTS, &[b, "7000", timeout])
-            .is_ok_and(|o| o.status.success())
-    };
-    for i in 0..n {
-        set_policy(mesh, "churn.toml", &churn_policy(i)).with_context(|| format!("edit {i}"))?;
-        e.applied += 1;
-        if i.is_multiple_of(2) {
-            if wait_until("c->b:7000 opens", Duration::from_secs(2), || {
-                Ok(connects("0.5"))
-            })
-            .is_err()
-            {
-                e.problems
-                    .push(format!("edit {i}: c->b:7000 did not open within 2 s"));
-                continue;
-            }
-            e.opened += 1;
-            let log = lab.log_dir().join(format!("churn-cb-{i}.flow"));
-            let mut p = lab.spawn(
-                "c",
-                &format!("flow-cb-{i}"),
-                &py(FLOW, &[b, "7000", arg(&log)?, "0.3", "30"]),
-            )?;
-            if wait_until("c->b flow echoes", Duration::from_secs(2), || {
-                Ok(!lines(&log).is_empty())
-            })
-            .is_err()
-            {
-                e.problems
-                    .push(format!("edit {i}: the c->b:7000 flow carried nothing"));
-                let _ = p.kill();
-                continue;
-            }
-            flow = Some(p);
-        } else {
-            if let Some(mut p) = flow.take() {
-                match timed_wait("c->b flow cut", Duration::from_secs(2), || {
-                    p.try_wait().is_ok_and(|s| s.is_some())
-                }) {
-                    Ok(took) => {
-                        e.cut += 1;
-                        e.slowest_cut = e.slowest_cut.max(took);
-                    }
-                    Err(_) => {
-                        e.problems
-                            .push(format!("edit {i}: the open c->b:7000 flow was not cut"));
-                        let _ = p.kill();
-                    }
-                }
-            }
-            if connects("0.5") {
-                e.problems
-                    .push(format!("edit {i}: c->b:7000 still connects"));
-            } else {
-                e.refused += 1;
-            }
-        }
-    }
-    Ok(e)
-}
-
 /// What weft set up on a node: addresses on weft links, protocol-119 routes,
 /// whether the nftables table exists, the resolver file.
 #[derive(Debug, PartialEq, Eq)]
@@ -718,14 +493,15 @@ fn resolves(lab: &Lab, node: &str, name: &str, ip: Ipv4Addr) -> bool {
 fn agent_sigkill(mesh: &mut Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
     let lab = mesh.lab();
     let ip_b = mesh.overlay_ip("b")?;
-    wait_until("a pings b", Duration::from_secs(10), || lab.ping("a", ip_b))?;
+    set_policy(mesh, "open.toml", OPEN)?;
+    wait_until("c pings b", Duration::from_secs(10), || lab.ping("c", ip_b))?;
     let name = "b.lab.weft.internal";
-    wait_until("b's name resolves on a", Duration::from_secs(10), || {
-        Ok(resolves(lab, "a", name, ip_b))
+    wait_until("b's name resolves on c", Duration::from_secs(10), || {
+        Ok(resolves(lab, "c", name, ip_b))
     })?;
-    let before = installed(lab, "a")?;
+    let before = installed(lab, "c")?;
     if before.addrs.is_empty() || before.routes.is_empty() || !before.nft {
-        bail!("a is not set up before the case: {before:?}");
+        bail!("c is not set up before the case: {before:?}");
     }
     const BOUND: Duration = Duration::from_secs(15);
     let mut summary = Vec::new();
@@ -735,41 +511,41 @@ fn agent_sigkill(mesh: &mut Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
         } else {
             "controller down"
         };
-        mesh.kill_agent("a")?;
-        let gone = installed(lab, "a")?;
+        mesh.kill_agent("c")?;
+        let gone = installed(lab, "c")?;
         if controller_up {
             mesh.restart_controller()?;
         } else {
             mesh.kill_controller()?;
         }
         let start = Instant::now();
-        mesh.start_agent("a", None)?;
-        let took = timed_wait("a pings b after the restart", BOUND, || {
-            lab.ping_once("a", ip_b)
+        mesh.start_agent("c", None)?;
+        let took = timed_wait("c pings b after the restart", BOUND, || {
+            lab.ping_once("c", ip_b)
         })
         .map(|_| start.elapsed());
-        let repaired = wait_until("a's setup repaired", Duration::from_secs(10), || {
-            Ok(installed(lab, "a").is_ok_and(|now| now == before))
+        let repaired = wait_until("c's setup repaired", Duration::from_secs(10), || {
+            Ok(installed(lab, "c").is_ok_and(|now| now == before))
         })
         .is_ok();
-        let dns = resolves(lab, "a", name, ip_b);
-        let now = installed(lab, "a")?;
+        let dns = resolves(lab, "c", name, ip_b);
+        let now = installed(lab, "c")?;
         summary.push(format!(
-            "{label}: after kill {} addrs {} routes, pings again after {}, setup repaired {repaired}, DNS {dns}",
+            "{label}: after the kill {} addresses, {} routes; pings b {} after the start, setup as before {repaired}, DNS {dns}",
             gone.addrs.len(),
             gone.routes.len(),
             took.as_ref()
-                .map_or_else(|_| format!("> {}", secs(BOUND)), |d| secs(*d))
+                .map_or_else(|_| format!("> {}", secs(BOUND)), |d| format!("{} ms", d.as_millis()))
         ));
         t.require(
             took.is_ok(),
-            format!("{label}: a did not ping b within {}", secs(BOUND)),
+            format!("{label}: c did not ping b within {}", secs(BOUND)),
         );
         t.require(
             repaired,
             format!("{label}: not repaired: before {before:?}, now {now:?}"),
         );
-        t.require(dns, format!("{label}: {name} does not resolve on a"));
+        t.require(dns, format!("{label}: {name} does not resolve on c"));
     }
     t.count(summary.join("; "));
     Ok(())

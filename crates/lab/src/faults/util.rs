@@ -84,20 +84,20 @@ pub(super) fn peer_names(mesh: &Mesh<'_>, node: &str) -> Vec<String> {
     v
 }
 
-/// A join token for `network` with `uses` registrations, in a 0600 file.
-pub(super) fn token_for(mesh: &Mesh<'_>, network: &str, uses: u32) -> anyhow::Result<PathBuf> {
-    let json = mesh.admin(&[
-        "token",
-        "create",
-        "--network",
-        network,
-        "--uses",
-        &uses.to_string(),
-        "--json",
-    ])?;
+/// A join token for `networks` with `uses` registrations, in a 0600 file.
+pub(super) fn token_for(mesh: &Mesh<'_>, networks: &[&str], uses: u32) -> anyhow::Result<PathBuf> {
+    let uses = uses.to_string();
+    let mut args = vec!["token", "create", "--uses", &uses, "--json"];
+    for n in networks {
+        args.extend(["--network", n]);
+    }
+    let json = mesh.admin(&args)?;
     let v: serde_json::Value = serde_json::from_str(&json).context("token create --json")?;
     let token = v["token"].as_str().context("no token in the output")?;
-    let path = mesh.lab().log_dir().join(format!("token-{network}"));
+    let path = mesh
+        .lab()
+        .log_dir()
+        .join(format!("token-{}", networks.join("-")));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
