@@ -88,6 +88,10 @@ fn start(dir: &Path, plain: bool) -> (Child, String, Option<[u8; 32]>, String) {
         "127.0.0.1:0",
         "--log",
         "warn",
+        // Presence is debounced (5 s by default): 1 s keeps the presence storm
+        // inside the settle time after the streams open, as before.
+        "--online-after-ms",
+        "1000",
     ];
     if plain {
         args.push("--plain-http");

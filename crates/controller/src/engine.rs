@@ -13,8 +13,13 @@
 //! If a commit fails, the state is reloaded from the store (undoing the batch in
 //! memory), every caller in the batch gets `503 storage_unavailable`, and all
 //! streams are closed so agents resynchronise.
+//!
+//! Map streams opening and closing go to a second thread, `weft-presence`,
+//! which debounces them ([`Presence`]) and queues an operation only when a
+//! node really goes online or offline; a flapping stream costs nothing.
 
 use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 
 use tokio::sync::{RwLock, mpsc, oneshot};
@@ -23,7 +28,7 @@ use tracing::{error, info};
 use crate::clock;
 use crate::error::ApiError;
 use crate::hub::Hub;
-use crate::model::{Actor, Batch, NodeId, Op, Output, World};
+use crate::model::{Actor, Batch, NodeId, Op, Output, Presence, PresenceConfig, World};
 use crate::netmap;
 use crate::relay_feed::RelayFeed;
 use crate::store::{AuditQuery, AuditRecord, Store, Write};
@@ -40,23 +45,34 @@ enum Cmd {
     Shutdown,
 }
 
+/// What the presence thread hears.
+enum StreamEvent {
+    Opened(NodeId),
+    Closed(NodeId),
+    Stop,
+}
+
 /// A handle to the engine; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::UnboundedSender<Cmd>,
+    presence: std_mpsc::Sender<StreamEvent>,
     world: Arc<RwLock<World>>,
     hub: Arc<Hub>,
     relay_feed: Arc<RelayFeed>,
 }
 
-/// The writer thread; join it after [`Engine::shutdown`].
-pub struct EngineThread(JoinHandle<()>);
+/// The writer and presence threads; join them after [`Engine::shutdown`].
+pub struct EngineThread(JoinHandle<()>, JoinHandle<()>);
 
 impl EngineThread {
     /// Waits for the writer to finish its queue and stop.
     pub fn join(self) {
         if self.0.join().is_err() {
             error!("the store writer thread panicked");
+        }
+        if self.1.join().is_err() {
+            error!("the presence thread panicked");
         }
     }
 }
@@ -76,8 +92,16 @@ impl Engine {
         hub: Arc<Hub>,
     ) -> std::io::Result<(Engine, EngineThread)> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (presence, events) = std_mpsc::channel();
         let relay_feed = Arc::new(RelayFeed::new(&world));
         let world = Arc::new(RwLock::new(world));
+        let presence_thread = {
+            let cfg = hub.config().presence;
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name("weft-presence".into())
+                .spawn(move || presence_loop(cfg, &events, &tx))?
+        };
         let thread = {
             let world = world.clone();
             let hub = hub.clone();
@@ -89,11 +113,12 @@ impl Engine {
         Ok((
             Engine {
                 tx,
+                presence,
                 world,
                 hub,
                 relay_feed,
             },
-            EngineThread(thread),
+            EngineThread(thread, presence_thread),
         ))
     }
 
@@ -106,9 +131,14 @@ impl Engine {
         rx.await.map_err(|_| unavailable())?
     }
 
-    /// Records that a map stream of `node` opened or closed (fire and forget).
+    /// Records that a map stream of `node` opened or closed (fire and forget;
+    /// debounced before it changes anything).
     pub fn presence(&self, node: NodeId, up: bool) {
-        let _ = self.tx.send(Cmd::Presence(node, up));
+        let _ = self.presence.send(if up {
+            StreamEvent::Opened(node)
+        } else {
+            StreamEvent::Closed(node)
+        });
     }
 
     /// Reads the audit log.
@@ -137,7 +167,40 @@ impl Engine {
 
     /// Asks the writer to stop after the operations already queued.
     pub fn shutdown(&self) {
+        let _ = self.presence.send(StreamEvent::Stop);
         let _ = self.tx.send(Cmd::Shutdown);
+    }
+}
+
+/// The presence thread: feeds stream events into the tracker with the time
+/// they arrived and queues each debounced transition for the writer.
+fn presence_loop(
+    cfg: PresenceConfig,
+    events: &std_mpsc::Receiver<StreamEvent>,
+    tx: &mpsc::UnboundedSender<Cmd>,
+) {
+    let mut tracker = Presence::new(cfg);
+    loop {
+        let event = match tracker.next_deadline() {
+            None => events.recv().ok(),
+            Some(at) => match events.recv_timeout(at.saturating_duration_since(clock::now())) {
+                Ok(e) => Some(e),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => Some(StreamEvent::Stop),
+            },
+        };
+        match event {
+            Some(StreamEvent::Opened(node)) => tracker.opened(node, clock::now()),
+            Some(StreamEvent::Closed(node)) => tracker.closed(node, clock::now()),
+            Some(StreamEvent::Stop) => return,
+            None if tracker.next_deadline().is_none() => return, // every sender gone
+            None => {}
+        }
+        for (node, online) in tracker.poll(clock::now()) {
+            if tx.send(Cmd::Presence(node, online)).is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -222,7 +285,10 @@ fn commit_batch<S: Store>(
             match store.load() {
                 Ok(snap) => {
                     let relays = std::mem::take(&mut w.relays);
+                    let online = w.online_nodes();
                     *w = World::from_snapshot(snap, relays);
+                    // Presence is not stored; the tracker still holds it.
+                    w.restore_online(&online);
                 }
                 Err(e) => {
                     error!(error = %e, "reloading state failed; the controller keeps serving reads of possibly uncommitted state")

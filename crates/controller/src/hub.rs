@@ -20,7 +20,7 @@ use weft_proto::netmap::{EVENT_DELTA, EVENT_SNAPSHOT, MapEvent};
 use weft_proto::sse;
 
 use crate::error::ApiError;
-use crate::model::{NodeId, World};
+use crate::model::{NodeId, PresenceConfig, World};
 use crate::netmap::{self, Outgoing, Payload};
 
 /// One encoded SSE event.
@@ -45,6 +45,8 @@ pub struct HubConfig {
     pub ring_bytes: usize,
     /// Open streams allowed per node.
     pub streams_per_node: usize,
+    /// When a node's streams make it online or offline for its peers.
+    pub presence: PresenceConfig,
 }
 
 impl Default for HubConfig {
@@ -55,6 +57,7 @@ impl Default for HubConfig {
             ring_recipients: 2_000_000,
             ring_bytes: 16 << 20,
             streams_per_node: 4,
+            presence: PresenceConfig::default(),
         }
     }
 }
@@ -209,6 +212,11 @@ impl Hub {
                 subs.remove(&node);
             }
         }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HubConfig {
+        &self.cfg
     }
 
     /// Number of open streams.

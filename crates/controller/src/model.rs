@@ -30,8 +30,10 @@ use crate::store::{
     RouteRecord, StoreSnapshot, TokenRecord, Write,
 };
 
+mod presence;
 mod routes;
 
+pub use presence::{Presence, PresenceConfig};
 pub use routes::{GATEWAY_TAG, RouteOp};
 
 /// A network id.
@@ -63,9 +65,12 @@ pub struct NodeState {
     pub rec: NodeRecord,
     /// Its memberships by network.
     pub memberships: BTreeMap<NetId, MembershipRecord>,
-    /// Open map streams (not persisted: after a restart every node is offline
-    /// until it reconnects).
-    pub streams: u32,
+    /// Online as peers see it (`online` in maps and the admin API): a map
+    /// stream stayed open for the online delay and the node has not been
+    /// without one for the offline grace period since ([`Presence`] decides).
+    /// Not persisted: after a restart every node is offline until it
+    /// reconnects.
+    pub online: bool,
     /// The `last_seen` value peers were last told about.
     pub seen_published: Option<u64>,
 }
@@ -236,7 +241,8 @@ pub enum Op {
     RemoveNode(String),
     /// Agent: liveness and endpoints.
     Report(NodeId, Option<Vec<SocketAddr>>),
-    /// A map stream opened (`true`) or closed (`false`).
+    /// The node went online (`true`) or offline (`false`), as [`Presence`]
+    /// debounced its map streams.
     Presence(NodeId, bool),
     /// Admin: register a relay.
     CreateRelay(NewRelay),
@@ -362,7 +368,7 @@ impl World {
                 NodeState {
                     rec: n,
                     memberships: BTreeMap::new(),
-                    streams: 0,
+                    online: false,
                     seen_published: seen,
                 },
             );
@@ -710,7 +716,7 @@ impl World {
             hostname: n.rec.hostname.clone(),
             tags: n.rec.tags.iter().cloned().collect(),
             disabled: n.rec.disabled,
-            online: n.streams > 0,
+            online: n.online,
             endpoints: n.rec.endpoints.clone(),
             last_seen: n.rec.last_seen,
             created_at: n.rec.created_at,
@@ -782,6 +788,25 @@ impl World {
     /// All node ids (for tests and checks).
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.nodes.keys().copied()
+    }
+
+    /// The nodes online now (kept across a reload of the state: presence is
+    /// not persisted).
+    pub fn online_nodes(&self) -> Vec<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| n.online)
+            .map(|n| n.rec.id)
+            .collect()
+    }
+
+    /// Marks `ids` online again after a reload (see [`World::online_nodes`]).
+    pub fn restore_online(&mut self, ids: &[NodeId]) {
+        for id in ids {
+            if let Some(n) = self.nodes.get_mut(id) {
+                n.online = true;
+            }
+        }
     }
 
     // ---- writes ----
@@ -1102,7 +1127,7 @@ impl World {
                     created_at: now,
                 },
                 memberships: BTreeMap::new(),
-                streams: 0,
+                online: false,
                 seen_published: None,
             },
         };
@@ -1379,19 +1404,14 @@ impl World {
         &mut self,
         batch: &mut Batch,
         id: NodeId,
-        up: bool,
+        online: bool,
         now_ms: u64,
     ) -> Result<Output, ApiError> {
         let Some(node) = self.nodes.get_mut(&id) else {
             return Ok(Output::Done);
         };
-        let was_online = node.streams > 0;
-        node.streams = if up {
-            node.streams + 1
-        } else {
-            node.streams.saturating_sub(1)
-        };
-        if was_online != (node.streams > 0) {
+        if node.online != online {
+            node.online = online;
             node.rec.last_seen = Some(secs(now_ms));
             batch.writes.push(Write::PutNode(node.rec.clone()));
             if !node.rec.disabled {

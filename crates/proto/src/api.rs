@@ -293,7 +293,8 @@ pub struct NodeInfo {
     pub tags: Vec<String>,
     /// Disabled nodes are in nobody's map and their credential is refused.
     pub disabled: bool,
-    /// Holds a map stream now.
+    /// Connected to the controller, debounced like a map's `Peer::online`
+    /// (online once a map stream stayed open 5 s, offline after 15 s without).
     pub online: bool,
     /// Reported endpoints.
     pub endpoints: Vec<SocketAddr>,
@@ -525,7 +526,7 @@ pub struct RouteInfo {
     /// Whether this gateway carries the subnet now (approved, and the first
     /// approved gateway that is online).
     pub primary: bool,
-    /// Whether the gateway holds a map stream now.
+    /// Whether the gateway is online (debounced like a map's `Peer::online`).
     pub online: bool,
 }
 

@@ -125,7 +125,11 @@ pub struct Peer {
     /// When it was last seen (Unix seconds), as of its last change in this map.
     #[serde(default)]
     pub last_seen: Option<u64>,
-    /// Whether it holds a map stream to the controller right now.
+    /// Whether it is connected to the controller, debounced: it becomes true
+    /// once the node's map stream has stayed open for the controller's online
+    /// delay (`--online-after-ms`, 5 s by default) and false once the node has
+    /// had no stream for the offline grace period (`--offline-after-ms`, 15 s).
+    /// A node whose stream flaps within those windows changes nothing here.
     #[serde(default)]
     pub online: bool,
 }

@@ -60,6 +60,14 @@ pub(super) struct ServeArgs {
     /// when many nodes enrol at once from behind one NAT or proxy.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     register_per_minute: u32,
+    /// Milliseconds a node's map stream must stay open before peers see the
+    /// node online. A stream that closes sooner costs peers nothing.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=3_600_000), value_name = "MS")]
+    online_after_ms: u64,
+    /// Milliseconds a node must be without a map stream before peers see it
+    /// offline; a reconnect within it costs peers nothing.
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000), value_name = "MS")]
+    offline_after_ms: u64,
     /// Seconds shutdown waits for open requests.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_secs: u64,
@@ -170,6 +178,13 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
                 ..Default::default()
             },
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            hub: crate::hub::HubConfig {
+                presence: crate::model::PresenceConfig {
+                    online_after: Duration::from_millis(args.online_after_ms),
+                    offline_after: Duration::from_millis(args.offline_after_ms),
+                },
+                ..Default::default()
+            },
             ..Config::default()
         };
         serve::run(prepared, config, listener, shutdown_signal()).await?;

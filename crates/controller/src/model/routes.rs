@@ -15,7 +15,8 @@
 //!   addresses).
 //! - Only approved routes are in maps and in the policy (`subnet:` selectors).
 //!   Of the gateways approved for one subnet in one network, the primary is
-//!   the first approved one that is online (holds a map stream), else the first
+//!   the first approved one that is online (its map stream stayed open past
+//!   the presence delay, see `model::presence`), else the first
 //!   approved one. Members receive the subnet with its primary gateway when
 //!   their policy lets them see that gateway; a gateway never receives a route
 //!   to a subnet it offers itself.
@@ -133,7 +134,7 @@ impl World {
         self.nodes
             .get(&id)
             .filter(|n| !n.rec.disabled)
-            .map(|n| n.streams > 0)
+            .map(|n| n.online)
     }
 
     /// The gateway that carries `prefix` in `net` now.
@@ -248,7 +249,7 @@ impl World {
             source: r.source.as_str().to_owned(),
             primary: r.state == RouteState::Approved
                 && self.primary_gateway(r.network_id, r.prefix) == Some(r.node_id),
-            online: node.streams > 0,
+            online: node.online,
         })
     }
 

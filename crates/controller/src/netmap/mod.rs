@@ -58,7 +58,7 @@ pub fn peer_view(n: &NodeState, m: &MembershipRecord) -> Peer {
         ipv6: m.ipv6,
         endpoints: n.rec.endpoints.clone(),
         last_seen: n.seen_published,
-        online: n.streams > 0,
+        online: n.online,
     }
 }
 

@@ -236,7 +236,22 @@ fn challenge_flood(mesh: &mut Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
         ),
     )?;
     flood.wait_for_log("flooding", Duration::from_secs(10))?;
-    std::thread::sleep(Duration::from_secs(5));
+    // Register once the flood has asked for more challenges than the old pool
+    // held (65,536), or after 30 s.
+    let answered = |p: &Process| {
+        p.log()
+            .ok()
+            .and_then(|l| {
+                l.lines()
+                    .rev()
+                    .find_map(|l| l.strip_prefix("answered ")?.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let _ = wait_until("70,000 challenge requests", Duration::from_secs(30), || {
+        Ok(answered(&flood) >= 70_000)
+    });
+    let before_join = answered(&flood);
     let token = mesh.token_file(1)?;
     let start = Instant::now();
     let started = mesh.start_agent("c", Some(&token));
@@ -249,7 +264,7 @@ fn challenge_flood(mesh: &mut Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
         .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
         .unwrap_or(0);
     t.count(format!(
-        "flood: {total} answered requests by status {}, {} errors; c registered: {registered} after {}",
+        "flood: {total} answered requests by status {}, {} errors ({before_join} before c started); c registered: {registered} after {}",
         report["status"],
         report["errors"],
         secs(took)
@@ -287,11 +302,12 @@ fn idle_connections(mesh: &Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
     let (mut ok, mut failed) = (0, 0);
     let mut admin_ok = 0;
     let mut pings_ok = 0;
-    const ROUNDS: u32 = 2;
+    // Three rounds over more than 30 s, long enough for a server's header
+    // timeout (hyper's default is 30 s) to act on the slowloris.
+    const ROUNDS: u32 = 3;
     for round in 0..ROUNDS {
         if round > 0 {
-            // Long enough for a server's header timeout to act on the slowloris.
-            std::thread::sleep(Duration::from_secs(8));
+            std::thread::sleep(Duration::from_secs(15));
         }
         let out = lab.python(
             "n",

@@ -112,13 +112,15 @@ pub const CASES: [CaseDef; 13] = [
     case(
         "challenge-flood",
         "one internet host floods POST /v1/register/challenge from 4 keep-alive \
-         connections; meanwhile c registers from behind its NAT",
+         connections; once it has asked 70,000 times (more than the old 65,536-entry \
+         pool) or 30 s passed, c registers from behind its NAT",
         "c registers and gets its overlay address within 60 s during the flood",
     ),
     case(
         "idle-connections",
         "one host opens 2000 idle TCP connections to the controller and 2000 to the \
-         relay, and 50 slowloris TLS connections sending one header line a second",
+         relay, and 50 slowloris TLS connections sending one header line a second, \
+         and holds them for over 30 s",
         "fresh HTTPS requests to the controller are answered within 2 s each, an admin \
          command works, and a and b keep pinging through the relay",
     ),

@@ -156,7 +156,7 @@ while time.time() < end:
 
 /// Floods `POST /v1/register/challenge` on https://argv[1]:argv[2] from argv[3]
 /// keep-alive connections until the file argv[4] exists or argv[5] seconds pass;
-/// prints `{"status": {code: n}, "errors": n}`.
+/// prints `answered <n>` every second, then `{"status": {code: n}, "errors": n}`.
 pub(super) const CHALLENGE_FLOOD: &str = r#"
 import http.client, json, os, ssl, sys, threading, time
 host, port, n, stop, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
@@ -194,6 +194,10 @@ ts = [threading.Thread(target=worker) for _ in range(n)]
 for t in ts:
     t.start()
 print("flooding", flush=True)
+while any(t.is_alive() for t in ts):
+    time.sleep(1)
+    with lock:
+        print("answered %d" % sum(counts.values()), flush=True)
 for t in ts:
     t.join()
 print(json.dumps({"status": counts, "errors": errors[0]}), flush=True)
