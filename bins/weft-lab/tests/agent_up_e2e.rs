@@ -5,6 +5,7 @@
 
 #![allow(clippy::disallowed_methods, reason = "tests wait on the real clock")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+#![allow(clippy::print_stdout, reason = "measured times are reported")]
 
 use std::process::Command;
 use std::time::Duration;
@@ -273,4 +274,47 @@ fn refused_routes_fail_up() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(mesh.status("node1").unwrap().failures.is_empty());
+}
+
+/// A stopped peer shows as offline with when it was last seen (it showed
+/// "direct (107s)"), and after `weft down` the node says down and
+/// disconnected (it still said connected).
+#[test]
+fn stopped_peers_and_down_show_as_such() {
+    let lab = lab(&["node1", "node2"]);
+    let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default()).unwrap();
+    let token = mesh.token_file(2).unwrap();
+    for n in ["node1", "node2"] {
+        mesh.start_agent(n, Some(&token)).unwrap();
+    }
+    mesh.wait_full_mesh(&["node1", "node2"], Duration::from_secs(30))
+        .unwrap();
+    let peer = |mesh: &Mesh<'_>| {
+        mesh.status("node1")
+            .unwrap()
+            .peers
+            .into_iter()
+            .find(|p| p.name == "node2")
+            .unwrap()
+    };
+    let p = peer(&mesh);
+    assert!(p.online, "{p:?}");
+    assert!(p.last_seen_secs.is_some_and(|s| s < 10), "{p:?}");
+
+    mesh.stop_agent("node2").unwrap();
+    let took = weft_lab::timed_wait("node2 offline on node1", Duration::from_secs(60), || {
+        !peer(&mesh).online
+    })
+    .unwrap();
+    println!("a stopped peer showed offline after {took:?}");
+    let shown = text(&mesh.weft("node1", &["status"]).unwrap().stdout);
+    assert!(shown.contains("offline (seen "), "{shown}");
+
+    let out = mesh.weft("node1", &["down"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let st = mesh.status("node1").unwrap();
+    assert_eq!(st.state, "down");
+    assert!(!st.controller.unwrap().connected);
+    let shown = text(&mesh.weft("node1", &["status"]).unwrap().stdout);
+    assert!(shown.contains("disconnected"), "{shown}");
 }

@@ -312,7 +312,11 @@ async fn advertise(c: &Client, routes: &[String], state: &watch::Sender<LinkStat
             return;
         }
     };
-    let before = state.borrow().routes_refused.as_ref().map(|(e, _)| e.clone());
+    let before = state
+        .borrow()
+        .routes_refused
+        .as_ref()
+        .map(|(e, _)| e.clone());
     if let Some(log) = refusal_change(before.as_deref(), refusal.as_deref()) {
         match log {
             RefusalLog::Refused(e) => {
@@ -382,7 +386,10 @@ mod tests {
             refusal_change(Some("bad"), Some("worse")),
             Some(RefusalLog::Refused("worse"))
         );
-        assert_eq!(refusal_change(Some("bad"), None), Some(RefusalLog::Accepted));
+        assert_eq!(
+            refusal_change(Some("bad"), None),
+            Some(RefusalLog::Accepted)
+        );
         assert_eq!(refusal_change(None, None), None);
     }
 

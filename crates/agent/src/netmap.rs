@@ -88,6 +88,33 @@ pub struct Derived {
     pub peer_networks: BTreeMap<NodeKey, Vec<String>>,
 }
 
+/// Heard from within this long: online, whatever the controller says.
+pub const HEARD_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+/// Not heard from for this long: offline, whatever the controller says (relayed
+/// peers send keepalives every 25 s; a quiet direct path is pinged every second).
+pub const HEARD_STALE: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// Whether a peer is online for `weft status`, and seconds since it was last
+/// seen: from the local path (`heard_ago`: since something authenticated came
+/// from it) and the map (`map_online`: it holds a map stream; `map_last_seen`:
+/// Unix seconds).
+pub fn peer_liveness(
+    heard_ago: Option<std::time::Duration>,
+    map_online: bool,
+    map_last_seen: Option<u64>,
+    now_unix_secs: u64,
+) -> (bool, Option<u64>) {
+    let online = match heard_ago {
+        Some(h) if h < HEARD_FRESH => true,
+        Some(h) if h >= HEARD_STALE => false,
+        _ => map_online,
+    };
+    let last_seen = heard_ago
+        .map(|h| h.as_secs())
+        .or_else(|| map_last_seen.map(|t| now_unix_secs.saturating_sub(t)));
+    (online, last_seen)
+}
+
 /// Translates `map` using (and updating) `slots`.
 pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
     let assignment = slots.assign(map).clone();
@@ -227,6 +254,31 @@ pub fn host_candidates(addrs: &[(String, IpAddr)], port: u16) -> Vec<SocketAddr>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_peer_is_online_when_heard_or_on_the_controller() {
+        use std::time::Duration;
+        let s = Duration::from_secs;
+        // Heard a moment ago: online even if the controller has not caught up.
+        assert_eq!(peer_liveness(Some(s(1)), false, None, 0), (true, Some(1)));
+        // A while ago: the controller decides.
+        assert_eq!(peer_liveness(Some(s(20)), true, None, 0), (true, Some(20)));
+        assert_eq!(
+            peer_liveness(Some(s(20)), false, None, 0),
+            (false, Some(20))
+        );
+        // Long ago: offline (a stopped peer whose direct path was "direct (107s)").
+        assert_eq!(
+            peer_liveness(Some(s(107)), true, None, 0),
+            (false, Some(107))
+        );
+        // Never heard: the map says, with its last-seen time.
+        assert_eq!(
+            peer_liveness(None, false, Some(900), 1_000),
+            (false, Some(100))
+        );
+        assert_eq!(peer_liveness(None, true, None, 1_000), (true, None));
+    }
+
     use super::*;
     use std::net::Ipv4Addr;
     use weft_proto::netmap::{NetworkView, Peer, SelfNode};

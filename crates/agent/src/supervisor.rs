@@ -464,6 +464,8 @@ impl Agent {
         if let Some(link) = self.link.take() {
             link.stop();
         }
+        // The stopped task's last word ("connected") is no longer true.
+        self.link_state = watch::channel(LinkState::default()).1;
     }
 
     async fn apply_map(&mut self, map: NetworkMap) {
@@ -596,9 +598,25 @@ impl Agent {
                     .collect()
             })
             .unwrap_or_default();
+        let now_unix = clock::unix_ms() / 1000;
+        let liveness = |p: &weft_tunnel::PeerStatus| {
+            let on_map = self.map.as_ref().and_then(|m| {
+                m.networks
+                    .iter()
+                    .flat_map(|n| &n.peers)
+                    .find(|mp| mp.node_key == p.key)
+            });
+            netmap::peer_liveness(
+                p.last_heard,
+                on_map.is_some_and(|mp| mp.online),
+                on_map.and_then(|mp| mp.last_seen),
+                now_unix,
+            )
+        };
         let peers = peers
             .into_iter()
-            .map(|p| PeerStatus {
+            .map(|p| (liveness(&p), p))
+            .map(|((online, last_seen_secs), p)| PeerStatus {
                 name: p.name,
                 node_key: p.key,
                 networks: derived
@@ -624,6 +642,8 @@ impl Agent {
                     })
                     .collect(),
                 last_handshake_secs: p.since_handshake.map(|d| d.as_secs()),
+                online,
+                last_seen_secs,
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
                 drops: p

@@ -242,6 +242,14 @@ pub struct PeerStatus {
     /// Seconds since the last WireGuard handshake.
     #[serde(default)]
     pub last_handshake_secs: Option<u64>,
+    /// Whether the peer is reachable now: heard from recently, or (not heard
+    /// from lately) holding a map stream to the controller.
+    #[serde(default)]
+    pub online: bool,
+    /// Seconds since the peer was last heard from (or, never heard from here,
+    /// since the controller last saw it).
+    #[serde(default)]
+    pub last_seen_secs: Option<u64>,
     /// Plaintext bytes received.
     pub rx_bytes: u64,
     /// Plaintext bytes sent.

@@ -211,6 +211,9 @@ pub struct PeerStatus {
     pub candidates: Vec<(SocketAddr, CandidateStats)>,
     /// Time since the current session's handshake.
     pub since_handshake: Option<Duration>,
+    /// Time since something authenticated last arrived from the peer (directly
+    /// or through the relay); `None`: never.
+    pub last_heard: Option<Duration>,
     /// Plaintext bytes sent.
     pub tx_bytes: u64,
     /// Plaintext bytes received.
@@ -1013,6 +1016,10 @@ impl Node {
                     },
                     candidates: p.path.stats(),
                     since_handshake: since,
+                    last_heard: p
+                        .path
+                        .last_heard()
+                        .map(|h| now.saturating_duration_since(h)),
                     tx_bytes: tx as u64,
                     rx_bytes: rx as u64,
                     drops: p.drops.clone(),

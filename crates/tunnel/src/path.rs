@@ -266,6 +266,12 @@ impl PathState {
         None
     }
 
+    /// When something authenticated last arrived from the peer, directly or
+    /// through the relay.
+    pub(crate) fn last_heard(&self) -> Option<Instant> {
+        self.heard.max(self.relay_heard)
+    }
+
     /// When the current path kind started.
     pub(crate) fn since(&self) -> Option<Instant> {
         self.since

@@ -193,7 +193,11 @@ pub fn render_status(st: &AgentStatus) -> String {
                 .last_handshake_secs
                 .map_or("-".to_owned(), |s| format!("{s}s ago"));
             let drops: Vec<String> = p.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let seen = p
+                .last_seen_secs
+                .map_or_else(|| "never seen".to_owned(), |s| format!("seen {s}s ago"));
             let path = match p.path_age_secs {
+                _ if !p.online => format!("offline ({seen})"),
                 Some(s) if !p.path.is_empty() => format!("{} ({s}s)", p.path),
                 _ if !p.path.is_empty() => p.path.clone(),
                 _ => p.endpoint.clone().unwrap_or_else(|| "-".into()),
@@ -797,7 +801,11 @@ mod tests {
         assert_eq!(route_arg("").unwrap(), "");
         let e = route_arg("192.168.50.1/24").unwrap_err();
         assert!(e.contains("did you mean 192.168.50.0/24"), "{e}");
-        assert!(route_arg("0.0.0.0/0").unwrap_err().contains("default route"));
+        assert!(
+            route_arg("0.0.0.0/0")
+                .unwrap_err()
+                .contains("default route")
+        );
         assert!(route_arg("127.0.0.0/8").is_err());
         assert!(route_arg("fd00::/64").is_err());
     }
