@@ -4,6 +4,10 @@
 //! the grace period goes offline once.
 
 #![allow(clippy::expect_used, reason = "test helpers fail loudly")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the test measures real delays of a real controller"
+)]
 
 mod common;
 
