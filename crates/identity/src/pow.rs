@@ -176,6 +176,22 @@ pub fn search(
     cancel: &AtomicBool,
     mut progress: impl FnMut(u64),
 ) -> Result<ProofOfWork, MintError> {
+    // The search itself is not generic: a generic function is compiled in the
+    // crate that calls it, with that crate's optimisation level, so in a dev
+    // build (opt-level 0 for workspace members) the hashing loop and SHA-256's
+    // inlined buffer code ran ~100x slower than in release. Non-generic, it is
+    // compiled here, under `[profile.dev.package.weft-identity] opt-level = 3`.
+    search_dyn(key, difficulty, opts, cancel, &mut progress)
+}
+
+#[inline(never)]
+fn search_dyn(
+    key: &NodeKey,
+    difficulty: Difficulty,
+    opts: &SearchOptions,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ProofOfWork, MintError> {
     // Workers claim nonces in chunks, so each hash costs no shared-memory traffic.
     const CHUNK: u64 = 1 << 14;
     let next_chunk = AtomicU64::new(0);
