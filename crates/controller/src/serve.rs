@@ -41,12 +41,79 @@ pub const URL_FILE: &str = "controller.url";
 /// File the bound address is written to (`host:port`).
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 
+/// Files that make a data directory "not empty": a start finding none of them
+/// is a first start and creates the state; otherwise each must be there.
+pub const STATE_FILES: &[&str] = &[
+    DB_FILE,
+    "controller.db-wal",
+    ADMIN_TOKEN_FILE,
+    "tls/cert.pem",
+    "tls/key.pem",
+];
+
+/// What a start may do about missing state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateMode {
+    /// The data directory holds state: all of it must be there and sound.
+    Existing,
+    /// A first start into an empty (or new) data directory: create everything.
+    Fresh,
+    /// `--init`: create what is missing, moving a broken database aside.
+    Init,
+}
+
+impl StateMode {
+    /// Judges `data_dir` before anything is written to it.
+    pub fn of(data_dir: &Path, init: bool) -> Self {
+        if init {
+            StateMode::Init
+        } else if STATE_FILES.iter().any(|f| data_dir.join(f).exists()) {
+            StateMode::Existing
+        } else {
+            StateMode::Fresh
+        }
+    }
+
+    /// Whether missing state may be created.
+    pub fn may_create(self) -> bool {
+        self != StateMode::Existing
+    }
+}
+
+/// The data directory, opened: created 0700, locked for this process.
+pub struct DataDir {
+    /// Whether this start may create state.
+    pub mode: StateMode,
+    /// The directory's mode if group or others can access it (warn).
+    pub loose_mode: Option<u32>,
+    _lock: weft_tls::DirLock,
+}
+
+/// Judges, creates (0700) and locks `data_dir`; a second controller on the same
+/// directory gets [`ServeError::Lock`], naming the holder's pid.
+pub fn open_data_dir(data_dir: &Path, init: bool) -> Result<DataDir, ServeError> {
+    let mode = StateMode::of(data_dir, init);
+    let loose_mode = weft_tls::private_dir(data_dir).map_err(|source| ServeError::Io {
+        what: format!("creating {}", data_dir.display()),
+        source,
+    })?;
+    let lock = weft_tls::lock_dir(data_dir)?;
+    Ok(DataDir {
+        mode,
+        loose_mode,
+        _lock: lock,
+    })
+}
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another process holds the data directory.
+    #[error(transparent)]
+    Lock(#[from] weft_tls::LockError),
     /// A file or socket operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -88,25 +155,64 @@ impl Default for Config {
 pub struct Prepared {
     store: SqliteStore,
     world: World,
-    /// The admin token, if it was created by this start (show it once).
-    pub new_admin_token: Option<String>,
+    /// Whether this start created the admin token (in `admin_token_path`).
+    pub admin_token_created: bool,
     /// Where the admin token was written.
     pub admin_token_path: PathBuf,
 }
 
-/// Opens `data_dir/controller.db` (creating and migrating it), loads the state,
-/// and on first start creates the admin token: stored hashed, and written to
-/// `data_dir/admin.token` with mode 0600.
-pub fn prepare(data_dir: &Path, relays: Vec<Relay>) -> Result<Prepared, ServeError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| ServeError::Io {
-        what: format!("creating {}", data_dir.display()),
-        source,
-    })?;
-    let mut store = SqliteStore::open(&data_dir.join(DB_FILE))?;
+/// Opens `data_dir/controller.db` (migrating it), loads the state, and on first
+/// start creates the admin token: stored hashed, and written to
+/// `data_dir/admin.token` with mode 0600. The database is created (0600) only
+/// if `mode` allows; a missing, empty or foreign one is otherwise refused with
+/// [`StoreError::NotWeft`], and with [`StateMode::Init`] moved aside.
+pub fn prepare(
+    data_dir: &Path,
+    relays: Vec<Relay>,
+    mode: StateMode,
+) -> Result<Prepared, ServeError> {
+    let db = data_dir.join(DB_FILE);
+    let mut store = match mode {
+        StateMode::Fresh => SqliteStore::create(&db)?,
+        StateMode::Existing => SqliteStore::open_existing(&db)?,
+        StateMode::Init => match SqliteStore::open_existing(&db) {
+            Ok(s) => s,
+            Err(StoreError::NotWeft { why, .. }) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut name = db.as_os_str().to_owned();
+                    name.push(suffix);
+                    let path = PathBuf::from(name);
+                    if path.exists() {
+                        let to = weft_tls::move_aside(&path).map_err(|source| ServeError::Io {
+                            what: format!("moving {} aside", path.display()),
+                            source,
+                        })?;
+                        warn!(from = %path.display(), to = %to.display(), "--init: moved the old database file aside");
+                    }
+                }
+                warn!(db = %db.display(), was = %why, "--init: creating an empty database");
+                SqliteStore::create(&db)?
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    // SQLite gives -wal and -shm the mode of the database file.
+    let loose: Vec<String> = ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|suffix| {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            let path = PathBuf::from(name);
+            weft_tls::loose_mode(&path).map(|m| format!("{} ({m:04o})", path.display()))
+        })
+        .collect();
+    if !loose.is_empty() {
+        warn!(files = %loose.join(", "), "the database is readable by other users; it holds credential hashes and the audit log (chmod 600 it)");
+    }
     let snap = store.load()?;
     let mut world = World::from_snapshot(snap, relays);
     let admin_token_path = data_dir.join(ADMIN_TOKEN_FILE);
-    let mut new_admin_token = None;
+    let mut admin_token_created = false;
     if world.admin_hash.is_none() {
         let (token, hash) = secret::generate(ADMIN_PREFIX, &mut OsRng);
         // Write the file first: if we crash in between, the next start creates a
@@ -131,7 +237,7 @@ pub fn prepare(data_dir: &Path, relays: Vec<Relay>) -> Result<Prepared, ServeErr
         let snap = store.load()?;
         let relays = std::mem::take(&mut world.relays);
         world = World::from_snapshot(snap, relays);
-        new_admin_token = Some(token);
+        admin_token_created = true;
     }
     // Every start begins a new map version: presence (online) is not persisted,
     // so a stream resuming from before the restart must get a fresh snapshot
@@ -141,7 +247,7 @@ pub fn prepare(data_dir: &Path, relays: Vec<Relay>) -> Result<Prepared, ServeErr
     Ok(Prepared {
         store,
         world,
-        new_admin_token,
+        admin_token_created,
         admin_token_path,
     })
 }

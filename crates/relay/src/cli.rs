@@ -22,6 +22,15 @@ use crate::tls;
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 /// File the bound STUN address is written to (`host:port`).
 pub const STUN_ADDR_FILE: &str = "stun.addr";
+/// Files that make a data directory "not empty": a start finding none of them
+/// is a first start and may generate the TLS pair; otherwise a missing half of
+/// the pair is refused (without `--init`).
+pub const STATE_FILES: &[&str] = &[
+    "tls/cert.pem",
+    "tls/key.pem",
+    LISTEN_ADDR_FILE,
+    STUN_ADDR_FILE,
+];
 
 /// weft relay: carries encrypted packets between nodes that cannot reach each
 /// other directly (TLS over TCP), and answers STUN Binding requests (UDP).
@@ -40,9 +49,17 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// State directory: TLS material, bound addresses.
+    /// State directory (created 0700, locked by one relay): TLS material,
+    /// bound addresses.
     #[arg(long, env = "WEFT_RELAY_DATA_DIR", value_name = "DIR")]
     data_dir: PathBuf,
+    /// Generate a new self-signed TLS pair deliberately when tls/key.pem or
+    /// cert.pem is missing (a new fingerprint: the controller learns it at the
+    /// next report, but anything pinned to the old one must re-pin). Without it
+    /// the pair is generated only on a first start into an empty DIR, and a
+    /// missing half is refused, naming the file.
+    #[arg(long)]
+    init: bool,
     /// TLS/TCP address to listen on; port 0 picks a free port (written to
     /// DIR/listen.addr).
     #[arg(long, default_value = "0.0.0.0:443", value_name = "ADDR")]
@@ -163,11 +180,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
     .context("--controller")?
     .with_bearer(&token)?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    // Judge the data directory before anything is written to it, then create
+    // (0700) and lock it for this process's lifetime.
+    let fresh = !STATE_FILES.iter().any(|f| args.data_dir.join(f).exists());
+    if let Some(m) = weft_tls::private_dir(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?
+    {
+        warn!(dir = %args.data_dir.display(), mode = format!("{m:04o}"), "the data directory is accessible by other users; it holds the TLS key (chmod 700 it)");
+    }
+    let _lock = weft_tls::lock_dir(&args.data_dir)?;
     let material = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => tls::load(cert, key)?,
-        _ => tls::load_or_generate(&args.data_dir.join("tls"), &args.tls_san)?,
+        _ => tls::load_or_generate(
+            &args.data_dir.join("tls"),
+            &args.tls_san,
+            fresh || args.init,
+        )?,
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -16,8 +16,13 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<TlsMaterial, TlsError> 
     weft_tls::load(cert_path, key_path, PROFILE)
 }
 
-/// Loads `dir/cert.pem` + `dir/key.pem`, generating a self-signed pair first if
-/// absent (names `localhost`, `127.0.0.1`, `::1` and `extra_names`).
-pub fn load_or_generate(dir: &Path, extra_names: &[String]) -> Result<TlsMaterial, TlsError> {
-    weft_tls::load_or_generate(dir, extra_names, PROFILE)
+/// Loads `dir/cert.pem` + `dir/key.pem`; generates a self-signed pair (names
+/// `localhost`, `127.0.0.1`, `::1` and `extra_names`) only if `create`, and
+/// otherwise refuses a missing half with [`TlsError::Missing`].
+pub fn load_or_generate(
+    dir: &Path,
+    extra_names: &[String],
+    create: bool,
+) -> Result<TlsMaterial, TlsError> {
+    weft_tls::load_or_generate(dir, extra_names, PROFILE, create)
 }

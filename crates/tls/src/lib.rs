@@ -1,8 +1,14 @@
 //! Server TLS material for weft's servers (controller and relay): a certificate
 //! chain from PEM files, or a self-signed pair generated on first start and kept
 //! in the data directory, so its fingerprint (which clients pin) stays the same
-//! across restarts. Also the `sha256:<hex>` fingerprint format and the atomic
-//! 0600 file writes both servers use for their state files.
+//! across restarts. Also the `sha256:<hex>` fingerprint format, the atomic
+//! 0600 file writes both servers use for their state files, and their data
+//! directory: created 0700, looser modes reported, locked by one process.
+//!
+//! Lost state is never silently replaced: the pair is generated only when the
+//! caller says this start may create state (a first start into an empty data
+//! directory, or `--init`); otherwise a missing half is an error that names the
+//! file and the way out.
 
 use std::fs;
 use std::io::Write as _;
@@ -41,6 +47,49 @@ pub enum TlsError {
     /// Generating the self-signed certificate failed.
     #[error("generating a self-signed certificate: {0}")]
     Generate(String),
+    /// The kept pair is (partly) gone and this start may not create state.
+    #[error(
+        "{} is missing{}. This server's TLS key pair is its identity: agents and relays pin its fingerprint. \
+         Restore {} from a backup, or start with --init to generate a new pair deliberately \
+         (a new fingerprint: every agent and relay pinned to the old one must be re-pinned)",
+        missing.display(),
+        if *both { " (and so is the certificate next to it)" } else { "" },
+        dir.display()
+    )]
+    Missing {
+        /// The missing file (the key when both are gone).
+        missing: PathBuf,
+        /// Both files are gone.
+        both: bool,
+        /// The directory that should hold them.
+        dir: PathBuf,
+    },
+}
+
+/// Why a data directory could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error(
+        "{} is in use by another process{}: two servers must not share one data directory (stop the other one, or give this one its own --data-dir)",
+        dir.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Busy {
+        /// The data directory.
+        dir: PathBuf,
+        /// The holder's pid, as it recorded it.
+        pid: Option<u32>,
+    },
+    /// The lock file could not be opened or locked.
+    #[error("locking {}: {source}", path.display())]
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How a server speaks TLS.
@@ -107,21 +156,38 @@ pub fn load(cert_path: &Path, key_path: &Path, profile: Profile) -> Result<TlsMa
     })
 }
 
-/// Loads `dir/cert.pem` + `dir/key.pem`, generating them first if absent. The
-/// certificate names `localhost`, `127.0.0.1`, `::1` and `extra_names`.
+/// Loads `dir/cert.pem` + `dir/key.pem`. If either is missing, generates a new
+/// self-signed pair only when `create` (a first start, or `--init`; a file left
+/// of the old pair is moved aside to `NAME.replaced-<unix time>`), and is
+/// [`TlsError::Missing`] otherwise. The certificate names `localhost`,
+/// `127.0.0.1`, `::1` and `extra_names`.
 pub fn load_or_generate(
     dir: &Path,
     extra_names: &[String],
     profile: Profile,
+    create: bool,
 ) -> Result<TlsMaterial, TlsError> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
-    if !cert_path.exists() || !key_path.exists() {
+    let (has_cert, has_key) = (cert_path.exists(), key_path.exists());
+    if !has_cert || !has_key {
+        if !create {
+            return Err(TlsError::Missing {
+                missing: if has_key { cert_path } else { key_path },
+                both: !has_cert && !has_key,
+                dir: dir.to_owned(),
+            });
+        }
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| TlsError::Io { path, source }
         };
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        private_dir(dir).map_err(io(dir))?;
+        for (path, present) in [(&cert_path, has_cert), (&key_path, has_key)] {
+            if present {
+                move_aside(path).map_err(io(path))?;
+            }
+        }
         let mut names = vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
@@ -136,6 +202,98 @@ pub fn load_or_generate(
         write_private(&cert_path, ck.cert.pem().as_bytes()).map_err(io(&cert_path))?;
     }
     load(&cert_path, &key_path, profile)
+}
+
+/// Renames `path` to `path.replaced-<unix seconds>` (kept, not deleted: it may
+/// be the half of something an operator wants back). Returns the new name.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "file I/O at start-up: the time only names the file moved aside"
+)]
+pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".replaced-{secs}"));
+    let to = PathBuf::from(name);
+    fs::rename(path, &to)?;
+    Ok(to)
+}
+
+/// Creates `dir` (and missing parents) with mode 0700. Returns the mode of the
+/// directory if group or others have any access to it (the caller warns: it
+/// holds private keys), `None` if it is private.
+pub fn private_dir(dir: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let meta = fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        ));
+    }
+    Ok(loose(meta.mode()))
+}
+
+/// The mode of `path` if group or others have any access to it; `None` if it
+/// is private or does not exist.
+pub fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(path).ok().and_then(|m| loose(m.mode()))
+}
+
+fn loose(mode: u32) -> Option<u32> {
+    (mode & 0o077 != 0).then_some(mode & 0o7777)
+}
+
+/// An exclusive lock on a data directory, held until dropped (for a server:
+/// its lifetime; the kernel releases it when the process dies).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
+/// Takes the exclusive lock on `dir/lock` (flock), recording this process's
+/// pid in it; [`LockError::Busy`] names the holder if another process has it.
+pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
+    use std::io::{Read as _, Seek as _};
+    let path = dir.join("lock");
+    let io = |source| LockError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(LockError::Busy {
+                dir: dir.to_owned(),
+                pid: text.trim().parse().ok(),
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())
+        .map_err(io)?;
+    Ok(DirLock { _file: file })
 }
 
 /// Writes a file atomically with mode 0600 from the first byte.
@@ -172,8 +330,8 @@ mod tests {
     #[test]
     fn generated_pair_is_private_and_stable() {
         let dir = tempfile::tempdir().unwrap();
-        let a = load_or_generate(dir.path(), &["relay.test".into()], P).unwrap();
-        let b = load_or_generate(dir.path(), &[], P).unwrap();
+        let a = load_or_generate(dir.path(), &["relay.test".into()], P, true).unwrap();
+        let b = load_or_generate(dir.path(), &[], P, false).unwrap();
         assert_eq!(a.fingerprint, b.fingerprint, "kept across restarts");
         assert!(a.fingerprint.starts_with("sha256:") && a.fingerprint.len() == 71);
         let mode = fs::metadata(dir.path().join("key.pem"))
@@ -182,6 +340,57 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(a.config.alpn_protocols, vec![b"test/1".to_vec()]);
+    }
+
+    #[test]
+    fn a_lost_half_is_refused_unless_creating_and_then_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_generate(dir.path(), &[], P, true).unwrap();
+        fs::remove_file(dir.path().join("key.pem")).unwrap();
+        let err = load_or_generate(dir.path(), &[], P, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("key.pem is missing"), "{err}");
+        assert!(err.contains("--init") && err.contains("backup"), "{err}");
+        assert!(dir.path().join("cert.pem").exists(), "nothing replaced");
+        let b = load_or_generate(dir.path(), &[], P, true).unwrap();
+        assert_ne!(a.fingerprint, b.fingerprint);
+        let aside = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("cert.pem.replaced-")
+            })
+            .count();
+        assert_eq!(aside, 1, "the old certificate is kept aside");
+        fs::remove_file(dir.path().join("cert.pem")).unwrap();
+        fs::remove_file(dir.path().join("key.pem")).unwrap();
+        let err = load_or_generate(dir.path(), &[], P, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("and so is the certificate"), "{err}");
+    }
+
+    #[test]
+    fn data_dir_is_private_and_locked_by_one_process() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b");
+        assert_eq!(private_dir(&dir).unwrap(), None);
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(private_dir(&dir).unwrap(), Some(0o755));
+        let lock = lock_dir(&dir).unwrap();
+        match lock_dir(&dir) {
+            Err(LockError::Busy { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("{other:?}"),
+        }
+        drop(lock);
+        assert!(lock_dir(&dir).is_ok(), "released on drop");
     }
 
     #[test]

@@ -16,9 +16,18 @@ use crate::tls;
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
-    /// State directory: database, admin token, TLS material, bound address.
+    /// State directory (created 0700, locked by one controller): database,
+    /// admin token, TLS material, bound address.
     #[arg(long, env = "WEFT_CONTROLLER_DATA_DIR", value_name = "DIR")]
     data_dir: PathBuf,
+    /// Create fresh state deliberately where it is missing or broken: a new TLS
+    /// pair if tls/key.pem or cert.pem is gone (a new fingerprint: every agent
+    /// and relay pinned to the old one must re-pin), an empty database (the old
+    /// file moved aside; a new admin token; every node registers again). Without
+    /// it, state is created only on a first start into an empty DIR, and a DIR
+    /// with some state missing is refused, naming the file.
+    #[arg(long)]
+    init: bool,
     /// Address to listen on; port 0 picks a free port (written to DIR/listen.addr).
     #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
     listen: SocketAddr,
@@ -98,6 +107,15 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(false)
         .init();
     let nofile = raise_nofile_limit();
+    // Judge and lock the data directory before anything is written to it.
+    let data_dir = serve::open_data_dir(&args.data_dir, args.init)?;
+    if let Some(m) = data_dir.loose_mode {
+        warn!(dir = %args.data_dir.display(), mode = format!("{m:04o}"), "the data directory is accessible by other users; it holds the TLS key and the database (chmod 700 it)");
+    }
+    let mode = data_dir.mode;
+    if mode == serve::StateMode::Fresh {
+        info!(dir = %args.data_dir.display(), "first start into an empty data directory: creating the database, admin token and TLS pair");
+    }
 
     let plain = args.plain_http || args.insecure_http;
     let loopback = args.listen.ip().is_loopback();
@@ -131,17 +149,22 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             let material = match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => tls::load(cert, key)?,
-                _ => tls::load_or_generate(&args.data_dir.join("tls"), &args.tls_san)?,
+                _ => tls::load_or_generate(
+                    &args.data_dir.join("tls"),
+                    &args.tls_san,
+                    mode.may_create(),
+                )?,
             };
             Some(material)
         };
-        let prepared = serve::prepare(&args.data_dir, relays)?;
-        if let Some(token) = &prepared.new_admin_token {
+        let prepared = serve::prepare(&args.data_dir, relays, mode)?;
+        if prepared.admin_token_created {
+            // Only the path: stdout usually ends up in the journal.
             out(&format!(
-                "Admin token (shown once; also saved to {} with mode 0600):\n  {token}\n",
+                "Admin token created: {} (mode 0600; read it from there)\n",
                 prepared.admin_token_path.display()
             ));
-            info!(file = %prepared.admin_token_path.display(), "created the admin token (printed once on stdout)");
+            info!(file = %prepared.admin_token_path.display(), "created the admin token");
         }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -190,6 +213,8 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         serve::run(prepared, config, listener, shutdown_signal()).await?;
         Ok::<(), anyhow::Error>(())
     })?;
+    // Held until here: another controller cannot take the directory meanwhile.
+    drop(data_dir);
     Ok(())
 }
 

@@ -41,6 +41,20 @@ pub enum StoreError {
         /// Newest version this build has.
         known: u32,
     },
+    /// The database file is missing, empty or not a weft database.
+    #[error(
+        "{} {why}. It held every network, node, join token and the admin token. \
+         Restore it from a backup (stop the controller first), or start with --init to move \
+         what is there aside and create an empty database deliberately (a new admin token; \
+         every node must register again)",
+        path.display()
+    )]
+    NotWeft {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// A network row.

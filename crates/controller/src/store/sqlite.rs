@@ -89,6 +89,62 @@ impl SqliteStore {
         Self::init(conn)
     }
 
+    /// Opens an existing weft database, refusing (with [`StoreError::NotWeft`]) a
+    /// missing or empty file, a file that is not SQLite, and a SQLite file without
+    /// weft's schema: nothing is created.
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        use std::io::Read as _;
+        let not_weft = |why: &str| StoreError::NotWeft {
+            path: path.to_owned(),
+            why: why.to_owned(),
+        };
+        let mut f = std::fs::File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => not_weft("is missing"),
+            _ => not_weft(&format!("cannot be read ({e})")),
+        })?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len == 0 {
+            return Err(not_weft("is empty (0 bytes)"));
+        }
+        let mut header = [0u8; 16];
+        if f.read_exact(&mut header).is_err() || &header != b"SQLite format 3\0" {
+            return Err(not_weft("is not a SQLite database"));
+        }
+        drop(f);
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                | rusqlite::OpenFlags::SQLITE_OPEN_URI
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let tables: u32 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| not_weft(&format!("is not a readable SQLite database ({e})")))?;
+        if tables == 0 {
+            return Err(not_weft(
+                "is a SQLite database but not weft's (no schema_migrations table)",
+            ));
+        }
+        Self::init(conn)
+    }
+
+    /// Creates a new database at `path` (mode 0600; SQLite gives its -wal and
+    /// -shm files the same mode). Fails if the file exists.
+    pub fn create(path: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| StoreError::Db(format!("creating {}: {e}", path.display())))?;
+        Self::open(path)
+    }
+
     /// An in-memory database, for tests.
     pub fn open_in_memory() -> Result<Self, StoreError> {
         Self::init(Connection::open_in_memory()?)
@@ -616,5 +672,59 @@ mod tests {
                 known: 4
             })
         ));
+    }
+}
+
+#[cfg(test)]
+mod open_tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn why(r: Result<SqliteStore, StoreError>) -> String {
+        match r {
+            Err(e @ StoreError::NotWeft { .. }) => e.to_string(),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("opened"),
+        }
+    }
+
+    #[test]
+    fn open_existing_refuses_what_is_not_a_weft_database_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller.db");
+        let e = why(SqliteStore::open_existing(&path));
+        assert!(
+            e.contains("controller.db is missing") && e.contains("--init"),
+            "{e}"
+        );
+        assert!(!path.exists(), "nothing created");
+        std::fs::write(&path, b"").unwrap();
+        assert!(why(SqliteStore::open_existing(&path)).contains("is empty (0 bytes)"));
+        std::fs::write(&path, b"hello, this is not a database at all").unwrap();
+        assert!(why(SqliteStore::open_existing(&path)).contains("is not a SQLite database"));
+        std::fs::remove_file(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x INTEGER)")
+            .unwrap();
+        assert!(why(SqliteStore::open_existing(&path)).contains("not weft's"));
+        std::fs::remove_file(&path).unwrap();
+
+        let s = SqliteStore::create(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 4);
+        drop(s);
+        for f in ["controller.db", "controller.db-wal", "controller.db-shm"] {
+            let p = dir.path().join(f);
+            if p.exists() {
+                let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{f}");
+            }
+        }
+        assert!(SqliteStore::open_existing(&path).is_ok());
+        assert!(
+            SqliteStore::create(&path).is_err(),
+            "never over an existing file"
+        );
     }
 }
