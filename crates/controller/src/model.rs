@@ -542,14 +542,19 @@ impl World {
                 .parse()
                 .map_err(|e| ApiError::invalid("invalid_proto", format!("proto: {e}")))?,
         };
-        let service = weft_policy::Service::new(proto, req.port)
+        // `any` asks about every protocol: tcp and udp at the port, and icmp.
+        let services = weft_policy::Service::for_check(proto, req.port)
             .map_err(|e| ApiError::invalid("invalid_service", e.to_string()))?;
         let inv = policy::inventory(&self.inventory_nodes());
-        let report = self.policy.parsed.check(&inv, &from, &to, service);
-        let pairs = report
-            .pairs
+        let reports: Vec<_> = services
             .iter()
-            .map(|p| PolicyPairDecision {
+            .map(|s| (s, self.policy.parsed.check(&inv, &from, &to, *s)))
+            .collect();
+        let several = reports.len() > 1;
+        let pairs = reports
+            .iter()
+            .flat_map(|(s, r)| r.pairs.iter().map(move |p| (s, p)))
+            .map(|(s, p)| PolicyPairDecision {
                 from_node: p.from_node.clone(),
                 from_addr: p.from_addr,
                 to_node: p.to_node.clone(),
@@ -563,15 +568,19 @@ impl World {
                 rule: p.rule.as_ref().and_then(|r| r.name.clone()),
                 rule_number: p.rule.as_ref().map(|r| r.id.0 + 1),
                 line: p.rule.as_ref().map(|r| r.line),
-                explanation: p.to_string(),
+                explanation: if several {
+                    format!("{s}: {p}")
+                } else {
+                    p.to_string()
+                },
             })
             .collect();
         Ok(PolicyCheckResponse {
             version: self.policy.rec.version,
-            allowed: report.all_allowed(),
+            allowed: reports.iter().all(|(_, r)| r.all_allowed()),
             pairs,
-            representative: report.representative,
-            truncated: report.truncated,
+            representative: reports.iter().any(|(_, r)| r.representative),
+            truncated: reports.iter().any(|(_, r)| r.truncated),
         })
     }
 

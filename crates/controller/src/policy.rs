@@ -120,7 +120,7 @@ pub fn validate(text: &str, inventory: &Inventory) -> Result<Policy, ApiError> {
         ));
     }
     let policy = weft_policy::parse(text)
-        .map_err(|e| ApiError::invalid("policy_invalid", e.with_source(text)))?;
+        .map_err(|e| ApiError::invalid("policy_invalid", e.render("policy", text)))?;
     let failures = policy.run_tests(inventory);
     if !failures.is_empty() {
         let lines: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
@@ -213,6 +213,12 @@ mod tests {
         let e = validate("[[rule]]\naction = \"allow\"\nfrom = 3\n", &inv).unwrap_err();
         assert_eq!(e.code(), "policy_invalid");
         assert!(e.to_string().contains("3:"), "{e}");
+        // The offending line with a caret, not the whole policy.
+        let text = "# a long policy\n[[rule]]\naction = \"allow\"\nfrom = \"*\"\nto = \"*\"\nproto = \"tpc\"\n";
+        let msg = validate(text, &inv).unwrap_err().to_string();
+        assert!(msg.contains("policy:6:9: unknown proto"), "{msg}");
+        assert!(msg.contains("6 | proto = \"tpc\"\n  |         ^"), "{msg}");
+        assert!(!msg.contains("# a long policy"), "{msg}");
         let text = "[[rule]]\naction = \"allow\"\nfrom = \"tag:web\"\nto = \"tag:db\"\n\n[[test]]\nfrom = \"tag:db\"\nto = \"tag:web\"\nproto = \"tcp\"\nport = 22\nexpect = \"allow\"\n";
         let e = validate(text, &inv).unwrap_err();
         assert_eq!(e.code(), "policy_tests_failed");

@@ -503,6 +503,21 @@ impl Service {
         }
     }
 
+    /// The services a check of `proto` (and `port`) asks about: the one service
+    /// for tcp, udp or icmp; for `any`, every protocol a rule can name: tcp and
+    /// udp at `port`, and icmp. `any` therefore needs a port.
+    pub fn for_check(proto: Proto, port: Option<u16>) -> Result<Vec<Service>, PolicyErrorKind> {
+        match (proto, port) {
+            (Proto::Any, Some(p)) => Ok(vec![
+                Service::new(Proto::Tcp, Some(p))?,
+                Service::new(Proto::Udp, Some(p))?,
+                Service::Icmp,
+            ]),
+            (Proto::Any, None) => Err(PolicyErrorKind::AnyNeedsPort),
+            _ => Ok(vec![Service::new(proto, port)?]),
+        }
+    }
+
     /// The protocol part.
     pub fn proto(&self) -> Proto {
         match self {

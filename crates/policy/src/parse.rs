@@ -65,6 +65,10 @@ pub enum PolicyErrorKind {
     /// A test without a concrete protocol.
     #[error("a test needs proto = \"tcp\", \"udp\" or \"icmp\"")]
     TestProto,
+    /// A check of every protocol (`--proto any`) without a port: tcp and udp
+    /// need one.
+    #[error("proto any checks tcp and udp too, which need a port: give a port (or proto icmp)")]
+    AnyNeedsPort,
     /// An unknown protocol name.
     #[error("unknown proto {0:?} (expected \"any\", \"tcp\", \"udp\" or \"icmp\")")]
     BadProto(String),
@@ -157,6 +161,45 @@ impl PolicyErrors {
             out.push_str(&e.with_source(source));
         }
         out
+    }
+}
+
+impl PolicyError {
+    /// The error as compilers show one: `source:line:column: message`, then the
+    /// offending line of `text` and a caret under the column. An error without a
+    /// position (line 0, or past the end of `text`) is the first line alone.
+    pub fn render(&self, source: &str, text: &str) -> String {
+        let mut out = self.with_source(source);
+        let Some(line) = (self.line as usize)
+            .checked_sub(1)
+            .and_then(|i| text.lines().nth(i))
+        else {
+            return out;
+        };
+        let number = self.line.to_string();
+        let gutter = " ".repeat(number.len());
+        // Shown as it is, except control characters (a tab stays a tab, so the
+        // caret line below keeps the same alignment).
+        let shown: String = line
+            .chars()
+            .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+            .collect();
+        let pad: String = shown
+            .chars()
+            .take(self.column.saturating_sub(1) as usize)
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        out.push_str(&format!("\n{number} | {shown}\n{gutter} | {pad}^"));
+        out
+    }
+}
+
+impl PolicyErrors {
+    /// Every error rendered by [`PolicyError::render`], in text order, blank
+    /// lines between them.
+    pub fn render(&self, source: &str, text: &str) -> String {
+        let all: Vec<String> = self.0.iter().map(|e| e.render(source, text)).collect();
+        all.join("\n\n")
     }
 }
 
@@ -977,6 +1020,44 @@ ports = [0, "2000-1000", 70000, "ssh", "1-2-3"]
                 "19:40: invalid port \"1-2-3\" (expected a port 1-65535 or a range like \"1000-2000\")",
             ]
         );
+    }
+
+    #[test]
+    fn render_shows_the_line_and_a_caret_and_nothing_else() {
+        let text = "# a comment\n[[rule]]\naction = \"allow\"\nfrom = \"*\"\nto = \"*\"\nproto = \"tpc\"\n# more\n";
+        let e = parse(text).unwrap_err();
+        assert_eq!(
+            e.render("policy.toml", text),
+            "policy.toml:6:9: unknown proto \"tpc\" (expected \"any\", \"tcp\", \"udp\" or \"icmp\")\n\
+             6 | proto = \"tpc\"\n\
+             \x20 |         ^"
+        );
+        // A tab before the column stays a tab under it; two-digit lines widen the gutter.
+        let mut text = "\n".repeat(9);
+        text.push_str("[[rule]]\n\taction = \"permit\"\nfrom = \"*\"\nto = \"*\"\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.render("p", &text),
+            "p:11:11: unknown action \"permit\" (expected \"allow\" or \"deny\")\n\
+             11 | \taction = \"permit\"\n\
+             \x20  | \t         ^"
+        );
+        // TOML syntax errors too, and several errors are separated by a blank line.
+        let text = "[[rule]]\naction = allow\n";
+        let r = parse(text).unwrap_err().render("x.toml", text);
+        assert!(r.starts_with("x.toml:2:10: "), "{r}");
+        assert!(r.ends_with("\n2 | action = allow\n  |          ^"), "{r}");
+        assert!(!r.contains("[[rule]]"), "only the offending line: {r}");
+        let text = "[[rule]]\naction = \"x\"\nfrom = []\nto = \"*\"\n";
+        let r = parse(text).unwrap_err().render("y", text);
+        assert_eq!(r.matches("\n\ny:").count(), 1, "{r}");
+        // No position: the message alone.
+        let e = PolicyError {
+            line: 0,
+            column: 0,
+            kind: PolicyErrorKind::Missing("from"),
+        };
+        assert_eq!(e.render("z", "anything"), "z:0:0: missing from");
     }
 
     #[test]

@@ -1520,3 +1520,31 @@ proptest! {
 fn replaced_is_none(t: &Transition<usize>) -> bool {
     t.changed_nodes().is_some()
 }
+
+#[test]
+fn a_check_of_proto_any_covers_every_protocol() {
+    assert_eq!(
+        Service::for_check(Proto::Any, Some(443)),
+        Ok(vec![Service::Tcp(443), Service::Udp(443), Service::Icmp])
+    );
+    assert_eq!(
+        Service::for_check(Proto::Any, None),
+        Err(PolicyErrorKind::AnyNeedsPort)
+    );
+    assert_eq!(
+        Service::for_check(Proto::Tcp, Some(22)),
+        Ok(vec![Service::Tcp(22)])
+    );
+    assert_eq!(
+        Service::for_check(Proto::Icmp, None),
+        Ok(vec![Service::Icmp])
+    );
+    assert_eq!(
+        Service::for_check(Proto::Udp, None),
+        Err(PolicyErrorKind::MissingPort(Proto::Udp))
+    );
+    assert_eq!(
+        Service::for_check(Proto::Any, Some(0)),
+        Err(PolicyErrorKind::BadPort("0".into()))
+    );
+}

@@ -42,10 +42,11 @@ pub enum PolicyCmd {
         /// Destination, same forms.
         #[arg(long)]
         to: String,
-        /// any, tcp, udp, icmp.
+        /// tcp, udp, icmp, or any (the default: tcp and udp at --port, and
+        /// icmp; allowed only if all three are).
         #[arg(long)]
         proto: Option<String>,
-        /// Destination port (tcp/udp).
+        /// Destination port (tcp, udp and any).
         #[arg(long)]
         port: Option<u16>,
         /// JSON output.
