@@ -318,3 +318,36 @@ fn stopped_peers_and_down_show_as_such() {
     let shown = text(&mesh.weft("node1", &["status"]).unwrap().stdout);
     assert!(shown.contains("disconnected"), "{shown}");
 }
+
+/// `weft ping` names the relay for a relayed peer (it printed `via -`).
+#[test]
+fn ping_names_the_relay_of_a_relayed_peer() {
+    if let Err(e) = weft_lab::require_root() {
+        panic!("{e}");
+    }
+    let lab = Lab::build(
+        &Topology::new()
+            .host("infra", Net::Internet)
+            .router("ra", Net::Internet, Nat::Easy)
+            .router("rh", Net::Internet, Nat::Hard)
+            .host("a", Net::lan("ra"))
+            .host("h", Net::lan("rh")),
+    )
+    .unwrap();
+    let mut mesh = Mesh::start(&lab, "infra", NetworkSpec::default()).unwrap();
+    mesh.start_relay("infra").unwrap();
+    let token = mesh.token_file(2).unwrap();
+    for n in ["a", "h"] {
+        mesh.start_agent(n, Some(&token)).unwrap();
+    }
+    mesh.wait_full_mesh(&["a", "h"], Duration::from_secs(30))
+        .unwrap();
+    weft_lab::timed_wait("a-h relayed", Duration::from_secs(20), || {
+        mesh.path("a", "h").as_deref() == Some("relay")
+    })
+    .unwrap();
+    let out = mesh.weft("a", &["ping", "h", "-c", "2"]).unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
+    assert!(stdout.contains("via relay https://"), "{stdout}");
+}

@@ -64,6 +64,7 @@ enum Command {
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     init_logging(&cli.log);
     let result = match cli.command {
@@ -84,6 +85,17 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A closed pipe ends `weft` quietly, as it does any Unix tool (`weft why PEER
+/// | head -1`): Rust ignores SIGPIPE, which turned the write error into a
+/// panic with a backtrace in `println!`.
+fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: installs the default disposition, no handler code; done first
+    // thing in main, before any other thread exists.
+    #[expect(unsafe_code, reason = "restoring SIGPIPE's default disposition")]
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 fn init_logging(filter: &str) {

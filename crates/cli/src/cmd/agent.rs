@@ -126,8 +126,11 @@ pub fn status(sock: &SocketArg, a: StatusArgs) -> anyhow::Result<ExitCode> {
 /// Human rendering of a status (also used by `weft-lab demo`).
 pub fn render_status(st: &AgentStatus) -> String {
     use std::fmt::Write as _;
+    // Names come from the controller: control, bidirectional and zero-width
+    // characters are shown escaped, never interpreted by the terminal.
+    use weft_proto::text::escape_for_display as safe;
     let mut o = String::new();
-    let name = st.name.as_deref().unwrap_or("(not joined)");
+    let name = safe(st.name.as_deref().unwrap_or("(not joined)"));
     let _ = writeln!(o, "node      {name}  {}", st.node_key);
     let _ = writeln!(o, "state     {}  (udp port {})", st.state, st.listen_port);
     if let Some(c) = &st.controller {
@@ -140,7 +143,7 @@ pub fn render_status(st: &AgentStatus) -> String {
         let cache = if c.from_cache { ", map from cache" } else { "" };
         let _ = writeln!(o, "controller {}  {conn}, map version {ver}{cache}", c.url);
         if let Some(e) = &c.last_error {
-            let _ = writeln!(o, "          last error: {e}");
+            let _ = writeln!(o, "          last error: {}", safe(e));
         }
     }
     if let Some(r) = &st.relay {
@@ -170,7 +173,7 @@ pub fn render_status(st: &AgentStatus) -> String {
         let _ = writeln!(
             o,
             "network   {}  {}  {}  ({})",
-            n.name,
+            safe(&n.name),
             n.interface,
             n.addresses.join(", "),
             n.cidr
@@ -205,7 +208,7 @@ pub fn render_status(st: &AgentStatus) -> String {
             let _ = writeln!(
                 o,
                 "{:<16} {:<16} {:<30} {:>9} {:>10} {:>10}  {}",
-                p.name,
+                safe(&p.name),
                 p.addresses.first().map_or("-", String::as_str),
                 path,
                 hs,
@@ -607,55 +610,60 @@ pub fn ping(sock: &SocketArg, a: PingArgs) -> anyhow::Result<ExitCode> {
     let IpAddr::V4(_) = ip else {
         bail!("weft ping supports IPv4 overlay addresses");
     };
-    let socket = icmp_socket()?;
+    let (socket, raw) = icmp_socket()?;
     let timeout = Duration::from_secs_f64(a.timeout.clamp(0.1, 60.0));
     socket.set_read_timeout(Some(timeout))?;
-    let dst = socket2::SockAddr::from(SocketAddr::new(ip, 0));
+    let dst = SocketAddr::new(ip, 0);
+    let socket = std::net::UdpSocket::from(socket);
+    // A raw socket sees every echo reply on the host: ours carry this id. A
+    // ping socket gets only its own (the kernel sets and checks the id).
+    #[expect(clippy::cast_possible_truncation, reason = "an ICMP id is 16 bits")]
+    let id = raw.then_some(std::process::id() as u16);
+    let via = via(peer, &st);
     let mut ok = 0u32;
     let mut rtts = Vec::new();
     for seq in 1..=a.count {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "ICMP sequence numbers wrap"
+        )]
+        let seq16 = seq as u16;
         let mut pkt = [0u8; 64];
         pkt[0] = 8; // echo request
-        pkt[6..8].copy_from_slice(&(seq as u16).to_be_bytes());
+        pkt[4..6].copy_from_slice(&id.unwrap_or(0).to_be_bytes());
+        pkt[6..8].copy_from_slice(&seq16.to_be_bytes());
         pkt[8..16].copy_from_slice(b"weftping");
         let c = icmp_checksum(&pkt);
         pkt[2..4].copy_from_slice(&c.to_be_bytes());
         let start = now();
         socket
-            .send_to(&pkt, &dst)
+            .send_to(&pkt, dst)
             .context("sending the echo request")?;
         let deadline = start + timeout;
         let mut got = false;
         while now() < deadline {
             let mut bytes = [0u8; 1500];
-            match (&socket).read(&mut bytes) {
-                Ok(n) if n >= 8 => {
-                    // Raw sockets include the IP header; ping sockets do not.
-                    let off = if bytes[0] >> 4 == 4 {
-                        usize::from(bytes[0] & 0xf) * 4
-                    } else {
-                        0
-                    };
-                    let Some(icmp) = bytes.get(off..n).filter(|m| m.len() >= 8) else {
+            socket.set_read_timeout(Some(
+                deadline
+                    .saturating_duration_since(now())
+                    .max(Duration::from_millis(1)),
+            ))?;
+            match socket.recv_from(&mut bytes) {
+                Ok((n, from)) => {
+                    if !is_our_reply(&bytes[..n], from.ip(), ip, seq16, id) {
                         continue;
-                    };
-                    if icmp[0] == 0 && u16::from_be_bytes([icmp[6], icmp[7]]) == seq as u16 {
-                        let rtt = now().duration_since(start);
-                        rtts.push(rtt);
-                        ok += 1;
-                        got = true;
-                        println!(
-                            "reply from {} ({ip}) seq={seq} time={:.2} ms via {}",
-                            peer.name,
-                            rtt.as_secs_f64() * 1e3,
-                            peer.endpoint
-                                .as_deref()
-                                .map_or("-".to_owned(), |e| format!("direct {e}"))
-                        );
-                        break;
                     }
+                    let rtt = now().duration_since(start);
+                    rtts.push(rtt);
+                    ok += 1;
+                    got = true;
+                    println!(
+                        "reply from {} ({ip}) seq={seq} time={:.2} ms via {via}",
+                        peer.name,
+                        rtt.as_secs_f64() * 1e3,
+                    );
+                    break;
                 }
-                Ok(_) => {}
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -719,11 +727,49 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn icmp_socket() -> anyhow::Result<socket2::Socket> {
+/// An ICMP socket: a ping socket if allowed, else a raw one (`true`).
+fn icmp_socket() -> anyhow::Result<(socket2::Socket, bool)> {
     use socket2::{Domain, Protocol, Socket, Type};
     Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::ICMPV4))
-        .or_else(|_| Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)))
+        .map(|s| (s, false))
+        .or_else(|_| {
+            Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).map(|s| (s, true))
+        })
         .context("opening an ICMP socket (needs root or net.ipv4.ping_group_range)")
+}
+
+/// Whether `pkt` (from `from`) is the echo reply to our request `seq` to
+/// `peer`: the type, the sender and the sequence number, and with a raw
+/// socket (`id`) our identifier; anything else (another ping's reply, a reply
+/// from elsewhere) is not ours.
+fn is_our_reply(pkt: &[u8], from: IpAddr, peer: IpAddr, seq: u16, id: Option<u16>) -> bool {
+    // Raw sockets include the IP header; ping sockets do not (and an ICMP
+    // header never starts with 4 in its high nibble: echo reply is type 0).
+    let off = match pkt.first() {
+        Some(b) if b >> 4 == 4 => usize::from(b & 0xf) * 4,
+        _ => 0,
+    };
+    let Some(icmp) = pkt.get(off..).filter(|m| m.len() >= 8) else {
+        return false;
+    };
+    icmp[0] == 0
+        && from == peer
+        && u16::from_be_bytes([icmp[6], icmp[7]]) == seq
+        && id.is_none_or(|id| u16::from_be_bytes([icmp[4], icmp[5]]) == id)
+}
+
+/// How packets reach `peer`, for ping's lines: `direct IP:PORT`, `relay URL`.
+fn via(peer: &weft_proto::local::PeerStatus, st: &AgentStatus) -> String {
+    if let Some(e) = &peer.endpoint {
+        return format!("direct {e}");
+    }
+    if peer.path == "relay" {
+        return st
+            .relay
+            .as_ref()
+            .map_or_else(|| "relay".to_owned(), |r| format!("relay {}", r.url));
+    }
+    "no path yet".to_owned()
 }
 
 fn icmp_checksum(b: &[u8]) -> u16 {
@@ -811,6 +857,32 @@ mod tests {
     }
 
     #[test]
+    fn only_our_echo_reply_counts() {
+        let peer: IpAddr = "100.64.0.3".parse().unwrap();
+        let other: IpAddr = "100.64.0.4".parse().unwrap();
+        // Ping socket: ICMP header first, the kernel handles the id.
+        let mut reply = [0u8; 16];
+        reply[4..6].copy_from_slice(&77u16.to_be_bytes());
+        reply[6..8].copy_from_slice(&5u16.to_be_bytes());
+        assert!(is_our_reply(&reply, peer, peer, 5, None));
+        assert!(!is_our_reply(&reply, other, peer, 5, None), "wrong source");
+        assert!(!is_our_reply(&reply, peer, peer, 6, None), "wrong sequence");
+        // Raw socket: IP header first, and the id must be ours.
+        let mut raw = vec![0x45u8];
+        raw.extend_from_slice(&[0; 19]);
+        raw.extend_from_slice(&reply);
+        assert!(is_our_reply(&raw, peer, peer, 5, Some(77)));
+        assert!(
+            !is_our_reply(&raw, peer, peer, 5, Some(78)),
+            "another ping's id"
+        );
+        let mut request = reply;
+        request[0] = 8;
+        assert!(!is_our_reply(&request, peer, peer, 5, None), "not a reply");
+        assert!(!is_our_reply(&reply[..7], peer, peer, 5, None));
+    }
+
+    #[test]
     fn up_fails_on_any_failure() {
         let mut st = status();
         st.failures.push(FailureStatus {
@@ -825,5 +897,14 @@ mod tests {
         let mut st = status();
         st.controller = None;
         assert!(matches!(up_stage(&st), UpStage::Failing(_)));
+    }
+
+    #[test]
+    fn status_escapes_spoofing_characters_in_names() {
+        let mut st = status();
+        st.name = Some("web\u{202e}1".into());
+        let out = render_status(&st);
+        assert!(out.contains("node      web\\u{202e}1"), "{out}");
+        assert!(!out.contains('\u{202e}'), "{out:?}");
     }
 }
