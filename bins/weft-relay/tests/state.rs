@@ -168,3 +168,42 @@ async fn the_relay_data_dir_is_private_and_held_by_one_relay() {
     let _ = third.kill();
     let _ = third.wait();
 }
+
+/// Issue 14 item 13 (relay): a wrong or missing pin is not retried forever; the
+/// relay exits non-zero saying which fingerprint the controller presented and
+/// what to pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_a_wrong_or_missing_pin_exits_saying_what_to_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay_dir = tmp.path().join("relay");
+    let (ctl, _) = setup(&tmp.path().join("ctl"), &relay_dir).await;
+    let token = relay_dir.join("relay.token");
+    let seen = ctl.fingerprint_text();
+    let good = args(&relay_dir, &token, &ctl);
+    let pin = good.iter().position(|a| a == "--pin-sha256").unwrap();
+
+    let mut wrong = good.clone();
+    wrong[pin + 1] = format!("sha256:{}", "ab".repeat(32));
+    let mut missing = good.clone();
+    missing.drain(pin..pin + 2);
+    for (what, a) in [("wrong pin", wrong), ("no pin", missing)] {
+        let start = Instant::now();
+        let (code, err) = expect_exit(&a, &[], &tmp.path().join("stderr.txt"));
+        assert_eq!(code, 1, "{what}: {err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{what}: took {:?}",
+            start.elapsed()
+        );
+        if err.contains("no system CA certificates found") {
+            // A machine without system roots refuses before connecting.
+            assert_eq!(what, "no pin", "{err}");
+            continue;
+        }
+        assert!(
+            err.contains(&format!("pass --pin-sha256 {seen}")),
+            "{what}: does not name the fingerprint seen: {err}"
+        );
+        assert!(err.contains("--ca-file"), "{what}: {err}");
+    }
+}

@@ -239,9 +239,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
         let (members_tx, members_rx) = mpsc::channel(64);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let link = tokio::spawn(controller::follow(
+        let mut link = tokio::spawn(controller::follow(
             LinkConfig {
                 client,
+                controller_url: args.controller.clone(),
                 report: RelayReportRequest {
                     api_version: None,
                     tls_fingerprint: Some(material.fingerprint.clone()),
@@ -258,9 +259,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.core.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
         config.core.queue_frames = usize::try_from(args.queue_packets).unwrap_or(512);
         config.summary_interval = Duration::from_secs(args.summary_interval_secs);
-        server::run(config, listener, stun, members_rx, shutdown_signal()).await?;
+        // Stop on a signal, or when the link gives up for good (the controller's
+        // certificate is not trusted): then exit non-zero with its message.
+        let mut link_ended = None;
+        let stop = async {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                r = &mut link => link_ended = Some(r),
+            }
+        };
+        server::run(config, listener, stun, members_rx, stop).await?;
         let _ = stop_tx.send(true);
-        let _ = link.await;
+        match link_ended {
+            None => {
+                let _ = link.await;
+            }
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(msg))) => bail!("{msg}"),
+            Some(Err(e)) => bail!("the controller link failed: {e}"),
+        }
         Ok::<(), anyhow::Error>(())
     })
 }
