@@ -225,3 +225,110 @@ async fn reported_endpoints_peers_cannot_use_never_reach_their_maps() {
         assert_eq!(a_in_b_map().await, want, "after {bad}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_bidi_or_zero_width_characters_are_refused_with_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(dir.path(), &[]);
+    let admin = ctl.admin();
+    // Network names are DNS labels: the refusal names the character.
+    let (status, code, msg) = refused(
+        admin
+            .create_network(&network("la\u{202e}b", "100.64.0.0/24", 0))
+            .await,
+    );
+    assert_eq!((status, code.as_str()), (400, "invalid_name"), "{msg}");
+    assert!(
+        msg.contains("character 3 (U+202E, a bidirectional control)"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains('\u{202e}'),
+        "the message itself must not carry it: {msg:?}"
+    );
+    admin
+        .create_network(&network("lab", "100.64.0.0/24", 0))
+        .await
+        .unwrap();
+    // Token descriptions (free text): zero-width and bidi refused.
+    let mut req = token_req(&["lab"], None, 3600);
+    req.description = Some("for\u{200b}alice".into());
+    let (status, code, msg) = refused(admin.create_token(&req).await);
+    assert_eq!(
+        (status, code.as_str()),
+        (400, "invalid_description"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("zero-width character (U+200B) at character 4"),
+        "{msg}"
+    );
+    req.description = Some("für Alice".into());
+    let tok = admin.create_token(&req).await.unwrap();
+
+    // Registration: a host name with a bidi override is refused, naming where.
+    let client = ctl.client();
+    let id = identity(0);
+    let reg = |hostname: &str, name: Option<&str>| {
+        let (c, t, id) = (client.clone(), tok.token.clone(), &id);
+        let (hostname, name) = (hostname.to_owned(), name.map(str::to_owned));
+        async move {
+            c.register(
+                &t,
+                id.node_key(),
+                id.pow().nonce,
+                |ctx, msg| id.sign(ctx, msg),
+                name,
+                Some(hostname),
+            )
+            .await
+        }
+    };
+    let (status, code, msg) = refused(reg("invoice\u{202e}fdp.exe", None).await);
+    assert_eq!((status, code.as_str()), (400, "invalid_hostname"), "{msg}");
+    assert!(
+        msg.contains("bidirectional control (U+202E) at character 8"),
+        "{msg}"
+    );
+    let (status, code, msg) = refused(reg("host", Some("web\u{2066}1")).await);
+    assert_eq!((status, code.as_str()), (400, "invalid_name"), "{msg}");
+    assert!(msg.contains("character 4 (U+2066"), "{msg}");
+    // Nothing was registered by the refused attempts; a clean one works.
+    assert!(admin.list_nodes(None).await.unwrap().nodes.is_empty());
+    let r = reg("büro-pc", None).await.unwrap();
+
+    // Renames and tags: the same rule.
+    let (status, code, msg) = refused(
+        admin
+            .update_node(
+                &r.name,
+                &UpdateNodeRequest {
+                    name: Some("db\u{200d}1".into()),
+                    ..Default::default()
+                },
+            )
+            .await,
+    );
+    assert_eq!((status, code.as_str()), (400, "invalid_name"), "{msg}");
+    assert!(
+        msg.contains("character 3 (U+200D, a zero-width character)"),
+        "{msg}"
+    );
+    let (status, code, msg) = refused(
+        admin
+            .update_node(
+                &r.name,
+                &UpdateNodeRequest {
+                    tags: Some(vec!["role:\u{202d}db".into()]),
+                    ..Default::default()
+                },
+            )
+            .await,
+    );
+    assert_eq!((status, code.as_str()), (400, "invalid_tag"), "{msg}");
+    assert!(msg.contains("character 6 (U+202D"), "{msg}");
+    // The admin CLI shows the (legitimate, non-ASCII) host name as it is.
+    let (ok, out, err) = ctl.cli(&["node", "show", &r.name]);
+    assert!(ok, "{err}");
+    assert!(out.contains("hostname:  büro-pc"), "{out}");
+}

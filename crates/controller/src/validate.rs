@@ -2,6 +2,7 @@
 //! can make the controller store or send to every peer.
 
 use weft_proto::NodeKey;
+use weft_proto::text::{escape_for_display, find_spoofing_char, is_spoofing_char, spoofing_kind};
 
 use crate::error::ApiError;
 
@@ -29,12 +30,42 @@ pub fn is_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// `s` for an error message: at most 70 characters, with control,
+/// bidirectional and zero-width characters escaped.
 fn shown(s: &str) -> String {
     let mut t: String = s.chars().take(70).collect();
     if t.len() < s.len() {
         t.push('…');
     }
-    t
+    escape_for_display(&t).into_owned()
+}
+
+/// Where `s` first breaks `allowed`, in words: "character 4 (U+202E, a
+/// bidirectional control)", or `None`.
+fn first_bad(s: &str, allowed: impl Fn(char) -> bool) -> Option<String> {
+    let (i, c) = s.chars().enumerate().find(|(_, c)| !allowed(*c))?;
+    let kind = if is_spoofing_char(c) {
+        format!(", {}", spoofing_kind(c))
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "character {} (U+{:04X}{kind}) is not allowed",
+        i + 1,
+        u32::from(c)
+    ))
+}
+
+/// `problem` with the first character `allowed` refuses named, if there is one.
+fn with_bad_char(problem: String, s: &str, allowed: impl Fn(char) -> bool) -> String {
+    match first_bad(s, allowed) {
+        Some(bad) => format!("{problem} ({bad})"),
+        None => problem,
+    }
+}
+
+fn label_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
 }
 
 /// Validates a node or network name (a DNS label). Node names also must not
@@ -43,9 +74,13 @@ pub fn name(kind: &str, s: &str) -> Result<(), ApiError> {
     if !is_label(s) {
         return Err(ApiError::invalid(
             "invalid_name",
-            format!(
-                "{kind} name {:?} is not valid: use 1 to {MAX_LABEL} lowercase letters, digits or '-', not starting or ending with '-'",
-                shown(s)
+            with_bad_char(
+                format!(
+                    "{kind} name \"{}\" is not valid: use 1 to {MAX_LABEL} lowercase letters, digits or '-', not starting or ending with '-'",
+                    shown(s)
+                ),
+                s,
+                label_char,
             ),
         ));
     }
@@ -66,20 +101,19 @@ pub fn tags(tags: &[String]) -> Result<(), ApiError> {
             format!("at most {MAX_TAGS} tags"),
         ));
     }
+    let tag_char = |c: char| label_char(c) || matches!(c, '_' | ':' | '.');
     for t in tags {
-        let ok = !t.is_empty()
-            && t.len() <= MAX_LABEL
-            && t.bytes().all(|b| {
-                b.is_ascii_lowercase()
-                    || b.is_ascii_digit()
-                    || matches!(b, b'-' | b'_' | b':' | b'.')
-            });
+        let ok = !t.is_empty() && t.len() <= MAX_LABEL && t.chars().all(tag_char);
         if !ok {
             return Err(ApiError::invalid(
                 "invalid_tag",
-                format!(
-                    "tag {:?} is not valid: use 1 to {MAX_LABEL} of a-z 0-9 - _ : .",
-                    shown(t)
+                with_bad_char(
+                    format!(
+                        "tag \"{}\" is not valid: use 1 to {MAX_LABEL} of a-z 0-9 - _ : .",
+                        shown(t)
+                    ),
+                    t,
+                    tag_char,
                 ),
             ));
         }
@@ -95,20 +129,44 @@ pub fn domain(s: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::invalid(
             "invalid_domain",
-            format!(
-                "DNS domain {:?} is not valid: use dot-separated DNS labels",
-                shown(s)
+            with_bad_char(
+                format!(
+                    "DNS domain \"{}\" is not valid: use dot-separated DNS labels",
+                    shown(s)
+                ),
+                s,
+                |c| label_char(c) || c == '.',
             ),
         ))
     }
 }
 
-/// Validates a reported host name (informational; bounded and printable).
+/// Validates a reported host name (informational free text, shown to admins):
+/// at most 253 bytes, any script, but no control, bidirectional or zero-width
+/// character (they could make it display as something else).
 pub fn hostname(s: &str) -> Result<(), ApiError> {
-    if s.len() > MAX_DOMAIN || s.chars().any(|c| c.is_control()) {
+    free_text("invalid_hostname", "hostname", s, MAX_DOMAIN)
+}
+
+/// Validates free text an admin reads (a host name, a token description): at
+/// most `max` bytes, without control, bidirectional or zero-width characters.
+/// The error names the first such character and its position.
+pub fn free_text(code: &'static str, what: &str, s: &str, max: usize) -> Result<(), ApiError> {
+    if s.len() > max {
         return Err(ApiError::invalid(
-            "invalid_hostname",
-            "hostname is too long or has control characters",
+            code,
+            format!("{what} is too long: at most {max} bytes"),
+        ));
+    }
+    if let Some((pos, c)) = find_spoofing_char(s) {
+        return Err(ApiError::invalid(
+            code,
+            format!(
+                "{what} \"{}\" has {} (U+{:04X}) at character {pos}: control, bidirectional and zero-width characters could make it display as something else",
+                shown(s),
+                spoofing_kind(c),
+                u32::from(c)
+            ),
         ));
     }
     Ok(())
@@ -163,6 +221,60 @@ mod tests {
             name("node", &key.to_string().to_lowercase()).is_err()
                 || key.to_string() != key.to_string().to_lowercase()
         );
+    }
+
+    #[test]
+    fn spoofing_characters_are_refused_with_their_position() {
+        let msg = |r: Result<(), ApiError>| r.unwrap_err().to_string();
+        // Names: DNS labels; the error names the character and where it is.
+        let m = msg(name("node", "web\u{202e}gnp"));
+        assert!(
+            m.contains("character 4 (U+202E, a bidirectional control)"),
+            "{m}"
+        );
+        assert!(
+            m.contains("web\\u{202e}gnp") && !m.contains('\u{202e}'),
+            "{m}"
+        );
+        let m = msg(name("network", "la\u{200b}b"));
+        assert!(
+            m.contains("character 3 (U+200B, a zero-width character)"),
+            "{m}"
+        );
+        let m = msg(name("relay", "Relay"));
+        assert!(m.contains("character 1 (U+0052)"), "{m}");
+        let m = msg(tags(&["role:\u{2066}db".into()]));
+        assert!(
+            m.contains("character 6 (U+2066, a bidirectional control)"),
+            "{m}"
+        );
+        let m = msg(domain("weft.\u{feff}internal"));
+        assert!(
+            m.contains("character 6 (U+FEFF, a zero-width character)"),
+            "{m}"
+        );
+        // Free text: any script, but no spoofing characters.
+        assert!(hostname("büro-pc.local").is_ok());
+        assert!(hostname("host 1").is_ok());
+        for (h, pos, cp) in [
+            ("evil\u{202e}cod.exe", 5, "U+202E"),
+            ("\u{2067}x", 1, "U+2067"),
+            ("ab\u{200f}", 3, "U+200F"),
+            ("a\u{061c}", 2, "U+061C"),
+            ("zw\u{200d}j", 3, "U+200D"),
+            ("bom\u{feff}", 4, "U+FEFF"),
+            ("wj\u{2060}", 3, "U+2060"),
+            ("esc\u{1b}[31m", 4, "U+001B"),
+        ] {
+            let m = msg(hostname(h));
+            assert!(
+                m.contains(&format!("({cp}) at character {pos}")),
+                "{h:?}: {m}"
+            );
+            assert!(!m.chars().any(is_spoofing_char), "{m:?}");
+        }
+        assert!(msg(hostname(&"a".repeat(254))).contains("too long"));
+        assert!(free_text("invalid_description", "description", "ok", 10).is_ok());
     }
 
     proptest! {

@@ -17,6 +17,7 @@ pub mod relay;
 pub mod relay_api;
 pub mod sse;
 pub mod stun;
+pub mod text;
 
 #[doc(hidden)]
 pub mod fuzzing;

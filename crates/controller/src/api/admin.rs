@@ -140,15 +140,8 @@ async fn create_token(
             "max_uses must be at least 1, or null for unlimited",
         ));
     }
-    if let Some(d) = &req.description
-        && (d.len() > MAX_DESCRIPTION || d.chars().any(char::is_control))
-    {
-        return Err(ApiError::invalid(
-            "invalid_description",
-            format!(
-                "description must be at most {MAX_DESCRIPTION} bytes without control characters"
-            ),
-        ));
+    if let Some(d) = &req.description {
+        validate::free_text("invalid_description", "description", d, MAX_DESCRIPTION)?;
     }
     let (token, hash) = secret::generate(JOIN_PREFIX, &mut OsRng);
     let expires_at = clock::now_unix_ms() / 1000 + req.expires_in_secs;

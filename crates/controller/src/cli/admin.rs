@@ -24,7 +24,7 @@ use weft_proto::api::{
 };
 use weft_proto::relay_api::{CreateRelayRequest, RelayInfo};
 
-use super::format::{datetime, parse_duration, table};
+use super::format::{datetime, parse_duration, safe, table};
 use super::out;
 
 #[derive(Debug, Args)]
@@ -706,7 +706,7 @@ fn node_detail(n: &NodeInfo) -> String {
     let mut s = nodes_table(std::slice::from_ref(n));
     s.push_str(&format!(
         "\nhostname:  {}\n",
-        n.hostname.as_deref().unwrap_or("-")
+        safe(n.hostname.as_deref().unwrap_or("-"))
     ));
     s.push_str(&format!("created:   {} UTC\n", datetime(n.created_at)));
     let eps: Vec<String> = n.endpoints.iter().map(ToString::to_string).collect();

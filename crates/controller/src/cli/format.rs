@@ -1,9 +1,28 @@
 //! Human output: aligned tables, dates, durations.
+//!
+//! Every table cell is shown through [`safe`]: a stored value with control,
+//! bidirectional or zero-width characters (a node's reported host name, a
+//! token description, an audit detail, a value stored before the controller
+//! refused them) shows those characters escaped instead of letting them
+//! reorder or hide what the admin reads.
 
-/// Renders rows under headers, columns padded to the widest cell.
+use std::borrow::Cow;
+
+/// `s` with control, bidirectional and zero-width characters (and `\`)
+/// escaped, as `\u{202e}`: how any stored or reported text is displayed.
+pub(super) fn safe(s: &str) -> Cow<'_, str> {
+    weft_proto::text::escape_for_display(s)
+}
+
+/// Renders rows under headers, columns padded to the widest cell; cells are
+/// shown through [`safe`].
 pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| safe(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
                 *w = (*w).max(cell.chars().count());
@@ -29,13 +48,14 @@ pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         s
     };
     let mut out = line(&mut headers.iter().copied());
-    for row in rows {
-        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    for row in &rows {
+        out.push_str(&line(&mut row.iter().map(AsRef::as_ref)));
     }
     out
 }
 
-/// `YYYY-MM-DD HH:MM:SS` UTC from Unix seconds.
+/// RFC 3339 UTC, `YYYY-MM-DDTHH:MM:SSZ`, from Unix seconds: how every time is
+/// shown to people (ARCHITECTURE.md, "Timestamps").
 pub(super) fn datetime(unix: u64) -> String {
     let days = i64::try_from(unix / 86_400).unwrap_or(0);
     let rem = unix % 86_400;
@@ -50,7 +70,7 @@ pub(super) fn datetime(unix: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60
@@ -85,9 +105,9 @@ mod tests {
 
     #[test]
     fn dates_and_durations() {
-        assert_eq!(datetime(0), "1970-01-01 00:00:00");
-        assert_eq!(datetime(1_700_000_000), "2023-11-14 22:13:20");
-        assert_eq!(datetime(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(datetime(0), "1970-01-01T00:00:00Z");
+        assert_eq!(datetime(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(datetime(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(parse_duration("24h"), Ok(86_400));
         assert_eq!(parse_duration("90"), Ok(90));
         assert!(parse_duration("3y").is_err());
@@ -98,5 +118,29 @@ mod tests {
     fn tables_align() {
         let t = table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    LONG\nxyz  1\n");
+    }
+
+    #[test]
+    fn stored_spoofing_characters_are_escaped_in_tables() {
+        // A host name stored before such names were refused: the bidi override
+        // would show "evil-exe.png"; a zero-width space would hide in "a​b".
+        let t = table(
+            &["NAME", "HOSTNAME", "NOTE"],
+            &[vec![
+                "web-1".into(),
+                "evil-\u{202e}gnp.exe".into(),
+                "a\u{200b}b\u{1b}[2J\u{2066}".into(),
+            ]],
+        );
+        assert_eq!(
+            t,
+            "NAME   HOSTNAME              NOTE\nweb-1  evil-\\u{202e}gnp.exe  a\\u{200b}b\\u{1b}[2J\\u{2066}\n"
+        );
+        assert!(
+            !t.chars()
+                .any(|c| c != '\n' && weft_proto::text::is_spoofing_char(c))
+        );
+        assert_eq!(safe("büro-pc"), "büro-pc");
+        assert_eq!(safe("x\u{feff}"), "x\\u{feff}");
     }
 }
