@@ -13,7 +13,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -70,22 +70,13 @@ struct CachedMap {
 impl StateDir {
     /// Opens (creating with mode 0700) the state directory.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
-        if !root.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(root)
-                .with_context(|| format!("creating state directory {}", root.display()))?;
-        }
-        let meta = fs::metadata(root)
-            .with_context(|| format!("reading state directory {}", root.display()))?;
-        if !meta.is_dir() {
-            bail!("state directory {} is not a directory", root.display());
-        }
-        if meta.mode() & 0o077 != 0 {
+        // The same helper as the controller's and the relay's data directories.
+        let loose = weft_tls::private_dir(root)
+            .with_context(|| format!("opening state directory {}", root.display()))?;
+        if let Some(mode) = loose {
             tracing::warn!(
                 dir = %root.display(),
-                mode = format!("{:04o}", meta.mode() & 0o7777),
+                mode = format!("{mode:04o}"),
                 "state directory is accessible by other users; it holds private keys (chmod 700 it)"
             );
         }
