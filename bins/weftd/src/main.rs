@@ -39,7 +39,7 @@ struct Args {
     #[arg(long, default_value_t = Difficulty::DEFAULT)]
     mint_difficulty: Difficulty,
     /// Join this controller at start (like `weft up --controller`).
-    #[arg(long, env = "WEFT_CONTROLLER", value_name = "URL")]
+    #[arg(long, env = "WEFT_CONTROLLER_URL", value_name = "URL")]
     controller: Option<String>,
     /// Join token file for --controller (read once; the token is never logged).
     #[arg(long, env = "WEFT_TOKEN_FILE", value_name = "PATH")]

@@ -198,10 +198,11 @@ enum PolicyCmd {
         /// Destination, same forms.
         #[arg(long)]
         to: String,
-        /// any, tcp, udp, icmp.
+        /// tcp, udp, icmp, or any (the default: tcp and udp at --port, and
+        /// icmp; allowed only if all three are).
         #[arg(long)]
         proto: Option<String>,
-        /// Destination port (tcp/udp).
+        /// Destination port (tcp, udp and any).
         #[arg(long)]
         port: Option<u16>,
         /// JSON output.
@@ -311,6 +312,9 @@ enum NodeCmd {
     Remove {
         /// Key or name.
         node: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -346,6 +350,9 @@ enum RelayCmd {
     Remove {
         /// Name.
         name: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -399,12 +406,100 @@ fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The policy file does not parse (`policy_invalid`, as the controller says).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PolicyInvalid(String);
+
+/// An error already printed as JSON (`--json`); the caller only exits 1.
+#[derive(Debug, thiserror::Error)]
+#[error("reported as JSON")]
+pub(super) struct ReportedAsJson;
+
 pub(super) fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let client = client(&args)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(dispatch(&client, args.command))
+    let json = args.command.json();
+    let result = (|| {
+        let client = client(&args)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(dispatch(&client, args.command))
+    })();
+    match result {
+        Err(e) if json => {
+            print_json(&error_json(&e))?;
+            Err(ReportedAsJson.into())
+        }
+        r => r,
+    }
+}
+
+/// `{"error": {"code": ..., "message": ...}}`: the controller's code when it
+/// answered with one, else what failed on this side.
+fn error_json(e: &anyhow::Error) -> serde_json::Value {
+    use weft_api_client::ClientError as E;
+    let code = match e.downcast_ref::<E>() {
+        Some(c) => match c {
+            E::Api { body, .. } => body.code.clone(),
+            E::InvalidUrl(_) => "invalid_url".into(),
+            E::InsecureHttp(_) => "insecure_http".into(),
+            E::Trust(_) => "tls_trust".into(),
+            E::Connect { .. } => "connect_failed".into(),
+            E::Timeout(_) => "timeout".into(),
+            E::Decode(_) => "unexpected_response".into(),
+            _ => "http_error".into(),
+        },
+        None if e.is::<PolicyInvalid>() => "policy_invalid".into(),
+        None => "client_error".into(),
+    };
+    serde_json::json!({ "error": { "code": code, "message": format!("{e:#}") } })
+}
+
+impl AdminCommand {
+    /// Whether the subcommand was given `--json`.
+    fn json(&self) -> bool {
+        match self {
+            AdminCommand::Network(
+                NetworkCmd::Create { json, .. }
+                | NetworkCmd::List { json }
+                | NetworkCmd::Show { json, .. }
+                | NetworkCmd::Leave { json, .. },
+            )
+            | AdminCommand::Token(
+                TokenCmd::Create { json, .. }
+                | TokenCmd::List { json }
+                | TokenCmd::Revoke { json, .. },
+            )
+            | AdminCommand::Node(
+                NodeCmd::List { json, .. }
+                | NodeCmd::Show { json, .. }
+                | NodeCmd::Rename { json, .. }
+                | NodeCmd::Tag { json, .. }
+                | NodeCmd::Disable { json, .. }
+                | NodeCmd::Enable { json, .. }
+                | NodeCmd::Remove { json, .. },
+            )
+            | AdminCommand::Relay(
+                RelayCmd::Create { json, .. }
+                | RelayCmd::List { json }
+                | RelayCmd::Show { json, .. }
+                | RelayCmd::Remove { json, .. },
+            )
+            | AdminCommand::Policy(
+                PolicyCmd::Show { json }
+                | PolicyCmd::Set { json, .. }
+                | PolicyCmd::Check { json, .. },
+            )
+            | AdminCommand::Audit { json, .. } => *json,
+            AdminCommand::Route(
+                RouteCmd::List { json }
+                | RouteCmd::Add(RouteArgs { json, .. })
+                | RouteCmd::Approve(RouteArgs { json, .. })
+                | RouteCmd::Reject(RouteArgs { json, .. })
+                | RouteCmd::Withdraw(RouteArgs { json, .. }),
+            ) => *json,
+        }
+    }
 }
 
 async fn dispatch(c: &Client, cmd: AdminCommand) -> anyhow::Result<()> {
@@ -449,15 +544,7 @@ fn networks_table(nets: &[Network]) -> String {
         })
         .collect();
     table(
-        &[
-            "NAME",
-            "IPV4",
-            "IPV6",
-            "DOMAIN",
-            "POW",
-            "NODES",
-            "CREATED (UTC)",
-        ],
+        &["NAME", "IPV4", "IPV6", "DOMAIN", "POW", "NODES", "CREATED"],
         &rows,
     )
 }
@@ -599,7 +686,7 @@ fn tokens_table(tokens: &[TokenInfo]) -> String {
             "NETWORKS",
             "TAGS",
             "USES",
-            "EXPIRES (UTC)",
+            "EXPIRES",
             "STATE",
             "DESCRIPTION",
         ],
@@ -690,14 +777,7 @@ fn nodes_table(nodes: &[NodeInfo]) -> String {
         })
         .collect();
     table(
-        &[
-            "NAME",
-            "KEY",
-            "ADDRESSES",
-            "TAGS",
-            "STATE",
-            "LAST SEEN (UTC)",
-        ],
+        &["NAME", "KEY", "ADDRESSES", "TAGS", "STATE", "LAST SEEN"],
         &rows,
     )
 }
@@ -708,7 +788,7 @@ fn node_detail(n: &NodeInfo) -> String {
         "\nhostname:  {}\n",
         safe(n.hostname.as_deref().unwrap_or("-"))
     ));
-    s.push_str(&format!("created:   {} UTC\n", datetime(n.created_at)));
+    s.push_str(&format!("created:   {}\n", datetime(n.created_at)));
     let eps: Vec<String> = n.endpoints.iter().map(ToString::to_string).collect();
     s.push_str(&format!(
         "endpoints: {}\n",
@@ -785,8 +865,11 @@ async fn node(c: &Client, cmd: NodeCmd) -> anyhow::Result<()> {
             .await?,
             json,
         ),
-        NodeCmd::Remove { node } => {
+        NodeCmd::Remove { node, json } => {
             c.remove_node(&node).await?;
+            if json {
+                return print_json(&serde_json::json!({ "removed": { "node": node } }));
+            }
             out(&format!("removed {node}\n"));
             return Ok(());
         }
@@ -816,12 +899,19 @@ async fn policy(c: &Client, cmd: PolicyCmd) -> anyhow::Result<()> {
             expect_version,
             json,
         } => {
-            let text = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            let (text, source) = if file.as_os_str() == "-" {
+                let text = std::io::read_to_string(std::io::stdin()).context("reading stdin")?;
+                (text, "<stdin>".to_owned())
             } else {
-                std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                (text, file.display().to_string())
             };
+            // Refused here with the file's name on each error (the controller
+            // checks again, and runs the policy's tests against its nodes).
+            if let Err(e) = weft_policy::parse(&text) {
+                return Err(anyhow::Error::new(PolicyInvalid(e.render(&source, &text))));
+            }
             let doc = c
                 .set_policy(&SetPolicyRequest {
                     api_version: None,
@@ -900,7 +990,7 @@ fn audit_table(entries: &[AuditEntry]) -> String {
         })
         .collect();
     table(
-        &["ID", "TIME (UTC)", "ACTOR", "ACTION", "TARGET", "DETAIL"],
+        &["ID", "TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"],
         &rows,
     )
 }
@@ -927,7 +1017,7 @@ fn relays_table(relays: &[RelayInfo]) -> String {
             "URL",
             "STUN",
             "CONNECTED",
-            "LAST SEEN (UTC)",
+            "LAST SEEN",
             "TLS FINGERPRINT",
         ],
         &rows,
@@ -963,8 +1053,11 @@ async fn relay(c: &Client, cmd: RelayCmd) -> anyhow::Result<()> {
             return Ok(());
         }
         RelayCmd::Show { name, json } => (c.show_relay(&name).await?, json),
-        RelayCmd::Remove { name } => {
+        RelayCmd::Remove { name, json } => {
             c.remove_relay(&name).await?;
+            if json {
+                return print_json(&serde_json::json!({ "removed": { "relay": name } }));
+            }
             out(&format!("removed relay {name}\n"));
             return Ok(());
         }

@@ -1,0 +1,305 @@
+//! `weft-controller admin ... --json`: every subcommand prints its result as one
+//! JSON document on stdout, and with `--json` an error is JSON too
+//! (`{"error": {"code", "message"}}`) with exit status 1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+/// Exit code, stdout parsed as JSON, and stderr of `admin --data-dir DIR ARGS`.
+fn admin(ctl: &Controller, args: &[&str]) -> (i32, Value, String) {
+    let out = Command::new(BIN)
+        .args(["admin", "--data-dir", ctl.dir.to_str().unwrap()])
+        .args(args)
+        .env_remove("WEFT_ADMIN_TOKEN")
+        .env_remove("WEFT_CONTROLLER_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("{args:?}: stdout is not JSON ({e}): {stdout:?}; stderr {stderr}")
+    });
+    (out.status.code().unwrap_or(-1), json, stderr)
+}
+
+fn ok(ctl: &Controller, args: &[&str]) -> Value {
+    let (code, v, err) = admin(ctl, args);
+    assert_eq!(code, 0, "{args:?}: {v} {err}");
+    assert!(v.get("error").is_none(), "{args:?}: {v}");
+    v
+}
+
+fn error(ctl: &Controller, args: &[&str], want_code: &str) -> String {
+    let (code, v, err) = admin(ctl, args);
+    assert_eq!(code, 1, "{args:?}: {v} {err}");
+    assert_eq!(v["error"]["code"], want_code, "{args:?}: {v}");
+    assert!(
+        err.is_empty(),
+        "{args:?}: the error goes to stdout only: {err}"
+    );
+    v["error"]["message"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn every_admin_subcommand_speaks_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(dir.path(), &[]);
+
+    let net = ok(
+        &ctl,
+        &[
+            "network",
+            "create",
+            "lab",
+            "--cidr",
+            "100.64.0.0/24",
+            "--json",
+        ],
+    );
+    assert_eq!(net["name"], "lab");
+    assert_eq!(
+        ok(&ctl, &["network", "list", "--json"])["networks"][0]["name"],
+        "lab"
+    );
+    assert_eq!(
+        ok(&ctl, &["network", "show", "lab", "--json"])["name"],
+        "lab"
+    );
+
+    let tok = ok(&ctl, &["token", "create", "--network", "lab", "--json"]);
+    assert!(
+        tok["token"].as_str().is_some_and(|t| !t.is_empty()),
+        "{tok}"
+    );
+    let id = tok["info"]["id"].as_u64().unwrap().to_string();
+    assert_eq!(
+        ok(&ctl, &["token", "list", "--json"])["tokens"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        ok(&ctl, &["token", "revoke", &id, "--json"])["state"],
+        "revoked"
+    );
+
+    assert!(
+        ok(&ctl, &["node", "list", "--json"])["nodes"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        ok(&ctl, &["route", "list", "--json"])["routes"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let relay = ok(
+        &ctl,
+        &[
+            "relay",
+            "create",
+            "r1",
+            "--url",
+            "https://relay.example:443",
+            "--json",
+        ],
+    );
+    assert!(relay["token"].as_str().is_some(), "{relay}");
+    assert_eq!(ok(&ctl, &["relay", "show", "r1", "--json"])["name"], "r1");
+    assert_eq!(
+        ok(&ctl, &["relay", "list", "--json"])["relays"][0]["name"],
+        "r1"
+    );
+    assert_eq!(
+        ok(&ctl, &["relay", "remove", "r1", "--json"])["removed"]["relay"],
+        "r1"
+    );
+
+    // Policy: set from a file, show, check (also `--proto any`).
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\naction = \"allow\"\nfrom = \"network:lab\"\nto = \"network:lab\"\nproto = \"tcp\"\nports = [80]\n",
+    )
+    .unwrap();
+    let set = ok(&ctl, &["policy", "set", policy.to_str().unwrap(), "--json"]);
+    assert!(set["version"].as_u64().unwrap() >= 1, "{set}");
+    assert_eq!(
+        ok(&ctl, &["policy", "show", "--json"])["version"],
+        set["version"]
+    );
+    let check = ok(
+        &ctl,
+        &[
+            "policy",
+            "check",
+            "--from",
+            "network:lab",
+            "--to",
+            "network:lab",
+            "--proto",
+            "tcp",
+            "--port",
+            "80",
+            "--json",
+        ],
+    );
+    assert_eq!(check["allowed"], true, "{check}");
+    // `any`: tcp and udp at the port, and icmp; only tcp is allowed here. A
+    // denied check prints its answer and exits 1, not an error.
+    let (code, any, _) = admin(
+        &ctl,
+        &[
+            "policy",
+            "check",
+            "--from",
+            "network:lab",
+            "--to",
+            "network:lab",
+            "--proto",
+            "any",
+            "--port",
+            "80",
+            "--json",
+        ],
+    );
+    assert_eq!((code, &any["allowed"]), (1, &Value::Bool(false)), "{any}");
+    let explained: Vec<&str> = any["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["explanation"].as_str().unwrap())
+        .collect();
+    assert!(
+        explained
+            .iter()
+            .any(|e| e.starts_with("tcp/80: ") && e.contains("allowed")),
+        "{explained:?}"
+    );
+    assert!(
+        explained
+            .iter()
+            .any(|e| e.starts_with("udp/80: ") && e.contains("dropped")),
+        "{explained:?}"
+    );
+    assert!(
+        explained.iter().any(|e| e.starts_with("icmp: ")),
+        "{explained:?}"
+    );
+    let msg = error(
+        &ctl,
+        &[
+            "policy",
+            "check",
+            "--from",
+            "network:lab",
+            "--to",
+            "network:lab",
+            "--proto",
+            "any",
+            "--json",
+        ],
+        "invalid_service",
+    );
+    assert!(msg.contains("need a port"), "{msg}");
+
+    let audit = ok(&ctl, &["audit", "--json"]);
+    assert!(!audit["entries"].as_array().unwrap().is_empty());
+
+    // Errors: from the controller (its code), from a bad policy file (the
+    // offending line and a caret), and from this side (no token).
+    error(&ctl, &["node", "show", "ghost", "--json"], "node_not_found");
+    error(
+        &ctl,
+        &["node", "remove", "ghost", "--json"],
+        "node_not_found",
+    );
+    error(
+        &ctl,
+        &["node", "rename", "ghost", "new", "--json"],
+        "node_not_found",
+    );
+    error(
+        &ctl,
+        &[
+            "network",
+            "create",
+            "lab",
+            "--cidr",
+            "100.64.1.0/24",
+            "--json",
+        ],
+        "network_exists",
+    );
+    error(
+        &ctl,
+        &["route", "approve", "ghost", "192.168.1.0/24", "--json"],
+        "node_not_found",
+    );
+    std::fs::write(
+        &policy,
+        "[[rule]]\naction = \"allow\"\nfrom = \"*\"\nto = \"*\"\nproto = \"tpc\"\n",
+    )
+    .unwrap();
+    let msg = error(
+        &ctl,
+        &["policy", "set", policy.to_str().unwrap(), "--json"],
+        "policy_invalid",
+    );
+    assert!(
+        msg.starts_with(&format!("{}:5:9: unknown proto \"tpc\"", policy.display())),
+        "{msg}"
+    );
+    assert!(msg.ends_with("5 | proto = \"tpc\"\n  |         ^"), "{msg}");
+    let out = Command::new(BIN)
+        .args([
+            "admin",
+            "--controller",
+            &ctl.url,
+            "network",
+            "list",
+            "--json",
+        ])
+        .env_remove("WEFT_ADMIN_TOKEN")
+        .env_remove("WEFT_CONTROLLER_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "client_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no admin token"),
+        "{v}"
+    );
+
+    // Without --json, errors stay human text on stderr.
+    let out = Command::new(BIN)
+        .args([
+            "admin",
+            "--data-dir",
+            ctl.dir.to_str().unwrap(),
+            "node",
+            "remove",
+            "ghost",
+        ])
+        .env_remove("WEFT_ADMIN_TOKEN")
+        .env_remove("WEFT_CONTROLLER_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+}
