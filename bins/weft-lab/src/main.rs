@@ -53,10 +53,6 @@ enum Cmd {
         #[arg(long = "profile", value_name = "PROFILE")]
         profiles: Vec<Nat>,
     },
-    /// Remove namespaces and processes left behind by lab runs whose owner died.
-    ///
-    /// Every run records its owner process in /run/weft-lab/<run id>/owner. Runs
-    /// of live owners are left alone. Labs also sweep when they start.
     /// The NAT traversal matrix: every pair of NAT profiles (open, easy, fullcone,
     /// hard, udp-blocked, cgnat), each side behind its own router, with a real
     /// controller, relay and agents. Prints per pair the path reached and the time
@@ -79,6 +75,9 @@ enum Cmd {
     },
     /// Remove what crashed runs left behind (namespaces, processes, log state of
     /// runs whose owner is dead).
+    ///
+    /// Every run records its owner process in /run/weft-lab/<run id>/owner. Runs
+    /// of live owners are left alone. Labs also sweep when they start.
     Sweep,
     /// Benchmark: iperf3 throughput and ping RTT between two weft nodes (each
     /// behind an easy NAT) over the direct path and over the relay (forced by
