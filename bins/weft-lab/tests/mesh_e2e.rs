@@ -418,3 +418,30 @@ fn unauthenticated_datagrams_are_counted_and_harmless() {
             .unwrap()
     );
 }
+
+/// An idle node drops nothing: the kernel's own IPv6 traffic on an IPv4-only
+/// overlay interface (router solicitations and MLD reports from the link-local
+/// address it would make when the link comes up) used to be counted as
+/// `no_route` drops. The reconciler turns IPv6 off on such links before they go
+/// up, so the kernel has nothing to send.
+#[test]
+fn an_idle_node_counts_no_drops() {
+    let lab = lab();
+    let mesh = mesh(&lab);
+    // Router solicitations go out about 1, 5 and 9 s after the link comes up;
+    // MLD reports at once and again within a few seconds.
+    std::thread::sleep(Duration::from_secs(12));
+    for n in NODES {
+        let st = mesh.status(n).unwrap();
+        assert_eq!(
+            st.drops.get("no_route").copied().unwrap_or(0),
+            0,
+            "{n} counted drops while idle: {:?}",
+            st.drops
+        );
+        let addrs = lab
+            .run(n, &["ip", "-6", "address", "show", "dev", "weft0"])
+            .unwrap();
+        assert!(addrs.trim().is_empty(), "{n}: IPv6 on weft0: {addrs}");
+    }
+}

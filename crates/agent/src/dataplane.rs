@@ -325,10 +325,14 @@ impl Dataplane {
             }
             let mtu16 = u16::try_from(mtu).unwrap_or(1420);
             let build = |offload: bool| {
+                // Down: the reconciler brings it up once it is configured (IPv6
+                // off first on an IPv4-only network, so the kernel sends nothing
+                // of its own into the overlay).
                 let dev = DeviceBuilder::new()
                     .name(name)
                     .mtu(mtu16)
                     .offload(offload)
+                    .enable(false)
                     .build_sync()?;
                 dev.set_nonblocking(true)?;
                 io::Result::Ok(dev)

@@ -92,6 +92,16 @@ impl LinkSpec {
         }
     }
 
+    /// Whether the link carries IPv6: it has an IPv6 address or route. A link
+    /// without is kept IPv6-free (`disable_ipv6`), so the kernel sends nothing
+    /// of its own into the overlay (router solicitations, MLD reports from the
+    /// link-local address it would otherwise make) that the data plane could
+    /// only drop.
+    pub fn wants_ipv6(&self) -> bool {
+        self.addrs.iter().any(|a| a.addr().is_ipv6())
+            || self.routes.iter().any(|r| r.dst().addr().is_ipv6())
+    }
+
     /// Adds an address; returns `self` for chaining.
     #[must_use]
     pub fn with_addr(mut self, addr: IpNet) -> Self {

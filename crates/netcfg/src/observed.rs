@@ -37,6 +37,10 @@ pub struct ObservedLink {
     pub addrs: BTreeSet<IpNet>,
     /// Weft-tagged routes via this interface.
     pub routes: BTreeSet<RouteSpec>,
+    /// `net.ipv6.conf.<link>.disable_ipv6`: whether IPv6 is off on the link;
+    /// `None` when the kernel has no IPv6 (or the setting cannot be read), and
+    /// then nothing is planned for it.
+    pub ipv6_disabled: Option<bool>,
 }
 
 impl ObservedLink {
@@ -47,6 +51,7 @@ impl ObservedLink {
             up: false,
             addrs: BTreeSet::new(),
             routes: BTreeSet::new(),
+            ipv6_disabled: None,
         }
     }
 }

@@ -39,6 +39,14 @@ pub enum Action {
         /// New MTU in bytes.
         mtu: u32,
     },
+    /// Turn IPv6 on or off on a `weft*` interface
+    /// (`net.ipv6.conf.<link>.disable_ipv6`); off removes its IPv6 addresses.
+    SetIpv6 {
+        /// Interface name.
+        link: String,
+        /// `true` for IPv6 on.
+        on: bool,
+    },
     /// Set the administrative state of a `weft*` interface.
     SetLinkUp {
         /// Interface name.
@@ -82,6 +90,7 @@ impl Action {
             Self::DeleteRoute { link, .. }
             | Self::DeleteAddress { link, .. }
             | Self::SetMtu { link, .. }
+            | Self::SetIpv6 { link, .. }
             | Self::SetLinkUp { link, .. }
             | Self::AddAddress { link, .. }
             | Self::AddRoute { link, .. } => link,
@@ -107,13 +116,15 @@ impl Action {
     }
 
     /// Position of the action's kind in a plan: stale routes go first, then stale
-    /// addresses, MTU, link state, new addresses, and new routes last (a route needs
-    /// its link up; an address needs the MTU that lets IPv6 run).
+    /// addresses, MTU and IPv6 on or off, link state, new addresses, and new
+    /// routes last (a route needs its link up; an address needs the MTU that lets
+    /// IPv6 run, and IPv6 off before the link goes up keeps the kernel from
+    /// sending anything from a link-local address).
     pub fn phase(&self) -> u8 {
         match self {
             Self::DeleteNftTable | Self::DeleteRoute { .. } => 0,
             Self::SetIpForward { on: false } | Self::DeleteAddress { .. } => 1,
-            Self::SetMtu { .. } => 2,
+            Self::SetMtu { .. } | Self::SetIpv6 { .. } => 2,
             Self::SetLinkUp { .. } => 3,
             Self::AddAddress { .. } => 4,
             Self::AddRoute { .. } => 5,
@@ -130,6 +141,9 @@ impl fmt::Display for Action {
             Self::DeleteRoute { link, route } => write!(f, "delete route {route} dev {link}"),
             Self::DeleteAddress { link, addr } => write!(f, "delete address {addr} from {link}"),
             Self::SetMtu { link, mtu } => write!(f, "set mtu {mtu} on {link}"),
+            Self::SetIpv6 { link, on } => {
+                write!(f, "set ipv6 {} on {link}", if *on { "on" } else { "off" })
+            }
             Self::SetLinkUp { link, up } => {
                 write!(f, "set link {link} {}", if *up { "up" } else { "down" })
             }
@@ -275,6 +289,17 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Plan {
             });
         }
     }
+    // Phase 2 too, after the MTU (IPv6 needs at least 1280): IPv6 only on
+    // links that carry it.
+    for (name, spec, obs) in present() {
+        let on = spec.wants_ipv6();
+        if obs.ipv6_disabled.is_some_and(|disabled| disabled == on) {
+            plan.actions.push(Action::SetIpv6 {
+                link: name.clone(),
+                on,
+            });
+        }
+    }
     // Phase 3: link state.
     for (name, spec, obs) in present() {
         if spec.up != obs.up {
@@ -411,6 +436,61 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_is_off_before_the_link_goes_up_unless_the_link_carries_it() {
+        // An IPv4-only network: IPv6 off first, so the kernel never sends a
+        // router solicitation or MLD report into the overlay.
+        let v4_only = DesiredState::default().with_link(
+            "weft0",
+            LinkSpec::up(1280)
+                .with_addr(net("100.64.0.2/10"))
+                .with_route(route("100.64.0.0/10")),
+        );
+        let mut observed = ObservedState::default();
+        let mut link = ObservedLink::new(1280);
+        link.ipv6_disabled = Some(false);
+        observed.links.insert("weft0".into(), link);
+        assert_eq!(
+            lines(&plan(&v4_only, &observed)),
+            [
+                "set ipv6 off on weft0",
+                "set link weft0 up",
+                "add address 100.64.0.2/10 to weft0",
+                "add route 100.64.0.0/10 dev weft0",
+            ]
+        );
+        // A dual-stack network on a link where IPv6 is off: on again, before
+        // the IPv6 address.
+        observed.links.get_mut("weft0").unwrap().ipv6_disabled = Some(true);
+        let dual = plan(&overlay("weft0"), &observed);
+        assert_eq!(lines(&dual)[0], "set ipv6 on on weft0");
+        // Already right, or not observable (no IPv6 in the kernel): nothing.
+        assert!(
+            !lines(&plan(
+                &overlay("weft0"),
+                &ObservedState {
+                    links: [(
+                        "weft0".into(),
+                        ObservedLink {
+                            ipv6_disabled: Some(false),
+                            ..ObservedLink::new(1280)
+                        }
+                    )]
+                    .into(),
+                    ..ObservedState::default()
+                }
+            ))
+            .iter()
+            .any(|l| l.contains("ipv6"))
+        );
+        observed.links.get_mut("weft0").unwrap().ipv6_disabled = None;
+        assert!(
+            !lines(&plan(&v4_only, &observed))
+                .iter()
+                .any(|l| l.contains("ipv6"))
+        );
+    }
+
+    #[test]
     fn missing_interface_is_waited_for_not_acted_on() {
         let plan = plan(&overlay("weft1"), &ObservedState::default());
         assert!(plan.is_empty());
@@ -431,6 +511,7 @@ mod tests {
                 up: true,
                 addrs: spec.addrs.clone(),
                 routes: spec.routes.clone(),
+                ipv6_disabled: Some(false),
             },
         );
         let plan = plan(&desired, &observed);

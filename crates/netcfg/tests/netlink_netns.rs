@@ -478,3 +478,59 @@ fn address_changes_and_link_down_converge_in_one_pass() {
     assert!(report.converged, "{report:?}");
     assert_eq!(weft_routes(&ns).len(), 3);
 }
+
+#[test]
+fn an_ipv4_only_link_has_no_ipv6_and_gets_it_back_with_an_ipv6_network() {
+    let ns = Netns::with_weft0();
+    let path = format!("/run/netns/{}", ns.name);
+    // The sysctl (like `net.ipv4.ip_forward` and `nft`) is the calling thread's
+    // namespace's, as in an agent running in one namespace: the whole test runs
+    // on a thread inside the test's namespace.
+    let ns_name = ns.name.clone();
+    std::thread::spawn(move || {
+        setns(File::open(&path).unwrap(), CloneFlags::CLONE_NEWNET).unwrap();
+        let ns = Netns { name: ns_name };
+        let mut exec = NetlinkExecutor::new().unwrap();
+        let sysctl = || {
+            std::fs::read_to_string("/proc/sys/net/ipv6/conf/weft0/disable_ipv6")
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let v4_only = DesiredState::default().with_link(
+            "weft0",
+            LinkSpec::up(1280)
+                .with_addr(net("100.64.0.2/10"))
+                .with_route(RouteSpec::new(net("100.64.0.0/10"))),
+        );
+        let report = reconcile_once(&mut exec, &v4_only);
+        assert!(report.converged, "{report:?}");
+        let applied = lines(&report.applied);
+        let at = |l: &str| applied.iter().position(|a| a == l).unwrap();
+        assert!(
+            at("set ipv6 off on weft0") < at("set link weft0 up"),
+            "{applied:?}"
+        );
+        assert_eq!(sysctl(), "1");
+        // Up, and no link-local address: the kernel has nothing to send from.
+        assert!(ns.ip(&["link", "show", "weft0"]).contains(",UP"));
+        assert_eq!(ns.ip(&["-6", "address", "show", "dev", "weft0"]).trim(), "");
+        assert!(reconcile_once(&mut exec, &v4_only).applied.is_empty());
+
+        // The network gains an IPv6 prefix: IPv6 on, then the address, one pass.
+        let report = reconcile_once(&mut exec, &desired());
+        assert!(report.converged, "{report:?}");
+        let applied = lines(&report.applied);
+        let at = |l: &str| applied.iter().position(|a| a == l).unwrap();
+        assert!(
+            at("set ipv6 on on weft0") < at("add address fd7a:115c:a1e0::2/48 to weft0"),
+            "{applied:?}"
+        );
+        assert_eq!(sysctl(), "0");
+        assert_configured(&ns);
+        // Dropping `ns` here would delete the namespace twice; the outer one does.
+        std::mem::forget(ns);
+    })
+    .join()
+    .unwrap();
+}

@@ -173,6 +173,8 @@ fn expected(desired: &DesiredState, before: &ObservedState) -> ObservedState {
                 } else {
                     BTreeSet::new()
                 };
+                // IPv6 only where the link carries it.
+                link.ipv6_disabled = link.ipv6_disabled.map(|_| !spec.wants_ipv6());
             }
             None => {
                 link.addrs.clear();
@@ -192,12 +194,13 @@ type Untouchable = (
 );
 
 /// Objects that weft must not touch, except what the kernel itself drops from a weft
-/// link that weft set down (its routes and IPv6 addresses) or took the last IPv4
-/// address from (its IPv4 routes).
+/// link that weft set down (its routes and IPv6 addresses), turned IPv6 off on (its
+/// IPv6 addresses and routes) or took the last IPv4 address from (its IPv4 routes).
 fn foreign_outside(
     kernel: &FakeKernel,
     set_down: &BTreeSet<String>,
     lost_ipv4: &BTreeSet<String>,
+    v6_off: &BTreeSet<String>,
 ) -> Untouchable {
     let f = kernel.foreign();
     let links = f
@@ -210,11 +213,13 @@ fn foreign_outside(
         .into_iter()
         .filter(|r| !set_down.contains(&r.dev))
         .filter(|r| !(lost_ipv4.contains(&r.dev) && r.route.dst().addr().is_ipv4()))
+        .filter(|r| !(v6_off.contains(&r.dev) && r.route.dst().addr().is_ipv6()))
         .collect();
     let addrs = f
         .kernel_addrs
         .into_iter()
         .filter(|(n, _)| !set_down.contains(n))
+        .filter(|(n, a)| a.addr().is_ipv4() || !v6_off.contains(n))
         .collect();
     (links, routes, addrs)
 }
@@ -251,6 +256,12 @@ proptest! {
             .filter(|a| matches!(a, Action::SetLinkUp { up: false, .. }))
             .map(|a| a.link().to_owned())
             .collect();
+        let v6_off: BTreeSet<String> = p
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::SetIpv6 { on: false, .. }))
+            .map(|a| a.link().to_owned())
+            .collect();
         let deleted: BTreeSet<(&str, IpNet)> = p
             .actions
             .iter()
@@ -268,7 +279,7 @@ proptest! {
             })
             .map(|(name, _)| name.clone())
             .collect();
-        let foreign_before = foreign_outside(&kernel, &set_down, &lost_ipv4);
+        let foreign_before = foreign_outside(&kernel, &set_down, &lost_ipv4, &v6_off);
         for action in &p.actions {
             match action {
                 Action::DeleteRoute { link, route } => prop_assert!(
@@ -279,7 +290,7 @@ proptest! {
             }
         }
         apply_all(&mut kernel, &p.actions);
-        prop_assert_eq!(foreign_outside(&kernel, &set_down, &lost_ipv4), foreign_before);
+        prop_assert_eq!(foreign_outside(&kernel, &set_down, &lost_ipv4, &v6_off), foreign_before);
     }
 
     #[test]

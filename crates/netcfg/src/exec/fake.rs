@@ -31,6 +31,8 @@ pub struct FakeLink {
     pub up: bool,
     /// Addresses, each with whether it is permanent.
     pub addrs: BTreeMap<IpNet, Permanence>,
+    /// `disable_ipv6` (`None`: a kernel without IPv6).
+    pub ipv6_disabled: Option<bool>,
 }
 
 /// Lifetime of an address. Observation reports permanent addresses only, and of those
@@ -101,6 +103,7 @@ impl FakeKernel {
             mtu,
             up: false,
             addrs: BTreeMap::new(),
+            ipv6_disabled: Some(false),
         };
         self.links.insert(name.to_owned(), link);
         self
@@ -315,11 +318,27 @@ impl FakeKernel {
                 }
                 link.mtu = *mtu;
             }
+            Action::SetIpv6 { link: dev, on } => {
+                if link.ipv6_disabled.is_none() {
+                    return Err(ExecError::kernel(op(), libc::ENOENT));
+                }
+                link.ipv6_disabled = Some(!on);
+                if !on {
+                    // addrconf_ifdown(): every IPv6 address and route goes.
+                    link.addrs.retain(|a, _| a.addr().is_ipv4());
+                    let dev = dev.clone();
+                    self.routes
+                        .retain(|r| r.dev != dev || r.route.dst().addr().is_ipv4());
+                }
+            }
             Action::SetLinkUp { link, up } => {
                 let link = link.clone();
                 self.set_up(&link, *up);
             }
             Action::AddAddress { addr, .. } => {
+                if addr.addr().is_ipv6() && link.ipv6_disabled != Some(false) {
+                    return Err(ExecError::kernel(op(), libc::EACCES));
+                }
                 link.addrs.insert(*addr, Permanence::Permanent);
             }
             Action::DeleteAddress { link, addr } => {
@@ -363,6 +382,7 @@ impl Executor for FakeKernel {
         for (name, link) in self.links.iter().filter(|(n, _)| is_weft_link(n)) {
             let mut obs = ObservedLink::new(link.mtu);
             obs.up = link.up;
+            obs.ipv6_disabled = link.ipv6_disabled;
             obs.addrs = link
                 .addrs
                 .iter()

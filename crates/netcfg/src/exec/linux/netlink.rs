@@ -44,7 +44,10 @@ const NLMSG_HEADER_LEN: usize = 16;
 /// The socket belongs to the network namespace of the thread that called
 /// [`NetlinkExecutor::new`], for its whole life: an agent opens it once at start
 /// (in its own namespace); a test opens it on a thread that has entered the test's
-/// namespace, and may then use it from any thread.
+/// namespace, and may then use it from any thread. The sysctls it reads and
+/// writes (`net.ipv4.ip_forward`, `net.ipv6.conf.weft*.disable_ipv6`) and `nft`
+/// are the calling thread's namespace's: use it from a thread in that namespace
+/// when those matter.
 #[derive(Debug)]
 pub struct NetlinkExecutor {
     socket: Socket,
@@ -118,6 +121,7 @@ impl NetlinkExecutor {
         for info in all_links.values().filter(|l| is_weft_link(&l.name)) {
             let mut link = ObservedLink::new(info.mtu);
             link.up = info.up;
+            link.ipv6_disabled = observe_ipv6_disabled(&info.name);
             observed.links.insert(info.name.clone(), link);
         }
 
@@ -249,7 +253,10 @@ impl NetlinkExecutor {
                 RouteNetlinkMessage::DelRoute(route_message(index, *route, true)),
                 0,
             ),
-            Action::DeleteNftTable | Action::SetNftTable { .. } | Action::SetIpForward { .. } => {
+            Action::DeleteNftTable
+            | Action::SetNftTable { .. }
+            | Action::SetIpForward { .. }
+            | Action::SetIpv6 { .. } => {
                 return Err(ExecError::Decode {
                     op: op.to_owned(),
                     detail: "not a netlink action".to_owned(),
@@ -345,6 +352,23 @@ impl Executor for NetlinkExecutor {
             Action::SetNftTable { rules } => return self.firewall.set_table(&op, rules),
             Action::DeleteNftTable => return self.firewall.delete_table(&op),
             Action::SetIpForward { on } => return self.firewall.set_forward(&op, *on),
+            Action::SetIpv6 { link, on } => {
+                let path = disable_ipv6_path(link);
+                return std::fs::write(&path, if *on { "0\n" } else { "1\n" }).map_err(|e| {
+                    if e.kind() == io::ErrorKind::NotFound {
+                        ExecError::NoSuchLink {
+                            op: op.clone(),
+                            link: link.clone(),
+                        }
+                    } else {
+                        ExecError::Kernel {
+                            errno: e.raw_os_error().unwrap_or(libc::EIO),
+                            message: format!("{path}: {e}"),
+                            op: op.clone(),
+                        }
+                    }
+                });
+            }
             _ => {}
         }
         let result = self
@@ -359,6 +383,21 @@ impl Executor for NetlinkExecutor {
             other => other,
         }
     }
+}
+
+/// The sysctl that turns IPv6 off on `link` (in this thread's network namespace).
+fn disable_ipv6_path(link: &str) -> String {
+    format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6")
+}
+
+/// Whether IPv6 is off on `link`; `None` (nothing planned) without IPv6 in the
+/// kernel, or where weft could not change it (a read-only `/proc/sys`, as in
+/// unprivileged containers): a setting weft cannot apply must not fail every pass.
+fn observe_ipv6_disabled(link: &str) -> Option<bool> {
+    let path = disable_ipv6_path(link);
+    // Opening for writing writes nothing (the sysctl runs on write).
+    std::fs::OpenOptions::new().write(true).open(&path).ok()?;
+    std::fs::read_to_string(&path).ok().map(|v| v.trim() == "1")
 }
 
 fn is_gone(e: &ExecError) -> bool {
