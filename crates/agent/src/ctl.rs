@@ -40,7 +40,15 @@ pub(crate) struct Link {
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest wait between reconnects: a controller back after a short outage
+/// is found within this (it was 30 s, and 15.6 s after a 5 s outage).
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A session that lived this long was a working connection: the next failure
+/// starts the backoff afresh.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+/// While waiting to reconnect, the host's addresses are checked this often; a
+/// change (a new network) ends the wait at once.
+const NETWORK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Liveness report interval; endpoints are re-gathered this often too.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
 /// A stream silent for this long (no event, no keepalive) is considered dead; the
@@ -156,8 +164,9 @@ async fn link_task(
         pin_sha256: cred.pin_sha256.clone(),
         allow_insecure_http: cred.allow_insecure_http,
     };
-    let mut backoff = BACKOFF_MIN;
-    let mut jitter_state = u64::from_le_bytes(key.as_bytes()[..8].try_into().unwrap_or([7; 8]));
+    let mut backoff = Backoff::new(u64::from_le_bytes(
+        key.as_bytes()[..8].try_into().unwrap_or([7; 8]),
+    ));
     let mut map: Option<NetworkMap> = None;
     loop {
         let ctx = LinkCtx {
@@ -167,28 +176,90 @@ async fn link_task(
             maps: &maps,
             state: &state,
         };
+        let started = crate::clock::now();
         let result = session(&ctx, &mut version, &mut map, &mut reflexive).await;
-        let msg = match result {
-            Ok(()) => "map stream ended".to_owned(),
-            Err(e) => format!("{e:#}"),
+        let lived = crate::clock::now().saturating_duration_since(started);
+        let (msg, permanent) = match result {
+            Ok(()) => ("map stream ended".to_owned(), false),
+            Err(e) => {
+                let permanent = e
+                    .downcast_ref::<weft_api_client::ClientError>()
+                    .is_some_and(weft_api_client::ClientError::is_permanent);
+                (format!("{e:#}"), permanent)
+            }
         };
         state.send_modify(|s| {
             s.connected = false;
             s.last_error = Some(msg.clone());
         });
-        // Exponential backoff with ±50% jitter, so agents do not reconnect in lockstep.
-        jitter_state ^= jitter_state << 13;
-        jitter_state ^= jitter_state >> 7;
-        jitter_state ^= jitter_state << 17;
-        let factor = 0.5 + (jitter_state % 1000) as f64 / 1000.0;
-        let wait = backoff.mul_f64(factor);
+        let wait = backoff.after_session(lived, permanent);
         tracing::warn!(error = %msg, retry_in_ms = wait.as_millis() as u64, "controller link down");
-        tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-        if matches!(state.borrow().last_error.as_deref(), Some(e) if e.contains("(401)") || e.contains("unauthorized"))
-        {
-            backoff = BACKOFF_MAX;
+        wait_or_network_change(wait).await;
+    }
+}
+
+/// Sleeps `wait`, or less when the host's addresses change (a new network:
+/// the controller may be reachable now).
+async fn wait_or_network_change(wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    let before = host_addresses();
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return;
         }
+        tokio::time::sleep((deadline - now).min(NETWORK_CHECK_EVERY)).await;
+        if host_addresses() != before {
+            tracing::info!("the host's addresses changed; reconnecting to the controller now");
+            return;
+        }
+    }
+}
+
+fn host_addresses() -> Vec<std::net::IpAddr> {
+    let mut v: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
+        .map(|v| v.into_iter().map(|i| i.ip()).collect())
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// The reconnect schedule (pure: the caller says how long the session lived;
+/// the jitter comes from a seeded generator): exponential from
+/// [`BACKOFF_MIN`] to [`BACKOFF_MAX`], each wait drawn from the upper half of
+/// the current step (agents do not reconnect in lockstep, and no wait exceeds
+/// the cap), reset by a session that lived [`BACKOFF_RESET_AFTER`].
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    step: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            step: BACKOFF_MIN,
+            rng: seed | 1,
+        }
+    }
+
+    /// How long to wait after a session that lived `lived` ended; `permanent`:
+    /// the controller refused us (a bad credential), so wait the longest.
+    pub(crate) fn after_session(&mut self, lived: Duration, permanent: bool) -> Duration {
+        if lived >= BACKOFF_RESET_AFTER {
+            self.step = BACKOFF_MIN;
+        }
+        if permanent {
+            self.step = BACKOFF_MAX;
+        }
+        // xorshift64
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let factor = 0.5 + (self.rng % 1000) as f64 / 2000.0;
+        let wait = self.step.mul_f64(factor);
+        self.step = (self.step * 2).min(BACKOFF_MAX);
+        wait
     }
 }
 
@@ -374,6 +445,50 @@ fn gather(port: u16, reflexive: &[SocketAddr]) -> Vec<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnects_come_quickly_after_a_short_outage() {
+        let mut b = Backoff::new(42);
+        let quick = Duration::from_millis(50);
+        // A long outage: the waits grow, never past the cap.
+        let waits: Vec<Duration> = (0..10).map(|_| b.after_session(quick, false)).collect();
+        assert!(
+            waits[0] >= BACKOFF_MIN / 2 && waits[0] <= BACKOFF_MIN,
+            "{waits:?}"
+        );
+        assert!(waits.iter().all(|w| *w <= BACKOFF_MAX), "{waits:?}");
+        assert!(waits[9] >= BACKOFF_MAX / 2, "{waits:?}");
+        // A 5 s outage after a working connection: the waits add up past 5 s
+        // within a few attempts, and none is long (it was 15.6 s).
+        let mut b = Backoff::new(7);
+        let mut elapsed = Duration::ZERO;
+        let mut first = true;
+        while elapsed < Duration::from_secs(5) {
+            let lived = if first {
+                Duration::from_secs(3600)
+            } else {
+                quick
+            };
+            first = false;
+            let w = b.after_session(lived, false);
+            elapsed += w + quick;
+        }
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "reconnected after {elapsed:?}"
+        );
+        // A working connection resets the schedule.
+        let w = b.after_session(Duration::from_secs(60), false);
+        assert!(w <= BACKOFF_MIN, "{w:?}");
+        // A refusal waits the longest (within the jitter).
+        let w = b.after_session(quick, true);
+        assert!(w >= BACKOFF_MAX / 2 && w <= BACKOFF_MAX, "{w:?}");
+        // Two agents with different seeds do not wait the same.
+        let (mut x, mut y) = (Backoff::new(1), Backoff::new(2));
+        let xs: Vec<_> = (0..5).map(|_| x.after_session(quick, false)).collect();
+        let ys: Vec<_> = (0..5).map(|_| y.after_session(quick, false)).collect();
+        assert_ne!(xs, ys);
+    }
 
     #[test]
     fn a_repeated_refusal_is_logged_once() {
