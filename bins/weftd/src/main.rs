@@ -64,7 +64,9 @@ struct Args {
     /// and points the system at it for the overlay domains (systemd-resolved per
     /// link, or a managed /etc/resolv.conf restored on `weft down` and exit;
     /// changes by others are repaired within 2 s, but a program that keeps
-    /// rewriting it makes weft pause its repairs, logged); `off` runs no
+    /// rewriting it makes weft pause its repairs, logged; in a network
+    /// namespace whose /etc/resolv.conf is still the host's file it refuses,
+    /// logged once: create /etc/netns/NAME/resolv.conf first); `off` runs no
     /// resolver and changes nothing.
     #[arg(long, env = "WEFT_DNS", value_enum, default_value_t = DnsArg::Auto)]
     dns: DnsArg,

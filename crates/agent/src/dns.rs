@@ -60,6 +60,10 @@ pub(crate) struct Dns {
     applied_link: Option<(String, IpAddr)>,
     retry_at: Option<Instant>,
     fight: FightGuard,
+    /// Why the resolver will not run in this process at all (it runs in a
+    /// network namespace whose `/etc/resolv.conf` is the host's): said once, not
+    /// retried.
+    refused: Option<String>,
 }
 
 /// Keeps weft from rewriting the resolver configuration every tick against
@@ -130,6 +134,7 @@ impl Dns {
             applied_link: None,
             retry_at: None,
             fight: FightGuard::new(),
+            refused: None,
         }
     }
 
@@ -234,7 +239,7 @@ impl Dns {
     }
 
     async fn try_start(&mut self) {
-        if self.service.is_some() || self.zone.is_none() {
+        if self.service.is_some() || self.zone.is_none() || self.refused.is_some() {
             return;
         }
         if self.retry_at.is_some_and(|at| clock::now() < at) {
@@ -251,6 +256,13 @@ impl Dns {
                 self.service = Some(service);
                 self.retry_at = None;
                 self.push_zone().await;
+            }
+            Err(e @ weft_dns::DnsError::HostFileInNamespace { .. }) => {
+                tracing::error!(
+                    "overlay DNS is off: {e} (the overlay itself keeps working; \
+                     overlay names do not resolve here)"
+                );
+                self.refused = Some(e.to_string());
             }
             Err(e) => {
                 tracing::error!(

@@ -49,6 +49,28 @@ pub enum DnsError {
         /// What is wrong.
         reason: String,
     },
+    /// This process runs in a network namespace other than the host's, but the
+    /// resolver configuration it would manage is the host's own file (see
+    /// [`crate::system::NamespaceView::host_file_conflict`]). Permanent: retrying
+    /// changes nothing until the namespace gets its own file.
+    #[error(
+        "{}: not managing it: weftd runs in a network namespace other than the host's \
+         ({netns}), but this is the host's file, and writing it would break the host's DNS. \
+         Give the namespace its own file (create {} and start weftd with \
+         `ip netns exec NAME`, which mounts it over /etc/resolv.conf), or run weftd with \
+         --dns off",
+        path.display(),
+        private.display()
+    )]
+    HostFileInNamespace {
+        /// The resolver configuration (`/etc/resolv.conf`).
+        path: PathBuf,
+        /// This process's network namespace: its `ip netns` name, else
+        /// `net:[INODE]`.
+        netns: String,
+        /// The namespace's own file to create (`/etc/netns/NAME/resolv.conf`).
+        private: PathBuf,
+    },
     /// An external command (`resolvectl`) failed.
     #[error("`{command}`: {message}")]
     Command {

@@ -72,7 +72,8 @@ use tokio::task::JoinHandle;
 
 pub use error::DnsError;
 pub use system::{
-    CommandRunner, Drift, ProcessRunner, SystemDns, SystemKind, SystemMode, SystemPaths,
+    CommandRunner, Drift, NamespaceView, ProcessRunner, SystemDns, SystemKind, SystemMode,
+    SystemPaths,
 };
 pub use zone::{Answer, QueryType, Record, Zone, records_from_map};
 
