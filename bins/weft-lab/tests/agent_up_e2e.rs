@@ -351,3 +351,76 @@ fn ping_names_the_relay_of_a_relayed_peer() {
     assert!(out.status.success(), "{stdout} {}", text(&out.stderr));
     assert!(stdout.contains("via relay https://"), "{stdout}");
 }
+
+/// After a 5 s controller outage the agent is back on the map stream within the
+/// backoff cap of the controller's return (the backoff had grown to 15.6 s, and
+/// never reset after a working connection).
+#[test]
+fn reconnect_after_a_short_controller_outage_is_quick() {
+    let lab = lab(&["node1"]);
+    let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default()).unwrap();
+    let token = mesh.token_file(1).unwrap();
+    mesh.start_agent("node1", Some(&token)).unwrap();
+    let connected = |mesh: &Mesh<'_>| {
+        mesh.try_status("node1")
+            .and_then(|s| s.controller)
+            .is_some_and(|c| c.connected)
+    };
+    weft_lab::timed_wait("connected", Duration::from_secs(30), || connected(&mesh)).unwrap();
+    // Two outages, each after the link worked for a while: the backoff of the
+    // first must not carry into the second (it grew and never reset).
+    for round in 1..=2 {
+        std::thread::sleep(Duration::from_secs(11));
+        mesh.kill_controller().unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+        mesh.restart_controller().unwrap();
+        let took =
+            weft_lab::timed_wait("reconnected", Duration::from_secs(40), || connected(&mesh))
+                .unwrap();
+        println!(
+            "outage {round}: reconnected {took:?} after the controller came back from a 5 s outage"
+        );
+        // At most one capped wait (10 s) and a connect.
+        assert!(
+            took < Duration::from_secs(11),
+            "outage {round}: reconnect took {took:?}"
+        );
+    }
+}
+
+/// A refused certificate says what to pass and which certificate was seen (it
+/// said only `UnknownIssuer` / `ApplicationVerificationFailure`).
+#[test]
+fn tls_refusals_say_what_to_pass() {
+    let lab = lab(&["node1"]);
+    let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default()).unwrap();
+    mesh.start_agent("node1", None).unwrap();
+    let token = mesh.token_file(1).unwrap();
+    let token = token.display().to_string();
+    let url = mesh.controller.url.clone();
+    let fp = mesh.controller.fingerprint.clone();
+    let seen = if fp.starts_with("sha256:") {
+        fp.to_lowercase()
+    } else {
+        format!("sha256:{}", fp.to_lowercase())
+    };
+    let base = ["up", "--controller", &url, "--token-file", &token];
+
+    // No trust given: the system's CAs do not know a self-signed controller.
+    let out = mesh.weft("node1", &base).unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("--pin-sha256 {seen}")), "{stderr}");
+    assert!(stderr.contains("--ca-file"), "{stderr}");
+
+    // A wrong pin: both fingerprints, and what to check.
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--pin-sha256", &wrong]);
+    let out = mesh.weft("node1", &args).unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&seen), "{stderr}");
+    assert!(stderr.contains(&wrong), "{stderr}");
+    assert!(stderr.contains("--pin-sha256"), "{stderr}");
+}

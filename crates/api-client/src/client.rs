@@ -33,7 +33,7 @@ use weft_proto::relay_api::{
 use crate::ClientError;
 use crate::members::MembersStream;
 use crate::stream::{MapStream, MapSubscription};
-use crate::tls::client_config;
+use crate::tls::{SeenCert, client_config, tls_failure_hint};
 
 /// Largest response body read (a full map of tens of thousands of peers).
 const MAX_RESPONSE: usize = 32 << 20;
@@ -90,6 +90,10 @@ struct Transport {
     authority: HeaderValue,
     base_path: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// The certificate the server last presented, and how we trust it (for
+    /// the hint on a refused certificate).
+    seen: SeenCert,
+    trust: Trust,
     pool: Mutex<Vec<Sender>>,
     timeout: Duration,
     connect_timeout: Duration,
@@ -150,9 +154,14 @@ impl Client {
         let tls = if https {
             let name = ServerName::try_from(host.clone())
                 .map_err(|_| bad("host is not a valid TLS server name"))?;
-            Some((TlsConnector::from(client_config(&cfg.trust)?), name))
+            let (config, seen) = client_config(&cfg.trust)?;
+            Some((TlsConnector::from(config), name, seen))
         } else {
             None
+        };
+        let (tls, seen) = match tls {
+            Some((c, n, seen)) => (Some((c, n)), seen),
+            None => (None, SeenCert::default()),
         };
         let base_path = uri.path().trim_end_matches('/').to_owned();
         let authority = HeaderValue::from_str(authority.as_str()).map_err(|_| bad("bad host"))?;
@@ -163,6 +172,8 @@ impl Client {
                 authority,
                 base_path,
                 tls,
+                seen,
+                trust: cfg.trust.clone(),
                 pool: Mutex::new(Vec::new()),
                 timeout: cfg.timeout,
                 connect_timeout: cfg.connect_timeout,
@@ -201,9 +212,13 @@ impl Client {
             match &t.tls {
                 Some((connector, name)) => {
                     let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                        let why = match tls_failure_hint(&e, t.seen.get(), &t.trust) {
+                            Some(hint) => format!("TLS: {e}: {hint}"),
+                            None => format!("TLS: {e}"),
+                        };
                         ClientError::Connect {
                             addr: addr.clone(),
-                            why: format!("TLS: {e}"),
+                            why,
                         }
                     })?;
                     let (sender, conn) = http1::handshake(TokioIo::new(tls))

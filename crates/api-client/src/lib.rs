@@ -25,4 +25,7 @@ pub use client::{Client, ClientConfig, Trust};
 pub use error::ClientError;
 pub use members::MembersStream;
 pub use stream::{MapStream, MapSubscription};
-pub use tls::{parse_fingerprint, tls_client_config};
+pub use tls::{
+    SeenCert, format_fingerprint, parse_fingerprint, tls_client_config, tls_client_config_seen,
+    tls_failure_hint,
+};

@@ -289,7 +289,7 @@ impl RelayClient {
             RelayUrl::parse(&cfg.url).map_err(|e| RelayClientError::InvalidUrl(e.to_string()))?;
         let name = ServerName::try_from(url.host.clone())
             .map_err(|_| RelayClientError::InvalidUrl("host is not a valid TLS name".into()))?;
-        let tls = weft_api_client::tls_client_config(&cfg.trust, &[ALPN])
+        let (tls, seen) = weft_api_client::tls_client_config_seen(&cfg.trust, &[ALPN])
             .map_err(|e| RelayClientError::Trust(e.to_string()))?;
         let (tx, rx) = mpsc::channel(cfg.send_queue.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(cfg.event_queue.max(1));
@@ -300,6 +300,7 @@ impl RelayClient {
                 url,
                 name,
                 connector: TlsConnector::from(tls),
+                seen,
                 signer,
                 stats: stats.clone(),
                 events: ev_tx,
@@ -352,6 +353,8 @@ struct Session {
     url: RelayUrl,
     name: ServerName<'static>,
     connector: TlsConnector,
+    /// The certificate the relay last presented (for a refusal's hint).
+    seen: weft_api_client::SeenCert,
     signer: Signer,
     stats: Arc<Stats>,
     events: mpsc::Sender<RelayEvent>,
@@ -623,7 +626,14 @@ impl Session {
             .connector
             .connect(self.name.clone(), tcp)
             .await
-            .map_err(|e| RelayClientError::Tls(e.to_string()))?;
+            .map_err(|e| {
+                RelayClientError::Tls(
+                    match weft_api_client::tls_failure_hint(&e, self.seen.get(), &self.cfg.trust) {
+                        Some(hint) => format!("{e}: {hint}"),
+                        None => e.to_string(),
+                    },
+                )
+            })?;
         let mut binding = [0u8; 32];
         tls.get_ref()
             .1
