@@ -138,6 +138,12 @@ impl Dns {
         }
     }
 
+    /// Why overlay DNS will not run in this process although `--dns auto` asked
+    /// for it (shown by `weft status`).
+    pub(crate) fn refused(&self) -> Option<&str> {
+        self.refused.as_deref()
+    }
+
     /// Serves `map` (starting the service if needed), or stops when the map has no
     /// network left. `link`: the first overlay interface and this node's address
     /// on it (for systemd-resolved).

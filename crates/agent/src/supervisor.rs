@@ -250,6 +250,7 @@ async fn serve<F: Future<Output = ()>>(
                 if !agent.down {
                     agent.retry_tuns();
                     agent.dns.tick().await;
+                    agent.note_dns();
                 }
             }
         }
@@ -504,7 +505,17 @@ impl Agent {
         // After the reconcile pass, so with systemd-resolved the overlay link
         // exists when it is pointed at the resolver.
         self.dns.apply(&map, dns_link).await;
+        self.note_dns();
         self.map = Some(map);
+    }
+
+    /// Shows a refused overlay resolver in status (area `dns`).
+    fn note_dns(&mut self) {
+        let refused = self
+            .dns
+            .refused()
+            .map(|e| ("resolver".to_owned(), e.to_owned()));
+        self.failures.set_area("dns", refused, clock::unix_ms());
     }
 
     /// Creates the TUN devices `wanted` lacks; a failure is shown in status
