@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use super::Tally;
 use super::overlay::AB;
 use super::py::{CONNECTS, FLOW};
-use super::util::{arg, last_json, lines, py, run_bounded, secs, set_policy};
+use super::util::{arg, last_json, lines, py, py_output, run_bounded, secs, set_policy};
 use crate::mesh::Mesh;
 use crate::scripts::ECHO_SERVER;
 use crate::{Lab, timed_wait, wait_until};
@@ -141,9 +141,12 @@ pub(super) fn policy_churn(mesh: &Mesh<'_>, t: &mut Tally) -> anyhow::Result<()>
     let ab_alive = ab_flow.try_wait()?.is_none();
     let ab_echoes = lines(&ab_log).len();
     t.count(format!(
-        "{} edits in {}; c->b:7000 opened {}/{}, open flow cut {}/{} (slowest {}), refused after cut {}/{}; a->b flow {} echoes, alive {ab_alive}; iperf3 {} runs, {} failed, {} empty seconds, slowest second {} KB; ping {}/{}",
+        "{} edits in {} ({} ms per admin policy set, {} ms per opening, {} ms per cut); c->b:7000 opened {}/{}, open flow cut {}/{} (slowest {}), refused after cut {}/{}; a->b flow {} echoes, alive {ab_alive}; iperf3 {} runs, {} failed, {} empty seconds, slowest second {} KB; ping {}/{}",
         e.applied,
         secs(window),
+        e.admin.as_millis() / e.applied.max(1) as u128,
+        e.open_wait.as_millis() / (e.opened.max(1) as u128),
+        e.cut_wait.as_millis() / (e.cut.max(1) as u128),
         e.opened,
         EDITS / 2,
         e.cut,
@@ -186,6 +189,11 @@ struct Edits {
     cut: usize,
     refused: usize,
     slowest_cut: Duration,
+    /// Time spent in `weft-controller admin policy set`.
+    admin: Duration,
+    /// Time spent waiting for c->b:7000 to open, and for open flows to be cut.
+    open_wait: Duration,
+    cut_wait: Duration,
     problems: Vec<String>,
 }
 
@@ -196,18 +204,30 @@ fn churn_edits(mesh: &Mesh<'_>, b: &str, n: usize) -> anyhow::Result<Edits> {
     let mut e = Edits::default();
     let mut flow: Option<crate::Process> = None;
     let connects = |timeout: &str| -> bool {
-        lab.python("c", CONNECTS, &[b, "7000", timeout])
-            .is_ok_and(|o| o.status.success())
+        py_output(lab, "c", CONNECTS, &[b, "7000", timeout]).is_ok_and(|o| o.status.success())
     };
     for i in 0..n {
+        // The flow the coming edit is to cut must still be alive before it.
+        let died = flow
+            .as_mut()
+            .is_some_and(|p| p.try_wait().is_ok_and(|s| s.is_some()));
+        if died {
+            flow = None;
+            e.problems.push(format!(
+                "edit {i}: the c->b:7000 flow ended before the edit that closes it"
+            ));
+        }
+        let t0 = Instant::now();
         set_policy(mesh, "churn.toml", &churn_policy(i)).with_context(|| format!("edit {i}"))?;
+        e.admin += t0.elapsed();
         e.applied += 1;
         if i.is_multiple_of(2) {
-            if wait_until("c->b:7000 opens", Duration::from_secs(2), || {
+            let t1 = Instant::now();
+            let opened = wait_until("c->b:7000 opens", Duration::from_secs(2), || {
                 Ok(connects("0.5"))
-            })
-            .is_err()
-            {
+            });
+            e.open_wait += t1.elapsed();
+            if opened.is_err() {
                 e.problems
                     .push(format!("edit {i}: c->b:7000 did not open within 2 s"));
                 continue;
@@ -217,7 +237,7 @@ fn churn_edits(mesh: &Mesh<'_>, b: &str, n: usize) -> anyhow::Result<Edits> {
             let mut p = lab.spawn(
                 "c",
                 &format!("flow-cb-{i}"),
-                &py(FLOW, &[b, "7000", arg(&log)?, "0.3", "30"]),
+                &py(FLOW, &[b, "7000", arg(&log)?, "0.2", "30"]),
             )?;
             if wait_until("c->b flow echoes", Duration::from_secs(2), || {
                 Ok(!lines(&log).is_empty())
@@ -232,9 +252,12 @@ fn churn_edits(mesh: &Mesh<'_>, b: &str, n: usize) -> anyhow::Result<Edits> {
             flow = Some(p);
         } else {
             if let Some(mut p) = flow.take() {
-                match timed_wait("c->b flow cut", Duration::from_secs(2), || {
+                let t1 = Instant::now();
+                let cut = timed_wait("c->b flow cut", Duration::from_secs(2), || {
                     p.try_wait().is_ok_and(|s| s.is_some())
-                }) {
+                });
+                e.cut_wait += t1.elapsed();
+                match cut {
                     Ok(took) => {
                         e.cut += 1;
                         e.slowest_cut = e.slowest_cut.max(took);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::py::{ACCEPT_LOG, CHALLENGE_FLOOD, HEALTH_PROBE, IDLE_CONNS, TOKEN_WRITER};
-use super::util::{arg, last_json, lines, py, run_bounded, secs};
+use super::util::{arg, last_json, lines, py, py_output, run_bounded, secs};
 use super::{CaseResult, Tally, not_run, run_case};
 use crate::mesh::{CONTROLLER_PORT, Mesh, NetworkSpec, RELAY_PORT, STUN_ALT_PORT, STUN_PORT};
 use crate::{Lab, Nat, Net, Process, Topology, bin_path, timed_wait, wait_until};
@@ -309,7 +309,8 @@ fn idle_connections(mesh: &Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
         if round > 0 {
             std::thread::sleep(Duration::from_secs(15));
         }
-        let out = lab.python(
+        let out = py_output(
+            lab,
             "n",
             HEALTH_PROBE,
             &[&infra, &CONTROLLER_PORT.to_string(), "10"],

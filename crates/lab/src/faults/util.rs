@@ -4,7 +4,8 @@
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -12,17 +13,47 @@ use anyhow::{Context as _, bail};
 use crate::Lab;
 use crate::mesh::Mesh;
 
+/// The Python interpreter itself, resolved once: `python3` on the PATH may be a
+/// wrapper script (pyenv's shims cost about 150 ms a start, and the policy
+/// churn starts Python twice per edit).
+fn python3() -> &'static std::ffi::OsStr {
+    static PATH: OnceLock<std::ffi::OsString> = OnceLock::new();
+    PATH.get_or_init(|| {
+        Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| "python3".into(), Into::into)
+    })
+}
+
 /// `python3 -c script args...`, to spawn in a node.
 pub(super) fn py(script: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new("python3");
+    let mut cmd = Command::new(python3());
     cmd.arg("-c").arg(script).args(args);
     cmd
+}
+
+/// Runs a Python program in `node` to completion and returns its output,
+/// whatever its exit status.
+pub(super) fn py_output(
+    lab: &Lab,
+    node: &str,
+    script: &str,
+    args: &[&str],
+) -> anyhow::Result<Output> {
+    crate::process::in_netns_like(&lab.netns(node)?, &py(script, args))
+        .output()
+        .with_context(|| format!("cannot run python3 in {node}"))
 }
 
 /// Runs a Python program in `node` to completion; fails with its stderr unless
 /// it exits 0.
 pub(super) fn py_ok(lab: &Lab, node: &str, script: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = lab.python(node, script, args)?;
+    let out = py_output(lab, node, script, args)?;
     if !out.status.success() {
         bail!(
             "python in {node} failed: {}",
