@@ -36,6 +36,7 @@
 //! - [`resolv`]: every node's private resolv.conf (`/etc/netns/<netns>/`) and
 //!   the lab's upstream DNS resolver (dnsmasq on the internet segment);
 //! - [`pathbench`]: relay vs direct throughput and RTT (`weft-lab bench-paths`);
+//! - [`faults`]: the fault suite (`weft-lab faults`);
 //! - [`probe`]: the UDP/TCP probe and observer behind the hidden `weft-lab __*`
 //!   subcommands; [`selftest`]: proves every NAT profile behaves as named.
 //!
