@@ -135,8 +135,8 @@ enum Cmd {
     ///                       refused and sends nothing
     ///   controller-sigkill  kill -9 the controller under admin writes: every
     ///                       acknowledged write is still there
-    ///   state-loss          a deleted TLS key or an empty database is refused at
-    ///                       start, naming the file
+    ///   state-loss          a deleted TLS key (controller, relay) or an empty
+    ///                       database is refused at start, naming the file
     ///
     /// Prints a table (case, result, time, counts, what was done and checked) and
     /// exits 1 if any case failed. Needs root, python3, iperf3 and the weft
