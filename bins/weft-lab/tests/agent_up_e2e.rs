@@ -424,3 +424,41 @@ fn tls_refusals_say_what_to_pass() {
     assert!(stderr.contains(&wrong), "{stderr}");
     assert!(stderr.contains("--pin-sha256"), "{stderr}");
 }
+
+/// An unreachable relay is logged when it goes and when it is back, not at
+/// every retry (a WARN every 5 s before).
+#[test]
+fn an_unreachable_relay_is_logged_once() {
+    let lab = lab(&["node1"]);
+    let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default()).unwrap();
+    mesh.start_relay("controller").unwrap();
+    let token = mesh.token_file(1).unwrap();
+    mesh.start_agent("node1", Some(&token)).unwrap();
+    let relay_up = |mesh: &Mesh<'_>| {
+        mesh.try_status("node1")
+            .and_then(|s| s.relay)
+            .is_some_and(|r| r.connected)
+    };
+    weft_lab::timed_wait("relay connected", Duration::from_secs(30), || {
+        relay_up(&mesh)
+    })
+    .unwrap();
+    mesh.kill_relay().unwrap();
+    // The relay client retries every 0.25 s, growing to 5 s: about six
+    // attempts in 20 s.
+    std::thread::sleep(Duration::from_secs(20));
+    mesh.restart_relay().unwrap();
+    weft_lab::timed_wait("relay back", Duration::from_secs(30), || relay_up(&mesh)).unwrap();
+    let log = mesh.agents["node1"]
+        .process
+        .as_ref()
+        .unwrap()
+        .log()
+        .unwrap();
+    let warns = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("relay"))
+        .count();
+    assert_eq!(warns, 1, "relay warnings:\n{log}");
+    assert!(log.contains("relay back after"), "{log}");
+}

@@ -56,9 +56,22 @@ pub(crate) async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Serves clients until the task is aborted.
 pub(crate) async fn serve(listener: UnixListener, calls: mpsc::Sender<ApiCall>) {
+    use weft_relay::client::{OutageLog, OutageNote};
+    // A full fd table fails every accept: one line when it starts, one when
+    // it ends (it was a WARN every 100 ms).
+    let mut outage = OutageLog::default();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                if let Some(OutageNote::Back { after, failures }) =
+                    outage.recovered(crate::clock::now())
+                {
+                    tracing::info!(
+                        failed_accepts = failures,
+                        "local API accepting again after {:.1} s",
+                        after.as_secs_f64()
+                    );
+                }
                 let calls = calls.clone();
                 tokio::spawn(async move {
                     if let Err(e) = handle(stream, calls).await {
@@ -67,7 +80,19 @@ pub(crate) async fn serve(listener: UnixListener, calls: mpsc::Sender<ApiCall>) 
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "local API accept failed");
+                match outage.failed(crate::clock::now()) {
+                    Some(OutageNote::Down) => tracing::warn!(
+                        error = %e,
+                        "local API accept failing (too many open files?); retrying"
+                    ),
+                    Some(OutageNote::StillDown { for_, failures }) => tracing::warn!(
+                        error = %e,
+                        failed_accepts = failures,
+                        "local API accept still failing after {:.0} s",
+                        for_.as_secs_f64()
+                    ),
+                    _ => {}
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }

@@ -1108,8 +1108,12 @@ impl TunWriter {
 }
 
 async fn relay_reader(mut events: RelayEvents, sh: Arc<Shared>) {
+    use weft_relay::client::OutageNote;
     let mut framed = vec![0u8; HDR + BUF_LEN];
     let mut tx = Vec::new();
+    // One line when the relay becomes unreachable, one when it is back (it
+    // was a WARN per retry, every 5 s).
+    let mut outage = weft_relay::client::OutageLog::default();
     while let Some(ev) = events.recv().await {
         let write = {
             let mut node = sh.lock();
@@ -1122,12 +1126,33 @@ async fn relay_reader(mut events: RelayEvents, sh: Arc<Shared>) {
                     }
                 }
                 RelayEvent::Connected => {
-                    tracing::info!("relay connected");
+                    match outage.recovered(now) {
+                        Some(OutageNote::Back { after, failures }) => tracing::info!(
+                            down_s = after.as_secs(),
+                            failed_attempts = failures,
+                            "relay back after {:.0} s",
+                            after.as_secs_f64()
+                        ),
+                        _ => tracing::info!("relay connected"),
+                    }
                     node.set_relay_available(now, true);
                     None
                 }
                 RelayEvent::Disconnected { error, retry_in } => {
-                    tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "relay disconnected");
+                    let retry_in_ms = retry_in.as_millis() as u64;
+                    match outage.failed(now) {
+                        Some(OutageNote::Down) => tracing::warn!(
+                            %error,
+                            "relay unreachable; retrying (logged again when it is back, or every 5 min)"
+                        ),
+                        Some(OutageNote::StillDown { for_, failures }) => tracing::warn!(
+                            %error,
+                            failed_attempts = failures,
+                            "relay still unreachable after {:.0} s; retrying",
+                            for_.as_secs_f64()
+                        ),
+                        _ => tracing::debug!(%error, retry_in_ms, "relay disconnected"),
+                    }
                     node.set_relay_available(now, false);
                     None
                 }

@@ -283,6 +283,7 @@ pub async fn run(
     let acceptor = config.tls.clone().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut accept_log = weft_policy::LogLimiter::new(Duration::from_secs(60), 1);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -292,8 +293,11 @@ pub async fn run(
         let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                warn!(error = %e, "accept failed");
+                // Typically EMFILE: back off instead of spinning, and log one
+                // line a minute with a count, not one every 50 ms.
+                if let Some(suppressed) = accept_log.check(&(), clock::now()) {
+                    warn!(error = %e, suppressed, "accept failing (too many open files?); retrying");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -298,6 +298,7 @@ pub async fn run(
     let acceptor = TlsAcceptor::from(config.tls.clone());
     let slots = Arc::new(Semaphore::new(config.core.max_connections));
     let config = Arc::new(config);
+    let mut accept_log = crate::client::OutageLog::default();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -307,12 +308,20 @@ pub async fn run(
         let (tcp, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                warn!(error = %e, "accept failed");
+                // Typically EMFILE: back off instead of spinning, and say so
+                // once (then every 5 min), not every 50 ms.
+                if accept_log.failed(clock::now()).is_some() {
+                    warn!(error = %e, "accept failing (too many open files?); retrying");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        if let Some(crate::client::OutageNote::Back { after, failures }) =
+            accept_log.recovered(clock::now())
+        {
+            tracing::info!(failed_accepts = failures, "accepting again after {after:?}");
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             debug!("connection limit reached; dropping a connection");
             continue;
