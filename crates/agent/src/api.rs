@@ -136,15 +136,32 @@ pub(crate) fn error(code: &str, message: &str) -> LocalResponse {
 
 /// The gid of group `weft`, if it exists.
 fn weft_group() -> Option<u32> {
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == "weft").then_some(())?;
-        f.nth(1)?.parse().ok()
-    })
+    group_gid("weft")
+}
+
+/// A group's gid through the system's group lookup (NSS: /etc/group, but also
+/// LDAP, sssd, systemd's dynamic groups), not by reading /etc/group.
+fn group_gid(name: &str) -> Option<u32> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Some(g.gid.as_raw()),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(group = name, error = %e, "looking up a group failed");
+            None
+        }
+    }
 }
 
 /// Removes the socket file on shutdown.
 pub(crate) fn unlink(path: &PathBuf) {
     let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn groups_are_looked_up_through_nss() {
+        assert_eq!(super::group_gid("root"), Some(0));
+        assert_eq!(super::group_gid("no-such-group-weft-test"), None);
+    }
 }
