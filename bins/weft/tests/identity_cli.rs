@@ -54,7 +54,7 @@ fn new_show_verify_and_permission_refusal() {
 
     // A proof minted at 12 is rejected where far more is required.
     let out = weft(&["identity", "verify", k, "--difficulty", "40"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3), "the answer is no: exit 3");
     assert!(
         text(&out.stderr).contains("too weak"),
         "{}",

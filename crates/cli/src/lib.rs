@@ -16,12 +16,51 @@ use clap::{Parser, Subcommand};
 
 pub mod cmd;
 
+/// Exit statuses (also in README's CLI reference).
+pub mod exit {
+    /// Something failed (the message says what).
+    pub const ERROR: u8 = 1;
+    /// Bad arguments (clap's usage errors).
+    pub const USAGE: u8 = 2;
+    /// The answer is no: `why-blocked` blocked, `policy check` not allowed,
+    /// `identity verify` below the difficulty.
+    pub const DENIED: u8 = 3;
+}
+
+const EXIT_HELP: &str = "Exit status: 0 success; 1 error; 2 usage error (bad arguments); \
+3 the answer is no (why-blocked: blocked, policy check: not allowed, identity verify: \
+rejected). With --json, an error is printed to stdout as \
+{\"error\": {\"code\": \"...\", \"message\": \"...\"}}.";
+
+/// An error with a stable code (the agent's error codes, and the CLI's own),
+/// for `--json` output.
+#[derive(Debug)]
+pub struct CodedError {
+    /// Machine-readable code, e.g. `not_joined`, `minting`.
+    pub code: String,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for CodedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+impl std::error::Error for CodedError {}
+
 /// weft: a self-hosted zero-trust overlay network.
 ///
 /// Every machine runs `weftd`; `weft` manages identities and talks to the local
 /// agent and the controller.
 #[derive(Debug, Parser)]
-#[command(name = "weft", version, propagate_version = true)]
+#[command(
+    name = "weft",
+    version,
+    propagate_version = true,
+    after_help = EXIT_HELP
+)]
 pub struct Cli {
     /// Log filter for diagnostics on stderr (e.g. `info`, `debug`, `weft_identity=trace`).
     #[arg(long, global = true, env = "WEFT_LOG", default_value = "warn")]
@@ -42,7 +81,7 @@ enum Command {
     /// wait until the node is up (registered, map received, interfaces configured).
     Up(cmd::agent::UpArgs),
     /// Leave the overlay: remove weft's interfaces, routes and sessions (stays joined).
-    Down,
+    Down(cmd::agent::DownArgs),
     /// Ping a peer over the overlay and show the round-trip time and path.
     Ping(cmd::agent::PingArgs),
     /// Explain a peer's path: its candidate addresses, what was tried, what answered.
@@ -51,7 +90,7 @@ enum Command {
     /// maps endpoint-independently, latency to each relay.
     Netcheck(cmd::netcheck::NetcheckArgs),
     /// Would this node's live policy let a new connection to (or from) a peer
-    /// through, and which rule decides? Exit status 1 when blocked.
+    /// through, and which rule decides? Exit status 3 when blocked.
     #[command(name = "why-blocked")]
     WhyBlocked(cmd::agent::WhyBlockedArgs),
     /// The controller's access policy: which rule decides A -> B (admin token).
@@ -67,10 +106,11 @@ pub fn main() -> ExitCode {
     default_sigpipe();
     let cli = Cli::parse();
     init_logging(&cli.log);
+    let json = cli.command.json();
     let result = match cli.command {
         Command::Status(a) => cmd::agent::status(&cli.socket, a),
         Command::Up(a) => cmd::agent::up(&cli.socket, a),
-        Command::Down => cmd::agent::down(&cli.socket),
+        Command::Down(a) => cmd::agent::down(&cli.socket, a),
         Command::Ping(a) => cmd::agent::ping(&cli.socket, a),
         Command::Why(a) => cmd::agent::why(&cli.socket, a),
         Command::Netcheck(a) => cmd::netcheck::run(&cli.socket, a),
@@ -81,8 +121,38 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if json {
+                println!("{}", error_json(&e));
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+/// `{"error": {"code": ..., "message": ...}}` for `--json`.
+fn error_json(e: &anyhow::Error) -> serde_json::Value {
+    let code = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<CodedError>())
+        .map_or("error", |c| c.code.as_str());
+    serde_json::json!({ "error": { "code": code, "message": format!("{e:#}") } })
+}
+
+impl Command {
+    /// Whether `--json` was given (errors are then printed as JSON too).
+    fn json(&self) -> bool {
+        match self {
+            Command::Status(a) => a.json,
+            Command::Up(a) => a.json,
+            Command::Down(a) => a.json,
+            Command::Ping(a) => a.json,
+            Command::Why(a) => a.json,
+            Command::Netcheck(a) => a.json,
+            Command::WhyBlocked(a) => a.json,
+            Command::Policy(c) => c.json(),
+            Command::Identity(c) => c.json(),
         }
     }
 }
@@ -106,4 +176,36 @@ fn init_logging(filter: &str) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_as_json_carry_the_code() {
+        let e = anyhow::Error::new(CodedError {
+            code: "not_joined".into(),
+            message: "this node has not joined".into(),
+        })
+        .context("weft up");
+        let v = error_json(&e);
+        assert_eq!(v["error"]["code"], "not_joined");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("has not joined")
+        );
+        assert_eq!(
+            error_json(&anyhow::anyhow!("boom"))["error"]["code"],
+            "error"
+        );
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        let e = Cli::try_parse_from(["weft", "up", "--advertise-routes", "0.0.0.0/0"]).unwrap_err();
+        assert_eq!(e.exit_code(), i32::from(exit::USAGE));
+    }
 }

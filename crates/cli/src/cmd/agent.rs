@@ -12,6 +12,8 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use weft_proto::local::{AgentStatus, ExplainRequest, LocalRequest, LocalResponse, UpRequest};
 
+use crate::CodedError;
+
 /// Where the agent listens.
 #[derive(Debug, Clone, Args)]
 pub struct SocketArg {
@@ -24,7 +26,14 @@ pub struct SocketArg {
 pub struct StatusArgs {
     /// Print as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Print the result as JSON (errors too).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +74,9 @@ pub struct UpArgs {
     /// time ran out, with the reason.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     timeout: u64,
+    /// Print the resulting status as JSON (errors too; progress stays on stderr).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -77,15 +89,19 @@ pub struct PingArgs {
     /// Seconds to wait for each reply.
     #[arg(short = 'W', long, default_value_t = 2.0)]
     timeout: f64,
+    /// Print the replies and the summary as JSON (errors too).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// Sends one request and returns the response.
 pub fn call(socket: &Path, req: &LocalRequest) -> anyhow::Result<LocalResponse> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot reach the weft agent at {} (is weftd running? are you root or in group weft?)",
+    let mut s = UnixStream::connect(socket).map_err(|e| CodedError {
+        code: "agent_unreachable".into(),
+        message: format!(
+            "cannot reach the weft agent at {}: {e} (is weftd running? are you root or in group weft?)",
             socket.display()
-        )
+        ),
     })?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut line = serde_json::to_vec(req)?;
@@ -100,7 +116,7 @@ pub fn call(socket: &Path, req: &LocalRequest) -> anyhow::Result<LocalResponse> 
 fn expect_ok(resp: LocalResponse) -> anyhow::Result<(Option<Box<AgentStatus>>, String)> {
     match resp {
         LocalResponse::Ok { status, message } => Ok((status, message)),
-        LocalResponse::Error { code, message } => bail!("{message} ({code})"),
+        LocalResponse::Error { code, message } => Err(CodedError { code, message }.into()),
         LocalResponse::Explained { .. } => bail!("the agent answered a different question"),
     }
 }
@@ -295,11 +311,19 @@ pub fn up(sock: &SocketArg, a: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let (_, message) = expect_ok(call(&sock.socket, &req)?)?;
     if a.timeout == 0 {
-        println!("{}", if message.is_empty() { "up" } else { &message });
+        if a.json {
+            println!("{}", serde_json::json!({ "message": message }));
+        } else {
+            println!("{}", if message.is_empty() { "up" } else { &message });
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let st = wait_up(&sock.socket, deadline, a.timeout)?;
-    println!("{}", up_summary(&st));
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        println!("{}", up_summary(&st));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -434,9 +458,16 @@ fn up_summary(st: &AgentStatus) -> String {
 }
 
 /// `weft down`.
-pub fn down(sock: &SocketArg) -> anyhow::Result<ExitCode> {
+pub fn down(sock: &SocketArg, a: DownArgs) -> anyhow::Result<ExitCode> {
     let (_, message) = expect_ok(call(&sock.socket, &LocalRequest::Down)?)?;
-    println!("{}", if message.is_empty() { "down" } else { &message });
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "state": "down", "message": message })
+        );
+    } else {
+        println!("{}", if message.is_empty() { "down" } else { &message });
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -479,12 +510,28 @@ pub(crate) fn resolve_peer<'a>(
 pub struct WhyArgs {
     /// Peer name (`db`, `db.prod`), or overlay IP.
     peer: String,
+    /// Print the peer's path and candidates as JSON (errors too).
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `weft why PEER`: which path a peer uses and why (candidates tried, answers).
 pub fn why(sock: &SocketArg, a: WhyArgs) -> anyhow::Result<ExitCode> {
     let st = status_of(&sock.socket)?;
     let (p, ip) = resolve_peer(&st, &a.peer)?;
+    if a.json {
+        let v = serde_json::json!({
+            "peer": p.name,
+            "address": ip,
+            "online": p.online,
+            "last_seen_secs": p.last_seen_secs,
+            "path": p.path,
+            "path_age_secs": p.path_age_secs,
+            "candidates": p.candidates,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{} ({ip}): path {}",
         p.name,
@@ -538,12 +585,12 @@ pub struct WhyBlockedArgs {
     inbound: bool,
     /// Machine-readable output.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `weft why-blocked PEER --port N`: the live policy verdict on this node for a
 /// new connection to (or, with `--inbound`, from) a peer, and the rule that
-/// decided. Exit status 0 when allowed, 1 when blocked.
+/// decided. Exit status 0 when allowed, 3 when blocked.
 pub fn why_blocked(sock: &SocketArg, a: WhyBlockedArgs) -> anyhow::Result<ExitCode> {
     let st = status_of(&sock.socket)?;
     let (p, peer_ip) = resolve_peer(&st, &a.peer)?;
@@ -577,7 +624,7 @@ pub fn why_blocked(sock: &SocketArg, a: WhyBlockedArgs) -> anyhow::Result<ExitCo
             allowed,
             explanation,
         } => (allowed, explanation),
-        LocalResponse::Error { code, message } => bail!("{message} ({code})"),
+        LocalResponse::Error { code, message } => return Err(CodedError { code, message }.into()),
         LocalResponse::Ok { .. } => bail!("the agent does not support why-blocked (upgrade weftd)"),
     };
     let drops: u64 = p.drops.values().sum();
@@ -599,7 +646,7 @@ pub fn why_blocked(sock: &SocketArg, a: WhyBlockedArgs) -> anyhow::Result<ExitCo
     Ok(if allowed {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(crate::exit::DENIED)
     })
 }
 
@@ -622,6 +669,7 @@ pub fn ping(sock: &SocketArg, a: PingArgs) -> anyhow::Result<ExitCode> {
     let via = via(peer, &st);
     let mut ok = 0u32;
     let mut rtts = Vec::new();
+    let mut replies = Vec::new();
     for seq in 1..=a.count {
         #[expect(
             clippy::cast_possible_truncation,
@@ -657,11 +705,16 @@ pub fn ping(sock: &SocketArg, a: PingArgs) -> anyhow::Result<ExitCode> {
                     rtts.push(rtt);
                     ok += 1;
                     got = true;
-                    println!(
-                        "reply from {} ({ip}) seq={seq} time={:.2} ms via {via}",
-                        peer.name,
-                        rtt.as_secs_f64() * 1e3,
-                    );
+                    if !a.json {
+                        println!(
+                            "reply from {} ({ip}) seq={seq} time={:.2} ms via {via}",
+                            peer.name,
+                            rtt.as_secs_f64() * 1e3,
+                        );
+                    }
+                    replies.push(serde_json::json!({
+                        "seq": seq, "rtt_ms": rtt.as_secs_f64() * 1e3,
+                    }));
                     break;
                 }
                 Err(e)
@@ -673,12 +726,14 @@ pub fn ping(sock: &SocketArg, a: PingArgs) -> anyhow::Result<ExitCode> {
                     break;
                 }
                 Err(e) => {
-                    println!("seq={seq}: {e}");
+                    if !a.json {
+                        println!("seq={seq}: {e}");
+                    }
                     break;
                 }
             }
         }
-        if !got {
+        if !got && !a.json {
             println!(
                 "no reply from {} ({ip}) seq={seq} within {:.1}s",
                 peer.name,
@@ -690,7 +745,27 @@ pub fn ping(sock: &SocketArg, a: PingArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let lost = a.count - ok;
-    if let (Some(min), Some(max)) = (rtts.iter().min(), rtts.iter().max()) {
+    if a.json {
+        let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+        let v = serde_json::json!({
+            "peer": peer.name,
+            "address": ip,
+            "via": via,
+            "sent": a.count,
+            "received": ok,
+            "lost": lost,
+            "replies": replies,
+            "rtt_ms": match (rtts.iter().min(), rtts.iter().max()) {
+                (Some(min), Some(max)) => serde_json::json!({
+                    "min": ms(min),
+                    "avg": rtts.iter().map(ms).sum::<f64>() / rtts.len() as f64,
+                    "max": ms(max),
+                }),
+                _ => serde_json::Value::Null,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if let (Some(min), Some(max)) = (rtts.iter().min(), rtts.iter().max()) {
         let avg = rtts.iter().map(Duration::as_secs_f64).sum::<f64>() / rtts.len() as f64;
         println!(
             "{} sent, {ok} received, {lost} lost; rtt min/avg/max {:.2}/{:.2}/{:.2} ms",

@@ -25,7 +25,7 @@ pub enum IdentityCmd {
     New(NewArgs),
     /// Show an identity's public key, fingerprint and proof-of-work difficulty.
     Show(ShowArgs),
-    /// Check that an identity's proof of work meets a difficulty (exit 1 if not).
+    /// Check that an identity's proof of work meets a difficulty (exit 3 if not).
     Verify(VerifyArgs),
 }
 
@@ -64,6 +64,9 @@ pub struct VerifyArgs {
     /// The difficulty the proof must reach.
     #[arg(long, short = 'd', value_name = "D")]
     difficulty: Difficulty,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// What `show` and `new --json` print.
@@ -117,6 +120,17 @@ impl IdentityView {
 static CANCEL: AtomicBool = AtomicBool::new(false);
 
 /// Runs an identity subcommand.
+impl IdentityCmd {
+    /// Whether `--json` was given.
+    pub(crate) fn json(&self) -> bool {
+        match self {
+            IdentityCmd::New(a) => a.json,
+            IdentityCmd::Show(a) => a.json,
+            IdentityCmd::Verify(a) => a.json,
+        }
+    }
+}
+
 pub fn run(cmd: IdentityCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         IdentityCmd::New(a) => new(a),
@@ -199,22 +213,40 @@ fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
 
 fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let id = keyfile::load(&a.path)?;
-    match id.pow().verify(&id.node_key(), a.difficulty) {
+    let verdict = id.pow().verify(&id.node_key(), a.difficulty);
+    if a.json {
+        let v = match &verdict {
+            Ok(bits) => serde_json::json!({
+                "ok": true, "node_key": id.node_key().to_string(),
+                "bits": bits, "required": a.difficulty.bits(),
+            }),
+            Err(e) => serde_json::json!({
+                "ok": false, "node_key": id.node_key().to_string(),
+                "required": a.difficulty.bits(), "reason": e.to_string(),
+            }),
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    match verdict {
         Ok(bits) => {
-            println!(
-                "ok: {} reaches {bits} bits (required {})",
-                id.node_key(),
-                a.difficulty
-            );
+            if !a.json {
+                println!(
+                    "ok: {} reaches {bits} bits (required {})",
+                    id.node_key(),
+                    a.difficulty
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!(
-                "rejected: {}: {e}; mint a new identity with `weft identity new --difficulty {}`",
-                a.path.display(),
-                a.difficulty
-            );
-            Ok(ExitCode::FAILURE)
+            if !a.json {
+                eprintln!(
+                    "rejected: {}: {e}; mint a new identity with `weft identity new --difficulty {}`",
+                    a.path.display(),
+                    a.difficulty
+                );
+            }
+            Ok(ExitCode::from(crate::exit::DENIED))
         }
     }
 }

@@ -35,7 +35,7 @@ use super::agent::SocketArg;
 pub struct NetcheckArgs {
     /// Print as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Do not ask the agent: probe only the servers given with --stun and
     /// --relay.
     #[arg(long)]

@@ -34,7 +34,7 @@ pub struct ControllerArgs {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
     /// Which rule of the controller's policy decides traffic from A to B (exit 0
-    /// if allowed, 1 if not).
+    /// if allowed, 3 if not).
     Check {
         /// Initiator: a node name or selector (`tag:web`, `network:prod`, ...).
         #[arg(long)]
@@ -92,6 +92,15 @@ fn client(a: &ControllerArgs) -> anyhow::Result<Client> {
 }
 
 /// Runs `weft policy ...`.
+impl PolicyCmd {
+    /// Whether `--json` was given.
+    pub(crate) fn json(&self) -> bool {
+        match self {
+            PolicyCmd::Check { json, .. } | PolicyCmd::Show { json, .. } => *json,
+        }
+    }
+}
+
 pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -144,7 +153,7 @@ pub fn run(cmd: PolicyCmd) -> anyhow::Result<ExitCode> {
             Ok(if r.allowed {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::FAILURE
+                ExitCode::from(crate::exit::DENIED)
             })
         }
     }
