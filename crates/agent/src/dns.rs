@@ -64,6 +64,8 @@ pub(crate) struct Dns {
     /// network namespace whose `/etc/resolv.conf` is the host's): said once, not
     /// retried.
     refused: Option<String>,
+    /// Why the last start failed (retried every [`START_RETRY`]).
+    start_error: Option<String>,
 }
 
 /// Keeps weft from rewriting the resolver configuration every tick against
@@ -135,6 +137,7 @@ impl Dns {
             retry_at: None,
             fight: FightGuard::new(),
             refused: None,
+            start_error: None,
         }
     }
 
@@ -142,6 +145,11 @@ impl Dns {
     /// for it (shown by `weft status`).
     pub(crate) fn refused(&self) -> Option<&str> {
         self.refused.as_deref()
+    }
+
+    /// Why the resolver could not start (it is retried), if it could not.
+    pub(crate) fn start_error(&self) -> Option<&str> {
+        self.start_error.as_deref()
     }
 
     /// Serves `map` (starting the service if needed), or stops when the map has no
@@ -234,6 +242,7 @@ impl Dns {
             }
         }
         self.retry_at = None;
+        self.start_error = None;
     }
 
     /// Forgets the zone and stops (`weft down`): a later `weft up` starts again
@@ -261,6 +270,7 @@ impl Dns {
                 );
                 self.service = Some(service);
                 self.retry_at = None;
+                self.start_error = None;
                 self.push_zone().await;
             }
             Err(e @ weft_dns::DnsError::HostFileInNamespace { .. }) => {
@@ -277,6 +287,7 @@ impl Dns {
                     "overlay DNS could not start (the overlay itself keeps working)"
                 );
                 self.retry_at = Some(clock::now() + START_RETRY);
+                self.start_error = Some(e.to_string());
             }
         }
     }
@@ -407,8 +418,12 @@ mod tests {
         dns.apply(&map(1, &["prod"]), None).await;
         assert!(dns.service.is_none());
         assert!(dns.retry_at.is_some());
+        // Shown in status (area dns) until it starts or is stopped.
+        assert!(dns.start_error().is_some());
         dns.tick().await;
         assert!(dns.service.is_none());
+        dns.shutdown().await;
+        assert!(dns.start_error().is_none());
     }
 
     /// Another program rewrites the file before every tick: weft repairs it

@@ -509,13 +509,15 @@ impl Agent {
         self.map = Some(map);
     }
 
-    /// Shows a refused overlay resolver in status (area `dns`).
+    /// Shows a refused overlay resolver, or one that could not start, in status
+    /// (area `dns`).
     fn note_dns(&mut self) {
-        let refused = self
+        let failing = self
             .dns
             .refused()
+            .or(self.dns.start_error())
             .map(|e| ("resolver".to_owned(), e.to_owned()));
-        self.failures.set_area("dns", refused, clock::unix_ms());
+        self.failures.set_area("dns", failing, clock::unix_ms());
     }
 
     /// Creates the TUN devices `wanted` lacks; a failure is shown in status
