@@ -57,8 +57,9 @@ struct Args {
     #[arg(long)]
     name: Option<String>,
     /// With --controller: offer these subnets as a gateway (comma-separated
-    /// IPv4 CIDRs; pending until an admin approves; needs the tag `gateway`).
-    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]")]
+    /// IPv4 CIDRs; pending until an admin approves; needs the tag `gateway`;
+    /// host bits set, the default route and reserved space are refused).
+    #[arg(long, value_delimiter = ',', value_name = "CIDR[,CIDR...]", value_parser = route_arg)]
     advertise_routes: Option<Vec<String>>,
     /// Overlay DNS: `auto` runs a resolver on 127.0.2.53 for `<node>.<network>.weft.internal`
     /// and points the system at it for the overlay domains (systemd-resolved per
@@ -73,6 +74,18 @@ struct Args {
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
+}
+
+/// `--advertise-routes` values: the controller's own check
+/// (`weft_proto::net::check_routable_v4`), so a bad prefix stops weftd at start
+/// instead of being refused by the controller later.
+fn route_arg(text: &str) -> Result<String, String> {
+    let prefix: weft_proto::net::Ipv4Net = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("{text:?} is not an IPv4 subnet such as 192.168.50.0/24: {e}"))?;
+    weft_proto::net::check_routable_v4(&prefix).map_err(|e| format!("{prefix} {e}"))?;
+    Ok(prefix.to_string())
 }
 
 /// `--dns` values.
