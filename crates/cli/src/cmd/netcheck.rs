@@ -308,6 +308,36 @@ struct Answer {
     rtt: Duration,
 }
 
+/// What [`probe_all`] needs of a UDP socket and a clock (a trait so a test can
+/// make a send take time).
+trait StunIo {
+    /// Sends one datagram (an error is a missing answer, reported as such).
+    fn send(&mut self, msg: &[u8], to: SocketAddr);
+    /// Receives one datagram within `wait`.
+    fn recv(&mut self, buf: &mut [u8], wait: Duration) -> Option<(usize, SocketAddr)>;
+    /// Now.
+    fn now(&self) -> Instant;
+}
+
+struct UdpIo<'a>(&'a UdpSocket);
+
+impl StunIo for UdpIo<'_> {
+    fn send(&mut self, msg: &[u8], to: SocketAddr) {
+        // A send error (no route, ICMP unreachable earlier) is a missing
+        // answer, reported as such.
+        let _ = self.0.send_to(msg, to);
+    }
+
+    fn recv(&mut self, buf: &mut [u8], wait: Duration) -> Option<(usize, SocketAddr)> {
+        self.0.set_read_timeout(Some(wait)).ok()?;
+        self.0.recv_from(buf).ok()
+    }
+
+    fn now(&self) -> Instant {
+        now()
+    }
+}
+
 /// Sends a Binding request to every probe's server (resent every 250 ms with
 /// a fresh transaction id) until each answered or `timeout` passed.
 fn probe_all(
@@ -315,18 +345,26 @@ fn probe_all(
     probes: &[StunProbe],
     timeout: Duration,
 ) -> anyhow::Result<Vec<Option<Answer>>> {
+    Ok(probe_with(&mut UdpIo(sock), probes, timeout))
+}
+
+fn probe_with(
+    io: &mut impl StunIo,
+    probes: &[StunProbe],
+    timeout: Duration,
+) -> Vec<Option<Answer>> {
     const RESEND: Duration = Duration::from_millis(250);
     let mut answers: Vec<Option<Answer>> = probes.iter().map(|_| None).collect();
     // (transaction id, probe index, sent at)
     let mut sent: Vec<([u8; 12], usize, Instant)> = Vec::new();
-    let start = now();
+    let start = io.now();
     let mut next_send = start;
     let mut buf = [0_u8; 1500];
     let mut msg = Vec::with_capacity(32);
     loop {
-        let t = now();
+        let t = io.now();
         if answers.iter().all(Option::is_some) || t.duration_since(start) >= timeout {
-            return Ok(answers);
+            return answers;
         }
         if t >= next_send {
             for (i, p) in probes.iter().enumerate() {
@@ -337,24 +375,20 @@ fn probe_all(
                 rand_core::OsRng.fill_bytes(&mut id);
                 msg.clear();
                 stun::encode_binding_request(&id, true, &mut msg);
-                // A send error (no route, ICMP unreachable earlier) is a
-                // missing answer, reported as such.
                 // The clock is read before the send: on a veth path the request
                 // reaches the server (and its answer may come back) inside
                 // send_to, so a time taken after it left out the way there
                 // ("0.02 ms" next to a 0.2 ms TCP connect).
-                let at = now();
-                let _ = sock.send_to(&msg, p.server);
+                let at = io.now();
+                io.send(&msg, p.server);
                 sent.push((id, i, at));
             }
             next_send = t + RESEND;
         }
-        let until_send = next_send.saturating_duration_since(now());
-        let until_end = timeout.saturating_sub(now().duration_since(start));
+        let until_send = next_send.saturating_duration_since(io.now());
+        let until_end = timeout.saturating_sub(io.now().duration_since(start));
         let wait = until_send.min(until_end).max(Duration::from_millis(1));
-        sock.set_read_timeout(Some(wait))
-            .context("setting a read timeout")?;
-        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+        let Some((n, from)) = io.recv(&mut buf, wait) else {
             continue;
         };
         let Ok(resp) = stun::parse_binding_response(&buf[..n]) else {
@@ -370,7 +404,7 @@ fn probe_all(
             answers[i] = Some(Answer {
                 mapped: resp.mapped,
                 other: resp.other_address,
-                rtt: now().duration_since(at),
+                rtt: io.now().duration_since(at),
             });
         }
     }
@@ -481,6 +515,60 @@ fn now() -> Instant {
 
 #[cfg(test)]
 mod tests {
+    /// A send that takes 5 ms (the request crosses a veth path and is answered
+    /// inside the syscall): the round trip counts it.
+    struct SlowSend {
+        t: Instant,
+        answer: Option<(Vec<u8>, SocketAddr)>,
+    }
+
+    impl StunIo for SlowSend {
+        fn send(&mut self, msg: &[u8], to: SocketAddr) {
+            self.t += Duration::from_millis(5);
+            let req = stun::parse_binding_request(msg).unwrap();
+            let mut out = Vec::new();
+            stun::encode_binding_response(&req, sa("192.0.2.7:4000"), &mut out);
+            self.answer = Some((out, to));
+        }
+
+        fn recv(&mut self, buf: &mut [u8], wait: Duration) -> Option<(usize, SocketAddr)> {
+            let Some((msg, from)) = self.answer.take() else {
+                self.t += wait;
+                return None;
+            };
+            buf[..msg.len()].copy_from_slice(&msg);
+            Some((msg.len(), from))
+        }
+
+        fn now(&self) -> Instant {
+            self.t
+        }
+    }
+
+    #[test]
+    fn the_stun_round_trip_includes_the_send() {
+        let server = sa("198.51.100.1:3478");
+        let probes = [StunProbe {
+            via: "test".into(),
+            server,
+            alternate: false,
+            mapped: None,
+            rtt_ms: None,
+        }];
+        let mut io = SlowSend {
+            t: now(),
+            answer: None,
+        };
+        let answers = probe_with(&mut io, &probes, Duration::from_secs(1));
+        let a = answers[0].as_ref().unwrap();
+        assert_eq!(a.mapped, sa("192.0.2.7:4000"));
+        assert_eq!(
+            a.rtt,
+            Duration::from_millis(5),
+            "measured from after the send"
+        );
+    }
+
     use super::*;
 
     fn sa(s: &str) -> SocketAddr {
