@@ -15,6 +15,7 @@ want=(
     dnsutils:dig
     dnsmasq-base:dnsmasq
     ca-certificates:update-ca-certificates
+    util-linux:setpriv
 )
 
 missing=()
