@@ -163,6 +163,7 @@ async fn serve<F: Future<Output = ()>>(
     );
     let dp = Dataplane::start(node, cfg.port).await?;
 
+    let mut failures = Failures::default();
     let exec = match NetlinkExecutor::new() {
         Ok(mut e) => {
             e.remember_forwarding_in(cfg.state_dir.join(FORWARD_MARKER));
@@ -170,6 +171,11 @@ async fn serve<F: Future<Output = ()>>(
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot open netlink: interfaces will not be configured");
+            failures.set_area(
+                "system",
+                [("netlink".to_owned(), format!("cannot open netlink: {e}"))],
+                clock::unix_ms(),
+            );
             None
         }
     };
@@ -195,7 +201,7 @@ async fn serve<F: Future<Output = ()>>(
         ),
         exec,
         reconcile_status: ReconcileStatus::default(),
-        failures: Failures::default(),
+        failures,
         dns,
     };
 
