@@ -386,6 +386,23 @@ fn reconnect_after_a_short_controller_outage_is_quick() {
             "outage {round}: reconnect took {took:?}"
         );
     }
+    // Each outage is one WARN and one 'back' line, not a WARN per retry.
+    let log = mesh.agents["node1"]
+        .process
+        .as_ref()
+        .unwrap()
+        .log()
+        .unwrap();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(count("controller link down; retrying"), 2, "{log}");
+    assert_eq!(count("controller back after"), 2, "{log}");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("WARN") && l.contains("controller"))
+            .count(),
+        2,
+        "{log}"
+    );
 }
 
 /// A refused certificate says what to pass and which certificate was seen (it

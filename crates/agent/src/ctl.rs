@@ -12,6 +12,7 @@ use weft_identity::Identity;
 use weft_proto::NodeKey;
 use weft_proto::api::ReportRequest;
 use weft_proto::netmap::{MapEvent, NetworkMap};
+use weft_relay::client::{OutageLog, OutageNote};
 
 use crate::netmap::host_candidates;
 use crate::state::Credential;
@@ -168,6 +169,7 @@ async fn link_task(
         key.as_bytes()[..8].try_into().unwrap_or([7; 8]),
     ));
     let mut map: Option<NetworkMap> = None;
+    let mut outage = OutageLog::default();
     loop {
         let ctx = LinkCtx {
             cred: &cred,
@@ -177,7 +179,7 @@ async fn link_task(
             state: &state,
         };
         let started = crate::clock::now();
-        let result = session(&ctx, &mut version, &mut map, &mut reflexive).await;
+        let result = session(&ctx, &mut version, &mut map, &mut reflexive, &mut outage).await;
         let lived = crate::clock::now().saturating_duration_since(started);
         let (msg, permanent) = match result {
             Ok(()) => ("map stream ended".to_owned(), false),
@@ -193,7 +195,23 @@ async fn link_task(
             s.last_error = Some(msg.clone());
         });
         let wait = backoff.after_session(lived, permanent);
-        tracing::warn!(error = %msg, retry_in_ms = wait.as_millis() as u64, "controller link down");
+        let retry_in_ms = wait.as_millis() as u64;
+        // One line when the controller becomes unreachable and one when it is
+        // back, not one per retry.
+        match outage.failed(crate::clock::now()) {
+            Some(OutageNote::Down) => tracing::warn!(
+                error = %msg,
+                retry_in_ms,
+                "controller link down; retrying (logged again when it is back, or every 5 min)"
+            ),
+            Some(OutageNote::StillDown { for_, failures }) => tracing::warn!(
+                error = %msg,
+                failed_attempts = failures,
+                "controller still unreachable after {:.0} s; retrying",
+                for_.as_secs_f64()
+            ),
+            _ => tracing::debug!(error = %msg, retry_in_ms, "controller link down"),
+        }
         wait_or_network_change(wait).await;
     }
 }
@@ -277,6 +295,7 @@ async fn session(
     version: &mut Option<u64>,
     map: &mut Option<NetworkMap>,
     reflexive: &mut watch::Receiver<Vec<SocketAddr>>,
+    outage: &mut OutageLog,
 ) -> anyhow::Result<()> {
     let (cred, trust, port, maps, state) = (ctx.cred, ctx.trust, ctx.port, ctx.maps, ctx.state);
     let c = client(&cred.controller, trust, Some(&cred.credential))?;
@@ -298,7 +317,17 @@ async fn session(
         s.connected = true;
         s.last_error = None;
     });
-    tracing::info!(controller = %cred.controller, resume_from = ?resume, "map stream open");
+    match outage.recovered(crate::clock::now()) {
+        Some(OutageNote::Back { after, failures }) => tracing::info!(
+            controller = %cred.controller,
+            failed_attempts = failures,
+            "controller back after {:.1} s; map stream open",
+            after.as_secs_f64()
+        ),
+        _ => {
+            tracing::info!(controller = %cred.controller, resume_from = ?resume, "map stream open")
+        }
+    }
     let mut report = tokio::time::interval(REPORT_EVERY);
     report.tick().await;
     loop {
