@@ -479,3 +479,36 @@ fn an_unreachable_relay_is_logged_once() {
     assert_eq!(warns, 1, "relay warnings:\n{log}");
     assert!(log.contains("relay back after"), "{log}");
 }
+
+/// While waiting to reconnect to the controller, a change of the host's
+/// addresses (a new network) ends the wait at once.
+#[test]
+fn a_network_change_cuts_the_reconnect_wait_short() {
+    let lab = lab(&["node1"]);
+    let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default()).unwrap();
+    let token = mesh.token_file(1).unwrap();
+    mesh.start_agent("node1", Some(&token)).unwrap();
+    let connected = |mesh: &Mesh<'_>| {
+        mesh.try_status("node1")
+            .and_then(|s| s.controller)
+            .is_some_and(|c| c.connected)
+    };
+    weft_lab::timed_wait("connected", Duration::from_secs(30), || connected(&mesh)).unwrap();
+    // A long outage: the waits grow to the cap (5 to 10 s each).
+    mesh.kill_controller().unwrap();
+    std::thread::sleep(Duration::from_secs(25));
+    mesh.restart_controller().unwrap();
+    lab.run("node1", &["ip", "addr", "add", "10.99.0.1/32", "dev", "lo"])
+        .unwrap();
+    let took =
+        weft_lab::timed_wait("reconnected", Duration::from_secs(30), || connected(&mesh)).unwrap();
+    println!("reconnected {took:?} after the address change");
+    assert!(took < Duration::from_secs(3), "reconnect took {took:?}");
+    let log = mesh.agents["node1"]
+        .process
+        .as_ref()
+        .unwrap()
+        .log()
+        .unwrap();
+    assert!(log.contains("the host's addresses changed"), "{log}");
+}
