@@ -512,3 +512,29 @@ fn a_network_change_cuts_the_reconnect_wait_short() {
         .unwrap();
     assert!(log.contains("the host's addresses changed"), "{log}");
 }
+
+/// A node the controller no longer knows (removed by an admin) makes `weft up`
+/// fail with the controller's refusal within seconds, instead of waiting out
+/// its timeout.
+#[test]
+fn up_fails_fast_when_the_controller_refuses_the_node() {
+    let lab = lab(&["node1"]);
+    let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default()).unwrap();
+    let token = mesh.token_file(1).unwrap();
+    mesh.start_agent("node1", Some(&token)).unwrap();
+    mesh.wait_full_mesh(&["node1"], Duration::from_secs(30))
+        .unwrap();
+    mesh.admin(&["node", "remove", "node1"]).unwrap();
+    let out = mesh.weft("node1", &["down"]).unwrap();
+    assert!(out.status.success());
+    let started = std::time::Instant::now();
+    let out = mesh.weft("node1", &["up", "--timeout", "60"]).unwrap();
+    let took = started.elapsed();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the controller refused this node"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}: {stderr}");
+}

@@ -30,6 +30,8 @@ pub(crate) struct TrustSettings {
 pub(crate) struct LinkState {
     pub(crate) connected: bool,
     pub(crate) last_error: Option<String>,
+    /// The last error is a refusal retrying will not cure (4xx).
+    pub(crate) last_error_permanent: bool,
     /// The controller refused the advertised routes: why, and since when (ms
     /// since the Unix epoch).
     pub(crate) routes_refused: Option<(String, u64)>,
@@ -193,6 +195,7 @@ async fn link_task(
         state.send_modify(|s| {
             s.connected = false;
             s.last_error = Some(msg.clone());
+            s.last_error_permanent = permanent;
         });
         let wait = backoff.after_session(lived, permanent);
         let retry_in_ms = wait.as_millis() as u64;
@@ -316,6 +319,7 @@ async fn session(
     state.send_modify(|s| {
         s.connected = true;
         s.last_error = None;
+        s.last_error_permanent = false;
     });
     match outage.recovered(crate::clock::now()) {
         Some(OutageNote::Back { after, failures }) => tracing::info!(

@@ -688,6 +688,7 @@ impl Agent {
                 map_version: self.map.as_ref().map(|m| m.version),
                 from_cache: self.from_cache,
                 last_error: link.last_error,
+                last_error_permanent: link.last_error_permanent,
             }),
             networks,
             peers,

@@ -192,6 +192,11 @@ pub struct ControllerStatus {
     /// The last connection error, if any.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Whether that error is a refusal that retrying will not cure (the
+    /// controller answered 4xx: a removed node, a revoked credential); `weft
+    /// up` fails on it instead of waiting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last_error_permanent: bool,
 }
 
 /// One network on this node.

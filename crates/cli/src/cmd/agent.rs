@@ -389,6 +389,12 @@ pub(crate) fn up_stage(st: &AgentStatus) -> UpStage {
     if st.state != "up" {
         return UpStage::Waiting(format!("the agent is {}", st.state));
     }
+    if !c.connected && c.last_error_permanent {
+        return UpStage::Failing(format!(
+            "the controller refused this node: {}",
+            c.last_error.as_deref().unwrap_or("no reason given")
+        ));
+    }
     if !c.connected {
         return UpStage::Waiting(match &c.last_error {
             Some(e) => format!("connecting to the controller (last error: {e})"),
@@ -877,6 +883,7 @@ mod tests {
                 map_version: Some(3),
                 from_cache: false,
                 last_error: None,
+                last_error_permanent: false,
             }),
             networks: vec![NetworkStatus {
                 name: "prod".into(),
@@ -972,6 +979,12 @@ mod tests {
         let mut st = status();
         st.controller = None;
         assert!(matches!(up_stage(&st), UpStage::Failing(_)));
+        let mut st = status();
+        let c = st.controller.as_mut().unwrap();
+        c.connected = false;
+        c.last_error = Some("controller answered 401: unknown credential".into());
+        c.last_error_permanent = true;
+        assert!(matches!(up_stage(&st), UpStage::Failing(w) if w.contains("401")));
     }
 
     #[test]
