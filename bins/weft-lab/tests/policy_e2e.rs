@@ -183,7 +183,10 @@ fn policy_is_shipped_enforced_explained_and_changed_live() {
     // Refused by the CLI before it is sent: file:line:col, the line and a caret.
     let msg = format!("{err:#}");
     assert!(msg.contains("bad.toml:3:"), "{msg}");
-    assert!(msg.contains("from = [\"tag:web\"") && msg.contains('^'), "{msg}");
+    assert!(
+        msg.contains("from = [\"tag:web\"") && msg.contains('^'),
+        "{msg}"
+    );
 
     // web may reach db tcp/5432 only.
     let t0 = set_policy(&mesh, &lab, "web-to-db.toml", WEB_TO_DB);
