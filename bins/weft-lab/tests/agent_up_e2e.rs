@@ -178,40 +178,54 @@ fn up_returns_when_the_node_is_up() {
 fn up_waits_for_minting_and_shows_its_progress() {
     let lab = lab(&["node1"]);
     let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default()).unwrap();
-    let state_dir = lab.log_dir().join("node1-state");
-    let socket = lab.log_dir().join("node1.sock");
-    let mut cmd = Command::new(weft_lab::bin_path("weftd").unwrap());
-    cmd.arg("--state-dir")
-        .arg(&state_dir)
-        .arg("--socket")
-        .arg(&socket)
-        // About 2^26 hashes: seconds even on an optimised build, so the test
-        // sees the minting.
-        .args(["--mint-difficulty", "26", "--dns", "off", "--log", "info"]);
-    let process = lab.spawn("node1", "weftd-minting", &cmd).unwrap();
-    mesh.agents.insert(
-        "node1".into(),
-        Agent {
-            node: "node1".into(),
-            process: Some(process),
-            state_dir,
-            socket,
-        },
-    );
+    // The proof of work's duration is random: a mint that ends before the
+    // first status is tried again with a fresh state directory (each attempt
+    // misses with a chance of a few percent).
     let mut seen = None;
-    weft_lab::timed_wait("an answer from weftd", Duration::from_secs(30), || {
-        let Ok(out) = mesh.weft("node1", &["status"]) else {
-            return false;
-        };
-        let stderr = text(&out.stderr);
-        if stderr.contains("minting") {
-            seen = Some(stderr);
-            return true;
+    for attempt in 0..4 {
+        if let Some(mut old) = mesh.agents.remove("node1").and_then(|a| a.process) {
+            let _ = old.kill();
         }
-        out.status.success()
-    })
-    .unwrap();
-    let seen = seen.expect("the identity was minted before the first status: raise the difficulty");
+        let state_dir = lab.log_dir().join(format!("node1-state-{attempt}"));
+        let socket = lab.log_dir().join(format!("node1-{attempt}.sock"));
+        let mut cmd = Command::new(weft_lab::bin_path("weftd").unwrap());
+        cmd.arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--socket")
+            .arg(&socket)
+            // About 2^27 hashes: several seconds even where the hash is
+            // optimised, so the test sees the minting.
+            .args(["--mint-difficulty", "27", "--dns", "off", "--log", "info"]);
+        let process = lab
+            .spawn("node1", &format!("weftd-minting-{attempt}"), &cmd)
+            .unwrap();
+        mesh.agents.insert(
+            "node1".into(),
+            Agent {
+                node: "node1".into(),
+                process: Some(process),
+                state_dir,
+                socket,
+            },
+        );
+        weft_lab::timed_wait("an answer from weftd", Duration::from_secs(30), || {
+            let Ok(out) = mesh.weft("node1", &["status"]) else {
+                return false;
+            };
+            let stderr = text(&out.stderr);
+            if stderr.contains("minting") {
+                seen = Some(stderr);
+                return true;
+            }
+            out.status.success()
+        })
+        .unwrap();
+        if seen.is_some() {
+            break;
+        }
+    }
+    let seen =
+        seen.expect("every identity was minted before the first status: raise the difficulty");
     assert!(seen.contains("% of the expected work"), "{seen}");
     assert!(!seen.contains("is weftd running"), "{seen}");
 
