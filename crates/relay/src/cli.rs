@@ -190,10 +190,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let _lock = weft_tls::lock_dir(&args.data_dir)?;
     let material = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => tls::load(cert, key)?,
-        _ => tls::load_or_generate(
+        (Some(cert), Some(key)) => weft_tls::load(cert, key, tls::PROFILE)?,
+        _ => weft_tls::load_or_generate(
             &args.data_dir.join("tls"),
             &args.tls_san,
+            tls::PROFILE,
             fresh || args.init,
         )?,
     };

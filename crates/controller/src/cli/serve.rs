@@ -148,10 +148,11 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             None
         } else {
             let material = match (&args.tls_cert, &args.tls_key) {
-                (Some(cert), Some(key)) => tls::load(cert, key)?,
-                _ => tls::load_or_generate(
+                (Some(cert), Some(key)) => weft_tls::load(cert, key, tls::PROFILE)?,
+                _ => weft_tls::load_or_generate(
                     &args.data_dir.join("tls"),
                     &args.tls_san,
+                    tls::PROFILE,
                     mode.may_create(),
                 )?,
             };
