@@ -203,22 +203,26 @@ impl Client {
                 .map_err(|e| ClientError::Connect {
                     addr: addr.clone(),
                     why: e.to_string(),
+                    refused_cert: None,
                 })?;
             let _ = tcp.set_nodelay(true);
             let conn_err = |e: hyper::Error| ClientError::Connect {
                 addr: addr.clone(),
                 why: e.to_string(),
+                refused_cert: None,
             };
             match &t.tls {
                 Some((connector, name)) => {
                     let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
-                        let why = match tls_failure_hint(&e, t.seen.get(), &t.trust) {
-                            Some(hint) => format!("TLS: {e}: {hint}"),
-                            None => format!("TLS: {e}"),
+                        let seen = t.seen.get();
+                        let (why, refused_cert) = match tls_failure_hint(&e, seen, &t.trust) {
+                            Some(hint) => (format!("TLS: {e}: {hint}"), seen),
+                            None => (format!("TLS: {e}"), None),
                         };
                         ClientError::Connect {
                             addr: addr.clone(),
                             why,
+                            refused_cert,
                         }
                     })?;
                     let (sender, conn) = http1::handshake(TokioIo::new(tls))

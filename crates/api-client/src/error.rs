@@ -24,6 +24,9 @@ pub enum ClientError {
         addr: String,
         /// What failed.
         why: String,
+        /// When the server's certificate was refused (not trusted): the SHA-256
+        /// of the certificate it presented (see [`ClientError::untrusted_certificate`]).
+        refused_cert: Option<[u8; 32]>,
     },
     /// The call did not complete in time.
     #[error("timed out: {0}")]
@@ -63,6 +66,16 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The SHA-256 of the server certificate this client refused (wrong or
+    /// missing pin, unknown issuer, wrong name, expired), if that is why the
+    /// call failed.
+    pub fn untrusted_certificate(&self) -> Option<[u8; 32]> {
+        match self {
+            ClientError::Connect { refused_cert, .. } => *refused_cert,
             _ => None,
         }
     }

@@ -11,15 +11,12 @@
 //! help, so [`follow`] ends with a message that names the fingerprint the
 //! controller presented and what to pass, and the relay exits with it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
-use weft_api_client::{Client, ClientError};
+use weft_api_client::{Client, ClientError, format_fingerprint};
 use weft_proto::relay_api::{MembersEvent, RelayReportRequest};
 
 use crate::core::MembershipUpdate;
@@ -44,121 +41,18 @@ pub struct LinkConfig {
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// Whether `e` says the controller's certificate is not trusted (wrong or
-/// missing pin, unknown issuer, wrong name, expired).
-pub fn untrusted_certificate(e: &ClientError) -> bool {
-    matches!(e, ClientError::Connect { why, .. } if why.contains("invalid peer certificate"))
-}
-
 /// What to tell the operator when the controller at `url` presented a
-/// certificate this relay does not trust: the fingerprint it presented, and
-/// the flags that would trust it.
-pub async fn untrusted_message(url: &str, e: &ClientError) -> String {
-    let seen = match seen_fingerprint(url).await {
-        Some(fp) => fp,
-        None => "<the fingerprint the controller prints at start>".into(),
-    };
+/// certificate this relay does not trust (`e`, whose certificate had the
+/// SHA-256 `seen`): the fingerprint it presented, and the flags that would
+/// trust it.
+pub fn untrusted_message(url: &str, e: &ClientError, seen: &[u8; 32]) -> String {
+    let seen = format_fingerprint(seen);
     format!(
         "the controller's TLS certificate is not trusted ({e}). The controller at {url} presented \
          {seen}. If that is the fingerprint your controller prints at start (\"TLS certificate \
          fingerprint: ...\"), pass --pin-sha256 {seen}; or pass --ca-file with the CA certificate \
          that signed the controller's certificate"
     )
-}
-
-/// The `sha256:<hex>` of the certificate the server at `url` presents, whatever
-/// it is: a handshake that records the certificate and then aborts. It trusts
-/// nothing and sends nothing; it only tells an operator what they would pin.
-pub async fn seen_fingerprint(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("https://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, p) = v6.split_once(']')?;
-        (
-            h,
-            p.strip_prefix(':').map_or(Some(443), |p| p.parse().ok())?,
-        )
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse().ok()?),
-            None => (authority, 443),
-        }
-    };
-    let seen = Arc::new(Mutex::new(None));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Recorder {
-            seen: seen.clone(),
-            provider,
-        }))
-        .with_no_client_auth();
-    let name = ServerName::try_from(host.to_owned()).ok()?;
-    let probe = async {
-        let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
-        let _ = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await;
-        Some(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(10), probe).await;
-    let der: Option<Vec<u8>> = seen
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    der.map(|d| weft_tls::fingerprint(&d))
-}
-
-/// Records the end-entity certificate and refuses it.
-#[derive(Debug)]
-struct Recorder {
-    seen: Arc<Mutex<Option<Vec<u8>>>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        *self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(end_entity.to_vec());
-        Err(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::ApplicationVerificationFailure,
-        ))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("probe only".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("probe only".into()))
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 /// Runs the link until `stop` becomes `true` (or the receiver of `tx` is gone).
@@ -174,13 +68,13 @@ pub async fn follow(
         if *stop.borrow() {
             return Ok(());
         }
-        let untrusted: Mutex<Option<ClientError>> = Mutex::new(None);
+        let untrusted: Mutex<Option<(ClientError, [u8; 32])>> = Mutex::new(None);
         let session = async {
             let info = cfg.client.relay_report(&cfg.report).await.map_err(|e| {
-                if untrusted_certificate(&e) {
+                if let Some(seen) = e.untrusted_certificate() {
                     *untrusted
                         .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e);
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((e, seen));
                 } else if e.is_permanent() {
                     error!(error = %e, "the controller refused this relay (is the relay token valid?)");
                 } else {
@@ -243,8 +137,8 @@ pub async fn follow(
         let untrusted = untrusted
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(e) = untrusted {
-            let msg = untrusted_message(&cfg.controller_url, &e).await;
+        if let Some((e, seen)) = untrusted {
+            let msg = untrusted_message(&cfg.controller_url, &e, &seen);
             error!("{msg}");
             let _ = tx.send(MembershipUpdate::LinkDown).await;
             return Err(msg);
