@@ -12,6 +12,26 @@ use common::*;
 use serde_json::Value;
 
 /// Exit code, stdout parsed as JSON, and stderr of `admin --data-dir DIR ARGS`.
+/// `policy check --from network:lab --to network:lab --proto <proto> [--port
+/// <port>] --json`.
+fn lab_check(proto: &'static str, port: Option<&'static str>) -> Vec<&'static str> {
+    let mut args = vec![
+        "policy",
+        "check",
+        "--from",
+        "network:lab",
+        "--to",
+        "network:lab",
+        "--proto",
+        proto,
+    ];
+    if let Some(port) = port {
+        args.extend(["--port", port]);
+    }
+    args.push("--json");
+    args
+}
+
 fn admin(ctl: &Controller, args: &[&str]) -> (i32, Value, String) {
     let out = Command::new(BIN)
         .args(["admin", "--data-dir", ctl.dir.to_str().unwrap()])
@@ -138,41 +158,11 @@ fn every_admin_subcommand_speaks_json() {
         ok(&ctl, &["policy", "show", "--json"])["version"],
         set["version"]
     );
-    let check = ok(
-        &ctl,
-        &[
-            "policy",
-            "check",
-            "--from",
-            "network:lab",
-            "--to",
-            "network:lab",
-            "--proto",
-            "tcp",
-            "--port",
-            "80",
-            "--json",
-        ],
-    );
+    let check = ok(&ctl, &lab_check("tcp", Some("80")));
     assert_eq!(check["allowed"], true, "{check}");
     // `any`: tcp and udp at the port, and icmp; only tcp is allowed here. A
     // denied check prints its answer and exits 1, not an error.
-    let (code, any, _) = admin(
-        &ctl,
-        &[
-            "policy",
-            "check",
-            "--from",
-            "network:lab",
-            "--to",
-            "network:lab",
-            "--proto",
-            "any",
-            "--port",
-            "80",
-            "--json",
-        ],
-    );
+    let (code, any, _) = admin(&ctl, &lab_check("any", Some("80")));
     assert_eq!((code, &any["allowed"]), (1, &Value::Bool(false)), "{any}");
     let explained: Vec<&str> = any["pairs"]
         .as_array()
@@ -196,21 +186,7 @@ fn every_admin_subcommand_speaks_json() {
         explained.iter().any(|e| e.starts_with("icmp: ")),
         "{explained:?}"
     );
-    let msg = error(
-        &ctl,
-        &[
-            "policy",
-            "check",
-            "--from",
-            "network:lab",
-            "--to",
-            "network:lab",
-            "--proto",
-            "any",
-            "--json",
-        ],
-        "invalid_service",
-    );
+    let msg = error(&ctl, &lab_check("any", None), "invalid_service");
     assert!(msg.contains("need a port"), "{msg}");
 
     let audit = ok(&ctl, &["audit", "--json"]);

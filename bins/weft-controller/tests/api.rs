@@ -1002,15 +1002,7 @@ async fn challenge_flood_from_one_source_does_not_stop_another() {
         ],
     );
     let admin = ctl.admin();
-    admin
-        .create_network(&network("lab", "100.64.0.0/24", 0))
-        .await
-        .unwrap();
-    let token = admin
-        .create_token(&token_req(&["lab"], None, 3600))
-        .await
-        .unwrap()
-        .token;
+    let token = network_with_token(&admin, "lab", "100.64.0.0/24", 0).await;
     let addr = ctl.addr.clone();
     let json = ("content-type", "application/json");
 

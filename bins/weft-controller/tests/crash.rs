@@ -14,15 +14,7 @@ async fn acknowledged_registrations_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut ctl = Controller::start(dir.path(), &[]);
     let admin = ctl.admin();
-    admin
-        .create_network(&network("lab", "100.64.0.0/16", 0))
-        .await
-        .unwrap();
-    let token = admin
-        .create_token(&token_req(&["lab"], None, 3600))
-        .await
-        .unwrap()
-        .token;
+    let token = network_with_token(&admin, "lab", "100.64.0.0/16", 0).await;
     let fingerprint = ctl.fingerprint;
 
     let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();

@@ -8,19 +8,7 @@
 mod common;
 
 use common::*;
-use weft_api_client::ClientError;
 use weft_proto::api::{CreateNetworkRequest, RouteRequest, UpdateNodeRequest};
-
-/// The status, code and message of a refused call.
-fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String, String) {
-    match r {
-        Err(ClientError::Api { status, body }) => {
-            assert!(!body.message.is_empty());
-            (status, body.code, body.message)
-        }
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
 
 /// IPv4 ranges that are never a subnet, each with a word the refusal names.
 const BAD_V4: [(&str, &str); 10] = [
@@ -89,12 +77,9 @@ async fn network_cidrs_and_routes_refuse_the_same_unroutable_ranges() {
         ..network("lab", "100.64.0.0/24", 0)
     };
     admin.create_network(&req).await.unwrap();
-    let tok = admin
-        .create_token(&token_req(&["lab"], None, 3600))
-        .await
-        .unwrap();
+    let tok = token_for(&admin, &["lab"]).await;
     let client = ctl.client();
-    let gw = register(&client, &tok.token, &identity(0)).await.unwrap();
+    let gw = register(&client, &tok, &identity(0)).await.unwrap();
     admin
         .update_node(
             &gw.name,
@@ -161,13 +146,10 @@ async fn reported_endpoints_peers_cannot_use_never_reach_their_maps() {
         .create_network(&network("other", "100.65.0.0/24", 0))
         .await
         .unwrap();
-    let tok = admin
-        .create_token(&token_req(&["lab"], None, 3600))
-        .await
-        .unwrap();
+    let tok = token_for(&admin, &["lab"]).await;
     let client = ctl.client();
-    let a = register(&client, &tok.token, &identity(0)).await.unwrap();
-    let b = register(&client, &tok.token, &identity(0)).await.unwrap();
+    let a = register(&client, &tok, &identity(0)).await.unwrap();
+    let b = register(&client, &tok, &identity(0)).await.unwrap();
     let ca = client.with_bearer(&a.credential).unwrap();
     let cb = client.with_bearer(&b.credential).unwrap();
     let report = |eps: &[&str]| ReportRequest {

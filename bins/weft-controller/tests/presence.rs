@@ -73,18 +73,11 @@ async fn a_flapping_stream_costs_peers_nothing() {
         ],
     );
     let admin = ctl.admin();
-    admin
-        .create_network(&network("lab", "100.64.0.0/24", 0))
-        .await
-        .unwrap();
-    let tok = admin
-        .create_token(&token_req(&["lab"], None, 3600))
-        .await
-        .unwrap();
+    let tok = network_with_token(&admin, "lab", "100.64.0.0/24", 0).await;
     let client = ctl.client();
     let (a_id, b_id) = (identity(0), identity(0));
-    let a = register(&client, &tok.token, &a_id).await.unwrap();
-    let b = register(&client, &tok.token, &b_id).await.unwrap();
+    let a = register(&client, &tok, &a_id).await.unwrap();
+    let b = register(&client, &tok, &b_id).await.unwrap();
     let ca = client.with_bearer(&a.credential).unwrap();
     let cb = client.with_bearer(&b.credential).unwrap();
     let b_key = b_id.node_key();

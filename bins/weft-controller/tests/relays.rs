@@ -34,15 +34,7 @@ async fn relays_register_report_and_follow_the_member_set() {
         ],
     );
     let admin = ctl.admin();
-    admin
-        .create_network(&network("lab", "100.64.0.0/24", 8))
-        .await
-        .unwrap();
-    let tok = admin
-        .create_token(&token_req(&["lab"], None, 3600))
-        .await
-        .unwrap()
-        .token;
+    let tok = network_with_token(&admin, "lab", "100.64.0.0/24", 8).await;
     let c = ctl.client();
     let a = identity(8);
     let ra = register(&c, &tok, &a).await.unwrap();

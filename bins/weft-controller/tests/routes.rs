@@ -7,19 +7,7 @@
 mod common;
 
 use common::*;
-use weft_api_client::ClientError;
 use weft_proto::api::{AdvertiseRoutesRequest, RouteRequest, UpdateNodeRequest};
-
-/// The status, code and message of a refused call.
-fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String, String) {
-    match r {
-        Err(ClientError::Api { status, body }) => {
-            assert!(!body.message.is_empty());
-            (status, body.code, body.message)
-        }
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
 
 fn route(node: &str, prefix: &str) -> RouteRequest {
     RouteRequest {

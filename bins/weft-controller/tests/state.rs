@@ -15,7 +15,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,14 +24,7 @@ use common::*;
 /// returns exit code and stderr.
 fn serve_expecting_exit(dir: &Path, extra: &[&str]) -> (i32, String) {
     let stderr = dir.join("refused.log");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+    let mut child = serve_command(dir)
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -155,14 +148,7 @@ fn first_start_creates_state_privately_and_prints_only_the_token_path() {
     let dir = tmp.path().join("new").join("data");
     let log = tmp.path().join("ctl.log");
     let out = tmp.path().join("stdout.txt");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+    let mut child = serve_command(&dir)
         .env("RUST_LOG", "debug")
         .stdin(Stdio::null())
         .stdout(Stdio::from(std::fs::File::create(&out).unwrap()))

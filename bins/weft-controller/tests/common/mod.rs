@@ -273,6 +273,49 @@ pub fn token_req(nets: &[&str], max_uses: Option<u32>, expires_in_secs: u64) -> 
     }
 }
 
+/// A token for `nets`, unlimited uses, valid an hour.
+pub async fn token_for(admin: &Client, nets: &[&str]) -> String {
+    admin
+        .create_token(&token_req(nets, None, 3600))
+        .await
+        .unwrap()
+        .token
+}
+
+/// Creates network `name` (`cidr`, `pow` bits of proof of work) and returns a
+/// token for it (see [`token_for`]).
+pub async fn network_with_token(admin: &Client, name: &str, cidr: &str, pow: u32) -> String {
+    admin
+        .create_network(&network(name, cidr, pow))
+        .await
+        .unwrap();
+    token_for(admin, &[name]).await
+}
+
+/// The status, code and message of a refused call; panics on anything else.
+pub fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String, String) {
+    match r {
+        Err(ClientError::Api { status, body }) => {
+            assert!(!body.message.is_empty());
+            (status, body.code, body.message)
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// `weft-controller serve --data-dir <dir> --listen 127.0.0.1:0`, to add to.
+pub fn serve_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd
+}
+
 /// A raw HTTP/1.1 exchange over cleartext TCP: returns status and body.
 pub fn raw(
     addr: &str,
