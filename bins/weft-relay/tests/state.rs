@@ -13,31 +13,25 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 fn args(data_dir: &Path, token_file: &Path, ctl: &Controller) -> Vec<String> {
-    [
-        "serve",
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--stun-listen",
-        "127.0.0.1:0",
-        "--controller",
-        &ctl.url,
-        "--pin-sha256",
-        &ctl.fingerprint_text(),
-        "--relay-token-file",
-        token_file.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    serve_args(data_dir, ctl, "127.0.0.1:0", token_file)
+}
+
+/// A temporary directory with a controller in `ctl/` that knows the relay of
+/// `relay/` (its token in `relay/relay.token`): the directory, the relay's data
+/// directory, the controller and the token file.
+async fn with_controller() -> (tempfile::TempDir, PathBuf, Controller, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay_dir = tmp.path().join("relay");
+    let (ctl, _) = setup(&tmp.path().join("ctl"), &relay_dir).await;
+    let token = relay_dir.join("relay.token");
+    (tmp, relay_dir, ctl, token)
 }
 
 fn spawn(args: &[String], extra: &[&str], stderr: &Path) -> Child {
@@ -78,10 +72,7 @@ fn mode(p: &Path) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_relay_key_or_certificate_is_refused_and_init_replaces_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let relay_dir = tmp.path().join("relay");
-    let (ctl, _) = setup(&tmp.path().join("ctl"), &relay_dir).await;
-    let token = relay_dir.join("relay.token");
+    let (tmp, relay_dir, ctl, token) = with_controller().await;
     let err_log = tmp.path().join("stderr.txt");
     let mut relay = Relay::start(&relay_dir, &ctl, "127.0.0.1:0", &[]);
     let first_fp = relay.fingerprint_text.clone();
@@ -114,10 +105,7 @@ async fn a_lost_relay_key_or_certificate_is_refused_and_init_replaces_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_data_dir_is_private_and_held_by_one_relay() {
-    let tmp = tempfile::tempdir().unwrap();
-    let relay_dir = tmp.path().join("relay");
-    let (ctl, _) = setup(&tmp.path().join("ctl"), &relay_dir).await;
-    let token = relay_dir.join("relay.token");
+    let (tmp, _, ctl, token) = with_controller().await;
     // A data directory the relay creates itself.
     let data = tmp.path().join("new").join("data");
     let a = args(&data, &token, &ctl);
@@ -174,10 +162,7 @@ async fn the_relay_data_dir_is_private_and_held_by_one_relay() {
 /// what to pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_with_a_wrong_or_missing_pin_exits_saying_what_to_pass() {
-    let tmp = tempfile::tempdir().unwrap();
-    let relay_dir = tmp.path().join("relay");
-    let (ctl, _) = setup(&tmp.path().join("ctl"), &relay_dir).await;
-    let token = relay_dir.join("relay.token");
+    let (tmp, relay_dir, ctl, token) = with_controller().await;
     let seen = ctl.fingerprint_text();
     let good = args(&relay_dir, &token, &ctl);
     let pin = good.iter().position(|a| a == "--pin-sha256").unwrap();

@@ -205,29 +205,40 @@ pub struct Relay {
     args: Vec<String>,
 }
 
+/// `weft-relay serve` on `data_dir` for `ctl` (pinned) with the relay token in
+/// `token_file`, listening on `listen` (TLS) and 127.0.0.1:0 (STUN).
+pub fn serve_args(
+    data_dir: &Path,
+    ctl: &Controller,
+    listen: &str,
+    token_file: &Path,
+) -> Vec<String> {
+    [
+        "serve",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen",
+        listen,
+        "--stun-listen",
+        "127.0.0.1:0",
+        "--controller",
+        &ctl.url,
+        "--pin-sha256",
+        &ctl.fingerprint_text(),
+        "--relay-token-file",
+        token_file.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 impl Relay {
     /// Starts `weft-relay serve` on `dir` for `ctl` with the relay token in
     /// `dir/relay.token`, listening on `listen` (TLS) and 127.0.0.1:0 (STUN).
     pub fn start(dir: &Path, ctl: &Controller, listen: &str, extra: &[&str]) -> Relay {
         std::fs::create_dir_all(dir).unwrap();
-        let mut args: Vec<String> = [
-            "serve",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            listen,
-            "--stun-listen",
-            "127.0.0.1:0",
-            "--controller",
-            &ctl.url,
-            "--pin-sha256",
-            &ctl.fingerprint_text(),
-            "--relay-token-file",
-            dir.join("relay.token").to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args = serve_args(dir, ctl, listen, &dir.join("relay.token"));
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut r = Relay {
             child: None,
