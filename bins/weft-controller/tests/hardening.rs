@@ -80,16 +80,7 @@ async fn network_cidrs_and_routes_refuse_the_same_unroutable_ranges() {
     let tok = token_for(&admin, &["lab"]).await;
     let client = ctl.client();
     let gw = register(&client, &tok, &identity(0)).await.unwrap();
-    admin
-        .update_node(
-            &gw.name,
-            &UpdateNodeRequest {
-                tags: Some(vec!["gateway".into()]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    tag_gateway(&admin, &gw.name).await;
     let gwc = client.with_bearer(&gw.credential).unwrap();
 
     // Route add (admin) and advertise (node): the same ranges, the same refusal.

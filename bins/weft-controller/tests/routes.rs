@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use weft_proto::api::{AdvertiseRoutesRequest, RouteRequest, UpdateNodeRequest};
+use weft_proto::api::{AdvertiseRoutesRequest, RouteRequest};
 
 fn route(node: &str, prefix: &str) -> RouteRequest {
     RouteRequest {
@@ -71,16 +71,7 @@ async fn routes_are_validated_permitted_approved_and_mapped() {
     assert_eq!((status, code.as_str()), (403, "route_not_permitted"));
     assert!(msg.contains("gateway"), "{msg}");
 
-    admin
-        .update_node(
-            &gw.name,
-            &UpdateNodeRequest {
-                tags: Some(vec!["gateway".into()]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    tag_gateway(&admin, &gw.name).await;
 
     // Invalid CIDRs.
     for (bad, needle) in [

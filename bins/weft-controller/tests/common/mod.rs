@@ -19,7 +19,7 @@ use weft_api_client::{Client, ClientConfig, ClientError, Trust, parse_fingerprin
 use weft_identity::{Identity, ProofOfWork};
 use weft_proto::api::{
     CreateNetworkRequest, CreateTokenRequest, REGISTER_SIGNATURE_CONTEXT, RegisterResponse,
-    register_signed_message,
+    UpdateNodeRequest, register_signed_message,
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
@@ -290,6 +290,20 @@ pub async fn network_with_token(admin: &Client, name: &str, cidr: &str, pow: u32
         .await
         .unwrap();
     token_for(admin, &[name]).await
+}
+
+/// Tags node `name` `gateway` (the tag subnet routes need).
+pub async fn tag_gateway(admin: &Client, name: &str) {
+    admin
+        .update_node(
+            name,
+            &UpdateNodeRequest {
+                tags: Some(vec!["gateway".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
 }
 
 /// The status, code and message of a refused call; panics on anything else.
