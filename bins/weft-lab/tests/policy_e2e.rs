@@ -11,27 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weft_lab::mesh::{Mesh, NetworkSpec};
-use weft_lab::scripts::{ECHO_SERVER, UDP_BURST};
+use weft_lab::scripts::{ECHO_SERVER, TCP_FLOW, UDP_BURST};
 use weft_lab::{Lab, Nat, Net, Topology};
 
 const NODES: [&str; 3] = ["web", "db", "other"];
-
-/// Holds a TCP connection to argv[1]:argv[2] open, echoing a byte every 50 ms and
-/// appending the wall-clock time of each echo to the file argv[3]; exits when an
-/// echo does not come back within a second.
-const FLOW: &str = r#"
-import socket, sys, time
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
-s.settimeout(1)
-f = open(sys.argv[3], "a")
-while True:
-    s.sendall(b"y")
-    if s.recv(1) != b"y":
-        break
-    f.write("%f\n" % time.time())
-    f.flush()
-    time.sleep(0.05)
-"#;
 
 fn lab() -> Lab {
     if let Err(e) = weft_lab::require_root() {
@@ -325,10 +308,12 @@ fn policy_is_shipped_enforced_explained_and_changed_live() {
     let mut cmd = Command::new("python3");
     cmd.args([
         "-c",
-        FLOW,
+        TCP_FLOW,
         &ip_db.to_string(),
         "5432",
         flow_log.to_str().unwrap(),
+        "1",
+        "600",
     ]);
     let mut flow = lab.spawn("web", "flow", &cmd).unwrap();
     within("the flow carries data", Duration::from_secs(5), || {

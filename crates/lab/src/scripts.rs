@@ -47,6 +47,25 @@ except OSError:
 sys.exit(0 if ok else 1)
 "#;
 
+/// Holds a TCP connection to argv[1]:argv[2], sending a byte every 50 ms and
+/// appending a line to the file argv[3] for each echo; exits when an echo does
+/// not come back within argv[4] seconds, or after argv[5] seconds.
+pub const TCP_FLOW: &str = r#"
+import socket, sys, time
+t = float(sys.argv[4])
+end = time.time() + float(sys.argv[5])
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+s.settimeout(t)
+f = open(sys.argv[3], "a")
+while time.time() < end:
+    s.sendall(b"y")
+    if s.recv(1) != b"y":
+        break
+    f.write("%f\n" % time.time())
+    f.flush()
+    time.sleep(0.05)
+"#;
+
 /// Sends argv[3] one-byte UDP datagrams to argv[1]:argv[2].
 pub const UDP_BURST: &str = r#"
 import socket, sys

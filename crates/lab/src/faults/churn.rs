@@ -11,10 +11,10 @@ use anyhow::Context as _;
 
 use super::Tally;
 use super::overlay::AB;
-use super::py::{CONNECTS, FLOW};
 use super::util::{arg, last_json, lines, py, py_output, run_bounded, secs, set_policy};
 use crate::mesh::Mesh;
 use crate::scripts::ECHO_SERVER;
+use crate::scripts::{TCP_ECHO_CHECK, TCP_FLOW};
 use crate::{Lab, timed_wait, wait_until};
 
 fn churn_policy(i: usize) -> String {
@@ -116,7 +116,7 @@ pub(super) fn policy_churn(mesh: &Mesh<'_>, t: &mut Tally) -> anyhow::Result<()>
     let mut ab_flow = lab.spawn(
         "a",
         "flow-ab",
-        &py(FLOW, &[&b, "7100", arg(&ab_log)?, "1.0", "300"]),
+        &py(TCP_FLOW, &[&b, "7100", arg(&ab_log)?, "1.0", "300"]),
     )?;
     wait_until("the a->b flow echoes", Duration::from_secs(5), || {
         Ok(!lines(&ab_log).is_empty())
@@ -204,7 +204,7 @@ fn churn_edits(mesh: &Mesh<'_>, b: &str, n: usize) -> anyhow::Result<Edits> {
     let mut e = Edits::default();
     let mut flow: Option<crate::Process> = None;
     let connects = |timeout: &str| -> bool {
-        py_output(lab, "c", CONNECTS, &[b, "7000", timeout]).is_ok_and(|o| o.status.success())
+        py_output(lab, "c", TCP_ECHO_CHECK, &[b, "7000", timeout]).is_ok_and(|o| o.status.success())
     };
     for i in 0..n {
         // The flow the coming edit is to cut must still be alive before it.
@@ -237,7 +237,7 @@ fn churn_edits(mesh: &Mesh<'_>, b: &str, n: usize) -> anyhow::Result<Edits> {
             let mut p = lab.spawn(
                 "c",
                 &format!("flow-cb-{i}"),
-                &py(FLOW, &[b, "7000", arg(&log)?, "0.2", "30"]),
+                &py(TCP_FLOW, &[b, "7000", arg(&log)?, "0.2", "30"]),
             )?;
             if wait_until("c->b flow echoes", Duration::from_secs(2), || {
                 Ok(!lines(&log).is_empty())

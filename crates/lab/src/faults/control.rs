@@ -13,12 +13,14 @@ use anyhow::{Context as _, bail};
 
 use super::py::{ACCEPT_LOG, CHALLENGE_FLOOD, HEALTH_PROBE, IDLE_CONNS, TOKEN_WRITER};
 use super::util::{arg, last_json, lines, py, py_output, run_bounded, secs};
-use super::{CaseResult, Tally, not_run, run_case};
+use super::{CaseResult, Tally};
 use crate::mesh::{CONTROLLER_PORT, Mesh, NetworkSpec, RELAY_PORT, STUN_ALT_PORT, STUN_PORT};
 use crate::{Lab, Nat, Net, Process, Topology, bin_path, timed_wait, wait_until};
 
 pub(super) fn run(names: &[&str], progress: &mut dyn FnMut(&CaseResult)) -> Vec<CaseResult> {
-    let lab = match Lab::build(
+    super::run_group(
+        names,
+        progress,
         &Topology::new()
             .host("infra", Net::Internet)
             .host("flood", Net::Internet)
@@ -29,33 +31,18 @@ pub(super) fn run(names: &[&str], progress: &mut dyn FnMut(&CaseResult)) -> Vec<
             .host("b", Net::lan("rb"))
             .host("c", Net::lan("rc"))
             .host("n", Net::lan("rc")),
-    ) {
-        Ok(lab) => lab,
-        Err(e) => return names.iter().map(|n| not_run(n, &e.to_string())).collect(),
-    };
-    let mut mesh = match setup(&lab) {
-        Ok(m) => m,
-        Err(e) => {
-            return names
-                .iter()
-                .map(|n| not_run(n, &format!("{e:#}")))
-                .collect();
-        }
-    };
-    let mut out = Vec::new();
-    for &name in names {
-        out.push(run_case(name, progress, |t| match name {
-            "relay-restart" => relay_restart(&mut mesh, t),
-            "stream-flapping" => stream_flapping(&mesh, t),
-            "challenge-flood" => challenge_flood(&mut mesh, t),
-            "idle-connections" => idle_connections(&mesh, t),
-            "token-cleartext" => token_cleartext(&mut mesh, t),
-            "controller-sigkill" => controller_sigkill(&mut mesh, t),
-            "state-loss" => state_loss(&mut mesh, t),
+        setup,
+        |name, mesh, t| match name {
+            "relay-restart" => relay_restart(mesh, t),
+            "stream-flapping" => stream_flapping(mesh, t),
+            "challenge-flood" => challenge_flood(mesh, t),
+            "idle-connections" => idle_connections(mesh, t),
+            "token-cleartext" => token_cleartext(mesh, t),
+            "controller-sigkill" => controller_sigkill(mesh, t),
+            "state-loss" => state_loss(mesh, t),
             other => bail!("case {other} is not in the control group"),
-        }));
-    }
-    out
+        },
+    )
 }
 
 fn setup(lab: &Lab) -> anyhow::Result<Mesh<'_>> {
@@ -71,6 +58,21 @@ fn setup(lab: &Lab) -> anyhow::Result<Mesh<'_>> {
 /// A file in the log directory whose existence tells a helper to stop.
 fn stop_file(lab: &Lab, name: &str) -> PathBuf {
     lab.log_dir().join(format!("{name}.stop"))
+}
+
+/// Starts the Python program `script` on the flooding host as process `name`
+/// with `args`, then the stop file `stop` and a 180 s limit (the flooders' last
+/// two arguments).
+fn spawn_in_flood(
+    lab: &Lab,
+    name: &str,
+    script: &str,
+    args: &[&str],
+    stop: &Path,
+) -> anyhow::Result<Process> {
+    let mut all = args.to_vec();
+    all.extend([arg(stop)?, "180"]);
+    Ok(lab.spawn("flood", name, &py(script, &all))?)
 }
 
 fn touch(path: &Path) -> anyhow::Result<()> {
@@ -221,19 +223,12 @@ fn challenge_flood(mesh: &mut Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
     let lab = mesh.lab();
     let infra = lab.addr("infra")?.to_string();
     let stop = stop_file(lab, "flood");
-    let mut flood = lab.spawn(
-        "flood",
+    let mut flood = spawn_in_flood(
+        lab,
         "challenge-flood",
-        &py(
-            CHALLENGE_FLOOD,
-            &[
-                &infra,
-                &CONTROLLER_PORT.to_string(),
-                "4",
-                arg(&stop)?,
-                "180",
-            ],
-        ),
+        CHALLENGE_FLOOD,
+        &[&infra, &CONTROLLER_PORT.to_string(), "4"],
+        &stop,
     )?;
     flood.wait_for_log("flooding", Duration::from_secs(10))?;
     // Register once the flood has asked for more challenges than the old pool
@@ -289,13 +284,12 @@ fn idle_connections(mesh: &Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
     let targets = format!("{ctl},{infra}:{RELAY_PORT}");
     const N: u32 = 2000;
     let stop = stop_file(lab, "idle");
-    let mut idle = lab.spawn(
-        "flood",
+    let mut idle = spawn_in_flood(
+        lab,
         "idle-conns",
-        &py(
-            IDLE_CONNS,
-            &[&targets, &N.to_string(), &ctl, "50", arg(&stop)?, "180"],
-        ),
+        IDLE_CONNS,
+        &[&targets, &N.to_string(), &ctl, "50"],
+        &stop,
     )?;
     idle.wait_for_log("holding", Duration::from_secs(120))?;
     let mut worst_ms = 0.0f64;
@@ -434,21 +428,18 @@ fn controller_sigkill(mesh: &mut Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> 
     let acked_file = lab.log_dir().join("writes.acked");
     let stop = stop_file(lab, "writer");
     let admin_token = mesh.controller.data_dir.join("admin.token");
-    let mut writer = lab.spawn(
-        "flood",
+    let mut writer = spawn_in_flood(
+        lab,
         "token-writer",
-        &py(
-            TOKEN_WRITER,
-            &[
-                &infra,
-                &CONTROLLER_PORT.to_string(),
-                arg(&admin_token)?,
-                &mesh.network.name,
-                arg(&acked_file)?,
-                arg(&stop)?,
-                "180",
-            ],
-        ),
+        TOKEN_WRITER,
+        &[
+            &infra,
+            &CONTROLLER_PORT.to_string(),
+            arg(&admin_token)?,
+            &mesh.network.name,
+            arg(&acked_file)?,
+        ],
+        &stop,
     )?;
     writer.wait_for_log("writing", Duration::from_secs(10))?;
     wait_until("150 acknowledged writes", Duration::from_secs(60), || {

@@ -253,13 +253,9 @@ impl Tally {
     }
 }
 
-/// Runs one case body, turning an error into a failed result.
-fn run_case(
-    name: &str,
-    progress: &mut dyn FnMut(&CaseResult),
-    body: impl FnOnce(&mut Tally) -> anyhow::Result<()>,
-) -> CaseResult {
-    let def = CASES
+/// The definition of case `name` (a placeholder for a name not in [`CASES`]).
+fn case_def(name: &str) -> CaseDef {
+    CASES
         .iter()
         .find(|c| c.name == name)
         .copied()
@@ -267,7 +263,45 @@ fn run_case(
             name: "?",
             did: "",
             checked: "",
-        });
+        })
+}
+
+/// Runs one group: builds the lab from `topology`, brings the mesh up with
+/// `setup`, then runs each of `names` through `case` (see [`run_case`]). When
+/// the lab or the mesh does not come up, every case is a not-run result.
+fn run_group(
+    names: &[&str],
+    progress: &mut dyn FnMut(&CaseResult),
+    topology: &crate::Topology,
+    setup: fn(&crate::Lab) -> anyhow::Result<crate::mesh::Mesh<'_>>,
+    mut case: impl FnMut(&str, &mut crate::mesh::Mesh<'_>, &mut Tally) -> anyhow::Result<()>,
+) -> Vec<CaseResult> {
+    let lab = match crate::Lab::build(topology) {
+        Ok(lab) => lab,
+        Err(e) => return names.iter().map(|n| not_run(n, &e.to_string())).collect(),
+    };
+    let mut mesh = match setup(&lab) {
+        Ok(m) => m,
+        Err(e) => {
+            return names
+                .iter()
+                .map(|n| not_run(n, &format!("{e:#}")))
+                .collect();
+        }
+    };
+    names
+        .iter()
+        .map(|&name| run_case(name, progress, |t| case(name, &mut mesh, t)))
+        .collect()
+}
+
+/// Runs one case body, turning an error into a failed result.
+fn run_case(
+    name: &str,
+    progress: &mut dyn FnMut(&CaseResult),
+    body: impl FnOnce(&mut Tally) -> anyhow::Result<()>,
+) -> CaseResult {
+    let def = case_def(name);
     tracing::info!(case = name, "fault case starting");
     let start = Instant::now();
     let mut tally = Tally::default();
@@ -286,17 +320,8 @@ fn run_case(
 
 /// A case that could not run because its lab did not come up.
 fn not_run(name: &str, why: &str) -> CaseResult {
-    let def = CASES
-        .iter()
-        .find(|c| c.name == name)
-        .copied()
-        .unwrap_or(CaseDef {
-            name: "?",
-            did: "",
-            checked: "",
-        });
     CaseResult {
-        def,
+        def: case_def(name),
         counts: "not run".into(),
         problems: vec![format!("the lab did not come up: {why}")],
         took: Duration::ZERO,

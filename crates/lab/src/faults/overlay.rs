@@ -15,14 +15,16 @@ use super::util::{
     arg, drops, last_json, lines, peer_drops, peer_names, py, py_ok, run_bounded, secs, set_policy,
     token_for,
 };
-use super::{CaseResult, Tally, not_run, run_case};
+use super::{CaseResult, Tally};
 use crate::mesh::{Mesh, NetworkSpec};
 use crate::{Lab, Nat, Net, Topology, timed_wait, wait_until};
 
 const LAB_NODES: [&str; 3] = ["a", "b", "c"];
 
 pub(super) fn run(names: &[&str], progress: &mut dyn FnMut(&CaseResult)) -> Vec<CaseResult> {
-    let lab = match Lab::build(
+    super::run_group(
+        names,
+        progress,
         &Topology::new()
             .host("controller", Net::Internet)
             .router("office", Net::Internet, Nat::Easy)
@@ -30,32 +32,42 @@ pub(super) fn run(names: &[&str], progress: &mut dyn FnMut(&CaseResult)) -> Vec<
             .host("b", Net::lan("office"))
             .host("c", Net::lan("office"))
             .host("d", Net::lan("office")),
-    ) {
-        Ok(lab) => lab,
-        Err(e) => return names.iter().map(|n| not_run(n, &e.to_string())).collect(),
-    };
-    let mut mesh = match setup(&lab) {
-        Ok(m) => m,
-        Err(e) => {
-            return names
-                .iter()
-                .map(|n| not_run(n, &format!("{e:#}")))
-                .collect();
-        }
-    };
-    let mut out = Vec::new();
-    for &name in names {
-        out.push(run_case(name, progress, |t| match name {
-            "spoofed-source" => spoofed_source(&mesh, t),
-            "replayed-packets" => replayed_packets(&mesh, t),
-            "wrong-network" => wrong_network(&mesh, t),
-            "unauthorized-peer" => unauthorized_peer(&mesh, t),
-            "policy-churn" => super::churn::policy_churn(&mesh, t),
-            "agent-sigkill" => agent_sigkill(&mut mesh, t),
+        setup,
+        |name, mesh, t| match name {
+            "spoofed-source" => spoofed_source(mesh, t),
+            "replayed-packets" => replayed_packets(mesh, t),
+            "wrong-network" => wrong_network(mesh, t),
+            "unauthorized-peer" => unauthorized_peer(mesh, t),
+            "policy-churn" => super::churn::policy_churn(mesh, t),
+            "agent-sigkill" => agent_sigkill(mesh, t),
             other => bail!("case {other} is not in the overlay group"),
-        }));
-    }
-    out
+        },
+    )
+}
+
+/// Sends `n` UDP datagrams `<tag>-<i>` from `node` to `ip:port`, `gap_secs`
+/// seconds apart (the [`UDP_SEQ`] program).
+fn send_udp_seq(
+    lab: &Lab,
+    node: &str,
+    ip: Ipv4Addr,
+    port: u16,
+    n: impl std::fmt::Display,
+    tag: &str,
+    gap_secs: &str,
+) -> anyhow::Result<()> {
+    py_ok(
+        lab,
+        node,
+        UDP_SEQ,
+        &[
+            &ip.to_string(),
+            &port.to_string(),
+            &n.to_string(),
+            tag,
+            gap_secs,
+        ],
+    )
 }
 
 fn setup(lab: &Lab) -> anyhow::Result<Mesh<'_>> {
@@ -247,12 +259,7 @@ fn replayed_packets(mesh: &Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
     sniffer.wait_for_log("capturing", Duration::from_secs(10))?;
     let before = drops(mesh, "b", "replay")?;
     let before_peer = peer_drops(mesh, "b", "a", "replay")?;
-    py_ok(
-        lab,
-        "a",
-        UDP_SEQ,
-        &[&ip_b.to_string(), "9102", &N.to_string(), "rp", "0.05"],
-    )?;
+    send_udp_seq(lab, "a", ip_b, 9102, N, "rp", "0.05")?;
     let status = sniffer.wait_exit(Duration::from_secs(30))?;
     let report = last_json(&sniffer.log()?).with_context(|| {
         format!(
@@ -318,18 +325,7 @@ fn wrong_network(mesh: &Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
         // packets really reach the sender's weftd.
         lab.run(from, &["ip", "route", "add", cidr, "dev", &dev])?;
         let before = drops(mesh, from, "no_route")?;
-        let sent = py_ok(
-            lab,
-            from,
-            UDP_SEQ,
-            &[
-                &ip.to_string(),
-                &port.to_string(),
-                &N.to_string(),
-                "wn",
-                "0.01",
-            ],
-        );
+        let sent = send_udp_seq(lab, from, ip, port, N, "wn", "0.01");
         let pinged = lab.ping_once(from, ip);
         std::thread::sleep(Duration::from_millis(300));
         let counted = drops(mesh, from, "no_route")? - before;
@@ -388,12 +384,7 @@ fn unauthorized_peer(mesh: &Mesh<'_>, t: &mut Tally) -> anyhow::Result<()> {
     let (_rx, file) = udp_logger(lab, "b", 9105, "unauth.recv")?;
     const N: u64 = 30;
     let before = peer_drops(mesh, "c", "b", "policy_no_rule")?;
-    py_ok(
-        lab,
-        "c",
-        UDP_SEQ,
-        &[&ip_b.to_string(), "9105", &N.to_string(), "un", "0.01"],
-    )?;
+    send_udp_seq(lab, "c", ip_b, 9105, N, "un", "0.01")?;
     std::thread::sleep(Duration::from_millis(300));
     let got = tagged(&file, "un").len();
     let counted = peer_drops(mesh, "c", "b", "policy_no_rule")? - before;

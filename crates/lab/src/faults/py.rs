@@ -98,40 +98,6 @@ for f in frames:
 print(json.dumps({"captured": len(frames), "resent": sent}), flush=True)
 "#;
 
-/// Holds a TCP connection to argv[1]:argv[2], sending a byte every 50 ms and
-/// appending a line to the file argv[3] for each echo; exits when an echo does
-/// not come back within argv[4] seconds, or after argv[5] seconds.
-pub(super) const FLOW: &str = r#"
-import socket, sys, time
-t = float(sys.argv[4])
-end = time.time() + float(sys.argv[5])
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
-s.settimeout(t)
-f = open(sys.argv[3], "a")
-while time.time() < end:
-    s.sendall(b"y")
-    if s.recv(1) != b"y":
-        break
-    f.write("%f\n" % time.time())
-    f.flush()
-    time.sleep(0.05)
-"#;
-
-/// Whether a TCP connection to argv[1]:argv[2] opens and echoes within argv[3]
-/// seconds: exits 0 if so, 1 if refused or silent.
-pub(super) const CONNECTS: &str = r#"
-import socket, sys
-t = float(sys.argv[3])
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=t)
-    s.settimeout(t)
-    s.sendall(b"x")
-    ok = s.recv(1) == b"x"
-except OSError:
-    ok = False
-sys.exit(0 if ok else 1)
-"#;
-
 /// Counts TCP connections accepted on port argv[1], one line each in the file
 /// argv[2]; exits after argv[3] seconds.
 pub(super) const ACCEPT_LOG: &str = r#"
