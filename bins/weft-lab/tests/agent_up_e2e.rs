@@ -33,6 +33,28 @@ fn text(b: &[u8]) -> String {
 }
 
 /// `weft up --controller ... --token-file ...` in `node`.
+/// Whether `node1`'s link to the controller is up.
+fn connected(mesh: &Mesh<'_>) -> bool {
+    mesh.try_status("node1")
+        .and_then(|s| s.controller)
+        .is_some_and(|c| c.connected)
+}
+
+/// A mesh with its controller in `controller` and `node1` registered (a one-use
+/// token), once node1's controller link is up (within 30 s).
+fn node1_connected(lab: &Lab) -> Mesh<'_> {
+    let mut mesh = Mesh::start(lab, "controller", NetworkSpec::default()).unwrap();
+    let token = mesh.token_file(1).unwrap();
+    mesh.start_agent("node1", Some(&token)).unwrap();
+    weft_lab::timed_wait("connected", Duration::from_secs(30), || connected(&mesh)).unwrap();
+    mesh
+}
+
+/// The whole log of `node`'s weftd.
+fn agent_log(mesh: &Mesh<'_>, node: &str) -> String {
+    mesh.agents[node].process.as_ref().unwrap().log().unwrap()
+}
+
 fn weft_up(mesh: &Mesh<'_>, node: &str, timeout_s: &str) -> std::process::Output {
     let token = mesh.token_file(1).unwrap();
     let token = token.display().to_string();
@@ -372,15 +394,7 @@ fn ping_names_the_relay_of_a_relayed_peer() {
 #[test]
 fn reconnect_after_a_short_controller_outage_is_quick() {
     let lab = lab(&["node1"]);
-    let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default()).unwrap();
-    let token = mesh.token_file(1).unwrap();
-    mesh.start_agent("node1", Some(&token)).unwrap();
-    let connected = |mesh: &Mesh<'_>| {
-        mesh.try_status("node1")
-            .and_then(|s| s.controller)
-            .is_some_and(|c| c.connected)
-    };
-    weft_lab::timed_wait("connected", Duration::from_secs(30), || connected(&mesh)).unwrap();
+    let mut mesh = node1_connected(&lab);
     // Two outages, each after the link worked for a while: the backoff of the
     // first must not carry into the second (it grew and never reset).
     for round in 1..=2 {
@@ -401,12 +415,7 @@ fn reconnect_after_a_short_controller_outage_is_quick() {
         );
     }
     // Each outage is one WARN and one 'back' line, not a WARN per retry.
-    let log = mesh.agents["node1"]
-        .process
-        .as_ref()
-        .unwrap()
-        .log()
-        .unwrap();
+    let log = agent_log(&mesh, "node1");
     let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
     assert_eq!(count("controller link down; retrying"), 2, "{log}");
     assert_eq!(count("controller back after"), 2, "{log}");
@@ -480,12 +489,7 @@ fn an_unreachable_relay_is_logged_once() {
     std::thread::sleep(Duration::from_secs(20));
     mesh.restart_relay().unwrap();
     weft_lab::timed_wait("relay back", Duration::from_secs(30), || relay_up(&mesh)).unwrap();
-    let log = mesh.agents["node1"]
-        .process
-        .as_ref()
-        .unwrap()
-        .log()
-        .unwrap();
+    let log = agent_log(&mesh, "node1");
     let warns = log
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("relay"))
@@ -499,15 +503,7 @@ fn an_unreachable_relay_is_logged_once() {
 #[test]
 fn a_network_change_cuts_the_reconnect_wait_short() {
     let lab = lab(&["node1"]);
-    let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default()).unwrap();
-    let token = mesh.token_file(1).unwrap();
-    mesh.start_agent("node1", Some(&token)).unwrap();
-    let connected = |mesh: &Mesh<'_>| {
-        mesh.try_status("node1")
-            .and_then(|s| s.controller)
-            .is_some_and(|c| c.connected)
-    };
-    weft_lab::timed_wait("connected", Duration::from_secs(30), || connected(&mesh)).unwrap();
+    let mut mesh = node1_connected(&lab);
     // A long outage: the waits grow to the cap (5 to 10 s each).
     mesh.kill_controller().unwrap();
     std::thread::sleep(Duration::from_secs(25));
@@ -518,12 +514,7 @@ fn a_network_change_cuts_the_reconnect_wait_short() {
         weft_lab::timed_wait("reconnected", Duration::from_secs(30), || connected(&mesh)).unwrap();
     println!("reconnected {took:?} after the address change");
     assert!(took < Duration::from_secs(3), "reconnect took {took:?}");
-    let log = mesh.agents["node1"]
-        .process
-        .as_ref()
-        .unwrap()
-        .log()
-        .unwrap();
+    let log = agent_log(&mesh, "node1");
     assert!(log.contains("the host's addresses changed"), "{log}");
 }
 
