@@ -7,6 +7,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::Value;
@@ -278,4 +279,109 @@ fn every_admin_subcommand_speaks_json() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+}
+
+/// The wall clock, Unix milliseconds.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the test compares the controller's times with the wall clock"
+)]
+fn now_ms() -> u64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    u64::try_from(since.as_millis()).unwrap()
+}
+
+/// `v[field]` is Unix milliseconds within `[lo, hi]`, and the name without
+/// `_ms` (the old seconds field) is gone.
+fn assert_ms(v: &Value, field: &str, lo: u64, hi: u64) {
+    let t = v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing or not an integer: {v}"));
+    assert!(
+        (lo..=hi).contains(&t),
+        "{field} = {t}, want {lo}..={hi}: {v}"
+    );
+    let old = field.trim_end_matches("_ms");
+    assert!(v.get(old).is_none(), "{old} is still there: {v}");
+}
+
+/// Every time in the admin JSON is Unix milliseconds under a `*_ms` name
+/// (ARCHITECTURE.md, "Conventions for output"); people still read RFC 3339.
+#[tokio::test]
+async fn json_times_are_unix_milliseconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(dir.path(), &[]);
+    // The store records these times to the second: allow the second before.
+    let before = now_ms() - 1000;
+    let token = network_with_token(&ctl.admin(), "lab", "100.64.0.0/24", 0).await;
+    let node = register(&ctl.client(), &token, &identity(0)).await.unwrap();
+    ok(
+        &ctl,
+        &[
+            "relay",
+            "create",
+            "r1",
+            "--url",
+            "https://relay.example:443",
+            "--json",
+        ],
+    );
+    let tok = ok(
+        &ctl,
+        &[
+            "token",
+            "create",
+            "--network",
+            "lab",
+            "--expires-in",
+            "2h",
+            "--json",
+        ],
+    );
+    let after = now_ms();
+
+    let net = ok(&ctl, &["network", "list", "--json"])["networks"][0].clone();
+    assert_ms(&net, "created_at_ms", before, after);
+    let n = ok(&ctl, &["node", "list", "--json"])["nodes"][0].clone();
+    assert_eq!(n["name"], node.name.as_str(), "{n}");
+    assert_ms(&n, "created_at_ms", before, after);
+    assert_ms(&n, "last_seen_ms", before, after);
+    let n = ok(&ctl, &["node", "show", &node.name, "--json"]);
+    assert_ms(&n, "created_at_ms", before, after);
+    let r = ok(&ctl, &["relay", "show", "r1", "--json"]);
+    assert_ms(&r, "created_at_ms", before, after);
+    assert!(r["last_seen_ms"].is_null(), "never reported: {r}");
+    let info = &tok["info"];
+    assert_ms(info, "created_at_ms", before, after);
+    let two_h = 2 * 3600 * 1000;
+    assert_ms(info, "expires_at_ms", before + two_h, after + two_h);
+    let listed = ok(&ctl, &["token", "list", "--json"])["tokens"][1].clone();
+    assert_eq!(listed["id"], info["id"]);
+    assert_ms(&listed, "expires_at_ms", before + two_h, after + two_h);
+    let created = ok(&ctl, &["audit", "--json"])["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "token.create" && e["target"] == format!("token:{}", info["id"]))
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        created["detail"]["expires_at_ms"], info["expires_at_ms"],
+        "{created}"
+    );
+
+    // For people: RFC 3339 UTC, in this century (not seconds read as ms or
+    // the other way round).
+    let (okay, out, err) = ctl.cli(&["node", "show", &node.name]);
+    assert!(okay, "{err}");
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("created:"))
+        .unwrap_or_else(|| panic!("no created line: {out}"))
+        .trim();
+    let year: u32 = line.get(..4).and_then(|y| y.parse().ok()).unwrap_or(0);
+    assert!(
+        line.len() == 20 && line.ends_with('Z') && (2024..2100).contains(&year),
+        "created: {line:?}"
+    );
 }

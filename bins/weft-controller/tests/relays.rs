@@ -112,7 +112,7 @@ async fn relays_register_report_and_follow_the_member_set() {
         .await
         .unwrap();
     assert_eq!(info.name, "fra1");
-    assert!(info.last_seen.is_some());
+    assert!(info.last_seen_ms.is_some());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let ev = tokio::time::timeout_at(deadline, sa.next())

@@ -96,13 +96,13 @@ pub const HEARD_STALE: std::time::Duration = std::time::Duration::from_secs(40);
 
 /// Whether a peer is online for `weft status`, and seconds since it was last
 /// seen: from the local path (`heard_ago`: since something authenticated came
-/// from it) and the map (`map_online`: it holds a map stream; `map_last_seen`:
-/// Unix seconds).
+/// from it) and the map (`map_online`: it holds a map stream;
+/// `map_last_seen_ms`: Unix milliseconds, like `now_unix_ms`).
 pub fn peer_liveness(
     heard_ago: Option<std::time::Duration>,
     map_online: bool,
-    map_last_seen: Option<u64>,
-    now_unix_secs: u64,
+    map_last_seen_ms: Option<u64>,
+    now_unix_ms: u64,
 ) -> (bool, Option<u64>) {
     let online = match heard_ago {
         Some(h) if h < HEARD_FRESH => true,
@@ -111,7 +111,7 @@ pub fn peer_liveness(
     };
     let last_seen = heard_ago
         .map(|h| h.as_secs())
-        .or_else(|| map_last_seen.map(|t| now_unix_secs.saturating_sub(t)));
+        .or_else(|| map_last_seen_ms.map(|t| now_unix_ms.saturating_sub(t) / 1000));
     (online, last_seen)
 }
 
@@ -271,12 +271,13 @@ mod tests {
             peer_liveness(Some(s(107)), true, None, 0),
             (false, Some(107))
         );
-        // Never heard: the map says, with its last-seen time.
+        // Never heard: the map says, with its last-seen time (Unix ms), in
+        // whole seconds ago.
         assert_eq!(
-            peer_liveness(None, false, Some(900), 1_000),
+            peer_liveness(None, false, Some(900_000), 1_000_999),
             (false, Some(100))
         );
-        assert_eq!(peer_liveness(None, true, None, 1_000), (true, None));
+        assert_eq!(peer_liveness(None, true, None, 1_000_000), (true, None));
     }
 
     use super::*;
@@ -304,7 +305,7 @@ mod tests {
                     ipv4: Ipv4Addr::from(*ip),
                     ipv6: None,
                     endpoints: vec![SocketAddr::from(([192, 0, 2, *k], 51820))],
-                    last_seen: None,
+                    last_seen_ms: None,
                     online: true,
                 })
                 .collect(),

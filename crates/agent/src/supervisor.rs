@@ -617,7 +617,7 @@ impl Agent {
                     .collect()
             })
             .unwrap_or_default();
-        let now_unix = clock::unix_ms() / 1000;
+        let now_unix_ms = clock::unix_ms();
         let liveness = |p: &weft_tunnel::PeerStatus| {
             let on_map = self.map.as_ref().and_then(|m| {
                 m.networks
@@ -628,8 +628,8 @@ impl Agent {
             netmap::peer_liveness(
                 p.last_heard,
                 on_map.is_some_and(|mp| mp.online),
-                on_map.and_then(|mp| mp.last_seen),
-                now_unix,
+                on_map.and_then(|mp| mp.last_seen_ms),
+                now_unix_ms,
             )
         };
         let peers = peers

@@ -330,6 +330,12 @@ fn secs(now_ms: u64) -> u64 {
     now_ms / 1000
 }
 
+/// The store keeps these times in Unix seconds; the API and maps carry Unix
+/// milliseconds (`*_ms`), converted here at the boundary.
+pub(crate) fn secs_to_ms(secs: u64) -> u64 {
+    secs.saturating_mul(1000)
+}
+
 impl World {
     /// Builds the state from what the store loaded.
     pub fn from_snapshot(snap: StoreSnapshot, relays: Vec<Relay>) -> Self {
@@ -697,7 +703,7 @@ impl World {
             dns_domain: net.rec.dns_domain.clone(),
             pow_difficulty: net.rec.pow_difficulty,
             node_count: net.members.len() as u64,
-            created_at: net.rec.created_at,
+            created_at_ms: secs_to_ms(net.rec.created_at),
         }
     }
 
@@ -727,8 +733,8 @@ impl World {
             disabled: n.rec.disabled,
             online: n.online,
             endpoints: n.rec.endpoints.clone(),
-            last_seen: n.rec.last_seen,
-            created_at: n.rec.created_at,
+            last_seen_ms: n.rec.last_seen.map(secs_to_ms),
+            created_at_ms: secs_to_ms(n.rec.created_at),
             addresses: self.addresses(n),
         }
     }
@@ -779,8 +785,8 @@ impl World {
             tags: t.tags.iter().cloned().collect(),
             max_uses: t.max_uses,
             uses: t.uses,
-            expires_at: t.expires_at,
-            created_at: t.created_at,
+            expires_at_ms: secs_to_ms(t.expires_at),
+            created_at_ms: secs_to_ms(t.created_at),
             state: state.to_owned(),
             description: t.description.clone(),
         }
@@ -992,7 +998,7 @@ impl World {
             actor,
             "token.create",
             format!("token:{id}"),
-            json!({"networks": info.networks, "tags": info.tags, "max_uses": info.max_uses, "expires_at": info.expires_at}),
+            json!({"networks": info.networks, "tags": info.tags, "max_uses": info.max_uses, "expires_at_ms": info.expires_at_ms}),
             now_ms,
         );
         Ok(Output::Token(info))
@@ -1530,8 +1536,8 @@ impl World {
             url: r.url.clone(),
             tls_fingerprint: r.tls_fingerprint.clone(),
             stun_port: r.stun_port,
-            created_at: r.created_at,
-            last_seen: r.last_seen,
+            created_at_ms: secs_to_ms(r.created_at),
+            last_seen_ms: r.last_seen.map(secs_to_ms),
             connected: false,
         }
     }

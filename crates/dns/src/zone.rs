@@ -654,7 +654,7 @@ mod tests {
                     ipv4: Ipv4Addr::new(100, 64, 0, 2),
                     ipv6: None,
                     endpoints: vec![],
-                    last_seen: None,
+                    last_seen_ms: None,
                     online: true,
                 }],
                 routes: vec![],

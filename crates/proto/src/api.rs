@@ -194,8 +194,8 @@ pub struct Network {
     pub pow_difficulty: u32,
     /// Number of member nodes.
     pub node_count: u64,
-    /// Creation time, Unix seconds.
-    pub created_at: u64,
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: u64,
 }
 
 /// `GET /v1/admin/networks`.
@@ -243,10 +243,10 @@ pub struct TokenInfo {
     pub max_uses: Option<u32>,
     /// Registrations so far.
     pub uses: u32,
-    /// Expiry, Unix seconds.
-    pub expires_at: u64,
-    /// Creation time, Unix seconds.
-    pub created_at: u64,
+    /// Expiry, Unix milliseconds.
+    pub expires_at_ms: u64,
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: u64,
     /// `active`, `expired`, `exhausted` or `revoked`.
     pub state: String,
     /// Free text.
@@ -298,11 +298,11 @@ pub struct NodeInfo {
     pub online: bool,
     /// Reported endpoints.
     pub endpoints: Vec<SocketAddr>,
-    /// Last contact, Unix seconds.
+    /// Last contact, Unix milliseconds.
     #[serde(default)]
-    pub last_seen: Option<u64>,
-    /// Registration time, Unix seconds.
-    pub created_at: u64,
+    pub last_seen_ms: Option<u64>,
+    /// Registration time, Unix milliseconds.
+    pub created_at_ms: u64,
     /// Addresses per network.
     pub addresses: Vec<NodeAddress>,
 }

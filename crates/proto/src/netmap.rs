@@ -122,9 +122,10 @@ pub struct Peer {
     /// Candidate underlay addresses it reported (`ip:port`).
     #[serde(default)]
     pub endpoints: Vec<SocketAddr>,
-    /// When it was last seen (Unix seconds), as of its last change in this map.
+    /// When it was last seen (Unix milliseconds), as of its last change in
+    /// this map.
     #[serde(default)]
-    pub last_seen: Option<u64>,
+    pub last_seen_ms: Option<u64>,
     /// Whether it is connected to the controller, debounced: it becomes true
     /// once the node's map stream has stayed open for the controller's online
     /// delay (`--online-after-ms`, 5 s by default) and false once the node has
@@ -393,7 +394,7 @@ mod tests {
             ipv4: Ipv4Addr::new(100, 64, 0, b),
             ipv6: None,
             endpoints: vec![],
-            last_seen: None,
+            last_seen_ms: None,
             online: false,
         }
     }

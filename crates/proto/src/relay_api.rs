@@ -130,11 +130,11 @@ pub struct RelayInfo {
     /// UDP port of its STUN server, as it last reported.
     #[serde(default)]
     pub stun_port: Option<u16>,
-    /// Creation time, Unix seconds.
-    pub created_at: u64,
-    /// Last report, Unix seconds.
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: u64,
+    /// Last report, Unix milliseconds.
     #[serde(default)]
-    pub last_seen: Option<u64>,
+    pub last_seen_ms: Option<u64>,
     /// Whether it holds a member stream now.
     #[serde(default)]
     pub connected: bool,
@@ -380,8 +380,8 @@ mod tests {
                 url: "https://r".into(),
                 tls_fingerprint: None,
                 stun_port: None,
-                created_at: 0,
-                last_seen: None,
+                created_at_ms: 0,
+                last_seen_ms: None,
                 connected: false,
             },
         };

@@ -539,7 +539,7 @@ fn networks_table(nets: &[Network]) -> String {
                 n.dns_domain.clone(),
                 n.pow_difficulty.to_string(),
                 n.node_count.to_string(),
-                datetime(n.created_at),
+                datetime(n.created_at_ms),
             ]
         })
         .collect();
@@ -674,7 +674,7 @@ fn tokens_table(tokens: &[TokenInfo]) -> String {
                     t.tags.join(",")
                 },
                 uses(t),
-                datetime(t.expires_at),
+                datetime(t.expires_at_ms),
                 t.state.clone(),
                 t.description.clone().unwrap_or_default(),
             ]
@@ -772,7 +772,7 @@ fn nodes_table(nodes: &[NodeInfo]) -> String {
                     n.tags.join(",")
                 },
                 state.into(),
-                n.last_seen.map(datetime).unwrap_or_else(|| "-".into()),
+                n.last_seen_ms.map(datetime).unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -788,7 +788,7 @@ fn node_detail(n: &NodeInfo) -> String {
         "\nhostname:  {}\n",
         safe(n.hostname.as_deref().unwrap_or("-"))
     ));
-    s.push_str(&format!("created:   {}\n", datetime(n.created_at)));
+    s.push_str(&format!("created:   {}\n", datetime(n.created_at_ms)));
     let eps: Vec<String> = n.endpoints.iter().map(ToString::to_string).collect();
     s.push_str(&format!(
         "endpoints: {}\n",
@@ -981,7 +981,7 @@ fn audit_table(entries: &[AuditEntry]) -> String {
         .map(|e| {
             vec![
                 e.id.to_string(),
-                datetime(e.at_ms / 1000),
+                datetime(e.at_ms),
                 e.actor.clone(),
                 e.action.clone(),
                 e.target.clone(),
@@ -1006,7 +1006,7 @@ fn relays_table(relays: &[RelayInfo]) -> String {
                     .map(|p| p.to_string())
                     .unwrap_or_else(|| "-".into()),
                 if r.connected { "yes" } else { "no" }.into(),
-                r.last_seen.map(datetime).unwrap_or_else(|| "-".into()),
+                r.last_seen_ms.map(datetime).unwrap_or_else(|| "-".into()),
                 r.tls_fingerprint.clone().unwrap_or_else(|| "-".into()),
             ]
         })

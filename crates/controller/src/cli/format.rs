@@ -54,9 +54,11 @@ pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// RFC 3339 UTC, `YYYY-MM-DDTHH:MM:SSZ`, from Unix seconds: how every time is
-/// shown to people (ARCHITECTURE.md, "Timestamps").
-pub(super) fn datetime(unix: u64) -> String {
+/// RFC 3339 UTC, `YYYY-MM-DDTHH:MM:SSZ`, from Unix milliseconds (what every
+/// JSON time carries): how every time is shown to people (ARCHITECTURE.md,
+/// "Conventions for output").
+pub(super) fn datetime(unix_ms: u64) -> String {
+    let unix = unix_ms / 1000;
     let days = i64::try_from(unix / 86_400).unwrap_or(0);
     let rem = unix % 86_400;
     // Howard Hinnant's civil_from_days.
@@ -106,8 +108,9 @@ mod tests {
     #[test]
     fn dates_and_durations() {
         assert_eq!(datetime(0), "1970-01-01T00:00:00Z");
-        assert_eq!(datetime(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(datetime(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(datetime(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(datetime(1_700_000_000_999), "2023-11-14T22:13:20Z");
+        assert_eq!(datetime(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(parse_duration("24h"), Ok(86_400));
         assert_eq!(parse_duration("90"), Ok(90));
         assert!(parse_duration("3y").is_err());

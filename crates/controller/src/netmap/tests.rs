@@ -281,6 +281,27 @@ fn a_change_reaches_only_members_of_the_touched_network() {
 }
 
 #[test]
+fn a_peers_last_seen_is_unix_milliseconds() {
+    let mut w = setup();
+    let mut b = Batch::default();
+    let now_ms = 1_700_000_000_750;
+    for i in [1, 2] {
+        w.apply(&mut b, &Actor::Admin, register(i, "ta"), now_ms)
+            .unwrap();
+    }
+    w.finish_batch(&mut b);
+    let id2 = w.find_node_by_key(&key(2)).unwrap().rec.id;
+    let map = snapshot(&w, id2).unwrap();
+    let peer = map.networks[0]
+        .peers
+        .iter()
+        .find(|p| p.node_key == key(1))
+        .unwrap();
+    // Recorded to the second, carried in milliseconds.
+    assert_eq!(peer.last_seen_ms, Some(1_700_000_000_000));
+}
+
+#[test]
 fn one_join_reaches_every_member_with_its_new_policy() {
     let mut w = setup();
     let mut b = Batch::default();
