@@ -325,6 +325,7 @@ async fn session(
         Some(OutageNote::Back { after, failures }) => tracing::info!(
             controller = %cred.controller,
             failed_attempts = failures,
+            resume_from = ?resume,
             "controller back after {:.1} s; map stream open",
             after.as_secs_f64()
         ),
