@@ -17,14 +17,7 @@ fn lab(nodes: &[&str]) -> Lab {
     if let Err(e) = weft_lab::require_root() {
         panic!("{e}");
     }
-    let mut topo = Topology::new().host("controller", Net::Internet).router(
-        "office",
-        Net::Internet,
-        Nat::Easy,
-    );
-    for n in nodes {
-        topo = topo.host(*n, Net::lan("office"));
-    }
+    let topo = Topology::office(nodes);
     Lab::build(&topo).expect("build the lab")
 }
 
@@ -32,7 +25,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// `weft up --controller ... --token-file ...` in `node`.
 /// Whether `node1`'s link to the controller is up.
 fn connected(mesh: &Mesh<'_>) -> bool {
     mesh.try_status("node1")

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use weft_lab::mesh::{Mesh, NetworkSpec};
 use weft_lab::resolv::EXAMPLE_TEST_ADDR;
-use weft_lab::{Lab, Nat, Net, Topology};
+use weft_lab::{Lab, Topology};
 
 const NODES: [&str; 3] = ["db", "web", "app"];
 
@@ -78,14 +78,7 @@ fn overlay_names_resolve_follow_renames_and_leave_no_trace() {
         panic!("{e}");
     }
     let host_before = host_resolv_conf();
-    let mut topo = Topology::new().host("controller", Net::Internet).router(
-        "office",
-        Net::Internet,
-        Nat::Easy,
-    );
-    for n in NODES {
-        topo = topo.host(n, Net::lan("office"));
-    }
+    let topo = Topology::office(&NODES);
     let lab = Lab::build(&topo).expect("build the lab");
     assert!(
         lab.has_upstream_dns(),

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use weft_lab::mesh::{Mesh, NetworkSpec};
-use weft_lab::{Lab, Nat, Net, Topology};
+use weft_lab::{Lab, Topology};
 
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
@@ -17,14 +17,7 @@ fn lab() -> Lab {
     if let Err(e) = weft_lab::require_root() {
         panic!("{e}");
     }
-    let mut topo = Topology::new().host("controller", Net::Internet).router(
-        "office",
-        Net::Internet,
-        Nat::Easy,
-    );
-    for n in NODES {
-        topo = topo.host(n, Net::lan("office"));
-    }
+    let topo = Topology::office(&NODES);
     Lab::build(&topo).expect("build the lab")
 }
 

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_lab::mesh::{Mesh, NetworkSpec};
-use weft_lab::{Lab, Nat, Net, Topology};
+use weft_lab::{Lab, Topology};
 
 fn within(what: &str, timeout: Duration, check: impl FnMut() -> bool) -> Duration {
     weft_lab::timed_wait(what, timeout, check).unwrap_or_else(|e| panic!("{e}"))
@@ -83,14 +83,7 @@ fn a_node_in_two_networks_reaches_both_isolates_them_and_leaves_one() {
     if let Err(e) = weft_lab::require_root() {
         panic!("{e}");
     }
-    let mut topo = Topology::new().host("controller", Net::Internet).router(
-        "office",
-        Net::Internet,
-        Nat::Easy,
-    );
-    for n in ["hub", "a1", "b1"] {
-        topo = topo.host(n, Net::lan("office"));
-    }
+    let topo = Topology::office(&["hub", "a1", "b1"]);
     let lab = Lab::build(&topo).expect("build the lab");
     let mut mesh = Mesh::start(
         &lab,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weft_lab::mesh::{Mesh, NetworkSpec};
 use weft_lab::scripts::{ECHO_SERVER, TCP_FLOW, UDP_BURST};
-use weft_lab::{Lab, Nat, Net, Topology};
+use weft_lab::{Lab, Topology};
 
 const NODES: [&str; 3] = ["web", "db", "other"];
 
@@ -20,14 +20,7 @@ fn lab() -> Lab {
     if let Err(e) = weft_lab::require_root() {
         panic!("{e}");
     }
-    let mut topo = Topology::new().host("controller", Net::Internet).router(
-        "office",
-        Net::Internet,
-        Nat::Easy,
-    );
-    for n in NODES {
-        topo = topo.host(n, Net::lan("office"));
-    }
+    let topo = Topology::office(&NODES);
     Lab::build(&topo).expect("build the lab")
 }
 

@@ -200,6 +200,19 @@ impl Topology {
         Self::default()
     }
 
+    /// The lab most end-to-end tests use: a host `controller` on the internet and
+    /// `nodes` on the LAN of an easy-NAT router `office`.
+    pub fn office<S: AsRef<str>>(nodes: &[S]) -> Self {
+        nodes.iter().fold(
+            Self::new().host("controller", Net::Internet).router(
+                "office",
+                Net::Internet,
+                Nat::Easy,
+            ),
+            |t, n| t.host(n.as_ref(), Net::lan("office")),
+        )
+    }
+
     /// Adds a host attached to `net` (its interface is `eth0`).
     #[must_use]
     pub fn host(mut self, name: impl Into<String>, net: Net) -> Self {

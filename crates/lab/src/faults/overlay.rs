@@ -17,7 +17,7 @@ use super::util::{
 };
 use super::{CaseResult, Tally};
 use crate::mesh::{Mesh, NetworkSpec};
-use crate::{Lab, Nat, Net, Topology, timed_wait, wait_until};
+use crate::{Lab, Topology, timed_wait, wait_until};
 
 const LAB_NODES: [&str; 3] = ["a", "b", "c"];
 
@@ -25,13 +25,7 @@ pub(super) fn run(names: &[&str], progress: &mut dyn FnMut(&CaseResult)) -> Vec<
     super::run_group(
         names,
         progress,
-        &Topology::new()
-            .host("controller", Net::Internet)
-            .router("office", Net::Internet, Nat::Easy)
-            .host("a", Net::lan("office"))
-            .host("b", Net::lan("office"))
-            .host("c", Net::lan("office"))
-            .host("d", Net::lan("office")),
+        &Topology::office(&["a", "b", "c", "d"]),
         setup,
         |name, mesh, t| match name {
             "spoofed-source" => spoofed_source(mesh, t),
