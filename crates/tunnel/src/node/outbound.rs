@@ -1,0 +1,156 @@
+//! Packets from the TUN: route by destination, police, encrypt.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use boringtun::noise::TunnResult;
+use weft_proto::NodeKey;
+
+use super::*;
+use crate::batch::{DatagramBatch, PacketBatch};
+use crate::counters::DropReason;
+use crate::ip::{self, IpView};
+use crate::path::Route;
+use weft_policy::Direction;
+
+impl Node {
+    /// Handles a packet read from the TUN: route it to a peer by destination
+    /// address and encrypt it into `out` (at least `packet.len() + 32` and
+    /// [`MIN_OUT_BUF`] bytes).
+    pub fn handle_tun_packet<'a>(
+        &mut self,
+        now: Instant,
+        net: NetIndex,
+        packet: &[u8],
+        out: &'a mut [u8],
+    ) -> TunOutcome<'a> {
+        let Ok(view) = IpView::parse(packet) else {
+            return self.drop_tun(DropReason::MalformedIp);
+        };
+        let packet = &packet[..view.total_len];
+        let routed = || self.gateway_for(now, net, view.dst);
+        let Some(key) = self.by_ip.get(&(net, view.dst)).copied().or_else(routed) else {
+            self.drops.add(DropReason::NoRoute);
+            let from = self
+                .local
+                .iter()
+                .find(|(a, n)| **n == net && a.is_ipv4() == view.src.is_ipv4())
+                .map(|(a, _)| *a);
+            if let Some(from) = from
+                && let Some(n) = ip::icmp_unreachable(packet, &view, from, out)
+            {
+                return TunOutcome::Reply(&out[..n]);
+            }
+            return TunOutcome::Dropped(DropReason::NoRoute);
+        };
+        if out.len() < packet.len() + WG_OVERHEAD || out.len() < MIN_OUT_BUF {
+            return self.drop_tun(DropReason::BufferTooSmall);
+        }
+        if let Err(reason) = self.police(now, key, Direction::Egress, packet) {
+            // Tell the local sender at once instead of letting it time out.
+            if let Some(from) = self
+                .local
+                .iter()
+                .find(|(a, n)| **n == net && a.is_ipv4() == view.src.is_ipv4())
+                .map(|(a, _)| *a)
+                && let Some(n) =
+                    ip::icmp_error(packet, &view, from, out, ip::Unreachable::Prohibited)
+            {
+                return TunOutcome::Reply(&out[..n]);
+            }
+            return TunOutcome::Dropped(reason);
+        }
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return self.drop_tun(DropReason::NoRoute);
+        };
+        let relay_up = self.relay_up;
+        match peer.tunn.encapsulate(packet, out) {
+            TunnResult::WriteToNetwork(buf) => {
+                if is_data(buf) {
+                    let dst = match peer.path.route(now, relay_up) {
+                        Route::Direct(a) => Dest::Udp(a),
+                        Route::Relay => Dest::Relay(key),
+                        Route::Candidates => {
+                            // No confirmed path and no relay: best effort.
+                            let first = peer.path.candidates().next();
+                            match first {
+                                Some(a) => Dest::Udp(a),
+                                None => return self.drop_tun(DropReason::NoPath),
+                            }
+                        }
+                    };
+                    let n = buf.len();
+                    return TunOutcome::Send {
+                        dst,
+                        datagram: &out[..n],
+                    };
+                }
+                // A handshake initiation (the packet is queued behind it).
+                send_handshake(&mut self.transmits, key, peer, buf, now, relay_up);
+                TunOutcome::Queued
+            }
+            TunnResult::Done => TunOutcome::Queued,
+            TunnResult::Err(_) => {
+                peer.drops.add(DropReason::SessionError);
+                self.drop_tun(DropReason::SessionError)
+            }
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                self.drop_tun(DropReason::SessionError)
+            }
+        }
+    }
+
+    /// The gateway for `dst` in `net`: among the gateways of the longest
+    /// matching prefix, the best-ranked one that is alive, else the best-ranked.
+    pub(super) fn gateway_for(&self, now: Instant, net: NetIndex, dst: IpAddr) -> Option<NodeKey> {
+        let mut first: Option<(IpNet, NodeKey)> = None;
+        for (n, p, _, k) in &self.routes {
+            if *n != net || !p.contains(&dst) {
+                continue;
+            }
+            match first {
+                None => first = Some((*p, *k)),
+                // Only the gateways of the most specific prefix compete.
+                Some((fp, _)) if fp != *p => break,
+                Some(_) => {}
+            }
+            if self
+                .peers
+                .get(k)
+                .is_some_and(|peer| peer.path.alive(now, GATEWAY_RELAY_WINDOW))
+            {
+                return Some(*k);
+            }
+        }
+        first.map(|f| f.1)
+    }
+
+    /// Handles packets read together from the TUN of `net` (the segments of one
+    /// offload read, say): each exactly as [`Node::handle_tun_packet`] would, in
+    /// order. Encrypted datagrams are appended to `out` (grouped for GSO sends),
+    /// ICMP errors for local senders to `replies`; handshakes and queued packets
+    /// go to [`Node::poll_transmit`] as usual.
+    pub fn handle_tun_batch<'p>(
+        &mut self,
+        now: Instant,
+        net: NetIndex,
+        packets: impl IntoIterator<Item = &'p [u8]>,
+        out: &mut DatagramBatch,
+        replies: &mut PacketBatch,
+    ) {
+        for packet in packets {
+            let space = out.space((packet.len() + WG_OVERHEAD).max(MIN_OUT_BUF));
+            let sent = match self.handle_tun_packet(now, net, packet, space) {
+                TunOutcome::Send { dst, datagram } => Some((dst, datagram.len())),
+                TunOutcome::Reply(icmp) => {
+                    replies.push(net, icmp);
+                    None
+                }
+                TunOutcome::Queued | TunOutcome::Dropped(_) => None,
+            };
+            if let Some((dst, n)) = sent {
+                out.commit(dst, n);
+            }
+        }
+    }
+}
