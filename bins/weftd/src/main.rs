@@ -71,6 +71,22 @@ struct Args {
     /// resolver and changes nothing.
     #[arg(long, env = "WEFT_DNS", value_enum, default_value_t = DnsArg::Auto)]
     dns: DnsArg,
+    /// Data-plane offloads: `on` asks for the TUN's virtio-net header with
+    /// TSO/USO (one read or write moves up to 64 KiB) and UDP GSO/GRO (one
+    /// syscall sends or receives a run of datagrams); each one the kernel or
+    /// device lacks falls back on its own to one packet per syscall. `off` turns
+    /// them all off (for comparisons, and to test the fallback path).
+    /// Environment: WEFTD_OFFLOAD=0 (off) or 1 (on).
+    #[arg(long, env = "WEFTD_OFFLOAD", value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
+    offload: bool,
+    /// Data-plane output workers: `on` hands large batches' output (UDP sends,
+    /// TUN writes) to one thread per direction, so reading and crypto overlap
+    /// with output on another CPU (small batches stay inline, so a ping pays no
+    /// hand-off); `off` does everything on the I/O thread; `auto` is `on` when
+    /// this process may use more than one CPU.
+    /// Environment: WEFTD_PIPELINE=0 (off), 1 (on) or auto.
+    #[arg(long, env = "WEFTD_PIPELINE", value_name = "auto|on|off", default_value = "auto", value_parser = pipeline_arg)]
+    pipeline: Pipeline,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -86,6 +102,29 @@ fn route_arg(text: &str) -> Result<String, String> {
         .map_err(|e| format!("{text:?} is not an IPv4 subnet such as 192.168.50.0/24: {e}"))?;
     weft_proto::net::check_routable_v4(&prefix).map_err(|e| format!("{prefix} {e}"))?;
     Ok(prefix.to_string())
+}
+
+/// `--offload` values (and `WEFTD_OFFLOAD`, which has always been `0` or `1`).
+fn on_off(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "1" | "true" | "yes" => Ok(true),
+        "off" | "0" | "false" | "no" => Ok(false),
+        _ => Err(format!("{text:?}: use on or off (1 or 0)")),
+    }
+}
+
+/// `--pipeline` values: `None` is `auto`.
+#[derive(Debug, Clone, Copy)]
+struct Pipeline(Option<bool>);
+
+/// `--pipeline` values (and `WEFTD_PIPELINE`: `0`, `1`, or `auto`).
+fn pipeline_arg(text: &str) -> Result<Pipeline, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "auto" | "" => Ok(Pipeline(None)),
+        other => on_off(other)
+            .map(|on| Pipeline(Some(on)))
+            .map_err(|_| format!("{text:?}: use auto, on or off (1 or 0)")),
+    }
 }
 
 /// `--dns` values.
@@ -146,6 +185,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         dns: match args.dns {
             DnsArg::Auto => weft_agent::DnsMode::Auto,
             DnsArg::Off => weft_agent::DnsMode::Off,
+        },
+        dataplane: weft_agent::DataplaneConfig {
+            offload: args.offload,
+            pipeline: args.pipeline.0,
         },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

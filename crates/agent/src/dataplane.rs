@@ -64,10 +64,34 @@ const HDR: usize = VIRTIO_NET_HDR_LEN;
 /// Packets per batch (segments of one TUN read; datagrams decrypted per TUN flush).
 const BATCH: usize = IDEAL_BATCH_SIZE;
 
-/// Whether the data plane asks for TUN and UDP offloads (`WEFTD_OFFLOAD=0` turns
-/// them off: for comparisons and for testing the fallback path).
-fn offloads_wanted() -> bool {
-    std::env::var_os("WEFTD_OFFLOAD").is_none_or(|v| v != "0")
+/// The data plane's settings (`weftd --offload`, `--pipeline`; their
+/// environment variables are read there, at the edge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Ask for TUN and UDP offloads (`false`: one packet per syscall, for
+    /// comparisons and for testing the fallback path).
+    pub offload: bool,
+    /// Hand large batches' output to a worker thread per direction: `None`
+    /// decides by the CPUs this process may use (more than one: yes).
+    pub pipeline: Option<bool>,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            offload: true,
+            pipeline: None,
+        }
+    }
+}
+
+impl DataplaneConfig {
+    /// Whether output goes to worker threads: on one CPU the hop between
+    /// threads is pure cost.
+    fn pipelined(&self) -> bool {
+        self.pipeline
+            .unwrap_or_else(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+    }
 }
 
 /// A TUN device (non-blocking; a TUN write never waits), whether it speaks the
@@ -224,18 +248,19 @@ pub(crate) struct Dataplane {
     timer_task: Option<JoinHandle<()>>,
     relay_task: Option<(Relay, JoinHandle<()>)>,
     port: u16,
+    offload: bool,
 }
 
 impl Dataplane {
     /// Binds the UDP socket and starts the I/O thread and the timer task.
-    pub(crate) async fn start(node: Node, port: u16) -> anyhow::Result<Self> {
+    pub(crate) async fn start(node: Node, port: u16, cfg: DataplaneConfig) -> anyhow::Result<Self> {
         let udp = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))
             .with_context(|| format!("binding the data-plane UDP socket on port {port}"))?;
         udp.set_nonblocking(true)
             .context("making the data-plane UDP socket non-blocking")?;
         let port = udp.local_addr()?.port();
         size_socket_buffers(&udp);
-        let udp_offloads = Offloads::setup(&udp, offloads_wanted());
+        let udp_offloads = Offloads::setup(&udp, cfg.offload);
         let (reflexive, _) = watch::channel(Vec::new());
         let shared = Arc::new(Shared {
             node: Mutex::new(node),
@@ -246,7 +271,7 @@ impl Dataplane {
             reflexive,
         });
         let ctl = Arc::new(LoopCtl::new().context("creating the I/O thread's wake-up eventfd")?);
-        let pipelined = pipelined();
+        let pipelined = cfg.pipelined();
         let io = {
             let (sh, ctl) = (shared.clone(), ctl.clone());
             std::thread::Builder::new()
@@ -273,6 +298,7 @@ impl Dataplane {
             timer_task: Some(timer_task),
             relay_task: None,
             port,
+            offload: cfg.offload,
         })
     }
 
@@ -337,7 +363,7 @@ impl Dataplane {
                 dev.set_nonblocking(true)?;
                 io::Result::Ok(dev)
             };
-            let dev = match offloads_wanted().then(|| build(true)) {
+            let dev = match self.offload.then(|| build(true)) {
                 Some(Ok(dev)) => Ok(dev),
                 Some(Err(e)) => {
                     tracing::warn!(interface = %name, error = %e, "TUN offloads (virtio-net header, TSO) unavailable; one packet per read");
@@ -595,18 +621,6 @@ const POOL: usize = 4;
 const INLINE_BYTES: usize = 4096;
 /// Largest batch of decrypted packets written inline while the TUN worker is idle.
 const INLINE_PACKETS: usize = 4;
-
-/// Whether large batches' output goes to a worker thread per direction, so that
-/// reading and crypto overlap with sending on another core (`WEFTD_PIPELINE=0/1`
-/// overrides; by default only when this process may use more than one CPU: on
-/// one, the hop between threads is pure cost).
-fn pipelined() -> bool {
-    match std::env::var("WEFTD_PIPELINE").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => std::thread::available_parallelism().is_ok_and(|n| n.get() > 1),
-    }
-}
 
 /// A thread doing one direction's output for the I/O thread. Filled batches go
 /// to it, emptied ones come back; at most [`POOL`] exist, so a slow worker holds
@@ -1252,7 +1266,9 @@ mod tests {
             [3; 32],
             clock::now(),
         );
-        let mut dp = Dataplane::start(node, 0).await.expect("start");
+        let mut dp = Dataplane::start(node, 0, DataplaneConfig::default())
+            .await
+            .expect("start");
         assert_ne!(dp.port(), 0);
         assert!(!dp.io_stopped());
         dp.shutdown();

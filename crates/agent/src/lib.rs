@@ -34,5 +34,6 @@ pub mod state;
 mod supervisor;
 mod udp_batch;
 
+pub use dataplane::DataplaneConfig;
 pub use dns::DnsMode;
 pub use supervisor::{AgentConfig, run};

@@ -24,7 +24,7 @@ use weft_tunnel::path::PathKind;
 use crate::api::{self, ApiCall};
 use crate::clock;
 use crate::ctl::{self, LinkState};
-use crate::dataplane::Dataplane;
+use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::dns::{self, Dns, DnsMode};
 use crate::failures::Failures;
 use crate::netmap::{self, Derived, Slots};
@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub join: Option<UpRequest>,
     /// Overlay DNS (`weftd --dns`).
     pub dns: DnsMode,
+    /// Data-plane settings (`weftd --offload`, `--pipeline`).
+    pub dataplane: DataplaneConfig,
 }
 
 struct Agent {
@@ -161,7 +163,7 @@ async fn serve<F: Future<Output = ()>>(
         seed,
         clock::now(),
     );
-    let dp = Dataplane::start(node, cfg.port).await?;
+    let dp = Dataplane::start(node, cfg.port, cfg.dataplane).await?;
 
     let mut failures = Failures::default();
     let exec = match NetlinkExecutor::new() {
