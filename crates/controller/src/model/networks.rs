@@ -1,0 +1,201 @@
+//! Networks: creation, address allocation.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+use weft_proto::api::{self};
+use weft_proto::net::{Ipv4Net, Ipv6Net};
+
+use crate::error::ApiError;
+use crate::store::{NetworkRecord, Write};
+
+use super::*;
+
+/// Offsets below this are not handed out: `.0` is the network address and `.1`
+/// is reserved for a future in-network controller/DNS address.
+pub const FIRST_HOST_OFFSET: u64 = 2;
+
+/// A network and its indexes.
+#[derive(Debug, Clone)]
+pub struct NetState {
+    /// The row.
+    pub rec: NetworkRecord,
+    /// Member nodes.
+    pub members: BTreeSet<NodeId>,
+    pub(super) used: BTreeSet<u64>,
+    pub(super) cursor: u64,
+}
+
+/// A validated request to create a network.
+#[derive(Debug, Clone)]
+pub struct NewNetwork {
+    /// Name.
+    pub name: String,
+    /// IPv4 prefix.
+    pub ipv4_cidr: Ipv4Net,
+    /// IPv6 prefix.
+    pub ipv6_prefix: Option<Ipv6Net>,
+    /// DNS domain.
+    pub dns_domain: String,
+    /// PoW bits.
+    pub pow_difficulty: u32,
+}
+
+impl World {
+    /// Network info for the admin API.
+    pub fn network_info(&self, net: &NetState) -> api::Network {
+        api::Network {
+            name: net.rec.name.clone(),
+            ipv4_cidr: net.rec.ipv4_cidr,
+            ipv6_prefix: net.rec.ipv6_prefix,
+            dns_domain: net.rec.dns_domain.clone(),
+            pow_difficulty: net.rec.pow_difficulty,
+            node_count: net.members.len() as u64,
+            created_at_ms: secs_to_ms(net.rec.created_at),
+        }
+    }
+
+    /// All networks, by name.
+    pub fn networks_info(&self) -> Vec<api::Network> {
+        self.network_by_name
+            .values()
+            .filter_map(|id| self.networks.get(id))
+            .map(|n| self.network_info(n))
+            .collect()
+    }
+
+    /// The ids of all networks.
+    pub fn network_ids(&self) -> impl Iterator<Item = NetId> + '_ {
+        self.networks.keys().copied()
+    }
+
+    /// A network by id.
+    pub fn network(&self, id: NetId) -> Option<&NetState> {
+        self.networks.get(&id)
+    }
+
+    /// A network by name.
+    pub fn network_by_name(&self, name: &str) -> Option<&NetState> {
+        self.network_by_name
+            .get(name)
+            .and_then(|id| self.networks.get(id))
+    }
+
+    pub(super) fn create_network(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        n: NewNetwork,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        // The same check as subnet routes: an overlay on loopback, link-local,
+        // multicast or broadcast space could never carry traffic.
+        weft_proto::net::check_routable_v4(&n.ipv4_cidr).map_err(|e| {
+            ApiError::invalid("invalid_cidr", format!("ipv4_cidr {} {e}", n.ipv4_cidr))
+        })?;
+        if let Some(p) = &n.ipv6_prefix {
+            weft_proto::net::check_routable_v6(p)
+                .map_err(|e| ApiError::invalid("invalid_cidr", format!("ipv6_prefix {p} {e}")))?;
+        }
+        if self.network_by_name.contains_key(&n.name) {
+            return Err(ApiError::conflict(
+                "network_exists",
+                format!("network {:?} already exists", n.name),
+            ));
+        }
+        if let Some(other) = self
+            .networks
+            .values()
+            .find(|o| o.rec.ipv4_cidr.overlaps(&n.ipv4_cidr))
+        {
+            return Err(ApiError::conflict(
+                "cidr_overlap",
+                format!(
+                    "{} overlaps network {:?} ({})",
+                    n.ipv4_cidr, other.rec.name, other.rec.ipv4_cidr
+                ),
+            ));
+        }
+        if let Some(r) = self.route_overlapping(&n.ipv4_cidr) {
+            let gw = self
+                .nodes
+                .get(&r.node_id)
+                .map(|g| g.rec.name.clone())
+                .unwrap_or_default();
+            return Err(ApiError::conflict(
+                "cidr_overlap",
+                format!(
+                    "{} overlaps the subnet route {} of gateway {gw:?}; withdraw that route first",
+                    n.ipv4_cidr, r.prefix
+                ),
+            ));
+        }
+        let id = self.next_network_id;
+        self.next_network_id += 1;
+        let rec = NetworkRecord {
+            id,
+            name: n.name.clone(),
+            ipv4_cidr: n.ipv4_cidr,
+            ipv6_prefix: n.ipv6_prefix,
+            dns_domain: n.dns_domain,
+            pow_difficulty: n.pow_difficulty,
+            created_at: secs(now_ms),
+        };
+        batch.writes.push(Write::PutNetwork(rec.clone()));
+        self.network_by_name.insert(n.name.clone(), id);
+        let state = NetState {
+            rec,
+            members: BTreeSet::new(),
+            used: BTreeSet::new(),
+            cursor: FIRST_HOST_OFFSET,
+        };
+        let info = self.network_info(&state);
+        self.networks.insert(id, state);
+        self.audit(
+            batch,
+            actor,
+            "network.create",
+            n.name,
+            json!({"ipv4_cidr": info.ipv4_cidr, "ipv6_prefix": info.ipv6_prefix, "dns_domain": info.dns_domain, "pow_difficulty": info.pow_difficulty}),
+            now_ms,
+        );
+        // The new network's default rule, visible and editable in the policy.
+        if let Some((text, parsed)) = self.policy.with_network(&info.name) {
+            self.put_policy(batch, actor, text, parsed, "network.create", now_ms);
+        } else {
+            tracing::error!(network = %info.name, "could not append the network's default rule to the policy");
+        }
+        Ok(Output::Network(info))
+    }
+}
+
+impl NetState {
+    /// Number of addresses that can be handed out.
+    pub fn capacity(&self) -> u64 {
+        self.rec
+            .ipv4_cidr
+            .size()
+            .saturating_sub(FIRST_HOST_OFFSET + 1)
+    }
+
+    /// The next free host offset at or after the cursor (wrapping), skipping the
+    /// network address, the reserved `.1` and the broadcast address.
+    pub(super) fn free_offset(&self) -> Option<u64> {
+        let last = self.rec.ipv4_cidr.size().checked_sub(2)?;
+        if last < FIRST_HOST_OFFSET || self.used.len() as u64 >= self.capacity() {
+            return None;
+        }
+        let start = self.cursor.clamp(FIRST_HOST_OFFSET, last);
+        let scan = |from: u64, to: u64| {
+            let mut candidate = from;
+            for used in self.used.range(from..=to) {
+                if *used != candidate {
+                    break;
+                }
+                candidate += 1;
+            }
+            (candidate <= to).then_some(candidate)
+        };
+        scan(start, last).or_else(|| scan(FIRST_HOST_OFFSET, start))
+    }
+}

@@ -1,0 +1,574 @@
+//! Nodes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use serde_json::json;
+use weft_proto::NodeKey;
+use weft_proto::api::{NodeAddress, NodeInfo};
+
+use crate::error::ApiError;
+use crate::secret::SecretHash;
+use crate::store::{MembershipRecord, NodeRecord, Write};
+
+use super::tokens::{token_gone, token_state};
+use super::*;
+
+/// A node and its indexes.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    /// The row.
+    pub rec: NodeRecord,
+    /// Its memberships by network.
+    pub memberships: BTreeMap<NetId, MembershipRecord>,
+    /// Online as peers see it (`online` in maps and the admin API): a map
+    /// stream stayed open for the online delay and the node has not been
+    /// without one for the offline grace period since ([`Presence`] decides).
+    /// Not persisted: after a restart every node is offline until it
+    /// reconnects.
+    pub online: bool,
+    /// The `last_seen` value peers were last told about.
+    pub seen_published: Option<u64>,
+}
+
+/// A registration whose signature and proof of work the handler already checked.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The key.
+    pub node_key: NodeKey,
+    /// Hash of the presented join token.
+    pub token_hash: SecretHash,
+    /// Proof-of-work bits the key reaches.
+    pub pow_bits: u32,
+    /// Validated requested name.
+    pub name: Option<String>,
+    /// Validated host name.
+    pub hostname: Option<String>,
+    /// Hash of the new credential.
+    pub credential_hash: SecretHash,
+}
+
+/// A validated node update.
+#[derive(Debug, Clone, Default)]
+pub struct NodePatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New tags.
+    pub tags: Option<BTreeSet<String>>,
+    /// Disable / enable.
+    pub disabled: Option<bool>,
+}
+
+impl World {
+    /// Node info for the admin API.
+    pub fn node_info(&self, n: &NodeState) -> NodeInfo {
+        NodeInfo {
+            node_key: n.rec.node_key,
+            name: n.rec.name.clone(),
+            hostname: n.rec.hostname.clone(),
+            tags: n.rec.tags.iter().cloned().collect(),
+            disabled: n.rec.disabled,
+            online: n.online,
+            endpoints: n.rec.endpoints.clone(),
+            last_seen_ms: n.rec.last_seen.map(secs_to_ms),
+            created_at_ms: secs_to_ms(n.rec.created_at),
+            addresses: self.addresses(n),
+        }
+    }
+
+    /// Nodes for the admin API, by name, optionally only members of a network.
+    pub fn nodes_info(&self, network: Option<NetId>) -> Vec<NodeInfo> {
+        self.node_by_name
+            .values()
+            .filter_map(|id| self.nodes.get(id))
+            .filter(|n| network.is_none_or(|net| n.memberships.contains_key(&net)))
+            .map(|n| self.node_info(n))
+            .collect()
+    }
+
+    // ---- reads ----
+
+    /// The node holding this credential.
+    pub fn node_by_credential(&self, hash: &SecretHash) -> Option<&NodeState> {
+        self.node_by_cred
+            .get(hash)
+            .and_then(|id| self.nodes.get(id))
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: NodeId) -> Option<&NodeState> {
+        self.nodes.get(&id)
+    }
+
+    /// A node by key (43-character text) or name.
+    pub fn find_node(&self, sel: &str) -> Option<&NodeState> {
+        let by_key = sel
+            .parse::<NodeKey>()
+            .ok()
+            .and_then(|k| self.node_by_key.get(&k));
+        by_key
+            .or_else(|| self.node_by_name.get(sel))
+            .and_then(|id| self.nodes.get(id))
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// A node's addresses, by network name.
+    pub fn addresses(&self, n: &NodeState) -> Vec<NodeAddress> {
+        let mut out: Vec<NodeAddress> = n
+            .memberships
+            .values()
+            .filter_map(|m| {
+                self.networks.get(&m.network_id).map(|net| NodeAddress {
+                    network: net.rec.name.clone(),
+                    ipv4: m.ipv4,
+                    ipv6: m.ipv6,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.network.cmp(&b.network));
+        out
+    }
+
+    /// All node ids (for tests and checks).
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes.keys().copied()
+    }
+
+    /// The nodes online now (kept across a reload of the state: presence is
+    /// not persisted).
+    pub fn online_nodes(&self) -> Vec<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| n.online)
+            .map(|n| n.rec.id)
+            .collect()
+    }
+
+    /// Marks `ids` online again after a reload (see [`World::online_nodes`]).
+    pub fn restore_online(&mut self, ids: &[NodeId]) {
+        for id in ids {
+            if let Some(n) = self.nodes.get_mut(id) {
+                n.online = true;
+            }
+        }
+    }
+
+    /// A node by key.
+    pub fn find_node_by_key(&self, key: &NodeKey) -> Option<&NodeState> {
+        self.node_by_key.get(key).and_then(|id| self.nodes.get(id))
+    }
+
+    pub(super) fn register(
+        &mut self,
+        batch: &mut Batch,
+        r: Registration,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let token_id = *self
+            .token_by_hash
+            .get(&r.token_hash)
+            .ok_or(ApiError::InvalidToken)?;
+        let token = self
+            .tokens
+            .get(&token_id)
+            .ok_or(ApiError::InvalidToken)?
+            .clone();
+        let existing = self.node_by_key.get(&r.node_key).copied();
+        if let Some(id) = existing
+            && self.nodes.get(&id).is_some_and(|n| n.rec.disabled)
+        {
+            return Err(ApiError::NodeDisabled);
+        }
+        let joined: BTreeSet<NetId> = existing
+            .and_then(|id| self.nodes.get(&id))
+            .map(|n| n.memberships.keys().copied().collect())
+            .unwrap_or_default();
+        let new_nets: Vec<NetId> = token
+            .networks
+            .iter()
+            .copied()
+            .filter(|n| !joined.contains(n))
+            .collect();
+        let is_retry = existing.is_some() && new_nets.is_empty();
+        if token.revoked {
+            return Err(token_gone("token_revoked", "join token was revoked"));
+        }
+        // A retry of a registration whose response was lost succeeds even if the
+        // token has since expired or been used up: it consumes nothing.
+        if !is_retry {
+            token_state(&token, now_ms)?;
+        }
+        let required = token
+            .networks
+            .iter()
+            .filter_map(|id| self.networks.get(id))
+            .map(|n| n.rec.pow_difficulty)
+            .max()
+            .unwrap_or(0);
+        if r.pow_bits < required {
+            return Err(ApiError::PowTooWeak {
+                achieved: r.pow_bits,
+                required,
+            });
+        }
+        // Plan the addresses before changing anything.
+        let mut planned = Vec::with_capacity(new_nets.len());
+        for net_id in &new_nets {
+            let net = self.networks.get(net_id).ok_or(ApiError::Internal)?;
+            // One node's networks must not overlap: its interfaces would claim
+            // the same addresses.
+            if let Some(other) = joined
+                .iter()
+                .chain(new_nets.iter().filter(|o| *o != net_id))
+                .filter_map(|o| self.networks.get(o))
+                .find(|o| o.rec.ipv4_cidr.overlaps(&net.rec.ipv4_cidr))
+            {
+                return Err(ApiError::conflict(
+                    "cidr_overlap",
+                    format!(
+                        "joining network {:?} ({}) would give this node overlapping networks: it overlaps {:?} ({})",
+                        net.rec.name, net.rec.ipv4_cidr, other.rec.name, other.rec.ipv4_cidr
+                    ),
+                ));
+            }
+            let off = net.free_offset().ok_or_else(|| {
+                ApiError::conflict(
+                    "network_full",
+                    format!(
+                        "network {:?} ({}) has no free address",
+                        net.rec.name, net.rec.ipv4_cidr
+                    ),
+                )
+            })?;
+            planned.push((*net_id, off));
+        }
+        let name = match existing.and_then(|id| self.nodes.get(&id)) {
+            Some(n) => n.rec.name.clone(),
+            None => self.unique_name(r.name.clone().unwrap_or_else(|| {
+                crate::validate::derive_node_name(r.hostname.as_deref(), &r.node_key)
+            }))?,
+        };
+
+        // Everything checked: apply.
+        let now = secs(now_ms);
+        let id = existing.unwrap_or_else(|| {
+            let id = self.next_node_id;
+            self.next_node_id += 1;
+            id
+        });
+        let mut node = match existing.and_then(|id| self.nodes.remove(&id)) {
+            Some(n) => n,
+            None => NodeState {
+                rec: NodeRecord {
+                    id,
+                    node_key: r.node_key,
+                    name: name.clone(),
+                    hostname: r.hostname.clone(),
+                    tags: BTreeSet::new(),
+                    disabled: false,
+                    credential_hash: r.credential_hash,
+                    endpoints: Vec::new(),
+                    last_seen: None,
+                    created_at: now,
+                },
+                memberships: BTreeMap::new(),
+                online: false,
+                seen_published: None,
+            },
+        };
+        self.node_by_cred.remove(&node.rec.credential_hash);
+        node.rec.credential_hash = r.credential_hash;
+        node.rec.last_seen = Some(now);
+        if r.hostname.is_some() {
+            node.rec.hostname = r.hostname.clone();
+        }
+        let tags_before = node.rec.tags.clone();
+        node.rec.tags.extend(token.tags.iter().cloned());
+        let tags_changed = node.rec.tags != tags_before;
+        if tags_changed {
+            batch.touched.self_changed.insert(id);
+        }
+        self.node_by_cred.insert(r.credential_hash, id);
+        self.node_by_key.insert(r.node_key, id);
+        self.node_by_name.insert(name.clone(), id);
+        batch.writes.push(Write::PutNode(node.rec.clone()));
+        for (net_id, off) in planned {
+            let Some(net) = self.networks.get_mut(&net_id) else {
+                continue;
+            };
+            let Some(ipv4) = net.rec.ipv4_cidr.nth(off) else {
+                continue;
+            };
+            net.used.insert(off);
+            net.cursor = off + 1;
+            net.members.insert(id);
+            let m = MembershipRecord {
+                node_id: id,
+                network_id: net_id,
+                ipv4,
+                ipv6: net.rec.ipv6_prefix.and_then(|p| p.nth(u128::from(off))),
+                token_id: Some(token_id),
+                joined_at: now,
+            };
+            batch.writes.push(Write::PutMembership(m.clone()));
+            node.memberships.insert(net_id, m);
+        }
+        if !is_retry {
+            batch.touched.resync.insert(id);
+            if let Some(t) = self.tokens.get_mut(&token_id) {
+                t.uses = t.uses.saturating_add(1);
+                batch.writes.push(Write::PutToken(t.clone()));
+            }
+        }
+        // Peers learn about the node in every network (new ones, and the old ones
+        // when tags changed).
+        if !is_retry || tags_changed {
+            Self::touch_everywhere(batch, &mut node);
+            batch.touched.policy_nodes.insert(node.rec.node_key);
+        }
+        let key = node.rec.node_key;
+        let addresses = {
+            self.nodes.insert(id, node);
+            self.nodes
+                .get(&id)
+                .map(|n| self.addresses(n))
+                .unwrap_or_default()
+        };
+        let action = if existing.is_none() {
+            "node.register"
+        } else if is_retry {
+            "node.reregister"
+        } else {
+            "node.join"
+        };
+        self.audit(
+            batch,
+            &Actor::Node(key),
+            action,
+            key.to_string(),
+            json!({"name": name, "token": format!("token:{token_id}"), "addresses": addresses}),
+            now_ms,
+        );
+        Ok(Output::Registered { name, addresses })
+    }
+
+    pub(super) fn unique_name(&self, base: String) -> Result<String, ApiError> {
+        if !self.node_by_name.contains_key(&base) {
+            return Ok(base);
+        }
+        for i in 2..10_000u32 {
+            let suffix = format!("-{i}");
+            let mut stem = base.clone();
+            stem.truncate(crate::validate::MAX_LABEL - suffix.len());
+            let candidate = format!("{}{suffix}", stem.trim_end_matches('-'));
+            if !self.node_by_name.contains_key(&candidate) {
+                return Ok(candidate);
+            }
+        }
+        Err(ApiError::conflict(
+            "name_taken",
+            format!("no free name derived from {base:?}"),
+        ))
+    }
+
+    pub(super) fn node_id_for(&self, sel: &str) -> Result<NodeId, ApiError> {
+        self.find_node(sel).map(|n| n.rec.id).ok_or_else(|| {
+            ApiError::not_found(
+                "node_not_found",
+                format!("no node with key or name {sel:?}"),
+            )
+        })
+    }
+
+    pub(super) fn touch_everywhere(batch: &mut Batch, node: &mut NodeState) {
+        node.seen_published = node.rec.last_seen;
+        for net in node.memberships.keys() {
+            batch.touched.entries.insert((*net, node.rec.node_key));
+        }
+    }
+
+    pub(super) fn update_node(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        sel: &str,
+        patch: NodePatch,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let id = self.node_id_for(sel)?;
+        if let Some(name) = &patch.name
+            && self
+                .node_by_name
+                .get(name)
+                .is_some_and(|other| *other != id)
+        {
+            return Err(ApiError::conflict(
+                "name_taken",
+                format!("another node is named {name:?}"),
+            ));
+        }
+        let Some(mut node) = self.nodes.remove(&id) else {
+            return Err(ApiError::Internal);
+        };
+        let key = node.rec.node_key.to_string();
+        let mut audits = Vec::new();
+        if let Some(name) = patch.name
+            && name != node.rec.name
+        {
+            audits.push(("node.rename", json!({"from": node.rec.name, "to": name})));
+            self.node_by_name.remove(&node.rec.name);
+            self.node_by_name.insert(name.clone(), id);
+            node.rec.name = name;
+            batch.touched.self_changed.insert(id);
+            Self::touch_everywhere(batch, &mut node);
+        }
+        if let Some(tags) = patch.tags
+            && tags != node.rec.tags
+        {
+            audits.push(("node.tag", json!({"from": node.rec.tags, "to": tags})));
+            node.rec.tags = tags;
+            batch.touched.self_changed.insert(id);
+            Self::touch_everywhere(batch, &mut node);
+        }
+        if let Some(disabled) = patch.disabled
+            && disabled != node.rec.disabled
+        {
+            audits.push((
+                if disabled {
+                    "node.disable"
+                } else {
+                    "node.enable"
+                },
+                json!({}),
+            ));
+            node.rec.disabled = disabled;
+            Self::touch_everywhere(batch, &mut node);
+            if disabled {
+                batch.touched.evicted.insert(id);
+            }
+        }
+        if !audits.is_empty() {
+            batch.writes.push(Write::PutNode(node.rec.clone()));
+            batch.touched.policy_nodes.insert(node.rec.node_key);
+        }
+        self.nodes.insert(id, node);
+        for (action, detail) in audits {
+            self.audit(batch, actor, action, key.clone(), detail, now_ms);
+        }
+        let info = self
+            .nodes
+            .get(&id)
+            .map(|n| self.node_info(n))
+            .ok_or(ApiError::Internal)?;
+        Ok(Output::Node(Box::new(info)))
+    }
+
+    pub(super) fn remove_node(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        sel: &str,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let id = self.node_id_for(sel)?;
+        let Some(mut node) = self.nodes.remove(&id) else {
+            return Err(ApiError::Internal);
+        };
+        Self::touch_everywhere(batch, &mut node);
+        batch.touched.evicted.insert(id);
+        batch.touched.policy_nodes.insert(node.rec.node_key);
+        for (net_id, m) in &node.memberships {
+            if let Some(net) = self.networks.get_mut(net_id) {
+                net.members.remove(&id);
+                if let Some(off) = net.rec.ipv4_cidr.offset_of(m.ipv4) {
+                    net.used.remove(&off);
+                }
+            }
+        }
+        self.node_by_key.remove(&node.rec.node_key);
+        self.node_by_name.remove(&node.rec.name);
+        self.node_by_cred.remove(&node.rec.credential_hash);
+        self.drop_routes_of(batch, id, None);
+        batch.writes.push(Write::DeleteNode(id));
+        let addresses: Vec<String> = node
+            .memberships
+            .values()
+            .map(|m| m.ipv4.to_string())
+            .collect();
+        self.audit(
+            batch,
+            actor,
+            "node.remove",
+            node.rec.node_key.to_string(),
+            json!({"name": node.rec.name, "addresses": addresses}),
+            now_ms,
+        );
+        Ok(Output::Done)
+    }
+
+    pub(super) fn report(
+        &mut self,
+        batch: &mut Batch,
+        id: NodeId,
+        endpoints: Option<Vec<SocketAddr>>,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let node = self.nodes.get_mut(&id).ok_or(ApiError::Unauthorized)?;
+        if node.rec.disabled {
+            return Err(ApiError::NodeDisabled);
+        }
+        node.rec.last_seen = Some(secs(now_ms));
+        if let Some(mut eps) = endpoints {
+            // An endpoint inside an overlay network (this node's own address or
+            // another node's) would send peers' datagrams into the tunnel:
+            // dropped, the others kept. (The handler refused loopback,
+            // unspecified, multicast and broadcast endpoints already.)
+            let networks = &self.networks;
+            eps.retain(|e| {
+                let overlay = networks.values().any(|n| match e.ip().to_canonical() {
+                    std::net::IpAddr::V4(ip) => n.rec.ipv4_cidr.contains(ip),
+                    std::net::IpAddr::V6(ip) => n.rec.ipv6_prefix.is_some_and(|p| p.contains(ip)),
+                });
+                if overlay {
+                    tracing::debug!(node = id, endpoint = %e, "dropped a reported endpoint in overlay address space");
+                }
+                !overlay && weft_proto::net::unusable_endpoint(e).is_none()
+            });
+            eps.sort();
+            eps.dedup();
+            if eps != node.rec.endpoints {
+                node.rec.endpoints = eps;
+                Self::touch_everywhere(batch, node);
+            }
+        }
+        batch.writes.push(Write::PutNode(node.rec.clone()));
+        Ok(Output::Done)
+    }
+
+    pub(super) fn presence(
+        &mut self,
+        batch: &mut Batch,
+        id: NodeId,
+        online: bool,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Ok(Output::Done);
+        };
+        if node.online != online {
+            node.online = online;
+            node.rec.last_seen = Some(secs(now_ms));
+            batch.writes.push(Write::PutNode(node.rec.clone()));
+            if !node.rec.disabled {
+                Self::touch_everywhere(batch, node);
+            }
+            // A gateway coming or going may change which gateway carries a subnet.
+            self.resync_gateway_networks(batch, id);
+        }
+        Ok(Output::Done)
+    }
+}

@@ -1,0 +1,220 @@
+//! Relays.
+
+use serde_json::json;
+use weft_proto::NodeKey;
+use weft_proto::netmap::Relay;
+use weft_proto::relay_api::RelayInfo;
+
+use crate::error::ApiError;
+use crate::secret::SecretHash;
+use crate::store::{RelayRecord, Write};
+
+use super::*;
+
+/// A validated request to register a relay.
+#[derive(Debug, Clone)]
+pub struct NewRelay {
+    /// Name (a DNS label).
+    pub name: String,
+    /// URL (a valid `RelayUrl`).
+    pub url: String,
+    /// Hash of the generated relay token.
+    pub hash: SecretHash,
+}
+
+/// What a relay reports about itself (validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayReport {
+    /// `sha256:<hex>` of its TLS certificate.
+    pub tls_fingerprint: Option<String>,
+    /// Its STUN port.
+    pub stun_port: Option<u16>,
+}
+
+impl World {
+    // ---- relays ----
+
+    /// The relays every map lists: registered relays by name, then the
+    /// configured `--relay` URLs.
+    pub fn map_relays(&self) -> Vec<Relay> {
+        self.relay_by_name
+            .values()
+            .filter_map(|id| self.relay_records.get(id))
+            .map(|r| Relay {
+                url: r.url.clone(),
+                name: Some(r.name.clone()),
+                tls_fingerprint: r.tls_fingerprint.clone(),
+                stun_port: r.stun_port,
+            })
+            .chain(self.relays.iter().cloned())
+            .collect()
+    }
+
+    /// The relay holding this token.
+    pub fn relay_by_token(&self, hash: &SecretHash) -> Option<&RelayRecord> {
+        self.relay_by_token
+            .get(hash)
+            .and_then(|id| self.relay_records.get(id))
+    }
+
+    /// A relay by id.
+    pub fn relay(&self, id: RelayId) -> Option<&RelayRecord> {
+        self.relay_records.get(&id)
+    }
+
+    /// A relay by name.
+    pub fn relay_by_name(&self, name: &str) -> Option<&RelayRecord> {
+        self.relay_by_name
+            .get(name)
+            .and_then(|id| self.relay_records.get(id))
+    }
+
+    /// Relay info for the admin API (`connected` is filled in by the caller).
+    pub fn relay_info(r: &RelayRecord) -> RelayInfo {
+        RelayInfo {
+            name: r.name.clone(),
+            url: r.url.clone(),
+            tls_fingerprint: r.tls_fingerprint.clone(),
+            stun_port: r.stun_port,
+            created_at_ms: secs_to_ms(r.created_at),
+            last_seen_ms: r.last_seen.map(secs_to_ms),
+            connected: false,
+        }
+    }
+
+    /// All relays, by name.
+    pub fn relays_info(&self) -> Vec<(RelayId, RelayInfo)> {
+        self.relay_by_name
+            .values()
+            .filter_map(|id| self.relay_records.get(id))
+            .map(|r| (r.id, Self::relay_info(r)))
+            .collect()
+    }
+
+    /// Whether `key` is a member a relay may serve: a registered, enabled node.
+    pub fn is_relay_member(&self, key: &NodeKey) -> bool {
+        self.find_node_by_key(key).is_some_and(|n| !n.rec.disabled)
+    }
+
+    /// Every key a relay may serve, sorted.
+    pub fn relay_members(&self) -> impl Iterator<Item = NodeKey> + '_ {
+        self.node_by_key
+            .iter()
+            .filter(|(_, id)| self.nodes.get(id).is_some_and(|n| !n.rec.disabled))
+            .map(|(k, _)| *k)
+    }
+
+    /// Every enabled node gets a fresh snapshot: the relay list changed.
+    pub(super) fn resync_all(&self, batch: &mut Batch) {
+        batch.touched.resync.extend(
+            self.nodes
+                .values()
+                .filter(|n| !n.rec.disabled)
+                .map(|n| n.rec.id),
+        );
+    }
+
+    pub(super) fn create_relay(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        r: NewRelay,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        if self.relay_by_name.contains_key(&r.name) {
+            return Err(ApiError::conflict(
+                "relay_exists",
+                format!("relay {:?} already exists", r.name),
+            ));
+        }
+        let id = self.next_relay_id;
+        self.next_relay_id += 1;
+        let rec = RelayRecord {
+            id,
+            name: r.name.clone(),
+            url: r.url,
+            token_hash: r.hash,
+            tls_fingerprint: None,
+            stun_port: None,
+            created_at: secs(now_ms),
+            last_seen: None,
+        };
+        batch.writes.push(Write::PutRelay(rec.clone()));
+        let info = Self::relay_info(&rec);
+        self.relay_by_name.insert(rec.name.clone(), id);
+        self.relay_by_token.insert(rec.token_hash, id);
+        self.relay_records.insert(id, rec);
+        self.resync_all(batch);
+        self.audit(
+            batch,
+            actor,
+            "relay.create",
+            format!("relay:{}", r.name),
+            json!({"url": info.url}),
+            now_ms,
+        );
+        Ok(Output::Relay(info))
+    }
+
+    pub(super) fn remove_relay(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let id = *self.relay_by_name.get(name).ok_or_else(|| {
+            ApiError::not_found("relay_not_found", format!("no relay named {name:?}"))
+        })?;
+        let Some(rec) = self.relay_records.remove(&id) else {
+            return Err(ApiError::Internal);
+        };
+        self.relay_by_name.remove(&rec.name);
+        self.relay_by_token.remove(&rec.token_hash);
+        batch.writes.push(Write::DeleteRelay(id));
+        batch.touched.evicted_relays.insert(id);
+        self.resync_all(batch);
+        self.audit(
+            batch,
+            actor,
+            "relay.remove",
+            format!("relay:{}", rec.name),
+            json!({"url": rec.url}),
+            now_ms,
+        );
+        Ok(Output::Done)
+    }
+
+    pub(super) fn relay_report(
+        &mut self,
+        batch: &mut Batch,
+        id: RelayId,
+        report: RelayReport,
+        now_ms: u64,
+    ) -> Result<Output, ApiError> {
+        let rec = self
+            .relay_records
+            .get_mut(&id)
+            .ok_or(ApiError::Unauthorized)?;
+        let changed =
+            rec.tls_fingerprint != report.tls_fingerprint || rec.stun_port != report.stun_port;
+        let before = json!({"tls_fingerprint": rec.tls_fingerprint, "stun_port": rec.stun_port});
+        rec.tls_fingerprint = report.tls_fingerprint;
+        rec.stun_port = report.stun_port;
+        rec.last_seen = Some(secs(now_ms));
+        let rec = rec.clone();
+        batch.writes.push(Write::PutRelay(rec.clone()));
+        if changed {
+            self.resync_all(batch);
+            self.audit(
+                batch,
+                &Actor::Relay(rec.name.clone()),
+                "relay.report",
+                format!("relay:{}", rec.name),
+                json!({"from": before, "to": {"tls_fingerprint": rec.tls_fingerprint, "stun_port": rec.stun_port}}),
+                now_ms,
+            );
+        }
+        Ok(Output::Relay(Self::relay_info(&rec)))
+    }
+}
