@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::AsyncWriteExt as _;
-use weft_proto::relay::{Frame, Payload, PeerGoneReason, Reason, encode_header, frame_type};
+use weft_relay_core::frame::{Frame, Payload, PeerGoneReason, Reason, encode_header, frame_type};
 use weft_proto::stun;
 use weft_relay::client::{RelayClientError, RelayEvent, SendError};
 

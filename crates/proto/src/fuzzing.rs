@@ -5,14 +5,14 @@
 //! to something that parses the same).
 
 use crate::netmap::MapEvent;
-use crate::relay::{Frame, FrameDecoder, MAX_FRAME};
 use crate::relay_api::MembersEvent;
 use crate::sse::{SseLimits, SseParser};
 use crate::stun;
 
 /// Cuts `data` into chunks whose sizes come from the data itself (the first
-/// byte seeds them), so the fuzzer explores how streams are split.
-fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// byte seeds them), so the fuzzer explores how streams are split. Also used by
+/// the relay frame target in `weft-relay-core`.
+pub fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     let (seed, mut rest) = match data.split_first() {
         Some((s, r)) => (usize::from(*s), r),
         None => (0, data),
@@ -28,27 +28,6 @@ fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
         rest = tail;
         Some(head)
     })
-}
-
-/// The relay frame decoder over a stream split at arbitrary points.
-pub fn relay_frame(data: &[u8]) {
-    let mut d = FrameDecoder::new();
-    'stream: for chunk in chunks(data) {
-        d.feed(chunk);
-        while let Some(r) = d.next_frame() {
-            match r {
-                Ok(f) => {
-                    let bytes = f.to_vec();
-                    assert_eq!(bytes.len(), f.encoded_len());
-                    assert_eq!(Frame::decode(&bytes), Ok((f, bytes.len())));
-                }
-                Err(e) if e.is_fatal() => break 'stream,
-                Err(_) => {}
-            }
-        }
-        assert!(d.buffered() <= MAX_FRAME + 97);
-    }
-    let _ = Frame::decode(data);
 }
 
 /// The STUN request and response parsers, and the server's answer to whatever

@@ -2,18 +2,17 @@
 //!
 //! This crate owns the node key type ([`NodeKey`]), IP prefixes ([`net`]), the
 //! controller API bodies ([`api`]), the per-node network map and its versioned
-//! deltas ([`netmap`]), Server-Sent Events framing ([`sse`]), the relay frame
-//! codec ([`relay`]) and its controller API bodies ([`relay_api`]), and the STUN
-//! Binding codec ([`stun`]). It performs no I/O: no sockets, files, clocks, async
-//! or logging. Parsers here are bounded and return errors, never panic; each has
-//! a fuzz target in `fuzz/` whose committed corpus `tests/fuzz_corpora.rs`
-//! replays through [`fuzzing`].
+//! deltas ([`netmap`]), Server-Sent Events framing ([`sse`]), the relay's
+//! controller API bodies ([`relay_api`]; the relay frame codec is in
+//! `weft-relay-core`), and the STUN Binding codec ([`stun`]). It performs no
+//! I/O: no sockets, files, clocks, async or logging. Parsers here are bounded
+//! and return errors, never panic; each has a fuzz target in `fuzz/` whose
+//! committed corpus `tests/fuzz_corpora.rs` replays through [`fuzzing`].
 
 pub mod api;
 pub mod local;
 pub mod net;
 pub mod netmap;
-pub mod relay;
 pub mod relay_api;
 pub mod sse;
 pub mod stun;

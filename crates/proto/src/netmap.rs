@@ -135,7 +135,7 @@ pub struct Peer {
     pub online: bool,
 }
 
-/// A relay server (see `weft_proto::relay` for its protocol).
+/// A relay server (see `weft_relay_core::frame` for its protocol).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Relay {
     /// Where to reach it, for example `https://relay.example.net:443`.

@@ -9,11 +9,6 @@ mod replay;
 use replay::replay;
 
 #[test]
-fn relay_frame_corpus() {
-    replay("relay_frame", fuzzing::relay_frame, 8);
-}
-
-#[test]
 fn stun_message_corpus() {
     replay("stun_message", fuzzing::stun_message, 6);
 }

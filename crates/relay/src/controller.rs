@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use weft_api_client::{Client, ClientError, format_fingerprint};
 use weft_proto::relay_api::{MembersEvent, RelayReportRequest};
 
-use crate::core::MembershipUpdate;
+use weft_relay_core::MembershipUpdate;
 
 /// Link settings.
 #[derive(Debug, Clone)]

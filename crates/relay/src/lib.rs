@@ -4,11 +4,10 @@
 //! answers STUN Binding requests on UDP so nodes learn their reflexive address.
 //!
 //! # Layout
-//! - [`core`]: the sans-IO state machine (sessions by node key, member set,
-//!   forwarding, per-client bounded queues, drop counters). No tokio, no clock.
 //! - [`server`]: the tokio shell: TLS accept, one reader and one writer task per
-//!   connection around the core, the STUN responder, graceful shutdown
-//!   (`Restarting` to every client): `run(config, listener, stun, members, shutdown)`.
+//!   connection around the sans-IO core ([`weft_relay_core::RelayCore`]), the
+//!   STUN responder, graceful shutdown (`Restarting` to every client):
+//!   `run(config, listener, stun, members, shutdown)`.
 //! - [`controller`]: the link to the controller: reports the relay's TLS
 //!   fingerprint and STUN port, follows the member stream, feeds the core.
 //! - [`client`]: [`client::RelayClient`], what agents use to talk to a relay
@@ -16,13 +15,13 @@
 //! - [`tls`]: certificate loading/generation (TLS 1.3, ALPN `weft-relay/1`).
 //! - [`cli`]: the `weft-relay` command line.
 //!
-//! The wire format is `weft_proto::relay`; the STUN codec is `weft_proto::stun`.
+//! The wire format is [`weft_relay_core::frame`]; the STUN codec is
+//! `weft_proto::stun`.
 //! `clock` is the one module that reads the clock.
 
 pub mod cli;
 pub mod client;
 pub mod controller;
-pub mod core;
 pub mod server;
 pub mod tls;
 

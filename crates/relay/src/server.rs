@@ -28,11 +28,11 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
-use weft_proto::relay::{Frame, FrameDecoder, FrameError, TLS_EXPORTER_LABEL};
 use weft_proto::stun;
+use weft_relay_core::frame::{Frame, FrameDecoder, FrameError, TLS_EXPORTER_LABEL};
 
 use crate::clock;
-use crate::core::{
+use weft_relay_core::{
     Action, ConnId, CoreConfig, Counters, Event, MembershipUpdate, Outbound, RelayCore,
 };
 
@@ -298,7 +298,7 @@ pub async fn run(
     let acceptor = TlsAcceptor::from(config.tls.clone());
     let slots = Arc::new(Semaphore::new(config.core.max_connections));
     let config = Arc::new(config);
-    let mut accept_log = crate::client::OutageLog::default();
+    let mut accept_log = weft_relay_core::outage::OutageLog::default();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -317,7 +317,7 @@ pub async fn run(
                 continue;
             }
         };
-        if let Some(crate::client::OutageNote::Back { after, failures }) =
+        if let Some(weft_relay_core::outage::OutageNote::Back { after, failures }) =
             accept_log.recovered(clock::now())
         {
             tracing::info!(failed_accepts = failures, "accepting again after {after:?}");
