@@ -1,26 +1,14 @@
 #!/usr/bin/env bash
-# Keeps ARCHITECTURE.md and the dependency arrows true:
-# - every workspace member is named in ARCHITECTURE.md, and nothing else is;
-# - the sans-IO crates (proto, identity, policy, tunnel) do not depend on tokio.
+# Keeps ARCHITECTURE.md and the dependency arrows true (run by CI, .ci/run): the crate
+# table, the allowed crate edges, sans-IO crates free of tokio, files, processes and OS
+# randomness, the cores' clippy.toml, and the dependency diagram. What each check means
+# and the lists it checks against: scripts/check_architecture.py.
+#   scripts/check-architecture.sh            check (fast: cargo metadata and cargo tree, no builds)
+#   scripts/check-architecture.sh --diagram  print the diagram ARCHITECTURE.md must carry
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-fail=0
-members=$(cargo metadata --no-deps --format-version 1 --locked \
-    | python3 -c 'import json,sys; print("\n".join(sorted(p["name"] for p in json.load(sys.stdin)["packages"])))')
-documented=$(grep -oE '^\| `[a-z0-9-]+` ' ARCHITECTURE.md | sed -E 's/^\| `([a-z0-9-]+)` /\1/' | sort)
-if [ "$members" != "$documented" ]; then
-    echo "ARCHITECTURE.md's crate table does not match the workspace members:" >&2
-    diff <(echo "$members") <(echo "$documented") >&2 || true
-    fail=1
+if [ $# = 0 ]; then
+    python3 scripts/check_architecture.py --self-test 2>/dev/null \
+        || { python3 scripts/check_architecture.py --self-test; exit 1; }
 fi
-for core in weft-proto weft-identity weft-policy weft-tunnel; do
-    if echo "$members" | grep -qx "$core"; then
-        if cargo tree -e normal -p "$core" --locked 2>/dev/null | grep -qE '^.* tokio v'; then
-            echo "$core is a sans-IO crate but depends on tokio" >&2
-            fail=1
-        fi
-    fi
-done
-[ $fail = 0 ] && echo "check-architecture: ok"
-exit $fail
+exec python3 scripts/check_architecture.py "$@"
