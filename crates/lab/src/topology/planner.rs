@@ -1,155 +1,13 @@
-//! The declarative side of the lab: a [`Topology`] says which hosts and routers
-//! exist and where they attach; [`Topology::plan`] turns it, without touching the
-//! system, into a [`Plan`] with every namespace, interface, address, route and
-//! NAT profile spelled out. [`crate::Lab::build`] then applies the plan.
-//!
-//! Address plan (all of it exists only inside the run's namespaces):
-//! - the internet segment is `198.18.0.0/16` (RFC 2544 benchmarking space); nodes
-//!   attached to it get `198.18.0.10`, `.11`, ... in declaration order;
-//! - a NAT router's LAN is `10.<n>.0.0/24`, an `open` router's LAN is public
-//!   `198.19.<n>.0/24` (routed from the internet), a CGNAT carrier's LAN is
-//!   `100.64.<n>.0/24` (RFC 6598 shared space), an isolated LAN is `192.168.<n>.0/24`;
-//!   routers are `.1` on their LAN, hosts `.10` upwards.
+//! [`super::Topology::plan`]: names, subnets, addresses and routes, assigned by
+//! the address plan in the module docs of [`crate::topology`]. Pure.
 
-use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
+use super::{
+    CGNAT_CARRIER_SUFFIX, Cidr, Decl, Iface, Nat, Net, Node, Plan, Role, Route, Segment, Topology,
+};
 use crate::error::{LabError, Result};
 use crate::names::{self, INTERNET};
-use crate::netem::Impairment;
-
-/// Where a node attaches: the shared internet segment or a named LAN.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Net {
-    /// The internet segment (public addresses, no NAT).
-    Internet,
-    /// The LAN with this name: a router's LAN (named like the router) or an isolated LAN.
-    Lan(String),
-}
-
-impl Net {
-    /// The LAN called `name`.
-    pub fn lan(name: impl Into<String>) -> Self {
-        Self::Lan(name.into())
-    }
-
-    fn segment_name(&self) -> &str {
-        match self {
-            Self::Internet => INTERNET,
-            Self::Lan(name) => name,
-        }
-    }
-}
-
-/// A router's NAT profile, applied on its upstream interface with nftables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Nat {
-    /// No NAT: the router forwards, its LAN has public addresses routed from upstream.
-    Open,
-    /// Masquerade: endpoint-independent mapping (source port kept), address-and-port
-    /// dependent filtering (Linux conntrack).
-    Easy,
-    /// `masquerade random,fully-random`: endpoint-dependent mapping, a new mapped
-    /// port per destination.
-    Hard,
-    /// Endpoint-independent mapping and filtering: the mapped port forwards inbound
-    /// UDP from anyone to the inner host (a dynamic nft map, mapped port to inner address).
-    FullCone,
-    /// Easy NAT, but UDP from the LAN is dropped at the router: only TCP leaves.
-    UdpBlocked,
-    /// Two NATs stacked: the hosts' home router (easy NAT) sits in a carrier LAN in
-    /// `100.64.0.0/10` behind a carrier router (easy NAT) named `<router>-isp`.
-    Cgnat,
-}
-
-impl Nat {
-    /// Every profile, in the order the self-test shows them.
-    pub const ALL: [Self; 6] = [
-        Self::Open,
-        Self::Easy,
-        Self::Hard,
-        Self::FullCone,
-        Self::UdpBlocked,
-        Self::Cgnat,
-    ];
-
-    /// The profile's command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Open => "open",
-            Self::Easy => "easy",
-            Self::Hard => "hard",
-            Self::FullCone => "fullcone",
-            Self::UdpBlocked => "udp-blocked",
-            Self::Cgnat => "cgnat",
-        }
-    }
-}
-
-impl fmt::Display for Nat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Nat {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|nat| nat.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = Self::ALL.iter().map(|n| n.name()).collect();
-                format!("unknown NAT profile `{s}` (one of: {})", names.join(", "))
-            })
-    }
-}
-
-/// The suffix of the carrier router a [`Nat::Cgnat`] router gets in front of it.
-pub const CGNAT_CARRIER_SUFFIX: &str = "-isp";
-
-/// An IPv4 prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    /// The network address.
-    pub addr: Ipv4Addr,
-    /// The prefix length.
-    pub prefix: u8,
-}
-
-impl Cidr {
-    /// `addr/prefix`.
-    pub const fn new(addr: Ipv4Addr, prefix: u8) -> Self {
-        Self { addr, prefix }
-    }
-
-    /// The `n`th address of the prefix (0 is the network address).
-    pub fn nth(self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr).wrapping_add(n))
-    }
-
-    /// Whether `ip` lies inside the prefix.
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.addr) & mask
-    }
-
-    fn size(self) -> u32 {
-        1_u32
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(u32::MAX)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
 
 /// The internet segment's prefix.
 pub const INTERNET_CIDR: Cidr = Cidr::new(Ipv4Addr::new(198, 18, 0, 0), 16);
@@ -160,225 +18,6 @@ const INTERNET_FIRST_HOST: u32 = 10;
 /// First host offset on a LAN (the router is `.1`).
 const LAN_FIRST_HOST: u32 = 10;
 
-#[derive(Clone, Debug)]
-enum Decl {
-    Host {
-        name: String,
-        net: Net,
-    },
-    Router {
-        name: String,
-        upstream: Net,
-        nat: Nat,
-    },
-    Lan {
-        name: String,
-    },
-}
-
-/// A declared lab topology. Build it by chaining, then hand it to [`crate::Lab::build`]:
-///
-/// ```
-/// use weft_lab::{Nat, Net, Topology};
-/// let topo = Topology::new()
-///     .host("controller", Net::Internet)
-///     .router("home", Net::Internet, Nat::Hard)
-///     .host("a", Net::lan("home"))
-///     .host("b", Net::lan("home"));
-/// let plan = topo.plan().unwrap();
-/// assert_eq!(plan.node("a").unwrap().uplink().addr.to_string(), "10.1.0.10");
-/// ```
-#[derive(Clone, Debug, Default)]
-pub struct Topology {
-    decls: Vec<Decl>,
-    impairments: Vec<(String, Impairment)>,
-}
-
-impl Topology {
-    /// An empty topology (the internet segment always exists).
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The lab most end-to-end tests use: a host `controller` on the internet and
-    /// `nodes` on the LAN of an easy-NAT router `office`.
-    pub fn office<S: AsRef<str>>(nodes: &[S]) -> Self {
-        nodes.iter().fold(
-            Self::new().host("controller", Net::Internet).router(
-                "office",
-                Net::Internet,
-                Nat::Easy,
-            ),
-            |t, n| t.host(n.as_ref(), Net::lan("office")),
-        )
-    }
-
-    /// Adds a host attached to `net` (its interface is `eth0`).
-    #[must_use]
-    pub fn host(mut self, name: impl Into<String>, net: Net) -> Self {
-        self.decls.push(Decl::Host {
-            name: name.into(),
-            net,
-        });
-        self
-    }
-
-    /// Adds a router attached upstream to `net` (`eth0`) that owns a LAN named like
-    /// the router (`eth1`), with the NAT profile `nat` on its upstream interface.
-    /// [`Nat::Cgnat`] adds a second router, `<name>-isp`, between this one and `net`.
-    #[must_use]
-    pub fn router(mut self, name: impl Into<String>, upstream: Net, nat: Nat) -> Self {
-        self.decls.push(Decl::Router {
-            name: name.into(),
-            upstream,
-            nat,
-        });
-        self
-    }
-
-    /// Adds an isolated LAN (a switch with no router): hosts on it reach only each other.
-    #[must_use]
-    pub fn lan(mut self, name: impl Into<String>) -> Self {
-        self.decls.push(Decl::Lan { name: name.into() });
-        self
-    }
-
-    /// Impairs `node`'s uplink (`eth0`, both directions) from the start; change it
-    /// later with [`crate::Lab::impair`].
-    #[must_use]
-    pub fn impair(mut self, node: impl Into<String>, impairment: Impairment) -> Self {
-        self.impairments.push((node.into(), impairment));
-        self
-    }
-
-    /// Checks the topology and assigns every name, address and route. Pure.
-    pub fn plan(&self) -> Result<Plan> {
-        Planner::default().plan(self)
-    }
-}
-
-/// What a node is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// An end host.
-    Host,
-    /// A router forwarding between its uplink and its LAN.
-    Router {
-        /// The NAT profile on its uplink (never [`Nat::Cgnat`]: that expands to two routers).
-        nat: Nat,
-        /// The name of the LAN it owns.
-        lan: String,
-    },
-}
-
-/// One side of a veth pair: an interface of a node on a segment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Iface {
-    /// The interface name inside the node's namespace (`eth0`, `eth1`).
-    pub name: String,
-    /// The segment it plugs into.
-    pub segment: String,
-    /// The peer's name inside the segment's switch namespace (`p1`, `p2`, ...).
-    pub port: String,
-    /// Its address.
-    pub addr: Ipv4Addr,
-    /// The segment's prefix length.
-    pub prefix: u8,
-}
-
-/// A static route.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Route {
-    /// The destination; `None` is the default route.
-    pub dest: Option<Cidr>,
-    /// The gateway.
-    pub via: Ipv4Addr,
-}
-
-impl fmt::Display for Route {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.dest {
-            Some(dest) => write!(f, "{dest} via {}", self.via),
-            None => write!(f, "default via {}", self.via),
-        }
-    }
-}
-
-/// A node (a namespace running things): a host or a router.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Node {
-    /// Its name.
-    pub name: String,
-    /// Host or router.
-    pub role: Role,
-    /// Its interfaces; the first is the uplink.
-    pub ifaces: Vec<Iface>,
-    /// Its static routes.
-    pub routes: Vec<Route>,
-    /// The uplink impairment applied at build time.
-    pub impairment: Option<Impairment>,
-}
-
-impl Node {
-    /// The uplink (`eth0`).
-    pub fn uplink(&self) -> &Iface {
-        // Every planned node has an uplink; `plan` never builds one without.
-        &self.ifaces[0]
-    }
-
-    /// The interface called `name`.
-    pub fn iface(&self, name: &str) -> Option<&Iface> {
-        self.ifaces.iter().find(|i| i.name == name)
-    }
-
-    /// The router's LAN-side interface (`eth1`), `None` for hosts.
-    pub fn lan_iface(&self) -> Option<&Iface> {
-        self.ifaces.get(1)
-    }
-
-    /// The router's NAT profile, `None` for hosts.
-    pub fn nat(&self) -> Option<Nat> {
-        match &self.role {
-            Role::Router { nat, .. } => Some(*nat),
-            Role::Host => None,
-        }
-    }
-}
-
-/// An L2 segment: a bridge `br0` in its own switch namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Segment {
-    /// `internet` or the LAN's name.
-    pub name: String,
-    /// The switch namespace's name within the run (`internet` or `lan-<name>`).
-    pub netns_suffix: String,
-    /// The segment's prefix.
-    pub subnet: Cidr,
-    /// The router that owns it, if any.
-    pub router: Option<String>,
-}
-
-/// A fully resolved topology: what [`crate::Lab::build`] creates.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
-    /// The segments, the internet first.
-    pub segments: Vec<Segment>,
-    /// The nodes, in declaration order (a CGNAT carrier just before its home router).
-    pub nodes: Vec<Node>,
-}
-
-impl Plan {
-    /// The node called `name`.
-    pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.iter().find(|n| n.name == name)
-    }
-
-    /// The segment called `name`.
-    pub fn segment(&self, name: &str) -> Option<&Segment> {
-        self.segments.iter().find(|s| s.name == name)
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pool {
     Private,
@@ -388,7 +27,7 @@ enum Pool {
 }
 
 #[derive(Default)]
-struct Planner {
+pub(super) struct Planner {
     segments: Vec<Segment>,
     /// Next host offset and next port number per segment (same index as `segments`).
     next: Vec<(u32, u32)>,
@@ -402,7 +41,7 @@ struct Expanded {
 }
 
 impl Planner {
-    fn plan(mut self, topo: &Topology) -> Result<Plan> {
+    pub(super) fn plan(mut self, topo: &Topology) -> Result<Plan> {
         let expanded = expand(topo)?;
         self.add_segment(
             INTERNET,
@@ -659,6 +298,7 @@ fn add_routes(nodes: &mut [Node], segments: &[Segment]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netem::Impairment;
 
     fn all_profiles() -> Topology {
         let mut t = Topology::new()
@@ -809,13 +449,5 @@ mod tests {
         );
         assert!(plan.node("a").unwrap().routes.is_empty());
         assert_eq!(plan.segment("office").unwrap().netns_suffix, "lan-office");
-    }
-
-    #[test]
-    fn nat_names_round_trip() {
-        for nat in Nat::ALL {
-            assert_eq!(nat.name().parse::<Nat>().unwrap(), nat);
-        }
-        assert!("symmetric".parse::<Nat>().is_err());
     }
 }
