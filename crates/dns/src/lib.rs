@@ -52,6 +52,9 @@
 //! effort, errors logged); after a crash or `kill -9` the next start recognises
 //! weft's own resolv.conf and keeps the original backup (see [`system`]).
 
+// Hash iteration order must not reach answers or logs (see clippy.toml).
+#![warn(clippy::iter_over_hash_type)]
+
 pub mod cache;
 mod clock;
 mod error;
