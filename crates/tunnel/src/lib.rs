@@ -46,6 +46,7 @@ pub mod fuzzing;
 pub mod ip;
 mod node;
 pub mod path;
+pub mod wg;
 
 pub use counters::{DropCounters, DropReason};
 pub use node::{
