@@ -17,6 +17,9 @@
 //! clock. `keyfile` is the one module that touches the filesystem, so the agent and
 //! the CLI store keys the same way.
 
+// Hash iteration order must not reach output (see clippy.toml).
+#![warn(clippy::iter_over_hash_type)]
+
 pub mod keyfile;
 pub mod pow;
 
