@@ -16,23 +16,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use weft_proto::NodeKey;
-use weft_proto::api::{
-    AuditList, CHALLENGE_LEN, ChallengeResponse, CreateNetworkRequest, CreateTokenRequest,
-    CreateTokenResponse, ErrorBody, Health, Network, NetworkList, NodeInfo, NodeList,
-    PolicyCheckRequest, PolicyCheckResponse, PolicyDoc, REGISTER_SIGNATURE_CONTEXT,
-    RegisterRequest, RegisterResponse, ReportRequest, SetPolicyRequest, TokenInfo, TokenList,
-    UpdateNodeRequest, register_signed_message,
-};
-use weft_proto::netmap::NetworkMap;
-use weft_proto::relay_api::{
-    CreateRelayRequest, CreateRelayResponse, MemberSnapshot, RelayInfo, RelayList,
-    RelayReportRequest,
-};
+use weft_proto::api::ErrorBody;
 
 use crate::ClientError;
-use crate::members::MembersStream;
-use crate::stream::{MapStream, MapSubscription};
 use crate::tls::{SeenCert, client_config, tls_failure_hint};
 
 /// Largest response body read (a full map of tens of thousands of peers).
@@ -82,7 +68,7 @@ impl ClientConfig {
     }
 }
 
-type Sender = SendRequest<Full<Bytes>>;
+pub(crate) type Sender = SendRequest<Full<Bytes>>;
 
 struct Transport {
     host: String,
@@ -375,6 +361,33 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// Opens a Server-Sent Events stream at `path` on a connection of its own
+    /// (not pooled): the response body and that connection, or the
+    /// controller's error. `what` names the stream in a timeout error.
+    pub(crate) async fn open_stream(
+        &self,
+        path: &str,
+        extra: &[(&str, String)],
+        what: &'static str,
+    ) -> Result<(Incoming, Sender), ClientError> {
+        let (resp, sender) = tokio::time::timeout(
+            self.transport.timeout,
+            self.send(Method::GET, path, None, extra, false),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(what))??;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = Limited::new(resp.into_body(), 64 * 1024)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        Ok((resp.into_body(), sender))
+    }
+
     /// A JSON call whose response body is ignored (204 and the like).
     pub async fn request_no_content<B: Serialize>(
         &self,
@@ -387,370 +400,10 @@ impl Client {
             .transpose()?;
         self.call(method, path, body).await.map(|_| ())
     }
-
-    // ---- agent API ----
-
-    /// `GET /healthz`.
-    pub async fn health(&self) -> Result<Health, ClientError> {
-        self.request::<(), _>(Method::GET, "/healthz", None).await
-    }
-
-    /// `POST /v1/register/challenge`.
-    pub async fn register_challenge(&self) -> Result<ChallengeResponse, ClientError> {
-        self.request::<(), _>(Method::POST, "/v1/register/challenge", None)
-            .await
-    }
-
-    /// `POST /v1/register` with a prepared request.
-    pub async fn register_raw(
-        &self,
-        req: &RegisterRequest,
-    ) -> Result<RegisterResponse, ClientError> {
-        self.request(Method::POST, "/v1/register", Some(req)).await
-    }
-
-    /// Registers a key: fetches a challenge, has `sign(context, message)` sign
-    /// it (pass `|c, m| identity.sign(c, m)`), and registers.
-    pub async fn register(
-        &self,
-        token: &str,
-        node_key: NodeKey,
-        pow_nonce: u64,
-        sign: impl FnOnce(&str, &[u8]) -> [u8; 64],
-        name: Option<String>,
-        hostname: Option<String>,
-    ) -> Result<RegisterResponse, ClientError> {
-        use base64::Engine as _;
-        let ch = self.register_challenge().await?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(&ch.challenge)
-            .map_err(|_| ClientError::Decode("challenge is not base64".into()))?;
-        let challenge: [u8; CHALLENGE_LEN] = bytes
-            .try_into()
-            .map_err(|_| ClientError::Decode("challenge has the wrong length".into()))?;
-        let sig = sign(
-            REGISTER_SIGNATURE_CONTEXT,
-            &register_signed_message(&challenge, token),
-        );
-        let req = RegisterRequest {
-            api_version: None,
-            token: token.to_owned(),
-            node_key,
-            pow_nonce,
-            challenge: ch.challenge,
-            signature: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig),
-            name,
-            hostname,
-        };
-        self.register_raw(&req).await
-    }
-
-    /// `GET /v1/map`.
-    pub async fn map(&self) -> Result<NetworkMap, ClientError> {
-        self.request::<(), _>(Method::GET, "/v1/map", None).await
-    }
-
-    /// `POST /v1/node/report`.
-    pub async fn report(&self, req: &ReportRequest) -> Result<(), ClientError> {
-        self.request_no_content(Method::POST, "/v1/node/report", Some(req))
-            .await
-    }
-
-    /// Opens the map stream once (`Last-Event-ID: last_event_id` if given).
-    /// `idle_timeout` bounds the silence between events or keepalives.
-    pub async fn map_stream(
-        &self,
-        last_event_id: Option<u64>,
-        idle_timeout: Duration,
-    ) -> Result<MapStream, ClientError> {
-        let mut extra = vec![("accept", "text/event-stream".to_owned())];
-        if let Some(id) = last_event_id {
-            extra.push(("last-event-id", id.to_string()));
-        }
-        let (resp, sender) = tokio::time::timeout(
-            self.transport.timeout,
-            self.send(Method::GET, "/v1/map/stream", None, &extra, false),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout("opening the map stream"))??;
-        let status = resp.status();
-        if !status.is_success() {
-            let bytes = Limited::new(resp.into_body(), 64 * 1024)
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            return Err(api_error(status, &bytes));
-        }
-        Ok(MapStream::new(
-            resp.into_body(),
-            sender,
-            last_event_id,
-            idle_timeout,
-        ))
-    }
-
-    /// A self-reconnecting map subscription starting after `last_event_id`.
-    pub fn subscribe_map(
-        &self,
-        last_event_id: Option<u64>,
-        idle_timeout: Duration,
-    ) -> MapSubscription {
-        MapSubscription::new(self.clone(), last_event_id, idle_timeout)
-    }
-
-    // ---- admin API ----
-
-    /// `GET /v1/admin/policy`.
-    pub async fn get_policy(&self) -> Result<PolicyDoc, ClientError> {
-        self.request::<(), _>(Method::GET, "/v1/admin/policy", None)
-            .await
-    }
-
-    /// `PUT /v1/admin/policy`.
-    pub async fn set_policy(&self, req: &SetPolicyRequest) -> Result<PolicyDoc, ClientError> {
-        self.request(Method::PUT, "/v1/admin/policy", Some(req))
-            .await
-    }
-
-    /// `POST /v1/admin/policy/check`.
-    pub async fn check_policy(
-        &self,
-        req: &PolicyCheckRequest,
-    ) -> Result<PolicyCheckResponse, ClientError> {
-        self.request(Method::POST, "/v1/admin/policy/check", Some(req))
-            .await
-    }
-
-    /// `POST /v1/admin/networks`.
-    pub async fn create_network(&self, req: &CreateNetworkRequest) -> Result<Network, ClientError> {
-        self.request(Method::POST, "/v1/admin/networks", Some(req))
-            .await
-    }
-
-    /// `GET /v1/admin/networks`.
-    pub async fn list_networks(&self) -> Result<NetworkList, ClientError> {
-        self.request::<(), _>(Method::GET, "/v1/admin/networks", None)
-            .await
-    }
-
-    /// `GET /v1/admin/networks/{name}`.
-    pub async fn show_network(&self, name: &str) -> Result<Network, ClientError> {
-        self.request::<(), _>(
-            Method::GET,
-            &format!("/v1/admin/networks/{}", escape(name)),
-            None,
-        )
-        .await
-    }
-
-    /// `POST /v1/admin/tokens` (the secret is in the response, once).
-    pub async fn create_token(
-        &self,
-        req: &CreateTokenRequest,
-    ) -> Result<CreateTokenResponse, ClientError> {
-        self.request(Method::POST, "/v1/admin/tokens", Some(req))
-            .await
-    }
-
-    /// `GET /v1/admin/tokens`.
-    pub async fn list_tokens(&self) -> Result<TokenList, ClientError> {
-        self.request::<(), _>(Method::GET, "/v1/admin/tokens", None)
-            .await
-    }
-
-    /// `DELETE /v1/admin/tokens/{id}`.
-    pub async fn revoke_token(&self, id: u64) -> Result<TokenInfo, ClientError> {
-        self.request::<(), _>(Method::DELETE, &format!("/v1/admin/tokens/{id}"), None)
-            .await
-    }
-
-    /// `GET /v1/admin/nodes[?network=]`.
-    pub async fn list_nodes(&self, network: Option<&str>) -> Result<NodeList, ClientError> {
-        let path = match network {
-            Some(n) => format!("/v1/admin/nodes?network={}", escape(n)),
-            None => "/v1/admin/nodes".to_owned(),
-        };
-        self.request::<(), _>(Method::GET, &path, None).await
-    }
-
-    /// `GET /v1/admin/nodes/{key-or-name}`.
-    pub async fn show_node(&self, node: &str) -> Result<NodeInfo, ClientError> {
-        self.request::<(), _>(
-            Method::GET,
-            &format!("/v1/admin/nodes/{}", escape(node)),
-            None,
-        )
-        .await
-    }
-
-    /// `PATCH /v1/admin/nodes/{key-or-name}`.
-    pub async fn update_node(
-        &self,
-        node: &str,
-        req: &UpdateNodeRequest,
-    ) -> Result<NodeInfo, ClientError> {
-        self.request(
-            Method::PATCH,
-            &format!("/v1/admin/nodes/{}", escape(node)),
-            Some(req),
-        )
-        .await
-    }
-
-    /// `DELETE /v1/admin/nodes/{key-or-name}`.
-    pub async fn remove_node(&self, node: &str) -> Result<(), ClientError> {
-        self.request_no_content::<()>(
-            Method::DELETE,
-            &format!("/v1/admin/nodes/{}", escape(node)),
-            None,
-        )
-        .await
-    }
-
-    /// `POST /v1/node/routes`: the subnets this node advertises.
-    pub async fn advertise_routes(
-        &self,
-        req: &weft_proto::api::AdvertiseRoutesRequest,
-    ) -> Result<(), ClientError> {
-        self.request_no_content(Method::POST, "/v1/node/routes", Some(req))
-            .await
-    }
-
-    /// `GET /v1/admin/routes`.
-    pub async fn list_routes(&self) -> Result<weft_proto::api::RouteList, ClientError> {
-        self.request::<(), _>(Method::GET, "/v1/admin/routes", None)
-            .await
-    }
-
-    /// `POST /v1/admin/routes` (`op` = `add`) or
-    /// `POST /v1/admin/routes/{op}` (`approve`, `reject`, `withdraw`).
-    pub async fn route(
-        &self,
-        op: &str,
-        req: &weft_proto::api::RouteRequest,
-    ) -> Result<weft_proto::api::RouteList, ClientError> {
-        let path = if op == "add" {
-            "/v1/admin/routes".to_owned()
-        } else {
-            format!("/v1/admin/routes/{}", escape(op))
-        };
-        self.request(Method::POST, &path, Some(req)).await
-    }
-
-    /// `DELETE /v1/admin/networks/{network}/members/{node}`.
-    pub async fn leave_network(
-        &self,
-        network: &str,
-        node: &str,
-    ) -> Result<weft_proto::api::LeaveResponse, ClientError> {
-        self.request::<(), _>(
-            Method::DELETE,
-            &format!(
-                "/v1/admin/networks/{}/members/{}",
-                escape(network),
-                escape(node)
-            ),
-            None,
-        )
-        .await
-    }
-
-    /// `POST /v1/admin/relays` (the relay token is in the response, once).
-    pub async fn create_relay(
-        &self,
-        req: &CreateRelayRequest,
-    ) -> Result<CreateRelayResponse, ClientError> {
-        self.request(Method::POST, "/v1/admin/relays", Some(req))
-            .await
-    }
-
-    /// `GET /v1/admin/relays`.
-    pub async fn list_relays(&self) -> Result<RelayList, ClientError> {
-        self.request::<(), _>(Method::GET, "/v1/admin/relays", None)
-            .await
-    }
-
-    /// `GET /v1/admin/relays/{name}`.
-    pub async fn show_relay(&self, name: &str) -> Result<RelayInfo, ClientError> {
-        self.request::<(), _>(
-            Method::GET,
-            &format!("/v1/admin/relays/{}", escape(name)),
-            None,
-        )
-        .await
-    }
-
-    /// `DELETE /v1/admin/relays/{name}`.
-    pub async fn remove_relay(&self, name: &str) -> Result<(), ClientError> {
-        self.request_no_content::<()>(
-            Method::DELETE,
-            &format!("/v1/admin/relays/{}", escape(name)),
-            None,
-        )
-        .await
-    }
-
-    // ---- relay API (bearer: a relay token) ----
-
-    /// `POST /v1/relay/report`: the relay's TLS fingerprint and STUN port.
-    pub async fn relay_report(&self, req: &RelayReportRequest) -> Result<RelayInfo, ClientError> {
-        self.request(Method::POST, "/v1/relay/report", Some(req))
-            .await
-    }
-
-    /// `GET /v1/relay/members`: the node keys the relay may serve.
-    pub async fn relay_members(&self) -> Result<MemberSnapshot, ClientError> {
-        self.request::<(), _>(Method::GET, "/v1/relay/members", None)
-            .await
-    }
-
-    /// Opens the member stream (`GET /v1/relay/members/stream`): a snapshot,
-    /// then deltas. `idle_timeout` bounds the silence between events or
-    /// keepalives. It does not reconnect by itself.
-    pub async fn relay_members_stream(
-        &self,
-        idle_timeout: Duration,
-    ) -> Result<MembersStream, ClientError> {
-        let extra = [("accept", "text/event-stream".to_owned())];
-        let (resp, sender) = tokio::time::timeout(
-            self.transport.timeout,
-            self.send(Method::GET, "/v1/relay/members/stream", None, &extra, false),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout("opening the member stream"))??;
-        let status = resp.status();
-        if !status.is_success() {
-            let bytes = Limited::new(resp.into_body(), 64 * 1024)
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            return Err(api_error(status, &bytes));
-        }
-        Ok(MembersStream::new(resp.into_body(), sender, idle_timeout))
-    }
-
-    /// `GET /v1/admin/audit`.
-    pub async fn audit(
-        &self,
-        limit: u32,
-        before: Option<u64>,
-        target: Option<&str>,
-    ) -> Result<AuditList, ClientError> {
-        let mut path = format!("/v1/admin/audit?limit={limit}");
-        if let Some(b) = before {
-            path.push_str(&format!("&before={b}"));
-        }
-        if let Some(t) = target {
-            path.push_str(&format!("&target={}", escape(t)));
-        }
-        self.request::<(), _>(Method::GET, &path, None).await
-    }
 }
 
 /// Percent-encodes everything but unreserved characters.
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -15,9 +15,12 @@
 //!
 //! It holds no agent logic and keeps no state beyond a small connection pool.
 
+mod admin_api;
 mod client;
 mod error;
 mod members;
+mod node_api;
+mod relay_api;
 mod stream;
 mod tls;
 
