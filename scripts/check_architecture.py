@@ -5,7 +5,8 @@ Checks, from `cargo metadata` and `cargo tree` (no builds):
 1. ARCHITECTURE.md's crate table names exactly the workspace members.
 2. Every dependency between workspace crates is in ALLOWED_EDGES (normal and build
    dependencies) or DEV_EDGES (dev-dependencies), and every listed edge exists, so the
-   lists stay true. A failure names the edge.
+   lists stay true. A failure names the edge. DEV_ONLY crates are never a normal
+   dependency.
 3. The sans-IO crates (SANS_IO) have no tokio in their normal dependency tree, and
    their non-test source does not use tokio, std::fs, std::process or OS randomness
    (OsRng, getrandom, thread_rng). Non-test source: every .rs file under the crate's
@@ -52,6 +53,7 @@ weft-lab-bin        -> weft-lab
 weft-relay          -> weft-api-client weft-proto weft-relay-core weft-tls
 weft-relay-bin      -> weft-relay
 weft-relay-core     -> weft-identity weft-proto
+weft-sim            -> weft-identity weft-policy weft-proto weft-tunnel
 weft-tunnel         -> weft-identity weft-policy weft-proto
 weftd               -> weft-agent weft-identity weft-proto
 """
@@ -68,6 +70,9 @@ weft-relay-bin      -> weft-api-client weft-identity weft-proto weft-relay-core
 # Sans-IO crates: decisions only, driven by their callers with time, randomness and
 # bytes. ARCHITECTURE.md marks them.
 SANS_IO = ["weft-proto", "weft-identity", "weft-policy", "weft-tunnel", "weft-relay-core"]
+
+# Crates for tests only: a dev-dependency of others, never a normal one.
+DEV_ONLY = ["weft-sim"]
 
 # (crate, file under the crate) -> {check: reason}. Nothing else is exempt.
 IO_EXEMPT = {
@@ -163,6 +168,14 @@ def diff_edges(kind, actual, allowed):
     for a, b in sorted(allowed - actual):
         errors.append(f"listed {kind} edge {a} -> {b} does not exist; remove it from the list")
     return errors
+
+
+def dev_only_errors(normal):
+    return [
+        f"{a} depends on {b}, which is dev-only: make it a dev-dependency"
+        for a, b in sorted(normal)
+        if b in DEV_ONLY
+    ]
 
 
 # ---- source scan -------------------------------------------------------------------
@@ -384,13 +397,22 @@ def layers(names, edges):
     return {n: layer(n) for n in names}, deps
 
 
+def mark(name):
+    return " [sans-IO]" if name in SANS_IO else " [dev-only]" if name in DEV_ONLY else ""
+
+
 def diagram(names, edges, dev_edges):
     level, deps = layers(names, edges)
-    width = max(len(n) + (len(" [sans-IO]") if n in SANS_IO else 0) for n in names)
-    out = ["Normal dependencies between workspace crates, top layer first (a crate sits one", "layer above its highest dependency):", ""]
+    width = max(len(n + mark(n)) for n in names)
+    out = [
+        "Dependencies between workspace crates, top layer first (a crate sits one layer",
+        "above its highest dependency). [sans-IO]: no tokio, files, processes or OS",
+        "randomness; [dev-only]: a dev-dependency of others, never a normal one.",
+        "",
+    ]
     for lv in sorted(set(level.values()), reverse=True):
         for i, n in enumerate(sorted(n for n in names if level[n] == lv)):
-            label = n + (" [sans-IO]" if n in SANS_IO else "")
+            label = n + mark(n)
             head = (f"{lv:>2}  " if i == 0 else "    ") + label.ljust(width)
             out += arrow(head, deps[n])
     if dev_edges:
@@ -441,6 +463,7 @@ def check():
 
     errors += diff_edges("normal", normal, parse_edges(ALLOWED_EDGES))
     errors += diff_edges("dev", dev, parse_edges(DEV_EDGES))
+    errors += dev_only_errors(normal)
 
     for n in SANS_IO:
         if n not in pkgs:
@@ -520,6 +543,13 @@ def self_test():
                 ],
             )
 
+        def test_a_normal_edge_into_a_dev_only_crate_fails(self):
+            self.assertEqual(dev_only_errors({("weft-x", "weft-proto")}), [])
+            self.assertEqual(
+                dev_only_errors({("weft-x", DEV_ONLY[0])}),
+                [f"weft-x depends on {DEV_ONLY[0]}, which is dev-only: make it a dev-dependency"],
+            )
+
         def test_edge_list_parses_back(self):
             edges = {("weft-a", "weft-b"), ("weft-a", "weft-c"), ("weft-long-name", "weft-b")}
             self.assertEqual(parse_edges(edge_list(edges)), edges)
@@ -527,8 +557,11 @@ def self_test():
         def test_diagram_layers_and_round_trip(self):
             text = diagram(["a", "b", "c"], {("a", "b"), ("b", "c"), ("a", "c")}, {("c", "a")})
             lines = text.splitlines()
-            self.assertTrue(lines[3].startswith(" 2  a") and lines[3].endswith("-> b c"))
-            self.assertTrue(lines[5].startswith(" 0  c"))
+            body = lines[lines.index("") + 1 :]
+            self.assertTrue(body[0].startswith(" 2  a") and body[0].endswith("-> b c"))
+            self.assertTrue(body[1].startswith(" 1  b") and body[1].endswith("-> c"))
+            self.assertEqual(body[2].rstrip(), " 0  c")
+            self.assertIn("    c  -> a", lines)
             doc = f"x\n{DIAGRAM_BEGIN} -->\n```text\n{text}```\n{DIAGRAM_END}\ny\n"
             self.assertEqual(documented_diagram(doc), text)
 
