@@ -34,7 +34,11 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
+
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    sys.exit("check-architecture: needs Python 3.11 or later (tomllib)")
 
 # Workspace crate -> the workspace crates it may depend on (normal and build
 # dependencies). An edge missing here fails the check, and so does a listed edge that no
