@@ -44,7 +44,7 @@ except ImportError:  # Python < 3.11
 # dependencies). An edge missing here fails the check, and so does a listed edge that no
 # longer exists. Change this list, then paste `--diagram` into ARCHITECTURE.md.
 ALLOWED_EDGES = """
-weft-agent          -> weft-api-client weft-dns weft-identity weft-netcfg weft-policy weft-proto weft-relay weft-tls weft-tunnel
+weft-agent          -> weft-api-client weft-dns weft-identity weft-netcfg weft-policy weft-proto weft-relay-client weft-tls weft-tunnel
 weft-api-client     -> weft-proto
 weft-bin            -> weft-cli
 weft-cli            -> weft-api-client weft-identity weft-proto
@@ -56,6 +56,7 @@ weft-lab            -> weft-identity weft-proto
 weft-lab-bin        -> weft-lab
 weft-relay          -> weft-api-client weft-proto weft-relay-core weft-tls
 weft-relay-bin      -> weft-relay
+weft-relay-client   -> weft-api-client weft-proto weft-relay-core
 weft-relay-core     -> weft-identity weft-proto
 weft-sim            -> weft-identity weft-policy weft-proto weft-tunnel
 weft-tunnel         -> weft-identity weft-policy weft-proto
@@ -67,8 +68,8 @@ weftd               -> weft-agent weft-identity weft-proto
 # normal graph.
 DEV_EDGES = """
 weft-controller-bin -> weft-api-client weft-identity weft-proto
-weft-relay          -> weft-identity
-weft-relay-bin      -> weft-api-client weft-identity weft-proto weft-relay-core
+weft-relay-bin      -> weft-api-client weft-identity weft-proto weft-relay-client weft-relay-core
+weft-relay-client   -> weft-identity
 """
 
 # Sans-IO crates: decisions only, driven by their callers with time, randomness and

@@ -17,7 +17,7 @@ use common::*;
 use tokio::io::AsyncWriteExt as _;
 use weft_relay_core::frame::{Frame, Payload, PeerGoneReason, Reason, encode_header, frame_type};
 use weft_proto::stun;
-use weft_relay::client::{RelayClientError, RelayEvent, SendError};
+use weft_relay_client::{RelayClientError, RelayEvent, SendError};
 
 const T: Duration = Duration::from_secs(10);
 

@@ -56,7 +56,7 @@ pub(crate) async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Serves clients until the task is aborted.
 pub(crate) async fn serve(listener: UnixListener, calls: mpsc::Sender<ApiCall>) {
-    use weft_relay::client::{OutageLog, OutageNote};
+    use weft_relay_client::{OutageLog, OutageNote};
     // A full fd table fails every accept: one line when it starts, one when
     // it ends (it was a WARN every 100 ms).
     let mut outage = OutageLog::default();

@@ -12,7 +12,7 @@ use weft_identity::Identity;
 use weft_proto::NodeKey;
 use weft_proto::api::ReportRequest;
 use weft_proto::netmap::{MapEvent, NetworkMap};
-use weft_relay::client::{OutageLog, OutageNote};
+use weft_relay_client::{OutageLog, OutageNote};
 
 use crate::netmap::host_candidates;
 use crate::state::Credential;

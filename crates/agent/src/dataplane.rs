@@ -47,7 +47,7 @@ use tun_rs::{DeviceBuilder, GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_H
 use weft_api_client::Trust;
 use weft_identity::Identity;
 use weft_proto::netmap::Relay;
-use weft_relay::client::{RelayClient, RelayClientConfig, RelayEvent, RelayEvents};
+use weft_relay_client::{RelayClient, RelayClientConfig, RelayEvent, RelayEvents};
 use weft_tunnel::batch::{DatagramBatch, MAX_SEGMENTS, PacketBatch};
 use weft_tunnel::{
     Dest, DropCounters, Event, MIN_OUT_BUF, NetIndex, NetOutcome, Node, NodeConfig, PeerStatus,
@@ -1122,12 +1122,12 @@ impl TunWriter {
 }
 
 async fn relay_reader(mut events: RelayEvents, sh: Arc<Shared>) {
-    use weft_relay::client::OutageNote;
+    use weft_relay_client::OutageNote;
     let mut framed = vec![0u8; HDR + BUF_LEN];
     let mut tx = Vec::new();
     // One line when the relay becomes unreachable, one when it is back (it
     // was a WARN per retry, every 5 s).
-    let mut outage = weft_relay::client::OutageLog::default();
+    let mut outage = weft_relay_client::OutageLog::default();
     while let Some(ev) = events.recv().await {
         let write = {
             let mut node = sh.lock();

@@ -10,17 +10,15 @@
 //!   `run(config, listener, stun, members, shutdown)`.
 //! - [`controller`]: the link to the controller: reports the relay's TLS
 //!   fingerprint and STUN port, follows the member stream, feeds the core.
-//! - [`client`]: [`client::RelayClient`], what agents use to talk to a relay
-//!   (login, reconnect with backoff, keepalive).
 //! - [`tls`]: certificate loading/generation (TLS 1.3, ALPN `weft-relay/1`).
 //! - [`cli`]: the `weft-relay` command line.
 //!
 //! The wire format is [`weft_relay_core::frame`]; the STUN codec is
-//! `weft_proto::stun`.
+//! `weft_proto::stun`. The client agents use is `weft-relay-client`, a crate of
+//! its own, so an agent does not link this server.
 //! `clock` is the one module that reads the clock.
 
 pub mod cli;
-pub mod client;
 pub mod controller;
 pub mod server;
 pub mod tls;

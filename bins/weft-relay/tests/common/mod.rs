@@ -31,7 +31,7 @@ use weft_relay_core::frame::{
     login_signed_message,
 };
 use weft_proto::relay_api::CreateRelayRequest;
-use weft_relay::client::{RelayClient, RelayClientConfig, RelayEvent, RelayEvents};
+use weft_relay_client::{RelayClient, RelayClientConfig, RelayEvent, RelayEvents};
 
 pub const RELAY_BIN: &str = env!("CARGO_BIN_EXE_weft-relay");
 
