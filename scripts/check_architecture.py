@@ -14,7 +14,7 @@ Checks, from `cargo metadata` and `cargo tree` (no builds):
    `#[cfg(test)] mod x;` file and anything else under a bare `#[cfg(test)]`) and files
    that start with `#![cfg(test)]`; tests/, benches/ and examples/ are not src/.
    Comments and string literals are not code. IO_EXEMPT names the only files allowed
-   a named exception, with the reason.
+   a named exception, with the reason; an exemption no longer used fails too.
 4. The crates in HASH_ORDER_CRATES (the cores, where iteration order reaches output)
    carry a clippy.toml that bans HashMap/HashSet iteration (every HASH_ITERATION_METHODS
    path) and repeats every rule of the workspace clippy.toml (clippy reads the crate's
@@ -326,7 +326,7 @@ def scan_crate(name, crate_dir):
     test_dirs = [p[: -len(".rs")] + os.sep for p in test_files] + [
         os.path.dirname(p) + os.sep for p in test_files if p.endswith("mod.rs")
     ]
-    errors = []
+    errors, used = [], set()
     for path, code in code_of.items():
         if path in test_files or any(path.startswith(d) for d in test_dirs):
             continue
@@ -334,9 +334,14 @@ def scan_crate(name, crate_dir):
         exempt = IO_EXEMPT.get((name, rel), {})
         for offset, check in scan_source(code):
             if check in exempt:
+                used.add((rel, check))
                 continue
             line = code.count("\n", 0, offset) + 1
             errors.append(f"{os.path.relpath(path)}:{line}: {check} in {name}, a sans-IO crate")
+    for (crate, rel), checks in sorted(IO_EXEMPT.items()):
+        for check in sorted(checks):
+            if crate == name and (rel, check) not in used:
+                errors.append(f"IO_EXEMPT lets {crate}'s {rel} use {check}, which it no longer does; remove the exemption")
     return errors
 
 
@@ -547,6 +552,33 @@ def self_test():
                     "listed normal edge a -> d does not exist; remove it from the list",
                 ],
             )
+
+        def test_scan_crate_skips_test_files_and_checks_exemptions(self):
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as crate:
+                os.makedirs(os.path.join(crate, "src", "net", "tests"))
+                files = {
+                    "lib.rs": "mod net;\n#[cfg(test)]\nmod tests;\nmod io;\n",
+                    "tests.rs": "use std::fs;\n",
+                    "net.rs": "#[cfg(test)]\nmod tests;\npub fn f() {}\n",
+                    "net/tests/mod.rs": "use tokio;\n",
+                    "io.rs": "use std::fs;\n\nuse std::process;\n",
+                }
+                for name, text in files.items():
+                    with open(os.path.join(crate, "src", name), "w") as fh:
+                        fh.write(text)
+                saved = dict(IO_EXEMPT)
+                try:
+                    IO_EXEMPT.clear()
+                    IO_EXEMPT[("c", "src/io.rs")] = {"std::fs": "why", "OS randomness": "why"}
+                    errors = scan_crate("c", crate)
+                finally:
+                    IO_EXEMPT.clear()
+                    IO_EXEMPT.update(saved)
+            self.assertEqual(len(errors), 2, errors)
+            self.assertTrue(errors[0].endswith("src/io.rs:3: std::process in c, a sans-IO crate"), errors)
+            self.assertIn("src/io.rs use OS randomness, which it no longer does", errors[1])
 
         def test_a_normal_edge_into_a_dev_only_crate_fails(self):
             self.assertEqual(dev_only_errors({("weft-x", "weft-proto")}), [])
