@@ -44,14 +44,14 @@ except ImportError:  # Python < 3.11
 # dependencies). An edge missing here fails the check, and so does a listed edge that no
 # longer exists. Change this list, then paste `--diagram` into ARCHITECTURE.md.
 ALLOWED_EDGES = """
-weft-agent          -> weft-api-client weft-dns weft-identity weft-netcfg weft-policy weft-proto weft-relay-client weft-tls weft-tunnel
+weft-agent          -> weft-api-client weft-dns weft-fs weft-identity weft-netcfg weft-policy weft-proto weft-relay-client weft-tls weft-tunnel
 weft-api-client     -> weft-proto
 weft-bin            -> weft-cli
-weft-cli            -> weft-api-client weft-identity weft-proto
-weft-controller     -> weft-api-client weft-identity weft-policy weft-proto weft-tls
-weft-controller-bin -> weft-controller
-weft-dns            -> weft-proto
-weft-identity       -> weft-proto
+weft-cli            -> weft-api-client weft-identity weft-policy weft-proto
+weft-controller     -> weft-identity weft-policy weft-proto weft-tls
+weft-controller-bin -> weft-cli weft-controller
+weft-dns            -> weft-fs weft-proto
+weft-identity       -> weft-fs weft-proto
 weft-lab            -> weft-identity weft-proto
 weft-lab-bin        -> weft-lab
 weft-relay          -> weft-api-client weft-proto weft-relay-core weft-tls
@@ -59,6 +59,7 @@ weft-relay-bin      -> weft-relay
 weft-relay-client   -> weft-api-client weft-proto weft-relay-core
 weft-relay-core     -> weft-identity weft-proto
 weft-sim            -> weft-identity weft-policy weft-proto weft-tunnel
+weft-tls            -> weft-fs
 weft-tunnel         -> weft-identity weft-policy weft-proto
 weftd               -> weft-agent weft-identity weft-proto
 """
@@ -83,12 +84,11 @@ DEV_ONLY = ["weft-sim"]
 IO_EXEMPT = {
     ("weft-identity", "src/keyfile.rs"): {
         "std::fs": "the 0600 key-file format reads and writes its file (load/save)",
-        "std::process": "the key file's temporary name carries the process id",
     },
 }
 
 # Crates whose clippy.toml bans iterating hash containers.
-HASH_ORDER_CRATES = ["weft-proto", "weft-identity", "weft-policy", "weft-tunnel", "weft-dns"]
+HASH_ORDER_CRATES = ["weft-proto", "weft-identity", "weft-policy", "weft-tunnel", "weft-relay-core", "weft-dns"]
 
 HASH_ITERATION_METHODS = [
     "std::collections::HashMap::iter",

@@ -13,6 +13,9 @@
 //! No tokio, no files, no processes, no clock and no OS randomness: every input
 //! carries `now`, and the login nonce comes from the caller.
 
+// Hash iteration order must not reach output (see clippy.toml).
+#![warn(clippy::iter_over_hash_type)]
+
 pub mod frame;
 pub mod outage;
 
