@@ -157,11 +157,14 @@ async fn serve<F: Future<Output = ()>>(
 
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
-    let node = Node::new(
+    // WireGuard's handshake timestamps follow the wall clock, so a restarted
+    // agent's handshakes are newer than its previous incarnation's.
+    let node = Node::with_wall_clock(
         identity.node_key(),
         *identity.x25519_secret(),
         seed,
         clock::now(),
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(clock::unix_ms()),
     );
     let dp = Dataplane::start(node, cfg.port, cfg.dataplane).await?;
 

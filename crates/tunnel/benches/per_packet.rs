@@ -14,7 +14,7 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::disallowed_methods,
-    reason = "benchmark setup; boringtun's timers read the real clock"
+    reason = "benchmark setup; one real Instant to start from"
 )]
 
 use std::hint::black_box;

@@ -4,16 +4,15 @@
 //! assertions inside are the properties being fuzzed.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use boringtun::noise::{Tunn, TunnResult};
-use boringtun::x25519::{PublicKey, StaticSecret};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use weft_identity::{Identity, ProofOfWork};
 use weft_proto::NodeKey;
 
 use crate::disco::{self, Disco, DiscoKey};
 use crate::ip::{self, IpView, Unreachable};
+use crate::wg::endpoint::Endpoint;
 use crate::{
     Dest, MIN_OUT_BUF, NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig, WG_OVERHEAD,
 };
@@ -138,16 +137,17 @@ impl<'a> Reader<'a> {
 
 struct Harness {
     node: Node,
-    /// The peer as a bare WireGuard implementation: it encrypts whatever plaintext
-    /// the fuzzer gives it, which a well-behaved `Node` would never send.
-    peer: Tunn,
+    /// The peer as a bare WireGuard endpoint: it encrypts whatever plaintext the
+    /// fuzzer gives it, which a well-behaved `Node` would never send.
+    peer: Endpoint,
     peer_key: NodeKey,
     peer_addr: SocketAddr,
+    /// The node's own underlay address, as the peer sees it.
+    node_addr: SocketAddr,
     now: Instant,
     /// The last datagrams the peer sent to the node (for replays and tampering).
     sent: Vec<Vec<u8>>,
     buf: Vec<u8>,
-    peer_buf: Vec<u8>,
 }
 
 impl Harness {
@@ -183,23 +183,26 @@ impl Harness {
                 policy: None,
             },
         );
-        let peer = Tunn::new(
-            StaticSecret::from(*them.x25519_secret()),
-            PublicKey::from(me.x25519_public()),
-            None,
-            None,
+        let Some(peer) = Endpoint::new(
+            *them.x25519_secret(),
+            [6; 32],
+            me.x25519_public(),
             77,
             None,
-        );
+            now,
+            SystemTime::UNIX_EPOCH,
+        ) else {
+            unreachable!("a valid key")
+        };
         Self {
             node,
             peer,
             peer_key: them.node_key(),
             peer_addr,
+            node_addr: SocketAddr::from(([192, 0, 2, 1], 51820)),
             now,
             sent: Vec::new(),
             buf: vec![0u8; 65_536 + WG_OVERHEAD],
-            peer_buf: vec![0u8; 65_536 + WG_OVERHEAD],
         }
     }
 
@@ -253,14 +256,11 @@ impl Harness {
             {
                 continue;
             }
-            let mut replies = Vec::new();
-            let mut input: &[u8] = &t.payload;
-            while let TunnResult::WriteToNetwork(msg) =
-                self.peer.decapsulate(None, input, &mut self.peer_buf)
-            {
-                replies.push(msg.to_vec());
-                input = &[];
-            }
+            let replies = self
+                .peer
+                .receive(self.now, self.node_addr, &t.payload)
+                .map(|r| r.replies)
+                .unwrap_or_default();
             for r in replies {
                 self.send_from_peer(r, false);
             }
@@ -269,8 +269,8 @@ impl Harness {
 
     /// The peer encrypts `plaintext` (whatever it is) and sends it.
     fn peer_sends(&mut self, plaintext: &[u8], relay: bool) {
-        let msg = match self.peer.encapsulate(plaintext, &mut self.peer_buf) {
-            TunnResult::WriteToNetwork(msg) => msg.to_vec(),
+        let msg = match self.peer.send(self.now, plaintext) {
+            Ok((_, msg)) if !msg.is_empty() => msg,
             _ => return,
         };
         self.send_from_peer(msg, relay);
@@ -288,7 +288,7 @@ impl Harness {
 pub fn tunnel_datagram(data: &[u8]) {
     #[expect(
         clippy::disallowed_methods,
-        reason = "boringtun's timers read the real clock, so the harness starts from it"
+        reason = "the harness needs one real Instant to start virtual time from"
     )]
     let start = Instant::now();
     let mut h = Harness::new(start);
@@ -370,13 +370,11 @@ pub fn tunnel_datagram(data: &[u8]) {
             _ => {
                 // A disco message sealed with the real pair key: a ping or pong.
                 let body = r.chunk();
-                let shared = StaticSecret::from(
-                    *Identity::from_parts(&[2; 32], ProofOfWork { nonce: 0 }).x25519_secret(),
-                )
-                .diffie_hellman(&PublicKey::from(
-                    Identity::from_parts(&[1; 32], ProofOfWork { nonce: 0 }).x25519_public(),
-                ));
-                let key = DiscoKey::from_shared(shared.as_bytes());
+                let me = Identity::from_parts(&[1; 32], ProofOfWork { nonce: 0 });
+                let Some(shared) = h.peer.local.dh(&me.x25519_public()) else {
+                    return;
+                };
+                let key = DiscoKey::from_shared(&shared);
                 let msg = match body.first() {
                     Some(b) if b & 1 == 0 => Disco::Ping {
                         tx: u64::from(body.len() as u32),

@@ -1,7 +1,7 @@
 //! weft's sans-IO data-plane core.
 //!
 //! One [`Node`] per overlay network holds the peers, their WireGuard sessions
-//! (boringtun's noise layer), the cryptokey routing table (overlay address → peer)
+//! ([`wg`], weft's own sans-IO WireGuard), the cryptokey routing table (overlay address → peer)
 //! and the drop counters. It performs no I/O: the agent's shell moves bytes between
 //! the TUN device, the UDP socket and this state machine.
 //!
@@ -34,9 +34,16 @@
 //! addresses (anti-spoofing) and whose destination is this node reach the TUN.
 //! Everything else is dropped and counted by [`DropReason`].
 //!
-//! Time: weft's own timers use the `now` passed in. boringtun's WireGuard timers
-//! (rekey, handshake retry, keepalive) read the monotonic clock internally; the
-//! node calls them from `handle_timeout`, so they advance only when driven.
+//! Time and randomness: nothing in this crate reads a clock or the OS's random
+//! generator. Every timer (WireGuard's rekey, expiry, handshake retry and
+//! keepalives; discovery; STUN; conntrack) runs on the `now` passed in, and
+//! WireGuard's TAI64N handshake timestamps are the wall-clock reading given to
+//! [`Node::with_wall_clock`] plus the `now` elapsed since. Every random byte
+//! (ephemeral keys, session indices, cookie secrets, retry jitter, discovery and
+//! STUN nonces) comes from one ChaCha20 stream keyed by the node's whole 32-byte
+//! seed. The same seed and the same inputs therefore give byte-identical
+//! outputs, and a simulation under virtual time runs minutes of protocol in
+//! milliseconds.
 
 pub mod batch;
 mod counters;

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 #![allow(
     clippy::disallowed_methods,
-    reason = "boringtun's timers read the real clock, so the harness does too"
+    reason = "the harness needs one real Instant to start virtual time from"
 )]
 
 use std::collections::BTreeMap;

@@ -4,8 +4,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use boringtun::noise::{Tunn, TunnResult};
-use boringtun::x25519::PublicKey;
 use weft_proto::NodeKey;
 
 use super::*;
@@ -127,17 +125,16 @@ impl Node {
                     continue;
                 };
                 let index = self.fresh_index();
-                let tunn = Tunn::new(
-                    self.secret.clone(),
-                    PublicKey::from(x),
-                    None,
-                    Some(PERSISTENT_KEEPALIVE_SECS),
-                    index,
-                    Some(self.rate_limiter.clone()),
-                );
+                let tunn = Tunnel::new(&self.wg, x, index, Some(PERSISTENT_KEEPALIVE), now);
+                let (Some(tunn), Some(shared)) = (tunn, self.wg.dh(&x)) else {
+                    self.events.push_back(Event::PeerRejected {
+                        key: *key,
+                        why: "not a valid Ed25519 key",
+                    });
+                    continue;
+                };
                 self.by_index.insert(index, *key);
                 self.by_x25519.insert(x, *key);
-                let shared = self.secret.diffie_hellman(&PublicKey::from(x));
                 self.peers.insert(
                     *key,
                     Peer {
@@ -148,7 +145,7 @@ impl Node {
                         addresses: BTreeSet::new(),
                         routes: Vec::new(),
                         path: PathState::default(),
-                        disco: DiscoKey::from_shared(shared.as_bytes()),
+                        disco: DiscoKey::from_shared(&shared),
                         up: false,
                         drops: DropCounters::default(),
                     },
@@ -167,10 +164,11 @@ impl Node {
                 // holds a session with our previous incarnation (we restarted)
                 // learns our new one now, instead of after its 15 s retry timer.
                 if let Some(peer) = self.peers.get_mut(key)
-                    && let TunnResult::WriteToNetwork(msg) = peer
-                        .tunn
-                        .format_handshake_initiation(&mut self.scratch, false)
+                    && let Ok(Some(n)) =
+                        peer.tunn
+                            .initiate(&mut self.wg, now, false, &mut self.scratch)
                 {
+                    let msg = &self.scratch[..n];
                     send_handshake(&mut self.transmits, *key, peer, msg, now, self.relay_up);
                 }
             }

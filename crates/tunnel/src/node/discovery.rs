@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use boringtun::noise::TunnResult;
 use weft_proto::NodeKey;
 
 use super::*;
@@ -49,7 +48,7 @@ impl Node {
             Disco::Ping { tx } => {
                 // Answer, learn the address, and ping back so our NAT opens too.
                 peer.path.pinged_from(from);
-                let nonce = next_nonce(&mut self.rng);
+                let nonce = self.wg.rng.bytes::<12>();
                 let pong = peer
                     .disco
                     .seal(&self.key, nonce, &Disco::Pong { tx, observed: from });
@@ -58,8 +57,8 @@ impl Node {
                     payload: pong,
                 });
                 if !peer.path.direct_fresh(now) {
-                    let tx = splitmix(&mut self.rng);
-                    let nonce = next_nonce(&mut self.rng);
+                    let tx = self.wg.rng.u64();
+                    let nonce = self.wg.rng.bytes::<12>();
                     peer.path.ping_sent(tx, from, now);
                     self.transmits.push_back(Transmit {
                         dst: Dest::Udp(from),
@@ -141,9 +140,7 @@ impl Node {
         }
         self.stun.next = Some(now + STUN_EVERY);
         for server in self.stun.servers.clone() {
-            let mut id = [0u8; 12];
-            id[..8].copy_from_slice(&splitmix(&mut self.rng).to_le_bytes());
-            id[8..].copy_from_slice(&(splitmix(&mut self.rng) as u32).to_le_bytes());
+            let id: [u8; 12] = self.wg.rng.bytes();
             let mut msg = Vec::with_capacity(28);
             stun::encode_binding_request(&id, true, &mut msg);
             self.stun.pending.insert(id, (server, now));
@@ -160,8 +157,8 @@ impl Node {
         let relay_up = self.relay_up;
         for (key, peer) in &mut self.peers {
             for to in peer.path.due_pings(now) {
-                let tx = splitmix(&mut self.rng);
-                let nonce = next_nonce(&mut self.rng);
+                let tx = self.wg.rng.u64();
+                let nonce = self.wg.rng.bytes::<12>();
                 peer.path.ping_sent(tx, to, now);
                 self.transmits.push_back(Transmit {
                     dst: Dest::Udp(to),
@@ -209,13 +206,13 @@ impl Node {
             // unreachable) get one through the relay now, not at the next retry.
             for (key, peer) in &mut self.peers {
                 if !peer.up
-                    && let TunnResult::WriteToNetwork(msg) = peer
-                        .tunn
-                        .format_handshake_initiation(&mut self.scratch, true)
+                    && let Ok(Some(n)) =
+                        peer.tunn
+                            .initiate(&mut self.wg, now, true, &mut self.scratch)
                 {
                     self.transmits.push_back(Transmit {
                         dst: Dest::Relay(*key),
-                        payload: msg.to_vec(),
+                        payload: self.scratch[..n].to_vec(),
                     });
                 }
             }

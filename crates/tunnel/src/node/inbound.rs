@@ -3,9 +3,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::{Packet, Tunn, TunnResult};
 use weft_proto::NodeKey;
 
 use super::*;
@@ -13,7 +10,6 @@ use crate::batch::PacketBatch;
 use crate::counters::DropReason;
 use crate::disco;
 use crate::ip::IpView;
-use crate::path::Route;
 use weft_policy::Direction;
 use weft_proto::stun;
 
@@ -77,134 +73,6 @@ impl Node {
             return self.drop_net(None, DropReason::UnknownPeer);
         }
         self.handle_wireguard(now, None, Some(src), datagram, out)
-    }
-
-    pub(super) fn handle_wireguard<'a>(
-        &mut self,
-        now: Instant,
-        from: Option<SocketAddr>,
-        via_relay: Option<NodeKey>,
-        datagram: &[u8],
-        out: &'a mut [u8],
-    ) -> NetOutcome<'a> {
-        let src_ip = from.map(|f| f.ip());
-        let key = match Tunn::parse_incoming_packet(datagram) {
-            Err(_) => return self.drop_net(None, DropReason::NotWireGuard),
-            Ok(Packet::HandshakeInit(init)) => {
-                // Check MAC1 and load before the expensive Diffie-Hellman.
-                match self.rate_limiter.verify_packet(src_ip, datagram, out) {
-                    Ok(_) => {}
-                    Err(TunnResult::WriteToNetwork(cookie)) => {
-                        if let Some(from) = from {
-                            self.transmits.push_back(Transmit {
-                                dst: Dest::Udp(from),
-                                payload: cookie.to_vec(),
-                            });
-                        }
-                        return self.drop_net(None, DropReason::UnderLoad);
-                    }
-                    Err(_) => return self.drop_net(None, DropReason::BadAuth),
-                }
-                match parse_handshake_anon(&self.secret, &self.public, &init) {
-                    Ok(half) => match self.by_x25519.get(&half.peer_static_public) {
-                        Some(k) => *k,
-                        None => return self.drop_net(None, DropReason::UnknownPeer),
-                    },
-                    Err(_) => return self.drop_net(None, DropReason::BadAuth),
-                }
-            }
-            Ok(Packet::HandshakeResponse(p)) => match self.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(k) => *k,
-                None => return self.drop_net(None, DropReason::UnknownSession),
-            },
-            Ok(Packet::PacketCookieReply(p)) => match self.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(k) => *k,
-                None => return self.drop_net(None, DropReason::UnknownSession),
-            },
-            Ok(Packet::PacketData(p)) => match self.by_index.get(&(p.receiver_idx >> 8)) {
-                Some(k) => *k,
-                None => return self.drop_net(None, DropReason::UnknownSession),
-            },
-        };
-        if via_relay.is_some_and(|k| k != key) {
-            // The relay says it is from one peer, the message belongs to another.
-            return self.drop_net(None, DropReason::BadAuth);
-        }
-        let data = is_data(datagram);
-        let relay_up = self.relay_up;
-        let Some(peer) = self.peers.get_mut(&key) else {
-            return self.drop_net(None, DropReason::UnknownPeer);
-        };
-        let reply_to = match from {
-            Some(f) => Dest::Udp(f),
-            None => Dest::Relay(key),
-        };
-        let res = peer.tunn.decapsulate(src_ip, datagram, out);
-        match res {
-            TunnResult::WriteToNetwork(buf) => {
-                // Handshake response, or keepalive after one: reply where it came from.
-                self.transmits.push_back(Transmit {
-                    dst: reply_to,
-                    payload: buf.to_vec(),
-                });
-                heard(&mut self.events, key, peer, from, now);
-                // Flush packets that queued while the handshake was under way.
-                while let TunnResult::WriteToNetwork(b) =
-                    peer.tunn.decapsulate(None, &[], &mut self.scratch)
-                {
-                    let dst = match peer.path.route(now, relay_up) {
-                        Route::Direct(a) => Dest::Udp(a),
-                        Route::Relay => Dest::Relay(key),
-                        Route::Candidates => reply_to,
-                    };
-                    self.transmits.push_back(Transmit {
-                        dst,
-                        payload: b.to_vec(),
-                    });
-                }
-                self.report_path_changes(now);
-                NetOutcome::Handled
-            }
-            TunnResult::Done => {
-                if data {
-                    // An authenticated keepalive.
-                    heard(&mut self.events, key, peer, from, now);
-                    self.report_path_changes(now);
-                }
-                NetOutcome::Handled
-            }
-            TunnResult::Err(e) => {
-                tracing::trace!(peer = %key, error = ?e, "WireGuard refused a datagram");
-                let reason = match e {
-                    WireGuardError::DuplicateCounter | WireGuardError::InvalidCounter => {
-                        DropReason::Replay
-                    }
-                    WireGuardError::NoCurrentSession | WireGuardError::WrongIndex => {
-                        DropReason::UnknownSession
-                    }
-                    WireGuardError::UnderLoad => DropReason::UnderLoad,
-                    WireGuardError::InvalidPacket | WireGuardError::IncorrectPacketLength => {
-                        DropReason::NotWireGuard
-                    }
-                    WireGuardError::ConnectionExpired => DropReason::SessionError,
-                    // A response to a handshake we already replaced (both sides
-                    // initiated at once): harmless, the newer handshake wins.
-                    WireGuardError::UnexpectedPacket => DropReason::StaleHandshake,
-                    _ => DropReason::BadAuth,
-                };
-                self.drop_net(Some(key), reason)
-            }
-            TunnResult::WriteToTunnelV4(pkt, src) => {
-                let n = pkt.len();
-                heard(&mut self.events, key, peer, from, now);
-                self.deliver(now, key, IpAddr::V4(src), n, out)
-            }
-            TunnResult::WriteToTunnelV6(pkt, src) => {
-                let n = pkt.len();
-                heard(&mut self.events, key, peer, from, now);
-                self.deliver(now, key, IpAddr::V6(src), n, out)
-            }
-        }
     }
 
     pub(super) fn deliver<'a>(

@@ -7,6 +7,7 @@ mod outbound;
 mod outcome;
 mod policy;
 mod timers;
+mod wireguard;
 
 pub use config::{NetIndex, NetworkConfig, NodeConfig, PeerConfig};
 use discovery::Stun;
@@ -14,17 +15,14 @@ pub use outcome::{Dest, Event, NetOutcome, PeerStatus, Transmit, TunOutcome};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use boringtun::noise::Tunn;
-use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::x25519::{PublicKey, StaticSecret};
 use weft_proto::NodeKey;
 
 use crate::counters::{DropCounters, DropReason};
 use crate::disco::DiscoKey;
 use crate::path::{CandidateStats, PathKind, PathState, Route};
+use crate::wg::{self, Tunnel};
 use weft_policy::{DROP_LOG_INTERVAL, Engine, IpNet, LogLimiter};
 
 /// A gateway heard only through the relay counts as alive this long
@@ -33,8 +31,8 @@ const GATEWAY_RELAY_WINDOW: Duration = Duration::from_secs(30);
 /// WireGuard's recommended timer granularity.
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// Keepalive interval that keeps NAT mappings open (WireGuard's customary 25 s).
-const PERSISTENT_KEEPALIVE_SECS: u16 = 25;
-/// Handshakes admitted per second before cookies are demanded (boringtun's default).
+const PERSISTENT_KEEPALIVE: Duration = Duration::from_secs(25);
+/// Handshake initiations admitted per second before cookies are demanded.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// WireGuard adds 32 bytes to each packet; handshakes are up to 148 bytes.
 pub const WG_OVERHEAD: usize = 32;
@@ -43,7 +41,7 @@ pub const MIN_OUT_BUF: usize = 148;
 
 struct Peer {
     name: String,
-    tunn: Tunn,
+    tunn: Tunnel,
     index: u32,
     x25519: [u8; 32],
     addresses: BTreeSet<(NetIndex, IpAddr)>,
@@ -58,9 +56,8 @@ struct Peer {
 /// contract.
 pub struct Node {
     key: NodeKey,
-    secret: StaticSecret,
-    public: PublicKey,
-    rate_limiter: Arc<RateLimiter>,
+    /// Our WireGuard identity, the seeded random stream and the TAI64N clock.
+    wg: wg::Local,
     peers: BTreeMap<NodeKey, Peer>,
     by_index: BTreeMap<u32, NodeKey>,
     by_ip: BTreeMap<(NetIndex, IpAddr), NodeKey>,
@@ -74,7 +71,6 @@ pub struct Node {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     drops: DropCounters,
-    rng: u64,
     next_tick: Instant,
     next_rate_reset: Instant,
     relay_up: bool,
@@ -86,22 +82,37 @@ pub struct Node {
 
 impl Node {
     /// Creates a node for identity `key` with its X25519 secret (see
-    /// `weft_identity::Identity::x25519_secret`). `seed` drives session-index
-    /// allocation so simulations replay exactly.
+    /// `weft_identity::Identity::x25519_secret`), for tests and simulations: its
+    /// wall clock (WireGuard's handshake timestamps) reads the Unix epoch at
+    /// `now`. Shells use [`Node::with_wall_clock`].
     pub fn new(key: NodeKey, x25519_secret: [u8; 32], seed: [u8; 32], now: Instant) -> Self {
-        let secret = StaticSecret::from(x25519_secret);
-        let public = PublicKey::from(&secret);
-        let mut rng = 0u64;
-        for chunk in seed.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            rng ^= u64::from_le_bytes(b);
-        }
+        Self::with_wall_clock(key, x25519_secret, seed, now, SystemTime::UNIX_EPOCH)
+    }
+
+    /// Creates a node whose wall clock read `wall` at `now` (it then advances
+    /// with the `now` of each input). Every random choice (ephemeral keys,
+    /// session indices, cookie secrets, retry jitter, discovery nonces) comes
+    /// from a ChaCha20 stream keyed by all 32 bytes of `seed`: the agent passes
+    /// bytes from the OS generator, a simulation a fixed seed to replay exactly.
+    /// A restarted node needs a later `wall` than before, or its peers take
+    /// its handshakes for replays.
+    pub fn with_wall_clock(
+        key: NodeKey,
+        x25519_secret: [u8; 32],
+        seed: [u8; 32],
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        let wg = wg::Local::new(
+            x25519_secret,
+            wg::Rng::new(seed),
+            now,
+            wall,
+            HANDSHAKE_RATE_LIMIT,
+        );
         Self {
             key,
-            rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
-            secret,
-            public,
+            wg,
             peers: BTreeMap::new(),
             by_index: BTreeMap::new(),
             by_ip: BTreeMap::new(),
@@ -112,7 +123,6 @@ impl Node {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             drops: DropCounters::default(),
-            rng,
             next_tick: now,
             next_rate_reset: now,
             relay_up: false,
@@ -149,7 +159,7 @@ impl Node {
         self.peers
             .iter()
             .map(|(key, p)| {
-                let (since, tx, rx, _, _) = p.tunn.stats();
+                let (since, tx, rx) = p.tunn.stats(now);
                 let path = p.path.kind(now, self.relay_up);
                 PeerStatus {
                     key: *key,
@@ -167,8 +177,8 @@ impl Node {
                         .path
                         .last_heard()
                         .map(|h| now.saturating_duration_since(h)),
-                    tx_bytes: tx as u64,
-                    rx_bytes: rx as u64,
+                    tx_bytes: tx,
+                    rx_bytes: rx,
                     drops: p.drops.clone(),
                 }
             })
@@ -189,10 +199,11 @@ impl Node {
         NetOutcome::Dropped(r)
     }
 
-    /// A fresh 24-bit session index (boringtun shifts it left by 8).
+    /// A fresh 24-bit peer index (the peer's session indices are it shifted
+    /// left by 8 plus a counter).
     fn fresh_index(&mut self) -> u32 {
         loop {
-            let idx = (splitmix(&mut self.rng) as u32) & 0x00ff_ffff;
+            let idx = (self.wg.rng.u64() as u32) & 0x00ff_ffff;
             if !self.by_index.contains_key(&idx) {
                 return idx;
             }
@@ -263,22 +274,4 @@ fn heard(
         peer.up = true;
         events.push_back(Event::PeerUp { key });
     }
-}
-
-/// SplitMix64 step over the seeded state.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A discovery nonce: unique per message (a 96-bit value from the seeded stream;
-/// the pair key never sees the same nonce twice in practice).
-fn next_nonce(state: &mut u64) -> [u8; 12] {
-    let mut n = [0u8; 12];
-    n[..8].copy_from_slice(&splitmix(state).to_le_bytes());
-    n[8..].copy_from_slice(&(splitmix(state) as u32).to_le_bytes());
-    n
 }

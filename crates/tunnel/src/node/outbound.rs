@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use boringtun::noise::TunnResult;
+use crate::wg::Encrypted;
 use weft_proto::NodeKey;
 
 use super::*;
@@ -64,37 +64,33 @@ impl Node {
             return self.drop_tun(DropReason::NoRoute);
         };
         let relay_up = self.relay_up;
-        match peer.tunn.encapsulate(packet, out) {
-            TunnResult::WriteToNetwork(buf) => {
-                if is_data(buf) {
-                    let dst = match peer.path.route(now, relay_up) {
-                        Route::Direct(a) => Dest::Udp(a),
-                        Route::Relay => Dest::Relay(key),
-                        Route::Candidates => {
-                            // No confirmed path and no relay: best effort.
-                            let first = peer.path.candidates().next();
-                            match first {
-                                Some(a) => Dest::Udp(a),
-                                None => return self.drop_tun(DropReason::NoPath),
-                            }
+        match peer.tunn.encrypt(&mut self.wg, now, packet, out) {
+            Ok(Encrypted::Data(n)) => {
+                let dst = match peer.path.route(now, relay_up) {
+                    Route::Direct(a) => Dest::Udp(a),
+                    Route::Relay => Dest::Relay(key),
+                    Route::Candidates => {
+                        // No confirmed path and no relay: best effort.
+                        let first = peer.path.candidates().next();
+                        match first {
+                            Some(a) => Dest::Udp(a),
+                            None => return self.drop_tun(DropReason::NoPath),
                         }
-                    };
-                    let n = buf.len();
-                    return TunOutcome::Send {
-                        dst,
-                        datagram: &out[..n],
-                    };
+                    }
+                };
+                TunOutcome::Send {
+                    dst,
+                    datagram: &out[..n],
                 }
+            }
+            Ok(Encrypted::Initiation(n)) => {
                 // A handshake initiation (the packet is queued behind it).
-                send_handshake(&mut self.transmits, key, peer, buf, now, relay_up);
+                send_handshake(&mut self.transmits, key, peer, &out[..n], now, relay_up);
                 TunOutcome::Queued
             }
-            TunnResult::Done => TunOutcome::Queued,
-            TunnResult::Err(_) => {
+            Ok(Encrypted::Queued) => TunOutcome::Queued,
+            Err(_) => {
                 peer.drops.add(DropReason::SessionError);
-                self.drop_tun(DropReason::SessionError)
-            }
-            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
                 self.drop_tun(DropReason::SessionError)
             }
         }

@@ -2,11 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use boringtun::noise::TunnResult;
-use boringtun::noise::errors::WireGuardError;
-
 use super::*;
 use crate::path::Route;
+use crate::wg::TimerAction;
 use weft_policy::Engine;
 
 impl Node {
@@ -16,7 +14,7 @@ impl Node {
             engine.handle_timeout(now);
         }
         if now >= self.next_rate_reset {
-            self.rate_limiter.reset_count();
+            self.wg.reset_load();
             self.next_rate_reset = now + Duration::from_secs(1);
         }
         self.run_paths(now);
@@ -26,8 +24,12 @@ impl Node {
         self.next_tick = now + TIMER_TICK;
         let relay_up = self.relay_up;
         for (key, peer) in &mut self.peers {
-            match peer.tunn.update_timers(&mut self.scratch) {
-                TunnResult::WriteToNetwork(buf) => {
+            match peer
+                .tunn
+                .update_timers(&mut self.wg, now, &mut self.scratch)
+            {
+                TimerAction::Send(n) => {
+                    let buf = &self.scratch[..n];
                     if is_data(buf) {
                         let dst = match peer.path.route(now, relay_up) {
                             Route::Direct(a) => Some(Dest::Udp(a)),
@@ -44,11 +46,11 @@ impl Node {
                         send_handshake(&mut self.transmits, *key, peer, buf, now, relay_up);
                     }
                 }
-                TunnResult::Err(WireGuardError::ConnectionExpired) if peer.up => {
+                TimerAction::Expired if peer.up => {
                     peer.up = false;
                     self.events.push_back(Event::PeerDown { key: *key });
                 }
-                _ => {}
+                TimerAction::Expired | TimerAction::Idle => {}
             }
         }
     }

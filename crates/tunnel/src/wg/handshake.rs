@@ -111,6 +111,12 @@ impl Local {
         self.public
     }
 
+    /// `DH(our static, public)` (`None` for a low-order point): the pair secret
+    /// the discovery key is derived from.
+    pub fn dh(&self, public: &[u8; 32]) -> Option<[u8; 32]> {
+        dh(&self.secret, public)
+    }
+
     /// Whether a handshake message carries a valid MAC1 for us.
     pub fn check_mac1(&self, msg: &[u8]) -> bool {
         let Some(at) = msg.len().checked_sub(32) else {

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 pub mod crypto;
+pub mod endpoint;
 pub mod handshake;
 pub mod session;
 pub mod tunnel;

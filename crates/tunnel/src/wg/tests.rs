@@ -5,15 +5,27 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::endpoint::Endpoint;
 use super::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
 pub(super) struct Side {
-    pub(super) local: Local,
-    pub(super) tunnel: Tunnel,
+    ep: Endpoint,
     pub(super) addr: SocketAddr,
-    buf: Vec<u8>,
+}
+
+impl std::ops::Deref for Side {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.ep
+    }
+}
+
+impl std::ops::DerefMut for Side {
+    fn deref_mut(&mut self) -> &mut Endpoint {
+        &mut self.ep
+    }
 }
 
 /// What one message did at its receiver.
@@ -32,106 +44,42 @@ pub(super) fn start() -> Instant {
     Instant::now()
 }
 
-fn secret(i: u8) -> [u8; 32] {
-    [i; 32]
-}
-
 pub(super) fn side(me: u8, them: u8, now: Instant, persistent: Option<Duration>) -> Side {
-    let local = Local::new(
-        secret(me),
-        Rng::new([me; 32]),
+    let remote = crypto::public_of(&x25519_dalek::StaticSecret::from([them; 32]));
+    let wall = SystemTime::UNIX_EPOCH + HOUR;
+    let ep = Endpoint::new(
+        [me; 32],
+        [me; 32],
+        remote,
+        u32::from(me),
+        persistent,
         now,
-        SystemTime::UNIX_EPOCH + HOUR,
-        100,
-    );
-    let remote = crypto::public_of(&x25519_dalek::StaticSecret::from(secret(them)));
-    let tunnel = Tunnel::new(&local, remote, u32::from(me), persistent, now).expect("valid key");
+        wall,
+    )
+    .expect("valid key");
     Side {
-        local,
-        tunnel,
+        ep,
         addr: SocketAddr::from(([192, 0, 2, me], 51820)),
-        buf: vec![0u8; 2048],
     }
 }
 
 impl Side {
-    /// Handles `msg` from `from` the way `Node` does.
     pub(super) fn receive(&mut self, now: Instant, from: SocketAddr, msg: &[u8]) -> Got {
-        let mut got = Got::default();
-        if let Err(e) = self.try_receive(now, from, msg, &mut got) {
-            got.err = Some(e);
+        match self.ep.receive(now, from, msg) {
+            Ok(r) => Got {
+                replies: r.replies,
+                plaintext: r.plaintext,
+                err: None,
+            },
+            Err(e) => Got {
+                err: Some(e),
+                ..Got::default()
+            },
         }
-        got
-    }
-
-    fn try_receive(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        msg: &[u8],
-        got: &mut Got,
-    ) -> Result<(), Error> {
-        match Message::parse(msg)? {
-            Message::Initiation { .. } => {
-                if !self.local.check_mac1(msg) {
-                    return Err(Error::BadAuth);
-                }
-                if self.local.under_load() && !self.local.check_mac2(now, msg, &from) {
-                    let n = self.local.cookie_reply(now, msg, &from, &mut self.buf)?;
-                    got.replies.push(self.buf[..n].to_vec());
-                    return Ok(());
-                }
-                let init = self.local.consume_initiation(msg)?;
-                let n = self
-                    .tunnel
-                    .respond(&mut self.local, &init, now, &mut self.buf)?;
-                got.replies.push(self.buf[..n].to_vec());
-            }
-            Message::Response { .. } => {
-                if !self.local.check_mac1(msg) {
-                    return Err(Error::BadAuth);
-                }
-                self.tunnel.receive_response(&self.local, msg, now)?;
-                let replies = &mut got.replies;
-                self.tunnel
-                    .flush(now, true, &mut self.buf, |m| replies.push(m.to_vec()));
-            }
-            Message::Cookie { .. } => self.tunnel.receive_cookie(msg, now)?,
-            Message::Data { .. } => {
-                let n = self.tunnel.decrypt(now, msg, &mut self.buf)?;
-                got.plaintext = Some(self.buf[..n].to_vec());
-                if self.tunnel.has_releasable(now) {
-                    let mut out = vec![0u8; 2048];
-                    let replies = &mut got.replies;
-                    self.tunnel
-                        .flush(now, false, &mut out, |m| replies.push(m.to_vec()));
-                }
-            }
-        }
-        Ok(())
     }
 
     pub(super) fn send(&mut self, now: Instant, packet: &[u8]) -> (Encrypted, Vec<u8>) {
-        let e = self
-            .tunnel
-            .encrypt(&mut self.local, now, packet, &mut self.buf)
-            .expect("encrypt");
-        let msg = match e {
-            Encrypted::Data(n) | Encrypted::Initiation(n) => self.buf[..n].to_vec(),
-            Encrypted::Queued => Vec::new(),
-        };
-        (e, msg)
-    }
-
-    pub(super) fn timers(&mut self, now: Instant) -> (TimerAction, Vec<u8>) {
-        let a = self
-            .tunnel
-            .update_timers(&mut self.local, now, &mut self.buf);
-        let msg = match a {
-            TimerAction::Send(n) => self.buf[..n].to_vec(),
-            _ => Vec::new(),
-        };
-        (a, msg)
+        self.ep.send(now, packet).expect("encrypt")
     }
 }
 

@@ -200,6 +200,11 @@ impl Tunnel {
         }
     }
 
+    /// How many packets wait for a session.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Whether packets wait and a session can carry them now.
     pub fn has_releasable(&self, now: Instant) -> bool {
         !self.queue.is_empty() && self.can_send(now)
