@@ -28,7 +28,7 @@ use tracing::{error, info};
 use crate::clock;
 use crate::error::ApiError;
 use crate::hub::Hub;
-use crate::model::{Actor, Batch, NodeId, Op, Output, Presence, PresenceConfig, World};
+use crate::model::{Actor, Batch, NodeId, Operation, Presence, PresenceConfig, SetPresence, World};
 use crate::netmap;
 use crate::relay_feed::RelayFeed;
 use crate::store::{AuditQuery, AuditRecord, Store, Write};
@@ -39,10 +39,47 @@ pub const MAX_BATCH: usize = 256;
 type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
 enum Cmd {
-    Op(Actor, Op, Reply<Output>),
+    Op(Box<dyn Queued>),
     Presence(NodeId, bool),
     Audit(AuditQuery, Reply<Vec<AuditRecord>>),
     Shutdown,
+}
+
+/// An operation waiting for the writer, its type erased: the writer applies
+/// it in a batch, then answers its caller once the batch's commit is known.
+trait Queued: Send {
+    /// Applies it to the state and keeps its result.
+    fn apply(&mut self, world: &mut World, batch: &mut Batch, now_ms: u64);
+    /// Answers the caller: its result if the batch committed, else its own
+    /// error or `storage_unavailable`.
+    fn answer(self: Box<Self>, committed: bool);
+}
+
+/// One operation, its caller (none for presence changes) and, once applied,
+/// its result.
+struct Pending<O: Operation> {
+    actor: Actor,
+    op: Option<O>,
+    result: Option<Result<O::Output, ApiError>>,
+    reply: Option<Reply<O::Output>>,
+}
+
+impl<O: Operation> Queued for Pending<O> {
+    fn apply(&mut self, world: &mut World, batch: &mut Batch, now_ms: u64) {
+        if let Some(op) = self.op.take() {
+            self.result = Some(world.apply(batch, &self.actor, op, now_ms));
+        }
+    }
+
+    fn answer(self: Box<Self>, committed: bool) {
+        if let (Some(reply), Some(r)) = (self.reply, self.result) {
+            let _ = reply.send(if committed {
+                r
+            } else {
+                r.and(Err(unavailable()))
+            });
+        }
+    }
 }
 
 /// What the presence thread hears.
@@ -122,11 +159,18 @@ impl Engine {
         ))
     }
 
-    /// Queues an operation and waits until it is committed (or refused).
-    pub async fn execute(&self, actor: Actor, op: Op) -> Result<Output, ApiError> {
+    /// Queues an operation and waits until it is committed (or refused);
+    /// returns the operation's own result.
+    pub async fn execute<O: Operation>(&self, actor: Actor, op: O) -> Result<O::Output, ApiError> {
         let (reply, rx) = oneshot::channel();
+        let pending = Pending {
+            actor,
+            op: Some(op),
+            result: None,
+            reply: Some(reply),
+        };
         self.tx
-            .send(Cmd::Op(actor, op, reply))
+            .send(Cmd::Op(Box::new(pending)))
             .map_err(|_| unavailable())?;
         rx.await.map_err(|_| unavailable())?
     }
@@ -218,8 +262,13 @@ fn writer<S: Store>(
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
-                Cmd::Op(actor, op, reply) => ops.push((actor, op, Some(reply))),
-                Cmd::Presence(node, up) => ops.push((Actor::Admin, Op::Presence(node, up), None)),
+                Cmd::Op(op) => ops.push(op),
+                Cmd::Presence(node, online) => ops.push(Box::new(Pending {
+                    actor: Actor::Admin,
+                    op: Some(SetPresence { node, online }),
+                    result: None,
+                    reply: None,
+                })),
                 Cmd::Audit(q, reply) => audits.push((q, reply)),
                 Cmd::Shutdown => stop = true,
             }
@@ -243,30 +292,26 @@ fn writer<S: Store>(
     }
 }
 
-type PendingOp = (Actor, Op, Option<Reply<Output>>);
-
 fn commit_batch<S: Store>(
     store: &mut S,
     world: &RwLock<World>,
     hub: &Hub,
     feed: &RelayFeed,
-    ops: Vec<PendingOp>,
+    mut ops: Vec<Box<dyn Queued>>,
 ) {
     let mut w = world.blocking_write();
     let now = clock::now_unix_ms();
     let mut batch = Batch::default();
-    let mut results = Vec::with_capacity(ops.len());
-    for (actor, op, reply) in ops {
-        let r = w.apply(&mut batch, &actor, op, now);
-        results.push((reply, r));
+    for op in &mut ops {
+        op.apply(&mut w, &mut batch, now);
     }
-    let bumped = w.finish_batch(&mut batch);
+    let outcome = w.finish_batch(&mut batch);
     match store.apply(&batch.writes) {
         Ok(()) => {
-            if bumped {
-                let out = netmap::compile(&w, &batch.touched);
-                hub.publish(&w, &out, &batch.touched.evicted);
-                feed.publish(&w, &batch.touched);
+            if let Some(o) = &outcome {
+                let out = netmap::compile(&w, o);
+                hub.publish(&w, &out, &o.touched.evicted);
+                feed.publish(&w, &o.touched);
             }
             drop(w);
             for write in &batch.writes {
@@ -274,14 +319,12 @@ fn commit_batch<S: Store>(
                     info!(actor = %a.actor, action = %a.action, target = %a.target, "state changed");
                 }
             }
-            for (reply, r) in results {
-                if let Some(reply) = reply {
-                    let _ = reply.send(r);
-                }
+            for op in ops {
+                op.answer(true);
             }
         }
         Err(e) => {
-            error!(error = %e, ops = results.len(), "commit failed; reloading state from the store");
+            error!(error = %e, ops = ops.len(), "commit failed; reloading state from the store");
             match store.load() {
                 Ok(snap) => {
                     let relays = std::mem::take(&mut w.relays);
@@ -297,10 +340,8 @@ fn commit_batch<S: Store>(
             hub.evict_all();
             feed.reset(&w);
             drop(w);
-            for (reply, r) in results {
-                if let Some(reply) = reply {
-                    let _ = reply.send(r.and(Err(unavailable())));
-                }
+            for op in ops {
+                op.answer(false);
             }
         }
     }

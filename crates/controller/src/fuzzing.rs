@@ -96,7 +96,7 @@ pub fn controller_request(data: &[u8]) {
         }
         6 => {
             if let Some(r) = decode::<PolicyCheckRequest>(body, |r| r.api_version) {
-                let _ = World::default().check_policy(&r);
+                let _ = crate::api::views::check_policy(&World::default(), &r);
             }
         }
         7 => {

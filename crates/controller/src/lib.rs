@@ -5,12 +5,15 @@
 //! report endpoints and liveness; admins manage networks, join tokens and nodes.
 //!
 //! # Layout
-//! - [`model`]: the state in memory ([`model::World`]) and every operation on it.
-//!   Pure: validates, mutates, and records row writes and what changed.
+//! - [`model`]: the state in memory ([`model::World`]), one module per
+//!   aggregate (networks, tokens, nodes, relays, policy, routes), each owning
+//!   its operations: an [`model::Operation`] returns its own typed result.
+//!   Pure: validates, mutates, and records row writes and what changed; a
+//!   closed batch yields its [`model::Outcome`]. The access policy (versioned,
+//!   validated, compiled per node after every relevant batch) is
+//!   `model::policy`.
 //! - [`netmap`]: pure compiler from the state to one node's map and from a
-//!   batch's changes to per-node deltas.
-//! - [`policy`]: the access policy document (versioned, validated) and its
-//!   per-node compile (rules and peer visibility) after every relevant batch.
+//!   batch's outcome to per-node deltas.
 //! - [`store`]: the persistence trait (load, apply a batch atomically, read the
 //!   audit log) and its SQLite driver; migrations in `migrations/`.
 //! - [`engine`]: the single writer. A dedicated thread takes queued operations in
@@ -19,8 +22,9 @@
 //! - [`hub`]: per-node stream subscriptions, the replay ring for `Last-Event-ID`.
 //! - [`relay_feed`]: the member set relays may serve and the relay streams that
 //!   follow it.
-//! - [`api`]: the HTTP handlers, one module per resource; [`error`] maps every
-//!   failure to a status and `{code, message}`.
+//! - [`api`]: the HTTP handlers, one module per resource, and the JSON views
+//!   of the state (`api::views`); [`error`] maps every failure to a status and
+//!   `{code, message}`.
 //! - [`serve`]: TLS/plain listener, connection handling, graceful shutdown:
 //!   `run(config, listener, shutdown)`.
 //! - [`cli`]: the `weft-controller` command line (`serve`, `admin ...`).
@@ -37,7 +41,6 @@ pub mod fuzzing;
 pub mod hub;
 pub mod model;
 pub mod netmap;
-pub mod policy;
 pub mod relay_feed;
 pub mod secret;
 pub mod serve;

@@ -17,10 +17,12 @@ use weft_proto::api::{
 use weft_proto::net::{Ipv4Net, Ipv6Net};
 use weft_proto::netmap::DEFAULT_DNS_DOMAIN;
 
-use super::{AdminAuth, ApiJson, ApiPath, ApiQuery, AppState};
+use super::{AdminAuth, ApiJson, ApiPath, ApiQuery, AppState, views};
 use crate::clock;
 use crate::error::ApiError;
-use crate::model::{Actor, NewNetwork, NewToken, NodePatch, Op, Output};
+use crate::model::{
+    Actor, NewNetwork, NewToken, NodePatch, RemoveNode, RevokeToken, SetPolicy, UpdateNode,
+};
 use crate::secret::{self, JOIN_PREFIX};
 use crate::store::AuditQuery;
 use crate::validate::{self, MAX_DESCRIPTION, MAX_TOKEN_NETWORKS};
@@ -81,23 +83,21 @@ async fn create_network(
     validate::domain(&dns_domain)?;
     let pow = req.pow_difficulty.unwrap_or(Difficulty::DEFAULT.bits());
     Difficulty::new(pow).map_err(|e| ApiError::invalid("invalid_difficulty", e.to_string()))?;
-    let op = Op::CreateNetwork(NewNetwork {
+    let op = NewNetwork {
         name: req.name,
         ipv4_cidr,
         ipv6_prefix,
         dns_domain,
         pow_difficulty: pow,
-    });
-    match st.engine.execute(Actor::Admin, op).await? {
-        Output::Network(n) => Ok((StatusCode::CREATED, Json(n))),
-        _ => Err(ApiError::Internal),
-    }
+    };
+    let net = st.engine.execute(Actor::Admin, op).await?;
+    Ok((StatusCode::CREATED, Json(views::network(&net))))
 }
 
 async fn list_networks(State(st): State<AppState>, _: AdminAuth) -> Json<NetworkList> {
     let world = st.engine.world().read().await;
     Json(NetworkList {
-        networks: world.networks_info(),
+        networks: views::networks(&world),
     })
 }
 
@@ -110,7 +110,7 @@ async fn show_network(
     let net = world.network_by_name(&name).ok_or_else(|| {
         ApiError::not_found("network_not_found", format!("no network named {name:?}"))
     })?;
-    Ok(Json(world.network_info(net)))
+    Ok(Json(views::network(net)))
 }
 
 async fn create_token(
@@ -145,27 +145,25 @@ async fn create_token(
     }
     let (token, hash) = secret::generate(JOIN_PREFIX, &mut OsRng);
     let expires_at = clock::now_unix_ms() / 1000 + req.expires_in_secs;
-    let op = Op::CreateToken(NewToken {
+    let op = NewToken {
         networks: req.networks,
         tags: req.tags.into_iter().collect(),
         expires_at,
         max_uses: req.max_uses,
         description: req.description,
         hash,
-    });
-    match st.engine.execute(Actor::Admin, op).await? {
-        Output::Token(info) => Ok((
-            StatusCode::CREATED,
-            Json(CreateTokenResponse { token, info }),
-        )),
-        _ => Err(ApiError::Internal),
-    }
+    };
+    let info = views::token(&st.engine.execute(Actor::Admin, op).await?);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateTokenResponse { token, info }),
+    ))
 }
 
 async fn list_tokens(State(st): State<AppState>, _: AdminAuth) -> Json<TokenList> {
     let world = st.engine.world().read().await;
     Json(TokenList {
-        tokens: world.tokens_info(clock::now_unix_ms()),
+        tokens: views::tokens(&world, clock::now_unix_ms()),
     })
 }
 
@@ -174,10 +172,8 @@ async fn revoke_token(
     _: AdminAuth,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<Json<TokenInfo>, ApiError> {
-    match st.engine.execute(Actor::Admin, Op::RevokeToken(id)).await? {
-        Output::Token(info) => Ok(Json(info)),
-        _ => Err(ApiError::Internal),
-    }
+    let t = st.engine.execute(Actor::Admin, RevokeToken(id)).await?;
+    Ok(Json(views::token(&t)))
 }
 
 #[derive(Deserialize)]
@@ -204,7 +200,7 @@ async fn list_nodes(
         ),
     };
     Ok(Json(NodeList {
-        nodes: world.nodes_info(net),
+        nodes: views::nodes(&world, net),
     }))
 }
 
@@ -231,7 +227,7 @@ async fn show_node(
             format!("no node with key or name {sel:?}"),
         )
     })?;
-    Ok(Json(world.node_info(node)))
+    Ok(Json(views::node(node, world.addresses(node))))
 }
 
 async fn update_node(
@@ -252,14 +248,9 @@ async fn update_node(
         tags: req.tags.map(|t| t.into_iter().collect::<BTreeSet<_>>()),
         disabled: req.disabled,
     };
-    match st
-        .engine
-        .execute(Actor::Admin, Op::UpdateNode(sel, patch))
-        .await?
-    {
-        Output::Node(info) => Ok(Json(*info)),
-        _ => Err(ApiError::Internal),
-    }
+    let op = UpdateNode { node: sel, patch };
+    let n = st.engine.execute(Actor::Admin, op).await?;
+    Ok(Json(views::node(&n.node, n.addresses)))
 }
 
 async fn remove_node(
@@ -268,7 +259,7 @@ async fn remove_node(
     ApiPath(sel): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     bounded_selector(&sel)?;
-    st.engine.execute(Actor::Admin, Op::RemoveNode(sel)).await?;
+    st.engine.execute(Actor::Admin, RemoveNode(sel)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -319,7 +310,7 @@ async fn audit(
 
 async fn get_policy(State(st): State<AppState>, _: AdminAuth) -> Json<PolicyDoc> {
     let world = st.engine.world().read().await;
-    Json(world.policy.doc())
+    Json(views::policy(&world.policy.rec))
 }
 
 async fn set_policy(
@@ -327,14 +318,12 @@ async fn set_policy(
     _: AdminAuth,
     ApiJson(req): ApiJson<SetPolicyRequest>,
 ) -> Result<Json<PolicyDoc>, ApiError> {
-    match st
-        .engine
-        .execute(Actor::Admin, Op::SetPolicy(req.text, req.expect_version))
-        .await?
-    {
-        Output::Policy(p) => Ok(Json(p)),
-        _ => Err(ApiError::Internal),
-    }
+    let op = SetPolicy {
+        text: req.text,
+        expect_version: req.expect_version,
+    };
+    let rec = st.engine.execute(Actor::Admin, op).await?;
+    Ok(Json(views::policy(&rec)))
 }
 
 async fn check_policy(
@@ -343,5 +332,5 @@ async fn check_policy(
     ApiJson(req): ApiJson<PolicyCheckRequest>,
 ) -> Result<Json<PolicyCheckResponse>, ApiError> {
     let world = st.engine.world().read().await;
-    Ok(Json(world.check_policy(&req)?))
+    Ok(Json(views::check_policy(&world, &req)?))
 }

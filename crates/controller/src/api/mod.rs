@@ -38,6 +38,7 @@ mod node;
 mod register;
 mod relay;
 mod routes;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,7 +11,7 @@ use weft_proto::net::unusable_endpoint;
 
 use super::{ApiJson, AppState, NodeAuth};
 use crate::error::ApiError;
-use crate::model::{Actor, Op};
+use crate::model::{Actor, Report};
 use crate::validate::MAX_ENDPOINTS;
 
 pub(super) async fn report(
@@ -40,7 +40,13 @@ pub(super) async fn report(
         }
     }
     st.engine
-        .execute(Actor::Node(auth.key), Op::Report(auth.id, req.endpoints))
+        .execute(
+            Actor::Node(auth.key),
+            Report {
+                node: auth.id,
+                endpoints: req.endpoints,
+            },
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

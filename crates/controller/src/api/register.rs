@@ -28,7 +28,7 @@ use weft_proto::api::{
 use super::{ApiJson, AppState, Peer};
 use crate::clock;
 use crate::error::ApiError;
-use crate::model::{Actor, Op, Output, Registration};
+use crate::model::{Actor, Registered, Registration};
 use crate::secret::{self, MAX_SECRET_LEN, NODE_PREFIX, SecretHash};
 use crate::validate;
 
@@ -334,27 +334,23 @@ pub(super) async fn register(
     }
     .achieved(&req.node_key);
     let (credential, credential_hash) = secret::generate(NODE_PREFIX, &mut OsRng);
-    let op = Op::Register(Registration {
+    let op = Registration {
         node_key: req.node_key,
         token_hash: SecretHash::of(&req.token),
         pow_bits,
         name: req.name.clone(),
         hostname: req.hostname.clone(),
         credential_hash,
-    });
-    match st.engine.execute(Actor::Node(req.node_key), op).await? {
-        Output::Registered { name, addresses } => {
-            reservation.keep();
-            Ok(Json(RegisterResponse {
-                api_version: API_VERSION,
-                node_key: req.node_key,
-                name,
-                credential,
-                addresses,
-            }))
-        }
-        _ => Err(ApiError::Internal),
-    }
+    };
+    let Registered { name, addresses } = st.engine.execute(Actor::Node(req.node_key), op).await?;
+    reservation.keep();
+    Ok(Json(RegisterResponse {
+        api_version: API_VERSION,
+        node_key: req.node_key,
+        name,
+        credential,
+        addresses,
+    }))
 }
 
 #[cfg(test)]

@@ -27,10 +27,10 @@ use weft_proto::relay_api::{
 };
 use weft_proto::sse;
 
-use super::{AdminAuth, ApiJson, ApiPath, AppState, bearer};
+use super::{AdminAuth, ApiJson, ApiPath, AppState, bearer, views};
 use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::model::{Actor, NewRelay, Op, Output, RelayId, RelayReport, World};
+use crate::model::{Actor, NewRelay, RelayId, RelayReport, RemoveRelay, ReportRelay};
 use crate::relay_feed::RelaySubscription;
 use crate::secret::{self, RELAY_PREFIX};
 use crate::validate;
@@ -86,22 +86,20 @@ async fn create(
     let url =
         RelayUrl::parse(&req.url).map_err(|e| ApiError::invalid("invalid_url", e.to_string()))?;
     let (token, hash) = secret::generate(RELAY_PREFIX, &mut OsRng);
-    let op = Op::CreateRelay(NewRelay {
+    let op = NewRelay {
         name: req.name,
         url: url.to_string(),
         hash,
-    });
-    match st.engine.execute(Actor::Admin, op).await? {
-        Output::Relay(info) => Ok((
-            StatusCode::CREATED,
-            Json(CreateRelayResponse { token, info }),
-        )),
-        _ => Err(ApiError::Internal),
-    }
+    };
+    let info = views::relay(&st.engine.execute(Actor::Admin, op).await?);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateRelayResponse { token, info }),
+    ))
 }
 
 async fn list(State(st): State<AppState>, _: AdminAuth) -> Json<RelayList> {
-    let infos = st.engine.world().read().await.relays_info();
+    let infos = views::relays(&*st.engine.world().read().await);
     Json(RelayList {
         relays: infos
             .into_iter()
@@ -121,7 +119,7 @@ async fn show(
 ) -> Result<Json<RelayInfo>, ApiError> {
     let world = st.engine.world().read().await;
     let r = world.relay_by_name(&name).ok_or_else(|| not_found(&name))?;
-    Ok(Json(with_connected(&st, r.id, World::relay_info(r))))
+    Ok(Json(with_connected(&st, r.id, views::relay(r))))
 }
 
 async fn remove(
@@ -132,9 +130,7 @@ async fn remove(
     if name.len() > 64 {
         return Err(not_found(&name));
     }
-    st.engine
-        .execute(Actor::Admin, Op::RemoveRelay(name))
-        .await?;
+    st.engine.execute(Actor::Admin, RemoveRelay(name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -157,17 +153,15 @@ async fn report(
             "stun_port must be 1 to 65535",
         ));
     }
-    let op = Op::RelayReport(
-        auth.id,
-        RelayReport {
+    let op = ReportRelay {
+        relay: auth.id,
+        report: RelayReport {
             tls_fingerprint: req.tls_fingerprint,
             stun_port: req.stun_port,
         },
-    );
-    match st.engine.execute(Actor::Relay(auth.name), op).await? {
-        Output::Relay(info) => Ok(Json(with_connected(&st, auth.id, info))),
-        _ => Err(ApiError::Internal),
-    }
+    };
+    let rec = st.engine.execute(Actor::Relay(auth.name), op).await?;
+    Ok(Json(with_connected(&st, auth.id, views::relay(&rec))))
 }
 
 async fn members(State(st): State<AppState>, _: RelayAuth) -> Json<MemberSnapshot> {

@@ -7,9 +7,9 @@ use axum::{Json, Router};
 use http::StatusCode;
 use weft_proto::api::{AdvertiseRoutesRequest, LeaveResponse, RouteList, RouteRequest};
 
-use super::{AdminAuth, ApiJson, ApiPath, AppState, NodeAuth};
+use super::{AdminAuth, ApiJson, ApiPath, AppState, NodeAuth, views};
 use crate::error::ApiError;
-use crate::model::{Actor, Op, Output, RouteOp};
+use crate::model::{Actor, AdvertiseRoutes, ChangeRoute, LeaveNetwork, RouteOp};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -60,28 +60,30 @@ async fn advertise(
             format!("a route is at most {MAX_FIELD} bytes"),
         ));
     }
-    st.engine
-        .execute(
-            Actor::Node(auth.key),
-            Op::AdvertiseRoutes(auth.id, req.routes),
-        )
-        .await?;
+    let op = AdvertiseRoutes {
+        node: auth.id,
+        routes: req.routes,
+    };
+    st.engine.execute(Actor::Node(auth.key), op).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list(State(st): State<AppState>, _: AdminAuth) -> Json<RouteList> {
     let world = st.engine.world().read().await;
     Json(RouteList {
-        routes: world.routes_info(),
+        routes: views::routes(&world),
     })
 }
 
 async fn run(st: &AppState, op: RouteOp, req: RouteRequest) -> Result<Json<RouteList>, ApiError> {
     bounded(&req)?;
-    match st.engine.execute(Actor::Admin, Op::Route(op, req)).await? {
-        Output::Routes(routes) => Ok(Json(RouteList { routes })),
-        _ => Err(ApiError::Internal),
-    }
+    let changed = st
+        .engine
+        .execute(Actor::Admin, ChangeRoute { op, req })
+        .await?;
+    Ok(Json(RouteList {
+        routes: changed.iter().map(views::route).collect(),
+    }))
 }
 
 async fn add(
@@ -124,12 +126,12 @@ async fn leave(
     if network.len() > MAX_FIELD || node.len() > MAX_FIELD {
         return Err(ApiError::not_found("not_found", "no such network or node"));
     }
-    match st
+    let left = st
         .engine
-        .execute(Actor::Admin, Op::LeaveNetwork(network, node))
-        .await?
-    {
-        Output::Left(l) => Ok(Json(l)),
-        _ => Err(ApiError::Internal),
-    }
+        .execute(Actor::Admin, LeaveNetwork { network, node })
+        .await?;
+    Ok(Json(LeaveResponse {
+        node: left.node,
+        network: left.network,
+    }))
 }

@@ -4,39 +4,46 @@
 //! controller runs: every operation validates against it, mutates it and records
 //! the row-level [`Write`]s that make the change durable, plus what it
 //! [`Touched`] for the netmap compiler. An operation either fails without any
-//! effect or succeeds completely. Time comes in as an argument; nothing here
-//! does I/O, so the whole module is deterministic and unit-tested.
+//! effect or succeeds completely, and returns its own typed result
+//! ([`Operation::Output`]). Closing a batch ([`World::finish_batch`]) yields
+//! its [`Outcome`] (what changed, and visibility before the batch), a value
+//! the caller hands to the netmap compiler. Time comes in as an argument;
+//! nothing here does I/O, so the whole module is deterministic and
+//! unit-tested.
+//!
+//! One module per aggregate, each owning its operations and invariants:
+//! `networks` (and memberships), `tokens`, `nodes`, `relays`, `policy`,
+//! `routes`; `presence` is the debouncer whose decisions arrive as
+//! [`SetPresence`]. The JSON views of this state live in `crate::api::views`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
 
-use weft_policy::{LivePolicy, Transition};
+use weft_policy::{LivePolicy, Transition, Viewpoint};
 use weft_proto::NodeKey;
-use weft_proto::api::{self, NodeAddress, NodeInfo, PolicyDoc, TokenInfo};
 use weft_proto::netmap::Relay;
-use weft_proto::relay_api::RelayInfo;
 
 use crate::error::ApiError;
-use crate::policy::PolicyState;
 use crate::secret::SecretHash;
 use crate::store::{AuditRecord, RelayRecord, RouteRecord, StoreSnapshot, TokenRecord, Write};
-
-mod presence;
-mod routes;
-
-pub use presence::{Presence, PresenceConfig};
-pub use routes::{GATEWAY_TAG, RouteOp};
 
 mod networks;
 mod nodes;
 mod policy;
+mod presence;
 mod relays;
+mod routes;
 mod tokens;
 
-pub use networks::{FIRST_HOST_OFFSET, NetState, NewNetwork};
-pub use nodes::{NodePatch, NodeState, Registration};
-pub use relays::{NewRelay, RelayReport};
-pub use tokens::NewToken;
+pub use networks::{FIRST_HOST_OFFSET, LeaveNetwork, Left, NetState, NewNetwork};
+pub use nodes::{
+    NodeDetail, NodePatch, NodeState, Registered, Registration, RemoveNode, Report, SetPresence,
+    UpdateNode,
+};
+pub use policy::{PolicyState, SetPolicy};
+pub use presence::{Presence, PresenceConfig};
+pub use relays::{NewRelay, RelayReport, RemoveRelay, ReportRelay};
+pub use routes::{AdvertiseRoutes, ChangeRoute, GATEWAY_TAG, RouteOp, RouteStatus};
+pub use tokens::{NewToken, RevokeToken, Token, TokenStatus};
 
 /// A network id.
 pub type NetId = u64;
@@ -87,9 +94,6 @@ pub struct Touched {
     /// existence) changed: recompiled, with the nodes their change affects,
     /// when the batch closes.
     pub policy_nodes: BTreeSet<NodeKey>,
-    /// Filled when the batch closes: the nodes whose compiled policy changed
-    /// (visibility before the batch: [`World::viewpoints`]).
-    pub policy_changed: BTreeSet<NodeId>,
 }
 
 impl Touched {
@@ -105,6 +109,44 @@ impl Touched {
     }
 }
 
+/// What a closed batch changed that moved the map version: what the netmap
+/// compiler, the hub and the relay feed act on.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// What the batch's operations touched.
+    pub touched: Touched,
+    /// The nodes whose compiled policy changed.
+    pub policy_changed: BTreeSet<NodeId>,
+    /// Visibility before the batch, for the nodes whose policy inputs changed
+    /// (everyone's after a policy edit).
+    transition: Transition<NodeKey>,
+}
+
+impl Outcome {
+    /// Node `k` as visibility sees it in `world` now, and before the batch.
+    pub fn viewpoints<'a>(
+        &'a self,
+        world: &'a World,
+        k: &'a NodeKey,
+    ) -> (
+        Option<Viewpoint<'a, NodeKey>>,
+        Option<Viewpoint<'a, NodeKey>>,
+    ) {
+        (
+            world.live.viewpoint(k),
+            self.transition.viewpoint_before(&world.live, k),
+        )
+    }
+
+    /// The nodes whose visibility to others the batch may have changed
+    /// (`None`: anyone's, the policy changed).
+    pub fn visibility_changed(&self) -> Option<BTreeSet<NodeKey>> {
+        self.transition
+            .changed_nodes()
+            .map(|i| i.copied().collect())
+    }
+}
+
 /// The effects of a batch of operations.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -114,69 +156,24 @@ pub struct Batch {
     pub touched: Touched,
 }
 
-/// A state-changing operation.
-#[derive(Debug, Clone)]
-pub enum Op {
-    /// Admin: create a network.
-    CreateNetwork(NewNetwork),
-    /// Admin: create a join token.
-    CreateToken(NewToken),
-    /// Admin: revoke a join token.
-    RevokeToken(u64),
-    /// Agent: register.
-    Register(Registration),
-    /// Admin: rename, tag, disable, enable (node by key or name).
-    UpdateNode(String, NodePatch),
-    /// Admin: remove a node (by key or name).
-    RemoveNode(String),
-    /// Agent: liveness and endpoints.
-    Report(NodeId, Option<Vec<SocketAddr>>),
-    /// The node went online (`true`) or offline (`false`), as [`Presence`]
-    /// debounced its map streams.
-    Presence(NodeId, bool),
-    /// Admin: register a relay.
-    CreateRelay(NewRelay),
-    /// Admin: replace the policy text (validated against the current nodes),
-    /// optionally only if the current version is the given one.
-    SetPolicy(String, Option<u64>),
-    /// Admin: remove a relay (by name).
-    RemoveRelay(String),
-    /// Relay: report its TLS fingerprint and STUN port.
-    RelayReport(RelayId, RelayReport),
-    /// Agent: the subnets it advertises (CIDR text, validated here).
-    AdvertiseRoutes(NodeId, Vec<String>),
-    /// Admin: add, approve, reject or withdraw a subnet route.
-    Route(RouteOp, api::RouteRequest),
-    /// Admin: remove a node from one network (network name, node key or name).
-    LeaveNetwork(String, String),
-}
+/// A state-changing operation and the value it returns.
+///
+/// Each aggregate's module defines its operations (e.g. [`NewNetwork`],
+/// [`UpdateNode`], [`SetPolicy`]); [`World::apply`] runs one and hands back
+/// its own typed result, so a caller never matches on another operation's.
+pub trait Operation: Send + 'static {
+    /// What a successful operation returns.
+    type Output: Send + 'static;
 
-/// What a successful operation returns.
-#[derive(Debug, Clone)]
-pub enum Output {
-    /// A network.
-    Network(api::Network),
-    /// A token.
-    Token(TokenInfo),
-    /// A registration.
-    Registered {
-        /// Final name.
-        name: String,
-        /// Addresses.
-        addresses: Vec<NodeAddress>,
-    },
-    /// A node.
-    Node(Box<NodeInfo>),
-    /// A relay.
-    Relay(RelayInfo),
-    /// The policy.
-    Policy(PolicyDoc),
-    /// Subnet routes (those an operation touched).
-    Routes(Vec<api::RouteInfo>),
-    /// A node left a network.
-    Left(api::LeaveResponse),
-    /// Nothing to return.
-    Done,
+    /// Validates against `world`, mutates it and records the writes and what
+    /// changed in `batch`; on error nothing changed.
+    fn apply(
+        self,
+        world: &mut World,
+        batch: &mut Batch,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<Self::Output, ApiError>;
 }
 
 /// The controller's state.
@@ -192,8 +189,6 @@ pub struct World {
     pub policy: PolicyState,
     /// Every enabled node's compiled policy and visibility, kept incrementally.
     live: LivePolicy<NodeKey>,
-    /// Visibility before the last batch that changed a policy input.
-    policy_before: Transition<NodeKey>,
     networks: BTreeMap<NetId, NetState>,
     network_by_name: BTreeMap<String, NetId>,
     nodes: BTreeMap<NodeId, NodeState>,
@@ -320,33 +315,17 @@ impl World {
     // ---- writes ----
 
     /// Applies one operation. On error nothing changed.
-    pub fn apply(
+    pub fn apply<O: Operation>(
         &mut self,
         batch: &mut Batch,
         actor: &Actor,
-        op: Op,
+        op: O,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
-        match op {
-            Op::CreateNetwork(n) => self.create_network(batch, actor, n, now_ms),
-            Op::CreateToken(t) => self.create_token(batch, actor, t, now_ms),
-            Op::RevokeToken(id) => self.revoke_token(batch, actor, id, now_ms),
-            Op::Register(r) => self.register(batch, r, now_ms),
-            Op::UpdateNode(sel, patch) => self.update_node(batch, actor, &sel, patch, now_ms),
-            Op::RemoveNode(sel) => self.remove_node(batch, actor, &sel, now_ms),
-            Op::Report(id, endpoints) => self.report(batch, id, endpoints, now_ms),
-            Op::Presence(id, up) => self.presence(batch, id, up, now_ms),
-            Op::CreateRelay(r) => self.create_relay(batch, actor, r, now_ms),
-            Op::RemoveRelay(name) => self.remove_relay(batch, actor, &name, now_ms),
-            Op::RelayReport(id, report) => self.relay_report(batch, id, report, now_ms),
-            Op::SetPolicy(text, expect) => self.set_policy(batch, actor, text, expect, now_ms),
-            Op::AdvertiseRoutes(id, routes) => self.advertise_routes(batch, id, &routes, now_ms),
-            Op::Route(op, req) => self.route_op(batch, actor, op, &req, now_ms),
-            Op::LeaveNetwork(net, node) => self.leave_network(batch, actor, &net, &node, now_ms),
-        }
+    ) -> Result<O::Output, ApiError> {
+        op.apply(self, batch, actor, now_ms)
     }
 
-    fn audit(
+    pub(super) fn audit(
         &mut self,
         batch: &mut Batch,
         actor: &Actor,
@@ -369,21 +348,24 @@ impl World {
 }
 
 impl World {
-    /// Closes a batch: if any map changed, moves the version forward and records
-    /// it. Returns whether the version moved.
-    pub fn finish_batch(&mut self, batch: &mut Batch) -> bool {
+    /// Closes a batch: if any map changed, moves the version forward, records
+    /// it, brings the compiled policies up to date and returns what changed
+    /// (`None`: no map changed, the version stays).
+    pub fn finish_batch(&mut self, batch: &mut Batch) -> Option<Outcome> {
         if batch.touched.is_empty() {
-            return false;
+            return None;
         }
         self.version += 1;
         batch.writes.push(Write::SetMapVersion(self.version));
-        if batch.touched.recompile || !batch.touched.policy_nodes.is_empty() {
-            batch.touched.policy_changed = self.recompile(&batch.touched);
-            self.resync_for_policy_changes(batch);
-        } else {
-            // Visibility did not change in this batch.
-            self.policy_before = Transition::default();
+        let mut outcome = Outcome {
+            touched: std::mem::take(&mut batch.touched),
+            ..Outcome::default()
+        };
+        if outcome.touched.recompile || !outcome.touched.policy_nodes.is_empty() {
+            (outcome.policy_changed, outcome.transition) = self.recompile(&outcome.touched);
+            self.resync_for_policy_changes(&outcome.policy_changed, &mut outcome.touched);
         }
-        true
+        // Else visibility did not change in this batch: no transition.
+        Some(outcome)
     }
 }

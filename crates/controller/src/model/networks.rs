@@ -1,15 +1,15 @@
-//! Networks: creation, address allocation.
+//! Networks and memberships: creating a network (its CIDRs checked against
+//! the others and against subnet routes, its default rule appended to the
+//! policy), handing out addresses, and a node leaving one network.
 
 use std::collections::BTreeSet;
 
 use serde_json::json;
-use weft_proto::api::{self};
 use weft_proto::net::{Ipv4Net, Ipv6Net};
 
+use super::{Actor, Batch, NetId, NodeId, Operation, World, secs};
 use crate::error::ApiError;
 use crate::store::{NetworkRecord, Write};
-
-use super::*;
 
 /// Offsets below this are not handed out: `.0` is the network address and `.1`
 /// is reserved for a future in-network controller/DNS address.
@@ -41,27 +41,59 @@ pub struct NewNetwork {
     pub pow_difficulty: u32,
 }
 
-impl World {
-    /// Network info for the admin API.
-    pub fn network_info(&self, net: &NetState) -> api::Network {
-        api::Network {
-            name: net.rec.name.clone(),
-            ipv4_cidr: net.rec.ipv4_cidr,
-            ipv6_prefix: net.rec.ipv6_prefix,
-            dns_domain: net.rec.dns_domain.clone(),
-            pow_difficulty: net.rec.pow_difficulty,
-            node_count: net.members.len() as u64,
-            created_at_ms: secs_to_ms(net.rec.created_at),
-        }
-    }
+/// Admin: remove a node from one network; its address there is released, its
+/// routes there are forgotten, its other networks stay.
+#[derive(Debug, Clone)]
+pub struct LeaveNetwork {
+    /// The network's name.
+    pub network: String,
+    /// The node's key or name.
+    pub node: String,
+}
 
+/// A node left a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Left {
+    /// The node's name.
+    pub node: String,
+    /// The network's name.
+    pub network: String,
+}
+
+impl Operation for NewNetwork {
+    type Output = NetState;
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<NetState, ApiError> {
+        w.create_network(batch, actor, self, now_ms)
+    }
+}
+
+impl Operation for LeaveNetwork {
+    type Output = Left;
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<Left, ApiError> {
+        w.leave_network(batch, actor, &self.network, &self.node, now_ms)
+    }
+}
+
+impl World {
     /// All networks, by name.
-    pub fn networks_info(&self) -> Vec<api::Network> {
+    pub fn networks_by_name(&self) -> impl Iterator<Item = &NetState> + '_ {
         self.network_by_name
             .values()
             .filter_map(|id| self.networks.get(id))
-            .map(|n| self.network_info(n))
-            .collect()
     }
 
     /// The ids of all networks.
@@ -87,7 +119,7 @@ impl World {
         actor: &Actor,
         n: NewNetwork,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<NetState, ApiError> {
         // The same check as subnet routes: an overlay on loopback, link-local,
         // multicast or broadcast space could never carry traffic.
         weft_proto::net::check_routable_v4(&n.ipv4_cidr).map_err(|e| {
@@ -149,23 +181,80 @@ impl World {
             used: BTreeSet::new(),
             cursor: FIRST_HOST_OFFSET,
         };
-        let info = self.network_info(&state);
-        self.networks.insert(id, state);
+        let rec = state.rec.clone();
+        self.networks.insert(id, state.clone());
         self.audit(
             batch,
             actor,
             "network.create",
             n.name,
-            json!({"ipv4_cidr": info.ipv4_cidr, "ipv6_prefix": info.ipv6_prefix, "dns_domain": info.dns_domain, "pow_difficulty": info.pow_difficulty}),
+            json!({"ipv4_cidr": rec.ipv4_cidr, "ipv6_prefix": rec.ipv6_prefix, "dns_domain": rec.dns_domain, "pow_difficulty": rec.pow_difficulty}),
             now_ms,
         );
         // The new network's default rule, visible and editable in the policy.
-        if let Some((text, parsed)) = self.policy.with_network(&info.name) {
+        if let Some((text, parsed)) = self.policy.with_network(&rec.name) {
             self.put_policy(batch, actor, text, parsed, "network.create", now_ms);
         } else {
-            tracing::error!(network = %info.name, "could not append the network's default rule to the policy");
+            tracing::error!(network = %rec.name, "could not append the network's default rule to the policy");
         }
-        Ok(Output::Network(info))
+        Ok(state)
+    }
+
+    /// `admin network leave NETWORK NODE`: the node leaves one network; its
+    /// address there is released, its routes there are forgotten, its other
+    /// networks stay.
+    pub(super) fn leave_network(
+        &mut self,
+        batch: &mut Batch,
+        actor: &Actor,
+        network: &str,
+        sel: &str,
+        now_ms: u64,
+    ) -> Result<Left, ApiError> {
+        let id = self.node_id_for(sel)?;
+        let net_id = self.network_by_name.get(network).copied().ok_or_else(|| {
+            ApiError::not_found("network_not_found", format!("no network named {network:?}"))
+        })?;
+        let Some(mut node) = self.nodes.remove(&id) else {
+            return Err(ApiError::Internal);
+        };
+        let Some(m) = node.memberships.remove(&net_id) else {
+            let name = node.rec.name.clone();
+            self.nodes.insert(id, node);
+            return Err(ApiError::conflict(
+                "not_a_member",
+                format!("node {name:?} is not a member of network {network:?}"),
+            ));
+        };
+        if let Some(net) = self.networks.get_mut(&net_id) {
+            net.members.remove(&id);
+            if let Some(off) = net.rec.ipv4_cidr.offset_of(m.ipv4) {
+                net.used.remove(&off);
+            }
+        }
+        // Peers in that network drop it; the node gets a map without it.
+        batch.touched.entries.insert((net_id, node.rec.node_key));
+        batch.touched.resync.insert(id);
+        batch.touched.policy_nodes.insert(node.rec.node_key);
+        let (key, name) = (node.rec.node_key, node.rec.name.clone());
+        self.nodes.insert(id, node);
+        self.drop_routes_of(batch, id, Some(net_id));
+        batch.writes.push(Write::DeleteMembership {
+            node_id: id,
+            network_id: net_id,
+        });
+        self.audit(
+            batch,
+            actor,
+            "node.leave",
+            key.to_string(),
+            json!({"name": name, "network": network, "ipv4": m.ipv4.to_string()}),
+            now_ms,
+        );
+        Ok(Left {
+            node: name,
+            network: network.to_owned(),
+        })
     }
 }
 

@@ -1,18 +1,20 @@
-//! Nodes.
+//! Nodes: registration (which consumes a join token use and allocates an
+//! address in each of the token's networks), renames, tags, disabling,
+//! removal, reported endpoints and presence.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use serde_json::json;
 use weft_proto::NodeKey;
-use weft_proto::api::{NodeAddress, NodeInfo};
+use weft_proto::api::NodeAddress;
 
 use crate::error::ApiError;
 use crate::secret::SecretHash;
 use crate::store::{MembershipRecord, NodeRecord, Write};
 
-use super::tokens::{token_gone, token_state};
-use super::*;
+use super::tokens::TokenStatus;
+use super::{Actor, Batch, NetId, NodeId, Operation, World, secs};
 
 /// A node and its indexes.
 #[derive(Debug, Clone)]
@@ -59,31 +61,134 @@ pub struct NodePatch {
     pub disabled: Option<bool>,
 }
 
-impl World {
-    /// Node info for the admin API.
-    pub fn node_info(&self, n: &NodeState) -> NodeInfo {
-        NodeInfo {
-            node_key: n.rec.node_key,
-            name: n.rec.name.clone(),
-            hostname: n.rec.hostname.clone(),
-            tags: n.rec.tags.iter().cloned().collect(),
-            disabled: n.rec.disabled,
-            online: n.online,
-            endpoints: n.rec.endpoints.clone(),
-            last_seen_ms: n.rec.last_seen.map(secs_to_ms),
-            created_at_ms: secs_to_ms(n.rec.created_at),
-            addresses: self.addresses(n),
-        }
-    }
+/// Admin: rename, tag, disable or enable a node.
+#[derive(Debug, Clone)]
+pub struct UpdateNode {
+    /// The node's key or name.
+    pub node: String,
+    /// What changes.
+    pub patch: NodePatch,
+}
 
-    /// Nodes for the admin API, by name, optionally only members of a network.
-    pub fn nodes_info(&self, network: Option<NetId>) -> Vec<NodeInfo> {
+/// Admin: remove a node, by key or name.
+#[derive(Debug, Clone)]
+pub struct RemoveNode(pub String);
+
+/// Agent: liveness and (optionally) its endpoints.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The reporting node.
+    pub node: NodeId,
+    /// Its endpoints, if it sent them.
+    pub endpoints: Option<Vec<SocketAddr>>,
+}
+
+/// The node went online or offline, as [`Presence`](super::Presence)
+/// debounced its map streams.
+#[derive(Debug, Clone, Copy)]
+pub struct SetPresence {
+    /// The node.
+    pub node: NodeId,
+    /// Online now.
+    pub online: bool,
+}
+
+/// A registration's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// The node's final name.
+    pub name: String,
+    /// Its addresses, by network name.
+    pub addresses: Vec<NodeAddress>,
+}
+
+/// A node as an operation left it, with its addresses.
+#[derive(Debug, Clone)]
+pub struct NodeDetail {
+    /// The node.
+    pub node: NodeState,
+    /// Its addresses, by network name.
+    pub addresses: Vec<NodeAddress>,
+}
+
+impl Operation for Registration {
+    type Output = Registered;
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        _: &Actor,
+        now_ms: u64,
+    ) -> Result<Registered, ApiError> {
+        w.register(batch, self, now_ms)
+    }
+}
+
+impl Operation for UpdateNode {
+    type Output = NodeDetail;
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<NodeDetail, ApiError> {
+        w.update_node(batch, actor, &self.node, self.patch, now_ms)
+    }
+}
+
+impl Operation for RemoveNode {
+    type Output = ();
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        w.remove_node(batch, actor, &self.0, now_ms)
+    }
+}
+
+impl Operation for Report {
+    type Output = ();
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        _: &Actor,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        w.report(batch, self.node, self.endpoints, now_ms)
+    }
+}
+
+impl Operation for SetPresence {
+    type Output = ();
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        _: &Actor,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        w.presence(batch, self.node, self.online, now_ms);
+        Ok(())
+    }
+}
+
+impl World {
+    /// Nodes by name, optionally only members of `network`.
+    pub fn nodes_by_name(&self, network: Option<NetId>) -> impl Iterator<Item = &NodeState> + '_ {
         self.node_by_name
             .values()
             .filter_map(|id| self.nodes.get(id))
-            .filter(|n| network.is_none_or(|net| n.memberships.contains_key(&net)))
-            .map(|n| self.node_info(n))
-            .collect()
+            .filter(move |n| network.is_none_or(|net| n.memberships.contains_key(&net)))
     }
 
     // ---- reads ----
@@ -162,12 +267,12 @@ impl World {
         self.node_by_key.get(key).and_then(|id| self.nodes.get(id))
     }
 
-    pub(super) fn register(
+    fn register(
         &mut self,
         batch: &mut Batch,
         r: Registration,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<Registered, ApiError> {
         let token_id = *self
             .token_by_hash
             .get(&r.token_hash)
@@ -194,13 +299,12 @@ impl World {
             .filter(|n| !joined.contains(n))
             .collect();
         let is_retry = existing.is_some() && new_nets.is_empty();
-        if token.revoked {
-            return Err(token_gone("token_revoked", "join token was revoked"));
-        }
         // A retry of a registration whose response was lost succeeds even if the
-        // token has since expired or been used up: it consumes nothing.
-        if !is_retry {
-            token_state(&token, now_ms)?;
+        // token has since expired or been used up (it consumes nothing), but
+        // not once it was revoked.
+        let status = TokenStatus::of(&token, now_ms);
+        if !is_retry || status == TokenStatus::Revoked {
+            status.usable()?;
         }
         let required = token
             .networks
@@ -353,10 +457,10 @@ impl World {
             json!({"name": name, "token": format!("token:{token_id}"), "addresses": addresses}),
             now_ms,
         );
-        Ok(Output::Registered { name, addresses })
+        Ok(Registered { name, addresses })
     }
 
-    pub(super) fn unique_name(&self, base: String) -> Result<String, ApiError> {
+    fn unique_name(&self, base: String) -> Result<String, ApiError> {
         if !self.node_by_name.contains_key(&base) {
             return Ok(base);
         }
@@ -391,14 +495,14 @@ impl World {
         }
     }
 
-    pub(super) fn update_node(
+    fn update_node(
         &mut self,
         batch: &mut Batch,
         actor: &Actor,
         sel: &str,
         patch: NodePatch,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<NodeDetail, ApiError> {
         let id = self.node_id_for(sel)?;
         if let Some(name) = &patch.name
             && self
@@ -455,25 +559,24 @@ impl World {
             batch.writes.push(Write::PutNode(node.rec.clone()));
             batch.touched.policy_nodes.insert(node.rec.node_key);
         }
+        let out = NodeDetail {
+            addresses: self.addresses(&node),
+            node: node.clone(),
+        };
         self.nodes.insert(id, node);
         for (action, detail) in audits {
             self.audit(batch, actor, action, key.clone(), detail, now_ms);
         }
-        let info = self
-            .nodes
-            .get(&id)
-            .map(|n| self.node_info(n))
-            .ok_or(ApiError::Internal)?;
-        Ok(Output::Node(Box::new(info)))
+        Ok(out)
     }
 
-    pub(super) fn remove_node(
+    fn remove_node(
         &mut self,
         batch: &mut Batch,
         actor: &Actor,
         sel: &str,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<(), ApiError> {
         let id = self.node_id_for(sel)?;
         let Some(mut node) = self.nodes.remove(&id) else {
             return Err(ApiError::Internal);
@@ -507,16 +610,16 @@ impl World {
             json!({"name": node.rec.name, "addresses": addresses}),
             now_ms,
         );
-        Ok(Output::Done)
+        Ok(())
     }
 
-    pub(super) fn report(
+    fn report(
         &mut self,
         batch: &mut Batch,
         id: NodeId,
         endpoints: Option<Vec<SocketAddr>>,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<(), ApiError> {
         let node = self.nodes.get_mut(&id).ok_or(ApiError::Unauthorized)?;
         if node.rec.disabled {
             return Err(ApiError::NodeDisabled);
@@ -546,18 +649,12 @@ impl World {
             }
         }
         batch.writes.push(Write::PutNode(node.rec.clone()));
-        Ok(Output::Done)
+        Ok(())
     }
 
-    pub(super) fn presence(
-        &mut self,
-        batch: &mut Batch,
-        id: NodeId,
-        online: bool,
-        now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    fn presence(&mut self, batch: &mut Batch, id: NodeId, online: bool, now_ms: u64) {
         let Some(node) = self.nodes.get_mut(&id) else {
-            return Ok(Output::Done);
+            return;
         };
         if node.online != online {
             node.online = online;
@@ -569,6 +666,5 @@ impl World {
             // A gateway coming or going may change which gateway carries a subnet.
             self.resync_gateway_networks(batch, id);
         }
-        Ok(Output::Done)
     }
 }

@@ -1,47 +1,164 @@
-//! Policy glue.
+//! The access policy: one versioned document, validated on every change,
+//! compiled per node after every batch that changes a policy input.
+//!
+//! [`World`] holds the [`PolicyState`] in force and a
+//! [`weft_policy::LivePolicy`] that keeps every enabled node's compiled
+//! policy up to date incrementally (a membership change recompiles only the
+//! nodes it affects; a policy edit recompiles everyone). How the policy sees a
+//! node ([`NodeFacts`]) is built in one place, [`World::node_facts`], for the
+//! live compile, for `[[test]]` blocks and for `policy check`.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::json;
-use weft_policy::{CompiledPolicy, Membership, NodeFacts, Viewpoint};
+use weft_policy::{
+    CompiledPolicy, Inventory, Membership, NodeFacts, Policy, Rule, Transition, Viewpoint,
+    render_rule,
+};
 use weft_proto::NodeKey;
-use weft_proto::api::{PolicyCheckRequest, PolicyCheckResponse, PolicyPairDecision};
 
+use super::{Actor, Batch, NodeId, NodeState, Operation, Touched, World};
 use crate::error::ApiError;
-use crate::policy::{self, InventoryNode, PolicyState};
 use crate::store::{PolicyRecord, Write};
 
-use super::*;
+/// Author of generated policy text.
+const SYSTEM: &str = "system";
 
-impl World {
-    // ---- policy ----
+/// The head of a generated policy.
+const HEADER: &str = "\
+# weft access policy (weft-policy TOML). Default deny: only what a rule allows passes.
+# Each network starts with a rule letting its members reach each other; edit or
+# remove it (removing it closes the network).
+";
 
-    /// Every enabled node as the policy sees it.
-    pub(crate) fn inventory_nodes(&self) -> Vec<InventoryNode<'_>> {
-        self.nodes
-            .values()
-            .filter(|n| !n.rec.disabled)
-            .map(|n| InventoryNode {
-                name: &n.rec.name,
-                key: n.rec.node_key,
-                tags: n.rec.tags.iter().cloned().collect(),
-                networks: n
-                    .memberships
-                    .values()
-                    .filter_map(|m| {
-                        let net = self.networks.get(&m.network_id)?;
-                        let mut addrs = vec![std::net::IpAddr::V4(m.ipv4)];
-                        addrs.extend(m.ipv6.map(std::net::IpAddr::V6));
-                        Some((net.rec.name.clone(), addrs))
-                    })
-                    .collect(),
-                routed_subnets: self.routed_subnets(n.rec.id),
-            })
-            .collect()
+/// The policy in force.
+#[derive(Debug, Clone)]
+pub struct PolicyState {
+    /// Its version and text (version 0: generated, never stored).
+    pub rec: PolicyRecord,
+    /// Parsed.
+    pub parsed: Policy,
+}
+
+impl Default for PolicyState {
+    fn default() -> Self {
+        PolicyState::generated(&[])
+    }
+}
+
+impl PolicyState {
+    /// The policy generated from the networks: each one's default rule.
+    pub fn generated(networks: &[&str]) -> PolicyState {
+        let mut text = HEADER.to_owned();
+        for n in networks {
+            text.push('\n');
+            text.push_str(&render_rule(&Rule::network_members(n)));
+        }
+        let parsed = weft_policy::parse(&text).unwrap_or_default();
+        PolicyState {
+            rec: PolicyRecord {
+                version: 0,
+                text,
+                author: SYSTEM.into(),
+                at_ms: 0,
+            },
+            parsed,
+        }
     }
 
-    /// How the policy sees an (enabled) node.
+    /// A stored version (its text was validated when it was set; if it no longer
+    /// parses, fail closed: no rule, everything denied).
+    pub fn from_record(rec: PolicyRecord) -> PolicyState {
+        let parsed = match weft_policy::parse(&rec.text) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(version = rec.version, error = %e, "the stored policy does not parse; denying everything");
+                Policy::default()
+            }
+        };
+        PolicyState { rec, parsed }
+    }
+
+    /// The text with a new network's default rule appended, and that rule parsed;
+    /// None if the result would not parse (then nothing is appended).
+    pub fn with_network(&self, network: &str) -> Option<(String, Policy)> {
+        let mut rule = Rule::network_members(network);
+        for _ in 0..2 {
+            let mut text = self.rec.text.clone();
+            if !text.ends_with('\n') && !text.is_empty() {
+                text.push('\n');
+            }
+            text.push('\n');
+            text.push_str(&render_rule(&rule));
+            if let Ok(p) = weft_policy::parse(&text) {
+                return Some((text, p));
+            }
+            // A rule with that name exists already: append it unnamed.
+            rule.name = None;
+        }
+        None
+    }
+}
+
+/// Parses and validates policy text for `PUT /v1/admin/policy`: parse errors
+/// (with line and column, and the offending line quoted) are 400; failing
+/// `[[test]]` blocks against `inventory` are 422.
+fn validate(text: &str, inventory: &Inventory) -> Result<Policy, ApiError> {
+    if text.len() > weft_policy::MAX_POLICY_BYTES {
+        return Err(ApiError::invalid(
+            "policy_invalid",
+            format!(
+                "policy is {} bytes; the limit is {}",
+                text.len(),
+                weft_policy::MAX_POLICY_BYTES
+            ),
+        ));
+    }
+    let policy = weft_policy::parse(text)
+        .map_err(|e| ApiError::invalid("policy_invalid", e.render("policy", text)))?;
+    let failures = policy.run_tests(inventory);
+    if !failures.is_empty() {
+        let lines: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
+        return Err(ApiError::Unprocessable {
+            code: "policy_tests_failed",
+            message: format!(
+                "{} policy test(s) failed:\n{}",
+                failures.len(),
+                lines.join("\n")
+            ),
+        });
+    }
+    Ok(policy)
+}
+
+/// Admin: replace the policy text (validated against the current nodes),
+/// optionally only if the current version is `expect_version`.
+#[derive(Debug, Clone)]
+pub struct SetPolicy {
+    /// The new text.
+    pub text: String,
+    /// Refuse unless the policy is at this version.
+    pub expect_version: Option<u64>,
+}
+
+impl Operation for SetPolicy {
+    type Output = PolicyRecord;
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<PolicyRecord, ApiError> {
+        w.set_policy(batch, actor, self.text, self.expect_version, now_ms)
+    }
+}
+
+impl World {
+    /// How the policy sees a node: the one builder of its facts.
     pub(super) fn node_facts(&self, n: &NodeState) -> NodeFacts {
         NodeFacts {
             name: n.rec.name.clone(),
@@ -51,8 +168,8 @@ impl World {
                 .values()
                 .filter_map(|m| {
                     let net = self.networks.get(&m.network_id)?;
-                    let mut addrs = vec![std::net::IpAddr::V4(m.ipv4)];
-                    addrs.extend(m.ipv6.map(std::net::IpAddr::V6));
+                    let mut addrs = vec![IpAddr::V4(m.ipv4)];
+                    addrs.extend(m.ipv6.map(IpAddr::V6));
                     Some(Membership {
                         network: net.rec.name.clone(),
                         addrs,
@@ -63,10 +180,32 @@ impl World {
         }
     }
 
+    /// Every enabled node as the policy sees it (names are unique on the
+    /// controller).
+    pub fn inventory(&self) -> Inventory {
+        let facts = self
+            .nodes
+            .values()
+            .filter(|n| !n.rec.disabled)
+            .map(|n| self.node_facts(n))
+            .collect();
+        match Inventory::new(facts) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, "node names are not unique; compiling against no nodes");
+                Inventory::default()
+            }
+        }
+    }
+
     /// Brings the compiled policies up to date with the batch: everything after
     /// a policy edit, else only the changed nodes and those their change
-    /// affects. Returns the nodes whose compiled policy changed.
-    pub(super) fn recompile(&mut self, touched: &Touched) -> BTreeSet<NodeId> {
+    /// affects. Returns the nodes whose compiled policy changed, and
+    /// visibility before.
+    pub(super) fn recompile(
+        &mut self,
+        touched: &Touched,
+    ) -> (BTreeSet<NodeId>, Transition<NodeKey>) {
         for key in &touched.policy_nodes {
             match self.find_node_by_key(key).filter(|n| !n.rec.disabled) {
                 Some(n) => {
@@ -84,12 +223,12 @@ impl World {
         } else {
             self.live.flush()
         };
-        self.policy_before = flushed.transition;
-        flushed
+        let changed = flushed
             .changed
             .iter()
             .filter_map(|k| self.node_by_key.get(k).copied())
-            .collect()
+            .collect();
+        (changed, flushed.transition)
     }
 
     /// The compiled policy of an enabled node.
@@ -102,92 +241,20 @@ impl World {
         self.live.is_visible(a, b)
     }
 
-    /// Node `k` as visibility sees it now, and before the last batch.
-    pub fn viewpoints<'a>(
-        &'a self,
-        k: &'a NodeKey,
-    ) -> (
-        Option<Viewpoint<'a, NodeKey>>,
-        Option<Viewpoint<'a, NodeKey>>,
-    ) {
-        (
-            self.live.viewpoint(k),
-            self.policy_before.viewpoint_before(&self.live, k),
-        )
+    /// Node `k` as visibility sees it now (before a batch:
+    /// [`Outcome::viewpoints`](super::Outcome::viewpoints)).
+    pub fn viewpoint<'a>(&'a self, k: &'a NodeKey) -> Option<Viewpoint<'a, NodeKey>> {
+        self.live.viewpoint(k)
     }
 
-    /// The nodes whose visibility to others the last batch may have changed
-    /// (`None`: anyone's, the policy changed).
-    pub fn visibility_changed(&self) -> Option<BTreeSet<NodeKey>> {
-        self.policy_before
-            .changed_nodes()
-            .map(|i| i.copied().collect())
-    }
-
-    /// Decides `req` against the policy in force and the current nodes.
-    pub fn check_policy(&self, req: &PolicyCheckRequest) -> Result<PolicyCheckResponse, ApiError> {
-        let sel = |what: &str, s: &str| {
-            weft_policy::Selector::parse_or_node(s)
-                .map_err(|e| ApiError::invalid("invalid_selector", format!("{what}: {e}")))
-        };
-        let from = sel("from", &req.from)?;
-        let to = sel("to", &req.to)?;
-        let proto = match req.proto.as_deref() {
-            None => weft_policy::Proto::Any,
-            Some(p) => p
-                .parse()
-                .map_err(|e| ApiError::invalid("invalid_proto", format!("proto: {e}")))?,
-        };
-        // `any` asks about every protocol: tcp and udp at the port, and icmp.
-        let services = weft_policy::Service::for_check(proto, req.port)
-            .map_err(|e| ApiError::invalid("invalid_service", e.to_string()))?;
-        let inv = policy::inventory(&self.inventory_nodes());
-        let reports: Vec<_> = services
-            .iter()
-            .map(|s| (s, self.policy.parsed.check(&inv, &from, &to, *s)))
-            .collect();
-        let several = reports.len() > 1;
-        let pairs = reports
-            .iter()
-            .flat_map(|(s, r)| r.pairs.iter().map(move |p| (s, p)))
-            .map(|(s, p)| PolicyPairDecision {
-                from_node: p.from_node.clone(),
-                from_addr: p.from_addr,
-                to_node: p.to_node.clone(),
-                to_addr: p.to_addr,
-                verdict: if p.verdict.is_allow() {
-                    "allow"
-                } else {
-                    "deny"
-                }
-                .into(),
-                rule: p.rule.as_ref().and_then(|r| r.name.clone()),
-                rule_number: p.rule.as_ref().map(|r| r.id.0 + 1),
-                line: p.rule.as_ref().map(|r| r.line),
-                explanation: if several {
-                    format!("{s}: {p}")
-                } else {
-                    p.to_string()
-                },
-            })
-            .collect();
-        Ok(PolicyCheckResponse {
-            version: self.policy.rec.version,
-            allowed: reports.iter().all(|(_, r)| r.all_allowed()),
-            pairs,
-            representative: reports.iter().any(|(_, r)| r.representative),
-            truncated: reports.iter().any(|(_, r)| r.truncated),
-        })
-    }
-
-    pub(super) fn set_policy(
+    fn set_policy(
         &mut self,
         batch: &mut Batch,
         actor: &Actor,
         text: String,
         expect: Option<u64>,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<PolicyRecord, ApiError> {
         if let Some(v) = expect
             && v != self.policy.rec.version
         {
@@ -199,13 +266,11 @@ impl World {
                 ),
             ));
         }
-        let inv = policy::inventory(&self.inventory_nodes());
-        let parsed = policy::validate(&text, &inv)?;
-        if text == self.policy.rec.text {
-            return Ok(Output::Policy(self.policy.doc()));
+        let parsed = validate(&text, &self.inventory())?;
+        if text != self.policy.rec.text {
+            self.put_policy(batch, actor, text, parsed, "set", now_ms);
         }
-        self.put_policy(batch, actor, text, parsed, "set", now_ms);
-        Ok(Output::Policy(self.policy.doc()))
+        Ok(self.policy.rec.clone())
     }
 
     pub(super) fn put_policy(
@@ -213,7 +278,7 @@ impl World {
         batch: &mut Batch,
         actor: &Actor,
         text: String,
-        parsed: weft_policy::Policy,
+        parsed: Policy,
         reason: &str,
         now_ms: u64,
     ) {
@@ -242,5 +307,55 @@ impl World {
             detail,
             now_ms,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_policy_has_one_visible_rule_per_network() {
+        let p = PolicyState::generated(&["prod", "lab"]);
+        assert_eq!(p.rec.version, 0);
+        assert_eq!(p.parsed.rules.len(), 2);
+        assert!(
+            p.rec
+                .text
+                .contains("name = \"members of prod may reach each other\"")
+        );
+        let (text, parsed) = p.with_network("dev").unwrap();
+        assert_eq!(parsed.rules.len(), 3);
+        assert!(text.starts_with(&p.rec.text));
+        // The same network again: the name is taken, the rule goes in unnamed.
+        let again = PolicyState {
+            rec: PolicyRecord {
+                text,
+                ..p.rec.clone()
+            },
+            parsed,
+        };
+        let (_, parsed) = again.with_network("dev").unwrap();
+        assert_eq!(parsed.rules.len(), 4);
+        assert_eq!(parsed.rules[3].name, None);
+    }
+
+    #[test]
+    fn validate_reports_lines_and_failing_tests() {
+        let inv = Inventory::default();
+        let e = validate("[[rule]]\naction = \"allow\"\nfrom = 3\n", &inv).unwrap_err();
+        assert_eq!(e.code(), "policy_invalid");
+        assert!(e.to_string().contains("3:"), "{e}");
+        // The offending line with a caret, not the whole policy.
+        let text = "# a long policy\n[[rule]]\naction = \"allow\"\nfrom = \"*\"\nto = \"*\"\nproto = \"tpc\"\n";
+        let msg = validate(text, &inv).unwrap_err().to_string();
+        assert!(msg.contains("policy:6:9: unknown proto"), "{msg}");
+        assert!(msg.contains("6 | proto = \"tpc\"\n  |         ^"), "{msg}");
+        assert!(!msg.contains("# a long policy"), "{msg}");
+        let text = "[[rule]]\naction = \"allow\"\nfrom = \"tag:web\"\nto = \"tag:db\"\n\n[[test]]\nfrom = \"tag:db\"\nto = \"tag:web\"\nproto = \"tcp\"\nport = 22\nexpect = \"allow\"\n";
+        let e = validate(text, &inv).unwrap_err();
+        assert_eq!(e.code(), "policy_tests_failed");
+        assert_eq!(e.status(), http::StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(e.to_string().contains("6:1: test"), "{e}");
     }
 }

@@ -1,15 +1,15 @@
-//! Relays.
+//! Relays: registered relays (name, URL, token, what each reports about
+//! itself), the configured `--relay` URLs, and the members a relay may serve.
 
 use serde_json::json;
 use weft_proto::NodeKey;
 use weft_proto::netmap::Relay;
-use weft_proto::relay_api::RelayInfo;
 
 use crate::error::ApiError;
 use crate::secret::SecretHash;
 use crate::store::{RelayRecord, Write};
 
-use super::*;
+use super::{Actor, Batch, Operation, RelayId, World, secs};
 
 /// A validated request to register a relay.
 #[derive(Debug, Clone)]
@@ -31,9 +31,62 @@ pub struct RelayReport {
     pub stun_port: Option<u16>,
 }
 
-impl World {
-    // ---- relays ----
+/// Admin: remove a relay, by name.
+#[derive(Debug, Clone)]
+pub struct RemoveRelay(pub String);
 
+/// Relay: report its TLS fingerprint and STUN port.
+#[derive(Debug, Clone)]
+pub struct ReportRelay {
+    /// The reporting relay.
+    pub relay: RelayId,
+    /// What it reports.
+    pub report: RelayReport,
+}
+
+impl Operation for NewRelay {
+    type Output = RelayRecord;
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<RelayRecord, ApiError> {
+        w.create_relay(batch, actor, self, now_ms)
+    }
+}
+
+impl Operation for RemoveRelay {
+    type Output = ();
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        w.remove_relay(batch, actor, &self.0, now_ms)
+    }
+}
+
+impl Operation for ReportRelay {
+    type Output = RelayRecord;
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        _: &Actor,
+        now_ms: u64,
+    ) -> Result<RelayRecord, ApiError> {
+        w.relay_report(batch, self.relay, self.report, now_ms)
+    }
+}
+
+impl World {
     /// The relays every map lists: registered relays by name, then the
     /// configured `--relay` URLs.
     pub fn map_relays(&self) -> Vec<Relay> {
@@ -69,26 +122,11 @@ impl World {
             .and_then(|id| self.relay_records.get(id))
     }
 
-    /// Relay info for the admin API (`connected` is filled in by the caller).
-    pub fn relay_info(r: &RelayRecord) -> RelayInfo {
-        RelayInfo {
-            name: r.name.clone(),
-            url: r.url.clone(),
-            tls_fingerprint: r.tls_fingerprint.clone(),
-            stun_port: r.stun_port,
-            created_at_ms: secs_to_ms(r.created_at),
-            last_seen_ms: r.last_seen.map(secs_to_ms),
-            connected: false,
-        }
-    }
-
     /// All relays, by name.
-    pub fn relays_info(&self) -> Vec<(RelayId, RelayInfo)> {
+    pub fn relays_by_name(&self) -> impl Iterator<Item = &RelayRecord> + '_ {
         self.relay_by_name
             .values()
             .filter_map(|id| self.relay_records.get(id))
-            .map(|r| (r.id, Self::relay_info(r)))
-            .collect()
     }
 
     /// Whether `key` is a member a relay may serve: a registered, enabled node.
@@ -105,7 +143,7 @@ impl World {
     }
 
     /// Every enabled node gets a fresh snapshot: the relay list changed.
-    pub(super) fn resync_all(&self, batch: &mut Batch) {
+    fn resync_all(&self, batch: &mut Batch) {
         batch.touched.resync.extend(
             self.nodes
                 .values()
@@ -114,13 +152,13 @@ impl World {
         );
     }
 
-    pub(super) fn create_relay(
+    fn create_relay(
         &mut self,
         batch: &mut Batch,
         actor: &Actor,
         r: NewRelay,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<RelayRecord, ApiError> {
         if self.relay_by_name.contains_key(&r.name) {
             return Err(ApiError::conflict(
                 "relay_exists",
@@ -140,29 +178,28 @@ impl World {
             last_seen: None,
         };
         batch.writes.push(Write::PutRelay(rec.clone()));
-        let info = Self::relay_info(&rec);
         self.relay_by_name.insert(rec.name.clone(), id);
         self.relay_by_token.insert(rec.token_hash, id);
-        self.relay_records.insert(id, rec);
+        self.relay_records.insert(id, rec.clone());
         self.resync_all(batch);
         self.audit(
             batch,
             actor,
             "relay.create",
             format!("relay:{}", r.name),
-            json!({"url": info.url}),
+            json!({"url": rec.url}),
             now_ms,
         );
-        Ok(Output::Relay(info))
+        Ok(rec)
     }
 
-    pub(super) fn remove_relay(
+    fn remove_relay(
         &mut self,
         batch: &mut Batch,
         actor: &Actor,
         name: &str,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<(), ApiError> {
         let id = *self.relay_by_name.get(name).ok_or_else(|| {
             ApiError::not_found("relay_not_found", format!("no relay named {name:?}"))
         })?;
@@ -182,16 +219,16 @@ impl World {
             json!({"url": rec.url}),
             now_ms,
         );
-        Ok(Output::Done)
+        Ok(())
     }
 
-    pub(super) fn relay_report(
+    fn relay_report(
         &mut self,
         batch: &mut Batch,
         id: RelayId,
         report: RelayReport,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<RelayRecord, ApiError> {
         let rec = self
             .relay_records
             .get_mut(&id)
@@ -215,6 +252,6 @@ impl World {
                 now_ms,
             );
         }
-        Ok(Output::Relay(Self::relay_info(&rec)))
+        Ok(rec)
     }
 }

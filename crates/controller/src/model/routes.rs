@@ -1,5 +1,5 @@
-//! Subnet routes and leaving one network: validation, approval, which gateway
-//! carries a subnet, and what each node's map says about them.
+//! Subnet routes: validation, approval, which gateway carries a subnet, and
+//! what each node's map says about them.
 //!
 //! Rules:
 //! - A route is an IPv4 prefix a gateway node offers in one network. It comes
@@ -27,10 +27,10 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 use weft_proto::NodeKey;
-use weft_proto::api::{self, RouteInfo, RouteRequest};
+use weft_proto::api::RouteRequest;
 use weft_proto::net::{Ipv4Net, check_routable_v4};
 
-use super::{Actor, Batch, NetId, NodeId, Output, World, secs};
+use super::{Actor, Batch, NetId, NodeId, Operation, Touched, World, secs};
 use crate::error::ApiError;
 use crate::store::{RouteRecord, RouteSource, RouteState, Write};
 
@@ -66,6 +66,70 @@ impl RouteOp {
             RouteOp::Reject => "reject",
             RouteOp::Withdraw => "withdraw",
         }
+    }
+}
+
+/// Agent: the subnets a node advertises (CIDR text, validated here); the set
+/// replaces its previous one (admin-set routes stay).
+#[derive(Debug, Clone)]
+pub struct AdvertiseRoutes {
+    /// The advertising node.
+    pub node: NodeId,
+    /// The prefixes, as sent.
+    pub routes: Vec<String>,
+}
+
+/// Admin: add, approve, reject or withdraw a subnet route.
+#[derive(Debug, Clone)]
+pub struct ChangeRoute {
+    /// What to do.
+    pub op: RouteOp,
+    /// Which route.
+    pub req: RouteRequest,
+}
+
+/// A route with what the admin API shows about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteStatus {
+    /// The row.
+    pub rec: RouteRecord,
+    /// The gateway's name.
+    pub node: String,
+    /// The gateway's key.
+    pub node_key: NodeKey,
+    /// The network's name.
+    pub network: String,
+    /// Approved, and this gateway carries the subnet now.
+    pub primary: bool,
+    /// The gateway is online.
+    pub online: bool,
+}
+
+impl Operation for AdvertiseRoutes {
+    type Output = ();
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        _: &Actor,
+        now_ms: u64,
+    ) -> Result<(), ApiError> {
+        w.advertise_routes(batch, self.node, &self.routes, now_ms)
+    }
+}
+
+impl Operation for ChangeRoute {
+    type Output = Vec<RouteStatus>;
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<Vec<RouteStatus>, ApiError> {
+        w.route_op(batch, actor, self.op, &self.req, now_ms)
     }
 }
 
@@ -205,7 +269,11 @@ impl World {
     /// After a batch that changed compiled policies: members of networks with
     /// approved routes get a fresh snapshot (which subnets they may reach may
     /// have changed).
-    pub(super) fn resync_for_policy_changes(&self, batch: &mut Batch) {
+    pub(super) fn resync_for_policy_changes(
+        &self,
+        policy_changed: &BTreeSet<NodeId>,
+        touched: &mut Touched,
+    ) {
         let nets: BTreeSet<NetId> = self
             .routes
             .values()
@@ -215,9 +283,7 @@ impl World {
         if nets.is_empty() {
             return;
         }
-        let ids: Vec<NodeId> = batch
-            .touched
-            .policy_changed
+        let ids: Vec<NodeId> = policy_changed
             .iter()
             .copied()
             .filter(|id| {
@@ -226,27 +292,22 @@ impl World {
                     .is_some_and(|n| n.memberships.keys().any(|m| nets.contains(m)))
             })
             .collect();
-        batch.touched.resync.extend(ids);
+        touched.resync.extend(ids);
     }
 
-    /// Every route, for the admin API.
-    pub fn routes_info(&self) -> Vec<RouteInfo> {
-        self.routes
-            .values()
-            .filter_map(|r| self.route_info(r))
-            .collect()
+    /// Every route, by (network, prefix, gateway), with its status.
+    pub fn routes(&self) -> impl Iterator<Item = RouteStatus> + '_ {
+        self.routes.values().filter_map(|r| self.route_status(r))
     }
 
-    fn route_info(&self, r: &RouteRecord) -> Option<RouteInfo> {
+    fn route_status(&self, r: &RouteRecord) -> Option<RouteStatus> {
         let node = self.nodes.get(&r.node_id)?;
         let net = self.networks.get(&r.network_id)?;
-        Some(RouteInfo {
+        Some(RouteStatus {
+            rec: r.clone(),
             node: node.rec.name.clone(),
             node_key: node.rec.node_key,
             network: net.rec.name.clone(),
-            prefix: r.prefix.to_string(),
-            state: r.state.as_str().to_owned(),
-            source: r.source.as_str().to_owned(),
             primary: r.state == RouteState::Approved
                 && self.primary_gateway(r.network_id, r.prefix) == Some(r.node_id),
             online: node.online,
@@ -300,13 +361,13 @@ impl World {
 
     /// `POST /v1/node/routes`: the node's advertised set replaces its previous
     /// one (admin-set routes stay).
-    pub(super) fn advertise_routes(
+    fn advertise_routes(
         &mut self,
         batch: &mut Batch,
         id: NodeId,
         texts: &[String],
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<(), ApiError> {
         let node = self.nodes.get(&id).ok_or(ApiError::Unauthorized)?;
         if node.rec.disabled {
             return Err(ApiError::NodeDisabled);
@@ -398,7 +459,7 @@ impl World {
                 now_ms,
             );
         }
-        Ok(Output::Done)
+        Ok(())
     }
 
     /// The networks `req` names for `node`: the one given, or for `add` the
@@ -457,14 +518,14 @@ impl World {
     }
 
     /// `admin route add|approve|reject|withdraw`.
-    pub(super) fn route_op(
+    fn route_op(
         &mut self,
         batch: &mut Batch,
         actor: &Actor,
         op: RouteOp,
         req: &RouteRequest,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<Vec<RouteStatus>, ApiError> {
         let id = self.node_id_for(&req.node)?;
         let prefix = parse_prefix(&req.prefix)?;
         if matches!(op, RouteOp::Add | RouteOp::Approve) {
@@ -542,68 +603,10 @@ impl World {
             );
             touched.push(k);
         }
-        let infos = touched
+        Ok(touched
             .iter()
-            .filter_map(|k| self.routes.get(k).and_then(|r| self.route_info(r)))
-            .collect();
-        Ok(Output::Routes(infos))
-    }
-
-    /// `admin network leave NETWORK NODE`: the node leaves one network; its
-    /// address there is released, its routes there are forgotten, its other
-    /// networks stay.
-    pub(super) fn leave_network(
-        &mut self,
-        batch: &mut Batch,
-        actor: &Actor,
-        network: &str,
-        sel: &str,
-        now_ms: u64,
-    ) -> Result<Output, ApiError> {
-        let id = self.node_id_for(sel)?;
-        let net_id = self.network_by_name.get(network).copied().ok_or_else(|| {
-            ApiError::not_found("network_not_found", format!("no network named {network:?}"))
-        })?;
-        let Some(mut node) = self.nodes.remove(&id) else {
-            return Err(ApiError::Internal);
-        };
-        let Some(m) = node.memberships.remove(&net_id) else {
-            let name = node.rec.name.clone();
-            self.nodes.insert(id, node);
-            return Err(ApiError::conflict(
-                "not_a_member",
-                format!("node {name:?} is not a member of network {network:?}"),
-            ));
-        };
-        if let Some(net) = self.networks.get_mut(&net_id) {
-            net.members.remove(&id);
-            if let Some(off) = net.rec.ipv4_cidr.offset_of(m.ipv4) {
-                net.used.remove(&off);
-            }
-        }
-        // Peers in that network drop it; the node gets a map without it.
-        batch.touched.entries.insert((net_id, node.rec.node_key));
-        batch.touched.resync.insert(id);
-        batch.touched.policy_nodes.insert(node.rec.node_key);
-        let (key, name) = (node.rec.node_key, node.rec.name.clone());
-        self.nodes.insert(id, node);
-        self.drop_routes_of(batch, id, Some(net_id));
-        batch.writes.push(Write::DeleteMembership {
-            node_id: id,
-            network_id: net_id,
-        });
-        self.audit(
-            batch,
-            actor,
-            "node.leave",
-            key.to_string(),
-            json!({"name": name, "network": network, "ipv4": m.ipv4.to_string()}),
-            now_ms,
-        );
-        Ok(Output::Left(api::LeaveResponse {
-            node: name,
-            network: network.to_owned(),
-        }))
+            .filter_map(|k| self.routes.get(k).and_then(|r| self.route_status(r)))
+            .collect())
     }
 }
 

@@ -1,17 +1,16 @@
-//! Join tokens.
+//! Join tokens: creation, revocation, and whether one can be used now (a
+//! registration consumes a use: see `nodes`).
 
 use std::collections::BTreeSet;
 
 use serde_json::json;
-use weft_proto::api::TokenInfo;
 
+use super::{Actor, Batch, Operation, World, secs, secs_to_ms};
 use crate::error::ApiError;
 use crate::secret::SecretHash;
 use crate::store::{TokenRecord, Write};
 
-use super::*;
-
-/// A validated request to create a join token.
+/// Admin: create a join token (validated request).
 #[derive(Debug, Clone)]
 pub struct NewToken {
     /// Network names.
@@ -28,48 +27,129 @@ pub struct NewToken {
     pub hash: SecretHash,
 }
 
-impl World {
-    /// Token info for the admin API.
-    pub fn token_info(&self, t: &TokenRecord, now_ms: u64) -> TokenInfo {
-        let state = match token_state(t, now_ms) {
-            Ok(()) => "active",
-            Err(ApiError::TokenGone { code, .. }) => code.trim_start_matches("token_"),
-            Err(_) => "invalid",
+/// Admin: revoke a join token, by id.
+#[derive(Debug, Clone, Copy)]
+pub struct RevokeToken(pub u64);
+
+/// Whether a token can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStatus {
+    /// It can.
+    Active,
+    /// An admin revoked it.
+    Revoked,
+    /// Past its expiry.
+    Expired,
+    /// Every use is spent.
+    Exhausted,
+}
+
+impl TokenStatus {
+    /// Of `t` at `now_ms`.
+    pub fn of(t: &TokenRecord, now_ms: u64) -> TokenStatus {
+        if t.revoked {
+            TokenStatus::Revoked
+        } else if secs(now_ms) >= t.expires_at {
+            TokenStatus::Expired
+        } else if t.max_uses.is_some_and(|max| t.uses >= max) {
+            TokenStatus::Exhausted
+        } else {
+            TokenStatus::Active
+        }
+    }
+
+    /// The name the API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenStatus::Active => "active",
+            TokenStatus::Revoked => "revoked",
+            TokenStatus::Expired => "expired",
+            TokenStatus::Exhausted => "exhausted",
+        }
+    }
+
+    /// `Ok` if a registration may use the token, else why not.
+    pub(super) fn usable(self) -> Result<(), ApiError> {
+        let (code, message) = match self {
+            TokenStatus::Active => return Ok(()),
+            TokenStatus::Revoked => ("token_revoked", "join token was revoked"),
+            TokenStatus::Expired => ("token_expired", "join token has expired"),
+            TokenStatus::Exhausted => ("token_exhausted", "join token has been used up"),
         };
+        Err(ApiError::TokenGone {
+            code,
+            message: message.to_owned(),
+        })
+    }
+}
+
+/// A token as an operation left it, or a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The row.
+    pub rec: TokenRecord,
+    /// Its networks' names, sorted.
+    pub networks: Vec<String>,
+    /// Whether it can be used (at the time of the operation or listing).
+    pub status: TokenStatus,
+}
+
+impl Operation for NewToken {
+    type Output = Token;
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<Token, ApiError> {
+        w.create_token(batch, actor, self, now_ms)
+    }
+}
+
+impl Operation for RevokeToken {
+    type Output = Token;
+
+    fn apply(
+        self,
+        w: &mut World,
+        batch: &mut Batch,
+        actor: &Actor,
+        now_ms: u64,
+    ) -> Result<Token, ApiError> {
+        w.revoke_token(batch, actor, self.0, now_ms)
+    }
+}
+
+impl World {
+    /// `t` with its networks' names and its status at `now_ms`.
+    pub fn token(&self, t: &TokenRecord, now_ms: u64) -> Token {
         let mut networks: Vec<String> = t
             .networks
             .iter()
             .filter_map(|id| self.networks.get(id).map(|n| n.rec.name.clone()))
             .collect();
         networks.sort();
-        TokenInfo {
-            id: t.id,
+        Token {
+            rec: t.clone(),
             networks,
-            tags: t.tags.iter().cloned().collect(),
-            max_uses: t.max_uses,
-            uses: t.uses,
-            expires_at_ms: secs_to_ms(t.expires_at),
-            created_at_ms: secs_to_ms(t.created_at),
-            state: state.to_owned(),
-            description: t.description.clone(),
+            status: TokenStatus::of(t, now_ms),
         }
     }
 
     /// All tokens, by id.
-    pub fn tokens_info(&self, now_ms: u64) -> Vec<TokenInfo> {
-        self.tokens
-            .values()
-            .map(|t| self.token_info(t, now_ms))
-            .collect()
+    pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> + '_ {
+        self.tokens.values()
     }
 
-    pub(super) fn create_token(
+    fn create_token(
         &mut self,
         batch: &mut Batch,
         actor: &Actor,
         t: NewToken,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<Token, ApiError> {
         let mut networks = BTreeSet::new();
         for name in &t.networks {
             let id = self.network_by_name.get(name).ok_or_else(|| {
@@ -92,27 +172,28 @@ impl World {
             created_at: secs(now_ms),
         };
         batch.writes.push(Write::PutToken(rec.clone()));
-        let info = self.token_info(&rec, now_ms);
+        let token = self.token(&rec, now_ms);
         self.token_by_hash.insert(rec.token_hash, id);
         self.tokens.insert(id, rec);
+        let r = &token.rec;
         self.audit(
             batch,
             actor,
             "token.create",
             format!("token:{id}"),
-            json!({"networks": info.networks, "tags": info.tags, "max_uses": info.max_uses, "expires_at_ms": info.expires_at_ms}),
+            json!({"networks": token.networks, "tags": r.tags, "max_uses": r.max_uses, "expires_at_ms": secs_to_ms(r.expires_at)}),
             now_ms,
         );
-        Ok(Output::Token(info))
+        Ok(token)
     }
 
-    pub(super) fn revoke_token(
+    fn revoke_token(
         &mut self,
         batch: &mut Batch,
         actor: &Actor,
         id: u64,
         now_ms: u64,
-    ) -> Result<Output, ApiError> {
+    ) -> Result<Token, ApiError> {
         let t = self.tokens.get_mut(&id).ok_or_else(|| {
             ApiError::not_found("token_not_found", format!("no token with id {id}"))
         })?;
@@ -127,27 +208,6 @@ impl World {
             json!({}),
             now_ms,
         );
-        Ok(Output::Token(self.token_info(&rec, now_ms)))
+        Ok(self.token(&rec, now_ms))
     }
-}
-
-pub(super) fn token_gone(code: &'static str, message: &str) -> ApiError {
-    ApiError::TokenGone {
-        code,
-        message: message.to_owned(),
-    }
-}
-
-/// Whether a token can be used now.
-pub(super) fn token_state(t: &TokenRecord, now_ms: u64) -> Result<(), ApiError> {
-    if t.revoked {
-        return Err(token_gone("token_revoked", "join token was revoked"));
-    }
-    if secs(now_ms) >= t.expires_at {
-        return Err(token_gone("token_expired", "join token has expired"));
-    }
-    if t.max_uses.is_some_and(|max| t.uses >= max) {
-        return Err(token_gone("token_exhausted", "join token has been used up"));
-    }
-    Ok(())
 }

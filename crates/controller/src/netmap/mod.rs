@@ -1,6 +1,6 @@
 //! The netmap compiler: pure functions from the controller state to one node's
-//! [`NetworkMap`] ([`snapshot`]) and from what a batch [`Touched`] to the deltas
-//! each affected node must receive ([`compile`]).
+//! [`NetworkMap`] ([`snapshot`]) and from a closed batch's [`Outcome`] to the
+//! deltas each affected node must receive ([`compile`]).
 //!
 //! Rules (property-tested below): a node never receives itself as a peer; a
 //! disabled or removed node is in nobody's map and receives nothing; only members
@@ -19,7 +19,7 @@ use weft_proto::NodeKey;
 use weft_proto::api::API_VERSION;
 use weft_proto::netmap::{MapChange, MapDelta, NetworkMap, NetworkView, Peer, SelfNode};
 
-use crate::model::{NetId, NetState, NodeId, NodeState, Touched, World};
+use crate::model::{NetId, NetState, NodeId, NodeState, Outcome, World};
 use crate::store::MembershipRecord;
 
 /// What a group of nodes receives for one version.
@@ -68,7 +68,7 @@ fn network_view(
     me: &NodeState,
     m: &MembershipRecord,
 ) -> NetworkView {
-    let viewer = world.viewpoints(&me.rec.node_key).0;
+    let viewer = world.viewpoint(&me.rec.node_key);
     let mut peers: Vec<Peer> = net
         .members
         .iter()
@@ -76,12 +76,9 @@ fn network_view(
         .filter_map(|id| world.node(*id))
         .filter(|p| !p.rec.disabled)
         .filter(|p| {
-            viewer.as_ref().is_some_and(|v| {
-                world
-                    .viewpoints(&p.rec.node_key)
-                    .0
-                    .is_some_and(|o| v.sees(&o))
-            })
+            viewer
+                .as_ref()
+                .is_some_and(|v| world.viewpoint(&p.rec.node_key).is_some_and(|o| v.sees(&o)))
         })
         .filter_map(|p| p.memberships.get(&net.rec.id).map(|pm| peer_view(p, pm)))
         .collect();
@@ -158,13 +155,14 @@ type Candidate<'a> = (
 /// Recipients that receive the same changes, and those changes.
 type Group = (Vec<NodeId>, Vec<MapChange>);
 
-/// Computes who receives what for the changes in `touched`, at `world.version`.
+/// Computes who receives what for the changes of a batch, at `world.version`.
 ///
 /// Peer visibility: a node receives changes only about peers its compiled policy
 /// lets it see (removals also about peers it saw before the batch). A node whose
 /// compiled policy changed receives it ([`MapChange::Policy`]) with upserts of
 /// the peers it can now see and removals of those it no longer may.
-pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
+pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
+    let touched = &outcome.touched;
     let version = world.version;
     let enabled = |id: &NodeId| world.node(*id).is_some_and(|n| !n.rec.disabled);
     let sees = |a: &Option<Viewpoint<'_, NodeKey>>, b: &Option<Viewpoint<'_, NodeKey>>| match (a, b)
@@ -172,7 +170,7 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
         (Some(a), Some(b)) => a.sees(b),
         _ => false,
     };
-    let visibility_changed = world.visibility_changed();
+    let visibility_changed = outcome.visibility_changed();
     // Candidates for visibility changes, with their viewpoints (now, before):
     // the changed nodes, and (when a recipient itself changed, or the policy did)
     // the members of each network.
@@ -180,11 +178,11 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
         .iter()
         .flatten()
         .map(|k| {
-            let (now, before) = world.viewpoints(k);
+            let (now, before) = outcome.viewpoints(world, k);
             (k, now, before)
         })
         .collect();
-    let needs_members = touched.policy_changed.iter().any(|id| {
+    let needs_members = outcome.policy_changed.iter().any(|id| {
         world.node(*id).is_some_and(|n| {
             visibility_changed
                 .as_ref()
@@ -201,7 +199,7 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
                     .iter()
                     .filter_map(|id| world.node(*id))
                     .map(|n| {
-                        let (now, before) = world.viewpoints(&n.rec.node_key);
+                        let (now, before) = outcome.viewpoints(world, &n.rec.node_key);
                         (&n.rec.node_key, now, before)
                     })
                     .collect();
@@ -239,7 +237,7 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
                 },
             ),
         };
-        let (now, before) = world.viewpoints(key);
+        let (now, before) = outcome.viewpoints(world, key);
         by_net
             .entry(*net_id)
             .or_default()
@@ -259,7 +257,7 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
     for id in touched
         .self_changed
         .iter()
-        .chain(touched.policy_changed.iter())
+        .chain(outcome.policy_changed.iter())
         .filter(|id| enabled(id))
     {
         per_recipient.entry(*id).or_default();
@@ -275,7 +273,7 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
         }
         let Some(me) = world.node(id) else { continue };
         let mine = me.rec.node_key;
-        let (me_now, me_before) = world.viewpoints(&me.rec.node_key);
+        let (me_now, me_before) = outcome.viewpoints(world, &me.rec.node_key);
         let mut keys = Vec::new();
         let mut changes = Vec::new();
         for n in &nets {
@@ -292,7 +290,7 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
             }
         }
         let is_subject = touched.self_changed.contains(&id)
-            || touched.policy_changed.contains(&id)
+            || outcome.policy_changed.contains(&id)
             || nets.iter().any(|n| touched.entries.contains(&(*n, mine)));
         if !is_subject {
             if !changes.is_empty() {
@@ -309,7 +307,7 @@ pub fn compile(world: &World, touched: &Touched) -> Vec<Outgoing> {
                 node: self_node(me),
             });
         }
-        if touched.policy_changed.contains(&id) {
+        if outcome.policy_changed.contains(&id) {
             let sent: BTreeSet<(NetId, NodeKey)> = keys.iter().copied().collect();
             let changed_me = visibility_changed
                 .as_ref()

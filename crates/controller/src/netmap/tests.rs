@@ -4,7 +4,11 @@ use proptest::prelude::*;
 use weft_proto::NodeKey;
 
 use super::*;
-use crate::model::{Actor, Batch, NewNetwork, NewToken, NodePatch, Op, Registration};
+use crate::error::ApiError;
+use crate::model::{
+    Actor, Batch, NewNetwork, NewToken, NodePatch, Outcome, Registration, RemoveNode, Report,
+    SetPolicy, SetPresence, UpdateNode,
+};
 use crate::secret::SecretHash;
 
 fn key(i: u8) -> NodeKey {
@@ -15,7 +19,7 @@ fn setup() -> World {
     let mut w = World::default();
     let mut b = Batch::default();
     for (name, cidr) in [("a", "100.64.0.0/24"), ("b", "100.64.1.0/24")] {
-        let op = Op::CreateNetwork(NewNetwork {
+        let op = NewNetwork {
             name: name.into(),
             ipv4_cidr: cidr.parse().unwrap(),
             ipv6_prefix: Some(
@@ -29,7 +33,7 @@ fn setup() -> World {
             ),
             dns_domain: "weft.internal".into(),
             pow_difficulty: 0,
-        });
+        };
         w.apply(&mut b, &Actor::Admin, op, 0).unwrap();
     }
     for (tok, nets) in [
@@ -37,28 +41,28 @@ fn setup() -> World {
         ("tb", vec!["b"]),
         ("tab", vec!["a", "b"]),
     ] {
-        let op = Op::CreateToken(NewToken {
+        let op = NewToken {
             networks: nets.into_iter().map(String::from).collect(),
             tags: ["t".to_string()].into(),
             expires_at: u64::MAX,
             max_uses: None,
             description: None,
             hash: SecretHash::of(tok),
-        });
+        };
         w.apply(&mut b, &Actor::Admin, op, 0).unwrap();
     }
     w
 }
 
-fn register(i: u8, token: &str) -> Op {
-    Op::Register(Registration {
+fn register(i: u8, token: &str) -> Registration {
+    Registration {
         node_key: key(i),
         token_hash: SecretHash::of(token),
         pow_bits: 0,
         name: None,
         hostname: Some(format!("h{i}")),
         credential_hash: SecretHash::of(&format!("cred{i}")),
-    })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,46 +86,77 @@ const POLICIES: [&str; 4] = [
     "[[rule]]\naction = \"allow\"\nfrom = \"network:a\"\nto = \"network:b\"\n\n[[rule]]\naction = \"allow\"\nfrom = \"tag:x\"\nto = \"tag:x\"\n",
 ];
 
-fn step_op(w: &World, s: &Step) -> Option<Op> {
-    let id_of = |i: u8| w.find_node_by_key(&key(i)).map(|n| n.rec.id);
+/// Applies step `s` (nothing if it names a node that does not exist).
+fn apply_step(w: &mut World, b: &mut Batch, s: &Step, now: u64) -> Result<(), ApiError> {
+    let id_of = |w: &World, i: u8| w.find_node_by_key(&key(i)).map(|n| n.rec.id);
     let sel = |i: u8| key(i).to_string();
-    Some(match s {
-        Step::Register(i, t) => register(*i, ["ta", "tb", "tab"][usize::from(*t % 3)]),
-        Step::Rename(i, n) => Op::UpdateNode(
-            sel(*i),
-            NodePatch {
+    let a = &Actor::Admin;
+    let update = |i: u8, patch| UpdateNode {
+        node: sel(i),
+        patch,
+    };
+    match s {
+        Step::Register(i, t) => {
+            let t = ["ta", "tb", "tab"][usize::from(*t % 3)];
+            w.apply(b, a, register(*i, t), now).map(drop)
+        }
+        Step::Rename(i, n) => {
+            let patch = NodePatch {
                 name: Some(format!("name{n}")),
                 ..NodePatch::default()
-            },
-        ),
-        Step::Tag(i, on) => Op::UpdateNode(
-            sel(*i),
-            NodePatch {
+            };
+            w.apply(b, a, update(*i, patch), now).map(drop)
+        }
+        Step::Tag(i, on) => {
+            let patch = NodePatch {
                 tags: Some(if *on {
                     ["x".to_string()].into()
                 } else {
                     Default::default()
                 }),
                 ..NodePatch::default()
-            },
-        ),
-        Step::Disable(i, d) => Op::UpdateNode(
-            sel(*i),
-            NodePatch {
+            };
+            w.apply(b, a, update(*i, patch), now).map(drop)
+        }
+        Step::Disable(i, d) => {
+            let patch = NodePatch {
                 disabled: Some(*d),
                 ..NodePatch::default()
-            },
-        ),
-        Step::Remove(i) => Op::RemoveNode(sel(*i)),
-        Step::Report(i, port) => Op::Report(
-            id_of(*i)?,
-            Some(vec![format!("192.0.2.{i}:{port}").parse().unwrap()]),
-        ),
-        Step::Presence(i, up) => Op::Presence(id_of(*i)?, *up),
-        Step::SetPolicy(p) => {
-            Op::SetPolicy(POLICIES[usize::from(*p) % POLICIES.len()].into(), None)
+            };
+            w.apply(b, a, update(*i, patch), now).map(drop)
         }
-    })
+        Step::Remove(i) => w.apply(b, a, RemoveNode(sel(*i)), now),
+        Step::Report(i, port) => match id_of(w, *i) {
+            Some(node) => {
+                let endpoints = Some(vec![format!("192.0.2.{i}:{port}").parse().unwrap()]);
+                w.apply(b, a, Report { node, endpoints }, now)
+            }
+            None => Ok(()),
+        },
+        Step::Presence(i, online) => match id_of(w, *i) {
+            Some(node) => w.apply(
+                b,
+                a,
+                SetPresence {
+                    node,
+                    online: *online,
+                },
+                now,
+            ),
+            None => Ok(()),
+        },
+        Step::SetPolicy(p) => {
+            let text = POLICIES[usize::from(*p) % POLICIES.len()].into();
+            w.apply(b, a, set_policy(text), now).map(drop)
+        }
+    }
+}
+
+fn set_policy(text: String) -> SetPolicy {
+    SetPolicy {
+        text,
+        expect_version: None,
+    }
 }
 
 fn arb_step() -> impl Strategy<Value = Step> {
@@ -139,8 +174,13 @@ fn arb_step() -> impl Strategy<Value = Step> {
 }
 
 /// Applies compile output to the maps the nodes hold, as the hub and agents do.
-fn deliver(w: &World, batch: &Batch, out: &[Outgoing], held: &mut BTreeMap<NodeId, NetworkMap>) {
-    for id in &batch.touched.evicted {
+fn deliver(
+    w: &World,
+    outcome: &Outcome,
+    out: &[Outgoing],
+    held: &mut BTreeMap<NodeId, NetworkMap>,
+) {
+    for id in &outcome.touched.evicted {
         held.remove(id);
     }
     for o in out {
@@ -171,7 +211,7 @@ fn deliver(w: &World, batch: &Batch, out: &[Outgoing], held: &mut BTreeMap<NodeI
 
 fn check_invariants(w: &World, held: &BTreeMap<NodeId, NetworkMap>) {
     // The incrementally kept policies equal a from-scratch compile.
-    let inv = crate::policy::inventory(&w.inventory_nodes());
+    let inv = w.inventory();
     let fresh = weft_policy::compile(&w.policy.parsed, &inv);
     let enabled: Vec<&NodeState> = w
         .node_ids()
@@ -228,13 +268,11 @@ proptest! {
         for (t, steps) in batches.iter().enumerate() {
             let mut batch = Batch::default();
             for s in steps {
-                if let Some(op) = step_op(&w, s) {
-                    let _ = w.apply(&mut batch, &Actor::Admin, op, 1000 * (t as u64 + 1));
-                }
+                let _ = apply_step(&mut w, &mut batch, s, 1000 * (t as u64 + 1));
             }
-            if w.finish_batch(&mut batch) {
-                let out = compile(&w, &batch.touched);
-                deliver(&w, &batch, &out, &mut held);
+            if let Some(o) = w.finish_batch(&mut batch) {
+                let out = compile(&w, &o);
+                deliver(&w, &o, &out, &mut held);
             }
             // Nodes without a map (new, re-enabled) connect and get a snapshot.
             let ids: Vec<NodeId> = w.node_ids().collect();
@@ -263,12 +301,15 @@ fn a_change_reaches_only_members_of_the_touched_network() {
     w.apply(
         &mut b,
         &Actor::Admin,
-        Op::Report(id1, Some(vec!["192.0.2.1:1".parse().unwrap()])),
+        Report {
+            node: id1,
+            endpoints: Some(vec!["192.0.2.1:1".parse().unwrap()]),
+        },
         0,
     )
     .unwrap();
-    w.finish_batch(&mut b);
-    let out = compile(&w, &b.touched);
+    let o = w.finish_batch(&mut b).expect("the version moved");
+    let out = compile(&w, &o);
     let id2 = w.find_node_by_key(&key(2)).unwrap().rec.id;
     assert_eq!(out.len(), 1);
     assert_eq!(&*out[0].recipients, &[id2]);
@@ -313,8 +354,8 @@ fn one_join_reaches_every_member_with_its_new_policy() {
     let mut b = Batch::default();
     w.apply(&mut b, &Actor::Admin, register(99, "ta"), 0)
         .unwrap();
-    w.finish_batch(&mut b);
-    let out = compile(&w, &b.touched);
+    let o = w.finish_batch(&mut b).expect("the version moved");
+    let out = compile(&w, &o);
     // Each existing member's compiled policy now names the newcomer's addresses:
     // one delta each (the newcomer as a peer, the new policy), one resync for the
     // newcomer.
@@ -361,12 +402,11 @@ fn visibility_follows_the_policy() {
         "[[rule]]\nname = \"one to two\"\naction = \"allow\"\nfrom = \"node:{n1}\"\nto = \"node:{n2}\"\nproto = \"tcp\"\nports = [5432]\n"
     );
     let mut b = Batch::default();
-    w.apply(&mut b, &Actor::Admin, Op::SetPolicy(text, None), 5)
-        .unwrap();
-    assert!(w.finish_batch(&mut b));
-    assert_eq!(b.touched.policy_changed.len(), 3);
-    let out = compile(&w, &b.touched);
-    deliver(&w, &b, &out, &mut held);
+    w.apply(&mut b, &Actor::Admin, set_policy(text), 5).unwrap();
+    let o = w.finish_batch(&mut b).expect("the version moved");
+    assert_eq!(o.policy_changed.len(), 3);
+    let out = compile(&w, &o);
+    deliver(&w, &o, &out, &mut held);
     check_invariants(&w, &held);
     assert!(held[&id3].networks[0].peers.is_empty());
     assert_eq!(held[&id1].networks[0].peers.len(), 1);
@@ -380,12 +420,15 @@ fn visibility_follows_the_policy() {
     w.apply(
         &mut b,
         &Actor::Admin,
-        Op::Report(id3, Some(vec!["192.0.2.3:1".parse().unwrap()])),
+        Report {
+            node: id3,
+            endpoints: Some(vec!["192.0.2.3:1".parse().unwrap()]),
+        },
         6,
     )
     .unwrap();
-    w.finish_batch(&mut b);
-    assert!(compile(&w, &b.touched).is_empty());
+    let o = w.finish_batch(&mut b).expect("the version moved");
+    assert!(compile(&w, &o).is_empty());
 
     // A policy that fails its tests is refused, and nothing changes.
     let bad = format!(
@@ -394,7 +437,7 @@ fn visibility_follows_the_policy() {
     );
     let mut b = Batch::default();
     let e = w
-        .apply(&mut b, &Actor::Admin, Op::SetPolicy(bad, None), 7)
+        .apply(&mut b, &Actor::Admin, set_policy(bad), 7)
         .unwrap_err();
     assert_eq!(e.code(), "policy_tests_failed", "{e}");
     assert!(b.writes.is_empty());
@@ -407,38 +450,34 @@ fn addresses_are_unique_and_skip_reserved() {
     w.apply(
         &mut b,
         &Actor::Admin,
-        Op::CreateNetwork(NewNetwork {
+        NewNetwork {
             name: "tiny".into(),
             ipv4_cidr: "10.0.0.0/29".parse().unwrap(),
             ipv6_prefix: None,
             dns_domain: "weft.internal".into(),
             pow_difficulty: 0,
-        }),
+        },
         0,
     )
     .unwrap();
     w.apply(
         &mut b,
         &Actor::Admin,
-        Op::CreateToken(NewToken {
+        NewToken {
             networks: vec!["tiny".into()],
             tags: Default::default(),
             expires_at: u64::MAX,
             max_uses: None,
             description: None,
             hash: SecretHash::of("t"),
-        }),
+        },
         0,
     )
     .unwrap();
     let mut got = Vec::new();
     for i in 1..=5 {
-        match w.apply(&mut b, &Actor::Admin, register(i, "t"), 0).unwrap() {
-            crate::model::Output::Registered { addresses, .. } => {
-                got.push(addresses[0].ipv4.to_string())
-            }
-            other => panic!("{other:?}"),
-        }
+        let r = w.apply(&mut b, &Actor::Admin, register(i, "t"), 0).unwrap();
+        got.push(r.addresses[0].ipv4.to_string());
     }
     // /29: .0 network, .1 reserved, .7 broadcast: five usable.
     assert_eq!(
@@ -450,14 +489,10 @@ fn addresses_are_unique_and_skip_reserved() {
         .unwrap_err();
     assert_eq!(err.code(), "network_full");
     // Removing one frees its address for the next node.
-    w.apply(&mut b, &Actor::Admin, Op::RemoveNode(key(3).to_string()), 0)
+    w.apply(&mut b, &Actor::Admin, RemoveNode(key(3).to_string()), 0)
         .unwrap();
-    match w.apply(&mut b, &Actor::Admin, register(7, "t"), 0).unwrap() {
-        crate::model::Output::Registered { addresses, .. } => {
-            assert_eq!(addresses[0].ipv4.to_string(), "10.0.0.4")
-        }
-        other => panic!("{other:?}"),
-    }
+    let r = w.apply(&mut b, &Actor::Admin, register(7, "t"), 0).unwrap();
+    assert_eq!(r.addresses[0].ipv4.to_string(), "10.0.0.4");
 }
 
 #[test]
@@ -467,14 +502,14 @@ fn reregistration_is_idempotent_and_tokens_are_accounted() {
     w.apply(
         &mut b,
         &Actor::Admin,
-        Op::CreateToken(NewToken {
+        NewToken {
             networks: vec!["a".into()],
             tags: Default::default(),
             expires_at: 100,
             max_uses: Some(1),
             description: None,
             hash: SecretHash::of("once"),
-        }),
+        },
         0,
     )
     .unwrap();
