@@ -14,14 +14,15 @@
 //! checksum or key mismatch and an unknown version, each with an error that names
 //! the file and says what to do. Errors never contain key material.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::fs::{self, File};
+use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest as _, Sha256};
+use weft_fs::WriteOptions;
 use zeroize::Zeroizing;
 
 use crate::{Identity, NodeKey, ProofOfWork};
@@ -260,50 +261,26 @@ pub fn save(path: &Path, id: &Identity, overwrite: bool) -> Result<(), KeyFileEr
             path: path.to_owned(),
         });
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| KeyFileError::NotAKeyFile {
+    if path.file_name().is_none() {
+        return Err(KeyFileError::NotAKeyFile {
             path: path.to_owned(),
             why: "path has no file name",
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let content = encode(id);
-    let write = || -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()
-    };
-    if let Err(e) = write() {
-        let _ = fs::remove_file(&tmp);
-        return Err(io(e));
+        });
     }
-    let placed = if overwrite {
-        fs::rename(&tmp, path)
+    let opts = if overwrite {
+        WriteOptions::PRIVATE
     } else {
-        // hard_link fails if the target exists, closing the check-then-create race.
-        fs::hard_link(&tmp, path).and_then(|()| fs::remove_file(&tmp))
+        WriteOptions::PRIVATE.no_replace()
     };
-    if let Err(e) = placed {
-        let _ = fs::remove_file(&tmp);
-        return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
+    weft_fs::write_atomic(path, encode(id).as_bytes(), opts).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
             KeyFileError::Exists {
                 path: path.to_owned(),
             }
         } else {
             io(e)
-        });
-    }
-    File::open(&dir).and_then(|d| d.sync_all()).map_err(io)
+        }
+    })
 }
 
 fn checksum(body: &str) -> String {
@@ -426,6 +403,9 @@ mod tests {
     fn garbage_and_oversize_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
+        use std::fs::OpenOptions;
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -2,8 +2,9 @@
 //! chain from PEM files, or a self-signed pair generated on first start and kept
 //! in the data directory, so its fingerprint (which clients pin) stays the same
 //! across restarts. Also the `sha256:<hex>` fingerprint format, the atomic
-//! 0600 file writes both servers use for their state files, and their data
-//! directory: created 0700, looser modes reported, locked by one process.
+//! 0600 file writes both servers use for their state files (`weft-fs`'s
+//! [`write_private`], re-exported), and their data directory: created 0700,
+//! looser modes reported, locked by one process.
 //!
 //! Lost state is never silently replaced: the pair is generated only when the
 //! caller says this start may create state (a first start into an empty data
@@ -20,6 +21,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest as _, Sha256};
+pub use weft_fs::write_private;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -294,27 +296,6 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, LockError> {
     file.write_all(format!("{}\n", std::process::id()).as_bytes())
         .map_err(io)?;
     Ok(DirLock { _file: file })
-}
-
-/// Writes a file atomically with mode 0600 from the first byte.
-pub fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(content)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent()
-        && let Ok(d) = fs::File::open(parent)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+
+use weft_fs::WriteOptions;
 
 use crate::error::DnsError;
 use crate::resolv_conf::{self, ResolvConf};
@@ -45,38 +47,16 @@ pub(super) fn write_file(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<(), DnsError> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // Unique per process: several agents (one per lab namespace) may write their
-    // bind-mounted resolv.conf at once, and they share the real /etc directory.
-    let tmp = path.with_file_name(format!(".{name}.weft-tmp-{}", std::process::id()));
-    let write_tmp = || -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
-        }
-        f.sync_all()
+    let opts = match owner {
+        Some((uid, gid)) => WriteOptions::mode(mode).owner(uid, gid),
+        None => WriteOptions::mode(mode),
     };
-    if let Err(e) = write_tmp() {
-        let _ = fs::remove_file(&tmp);
-        return Err(DnsError::io(&tmp, e));
-    }
-    match fs::rename(&tmp, path) {
-        Ok(()) => {
-            sync_dir(path);
-            Ok(())
-        }
+    // The temporary file's name carries the process id: several agents (one
+    // per lab namespace) may write their bind-mounted resolv.conf at once, and
+    // they share the real /etc directory.
+    match weft_fs::write_atomic(path, bytes, opts) {
+        Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(EBUSY) => {
-            let _ = fs::remove_file(&tmp);
             let mut f = OpenOptions::new()
                 .write(true)
                 .truncate(true)
@@ -91,10 +71,7 @@ pub(super) fn write_file(
             }
             f.sync_all().map_err(|e| DnsError::io(path, e))
         }
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(DnsError::io(path, e))
-        }
+        Err(e) => Err(DnsError::io(path, e)),
     }
 }
 
@@ -128,9 +105,5 @@ pub(super) fn remove_if_exists(path: &Path) -> Result<(), DnsError> {
 /// Syncs the directory holding `path` so a rename survives a power cut; best
 /// effort (some filesystems refuse to sync a directory).
 pub(super) fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(d) = File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
+    let _ = weft_fs::sync_parent(path);
 }
