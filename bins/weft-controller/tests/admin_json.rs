@@ -1,6 +1,7 @@
-//! `weft-controller admin ... --json`: every subcommand prints its result as one
-//! JSON document on stdout, and with `--json` an error is JSON too
-//! (`{"error": {"code", "message"}}`) with exit status 1.
+//! `weft admin ... --json`: every subcommand prints its result as one JSON
+//! document on stdout, and with `--json` an error is JSON too (`{"error":
+//! {"code", "message"}}`) with exit status 1. `weft-controller admin ...`, the
+//! deprecated alias, runs the same code and says so on stderr.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
@@ -34,13 +35,7 @@ fn lab_check(proto: &'static str, port: Option<&'static str>) -> Vec<&'static st
 }
 
 fn admin(ctl: &Controller, args: &[&str]) -> (i32, Value, String) {
-    let out = Command::new(BIN)
-        .args(["admin", "--data-dir", ctl.dir.to_str().unwrap()])
-        .args(args)
-        .env_remove("WEFT_ADMIN_TOKEN")
-        .env_remove("WEFT_CONTROLLER_URL")
-        .output()
-        .unwrap();
+    let out = weft_admin(&ctl.dir).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
@@ -162,9 +157,10 @@ fn every_admin_subcommand_speaks_json() {
     let check = ok(&ctl, &lab_check("tcp", Some("80")));
     assert_eq!(check["allowed"], true, "{check}");
     // `any`: tcp and udp at the port, and icmp; only tcp is allowed here. A
-    // denied check prints its answer and exits 1, not an error.
+    // denied check prints its answer and exits 3 ("the answer is no", as
+    // `weft policy check`), not an error.
     let (code, any, _) = admin(&ctl, &lab_check("any", Some("80")));
-    assert_eq!((code, &any["allowed"]), (1, &Value::Bool(false)), "{any}");
+    assert_eq!((code, &any["allowed"]), (3, &Value::Bool(false)), "{any}");
     let explained: Vec<&str> = any["pairs"]
         .as_array()
         .unwrap()
@@ -238,7 +234,7 @@ fn every_admin_subcommand_speaks_json() {
         "{msg}"
     );
     assert!(msg.ends_with("5 | proto = \"tpc\"\n  |         ^"), "{msg}");
-    let out = Command::new(BIN)
+    let out = Command::new(weft_bin())
         .args([
             "admin",
             "--controller",
@@ -249,6 +245,7 @@ fn every_admin_subcommand_speaks_json() {
         ])
         .env_remove("WEFT_ADMIN_TOKEN")
         .env_remove("WEFT_CONTROLLER_URL")
+        .env_remove("WEFT_CONTROLLER_DATA_DIR")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -263,22 +260,100 @@ fn every_admin_subcommand_speaks_json() {
     );
 
     // Without --json, errors stay human text on stderr.
-    let out = Command::new(BIN)
-        .args([
-            "admin",
-            "--data-dir",
-            ctl.dir.to_str().unwrap(),
-            "node",
-            "remove",
-            "ghost",
-        ])
-        .env_remove("WEFT_ADMIN_TOKEN")
-        .env_remove("WEFT_CONTROLLER_URL")
+    let out = weft_admin(&ctl.dir)
+        .args(["node", "remove", "ghost"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+}
+
+/// `weft-controller admin ...` (deprecated, one release): the same code as
+/// `weft admin ...`, the same stdout, `--json` before or after the
+/// subcommand, `--fingerprint` still accepted; a denied policy check still
+/// exits 1 there; a one-line note on stderr names `weft admin`.
+#[test]
+fn the_controller_admin_alias_runs_weft_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(dir.path(), &[]);
+    let alias = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["admin", "--data-dir", ctl.dir.to_str().unwrap()])
+            .args(args)
+            .env_remove("WEFT_ADMIN_TOKEN")
+            .env_remove("WEFT_CONTROLLER_URL")
+            .env_remove("WEFT_CONTROLLER_DATA_DIR")
+            .output()
+            .unwrap()
+    };
+    let note = "note: `weft-controller admin` is deprecated and goes in the next release; use `weft admin` (same arguments)\n";
+
+    let out = alias(&[
+        "network",
+        "create",
+        "lab",
+        "--cidr",
+        "100.64.0.0/24",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "lab", "{v}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), note);
+
+    // Same output as `weft admin`, byte for byte.
+    let via_alias = alias(&["network", "list"]);
+    let via_weft = weft_admin(&ctl.dir)
+        .args(["network", "list"])
+        .output()
+        .unwrap();
+    assert!(via_weft.status.success());
+    assert_eq!(via_alias.stdout, via_weft.stdout);
+    assert!(String::from_utf8_lossy(&via_weft.stderr).is_empty());
+
+    // The old pin flag: accepted, with its own note.
+    let fp = hex(ctl.fingerprint.expect("the test controller serves TLS"));
+    let out = Command::new(BIN)
+        .args(["admin", "--controller", &ctl.url, "--fingerprint", &fp])
+        .args([
+            "--token-file",
+            dir.path().join("admin.token").to_str().unwrap(),
+        ])
+        .args(["--json", "network", "show", "lab"])
+        .env_remove("WEFT_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("--fingerprint is deprecated"), "{err}");
+    assert!(err.ends_with(note), "{err}");
+
+    // A denied policy check: exit 1 under the alias (3 under `weft admin`).
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\naction = \"allow\"\nfrom = \"network:lab\"\nto = \"network:lab\"\nproto = \"tcp\"\nports = [80]\n",
+    )
+    .unwrap();
+    assert!(
+        alias(&["policy", "set", policy.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = alias(&lab_check("udp", Some("80")));
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["allowed"], false, "{v}");
+    let out = weft_admin(&ctl.dir)
+        .args(lab_check("udp", Some("80")))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
+fn hex(b: [u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The wall clock, Unix milliseconds.

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod clock;
 pub mod cmd;
 
 /// Exit statuses (also in README's CLI reference).
@@ -28,9 +29,9 @@ pub mod exit {
 }
 
 const EXIT_HELP: &str = "Exit status: 0 success; 1 error; 2 usage error (bad arguments); \
-3 the answer is no (why-blocked: blocked, policy check: not allowed, identity verify: \
-rejected). With --json, an error is printed to stdout as \
-{\"error\": {\"code\": \"...\", \"message\": \"...\"}}.";
+3 the answer is no (why-blocked: blocked, policy check and admin policy check: not allowed, \
+identity verify: rejected). With --json (before or after the subcommand), an error is \
+printed to stdout as {\"error\": {\"code\": \"...\", \"message\": \"...\"}}.";
 
 /// An error with a stable code (the agent's error codes, and the CLI's own),
 /// for `--json` output.
@@ -66,6 +67,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "WEFT_LOG", default_value = "warn")]
     log: String,
 
+    /// Print the result as JSON on stdout (errors too, as {"error": {"code",
+    /// "message"}}; progress stays on stderr). Accepted before or after the
+    /// subcommand.
+    #[arg(long, global = true)]
+    json: bool,
+
     #[command(flatten)]
     socket: cmd::agent::SocketArg,
 
@@ -76,12 +83,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show this node, its networks, the controller connection and every peer.
-    Status(cmd::agent::StatusArgs),
+    Status,
     /// Join a controller (first time: --controller and a token) or reconnect, and
     /// wait until the node is up (registered, map received, interfaces configured).
     Up(cmd::agent::UpArgs),
     /// Leave the overlay: remove weft's interfaces, routes and sessions (stays joined).
-    Down(cmd::agent::DownArgs),
+    Down,
     /// Ping a peer over the overlay and show the round-trip time and path.
     Ping(cmd::agent::PingArgs),
     /// Explain a peer's path: its candidate addresses, what was tried, what answered.
@@ -99,6 +106,9 @@ enum Command {
     /// Create and inspect node identities (Ed25519 key + proof of work).
     #[command(subcommand)]
     Identity(cmd::identity::IdentityCmd),
+    /// Manage networks, join tokens, nodes, relays, routes, the policy and the
+    /// audit log through the controller's admin API (admin token).
+    Admin(cmd::admin::AdminArgs),
 }
 
 /// Parses the command line and runs it.
@@ -106,17 +116,21 @@ pub fn main() -> ExitCode {
     default_sigpipe();
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let json = cli.command.json();
+    for note in cmd::controller::deprecated_flag_notes(std::env::args_os()) {
+        eprintln!("{note}");
+    }
+    let json = cli.json;
     let result = match cli.command {
-        Command::Status(a) => cmd::agent::status(&cli.socket, a),
-        Command::Up(a) => cmd::agent::up(&cli.socket, a),
-        Command::Down(a) => cmd::agent::down(&cli.socket, a),
-        Command::Ping(a) => cmd::agent::ping(&cli.socket, a),
-        Command::Why(a) => cmd::agent::why(&cli.socket, a),
-        Command::Netcheck(a) => cmd::netcheck::run(&cli.socket, a),
-        Command::WhyBlocked(a) => cmd::agent::why_blocked(&cli.socket, a),
-        Command::Identity(c) => cmd::identity::run(c),
-        Command::Policy(c) => cmd::policy::run(c),
+        Command::Status => cmd::agent::status(&cli.socket, json),
+        Command::Up(a) => cmd::agent::up(&cli.socket, a, json),
+        Command::Down => cmd::agent::down(&cli.socket, json),
+        Command::Ping(a) => cmd::agent::ping(&cli.socket, a, json),
+        Command::Why(a) => cmd::agent::why(&cli.socket, a, json),
+        Command::Netcheck(a) => cmd::netcheck::run(&cli.socket, a, json),
+        Command::WhyBlocked(a) => cmd::agent::why_blocked(&cli.socket, a, json),
+        Command::Identity(c) => cmd::identity::run(c, json),
+        Command::Policy(c) => cmd::policy::run(c, json),
+        Command::Admin(a) => Ok(cmd::admin::run(a, json, exit::DENIED)),
     };
     match result {
         Ok(code) => code,
@@ -138,23 +152,6 @@ fn error_json(e: &anyhow::Error) -> serde_json::Value {
         .find_map(|c| c.downcast_ref::<CodedError>())
         .map_or("error", |c| c.code.as_str());
     serde_json::json!({ "error": { "code": code, "message": format!("{e:#}") } })
-}
-
-impl Command {
-    /// Whether `--json` was given (errors are then printed as JSON too).
-    fn json(&self) -> bool {
-        match self {
-            Command::Status(a) => a.json,
-            Command::Up(a) => a.json,
-            Command::Down(a) => a.json,
-            Command::Ping(a) => a.json,
-            Command::Why(a) => a.json,
-            Command::Netcheck(a) => a.json,
-            Command::WhyBlocked(a) => a.json,
-            Command::Policy(c) => c.json(),
-            Command::Identity(c) => c.json(),
-        }
-    }
 }
 
 /// A closed pipe ends `weft` quietly, as it does any Unix tool (`weft why PEER
@@ -200,6 +197,57 @@ mod tests {
         assert_eq!(
             error_json(&anyhow::anyhow!("boom"))["error"]["code"],
             "error"
+        );
+    }
+
+    #[test]
+    fn json_is_one_global_flag_before_or_after_the_subcommand() {
+        for argv in [
+            &["weft", "--json", "status"][..],
+            &["weft", "status", "--json"],
+            &[
+                "weft",
+                "--json",
+                "admin",
+                "--data-dir",
+                "/d",
+                "node",
+                "list",
+            ],
+            &[
+                "weft",
+                "admin",
+                "--data-dir",
+                "/d",
+                "node",
+                "list",
+                "--json",
+            ],
+            &[
+                "weft",
+                "policy",
+                "show",
+                "--json",
+                "--controller",
+                "https://c",
+            ],
+            &["weft", "identity", "show", "/k", "--json"],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            assert!(cli.json, "{argv:?}");
+        }
+        assert!(!Cli::try_parse_from(["weft", "status"]).unwrap().json);
+    }
+
+    #[test]
+    fn the_pin_flag_is_pin_sha256_with_the_old_spelling_hidden() {
+        let help = Cli::try_parse_from(["weft", "admin", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(help.contains("--pin-sha256"), "{help}");
+        assert!(!help.contains("--fingerprint"), "{help}");
+        assert!(
+            Cli::try_parse_from(["weft", "admin", "--fingerprint", "ab", "node", "list"]).is_ok()
         );
     }
 

@@ -35,9 +35,9 @@ use crate::{clock, tls};
 /// File name of the database in the data directory.
 pub const DB_FILE: &str = "controller.db";
 /// File the admin token is written to on first start (mode 0600).
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const ADMIN_TOKEN_FILE: &str = weft_proto::api::ADMIN_TOKEN_FILE;
 /// File holding the controller's URL (`https://host:port`), for local tools.
-pub const URL_FILE: &str = "controller.url";
+pub const URL_FILE: &str = weft_proto::api::CONTROLLER_URL_FILE;
 /// File the bound address is written to (`host:port`).
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 

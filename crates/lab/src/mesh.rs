@@ -1,5 +1,5 @@
 //! A weft deployment inside a lab: a real `weft-controller` and real `weftd`
-//! agents in lab nodes, driven through their CLIs (`weft-controller admin`,
+//! agents in lab nodes, driven through their CLIs (`weft admin`,
 //! `weft status --json`) exactly as a user would. Used by the demo and the
 //! end-to-end tests.
 
@@ -141,10 +141,10 @@ impl<'l> Mesh<'l> {
         self.lab
     }
 
-    /// Runs `weft-controller admin --data-dir DIR ARGS...` next to the controller
-    /// and returns its stdout.
+    /// Runs `weft admin --data-dir DIR ARGS...` next to the controller and
+    /// returns its stdout.
     pub fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut cmd = Command::new(bin_path("weft-controller")?);
+        let mut cmd = Command::new(bin_path("weft")?);
         cmd.arg("admin")
             .arg("--data-dir")
             .arg(&self.controller.data_dir)
@@ -152,7 +152,7 @@ impl<'l> Mesh<'l> {
         let out = self
             .lab
             .exec(&self.controller.node, &cmd)
-            .with_context(|| format!("weft-controller admin {}", args.join(" ")))?;
+            .with_context(|| format!("weft admin {}", args.join(" ")))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 

@@ -20,6 +20,13 @@ use crate::net::{Ipv4Net, Ipv6Net};
 /// The API and wire format version of this build.
 pub const API_VERSION: u32 = 1;
 
+/// File in the controller's data directory holding the admin token (0600),
+/// read by `weft admin --data-dir`.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// File in the controller's data directory holding its URL
+/// (`https://host:port`), read by `weft admin --data-dir`.
+pub const CONTROLLER_URL_FILE: &str = "controller.url";
+
 /// Signature context of a registration (see [`register_signed_message`]).
 pub const REGISTER_SIGNATURE_CONTEXT: &str = "weft/register/v1";
 

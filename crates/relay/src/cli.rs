@@ -79,7 +79,7 @@ struct ServeArgs {
     /// Controller URL, for example `https://controller.example.net:8443`.
     #[arg(long, env = "WEFT_CONTROLLER_URL", value_name = "URL")]
     controller: String,
-    /// File holding the relay token (from `weft-controller admin relay create`).
+    /// File holding the relay token (from `weft admin relay create`).
     #[arg(long, value_name = "FILE")]
     relay_token_file: PathBuf,
     /// Trust exactly the controller certificate with this SHA-256 (`sha256:<hex>`).

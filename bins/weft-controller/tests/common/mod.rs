@@ -24,6 +24,43 @@ use weft_proto::api::{
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
 
+/// The `weft` binary (`weft admin …` is the admin CLI): from `$WEFT_BIN_DIR`
+/// or the target directory next to [`BIN`]. Run `cargo build --workspace
+/// --bins` first (scripts/test.sh does); a missing binary fails the test with
+/// that instruction, nothing is skipped.
+pub fn weft_bin() -> PathBuf {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("WEFT_BIN_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.push(
+        Path::new(BIN)
+            .parent()
+            .expect("binary directory")
+            .to_path_buf(),
+    );
+    for d in &dirs {
+        let p = d.join("weft");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "weft not found in {dirs:?}: run `cargo build --workspace --bins` first (or set WEFT_BIN_DIR)"
+    );
+}
+
+/// `weft admin --data-dir DIR` (no admin token or controller URL from the
+/// environment).
+pub fn weft_admin(dir: &Path) -> Command {
+    let mut cmd = Command::new(weft_bin());
+    cmd.args(["admin", "--data-dir", dir.to_str().unwrap()])
+        .env_remove("WEFT_ADMIN_TOKEN")
+        .env_remove("WEFT_CONTROLLER_URL")
+        .env_remove("WEFT_CONTROLLER_DATA_DIR");
+    cmd
+}
+
 pub struct Controller {
     pub child: Option<Child>,
     pub dir: PathBuf,
@@ -165,15 +202,9 @@ impl Controller {
         }
     }
 
-    /// Runs `weft-controller admin --data-dir DIR <args>` and returns stdout.
+    /// Runs `weft admin --data-dir DIR <args>`: success, stdout, stderr.
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(BIN)
-            .args(["admin", "--data-dir", self.dir.to_str().unwrap()])
-            .args(args)
-            .env_remove("WEFT_ADMIN_TOKEN")
-            .env_remove("WEFT_CONTROLLER_URL")
-            .output()
-            .unwrap();
+        let out = weft_admin(&self.dir).args(args).output().unwrap();
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -43,18 +43,12 @@ pub struct NewArgs {
     /// Replace an existing file at --out (the old identity is lost).
     #[arg(long)]
     force: bool,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     /// The private key file.
     path: PathBuf,
-    /// Print as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -64,9 +58,6 @@ pub struct VerifyArgs {
     /// The difficulty the proof must reach.
     #[arg(long, short = 'd', value_name = "D")]
     difficulty: Difficulty,
-    /// Print the verdict as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 /// What `show` and `new --json` print.
@@ -120,26 +111,15 @@ impl IdentityView {
 static CANCEL: AtomicBool = AtomicBool::new(false);
 
 /// Runs an identity subcommand.
-impl IdentityCmd {
-    /// Whether `--json` was given.
-    pub(crate) fn json(&self) -> bool {
-        match self {
-            IdentityCmd::New(a) => a.json,
-            IdentityCmd::Show(a) => a.json,
-            IdentityCmd::Verify(a) => a.json,
-        }
-    }
-}
-
-pub fn run(cmd: IdentityCmd) -> anyhow::Result<ExitCode> {
+pub fn run(cmd: IdentityCmd, json: bool) -> anyhow::Result<ExitCode> {
     match cmd {
-        IdentityCmd::New(a) => new(a),
-        IdentityCmd::Show(a) => show(a),
-        IdentityCmd::Verify(a) => verify(a),
+        IdentityCmd::New(a) => new(a, json),
+        IdentityCmd::Show(a) => show(a, json),
+        IdentityCmd::Verify(a) => verify(a, json),
     }
 }
 
-fn new(a: NewArgs) -> anyhow::Result<ExitCode> {
+fn new(a: NewArgs, json: bool) -> anyhow::Result<ExitCode> {
     // Fail before minting, not after minutes of work.
     if !a.force && std::fs::symlink_metadata(&a.out).is_ok() {
         bail!(
@@ -180,7 +160,7 @@ fn new(a: NewArgs) -> anyhow::Result<ExitCode> {
     };
     keyfile::save(&a.out, &id, a.force)?;
     let view = IdentityView::new(&id, &a.out);
-    if a.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
         view.print_human();
@@ -200,10 +180,10 @@ fn new(a: NewArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
+fn show(a: ShowArgs, json: bool) -> anyhow::Result<ExitCode> {
     let id = keyfile::load(&a.path)?;
     let view = IdentityView::new(&id, &a.path);
-    if a.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&view)?);
     } else {
         view.print_human();
@@ -211,10 +191,10 @@ fn show(a: ShowArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+fn verify(a: VerifyArgs, json: bool) -> anyhow::Result<ExitCode> {
     let id = keyfile::load(&a.path)?;
     let verdict = id.pow().verify(&id.node_key(), a.difficulty);
-    if a.json {
+    if json {
         let v = match &verdict {
             Ok(bits) => serde_json::json!({
                 "ok": true, "node_key": id.node_key().to_string(),
@@ -229,7 +209,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     match verdict {
         Ok(bits) => {
-            if !a.json {
+            if !json {
                 println!(
                     "ok: {} reaches {bits} bits (required {})",
                     id.node_key(),
@@ -239,7 +219,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            if !a.json {
+            if !json {
                 eprintln!(
                     "rejected: {}: {e}; mint a new identity with `weft identity new --difficulty {}`",
                     a.path.display(),

@@ -30,12 +30,10 @@ use weft_proto::relay_api::RelayUrl;
 use weft_proto::stun;
 
 use super::agent::SocketArg;
+use crate::clock::now;
 
 #[derive(Debug, Args)]
 pub struct NetcheckArgs {
-    /// Print as JSON.
-    #[arg(long)]
-    pub(crate) json: bool,
     /// Do not ask the agent: probe only the servers given with --stun and
     /// --relay.
     #[arg(long)]
@@ -154,7 +152,7 @@ fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
 }
 
 /// `weft netcheck`.
-pub fn run(sock: &SocketArg, a: NetcheckArgs) -> anyhow::Result<ExitCode> {
+pub fn run(sock: &SocketArg, a: NetcheckArgs, json: bool) -> anyhow::Result<ExitCode> {
     let mut stun_targets: Vec<(String, SocketAddr)> = Vec::new();
     let mut tls_targets: Vec<(String, anyhow::Result<SocketAddr>)> = Vec::new();
     let mut agent_reflexive = Vec::new();
@@ -205,7 +203,7 @@ pub fn run(sock: &SocketArg, a: NetcheckArgs) -> anyhow::Result<ExitCode> {
         agent_reflexive,
         Duration::from_millis(a.timeout_ms),
     )?;
-    if a.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render(&report));
@@ -503,14 +501,6 @@ pub fn render(r: &NetcheckReport) -> String {
         }
     }
     o
-}
-
-#[expect(
-    clippy::disallowed_methods,
-    reason = "the CLI measures round-trip times"
-)]
-fn now() -> Instant {
-    Instant::now()
 }
 
 #[cfg(test)]

@@ -15,12 +15,8 @@ pub(crate) struct PowProgress {
 }
 
 impl PowProgress {
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the CLI is an I/O shell; progress needs the clock"
-    )]
     pub(crate) fn new(expected_hashes: f64) -> Self {
-        let now = Instant::now();
+        let now = crate::clock::now();
         Self {
             start: now,
             expected: expected_hashes,
@@ -30,12 +26,8 @@ impl PowProgress {
         }
     }
 
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "the CLI is an I/O shell; progress needs the clock"
-    )]
     pub(crate) fn update(&mut self, hashes: u64) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let elapsed = now.duration_since(self.start).as_secs_f64().max(1e-6);
         let rate = hashes as f64 / elapsed;
         let line = describe(hashes, self.expected, rate);

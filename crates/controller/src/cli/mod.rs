@@ -1,7 +1,9 @@
-//! The `weft-controller` command line: `serve` and `admin ...`.
+//! The `weft-controller` command line: `serve`.
+//!
+//! `weft-controller admin …` is a deprecated alias of `weft admin …` for one
+//! release; the `weft-controller` binary hands it to `weft-cli` before this
+//! parser sees it.
 
-mod admin;
-mod format;
 mod serve;
 
 use std::io::Write as _;
@@ -12,7 +14,12 @@ use clap::{Parser, Subcommand};
 /// weft controller: holds the desired state of weft overlay networks and
 /// streams each node its network map.
 #[derive(Debug, Parser)]
-#[command(name = "weft-controller", version)]
+#[command(
+    name = "weft-controller",
+    version,
+    after_help = "Manage networks, join tokens and nodes with `weft admin …` \
+(`weft-controller admin …` still works for this release, deprecated)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,8 +29,6 @@ pub struct Cli {
 enum Command {
     /// Run the controller (HTTPS API and map streams).
     Serve(serve::ServeArgs),
-    /// Manage networks, join tokens and nodes through a running controller.
-    Admin(admin::AdminArgs),
 }
 
 /// Entry point of the binary.
@@ -31,11 +36,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Admin(args) => admin::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<admin::ReportedAsJson>() => ExitCode::FAILURE,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::FAILURE

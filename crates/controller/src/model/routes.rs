@@ -388,7 +388,7 @@ impl World {
             return Err(ApiError::Forbidden {
                 code: "route_not_permitted",
                 message: format!(
-                    "node {:?} may not advertise routes: only nodes tagged {GATEWAY_TAG:?} may (an admin can tag it: weft-controller admin node tag {} {GATEWAY_TAG})",
+                    "node {:?} may not advertise routes: only nodes tagged {GATEWAY_TAG:?} may (an admin can tag it: weft admin node tag {} {GATEWAY_TAG})",
                     node.rec.name, node.rec.name
                 ),
             });

@@ -189,7 +189,7 @@ struct Edits {
     cut: usize,
     refused: usize,
     slowest_cut: Duration,
-    /// Time spent in `weft-controller admin policy set`.
+    /// Time spent in `weft admin policy set`.
     admin: Duration,
     /// Time spent waiting for c->b:7000 to open, and for open flows to be cut.
     open_wait: Duration,

@@ -1,4 +1,4 @@
-//! Human output: aligned tables, dates, durations.
+//! Human output of `weft admin`: aligned tables, dates, durations.
 //!
 //! Every table cell is shown through [`safe`]: a stored value with control,
 //! bidirectional or zero-width characters (a node's reported host name, a
@@ -7,6 +7,14 @@
 //! reorder or hide what the admin reads.
 
 use std::borrow::Cow;
+use std::io::Write as _;
+
+/// Writes to stdout, ignoring a closed pipe (`weft admin … | head`).
+pub(crate) fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
 
 /// `s` with control, bidirectional and zero-width characters (and `\`)
 /// escaped, as `\u{202e}`: how any stored or reported text is displayed.

@@ -1,0 +1,130 @@
+use weft_proto::local::{ControllerStatus, FailureStatus, NetworkStatus, ReconcileStatus};
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::ping::is_our_reply;
+use super::up::{UpStage, route_arg, up_stage};
+use super::*;
+
+fn status() -> AgentStatus {
+    AgentStatus {
+        node_key: weft_proto::NodeKey::from_bytes([1; 32]),
+        name: Some("n1".into()),
+        state: "up".into(),
+        controller: Some(ControllerStatus {
+            url: "https://c:8443".into(),
+            connected: true,
+            map_version: Some(3),
+            from_cache: false,
+            last_error: None,
+            last_error_permanent: false,
+        }),
+        networks: vec![NetworkStatus {
+            name: "prod".into(),
+            interface: "weft0".into(),
+            addresses: vec!["100.64.0.2".into()],
+            cidr: "100.64.0.0/10".into(),
+            dns_domain: "weft.internal".into(),
+            routes: Vec::new(),
+            serves: Vec::new(),
+        }],
+        peers: Vec::new(),
+        drops: BTreeMap::new(),
+        reconcile: ReconcileStatus {
+            converged: true,
+            failures: Vec::new(),
+        },
+        listen_port: 51820,
+        relay: None,
+        relays: Vec::new(),
+        reflexive: Vec::new(),
+        failures: Vec::new(),
+    }
+}
+
+#[test]
+fn up_waits_for_the_link_the_map_and_the_system() {
+    assert_eq!(up_stage(&status()), UpStage::Done);
+    let mut st = status();
+    st.controller.as_mut().unwrap().connected = false;
+    st.controller.as_mut().unwrap().last_error = Some("connection refused".into());
+    assert!(matches!(up_stage(&st), UpStage::Waiting(w) if w.contains("connection refused")));
+    let mut st = status();
+    st.controller.as_mut().unwrap().from_cache = true;
+    assert!(matches!(up_stage(&st), UpStage::Waiting(w) if w.contains("map")));
+    let mut st = status();
+    st.reconcile.converged = false;
+    assert!(matches!(up_stage(&st), UpStage::Waiting(w) if w.contains("configuring")));
+}
+
+#[test]
+fn advertised_routes_are_checked_before_sending() {
+    assert_eq!(route_arg(" 192.168.50.0/24").unwrap(), "192.168.50.0/24");
+    assert_eq!(route_arg("").unwrap(), "");
+    let e = route_arg("192.168.50.1/24").unwrap_err();
+    assert!(e.contains("did you mean 192.168.50.0/24"), "{e}");
+    assert!(
+        route_arg("0.0.0.0/0")
+            .unwrap_err()
+            .contains("default route")
+    );
+    assert!(route_arg("127.0.0.0/8").is_err());
+    assert!(route_arg("fd00::/64").is_err());
+}
+
+#[test]
+fn only_our_echo_reply_counts() {
+    let peer: IpAddr = "100.64.0.3".parse().unwrap();
+    let other: IpAddr = "100.64.0.4".parse().unwrap();
+    // Ping socket: ICMP header first, the kernel handles the id.
+    let mut reply = [0u8; 16];
+    reply[4..6].copy_from_slice(&77u16.to_be_bytes());
+    reply[6..8].copy_from_slice(&5u16.to_be_bytes());
+    assert!(is_our_reply(&reply, peer, peer, 5, None));
+    assert!(!is_our_reply(&reply, other, peer, 5, None), "wrong source");
+    assert!(!is_our_reply(&reply, peer, peer, 6, None), "wrong sequence");
+    // Raw socket: IP header first, and the id must be ours.
+    let mut raw = vec![0x45u8];
+    raw.extend_from_slice(&[0; 19]);
+    raw.extend_from_slice(&reply);
+    assert!(is_our_reply(&raw, peer, peer, 5, Some(77)));
+    assert!(
+        !is_our_reply(&raw, peer, peer, 5, Some(78)),
+        "another ping's id"
+    );
+    let mut request = reply;
+    request[0] = 8;
+    assert!(!is_our_reply(&request, peer, peer, 5, None), "not a reply");
+    assert!(!is_our_reply(&reply[..7], peer, peer, 5, None));
+}
+
+#[test]
+fn up_fails_on_any_failure() {
+    let mut st = status();
+    st.failures.push(FailureStatus {
+        area: "tun".into(),
+        what: "weft0".into(),
+        error: "creating TUN device weft0: Operation not permitted".into(),
+        since_unix_ms: 1,
+    });
+    assert!(matches!(up_stage(&st), UpStage::Failing(w) if w.contains("tun weft0: creating TUN")));
+    let mut st = status();
+    st.controller = None;
+    assert!(matches!(up_stage(&st), UpStage::Failing(_)));
+    let mut st = status();
+    let c = st.controller.as_mut().unwrap();
+    c.connected = false;
+    c.last_error = Some("controller answered 401: unknown credential".into());
+    c.last_error_permanent = true;
+    assert!(matches!(up_stage(&st), UpStage::Failing(w) if w.contains("401")));
+}
+
+#[test]
+fn status_escapes_spoofing_characters_in_names() {
+    let mut st = status();
+    st.name = Some("web\u{202e}1".into());
+    let out = render_status(&st);
+    assert!(out.contains("node      web\\u{202e}1"), "{out}");
+    assert!(!out.contains('\u{202e}'), "{out:?}");
+}
