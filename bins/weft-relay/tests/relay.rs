@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::AsyncWriteExt as _;
-use weft_relay_core::frame::{Frame, Payload, PeerGoneReason, Reason, encode_header, frame_type};
 use weft_proto::stun;
 use weft_relay_client::{RelayClientError, RelayEvent, SendError};
+use weft_relay_core::frame::{Frame, Payload, PeerGoneReason, Reason, encode_header, frame_type};
 
 const T: Duration = Duration::from_secs(10);
 

@@ -26,12 +26,12 @@ use weft_api_client::{Client, ClientConfig, Trust, parse_fingerprint, tls_client
 use weft_identity::{Identity, ProofOfWork};
 use weft_proto::NodeKey;
 use weft_proto::api::{CreateNetworkRequest, CreateTokenRequest};
+use weft_proto::relay_api::CreateRelayRequest;
+use weft_relay_client::{RelayClient, RelayClientConfig, RelayEvent, RelayEvents};
 use weft_relay_core::frame::{
     ALPN, Frame, FrameDecoder, LOGIN_SIGNATURE_CONTEXT, PROTOCOL_VERSION, TLS_EXPORTER_LABEL,
     login_signed_message,
 };
-use weft_proto::relay_api::CreateRelayRequest;
-use weft_relay_client::{RelayClient, RelayClientConfig, RelayEvent, RelayEvents};
 
 pub const RELAY_BIN: &str = env!("CARGO_BIN_EXE_weft-relay");
 
