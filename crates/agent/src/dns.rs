@@ -9,6 +9,8 @@
 //! - Every failure is logged and retried later (start: after
 //!   [`START_RETRY`]); none of them stops the data plane.
 //! - [`DnsMode::Off`]: no resolver, no system change.
+//! - The service's system side (files, `resolvectl`) blocks: every call into
+//!   it runs off the async runtime ([`off_runtime`]).
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -19,6 +21,7 @@ use weft_dns::{DnsConfig, DnsService, Drift, Zone};
 use weft_proto::netmap::NetworkMap;
 
 use crate::clock;
+use crate::system::off_runtime;
 
 /// How often the system configuration is checked for drift.
 pub(crate) const DRIFT_INTERVAL: Duration = Duration::from_secs(2);
@@ -190,14 +193,17 @@ impl Dns {
         if self.mode == DnsMode::Off || self.zone.is_none() {
             return;
         }
-        let Some(service) = self.service.as_mut() else {
+        let Some(service) = self.service.take() else {
             self.try_start().await;
             return;
         };
         if self.fight.paused(now) {
+            self.service = Some(service);
             return;
         }
-        match service.check_drift() {
+        let (service, drift) = off_runtime(service, DnsService::check_drift).await;
+        self.service = Some(service);
+        match drift {
             Ok(Drift::Unchanged) => return,
             Ok(Drift::Repaired) => {
                 tracing::info!("overlay DNS: the resolver configuration was changed; repaired");
@@ -231,7 +237,11 @@ impl Dns {
     pub(crate) async fn stop(&mut self) {
         self.applied_link = None;
         if let Some(service) = self.service.take() {
-            match service.stop().await {
+            let rt = tokio::runtime::Handle::current();
+            match off_runtime((), move |()| rt.block_on(service.stop()))
+                .await
+                .1
+            {
                 Ok(()) => {
                     tracing::info!("overlay DNS stopped; resolver configuration restored");
                 }
@@ -260,7 +270,11 @@ impl Dns {
         if self.retry_at.is_some_and(|at| clock::now() < at) {
             return;
         }
-        match DnsService::start(self.config.clone()).await {
+        let (rt, config) = (tokio::runtime::Handle::current(), self.config.clone());
+        match off_runtime((), move |()| rt.block_on(DnsService::start(config)))
+            .await
+            .1
+        {
             Ok(service) => {
                 tracing::info!(
                     listen = %service.local_addr(),
@@ -293,16 +307,27 @@ impl Dns {
     }
 
     async fn push_zone(&mut self) {
-        let (Some(service), Some(zone)) = (self.service.as_mut(), self.zone.clone()) else {
+        let Some(zone) = self.zone.clone() else {
             return;
         };
-        if let Err(e) = service.set_zone(zone) {
+        let Some(service) = self.service.take() else {
+            return;
+        };
+        let (mut service, set) = off_runtime(service, move |s| s.set_zone(zone)).await;
+        if let Err(e) = set {
             tracing::warn!(error = %e, "overlay DNS: updating the zone's system routing failed");
         }
-        if let Some((ifname, addr)) = &self.link
+        if let Some((ifname, addr)) = self.link.clone()
             && self.applied_link != self.link
         {
-            match service.set_resolved_link(ifname, *addr).await {
+            let rt = tokio::runtime::Handle::current();
+            let (back, linked) = off_runtime(service, {
+                let ifname = ifname.clone();
+                move |s| rt.block_on(s.set_resolved_link(&ifname, addr))
+            })
+            .await;
+            service = back;
+            match linked {
                 Ok(()) => self.applied_link = self.link.clone(),
                 Err(e) => tracing::warn!(
                     error = %e,
@@ -311,6 +336,7 @@ impl Dns {
                 ),
             }
         }
+        self.service = Some(service);
     }
 }
 

@@ -4,13 +4,16 @@
 //! - [`run`]: the supervisor. One task owns the agent's state (map, slots,
 //!   reconciler, controller link) and serves, in one `select!`, local API calls,
 //!   map updates from the controller link, reconcile deadlines and shutdown.
-//! - `dataplane`: TUN devices + UDP socket tasks around `weft_tunnel::Node`.
+//! - `dataplane`: the `weft-io` thread that owns `weft_tunnel::Node` and moves
+//!   packets between the TUN devices, the UDP socket and the relay link.
 //! - `ctl`: the controller link (register, map stream with resume and backoff,
 //!   endpoint/liveness reports), via `weft-api-client`.
 //! - `dns`: the overlay resolver's lifecycle (`weft-dns`): started with the
 //!   first map that has a network, a new zone on every map, drift checks on its
 //!   own tick, stopped (system configuration restored) on down, exit and when the
 //!   last network is left; its failures never stop the data plane.
+//! - `system`: the reconciler of interfaces, routes and firewall; netlink, `nft`
+//!   and resolver changes run off the async runtime (`system::off_runtime`).
 //! - `netmap`: pure map → tunnel config / interface plan translation.
 //! - `state`: the state directory (identity, credential, cached map; all 0600).
 //! - `api`: the local API on a Unix socket.
@@ -32,7 +35,7 @@ pub mod fuzzing;
 pub mod netmap;
 pub mod state;
 mod supervisor;
-mod udp_batch;
+mod system;
 
 pub use dataplane::DataplaneConfig;
 pub use dns::DnsMode;

@@ -8,11 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::Context as _;
 
-use ipnet::IpNet;
 use tokio::sync::{mpsc, watch};
 use weft_identity::{Difficulty, Identity};
-use weft_netcfg::exec::linux::NetlinkExecutor;
-use weft_netcfg::{DesiredState, LinkSpec, Reconciler, ReconcilerConfig, RouteSpec};
 use weft_proto::local::{
     AgentStatus, CandidateStatus, ControllerStatus, ExplainRequest, LocalRequest, LocalResponse,
     NetworkStatus, PeerStatus, ReconcileStatus, RelayStatus, UpRequest,
@@ -29,6 +26,7 @@ use crate::dns::{self, Dns, DnsMode};
 use crate::failures::Failures;
 use crate::netmap::{self, Derived, Slots};
 use crate::state::{Credential, StateDir};
+use crate::system::{self, System};
 
 /// In the state directory: present while IPv4 forwarding is on because weft
 /// turned it on (so a restart after a crash still turns it off again).
@@ -66,8 +64,9 @@ struct Agent {
     link: Option<ctl::Link>,
     link_state: watch::Receiver<LinkState>,
     maps_tx: mpsc::Sender<NetworkMap>,
-    reconciler: Reconciler,
-    exec: Option<NetlinkExecutor>,
+    /// The reconciler of interfaces, routes and firewall (passes run off the
+    /// async runtime).
+    system: System,
     reconcile_status: ReconcileStatus,
     /// What is failing now (shown by `weft status`, fails `weft up`).
     failures: Failures,
@@ -169,21 +168,19 @@ async fn serve<F: Future<Output = ()>>(
     let dp = Dataplane::start(node, cfg.port, cfg.dataplane).await?;
 
     let mut failures = Failures::default();
-    let exec = match NetlinkExecutor::new() {
-        Ok(mut e) => {
-            e.remember_forwarding_in(cfg.state_dir.join(FORWARD_MARKER));
-            Some(e)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open netlink: interfaces will not be configured");
-            failures.set_area(
-                "system",
-                [("netlink".to_owned(), format!("cannot open netlink: {e}"))],
-                clock::unix_ms(),
-            );
-            None
-        }
-    };
+    let (system, netlink_error) = System::open(
+        cfg.state_dir.join(FORWARD_MARKER),
+        u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8])),
+    )
+    .await;
+    if let Some(e) = netlink_error {
+        tracing::error!(error = %e, "cannot open netlink: interfaces will not be configured");
+        failures.set_area(
+            "system",
+            [("netlink".to_owned(), format!("cannot open netlink: {e}"))],
+            clock::unix_ms(),
+        );
+    }
     let (maps_tx, mut maps_rx) = mpsc::channel::<NetworkMap>(16);
     let (_, link_state) = watch::channel(LinkState::default());
     let dns = Dns::new(cfg.dns, cfg.state_dir.clone());
@@ -200,11 +197,7 @@ async fn serve<F: Future<Output = ()>>(
         link: None,
         link_state,
         maps_tx,
-        reconciler: Reconciler::new(
-            ReconcilerConfig::default(),
-            u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8])),
-        ),
-        exec,
+        system,
         reconcile_status: ReconcileStatus::default(),
         failures,
         dns,
@@ -234,7 +227,7 @@ async fn serve<F: Future<Output = ()>>(
     dns_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed = None;
     loop {
-        let deadline = agent.reconciler.poll_timeout().map(|(at, _)| at);
+        let deadline = agent.system.poll_timeout();
         tokio::select! {
             () = &mut shutdown => break,
             Some((req, reply)) = calls_rx.recv() => {
@@ -248,7 +241,7 @@ async fn serve<F: Future<Output = ()>>(
                 }
                 agent.apply_map(map).await;
             }
-            () = sleep_until(deadline) => agent.reconcile(),
+            () = sleep_until(deadline) => agent.reconcile().await,
             _ = dns_tick.tick() => {
                 // A data plane that stopped (its I/O thread panicked, say) must not
                 // leave an agent that looks alive: exit, so the service manager
@@ -259,7 +252,7 @@ async fn serve<F: Future<Output = ()>>(
                     break;
                 }
                 if !agent.down {
-                    agent.retry_tuns();
+                    agent.retry_tuns().await;
                     agent.dns.tick().await;
                     agent.note_dns();
                 }
@@ -269,7 +262,7 @@ async fn serve<F: Future<Output = ()>>(
     tracing::info!("shutting down: removing weft interfaces and routes");
     agent.stop_link();
     agent.dns.shutdown().await;
-    agent.teardown();
+    agent.teardown().await;
     match failed {
         Some(why) => Err(anyhow::anyhow!(why)),
         None => Ok(()),
@@ -287,16 +280,16 @@ impl Agent {
     async fn handle(&mut self, req: LocalRequest) -> LocalResponse {
         match req {
             LocalRequest::Status => LocalResponse::Ok {
-                status: Some(Box::new(self.status())),
+                status: Some(Box::new(self.status().await)),
                 message: String::new(),
             },
             LocalRequest::Up(up) => self.up(up).await,
-            LocalRequest::Explain(req) => self.explain(&req),
+            LocalRequest::Explain(req) => self.explain(&req).await,
             LocalRequest::Down => {
                 self.down = true;
                 self.stop_link();
                 self.dns.shutdown().await;
-                self.teardown();
+                self.teardown().await;
                 LocalResponse::Ok {
                     status: None,
                     message: "down: weft interfaces and routes removed (`weft up` reconnects)"
@@ -308,7 +301,7 @@ impl Agent {
 
     /// `weft why-blocked`: the live engine's verdict for one packet, with the
     /// rule that decided it.
-    fn explain(&self, req: &ExplainRequest) -> LocalResponse {
+    async fn explain(&self, req: &ExplainRequest) -> LocalResponse {
         use weft_policy::{Direction, FiveTuple, IcmpKind, tcp_flags};
         // An ephemeral source port: the question is about opening a flow.
         const SRC_PORT: u16 = 49152;
@@ -337,7 +330,11 @@ impl Agent {
         let mut all_allowed = true;
         let mut lines = Vec::new();
         for (label, packet) in &packets {
-            let Some((allowed, explanation)) = self.dp.explain(dir, packet) else {
+            let verdict = match self.dp.explain(dir, packet).await {
+                Ok(v) => v,
+                Err(e) => return api::error("internal", &format!("{e:#}")),
+            };
+            let Some((allowed, explanation)) = verdict else {
                 return api::error(
                     "no_policy",
                     "no policy yet: the agent has not received a map (is it up and joined?)",
@@ -491,15 +488,15 @@ impl Agent {
             .iter()
             .map(|i| (i.slot, i.ifname.clone()))
             .collect();
-        self.ensure_tuns(&wanted);
-        self.dp.apply(&derived.node).await;
+        self.ensure_tuns(&wanted).await;
+        self.dp.apply(&derived.node);
         // The first relay of the map is this node's relay; every node uses the
         // same one, so relayed peers always meet.
         self.dp
             .set_relay(map.relays.first().cloned(), &self.identity)
             .await;
-        self.reconciler
-            .set_desired(desired_state(&derived), clock::now());
+        self.system
+            .set_desired(system::desired_state(&derived), clock::now());
         tracing::info!(
             version = map.version,
             networks = derived.interfaces.len(),
@@ -512,7 +509,7 @@ impl Agent {
                 .map(|(addr, _)| (i.ifname.clone(), *addr))
         });
         self.derived = Some(derived);
-        self.reconcile();
+        self.reconcile().await;
         // After the reconcile pass, so with systemd-resolved the overlay link
         // exists when it is pointed at the resolver.
         self.dns.apply(&map, dns_link).await;
@@ -533,8 +530,8 @@ impl Agent {
 
     /// Creates the TUN devices `wanted` lacks; a failure is shown in status
     /// until a retry (every 2 s) succeeds.
-    fn ensure_tuns(&mut self, wanted: &BTreeMap<usize, String>) {
-        let errors = self.dp.ensure_tuns(wanted, netmap::OVERLAY_MTU);
+    async fn ensure_tuns(&mut self, wanted: &BTreeMap<usize, String>) {
+        let errors = self.dp.ensure_tuns(wanted, netmap::OVERLAY_MTU).await;
         for (_, e) in &errors {
             tracing::error!("{e}; will retry");
         }
@@ -542,7 +539,7 @@ impl Agent {
     }
 
     /// Retries the TUN devices that could not be created.
-    fn retry_tuns(&mut self) {
+    async fn retry_tuns(&mut self) {
         if !self.failures.any_in("tun") {
             return;
         }
@@ -554,14 +551,11 @@ impl Agent {
         }) else {
             return;
         };
-        self.ensure_tuns(&wanted);
+        self.ensure_tuns(&wanted).await;
     }
 
-    fn reconcile(&mut self) {
-        let Some(exec) = self.exec.as_mut() else {
-            return;
-        };
-        if let Some(report) = self.reconciler.handle_timeout(exec, clock::now()) {
+    async fn reconcile(&mut self) {
+        if let Some(report) = self.system.reconcile(clock::now()).await {
             for a in &report.applied {
                 tracing::info!(action = %a, "applied");
             }
@@ -587,13 +581,14 @@ impl Agent {
         }
     }
 
-    fn teardown(&mut self) {
-        self.dp.ensure_tuns(&BTreeMap::new(), netmap::OVERLAY_MTU);
+    async fn teardown(&mut self) {
+        self.dp
+            .ensure_tuns(&BTreeMap::new(), netmap::OVERLAY_MTU)
+            .await;
         self.dp.shutdown_relay();
         self.derived = None;
         self.slots = Slots::default();
-        if let Some(exec) = self.exec.as_mut() {
-            let report = self.reconciler.shutdown(exec);
+        if let Some(report) = self.system.shutdown().await {
             for (a, e) in &report.failed {
                 tracing::warn!(action = %a, error = %e, "teardown action failed");
             }
@@ -602,8 +597,8 @@ impl Agent {
         self.failures.clear();
     }
 
-    fn status(&self) -> AgentStatus {
-        let (peers, drops) = self.dp.status();
+    async fn status(&self) -> AgentStatus {
+        let (peers, drops) = self.dp.status().await.unwrap_or_default();
         let link = self.link_state.borrow().clone();
         let derived = self.derived.as_ref();
         let networks = derived
@@ -737,39 +732,6 @@ impl Agent {
             },
         }
     }
-}
-
-fn desired_state(d: &Derived) -> DesiredState {
-    let mut desired = DesiredState::default();
-    for i in &d.interfaces {
-        let mut spec = LinkSpec::up(i.mtu);
-        for (a, p) in &i.addresses {
-            if let Ok(net) = IpNet::new(*a, *p) {
-                spec = spec.with_addr(net);
-            }
-        }
-        for (a, p) in &i.routes {
-            if let Ok(net) = IpNet::new(*a, *p) {
-                spec = spec.with_route(RouteSpec::new(net.trunc()));
-            }
-        }
-        desired = desired.with_link(i.ifname.clone(), spec);
-        // A gateway forwards from the overlay to its subnets, masqueraded.
-        for (a, p) in &i.serves {
-            if let Ok(net) = IpNet::new(*a, *p) {
-                desired.firewall.masquerade.insert(net.trunc());
-            }
-        }
-        if let Some(&(a, p)) = i.routes.first() {
-            // The first route is the network's own IPv4 prefix.
-            if let Ok(net) = IpNet::new(a, p) {
-                desired.firewall.overlay.insert(net.trunc());
-            }
-        }
-    }
-    // In several networks: never forward between them.
-    desired.firewall.isolate = d.interfaces.len() > 1;
-    desired
 }
 
 fn hostname() -> Option<String> {

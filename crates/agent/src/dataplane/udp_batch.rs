@@ -10,8 +10,11 @@
 //! The socket is non-blocking and owned by the data plane's I/O thread (not
 //! registered with the async runtime); sends that find its buffer full either
 //! wait for room ([`Wait::Room`], the data path: backpressure) or drop
-//! ([`Wait::No`], control traffic sent from async tasks, which the protocols
-//! retry).
+//! ([`Wait::No`], control traffic such as handshakes and keepalives, which the
+//! protocols retry).
+//!
+//! The shell reaches the socket through [`UdpIo`]: the real socket here, an
+//! in-memory twin in the shell's tests.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
@@ -28,6 +31,95 @@ use nix::sys::socket::{
 /// Receive buffer for one (possibly GRO-coalesced) message.
 pub(crate) const RECV_BUF: usize = 65_536;
 
+/// The UDP socket as the data plane uses it (non-blocking; writable is
+/// signalled on its file descriptor).
+pub(crate) trait UdpIo: AsFd + Send + Sync + 'static {
+    /// One datagram.
+    fn send_to(&self, data: &[u8], dst: SocketAddr) -> io::Result<usize>;
+    /// One `sendmsg` of `data` cut into datagrams of `seg` bytes (`UDP_SEGMENT`).
+    fn send_gso(&self, data: &[u8], seg: u16, dst: SocketAddr) -> io::Result<usize>;
+    /// One `recvmmsg` of up to `want` messages (at most [`MAX_MESSAGES`]), the
+    /// i-th into `buf`'s i-th [`RECV_BUF`] chunk, each described in `got`.
+    fn recv_messages(&self, buf: &mut [u8], want: usize, got: &mut Vec<Message>) -> io::Result<()>;
+    /// Whether `UDP_SEGMENT` sends are supported.
+    fn probe_gso(&self) -> bool;
+    /// Turns `UDP_GRO` receives on; whether that worked.
+    fn enable_gro(&self) -> bool;
+}
+
+impl UdpIo for UdpSocket {
+    fn send_to(&self, data: &[u8], dst: SocketAddr) -> io::Result<usize> {
+        UdpSocket::send_to(self, data, dst)
+    }
+
+    fn send_gso(&self, data: &[u8], seg: u16, dst: SocketAddr) -> io::Result<usize> {
+        let addr = SockaddrStorage::from(dst);
+        sendmsg(
+            self.as_raw_fd(),
+            &[IoSlice::new(data)],
+            &[ControlMessage::UdpGsoSegments(&seg)],
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map_err(io::Error::from)
+    }
+
+    fn recv_messages(&self, buf: &mut [u8], want: usize, got: &mut Vec<Message>) -> io::Result<()> {
+        let mut chunks = buf.chunks_mut(RECV_BUF);
+        let mut iovs: [[IoSliceMut<'_>; 1]; MAX_MESSAGES] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+        // Fresh headers per call: the kernel shrinks each header's control
+        // length to what it wrote and nix does not restore it, so a reused
+        // header loses the GRO segment size (MSG_CTRUNC) after a message that
+        // carried none.
+        let mut headers =
+            MultiHeaders::<SockaddrStorage>::preallocate(want, Some(gro_cmsg_space()));
+        let msgs = recvmmsg(
+            self.as_raw_fd(),
+            &mut headers,
+            iovs.iter_mut().take(want),
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(io::Error::from)?;
+        for m in msgs {
+            let mut seg = m.bytes;
+            if let Ok(cmsgs) = m.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::UdpGroSegments(s) = c
+                        && let Ok(s) = usize::try_from(s)
+                        && s > 0
+                    {
+                        seg = s;
+                    }
+                }
+            }
+            let from = if m.flags.contains(MsgFlags::MSG_TRUNC) {
+                Err(Refused::Truncated)
+            } else {
+                m.address
+                    .as_ref()
+                    .and_then(socket_addr)
+                    .ok_or(Refused::NotIp)
+            };
+            got.push(Message {
+                len: m.bytes,
+                seg: seg.max(1),
+                from,
+            });
+        }
+        Ok(())
+    }
+
+    fn probe_gso(&self) -> bool {
+        getsockopt(self, sockopt::UdpGsoSegment).is_ok()
+    }
+
+    fn enable_gro(&self) -> bool {
+        setsockopt(self, sockopt::UdpGroSegment, &true).is_ok()
+    }
+}
+
 /// Which offloads the socket has.
 #[derive(Debug)]
 pub(crate) struct Offloads {
@@ -39,7 +131,7 @@ pub(crate) struct Offloads {
 
 impl Offloads {
     /// Probes GSO and turns GRO on; `enabled: false` keeps both off.
-    pub(crate) fn setup(udp: &UdpSocket, enabled: bool) -> Self {
+    pub(crate) fn setup(udp: &impl UdpIo, enabled: bool) -> Self {
         if !enabled {
             tracing::info!("UDP GSO/GRO disabled by configuration");
             return Self {
@@ -47,8 +139,8 @@ impl Offloads {
                 gro: false,
             };
         }
-        let gso = getsockopt(udp, sockopt::UdpGsoSegment).is_ok();
-        let gro = setsockopt(udp, sockopt::UdpGroSegment, &true).is_ok();
+        let gso = udp.probe_gso();
+        let gro = udp.enable_gro();
         if !gso {
             tracing::warn!("kernel lacks UDP GSO (UDP_SEGMENT): one send per datagram");
         }
@@ -90,7 +182,7 @@ const FULL_WAIT_MS: u8 = 100;
 /// Runs `op` (a non-blocking send); on `EAGAIN` with [`Wait::Room`] waits for
 /// the socket to become writable and tries once more.
 fn with_room<T>(
-    udp: &UdpSocket,
+    udp: &impl UdpIo,
     wait: Wait,
     mut op: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
@@ -105,7 +197,7 @@ fn with_room<T>(
 }
 
 /// Sends one datagram.
-pub(crate) fn send_one(udp: &UdpSocket, dst: SocketAddr, data: &[u8], wait: Wait) {
+pub(crate) fn send_one(udp: &impl UdpIo, dst: SocketAddr, data: &[u8], wait: Wait) {
     if let Err(e) = with_room(udp, wait, || udp.send_to(data, dst)) {
         tracing::trace!(%dst, error = %e, "sending datagram failed");
     }
@@ -115,7 +207,7 @@ pub(crate) fn send_one(udp: &UdpSocket, dst: SocketAddr, data: &[u8], wait: Wait
 /// shorter), to `dst`: one `sendmsg` with `UDP_SEGMENT` when there are several
 /// and the kernel supports it, else one send each.
 pub(crate) fn send_segments(
-    udp: &UdpSocket,
+    udp: &impl UdpIo,
     off: &Offloads,
     dst: SocketAddr,
     data: &[u8],
@@ -127,17 +219,7 @@ pub(crate) fn send_segments(
         && off.gso_on()
         && let Ok(seg16) = u16::try_from(seg)
     {
-        let addr = SockaddrStorage::from(dst);
-        let sent = with_room(udp, wait, || {
-            sendmsg(
-                udp.as_raw_fd(),
-                &[IoSlice::new(data)],
-                &[ControlMessage::UdpGsoSegments(&seg16)],
-                MsgFlags::empty(),
-                Some(&addr),
-            )
-            .map_err(io::Error::from)
-        });
+        let sent = with_room(udp, wait, || udp.send_gso(data, seg16, dst));
         match sent {
             Ok(_) => return,
             // EIO: the device cannot checksum-offload segments; EINVAL/EOPNOTSUPP:
@@ -166,12 +248,12 @@ pub(crate) const MAX_MESSAGES: usize = 32;
 
 /// One message of a [`Receiver::recv`].
 #[derive(Debug, Clone, Copy)]
-struct Message {
-    len: usize,
+pub(crate) struct Message {
+    pub(crate) len: usize,
     /// The GRO segment size (`len` without GRO).
-    seg: usize,
+    pub(crate) seg: usize,
     /// The sender, or why the message is not handed on.
-    from: Result<SocketAddr, Refused>,
+    pub(crate) from: Result<SocketAddr, Refused>,
 }
 
 /// Receives many messages per `recvmmsg`, each into its own [`RECV_BUF`]
@@ -202,52 +284,10 @@ impl Receiver {
     /// without waiting. Returns how many arrived: fewer than `want` means the
     /// socket was empty (no further receive needed), `WouldBlock` that nothing
     /// was queued.
-    pub(crate) fn recv(&mut self, udp: &UdpSocket, want: usize) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, udp: &impl UdpIo, want: usize) -> io::Result<usize> {
         let want = want.clamp(1, MAX_MESSAGES);
         self.got.clear();
-        let mut chunks = self.buf.chunks_mut(RECV_BUF);
-        let mut iovs: [[IoSliceMut<'_>; 1]; MAX_MESSAGES] =
-            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
-        // Fresh headers per call: the kernel shrinks each header's control
-        // length to what it wrote and nix does not restore it, so a reused
-        // header loses the GRO segment size (MSG_CTRUNC) after a message that
-        // carried none.
-        let mut headers =
-            MultiHeaders::<SockaddrStorage>::preallocate(want, Some(gro_cmsg_space()));
-        let msgs = recvmmsg(
-            udp.as_raw_fd(),
-            &mut headers,
-            iovs.iter_mut().take(want),
-            MsgFlags::empty(),
-            None,
-        )
-        .map_err(io::Error::from)?;
-        for m in msgs {
-            let mut seg = m.bytes;
-            if let Ok(cmsgs) = m.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::UdpGroSegments(s) = c
-                        && let Ok(s) = usize::try_from(s)
-                        && s > 0
-                    {
-                        seg = s;
-                    }
-                }
-            }
-            let from = if m.flags.contains(MsgFlags::MSG_TRUNC) {
-                Err(Refused::Truncated)
-            } else {
-                m.address
-                    .as_ref()
-                    .and_then(socket_addr)
-                    .ok_or(Refused::NotIp)
-            };
-            self.got.push(Message {
-                len: m.bytes,
-                seg: seg.max(1),
-                from,
-            });
-        }
+        udp.recv_messages(&mut self.buf, want, &mut self.got)?;
         Ok(self.got.len())
     }
 
