@@ -183,10 +183,12 @@ pub fn prepare(
                     name.push(suffix);
                     let path = PathBuf::from(name);
                     if path.exists() {
-                        let to = weft_tls::move_aside(&path).map_err(|source| ServeError::Io {
-                            what: format!("moving {} aside", path.display()),
-                            source,
-                        })?;
+                        let to = weft_tls::move_aside(&path, clock::now_unix_ms() / 1000).map_err(
+                            |source| ServeError::Io {
+                                what: format!("moving {} aside", path.display()),
+                                source,
+                            },
+                        )?;
                         warn!(from = %path.display(), to = %to.display(), "--init: moved the old database file aside");
                     }
                 }

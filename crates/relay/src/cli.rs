@@ -16,7 +16,7 @@ use weft_proto::relay_api::RelayReportRequest;
 
 use crate::controller::{self, LinkConfig};
 use crate::server::{self, ServerConfig};
-use crate::tls;
+use crate::{clock, tls};
 
 /// File the bound TCP address is written to (`host:port`).
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
@@ -196,6 +196,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             &args.tls_san,
             tls::PROFILE,
             fresh || args.init,
+            clock::unix_secs(),
         )?,
     };
 

@@ -162,12 +162,14 @@ pub fn load(cert_path: &Path, key_path: &Path, profile: Profile) -> Result<TlsMa
 /// self-signed pair only when `create` (a first start, or `--init`; a file left
 /// of the old pair is moved aside to `NAME.replaced-<unix time>`), and is
 /// [`TlsError::Missing`] otherwise. The certificate names `localhost`,
-/// `127.0.0.1`, `::1` and `extra_names`.
+/// `127.0.0.1`, `::1` and `extra_names`. `now_unix_secs` (from the caller's
+/// clock) names a file moved aside.
 pub fn load_or_generate(
     dir: &Path,
     extra_names: &[String],
     profile: Profile,
     create: bool,
+    now_unix_secs: u64,
 ) -> Result<TlsMaterial, TlsError> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
@@ -187,7 +189,7 @@ pub fn load_or_generate(
         private_dir(dir).map_err(io(dir))?;
         for (path, present) in [(&cert_path, has_cert), (&key_path, has_key)] {
             if present {
-                move_aside(path).map_err(io(path))?;
+                move_aside(path, now_unix_secs).map_err(io(path))?;
             }
         }
         let mut names = vec![
@@ -206,18 +208,12 @@ pub fn load_or_generate(
     load(&cert_path, &key_path, profile)
 }
 
-/// Renames `path` to `path.replaced-<unix seconds>` (kept, not deleted: it may
-/// be the half of something an operator wants back). Returns the new name.
-#[expect(
-    clippy::disallowed_methods,
-    reason = "file I/O at start-up: the time only names the file moved aside"
-)]
-pub fn move_aside(path: &Path) -> std::io::Result<PathBuf> {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+/// Renames `path` to `path.replaced-<now_unix_secs>` (kept, not deleted: it
+/// may be the half of something an operator wants back); the time comes from
+/// the caller's clock. Returns the new name.
+pub fn move_aside(path: &Path, now_unix_secs: u64) -> std::io::Result<PathBuf> {
     let mut name = path.as_os_str().to_owned();
-    name.push(format!(".replaced-{secs}"));
+    name.push(format!(".replaced-{now_unix_secs}"));
     let to = PathBuf::from(name);
     fs::rename(path, &to)?;
     Ok(to)
@@ -303,6 +299,9 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
 
+    /// The time that names a moved-aside file.
+    const T: u64 = 1_700_000_000;
+
     const P: Profile = Profile {
         tls13_only: true,
         alpn: b"test/1",
@@ -311,8 +310,8 @@ mod tests {
     #[test]
     fn generated_pair_is_private_and_stable() {
         let dir = tempfile::tempdir().unwrap();
-        let a = load_or_generate(dir.path(), &["relay.test".into()], P, true).unwrap();
-        let b = load_or_generate(dir.path(), &[], P, false).unwrap();
+        let a = load_or_generate(dir.path(), &["relay.test".into()], P, true, T).unwrap();
+        let b = load_or_generate(dir.path(), &[], P, false, T).unwrap();
         assert_eq!(a.fingerprint, b.fingerprint, "kept across restarts");
         assert!(a.fingerprint.starts_with("sha256:") && a.fingerprint.len() == 71);
         let mode = fs::metadata(dir.path().join("key.pem"))
@@ -326,16 +325,16 @@ mod tests {
     #[test]
     fn a_lost_half_is_refused_unless_creating_and_then_kept_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let a = load_or_generate(dir.path(), &[], P, true).unwrap();
+        let a = load_or_generate(dir.path(), &[], P, true, T).unwrap();
         fs::remove_file(dir.path().join("key.pem")).unwrap();
-        let err = load_or_generate(dir.path(), &[], P, false)
+        let err = load_or_generate(dir.path(), &[], P, false, T)
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains("key.pem is missing"), "{err}");
         assert!(err.contains("--init") && err.contains("backup"), "{err}");
         assert!(dir.path().join("cert.pem").exists(), "nothing replaced");
-        let b = load_or_generate(dir.path(), &[], P, true).unwrap();
+        let b = load_or_generate(dir.path(), &[], P, true, T).unwrap();
         assert_ne!(a.fingerprint, b.fingerprint);
         let aside = fs::read_dir(dir.path())
             .unwrap()
@@ -343,13 +342,13 @@ mod tests {
             .filter(|e| {
                 e.file_name()
                     .to_string_lossy()
-                    .starts_with("cert.pem.replaced-")
+                    .starts_with(&format!("cert.pem.replaced-{T}"))
             })
             .count();
         assert_eq!(aside, 1, "the old certificate is kept aside");
         fs::remove_file(dir.path().join("cert.pem")).unwrap();
         fs::remove_file(dir.path().join("key.pem")).unwrap();
-        let err = load_or_generate(dir.path(), &[], P, false)
+        let err = load_or_generate(dir.path(), &[], P, false, T)
             .err()
             .unwrap()
             .to_string();

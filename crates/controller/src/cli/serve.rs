@@ -154,6 +154,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
                     &args.tls_san,
                     tls::PROFILE,
                     mode.may_create(),
+                    crate::clock::now_unix_ms() / 1000,
                 )?,
             };
             Some(material)
