@@ -251,6 +251,37 @@ mod tests {
         );
     }
 
+    /// Every `--controller` of `weft` reads one environment variable.
+    #[test]
+    fn the_controller_url_has_one_environment_variable() {
+        use clap::CommandFactory as _;
+        fn walk(cmd: &clap::Command, path: &str, found: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if arg.get_long() == Some("controller") {
+                    assert_eq!(
+                        arg.get_env().and_then(|e| e.to_str()),
+                        Some("WEFT_CONTROLLER_URL"),
+                        "{path} --controller"
+                    );
+                    found.push(path.to_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), found);
+            }
+        }
+        let mut found = Vec::new();
+        walk(&Cli::command(), "weft", &mut found);
+        for want in [
+            "weft up",
+            "weft admin",
+            "weft policy check",
+            "weft policy show",
+        ] {
+            assert!(found.iter().any(|f| f == want), "{want} in {found:?}");
+        }
+    }
+
     #[test]
     fn usage_errors_exit_2() {
         let e = Cli::try_parse_from(["weft", "up", "--advertise-routes", "0.0.0.0/0"]).unwrap_err();

@@ -14,8 +14,10 @@ use crate::clock::now;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Controller URL, e.g. https://controller.example.net:8443 (first join only).
-    #[arg(long, value_name = "URL")]
+    /// Controller URL, e.g. https://controller.example.net:8443 (used with a
+    /// join token; without --controller, a second token joins the controller
+    /// this node already uses).
+    #[arg(long, env = "WEFT_CONTROLLER_URL", value_name = "URL")]
     controller: Option<String>,
     /// Read the join token from this file ("-" for standard input).
     #[arg(long, value_name = "PATH", conflicts_with = "token")]
