@@ -26,6 +26,29 @@ use crate::error::ApiError;
 use crate::secret::SecretHash;
 use crate::store::{AuditRecord, RelayRecord, RouteRecord, StoreSnapshot, TokenRecord, Write};
 
+/// `operation!(Op => Output, |op, world, batch, actor, now_ms| body)`
+/// implements [`Operation`] for the request type `Op`: `body` carries it out
+/// (usually by calling the `World` method that owns the write) and returns
+/// `Result<Output, ApiError>`.
+macro_rules! operation {
+    ($op:ty => $out:ty, |$o:ident, $w:ident, $b:ident, $a:pat_param, $now:ident| $body:expr) => {
+        impl $crate::model::Operation for $op {
+            type Output = $out;
+
+            fn apply(
+                self,
+                $w: &mut $crate::model::World,
+                $b: &mut $crate::model::Batch,
+                $a: &$crate::model::Actor,
+                $now: u64,
+            ) -> Result<$out, $crate::error::ApiError> {
+                let $o = self;
+                $body
+            }
+        }
+    };
+}
+
 mod networks;
 mod nodes;
 mod policy;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde_json::json;
 use weft_proto::net::{Ipv4Net, Ipv6Net};
 
-use super::{Actor, Batch, NetId, NodeId, Operation, World, secs};
+use super::{Actor, Batch, NetId, NodeId, World, secs};
 use crate::error::ApiError;
 use crate::store::{NetworkRecord, Write};
 
@@ -60,33 +60,13 @@ pub struct Left {
     pub network: String,
 }
 
-impl Operation for NewNetwork {
-    type Output = NetState;
+operation!(NewNetwork => NetState, |op, w, batch, actor, now_ms| {
+    w.create_network(batch, actor, op, now_ms)
+});
 
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        actor: &Actor,
-        now_ms: u64,
-    ) -> Result<NetState, ApiError> {
-        w.create_network(batch, actor, self, now_ms)
-    }
-}
-
-impl Operation for LeaveNetwork {
-    type Output = Left;
-
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        actor: &Actor,
-        now_ms: u64,
-    ) -> Result<Left, ApiError> {
-        w.leave_network(batch, actor, &self.network, &self.node, now_ms)
-    }
-}
+operation!(LeaveNetwork => Left, |op, w, batch, actor, now_ms| {
+    w.leave_network(batch, actor, &op.network, &op.node, now_ms)
+});
 
 impl World {
     /// All networks, by name.

@@ -14,7 +14,7 @@ use crate::secret::SecretHash;
 use crate::store::{MembershipRecord, NodeRecord, Write};
 
 use super::tokens::TokenStatus;
-use super::{Actor, Batch, NetId, NodeId, Operation, World, secs};
+use super::{Actor, Batch, NetId, NodeId, World, secs};
 
 /// A node and its indexes.
 #[derive(Debug, Clone)]
@@ -111,76 +111,26 @@ pub struct NodeDetail {
     pub addresses: Vec<NodeAddress>,
 }
 
-impl Operation for Registration {
-    type Output = Registered;
+operation!(Registration => Registered, |op, w, batch, _, now_ms| {
+    w.register(batch, op, now_ms)
+});
 
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        _: &Actor,
-        now_ms: u64,
-    ) -> Result<Registered, ApiError> {
-        w.register(batch, self, now_ms)
-    }
-}
+operation!(UpdateNode => NodeDetail, |op, w, batch, actor, now_ms| {
+    w.update_node(batch, actor, &op.node, op.patch, now_ms)
+});
 
-impl Operation for UpdateNode {
-    type Output = NodeDetail;
+operation!(RemoveNode => (), |op, w, batch, actor, now_ms| {
+    w.remove_node(batch, actor, &op.0, now_ms)
+});
 
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        actor: &Actor,
-        now_ms: u64,
-    ) -> Result<NodeDetail, ApiError> {
-        w.update_node(batch, actor, &self.node, self.patch, now_ms)
-    }
-}
+operation!(Report => (), |op, w, batch, _, now_ms| {
+    w.report(batch, op.node, op.endpoints, now_ms)
+});
 
-impl Operation for RemoveNode {
-    type Output = ();
-
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        actor: &Actor,
-        now_ms: u64,
-    ) -> Result<(), ApiError> {
-        w.remove_node(batch, actor, &self.0, now_ms)
-    }
-}
-
-impl Operation for Report {
-    type Output = ();
-
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        _: &Actor,
-        now_ms: u64,
-    ) -> Result<(), ApiError> {
-        w.report(batch, self.node, self.endpoints, now_ms)
-    }
-}
-
-impl Operation for SetPresence {
-    type Output = ();
-
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        _: &Actor,
-        now_ms: u64,
-    ) -> Result<(), ApiError> {
-        w.presence(batch, self.node, self.online, now_ms);
-        Ok(())
-    }
-}
+operation!(SetPresence => (), |op, w, batch, _, now_ms| {
+    w.presence(batch, op.node, op.online, now_ms);
+    Ok(())
+});
 
 impl World {
     /// Nodes by name, optionally only members of `network`.

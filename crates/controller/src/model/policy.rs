@@ -19,7 +19,7 @@ use weft_policy::{
 };
 use weft_proto::NodeKey;
 
-use super::{Actor, Batch, NodeId, NodeState, Operation, Touched, World};
+use super::{Actor, Batch, NodeId, NodeState, Touched, World};
 use crate::error::ApiError;
 use crate::store::{PolicyRecord, Write};
 
@@ -143,19 +143,9 @@ pub struct SetPolicy {
     pub expect_version: Option<u64>,
 }
 
-impl Operation for SetPolicy {
-    type Output = PolicyRecord;
-
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        actor: &Actor,
-        now_ms: u64,
-    ) -> Result<PolicyRecord, ApiError> {
-        w.set_policy(batch, actor, self.text, self.expect_version, now_ms)
-    }
-}
+operation!(SetPolicy => PolicyRecord, |op, w, batch, actor, now_ms| {
+    w.set_policy(batch, actor, op.text, op.expect_version, now_ms)
+});
 
 impl World {
     /// How the policy sees a node: the one builder of its facts.

@@ -9,7 +9,7 @@ use crate::error::ApiError;
 use crate::secret::SecretHash;
 use crate::store::{RelayRecord, Write};
 
-use super::{Actor, Batch, Operation, RelayId, World, secs};
+use super::{Actor, Batch, RelayId, World, secs};
 
 /// A validated request to register a relay.
 #[derive(Debug, Clone)]
@@ -44,47 +44,17 @@ pub struct ReportRelay {
     pub report: RelayReport,
 }
 
-impl Operation for NewRelay {
-    type Output = RelayRecord;
+operation!(NewRelay => RelayRecord, |op, w, batch, actor, now_ms| {
+    w.create_relay(batch, actor, op, now_ms)
+});
 
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        actor: &Actor,
-        now_ms: u64,
-    ) -> Result<RelayRecord, ApiError> {
-        w.create_relay(batch, actor, self, now_ms)
-    }
-}
+operation!(RemoveRelay => (), |op, w, batch, actor, now_ms| {
+    w.remove_relay(batch, actor, &op.0, now_ms)
+});
 
-impl Operation for RemoveRelay {
-    type Output = ();
-
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        actor: &Actor,
-        now_ms: u64,
-    ) -> Result<(), ApiError> {
-        w.remove_relay(batch, actor, &self.0, now_ms)
-    }
-}
-
-impl Operation for ReportRelay {
-    type Output = RelayRecord;
-
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        _: &Actor,
-        now_ms: u64,
-    ) -> Result<RelayRecord, ApiError> {
-        w.relay_report(batch, self.relay, self.report, now_ms)
-    }
-}
+operation!(ReportRelay => RelayRecord, |op, w, batch, _, now_ms| {
+    w.relay_report(batch, op.relay, op.report, now_ms)
+});
 
 impl World {
     /// The relays every map lists: registered relays by name, then the

@@ -30,7 +30,7 @@ use weft_proto::NodeKey;
 use weft_proto::api::RouteRequest;
 use weft_proto::net::{Ipv4Net, check_routable_v4};
 
-use super::{Actor, Batch, NetId, NodeId, Operation, Touched, World, secs};
+use super::{Actor, Batch, NetId, NodeId, Touched, World, secs};
 use crate::error::ApiError;
 use crate::store::{RouteRecord, RouteSource, RouteState, Write};
 
@@ -105,33 +105,13 @@ pub struct RouteStatus {
     pub online: bool,
 }
 
-impl Operation for AdvertiseRoutes {
-    type Output = ();
+operation!(AdvertiseRoutes => (), |op, w, batch, _, now_ms| {
+    w.advertise_routes(batch, op.node, &op.routes, now_ms)
+});
 
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        _: &Actor,
-        now_ms: u64,
-    ) -> Result<(), ApiError> {
-        w.advertise_routes(batch, self.node, &self.routes, now_ms)
-    }
-}
-
-impl Operation for ChangeRoute {
-    type Output = Vec<RouteStatus>;
-
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        actor: &Actor,
-        now_ms: u64,
-    ) -> Result<Vec<RouteStatus>, ApiError> {
-        w.route_op(batch, actor, self.op, &self.req, now_ms)
-    }
-}
+operation!(ChangeRoute => Vec<RouteStatus>, |op, w, batch, actor, now_ms| {
+    w.route_op(batch, actor, op.op, &op.req, now_ms)
+});
 
 /// Parses and checks one route prefix (without looking at the networks): the
 /// same check as an overlay network's CIDR ([`check_routable_v4`]).

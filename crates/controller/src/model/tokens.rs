@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use super::{Actor, Batch, Operation, World, secs, secs_to_ms};
+use super::{Actor, Batch, World, secs, secs_to_ms};
 use crate::error::ApiError;
 use crate::secret::SecretHash;
 use crate::store::{TokenRecord, Write};
@@ -94,33 +94,13 @@ pub struct Token {
     pub status: TokenStatus,
 }
 
-impl Operation for NewToken {
-    type Output = Token;
+operation!(NewToken => Token, |op, w, batch, actor, now_ms| {
+    w.create_token(batch, actor, op, now_ms)
+});
 
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        actor: &Actor,
-        now_ms: u64,
-    ) -> Result<Token, ApiError> {
-        w.create_token(batch, actor, self, now_ms)
-    }
-}
-
-impl Operation for RevokeToken {
-    type Output = Token;
-
-    fn apply(
-        self,
-        w: &mut World,
-        batch: &mut Batch,
-        actor: &Actor,
-        now_ms: u64,
-    ) -> Result<Token, ApiError> {
-        w.revoke_token(batch, actor, self.0, now_ms)
-    }
-}
+operation!(RevokeToken => Token, |op, w, batch, actor, now_ms| {
+    w.revoke_token(batch, actor, op.0, now_ms)
+});
 
 impl World {
     /// `t` with its networks' names and its status at `now_ms`.
