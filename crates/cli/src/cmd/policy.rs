@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
-use super::admin::policy::{PolicyCmd as AdminPolicyCmd, run as run_admin_policy};
+use super::admin::policy::{CheckArgs, PolicyCmd as AdminPolicyCmd, run as run_admin_policy};
 use super::controller::ControllerArgs;
 
 /// `weft policy ...`.
@@ -18,19 +18,8 @@ pub enum PolicyCmd {
     /// Which rule of the controller's policy decides traffic from A to B (exit 0
     /// if allowed, 3 if not).
     Check {
-        /// Initiator: a node name or selector (`tag:web`, `network:prod`, ...).
-        #[arg(long)]
-        from: String,
-        /// Destination, same forms.
-        #[arg(long)]
-        to: String,
-        /// tcp, udp, icmp, or any (the default: tcp and udp at --port, and
-        /// icmp; allowed only if all three are).
-        #[arg(long)]
-        proto: Option<String>,
-        /// Destination port (tcp, udp and any).
-        #[arg(long)]
-        port: Option<u16>,
+        #[command(flatten)]
+        check: CheckArgs,
         #[command(flatten)]
         ctl: ControllerArgs,
     },
@@ -45,21 +34,7 @@ pub enum PolicyCmd {
 pub fn run(cmd: PolicyCmd, json: bool) -> anyhow::Result<ExitCode> {
     let (ctl, cmd) = match cmd {
         PolicyCmd::Show { ctl } => (ctl, AdminPolicyCmd::Show),
-        PolicyCmd::Check {
-            from,
-            to,
-            proto,
-            port,
-            ctl,
-        } => (
-            ctl,
-            AdminPolicyCmd::Check {
-                from,
-                to,
-                proto,
-                port,
-            },
-        ),
+        PolicyCmd::Check { check, ctl } => (ctl, AdminPolicyCmd::Check(check)),
     };
     let c = ctl.admin_client()?;
     let rt = tokio::runtime::Builder::new_current_thread()

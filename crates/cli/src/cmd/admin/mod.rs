@@ -10,7 +10,7 @@
 
 mod networks;
 mod nodes;
-pub(crate) mod policy;
+pub mod policy;
 mod relays;
 mod tokens;
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use weft_api_client::Client;
 use weft_proto::api::{PolicyCheckRequest, PolicyCheckResponse, SetPolicyRequest};
 
@@ -23,22 +23,27 @@ pub(crate) enum PolicyCmd {
         #[arg(long)]
         expect_version: Option<u64>,
     },
-    /// Which rule decides traffic from A to B (exit 0 if allowed, 1 if not).
-    Check {
-        /// Initiator: a node name or selector (`tag:web`, `network:prod`, ...).
-        #[arg(long)]
-        from: String,
-        /// Destination, same forms.
-        #[arg(long)]
-        to: String,
-        /// tcp, udp, icmp, or any (the default: tcp and udp at --port, and
-        /// icmp; allowed only if all three are).
-        #[arg(long)]
-        proto: Option<String>,
-        /// Destination port (tcp, udp and any).
-        #[arg(long)]
-        port: Option<u16>,
-    },
+    /// Which rule decides traffic from A to B (exit 0 if allowed, 3 if not;
+    /// 1 under the deprecated `weft-controller admin`).
+    Check(CheckArgs),
+}
+
+/// The flow `policy check` asks about (also `weft policy check`'s).
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Initiator: a node name or selector (`tag:web`, `network:prod`, ...).
+    #[arg(long)]
+    from: String,
+    /// Destination, same forms.
+    #[arg(long)]
+    to: String,
+    /// tcp, udp, icmp, or any (the default: tcp and udp at --port, and
+    /// icmp; allowed only if all three are).
+    #[arg(long)]
+    proto: Option<String>,
+    /// Destination port (tcp, udp and any).
+    #[arg(long)]
+    port: Option<u16>,
 }
 
 /// Runs `admin policy …`; `Ok(false)` when `check` answers "not allowed"
@@ -91,12 +96,12 @@ pub(crate) async fn run(c: &Client, cmd: PolicyCmd, json: bool) -> anyhow::Resul
             }
             Ok(true)
         }
-        PolicyCmd::Check {
+        PolicyCmd::Check(CheckArgs {
             from,
             to,
             proto,
             port,
-        } => {
+        }) => {
             let r = c
                 .check_policy(&PolicyCheckRequest {
                     api_version: None,
