@@ -24,7 +24,7 @@ use weft_proto::netmap::Relay;
 
 use crate::error::ApiError;
 use crate::secret::SecretHash;
-use crate::store::{AuditRecord, RelayRecord, RouteRecord, StoreSnapshot, TokenRecord, Write};
+use crate::store::{AuditRecord, RouteRecord, StoreSnapshot, Write};
 
 /// `operation!(Op => Output, |op, world, batch, actor, now_ms| body)`
 /// implements [`Operation`] for the request type `Op`: `body` carries it out
@@ -57,6 +57,7 @@ mod relays;
 mod routes;
 mod tokens;
 
+use networks::Networks;
 pub use networks::{FIRST_HOST_OFFSET, LeaveNetwork, Left, NetState, NewNetwork};
 pub use nodes::{
     NodeDetail, NodePatch, NodeState, Registered, Registration, RemoveNode, Report, SetPresence,
@@ -64,8 +65,10 @@ pub use nodes::{
 };
 pub use policy::{PolicyState, SetPolicy};
 pub use presence::{Presence, PresenceConfig};
+use relays::Relays;
 pub use relays::{NewRelay, RelayReport, RemoveRelay, ReportRelay};
 pub use routes::{AdvertiseRoutes, ChangeRoute, GATEWAY_TAG, RouteOp, RouteStatus};
+use tokens::Tokens;
 pub use tokens::{NewToken, RevokeToken, Token, TokenStatus};
 
 /// A network id.
@@ -212,25 +215,18 @@ pub struct World {
     pub policy: PolicyState,
     /// Every enabled node's compiled policy and visibility, kept incrementally.
     live: LivePolicy<NodeKey>,
-    networks: BTreeMap<NetId, NetState>,
-    network_by_name: BTreeMap<String, NetId>,
+    networks: Networks,
     nodes: BTreeMap<NodeId, NodeState>,
     node_by_key: BTreeMap<NodeKey, NodeId>,
     node_by_name: BTreeMap<String, NodeId>,
     // Lookup only, never iterated.
     node_by_cred: HashMap<SecretHash, NodeId>,
-    tokens: BTreeMap<u64, TokenRecord>,
-    token_by_hash: HashMap<SecretHash, u64>,
-    relay_records: BTreeMap<RelayId, RelayRecord>,
+    tokens: Tokens,
+    /// Registered relays (`relays` are the configured ones).
+    registered: Relays,
     /// Subnet routes by (network, prefix, gateway node).
     routes: BTreeMap<routes::RouteKey, RouteRecord>,
-    relay_by_name: BTreeMap<String, RelayId>,
-    // Lookup only, never iterated.
-    relay_by_token: HashMap<SecretHash, RelayId>,
-    next_network_id: u64,
     next_node_id: u64,
-    next_token_id: u64,
-    next_relay_id: u64,
     next_audit_id: u64,
 }
 
@@ -252,25 +248,12 @@ impl World {
             admin_hash: snap.admin_hash,
             relays,
             next_audit_id: snap.max_audit_id + 1,
-            next_network_id: 1,
             next_node_id: 1,
-            next_token_id: 1,
-            next_relay_id: 1,
+            networks: Networks::load(snap.networks),
+            tokens: Tokens::load(snap.tokens),
+            registered: Relays::load(snap.relays),
             ..World::default()
         };
-        for n in snap.networks {
-            w.next_network_id = w.next_network_id.max(n.id + 1);
-            w.network_by_name.insert(n.name.clone(), n.id);
-            w.networks.insert(
-                n.id,
-                NetState {
-                    rec: n,
-                    members: BTreeSet::new(),
-                    used: BTreeSet::new(),
-                    cursor: FIRST_HOST_OFFSET,
-                },
-            );
-        }
         for n in snap.nodes {
             w.next_node_id = w.next_node_id.max(n.id + 1);
             w.node_by_key.insert(n.node_key, n.id);
@@ -292,33 +275,19 @@ impl World {
                 w.networks.get_mut(&m.network_id),
                 w.nodes.get_mut(&m.node_id),
             ) {
-                net.members.insert(m.node_id);
-                if let Some(off) = net.rec.ipv4_cidr.offset_of(m.ipv4) {
-                    net.used.insert(off);
-                }
+                net.admit(&m);
                 node.memberships.insert(m.network_id, m);
             }
         }
-        for t in snap.tokens {
-            w.next_token_id = w.next_token_id.max(t.id + 1);
-            w.token_by_hash.insert(t.token_hash, t.id);
-            w.tokens.insert(t.id, t);
-        }
-        for r in snap.relays {
-            w.next_relay_id = w.next_relay_id.max(r.id + 1);
-            w.relay_by_name.insert(r.name.clone(), r.id);
-            w.relay_by_token.insert(r.token_hash, r.id);
-            w.relay_records.insert(r.id, r);
-        }
         for r in snap.routes {
-            if w.nodes.contains_key(&r.node_id) && w.networks.contains_key(&r.network_id) {
+            if w.nodes.contains_key(&r.node_id) && w.networks.get(&r.network_id).is_some() {
                 w.routes.insert((r.network_id, r.prefix, r.node_id), r);
             }
         }
         w.policy = match snap.policy {
             Some(rec) => PolicyState::from_record(rec),
             None => {
-                let names: Vec<&str> = w.network_by_name.keys().map(String::as_str).collect();
+                let names: Vec<&str> = w.networks.names().collect();
                 PolicyState::generated(&names)
             }
         };

@@ -2,14 +2,14 @@
 //! the others and against subnet routes, its default rule appended to the
 //! policy), handing out addresses, and a node leaving one network.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 use weft_proto::net::{Ipv4Net, Ipv6Net};
 
 use super::{Actor, Batch, NetId, NodeId, World, secs};
 use crate::error::ApiError;
-use crate::store::{NetworkRecord, Write};
+use crate::store::{MembershipRecord, NetworkRecord, Write};
 
 /// Offsets below this are not handed out: `.0` is the network address and `.1`
 /// is reserved for a future in-network controller/DNS address.
@@ -22,8 +22,63 @@ pub struct NetState {
     pub rec: NetworkRecord,
     /// Member nodes.
     pub members: BTreeSet<NodeId>,
-    pub(super) used: BTreeSet<u64>,
-    pub(super) cursor: u64,
+    /// Host offsets handed out (one per member).
+    used: BTreeSet<u64>,
+    /// Where the search for a free offset starts.
+    cursor: u64,
+}
+
+/// The networks, by id, with their index by name; ids are handed out here.
+#[derive(Debug, Default)]
+pub(super) struct Networks {
+    rows: BTreeMap<NetId, NetState>,
+    by_name: BTreeMap<String, NetId>,
+    next_id: NetId,
+}
+
+impl Networks {
+    /// From the stored rows.
+    pub(super) fn load(rows: Vec<NetworkRecord>) -> Networks {
+        let mut nets = Networks {
+            next_id: 1,
+            ..Networks::default()
+        };
+        for rec in rows {
+            nets.next_id = nets.next_id.max(rec.id + 1);
+            nets.insert(NetState::new(rec));
+        }
+        nets
+    }
+
+    fn insert(&mut self, net: NetState) {
+        self.by_name.insert(net.rec.name.clone(), net.rec.id);
+        self.rows.insert(net.rec.id, net);
+    }
+
+    /// A network by id.
+    pub(super) fn get(&self, id: &NetId) -> Option<&NetState> {
+        self.rows.get(id)
+    }
+
+    /// A network by id, to admit or release a member.
+    pub(super) fn get_mut(&mut self, id: &NetId) -> Option<&mut NetState> {
+        self.rows.get_mut(id)
+    }
+
+    /// The id of the network named `name`.
+    pub(super) fn id_by_name(&self, name: &str) -> Option<NetId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Every network, by id.
+    pub(super) fn values(&self) -> impl Iterator<Item = &NetState> + '_ {
+        self.rows.values()
+    }
+
+    /// The names of every network, sorted.
+    pub(super) fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.by_name.keys().map(String::as_str)
+    }
 }
 
 /// A validated request to create a network.
@@ -71,14 +126,15 @@ operation!(LeaveNetwork => Left, |op, w, batch, actor, now_ms| {
 impl World {
     /// All networks, by name.
     pub fn networks_by_name(&self) -> impl Iterator<Item = &NetState> + '_ {
-        self.network_by_name
+        self.networks
+            .by_name
             .values()
             .filter_map(|id| self.networks.get(id))
     }
 
     /// The ids of all networks.
     pub fn network_ids(&self) -> impl Iterator<Item = NetId> + '_ {
-        self.networks.keys().copied()
+        self.networks.rows.keys().copied()
     }
 
     /// A network by id.
@@ -88,9 +144,9 @@ impl World {
 
     /// A network by name.
     pub fn network_by_name(&self, name: &str) -> Option<&NetState> {
-        self.network_by_name
-            .get(name)
-            .and_then(|id| self.networks.get(id))
+        self.networks
+            .id_by_name(name)
+            .and_then(|id| self.networks.get(&id))
     }
 
     pub(super) fn create_network(
@@ -109,7 +165,7 @@ impl World {
             weft_proto::net::check_routable_v6(p)
                 .map_err(|e| ApiError::invalid("invalid_cidr", format!("ipv6_prefix {p} {e}")))?;
         }
-        if self.network_by_name.contains_key(&n.name) {
+        if self.networks.by_name.contains_key(&n.name) {
             return Err(ApiError::conflict(
                 "network_exists",
                 format!("network {:?} already exists", n.name),
@@ -142,8 +198,8 @@ impl World {
                 ),
             ));
         }
-        let id = self.next_network_id;
-        self.next_network_id += 1;
+        let id = self.networks.next_id;
+        self.networks.next_id += 1;
         let rec = NetworkRecord {
             id,
             name: n.name.clone(),
@@ -154,15 +210,9 @@ impl World {
             created_at: secs(now_ms),
         };
         batch.writes.push(Write::PutNetwork(rec.clone()));
-        self.network_by_name.insert(n.name.clone(), id);
-        let state = NetState {
-            rec,
-            members: BTreeSet::new(),
-            used: BTreeSet::new(),
-            cursor: FIRST_HOST_OFFSET,
-        };
+        let state = NetState::new(rec);
         let rec = state.rec.clone();
-        self.networks.insert(id, state.clone());
+        self.networks.insert(state.clone());
         self.audit(
             batch,
             actor,
@@ -192,7 +242,7 @@ impl World {
         now_ms: u64,
     ) -> Result<Left, ApiError> {
         let id = self.node_id_for(sel)?;
-        let net_id = self.network_by_name.get(network).copied().ok_or_else(|| {
+        let net_id = self.networks.id_by_name(network).ok_or_else(|| {
             ApiError::not_found("network_not_found", format!("no network named {network:?}"))
         })?;
         let Some(mut node) = self.nodes.remove(&id) else {
@@ -207,10 +257,7 @@ impl World {
             ));
         };
         if let Some(net) = self.networks.get_mut(&net_id) {
-            net.members.remove(&id);
-            if let Some(off) = net.rec.ipv4_cidr.offset_of(m.ipv4) {
-                net.used.remove(&off);
-            }
+            net.release(&m);
         }
         // Peers in that network drop it; the node gets a map without it.
         batch.touched.entries.insert((net_id, node.rec.node_key));
@@ -239,6 +286,40 @@ impl World {
 }
 
 impl NetState {
+    fn new(rec: NetworkRecord) -> NetState {
+        NetState {
+            rec,
+            members: BTreeSet::new(),
+            used: BTreeSet::new(),
+            cursor: FIRST_HOST_OFFSET,
+        }
+    }
+
+    /// Records membership `m` (its node and address), as loaded.
+    pub(super) fn admit(&mut self, m: &MembershipRecord) {
+        self.members.insert(m.node_id);
+        if let Some(off) = self.rec.ipv4_cidr.offset_of(m.ipv4) {
+            self.used.insert(off);
+        }
+    }
+
+    /// Records new membership `m`, whose address [`NetState::free_offset`]
+    /// just handed out: the next search starts after it.
+    pub(super) fn join(&mut self, m: &MembershipRecord) {
+        self.admit(m);
+        if let Some(off) = self.rec.ipv4_cidr.offset_of(m.ipv4) {
+            self.cursor = off + 1;
+        }
+    }
+
+    /// Forgets membership `m`: its address is free again.
+    pub(super) fn release(&mut self, m: &MembershipRecord) {
+        self.members.remove(&m.node_id);
+        if let Some(off) = self.rec.ipv4_cidr.offset_of(m.ipv4) {
+            self.used.remove(&off);
+        }
+    }
+
     /// Number of addresses that can be handed out.
     pub fn capacity(&self) -> u64 {
         self.rec

@@ -223,15 +223,12 @@ impl World {
         r: Registration,
         now_ms: u64,
     ) -> Result<Registered, ApiError> {
-        let token_id = *self
-            .token_by_hash
-            .get(&r.token_hash)
-            .ok_or(ApiError::InvalidToken)?;
         let token = self
             .tokens
-            .get(&token_id)
+            .by_hash(&r.token_hash)
             .ok_or(ApiError::InvalidToken)?
             .clone();
+        let token_id = token.id;
         let existing = self.node_by_key.get(&r.node_key).copied();
         if let Some(id) = existing
             && self.nodes.get(&id).is_some_and(|n| n.rec.disabled)
@@ -357,9 +354,6 @@ impl World {
             let Some(ipv4) = net.rec.ipv4_cidr.nth(off) else {
                 continue;
             };
-            net.used.insert(off);
-            net.cursor = off + 1;
-            net.members.insert(id);
             let m = MembershipRecord {
                 node_id: id,
                 network_id: net_id,
@@ -368,13 +362,13 @@ impl World {
                 token_id: Some(token_id),
                 joined_at: now,
             };
+            net.join(&m);
             batch.writes.push(Write::PutMembership(m.clone()));
             node.memberships.insert(net_id, m);
         }
         if !is_retry {
             batch.touched.resync.insert(id);
-            if let Some(t) = self.tokens.get_mut(&token_id) {
-                t.uses = t.uses.saturating_add(1);
+            if let Some(t) = self.tokens.count_use(token_id) {
                 batch.writes.push(Write::PutToken(t.clone()));
             }
         }
@@ -536,10 +530,7 @@ impl World {
         batch.touched.policy_nodes.insert(node.rec.node_key);
         for (net_id, m) in &node.memberships {
             if let Some(net) = self.networks.get_mut(net_id) {
-                net.members.remove(&id);
-                if let Some(off) = net.rec.ipv4_cidr.offset_of(m.ipv4) {
-                    net.used.remove(&off);
-                }
+                net.release(m);
             }
         }
         self.node_by_key.remove(&node.rec.node_key);

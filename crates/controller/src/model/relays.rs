@@ -1,6 +1,8 @@
 //! Relays: registered relays (name, URL, token, what each reports about
 //! itself), the configured `--relay` URLs, and the members a relay may serve.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde_json::json;
 use weft_proto::NodeKey;
 use weft_proto::netmap::Relay;
@@ -56,13 +58,57 @@ operation!(ReportRelay => RelayRecord, |op, w, batch, _, now_ms| {
     w.relay_report(batch, op.relay, op.report, now_ms)
 });
 
+/// The registered relays, by id, with their indexes by name and by token;
+/// ids are handed out here.
+#[derive(Debug, Default)]
+pub(super) struct Relays {
+    rows: BTreeMap<RelayId, RelayRecord>,
+    by_name: BTreeMap<String, RelayId>,
+    // Lookup only, never iterated.
+    by_token: HashMap<SecretHash, RelayId>,
+    next_id: RelayId,
+}
+
+impl Relays {
+    /// From the stored rows.
+    pub(super) fn load(rows: Vec<RelayRecord>) -> Relays {
+        let mut relays = Relays {
+            next_id: 1,
+            ..Relays::default()
+        };
+        for r in rows {
+            relays.next_id = relays.next_id.max(r.id + 1);
+            relays.insert(r);
+        }
+        relays
+    }
+
+    fn insert(&mut self, r: RelayRecord) {
+        self.by_name.insert(r.name.clone(), r.id);
+        self.by_token.insert(r.token_hash, r.id);
+        self.rows.insert(r.id, r);
+    }
+
+    /// Removes the relay named `name`, with its indexes.
+    fn remove(&mut self, name: &str) -> Option<RelayRecord> {
+        let id = self.by_name.remove(name)?;
+        let r = self.rows.remove(&id)?;
+        self.by_token.remove(&r.token_hash);
+        Some(r)
+    }
+
+    /// By name.
+    fn values(&self) -> impl Iterator<Item = &RelayRecord> + '_ {
+        self.by_name.values().filter_map(|id| self.rows.get(id))
+    }
+}
+
 impl World {
     /// The relays every map lists: registered relays by name, then the
     /// configured `--relay` URLs.
     pub fn map_relays(&self) -> Vec<Relay> {
-        self.relay_by_name
+        self.registered
             .values()
-            .filter_map(|id| self.relay_records.get(id))
             .map(|r| Relay {
                 url: r.url.clone(),
                 name: Some(r.name.clone()),
@@ -75,28 +121,28 @@ impl World {
 
     /// The relay holding this token.
     pub fn relay_by_token(&self, hash: &SecretHash) -> Option<&RelayRecord> {
-        self.relay_by_token
+        self.registered
+            .by_token
             .get(hash)
-            .and_then(|id| self.relay_records.get(id))
+            .and_then(|id| self.registered.rows.get(id))
     }
 
     /// A relay by id.
     pub fn relay(&self, id: RelayId) -> Option<&RelayRecord> {
-        self.relay_records.get(&id)
+        self.registered.rows.get(&id)
     }
 
     /// A relay by name.
     pub fn relay_by_name(&self, name: &str) -> Option<&RelayRecord> {
-        self.relay_by_name
+        self.registered
+            .by_name
             .get(name)
-            .and_then(|id| self.relay_records.get(id))
+            .and_then(|id| self.registered.rows.get(id))
     }
 
     /// All relays, by name.
     pub fn relays_by_name(&self) -> impl Iterator<Item = &RelayRecord> + '_ {
-        self.relay_by_name
-            .values()
-            .filter_map(|id| self.relay_records.get(id))
+        self.registered.values()
     }
 
     /// Whether `key` is a member a relay may serve: a registered, enabled node.
@@ -129,14 +175,14 @@ impl World {
         r: NewRelay,
         now_ms: u64,
     ) -> Result<RelayRecord, ApiError> {
-        if self.relay_by_name.contains_key(&r.name) {
+        if self.registered.by_name.contains_key(&r.name) {
             return Err(ApiError::conflict(
                 "relay_exists",
                 format!("relay {:?} already exists", r.name),
             ));
         }
-        let id = self.next_relay_id;
-        self.next_relay_id += 1;
+        let id = self.registered.next_id;
+        self.registered.next_id += 1;
         let rec = RelayRecord {
             id,
             name: r.name.clone(),
@@ -148,9 +194,7 @@ impl World {
             last_seen: None,
         };
         batch.writes.push(Write::PutRelay(rec.clone()));
-        self.relay_by_name.insert(rec.name.clone(), id);
-        self.relay_by_token.insert(rec.token_hash, id);
-        self.relay_records.insert(id, rec.clone());
+        self.registered.insert(rec.clone());
         self.resync_all(batch);
         self.audit(
             batch,
@@ -170,14 +214,10 @@ impl World {
         name: &str,
         now_ms: u64,
     ) -> Result<(), ApiError> {
-        let id = *self.relay_by_name.get(name).ok_or_else(|| {
+        let rec = self.registered.remove(name).ok_or_else(|| {
             ApiError::not_found("relay_not_found", format!("no relay named {name:?}"))
         })?;
-        let Some(rec) = self.relay_records.remove(&id) else {
-            return Err(ApiError::Internal);
-        };
-        self.relay_by_name.remove(&rec.name);
-        self.relay_by_token.remove(&rec.token_hash);
+        let id = rec.id;
         batch.writes.push(Write::DeleteRelay(id));
         batch.touched.evicted_relays.insert(id);
         self.resync_all(batch);
@@ -200,7 +240,8 @@ impl World {
         now_ms: u64,
     ) -> Result<RelayRecord, ApiError> {
         let rec = self
-            .relay_records
+            .registered
+            .rows
             .get_mut(&id)
             .ok_or(ApiError::Unauthorized)?;
         let changed =

@@ -454,7 +454,7 @@ impl World {
     ) -> Result<Vec<NetId>, ApiError> {
         let n = self.nodes.get(&node).ok_or(ApiError::Internal)?;
         if let Some(name) = &req.network {
-            let net = self.network_by_name.get(name).copied().ok_or_else(|| {
+            let net = self.networks.id_by_name(name).ok_or_else(|| {
                 ApiError::not_found("network_not_found", format!("no network named {name:?}"))
             })?;
             if !n.memberships.contains_key(&net) {

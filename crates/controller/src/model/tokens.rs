@@ -1,7 +1,7 @@
 //! Join tokens: creation, revocation, and whether one can be used now (a
 //! registration consumes a use: see `nodes`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::json;
 
@@ -25,6 +25,49 @@ pub struct NewToken {
     pub description: Option<String>,
     /// Hash of the generated secret.
     pub hash: SecretHash,
+}
+
+/// The join tokens, by id, with their index by secret hash; ids are handed
+/// out here.
+#[derive(Debug, Default)]
+pub(super) struct Tokens {
+    rows: BTreeMap<u64, TokenRecord>,
+    // Lookup only, never iterated.
+    by_hash: HashMap<SecretHash, u64>,
+    next_id: u64,
+}
+
+impl Tokens {
+    /// From the stored rows.
+    pub(super) fn load(rows: Vec<TokenRecord>) -> Tokens {
+        let mut tokens = Tokens {
+            next_id: 1,
+            ..Tokens::default()
+        };
+        for t in rows {
+            tokens.next_id = tokens.next_id.max(t.id + 1);
+            tokens.insert(t);
+        }
+        tokens
+    }
+
+    fn insert(&mut self, t: TokenRecord) {
+        self.by_hash.insert(t.token_hash, t.id);
+        self.rows.insert(t.id, t);
+    }
+
+    /// The token whose secret hashes to `hash`.
+    pub(super) fn by_hash(&self, hash: &SecretHash) -> Option<&TokenRecord> {
+        self.by_hash.get(hash).and_then(|id| self.rows.get(id))
+    }
+
+    /// Counts one use of token `id` (a registration that joined a network);
+    /// returns the row to persist.
+    pub(super) fn count_use(&mut self, id: u64) -> Option<&TokenRecord> {
+        let t = self.rows.get_mut(&id)?;
+        t.uses = t.uses.saturating_add(1);
+        Some(t)
+    }
 }
 
 /// Admin: revoke a join token, by id.
@@ -120,7 +163,7 @@ impl World {
 
     /// All tokens, by id.
     pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> + '_ {
-        self.tokens.values()
+        self.tokens.rows.values()
     }
 
     fn create_token(
@@ -132,13 +175,13 @@ impl World {
     ) -> Result<Token, ApiError> {
         let mut networks = BTreeSet::new();
         for name in &t.networks {
-            let id = self.network_by_name.get(name).ok_or_else(|| {
+            let id = self.networks.id_by_name(name).ok_or_else(|| {
                 ApiError::not_found("network_not_found", format!("no network named {name:?}"))
             })?;
-            networks.insert(*id);
+            networks.insert(id);
         }
-        let id = self.next_token_id;
-        self.next_token_id += 1;
+        let id = self.tokens.next_id;
+        self.tokens.next_id += 1;
         let rec = TokenRecord {
             id,
             token_hash: t.hash,
@@ -153,8 +196,7 @@ impl World {
         };
         batch.writes.push(Write::PutToken(rec.clone()));
         let token = self.token(&rec, now_ms);
-        self.token_by_hash.insert(rec.token_hash, id);
-        self.tokens.insert(id, rec);
+        self.tokens.insert(rec);
         let r = &token.rec;
         self.audit(
             batch,
@@ -174,7 +216,7 @@ impl World {
         id: u64,
         now_ms: u64,
     ) -> Result<Token, ApiError> {
-        let t = self.tokens.get_mut(&id).ok_or_else(|| {
+        let t = self.tokens.rows.get_mut(&id).ok_or_else(|| {
             ApiError::not_found("token_not_found", format!("no token with id {id}"))
         })?;
         t.revoked = true;
