@@ -177,10 +177,20 @@ pub struct Sim {
     scratch: Vec<u8>,
     steps: u64,
     next_id: u64,
+    /// Per host: the instant its `handle_timeout` last ran, and whether its
+    /// timer was still due after that.
+    timer_ran: Vec<(Option<Duration>, bool)>,
+    /// Times a node's `poll_timeout` was still at or before `now` right after
+    /// `handle_timeout(now)` (a drive-contract breach: a real shell would spin
+    /// until its clock moved on; the simulation moves its clock 1 ms).
+    pub stale_timers: u64,
 }
 
-/// Steps one `run_until` may take before the simulation is declared livelocked.
-const MAX_STEPS: u64 = 5_000_000;
+/// Steps without the clock advancing before the simulation is declared
+/// livelocked.
+const MAX_STEPS_AT_ONE_INSTANT: u64 = 100_000;
+/// How far the clock moves when only timers that stayed due are left.
+const STALE_TIMER_STEP: Duration = Duration::from_millis(1);
 
 impl Sim {
     /// Builds the hosts (keys and node seeds from `cfg.seed`), makes every host
@@ -242,6 +252,8 @@ impl Sim {
             scratch: vec![0u8; 70_000],
             steps: 0,
             next_id: 0,
+            timer_ran: vec![(None, false); n],
+            stale_timers: 0,
         };
         if cfg.stun {
             let now = sim.instant();
@@ -263,6 +275,17 @@ impl Sim {
     /// The virtual clock as the nodes see it (`now` for their inputs).
     pub fn instant(&self) -> Instant {
         self.base + self.now
+    }
+
+    /// The hosts in host `i`'s current map, by index.
+    pub fn peers_of(&self, i: usize) -> Vec<usize> {
+        let Some(cfg) = self.hosts[i].config.as_ref() else {
+            return Vec::new();
+        };
+        cfg.peers
+            .iter()
+            .filter_map(|p| self.host_of(&p.key))
+            .collect()
     }
 
     /// The path host `i` uses for host `j` (`None` when `j` is not its peer).
@@ -437,13 +460,23 @@ impl Sim {
 
     // ----- time ----------------------------------------------------------------------
 
-    /// The next instant something is due: a node's timer or a delivery.
+    /// The next instant something is due: a node's timer or a delivery. A
+    /// timer still due after it ran at this instant counts as due 1 ms later
+    /// (the time a spinning shell's clock would take to move).
     fn next_due(&self) -> Option<Duration> {
         let timers = self
             .hosts
             .iter()
-            .filter_map(|h| h.node.poll_timeout())
-            .map(|(t, _)| self.offset(t))
+            .zip(&self.timer_ran)
+            .filter_map(|(h, ran)| {
+                let t = self.offset(h.node.poll_timeout()?.0);
+                Some(match ran {
+                    (Some(at), true) if *at == self.now && t <= self.now => {
+                        self.now + STALE_TIMER_STEP
+                    }
+                    _ => t,
+                })
+            })
             .min();
         let wire = self.wire.keys().next().map(|k| k.0);
         [timers, wire].into_iter().flatten().min()
@@ -453,13 +486,20 @@ impl Sim {
     /// sets the clock to `end`. The clock jumps from one due thing to the next.
     ///
     /// # Panics
-    /// When more than a few million steps do not reach `end` (a livelock).
+    /// When the clock stops advancing for [`MAX_STEPS_AT_ONE_INSTANT`] steps
+    /// (a livelock: a timer that stays due after it ran, or datagrams that
+    /// never stop), naming each node's next timer.
     pub fn run_until(&mut self, end: Duration) {
-        let mut steps = 0u64;
+        let mut same = 0u64;
         while let Some(next) = self.next_due().filter(|t| *t <= end) {
-            steps += 1;
             self.steps += 1;
-            assert!(steps < MAX_STEPS, "simulation livelocked at {:?}", self.now);
+            if next > self.now {
+                same = 0;
+            }
+            same += 1;
+            if same > MAX_STEPS_AT_ONE_INSTANT {
+                panic!("{}", self.livelock());
+            }
             self.now = self.now.max(next);
             if let Some(entry) = self.wire.first_entry()
                 && entry.key().0 <= self.now
@@ -470,17 +510,42 @@ impl Sim {
             }
             let now = self.instant();
             for i in 0..self.hosts.len() {
-                if self.hosts[i]
-                    .node
-                    .poll_timeout()
-                    .is_some_and(|(t, _)| t <= now)
-                {
-                    self.hosts[i].node.handle_timeout(now);
-                    self.drain(i);
+                let due = self.hosts[i].node.poll_timeout();
+                if due.is_none_or(|(t, _)| t > now) || self.timer_ran[i] == (Some(self.now), true) {
+                    continue;
                 }
+                self.hosts[i].node.handle_timeout(now);
+                self.drain(i);
+                let after = self.hosts[i].node.poll_timeout();
+                let stale = after.is_some_and(|(t, _)| t <= now);
+                if stale {
+                    self.stale_timers += 1;
+                    let (_, was_stale) = self.timer_ran[i];
+                    if !was_stale {
+                        let name = self.hosts[i].name.clone();
+                        let (t, why) = after.unwrap_or((now, ""));
+                        let at = crate::trace::stamp(self.offset(t));
+                        self.trace.line(self.now, || {
+                            format!(
+                                "stale-timer {name} {why} due {at} still due after handle_timeout"
+                            )
+                        });
+                    }
+                }
+                self.timer_ran[i] = (Some(self.now), stale);
             }
         }
         self.now = self.now.max(end);
+    }
+
+    fn livelock(&self) -> String {
+        let mut s = format!("simulation livelocked at {:?}:", self.now);
+        for h in &self.hosts {
+            let due = h.node.poll_timeout().map(|(t, why)| (self.offset(t), why));
+            s.push_str(&format!(" {} next timer {due:?};", h.name));
+        }
+        s.push_str(&format!(" {} datagrams in flight", self.wire.len()));
+        s
     }
 
     /// Runs for `d` of virtual time.
