@@ -16,7 +16,7 @@
 //! `routes`; `presence` is the debouncer whose decisions arrive as
 //! [`SetPresence`]. The JSON views of this state live in `crate::api::views`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use weft_policy::{LivePolicy, Transition, Viewpoint};
 use weft_proto::NodeKey;
@@ -59,6 +59,7 @@ mod tokens;
 
 use networks::Networks;
 pub use networks::{FIRST_HOST_OFFSET, LeaveNetwork, Left, NetState, NewNetwork};
+use nodes::Nodes;
 pub use nodes::{
     NodeDetail, NodePatch, NodeState, Registered, Registration, RemoveNode, Report, SetPresence,
     UpdateNode,
@@ -216,17 +217,12 @@ pub struct World {
     /// Every enabled node's compiled policy and visibility, kept incrementally.
     live: LivePolicy<NodeKey>,
     networks: Networks,
-    nodes: BTreeMap<NodeId, NodeState>,
-    node_by_key: BTreeMap<NodeKey, NodeId>,
-    node_by_name: BTreeMap<String, NodeId>,
-    // Lookup only, never iterated.
-    node_by_cred: HashMap<SecretHash, NodeId>,
+    nodes: Nodes,
     tokens: Tokens,
     /// Registered relays (`relays` are the configured ones).
     registered: Relays,
     /// Subnet routes by (network, prefix, gateway node).
     routes: BTreeMap<routes::RouteKey, RouteRecord>,
-    next_node_id: u64,
     next_audit_id: u64,
 }
 
@@ -248,28 +244,12 @@ impl World {
             admin_hash: snap.admin_hash,
             relays,
             next_audit_id: snap.max_audit_id + 1,
-            next_node_id: 1,
             networks: Networks::load(snap.networks),
             tokens: Tokens::load(snap.tokens),
+            nodes: Nodes::load(snap.nodes),
             registered: Relays::load(snap.relays),
             ..World::default()
         };
-        for n in snap.nodes {
-            w.next_node_id = w.next_node_id.max(n.id + 1);
-            w.node_by_key.insert(n.node_key, n.id);
-            w.node_by_name.insert(n.name.clone(), n.id);
-            w.node_by_cred.insert(n.credential_hash, n.id);
-            let seen = n.last_seen;
-            w.nodes.insert(
-                n.id,
-                NodeState {
-                    rec: n,
-                    memberships: BTreeMap::new(),
-                    online: false,
-                    seen_published: seen,
-                },
-            );
-        }
         for m in snap.memberships {
             if let (Some(net), Some(node)) = (
                 w.networks.get_mut(&m.network_id),
@@ -280,7 +260,7 @@ impl World {
             }
         }
         for r in snap.routes {
-            if w.nodes.contains_key(&r.node_id) && w.networks.get(&r.network_id).is_some() {
+            if w.nodes.get(&r.node_id).is_some() && w.networks.get(&r.network_id).is_some() {
                 w.routes.insert((r.network_id, r.prefix, r.node_id), r);
             }
         }

@@ -245,12 +245,10 @@ impl World {
         let net_id = self.networks.id_by_name(network).ok_or_else(|| {
             ApiError::not_found("network_not_found", format!("no network named {network:?}"))
         })?;
-        let Some(mut node) = self.nodes.remove(&id) else {
-            return Err(ApiError::Internal);
-        };
+        let mut node = self.take_node(id, sel)?;
         let Some(m) = node.memberships.remove(&net_id) else {
             let name = node.rec.name.clone();
-            self.nodes.insert(id, node);
+            self.nodes.put(node);
             return Err(ApiError::conflict(
                 "not_a_member",
                 format!("node {name:?} is not a member of network {network:?}"),
@@ -264,7 +262,7 @@ impl World {
         batch.touched.resync.insert(id);
         batch.touched.policy_nodes.insert(node.rec.node_key);
         let (key, name) = (node.rec.node_key, node.rec.name.clone());
-        self.nodes.insert(id, node);
+        self.nodes.put(node);
         self.drop_routes_of(batch, id, Some(net_id));
         batch.writes.push(Write::DeleteMembership {
             node_id: id,

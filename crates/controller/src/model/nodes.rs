@@ -2,7 +2,7 @@
 //! address in each of the token's networks), renames, tags, disabling,
 //! removal, reported endpoints and presence.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use serde_json::json;
@@ -31,6 +31,91 @@ pub struct NodeState {
     pub online: bool,
     /// The `last_seen` value peers were last told about.
     pub seen_published: Option<u64>,
+}
+
+/// The nodes, by id, with their indexes by key, name and credential; ids are
+/// handed out here. A node being changed is taken out ([`Nodes::take`]) and
+/// put back ([`Nodes::put`]), which keeps every index in step with its row.
+#[derive(Debug, Default)]
+pub(super) struct Nodes {
+    rows: BTreeMap<NodeId, NodeState>,
+    by_key: BTreeMap<NodeKey, NodeId>,
+    by_name: BTreeMap<String, NodeId>,
+    // Lookup only, never iterated.
+    by_cred: HashMap<SecretHash, NodeId>,
+    next_id: NodeId,
+}
+
+impl Nodes {
+    /// From the stored rows (memberships are added by the caller).
+    pub(super) fn load(rows: Vec<NodeRecord>) -> Nodes {
+        let mut nodes = Nodes {
+            next_id: 1,
+            ..Nodes::default()
+        };
+        for rec in rows {
+            nodes.next_id = nodes.next_id.max(rec.id + 1);
+            let seen = rec.last_seen;
+            nodes.put(NodeState {
+                rec,
+                memberships: BTreeMap::new(),
+                online: false,
+                seen_published: seen,
+            });
+        }
+        nodes
+    }
+
+    /// Puts `node` in, with its indexes.
+    pub(super) fn put(&mut self, node: NodeState) {
+        self.by_key.insert(node.rec.node_key, node.rec.id);
+        self.by_name.insert(node.rec.name.clone(), node.rec.id);
+        self.by_cred.insert(node.rec.credential_hash, node.rec.id);
+        self.rows.insert(node.rec.id, node);
+    }
+
+    /// Takes node `id` out, with its indexes.
+    pub(super) fn take(&mut self, id: NodeId) -> Option<NodeState> {
+        let node = self.rows.remove(&id)?;
+        self.by_key.remove(&node.rec.node_key);
+        self.by_name.remove(&node.rec.name);
+        self.by_cred.remove(&node.rec.credential_hash);
+        Some(node)
+    }
+
+    /// A node by id.
+    pub(super) fn get(&self, id: &NodeId) -> Option<&NodeState> {
+        self.rows.get(id)
+    }
+
+    /// A node by id, to change what no index covers (endpoints, presence,
+    /// memberships).
+    pub(super) fn get_mut(&mut self, id: &NodeId) -> Option<&mut NodeState> {
+        self.rows.get_mut(id)
+    }
+
+    /// Every node, by id.
+    pub(super) fn values(&self) -> impl Iterator<Item = &NodeState> + '_ {
+        self.rows.values()
+    }
+
+    /// The id of the node with key `key`.
+    pub(super) fn id_by_key(&self, key: &NodeKey) -> Option<NodeId> {
+        self.by_key.get(key).copied()
+    }
+
+    /// The id of the node named `name`.
+    pub(super) fn id_by_name(&self, name: &str) -> Option<NodeId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The keys of the enabled nodes, sorted.
+    pub(super) fn enabled_keys(&self) -> impl Iterator<Item = NodeKey> + '_ {
+        self.by_key
+            .iter()
+            .filter(|(_, id)| self.rows.get(id).is_some_and(|n| !n.rec.disabled))
+            .map(|(k, _)| *k)
+    }
 }
 
 /// A registration whose signature and proof of work the handler already checked.
@@ -135,7 +220,8 @@ operation!(SetPresence => (), |op, w, batch, _, now_ms| {
 impl World {
     /// Nodes by name, optionally only members of `network`.
     pub fn nodes_by_name(&self, network: Option<NetId>) -> impl Iterator<Item = &NodeState> + '_ {
-        self.node_by_name
+        self.nodes
+            .by_name
             .values()
             .filter_map(|id| self.nodes.get(id))
             .filter(move |n| network.is_none_or(|net| n.memberships.contains_key(&net)))
@@ -145,7 +231,8 @@ impl World {
 
     /// The node holding this credential.
     pub fn node_by_credential(&self, hash: &SecretHash) -> Option<&NodeState> {
-        self.node_by_cred
+        self.nodes
+            .by_cred
             .get(hash)
             .and_then(|id| self.nodes.get(id))
     }
@@ -160,15 +247,15 @@ impl World {
         let by_key = sel
             .parse::<NodeKey>()
             .ok()
-            .and_then(|k| self.node_by_key.get(&k));
+            .and_then(|k| self.nodes.id_by_key(&k));
         by_key
-            .or_else(|| self.node_by_name.get(sel))
-            .and_then(|id| self.nodes.get(id))
+            .or_else(|| self.nodes.id_by_name(sel))
+            .and_then(|id| self.nodes.get(&id))
     }
 
     /// Number of nodes.
     pub fn node_count(&self) -> usize {
-        self.nodes.len()
+        self.nodes.rows.len()
     }
 
     /// A node's addresses, by network name.
@@ -190,7 +277,7 @@ impl World {
 
     /// All node ids (for tests and checks).
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.nodes.keys().copied()
+        self.nodes.rows.keys().copied()
     }
 
     /// The nodes online now (kept across a reload of the state: presence is
@@ -214,7 +301,7 @@ impl World {
 
     /// A node by key.
     pub fn find_node_by_key(&self, key: &NodeKey) -> Option<&NodeState> {
-        self.node_by_key.get(key).and_then(|id| self.nodes.get(id))
+        self.nodes.id_by_key(key).and_then(|id| self.nodes.get(&id))
     }
 
     fn register(
@@ -229,7 +316,7 @@ impl World {
             .ok_or(ApiError::InvalidToken)?
             .clone();
         let token_id = token.id;
-        let existing = self.node_by_key.get(&r.node_key).copied();
+        let existing = self.nodes.id_by_key(&r.node_key);
         if let Some(id) = existing
             && self.nodes.get(&id).is_some_and(|n| n.rec.disabled)
         {
@@ -307,11 +394,11 @@ impl World {
         // Everything checked: apply.
         let now = secs(now_ms);
         let id = existing.unwrap_or_else(|| {
-            let id = self.next_node_id;
-            self.next_node_id += 1;
+            let id = self.nodes.next_id;
+            self.nodes.next_id += 1;
             id
         });
-        let mut node = match existing.and_then(|id| self.nodes.remove(&id)) {
+        let mut node = match existing.and_then(|id| self.nodes.take(id)) {
             Some(n) => n,
             None => NodeState {
                 rec: NodeRecord {
@@ -331,7 +418,6 @@ impl World {
                 seen_published: None,
             },
         };
-        self.node_by_cred.remove(&node.rec.credential_hash);
         node.rec.credential_hash = r.credential_hash;
         node.rec.last_seen = Some(now);
         if r.hostname.is_some() {
@@ -343,9 +429,6 @@ impl World {
         if tags_changed {
             batch.touched.self_changed.insert(id);
         }
-        self.node_by_cred.insert(r.credential_hash, id);
-        self.node_by_key.insert(r.node_key, id);
-        self.node_by_name.insert(name.clone(), id);
         batch.writes.push(Write::PutNode(node.rec.clone()));
         for (net_id, off) in planned {
             let Some(net) = self.networks.get_mut(&net_id) else {
@@ -380,7 +463,7 @@ impl World {
         }
         let key = node.rec.node_key;
         let addresses = {
-            self.nodes.insert(id, node);
+            self.nodes.put(node);
             self.nodes
                 .get(&id)
                 .map(|n| self.addresses(n))
@@ -405,7 +488,7 @@ impl World {
     }
 
     fn unique_name(&self, base: String) -> Result<String, ApiError> {
-        if !self.node_by_name.contains_key(&base) {
+        if self.nodes.id_by_name(&base).is_none() {
             return Ok(base);
         }
         for i in 2..10_000u32 {
@@ -413,7 +496,7 @@ impl World {
             let mut stem = base.clone();
             stem.truncate(crate::validate::MAX_LABEL - suffix.len());
             let candidate = format!("{}{suffix}", stem.trim_end_matches('-'));
-            if !self.node_by_name.contains_key(&candidate) {
+            if self.nodes.id_by_name(&candidate).is_none() {
                 return Ok(candidate);
             }
         }
@@ -424,12 +507,15 @@ impl World {
     }
 
     pub(super) fn node_id_for(&self, sel: &str) -> Result<NodeId, ApiError> {
-        self.find_node(sel).map(|n| n.rec.id).ok_or_else(|| {
-            ApiError::not_found(
-                "node_not_found",
-                format!("no node with key or name {sel:?}"),
-            )
-        })
+        self.find_node(sel)
+            .map(|n| n.rec.id)
+            .ok_or_else(|| node_not_found(sel))
+    }
+
+    /// Takes node `id`, found by `sel`, out to change it (put it back with
+    /// [`Nodes::put`]).
+    pub(super) fn take_node(&mut self, id: NodeId, sel: &str) -> Result<NodeState, ApiError> {
+        self.nodes.take(id).ok_or_else(|| node_not_found(sel))
     }
 
     pub(super) fn touch_everywhere(batch: &mut Batch, node: &mut NodeState) {
@@ -449,27 +535,20 @@ impl World {
     ) -> Result<NodeDetail, ApiError> {
         let id = self.node_id_for(sel)?;
         if let Some(name) = &patch.name
-            && self
-                .node_by_name
-                .get(name)
-                .is_some_and(|other| *other != id)
+            && self.nodes.id_by_name(name).is_some_and(|other| other != id)
         {
             return Err(ApiError::conflict(
                 "name_taken",
                 format!("another node is named {name:?}"),
             ));
         }
-        let Some(mut node) = self.nodes.remove(&id) else {
-            return Err(ApiError::Internal);
-        };
+        let mut node = self.take_node(id, sel)?;
         let key = node.rec.node_key.to_string();
         let mut audits = Vec::new();
         if let Some(name) = patch.name
             && name != node.rec.name
         {
             audits.push(("node.rename", json!({"from": node.rec.name, "to": name})));
-            self.node_by_name.remove(&node.rec.name);
-            self.node_by_name.insert(name.clone(), id);
             node.rec.name = name;
             batch.touched.self_changed.insert(id);
             Self::touch_everywhere(batch, &mut node);
@@ -507,7 +586,7 @@ impl World {
             addresses: self.addresses(&node),
             node: node.clone(),
         };
-        self.nodes.insert(id, node);
+        self.nodes.put(node);
         for (action, detail) in audits {
             self.audit(batch, actor, action, key.clone(), detail, now_ms);
         }
@@ -522,9 +601,7 @@ impl World {
         now_ms: u64,
     ) -> Result<(), ApiError> {
         let id = self.node_id_for(sel)?;
-        let Some(mut node) = self.nodes.remove(&id) else {
-            return Err(ApiError::Internal);
-        };
+        let mut node = self.take_node(id, sel)?;
         Self::touch_everywhere(batch, &mut node);
         batch.touched.evicted.insert(id);
         batch.touched.policy_nodes.insert(node.rec.node_key);
@@ -533,9 +610,6 @@ impl World {
                 net.release(m);
             }
         }
-        self.node_by_key.remove(&node.rec.node_key);
-        self.node_by_name.remove(&node.rec.name);
-        self.node_by_cred.remove(&node.rec.credential_hash);
         self.drop_routes_of(batch, id, None);
         batch.writes.push(Write::DeleteNode(id));
         let addresses: Vec<String> = node
@@ -608,4 +682,12 @@ impl World {
             self.resync_gateway_networks(batch, id);
         }
     }
+}
+
+/// 404 `node_not_found` for selector `sel` (a key or a name).
+pub(super) fn node_not_found(sel: &str) -> ApiError {
+    ApiError::not_found(
+        "node_not_found",
+        format!("no node with key or name {sel:?}"),
+    )
 }

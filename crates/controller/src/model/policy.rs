@@ -216,7 +216,7 @@ impl World {
         let changed = flushed
             .changed
             .iter()
-            .filter_map(|k| self.node_by_key.get(k).copied())
+            .filter_map(|k| self.nodes.id_by_key(k))
             .collect();
         (changed, flushed.transition)
     }

@@ -152,10 +152,7 @@ impl World {
 
     /// Every key a relay may serve, sorted.
     pub fn relay_members(&self) -> impl Iterator<Item = NodeKey> + '_ {
-        self.node_by_key
-            .iter()
-            .filter(|(_, id)| self.nodes.get(id).is_some_and(|n| !n.rec.disabled))
-            .map(|(k, _)| *k)
+        self.nodes.enabled_keys()
     }
 
     /// Every enabled node gets a fresh snapshot: the relay list changed.

@@ -30,6 +30,7 @@ use weft_proto::NodeKey;
 use weft_proto::api::RouteRequest;
 use weft_proto::net::{Ipv4Net, check_routable_v4};
 
+use super::nodes::node_not_found;
 use super::{Actor, Batch, NetId, NodeId, Touched, World, secs};
 use crate::error::ApiError;
 use crate::store::{RouteRecord, RouteSource, RouteState, Write};
@@ -452,7 +453,10 @@ impl World {
         prefix: Ipv4Net,
         req: &RouteRequest,
     ) -> Result<Vec<NetId>, ApiError> {
-        let n = self.nodes.get(&node).ok_or(ApiError::Internal)?;
+        let n = self
+            .nodes
+            .get(&node)
+            .ok_or_else(|| node_not_found(&req.node))?;
         if let Some(name) = &req.network {
             let net = self.networks.id_by_name(name).ok_or_else(|| {
                 ApiError::not_found("network_not_found", format!("no network named {name:?}"))
@@ -516,7 +520,7 @@ impl World {
             .nodes
             .get(&id)
             .map(|n| n.rec.node_key)
-            .ok_or(ApiError::Internal)?;
+            .ok_or_else(|| node_not_found(&req.node))?;
         let mut touched = Vec::new();
         for net in nets {
             let k = (net, prefix, id);
