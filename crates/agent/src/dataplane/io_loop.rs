@@ -96,6 +96,10 @@ struct IoLoop<T, U> {
     framed: Vec<u8>,
     /// Answered once the loop polls the TUN set they asked for.
     synced: Vec<oneshot::Sender<()>>,
+    /// Whether a configuration has been applied: until then datagrams wait in
+    /// the socket (a peer that learned of this node first would otherwise be
+    /// dropped as unknown, and its handshake wait for a retry).
+    configured: bool,
 }
 
 impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
@@ -119,6 +123,7 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
             tx: Vec::new(),
             framed: vec![0u8; HDR + BUF_LEN],
             synced: Vec::new(),
+            configured: false,
         }
     }
 
@@ -139,6 +144,9 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
                 .chain(devs.iter().map(|(_, d)| d.as_fd()))
                 .map(|fd| PollFd::new(fd, ev))
                 .collect();
+            if !self.configured {
+                fds[1].set_events(PollFlags::empty());
+            }
             loop {
                 let timeout = self.timers(clock::now());
                 match poll(&mut fds, timeout) {
@@ -178,7 +186,11 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
                     }
                 }
                 if is_ready(&fds[0]) {
-                    match self.commands(inbox) {
+                    let flow = self.commands(inbox);
+                    if self.configured {
+                        fds[1].set_events(ev);
+                    }
+                    match flow {
                         Flow::Continue => {}
                         Flow::NewDevices => break,
                         Flow::Stop => {
@@ -221,7 +233,10 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
         let now = clock::now();
         let node = &mut self.own.node;
         match cmd {
-            Command::Apply(cfg) => node.apply_config(now, &cfg),
+            Command::Apply(cfg) => {
+                node.apply_config(now, &cfg);
+                self.configured = true;
+            }
             Command::Tuns { remove, add, done } => {
                 self.devs = self.tuns.change(&remove, add);
                 self.synced.push(done);

@@ -279,6 +279,45 @@ fn handed_over_batches_arrive_in_order_and_a_tun_without_offloads_reads_one_at_a
     assert!(a.tun.reads().iter().all(|n| *n == 1), "one packet per read");
 }
 
+/// Datagrams that arrive before the first configuration wait in the socket:
+/// a peer that learned of this node first is not dropped as unknown, and is
+/// answered once the configuration arrives.
+#[test]
+fn datagrams_wait_for_the_first_configuration() {
+    let (ua, ub) = (
+        TwinUdp::new(addr(1), true, true),
+        TwinUdp::new(addr(2), true, true),
+    );
+    TwinUdp::connect(&ua, &ub);
+    let a = Host::start(1, TwinTun::new(true), ua, false);
+    let b = Host::start(2, TwinTun::new(true), ub, false);
+    let policy = allow_all(&[(&a.name(), a.overlay), (&b.name(), b.overlay)]);
+    a.peer_with(&b, &policy);
+    // `a` starts discovery and handshakes at once; `b` knows nothing yet.
+    wait_for("a datagram from a to b", || {
+        a.udp
+            .sent()
+            .iter()
+            .any(|s| s.dst == b.udp.addr)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let (_, drops) = ask(&b.cmds, Command::Status);
+    assert_eq!(
+        drops.nonzero().count(),
+        0,
+        "nothing read before the configuration"
+    );
+    b.peer_with(&a, &policy);
+    warm_up(&a, &b);
+    let (_, drops) = ask(&b.cmds, Command::Status);
+    let drops: Vec<_> = drops.nonzero().collect();
+    assert!(
+        drops.is_empty(),
+        "no datagram dropped as unknown: {drops:?}"
+    );
+}
+
 /// A command wakes the loop at once: a status query is answered in far less
 /// than the node's timer tick (250 ms), which is the longest `poll` would
 /// otherwise sleep.
