@@ -57,20 +57,21 @@ mod relays;
 mod routes;
 mod tokens;
 
-use networks::Networks;
 pub use networks::{FIRST_HOST_OFFSET, LeaveNetwork, Left, NetState, NewNetwork};
-use nodes::Nodes;
 pub use nodes::{
     NodeDetail, NodePatch, NodeState, Registered, Registration, RemoveNode, Report, SetPresence,
     UpdateNode,
 };
 pub use policy::{PolicyState, SetPolicy};
 pub use presence::{Presence, PresenceConfig};
-use relays::Relays;
 pub use relays::{NewRelay, RelayReport, RemoveRelay, ReportRelay};
 pub use routes::{AdvertiseRoutes, ChangeRoute, GATEWAY_TAG, RouteOp, RouteStatus};
-use tokens::Tokens;
 pub use tokens::{NewToken, RevokeToken, Token, TokenStatus};
+
+use networks::Networks;
+use nodes::Nodes;
+use relays::Relays;
+use tokens::Tokens;
 
 /// A network id.
 pub type NetId = u64;
@@ -341,3 +342,6 @@ impl World {
         Some(outcome)
     }
 }
+
+#[cfg(test)]
+mod tests;
