@@ -145,8 +145,8 @@ fn host() -> impl Strategy<Value = HostSpec> {
 fn wait() -> impl Strategy<Value = Duration> {
     prop_oneof![
         14 => (0..3_000u64).prop_map(Duration::from_millis),
-        5 => (3..60u64).prop_map(Duration::from_secs),
-        1 => (60..200u64).prop_map(Duration::from_secs),
+        5 => (3..40u64).prop_map(Duration::from_secs),
+        1 => (40..200u64).prop_map(Duration::from_secs),
     ]
 }
 
@@ -185,7 +185,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         prop::option::weighted(0.15, 0..4usize),
         prop::bool::weighted(0.9),
         rules(),
-        prop::collection::vec(op(), 1..30),
+        prop::collection::vec(op(), 1..22),
     )
         .prop_map(|(seed, hosts, rogue, relay, rules, ops)| Scenario {
             seed,
@@ -237,6 +237,11 @@ fn run(sc: &Scenario, trace: bool) -> (Record, Sim) {
     sim.set_relay(sc.relay);
     let mut rec = Record {
         public: sc.hosts.iter().map(|h| h.nat.is_none()).collect(),
+        nats: sc
+            .hosts
+            .iter()
+            .map(|h| h.nat.map(|n| (n.mapping, n.filtering)))
+            .collect(),
         rogue: sc.rogue,
         lossless: sc.hosts.iter().all(|h| h.link.loss_ppm == 0),
         ..Record::default()
