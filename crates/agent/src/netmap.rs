@@ -7,8 +7,10 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
+use weft_policy::CompiledPolicy;
 use weft_proto::NodeKey;
 use weft_proto::netmap::NetworkMap;
+use weft_proto::policy::MapPolicy;
 use weft_tunnel::{NetIndex, NetworkConfig, NodeConfig, PeerConfig};
 
 /// Prefix of every interface weft creates.
@@ -86,6 +88,9 @@ pub struct Derived {
     pub interfaces: Vec<InterfacePlan>,
     /// Peer names and the networks they share with us, for status.
     pub peer_networks: BTreeMap<NodeKey, Vec<String>>,
+    /// Why every packet is denied, when the map has no usable access policy
+    /// (`None` when it has one). Shown in status; logged when it changes.
+    pub policy_problem: Option<String>,
 }
 
 /// Heard from within this long: online, whatever the controller says.
@@ -218,19 +223,31 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
         node: NodeConfig {
             networks,
             peers: peers.into_values().collect(),
-            // The compiled access policy the map carries. A map without one
-            // (from a controller that does not ship policies) turns enforcement
-            // off; one that does not parse fails closed: an empty policy, which
-            // denies everything.
-            policy: map.policy.as_ref().map(|v| {
-                serde_json::from_value(v.clone()).unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "the map's access policy does not parse; denying all traffic");
-                    Default::default()
-                })
-            }),
+            // The compiled access policy the map carries. Without a usable one
+            // the tunnel denies every packet (fail closed).
+            policy: match &map.policy {
+                Some(MapPolicy::Compiled(p)) => Some(CompiledPolicy::clone(p)),
+                Some(MapPolicy::Unreadable(_)) | None => None,
+            },
         },
         interfaces,
         peer_networks,
+        policy_problem: policy_problem(map.policy.as_ref()),
+    }
+}
+
+/// Why a map's policy cannot be enforced (None when it can): the tunnel then
+/// denies every packet.
+fn policy_problem(policy: Option<&MapPolicy>) -> Option<String> {
+    match policy {
+        Some(MapPolicy::Compiled(_)) => None,
+        Some(MapPolicy::Unreadable(u)) => Some(format!(
+            "the map's access policy cannot be used ({u}); denying all traffic"
+        )),
+        None => Some(
+            "the map carries no access policy (is the controller older than this weftd?); denying all traffic"
+                .to_owned(),
+        ),
     }
 }
 
@@ -453,28 +470,42 @@ mod tests {
             [100, 64, 0, 2],
             &[(2, [100, 64, 0, 3])],
         )]);
-        // An old controller: no policy, enforcement off.
-        assert!(derive(&m, &mut Slots::default()).node.policy.is_none());
-        m.policy = Some(serde_json::json!({
+        // No policy: the tunnel gets none (it denies everything), and why is said.
+        let d = derive(&m, &mut Slots::default());
+        assert!(d.node.policy.is_none());
+        let why = d.policy_problem.expect("a reason");
+        assert!(why.contains("no access policy"), "{why}");
+        let wire = |v: serde_json::Value| serde_json::from_value::<MapPolicy>(v).unwrap();
+        m.policy = Some(wire(serde_json::json!({
+            "version": 1,
             "node": "me",
             "rules": [{"id": 0, "line": 3, "action": "allow"}],
             "inbound": [],
             "outbound": [{"rule": 0, "action": "allow", "proto": "tcp", "ports": [{"first": 5432, "last": 5432}],
                 "local": ["100.64.0.2/32"], "peers": ["100.64.0.3/32"]}],
             "visible_peers": ["p2"],
-        }));
+        })));
         let d = derive(&m, &mut Slots::default());
+        assert_eq!(d.policy_problem, None);
         let p = d.node.policy.expect("policy");
         assert_eq!(p.node, "me");
         assert_eq!(p.outbound.len(), 1);
         assert_eq!(p.visible_peers, vec!["p2".to_owned()]);
-        // Garbage: an empty policy (deny all), not enforcement off.
-        m.policy = Some(serde_json::json!({"node": 7}));
-        let p = derive(&m, &mut Slots::default())
-            .node
-            .policy
-            .expect("fails closed");
-        assert!(p.inbound.is_empty() && p.outbound.is_empty() && p.rules.is_empty());
+        // Garbage, or a version this build does not read: no policy (deny
+        // all), not enforcement off, and the reason names the problem.
+        for (bad, says) in [
+            (serde_json::json!({"node": 7}), "does not parse"),
+            (serde_json::json!({"version": 9, "node": "me"}), "version 9"),
+        ] {
+            m.policy = Some(wire(bad));
+            let d = derive(&m, &mut Slots::default());
+            assert!(d.node.policy.is_none());
+            let why = d.policy_problem.expect("a reason");
+            assert!(
+                why.contains(says) && why.contains("denying all traffic"),
+                "{why}"
+            );
+        }
     }
 
     #[test]

@@ -337,7 +337,7 @@ impl Agent {
             let Some((allowed, explanation)) = verdict else {
                 return api::error(
                     "no_policy",
-                    "no policy yet: the agent has not received a map (is it up and joined?)",
+                    "no policy in force: the agent has no map with a usable access policy (see weft status)",
                 );
             };
             all_allowed &= allowed;
@@ -489,6 +489,7 @@ impl Agent {
             .map(|i| (i.slot, i.ifname.clone()))
             .collect();
         self.ensure_tuns(&wanted).await;
+        self.note_policy(derived.policy_problem.as_deref());
         self.dp.apply(&derived.node);
         // The first relay of the map is this node's relay; every node uses the
         // same one, so relayed peers always meet.
@@ -515,6 +516,24 @@ impl Agent {
         self.dns.apply(&map, dns_link).await;
         self.note_dns();
         self.map = Some(map);
+    }
+
+    /// Shows why every packet is denied (the map has no usable access policy)
+    /// in status (area `policy`), and logs it when it starts, changes or ends:
+    /// once per change, not per map or packet.
+    fn note_policy(&mut self, problem: Option<&str>) {
+        let before = self
+            .derived
+            .as_ref()
+            .and_then(|d| d.policy_problem.as_deref());
+        if before != problem {
+            match problem {
+                Some(why) => tracing::error!("{why}"),
+                None => tracing::info!("the map carries a usable access policy; enforcing it"),
+            }
+        }
+        let failing = problem.map(|why| ("access policy".to_owned(), why.to_owned()));
+        self.failures.set_area("policy", failing, clock::unix_ms());
     }
 
     /// Shows a refused overlay resolver, or one that could not start, in status

@@ -179,7 +179,9 @@ impl Policy {
                     from_addr: faddr,
                     to_node: tnode.name.clone(),
                     to_addr: taddr,
-                    rule: verdict.rule().and_then(|id| RuleInfo::of(self, id)),
+                    rule: verdict
+                        .rule()
+                        .and_then(|id| crate::compile::rule_info(self, id)),
                     verdict,
                 }
             })

@@ -8,96 +8,24 @@
 //! concern it times the peers they name.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
 use crate::inventory::{Inventory, resolve};
 use crate::matcher::{Transport, proto_ports_match};
 use crate::model::{Action, Policy, PortRange, Proto};
+pub use weft_proto::policy::{CompiledPolicy, FlowRule, RuleId, RuleInfo};
 
-/// A rule's position in its policy (0-based). Rules are reported by this id;
-/// [`RuleInfo`] carries the name and line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RuleId(pub u32);
-
-/// What an explanation says about a rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleInfo {
-    /// Its position in the policy.
-    pub id: RuleId,
-    /// Its name, if it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// The line of its `[[rule]]` header (0 if built in code).
-    pub line: u32,
-    /// Allow or deny.
-    pub action: Action,
-}
-
-impl RuleInfo {
-    /// The info of rule `id` of `policy`.
-    pub fn of(policy: &Policy, id: RuleId) -> Option<RuleInfo> {
-        let rule = policy.rules.get(usize::try_from(id.0).ok()?)?;
-        Some(RuleInfo {
-            id,
-            name: rule.name.clone(),
-            line: rule.line,
-            action: rule.action,
-        })
-    }
-}
-
-impl fmt::Display for RuleInfo {
-    /// `rule "web to db" (line 12)`, or `rule #3 (line 12)` for an unnamed rule.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.name {
-            Some(n) => write!(f, "rule {n:?}")?,
-            None => write!(f, "rule #{}", self.id.0 + 1)?,
-        }
-        if self.line > 0 {
-            write!(f, " (line {})", self.line)?;
-        }
-        Ok(())
-    }
-}
-
-/// The part of a policy that concerns one node, as its agent enforces it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CompiledPolicy {
-    /// The node it was compiled for.
-    pub node: String,
-    /// Every rule referenced below, sorted by id (for explanations).
-    pub rules: Vec<RuleInfo>,
-    /// Rules for packets a peer initiates towards this node.
-    pub inbound: Vec<FlowRule>,
-    /// Rules for packets this node initiates towards a peer.
-    pub outbound: Vec<FlowRule>,
-    /// Names of the nodes this node may reach or be reached by (some packet in
-    /// either direction is allowed), sorted. No other node may appear in its map.
-    pub visible_peers: Vec<String>,
-}
-
-/// One rule as it applies to one node and one direction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlowRule {
-    /// The policy rule it comes from.
-    pub rule: RuleId,
-    /// Allow or deny.
-    pub action: Action,
-    /// Transport protocol.
-    pub proto: Proto,
-    /// Destination ports (of the initiating packet); empty means all.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ports: Vec<PortRange>,
-    /// This node's addresses the rule covers (host prefixes, or routed subnets
-    /// for a gateway).
-    pub local: Vec<IpNet>,
-    /// The peers' addresses the rule covers (host prefixes and routed subnets).
-    pub peers: Vec<IpNet>,
+/// The info of rule `id` of `policy` (None when it has no such rule).
+pub(crate) fn rule_info(policy: &Policy, id: RuleId) -> Option<RuleInfo> {
+    let rule = policy.rules.get(usize::try_from(id.0).ok()?)?;
+    Some(RuleInfo {
+        id,
+        name: rule.name.clone(),
+        line: rule.line,
+        action: rule.action,
+    })
 }
 
 /// Every node's compiled policy.
@@ -120,6 +48,37 @@ impl Compiled {
     /// All compiled policies, by node name.
     pub fn into_nodes(self) -> BTreeMap<String, CompiledPolicy> {
         self.nodes
+    }
+}
+
+/// A compiled policy that allows every packet in both directions (still
+/// stateful): for tests, benchmarks and simulations of a node that ignores its
+/// policy. The controller never sends it; a node's policy comes from
+/// [`compile()`].
+pub fn allow_all(node: &str) -> CompiledPolicy {
+    let everything: Vec<IpNet> = ["0.0.0.0/0", "::/0"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let flow = FlowRule {
+        rule: RuleId(0),
+        action: Action::Allow,
+        proto: Proto::Any,
+        ports: vec![],
+        local: everything.clone(),
+        peers: everything,
+    };
+    CompiledPolicy {
+        node: node.to_owned(),
+        rules: vec![RuleInfo {
+            id: RuleId(0),
+            name: Some("allow all".to_owned()),
+            line: 0,
+            action: Action::Allow,
+        }],
+        inbound: vec![flow.clone()],
+        outbound: vec![flow],
+        visible_peers: vec![],
     }
 }
 
@@ -215,7 +174,7 @@ impl<'a> Sides<'a> {
             node: self.inventory.nodes()[x].name.clone(),
             rules: ids
                 .into_iter()
-                .filter_map(|id| RuleInfo::of(self.policy, id))
+                .filter_map(|id| rule_info(self.policy, id))
                 .collect(),
             inbound,
             outbound,

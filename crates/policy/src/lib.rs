@@ -110,6 +110,7 @@ mod inventory;
 mod live;
 mod matcher;
 mod model;
+pub mod packet;
 mod parse;
 mod ratelimit;
 
@@ -117,7 +118,9 @@ mod ratelimit;
 mod tests;
 
 pub use check::{CheckReport, MAX_CHECK_PAIRS, PairDecision, TestFailure, evaluate};
-pub use compile::{Compiled, CompiledPolicy, FlowRule, RuleId, RuleInfo, compile, compile_node};
+pub use compile::{
+    Compiled, CompiledPolicy, FlowRule, RuleId, RuleInfo, allow_all, compile, compile_node,
+};
 pub use conntrack::{ConntrackConfig, Flow};
 pub use engine::{Counters, DropReason, Engine, Explanation, Verdict, Via};
 pub use inventory::{Inventory, InventoryError, Membership, NodeFacts};
@@ -131,6 +134,7 @@ pub use model::{
     Action, Expect, Group, MAX_GROUPS, MAX_LABEL, MAX_LIST, MAX_POLICY_BYTES, MAX_RULE_NAME,
     MAX_RULES, MAX_TESTS, Policy, PolicyTest, PortRange, Proto, Rule, Selector, Service,
 };
+pub use packet::IpView;
 pub use parse::{PolicyError, PolicyErrorKind, PolicyErrors, parse, render_rule};
 pub use ratelimit::{DROP_LOG_INTERVAL, LogLimiter};
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::compile::{CompiledPolicy, FlowRule, PairRule, RuleId, RuleInfo, any_allowed};
+use crate::compile::{CompiledPolicy, FlowRule, PairRule, RuleId, any_allowed};
 use crate::inventory::{NodeFacts, endpoints};
 use crate::model::{Action, Policy};
 
@@ -654,7 +654,7 @@ impl<K: Ord + Clone> LivePolicy<K> {
             node: node.facts.name.clone(),
             rules: ids
                 .into_iter()
-                .filter_map(|id| RuleInfo::of(&self.policy, id))
+                .filter_map(|id| crate::compile::rule_info(&self.policy, id))
                 .collect(),
             inbound,
             outbound,

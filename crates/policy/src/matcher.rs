@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::compile::{CompiledPolicy, FlowRule, RuleId, RuleInfo};
 use crate::model::{Action, PortRange, Proto, ports_cover};
+use crate::packet::IpView;
 
 /// Which way a packet crosses this node's tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -121,9 +122,6 @@ pub enum PacketError {
     Header,
 }
 
-/// Most IPv6 extension headers walked before giving up.
-const MAX_EXT_HEADERS: usize = 8;
-
 impl FiveTuple {
     /// A TCP packet.
     pub fn tcp(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16, flags: u8) -> Self {
@@ -196,81 +194,26 @@ impl FiveTuple {
         }
     }
 
-    /// Reads the tuple from an IPv4 or IPv6 packet. IPv6 extension headers are
-    /// walked; a non-first fragment has no transport header and is reported as
-    /// [`Transport::Other`] with its protocol.
+    /// Reads the tuple from an IPv4 or IPv6 packet ([`IpView::parse`], then
+    /// [`FiveTuple::from_view`]).
     pub fn parse(pkt: &[u8]) -> Result<FiveTuple, PacketError> {
-        let first = *pkt.first().ok_or(PacketError::Truncated)?;
-        let (src, dst, mut proto, mut off, fragment) = match first >> 4 {
-            4 => {
-                let h = pkt.get(..20).ok_or(PacketError::Truncated)?;
-                let ihl = usize::from(first & 0x0f) * 4;
-                if ihl < 20 {
-                    return Err(PacketError::Header);
-                }
-                if pkt.len() < ihl {
-                    return Err(PacketError::Truncated);
-                }
-                let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
-                (
-                    IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
-                    IpAddr::V4(Ipv4Addr::new(h[16], h[17], h[18], h[19])),
-                    h[9],
-                    ihl,
-                    frag_offset != 0,
-                )
-            }
-            6 => {
-                let h = pkt.get(..40).ok_or(PacketError::Truncated)?;
-                let mut s = [0u8; 16];
-                let mut d = [0u8; 16];
-                s.copy_from_slice(&h[8..24]);
-                d.copy_from_slice(&h[24..40]);
-                (
-                    IpAddr::V6(Ipv6Addr::from(s)),
-                    IpAddr::V6(Ipv6Addr::from(d)),
-                    h[6],
-                    40,
-                    false,
-                )
-            }
-            _ => return Err(PacketError::Version),
-        };
-        let mut fragment = fragment;
-        if src.is_ipv6() {
-            let mut walked = 0;
-            while matches!(proto, 0 | 43 | 44 | 51 | 60) {
-                walked += 1;
-                if walked > MAX_EXT_HEADERS {
-                    return Err(PacketError::Header);
-                }
-                let ext = pkt.get(off..off + 8).ok_or(PacketError::Truncated)?;
-                let next = ext[0];
-                let len = match proto {
-                    44 => {
-                        if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
-                            fragment = true;
-                        }
-                        8
-                    }
-                    51 => (usize::from(ext[1]) + 2) * 4,
-                    _ => (usize::from(ext[1]) + 1) * 8,
-                };
-                proto = next;
-                off += len;
-                if fragment {
-                    break;
-                }
-            }
-        }
-        if fragment {
+        FiveTuple::from_view(&IpView::parse(pkt)?, pkt)
+    }
+
+    /// Reads the tuple from a packet already parsed into `view` (the same
+    /// `pkt`). IPv6 extension headers are walked by the view; a non-first
+    /// fragment has no transport header and is reported as [`Transport::Other`]
+    /// with its protocol.
+    pub fn from_view(view: &IpView, pkt: &[u8]) -> Result<FiveTuple, PacketError> {
+        let (src, dst, proto) = (view.src, view.dst, view.protocol);
+        if view.fragment {
             return Ok(FiveTuple {
                 src,
                 dst,
                 transport: Transport::Other(proto),
             });
         }
-        let l4 = pkt.get(off..).ok_or(PacketError::Truncated)?;
+        let l4 = view.transport(pkt);
         let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
         let transport = match proto {
             ip_proto::TCP => {

@@ -9,9 +9,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
 use crate::parse::{PolicyError, PolicyErrorKind, PolicyErrors};
+pub use weft_proto::policy::{Action, PortRange, Proto};
 
 /// Largest policy text accepted, in bytes (1 MiB: thousands of rules with room to
 /// spare, small enough that parsing stays in the milliseconds).
@@ -67,39 +67,6 @@ pub struct Rule {
     pub ports: Vec<PortRange>,
     /// Line of the rule's `[[rule]]` header (1-based; 0 when built in code).
     pub line: u32,
-}
-
-/// What a rule does to the packets it matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Let the packet (and its flow's replies) pass, unless a deny also matches.
-    Allow,
-    /// Drop the packet; beats every allow.
-    Deny,
-}
-
-/// Transport protocol a rule applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    /// Every IP protocol.
-    Any,
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// ICMP (v4) and ICMPv6, every type.
-    Icmp,
-}
-
-/// An inclusive range of ports, `first..=last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct PortRange {
-    /// First port (at least 1).
-    pub first: u16,
-    /// Last port (at least `first`).
-    pub last: u16,
 }
 
 /// Which endpoints a rule side names. See the crate docs for exact meanings.
@@ -390,92 +357,30 @@ pub(crate) fn ports_cover(ports: &[PortRange], port: u16) -> bool {
     ports.is_empty() || ports.iter().any(|r| r.contains(port))
 }
 
-impl PortRange {
-    /// A single port.
-    pub fn single(port: u16) -> Self {
-        PortRange {
-            first: port,
-            last: port,
-        }
-    }
-
-    /// Whether `port` is inside the range.
-    pub fn contains(&self, port: u16) -> bool {
-        self.first <= port && port <= self.last
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}", self.first)
-        } else {
-            write!(f, "{}-{}", self.first, self.last)
-        }
-    }
-}
-
-impl FromStr for PortRange {
-    type Err = PolicyErrorKind;
-
-    /// Parses `22` or `1000-2000` (ports 1 to 65535, first ≤ last).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || PolicyErrorKind::BadPort(s.chars().take(40).collect());
-        let port = |p: &str| -> Result<u16, PolicyErrorKind> {
-            let p = p.trim();
-            if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad());
-            }
-            match p.parse::<u16>() {
-                Ok(0) | Err(_) => Err(bad()),
-                Ok(n) => Ok(n),
-            }
-        };
-        let (first, last) = match s.split_once('-') {
-            Some((a, b)) => (port(a)?, port(b)?),
-            None => {
-                let p = port(s)?;
-                (p, p)
-            }
-        };
-        if first > last {
+/// Parses a port range, `22` or `1000-2000` (ports 1 to 65535, first ≤ last).
+pub(crate) fn parse_port_range(s: &str) -> Result<PortRange, PolicyErrorKind> {
+    let bad = || PolicyErrorKind::BadPort(s.chars().take(40).collect());
+    let port = |p: &str| -> Result<u16, PolicyErrorKind> {
+        let p = p.trim();
+        if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad());
         }
-        Ok(PortRange { first, last })
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
-        })
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Any => "any",
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Icmp => "icmp",
-        })
-    }
-}
-
-impl FromStr for Proto {
-    type Err = PolicyErrorKind;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "any" => Ok(Proto::Any),
-            "tcp" => Ok(Proto::Tcp),
-            "udp" => Ok(Proto::Udp),
-            "icmp" => Ok(Proto::Icmp),
-            _ => Err(PolicyErrorKind::BadProto(s.chars().take(40).collect())),
+        match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(bad()),
+            Ok(n) => Ok(n),
         }
+    };
+    let (first, last) = match s.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => {
+            let p = port(s)?;
+            (p, p)
+        }
+    };
+    if first > last {
+        return Err(bad());
     }
+    Ok(PortRange { first, last })
 }
 
 impl fmt::Display for Service {

@@ -13,6 +13,7 @@ pub mod api;
 pub mod local;
 pub mod net;
 pub mod netmap;
+pub mod policy;
 pub mod relay_api;
 pub mod sse;
 pub mod stun;

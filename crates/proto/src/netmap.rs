@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::NodeKey;
 use crate::api::API_VERSION;
 use crate::net::{Ipv4Net, Ipv6Net};
+use crate::policy::MapPolicy;
 
 /// SSE event name of a [`MapEvent::Snapshot`].
 pub const EVENT_SNAPSHOT: &str = "snapshot";
@@ -40,12 +41,13 @@ pub struct NetworkMap {
     /// Relays the node may use (from the controller's configuration).
     #[serde(default)]
     pub relays: Vec<Relay>,
-    /// The access policy compiled for this node (`weft_policy::CompiledPolicy`
-    /// in its serde form; this crate stays below `weft-policy`). Absent from an
-    /// old controller: enforcement off. The node's peers are exactly the nodes
-    /// this policy lets it reach or be reached by.
+    /// The access policy compiled for this node, typed and versioned
+    /// ([`crate::policy`]). The controller always sends one; a map without one,
+    /// or with one the agent cannot read, denies every packet (fail closed).
+    /// The node's peers are exactly the nodes this policy lets it reach or be
+    /// reached by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<serde_json::Value>,
+    pub policy: Option<MapPolicy>,
 }
 
 /// The receiving node's own entry.
@@ -204,7 +206,7 @@ pub enum MapChange {
     Policy {
         /// The new compiled policy (see [`NetworkMap::policy`]).
         #[serde(default)]
-        policy: Option<serde_json::Value>,
+        policy: Option<MapPolicy>,
     },
 }
 

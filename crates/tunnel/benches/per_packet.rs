@@ -6,9 +6,13 @@
 //!   policy and decryption;
 //! - `encrypt_batch_44`: the 44 segments of one 64 KiB offload read through
 //!   `handle_tun_batch` (per-batch cost; divide by 44);
-//! - each with the policy on and off, so the price of enforcement shows.
+//! - each with the policy enforced (`policy_on`); built with
+//!   `--features unenforced-benchmark-only` the same cases run without
+//!   enforcement (`policy_off`), so the price of enforcement shows. Without the
+//!   feature nothing turns enforcement off: a node with no policy drops everything.
 //!
 //! `cargo bench -p weft-tunnel --bench per_packet`
+//! (`-- --features unenforced-benchmark-only` for `policy_off`)
 
 #![allow(
     clippy::unwrap_used,
@@ -77,8 +81,8 @@ fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8, len: usize) 
     p
 }
 
-/// Two nodes with an established session (and flow, when `policy`).
-fn pair(policy: bool) -> Pair {
+/// Two nodes with an established session and flow.
+fn pair() -> Pair {
     let (ia, ib) = (identity(), identity());
     let now = Instant::now();
     let mut p = Pair {
@@ -105,7 +109,7 @@ fn pair(policy: bool) -> Pair {
             routes: vec![],
         },
     ];
-    let compiled = policy.then(|| {
+    let compiled = {
         let facts = |name: &str, ip| weft_policy::NodeFacts {
             name: name.into(),
             tags: vec![name.into()],
@@ -118,7 +122,7 @@ fn pair(policy: bool) -> Pair {
         let inv =
             weft_policy::Inventory::new(vec![facts("a", p.a_ip), facts("b", p.b_ip)]).unwrap();
         weft_policy::compile(&weft_policy::parse(POLICY).unwrap(), &inv)
-    });
+    };
     for (node, ip, name) in [(&mut p.a, p.a_ip, "a"), (&mut p.b, p.b_ip, "b")] {
         node.apply_config(
             now,
@@ -128,7 +132,7 @@ fn pair(policy: bool) -> Pair {
                     serves: vec![],
                 }],
                 peers: peers.clone(),
-                policy: compiled.as_ref().and_then(|c| c.node(name).cloned()),
+                policy: compiled.node(name).cloned(),
             },
         );
     }
@@ -171,9 +175,13 @@ fn pair(policy: bool) -> Pair {
 }
 
 fn per_packet(c: &mut Criterion) {
-    for policy in [true, false] {
-        let tag = if policy { "policy_on" } else { "policy_off" };
-        let mut p = pair(policy);
+    {
+        let tag = if cfg!(feature = "unenforced-benchmark-only") {
+            "policy_off"
+        } else {
+            "policy_on"
+        };
+        let mut p = pair();
         let now = Instant::now();
         let seg = tcp(p.a_ip, p.b_ip, 40000, 5201, 0x10, 1380);
         let mut out = vec![0u8; 2048];

@@ -42,13 +42,16 @@ pub enum DropReason {
     PolicyNoRule,
     /// A deny rule of the access policy matched the packet.
     PolicyDenied,
+    /// The node has no usable access policy (the map carried none, or one this
+    /// build cannot read): every packet is dropped (fail closed).
+    NoPolicy,
     /// A STUN message that is malformed or answers no request of ours.
     BadStun,
 }
 
 impl DropReason {
     /// All reasons, in display order.
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::MalformedIp,
         DropReason::NoRoute,
         DropReason::NotWireGuard,
@@ -66,6 +69,7 @@ impl DropReason {
         DropReason::NoPath,
         DropReason::PolicyNoRule,
         DropReason::PolicyDenied,
+        DropReason::NoPolicy,
         DropReason::BadStun,
     ];
 
@@ -89,6 +93,7 @@ impl DropReason {
             DropReason::NoPath => "no_path",
             DropReason::PolicyNoRule => "policy_no_rule",
             DropReason::PolicyDenied => "policy_denied",
+            DropReason::NoPolicy => "no_policy",
             DropReason::BadStun => "bad_stun",
         }
     }

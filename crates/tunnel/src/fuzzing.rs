@@ -180,7 +180,7 @@ impl Harness {
                         0,
                     )],
                 }],
-                policy: None,
+                policy: Some(weft_policy::allow_all("test")),
             },
         );
         let Some(peer) = Endpoint::new(

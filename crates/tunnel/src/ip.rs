@@ -1,115 +1,20 @@
 //! A checked, read-only view of the IP header fields the data plane needs, and the
 //! ICMP "destination unreachable" replies it generates.
 //!
-//! Every accessor is bounds-checked at construction ([`IpView::parse`]); nothing here
-//! panics on any input (there is a property test for that).
+//! The view itself lives in `weft-policy` ([`IpView`]), so the data plane and the
+//! matcher read a packet the same way; every accessor is bounds-checked at
+//! construction ([`IpView::parse`]); nothing here panics on any input (there is a
+//! property test for that).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-/// IP protocol numbers the data plane cares about.
-pub mod proto {
-    /// ICMP for IPv4.
-    pub const ICMP: u8 = 1;
-    /// TCP.
-    pub const TCP: u8 = 6;
-    /// UDP.
-    pub const UDP: u8 = 17;
-    /// ICMP for IPv6.
-    pub const ICMPV6: u8 = 58;
-}
-
-/// Validated header fields of an IPv4 or IPv6 packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpView {
-    /// Source address.
-    pub src: IpAddr,
-    /// Destination address.
-    pub dst: IpAddr,
-    /// Transport protocol (IPv6: the first next-header; extension headers are not
-    /// walked).
-    pub protocol: u8,
-    /// Header length in bytes (IPv4 IHL·4, IPv6 40).
-    pub header_len: usize,
-    /// Total length the header claims (never more than the buffer).
-    pub total_len: usize,
-}
+use std::net::IpAddr;
 
 /// Why bytes are not an IP packet we accept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum IpError {
-    /// Shorter than the minimal header, or than the length the header claims.
-    #[error("truncated IP packet")]
-    Truncated,
-    /// Version nibble is neither 4 nor 6.
-    #[error("not an IPv4 or IPv6 packet")]
-    Version,
-    /// IPv4 IHL below 5.
-    #[error("malformed IPv4 header")]
-    Header,
-}
-
-impl IpView {
-    /// Parses the header; the packet may carry trailing bytes beyond `total_len`.
-    pub fn parse(pkt: &[u8]) -> Result<Self, IpError> {
-        let first = *pkt.first().ok_or(IpError::Truncated)?;
-        match first >> 4 {
-            4 => {
-                if pkt.len() < 20 {
-                    return Err(IpError::Truncated);
-                }
-                let header_len = usize::from(first & 0x0f) * 4;
-                if header_len < 20 {
-                    return Err(IpError::Header);
-                }
-                let total_len = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
-                if total_len < header_len || total_len > pkt.len() {
-                    return Err(IpError::Truncated);
-                }
-                Ok(Self {
-                    src: IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15])),
-                    dst: IpAddr::V4(Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19])),
-                    protocol: pkt[9],
-                    header_len,
-                    total_len,
-                })
-            }
-            6 => {
-                if pkt.len() < 40 {
-                    return Err(IpError::Truncated);
-                }
-                let total_len = 40 + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
-                if total_len > pkt.len() {
-                    return Err(IpError::Truncated);
-                }
-                let mut src = [0u8; 16];
-                let mut dst = [0u8; 16];
-                src.copy_from_slice(&pkt[8..24]);
-                dst.copy_from_slice(&pkt[24..40]);
-                Ok(Self {
-                    src: IpAddr::V6(Ipv6Addr::from(src)),
-                    dst: IpAddr::V6(Ipv6Addr::from(dst)),
-                    protocol: pkt[6],
-                    header_len: 40,
-                    total_len,
-                })
-            }
-            _ => Err(IpError::Version),
-        }
-    }
-
-    /// Source and destination ports for TCP/UDP (None for other protocols or a
-    /// packet too short to carry them).
-    pub fn ports(&self, pkt: &[u8]) -> Option<(u16, u16)> {
-        if self.protocol != proto::TCP && self.protocol != proto::UDP {
-            return None;
-        }
-        let t = pkt.get(self.header_len..self.header_len + 4)?;
-        Some((
-            u16::from_be_bytes([t[0], t[1]]),
-            u16::from_be_bytes([t[2], t[3]]),
-        ))
-    }
-}
+pub use weft_policy::PacketError as IpError;
+/// IP protocol numbers the data plane cares about.
+pub use weft_policy::ip_proto as proto;
+/// The checked packet view, shared with the policy matcher (one parser: IPv4,
+/// IPv6 with its extension headers walked, bounded).
+pub use weft_policy::packet::IpView;
 
 /// Which "destination unreachable" to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +50,7 @@ pub fn icmp_error(
         (IpAddr::V4(to), IpAddr::V4(from)) => {
             if view.protocol == proto::ICMP {
                 // Only echo requests (type 8) get an error back, never errors.
-                let icmp_type = *original.get(view.header_len)?;
+                let icmp_type = *original.get(view.transport_offset)?;
                 if icmp_type != 8 {
                     return None;
                 }
@@ -176,7 +81,7 @@ pub fn icmp_error(
         (IpAddr::V6(to), IpAddr::V6(from)) => {
             if view.protocol == proto::ICMPV6 {
                 // Only informational messages (type >= 128) get an error back.
-                let icmp_type = *original.get(view.header_len)?;
+                let icmp_type = *original.get(view.transport_offset)?;
                 if icmp_type < 128 {
                     return None;
                 }
@@ -293,6 +198,29 @@ pub(crate) mod tests {
             icmp_unreachable(err, &ev, IpAddr::from([1, 1, 1, 1]), &mut [0u8; 128]),
             None
         );
+    }
+
+    /// The view walks IPv6 extension headers, so an ICMPv6 error behind a
+    /// hop-by-hop header is recognised as an error and never answered, while an
+    /// echo request behind one is.
+    #[test]
+    fn icmpv6_behind_an_extension_header_is_seen() {
+        let packet = |icmp_type: u8| {
+            let mut p = vec![0x60, 0, 0, 0, 0, 16, 0, 64];
+            p.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            p.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+            p.extend_from_slice(&[proto::ICMPV6, 0, 0, 0, 0, 0, 0, 0]);
+            p.extend_from_slice(&[icmp_type, 0, 0, 0, 0, 1, 0, 1]);
+            p
+        };
+        let from: IpAddr = "fd00::9".parse().unwrap();
+        let error = packet(1);
+        let v = IpView::parse(&error).unwrap();
+        assert_eq!((v.protocol, v.transport_offset), (proto::ICMPV6, 48));
+        assert_eq!(icmp_unreachable(&error, &v, from, &mut [0u8; 1500]), None);
+        let echo = packet(128);
+        let v = IpView::parse(&echo).unwrap();
+        assert!(icmp_unreachable(&echo, &v, from, &mut [0u8; 1500]).is_some());
     }
 
     proptest! {

@@ -45,7 +45,7 @@ fn unusable_and_overlay_endpoints_are_not_candidates() {
         routes: vec![],
     };
     let cfg = NodeConfig {
-        policy: None,
+        policy: Some(weft_policy::allow_all("test")),
         networks: vec![NetworkConfig {
             local_addresses: vec![IpAddr::from([100, 64, 0, 1])],
             serves: vec![],

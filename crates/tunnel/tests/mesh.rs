@@ -125,7 +125,7 @@ impl Net {
             .collect();
         for h in &mut self.hosts {
             let cfg = NodeConfig {
-                policy: None,
+                policy: Some(weft_policy::allow_all("test")),
                 networks: vec![NetworkConfig {
                     local_addresses: vec![h.overlay],
                     serves: vec![],
@@ -543,7 +543,7 @@ fn removed_peer_is_cut_off_at_once() {
         })
         .collect();
     let cfg = NodeConfig {
-        policy: None,
+        policy: Some(weft_policy::allow_all("test")),
         networks: vec![NetworkConfig {
             local_addresses: vec![net.hosts[1].overlay],
             serves: vec![],
@@ -607,7 +607,7 @@ fn networks_are_isolated_from_each_other() {
         routes: vec![],
     }];
     let cfg = NodeConfig {
-        policy: None,
+        policy: Some(weft_policy::allow_all("test")),
         networks: vec![
             NetworkConfig {
                 local_addresses: vec![net.hosts[0].overlay],
@@ -638,7 +638,7 @@ fn networks_are_isolated_from_each_other() {
         routes: vec![],
     }];
     let cfg = NodeConfig {
-        policy: None,
+        policy: Some(weft_policy::allow_all("test")),
         networks: vec![NetworkConfig {
             local_addresses: vec![net.hosts[1].overlay],
             serves: vec![],
@@ -870,7 +870,7 @@ ports = [5432]
     assert_eq!(net.hosts[1].node.drops().get(DropReason::PolicyNoRule), 1);
 
     // A web node that ignores its policy is still stopped at db's ingress.
-    set_policy(&mut net, 0, None);
+    set_policy(&mut net, 0, Some(weft_policy::allow_all("n0")));
     net.hosts[1].tun_rx.clear();
     net.send_from_tun(0, &ssh);
     net.run();
@@ -1167,7 +1167,7 @@ fn gateways() -> (Net, IpAddr) {
     };
     let now = net.clock;
     let client = NodeConfig {
-        policy: None,
+        policy: Some(weft_policy::allow_all("test")),
         networks: vec![NetworkConfig {
             local_addresses: vec![net.hosts[0].overlay],
             serves: vec![],
@@ -1180,7 +1180,7 @@ fn gateways() -> (Net, IpAddr) {
     net.hosts[0].node.apply_config(now, &client);
     for g in [1, 2] {
         let cfg = NodeConfig {
-            policy: None,
+            policy: Some(weft_policy::allow_all("test")),
             networks: vec![NetworkConfig {
                 local_addresses: vec![net.hosts[g].overlay],
                 serves: vec![lan],
@@ -1250,4 +1250,146 @@ fn a_gateway_whose_path_dies_is_skipped_for_the_next_one() {
     net.send_from_tun(0, &out);
     net.run();
     assert_eq!(net.hosts[1].tun_rx.last(), Some(&out));
+}
+
+/// Host `i`'s configuration as `configure_all` builds it, with `policy` and the
+/// peers' endpoints moved to `port` (a map event that changes only endpoints).
+fn config_with(
+    net: &Net,
+    i: usize,
+    policy: Option<weft_policy::CompiledPolicy>,
+    port: u16,
+) -> NodeConfig {
+    let peers = net
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(j, h)| PeerConfig {
+            key: h.node.key(),
+            name: format!("n{j}"),
+            addresses: vec![(0, h.overlay)],
+            endpoints: vec![SocketAddr::new(h.underlay.ip(), port)],
+            routes: vec![],
+        })
+        .collect();
+    NodeConfig {
+        policy,
+        networks: vec![NetworkConfig {
+            local_addresses: vec![net.hosts[i].overlay],
+            serves: vec![],
+        }],
+        peers,
+    }
+}
+
+#[test]
+fn a_map_without_a_policy_drops_every_packet() {
+    let mut net = mesh(2);
+    let (a, b) = (net.hosts[0].overlay, net.hosts[1].overlay);
+    // Both enforce nothing-in-particular first: traffic flows.
+    net.run();
+    let probe = tcp(a, b, 40000, 80, 0x02);
+    assert_eq!(net.send_from_tun(0, &probe), None);
+    net.run();
+    assert_eq!(net.hosts[1].tun_rx, vec![probe]);
+
+    // Host 0's map carries no policy: every packet it would send is dropped,
+    // counted as no_policy (and the sender gets an ICMP "prohibited").
+    set_policy(&mut net, 0, None);
+    assert!(
+        net.hosts[0]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::PolicyRejected { why } if why.contains("no usable access policy"))),
+        "the change is reported"
+    );
+    net.hosts[1].tun_rx.clear();
+    for (sport, dport, flags) in [(40001, 80, 0x02), (40002, 443, 0x10), (53, 53, 0x12)] {
+        net.send_from_tun(0, &tcp(a, b, sport, dport, flags));
+    }
+    let mut icmp = ipv4(a, b, &[8, 0, 0, 0, 0, 1, 0, 1]);
+    icmp[9] = 1;
+    net.send_from_tun(0, &icmp);
+    net.run();
+    assert!(net.hosts[1].tun_rx.is_empty());
+    assert_eq!(net.hosts[0].node.drops().get(DropReason::NoPolicy), 4);
+
+    // Host 1 without a policy drops what arrives, too (ingress), even from a
+    // peer that lets everything out.
+    set_policy(&mut net, 0, Some(weft_policy::allow_all("n0")));
+    set_policy(&mut net, 1, None);
+    let late = tcp(a, b, 40003, 80, 0x02);
+    assert_eq!(net.send_from_tun(0, &late), None);
+    net.run();
+    assert!(net.hosts[1].tun_rx.is_empty());
+    assert_eq!(net.hosts[1].node.drops().get(DropReason::NoPolicy), 1);
+
+    // Reported once per change, not per map event: a second map without a
+    // policy (only endpoints moved) adds no event.
+    let before = net.hosts[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::PolicyRejected { .. }))
+        .count();
+    let cfg = config_with(&net, 1, None, 40000);
+    let now = net.clock;
+    net.hosts[1].node.apply_config(now, &cfg);
+    net.drain(1);
+    let after = net.hosts[1]
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::PolicyRejected { .. }))
+        .count();
+    assert_eq!((before, after), (1, 1));
+}
+
+#[test]
+fn an_endpoint_only_map_change_keeps_the_policy_and_its_flows() {
+    const POLICY: &str = r#"
+[[rule]]
+action = "allow"
+from = ["tag:web"]
+to = ["tag:db"]
+proto = "tcp"
+ports = [5432]
+"#;
+    let mut net = mesh(2);
+    let compiled = compile_policy(&net, &["web", "db"], POLICY);
+    let (web, db) = (net.hosts[0].overlay, net.hosts[1].overlay);
+    set_policy(&mut net, 0, compiled.node("n0").cloned());
+    set_policy(&mut net, 1, compiled.node("n1").cloned());
+    net.run();
+    // web opens a flow to db; db's reply is admitted by conntrack only (no rule
+    // lets db open anything towards web).
+    let syn = tcp(web, db, 40000, 5432, 0x02);
+    assert_eq!(net.send_from_tun(0, &syn), None);
+    net.run();
+    assert_eq!(net.hosts[1].tun_rx, vec![syn]);
+
+    // A map event that moves only web's endpoint (same policy, compiled anew:
+    // equal, not the same allocation) reaches db.
+    let again = compile_policy(&net, &["web", "db"], POLICY);
+    let cfg = config_with(&net, 1, again.node("n1").cloned(), 51000);
+    let now = net.clock;
+    net.hosts[1].node.apply_config(now, &cfg);
+    net.drain(1);
+    assert!(
+        !net.hosts[1]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::PolicyRejected { .. }))
+    );
+    // The flow survived: db's reply still passes its egress and web's ingress.
+    let synack = tcp(db, web, 5432, 40000, 0x12);
+    let dropped = net.hosts[1].node.drops().total();
+    let _ = net.send_from_tun(1, &synack);
+    assert_eq!(
+        net.hosts[1].node.drops().total(),
+        dropped,
+        "db dropped its reply"
+    );
+    // And a packet db opens itself is still refused: the policy is in force.
+    let open = tcp(db, web, 40010, 22, 0x02);
+    let _ = net.send_from_tun(1, &open);
+    assert_eq!(net.hosts[1].node.drops().get(DropReason::PolicyNoRule), 1);
 }

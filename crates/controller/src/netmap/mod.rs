@@ -18,6 +18,7 @@ use weft_policy::{CompiledPolicy, Viewpoint};
 use weft_proto::NodeKey;
 use weft_proto::api::API_VERSION;
 use weft_proto::netmap::{MapChange, MapDelta, NetworkMap, NetworkView, Peer, SelfNode};
+use weft_proto::policy::MapPolicy;
 
 use crate::model::{NetId, NetState, NodeId, NodeState, Outcome, World};
 use crate::store::MembershipRecord;
@@ -131,7 +132,7 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         node: self_node(me),
         networks,
         relays: world.map_relays(),
-        policy: world.node_policy(node).map(|p| policy_json(p)),
+        policy: world.node_policy(node).map(map_policy),
     })
 }
 
@@ -366,9 +367,10 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
     out
 }
 
-/// A compiled policy as shipped in the map.
-fn policy_json(p: &CompiledPolicy) -> serde_json::Value {
-    serde_json::to_value(p).unwrap_or(serde_json::Value::Null)
+/// A compiled policy as shipped in the map: typed and versioned, shared with
+/// the model (no copy).
+fn map_policy(p: &Arc<CompiledPolicy>) -> MapPolicy {
+    MapPolicy::Compiled(Arc::clone(p))
 }
 
 /// The changes of a node whose compiled policy changed: the new policy, then
@@ -390,7 +392,7 @@ fn policy_changes(
         return Vec::new();
     };
     let mut changes = vec![MapChange::Policy {
-        policy: Some(policy_json(np)),
+        policy: Some(map_policy(np)),
     }];
     for (key, now) in flips {
         let key = *key;

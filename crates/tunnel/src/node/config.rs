@@ -26,8 +26,10 @@ pub struct NodeConfig {
     /// The peers this node may talk to, in any of the networks.
     pub peers: Vec<PeerConfig>,
     /// The access policy compiled for this node, enforced on every packet in both
-    /// directions (default deny, stateful). `None` turns enforcement off: only for
-    /// tests and controllers that predate policies.
+    /// directions (default deny, stateful). `None` (the map carried no policy, or
+    /// one the agent cannot read) drops every packet as
+    /// [`crate::DropReason::NoPolicy`]; nothing turns enforcement off except the
+    /// `unenforced-benchmark-only` build feature.
     pub policy: Option<CompiledPolicy>,
 }
 
@@ -66,7 +68,7 @@ impl Node {
     /// forgotten at once (their sessions end; their packets are dropped as
     /// `unknown_session`); existing sessions of kept peers survive.
     pub fn apply_config(&mut self, now: Instant, cfg: &NodeConfig) {
-        self.apply_policy(now, cfg.policy.clone());
+        self.apply_policy(now, cfg.policy.as_ref());
         self.local.clear();
         self.served.clear();
         for (net, nc) in cfg.networks.iter().enumerate() {

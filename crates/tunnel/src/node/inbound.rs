@@ -118,7 +118,7 @@ impl Node {
         let Some(net) = chosen.filter(|_| view.src == src) else {
             return self.drop_net(Some(key), DropReason::SpoofedSource);
         };
-        if let Err(reason) = self.police(now, key, Direction::Ingress, &out[..n]) {
+        if let Err(reason) = self.police(now, key, Direction::Ingress, &view, &out[..n]) {
             return NetOutcome::Dropped(reason);
         }
         NetOutcome::WriteTun {

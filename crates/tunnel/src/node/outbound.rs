@@ -46,7 +46,7 @@ impl Node {
         if out.len() < packet.len() + WG_OVERHEAD || out.len() < MIN_OUT_BUF {
             return self.drop_tun(DropReason::BufferTooSmall);
         }
-        if let Err(reason) = self.police(now, key, Direction::Egress, packet) {
+        if let Err(reason) = self.police(now, key, Direction::Egress, &view, packet) {
             // Tell the local sender at once instead of letting it time out.
             if let Some(from) = self
                 .local

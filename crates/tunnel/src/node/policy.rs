@@ -6,22 +6,29 @@ use weft_proto::NodeKey;
 
 use super::*;
 use crate::counters::DropReason;
+use crate::ip::IpView;
 use weft_policy::{
     CompiledPolicy, ConntrackConfig, Direction, DropReason as PolicyDrop, Engine, FiveTuple,
     Verdict,
 };
 
 impl Node {
-    pub(super) fn apply_policy(&mut self, now: Instant, policy: Option<CompiledPolicy>) {
-        // Benchmark builds only (see the feature in Cargo.toml): no enforcement.
-        #[cfg(feature = "unenforced-benchmark-only")]
-        let policy: Option<CompiledPolicy> = policy.and(None);
+    /// Puts `policy` in force. An unchanged policy keeps its engine, so a map
+    /// event that only moves a peer's endpoint or online flag costs no matcher
+    /// rebuild and keeps every tracked flow. No policy (the map carried none, or
+    /// the agent could not read it) denies every packet: fail closed.
+    pub(super) fn apply_policy(&mut self, now: Instant, policy: Option<&CompiledPolicy>) {
         let Some(cp) = policy else {
-            self.policy = None;
+            if self.policy.take().is_some() {
+                self.events.push_back(Event::PolicyRejected {
+                    why: "the network map carries no usable access policy".to_owned(),
+                });
+            }
             return;
         };
         match self.policy.as_mut() {
-            Some(engine) => match engine.replace_policy(cp, now) {
+            Some(engine) if engine.policy() == cp => {}
+            Some(engine) => match engine.replace_policy(cp.clone(), now) {
                 Ok(ended) if ended > 0 => {
                     tracing::info!(
                         flows = ended,
@@ -35,7 +42,7 @@ impl Node {
                     self.policy = Some(Engine::deny_all(ConntrackConfig::default()));
                 }
             },
-            None => match Engine::new(cp, ConntrackConfig::default()) {
+            None => match Engine::new(cp.clone(), ConntrackConfig::default()) {
                 Ok(e) => self.policy = Some(e),
                 Err(e) => {
                     self.events
@@ -53,12 +60,21 @@ impl Node {
         now: Instant,
         key: NodeKey,
         dir: Direction,
+        view: &IpView,
         packet: &[u8],
     ) -> Result<(), DropReason> {
-        let Some(engine) = self.policy.as_mut() else {
+        // Benchmark builds only (see the feature in Cargo.toml): no enforcement.
+        if cfg!(feature = "unenforced-benchmark-only") {
             return Ok(());
+        }
+        let Some(engine) = self.policy.as_mut() else {
+            self.drops.add(DropReason::NoPolicy);
+            if let Some(peer) = self.peers.get_mut(&key) {
+                peer.drops.add(DropReason::NoPolicy);
+            }
+            return Err(DropReason::NoPolicy);
         };
-        let Ok(tuple) = FiveTuple::parse(packet) else {
+        let Ok(tuple) = FiveTuple::from_view(view, packet) else {
             self.drops.add(DropReason::MalformedIp);
             return Err(DropReason::MalformedIp);
         };
@@ -88,7 +104,7 @@ impl Node {
     }
 
     /// Explains what the policy would do with `packet` in direction `dir` now
-    /// (`None` when enforcement is off).
+    /// (`None` when the node has no policy: every packet is dropped).
     pub fn explain(
         &self,
         dir: Direction,
