@@ -220,8 +220,10 @@ impl PathState {
                 .last_direct_ping
                 .is_some_and(|p| now.saturating_duration_since(p) < DIRECT_PING);
             // Once direct, a later loss of the path re-probes on the fast
-            // schedule again.
+            // schedule again, starting at once (a probe time left in the past
+            // would make `next_due` report work that `due_pings` does not do).
             self.probe_round = 0;
+            self.next_probe = None;
             if quiet
                 && !recently
                 && let Some(d) = direct
