@@ -132,12 +132,15 @@ fn host() -> impl Strategy<Value = HostSpec> {
             timeout: Duration::from_secs(secs),
         })
     });
-    (nat, 5..=40u64, 0..=30u64).prop_map(|(nat, latency, jitter)| HostSpec {
+    // Lossy links in one host of twelve: the whole scenario is then judged
+    // on safety only.
+    let loss = prop_oneof![11 => Just(0u32), 1 => 10_000..50_000u32];
+    (nat, 5..=40u64, 0..=30u64, loss).prop_map(|(nat, latency, jitter, loss_ppm)| HostSpec {
         nat,
         link: Link {
             latency: Duration::from_millis(latency),
             jitter: Duration::from_millis(jitter),
-            loss_ppm: 0,
+            loss_ppm,
         },
     })
 }
@@ -377,7 +380,7 @@ fn nodes_agree_with_the_reference_model() {
     let sent: usize = tally.values().sum();
     eprintln!("{} cases (seed {seed}): {sent} packets: {tally:?}", cases());
     // The oracle is not vacuous: a fair share of the packets had to arrive
-    // (with the default seed, 677 of 5,978 in 1,000 cases).
+    // (with the default seed, 613 of 4,469 in 1,000 cases).
     assert!(
         required * 12 > sent && required as u32 >= cases() / 2,
         "only {required} of {sent} packets were required to arrive"
