@@ -54,6 +54,7 @@ weft-dns            -> weft-fs weft-proto
 weft-identity       -> weft-fs weft-proto
 weft-lab            -> weft-identity weft-proto
 weft-lab-bin        -> weft-lab
+weft-policy         -> weft-proto
 weft-relay          -> weft-api-client weft-proto weft-relay-core weft-tls
 weft-relay-bin      -> weft-relay
 weft-relay-client   -> weft-api-client weft-proto weft-relay-core

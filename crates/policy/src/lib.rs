@@ -100,6 +100,9 @@
 //! under the peer's address (a host map plus one lookup per distinct prefix
 //! length), independent of rules about other peers.
 
+// Hash iteration order must not reach output (see clippy.toml).
+#![warn(clippy::iter_over_hash_type)]
+
 mod check;
 mod compile;
 mod conntrack;

@@ -9,6 +9,9 @@
 //! and return errors, never panic; each has a fuzz target in `fuzz/` whose
 //! committed corpus `tests/fuzz_corpora.rs` replays through [`fuzzing`].
 
+// Hash iteration order must not reach output (see clippy.toml).
+#![warn(clippy::iter_over_hash_type)]
+
 pub mod api;
 pub mod local;
 pub mod net;
