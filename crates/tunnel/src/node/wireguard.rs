@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use weft_proto::NodeKey;
 
-use super::{Dest, NetOutcome, Node, Transmit, heard};
+use super::{Dest, NetOutcome, Node, Peer, Transmit, heard};
 use crate::counters::DropReason;
 use crate::ip::IpView;
 use crate::path::Route;
@@ -86,8 +86,9 @@ impl Node {
             Some(f) => Dest::Udp(f),
             None => Dest::Relay(key),
         };
-        // Packets released by a completed handshake take the peer's path.
-        let release_to = match peer.path.route(now, relay_up) {
+        // Packets released by a completed handshake take the peer's path
+        // (worked out only then: not on the per-packet path).
+        let release_to = |peer: &Peer| match peer.path.route(now, relay_up) {
             Route::Direct(a) => Dest::Udp(a),
             Route::Relay => Dest::Relay(key),
             Route::Candidates => reply_to,
@@ -110,7 +111,7 @@ impl Node {
                             // confirms the session (sent back where the response came
                             // from).
                             let dst = if peer.tunn.queued() > 0 {
-                                release_to
+                                release_to(peer)
                             } else {
                                 reply_to
                             };
@@ -132,10 +133,11 @@ impl Node {
                     if peer.tunn.has_releasable(now) {
                         // The initiator confirmed the session we answered: send
                         // what waited for it.
+                        let dst = release_to(peer);
                         let transmits = &mut self.transmits;
                         peer.tunn.flush(now, false, &mut self.scratch, |m| {
                             transmits.push_back(Transmit {
-                                dst: release_to,
+                                dst,
                                 payload: m.to_vec(),
                             });
                         });
