@@ -47,12 +47,19 @@ pub struct Control {
     pub members: BTreeSet<usize>,
     /// The policy text (TOML); every member's policy is compiled from it.
     pub policy: String,
-    /// Nodes whose configuration carries no policy (enforcement off: a node
-    /// that ignores its policy, to test the other side's ingress checks).
+    /// Nodes whose configuration lies (a compromised node, to test the other
+    /// side's checks): their policy allows every packet, from any of their own
+    /// addresses, every other node's and [`Control::rogue_claims`], to every
+    /// node, and they see every member.
     pub rogue: BTreeSet<usize>,
+    /// Further source addresses a rogue node's policy lets it send from.
+    pub rogue_claims: Vec<IpAddr>,
     /// Which endpoints each node advertises.
     pub advertised: Vec<Advertised>,
 }
+
+/// What a rogue node's policy says.
+const ROGUE_POLICY: &str = "[[rule]]\naction = \"allow\"\nfrom = [\"*\"]\nto = [\"*\"]\n";
 
 /// Why a policy text could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +72,7 @@ impl Control {
             members: (0..nodes).collect(),
             policy: String::new(),
             rogue: BTreeSet::new(),
+            rogue_claims: Vec::new(),
             advertised: vec![Advertised::Reported; nodes],
         }
     }
@@ -93,26 +101,44 @@ impl Control {
         e
     }
 
-    /// Every node's configuration (non-members get no peers and a policy that
-    /// allows nothing).
-    pub fn configs(&self, nodes: &[NodeView]) -> Result<Vec<NodeConfig>, PolicyError> {
+    /// Compiles `text` over the members; with `liar`, that node also claims
+    /// every other node's address and [`Control::rogue_claims`].
+    fn compile(
+        &self,
+        nodes: &[NodeView],
+        text: &str,
+        liar: Option<usize>,
+    ) -> Result<weft_policy::Compiled, PolicyError> {
         let facts = self
             .members
             .iter()
-            .filter_map(|i| nodes.get(*i))
-            .map(|v| NodeFacts {
-                name: v.name.clone(),
-                tags: vec![],
-                networks: vec![Membership {
-                    network: "sim".into(),
-                    addrs: vec![v.overlay],
-                }],
-                routed_subnets: vec![],
+            .filter_map(|i| nodes.get(*i).map(|v| (*i, v)))
+            .map(|(i, v)| {
+                let mut addrs = vec![v.overlay];
+                if liar == Some(i) {
+                    addrs.extend(nodes.iter().map(|o| o.overlay).filter(|a| *a != v.overlay));
+                    addrs.extend(self.rogue_claims.iter().copied());
+                }
+                NodeFacts {
+                    name: v.name.clone(),
+                    tags: vec![],
+                    networks: vec![Membership {
+                        network: "sim".into(),
+                        addrs,
+                    }],
+                    routed_subnets: vec![],
+                }
             })
             .collect();
         let inventory = Inventory::new(facts).map_err(|e| PolicyError(e.to_string()))?;
-        let policy = weft_policy::parse(&self.policy).map_err(|e| PolicyError(e.to_string()))?;
-        let compiled = weft_policy::compile(&policy, &inventory);
+        let policy = weft_policy::parse(text).map_err(|e| PolicyError(e.to_string()))?;
+        Ok(weft_policy::compile(&policy, &inventory))
+    }
+
+    /// Every node's configuration (non-members get no peers and a policy that
+    /// allows nothing).
+    pub fn configs(&self, nodes: &[NodeView]) -> Result<Vec<NodeConfig>, PolicyError> {
+        let compiled = self.compile(nodes, &self.policy, None)?;
         let mut out = Vec::with_capacity(nodes.len());
         for (i, v) in nodes.iter().enumerate() {
             let network = NetworkConfig {
@@ -127,7 +153,14 @@ impl Control {
                 });
                 continue;
             }
-            let visible = compiled.visible_peers(&v.name);
+            let rogue = self.rogue.contains(&i);
+            let lie = if rogue {
+                Some(self.compile(nodes, ROGUE_POLICY, Some(i))?)
+            } else {
+                None
+            };
+            let view = lie.as_ref().unwrap_or(&compiled);
+            let visible = view.visible_peers(&v.name);
             let peers = nodes
                 .iter()
                 .enumerate()
@@ -140,15 +173,10 @@ impl Control {
                     routes: vec![],
                 })
                 .collect();
-            let policy = if self.rogue.contains(&i) {
-                None
-            } else {
-                Some(compiled.node(&v.name).cloned().unwrap_or_default())
-            };
             out.push(NodeConfig {
                 networks: vec![network],
                 peers,
-                policy,
+                policy: Some(view.node(&v.name).cloned().unwrap_or_default()),
             });
         }
         Ok(out)

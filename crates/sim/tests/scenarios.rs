@@ -104,6 +104,39 @@ fn nat_behaviours_decide_whether_a_direct_path_is_found() {
 }
 
 #[test]
+fn a_rogue_nodes_spoofed_and_unauthorized_packets_leave_it_and_stop_at_the_receiver() {
+    let mut sim = Sim::new(&SimConfig::new(5, 3));
+    // Only n0 -> n1 TCP/22 is allowed; n2 lies: its policy allows everything,
+    // from any node's address.
+    sim.control.policy =
+        "[[rule]]\naction = \"allow\"\nfrom = [\"node:n2\"]\nto = [\"node:n1\"]\nproto = \"tcp\"\nports = [22]\n".into();
+    sim.control.rogue.insert(2);
+    sim.apply_maps().unwrap();
+    sim.run_for(Duration::from_secs(2));
+    let n0 = sim.hosts[0].overlay;
+    let (spoofed, p) = sim.packet(2, Some(n0), 1, Proto::Tcp, 22);
+    sim.send(2, &p);
+    let (denied, p) = sim.packet(2, None, 1, Proto::Udp, 53);
+    sim.send(2, &p);
+    let (allowed, p) = sim.packet(2, None, 1, Proto::Tcp, 22);
+    sim.send(2, &p);
+    sim.run_for(Duration::from_secs(2));
+    let got: Vec<_> = sim.hosts[1].tun.iter().map(|a| a.id).collect();
+    assert_eq!(got, vec![Some(allowed)], "{}", sim.trace.text());
+    let t = sim.trace.text();
+    assert!(
+        t.contains(&format!("tun n2 pkt#{spoofed} sent")),
+        "the rogue let it out"
+    );
+    assert!(
+        t.contains(&format!("tun n2 pkt#{denied} sent")),
+        "the rogue let it out"
+    );
+    assert!(t.contains("dropped spoofed_source"), "{t}");
+    assert!(t.contains("dropped policy_no_rule"), "{t}");
+}
+
+#[test]
 #[ignore = "prints a trace for reading"]
 fn print_trace() {
     let mut sim = Sim::new(&SimConfig::new(1, 2));

@@ -235,6 +235,7 @@ fn run(sc: &Scenario, trace: bool) -> (Record, Sim) {
     let mut sim = Sim::new(&cfg);
     let mut rules = sc.rules.clone();
     sim.control.rogue = sc.rogue.into_iter().collect();
+    sim.control.rogue_claims = vec![STRANGER];
     sim.control.policy = toml(&rules);
     sim.apply_maps().expect("generated policies are valid");
     sim.set_relay(sc.relay);

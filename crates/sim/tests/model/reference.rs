@@ -8,8 +8,11 @@
 //! - it is a packet some host sent, received by the host it was addressed
 //!   to, byte for byte, and at most once;
 //! - it was not spoofed (its inner source is its sender's own address);
-//! - the policy allowed it when it was sent (unless the sender ignores its
-//!   policy) and when it arrived (unless the receiver ignores its policy);
+//! - the policy allowed it when it was sent (unless the sender is the rogue)
+//!   and when it arrived (unless the receiver is the rogue). The rogue is a
+//!   node whose configuration lies (`Control::rogue`): its policy allows
+//!   everything, from any node's address or a stranger's, so its spoofed and
+//!   unauthorized packets leave it and only the receiver's checks stop them;
 //! - the receiver had the sender in its map when it arrived.
 //!
 //! Liveness, on lossless links: a packet sent from `a` to `b` at `ts` must
@@ -187,7 +190,8 @@ pub(crate) struct Record {
     pub(crate) public: Vec<bool>,
     /// Each host's NAT behaviour.
     pub(crate) nats: Vec<Option<(Mapping, Filtering)>>,
-    /// The host whose configuration carries no policy.
+    /// The host whose configuration lies (a permissive policy claiming every
+    /// address).
     pub(crate) rogue: Option<usize>,
     /// Snapshots, in time order.
     pub(crate) states: Vec<State>,
