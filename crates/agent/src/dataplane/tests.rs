@@ -335,7 +335,8 @@ fn a_command_wakes_the_loop() {
     }
     waits.sort();
     assert!(
-        waits[waits.len() / 2] < Duration::from_millis(20),
+        // Unwoken, answers would wait for the next timer tick: 125 ms median.
+        waits[waits.len() / 2] < Duration::from_millis(60),
         "median answer time {:?}",
         waits[waits.len() / 2]
     );
