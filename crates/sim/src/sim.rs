@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use weft_identity::{Identity, ProofOfWork};
 use weft_proto::NodeKey;
 use weft_tunnel::path::PathKind;
-use weft_tunnel::{Event, Node, NodeConfig};
+use weft_tunnel::{Event, Node, NodeConfig, PeerStatus};
 
 use crate::control::{Control, NodeView, PolicyError};
 use crate::nat::{Nat, NatConfig};
@@ -288,15 +288,19 @@ impl Sim {
             .collect()
     }
 
-    /// The path host `i` uses for host `j` (`None` when `j` is not its peer).
-    pub fn path(&self, i: usize, j: usize) -> PathKind {
+    /// What host `i`'s node says about its peer host `j` now.
+    pub fn peer_status(&self, i: usize, j: usize) -> Option<PeerStatus> {
         let key = self.hosts[j].key;
         self.hosts[i]
             .node
             .peer_status(self.instant())
             .into_iter()
             .find(|p| p.key == key)
-            .map_or(PathKind::None, |p| p.path)
+    }
+
+    /// The path host `i` uses for host `j` (`None` when `j` is not its peer).
+    pub fn path(&self, i: usize, j: usize) -> PathKind {
+        self.peer_status(i, j).map_or(PathKind::None, |p| p.path)
     }
 
     fn offset(&self, t: Instant) -> Duration {

@@ -53,13 +53,17 @@ fn lines_at(sim: &Sim, words: &[&str]) -> Vec<u64> {
 }
 
 fn since_handshake(sim: &Sim, i: usize, j: usize) -> Option<Duration> {
-    let key = sim.hosts[j].key;
-    sim.hosts[i]
-        .node
-        .peer_status(sim.instant())
-        .into_iter()
-        .find(|p| p.key == key)
-        .and_then(|p| p.since_handshake)
+    sim.peer_status(i, j).and_then(|p| p.since_handshake)
+}
+
+/// A simulation of `cfg` with every packet allowed and the relay up, run 6 s.
+fn open_with_relay(cfg: &SimConfig) -> Sim {
+    let mut sim = Sim::new(cfg);
+    sim.control.policy = ALLOW_ALL.into();
+    sim.apply_maps().unwrap();
+    sim.set_relay(true);
+    sim.run_for(secs(6));
+    sim
 }
 
 /// Initiations by either host, one per attempt (copies to several
@@ -224,11 +228,7 @@ fn simultaneous_first_packets_over_reordering_links_all_arrive() {
             loss_ppm: 0,
         };
     }
-    let mut sim = Sim::new(&cfg);
-    sim.control.policy = ALLOW_ALL.into();
-    sim.apply_maps().unwrap();
-    sim.set_relay(true);
-    sim.run_for(secs(6));
+    let mut sim = open_with_relay(&cfg);
     let a = ping(&mut sim, 3, 2);
     let b = ping(&mut sim, 2, 0);
     let c = ping(&mut sim, 0, 2);
@@ -350,11 +350,7 @@ fn a_one_way_direct_path_does_not_starve_handshakes_over_a_working_relay() {
         ),
         nat(Mapping::AddressDependent, Filtering::EndpointIndependent),
     ];
-    let mut sim = Sim::new(&cfg);
-    sim.control.policy = ALLOW_ALL.into();
-    sim.apply_maps().unwrap();
-    sim.set_relay(true);
-    sim.run_for(secs(6));
+    let mut sim = open_with_relay(&cfg);
     let first = ping(&mut sim, 0, 1);
     sim.run_for(secs(100));
     let later = ping(&mut sim, 0, 1);
