@@ -236,7 +236,10 @@ async fn serve<F: Future<Output = ()>>(
             }
             Some(map) = maps_rx.recv() => {
                 agent.from_cache = false;
-                if let Err(e) = agent.state.save_map(&map) {
+                // A file write with fsync: off the runtime like the system work.
+                let (state, cached) = (agent.state.clone(), map.clone());
+                let saved = system::off_runtime((), move |()| state.save_map(&cached)).await.1;
+                if let Err(e) = saved {
                     tracing::warn!("could not cache the network map: {e:#}");
                 }
                 agent.apply_map(map).await;
