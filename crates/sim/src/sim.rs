@@ -177,18 +177,24 @@ pub struct Sim {
     scratch: Vec<u8>,
     steps: u64,
     next_id: u64,
-    /// Per host: the instant its `handle_timeout` last ran, and whether its
-    /// timer was still due after that.
-    timer_ran: Vec<(Option<Duration>, bool)>,
-    /// Times a node's `poll_timeout` was still at or before `now` right after
-    /// `handle_timeout(now)` (a drive-contract breach: a real shell would spin
-    /// until its clock moved on; the simulation moves its clock 1 ms).
+    /// Per host: the instant its `handle_timeout` last ran, how many calls
+    /// in a row at that instant left its timer still due, and whether the
+    /// current spell of stale timers was traced.
+    timer_ran: Vec<(Option<Duration>, u8, bool)>,
+    /// Times a node's `poll_timeout` was still at or before `now` after two
+    /// calls of `handle_timeout(now)` in a row (a drive-contract breach: a
+    /// real shell would spin until its clock moved on; the simulation moves
+    /// its clock 1 ms). One call that leaves work due at once is allowed (a
+    /// shell polls again with a zero timeout).
     pub stale_timers: u64,
 }
 
 /// Steps without the clock advancing before the simulation is declared
 /// livelocked.
 const MAX_STEPS_AT_ONE_INSTANT: u64 = 100_000;
+/// Calls of `handle_timeout` at one instant that leave the timer still due
+/// before it counts as stale.
+const STALE_AFTER_CALLS: u8 = 2;
 /// How far the clock moves when only timers that stayed due are left.
 const STALE_TIMER_STEP: Duration = Duration::from_millis(1);
 
@@ -252,7 +258,7 @@ impl Sim {
             scratch: vec![0u8; 70_000],
             steps: 0,
             next_id: 0,
-            timer_ran: vec![(None, false); n],
+            timer_ran: vec![(None, 0, false); n],
             stale_timers: 0,
         };
         if cfg.stun {
@@ -465,8 +471,8 @@ impl Sim {
     // ----- time ----------------------------------------------------------------------
 
     /// The next instant something is due: a node's timer or a delivery. A
-    /// timer still due after it ran at this instant counts as due 1 ms later
-    /// (the time a spinning shell's clock would take to move).
+    /// timer still due after it ran twice at this instant counts as due 1 ms
+    /// later (the time a spinning shell's clock would take to move).
     fn next_due(&self) -> Option<Duration> {
         let timers = self
             .hosts
@@ -475,7 +481,7 @@ impl Sim {
             .filter_map(|(h, ran)| {
                 let t = self.offset(h.node.poll_timeout()?.0);
                 Some(match ran {
-                    (Some(at), true) if *at == self.now && t <= self.now => {
+                    (Some(at), STALE_AFTER_CALLS.., _) if *at == self.now && t <= self.now => {
                         self.now + STALE_TIMER_STEP
                     }
                     _ => t,
@@ -514,18 +520,25 @@ impl Sim {
             }
             let now = self.instant();
             for i in 0..self.hosts.len() {
+                let (at, calls, traced) = self.timer_ran[i];
+                let calls = if at == Some(self.now) { calls } else { 0 };
                 let due = self.hosts[i].node.poll_timeout();
-                if due.is_none_or(|(t, _)| t > now) || self.timer_ran[i] == (Some(self.now), true) {
+                if due.is_none_or(|(t, _)| t > now) || calls >= STALE_AFTER_CALLS {
                     continue;
                 }
                 self.hosts[i].node.handle_timeout(now);
                 self.drain(i);
                 let after = self.hosts[i].node.poll_timeout();
-                let stale = after.is_some_and(|(t, _)| t <= now);
-                if stale {
+                let calls = if after.is_some_and(|(t, _)| t <= now) {
+                    calls + 1
+                } else {
+                    0
+                };
+                let mut traced = traced && calls > 0;
+                if calls >= STALE_AFTER_CALLS {
                     self.stale_timers += 1;
-                    let (_, was_stale) = self.timer_ran[i];
-                    if !was_stale {
+                    if !traced {
+                        traced = true;
                         let name = self.hosts[i].name.clone();
                         let (t, why) = after.unwrap_or((now, ""));
                         let at = crate::trace::stamp(self.offset(t));
@@ -536,7 +549,7 @@ impl Sim {
                         });
                     }
                 }
-                self.timer_ran[i] = (Some(self.now), stale);
+                self.timer_ran[i] = (Some(self.now), calls, traced);
             }
         }
         self.now = self.now.max(end);

@@ -3,7 +3,9 @@
 //! endpoints, policy), packets (allowed, denied, spoofed), path failures
 //! (links, cut pairs, the relay, NAT rebinding) and time jumps, run on real
 //! `Node`s in the simulator; the reference model (`reference.rs`) judges
-//! every packet sent and every packet delivered.
+//! every packet sent and every packet delivered, and no node's
+//! `poll_timeout` may stay due after two `handle_timeout` calls at one
+//! instant (the drive contract).
 //!
 //! `WEFT_SIM_CASES` sets the number of cases (default 1,000).
 
@@ -356,8 +358,14 @@ fn nodes_agree_with_the_reference_model() {
     let mut runner = TestRunner::new_with_rng(config, rng);
     let tally = std::cell::RefCell::new(std::collections::BTreeMap::new());
     let result = runner.run(&scenario(), |sc| {
-        let (rec, _) = run(&sc, false);
-        let v = rec.violations();
+        let (rec, sim) = run(&sc, false);
+        let mut v = rec.violations();
+        if sim.stale_timers > 0 {
+            v.push(format!(
+                "poll_timeout stayed due after handle_timeout {} times",
+                sim.stale_timers
+            ));
+        }
         if !v.is_empty() {
             // Again with the trace, for the report.
             let (_, sim) = run(&sc, true);
