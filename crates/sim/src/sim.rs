@@ -91,6 +91,9 @@ pub struct Arrival {
     pub id: Option<u64>,
     /// The packet.
     pub packet: Vec<u8>,
+    /// How old the receiver's current session with the sender was
+    /// (`since_handshake` of its peer status), when it has one.
+    pub key_age: Option<Duration>,
 }
 
 /// One simulated machine.

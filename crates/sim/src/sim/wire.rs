@@ -285,10 +285,21 @@ impl Sim {
                 self.trace
                     .line(self.now, || format!("recv {name} {what} -> tun pkt#{id_s}"));
                 let at = self.now;
+                let packet = packet.to_vec();
+                // The sender, by the packet's (checked) inner source.
+                let sender = packet
+                    .get(12..16)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map(IpAddr::from)
+                    .and_then(|src| self.hosts.iter().position(|h| h.overlay == src));
+                let key_age = sender
+                    .and_then(|k| self.peer_status(j, k))
+                    .and_then(|p| p.since_handshake);
                 self.hosts[j].tun.push(Arrival {
                     at,
                     id,
-                    packet: packet.to_vec(),
+                    packet,
+                    key_age,
                 });
             }
             NetOutcome::Handled => {

@@ -326,7 +326,7 @@ fn run(sc: &Scenario, trace: bool) -> (Record, Sim) {
     rec.events = sim.path_events.iter().map(|e| (e.at, e.host)).collect();
     for (j, h) in sim.hosts.iter().enumerate() {
         for a in &h.tun {
-            rec.delivered.push((a.id, j, a.at, a.packet.clone()));
+            rec.delivered.push((j, a.clone()));
         }
     }
     (rec, sim)

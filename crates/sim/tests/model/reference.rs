@@ -13,7 +13,9 @@
 //!   node whose configuration lies (`Control::rogue`): its policy allows
 //!   everything, from any node's address or a stranger's, so its spoofed and
 //!   unauthorized packets leave it and only the receiver's checks stop them;
-//! - the receiver had the sender in its map when it arrived.
+//! - the receiver had the sender in its map when it arrived;
+//! - the receiver's session with the sender was not older than
+//!   REJECT_AFTER_TIME (180 s): no data flows on expired keys.
 //!
 //! Liveness, on lossless links: a packet sent from `a` to `b` at `ts` must
 //! arrive (exactly once) when
@@ -48,7 +50,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use weft_sim::packet::Proto;
-use weft_sim::{Filtering, Mapping};
+use weft_sim::{Arrival, Filtering, Mapping};
 
 /// A node learns its direct path died within `DIRECT_TRUST` (3 s); probing
 /// and path switches settle within this.
@@ -57,6 +59,8 @@ pub(crate) const SETTLE: Duration = Duration::from_secs(5);
 /// the slowest links the strategies make (each one-way crossing under
 /// 150 ms), with room.
 pub(crate) const FLIGHT: Duration = Duration::from_secs(2);
+/// WireGuard's REJECT_AFTER_TIME: no data on keys older than this.
+pub(crate) const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 /// WireGuard's handshake retry interval (REKEY_TIMEOUT, 5 s, plus at most
 /// 1/3 s of jitter), with room.
 pub(crate) const RETRY: Duration = Duration::from_secs(6);
@@ -199,8 +203,8 @@ pub(crate) struct Record {
     pub(crate) sent: BTreeMap<u64, Sent>,
     /// Path events: (when, host).
     pub(crate) events: Vec<(Duration, usize)>,
-    /// Deliveries: (id, host, when, bytes).
-    pub(crate) delivered: Vec<(Option<u64>, usize, Duration, Vec<u8>)>,
+    /// Deliveries: (receiving host, what its TUN got).
+    pub(crate) delivered: Vec<(usize, Arrival)>,
     /// Links lose nothing.
     pub(crate) lossless: bool,
 }
@@ -314,7 +318,18 @@ impl Record {
     pub(crate) fn violations(&self) -> Vec<String> {
         let mut v = Vec::new();
         let mut count: BTreeMap<u64, usize> = BTreeMap::new();
-        for (id, host, at, bytes) in &self.delivered {
+        for (host, arrival) in &self.delivered {
+            let Arrival {
+                at,
+                id,
+                packet: bytes,
+                key_age,
+            } = arrival;
+            if key_age.is_some_and(|a| a > REJECT_AFTER_TIME) {
+                v.push(format!(
+                    "n{host} took data at {at:?} on keys {key_age:?} old"
+                ));
+            }
             let Some(id) = id else {
                 v.push(format!("n{host} received a packet nobody sent at {at:?}"));
                 continue;
