@@ -45,6 +45,9 @@
 //! outputs, and a simulation under virtual time runs minutes of protocol in
 //! milliseconds.
 
+// Hash iteration order must not reach output (see clippy.toml).
+#![warn(clippy::iter_over_hash_type)]
+
 pub mod batch;
 mod counters;
 pub mod disco;
