@@ -183,6 +183,12 @@ impl Rng {
     }
 }
 
+/// TAI64's label for the Unix epoch: 2^62 plus TAI's 37 s lead over UTC (as
+/// boringtun, which weft used before, counts; Linux counts 10 s). A responder
+/// refuses initiations not newer than the last one, so a node restarted with
+/// another base would be locked out for the difference.
+const TAI64_BASE: u64 = (1 << 62) + 37;
+
 /// Wall time derived from the caller's monotonic `now`: a wall-clock reading taken
 /// together with an `Instant`, plus the time elapsed since. Virtual time therefore
 /// gives virtual wall time.
@@ -208,7 +214,7 @@ impl WallClock {
     pub fn tai64n(&mut self, now: Instant) -> [u8; 12] {
         let t = self.base_wall + now.saturating_duration_since(self.base_instant);
         let mut ts = [0u8; 12];
-        ts[..8].copy_from_slice(&(0x4000_0000_0000_000a_u64 + t.as_secs()).to_be_bytes());
+        ts[..8].copy_from_slice(&(TAI64_BASE + t.as_secs()).to_be_bytes());
         ts[8..].copy_from_slice(&t.subsec_nanos().to_be_bytes());
         if ts <= self.last {
             ts = self.last;
@@ -253,7 +259,7 @@ mod tests {
         let c = w.tai64n(start + Duration::from_secs(5));
         assert_eq!(
             u64::from_be_bytes(c[..8].try_into().unwrap()),
-            0x4000_0000_0000_000a + 1_005
+            TAI64_BASE + 1_005
         );
     }
 }

@@ -180,3 +180,31 @@ fn rekeys_started_by_either_side_interoperate() {
         "their keys are current"
     );
 }
+
+#[test]
+fn our_timestamps_follow_boringtuns_after_it() {
+    // A node that ran boringtun (a weft before this module, or a rogue copy of
+    // its key) and then runs ours at the same wall time must not look like a
+    // replay to its peers: both count TAI64N from the same base.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "boringtun reads the real wall clock"
+    )]
+    let wall = std::time::SystemTime::now();
+    let t0 = start();
+    let mut peer = side(1, 9, t0, None);
+    let mut buf = vec![0u8; 2048];
+    let mut them = theirs();
+    let TunnResult::WriteToNetwork(init) = them.format_handshake_initiation(&mut buf, false) else {
+        panic!("no initiation");
+    };
+    assert_eq!(peer.receive(t0, peer.addr, init).err, None);
+    let remote = crypto::public_of(&x25519_dalek::StaticSecret::from([1u8; 32]));
+    let mut same_key =
+        endpoint::Endpoint::new([9; 32], [9; 32], remote, 5, None, t0, wall).expect("valid key");
+    let (_, ours) = same_key
+        .send(t0 + Duration::from_secs(1), b"x")
+        .expect("initiation");
+    assert_eq!(msg_type(&ours), MSG_INITIATION);
+    assert_eq!(peer.receive(t0, peer.addr, &ours).err, None, "not a replay");
+}
