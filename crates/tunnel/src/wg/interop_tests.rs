@@ -199,7 +199,7 @@ fn our_timestamps_follow_boringtuns_after_it() {
         panic!("no initiation");
     };
     assert_eq!(peer.receive(t0, peer.addr, init).err, None);
-    let remote = crypto::public_of(&x25519_dalek::StaticSecret::from([1u8; 32]));
+    let remote = crypto::public_of(&StaticSecret::from([1u8; 32]));
     let mut same_key =
         endpoint::Endpoint::new([9; 32], [9; 32], remote, 5, None, t0, wall).expect("valid key");
     let (_, ours) = same_key
