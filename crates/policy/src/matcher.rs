@@ -204,6 +204,7 @@ impl FiveTuple {
     /// `pkt`). IPv6 extension headers are walked by the view; a non-first
     /// fragment has no transport header and is reported as [`Transport::Other`]
     /// with its protocol.
+    #[inline]
     pub fn from_view(view: &IpView, pkt: &[u8]) -> Result<FiveTuple, PacketError> {
         let (src, dst, proto) = (view.src, view.dst, view.protocol);
         if view.fragment {

@@ -42,6 +42,7 @@ pub struct IpView {
 impl IpView {
     /// Parses the headers; the buffer may carry trailing bytes beyond
     /// `total_len`, which no accessor reads.
+    #[inline]
     pub fn parse(pkt: &[u8]) -> Result<Self, PacketError> {
         let first = *pkt.first().ok_or(PacketError::Truncated)?;
         match first >> 4 {
@@ -51,6 +52,7 @@ impl IpView {
         }
     }
 
+    #[inline]
     fn parse_v4(pkt: &[u8], first: u8) -> Result<Self, PacketError> {
         let h = pkt.get(..20).ok_or(PacketError::Truncated)?;
         let header_len = usize::from(first & 0x0f) * 4;
@@ -96,6 +98,7 @@ impl IpView {
     }
 
     /// The transport header and payload (empty for a packet that has none).
+    #[inline]
     pub fn transport<'a>(&self, pkt: &'a [u8]) -> &'a [u8] {
         pkt.get(self.transport_offset..self.total_len)
             .unwrap_or_default()

@@ -238,7 +238,12 @@ impl MapPolicy {
         let Some(obj) = value.as_object_mut() else {
             return unreadable(None, "the policy is not a JSON object".to_owned());
         };
-        let version = match obj.remove("version") {
+        let version = obj.remove("version");
+        // An unreadable policy written back (a cached map) reads as it was.
+        if let Some(why) = obj.get("unreadable").and_then(|w| w.as_str()) {
+            return unreadable(version.and_then(|v| v.as_u64()), why.to_owned());
+        }
+        let version = match version {
             None => u64::from(POLICY_VERSION),
             Some(v) => match v.as_u64() {
                 Some(v) => v,
@@ -248,16 +253,13 @@ impl MapPolicy {
             },
         };
         if version != u64::from(POLICY_VERSION) {
-            // The body of an Unreadable policy written back (a cached map) is
-            // still unreadable, with the same reason.
-            let why = match obj.get("unreadable").and_then(|w| w.as_str()) {
-                Some(why) => why.to_owned(),
-                None => format!(
+            return unreadable(
+                Some(version),
+                format!(
                     "policy format version {version} is not one this weftd reads \
                      (it reads version {POLICY_VERSION}); upgrade weftd"
                 ),
-            };
-            return unreadable(Some(version), why);
+            );
         }
         match serde_json::from_value::<CompiledPolicy>(value) {
             Ok(p) => MapPolicy::Compiled(Arc::new(p)),
@@ -270,20 +272,21 @@ impl Serialize for MapPolicy {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct Versioned<'a, T> {
-            version: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            version: Option<u64>,
             #[serde(flatten)]
             body: &'a T,
         }
         match self {
             MapPolicy::Compiled(p) => Versioned {
-                version: u64::from(POLICY_VERSION),
+                version: Some(u64::from(POLICY_VERSION)),
                 body: &**p,
             }
             .serialize(s),
-            // Written back as read, so a cached map stays unreadable (version 0
-            // when it named none: never a version anyone writes).
+            // Written back with its reason, so a cached map reads as unreadable
+            // again, with the same reason.
             MapPolicy::Unreadable(u) => Versioned {
-                version: u.version.unwrap_or(0),
+                version: u.version,
                 body: &UnreadableBody {
                     unreadable: &u.unreadable,
                 },
