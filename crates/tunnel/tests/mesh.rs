@@ -826,9 +826,8 @@ fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     p
 }
 
-#[test]
-fn policy_is_enforced_on_egress_and_ingress_statefully() {
-    const POLICY: &str = r#"
+/// web (n0) may open TCP to db (n1) on port 5432; nothing else is allowed.
+const WEB_TO_DB_5432: &str = r#"
 [[rule]]
 name = "web to db"
 action = "allow"
@@ -837,12 +836,21 @@ to = ["tag:db"]
 proto = "tcp"
 ports = [5432]
 "#;
+
+/// Two hosts, web (n0) and db (n1), each enforcing its part of `WEB_TO_DB_5432`.
+fn web_and_db() -> Net {
     let mut net = mesh(2);
-    let compiled = compile_policy(&net, &["web", "db"], POLICY);
-    let (web, db) = (net.hosts[0].overlay, net.hosts[1].overlay);
+    let compiled = compile_policy(&net, &["web", "db"], WEB_TO_DB_5432);
     set_policy(&mut net, 0, compiled.node("n0").cloned());
     set_policy(&mut net, 1, compiled.node("n1").cloned());
     net.run();
+    net
+}
+
+#[test]
+fn policy_is_enforced_on_egress_and_ingress_statefully() {
+    let mut net = web_and_db();
+    let (web, db) = (net.hosts[0].overlay, net.hosts[1].overlay);
 
     // web -> db:5432 passes, and db's reply (SYN-ACK) passes back.
     let syn = tcp(web, db, 40000, 5432, 0x02);
@@ -1345,20 +1353,8 @@ fn a_map_without_a_policy_drops_every_packet() {
 
 #[test]
 fn an_endpoint_only_map_change_keeps_the_policy_and_its_flows() {
-    const POLICY: &str = r#"
-[[rule]]
-action = "allow"
-from = ["tag:web"]
-to = ["tag:db"]
-proto = "tcp"
-ports = [5432]
-"#;
-    let mut net = mesh(2);
-    let compiled = compile_policy(&net, &["web", "db"], POLICY);
+    let mut net = web_and_db();
     let (web, db) = (net.hosts[0].overlay, net.hosts[1].overlay);
-    set_policy(&mut net, 0, compiled.node("n0").cloned());
-    set_policy(&mut net, 1, compiled.node("n1").cloned());
-    net.run();
     // web opens a flow to db; db's reply is admitted by conntrack only (no rule
     // lets db open anything towards web).
     let syn = tcp(web, db, 40000, 5432, 0x02);
@@ -1368,7 +1364,7 @@ ports = [5432]
 
     // A map event that moves only web's endpoint (same policy, compiled anew:
     // equal, not the same allocation) reaches db.
-    let again = compile_policy(&net, &["web", "db"], POLICY);
+    let again = compile_policy(&net, &["web", "db"], WEB_TO_DB_5432);
     let cfg = config_with(&net, 1, again.node("n1").cloned(), 51000);
     let now = net.clock;
     net.hosts[1].node.apply_config(now, &cfg);
