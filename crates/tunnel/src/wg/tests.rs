@@ -319,6 +319,14 @@ fn no_data_after_180_seconds_without_rekey_and_keys_erased_at_540() {
     // 180 s: neither side sends or accepts with the old keys.
     let t180 = t0 + REJECT_AFTER_TIME;
     let (_, m_old) = b.send(t0 + Duration::from_secs(179), b"old");
+    // A keepalive from a answers b's "old" (else b, its data unanswered,
+    // would start a handshake 15 s later: §6.2).
+    let (_, ka) = a.send(t0 + Duration::from_secs(179), b"");
+    assert_eq!(
+        b.receive(t0 + Duration::from_secs(179), a.addr, &ka)
+            .plaintext,
+        Some(Vec::new())
+    );
     assert_eq!(
         a.receive(t180, b.addr, &m_old).err,
         Some(Error::UnknownSession)
@@ -395,6 +403,10 @@ fn handshake_retried_every_5_seconds_with_jitter_then_given_up_at_90() {
 fn keepalive_after_10_seconds_of_only_receiving() {
     let t0 = start();
     let (mut a, mut b) = established(t0);
+    // b answers the handshake's packet, so the data at t1 is the first it
+    // has not answered (the keepalive counts from that one, §6.5).
+    let (_, ack) = b.send(t0, b"ack");
+    assert!(a.receive(t0, b.addr, &ack).plaintext.is_some());
     let t1 = t0 + Duration::from_secs(1);
     let (_, m) = a.send(t1, b"one way");
     assert!(b.receive(t1, a.addr, &m).plaintext.is_some());
@@ -431,6 +443,58 @@ fn keepalive_after_10_seconds_of_only_receiving() {
 }
 
 #[test]
+fn a_steady_one_way_flow_is_answered_by_keepalives_and_needs_no_new_handshake() {
+    // §6.5: the passive keepalive counts from the first data not yet answered,
+    // not the last: a receiver hearing data every second still answers every
+    // 10 s, so the sender never goes 15 s unheard.
+    let t0 = start();
+    let (mut a, mut b) = established(t0);
+    let tick = Duration::from_millis(250);
+    let mut now = t0;
+    let (mut keepalives, mut initiations) = (0, 0);
+    while now < t0 + Duration::from_secs(100) {
+        if (now - t0).as_millis().is_multiple_of(1_000) {
+            let (e, m) = a.send(now, b"one way");
+            assert!(matches!(e, Encrypted::Data(_)), "{e:?} at {:?}", now - t0);
+            assert!(b.receive(now, a.addr, &m).plaintext.is_some());
+        }
+        let (_, m) = b.timers(now);
+        if msg_type(&m) == MSG_DATA {
+            keepalives += 1;
+            assert_eq!(a.receive(now, b.addr, &m).plaintext, Some(Vec::new()));
+        }
+        let (_, m) = a.timers(now);
+        if msg_type(&m) == MSG_INITIATION {
+            initiations += 1;
+        }
+        now += tick;
+    }
+    assert_eq!(initiations, 0, "the sender started a handshake");
+    assert!((9..=10).contains(&keepalives), "{keepalives} keepalives");
+}
+
+#[test]
+fn new_handshake_15_seconds_after_the_first_unanswered_send() {
+    // Heard at t0, quiet, then data at t0 + 14 s: the 15 s count starts at that
+    // send (not at t0), and later unanswered sends do not move it.
+    let t0 = start();
+    let (mut a, mut b) = established(t0);
+    let (_, m) = b.send(t0, b"heard");
+    assert!(a.receive(t0, b.addr, &m).plaintext.is_some());
+    let first = t0 + Duration::from_secs(14);
+    for s in 0..10 {
+        a.send(first + Duration::from_secs(s), b"unanswered");
+    }
+    let log = run_timers(&mut a, t0, first + Duration::from_secs(20));
+    let times: Vec<Duration> = log
+        .iter()
+        .map(|(t, _, _)| t.duration_since(first))
+        .collect();
+    assert_eq!(times, vec![KEEPALIVE_TIMEOUT + REKEY_TIMEOUT], "{log:?}");
+    assert_eq!(msg_type(&log[0].2), MSG_INITIATION);
+}
+
+#[test]
 fn persistent_keepalive_every_interval() {
     let t0 = start();
     let every = Duration::from_secs(25);
@@ -438,6 +502,10 @@ fn persistent_keepalive_every_interval() {
     let mut b = side(2, 1, t0, None);
     let (_, init) = a.send(t0, b"x");
     exchange(t0, &mut a, &mut b, vec![init]);
+    // b answers a's "x" (else a, its data unanswered, would start a handshake
+    // 15 s later: §6.2).
+    let (_, ka) = b.send(t0, b"");
+    assert_eq!(a.receive(t0, b.addr, &ka).plaintext, Some(Vec::new()));
     let log = run_timers(&mut a, t0, t0 + Duration::from_secs(100));
     let times: Vec<Duration> = log.iter().map(|(t, _, _)| t.duration_since(t0)).collect();
     assert_eq!(times, vec![every, every * 2, every * 3, every * 4]);

@@ -63,14 +63,15 @@ pub struct Tunnel {
     queue: VecDeque<Vec<u8>>,
     persistent_keepalive: Option<Duration>,
     persistent_at: Option<Instant>,
-    created: Instant,
     established: Option<Instant>,
-    last_sent: Option<Instant>,
-    last_received: Option<Instant>,
     last_data_sent: Option<Instant>,
     last_data_received: Option<Instant>,
-    want_keepalive: bool,
-    want_handshake: bool,
+    /// The first data received since we last sent anything: a keepalive is
+    /// due `KEEPALIVE_TIMEOUT` after it (§6.5).
+    unanswered_rx: Option<Instant>,
+    /// The first data sent since we last received anything: a new handshake
+    /// is due `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT` after it (§6.2).
+    unanswered_tx: Option<Instant>,
     gave_up: bool,
     tx_bytes: u64,
     rx_bytes: u64,
@@ -108,14 +109,11 @@ impl Tunnel {
             queue: VecDeque::new(),
             persistent_keepalive,
             persistent_at: persistent_keepalive.map(|p| now + p),
-            created: now,
             established: None,
-            last_sent: None,
-            last_received: None,
             last_data_sent: None,
             last_data_received: None,
-            want_keepalive: false,
-            want_handshake: false,
+            unanswered_rx: None,
+            unanswered_tx: None,
             gave_up: false,
             tx_bytes: 0,
             rx_bytes: 0,
@@ -164,7 +162,7 @@ impl Tunnel {
             retry_at: now + REKEY_TIMEOUT + jitter,
         });
         self.gave_up = false;
-        self.last_sent = Some(now);
+        self.sent();
         Ok(Some(super::INITIATION_LEN))
     }
 
@@ -179,10 +177,10 @@ impl Tunnel {
     ) -> Result<Encrypted, Error> {
         if let Some(kp) = self.current.as_mut().filter(|k| k.can_send(now)) {
             let n = kp.seal(packet, out)?;
-            self.last_sent = Some(now);
+            self.sent();
             if !packet.is_empty() {
                 self.last_data_sent = Some(now);
-                self.want_handshake = true;
+                self.unanswered_tx.get_or_insert(now);
                 self.tx_bytes += packet.len() as u64;
             }
             return Ok(Encrypted::Data(n));
@@ -224,7 +222,7 @@ impl Tunnel {
                 && let Some(kp) = self.current.as_mut().filter(|k| k.can_send(now))
                 && let Ok(n) = kp.seal(&[], buf)
             {
-                self.last_sent = Some(now);
+                self.sent();
                 emit(&buf[..n]);
             }
             return;
@@ -235,9 +233,9 @@ impl Tunnel {
                 return;
             };
             if let Ok(n) = kp.seal(&p, buf) {
-                self.last_sent = Some(now);
+                self.sent();
                 self.last_data_sent = Some(now);
-                self.want_handshake = true;
+                self.unanswered_tx.get_or_insert(now);
                 self.tx_bytes += p.len() as u64;
                 emit(&buf[..n]);
             }
@@ -270,8 +268,8 @@ impl Tunnel {
         self.next = Some(Keypair::new(&send, &recv, index, init.sender, now, false));
         self.established = Some(now);
         self.gave_up = false;
-        self.last_received = Some(now);
-        self.last_sent = Some(now);
+        self.received();
+        self.sent();
         Ok(super::RESPONSE_LEN)
     }
 
@@ -295,7 +293,7 @@ impl Tunnel {
         self.current = Some(kp);
         self.pending = None;
         self.established = Some(now);
-        self.last_received = Some(now);
+        self.received();
         Ok(())
     }
 
@@ -334,10 +332,10 @@ impl Tunnel {
             self.previous = self.current.take();
             self.current = self.next.take();
         }
-        self.last_received = Some(now);
+        self.received();
         if n > 0 {
             self.last_data_received = Some(now);
-            self.want_keepalive = true;
+            self.unanswered_rx.get_or_insert(now);
             self.rx_bytes += n as u64;
         }
         Ok(n)
@@ -350,8 +348,18 @@ impl Tunnel {
         self.pending = None;
         self.queue.clear();
         self.established = None;
-        self.want_keepalive = false;
-        self.want_handshake = false;
+        self.unanswered_rx = None;
+        self.unanswered_tx = None;
+    }
+
+    /// We sent something: it answers what we received.
+    fn sent(&mut self) {
+        self.unanswered_rx = None;
+    }
+
+    /// Something authenticated arrived: it answers what we sent.
+    fn received(&mut self) {
+        self.unanswered_tx = None;
     }
 
     /// Runs the timers at `now` (call every 250 ms or so); a message to send is
@@ -403,12 +411,12 @@ impl Tunnel {
             rekey |= later(self.last_data_received, since)
                 && age(kp.created) >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
         }
-        let heard = self.last_received.unwrap_or(self.created);
-        if self.want_handshake
-            && later(self.last_data_sent, Some(heard))
-            && age(heard) >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+        // Data sent and nothing heard since, for 15 s from the first such send.
+        if self
+            .unanswered_tx
+            .is_some_and(|t| age(t) >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT)
         {
-            self.want_handshake = false;
+            self.unanswered_tx = None;
             rekey = true;
         }
         if !self.queue.is_empty()
@@ -424,13 +432,13 @@ impl Tunnel {
             return self.initiation(local, now, false, out);
         }
         let mut keepalive = false;
-        if self.want_keepalive
-            && later(self.last_data_received, self.last_sent)
-            && self
-                .last_data_received
-                .is_some_and(|r| age(r) >= KEEPALIVE_TIMEOUT)
+        // Data received and nothing sent since, for 10 s from the first such
+        // receive (the passive keepalive, §6.5).
+        if self
+            .unanswered_rx
+            .is_some_and(|r| age(r) >= KEEPALIVE_TIMEOUT)
         {
-            self.want_keepalive = false;
+            self.unanswered_rx = None;
             keepalive = true;
         }
         if let (Some(every), Some(at)) = (self.persistent_keepalive, self.persistent_at)
@@ -445,7 +453,7 @@ impl Tunnel {
         match self.current.as_mut().filter(|k| k.can_send(now)) {
             Some(kp) => match kp.seal(&[], out) {
                 Ok(n) => {
-                    self.last_sent = Some(now);
+                    self.sent();
                     TimerAction::Send(n)
                 }
                 Err(_) => TimerAction::Idle,
