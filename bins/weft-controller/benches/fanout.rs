@@ -279,7 +279,9 @@ async fn run(n: usize, plain: bool) {
                     MapChange::PeerUpsert { peer, .. } => {
                         peer.node_key.to_string() == marker || peer.name == marker
                     }
-                    MapChange::Policy { policy: Some(p) } => p.to_string().contains(&marker),
+                    MapChange::Policy { policy: Some(p) } => {
+                        serde_json::to_string(p).is_ok_and(|text| text.contains(&marker))
+                    }
                     _ => false,
                 });
                 if hit {
