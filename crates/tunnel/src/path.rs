@@ -1,5 +1,6 @@
-//! Per-peer path selection: direct UDP when a discovery pong (or authenticated
-//! WireGuard traffic) proves a path, the relay otherwise.
+//! Per-peer path selection: direct UDP when a discovery pong (or an
+//! authenticated WireGuard response or data message; a handshake initiation
+//! alone proves only the way to us) proves a path, the relay otherwise.
 //!
 //! - A new peer is reachable at once over the relay (when one is up) while every
 //!   candidate address is probed with discovery pings; the first pong makes that

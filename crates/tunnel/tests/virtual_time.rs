@@ -71,8 +71,16 @@ fn udp(src: IpAddr, dst: IpAddr, sport: u16, len: usize) -> Vec<u8> {
 }
 
 impl Net {
-    /// Two hosts, a and b, each with its seed.
+    /// Two hosts, a and b, each with its seed, their first handshake done.
     fn new(seeds: [[u8; 32]; 2]) -> Self {
+        let mut net = Self::configured(seeds);
+        net.pump();
+        net
+    }
+
+    /// Two hosts, a and b, each with its seed, configured: their first
+    /// messages wait in `poll_transmit`.
+    fn configured(seeds: [[u8; 32]; 2]) -> Self {
         let t0 = start();
         let ids = [1u8, 2].map(|i| Identity::from_parts(&[i; 32], ProofOfWork { nonce: 0 }));
         let names = ["a", "b"];
@@ -118,15 +126,13 @@ impl Net {
                 },
             );
         }
-        let mut net = Self {
+        Self {
             t0,
             now: t0,
             hosts,
             wire: Vec::new(),
             down: vec![false; 2],
-        };
-        net.pump();
-        net
+        }
     }
 
     fn at(&self) -> Duration {
@@ -362,4 +368,66 @@ fn same_seeds_same_datagrams() {
     seed[31] = 3;
     let c = busy_then_idle([[1; 32], seed]);
     assert!(a.wire != c.wire);
+}
+
+/// The same handshake initiation over UDP (from an address our answer may not
+/// reach: the initiator's NAT filters it) and through the relay gets the same
+/// response on both, creates one session, and makes no path direct; once the
+/// session is confirmed, the initiation is a replay again.
+#[test]
+fn an_initiation_over_two_paths_is_answered_on_both_and_proves_no_direct_path() {
+    let mut net = Net::configured([[3; 32], [4; 32]]);
+    let now = net.now;
+    let (a_key, b_key) = (net.hosts[0].node.key(), net.hosts[1].node.key());
+    // Only a's handshake: b's first messages are lost.
+    while net.hosts[1].node.poll_transmit().is_some() {}
+    let pkt = udp(net.hosts[0].ip, net.hosts[1].ip, 7, 64);
+    let mut out = vec![0u8; 65_536];
+    let queued = net.hosts[0].node.handle_tun_packet(now, 0, &pkt, &mut out);
+    assert!(matches!(queued, TunOutcome::Queued), "{queued:?}");
+    let init = std::iter::from_fn(|| net.hosts[0].node.poll_transmit())
+        .map(|t| t.payload)
+        .find(|p| p.first() == Some(&1))
+        .expect("an initiation");
+    let b = &mut net.hosts[1].node;
+    let responses = |outcome: &NetOutcome<'_>, b: &mut Node| {
+        assert!(matches!(outcome, NetOutcome::Handled), "{outcome:?}");
+        std::iter::from_fn(|| b.poll_transmit()).collect::<Vec<_>>()
+    };
+    let filtered = SocketAddr::from(([198, 51, 100, 7], 40_000));
+    let o = b.handle_datagram(now, filtered, &init, &mut out);
+    let direct = responses(&o, b);
+    let o = b.handle_relay_frame(now, a_key, &init, &mut out);
+    let relayed = responses(&o, b);
+    assert_eq!(direct.len(), 1);
+    assert_eq!(relayed.len(), 1);
+    assert_eq!(direct[0].dst, Dest::Udp(filtered));
+    assert_eq!(relayed[0].dst, Dest::Relay(a_key));
+    assert_eq!(direct[0].payload, relayed[0].payload, "the same response");
+    let status = b.peer_status(now);
+    let st = status
+        .iter()
+        .find(|s| s.key == a_key)
+        .expect("a is b's peer");
+    assert!(
+        !matches!(st.path, weft_tunnel::path::PathKind::Direct(_)),
+        "an initiation alone made {:?} direct",
+        st.path
+    );
+    // The relayed response completes a's handshake; its queued packet
+    // confirms the session at b.
+    let response = relayed[0].payload.clone();
+    let a = &mut net.hosts[0].node;
+    a.handle_relay_frame(now, b_key, &response, &mut out);
+    let data: Vec<_> = std::iter::from_fn(|| a.poll_transmit())
+        .filter(|t| t.payload.first() == Some(&4))
+        .collect();
+    assert_eq!(data.len(), 1, "a's queued packet");
+    let b = &mut net.hosts[1].node;
+    let o = b.handle_relay_frame(now, a_key, &data[0].payload, &mut out);
+    assert!(matches!(o, NetOutcome::WriteTun { .. }), "{o:?}");
+    // Confirmed: the same initiation is now only a replay, answered by nothing.
+    let o = b.handle_datagram(now, filtered, &init, &mut out);
+    assert!(matches!(o, NetOutcome::Dropped(_)), "{o:?}");
+    assert!(b.poll_transmit().is_none());
 }

@@ -95,12 +95,30 @@ impl Node {
         };
         let result = match (msg, initiation) {
             (Message::Initiation { .. }, Some(init)) => {
-                peer.tunn.respond(&mut self.wg, &init, now, out).map(|n| {
-                    self.transmits.push_back(Transmit {
-                        dst: reply_to,
-                        payload: out[..n].to_vec(),
-                    });
-                })
+                match peer.tunn.respond(&mut self.wg, &init, now, out) {
+                    Ok(n) => {
+                        self.transmits.push_back(Transmit {
+                            dst: reply_to,
+                            payload: out[..n].to_vec(),
+                        });
+                        Ok(())
+                    }
+                    Err(wg::Error::Replay) => {
+                        // The initiation we just answered, over another path
+                        // (the initiator sends it over the relay and to every
+                        // candidate): our answer may not have got back, so the
+                        // same response goes this way too. Nothing else changes.
+                        let Some(n) = peer.tunn.repeat_response(&init, now, out) else {
+                            return self.drop_net(Some(key), DropReason::Replay);
+                        };
+                        self.transmits.push_back(Transmit {
+                            dst: reply_to,
+                            payload: out[..n].to_vec(),
+                        });
+                        return NetOutcome::Handled;
+                    }
+                    Err(e) => Err(e),
+                }
             }
             (Message::Response { .. }, _) => {
                 if self.wg.check_mac1(datagram) {
@@ -160,11 +178,23 @@ impl Node {
         };
         match result {
             Ok(()) => {
-                // A cookie reply proves nothing about the path.
-                if !matches!(msg, Message::Cookie { .. })
-                    && let Some(peer) = self.peers.get_mut(&key)
-                {
-                    heard(&mut self.events, key, peer, from, now);
+                // A cookie reply proves nothing about the path, nor does an
+                // initiation over UDP (it shows the peer reaches us from
+                // there, not that we reach it: our answer may be filtered by
+                // its NAT). Responses and data do; the relay works both ways.
+                let proves = match msg {
+                    Message::Cookie { .. } => false,
+                    Message::Initiation { .. } => from.is_none(),
+                    Message::Response { .. } | Message::Data { .. } => true,
+                };
+                if let Some(peer) = self.peers.get_mut(&key) {
+                    if proves {
+                        heard(&mut self.events, key, peer, from, now);
+                    } else if matches!(msg, Message::Initiation { .. }) && !peer.up {
+                        // Still a sign of life (as before): the peer is up.
+                        peer.up = true;
+                        self.events.push_back(super::Event::PeerUp { key });
+                    }
                 }
                 self.report_path_changes(now);
                 NetOutcome::Handled

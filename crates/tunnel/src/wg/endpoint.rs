@@ -67,9 +67,16 @@ impl Endpoint {
                     return Ok(got);
                 }
                 let init = self.local.consume_initiation(msg)?;
-                let n = self
+                let n = match self
                     .tunnel
-                    .respond(&mut self.local, &init, now, &mut self.buf)?;
+                    .respond(&mut self.local, &init, now, &mut self.buf)
+                {
+                    Err(Error::Replay) => self
+                        .tunnel
+                        .repeat_response(&init, now, &mut self.buf)
+                        .ok_or(Error::Replay)?,
+                    r => r?,
+                };
                 got.replies.push(self.buf[..n].to_vec());
             }
             Message::Response { .. } => {

@@ -85,6 +85,14 @@ pub struct Initiation {
     pub timestamp: [u8; 12],
 }
 
+impl Initiation {
+    /// The initiator's ephemeral public key: with `sender`, it names this
+    /// handshake attempt (a retry makes a new one).
+    pub(super) fn ephemeral(&self) -> &[u8; 32] {
+        &self.ephemeral
+    }
+}
+
 impl Local {
     /// This node: its X25519 secret, the random stream, the wall clock (`wall`
     /// read at `now`), and how many handshake messages a second it takes before

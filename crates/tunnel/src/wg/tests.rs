@@ -212,6 +212,44 @@ fn replayed_initiation_is_refused_by_its_timestamp() {
 }
 
 #[test]
+fn the_initiation_just_answered_gets_the_same_response_again_and_nothing_else() {
+    // The initiator sends one initiation over several paths; each copy is
+    // answered with the same response, without a second session, until the
+    // initiator uses the keypair or REKEY_TIMEOUT passes.
+    let t0 = start();
+    let mut a = side(1, 2, t0, None);
+    let mut b = side(2, 1, t0, None);
+    let (_, init) = a.send(t0, b"x");
+    let other = SocketAddr::from(([198, 51, 100, 7], 40_000));
+    let first = b.receive(t0, other, &init);
+    let again = b.receive(t0 + Duration::from_millis(30), a.addr, &init);
+    assert_eq!(first.err, None);
+    assert_eq!(again.err, None);
+    assert_eq!(first.replies.len(), 1);
+    assert_eq!(
+        again.replies, first.replies,
+        "byte for byte the same response"
+    );
+    // Still too late after REKEY_TIMEOUT (a retries with a new initiation).
+    let late = b.receive(t0 + REKEY_TIMEOUT, a.addr, &init);
+    assert_eq!(late.err, Some(Error::Replay));
+    // The response completes a's handshake and its packet reaches b with the
+    // one keypair b made.
+    let g = a.receive(t0, b.addr, &again.replies[0]);
+    assert_eq!(g.err, None);
+    assert_eq!(g.replies.len(), 1, "the queued packet");
+    assert_eq!(
+        b.receive(t0, a.addr, &g.replies[0]).plaintext,
+        Some(b"x".to_vec())
+    );
+    assert!(b.tunnel.can_send(t0));
+    // Confirmed: the same initiation is a replay, answered by nothing.
+    let after = b.receive(t0, other, &init);
+    assert_eq!(after.err, Some(Error::Replay));
+    assert!(after.replies.is_empty());
+}
+
+#[test]
 fn cookie_under_load_then_retry_with_mac2() {
     let t0 = start();
     let mut a = side(1, 2, t0, None);

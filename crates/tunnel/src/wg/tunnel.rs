@@ -42,6 +42,15 @@ pub enum TimerAction {
     Expired,
 }
 
+/// The initiation we answered last and our response to it.
+struct Answered {
+    sender: u32,
+    ephemeral: [u8; 32],
+    /// Our index in the response (the keypair it made, while it waits as `next`).
+    index: u32,
+    response: [u8; super::RESPONSE_LEN],
+}
+
 struct Pending {
     state: InitState,
     /// The first initiation of this attempt (retries give up 90 s after it).
@@ -60,6 +69,7 @@ pub struct Tunnel {
     current: Option<Keypair>,
     previous: Option<Keypair>,
     next: Option<Keypair>,
+    answered: Option<Box<Answered>>,
     queue: VecDeque<Vec<u8>>,
     persistent_keepalive: Option<Duration>,
     persistent_at: Option<Instant>,
@@ -106,6 +116,7 @@ impl Tunnel {
             current: None,
             previous: None,
             next: None,
+            answered: None,
             queue: VecDeque::new(),
             persistent_keepalive,
             persistent_at: persistent_keepalive.map(|p| now + p),
@@ -266,11 +277,48 @@ impl Tunnel {
             handshake::create_response(local, &self.remote, init, index, cookie.as_ref(), out)?;
         self.greatest_timestamp = init.timestamp;
         self.next = Some(Keypair::new(&send, &recv, index, init.sender, now, false));
+        let mut response = [0u8; super::RESPONSE_LEN];
+        response.copy_from_slice(&out[..super::RESPONSE_LEN]);
+        self.answered = Some(Box::new(Answered {
+            sender: init.sender,
+            ephemeral: *init.ephemeral(),
+            index,
+            response,
+        }));
         self.established = Some(now);
         self.gave_up = false;
         self.received();
         self.sent();
         Ok(super::RESPONSE_LEN)
+    }
+
+    /// Our response again, into `out`, if `init` (refused by [`Tunnel::respond`]
+    /// as a replay) is the very initiation we answered last (same sender index
+    /// and ephemeral key), the initiator has not used the keypair yet, and we
+    /// answered less than `REKEY_TIMEOUT` ago (the initiator's next try is a
+    /// new initiation): the same initiation sent over several paths (relay and
+    /// direct) is answered on each, in case our first answer cannot reach the
+    /// initiator. Changes nothing: no new keypair, no timestamp, no timer.
+    pub fn repeat_response(
+        &self,
+        init: &Initiation,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let a = self.answered.as_ref()?;
+        let waiting = self.next.as_ref().is_some_and(|k| {
+            k.local_index == a.index && now.saturating_duration_since(k.created) < REKEY_TIMEOUT
+        });
+        if !waiting
+            || a.sender != init.sender
+            || a.ephemeral != *init.ephemeral()
+            || init.remote_static != self.remote.public
+        {
+            return None;
+        }
+        let out = out.get_mut(..super::RESPONSE_LEN)?;
+        out.copy_from_slice(&a.response);
+        Some(super::RESPONSE_LEN)
     }
 
     /// Completes our handshake with a response (MAC1 checked): the new keypair
@@ -345,6 +393,7 @@ impl Tunnel {
         self.current = None;
         self.previous = None;
         self.next = None;
+        self.answered = None;
         self.pending = None;
         self.queue.clear();
         self.established = None;
