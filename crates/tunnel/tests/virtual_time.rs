@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+mod support;
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -51,23 +53,11 @@ fn start() -> Instant {
 }
 
 fn udp(src: IpAddr, dst: IpAddr, sport: u16, len: usize) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
-        panic!("v4 only")
-    };
-    let total = 28 + len;
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&s.octets());
-    p[16..20].copy_from_slice(&d.octets());
-    let c = weft_tunnel::ip::checksum(&[&p[..20]]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p[20..22].copy_from_slice(&sport.to_be_bytes());
-    p[22..24].copy_from_slice(&9u16.to_be_bytes());
-    p[24..26].copy_from_slice(&((8 + len) as u16).to_be_bytes());
-    p
+    let mut l4 = vec![0u8; 8 + len];
+    l4[0..2].copy_from_slice(&sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&9u16.to_be_bytes());
+    l4[4..6].copy_from_slice(&((8 + len) as u16).to_be_bytes());
+    support::ipv4(src, dst, &l4)
 }
 
 impl Net {
