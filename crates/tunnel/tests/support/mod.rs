@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 /// An IPv4 UDP-protocol packet from `src` to `dst` carrying `payload` after the
 /// 20-byte header (valid header checksum).
-pub fn ipv4(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ipv4(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
     let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
         panic!("v4 only")
     };
