@@ -18,6 +18,8 @@
 //! - `state`: the state directory (identity, credential, cached map; all 0600).
 //! - `api`: the local API on a Unix socket.
 //! - `clock`: the only place that reads clocks.
+//! - `telemetry`: host facts, Prometheus metrics, forwarding, usage, anomaly
+//!   detection (issue 16).
 //!
 //! Offline operation: the last applied map is cached (checksummed); at start the
 //! agent applies it before the controller answers, so peers work while the
@@ -36,6 +38,7 @@ pub mod netmap;
 pub mod state;
 mod supervisor;
 mod system;
+mod telemetry;
 
 pub use dataplane::DataplaneConfig;
 pub use dns::DnsMode;

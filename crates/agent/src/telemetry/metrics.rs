@@ -1,0 +1,1 @@
+//! The agent's Prometheus metrics (`weft_agent_…`).
