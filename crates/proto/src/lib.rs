@@ -18,6 +18,7 @@ pub mod net;
 pub mod netmap;
 pub mod policy;
 pub mod relay_api;
+pub mod samples;
 pub mod sse;
 pub mod stun;
 pub mod text;
