@@ -26,5 +26,5 @@ pub mod fuzzing;
 
 pub use machine::{
     Action, ClientStats, ConnId, CoreConfig, Counters, DropReason, Event, MembershipState,
-    MembershipUpdate, Outbound, RelayCore,
+    MembershipUpdate, Outbound, QueueDepths, RelayCore,
 };

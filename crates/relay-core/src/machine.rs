@@ -50,7 +50,7 @@ mod types;
 
 pub use types::{
     Action, ClientStats, ConnId, CoreConfig, Counters, DropReason, Event, MembershipState,
-    MembershipUpdate, Outbound,
+    MembershipUpdate, Outbound, QueueDepths,
 };
 
 enum Membership {
@@ -445,6 +445,17 @@ impl RelayCore {
     /// Open connections (logged in or not).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// What the outbound queues hold now, over every connection.
+    pub fn queue_depths(&self) -> QueueDepths {
+        let mut q = QueueDepths::default();
+        for c in self.conns.values() {
+            q.frames += c.out.len();
+            q.bytes += c.out_bytes;
+            q.max_frames = q.max_frames.max(c.out.len());
+        }
+        q
     }
 
     /// Where the member set stands.

@@ -319,9 +319,17 @@ fn a_slow_reader_loses_its_own_packets_only() {
         0
     );
     assert_eq!(h.core.counters().dropped(DropReason::QueueFull), 6);
+    // Its full queue is what the relay's queue gauges read.
+    let full = QueueDepths {
+        frames: 4,
+        bytes: 4,
+        max_frames: 4,
+    };
+    assert_eq!(h.core.queue_depths(), full);
     // The slow reader gets the first four, in order.
     let got = h.drain(2);
     assert_eq!(got, (0..4u8).map(|i| recv(&a, &[i])).collect::<Vec<_>>());
+    assert_eq!(h.core.queue_depths(), QueueDepths::default());
 }
 
 #[test]

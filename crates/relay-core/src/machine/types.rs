@@ -181,6 +181,18 @@ impl Counters {
     }
 }
 
+/// What the outbound queues hold at one moment
+/// ([`RelayCore::queue_depths`](super::RelayCore::queue_depths)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    /// Frames queued, all connections.
+    pub frames: usize,
+    /// Payload bytes queued, all connections.
+    pub bytes: usize,
+    /// Frames in the fullest queue.
+    pub max_frames: usize,
+}
+
 /// Per-connection counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientStats {
