@@ -53,6 +53,7 @@ struct Entry {
 pub struct Cache {
     entries: BTreeMap<CacheKey, Entry>,
     capacity: usize,
+    hits: u64,
 }
 
 impl Default for Cache {
@@ -67,7 +68,13 @@ impl Cache {
         Self {
             entries: BTreeMap::new(),
             capacity: capacity.max(1),
+            hits: 0,
         }
+    }
+
+    /// How many lookups found a live entry so far.
+    pub fn hits(&self) -> u64 {
+        self.hits
     }
 
     /// Number of entries (expired ones included until they are looked up or evicted).
@@ -99,6 +106,7 @@ impl Cache {
         {
             record.decrement_ttl(age);
         }
+        self.hits += 1;
         Some(response)
     }
 

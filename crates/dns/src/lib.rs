@@ -17,7 +17,8 @@
 //!   or a managed `/etc/resolv.conf` with backup, drift repair, crash recovery and
 //!   exact restore.
 //! - `handler` (pure message logic on hickory-proto types), `upstream` and
-//!   `server` (the tokio shell), `clock` (its one clock read).
+//!   `server` (the tokio shell), `clock` (its one clock read), `stats` (the
+//!   counters the agent's metrics read: [`DnsStats`]).
 //!
 //! # Listen address
 //!
@@ -63,6 +64,7 @@ pub mod fuzzing;
 mod handler;
 pub mod resolv_conf;
 mod server;
+mod stats;
 pub mod system;
 mod upstream;
 pub mod zone;
@@ -74,6 +76,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 pub use error::DnsError;
+pub use stats::{DnsStats, DnsStatsSnapshot, UPSTREAM_BOUNDS};
 pub use system::{
     CommandRunner, Drift, NamespaceView, ProcessRunner, SystemDns, SystemKind, SystemMode,
     SystemPaths,
@@ -103,6 +106,9 @@ pub struct DnsConfig {
     pub upstreams: Upstreams,
     /// What it may change on the system.
     pub system: SystemMode,
+    /// Where it counts queries, cache hits and upstream latency (the agent
+    /// keeps one handle across restarts of the service).
+    pub stats: DnsStats,
 }
 
 impl DnsConfig {
@@ -113,6 +119,7 @@ impl DnsConfig {
             listen: DEFAULT_LISTEN,
             upstreams: Upstreams::FromSystem,
             system: SystemMode::Auto(SystemPaths::new(state_dir)),
+            stats: DnsStats::default(),
         }
     }
 }
@@ -154,7 +161,7 @@ impl DnsService {
         if upstreams.is_empty() {
             tracing::warn!("no upstream resolvers: only overlay names will resolve");
         }
-        let shared = Arc::new(server::Shared::new(upstreams));
+        let shared = Arc::new(server::Shared::new(upstreams, config.stats));
         let main = match server::spawn(shared.clone(), bound) {
             Ok(task) => task,
             Err(e) => {

@@ -15,6 +15,7 @@ use crate::cache::Cache;
 use crate::clock;
 use crate::error::DnsError;
 use crate::handler::{self, Outcome, TCP_MAX, Transport};
+use crate::stats::DnsStats;
 use crate::upstream;
 use crate::zone::Zone;
 
@@ -36,15 +37,17 @@ pub(crate) struct Shared {
     zone: RwLock<Arc<Zone>>,
     cache: Mutex<Cache>,
     upstreams: RwLock<Arc<Vec<SocketAddr>>>,
+    stats: DnsStats,
 }
 
 impl Shared {
     /// Starts with an empty zone (which still owns `weft.internal`).
-    pub(crate) fn new(upstreams: Vec<SocketAddr>) -> Self {
+    pub(crate) fn new(upstreams: Vec<SocketAddr>, stats: DnsStats) -> Self {
         Self {
             zone: RwLock::new(Arc::new(Zone::from_records(Vec::new()))),
             cache: Mutex::new(Cache::default()),
             upstreams: RwLock::new(Arc::new(upstreams)),
+            stats,
         }
     }
 
@@ -80,12 +83,25 @@ impl Shared {
     fn handle(&self, bytes: &[u8], transport: Transport) -> Outcome {
         let zone = self.zone();
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        handler::handle(&zone, &mut cache, clock::now(), bytes, transport)
+        let hits = cache.hits();
+        let outcome = handler::handle(&zone, &mut cache, clock::now(), bytes, transport);
+        if !matches!(outcome, Outcome::Drop) {
+            self.stats.query();
+        }
+        if cache.hits() != hits {
+            self.stats.cache_hit();
+        }
+        outcome
     }
 
     async fn forward(&self, pending: &handler::Pending) -> Vec<u8> {
         let upstreams = self.upstreams();
+        let started = clock::now();
         let answer = upstream::forward(pending, &upstreams).await;
+        self.stats.upstream(
+            clock::now().saturating_duration_since(started),
+            answer.is_some(),
+        );
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         handler::finish(pending, answer, &mut cache, clock::now())
     }

@@ -659,6 +659,7 @@ mod tests {
                 }],
                 routes: vec![],
                 serves: vec![],
+                anomaly: None,
             }],
             relays: vec![],
             policy: None,

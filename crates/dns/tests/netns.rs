@@ -133,6 +133,7 @@ fn getent_and_dig_in_a_namespace() {
                 resolved_stub: backup.path().join("absent"),
                 resolved_upstreams: backup.path().join("absent"),
             }),
+            stats: Default::default(),
         })
         .await
         .unwrap();

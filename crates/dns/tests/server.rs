@@ -28,6 +28,7 @@ async fn start(upstreams: Vec<SocketAddr>) -> DnsService {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstreams: Upstreams::Static(upstreams),
         system: SystemMode::Unmanaged,
+        stats: Default::default(),
     })
     .await
     .unwrap();
@@ -85,6 +86,36 @@ async fn other_names_are_forwarded_and_cached() {
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
     }
     assert_eq!(log.count("missing.example.test."), 1);
+    dns.stop().await.unwrap();
+}
+
+/// The stats handle given in the configuration counts every query, the cache
+/// hits and the forwarded queries' latency (what the agent's metrics show).
+#[tokio::test]
+async fn stats_count_queries_cache_hits_and_upstream_latency() {
+    let (up, _log) = fake_upstream("127.0.0.1:0".parse().unwrap()).await;
+    let stats = weft_dns::DnsStats::default();
+    let mut dns = DnsService::start(DnsConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstreams: Upstreams::Static(vec![up]),
+        system: SystemMode::Unmanaged,
+        stats: stats.clone(),
+    })
+    .await
+    .unwrap();
+    dns.set_zone(Zone::from_records(vec![rec("db", "prod", 2)]))
+        .unwrap();
+    let at = dns.local_addr();
+    ask_udp(at, 1, "db.prod.weft.internal.", RecordType::A).await;
+    ask_udp(at, 2, "www.example.test.", RecordType::A).await;
+    ask_udp(at, 3, "www.example.test.", RecordType::A).await;
+    let snap = stats.snapshot();
+    assert_eq!(snap.queries, 3);
+    assert_eq!(snap.cache_hits, 1, "the second www query");
+    assert_eq!(snap.upstream_count, 1, "only the first www query went out");
+    assert_eq!(snap.upstream_failures, 0);
+    assert_eq!(snap.upstream_buckets.last().map(|(_, n)| *n), Some(1));
+    assert!(snap.upstream_seconds > 0.0 && snap.upstream_seconds < 2.0);
     dns.stop().await.unwrap();
 }
 
@@ -175,6 +206,7 @@ async fn listen_address_must_be_loopback() {
         listen: "0.0.0.0:0".parse().unwrap(),
         upstreams: Upstreams::Static(vec![]),
         system: SystemMode::Unmanaged,
+        stats: Default::default(),
     })
     .await
     .unwrap_err();
@@ -194,6 +226,7 @@ async fn stop_then_start_again_on_the_same_port() {
         listen: at,
         upstreams: Upstreams::Static(vec![up]),
         system: SystemMode::Unmanaged,
+        stats: Default::default(),
     })
     .await
     .unwrap();
@@ -220,6 +253,7 @@ async fn before_the_first_map_overlay_names_do_not_leak() {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstreams: Upstreams::Static(vec![up]),
         system: SystemMode::Unmanaged,
+        stats: Default::default(),
     })
     .await
     .unwrap();
