@@ -150,6 +150,11 @@ impl Dns {
         self.refused.as_deref()
     }
 
+    /// The resolver's counters (the same handle across restarts of the service).
+    pub(crate) fn stats(&self) -> weft_dns::DnsStats {
+        self.config.stats.clone()
+    }
+
     /// Why the resolver could not start (it is retried), if it could not.
     pub(crate) fn start_error(&self) -> Option<&str> {
         self.start_error.as_deref()
@@ -381,6 +386,7 @@ mod tests {
                 resolved_stub: dir.join("no-stub"),
                 resolved_upstreams: dir.join("no-upstreams"),
             }),
+            stats: Default::default(),
         }
     }
 
