@@ -10,6 +10,11 @@
 //! Expiry is driven by `now`: an entry is dead from its deadline on (`now >=
 //! deadline`), whether or not [`Conntrack::expire`] has run. The table is bounded;
 //! when full, inserting evicts the entry closest to expiry.
+//!
+//! Each entry counts the bytes and packets of its flow in both directions (the
+//! lookup that finds it adds the packet: no second pass); an entry that leaves
+//! the table, for whatever reason, folds its counts into the usage totals
+//! ([`crate::usage`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -17,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::compile::RuleId;
 use crate::matcher::{Direction, FiveTuple, IcmpKind, Transport, tcp_flags};
+use crate::usage::{Bucket, Usage, UsageCounts, UsageKey, UsageTable};
 
 /// Timeouts and capacity of the connection table. Defaults in brackets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +46,10 @@ pub struct ConntrackConfig {
     /// Idle timeout of any flow before its first reply [30 s]: scans and
     /// unanswered attempts leave the table quickly.
     pub unreplied: Duration,
+    /// Most (peer, service port, protocol) usage buckets kept [1,024]; flows
+    /// opening once it is full count in one `other` bucket
+    /// ([`crate::usage`]).
+    pub usage_capacity: usize,
 }
 
 impl Default for ConntrackConfig {
@@ -52,6 +62,7 @@ impl Default for ConntrackConfig {
             icmp: Duration::from_secs(30),
             other: Duration::from_secs(120),
             unreplied: Duration::from_secs(30),
+            usage_capacity: crate::usage::USAGE_CAPACITY,
         }
     }
 }
@@ -113,6 +124,28 @@ struct Entry {
     /// Its key in the deadline index; `<= flow.deadline` (refreshes that move the
     /// deadline later leave the index alone, it is corrected when popped).
     indexed: (Instant, u64),
+    /// Its traffic so far.
+    counts: UsageCounts,
+    /// Where its counts fold when it leaves the table.
+    bucket: Bucket,
+}
+
+impl Entry {
+    /// Counts one packet of `bytes` crossing in `dir`: the whole per-packet
+    /// cost of usage accounting.
+    #[inline]
+    fn count(&mut self, dir: Direction, bytes: u64) {
+        match dir {
+            Direction::Egress => {
+                self.counts.tx_bytes += bytes;
+                self.counts.tx_packets += 1;
+            }
+            Direction::Ingress => {
+                self.counts.rx_bytes += bytes;
+                self.counts.rx_packets += 1;
+            }
+        }
+    }
 }
 
 /// Whether a packet matched a flow.
@@ -139,16 +172,42 @@ pub(crate) struct Conntrack {
     entries: BTreeMap<FlowKey, Entry>,
     by_deadline: BTreeMap<(Instant, u64), FlowKey>,
     seq: u64,
+    usage: UsageTable,
 }
 
 impl Conntrack {
     pub(crate) fn new(config: ConntrackConfig) -> Self {
         Conntrack {
+            usage: UsageTable::new(config.usage_capacity),
             config,
             entries: BTreeMap::new(),
             by_deadline: BTreeMap::new(),
             seq: 0,
         }
+    }
+
+    /// Usage now: the totals of flows gone plus the live flows.
+    pub(crate) fn usage(&self) -> Usage {
+        let mut u = self.usage.usage();
+        for e in self.entries.values() {
+            u.add(e.bucket, &e.counts);
+        }
+        u
+    }
+
+    /// Ends every flow (folding its counts) and hands the totals over.
+    pub(crate) fn take_usage(&mut self) -> UsageTable {
+        for (_, e) in std::mem::take(&mut self.entries) {
+            self.usage.fold(e.bucket, &e.counts);
+        }
+        self.by_deadline.clear();
+        let capacity = self.usage.capacity();
+        std::mem::replace(&mut self.usage, UsageTable::new(capacity))
+    }
+
+    /// Takes over the totals of an engine this one replaces.
+    pub(crate) fn absorb_usage(&mut self, older: UsageTable) {
+        self.usage.absorb(older);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -159,8 +218,15 @@ impl Conntrack {
         self.entries.values().map(|e| &e.flow)
     }
 
-    /// Finds the live flow `t` belongs to and refreshes it.
-    pub(crate) fn lookup(&mut self, dir: Direction, t: &FiveTuple, now: Instant) -> Lookup {
+    /// Finds the live flow `t` belongs to, refreshes it and counts the packet
+    /// (`bytes` long) in it.
+    pub(crate) fn lookup(
+        &mut self,
+        dir: Direction,
+        t: &FiveTuple,
+        bytes: u64,
+        now: Instant,
+    ) -> Lookup {
         let Some(key) = FlowKey::of(t) else {
             return Lookup::Miss { expired: false };
         };
@@ -187,6 +253,7 @@ impl Conntrack {
             }
         }
         entry.flow.replied |= reply;
+        entry.count(dir, bytes);
         let rule = entry.flow.rule;
         let deadline = now + timeout(&self.config, &entry.flow);
         entry.flow.deadline = deadline;
@@ -211,14 +278,18 @@ impl Conntrack {
     }
 
     /// Starts tracking the flow `t` opens (no-op for untracked packets and echo
-    /// replies). Returns whether a flow was opened, and how many flows were
-    /// evicted (live) and expired on the way to make room.
+    /// replies), counting `t` (`bytes` long) as its first packet and its usage
+    /// under `peer` (called only when a flow opens). Returns whether a flow was
+    /// opened, and how many flows were evicted (live) and expired on the way to
+    /// make room.
     pub(crate) fn insert(
         &mut self,
         dir: Direction,
         t: &FiveTuple,
         rule: RuleId,
         now: Instant,
+        bytes: u64,
+        peer: impl FnOnce() -> u32,
     ) -> Inserted {
         let none = Inserted::default();
         let Some(key) = FlowKey::of(t) else {
@@ -263,7 +334,22 @@ impl Conntrack {
         self.seq += 1;
         let indexed = (flow.deadline, self.seq);
         self.by_deadline.insert(indexed, key);
-        self.entries.insert(key, Entry { flow, indexed });
+        let bucket = self.usage.reserve(UsageKey {
+            peer: peer(),
+            port: service_port(t),
+            proto: key.proto,
+        });
+        let mut entry = Entry {
+            flow,
+            indexed,
+            counts: UsageCounts {
+                flows: 1,
+                ..UsageCounts::default()
+            },
+            bucket,
+        };
+        entry.count(dir, bytes);
+        self.entries.insert(key, entry);
         out
     }
 
@@ -287,7 +373,9 @@ impl Conntrack {
                 continue;
             }
             let expired = entry.flow.deadline <= now;
-            self.entries.remove(&key);
+            if let Some(e) = self.entries.remove(&key) {
+                self.usage.fold(e.bucket, &e.counts);
+            }
             return Some(expired);
         }
     }
@@ -307,7 +395,9 @@ impl Conntrack {
                 continue;
             }
             if entry.flow.deadline <= now {
-                self.entries.remove(&key);
+                if let Some(e) = self.entries.remove(&key) {
+                    self.usage.fold(e.bucket, &e.counts);
+                }
                 n += 1;
             } else {
                 self.seq += 1;
@@ -340,9 +430,11 @@ impl Conntrack {
         gone.len() as u64
     }
 
+    /// Removes a flow, folding its counts into the usage totals.
     fn remove(&mut self, key: &FlowKey) {
         if let Some(entry) = self.entries.remove(key) {
             self.by_deadline.remove(&entry.indexed);
+            self.usage.fold(entry.bucket, &entry.counts);
         }
     }
 }
@@ -370,6 +462,15 @@ fn belongs(flow: &Flow, dir: Direction, t: &FiveTuple) -> Option<bool> {
         (true, _) => Some(false),
         (false, true) => Some(true),
         (false, false) => None,
+    }
+}
+
+/// The service a flow reaches: the destination port of its opening packet (0
+/// for ICMP and protocols without ports).
+fn service_port(t: &FiveTuple) -> u16 {
+    match t.transport {
+        Transport::Tcp { dst_port, .. } | Transport::Udp { dst_port, .. } => dst_port,
+        Transport::Icmp { .. } | Transport::Other(_) => 0,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::compile::{CompiledPolicy, RuleId, RuleInfo};
 use crate::conntrack::{Conntrack, ConntrackConfig, Flow, Lookup};
 use crate::matcher::{Direction, FiveTuple, InvalidPolicy, Matcher, RuleVerdict};
+use crate::usage::{Usage, UsageTable};
 
 /// The decision for one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,8 +136,26 @@ impl Engine {
     /// Decides one packet crossing in `dir`: a live tracked flow passes it (and
     /// is refreshed); otherwise the rules decide, and an allowed packet opens a
     /// flow (TCP, UDP, ICMP echo request, other protocols; not other ICMP).
+    /// Counts it in [`Engine::usage`] as a packet of 0 bytes under peer 0 (the
+    /// data plane uses [`Engine::decide_metered`]).
     pub fn decide(&mut self, dir: Direction, packet: &FiveTuple, now: Instant) -> Verdict {
-        match self.conntrack.lookup(dir, packet, now) {
+        self.decide_metered(dir, packet, 0, now, || 0)
+    }
+
+    /// [`Engine::decide`], also counting the packet (`bytes` long) in its flow's
+    /// usage; a flow it opens counts under the peer number `peer` returns
+    /// (called only then). See [`crate::usage`].
+    #[inline]
+    pub fn decide_metered(
+        &mut self,
+        dir: Direction,
+        packet: &FiveTuple,
+        bytes: usize,
+        now: Instant,
+        peer: impl FnOnce() -> u32,
+    ) -> Verdict {
+        let bytes = bytes as u64;
+        match self.conntrack.lookup(dir, packet, bytes, now) {
             Lookup::Established(rule) => {
                 self.counters.allowed_established += 1;
                 return Verdict::Allow {
@@ -151,7 +170,7 @@ impl Engine {
         match self.matcher.evaluate(dir, packet) {
             RuleVerdict::Allow(rule) => {
                 self.counters.allowed_new += 1;
-                let ins = self.conntrack.insert(dir, packet, rule, now);
+                let ins = self.conntrack.insert(dir, packet, rule, now, bytes, peer);
                 self.counters.flows_evicted += ins.evicted;
                 self.counters.flows_expired += ins.expired;
                 self.counters.flows_opened += u64::from(ins.opened);
@@ -273,6 +292,24 @@ impl Engine {
     /// Number of tracked flows.
     pub fn flow_count(&self) -> usize {
         self.conntrack.len()
+    }
+
+    /// Usage so far: the totals of flows that left the table plus the live
+    /// flows' counters (monotonic; see [`crate::usage`]).
+    pub fn usage(&self) -> Usage {
+        self.conntrack.usage()
+    }
+
+    /// Ends every tracked flow and hands over the usage totals, for the engine
+    /// that replaces this one ([`Engine::absorb_usage`]) so no count is lost or
+    /// goes down.
+    pub fn take_usage(&mut self) -> UsageTable {
+        self.conntrack.take_usage()
+    }
+
+    /// Adds the totals of an engine this one replaces.
+    pub fn absorb_usage(&mut self, older: UsageTable) {
+        self.conntrack.absorb_usage(older);
     }
 }
 

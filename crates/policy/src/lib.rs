@@ -116,9 +116,12 @@ mod model;
 pub mod packet;
 mod parse;
 mod ratelimit;
+pub mod usage;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod usage_tests;
 
 pub use check::{CheckReport, MAX_CHECK_PAIRS, PairDecision, TestFailure, evaluate};
 pub use compile::{
@@ -140,6 +143,7 @@ pub use model::{
 pub use packet::IpView;
 pub use parse::{PolicyError, PolicyErrorKind, PolicyErrors, parse, render_rule};
 pub use ratelimit::{DROP_LOG_INTERVAL, LogLimiter};
+pub use usage::{USAGE_CAPACITY, Usage, UsageCounts, UsageKey, UsageTable};
 
 impl Policy {
     /// Parses policy text ([`parse()`]).
