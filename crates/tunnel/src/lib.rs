@@ -60,6 +60,6 @@ pub mod wg;
 
 pub use counters::{DropCounters, DropReason};
 pub use node::{
-    Dest, Event, MIN_OUT_BUF, NetIndex, NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig,
-    PeerStatus, Transmit, TunOutcome, WG_OVERHEAD,
+    Dest, Event, MAX_USAGE_PEERS, MIN_OUT_BUF, NetIndex, NetOutcome, NetworkConfig, Node,
+    NodeConfig, NodeUsage, PeerConfig, PeerStatus, PeerUsage, Transmit, TunOutcome, WG_OVERHEAD,
 };

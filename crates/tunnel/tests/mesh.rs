@@ -1374,3 +1374,50 @@ fn an_endpoint_only_map_change_keeps_the_policy_and_its_flows() {
     let _ = net.send_from_tun(1, &open);
     assert_eq!(net.hosts[1].node.drops().get(DropReason::PolicyNoRule), 1);
 }
+
+#[test]
+fn usage_counts_each_flow_once_per_direction_on_both_nodes_and_survives_a_policy_loss() {
+    let mut net = web_and_db();
+    let (web, db) = (net.hosts[0].overlay, net.hosts[1].overlay);
+    let (web_key, db_key) = (net.hosts[0].node.key(), net.hosts[1].node.key());
+    let syn = tcp(web, db, 40000, 5432, 0x02);
+    let synack = tcp(db, web, 5432, 40000, 0x12);
+    net.send_from_tun(0, &syn);
+    net.run();
+    net.send_from_tun(1, &synack);
+    net.run();
+    // A refused packet counts nowhere.
+    net.send_from_tun(0, &tcp(web, db, 40001, 22, 0x02));
+    net.run();
+    // (The mesh's setup traffic has buckets of its own.)
+    let one = |u: &weft_tunnel::NodeUsage| {
+        let mut b = u.buckets.iter().filter(|b| b.proto == 6);
+        let first = *b.next().expect("a TCP bucket");
+        assert!(b.next().is_none(), "{u:?}");
+        first
+    };
+    let w = one(&net.hosts[0].node.usage());
+    assert_eq!((w.peer, w.port, w.proto), (Some(db_key), 5432, 6));
+    assert_eq!(
+        (w.counts.tx_bytes, w.counts.rx_bytes, w.counts.flows),
+        (syn.len() as u64, synack.len() as u64, 1)
+    );
+    let d = one(&net.hosts[1].node.usage());
+    assert_eq!((d.peer, d.port), (Some(web_key), 5432));
+    assert_eq!(
+        (d.counts.rx_bytes, d.counts.tx_bytes, d.counts.tx_packets),
+        (syn.len() as u64, synack.len() as u64, 1)
+    );
+    // A map without a policy drops the engine: its counts are kept, and the
+    // next engine carries on from them.
+    set_policy(&mut net, 0, None);
+    assert_eq!(one(&net.hosts[0].node.usage()), w);
+    let compiled = compile_policy(&net, &["web", "db"], WEB_TO_DB_5432);
+    set_policy(&mut net, 0, compiled.node("n0").cloned());
+    assert_eq!(one(&net.hosts[0].node.usage()), w);
+    net.send_from_tun(0, &tcp(web, db, 40002, 5432, 0x02));
+    net.run();
+    let again = one(&net.hosts[0].node.usage());
+    assert_eq!(again.counts.flows, 2);
+    assert_eq!(again.counts.tx_bytes, 2 * syn.len() as u64);
+}

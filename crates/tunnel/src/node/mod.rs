@@ -7,11 +7,13 @@ mod outbound;
 mod outcome;
 mod policy;
 mod timers;
+mod usage;
 mod wireguard;
 
 pub use config::{NetIndex, NetworkConfig, NodeConfig, PeerConfig};
 use discovery::Stun;
 pub use outcome::{Dest, Event, NetOutcome, PeerStatus, Transmit, TunOutcome};
+pub use usage::{MAX_USAGE_PEERS, NodeUsage, PeerUsage};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -76,6 +78,7 @@ pub struct Node {
     relay_up: bool,
     policy: Option<Engine>,
     policy_log: LogLimiter<NodeKey>,
+    usage: usage::UsageIds,
     stun: Stun,
     scratch: Vec<u8>,
 }
@@ -128,6 +131,7 @@ impl Node {
             relay_up: false,
             policy: None,
             policy_log: LogLimiter::new(DROP_LOG_INTERVAL, 4096),
+            usage: usage::UsageIds::default(),
             stun: Stun::default(),
             scratch: vec![0u8; 65_536 + WG_OVERHEAD],
         }

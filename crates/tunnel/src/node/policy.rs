@@ -19,7 +19,8 @@ impl Node {
     /// the agent could not read it) denies every packet: fail closed.
     pub(super) fn apply_policy(&mut self, now: Instant, policy: Option<&CompiledPolicy>) {
         let Some(cp) = policy else {
-            if self.policy.take().is_some() {
+            if let Some(mut old) = self.policy.take() {
+                self.usage.park(old.take_usage());
                 self.events.push_back(Event::PolicyRejected {
                     why: "the network map carries no usable access policy".to_owned(),
                 });
@@ -39,17 +40,25 @@ impl Node {
                 Err(e) => {
                     self.events
                         .push_back(Event::PolicyRejected { why: e.to_string() });
-                    self.policy = Some(Engine::deny_all(ConntrackConfig::default()));
+                    let mut deny = Engine::deny_all(ConntrackConfig::default());
+                    deny.absorb_usage(engine.take_usage());
+                    *engine = deny;
                 }
             },
-            None => match Engine::new(cp.clone(), ConntrackConfig::default()) {
-                Ok(e) => self.policy = Some(e),
-                Err(e) => {
-                    self.events
-                        .push_back(Event::PolicyRejected { why: e.to_string() });
-                    self.policy = Some(Engine::deny_all(ConntrackConfig::default()));
+            None => {
+                let mut engine = match Engine::new(cp.clone(), ConntrackConfig::default()) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.events
+                            .push_back(Event::PolicyRejected { why: e.to_string() });
+                        Engine::deny_all(ConntrackConfig::default())
+                    }
+                };
+                if let Some(parked) = self.usage.unpark() {
+                    engine.absorb_usage(parked);
                 }
-            },
+                self.policy = Some(engine);
+            }
         }
     }
 
@@ -78,7 +87,8 @@ impl Node {
             self.drops.add(DropReason::MalformedIp);
             return Err(DropReason::MalformedIp);
         };
-        match engine.decide(dir, &tuple, now) {
+        let usage = &mut self.usage;
+        match engine.decide_metered(dir, &tuple, packet.len(), now, || usage.peer_id(key)) {
             Verdict::Allow { .. } => Ok(()),
             Verdict::Drop(why) => {
                 let reason = match why {
