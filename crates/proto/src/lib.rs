@@ -22,6 +22,7 @@ pub mod samples;
 pub mod sse;
 pub mod stun;
 pub mod text;
+pub mod usage;
 
 #[doc(hidden)]
 pub mod fuzzing;
