@@ -22,6 +22,8 @@ use crate::{clock, tls};
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 /// File the bound STUN address is written to (`host:port`).
 pub const STUN_ADDR_FILE: &str = "stun.addr";
+/// File the bound `--metrics-listen` address is written to (`host:port`).
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 /// Files that make a data directory "not empty": a start finding none of them
 /// is a first start and may generate the TLS pair; otherwise a missing half of
 /// the pair is refused (without `--init`).
@@ -119,6 +121,18 @@ struct ServeArgs {
     /// loses its own packets).
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(8..=65_536))]
     queue_packets: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (sessions, bytes and
+    /// frames forwarded, drops by reason, queue depths, STUN requests): plain
+    /// HTTP, no authentication; port 0 picks a free port (written to
+    /// DIR/metrics.addr). A non-loopback ADDR is refused unless
+    /// --metrics-listen-public is given too. Default: no metrics listener.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Allow --metrics-listen on a non-loopback address: anyone who can reach it
+    /// reads the metrics (counts only; no keys or addresses). Firewall it to the
+    /// scraper.
+    #[arg(long, requires = "metrics_listen")]
+    metrics_listen_public: bool,
     /// Seconds between counter summaries in the log.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     summary_interval_secs: u64,
@@ -167,6 +181,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(false)
         .init();
 
+    if let Some(addr) = args.metrics_listen
+        && !addr.ip().is_loopback()
+        && !args.metrics_listen_public
+    {
+        bail!(
+            "refusing --metrics-listen {addr}: it serves metrics without authentication, and {} is not a loopback address. Use 127.0.0.1:PORT for a scraper on this host, or add --metrics-listen-public if you really mean it",
+            addr.ip()
+        );
+    }
     let token = read_token(&args.relay_token_file)?;
     let trust = match (&args.pin_sha256, &args.ca_file) {
         (Some(fp), _) => Trust::Fingerprint(parse_fingerprint(fp)?),
@@ -224,14 +247,41 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         let stun_bound = stun.first().and_then(|s| s.local_addr().ok());
+        let metrics = match args.metrics_listen {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --metrics-listen {addr}"))?;
+                Some(l)
+            }
+            None => None,
+        };
+        let metrics_bound = match &metrics {
+            Some(l) => Some(l.local_addr().context("reading the metrics address")?),
+            None => None,
+        };
         out(&format!("weft-relay listening on {bound} (TLS)\n"));
         for s in stun.iter().filter_map(|s| s.local_addr().ok()) {
             out(&format!("STUN on {s} (UDP)\n"));
+        }
+        if let Some(m) = metrics_bound {
+            out(&format!("metrics on http://{m}/metrics\n"));
+            if !m.ip().is_loopback() {
+                warn!(metrics = %m, "serving metrics without authentication on a non-loopback address (--metrics-listen-public)");
+            }
         }
         out(&format!("TLS certificate fingerprint: {}\n", material.fingerprint));
         info!(listen = %bound, stun = ?stun_bound, fingerprint = %material.fingerprint, cert = %material.cert_path.display(), "listening");
         // The address files come last: whoever waits for them can rely on
         // stdout being complete.
+        match metrics_bound {
+            Some(m) => tls::write_private(&args.data_dir.join(METRICS_ADDR_FILE), format!("{m}\n").as_bytes())
+                .context("writing metrics.addr")?,
+            // A file from an earlier start with the flag would mislead.
+            None => {
+                let _ = std::fs::remove_file(args.data_dir.join(METRICS_ADDR_FILE));
+            }
+        }
         if let Some(s) = stun_bound {
             tls::write_private(&args.data_dir.join(STUN_ADDR_FILE), format!("{s}\n").as_bytes())
                 .context("writing stun.addr")?;
@@ -270,7 +320,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 r = &mut link => link_ended = Some(r),
             }
         };
-        server::run(config, listener, stun, members_rx, stop).await?;
+        server::run(config, listener, stun, members_rx, metrics, stop).await?;
         let _ = stop_tx.send(true);
         match link_ended {
             None => {

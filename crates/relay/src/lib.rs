@@ -10,6 +10,8 @@
 //!   `run(config, listener, stun, members, shutdown)`.
 //! - [`controller`]: the link to the controller: reports the relay's TLS
 //!   fingerprint and STUN port, follows the member stream, feeds the core.
+//! - [`metrics`]: the Prometheus registry, read from the core and the STUN
+//!   counters at scrape time, and its plain-HTTP listener (`--metrics-listen`).
 //! - [`tls`]: certificate loading/generation (TLS 1.3, ALPN `weft-relay/1`).
 //! - [`cli`]: the `weft-relay` command line.
 //!
@@ -20,6 +22,7 @@
 
 pub mod cli;
 pub mod controller;
+pub mod metrics;
 pub mod server;
 pub mod tls;
 

@@ -32,6 +32,7 @@ use weft_proto::stun;
 use weft_relay_core::frame::{Frame, FrameDecoder, FrameError, TLS_EXPORTER_LABEL};
 
 use crate::clock;
+use crate::metrics::{self, RelayMetrics, Snapshot};
 use weft_relay_core::{
     Action, ConnId, CoreConfig, Counters, Event, MembershipUpdate, Outbound, RelayCore,
 };
@@ -168,6 +169,21 @@ impl Shared {
         r
     }
 
+    /// What a metrics scrape reads, under one lock of the core.
+    fn snapshot(&self, queue_capacity_frames: usize) -> Snapshot {
+        let core = lock(&self.core);
+        Snapshot {
+            counters: core.counters().clone(),
+            connections: core.connection_count(),
+            sessions: core.session_count(),
+            queues: core.queue_depths(),
+            queue_capacity_frames,
+            membership: Some(core.membership_state()),
+            stun_answered: self.stun_answered.load(Ordering::Relaxed),
+            stun_malformed: self.stun_malformed.load(Ordering::Relaxed),
+        }
+    }
+
     fn summary(&self) -> Summary {
         Summary {
             counters: lock(&self.core).counters().clone(),
@@ -213,11 +229,13 @@ fn log_event(e: &Event) {
 /// `members` carries the member set from the controller link (see
 /// [`crate::controller::follow`]); until its first snapshot every login is
 /// refused. If it closes, the relay behaves as if the link went down.
+/// `metrics`, if given, serves `GET /metrics` ([`crate::metrics`]).
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
     stun: Vec<UdpSocket>,
     mut members: mpsc::Receiver<MembershipUpdate>,
+    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary, ServeError> {
     let shared = Arc::new(Shared {
@@ -276,6 +294,13 @@ pub async fn run(
             }
         })
     };
+
+    let metrics_task = metrics.map(|l| {
+        let shared = shared.clone();
+        let cap = config.core.queue_frames;
+        let registry = RelayMetrics::new(move || shared.snapshot(cap));
+        tokio::spawn(metrics::serve(l, registry, stop_rx.clone()))
+    });
 
     // With two STUN sockets, each names the other in OTHER-ADDRESS (RFC 5780),
     // so a client can tell whether its NAT maps per destination.
@@ -346,6 +371,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = member_task.await;
     let _ = tick_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     for t in stun_tasks {
         let _ = t.await;
     }
