@@ -274,6 +274,7 @@ async fn map_streams_deltas_resume_and_shutdown() {
     ca.report(&ReportRequest {
         api_version: None,
         endpoints: Some(vec!["192.0.2.10:41641".parse().unwrap()]),
+        facts: None,
     })
     .await
     .unwrap();

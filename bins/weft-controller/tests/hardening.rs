@@ -146,6 +146,7 @@ async fn reported_endpoints_peers_cannot_use_never_reach_their_maps() {
     let report = |eps: &[&str]| ReportRequest {
         api_version: None,
         endpoints: Some(eps.iter().map(|e| e.parse().unwrap()).collect()),
+        facts: None,
     };
     let a_in_b_map = || async {
         let m = cb.map().await.unwrap();

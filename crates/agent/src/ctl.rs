@@ -16,6 +16,7 @@ use weft_relay_client::{OutageLog, OutageNote};
 
 use crate::netmap::host_candidates;
 use crate::state::Credential;
+use crate::telemetry::facts;
 
 /// How to trust the controller.
 #[derive(Debug, Clone, Default)]
@@ -86,15 +87,19 @@ pub(crate) async fn register(
     hostname: Option<&str>,
 ) -> anyhow::Result<String> {
     let c = client(url, trust, None)?;
+    let req = weft_proto::api::RegisterRequest {
+        api_version: None,
+        token: token.to_owned(),
+        node_key: id.node_key(),
+        pow_nonce: id.pow().nonce,
+        challenge: String::new(),
+        signature: String::new(),
+        name: name.map(sanitize_name),
+        hostname: hostname.map(str::to_owned),
+        facts: Some(facts::collect().await),
+    };
     let resp = c
-        .register(
-            token,
-            id.node_key(),
-            id.pow().nonce,
-            |ctx, msg| id.sign(ctx, msg),
-            name.map(sanitize_name),
-            hostname.map(str::to_owned),
-        )
+        .register_signed(req, |ctx, msg| id.sign(ctx, msg))
         .await
         .context("registering with the controller")?;
     tracing::info!(name = %resp.name, node_key = %resp.node_key, "registered with the controller");
@@ -306,6 +311,7 @@ async fn session(
     c.report(&ReportRequest {
         api_version: Some(weft_proto::api::API_VERSION),
         endpoints: Some(endpoints.clone()),
+        facts: None,
     })
     .await
     .context("reporting endpoints")?;
@@ -375,6 +381,7 @@ async fn session(
                     c.report(&ReportRequest {
                         api_version: Some(weft_proto::api::API_VERSION),
                         endpoints: Some(now),
+                        facts: None,
                     })
                     .await
                     .context("reporting endpoints")?;
@@ -390,6 +397,7 @@ async fn session(
                 c.report(&ReportRequest {
                     api_version: Some(weft_proto::api::API_VERSION),
                     endpoints: changed.then_some(now),
+                    facts: None,
                 })
                 .await
                 .context("reporting liveness")?;

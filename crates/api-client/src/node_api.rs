@@ -46,6 +46,28 @@ impl Client {
         name: Option<String>,
         hostname: Option<String>,
     ) -> Result<RegisterResponse, ClientError> {
+        let req = RegisterRequest {
+            api_version: None,
+            token: token.to_owned(),
+            node_key,
+            pow_nonce,
+            challenge: String::new(),
+            signature: String::new(),
+            name,
+            hostname,
+            facts: None,
+        };
+        self.register_signed(req, sign).await
+    }
+
+    /// Registers `req` (its `challenge` and `signature` are filled in here):
+    /// fetches a challenge, has `sign(context, message)` sign it, and
+    /// registers. [`Client::register`] with every field of the request.
+    pub async fn register_signed(
+        &self,
+        mut req: RegisterRequest,
+        sign: impl FnOnce(&str, &[u8]) -> [u8; 64],
+    ) -> Result<RegisterResponse, ClientError> {
         use base64::Engine as _;
         let ch = self.register_challenge().await?;
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -56,18 +78,10 @@ impl Client {
             .map_err(|_| ClientError::Decode("challenge has the wrong length".into()))?;
         let sig = sign(
             REGISTER_SIGNATURE_CONTEXT,
-            &register_signed_message(&challenge, token),
+            &register_signed_message(&challenge, &req.token),
         );
-        let req = RegisterRequest {
-            api_version: None,
-            token: token.to_owned(),
-            node_key,
-            pow_nonce,
-            challenge: ch.challenge,
-            signature: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig),
-            name,
-            hostname,
-        };
+        req.challenge = ch.challenge;
+        req.signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig);
         self.register_raw(&req).await
     }
 

@@ -148,6 +148,19 @@ pub fn hostname(s: &str) -> Result<(), ApiError> {
     free_text("invalid_hostname", "hostname", s, MAX_DOMAIN)
 }
 
+/// Validates a node's host facts: every text at most
+/// [`weft_proto::facts::MAX_FACT_TEXT`] bytes without control, bidirectional
+/// or zero-width characters, the binary hash 64 lowercase hex digits
+/// (`400 invalid_facts`, naming the field).
+pub fn facts(f: &weft_proto::facts::HostFacts) -> Result<(), ApiError> {
+    f.check().map_err(|e| {
+        ApiError::invalid(
+            "invalid_facts",
+            format!("host facts refused: {e} (weftd sanitizes what it sends: is it an old or a modified weftd?)"),
+        )
+    })
+}
+
 /// Validates free text an admin reads (a host name, a token description): at
 /// most `max` bytes, without control, bidirectional or zero-width characters.
 /// The error names the first such character and its position.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::NodeKey;
+use crate::facts::HostFacts;
 use crate::net::{Ipv4Net, Ipv6Net};
 
 /// The API and wire format version of this build.
@@ -100,6 +101,9 @@ pub struct RegisterRequest {
     /// The machine's host name, informational.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// The host's facts (OS, kernel, CPU, memory, weftd's version and hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<HostFacts>,
 }
 
 impl fmt::Debug for RegisterRequest {
@@ -162,6 +166,10 @@ pub struct ReportRequest {
     /// Candidate underlay addresses; `None` keeps the previous list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Vec<SocketAddr>>,
+    /// The host's facts, sent when they changed (and on a session's first
+    /// report); `None` keeps the stored ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<HostFacts>,
 }
 
 /// `POST /v1/admin/networks` body.
@@ -312,6 +320,12 @@ pub struct NodeInfo {
     pub created_at_ms: u64,
     /// Addresses per network.
     pub addresses: Vec<NodeAddress>,
+    /// The host facts it last reported (absent: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<HostFacts>,
+    /// When those facts last changed, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts_changed_ms: Option<u64>,
 }
 
 /// `GET /v1/admin/nodes`.
@@ -479,6 +493,7 @@ mod tests {
             signature: String::new(),
             name: None,
             hostname: None,
+            facts: None,
         };
         assert!(!format!("{req:?}").contains("SECRET"));
     }

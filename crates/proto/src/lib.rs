@@ -13,6 +13,7 @@
 #![warn(clippy::iter_over_hash_type)]
 
 pub mod api;
+pub mod facts;
 pub mod local;
 pub mod net;
 pub mod netmap;

@@ -15,4 +15,5 @@
 //! - `anomaly`: a small explainable detector over the agent's own counters;
 //!   its events go to the controller, to `weft events` and to metrics.
 
+pub(crate) mod facts;
 pub(crate) mod metrics;

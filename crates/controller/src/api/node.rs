@@ -1,4 +1,5 @@
-//! `POST /v1/node/report`: an agent's liveness and candidate endpoints.
+//! `POST /v1/node/report`: an agent's liveness, candidate endpoints and (when
+//! they changed) host facts.
 //!
 //! A report naming a loopback, unspecified, multicast or broadcast endpoint (or
 //! port 0) is refused (`invalid_endpoints`); endpoints inside an overlay
@@ -12,7 +13,7 @@ use weft_proto::net::unusable_endpoint;
 use super::{ApiJson, AppState, NodeAuth};
 use crate::error::ApiError;
 use crate::model::{Actor, Report};
-use crate::validate::MAX_ENDPOINTS;
+use crate::validate::{self, MAX_ENDPOINTS};
 
 pub(super) async fn report(
     State(st): State<AppState>,
@@ -39,12 +40,16 @@ pub(super) async fn report(
             ));
         }
     }
+    if let Some(f) = &req.facts {
+        validate::facts(f)?;
+    }
     st.engine
         .execute(
             Actor::Node(auth.key),
             Report {
                 node: auth.id,
                 endpoints: req.endpoints,
+                facts: req.facts,
             },
         )
         .await?;

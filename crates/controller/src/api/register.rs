@@ -316,6 +316,9 @@ pub(super) async fn register(
     if let Some(h) = &req.hostname {
         validate::hostname(h)?;
     }
+    if let Some(f) = &req.facts {
+        validate::facts(f)?;
+    }
     // Cheap checks first: a forged or stale challenge costs one HMAC.
     st.challenges.verify(&challenge, clock::now())?;
     let message = register_signed_message(&challenge, &req.token);
@@ -340,6 +343,7 @@ pub(super) async fn register(
         pow_bits,
         name: req.name.clone(),
         hostname: req.hostname.clone(),
+        facts: req.facts,
         credential_hash,
     };
     let Registered { name, addresses } = st.engine.execute(Actor::Node(req.node_key), op).await?;

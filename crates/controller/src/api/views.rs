@@ -44,6 +44,8 @@ pub fn node(n: &NodeState, addresses: Vec<NodeAddress>) -> NodeInfo {
         last_seen_ms: n.rec.last_seen.map(secs_to_ms),
         created_at_ms: secs_to_ms(n.rec.created_at),
         addresses,
+        facts: n.rec.facts.clone(),
+        facts_changed_ms: n.rec.facts_changed_ms,
     }
 }
 

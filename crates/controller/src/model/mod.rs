@@ -49,6 +49,7 @@ macro_rules! operation {
     };
 }
 
+mod facts;
 mod networks;
 mod nodes;
 mod policy;

@@ -8,11 +8,13 @@ use std::net::SocketAddr;
 use serde_json::json;
 use weft_proto::NodeKey;
 use weft_proto::api::NodeAddress;
+use weft_proto::facts::HostFacts;
 
 use crate::error::ApiError;
 use crate::secret::SecretHash;
 use crate::store::{MembershipRecord, NodeRecord, Write};
 
+use super::facts::take_facts;
 use super::tokens::TokenStatus;
 use super::{Actor, Batch, NetId, NodeId, World, secs};
 
@@ -131,6 +133,8 @@ pub struct Registration {
     pub name: Option<String>,
     /// Validated host name.
     pub hostname: Option<String>,
+    /// Validated host facts.
+    pub facts: Option<HostFacts>,
     /// Hash of the new credential.
     pub credential_hash: SecretHash,
 }
@@ -166,6 +170,8 @@ pub struct Report {
     pub node: NodeId,
     /// Its endpoints, if it sent them.
     pub endpoints: Option<Vec<SocketAddr>>,
+    /// Its validated host facts, if it sent them.
+    pub facts: Option<HostFacts>,
 }
 
 /// The node went online or offline, as [`Presence`](super::Presence)
@@ -208,8 +214,8 @@ operation!(RemoveNode => (), |op, w, batch, actor, now_ms| {
     w.remove_node(batch, actor, &op.0, now_ms)
 });
 
-operation!(Report => (), |op, w, batch, _, now_ms| {
-    w.report(batch, op.node, op.endpoints, now_ms)
+operation!(Report => (), |op, w, batch, actor, now_ms| {
+    w.report(batch, actor, op, now_ms)
 });
 
 operation!(SetPresence => (), |op, w, batch, _, now_ms| {
@@ -412,6 +418,8 @@ impl World {
                     endpoints: Vec::new(),
                     last_seen: None,
                     created_at: now,
+                    facts: None,
+                    facts_changed_ms: None,
                 },
                 memberships: BTreeMap::new(),
                 online: false,
@@ -429,6 +437,7 @@ impl World {
         if tags_changed {
             batch.touched.self_changed.insert(id);
         }
+        let facts = take_facts(&mut node.rec, r.facts, now_ms);
         batch.writes.push(Write::PutNode(node.rec.clone()));
         for (net_id, off) in planned {
             let Some(net) = self.networks.get_mut(&net_id) else {
@@ -484,6 +493,7 @@ impl World {
             json!({"name": name, "token": format!("token:{token_id}"), "addresses": addresses}),
             now_ms,
         );
+        self.audit_facts(batch, &Actor::Node(key), key.to_string(), facts, now_ms);
         Ok(Registered { name, addresses })
     }
 
@@ -631,8 +641,12 @@ impl World {
     fn report(
         &mut self,
         batch: &mut Batch,
-        id: NodeId,
-        endpoints: Option<Vec<SocketAddr>>,
+        actor: &Actor,
+        Report {
+            node: id,
+            endpoints,
+            facts,
+        }: Report,
         now_ms: u64,
     ) -> Result<(), ApiError> {
         let node = self.nodes.get_mut(&id).ok_or(ApiError::Unauthorized)?;
@@ -663,7 +677,10 @@ impl World {
                 Self::touch_everywhere(batch, node);
             }
         }
+        let facts = take_facts(&mut node.rec, facts, now_ms);
+        let key = node.rec.node_key.to_string();
         batch.writes.push(Write::PutNode(node.rec.clone()));
+        self.audit_facts(batch, actor, key, facts, now_ms);
         Ok(())
     }
 

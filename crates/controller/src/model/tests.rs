@@ -34,16 +34,20 @@ fn world() -> (World, Batch) {
     (w, b)
 }
 
-fn register(w: &mut World, b: &mut Batch, i: u8) -> Result<Registered, ApiError> {
-    let r = Registration {
+fn registration(i: u8) -> Registration {
+    Registration {
         node_key: key(i),
         token_hash: SecretHash::of("t"),
         pow_bits: 0,
         name: Some(format!("n{i}")),
         hostname: None,
+        facts: None,
         credential_hash: SecretHash::of(&format!("cred{i}")),
-    };
-    w.apply(b, &Actor::Node(key(i)), r, 0)
+    }
+}
+
+fn register(w: &mut World, b: &mut Batch, i: u8) -> Result<Registered, ApiError> {
+    w.apply(b, &Actor::Node(key(i)), registration(i), 0)
 }
 
 #[test]
@@ -75,6 +79,7 @@ fn node_indexes_follow_renames_credentials_and_removal() {
         pow_bits: 0,
         name: None,
         hostname: None,
+        facts: None,
         credential_hash: SecretHash::of("cred1b"),
     };
     w.apply(&mut b, &Actor::Node(key(1)), again, 0).unwrap();
@@ -158,4 +163,81 @@ fn a_closed_batch_hands_back_its_outcome_and_keeps_nothing() {
     assert!(missing.is_err());
     assert!(w.finish_batch(&mut b).is_none());
     assert_eq!(w.version, 2);
+}
+
+#[test]
+fn host_facts_are_stored_at_registration_and_audited_only_when_they_change() {
+    use weft_proto::facts::HostFacts;
+    let audits = |b: &Batch| -> Vec<(String, serde_json::Value)> {
+        b.writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Audit(a) if a.action == "node.facts" => {
+                    Some((a.actor.clone(), a.detail["changed"].clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let facts = HostFacts {
+        kernel_version: Some("6.1.0".into()),
+        boot_time_ms: Some(1_700_000_000_000),
+        ..HostFacts::default()
+    };
+    let (mut w, _) = world();
+    let mut b = Batch::default();
+    let r = Registration {
+        facts: Some(facts.clone()),
+        ..registration(1)
+    };
+    w.apply(&mut b, &Actor::Node(key(1)), r, 5_000).unwrap();
+    let n = w.find_node("n1").unwrap();
+    assert_eq!(n.rec.facts.as_ref(), Some(&facts));
+    assert_eq!(n.rec.facts_changed_ms, Some(5_000));
+    let a = audits(&b);
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].0, format!("node:{}", key(1)));
+    assert_eq!(a[0].1["kernel_version"]["to"], "6.1.0");
+    assert!(
+        b.writes
+            .iter()
+            .any(|w| matches!(w, Write::PutNode(rec) if rec.facts.as_ref() == Some(&facts)))
+    );
+
+    let id = n.rec.id;
+    let report = |facts: Option<HostFacts>| Report {
+        node: id,
+        endpoints: None,
+        facts,
+    };
+    let actor = Actor::Node(key(1));
+    // The same facts, no facts, or a boot time a second off: no change.
+    let jitter = HostFacts {
+        boot_time_ms: Some(1_700_000_001_000),
+        ..facts.clone()
+    };
+    for same in [Some(facts.clone()), None, Some(jitter)] {
+        let mut b = Batch::default();
+        w.apply(&mut b, &actor, report(same), 9_000).unwrap();
+        assert!(audits(&b).is_empty());
+        assert_eq!(w.node(id).unwrap().rec.facts.as_ref(), Some(&facts));
+        assert_eq!(w.node(id).unwrap().rec.facts_changed_ms, Some(5_000));
+    }
+    // A new kernel: stored, audited with the old and new value, no map moves.
+    let upgraded = HostFacts {
+        kernel_version: Some("6.8.0".into()),
+        ..facts.clone()
+    };
+    let mut b = Batch::default();
+    w.apply(&mut b, &actor, report(Some(upgraded.clone())), 10_000)
+        .unwrap();
+    let a = audits(&b);
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        a[0].1,
+        serde_json::json!({"kernel_version": {"from": "6.1.0", "to": "6.8.0"}})
+    );
+    assert_eq!(w.node(id).unwrap().rec.facts, Some(upgraded));
+    assert_eq!(w.node(id).unwrap().rec.facts_changed_ms, Some(10_000));
+    assert!(w.finish_batch(&mut b).is_none(), "facts are in no map");
 }

@@ -61,6 +61,7 @@ fn register(i: u8, token: &str) -> Registration {
         pow_bits: 0,
         name: None,
         hostname: Some(format!("h{i}")),
+        facts: None,
         credential_hash: SecretHash::of(&format!("cred{i}")),
     }
 }
@@ -129,7 +130,16 @@ fn apply_step(w: &mut World, b: &mut Batch, s: &Step, now: u64) -> Result<(), Ap
         Step::Report(i, port) => match id_of(w, *i) {
             Some(node) => {
                 let endpoints = Some(vec![format!("192.0.2.{i}:{port}").parse().unwrap()]);
-                w.apply(b, a, Report { node, endpoints }, now)
+                w.apply(
+                    b,
+                    a,
+                    Report {
+                        node,
+                        endpoints,
+                        facts: None,
+                    },
+                    now,
+                )
             }
             None => Ok(()),
         },
@@ -304,6 +314,7 @@ fn a_change_reaches_only_members_of_the_touched_network() {
         Report {
             node: id1,
             endpoints: Some(vec!["192.0.2.1:1".parse().unwrap()]),
+            facts: None,
         },
         0,
     )
@@ -425,6 +436,7 @@ fn visibility_follows_the_policy() {
         Report {
             node: id3,
             endpoints: Some(vec!["192.0.2.3:1".parse().unwrap()]),
+            facts: None,
         },
         6,
     )

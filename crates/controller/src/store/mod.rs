@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use weft_proto::NodeKey;
+use weft_proto::facts::HostFacts;
 use weft_proto::net::{Ipv4Net, Ipv6Net};
 
 use crate::secret::SecretHash;
@@ -99,6 +100,10 @@ pub struct NodeRecord {
     pub last_seen: Option<u64>,
     /// Unix seconds.
     pub created_at: u64,
+    /// The host facts it last reported.
+    pub facts: Option<HostFacts>,
+    /// When they last changed, Unix milliseconds.
+    pub facts_changed_ms: Option<u64>,
 }
 
 /// A node's membership in a network, with its addresses there.
@@ -394,6 +399,12 @@ pub(crate) mod tests {
             endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
             last_seen: Some(5),
             created_at: 2,
+            facts: Some(HostFacts {
+                kernel_version: Some("6.1.0".into()),
+                cpu_cores: Some(4),
+                ..HostFacts::default()
+            }),
+            facts_changed_ms: Some(2_000),
         }
     }
 
@@ -468,6 +479,11 @@ pub(crate) mod tests {
         // Upserts replace; deletes cascade to memberships.
         let mut renamed = node(1, "a2");
         renamed.disabled = true;
+        renamed.facts = Some(HostFacts {
+            kernel_version: Some("6.8.0".into()),
+            ..HostFacts::default()
+        });
+        renamed.facts_changed_ms = Some(3_000);
         s.apply(&[
             Write::PutNode(renamed.clone()),
             Write::PutToken(TokenRecord { uses: 1, ..token }),

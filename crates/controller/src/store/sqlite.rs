@@ -40,6 +40,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         "routes",
         include_str!("../../migrations/0004_routes.sql"),
     ),
+    (5, "facts", include_str!("../../migrations/0005_facts.sql")),
 ];
 
 /// A SQLite database file.
@@ -250,7 +251,7 @@ impl Store for SqliteStore {
         }
 
         let mut st = c.prepare(
-            "SELECT id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at FROM nodes ORDER BY id",
+            "SELECT id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at, facts, facts_changed_ms FROM nodes ORDER BY id",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
@@ -264,10 +265,25 @@ impl Store for SqliteStore {
                 r.get::<_, String>(7)?,
                 r.get::<_, Option<i64>>(8)?,
                 r.get::<_, i64>(9)?,
+                r.get::<_, Option<String>>(10)?,
+                r.get::<_, Option<i64>>(11)?,
             ))
         })?;
         for row in rows {
-            let (id, key, name, hostname, tags, disabled, cred, endpoints, seen, created) = row?;
+            let (
+                id,
+                key,
+                name,
+                hostname,
+                tags,
+                disabled,
+                cred,
+                endpoints,
+                seen,
+                created,
+                facts,
+                facts_ms,
+            ) = row?;
             snap.nodes.push(NodeRecord {
                 id: to_u64(id),
                 node_key: parse("node_key", &key)?,
@@ -279,6 +295,8 @@ impl Store for SqliteStore {
                 endpoints: parse_json("node endpoints", &endpoints)?,
                 last_seen: seen.map(to_u64),
                 created_at: to_u64(created),
+                facts: facts.map(|f| parse_json("node facts", &f)).transpose()?,
+                facts_changed_ms: facts_ms.map(to_u64),
             });
         }
 
@@ -443,12 +461,13 @@ impl Store for SqliteStore {
                 }
                 Write::PutNode(n) => {
                     tx.prepare_cached(
-                        "INSERT INTO nodes (id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                        "INSERT INTO nodes (id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at, facts, facts_changed_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                          ON CONFLICT (id) DO UPDATE SET name = excluded.name, hostname = excluded.hostname,
                            tags = excluded.tags, disabled = excluded.disabled,
                            credential_hash = excluded.credential_hash, endpoints = excluded.endpoints,
-                           last_seen = excluded.last_seen",
+                           last_seen = excluded.last_seen, facts = excluded.facts,
+                           facts_changed_ms = excluded.facts_changed_ms",
                     )?
                     .execute(params![
                         to_i64(n.id),
@@ -460,7 +479,9 @@ impl Store for SqliteStore {
                         n.credential_hash.to_string(),
                         json_list(&n.endpoints),
                         n.last_seen.map(to_i64),
-                        to_i64(n.created_at)
+                        to_i64(n.created_at),
+                        n.facts.as_ref().and_then(|f| serde_json::to_string(f).ok()),
+                        n.facts_changed_ms.map(to_i64)
                     ])?;
                 }
                 Write::DeleteNode(id) => {
@@ -643,6 +664,12 @@ impl Store for SqliteStore {
     }
 }
 
+/// The newest schema version this build knows.
+#[cfg(test)]
+fn newest() -> u32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,17 +687,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 4);
+        assert_eq!(s.schema_version().unwrap(), newest());
         s.conn
             .execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)", [])
             .unwrap();
         drop(s);
         assert!(matches!(
             SqliteStore::open(&path),
-            Err(StoreError::SchemaTooNew {
-                found: 99,
-                known: 4
-            })
+            Err(StoreError::SchemaTooNew { found: 99, known }) if known == newest()
         ));
     }
 }
@@ -712,7 +736,7 @@ mod open_tests {
         std::fs::remove_file(&path).unwrap();
 
         let s = SqliteStore::create(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 4);
+        assert_eq!(s.schema_version().unwrap(), newest());
         drop(s);
         for f in ["controller.db", "controller.db-wal", "controller.db-shm"] {
             let p = dir.path().join(f);
