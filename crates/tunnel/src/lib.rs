@@ -63,3 +63,4 @@ pub use node::{
     Dest, Event, MAX_USAGE_PEERS, MIN_OUT_BUF, NetIndex, NetOutcome, NetworkConfig, Node,
     NodeConfig, NodeUsage, PeerConfig, PeerStatus, PeerUsage, Transmit, TunOutcome, WG_OVERHEAD,
 };
+pub use node::{MAX_DISTINCT, MAX_REFUSAL_PEERS, Refusals, RefusedAttempts};

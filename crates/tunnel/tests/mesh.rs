@@ -1421,3 +1421,43 @@ fn usage_counts_each_flow_once_per_direction_on_both_nodes_and_survives_a_policy
     assert_eq!(again.counts.flows, 2);
     assert_eq!(again.counts.tx_bytes, 2 * syn.len() as u64);
 }
+
+#[test]
+fn refused_new_attempts_are_summarised_by_direction_and_peer_and_reset_when_read() {
+    let mut net = web_and_db();
+    let (web, db) = (net.hosts[0].overlay, net.hosts[1].overlay);
+    let (web_key, db_key) = (net.hosts[0].node.key(), net.hosts[1].node.key());
+    // web sweeps 30 of db's ports: its own egress policy refuses all but 5432.
+    for port in 5420..5450u16 {
+        net.send_from_tun(0, &tcp(web, db, 40000 + port, port, 0x02));
+        net.run();
+    }
+    let seen = net.hosts[0].node.take_refusals();
+    let egress = &seen.by_peer[&(weft_policy::Direction::Egress, db_key)];
+    assert_eq!(egress.attempts, 29);
+    assert_eq!(egress.ports.len(), 29);
+    assert!(!egress.ports.contains(&5432));
+    assert_eq!(egress.addrs.iter().copied().collect::<Vec<_>>(), vec![db]);
+    assert_eq!(seen.by_peer.len(), 1, "{seen:?}");
+    // Read and reset: the next window starts empty; db saw nothing.
+    assert!(net.hosts[0].node.take_refusals().by_peer.is_empty());
+    assert!(net.hosts[1].node.take_refusals().by_peer.is_empty());
+
+    // A web that ignores its policy is refused at db's ingress instead.
+    set_policy(&mut net, 0, Some(weft_policy::allow_all("n0")));
+    for port in [22u16, 23, 25, 80] {
+        net.send_from_tun(0, &tcp(web, db, 41000 + port, port, 0x02));
+        net.run();
+    }
+    // Segments of no flow that open nothing (a stray ACK) are not attempts.
+    net.send_from_tun(0, &tcp(web, db, 41999, 443, 0x10));
+    net.run();
+    let seen = net.hosts[1].node.take_refusals();
+    let ingress = &seen.by_peer[&(weft_policy::Direction::Ingress, web_key)];
+    assert_eq!(ingress.attempts, 4);
+    assert_eq!(
+        ingress.ports.iter().copied().collect::<Vec<_>>(),
+        vec![22, 23, 25, 80]
+    );
+    assert!(net.hosts[0].node.take_refusals().by_peer.is_empty());
+}

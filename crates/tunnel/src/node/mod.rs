@@ -6,6 +6,7 @@ mod inbound;
 mod outbound;
 mod outcome;
 mod policy;
+mod refused;
 mod timers;
 mod usage;
 mod wireguard;
@@ -13,6 +14,7 @@ mod wireguard;
 pub use config::{NetIndex, NetworkConfig, NodeConfig, PeerConfig};
 use discovery::Stun;
 pub use outcome::{Dest, Event, NetOutcome, PeerStatus, Transmit, TunOutcome};
+pub use refused::{MAX_DISTINCT, MAX_REFUSAL_PEERS, Refusals, RefusedAttempts};
 pub use usage::{MAX_USAGE_PEERS, NodeUsage, PeerUsage};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -78,6 +80,7 @@ pub struct Node {
     relay_up: bool,
     policy: Option<Engine>,
     policy_log: LogLimiter<NodeKey>,
+    refused: Refusals,
     usage: usage::UsageIds,
     stun: Stun,
     scratch: Vec<u8>,
@@ -131,6 +134,7 @@ impl Node {
             relay_up: false,
             policy: None,
             policy_log: LogLimiter::new(DROP_LOG_INTERVAL, 4096),
+            refused: Refusals::default(),
             usage: usage::UsageIds::default(),
             stun: Stun::default(),
             scratch: vec![0u8; 65_536 + WG_OVERHEAD],

@@ -99,6 +99,7 @@ impl Node {
                 if let Some(peer) = self.peers.get_mut(&key) {
                     peer.drops.add(reason);
                 }
+                self.refused.record(dir, key, &tuple);
                 if let Some(suppressed) = self.policy_log.check(&key, now) {
                     let explanation = engine.explain(dir, &tuple, now).to_string();
                     self.events.push_back(Event::PolicyDrop {
