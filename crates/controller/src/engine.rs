@@ -28,6 +28,7 @@ use tracing::{error, info};
 use crate::clock;
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::model::{Actor, Batch, NodeId, Operation, Presence, PresenceConfig, SetPresence, World};
 use crate::netmap;
 use crate::relay_feed::RelayFeed;
@@ -97,6 +98,7 @@ pub struct Engine {
     world: Arc<RwLock<World>>,
     hub: Arc<Hub>,
     relay_feed: Arc<RelayFeed>,
+    metrics: Arc<Metrics>,
 }
 
 /// The writer and presence threads; join them after [`Engine::shutdown`].
@@ -122,11 +124,13 @@ fn unavailable() -> ApiError {
 }
 
 impl Engine {
-    /// Starts the writer thread over `store`, with `world` loaded from it.
+    /// Starts the writer thread over `store`, with `world` loaded from it;
+    /// it times every commit and fan-out into `metrics`.
     pub fn start<S: Store>(
         store: S,
         world: World,
         hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<(Engine, EngineThread)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (presence, events) = std_mpsc::channel();
@@ -143,9 +147,10 @@ impl Engine {
             let world = world.clone();
             let hub = hub.clone();
             let feed = relay_feed.clone();
+            let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("weft-store".into())
-                .spawn(move || writer(store, world, hub, feed, rx))?
+                .spawn(move || writer(store, world, hub, feed, metrics, rx))?
         };
         Ok((
             Engine {
@@ -154,6 +159,7 @@ impl Engine {
                 world,
                 hub,
                 relay_feed,
+                metrics,
             },
             EngineThread(thread, presence_thread),
         ))
@@ -209,6 +215,11 @@ impl Engine {
         &self.relay_feed
     }
 
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Asks the writer to stop after the operations already queued.
     pub fn shutdown(&self) {
         let _ = self.presence.send(StreamEvent::Stop);
@@ -253,6 +264,7 @@ fn writer<S: Store>(
     world: Arc<RwLock<World>>,
     hub: Arc<Hub>,
     feed: Arc<RelayFeed>,
+    metrics: Arc<Metrics>,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
 ) {
     while let Some(first) = rx.blocking_recv() {
@@ -277,7 +289,7 @@ fn writer<S: Store>(
             }
         }
         if !ops.is_empty() {
-            commit_batch(&mut store, &world, &hub, &feed, ops);
+            commit_batch(&mut store, &world, &hub, &feed, &metrics, ops);
         }
         for (q, reply) in audits {
             let r = store.audit(&q).map_err(|e| {
@@ -297,6 +309,7 @@ fn commit_batch<S: Store>(
     world: &RwLock<World>,
     hub: &Hub,
     feed: &RelayFeed,
+    metrics: &Metrics,
     mut ops: Vec<Box<dyn Queued>>,
 ) {
     let mut w = world.blocking_write();
@@ -306,11 +319,19 @@ fn commit_batch<S: Store>(
         op.apply(&mut w, &mut batch, now);
     }
     let outcome = w.finish_batch(&mut batch);
-    match store.apply(&batch.writes) {
+    let started = clock::now();
+    let applied = store.apply(&batch.writes);
+    let committed = clock::now();
+    metrics.commit(
+        committed.saturating_duration_since(started),
+        applied.is_ok(),
+    );
+    match applied {
         Ok(()) => {
             if let Some(o) = &outcome {
                 let out = netmap::compile(&w, o);
-                hub.publish(&w, &out, &o.touched.evicted);
+                let pushed = hub.publish(&w, &out, &o.touched.evicted);
+                metrics.fanout(clock::now().saturating_duration_since(committed), pushed);
                 feed.publish(&w, &o.touched);
             }
             drop(w);

@@ -20,6 +20,7 @@ use weft_proto::netmap::{EVENT_DELTA, EVENT_SNAPSHOT, MapEvent};
 use weft_proto::sse;
 
 use crate::error::ApiError;
+use crate::metrics::Pushed;
 use crate::model::{NodeId, PresenceConfig, World};
 use crate::netmap::{self, Outgoing, Payload};
 
@@ -232,10 +233,16 @@ impl Hub {
 
     /// Pushes one version's outgoing payloads to subscribers and records them for
     /// replay; closes the streams of evicted nodes. Call with the state
-    /// write-locked, after the batch committed.
-    pub fn publish(&self, world: &World, outgoing: &[Outgoing], evicted: &BTreeSet<NodeId>) {
+    /// write-locked, after the batch committed. Returns what it queued.
+    pub fn publish(
+        &self,
+        world: &World,
+        outgoing: &[Outgoing],
+        evicted: &BTreeSet<NodeId>,
+    ) -> Pushed {
         let version = world.version;
         let mut groups = Vec::with_capacity(outgoing.len());
+        let mut pushed = Pushed::default();
         {
             let mut subs = lock(&self.subs);
             for id in evicted {
@@ -247,7 +254,7 @@ impl Hub {
                         let frame = encode(&MapEvent::Delta((**delta).clone()));
                         for r in o.recipients.iter() {
                             if let Some(list) = subs.get(r) {
-                                push(list, &frame);
+                                push(list, &frame, &mut pushed, false);
                             }
                         }
                         groups.push((o.recipients.clone(), RingPayload::Delta(frame.bytes)));
@@ -257,7 +264,7 @@ impl Hub {
                             if let Some(list) = subs.get(r)
                                 && let Some(frame) = snapshot_frame(world, *r)
                             {
-                                push(list, &frame);
+                                push(list, &frame, &mut pushed, true);
                             }
                         }
                         groups.push((o.recipients.clone(), RingPayload::Resync));
@@ -280,6 +287,7 @@ impl Hub {
             ring.recipients -= old.recipients();
             ring.bytes -= old.bytes();
         }
+        pushed
     }
 
     /// The frames `node` missed after `last`, or `None` when a snapshot is needed.
@@ -313,10 +321,17 @@ impl Hub {
     }
 }
 
-fn push(list: &[SubHandle], frame: &Frame) {
+fn push(list: &[SubHandle], frame: &Frame, pushed: &mut Pushed, snapshot: bool) {
     for s in list {
-        if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(frame.clone()) {
-            s.lagged.store(true, Ordering::Release);
+        match s.tx.try_send(frame.clone()) {
+            Ok(()) if snapshot => pushed.snapshots += 1,
+            Ok(()) => pushed.deltas += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                pushed.lagged += 1;
+                s.lagged.store(true, Ordering::Release);
+            }
+            // The stream ended; its guard unsubscribes it.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }

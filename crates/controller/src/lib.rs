@@ -20,6 +20,9 @@
 //!   batches, applies them to the state, commits them in one durable transaction,
 //!   and only then publishes deltas to the [`hub`] and answers the callers.
 //! - [`hub`]: per-node stream subscriptions, the replay ring for `Last-Event-ID`.
+//! - [`metrics`]: the Prometheus registry (`GET /metrics`): counters and
+//!   latency histograms updated where things happen, state gauges computed
+//!   from the model at scrape time.
 //! - [`relay_feed`]: the member set relays may serve and the relay streams that
 //!   follow it.
 //! - [`api`]: the HTTP handlers, one module per resource, and the JSON views
@@ -39,6 +42,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hub;
+pub mod metrics;
 pub mod model;
 pub mod netmap;
 pub mod relay_feed;

@@ -26,6 +26,7 @@ use weft_proto::netmap::Relay;
 use crate::api::{self, ApiConfig, AppState, Challenges, Limiter, Peer};
 use crate::engine::Engine;
 use crate::hub::{Hub, HubConfig};
+use crate::metrics::Metrics;
 use crate::model::World;
 use crate::secret::{self, ADMIN_PREFIX};
 use crate::store::sqlite::SqliteStore;
@@ -40,6 +41,8 @@ pub const ADMIN_TOKEN_FILE: &str = weft_proto::api::ADMIN_TOKEN_FILE;
 pub const URL_FILE: &str = weft_proto::api::CONTROLLER_URL_FILE;
 /// File the bound address is written to (`host:port`).
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
+/// File the bound `--metrics-listen` address is written to (`host:port`).
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
 
 /// Files that make a data directory "not empty": a start finding none of them
 /// is a first start and creates the state; otherwise each must be there.
@@ -137,6 +140,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Concurrent connections at most (each map stream is one).
     pub max_connections: usize,
+    /// A listener for `GET /metrics` without authentication, over plain HTTP
+    /// (`serve --metrics-listen`); `None`: only the API port's, admin token.
+    pub metrics_listener: Option<TcpListener>,
 }
 
 impl Default for Config {
@@ -147,6 +153,7 @@ impl Default for Config {
             hub: HubConfig::default(),
             shutdown_grace: Duration::from_secs(5),
             max_connections: 16_384,
+            metrics_listener: None,
         }
     }
 }
@@ -262,10 +269,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let hub = Arc::new(Hub::new(config.hub.clone()));
+    let metrics = Arc::new(Metrics::new());
     let (engine, writer) =
-        Engine::start(prepared.store, prepared.world, hub).map_err(|source| ServeError::Io {
-            what: "starting the store writer".into(),
-            source,
+        Engine::start(prepared.store, prepared.world, hub, metrics).map_err(|source| {
+            ServeError::Io {
+                what: "starting the store writer".into(),
+                source,
+            }
         })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = AppState {
@@ -281,6 +291,10 @@ pub async fn run(
         cfg: Arc::new(config.api.clone()),
         shutdown: shutdown_rx,
     };
+    let metrics_task = config.metrics_listener.map(|l| {
+        let router = api::scrape_router(state.clone());
+        tokio::spawn(serve_metrics(l, router, state.shutdown.clone()))
+    });
     let router = api::router(state);
     let acceptor = config.tls.clone().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
@@ -344,6 +358,9 @@ pub async fn run(
     info!("shutting down: no new connections; ending map streams");
     drop(listener);
     let _ = shutdown_tx.send(true);
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(config.shutdown_grace) => warn!("requests still open after the grace period; closing them"),
@@ -353,4 +370,37 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     info!("stopped");
     Ok(())
+}
+
+/// Serves the metrics router on `listener` (plain HTTP, a few connections at
+/// once, short timeouts) until `shutdown` turns true.
+async fn serve_metrics(
+    listener: TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(16));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            a = listener.accept() => a,
+        };
+        let Ok((tcp, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let svc = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(tcp), svc);
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+        });
+    }
 }

@@ -3,6 +3,7 @@
 //! | Method | Path | Auth | Purpose |
 //! |---|---|---|---|
 //! | GET | `/healthz` | none | liveness, API and map version |
+//! | GET | `/metrics` | admin | Prometheus metrics (text format 0.0.4) |
 //! | POST | `/v1/register/challenge` | none | a fresh single-use challenge |
 //! | POST | `/v1/register` | join token in body | register a key, get a credential |
 //! | GET | `/v1/map` | node | the node's map, once |
@@ -34,6 +35,7 @@ mod admin;
 mod health;
 mod limit;
 mod map;
+mod metrics;
 mod node;
 mod register;
 mod relay;
@@ -66,6 +68,7 @@ use crate::secret::{
 };
 
 pub use limit::{Limiter, Peer, RateLimit};
+pub use metrics::scrape_router;
 pub use register::Challenges;
 pub use relay::RelayAuth;
 
@@ -127,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/metrics", get(metrics::admin_scrape))
         .merge(unauthenticated)
         .route("/v1/map", get(map::get_map))
         .route("/v1/map/stream", get(map::stream))
@@ -138,6 +142,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(guard))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count,
+        ))
         .with_state(state)
 }
 

@@ -304,6 +304,18 @@ pub(super) async fn register(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
+    let result = register_checked(&st, req).await;
+    st.engine.metrics().registration(match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    });
+    result
+}
+
+async fn register_checked(
+    st: &AppState,
+    req: RegisterRequest,
+) -> Result<Json<RegisterResponse>, ApiError> {
     if req.token.is_empty() || req.token.len() > MAX_SECRET_LEN {
         return Err(ApiError::InvalidToken);
     }

@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 use weft_proto::netmap::Relay;
 
 use super::out;
-use crate::serve::{self, Config, LISTEN_ADDR_FILE, URL_FILE};
+use crate::serve::{self, Config, LISTEN_ADDR_FILE, METRICS_ADDR_FILE, URL_FILE};
 use crate::tls;
 
 #[derive(Debug, Args)]
@@ -77,6 +77,18 @@ pub(super) struct ServeArgs {
     /// offline; a reconnect within it costs peers nothing.
     #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000), value_name = "MS")]
     offline_after_ms: u64,
+    /// Also serve Prometheus metrics at http://ADDR/metrics: plain HTTP and no
+    /// authentication, for a scraper on this host (port 0 picks a free port,
+    /// written to DIR/metrics.addr). A non-loopback ADDR is refused unless
+    /// --metrics-listen-public is given too. Without this flag, GET /metrics on
+    /// the API port serves the same with the admin token as Bearer.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Allow --metrics-listen on a non-loopback address: anyone who can reach it
+    /// reads the metrics (node counts by state, request rates and latencies; no
+    /// keys, names or addresses). Firewall it to the scraper.
+    #[arg(long, requires = "metrics_listen")]
+    metrics_listen_public: bool,
     /// Seconds shutdown waits for open requests.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_secs: u64,
@@ -106,6 +118,15 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    if let Some(addr) = args.metrics_listen
+        && !addr.ip().is_loopback()
+        && !args.metrics_listen_public
+    {
+        bail!(
+            "refusing --metrics-listen {addr}: it serves metrics without authentication, and {} is not a loopback address. Use 127.0.0.1:PORT for a scraper on this host, scrape GET /metrics on the API port with the admin token, or add --metrics-listen-public if you really mean it",
+            addr.ip()
+        );
+    }
     let nofile = raise_nofile_limit();
     // Judge and lock the data directory before anything is written to it.
     let data_dir = serve::open_data_dir(&args.data_dir, args.init)?;
@@ -181,6 +202,27 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         } else {
             info!(%url, "listening (cleartext HTTP)");
         }
+        let metrics_listener = match args.metrics_listen {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --metrics-listen {addr}"))?;
+                let bound = l.local_addr().context("reading the metrics address")?;
+                if !bound.ip().is_loopback() {
+                    warn!(metrics = %bound, "serving metrics without authentication on a non-loopback address (--metrics-listen-public)");
+                }
+                out(&format!("metrics on http://{bound}/metrics\n"));
+                info!(metrics = %bound, "serving metrics");
+                tls::write_private(&args.data_dir.join(METRICS_ADDR_FILE), format!("{bound}\n").as_bytes())
+                    .context("writing metrics.addr")?;
+                Some(l)
+            }
+            None => {
+                // A file from an earlier start with the flag would mislead.
+                let _ = std::fs::remove_file(args.data_dir.join(METRICS_ADDR_FILE));
+                None
+            }
+        };
         // The address files come last: whoever waits for them (tests, scripts) can
         // rely on the fingerprint already being on stdout.
         tls::write_private(&args.data_dir.join(LISTEN_ADDR_FILE), format!("{bound}\n").as_bytes())
@@ -203,6 +245,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
                 ..Default::default()
             },
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            metrics_listener,
             hub: crate::hub::HubConfig {
                 presence: crate::model::PresenceConfig {
                     online_after: Duration::from_millis(args.online_after_ms),
