@@ -361,6 +361,33 @@ fn three_nodes_handshake_and_deliver_queued_packets() {
     }
 }
 
+/// `peer_status` counts data packets and their plaintext bytes per peer, both
+/// ways, the first one (queued behind the handshake) included; handshakes
+/// are not data.
+#[test]
+fn peer_status_counts_data_packets_and_bytes() {
+    let mut net = Net::new(2);
+    let pkts: Vec<Vec<u8>> = (0..3)
+        .map(|n| ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(n)))
+        .collect();
+    for p in &pkts {
+        net.send_from_tun(0, p);
+        net.run();
+    }
+    assert_eq!(net.hosts[1].tun_rx.len(), 3);
+    let bytes: u64 = pkts.iter().map(|p| p.len() as u64).sum();
+    let key0 = net.hosts[0].node.key();
+    let key1 = net.hosts[1].node.key();
+    let sender = net.hosts[0].node.peer_status(net.clock);
+    let to1 = sender.iter().find(|p| p.key == key1).expect("peer 1");
+    assert_eq!((to1.tx_packets, to1.tx_bytes), (3, bytes));
+    assert_eq!((to1.rx_packets, to1.rx_bytes), (0, 0));
+    let receiver = net.hosts[1].node.peer_status(net.clock);
+    let from0 = receiver.iter().find(|p| p.key == key0).expect("peer 0");
+    assert_eq!((from0.rx_packets, from0.rx_bytes), (3, bytes));
+    assert_eq!(from0.tx_packets, 0);
+}
+
 #[test]
 fn loss_and_reordering_deliver_a_clean_subset() {
     let mut net = mesh(2);

@@ -168,6 +168,7 @@ impl Node {
             .iter()
             .map(|(key, p)| {
                 let (since, tx, rx) = p.tunn.stats(now);
+                let (tx_packets, rx_packets) = p.tunn.packets();
                 let path = p.path.kind(now, self.relay_up);
                 PeerStatus {
                     key: *key,
@@ -187,6 +188,8 @@ impl Node {
                         .map(|h| now.saturating_duration_since(h)),
                     tx_bytes: tx,
                     rx_bytes: rx,
+                    tx_packets,
+                    rx_packets,
                     drops: p.drops.clone(),
                 }
             })

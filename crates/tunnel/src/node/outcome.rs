@@ -141,6 +141,10 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Plaintext bytes received.
     pub rx_bytes: u64,
+    /// Data packets sent (keepalives not counted).
+    pub tx_packets: u64,
+    /// Data packets received (keepalives not counted).
+    pub rx_packets: u64,
     /// Packets dropped that were attributed to this peer.
     pub drops: DropCounters,
 }

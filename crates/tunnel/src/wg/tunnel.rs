@@ -85,6 +85,8 @@ pub struct Tunnel {
     gave_up: bool,
     tx_bytes: u64,
     rx_bytes: u64,
+    tx_packets: u64,
+    rx_packets: u64,
 }
 
 fn later(a: Option<Instant>, b: Option<Instant>) -> bool {
@@ -128,6 +130,8 @@ impl Tunnel {
             gave_up: false,
             tx_bytes: 0,
             rx_bytes: 0,
+            tx_packets: 0,
+            rx_packets: 0,
         })
     }
 
@@ -193,6 +197,7 @@ impl Tunnel {
                 self.last_data_sent = Some(now);
                 self.unanswered_tx.get_or_insert(now);
                 self.tx_bytes += packet.len() as u64;
+                self.tx_packets += 1;
             }
             return Ok(Encrypted::Data(n));
         }
@@ -248,6 +253,7 @@ impl Tunnel {
                 self.last_data_sent = Some(now);
                 self.unanswered_tx.get_or_insert(now);
                 self.tx_bytes += p.len() as u64;
+                self.tx_packets += 1;
                 emit(&buf[..n]);
             }
         }
@@ -385,6 +391,7 @@ impl Tunnel {
             self.last_data_received = Some(now);
             self.unanswered_rx.get_or_insert(now);
             self.rx_bytes += n as u64;
+            self.rx_packets += 1;
         }
         Ok(n)
     }
@@ -535,6 +542,11 @@ impl Tunnel {
             self.tx_bytes,
             self.rx_bytes,
         )
+    }
+
+    /// Data packets (keepalives not counted) sent and received.
+    pub fn packets(&self) -> (u64, u64) {
+        (self.tx_packets, self.rx_packets)
     }
 
     /// The earliest instant the timers may act (for tests and schedulers that
