@@ -87,6 +87,20 @@ struct Args {
     /// Environment: WEFTD_PIPELINE=0 (off), 1 (on) or auto.
     #[arg(long, env = "WEFTD_PIPELINE", value_name = "auto|on|off", default_value = "auto", value_parser = pipeline_arg)]
     pipeline: Pipeline,
+    /// Serve Prometheus metrics on http://ADDR/metrics (default: off): per-peer
+    /// traffic, path, handshake age and RTT, drops, I/O errors, batch sizes,
+    /// reconciler, DNS, controller link, CPU and memory. ADDR must be loopback
+    /// (e.g. 127.0.0.1:9101) or one of this node's overlay addresses (known
+    /// from the network map of an earlier run; bound once its interface has
+    /// it, so peers scrape it through the tunnel under the access policy);
+    /// anything else is refused unless --metrics-listen-any. `weft metrics`
+    /// prints the same without a listener.
+    #[arg(long, env = "WEFT_METRICS_LISTEN", value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow --metrics-listen on any address (a LAN address, 0.0.0.0): the
+    /// metrics name this node's peers and show its traffic, so firewall it.
+    #[arg(long, requires = "metrics_listen")]
+    metrics_listen_any: bool,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -190,6 +204,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             offload: args.offload,
             pipeline: args.pipeline.0,
         },
+        metrics_listen: args.metrics_listen.map(|addr| weft_agent::MetricsListen {
+            addr,
+            any: args.metrics_listen_any,
+        }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

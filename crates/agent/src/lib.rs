@@ -43,3 +43,4 @@ mod telemetry;
 pub use dataplane::DataplaneConfig;
 pub use dns::DnsMode;
 pub use supervisor::{AgentConfig, run};
+pub use telemetry::http::MetricsListen;

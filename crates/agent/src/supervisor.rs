@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub dns: DnsMode,
     /// Data-plane settings (`weftd --offload`, `--pipeline`).
     pub dataplane: DataplaneConfig,
+    /// `weftd --metrics-listen` (`None`: no metrics listener).
+    pub metrics_listen: Option<crate::MetricsListen>,
 }
 
 struct Agent {
@@ -71,6 +73,7 @@ struct Agent {
     /// What is failing now (shown by `weft status`, fails `weft up`).
     failures: Failures,
     dns: Dns,
+    metrics: Arc<crate::telemetry::metrics::AgentMetrics>,
 }
 
 /// Runs the agent until `shutdown` completes; then removes what it created.
@@ -81,6 +84,9 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> anyhow
     // minting's progress instead of "is weftd running?".
     let listener = api::bind(&cfg.socket).await?;
     let (calls_tx, mut calls_rx) = mpsc::channel::<ApiCall>(16);
+    let _metrics =
+        crate::telemetry::http::start(cfg.metrics_listen.as_ref(), &state, calls_tx.clone())
+            .await?;
     let server = tokio::spawn(api::serve(listener, calls_tx));
     let shutdown = std::pin::pin!(shutdown);
     let result = serve(&cfg, state, &mut calls_rx, shutdown).await;
@@ -186,6 +192,7 @@ async fn serve<F: Future<Output = ()>>(
     let dns = Dns::new(cfg.dns, cfg.state_dir.clone());
     let mut agent = Agent {
         credential: state.load_credential()?,
+        metrics: Arc::new(crate::telemetry::metrics::AgentMetrics::new(dns.stats())),
         state,
         identity,
         dp,
@@ -288,6 +295,10 @@ impl Agent {
             },
             LocalRequest::Up(up) => self.up(up).await,
             LocalRequest::Explain(req) => self.explain(&req).await,
+            LocalRequest::Metrics { openmetrics } => {
+                let live = (&self.dp, &self.link_state, self.map.as_ref());
+                self.metrics.respond(openmetrics, live).await
+            }
             LocalRequest::Down => {
                 self.down = true;
                 self.stop_link();
@@ -578,6 +589,7 @@ impl Agent {
 
     async fn reconcile(&mut self) {
         if let Some(report) = self.system.reconcile(clock::now()).await {
+            self.metrics.reconciled(report.failed.len());
             for a in &report.applied {
                 tracing::info!(action = %a, "applied");
             }

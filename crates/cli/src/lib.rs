@@ -100,6 +100,10 @@ enum Command {
     /// through, and which rule decides? Exit status 3 when blocked.
     #[command(name = "why-blocked")]
     WhyBlocked(cmd::agent::WhyBlockedArgs),
+    /// Print this node's Prometheus metrics (per-peer traffic, path, RTT, drops,
+    /// I/O errors, batch sizes, DNS, controller link, CPU and memory), for hosts
+    /// that run no scraper; `weftd --metrics-listen` serves the same text.
+    Metrics(cmd::agent::MetricsArgs),
     /// The controller's access policy: which rule decides A -> B (admin token).
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
@@ -128,6 +132,7 @@ pub fn main() -> ExitCode {
         Command::Why(a) => cmd::agent::why(&cli.socket, a, json),
         Command::Netcheck(a) => cmd::netcheck::run(&cli.socket, a, json),
         Command::WhyBlocked(a) => cmd::agent::why_blocked(&cli.socket, a, json),
+        Command::Metrics(a) => cmd::agent::metrics(&cli.socket, &a, json),
         Command::Identity(c) => cmd::identity::run(c, json),
         Command::Policy(c) => cmd::policy::run(c, json),
         Command::Admin(a) => Ok(cmd::admin::run(a, json, exit::DENIED)),

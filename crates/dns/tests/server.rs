@@ -114,7 +114,7 @@ async fn stats_count_queries_cache_hits_and_upstream_latency() {
     assert_eq!(snap.cache_hits, 1, "the second www query");
     assert_eq!(snap.upstream_count, 1, "only the first www query went out");
     assert_eq!(snap.upstream_failures, 0);
-    assert_eq!(snap.upstream_buckets.last().map(|(_, n)| *n), Some(1));
+    assert_eq!(snap.upstream_buckets.iter().map(|(_, n)| n).sum::<u64>(), 1);
     assert!(snap.upstream_seconds > 0.0 && snap.upstream_seconds < 2.0);
     dns.stop().await.unwrap();
 }

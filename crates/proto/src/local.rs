@@ -31,6 +31,14 @@ pub enum LocalRequest {
     /// Explain the policy verdict a packet would get on this node now
     /// (`weft why-blocked`).
     Explain(ExplainRequest),
+    /// The agent's Prometheus metrics, as text (`weft metrics`; the same as
+    /// `weftd --metrics-listen` serves on `GET /metrics`).
+    Metrics {
+        /// `true`: OpenMetrics text (`application/openmetrics-text`);
+        /// `false`: the Prometheus text format 0.0.4.
+        #[serde(default)]
+        openmetrics: bool,
+    },
 }
 
 /// Parameters of `weft why-blocked`: one packet, described by its five-tuple.
@@ -98,6 +106,13 @@ pub enum LocalResponse {
         allowed: bool,
         /// Which rule (or the default deny, or a tracked flow) decided, in words.
         explanation: String,
+    },
+    /// The answer to [`LocalRequest::Metrics`].
+    Metrics {
+        /// The HTTP content type of `text` (names the format and its version).
+        content_type: String,
+        /// The exposition.
+        text: String,
     },
     /// The request failed.
     Error {
@@ -306,6 +321,11 @@ mod tests {
             r,
             LocalRequest::Up(UpRequest { token: Some(_), .. })
         ));
+        let r: LocalRequest = serde_json::from_str(r#"{"op":"metrics"}"#).unwrap();
+        assert_eq!(r, LocalRequest::Metrics { openmetrics: false });
+        let r: LocalRequest =
+            serde_json::from_str(r#"{"op":"metrics","openmetrics":true}"#).unwrap();
+        assert_eq!(r, LocalRequest::Metrics { openmetrics: true });
         assert!(serde_json::from_str::<LocalRequest>(r#"{"op":"rm -rf"}"#).is_err());
         assert!(serde_json::from_str::<LocalRequest>(r#"{"op":"up","evil":1}"#).is_err());
     }

@@ -15,6 +15,8 @@ use tokio::sync::oneshot;
 use weft_proto::NodeKey;
 use weft_tunnel::{DropCounters, NetIndex, NodeConfig, PeerStatus};
 
+use super::io_stats::IoStats;
+
 /// Commands queued at most (a full queue means a stuck I/O thread: relay
 /// frames are dropped, like datagrams on a full socket).
 const QUEUE: usize = 1024;
@@ -36,8 +38,8 @@ pub(crate) enum Command<T> {
     RelayAvailable(bool),
     /// Where the node's STUN discovery asks (empty: nowhere).
     StunServers(Vec<SocketAddr>),
-    /// Per-peer status and the global drop counters.
-    Status(oneshot::Sender<(Vec<PeerStatus>, DropCounters)>),
+    /// Per-peer status, the global drop counters and the I/O figures.
+    Status(oneshot::Sender<DataplaneStatus>),
     /// The policy verdict a packet would get now, explained.
     Explain {
         dir: weft_policy::Direction,
@@ -51,6 +53,16 @@ pub(crate) enum Command<T> {
 /// The sending side (cloned by the supervisor's handle and the relay link).
 pub(crate) struct Commands<T> {
     tx: SyncSender<Command<T>>,
+/// What [`Command::Status`] answers: read by `weft status` and by metrics
+/// scrapes (the figures are kept by the I/O thread; a query copies them).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DataplaneStatus {
+    pub(crate) peers: Vec<PeerStatus>,
+    /// Drops not attributed to a peer plus all peers'.
+    pub(crate) drops: DropCounters,
+    pub(crate) io: IoStats,
+}
+
     wake: Arc<EventFd>,
 }
 

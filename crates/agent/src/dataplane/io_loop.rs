@@ -14,7 +14,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tokio::sync::{oneshot, watch};
 use weft_tunnel::{Event, NetIndex, NetOutcome, Node, Transmit};
 
-use super::commands::{self, Command, Commands, Inbox};
+use super::commands::{self, Command, Commands, DataplaneStatus, Inbox};
+use super::io_stats::{Batches, IoStats};
 use super::relay_link::RelayOut;
 use super::tun::{self, TUN_READS_PER_WAKE, TunDevice, TunRead, TunSide, TunTable};
 use super::udp::{Output, UdpSide};
@@ -110,6 +111,7 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
                 udp: parts.udp,
                 offloads: Arc::new(parts.offloads),
                 relay: parts.relay,
+                errors: Arc::default(),
             },
             reflexive: parts.reflexive,
         };
@@ -251,13 +253,23 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
                 if let Some((net, len)) = write
                     && let Some(dev) = self.tuns.get(net)
                 {
-                    tun::write_one(&*dev, &mut self.framed[..HDR + len]);
+                    tun::write_one(&*dev, &mut self.framed[..HDR + len], &self.own.out.errors);
                 }
             }
             Command::RelayAvailable(up) => node.set_relay_available(now, up),
             Command::StunServers(servers) => node.set_stun_servers(now, servers),
             Command::Status(reply) => {
-                let _ = reply.send((node.peer_status(now), node.drops().clone()));
+                let batches = Batches {
+                    tun_read: self.tun.read_sizes.clone(),
+                    udp_send: self.tun.send_sizes.clone(),
+                    udp_recv: self.udp.recv_sizes.clone(),
+                    tun_write: self.udp.write_sizes.clone(),
+                };
+                let _ = reply.send(DataplaneStatus {
+                    peers: node.peer_status(now),
+                    drops: node.drops().clone(),
+                    io: IoStats::new(&batches, &self.own.out.errors),
+                });
             }
             Command::Explain { dir, packet, reply } => {
                 let _ = reply.send(node.explain(dir, &packet, now));

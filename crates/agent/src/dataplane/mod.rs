@@ -38,6 +38,7 @@
 
 mod commands;
 mod io_loop;
+pub(crate) mod io_stats;
 mod relay_link;
 #[cfg(test)]
 mod tests;
@@ -61,6 +62,7 @@ use weft_identity::Identity;
 use weft_proto::netmap::Relay;
 use weft_tunnel::{DropCounters, NetIndex, Node, NodeConfig, PeerStatus};
 
+pub(crate) use commands::DataplaneStatus;
 use commands::{Command, Commands};
 use relay_link::{RelayLink, RelayOut};
 use tun::Tun;
@@ -275,6 +277,12 @@ impl Dataplane {
     pub(crate) fn shutdown_relay(&mut self) {
         self.relay.shutdown();
     }
+        self.counters().await.map(|s| (s.peers, s.drops))
+    }
+
+    /// [`Dataplane::status`] with the I/O figures (batch sizes, I/O errors),
+    /// for metrics (`None`: the I/O thread is gone).
+    pub(crate) async fn counters(&self) -> Option<DataplaneStatus> {
 
     /// Whether the relay link is up.
     pub(crate) fn relay_connected(&self) -> Option<(String, bool)> {

@@ -237,6 +237,45 @@ fn a_batch_read_from_the_tun_leaves_as_one_gso_send_and_arrives_in_order() {
     assert_eq!(gso[0].datagrams, 8);
 }
 
+/// A status query returns the I/O thread's batch sizes and per-peer packet
+/// counts (what metrics scrape): the burst of 8 is one TUN read of 8 segments
+/// and one output batch of 8 datagrams on `a`, 8 more packets received by `b`,
+/// and no I/O error on either side.
+#[test]
+fn status_reports_batch_sizes_packets_and_io_errors() {
+    let (a, b) = pair(true, true, false);
+    let skip = warm_up(&a, &b);
+    let before = ask(&b.cmds, Command::Status).peers[0].rx_packets;
+    let packets = burst(&a, &b, 8);
+    a.tun.inject(packets.clone());
+    assert_eq!(received(&b, skip, 8), packets);
+    let sa = ask(&a.cmds, Command::Status);
+    let in_8 = |h: &super::io_stats::BatchSizes| {
+        h.buckets()
+            .iter()
+            .find(|(bound, _)| *bound == 8.0)
+            .map_or(0, |(_, n)| *n)
+    };
+    let io = &sa.io.batches;
+    assert!(io.tun_read.sum() > 8, "{io:?}");
+    assert_eq!(in_8(&io.tun_read), 1, "one read of 5 to 8 segments: {io:?}");
+    assert_eq!(in_8(&io.udp_send), 1, "the burst left as one batch: {io:?}");
+    assert!(sa.peers[0].tx_packets >= 9, "{:?}", sa.peers[0]);
+    let sb = wait_for("b to count the burst", || {
+        let s = ask(&b.cmds, Command::Status);
+        (s.peers[0].rx_packets >= before + 8).then_some(s)
+    });
+    assert!(sb.io.batches.udp_recv.sum() >= 9, "{:?}", sb.io);
+    assert!(sb.io.batches.tun_write.count() >= 1, "{:?}", sb.io);
+    for s in [&sa, &sb] {
+        assert!(
+            s.io.errors.iter().all(|(_, n)| *n == 0),
+            "{:?}",
+            s.io.errors
+        );
+    }
+}
+
 /// A UDP twin that refuses GSO sends (EIO, as a device without checksum
 /// offload does) makes the shell fall back to one send per datagram, for
 /// good, and everything still arrives in order.
@@ -302,7 +341,7 @@ fn datagrams_wait_for_the_first_configuration() {
             .then_some(())
     });
     std::thread::sleep(Duration::from_millis(50));
-    let (_, drops) = ask(&b.cmds, Command::Status);
+    let drops = ask(&b.cmds, Command::Status).drops;
     assert_eq!(
         drops.nonzero().count(),
         0,
@@ -310,7 +349,7 @@ fn datagrams_wait_for_the_first_configuration() {
     );
     b.peer_with(&a, &policy);
     warm_up(&a, &b);
-    let (_, drops) = ask(&b.cmds, Command::Status);
+    let drops = ask(&b.cmds, Command::Status).drops;
     let drops: Vec<_> = drops.nonzero().collect();
     assert!(
         drops.is_empty(),
@@ -328,7 +367,7 @@ fn a_command_wakes_the_loop() {
     for _ in 0..15 {
         std::thread::sleep(Duration::from_millis(37));
         let t = clock::now();
-        let (peers, _) = ask(&a.cmds, Command::Status);
+        let peers = ask(&a.cmds, Command::Status).peers;
         waits.push(clock::now() - t);
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].key, b.id.node_key());

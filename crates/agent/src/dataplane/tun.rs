@@ -13,6 +13,7 @@ use weft_tunnel::batch::{DatagramBatch, PacketBatch};
 use weft_tunnel::{MIN_OUT_BUF, NetIndex, Transmit, WG_OVERHEAD};
 
 use super::io_loop::Owner;
+use super::io_stats::{BatchSizes, IoErrors, IoOp};
 use super::udp_batch::{UdpIo, Wait};
 use super::workers::{INLINE_BYTES, Worker, hand_over};
 use super::{BATCH, HDR};
@@ -135,8 +136,8 @@ pub(crate) fn open_with<D>(
 }
 
 /// Writes one packet held in `framed[HDR..]` (the first [`HDR`] bytes are
-/// scratch for the header).
-pub(super) fn write_one<T: TunDevice>(dev: &T, framed: &mut [u8]) {
+/// scratch for the header); a failure is counted in `errors`.
+pub(super) fn write_one<T: TunDevice>(dev: &T, framed: &mut [u8], errors: &IoErrors) {
     let res = if dev.vnet() {
         // GSO_NONE, checksum complete: an ordinary packet.
         framed[..HDR].fill(0);
@@ -146,6 +147,7 @@ pub(super) fn write_one<T: TunDevice>(dev: &T, framed: &mut [u8]) {
     };
     if let Err(e) = res {
         tracing::trace!(error = %e, "TUN write failed");
+        errors.add(IoOp::TunWrite, 1);
     }
 }
 
@@ -220,6 +222,10 @@ pub(super) struct TunSide {
     replies: PacketBatch,
     tx: Vec<Transmit>,
     worker: Option<Worker<DatagramBatch>>,
+    /// Segments per read.
+    pub(super) read_sizes: BatchSizes,
+    /// Datagrams per batch of encrypted output.
+    pub(super) send_sizes: BatchSizes,
 }
 
 impl TunSide {
@@ -237,6 +243,8 @@ impl TunSide {
             replies: PacketBatch::new(HDR, 4),
             tx: Vec::new(),
             worker,
+            read_sizes: BatchSizes::default(),
+            send_sizes: BatchSizes::default(),
         };
         side.fit(1500 + 64);
         side
@@ -283,13 +291,16 @@ impl TunSide {
             // The kernel handed over an offload packet tun-rs cannot split: drop it.
             Err(e) if e.raw_os_error().is_none() => {
                 tracing::debug!(slot, error = %e, "unusable packet from the TUN dropped");
+                own.out.errors.add(IoOp::TunRead, 1);
                 return TunRead::Done;
             }
             Err(e) => {
                 tracing::warn!(slot, error = %e, "reading from TUN failed; no longer reading this interface");
+                own.out.errors.add(IoOp::TunRead, 1);
                 return TunRead::Failed;
             }
         };
+        self.read_sizes.record(n);
         let now = clock::now();
         if dev.vnet() {
             let packets = self.segs[..n]
@@ -305,6 +316,8 @@ impl TunSide {
         }
         own.drain(&mut self.tx);
         if !self.batch.is_empty() {
+            self.send_sizes
+                .record(self.batch.runs().map(|(r, _)| r.count()).sum());
             let seg_len = self.seg_len();
             let large = self.batch.bytes() > INLINE_BYTES;
             let empty = || DatagramBatch::new(0, 0);
@@ -318,7 +331,7 @@ impl TunSide {
         if !self.replies.is_empty() {
             let (bufs, _) = self.replies.buffers_mut();
             for r in bufs {
-                write_one(dev, r);
+                write_one(dev, r, &own.out.errors);
             }
             self.replies.clear();
         }
@@ -335,14 +348,16 @@ pub(super) struct TunWriter {
     group: Vec<Vec<u8>>,
     /// The networks of a mixed batch (reused: no allocation per batch).
     distinct: Vec<NetIndex>,
+    errors: Arc<IoErrors>,
 }
 
 impl TunWriter {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(errors: Arc<IoErrors>) -> Self {
         Self {
             gro: GROTable::default(),
             group: Vec::new(),
             distinct: Vec::new(),
+            errors,
         }
     }
 
@@ -357,6 +372,7 @@ impl TunWriter {
                 && let Err(e) = dev.send_multiple(&mut self.gro, bufs, HDR)
             {
                 tracing::trace!(error = %e, "TUN write failed");
+                self.errors.add(IoOp::TunWrite, 1);
             }
             packets.clear();
             return;
@@ -379,6 +395,7 @@ impl TunWriter {
                 && let Err(e) = dev.send_multiple(&mut self.gro, &mut self.group, HDR)
             {
                 tracing::trace!(error = %e, "TUN write failed");
+                self.errors.add(IoOp::TunWrite, 1);
             }
             // Give the buffers back for reuse.
             let mut back = self.group.drain(..);

@@ -10,6 +10,7 @@ use weft_tunnel::batch::{DatagramBatch, MAX_SEGMENTS, PacketBatch};
 use weft_tunnel::{Dest, Transmit};
 
 use super::io_loop::Owner;
+use super::io_stats::{BatchSizes, IoErrors, IoOp};
 use super::relay_link::RelayOut;
 use super::tun::{TunDevice, TunTable, TunWriter};
 use super::udp_batch::{self, Offloads, UdpIo, Wait};
@@ -23,6 +24,8 @@ pub(super) struct Output<U> {
     pub(super) udp: Arc<U>,
     pub(super) offloads: Arc<Offloads>,
     pub(super) relay: RelayOut,
+    /// Failed sends are counted here (from whichever thread sends).
+    pub(super) errors: Arc<IoErrors>,
 }
 
 impl<U> Clone for Output<U> {
@@ -31,6 +34,7 @@ impl<U> Clone for Output<U> {
             udp: self.udp.clone(),
             offloads: self.offloads.clone(),
             relay: self.relay.clone(),
+            errors: self.errors.clone(),
         }
     }
 }
@@ -39,9 +43,16 @@ impl<U: UdpIo> Output<U> {
     /// Sends one datagram; `wait` says what a full socket buffer does.
     pub(super) fn send(&self, dst: Dest, payload: &[u8], wait: Wait) {
         match dst {
-            Dest::Udp(addr) => udp_batch::send_one(&*self.udp, addr, payload, wait),
+            Dest::Udp(addr) => {
+                let failed = udp_batch::send_one(&*self.udp, addr, payload, wait);
+                self.count_failed(failed);
+            }
             Dest::Relay(peer) => self.relay.send(peer, payload),
         }
+    }
+
+    fn count_failed(&self, failed: u64) {
+        self.errors.add(IoOp::UdpSend, failed);
     }
 
     pub(super) fn flush(&self, tx: &mut Vec<Transmit>, wait: Wait) {
@@ -55,14 +66,14 @@ impl<U: UdpIo> Output<U> {
     pub(super) fn send_batch(&self, batch: &DatagramBatch) {
         for (run, data) in batch.runs() {
             match run.dst {
-                Dest::Udp(addr) => udp_batch::send_segments(
+                Dest::Udp(addr) => self.count_failed(udp_batch::send_segments(
                     &*self.udp,
                     &self.offloads,
                     addr,
                     data,
                     run.seg,
                     Wait::Room,
-                ),
+                )),
                 Dest::Relay(_) => {
                     for d in data.chunks(run.seg.max(1)) {
                         self.send(run.dst, d, Wait::Room);
@@ -83,6 +94,10 @@ pub(super) struct UdpSide {
     writer: TunWriter,
     tx: Vec<Transmit>,
     worker: Option<Worker<PacketBatch>>,
+    /// Datagrams per `recvmmsg`.
+    pub(super) recv_sizes: BatchSizes,
+    /// Decrypted packets per TUN write batch.
+    pub(super) write_sizes: BatchSizes,
 }
 
 impl UdpSide {
@@ -97,7 +112,7 @@ impl UdpSide {
             1
         };
         let tuns = tuns.clone();
-        let mut w = TunWriter::new();
+        let mut w = TunWriter::new(own.out.errors.clone());
         let worker = Worker::start_if(pipelined, "weft-tun-tx", move |b: &mut PacketBatch| {
             w.write(&tuns, b)
         });
@@ -105,9 +120,11 @@ impl UdpSide {
             rx: udp_batch::Receiver::new(),
             per_message,
             out: Self::new_batch(),
-            writer: TunWriter::new(),
+            writer: TunWriter::new(own.out.errors.clone()),
             tx: Vec::new(),
             worker,
+            recv_sizes: BatchSizes::default(),
+            write_sizes: BatchSizes::default(),
         }
     }
 
@@ -129,9 +146,11 @@ impl UdpSide {
             match self.rx.recv(&*own.out.udp, want) {
                 Ok(got) => {
                     let now = clock::now();
+                    let mut datagrams = 0;
                     for m in self.rx.messages() {
                         match m {
                             Ok((from, seg, bytes)) => {
+                                datagrams += bytes.len().div_ceil(seg.max(1));
                                 own.node.handle_datagram_batch(
                                     now,
                                     from,
@@ -139,9 +158,13 @@ impl UdpSide {
                                     &mut self.out,
                                 );
                             }
-                            Err(why) => tracing::trace!(?why, "UDP message dropped"),
+                            Err(why) => {
+                                tracing::trace!(?why, "UDP message dropped");
+                                own.out.errors.add(IoOp::UdpRecv, 1);
+                            }
                         }
                     }
+                    self.recv_sizes.record(datagrams);
                     own.drain(&mut self.tx);
                     // Fewer than asked: the socket was empty. For a few packets
                     // (a ping, ACKs) leave the next receive to `poll`; in a bulk
@@ -152,7 +175,10 @@ impl UdpSide {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP errors surface here (ECONNREFUSED etc.); they are not fatal.
-                Err(e) => tracing::trace!(error = %e, "UDP receive error"),
+                Err(e) => {
+                    tracing::trace!(error = %e, "UDP receive error");
+                    own.out.errors.add(IoOp::UdpRecv, 1);
+                }
             }
             // Room for another full message without growing the batch?
             if self.out.len() + self.per_message > BATCH {
@@ -160,6 +186,7 @@ impl UdpSide {
             }
         }
         if !self.out.is_empty() {
+            self.write_sizes.record(self.out.len());
             let large = self.out.len() > INLINE_PACKETS;
             let empty = || PacketBatch::new(HDR, 0);
             if !hand_over(

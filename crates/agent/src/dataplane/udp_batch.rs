@@ -196,16 +196,21 @@ fn with_room<T>(
     }
 }
 
-/// Sends one datagram.
-pub(crate) fn send_one(udp: &impl UdpIo, dst: SocketAddr, data: &[u8], wait: Wait) {
-    if let Err(e) = with_room(udp, wait, || udp.send_to(data, dst)) {
-        tracing::trace!(%dst, error = %e, "sending datagram failed");
+/// Sends one datagram; returns whether it failed (1) or not (0).
+pub(crate) fn send_one(udp: &impl UdpIo, dst: SocketAddr, data: &[u8], wait: Wait) -> u64 {
+    match with_room(udp, wait, || udp.send_to(data, dst)) {
+        Ok(_) => 0,
+        Err(e) => {
+            tracing::trace!(%dst, error = %e, "sending datagram failed");
+            1
+        }
     }
 }
 
 /// Sends `data`, datagrams of `seg` bytes back to back (the last may be
 /// shorter), to `dst`: one `sendmsg` with `UDP_SEGMENT` when there are several
-/// and the kernel supports it, else one send each.
+/// and the kernel supports it, else one send each. Returns the sends that
+/// failed.
 pub(crate) fn send_segments(
     udp: &impl UdpIo,
     off: &Offloads,
@@ -213,7 +218,7 @@ pub(crate) fn send_segments(
     data: &[u8],
     seg: usize,
     wait: Wait,
-) {
+) -> u64 {
     let seg = seg.max(1);
     if data.len() > seg
         && off.gso_on()
@@ -221,7 +226,7 @@ pub(crate) fn send_segments(
     {
         let sent = with_room(udp, wait, || udp.send_gso(data, seg16, dst));
         match sent {
-            Ok(_) => return,
+            Ok(_) => return 0,
             // EIO: the device cannot checksum-offload segments; EINVAL/EOPNOTSUPP:
             // this kernel cannot segment this send. Fall back for good.
             Err(e)
@@ -233,13 +238,11 @@ pub(crate) fn send_segments(
             }
             Err(e) => {
                 tracing::trace!(%dst, error = %e, "sending datagrams failed");
-                return;
+                return 1;
             }
         }
     }
-    for d in data.chunks(seg) {
-        send_one(udp, dst, d, wait);
-    }
+    data.chunks(seg).map(|d| send_one(udp, dst, d, wait)).sum()
 }
 
 /// Most messages one [`Receiver::recv`] takes (each a datagram, or with GRO a

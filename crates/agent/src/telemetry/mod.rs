@@ -16,4 +16,6 @@
 //!   its events go to the controller, to `weft events` and to metrics.
 
 pub(crate) mod facts;
+pub(crate) mod http;
 pub(crate) mod metrics;
+mod process;

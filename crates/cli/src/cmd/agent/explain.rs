@@ -159,7 +159,7 @@ pub fn why_blocked(sock: &SocketArg, a: WhyBlockedArgs, json: bool) -> anyhow::R
             explanation,
         } => (allowed, explanation),
         LocalResponse::Error { code, message } => return Err(CodedError { code, message }.into()),
-        LocalResponse::Ok { .. } => bail!("the agent does not support why-blocked (upgrade weftd)"),
+        _ => bail!("the agent does not support why-blocked (upgrade weftd)"),
     };
     let drops: u64 = p.drops.values().sum();
     if json {

@@ -1,8 +1,10 @@
 //! Commands that talk to the local agent over its Unix socket. This module:
 //! the socket, one request/response, and `status`; [`up`]: `up` and `down`;
-//! [`explain`]: `why` and `why-blocked`; [`ping`]: `ping`.
+//! [`explain`]: `why` and `why-blocked`; [`ping`]: `ping`; [`metrics`]:
+//! `metrics`.
 
 mod explain;
+mod metrics;
 mod ping;
 #[cfg(test)]
 mod tests;
@@ -23,6 +25,7 @@ use crate::clock::unix_ms;
 
 pub(crate) use explain::resolve_peer;
 pub use explain::{WhyArgs, WhyBlockedArgs, why, why_blocked};
+pub use metrics::{MetricsArgs, metrics};
 pub use ping::{PingArgs, ping};
 pub use up::{UpArgs, down, up};
 
@@ -57,7 +60,7 @@ fn expect_ok(resp: LocalResponse) -> anyhow::Result<(Option<Box<AgentStatus>>, S
     match resp {
         LocalResponse::Ok { status, message } => Ok((status, message)),
         LocalResponse::Error { code, message } => Err(CodedError { code, message }.into()),
-        LocalResponse::Explained { .. } => bail!("the agent answered a different question"),
+        _ => bail!("the agent answered a different question"),
     }
 }
 
