@@ -50,9 +50,6 @@ pub(crate) enum Command<T> {
     Stop,
 }
 
-/// The sending side (cloned by the supervisor's handle and the relay link).
-pub(crate) struct Commands<T> {
-    tx: SyncSender<Command<T>>,
 /// What [`Command::Status`] answers: read by `weft status` and by metrics
 /// scrapes (the figures are kept by the I/O thread; a query copies them).
 #[derive(Debug, Clone, Default)]
@@ -63,6 +60,9 @@ pub(crate) struct DataplaneStatus {
     pub(crate) io: IoStats,
 }
 
+/// The sending side (cloned by the supervisor's handle and the relay link).
+pub(crate) struct Commands<T> {
+    tx: SyncSender<Command<T>>,
     wake: Arc<EventFd>,
 }
 

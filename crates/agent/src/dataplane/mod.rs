@@ -255,6 +255,12 @@ impl Dataplane {
 
     /// Per-peer status and global drop counters (`None`: the I/O thread is gone).
     pub(crate) async fn status(&self) -> Option<(Vec<PeerStatus>, DropCounters)> {
+        self.counters().await.map(|s| (s.peers, s.drops))
+    }
+
+    /// [`Dataplane::status`] with the I/O figures (batch sizes, I/O errors),
+    /// for metrics (`None`: the I/O thread is gone).
+    pub(crate) async fn counters(&self) -> Option<DataplaneStatus> {
         self.cmds.ask(Command::Status).await
     }
 
@@ -277,12 +283,6 @@ impl Dataplane {
     pub(crate) fn shutdown_relay(&mut self) {
         self.relay.shutdown();
     }
-        self.counters().await.map(|s| (s.peers, s.drops))
-    }
-
-    /// [`Dataplane::status`] with the I/O figures (batch sizes, I/O errors),
-    /// for metrics (`None`: the I/O thread is gone).
-    pub(crate) async fn counters(&self) -> Option<DataplaneStatus> {
 
     /// Whether the relay link is up.
     pub(crate) fn relay_connected(&self) -> Option<(String, bool)> {
