@@ -92,7 +92,7 @@ sys_weft_up() {
         ns=$NS_A; [ "$n" = b ] && ns=$NS_B
         spawn "$ns" "$d/weftd-$n.log" "${WEFTD_BIN:-$WEFT_BIN/weftd}" --state-dir "$d/state-$n" --socket "$d/$n.sock" \
             --port 51820 --mint-difficulty 8 --controller "https://$UL_A:8443" --token-file "$d/token" \
-            --pin-sha256 "$fp" --name "bench-$n" --log info --dns off
+            --pin-sha256 "$fp" --name "bench-$n" --log info --dns off ${WEFTD_EXTRA_ARGS:-}
         DAEMONS+=("$SPAWNED")
     done
     wait_for "weftd in $NS_A joined" 300 weft_ready a "$NS_A" || return 1
@@ -135,6 +135,25 @@ sys_weftnooff_up() { WEFTD_OFFLOAD=0 sys_weft_up; }
 sys_weftnooff_report() { sys_weft_report; }
 
 # ---- weft with readers doing their own I/O (WEFTD_PIPELINE=0) ---------------
+# weft with its Prometheus endpoint on (issue 16: metrics must cost < 2% of
+# throughput): both weftds serve --metrics-listen 127.0.0.1:9560 and a loop in
+# each namespace scrapes it every second for the whole run (Prometheus's default
+# is 15 s, so this is the harsher case). The scrapers' own CPU is not counted;
+# the daemons' work to answer them is.
+sys_weftmetrics_install() { [ -x "$OUT/bin/weftd" ] || sys_weft_install; need_cmd curl curl; }
+sys_weftmetrics_version() { echo "$("$OUT/bin/weftd" --version 2>/dev/null) with --metrics-listen, scraped every 1 s, $WEFT_SRC"; }
+sys_weftmetrics_up() {
+    WEFTD_EXTRA_ARGS="--metrics-listen 127.0.0.1:9560" sys_weft_up || return 1
+    local ns
+    for ns in "$NS_A" "$NS_B"; do
+        ip netns exec "$ns" curl -fsS --max-time 5 http://127.0.0.1:9560/metrics >"$WORK/weft/first-scrape-$ns.txt" \
+            || { log "weftmetrics: no metrics from weftd in $ns"; return 1; }
+        spawn "$ns" "$WORK/weft/scrape-$ns.log" bash -c \
+            'while :; do curl -fsS --max-time 5 http://127.0.0.1:9560/metrics >/dev/null || echo "scrape failed $(date +%T)"; sleep 1; done'
+    done
+}
+sys_weftmetrics_report() { sys_weft_report; }
+
 # No hand-off to a sender/writer task: what weftd does on one CPU.
 sys_weftinline_install() { [ -x "$OUT/bin/weftd" ] || sys_weft_install; }
 sys_weftinline_version() { echo "$("$OUT/bin/weftd" --version 2>/dev/null) with WEFTD_PIPELINE=0, $WEFT_SRC"; }
