@@ -96,6 +96,16 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/node/usage`: monotonic usage counters (one share of them when
+    /// they do not fit one upload).
+    pub async fn upload_usage(
+        &self,
+        req: &weft_proto::usage::UsageUpload,
+    ) -> Result<(), ClientError> {
+        self.request_no_content(Method::POST, "/v1/node/usage", Some(req))
+            .await
+    }
+
     /// Opens the map stream once (`Last-Event-ID: last_event_id` if given).
     /// `idle_timeout` bounds the silence between events or keepalives.
     pub async fn map_stream(

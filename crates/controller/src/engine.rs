@@ -32,7 +32,9 @@ use crate::metrics::Metrics;
 use crate::model::{Actor, Batch, NodeId, Operation, Presence, PresenceConfig, SetPresence, World};
 use crate::netmap;
 use crate::relay_feed::RelayFeed;
+use crate::store::usage::UsageSum;
 use crate::store::{AuditQuery, AuditRecord, Store, Write};
+use weft_proto::usage::UsageUpload;
 
 /// Most operations committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -43,6 +45,8 @@ enum Cmd {
     Op(Box<dyn Queued>),
     Presence(NodeId, bool),
     Audit(AuditQuery, Reply<Vec<AuditRecord>>),
+    Usage(NodeId, Box<UsageUpload>, Reply<()>),
+    UsageSums(u64, Reply<Vec<UsageSum>>),
     Shutdown,
 }
 
@@ -200,6 +204,25 @@ impl Engine {
         rx.await.map_err(|_| unavailable())?
     }
 
+    /// Rolls a node's usage upload into the usage buckets (its own
+    /// transaction, after the batch of operations it arrived with).
+    pub async fn usage_upload(&self, node: NodeId, upload: UsageUpload) -> Result<(), ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Usage(node, Box::new(upload), reply))
+            .map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
+    /// Each usage series' growth since `since_ms` (bucket starts).
+    pub async fn usage_sums(&self, since_ms: u64) -> Result<Vec<UsageSum>, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::UsageSums(since_ms, reply))
+            .map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
     /// The state (read it; only the writer writes).
     pub fn world(&self) -> &Arc<RwLock<World>> {
         &self.world
@@ -270,6 +293,8 @@ fn writer<S: Store>(
     while let Some(first) = rx.blocking_recv() {
         let mut ops = Vec::new();
         let mut audits = Vec::new();
+        let mut usages = Vec::new();
+        let mut usage_reads = Vec::new();
         let mut stop = false;
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
@@ -282,6 +307,8 @@ fn writer<S: Store>(
                     reply: None,
                 })),
                 Cmd::Audit(q, reply) => audits.push((q, reply)),
+                Cmd::Usage(node, upload, reply) => usages.push((node, upload, reply)),
+                Cmd::UsageSums(since, reply) => usage_reads.push((since, reply)),
                 Cmd::Shutdown => stop = true,
             }
             if ops.len() < MAX_BATCH && !stop {
@@ -298,6 +325,7 @@ fn writer<S: Store>(
             });
             let _ = reply.send(r);
         }
+        serve_usage(&mut store, usages, usage_reads);
         if stop {
             break;
         }
@@ -365,5 +393,46 @@ fn commit_batch<S: Store>(
                 op.answer(false);
             }
         }
+    }
+}
+
+type UsageIngest = (NodeId, Box<UsageUpload>, Reply<()>);
+
+/// Rolls the usage uploads of one pass into the buckets in one transaction
+/// ([`crate::model::usage::Rollup`]), then answers the usage reads.
+fn serve_usage<S: Store>(
+    store: &mut S,
+    uploads: Vec<UsageIngest>,
+    reads: Vec<(u64, Reply<Vec<UsageSum>>)>,
+) {
+    if !uploads.is_empty() {
+        let now = clock::now_unix_ms();
+        let mut rollup = crate::model::usage::Rollup::default();
+        let mut result = Ok(());
+        for (node, upload, _) in &uploads {
+            if !rollup.loaded(*node) {
+                match store.usage_counters(*node) {
+                    Ok(last) => rollup.load(*node, last),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            rollup.add(*node, upload, now);
+        }
+        let result = result.and_then(|()| store.apply(&rollup.into_writes()));
+        if let Err(e) = &result {
+            error!(error = %e, uploads = uploads.len(), "storing usage failed");
+        }
+        for (_, _, reply) in uploads {
+            let _ = reply.send(result.as_ref().map(|_| ()).map_err(|_| unavailable()));
+        }
+    }
+    for (since, reply) in reads {
+        let _ = reply.send(store.usage_sums(since).map_err(|e| {
+            error!(error = %e, "reading usage failed");
+            unavailable()
+        }));
     }
 }

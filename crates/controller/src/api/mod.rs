@@ -9,6 +9,8 @@
 //! | GET | `/v1/map` | node | the node's map, once |
 //! | GET | `/v1/map/stream` | node | SSE: snapshot, then deltas (`Last-Event-ID` resumes) |
 //! | POST | `/v1/node/report` | node | liveness and endpoints |
+//! | POST | `/v1/node/usage` | node | usage counters (flows per peer and port, sidecar users) |
+//! | GET | `/v1/admin/usage` | admin | usage over a window (`?by=&since=`: by node, peer, port or user) |
 //! | POST/GET | `/v1/admin/networks` | admin | create / list networks |
 //! | GET | `/v1/admin/networks/{name}` | admin | show a network |
 //! | POST/GET | `/v1/admin/tokens` | admin | create (secret shown once) / list join tokens |
@@ -40,6 +42,7 @@ mod node;
 mod register;
 mod relay;
 mod routes;
+mod usage;
 pub mod views;
 
 use std::sync::Arc;
@@ -138,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(relay::routes())
         .merge(routes::routes())
+        .merge(usage::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))

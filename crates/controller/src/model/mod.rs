@@ -57,6 +57,7 @@ mod presence;
 mod relays;
 mod routes;
 mod tokens;
+pub mod usage;
 
 pub use networks::{FIRST_HOST_OFFSET, LeaveNetwork, Left, NetState, NewNetwork};
 pub use nodes::{

@@ -13,6 +13,7 @@
 //! is durable. The controller acknowledges a request only after that.
 
 pub mod sqlite;
+pub mod usage;
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -343,6 +344,12 @@ pub enum Write {
     PutPolicy(PolicyRecord),
     /// Append an audit record.
     Audit(AuditRecord),
+    /// Upsert a usage series' last uploaded value.
+    UsageCounter(usage::UsageCounterRecord),
+    /// Add a usage series' growth to its bucket.
+    UsageAdd(usage::UsageBucketRecord),
+    /// Delete usage buckets that start before this (Unix milliseconds).
+    UsagePrune(u64),
     /// Persist the map version counter.
     SetMapVersion(u64),
     /// Persist the admin token hash.
@@ -368,6 +375,13 @@ pub trait Store: Send + 'static {
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError>;
     /// Reads audit records, newest first.
     fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Reads the last uploaded value of each of a node's usage series.
+    fn usage_counters(
+        &mut self,
+        node_id: u64,
+    ) -> Result<Vec<usage::UsageCounterRecord>, StoreError>;
+    /// Sums each usage series' buckets that start at or after `since_ms`.
+    fn usage_sums(&mut self, since_ms: u64) -> Result<Vec<usage::UsageSum>, StoreError>;
 }
 
 /// The behaviour every driver must have; run by each driver's tests.

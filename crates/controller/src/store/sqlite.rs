@@ -22,6 +22,8 @@ use super::{
 };
 use crate::secret::SecretHash;
 
+mod usage;
+
 /// Schema migrations, in order: (version, name, SQL).
 const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/0001_init.sql")),
@@ -41,6 +43,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../migrations/0004_routes.sql"),
     ),
     (5, "facts", include_str!("../../migrations/0005_facts.sql")),
+    (6, "usage", include_str!("../../migrations/0006_usage.sql")),
 ];
 
 /// A SQLite database file.
@@ -608,6 +611,9 @@ impl Store for SqliteStore {
                         a.detail.to_string()
                     ])?;
                 }
+                Write::UsageCounter(r) => usage::put_counter(&tx, r)?,
+                Write::UsageAdd(r) => usage::add_bucket(&tx, r)?,
+                Write::UsagePrune(before) => usage::prune(&tx, *before)?,
                 Write::SetMapVersion(v) => {
                     tx.prepare_cached(
                         "INSERT INTO meta (key, value) VALUES ('map_version', ?1)
@@ -626,6 +632,17 @@ impl Store for SqliteStore {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn usage_counters(
+        &mut self,
+        node_id: u64,
+    ) -> Result<Vec<super::usage::UsageCounterRecord>, StoreError> {
+        usage::counters_of(&self.conn, node_id)
+    }
+
+    fn usage_sums(&mut self, since_ms: u64) -> Result<Vec<super::usage::UsageSum>, StoreError> {
+        usage::sums(&self.conn, since_ms)
     }
 
     fn audit(&mut self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {

@@ -13,6 +13,7 @@ mod nodes;
 pub mod policy;
 mod relays;
 mod tokens;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -58,6 +59,9 @@ enum AdminCommand {
     /// Subnet routes offered by gateway nodes (pending until approved).
     #[command(subcommand)]
     Route(RouteCmd),
+    /// Usage from the data planes' connection tracking: bytes and flows by
+    /// node, peer or service port, and sidecar users' bytes (`--by user`).
+    Usage(usage::UsageArgs),
     /// The audit log (newest first).
     Audit {
         /// How many entries.
@@ -184,6 +188,7 @@ async fn dispatch(c: &Client, cmd: AdminCommand, json: bool) -> anyhow::Result<b
         AdminCommand::Node(n) => nodes::run(c, n, json).await?,
         AdminCommand::Relay(r) => relays::run(c, r, json).await?,
         AdminCommand::Policy(p) => return policy::run(c, p, json).await,
+        AdminCommand::Usage(a) => usage::usage(c, a, json).await?,
         AdminCommand::Audit {
             limit,
             before,

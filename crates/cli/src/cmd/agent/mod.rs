@@ -188,7 +188,7 @@ pub fn render_status(st: &AgentStatus) -> String {
     o
 }
 
-fn human_bytes(n: u64) -> String {
+pub(in crate::cmd) fn human_bytes(n: u64) -> String {
     let n = n as f64;
     if n >= 1e9 {
         format!("{:.1} GB", n / 1e9)
