@@ -44,7 +44,7 @@ pub fn node(n: &NodeState, addresses: Vec<NodeAddress>) -> NodeInfo {
         last_seen_ms: n.rec.last_seen.map(secs_to_ms),
         created_at_ms: secs_to_ms(n.rec.created_at),
         addresses,
-        facts: n.rec.facts.clone(),
+        facts: n.rec.facts.as_deref().cloned(),
         facts_changed_ms: n.rec.facts_changed_ms,
     }
 }

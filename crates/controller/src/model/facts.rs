@@ -25,11 +25,16 @@ pub(super) fn take_facts(
     now_ms: u64,
 ) -> Option<FactsChange> {
     let facts = facts?;
-    let changed = rec.facts.clone().unwrap_or_default().changes(&facts);
+    let changed = rec
+        .facts
+        .as_deref()
+        .cloned()
+        .unwrap_or_default()
+        .changes(&facts);
     if changed.is_empty() && rec.facts.is_some() {
         return None;
     }
-    rec.facts = Some(facts);
+    rec.facts = Some(Box::new(facts));
     rec.facts_changed_ms = Some(now_ms);
     (!changed.is_empty()).then(|| FactsChange(json!({ "name": rec.name, "changed": changed })))
 }

@@ -192,7 +192,7 @@ fn host_facts_are_stored_at_registration_and_audited_only_when_they_change() {
     };
     w.apply(&mut b, &Actor::Node(key(1)), r, 5_000).unwrap();
     let n = w.find_node("n1").unwrap();
-    assert_eq!(n.rec.facts.as_ref(), Some(&facts));
+    assert_eq!(n.rec.facts.as_deref(), Some(&facts));
     assert_eq!(n.rec.facts_changed_ms, Some(5_000));
     let a = audits(&b);
     assert_eq!(a.len(), 1);
@@ -201,7 +201,7 @@ fn host_facts_are_stored_at_registration_and_audited_only_when_they_change() {
     assert!(
         b.writes
             .iter()
-            .any(|w| matches!(w, Write::PutNode(rec) if rec.facts.as_ref() == Some(&facts)))
+            .any(|w| matches!(w, Write::PutNode(rec) if rec.facts.as_deref() == Some(&facts)))
     );
 
     let id = n.rec.id;
@@ -220,7 +220,7 @@ fn host_facts_are_stored_at_registration_and_audited_only_when_they_change() {
         let mut b = Batch::default();
         w.apply(&mut b, &actor, report(same), 9_000).unwrap();
         assert!(audits(&b).is_empty());
-        assert_eq!(w.node(id).unwrap().rec.facts.as_ref(), Some(&facts));
+        assert_eq!(w.node(id).unwrap().rec.facts.as_deref(), Some(&facts));
         assert_eq!(w.node(id).unwrap().rec.facts_changed_ms, Some(5_000));
     }
     // A new kernel: stored, audited with the old and new value, no map moves.
@@ -237,7 +237,7 @@ fn host_facts_are_stored_at_registration_and_audited_only_when_they_change() {
         a[0].1,
         serde_json::json!({"kernel_version": {"from": "6.1.0", "to": "6.8.0"}})
     );
-    assert_eq!(w.node(id).unwrap().rec.facts, Some(upgraded));
+    assert_eq!(w.node(id).unwrap().rec.facts.as_deref(), Some(&upgraded));
     assert_eq!(w.node(id).unwrap().rec.facts_changed_ms, Some(10_000));
     assert!(w.finish_batch(&mut b).is_none(), "facts are in no map");
 }

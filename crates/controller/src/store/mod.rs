@@ -101,8 +101,9 @@ pub struct NodeRecord {
     pub last_seen: Option<u64>,
     /// Unix seconds.
     pub created_at: u64,
-    /// The host facts it last reported.
-    pub facts: Option<HostFacts>,
+    /// The host facts it last reported (boxed: most writes of a node row
+    /// are liveness reports, and the facts would triple the row's size).
+    pub facts: Option<Box<HostFacts>>,
     /// When they last changed, Unix milliseconds.
     pub facts_changed_ms: Option<u64>,
 }
@@ -413,11 +414,11 @@ pub(crate) mod tests {
             endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
             last_seen: Some(5),
             created_at: 2,
-            facts: Some(HostFacts {
+            facts: Some(Box::new(HostFacts {
                 kernel_version: Some("6.1.0".into()),
                 cpu_cores: Some(4),
                 ..HostFacts::default()
-            }),
+            })),
             facts_changed_ms: Some(2_000),
         }
     }
@@ -493,10 +494,10 @@ pub(crate) mod tests {
         // Upserts replace; deletes cascade to memberships.
         let mut renamed = node(1, "a2");
         renamed.disabled = true;
-        renamed.facts = Some(HostFacts {
+        renamed.facts = Some(Box::new(HostFacts {
             kernel_version: Some("6.8.0".into()),
             ..HostFacts::default()
-        });
+        }));
         renamed.facts_changed_ms = Some(3_000);
         s.apply(&[
             Write::PutNode(renamed.clone()),

@@ -298,7 +298,9 @@ impl Store for SqliteStore {
                 endpoints: parse_json("node endpoints", &endpoints)?,
                 last_seen: seen.map(to_u64),
                 created_at: to_u64(created),
-                facts: facts.map(|f| parse_json("node facts", &f)).transpose()?,
+                facts: facts
+                    .map(|f| parse_json("node facts", &f).map(Box::new))
+                    .transpose()?,
                 facts_changed_ms: facts_ms.map(to_u64),
             });
         }
