@@ -91,6 +91,29 @@ fn a_nodes_host_facts_reach_the_controller() {
         "{facts:#}"
     );
 
+    // The link's first report carries the same facts again: no new audit
+    // entry (one, from the registration).
+    weft_lab::timed_wait("node1 connected", Duration::from_secs(20), || {
+        mesh.try_status("node1")
+            .and_then(|s| s.controller)
+            .is_some_and(|c| c.connected)
+    })
+    .unwrap();
+    let audit: serde_json::Value =
+        serde_json::from_str(&mesh.admin(&["audit", "--json"]).unwrap()).unwrap();
+    let facts_entries: Vec<&serde_json::Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "node.facts")
+        .collect();
+    assert_eq!(facts_entries.len(), 1, "{audit:#}");
+    assert_eq!(facts_entries[0]["target"], node["node_key"], "{audit:#}");
+    assert_eq!(
+        facts_entries[0]["detail"]["changed"]["weftd_sha256"]["to"],
+        facts["weftd_sha256"]
+    );
+
     // The list shows OS, version and architecture, in its last columns.
     let list = mesh.admin(&["node", "list"]).unwrap();
     let last3 = |line: &str| -> Vec<String> {
@@ -119,4 +142,58 @@ fn a_nodes_host_facts_reach_the_controller() {
         "{list}"
     );
     assert!(row.contains(os_version), "{list}");
+
+    // A new weftd binary (a copy with bytes appended: it runs the same, and
+    // hashes differently) restarted on the same state: the link's first
+    // report carries the changed facts, and the audit log names the change.
+    mesh.stop_agent("node1").unwrap();
+    let upgraded = lab.log_dir().join("weftd-upgraded");
+    let mut bytes = std::fs::read(weftd).unwrap();
+    bytes.extend_from_slice(b"weft facts e2e: a different binary");
+    std::fs::write(&upgraded, bytes).unwrap();
+    std::fs::set_permissions(
+        &upgraded,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let upgraded = upgraded.to_str().unwrap();
+    let new_hash = sha256sum(&lab, "node1", upgraded);
+    assert_ne!(facts["weftd_sha256"], new_hash.as_str());
+    let agent = &mesh.agents["node1"];
+    let mut cmd = std::process::Command::new(upgraded);
+    cmd.arg("--state-dir")
+        .arg(&agent.state_dir)
+        .arg("--socket")
+        .arg(&agent.socket)
+        .args(["--log", "info", "--dns", "off"]);
+    let _restarted = lab.spawn("node1", "weftd-upgraded", &cmd).unwrap();
+    let mut changed = serde_json::Value::Null;
+    weft_lab::timed_wait(
+        "the new binary's hash on the controller",
+        Duration::from_secs(30),
+        || {
+            let out = mesh.admin(&["audit", "--json"]).unwrap_or_default();
+            let audit: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            changed = audit["entries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| {
+                    e["action"] == "node.facts"
+                        && e["detail"]["changed"]["weftd_sha256"]["from"].is_string()
+                })
+                .map(|e| e["detail"]["changed"].clone())
+                .unwrap_or_default();
+            changed.is_object()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        changed,
+        serde_json::json!({"weftd_sha256": {"from": facts["weftd_sha256"], "to": new_hash}}),
+        "only the binary changed"
+    );
+    let out = mesh.admin(&["node", "show", "node1", "--json"]).unwrap();
+    let node: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(node["facts"]["weftd_sha256"], new_hash.as_str());
 }

@@ -1,7 +1,8 @@
 //! weft's shared vocabulary: the types that cross process and machine boundaries.
 //!
 //! This crate owns the node key type ([`NodeKey`]), IP prefixes ([`net`]), the
-//! controller API bodies ([`api`]), the per-node network map and its versioned
+//! controller API bodies ([`api`]), a node's host facts ([`facts`]: bounded,
+//! every field optional), the per-node network map and its versioned
 //! deltas ([`netmap`]), Server-Sent Events framing ([`sse`]), the relay's
 //! controller API bodies ([`relay_api`]; the relay frame codec is in
 //! `weft-relay-core`), and the STUN Binding codec ([`stun`]). It performs no
