@@ -16,7 +16,7 @@ use weft_relay_client::{OutageLog, OutageNote};
 
 use crate::netmap::host_candidates;
 use crate::state::Credential;
-use crate::telemetry::facts;
+use crate::telemetry::facts::{self, FactsTracker};
 
 /// How to trust the controller.
 #[derive(Debug, Clone, Default)]
@@ -177,6 +177,7 @@ async fn link_task(
     ));
     let mut map: Option<NetworkMap> = None;
     let mut outage = OutageLog::default();
+    let mut facts = FactsTracker::default();
     loop {
         let ctx = LinkCtx {
             cred: &cred,
@@ -186,7 +187,15 @@ async fn link_task(
             state: &state,
         };
         let started = crate::clock::now();
-        let result = session(&ctx, &mut version, &mut map, &mut reflexive, &mut outage).await;
+        let result = session(
+            &ctx,
+            &mut version,
+            &mut map,
+            &mut reflexive,
+            &mut outage,
+            &mut facts,
+        )
+        .await;
         let lived = crate::clock::now().saturating_duration_since(started);
         let (msg, permanent) = match result {
             Ok(()) => ("map stream ended".to_owned(), false),
@@ -304,17 +313,15 @@ async fn session(
     map: &mut Option<NetworkMap>,
     reflexive: &mut watch::Receiver<Vec<SocketAddr>>,
     outage: &mut OutageLog,
+    facts: &mut FactsTracker,
 ) -> anyhow::Result<()> {
     let (cred, trust, port, maps, state) = (ctx.cred, ctx.trust, ctx.port, ctx.maps, ctx.state);
     let c = client(&cred.controller, trust, Some(&cred.credential))?;
     let mut endpoints = gather(port, &reflexive.borrow_and_update());
-    c.report(&ReportRequest {
-        api_version: Some(weft_proto::api::API_VERSION),
-        endpoints: Some(endpoints.clone()),
-        facts: None,
-    })
-    .await
-    .context("reporting endpoints")?;
+    facts.new_session();
+    report_with_facts(&c, facts, Some(endpoints.clone()))
+        .await
+        .context("reporting endpoints")?;
     advertise(&c, &cred.advertise_routes, state).await;
     // Resume from our version only if we still hold the map it belongs to.
     let resume = if map.is_some() { *version } else { None };
@@ -394,17 +401,44 @@ async fn session(
                     tracing::info!(?now, "host addresses changed; reporting new endpoints");
                     endpoints = now.clone();
                 }
-                c.report(&ReportRequest {
-                    api_version: Some(weft_proto::api::API_VERSION),
-                    endpoints: changed.then_some(now),
-                    facts: None,
-                })
-                .await
-                .context("reporting liveness")?;
+                report_with_facts(&c, facts, changed.then_some(now))
+                    .await
+                    .context("reporting liveness")?;
                 advertise(&c, &cred.advertise_routes, state).await;
             }
         }
     }
+}
+
+/// Sends a report with `endpoints` and, when they are due (the session's
+/// first report, or they changed: [`FactsTracker`]), the host facts,
+/// collected again every [`facts::REFRESH_EVERY`]. A refusal of the facts
+/// alone (`invalid_facts`) is logged and the report sent again without them;
+/// they are not sent again until they change.
+async fn report_with_facts(
+    c: &Client,
+    facts: &mut FactsTracker,
+    endpoints: Option<Vec<SocketAddr>>,
+) -> Result<(), weft_api_client::ClientError> {
+    let sending = facts.for_report().await;
+    let mut req = ReportRequest {
+        api_version: Some(weft_proto::api::API_VERSION),
+        endpoints,
+        facts: sending.clone(),
+    };
+    match c.report(&req).await {
+        Err(e) if sending.is_some() && e.code() == Some("invalid_facts") => {
+            tracing::warn!(error = %e, "the controller refused this host's facts; reporting without them");
+            req.facts = None;
+            c.report(&req).await?;
+        }
+        other => other?,
+    }
+    if let Some(f) = sending {
+        tracing::debug!(?f, "host facts reported");
+        facts.accepted(f);
+    }
+    Ok(())
 }
 
 /// Offers this node's subnets (again: a withdrawn route comes back as pending).
