@@ -328,6 +328,7 @@ mod tests {
                 .collect(),
             routes: vec![],
             serves: vec![],
+            anomaly: None,
         }
     }
 

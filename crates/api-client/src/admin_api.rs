@@ -217,6 +217,60 @@ impl Client {
         self.request::<(), _>(Method::GET, &path, None).await
     }
 
+    /// `GET /v1/admin/events[?node=&since=&limit=]`: the anomaly event log,
+    /// oldest first.
+    pub async fn events(
+        &self,
+        node: Option<&str>,
+        since_ms: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<weft_proto::events::EventList, ClientError> {
+        let mut query = Vec::new();
+        if let Some(n) = node {
+            query.push(format!("node={}", escape(n)));
+        }
+        if let Some(s) = since_ms {
+            query.push(format!("since={s}"));
+        }
+        if let Some(l) = limit {
+            query.push(format!("limit={l}"));
+        }
+        let mut path = "/v1/admin/events".to_owned();
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(&query.join("&"));
+        }
+        self.request::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `PUT /v1/admin/networks/{name}/anomaly`.
+    pub async fn set_network_anomaly(
+        &self,
+        name: &str,
+        req: &weft_proto::events::SetAnomalyRequest,
+    ) -> Result<Network, ClientError> {
+        self.request(
+            Method::PUT,
+            &format!("/v1/admin/networks/{}/anomaly", escape(name)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// `GET /v1/admin/usage?by=&since=`: usage growth since `since_ms` (Unix
+    /// milliseconds; default a day ago), grouped `by`.
+    pub async fn usage(
+        &self,
+        by: weft_proto::usage::UsageBy,
+        since_ms: Option<u64>,
+    ) -> Result<weft_proto::usage::UsageReport, ClientError> {
+        let mut path = format!("/v1/admin/usage?by={}", by.as_str());
+        if let Some(s) = since_ms {
+            path.push_str(&format!("&since={s}"));
+        }
+        self.request::<(), _>(Method::GET, &path, None).await
+    }
+
     /// `GET /v1/admin/audit`.
     pub async fn audit(
         &self,

@@ -106,6 +106,15 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/node/events`: anomaly events, oldest first.
+    pub async fn upload_events(
+        &self,
+        req: &weft_proto::events::NodeEventsRequest,
+    ) -> Result<(), ClientError> {
+        self.request_no_content(Method::POST, "/v1/node/events", Some(req))
+            .await
+    }
+
     /// Opens the map stream once (`Last-Event-ID: last_event_id` if given).
     /// `idle_timeout` bounds the silence between events or keepalives.
     pub async fn map_stream(

@@ -33,7 +33,7 @@ use crate::model::{Actor, Batch, NodeId, Operation, Presence, PresenceConfig, Se
 use crate::netmap;
 use crate::relay_feed::RelayFeed;
 use crate::store::usage::UsageSum;
-use crate::store::{AuditQuery, AuditRecord, Store, Write};
+use crate::store::{AuditQuery, AuditRecord, EventQuery, EventRecord, Store, Write};
 use weft_proto::usage::UsageUpload;
 
 /// Most operations committed in one transaction.
@@ -47,6 +47,7 @@ enum Cmd {
     Audit(AuditQuery, Reply<Vec<AuditRecord>>),
     Usage(NodeId, Box<UsageUpload>, Reply<()>),
     UsageSums(u64, Reply<Vec<UsageSum>>),
+    Events(EventQuery, Reply<Vec<(u64, EventRecord)>>),
     Shutdown,
 }
 
@@ -204,6 +205,15 @@ impl Engine {
         rx.await.map_err(|_| unavailable())?
     }
 
+    /// Reads the anomaly event log.
+    pub async fn events(&self, query: EventQuery) -> Result<Vec<(u64, EventRecord)>, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Events(query, reply))
+            .map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
     /// Rolls a node's usage upload into the usage buckets (its own
     /// transaction, after the batch of operations it arrived with).
     pub async fn usage_upload(&self, node: NodeId, upload: UsageUpload) -> Result<(), ApiError> {
@@ -295,6 +305,7 @@ fn writer<S: Store>(
         let mut audits = Vec::new();
         let mut usages = Vec::new();
         let mut usage_reads = Vec::new();
+        let mut event_reads = Vec::new();
         let mut stop = false;
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
@@ -309,6 +320,7 @@ fn writer<S: Store>(
                 Cmd::Audit(q, reply) => audits.push((q, reply)),
                 Cmd::Usage(node, upload, reply) => usages.push((node, upload, reply)),
                 Cmd::UsageSums(since, reply) => usage_reads.push((since, reply)),
+                Cmd::Events(q, reply) => event_reads.push((q, reply)),
                 Cmd::Shutdown => stop = true,
             }
             if ops.len() < MAX_BATCH && !stop {
@@ -321,6 +333,13 @@ fn writer<S: Store>(
         for (q, reply) in audits {
             let r = store.audit(&q).map_err(|e| {
                 error!(error = %e, "reading the audit log failed");
+                unavailable()
+            });
+            let _ = reply.send(r);
+        }
+        for (q, reply) in event_reads {
+            let r = store.events(&q).map_err(|e| {
+                error!(error = %e, "reading the event log failed");
                 unavailable()
             });
             let _ = reply.send(r);

@@ -211,6 +211,9 @@ pub struct Network {
     pub node_count: u64,
     /// Creation time, Unix milliseconds.
     pub created_at_ms: u64,
+    /// The anomaly thresholds the admin set (`None`: the agents' defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<crate::events::AnomalyThresholds>,
 }
 
 /// `GET /v1/admin/networks`.

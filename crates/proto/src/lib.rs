@@ -14,6 +14,7 @@
 #![warn(clippy::iter_over_hash_type)]
 
 pub mod api;
+pub mod events;
 pub mod facts;
 pub mod local;
 pub mod net;

@@ -91,6 +91,10 @@ pub struct NetworkView {
     /// and masquerades overlay traffic to them), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub serves: Vec<Ipv4Net>,
+    /// The anomaly thresholds the admin set for this network (`None`: the
+    /// agent's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<crate::events::AnomalyThresholds>,
 }
 
 /// A physical subnet reached through a gateway peer.
@@ -420,6 +424,7 @@ mod tests {
                 peers: vec![peer(3)],
                 routes: vec![],
                 serves: vec![],
+                anomaly: None,
             }],
             relays: vec![],
             policy: None,

@@ -9,6 +9,9 @@
 //! | GET | `/v1/map` | node | the node's map, once |
 //! | GET | `/v1/map/stream` | node | SSE: snapshot, then deltas (`Last-Event-ID` resumes) |
 //! | POST | `/v1/node/report` | node | liveness and endpoints |
+//! | POST | `/v1/node/events` | node | anomaly events the agent raised (bounded, validated, idempotent) |
+//! | GET | `/v1/admin/events` | admin | the anomaly event log (`?node=&since=&limit=`) |
+//! | PUT | `/v1/admin/networks/{name}/anomaly` | admin | the network's anomaly thresholds (carried in the map) |
 //! | POST | `/v1/node/usage` | node | usage counters (flows per peer and port, sidecar users) |
 //! | GET | `/v1/admin/usage` | admin | usage over a window (`?by=&since=`: by node, peer, port or user) |
 //! | POST/GET | `/v1/admin/networks` | admin | create / list networks |
@@ -34,6 +37,7 @@
 //! like it carries one is refused, and query strings are never logged.
 
 mod admin;
+mod events;
 mod health;
 mod limit;
 mod map;
@@ -139,6 +143,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/map/stream", get(map::stream))
         .route("/v1/node/report", post(node::report))
         .merge(admin::routes())
+        .merge(events::routes())
         .merge(relay::routes())
         .merge(routes::routes())
         .merge(usage::routes())
@@ -327,6 +332,8 @@ versioned!(
     weft_proto::api::UpdateNodeRequest,
     weft_proto::api::SetPolicyRequest,
     weft_proto::api::PolicyCheckRequest,
+    weft_proto::events::NodeEventsRequest,
+    weft_proto::events::SetAnomalyRequest,
     weft_proto::relay_api::CreateRelayRequest,
     weft_proto::relay_api::RelayReportRequest
 );

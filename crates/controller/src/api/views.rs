@@ -23,6 +23,7 @@ pub fn network(net: &NetState) -> api::Network {
         pow_difficulty: net.rec.pow_difficulty,
         node_count: net.members.len() as u64,
         created_at_ms: secs_to_ms(net.rec.created_at),
+        anomaly: net.rec.anomaly,
     }
 }
 

@@ -49,6 +49,7 @@ macro_rules! operation {
     };
 }
 
+mod events;
 mod facts;
 mod networks;
 mod nodes;
@@ -59,6 +60,7 @@ mod routes;
 mod tokens;
 pub mod usage;
 
+pub use events::{RecordEvents, SetNetworkAnomaly};
 pub use networks::{FIRST_HOST_OFFSET, LeaveNetwork, Left, NetState, NewNetwork};
 pub use nodes::{
     NodeDetail, NodePatch, NodeState, Registered, Registration, RemoveNode, Report, SetPresence,

@@ -208,6 +208,7 @@ impl World {
             dns_domain: n.dns_domain,
             pow_difficulty: n.pow_difficulty,
             created_at: secs(now_ms),
+            anomaly: None,
         };
         batch.writes.push(Write::PutNetwork(rec.clone()));
         let state = NetState::new(rec);

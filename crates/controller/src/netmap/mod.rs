@@ -109,6 +109,7 @@ fn network_view(
         peers,
         routes,
         serves,
+        anomaly: net.rec.anomaly.filter(|a| !a.is_empty()),
     }
 }
 

@@ -76,6 +76,8 @@ pub struct NetworkRecord {
     pub pow_difficulty: u32,
     /// Unix seconds.
     pub created_at: u64,
+    /// The admin's anomaly thresholds (`None`: the agents' defaults).
+    pub anomaly: Option<weft_proto::events::AnomalyThresholds>,
 }
 
 /// A node row.
@@ -280,6 +282,35 @@ pub struct AuditRecord {
     pub detail: serde_json::Value,
 }
 
+/// Events kept in the log at most; older ones are deleted as new ones arrive.
+pub const EVENTS_KEPT: u64 = 100_000;
+
+/// An anomaly event as the log keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRecord {
+    /// The node that raised it.
+    pub node_id: u64,
+    /// Its name when the event arrived.
+    pub node_name: String,
+    /// Its key.
+    pub node_key: NodeKey,
+    /// Unix milliseconds.
+    pub received_at_ms: u64,
+    /// The event.
+    pub event: weft_proto::events::AnomalyEvent,
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only this node's.
+    pub node_id: Option<u64>,
+    /// Only those received at or after this (Unix milliseconds).
+    pub since_ms: Option<u64>,
+    /// At most this many (the newest), returned oldest first.
+    pub limit: u32,
+}
+
 /// Everything the controller loads at start.
 #[derive(Debug, Default)]
 pub struct StoreSnapshot {
@@ -345,6 +376,9 @@ pub enum Write {
     PutPolicy(PolicyRecord),
     /// Append an audit record.
     Audit(AuditRecord),
+    /// Append anomaly events (one already held, by node and event id, is
+    /// skipped) and delete the oldest beyond [`EVENTS_KEPT`].
+    Events(Vec<EventRecord>),
     /// Upsert a usage series' last uploaded value.
     UsageCounter(usage::UsageCounterRecord),
     /// Add a usage series' growth to its bucket.
@@ -383,6 +417,8 @@ pub trait Store: Send + 'static {
     ) -> Result<Vec<usage::UsageCounterRecord>, StoreError>;
     /// Sums each usage series' buckets that start at or after `since_ms`.
     fn usage_sums(&mut self, since_ms: u64) -> Result<Vec<usage::UsageSum>, StoreError>;
+    /// Reads anomaly events with their log sequence numbers, oldest first.
+    fn events(&mut self, query: &EventQuery) -> Result<Vec<(u64, EventRecord)>, StoreError>;
 }
 
 /// The behaviour every driver must have; run by each driver's tests.
@@ -399,6 +435,7 @@ pub(crate) mod tests {
             dns_domain: "weft.internal".into(),
             pow_difficulty: 8,
             created_at: 1,
+            anomaly: None,
         }
     }
 

@@ -16,13 +16,15 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{
-    AuditQuery, AuditRecord, MembershipRecord, NetworkRecord, NodeRecord, PolicyRecord,
-    RelayRecord, RouteRecord, RouteSource, RouteState, Store, StoreError, StoreSnapshot,
-    TokenRecord, Write,
+    AuditQuery, AuditRecord, EventQuery, EventRecord, MembershipRecord, NetworkRecord, NodeRecord,
+    PolicyRecord, RelayRecord, RouteRecord, RouteSource, RouteState, Store, StoreError,
+    StoreSnapshot, TokenRecord, Write,
 };
 use crate::secret::SecretHash;
 
 mod usage;
+
+mod events;
 
 /// Schema migrations, in order: (version, name, SQL).
 const MIGRATIONS: &[(u32, &str, &str)] = &[
@@ -44,6 +46,11 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     ),
     (5, "facts", include_str!("../../migrations/0005_facts.sql")),
     (6, "usage", include_str!("../../migrations/0006_usage.sql")),
+    (
+        7,
+        "events",
+        include_str!("../../migrations/0007_events.sql"),
+    ),
 ];
 
 /// A SQLite database file.
@@ -227,7 +234,7 @@ impl Store for SqliteStore {
         let c = &self.conn;
 
         let mut st = c.prepare(
-            "SELECT id, name, ipv4_cidr, ipv6_prefix, dns_domain, pow_difficulty, created_at FROM networks ORDER BY id",
+            "SELECT id, name, ipv4_cidr, ipv6_prefix, dns_domain, pow_difficulty, created_at, anomaly FROM networks ORDER BY id",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
@@ -238,10 +245,11 @@ impl Store for SqliteStore {
                 r.get::<_, String>(4)?,
                 r.get::<_, u32>(5)?,
                 r.get::<_, i64>(6)?,
+                r.get::<_, Option<String>>(7)?,
             ))
         })?;
         for row in rows {
-            let (id, name, v4, v6, dns, pow, created) = row?;
+            let (id, name, v4, v6, dns, pow, created, anomaly) = row?;
             snap.networks.push(NetworkRecord {
                 id: to_u64(id),
                 name,
@@ -250,6 +258,9 @@ impl Store for SqliteStore {
                 dns_domain: dns,
                 pow_difficulty: pow,
                 created_at: to_u64(created),
+                anomaly: anomaly
+                    .map(|a| parse_json("network anomaly", &a))
+                    .transpose()?,
             });
         }
 
@@ -448,11 +459,11 @@ impl Store for SqliteStore {
             match w {
                 Write::PutNetwork(n) => {
                     tx.prepare_cached(
-                        "INSERT INTO networks (id, name, ipv4_cidr, ipv6_prefix, dns_domain, pow_difficulty, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                        "INSERT INTO networks (id, name, ipv4_cidr, ipv6_prefix, dns_domain, pow_difficulty, created_at, anomaly)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                          ON CONFLICT (id) DO UPDATE SET name = excluded.name, ipv4_cidr = excluded.ipv4_cidr,
                            ipv6_prefix = excluded.ipv6_prefix, dns_domain = excluded.dns_domain,
-                           pow_difficulty = excluded.pow_difficulty",
+                           pow_difficulty = excluded.pow_difficulty, anomaly = excluded.anomaly",
                     )?
                     .execute(params![
                         to_i64(n.id),
@@ -461,7 +472,8 @@ impl Store for SqliteStore {
                         n.ipv6_prefix.map(|p| p.to_string()),
                         n.dns_domain,
                         n.pow_difficulty,
-                        to_i64(n.created_at)
+                        to_i64(n.created_at),
+                        n.anomaly.and_then(|a| serde_json::to_string(&a).ok())
                     ])?;
                 }
                 Write::PutNode(n) => {
@@ -613,6 +625,7 @@ impl Store for SqliteStore {
                         a.detail.to_string()
                     ])?;
                 }
+                Write::Events(records) => events::insert(&tx, records)?,
                 Write::UsageCounter(r) => usage::put_counter(&tx, r)?,
                 Write::UsageAdd(r) => usage::add_bucket(&tx, r)?,
                 Write::UsagePrune(before) => usage::prune(&tx, *before)?,
@@ -680,6 +693,10 @@ impl Store for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    fn events(&mut self, q: &EventQuery) -> Result<Vec<(u64, EventRecord)>, StoreError> {
+        events::query(&self.conn, q)
     }
 }
 

@@ -1,0 +1,149 @@
+//! The anomaly event log's rows (migration 0007): append with per-node
+//! idempotency, bounded retention, reads by node and time.
+
+use rusqlite::{Connection, Transaction, params};
+
+use super::{corrupt, parse, to_i64, to_u64};
+use crate::store::{EVENTS_KEPT, EventQuery, EventRecord, StoreError};
+
+/// Appends `records` (skipping any the log already holds for that node and
+/// event id) and deletes the oldest rows beyond [`EVENTS_KEPT`].
+pub(super) fn insert(tx: &Transaction<'_>, records: &[EventRecord]) -> Result<(), StoreError> {
+    for r in records {
+        let json = serde_json::to_string(&r.event)
+            .map_err(|e| StoreError::Db(format!("encoding an event: {e}")))?;
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO events (node_id, node_name, node_key, event_id, kind, at_ms, received_at_ms, event)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            to_i64(r.node_id),
+            r.node_name,
+            r.node_key.to_string(),
+            to_i64(r.event.id),
+            r.event.kind.as_str(),
+            to_i64(r.event.at_ms),
+            to_i64(r.received_at_ms),
+            json
+        ])?;
+    }
+    if !records.is_empty() {
+        tx.prepare_cached("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1")?
+            .execute([to_i64(EVENTS_KEPT)])?;
+    }
+    Ok(())
+}
+
+/// The newest `q.limit` events that match, oldest first.
+pub(super) fn query(c: &Connection, q: &EventQuery) -> Result<Vec<(u64, EventRecord)>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT seq, node_id, node_name, node_key, received_at_ms, event FROM events
+         WHERE (?1 IS NULL OR node_id = ?1) AND (?2 IS NULL OR received_at_ms >= ?2)
+         ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let rows = st.query_map(
+        params![
+            q.node_id.map(to_i64),
+            q.since_ms.map(to_i64),
+            i64::from(q.limit)
+        ],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, node_id, node_name, key, received, event) = row?;
+        out.push((
+            to_u64(seq),
+            EventRecord {
+                node_id: to_u64(node_id),
+                node_name,
+                node_key: parse("event node_key", &key)?,
+                received_at_ms: to_u64(received),
+                event: serde_json::from_str(&event).map_err(|e| corrupt("event")(e.to_string()))?,
+            },
+        ));
+    }
+    out.reverse();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_proto::NodeKey;
+    use weft_proto::events::{AnomalyEvent, AnomalyKind, Baseline};
+
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{EventQuery, EventRecord, Store, Write};
+
+    fn record(node_id: u64, id: u64, received_at_ms: u64) -> EventRecord {
+        EventRecord {
+            node_id,
+            node_name: format!("n{node_id}"),
+            node_key: NodeKey::from_bytes([node_id as u8; 32]),
+            received_at_ms,
+            event: AnomalyEvent {
+                id,
+                at_ms: received_at_ms,
+                kind: AnomalyKind::Scan,
+                peer: None,
+                peer_key: None,
+                target: Some("b".into()),
+                observed: 30.0,
+                unit: "distinct ports".into(),
+                baseline: Baseline::Threshold {
+                    threshold: 20.0,
+                    ratio: 1.5,
+                },
+                window_secs: 10,
+                details: Default::default(),
+                summary: "scan".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn events_are_kept_once_filtered_and_read_oldest_first() {
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        s.apply(&[Write::Events(vec![record(1, 10, 100), record(2, 10, 200)])])
+            .unwrap();
+        // A retried upload of the same event adds nothing.
+        s.apply(&[Write::Events(vec![record(1, 10, 300), record(1, 11, 400)])])
+            .unwrap();
+        let all = s
+            .events(&EventQuery {
+                limit: 100,
+                ..EventQuery::default()
+            })
+            .unwrap();
+        let ids: Vec<(u64, u64)> = all.iter().map(|(_, r)| (r.node_id, r.event.id)).collect();
+        assert_eq!(ids, vec![(1, 10), (2, 10), (1, 11)]);
+        assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "oldest first");
+        let one = s
+            .events(&EventQuery {
+                node_id: Some(1),
+                since_ms: Some(150),
+                limit: 100,
+            })
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].1.event.id, 11);
+        let newest = s
+            .events(&EventQuery {
+                limit: 2,
+                ..EventQuery::default()
+            })
+            .unwrap();
+        assert_eq!(newest.len(), 2);
+        assert_eq!(newest[1].1.event.id, 11);
+        assert_eq!(newest[1].1, record(1, 11, 400));
+    }
+}
