@@ -36,6 +36,9 @@ pub(crate) struct LinkState {
     /// The controller refused the advertised routes: why, and since when (ms
     /// since the Unix epoch).
     pub(crate) routes_refused: Option<(String, u64)>,
+    /// The last report's round trip (the controller's answer time), with the
+    /// number of reports answered so far on this link.
+    pub(crate) report_rtt: Option<(u64, Duration)>,
 }
 
 /// A running link task.
@@ -59,7 +62,11 @@ const REPORT_EVERY: Duration = Duration::from_secs(30);
 /// controller sends keepalive comments every 15 s.
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
-fn client(url: &str, trust: &TrustSettings, credential: Option<&str>) -> anyhow::Result<Client> {
+pub(crate) fn client(
+    url: &str,
+    trust: &TrustSettings,
+    credential: Option<&str>,
+) -> anyhow::Result<Client> {
     let mut cfg = ClientConfig::new(url);
     cfg.allow_insecure_http = trust.allow_insecure_http;
     cfg.trust = match (&trust.pin_sha256, &trust.ca_file) {
@@ -319,7 +326,7 @@ async fn session(
     let c = client(&cred.controller, trust, Some(&cred.credential))?;
     let mut endpoints = gather(port, &reflexive.borrow_and_update());
     facts.new_session();
-    report_with_facts(&c, facts, Some(endpoints.clone()))
+    report_with_facts(&c, state, facts, Some(endpoints.clone()))
         .await
         .context("reporting endpoints")?;
     advertise(&c, &cred.advertise_routes, state).await;
@@ -385,7 +392,7 @@ async fn session(
                 if now != endpoints {
                     tracing::info!(?now, "reporting new endpoints (reflexive address changed)");
                     endpoints = now.clone();
-                    c.report(&ReportRequest {
+                    report_timed(&c, state, &ReportRequest {
                         api_version: Some(weft_proto::api::API_VERSION),
                         endpoints: Some(now),
                         facts: None,
@@ -401,7 +408,7 @@ async fn session(
                     tracing::info!(?now, "host addresses changed; reporting new endpoints");
                     endpoints = now.clone();
                 }
-                report_with_facts(&c, facts, changed.then_some(now))
+                report_with_facts(&c, state, facts, changed.then_some(now))
                     .await
                     .context("reporting liveness")?;
                 advertise(&c, &cred.advertise_routes, state).await;
@@ -417,6 +424,7 @@ async fn session(
 /// they are not sent again until they change.
 async fn report_with_facts(
     c: &Client,
+    state: &watch::Sender<LinkState>,
     facts: &mut FactsTracker,
     endpoints: Option<Vec<SocketAddr>>,
 ) -> Result<(), weft_api_client::ClientError> {
@@ -426,11 +434,11 @@ async fn report_with_facts(
         endpoints,
         facts: sending.clone(),
     };
-    match c.report(&req).await {
+    match report_timed(c, state, &req).await {
         Err(e) if sending.is_some() && e.code() == Some("invalid_facts") => {
             tracing::warn!(error = %e, "the controller refused this host's facts; reporting without them");
             req.facts = None;
-            c.report(&req).await?;
+            report_timed(c, state, &req).await?;
         }
         other => other?,
     }
@@ -438,6 +446,23 @@ async fn report_with_facts(
         tracing::debug!(?f, "host facts reported");
         facts.accepted(f);
     }
+    Ok(())
+}
+
+/// Sends a report and notes how long the controller took to answer it (the
+/// anomaly detector's control-plane latency signal).
+async fn report_timed(
+    c: &Client,
+    state: &watch::Sender<LinkState>,
+    req: &ReportRequest,
+) -> Result<(), weft_api_client::ClientError> {
+    let start = crate::clock::now();
+    c.report(req).await?;
+    let rtt = crate::clock::now().saturating_duration_since(start);
+    state.send_modify(|s| {
+        let n = s.report_rtt.map_or(0, |r| r.0);
+        s.report_rtt = Some((n + 1, rtt));
+    });
     Ok(())
 }
 

@@ -74,6 +74,7 @@ struct Agent {
     failures: Failures,
     dns: Dns,
     metrics: Arc<crate::telemetry::metrics::AgentMetrics>,
+    anomaly: crate::telemetry::anomaly::Anomaly,
 }
 
 /// Runs the agent until `shutdown` completes; then removes what it created.
@@ -190,9 +191,11 @@ async fn serve<F: Future<Output = ()>>(
     let (maps_tx, mut maps_rx) = mpsc::channel::<NetworkMap>(16);
     let (_, link_state) = watch::channel(LinkState::default());
     let dns = Dns::new(cfg.dns, cfg.state_dir.clone());
+    let metrics = Arc::new(crate::telemetry::metrics::AgentMetrics::new(dns.stats()));
     let mut agent = Agent {
+        anomaly: crate::telemetry::anomaly::Anomaly::start(dp.probe(), metrics.clone()),
         credential: state.load_credential()?,
-        metrics: Arc::new(crate::telemetry::metrics::AgentMetrics::new(dns.stats())),
+        metrics,
         state,
         identity,
         dp,
@@ -295,6 +298,7 @@ impl Agent {
             },
             LocalRequest::Up(up) => self.up(up).await,
             LocalRequest::Explain(req) => self.explain(&req).await,
+            LocalRequest::Events => self.anomaly.local(),
             LocalRequest::Metrics { openmetrics } => {
                 let live = (&self.dp, &self.link_state, self.map.as_ref());
                 self.metrics.respond(openmetrics, live).await
@@ -481,17 +485,24 @@ impl Agent {
         );
         self.link = Some(link);
         self.link_state = state;
+        let link = self
+            .credential
+            .clone()
+            .map(|c| (c, self.link_state.clone()));
+        self.anomaly.set_link(link);
     }
 
     fn stop_link(&mut self) {
         if let Some(link) = self.link.take() {
             link.stop();
         }
+        self.anomaly.set_link(None);
         // The stopped task's last word ("connected") is no longer true.
         self.link_state = watch::channel(LinkState::default()).1;
     }
 
     async fn apply_map(&mut self, map: NetworkMap) {
+        self.anomaly.set_map(&map);
         if self.down {
             self.map = Some(map);
             return;

@@ -104,6 +104,10 @@ enum Command {
     /// I/O errors, batch sizes, DNS, controller link, CPU and memory), for hosts
     /// that run no scraper; `weftd --metrics-listen` serves the same text.
     Metrics(cmd::agent::MetricsArgs),
+    /// Show the anomaly events this node's agent raised lately (scans,
+    /// unusual outbound volume, drop spikes, slow controller), each with the
+    /// baseline it broke; the controller's log is `weft admin events`.
+    Events,
     /// The controller's access policy: which rule decides A -> B (admin token).
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
@@ -133,6 +137,7 @@ pub fn main() -> ExitCode {
         Command::Netcheck(a) => cmd::netcheck::run(&cli.socket, a, json),
         Command::WhyBlocked(a) => cmd::agent::why_blocked(&cli.socket, a, json),
         Command::Metrics(a) => cmd::agent::metrics(&cli.socket, &a, json),
+        Command::Events => cmd::agent::events(&cli.socket, json),
         Command::Identity(c) => cmd::identity::run(c, json),
         Command::Policy(c) => cmd::policy::run(c, json),
         Command::Admin(a) => Ok(cmd::admin::run(a, json, exit::DENIED)),

@@ -31,6 +31,8 @@ pub enum LocalRequest {
     /// Explain the policy verdict a packet would get on this node now
     /// (`weft why-blocked`).
     Explain(ExplainRequest),
+    /// The anomaly events this agent raised lately (`weft events`).
+    Events,
     /// The agent's Prometheus metrics, as text (`weft metrics`; the same as
     /// `weftd --metrics-listen` serves on `GET /metrics`).
     Metrics {
@@ -113,6 +115,16 @@ pub enum LocalResponse {
         content_type: String,
         /// The exposition.
         text: String,
+    },
+    /// The answer to [`LocalRequest::Events`].
+    Events {
+        /// The latest events (a bounded ring), oldest first.
+        events: Vec<crate::events::AnomalyEvent>,
+        /// Of those and older ones, how many wait to be uploaded to the
+        /// controller.
+        pending_upload: u64,
+        /// Events dropped unsent because the upload queue was full.
+        dropped: u64,
     },
     /// The request failed.
     Error {

@@ -46,6 +46,9 @@ pub(crate) enum Command<T> {
         packet: weft_policy::FiveTuple,
         reply: oneshot::Sender<Option<(bool, String)>>,
     },
+    /// The refused new connection attempts since the last ask (the anomaly
+    /// detector's scan signal); the node starts a fresh summary.
+    Refusals(oneshot::Sender<weft_tunnel::Refusals>),
     /// End the thread.
     Stop,
 }

@@ -274,6 +274,9 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
             Command::Explain { dir, packet, reply } => {
                 let _ = reply.send(node.explain(dir, &packet, now));
             }
+            Command::Refusals(reply) => {
+                let _ = reply.send(node.take_refusals());
+            }
             Command::Stop => return Flow::Stop,
         }
         self.own.drain_and_flush(&mut self.tx);

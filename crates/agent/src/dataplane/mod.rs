@@ -120,7 +120,29 @@ pub(crate) struct Dataplane {
     offload: bool,
 }
 
+/// A cloneable handle for readers that run on their own schedule (the anomaly
+/// detector): the I/O thread answers it like any other command.
+#[derive(Clone)]
+pub(crate) struct Probe(Commands<Tun>);
+
+impl Probe {
+    /// [`Dataplane::counters`], from a handle (`None`: the I/O thread is gone).
+    pub(crate) async fn status(&self) -> Option<DataplaneStatus> {
+        self.0.ask(Command::Status).await
+    }
+
+    /// The refused new connection attempts since the last call, reset.
+    pub(crate) async fn take_refusals(&self) -> Option<weft_tunnel::Refusals> {
+        self.0.ask(Command::Refusals).await
+    }
+}
+
 impl Dataplane {
+    /// A [`Probe`] of this data plane.
+    pub(crate) fn probe(&self) -> Probe {
+        Probe(self.cmds.clone())
+    }
+
     /// Binds the UDP socket and starts the I/O thread, which takes `node`.
     pub(crate) async fn start(node: Node, port: u16, cfg: DataplaneConfig) -> anyhow::Result<Self> {
         let udp = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port)))

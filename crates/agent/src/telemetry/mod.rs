@@ -15,6 +15,7 @@
 //! - `anomaly`: a small explainable detector over the agent's own counters;
 //!   its events go to the controller, to `weft events` and to metrics.
 
+pub(crate) mod anomaly;
 pub(crate) mod facts;
 pub(crate) mod http;
 pub(crate) mod metrics;

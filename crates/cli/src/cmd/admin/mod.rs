@@ -8,6 +8,7 @@
 //! `weft-controller admin …` runs this same code ([`alias_main`]) for one
 //! release, with a deprecation note on stderr.
 
+mod events;
 mod networks;
 mod nodes;
 pub mod policy;
@@ -62,6 +63,10 @@ enum AdminCommand {
     /// Usage from the data planes' connection tracking: bytes and flows by
     /// node, peer or service port, and sidecar users' bytes (`--by user`).
     Usage(usage::UsageArgs),
+    /// The anomaly events agents raised (scans, unusual outbound volume,
+    /// drop spikes, slow controller), oldest first, each with the baseline it
+    /// broke. Thresholds: `weft admin network anomaly NET`.
+    Events(events::EventsArgs),
     /// The audit log (newest first).
     Audit {
         /// How many entries.
@@ -188,6 +193,7 @@ async fn dispatch(c: &Client, cmd: AdminCommand, json: bool) -> anyhow::Result<b
         AdminCommand::Node(n) => nodes::run(c, n, json).await?,
         AdminCommand::Relay(r) => relays::run(c, r, json).await?,
         AdminCommand::Policy(p) => return policy::run(c, p, json).await,
+        AdminCommand::Events(a) => events::events(c, a, json).await?,
         AdminCommand::Usage(a) => usage::usage(c, a, json).await?,
         AdminCommand::Audit {
             limit,

@@ -35,6 +35,9 @@ pub(super) enum NetworkCmd {
         /// Name.
         name: String,
     },
+    /// Set the network's anomaly thresholds (those not given are kept;
+    /// defaults when never set); its members receive them in their maps.
+    Anomaly(super::events::AnomalyArgs),
     /// Remove a node from this network only (its interface, address, routes
     /// and names there go; its other networks stay).
     Leave {
@@ -120,6 +123,7 @@ pub(super) async fn network(c: &Client, cmd: NetworkCmd, json: bool) -> anyhow::
             list.networks
         }
         NetworkCmd::Show { name } => vec![c.show_network(&name).await?],
+        NetworkCmd::Anomaly(a) => return super::events::set_anomaly(c, a, json).await,
         NetworkCmd::Leave { name, node } => {
             let left = c.leave_network(&name, &node).await?;
             if json {

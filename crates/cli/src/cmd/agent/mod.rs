@@ -1,8 +1,9 @@
 //! Commands that talk to the local agent over its Unix socket. This module:
 //! the socket, one request/response, and `status`; [`up`]: `up` and `down`;
 //! [`explain`]: `why` and `why-blocked`; [`ping`]: `ping`; [`metrics`]:
-//! `metrics`.
+//! `metrics`; [`events`]: `events`.
 
+mod events;
 mod explain;
 mod metrics;
 mod ping;
@@ -24,6 +25,8 @@ use crate::CodedError;
 use crate::clock::unix_ms;
 
 pub(crate) use explain::resolve_peer;
+pub use events::events;
+pub(crate) use events::render as render_event;
 pub use explain::{WhyArgs, WhyBlockedArgs, why, why_blocked};
 pub use metrics::{MetricsArgs, metrics};
 pub use ping::{PingArgs, ping};
