@@ -141,3 +141,19 @@ pub(super) fn describe(t: &AnomalyThresholds) -> String {
         parts.join(" ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_are_described_by_what_is_set() {
+        assert_eq!(describe(&AnomalyThresholds::default()), "defaults");
+        let t = AnomalyThresholds {
+            scan_ports: Some(5),
+            cooldown_secs: Some(60),
+            ..AnomalyThresholds::default()
+        };
+        assert_eq!(describe(&t), "cooldown_secs=60 scan_ports=5");
+    }
+}

@@ -122,7 +122,18 @@ pub(super) async fn network(c: &Client, cmd: NetworkCmd, json: bool) -> anyhow::
             }
             list.networks
         }
-        NetworkCmd::Show { name } => vec![c.show_network(&name).await?],
+        NetworkCmd::Show { name } => {
+            let net = c.show_network(&name).await?;
+            if !json {
+                out(&networks_table(std::slice::from_ref(&net)));
+                out(&format!(
+                    "anomaly thresholds: {}\n",
+                    super::events::describe(&net.anomaly.unwrap_or_default())
+                ));
+                return Ok(());
+            }
+            vec![net]
+        }
         NetworkCmd::Anomaly(a) => return super::events::set_anomaly(c, a, json).await,
         NetworkCmd::Leave { name, node } => {
             let left = c.leave_network(&name, &node).await?;
