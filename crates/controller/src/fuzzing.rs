@@ -32,6 +32,15 @@ fn check(r: Result<(), ApiError>) {
     }
 }
 
+/// Host facts as the handlers check them (a bounded error), and the property
+/// the agent relies on: whatever it collected, once sanitized, passes.
+fn check_facts(facts: Option<weft_proto::facts::HostFacts>) {
+    if let Some(f) = facts {
+        check(validate::facts(&f));
+        assert_eq!(f.sanitized().check(), Ok(()));
+    }
+}
+
 /// A controller request body: `data[0]` picks which POST/PATCH body type
 /// (register, report, networks, tokens, nodes, policy, policy check, routes,
 /// relays), the rest is decoded as it, then put through the checks the
@@ -53,11 +62,13 @@ pub fn controller_request(data: &[u8]) {
                 }
                 let derived = validate::derive_node_name(r.hostname.as_deref(), &r.node_key);
                 assert!(validate::name("node", &derived).is_ok(), "{derived:?}");
+                check_facts(r.facts);
             }
         }
         1 => {
             if let Some(r) = decode::<ReportRequest>(body, |r| r.api_version) {
                 let _ = r.endpoints.map(|e| e.len() <= validate::MAX_ENDPOINTS);
+                check_facts(r.facts);
             }
         }
         2 => {
