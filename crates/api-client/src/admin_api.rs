@@ -203,20 +203,6 @@ impl Client {
         .await
     }
 
-    /// `GET /v1/admin/usage?by=&since=`: usage growth since `since_ms` (Unix
-    /// milliseconds; default a day ago), grouped `by`.
-    pub async fn usage(
-        &self,
-        by: weft_proto::usage::UsageBy,
-        since_ms: Option<u64>,
-    ) -> Result<weft_proto::usage::UsageReport, ClientError> {
-        let mut path = format!("/v1/admin/usage?by={}", by.as_str());
-        if let Some(s) = since_ms {
-            path.push_str(&format!("&since={s}"));
-        }
-        self.request::<(), _>(Method::GET, &path, None).await
-    }
-
     /// `GET /v1/admin/events[?node=&since=&limit=]`: the anomaly event log,
     /// oldest first.
     pub async fn events(
