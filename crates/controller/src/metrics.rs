@@ -141,7 +141,7 @@ impl Metrics {
         );
         registry.register(
             "map_frames_queued",
-            "Map frames queued to open streams, by kind (delta, snapshot)",
+            "Map frames publishes queued to open streams, by kind (delta; snapshot: a resync after a change that needs one)",
             m.map_frames.clone(),
         );
         registry.register(
