@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub dns: DnsMode,
     /// Data-plane settings (`weftd --offload`, `--pipeline`).
     pub dataplane: DataplaneConfig,
+    /// `weftd --usage-file` (a sidecar's per-user byte counters).
+    pub usage_file: Option<PathBuf>,
     /// `weftd --metrics-listen` (`None`: no metrics listener).
     pub metrics_listen: Option<crate::MetricsListen>,
 }
@@ -72,6 +74,7 @@ struct Agent {
     reconcile_status: ReconcileStatus,
     /// What is failing now (shown by `weft status`, fails `weft up`).
     failures: Failures,
+    usage: crate::telemetry::usage::Usage,
     dns: Dns,
     metrics: Arc<crate::telemetry::metrics::AgentMetrics>,
     anomaly: crate::telemetry::anomaly::Anomaly,
@@ -195,6 +198,7 @@ async fn serve<F: Future<Output = ()>>(
     let mut agent = Agent {
         anomaly: crate::telemetry::anomaly::Anomaly::start(dp.probe(), metrics.clone()),
         credential: state.load_credential()?,
+        usage: crate::telemetry::usage::Usage::start(cfg, &dp),
         metrics,
         state,
         identity,
@@ -475,6 +479,7 @@ impl Agent {
         let Some(cred) = self.credential.clone() else {
             return;
         };
+        self.usage.set_link(Some(cred.clone()));
         let (link, state) = ctl::Link::spawn(
             cred,
             self.identity.node_key(),
@@ -493,6 +498,7 @@ impl Agent {
     }
 
     fn stop_link(&mut self) {
+        self.usage.set_link(None);
         if let Some(link) = self.link.take() {
             link.stop();
         }
@@ -760,7 +766,7 @@ impl Agent {
                 .map(ToString::to_string)
                 .collect(),
             failures: {
-                let mut f = self.failures.list();
+                let mut f = [self.failures.list(), self.usage.failures()].concat();
                 if let Some((error, since_unix_ms)) = link.routes_refused.clone() {
                     f.push(weft_proto::local::FailureStatus {
                         area: "routes".into(),

@@ -49,6 +49,9 @@ pub(crate) enum Command<T> {
     /// The refused new connection attempts since the last ask (the anomaly
     /// detector's scan signal); the node starts a fresh summary.
     Refusals(oneshot::Sender<weft_tunnel::Refusals>),
+    /// Usage per peer and service port since the node started (monotonic
+    /// counters from the policy's connection table).
+    Usage(oneshot::Sender<weft_tunnel::NodeUsage>),
     /// End the thread.
     Stop,
 }

@@ -277,6 +277,9 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
             Command::Refusals(reply) => {
                 let _ = reply.send(node.take_refusals());
             }
+            Command::Usage(reply) => {
+                let _ = reply.send(node.usage());
+            }
             Command::Stop => return Flow::Stop,
         }
         self.own.drain_and_flush(&mut self.tx);

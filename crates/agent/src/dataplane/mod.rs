@@ -137,6 +137,14 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// Usage per peer and service port since the node started (`None`: the
+    /// I/O thread is gone).
+    pub(crate) async fn usage(&self) -> Option<weft_tunnel::NodeUsage> {
+        self.0.ask(Command::Usage).await
+    }
+}
+
 impl Dataplane {
     /// A [`Probe`] of this data plane.
     pub(crate) fn probe(&self) -> Probe {

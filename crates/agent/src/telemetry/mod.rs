@@ -20,3 +20,5 @@ pub(crate) mod facts;
 pub(crate) mod http;
 pub(crate) mod metrics;
 mod process;
+pub(crate) mod usage;
+mod usage_file;
