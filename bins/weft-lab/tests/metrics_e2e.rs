@@ -221,5 +221,5 @@ fn ping_traffic_moves_the_per_peer_counters_in_weft_metrics_and_over_the_listene
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "weftd started: {err}");
-    assert!(err.contains("--metrics-listen-any"), "{err}");
+    assert!(err.contains("--metrics-listen-public"), "{err}");
 }

@@ -93,22 +93,14 @@ struct Args {
     /// (e.g. 127.0.0.1:9101) or one of this node's overlay addresses (known
     /// from the network map of an earlier run; bound once its interface has
     /// it, so peers scrape it through the tunnel under the access policy);
-    /// anything else is refused unless --metrics-listen-any. `weft metrics`
+    /// anything else is refused unless --metrics-listen-public. `weft metrics`
     /// prints the same without a listener.
     #[arg(long, env = "WEFT_METRICS_LISTEN", value_name = "ADDR:PORT")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Allow --metrics-listen on any address (a LAN address, 0.0.0.0): the
     /// metrics name this node's peers and show its traffic, so firewall it.
     #[arg(long, requires = "metrics_listen")]
-    metrics_listen_any: bool,
-    /// A sidecar's usage file: a proxy that counts its own users writes
-    /// `{"core_uptime_sec": N, "user_bytes": {"alice": N, ...}}` (its monotonic
-    /// totals, at most 1 MiB) and weftd uploads it every 30 s with this node's
-    /// identity (never one from the file); `weft admin usage --by user` shows
-    /// it. A file with a negative counter, an empty user id, bad JSON or over
-    /// 1 MiB is refused as a whole, logged, and shown by `weft status`.
-    #[arg(long, env = "WEFT_USAGE_FILE", value_name = "PATH")]
-    usage_file: Option<PathBuf>,
+    metrics_listen_public: bool,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -199,7 +191,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => None,
     };
     let cfg = weft_agent::AgentConfig {
-        usage_file: args.usage_file,
         state_dir: args.state_dir,
         socket: args.socket,
         port: args.port,
@@ -215,7 +206,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         metrics_listen: args.metrics_listen.map(|addr| weft_agent::MetricsListen {
             addr,
-            any: args.metrics_listen_any,
+            public: args.metrics_listen_public,
         }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

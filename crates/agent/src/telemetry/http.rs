@@ -16,7 +16,7 @@
 //!   under the access policy like any other port. On a node that has never
 //!   received a map, use loopback first (the overlay address is not known yet);
 //! - anything else (a LAN address, `0.0.0.0`, `::`) is refused at start with an
-//!   error, unless `--metrics-listen-any` forces it.
+//!   error, unless `--metrics-listen-public` forces it.
 //!
 //! # Bounds
 //!
@@ -64,13 +64,14 @@ pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a listener on an overlay address retries until the address exists.
 const BIND_RETRY: Duration = Duration::from_secs(1);
 
-/// `weftd --metrics-listen ADDR [--metrics-listen-any]`.
+/// `weftd --metrics-listen ADDR [--metrics-listen-public]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricsListen {
     /// Where to serve `GET /metrics`.
     pub addr: SocketAddr,
-    /// Serve on any address, not only loopback or this node's overlay addresses.
-    pub any: bool,
+    /// Serve on any address, not only loopback or this node's overlay
+    /// addresses (`--metrics-listen-public`).
+    pub public: bool,
 }
 
 /// The running listener; dropping it stops it.
@@ -98,7 +99,7 @@ enum Placement {
 /// this node's overlay addresses from the cached map.
 fn placement(want: &MetricsListen, overlay: &[IpAddr]) -> anyhow::Result<Placement> {
     let ip = want.addr.ip();
-    if want.any || ip.is_loopback() {
+    if want.public || ip.is_loopback() {
         return Ok(Placement::Now);
     }
     if overlay.contains(&ip) {
@@ -113,7 +114,7 @@ fn placement(want: &MetricsListen, overlay: &[IpAddr]) -> anyhow::Result<Placeme
     bail!(
         "--metrics-listen {}: metrics are served only on loopback or on one of this node's \
          overlay addresses ({known}); use 127.0.0.1:{port}, an overlay address, or add \
-         --metrics-listen-any to serve them on {ip} anyway",
+         --metrics-listen-public to serve them on {ip} anyway",
         want.addr,
         port = want.addr.port(),
     )

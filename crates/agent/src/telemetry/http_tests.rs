@@ -8,10 +8,10 @@ use tokio::net::TcpStream;
 use super::*;
 use crate::telemetry::metrics::{AgentMetrics, Live};
 
-fn listen(addr: &str, any: bool) -> MetricsListen {
+fn listen(addr: &str, public: bool) -> MetricsListen {
     MetricsListen {
         addr: addr.parse().expect("addr"),
-        any,
+        public,
     }
 }
 
@@ -40,7 +40,7 @@ fn loopback_and_overlay_addresses_are_allowed_anything_else_only_when_forced() {
             .expect_err(refused)
             .to_string();
         assert!(
-            err.contains("--metrics-listen-any") && err.contains("100.64.0.5"),
+            err.contains("--metrics-listen-public") && err.contains("100.64.0.5"),
             "{err}"
         );
         assert_eq!(
