@@ -101,6 +101,14 @@ struct Args {
     /// metrics name this node's peers and show its traffic, so firewall it.
     #[arg(long, requires = "metrics_listen")]
     metrics_listen_public: bool,
+    /// A sidecar's usage file: a proxy that counts its own users writes
+    /// `{"core_uptime_sec": N, "user_bytes": {"alice": N, ...}}` (its monotonic
+    /// totals, at most 1 MiB) and weftd uploads it every 30 s with this node's
+    /// identity (never one from the file); `weft admin usage --by user` shows
+    /// it. A file with a negative counter, an empty user id, bad JSON or over
+    /// 1 MiB is refused as a whole, logged, and shown by `weft status`.
+    #[arg(long, env = "WEFT_USAGE_FILE", value_name = "PATH")]
+    usage_file: Option<PathBuf>,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -191,6 +199,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => None,
     };
     let cfg = weft_agent::AgentConfig {
+        usage_file: args.usage_file,
         state_dir: args.state_dir,
         socket: args.socket,
         port: args.port,
