@@ -101,11 +101,20 @@ fn a_port_sweep_raises_one_scan_event_naming_its_target() {
     server
         .wait_for_tcp_listen(22, Duration::from_secs(10))
         .unwrap();
-    // The new policy is in force: 22 answers, 80 is refused.
-    within("the policy allows 22", Duration::from_secs(20), || {
-        lab.tcp_echoes("scanner", target_ip, 22)
-    });
-    assert!(!lab.tcp_echoes("scanner", target_ip, 80));
+    // The new policy is in force on the scanner before it sweeps (else the
+    // target, already refusing, could see the first ports as an ingress scan).
+    within(
+        "the scanner's policy refuses port 80",
+        Duration::from_secs(20),
+        || {
+            mesh.weft(
+                "scanner",
+                &["why-blocked", "target", "--proto", "tcp", "--port", "80"],
+            )
+            .is_ok_and(|o| o.status.code() == Some(3))
+        },
+    );
+    assert!(lab.tcp_echoes("scanner", target_ip, 22));
     assert!(local_events(&mesh, "scanner").is_empty());
 
     let started = Instant::now();

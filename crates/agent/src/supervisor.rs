@@ -490,11 +490,7 @@ impl Agent {
         );
         self.link = Some(link);
         self.link_state = state;
-        let link = self
-            .credential
-            .clone()
-            .map(|c| (c, self.link_state.clone()));
-        self.anomaly.set_link(link);
+        self.anomaly.set_link(self.credential.clone(), self.link_state.clone());
     }
 
     fn stop_link(&mut self) {
@@ -502,7 +498,6 @@ impl Agent {
         if let Some(link) = self.link.take() {
             link.stop();
         }
-        self.anomaly.set_link(None);
         // The stopped task's last word ("connected") is no longer true.
         self.link_state = watch::channel(LinkState::default()).1;
     }

@@ -77,10 +77,11 @@ impl Anomaly {
         });
     }
 
-    /// The controller link to upload through and to time reports on
-    /// (`None`: not joined, or down).
-    pub(crate) fn set_link(&self, link: Option<(Credential, watch::Receiver<LinkState>)>) {
-        self.ctx.send_modify(|c| c.link = link);
+    /// The controller link to upload through and to time reports on (no
+    /// credential: not joined). A stopped link (`weft down`) is noticed by
+    /// itself: its state channel closes.
+    pub(crate) fn set_link(&self, cred: Option<Credential>, state: watch::Receiver<LinkState>) {
+        self.ctx.send_modify(|c| c.link = cred.map(|cred| (cred, state)));
     }
 
     /// `weft events`.
