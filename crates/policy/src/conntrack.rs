@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::compile::RuleId;
 use crate::matcher::{Direction, FiveTuple, IcmpKind, Transport, tcp_flags};
-use crate::usage::{Bucket, Usage, UsageCounts, UsageKey, UsageTable};
+use crate::usage::{Bucket, Usage, UsageCounters, UsageKey, UsageTable};
 
 /// Timeouts and capacity of the connection table. Defaults in brackets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +125,7 @@ struct Entry {
     /// deadline later leave the index alone, it is corrected when popped).
     indexed: (Instant, u64),
     /// Its traffic so far.
-    counts: UsageCounts,
+    counts: UsageCounters,
     /// Where its counts fold when it leaves the table.
     bucket: Bucket,
 }
@@ -342,9 +342,9 @@ impl Conntrack {
         let mut entry = Entry {
             flow,
             indexed,
-            counts: UsageCounts {
+            counts: UsageCounters {
                 flows: 1,
-                ..UsageCounts::default()
+                ..UsageCounters::default()
             },
             bucket,
         };

@@ -143,7 +143,7 @@ pub use model::{
 pub use packet::IpView;
 pub use parse::{PolicyError, PolicyErrorKind, PolicyErrors, parse, render_rule};
 pub use ratelimit::{DROP_LOG_INTERVAL, LogLimiter};
-pub use usage::{USAGE_CAPACITY, Usage, UsageCounts, UsageKey, UsageTable};
+pub use usage::{USAGE_CAPACITY, Usage, UsageCounters, UsageKey, UsageTable};
 
 impl Policy {
     /// Parses policy text ([`parse()`]).

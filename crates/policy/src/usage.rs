@@ -36,31 +36,10 @@ pub struct UsageKey {
     pub proto: u8,
 }
 
-/// Counters of one bucket (or one flow).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UsageCounts {
-    /// Bytes this node sent (IP packet lengths, egress).
-    pub tx_bytes: u64,
-    /// Bytes this node received (IP packet lengths, ingress).
-    pub rx_bytes: u64,
-    /// Packets sent.
-    pub tx_packets: u64,
-    /// Packets received.
-    pub rx_packets: u64,
-    /// Flows opened.
-    pub flows: u64,
-}
-
-impl UsageCounts {
-    /// Adds `o` to these counters (saturating).
-    pub fn add(&mut self, o: &UsageCounts) {
-        self.tx_bytes = self.tx_bytes.saturating_add(o.tx_bytes);
-        self.rx_bytes = self.rx_bytes.saturating_add(o.rx_bytes);
-        self.tx_packets = self.tx_packets.saturating_add(o.tx_packets);
-        self.rx_packets = self.rx_packets.saturating_add(o.rx_packets);
-        self.flows = self.flows.saturating_add(o.flows);
-    }
-}
+/// Counters of one bucket (or one flow): bytes and packets each way (tx is
+/// what this node sent), flows opened. The upload's type, so the agent sends
+/// what the table holds.
+pub use weft_proto::usage::UsageCounters;
 
 /// What a flow's traffic counts towards: its key, or `other` (`None`) when the
 /// table was full as it opened.
@@ -70,8 +49,8 @@ pub(crate) type Bucket = Option<UsageKey>;
 #[derive(Debug, Clone)]
 pub struct UsageTable {
     capacity: usize,
-    totals: BTreeMap<UsageKey, UsageCounts>,
-    other: UsageCounts,
+    totals: BTreeMap<UsageKey, UsageCounters>,
+    other: UsageCounters,
 }
 
 impl UsageTable {
@@ -80,7 +59,7 @@ impl UsageTable {
         UsageTable {
             capacity,
             totals: BTreeMap::new(),
-            other: UsageCounts::default(),
+            other: UsageCounters::default(),
         }
     }
 
@@ -98,12 +77,12 @@ impl UsageTable {
         if self.totals.len() >= self.capacity {
             return None;
         }
-        self.totals.insert(key, UsageCounts::default());
+        self.totals.insert(key, UsageCounters::default());
         Some(key)
     }
 
     /// Folds a finished flow's counters into its bucket.
-    pub(crate) fn fold(&mut self, bucket: Bucket, counts: &UsageCounts) {
+    pub(crate) fn fold(&mut self, bucket: Bucket, counts: &UsageCounters) {
         match bucket.and_then(|k| self.totals.get_mut(&k)) {
             Some(t) => t.add(counts),
             None => self.other.add(counts),
@@ -140,13 +119,13 @@ impl Default for UsageTable {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
     /// Per key, in key order.
-    pub buckets: BTreeMap<UsageKey, UsageCounts>,
+    pub buckets: BTreeMap<UsageKey, UsageCounters>,
     /// Flows that opened while the table was full.
-    pub other: UsageCounts,
+    pub other: UsageCounters,
 }
 
 impl Usage {
-    pub(crate) fn add(&mut self, bucket: Bucket, counts: &UsageCounts) {
+    pub(crate) fn add(&mut self, bucket: Bucket, counts: &UsageCounters) {
         match bucket {
             Some(k) => self.buckets.entry(k).or_default().add(counts),
             None => self.other.add(counts),

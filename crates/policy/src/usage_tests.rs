@@ -75,7 +75,7 @@ fn a_flow_counts_bytes_and_packets_in_both_directions_under_its_service_port() {
     let u = e.usage();
     assert_eq!(
         u.buckets.get(&key(7, 5432)),
-        Some(&UsageCounts {
+        Some(&UsageCounters {
             tx_bytes: 4500,
             rx_bytes: 160,
             tx_packets: 3,
@@ -83,7 +83,7 @@ fn a_flow_counts_bytes_and_packets_in_both_directions_under_its_service_port() {
             flows: 1,
         })
     );
-    assert_eq!(u.other, UsageCounts::default());
+    assert_eq!(u.other, UsageCounters::default());
     // A dropped packet counts nowhere.
     let denied = tcp(40001, 80, tcp_flags::SYN);
     assert!(
@@ -178,7 +178,7 @@ fn the_bucket_table_is_bounded_and_overflow_counts_in_other() {
     let u = e.usage();
     assert_eq!(u.buckets.len(), 2);
     assert!(u.buckets.contains_key(&key(1, 22)) && u.buckets.contains_key(&key(2, 22)));
-    let other = UsageCounts {
+    let other = UsageCounters {
         tx_bytes: 20,
         rx_bytes: 10,
         tx_packets: 1,

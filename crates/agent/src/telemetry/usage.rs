@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_proto::local::FailureStatus;
 use weft_proto::usage::{
-    FlowUsage, MAX_UPLOAD_SERIES, SidecarUsage, USAGE_INTERVAL_MS, UsageCounters, UsageUpload,
+    FlowUsage, MAX_UPLOAD_SERIES, SidecarUsage, USAGE_INTERVAL_MS, UsageUpload,
 };
 use weft_tunnel::NodeUsage;
 
@@ -207,32 +207,25 @@ fn read_file(path: &Path, failures: &mut Failures, now_ms: u64) -> Option<Sideca
 /// The data plane's buckets as upload series (the overflow bucket last, when
 /// it counted anything).
 fn flows(u: &NodeUsage) -> Vec<FlowUsage> {
-    let counters = |c: &weft_policy::UsageCounts| UsageCounters {
-        tx_bytes: c.tx_bytes,
-        rx_bytes: c.rx_bytes,
-        tx_packets: c.tx_packets,
-        rx_packets: c.rx_packets,
-        flows: c.flows,
-    };
     let mut out: Vec<FlowUsage> = u
         .buckets
         .iter()
-        .filter(|b| b.counts != weft_policy::UsageCounts::default())
+        .filter(|b| !b.counts.is_zero())
         .map(|b| FlowUsage {
             peer: b.peer,
             port: b.port,
             proto: b.proto,
             other: false,
-            counters: counters(&b.counts),
+            counters: b.counts,
         })
         .collect();
-    if u.other != weft_policy::UsageCounts::default() {
+    if !u.other.is_zero() {
         out.push(FlowUsage {
             peer: None,
             port: 0,
             proto: 0,
             other: true,
-            counters: counters(&u.other),
+            counters: u.other,
         });
     }
     out
@@ -285,6 +278,7 @@ fn split(u: UsageUpload, max: usize) -> Vec<UsageUpload> {
 mod tests {
     use super::*;
     use weft_proto::NodeKey;
+    use weft_proto::usage::UsageCounters;
     use weft_tunnel::PeerUsage;
 
     fn upload(flows: usize, users: usize) -> UsageUpload {
@@ -338,7 +332,7 @@ mod tests {
     #[test]
     fn idle_buckets_are_left_out_and_the_overflow_is_marked() {
         let key = NodeKey::from_bytes([1; 32]);
-        let busy = weft_policy::UsageCounts {
+        let busy = UsageCounters {
             tx_bytes: 5,
             flows: 1,
             ..Default::default()

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use weft_policy::{UsageCounts, UsageTable};
+use weft_policy::{UsageCounters, UsageTable};
 use weft_proto::NodeKey;
 
 use super::Node;
@@ -31,7 +31,7 @@ pub struct PeerUsage {
     /// IP protocol number.
     pub proto: u8,
     /// Bytes, packets and flows.
-    pub counts: UsageCounts,
+    pub counts: UsageCounters,
 }
 
 /// Usage since the node started: monotonic counters.
@@ -40,7 +40,7 @@ pub struct NodeUsage {
     /// Per (peer, port, protocol), in the engine's order.
     pub buckets: Vec<PeerUsage>,
     /// Flows that opened while the bucket table was full.
-    pub other: UsageCounts,
+    pub other: UsageCounters,
 }
 
 /// The node's side of usage accounting.
