@@ -250,42 +250,42 @@ pub struct EventList {
 }
 
 /// Anomaly thresholds of one network, set by the admin; a field left unset
-/// takes the agent's default (in brackets). Carried to agents in the map
+/// takes the agent's default (given with each field). Carried to agents in the map
 /// ([`crate::netmap::NetworkView::anomaly`]); an agent in several networks
 /// takes, field by field, the most sensitive (lowest) value any of them sets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnomalyThresholds {
     /// A scan: distinct refused destination ports to or from one peer in a
-    /// window [20].
+    /// window (default 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan_ports: Option<u32>,
     /// A scan: distinct refused destination addresses to or from one peer in
-    /// a window [20].
+    /// a window (default 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan_addrs: Option<u32>,
-    /// The window the agent counts in, in seconds [10].
+    /// The window the agent counts in, in seconds (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_secs: Option<u32>,
-    /// How many standard deviations above its baseline a value must be [6].
+    /// How many standard deviations above its baseline a value must be (default 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zscore: Option<u32>,
     /// Outbound volume to one peer in a window below this many MiB never
-    /// alarms [64].
+    /// alarms (default 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_min_mib: Option<u32>,
-    /// Drops of one reason in a window below this never alarm [100].
+    /// Drops of one reason in a window below this never alarm (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drops_min: Option<u32>,
     /// A controller round trip below this many milliseconds never alarms
-    /// [500].
+    /// (default 500).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_min_ms: Option<u32>,
-    /// Seconds of baseline a signal needs before it may alarm [300].
+    /// Seconds of baseline a signal needs before it may alarm (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_secs: Option<u32>,
     /// After an event, the same signal for the same peer stays quiet this
-    /// many seconds [300].
+    /// many seconds (default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown_secs: Option<u32>,
 }
