@@ -78,6 +78,7 @@ struct Agent {
     dns: Dns,
     metrics: Arc<crate::telemetry::metrics::AgentMetrics>,
     anomaly: crate::telemetry::anomaly::Anomaly,
+    forward: crate::telemetry::forward::Forwarder,
 }
 
 /// Runs the agent until `shutdown` completes; then removes what it created.
@@ -197,6 +198,7 @@ async fn serve<F: Future<Output = ()>>(
     let metrics = Arc::new(crate::telemetry::metrics::AgentMetrics::new(dns.stats()));
     let mut agent = Agent {
         anomaly: crate::telemetry::anomaly::Anomaly::start(dp.probe(), metrics.clone()),
+        forward: crate::telemetry::forward::Forwarder::start(cfg.state_dir.clone(), dp.probe()),
         credential: state.load_credential()?,
         usage: crate::telemetry::usage::Usage::start(cfg, &dp),
         metrics,
@@ -480,6 +482,7 @@ impl Agent {
             return;
         };
         self.usage.set_link(Some(cred.clone()));
+        self.forward.set_link(Some(cred.clone()));
         let (link, state) = ctl::Link::spawn(
             cred,
             self.identity.node_key(),
@@ -490,11 +493,13 @@ impl Agent {
         );
         self.link = Some(link);
         self.link_state = state;
-        self.anomaly.set_link(self.credential.clone(), self.link_state.clone());
+        self.anomaly
+            .set_link(self.credential.clone(), self.link_state.clone());
     }
 
     fn stop_link(&mut self) {
         self.usage.set_link(None);
+        self.forward.set_link(None);
         if let Some(link) = self.link.take() {
             link.stop();
         }
@@ -760,8 +765,10 @@ impl Agent {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            forwarding: Some(self.forward.status()),
             failures: {
                 let mut f = [self.failures.list(), self.usage.failures()].concat();
+                f.extend(self.forward.failures());
                 if let Some((error, since_unix_ms)) = link.routes_refused.clone() {
                     f.push(weft_proto::local::FailureStatus {
                         area: "routes".into(),

@@ -120,6 +120,20 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/admin/nodes/{key-or-name}/metrics[?since=]`: the node's
+    /// forwarded history (`since`: Unix milliseconds; default the whole 24 h).
+    pub async fn node_metrics(
+        &self,
+        node: &str,
+        since_ms: Option<u64>,
+    ) -> Result<weft_proto::samples::NodeMetrics, ClientError> {
+        let mut path = format!("/v1/admin/nodes/{}/metrics", escape(node));
+        if let Some(s) = since_ms {
+            path.push_str(&format!("?since={s}"));
+        }
+        self.request::<(), _>(Method::GET, &path, None).await
+    }
+
     /// `POST /v1/node/routes`: the subnets this node advertises.
     pub async fn advertise_routes(
         &self,

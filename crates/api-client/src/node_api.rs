@@ -115,6 +115,15 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/node/metrics`: a batch of forwarded samples, oldest first.
+    pub async fn upload_metrics(
+        &self,
+        req: &weft_proto::samples::MetricsUpload,
+    ) -> Result<weft_proto::samples::MetricsAccepted, ClientError> {
+        self.request(Method::POST, "/v1/node/metrics", Some(req))
+            .await
+    }
+
     /// Opens the map stream once (`Last-Event-ID: last_event_id` if given).
     /// `idle_timeout` bounds the silence between events or keepalives.
     pub async fn map_stream(

@@ -25,6 +25,8 @@
 //!   from the model at scrape time.
 //! - [`relay_feed`]: the member set relays may serve and the relay streams that
 //!   follow it.
+//! - [`history`]: each node's forwarded metrics, a fixed ring of one-minute
+//!   buckets (24 h) in memory.
 //! - [`api`]: the HTTP handlers, one module per resource, and the JSON views
 //!   of the state (`api::views`); [`error`] maps every failure to a status and
 //!   `{code, message}`.
@@ -41,6 +43,7 @@ pub mod engine;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod history;
 pub mod hub;
 pub mod metrics;
 pub mod model;

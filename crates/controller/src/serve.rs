@@ -290,6 +290,7 @@ pub async fn run(
         )),
         cfg: Arc::new(config.api.clone()),
         shutdown: shutdown_rx,
+        history: Arc::default(),
     };
     let metrics_task = config.metrics_listener.map(|l| {
         let router = api::scrape_router(state.clone());

@@ -178,6 +178,30 @@ pub struct AgentStatus {
     /// empty.
     #[serde(default)]
     pub failures: Vec<FailureStatus>,
+    /// Metrics forwarding to the controller (`None`: an agent without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<ForwardingStatus>,
+}
+
+/// Metrics forwarding: a sample every `interval_ms`, queued in the on-disk
+/// outbox while the controller does not take it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardingStatus {
+    /// How often a sample is taken, in milliseconds.
+    pub interval_ms: u64,
+    /// The sequence number of the last sample of this agent run (0: none yet).
+    pub last_seq: u64,
+    /// Samples waiting in the outbox.
+    pub queued: u64,
+    /// Samples the outbox dropped because it was full (oldest first), or that
+    /// the controller refused, since the outbox was created.
+    pub dropped: u64,
+    /// When the controller last took samples (Unix milliseconds).
+    #[serde(default)]
+    pub last_sent_ms: Option<u64>,
+    /// Why the last upload failed, while it fails.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// One thing that is failing right now.

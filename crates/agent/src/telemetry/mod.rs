@@ -17,8 +17,10 @@
 
 pub(crate) mod anomaly;
 pub(crate) mod facts;
+pub(crate) mod forward;
 pub(crate) mod http;
 pub(crate) mod metrics;
+mod outbox;
 mod process;
 pub(crate) mod usage;
 mod usage_file;

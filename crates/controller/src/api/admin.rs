@@ -259,7 +259,17 @@ async fn remove_node(
     ApiPath(sel): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     bounded_selector(&sel)?;
+    let key = st
+        .engine
+        .world()
+        .read()
+        .await
+        .find_node(&sel)
+        .map(|n| n.rec.node_key);
     st.engine.execute(Actor::Admin, RemoveNode(sel)).await?;
+    if let Some(key) = key {
+        st.history.forget(&key);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

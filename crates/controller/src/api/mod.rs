@@ -9,6 +9,8 @@
 //! | GET | `/v1/map` | node | the node's map, once |
 //! | GET | `/v1/map/stream` | node | SSE: snapshot, then deltas (`Last-Event-ID` resumes) |
 //! | POST | `/v1/node/report` | node | liveness and endpoints |
+//! | POST | `/v1/node/metrics` | node | forwarded metric samples (1 to 60, validated; duplicates ignored) |
+//! | GET | `/v1/admin/nodes/{key-or-name}/metrics` | admin | the node's forwarded history, 1-minute points over 24 h (`?since=` Unix ms) |
 //! | POST | `/v1/node/events` | node | anomaly events the agent raised (bounded, validated, idempotent) |
 //! | GET | `/v1/admin/events` | admin | the anomaly event log (`?node=&since=&limit=`) |
 //! | PUT | `/v1/admin/networks/{name}/anomaly` | admin | the network's anomaly thresholds (carried in the map) |
@@ -43,6 +45,7 @@ mod limit;
 mod map;
 mod metrics;
 mod node;
+mod node_metrics;
 mod register;
 mod relay;
 mod routes;
@@ -123,6 +126,8 @@ pub struct AppState {
     pub cfg: Arc<ApiConfig>,
     /// Becomes `true` when the server shuts down (ends map streams).
     pub shutdown: watch::Receiver<bool>,
+    /// Forwarded metrics per node (in memory).
+    pub history: Arc<crate::history::History>,
 }
 
 /// Builds the router.
@@ -143,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/map/stream", get(map::stream))
         .route("/v1/node/report", post(node::report))
         .merge(admin::routes())
+        .merge(node_metrics::routes())
         .merge(events::routes())
         .merge(relay::routes())
         .merge(routes::routes())
@@ -332,6 +338,7 @@ versioned!(
     weft_proto::api::UpdateNodeRequest,
     weft_proto::api::SetPolicyRequest,
     weft_proto::api::PolicyCheckRequest,
+    weft_proto::samples::MetricsUpload,
     weft_proto::events::NodeEventsRequest,
     weft_proto::events::SetAnomalyRequest,
     weft_proto::relay_api::CreateRelayRequest,

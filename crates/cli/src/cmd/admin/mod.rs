@@ -9,6 +9,7 @@
 //! release, with a deprecation note on stderr.
 
 mod events;
+mod metrics;
 mod networks;
 mod nodes;
 pub mod policy;

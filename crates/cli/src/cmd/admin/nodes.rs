@@ -54,6 +54,10 @@ pub(super) enum NodeCmd {
         /// Key or name.
         node: String,
     },
+    /// The metrics the node forwards (every 30 s) as sparklines: throughput,
+    /// drops, peer and controller RTT, with min, max and last; `--json`
+    /// prints every one-minute point.
+    Metrics(super::metrics::MetricsArgs),
 }
 
 fn nodes_table(nodes: &[NodeInfo]) -> String {
@@ -230,6 +234,7 @@ pub(super) async fn run(c: &Client, cmd: NodeCmd, json: bool) -> anyhow::Result<
             return Ok(());
         }
         NodeCmd::Show { node } => c.show_node(&node).await?,
+        NodeCmd::Metrics(args) => return super::metrics::run(c, args, json).await,
         NodeCmd::Rename { node, new_name } => {
             c.update_node(
                 &node,

@@ -24,9 +24,9 @@ use weft_proto::local::{AgentStatus, LocalRequest, LocalResponse};
 use crate::CodedError;
 use crate::clock::unix_ms;
 
-pub(crate) use explain::resolve_peer;
 pub use events::events;
 pub(crate) use events::render as render_event;
+pub(crate) use explain::resolve_peer;
 pub use explain::{WhyArgs, WhyBlockedArgs, why, why_blocked};
 pub use metrics::{MetricsArgs, metrics};
 pub use ping::{PingArgs, ping};
@@ -130,6 +130,22 @@ pub fn render_status(st: &AgentStatus) -> String {
             "failing   {} {}: {}  (for {ago}s)",
             f.area, f.what, f.error
         );
+    }
+    if let Some(fw) = &st.forwarding {
+        let sent = fw.last_sent_ms.map_or_else(
+            || "never".to_owned(),
+            |t| format!("{}s ago", now_ms.saturating_sub(t) / 1000),
+        );
+        let _ = writeln!(
+            o,
+            "metrics   forwarded every {}s, last sent {sent}; outbox: {} queued, {} dropped",
+            fw.interval_ms / 1000,
+            fw.queued,
+            fw.dropped
+        );
+        if let Some(e) = &fw.last_error {
+            let _ = writeln!(o, "          forwarding error: {}", safe(e));
+        }
     }
     for n in &st.networks {
         let _ = writeln!(

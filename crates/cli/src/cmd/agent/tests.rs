@@ -40,6 +40,7 @@ fn status() -> AgentStatus {
         relays: Vec::new(),
         reflexive: Vec::new(),
         failures: Vec::new(),
+        forwarding: None,
     }
 }
 
@@ -127,4 +128,27 @@ fn status_escapes_spoofing_characters_in_names() {
     let out = render_status(&st);
     assert!(out.contains("node      web\\u{202e}1"), "{out}");
     assert!(!out.contains('\u{202e}'), "{out:?}");
+}
+
+#[test]
+fn status_shows_metrics_forwarding_and_its_outbox() {
+    let mut st = status();
+    assert!(!render_status(&st).contains("metrics"));
+    st.forwarding = Some(weft_proto::local::ForwardingStatus {
+        interval_ms: 30_000,
+        last_seq: 9,
+        queued: 4,
+        dropped: 2,
+        last_sent_ms: None,
+        last_error: Some("connection refused".into()),
+    });
+    let out = render_status(&st);
+    assert!(
+        out.contains("metrics   forwarded every 30s, last sent never; outbox: 4 queued, 2 dropped"),
+        "{out}"
+    );
+    assert!(
+        out.contains("forwarding error: connection refused"),
+        "{out}"
+    );
 }
