@@ -37,7 +37,6 @@
 //! Every other label takes a fixed, small set of values.
 
 use std::fmt::{self, Write as _};
-use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -137,7 +136,7 @@ impl AgentMetrics {
     /// text format 0.0.4.
     pub(crate) fn render(&self, live: Live, openmetrics: bool) -> Result<String, fmt::Error> {
         let mut scrape = Registry::with_prefix(PREFIX);
-        scrape.register_collector(Box::new(LiveCollector(Arc::new(live))));
+        scrape.register_collector(Box::new(LiveCollector(live)));
         let mut out = String::new();
         if openmetrics {
             text::encode_registry(&mut out, &self.registry)?;
@@ -294,7 +293,7 @@ impl Collector for ProcessCollector {
 
 /// What one scrape read from the supervisor and the data plane.
 #[derive(Debug)]
-struct LiveCollector(Arc<Live>);
+struct LiveCollector(Live);
 
 impl Collector for LiveCollector {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
