@@ -7,6 +7,8 @@
 //!   egress policy refuses the packets (weft agents enforce on both ends), so
 //!   that agent sees the refusals and names the target. It shows in `weft
 //!   events` there, in `weft admin events` and in the agent's metrics.
+//! - Events raised while the controller is down are kept by the agent and
+//!   reach the controller's log once it is back.
 //! - Steady iperf3 (50 Mbit/s) and ping traffic raises no event at all, for
 //!   `WEFT_ANOMALY_STEADY_SECS` seconds (default 600, the issue's 10 minutes).
 
@@ -34,6 +36,12 @@ fn within(what: &str, timeout: Duration, check: impl FnMut() -> bool) -> Duratio
 
 /// `weft events --json` on `node`: the events array.
 fn local_events(mesh: &Mesh<'_>, node: &str) -> Vec<serde_json::Value> {
+    local_events_pending(mesh, node).0
+}
+
+/// `weft events --json` on `node`: the events and how many wait for the
+/// controller.
+fn local_events_pending(mesh: &Mesh<'_>, node: &str) -> (Vec<serde_json::Value>, u64) {
     let out = mesh.weft(node, &["events", "--json"]).unwrap();
     assert!(
         out.status.success(),
@@ -41,7 +49,10 @@ fn local_events(mesh: &Mesh<'_>, node: &str) -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["events"].as_array().cloned().unwrap_or_default()
+    (
+        v["events"].as_array().cloned().unwrap_or_default(),
+        v["pending_upload"].as_u64().unwrap_or(u64::MAX),
+    )
 }
 
 /// `weft admin events --json`: the log's entries.
@@ -67,6 +78,8 @@ for port in range(int(sys.argv[2]), int(sys.argv[3])):
     s.close()
 "#;
 
+const SCAN_NODES: [&str; 2] = ["scanner", "target"];
+
 const ONLY_SSH: &str = r#"# scanner may reach target on tcp/22 only.
 [[rule]]
 name = "scanner to target ssh"
@@ -77,16 +90,15 @@ proto = "tcp"
 ports = [22]
 "#;
 
-#[test]
-fn a_port_sweep_raises_one_scan_event_naming_its_target() {
-    const NODES: [&str; 2] = ["scanner", "target"];
-    let lab = lab(&NODES);
-    let mut mesh = Mesh::start(&lab, "controller", NetworkSpec::default()).expect("controller");
-    let token = mesh.token_file(NODES.len() as u32).unwrap();
-    for n in NODES {
+/// A scanner and a target whose policy lets the scanner reach tcp/22 only
+/// (an echo server listens there), in force on the scanner; no event yet.
+fn scan_lab(lab: &Lab) -> (Mesh<'_>, Ipv4Addr, weft_lab::Process) {
+    let mut mesh = Mesh::start(lab, "controller", NetworkSpec::default()).expect("controller");
+    let token = mesh.token_file(SCAN_NODES.len() as u32).unwrap();
+    for n in SCAN_NODES {
         mesh.start_agent(n, Some(&token)).unwrap();
     }
-    mesh.wait_full_mesh(&NODES, Duration::from_secs(30))
+    mesh.wait_full_mesh(&SCAN_NODES, Duration::from_secs(30))
         .unwrap();
     mesh.admin(&["node", "tag", "scanner", "scanner"]).unwrap();
     mesh.admin(&["node", "tag", "target", "target"]).unwrap();
@@ -116,11 +128,23 @@ fn a_port_sweep_raises_one_scan_event_naming_its_target() {
     );
     assert!(lab.tcp_echoes("scanner", target_ip, 22));
     assert!(local_events(&mesh, "scanner").is_empty());
+    (mesh, target_ip, server)
+}
 
-    let started = Instant::now();
+/// Starts the 200-port sweep from the scanner.
+fn sweep(lab: &Lab, target_ip: Ipv4Addr) -> weft_lab::Process {
     let mut sweep = Command::new("python3");
     sweep.args(["-c", SWEEP, &target_ip.to_string(), "1", "201"]);
-    let mut sweeper = lab.spawn("scanner", "sweep", &sweep).unwrap();
+    lab.spawn("scanner", "sweep", &sweep).unwrap()
+}
+
+#[test]
+fn a_port_sweep_raises_one_scan_event_naming_its_target() {
+    let lab = lab(&SCAN_NODES);
+    let (mesh, target_ip, _server) = scan_lab(&lab);
+
+    let started = Instant::now();
+    let mut sweeper = sweep(&lab, target_ip);
     // Within 30 s of the sweep's start.
     let left = Duration::from_secs(30).saturating_sub(started.elapsed());
     within("a scan event on the scanner", left, || {
@@ -174,6 +198,36 @@ fn a_port_sweep_raises_one_scan_event_naming_its_target() {
             .any(|l| l.starts_with("weft_agent_anomaly_events_total{kind=\"scan\"} 1")),
         "{text}"
     );
+}
+
+#[test]
+fn events_raised_while_the_controller_is_away_reach_it_when_it_is_back() {
+    let lab = lab(&SCAN_NODES);
+    let (mut mesh, target_ip, _server) = scan_lab(&lab);
+    mesh.kill_controller().unwrap();
+    let mut sweeper = sweep(&lab, target_ip);
+    within(
+        "a scan event on the scanner",
+        Duration::from_secs(30),
+        || !local_events(&mesh, "scanner").is_empty(),
+    );
+    sweeper.wait_exit(Duration::from_secs(60)).unwrap();
+    let (events, pending) = local_events_pending(&mesh, "scanner");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(pending, 1, "kept for the controller");
+    mesh.restart_controller().unwrap();
+    within(
+        "the kept event on the controller",
+        Duration::from_secs(60),
+        || !admin_events(&mesh, &[]).is_empty(),
+    );
+    let logged = admin_events(&mesh, &[]);
+    assert_eq!(logged.len(), 1, "{logged:#?}");
+    assert_eq!(logged[0]["event"]["id"], events[0]["id"]);
+    assert_eq!(logged[0]["node"], "scanner");
+    within("nothing left to upload", Duration::from_secs(20), || {
+        local_events_pending(&mesh, "scanner").1 == 0
+    });
 }
 
 #[test]
