@@ -440,6 +440,12 @@ fn serve_usage<S: Store>(
             }
             rollup.add(*node, upload, now);
         }
+        if rollup.refused() > 0 {
+            tracing::warn!(
+                series = rollup.refused(),
+                "usage series not stored: their node has the most series it may have"
+            );
+        }
         let result = result.and_then(|()| store.apply(&rollup.into_writes()));
         if let Err(e) = &result {
             error!(error = %e, uploads = uploads.len(), "storing usage failed");

@@ -88,6 +88,13 @@ pub fn growth(
     now.since(&last.counters).unwrap_or(*now)
 }
 
+/// Series one node may have at most: its data plane's buckets (1,024 by
+/// default) and overflow bucket, a sidecar's users (at most 10,000 per file)
+/// and room for peers and users that come and go. A series beyond it is not
+/// stored (counted in [`Rollup::refused`]), so a node cannot grow the store
+/// without bound.
+pub const MAX_NODE_SERIES: usize = 16_384;
+
 /// Uploads folded into store writes, one batch at a time: the writer loads a
 /// node's last values once ([`Rollup::load`]), adds every upload of the batch
 /// in order (a later upload of the same series sees the earlier one), then
@@ -98,6 +105,8 @@ pub struct Rollup {
     loaded: std::collections::BTreeSet<u64>,
     writes: Vec<Write>,
     newest_ms: u64,
+    per_node: BTreeMap<u64, usize>,
+    refused: u64,
 }
 
 impl Rollup {
@@ -109,6 +118,7 @@ impl Rollup {
     /// Takes `node`'s last values from the store.
     pub fn load(&mut self, node: u64, records: Vec<UsageCounterRecord>) {
         self.loaded.insert(node);
+        *self.per_node.entry(node).or_default() += records.len();
         for r in records {
             self.last.insert((node, r.key.clone()), r);
         }
@@ -121,6 +131,14 @@ impl Rollup {
         for (key, epoch, counters) in series(upload) {
             let slot = (node, key);
             let last = self.last.get(&slot);
+            if last.is_none() {
+                let n = self.per_node.entry(node).or_default();
+                if *n >= MAX_NODE_SERIES {
+                    self.refused += 1;
+                    continue;
+                }
+                *n += 1;
+            }
             if last.is_some_and(|l| {
                 l.counters == counters && l.run_id == upload.run_id && l.epoch == epoch
             }) {
@@ -146,6 +164,11 @@ impl Rollup {
             self.writes.push(Write::UsageCounter(record.clone()));
             self.last.insert(slot, record);
         }
+    }
+
+    /// Series not stored because their node has [`MAX_NODE_SERIES`] already.
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     /// The writes, with the pruning of buckets past the retention.
@@ -401,6 +424,46 @@ mod tests {
             .collect();
         assert_eq!(adds, [100, 30]);
         assert_eq!(writes.last(), Some(&Write::UsagePrune(5 * USAGE_BUCKET_MS)));
+    }
+
+    #[test]
+    fn a_node_has_a_bounded_number_of_series() {
+        let mut r = Rollup::default();
+        let full: Vec<UsageCounterRecord> = (0..MAX_NODE_SERIES)
+            .map(|i| UsageCounterRecord {
+                node_id: 1,
+                key: SeriesKey {
+                    kind: SeriesKind::User,
+                    peer: String::new(),
+                    proto: 0,
+                    port: 0,
+                    user: format!("u{i}"),
+                },
+                run_id: RUN1.into(),
+                epoch: 0,
+                counters: UsageCounters::default(),
+                updated_ms: 0,
+            })
+            .collect();
+        r.load(1, full);
+        r.load(2, vec![]);
+        // A known series still counts; a new one is refused; another node is
+        // not affected.
+        let mut known = users(1, 9);
+        known.sidecar.as_mut().unwrap().user_bytes = [("u0".to_string(), 9)].into();
+        r.add(1, &known, 1);
+        r.add(1, &upload(RUN1, 100, 0, 1), 1);
+        r.add(2, &upload(RUN1, 100, 0, 1), 1);
+        assert_eq!(r.refused(), 1);
+        let nodes: Vec<u64> = r
+            .into_writes()
+            .iter()
+            .filter_map(|w| match w {
+                Write::UsageAdd(b) => Some(b.node_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(nodes, [1, 2]);
     }
 
     struct N;
