@@ -385,3 +385,36 @@ fn control_latency_fires_on_degradation_only_after_warm_up() {
             .is_none()
     );
 }
+
+#[test]
+fn steady_refusals_below_the_threshold_are_never_a_scan() {
+    let mut r = Run::new(AnomalyThresholds::default());
+    let mut noise = Noise(5);
+    // A misconfigured client retrying a few refused ports, for an hour.
+    while r.elapsed() < Duration::from_secs(3600) {
+        let n = 1 + (18.0 * noise.next()) as u16;
+        let ev = r.window(
+            0,
+            DropReason::PolicyNoRule,
+            u64::from(n),
+            &sweep(Direction::Egress, key(2), n),
+        );
+        assert!(ev.is_empty(), "at {:?}: {ev:?}", r.elapsed());
+    }
+}
+
+#[test]
+fn a_late_window_is_scaled_to_one_window() {
+    let mut r = Run::new(AnomalyThresholds {
+        volume_min_mib: Some(1),
+        ..AnomalyThresholds::default()
+    });
+    for _ in 0..60 {
+        assert!(r.quiet(10 * MIB).is_empty());
+    }
+    // The shell was late: 30 s since the last window, at the same rate.
+    r.now += 2 * WINDOW;
+    assert!(r.quiet(30 * MIB).is_empty(), "{:?}", r.events);
+    // The same 30 MiB in one window is an anomaly.
+    assert_eq!(kinds(&r.quiet(30 * MIB)), vec![AnomalyKind::OutboundVolume]);
+}
