@@ -204,7 +204,7 @@ async fn list_nodes(
     }))
 }
 
-fn bounded_selector(sel: &str) -> Result<(), ApiError> {
+pub(super) fn bounded_selector(sel: &str) -> Result<(), ApiError> {
     if sel.len() > 64 {
         return Err(ApiError::not_found(
             "node_not_found",

@@ -61,18 +61,15 @@ async fn history(
     ApiPath(sel): ApiPath<String>,
     ApiQuery(q): ApiQuery<Since>,
 ) -> Result<Json<NodeMetrics>, ApiError> {
-    let not_found = || {
-        ApiError::not_found(
-            "node_not_found",
-            format!("no node with key or name {sel:?}"),
-        )
-    };
-    if sel.len() > 64 {
-        return Err(not_found());
-    }
+    super::admin::bounded_selector(&sel)?;
     let (key, name) = {
         let world = st.engine.world().read().await;
-        let node = world.find_node(&sel).ok_or_else(not_found)?;
+        let node = world.find_node(&sel).ok_or_else(|| {
+            ApiError::not_found(
+                "node_not_found",
+                format!("no node with key or name {sel:?}"),
+            )
+        })?;
         (node.rec.node_key, node.rec.name.clone())
     };
     let now = clock::now_unix_ms();
