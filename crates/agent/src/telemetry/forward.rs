@@ -266,6 +266,9 @@ struct Uploader {
     control_rtt_us: Option<u64>,
     last_error: Option<String>,
     last_sent_ms: Option<u64>,
+    /// The controller's last refusal, logged once (a controller without this
+    /// endpoint refuses every batch).
+    last_refusal: Option<String>,
 }
 
 impl Uploader {
@@ -313,7 +316,16 @@ impl Uploader {
                     outbox.taken(n);
                 }
                 Ok(Err(e)) if refused_for_good(&e) => {
-                    tracing::warn!(error = %e, samples = n, "the controller refused forwarded metrics; dropped (counted)");
+                    let why = e.to_string();
+                    if self.last_refusal.as_ref() != Some(&why) {
+                        tracing::warn!(
+                            error = %why,
+                            samples = n,
+                            "the controller refused forwarded metrics; dropped and counted \
+                             (logged again when the reason changes)"
+                        );
+                    }
+                    self.last_refusal = Some(why);
                     outbox.taken(n);
                     outbox.count_dropped(n as u64);
                 }
@@ -376,6 +388,7 @@ async fn run(
         control_rtt_us: None,
         last_error: None,
         last_sent_ms: None,
+        last_refusal: None,
     };
     up.set(link.borrow_and_update().as_ref());
     let every = interval();
