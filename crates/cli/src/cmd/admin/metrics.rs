@@ -27,18 +27,22 @@ pub(super) struct MetricsArgs {
     node: String,
     /// How far back: `90s`, `30m`, `6h`, `1d` (the controller keeps 24 h at
     /// one-minute resolution, in memory).
-    #[arg(long, default_value = "1h")]
-    since: String,
+    #[arg(long, default_value = "1h", value_parser = since_secs)]
+    since: u64,
+}
+
+/// `--since`: a duration longer than 0 s, in seconds (a usage error otherwise).
+fn since_secs(s: &str) -> Result<u64, String> {
+    match parse_duration(s)? {
+        0 => Err("must be longer than 0 s".into()),
+        n => Ok(n),
+    }
 }
 
 /// Runs `admin node metrics`.
 pub(super) async fn run(c: &Client, args: MetricsArgs, json: bool) -> anyhow::Result<()> {
-    let secs = parse_duration(&args.since).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
-    if secs == 0 {
-        anyhow::bail!("--since must be longer than 0 s");
-    }
     let now = crate::clock::unix_ms();
-    let since = now.saturating_sub(secs.saturating_mul(1000));
+    let since = now.saturating_sub(args.since.saturating_mul(1000));
     let m = c.node_metrics(&args.node, Some(since)).await?;
     if json {
         return print_json(&m);
@@ -250,6 +254,13 @@ mod tests {
             out_of_window: 0,
             outbox_dropped: 3,
         }
+    }
+
+    #[test]
+    fn since_is_a_positive_duration() {
+        assert_eq!(since_secs("90m"), Ok(5400));
+        assert!(since_secs("0s").is_err());
+        assert!(since_secs("3y").is_err());
     }
 
     #[test]
