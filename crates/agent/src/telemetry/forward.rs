@@ -537,6 +537,32 @@ mod tests {
     }
 
     #[test]
+    fn only_a_refusal_retrying_cannot_cure_drops_a_batch() {
+        use weft_api_client::ClientError;
+        let api = |status| ClientError::Api {
+            status,
+            body: weft_proto::api::ErrorBody {
+                code: "x".into(),
+                message: "y".into(),
+            },
+        };
+        for s in [400, 404, 413, 422] {
+            assert!(refused_for_good(&api(s)), "{s}");
+        }
+        // A revoked or not-yet-valid credential, a timeout, a rate limit, a
+        // server error, an unreachable controller: kept for the next try.
+        for s in [401, 403, 408, 429, 500, 503] {
+            assert!(!refused_for_good(&api(s)), "{s}");
+        }
+        let down = ClientError::Connect {
+            addr: "198.18.0.10:8443".into(),
+            why: "refused".into(),
+            refused_cert: None,
+        };
+        assert!(!refused_for_good(&down));
+    }
+
+    #[test]
     fn counters_that_reset_count_from_zero() {
         let t0 = clock::now();
         let a = snap(t0, 0, &[(1, 10_000, 10_000), (3, 50, 50)], &[]);
