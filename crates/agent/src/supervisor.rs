@@ -197,7 +197,7 @@ async fn serve<F: Future<Output = ()>>(
     let dns = Dns::new(cfg.dns, cfg.state_dir.clone());
     let metrics = Arc::new(crate::telemetry::metrics::AgentMetrics::new(dns.stats()));
     let mut agent = Agent {
-        anomaly: crate::telemetry::anomaly::Anomaly::start(dp.probe(), metrics.clone()),
+        anomaly: crate::telemetry::anomaly::Anomaly::start(cfg, dp.probe(), metrics.clone()),
         forward: crate::telemetry::forward::Forwarder::start(cfg.state_dir.clone(), dp.probe()),
         credential: state.load_credential()?,
         usage: crate::telemetry::usage::Usage::start(cfg, &dp),

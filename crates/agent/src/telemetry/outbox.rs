@@ -1,5 +1,8 @@
-//! The forwarded-metrics outbox: samples the controller has not taken yet, kept
-//! in order, bounded, on disk while it holds any.
+//! The outbox: what the agent reports that the controller has not taken yet,
+//! kept in order, bounded, on disk while it holds any. One type for every
+//! feature that reports: the forwarded metrics' samples (the default, the file
+//! below) and the anomaly detector's events (`Outbox<AnomalyEvent>` in
+//! `events-outbox.json`, [`Outbox::open_file`]); the format is the same.
 //!
 //! ```text
 //! STATE_DIR/metrics-outbox.json   {"format":1,"checksum":"<sha256 hex of body>",
@@ -15,7 +18,8 @@
 //!
 //! A file that does not parse, fails its checksum or has an unknown format is
 //! not silently replaced: it is moved aside to `metrics-outbox.json.damaged-<unix
-//! ms>` (its samples are not forwarded), logged, and shown as a failure in
+//! ms>` (any outbox: `<file>.damaged-<unix ms>`; its samples are not
+//! forwarded), logged, and shown as a failure in
 //! `weft status` until an operator removes the moved file.
 
 use std::collections::VecDeque;
@@ -24,14 +28,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use weft_proto::samples::Sample;
 
 /// The outbox file in the state directory.
 pub(crate) const FILE: &str = "metrics-outbox.json";
-/// What a damaged outbox file is renamed to (plus `-<unix ms>`).
-pub(crate) const DAMAGED: &str = "metrics-outbox.json.damaged";
 /// Samples kept at most: 4 h at one per 30 s.
 pub(crate) const MAX_ENTRIES: usize = 480;
 /// The file format this build writes and reads.
@@ -45,9 +48,9 @@ struct OnDisk {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Body {
+struct Body<T> {
     dropped: u64,
-    samples: Vec<Sample>,
+    samples: Vec<T>,
 }
 
 /// A damaged outbox file that was moved aside.
@@ -59,12 +62,12 @@ pub(crate) struct Damage {
     pub(crate) why: String,
 }
 
-/// Samples waiting for the controller, oldest first.
+/// Samples (or other reports, `T`) waiting for the controller, oldest first.
 #[derive(Debug)]
-pub(crate) struct Outbox {
+pub(crate) struct Outbox<T = Sample> {
     path: PathBuf,
     max: usize,
-    samples: VecDeque<Sample>,
+    samples: VecDeque<T>,
     dropped: u64,
     /// What the file holds now: (empty, dropped); `None`: no file.
     on_disk: Option<(bool, u64)>,
@@ -80,14 +83,21 @@ impl Outbox {
         max: usize,
         now_ms: u64,
     ) -> anyhow::Result<(Self, Option<Damage>)> {
-        let path = dir.join(FILE);
-        let mut outbox = Self {
-            path: path.clone(),
-            max: max.max(1),
-            samples: VecDeque::new(),
-            dropped: 0,
-            on_disk: None,
-        };
+        Self::open_file(dir, FILE, max, now_ms)
+    }
+}
+
+impl<T: Clone + Serialize + DeserializeOwned> Outbox<T> {
+    /// [`Outbox::open`] for the outbox in file `file` of `dir` (a damaged
+    /// one goes to `<file>.damaged-<unix ms>`).
+    pub(crate) fn open_file(
+        dir: &Path,
+        file: &str,
+        max: usize,
+        now_ms: u64,
+    ) -> anyhow::Result<(Self, Option<Damage>)> {
+        let path = dir.join(file);
+        let mut outbox = Self::empty(dir, file, max);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((outbox, None)),
@@ -103,10 +113,10 @@ impl Outbox {
                 Ok((outbox, None))
             }
             Err(why) => {
-                let aside = dir.join(format!("{DAMAGED}-{now_ms}"));
+                let aside = dir.join(format!("{file}.damaged-{now_ms}"));
                 fs::rename(&path, &aside).with_context(|| {
                     format!(
-                        "the metrics outbox {} is damaged ({why}) and could not be moved aside",
+                        "the outbox {} is damaged ({why}) and could not be moved aside",
                         path.display()
                     )
                 })?;
@@ -121,8 +131,21 @@ impl Outbox {
         }
     }
 
+    /// An empty outbox for `file` in `dir`, its file not read (for a caller
+    /// that keeps it in memory only when the file cannot be read: it must
+    /// not [`Outbox::save`] it over that file).
+    pub(crate) fn empty(dir: &Path, file: &str, max: usize) -> Self {
+        Self {
+            path: dir.join(file),
+            max: max.max(1),
+            samples: VecDeque::new(),
+            dropped: 0,
+            on_disk: None,
+        }
+    }
+
     /// Appends a sample; when full, drops the oldest and counts it.
-    pub(crate) fn push(&mut self, s: Sample) {
+    pub(crate) fn push(&mut self, s: T) {
         while self.samples.len() >= self.max {
             self.samples.pop_front();
             self.dropped += 1;
@@ -131,7 +154,7 @@ impl Outbox {
     }
 
     /// The oldest `n` samples (fewer when it holds fewer).
-    pub(crate) fn oldest(&self, n: usize) -> Vec<Sample> {
+    pub(crate) fn oldest(&self, n: usize) -> Vec<T> {
         self.samples.iter().take(n).cloned().collect()
     }
 
@@ -179,8 +202,14 @@ impl Outbox {
     }
 }
 
-/// Damaged outbox files moved aside earlier that are still in `dir`.
+/// Damaged metrics outbox files moved aside earlier that are still in `dir`.
 pub(crate) fn damaged_files(dir: &Path) -> Vec<PathBuf> {
+    damaged_files_of(dir, FILE)
+}
+
+/// Damaged files of the outbox in `file`, moved aside earlier, still in `dir`.
+pub(crate) fn damaged_files_of(dir: &Path, file: &str) -> Vec<PathBuf> {
+    let prefix = format!("{file}.damaged");
     let mut v: Vec<PathBuf> = fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
@@ -188,7 +217,7 @@ pub(crate) fn damaged_files(dir: &Path) -> Vec<PathBuf> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(DAMAGED))
+                        .is_some_and(|n| n.starts_with(&prefix))
                 })
                 .collect()
         })
@@ -201,7 +230,7 @@ fn checksum(body: &serde_json::Value) -> anyhow::Result<String> {
     Ok(format!("{:x}", Sha256::digest(serde_json::to_vec(body)?)))
 }
 
-fn parse(bytes: &[u8]) -> Result<Body, &'static str> {
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<Body<T>, &'static str> {
     let file: OnDisk = serde_json::from_slice(bytes).map_err(|_| "not valid JSON")?;
     if file.format != FORMAT {
         return Err("an unknown format version");

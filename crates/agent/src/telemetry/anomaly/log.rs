@@ -1,50 +1,99 @@
 //! Where raised events wait: a bounded ring of the latest (`weft events`) and
-//! a bounded queue of those the controller has not taken yet (oldest dropped
-//! first, counted).
+//! the outbox of those the controller has not taken yet
+//! (`STATE_DIR/events-outbox.json`, the same [`Outbox`] as forwarded metrics:
+//! bounded, oldest dropped first and counted, kept across restarts, a damaged
+//! file moved aside and named, never silently replaced).
 
 use std::collections::VecDeque;
+use std::path::Path;
 
 use weft_proto::events::AnomalyEvent;
+
+use crate::telemetry::outbox::{self, Damage, Outbox};
 
 /// Latest events `weft events` shows.
 pub(crate) const RECENT: usize = 256;
 /// Events kept for the controller while it is away.
 pub(crate) const PENDING: usize = 1024;
+/// The outbox file in the state directory.
+pub(crate) const FILE: &str = "events-outbox.json";
 
-/// The events of one agent run.
-#[derive(Debug, Default)]
+/// The events of this agent.
+#[derive(Debug)]
 pub(crate) struct EventLog {
     recent: VecDeque<AnomalyEvent>,
-    pending: VecDeque<AnomalyEvent>,
-    dropped: u64,
+    pending: Outbox<AnomalyEvent>,
+    /// Whether the outbox is written (not when its file could not be read).
+    persist: bool,
+    /// The last failure to write the outbox (logged once per new error).
+    save_error: Option<String>,
 }
 
 impl EventLog {
-    /// Records a new event.
+    /// Opens the outbox in `dir` (its events are still to be uploaded). A
+    /// damaged file is moved aside and logged, with any moved aside before;
+    /// an unreadable one (I/O) leaves an outbox in memory only, logged.
+    pub(crate) fn open(dir: &Path, now_ms: u64) -> Self {
+        Self::open_bounded(dir, now_ms, PENDING)
+    }
+
+    /// [`EventLog::open`] keeping at most `max` events for the controller.
+    fn open_bounded(dir: &Path, now_ms: u64, max: usize) -> Self {
+        let mut persist = true;
+        let pending = match Outbox::open_file(dir, FILE, max, now_ms) {
+            Ok((o, damage)) => {
+                if let Some(Damage { aside, why }) = damage {
+                    tracing::error!(
+                        "the anomaly events outbox was damaged ({why}); moved aside to {}, its \
+                         events are not uploaded: inspect it, then remove it",
+                        aside.display()
+                    );
+                }
+                o
+            }
+            Err(e) => {
+                tracing::error!("{e:#}; anomaly events are kept in memory only");
+                persist = false;
+                Outbox::empty(dir, FILE, max)
+            }
+        };
+        for f in outbox::damaged_files_of(dir, FILE) {
+            tracing::error!(
+                "a damaged anomaly events outbox was moved here; its events were not uploaded: {} \
+                 (inspect it, then remove it)",
+                f.display()
+            );
+        }
+        Self {
+            recent: VecDeque::new(),
+            pending,
+            persist,
+            save_error: None,
+        }
+    }
+
+    /// Records a new event (written to the outbox before it returns).
     pub(crate) fn push(&mut self, e: AnomalyEvent) {
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
         self.recent.push_back(e.clone());
-        if self.pending.len() == PENDING {
-            self.pending.pop_front();
-            self.dropped += 1;
-        }
-        self.pending.push_back(e);
+        self.pending.push(e);
+        self.save();
     }
 
     /// The oldest `max` events not uploaded yet.
     pub(crate) fn to_upload(&self, max: usize) -> Vec<AnomalyEvent> {
-        self.pending.iter().take(max).cloned().collect()
+        self.pending.oldest(max)
     }
 
     /// The controller took (or refused for good, `lost`) the oldest `n`.
     pub(crate) fn uploaded(&mut self, n: usize, lost: bool) {
-        let n = n.min(self.pending.len());
-        self.pending.drain(..n);
+        self.pending.taken(n);
         if lost {
-            self.dropped += n as u64;
+            self.pending.count_dropped(n as u64);
         }
+        self.save();
     }
 
     /// The latest events, oldest first.
@@ -57,9 +106,27 @@ impl EventLog {
         self.pending.len()
     }
 
-    /// Events lost unsent.
+    /// Events lost unsent (outbox full, or refused by the controller).
     pub(crate) fn dropped(&self) -> u64 {
-        self.dropped
+        self.pending.dropped()
+    }
+
+    fn save(&mut self) {
+        if !self.persist {
+            return;
+        }
+        match self.pending.save() {
+            Ok(()) => self.save_error = None,
+            Err(e) => {
+                let e = format!("{e:#}");
+                if self.save_error.as_ref() != Some(&e) {
+                    tracing::warn!(
+                        "cannot write the anomaly events outbox: {e}; keeping it in memory"
+                    );
+                }
+                self.save_error = Some(e);
+            }
+        }
     }
 }
 
@@ -88,26 +155,50 @@ mod tests {
         }
     }
 
+    fn ids(v: &[AnomalyEvent]) -> Vec<u64> {
+        v.iter().map(|e| e.id).collect()
+    }
+
     #[test]
-    fn the_ring_and_the_queue_are_bounded_and_count_what_they_lose() {
-        let mut log = EventLog::default();
-        for i in 0..(PENDING as u64 + 10) {
+    fn the_ring_and_the_outbox_are_bounded_and_count_what_they_lose() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open_bounded(dir.path(), 0, 8);
+        for i in 0..(RECENT as u64 + 10) {
             log.push(event(i, AnomalyKind::Scan));
         }
         log.push(event(9999, AnomalyKind::DropSpike));
         assert_eq!(log.recent().len(), RECENT);
         assert_eq!(log.recent().last().map(|e| e.id), Some(9999));
-        assert_eq!(log.pending(), PENDING);
-        assert_eq!(log.dropped(), 11);
+        assert_eq!(log.pending(), 8);
+        assert_eq!(log.dropped(), RECENT as u64 + 3);
         // Oldest first, and taken in order.
-        let first = log.to_upload(3);
-        assert_eq!(
-            first.iter().map(|e| e.id).collect::<Vec<_>>(),
-            vec![11, 12, 13]
-        );
+        let first = RECENT as u64 + 3;
+        assert_eq!(ids(&log.to_upload(3)), vec![first, first + 1, first + 2]);
         log.uploaded(3, false);
-        assert_eq!(log.to_upload(1)[0].id, 14);
+        assert_eq!(log.to_upload(1)[0].id, first + 3);
         log.uploaded(2, true);
-        assert_eq!(log.dropped(), 13);
+        assert_eq!(log.dropped(), RECENT as u64 + 5);
+        assert_eq!(PENDING, 1024);
+    }
+
+    #[test]
+    fn events_not_uploaded_survive_a_restart_and_a_damaged_outbox_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(dir.path(), 0);
+        for i in 1..=3 {
+            log.push(event(i, AnomalyKind::Scan));
+        }
+        log.uploaded(1, false);
+        drop(log);
+        let log = EventLog::open(dir.path(), 0);
+        assert_eq!(ids(&log.to_upload(10)), vec![2, 3]);
+        assert!(log.recent().is_empty(), "the ring is this run's");
+        drop(log);
+        std::fs::write(dir.path().join(FILE), b"{not json").unwrap();
+        let log = EventLog::open(dir.path(), 77);
+        assert_eq!(log.pending(), 0);
+        let aside = outbox::damaged_files_of(dir.path(), FILE);
+        assert_eq!(aside, vec![dir.path().join(format!("{FILE}.damaged-77"))]);
+        assert_eq!(std::fs::read(&aside[0]).unwrap(), b"{not json");
     }
 }

@@ -3,7 +3,7 @@
 //! baselines), and the shell that feeds it once per window, keeps its events
 //! in a bounded ring for `weft events`, counts them for metrics and uploads
 //! them to the controller (`POST /v1/node/events`), keeping those raised
-//! while the controller is away, bounded (`log`, `shell`).
+//! while the controller is away in a bounded outbox on disk (`log`, `shell`).
 
 mod detector;
 mod ewma;

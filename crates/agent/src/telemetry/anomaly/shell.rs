@@ -21,6 +21,7 @@ use crate::clock;
 use crate::ctl::{self, LinkState, TrustSettings};
 use crate::dataplane::Probe;
 use crate::state::Credential;
+use crate::supervisor::AgentConfig;
 use crate::telemetry::metrics::AgentMetrics;
 
 /// Events per upload: well under the controller's 64 KiB body limit.
@@ -45,10 +46,11 @@ pub(crate) struct Anomaly {
 
 impl Anomaly {
     /// Starts the task over the data plane's `probe`; every event is
-    /// counted in `metrics` (`weft_agent_anomaly_events_total{kind}`).
-    pub(crate) fn start(probe: Probe, metrics: Arc<AgentMetrics>) -> Self {
+    /// counted in `metrics` (`weft_agent_anomaly_events_total{kind}`) and
+    /// kept for the controller in the state directory's outbox.
+    pub(crate) fn start(cfg: &AgentConfig, probe: Probe, metrics: Arc<AgentMetrics>) -> Self {
         let (ctx, rx) = watch::channel(Ctx::default());
-        let log = Arc::new(Mutex::new(EventLog::default()));
+        let log = Arc::new(Mutex::new(EventLog::open(&cfg.state_dir, clock::unix_ms())));
         let task = tokio::spawn(run(
             probe,
             rx,
@@ -81,7 +83,8 @@ impl Anomaly {
     /// credential: not joined). A stopped link (`weft down`) is noticed by
     /// itself: its state channel closes.
     pub(crate) fn set_link(&self, cred: Option<Credential>, state: watch::Receiver<LinkState>) {
-        self.ctx.send_modify(|c| c.link = cred.map(|cred| (cred, state)));
+        self.ctx
+            .send_modify(|c| c.link = cred.map(|cred| (cred, state)));
     }
 
     /// `weft events`.
