@@ -9,6 +9,15 @@ use crate::store::{EVENTS_KEPT, EventQuery, EventRecord, StoreError};
 /// Appends `records` (skipping any the log already holds for that node and
 /// event id) and deletes the oldest rows beyond [`EVENTS_KEPT`].
 pub(super) fn insert(tx: &Transaction<'_>, records: &[EventRecord]) -> Result<(), StoreError> {
+    insert_keeping(tx, records, EVENTS_KEPT)
+}
+
+/// [`insert`], keeping the newest `keep` rows.
+fn insert_keeping(
+    tx: &Transaction<'_>,
+    records: &[EventRecord],
+    keep: u64,
+) -> Result<(), StoreError> {
     for r in records {
         let json = serde_json::to_string(&r.event)
             .map_err(|e| StoreError::Db(format!("encoding an event: {e}")))?;
@@ -29,7 +38,7 @@ pub(super) fn insert(tx: &Transaction<'_>, records: &[EventRecord]) -> Result<()
     }
     if !records.is_empty() {
         tx.prepare_cached("DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1")?
-            .execute([to_i64(EVENTS_KEPT)])?;
+            .execute([to_i64(keep)])?;
     }
     Ok(())
 }
@@ -81,6 +90,7 @@ mod tests {
     use weft_proto::NodeKey;
     use weft_proto::events::{AnomalyEvent, AnomalyKind, Baseline};
 
+    use super::insert_keeping;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{EventQuery, EventRecord, Store, Write};
 
@@ -145,5 +155,23 @@ mod tests {
         assert_eq!(newest.len(), 2);
         assert_eq!(newest[1].1.event.id, 11);
         assert_eq!(newest[1].1, record(1, 11, 400));
+    }
+
+    #[test]
+    fn only_the_newest_events_are_kept() {
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        let tx = s.conn.transaction().unwrap();
+        insert_keeping(&tx, &[record(1, 1, 10), record(1, 2, 20)], 2).unwrap();
+        insert_keeping(&tx, &[record(1, 3, 30)], 2).unwrap();
+        tx.commit().unwrap();
+        let left = s
+            .events(&EventQuery {
+                limit: 100,
+                ..EventQuery::default()
+            })
+            .unwrap();
+        let ids: Vec<u64> = left.iter().map(|(_, r)| r.event.id).collect();
+        assert_eq!(ids, vec![2, 3]);
+        assert_eq!(crate::store::EVENTS_KEPT, 100_000);
     }
 }
