@@ -127,6 +127,37 @@ sys_weftnp_version() { echo "$("$OUT/bin/weftd-nopolicy" --version 2>/dev/null),
 sys_weftnp_up() { WEFTD_BIN=$OUT/bin/weftd-nopolicy sys_weft_up; }
 sys_weftnp_report() { sys_weft_report; }
 
+# ---- weft's weftd at another commit (before/after in one run) -------------
+# weftd built from WEFT_BASE_REV (a `git archive` export in
+# /tmp/weft-bench/src-<rev> with its own target dir, seeded from the weft
+# build's) against the run's controller and CLI. With WEFT_REV=<after> and
+# WEFT_BASE_REV=<before>, `SYSTEMS="weft weftbase" RUNS=2` measures one change
+# in one run (issue 16: the data plane's usage counting).
+sys_weftbase_install() {
+    [ -x "$OUT/bin/weftd" ] || sys_weft_install
+    [ -n "${WEFT_BASE_REV:-}" ] || die "weftbase needs WEFT_BASE_REV (the commit to compare with)"
+    local rev src seed=${WEFT_SRC_DIR:-$REPO}
+    rev=$(git -C "$REPO" rev-parse --short "$WEFT_BASE_REV") || die "unknown WEFT_BASE_REV $WEFT_BASE_REV"
+    src=/tmp/weft-bench/src-$rev
+    if [ ! -f "$src/Cargo.toml" ]; then
+        mkdir -p "$src" && git -C "$REPO" archive "$rev" | tar -x -C "$src" || die "git archive $rev failed"
+    fi
+    if [ ! -d "$src/target/release" ] && [ -d "$seed/target/release" ]; then
+        mkdir -p "$src/target" && cp -a "$seed/target/release" "$src/target/" 2>/dev/null
+    fi
+    if [ "$NO_BUILD" != 1 ]; then
+        log "cargo build --release -p weftd in $src (log: $OUT/build.log)"
+        (cd "$src" && cargo build --release -p weftd) >>"$OUT/build.log" 2>&1 \
+            || die "building weftd at $rev failed (see $OUT/build.log)"
+    fi
+    [ -x "$src/target/release/weftd" ] || die "$src/target/release/weftd missing"
+    cp "$src/target/release/weftd" "$OUT/bin/weftd-base"
+    WEFT_BASE_SRC="weftd of commit $rev"
+}
+sys_weftbase_version() { echo "$("$OUT/bin/weftd-base" --version 2>/dev/null), $WEFT_BASE_SRC"; }
+sys_weftbase_up() { WEFTD_BIN=$OUT/bin/weftd-base sys_weft_up; }
+sys_weftbase_report() { sys_weft_report; }
+
 # ---- weft without offloads (WEFTD_OFFLOAD=0: one packet per syscall) ---------
 # The same binaries with TUN offloads, UDP GSO and GRO off: shows what they buy.
 sys_weftnooff_install() { [ -x "$OUT/bin/weftd" ] || sys_weft_install; }
