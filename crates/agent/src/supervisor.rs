@@ -10,13 +10,9 @@ use anyhow::Context as _;
 
 use tokio::sync::{mpsc, watch};
 use weft_identity::{Difficulty, Identity};
-use weft_proto::local::{
-    AgentStatus, CandidateStatus, ControllerStatus, ExplainRequest, LocalRequest, LocalResponse,
-    NetworkStatus, PeerStatus, ReconcileStatus, RelayStatus, UpRequest,
-};
+use weft_proto::local::{ExplainRequest, LocalRequest, LocalResponse, ReconcileStatus, UpRequest};
 use weft_proto::netmap::NetworkMap;
 use weft_tunnel::Node;
-use weft_tunnel::path::PathKind;
 
 use crate::api::{self, ApiCall};
 use crate::clock;
@@ -27,6 +23,9 @@ use crate::failures::Failures;
 use crate::netmap::{self, Derived, Slots};
 use crate::state::{Credential, StateDir};
 use crate::system::{self, System};
+use crate::telemetry::Telemetry;
+
+mod status;
 
 /// In the state directory: present while IPv4 forwarding is on because weft
 /// turned it on (so a restart after a crash still turns it off again).
@@ -74,11 +73,9 @@ struct Agent {
     reconcile_status: ReconcileStatus,
     /// What is failing now (shown by `weft status`, fails `weft up`).
     failures: Failures,
-    usage: crate::telemetry::usage::Usage,
     dns: Dns,
-    metrics: Arc<crate::telemetry::metrics::AgentMetrics>,
-    anomaly: crate::telemetry::anomaly::Anomaly,
-    forward: crate::telemetry::forward::Forwarder,
+    /// Metrics, forwarding, usage uploads and anomaly detection.
+    telemetry: Telemetry,
 }
 
 /// Runs the agent until `shutdown` completes; then removes what it created.
@@ -195,13 +192,9 @@ async fn serve<F: Future<Output = ()>>(
     let (maps_tx, mut maps_rx) = mpsc::channel::<NetworkMap>(16);
     let (_, link_state) = watch::channel(LinkState::default());
     let dns = Dns::new(cfg.dns, cfg.state_dir.clone());
-    let metrics = Arc::new(crate::telemetry::metrics::AgentMetrics::new(dns.stats()));
     let mut agent = Agent {
-        anomaly: crate::telemetry::anomaly::Anomaly::start(cfg, dp.probe(), metrics.clone()),
-        forward: crate::telemetry::forward::Forwarder::start(cfg.state_dir.clone(), dp.probe()),
         credential: state.load_credential()?,
-        usage: crate::telemetry::usage::Usage::start(cfg, &dp),
-        metrics,
+        telemetry: Telemetry::start(cfg, &dp, dns.stats()),
         state,
         identity,
         dp,
@@ -304,11 +297,11 @@ impl Agent {
             },
             LocalRequest::Up(up) => self.up(up).await,
             LocalRequest::Explain(req) => self.explain(&req).await,
-            LocalRequest::Events => self.anomaly.local(),
             LocalRequest::Metrics { openmetrics } => {
                 let live = (&self.dp, &self.link_state, self.map.as_ref());
-                self.metrics.respond(openmetrics, live).await
+                self.telemetry.metrics().respond(openmetrics, live).await
             }
+            LocalRequest::Events => self.telemetry.events(),
             LocalRequest::Down => {
                 self.down = true;
                 self.stop_link();
@@ -481,25 +474,21 @@ impl Agent {
         let Some(cred) = self.credential.clone() else {
             return;
         };
-        self.usage.set_link(Some(cred.clone()));
-        self.forward.set_link(Some(cred.clone()));
         let (link, state) = ctl::Link::spawn(
-            cred,
+            cred.clone(),
             self.identity.node_key(),
             self.dp.port(),
             self.map.as_ref().map(|m| m.version),
             self.maps_tx.clone(),
             self.dp.reflexive(),
         );
+        self.telemetry.set_link(Some((&cred, &state)));
         self.link = Some(link);
         self.link_state = state;
-        self.anomaly
-            .set_link(self.credential.clone(), self.link_state.clone());
     }
 
     fn stop_link(&mut self) {
-        self.usage.set_link(None);
-        self.forward.set_link(None);
+        self.telemetry.set_link(None);
         if let Some(link) = self.link.take() {
             link.stop();
         }
@@ -508,7 +497,7 @@ impl Agent {
     }
 
     async fn apply_map(&mut self, map: NetworkMap) {
-        self.anomaly.set_map(&map);
+        self.telemetry.set_map(&map);
         if self.down {
             self.map = Some(map);
             return;
@@ -606,7 +595,7 @@ impl Agent {
 
     async fn reconcile(&mut self) {
         if let Some(report) = self.system.reconcile(clock::now()).await {
-            self.metrics.reconciled(report.failed.len());
+            self.telemetry.metrics().reconciled(report.failed.len());
             for a in &report.applied {
                 tracing::info!(action = %a, "applied");
             }
@@ -646,144 +635,6 @@ impl Agent {
         }
         self.reconcile_status = ReconcileStatus::default();
         self.failures.clear();
-    }
-
-    async fn status(&self) -> AgentStatus {
-        let (peers, drops) = self.dp.status().await.unwrap_or_default();
-        let link = self.link_state.borrow().clone();
-        let derived = self.derived.as_ref();
-        let networks = derived
-            .map(|d| {
-                d.interfaces
-                    .iter()
-                    .map(|i| NetworkStatus {
-                        name: i.network.clone(),
-                        interface: i.ifname.clone(),
-                        addresses: i.addresses.iter().map(|(a, _)| a.to_string()).collect(),
-                        cidr: i.cidr.clone(),
-                        dns_domain: i.dns_domain.clone(),
-                        routes: i.subnet_routes.clone(),
-                        serves: i.serves.iter().map(|(a, p)| format!("{a}/{p}")).collect(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let now_unix_ms = clock::unix_ms();
-        let liveness = |p: &weft_tunnel::PeerStatus| {
-            let on_map = self.map.as_ref().and_then(|m| {
-                m.networks
-                    .iter()
-                    .flat_map(|n| &n.peers)
-                    .find(|mp| mp.node_key == p.key)
-            });
-            netmap::peer_liveness(
-                p.last_heard,
-                on_map.is_some_and(|mp| mp.online),
-                on_map.and_then(|mp| mp.last_seen_ms),
-                now_unix_ms,
-            )
-        };
-        let peers = peers
-            .into_iter()
-            .map(|p| (liveness(&p), p))
-            .map(|((online, last_seen_secs), p)| PeerStatus {
-                name: p.name,
-                node_key: p.key,
-                networks: derived
-                    .and_then(|d| d.peer_networks.get(&p.key).cloned())
-                    .unwrap_or_default(),
-                addresses: p.addresses.iter().map(|(_, a)| a.to_string()).collect(),
-                endpoint: p.endpoint.map(|e| e.to_string()),
-                path: match p.path {
-                    PathKind::Direct(a) => format!("direct {a}"),
-                    PathKind::Relay => "relay".into(),
-                    PathKind::None => "none".into(),
-                },
-                path_age_secs: p.path_age.map(|d| d.as_secs()),
-                candidates: p
-                    .candidates
-                    .iter()
-                    .map(|(a, c)| CandidateStatus {
-                        addr: a.to_string(),
-                        pings: c.pings,
-                        pongs: c.pongs,
-                        rtt_us: c.last_rtt.map(|d| d.as_micros() as u64),
-                        learned: c.learned,
-                    })
-                    .collect(),
-                last_handshake_secs: p.since_handshake.map(|d| d.as_secs()),
-                online,
-                last_seen_secs,
-                rx_bytes: p.rx_bytes,
-                tx_bytes: p.tx_bytes,
-                drops: p
-                    .drops
-                    .nonzero()
-                    .map(|(r, n)| (r.as_str().to_owned(), n))
-                    .collect(),
-            })
-            .collect();
-        AgentStatus {
-            node_key: self.identity.node_key(),
-            name: self.map.as_ref().map(|m| m.node.name.clone()),
-            state: if self.credential.is_none() {
-                "not_joined".into()
-            } else if self.down {
-                "down".into()
-            } else {
-                "up".into()
-            },
-            controller: self.credential.as_ref().map(|c| ControllerStatus {
-                url: c.controller.clone(),
-                connected: link.connected,
-                map_version: self.map.as_ref().map(|m| m.version),
-                from_cache: self.from_cache,
-                last_error: link.last_error,
-                last_error_permanent: link.last_error_permanent,
-            }),
-            networks,
-            peers,
-            drops: drops
-                .nonzero()
-                .map(|(r, n)| (r.as_str().to_owned(), n))
-                .collect(),
-            reconcile: self.reconcile_status.clone(),
-            listen_port: self.dp.port(),
-            relay: self
-                .dp
-                .relay_connected()
-                .map(|(url, connected)| RelayStatus { url, connected }),
-            relays: self
-                .map
-                .as_ref()
-                .map(|m| m.relays.clone())
-                .unwrap_or_default(),
-            reflexive: self
-                .dp
-                .reflexive()
-                .borrow()
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-            forwarding: Some(self.forward.status()),
-            failures: {
-                let mut f = [self.failures.list(), self.usage.failures()].concat();
-                f.extend(self.forward.failures());
-                if let Some((error, since_unix_ms)) = link.routes_refused.clone() {
-                    f.push(weft_proto::local::FailureStatus {
-                        area: "routes".into(),
-                        what: self
-                            .credential
-                            .as_ref()
-                            .map(|c| c.advertise_routes.join(","))
-                            .unwrap_or_default(),
-                        error,
-                        since_unix_ms,
-                    });
-                }
-                f
-            },
-        }
     }
 }
 

@@ -2,13 +2,16 @@
 //! the outbox of those the controller has not taken yet
 //! (`STATE_DIR/events-outbox.json`, the same [`Outbox`] as forwarded metrics:
 //! bounded, oldest dropped first and counted, kept across restarts, a damaged
-//! file moved aside and named, never silently replaced).
+//! file moved aside and named, never silently replaced). What fails here is
+//! shown in `weft status` (area `telemetry`, as the metrics outbox's).
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use weft_proto::events::AnomalyEvent;
+use weft_proto::local::FailureStatus;
 
+use crate::clock;
 use crate::telemetry::outbox::{self, Damage, Outbox};
 
 /// Latest events `weft events` shows.
@@ -23,10 +26,15 @@ pub(crate) const FILE: &str = "events-outbox.json";
 pub(crate) struct EventLog {
     recent: VecDeque<AnomalyEvent>,
     pending: Outbox<AnomalyEvent>,
-    /// Whether the outbox is written (not when its file could not be read).
-    persist: bool,
-    /// The last failure to write the outbox (logged once per new error).
-    save_error: Option<String>,
+    /// The state directory (where damaged outboxes are looked for).
+    dir: PathBuf,
+    /// When the log was opened (the first time its failures were known).
+    opened_ms: u64,
+    /// Why the outbox is not written (its file could not be read), if so.
+    unreadable: Option<String>,
+    /// The last failure to write the outbox (logged once per new error),
+    /// and since when it fails.
+    save_error: Option<(String, u64)>,
 }
 
 impl EventLog {
@@ -39,7 +47,7 @@ impl EventLog {
 
     /// [`EventLog::open`] keeping at most `max` events for the controller.
     fn open_bounded(dir: &Path, now_ms: u64, max: usize) -> Self {
-        let mut persist = true;
+        let mut unreadable = None;
         let pending = match Outbox::open_file(dir, FILE, max, now_ms) {
             Ok((o, damage)) => {
                 if let Some(Damage { aside, why }) = damage {
@@ -52,8 +60,9 @@ impl EventLog {
                 o
             }
             Err(e) => {
-                tracing::error!("{e:#}; anomaly events are kept in memory only");
-                persist = false;
+                let why = format!("{e:#}; anomaly events are kept in memory only");
+                tracing::error!("{why}");
+                unreadable = Some(why);
                 Outbox::empty(dir, FILE, max)
             }
         };
@@ -67,9 +76,42 @@ impl EventLog {
         Self {
             recent: VecDeque::new(),
             pending,
-            persist,
+            dir: dir.to_owned(),
+            opened_ms: now_ms,
+            unreadable,
             save_error: None,
         }
+    }
+
+    /// For `weft status` (area `telemetry`): each damaged outbox moved aside
+    /// (until the operator removes it), an outbox that could not be read or
+    /// written.
+    pub(crate) fn failures(&self) -> Vec<FailureStatus> {
+        let failure = |what: String, error: String, since_unix_ms| FailureStatus {
+            area: "telemetry".into(),
+            what,
+            error,
+            since_unix_ms,
+        };
+        let mut v: Vec<FailureStatus> = outbox::damaged_files_of(&self.dir, FILE)
+            .into_iter()
+            .map(|f| {
+                failure(
+                    f.display().to_string(),
+                    "a damaged anomaly events outbox was moved here; its events were not \
+                     uploaded: inspect it, then delete it to clear this"
+                        .into(),
+                    self.opened_ms,
+                )
+            })
+            .collect();
+        if let Some(e) = &self.unreadable {
+            v.push(failure("events outbox".into(), e.clone(), self.opened_ms));
+        }
+        if let Some((e, since)) = &self.save_error {
+            v.push(failure("events outbox".into(), e.clone(), *since));
+        }
+        v
     }
 
     /// Records a new event (written to the outbox before it returns).
@@ -112,19 +154,27 @@ impl EventLog {
     }
 
     fn save(&mut self) {
-        if !self.persist {
+        if self.unreadable.is_some() {
             return;
         }
         match self.pending.save() {
             Ok(()) => self.save_error = None,
             Err(e) => {
                 let e = format!("{e:#}");
-                if self.save_error.as_ref() != Some(&e) {
+                if self
+                    .save_error
+                    .as_ref()
+                    .is_none_or(|(before, _)| *before != e)
+                {
                     tracing::warn!(
                         "cannot write the anomaly events outbox: {e}; keeping it in memory"
                     );
                 }
-                self.save_error = Some(e);
+                let since = self
+                    .save_error
+                    .as_ref()
+                    .map_or_else(clock::unix_ms, |(_, t)| *t);
+                self.save_error = Some((e, since));
             }
         }
     }
@@ -200,5 +250,52 @@ mod tests {
         let aside = outbox::damaged_files_of(dir.path(), FILE);
         assert_eq!(aside, vec![dir.path().join(format!("{FILE}.damaged-77"))]);
         assert_eq!(std::fs::read(&aside[0]).unwrap(), b"{not json");
+    }
+
+    #[test]
+    fn a_damaged_outbox_is_a_status_failure_until_the_operator_deletes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), b"{not json").unwrap();
+        let log = EventLog::open(dir.path(), 77);
+        let aside = dir.path().join(format!("{FILE}.damaged-77"));
+        let failures = log.failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(failures[0].area, "telemetry");
+        assert_eq!(failures[0].what, aside.display().to_string());
+        assert!(
+            failures[0].error.contains("were not uploaded"),
+            "{failures:?}"
+        );
+        assert_eq!(failures[0].since_unix_ms, 77);
+        // Still listed while the file is there (also after a restart).
+        drop(log);
+        let log = EventLog::open(dir.path(), 99);
+        assert_eq!(log.failures().len(), 1);
+        std::fs::remove_file(&aside).unwrap();
+        assert!(log.failures().is_empty());
+    }
+
+    #[test]
+    fn an_outbox_that_cannot_be_written_is_a_status_failure_until_a_write_succeeds() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let mut log = EventLog::open(&dir, 0);
+        assert!(log.failures().is_empty());
+        std::fs::remove_dir(&dir).unwrap();
+        log.push(event(1, AnomalyKind::Scan));
+        log.push(event(2, AnomalyKind::Scan));
+        let failures = log.failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(
+            (failures[0].area.as_str(), failures[0].what.as_str()),
+            ("telemetry", "events outbox")
+        );
+        assert_eq!(log.pending(), 2, "kept in memory");
+        std::fs::create_dir(&dir).unwrap();
+        log.push(event(3, AnomalyKind::Scan));
+        assert!(log.failures().is_empty());
+        let log = EventLog::open(&dir, 0);
+        assert_eq!(ids(&log.to_upload(10)), vec![1, 2, 3]);
     }
 }

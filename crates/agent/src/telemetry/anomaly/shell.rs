@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use weft_api_client::Client;
 use weft_proto::events::{AnomalyEvent, AnomalyThresholds, NodeEventsRequest};
-use weft_proto::local::LocalResponse;
+use weft_proto::local::{FailureStatus, LocalResponse};
 use weft_proto::netmap::NetworkMap;
 
 use super::detector::{Detector, PeerSample, Settings, Window};
@@ -79,12 +79,21 @@ impl Anomaly {
         });
     }
 
-    /// The controller link to upload through and to time reports on (no
-    /// credential: not joined). A stopped link (`weft down`) is noticed by
-    /// itself: its state channel closes.
-    pub(crate) fn set_link(&self, cred: Option<Credential>, state: watch::Receiver<LinkState>) {
-        self.ctx
-            .send_modify(|c| c.link = cred.map(|cred| (cred, state)));
+    /// The controller link to upload through and to time reports on: the
+    /// credential and the link's state, or `None` (not joined, or down). A
+    /// link whose task ends is also noticed by itself: its state channel
+    /// closes.
+    pub(crate) fn set_link(&self, link: Option<(Credential, watch::Receiver<LinkState>)>) {
+        self.ctx.send_modify(|c| c.link = link);
+    }
+
+    /// For `weft status`: a damaged events outbox moved aside, an outbox
+    /// that cannot be read or written (area `telemetry`).
+    pub(crate) fn failures(&self) -> Vec<FailureStatus> {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failures()
     }
 
     /// `weft events`.
