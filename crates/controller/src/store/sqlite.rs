@@ -26,32 +26,8 @@ mod usage;
 
 mod events;
 
-/// Schema migrations, in order: (version, name, SQL).
-const MIGRATIONS: &[(u32, &str, &str)] = &[
-    (1, "init", include_str!("../../migrations/0001_init.sql")),
-    (
-        2,
-        "relays",
-        include_str!("../../migrations/0002_relays.sql"),
-    ),
-    (
-        3,
-        "policy",
-        include_str!("../../migrations/0003_policy.sql"),
-    ),
-    (
-        4,
-        "routes",
-        include_str!("../../migrations/0004_routes.sql"),
-    ),
-    (5, "facts", include_str!("../../migrations/0005_facts.sql")),
-    (6, "usage", include_str!("../../migrations/0006_usage.sql")),
-    (
-        7,
-        "events",
-        include_str!("../../migrations/0007_events.sql"),
-    ),
-];
+mod migrations;
+use migrations::MIGRATIONS;
 
 /// A SQLite database file.
 pub struct SqliteStore {

@@ -1,0 +1,37 @@
+//! The schema migrations, one SQL file each in `crates/controller/migrations/`.
+//! Add a new one as the last entry; never change or reorder a shipped one.
+
+/// Schema migrations, in order: (version, name, SQL).
+pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "init", include_str!("../../../migrations/0001_init.sql")),
+    (
+        2,
+        "relays",
+        include_str!("../../../migrations/0002_relays.sql"),
+    ),
+    (
+        3,
+        "policy",
+        include_str!("../../../migrations/0003_policy.sql"),
+    ),
+    (
+        4,
+        "routes",
+        include_str!("../../../migrations/0004_routes.sql"),
+    ),
+    (
+        5,
+        "facts",
+        include_str!("../../../migrations/0005_facts.sql"),
+    ),
+    (
+        6,
+        "usage",
+        include_str!("../../../migrations/0006_usage.sql"),
+    ),
+    (
+        7,
+        "events",
+        include_str!("../../../migrations/0007_events.sql"),
+    ),
+];
