@@ -20,6 +20,8 @@
 //! - `clock`: the only place that reads clocks.
 //! - `telemetry`: host facts, Prometheus metrics, forwarding, usage, anomaly
 //!   detection (issue 16).
+//! - `outbox`: the agent's one on-disk queue for what it reports while the
+//!   controller is away (metrics samples, anomaly events, task results).
 //!
 //! Offline operation: the last applied map is cached (checksummed); at start the
 //! agent applies it before the controller answers, so peers work while the
@@ -32,6 +34,7 @@ mod ctl;
 mod dataplane;
 mod dns;
 mod failures;
+mod outbox;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod netmap;

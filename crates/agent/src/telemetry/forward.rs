@@ -34,7 +34,7 @@ use weft_proto::samples::{
 use weft_tunnel::path::PathKind;
 use weft_tunnel::{DropCounters, DropReason, PeerStatus};
 
-use super::outbox::{self, MAX_ENTRIES, Outbox};
+use crate::outbox::{self, MAX_ENTRIES, Outbox};
 use crate::clock;
 use crate::ctl::{self, TrustSettings};
 use crate::dataplane::Probe;

@@ -24,7 +24,6 @@ pub(crate) mod facts;
 mod forward;
 pub(crate) mod http;
 pub(crate) mod metrics;
-mod outbox;
 mod process;
 mod usage;
 mod usage_file;
@@ -140,7 +139,7 @@ mod tests {
             .await
             .unwrap();
         let telemetry = Telemetry::start(&cfg, &dp, DnsStats::default());
-        let aside = outbox::damaged_files_of(dir.path(), "events-outbox.json");
+        let aside = crate::outbox::damaged_files_of(dir.path(), "events-outbox.json");
         assert_eq!(aside.len(), 1, "moved aside at start");
         let failures = telemetry.failures();
         assert_eq!(failures.len(), 1, "{failures:?}");

@@ -12,7 +12,7 @@ use weft_proto::events::AnomalyEvent;
 use weft_proto::local::FailureStatus;
 
 use crate::clock;
-use crate::telemetry::outbox::{self, Damage, Outbox};
+use crate::outbox::{self, Damage, Outbox};
 
 /// Latest events `weft events` shows.
 pub(crate) const RECENT: usize = 256;
