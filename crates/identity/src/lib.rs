@@ -13,6 +13,9 @@
 //!   atomically with mode 0600 from the first byte, and refused on load when other
 //!   users can read it, or when it is truncated or corrupt.
 //!
+//! - [`sealed`]: sealed boxes to a node's X25519 key (admin secrets the controller
+//!   stores only as ciphertext; the node opens them).
+//!
 //! Randomness comes in as an argument (`CryptoRngCore`); the crate never reads the
 //! clock. `keyfile` is the one module that touches the filesystem, so the agent and
 //! the CLI store keys the same way.
@@ -22,6 +25,7 @@
 
 pub mod keyfile;
 pub mod pow;
+pub mod sealed;
 
 mod keys;
 
