@@ -267,7 +267,7 @@ async fn run(n: usize, plain: bool) {
             let c = client(&url, fp).with_bearer(&cred).unwrap();
             let mut s = c.map_stream(None, Duration::from_secs(60)).await.unwrap();
             let mut first = true;
-            while let Some(Ok(ev)) = s.next().await {
+            while let Some(Ok(ev)) = s.next_map().await {
                 if first {
                     let _ = ready_tx.send(());
                     first = false;

@@ -15,7 +15,7 @@ use weft_proto::netmap::{MapChange, MapEvent};
 const IDLE: Duration = Duration::from_secs(10);
 
 async fn next_event(s: &mut weft_api_client::MapStream) -> MapEvent {
-    tokio::time::timeout(Duration::from_secs(10), s.next())
+    tokio::time::timeout(Duration::from_secs(10), s.next_map())
         .await
         .expect("no map event within 10 s")
         .expect("stream ended")
@@ -371,7 +371,7 @@ async fn map_streams_deltas_resume_and_shutdown() {
     }
     let end = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            match sb.next().await {
+            match sb.next_map().await {
                 None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             }
@@ -394,7 +394,7 @@ async fn map_streams_deltas_resume_and_shutdown() {
     let status = ctl.sigterm(Duration::from_secs(10));
     assert!(status.success(), "{status}");
     assert!(matches!(
-        tokio::time::timeout(Duration::from_secs(5), sa.next()).await,
+        tokio::time::timeout(Duration::from_secs(5), sa.next_map()).await,
         Ok(None | Some(Err(_)))
     ));
     assert!(ctl.log().contains("stopped"));

@@ -111,14 +111,14 @@ async fn metrics_need_the_admin_token_on_the_api_port_and_count_the_work() {
     // which pushes a delta to a; b is disabled.
     let ca = client.with_bearer(&a.credential).unwrap();
     let mut stream = ca.map_stream(None, T).await.unwrap();
-    let first = tokio::time::timeout(T, stream.next())
+    let first = tokio::time::timeout(T, stream.next_map())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
     assert!(matches!(first, MapEvent::Snapshot(_)));
     let b = register(&client, &tok, &b_id).await.unwrap();
-    tokio::time::timeout(T, stream.next())
+    tokio::time::timeout(T, stream.next_map())
         .await
         .expect("a delta for b's join")
         .unwrap()

@@ -27,7 +27,7 @@ const IDLE: Duration = Duration::from_secs(10);
 async fn upserts_about(s: &mut MapStream, who: NodeKey, window: Duration) -> Vec<(bool, Instant)> {
     let end = tokio::time::Instant::now() + window;
     let mut seen = Vec::new();
-    while let Ok(ev) = tokio::time::timeout_at(end, s.next()).await {
+    while let Ok(ev) = tokio::time::timeout_at(end, s.next_map()).await {
         let ev = ev.expect("stream ended").expect("stream error");
         if let MapEvent::Delta(d) = ev {
             for ch in &d.changes {
@@ -45,7 +45,7 @@ async fn upserts_about(s: &mut MapStream, who: NodeKey, window: Duration) -> Vec
 /// Opens a map stream and waits for its snapshot (the server holds it then).
 async fn open(c: &Client) -> MapStream {
     let mut s = c.map_stream(None, IDLE).await.expect("open the map stream");
-    let first = tokio::time::timeout(Duration::from_secs(10), s.next())
+    let first = tokio::time::timeout(Duration::from_secs(10), s.next_map())
         .await
         .expect("no snapshot within 10 s")
         .expect("stream ended")

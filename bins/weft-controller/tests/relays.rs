@@ -115,7 +115,7 @@ async fn relays_register_report_and_follow_the_member_set() {
     assert!(info.last_seen_ms.is_some());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let ev = tokio::time::timeout_at(deadline, sa.next())
+        let ev = tokio::time::timeout_at(deadline, sa.next_map())
             .await
             .expect("no snapshot with the fingerprint")
             .unwrap()

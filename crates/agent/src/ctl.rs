@@ -11,7 +11,7 @@ use weft_api_client::{Client, ClientConfig, Trust};
 use weft_identity::Identity;
 use weft_proto::NodeKey;
 use weft_proto::api::ReportRequest;
-use weft_proto::netmap::{MapEvent, NetworkMap};
+use weft_proto::netmap::{MapEvent, NetworkMap, StreamEvent};
 use weft_relay_client::{OutageLog, OutageNote};
 
 use crate::netmap::host_candidates;
@@ -363,14 +363,15 @@ async fn session(
                 };
                 let ev = ev.context("reading the map stream")?;
                 match ev {
-                    MapEvent::Snapshot(m) => {
+                    StreamEvent::Task(_) => {}
+                    StreamEvent::Map(MapEvent::Snapshot(m)) => {
                         *version = Some(m.version);
                         *map = Some(m.clone());
                         if maps.send(m).await.is_err() {
                             return Ok(());
                         }
                     }
-                    MapEvent::Delta(d) => {
+                    StreamEvent::Map(MapEvent::Delta(d)) => {
                         let Some(current) = map.as_mut() else {
                             anyhow::bail!("delta before any snapshot");
                         };

@@ -9,7 +9,7 @@ use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use weft_proto::netmap::MapEvent;
+use weft_proto::netmap::{MapEvent, StreamEvent};
 use weft_proto::sse::SseParser;
 
 use crate::{Client, ClientError};
@@ -19,7 +19,7 @@ pub struct MapStream {
     body: Incoming,
     _sender: SendRequest<Full<Bytes>>,
     parser: SseParser,
-    pending: VecDeque<Result<MapEvent, ClientError>>,
+    pending: VecDeque<Result<StreamEvent, ClientError>>,
     last_event_id: Option<u64>,
     idle_timeout: Duration,
 }
@@ -55,9 +55,10 @@ impl MapStream {
         self.last_event_id
     }
 
-    /// The next map event. `None` when the controller ended the stream; an error
-    /// when it broke or stayed silent (not even a keepalive) for the idle timeout.
-    pub async fn next(&mut self) -> Option<Result<MapEvent, ClientError>> {
+    /// The next event: a map event or a task notice. `None` when the controller
+    /// ended the stream; an error when it broke or stayed silent (not even a
+    /// keepalive) for the idle timeout.
+    pub async fn next(&mut self) -> Option<Result<StreamEvent, ClientError>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
                 return Some(ev);
@@ -75,12 +76,26 @@ impl MapStream {
                 return Some(Err(ClientError::Stream(e.to_string())));
             }
             while let Some(ev) = self.parser.next_event() {
-                let decoded = MapEvent::decode(&ev.event, ev.id.as_deref(), &ev.data)
+                let decoded = StreamEvent::decode(&ev.event, ev.id.as_deref(), &ev.data)
                     .map_err(|e| ClientError::Stream(e.to_string()));
-                if let Ok(m) = &decoded {
+                if let Ok(StreamEvent::Map(m)) = &decoded {
                     self.last_event_id = Some(m.version());
                 }
                 self.pending.push_back(decoded);
+            }
+        }
+    }
+}
+
+impl MapStream {
+    /// The next map event, skipping task notices (for callers that only follow
+    /// the map).
+    pub async fn next_map(&mut self) -> Option<Result<MapEvent, ClientError>> {
+        loop {
+            match self.next().await? {
+                Ok(StreamEvent::Map(m)) => return Some(Ok(m)),
+                Ok(StreamEvent::Task(_)) => {}
+                Err(e) => return Some(Err(e)),
             }
         }
     }
@@ -116,7 +131,7 @@ impl MapSubscription {
     /// The next event. Transient failures are retried internally; an error is
     /// returned only when retrying cannot help (credential refused, node
     /// disabled or removed).
-    pub async fn next(&mut self) -> Result<MapEvent, ClientError> {
+    pub async fn next(&mut self) -> Result<StreamEvent, ClientError> {
         loop {
             if self.stream.is_none() {
                 if !self.backoff.is_zero() {
@@ -142,7 +157,9 @@ impl MapSubscription {
             };
             match stream.next().await {
                 Some(Ok(ev)) => {
-                    self.last_event_id = Some(ev.version());
+                    if let StreamEvent::Map(m) = &ev {
+                        self.last_event_id = Some(m.version());
+                    }
                     self.backoff = Duration::ZERO;
                     return Ok(ev);
                 }

@@ -5,8 +5,9 @@
 //! every field optional), the per-node network map and its versioned
 //! deltas ([`netmap`]), Server-Sent Events framing ([`sse`]), the relay's
 //! controller API bodies ([`relay_api`]; the relay frame codec is in
-//! `weft-relay-core`), and the STUN Binding codec ([`stun`]). It performs no
-//! I/O: no sockets, files, clocks, async or logging. Parsers here are bounded
+//! `weft-relay-core`), the STUN Binding codec ([`stun`]), and remote tasks
+//! and their limits ([`task`]). It performs no I/O: no sockets, files, clocks,
+//! async or logging. Parsers here are bounded
 //! and return errors, never panic; each has a fuzz target in `fuzz/` whose
 //! committed corpus `tests/fuzz_corpora.rs` replays through [`fuzzing`].
 
@@ -24,6 +25,7 @@ pub mod relay_api;
 pub mod samples;
 pub mod sse;
 pub mod stun;
+pub mod task;
 pub mod text;
 pub mod usage;
 

@@ -18,6 +18,7 @@ use crate::NodeKey;
 use crate::api::API_VERSION;
 use crate::net::{Ipv4Net, Ipv6Net};
 use crate::policy::MapPolicy;
+use crate::task::{EVENT_TASK, TaskNotice};
 
 /// SSE event name of a [`MapEvent::Snapshot`].
 pub const EVENT_SNAPSHOT: &str = "snapshot";
@@ -249,7 +250,7 @@ pub enum ApplyError {
 /// Why an SSE event is not a valid map event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MapEventError {
-    /// The event name is neither `snapshot` nor `delta`.
+    /// The event name is neither `snapshot`, `delta` nor `task`.
     #[error("unknown map event type {0:?}")]
     UnknownEvent(String),
     /// The data is not the JSON of the event type.
@@ -317,6 +318,30 @@ impl MapEvent {
         // These types contain only strings, numbers and addresses: serialization
         // cannot fail.
         r.unwrap_or_default()
+    }
+}
+
+/// One event of a node's map stream: a map event, or a task waiting for the
+/// node to lease it (`task`, see [`crate::task`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// A snapshot or a delta.
+    Map(MapEvent),
+    /// A task to lease.
+    Task(TaskNotice),
+}
+
+impl StreamEvent {
+    /// Decodes an SSE event. A `task` event carries no id of its own (the SSE
+    /// parser repeats the last map id, which is ignored here); every other event
+    /// is decoded by [`MapEvent::decode`].
+    pub fn decode(event: &str, id: Option<&str>, data: &str) -> Result<Self, MapEventError> {
+        if event == EVENT_TASK {
+            return TaskNotice::decode(data)
+                .map(StreamEvent::Task)
+                .map_err(|e| MapEventError::Json(e.to_string()));
+        }
+        MapEvent::decode(event, id, data).map(StreamEvent::Map)
     }
 }
 
@@ -509,6 +534,27 @@ mod tests {
         assert!(matches!(
             MapEvent::decode(EVENT_DELTA, None, "{"),
             Err(MapEventError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn stream_events_carry_tasks_without_ids() {
+        let json = MapEvent::Snapshot(map()).to_json();
+        assert_eq!(
+            StreamEvent::decode(EVENT_SNAPSHOT, Some("5"), &json),
+            Ok(StreamEvent::Map(MapEvent::Snapshot(map())))
+        );
+        // The SSE parser repeats the last id on a task event: it is ignored.
+        assert_eq!(
+            StreamEvent::decode(crate::task::EVENT_TASK, Some("5"), r#"{"task_id":"t1"}"#),
+            Ok(StreamEvent::Task(TaskNotice {
+                task_id: "t1".into()
+            }))
+        );
+        assert!(StreamEvent::decode(crate::task::EVENT_TASK, None, r#"{"task_id":""}"#).is_err());
+        assert!(matches!(
+            StreamEvent::decode("bogus", None, "{}"),
+            Err(MapEventError::UnknownEvent(_))
         ));
     }
 }
