@@ -482,6 +482,231 @@ impl TaskNotice {
     }
 }
 
+/// Which nodes a task is for; resolved to nodes when the task is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskTarget {
+    /// One node, by name or key.
+    Node(String),
+    /// Every enabled node with this tag.
+    Tag(String),
+    /// Every enabled member of this network.
+    Network(String),
+}
+
+impl fmt::Display for TaskTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskTarget::Node(n) => write!(f, "node {n}"),
+            TaskTarget::Tag(t) => write!(f, "tag {t}"),
+            TaskTarget::Network(n) => write!(f, "network {n}"),
+        }
+    }
+}
+
+/// `POST /v1/admin/tasks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTaskRequest {
+    /// Which nodes.
+    pub target: TaskTarget,
+    /// What to run (a hook's `approved_sha256` must be empty).
+    pub kind: TaskKind,
+    /// Seconds (default [`DEFAULT_TIMEOUT_SECS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u32>,
+    /// Bytes per stream (default [`DEFAULT_OUTPUT_CAP`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_cap_bytes: Option<u32>,
+    /// Seconds from now until the task expires (default
+    /// [`DEFAULT_DEADLINE_SECS`], at most [`MAX_DEADLINE_SECS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<u64>,
+}
+
+impl CreateTaskRequest {
+    /// The limits with defaults filled in (not yet checked).
+    pub fn limits(&self) -> TaskLimits {
+        TaskLimits {
+            timeout_secs: self.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS),
+            output_cap_bytes: self.output_cap_bytes.unwrap_or(DEFAULT_OUTPUT_CAP),
+        }
+    }
+
+    /// The deadline in seconds from creation, default filled in and checked
+    /// (1..=[`MAX_DEADLINE_SECS`]).
+    pub fn deadline_secs(&self) -> Result<u64, TaskLimitError> {
+        let d = self.deadline_secs.unwrap_or(DEFAULT_DEADLINE_SECS);
+        if !(1..=MAX_DEADLINE_SECS).contains(&d) {
+            return Err(TaskLimitError::Field {
+                field: "deadline_secs",
+                bound: format!("1..={MAX_DEADLINE_SECS}"),
+                value: d.to_string(),
+            });
+        }
+        Ok(d)
+    }
+
+    /// Checks kind, limits and deadline. A hook's approved hashes come from the
+    /// controller, never from the request.
+    pub fn check(&self) -> Result<(), TaskLimitError> {
+        if let TaskKind::Hook {
+            approved_sha256, ..
+        } = &self.kind
+            && !approved_sha256.is_empty()
+        {
+            return Err(TaskLimitError::Field {
+                field: "approved_sha256",
+                bound: "empty in a create request (approve hooks with `weft admin hook approve`)"
+                    .into(),
+                value: format!("{} hashes", approved_sha256.len()),
+            });
+        }
+        self.kind.check()?;
+        self.limits().check()?;
+        self.deadline_secs().map(|_| ())
+    }
+}
+
+/// Where one node's run of a task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Waiting for the node to lease it (never leased, or its lease expired).
+    Pending,
+    /// Leased: the node is running it.
+    Leased,
+    /// A result arrived.
+    Done,
+    /// Cancelled by an admin before a result arrived.
+    Cancelled,
+    /// Its deadline passed before a result arrived.
+    Expired,
+}
+
+impl RunState {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "pending",
+            RunState::Leased => "leased",
+            RunState::Done => "done",
+            RunState::Cancelled => "cancelled",
+            RunState::Expired => "expired",
+        }
+    }
+
+    /// Parses [`RunState::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            RunState::Pending,
+            RunState::Leased,
+            RunState::Done,
+            RunState::Cancelled,
+            RunState::Expired,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
+    /// Whether nothing more happens to the run.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Done | RunState::Cancelled | RunState::Expired
+        )
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One node's run, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRunView {
+    /// The node's name.
+    pub node: String,
+    /// The node's key.
+    pub node_key: String,
+    /// Where it stands.
+    pub state: RunState,
+    /// Leases handed out so far.
+    pub leases: u32,
+    /// The current (or last) lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    /// When that lease expires (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at_ms: Option<u64>,
+    /// How it ended, once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
+    /// When it ended (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+    /// The whole result (`GET /v1/admin/tasks/{id}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<TaskResult>,
+}
+
+/// A task, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// Its id.
+    pub id: String,
+    /// Unix ms.
+    pub created_at_ms: u64,
+    /// Who created it (`admin`).
+    pub created_by: String,
+    /// The target as given.
+    pub target: TaskTarget,
+    /// `action ping`, `script sh`, `hook NAME`.
+    pub label: String,
+    /// What it runs (`GET /v1/admin/tasks/{id}` and create only: a script body
+    /// can be 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<TaskKind>,
+    /// Its bounds.
+    pub limits: TaskLimits,
+    /// When it expires (Unix ms).
+    pub deadline_ms: u64,
+    /// When an admin cancelled it (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at_ms: Option<u64>,
+    /// One run per target node, by node name.
+    pub runs: Vec<TaskRunView>,
+}
+
+impl TaskView {
+    /// Whether every run is final (done, cancelled or expired).
+    pub fn finished(&self) -> bool {
+        self.runs.iter().all(|r| r.state.is_final())
+    }
+}
+
+/// `GET /v1/admin/tasks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskList {
+    /// Newest first.
+    pub tasks: Vec<TaskView>,
+}
+
+/// `POST /v1/node/tasks/lease`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    /// The task from the notice.
+    pub task_id: String,
+}
+
+/// The answer to `POST /v1/node/tasks/result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultAck {
+    /// The controller already had this result (same task and lease).
+    pub duplicate: bool,
+}
+
 /// Checks a task or lease id: 1..=[`MAX_ID_LEN`] of `[A-Za-z0-9_-]`.
 pub fn check_id(field: &'static str, id: &str) -> Result<(), TaskLimitError> {
     if id.is_empty()
@@ -774,6 +999,38 @@ mod tests {
                 "task_id"
             ]
         );
+    }
+
+    #[test]
+    fn create_requests_fill_defaults_and_check_the_deadline() {
+        let mut r: CreateTaskRequest = serde_json::from_str(
+            r#"{"target":{"tag":"web"},"kind":{"kind":"action","action":"netcheck"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.target, TaskTarget::Tag("web".into()));
+        assert_eq!(r.limits(), TaskLimits::default());
+        assert_eq!(r.deadline_secs(), Ok(DEFAULT_DEADLINE_SECS));
+        assert!(r.check().is_ok());
+        r.deadline_secs = Some(MAX_DEADLINE_SECS);
+        assert!(r.check().is_ok());
+        r.deadline_secs = Some(MAX_DEADLINE_SECS - 1);
+        assert!(r.check().is_ok());
+        r.deadline_secs = Some(MAX_DEADLINE_SECS + 1);
+        assert!(r.check().is_err());
+        r.deadline_secs = Some(0);
+        assert!(r.check().is_err());
+        r.deadline_secs = None;
+        r.timeout_secs = Some(MAX_TIMEOUT_SECS + 1);
+        assert!(r.check().is_err());
+        r.timeout_secs = None;
+        r.kind = TaskKind::Hook {
+            name: "h".into(),
+            approved_sha256: vec!["a".repeat(64)],
+        };
+        let e = r.check().unwrap_err();
+        assert!(e.to_string().contains("approved_sha256"), "{e}");
+        assert_eq!(RunState::parse("expired"), Some(RunState::Expired));
+        assert!(RunState::Done.is_final() && !RunState::Leased.is_final());
     }
 
     #[test]
