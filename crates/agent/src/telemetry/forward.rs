@@ -4,7 +4,7 @@
 //! uploads the outbox, oldest first, in batches of at most
 //! [`MAX_UPLOAD_SAMPLES`] (`POST /v1/node/metrics`). While the controller is
 //! unreachable the outbox keeps the samples on disk (bounded; see
-//! [`super::outbox`]) and the next tick replays them in order.
+//! [`crate::outbox`]) and the next tick replays them in order.
 //!
 //! It runs while the node is joined and up (the supervisor hands it the
 //! credential with the controller link, and `None` on `weft down`); its
@@ -34,10 +34,10 @@ use weft_proto::samples::{
 use weft_tunnel::path::PathKind;
 use weft_tunnel::{DropCounters, DropReason, PeerStatus};
 
-use crate::outbox::{self, MAX_ENTRIES, Outbox};
 use crate::clock;
 use crate::ctl::{self, TrustSettings};
 use crate::dataplane::Probe;
+use crate::outbox::{self, MAX_ENTRIES, Outbox};
 use crate::state::Credential;
 
 /// The environment variable that shortens the interval (tests).
