@@ -314,6 +314,18 @@ impl<'l> Mesh<'l> {
         token: Option<&Path>,
         env: &[(&str, &str)],
     ) -> anyhow::Result<()> {
+        self.start_agent_with_args(node, token, env, &[])
+    }
+
+    /// [`Mesh::start_agent_with_env`] with extra `weftd` arguments (e.g.
+    /// `--allow-exec`), after the mesh's own.
+    pub fn start_agent_with_args(
+        &mut self,
+        node: &str,
+        token: Option<&Path>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> anyhow::Result<()> {
         let state_dir = self.lab.log_dir().join(format!("{node}-state"));
         let socket = self.lab.log_dir().join(format!("{node}.sock"));
         let mut cmd = Command::new(bin_path("weftd")?);
@@ -333,6 +345,7 @@ impl<'l> Mesh<'l> {
         };
         cmd.args(["--dns", dns]);
         cmd.envs(env.iter().copied());
+        cmd.args(args);
         if let Some(t) = token {
             cmd.args(["--controller", &self.controller.url])
                 .arg("--token-file")
