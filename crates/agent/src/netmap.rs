@@ -344,6 +344,8 @@ mod tests {
             networks,
             relays: vec![],
             policy: None,
+            data: vec![],
+            secrets: vec![],
         }
     }
 

@@ -252,6 +252,8 @@ mod tests {
             networks: vec![],
             relays: vec![],
             policy: None,
+            data: vec![],
+            secrets: vec![],
         }
     }
 

@@ -663,6 +663,8 @@ mod tests {
             }],
             relays: vec![],
             policy: None,
+            data: vec![],
+            secrets: vec![],
         };
         let z = Zone::from_map(&map);
         let (_, records) = addrs(z.answer("me.prod.weft.internal", QueryType::Any));

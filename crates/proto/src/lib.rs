@@ -15,6 +15,7 @@
 #![warn(clippy::iter_over_hash_type)]
 
 pub mod api;
+pub mod data;
 pub mod events;
 pub mod facts;
 pub mod local;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::NodeKey;
 use crate::api::API_VERSION;
+use crate::data::{DataEntry, SecretEntry};
 use crate::net::{Ipv4Net, Ipv6Net};
 use crate::policy::MapPolicy;
 use crate::task::{EVENT_TASK, TaskNotice};
@@ -49,6 +50,14 @@ pub struct NetworkMap {
     /// reached by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<MapPolicy>,
+    /// The admin's data for this node ([`crate::data`]), resolved (node over
+    /// tag over network) and sorted by key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<DataEntry>,
+    /// The admin's secrets for this node, each sealed to the node's X25519
+    /// key, sorted by key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretEntry>,
 }
 
 /// The receiving node's own entry.
@@ -213,6 +222,15 @@ pub enum MapChange {
         #[serde(default)]
         policy: Option<MapPolicy>,
     },
+    /// The node's data or secrets changed: replace both lists.
+    Data {
+        /// The new resolved data (see [`NetworkMap::data`]).
+        #[serde(default)]
+        data: Vec<DataEntry>,
+        /// The new sealed secrets (see [`NetworkMap::secrets`]).
+        #[serde(default)]
+        secrets: Vec<SecretEntry>,
+    },
 }
 
 /// One event of a map stream.
@@ -324,6 +342,9 @@ impl MapEvent {
 /// One event of a node's map stream: a map event, or a task waiting for the
 /// node to lease it (`task`, see [`crate::task`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
+// A stream event is decoded, handled and dropped one at a time: boxing the map
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum StreamEvent {
     /// A snapshot or a delta.
     Map(MapEvent),
@@ -369,7 +390,9 @@ impl NetworkMap {
                 MapChange::PeerRemove { network, .. } => {
                     self.network_index(network)?;
                 }
-                MapChange::SelfUpdate { .. } | MapChange::Policy { .. } => {}
+                MapChange::SelfUpdate { .. }
+                | MapChange::Policy { .. }
+                | MapChange::Data { .. } => {}
             }
         }
         for change in &delta.changes {
@@ -391,10 +414,31 @@ impl NetworkMap {
                 }
                 MapChange::SelfUpdate { node } => self.node = node.clone(),
                 MapChange::Policy { policy } => self.policy = policy.clone(),
+                MapChange::Data { data, secrets } => {
+                    self.data = data.clone();
+                    self.secrets = secrets.clone();
+                }
             }
         }
         self.version = delta.version;
         Ok(())
+    }
+
+    /// The admin's data value for `key` (already resolved for this node).
+    pub fn data_value(&self, key: &str) -> Option<&DataEntry> {
+        self.data
+            .binary_search_by(|e| e.key.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.data[i])
+    }
+
+    /// The sealed secret for `key` (open it with the node's X25519 secret:
+    /// `weft_identity::sealed::open`).
+    pub fn secret(&self, key: &str) -> Option<&SecretEntry> {
+        self.secrets
+            .binary_search_by(|e| e.key.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.secrets[i])
     }
 
     /// The network with this name.
@@ -453,6 +497,8 @@ mod tests {
             }],
             relays: vec![],
             policy: None,
+            data: vec![],
+            secrets: vec![],
         }
     }
 
@@ -481,6 +527,44 @@ mod tests {
         m.apply(&delta(7, vec![rm.clone(), rm])).unwrap();
         assert_eq!(m.networks[0].peers.len(), 2);
         assert_eq!(m.version, 7);
+    }
+
+    #[test]
+    fn a_data_change_replaces_data_and_secrets_and_lookups_find_them() {
+        let mut m = map();
+        let entry = |k: &str, v: &str| DataEntry {
+            key: k.into(),
+            value: v.into(),
+            version: 6,
+        };
+        let secret = SecretEntry {
+            key: "db".into(),
+            sealed: "AAAA".into(),
+            version: 6,
+        };
+        let change = MapChange::Data {
+            data: vec![entry("a", "1"), entry("b", "2")],
+            secrets: vec![secret.clone()],
+        };
+        m.apply(&delta(6, vec![change.clone()])).unwrap();
+        assert_eq!(m.data_value("b").map(|e| e.value.as_str()), Some("2"));
+        assert_eq!(m.data_value("c"), None);
+        assert_eq!(m.secret("db"), Some(&secret));
+        // The wire form, and an empty change clears both lists.
+        let j = serde_json::to_value(&change).unwrap();
+        assert_eq!(j["op"], "data");
+        m.apply(&delta(
+            7,
+            vec![MapChange::Data {
+                data: vec![],
+                secrets: vec![],
+            }],
+        ))
+        .unwrap();
+        assert!(m.data.is_empty() && m.secrets.is_empty());
+        // A map without data serializes without the fields (older agents).
+        let j = serde_json::to_value(&m).unwrap();
+        assert!(j.get("data").is_none() && j.get("secrets").is_none());
     }
 
     #[test]

@@ -134,6 +134,8 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         networks,
         relays: world.map_relays(),
         policy: world.node_policy(node).map(map_policy),
+        data: Vec::new(),
+        secrets: Vec::new(),
     })
 }
 
