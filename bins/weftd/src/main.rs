@@ -45,10 +45,10 @@ struct Args {
     #[arg(long, env = "WEFT_TOKEN_FILE", value_name = "PATH")]
     token_file: Option<PathBuf>,
     /// PEM CA file for the controller's certificate.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, alias = "ca", value_name = "PATH")]
     ca_file: Option<String>,
     /// Pin the controller's certificate by SHA-256 fingerprint (hex).
-    #[arg(long, value_name = "HEX")]
+    #[arg(long, alias = "pin", value_name = "HEX")]
     pin_sha256: Option<String>,
     /// Allow cleartext http:// to a non-loopback controller (insecure; labs only).
     #[arg(long)]
@@ -109,6 +109,34 @@ struct Args {
     /// 1 MiB is refused as a whole, logged, and shown by `weft status`.
     #[arg(long, env = "WEFT_USAGE_FILE", value_name = "PATH")]
     usage_file: Option<PathBuf>,
+    /// The node API for workloads on this node (`off`: none): HTTP/1.1 JSON
+    /// over this Unix socket, `GET /v1/metadata` (name, addresses, tags,
+    /// networks), `/v1/data[/KEY]` (the admin's data for this node) and
+    /// `/v1/secrets/KEY` (opened here with this node's key); `weft node get`
+    /// reads it. The socket is 0600 (root only), or 0660 with
+    /// --node-api-group, and every caller's uid and groups are checked
+    /// (SO_PEERCRED).
+    #[arg(long, env = "WEFT_NODE_API_SOCKET", value_name = "PATH|off",
+          default_value = weft_proto::local::DEFAULT_NODE_API_SOCKET)]
+    node_api_socket: String,
+    /// Members of this group read the node API's metadata and data (not
+    /// secrets); the socket becomes 0660 root:GROUP.
+    #[arg(long, env = "WEFT_NODE_API_GROUP", value_name = "GROUP", value_parser = group_arg)]
+    node_api_group: Option<(String, u32)>,
+    /// These users (uids or names, comma-separated) read secrets from the node
+    /// API, besides root (who always may); they must be able to open the
+    /// socket, so this needs --node-api-group with them in it.
+    #[arg(long, env = "WEFT_NODE_API_SECRET_UIDS", value_delimiter = ',',
+          value_name = "UID[,UID...]", value_parser = uid_arg, requires = "node_api_group")]
+    node_api_secret_uids: Vec<u32>,
+    /// Check the control plane and exit: one unauthenticated `GET /healthz`
+    /// on --controller, trusted as a normal start would (--ca-file,
+    /// --pin-sha256; cleartext http:// only to loopback unless
+    /// --allow-insecure-http). Exit status 0 only when it answers HTTP 200,
+    /// else 1 with the reason. Reads nothing from the state directory and
+    /// sends no credential or token; needs no privileges.
+    #[arg(long, requires = "controller")]
+    selfcheck_controlplane: bool,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -124,6 +152,16 @@ fn route_arg(text: &str) -> Result<String, String> {
         .map_err(|e| format!("{text:?} is not an IPv4 subnet such as 192.168.50.0/24: {e}"))?;
     weft_proto::net::check_routable_v4(&prefix).map_err(|e| format!("{prefix} {e}"))?;
     Ok(prefix.to_string())
+}
+
+/// `--node-api-group`: a group name (looked up at start) and its gid.
+fn group_arg(text: &str) -> Result<(String, u32), String> {
+    weft_agent::group_by_name(text.trim()).map_err(|e| format!("{e:#}"))
+}
+
+/// One `--node-api-secret-uids` entry: a uid or a user name.
+fn uid_arg(text: &str) -> Result<u32, String> {
+    weft_agent::uid_of(text).map_err(|e| format!("{e:#}"))
 }
 
 /// `--offload` values (and `WEFTD_OFFLOAD`, which has always been `0` or `1`).
@@ -178,6 +216,9 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    if args.selfcheck_controlplane {
+        return selfcheck(&args);
+    }
     let join = match (&args.controller, &args.token_file) {
         (Some(url), Some(file)) => Some(UpRequest {
             controller: Some(url.clone()),
@@ -217,12 +258,41 @@ fn run(args: Args) -> anyhow::Result<()> {
             addr,
             public: args.metrics_listen_public,
         }),
+        node_api: (args.node_api_socket != "off").then(|| weft_agent::NodeApiConfig {
+            socket: PathBuf::from(&args.node_api_socket),
+            access: weft_agent::NodeApiAccess {
+                group: args.node_api_group.clone(),
+                secret_uids: args.node_api_secret_uids.clone(),
+            },
+        }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(weft_agent::run(cfg, shutdown_signal()))
+}
+
+/// `--selfcheck-controlplane`: no state directory, no credential, no token file.
+#[allow(clippy::print_stdout, reason = "the check's one line of output")]
+fn selfcheck(args: &Args) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let check = weft_agent::Selfcheck {
+        controller: args.controller.clone().unwrap_or_default(),
+        ca_file: args.ca_file.clone(),
+        pin_sha256: args.pin_sha256.clone(),
+        allow_insecure_http: args.allow_insecure_http,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let health = rt.block_on(weft_agent::selfcheck_controlplane(&check))?;
+    println!(
+        "controller {} answered GET /healthz with 200: status {}, API version {}, map version {}",
+        check.controller, health.status, health.api_version, health.map_version
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -17,6 +17,9 @@
 //! - `netmap`: pure map → tunnel config / interface plan translation.
 //! - `state`: the state directory (identity, credential, cached map; all 0600).
 //! - `api`: the local API on a Unix socket.
+//! - `node_api`: the node API for workloads (metadata, data, secrets) on its
+//!   own Unix socket, access by peer credentials.
+//! - `selfcheck`: `weftd --selfcheck-controlplane` (one `GET /healthz`).
 //! - `clock`: the only place that reads clocks.
 //! - `telemetry`: host facts, Prometheus metrics, forwarding, usage, anomaly
 //!   detection (issue 16).
@@ -34,10 +37,12 @@ mod ctl;
 mod dataplane;
 mod dns;
 mod failures;
-mod outbox;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod netmap;
+mod node_api;
+mod outbox;
+mod selfcheck;
 pub mod state;
 mod supervisor;
 mod system;
@@ -45,5 +50,7 @@ mod telemetry;
 
 pub use dataplane::DataplaneConfig;
 pub use dns::DnsMode;
+pub use node_api::{Access as NodeApiAccess, NodeApiConfig, group_by_name, uid_of};
+pub use selfcheck::{Selfcheck, selfcheck_controlplane};
 pub use supervisor::{AgentConfig, run};
 pub use telemetry::http::MetricsListen;

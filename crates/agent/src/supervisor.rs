@@ -21,6 +21,7 @@ use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::dns::{self, Dns, DnsMode};
 use crate::failures::Failures;
 use crate::netmap::{self, Derived, Slots};
+use crate::node_api::NodeApi;
 use crate::state::{Credential, StateDir};
 use crate::system::{self, System};
 use crate::telemetry::Telemetry;
@@ -52,6 +53,8 @@ pub struct AgentConfig {
     pub usage_file: Option<PathBuf>,
     /// `weftd --metrics-listen` (`None`: no metrics listener).
     pub metrics_listen: Option<crate::MetricsListen>,
+    /// `weftd --node-api-socket` and its access (`None`: off).
+    pub node_api: Option<crate::NodeApiConfig>,
 }
 
 struct Agent {
@@ -76,6 +79,8 @@ struct Agent {
     dns: Dns,
     /// Metrics, forwarding, usage uploads and anomaly detection.
     telemetry: Telemetry,
+    /// The node API for workloads (metadata, data, secrets).
+    node_api: NodeApi,
 }
 
 /// Runs the agent until `shutdown` completes; then removes what it created.
@@ -161,6 +166,7 @@ async fn serve<F: Future<Output = ()>>(
         return Ok(());
     };
     let identity = Arc::new(identity);
+    let node_api = NodeApi::start(cfg.node_api.as_ref(), identity.clone()).await?;
 
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
@@ -195,6 +201,7 @@ async fn serve<F: Future<Output = ()>>(
     let mut agent = Agent {
         credential: state.load_credential()?,
         telemetry: Telemetry::start(cfg, &dp, dns.stats()),
+        node_api,
         state,
         identity,
         dp,
@@ -498,6 +505,7 @@ impl Agent {
 
     async fn apply_map(&mut self, map: NetworkMap) {
         self.telemetry.set_map(&map);
+        self.node_api.set_map(&map);
         if self.down {
             self.map = Some(map);
             return;

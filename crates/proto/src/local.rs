@@ -17,6 +17,10 @@ pub const MAX_REQUEST_LEN: usize = 64 * 1024;
 /// Default path of the agent's socket.
 pub const DEFAULT_SOCKET: &str = "/run/weft/weftd.sock";
 
+/// Default path of the node API's socket (`weftd --node-api-socket`, read by
+/// `weft node get`): HTTP/1.1 JSON for workloads on the node.
+pub const DEFAULT_NODE_API_SOCKET: &str = "/run/weft/node.sock";
+
 /// A request to the local agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]

@@ -128,6 +128,7 @@ mod tests {
             dataplane: DataplaneConfig::default(),
             usage_file: None,
             metrics_listen: None,
+            node_api: None,
         };
         let node = weft_tunnel::Node::new(
             weft_proto::NodeKey::from_bytes([1; 32]),

@@ -1,0 +1,244 @@
+//! The node API's HTTP/1.1 server: one `SO_PEERCRED` reading per connection,
+//! then JSON answers to `GET` requests (see the module docs of `node_api`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, watch};
+use weft_identity::Identity;
+
+use super::access::{Access, Peer, Resource, supplementary_groups};
+use super::view::View;
+
+/// Connections served at once (more are closed at once).
+const MAX_CONNECTIONS: usize = 32;
+/// How long a client has to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may stay open (keep-alive included).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// What every connection's handler shares.
+pub(crate) struct Shared {
+    pub(crate) access: Access,
+    pub(crate) view: watch::Receiver<Option<Arc<View>>>,
+    pub(crate) identity: Arc<Identity>,
+}
+
+/// Accepts connections until the task is aborted.
+pub(crate) async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "node API accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            connection(stream, shared).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(stream: UnixStream, shared: Arc<Shared>) {
+    // SO_PEERCRED: the credentials the kernel recorded at connect(2).
+    let peer = match stream.peer_cred() {
+        Ok(cred) => Arc::new(Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            groups: cred
+                .pid()
+                .map(|pid| supplementary_groups(pid, cred.uid()))
+                .unwrap_or_default(),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "node API: cannot read the peer's credentials; closing");
+            return;
+        }
+    };
+    let svc = service_fn(move |req| {
+        let (shared, peer) = (shared.clone(), peer.clone());
+        async move { Ok::<_, Infallible>(answer(&req, &shared, &peer)) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(16 * 1024)
+        .serve_connection(TokioIo::new(stream), svc);
+    if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+        tracing::debug!(error = %e, "node API connection failed");
+    }
+}
+
+/// The routes, by what they read.
+enum Route<'a> {
+    Metadata,
+    DataList,
+    Data(&'a str),
+    Secret(&'a str),
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    match path {
+        "/v1/metadata" => Some(Route::Metadata),
+        "/v1/data" => Some(Route::DataList),
+        _ => {
+            if let Some(key) = path.strip_prefix("/v1/data/") {
+                Some(Route::Data(key))
+            } else {
+                path.strip_prefix("/v1/secrets/").map(Route::Secret)
+            }
+        }
+    }
+}
+
+/// `{"error": {"code", "message"}}`, as the controller's API answers errors.
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    json(status, &body)
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+#[derive(Serialize)]
+struct DataList<'a> {
+    data: &'a [super::view::DataItem],
+    map_version: u64,
+}
+
+#[derive(Serialize)]
+struct SecretBody<'a> {
+    key: &'a str,
+    version: u64,
+    /// The plaintext when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    /// The plaintext, always (binary secrets).
+    value_base64: String,
+}
+
+fn answer<B>(req: &Request<B>, shared: &Shared, peer: &Peer) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let Some(route) = route(path) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such path: the node API serves GET /v1/metadata, /v1/data, /v1/data/{key} \
+             and /v1/secrets/{key}",
+        );
+    };
+    if req.method() != Method::GET {
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "the node API is read-only: use GET",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+        return r;
+    }
+    let what = match route {
+        Route::Secret(_) => Resource::Secret,
+        _ => Resource::Data,
+    };
+    // Access first: a refused caller learns nothing about which keys exist.
+    if let Err(why) = shared.access.check(peer, what) {
+        tracing::info!(uid = peer.uid, path, "node API refused: {why}");
+        return error(StatusCode::FORBIDDEN, "forbidden", &why);
+    }
+    let Some(view) = shared.view.borrow().clone() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_map",
+            "this node has no network map yet (not joined, or the controller has not \
+             answered since the first start)",
+        );
+    };
+    match route {
+        Route::Metadata => json(StatusCode::OK, &view.metadata),
+        Route::DataList => json(
+            StatusCode::OK,
+            &DataList {
+                data: &view.data,
+                map_version: view.metadata.map_version,
+            },
+        ),
+        Route::Data(key) => match view.data(key) {
+            Some(item) => json(StatusCode::OK, item),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no data key {key:?} for this node"),
+            ),
+        },
+        Route::Secret(key) => {
+            let Some(secret) = view.secret(key) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    &format!("no secret {key:?} for this node"),
+                );
+            };
+            let opened = base64::engine::general_purpose::STANDARD
+                .decode(&secret.sealed)
+                .map_err(|e| format!("not base64: {e}"))
+                .and_then(|sealed| {
+                    weft_identity::sealed::open(&shared.identity.x25519_secret(), &sealed)
+                        .map_err(|e| e.to_string())
+                });
+            match opened {
+                Ok(plain) => json(
+                    StatusCode::OK,
+                    &SecretBody {
+                        key,
+                        version: secret.version,
+                        value: std::str::from_utf8(&plain).ok(),
+                        value_base64: base64::engine::general_purpose::STANDARD.encode(&plain),
+                    },
+                ),
+                Err(why) => {
+                    tracing::warn!(key, "node API: secret cannot be opened: {why}");
+                    error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "undecryptable",
+                        &format!(
+                            "secret {key:?} cannot be opened with this node's key ({why}); \
+                             set it again (weft admin secret set) if the node's key changed"
+                        ),
+                    )
+                }
+            }
+        }
+    }
+}
