@@ -96,6 +96,16 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/node/rotate-key`: replaces this node's identity key (see
+    /// [`weft_proto::api::RotateKeyRequest`]).
+    pub async fn rotate_key(
+        &self,
+        req: &weft_proto::api::RotateKeyRequest,
+    ) -> Result<weft_proto::api::RotateKeyResponse, ClientError> {
+        self.request(Method::POST, "/v1/node/rotate-key", Some(req))
+            .await
+    }
+
     /// `POST /v1/node/usage`: monotonic usage counters (one share of them when
     /// they do not fit one upload).
     pub async fn upload_usage(

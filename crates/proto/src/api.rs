@@ -172,6 +172,54 @@ pub struct ReportRequest {
     pub facts: Option<HostFacts>,
 }
 
+/// Signature context of a key rotation (`POST /v1/node/rotate-key`).
+pub const ROTATE_KEY_SIGNATURE_CONTEXT: &str = "weft/rotate-key/v1";
+
+/// The message the NEW key signs, under [`ROTATE_KEY_SIGNATURE_CONTEXT`], to
+/// rotate: `old key (32 bytes) || new key (32 bytes)`. The node credential
+/// authenticates the node (the old key's holder); the signature proves the
+/// node holds the new key's secret and binds it to the key it replaces.
+pub fn rotate_key_signed_message(old: &NodeKey, new: &NodeKey) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out[..32].copy_from_slice(old.as_bytes());
+    out[32..].copy_from_slice(new.as_bytes());
+    out
+}
+
+/// `POST /v1/node/rotate-key` body (authenticated by the node credential): the
+/// node's identity key changes from `old_node_key` to `new_node_key`; its id,
+/// name, tags, addresses and credential stay. Sending it again after it
+/// succeeded (a retry after a crash) succeeds again and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateKeyRequest {
+    /// Must be [`API_VERSION`] when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<u32>,
+    /// The key being replaced (the node's key now, or, on a retry, before).
+    pub old_node_key: NodeKey,
+    /// The new key.
+    pub new_node_key: NodeKey,
+    /// The new key's proof-of-work nonce (it must meet the difficulty of every
+    /// network the node is in).
+    pub pow_nonce: u64,
+    /// The new key's signature over [`rotate_key_signed_message`], unpadded
+    /// URL-safe base64.
+    pub signature: String,
+}
+
+/// `POST /v1/node/rotate-key` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateKeyResponse {
+    /// [`API_VERSION`].
+    pub api_version: u32,
+    /// The node's key now (the new one).
+    pub node_key: NodeKey,
+    /// The node's name (unchanged).
+    pub name: String,
+    /// `false` when the key had already been rotated to `new_node_key` (a retry).
+    pub rotated: bool,
+}
+
 /// `POST /v1/admin/networks` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateNetworkRequest {

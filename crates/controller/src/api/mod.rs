@@ -9,6 +9,7 @@
 //! | GET | `/v1/map` | node | the node's map, once |
 //! | GET | `/v1/map/stream` | node | SSE: snapshot, then deltas (`Last-Event-ID` resumes) |
 //! | POST | `/v1/node/report` | node | liveness and endpoints |
+//! | POST | `/v1/node/rotate-key` | node | replace the node's key (signed by the new key; id, name, addresses kept; a retry succeeds) |
 //! | POST | `/v1/node/metrics` | node | forwarded metric samples (1 to 60, validated; duplicates ignored) |
 //! | GET | `/v1/admin/nodes/{key-or-name}/metrics` | admin | the node's forwarded history, 1-minute points over 24 h (`?since=` Unix ms) |
 //! | POST | `/v1/node/events` | node | anomaly events the agent raised (bounded, validated, idempotent) |
@@ -48,6 +49,7 @@ mod node;
 mod node_metrics;
 mod register;
 mod relay;
+mod rotate_key;
 mod routes;
 mod usage;
 pub mod views;
@@ -147,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/map", get(map::get_map))
         .route("/v1/map/stream", get(map::stream))
         .route("/v1/node/report", post(node::report))
+        .route("/v1/node/rotate-key", post(rotate_key::rotate_key))
         .merge(admin::routes())
         .merge(node_metrics::routes())
         .merge(events::routes())
@@ -333,6 +336,7 @@ macro_rules! versioned {
 versioned!(
     weft_proto::api::RegisterRequest,
     weft_proto::api::ReportRequest,
+    weft_proto::api::RotateKeyRequest,
     weft_proto::api::CreateNetworkRequest,
     weft_proto::api::CreateTokenRequest,
     weft_proto::api::UpdateNodeRequest,

@@ -279,7 +279,7 @@ pub(super) async fn challenge(
     }))
 }
 
-fn decode_fixed<const N: usize>(
+pub(super) fn decode_fixed<const N: usize>(
     s: &str,
     code: &'static str,
     what: &str,

@@ -56,6 +56,7 @@ mod nodes;
 mod policy;
 mod presence;
 mod relays;
+mod rotate_key;
 mod routes;
 mod tokens;
 pub mod usage;
@@ -69,6 +70,7 @@ pub use nodes::{
 pub use policy::{PolicyState, SetPolicy};
 pub use presence::{Presence, PresenceConfig};
 pub use relays::{NewRelay, RelayReport, RemoveRelay, ReportRelay};
+pub use rotate_key::{RotateKey, RotatedKey};
 pub use routes::{AdvertiseRoutes, ChangeRoute, GATEWAY_TAG, RouteOp, RouteStatus};
 pub use tokens::{NewToken, RevokeToken, Token, TokenStatus};
 

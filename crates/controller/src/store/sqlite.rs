@@ -456,7 +456,7 @@ impl Store for SqliteStore {
                     tx.prepare_cached(
                         "INSERT INTO nodes (id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at, facts, facts_changed_ms)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                         ON CONFLICT (id) DO UPDATE SET name = excluded.name, hostname = excluded.hostname,
+                         ON CONFLICT (id) DO UPDATE SET node_key = excluded.node_key, name = excluded.name, hostname = excluded.hostname,
                            tags = excluded.tags, disabled = excluded.disabled,
                            credential_hash = excluded.credential_hash, endpoints = excluded.endpoints,
                            last_seen = excluded.last_seen, facts = excluded.facts,
