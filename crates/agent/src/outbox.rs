@@ -8,17 +8,15 @@
 //! | forwarded metrics samples (`telemetry::forward`) | `metrics-outbox.json` | (agent run `agent_start_ms`, `seq`) | the history ring counts a `seq` at or below the run's last, or an earlier run, as a duplicate |
 //! | anomaly events (`telemetry::anomaly`) | `events-outbox.json` | the event `id` (unix ms × 1000 + counter) | `UNIQUE (node_id, event_id)`, inserted `OR IGNORE` |
 //! | task results (`tasks`, issue 17) | `results-outbox.json` | (`task_id`, `lease_id`) | a second result under the same lease answers `duplicate: true` and changes nothing |
+//! | usage totals (`telemetry::usage`) | `usage-outbox.json` | the agent run (`run_id`): one entry per run, its newest totals ([`Outbox::upsert`]) | totals are monotonic per run: the same totals again add nothing; an earlier run's last totals are sent before the next run's first |
 //!
 //! What does not go through it, and why: reports of *state*, where the latest
 //! value replaces every earlier one, so a queue would only replay stale
 //! values. The liveness/endpoint report (`POST /v1/node/report`, with the host
 //! facts) and the integrity report (binary and hook hashes) are re-sent whole
-//! on every (re)connection and on their own timers; usage counters
-//! (`POST /v1/node/usage`) are monotonic totals since the agent run started,
-//! so the next successful upload carries all the growth of an outage (the
-//! growth of a run that ends while the controller is away is not kept: the
-//! controller only diffs forward within a run). None of these can be applied
-//! twice.
+//! on every (re)connection and on their own timers; neither can be applied
+//! twice. (Usage totals are state within one agent run too, hence one entry
+//! per run; they queue so that a run's last totals outlive the run.)
 //!
 //! ```text
 //! STATE_DIR/<file>   {"format":1,"checksum":"<sha256 hex of body>",
@@ -205,6 +203,19 @@ impl<T: Keyed + Clone + Serialize + DeserializeOwned> Outbox<T> {
         }
         self.samples.push_back(s);
         true
+    }
+
+    /// Replaces the waiting entry with the same key, in its place, or
+    /// appends `s` ([`Outbox::push`]): for a kind whose newest value of a key
+    /// supersedes the earlier ones (usage totals of one agent run).
+    pub(crate) fn upsert(&mut self, s: T) {
+        let key = s.idempotency_key();
+        match self.samples.iter_mut().find(|e| e.idempotency_key() == key) {
+            Some(e) => *e = s,
+            None => {
+                self.push(s);
+            }
+        }
     }
 
     /// Whether an entry with this idempotency key is waiting.
@@ -512,7 +523,7 @@ mod tests {
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
-            let started = std::time::Instant::now();
+            let started = crate::clock::now();
             while !dir.path().join("ready").exists() {
                 assert!(
                     started.elapsed().as_secs() < 60,
@@ -523,7 +534,7 @@ mod tests {
             // Kill as the writer's temporary file appears, a little later each
             // round: during the write, the fsync, the rename.
             let temp = dir.path().join(format!(".{KILL_FILE}.tmp-{}", child.id()));
-            let started = std::time::Instant::now();
+            let started = crate::clock::now();
             while !temp.exists() {
                 assert!(started.elapsed().as_secs() < 60, "the writer never wrote");
                 std::hint::spin_loop();
@@ -570,6 +581,15 @@ mod tests {
         o.taken(1);
         assert!(o.push(big(1)));
         assert_eq!(o.oldest(10), vec![big(2), big(1)]);
+        // Upsert: the newest entry of a key in its place.
+        o.upsert(Big {
+            n: 2,
+            pad: "newer".into(),
+        });
+        o.upsert(big(3));
+        let got: Vec<(u64, String)> = o.oldest(10).into_iter().map(|b| (b.n, b.pad)).collect();
+        assert_eq!(got[0], (2, "newer".to_owned()));
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [2, 1, 3]);
         // The kinds' keys.
         assert_eq!(sample(7).idempotency_key(), "1000/7");
     }

@@ -350,7 +350,7 @@ impl Uploader {
 }
 
 /// A 4xx answer that retrying will not change (not auth, timeout or rate).
-fn refused_for_good(e: &weft_api_client::ClientError) -> bool {
+pub(super) fn refused_for_good(e: &weft_api_client::ClientError) -> bool {
     e.status()
         .is_some_and(|s| (400..500).contains(&s) && ![401, 403, 408, 429].contains(&s))
 }

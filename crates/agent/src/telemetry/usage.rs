@@ -6,7 +6,14 @@
 //! (`POST /v1/node/usage`), split into uploads of at most
 //! [`MAX_UPLOAD_SERIES`] series. The counters are since this agent run started
 //! (`run_id`, random per start): the controller does the diffing, so an upload
-//! that fails is simply superseded by the next one (nothing is queued).
+//! that fails is superseded by the next one of the same run. The newest totals
+//! not yet taken wait in the agent's outbox (`STATE_DIR/usage-outbox.json`,
+//! one entry per run, [`OUTBOX_RUNS`] at most), so the last totals of a run that
+//! ends while the controller is away (weftd restarted, or killed) are sent
+//! when it is back, before the next run's: the controller counts that run's
+//! growth, then the new run from zero. Sending the same totals twice adds
+//! nothing. A total the controller refuses for good (a 4xx other than 401,
+//! 403, 408, 429) is dropped and logged, so it cannot block the others.
 //!
 //! It uploads while the node is joined and up (the supervisor hands it the
 //! credential with the controller link, and `None` on `weft down`). A refused
@@ -28,11 +35,13 @@ use weft_proto::usage::{
 };
 use weft_tunnel::NodeUsage;
 
+use super::forward::refused_for_good;
 use super::usage_file;
 use crate::clock;
 use crate::ctl::{self, TrustSettings};
 use crate::dataplane::{Dataplane, Probe};
 use crate::failures::Failures;
+use crate::outbox::{self, Damage, Keyed, Outbox};
 use crate::state::Credential;
 use crate::supervisor::AgentConfig;
 
@@ -40,6 +49,16 @@ use crate::supervisor::AgentConfig;
 const INTERVAL_ENV: &str = "WEFT_USAGE_INTERVAL_MS";
 /// The longest one upload may take.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The outbox file in the state directory.
+pub(crate) const OUTBOX_FILE: &str = "usage-outbox.json";
+/// Agent runs whose last totals are kept at most.
+pub(crate) const OUTBOX_RUNS: usize = 16;
+
+impl Keyed for UsageUpload {
+    fn idempotency_key(&self) -> String {
+        self.run_id.clone()
+    }
+}
 
 /// The running usage task (the supervisor holds it for the agent's life).
 pub(crate) struct Usage {
@@ -53,7 +72,13 @@ impl Usage {
     pub(crate) fn start(cfg: &AgentConfig, dp: &Dataplane) -> Self {
         let (link, link_rx) = watch::channel(None);
         let (tx, failures) = watch::channel(Vec::new());
-        let task = tokio::spawn(run(dp.probe(), link_rx, cfg.usage_file.clone(), tx));
+        let task = tokio::spawn(run(
+            dp.probe(),
+            link_rx,
+            cfg.usage_file.clone(),
+            cfg.state_dir.clone(),
+            tx,
+        ));
         Self {
             link,
             failures,
@@ -102,11 +127,13 @@ async fn run(
     probe: Probe,
     mut link: watch::Receiver<Option<Credential>>,
     file: Option<PathBuf>,
+    dir: PathBuf,
     shown: watch::Sender<Vec<FailureStatus>>,
 ) {
     let run_id = run_id();
     let started_at_ms = clock::unix_ms();
     let mut failures = Failures::default();
+    let mut pending = Pending::open(&dir, started_at_ms);
     let mut tick = tokio::time::interval(interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client: Option<weft_api_client::Client> = None;
@@ -138,24 +165,14 @@ async fn run(
             flows: flows(&counters),
             sidecar,
         };
-        let mut refused = None;
-        for part in split(upload, MAX_UPLOAD_SERIES) {
-            match tokio::time::timeout(UPLOAD_TIMEOUT, c.upload_usage(&part)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    refused = Some(e.to_string());
-                    break;
-                }
-                Err(_) => {
-                    refused = Some("the upload timed out".into());
-                    break;
-                }
-            }
-        }
+        pending.outbox.upsert(upload);
+        let refused = send_pending(&c, &mut pending.outbox).await;
+        pending.save();
+        failures.set_area("usage-outbox", pending.failures(), now_ms);
         let was = failures.any_in("usage-upload");
         match &refused {
             Some(e) if !was => {
-                tracing::warn!(error = %e, "uploading usage failed (the next interval sends the totals again)")
+                tracing::warn!(error = %e, "uploading usage failed (the totals wait in the outbox for the next interval)")
             }
             None if was => tracing::info!("usage uploads work again"),
             _ => {}
@@ -166,6 +183,107 @@ async fn run(
             now_ms,
         );
         shown.send_replace(failures.list());
+    }
+}
+
+/// Sends the waiting totals oldest first (an earlier run's last totals
+/// before this run's), each in parts of at most [`MAX_UPLOAD_SERIES`] series,
+/// forgetting each once the controller took every part. A total refused for
+/// good is dropped and counted. `Some(error)` when one could not be sent.
+async fn send_pending(
+    c: &weft_api_client::Client,
+    pending: &mut Outbox<UsageUpload>,
+) -> Option<String> {
+    while let Some(upload) = pending.oldest(1).pop() {
+        for part in split(upload, MAX_UPLOAD_SERIES) {
+            match tokio::time::timeout(UPLOAD_TIMEOUT, c.upload_usage(&part)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if refused_for_good(&e) => {
+                    pending.taken(1);
+                    pending.count_dropped(1);
+                    return Some(format!("{e} (these totals are dropped)"));
+                }
+                Ok(Err(e)) => return Some(e.to_string()),
+                Err(_) => return Some("the upload timed out".into()),
+            }
+        }
+        pending.taken(1);
+    }
+    None
+}
+
+/// The usage outbox and what fails with it (for `weft status`, area
+/// `usage-outbox`): a damaged file moved aside (until the operator deletes
+/// it), a file that could not be read (the totals are kept in memory only) or
+/// written.
+struct Pending {
+    outbox: Outbox<UsageUpload>,
+    dir: PathBuf,
+    unreadable: Option<String>,
+    save_error: Option<String>,
+}
+
+impl Pending {
+    fn open(dir: &Path, now_ms: u64) -> Self {
+        let mut unreadable = None;
+        let outbox = match Outbox::open_file(dir, OUTBOX_FILE, OUTBOX_RUNS, now_ms) {
+            Ok((o, damage)) => {
+                if let Some(Damage { aside, why }) = damage {
+                    tracing::error!(
+                        "the usage outbox was damaged ({why}); moved aside to {}, its totals \
+                         are not uploaded: inspect it, then remove it",
+                        aside.display()
+                    );
+                }
+                o
+            }
+            Err(e) => {
+                let why = format!("{e:#}; usage totals are kept in memory only");
+                tracing::error!("{why}");
+                unreadable = Some(why);
+                Outbox::empty(dir, OUTBOX_FILE, OUTBOX_RUNS)
+            }
+        };
+        Self {
+            outbox,
+            dir: dir.to_owned(),
+            unreadable,
+            save_error: None,
+        }
+    }
+
+    fn save(&mut self) {
+        if self.unreadable.is_some() {
+            return;
+        }
+        match self.outbox.save() {
+            Ok(()) => self.save_error = None,
+            Err(e) => {
+                let e = format!("{e:#}");
+                if self.save_error.as_ref() != Some(&e) {
+                    tracing::warn!("cannot write the usage outbox: {e}; keeping it in memory");
+                }
+                self.save_error = Some(e);
+            }
+        }
+    }
+
+    fn failures(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = outbox::damaged_files_of(&self.dir, OUTBOX_FILE)
+            .into_iter()
+            .map(|f| {
+                (
+                    f.display().to_string(),
+                    "a damaged usage outbox was moved here; its totals were not uploaded: \
+                     inspect it, then delete it to clear this"
+                        .to_owned(),
+                )
+            })
+            .collect();
+        for e in [&self.unreadable, &self.save_error].into_iter().flatten() {
+            v.push(("usage outbox".to_owned(), e.clone()));
+        }
+        v
     }
 }
 
@@ -392,5 +510,133 @@ mod tests {
             ..UsageUpload::default()
         };
         assert_eq!(u.validate(), Ok(()));
+    }
+
+    /// A controller for `POST /v1/node/usage` that answers with the statuses
+    /// of `answers` in turn (then 204) and records the (run, tx bytes) of
+    /// each upload it took.
+    async fn controller(
+        answers: Vec<u16>,
+        took: std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>>,
+    ) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut answers = answers.into_iter();
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                let body = loop {
+                    let n = conn.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len || n == 0 {
+                            break body.to_owned();
+                        }
+                    }
+                };
+                let status = answers.next().unwrap_or(204);
+                if status == 204 {
+                    let u: UsageUpload = serde_json::from_str(&body).unwrap();
+                    let tx = u.flows.iter().map(|f| f.counters.tx_bytes).sum();
+                    took.lock().unwrap().push((u.run_id, tx));
+                }
+                let json = r#"{"error":{"code":"x","message":"y"}}"#;
+                let resp = if status == 204 {
+                    "HTTP/1.1 204 X\r\nconnection: close\r\n\r\n".to_owned()
+                } else {
+                    format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{json}",
+                        json.len()
+                    )
+                };
+                let _ = conn.write_all(resp.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    fn totals(run: &str, tx: u64) -> UsageUpload {
+        UsageUpload {
+            run_id: run.into(),
+            flows: vec![FlowUsage {
+                peer: None,
+                port: 0,
+                proto: 0,
+                other: true,
+                counters: UsageCounters {
+                    tx_bytes: tx,
+                    ..UsageCounters::default()
+                },
+            }],
+            ..UsageUpload::default()
+        }
+    }
+
+    /// A weftd run ends while the controller is away: its last totals are on
+    /// disk, and are sent after the restart before the new run's, once; one
+    /// the controller refuses for good is dropped and counted.
+    #[tokio::test]
+    async fn a_runs_last_totals_outlive_it_and_go_before_the_next_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let took = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        // The old run: the controller is away (503, then unreachable).
+        let mut p = Pending::open(dir.path(), 1);
+        p.outbox.upsert(totals("run1", 100));
+        p.outbox.upsert(totals("run1", 400));
+        let down = controller(vec![503], took.clone()).await;
+        let c = client_for(&joined(&down)).unwrap();
+        assert!(send_pending(&c, &mut p.outbox).await.is_some());
+        p.save();
+        assert!(p.failures().is_empty());
+        drop(p); // weftd is gone
+
+        // The new run: the old run's newest totals first, then its own.
+        let mut p = Pending::open(dir.path(), 2);
+        assert_eq!(p.outbox.len(), 1);
+        p.outbox.upsert(totals("run2", 30));
+        let up = controller(vec![], took.clone()).await;
+        let c = client_for(&joined(&up)).unwrap();
+        assert_eq!(send_pending(&c, &mut p.outbox).await, None);
+        p.save();
+        assert_eq!(
+            *took.lock().unwrap(),
+            [("run1".to_owned(), 400), ("run2".to_owned(), 30)]
+        );
+        assert_eq!(Pending::open(dir.path(), 3).outbox.len(), 0, "all taken");
+
+        // A total refused for good does not block the next.
+        took.lock().unwrap().clear();
+        p.outbox.upsert(totals("run2", 50));
+        p.outbox.upsert(totals("run3", 5));
+        let refusing = controller(vec![400], took.clone()).await;
+        let c = client_for(&joined(&refusing)).unwrap();
+        let e = send_pending(&c, &mut p.outbox).await.unwrap();
+        assert!(e.contains("dropped"), "{e}");
+        assert_eq!(p.outbox.dropped(), 1);
+        assert_eq!(send_pending(&c, &mut p.outbox).await, None);
+        assert_eq!(*took.lock().unwrap(), [("run3".to_owned(), 5)]);
+    }
+
+    fn joined(url: &str) -> Credential {
+        Credential {
+            controller: url.to_owned(),
+            credential: "node-credential".into(),
+            ca_file: None,
+            pin_sha256: None,
+            allow_insecure_http: false,
+            advertise_routes: vec![],
+        }
     }
 }

@@ -386,6 +386,21 @@ mod tests {
         assert_eq!(got, [(1000, 0), (1500, 0), (100, 0)]);
     }
 
+    /// The agent's usage outbox after an outage across a weftd restart: the
+    /// old run's last totals (sent once, maybe twice) before the new run's.
+    #[test]
+    fn a_runs_last_totals_replayed_before_the_next_run_count_once() {
+        let got = deltas(&[
+            upload(RUN1, 1000, 0, 1),
+            // The controller was away; weftd restarted; its outbox sends
+            // the old run's last totals first, twice (an answer was lost).
+            upload(RUN1, 1400, 0, 1),
+            upload(RUN1, 1400, 0, 1),
+            upload(RUN2, 300, 0, 1),
+        ]);
+        assert_eq!(got, [(1000, 0), (400, 0), (0, 0), (300, 0)]);
+    }
+
     #[test]
     fn a_sidecar_restart_is_a_reset_an_agent_restart_is_not() {
         let mut after_agent_restart = users(120, 700);
