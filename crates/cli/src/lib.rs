@@ -108,6 +108,10 @@ enum Command {
     /// unusual outbound volume, drop spikes, slow controller), each with the
     /// baseline it broke; the controller's log is `weft admin events`.
     Events,
+    /// Read what the node API serves to workloads on this node (weftd
+    /// --node-api-socket): `weft node get metadata`, `data [KEY]`, `secret
+    /// KEY`. Exit status 1 when refused or missing.
+    Node(cmd::agent::NodeArgs),
     /// The controller's access policy: which rule decides A -> B (admin token).
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
@@ -138,6 +142,7 @@ pub fn main() -> ExitCode {
         Command::WhyBlocked(a) => cmd::agent::why_blocked(&cli.socket, a, json),
         Command::Metrics(a) => cmd::agent::metrics(&cli.socket, &a, json),
         Command::Events => cmd::agent::events(&cli.socket, json),
+        Command::Node(a) => cmd::agent::node(&a, json),
         Command::Identity(c) => cmd::identity::run(c, json),
         Command::Policy(c) => cmd::policy::run(c, json),
         Command::Admin(a) => Ok(cmd::admin::run(a, json, exit::DENIED)),

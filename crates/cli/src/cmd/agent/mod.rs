@@ -1,11 +1,13 @@
 //! Commands that talk to the local agent over its Unix socket. This module:
 //! the socket, one request/response, and `status`; [`up`]: `up` and `down`;
 //! [`explain`]: `why` and `why-blocked`; [`ping`]: `ping`; [`metrics`]:
-//! `metrics`; [`events`]: `events`.
+//! `metrics`; [`events`]: `events`; [`node`]: `node get` (the node API, not
+//! the local API).
 
 mod events;
 mod explain;
 mod metrics;
+mod node;
 mod ping;
 #[cfg(test)]
 mod tests;
@@ -29,6 +31,7 @@ pub(crate) use events::render as render_event;
 pub(crate) use explain::resolve_peer;
 pub use explain::{WhyArgs, WhyBlockedArgs, why, why_blocked};
 pub use metrics::{MetricsArgs, metrics};
+pub use node::{NodeArgs, node};
 pub use ping::{PingArgs, ping};
 pub use up::{UpArgs, down, up};
 
