@@ -32,6 +32,8 @@
 //! | GET/POST | `/v1/admin/routes` | admin | list subnet routes / set one on a node (approved) |
 //! | POST | `/v1/admin/routes/{approve,reject,withdraw}` | admin | `{node, prefix, network?}` |
 //! | DELETE | `/v1/admin/networks/{network}/members/{node}` | admin | remove a node from one network |
+//! | GET/PUT/DELETE | `/v1/admin/data` | admin | node data per node, tag or network (`?node=|tag=|network=`, `&resolved=true`); set `{scope, key, value}` / unset `{scope, key}`; carried in maps |
+//! | GET/PUT/DELETE | `/v1/admin/secrets` | admin | sealed secrets per node (`?node=`; never values); set `{node, key, sealed}` / unset `{node, key}`; carried in maps |
 //! | POST | `/v1/relay/report` | relay | the relay's TLS fingerprint and STUN port |
 //! | GET | `/v1/relay/members` | relay | the node keys it may serve, once |
 //! | GET | `/v1/relay/members/stream` | relay | SSE: `members` snapshot, then `members_delta`s |
@@ -40,6 +42,7 @@
 //! like it carries one is refused, and query strings are never logged.
 
 mod admin;
+mod data;
 mod events;
 mod health;
 mod limit;
@@ -151,6 +154,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/node/report", post(node::report))
         .route("/v1/node/rotate-key", post(rotate_key::rotate_key))
         .merge(admin::routes())
+        .merge(data::routes())
         .merge(node_metrics::routes())
         .merge(events::routes())
         .merge(relay::routes())

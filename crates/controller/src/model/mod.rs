@@ -49,6 +49,7 @@ macro_rules! operation {
     };
 }
 
+mod data;
 mod events;
 mod facts;
 mod networks;
@@ -61,6 +62,7 @@ mod routes;
 mod tokens;
 pub mod usage;
 
+pub use data::{DataChanged, SetData, SetSecret, UnsetData, UnsetSecret};
 pub use events::{RecordEvents, SetNetworkAnomaly};
 pub use networks::{FIRST_HOST_OFFSET, LeaveNetwork, Left, NetState, NewNetwork};
 pub use nodes::{
@@ -128,6 +130,9 @@ pub struct Touched {
     /// existence) changed: recompiled, with the nodes their change affects,
     /// when the batch closes.
     pub policy_nodes: BTreeSet<NodeKey>,
+    /// Nodes whose resolved data or secrets changed: each receives its new
+    /// lists (`MapChange::Data`).
+    pub data: BTreeSet<NodeId>,
 }
 
 impl Touched {
@@ -140,6 +145,7 @@ impl Touched {
             && self.evicted_relays.is_empty()
             && !self.recompile
             && self.policy_nodes.is_empty()
+            && self.data.is_empty()
     }
 }
 
@@ -230,6 +236,8 @@ pub struct World {
     registered: Relays,
     /// Subnet routes by (network, prefix, gateway node).
     routes: BTreeMap<routes::RouteKey, RouteRecord>,
+    /// Node data and sealed secrets.
+    data: data::Data,
     next_audit_id: u64,
 }
 
@@ -255,6 +263,7 @@ impl World {
             tokens: Tokens::load(snap.tokens),
             nodes: Nodes::load(snap.nodes),
             registered: Relays::load(snap.relays),
+            data: data::Data::load(snap.data),
             ..World::default()
         };
         for m in snap.memberships {

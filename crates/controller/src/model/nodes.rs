@@ -436,6 +436,7 @@ impl World {
         let tags_changed = node.rec.tags != tags_before;
         if tags_changed {
             batch.touched.self_changed.insert(id);
+            self.data_tags_changed(batch, id, &node.memberships, &tags_before, &node.rec.tags);
         }
         let facts = take_facts(&mut node.rec, r.facts, now_ms);
         batch.writes.push(Write::PutNode(node.rec.clone()));
@@ -567,6 +568,7 @@ impl World {
             && tags != node.rec.tags
         {
             audits.push(("node.tag", json!({"from": node.rec.tags, "to": tags})));
+            self.data_tags_changed(batch, id, &node.memberships, &node.rec.tags, &tags);
             node.rec.tags = tags;
             batch.touched.self_changed.insert(id);
             Self::touch_everywhere(batch, &mut node);
@@ -621,6 +623,7 @@ impl World {
             }
         }
         self.drop_routes_of(batch, id, None);
+        self.data_forget_node(id);
         batch.writes.push(Write::DeleteNode(id));
         let addresses: Vec<String> = node
             .memberships

@@ -127,6 +127,7 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         })
         .collect();
     networks.sort_by(|a, b| a.name.cmp(&b.name));
+    let (data, secrets) = world.node_data(node);
     Some(NetworkMap {
         api_version: API_VERSION,
         version: world.version,
@@ -134,8 +135,8 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         networks,
         relays: world.map_relays(),
         policy: world.node_policy(node).map(map_policy),
-        data: Vec::new(),
-        secrets: Vec::new(),
+        data,
+        secrets,
     })
 }
 
@@ -262,6 +263,7 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
         .self_changed
         .iter()
         .chain(outcome.policy_changed.iter())
+        .chain(touched.data.iter())
         .filter(|id| enabled(id))
     {
         per_recipient.entry(*id).or_default();
@@ -295,6 +297,7 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
         }
         let is_subject = touched.self_changed.contains(&id)
             || outcome.policy_changed.contains(&id)
+            || touched.data.contains(&id)
             || nets.iter().any(|n| touched.entries.contains(&(*n, mine)));
         if !is_subject {
             if !changes.is_empty() {
@@ -310,6 +313,10 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             changes.push(MapChange::SelfUpdate {
                 node: self_node(me),
             });
+        }
+        if touched.data.contains(&id) {
+            let (data, secrets) = world.node_data(id);
+            changes.push(MapChange::Data { data, secrets });
         }
         if outcome.policy_changed.contains(&id) {
             let sent: BTreeSet<(NetId, NodeKey)> = keys.iter().copied().collect();

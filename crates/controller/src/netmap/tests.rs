@@ -9,7 +9,9 @@ use crate::model::{
     Actor, Batch, NewNetwork, NewToken, NodePatch, Outcome, Registration, RemoveNode, Report,
     SetPolicy, SetPresence, UpdateNode,
 };
+use crate::model::{SetData, SetSecret, UnsetData, UnsetSecret};
 use crate::secret::SecretHash;
+use weft_proto::data::{DataScope, SetDataRequest, UnsetDataRequest, UnsetSecretRequest};
 
 fn key(i: u8) -> NodeKey {
     NodeKey::from_bytes([i; 32])
@@ -76,6 +78,11 @@ enum Step {
     Report(u8, u16),
     Presence(u8, bool),
     SetPolicy(u8),
+    /// Data: scope (0 node i, 1 tag x, 2 tag t, 3 network a, 4 network b),
+    /// key, value (`None`: unset).
+    Data(u8, u8, Option<u8>),
+    /// A secret for node i: key, sealed filler (`None`: unset).
+    Secret(u8, u8, Option<u8>),
 }
 
 /// Policies the property test switches between: per-network defaults, deny
@@ -159,6 +166,58 @@ fn apply_step(w: &mut World, b: &mut Batch, s: &Step, now: u64) -> Result<(), Ap
             let text = POLICIES[usize::from(*p) % POLICIES.len()].into();
             w.apply(b, a, set_policy(text), now).map(drop)
         }
+        Step::Data(i, k, v) => {
+            let scope = match i % 5 {
+                0 => DataScope::Node(sel(i / 5)),
+                1 => DataScope::Tag("x".into()),
+                2 => DataScope::Tag("t".into()),
+                3 => DataScope::Network("a".into()),
+                _ => DataScope::Network("b".into()),
+            };
+            let key = format!("k{k}");
+            match v {
+                Some(v) => w
+                    .apply(
+                        b,
+                        a,
+                        SetData(SetDataRequest {
+                            scope,
+                            key,
+                            value: format!("v{v}"),
+                        }),
+                        now,
+                    )
+                    .map(drop),
+                None => w
+                    .apply(b, a, UnsetData(UnsetDataRequest { scope, key }), now)
+                    .map(drop),
+            }
+        }
+        Step::Secret(i, k, v) => {
+            let key = format!("s{k}");
+            match v {
+                Some(v) => w
+                    .apply(
+                        b,
+                        a,
+                        SetSecret {
+                            node: sel(*i),
+                            key,
+                            sealed: vec![*v; 60],
+                        },
+                        now,
+                    )
+                    .map(drop),
+                None => w
+                    .apply(
+                        b,
+                        a,
+                        UnsetSecret(UnsetSecretRequest { node: sel(*i), key }),
+                        now,
+                    )
+                    .map(drop),
+            }
+        }
     }
 }
 
@@ -178,8 +237,12 @@ fn arb_step() -> impl Strategy<Value = Step> {
         1 => (n.clone(), any::<bool>()).prop_map(|(i, b)| Step::Disable(i, b)),
         1 => n.clone().prop_map(Step::Remove),
         2 => (n.clone(), 1u16..4).prop_map(|(i, p)| Step::Report(i, p)),
-        2 => (n, any::<bool>()).prop_map(|(i, b)| Step::Presence(i, b)),
+        2 => (n.clone(), any::<bool>()).prop_map(|(i, b)| Step::Presence(i, b)),
         1 => (0u8..4).prop_map(Step::SetPolicy),
+        3 => (0u8..40, 0u8..3, proptest::option::weighted(0.7, 0u8..3))
+            .prop_map(|(i, k, v)| Step::Data(i, k, v)),
+        1 => (n, 0u8..2, proptest::option::weighted(0.7, any::<u8>()))
+            .prop_map(|(i, k, v)| Step::Secret(i, k, v)),
     ]
 }
 
@@ -189,6 +252,7 @@ fn deliver(
     outcome: &Outcome,
     out: &[Outgoing],
     held: &mut BTreeMap<NodeId, NetworkMap>,
+    single_op: bool,
 ) {
     for id in &outcome.touched.evicted {
         held.remove(id);
@@ -207,6 +271,16 @@ fn deliver(
                             assert_ne!(
                                 peer.node_key, node.rec.node_key,
                                 "a node received itself as a peer"
+                            );
+                        }
+                        // One operation per batch: a data change reaches only
+                        // nodes whose data or secrets it changes.
+                        if let (MapChange::Data { data, secrets }, Some(map), true) =
+                            (c, held.get(r), single_op)
+                        {
+                            assert!(
+                                (&map.data, &map.secrets) != (data, secrets),
+                                "a node received a data change that changes nothing"
                             );
                         }
                     }
@@ -282,7 +356,7 @@ proptest! {
             }
             if let Some(o) = w.finish_batch(&mut batch) {
                 let out = compile(&w, &o);
-                deliver(&w, &o, &out, &mut held);
+                deliver(&w, &o, &out, &mut held, steps.len() == 1);
             }
             // Nodes without a map (new, re-enabled) connect and get a snapshot.
             let ids: Vec<NodeId> = w.node_ids().collect();
@@ -417,7 +491,7 @@ fn visibility_follows_the_policy() {
     let o = w.finish_batch(&mut b).expect("the version moved");
     assert_eq!(o.policy_changed.len(), 3);
     let out = compile(&w, &o);
-    deliver(&w, &o, &out, &mut held);
+    deliver(&w, &o, &out, &mut held, false);
     check_invariants(&w, &held);
     assert!(held[&id3].networks[0].peers.is_empty());
     assert_eq!(held[&id1].networks[0].peers.len(), 1);

@@ -12,6 +12,7 @@
 //! Durability contract: [`Store::apply`] returns `Ok` only after the transaction
 //! is durable. The controller acknowledges a request only after that.
 
+pub mod data;
 pub mod sqlite;
 pub mod usage;
 
@@ -334,6 +335,8 @@ pub struct StoreSnapshot {
     pub routes: Vec<RouteRecord>,
     /// Highest audit id so far (0 if none).
     pub max_audit_id: u64,
+    /// Node data and sealed secrets.
+    pub data: data::DataRows,
 }
 
 /// One row-level change. A batch of them is applied atomically.
@@ -385,6 +388,8 @@ pub enum Write {
     UsageAdd(usage::UsageBucketRecord),
     /// Delete usage buckets that start before this (Unix milliseconds).
     UsagePrune(u64),
+    /// A node data or sealed secret row.
+    Data(data::DataWrite),
     /// Persist the map version counter.
     SetMapVersion(u64),
     /// Persist the admin token hash.

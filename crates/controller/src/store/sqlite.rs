@@ -24,6 +24,8 @@ use crate::secret::SecretHash;
 
 mod usage;
 
+mod data;
+
 mod events;
 
 mod migrations;
@@ -423,6 +425,7 @@ impl Store for SqliteStore {
         let max_audit: Option<i64> =
             c.query_row("SELECT MAX(id) FROM audit_log", [], |r| r.get(0))?;
         snap.max_audit_id = max_audit.map_or(0, to_u64);
+        snap.data = data::load(c)?;
         Ok(snap)
     }
 
@@ -602,6 +605,7 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 Write::Events(records) => events::insert(&tx, records)?,
+                Write::Data(w) => data::apply(&tx, w)?,
                 Write::UsageCounter(r) => usage::put_counter(&tx, r)?,
                 Write::UsageAdd(r) => usage::add_bucket(&tx, r)?,
                 Write::UsagePrune(before) => usage::prune(&tx, *before)?,

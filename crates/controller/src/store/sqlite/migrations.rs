@@ -34,4 +34,9 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         "events",
         include_str!("../../../migrations/0007_events.sql"),
     ),
+    (
+        10,
+        "data",
+        include_str!("../../../migrations/0010_data.sql"),
+    ),
 ];
