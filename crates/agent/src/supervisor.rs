@@ -166,7 +166,7 @@ async fn serve<F: Future<Output = ()>>(
         return Ok(());
     };
     let identity = Arc::new(identity);
-    let node_api = NodeApi::start(cfg.node_api.as_ref(), identity.clone()).await?;
+    let node_api = NodeApi::start(cfg.node_api.as_ref()).await?;
 
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
@@ -505,7 +505,7 @@ impl Agent {
 
     async fn apply_map(&mut self, map: NetworkMap) {
         self.telemetry.set_map(&map);
-        self.node_api.set_map(&map);
+        self.node_api.set_map(&map, &self.identity);
         if self.down {
             self.map = Some(map);
             return;

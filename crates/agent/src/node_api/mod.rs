@@ -53,7 +53,7 @@ pub struct NodeApiConfig {
 /// its socket.
 #[derive(Debug, Default)]
 pub(crate) struct NodeApi {
-    view: Option<watch::Sender<Option<Arc<view::View>>>>,
+    view: Option<watch::Sender<Option<Arc<server::Served>>>>,
     task: Option<JoinHandle<()>>,
     _socket: Option<socket::SocketFile>,
 }
@@ -68,11 +68,9 @@ impl Drop for NodeApi {
 
 impl NodeApi {
     /// Binds the socket and serves (nothing for `None`): a socket that cannot
-    /// be bound is an error.
-    pub(crate) async fn start(
-        cfg: Option<&NodeApiConfig>,
-        identity: Arc<Identity>,
-    ) -> anyhow::Result<NodeApi> {
+    /// be bound is an error. Until the first [`NodeApi::set_map`] every
+    /// request that passes the access check is answered 503 `no_map`.
+    pub(crate) async fn start(cfg: Option<&NodeApiConfig>) -> anyhow::Result<NodeApi> {
         let Some(cfg) = cfg else {
             return Ok(NodeApi::default());
         };
@@ -81,8 +79,7 @@ impl NodeApi {
         let (tx, rx) = watch::channel(None);
         let shared = Arc::new(server::Shared {
             access: cfg.access.clone(),
-            view: rx,
-            identity,
+            served: rx,
         });
         tracing::info!(
             socket = %cfg.socket.display(),
@@ -97,15 +94,23 @@ impl NodeApi {
         })
     }
 
-    /// Serves what `map` says from now on.
-    pub(crate) fn set_map(&self, map: &NetworkMap) {
+    /// Serves what `map` says from now on, opening its secrets with
+    /// `identity` (the agent's identity when it applied the map: after a key
+    /// rotation the next map comes with the new one).
+    pub(crate) fn set_map(&self, map: &NetworkMap, identity: &Arc<Identity>) {
         if let Some(tx) = &self.view {
             let view = view::View::of(map);
             tx.send_if_modified(|old| {
-                if old.as_deref() == Some(&view) {
+                if let Some(old) = old
+                    && old.view == view
+                    && Arc::ptr_eq(&old.identity, identity)
+                {
                     return false;
                 }
-                *old = Some(Arc::new(view));
+                *old = Some(Arc::new(server::Served {
+                    view,
+                    identity: identity.clone(),
+                }));
                 true
             });
         }

@@ -27,11 +27,18 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one connection may stay open (keep-alive included).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
+/// What the API serves: the view of the last map, and the identity that
+/// opens its secrets.
+#[derive(Debug)]
+pub(crate) struct Served {
+    pub(crate) view: View,
+    pub(crate) identity: Arc<Identity>,
+}
+
 /// What every connection's handler shares.
 pub(crate) struct Shared {
     pub(crate) access: Access,
-    pub(crate) view: watch::Receiver<Option<Arc<View>>>,
-    pub(crate) identity: Arc<Identity>,
+    pub(crate) served: watch::Receiver<Option<Arc<Served>>>,
 }
 
 /// Accepts connections until the task is aborted.
@@ -177,7 +184,7 @@ fn answer<B>(req: &Request<B>, shared: &Shared, peer: &Peer) -> Response<Full<By
         tracing::info!(uid = peer.uid, path, "node API refused: {why}");
         return error(StatusCode::FORBIDDEN, "forbidden", &why);
     }
-    let Some(view) = shared.view.borrow().clone() else {
+    let Some(served) = shared.served.borrow().clone() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_map",
@@ -185,6 +192,7 @@ fn answer<B>(req: &Request<B>, shared: &Shared, peer: &Peer) -> Response<Full<By
              answered since the first start)",
         );
     };
+    let view = &served.view;
     match route {
         Route::Metadata => json(StatusCode::OK, &view.metadata),
         Route::DataList => json(
@@ -214,7 +222,7 @@ fn answer<B>(req: &Request<B>, shared: &Shared, peer: &Peer) -> Response<Full<By
                 .decode(&secret.sealed)
                 .map_err(|e| format!("not base64: {e}"))
                 .and_then(|sealed| {
-                    weft_identity::sealed::open(&shared.identity.x25519_secret(), &sealed)
+                    weft_identity::sealed::open(&served.identity.x25519_secret(), &sealed)
                         .map_err(|e| e.to_string())
                 });
             match opened {

@@ -139,23 +139,23 @@ fn map_with_data(recipient: &Identity) -> NetworkMap {
     serde_json::from_value(map).unwrap()
 }
 
-async fn start(socket: &Path, access: Access, id: Arc<Identity>) -> NodeApi {
+async fn start(socket: &Path, access: Access) -> NodeApi {
     let cfg = NodeApiConfig {
         socket: socket.to_owned(),
         access,
     };
-    NodeApi::start(Some(&cfg), id).await.unwrap()
+    NodeApi::start(Some(&cfg)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_is_this_nodes_entry_in_the_map() {
     let (_dir, socket) = socket_dir();
-    let api = start(&socket, Access::default(), identity()).await;
+    let api = start(&socket, Access::default()).await;
     let (status, body) = get(&socket, "/v1/metadata").unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("\"no_map\""), "{body}");
 
-    api.set_map(&map());
+    api.set_map(&map(), &identity());
     let (status, body) = get(&socket, "/v1/metadata").unwrap();
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -185,8 +185,8 @@ async fn metadata_is_this_nodes_entry_in_the_map() {
 async fn data_secrets_and_errors_for_root() {
     let (_dir, socket) = socket_dir();
     let id = identity();
-    let api = start(&socket, Access::default(), id.clone()).await;
-    api.set_map(&map_with_data(&id));
+    let api = start(&socket, Access::default()).await;
+    api.set_map(&map_with_data(&id), &id);
 
     let (status, body) = get(&socket, "/v1/data").unwrap();
     assert_eq!(status, 200, "{body}");
@@ -222,11 +222,16 @@ async fn data_secrets_and_errors_for_root() {
     assert_eq!(status, 405, "{body}");
 
     // A secret sealed to another node's key.
-    let other = Identity::from_parts(&[8; 32], ProofOfWork { nonce: 0 });
-    api.set_map(&map_with_data(&other));
+    let other = Arc::new(Identity::from_parts(&[8; 32], ProofOfWork { nonce: 0 }));
+    api.set_map(&map_with_data(&other), &id);
     let (status, body) = get(&socket, "/v1/secrets/db-password").unwrap();
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("undecryptable"), "{body}");
+    assert!(body.contains("set it again"), "{body}");
+    // After a key rotation the next map comes with the new identity.
+    api.set_map(&map_with_data(&other), &other);
+    let (status, body) = get(&socket, "/v1/secrets/db-password").unwrap();
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,8 +242,8 @@ async fn peer_credentials_decide_who_reads_what() {
         group: Some(("users".into(), API_GID)),
         secret_uids: vec![],
     };
-    let api = start(&socket, access, id.clone()).await;
-    api.set_map(&map_with_data(&id));
+    let api = start(&socket, access).await;
+    api.set_map(&map_with_data(&id), &id);
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!(
         (
@@ -282,8 +287,8 @@ async fn peer_credentials_decide_who_reads_what() {
         group: Some(("users".into(), API_GID)),
         secret_uids: vec![OTHER_UID],
     };
-    let api = start(&socket, access, id.clone()).await;
-    api.set_map(&map_with_data(&id));
+    let api = start(&socket, access).await;
+    api.set_map(&map_with_data(&id), &id);
     let out = get_as(&socket, "/v1/secrets/db-password", OTHER_UID, API_GID).await;
     assert!(out.starts_with("200 "), "{out}");
     assert!(out.contains("hunter2"), "{out}");
