@@ -22,6 +22,7 @@ mod members;
 mod node_api;
 mod relay_api;
 mod stream;
+mod tasks_api;
 mod tls;
 
 pub use client::{Client, ClientConfig, Trust};

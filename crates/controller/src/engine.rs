@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::model::{Actor, Batch, NodeId, Operation, Presence, PresenceConfig, SetPresence, World};
 use crate::netmap;
 use crate::relay_feed::RelayFeed;
+use crate::store::tasks::TaskResultRecord;
 use crate::store::usage::UsageSum;
 use crate::store::{AuditQuery, AuditRecord, EventQuery, EventRecord, Store, Write};
 use weft_proto::usage::UsageUpload;
@@ -48,6 +49,7 @@ enum Cmd {
     Usage(NodeId, Box<UsageUpload>, Reply<()>),
     UsageSums(u64, Reply<Vec<UsageSum>>),
     Events(EventQuery, Reply<Vec<(u64, EventRecord)>>),
+    TaskResults(String, Reply<Vec<TaskResultRecord>>),
     Shutdown,
 }
 
@@ -214,6 +216,15 @@ impl Engine {
         rx.await.map_err(|_| unavailable())?
     }
 
+    /// Reads the results of a task's runs.
+    pub async fn task_results(&self, task_id: String) -> Result<Vec<TaskResultRecord>, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::TaskResults(task_id, reply))
+            .map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
     /// Rolls a node's usage upload into the usage buckets (its own
     /// transaction, after the batch of operations it arrived with).
     pub async fn usage_upload(&self, node: NodeId, upload: UsageUpload) -> Result<(), ApiError> {
@@ -306,6 +317,7 @@ fn writer<S: Store>(
         let mut usages = Vec::new();
         let mut usage_reads = Vec::new();
         let mut event_reads = Vec::new();
+        let mut result_reads = Vec::new();
         let mut stop = false;
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
@@ -321,6 +333,7 @@ fn writer<S: Store>(
                 Cmd::Usage(node, upload, reply) => usages.push((node, upload, reply)),
                 Cmd::UsageSums(since, reply) => usage_reads.push((since, reply)),
                 Cmd::Events(q, reply) => event_reads.push((q, reply)),
+                Cmd::TaskResults(id, reply) => result_reads.push((id, reply)),
                 Cmd::Shutdown => stop = true,
             }
             if ops.len() < MAX_BATCH && !stop {
@@ -340,6 +353,13 @@ fn writer<S: Store>(
         for (q, reply) in event_reads {
             let r = store.events(&q).map_err(|e| {
                 error!(error = %e, "reading the event log failed");
+                unavailable()
+            });
+            let _ = reply.send(r);
+        }
+        for (id, reply) in result_reads {
+            let r = store.task_results(&id).map_err(|e| {
+                error!(error = %e, "reading task results failed");
                 unavailable()
             });
             let _ = reply.send(r);

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use weft_proto::netmap::{EVENT_DELTA, EVENT_SNAPSHOT, MapEvent};
 use weft_proto::sse;
+use weft_proto::task::{EVENT_TASK, TaskNotice};
 
 use crate::error::ApiError;
 use crate::metrics::Pushed;
@@ -27,8 +28,10 @@ use crate::netmap::{self, Outgoing, Payload};
 /// One encoded SSE event.
 #[derive(Debug, Clone)]
 pub struct Frame {
-    /// The map version it brings the receiver to.
+    /// The map version it brings the receiver to (0 for a task event).
     pub version: u64,
+    /// A `task` event: not a map version, never skipped as stale.
+    pub task: bool,
     /// The encoded event.
     pub bytes: Bytes,
 }
@@ -144,6 +147,22 @@ pub fn encode(event: &MapEvent) -> Frame {
     );
     Frame {
         version: event.version(),
+        task: false,
+        bytes: Bytes::from(buf),
+    }
+}
+
+/// A `task` event: no `id:` line (map resume ids stay map versions), and
+/// flagged so streams send it whatever the map version.
+pub fn task_frame(task_id: &str) -> Frame {
+    let mut buf = Vec::with_capacity(64);
+    let notice = TaskNotice {
+        task_id: task_id.to_owned(),
+    };
+    sse::encode_event(&mut buf, None, Some(EVENT_TASK), &notice.to_json());
+    Frame {
+        version: 0,
+        task: true,
         bytes: Bytes::from(buf),
     }
 }
@@ -231,6 +250,27 @@ impl Hub {
         *lock(&self.ring) = Ring::default();
     }
 
+    /// Sends a `task` event ([`weft_proto::task::TaskNotice`]) to every open
+    /// stream of `node`; a node without one gets it when its stream opens.
+    /// Returns how many streams it was queued on.
+    pub fn notify_task(&self, node: NodeId, task_id: &str) -> usize {
+        let frame = task_frame(task_id);
+        let subs = lock(&self.subs);
+        let Some(list) = subs.get(&node) else {
+            return 0;
+        };
+        let mut queued = 0;
+        for s in list {
+            match s.tx.try_send(frame.clone()) {
+                Ok(()) => queued += 1,
+                // The stream resends every pending task after its snapshot.
+                Err(mpsc::error::TrySendError::Full(_)) => s.lagged.store(true, Ordering::Release),
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        queued
+    }
+
     /// Pushes one version's outgoing payloads to subscribers and records them for
     /// replay; closes the streams of evicted nodes. Call with the state
     /// write-locked, after the batch committed. Returns what it queued.
@@ -310,6 +350,7 @@ impl Hub {
                     match payload {
                         RingPayload::Delta(bytes) => frames.push(Frame {
                             version: e.version,
+                            task: false,
                             bytes: bytes.clone(),
                         }),
                         RingPayload::Resync => return None,

@@ -296,6 +296,7 @@ pub async fn run(
         let router = api::scrape_router(state.clone());
         tokio::spawn(serve_metrics(l, router, state.shutdown.clone()))
     });
+    let sweep_task = tokio::spawn(api::task_sweep(engine.clone(), state.shutdown.clone()));
     let router = api::router(state);
     let acceptor = config.tls.clone().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
@@ -362,6 +363,7 @@ pub async fn run(
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
+    let _ = sweep_task.await;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(config.shutdown_grace) => warn!("requests still open after the grace period; closing them"),

@@ -4,8 +4,11 @@
 //! client's `Last-Event-ID` (when the replay ring still covers them) or a
 //! snapshot, then every later delta as it is committed. Each event's id is the
 //! map version it brings the node to. A comment line every keepalive interval
-//! lets an idle agent tell a live stream from a dead one. The stream ends when
-//! the node is disabled or removed, or the controller shuts down.
+//! lets an idle agent tell a live stream from a dead one. After the snapshot
+//! (or the replayed deltas) comes a `task` event (no id) for every task the
+//! node should lease now, and later ones as tasks are created or their leases
+//! expire. The stream ends when the node is disabled or removed, or the
+//! controller shuts down.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +27,8 @@ use weft_proto::sse;
 use super::{AppState, NodeAuth};
 use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::hub::{Frame, Subscription, snapshot_frame};
+use crate::clock;
+use crate::hub::{Frame, Subscription, snapshot_frame, task_frame};
 use crate::model::NodeId;
 use crate::netmap;
 
@@ -90,9 +94,12 @@ pub(super) async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers)?;
-    let (sub, initial) = {
+    // The pending tasks are read under the same lock as the subscription:
+    // a task created later reaches the new stream as an event.
+    let (sub, initial, tasks) = {
         let world = st.engine.world().read().await;
-        st.engine.hub().subscribe(&world, auth.id, last)?
+        let (sub, initial) = st.engine.hub().subscribe(&world, auth.id, last)?;
+        (sub, initial, world.pending_tasks(auth.id, clock::now_unix_ms()))
     };
     st.engine.presence(auth.id, true);
     let guard = Arc::new(StreamGuard {
@@ -107,6 +114,7 @@ pub(super) async fn stream(
         .map_or(last.unwrap_or(0), |f: &Frame| f.version);
     let mut chunks = vec![Bytes::from(head)];
     chunks.extend(initial.into_iter().map(|f| f.bytes));
+    chunks.extend(tasks.iter().map(|t| task_frame(t).bytes));
     let period = st.cfg.keepalive;
     let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -151,6 +159,13 @@ async fn next_chunk(s: &mut StreamState) -> Option<Bytes> {
             while s.sub.rx.try_recv().is_ok() {}
             let frame = snapshot_frame(&world, s.sub.node)?;
             s.last_version = frame.version;
+            // Task events may have been among the dropped frames.
+            let tasks = world.pending_tasks(s.sub.node, clock::now_unix_ms());
+            s.initial = tasks
+                .iter()
+                .map(|t| task_frame(t).bytes)
+                .collect::<Vec<_>>()
+                .into_iter();
             return Some(frame.bytes);
         }
         tokio::select! {
@@ -158,6 +173,9 @@ async fn next_chunk(s: &mut StreamState) -> Option<Bytes> {
             _ = s.shutdown.changed() => return None,
             frame = s.sub.rx.recv() => {
                 let frame = frame?;
+                if frame.task {
+                    return Some(frame.bytes);
+                }
                 if frame.version <= s.last_version {
                     continue;
                 }

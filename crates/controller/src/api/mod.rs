@@ -34,6 +34,11 @@
 //! | DELETE | `/v1/admin/networks/{network}/members/{node}` | admin | remove a node from one network |
 //! | GET/PUT/DELETE | `/v1/admin/data` | admin | node data per node, tag or network (`?node=|tag=|network=`, `&resolved=true`); set `{scope, key, value}` / unset `{scope, key}`; carried in maps |
 //! | GET/PUT/DELETE | `/v1/admin/secrets` | admin | sealed secrets per node (`?node=`; never values); set `{node, key, sealed}` / unset `{node, key}`; carried in maps |
+//! | POST/GET | `/v1/admin/tasks` | admin | create a task for `{target: {node\|tag\|network}, kind, timeout_secs?, output_cap_bytes?, deadline_secs?}` (limits checked here) / list tasks (`?node=&state=&limit=`) |
+//! | GET | `/v1/admin/tasks/{id}` | admin | a task with every run's result |
+//! | POST | `/v1/admin/tasks/{id}/cancel` | admin | cancel the runs that have no result |
+//! | POST | `/v1/node/tasks/lease` | node | lease this node's run `{task_id}` (execution fields only; 409 unavailable, 410 expired, 403 integrity mismatch) |
+//! | POST | `/v1/node/tasks/result` | node | a run's result under its lease (checked against the caps; idempotent by task and lease; 409 `task_done`) |
 //! | POST | `/v1/relay/report` | relay | the relay's TLS fingerprint and STUN port |
 //! | GET | `/v1/relay/members` | relay | the node keys it may serve, once |
 //! | GET | `/v1/relay/members/stream` | relay | SSE: `members` snapshot, then `members_delta`s |
@@ -54,6 +59,7 @@ mod register;
 mod relay;
 mod rotate_key;
 mod routes;
+mod tasks;
 mod usage;
 pub mod views;
 
@@ -86,6 +92,7 @@ pub use limit::{Limiter, Peer, RateLimit};
 pub use metrics::scrape_router;
 pub use register::Challenges;
 pub use relay::RelayAuth;
+pub use tasks::sweep as task_sweep;
 
 /// Handler settings.
 #[derive(Debug, Clone)]
@@ -160,6 +167,7 @@ pub fn router(state: AppState) -> Router {
         .merge(relay::routes())
         .merge(routes::routes())
         .merge(usage::routes())
+        .merge(tasks::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))

@@ -59,6 +59,7 @@ mod presence;
 mod relays;
 mod rotate_key;
 mod routes;
+mod tasks;
 mod tokens;
 pub mod usage;
 
@@ -74,6 +75,10 @@ pub use presence::{Presence, PresenceConfig};
 pub use relays::{NewRelay, RelayReport, RemoveRelay, ReportRelay};
 pub use rotate_key::{RotateKey, RotatedKey};
 pub use routes::{AdvertiseRoutes, ChangeRoute, GATEWAY_TAG, RouteOp, RouteStatus};
+pub use tasks::{
+    CancelTask, CreateTask, LEASE_GRACE_MS, LeaseTask, SubmitResult, SweepTasks, TaskQuery,
+    TaskState,
+};
 pub use tokens::{NewToken, RevokeToken, Token, TokenStatus};
 
 use networks::Networks;
@@ -97,6 +102,8 @@ pub enum Actor {
     Node(NodeKey),
     /// A relay, by name.
     Relay(String),
+    /// The controller itself (timers: task leases and deadlines).
+    System,
 }
 
 impl Actor {
@@ -105,6 +112,7 @@ impl Actor {
             Actor::Admin => "admin".into(),
             Actor::Node(k) => format!("node:{k}"),
             Actor::Relay(name) => format!("relay:{name}"),
+            Actor::System => "system".into(),
         }
     }
 }
@@ -238,6 +246,8 @@ pub struct World {
     routes: BTreeMap<routes::RouteKey, RouteRecord>,
     /// Node data and sealed secrets.
     data: data::Data,
+    /// Remote tasks and their runs.
+    tasks: tasks::Tasks,
     next_audit_id: u64,
 }
 
@@ -263,6 +273,7 @@ impl World {
             tokens: Tokens::load(snap.tokens),
             nodes: Nodes::load(snap.nodes),
             registered: Relays::load(snap.relays),
+            tasks: tasks::Tasks::load(snap.tasks),
             data: data::Data::load(snap.data),
             ..World::default()
         };

@@ -14,6 +14,7 @@
 
 pub mod data;
 pub mod sqlite;
+pub mod tasks;
 pub mod usage;
 
 use std::collections::BTreeSet;
@@ -335,6 +336,8 @@ pub struct StoreSnapshot {
     pub routes: Vec<RouteRecord>,
     /// Highest audit id so far (0 if none).
     pub max_audit_id: u64,
+    /// Remote tasks and their runs (results stay in the store).
+    pub tasks: tasks::TasksSnapshot,
     /// Node data and sealed secrets.
     pub data: data::DataRows,
 }
@@ -390,6 +393,14 @@ pub enum Write {
     UsagePrune(u64),
     /// A node data or sealed secret row.
     Data(data::DataWrite),
+    /// Insert a task, or record its cancellation.
+    PutTask(tasks::TaskRecord),
+    /// Insert or replace a task's run.
+    PutTaskRun(tasks::TaskRunRecord),
+    /// Insert a run's result (a run has at most one).
+    PutTaskResult(tasks::TaskResultRecord),
+    /// Delete a task with its runs and results.
+    DeleteTask(String),
     /// Persist the map version counter.
     SetMapVersion(u64),
     /// Persist the admin token hash.
@@ -424,6 +435,8 @@ pub trait Store: Send + 'static {
     fn usage_sums(&mut self, since_ms: u64) -> Result<Vec<usage::UsageSum>, StoreError>;
     /// Reads anomaly events with their log sequence numbers, oldest first.
     fn events(&mut self, query: &EventQuery) -> Result<Vec<(u64, EventRecord)>, StoreError>;
+    /// Reads the results of a task's runs.
+    fn task_results(&mut self, task_id: &str) -> Result<Vec<tasks::TaskResultRecord>, StoreError>;
 }
 
 /// The behaviour every driver must have; run by each driver's tests.

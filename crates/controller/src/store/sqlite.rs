@@ -28,6 +28,8 @@ mod data;
 
 mod events;
 
+mod tasks;
+
 mod migrations;
 use migrations::MIGRATIONS;
 
@@ -425,6 +427,7 @@ impl Store for SqliteStore {
         let max_audit: Option<i64> =
             c.query_row("SELECT MAX(id) FROM audit_log", [], |r| r.get(0))?;
         snap.max_audit_id = max_audit.map_or(0, to_u64);
+        snap.tasks = tasks::load(c)?;
         snap.data = data::load(c)?;
         Ok(snap)
     }
@@ -605,6 +608,10 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 Write::Events(records) => events::insert(&tx, records)?,
+                Write::PutTask(t) => tasks::put_task(&tx, t)?,
+                Write::PutTaskRun(r) => tasks::put_run(&tx, r)?,
+                Write::PutTaskResult(r) => tasks::put_result(&tx, r)?,
+                Write::DeleteTask(id) => tasks::delete_task(&tx, id)?,
                 Write::Data(w) => data::apply(&tx, w)?,
                 Write::UsageCounter(r) => usage::put_counter(&tx, r)?,
                 Write::UsageAdd(r) => usage::add_bucket(&tx, r)?,
@@ -677,6 +684,13 @@ impl Store for SqliteStore {
 
     fn events(&mut self, q: &EventQuery) -> Result<Vec<(u64, EventRecord)>, StoreError> {
         events::query(&self.conn, q)
+    }
+
+    fn task_results(
+        &mut self,
+        task_id: &str,
+    ) -> Result<Vec<super::tasks::TaskResultRecord>, StoreError> {
+        tasks::results(&self.conn, task_id)
     }
 }
 

@@ -14,6 +14,7 @@ mod networks;
 mod nodes;
 pub mod policy;
 mod relays;
+mod tasks;
 mod tokens;
 mod usage;
 
@@ -68,6 +69,10 @@ enum AdminCommand {
     /// drop spikes, slow controller), oldest first, each with the baseline it
     /// broke. Thresholds: `weft admin network anomaly NET`.
     Events(events::EventsArgs),
+    /// Remote tasks: run a built-in action, a script or an approved hook on
+    /// a node, a tag or a network, with hard limits; follow their results.
+    #[command(subcommand)]
+    Task(tasks::TaskCmd),
     /// The audit log (newest first).
     Audit {
         /// How many entries.
@@ -144,7 +149,10 @@ pub fn run(args: AdminArgs, json: bool, denied: u8) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(denied),
         Err(e) => {
-            if json {
+            if json && e.is::<tasks::NotAllCompleted>() {
+                // The task's JSON is on stdout already.
+                eprintln!("error: {e:#}");
+            } else if json {
                 out(&format!("{}\n", error_json(&e)));
             } else {
                 eprintln!("error: {e:#}");
@@ -196,6 +204,7 @@ async fn dispatch(c: &Client, cmd: AdminCommand, json: bool) -> anyhow::Result<b
         AdminCommand::Policy(p) => return policy::run(c, p, json).await,
         AdminCommand::Events(a) => events::events(c, a, json).await?,
         AdminCommand::Usage(a) => usage::usage(c, a, json).await?,
+        AdminCommand::Task(t) => tasks::run(c, t, json).await?,
         AdminCommand::Audit {
             limit,
             before,
