@@ -19,3 +19,32 @@ fn bad_advertised_routes_stop_weftd_at_start() {
         assert!(stderr.contains("--advertise-routes"), "{stderr}");
     }
 }
+
+#[test]
+fn node_api_flags_are_checked_before_anything_starts() {
+    for (args, want) in [
+        (
+            &["--node-api-group", "no-such-group-weftd-test"][..],
+            "no such group",
+        ),
+        (&["--node-api-secret-uids", "0"], "--node-api-group"),
+        (
+            &[
+                "--node-api-group",
+                "root",
+                "--node-api-secret-uids",
+                "no-such-user-weftd",
+            ],
+            "neither a uid nor a user name",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_weftd"))
+            .args(["--state-dir", "/nonexistent/weftd-args-test"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+}
