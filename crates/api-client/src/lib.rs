@@ -17,6 +17,7 @@
 
 mod admin_api;
 mod client;
+mod data_api;
 mod error;
 mod members;
 mod node_api;

@@ -8,6 +8,7 @@
 //! `weft-controller admin …` runs this same code ([`alias_main`]) for one
 //! release, with a deprecation note on stderr.
 
+mod data;
 mod events;
 mod metrics;
 mod networks;
@@ -69,6 +70,16 @@ enum AdminCommand {
     /// drop spikes, slow controller), oldest first, each with the baseline it
     /// broke. Thresholds: `weft admin network anomaly NET`.
     Events(events::EventsArgs),
+    /// Key/value data for nodes, per node, tag or network, carried in their
+    /// maps (node over tag over network); read on a node with `weft node get
+    /// data KEY`.
+    #[command(subcommand)]
+    Data(data::DataCmd),
+    /// Secrets for nodes: sealed here to each node's key, so the controller
+    /// only ever holds ciphertext; read on a node by root (or allowed uids)
+    /// with `weft node get secret KEY`.
+    #[command(subcommand)]
+    Secret(data::SecretCmd),
     /// Remote tasks: run a built-in action, a script or an approved hook on
     /// a node, a tag or a network, with hard limits; follow their results.
     #[command(subcommand)]
@@ -203,6 +214,8 @@ async fn dispatch(c: &Client, cmd: AdminCommand, json: bool) -> anyhow::Result<b
         AdminCommand::Relay(r) => relays::run(c, r, json).await?,
         AdminCommand::Policy(p) => return policy::run(c, p, json).await,
         AdminCommand::Events(a) => events::events(c, a, json).await?,
+        AdminCommand::Data(d) => data::data(c, d, json).await?,
+        AdminCommand::Secret(s) => data::secret(c, s, json).await?,
         AdminCommand::Usage(a) => usage::usage(c, a, json).await?,
         AdminCommand::Task(t) => tasks::run(c, t, json).await?,
         AdminCommand::Audit {
