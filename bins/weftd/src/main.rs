@@ -115,10 +115,11 @@ struct Args {
     /// `/v1/secrets/KEY` (opened here with this node's key); `weft node get`
     /// reads it. The socket is 0600 (root only), or 0660 with
     /// --node-api-group, and every caller's uid and groups are checked
-    /// (SO_PEERCRED).
-    #[arg(long, env = "WEFT_NODE_API_SOCKET", value_name = "PATH|off",
-          default_value = weft_proto::local::DEFAULT_NODE_API_SOCKET)]
-    node_api_socket: String,
+    /// (SO_PEERCRED). Default: /run/weft/node.sock, or, when --socket is not
+    /// the default, next to it (`/x/n1.sock` -> `/x/n1-node.sock`), so a
+    /// second agent on the host does not collide with the first.
+    #[arg(long, env = "WEFT_NODE_API_SOCKET", value_name = "PATH|off")]
+    node_api_socket: Option<String>,
     /// Members of this group read the node API's metadata and data (not
     /// secrets); the socket becomes 0660 root:GROUP.
     #[arg(long, env = "WEFT_NODE_API_GROUP", value_name = "GROUP", value_parser = group_arg)]
@@ -152,6 +153,25 @@ fn route_arg(text: &str) -> Result<String, String> {
         .map_err(|e| format!("{text:?} is not an IPv4 subnet such as 192.168.50.0/24: {e}"))?;
     weft_proto::net::check_routable_v4(&prefix).map_err(|e| format!("{prefix} {e}"))?;
     Ok(prefix.to_string())
+}
+
+/// Where the node API listens: `--node-api-socket` (`off`: nowhere), else
+/// the default socket when the local API is on its default, else next to
+/// the local API's socket (`/x/n1.sock` -> `/x/n1-node.sock`).
+fn node_api_socket(given: Option<&str>, local_api: &std::path::Path) -> Option<PathBuf> {
+    match given {
+        Some("off") => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None if local_api == std::path::Path::new(weft_proto::local::DEFAULT_SOCKET) => {
+            Some(PathBuf::from(weft_proto::local::DEFAULT_NODE_API_SOCKET))
+        }
+        None => {
+            let stem = local_api
+                .file_stem()
+                .map_or_else(|| "weftd".into(), |s| s.to_string_lossy().into_owned());
+            Some(local_api.with_file_name(format!("{stem}-node.sock")))
+        }
+    }
 }
 
 /// `--node-api-group`: a group name (looked up at start) and its gid.
@@ -239,6 +259,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
+    let node_api = node_api_socket(args.node_api_socket.as_deref(), &args.socket).map(|socket| {
+        weft_agent::NodeApiConfig {
+            socket,
+            access: weft_agent::NodeApiAccess {
+                group: args.node_api_group.clone(),
+                secret_uids: args.node_api_secret_uids.clone(),
+            },
+        }
+    });
     let cfg = weft_agent::AgentConfig {
         usage_file: args.usage_file,
         state_dir: args.state_dir,
@@ -258,13 +287,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             addr,
             public: args.metrics_listen_public,
         }),
-        node_api: (args.node_api_socket != "off").then(|| weft_agent::NodeApiConfig {
-            socket: PathBuf::from(&args.node_api_socket),
-            access: weft_agent::NodeApiAccess {
-                group: args.node_api_group.clone(),
-                secret_uids: args.node_api_secret_uids.clone(),
-            },
-        }),
+        node_api,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -307,5 +330,31 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::node_api_socket;
+
+    #[test]
+    fn the_node_api_socket_follows_the_local_api_socket_unless_given() {
+        let default = Path::new(weft_proto::local::DEFAULT_SOCKET);
+        assert_eq!(
+            node_api_socket(None, default),
+            Some(PathBuf::from("/run/weft/node.sock"))
+        );
+        // A second agent (its own --socket) gets its own node API socket.
+        assert_eq!(
+            node_api_socket(None, Path::new("/tmp/lab/n1.sock")),
+            Some(PathBuf::from("/tmp/lab/n1-node.sock"))
+        );
+        assert_eq!(
+            node_api_socket(Some("/x/api.sock"), default),
+            Some(PathBuf::from("/x/api.sock"))
+        );
+        assert_eq!(node_api_socket(Some("off"), default), None);
     }
 }
