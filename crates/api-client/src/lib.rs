@@ -19,6 +19,7 @@ mod admin_api;
 mod client;
 mod data_api;
 mod error;
+mod integrity_api;
 mod members;
 mod node_api;
 mod relay_api;

@@ -377,6 +377,10 @@ pub struct NodeInfo {
     /// When those facts last changed, Unix milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts_changed_ms: Option<u64>,
+    /// What it runs against what the admin expects and approved (`ok`,
+    /// `mismatch`, `unknown`; see [`crate::integrity`]).
+    #[serde(default)]
+    pub integrity: crate::integrity::IntegrityState,
 }
 
 /// `GET /v1/admin/nodes`.

@@ -39,15 +39,20 @@ pub enum AnomalyKind {
     DropSpike,
     /// The controller's answer to the agent's report took unusually long.
     ControlLatency,
+    /// What the node runs (weftd's binary, a hook) differs from what the
+    /// admin expects or approved. Raised by the controller, not the agent
+    /// (see [`crate::integrity`]).
+    IntegrityMismatch,
 }
 
 impl AnomalyKind {
     /// All kinds, in display order.
-    pub const ALL: [AnomalyKind; 4] = [
+    pub const ALL: [AnomalyKind; 5] = [
         AnomalyKind::OutboundVolume,
         AnomalyKind::Scan,
         AnomalyKind::DropSpike,
         AnomalyKind::ControlLatency,
+        AnomalyKind::IntegrityMismatch,
     ];
 
     /// A stable snake_case name (JSON, metrics label, CLI).
@@ -57,6 +62,7 @@ impl AnomalyKind {
             AnomalyKind::Scan => "scan",
             AnomalyKind::DropSpike => "drop_spike",
             AnomalyKind::ControlLatency => "control_latency",
+            AnomalyKind::IntegrityMismatch => "integrity_mismatch",
         }
     }
 }
@@ -87,6 +93,9 @@ pub enum Baseline {
         /// Observation divided by threshold.
         ratio: f64,
     },
+    /// A value the admin expects or approved: any difference is the anomaly
+    /// (no statistics; `observed` counts what differs).
+    Expected,
 }
 
 /// One anomaly, with its evidence.
@@ -191,6 +200,7 @@ impl AnomalyEvent {
             Baseline::Threshold { threshold, ratio } => {
                 vec![("threshold", threshold), ("ratio", ratio)]
             }
+            Baseline::Expected => Vec::new(),
         };
         for (field, v) in [("observed", self.observed)].into_iter().chain(numbers) {
             if !v.is_finite() || v < 0.0 {

@@ -227,7 +227,11 @@ async fn show_node(
             format!("no node with key or name {sel:?}"),
         )
     })?;
-    Ok(Json(views::node(node, world.addresses(node))))
+    Ok(Json(views::node(
+        node,
+        world.addresses(node),
+        world.integrity_state(node.rec.id),
+    )))
 }
 
 async fn update_node(
@@ -250,7 +254,13 @@ async fn update_node(
     };
     let op = UpdateNode { node: sel, patch };
     let n = st.engine.execute(Actor::Admin, op).await?;
-    Ok(Json(views::node(&n.node, n.addresses)))
+    let integrity = st
+        .engine
+        .world()
+        .read()
+        .await
+        .integrity_state(n.node.rec.id);
+    Ok(Json(views::node(&n.node, n.addresses, integrity)))
 }
 
 async fn remove_node(

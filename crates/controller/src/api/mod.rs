@@ -15,6 +15,11 @@
 //! | POST | `/v1/node/events` | node | anomaly events the agent raised (bounded, validated, idempotent) |
 //! | GET | `/v1/admin/events` | admin | the anomaly event log (`?node=&since=&limit=`) |
 //! | PUT | `/v1/admin/networks/{name}/anomaly` | admin | the network's anomaly thresholds (carried in the map) |
+//! | POST | `/v1/node/integrity` | node | weftd's version and SHA-256, every hook's SHA-256, a refused hooks directory; answers the node's integrity (`ok`, `mismatch`, `unknown`) |
+//! | GET | `/v1/admin/hooks` | admin | approved hook hashes |
+//! | PUT/DELETE | `/v1/admin/hooks/{name}` | admin | approve `{sha256}` / revoke (`?sha256=` one hash, else all) |
+//! | PUT | `/v1/admin/integrity/expect` | admin | `{version, sha256}` weftd of that version must have |
+//! | GET | `/v1/admin/integrity` | admin | expected hashes and every node's integrity with reasons (`?node=`) |
 //! | POST | `/v1/node/usage` | node | usage counters (flows per peer and port, sidecar users) |
 //! | GET | `/v1/admin/usage` | admin | usage over a window (`?by=&since=`: by node, peer, port or user) |
 //! | POST/GET | `/v1/admin/networks` | admin | create / list networks |
@@ -50,6 +55,7 @@ mod admin;
 mod data;
 mod events;
 mod health;
+mod integrity;
 mod limit;
 mod map;
 mod metrics;
@@ -164,6 +170,7 @@ pub fn router(state: AppState) -> Router {
         .merge(data::routes())
         .merge(node_metrics::routes())
         .merge(events::routes())
+        .merge(integrity::routes())
         .merge(relay::routes())
         .merge(routes::routes())
         .merge(usage::routes())
@@ -357,6 +364,9 @@ versioned!(
     weft_proto::samples::MetricsUpload,
     weft_proto::events::NodeEventsRequest,
     weft_proto::events::SetAnomalyRequest,
+    weft_proto::integrity::IntegrityReport,
+    weft_proto::integrity::ApproveHookRequest,
+    weft_proto::integrity::ExpectRequest,
     weft_proto::relay_api::CreateRelayRequest,
     weft_proto::relay_api::RelayReportRequest
 );

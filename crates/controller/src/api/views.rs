@@ -32,8 +32,13 @@ pub fn networks(w: &World) -> Vec<api::Network> {
     w.networks_by_name().map(network).collect()
 }
 
-/// A node with its addresses ([`World::addresses`]).
-pub fn node(n: &NodeState, addresses: Vec<NodeAddress>) -> NodeInfo {
+/// A node with its addresses ([`World::addresses`]) and integrity state
+/// ([`World::integrity_state`]).
+pub fn node(
+    n: &NodeState,
+    addresses: Vec<NodeAddress>,
+    integrity: weft_proto::integrity::IntegrityState,
+) -> NodeInfo {
     NodeInfo {
         node_key: n.rec.node_key,
         name: n.rec.name.clone(),
@@ -47,13 +52,14 @@ pub fn node(n: &NodeState, addresses: Vec<NodeAddress>) -> NodeInfo {
         addresses,
         facts: n.rec.facts.as_deref().cloned(),
         facts_changed_ms: n.rec.facts_changed_ms,
+        integrity,
     }
 }
 
 /// Nodes by name, optionally only members of a network.
 pub fn nodes(w: &World, network: Option<NetId>) -> Vec<NodeInfo> {
     w.nodes_by_name(network)
-        .map(|n| node(n, w.addresses(n)))
+        .map(|n| node(n, w.addresses(n), w.integrity_state(n.rec.id)))
         .collect()
 }
 

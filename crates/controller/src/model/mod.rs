@@ -52,6 +52,7 @@ macro_rules! operation {
 mod data;
 mod events;
 mod facts;
+mod integrity;
 mod networks;
 mod nodes;
 mod policy;
@@ -65,6 +66,9 @@ pub mod usage;
 
 pub use data::{DataChanged, SetData, SetSecret, UnsetData, UnsetSecret};
 pub use events::{RecordEvents, SetNetworkAnomaly};
+pub use integrity::{
+    ApproveHook, CONTROLLER_EVENT_BASE, ExpectWeftd, ReportIntegrity, RevokeHook, judge,
+};
 pub use networks::{FIRST_HOST_OFFSET, LeaveNetwork, Left, NetState, NewNetwork};
 pub use nodes::{
     NodeDetail, NodePatch, NodeState, Registered, Registration, RemoveNode, Report, SetPresence,
@@ -248,6 +252,8 @@ pub struct World {
     data: data::Data,
     /// Remote tasks and their runs.
     tasks: tasks::Tasks,
+    /// Approved hooks, expected weftd hashes, nodes' reports and states.
+    integrity: integrity::Integrity,
     next_audit_id: u64,
 }
 
@@ -273,6 +279,7 @@ impl World {
             tokens: Tokens::load(snap.tokens),
             nodes: Nodes::load(snap.nodes),
             registered: Relays::load(snap.relays),
+            integrity: integrity::Integrity::load(snap.integrity),
             tasks: tasks::Tasks::load(snap.tasks),
             data: data::Data::load(snap.data),
             ..World::default()

@@ -624,6 +624,7 @@ impl World {
         }
         self.drop_routes_of(batch, id, None);
         self.data_forget_node(id);
+        self.integrity.forget(id);
         batch.writes.push(Write::DeleteNode(id));
         let addresses: Vec<String> = node
             .memberships

@@ -129,19 +129,6 @@ operation!(SweepTasks => Vec<(NodeId, String)>, |_op, w, batch, actor, now_ms| {
     Ok(w.sweep_tasks(batch, actor, now_ms))
 });
 
-/// Whether `node` may be handed script and hook tasks (false while its
-/// integrity is a mismatch). The integrity model (issue 17, hooks and
-/// integrity) owns that judgement; until it lands every node is allowed.
-fn integrity_allows_exec(_world: &World, _node: NodeId) -> bool {
-    true
-}
-
-/// The hashes the admin approved for hook `name`. The integrity model owns
-/// the approvals; until it lands no hook is approved.
-fn approved_hook_hashes(_world: &World, _name: &str) -> Vec<String> {
-    Vec::new()
-}
-
 fn unavailable(why: &str) -> ApiError {
     ApiError::Conflict {
         code: "task_unavailable",
@@ -321,7 +308,7 @@ impl World {
             .check()
             .map_err(|e| ApiError::invalid("invalid_task", e.to_string()))?;
         if let TaskKind::Hook { name, .. } = &op.req.kind
-            && approved_hook_hashes(self, name).is_empty()
+            && self.approved_hook_hashes(name).is_empty()
         {
             return Err(ApiError::Conflict {
                 code: "hook_not_approved",
@@ -430,7 +417,7 @@ impl World {
         op: LeaseTask,
         now_ms: u64,
     ) -> Result<LeasedTask, ApiError> {
-        let allows_exec = integrity_allows_exec(self, op.node);
+        let allows_exec = self.integrity_allows_exec(op.node);
         let Some(task) = self.tasks.rows.get(&op.task_id) else {
             return Err(unavailable("no such task"));
         };
@@ -463,7 +450,7 @@ impl World {
             approved_sha256,
         } = &mut kind
         {
-            *approved_sha256 = approved_hook_hashes(self, name);
+            *approved_sha256 = self.approved_hook_hashes(name);
         }
         let (limits, deadline_ms) = (task.rec.limits, task.rec.deadline_ms);
         let live = match (run.state, &run.lease_id, run.lease_expires_at_ms) {

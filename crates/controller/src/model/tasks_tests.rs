@@ -10,7 +10,7 @@ use weft_proto::task::{
 };
 
 use super::*;
-use crate::model::{NewNetwork, NewToken, Operation, Registration};
+use crate::model::{ApproveHook, NewNetwork, NewToken, Operation, Registration};
 use crate::secret::SecretHash;
 use crate::store::tasks::TASKS_KEPT;
 use crate::store::{AuditRecord, Write};
@@ -607,6 +607,33 @@ fn cancel_stops_runs_without_results() {
 }
 
 #[test]
+fn hooks_need_an_approval_and_carry_the_approved_hashes_when_leased() {
+    let mut w = world();
+    let hook = || TaskKind::Hook {
+        name: "rotate-logs".into(),
+        approved_sha256: vec![],
+    };
+    let e = create(&mut w, "h", req(TaskTarget::Node("n1".into()), hook()), 0).unwrap_err();
+    assert_eq!(e.code(), "hook_not_approved");
+    let approve = ApproveHook {
+        name: "rotate-logs".into(),
+        sha256: "a".repeat(64),
+    };
+    run(&mut w, &Actor::Admin, approve, 0).0.unwrap();
+    create(&mut w, "h", req(TaskTarget::Node("n1".into()), hook()), 0).unwrap();
+    let l = lease(&mut w, "n1", "h", "L1", 1).unwrap();
+    assert_eq!(
+        l.kind,
+        TaskKind::Hook {
+            name: "rotate-logs".into(),
+            approved_sha256: vec!["a".repeat(64)],
+        }
+    );
+    // The stored task keeps no hashes: they are read at lease time.
+    assert_eq!(w.task("h").unwrap().rec.kind, hook());
+}
+
+#[test]
 fn listing_filters_by_node_and_state_newest_first() {
     let mut w = world();
     create(
@@ -710,4 +737,54 @@ fn the_oldest_finished_tasks_make_room_and_running_ones_are_never_dropped() {
             .any(|w| matches!(w, Write::DeleteTask(id) if id == "t0007"))
     );
     assert!(w.task("t0007").is_none() && w.task("t0000").is_some());
+}
+
+#[test]
+fn a_node_whose_integrity_is_a_mismatch_gets_no_script_or_hook_task() {
+    use weft_proto::integrity::{ExpectRequest, IntegrityReport};
+    let mut w = world();
+    let expect = ExpectRequest {
+        api_version: None,
+        version: "0.1.0".into(),
+        sha256: "a".repeat(64),
+    };
+    run(&mut w, &Actor::Admin, crate::model::ExpectWeftd(expect), 0)
+        .0
+        .unwrap();
+    let report = IntegrityReport {
+        api_version: None,
+        weftd_version: "0.1.0".into(),
+        weftd_sha256: "b".repeat(64),
+        hooks: vec![],
+        hooks_error: None,
+    };
+    let op = crate::model::ReportIntegrity {
+        node: id(&w, "n1"),
+        report,
+    };
+    let actor = node_actor(&w, "n1");
+    run(&mut w, &actor, op, 0).0.unwrap();
+    create(
+        &mut w,
+        "s",
+        req(TaskTarget::Tag("web".into()), script("true".into())),
+        1,
+    )
+    .unwrap();
+    create(
+        &mut w,
+        "a",
+        req(TaskTarget::Node("n1".into()), netcheck()),
+        1,
+    )
+    .unwrap();
+    let e = lease(&mut w, "n1", "s", "L1", 2).unwrap_err();
+    assert_eq!(
+        (e.code(), e.status()),
+        ("integrity_mismatch", http::StatusCode::FORBIDDEN)
+    );
+    assert_eq!(run_state(&w, "s", "n1"), RunState::Pending);
+    // Its built-in actions still run, and other nodes are not affected.
+    assert!(lease(&mut w, "n1", "a", "L2", 2).is_ok());
+    assert!(lease(&mut w, "n2", "s", "L3", 2).is_ok());
 }

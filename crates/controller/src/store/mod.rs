@@ -13,6 +13,7 @@
 //! is durable. The controller acknowledges a request only after that.
 
 pub mod data;
+pub mod integrity;
 pub mod sqlite;
 pub mod tasks;
 pub mod usage;
@@ -340,6 +341,8 @@ pub struct StoreSnapshot {
     pub tasks: tasks::TasksSnapshot,
     /// Node data and sealed secrets.
     pub data: data::DataRows,
+    /// Hook approvals, expected weftd hashes, nodes' integrity reports.
+    pub integrity: integrity::IntegritySnapshot,
 }
 
 /// One row-level change. A batch of them is applied atomically.
@@ -401,6 +404,19 @@ pub enum Write {
     PutTaskResult(tasks::TaskResultRecord),
     /// Delete a task with its runs and results.
     DeleteTask(String),
+    /// Insert an approved hook hash (an existing one is kept).
+    PutHookApproval(integrity::HookApprovalRecord),
+    /// Delete approved hashes of a hook: one, or all of them (`sha256: None`).
+    DeleteHookApproval {
+        /// The hook's name.
+        name: String,
+        /// The hash, or every hash of the hook.
+        sha256: Option<String>,
+    },
+    /// Insert or replace the expected weftd hash of a version.
+    PutExpected(integrity::ExpectedRecord),
+    /// Insert or replace a node's last integrity report.
+    PutNodeIntegrity(integrity::NodeIntegrityRecord),
     /// Persist the map version counter.
     SetMapVersion(u64),
     /// Persist the admin token hash.

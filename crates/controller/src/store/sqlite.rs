@@ -28,6 +28,8 @@ mod data;
 
 mod events;
 
+mod integrity;
+
 mod tasks;
 
 mod migrations;
@@ -429,6 +431,7 @@ impl Store for SqliteStore {
         snap.max_audit_id = max_audit.map_or(0, to_u64);
         snap.tasks = tasks::load(c)?;
         snap.data = data::load(c)?;
+        snap.integrity = integrity::load(c)?;
         Ok(snap)
     }
 
@@ -608,6 +611,12 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 Write::Events(records) => events::insert(&tx, records)?,
+                Write::PutHookApproval(r) => integrity::put_approval(&tx, r)?,
+                Write::DeleteHookApproval { name, sha256 } => {
+                    integrity::delete_approval(&tx, name, sha256.as_deref())?
+                }
+                Write::PutExpected(r) => integrity::put_expected(&tx, r)?,
+                Write::PutNodeIntegrity(r) => integrity::put_report(&tx, r)?,
                 Write::PutTask(t) => tasks::put_task(&tx, t)?,
                 Write::PutTaskRun(r) => tasks::put_run(&tx, r)?,
                 Write::PutTaskResult(r) => tasks::put_result(&tx, r)?,

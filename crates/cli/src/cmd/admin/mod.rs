@@ -10,6 +10,7 @@
 
 mod data;
 mod events;
+mod integrity;
 mod metrics;
 mod networks;
 mod nodes;
@@ -70,6 +71,14 @@ enum AdminCommand {
     /// drop spikes, slow controller), oldest first, each with the baseline it
     /// broke. Thresholds: `weft admin network anomaly NET`.
     Events(events::EventsArgs),
+    /// Hook scripts: approve or revoke the SHA-256 a hook's file must have
+    /// to run (`weft admin hook approve NAME SHA256`).
+    #[command(subcommand)]
+    Hook(integrity::HookCmd),
+    /// What nodes run: the SHA-256 weftd of each version must have, and
+    /// every node's integrity (ok, mismatch, unknown).
+    #[command(subcommand)]
+    Integrity(integrity::IntegrityCmd),
     /// Key/value data for nodes, per node, tag or network, carried in their
     /// maps (node over tag over network); read on a node with `weft node get
     /// data KEY`.
@@ -214,6 +223,8 @@ async fn dispatch(c: &Client, cmd: AdminCommand, json: bool) -> anyhow::Result<b
         AdminCommand::Relay(r) => relays::run(c, r, json).await?,
         AdminCommand::Policy(p) => return policy::run(c, p, json).await,
         AdminCommand::Events(a) => events::events(c, a, json).await?,
+        AdminCommand::Hook(h) => integrity::hook(c, h, json).await?,
+        AdminCommand::Integrity(i) => integrity::integrity(c, i, json).await?,
         AdminCommand::Data(d) => data::data(c, d, json).await?,
         AdminCommand::Secret(s) => data::secret(c, s, json).await?,
         AdminCommand::Usage(a) => usage::usage(c, a, json).await?,

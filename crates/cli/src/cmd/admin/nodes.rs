@@ -4,6 +4,7 @@ use clap::Subcommand;
 use weft_api_client::Client;
 use weft_proto::api::{NodeInfo, UpdateNodeRequest};
 use weft_proto::facts::HostFacts;
+use weft_proto::integrity::IntegrityState;
 
 use super::print_json;
 use crate::cmd::format::{datetime, out, safe, table};
@@ -86,6 +87,7 @@ fn nodes_table(nodes: &[NodeInfo]) -> String {
                     n.tags.join(",")
                 },
                 state.into(),
+                n.integrity.to_string(),
                 n.last_seen_ms.map(datetime).unwrap_or_else(|| "-".into()),
                 os(n.facts.as_ref()),
                 fact(n, |f| f.weftd_version.clone()),
@@ -100,6 +102,7 @@ fn nodes_table(nodes: &[NodeInfo]) -> String {
             "ADDRESSES",
             "TAGS",
             "STATE",
+            "INTEGRITY",
             "LAST SEEN",
             "OS",
             "VERSION",
@@ -219,6 +222,13 @@ fn node_detail(n: &NodeInfo) -> String {
         Some(f) => s.push_str(&facts_detail(f, n.facts_changed_ms)),
         None => s.push_str("facts:     - (not reported yet)\n"),
     }
+    if n.integrity != IntegrityState::Ok {
+        s.push_str(&format!(
+            "integrity: {} (why: weft admin integrity show --node {})\n",
+            n.integrity,
+            safe(&n.name)
+        ));
+    }
     s
 }
 
@@ -311,6 +321,7 @@ mod facts_tests {
             addresses: vec![],
             facts,
             facts_changed_ms: Some(1_700_000_000_000),
+            integrity: IntegrityState::Mismatch,
         }
     }
 
@@ -353,6 +364,16 @@ mod facts_tests {
             assert!(show.contains(want), "{want:?} not in\n{show}");
         }
         assert!(node_detail(&node(None)).contains("facts:     - (not reported yet)"));
+        // The integrity column, and where to look when it is not ok.
+        assert!(header.contains("STATE   INTEGRITY"), "{list}");
+        assert!(
+            list.lines().nth(1).unwrap().contains("online  mismatch"),
+            "{list}"
+        );
+        assert!(
+            show.contains("integrity: mismatch (why: weft admin integrity show --node web-1)"),
+            "{show}"
+        );
         assert_eq!(binary_bytes(1536 << 20), "1.5 GiB");
         assert_eq!(binary_bytes(512 << 20), "512 MiB");
         assert_eq!(binary_bytes(1000), "1000 B");

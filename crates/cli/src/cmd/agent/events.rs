@@ -83,6 +83,7 @@ pub(crate) fn render(node: Option<&str>, e: &AnomalyEvent) -> String {
         Baseline::Threshold { threshold, ratio } => {
             format!("threshold {}, {ratio:.1}x", num(threshold))
         }
+        Baseline::Expected => "expected none (what the admin expects or approved)".into(),
     };
     let _ = writeln!(
         o,
