@@ -38,6 +38,12 @@ pub const MAX_SEALED_BYTES: usize = MAX_SECRET_BYTES + SEALED_OVERHEAD;
 pub const MAX_KEYS_PER_SCOPE: usize = 256;
 /// Most secrets one node may hold.
 pub const MAX_SECRETS_PER_NODE: usize = 256;
+/// Most bytes of keys and values one scope (a node, a tag, a network) may hold.
+pub const MAX_SCOPE_BYTES: usize = 1024 * 1024;
+/// Most bytes one node's map may carry in data (keys and values resolved for
+/// it) and secrets (keys and sealed boxes), checked when data or a secret is
+/// set, so a map stays far below the map stream's 16 MiB event limit.
+pub const MAX_NODE_BYTES: usize = 2 * 1024 * 1024;
 
 /// Where a data entry applies.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -630,12 +630,12 @@ mod tests {
         );
         // The SSE parser repeats the last id on a task event: it is ignored.
         assert_eq!(
-            StreamEvent::decode(crate::task::EVENT_TASK, Some("5"), r#"{"task_id":"t1"}"#),
+            StreamEvent::decode(EVENT_TASK, Some("5"), r#"{"task_id":"t1"}"#),
             Ok(StreamEvent::Task(TaskNotice {
                 task_id: "t1".into()
             }))
         );
-        assert!(StreamEvent::decode(crate::task::EVENT_TASK, None, r#"{"task_id":""}"#).is_err());
+        assert!(StreamEvent::decode(EVENT_TASK, None, r#"{"task_id":""}"#).is_err());
         assert!(matches!(
             StreamEvent::decode("bogus", None, "{}"),
             Err(MapEventError::UnknownEvent(_))

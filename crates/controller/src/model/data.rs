@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 use weft_proto::data::{
-    self as proto, DataEntry, DataItem, DataScope, MAX_KEYS_PER_SCOPE, MAX_SECRETS_PER_NODE,
-    SecretEntry, SecretItem,
+    self as proto, DataEntry, DataItem, DataScope, MAX_KEYS_PER_SCOPE, MAX_NODE_BYTES,
+    MAX_SCOPE_BYTES, MAX_SECRETS_PER_NODE, SecretEntry, SecretItem,
 };
 
 use super::{Actor, Batch, NodeId, World};
@@ -334,6 +334,7 @@ impl World {
                 ),
             ));
         }
+        let previous = existing.cloned();
         let ids = self.scope_nodes(&scope);
         let before = self.resolved_key(&ids, &req.key);
         let rec = DataRecord {
@@ -349,6 +350,22 @@ impl World {
             .entry(scope.clone())
             .or_default()
             .insert(rec.key.clone(), rec.clone());
+        if let Err(e) = self.check_bytes(&req.scope, &scope, &ids) {
+            // Put back what was there: the operation has no effect.
+            let m = self.data.entries.entry(scope.clone()).or_default();
+            match previous {
+                Some(p) => {
+                    m.insert(p.key.clone(), p);
+                }
+                None => {
+                    m.remove(&rec.key);
+                    if m.is_empty() {
+                        self.data.entries.remove(&scope);
+                    }
+                }
+            }
+            return Err(e);
+        }
         batch.writes.push(Write::Data(DataWrite::Put(rec.clone())));
         let nodes = self.mark_changed(batch, &ids, &req.key, &before);
         self.audit(
@@ -440,11 +457,27 @@ impl World {
             version: self.version + 1,
             updated_at_ms: now_ms,
         };
-        self.data
+        let previous = self
+            .data
             .secrets
             .entry(id)
             .or_default()
             .insert(rec.key.clone(), rec.clone());
+        if let Some(bytes) = self.node_bytes(id).filter(|b| *b > MAX_NODE_BYTES) {
+            let m = self.data.secrets.entry(id).or_default();
+            match previous {
+                Some(p) => {
+                    m.insert(p.key.clone(), p);
+                }
+                None => {
+                    m.remove(&rec.key);
+                    if m.is_empty() {
+                        self.data.secrets.remove(&id);
+                    }
+                }
+            }
+            return Err(too_large(&req.node, bytes));
+        }
         batch
             .writes
             .push(Write::Data(DataWrite::PutSecret(rec.clone())));
@@ -506,6 +539,63 @@ impl World {
         Ok(())
     }
 
+    /// Bytes of keys and values resolved for node `id` plus keys and sealed
+    /// boxes of its secrets (`None`: no such node).
+    fn node_bytes(&self, id: NodeId) -> Option<usize> {
+        self.nodes.get(&id)?;
+        let data: usize = self
+            .resolve(&self.scopes_of(id))
+            .iter()
+            .map(|(k, r)| k.len() + r.value.len())
+            .sum();
+        let secrets: usize = self
+            .data
+            .secrets
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .map(|(k, s)| k.len() + s.sealed.len())
+            .sum();
+        Some(data + secrets)
+    }
+
+    /// Refuses a scope over [`MAX_SCOPE_BYTES`] or a node of `ids` over
+    /// [`MAX_NODE_BYTES`].
+    fn check_bytes(
+        &self,
+        shown: &DataScope,
+        scope: &ScopeRef,
+        ids: &[NodeId],
+    ) -> Result<(), ApiError> {
+        let held: usize = self
+            .data
+            .entries
+            .get(scope)
+            .into_iter()
+            .flatten()
+            .map(|(k, r)| k.len() + r.value.len())
+            .sum();
+        if held > MAX_SCOPE_BYTES {
+            return Err(ApiError::conflict(
+                "scope_too_large",
+                format!(
+                    "{shown} would hold {held} bytes of keys and values; at most {MAX_SCOPE_BYTES}"
+                ),
+            ));
+        }
+        for id in ids {
+            if let Some(bytes) = self.node_bytes(*id).filter(|b| *b > MAX_NODE_BYTES) {
+                let name = self
+                    .nodes
+                    .get(id)
+                    .map(|n| n.rec.name.clone())
+                    .unwrap_or_default();
+                return Err(too_large(&name, bytes));
+            }
+        }
+        Ok(())
+    }
+
     /// Node `id` (with these memberships) has its tags changed from `before` to
     /// `after`: marks it when that changes its resolved data.
     pub(super) fn data_tags_changed(
@@ -540,6 +630,15 @@ fn seen<'a>(resolved: BTreeMap<&'a str, &'a DataRecord>) -> Vec<(&'a str, &'a st
         .into_iter()
         .map(|(k, r)| (k, r.value.as_str(), r.version))
         .collect()
+}
+
+fn too_large(node: &str, bytes: usize) -> ApiError {
+    ApiError::conflict(
+        "node_data_too_large",
+        format!(
+            "node {node:?} would carry {bytes} bytes of data and secrets in its map; at most {MAX_NODE_BYTES}"
+        ),
+    )
 }
 
 fn secret_not_found(req: &proto::UnsetSecretRequest) -> ApiError {

@@ -3,8 +3,9 @@
 
 use weft_proto::NodeKey;
 use weft_proto::data::{
-    DataScope, MAX_KEY_LEN, MAX_KEYS_PER_SCOPE, MAX_SEALED_BYTES, MAX_SECRETS_PER_NODE,
-    MAX_VALUE_BYTES, SEALED_OVERHEAD, SetDataRequest, UnsetDataRequest, UnsetSecretRequest,
+    DataScope, MAX_KEY_LEN, MAX_KEYS_PER_SCOPE, MAX_NODE_BYTES, MAX_SCOPE_BYTES, MAX_SEALED_BYTES,
+    MAX_SECRETS_PER_NODE, MAX_VALUE_BYTES, SEALED_OVERHEAD, SetDataRequest, UnsetDataRequest,
+    UnsetSecretRequest,
 };
 use weft_proto::netmap::MapChange;
 
@@ -409,4 +410,65 @@ fn a_restart_keeps_data_and_secrets_and_a_removed_node_takes_its_own() {
             .all(|i| i.scope != DataScope::Node("n1".into()))
     );
     assert_eq!(back.data_items(None).len(), 2);
+}
+
+/// Fills `scope` with 3-character keys `{prefix}NN` and values so that its
+/// keys and values total exactly `total` bytes.
+fn fill(w: &mut World, scope: &DataScope, prefix: char, total: usize) {
+    let mut left = total;
+    let mut i = 0;
+    while left > 0 {
+        let key = format!("{prefix}{i:02}");
+        let v = (left - key.len()).min(MAX_VALUE_BYTES);
+        run(w, set(scope.clone(), &key, &"x".repeat(v))).0.unwrap();
+        left -= key.len() + v;
+        i += 1;
+    }
+}
+
+#[test]
+fn scope_and_node_byte_budgets_at_under_and_over_their_bounds() {
+    let mut w = world(&mut Vec::new());
+    let web = tag("web");
+    fill(&mut w, &web, 'w', MAX_SCOPE_BYTES - 10);
+    // w63 holds the remainder; grow it to just under, at and just over.
+    let last = w
+        .data_items(Some(&w.scope_ref(&web).unwrap()))
+        .into_iter()
+        .max_by_key(|i| i.key.clone())
+        .unwrap();
+    let base = last.value.len();
+    run(&mut w, set(web.clone(), &last.key, &"y".repeat(base + 9)))
+        .0
+        .unwrap();
+    run(&mut w, set(web.clone(), &last.key, &"z".repeat(base + 10)))
+        .0
+        .unwrap();
+    let over = run(&mut w, set(web.clone(), &last.key, &"q".repeat(base + 11)));
+    assert_eq!(over.0.unwrap_err().code(), "scope_too_large");
+    assert!(over.1.is_none() && over.2.is_empty(), "no effect");
+    assert_eq!(value(&w, "n2", &last.key), Some("z".repeat(base + 10)));
+
+    // n1 has tags web and db and network a; web holds exactly 1 MiB now.
+    assert_eq!(MAX_NODE_BYTES, 2 * MAX_SCOPE_BYTES);
+    fill(&mut w, &tag("db"), 'd', MAX_SCOPE_BYTES - 1);
+    let a = || DataScope::Network("a".into());
+    // Over n1's budget by one byte: refused, no effect.
+    let r = run(&mut w, set(a(), "a0", ""));
+    assert_eq!(r.0.unwrap_err().code(), "node_data_too_large");
+    assert!(r.1.is_none() && r.2.is_empty());
+    assert_eq!(value(&w, "n1", "a0"), None);
+    // Exactly at it: accepted.
+    run(&mut w, set(a(), "a", "")).0.unwrap();
+    let secret = |node: &str| SetSecret {
+        node: node.into(),
+        key: "s".into(),
+        sealed: vec![1; SEALED_OVERHEAD],
+    };
+    let r = run(&mut w, secret("n1"));
+    assert_eq!(r.0.unwrap_err().code(), "node_data_too_large");
+    assert!(r.2.is_empty());
+    assert!(w.secret_items(Some(id(&w, "n1"))).is_empty(), "no effect");
+    // n2 (web and a: 1 MiB + 1 byte) has room.
+    run(&mut w, secret("n2")).0.unwrap();
 }
