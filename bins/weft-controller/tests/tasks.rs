@@ -4,7 +4,11 @@
 //! node with a stream, at stream open for one without), the leased payload
 //! (execution fields only), deadlines, and tasks and leases across a restart.
 
-#![allow(clippy::expect_used, reason = "test helpers fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail loudly"
+)]
 
 mod common;
 
@@ -555,4 +559,24 @@ async fn the_admin_cli_creates_waits_lists_shows_and_cancels_tasks() {
         ok && out.contains("hello from the node") && out.contains("lease lse_"),
         "{out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_a_task_routes_limit_are_413_naming_that_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(dir.path(), &["--plain-http"]);
+    let admin_h = format!("Bearer {}", ctl.admin_token);
+    let big = vec![b' '; 512 * 1024 + 1];
+    let (status, body) = raw(
+        &ctl.addr,
+        "POST",
+        "/v1/admin/tasks",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &admin_h),
+        ],
+        &big,
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("524288"), "{body}");
 }

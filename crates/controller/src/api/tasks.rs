@@ -87,11 +87,21 @@ fn new_id(prefix: &str) -> String {
     format!("{prefix}_{hex}")
 }
 
+/// The body, with a 413 that names this route's own limit.
+fn body<T>(b: Result<ApiJson<T>, ApiError>, limit: usize) -> Result<T, ApiError> {
+    match b {
+        Ok(ApiJson(v)) => Ok(v),
+        Err(ApiError::PayloadTooLarge { .. }) => Err(ApiError::PayloadTooLarge { limit }),
+        Err(e) => Err(e),
+    }
+}
+
 async fn create(
     State(st): State<AppState>,
     _: AdminAuth,
-    ApiJson(req): ApiJson<CreateTaskRequest>,
+    req: Result<ApiJson<CreateTaskRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<TaskView>), ApiError> {
+    let req = body(req, MAX_CREATE_BODY)?;
     let op = CreateTask {
         id: new_id("tsk"),
         req,
@@ -206,8 +216,9 @@ async fn lease(
 async fn result(
     State(st): State<AppState>,
     auth: NodeAuth,
-    ApiJson(res): ApiJson<TaskResult>,
+    res: Result<ApiJson<TaskResult>, ApiError>,
 ) -> Result<Json<ResultAck>, ApiError> {
+    let res = body(res, MAX_RESULT_BODY)?;
     let op = SubmitResult {
         node: auth.id,
         result: res,

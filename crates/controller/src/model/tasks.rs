@@ -324,12 +324,13 @@ impl World {
                 message: format!("a task with id {:?} exists", op.id),
             });
         }
-        let nodes = self.resolve_target(&op.req.target)?;
-        self.make_room_for_a_task(batch)?;
         let deadline_secs = op
             .req
             .deadline_secs()
             .map_err(|e| ApiError::invalid("invalid_task", e.to_string()))?;
+        let nodes = self.resolve_target(&op.req.target)?;
+        // The last step that can fail: it removes at most one finished task.
+        self.make_room_for_a_task(batch)?;
         let rec = TaskRecord {
             id: op.id.clone(),
             created_at_ms: now_ms,
