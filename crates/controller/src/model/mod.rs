@@ -254,8 +254,6 @@ pub struct World {
     tasks: tasks::Tasks,
     /// Approved hooks, expected weftd hashes, nodes' reports and states.
     integrity: integrity::Integrity,
-    /// Remote tasks and their runs.
-    tasks: tasks::Tasks,
     next_audit_id: u64,
 }
 
@@ -281,7 +279,6 @@ impl World {
             tokens: Tokens::load(snap.tokens),
             nodes: Nodes::load(snap.nodes),
             registered: Relays::load(snap.relays),
-            tasks: tasks::Tasks::load(snap.tasks),
             integrity: integrity::Integrity::load(snap.integrity),
             tasks: tasks::Tasks::load(snap.tasks),
             data: data::Data::load(snap.data),

@@ -417,14 +417,6 @@ pub enum Write {
     PutExpected(integrity::ExpectedRecord),
     /// Insert or replace a node's last integrity report.
     PutNodeIntegrity(integrity::NodeIntegrityRecord),
-    /// Insert a task, or record its cancellation.
-    PutTask(tasks::TaskRecord),
-    /// Insert or replace a task's run.
-    PutTaskRun(tasks::TaskRunRecord),
-    /// Insert a run's result (a run has at most one).
-    PutTaskResult(tasks::TaskResultRecord),
-    /// Delete a task with its runs and results.
-    DeleteTask(String),
     /// Persist the map version counter.
     SetMapVersion(u64),
     /// Persist the admin token hash.

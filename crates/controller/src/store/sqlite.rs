@@ -28,8 +28,6 @@ mod data;
 
 mod events;
 
-mod tasks;
-
 mod integrity;
 
 mod tasks;
@@ -613,10 +611,6 @@ impl Store for SqliteStore {
                     ])?;
                 }
                 Write::Events(records) => events::insert(&tx, records)?,
-                Write::PutTask(t) => tasks::put_task(&tx, t)?,
-                Write::PutTaskRun(r) => tasks::put_run(&tx, r)?,
-                Write::PutTaskResult(r) => tasks::put_result(&tx, r)?,
-                Write::DeleteTask(id) => tasks::delete_task(&tx, id)?,
                 Write::PutHookApproval(r) => integrity::put_approval(&tx, r)?,
                 Write::DeleteHookApproval { name, sha256 } => {
                     integrity::delete_approval(&tx, name, sha256.as_deref())?

@@ -35,11 +35,6 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../../migrations/0007_events.sql"),
     ),
     (
-        8,
-        "tasks",
-        include_str!("../../../migrations/0008_tasks.sql"),
-    ),
-    (
         9,
         "integrity",
         include_str!("../../../migrations/0009_integrity.sql"),
