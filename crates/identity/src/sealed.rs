@@ -240,6 +240,15 @@ mod tests {
     }
 
     #[test]
+    fn the_map_s_bounds_agree_with_the_format() {
+        assert_eq!(SEALED_OVERHEAD, weft_proto::data::SEALED_OVERHEAD);
+        assert_eq!(SEALED_VERSION, weft_proto::data::SEALED_VERSION);
+        let (_, rpk) = pair(1);
+        let sealed = seal(&rpk, b"x", &[2; 32]).unwrap();
+        assert!(weft_proto::data::decode_sealed(&weft_proto::data::encode_sealed(&sealed)).is_ok());
+    }
+
+    #[test]
     fn two_seals_of_the_same_value_differ_by_ephemeral_key() {
         let (_, rpk) = pair(1);
         let a = seal(&rpk, b"same", &[1; 32]).unwrap();

@@ -32,6 +32,8 @@ pub const MAX_SECRET_BYTES: usize = 16 * 1024;
 /// What a sealed box adds to its plaintext (`weft_identity::sealed::SEALED_OVERHEAD`:
 /// version byte, ephemeral key, tag).
 pub const SEALED_OVERHEAD: usize = 1 + 32 + 16;
+/// The version byte a sealed box starts with (`weft_identity::sealed::SEALED_VERSION`).
+pub const SEALED_VERSION: u8 = 1;
 /// Largest sealed secret, in bytes (before base64).
 pub const MAX_SEALED_BYTES: usize = MAX_SECRET_BYTES + SEALED_OVERHEAD;
 /// Most data keys one scope (a node, a tag, a network) may hold.
@@ -164,8 +166,8 @@ pub fn check_secret(plaintext: &[u8]) -> Result<(), DataError> {
     Ok(())
 }
 
-/// Decodes a base64 sealed box and checks its size: at least
-/// [`SEALED_OVERHEAD`], at most [`MAX_SEALED_BYTES`].
+/// Decodes a base64 sealed box and checks its size (at least
+/// [`SEALED_OVERHEAD`], at most [`MAX_SEALED_BYTES`]) and version byte.
 pub fn decode_sealed(b64: &str) -> Result<Vec<u8>, DataError> {
     // Base64 of MAX_SEALED_BYTES, rounded up: refuse longer text before decoding.
     if b64.len() > MAX_SEALED_BYTES.div_ceil(3) * 4 {
@@ -187,6 +189,13 @@ pub fn decode_sealed(b64: &str) -> Result<Vec<u8>, DataError> {
         return Err(DataError::Sealed(format!(
             "{} bytes; at most {MAX_SEALED_BYTES}",
             bytes.len()
+        )));
+    }
+    // A plaintext sent by mistake is refused here rather than stored.
+    if bytes[0] != SEALED_VERSION {
+        return Err(DataError::Sealed(format!(
+            "starts with byte {}, not a sealed box of version {SEALED_VERSION}",
+            bytes[0]
         )));
     }
     Ok(bytes)
@@ -325,6 +334,10 @@ mod tests {
         assert!(ok(SEALED_OVERHEAD).is_ok());
         assert!(ok(SEALED_OVERHEAD - 1).is_err());
         assert!(decode_sealed("not base64!").is_err());
+        assert!(
+            decode_sealed(&encode_sealed(&[b'p'; 64])).is_err(),
+            "not a sealed box"
+        );
         assert!(decode_sealed(&"A".repeat(1 << 20)).is_err());
     }
 
