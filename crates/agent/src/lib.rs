@@ -37,6 +37,7 @@ mod ctl;
 mod dataplane;
 mod dns;
 mod failures;
+mod http1;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod netmap;

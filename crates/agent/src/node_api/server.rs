@@ -3,29 +3,23 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use weft_identity::Identity;
 
 use super::access::{Access, Peer, Resource, supplementary_groups};
 use super::view::View;
 
-/// Connections served at once (more are closed at once).
+/// Connections served at once (more are closed at once; see `crate::http1`
+/// for the other bounds).
 const MAX_CONNECTIONS: usize = 32;
-/// How long a client has to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one connection may stay open (keep-alive included).
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// What the API serves: the view of the last map, and the identity that
 /// opens its secrets.
@@ -43,25 +37,10 @@ pub(crate) struct Shared {
 
 /// Accepts connections until the task is aborted.
 pub(crate) async fn serve(listener: UnixListener, shared: Arc<Shared>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "node API accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            connection(stream, shared).await;
-            drop(permit);
-        });
-    }
+    crate::http1::accept_bounded(listener, MAX_CONNECTIONS, "node API", |stream| {
+        connection(stream, shared.clone())
+    })
+    .await;
 }
 
 async fn connection(stream: UnixStream, shared: Arc<Shared>) {
@@ -84,14 +63,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) {
         let (shared, peer) = (shared.clone(), peer.clone());
         async move { Ok::<_, Infallible>(answer(&req, &shared, &peer)) }
     });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(16 * 1024)
-        .serve_connection(TokioIo::new(stream), svc);
-    if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-        tracing::debug!(error = %e, "node API connection failed");
-    }
+    crate::http1::serve(stream, svc, "node API").await;
 }
 
 /// The routes, by what they read.

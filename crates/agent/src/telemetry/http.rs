@@ -21,8 +21,8 @@
 //! # Bounds
 //!
 //! At most [`MAX_CONNECTIONS`] connections at once (more are closed at once),
-//! request headers within [`HEADER_TIMEOUT`] and 16 KiB, a connection lives at
-//! most [`CONNECTION_LIFETIME`], and a scrape waits at most [`ANSWER_TIMEOUT`]
+//! request headers within [`HEADER_TIMEOUT`](crate::http1::HEADER_TIMEOUT) and 16 KiB, a connection lives at
+//! most [`CONNECTION_LIFETIME`](crate::http1::CONNECTION_LIFETIME), and a scrape waits at most [`ANSWER_TIMEOUT`]
 //! for the supervisor.
 //!
 //! # Format
@@ -34,18 +34,15 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use weft_proto::local::{LocalRequest, LocalResponse};
 use weft_proto::netmap::NetworkMap;
@@ -55,10 +52,6 @@ use crate::state::StateDir;
 
 /// Connections served at once.
 pub(crate) const MAX_CONNECTIONS: usize = 4;
-/// How long a client has to send its request headers.
-pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one connection may stay open (keep-alive included).
-pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// How long a scrape waits for the supervisor's answer.
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a listener on an overlay address retries until the address exists.
@@ -182,34 +175,12 @@ async fn bind_when_present(addr: SocketAddr) -> TcpListener {
 
 /// Accepts connections until the task is aborted.
 async fn serve(listener: TcpListener, calls: mpsc::Sender<ApiCall>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "metrics listener accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // Busy: close at once rather than queue without bound.
-            continue;
-        };
+    crate::http1::accept_bounded(listener, MAX_CONNECTIONS, "metrics listener", |stream| {
         let calls = calls.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(req, calls.clone()));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                tracing::debug!(error = %e, "metrics connection failed");
-            }
-            drop(permit);
-        });
-    }
+        let svc = service_fn(move |req| answer(req, calls.clone()));
+        crate::http1::serve(stream, svc, "metrics")
+    })
+    .await;
 }
 
 fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
