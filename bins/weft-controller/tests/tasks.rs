@@ -209,6 +209,8 @@ async fn limits_are_enforced_on_create_and_on_results() {
             .await,
     );
     assert_eq!((status, code.as_str()), (409, "task_done"));
+    let progress = admin.task_progress(&small.id).await.unwrap();
+    assert!(progress.runs[0].result.is_none() && progress.finished());
     let shown = admin.show_task(&small.id).await.unwrap();
     let run = &shown.runs[0];
     assert_eq!(

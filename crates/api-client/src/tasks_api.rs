@@ -54,6 +54,13 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/admin/tasks/{id}?results=false`: where each run stands, without
+    /// the results (cheap to poll).
+    pub async fn task_progress(&self, id: &str) -> Result<TaskView, ClientError> {
+        let path = format!("/v1/admin/tasks/{}?results=false", escape(id));
+        self.request::<(), _>(Method::GET, &path, None).await
+    }
+
     /// `POST /v1/admin/tasks/{id}/cancel`.
     pub async fn cancel_task(&self, id: &str) -> Result<TaskView, ClientError> {
         self.request::<(), _>(

@@ -4,7 +4,8 @@
 //!   map stream get a `task` event at once, the others when their stream opens.
 //! - `GET /v1/admin/tasks?node=&state=&limit=` (admin): newest first, without
 //!   script bodies or outputs.
-//! - `GET /v1/admin/tasks/{id}` (admin): the task with every run's result.
+//! - `GET /v1/admin/tasks/{id}[?results=false]` (admin): the task with every
+//!   run's result (without them: where each run stands, for polling).
 //! - `POST /v1/admin/tasks/{id}/cancel` (admin): cancel runs without a result.
 //! - `POST /v1/node/tasks/lease` (node): lease this node's run; the answer holds
 //!   execution fields only.
@@ -167,13 +168,27 @@ async fn list(
     Ok(Json(TaskList { tasks }))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShowParams {
+    results: Option<bool>,
+}
+
 async fn show(
     State(st): State<AppState>,
     _: AdminAuth,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(p): ApiQuery<ShowParams>,
 ) -> Result<Json<TaskView>, ApiError> {
     let not_found = || ApiError::not_found("task_not_found", format!("no task with id {id:?}"));
-    if check_id("id", &id).is_err() || st.engine.world().read().await.task(&id).is_none() {
+    if check_id("id", &id).is_err() {
+        return Err(not_found());
+    }
+    if p.results == Some(false) {
+        let world = st.engine.world().read().await;
+        return Ok(Json(world.task(&id).ok_or_else(not_found)?.view(true)));
+    }
+    if st.engine.world().read().await.task(&id).is_none() {
         return Err(not_found());
     }
     let results: BTreeMap<u64, TaskResult> = st

@@ -308,11 +308,12 @@ async fn create(c: &Client, a: CreateArgs, json: bool) -> anyhow::Result<()> {
     }
     let until = unix_ms().saturating_add(wait_for.saturating_mul(1000));
     let t = loop {
-        let now = c.show_task(&t.id).await?;
+        let now = c.task_progress(&t.id).await?;
         if now.finished() {
-            break now;
+            break c.show_task(&t.id).await?;
         }
         if unix_ms() >= until {
+            let now = c.show_task(&t.id).await?;
             if json {
                 print_json(&now)?;
             } else {
