@@ -35,14 +35,14 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../../migrations/0007_events.sql"),
     ),
     (
-        9,
-        "integrity",
-        include_str!("../../../migrations/0009_integrity.sql"),
-    ),
-    (
         8,
         "tasks",
         include_str!("../../../migrations/0008_tasks.sql"),
+    ),
+    (
+        9,
+        "integrity",
+        include_str!("../../../migrations/0009_integrity.sql"),
     ),
     (
         10,
