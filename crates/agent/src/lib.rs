@@ -37,9 +37,9 @@ mod ctl;
 mod dataplane;
 mod dns;
 mod failures;
-mod http1;
 #[doc(hidden)]
 pub mod fuzzing;
+mod http1;
 pub mod netmap;
 mod node_api;
 mod outbox;
