@@ -50,3 +50,12 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../../migrations/0010_data.sql"),
     ),
 ];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_are_unique_and_ascend_in_the_order_they_apply() {
+        let versions: Vec<u32> = super::MIGRATIONS.iter().map(|m| m.0).collect();
+        assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    }
+}
