@@ -20,21 +20,22 @@ use super::print_json;
 use crate::clock::unix_ms;
 use crate::cmd::format::{datetime, out, parse_duration, safe, table};
 
+const CREATE_EXAMPLES: &str = "Examples:
+  weft admin task create --tag web --script check.sh --wait
+  weft admin task create --node db1 --action ping web1
+  weft admin task create --network lab --action diagnostics --output-cap 262144
+  weft admin task create --node db1 --hook rotate-logs --timeout 5m";
+
 /// `weft admin task …`.
 #[derive(Debug, Subcommand)]
 pub(super) enum TaskCmd {
     /// Create a task: one run per target node, resolved now. Nodes online get
     /// it at once, the others when they reconnect (until its deadline).
     ///
-    /// Examples:
-    ///   weft admin task create --tag web --script check.sh --wait
-    ///   weft admin task create --node db1 --action ping web1
-    ///   weft admin task create --network lab --action diagnostics --output-cap 262144
-    ///   weft admin task create --node db1 --hook rotate-logs --timeout 5m
-    ///
     /// Nodes run scripts only with `weftd --allow-exec`, and only the actions
     /// `--allow-actions` lists (ping, netcheck, diagnostics by default); a
     /// node that will not run a task answers `refused` with the reason.
+    #[command(after_long_help = CREATE_EXAMPLES)]
     Create(CreateArgs),
     /// List tasks, newest first.
     List {
