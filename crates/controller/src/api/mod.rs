@@ -40,7 +40,7 @@
 //! | GET/PUT/DELETE | `/v1/admin/data` | admin | node data per node, tag or network (`?node=|tag=|network=`, `&resolved=true`); set `{scope, key, value}` / unset `{scope, key}`; carried in maps |
 //! | GET/PUT/DELETE | `/v1/admin/secrets` | admin | sealed secrets per node (`?node=`; never values); set `{node, key, sealed}` / unset `{node, key}`; carried in maps |
 //! | POST/GET | `/v1/admin/tasks` | admin | create a task for `{target: {node\|tag\|network}, kind, timeout_secs?, output_cap_bytes?, deadline_secs?}` (limits checked here) / list tasks (`?node=&state=&limit=`) |
-//! | GET | `/v1/admin/tasks/{id}` | admin | a task with every run's result |
+//! | GET | `/v1/admin/tasks/{id}` | admin | a task with every run's result (`?results=false`: where each run stands, for polling) |
 //! | POST | `/v1/admin/tasks/{id}/cancel` | admin | cancel the runs that have no result |
 //! | POST | `/v1/node/tasks/lease` | node | lease this node's run `{task_id}` (execution fields only; 409 unavailable, 410 expired, 403 integrity mismatch) |
 //! | POST | `/v1/node/tasks/result` | node | a run's result under its lease (checked against the caps; idempotent by task and lease; 409 `task_done`) |
