@@ -215,6 +215,15 @@ mod tests {
         );
     }
 
+    /// Every command of the tree is well formed (clap's own checks: unique
+    /// argument names, e.g. a `--version` of a command's own against the
+    /// inherited version flag, which would make that command panic).
+    #[test]
+    fn the_command_tree_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
     #[test]
     fn json_is_one_global_flag_before_or_after_the_subcommand() {
         for argv in [

@@ -48,6 +48,8 @@ pub(super) enum IntegrityCmd {
     /// another hash are a mismatch: an `integrity_mismatch` event, and no
     /// hook or script task until it is resolved. Setting it again replaces
     /// it.
+    // Its own `--version` (weftd's) replaces the one every command inherits.
+    #[command(disable_version_flag = true)]
     Expect {
         /// weftd's version (as `weftd --version` and `node show` say).
         #[arg(long)]
