@@ -138,6 +138,29 @@ struct Args {
     /// sends no credential or token; needs no privileges.
     #[arg(long, requires = "controller")]
     selfcheck_controlplane: bool,
+    /// Run script tasks (`weft admin task create --script`): off by default,
+    /// refused with a result that says so. Scripts run as --exec-user in a
+    /// fresh 0700 temporary directory (removed afterwards) with only PATH,
+    /// HOME (that directory), LANG and WEFT_TASK_LEASE_ID set, in their own
+    /// process group, killed whole at the task's timeout, output capped.
+    #[arg(long, env = "WEFT_ALLOW_EXEC")]
+    allow_exec: bool,
+    /// The built-in task actions this node runs (comma-separated names, `all`
+    /// or `none`): ping, netcheck, diagnostics (read-only, the default),
+    /// reconcile, rotate-key, restart-dataplane, flush-dns. Others are
+    /// refused with a result that says so.
+    #[arg(long, env = "WEFT_ALLOW_ACTIONS", value_name = "LIST|all|none",
+          default_value = "ping,netcheck,diagnostics", value_parser = actions_arg)]
+    allow_actions: Actions,
+    /// The user script and hook tasks run as (its uid and primary group, no
+    /// supplementary groups); with --allow-exec it must exist at start.
+    #[arg(
+        long,
+        env = "WEFT_EXEC_USER",
+        value_name = "USER",
+        default_value = "nobody"
+    )]
+    exec_user: String,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -182,6 +205,17 @@ fn group_arg(text: &str) -> Result<(String, u32), String> {
 /// One `--node-api-secret-uids` entry: a uid or a user name.
 fn uid_arg(text: &str) -> Result<u32, String> {
     weft_agent::uid_of(text).map_err(|e| format!("{e:#}"))
+}
+
+/// `--allow-actions` values: action names.
+#[derive(Debug, Clone)]
+struct Actions(Vec<&'static str>);
+
+/// `--allow-actions` values (`weft_proto::task::Action::parse_list`).
+fn actions_arg(text: &str) -> Result<Actions, String> {
+    weft_proto::task::Action::parse_list(text)
+        .map(Actions)
+        .map_err(|e| e.to_string())
 }
 
 /// `--offload` values (and `WEFTD_OFFLOAD`, which has always been `0` or `1`).
@@ -288,7 +322,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             public: args.metrics_listen_public,
         }),
         node_api,
+        tasks: weft_agent::TaskSettings {
+            allow_exec: args.allow_exec,
+            allow_actions: args.allow_actions.0,
+            exec_user: args.exec_user,
+            ..weft_agent::TaskSettings::default()
+        },
     };
+    cfg.tasks.check()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -12,6 +12,7 @@ use weft_identity::Identity;
 use weft_proto::NodeKey;
 use weft_proto::api::ReportRequest;
 use weft_proto::netmap::{MapEvent, NetworkMap, StreamEvent};
+use weft_proto::task::TaskNotice;
 use weft_relay_client::{OutageLog, OutageNote};
 
 use crate::netmap::host_candidates;
@@ -84,6 +85,17 @@ pub(crate) fn client(
     }
 }
 
+/// A client of the controller for the node's credential (trust settings and
+/// bearer from `cred`).
+pub(crate) fn client_for(cred: &Credential) -> anyhow::Result<Client> {
+    let trust = TrustSettings {
+        ca_file: cred.ca_file.clone(),
+        pin_sha256: cred.pin_sha256.clone(),
+        allow_insecure_http: cred.allow_insecure_http,
+    };
+    client(&cred.controller, &trust, Some(&cred.credential))
+}
+
 /// Registers this node with a join token; returns the node credential.
 pub(crate) async fn register(
     url: &str,
@@ -144,6 +156,7 @@ impl Link {
         port: u16,
         have_version: Option<u64>,
         maps: mpsc::Sender<NetworkMap>,
+        tasks: mpsc::Sender<TaskNotice>,
         reflexive: watch::Receiver<Vec<SocketAddr>>,
     ) -> (Self, watch::Receiver<LinkState>) {
         let (state_tx, state_rx) = watch::channel(LinkState::default());
@@ -152,7 +165,7 @@ impl Link {
             key,
             port,
             have_version,
-            maps,
+            (maps, tasks),
             state_tx,
             reflexive,
         ));
@@ -170,7 +183,7 @@ async fn link_task(
     key: NodeKey,
     port: u16,
     mut version: Option<u64>,
-    maps: mpsc::Sender<NetworkMap>,
+    (maps, tasks): (mpsc::Sender<NetworkMap>, mpsc::Sender<TaskNotice>),
     state: watch::Sender<LinkState>,
     mut reflexive: watch::Receiver<Vec<SocketAddr>>,
 ) {
@@ -191,6 +204,7 @@ async fn link_task(
             trust: &trust,
             port,
             maps: &maps,
+            tasks: &tasks,
             state: &state,
         };
         let started = crate::clock::now();
@@ -311,6 +325,8 @@ struct LinkCtx<'a> {
     trust: &'a TrustSettings,
     port: u16,
     maps: &'a mpsc::Sender<NetworkMap>,
+    /// Task notices, for the task runner.
+    tasks: &'a mpsc::Sender<TaskNotice>,
     state: &'a watch::Sender<LinkState>,
 }
 
@@ -363,7 +379,13 @@ async fn session(
                 };
                 let ev = ev.context("reading the map stream")?;
                 match ev {
-                    StreamEvent::Task(_) => {}
+                    StreamEvent::Task(n) => {
+                        // A full queue: the controller offers every pending
+                        // task again when the stream reopens.
+                        if let Err(e) = ctx.tasks.try_send(n) {
+                            tracing::debug!(error = %e, "task notice not queued");
+                        }
+                    }
                     StreamEvent::Map(MapEvent::Snapshot(m)) => {
                         *version = Some(m.version);
                         *map = Some(m.clone());

@@ -47,6 +47,7 @@ mod selfcheck;
 pub mod state;
 mod supervisor;
 mod system;
+mod tasks;
 mod telemetry;
 
 pub use dataplane::DataplaneConfig;
@@ -54,4 +55,5 @@ pub use dns::DnsMode;
 pub use node_api::{Access as NodeApiAccess, NodeApiConfig, group_by_name, uid_of};
 pub use selfcheck::{Selfcheck, selfcheck_controlplane};
 pub use supervisor::{AgentConfig, run};
+pub use tasks::TaskSettings;
 pub use telemetry::http::MetricsListen;

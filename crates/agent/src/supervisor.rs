@@ -24,6 +24,7 @@ use crate::netmap::{self, Derived, Slots};
 use crate::node_api::NodeApi;
 use crate::state::{Credential, StateDir};
 use crate::system::{self, System};
+use crate::tasks::Tasks;
 use crate::telemetry::Telemetry;
 
 mod status;
@@ -55,6 +56,8 @@ pub struct AgentConfig {
     pub metrics_listen: Option<crate::MetricsListen>,
     /// `weftd --node-api-socket` and its access (`None`: off).
     pub node_api: Option<crate::NodeApiConfig>,
+    /// `weftd --allow-exec`, `--allow-actions`, `--exec-user`.
+    pub tasks: crate::TaskSettings,
 }
 
 struct Agent {
@@ -79,6 +82,8 @@ struct Agent {
     dns: Dns,
     /// Metrics, forwarding, usage uploads and anomaly detection.
     telemetry: Telemetry,
+    /// The task runner and its results outbox.
+    tasks: Tasks,
     /// The node API for workloads (metadata, data, secrets).
     node_api: NodeApi,
 }
@@ -201,6 +206,7 @@ async fn serve<F: Future<Output = ()>>(
     let mut agent = Agent {
         credential: state.load_credential()?,
         telemetry: Telemetry::start(cfg, &dp, dns.stats()),
+        tasks: Tasks::start(cfg.tasks.clone(), &cfg.state_dir),
         node_api,
         state,
         identity,
@@ -487,15 +493,18 @@ impl Agent {
             self.dp.port(),
             self.map.as_ref().map(|m| m.version),
             self.maps_tx.clone(),
+            self.tasks.notices(),
             self.dp.reflexive(),
         );
         self.telemetry.set_link(Some((&cred, &state)));
+        self.tasks.set_link(Some(&cred));
         self.link = Some(link);
         self.link_state = state;
     }
 
     fn stop_link(&mut self) {
         self.telemetry.set_link(None);
+        self.tasks.set_link(None);
         if let Some(link) = self.link.take() {
             link.stop();
         }

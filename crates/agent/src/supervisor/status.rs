@@ -132,7 +132,12 @@ impl Agent {
                 .collect(),
             forwarding: Some(self.telemetry.forwarding()),
             failures: {
-                let mut f = [self.failures.list(), self.telemetry.failures()].concat();
+                let mut f = [
+                    self.failures.list(),
+                    self.telemetry.failures(),
+                    self.tasks.failures(),
+                ]
+                .concat();
                 if let Some((error, since_unix_ms)) = link.routes_refused.clone() {
                     f.push(FailureStatus {
                         area: "routes".into(),

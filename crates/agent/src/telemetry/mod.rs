@@ -129,6 +129,7 @@ mod tests {
             usage_file: None,
             metrics_listen: None,
             node_api: None,
+            tasks: crate::TaskSettings::default(),
         };
         let node = weft_tunnel::Node::new(
             weft_proto::NodeKey::from_bytes([1; 32]),

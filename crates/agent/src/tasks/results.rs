@@ -1,0 +1,303 @@
+//! Where finished tasks' results wait for the controller:
+//! `STATE_DIR/results-outbox.json`, the agent's [`Outbox`] (bounded, written
+//! with fsync before the result is first sent, kept across restarts, a
+//! damaged file moved aside and named, never silently replaced). Each result
+//! is keyed by (task id, lease id): the controller answers a second copy
+//! `duplicate: true` and changes nothing, so a replay after a crash or a lost
+//! answer is harmless. A task whose result is waiting here is never run
+//! again, nor one whose result the controller took lately ([`RECENT_DONE`]).
+//! What fails here is shown in `weft status` (area `tasks`).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use weft_proto::local::FailureStatus;
+use weft_proto::task::TaskResult;
+
+use crate::clock;
+use crate::outbox::{self, Damage, Keyed, Outbox};
+
+/// The outbox file in the state directory.
+pub(crate) const FILE: &str = "results-outbox.json";
+/// Results kept for the controller at most (a result is at most about
+/// 520 KiB: two capped streams and the error; tasks come one lease at a
+/// time, so a full outbox means the controller took leases but not results).
+pub(crate) const MAX_PENDING: usize = 64;
+/// Task ids remembered as done after the controller took their result.
+pub(crate) const RECENT_DONE: usize = 1024;
+
+impl Keyed for TaskResult {
+    fn idempotency_key(&self) -> String {
+        format!("{}/{}", self.task_id, self.lease_id)
+    }
+}
+
+/// The results of this agent not yet taken by the controller.
+#[derive(Debug)]
+pub(crate) struct Results {
+    pending: Outbox<TaskResult>,
+    /// Tasks whose result the controller has (or refused for good).
+    done: VecDeque<String>,
+    dir: PathBuf,
+    opened_ms: u64,
+    /// Why the outbox file is not written (it could not be read), if so.
+    unreadable: Option<String>,
+    /// The last failure to write it, and since when.
+    save_error: Option<(String, u64)>,
+    /// Results the controller refused for good (dropped), this run.
+    refused: u64,
+    /// Results delivered this run.
+    delivered: u64,
+}
+
+impl Results {
+    /// Opens the outbox in `dir`. A damaged file is moved aside and logged;
+    /// an unreadable one (I/O) leaves an outbox in memory only, logged.
+    pub(crate) fn open(dir: &Path, now_ms: u64) -> Self {
+        let mut unreadable = None;
+        let pending = match Outbox::open_file(dir, FILE, MAX_PENDING, now_ms) {
+            Ok((o, damage)) => {
+                if let Some(Damage { aside, why }) = damage {
+                    tracing::error!(
+                        "the task results outbox was damaged ({why}); moved aside to {}, its \
+                         results are not sent: inspect it, then remove it",
+                        aside.display()
+                    );
+                }
+                o
+            }
+            Err(e) => {
+                let why = format!("{e:#}; task results are kept in memory only");
+                tracing::error!("{why}");
+                unreadable = Some(why);
+                Outbox::empty(dir, FILE, MAX_PENDING)
+            }
+        };
+        if pending.len() > 0 {
+            tracing::info!(
+                results = pending.len(),
+                "task results from before the restart wait for the controller"
+            );
+        }
+        Self {
+            pending,
+            done: VecDeque::new(),
+            dir: dir.to_owned(),
+            opened_ms: now_ms,
+            unreadable,
+            save_error: None,
+            refused: 0,
+            delivered: 0,
+        }
+    }
+
+    /// Whether the task `task_id` must not run (again): its result waits
+    /// here, or the controller took it lately.
+    pub(crate) fn has(&self, task_id: &str) -> bool {
+        self.done.iter().any(|d| d == task_id)
+            || self
+                .pending
+                .oldest(usize::MAX)
+                .iter()
+                .any(|r| r.task_id == task_id)
+    }
+
+    /// Keeps `r` for the controller (on disk before it returns).
+    pub(crate) fn push(&mut self, r: TaskResult) {
+        let before = self.pending.dropped();
+        self.pending.push(r);
+        if self.pending.dropped() > before {
+            tracing::error!(
+                max = MAX_PENDING,
+                "the task results outbox is full; the oldest result was dropped"
+            );
+        }
+        self.save();
+    }
+
+    /// The oldest result waiting.
+    pub(crate) fn oldest(&self) -> Option<TaskResult> {
+        self.pending.oldest(1).pop()
+    }
+
+    /// The controller took the oldest result (`refused`: refused it for
+    /// good; it is dropped and counted).
+    pub(crate) fn taken(&mut self, refused: bool) {
+        if let Some(r) = self.oldest() {
+            if self.done.len() == RECENT_DONE {
+                self.done.pop_front();
+            }
+            self.done.push_back(r.task_id);
+        }
+        self.pending.taken(1);
+        if refused {
+            self.pending.count_dropped(1);
+            self.refused += 1;
+        } else {
+            self.delivered += 1;
+        }
+        self.save();
+    }
+
+    /// Results waiting.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Results lost: the outbox was full, or the controller refused them
+    /// (a running total kept in the file).
+    pub(crate) fn dropped(&self) -> u64 {
+        self.pending.dropped()
+    }
+
+    /// Results delivered and refused this run.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (self.delivered, self.refused)
+    }
+
+    /// For `weft status` (area `tasks`): each damaged outbox moved aside
+    /// (until the operator removes it), an outbox that could not be read or
+    /// written.
+    pub(crate) fn failures(&self) -> Vec<FailureStatus> {
+        let failure = |what: String, error: String, since_unix_ms| FailureStatus {
+            area: "tasks".into(),
+            what,
+            error,
+            since_unix_ms,
+        };
+        let mut v: Vec<FailureStatus> = outbox::damaged_files_of(&self.dir, FILE)
+            .into_iter()
+            .map(|f| {
+                failure(
+                    f.display().to_string(),
+                    "a damaged task results outbox was moved here; its results were not \
+                     sent: inspect it, then delete it to clear this"
+                        .into(),
+                    self.opened_ms,
+                )
+            })
+            .collect();
+        if let Some(e) = &self.unreadable {
+            v.push(failure("results outbox".into(), e.clone(), self.opened_ms));
+        }
+        if let Some((e, since)) = &self.save_error {
+            v.push(failure("results outbox".into(), e.clone(), *since));
+        }
+        v
+    }
+
+    fn save(&mut self) {
+        if self.unreadable.is_some() {
+            return;
+        }
+        match self.pending.save() {
+            Ok(()) => self.save_error = None,
+            Err(e) => {
+                let e = format!("{e:#}");
+                if self
+                    .save_error
+                    .as_ref()
+                    .is_none_or(|(before, _)| *before != e)
+                {
+                    tracing::warn!(
+                        "cannot write the task results outbox: {e}; keeping it in memory"
+                    );
+                }
+                let since = self
+                    .save_error
+                    .as_ref()
+                    .map_or_else(clock::unix_ms, |(_, t)| *t);
+                self.save_error = Some((e, since));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_proto::task::TaskStatus;
+
+    use super::*;
+
+    pub(crate) fn result(task: &str, lease: &str) -> TaskResult {
+        TaskResult {
+            task_id: task.into(),
+            lease_id: lease.into(),
+            status: TaskStatus::Completed,
+            exit_code: Some(0),
+            signal: None,
+            duration_ms: 1,
+            stdout: "out".into(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn results_survive_a_restart_in_order_and_are_not_queued_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Results::open(dir.path(), 0);
+        r.push(result("t1", "l1"));
+        r.push(result("t2", "l2"));
+        // The same (task, lease) again: one copy.
+        r.push(result("t1", "l1"));
+        assert_eq!(r.pending(), 2);
+        drop(r);
+        let mut r = Results::open(dir.path(), 0);
+        assert_eq!(r.pending(), 2);
+        assert!(r.has("t1") && r.has("t2") && !r.has("t3"));
+        assert_eq!(r.oldest().map(|x| x.task_id), Some("t1".into()));
+        r.taken(false);
+        // Taken: still known as done (not run again), no longer waiting.
+        assert!(r.has("t1"));
+        assert_eq!(r.oldest().map(|x| x.task_id), Some("t2".into()));
+        r.taken(true);
+        assert_eq!((r.pending(), r.dropped(), r.counts()), (0, 1, (1, 1)));
+        drop(r);
+        let r = Results::open(dir.path(), 0);
+        assert_eq!(
+            r.pending(),
+            0,
+            "an emptied outbox stays empty after a restart"
+        );
+        assert_eq!(r.dropped(), 1);
+    }
+
+    #[test]
+    fn a_damaged_outbox_is_moved_aside_and_a_status_failure_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), b"{not json").unwrap();
+        let r = Results::open(dir.path(), 42);
+        assert_eq!(r.pending(), 0);
+        let aside = dir.path().join(format!("{FILE}.damaged-42"));
+        assert_eq!(std::fs::read(&aside).unwrap(), b"{not json");
+        let f = r.failures();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(
+            (f[0].area.as_str(), f[0].what.as_str()),
+            ("tasks", aside.display().to_string().as_str())
+        );
+        std::fs::remove_file(&aside).unwrap();
+        assert!(r.failures().is_empty());
+    }
+
+    #[test]
+    fn an_unwritable_outbox_is_a_status_failure_and_keeps_results_in_memory() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state");
+        std::fs::create_dir(&dir).unwrap();
+        let mut r = Results::open(&dir, 0);
+        std::fs::remove_dir(&dir).unwrap();
+        r.push(result("t1", "l1"));
+        let f = r.failures();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].what, "results outbox");
+        assert_eq!(r.pending(), 1);
+        std::fs::create_dir(&dir).unwrap();
+        r.push(result("t2", "l2"));
+        assert!(r.failures().is_empty());
+        assert_eq!(Results::open(&dir, 0).pending(), 2);
+    }
+}

@@ -1,0 +1,300 @@
+//! The task runner against a stand-in controller (leases and results over
+//! HTTP on loopback), and what a leased task becomes.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use weft_proto::task::{DEFAULT_OUTPUT_CAP, TaskKind, TaskLimits};
+
+use super::*;
+
+/// What the stand-in controller saw and answers.
+#[derive(Default)]
+struct Seen {
+    leases: Vec<String>,
+    results: Vec<TaskResult>,
+    /// The status answered to results (200 when 0).
+    result_status: u16,
+}
+
+/// A stand-in controller: leases `kind` under a lease id per task
+/// (`lease-<task>`), records results and answers them with
+/// `Seen::result_status`. One request per connection.
+async fn controller(kind: TaskKind, limits: TaskLimits, seen: Arc<Mutex<Seen>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            let (head, body) = loop {
+                let n = conn.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break (String::new(), String::new());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break (head.to_owned(), body.to_owned());
+                    }
+                }
+            };
+            let (status, json) = if head.starts_with("POST /v1/node/tasks/lease ") {
+                let req: LeaseRequest = serde_json::from_str(&body).unwrap();
+                seen.lock().unwrap().leases.push(req.task_id.clone());
+                let t = LeasedTask {
+                    lease_id: format!("lease-{}", req.task_id),
+                    task_id: req.task_id,
+                    lease_expires_at_ms: u64::MAX,
+                    deadline_ms: u64::MAX,
+                    kind: kind.clone(),
+                    limits,
+                };
+                (200, serde_json::to_string(&t).unwrap())
+            } else if head.starts_with("POST /v1/node/tasks/result ") {
+                let r: TaskResult = serde_json::from_str(&body).unwrap();
+                let mut s = seen.lock().unwrap();
+                let status = if s.result_status == 0 {
+                    200
+                } else {
+                    s.result_status
+                };
+                if status == 200 {
+                    s.results.push(r);
+                }
+                let json = match status {
+                    200 => r#"{"duplicate":false}"#,
+                    409 => r#"{"code":"task_done","message":"done"}"#,
+                    _ => r#"{"code":"unavailable","message":"later"}"#,
+                };
+                (status, json.to_owned())
+            } else {
+                (404, r#"{"code":"not_found","message":"?"}"#.to_owned())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{json}",
+                json.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+        }
+    });
+    url
+}
+
+fn joined(url: &str) -> Credential {
+    Credential {
+        controller: url.to_owned(),
+        credential: "node-credential".into(),
+        ca_file: None,
+        pin_sha256: None,
+        allow_insecure_http: false,
+        advertise_routes: vec![],
+    }
+}
+
+fn script(body: &str) -> TaskKind {
+    TaskKind::Script {
+        interpreter: "sh".into(),
+        body: body.into(),
+    }
+}
+
+/// Settings with exec on and a work directory `nobody` can traverse.
+fn exec_on(work: &std::path::Path) -> TaskSettings {
+    std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o755)).unwrap();
+    TaskSettings {
+        allow_exec: true,
+        work_dir: work.to_owned(),
+        ..TaskSettings::default()
+    }
+}
+
+fn notice(id: &str) -> TaskNotice {
+    TaskNotice { task_id: id.into() }
+}
+
+/// Waits up to 10 s for `cond`.
+async fn until(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_script_task_is_leased_run_and_its_result_sent_with_the_lease_id() {
+    let (state, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let url = controller(
+        script("echo \"hi $WEFT_TASK_LEASE_ID\"; echo err >&2; exit 3"),
+        TaskLimits::default(),
+        seen.clone(),
+    )
+    .await;
+    let tasks = Tasks::start(exec_on(work.path()), state.path());
+    tasks.set_link(Some(&joined(&url)));
+    tasks.notices().send(notice("t1")).await.unwrap();
+    assert!(until(|| !seen.lock().unwrap().results.is_empty()).await);
+    let r = seen.lock().unwrap().results[0].clone();
+    assert_eq!(
+        (r.task_id.as_str(), r.lease_id.as_str()),
+        ("t1", "lease-t1")
+    );
+    assert_eq!(r.status, TaskStatus::Failed);
+    assert_eq!(r.exit_code, Some(3));
+    assert_eq!(r.stdout, "hi lease-t1\n");
+    assert_eq!(r.stderr, "err\n");
+    assert!(r.check(DEFAULT_OUTPUT_CAP).is_ok());
+    // Delivered: the outbox is empty, and a repeated notice runs nothing.
+    assert!(until(|| tasks.results.lock().unwrap().pending() == 0).await);
+    tasks.notices().send(notice("t1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(seen.lock().unwrap().leases, ["t1"]);
+    assert!(tasks.failures().is_empty());
+}
+
+#[tokio::test]
+async fn a_node_with_exec_off_refuses_and_the_result_says_so() {
+    let state = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let url = controller(script("echo never"), TaskLimits::default(), seen.clone()).await;
+    let tasks = Tasks::start(TaskSettings::default(), state.path());
+    tasks.set_link(Some(&joined(&url)));
+    tasks.notices().send(notice("t2")).await.unwrap();
+    assert!(until(|| !seen.lock().unwrap().results.is_empty()).await);
+    let r = seen.lock().unwrap().results[0].clone();
+    assert_eq!(r.status, TaskStatus::Refused);
+    assert_eq!(r.lease_id, "lease-t2");
+    assert_eq!(
+        r.error.as_deref(),
+        Some("exec is off on this node (weftd --allow-exec)")
+    );
+    assert!(r.stdout.is_empty() && r.exit_code.is_none());
+}
+
+#[tokio::test]
+async fn a_result_waits_out_an_outage_and_a_restart_and_its_task_never_runs_twice() {
+    let (state, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let seen = Arc::new(Mutex::new(Seen {
+        result_status: 503,
+        ..Seen::default()
+    }));
+    let url = controller(script("echo once"), TaskLimits::default(), seen.clone()).await;
+    let tasks = Tasks::start(exec_on(work.path()), state.path());
+    tasks.set_link(Some(&joined(&url)));
+    tasks.notices().send(notice("t3")).await.unwrap();
+    // Run, then kept: on disk before the first try.
+    assert!(until(|| tasks.results.lock().unwrap().pending() == 1).await);
+    assert!(state.path().join(results::FILE).exists());
+    // A restart (the runner dropped as a killed agent would leave it).
+    drop(tasks);
+    let tasks = Tasks::start(exec_on(work.path()), state.path());
+    assert_eq!(tasks.results.lock().unwrap().pending(), 1);
+    seen.lock().unwrap().result_status = 200;
+    tasks.set_link(Some(&joined(&url)));
+    // The notice again (the stream reopened): not run again, the waiting
+    // result is sent.
+    tasks.notices().send(notice("t3")).await.unwrap();
+    assert!(until(|| !seen.lock().unwrap().results.is_empty()).await);
+    assert!(until(|| tasks.results.lock().unwrap().pending() == 0).await);
+    let s = seen.lock().unwrap();
+    assert_eq!(s.leases, ["t3"], "leased and run once");
+    assert_eq!(s.results.len(), 1);
+    assert_eq!(s.results[0].lease_id, "lease-t3");
+    assert_eq!(s.results[0].stdout, "once\n");
+}
+
+#[tokio::test]
+async fn a_result_refused_for_good_is_dropped_with_a_status_line() {
+    let state = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Seen {
+        result_status: 409,
+        ..Seen::default()
+    }));
+    let url = controller(script("true"), TaskLimits::default(), seen.clone()).await;
+    let tasks = Tasks::start(TaskSettings::default(), state.path());
+    tasks.set_link(Some(&joined(&url)));
+    tasks.notices().send(notice("t4")).await.unwrap();
+    assert!(until(|| tasks.results.lock().unwrap().dropped() == 1).await);
+    assert_eq!(tasks.results.lock().unwrap().pending(), 0);
+    let f = tasks.failures();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].area.as_str(), f[0].what.as_str()),
+        ("tasks", "results lost")
+    );
+}
+
+fn leased(kind: TaskKind, limits: TaskLimits) -> LeasedTask {
+    LeasedTask {
+        task_id: "t".into(),
+        lease_id: "l".into(),
+        lease_expires_at_ms: 0,
+        deadline_ms: 0,
+        kind,
+        limits,
+    }
+}
+
+#[tokio::test]
+async fn over_the_limits_is_refused_before_anything_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let s = exec_on(work.path());
+    let over = TaskLimits {
+        timeout_secs: 601,
+        ..TaskLimits::default()
+    };
+    let r = execute(&leased(script("touch /tmp/weft-should-not-run"), over), &s).await;
+    assert_eq!(r.status, TaskStatus::Refused);
+    assert!(
+        r.error.as_deref().unwrap().contains("timeout_secs"),
+        "{r:?}"
+    );
+    assert_eq!((r.task_id.as_str(), r.lease_id.as_str()), ("t", "l"));
+    assert!(std::fs::read_dir(work.path()).unwrap().next().is_none());
+}
+
+#[tokio::test]
+async fn a_timed_out_script_says_so_and_its_output_is_capped() {
+    let work = tempfile::tempdir().unwrap();
+    let s = exec_on(work.path());
+    let l = TaskLimits {
+        timeout_secs: 1,
+        output_cap_bytes: 10,
+    };
+    let r = execute(&leased(script("echo 0123456789abcdef; sleep 5"), l), &s).await;
+    assert_eq!(r.status, TaskStatus::TimedOut, "{r:?}");
+    assert_eq!(r.signal, Some(9));
+    assert_eq!(r.stdout, "0123456789");
+    assert!(r.stdout_truncated && !r.stderr_truncated);
+    assert!(r.error.as_deref().unwrap().contains("after 1 s"), "{r:?}");
+    assert!(r.check(l.output_cap_bytes).is_ok());
+}
+
+#[tokio::test]
+async fn actions_and_hooks_are_refused_until_they_are_built_in() {
+    let s = TaskSettings::default();
+    let l = TaskLimits::default();
+    let r = execute(&leased(TaskKind::Action(Action::Netcheck), l), &s).await;
+    assert_eq!(r.status, TaskStatus::Refused);
+    let hook = TaskKind::Hook {
+        name: "backup".into(),
+        approved_sha256: vec!["a".repeat(64)],
+    };
+    let r = execute(&leased(hook, l), &s).await;
+    assert_eq!(r.status, TaskStatus::Refused);
+}
