@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tasks_common::{
     admin_json, admin_output, create_script_task, create_task, lab, mesh, run_on, runs,
-    script_file, wait_finished, within,
+    script_file, show_task, wait_finished, within,
 };
 
 const EXEC: &[&str] = &["--allow-exec"];
@@ -316,9 +316,26 @@ fn a_hook_edited_after_approval_is_refused_and_raises_an_integrity_event() {
         &lab,
         &[("n1", &["--allow-exec", "--hooks-dir", &hooks_arg])],
     );
+    // The weftd the lab runs is the one expected: the node's integrity is ok.
+    let weftd = weft_lab::bin_path("weftd").unwrap();
+    let version = Command::new(&weftd).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    let version = version.split_whitespace().nth(1).unwrap();
+    mesh.admin(&[
+        "integrity",
+        "expect",
+        "--version",
+        version,
+        "--sha256",
+        &sha256_hex(&weftd),
+    ])
+    .unwrap();
     let approved = sha256_hex(&hook);
     mesh.admin(&["hook", "approve", "check.sh", &approved])
         .unwrap();
+    within("n1's integrity ok", Duration::from_secs(30), || {
+        node_integrity(&mesh, "n1") == "ok"
+    });
 
     let task = create_task(&mesh, &["--node", "n1", "--hook", "check.sh"]);
     let task = wait_finished(&mesh, task["id"].as_str().unwrap(), Duration::from_secs(60));
@@ -344,11 +361,38 @@ fn a_hook_edited_after_approval_is_refused_and_raises_an_integrity_event() {
             .as_array()
             .is_some_and(|a| a.iter().any(|e| e.to_string().contains("integrity")))
     });
-    let nodes = admin_json(&mesh, &["node", "list"]);
-    let n1 = nodes
+    assert_eq!(node_integrity(&mesh, "n1"), "mismatch");
+
+    // While it stands, the node is refused script tasks: the run waits,
+    // never leased.
+    let script = script_file(&lab, "hello.sh", "echo hello\n");
+    let blocked = create_script_task(&mesh, &["--node", "n1"], &script, &[]);
+    let id = blocked["id"].as_str().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let run = run_on(&show_task(&mesh, id), "n1");
+    assert_eq!(
+        (&run["state"], &run["leases"]),
+        (&"pending".into(), &0.into()),
+        "{run:#}"
+    );
+    // Approving the hook as it is now resolves it, and the waiting task runs.
+    mesh.admin(&["hook", "approve", "check.sh", &sha256_hex(&hook)])
+        .unwrap();
+    within("n1's integrity ok again", Duration::from_secs(30), || {
+        node_integrity(&mesh, "n1") == "ok"
+    });
+    let task = wait_finished(&mesh, id, Duration::from_secs(60));
+    let r = run_on(&task, "n1")["result"].clone();
+    assert_eq!(r["status"], "completed", "{r:#}");
+}
+
+/// `integrity` of `node` in `weft admin node list --json`.
+fn node_integrity(mesh: &weft_lab::mesh::Mesh<'_>, node: &str) -> String {
+    let nodes = admin_json(mesh, &["node", "list"]);
+    nodes
         .as_array()
         .or_else(|| nodes["nodes"].as_array())
-        .and_then(|a| a.iter().find(|n| n["name"] == "n1").cloned())
-        .unwrap_or_else(|| panic!("{nodes:#}"));
-    assert_eq!(n1["integrity"], "mismatch", "{n1:#}");
+        .and_then(|a| a.iter().find(|n| n["name"] == node).cloned())
+        .and_then(|n| n["integrity"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("{nodes:#}"))
 }

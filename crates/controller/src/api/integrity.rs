@@ -12,6 +12,9 @@
 //!   node's state, reasons and last report (one node's with `node`).
 //!
 //! The rules are [`crate::model`]'s (`judge`); every admin change is audited.
+//! A node whose mismatch any of these resolves gets a `task` event for each
+//! task waiting for it (its leases of script and hook tasks were refused
+//! while it lasted), so it runs them now rather than at its next reconnection.
 
 use axum::extract::State;
 use axum::routing::{get, post, put};
@@ -23,8 +26,10 @@ use weft_proto::integrity::{
 };
 
 use super::{AdminAuth, ApiJson, ApiPath, ApiQuery, AppState, NodeAuth};
+use crate::clock;
+use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::model::{Actor, ApproveHook, ExpectWeftd, ReportIntegrity, RevokeHook};
+use crate::model::{Actor, ApproveHook, ExpectWeftd, NodeId, ReportIntegrity, RevokeHook};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -44,7 +49,10 @@ async fn report(
         node: auth.id,
         report,
     };
-    Ok(Json(st.engine.execute(Actor::Node(auth.key), op).await?))
+    let blocked = mismatched(&st.engine).await;
+    let judged = st.engine.execute(Actor::Node(auth.key), op).await?;
+    offer_unblocked(&st.engine, blocked).await;
+    Ok(Json(judged))
 }
 
 async fn list_hooks(
@@ -64,7 +72,10 @@ async fn approve(
         name,
         sha256: req.sha256,
     };
-    Ok(Json(st.engine.execute(Actor::Admin, op).await?))
+    let blocked = mismatched(&st.engine).await;
+    let list = st.engine.execute(Actor::Admin, op).await?;
+    offer_unblocked(&st.engine, blocked).await;
+    Ok(Json(list))
 }
 
 #[derive(Deserialize)]
@@ -91,9 +102,10 @@ async fn expect(
     _: AdminAuth,
     ApiJson(req): ApiJson<ExpectRequest>,
 ) -> Result<Json<ExpectedWeftd>, ApiError> {
-    Ok(Json(
-        st.engine.execute(Actor::Admin, ExpectWeftd(req)).await?,
-    ))
+    let blocked = mismatched(&st.engine).await;
+    let expected = st.engine.execute(Actor::Admin, ExpectWeftd(req)).await?;
+    offer_unblocked(&st.engine, blocked).await;
+    Ok(Json(expected))
 }
 
 #[derive(Deserialize)]
@@ -116,4 +128,27 @@ async fn overview(
         all.nodes = vec![world.node_integrity(node)];
     }
     Ok(Json(all))
+}
+
+/// The nodes whose integrity is a mismatch now.
+async fn mismatched(engine: &Engine) -> Vec<NodeId> {
+    let world = engine.world().read().await;
+    world
+        .node_ids()
+        .filter(|n| !world.integrity_allows_exec(*n))
+        .collect()
+}
+
+/// Sends a `task` event for every task waiting for each node of `blocked`
+/// that is no longer a mismatch.
+async fn offer_unblocked(engine: &Engine, blocked: Vec<NodeId>) {
+    let world = engine.world().read().await;
+    let now_ms = clock::now_unix_ms();
+    for node in blocked {
+        if world.integrity_allows_exec(node) {
+            for task in world.pending_tasks(node, now_ms) {
+                engine.hub().notify_task(node, &task);
+            }
+        }
+    }
 }
