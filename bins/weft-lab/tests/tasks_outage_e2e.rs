@@ -11,6 +11,9 @@
 //!   the outbox): after both restart, the result is delivered exactly once
 //!   and the task is not run again.
 //!
+//! - A node that is down when a task is created for it runs the task when
+//!   it is back (its stream opens and the controller offers what waits).
+//!
 //! "Exactly once": the script ran once (it appends to a file the test reads),
 //! the run was leased once, the controller holds one result whose lease id is
 //! the run's, and its audit log has one `task.result` for the task.
@@ -141,6 +144,24 @@ fn an_agent_killed_after_finishing_but_before_sending_delivers_once_after_restar
         "still on disk after SIGKILL"
     );
     mesh.restart_controller().unwrap();
+    mesh.start_agent_with_args("n1", None, &[], EXEC).unwrap();
+    assert_delivered_once(&mesh, &id, &runs_file);
+}
+
+#[test]
+fn a_node_down_when_its_task_was_created_runs_it_when_it_is_back() {
+    let lab = lab(&["n1"]);
+    let mut mesh = mesh(&lab, &[("n1", EXEC)]);
+    let dir = shared_dir(&lab, "n1-trace");
+    let runs_file = dir.join("runs");
+    let script = noting_script(&lab, &dir, 0);
+    mesh.stop_agent("n1").unwrap();
+    let task = create_script_task(&mesh, &["--node", "n1"], &script, &[]);
+    let id = task["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_secs(2));
+    let run = run_on(&tasks_common::show_task(&mesh, &id), "n1");
+    assert_eq!(run["state"], "pending", "{run:#}");
+    assert!(lines(&runs_file).is_empty());
     mesh.start_agent_with_args("n1", None, &[], EXEC).unwrap();
     assert_delivered_once(&mesh, &id, &runs_file);
 }
