@@ -185,6 +185,24 @@ pub struct AgentStatus {
     /// Metrics forwarding to the controller (`None`: an agent without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<ForwardingStatus>,
+    /// Remote tasks on this node (`None`: an agent without them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<TasksStatus>,
+}
+
+/// Remote tasks: what runs, and the results outbox
+/// (`STATE_DIR/results-outbox.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TasksStatus {
+    /// Tasks leased and running now.
+    pub running: u64,
+    /// Results the controller took since weftd started.
+    pub delivered: u64,
+    /// Results waiting in the outbox for the controller.
+    pub waiting: u64,
+    /// Results lost since the outbox was created: refused for good by the
+    /// controller, or dropped from a full outbox.
+    pub lost: u64,
 }
 
 /// Metrics forwarding: a sample every `interval_ms`, queued in the on-disk

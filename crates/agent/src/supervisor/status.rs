@@ -131,6 +131,7 @@ impl Agent {
                 .map(ToString::to_string)
                 .collect(),
             forwarding: Some(self.telemetry.forwarding()),
+            tasks: Some(self.tasks.status()),
             failures: {
                 let mut f = [
                     self.failures.list(),

@@ -23,6 +23,7 @@ mod results;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ use http::Method;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use weft_api_client::{Client, ClientError};
-use weft_proto::local::FailureStatus;
+use weft_proto::local::{FailureStatus, TasksStatus};
 use weft_proto::task::{
     Action, LeaseRequest, LeasedTask, MAX_ERROR_BYTES, READ_ONLY_ACTIONS, ResultAck, TaskLimits,
     TaskNotice, TaskResult, TaskStatus, cut_at_char_boundary,
@@ -95,6 +96,8 @@ pub(crate) struct Tasks {
     notices: mpsc::Sender<TaskNotice>,
     link: watch::Sender<Option<Credential>>,
     results: Arc<Mutex<Results>>,
+    /// Tasks running now (the runner keeps it).
+    running: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -106,12 +109,25 @@ impl Tasks {
         let (notices, notices_rx) = mpsc::channel(NOTICE_QUEUE);
         let (link, link_rx) = watch::channel(None);
         let runner = Runner::new(settings, results.clone());
+        let running = runner.running_count.clone();
         let task = tokio::spawn(runner.run(notices_rx, link_rx));
         Self {
             notices,
             link,
             results,
+            running,
             task,
+        }
+    }
+
+    /// For `weft status`: tasks running, results delivered, waiting, lost.
+    pub(crate) fn status(&self) -> TasksStatus {
+        let r = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+        TasksStatus {
+            running: self.running.load(Ordering::Relaxed),
+            delivered: r.counts().0,
+            waiting: r.pending() as u64,
+            lost: r.dropped(),
         }
     }
 
@@ -162,6 +178,8 @@ struct Runner {
     settings: Arc<TaskSettings>,
     results: Arc<Mutex<Results>>,
     running: BTreeSet<String>,
+    /// `running.len()`, for `weft status`.
+    running_count: Arc<AtomicU64>,
     client: Option<Client>,
     slots: Arc<Semaphore>,
     done_tx: mpsc::Sender<Finished>,
@@ -175,6 +193,7 @@ impl Runner {
             settings: Arc::new(settings),
             results,
             running: BTreeSet::new(),
+            running_count: Arc::new(AtomicU64::new(0)),
             client: None,
             slots: Arc::new(Semaphore::new(MAX_RUNNING)),
             done_tx,
@@ -208,6 +227,7 @@ impl Runner {
                 Some(n) = notices.recv() => self.notice(n),
                 Some((id, result)) = self.done_rx.recv() => {
                     self.running.remove(&id);
+                    self.running_count.store(self.running.len() as u64, Ordering::Relaxed);
                     if let Some(r) = result {
                         self.lock().push(r);
                         self.flush().await;
@@ -237,6 +257,8 @@ impl Runner {
             return;
         };
         self.running.insert(n.task_id.clone());
+        self.running_count
+            .store(self.running.len() as u64, Ordering::Relaxed);
         let (slots, settings, done) = (
             self.slots.clone(),
             self.settings.clone(),

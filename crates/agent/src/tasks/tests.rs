@@ -14,6 +14,8 @@ use super::*;
 struct Seen {
     leases: Vec<String>,
     results: Vec<TaskResult>,
+    /// Results sent, whatever the answer.
+    attempts: usize,
     /// The status answered to results (200 when 0).
     result_status: u16,
 }
@@ -64,6 +66,7 @@ async fn controller(kind: TaskKind, limits: TaskLimits, seen: Arc<Mutex<Seen>>) 
             } else if head.starts_with("POST /v1/node/tasks/result ") {
                 let r: TaskResult = serde_json::from_str(&body).unwrap();
                 let mut s = seen.lock().unwrap();
+                s.attempts += 1;
                 let status = if s.result_status == 0 {
                     200
                 } else {
@@ -165,6 +168,15 @@ async fn a_script_task_is_leased_run_and_its_result_sent_with_the_lease_id() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(seen.lock().unwrap().leases, ["t1"]);
     assert!(tasks.failures().is_empty());
+    assert_eq!(
+        tasks.status(),
+        TasksStatus {
+            running: 0,
+            delivered: 1,
+            waiting: 0,
+            lost: 0
+        }
+    );
 }
 
 #[tokio::test]
@@ -200,6 +212,8 @@ async fn a_result_waits_out_an_outage_and_a_restart_and_its_task_never_runs_twic
     // Run, then kept: on disk before the first try.
     assert!(until(|| tasks.results.lock().unwrap().pending() == 1).await);
     assert!(state.path().join(results::FILE).exists());
+    // The first try was answered (503), so none is in flight.
+    assert!(until(|| seen.lock().unwrap().attempts >= 1).await);
     // A restart (the runner dropped as a killed agent would leave it).
     drop(tasks);
     let tasks = Tasks::start(exec_on(work.path()), state.path());
@@ -237,6 +251,7 @@ async fn a_result_refused_for_good_is_dropped_with_a_status_line() {
         (f[0].area.as_str(), f[0].what.as_str()),
         ("tasks", "results lost")
     );
+    assert_eq!(tasks.status().lost, 1);
 }
 
 fn leased(kind: TaskKind, limits: TaskLimits) -> LeasedTask {

@@ -150,6 +150,13 @@ pub fn render_status(st: &AgentStatus) -> String {
             let _ = writeln!(o, "          forwarding error: {}", safe(e));
         }
     }
+    if let Some(t) = &st.tasks {
+        let _ = writeln!(
+            o,
+            "tasks     {} running; results: {} delivered, {} waiting, {} lost",
+            t.running, t.delivered, t.waiting, t.lost
+        );
+    }
     for n in &st.networks {
         let _ = writeln!(
             o,

@@ -41,6 +41,7 @@ fn status() -> AgentStatus {
         reflexive: Vec::new(),
         failures: Vec::new(),
         forwarding: None,
+        tasks: None,
     }
 }
 
@@ -128,6 +129,23 @@ fn status_escapes_spoofing_characters_in_names() {
     let out = render_status(&st);
     assert!(out.contains("node      web\\u{202e}1"), "{out}");
     assert!(!out.contains('\u{202e}'), "{out:?}");
+}
+
+#[test]
+fn status_shows_task_counts() {
+    let mut st = status();
+    assert!(!render_status(&st).contains("tasks "));
+    st.tasks = Some(weft_proto::local::TasksStatus {
+        running: 1,
+        delivered: 5,
+        waiting: 2,
+        lost: 1,
+    });
+    let out = render_status(&st);
+    assert!(
+        out.contains("tasks     1 running; results: 5 delivered, 2 waiting, 1 lost"),
+        "{out}"
+    );
 }
 
 #[test]
