@@ -256,7 +256,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(weft_agent::logring::LogTee::default)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(args) {
@@ -322,11 +322,14 @@ fn run(args: Args) -> anyhow::Result<()> {
             public: args.metrics_listen_public,
         }),
         node_api,
-        tasks: weft_agent::TaskSettings {
-            allow_exec: args.allow_exec,
-            allow_actions: args.allow_actions.0,
-            exec_user: args.exec_user,
-            ..weft_agent::TaskSettings::default()
+        tasks: {
+            // Assigned field by field: the settings also hold what the agent
+            // wires in itself (private fields), so no struct literal here.
+            let mut t = weft_agent::TaskSettings::default();
+            t.allow_exec = args.allow_exec;
+            t.allow_actions = args.allow_actions.0;
+            t.exec_user = args.exec_user;
+            t
         },
     };
     cfg.tasks.check()?;

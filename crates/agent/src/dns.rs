@@ -237,6 +237,20 @@ impl Dns {
         }
     }
 
+    /// Empties the resolver's answer cache (the `flush-dns` action): the
+    /// number of answers dropped, or why there is no cache to flush.
+    pub(crate) fn flush_cache(&self) -> Result<usize, String> {
+        match (&self.service, self.mode) {
+            (Some(service), _) => Ok(service.flush_cache()),
+            (None, DnsMode::Off) => Err("overlay DNS is off on this node (weftd --dns off)".into()),
+            (None, DnsMode::Auto) => Err(self
+                .refused
+                .clone()
+                .or_else(|| self.start_error.clone())
+                .unwrap_or_else(|| "the overlay resolver is not running (no network yet)".into())),
+        }
+    }
+
     /// Stops serving and restores the system configuration (`weft down`, exit,
     /// last network left). The zone is kept only until the next map.
     pub(crate) async fn stop(&mut self) {
@@ -426,6 +440,25 @@ mod tests {
         dns.tick().await;
         assert!(dns.service.is_none());
         assert_eq!(std::fs::read_to_string(&conf).unwrap(), ORIGINAL);
+    }
+
+    /// The `flush-dns` action: a running resolver's cache is emptied (the
+    /// count of answers dropped); without one, the error says why.
+    #[tokio::test]
+    async fn the_cache_is_flushed_only_where_a_resolver_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("resolv.conf"), ORIGINAL).unwrap();
+        let mut dns = Dns::with_config(DnsMode::Auto, config(dir.path()));
+        let e = dns.flush_cache().unwrap_err();
+        assert!(e.contains("not running"), "{e}");
+        dns.apply(&map(1, &["prod"]), None).await;
+        assert_eq!(dns.flush_cache(), Ok(0));
+        dns.shutdown().await;
+        let off = Dns::with_config(DnsMode::Off, config(dir.path()));
+        assert_eq!(
+            off.flush_cache(),
+            Err("overlay DNS is off on this node (weftd --dns off)".into())
+        );
     }
 
     #[tokio::test]

@@ -21,6 +21,9 @@
 //!   own Unix socket, access by peer credentials.
 //! - `selfcheck`: `weftd --selfcheck-controlplane` (one `GET /healthz`).
 //! - `clock`: the only place that reads clocks.
+//! - `actions`: the built-in task actions (ping, netcheck, diagnostics,
+//!   reconcile, restart-dataplane, flush-dns, rotate-key); `logring`: the
+//!   recent log lines `diagnostics` sends.
 //! - `telemetry`: host facts, Prometheus metrics, forwarding, usage, anomaly
 //!   detection (issue 16).
 //! - `outbox`: the agent's one on-disk queue for what it reports while the
@@ -30,6 +33,7 @@
 //! agent applies it before the controller answers, so peers work while the
 //! controller is down. A corrupt cache is discarded (no peers, fail closed).
 
+mod actions;
 mod api;
 mod caps;
 mod clock;
@@ -40,6 +44,8 @@ mod failures;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http1;
+#[doc(hidden)]
+pub mod logring;
 pub mod netmap;
 mod node_api;
 mod outbox;

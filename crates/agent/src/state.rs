@@ -145,6 +145,56 @@ impl StateDir {
         Ok(id)
     }
 
+    /// Where a new identity waits while a key rotation is under way
+    /// (`identity.next`, 0600): written before the controller is asked, renamed
+    /// over `identity.key` once it confirmed.
+    pub(crate) fn next_identity_path(&self) -> PathBuf {
+        self.root.join("identity.next")
+    }
+
+    /// The identity of a key rotation under way, if there is one.
+    pub(crate) fn load_next_identity(&self) -> anyhow::Result<Option<Identity>> {
+        let path = self.next_identity_path();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let id = keyfile::load(&path).with_context(|| {
+            format!(
+                "{} (a key rotation under way) is unusable; move it away to rotate again",
+                path.display()
+            )
+        })?;
+        Ok(Some(id))
+    }
+
+    /// Saves the identity of a key rotation (0600 from the first byte, never
+    /// replacing one).
+    pub(crate) fn save_next_identity(&self, id: &Identity) -> anyhow::Result<()> {
+        keyfile::save(&self.next_identity_path(), id, false)
+            .context("saving the new identity of a key rotation")
+    }
+
+    /// The controller has the new key: `identity.next` becomes `identity.key`
+    /// (a rename, then the directory is synced).
+    pub(crate) fn promote_next_identity(&self) -> anyhow::Result<()> {
+        let (next, path) = (self.next_identity_path(), self.identity_path());
+        fs::rename(&next, &path)
+            .with_context(|| format!("renaming {} to {}", next.display(), path.display()))?;
+        fs::File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("syncing {}", self.root.display()))
+    }
+
+    /// The controller refused the new key for good: `identity.next` is moved
+    /// aside (kept, never deleted) to `identity.next.refused-<unix ms>`.
+    pub(crate) fn set_next_identity_aside(&self, now_ms: u64) -> anyhow::Result<PathBuf> {
+        let next = self.next_identity_path();
+        let aside = self.root.join(format!("identity.next.refused-{now_ms}"));
+        fs::rename(&next, &aside)
+            .with_context(|| format!("moving {} to {}", next.display(), aside.display()))?;
+        Ok(aside)
+    }
+
     /// The saved credential, if the node has joined.
     pub fn load_credential(&self) -> anyhow::Result<Option<Credential>> {
         let path = self.credential_path();

@@ -12,7 +12,6 @@ use tokio::sync::{mpsc, watch};
 use weft_identity::{Difficulty, Identity};
 use weft_proto::local::{ExplainRequest, LocalRequest, LocalResponse, ReconcileStatus, UpRequest};
 use weft_proto::netmap::NetworkMap;
-use weft_tunnel::Node;
 
 use crate::api::{self, ApiCall};
 use crate::clock;
@@ -27,6 +26,7 @@ use crate::system::{self, System};
 use crate::tasks::Tasks;
 use crate::telemetry::Telemetry;
 
+mod actions;
 mod status;
 
 /// In the state directory: present while IPv4 forwarding is on because weft
@@ -175,15 +175,7 @@ async fn serve<F: Future<Output = ()>>(
 
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
-    // WireGuard's handshake timestamps follow the wall clock, so a restarted
-    // agent's handshakes are newer than its previous incarnation's.
-    let node = Node::with_wall_clock(
-        identity.node_key(),
-        *identity.x25519_secret(),
-        seed,
-        clock::now(),
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(clock::unix_ms()),
-    );
+    let node = actions::new_node(&identity, seed);
     let dp = Dataplane::start(node, cfg.port, cfg.dataplane).await?;
 
     let mut failures = Failures::default();
@@ -203,10 +195,17 @@ async fn serve<F: Future<Output = ()>>(
     let (maps_tx, mut maps_rx) = mpsc::channel::<NetworkMap>(16);
     let (_, link_state) = watch::channel(LinkState::default());
     let dns = Dns::new(cfg.dns, cfg.state_dir.clone());
+    let (action_ctx, mut actions_rx) = crate::actions::channel(state.clone(), cfg.mint_difficulty);
     let mut agent = Agent {
         credential: state.load_credential()?,
         telemetry: Telemetry::start(cfg, &dp, dns.stats()),
-        tasks: Tasks::start(cfg.tasks.clone(), &cfg.state_dir),
+        tasks: Tasks::start(
+            crate::TaskSettings {
+                actions: Some(action_ctx.clone()),
+                ..cfg.tasks.clone()
+            },
+            &cfg.state_dir,
+        ),
         node_api,
         state,
         identity,
@@ -245,6 +244,9 @@ async fn serve<F: Future<Output = ()>>(
         tracing::info!("not joined yet: run `weft up --controller URL --token-file FILE`");
     }
 
+    // A key rotation that did not finish (identity.next) is finished now.
+    tokio::spawn(crate::actions::rotate::resume(action_ctx.clone()));
+
     let mut dns_tick = tokio::time::interval(dns::DRIFT_INTERVAL);
     dns_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failed = None;
@@ -266,7 +268,10 @@ async fn serve<F: Future<Output = ()>>(
                 }
                 agent.apply_map(map).await;
             }
-            () = sleep_until(deadline) => agent.reconcile().await,
+            Some(req) = actions_rx.recv() => agent.serve_action(req).await,
+            () = sleep_until(deadline) => {
+                agent.reconcile().await;
+            }
             _ = dns_tick.tick() => {
                 // A data plane that stopped (its I/O thread panicked, say) must not
                 // leave an agent that looks alive: exit, so the service manager
@@ -610,8 +615,10 @@ impl Agent {
         self.ensure_tuns(&wanted).await;
     }
 
-    async fn reconcile(&mut self) {
-        if let Some(report) = self.system.reconcile(clock::now()).await {
+    /// A reconciler pass if one is due; its report (`None`: no pass ran).
+    async fn reconcile(&mut self) -> Option<weft_netcfg::ReconcileReport> {
+        let report = self.system.reconcile(clock::now()).await;
+        if let Some(report) = &report {
             self.telemetry.metrics().reconciled(report.failed.len());
             for a in &report.applied {
                 tracing::info!(action = %a, "applied");
@@ -636,6 +643,7 @@ impl Agent {
                     .collect(),
             };
         }
+        report
     }
 
     async fn teardown(&mut self) {

@@ -87,6 +87,13 @@ impl System {
             .map(|(at, _)| at)
     }
 
+    /// Makes a pass due now (the `reconcile` action).
+    pub(crate) fn trigger(&mut self, now: Instant) {
+        if let Some(p) = self.parts.as_mut() {
+            p.reconciler.trigger(now);
+        }
+    }
+
     /// The state wanted from now on (pure; the next pass applies it).
     pub(crate) fn set_desired(&mut self, desired: DesiredState, now: Instant) {
         if let Some(p) = self.parts.as_mut() {

@@ -199,6 +199,12 @@ impl DnsService {
         self.shared.upstreams().to_vec()
     }
 
+    /// Empties the answer cache (forwarded names are asked upstream again);
+    /// returns how many answers it held.
+    pub fn flush_cache(&self) -> usize {
+        self.shared.flush_cache()
+    }
+
     /// Swaps in a new zone: the next query sees it (renames and joins are
     /// visible at once; overlay answers have TTL 0). With systemd-resolved, a
     /// changed set of domains is routed too.

@@ -73,6 +73,14 @@ impl Shared {
             .clear();
     }
 
+    /// Empties the cache; returns how many answers it held.
+    pub(crate) fn flush_cache(&self) -> usize {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = cache.len();
+        cache.clear();
+        n
+    }
+
     pub(crate) fn upstreams(&self) -> Arc<Vec<SocketAddr>> {
         self.upstreams
             .read()
@@ -326,5 +334,35 @@ mod tests {
         assert!(allowed("::1".parse().unwrap(), local));
         assert!(allowed("100.64.0.1".parse().unwrap(), local));
         assert!(!allowed("100.64.0.2".parse().unwrap(), local));
+    }
+
+    /// The `flush-dns` task action: every cached answer goes, and the count
+    /// says how many there were.
+    #[test]
+    fn flushing_the_cache_empties_it_and_counts_the_answers() {
+        use hickory_proto::op::{Message, OpCode, Query};
+        use hickory_proto::rr::rdata::A;
+        use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+        let shared = Shared::new(Vec::new(), DnsStats::default());
+        assert_eq!(shared.flush_cache(), 0);
+        for name in ["a.example.", "b.example."] {
+            let name = Name::from_ascii(name).unwrap();
+            let query = Query::query(name.clone(), RecordType::A);
+            let mut resp = Message::response(1, OpCode::Query);
+            resp.add_query(query.clone());
+            resp.add_answer(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 1))));
+            let key = crate::cache::CacheKey::of(&query);
+            assert!(
+                shared
+                    .cache
+                    .lock()
+                    .unwrap()
+                    .insert(key, &resp, clock::now())
+            );
+        }
+        assert_eq!(shared.flush_cache(), 2);
+        assert!(shared.cache.lock().unwrap().is_empty());
+        assert_eq!(shared.flush_cache(), 0);
     }
 }

@@ -19,6 +19,7 @@ pub mod api;
 pub mod data;
 pub mod events;
 pub mod facts;
+pub mod icmp;
 pub mod integrity;
 pub mod local;
 pub mod net;

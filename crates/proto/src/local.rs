@@ -364,6 +364,44 @@ pub struct ReconcileStatus {
     pub failures: Vec<String>,
 }
 
+impl AgentStatus {
+    /// The peer `what` names, and the overlay address to reach it at: an
+    /// overlay IP, a peer name, or `name.network` when the name is in several
+    /// networks (`weft ping`, `weft why`, the `ping` task action). The error
+    /// says why in words.
+    pub fn resolve_peer(&self, what: &str) -> Result<(&PeerStatus, std::net::IpAddr), String> {
+        use std::net::IpAddr;
+        if let Ok(ip) = what.parse::<IpAddr>() {
+            let ip_s = ip.to_string();
+            return match self.peers.iter().find(|p| p.addresses.contains(&ip_s)) {
+                Some(p) => Ok((p, ip)),
+                None => Err(format!("no peer has overlay address {ip}")),
+            };
+        }
+        let mut parts = what.split('.');
+        let name = parts.next().unwrap_or_default();
+        let network = parts.next();
+        let found: Vec<_> = self
+            .peers
+            .iter()
+            .filter(|p| p.name == name && network.is_none_or(|n| p.networks.iter().any(|x| x == n)))
+            .collect();
+        match found.as_slice() {
+            [p] => p
+                .addresses
+                .iter()
+                .find_map(|a| a.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4))
+                .or_else(|| p.addresses.first().and_then(|a| a.parse().ok()))
+                .map(|ip| (*p, ip))
+                .ok_or_else(|| "peer has no overlay address".to_owned()),
+            [] => Err(format!("no peer named {what:?} (see `weft status`)")),
+            _ => Err(format!(
+                "{what:?} is ambiguous: name the network too, e.g. {name}.NETWORK"
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,13 @@ pub(crate) enum Command<T> {
     /// Usage per peer and service port since the node started (monotonic
     /// counters from the policy's connection table).
     Usage(oneshot::Sender<weft_tunnel::NodeUsage>),
+    /// Replace the node (`restart-dataplane`, a rotated identity): the new one
+    /// gets the last configuration, relay availability and STUN servers; its
+    /// sessions start afresh. `done` is answered once it is in place.
+    Replace {
+        node: Box<weft_tunnel::Node>,
+        done: oneshot::Sender<()>,
+    },
     /// End the thread.
     Stop,
 }

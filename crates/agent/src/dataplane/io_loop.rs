@@ -101,6 +101,17 @@ struct IoLoop<T, U> {
     /// the socket (a peer that learned of this node first would otherwise be
     /// dropped as unknown, and its handshake wait for a retry).
     configured: bool,
+    /// What the node was told, for a replacement node ([`Command::Replace`]).
+    told: Told,
+}
+
+/// The last configuration, relay availability and STUN servers given to the
+/// node: a replacement is given them too.
+#[derive(Default)]
+struct Told {
+    cfg: Option<Box<weft_tunnel::NodeConfig>>,
+    relay_up: bool,
+    stun: Vec<SocketAddr>,
 }
 
 impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
@@ -126,6 +137,7 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
             framed: vec![0u8; HDR + BUF_LEN],
             synced: Vec::new(),
             configured: false,
+            told: Told::default(),
         }
     }
 
@@ -237,7 +249,20 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
         match cmd {
             Command::Apply(cfg) => {
                 node.apply_config(now, &cfg);
+                self.told.cfg = Some(cfg);
                 self.configured = true;
+            }
+            Command::Replace {
+                node: mut fresh,
+                done,
+            } => {
+                fresh.set_stun_servers(now, self.told.stun.clone());
+                fresh.set_relay_available(now, self.told.relay_up);
+                if let Some(cfg) = &self.told.cfg {
+                    fresh.apply_config(now, cfg);
+                }
+                *node = *fresh;
+                let _ = done.send(());
             }
             Command::Tuns { remove, add, done } => {
                 self.devs = self.tuns.change(&remove, add);
@@ -256,8 +281,14 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
                     tun::write_one(&*dev, &mut self.framed[..HDR + len], &self.own.out.errors);
                 }
             }
-            Command::RelayAvailable(up) => node.set_relay_available(now, up),
-            Command::StunServers(servers) => node.set_stun_servers(now, servers),
+            Command::RelayAvailable(up) => {
+                self.told.relay_up = up;
+                node.set_relay_available(now, up);
+            }
+            Command::StunServers(servers) => {
+                self.told.stun.clone_from(&servers);
+                node.set_stun_servers(now, servers);
+            }
             Command::Status(reply) => {
                 let batches = Batches {
                     tun_read: self.tun.read_sizes.clone(),

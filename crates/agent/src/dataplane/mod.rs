@@ -65,6 +65,7 @@ use weft_tunnel::{DropCounters, NetIndex, Node, NodeConfig, PeerStatus};
 pub(crate) use commands::DataplaneStatus;
 use commands::{Command, Commands};
 use relay_link::{RelayLink, RelayOut};
+pub(crate) use relay_link::{stun_server, url_host_port};
 use tun::Tun;
 use udp_batch::Offloads;
 
@@ -307,6 +308,27 @@ impl Dataplane {
             .ask(|reply| Command::Explain { dir, packet, reply })
             .await
             .context("the data plane's I/O thread is not running")
+    }
+
+    /// Replaces the node the I/O thread owns with `node` (it gets the current
+    /// configuration; sessions start afresh), and reconnects the relay as
+    /// `identity` (the node's key may be new). The TUN devices and the UDP
+    /// socket stay.
+    pub(crate) async fn replace_node(
+        &mut self,
+        node: Node,
+        identity: &Arc<Identity>,
+    ) -> anyhow::Result<()> {
+        let node = Box::new(node);
+        self.cmds
+            .ask(|done| Command::Replace { node, done })
+            .await
+            .context("the data plane's I/O thread is not running")?;
+        if let Some(relay) = self.relay.current() {
+            self.relay.set(None, identity).await;
+            self.relay.set(Some(relay), identity).await;
+        }
+        Ok(())
     }
 
     /// Leaves the relay (on `weft down`).

@@ -118,6 +118,11 @@ impl RelayLink {
         self.cmds.send(Command::RelayAvailable(false)).ok();
     }
 
+    /// The relay in use, if any.
+    pub(super) fn current(&self) -> Option<Relay> {
+        self.task.as_ref().map(|(r, _)| r.clone())
+    }
+
     /// The relay's URL and whether the link is up.
     pub(super) fn connected(&self) -> Option<(String, bool)> {
         let url = self.task.as_ref().map(|(r, _)| r.url.clone())?;
@@ -126,18 +131,9 @@ impl RelayLink {
 }
 
 /// The relay's STUN server: its URL's host with the map's STUN port.
-async fn stun_server(relay: &Relay) -> Option<SocketAddr> {
+pub(crate) async fn stun_server(relay: &Relay) -> Option<SocketAddr> {
     let port = relay.stun_port?;
-    let rest = relay
-        .url
-        .split_once("://")
-        .map_or(relay.url.as_str(), |(_, r)| r);
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    let host = match hostport.rsplit_once(':') {
-        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => hostport,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let (host, _) = url_host_port(&relay.url);
     match tokio::net::lookup_host((host, port)).await {
         Ok(mut addrs) => addrs.find(SocketAddr::is_ipv4),
         Err(e) => {
@@ -145,6 +141,17 @@ async fn stun_server(relay: &Relay) -> Option<SocketAddr> {
             None
         }
     }
+}
+
+/// A relay URL's host (without brackets) and port, if it names one.
+pub(crate) fn url_host_port(url: &str) -> (&str, Option<u16>) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h, p.parse().ok()),
+        _ => (hostport, None),
+    };
+    (host.trim_start_matches('[').trim_end_matches(']'), port)
 }
 
 /// Hands what the relay delivers to the I/O thread, logging the link's

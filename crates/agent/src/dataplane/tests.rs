@@ -490,3 +490,47 @@ async fn io_stopped_only_when_the_thread_ends_unasked() {
     assert!(dp.io.is_none());
     assert!(!dp.io_stopped());
 }
+
+/// `restart-dataplane` (and a rotated key): a node put in place of the running
+/// one gets the last configuration (its peer is there at once, with fresh
+/// counters and no session) and reaches the peer again through a new
+/// handshake; the TUN and the socket are the same.
+#[test]
+fn a_replaced_node_keeps_the_configuration_and_reaches_the_peer_again() {
+    let (a, b) = pair(true, true, false);
+    let skip = warm_up(&a, &b);
+    let before = ask(&a.cmds, Command::Status);
+    assert!(before.peers[0].tx_packets > 0);
+    let fresh = Node::new(
+        a.id.node_key(),
+        *a.id.x25519_secret(),
+        [9; 32],
+        clock::now(),
+    );
+    ask(&a.cmds, |done| Command::Replace {
+        node: Box::new(fresh),
+        done,
+    });
+    let after = ask(&a.cmds, Command::Status);
+    assert_eq!(after.peers.len(), 1, "the configuration was applied");
+    assert_eq!(after.peers[0].key, b.id.node_key());
+    assert_eq!(after.peers[0].tx_packets, 0, "a fresh core");
+    assert!(after.peers[0].since_handshake.is_none(), "no session yet");
+    let packets = burst(&a, &b, 4);
+    a.tun.inject(packets.clone());
+    let got = wait_for("the burst after the replacement", || {
+        let w = b.tun.written();
+        let got: Vec<_> = w[skip..]
+            .iter()
+            .filter(|p| packets.contains(p))
+            .cloned()
+            .collect();
+        (got.len() == 4).then_some(got)
+    });
+    assert_eq!(got, packets);
+    assert!(
+        ask(&a.cmds, Command::Status).peers[0]
+            .since_handshake
+            .is_some()
+    );
+}

@@ -16,34 +16,7 @@ pub(crate) fn resolve_peer<'a>(
     st: &'a AgentStatus,
     what: &str,
 ) -> anyhow::Result<(&'a weft_proto::local::PeerStatus, IpAddr)> {
-    if let Ok(ip) = what.parse::<IpAddr>() {
-        let ip_s = ip.to_string();
-        if let Some(p) = st.peers.iter().find(|p| p.addresses.contains(&ip_s)) {
-            return Ok((p, ip));
-        }
-        bail!("no peer has overlay address {ip}");
-    }
-    let mut parts = what.split('.');
-    let name = parts.next().unwrap_or_default();
-    let network = parts.next();
-    let found: Vec<_> = st
-        .peers
-        .iter()
-        .filter(|p| p.name == name && network.is_none_or(|n| p.networks.iter().any(|x| x == n)))
-        .collect();
-    match found.as_slice() {
-        [p] => {
-            let ip = p
-                .addresses
-                .iter()
-                .find_map(|a| a.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4))
-                .or_else(|| p.addresses.first().and_then(|a| a.parse().ok()))
-                .context("peer has no overlay address")?;
-            Ok((p, ip))
-        }
-        [] => bail!("no peer named {what:?} (see `weft status`)"),
-        _ => bail!("{what:?} is ambiguous: name the network too, e.g. {name}.NETWORK"),
-    }
+    st.resolve_peer(what).map_err(anyhow::Error::msg)
 }
 
 #[derive(Debug, Args)]

@@ -49,13 +49,7 @@ pub fn ping(sock: &SocketArg, a: PingArgs, json: bool) -> anyhow::Result<ExitCod
             reason = "ICMP sequence numbers wrap"
         )]
         let seq16 = seq as u16;
-        let mut pkt = [0u8; 64];
-        pkt[0] = 8; // echo request
-        pkt[4..6].copy_from_slice(&id.unwrap_or(0).to_be_bytes());
-        pkt[6..8].copy_from_slice(&seq16.to_be_bytes());
-        pkt[8..16].copy_from_slice(b"weftping");
-        let c = icmp_checksum(&pkt);
-        pkt[2..4].copy_from_slice(&c.to_be_bytes());
+        let pkt = weft_proto::icmp::echo_request(id.unwrap_or(0), seq16);
         let start = now();
         socket
             .send_to(&pkt, dst)
@@ -168,31 +162,7 @@ fn icmp_socket() -> anyhow::Result<(socket2::Socket, bool)> {
         .context("opening an ICMP socket (needs root or net.ipv4.ping_group_range)")
 }
 
-/// Whether `pkt` (from `from`) is the echo reply to our request `seq` to
-/// `peer`: the type, the sender and the sequence number, and with a raw
-/// socket (`id`) our identifier; anything else (another ping's reply, a reply
-/// from elsewhere) is not ours.
-pub(super) fn is_our_reply(
-    pkt: &[u8],
-    from: IpAddr,
-    peer: IpAddr,
-    seq: u16,
-    id: Option<u16>,
-) -> bool {
-    // Raw sockets include the IP header; ping sockets do not (and an ICMP
-    // header never starts with 4 in its high nibble: echo reply is type 0).
-    let off = match pkt.first() {
-        Some(b) if b >> 4 == 4 => usize::from(b & 0xf) * 4,
-        _ => 0,
-    };
-    let Some(icmp) = pkt.get(off..).filter(|m| m.len() >= 8) else {
-        return false;
-    };
-    icmp[0] == 0
-        && from == peer
-        && u16::from_be_bytes([icmp[6], icmp[7]]) == seq
-        && id.is_none_or(|id| u16::from_be_bytes([icmp[4], icmp[5]]) == id)
-}
+pub(super) use weft_proto::icmp::is_echo_reply as is_our_reply;
 
 /// How packets reach `peer`, for ping's lines: `direct IP:PORT`, `relay URL`.
 fn via(peer: &weft_proto::local::PeerStatus, st: &AgentStatus) -> String {
@@ -206,15 +176,4 @@ fn via(peer: &weft_proto::local::PeerStatus, st: &AgentStatus) -> String {
             .map_or_else(|| "relay".to_owned(), |r| format!("relay {}", r.url));
     }
     "no path yet".to_owned()
-}
-
-fn icmp_checksum(b: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in b.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
