@@ -67,9 +67,6 @@ pub struct TaskSettings {
     /// Where each task's working directory is created (the system's
     /// temporary directory).
     pub work_dir: PathBuf,
-    /// Where built-in actions reach the agent (set by the supervisor; `None`:
-    /// actions are refused).
-    pub(crate) actions: Option<crate::actions::ActionContext>,
 }
 
 impl Default for TaskSettings {
@@ -79,7 +76,6 @@ impl Default for TaskSettings {
             allow_actions: READ_ONLY_ACTIONS.to_vec(),
             exec_user: "nobody".into(),
             work_dir: std::env::temp_dir(),
-            actions: None,
         }
     }
 }
@@ -150,7 +146,7 @@ impl Tasks {
     pub(crate) fn failures(&self) -> Vec<FailureStatus> {
         let r = self.results.lock().unwrap_or_else(PoisonError::into_inner);
         let mut v = r.failures();
-        if r.dropped() > 0 {
+        if let Some(since_unix_ms) = r.lost_since() {
             let (delivered, refused) = r.counts();
             v.push(FailureStatus {
                 area: "tasks".into(),
@@ -162,7 +158,7 @@ impl Tasks {
                     r.dropped(),
                     r.pending()
                 ),
-                since_unix_ms: 0,
+                since_unix_ms,
             });
         }
         v
@@ -380,7 +376,7 @@ async fn execute(task: &LeasedTask, settings: &TaskSettings) -> TaskResult {
     let label = task.kind.label();
     let mut r = match gate::plan(task, settings) {
         Plan::Refuse(why) => refused(why),
-        Plan::Action(a) => run_action(settings, &a, &task.limits).await,
+        Plan::Action(a) => run_action(&a, &task.limits).await,
         Plan::Script { interpreter, body } => {
             run_program(
                 task,
@@ -434,16 +430,13 @@ fn refused(why: String) -> TaskResult {
     blank(TaskStatus::Refused, Some(why))
 }
 
-/// A built-in action ([`crate::actions::run`]: bounded by the task's timeout
-/// and output cap).
-async fn run_action(settings: &TaskSettings, action: &Action, limits: &TaskLimits) -> TaskResult {
-    match &settings.actions {
-        Some(ctx) => crate::actions::run(ctx, action, limits).await,
-        None => refused(format!(
-            "action {} cannot run: this task runner has no agent to act on",
-            action.name()
-        )),
-    }
+/// Built-in actions. Placeholder until `crate::actions` (built-in actions,
+/// another part of issue 17) lands: every action is refused, saying so.
+async fn run_action(action: &Action, _limits: &TaskLimits) -> TaskResult {
+    refused(format!(
+        "action {} is not built into this agent yet",
+        action.name()
+    ))
 }
 
 /// The verified body of hook `name` (its sha256 one of `approved`).

@@ -48,6 +48,9 @@ pub(crate) struct Results {
     refused: u64,
     /// Results delivered this run.
     delivered: u64,
+    /// When a result was first lost (this run; the opening time for losses
+    /// the file counted before).
+    lost_since: Option<u64>,
 }
 
 impl Results {
@@ -88,6 +91,7 @@ impl Results {
             save_error: None,
             refused: 0,
             delivered: 0,
+            lost_since: None,
         }
     }
 
@@ -107,6 +111,7 @@ impl Results {
         let before = self.pending.dropped();
         self.pending.push(r);
         if self.pending.dropped() > before {
+            self.lost_since.get_or_insert_with(clock::unix_ms);
             tracing::error!(
                 max = MAX_PENDING,
                 "the task results outbox is full; the oldest result was dropped"
@@ -133,6 +138,7 @@ impl Results {
         if refused {
             self.pending.count_dropped(1);
             self.refused += 1;
+            self.lost_since.get_or_insert_with(clock::unix_ms);
         } else {
             self.delivered += 1;
         }
@@ -148,6 +154,11 @@ impl Results {
     /// (a running total kept in the file).
     pub(crate) fn dropped(&self) -> u64 {
         self.pending.dropped()
+    }
+
+    /// Since when results are lost (`None`: none is).
+    pub(crate) fn lost_since(&self) -> Option<u64> {
+        (self.dropped() > 0).then(|| self.lost_since.unwrap_or(self.opened_ms))
     }
 
     /// Results delivered and refused this run.

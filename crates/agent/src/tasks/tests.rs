@@ -252,6 +252,7 @@ async fn a_result_refused_for_good_is_dropped_with_a_status_line() {
         ("tasks", "results lost")
     );
     assert_eq!(tasks.status().lost, 1);
+    assert!(f[0].since_unix_ms > 0);
 }
 
 fn leased(kind: TaskKind, limits: TaskLimits) -> LeasedTask {
