@@ -15,9 +15,7 @@ use common::*;
 use weft_api_client::MapStream;
 use weft_identity::Identity;
 use weft_proto::NodeKey;
-use weft_proto::api::{
-    ROTATE_KEY_SIGNATURE_CONTEXT, RotateKeyRequest, rotate_key_signed_message,
-};
+use weft_proto::api::{ROTATE_KEY_SIGNATURE_CONTEXT, RotateKeyRequest, rotate_key_signed_message};
 use weft_proto::netmap::{MapChange, MapEvent, NetworkMap};
 use weft_proto::relay_api::CreateRelayRequest;
 
@@ -94,13 +92,19 @@ async fn a_rotated_key_replaces_the_old_one_for_peers_and_relays_and_a_retry_is_
     let (status, code, _) = refused(ca.rotate_key(&request(&a.node_key(), &b, &b)).await);
     assert_eq!((status, code.as_str()), (409, "key_taken"));
     // Only with the node credential.
-    assert_eq!(refused(c.rotate_key(&request(&a.node_key(), &a2, &a2)).await).0, 401);
+    assert_eq!(
+        refused(c.rotate_key(&request(&a.node_key(), &a2, &a2)).await).0,
+        401
+    );
 
     // Rotated: same name and addresses; the node's own map has the new key.
     let req = request(&a.node_key(), &a2, &a2);
     let resp = ca.rotate_key(&req).await.unwrap();
     assert!(resp.rotated);
-    assert_eq!((resp.node_key, resp.name.as_str()), (a2.node_key(), ra.name.as_str()));
+    assert_eq!(
+        (resp.node_key, resp.name.as_str()),
+        (a2.node_key(), ra.name.as_str())
+    );
     let after = ca.map().await.unwrap();
     assert_eq!(after.node.node_key, a2.node_key());
     assert_eq!(after.node.name, before.node.name);
@@ -154,7 +158,11 @@ async fn a_rotated_key_replaces_the_old_one_for_peers_and_relays_and_a_retry_is_
     assert_eq!(entry.actor, format!("node:{}", a.node_key()));
     assert_eq!(entry.detail["from"], a.node_key().to_string());
     assert_eq!(
-        audit.entries.iter().filter(|e| e.action == "node.rotate_key").count(),
+        audit
+            .entries
+            .iter()
+            .filter(|e| e.action == "node.rotate_key")
+            .count(),
         1,
         "the retry is not audited again"
     );
