@@ -67,6 +67,9 @@ pub struct TaskSettings {
     /// Where each task's working directory is created (the system's
     /// temporary directory).
     pub work_dir: PathBuf,
+    /// Where built-in actions reach the agent (set by the supervisor; `None`:
+    /// actions are refused).
+    pub(crate) actions: Option<crate::actions::ActionContext>,
 }
 
 impl Default for TaskSettings {
@@ -76,6 +79,7 @@ impl Default for TaskSettings {
             allow_actions: READ_ONLY_ACTIONS.to_vec(),
             exec_user: "nobody".into(),
             work_dir: std::env::temp_dir(),
+            actions: None,
         }
     }
 }
@@ -376,7 +380,7 @@ async fn execute(task: &LeasedTask, settings: &TaskSettings) -> TaskResult {
     let label = task.kind.label();
     let mut r = match gate::plan(task, settings) {
         Plan::Refuse(why) => refused(why),
-        Plan::Action(a) => run_action(&a, &task.limits).await,
+        Plan::Action(a) => run_action(settings, &a, &task.limits).await,
         Plan::Script { interpreter, body } => {
             run_program(
                 task,
@@ -430,13 +434,16 @@ fn refused(why: String) -> TaskResult {
     blank(TaskStatus::Refused, Some(why))
 }
 
-/// Built-in actions. Placeholder until `crate::actions` (built-in actions,
-/// another part of issue 17) lands: every action is refused, saying so.
-async fn run_action(action: &Action, _limits: &TaskLimits) -> TaskResult {
-    refused(format!(
-        "action {} is not built into this agent yet",
-        action.name()
-    ))
+/// A built-in action ([`crate::actions::run`]: bounded by the task's timeout
+/// and output cap).
+async fn run_action(settings: &TaskSettings, action: &Action, limits: &TaskLimits) -> TaskResult {
+    match &settings.actions {
+        Some(ctx) => crate::actions::run(ctx, action, limits).await,
+        None => refused(format!(
+            "action {} cannot run: this task runner has no agent to act on",
+            action.name()
+        )),
+    }
 }
 
 /// The verified body of hook `name` (its sha256 one of `approved`).
