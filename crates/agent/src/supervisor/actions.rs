@@ -104,6 +104,11 @@ impl Agent {
             .1
             .map_err(|e| format!("{e:#}"))?;
         self.identity = Arc::new(identity);
+        // The node API opens secrets with the node's X25519 key: the new one
+        // from now on (the map the controller sends next carries the new key).
+        if let Some(map) = &self.map {
+            self.node_api.set_map(map, &self.identity);
+        }
         let node = new_node(&self.identity, fresh_seed());
         self.dp
             .replace_node(node, &self.identity)
