@@ -161,6 +161,18 @@ struct Args {
         default_value = "nobody"
     )]
     exec_user: String,
+    /// The hooks directory: scripts a hook task runs by name, each only while
+    /// the SHA-256 of its file is one the admin approved (`weft admin hook
+    /// approve NAME SHA256`); the bytes hashed are the bytes that run. It
+    /// must be root-owned with no group or other permissions (0700), each
+    /// hook a root-owned regular file (no symlink) that is not group- or
+    /// other-writable; otherwise no hook runs and the controller sees an
+    /// integrity mismatch. Missing: no hooks. weftd reports the SHA-256 of
+    /// its own binary and of every hook at start, every 10 minutes and right
+    /// after a hook was refused.
+    #[arg(long, env = "WEFT_HOOKS_DIR", value_name = "DIR",
+          default_value = weft_agent::DEFAULT_HOOKS_DIR)]
+    hooks_dir: PathBuf,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -329,6 +341,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             t.allow_exec = args.allow_exec;
             t.allow_actions = args.allow_actions.0;
             t.exec_user = args.exec_user;
+            t.hooks_dir = args.hooks_dir;
             t
         },
     };

@@ -26,6 +26,10 @@
 //!   recent log lines `diagnostics` sends.
 //! - `telemetry`: host facts, Prometheus metrics, forwarding, usage, anomaly
 //!   detection (issue 16).
+//! - `hooks`: the hooks directory (root-owned, 0700) and the checks a hook
+//!   passes before it runs (approved sha256 of the bytes that run);
+//!   `integrity`: the report of weftd's and the hooks' hashes to the
+//!   controller (at start, every 10 minutes, after a hook refusal).
 //! - `outbox`: the agent's one on-disk queue for what it reports while the
 //!   controller is away (metrics samples, anomaly events, task results).
 //!
@@ -43,7 +47,9 @@ mod dns;
 mod failures;
 #[doc(hidden)]
 pub mod fuzzing;
+mod hooks;
 mod http1;
+mod integrity;
 #[doc(hidden)]
 pub mod logring;
 pub mod netmap;
@@ -58,6 +64,7 @@ mod telemetry;
 
 pub use dataplane::DataplaneConfig;
 pub use dns::DnsMode;
+pub use hooks::DEFAULT_HOOKS_DIR;
 pub use node_api::{Access as NodeApiAccess, NodeApiConfig, group_by_name, uid_of};
 pub use selfcheck::{Selfcheck, selfcheck_controlplane};
 pub use supervisor::{AgentConfig, run};

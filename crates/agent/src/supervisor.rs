@@ -19,6 +19,7 @@ use crate::ctl::{self, LinkState};
 use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::dns::{self, Dns, DnsMode};
 use crate::failures::Failures;
+use crate::integrity::Integrity;
 use crate::netmap::{self, Derived, Slots};
 use crate::node_api::NodeApi;
 use crate::state::{Credential, StateDir};
@@ -84,6 +85,8 @@ struct Agent {
     telemetry: Telemetry,
     /// The task runner and its results outbox.
     tasks: Tasks,
+    /// The integrity reporter (weftd's and the hooks' hashes).
+    integrity: Integrity,
     /// The node API for workloads (metadata, data, secrets).
     node_api: NodeApi,
 }
@@ -196,16 +199,19 @@ async fn serve<F: Future<Output = ()>>(
     let (_, link_state) = watch::channel(LinkState::default());
     let dns = Dns::new(cfg.dns, cfg.state_dir.clone());
     let (action_ctx, mut actions_rx) = crate::actions::channel(state.clone(), cfg.mint_difficulty);
+    let integrity = Integrity::start(cfg.tasks.hooks_dir.clone());
     let mut agent = Agent {
         credential: state.load_credential()?,
         telemetry: Telemetry::start(cfg, &dp, dns.stats()),
         tasks: Tasks::start(
             crate::TaskSettings {
                 actions: Some(action_ctx.clone()),
+                report_now: Some(integrity.report_now()),
                 ..cfg.tasks.clone()
             },
             &cfg.state_dir,
         ),
+        integrity,
         node_api,
         state,
         identity,
@@ -503,6 +509,7 @@ impl Agent {
         );
         self.telemetry.set_link(Some((&cred, &state)));
         self.tasks.set_link(Some(&cred));
+        self.integrity.set_link(Some(cred.clone()));
         self.link = Some(link);
         self.link_state = state;
     }
@@ -510,6 +517,7 @@ impl Agent {
     fn stop_link(&mut self) {
         self.telemetry.set_link(None);
         self.tasks.set_link(None);
+        self.integrity.set_link(None);
         if let Some(link) = self.link.take() {
             link.stop();
         }

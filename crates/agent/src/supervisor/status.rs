@@ -137,6 +137,7 @@ impl Agent {
                     self.failures.list(),
                     self.telemetry.failures(),
                     self.tasks.failures(),
+                    self.integrity.failures(),
                 ]
                 .concat();
                 if let Some((error, since_unix_ms)) = link.routes_refused.clone() {

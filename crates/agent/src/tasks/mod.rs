@@ -67,6 +67,12 @@ pub struct TaskSettings {
     /// Where each task's working directory is created (the system's
     /// temporary directory).
     pub work_dir: PathBuf,
+    /// The hooks directory (`--hooks-dir`, default `/etc/weft/hooks`; see
+    /// [`crate::hooks`]).
+    pub hooks_dir: PathBuf,
+    /// Asks for an integrity report right after a hook was refused (set by
+    /// the supervisor).
+    pub(crate) report_now: Option<crate::integrity::ReportNow>,
     /// Where built-in actions reach the agent (set by the supervisor; `None`:
     /// actions are refused).
     pub(crate) actions: Option<crate::actions::ActionContext>,
@@ -79,6 +85,8 @@ impl Default for TaskSettings {
             allow_actions: READ_ONLY_ACTIONS.to_vec(),
             exec_user: "nobody".into(),
             work_dir: std::env::temp_dir(),
+            hooks_dir: PathBuf::from(crate::hooks::DEFAULT_HOOKS_DIR),
+            report_now: None,
             actions: None,
         }
     }
@@ -392,7 +400,7 @@ async fn execute(task: &LeasedTask, settings: &TaskSettings) -> TaskResult {
             )
             .await
         }
-        Plan::Hook { name, approved } => match hook_body(&name, &approved) {
+        Plan::Hook { name, approved } => match hook_body(settings, &name, &approved).await {
             Ok(body) => run_program(task, settings, Program::Executable { body }).await,
             Err(why) => refused(why),
         },
@@ -446,13 +454,30 @@ async fn run_action(settings: &TaskSettings, action: &Action, limits: &TaskLimit
     }
 }
 
-/// The verified body of hook `name` (its sha256 one of `approved`).
-/// Placeholder until `crate::hooks` (hooks and integrity, another part of
-/// issue 17) lands: every hook is refused, saying so.
-fn hook_body(name: &str, _approved: &[String]) -> Result<Vec<u8>, String> {
-    Err(format!(
-        "hook {name}: hooks are not built into this agent yet"
-    ))
+/// The verified body of hook `name` in the hooks directory: its sha256 one
+/// of `approved`, read once and hashed, so what runs is what was hashed
+/// ([`crate::hooks::hook_for_run`], on the blocking pool). A refusal asks for
+/// an integrity report right away, so the controller learns of an edited hook.
+async fn hook_body(
+    settings: &TaskSettings,
+    name: &str,
+    approved: &[String],
+) -> Result<Vec<u8>, String> {
+    let (dir, n, a) = (
+        settings.hooks_dir.clone(),
+        name.to_owned(),
+        approved.to_vec(),
+    );
+    match tokio::task::spawn_blocking(move || crate::hooks::hook_for_run(&dir, &n, &a)).await {
+        Ok(Ok(hook)) => Ok(hook.body),
+        Ok(Err(refusal)) => {
+            if let Some(r) = &settings.report_now {
+                r.report_now();
+            }
+            Err(refusal.to_string())
+        }
+        Err(e) => Err(format!("checking hook {name} failed: {e}")),
+    }
 }
 
 /// Runs `program` under the task's limits as the exec user.

@@ -155,7 +155,7 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// runs, even when it was replaced on disk since). It cannot change while
 /// the process runs, so it is hashed once; blocking (call it off the async
 /// runtime).
-fn weftd_sha256() -> Option<String> {
+pub(crate) fn weftd_sha256() -> Option<String> {
     static HASH: OnceLock<Option<String>> = OnceLock::new();
     HASH.get_or_init(|| match sha256_file(Path::new("/proc/self/exe")) {
         Ok(h) => Some(h),
