@@ -503,3 +503,43 @@ async fn rotate_key_needs_a_joined_node() {
             .exists()
     );
 }
+
+/// At start (`weftd` crashed after writing identity.next, before or after the
+/// controller took it): the pending key is finished, once the controller
+/// answers, with that same key.
+#[tokio::test]
+async fn a_pending_rotation_is_finished_at_start_with_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let pending = identity();
+    state.save_next_identity(&pending).unwrap();
+    let mut c = canned(status("100.64.0.2", serde_json::json!([])));
+    let old = c.identity.node_key();
+    let new = pending.node_key();
+    // The controller already rotated (a retry): it answers rotated: false.
+    let url = controller(move |req| {
+        assert_eq!((req.old_node_key, req.new_node_key), (old, new));
+        (
+            200,
+            serde_json::json!({"api_version": 1, "node_key": new, "name": "n1", "rotated": false})
+                .to_string(),
+        )
+    })
+    .await;
+    c.credential = Some(joined(&url));
+    let ctx = context(dir.path(), c);
+    tokio::time::timeout(std::time::Duration::from_secs(10), rotate::resume(ctx))
+        .await
+        .unwrap();
+    assert!(!state.next_identity_path().exists());
+    let key = weft_identity::keyfile::load(&dir.path().join("identity.key")).unwrap();
+    assert_eq!(key.node_key(), new);
+    // Nothing pending: resume returns at once.
+    let ctx = context(
+        dir.path(),
+        canned(status("100.64.0.2", serde_json::json!([]))),
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(1), rotate::resume(ctx))
+        .await
+        .unwrap();
+}
