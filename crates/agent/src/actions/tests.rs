@@ -528,7 +528,7 @@ async fn a_pending_rotation_is_finished_at_start_with_the_same_key() {
     .await;
     c.credential = Some(joined(&url));
     let ctx = context(dir.path(), c);
-    tokio::time::timeout(std::time::Duration::from_secs(10), rotate::resume(ctx))
+    tokio::time::timeout(Duration::from_secs(10), rotate::resume(ctx))
         .await
         .unwrap();
     assert!(!state.next_identity_path().exists());
@@ -539,7 +539,7 @@ async fn a_pending_rotation_is_finished_at_start_with_the_same_key() {
         dir.path(),
         canned(status("100.64.0.2", serde_json::json!([]))),
     );
-    tokio::time::timeout(std::time::Duration::from_secs(1), rotate::resume(ctx))
+    tokio::time::timeout(Duration::from_secs(1), rotate::resume(ctx))
         .await
         .unwrap();
 }
