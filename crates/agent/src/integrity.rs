@@ -26,7 +26,7 @@ use weft_proto::integrity::{IntegrityReport, IntegrityState, REPORT_EVERY_SECS};
 use weft_proto::local::FailureStatus;
 
 use crate::clock;
-use crate::ctl::{self, TrustSettings};
+use crate::ctl;
 use crate::failures::Failures;
 use crate::hooks;
 use crate::state::Credential;
@@ -142,7 +142,11 @@ async fn run(
                 if changed.is_err() {
                     return; // the agent is stopping
                 }
-                client = link.borrow_and_update().as_ref().and_then(client_for);
+                client = link.borrow_and_update().as_ref().and_then(|c| {
+                    ctl::client_for(c)
+                        .inspect_err(|e| tracing::warn!("integrity reports: {e:#}"))
+                        .ok()
+                });
             }
         }
         next = Instant::now() + every;
@@ -231,17 +235,6 @@ fn note_hooks(failures: &mut Failures, dir: &std::path::Path, error: Option<&str
         }
     }
     failures.set_area("hooks", error.map(|e| (what, e.to_owned())), now_ms);
-}
-
-fn client_for(c: &Credential) -> Option<weft_api_client::Client> {
-    let trust = TrustSettings {
-        ca_file: c.ca_file.clone(),
-        pin_sha256: c.pin_sha256.clone(),
-        allow_insecure_http: c.allow_insecure_http,
-    };
-    ctl::client(&c.controller, &trust, Some(&c.credential))
-        .inspect_err(|e| tracing::warn!("integrity reports: {e:#}"))
-        .ok()
 }
 
 #[cfg(test)]
