@@ -75,6 +75,9 @@ pub(crate) struct ActionContext {
     tx: mpsc::Sender<Request>,
     pub(crate) state: StateDir,
     pub(crate) difficulty: Difficulty,
+    /// Held while a key rotation runs: one at a time (two tasks, or a task
+    /// and the rotation finished at start, would race for `identity.next`).
+    pub(crate) rotating: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A new channel: the context for actions, the inbox for the supervisor.
@@ -85,6 +88,7 @@ pub(crate) fn channel(state: StateDir, difficulty: Difficulty) -> (ActionContext
             tx,
             state,
             difficulty,
+            rotating: Arc::default(),
         },
         rx,
     )

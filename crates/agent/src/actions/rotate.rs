@@ -53,6 +53,7 @@ impl Failure {
 
 /// The action.
 pub(super) async fn rotate(ctx: &ActionContext) -> Done {
+    let _one_at_a_time = ctx.rotating.lock().await;
     match rotate_inner(ctx).await {
         Ok(text) => Done::ok(text),
         Err(f) => Done::failed(String::new(), f.text()),
@@ -198,6 +199,7 @@ fn set_aside(ctx: &ActionContext, why: String) -> Failure {
 /// every [`RESUME_RETRY`] while the controller cannot be asked.
 pub(crate) async fn resume(ctx: ActionContext) {
     loop {
+        let one_at_a_time = ctx.rotating.lock().await;
         let next = match ctx.state.load_next_identity() {
             Ok(Some(id)) => id,
             Ok(None) => return,
@@ -222,6 +224,7 @@ pub(crate) async fn resume(ctx: ActionContext) {
             }
             Err(Failure::Transient(why)) => {
                 tracing::warn!("key rotation not finished yet: {why}");
+                drop(one_at_a_time);
                 tokio::time::sleep(RESUME_RETRY).await;
             }
         }
