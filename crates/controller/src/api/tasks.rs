@@ -188,18 +188,30 @@ async fn show(
         let world = st.engine.world().read().await;
         return Ok(Json(world.task(&id).ok_or_else(not_found)?.view(true)));
     }
-    if st.engine.world().read().await.task(&id).is_none() {
-        return Err(not_found());
-    }
+    // The runs first, then the results: the engine stores a result before
+    // the next request it serves, so every run done in this copy has its
+    // result in the store. A result that came in meanwhile belongs to a run
+    // this copy still shows running, and is left out until the next read.
+    let task = st
+        .engine
+        .world()
+        .read()
+        .await
+        .task(&id)
+        .cloned()
+        .ok_or_else(not_found)?;
     let results: BTreeMap<u64, TaskResult> = st
         .engine
         .task_results(id.clone())
         .await?
         .into_iter()
+        .filter(|r| {
+            task.runs
+                .get(&r.node_id)
+                .is_some_and(|run| run.state == RunState::Done)
+        })
         .map(|r| (r.node_id, r.result))
         .collect();
-    let world = st.engine.world().read().await;
-    let task = world.task(&id).ok_or_else(not_found)?;
     Ok(Json(task.view_with_results(&results)))
 }
 
