@@ -48,6 +48,13 @@ impl ReportNow {
     pub(crate) fn report_now(&self) {
         self.0.notify_one();
     }
+
+    /// A handle and what it notifies (tests of its users).
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> (Self, Arc<Notify>) {
+        let n = Arc::new(Notify::new());
+        (Self(n.clone()), n)
+    }
 }
 
 /// The running reporter (the supervisor holds it for the agent's life).

@@ -314,3 +314,44 @@ async fn actions_and_hooks_are_refused_until_they_are_built_in() {
     let r = execute(&leased(hook, l), &s).await;
     assert_eq!(r.status, TaskStatus::Refused);
 }
+
+/// A hook task runs the verified bytes of an approved hook (hooks must be
+/// root-owned: root only); the same hook edited afterwards is refused, says
+/// why, and asks for an integrity report at once.
+#[tokio::test]
+async fn an_approved_hook_runs_and_an_edited_one_is_refused_with_an_integrity_report() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let hooks = work.path().join("hooks");
+    std::fs::create_dir(&hooks).unwrap();
+    std::fs::set_permissions(&hooks, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let file = hooks.join("hello");
+    std::fs::write(&file, "#!/bin/sh\necho hooked\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let approved = crate::hooks::sha256_hex(b"#!/bin/sh\necho hooked\n");
+    let (report_now, reported) = crate::integrity::ReportNow::for_tests();
+    let mut s = exec_on(work.path());
+    s.hooks_dir = hooks;
+    s.report_now = Some(report_now);
+    let hook = TaskKind::Hook {
+        name: "hello".into(),
+        approved_sha256: vec![approved],
+    };
+    let r = execute(&leased(hook.clone(), TaskLimits::default()), &s).await;
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+    assert_eq!(r.stdout, "hooked\n");
+
+    std::fs::write(&file, "#!/bin/sh\necho edited\n").unwrap();
+    let r = execute(&leased(hook, TaskLimits::default()), &s).await;
+    assert_eq!(r.status, TaskStatus::Refused, "{r:?}");
+    let e = r.error.as_deref().unwrap();
+    assert!(
+        e.contains("hook hello changed since it was approved"),
+        "{e}"
+    );
+    tokio::time::timeout(Duration::from_secs(1), reported.notified())
+        .await
+        .expect("an integrity report was asked for");
+}
