@@ -14,8 +14,9 @@
 //! A missing directory is no hook at all (not an error).
 //!
 //! [`list`] hashes every hook for the integrity report. [`hook_for_run`]
-//! opens the one file a task names once, checks it through that open
-//! descriptor, reads it whole and hashes those bytes; the task then runs
+//! opens the checked directory, then the one file a task names once,
+//! relative to that directory's descriptor (`openat`, no symlink followed),
+//! checks it through its open descriptor, reads it whole and hashes those bytes; the task then runs
 //! exactly those bytes ([`VerifiedHook::body`], written to the task's own
 //! working directory), so a file changed between the check and the run cannot
 //! be what runs.
@@ -183,33 +184,31 @@ fn check_file_meta(m: &Metadata, owner: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// The directory checked: `Ok(false)` when it does not exist.
-fn open_dir(dir: &Path, owner: u32) -> Result<bool, String> {
+/// The directory, open and checked through its descriptor: `Ok(None)` when
+/// it does not exist.
+fn open_dir(dir: &Path, owner: u32) -> Result<Option<File>, String> {
     let f = match open_nofollow(dir, true) {
         Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(open_error(dir, &e)),
     };
     let m = f.metadata().map_err(|e| format!("{}: {e}", shown(dir)))?;
     check_dir_meta(dir, &m, owner)?;
-    Ok(true)
+    Ok(Some(f))
 }
 
-/// Opens hook `name` in `dir` once, checks it through the descriptor and
-/// reads it whole (bounded).
-fn read_hook(dir: &Path, name: &str, owner: u32) -> Result<Option<Vec<u8>>, String> {
-    let path = dir.join(name);
-    let f = match open_nofollow(&path, false) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            let why = open_error(&path, &e);
-            return Err(if why.ends_with("is a symlink") {
-                "a symlink".into()
-            } else {
-                why
-            });
-        }
+/// Opens hook `name` once, relative to the checked directory's descriptor
+/// (`openat`: a directory swapped after its check is not where the hook is
+/// read from) without following a symlink, checks it through its own
+/// descriptor and reads it whole (bounded).
+fn read_hook(dir: &File, name: &str, owner: u32) -> Result<Option<Vec<u8>>, String> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let f = match nix::fcntl::openat(dir, name, flags, nix::sys::stat::Mode::empty()) {
+        Ok(fd) => File::from(fd),
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(nix::errno::Errno::ELOOP) => return Err("a symlink".into()),
+        Err(e) => return Err(e.desc().to_owned()),
     };
     let m = f.metadata().map_err(|e| e.to_string())?;
     check_file_meta(&m, owner)?;
@@ -230,16 +229,16 @@ pub(crate) fn list(dir: &Path) -> Listing {
 }
 
 fn list_owned_by(dir: &Path, owner: u32) -> Listing {
-    match open_dir(dir, owner) {
-        Ok(false) => return Listing::default(),
-        Ok(true) => {}
+    let dir_fd = match open_dir(dir, owner) {
+        Ok(None) => return Listing::default(),
+        Ok(Some(f)) => f,
         Err(e) => {
             return Listing {
                 hooks: Vec::new(),
                 error: Some(bounded(vec![format!("{e}; no hook runs")])),
             };
         }
-    }
+    };
     let entries = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) => {
@@ -280,7 +279,7 @@ fn list_owned_by(dir: &Path, owner: u32) -> Listing {
             ));
             break;
         }
-        match read_hook(dir, &name, owner) {
+        match read_hook(&dir_fd, &name, owner) {
             Ok(Some(body)) => hooks.push(HookHash {
                 sha256: sha256_hex(&body),
                 name,
@@ -335,10 +334,10 @@ fn hook_for_run_owned_by(
         name: name.to_owned(),
         dir: shown(dir),
     };
-    if !open_dir(dir, owner).map_err(HookRefusal::Dir)? {
+    let Some(dir_fd) = open_dir(dir, owner).map_err(HookRefusal::Dir)? else {
         return Err(not_found());
-    }
-    let body = read_hook(dir, name, owner)
+    };
+    let body = read_hook(&dir_fd, name, owner)
         .map_err(|why| HookRefusal::File {
             name: name.to_owned(),
             why,
