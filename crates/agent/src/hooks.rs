@@ -16,10 +16,10 @@
 //! [`list`] hashes every hook for the integrity report. [`hook_for_run`]
 //! opens the checked directory, then the one file a task names once,
 //! relative to that directory's descriptor (`openat`, no symlink followed),
-//! checks it through its open descriptor, reads it whole and hashes those bytes; the task then runs
-//! exactly those bytes ([`VerifiedHook::body`], written to the task's own
-//! working directory), so a file changed between the check and the run cannot
-//! be what runs.
+//! checks it through its open descriptor, reads it whole and hashes those
+//! bytes; the task then runs exactly those bytes ([`VerifiedHook::body`],
+//! written to the task's own working directory), so a file changed between
+//! the check and the run cannot be what runs.
 
 use std::fmt;
 use std::fs::{File, Metadata};
