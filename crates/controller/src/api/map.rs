@@ -25,9 +25,9 @@ use weft_proto::netmap::NetworkMap;
 use weft_proto::sse;
 
 use super::{AppState, NodeAuth};
+use crate::clock;
 use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::clock;
 use crate::hub::{Frame, Subscription, snapshot_frame, task_frame};
 use crate::model::NodeId;
 use crate::netmap;
@@ -99,7 +99,11 @@ pub(super) async fn stream(
     let (sub, initial, tasks) = {
         let world = st.engine.world().read().await;
         let (sub, initial) = st.engine.hub().subscribe(&world, auth.id, last)?;
-        (sub, initial, world.pending_tasks(auth.id, clock::now_unix_ms()))
+        (
+            sub,
+            initial,
+            world.pending_tasks(auth.id, clock::now_unix_ms()),
+        )
     };
     st.engine.presence(auth.id, true);
     let guard = Arc::new(StreamGuard {
