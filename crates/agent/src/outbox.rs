@@ -45,7 +45,10 @@
 //! A file that does not parse, fails its checksum or has an unknown format is
 //! not silently replaced: it is moved aside to `<file>.damaged-<unix ms>` (its
 //! entries are not sent), logged, and shown as a failure in `weft status`
-//! until an operator removes the moved file.
+//! until an operator removes the moved file. [`Tracked`] does that
+//! bookkeeping, the same for every kind, named by its [`Kind`]: the damage
+//! logged, a file that cannot be read left alone (the outbox kept in memory
+//! only), a failed write logged and shown until a write succeeds.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -56,6 +59,7 @@ use anyhow::Context as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use weft_proto::local::FailureStatus;
 use weft_proto::samples::Sample;
 
 /// The outbox file in the state directory.
@@ -119,23 +123,11 @@ pub(crate) struct Outbox<T = Sample> {
     on_disk: Option<(bool, u64)>,
 }
 
-impl Outbox {
-    /// Opens the outbox of the state directory `dir`, holding at most `max`
-    /// samples. A damaged file is moved aside (see the module doc) and an
-    /// empty outbox returned with the [`Damage`]; an unreadable one (I/O) is an
-    /// error.
-    pub(crate) fn open(
-        dir: &Path,
-        max: usize,
-        now_ms: u64,
-    ) -> anyhow::Result<(Self, Option<Damage>)> {
-        Self::open_file(dir, FILE, max, now_ms)
-    }
-}
-
 impl<T: Keyed + Clone + Serialize + DeserializeOwned> Outbox<T> {
-    /// [`Outbox::open`] for the outbox in file `file` of `dir` (a damaged
-    /// one goes to `<file>.damaged-<unix ms>`).
+    /// Opens the outbox in file `file` of the state directory `dir`, holding
+    /// at most `max` entries. A damaged file is moved aside to
+    /// `<file>.damaged-<unix ms>` (see the module doc) and an empty outbox
+    /// returned with the [`Damage`]; an unreadable one (I/O) is an error.
     pub(crate) fn open_file(
         dir: &Path,
         file: &str,
@@ -272,6 +264,172 @@ impl<T: Keyed + Clone + Serialize + DeserializeOwned> Outbox<T> {
     }
 }
 
+/// How one kind of outbox is named, in its log lines and in `weft status`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Kind {
+    /// Its file in the state directory.
+    pub(crate) file: &'static str,
+    /// What it holds, in log lines and failure texts (`"task results"`: "the
+    /// task results outbox", "task results are kept in memory only").
+    pub(crate) what: &'static str,
+    /// What becomes of its entries once the controller took them (`"sent"`,
+    /// `"uploaded"`, `"forwarded"`).
+    pub(crate) sent: &'static str,
+    /// The `weft status` area of its failures (`"tasks"`).
+    pub(crate) area: &'static str,
+    /// The `what` of the failure of a file that could not be read or written
+    /// (`"results outbox"`).
+    pub(crate) status: &'static str,
+}
+
+/// An [`Outbox`] with the bookkeeping every kind does around it: a damaged
+/// file moved aside when it is opened is logged; one that cannot be read
+/// (I/O) leaves the outbox in memory only, never written over that file; a
+/// failed write is logged once per new error and kept, with when it started
+/// failing, until a write succeeds; [`Tracked::failures`] lists all of that
+/// for `weft status`, each damaged file until the operator deletes it.
+#[derive(Debug)]
+pub(crate) struct Tracked<T> {
+    outbox: Outbox<T>,
+    kind: Kind,
+    /// The state directory (where damaged files are looked for).
+    dir: PathBuf,
+    /// When it was opened (the first time its failures were known).
+    opened_ms: u64,
+    /// Why the file is not written (it could not be read), if so.
+    unreadable: Option<String>,
+    /// The last failure to write the file, and since when it fails.
+    save_error: Option<(String, u64)>,
+}
+
+impl<T: Keyed + Clone + Serialize + DeserializeOwned> Tracked<T> {
+    /// Opens the outbox of `kind` in `dir`, holding at most `max` entries. A
+    /// damaged file is moved aside and logged; an unreadable one (I/O) leaves
+    /// an empty outbox in memory only, logged and listed by
+    /// [`Tracked::failures`].
+    pub(crate) fn open(dir: &Path, kind: Kind, max: usize, now_ms: u64) -> Self {
+        Self::try_open(dir, kind, max, now_ms).unwrap_or_else(|e| {
+            let why = format!("{e:#}; {} are kept in memory only", kind.what);
+            tracing::error!("{why}");
+            Self {
+                outbox: Outbox::empty(dir, kind.file, max),
+                kind,
+                dir: dir.to_owned(),
+                opened_ms: now_ms,
+                unreadable: Some(why),
+                save_error: None,
+            }
+        })
+    }
+
+    /// [`Tracked::open`] for a caller that does without the outbox when its
+    /// file cannot be read: that is the error (not logged).
+    pub(crate) fn try_open(
+        dir: &Path,
+        kind: Kind,
+        max: usize,
+        now_ms: u64,
+    ) -> anyhow::Result<Self> {
+        let (outbox, damage) = Outbox::open_file(dir, kind.file, max, now_ms)?;
+        if let Some(Damage { aside, why }) = damage {
+            tracing::error!(
+                "the {what} outbox was damaged ({why}); moved aside to {}, its {what} are not \
+                 {sent}: inspect it, then remove it",
+                aside.display(),
+                what = kind.what,
+                sent = kind.sent,
+            );
+        }
+        Ok(Self {
+            outbox,
+            kind,
+            dir: dir.to_owned(),
+            opened_ms: now_ms,
+            unreadable: None,
+            save_error: None,
+        })
+    }
+
+    /// The outbox.
+    pub(crate) fn outbox(&self) -> &Outbox<T> {
+        &self.outbox
+    }
+
+    /// The outbox, to change (written by [`Tracked::save`]).
+    pub(crate) fn outbox_mut(&mut self) -> &mut Outbox<T> {
+        &mut self.outbox
+    }
+
+    /// Writes the file if its content would change, unless it could not be
+    /// read. A failure is logged when its error is new and kept (with the
+    /// time of the first) until a write succeeds; the entries stay in memory.
+    pub(crate) fn save(&mut self) {
+        if self.unreadable.is_some() {
+            return;
+        }
+        match self.outbox.save() {
+            Ok(()) => self.save_error = None,
+            Err(e) => {
+                let e = format!("{e:#}");
+                if self
+                    .save_error
+                    .as_ref()
+                    .is_none_or(|(before, _)| *before != e)
+                {
+                    tracing::warn!(
+                        "cannot write the {} outbox: {e}; keeping it in memory",
+                        self.kind.what
+                    );
+                }
+                let since = self
+                    .save_error
+                    .as_ref()
+                    .map_or_else(crate::clock::unix_ms, |(_, t)| *t);
+                self.save_error = Some((e, since));
+            }
+        }
+    }
+
+    /// For `weft status` (the kind's area): each damaged file moved aside
+    /// (until the operator removes it), a file that could not be read or
+    /// written.
+    pub(crate) fn failures(&self) -> Vec<FailureStatus> {
+        let Kind {
+            file,
+            what,
+            sent,
+            area,
+            status,
+        } = self.kind;
+        let failure = |what: String, error: String, since_unix_ms| FailureStatus {
+            area: area.into(),
+            what,
+            error,
+            since_unix_ms,
+        };
+        let mut v: Vec<FailureStatus> = damaged_files_of(&self.dir, file)
+            .into_iter()
+            .map(|f| {
+                failure(
+                    f.display().to_string(),
+                    format!(
+                        "a damaged {what} outbox was moved here; its {what} were not {sent}: \
+                         inspect it, then delete it to clear this"
+                    ),
+                    self.opened_ms,
+                )
+            })
+            .collect();
+        if let Some(e) = &self.unreadable {
+            v.push(failure(status.into(), e.clone(), self.opened_ms));
+        }
+        if let Some((e, since)) = &self.save_error {
+            v.push(failure(status.into(), e.clone(), *since));
+        }
+        v
+    }
+}
+
 /// Removes the temporary files `weft-fs` writes (`.<file>.tmp-<pid>`) that a
 /// process killed mid-write left in `dir` (the outbox is opened once per
 /// process, before it writes).
@@ -291,11 +449,6 @@ fn remove_stale_temp_files(dir: &Path, file: &str) {
             tracing::warn!("cannot remove {}: {err}", e.path().display());
         }
     }
-}
-
-/// Damaged metrics outbox files moved aside earlier that are still in `dir`.
-pub(crate) fn damaged_files(dir: &Path) -> Vec<PathBuf> {
-    damaged_files_of(dir, FILE)
 }
 
 /// Damaged files of the outbox in `file`, moved aside earlier, still in `dir`.
@@ -347,6 +500,16 @@ mod tests {
         }
     }
 
+    /// The metrics outbox of `dir` (as `telemetry::forward` opens it).
+    fn open(dir: &Path, max: usize, now_ms: u64) -> anyhow::Result<(Outbox, Option<Damage>)> {
+        Outbox::open_file(dir, FILE, max, now_ms)
+    }
+
+    /// The metrics outbox's damaged files in `dir`.
+    fn damaged_files(dir: &Path) -> Vec<PathBuf> {
+        damaged_files_of(dir, FILE)
+    }
+
     fn seqs(o: &Outbox) -> Vec<u64> {
         o.oldest(usize::MAX).iter().map(|s| s.seq).collect()
     }
@@ -354,7 +517,7 @@ mod tests {
     #[test]
     fn the_oldest_sample_is_dropped_and_counted_when_full() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut o, damage) = Outbox::open(dir.path(), 3, 0).unwrap();
+        let (mut o, damage) = open(dir.path(), 3, 0).unwrap();
         assert!(damage.is_none());
         for seq in 1..=5 {
             o.push(sample(seq));
@@ -363,14 +526,14 @@ mod tests {
         assert_eq!(o.dropped(), 2);
         o.save().unwrap();
         // The bound and the count survive a restart.
-        let (mut o, _) = Outbox::open(dir.path(), 3, 0).unwrap();
+        let (mut o, _) = open(dir.path(), 3, 0).unwrap();
         assert_eq!(seqs(&o), [3, 4, 5]);
         assert_eq!(o.dropped(), 2);
         o.push(sample(6));
         assert_eq!(o.dropped(), 3);
         // A smaller bound after an upgrade keeps the newest, counted.
         o.save().unwrap();
-        let (o, _) = Outbox::open(dir.path(), 2, 0).unwrap();
+        let (o, _) = open(dir.path(), 2, 0).unwrap();
         assert_eq!(seqs(&o), [5, 6]);
         assert_eq!(o.dropped(), 4);
         assert_eq!(MAX_ENTRIES, 4 * 3600 / 30);
@@ -379,7 +542,7 @@ mod tests {
     #[test]
     fn samples_come_back_in_order_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut o, _) = Outbox::open(dir.path(), MAX_ENTRIES, 0).unwrap();
+        let (mut o, _) = open(dir.path(), MAX_ENTRIES, 0).unwrap();
         // Nothing queued, nothing written.
         o.save().unwrap();
         assert!(!dir.path().join(FILE).exists());
@@ -394,7 +557,7 @@ mod tests {
             &fs::metadata(dir.path().join(FILE)).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
-        let (mut o, _) = Outbox::open(dir.path(), MAX_ENTRIES, 0).unwrap();
+        let (mut o, _) = open(dir.path(), MAX_ENTRIES, 0).unwrap();
         assert_eq!(seqs(&o), (61..=100).collect::<Vec<_>>());
         o.push(sample(101));
         assert_eq!(o.oldest(1)[0].seq, 61);
@@ -403,7 +566,7 @@ mod tests {
         // Emptied: written once more (so a restart does not replay), then not again.
         o.save().unwrap();
         let written = fs::read(dir.path().join(FILE)).unwrap();
-        let (o2, _) = Outbox::open(dir.path(), MAX_ENTRIES, 0).unwrap();
+        let (o2, _) = open(dir.path(), MAX_ENTRIES, 0).unwrap();
         assert_eq!(o2.len(), 0);
         fs::remove_file(dir.path().join(FILE)).unwrap();
         o.save().unwrap();
@@ -413,7 +576,7 @@ mod tests {
     #[test]
     fn a_damaged_outbox_is_moved_aside_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut o, _) = Outbox::open(dir.path(), MAX_ENTRIES, 0).unwrap();
+        let (mut o, _) = open(dir.path(), MAX_ENTRIES, 0).unwrap();
         o.push(sample(1));
         o.save().unwrap();
         let path = dir.path().join(FILE);
@@ -431,7 +594,7 @@ mod tests {
         .enumerate()
         {
             fs::write(&path, &bad).unwrap();
-            let (o, damage) = Outbox::open(dir.path(), MAX_ENTRIES, n as u64).unwrap();
+            let (o, damage) = open(dir.path(), MAX_ENTRIES, n as u64).unwrap();
             let damage = damage.unwrap();
             assert!(damage.why.contains(why), "{} vs {why}", damage.why);
             assert_eq!(o.len(), 0);
@@ -592,5 +755,107 @@ mod tests {
         assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [2, 1, 3]);
         // The kinds' keys.
         assert_eq!(sample(7).idempotency_key(), "1000/7");
+    }
+
+    const KIND: Kind = Kind {
+        file: "things-outbox.json",
+        what: "things",
+        sent: "sent",
+        area: "things-area",
+        status: "things outbox",
+    };
+
+    /// The bookkeeping every kind shares: a damaged file is moved aside and
+    /// listed (since the outbox was opened) until the operator deletes it.
+    #[test]
+    fn a_tracked_outbox_lists_a_damaged_file_until_it_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tracked::<Big>::open(dir.path(), KIND, 10, 5);
+        assert!(t.failures().is_empty());
+        drop(t);
+        fs::write(dir.path().join(KIND.file), b"{not json").unwrap();
+        let t = Tracked::<Big>::open(dir.path(), KIND, 10, 42);
+        assert_eq!(t.outbox().len(), 0);
+        let aside = dir.path().join(format!("{}.damaged-42", KIND.file));
+        assert_eq!(fs::read(&aside).unwrap(), b"{not json");
+        let f = t.failures();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(
+            (f[0].area.as_str(), f[0].what.as_str(), f[0].since_unix_ms),
+            ("things-area", aside.display().to_string().as_str(), 42)
+        );
+        assert!(
+            f[0].error
+                .starts_with("a damaged things outbox was moved here; its things were not sent"),
+            "{f:?}"
+        );
+        // Still listed after a restart, until deleted.
+        drop(t);
+        let t = Tracked::<Big>::open(dir.path(), KIND, 10, 99);
+        assert_eq!(t.failures().len(), 1);
+        fs::remove_file(&aside).unwrap();
+        assert!(t.failures().is_empty());
+    }
+
+    /// A file that cannot be read (here: a directory) is left alone: the
+    /// outbox is kept in memory only, never written, and listed as a failure.
+    #[test]
+    fn a_tracked_outbox_whose_file_cannot_be_read_is_kept_in_memory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KIND.file);
+        fs::create_dir(&path).unwrap();
+        assert!(Tracked::<Big>::try_open(dir.path(), KIND, 10, 7).is_err());
+        let mut t = Tracked::<Big>::open(dir.path(), KIND, 10, 7);
+        t.outbox_mut().push(big(1));
+        t.save();
+        assert_eq!(t.outbox().len(), 1, "kept in memory");
+        assert!(path.is_dir(), "not written over");
+        let f = t.failures();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(
+            (f[0].area.as_str(), f[0].what.as_str(), f[0].since_unix_ms),
+            ("things-area", "things outbox", 7)
+        );
+        assert!(
+            f[0].error.ends_with("; things are kept in memory only"),
+            "{f:?}"
+        );
+    }
+
+    /// A failed write is listed, since its first failure, until a write
+    /// succeeds; the entries stay in memory meanwhile.
+    #[test]
+    fn a_tracked_outbox_lists_a_failed_write_until_a_write_succeeds() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("state");
+        fs::create_dir(&dir).unwrap();
+        let mut t = Tracked::<Big>::open(&dir, KIND, 10, 0);
+        fs::remove_dir(&dir).unwrap();
+        let before = crate::clock::unix_ms();
+        t.outbox_mut().push(big(1));
+        t.save();
+        let after = crate::clock::unix_ms();
+        let f = t.failures();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(
+            (f[0].area.as_str(), f[0].what.as_str()),
+            ("things-area", "things outbox")
+        );
+        let since = f[0].since_unix_ms;
+        assert!((before..=after).contains(&since), "{f:?}");
+        // Failing again: still the time of the first failure.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        t.outbox_mut().push(big(2));
+        t.save();
+        let f = t.failures();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].since_unix_ms, since);
+        // Writable again: the failure is gone and what was kept is on disk.
+        fs::create_dir(&dir).unwrap();
+        t.save();
+        assert!(t.failures().is_empty());
+        let (o, damage) = Outbox::<Big>::open_file(&dir, KIND.file, 10, 0).unwrap();
+        assert!(damage.is_none());
+        assert_eq!(o.oldest(10), vec![big(1), big(2)]);
     }
 }

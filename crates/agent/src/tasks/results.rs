@@ -1,7 +1,8 @@
 //! Where finished tasks' results wait for the controller:
-//! `STATE_DIR/results-outbox.json`, the agent's [`Outbox`] (bounded, written
-//! with fsync before the result is first sent, kept across restarts, a
-//! damaged file moved aside and named, never silently replaced). Each result
+//! `STATE_DIR/results-outbox.json`, the agent's
+//! [`Outbox`](crate::outbox::Outbox) (bounded, written with fsync before the
+//! result is first sent, kept across restarts, a damaged file moved aside and
+//! named, never silently replaced; [`Tracked`] keeps its failures). Each result
 //! is keyed by (task id, lease id): the controller answers a second copy
 //! `duplicate: true` and changes nothing, so a replay after a crash or a lost
 //! answer is harmless. A task whose result is waiting here is never run
@@ -9,13 +10,13 @@
 //! What fails here is shown in `weft status` (area `tasks`).
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use weft_proto::local::FailureStatus;
 use weft_proto::task::TaskResult;
 
 use crate::clock;
-use crate::outbox::{self, Damage, Keyed, Outbox};
+use crate::outbox::{Keyed, Kind, Tracked};
 
 /// The outbox file in the state directory.
 pub(crate) const FILE: &str = "results-outbox.json";
@@ -25,6 +26,14 @@ pub(crate) const FILE: &str = "results-outbox.json";
 pub(crate) const MAX_PENDING: usize = 64;
 /// Task ids remembered as done after the controller took their result.
 pub(crate) const RECENT_DONE: usize = 1024;
+/// How the outbox is named in log lines and in `weft status`.
+const KIND: Kind = Kind {
+    file: FILE,
+    what: "task results",
+    sent: "sent",
+    area: "tasks",
+    status: "results outbox",
+};
 
 impl Keyed for TaskResult {
     fn idempotency_key(&self) -> String {
@@ -35,15 +44,10 @@ impl Keyed for TaskResult {
 /// The results of this agent not yet taken by the controller.
 #[derive(Debug)]
 pub(crate) struct Results {
-    pending: Outbox<TaskResult>,
+    pending: Tracked<TaskResult>,
     /// Tasks whose result the controller has (or refused for good).
     done: VecDeque<String>,
-    dir: PathBuf,
     opened_ms: u64,
-    /// Why the outbox file is not written (it could not be read), if so.
-    unreadable: Option<String>,
-    /// The last failure to write it, and since when.
-    save_error: Option<(String, u64)>,
     /// Results the controller refused for good (dropped), this run.
     refused: u64,
     /// Results delivered this run.
@@ -57,38 +61,17 @@ impl Results {
     /// Opens the outbox in `dir`. A damaged file is moved aside and logged;
     /// an unreadable one (I/O) leaves an outbox in memory only, logged.
     pub(crate) fn open(dir: &Path, now_ms: u64) -> Self {
-        let mut unreadable = None;
-        let pending = match Outbox::open_file(dir, FILE, MAX_PENDING, now_ms) {
-            Ok((o, damage)) => {
-                if let Some(Damage { aside, why }) = damage {
-                    tracing::error!(
-                        "the task results outbox was damaged ({why}); moved aside to {}, its \
-                         results are not sent: inspect it, then remove it",
-                        aside.display()
-                    );
-                }
-                o
-            }
-            Err(e) => {
-                let why = format!("{e:#}; task results are kept in memory only");
-                tracing::error!("{why}");
-                unreadable = Some(why);
-                Outbox::empty(dir, FILE, MAX_PENDING)
-            }
-        };
-        if pending.len() > 0 {
+        let pending = Tracked::open(dir, KIND, MAX_PENDING, now_ms);
+        if pending.outbox().len() > 0 {
             tracing::info!(
-                results = pending.len(),
+                results = pending.outbox().len(),
                 "task results from before the restart wait for the controller"
             );
         }
         Self {
             pending,
             done: VecDeque::new(),
-            dir: dir.to_owned(),
             opened_ms: now_ms,
-            unreadable,
-            save_error: None,
             refused: 0,
             delivered: 0,
             lost_since: None,
@@ -101,6 +84,7 @@ impl Results {
         self.done.iter().any(|d| d == task_id)
             || self
                 .pending
+                .outbox()
                 .oldest(usize::MAX)
                 .iter()
                 .any(|r| r.task_id == task_id)
@@ -108,21 +92,21 @@ impl Results {
 
     /// Keeps `r` for the controller (on disk before it returns).
     pub(crate) fn push(&mut self, r: TaskResult) {
-        let before = self.pending.dropped();
-        self.pending.push(r);
-        if self.pending.dropped() > before {
+        let before = self.dropped();
+        self.pending.outbox_mut().push(r);
+        if self.dropped() > before {
             self.lost_since.get_or_insert_with(clock::unix_ms);
             tracing::error!(
                 max = MAX_PENDING,
                 "the task results outbox is full; the oldest result was dropped"
             );
         }
-        self.save();
+        self.pending.save();
     }
 
     /// The oldest result waiting.
     pub(crate) fn oldest(&self) -> Option<TaskResult> {
-        self.pending.oldest(1).pop()
+        self.pending.outbox().oldest(1).pop()
     }
 
     /// The controller took the oldest result (`refused`: refused it for
@@ -134,26 +118,26 @@ impl Results {
             }
             self.done.push_back(r.task_id);
         }
-        self.pending.taken(1);
+        self.pending.outbox_mut().taken(1);
         if refused {
-            self.pending.count_dropped(1);
+            self.pending.outbox_mut().count_dropped(1);
             self.refused += 1;
             self.lost_since.get_or_insert_with(clock::unix_ms);
         } else {
             self.delivered += 1;
         }
-        self.save();
+        self.pending.save();
     }
 
     /// Results waiting.
     pub(crate) fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.outbox().len()
     }
 
     /// Results lost: the outbox was full, or the controller refused them
     /// (a running total kept in the file).
     pub(crate) fn dropped(&self) -> u64 {
-        self.pending.dropped()
+        self.pending.outbox().dropped()
     }
 
     /// Since when results are lost (`None`: none is).
@@ -170,57 +154,7 @@ impl Results {
     /// (until the operator removes it), an outbox that could not be read or
     /// written.
     pub(crate) fn failures(&self) -> Vec<FailureStatus> {
-        let failure = |what: String, error: String, since_unix_ms| FailureStatus {
-            area: "tasks".into(),
-            what,
-            error,
-            since_unix_ms,
-        };
-        let mut v: Vec<FailureStatus> = outbox::damaged_files_of(&self.dir, FILE)
-            .into_iter()
-            .map(|f| {
-                failure(
-                    f.display().to_string(),
-                    "a damaged task results outbox was moved here; its results were not \
-                     sent: inspect it, then delete it to clear this"
-                        .into(),
-                    self.opened_ms,
-                )
-            })
-            .collect();
-        if let Some(e) = &self.unreadable {
-            v.push(failure("results outbox".into(), e.clone(), self.opened_ms));
-        }
-        if let Some((e, since)) = &self.save_error {
-            v.push(failure("results outbox".into(), e.clone(), *since));
-        }
-        v
-    }
-
-    fn save(&mut self) {
-        if self.unreadable.is_some() {
-            return;
-        }
-        match self.pending.save() {
-            Ok(()) => self.save_error = None,
-            Err(e) => {
-                let e = format!("{e:#}");
-                if self
-                    .save_error
-                    .as_ref()
-                    .is_none_or(|(before, _)| *before != e)
-                {
-                    tracing::warn!(
-                        "cannot write the task results outbox: {e}; keeping it in memory"
-                    );
-                }
-                let since = self
-                    .save_error
-                    .as_ref()
-                    .map_or_else(clock::unix_ms, |(_, t)| *t);
-                self.save_error = Some((e, since));
-            }
-        }
+        self.pending.failures()
     }
 }
 

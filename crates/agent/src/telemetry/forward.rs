@@ -37,13 +37,21 @@ use weft_tunnel::{DropCounters, DropReason, PeerStatus};
 use crate::clock;
 use crate::ctl::{self, TrustSettings};
 use crate::dataplane::Probe;
-use crate::outbox::{self, MAX_ENTRIES, Outbox};
+use crate::outbox::{self, Kind, MAX_ENTRIES, Outbox, Tracked};
 use crate::state::Credential;
 
 /// The environment variable that shortens the interval (tests).
 pub(crate) const INTERVAL_ENV: &str = "WEFT_METRICS_FORWARD_INTERVAL_MS";
 /// The longest an upload may take before it counts as failed.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How the outbox is named in log lines and in `weft status`.
+const OUTBOX_KIND: Kind = Kind {
+    file: outbox::FILE,
+    what: "metrics",
+    sent: "forwarded",
+    area: "telemetry",
+    status: "metrics outbox",
+};
 
 /// Drop reasons the sample counts as refused by the policy.
 const POLICY: [DropReason; 3] = [
@@ -362,27 +370,23 @@ async fn run(
     shown: watch::Sender<Shown>,
 ) {
     let agent_start_ms = clock::unix_ms();
-    let mut failures: Vec<FailureStatus> = Vec::new();
-    let (mut outbox, damage) = match Outbox::open(&dir, MAX_ENTRIES, agent_start_ms) {
+    let mut pending = match Tracked::try_open(&dir, OUTBOX_KIND, MAX_ENTRIES, agent_start_ms) {
         Ok(o) => o,
         Err(e) => {
             // Unreadable (not damaged): leave the file alone, forward nothing.
             tracing::error!("metrics forwarding is off: {e:#}");
             shown.send_replace(Shown {
-                failures: vec![failure("metrics outbox", format!("{e:#}"), agent_start_ms)],
+                failures: vec![FailureStatus {
+                    area: OUTBOX_KIND.area.into(),
+                    what: OUTBOX_KIND.status.into(),
+                    error: format!("{e:#}"),
+                    since_unix_ms: agent_start_ms,
+                }],
                 ..Shown::default()
             });
             return;
         }
     };
-    if let Some(d) = &damage {
-        tracing::error!(
-            moved_to = %d.aside.display(),
-            "the metrics outbox was damaged ({}); moved aside, its samples are not forwarded \
-             (inspect it, then delete it to clear this failure)",
-            d.why
-        );
-    }
     let mut up = Uploader {
         client: None,
         control_rtt_us: None,
@@ -396,7 +400,6 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prev: Option<Snapshot> = None;
     let mut seq = 0u64;
-    let mut save_error: Option<(String, u64)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -415,53 +418,23 @@ async fn run(
         let cur = Snapshot::from_status(clock::now(), clock::unix_ms(), &st.peers, &st.drops);
         if let (Some(p), true) = (&prev, up.client.is_some()) {
             seq += 1;
-            outbox.push(sample(p, &cur, seq, agent_start_ms, up.control_rtt_us));
+            let s = sample(p, &cur, seq, agent_start_ms, up.control_rtt_us);
+            pending.outbox_mut().push(s);
         }
         prev = Some(cur);
-        up.flush(&mut outbox).await;
-        match outbox.save() {
-            Ok(()) => save_error = None,
-            Err(e) => {
-                if save_error.is_none() {
-                    tracing::warn!("cannot write the metrics outbox: {e:#}; keeping it in memory");
-                }
-                let since = save_error.map_or_else(clock::unix_ms, |(_, t)| t);
-                save_error = Some((format!("{e:#}"), since));
-            }
-        }
-        failures.clear();
-        for f in outbox::damaged_files(&dir) {
-            failures.push(failure(
-                &f.display().to_string(),
-                "a damaged metrics outbox was moved here; its samples were not forwarded: \
-                 inspect it, then delete it to clear this"
-                    .into(),
-                agent_start_ms,
-            ));
-        }
-        if let Some((e, since)) = &save_error {
-            failures.push(failure("metrics outbox", e.clone(), *since));
-        }
+        up.flush(pending.outbox_mut()).await;
+        pending.save();
         shown.send_replace(Shown {
             status: ForwardingStatus {
                 interval_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
                 last_seq: seq,
-                queued: outbox.len() as u64,
-                dropped: outbox.dropped(),
+                queued: pending.outbox().len() as u64,
+                dropped: pending.outbox().dropped(),
                 last_sent_ms: up.last_sent_ms,
                 last_error: up.last_error.clone(),
             },
-            failures: failures.clone(),
+            failures: pending.failures(),
         });
-    }
-}
-
-fn failure(what: &str, error: String, since_unix_ms: u64) -> FailureStatus {
-    FailureStatus {
-        area: "telemetry".into(),
-        what: what.to_owned(),
-        error,
-        since_unix_ms,
     }
 }
 

@@ -41,7 +41,7 @@ use crate::clock;
 use crate::ctl::{self, TrustSettings};
 use crate::dataplane::{Dataplane, Probe};
 use crate::failures::Failures;
-use crate::outbox::{self, Damage, Keyed, Outbox};
+use crate::outbox::{Keyed, Kind, Outbox, Tracked};
 use crate::state::Credential;
 use crate::supervisor::AgentConfig;
 
@@ -53,6 +53,14 @@ const UPLOAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const OUTBOX_FILE: &str = "usage-outbox.json";
 /// Agent runs whose last totals are kept at most.
 pub(crate) const OUTBOX_RUNS: usize = 16;
+/// How the outbox is named in log lines and in `weft status`.
+const OUTBOX_KIND: Kind = Kind {
+    file: OUTBOX_FILE,
+    what: "usage totals",
+    sent: "uploaded",
+    area: "usage-outbox",
+    status: "usage outbox",
+};
 
 impl Keyed for UsageUpload {
     fn idempotency_key(&self) -> String {
@@ -133,7 +141,7 @@ async fn run(
     let run_id = run_id();
     let started_at_ms = clock::unix_ms();
     let mut failures = Failures::default();
-    let mut pending = Pending::open(&dir, started_at_ms);
+    let mut pending = Tracked::open(&dir, OUTBOX_KIND, OUTBOX_RUNS, started_at_ms);
     let mut tick = tokio::time::interval(interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut client: Option<weft_api_client::Client> = None;
@@ -165,10 +173,12 @@ async fn run(
             flows: flows(&counters),
             sidecar,
         };
-        pending.outbox.upsert(upload);
-        let refused = send_pending(&c, &mut pending.outbox).await;
+        pending.outbox_mut().upsert(upload);
+        let refused = send_pending(&c, pending.outbox_mut()).await;
         pending.save();
-        failures.set_area("usage-outbox", pending.failures(), now_ms);
+        // Since when each fails is kept by `failures`, as for the other areas.
+        let outbox_failures = pending.failures().into_iter().map(|f| (f.what, f.error));
+        failures.set_area(OUTBOX_KIND.area, outbox_failures, now_ms);
         let was = failures.any_in("usage-upload");
         match &refused {
             Some(e) if !was => {
@@ -210,81 +220,6 @@ async fn send_pending(
         pending.taken(1);
     }
     None
-}
-
-/// The usage outbox and what fails with it (for `weft status`, area
-/// `usage-outbox`): a damaged file moved aside (until the operator deletes
-/// it), a file that could not be read (the totals are kept in memory only) or
-/// written.
-struct Pending {
-    outbox: Outbox<UsageUpload>,
-    dir: PathBuf,
-    unreadable: Option<String>,
-    save_error: Option<String>,
-}
-
-impl Pending {
-    fn open(dir: &Path, now_ms: u64) -> Self {
-        let mut unreadable = None;
-        let outbox = match Outbox::open_file(dir, OUTBOX_FILE, OUTBOX_RUNS, now_ms) {
-            Ok((o, damage)) => {
-                if let Some(Damage { aside, why }) = damage {
-                    tracing::error!(
-                        "the usage outbox was damaged ({why}); moved aside to {}, its totals \
-                         are not uploaded: inspect it, then remove it",
-                        aside.display()
-                    );
-                }
-                o
-            }
-            Err(e) => {
-                let why = format!("{e:#}; usage totals are kept in memory only");
-                tracing::error!("{why}");
-                unreadable = Some(why);
-                Outbox::empty(dir, OUTBOX_FILE, OUTBOX_RUNS)
-            }
-        };
-        Self {
-            outbox,
-            dir: dir.to_owned(),
-            unreadable,
-            save_error: None,
-        }
-    }
-
-    fn save(&mut self) {
-        if self.unreadable.is_some() {
-            return;
-        }
-        match self.outbox.save() {
-            Ok(()) => self.save_error = None,
-            Err(e) => {
-                let e = format!("{e:#}");
-                if self.save_error.as_ref() != Some(&e) {
-                    tracing::warn!("cannot write the usage outbox: {e}; keeping it in memory");
-                }
-                self.save_error = Some(e);
-            }
-        }
-    }
-
-    fn failures(&self) -> Vec<(String, String)> {
-        let mut v: Vec<(String, String)> = outbox::damaged_files_of(&self.dir, OUTBOX_FILE)
-            .into_iter()
-            .map(|f| {
-                (
-                    f.display().to_string(),
-                    "a damaged usage outbox was moved here; its totals were not uploaded: \
-                     inspect it, then delete it to clear this"
-                        .to_owned(),
-                )
-            })
-            .collect();
-        for e in [&self.unreadable, &self.save_error].into_iter().flatten() {
-            v.push(("usage outbox".to_owned(), e.clone()));
-        }
-        v
-    }
 }
 
 fn client_for(c: &Credential) -> Option<weft_api_client::Client> {
@@ -567,6 +502,11 @@ mod tests {
         url
     }
 
+    /// The usage outbox of `dir`, as `run` opens it.
+    fn open(dir: &Path, now_ms: u64) -> Tracked<UsageUpload> {
+        Tracked::open(dir, OUTBOX_KIND, OUTBOX_RUNS, now_ms)
+    }
+
     fn totals(run: &str, tx: u64) -> UsageUpload {
         UsageUpload {
             run_id: run.into(),
@@ -592,40 +532,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let took = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         // The old run: the controller is away (503, then unreachable).
-        let mut p = Pending::open(dir.path(), 1);
-        p.outbox.upsert(totals("run1", 100));
-        p.outbox.upsert(totals("run1", 400));
+        let mut p = open(dir.path(), 1);
+        p.outbox_mut().upsert(totals("run1", 100));
+        p.outbox_mut().upsert(totals("run1", 400));
         let down = controller(vec![503], took.clone()).await;
         let c = client_for(&joined(&down)).unwrap();
-        assert!(send_pending(&c, &mut p.outbox).await.is_some());
+        assert!(send_pending(&c, p.outbox_mut()).await.is_some());
         p.save();
         assert!(p.failures().is_empty());
         drop(p); // weftd is gone
 
         // The new run: the old run's newest totals first, then its own.
-        let mut p = Pending::open(dir.path(), 2);
-        assert_eq!(p.outbox.len(), 1);
-        p.outbox.upsert(totals("run2", 30));
+        let mut p = open(dir.path(), 2);
+        assert_eq!(p.outbox().len(), 1);
+        p.outbox_mut().upsert(totals("run2", 30));
         let up = controller(vec![], took.clone()).await;
         let c = client_for(&joined(&up)).unwrap();
-        assert_eq!(send_pending(&c, &mut p.outbox).await, None);
+        assert_eq!(send_pending(&c, p.outbox_mut()).await, None);
         p.save();
         assert_eq!(
             *took.lock().unwrap(),
             [("run1".to_owned(), 400), ("run2".to_owned(), 30)]
         );
-        assert_eq!(Pending::open(dir.path(), 3).outbox.len(), 0, "all taken");
+        assert_eq!(open(dir.path(), 3).outbox().len(), 0, "all taken");
 
         // A total refused for good does not block the next.
         took.lock().unwrap().clear();
-        p.outbox.upsert(totals("run2", 50));
-        p.outbox.upsert(totals("run3", 5));
+        p.outbox_mut().upsert(totals("run2", 50));
+        p.outbox_mut().upsert(totals("run3", 5));
         let refusing = controller(vec![400], took.clone()).await;
         let c = client_for(&joined(&refusing)).unwrap();
-        let e = send_pending(&c, &mut p.outbox).await.unwrap();
+        let e = send_pending(&c, p.outbox_mut()).await.unwrap();
         assert!(e.contains("dropped"), "{e}");
-        assert_eq!(p.outbox.dropped(), 1);
-        assert_eq!(send_pending(&c, &mut p.outbox).await, None);
+        assert_eq!(p.outbox().dropped(), 1);
+        assert_eq!(send_pending(&c, p.outbox_mut()).await, None);
         assert_eq!(*took.lock().unwrap(), [("run3".to_owned(), 5)]);
     }
 

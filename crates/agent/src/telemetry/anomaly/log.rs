@@ -1,18 +1,18 @@
 //! Where raised events wait: a bounded ring of the latest (`weft events`) and
 //! the outbox of those the controller has not taken yet
-//! (`STATE_DIR/events-outbox.json`, the same [`Outbox`] as forwarded metrics:
-//! bounded, oldest dropped first and counted, kept across restarts, a damaged
-//! file moved aside and named, never silently replaced). What fails here is
-//! shown in `weft status` (area `telemetry`, as the metrics outbox's).
+//! (`STATE_DIR/events-outbox.json`, the same [`Outbox`](outbox::Outbox) as
+//! forwarded metrics: bounded, oldest dropped first and counted, kept across
+//! restarts, a damaged file moved aside and named, never silently replaced;
+//! [`Tracked`] keeps its failures). What fails here is shown in `weft status`
+//! (area `telemetry`, as the metrics outbox's).
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use weft_proto::events::AnomalyEvent;
 use weft_proto::local::FailureStatus;
 
-use crate::clock;
-use crate::outbox::{self, Damage, Outbox};
+use crate::outbox::{self, Kind, Tracked};
 
 /// Latest events `weft events` shows.
 pub(crate) const RECENT: usize = 256;
@@ -20,21 +20,20 @@ pub(crate) const RECENT: usize = 256;
 pub(crate) const PENDING: usize = 1024;
 /// The outbox file in the state directory.
 pub(crate) const FILE: &str = "events-outbox.json";
+/// How the outbox is named in log lines and in `weft status`.
+const KIND: Kind = Kind {
+    file: FILE,
+    what: "anomaly events",
+    sent: "uploaded",
+    area: "telemetry",
+    status: "events outbox",
+};
 
 /// The events of this agent.
 #[derive(Debug)]
 pub(crate) struct EventLog {
     recent: VecDeque<AnomalyEvent>,
-    pending: Outbox<AnomalyEvent>,
-    /// The state directory (where damaged outboxes are looked for).
-    dir: PathBuf,
-    /// When the log was opened (the first time its failures were known).
-    opened_ms: u64,
-    /// Why the outbox is not written (its file could not be read), if so.
-    unreadable: Option<String>,
-    /// The last failure to write the outbox (logged once per new error),
-    /// and since when it fails.
-    save_error: Option<(String, u64)>,
+    pending: Tracked<AnomalyEvent>,
 }
 
 impl EventLog {
@@ -47,25 +46,7 @@ impl EventLog {
 
     /// [`EventLog::open`] keeping at most `max` events for the controller.
     fn open_bounded(dir: &Path, now_ms: u64, max: usize) -> Self {
-        let mut unreadable = None;
-        let pending = match Outbox::open_file(dir, FILE, max, now_ms) {
-            Ok((o, damage)) => {
-                if let Some(Damage { aside, why }) = damage {
-                    tracing::error!(
-                        "the anomaly events outbox was damaged ({why}); moved aside to {}, its \
-                         events are not uploaded: inspect it, then remove it",
-                        aside.display()
-                    );
-                }
-                o
-            }
-            Err(e) => {
-                let why = format!("{e:#}; anomaly events are kept in memory only");
-                tracing::error!("{why}");
-                unreadable = Some(why);
-                Outbox::empty(dir, FILE, max)
-            }
-        };
+        let pending = Tracked::open(dir, KIND, max, now_ms);
         for f in outbox::damaged_files_of(dir, FILE) {
             tracing::error!(
                 "a damaged anomaly events outbox was moved here; its events were not uploaded: {} \
@@ -76,10 +57,6 @@ impl EventLog {
         Self {
             recent: VecDeque::new(),
             pending,
-            dir: dir.to_owned(),
-            opened_ms: now_ms,
-            unreadable,
-            save_error: None,
         }
     }
 
@@ -87,31 +64,7 @@ impl EventLog {
     /// (until the operator removes it), an outbox that could not be read or
     /// written.
     pub(crate) fn failures(&self) -> Vec<FailureStatus> {
-        let failure = |what: String, error: String, since_unix_ms| FailureStatus {
-            area: "telemetry".into(),
-            what,
-            error,
-            since_unix_ms,
-        };
-        let mut v: Vec<FailureStatus> = outbox::damaged_files_of(&self.dir, FILE)
-            .into_iter()
-            .map(|f| {
-                failure(
-                    f.display().to_string(),
-                    "a damaged anomaly events outbox was moved here; its events were not \
-                     uploaded: inspect it, then delete it to clear this"
-                        .into(),
-                    self.opened_ms,
-                )
-            })
-            .collect();
-        if let Some(e) = &self.unreadable {
-            v.push(failure("events outbox".into(), e.clone(), self.opened_ms));
-        }
-        if let Some((e, since)) = &self.save_error {
-            v.push(failure("events outbox".into(), e.clone(), *since));
-        }
-        v
+        self.pending.failures()
     }
 
     /// Records a new event (written to the outbox before it returns).
@@ -120,22 +73,22 @@ impl EventLog {
             self.recent.pop_front();
         }
         self.recent.push_back(e.clone());
-        self.pending.push(e);
-        self.save();
+        self.pending.outbox_mut().push(e);
+        self.pending.save();
     }
 
     /// The oldest `max` events not uploaded yet.
     pub(crate) fn to_upload(&self, max: usize) -> Vec<AnomalyEvent> {
-        self.pending.oldest(max)
+        self.pending.outbox().oldest(max)
     }
 
     /// The controller took (or refused for good, `lost`) the oldest `n`.
     pub(crate) fn uploaded(&mut self, n: usize, lost: bool) {
-        self.pending.taken(n);
+        self.pending.outbox_mut().taken(n);
         if lost {
-            self.pending.count_dropped(n as u64);
+            self.pending.outbox_mut().count_dropped(n as u64);
         }
-        self.save();
+        self.pending.save();
     }
 
     /// The latest events, oldest first.
@@ -145,38 +98,12 @@ impl EventLog {
 
     /// Events waiting for the controller.
     pub(crate) fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.outbox().len()
     }
 
     /// Events lost unsent (outbox full, or refused by the controller).
     pub(crate) fn dropped(&self) -> u64 {
-        self.pending.dropped()
-    }
-
-    fn save(&mut self) {
-        if self.unreadable.is_some() {
-            return;
-        }
-        match self.pending.save() {
-            Ok(()) => self.save_error = None,
-            Err(e) => {
-                let e = format!("{e:#}");
-                if self
-                    .save_error
-                    .as_ref()
-                    .is_none_or(|(before, _)| *before != e)
-                {
-                    tracing::warn!(
-                        "cannot write the anomaly events outbox: {e}; keeping it in memory"
-                    );
-                }
-                let since = self
-                    .save_error
-                    .as_ref()
-                    .map_or_else(clock::unix_ms, |(_, t)| *t);
-                self.save_error = Some((e, since));
-            }
-        }
+        self.pending.outbox().dropped()
     }
 }
 
