@@ -67,8 +67,8 @@ pub struct TaskSettings {
     /// Where each task's working directory is created (the system's
     /// temporary directory).
     pub work_dir: PathBuf,
-    /// The hooks directory (`--hooks-dir`, default `/etc/weft/hooks`; see
-    /// [`crate::hooks`]).
+    /// The hooks directory (`--hooks-dir`, default `/etc/weft/hooks`; checked as
+    /// the hooks module says).
     pub hooks_dir: PathBuf,
     /// Asks for an integrity report right after a hook was refused (set by
     /// the supervisor).
