@@ -120,6 +120,17 @@ fn up_fails_on_any_failure() {
     c.last_error = Some("controller answered 401: unknown credential".into());
     c.last_error_permanent = true;
     assert!(matches!(up_stage(&st), UpStage::Failing(w) if w.contains("401")));
+    // Every other upload is refused too: the refusal of the node is what
+    // `weft up` names, not the first upload that failed.
+    st.failures.push(FailureStatus {
+        area: "integrity-report".into(),
+        what: "controller".into(),
+        error: "controller answered 401: missing or invalid credential".into(),
+        since_unix_ms: 1,
+    });
+    assert!(
+        matches!(up_stage(&st), UpStage::Failing(w) if w.starts_with("the controller refused this node"))
+    );
 }
 
 #[test]

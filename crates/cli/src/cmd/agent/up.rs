@@ -171,6 +171,17 @@ pub(crate) enum UpStage {
 
 /// The pure decision behind `weft up`'s wait.
 pub(crate) fn up_stage(st: &AgentStatus) -> UpStage {
+    // A refusal of the node is the cause of whatever else fails (every
+    // upload to the controller is refused too): it is what `weft up` says.
+    if let Some(c) = &st.controller
+        && !c.connected
+        && c.last_error_permanent
+    {
+        return UpStage::Failing(format!(
+            "the controller refused this node: {}",
+            c.last_error.as_deref().unwrap_or("no reason given")
+        ));
+    }
     if !st.failures.is_empty() {
         let list: Vec<String> = st
             .failures
@@ -184,12 +195,6 @@ pub(crate) fn up_stage(st: &AgentStatus) -> UpStage {
     };
     if st.state != "up" {
         return UpStage::Waiting(format!("the agent is {}", st.state));
-    }
-    if !c.connected && c.last_error_permanent {
-        return UpStage::Failing(format!(
-            "the controller refused this node: {}",
-            c.last_error.as_deref().unwrap_or("no reason given")
-        ));
     }
     if !c.connected {
         return UpStage::Waiting(match &c.last_error {
