@@ -56,6 +56,8 @@ pub mod netmap;
 mod node_api;
 mod outbox;
 mod selfcheck;
+#[cfg(test)]
+mod stand_in;
 pub mod state;
 mod supervisor;
 mod system;

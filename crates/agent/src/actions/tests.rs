@@ -9,7 +9,6 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_identity::{Difficulty, Identity, SearchOptions};
 use weft_proto::api::RotateKeyRequest;
 use weft_proto::local::AgentStatus;
@@ -341,56 +340,16 @@ async fn an_action_past_its_timeout_is_timed_out_and_output_is_cut_at_the_cap() 
     assert!(!r.stdout_truncated, "exactly at the cap: {:?}", r.stdout);
 }
 
-/// A stand-in controller: answers one request per connection with `answer`
-/// (status line and JSON body), built from the request's body.
+/// A stand-in controller: answers each rotate-key request with `answer`
+/// (status and JSON body), built from the request's body.
 async fn controller(
     answer: impl Fn(&RotateKeyRequest) -> (u16, String) + Send + Sync + 'static,
 ) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let body = loop {
-                let n = conn.read(&mut chunk).await.unwrap();
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break body.to_owned();
-                    }
-                }
-            };
-            let req: RotateKeyRequest = serde_json::from_str(&body).unwrap();
-            let (status, json) = answer(&req);
-            let resp = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
-                json.len()
-            );
-            conn.write_all(resp.as_bytes()).await.unwrap();
-        }
-    });
-    url
-}
-
-fn joined(url: &str) -> Credential {
-    Credential {
-        controller: url.to_owned(),
-        credential: "node-credential".into(),
-        ca_file: None,
-        pin_sha256: None,
-        allow_insecure_http: false,
-        advertise_routes: vec![],
-    }
+    crate::stand_in::controller(move |_, body| {
+        let req: RotateKeyRequest = serde_json::from_str(body).unwrap();
+        answer(&req)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -402,7 +361,7 @@ async fn rotate_key_keeps_the_new_key_while_the_controller_is_away_and_finishes_
         .unwrap()
         .local_addr()
         .unwrap();
-    c.credential = Some(joined(&format!("http://{closed}")));
+    c.credential = Some(crate::stand_in::joined(&format!("http://{closed}")));
     let old = c.identity.node_key();
     let r = run(
         &context(dir.path(), c.clone()),
@@ -437,7 +396,7 @@ async fn rotate_key_keeps_the_new_key_while_the_controller_is_away_and_finishes_
         )
     })
     .await;
-    c.credential = Some(joined(&url));
+    c.credential = Some(crate::stand_in::joined(&url));
     let r = run(&context(dir.path(), c), &Action::RotateKey, &limits(4096)).await;
     assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
     assert!(r.stdout.contains(&format!("now has key {pending}")));
@@ -465,7 +424,7 @@ async fn a_refused_rotation_keeps_the_old_key_and_moves_the_new_one_aside() {
         )
     })
     .await;
-    c.credential = Some(joined(&url));
+    c.credential = Some(crate::stand_in::joined(&url));
     let r = run(&context(dir.path(), c), &Action::RotateKey, &limits(4096)).await;
     assert_eq!(r.status, TaskStatus::Failed);
     let e = r.error.unwrap();
@@ -526,7 +485,7 @@ async fn a_pending_rotation_is_finished_at_start_with_the_same_key() {
         )
     })
     .await;
-    c.credential = Some(joined(&url));
+    c.credential = Some(crate::stand_in::joined(&url));
     let ctx = context(dir.path(), c);
     tokio::time::timeout(Duration::from_secs(10), rotate::resume(ctx))
         .await

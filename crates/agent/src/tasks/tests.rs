@@ -4,7 +4,6 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weft_proto::task::{DEFAULT_OUTPUT_CAP, TaskKind, TaskLimits};
 
 use super::*;
@@ -24,86 +23,42 @@ struct Seen {
 /// (`lease-<task>`), records results and answers them with
 /// `Seen::result_status`. One request per connection.
 async fn controller(kind: TaskKind, limits: TaskLimits, seen: Arc<Mutex<Seen>>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 65536];
-            let (head, body) = loop {
-                let n = conn.read(&mut chunk).await.unwrap();
-                if n == 0 {
-                    break (String::new(), String::new());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        break (head.to_owned(), body.to_owned());
-                    }
-                }
+    crate::stand_in::controller(move |head, body| {
+        if head.starts_with("POST /v1/node/tasks/lease ") {
+            let req: LeaseRequest = serde_json::from_str(body).unwrap();
+            seen.lock().unwrap().leases.push(req.task_id.clone());
+            let t = LeasedTask {
+                lease_id: format!("lease-{}", req.task_id),
+                task_id: req.task_id,
+                lease_expires_at_ms: u64::MAX,
+                deadline_ms: u64::MAX,
+                kind: kind.clone(),
+                limits,
             };
-            let (status, json) = if head.starts_with("POST /v1/node/tasks/lease ") {
-                let req: LeaseRequest = serde_json::from_str(&body).unwrap();
-                seen.lock().unwrap().leases.push(req.task_id.clone());
-                let t = LeasedTask {
-                    lease_id: format!("lease-{}", req.task_id),
-                    task_id: req.task_id,
-                    lease_expires_at_ms: u64::MAX,
-                    deadline_ms: u64::MAX,
-                    kind: kind.clone(),
-                    limits,
-                };
-                (200, serde_json::to_string(&t).unwrap())
-            } else if head.starts_with("POST /v1/node/tasks/result ") {
-                let r: TaskResult = serde_json::from_str(&body).unwrap();
-                let mut s = seen.lock().unwrap();
-                s.attempts += 1;
-                let status = if s.result_status == 0 {
-                    200
-                } else {
-                    s.result_status
-                };
-                if status == 200 {
-                    s.results.push(r);
-                }
-                let json = match status {
-                    200 => r#"{"duplicate":false}"#,
-                    409 => r#"{"code":"task_done","message":"done"}"#,
-                    _ => r#"{"code":"unavailable","message":"later"}"#,
-                };
-                (status, json.to_owned())
+            (200, serde_json::to_string(&t).unwrap())
+        } else if head.starts_with("POST /v1/node/tasks/result ") {
+            let r: TaskResult = serde_json::from_str(body).unwrap();
+            let mut s = seen.lock().unwrap();
+            s.attempts += 1;
+            let status = if s.result_status == 0 {
+                200
             } else {
-                (404, r#"{"code":"not_found","message":"?"}"#.to_owned())
+                s.result_status
             };
-            let resp = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-                 connection: close\r\n\r\n{json}",
-                json.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
+            if status == 200 {
+                s.results.push(r);
+            }
+            let json = match status {
+                200 => r#"{"duplicate":false}"#,
+                409 => r#"{"code":"task_done","message":"done"}"#,
+                _ => r#"{"code":"unavailable","message":"later"}"#,
+            };
+            (status, json.to_owned())
+        } else {
+            (404, r#"{"code":"not_found","message":"?"}"#.to_owned())
         }
-    });
-    url
-}
-
-fn joined(url: &str) -> Credential {
-    Credential {
-        controller: url.to_owned(),
-        credential: "node-credential".into(),
-        ca_file: None,
-        pin_sha256: None,
-        allow_insecure_http: false,
-        advertise_routes: vec![],
-    }
+    })
+    .await
 }
 
 fn script(body: &str) -> TaskKind {
@@ -149,7 +104,7 @@ async fn a_script_task_is_leased_run_and_its_result_sent_with_the_lease_id() {
     )
     .await;
     let tasks = Tasks::start(exec_on(work.path()), state.path());
-    tasks.set_link(Some(&joined(&url)));
+    tasks.set_link(Some(&crate::stand_in::joined(&url)));
     tasks.notices().send(notice("t1")).await.unwrap();
     assert!(until(|| !seen.lock().unwrap().results.is_empty()).await);
     let r = seen.lock().unwrap().results[0].clone();
@@ -185,7 +140,7 @@ async fn a_node_with_exec_off_refuses_and_the_result_says_so() {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let url = controller(script("echo never"), TaskLimits::default(), seen.clone()).await;
     let tasks = Tasks::start(TaskSettings::default(), state.path());
-    tasks.set_link(Some(&joined(&url)));
+    tasks.set_link(Some(&crate::stand_in::joined(&url)));
     tasks.notices().send(notice("t2")).await.unwrap();
     assert!(until(|| !seen.lock().unwrap().results.is_empty()).await);
     let r = seen.lock().unwrap().results[0].clone();
@@ -207,7 +162,7 @@ async fn a_result_waits_out_an_outage_and_a_restart_and_its_task_never_runs_twic
     }));
     let url = controller(script("echo once"), TaskLimits::default(), seen.clone()).await;
     let tasks = Tasks::start(exec_on(work.path()), state.path());
-    tasks.set_link(Some(&joined(&url)));
+    tasks.set_link(Some(&crate::stand_in::joined(&url)));
     tasks.notices().send(notice("t3")).await.unwrap();
     // Run, then kept: on disk before the first try.
     assert!(until(|| tasks.results.lock().unwrap().pending() == 1).await);
@@ -219,7 +174,7 @@ async fn a_result_waits_out_an_outage_and_a_restart_and_its_task_never_runs_twic
     let tasks = Tasks::start(exec_on(work.path()), state.path());
     assert_eq!(tasks.results.lock().unwrap().pending(), 1);
     seen.lock().unwrap().result_status = 200;
-    tasks.set_link(Some(&joined(&url)));
+    tasks.set_link(Some(&crate::stand_in::joined(&url)));
     // The notice again (the stream reopened): not run again, the waiting
     // result is sent.
     tasks.notices().send(notice("t3")).await.unwrap();
@@ -241,7 +196,7 @@ async fn a_result_refused_for_good_is_dropped_with_a_status_line() {
     }));
     let url = controller(script("true"), TaskLimits::default(), seen.clone()).await;
     let tasks = Tasks::start(TaskSettings::default(), state.path());
-    tasks.set_link(Some(&joined(&url)));
+    tasks.set_link(Some(&crate::stand_in::joined(&url)));
     tasks.notices().send(notice("t4")).await.unwrap();
     assert!(until(|| tasks.results.lock().unwrap().dropped() == 1).await);
     assert_eq!(tasks.results.lock().unwrap().pending(), 0);

@@ -454,52 +454,17 @@ mod tests {
         answers: Vec<u16>,
         took: std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>>,
     ) -> String {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let mut answers = answers.into_iter();
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 65536];
-                let body = loop {
-                    let n = conn.read(&mut chunk).await.unwrap();
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap())
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len || n == 0 {
-                            break body.to_owned();
-                        }
-                    }
-                };
-                let status = answers.next().unwrap_or(204);
-                if status == 204 {
-                    let u: UsageUpload = serde_json::from_str(&body).unwrap();
-                    let tx = u.flows.iter().map(|f| f.counters.tx_bytes).sum();
-                    took.lock().unwrap().push((u.run_id, tx));
-                }
-                let json = r#"{"error":{"code":"x","message":"y"}}"#;
-                let resp = if status == 204 {
-                    "HTTP/1.1 204 X\r\nconnection: close\r\n\r\n".to_owned()
-                } else {
-                    format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
-                         content-length: {}\r\nconnection: close\r\n\r\n{json}",
-                        json.len()
-                    )
-                };
-                let _ = conn.write_all(resp.as_bytes()).await;
+        let mut answers = answers.into_iter();
+        crate::stand_in::controller(move |_, body| {
+            let status = answers.next().unwrap_or(204);
+            if status == 204 {
+                let u: UsageUpload = serde_json::from_str(body).unwrap();
+                let tx = u.flows.iter().map(|f| f.counters.tx_bytes).sum();
+                took.lock().unwrap().push((u.run_id, tx));
             }
-        });
-        url
+            (status, r#"{"error":{"code":"x","message":"y"}}"#.to_owned())
+        })
+        .await
     }
 
     /// The usage outbox of `dir`, as `run` opens it.
@@ -536,7 +501,7 @@ mod tests {
         p.outbox_mut().upsert(totals("run1", 100));
         p.outbox_mut().upsert(totals("run1", 400));
         let down = controller(vec![503], took.clone()).await;
-        let c = client_for(&joined(&down)).unwrap();
+        let c = client_for(&crate::stand_in::joined(&down)).unwrap();
         assert!(send_pending(&c, p.outbox_mut()).await.is_some());
         p.save();
         assert!(p.failures().is_empty());
@@ -547,7 +512,7 @@ mod tests {
         assert_eq!(p.outbox().len(), 1);
         p.outbox_mut().upsert(totals("run2", 30));
         let up = controller(vec![], took.clone()).await;
-        let c = client_for(&joined(&up)).unwrap();
+        let c = client_for(&crate::stand_in::joined(&up)).unwrap();
         assert_eq!(send_pending(&c, p.outbox_mut()).await, None);
         p.save();
         assert_eq!(
@@ -561,22 +526,11 @@ mod tests {
         p.outbox_mut().upsert(totals("run2", 50));
         p.outbox_mut().upsert(totals("run3", 5));
         let refusing = controller(vec![400], took.clone()).await;
-        let c = client_for(&joined(&refusing)).unwrap();
+        let c = client_for(&crate::stand_in::joined(&refusing)).unwrap();
         let e = send_pending(&c, p.outbox_mut()).await.unwrap();
         assert!(e.contains("dropped"), "{e}");
         assert_eq!(p.outbox().dropped(), 1);
         assert_eq!(send_pending(&c, p.outbox_mut()).await, None);
         assert_eq!(*took.lock().unwrap(), [("run3".to_owned(), 5)]);
-    }
-
-    fn joined(url: &str) -> Credential {
-        Credential {
-            controller: url.to_owned(),
-            credential: "node-credential".into(),
-            ca_file: None,
-            pin_sha256: None,
-            allow_insecure_http: false,
-            advertise_routes: vec![],
-        }
     }
 }
