@@ -346,6 +346,8 @@ mod tests {
             policy: None,
             data: vec![],
             secrets: vec![],
+            host_firewall: None,
+            dns_blocklist: None,
         }
     }
 

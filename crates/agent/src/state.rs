@@ -304,6 +304,8 @@ mod tests {
             policy: None,
             data: vec![],
             secrets: vec![],
+            host_firewall: None,
+            dns_blocklist: None,
         }
     }
 

@@ -665,6 +665,8 @@ mod tests {
             policy: None,
             data: vec![],
             secrets: vec![],
+            host_firewall: None,
+            dns_blocklist: None,
         };
         let z = Zone::from_map(&map);
         let (_, records) = addrs(z.answer("me.prod.weft.internal", QueryType::Any));

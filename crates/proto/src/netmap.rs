@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::NodeKey;
 use crate::api::API_VERSION;
 use crate::data::{DataEntry, SecretEntry};
+use crate::dnsblock::DnsBlocklistRef;
+use crate::hostfw::HostFirewallSpec;
 use crate::net::{Ipv4Net, Ipv6Net};
 use crate::policy::MapPolicy;
 use crate::task::{EVENT_TASK, TaskNotice};
@@ -58,6 +60,15 @@ pub struct NetworkMap {
     /// key, sorted by key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretEntry>,
+    /// The host firewall the controller compiled for this node
+    /// ([`crate::hostfw`]); `None`: the node has no host firewall (the agent
+    /// removes its table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_firewall: Option<HostFirewallSpec>,
+    /// The DNS blocklist the node's resolver applies ([`crate::dnsblock`]): the
+    /// node fetches the list when the version changes. None: no blocklist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_blocklist: Option<DnsBlocklistRef>,
 }
 
 /// The receiving node's own entry.
@@ -231,6 +242,18 @@ pub enum MapChange {
         #[serde(default)]
         secrets: Vec<SecretEntry>,
     },
+    /// The node's host firewall changed: replace it (`None`: none any more).
+    HostFirewall {
+        /// The new spec (see [`NetworkMap::host_firewall`]).
+        #[serde(default)]
+        spec: Option<HostFirewallSpec>,
+    },
+    /// The DNS blocklist changed (set, new mode, cleared): replace the reference.
+    DnsBlocklist {
+        /// The new reference (see [`NetworkMap::dns_blocklist`]).
+        #[serde(default)]
+        blocklist: Option<DnsBlocklistRef>,
+    },
 }
 
 /// One event of a map stream.
@@ -392,7 +415,9 @@ impl NetworkMap {
                 }
                 MapChange::SelfUpdate { .. }
                 | MapChange::Policy { .. }
-                | MapChange::Data { .. } => {}
+                | MapChange::Data { .. }
+                | MapChange::HostFirewall { .. }
+                | MapChange::DnsBlocklist { .. } => {}
             }
         }
         for change in &delta.changes {
@@ -418,6 +443,8 @@ impl NetworkMap {
                     self.data = data.clone();
                     self.secrets = secrets.clone();
                 }
+                MapChange::DnsBlocklist { blocklist } => self.dns_blocklist = blocklist.clone(),
+                MapChange::HostFirewall { spec } => self.host_firewall = spec.clone(),
             }
         }
         self.version = delta.version;
@@ -499,6 +526,8 @@ mod tests {
             policy: None,
             data: vec![],
             secrets: vec![],
+            host_firewall: None,
+            dns_blocklist: None,
         }
     }
 
@@ -527,6 +556,62 @@ mod tests {
         m.apply(&delta(7, vec![rm.clone(), rm])).unwrap();
         assert_eq!(m.networks[0].peers.len(), 2);
         assert_eq!(m.version, 7);
+    }
+
+    #[test]
+    fn a_host_firewall_change_replaces_the_spec_and_none_removes_it() {
+        use crate::hostfw::ChainPolicy;
+        let mut m = map();
+        let spec = HostFirewallSpec {
+            version: 4,
+            input: ChainPolicy::Drop,
+            output: ChainPolicy::Accept,
+            forward: ChainPolicy::Accept,
+            management: vec![],
+            management_ports: vec![22],
+            log_drops: true,
+            rules: vec![],
+        };
+        let change = MapChange::HostFirewall {
+            spec: Some(spec.clone()),
+        };
+        let j = serde_json::to_value(&change).unwrap();
+        assert_eq!(j["op"], "host_firewall");
+        m.apply(&delta(6, vec![change])).unwrap();
+        assert_eq!(m.host_firewall, Some(spec));
+        let j = serde_json::to_value(&m).unwrap();
+        assert_eq!(j["host_firewall"]["version"], 4);
+        m.apply(&delta(7, vec![MapChange::HostFirewall { spec: None }]))
+            .unwrap();
+        assert_eq!(m.host_firewall, None);
+        // Absent from the wire when none (older agents and maps stay the same).
+        let j = serde_json::to_value(&m).unwrap();
+        assert!(j.get("host_firewall").is_none());
+    }
+
+    #[test]
+    fn a_dns_blocklist_change_replaces_the_reference() {
+        use crate::dnsblock::{BlockMode, DnsBlocklistRef};
+        let mut m = map();
+        let r = DnsBlocklistRef {
+            version: 6,
+            sha256: "ab".repeat(32),
+            entries: 2,
+            mode: BlockMode::Zero,
+        };
+        let change = MapChange::DnsBlocklist {
+            blocklist: Some(r.clone()),
+        };
+        let j = serde_json::to_value(&change).unwrap();
+        assert_eq!(j["op"], "dns_blocklist");
+        assert_eq!(j["blocklist"]["mode"], "zero");
+        m.apply(&delta(6, vec![change])).unwrap();
+        assert_eq!(m.dns_blocklist, Some(r));
+        m.apply(&delta(7, vec![MapChange::DnsBlocklist { blocklist: None }]))
+            .unwrap();
+        assert_eq!(m.dns_blocklist, None);
+        let j = serde_json::to_value(&m).unwrap();
+        assert!(j.get("dns_blocklist").is_none());
     }
 
     #[test]

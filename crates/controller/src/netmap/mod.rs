@@ -137,6 +137,8 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         policy: world.node_policy(node).map(map_policy),
         data,
         secrets,
+        host_firewall: None,
+        dns_blocklist: None,
     })
 }
 
