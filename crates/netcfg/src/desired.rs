@@ -50,6 +50,9 @@ pub struct DesiredState {
     /// Forwarding and the nftables table `inet weft` (gateways, isolation
     /// between networks).
     pub firewall: crate::firewall::FirewallSpec,
+    /// The host firewall, table `inet weft_host`; `None`: no table (deleted
+    /// if present).
+    pub host_firewall: Option<crate::hostfw::HostFirewall>,
 }
 
 impl DesiredState {

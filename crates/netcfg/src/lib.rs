@@ -36,6 +36,7 @@
 mod desired;
 pub mod exec;
 pub mod firewall;
+pub mod hostfw;
 mod observed;
 mod plan;
 mod reconcile;
@@ -47,6 +48,7 @@ pub use desired::{
 };
 pub use exec::{ExecError, Executor, FakeKernel};
 pub use firewall::{FirewallSpec, NftRule, ObservedFirewall};
+pub use hostfw::{Chain, HOST_TABLE, HostFirewall, HostFwRule, L4};
 pub use observed::{ObservedLink, ObservedState};
 pub use plan::{Action, Plan, plan};
 pub use reconcile::{
