@@ -43,16 +43,20 @@ pub enum AnomalyKind {
     /// admin expects or approved. Raised by the controller, not the agent
     /// (see [`crate::integrity`]).
     IntegrityMismatch,
+    /// A host firewall change cut the node off its controller and the agent
+    /// restored the previous ruleset (see [`crate::hostfw`]).
+    FirewallRollback,
 }
 
 impl AnomalyKind {
     /// All kinds, in display order.
-    pub const ALL: [AnomalyKind; 5] = [
+    pub const ALL: [AnomalyKind; 6] = [
         AnomalyKind::OutboundVolume,
         AnomalyKind::Scan,
         AnomalyKind::DropSpike,
         AnomalyKind::ControlLatency,
         AnomalyKind::IntegrityMismatch,
+        AnomalyKind::FirewallRollback,
     ];
 
     /// A stable snake_case name (JSON, metrics label, CLI).
@@ -63,6 +67,7 @@ impl AnomalyKind {
             AnomalyKind::DropSpike => "drop_spike",
             AnomalyKind::ControlLatency => "control_latency",
             AnomalyKind::IntegrityMismatch => "integrity_mismatch",
+            AnomalyKind::FirewallRollback => "firewall_rollback",
         }
     }
 }

@@ -188,6 +188,83 @@ pub struct AgentStatus {
     /// Remote tasks on this node (`None`: an agent without them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<TasksStatus>,
+    /// The host firewall (`None`: the map asks for none and none was rolled back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_firewall: Option<HostFirewallStatus>,
+}
+
+/// The host firewall (`inet weft_host`) as the agent holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFirewallStatus {
+    /// The spec version in force (`None`: no table; e.g. after the first spec
+    /// was rolled back).
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// The spec version the map asks for, when it is not the one in force
+    /// (refused after a rollback, or still being checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wanted_version: Option<u64>,
+    /// Rules of the spec in force (the admin's, without weft's base rules).
+    pub rules: u64,
+    /// Rules in force that expire, soonest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expiring: Vec<ExpiringRuleStatus>,
+    /// Domains the rules name, each with its resolved addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<DomainSetStatus>,
+    /// When a spec was last applied (Unix milliseconds).
+    #[serde(default)]
+    pub last_apply_ms: Option<u64>,
+    /// The control-plane self-check after an apply is running.
+    #[serde(default)]
+    pub checking: bool,
+    /// Rollbacks since weftd started.
+    pub rollbacks: u64,
+    /// The last rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<RollbackStatus>,
+}
+
+/// A rule with an expiry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiringRuleStatus {
+    /// The rule's id (`dyn:<id>`, `line:<n>`).
+    pub id: String,
+    /// Its comment.
+    #[serde(default)]
+    pub comment: String,
+    /// When it expires (Unix milliseconds).
+    pub expires_at_ms: u64,
+}
+
+/// A domain a rule names and what it resolved to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainSetStatus {
+    /// The domain.
+    pub domain: String,
+    /// Its addresses (IPv4 then IPv6, sorted).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// When it is resolved again (Unix milliseconds).
+    #[serde(default)]
+    pub refresh_at_ms: Option<u64>,
+    /// Why the last resolution failed, while it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A host firewall spec the agent rolled back: it cut the node off its controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackStatus {
+    /// The spec version rolled back (not applied again until a newer one arrives).
+    pub version: u64,
+    /// The version restored (`None`: no table).
+    #[serde(default)]
+    pub restored: Option<u64>,
+    /// When (Unix milliseconds).
+    pub at_ms: u64,
+    /// The self-check's last error.
+    pub reason: String,
 }
 
 /// Remote tasks: what runs, and the results outbox

@@ -132,6 +132,7 @@ impl Agent {
                 .collect(),
             forwarding: Some(self.telemetry.forwarding()),
             tasks: Some(self.tasks.status()),
+            host_firewall: None,
             failures: {
                 let mut f = [
                     self.failures.list(),

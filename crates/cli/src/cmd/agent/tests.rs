@@ -42,6 +42,7 @@ fn status() -> AgentStatus {
         failures: Vec::new(),
         forwarding: None,
         tasks: None,
+        host_firewall: None,
     }
 }
 
