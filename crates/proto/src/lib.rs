@@ -6,7 +6,7 @@
 //! deltas ([`netmap`]), Server-Sent Events framing ([`sse`]), the relay's
 //! controller API bodies ([`relay_api`]; the relay frame codec is in
 //! `weft-relay-core`), the STUN Binding codec ([`stun`]), and remote tasks
-//! and their limits ([`task`]), a node's host firewall ([`hostfw`]), what a node runs and its integrity
+//! and their limits ([`task`]), a node's host firewall ([`hostfw`]), the DNS blocklist ([`dnsblock`]), what a node runs and its integrity
 //! ([`integrity`]). It performs no I/O: no sockets, files, clocks,
 //! async or logging. Parsers here are bounded
 //! and return errors, never panic; each has a fuzz target in `fuzz/` whose
@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod data;
+pub mod dnsblock;
 pub mod events;
 pub mod facts;
 pub mod hostfw;
