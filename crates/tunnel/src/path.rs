@@ -91,6 +91,9 @@ pub(crate) struct PathState {
     probe_round: usize,
     last_direct_ping: Option<Instant>,
     stats: BTreeMap<SocketAddr, CandidateStats>,
+    /// Our own underlay changed: the next [`due_pings`](Self::due_pings)
+    /// probes the direct address and every candidate at once.
+    recheck: bool,
 }
 
 impl PathState {
@@ -103,6 +106,17 @@ impl PathState {
             self.next_probe = Some(now);
             self.probe_round = 0;
         }
+    }
+
+    /// This host's underlay changed (a link, an address, the default route):
+    /// every path is checked again at once (the direct one and every
+    /// candidate), and an unconfirmed peer is probed on the fast schedule
+    /// from the start, so a direct path is preferred over the relay again as
+    /// soon as one answers.
+    pub(crate) fn underlay_changed(&mut self, now: Instant) {
+        self.recheck = true;
+        self.probe_round = 0;
+        self.next_probe = Some(now);
     }
 
     /// All candidates, map-supplied first.
@@ -212,6 +226,19 @@ impl PathState {
     pub(crate) fn due_pings(&mut self, now: Instant) -> Vec<SocketAddr> {
         self.pending
             .retain(|_, (_, sent)| now.saturating_duration_since(*sent) < PING_TIMEOUT);
+        if std::mem::take(&mut self.recheck) {
+            let fresh = self.direct_fresh(now);
+            if fresh {
+                self.last_direct_ping = Some(now);
+            } else {
+                let gap = PROBE_BACKOFF[0];
+                self.probe_round = 1;
+                self.next_probe = Some(now + gap);
+            }
+            let mut all: Vec<SocketAddr> = self.direct.into_iter().collect();
+            all.extend(self.candidates().filter(|c| Some(*c) != self.direct));
+            return all;
+        }
         if self.direct_fresh(now) {
             let direct = self.direct;
             let quiet = self
@@ -250,7 +277,9 @@ impl PathState {
 
     /// The earliest time [`due_pings`](Self::due_pings) has work.
     pub(crate) fn next_due(&self, now: Instant) -> Option<Instant> {
-        if self.direct_fresh(now) {
+        if self.recheck {
+            Some(now)
+        } else if self.direct_fresh(now) {
             let base = self.heard.max(self.last_direct_ping)?;
             Some(base + DIRECT_PING)
         } else {
@@ -352,6 +381,34 @@ mod tests {
         let lost = t + DIRECT_TRUST;
         assert_eq!(p.due_pings(lost).len(), 1);
         assert_eq!(p.next_due(lost), Some(lost + PROBE_BACKOFF[0]));
+    }
+
+    #[test]
+    fn an_underlay_change_rechecks_every_path_at_once() {
+        let t0 = Instant::now();
+        let mut p = PathState::default();
+        p.set_candidates(&[a("192.0.2.1:51820"), a("10.0.0.2:51820")], t0);
+        p.heard_direct(a("10.0.0.2:51820"), t0);
+        assert!(
+            p.due_pings(t0).is_empty(),
+            "a fresh, busy direct path is not pinged"
+        );
+        p.underlay_changed(t0);
+        assert_eq!(p.next_due(t0), Some(t0));
+        assert_eq!(
+            p.due_pings(t0),
+            vec![a("10.0.0.2:51820"), a("192.0.2.1:51820")],
+            "the direct address first, then every other candidate"
+        );
+        assert!(p.due_pings(t0).is_empty(), "once");
+        // Without a trusted direct path: every candidate now, then the fast
+        // schedule.
+        let t1 = t0 + DIRECT_TRUST;
+        assert_eq!(p.due_pings(t1).len(), 2);
+        let t2 = t1 + Duration::from_millis(100);
+        p.underlay_changed(t2);
+        assert_eq!(p.due_pings(t2).len(), 2);
+        assert_eq!(p.next_due(t2), Some(t2 + PROBE_BACKOFF[0]));
     }
 
     #[test]

@@ -1488,3 +1488,42 @@ fn refused_new_attempts_are_summarised_by_direction_and_peer_and_reset_when_read
     );
     assert!(net.hosts[0].node.take_refusals().by_peer.is_empty());
 }
+
+#[test]
+fn an_underlay_change_makes_peers_follow_at_once_and_asks_stun_again() {
+    // The link monitor saw our default route move to another link: our source
+    // address is new. Without a word from us the peer keeps sending into the
+    // old address until its trust in it lapses (3 s); after
+    // `underlay_changed` it follows at once, before any packet of ours.
+    let mut net = mesh(2);
+    let stun = SocketAddr::from(([198, 51, 100, 1], 3478));
+    let now = net.clock;
+    net.hosts[0].node.set_stun_servers(now, vec![stun]);
+    net.drain(0);
+    net.run();
+    let stun_requests = |net: &Net| {
+        net.captured
+            .iter()
+            .filter(|d| d.to == Dest::Udp(stun))
+            .count()
+    };
+    let before = stun_requests(&net);
+    let new_addr = SocketAddr::from(([198, 51, 100, 7], 40000));
+    net.hosts[0].underlay = new_addr;
+    let now = net.clock;
+    net.hosts[0].node.underlay_changed(now);
+    net.drain(0);
+    net.run();
+    assert_eq!(
+        net.path(1, 0),
+        PathKind::Direct(new_addr),
+        "the peer follows the new address with no time passing"
+    );
+    assert!(stun_requests(&net) > before, "STUN asked again at once");
+    // The peer's packets reach us at the new address.
+    let back = ipv4(net.hosts[1].overlay, net.hosts[0].overlay, &payload(9));
+    net.send_from_tun(1, &back);
+    assert_eq!(net.wire.last().map(|d| d.to), Some(Dest::Udp(new_addr)));
+    net.run();
+    assert_eq!(net.hosts[0].tun_rx, vec![back]);
+}

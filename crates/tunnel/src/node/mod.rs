@@ -7,6 +7,7 @@ mod outbound;
 mod outcome;
 mod policy;
 mod refused;
+mod roam;
 mod timers;
 mod usage;
 mod wireguard;
