@@ -258,6 +258,9 @@ pub enum MapChange {
 
 /// One event of a map stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Decoded, handled and dropped one at a time (as StreamEvent): boxing the map
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum MapEvent {
     /// The whole map: replaces whatever the receiver had.
     Snapshot(NetworkMap),
