@@ -109,6 +109,7 @@ mod conntrack;
 mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hostfw;
 mod inventory;
 mod live;
 mod matcher;

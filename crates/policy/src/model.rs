@@ -517,7 +517,7 @@ fn parse_prefix(s: &str) -> Result<IpNet, PolicyErrorKind> {
     Ok(net)
 }
 
-fn check_label(kind: &'static str, s: &str) -> Result<(), PolicyErrorKind> {
+pub(crate) fn check_label(kind: &'static str, s: &str) -> Result<(), PolicyErrorKind> {
     let ok = !s.is_empty()
         && s.len() <= MAX_LABEL
         && s.bytes()
@@ -535,7 +535,7 @@ fn check_label(kind: &'static str, s: &str) -> Result<(), PolicyErrorKind> {
     }
 }
 
-fn check_tag(s: &str) -> Result<(), PolicyErrorKind> {
+pub(crate) fn check_tag(s: &str) -> Result<(), PolicyErrorKind> {
     let ok = !s.is_empty()
         && s.len() <= MAX_LABEL
         && s.bytes().all(|b| {

@@ -124,7 +124,7 @@ impl PolicyErrors {
         Err(PolicyErrors(errors))
     }
 
-    pub(super) fn one(line: u32, column: u32, kind: PolicyErrorKind) -> PolicyErrors {
+    pub(crate) fn one(line: u32, column: u32, kind: PolicyErrorKind) -> PolicyErrors {
         PolicyErrors(vec![PolicyError { line, column, kind }])
     }
 

@@ -69,7 +69,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyErrors> {
 }
 
 /// 1-based line and character column of byte `offset` in `text`.
-fn position(text: &str, offset: usize) -> (u32, u32) {
+pub(crate) fn position(text: &str, offset: usize) -> (u32, u32) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
@@ -116,7 +116,7 @@ struct RawTest {
 
 /// A value written either as one item or as an array of items. Items of an array
 /// keep their own spans; a single item has none (the caller uses the outer span).
-struct List<T>(Vec<(T, Option<Range<usize>>)>);
+pub(crate) struct List<T>(pub(crate) Vec<(T, Option<Range<usize>>)>);
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -153,7 +153,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
 }
 
 /// A port written as a number (`22`) or a string (`"22"`, `"1000-2000"`).
-enum PortSpec {
+pub(crate) enum PortSpec {
     Number(i64),
     Text(String),
 }
