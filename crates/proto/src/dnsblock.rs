@@ -150,6 +150,50 @@ impl DnsBlocklist {
     }
 }
 
+/// `PUT /v1/admin/dns/blocklist`: replace the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetDnsBlocklistRequest {
+    /// The file's text (see [`parse_list`]); refused with line numbers when
+    /// it does not parse.
+    pub text: String,
+    /// What a blocked name gets (default NXDOMAIN).
+    #[serde(default)]
+    pub mode: BlockMode,
+}
+
+/// What the controller holds: `GET`/`PUT /v1/admin/dns/blocklist`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsBlocklistInfo {
+    /// The list's version.
+    pub version: u64,
+    /// What a blocked name gets.
+    pub mode: BlockMode,
+    /// How many domains it has.
+    pub entries: u32,
+    /// [`digest`] of its domains.
+    pub sha256: String,
+    /// Who set it.
+    pub set_by: String,
+    /// When, Unix milliseconds.
+    pub set_at_ms: u64,
+    /// The domains (only when asked for: `?domains=true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domains: Option<Vec<String>>,
+}
+
+/// `GET /v1/admin/dns/blocklist` and `DELETE`: the list, if one is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsBlocklistStatus {
+    /// The list (`None`: no blocklist; after `DELETE`: there is none now).
+    pub blocklist: Option<DnsBlocklistInfo>,
+    /// `DELETE` only: whether a list was removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared: Option<bool>,
+    /// How many nodes' maps changed (`PUT`, `DELETE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_changed: Option<usize>,
+}
+
 /// The digest a [`DnsBlocklistRef`] carries: lowercase hex SHA-256 of the
 /// domains joined by `\n` (no trailing newline).
 pub fn digest(domains: &[String]) -> String {

@@ -39,6 +39,8 @@
 //! | DELETE | `/v1/admin/networks/{network}/members/{node}` | admin | remove a node from one network |
 //! | GET/PUT/DELETE | `/v1/admin/data` | admin | node data per node, tag or network (`?node=|tag=|network=`, `&resolved=true`); set `{scope, key, value}` / unset `{scope, key}`; carried in maps |
 //! | GET/PUT/DELETE | `/v1/admin/secrets` | admin | sealed secrets per node (`?node=`; never values); set `{node, key, sealed}` / unset `{node, key}`; carried in maps |
+//! | GET/PUT/DELETE | `/v1/admin/dns/blocklist` | admin | the DNS blocklist: show (`?domains=true`) / set `{text, mode}` (hosts or domain-list format; 400 with lines) / clear; its reference is carried in maps |
+//! | GET | `/v1/node/dns/blocklist` | node | the blocklist itself `{version, mode, domains}` (404 when none) |
 //! | POST/GET | `/v1/admin/tasks` | admin | create a task for `{target: {node\|tag\|network}, kind, timeout_secs?, output_cap_bytes?, deadline_secs?}` (limits checked here) / list tasks (`?node=&state=&limit=`) |
 //! | GET | `/v1/admin/tasks/{id}` | admin | a task with every run's result (`?results=false`: where each run stands, for polling) |
 //! | POST | `/v1/admin/tasks/{id}/cancel` | admin | cancel the runs that have no result |
@@ -53,6 +55,7 @@
 
 mod admin;
 mod data;
+mod dns;
 mod events;
 mod health;
 mod integrity;
@@ -168,6 +171,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/node/rotate-key", post(rotate_key::rotate_key))
         .merge(admin::routes())
         .merge(data::routes())
+        .merge(dns::routes())
         .merge(node_metrics::routes())
         .merge(events::routes())
         .merge(integrity::routes())

@@ -50,6 +50,7 @@ macro_rules! operation {
 }
 
 mod data;
+mod dns_blocklist;
 mod events;
 mod facts;
 mod integrity;
@@ -65,6 +66,7 @@ mod tokens;
 pub mod usage;
 
 pub use data::{DataChanged, SetData, SetSecret, UnsetData, UnsetSecret};
+pub use dns_blocklist::{Blocklist, ClearDnsBlocklist, SetDnsBlocklist};
 pub use events::{RecordEvents, SetNetworkAnomaly};
 pub use integrity::{
     ApproveHook, CONTROLLER_EVENT_BASE, ExpectWeftd, ReportIntegrity, RevokeHook, judge,
@@ -145,6 +147,9 @@ pub struct Touched {
     /// Nodes whose resolved data or secrets changed: each receives its new
     /// lists (`MapChange::Data`).
     pub data: BTreeSet<NodeId>,
+    /// The DNS blocklist changed: every enabled node receives its reference
+    /// (`MapChange::DnsBlocklist`).
+    pub dns_blocklist: bool,
 }
 
 impl Touched {
@@ -158,6 +163,7 @@ impl Touched {
             && !self.recompile
             && self.policy_nodes.is_empty()
             && self.data.is_empty()
+            && !self.dns_blocklist
     }
 }
 
@@ -254,6 +260,8 @@ pub struct World {
     tasks: tasks::Tasks,
     /// Approved hooks, expected weftd hashes, nodes' reports and states.
     integrity: integrity::Integrity,
+    /// The DNS blocklist in force.
+    dns_blocklist: Option<Blocklist>,
     next_audit_id: u64,
 }
 
@@ -282,6 +290,7 @@ impl World {
             integrity: integrity::Integrity::load(snap.integrity),
             tasks: tasks::Tasks::load(snap.tasks),
             data: data::Data::load(snap.data),
+            dns_blocklist: snap.dns_blocklist.map(Blocklist::new),
             ..World::default()
         };
         for m in snap.memberships {

@@ -23,6 +23,8 @@ use weft_proto::policy::MapPolicy;
 use crate::model::{NetId, NetState, NodeId, NodeState, Outcome, World};
 use crate::store::MembershipRecord;
 
+mod blocklist;
+
 /// What a group of nodes receives for one version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
@@ -138,7 +140,7 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         data,
         secrets,
         host_firewall: None,
-        dns_blocklist: None,
+        dns_blocklist: world.dns_blocklist_ref(),
     })
 }
 
@@ -375,6 +377,9 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             recipients: Arc::from(resync),
             payload: Payload::Resync,
         });
+    }
+    if touched.dns_blocklist {
+        blocklist::add_change(world, &mut out);
     }
     out
 }

@@ -13,6 +13,7 @@
 //! is durable. The controller acknowledges a request only after that.
 
 pub mod data;
+pub mod dns_blocklist;
 pub mod integrity;
 pub mod sqlite;
 pub mod tasks;
@@ -343,6 +344,8 @@ pub struct StoreSnapshot {
     pub data: data::DataRows,
     /// Hook approvals, expected weftd hashes, nodes' integrity reports.
     pub integrity: integrity::IntegritySnapshot,
+    /// The DNS blocklist, if one is set.
+    pub dns_blocklist: Option<dns_blocklist::DnsBlocklistRecord>,
 }
 
 /// One row-level change. A batch of them is applied atomically.
@@ -396,6 +399,8 @@ pub enum Write {
     UsagePrune(u64),
     /// A node data or sealed secret row.
     Data(data::DataWrite),
+    /// Replace the DNS blocklist (`None`: delete it).
+    DnsBlocklist(Option<dns_blocklist::DnsBlocklistRecord>),
     /// Insert a task, or record its cancellation.
     PutTask(tasks::TaskRecord),
     /// Insert or replace a task's run.

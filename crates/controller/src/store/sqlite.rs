@@ -26,6 +26,8 @@ mod usage;
 
 mod data;
 
+mod dns_blocklist;
+
 mod events;
 
 mod integrity;
@@ -431,6 +433,7 @@ impl Store for SqliteStore {
         snap.max_audit_id = max_audit.map_or(0, to_u64);
         snap.tasks = tasks::load(c)?;
         snap.data = data::load(c)?;
+        snap.dns_blocklist = dns_blocklist::load(c)?;
         snap.integrity = integrity::load(c)?;
         Ok(snap)
     }
@@ -622,6 +625,7 @@ impl Store for SqliteStore {
                 Write::PutTaskResult(r) => tasks::put_result(&tx, r)?,
                 Write::DeleteTask(id) => tasks::delete_task(&tx, id)?,
                 Write::Data(w) => data::apply(&tx, w)?,
+                Write::DnsBlocklist(r) => dns_blocklist::put(&tx, r.as_ref())?,
                 Write::UsageCounter(r) => usage::put_counter(&tx, r)?,
                 Write::UsageAdd(r) => usage::add_bucket(&tx, r)?,
                 Write::UsagePrune(before) => usage::prune(&tx, *before)?,

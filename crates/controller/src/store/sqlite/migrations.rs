@@ -49,6 +49,11 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         "data",
         include_str!("../../../migrations/0010_data.sql"),
     ),
+    (
+        12,
+        "dns_blocklist",
+        include_str!("../../../migrations/0012_dns_blocklist.sql"),
+    ),
 ];
 
 #[cfg(test)]
