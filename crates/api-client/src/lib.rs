@@ -18,6 +18,7 @@
 mod admin_api;
 mod client;
 mod data_api;
+mod dns_api;
 mod error;
 mod integrity_api;
 mod members;

@@ -9,6 +9,7 @@
 //! release, with a deprecation note on stderr.
 
 mod data;
+mod dns;
 mod events;
 mod integrity;
 mod metrics;
@@ -93,6 +94,10 @@ enum AdminCommand {
     /// a node, a tag or a network, with hard limits; follow their results.
     #[command(subcommand)]
     Task(tasks::TaskCmd),
+    /// DNS for every node's resolver: the blocklist (`weft admin dns
+    /// blocklist set FILE [--mode nxdomain|zero]`, `show`, `clear`).
+    #[command(subcommand)]
+    Dns(dns::DnsCmd),
     /// The audit log (newest first).
     Audit {
         /// How many entries.
@@ -208,6 +213,7 @@ fn error_json(e: &anyhow::Error) -> serde_json::Value {
             _ => "http_error".into(),
         },
         None if e.is::<PolicyInvalid>() => "policy_invalid".into(),
+        None if e.is::<dns::BlocklistInvalid>() => "dns_blocklist_invalid".into(),
         None => "client_error".into(),
     };
     serde_json::json!({ "error": { "code": code, "message": format!("{e:#}") } })
@@ -229,6 +235,7 @@ async fn dispatch(c: &Client, cmd: AdminCommand, json: bool) -> anyhow::Result<b
         AdminCommand::Secret(s) => data::secret(c, s, json).await?,
         AdminCommand::Usage(a) => usage::usage(c, a, json).await?,
         AdminCommand::Task(t) => tasks::run(c, t, json).await?,
+        AdminCommand::Dns(d) => dns::run(c, d, json).await?,
         AdminCommand::Audit {
             limit,
             before,
