@@ -1,0 +1,148 @@
+//! `weft run`: a command in its own network namespace, which weftd creates,
+//! owns and removes when the command's processes end.
+
+use std::os::fd::AsFd as _;
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use weft_proto::local::{LocalRequest, LocalResponse};
+use weft_proto::workload::{Allow, NetMode, WorkloadInfo, WorkloadSpec};
+
+use super::{SocketArg, call};
+use crate::CodedError;
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  weft run --net none -- ./build.sh
+  weft run --net host-loopback --forward 5432 -- ./migrate
+  weft run --net bridged -- curl https://example.com
+  weft run --net custom --allow 10.0.0.5:443 --allow db.internal:5432 -- ./app
+
+Needs root (entering a network namespace). The exit status is the command's
+(128 + N when it was killed by signal N).")]
+pub struct RunArgs {
+    /// `none`: loopback only. `host-loopback`: loopback, plus each --forward
+    /// port reaching this host's 127.0.0.1:PORT. `bridged`: an address on
+    /// weftd's workload bridge with NAT out (the overlay sees this node's
+    /// overlay address, and its policy applies as if it were the node).
+    /// `custom`: bridged, but only to the --allow destinations.
+    #[arg(long, value_name = "MODE")]
+    net: NetMode,
+    /// (host-loopback) A TCP port of this host's 127.0.0.1 the command reaches
+    /// at its own 127.0.0.1:PORT. Repeatable.
+    #[arg(long, value_name = "PORT")]
+    forward: Vec<u16>,
+    /// (custom) A destination the command may open connections to:
+    /// `ADDR`, `CIDR` or `HOST` (resolved once, now), with `:PORT` and
+    /// `/udp` (default TCP) to narrow it. Everything else is refused at once.
+    /// Repeatable.
+    #[arg(long, value_name = "DEST[:PORT][/PROTO]")]
+    allow: Vec<Allow>,
+    /// The command and its arguments (after `--`).
+    #[arg(required = true, last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// `weft run`.
+pub fn run(sock: &SocketArg, a: RunArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let spec = WorkloadSpec {
+        net: a.net,
+        forward: a.forward,
+        allow: a.allow,
+    };
+    spec.check().map_err(|message| CodedError {
+        code: "bad_request".into(),
+        message,
+    })?;
+    let info = match call(&sock.socket, &LocalRequest::WorkloadCreate(spec))? {
+        LocalResponse::Workload(info) => info,
+        LocalResponse::Error { code, message } => return Err(CodedError { code, message }.into()),
+        _ => bail!("the agent answered a different question"),
+    };
+    if json {
+        eprintln!("{}", serde_json::to_string(&info)?);
+    } else {
+        eprintln!("{}", describe(&info));
+    }
+    let status = run_in(&sock.socket, &info, &a.command);
+    // Whatever happened, weftd hears that the command ended (it also notices
+    // by itself when nothing runs in the namespace any more).
+    if let Err(e) = call(
+        &sock.socket,
+        &LocalRequest::WorkloadEnded {
+            id: info.id.clone(),
+        },
+    ) {
+        eprintln!("weft run: telling weftd the command ended failed: {e:#}");
+    }
+    let status = status?;
+    if let Some(code) = status.code() {
+        return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+    }
+    let sig = status.signal().unwrap_or(0);
+    Ok(ExitCode::from(u8::try_from(128 + sig).unwrap_or(1)))
+}
+
+/// One line on stderr: where the command runs.
+fn describe(info: &WorkloadInfo) -> String {
+    let mut s = format!("weft run: workload {} (--net {})", info.id, info.net);
+    if let (Some(addr), Some(gw)) = (&info.address, &info.gateway) {
+        s.push_str(&format!(", address {addr} via {gw}"));
+    }
+    if !info.allow.is_empty() {
+        s.push_str(&format!(", allowed: {}", info.allow.join(" ")));
+    }
+    s
+}
+
+/// Enters the namespace, runs the command, tells weftd its pid, waits.
+fn run_in(
+    socket: &std::path::Path,
+    info: &WorkloadInfo,
+    command: &[String],
+) -> anyhow::Result<std::process::ExitStatus> {
+    let ns = std::fs::File::open(&info.netns)
+        .with_context(|| format!("opening weftd's namespace handle {}", info.netns))?;
+    // This process (single-threaded) enters it; the child is born there. The
+    // local API is a Unix socket path, reachable from any network namespace.
+    nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("entering the workload's network namespace (weft run needs root)")?;
+    let (program, args) = command.split_first().context("no command given")?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    // Ctrl-C reaches the command (same process group); weft run stays to
+    // report its end. Ignored only now: the child keeps the default.
+    ignore_interrupts();
+    if let Err(e) = call(
+        socket,
+        &LocalRequest::WorkloadStarted {
+            id: info.id.clone(),
+            pid: child.id(),
+        },
+    ) {
+        eprintln!("weft run: telling weftd the command's pid failed: {e:#}");
+    }
+    child
+        .wait()
+        .with_context(|| format!("waiting for {program}"))
+}
+
+fn ignore_interrupts() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for sig in [Signal::SIGINT, Signal::SIGQUIT] {
+        // SAFETY: SIG_IGN installs no handler code.
+        #[expect(
+            unsafe_code,
+            reason = "ignoring a signal: SIG_IGN runs no handler code"
+        )]
+        let r = unsafe { signal(sig, SigHandler::SigIgn) };
+        if let Err(e) = r {
+            eprintln!("weft run: cannot ignore {sig}: {e}");
+        }
+    }
+}
