@@ -41,6 +41,7 @@ mod observed;
 mod plan;
 mod reconcile;
 mod retry;
+pub mod underlay;
 
 pub use desired::{
     DesiredState, IPV6_DEFAULT_METRIC, LinkSpec, RouteSpec, WEFT_LINK_PREFIX, WEFT_ROUTE_PROTOCOL,
@@ -50,8 +51,9 @@ pub use exec::{ExecError, Executor, FakeKernel};
 pub use firewall::{FirewallSpec, NftRule, ObservedFirewall};
 pub use hostfw::{Chain, HOST_TABLE, HostFirewall, HostFwRule, L4};
 pub use observed::{ObservedLink, ObservedState};
-pub use plan::{Action, Plan, plan};
+pub use plan::{Action, Plan, plan, plan_at};
 pub use reconcile::{
     ReconcileReport, Reconciler, ReconcilerConfig, TeardownScope, reconcile_once, teardown,
 };
 pub use retry::{Backoff, BackoffConfig};
+pub use underlay::{Underlay, UnderlayLink};

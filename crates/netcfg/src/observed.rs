@@ -24,6 +24,8 @@ pub struct ObservedState {
     pub orphan_routes: BTreeSet<(String, RouteSpec)>,
     /// Forwarding and the nftables table `inet weft`.
     pub firewall: crate::firewall::ObservedFirewall,
+    /// The host firewall's table `inet weft_host`; `None` when it does not exist.
+    pub host_firewall: Option<crate::hostfw::ObservedHostFirewall>,
 }
 
 /// One `weft*` interface as the kernel reports it.
@@ -62,6 +64,7 @@ impl ObservedState {
     pub fn is_clean(&self) -> bool {
         self.orphan_routes.is_empty()
             && self.firewall.table.is_none()
+            && self.host_firewall.is_none()
             && !self.firewall.forward_set_by_weft
             && self
                 .links

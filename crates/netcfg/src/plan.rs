@@ -10,6 +10,7 @@ use ipnet::IpNet;
 
 use crate::desired::{DesiredState, LinkSpec, RouteSpec, is_managed_address, is_weft_link};
 use crate::firewall::{NFT_TABLE, NftRule};
+use crate::hostfw::{HOST_FAMILY, HOST_TABLE, HostFirewall, ObservedHostFirewall};
 use crate::observed::{ObservedLink, ObservedState};
 
 /// One change to the kernel. Every variant names the `weft*` interface it touches.
@@ -80,6 +81,14 @@ pub enum Action {
         /// On or off.
         on: bool,
     },
+    /// Delete the host firewall's table `inet weft_host`.
+    DeleteHostTable,
+    /// Replace the host firewall's table `inet weft_host` (atomically) with
+    /// this firewall (expired rules already left out).
+    SetHostTable {
+        /// The firewall.
+        fw: Box<HostFirewall>,
+    },
 }
 
 impl Action {
@@ -94,7 +103,11 @@ impl Action {
             | Self::SetLinkUp { link, .. }
             | Self::AddAddress { link, .. }
             | Self::AddRoute { link, .. } => link,
-            Self::DeleteNftTable | Self::SetNftTable { .. } | Self::SetIpForward { .. } => "",
+            Self::DeleteNftTable
+            | Self::SetNftTable { .. }
+            | Self::SetIpForward { .. }
+            | Self::DeleteHostTable
+            | Self::SetHostTable { .. } => "",
         }
     }
 
@@ -103,7 +116,11 @@ impl Action {
     pub fn is_host_wide(&self) -> bool {
         matches!(
             self,
-            Self::DeleteNftTable | Self::SetNftTable { .. } | Self::SetIpForward { .. }
+            Self::DeleteNftTable
+                | Self::SetNftTable { .. }
+                | Self::SetIpForward { .. }
+                | Self::DeleteHostTable
+                | Self::SetHostTable { .. }
         )
     }
 
@@ -111,7 +128,10 @@ impl Action {
     pub fn is_delete(&self) -> bool {
         matches!(
             self,
-            Self::DeleteRoute { .. } | Self::DeleteAddress { .. } | Self::DeleteNftTable
+            Self::DeleteRoute { .. }
+                | Self::DeleteAddress { .. }
+                | Self::DeleteNftTable
+                | Self::DeleteHostTable
         )
     }
 
@@ -122,13 +142,13 @@ impl Action {
     /// sending anything from a link-local address).
     pub fn phase(&self) -> u8 {
         match self {
-            Self::DeleteNftTable | Self::DeleteRoute { .. } => 0,
+            Self::DeleteNftTable | Self::DeleteHostTable | Self::DeleteRoute { .. } => 0,
             Self::SetIpForward { on: false } | Self::DeleteAddress { .. } => 1,
             Self::SetMtu { .. } | Self::SetIpv6 { .. } => 2,
             Self::SetLinkUp { .. } => 3,
             Self::AddAddress { .. } => 4,
             Self::AddRoute { .. } => 5,
-            Self::SetNftTable { .. } => 6,
+            Self::SetNftTable { .. } | Self::SetHostTable { .. } => 6,
             Self::SetIpForward { on: true } => 7,
         }
     }
@@ -160,6 +180,10 @@ impl fmt::Display for Action {
             Self::SetIpForward { on } => {
                 write!(f, "set net.ipv4.ip_forward {}", u8::from(*on))
             }
+            Self::DeleteHostTable => {
+                write!(f, "delete nftables table {HOST_FAMILY} {HOST_TABLE}")
+            }
+            Self::SetHostTable { fw } => write!(f, "set nftables table {fw}"),
         }
     }
 }
@@ -231,7 +255,16 @@ impl fmt::Display for Plan {
 /// IPv4 address loses its IPv4 routes (they are re-added). One is not: deleting a
 /// primary IPv4 address also deletes its secondaries when `promote_secondaries` is
 /// off; the next pass adds them back.
+///
+/// Expiring host firewall rules are judged at time 0 (none has expired):
+/// [`plan_at`] with the wall clock is what the reconciler runs.
 pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Plan {
+    plan_at(desired, observed, 0)
+}
+
+/// [`plan`] at `now_ms` (Unix time in milliseconds): host firewall rules
+/// expired by then are left out of the table.
+pub fn plan_at(desired: &DesiredState, observed: &ObservedState, now_ms: u64) -> Plan {
     let mut plan = Plan::default();
     let no_addrs = BTreeSet::new();
     let owned = || desired.links.iter().filter(|(name, _)| is_weft_link(name));
@@ -334,6 +367,7 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Plan {
         }
     }
     plan_firewall(desired, observed, &mut plan);
+    plan_host_firewall(desired, observed, now_ms, &mut plan);
     plan.actions.sort_by_key(Action::phase);
     plan
 }
@@ -354,6 +388,28 @@ fn plan_firewall(desired: &DesiredState, observed: &ObservedState, plan: &mut Pl
         plan.actions.push(Action::SetIpForward { on: true });
     } else if !desired.firewall.forwarding() && fw.ip_forward && fw.forward_set_by_weft {
         plan.actions.push(Action::SetIpForward { on: false });
+    }
+}
+
+/// The host firewall: its table replaced whole when anything differs from
+/// what the desired firewall renders to (a rule, a chain policy, a domain
+/// set's contents), deleted when none is desired.
+fn plan_host_firewall(
+    desired: &DesiredState,
+    observed: &ObservedState,
+    now_ms: u64,
+    plan: &mut Plan,
+) {
+    match (&desired.host_firewall, &observed.host_firewall) {
+        (None, Some(_)) => plan.actions.push(Action::DeleteHostTable),
+        (None, None) => {}
+        (Some(fw), have) => {
+            if have.as_ref() != Some(&ObservedHostFirewall::expected(fw, now_ms)) {
+                plan.actions.push(Action::SetHostTable {
+                    fw: Box::new(fw.at(now_ms)),
+                });
+            }
+        }
     }
 }
 

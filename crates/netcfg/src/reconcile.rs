@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::desired::DesiredState;
 use crate::exec::{ExecError, Executor};
 use crate::observed::ObservedState;
-use crate::plan::{Action, Plan, plan};
+use crate::plan::{Action, Plan, plan_at};
 use crate::retry::{Backoff, BackoffConfig};
 
 /// What one pass did.
@@ -49,7 +49,8 @@ pub fn reconcile_once<E: Executor + ?Sized>(
     exec: &mut E,
     desired: &DesiredState,
 ) -> ReconcileReport {
-    run_pass(exec, |observed| plan(desired, observed))
+    let now_ms = exec.wall_ms();
+    run_pass(exec, |observed| plan_at(desired, observed, now_ms))
 }
 
 /// Removes what weft created within `scope` (weft routes; addresses on weft
@@ -62,7 +63,9 @@ pub fn teardown<E: Executor + ?Sized>(exec: &mut E, scope: &TeardownScope) -> Re
     let nothing = DesiredState::default();
     let mut total = ReconcileReport::default();
     for _ in 0..MAX_PASSES {
-        let report = run_pass(exec, |observed| plan(&nothing, &restrict(observed, scope)));
+        let report = run_pass(exec, |observed| {
+            plan_at(&nothing, &restrict(observed, scope), 0)
+        });
         let progress = !report.applied.is_empty();
         total.applied.extend(report.applied);
         total.failed.extend(report.failed);
@@ -88,6 +91,7 @@ fn restrict(observed: &ObservedState, scope: &TeardownScope) -> ObservedState {
                 .collect(),
             orphan_routes: BTreeSet::new(),
             firewall: Default::default(),
+            host_firewall: None,
         },
     }
 }
@@ -264,7 +268,27 @@ impl Reconciler {
                 (now + self.config.check_interval, "reconcile: drift check")
             },
         );
+        self.wake_at_expiry(now, exec.wall_ms());
         Some(report)
+    }
+
+    /// Brings the next pass forward to the next host firewall rule expiry
+    /// (`now_ms` is the wall clock at `now`), so an expired rule leaves the
+    /// table within milliseconds even though the kernel already stopped
+    /// matching it (its guard element timed out).
+    fn wake_at_expiry(&mut self, now: Instant, now_ms: u64) {
+        let Some(at) = self
+            .desired
+            .as_ref()
+            .and_then(|d| d.host_firewall.as_ref())
+            .and_then(|fw| fw.next_expiry(now_ms))
+        else {
+            return;
+        };
+        let when = now + Duration::from_millis(at - now_ms);
+        if self.next.is_none_or(|(due, _)| when < due) {
+            self.next = Some((when, "reconcile: host firewall rule expires"));
+        }
     }
 
     /// Removes everything weft created ([`teardown`] with [`TeardownScope::All`]) and

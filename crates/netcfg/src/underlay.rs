@@ -27,6 +27,9 @@ pub struct Underlay {
     pub default_v4: Option<String>,
     /// The same for IPv6.
     pub default_v6: Option<String>,
+    /// Indices of the interfaces left out (loopback and weft's own): their
+    /// changes are not the underlay's.
+    pub others: Vec<u32>,
 }
 
 impl Underlay {
@@ -102,6 +105,7 @@ mod tests {
             ],
             default_v4: Some("eth0".into()),
             default_v6: None,
+            others: vec![1],
         };
         assert!(before.changes_since(&before.clone()).is_empty());
         let after = Underlay {
@@ -111,6 +115,7 @@ mod tests {
             ],
             default_v4: Some("wlan0".into()),
             default_v6: None,
+            others: vec![1],
         };
         assert_eq!(
             after.changes_since(&before),

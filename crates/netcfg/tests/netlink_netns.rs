@@ -6,10 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -20,75 +20,7 @@ use weft_netcfg::{
     TeardownScope, reconcile_once, teardown,
 };
 
-/// A network namespace owned by one test.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "weft-netcfg's netlink tests need root: they create network namespaces \
-             (run `cargo nextest run -p weft-netcfg` as root)"
-        );
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "wnc-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        run_ip(&["netns", "add", &name]);
-        Self { name }
-    }
-
-    /// Runs `ip -n <ns> args…`, panicking on failure; returns stdout.
-    fn ip(&self, args: &[&str]) -> String {
-        run_ip(&[&["-n", &self.name], args].concat())
-    }
-
-    /// An executor whose socket lives in this namespace: opened on a thread that
-    /// entered it, then usable from any thread.
-    fn executor(&self) -> NetlinkExecutor {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = File::open(&path).expect("open netns");
-            setns(ns, CloneFlags::CLONE_NEWNET).expect("setns");
-            NetlinkExecutor::new().expect("netlink socket")
-        })
-        .join()
-        .expect("executor thread")
-    }
-
-    /// Namespace with a TUN `weft0` as the data plane makes it (down, MTU 1500).
-    fn with_weft0() -> Self {
-        let ns = Self::new();
-        ns.ip(&["tuntap", "add", "mode", "tun", "name", "weft0"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run_ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("the `ip` command (iproute2) is needed");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::Netns;
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()

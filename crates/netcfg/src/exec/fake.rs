@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use crate::desired::{RouteSpec, WEFT_ROUTE_PROTOCOL, is_managed_address, is_weft_link};
 use crate::exec::{ExecError, Executor};
 use crate::firewall::{NftRule, ObservedFirewall};
+use crate::hostfw::{HostFirewall, ObservedHostFirewall};
 use crate::observed::{ObservedLink, ObservedState};
 use crate::plan::Action;
 
@@ -78,6 +79,10 @@ pub struct FakeKernel {
     observe_faults: u32,
     journal: Vec<Action>,
     nft: Option<BTreeSet<NftRule>>,
+    /// The table `inet weft_host`: the firewall applied and what it lists as.
+    host: Option<(HostFirewall, ObservedHostFirewall)>,
+    /// The wall clock it reports; `None`: the system's.
+    wall_ms: Option<u64>,
     ip_forward: bool,
     forward_set_by_weft: bool,
 }
@@ -217,6 +222,29 @@ impl FakeKernel {
         self.nft.take().is_some()
     }
 
+    /// The host firewall applied (table `inet weft_host`), if the table exists.
+    pub fn host_table(&self) -> Option<&HostFirewall> {
+        self.host.as_ref().map(|(fw, _)| fw)
+    }
+
+    /// `nft flush table inet weft_host` by hand (drift): the chains stay,
+    /// their rules and the sets' elements go.
+    pub fn flush_host_table(&mut self) -> bool {
+        let Some((_, listed)) = &mut self.host else {
+            return false;
+        };
+        listed.rules.clear();
+        listed.sets.values_mut().for_each(BTreeSet::clear);
+        true
+    }
+
+    /// Sets the wall clock this kernel reports (Unix milliseconds), for
+    /// expiry tests; without it the system clock.
+    pub fn set_wall_ms(&mut self, now_ms: u64) -> &mut Self {
+        self.wall_ms = Some(now_ms);
+        self
+    }
+
     /// `net.ipv4.ip_forward`.
     pub fn ip_forward(&self) -> bool {
         self.ip_forward
@@ -286,6 +314,15 @@ impl FakeKernel {
             }
             Action::SetNftTable { rules } => {
                 self.nft = Some(rules.clone());
+                return Ok(());
+            }
+            Action::DeleteHostTable => {
+                self.host = None;
+                return Ok(());
+            }
+            Action::SetHostTable { fw } => {
+                let listed = ObservedHostFirewall::expected(fw, self.wall_ms());
+                self.host = Some(((**fw).clone(), listed));
                 return Ok(());
             }
             Action::SetIpForward { on } => {
@@ -361,7 +398,11 @@ impl FakeKernel {
             Action::DeleteRoute { link: dev, route } => {
                 self.remove_route(dev, *route, WEFT_ROUTE_PROTOCOL);
             }
-            Action::DeleteNftTable | Action::SetNftTable { .. } | Action::SetIpForward { .. } => {}
+            Action::DeleteNftTable
+            | Action::SetNftTable { .. }
+            | Action::SetIpForward { .. }
+            | Action::DeleteHostTable
+            | Action::SetHostTable { .. } => {}
         }
         Ok(())
     }
@@ -413,6 +454,7 @@ impl Executor for FakeKernel {
             ip_forward: self.ip_forward,
             forward_set_by_weft: self.forward_set_by_weft,
         };
+        observed.host_firewall = self.host.as_ref().map(|(_, listed)| listed.clone());
         Ok(observed)
     }
 
@@ -423,5 +465,9 @@ impl Executor for FakeKernel {
         self.apply_inner(action)?;
         self.journal.push(action.clone());
         Ok(())
+    }
+
+    fn wall_ms(&self) -> u64 {
+        self.wall_ms.unwrap_or_else(super::system_wall_ms)
     }
 }

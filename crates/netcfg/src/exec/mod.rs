@@ -34,6 +34,24 @@ pub trait Executor {
 
     /// Applies one action.
     fn apply(&mut self, action: &Action) -> Result<(), ExecError>;
+
+    /// The wall clock, Unix milliseconds: host firewall rules expire at a
+    /// wall-clock time. The system clock unless an executor says otherwise
+    /// ([`FakeKernel::set_wall_ms`]).
+    fn wall_ms(&self) -> u64 {
+        system_wall_ms()
+    }
+}
+
+/// The system clock in Unix milliseconds.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "executors are the I/O shell: the wall clock is read here and handed to the planner"
+)]
+pub(crate) fn system_wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl<E: Executor + ?Sized> Executor for &mut E {
@@ -44,6 +62,10 @@ impl<E: Executor + ?Sized> Executor for &mut E {
     fn apply(&mut self, action: &Action) -> Result<(), ExecError> {
         (**self).apply(action)
     }
+
+    fn wall_ms(&self) -> u64 {
+        (**self).wall_ms()
+    }
 }
 
 impl<E: Executor + ?Sized> Executor for Box<E> {
@@ -53,6 +75,10 @@ impl<E: Executor + ?Sized> Executor for Box<E> {
 
     fn apply(&mut self, action: &Action) -> Result<(), ExecError> {
         (**self).apply(action)
+    }
+
+    fn wall_ms(&self) -> u64 {
+        (**self).wall_ms()
     }
 }
 

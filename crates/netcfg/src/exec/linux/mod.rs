@@ -2,7 +2,10 @@
 //! ([`NetlinkExecutor`]). The nftables table `weft` (`nft.rs`) and per-link DNS
 //! (`resolved.rs`, `resolv_conf.rs`) join here, each behind its own `Action` variants.
 
+mod hostfw;
 mod netlink;
 mod nft;
+
+pub use hostfw::update_named_sets;
 
 pub use netlink::NetlinkExecutor;

@@ -28,6 +28,8 @@ use crate::exec::{ExecError, Executor};
 use crate::observed::{ObservedLink, ObservedState};
 use crate::plan::Action;
 
+mod underlay;
+
 /// How often an observation is retried when the kernel flags a dump as interrupted
 /// (`NLM_F_DUMP_INTR`: the tables changed while being read). Each dump takes
 /// microseconds, so more than one retry in a row means something is churning.
@@ -53,6 +55,7 @@ pub struct NetlinkExecutor {
     socket: Socket,
     seq: u32,
     firewall: super::nft::Firewall,
+    host_firewall: super::hostfw::HostTable,
 }
 
 /// Objects collected by one observation, before filtering.
@@ -90,6 +93,7 @@ impl NetlinkExecutor {
             socket,
             seq: 0,
             firewall: super::nft::Firewall::default(),
+            host_firewall: super::hostfw::HostTable::default(),
         })
     }
 
@@ -256,6 +260,8 @@ impl NetlinkExecutor {
             Action::DeleteNftTable
             | Action::SetNftTable { .. }
             | Action::SetIpForward { .. }
+            | Action::DeleteHostTable
+            | Action::SetHostTable { .. }
             | Action::SetIpv6 { .. } => {
                 return Err(ExecError::Decode {
                     op: op.to_owned(),
@@ -336,6 +342,7 @@ impl Executor for NetlinkExecutor {
         for _ in 0..DUMP_ATTEMPTS {
             if let Some(mut observed) = self.observe_once()? {
                 observed.firewall = self.firewall.observe()?;
+                observed.host_firewall = self.host_firewall.observe()?;
                 return Ok(observed);
             }
             tracing::debug!("netlink dump interrupted by a concurrent change; observing again");
@@ -352,6 +359,8 @@ impl Executor for NetlinkExecutor {
             Action::SetNftTable { rules } => return self.firewall.set_table(&op, rules),
             Action::DeleteNftTable => return self.firewall.delete_table(&op),
             Action::SetIpForward { on } => return self.firewall.set_forward(&op, *on),
+            Action::SetHostTable { fw } => return self.host_firewall.set(&op, fw),
+            Action::DeleteHostTable => return self.host_firewall.delete(&op),
             Action::SetIpv6 { link, on } => {
                 let path = disable_ipv6_path(link);
                 return std::fs::write(&path, if *on { "0\n" } else { "1\n" }).map_err(|e| {

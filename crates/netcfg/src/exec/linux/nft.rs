@@ -184,12 +184,12 @@ impl Firewall {
         rules: &BTreeSet<NftRule>,
     ) -> Result<(), ExecError> {
         self.listed = None;
-        run_nft(op, &render_script(rules))
+        run_nft(op, &[], &render_script(rules))
     }
 
     pub(super) fn delete_table(&mut self, op: &str) -> Result<(), ExecError> {
         self.listed = None;
-        run_nft(op, &delete_script())
+        run_nft(op, &[], &delete_script())
     }
 
     pub(super) fn set_forward(&mut self, op: &str, on: bool) -> Result<(), ExecError> {
@@ -205,8 +205,11 @@ impl Firewall {
     }
 }
 
-fn run_nft(op: &str, script: &str) -> Result<(), ExecError> {
+/// Runs `nft [args] -f -` with `script` on its standard input (`args`:
+/// `["-j"]` for JSON); its error output becomes the error's message.
+pub(super) fn run_nft(op: &str, args: &[&str], script: &str) -> Result<(), ExecError> {
     let mut child = Command::new("nft")
+        .args(args)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

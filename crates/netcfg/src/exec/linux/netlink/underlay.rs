@@ -47,6 +47,7 @@ impl NetlinkExecutor {
             let flags = link.header.flags;
             let info = link_info(&link);
             if flags.contains(LinkFlags::Loopback) || is_weft_link(&info.name) {
+                underlay.others.push(link.header.index);
                 continue;
             }
             underlay.links.push(UnderlayLink {

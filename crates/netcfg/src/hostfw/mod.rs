@@ -24,13 +24,19 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+mod observe;
+mod render;
+
+pub use observe::{ObservedHostFirewall, parse_listing};
+pub use render::{delete_table, render, update_sets};
+
 /// Name of the host firewall's table (family `inet`).
 pub const HOST_TABLE: &str = "weft_host";
 /// Family of the host firewall's table.
 pub const HOST_FAMILY: &str = "inet";
 
 /// The host firewall as weft wants it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HostFirewall {
     /// Input hook policy drop (else accept).
     pub input_drop: bool,
@@ -89,7 +95,7 @@ pub enum L4 {
 }
 
 /// One rule of the host firewall.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HostFwRule {
     /// The chain.
     pub chain: Chain,
@@ -176,3 +182,6 @@ impl fmt::Display for HostFirewall {
         )
     }
 }
+
+#[cfg(test)]
+mod tests;
