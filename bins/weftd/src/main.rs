@@ -173,6 +173,16 @@ struct Args {
     #[arg(long, env = "WEFT_HOOKS_DIR", value_name = "DIR",
           default_value = weft_agent::DEFAULT_HOOKS_DIR)]
     hooks_dir: PathBuf,
+    /// After a host firewall change (the controller's `weft admin firewall`),
+    /// weftd checks that the controller still answers (`GET /healthz`, as
+    /// `--selfcheck-controlplane` does) for up to this many seconds; no
+    /// answer restores the previous ruleset, shows it in `weft status` and
+    /// reports a `firewall_rollback` event. Checked only when the controller
+    /// was reachable just before the change.
+    #[arg(long, env = "WEFT_FIREWALL_ROLLBACK_SECS", value_name = "SECS",
+          default_value_t = weft_agent::DEFAULT_ROLLBACK_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    firewall_rollback_secs: u64,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -344,6 +354,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             t.hooks_dir = args.hooks_dir;
             t
         },
+        firewall_rollback: std::time::Duration::from_secs(args.firewall_rollback_secs),
     };
     cfg.tasks.check()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

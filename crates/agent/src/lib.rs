@@ -48,6 +48,7 @@ mod failures;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hooks;
+mod hostfw;
 mod http1;
 mod integrity;
 #[doc(hidden)]
@@ -67,6 +68,7 @@ mod telemetry;
 pub use dataplane::DataplaneConfig;
 pub use dns::DnsMode;
 pub use hooks::DEFAULT_HOOKS_DIR;
+pub use hostfw::DEFAULT_ROLLBACK_SECS;
 pub use node_api::{Access as NodeApiAccess, NodeApiConfig, group_by_name, uid_of};
 pub use selfcheck::{Selfcheck, selfcheck_controlplane};
 pub use supervisor::{AgentConfig, run};

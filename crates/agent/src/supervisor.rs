@@ -28,6 +28,7 @@ use crate::tasks::Tasks;
 use crate::telemetry::Telemetry;
 
 mod actions;
+mod hostfw;
 mod status;
 
 /// In the state directory: present while IPv4 forwarding is on because weft
@@ -59,6 +60,9 @@ pub struct AgentConfig {
     pub node_api: Option<crate::NodeApiConfig>,
     /// `weftd --allow-exec`, `--allow-actions`, `--exec-user`.
     pub tasks: crate::TaskSettings,
+    /// `weftd --firewall-rollback-secs`: how long a host firewall change may
+    /// leave the controller silent before it is rolled back.
+    pub firewall_rollback: std::time::Duration,
 }
 
 struct Agent {
@@ -89,6 +93,8 @@ struct Agent {
     integrity: Integrity,
     /// The node API for workloads (metadata, data, secrets).
     node_api: NodeApi,
+    /// The host firewall (`inet weft_host`) and its rollback guard.
+    hostfw: crate::hostfw::HostFw,
 }
 
 /// Runs the agent until `shutdown` completes; then removes what it created.
@@ -213,6 +219,7 @@ async fn serve<F: Future<Output = ()>>(
         ),
         integrity,
         node_api,
+        hostfw: crate::hostfw::HostFw::new(cfg.firewall_rollback),
         state,
         identity,
         dp,
@@ -275,6 +282,7 @@ async fn serve<F: Future<Output = ()>>(
                 agent.apply_map(map).await;
             }
             Some(req) = actions_rx.recv() => agent.serve_action(req).await,
+            ev = agent.hostfw.next() => agent.hostfw_event(ev).await,
             () = sleep_until(deadline) => {
                 agent.reconcile().await;
             }
@@ -305,7 +313,7 @@ async fn serve<F: Future<Output = ()>>(
     }
 }
 
-async fn sleep_until(at: Option<std::time::Instant>) {
+pub(crate) async fn sleep_until(at: Option<std::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
@@ -546,8 +554,7 @@ impl Agent {
         self.dp
             .set_relay(map.relays.first().cloned(), &self.identity)
             .await;
-        self.system
-            .set_desired(system::desired_state(&derived), clock::now());
+        let firewall = self.hostfw_map(&map, &derived).await;
         tracing::info!(
             version = map.version,
             networks = derived.interfaces.len(),
@@ -561,6 +568,7 @@ impl Agent {
         });
         self.derived = Some(derived);
         self.reconcile().await;
+        self.hostfw_applied(firewall);
         // After the reconcile pass, so with systemd-resolved the overlay link
         // exists when it is pointed at the resolver.
         self.dns.apply(&map, dns_link).await;
@@ -661,6 +669,7 @@ impl Agent {
         self.dp.shutdown_relay();
         self.derived = None;
         self.slots = Slots::default();
+        self.hostfw_down();
         if let Some(report) = self.system.shutdown().await {
             for (a, e) in &report.failed {
                 tracing::warn!(action = %a, error = %e, "teardown action failed");

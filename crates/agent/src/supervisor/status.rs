@@ -132,7 +132,7 @@ impl Agent {
                 .collect(),
             forwarding: Some(self.telemetry.forwarding()),
             tasks: Some(self.tasks.status()),
-            host_firewall: None,
+            host_firewall: self.hostfw.status(now_unix_ms),
             failures: {
                 let mut f = [
                     self.failures.list(),

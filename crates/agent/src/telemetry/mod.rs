@@ -84,6 +84,12 @@ impl Telemetry {
         &self.metrics
     }
 
+    /// An event the agent raised outside the detector (a host firewall
+    /// rollback): in `weft events`, metrics and the upload to the controller.
+    pub(crate) fn raise(&self, event: weft_proto::events::AnomalyEvent) {
+        self.anomaly.raise(event);
+    }
+
     /// `weft events`.
     pub(crate) fn events(&self) -> LocalResponse {
         self.anomaly.local()
@@ -130,6 +136,7 @@ mod tests {
             metrics_listen: None,
             node_api: None,
             tasks: crate::TaskSettings::default(),
+            firewall_rollback: std::time::Duration::from_secs(10),
         };
         let node = weft_tunnel::Node::new(
             weft_proto::NodeKey::from_bytes([1; 32]),

@@ -41,6 +41,7 @@ struct Ctx {
 pub(crate) struct Anomaly {
     ctx: watch::Sender<Ctx>,
     log: Arc<Mutex<EventLog>>,
+    metrics: Arc<AgentMetrics>,
     task: JoinHandle<()>,
 }
 
@@ -56,10 +57,25 @@ impl Anomaly {
             rx,
             Recorder {
                 log: log.clone(),
-                metrics,
+                metrics: metrics.clone(),
             },
         ));
-        Self { ctx, log, task }
+        Self {
+            ctx,
+            log,
+            metrics,
+            task,
+        }
+    }
+
+    /// Keeps an event the agent raised outside the detector (a host firewall
+    /// rollback): logged, counted and uploaded like the detector's.
+    pub(crate) fn raise(&self, event: AnomalyEvent) {
+        Recorder {
+            log: self.log.clone(),
+            metrics: self.metrics.clone(),
+        }
+        .record(vec![event]);
     }
 
     /// A new map: this node's name and its networks' thresholds (field by

@@ -6,6 +6,7 @@
 
 mod events;
 mod explain;
+mod hostfw;
 mod metrics;
 mod node;
 mod ping;
@@ -156,6 +157,9 @@ pub fn render_status(st: &AgentStatus) -> String {
             "tasks     {} running; results: {} delivered, {} waiting, {} lost",
             t.running, t.delivered, t.waiting, t.lost
         );
+    }
+    if let Some(fw) = &st.host_firewall {
+        hostfw::render(&mut o, fw, now_ms);
     }
     for n in &st.networks {
         let _ = writeln!(

@@ -1,0 +1,151 @@
+//! The shell's self-check and rollback against a stand-in controller.
+
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+use std::time::Duration;
+
+use weft_proto::hostfw::{ChainPolicy, HostFirewallSpec};
+
+use super::*;
+use crate::stand_in;
+
+fn spec(version: u64) -> HostFirewallSpec {
+    HostFirewallSpec {
+        version,
+        input: ChainPolicy::Drop,
+        output: ChainPolicy::Accept,
+        forward: ChainPolicy::Accept,
+        management: Vec::new(),
+        management_ports: Vec::new(),
+        log_drops: true,
+        rules: Vec::new(),
+    }
+}
+
+/// Puts `version` in force with the controller up; the check's generation
+/// and deadline.
+fn apply(fw: &mut HostFw, version: u64) -> (u64, Instant) {
+    let now = clock::now();
+    fw.note_controller_up(now);
+    match fw
+        .set_spec(Some(spec(version)), Own::default(), now)
+        .unwrap()
+    {
+        Next::ApplyAndCheck {
+            generation,
+            deadline,
+        } => (generation, deadline),
+        other => panic!("expected a check, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_change_the_controller_survives_is_kept() {
+    let url = stand_in::controller(|head, _| {
+        assert!(head.starts_with("GET /healthz"), "{head}");
+        (
+            200,
+            r#"{"status":"ok","api_version":1,"map_version":3}"#.into(),
+        )
+    })
+    .await;
+    let mut fw = HostFw::new(Duration::from_secs(5));
+    let (generation, deadline) = apply(&mut fw, 1);
+    fw.start_check(&stand_in::joined(&url), generation, deadline);
+    assert!(fw.status(0).unwrap().checking);
+    let Event::Checked {
+        generation: g,
+        result,
+    } = fw.next().await
+    else {
+        panic!("expected the check's result");
+    };
+    assert_eq!((g, result), (generation, Ok(())));
+    fw.check_passed(g);
+    let st = fw.status(clock::unix_ms()).unwrap();
+    assert_eq!((st.version, st.checking, st.rollbacks), (Some(1), false, 0));
+    assert!(fw.desired().unwrap().input_drop);
+}
+
+#[tokio::test]
+async fn a_change_that_silences_the_controller_is_rolled_back_after_the_bound() {
+    // A controller that answers, but never 200: as good as cut off.
+    let url = stand_in::controller(|_, _| (503, "{}".into())).await;
+    let bound = Duration::from_millis(1200);
+    let mut fw = HostFw::new(bound);
+    let (g1, d1) = apply(&mut fw, 1);
+    fw.check_passed(g1);
+    let _ = d1;
+    let started = clock::now();
+    let (generation, deadline) = apply(&mut fw, 2);
+    fw.start_check(&stand_in::joined(&url), generation, deadline);
+    let Event::Checked {
+        generation: g,
+        result,
+    } = fw.next().await
+    else {
+        panic!("expected the check's result");
+    };
+    let took = started.elapsed();
+    assert!(
+        took >= bound && took < bound + Duration::from_secs(1),
+        "{took:?}"
+    );
+    let why = result.unwrap_err();
+    assert!(why.contains("503"), "{why}");
+    let rb = fw.check_failed(g, &why).unwrap();
+    assert_eq!((rb.version, rb.restored), (2, Some(1)));
+    let st = fw.status(clock::unix_ms()).unwrap();
+    assert_eq!(st.version, Some(1));
+    assert_eq!(st.wanted_version, Some(2));
+    assert_eq!(st.rollbacks, 1);
+    assert_eq!(fw.refused(), Some(2));
+    assert_eq!(fw.desired().map(|d| d.input_drop), Some(true));
+    // The same version again is not applied; a newer one is.
+    let now = clock::now();
+    assert_eq!(
+        fw.set_spec(Some(spec(2)), Own::default(), now).unwrap(),
+        Next::Nothing
+    );
+    assert!(matches!(
+        fw.set_spec(Some(spec(3)), Own::default(), now).unwrap(),
+        Next::ApplyAndCheck { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_controller_that_does_not_answer_at_all_times_out_each_attempt() {
+    // Accepts connections and never answers (as a dropped SYN looks to the
+    // caller: nothing comes back).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((c, _)) = listener.accept().await {
+            held.push(c);
+        }
+    });
+    let check = Selfcheck {
+        controller: url,
+        ..Selfcheck::default()
+    };
+    let started = clock::now();
+    let err = check_until(&check, started + Duration::from_millis(700))
+        .await
+        .unwrap_err();
+    assert!(err.contains("did not answer"), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
+}
+
+#[test]
+fn an_invalid_spec_is_refused_and_nothing_changes() {
+    let mut fw = HostFw::new(Duration::from_secs(1));
+    let mut bad = spec(1);
+    bad.management_ports = vec![0];
+    let err = fw
+        .set_spec(Some(bad), Own::default(), clock::now())
+        .unwrap_err();
+    assert!(err.contains("management port 0"), "{err}");
+    assert!(fw.desired().is_none());
+    assert!(fw.status(0).is_none());
+}

@@ -1,0 +1,206 @@
+//! The supervisor's side of the host firewall ([`crate::hostfw`]): the map's
+//! spec into the desired system state, the self-check started after an
+//! apply, and a rollback applied, shown (`weft status`, area `firewall`) and
+//! raised as a `firewall_rollback` event.
+
+use std::collections::BTreeMap;
+
+use weft_proto::events::{AnomalyEvent, AnomalyKind, Baseline};
+use weft_proto::local::RollbackStatus;
+use weft_proto::netmap::NetworkMap;
+
+use super::Agent;
+use crate::clock;
+use crate::hostfw::{self, Event, Next};
+use crate::netmap::Derived;
+use crate::system;
+
+impl Agent {
+    /// A map is being applied: the host firewall it asks for goes into the
+    /// desired state with the rest of `derived`. What to do once the pass ran
+    /// is returned (hand it to [`Agent::hostfw_applied`]).
+    pub(super) async fn hostfw_map(&mut self, map: &NetworkMap, derived: &Derived) -> Next {
+        let now = clock::now();
+        if !self.from_cache || self.link_state.borrow().connected {
+            self.hostfw.note_controller_up(now);
+        }
+        let own = hostfw::own_endpoints(self.credential.as_ref(), map, self.dp.port()).await;
+        let next = match self.hostfw.set_spec(map.host_firewall.clone(), own, now) {
+            Ok(next) => {
+                self.note_hostfw(None);
+                next
+            }
+            Err(why) => {
+                tracing::error!("host firewall not applied: {why}");
+                self.note_hostfw(Some(("spec", why)));
+                Next::Nothing
+            }
+        };
+        self.hostfw.refresh_domains(now);
+        let mut desired = system::desired_state(derived);
+        desired.host_firewall = self.hostfw.desired();
+        self.system.set_desired(desired, now);
+        next
+    }
+
+    /// After the pass that applied a map: the self-check, when the change is
+    /// on probation.
+    pub(super) fn hostfw_applied(&mut self, next: Next) {
+        if let (
+            Next::ApplyAndCheck {
+                generation,
+                deadline,
+            },
+            Some(cred),
+        ) = (next, self.credential.as_ref())
+        {
+            tracing::info!(
+                version = self.hostfw.in_force().map(|s| s.version),
+                "host firewall applied; checking that the controller still answers"
+            );
+            self.hostfw.start_check(cred, generation, deadline);
+        }
+    }
+
+    /// The host firewall's background work reported.
+    pub(super) async fn hostfw_event(&mut self, ev: Event) {
+        let now = clock::now();
+        match ev {
+            Event::Checked {
+                generation,
+                result: Ok(()),
+            } => {
+                tracing::info!("host firewall: the controller answers; change kept");
+                self.hostfw.check_passed(generation);
+            }
+            Event::Checked {
+                generation,
+                result: Err(why),
+            } => {
+                let Some(rb) = self.hostfw.check_failed(generation, &why) else {
+                    return;
+                };
+                tracing::error!(
+                    version = rb.version,
+                    restored = ?rb.restored,
+                    "host firewall cut this node off its controller ({why}); rolled back"
+                );
+                self.push_desired().await;
+                self.raise_rollback(&rb);
+                self.note_hostfw(None);
+            }
+            Event::Resolved { domain, result } => {
+                if let Err(e) = &result {
+                    tracing::warn!(%domain, error = %e, "host firewall: cannot resolve a domain a rule names");
+                }
+                if self.hostfw.resolved(&domain, result, now) {
+                    self.push_desired().await;
+                }
+            }
+            Event::RefreshDue => self.hostfw.refresh_domains(now),
+        }
+    }
+
+    /// The desired system state again (the host firewall changed without a
+    /// new map), applied at once.
+    async fn push_desired(&mut self) {
+        if self.down {
+            return;
+        }
+        let Some(derived) = self.derived.as_ref() else {
+            return;
+        };
+        let mut desired = system::desired_state(derived);
+        desired.host_firewall = self.hostfw.desired();
+        self.system.set_desired(desired, clock::now());
+        self.reconcile().await;
+    }
+
+    /// Shows a refused spec or a rolled-back version in status (area
+    /// `firewall`); `extra`: a further failure (what, why).
+    fn note_hostfw(&mut self, extra: Option<(&str, String)>) {
+        let mut failing: Vec<(String, String)> = Vec::new();
+        if let Some(v) = self.hostfw.refused() {
+            let why = self
+                .hostfw
+                .status(clock::unix_ms())
+                .and_then(|s| s.last_rollback)
+                .map(|r| r.reason)
+                .unwrap_or_default();
+            failing.push((
+                format!("version {v}"),
+                format!(
+                    "rolled back: the controller did not answer after it was applied ({why}); \
+                     not applied again until a newer version arrives"
+                ),
+            ));
+        }
+        if let Some((what, why)) = extra {
+            failing.push((what.to_owned(), why));
+        }
+        self.failures
+            .set_area("firewall", failing, clock::unix_ms());
+    }
+
+    /// The rollback as an event for `weft events` and the controller's log.
+    fn raise_rollback(&self, rb: &RollbackStatus) {
+        let restored = rb
+            .restored
+            .map_or_else(|| "no host firewall".to_owned(), |v| format!("version {v}"));
+        let secs = self.hostfw_rollback_secs();
+        let details: BTreeMap<String, String> = [
+            ("version".to_owned(), rb.version.to_string()),
+            ("restored".to_owned(), restored.clone()),
+            ("reason".to_owned(), truncate(&rb.reason, 200)),
+        ]
+        .into();
+        self.telemetry.raise(AnomalyEvent {
+            id: rb.at_ms.saturating_mul(1000).saturating_add(999),
+            at_ms: rb.at_ms,
+            kind: AnomalyKind::FirewallRollback,
+            peer: None,
+            peer_key: None,
+            target: self
+                .credential
+                .as_ref()
+                .map(|c| truncate(&c.controller, 200)),
+            observed: secs as f64,
+            unit: "s without the controller".to_owned(),
+            baseline: Baseline::Expected,
+            window_secs: u32::try_from(secs).unwrap_or(u32::MAX),
+            details,
+            summary: format!(
+                "host firewall version {} cut this node off its controller for {secs} s; \
+                 {restored} restored",
+                rb.version
+            ),
+        });
+    }
+
+    fn hostfw_rollback_secs(&self) -> u64 {
+        self.hostfw.rollback_after().as_secs()
+    }
+
+    /// `weft down` / SIGTERM: the table goes with the rest (the reconciler's
+    /// teardown); nothing is in force any more.
+    pub(super) fn hostfw_down(&mut self) {
+        self.hostfw.clear();
+    }
+}
+
+/// `s` without control characters, at most `max` bytes (event fields are
+/// bounded and refused with control characters).
+fn truncate(s: &str, max: usize) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
