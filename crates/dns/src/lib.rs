@@ -12,6 +12,8 @@
 //!
 //! - [`zone`]: pure: which overlay names exist and what they answer ([`Zone`]).
 //! - [`cache`]: pure: the forwarded-answer cache, driven by `now`.
+//! - [`blocklist`]: pure: the controller's blocklist (a listed domain blocks
+//!   its subdomains) and the NXDOMAIN or `0.0.0.0` answer blocked names get.
 //! - [`resolv_conf`]: pure: the resolv.conf parser and the file weft writes.
 //! - [`system`]: the system side ([`SystemDns`]): systemd-resolved per-link DNS,
 //!   or a managed `/etc/resolv.conf` with backup, drift repair, crash recovery and
@@ -56,6 +58,7 @@
 // Hash iteration order must not reach answers or logs (see clippy.toml).
 #![warn(clippy::iter_over_hash_type)]
 
+pub mod blocklist;
 pub mod cache;
 mod clock;
 mod error;
@@ -75,6 +78,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
+pub use blocklist::{Blocklist, BlocklistError};
 pub use error::DnsError;
 pub use stats::{DnsStats, DnsStatsSnapshot, UPSTREAM_BOUNDS};
 pub use system::{
