@@ -133,9 +133,11 @@ pub struct HostRule {
 /// A node's host firewall as the controller compiled it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFirewallSpec {
-    /// The controller's firewall version this spec was compiled from (the
-    /// declared file's version; dynamic rules bump it too). The agent names it in
-    /// `weft status` and in a rollback report.
+    /// The controller's map version at which this node's spec last changed
+    /// (the declared file, or a dynamic rule added, revoked or expired): a
+    /// changed spec always comes with a higher version, an unchanged one keeps
+    /// its version. The agent names it in `weft status` and in a rollback
+    /// report.
     pub version: u64,
     /// The input hook's default.
     pub input: ChainPolicy,
@@ -285,6 +287,127 @@ impl fmt::Display for HostAddr {
             HostAddr::Cidr(net) => write!(f, "{net}"),
             HostAddr::Domain(d) => write!(f, "domain:{d}"),
         }
+    }
+}
+
+/// `GET /v1/admin/firewall`: the declared firewall file in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallDoc {
+    /// Version: 0 while none was ever set (no node has a host firewall), then
+    /// +1 per change.
+    pub version: u64,
+    /// The file's text (weft-policy's host firewall TOML).
+    pub text: String,
+    /// Who set this version (`admin`, or `system` for version 0).
+    pub author: String,
+    /// When, Unix milliseconds (0 for version 0).
+    pub at_ms: u64,
+    /// The nodes the file gives a host firewall, by name.
+    #[serde(default)]
+    pub nodes: Vec<FirewallNode>,
+}
+
+/// One node with a host firewall.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallNode {
+    /// The node's name.
+    pub node: String,
+    /// The line of the `[[firewall]]` profile that selects it.
+    pub profile_line: u32,
+    /// Its rules, declared and dynamic.
+    pub rules: usize,
+    /// Its spec's version (the map version at which it last changed).
+    pub version: u64,
+}
+
+/// `PUT /v1/admin/firewall` and `POST /v1/admin/firewall/check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetFirewallRequest {
+    /// The new file. Refused (400 `firewall_invalid`, every mistake with its
+    /// line and column) when it does not parse.
+    pub text: String,
+    /// Only store if the current version is this one (optimistic locking).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_version: Option<u64>,
+}
+
+/// `POST /v1/admin/firewall/rules`: open something on one node, on top of
+/// the declared file (`weft admin firewall allow`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllowRuleRequest {
+    /// The node (name or key). Refused (409 `no_host_firewall`) when no
+    /// profile of the file selects it.
+    pub node: String,
+    /// Which hook (default in).
+    #[serde(default = "default_direction")]
+    pub direction: Direction,
+    /// The protocol (default any).
+    #[serde(default = "default_proto")]
+    pub proto: Proto,
+    /// Ports, `"80,443,8000-8080"` (tcp/udp only; empty: every port).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ports: String,
+    /// Sources (in) or destinations (out, forward): CIDRs, addresses or
+    /// `domain:NAME`; empty: anyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
+    /// Why (printable ASCII, at most [`MAX_COMMENT_LEN`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+    /// Remove the rule this many seconds from now (the agent closes it by
+    /// itself at that time, controller or not); absent: until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+fn default_direction() -> Direction {
+    Direction::In
+}
+
+fn default_proto() -> Proto {
+    Proto::Any
+}
+
+/// A dynamic rule as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallRuleInfo {
+    /// Its id, `dyn:<n>` (what `revoke` takes, also with the `dyn:` left out).
+    pub id: String,
+    /// The node's name.
+    pub node: String,
+    /// The rule as the node's map carries it.
+    pub rule: HostRule,
+    /// Who added it (an actor label).
+    pub created_by: String,
+    /// When, Unix milliseconds.
+    pub created_at_ms: u64,
+}
+
+/// `GET /v1/admin/firewall/rules`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallRuleList {
+    /// The dynamic rules, by id.
+    pub rules: Vec<FirewallRuleInfo>,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+            Direction::Forward => "forward",
+        })
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Any => "any",
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+        })
     }
 }
 

@@ -650,4 +650,4 @@ fn secret_not_found(req: &proto::UnsetSecretRequest) -> ApiError {
 
 #[cfg(test)]
 #[path = "data_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -20,7 +20,7 @@ use crate::store::{Store, Write};
 
 /// Networks `a` and `b`; n1 (tags web, db) and n2 (web) in `a`, n3 (no tag)
 /// in `a` and `b`, n4 in `b`.
-fn world(writes: &mut Vec<Write>) -> World {
+pub(crate) fn world(writes: &mut Vec<Write>) -> World {
     let mut w = World::default();
     let mut b = Batch::default();
     for (name, cidr) in [("a", "10.0.0.0/24"), ("b", "10.0.1.0/24")] {
@@ -67,7 +67,7 @@ fn world(writes: &mut Vec<Write>) -> World {
     w
 }
 
-fn id(w: &World, name: &str) -> NodeId {
+pub(crate) fn id(w: &World, name: &str) -> NodeId {
     w.find_node(name).unwrap().rec.id
 }
 

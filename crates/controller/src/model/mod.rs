@@ -53,6 +53,7 @@ mod data;
 mod dns_blocklist;
 mod events;
 mod facts;
+mod hostfw;
 mod integrity;
 mod networks;
 mod nodes;
@@ -68,6 +69,7 @@ pub mod usage;
 pub use data::{DataChanged, SetData, SetSecret, UnsetData, UnsetSecret};
 pub use dns_blocklist::{Blocklist, ClearDnsBlocklist, SetDnsBlocklist};
 pub use events::{RecordEvents, SetNetworkAnomaly};
+pub use hostfw::{AllowRule, RevokeRule, SetFirewall, SweepFirewall};
 pub use integrity::{
     ApproveHook, CONTROLLER_EVENT_BASE, ExpectWeftd, ReportIntegrity, RevokeHook, judge,
 };
@@ -150,6 +152,10 @@ pub struct Touched {
     /// The DNS blocklist changed: every enabled node receives its reference
     /// (`MapChange::DnsBlocklist`).
     pub dns_blocklist: bool,
+    /// Nodes whose host firewall may have changed (marked by operations);
+    /// when the batch closes, exactly those whose spec changed, each receiving
+    /// it (`MapChange::HostFirewall`).
+    pub hostfw: BTreeSet<NodeId>,
 }
 
 impl Touched {
@@ -164,6 +170,7 @@ impl Touched {
             && self.policy_nodes.is_empty()
             && self.data.is_empty()
             && !self.dns_blocklist
+            && self.hostfw.is_empty()
     }
 }
 
@@ -262,6 +269,8 @@ pub struct World {
     integrity: integrity::Integrity,
     /// The DNS blocklist in force.
     dns_blocklist: Option<Blocklist>,
+    /// The host firewall file, dynamic rules and every node's compiled spec.
+    hostfw: hostfw::HostFw,
     next_audit_id: u64,
 }
 
@@ -291,6 +300,7 @@ impl World {
             tasks: tasks::Tasks::load(snap.tasks),
             data: data::Data::load(snap.data),
             dns_blocklist: snap.dns_blocklist.map(Blocklist::new),
+            hostfw: hostfw::HostFw::load(snap.hostfw),
             ..World::default()
         };
         for m in snap.memberships {
@@ -322,6 +332,7 @@ impl World {
                 .map(|n| (n.rec.node_key, w.node_facts(n)))
                 .collect::<Vec<_>>(),
         );
+        w.compile_all_host_firewalls();
         w
     }
 }
@@ -381,6 +392,7 @@ impl World {
             self.resync_for_policy_changes(&outcome.policy_changed, &mut outcome.touched);
         }
         // Else visibility did not change in this batch: no transition.
+        self.refresh_host_firewalls(&mut outcome.touched);
         Some(outcome)
     }
 }

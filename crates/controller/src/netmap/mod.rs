@@ -139,7 +139,7 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         policy: world.node_policy(node).map(map_policy),
         data,
         secrets,
-        host_firewall: None,
+        host_firewall: world.node_host_firewall(node).cloned(),
         dns_blocklist: world.dns_blocklist_ref(),
     })
 }
@@ -268,6 +268,7 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
         .iter()
         .chain(outcome.policy_changed.iter())
         .chain(touched.data.iter())
+        .chain(touched.hostfw.iter())
         .filter(|id| enabled(id))
     {
         per_recipient.entry(*id).or_default();
@@ -302,6 +303,7 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
         let is_subject = touched.self_changed.contains(&id)
             || outcome.policy_changed.contains(&id)
             || touched.data.contains(&id)
+            || touched.hostfw.contains(&id)
             || nets.iter().any(|n| touched.entries.contains(&(*n, mine)));
         if !is_subject {
             if !changes.is_empty() {
@@ -321,6 +323,11 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
         if touched.data.contains(&id) {
             let (data, secrets) = world.node_data(id);
             changes.push(MapChange::Data { data, secrets });
+        }
+        if touched.hostfw.contains(&id) {
+            changes.push(MapChange::HostFirewall {
+                spec: world.node_host_firewall(id).cloned(),
+            });
         }
         if outcome.policy_changed.contains(&id) {
             let sent: BTreeSet<(NetId, NodeKey)> = keys.iter().copied().collect();

@@ -14,6 +14,7 @@
 
 pub mod data;
 pub mod dns_blocklist;
+pub mod hostfw;
 pub mod integrity;
 pub mod sqlite;
 pub mod tasks;
@@ -346,6 +347,8 @@ pub struct StoreSnapshot {
     pub integrity: integrity::IntegritySnapshot,
     /// The DNS blocklist, if one is set.
     pub dns_blocklist: Option<dns_blocklist::DnsBlocklistRecord>,
+    /// The host firewall file in force and the dynamic rules.
+    pub hostfw: hostfw::HostFwRows,
 }
 
 /// One row-level change. A batch of them is applied atomically.
@@ -401,6 +404,8 @@ pub enum Write {
     Data(data::DataWrite),
     /// Replace the DNS blocklist (`None`: delete it).
     DnsBlocklist(Option<dns_blocklist::DnsBlocklistRecord>),
+    /// A host firewall file version or dynamic rule row.
+    HostFw(hostfw::HostFwWrite),
     /// Insert a task, or record its cancellation.
     PutTask(tasks::TaskRecord),
     /// Insert or replace a task's run.

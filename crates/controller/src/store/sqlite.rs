@@ -28,6 +28,8 @@ mod data;
 
 mod dns_blocklist;
 
+mod hostfw;
+
 mod events;
 
 mod integrity;
@@ -434,6 +436,7 @@ impl Store for SqliteStore {
         snap.tasks = tasks::load(c)?;
         snap.data = data::load(c)?;
         snap.dns_blocklist = dns_blocklist::load(c)?;
+        snap.hostfw = hostfw::load(c)?;
         snap.integrity = integrity::load(c)?;
         Ok(snap)
     }
@@ -626,6 +629,7 @@ impl Store for SqliteStore {
                 Write::DeleteTask(id) => tasks::delete_task(&tx, id)?,
                 Write::Data(w) => data::apply(&tx, w)?,
                 Write::DnsBlocklist(r) => dns_blocklist::put(&tx, r.as_ref())?,
+                Write::HostFw(w) => hostfw::apply(&tx, w)?,
                 Write::UsageCounter(r) => usage::put_counter(&tx, r)?,
                 Write::UsageAdd(r) => usage::add_bucket(&tx, r)?,
                 Write::UsagePrune(before) => usage::prune(&tx, *before)?,

@@ -50,6 +50,11 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../../migrations/0010_data.sql"),
     ),
     (
+        11,
+        "hostfw",
+        include_str!("../../../migrations/0011_hostfw.sql"),
+    ),
+    (
         12,
         "dns_blocklist",
         include_str!("../../../migrations/0012_dns_blocklist.sql"),
