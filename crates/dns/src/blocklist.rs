@@ -12,6 +12,7 @@
 //! bytes a name); a lookup is one binary search per label of the name.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
@@ -144,6 +145,36 @@ impl Blocklist {
         }
     }
 }
+
+/// Where the resolver finds the blocklist in force: a shared handle the agent
+/// keeps across restarts of the service (like [`crate::DnsStats`]) and
+/// replaces when a new list arrives; the next query sees it. Clones share the
+/// slot; two handles are equal when they are the same slot.
+#[derive(Debug, Clone, Default)]
+pub struct BlocklistSlot(Arc<RwLock<Arc<Blocklist>>>);
+
+impl BlocklistSlot {
+    /// Puts `list` in force ([`Blocklist::default`]: none).
+    pub fn set(&self, list: Arc<Blocklist>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = list;
+    }
+
+    /// The list in force.
+    pub fn get(&self) -> Arc<Blocklist> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl PartialEq for BlocklistSlot {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for BlocklistSlot {}
 
 /// The answer to a blocked `question` in `mode`, built on `response` (the
 /// client's response skeleton: id, flags, question, EDNS): NXDOMAIN, or for
