@@ -15,6 +15,7 @@ use weft_proto::netmap::{MapEvent, NetworkMap, StreamEvent};
 use weft_proto::task::TaskNotice;
 use weft_relay_client::{OutageLog, OutageNote};
 
+use crate::linkmon::{self, Seen};
 use crate::netmap::host_candidates;
 use crate::state::Credential;
 use crate::telemetry::facts::{self, FactsTracker};
@@ -54,9 +55,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A session that lived this long was a working connection: the next failure
 /// starts the backoff afresh.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
-/// While waiting to reconnect, the host's addresses are checked this often; a
-/// change (a new network) ends the wait at once.
-const NETWORK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Liveness report interval; endpoints are re-gathered this often too.
 const REPORT_EVERY: Duration = Duration::from_secs(30);
 /// A stream silent for this long (no event, no keepalive) is considered dead; the
@@ -157,7 +155,7 @@ impl Link {
         have_version: Option<u64>,
         maps: mpsc::Sender<NetworkMap>,
         tasks: mpsc::Sender<TaskNotice>,
-        reflexive: watch::Receiver<Vec<SocketAddr>>,
+        (reflexive, underlay): (watch::Receiver<Vec<SocketAddr>>, watch::Receiver<Seen>),
     ) -> (Self, watch::Receiver<LinkState>) {
         let (state_tx, state_rx) = watch::channel(LinkState::default());
         let task = tokio::spawn(link_task(
@@ -167,7 +165,7 @@ impl Link {
             have_version,
             (maps, tasks),
             state_tx,
-            reflexive,
+            (reflexive, underlay),
         ));
         (Self { task }, state_rx)
     }
@@ -185,7 +183,7 @@ async fn link_task(
     mut version: Option<u64>,
     (maps, tasks): (mpsc::Sender<NetworkMap>, mpsc::Sender<TaskNotice>),
     state: watch::Sender<LinkState>,
-    mut reflexive: watch::Receiver<Vec<SocketAddr>>,
+    (mut reflexive, mut underlay): (watch::Receiver<Vec<SocketAddr>>, watch::Receiver<Seen>),
 ) {
     let trust = TrustSettings {
         ca_file: cred.ca_file.clone(),
@@ -213,6 +211,7 @@ async fn link_task(
             &mut version,
             &mut map,
             &mut reflexive,
+            &mut underlay,
             &mut outage,
             &mut facts,
         )
@@ -250,34 +249,19 @@ async fn link_task(
             ),
             _ => tracing::debug!(error = %msg, retry_in_ms, "controller link down"),
         }
-        wait_or_network_change(wait).await;
+        wait_or_network_change(wait, &mut underlay).await;
     }
 }
 
-/// Sleeps `wait`, or less when the host's addresses change (a new network:
-/// the controller may be reachable now).
-async fn wait_or_network_change(wait: Duration) {
-    let deadline = tokio::time::Instant::now() + wait;
-    let before = host_addresses();
-    loop {
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return;
-        }
-        tokio::time::sleep((deadline - now).min(NETWORK_CHECK_EVERY)).await;
-        if host_addresses() != before {
-            tracing::info!("the host's addresses changed; reconnecting to the controller now");
-            return;
+/// Sleeps `wait`, or less when link monitoring sees the underlay change (a
+/// new network: the controller may be reachable now).
+async fn wait_or_network_change(wait: Duration, underlay: &mut watch::Receiver<Seen>) {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        Ok(()) = underlay.changed() => {
+            tracing::info!("the underlay changed; reconnecting to the controller now");
         }
     }
-}
-
-fn host_addresses() -> Vec<std::net::IpAddr> {
-    let mut v: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
-        .map(|v| v.into_iter().map(|i| i.ip()).collect())
-        .unwrap_or_default();
-    v.sort_unstable();
-    v
 }
 
 /// The reconnect schedule (pure: the caller says how long the session lived;
@@ -335,12 +319,17 @@ async fn session(
     version: &mut Option<u64>,
     map: &mut Option<NetworkMap>,
     reflexive: &mut watch::Receiver<Vec<SocketAddr>>,
+    underlay: &mut watch::Receiver<Seen>,
     outage: &mut OutageLog,
     facts: &mut FactsTracker,
 ) -> anyhow::Result<()> {
     let (cred, trust, port, maps, state) = (ctx.cred, ctx.trust, ctx.port, ctx.maps, ctx.state);
     let c = client(&cred.controller, trust, Some(&cred.credential))?;
-    let mut endpoints = gather(port, &reflexive.borrow_and_update());
+    let mut endpoints = gather(
+        port,
+        &reflexive.borrow_and_update(),
+        &underlay.borrow_and_update(),
+    );
     facts.new_session();
     report_with_facts(&c, state, facts, Some(endpoints.clone()))
         .await
@@ -410,8 +399,22 @@ async fn session(
                     }
                 }
             }
+            Ok(()) = underlay.changed() => {
+                let now = gather(port, &reflexive.borrow(), &underlay.borrow_and_update());
+                if now != endpoints {
+                    tracing::info!(?now, "reporting new endpoints (the underlay changed)");
+                    endpoints = now.clone();
+                    report_timed(&c, state, &ReportRequest {
+                        api_version: Some(weft_proto::api::API_VERSION),
+                        endpoints: Some(now),
+                        facts: None,
+                    })
+                    .await
+                    .context("reporting endpoints")?;
+                }
+            }
             Ok(()) = reflexive.changed() => {
-                let now = gather(port, &reflexive.borrow_and_update());
+                let now = gather(port, &reflexive.borrow_and_update(), &underlay.borrow());
                 if now != endpoints {
                     tracing::info!(?now, "reporting new endpoints (reflexive address changed)");
                     endpoints = now.clone();
@@ -425,7 +428,7 @@ async fn session(
                 }
             }
             _ = report.tick() => {
-                let now = gather(port, &reflexive.borrow());
+                let now = gather(port, &reflexive.borrow(), &underlay.borrow());
                 let changed = now != endpoints;
                 if changed {
                     tracing::info!(?now, "host addresses changed; reporting new endpoints");
@@ -544,19 +547,23 @@ fn refusal_change<'a>(before: Option<&str>, now: Option<&'a str>) -> Option<Refu
     }
 }
 
-/// Host candidates (every interface address with our port) plus the reflexive
-/// addresses STUN reported.
-fn gather(port: u16, reflexive: &[SocketAddr]) -> Vec<SocketAddr> {
-    let addrs: Vec<(String, std::net::IpAddr)> = if_addrs::get_if_addrs()
-        .map(|v| {
-            v.into_iter()
-                .map(|i| {
-                    let ip = i.ip();
-                    (i.name, ip)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+/// Host candidates (every address of an underlay interface that is up, as
+/// link monitoring last saw it; without it, every interface address) with our
+/// port, plus the reflexive addresses STUN reported.
+fn gather(port: u16, reflexive: &[SocketAddr], underlay: &Seen) -> Vec<SocketAddr> {
+    let addrs: Vec<(String, std::net::IpAddr)> = match &underlay.underlay {
+        Some(u) => linkmon::up_addresses(u),
+        None => if_addrs::get_if_addrs()
+            .map(|v| {
+                v.into_iter()
+                    .map(|i| {
+                        let ip = i.ip();
+                        (i.name, ip)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
     let mut all = host_candidates(&addrs, port);
     for r in reflexive {
         if !all.contains(r) {

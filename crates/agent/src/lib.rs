@@ -30,6 +30,10 @@
 //!   passes before it runs (approved sha256 of the bytes that run);
 //!   `integrity`: the report of weftd's and the hooks' hashes to the
 //!   controller (at start, every 10 minutes, after a hook refusal).
+//! - `linkmon`: link monitoring: a netlink subscription to link, address and
+//!   route changes (no polling); an underlay change re-runs STUN, re-probes
+//!   every path, lets peers roam to the new source address and re-reports
+//!   endpoints at once; `weft status` shows the underlay.
 //! - `outbox`: the agent's one on-disk queue for what it reports while the
 //!   controller is away (metrics samples, anomaly events, task results).
 //!
@@ -51,6 +55,7 @@ mod hooks;
 mod hostfw;
 mod http1;
 mod integrity;
+mod linkmon;
 #[doc(hidden)]
 pub mod logring;
 pub mod netmap;

@@ -20,6 +20,7 @@ use crate::dataplane::{Dataplane, DataplaneConfig};
 use crate::dns::{self, Dns, DnsMode};
 use crate::failures::Failures;
 use crate::integrity::Integrity;
+use crate::linkmon::LinkMon;
 use crate::netmap::{self, Derived, Slots};
 use crate::node_api::NodeApi;
 use crate::state::{Credential, StateDir};
@@ -95,6 +96,8 @@ struct Agent {
     node_api: NodeApi,
     /// The host firewall (`inet weft_host`) and its rollback guard.
     hostfw: crate::hostfw::HostFw,
+    /// Link monitoring (the underlay's changes, shown in status).
+    linkmon: LinkMon,
 }
 
 /// Runs the agent until `shutdown` completes; then removes what it created.
@@ -186,6 +189,7 @@ async fn serve<F: Future<Output = ()>>(
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
     let node = actions::new_node(&identity, seed);
     let dp = Dataplane::start(node, cfg.port, cfg.dataplane).await?;
+    let linkmon = LinkMon::start(dp.probe());
 
     let mut failures = Failures::default();
     let (system, netlink_error) = System::open(
@@ -220,6 +224,7 @@ async fn serve<F: Future<Output = ()>>(
         integrity,
         node_api,
         hostfw: crate::hostfw::HostFw::new(cfg.firewall_rollback),
+        linkmon,
         state,
         identity,
         dp,
@@ -513,7 +518,7 @@ impl Agent {
             self.map.as_ref().map(|m| m.version),
             self.maps_tx.clone(),
             self.tasks.notices(),
-            self.dp.reflexive(),
+            (self.dp.reflexive(), self.linkmon.subscribe()),
         );
         self.telemetry.set_link(Some((&cred, &state)));
         self.tasks.set_link(Some(&cred));

@@ -191,6 +191,49 @@ pub struct AgentStatus {
     /// The host firewall (`None`: the map asks for none and none was rolled back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_firewall: Option<HostFirewallStatus>,
+    /// The host's own network, as link monitoring sees it (`None`: an agent
+    /// without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay: Option<UnderlayStatus>,
+}
+
+/// The host's underlay interfaces (neither loopback nor weft's own) and which
+/// carries the default route, from link monitoring.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderlayStatus {
+    /// By interface index.
+    #[serde(default)]
+    pub interfaces: Vec<UnderlayInterfaceStatus>,
+    /// The interface of the IPv4 default route (`None`: no default route).
+    #[serde(default)]
+    pub default_route_v4: Option<String>,
+    /// The interface of the IPv6 default route.
+    #[serde(default)]
+    pub default_route_v6: Option<String>,
+    /// Underlay changes seen since weftd started (each one re-checks paths
+    /// and endpoints at once).
+    #[serde(default)]
+    pub changes: u64,
+    /// When the last change was seen.
+    #[serde(default)]
+    pub last_change_ms: Option<u64>,
+    /// What it was, in words (`eth0 down`, `IPv4 default route via eth1`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_change: Vec<String>,
+    /// Why link monitoring is not working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One underlay interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderlayInterfaceStatus {
+    pub name: String,
+    /// Administratively up with carrier.
+    pub up: bool,
+    /// Its addresses with prefix length.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// The host firewall (`inet weft_host`) as the agent holds it.

@@ -38,6 +38,9 @@ pub(crate) enum Command<T> {
     RelayAvailable(bool),
     /// Where the node's STUN discovery asks (empty: nowhere).
     StunServers(Vec<SocketAddr>),
+    /// The host's underlay changed (link monitoring): STUN again, re-probe
+    /// every path, let peers roam to the new source address.
+    UnderlayChanged,
     /// Per-peer status, the global drop counters and the I/O figures.
     Status(oneshot::Sender<DataplaneStatus>),
     /// The policy verdict a packet would get now, explained.

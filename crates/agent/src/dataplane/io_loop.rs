@@ -289,6 +289,7 @@ impl<T: TunDevice, U: UdpIo> IoLoop<T, U> {
                 self.told.stun.clone_from(&servers);
                 node.set_stun_servers(now, servers);
             }
+            Command::UnderlayChanged => node.underlay_changed(now),
             Command::Status(reply) => {
                 let batches = Batches {
                     tun_read: self.tun.read_sizes.clone(),

@@ -139,6 +139,12 @@ impl Probe {
 }
 
 impl Probe {
+    /// Tells the node that the host's underlay changed (it acts at once; see
+    /// [`weft_tunnel::Node::underlay_changed`]).
+    pub(crate) fn underlay_changed(&self) -> Result<(), commands::NotSent> {
+        self.0.send(Command::UnderlayChanged)
+    }
+
     /// Usage per peer and service port since the node started (`None`: the
     /// I/O thread is gone).
     pub(crate) async fn usage(&self) -> Option<weft_tunnel::NodeUsage> {

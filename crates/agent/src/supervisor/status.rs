@@ -133,6 +133,7 @@ impl Agent {
             forwarding: Some(self.telemetry.forwarding()),
             tasks: Some(self.tasks.status()),
             host_firewall: self.hostfw.status(now_unix_ms),
+            underlay: Some(self.linkmon.status()),
             failures: {
                 let mut f = [
                     self.failures.list(),

@@ -10,6 +10,7 @@ mod hostfw;
 mod metrics;
 mod node;
 mod ping;
+mod underlay;
 #[cfg(test)]
 mod tests;
 mod up;
@@ -160,6 +161,9 @@ pub fn render_status(st: &AgentStatus) -> String {
     }
     if let Some(fw) = &st.host_firewall {
         hostfw::render(&mut o, fw, now_ms);
+    }
+    if let Some(u) = &st.underlay {
+        underlay::render(&mut o, u, now_ms);
     }
     for n in &st.networks {
         let _ = writeln!(

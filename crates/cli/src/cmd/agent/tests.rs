@@ -43,6 +43,7 @@ fn status() -> AgentStatus {
         forwarding: None,
         tasks: None,
         host_firewall: None,
+        underlay: None,
     }
 }
 
@@ -179,6 +180,45 @@ fn status_shows_metrics_forwarding_and_its_outbox() {
     );
     assert!(
         out.contains("forwarding error: connection refused"),
+        "{out}"
+    );
+}
+
+#[test]
+fn status_shows_the_underlay_and_the_default_route() {
+    use weft_proto::local::{UnderlayInterfaceStatus, UnderlayStatus};
+    let mut st = status();
+    st.underlay = Some(UnderlayStatus {
+        interfaces: vec![
+            UnderlayInterfaceStatus {
+                name: "eth0".into(),
+                up: false,
+                addresses: vec!["192.0.2.10/24".into()],
+            },
+            UnderlayInterfaceStatus {
+                name: "eth1".into(),
+                up: true,
+                addresses: vec!["198.51.100.10/24".into()],
+            },
+        ],
+        default_route_v4: Some("eth1".into()),
+        default_route_v6: None,
+        changes: 1,
+        last_change_ms: Some(unix_ms()),
+        last_change: vec!["eth0 down".into(), "IPv4 default route via eth1".into()],
+        error: None,
+    });
+    let out = render_status(&st);
+    assert!(
+        out.contains("underlay  default route via eth1; 1 change, last 0s ago: eth0 down, IPv4 default route via eth1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  eth0           down  192.0.2.10/24\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  eth1           up    198.51.100.10/24  (default route)"),
         "{out}"
     );
 }
