@@ -297,6 +297,7 @@ pub async fn run(
         tokio::spawn(serve_metrics(l, router, state.shutdown.clone()))
     });
     let sweep_task = tokio::spawn(api::task_sweep(engine.clone(), state.shutdown.clone()));
+    let firewall_sweep = tokio::spawn(api::firewall_sweep(engine.clone(), state.shutdown.clone()));
     let router = api::router(state);
     let acceptor = config.tls.clone().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
@@ -364,6 +365,7 @@ pub async fn run(
         let _ = t.await;
     }
     let _ = sweep_task.await;
+    let _ = firewall_sweep.await;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(config.shutdown_grace) => warn!("requests still open after the grace period; closing them"),

@@ -40,6 +40,10 @@
 //! | GET/PUT/DELETE | `/v1/admin/data` | admin | node data per node, tag or network (`?node=|tag=|network=`, `&resolved=true`); set `{scope, key, value}` / unset `{scope, key}`; carried in maps |
 //! | GET/PUT/DELETE | `/v1/admin/secrets` | admin | sealed secrets per node (`?node=`; never values); set `{node, key, sealed}` / unset `{node, key}`; carried in maps |
 //! | GET/PUT/DELETE | `/v1/admin/dns/blocklist` | admin | the DNS blocklist: show (`?domains=true`) / set `{text, mode}` (hosts or domain-list format; 400 with lines) / clear; its reference is carried in maps |
+//! | GET/PUT | `/v1/admin/firewall` | admin | the host firewall file, its version and the nodes it selects / replace it `{text, expect_version?}` (400 with lines); each node's compiled spec is carried in its map |
+//! | POST | `/v1/admin/firewall/check` | admin | validate `{text}` without storing it: the nodes it would select |
+//! | GET/POST | `/v1/admin/firewall/rules` | admin | dynamic host firewall rules (`?node=`) / add one `{node, direction, proto, ports, peers, comment, ttl_secs?}` |
+//! | DELETE | `/v1/admin/firewall/rules/{id}` | admin | revoke a dynamic rule (`dyn:N` or `N`) |
 //! | GET | `/v1/node/dns/blocklist` | node | the blocklist itself `{version, mode, domains}` (404 when none) |
 //! | POST/GET | `/v1/admin/tasks` | admin | create a task for `{target: {node\|tag\|network}, kind, timeout_secs?, output_cap_bytes?, deadline_secs?}` (limits checked here) / list tasks (`?node=&state=&limit=`) |
 //! | GET | `/v1/admin/tasks/{id}` | admin | a task with every run's result (`?results=false`: where each run stands, for polling) |
@@ -58,6 +62,7 @@ mod data;
 mod dns;
 mod events;
 mod health;
+mod hostfw;
 mod integrity;
 mod limit;
 mod map;
@@ -97,6 +102,7 @@ use crate::secret::{
     ADMIN_PREFIX, JOIN_PREFIX, MAX_SECRET_LEN, NODE_PREFIX, RELAY_PREFIX, SecretHash,
 };
 
+pub use hostfw::sweep as firewall_sweep;
 pub use limit::{Limiter, Peer, RateLimit};
 pub use metrics::scrape_router;
 pub use register::Challenges;
@@ -172,6 +178,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(data::routes())
         .merge(dns::routes())
+        .merge(hostfw::routes())
         .merge(node_metrics::routes())
         .merge(events::routes())
         .merge(integrity::routes())
