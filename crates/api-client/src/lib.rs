@@ -20,6 +20,7 @@ mod client;
 mod data_api;
 mod dns_api;
 mod error;
+mod hostfw_api;
 mod integrity_api;
 mod members;
 mod node_api;
