@@ -68,9 +68,44 @@ struct Args {
     /// rewriting it makes weft pause its repairs, logged; in a network
     /// namespace whose /etc/resolv.conf is still the host's file it refuses,
     /// logged once: create /etc/netns/NAME/resolv.conf first); `off` runs no
-    /// resolver and changes nothing.
+    /// resolver and changes nothing; `system` serves every name, not only the
+    /// overlay's: the system's only resolver (systemd-resolved: the `~.`
+    /// routing domain and the default route on the overlay link; or the
+    /// managed /etc/resolv.conf), a cache bounded by --dns-min-ttl and
+    /// --dns-max-ttl (defaults 300 s and 86400 s), other names forwarded to
+    /// --dns-upstream (default: the resolvers the system used before weft).
     #[arg(long, env = "WEFT_DNS", value_enum, default_value_t = DnsArg::Auto)]
     dns: DnsArg,
+    /// Where forwarded names go, in order, repeatable: `udp://IP[:PORT]` (port
+    /// 53) or `tls://IP[:PORT][#TLS-NAME]` (DNS over TLS, port 853; the
+    /// certificate must be valid for TLS-NAME, e.g.
+    /// `tls://1.1.1.1#cloudflare-dns.com`). A failed upstream is skipped for a
+    /// backoff (5 s doubling to 60 s) and probed again; the next one answers
+    /// meanwhile. Default: the resolvers the system used before weft.
+    #[arg(long = "dns-upstream", value_name = "URL", value_parser = dns_upstream_arg)]
+    dns_upstream: Vec<weft_agent::DnsUpstream>,
+    /// PEM file with the CA certificates DNS-over-TLS upstreams are checked
+    /// against (a private resolver); default: the system's CA certificates.
+    #[arg(long, value_name = "FILE")]
+    dns_upstream_ca: Option<PathBuf>,
+    /// Shortest time a forwarded answer is cached, seconds (shorter TTLs are
+    /// raised, as clients see them too). Default: 300 with --dns system, 0
+    /// otherwise.
+    #[arg(long, value_name = "SECONDS")]
+    dns_min_ttl: Option<u32>,
+    /// Longest time a forwarded answer is cached, seconds (longer TTLs are
+    /// lowered). Default: 86400 with --dns system, 3600 otherwise.
+    #[arg(long, value_name = "SECONDS")]
+    dns_max_ttl: Option<u32>,
+    /// Log every query the resolver answers to STATE_DIR/dns-query.log (JSON
+    /// lines, 0600; rotated to dns-query.log.1; read with `weft dns log`).
+    /// Off by default.
+    #[arg(long)]
+    dns_query_log: bool,
+    /// The query log's budget: both files together at most this many bytes
+    /// (at least 4096).
+    #[arg(long, value_name = "BYTES", default_value_t = weft_agent::DnsResolverOptions::default().query_log_max_bytes)]
+    dns_query_log_max_bytes: u64,
     /// Data-plane offloads: `on` asks for the TUN's virtio-net header with
     /// TSO/USO (one read or write moves up to 64 KiB) and UDP GSO/GRO (one
     /// syscall sends or receives a run of datagrams); each one the kernel or
@@ -270,6 +305,14 @@ enum DnsArg {
     Auto,
     /// No resolver, no system change.
     Off,
+    /// The resolver serves every name (the system's only resolver).
+    System,
+}
+
+/// `--dns-upstream` values.
+fn dns_upstream_arg(text: &str) -> Result<weft_agent::DnsUpstream, String> {
+    text.parse::<weft_agent::DnsUpstream>()
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -324,6 +367,22 @@ fn run(args: Args) -> anyhow::Result<()> {
             },
         }
     });
+    let dns_mode = match args.dns {
+        DnsArg::Auto => weft_agent::DnsMode::Auto,
+        DnsArg::Off => weft_agent::DnsMode::Off,
+        DnsArg::System => weft_agent::DnsMode::System,
+    };
+    let dns_resolver = weft_agent::DnsResolverOptions {
+        upstreams: args.dns_upstream.clone(),
+        upstream_ca: args.dns_upstream_ca.clone(),
+        min_ttl: args.dns_min_ttl,
+        max_ttl: args.dns_max_ttl,
+        query_log: args.dns_query_log,
+        query_log_max_bytes: args.dns_query_log_max_bytes,
+    };
+    dns_resolver
+        .dns_config(dns_mode, &args.state_dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let cfg = weft_agent::AgentConfig {
         usage_file: args.usage_file,
         state_dir: args.state_dir,
@@ -331,10 +390,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         port: args.port,
         mint_difficulty: args.mint_difficulty,
         join,
-        dns: match args.dns {
-            DnsArg::Auto => weft_agent::DnsMode::Auto,
-            DnsArg::Off => weft_agent::DnsMode::Off,
-        },
+        dns: dns_mode,
+        dns_resolver,
         dataplane: weft_agent::DataplaneConfig {
             offload: args.offload,
             pipeline: args.pipeline.0,

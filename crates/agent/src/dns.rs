@@ -44,6 +44,11 @@ pub enum DnsMode {
     /// (systemd-resolved per link, or a managed `/etc/resolv.conf`).
     #[default]
     Auto,
+    /// Run it for every name (`--dns system`): the system's only resolver
+    /// (systemd-resolved: the `~.` routing domain and the default route on the
+    /// overlay link; or the managed `/etc/resolv.conf`), with a cache bounded
+    /// by the minimum and maximum TTL; restored exactly on down and exit.
+    System,
     /// No resolver and no change to the system's resolver configuration.
     Off,
 }
@@ -124,9 +129,38 @@ impl FightGuard {
 }
 
 impl Dns {
-    /// The agent's resolver: [`DnsConfig::new`], backing up into `state_dir`.
-    pub(crate) fn new(mode: DnsMode, state_dir: PathBuf) -> Self {
-        Self::with_config(mode, DnsConfig::new(state_dir))
+    /// The agent's resolver with `options` (checked by weftd before it
+    /// starts), backing up into `state_dir`.
+    pub(crate) fn new(
+        mode: DnsMode,
+        state_dir: PathBuf,
+        options: &crate::DnsResolverOptions,
+    ) -> Self {
+        match options.dns_config(mode, &state_dir) {
+            Ok(config) => Self::with_config(mode, config),
+            Err(e) => {
+                tracing::error!("DNS resolver options: {e}; using the defaults");
+                Self::with_config(mode, DnsConfig::new(state_dir))
+            }
+        }
+    }
+
+    /// `weft dns log`.
+    pub(crate) async fn log(
+        &self,
+        n: Option<u32>,
+        after_seq: Option<u64>,
+    ) -> weft_proto::local::LocalResponse {
+        let config = match self.mode {
+            DnsMode::Off => None,
+            DnsMode::Auto | DnsMode::System => self.config.query_log.clone(),
+        };
+        crate::resolver::log(config, n, after_seq).await
+    }
+
+    /// `weft dns stats`.
+    pub(crate) fn stats_response(&self) -> weft_proto::local::LocalResponse {
+        crate::resolver::stats(self.mode, &self.config.stats, self.service.as_ref())
     }
 
     pub(crate) fn with_config(mode: DnsMode, config: DnsConfig) -> Self {
@@ -153,6 +187,12 @@ impl Dns {
     /// The resolver's counters (the same handle across restarts of the service).
     pub(crate) fn stats(&self) -> weft_dns::DnsStats {
         self.config.stats.clone()
+    }
+
+    /// Where the resolver reads the controller's blocklist (the same slot
+    /// across restarts of the service; `crate::dns_blocklist` fills it).
+    pub(crate) fn blocklist_slot(&self) -> weft_dns::BlocklistSlot {
+        self.config.blocklist.clone()
     }
 
     /// Why the resolver could not start (it is retried), if it could not.
@@ -243,7 +283,7 @@ impl Dns {
         match (&self.service, self.mode) {
             (Some(service), _) => Ok(service.flush_cache()),
             (None, DnsMode::Off) => Err("overlay DNS is off on this node (weftd --dns off)".into()),
-            (None, DnsMode::Auto) => Err(self
+            (None, DnsMode::Auto | DnsMode::System) => Err(self
                 .refused
                 .clone()
                 .or_else(|| self.start_error.clone())
@@ -401,6 +441,7 @@ mod tests {
                 resolved_upstreams: dir.join("no-upstreams"),
             }),
             stats: Default::default(),
+            ..DnsConfig::new("/nonexistent")
         }
     }
 

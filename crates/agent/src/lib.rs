@@ -61,6 +61,7 @@ pub mod logring;
 pub mod netmap;
 mod node_api;
 mod outbox;
+mod resolver;
 mod selfcheck;
 #[cfg(test)]
 mod stand_in;
@@ -75,7 +76,9 @@ pub use dns::DnsMode;
 pub use hooks::DEFAULT_HOOKS_DIR;
 pub use hostfw::DEFAULT_ROLLBACK_SECS;
 pub use node_api::{Access as NodeApiAccess, NodeApiConfig, group_by_name, uid_of};
+pub use resolver::DnsResolverOptions;
 pub use selfcheck::{Selfcheck, selfcheck_controlplane};
 pub use supervisor::{AgentConfig, run};
 pub use tasks::TaskSettings;
 pub use telemetry::http::MetricsListen;
+pub use weft_dns::Upstream as DnsUpstream;

@@ -51,6 +51,9 @@ pub struct AgentConfig {
     pub join: Option<UpRequest>,
     /// Overlay DNS (`weftd --dns`).
     pub dns: DnsMode,
+    /// The resolver's upstreams, cache bounds and query log (`weftd
+    /// --dns-upstream`, ...).
+    pub dns_resolver: crate::DnsResolverOptions,
     /// Data-plane settings (`weftd --offload`, `--pipeline`).
     pub dataplane: DataplaneConfig,
     /// `weftd --usage-file` (a sidecar's per-user byte counters).
@@ -207,7 +210,7 @@ async fn serve<F: Future<Output = ()>>(
     }
     let (maps_tx, mut maps_rx) = mpsc::channel::<NetworkMap>(16);
     let (_, link_state) = watch::channel(LinkState::default());
-    let dns = Dns::new(cfg.dns, cfg.state_dir.clone());
+    let dns = Dns::new(cfg.dns, cfg.state_dir.clone(), &cfg.dns_resolver);
     let (action_ctx, mut actions_rx) = crate::actions::channel(state.clone(), cfg.mint_difficulty);
     let integrity = Integrity::start(cfg.tasks.hooks_dir.clone());
     let mut agent = Agent {
@@ -339,6 +342,8 @@ impl Agent {
                 self.telemetry.metrics().respond(openmetrics, live).await
             }
             LocalRequest::Events => self.telemetry.events(),
+            LocalRequest::DnsLog { n, after_seq } => self.dns.log(n, after_seq).await,
+            LocalRequest::DnsStats => self.dns.stats_response(),
             LocalRequest::Down => {
                 self.down = true;
                 self.stop_link();

@@ -108,6 +108,11 @@ enum Command {
     /// unusual outbound volume, drop spikes, slow controller), each with the
     /// baseline it broke; the controller's log is `weft admin events`.
     Events,
+    /// The local resolver: `weft dns log [--follow] [-n N]` (its query log,
+    /// weftd --dns-query-log) and `weft dns stats` (queries, cache hits,
+    /// blocked, top names, upstream latency and health).
+    #[command(subcommand)]
+    Dns(cmd::agent::DnsCmd),
     /// Read what the node API serves to workloads on this node (weftd
     /// --node-api-socket): `weft node get metadata`, `data [KEY]`, `secret
     /// KEY`. Exit status 1 when refused or missing.
@@ -142,6 +147,7 @@ pub fn main() -> ExitCode {
         Command::WhyBlocked(a) => cmd::agent::why_blocked(&cli.socket, a, json),
         Command::Metrics(a) => cmd::agent::metrics(&cli.socket, &a, json),
         Command::Events => cmd::agent::events(&cli.socket, json),
+        Command::Dns(c) => cmd::agent::dns(&cli.socket, c, json),
         Command::Node(a) => cmd::agent::node(&a, json),
         Command::Identity(c) => cmd::identity::run(c, json),
         Command::Policy(c) => cmd::policy::run(c, json),

@@ -6,6 +6,12 @@
 //! of the SOA record's TTL and its `minimum`), and not at all without an SOA.
 //! Truncated answers, errors (SERVFAIL, REFUSED, ...) and TTL 0 are not kept.
 //! A hit comes back with every TTL lowered by the time it spent in the cache.
+//!
+//! [`TtlBounds`] raise short and lower long positive TTLs (`weftd --dns-min-ttl`,
+//! `--dns-max-ttl`): the answer's records carry the bounded TTL, to the client
+//! and in the cache, so what a client sees and how long weft keeps it agree.
+//! Negative answers are only lowered (to the maximum and [`MAX_NEGATIVE_TTL`]): a
+//! name created upstream must not stay invisible for the minimum.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -21,6 +27,62 @@ pub const MAX_POSITIVE_TTL: u32 = 3600;
 /// Longest a negative answer is kept, seconds (RFC 2308 suggests at most hours;
 /// five minutes keeps a name created upstream from staying invisible for long).
 pub const MAX_NEGATIVE_TTL: u32 = 300;
+
+/// The TTLs positive answers are kept for, seconds (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlBounds {
+    /// Shorter TTLs are raised to this.
+    pub min: u32,
+    /// Longer TTLs are lowered to this.
+    pub max: u32,
+}
+
+impl Default for TtlBounds {
+    /// The overlay-only resolver's: TTLs as received, at most an hour.
+    fn default() -> Self {
+        Self {
+            min: 0,
+            max: MAX_POSITIVE_TTL,
+        }
+    }
+}
+
+impl TtlBounds {
+    /// The system resolver's defaults (`weftd --dns system`): 300 s to 86,400 s.
+    pub const SYSTEM: Self = Self {
+        min: 300,
+        max: 86_400,
+    };
+
+    /// Checked bounds: `min <= max`, `max` at least 1 s and at most a week.
+    pub fn new(min: u32, max: u32) -> Result<Self, String> {
+        if max == 0 || max > 7 * 86_400 {
+            return Err(format!("DNS max TTL {max} s: must be 1 to 604800 (a week)"));
+        }
+        if min > max {
+            return Err(format!("DNS min TTL {min} s is above the max TTL {max} s"));
+        }
+        Ok(Self { min, max })
+    }
+
+    /// Bounds the TTLs of `response` in place (see the module docs).
+    pub fn clamp(&self, response: &mut Message) {
+        if response.metadata.truncation {
+            return;
+        }
+        let positive = response.metadata.response_code == ResponseCode::NoError
+            && !response.answers.is_empty();
+        if positive {
+            for r in &mut response.answers {
+                r.ttl = r.ttl.clamp(self.min, self.max);
+            }
+        } else {
+            for r in &mut response.authorities {
+                r.ttl = r.ttl.min(self.max);
+            }
+        }
+    }
+}
 
 /// Cache key: lowercase name (presentation format with trailing dot), type, class.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,6 +116,7 @@ pub struct Cache {
     entries: BTreeMap<CacheKey, Entry>,
     capacity: usize,
     hits: u64,
+    bounds: TtlBounds,
 }
 
 impl Default for Cache {
@@ -69,7 +132,22 @@ impl Cache {
             entries: BTreeMap::new(),
             capacity: capacity.max(1),
             hits: 0,
+            bounds: TtlBounds::default(),
         }
+    }
+
+    /// An empty cache of at most `capacity` entries keeping positive answers
+    /// within `bounds`.
+    pub fn with_bounds(capacity: usize, bounds: TtlBounds) -> Self {
+        Self {
+            bounds,
+            ..Self::new(capacity)
+        }
+    }
+
+    /// The TTL bounds it applies.
+    pub fn bounds(&self) -> TtlBounds {
+        self.bounds
     }
 
     /// How many lookups found a live entry so far.
@@ -113,7 +191,7 @@ impl Cache {
     /// Keeps `response` for `key` if it is cacheable ([`cache_ttl`]); returns whether
     /// it was kept.
     pub fn insert(&mut self, key: CacheKey, response: &Message, now: Instant) -> bool {
-        let Some(ttl) = cache_ttl(response) else {
+        let Some(ttl) = cache_ttl_within(response, self.bounds) else {
             return false;
         };
         if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
@@ -152,8 +230,15 @@ impl Cache {
     }
 }
 
-/// How long `response` may be cached, seconds; `None` when it must not be.
+/// How long `response` may be cached, seconds, with the default bounds; `None`
+/// when it must not be.
 pub fn cache_ttl(response: &Message) -> Option<u32> {
+    cache_ttl_within(response, TtlBounds::default())
+}
+
+/// How long `response` may be cached within `bounds`, seconds; `None` when it
+/// must not be.
+pub fn cache_ttl_within(response: &Message, bounds: TtlBounds) -> Option<u32> {
     if response.metadata.truncation {
         return None;
     }
@@ -163,7 +248,7 @@ pub fn cache_ttl(response: &Message) -> Option<u32> {
             .iter()
             .map(|r| r.ttl)
             .min()?
-            .min(MAX_POSITIVE_TTL),
+            .clamp(bounds.min, bounds.max),
         ResponseCode::NoError | ResponseCode::NXDomain => response
             .authorities
             .iter()
@@ -172,7 +257,8 @@ pub fn cache_ttl(response: &Message) -> Option<u32> {
                 _ => None,
             })
             .min()?
-            .min(MAX_NEGATIVE_TTL),
+            .min(MAX_NEGATIVE_TTL)
+            .min(bounds.max),
         _ => return None,
     };
     (ttl > 0).then_some(ttl)
@@ -289,6 +375,51 @@ mod tests {
             cache_ttl(&positive("a.example.", 999_999)),
             Some(MAX_POSITIVE_TTL)
         );
+    }
+
+    /// `--dns-min-ttl 300 --dns-max-ttl 86400`: a 5 s record is kept (and
+    /// shown) for 300 s, a week-long one for a day; negative answers are only
+    /// lowered.
+    #[test]
+    fn ttl_bounds_raise_short_and_lower_long_ttls() {
+        let b = TtlBounds::SYSTEM;
+        let mut short = positive("a.example.", 5);
+        b.clamp(&mut short);
+        assert_eq!(short.answers[0].ttl, 300);
+        let mut long = positive("a.example.", 604_800);
+        b.clamp(&mut long);
+        assert_eq!(long.answers[0].ttl, 86_400);
+        let mut nx = negative("x.example.", ResponseCode::NXDomain, 20, 10);
+        b.clamp(&mut nx);
+        assert_eq!(nx.authorities[0].ttl, 20, "negative TTLs are not raised");
+        assert_eq!(cache_ttl_within(&nx, b), Some(10));
+
+        let t0 = t0();
+        let mut cache = Cache::with_bounds(16, b);
+        let key = CacheKey::of(&query("a.example."));
+        assert!(cache.insert(key.clone(), &positive("a.example.", 5), t0));
+        let s = Duration::from_secs;
+        assert!(
+            cache.get(&key, t0 + s(299)).is_some(),
+            "kept for the minimum"
+        );
+        assert!(cache.get(&key, t0 + s(300)).is_none());
+        assert!(cache.insert(key.clone(), &positive("a.example.", 604_800), t0));
+        assert!(cache.get(&key, t0 + s(86_399)).is_some());
+        assert!(
+            cache.get(&key, t0 + s(86_400)).is_none(),
+            "kept at most the maximum"
+        );
+        // Zero TTL with a minimum: kept for the minimum.
+        assert_eq!(cache_ttl_within(&positive("a.example.", 0), b), Some(300));
+    }
+
+    #[test]
+    fn ttl_bounds_are_checked() {
+        assert_eq!(TtlBounds::new(300, 86_400), Ok(TtlBounds::SYSTEM));
+        assert!(TtlBounds::new(10, 5).unwrap_err().contains("above the max"));
+        assert!(TtlBounds::new(0, 0).is_err());
+        assert!(TtlBounds::new(0, 700_000).is_err());
     }
 
     #[test]

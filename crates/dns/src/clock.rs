@@ -11,3 +11,14 @@ use std::time::Instant;
 pub(crate) fn now() -> Instant {
     Instant::now()
 }
+
+/// Wall time, Unix milliseconds (the query log's timestamps).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the DNS shell's one wall-clock read, for query log timestamps"
+)]
+pub(crate) fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

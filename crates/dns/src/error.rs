@@ -71,6 +71,23 @@ pub enum DnsError {
         /// The namespace's own file to create (`/etc/netns/NAME/resolv.conf`).
         private: PathBuf,
     },
+    /// The TLS side of DNS-over-TLS upstreams could not be set up (no CA
+    /// certificates, an unreadable CA file).
+    #[error("DNS over TLS: {what}: {reason}")]
+    Tls {
+        /// What was being set up.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The query log file could not be opened.
+    #[error("DNS query log {}: {source}", path.display())]
+    QueryLog {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
     /// An external command (`resolvectl`) failed.
     #[error("`{command}`: {message}")]
     Command {

@@ -8,6 +8,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::rdata::{A, AAAA, PTR, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
+use crate::blocklist::{self, Blocklist};
 use crate::cache::{Cache, CacheKey};
 use crate::zone::{self, Answer, QueryType, RecordData, Zone};
 
@@ -48,6 +49,59 @@ pub(crate) enum Outcome {
     Drop,
 }
 
+/// Where a reply came from (the query log's `source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The overlay zone (authoritative).
+    Overlay,
+    /// The forwarded-answer cache.
+    Cache,
+    /// An upstream.
+    Upstream,
+    /// The blocklist.
+    Blocked,
+    /// Refused or malformed: answered with an error, nothing looked up.
+    Local,
+}
+
+impl Source {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Source::Overlay => "overlay",
+            Source::Cache => "cache",
+            Source::Upstream => "upstream",
+            Source::Blocked => "blocked",
+            Source::Local => "local",
+        }
+    }
+}
+
+/// What a reply answered, for the query log and the statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Served {
+    /// The question's name, lowercase, without the trailing dot.
+    pub(crate) name: String,
+    pub(crate) qtype: RecordType,
+    pub(crate) rcode: ResponseCode,
+    pub(crate) source: Source,
+}
+
+impl Served {
+    pub(crate) fn of(question: &Query, rcode: ResponseCode, source: Source) -> Self {
+        let name = question.name.to_lowercase().to_ascii();
+        let name = match name.strip_suffix('.') {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => name,
+        };
+        Self {
+            name,
+            qtype: question.query_type,
+            rcode,
+            source,
+        }
+    }
+}
+
 /// Handles one client message.
 pub(crate) fn handle(
     zone: &Zone,
@@ -56,54 +110,98 @@ pub(crate) fn handle(
     bytes: &[u8],
     transport: Transport,
 ) -> Outcome {
+    handle_served(zone, &Blocklist::default(), cache, now, bytes, transport).0
+}
+
+/// [`handle`], also saying what a reply answered (`None` for a forward, a drop,
+/// or a message without a single question).
+pub(crate) fn handle_served(
+    zone: &Zone,
+    blocked: &Blocklist,
+    cache: &mut Cache,
+    now: Instant,
+    bytes: &[u8],
+    transport: Transport,
+) -> (Outcome, Option<Served>) {
     let Ok(query) = Message::from_vec(bytes) else {
-        return format_error(bytes);
+        return (format_error(bytes), None);
     };
     if query.metadata.message_type != MessageType::Query {
-        return Outcome::Drop;
+        return (Outcome::Drop, None);
     }
     if query.metadata.op_code != OpCode::Query {
-        return reply(&error(&query, ResponseCode::NotImp), &query, transport);
+        return (
+            reply(&error(&query, ResponseCode::NotImp), &query, transport),
+            None,
+        );
     }
     let [question] = query.queries.as_slice() else {
-        return reply(&error(&query, ResponseCode::FormErr), &query, transport);
+        return (
+            reply(&error(&query, ResponseCode::FormErr), &query, transport),
+            None,
+        );
     };
     let question = question.clone();
     if !matches!(question.query_class, DNSClass::IN | DNSClass::ANY) {
         // CHAOS and friends: not ours to answer, not worth forwarding.
-        return reply(&error(&query, ResponseCode::Refused), &query, transport);
+        let served = Served::of(&question, ResponseCode::Refused, Source::Local);
+        return (
+            reply(&error(&query, ResponseCode::Refused), &query, transport),
+            Some(served),
+        );
     }
     let name = question.name.to_ascii();
     if zone.is_authoritative_for(&name) {
         let answer = zone.answer(&name, query_type(question.query_type));
-        return reply(&authoritative(&query, &question, answer), &query, transport);
+        let m = authoritative(&query, &question, answer);
+        let served = Served::of(&question, m.metadata.response_code, Source::Overlay);
+        return (reply(&m, &query, transport), Some(served));
+    }
+    if let Some(mode) = blocked.lookup(&name) {
+        let m = blocklist::answer(response_to(&query), &question, mode);
+        let served = Served::of(&question, m.metadata.response_code, Source::Blocked);
+        return (reply(&m, &query, transport), Some(served));
     }
     if let Some(cached) = cache.get(&CacheKey::of(&question), now) {
-        return reply(&to_client(&query, cached), &query, transport);
+        let m = to_client(&query, cached);
+        let served = Served::of(&question, m.metadata.response_code, Source::Cache);
+        return (reply(&m, &query, transport), Some(served));
     }
-    Outcome::Forward(Box::new(Pending {
-        query,
-        question,
-        transport,
-    }))
+    (
+        Outcome::Forward(Box::new(Pending {
+            query,
+            question,
+            transport,
+        })),
+        None,
+    )
 }
 
 /// The query sent upstream for `pending`, with message id `id`: the client's
 /// question and CD bit, recursion desired, our EDNS payload size. (Not the
 /// client's bytes: its id and options stay on this host.)
 pub(crate) fn upstream_query(pending: &Pending, id: u16) -> Result<Vec<u8>, ()> {
+    upstream_message(pending, id).to_vec().map_err(|_| ())
+}
+
+/// [`upstream_query`] before encoding.
+pub(crate) fn upstream_message(pending: &Pending, id: u16) -> Message {
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.metadata.checking_disabled = pending.query.metadata.checking_disabled;
     m.add_query(pending.question.clone());
     m.set_edns(our_edns());
-    m.to_vec().map_err(|_| ())
+    m
 }
 
 /// Whether `response` answers the upstream query `id` for `question`.
 pub(crate) fn answers(response: &Message, id: u16, question: &Query) -> bool {
-    response.metadata.id == id
-        && response.metadata.message_type == MessageType::Response
+    response.metadata.id == id && answers_question(response, question)
+}
+
+/// Whether `response` is a response to `question` (whatever its id).
+pub(crate) fn answers_question(response: &Message, question: &Query) -> bool {
+    response.metadata.message_type == MessageType::Response
         && matches!(response.queries.as_slice(), [q] if q.name == question.name
             && q.query_type == question.query_type
             && q.query_class == question.query_class)
@@ -118,7 +216,8 @@ pub(crate) fn finish(
     now: Instant,
 ) -> Vec<u8> {
     let response = match upstream {
-        Some(response) => {
+        Some(mut response) => {
+            cache.bounds().clamp(&mut response);
             cache.insert(CacheKey::of(&pending.question), &response, now);
             to_client(&pending.query, response)
         }

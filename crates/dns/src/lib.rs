@@ -65,6 +65,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handler;
+pub mod querylog;
 pub mod resolv_conf;
 mod server;
 mod stats;
@@ -78,13 +79,17 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-pub use blocklist::{Blocklist, BlocklistError};
+pub use blocklist::{Blocklist, BlocklistError, BlocklistSlot};
+pub use cache::TtlBounds;
 pub use error::DnsError;
+pub use querylog::QueryLogConfig;
 pub use stats::{DnsStats, DnsStatsSnapshot, UPSTREAM_BOUNDS};
 pub use system::{
     CommandRunner, Drift, NamespaceView, ProcessRunner, SystemDns, SystemKind, SystemMode,
     SystemPaths,
 };
+pub use upstream::health::UpstreamHealth;
+pub use upstream::spec::{Upstream, UpstreamParseError};
 pub use zone::{Answer, QueryType, Record, Zone, records_from_map};
 
 /// Where the resolver listens by default (see the crate docs).
@@ -97,8 +102,8 @@ pub enum Upstreams {
     /// The ones the system used before weft (its resolv.conf, or resolved's
     /// upstreams behind its stub), following later legitimate changes.
     FromSystem,
-    /// These (tests; operators with their own resolvers).
-    Static(Vec<SocketAddr>),
+    /// These (`weftd --dns-upstream`; tests).
+    Static(Vec<Upstream>),
 }
 
 /// How the service starts.
@@ -113,6 +118,21 @@ pub struct DnsConfig {
     /// Where it counts queries, cache hits and upstream latency (the agent
     /// keeps one handle across restarts of the service).
     pub stats: DnsStats,
+    /// Serve the whole system, not only the overlay domains (`weftd --dns
+    /// system`): with systemd-resolved the overlay link also gets the `~.`
+    /// routing domain and the default route (the managed resolv.conf sends
+    /// every name to weft anyway).
+    pub whole_system: bool,
+    /// The TTLs forwarded answers are kept (and shown) for.
+    pub ttl: TtlBounds,
+    /// The CA certificates (PEM) DNS-over-TLS upstreams are checked against;
+    /// `None`: the system's.
+    pub tls_ca: Option<PathBuf>,
+    /// The query log (`None`: off).
+    pub query_log: Option<QueryLogConfig>,
+    /// Where it finds the controller's blocklist (the agent keeps one handle
+    /// across restarts of the service and fills it).
+    pub blocklist: BlocklistSlot,
 }
 
 impl DnsConfig {
@@ -124,6 +144,22 @@ impl DnsConfig {
             upstreams: Upstreams::FromSystem,
             system: SystemMode::Auto(SystemPaths::new(state_dir)),
             stats: DnsStats::default(),
+            whole_system: false,
+            ttl: TtlBounds::default(),
+            tls_ca: None,
+            query_log: None,
+            blocklist: BlocklistSlot::default(),
+        }
+    }
+
+    /// A loopback test configuration: `listen`, these upstreams, nothing
+    /// changed on the system, the other fields at their defaults.
+    pub fn unmanaged(listen: SocketAddr, upstreams: Vec<Upstream>) -> Self {
+        Self {
+            listen,
+            upstreams: Upstreams::Static(upstreams),
+            system: SystemMode::Unmanaged,
+            ..Self::new("/nonexistent")
         }
     }
 }
@@ -134,8 +170,10 @@ pub struct DnsService {
     shared: Arc<server::Shared>,
     system: SystemDns,
     follow_system: bool,
+    whole_system: bool,
     local: SocketAddr,
     main: JoinHandle<()>,
+    health: JoinHandle<()>,
     link: Option<(SocketAddr, JoinHandle<()>)>,
     stopped: bool,
 }
@@ -155,17 +193,35 @@ impl DnsService {
         if !config.listen.ip().is_loopback() {
             return Err(DnsError::NotLoopback(config.listen));
         }
+        let tls = match &config.upstreams {
+            Upstreams::Static(list) if list.iter().any(Upstream::is_tls) => {
+                let roots = upstream::tls::roots(config.tls_ca.as_deref())?;
+                Some(Arc::new(upstream::tls::TlsClient::new(roots)?))
+            }
+            _ => None,
+        };
+        let log = match &config.query_log {
+            Some(c) => Some(querylog::QueryLog::open(c)?),
+            None => None,
+        };
         let bound = server::bind_retrying(config.listen, false).await?;
         let local = bound.local;
         let (system, found) = SystemDns::start(&config.system, local.ip(), runner)?;
         let (upstreams, follow_system) = match config.upstreams {
-            Upstreams::FromSystem => (found, true),
+            Upstreams::FromSystem => (found.into_iter().map(Upstream::Udp).collect(), true),
             Upstreams::Static(list) => (list, false),
         };
         if upstreams.is_empty() {
             tracing::warn!("no upstream resolvers: only overlay names will resolve");
         }
-        let shared = Arc::new(server::Shared::new(upstreams, config.stats));
+        let shared = Arc::new(server::Shared::new(
+            upstreams,
+            config.stats,
+            config.ttl,
+            tls,
+            log,
+            config.blocklist,
+        ));
         let main = match server::spawn(shared.clone(), bound) {
             Ok(task) => task,
             Err(e) => {
@@ -176,13 +232,16 @@ impl DnsService {
                 return Err(e);
             }
         };
-        tracing::info!(listen = %local, system = ?system.kind(), "overlay DNS started");
+        let health = server::spawn_health_check(shared.clone());
+        tracing::info!(listen = %local, system = ?system.kind(), whole_system = config.whole_system, "DNS resolver started");
         Ok(Self {
             shared,
             system,
             follow_system,
+            whole_system: config.whole_system,
             local,
             main,
+            health,
             link: None,
             stopped: false,
         })
@@ -198,15 +257,39 @@ impl DnsService {
         self.system.kind()
     }
 
-    /// The upstreams non-overlay names go to now.
-    pub fn upstreams(&self) -> Vec<SocketAddr> {
-        self.shared.upstreams().to_vec()
+    /// The upstreams non-overlay names go to now, in order.
+    pub fn upstreams(&self) -> Vec<Upstream> {
+        self.shared.pool().upstreams().to_vec()
+    }
+
+    /// Every upstream's health now, in the configured order.
+    pub fn upstream_health(&self) -> Vec<UpstreamHealth> {
+        self.shared.pool().report(clock::now())
+    }
+
+    /// The cache's TTL bounds.
+    pub fn ttl_bounds(&self) -> TtlBounds {
+        self.shared.bounds()
+    }
+
+    /// The query log's file and the lines it dropped (`None`: off).
+    pub fn query_log(&self) -> Option<(PathBuf, u64)> {
+        self.shared
+            .query_log()
+            .map(|l| (l.path().to_owned(), l.dropped()))
     }
 
     /// Empties the answer cache (forwarded names are asked upstream again);
     /// returns how many answers it held.
     pub fn flush_cache(&self) -> usize {
         self.shared.flush_cache()
+    }
+
+    /// Swaps in the controller's blocklist ([`Blocklist::default`]: none):
+    /// the next query sees it. Blocked names are answered NXDOMAIN or
+    /// `0.0.0.0`/`::` and counted ([`DnsStatsSnapshot::blocked`]).
+    pub fn set_blocklist(&self, blocklist: Blocklist) {
+        self.shared.set_blocklist(blocklist);
     }
 
     /// Swaps in a new zone: the next query sees it (renames and joins are
@@ -216,7 +299,11 @@ impl DnsService {
         for rejected in zone.rejected() {
             tracing::warn!(name = %rejected, "not a valid DNS name: not served");
         }
-        let domains: Vec<String> = zone.domains().map(str::to_owned).collect();
+        let mut domains: Vec<String> = zone.domains().map(str::to_owned).collect();
+        if self.whole_system {
+            // resolved: `~.` routes every name to this link.
+            domains.push(".".into());
+        }
         self.shared.set_zone(zone);
         self.system.set_domains(&domains)
     }
@@ -250,7 +337,8 @@ impl DnsService {
         if let Drift::NewOriginal { upstreams } = &drift
             && self.follow_system
         {
-            self.shared.set_upstreams(upstreams.clone());
+            self.shared
+                .set_upstreams(upstreams.iter().copied().map(Upstream::Udp).collect());
         }
         Ok(drift)
     }
@@ -259,6 +347,7 @@ impl DnsService {
     pub async fn stop(mut self) -> Result<(), DnsError> {
         self.stopped = true;
         self.main.abort();
+        self.health.abort();
         let _ = (&mut self.main).await;
         if let Some((_, task)) = self.link.take() {
             task.abort();
@@ -271,6 +360,7 @@ impl DnsService {
 impl Drop for DnsService {
     fn drop(&mut self) {
         self.main.abort();
+        self.health.abort();
         if let Some((_, task)) = &self.link {
             task.abort();
         }

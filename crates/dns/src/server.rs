@@ -11,12 +11,18 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::cache::Cache;
+use hickory_proto::op::ResponseCode;
+
+use crate::blocklist::{Blocklist, BlocklistSlot};
+use crate::cache::{Cache, DEFAULT_CAPACITY, TtlBounds};
 use crate::clock;
 use crate::error::DnsError;
-use crate::handler::{self, Outcome, TCP_MAX, Transport};
+use crate::handler::{self, Outcome, Served, Source, TCP_MAX, Transport};
+use crate::querylog::QueryLog;
 use crate::stats::DnsStats;
-use crate::upstream;
+use crate::upstream::Pool;
+use crate::upstream::spec::Upstream;
+use crate::upstream::tls::TlsClient;
 use crate::zone::Zone;
 
 /// Largest UDP query read; longer datagrams are cut and then fail to parse.
@@ -31,23 +37,39 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Tries to find a port free for both UDP and TCP when asked for port 0.
 const PORT_TRIES: usize = 16;
 
-/// State every listener shares: the current zone, the cache, the upstreams.
+/// State every listener shares: the current zone, the cache, the upstreams,
+/// the counters and the query log.
 #[derive(Debug)]
 pub(crate) struct Shared {
     zone: RwLock<Arc<Zone>>,
+    /// The controller's blocklist (empty: blocks nothing), shared with the
+    /// agent.
+    blocklist: BlocklistSlot,
     cache: Mutex<Cache>,
-    upstreams: RwLock<Arc<Vec<SocketAddr>>>,
+    pool: RwLock<Arc<Pool>>,
+    tls: Option<Arc<TlsClient>>,
     stats: DnsStats,
+    log: Option<QueryLog>,
 }
 
 impl Shared {
     /// Starts with an empty zone (which still owns `weft.internal`).
-    pub(crate) fn new(upstreams: Vec<SocketAddr>, stats: DnsStats) -> Self {
+    pub(crate) fn new(
+        upstreams: Vec<Upstream>,
+        stats: DnsStats,
+        bounds: TtlBounds,
+        tls: Option<Arc<TlsClient>>,
+        log: Option<QueryLog>,
+        blocklist: BlocklistSlot,
+    ) -> Self {
         Self {
             zone: RwLock::new(Arc::new(Zone::from_records(Vec::new()))),
-            cache: Mutex::new(Cache::default()),
-            upstreams: RwLock::new(Arc::new(upstreams)),
+            blocklist,
+            cache: Mutex::new(Cache::with_bounds(DEFAULT_CAPACITY, bounds)),
+            pool: RwLock::new(Arc::new(Pool::new(upstreams, tls.clone()))),
+            tls,
             stats,
+            log,
         }
     }
 
@@ -62,11 +84,17 @@ impl Shared {
             .clone()
     }
 
-    pub(crate) fn set_upstreams(&self, upstreams: Vec<SocketAddr>) {
-        *self
-            .upstreams
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(upstreams);
+    pub(crate) fn set_blocklist(&self, blocklist: Blocklist) {
+        self.blocklist.set(Arc::new(blocklist));
+    }
+
+    pub(crate) fn blocklist(&self) -> Arc<Blocklist> {
+        self.blocklist.get()
+    }
+
+    pub(crate) fn set_upstreams(&self, upstreams: Vec<Upstream>) {
+        *self.pool.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(Pool::new(upstreams, self.tls.clone()));
         self.cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -81,38 +109,89 @@ impl Shared {
         n
     }
 
-    pub(crate) fn upstreams(&self) -> Arc<Vec<SocketAddr>> {
-        self.upstreams
+    pub(crate) fn pool(&self) -> Arc<Pool> {
+        self.pool
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
+    pub(crate) fn bounds(&self) -> TtlBounds {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bounds()
+    }
+
+    pub(crate) fn query_log(&self) -> Option<&QueryLog> {
+        self.log.as_ref()
+    }
+
     fn handle(&self, bytes: &[u8], transport: Transport) -> Outcome {
         let zone = self.zone();
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let hits = cache.hits();
-        let outcome = handler::handle(&zone, &mut cache, clock::now(), bytes, transport);
+        let blocked = self.blocklist();
+        let (outcome, served) = {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let hits = cache.hits();
+            let handled =
+                handler::handle_served(&zone, &blocked, &mut cache, clock::now(), bytes, transport);
+            if cache.hits() != hits {
+                self.stats.cache_hit();
+            }
+            handled
+        };
         if !matches!(outcome, Outcome::Drop) {
             self.stats.query();
         }
-        if cache.hits() != hits {
-            self.stats.cache_hit();
+        if let Some(served) = served {
+            if served.source == Source::Blocked {
+                self.stats.blocked();
+            }
+            self.served(&served, None, None);
         }
         outcome
     }
 
     async fn forward(&self, pending: &handler::Pending) -> Vec<u8> {
-        let upstreams = self.upstreams();
+        let pool = self.pool();
         let started = clock::now();
-        let answer = upstream::forward(pending, &upstreams).await;
-        self.stats.upstream(
-            clock::now().saturating_duration_since(started),
-            answer.is_some(),
-        );
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        handler::finish(pending, answer, &mut cache, clock::now())
+        let answered = pool.forward(pending).await;
+        let took = clock::now().saturating_duration_since(started);
+        self.stats.upstream(took, answered.message.is_some());
+        let rcode = answered
+            .message
+            .as_ref()
+            .map_or(ResponseCode::ServFail, |m| m.metadata.response_code);
+        let bytes = {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            handler::finish(pending, answered.message, &mut cache, clock::now())
+        };
+        let served = Served::of(&pending.question, rcode, Source::Upstream);
+        self.served(&served, answered.by.as_ref(), Some(took));
+        bytes
     }
+
+    /// Counts the name and writes the query log's line.
+    fn served(&self, served: &Served, upstream: Option<&Upstream>, took: Option<Duration>) {
+        self.stats.name(&served.name);
+        if let Some(log) = &self.log {
+            log.record(served, upstream, took);
+        }
+    }
+}
+
+/// How often the health check looks for upstreams due for a probe.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The upstreams' health check: probes each failed upstream as soon as its
+/// backoff is over (see [`crate::upstream::health`]), until aborted.
+pub(crate) fn spawn_health_check(shared: Arc<Shared>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(HEALTH_INTERVAL).await;
+            shared.pool().probe_due().await;
+        }
+    })
 }
 
 /// [`bind`], retrying for a second while the port is still held (by the tasks of
@@ -344,7 +423,14 @@ mod tests {
         use hickory_proto::rr::rdata::A;
         use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-        let shared = Shared::new(Vec::new(), DnsStats::default());
+        let shared = Shared::new(
+            Vec::new(),
+            DnsStats::default(),
+            TtlBounds::default(),
+            None,
+            None,
+            BlocklistSlot::default(),
+        );
         assert_eq!(shared.flush_cache(), 0);
         for name in ["a.example.", "b.example."] {
             let name = Name::from_ascii(name).unwrap();

@@ -134,10 +134,14 @@ fn getent_and_dig_in_a_namespace() {
                 resolved_upstreams: backup.path().join("absent"),
             }),
             stats: Default::default(),
+            ..DnsConfig::new("/nonexistent")
         })
         .await
         .unwrap();
-        assert_eq!(dns.upstreams(), ["127.0.3.1:53".parse().unwrap()]);
+        assert_eq!(
+            dns.upstreams(),
+            [weft_dns::Upstream::Udp("127.0.3.1:53".parse().unwrap())]
+        );
         let managed = fs::read_to_string(ns.resolv_conf()).unwrap();
         assert!(managed.contains("nameserver 127.0.2.53\n"), "{managed}");
         dns.set_zone(Zone::from_records(vec![

@@ -78,6 +78,7 @@ fn host_resolv_conf_is_refused_inside_a_foreign_network_namespace() {
             upstreams: Upstreams::Static(Vec::new()),
             system: SystemMode::Auto(SystemPaths::new(&backup_dir)),
             stats: Default::default(),
+            ..DnsConfig::new("/nonexistent")
         };
         let err = rt.block_on(DnsService::start(cfg)).expect_err("refused");
         assert!(matches!(err, DnsError::HostFileInNamespace { .. }), "{err}");

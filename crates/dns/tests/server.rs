@@ -26,9 +26,10 @@ fn rec(name: &str, network: &str, last: u8) -> Record {
 async fn start(upstreams: Vec<SocketAddr>) -> DnsService {
     let mut dns = DnsService::start(DnsConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        upstreams: Upstreams::Static(upstreams),
+        upstreams: Upstreams::Static(upstreams.into_iter().map(Into::into).collect()),
         system: SystemMode::Unmanaged,
         stats: Default::default(),
+        ..DnsConfig::new("/nonexistent")
     })
     .await
     .unwrap();
@@ -97,9 +98,10 @@ async fn stats_count_queries_cache_hits_and_upstream_latency() {
     let stats = weft_dns::DnsStats::default();
     let mut dns = DnsService::start(DnsConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        upstreams: Upstreams::Static(vec![up]),
+        upstreams: Upstreams::Static(vec![up.into()]),
         system: SystemMode::Unmanaged,
         stats: stats.clone(),
+        ..DnsConfig::new("/nonexistent")
     })
     .await
     .unwrap();
@@ -207,6 +209,7 @@ async fn listen_address_must_be_loopback() {
         upstreams: Upstreams::Static(vec![]),
         system: SystemMode::Unmanaged,
         stats: Default::default(),
+        ..DnsConfig::new("/nonexistent")
     })
     .await
     .unwrap_err();
@@ -224,9 +227,10 @@ async fn stop_then_start_again_on_the_same_port() {
     let _ = pending.await;
     let mut again = DnsService::start(DnsConfig {
         listen: at,
-        upstreams: Upstreams::Static(vec![up]),
+        upstreams: Upstreams::Static(vec![up.into()]),
         system: SystemMode::Unmanaged,
         stats: Default::default(),
+        ..DnsConfig::new("/nonexistent")
     })
     .await
     .unwrap();
@@ -251,9 +255,10 @@ async fn before_the_first_map_overlay_names_do_not_leak() {
     let (up, log) = fake_upstream("127.0.0.1:0".parse().unwrap()).await;
     let dns = DnsService::start(DnsConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
-        upstreams: Upstreams::Static(vec![up]),
+        upstreams: Upstreams::Static(vec![up.into()]),
         system: SystemMode::Unmanaged,
         stats: Default::default(),
+        ..DnsConfig::new("/nonexistent")
     })
     .await
     .unwrap();

@@ -45,6 +45,19 @@ pub enum LocalRequest {
         #[serde(default)]
         openmetrics: bool,
     },
+    /// The resolver's latest queries (`weft dns log`), from its query log
+    /// (`weftd --dns-query-log`); answered with [`LocalResponse::DnsLog`].
+    DnsLog {
+        /// At most this many, the latest (default 50, at most 10,000).
+        #[serde(default)]
+        n: Option<u32>,
+        /// Only entries after this sequence number (`weft dns log --follow`).
+        #[serde(default)]
+        after_seq: Option<u64>,
+    },
+    /// The resolver's statistics (`weft dns stats`); answered with
+    /// [`LocalResponse::DnsStats`].
+    DnsStats,
 }
 
 /// Parameters of `weft why-blocked`: one packet, described by its five-tuple.
@@ -130,6 +143,16 @@ pub enum LocalResponse {
         /// Events dropped unsent because the upload queue was full.
         dropped: u64,
     },
+    /// The answer to [`LocalRequest::DnsLog`].
+    DnsLog {
+        /// The entries, oldest first.
+        entries: Vec<DnsLogEntry>,
+        /// Where the log is (`None`: the query log is off).
+        #[serde(default)]
+        path: Option<String>,
+    },
+    /// The answer to [`LocalRequest::DnsStats`].
+    DnsStats(Box<DnsStatsReport>),
     /// The request failed.
     Error {
         /// Stable machine-readable code.
@@ -522,6 +545,101 @@ impl AgentStatus {
     }
 }
 
+/// One line of the resolver's query log (JSON, one object a line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsLogEntry {
+    /// Increasing across the log's files and restarts of weftd.
+    pub seq: u64,
+    /// When the answer was sent, Unix milliseconds.
+    pub ts_ms: u64,
+    /// The name asked, lowercase, without the trailing dot.
+    pub name: String,
+    /// The record type (`A`, `AAAA`, ...).
+    pub qtype: String,
+    /// The answer's response code (`NoError`, `NXDomain`, `ServFail`, ...).
+    pub rcode: String,
+    /// Where the answer came from: `overlay`, `cache`, `upstream`, `blocked`
+    /// or `local` (refused or malformed).
+    pub source: String,
+    /// The upstream that answered (`udp://…`, `tls://…#name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Time to the answer for forwarded queries, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+}
+
+/// What `weft dns stats` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnsStatsReport {
+    /// `auto` (overlay names only), `system` (every name) or `off`.
+    pub mode: String,
+    /// Whether the resolver runs now.
+    pub running: bool,
+    /// Client queries handled since weftd started.
+    pub queries: u64,
+    /// Of those, answered from the cache.
+    pub cache_hits: u64,
+    /// Answered from the blocklist.
+    pub blocked: u64,
+    /// Forwarded queries no upstream answered (the client got SERVFAIL).
+    pub upstream_failures: u64,
+    /// Forwarded queries.
+    pub forwarded: u64,
+    /// The most asked names and their counts, most first.
+    #[serde(default)]
+    pub top_names: Vec<(String, u64)>,
+    /// Upstream latency percentiles of the latest forwarded queries, ms.
+    #[serde(default)]
+    pub latency_ms_p50: Option<f64>,
+    /// See `latency_ms_p50`.
+    #[serde(default)]
+    pub latency_ms_p90: Option<f64>,
+    /// See `latency_ms_p50`.
+    #[serde(default)]
+    pub latency_ms_p99: Option<f64>,
+    /// The cache's TTL bounds, seconds.
+    #[serde(default)]
+    pub min_ttl: u32,
+    /// See `min_ttl`.
+    #[serde(default)]
+    pub max_ttl: u32,
+    /// Every upstream in its configured order, with its health.
+    #[serde(default)]
+    pub upstreams: Vec<DnsUpstreamHealth>,
+    /// The query log's file (`None`: off).
+    #[serde(default)]
+    pub query_log: Option<String>,
+    /// Query log lines dropped because the writer fell behind.
+    #[serde(default)]
+    pub query_log_dropped: u64,
+}
+
+/// One upstream's health in [`DnsStatsReport`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsUpstreamHealth {
+    /// The upstream (`udp://…` or `tls://…#name`).
+    pub upstream: String,
+    /// Whether it is used in its configured order now (a failed one is tried
+    /// after the healthy ones until its backoff is over and a probe succeeds).
+    pub healthy: bool,
+    /// Failures since its last answer.
+    pub consecutive_failures: u32,
+    /// Seconds until it is probed again (down only).
+    #[serde(default)]
+    pub retry_in_secs: Option<u64>,
+    /// Exchanges it answered since the resolver started.
+    pub answered: u64,
+    /// Exchanges that failed (timeout, connection, TLS).
+    pub failed: u64,
+    /// Its last exchange's time to an answer, milliseconds.
+    #[serde(default)]
+    pub last_latency_ms: Option<u64>,
+    /// Why its last failure failed (down only).
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,6 +660,17 @@ mod tests {
         let r: LocalRequest =
             serde_json::from_str(r#"{"op":"metrics","openmetrics":true}"#).unwrap();
         assert_eq!(r, LocalRequest::Metrics { openmetrics: true });
+        let r: LocalRequest =
+            serde_json::from_str(r#"{"op":"dns_log","n":5,"after_seq":9}"#).unwrap();
+        assert_eq!(
+            r,
+            LocalRequest::DnsLog {
+                n: Some(5),
+                after_seq: Some(9)
+            }
+        );
+        let r: LocalRequest = serde_json::from_str(r#"{"op":"dns_stats"}"#).unwrap();
+        assert_eq!(r, LocalRequest::DnsStats);
         assert!(serde_json::from_str::<LocalRequest>(r#"{"op":"rm -rf"}"#).is_err());
         assert!(serde_json::from_str::<LocalRequest>(r#"{"op":"up","evil":1}"#).is_err());
     }

@@ -131,6 +131,7 @@ mod tests {
             mint_difficulty: weft_identity::Difficulty::new(0).unwrap(),
             join: None,
             dns: DnsMode::Off,
+            dns_resolver: crate::DnsResolverOptions::default(),
             dataplane: DataplaneConfig::default(),
             usage_file: None,
             metrics_listen: None,

@@ -25,10 +25,12 @@ impl ResolvedLink {
     }
 
     /// The commands that point resolved's `ifname` at `server` for `domains`
-    /// (routing domains only, never the default route).
+    /// (routing domains only). The default route only when `domains` has the
+    /// root `.` (`weftd --dns system`: `~.` sends every name to weft).
     pub fn apply_commands(ifname: &str, server: IpAddr, domains: &[String]) -> Vec<Vec<String>> {
         let mut domain = vec!["resolvectl".into(), "domain".into(), ifname.into()];
         domain.extend(domains.iter().map(|d| format!("~{d}")));
+        let default_route = domains.iter().any(|d| d == ".");
         vec![
             vec![
                 "resolvectl".into(),
@@ -41,7 +43,7 @@ impl ResolvedLink {
                 "resolvectl".into(),
                 "default-route".into(),
                 ifname.into(),
-                "false".into(),
+                default_route.to_string(),
             ],
         ]
     }
@@ -169,6 +171,12 @@ mod tests {
             ResolvedLink::revert_command("weft0").join(" "),
             "resolvectl revert weft0"
         );
+        // `--dns system`: every name through weft's link, which is the default route.
+        let whole =
+            ResolvedLink::apply_commands("weft0", server, &["weft.internal".into(), ".".into()]);
+        let whole: Vec<String> = whole.iter().map(|c| c.join(" ")).collect();
+        assert_eq!(whole[1], "resolvectl domain weft0 ~weft.internal ~.");
+        assert_eq!(whole[2], "resolvectl default-route weft0 true");
 
         let rec = Recorder {
             dns_out: "Link 7 (weft0): 100.64.0.1\n".into(),

@@ -1,9 +1,10 @@
 //! Commands that talk to the local agent over its Unix socket. This module:
 //! the socket, one request/response, and `status`; [`up`]: `up` and `down`;
 //! [`explain`]: `why` and `why-blocked`; [`ping`]: `ping`; [`metrics`]:
-//! `metrics`; [`events`]: `events`; [`node`]: `node get` (the node API, not
+//! `metrics`; [`events`]: `events`; [`dns`]: `dns log` and `dns stats`; [`node`]: `node get` (the node API, not
 //! the local API).
 
+mod dns;
 mod events;
 mod explain;
 mod hostfw;
@@ -28,6 +29,7 @@ use weft_proto::local::{AgentStatus, LocalRequest, LocalResponse};
 use crate::CodedError;
 use crate::clock::unix_ms;
 
+pub use dns::{DnsCmd, dns};
 pub use events::events;
 pub(crate) use events::render as render_event;
 pub(crate) use explain::resolve_peer;
