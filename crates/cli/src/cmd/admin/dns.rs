@@ -3,12 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Subcommand;
 use weft_api_client::Client;
 use weft_proto::dnsblock::{BlockMode, DnsBlocklistStatus, SetDnsBlocklistRequest, parse_list};
 
-use super::print_json;
+use super::{print_json, read_file_arg};
 use crate::cmd::format::{datetime, out};
 
 #[derive(Debug, Subcommand)]
@@ -52,14 +51,7 @@ pub(crate) async fn run(c: &Client, cmd: DnsCmd, json: bool) -> anyhow::Result<(
     let DnsCmd::Blocklist(cmd) = cmd;
     match cmd {
         BlocklistCmd::Set { file, mode } => {
-            let (text, source) = if file.as_os_str() == "-" {
-                let text = std::io::read_to_string(std::io::stdin()).context("reading stdin")?;
-                (text, "<stdin>".to_owned())
-            } else {
-                let text = std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?;
-                (text, file.display().to_string())
-            };
+            let (text, source) = read_file_arg(&file)?;
             // Refused here with the file's name on each line (the controller
             // checks again).
             if let Err(errs) = parse_list(&text) {

@@ -11,6 +11,7 @@
 mod data;
 mod dns;
 mod events;
+mod firewall;
 mod integrity;
 mod metrics;
 mod networks;
@@ -98,6 +99,12 @@ enum AdminCommand {
     /// blocklist set FILE [--mode nxdomain|zero]`, `show`, `clear`).
     #[command(subcommand)]
     Dns(dns::DnsCmd),
+    /// The host firewall: a default-drop nftables table on the nodes a
+    /// declared file selects (`show`, `set FILE`, `check FILE`), and dynamic
+    /// rules on one node (`allow NODE --port 80 --from CIDR --for 2h`,
+    /// `rules`, `revoke ID`).
+    #[command(subcommand)]
+    Firewall(firewall::FirewallCmd),
     /// The audit log (newest first).
     Audit {
         /// How many entries.
@@ -192,6 +199,19 @@ fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The text of FILE (`-`: standard input) and the name to put on its errors.
+fn read_file_arg(file: &std::path::Path) -> anyhow::Result<(String, String)> {
+    use anyhow::Context as _;
+    if file.as_os_str() == "-" {
+        let text = std::io::read_to_string(std::io::stdin()).context("reading stdin")?;
+        Ok((text, "<stdin>".to_owned()))
+    } else {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        Ok((text, file.display().to_string()))
+    }
+}
+
 /// The policy file does not parse (`policy_invalid`, as the controller says).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -214,6 +234,7 @@ fn error_json(e: &anyhow::Error) -> serde_json::Value {
         },
         None if e.is::<PolicyInvalid>() => "policy_invalid".into(),
         None if e.is::<dns::BlocklistInvalid>() => "dns_blocklist_invalid".into(),
+        None if e.is::<firewall::FirewallInvalid>() => "firewall_invalid".into(),
         None => "client_error".into(),
     };
     serde_json::json!({ "error": { "code": code, "message": format!("{e:#}") } })
@@ -236,6 +257,7 @@ async fn dispatch(c: &Client, cmd: AdminCommand, json: bool) -> anyhow::Result<b
         AdminCommand::Usage(a) => usage::usage(c, a, json).await?,
         AdminCommand::Task(t) => tasks::run(c, t, json).await?,
         AdminCommand::Dns(d) => dns::run(c, d, json).await?,
+        AdminCommand::Firewall(f) => firewall::run(c, f, json).await?,
         AdminCommand::Audit {
             limit,
             before,

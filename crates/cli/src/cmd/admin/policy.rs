@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use weft_api_client::Client;
 use weft_proto::api::{PolicyCheckRequest, PolicyCheckResponse, SetPolicyRequest};
 
-use super::{PolicyInvalid, print_json};
+use super::{PolicyInvalid, print_json, read_file_arg};
 use crate::cmd::format::out;
 
 #[derive(Debug, Subcommand)]
@@ -66,14 +65,7 @@ pub(crate) async fn run(c: &Client, cmd: PolicyCmd, json: bool) -> anyhow::Resul
             file,
             expect_version,
         } => {
-            let (text, source) = if file.as_os_str() == "-" {
-                let text = std::io::read_to_string(std::io::stdin()).context("reading stdin")?;
-                (text, "<stdin>".to_owned())
-            } else {
-                let text = std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?;
-                (text, file.display().to_string())
-            };
+            let (text, source) = read_file_arg(&file)?;
             // Refused here with the file's name on each error (the controller
             // checks again, and runs the policy's tests against its nodes).
             if let Err(e) = weft_policy::parse(&text) {
