@@ -46,17 +46,21 @@ pub enum AnomalyKind {
     /// A host firewall change cut the node off its controller and the agent
     /// restored the previous ruleset (see [`crate::hostfw`]).
     FirewallRollback,
+    /// A spike of lookups the resolver answered from the controller's DNS
+    /// blocklist (see [`crate::dnsblock`]): a program calling listed domains.
+    DnsBlocked,
 }
 
 impl AnomalyKind {
     /// All kinds, in display order.
-    pub const ALL: [AnomalyKind; 6] = [
+    pub const ALL: [AnomalyKind; 7] = [
         AnomalyKind::OutboundVolume,
         AnomalyKind::Scan,
         AnomalyKind::DropSpike,
         AnomalyKind::ControlLatency,
         AnomalyKind::IntegrityMismatch,
         AnomalyKind::FirewallRollback,
+        AnomalyKind::DnsBlocked,
     ];
 
     /// A stable snake_case name (JSON, metrics label, CLI).
@@ -68,6 +72,7 @@ impl AnomalyKind {
             AnomalyKind::ControlLatency => "control_latency",
             AnomalyKind::IntegrityMismatch => "integrity_mismatch",
             AnomalyKind::FirewallRollback => "firewall_rollback",
+            AnomalyKind::DnsBlocked => "dns_blocked",
         }
     }
 }
