@@ -56,7 +56,7 @@ pub(crate) enum FirewallCmd {
     /// node closes it by itself when it expires, controller or not. Refused
     /// for a node the file gives no host firewall (it lets everything in).
     Allow(AllowArgs),
-    /// List the dynamic rules (ids `dyn:N`), with what is left of each.
+    /// List the dynamic rules (ids `dyn:N`) and when each expires.
     Rules {
         /// Only this node's (name or key).
         #[arg(long)]
