@@ -5,6 +5,7 @@
 mod hostfw;
 mod netlink;
 mod nft;
+mod nftgen;
 
 pub use hostfw::update_named_sets;
 

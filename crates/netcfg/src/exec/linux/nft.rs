@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::nftgen::RulesetGeneration;
 use crate::exec::ExecError;
 use crate::firewall::{
     NFT_TABLE, NftRule, ObservedFirewall, delete_script, parse_listing, render_script,
@@ -16,12 +17,15 @@ use crate::firewall::{
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Largest `nft` output read (the table holds a few rules).
 const MAX_OUTPUT: usize = 1 << 20;
-/// Observations answered from the last `nft` listing before `nft` runs again.
-/// Listing means starting the `nft` program (a few milliseconds of CPU and a
-/// burst of page faults); the reconciler observes every 2 s, so running it each
-/// time cost an idle agent more CPU than everything else together and disturbed
-/// the data plane's latency. A table changed behind weft's back is now repaired
-/// within about 30 s; every change weft makes itself drops the cached listing.
+/// Observations answered from the last `nft` listing before `nft` runs again,
+/// when the ruleset generation cannot be read. Listing means starting the
+/// `nft` program (a few milliseconds of CPU and a burst of page faults); the
+/// reconciler observes every 2 s, so running it each time cost an idle agent
+/// more CPU than everything else together and disturbed the data plane's
+/// latency. Normally the listing is reused while the ruleset generation
+/// ([`RulesetGeneration`]) is unchanged, so a table changed behind weft's back
+/// is repaired at the next pass; without it, within about 30 s. Every change
+/// weft makes itself drops the cached listing.
 const LIST_EVERY: u32 = 15;
 
 /// State kept across calls: what forwarding was before weft turned it on, and
@@ -29,7 +33,10 @@ const LIST_EVERY: u32 = 15;
 #[derive(Debug, Default)]
 pub(super) struct Firewall {
     forward_set_by_weft: bool,
-    listed: Option<(Option<BTreeSet<String>>, u32)>,
+    /// The last listing: the generation it saw (if readable), the table, and
+    /// how many observations it answered.
+    listed: Option<(Option<u32>, Option<BTreeSet<String>>, u32)>,
+    generation: RulesetGeneration,
     /// Where "weft turned forwarding on" is kept across a crash, if anywhere.
     marker: Option<PathBuf>,
 }
@@ -129,14 +136,17 @@ impl Firewall {
     }
 
     pub(super) fn observe(&mut self) -> Result<ObservedFirewall, ExecError> {
+        let generation = self.generation.current();
         let table = match &mut self.listed {
-            Some((table, uses)) if *uses < LIST_EVERY => {
+            Some((seen, table, uses))
+                if generation.map_or(*uses < LIST_EVERY, |g| *seen == Some(g)) =>
+            {
                 *uses += 1;
                 table.clone()
             }
             _ => {
                 let table = Self::list()?;
-                self.listed = Some((table.clone(), 1));
+                self.listed = Some((generation, table.clone(), 1));
                 table
             }
         };
