@@ -48,6 +48,7 @@ mod clock;
 mod ctl;
 mod dataplane;
 mod dns;
+mod dns_blocklist;
 mod failures;
 #[doc(hidden)]
 pub mod fuzzing;

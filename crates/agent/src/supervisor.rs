@@ -89,6 +89,8 @@ struct Agent {
     /// What is failing now (shown by `weft status`, fails `weft up`).
     failures: Failures,
     dns: Dns,
+    /// The controller's DNS blocklist, fetched and kept for the resolver.
+    dns_blocklist: crate::dns_blocklist::DnsBlocklistKeeper,
     /// Metrics, forwarding, usage uploads and anomaly detection.
     telemetry: Telemetry,
     /// The task runner and its results outbox.
@@ -211,6 +213,11 @@ async fn serve<F: Future<Output = ()>>(
     let (maps_tx, mut maps_rx) = mpsc::channel::<NetworkMap>(16);
     let (_, link_state) = watch::channel(LinkState::default());
     let dns = Dns::new(cfg.dns, cfg.state_dir.clone(), &cfg.dns_resolver);
+    let dns_blocklist = crate::dns_blocklist::DnsBlocklistKeeper::start(
+        cfg.state_dir.clone(),
+        dns.blocklist_slot(),
+        cfg.dns != DnsMode::Off,
+    );
     let (action_ctx, mut actions_rx) = crate::actions::channel(state.clone(), cfg.mint_difficulty);
     let integrity = Integrity::start(cfg.tasks.hooks_dir.clone());
     let mut agent = Agent {
@@ -243,6 +250,7 @@ async fn serve<F: Future<Output = ()>>(
         reconcile_status: ReconcileStatus::default(),
         failures,
         dns,
+        dns_blocklist,
     };
 
     // Offline start: apply the cached map at once.
@@ -528,6 +536,7 @@ impl Agent {
         self.telemetry.set_link(Some((&cred, &state)));
         self.tasks.set_link(Some(&cred));
         self.integrity.set_link(Some(cred.clone()));
+        self.dns_blocklist.set_link(Some(cred.clone()));
         self.link = Some(link);
         self.link_state = state;
     }
@@ -536,6 +545,7 @@ impl Agent {
         self.telemetry.set_link(None);
         self.tasks.set_link(None);
         self.integrity.set_link(None);
+        self.dns_blocklist.set_link(None);
         if let Some(link) = self.link.take() {
             link.stop();
         }
@@ -545,6 +555,7 @@ impl Agent {
 
     async fn apply_map(&mut self, map: NetworkMap) {
         self.telemetry.set_map(&map);
+        self.dns_blocklist.set_map(map.dns_blocklist.as_ref());
         self.node_api.set_map(&map, &self.identity);
         if self.down {
             self.map = Some(map);

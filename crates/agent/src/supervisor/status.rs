@@ -140,6 +140,7 @@ impl Agent {
                     self.telemetry.failures(),
                     self.tasks.failures(),
                     self.integrity.failures(),
+                    self.dns_blocklist.failures(),
                 ]
                 .concat();
                 if let Some((error, since_unix_ms)) = link.routes_refused.clone() {

@@ -21,7 +21,7 @@
 //! | `weft_agent_io_batch_packets` | histogram | `op` (as above) | packets per batch, kept by the I/O thread |
 //! | `weft_agent_dataplane_up` | gauge | | 1 while the I/O thread answers |
 //! | `weft_agent_reconcile_passes_total`, `…_reconcile_failures_total` | counter | | reconciler passes, failed actions |
-//! | `weft_agent_dns_queries_total`, `…_dns_cache_hits_total`, `…_dns_upstream_failures_total` | counter | | the resolver's [`weft_dns::DnsStats`] |
+//! | `weft_agent_dns_queries_total`, `…_dns_cache_hits_total`, `…_dns_blocked_total`, `…_dns_upstream_failures_total` | counter | | the resolver's [`weft_dns::DnsStats`] |
 //! | `weft_agent_dns_upstream_duration_seconds` | histogram | | time to an upstream's answer |
 //! | `weft_agent_controller_connected` | gauge | | 1 while the map stream is up |
 //! | `weft_agent_map_version` | gauge | | version of the map in force (absent before the first) |
@@ -242,6 +242,8 @@ impl Collector for DnsCollector {
         counter(&mut enc, "dns_queries", q, None, &s.queries)?;
         let h = "Queries answered from the resolver's cache";
         counter(&mut enc, "dns_cache_hits", h, None, &s.cache_hits)?;
+        let b = "Lookups answered from the controller's DNS blocklist (NXDOMAIN or 0.0.0.0)";
+        counter(&mut enc, "dns_blocked", b, None, &s.blocked)?;
         let f = "Forwarded queries no upstream answered (the client got SERVFAIL)";
         counter(
             &mut enc,

@@ -132,6 +132,7 @@ fn prometheus_text_parses_with_names_and_types() {
         "weft_agent_reconcile_failures_total",
         "weft_agent_dns_queries_total",
         "weft_agent_dns_cache_hits_total",
+        "weft_agent_dns_blocked_total",
         "weft_agent_dns_upstream_failures_total",
         "weft_agent_process_cpu_seconds_total",
         "weft_agent_anomaly_events_total",

@@ -54,10 +54,10 @@ impl Telemetry {
     /// the data plane `dp`, and the metrics registry (the resolver's counters
     /// from `dns`). Nothing is sent before [`Telemetry::set_link`].
     pub(crate) fn start(cfg: &AgentConfig, dp: &Dataplane, dns: DnsStats) -> Self {
-        let metrics = Arc::new(metrics::AgentMetrics::new(dns));
+        let metrics = Arc::new(metrics::AgentMetrics::new(dns.clone()));
         Self {
             usage: usage::Usage::start(cfg, dp),
-            anomaly: anomaly::Anomaly::start(cfg, dp.probe(), metrics.clone()),
+            anomaly: anomaly::Anomaly::start(cfg, dp.probe(), metrics.clone(), dns),
             forward: forward::Forwarder::start(cfg.state_dir.clone(), dp.probe()),
             metrics,
         }

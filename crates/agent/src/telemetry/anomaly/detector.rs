@@ -12,7 +12,11 @@
 //!   (`drops_min`); policy drops are not reported again as a spike in a
 //!   window that already raised a scan (the scan explains them);
 //! - the controller's report round trip: EWMA and z-score, warm-up, floor
-//!   (`latency_min_ms`).
+//!   (`latency_min_ms`);
+//! - lookups the resolver answered from the controller's DNS blocklist per
+//!   window (a program calling home to a listed domain): EWMA and z-score,
+//!   warm-up, the drops' floor (`drops_min`: a blocked lookup is a dropped
+//!   query).
 //!
 //! After an event, the same signal for the same subject stays quiet for the
 //! cooldown: one incident, one event.
@@ -91,6 +95,8 @@ pub(crate) struct Window<'a> {
     pub(crate) drops: &'a DropCounters,
     /// Refused new attempts since the previous window.
     pub(crate) refusals: &'a Refusals,
+    /// Lookups answered from the DNS blocklist so far (the resolver's counter).
+    pub(crate) dns_blocked: u64,
 }
 
 /// A cumulative counter and the baseline of its per-window increase.
@@ -122,6 +128,7 @@ pub(crate) struct Detector {
     me: String,
     volume: BTreeMap<NodeKey, Counter>,
     drops: BTreeMap<DropReason, Counter>,
+    dns_blocked: Option<Counter>,
     latency: Option<Ewma>,
     last_window: Option<Instant>,
     quiet_until: BTreeMap<(AnomalyKind, String), Instant>,
@@ -146,6 +153,7 @@ impl Detector {
             me: "this node".into(),
             volume: BTreeMap::new(),
             drops: BTreeMap::new(),
+            dns_blocked: None,
             latency: None,
             last_window: None,
             quiet_until: BTreeMap::new(),
@@ -275,7 +283,44 @@ impl Detector {
                 out.push(e);
             }
         }
+        out.extend(self.blocked_lookups(w, scale));
         out
+    }
+
+    /// A spike of lookups answered from the DNS blocklist.
+    fn blocked_lookups(&mut self, w: &Window<'_>, scale: f64) -> Option<AnomalyEvent> {
+        let s = self.settings;
+        let c = self.dns_blocked.get_or_insert_with(|| Counter {
+            last: w.dns_blocked,
+            baseline: Ewma::new(w.now),
+        });
+        let x = c.delta(w.dns_blocked) as f64 * scale;
+        let (mean, stddev, z) = judge(&mut c.baseline, &s, w.now, x, s.drops_min as f64, 1.0)?;
+        let mut e = self.raise(
+            w,
+            Spike {
+                kind: AnomalyKind::DnsBlocked,
+                subject: String::new(),
+                observed: x,
+                unit: "lookups",
+                mean,
+                stddev,
+                z,
+            },
+        )?;
+        e.target = Some("the DNS blocklist".into());
+        e.summary = format!(
+            "{} looked up {:.0} names on the DNS blocklist in {} s, {:.1} standard deviations \
+             above the baseline of {:.1} (± {:.1}): a program on this host may be calling a \
+             listed domain (see `weft dns stats` and `weft dns log`)",
+            self.me,
+            x,
+            s.window.as_secs(),
+            z,
+            mean,
+            stddev
+        );
+        Some(e)
     }
 
     /// Judges one controller report round trip.
@@ -302,6 +347,7 @@ impl Detector {
             peers: &[],
             drops: &DropCounters::default(),
             refusals: &Refusals::default(),
+            dns_blocked: 0,
         };
         let mut e = self.raise(
             &w,

@@ -1,5 +1,6 @@
 //! The detector's shell: a task that reads the data plane once per window
-//! (per-peer bytes, drops, refused attempts), hands each controller report's
+//! (per-peer bytes, drops, refused attempts) and the resolver's count of
+//! blocked lookups, hands each controller report's
 //! round trip to the detector, keeps the events ([`EventLog`]) and uploads
 //! them to the controller while it answers.
 
@@ -11,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use weft_api_client::Client;
+use weft_dns::DnsStats;
 use weft_proto::events::{AnomalyEvent, AnomalyThresholds, NodeEventsRequest};
 use weft_proto::local::{FailureStatus, LocalResponse};
 use weft_proto::netmap::NetworkMap;
@@ -49,11 +51,17 @@ impl Anomaly {
     /// Starts the task over the data plane's `probe`; every event is
     /// counted in `metrics` (`weft_agent_anomaly_events_total{kind}`) and
     /// kept for the controller in the state directory's outbox.
-    pub(crate) fn start(cfg: &AgentConfig, probe: Probe, metrics: Arc<AgentMetrics>) -> Self {
+    pub(crate) fn start(
+        cfg: &AgentConfig,
+        probe: Probe,
+        metrics: Arc<AgentMetrics>,
+        dns: DnsStats,
+    ) -> Self {
         let (ctx, rx) = watch::channel(Ctx::default());
         let log = Arc::new(Mutex::new(EventLog::open(&cfg.state_dir, clock::unix_ms())));
         let task = tokio::spawn(run(
             probe,
+            dns,
             rx,
             Recorder {
                 log: log.clone(),
@@ -159,7 +167,7 @@ impl Recorder {
     }
 }
 
-async fn run(probe: Probe, mut ctx: watch::Receiver<Ctx>, rec: Recorder) {
+async fn run(probe: Probe, dns: DnsStats, mut ctx: watch::Receiver<Ctx>, rec: Recorder) {
     let mut det = Detector::new(Settings::default());
     let mut tick = interval(det.settings().window);
     let mut uplink: Option<Uplink> = None;
@@ -193,6 +201,7 @@ async fn run(probe: Probe, mut ctx: watch::Receiver<Ctx>, rec: Recorder) {
                     peers: &peers,
                     drops: &status.drops,
                     refusals: &refusals,
+                    dns_blocked: dns.snapshot().blocked,
                 });
                 rec.record(events);
                 if let Some(u) = uplink.as_ref().and_then(|u| u.client.as_ref()) {

@@ -50,6 +50,7 @@ struct Run {
     start: Instant,
     tx: u64,
     drops: DropCounters,
+    dns_blocked: u64,
     events: Vec<AnomalyEvent>,
 }
 
@@ -64,6 +65,7 @@ impl Run {
             start: now,
             tx: 0,
             drops: DropCounters::default(),
+            dns_blocked: 0,
             events: Vec::new(),
         }
     }
@@ -98,6 +100,7 @@ impl Run {
             peers: &peers,
             drops: &self.drops,
             refusals,
+            dns_blocked: self.dns_blocked,
         };
         let ev = self.d.window(&w);
         self.events.extend(ev.iter().cloned());
@@ -344,6 +347,48 @@ fn a_drop_spike_fires_after_warm_up_and_not_on_steady_drops_or_a_scan() {
         &sweep(Direction::Egress, key(2), 200),
     );
     assert_eq!(kinds(&ev), vec![AnomalyKind::Scan], "{ev:?}");
+}
+
+#[test]
+fn a_spike_of_blocked_lookups_fires_after_warm_up_and_not_on_a_steady_trickle() {
+    let mut r = Run::new(AnomalyThresholds::default());
+    let mut noise = Noise(5);
+    // A burst during the warm-up is not judged.
+    r.dns_blocked += 5000;
+    assert!(r.quiet(0).is_empty());
+    // A steady trickle of blocked lookups (ads in a browser): 0 to 30 per
+    // window for an hour.
+    while r.elapsed() < Duration::from_secs(3600) {
+        r.dns_blocked += (30.0 * noise.next()) as u64;
+        let ev = r.quiet(0);
+        assert!(ev.is_empty(), "at {:?}: {ev:?}", r.elapsed());
+    }
+    r.dns_blocked += 900;
+    let ev = r.quiet(0);
+    assert_eq!(kinds(&ev), vec![AnomalyKind::DnsBlocked], "{ev:?}");
+    assert_eq!(ev[0].observed, 900.0);
+    assert_eq!(ev[0].unit, "lookups");
+    assert_eq!(ev[0].target.as_deref(), Some("the DNS blocklist"));
+    assert!(
+        ev[0]
+            .summary
+            .contains("looked up 900 names on the DNS blocklist in 10 s"),
+        "{}",
+        ev[0].summary
+    );
+    // One incident, one event.
+    r.dns_blocked += 900;
+    assert!(r.quiet(0).is_empty());
+
+    // Under the floor (drops_min) nothing fires, however quiet it was.
+    let mut r = Run::new(AnomalyThresholds::default());
+    for _ in 0..40 {
+        r.quiet(0);
+    }
+    r.dns_blocked += 99;
+    assert!(r.quiet(0).is_empty());
+    r.dns_blocked += 100;
+    assert_eq!(kinds(&r.quiet(0)), vec![AnomalyKind::DnsBlocked]);
 }
 
 #[test]
