@@ -218,6 +218,12 @@ struct Args {
           default_value_t = weft_agent::DEFAULT_ROLLBACK_SECS,
           value_parser = clap::value_parser!(u64).range(1..=600))]
     firewall_rollback_secs: u64,
+    /// The subnet of the workload bridge (`wfbr0`) for `weft run --net
+    /// bridged|custom`: IPv4, /16 to /29; the node takes its first address,
+    /// each workload the next free one. Pick one no network of the node uses.
+    #[arg(long, env = "WEFT_WORKLOAD_SUBNET", value_name = "CIDR",
+          default_value = weft_agent::DEFAULT_WORKLOAD_SUBNET)]
+    workload_subnet: weft_agent::WorkloadSubnet,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -412,6 +418,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             t
         },
         firewall_rollback: std::time::Duration::from_secs(args.firewall_rollback_secs),
+        workload_subnet: args.workload_subnet,
     };
     cfg.tasks.check()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -30,6 +30,9 @@
 //!   passes before it runs (approved sha256 of the bytes that run);
 //!   `integrity`: the report of weftd's and the hooks' hashes to the
 //!   controller (at start, every 10 minutes, after a hook refusal).
+//! - `workload`: `weft run`'s network namespaces (none, host-loopback,
+//!   bridged, custom), owned by weftd, removed when their processes end and
+//!   swept after a crash.
 //! - `linkmon`: link monitoring: a netlink subscription to link, address and
 //!   route changes (no polling); an underlay change re-runs STUN, re-probes
 //!   every path, lets peers roam to the new source address and re-reports
@@ -71,6 +74,7 @@ mod supervisor;
 mod system;
 mod tasks;
 mod telemetry;
+mod workload;
 
 pub use dataplane::DataplaneConfig;
 pub use dns::DnsMode;
@@ -83,3 +87,4 @@ pub use supervisor::{AgentConfig, run};
 pub use tasks::TaskSettings;
 pub use telemetry::http::MetricsListen;
 pub use weft_dns::Upstream as DnsUpstream;
+pub use workload::{DEFAULT_SUBNET as DEFAULT_WORKLOAD_SUBNET, WorkloadSubnet};

@@ -300,7 +300,7 @@ pub(crate) fn matters(m: &RouteNetlinkMessage, current: &Underlay) -> bool {
     match m {
         RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l) => {
             let weft = l.attributes.iter().any(|a| match a {
-                LinkAttribute::IfName(n) => is_weft_link(n),
+                LinkAttribute::IfName(n) => is_weft_link(n) || weft_netcfg::is_workload_link(n),
                 _ => false,
             });
             !weft && !l.header.flags.contains(LinkFlags::Loopback)

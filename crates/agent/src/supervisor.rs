@@ -64,6 +64,8 @@ pub struct AgentConfig {
     pub node_api: Option<crate::NodeApiConfig>,
     /// `weftd --allow-exec`, `--allow-actions`, `--exec-user`.
     pub tasks: crate::TaskSettings,
+    /// `weftd --workload-subnet` (`weft run --net bridged|custom`).
+    pub workload_subnet: crate::WorkloadSubnet,
     /// `weftd --firewall-rollback-secs`: how long a host firewall change may
     /// leave the controller silent before it is rolled back.
     pub firewall_rollback: std::time::Duration,
@@ -99,6 +101,8 @@ struct Agent {
     integrity: Integrity,
     /// The node API for workloads (metadata, data, secrets).
     node_api: NodeApi,
+    /// `weft run`'s network namespaces.
+    workloads: crate::workload::Workloads,
     /// The host firewall (`inet weft_host`) and its rollback guard.
     hostfw: crate::hostfw::HostFw,
     /// Link monitoring (the underlay's changes, shown in status).
@@ -189,6 +193,7 @@ async fn serve<F: Future<Output = ()>>(
     };
     let identity = Arc::new(identity);
     let node_api = NodeApi::start(cfg.node_api.as_ref()).await?;
+    let workloads = crate::workload::Workloads::start(&cfg.state_dir, cfg.workload_subnet).await?;
 
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
@@ -233,6 +238,7 @@ async fn serve<F: Future<Output = ()>>(
         ),
         integrity,
         node_api,
+        workloads,
         hostfw: crate::hostfw::HostFw::new(cfg.firewall_rollback),
         linkmon,
         state,
@@ -284,8 +290,12 @@ async fn serve<F: Future<Output = ()>>(
         tokio::select! {
             () = &mut shutdown => break,
             Some((req, reply)) = calls_rx.recv() => {
-                let resp = agent.handle(req).await;
-                let _ = reply.send(resp);
+                if crate::workload::is_workload(&req) {
+                    agent.workloads.spawn(req, reply);
+                } else {
+                    let resp = agent.handle(req).await;
+                    let _ = reply.send(resp);
+                }
             }
             Some(map) = maps_rx.recv() => {
                 agent.from_cache = false;
@@ -352,6 +362,9 @@ impl Agent {
             LocalRequest::Events => self.telemetry.events(),
             LocalRequest::DnsLog { n, after_seq } => self.dns.log(n, after_seq).await,
             LocalRequest::DnsStats => self.dns.stats_response(),
+            req @ (LocalRequest::WorkloadCreate(_)
+            | LocalRequest::WorkloadStarted { .. }
+            | LocalRequest::WorkloadEnded { .. }) => self.workloads.handle(req).await,
             LocalRequest::Down => {
                 self.down = true;
                 self.stop_link();

@@ -117,6 +117,12 @@ enum Command {
     /// --node-api-socket): `weft node get metadata`, `data [KEY]`, `secret
     /// KEY`. Exit status 1 when refused or missing.
     Node(cmd::agent::NodeArgs),
+    /// Run a command in its own network namespace, owned by weftd: `--net
+    /// none` (loopback only), `host-loopback` (plus forwarded ports of this
+    /// host's 127.0.0.1), `bridged` (NAT out; the overlay as this node) or
+    /// `custom` (bridged, only to --allow destinations). Removed when the
+    /// command ends.
+    Run(cmd::agent::RunArgs),
     /// The controller's access policy: which rule decides A -> B (admin token).
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCmd),
@@ -142,6 +148,7 @@ pub fn main() -> ExitCode {
         Command::Up(a) => cmd::agent::up(&cli.socket, a, json),
         Command::Down => cmd::agent::down(&cli.socket, json),
         Command::Ping(a) => cmd::agent::ping(&cli.socket, a, json),
+        Command::Run(a) => cmd::agent::run(&cli.socket, a, json),
         Command::Why(a) => cmd::agent::why(&cli.socket, a, json),
         Command::Netcheck(a) => cmd::netcheck::run(&cli.socket, a, json),
         Command::WhyBlocked(a) => cmd::agent::why_blocked(&cli.socket, a, json),

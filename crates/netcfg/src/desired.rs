@@ -25,6 +25,18 @@ pub fn is_weft_link(name: &str) -> bool {
     name.starts_with(WEFT_LINK_PREFIX)
 }
 
+/// The bridge of `weft run`'s bridged workloads. Not `weft*`: the reconciler
+/// does not manage it (the agent's workload module does).
+pub const WORKLOAD_BRIDGE: &str = "wfbr0";
+/// Name prefix of the node's ends of workload veths (`wfwl` + 8 hex digits).
+pub const WORKLOAD_VETH_PREFIX: &str = "wfwl";
+
+/// Returns whether an interface is one of `weft run`'s (its bridge or a
+/// workload veth): weft's, but not the underlay and not the reconciler's.
+pub fn is_workload_link(name: &str) -> bool {
+    name == WORKLOAD_BRIDGE || name.starts_with(WORKLOAD_VETH_PREFIX)
+}
+
 /// Returns whether weft manages an address of this kind: any but IPv6 link-local
 /// (`fe80::/10`), which the kernel configures by itself when a link comes up (as a
 /// permanent address, so flags cannot tell it from a user's).

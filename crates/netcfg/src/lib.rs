@@ -45,7 +45,7 @@ pub mod underlay;
 
 pub use desired::{
     DesiredState, IPV6_DEFAULT_METRIC, LinkSpec, RouteSpec, WEFT_LINK_PREFIX, WEFT_ROUTE_PROTOCOL,
-    is_managed_address, is_weft_link,
+    WORKLOAD_BRIDGE, WORKLOAD_VETH_PREFIX, is_managed_address, is_weft_link, is_workload_link,
 };
 pub use exec::{ExecError, Executor, FakeKernel};
 pub use firewall::{FirewallSpec, NftRule, ObservedFirewall};

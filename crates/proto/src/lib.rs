@@ -34,6 +34,7 @@ pub mod stun;
 pub mod task;
 pub mod text;
 pub mod usage;
+pub mod workload;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -58,6 +58,23 @@ pub enum LocalRequest {
     /// The resolver's statistics (`weft dns stats`); answered with
     /// [`LocalResponse::DnsStats`].
     DnsStats,
+    /// `weft run`: create a network namespace for a workload; answered with
+    /// [`LocalResponse::Workload`].
+    WorkloadCreate(crate::workload::WorkloadSpec),
+    /// `weft run`: the workload's process runs (in the namespace) as `pid`;
+    /// the agent watches it.
+    WorkloadStarted {
+        /// The id [`LocalResponse::Workload`] gave.
+        id: String,
+        /// The process id (in the agent's pid namespace).
+        pid: u32,
+    },
+    /// `weft run`: the workload's process ended; the agent removes the
+    /// namespace, its links and rules once no process runs in it.
+    WorkloadEnded {
+        /// The id [`LocalResponse::Workload`] gave.
+        id: String,
+    },
 }
 
 /// Parameters of `weft why-blocked`: one packet, described by its five-tuple.
@@ -133,6 +150,8 @@ pub enum LocalResponse {
         /// The exposition.
         text: String,
     },
+    /// The answer to [`LocalRequest::WorkloadCreate`].
+    Workload(crate::workload::WorkloadInfo),
     /// The answer to [`LocalRequest::Events`].
     Events {
         /// The latest events (a bounded ring), oldest first.

@@ -138,6 +138,7 @@ mod tests {
             node_api: None,
             tasks: crate::TaskSettings::default(),
             firewall_rollback: std::time::Duration::from_secs(10),
+            workload_subnet: crate::WorkloadSubnet::default(),
         };
         let node = weft_tunnel::Node::new(
             weft_proto::NodeKey::from_bytes([1; 32]),

@@ -11,9 +11,9 @@ use weft_proto::workload::{Allow, AllowDest, AllowProto, NetMode};
 /// The bridge every bridged workload's veth is a port of. Not `weft*`: the
 /// overlay's reconciler owns (and empties) the links named so, and the
 /// overlay table's isolation rule drops forwarding between them.
-pub(crate) const BRIDGE: &str = "wfbr0";
+pub(crate) const BRIDGE: &str = weft_netcfg::WORKLOAD_BRIDGE;
 /// Host ends of workload veths: `wfwl` + the workload's id (8 hex digits).
-pub(crate) const VETH_PREFIX: &str = "wfwl";
+pub(crate) const VETH_PREFIX: &str = weft_netcfg::WORKLOAD_VETH_PREFIX;
 /// The nftables table of workload networking: NAT out on the node, the
 /// `custom` filter inside a workload's namespace.
 pub(crate) const TABLE: &str = "inet weft_wl";
@@ -242,10 +242,22 @@ mod tests {
         for link in [veth_name(&id), BRIDGE.to_owned()] {
             assert!(link.len() <= 15, "{link}");
             assert!(!weft_netcfg::is_weft_link(&link), "{link}");
+            assert!(weft_netcfg::is_workload_link(&link), "{link}");
         }
         assert_eq!(veth_id("wfwldeadbeef"), Some("deadbeef"));
         assert_eq!(veth_id(BRIDGE), None);
         assert_eq!(veth_id("wfwlzz"), None);
+    }
+
+    #[test]
+    fn the_subnet_flag_takes_ipv4_prefixes_of_16_to_29() {
+        use super::super::WorkloadSubnet;
+        let ok: WorkloadSubnet = "10.5.0.9/24".parse().unwrap();
+        assert_eq!(ok.to_string(), "10.5.0.0/24");
+        assert_eq!(WorkloadSubnet::default().to_string(), DEFAULT_SUBNET);
+        for bad in ["10.0.0.0/8", "10.0.0.0/30", "fd00::/64", "x"] {
+            assert!(bad.parse::<WorkloadSubnet>().is_err(), "{bad}");
+        }
     }
 
     #[test]

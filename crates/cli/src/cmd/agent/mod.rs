@@ -1,8 +1,9 @@
 //! Commands that talk to the local agent over its Unix socket. This module:
 //! the socket, one request/response, and `status`; [`up`]: `up` and `down`;
 //! [`explain`]: `why` and `why-blocked`; [`ping`]: `ping`; [`metrics`]:
-//! `metrics`; [`events`]: `events`; [`dns`]: `dns log` and `dns stats`; [`node`]: `node get` (the node API, not
-//! the local API).
+//! `metrics`; [`events`]: `events`; [`dns`]: `dns log` and `dns stats`;
+//! [`run`]: `run` (workload namespaces); [`node`]: `node get` (the node API,
+//! not the local API).
 
 mod dns;
 mod events;
@@ -11,9 +12,10 @@ mod hostfw;
 mod metrics;
 mod node;
 mod ping;
-mod underlay;
+mod run;
 #[cfg(test)]
 mod tests;
+mod underlay;
 mod up;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -37,6 +39,7 @@ pub use explain::{WhyArgs, WhyBlockedArgs, why, why_blocked};
 pub use metrics::{MetricsArgs, metrics};
 pub use node::{NodeArgs, node};
 pub use ping::{PingArgs, ping};
+pub use run::{RunArgs, run};
 pub use up::{UpArgs, down, up};
 
 /// Where the agent listens.

@@ -98,7 +98,7 @@ fn describe(info: &WorkloadInfo) -> String {
     s
 }
 
-/// Enters the namespace, runs the command, tells weftd its pid, waits.
+/// Runs the command in the namespace, tells weftd its pid, waits.
 fn run_in(
     socket: &std::path::Path,
     info: &WorkloadInfo,
@@ -106,15 +106,23 @@ fn run_in(
 ) -> anyhow::Result<std::process::ExitStatus> {
     let ns = std::fs::File::open(&info.netns)
         .with_context(|| format!("opening weftd's namespace handle {}", info.netns))?;
-    // This process (single-threaded) enters it; the child is born there. The
-    // local API is a Unix socket path, reachable from any network namespace.
-    nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-        .context("entering the workload's network namespace (weft run needs root)")?;
     let (program, args) = command.split_first().context("no command given")?;
-    let mut child = std::process::Command::new(program)
-        .args(args)
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
+    // A thread enters the namespace and starts the child there (setns moves
+    // only the calling thread): weft run itself stays outside, so weftd sees
+    // the namespace empty as soon as the command's processes are gone.
+    let mut child = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .context("entering the workload's network namespace (weft run needs root)")?;
+                std::process::Command::new(program)
+                    .args(args)
+                    .spawn()
+                    .with_context(|| format!("starting {program}"))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread starting {program} panicked"))?
+    })?;
     // Ctrl-C reaches the command (same process group); weft run stays to
     // report its end. Ignored only now: the child keeps the default.
     ignore_interrupts();

@@ -10,7 +10,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::{DUMP_ATTEMPTS, NetlinkExecutor, link_info};
-use crate::desired::{WEFT_ROUTE_PROTOCOL, is_weft_link};
+use crate::desired::{WEFT_ROUTE_PROTOCOL, is_weft_link, is_workload_link};
 use crate::exec::ExecError;
 use crate::underlay::{Underlay, UnderlayLink};
 
@@ -46,7 +46,10 @@ impl NetlinkExecutor {
             };
             let flags = link.header.flags;
             let info = link_info(&link);
-            if flags.contains(LinkFlags::Loopback) || is_weft_link(&info.name) {
+            if flags.contains(LinkFlags::Loopback)
+                || is_weft_link(&info.name)
+                || is_workload_link(&info.name)
+            {
                 underlay.others.push(link.header.index);
                 continue;
             }
