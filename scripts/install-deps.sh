@@ -14,6 +14,8 @@ want=(
     procps:pkill
     dnsutils:dig
     dnsmasq-base:dnsmasq
+    stunnel4:stunnel4
+    openssl:openssl
     ca-certificates:update-ca-certificates
     util-linux:setpriv
 )

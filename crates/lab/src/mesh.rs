@@ -343,7 +343,10 @@ impl<'l> Mesh<'l> {
         } else {
             "off"
         };
-        cmd.args(["--dns", dns]);
+        // A test that chooses the DNS mode itself (`--dns system`) passes it in `args`.
+        if !args.contains(&"--dns") {
+            cmd.args(["--dns", dns]);
+        }
         cmd.envs(env.iter().copied());
         cmd.args(args);
         if let Some(t) = token {

@@ -29,6 +29,9 @@ type Exchange = DnsExchange<TokioRuntimeProvider>;
 /// The TLS client side shared by every DoT upstream.
 pub(crate) struct TlsClient {
     config: Arc<ClientConfig>,
+    /// Owns the connections' background tasks (a tokio `JoinSet`): they end
+    /// when the last clone of it is dropped, so it lives as long as the client.
+    provider: TokioRuntimeProvider,
     connections: Mutex<BTreeMap<(SocketAddr, String), Exchange>>,
 }
 
@@ -88,13 +91,15 @@ impl TlsClient {
             .with_no_client_auth();
         Ok(Self {
             config: Arc::new(config),
+            provider: TokioRuntimeProvider::new(),
             connections: Mutex::new(BTreeMap::new()),
         })
     }
 
     /// Asks `addr` (certificate valid for `name`, else for the address) with
-    /// `query`; the connection is dropped on any failure (the next query opens
-    /// a new one).
+    /// `query`. A connection that fails is dropped; when it was an open one
+    /// (the server may close idle or long-used connections at any time) the
+    /// query is asked once more on a new connection.
     pub(crate) async fn exchange(
         &self,
         addr: SocketAddr,
@@ -107,27 +112,39 @@ impl TlsClient {
         };
         let key = (addr, name.unwrap_or_default().to_owned());
         let existing = self.lock().get(&key).cloned();
-        let exchange = match existing {
-            Some(e) => e,
-            None => {
-                let e = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    hickory_net::tls::tls_exchange(
-                        addr,
-                        server_name,
-                        (*self.config).clone(),
-                        QUERY_TIMEOUT,
-                        None,
-                        TokioRuntimeProvider::new(),
-                    ),
-                )
-                .await
-                .map_err(|_| "TLS connect timed out".to_owned())?
-                .map_err(|e| format!("TLS connect: {e}"))?;
-                self.lock().insert(key.clone(), e.clone());
-                e
+        if let Some(open) = existing {
+            match self.ask(&key, &open, query.clone()).await {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    tracing::debug!(upstream = %addr, "DoT on an open connection: {e}; asking on a new one")
+                }
             }
-        };
+        }
+        let fresh = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            hickory_net::tls::tls_exchange(
+                addr,
+                server_name,
+                (*self.config).clone(),
+                QUERY_TIMEOUT,
+                None,
+                self.provider.clone(),
+            ),
+        )
+        .await
+        .map_err(|_| "TLS connect timed out".to_owned())?
+        .map_err(|e| format!("TLS connect: {e}"))?;
+        self.lock().insert(key.clone(), fresh.clone());
+        self.ask(&key, &fresh, query).await
+    }
+
+    /// One query on `exchange`; on failure the connection is forgotten.
+    async fn ask(
+        &self,
+        key: &(SocketAddr, String),
+        exchange: &Exchange,
+        query: Message,
+    ) -> Result<Message, String> {
         let mut options = DnsRequestOptions::default();
         options.use_edns = query.edns.is_some();
         let answer = tokio::time::timeout(
@@ -137,17 +154,13 @@ impl TlsClient {
                 .first_answer(),
         )
         .await;
-        match answer {
-            Ok(Ok(response)) => Ok(response.into_message()),
-            Ok(Err(e)) => {
-                self.lock().remove(&key);
-                Err(e.to_string())
-            }
-            Err(_) => {
-                self.lock().remove(&key);
-                Err("timed out".into())
-            }
-        }
+        let error = match answer {
+            Ok(Ok(response)) => return Ok(response.into_message()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        self.lock().remove(key);
+        Err(error)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(SocketAddr, String), Exchange>> {
