@@ -209,6 +209,37 @@ fn peers_reach_the_node_again_within_3s_after_its_default_route_moves() {
     )
     .unwrap();
 
+    // The node re-reported its endpoints at once: the controller's record no
+    // longer lists the first address, and lists the second.
+    let endpoints = || -> Vec<String> {
+        let out = mesh
+            .admin(&["node", "show", "n", "--json"])
+            .unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&out)
+            .ok()
+            .and_then(|v| {
+                v["endpoints"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    };
+    within(
+        "the controller has n's new endpoints",
+        Duration::from_secs(5),
+        || {
+            let eps = endpoints();
+            eps.iter().any(|e| e.starts_with(&format!("{addr_b}:")))
+                && !eps.iter().any(|e| e.starts_with(&format!("{addr_a}:")))
+        },
+    );
+    println!(
+        "link monitoring: the controller had the node's new endpoints {:.1} s after the change",
+        unix_secs() - changed_at
+    );
+
     pinger.wait_exit(Duration::from_secs(15)).unwrap();
     let log = pinger.log().unwrap();
     let replies = replies(&log);
@@ -256,20 +287,9 @@ fn peers_reach_the_node_again_within_3s_after_its_default_route_moves() {
     let text = mesh.weft("n", &["status"]).unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("underlay  default route via eth1"), "{text}");
-    // The node reported its new endpoint to the controller, which gave it to
-    // the peer (its candidates for n include the new address).
-    within(
-        "p's map lists n's new address",
-        Duration::from_secs(15),
-        || {
-            mesh.try_status("p").is_some_and(|s| {
-                s.peers.iter().any(|p| {
-                    p.name == "n"
-                        && p.candidates
-                            .iter()
-                            .any(|c| c.addr.starts_with(&format!("{addr_b}:")))
-                })
-            })
-        },
-    );
+    // It was link monitoring that acted (not a timer), and the controller
+    // connection made over eth0 was replaced at once.
+    let n_log = mesh.agents["n"].process.as_ref().unwrap().log().unwrap();
+    assert!(n_log.contains("underlay changed"), "{n_log}");
+    assert!(n_log.contains("reconnecting now"), "{n_log}");
 }

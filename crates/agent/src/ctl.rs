@@ -218,7 +218,15 @@ async fn link_task(
         .await;
         let lived = crate::clock::now().saturating_duration_since(started);
         let (msg, permanent) = match result {
-            Ok(()) => ("map stream ended".to_owned(), false),
+            Ok(Ended::PathLost) => {
+                // The connection may use an address or route that is gone:
+                // a new one at once (its first report carries the endpoints).
+                tracing::info!(
+                    "the underlay changed under the controller connection; reconnecting now"
+                );
+                continue;
+            }
+            Ok(Ended::Stream) => ("map stream ended".to_owned(), false),
             Err(e) => {
                 let permanent = e
                     .downcast_ref::<weft_api_client::ClientError>()
@@ -303,6 +311,15 @@ impl Backoff {
     }
 }
 
+/// Why a session ended without an error.
+enum Ended {
+    /// The controller ended the map stream.
+    Stream,
+    /// The underlay changed so that the connection's address or route may be
+    /// gone ([`linkmon::path_lost`]): reconnect at once.
+    PathLost,
+}
+
 /// What a session needs that does not change between reconnects.
 struct LinkCtx<'a> {
     cred: &'a Credential,
@@ -322,7 +339,7 @@ async fn session(
     underlay: &mut watch::Receiver<Seen>,
     outage: &mut OutageLog,
     facts: &mut FactsTracker,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let (cred, trust, port, maps, state) = (ctx.cred, ctx.trust, ctx.port, ctx.maps, ctx.state);
     let c = client(&cred.controller, trust, Some(&cred.credential))?;
     let mut endpoints = gather(
@@ -330,6 +347,8 @@ async fn session(
         &reflexive.borrow_and_update(),
         &underlay.borrow_and_update(),
     );
+    // The underlay this connection was made on.
+    let mut on = underlay.borrow().underlay.clone();
     facts.new_session();
     report_with_facts(&c, state, facts, Some(endpoints.clone()))
         .await
@@ -364,7 +383,7 @@ async fn session(
         tokio::select! {
             ev = stream.next() => {
                 let Some(ev) = ev else {
-                    return Ok(());
+                    return Ok(Ended::Stream);
                 };
                 let ev = ev.context("reading the map stream")?;
                 match ev {
@@ -379,7 +398,7 @@ async fn session(
                         *version = Some(m.version);
                         *map = Some(m.clone());
                         if maps.send(m).await.is_err() {
-                            return Ok(());
+                            return Ok(Ended::Stream);
                         }
                     }
                     StreamEvent::Map(MapEvent::Delta(d)) => {
@@ -394,13 +413,20 @@ async fn session(
                             })?;
                         *version = Some(current.version);
                         if maps.send(current.clone()).await.is_err() {
-                            return Ok(());
+                            return Ok(Ended::Stream);
                         }
                     }
                 }
             }
             Ok(()) = underlay.changed() => {
-                let now = gather(port, &reflexive.borrow(), &underlay.borrow_and_update());
+                let seen = underlay.borrow_and_update().clone();
+                if let (Some(before), Some(after)) = (&on, &seen.underlay)
+                    && linkmon::path_lost(before, after)
+                {
+                    return Ok(Ended::PathLost);
+                }
+                on = seen.underlay.clone();
+                let now = gather(port, &reflexive.borrow(), &seen);
                 if now != endpoints {
                     tracing::info!(?now, "reporting new endpoints (the underlay changed)");
                     endpoints = now.clone();

@@ -16,8 +16,10 @@
 //!   source address, so it roams to it instead of waiting for its trust in
 //!   the old one to lapse;
 //! - the controller link ([`crate::ctl`]) re-gathers and re-reports the
-//!   endpoints (addresses of the interfaces that are up), or reconnects at
-//!   once when it was waiting to retry.
+//!   endpoints (addresses of the interfaces that are up); when the default
+//!   route moved or an address went away ([`path_lost`]) it replaces its
+//!   connection, made over the old path, at once (the new one's first report
+//!   carries the endpoints); a link waiting to retry tries at once.
 //!
 //! The subscription is read by a thread of its own (`weft-linkmon`, blocked
 //! in `recv`), which wakes the monitor's task only for a notification that
@@ -107,6 +109,20 @@ pub(crate) fn up_addresses(u: &Underlay) -> Vec<(String, std::net::IpAddr)> {
         .filter(|l| l.up)
         .flat_map(|l| l.addrs.iter().map(|a| (l.name.clone(), a.addr())))
         .collect()
+}
+
+/// Whether going from `before` to `after` may have cut connections made on
+/// `before`: the default route moved to another interface (or went away),
+/// or an address of an interface that was up is no longer on one that is up.
+/// A new interface or address alone cuts nothing.
+pub(crate) fn path_lost(before: &Underlay, after: &Underlay) -> bool {
+    if before.default_v4 != after.default_v4 || before.default_v6 != after.default_v6 {
+        return true;
+    }
+    let now = up_addresses(after);
+    up_addresses(before)
+        .iter()
+        .any(|(_, ip)| !now.iter().any(|(_, n)| n == ip))
 }
 
 fn status_of(s: &Seen) -> UnderlayStatus {
@@ -436,6 +452,26 @@ mod tests {
             &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17],
             &u
         ));
+    }
+
+    #[test]
+    fn connections_are_cut_by_a_moved_default_route_or_a_lost_address() {
+        let before = underlay();
+        let mut added = before.clone();
+        added.links.push(UnderlayLink {
+            index: 3,
+            name: "docker0".into(),
+            up: true,
+            addrs: vec!["172.17.0.1/16".parse().unwrap()],
+        });
+        assert!(!path_lost(&before, &added), "a new interface cuts nothing");
+        assert!(path_lost(&added, &before), "an address went away");
+        let mut moved = added.clone();
+        moved.default_v4 = Some("docker0".into());
+        assert!(path_lost(&added, &moved));
+        let mut down = before.clone();
+        down.links[0].up = false;
+        assert!(path_lost(&before, &down), "its interface went down");
     }
 
     #[test]
