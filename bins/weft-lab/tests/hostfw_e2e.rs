@@ -131,7 +131,7 @@ fn in_force(fw: &Value) -> (Option<u64>, bool) {
     (fw["version"].as_u64(), fw["checking"] == true)
 }
 
-/// Sets the firewall file; returns the version the controller stored.
+/// Sets the firewall file; returns the file's version on the controller.
 fn set_firewall(mesh: &Mesh<'_>, lab: &Lab, name: &str, text: &str) -> u64 {
     let path = lab.log_dir().join(name);
     std::fs::write(&path, text).unwrap();
@@ -144,15 +144,24 @@ fn set_firewall(mesh: &Mesh<'_>, lab: &Lab, name: &str, text: &str) -> u64 {
         .unwrap_or_else(|| panic!("no version in {out}"))
 }
 
-/// Waits until the node has `version` in force and its self-check is done.
-fn wait_in_force(mesh: &Mesh<'_>, version: u64) -> Duration {
-    let took = weft_lab::timed_wait("host firewall in force", Duration::from_secs(20), || {
-        firewall(mesh).is_some_and(|f| {
+/// Waits until the node has a spec other than `before` in force, its
+/// self-check done and nothing else wanted; returns that spec's version.
+fn wait_new_spec(mesh: &Mesh<'_>, before: Option<u64>) -> u64 {
+    let mut now = None;
+    let took = weft_lab::timed_wait(
+        "a new host firewall in force",
+        Duration::from_secs(20),
+        || {
+            let Some(f) = firewall(mesh) else {
+                return false;
+            };
             let (v, checking) = in_force(&f);
-            v >= Some(version) && !checking
-        })
-    });
-    took.unwrap_or_else(|e| panic!("{e}\n{:?}\n{}", firewall(mesh), mesh.agent_log_tail("node")))
+            now = v;
+            v.is_some() && v != before && !checking && f["wanted_version"].is_null()
+        },
+    );
+    took.unwrap_or_else(|e| panic!("{e}\n{:?}\n{}", firewall(mesh), mesh.agent_log_tail("node")));
+    now.unwrap()
 }
 
 fn nft_tables(lab: &Lab, node: &str) -> String {
@@ -210,10 +219,10 @@ comment = "explicitly closed"
 "#
     );
     let t0 = Instant::now();
-    let version = set_firewall(&mesh, &lab, "fw1.toml", &text);
-    wait_in_force(&mesh, version);
+    let file_version = set_firewall(&mesh, &lab, "fw1.toml", &text);
+    let version = wait_new_spec(&mesh, None);
     eprintln!(
-        "firewall version {version} in force and checked in {:?}",
+        "firewall file version {file_version} (spec {version}) in force and checked in {:?}",
         t0.elapsed()
     );
     assert!(nft_tables(&lab, "node").contains("table inet weft_host"));
@@ -374,8 +383,8 @@ input = "drop"
 proto = "tcp"
 port = "80"
 "#;
-    let v1 = set_firewall(&mesh, &lab, "good.toml", good);
-    wait_in_force(&mesh, v1);
+    set_firewall(&mesh, &lab, "good.toml", good);
+    let v1 = wait_new_spec(&mesh, None);
     assert_eq!(scan(&lab, "scanner", node_ip, &LISTEN), [80].into());
 
     let bad = format!(
@@ -388,8 +397,7 @@ comment = "cuts the controller off"
 "#
     );
     let t0 = Instant::now();
-    let v2 = set_firewall(&mesh, &lab, "bad.toml", &bad);
-    assert!(v2 > v1);
+    set_firewall(&mesh, &lab, "bad.toml", &bad);
     let mut st = Value::Null;
     let took = within(
         "the bad ruleset rolled back",
@@ -399,6 +407,8 @@ comment = "cuts the controller off"
             st["host_firewall"]["rollbacks"] == 1
         },
     );
+    let v2 = st["host_firewall"]["wanted_version"].as_u64().unwrap();
+    assert!(v2 > v1, "{st}");
     eprintln!(
         "a ruleset cutting the controller off (version {v2}) rolled back {took:?} after it was set \
          (bound: --firewall-rollback-secs {ROLLBACK_SECS})"

@@ -171,6 +171,16 @@ fn own_rules(own: &Own) -> Vec<HostFwRule> {
             addrs: vec![IpNet::from(*ip)],
             ..base(Chain::Output, &format!("tcp-{i}"))
         });
+        // Its answers, by source address and port rather than by conntrack
+        // state: a connection opened before the table existed (the map
+        // stream) is picked up mid-stream by conntrack as `new`, which the
+        // established/related base rule does not let in.
+        rules.push(HostFwRule {
+            proto: Some(L4::Tcp),
+            sport: vec![(*port, *port)],
+            addrs: vec![IpNet::from(*ip)],
+            ..base(Chain::Input, &format!("tcp-in-{i}"))
+        });
     }
     for (i, (ip, port)) in own.udp.iter().enumerate() {
         rules.push(HostFwRule {
@@ -254,7 +264,16 @@ mod tests {
         );
         let ctl = own_of("weft:own-tcp-0");
         assert_eq!(ctl.addrs, vec!["198.51.100.1/32".parse::<IpNet>().unwrap()]);
-        assert_eq!(ctl.ports, vec![(8443, 8443)]);
+        assert_eq!(
+            (ctl.chain, ctl.ports.clone()),
+            (Chain::Output, vec![(8443, 8443)])
+        );
+        let answers = own_of("weft:own-tcp-in-0");
+        assert_eq!(answers.addrs, ctl.addrs, "the controller's answers come in");
+        assert_eq!(
+            (answers.chain, answers.sport.clone()),
+            (Chain::Input, vec![(8443, 8443)])
+        );
         assert_eq!(own_of("weft:own-stun-0").proto, Some(L4::Udp));
         for c in [
             "weft:own-overlay-in",
