@@ -85,13 +85,17 @@ pub async fn fake_upstream(addr: SocketAddr) -> (SocketAddr, Log) {
 }
 
 fn respond(bytes: &[u8], tcp: bool, log: &Log) -> Option<Vec<u8>> {
+    respond_via(bytes, if tcp { "tcp" } else { "udp" }, log)
+}
+
+/// The fake's answer to `bytes`, logged as asked over `transport` (`udp` gets
+/// truncated big answers; `tcp`, `tls` do not).
+pub fn respond_via(bytes: &[u8], transport: &'static str, log: &Log) -> Option<Vec<u8>> {
+    let tcp = transport != "udp";
     let q = Message::from_vec(bytes).ok()?;
     let question = q.queries.first()?.clone();
     let name = question.name.to_lowercase().to_ascii();
-    log.0
-        .lock()
-        .unwrap()
-        .push((if tcp { "tcp" } else { "udp" }, name.clone()));
+    log.0.lock().unwrap().push((transport, name.clone()));
     let mut m = Message::response(q.metadata.id, OpCode::Query);
     m.metadata.recursion_desired = q.metadata.recursion_desired;
     m.metadata.recursion_available = true;
