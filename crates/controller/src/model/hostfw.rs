@@ -295,15 +295,19 @@ impl World {
                 .iter()
                 .filter_map(|k| self.find_node_by_key(k).map(|n| n.rec.id)),
         );
-        // Removed nodes: their specs and rules go (the store cascades).
-        let gone: Vec<NodeId> = self
-            .hostfw
-            .specs
-            .keys()
-            .chain(self.hostfw.rules.values().map(|r| &r.node_id))
-            .filter(|id| self.node(**id).is_none())
-            .copied()
-            .collect();
+        // Removed nodes (their removal is a policy input change): their specs
+        // and rules go (the store cascades).
+        let gone: Vec<NodeId> = if touched.policy_nodes.is_empty() {
+            Vec::new()
+        } else {
+            self.hostfw
+                .specs
+                .keys()
+                .chain(self.hostfw.rules.values().map(|r| &r.node_id))
+                .filter(|id| self.node(**id).is_none())
+                .copied()
+                .collect()
+        };
         for id in gone {
             self.hostfw.specs.remove(&id);
             self.hostfw.rules.retain(|_, r| r.node_id != id);
