@@ -1527,3 +1527,33 @@ fn an_underlay_change_makes_peers_follow_at_once_and_asks_stun_again() {
     net.run();
     assert_eq!(net.hosts[0].tun_rx, vec![back]);
 }
+
+#[test]
+fn an_underlay_change_brings_a_relayed_peer_back_to_direct_at_once() {
+    // Direct was blocked long enough that probing slowed to every 3 s; the
+    // underlay change (a new network that lets UDP through) probes every
+    // candidate at once, so direct wins over the relay with no time passing.
+    let mut net = Net::new(2);
+    net.relay_up();
+    net.blocked.push((0, 1));
+    let pkt = ipv4(net.hosts[0].overlay, net.hosts[1].overlay, &payload(1));
+    net.send_from_tun(0, &pkt);
+    net.run();
+    for _ in 0..8 {
+        net.tick(std::time::Duration::from_secs(1));
+    }
+    assert_eq!(net.path(0, 1), PathKind::Relay);
+    net.blocked.clear();
+    // Without the change nothing is probed for a while.
+    net.tick(std::time::Duration::from_millis(1));
+    assert_eq!(net.path(0, 1), PathKind::Relay, "no probe due yet");
+    let now = net.clock;
+    net.hosts[0].node.underlay_changed(now);
+    net.drain(0);
+    net.run();
+    assert!(
+        matches!(net.path(0, 1), PathKind::Direct(_)),
+        "{:?}",
+        net.path(0, 1)
+    );
+}
