@@ -173,6 +173,49 @@ struct Args {
     /// sends no credential or token; needs no privileges.
     #[arg(long, requires = "controller")]
     selfcheck_controlplane: bool,
+    /// One-shot, for firewall apply scripts: resolve --host, split its
+    /// answers into IPv4 and IPv6, sort and de-duplicate each, and replace
+    /// the contents of the existing nftables sets --set (IPv4) and --set6
+    /// (IPv6) of table --family --table in one transaction, then exit. Needs
+    /// at least one answer (an A answer with --set only, A or AAAA with both;
+    /// a family without answers empties its set). Exits 1 without touching
+    /// the sets on an invalid identifier (a letter or _ first, then letters,
+    /// digits, _ - .), no answer, a resolver failure, a missing table or set,
+    /// or an nft refusal, so the script can roll back. Asks the nameservers
+    /// of /etc/resolv.conf; needs CAP_NET_ADMIN but no state directory or
+    /// credential. Example: `weftd --update-nft-domain-set --host
+    /// api.example.com --family inet --table filter --set api4 --set6 api6`.
+    #[arg(long, requires_all = ["host", "table", "set"], conflicts_with = "selfcheck_controlplane")]
+    update_nft_domain_set: bool,
+    /// With --update-nft-domain-set: the host name to resolve.
+    #[arg(long, value_name = "NAME", requires = "update_nft_domain_set")]
+    host: Option<String>,
+    /// With --update-nft-domain-set: the table's family.
+    #[arg(
+        long,
+        value_name = "FAMILY",
+        default_value = "inet",
+        requires = "update_nft_domain_set"
+    )]
+    family: String,
+    /// With --update-nft-domain-set: the table.
+    #[arg(long, value_name = "TABLE", requires = "update_nft_domain_set")]
+    table: Option<String>,
+    /// With --update-nft-domain-set: the set for IPv4 addresses (type ipv4_addr).
+    #[arg(long = "set", value_name = "SET", requires = "update_nft_domain_set")]
+    set: Option<String>,
+    /// With --update-nft-domain-set: the set for IPv6 addresses (type ipv6_addr).
+    #[arg(long, value_name = "SET", requires = "update_nft_domain_set")]
+    set6: Option<String>,
+    /// With --update-nft-domain-set: ask this DNS server (IP:PORT) instead of
+    /// /etc/resolv.conf's (tests).
+    #[arg(
+        long,
+        value_name = "IP:PORT",
+        hide = true,
+        requires = "update_nft_domain_set"
+    )]
+    dns_server: Option<std::net::SocketAddr>,
     /// Run script tasks (`weft admin task create --script`): off by default,
     /// refused with a result that says so. Scripts run as --exec-user in a
     /// fresh 0700 temporary directory (removed afterwards) with only PATH,
@@ -344,6 +387,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.selfcheck_controlplane {
         return selfcheck(&args);
     }
+    if args.update_nft_domain_set {
+        return domain_set(&args);
+    }
     let join = match (&args.controller, &args.token_file) {
         (Some(url), Some(file)) => Some(UpRequest {
             controller: Some(url.clone()),
@@ -447,6 +493,50 @@ fn selfcheck(args: &Args) -> anyhow::Result<()> {
         "controller {} answered GET /healthz with 200: status {}, API version {}, map version {}",
         check.controller, health.status, health.api_version, health.map_version
     );
+    Ok(())
+}
+
+/// `--update-nft-domain-set`: no state directory, no credential.
+#[allow(clippy::print_stdout, reason = "the command's one line of output")]
+fn domain_set(args: &Args) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let req = weft_agent::domainset::DomainSetUpdate {
+        host: args.host.clone().unwrap_or_default(),
+        family: args.family.clone(),
+        table: args.table.clone().unwrap_or_default(),
+        set4: args.set.clone().unwrap_or_default(),
+        set6: args.set6.clone(),
+        dns_server: args.dns_server,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let done = rt.block_on(weft_agent::domainset::update_nft_domain_set(&req))?;
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(" ")
+        }
+    };
+    let mut line = format!(
+        "{} {}: {} = {}",
+        req.family,
+        req.table,
+        req.set4,
+        list(done.v4.iter().map(ToString::to_string).collect())
+    );
+    if let Some(set6) = &req.set6 {
+        line.push_str(&format!(
+            "; {set6} = {}",
+            list(done.v6.iter().map(ToString::to_string).collect())
+        ));
+    }
+    if let Some(ttl) = done.min_ttl {
+        line.push_str(&format!(" (ttl {ttl} s)"));
+    }
+    println!("{line}");
     Ok(())
 }
 

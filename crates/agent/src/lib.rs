@@ -51,6 +51,7 @@ mod clock;
 mod ctl;
 mod dataplane;
 mod dns;
+pub mod domainset;
 mod dns_blocklist;
 mod failures;
 #[doc(hidden)]
