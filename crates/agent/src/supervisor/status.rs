@@ -141,6 +141,7 @@ impl Agent {
                     self.tasks.failures(),
                     self.integrity.failures(),
                     self.dns_blocklist.failures(),
+                    self.workloads.failures(),
                 ]
                 .concat();
                 if let Some((error, since_unix_ms)) = link.routes_refused.clone() {

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tokio::sync::{Mutex, oneshot};
-use weft_proto::local::{LocalRequest, LocalResponse};
+use weft_proto::local::{FailureStatus, LocalRequest, LocalResponse};
 use weft_proto::workload::{AllowDest, NetMode, WorkloadInfo, WorkloadSpec};
 
 use crate::api;
@@ -57,15 +57,58 @@ const REPAIR_EVERY: u32 = 10;
 /// on for bridged workloads.
 const FORWARD_MARKER: &str = "ip-forward-set-by-weft";
 
+/// At most this many workloads at once (the local API is open to group
+/// `weft`: namespaces are not made without bound).
+const MAX_WORKLOADS: usize = 1024;
+
 /// The workload manager; cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Workloads(Arc<Mutex<Manager>>);
+pub(crate) struct Workloads(Arc<Mutex<Manager>>, Problems);
 
 struct Manager {
     subnet: Ipv4Net,
     dir: PathBuf,
     live: BTreeMap<String, Live>,
     ticks: u32,
+    problems: Problems,
+}
+
+/// What fails now (the sweep, the bridge's repair, a cleanup), for `weft
+/// status` (area `workload`): what → (error, since).
+#[derive(Clone, Default)]
+struct Problems(Arc<std::sync::Mutex<BTreeMap<String, (String, u64)>>>);
+
+impl Problems {
+    /// Records the outcome of `what`: an error (keeping its first time), or
+    /// success (forgotten).
+    fn note(&self, what: &str, r: &Result<(), String>) {
+        let Ok(mut m) = self.0.lock() else {
+            return;
+        };
+        match r {
+            Ok(()) => {
+                m.remove(what);
+            }
+            Err(e) => {
+                let since = m.get(what).map_or_else(clock::unix_ms, |(_, t)| *t);
+                m.insert(what.to_owned(), (e.clone(), since));
+            }
+        }
+    }
+
+    fn list(&self) -> Vec<FailureStatus> {
+        let Ok(m) = self.0.lock() else {
+            return Vec::new();
+        };
+        m.iter()
+            .map(|(what, (error, since))| FailureStatus {
+                area: "workload".into(),
+                what: what.clone(),
+                error: error.clone(),
+                since_unix_ms: *since,
+            })
+            .collect()
+    }
 }
 
 struct Live {
@@ -101,14 +144,16 @@ impl Workloads {
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
+        let problems = Problems::default();
         let mut m = Manager {
             subnet: subnet.net(),
             dir,
             live: BTreeMap::new(),
             ticks: 0,
+            problems: problems.clone(),
         };
         m.sweep().await;
-        let this = Workloads(Arc::new(Mutex::new(m)));
+        let this = Workloads(Arc::new(Mutex::new(m)), problems);
         let watcher = this.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(CHECK_EVERY);
@@ -128,6 +173,11 @@ impl Workloads {
         tokio::spawn(async move {
             let _ = reply.send(this.handle(req).await);
         });
+    }
+
+    /// For `weft status`: what fails now (area `workload`).
+    pub(crate) fn failures(&self) -> Vec<FailureStatus> {
+        self.1.list()
     }
 
     pub(crate) async fn handle(&self, req: LocalRequest) -> LocalResponse {
@@ -188,6 +238,12 @@ impl Workloads {
         }
         let allow = plan::resolve_allow(&spec.allow, &resolved).map_err(|e| ("bad_request", e))?;
         let mut m = self.0.lock().await;
+        if m.live.len() >= MAX_WORKLOADS {
+            return Err((
+                "exhausted",
+                format!("{MAX_WORKLOADS} workloads run already"),
+            ));
+        }
         let address = if spec.net.is_bridged() {
             let used = m.live.values().filter_map(|w| w.record.address).collect();
             Some(plan::allocate(m.subnet, &used).ok_or_else(|| {
@@ -336,9 +392,10 @@ impl Manager {
                 }
             })
             .await;
-            if let Err(e) = ok {
+            if let Err(e) = &ok {
                 tracing::warn!(error = %e, "repairing the workload bridge failed");
             }
+            self.problems.note("bridge", &ok);
         }
     }
 
@@ -367,9 +424,10 @@ impl Manager {
             }
         })
         .await;
-        if let Err(e) = r {
+        if let Err(e) = &r {
             tracing::warn!(id = %record.id, error = %e, "removing a workload's leftovers failed");
         }
+        self.problems.note("cleanup", &r);
     }
 
     /// At start: adopts recorded workloads that still run, removes the rest
@@ -447,9 +505,10 @@ impl Manager {
             }
         })
         .await;
-        if let Err(e) = r {
+        if let Err(e) = &r {
             tracing::warn!(error = %e, "the workload sweep failed");
         }
+        self.problems.note("sweep", &r);
     }
 
     async fn adopt(
@@ -527,5 +586,28 @@ impl std::fmt::Display for WorkloadSubnet {
 impl WorkloadSubnet {
     pub(crate) fn net(self) -> Ipv4Net {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Problems;
+
+    #[test]
+    fn a_failure_is_listed_until_the_same_thing_succeeds() {
+        let p = Problems::default();
+        p.note("bridge", &Err("ip link add wfbr0: refused".into()));
+        let first = p.list();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].area, "workload");
+        assert_eq!(first[0].what, "bridge");
+        p.note("bridge", &Err("again".into()));
+        let again = p.list();
+        assert_eq!(again[0].error, "again");
+        assert_eq!(again[0].since_unix_ms, first[0].since_unix_ms);
+        p.note("sweep", &Ok(()));
+        assert_eq!(p.list().len(), 1);
+        p.note("bridge", &Ok(()));
+        assert!(p.list().is_empty());
     }
 }
