@@ -376,6 +376,38 @@ fn system_resolver_over_dot_with_fallback_ttl_bounds_and_a_bounded_log() {
     assert!(text.contains("query log: "), "{text}");
     println!("{text}");
 
+    // `weft dns log --follow` prints a new answer as it is logged.
+    let mut follow = Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .arg(weft_lab::bin_path("weft").unwrap())
+        .arg("--socket")
+        .arg(lab.log_dir().join(format!("{NODE}.sock")))
+        .args(["dns", "log", "--follow", "-n", "0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(dig(&lab, "followed.bulk.test").len(), 1);
+    let line = rx.recv_timeout(Duration::from_secs(5));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let line = line.expect("weft dns log --follow printed the new answer");
+    assert!(
+        line.contains("followed.bulk.test A NoError upstream"),
+        "{line}"
+    );
+
     // `weft down`: the node's resolver configuration exactly as before.
     let out = mesh.weft(NODE, &["down"]).unwrap();
     assert!(out.status.success(), "weft down: {out:?}");
