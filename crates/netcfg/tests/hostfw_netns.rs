@@ -361,3 +361,37 @@ fn the_inet_weft_table_deleted_by_hand_is_back_at_the_next_pass() {
     let (ok, _) = pair.host.nft(&["list", "table", "inet", "weft"]);
     assert!(ok);
 }
+
+/// Interface wildcards (`weft*` for the overlay) and source ports render to
+/// what nft means by them.
+#[test]
+fn interface_wildcards_and_source_ports_match() {
+    let pair = Pair::new(&[8080, 9090]);
+    let mut by_iface = allow_tcp(9090, "own-overlay-in");
+    by_iface.proto = None;
+    by_iface.ports.clear();
+    by_iface.iface = Some("h*".to_owned());
+    let mut other_iface = allow_tcp(8080, "own-other");
+    other_iface.iface = Some("x*".to_owned());
+    let desired = firewall(vec![by_iface, other_iface]);
+    assert!(pair.reconcile(&desired).converged);
+    assert!(pair.open(9090), "h0 matches h*");
+    assert!(pair.open(8080), "h* accepts any protocol and port on h0");
+    let (_, listing) = pair.host.nft(&["list", "table", "inet", "weft_host"]);
+    assert!(listing.contains("iifname \"h*\" accept"), "{listing}");
+    // Only the x* rule left: h0 does not match it.
+    let mut other_iface = allow_tcp(8080, "own-other");
+    other_iface.iface = Some("x*".to_owned());
+    assert!(pair.reconcile(&firewall(vec![other_iface])).converged);
+    assert!(!pair.open(8080));
+    // A source-port rule: connections from ephemeral ports do not match.
+    let mut by_sport = allow_tcp(8080, "sport");
+    by_sport.sport = vec![(40000, 40000)];
+    assert!(pair.reconcile(&firewall(vec![by_sport])).converged);
+    assert!(!pair.open(8080), "from an ephemeral port: dropped");
+    let (_, listing) = pair.host.nft(&["list", "table", "inet", "weft_host"]);
+    assert!(
+        listing.contains("tcp sport 40000 tcp dport 8080 accept"),
+        "{listing}"
+    );
+}
