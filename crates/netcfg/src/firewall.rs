@@ -12,9 +12,20 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use ipnet::IpNet;
+use nftables::batch::Batch;
+use nftables::expr::MetaKey;
+use nftables::schema::{self, NfListObject, Nftables};
+use nftables::stmt::Statement;
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+use crate::hostfw::render::{addrs, counter, eq, meta, payload, string};
 
 /// Family and name of weft's nftables table.
 pub const NFT_TABLE: &str = "inet weft";
+/// The table's name (family `inet`).
+const TABLE_NAME: &str = "weft";
+/// `priority srcnat`.
+const SRCNAT: i32 = 100;
 
 /// What the gateway and isolation side should look like.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,54 +113,96 @@ pub struct ObservedFirewall {
     pub forward_set_by_weft: bool,
 }
 
-/// The `nft -f` script that replaces the table with `rules` atomically.
-pub fn render_script(rules: &BTreeSet<NftRule>) -> String {
-    let mut forward = String::new();
-    let mut nat = String::new();
-    for r in rules {
-        match r {
-            NftRule::Isolate => forward.push_str(&format!(
-                "    iifname \"weft*\" oifname \"weft*\" counter drop comment \"{}\"\n",
-                r.comment()
-            )),
-            NftRule::Masquerade { from, to } => {
-                let fam = if to.addr().is_ipv4() { "ip" } else { "ip6" };
-                nat.push_str(&format!(
-                    "    {fam} saddr {from} {fam} daddr {to} counter masquerade comment \"{}\"\n",
-                    r.comment()
-                ));
-            }
-        }
-    }
+/// The typed nft JSON that replaces the table with `rules` atomically (one
+/// transaction: add, delete, add again with everything).
+pub fn render(rules: &BTreeSet<NftRule>) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table()));
+    batch.delete(NfListObject::Table(table()));
+    batch.add(NfListObject::Table(table()));
+    batch.add(NfListObject::Chain(chain(
+        "forward",
+        NfChainType::Filter,
+        NfHook::Forward,
+        0,
+    )));
     // The NAT chain only when something is masqueraded: any chain of type nat
     // makes the kernel track connections for every packet of the host (or
     // network namespace), which an isolation-only table must not cost.
-    let postrouting = if nat.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "\x20 chain postrouting {{\n\
-             \x20   type nat hook postrouting priority srcnat; policy accept;\n\
-             {nat}\
-             \x20 }}\n"
-        )
-    };
-    format!(
-        "table {NFT_TABLE} {{}}\n\
-         delete table {NFT_TABLE}\n\
-         table {NFT_TABLE} {{\n\
-         \x20 chain forward {{\n\
-         \x20   type filter hook forward priority filter; policy accept;\n\
-         {forward}\
-         \x20 }}\n\
-         {postrouting}\
-         }}\n"
-    )
+    if rules
+        .iter()
+        .any(|r| matches!(r, NftRule::Masquerade { .. }))
+    {
+        batch.add(NfListObject::Chain(chain(
+            "postrouting",
+            NfChainType::NAT,
+            NfHook::Postrouting,
+            SRCNAT,
+        )));
+    }
+    for r in rules {
+        let (chain, expr) = match r {
+            NftRule::Isolate => (
+                "forward",
+                vec![
+                    eq(meta(MetaKey::Iifname), string("weft*")),
+                    eq(meta(MetaKey::Oifname), string("weft*")),
+                    counter(),
+                    Statement::Drop(None),
+                ],
+            ),
+            NftRule::Masquerade { from, to } => {
+                let fam = if to.addr().is_ipv4() { "ip" } else { "ip6" };
+                (
+                    "postrouting",
+                    vec![
+                        eq(payload(fam, "saddr"), addrs(&[*from])),
+                        eq(payload(fam, "daddr"), addrs(&[*to])),
+                        counter(),
+                        Statement::Masquerade(None),
+                    ],
+                )
+            }
+        };
+        batch.add(NfListObject::Rule(schema::Rule {
+            family: NfFamily::INet,
+            table: TABLE_NAME.into(),
+            chain: chain.into(),
+            expr: expr.into(),
+            comment: Some(r.comment().into()),
+            ..schema::Rule::default()
+        }));
+    }
+    batch.to_nftables()
 }
 
-/// The `nft -f` script that deletes the table (if it exists).
-pub fn delete_script() -> String {
-    format!("table {NFT_TABLE} {{}}\ndelete table {NFT_TABLE}\n")
+/// The typed nft JSON that deletes the table (if it exists).
+pub fn delete() -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.add(NfListObject::Table(table()));
+    batch.delete(NfListObject::Table(table()));
+    batch.to_nftables()
+}
+
+fn table() -> schema::Table<'static> {
+    schema::Table {
+        family: NfFamily::INet,
+        name: TABLE_NAME.into(),
+        handle: None,
+    }
+}
+
+fn chain(name: &str, ty: NfChainType, hook: NfHook, prio: i32) -> schema::Chain<'static> {
+    schema::Chain {
+        family: NfFamily::INet,
+        table: TABLE_NAME.into(),
+        name: name.to_owned().into(),
+        _type: Some(ty),
+        hook: Some(hook),
+        prio: Some(prio),
+        policy: Some(NfChainPolicy::Accept),
+        ..schema::Chain::default()
+    }
 }
 
 /// Reads the `weft:` rule comments out of `nft -j list table inet weft`
@@ -193,21 +246,27 @@ mod tests {
         );
         assert!(spec.forwarding());
         assert!(FirewallSpec::default().rules().is_empty());
-        let script = render_script(&spec.rules());
-        assert!(script.contains(
-            "ip saddr 100.64.0.0/24 ip daddr 10.1.0.0/24 counter masquerade comment \"weft:masq 100.64.0.0/24 10.1.0.0/24\""
-        ));
-        assert!(script.starts_with("table inet weft {}\ndelete table inet weft\n"));
-        assert!(script.contains("type nat hook postrouting"));
+        let json = serde_json::to_string(&render(&spec.rules())).unwrap();
+        assert!(json.contains(
+            r#"{"rule":{"family":"inet","table":"weft","chain":"postrouting","expr":[{"match":{"left":{"payload":{"protocol":"ip","field":"saddr"}},"right":{"prefix":{"addr":"100.64.0.0","len":24}},"op":"=="}},{"match":{"left":{"payload":{"protocol":"ip","field":"daddr"}},"right":{"prefix":{"addr":"10.1.0.0","len":24}},"op":"=="}},{"counter":null},{"masquerade":null}],"comment":"weft:masq 100.64.0.0/24 10.1.0.0/24"}}"#
+        ), "{json}");
+        assert!(json.starts_with(
+            r#"{"nftables":[{"add":{"table":{"family":"inet","name":"weft"}}},{"delete":{"table":{"family":"inet","name":"weft"}}}"#
+        ), "{json}");
+        assert!(
+            json.contains(r#""type":"nat","hook":"postrouting","prio":100"#),
+            "{json}"
+        );
         // Isolation alone needs no NAT chain (which would turn on connection
         // tracking for every packet of the host).
         let isolate_only = FirewallSpec {
             isolate: true,
             ..FirewallSpec::default()
         };
-        let script = render_script(&isolate_only.rules());
-        assert!(script.contains("comment \"weft:isolate\""), "{script}");
-        assert!(!script.contains("postrouting"), "{script}");
+        let json = serde_json::to_string(&render(&isolate_only.rules())).unwrap();
+        assert!(json.contains(r#""comment":"weft:isolate""#), "{json}");
+        assert!(json.contains(r#""right":"weft*""#), "{json}");
+        assert!(!json.contains("postrouting"), "{json}");
     }
 
     #[test]

@@ -395,3 +395,36 @@ fn interface_wildcards_and_source_ports_match() {
         "{listing}"
     );
 }
+
+/// The gateway table `inet weft` through typed JSON: masquerade in a NAT
+/// chain at priority srcnat, isolation in the forward chain, both read back
+/// as converged.
+#[test]
+fn the_gateway_table_renders_through_json() {
+    let pair = Pair::new(&[]);
+    let desired = DesiredState {
+        firewall: weft_netcfg::FirewallSpec {
+            overlay: ["100.64.0.0/24".parse().unwrap()].into(),
+            masquerade: ["10.1.0.0/24".parse().unwrap()].into(),
+            isolate: true,
+        },
+        ..DesiredState::default()
+    };
+    let report = pair.reconcile(&desired);
+    assert!(report.converged, "{report:?}");
+    assert!(pair.reconcile(&desired).applied.is_empty());
+    let (ok, listing) = pair.host.nft(&["list", "table", "inet", "weft"]);
+    assert!(ok, "{listing}");
+    for want in [
+        "type nat hook postrouting priority srcnat; policy accept;",
+        "ip saddr 100.64.0.0/24 ip daddr 10.1.0.0/24 counter packets 0 bytes 0 masquerade comment \"weft:masq 100.64.0.0/24 10.1.0.0/24\"",
+        "type filter hook forward priority filter; policy accept;",
+        "iifname \"weft*\" oifname \"weft*\" counter packets 0 bytes 0 drop comment \"weft:isolate\"",
+    ] {
+        assert!(listing.contains(want), "{want}\n{listing}");
+    }
+    let report = pair.reconcile(&DesiredState::default());
+    assert!(report.converged, "{report:?}");
+    let (ok, _) = pair.host.nft(&["list", "table", "inet", "weft"]);
+    assert!(!ok, "deleted");
+}

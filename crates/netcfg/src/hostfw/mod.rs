@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 mod observe;
-mod render;
+pub(crate) mod render;
 
 pub use observe::{ObservedHostFirewall, parse_listing};
 pub use render::{delete_table, render, update_sets};

@@ -520,15 +520,15 @@ fn digest(s: &str) -> u32 {
     })
 }
 
-fn string(s: &str) -> Expression<'static> {
+pub(crate) fn string(s: &str) -> Expression<'static> {
     Expression::String(Cow::Owned(s.to_owned()))
 }
 
-fn meta(key: MetaKey) -> Expression<'static> {
+pub(crate) fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
 }
 
-fn payload(protocol: &str, field: &str) -> Expression<'static> {
+pub(crate) fn payload(protocol: &str, field: &str) -> Expression<'static> {
     Expression::Named(NamedExpression::Payload(Payload::PayloadField(
         PayloadField {
             protocol: protocol.to_owned().into(),
@@ -537,7 +537,7 @@ fn payload(protocol: &str, field: &str) -> Expression<'static> {
     )))
 }
 
-fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
+pub(crate) fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'static> {
     Statement::Match(Match {
         left,
         right,
@@ -549,7 +549,7 @@ fn accept() -> Statement<'static> {
     Statement::Accept(None)
 }
 
-fn counter() -> Statement<'static> {
+pub(crate) fn counter() -> Statement<'static> {
     Statement::Counter(Counter::Anonymous(None))
 }
 
@@ -580,7 +580,7 @@ fn ports_expr(ports: &[(u16, u16)]) -> Expression<'static> {
 }
 
 /// One prefix as is (a host address bare); several as an anonymous set.
-fn addrs(nets: &[IpNet]) -> Expression<'static> {
+pub(crate) fn addrs(nets: &[IpNet]) -> Expression<'static> {
     let one = |n: &IpNet| {
         let n = n.trunc();
         if n.prefix_len() == n.max_prefix_len() {

@@ -72,14 +72,8 @@ fn list() -> Result<Option<ObservedHostFirewall>, ExecError> {
     }
 }
 
-/// Applies typed nft JSON in one transaction (`nft -j -f -`, its errors
-/// captured: `nftables::helper::apply_ruleset` lets them through to stderr).
 fn apply(op: &str, nft: &Nftables<'_>) -> Result<(), ExecError> {
-    let json = serde_json::to_string(nft).map_err(|e| ExecError::Decode {
-        op: op.to_owned(),
-        detail: format!("cannot serialize the nft JSON: {e}"),
-    })?;
-    super::nft::run_nft(op, &["-j"], &json)
+    super::nft::run_json(op, nft)
 }
 
 fn nft_error(op: &str, e: NftablesError) -> ExecError {

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::nftgen::RulesetGeneration;
+use nftables::schema::Nftables;
+
 use crate::exec::ExecError;
-use crate::firewall::{
-    NFT_TABLE, NftRule, ObservedFirewall, delete_script, parse_listing, render_script,
-};
+use crate::firewall::{NFT_TABLE, NftRule, ObservedFirewall, delete, parse_listing, render};
 
 /// Where IPv4 forwarding is switched.
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -194,12 +194,12 @@ impl Firewall {
         rules: &BTreeSet<NftRule>,
     ) -> Result<(), ExecError> {
         self.listed = None;
-        run_nft(op, &[], &render_script(rules))
+        run_json(op, &render(rules))
     }
 
     pub(super) fn delete_table(&mut self, op: &str) -> Result<(), ExecError> {
         self.listed = None;
-        run_nft(op, &[], &delete_script())
+        run_json(op, &delete())
     }
 
     pub(super) fn set_forward(&mut self, op: &str, on: bool) -> Result<(), ExecError> {
@@ -213,6 +213,16 @@ impl Firewall {
         }
         Ok(())
     }
+}
+
+/// Applies typed nft JSON in one transaction (`nft -j -f -`, its errors
+/// captured: `nftables::helper::apply_ruleset` lets them through to stderr).
+pub(super) fn run_json(op: &str, nft: &Nftables<'_>) -> Result<(), ExecError> {
+    let json = serde_json::to_string(nft).map_err(|e| ExecError::Decode {
+        op: op.to_owned(),
+        detail: format!("cannot serialize the nft JSON: {e}"),
+    })?;
+    run_nft(op, &["-j"], &json)
 }
 
 /// Runs `nft [args] -f -` with `script` on its standard input (`args`:
