@@ -481,3 +481,74 @@ comment = "cuts the controller off"
     );
     assert_eq!(scan(&lab, "scanner", node_ip, &LISTEN), [80].into());
 }
+
+#[test]
+fn a_rule_naming_a_domain_follows_its_addresses() {
+    let lab = lab();
+    let mesh = start(&lab, &[]);
+    // The lab's upstream resolver answers every *.example.test with
+    // EXAMPLE_TEST_ADDR: give the scanner that address too, and a listener.
+    let web = weft_lab::resolv::EXAMPLE_TEST_ADDR;
+    let scanner_ip = lab.addr("scanner").unwrap();
+    lab.run(
+        "scanner",
+        &["ip", "addr", "add", &format!("{web}/24"), "dev", "eth0"],
+    )
+    .unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", ECHO_SERVER, "8080"]);
+    let mut server = lab.spawn("scanner", "echo-8080", &cmd).unwrap();
+    server
+        .wait_for_tcp_listen(8080, Duration::from_secs(10))
+        .unwrap();
+    assert!(lab.tcp_echoes("node", scanner_ip, 8080), "no firewall yet");
+
+    let text = r#"# Outbound: only tcp/8080 to web.example.test (and weft's own, DNS, HTTPS, NTP).
+[[firewall]]
+nodes = ["node"]
+input = "accept"
+output = "drop"
+
+[[firewall.rule]]
+direction = "out"
+proto = "tcp"
+port = "8080"
+to = ["domain:web.example.test"]
+comment = "the web service"
+"#;
+    set_firewall(&mesh, &lab, "domain.toml", text);
+    wait_new_spec(&mesh, None);
+    let mut fw = Value::Null;
+    let took = within(
+        "the domain resolved into its set",
+        Duration::from_secs(10),
+        || {
+            fw = firewall(&mesh).unwrap_or_default();
+            fw["domains"][0]["addresses"] == serde_json::json!([web.to_string()])
+        },
+    );
+    eprintln!(
+        "web.example.test resolved into the rule's set in {took:?}: {}",
+        fw["domains"]
+    );
+    assert_eq!(fw["domains"][0]["domain"], "web.example.test", "{fw}");
+    assert!(fw["domains"][0]["refresh_at_ms"].as_u64().is_some(), "{fw}");
+    assert!(
+        lab.tcp_echoes("node", web, 8080),
+        "to the domain's address: allowed"
+    );
+    assert!(
+        !lab.tcp_echoes("node", scanner_ip, 8080),
+        "the same port elsewhere: dropped"
+    );
+    // The overlay and the controller still work with output dropping.
+    let peer_ov = mesh.overlay_ip("peer").unwrap();
+    assert!(lab.ping("node", peer_ov).unwrap(), "node -> peer overlay");
+    let text =
+        String::from_utf8_lossy(&mesh.weft("node", &["status"]).unwrap().stdout).into_owned();
+    assert!(
+        text.contains(&format!("domain  web.example.test: {web}")),
+        "{text}"
+    );
+    assert!(text.contains("connected"), "{text}");
+}

@@ -205,7 +205,9 @@ pub async fn resolve(host: &str, server: Option<SocketAddr>) -> Result<Resolved,
     resolve_families(host, server, Families { v4: true, v6: true }).await
 }
 
-async fn resolve_families(
+/// [`resolve`] for the given families only (the host firewall asks for each
+/// family on its own, so a resolver refusing AAAA does not lose the A answers).
+pub(crate) async fn resolve_families(
     host: &str,
     server: Option<SocketAddr>,
     families: Families,

@@ -333,10 +333,53 @@ async fn lookup(host: &str, port: u16) -> Vec<SocketAddr> {
     }
 }
 
-/// Resolves a domain a rule names: its A and AAAA answers and their smallest TTL.
+/// Resolves a domain a rule names with the system's resolvers: its A and
+/// AAAA answers (each family asked on its own: one refused or failing family
+/// does not lose the other's answers) and their smallest TTL (none: 0, so the
+/// next try comes after the shortest refresh). `Err` when both fail.
 async fn resolve(domain: &str) -> Result<(BTreeSet<IpAddr>, Duration), String> {
-    let _ = domain;
-    Err("domain sets are not resolved yet".to_owned())
+    use crate::domainset::{Families, resolve_families};
+    let (v4, v6) = tokio::join!(
+        resolve_families(
+            domain,
+            None,
+            Families {
+                v4: true,
+                v6: false
+            }
+        ),
+        resolve_families(
+            domain,
+            None,
+            Families {
+                v4: false,
+                v6: true
+            }
+        ),
+    );
+    let mut addrs = BTreeSet::new();
+    let mut ttl: Option<u32> = None;
+    let mut errors = Vec::new();
+    for r in [v4, v6] {
+        match r {
+            Ok(r) => {
+                addrs.extend(r.v4.into_iter().map(IpAddr::V4));
+                addrs.extend(r.v6.into_iter().map(IpAddr::V6));
+                ttl = match (ttl, r.min_ttl) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.len() == 2 {
+        return Err(errors.join("; "));
+    }
+    for e in &errors {
+        tracing::debug!(%domain, error = %e, "host firewall: one address family did not resolve");
+    }
+    Ok((addrs, Duration::from_secs(u64::from(ttl.unwrap_or(0)))))
 }
 
 #[cfg(test)]
