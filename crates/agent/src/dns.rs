@@ -151,11 +151,7 @@ impl Dns {
         n: Option<u32>,
         after_seq: Option<u64>,
     ) -> weft_proto::local::LocalResponse {
-        let config = match self.mode {
-            DnsMode::Off => None,
-            DnsMode::Auto | DnsMode::System => self.config.query_log.clone(),
-        };
-        crate::resolver::log(config, n, after_seq).await
+        crate::resolver::log(self.mode, self.config.query_log.clone(), n, after_seq).await
     }
 
     /// `weft dns stats`.

@@ -92,10 +92,17 @@ impl DnsResolverOptions {
 /// `weft dns log`: the latest `n` entries after `after_seq`, read off the
 /// runtime.
 pub(crate) async fn log(
+    mode: DnsMode,
     config: Option<QueryLogConfig>,
     n: Option<u32>,
     after_seq: Option<u64>,
 ) -> LocalResponse {
+    if mode == DnsMode::Off {
+        return api::error(
+            "dns_off",
+            "the resolver is off on this node (weftd --dns off): nothing is logged",
+        );
+    }
     let Some(config) = config else {
         return api::error(
             "dns_query_log_off",
@@ -228,5 +235,36 @@ mod tests {
                 .unwrap_err()
                 .contains("no tls://")
         );
+    }
+
+    /// `weft dns log`: says why there is nothing to read, or reads the file.
+    #[tokio::test]
+    async fn the_log_answer_names_what_is_off_or_reads_the_file() {
+        let code = |r: LocalResponse| match r {
+            LocalResponse::Error { code, .. } => code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code(log(DnsMode::Off, None, None, None).await), "dns_off");
+        assert_eq!(
+            code(log(DnsMode::System, None, None, None).await),
+            "dns_query_log_off"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = QueryLogConfig::new(dir.path(), 1 << 20).unwrap();
+        let line = |seq: u64| {
+            format!(
+                "{{\"seq\":{seq},\"ts_ms\":1,\"name\":\"n{seq}.example\",\"qtype\":\"A\",\
+                 \"rcode\":\"NoError\",\"source\":\"cache\"}}\n"
+            )
+        };
+        std::fs::write(&config.path, (1..=5).map(line).collect::<String>()).unwrap();
+        match log(DnsMode::Auto, Some(config.clone()), Some(2), Some(2)).await {
+            LocalResponse::DnsLog { entries, path } => {
+                let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+                assert_eq!(seqs, [4, 5]);
+                assert_eq!(path, Some(config.path.display().to_string()));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
