@@ -67,14 +67,15 @@ pub(super) struct AnomalyArgs {
     #[arg(long)]
     window_secs: Option<u32>,
     /// Standard deviations above the baseline that make an outbound volume,
-    /// drop or controller latency anomaly (default 6).
+    /// drop, blocked DNS lookup or controller latency anomaly (default 6).
     #[arg(long)]
     zscore: Option<u32>,
     /// Outbound volume to one peer per window below this (MiB) never alarms
     /// (default 64).
     #[arg(long)]
     volume_min_mib: Option<u32>,
-    /// Drops of one reason per window below this never alarm (default 100).
+    /// Drops of one reason, or lookups answered from the DNS blocklist, per
+    /// window below this never alarm (default 100).
     #[arg(long)]
     drops_min: Option<u32>,
     /// A controller round trip below this (ms) never alarms (default 500).
