@@ -319,6 +319,52 @@ fn each_mode_reaches_what_it_may_and_nothing_else_and_leaves_nothing() {
         !reaches(&mesh, &cu2, n2, 7002),
         "custom reached n2:7002: --allow does not override the overlay policy"
     );
+    // A root command may rewrite its namespace's rules: weftd restores them
+    // within 5 s. As --user nobody it cannot touch them at all.
+    let (o, p) = (outside.to_string(), "7201");
+    let escape = format!(
+        "nft flush ruleset; python3 -c \"$CHECK\" {o} {p} 2 && echo open; \
+         sleep 7; python3 -c \"$CHECK\" {o} {p} 2 || echo closed"
+    );
+    let out = mesh
+        .weft(
+            "n1",
+            &[
+                "run",
+                "--net",
+                "custom",
+                "--allow",
+                &format!("{o}:7200"),
+                "--",
+                "env",
+                &format!("CHECK={TCP_ECHO_CHECK}"),
+                "sh",
+                "-c",
+                &escape,
+            ],
+        )
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("open") && said.contains("closed"), "{out:?}");
+    let cu3 = [
+        "--net",
+        "custom",
+        "--user",
+        "nobody",
+        "--allow",
+        &format!("{o}:7200"),
+    ];
+    let cu3: Vec<&str> = cu3.iter().map(|s| s.as_ref()).collect();
+    let out = run(&mesh, &cu3, &["sh", "-c", "nft flush ruleset"]);
+    assert!(!out.status.success(), "nobody flushed the rules: {out:?}");
+    assert!(
+        reaches(&mesh, &cu3, outside, 7200),
+        "custom as nobody missed its allowed destination"
+    );
+    assert!(
+        !reaches(&mesh, &cu3, outside, 7201),
+        "custom as nobody reached a port not allowed"
+    );
     assert_clean(&mesh, &lab, "--net custom");
 
     // Bad input is refused before anything is made.

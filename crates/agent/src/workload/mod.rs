@@ -120,6 +120,8 @@ struct Live {
     created: Instant,
     /// `weft run` named the process, or said it ended.
     started: bool,
+    /// `custom`: the filter's script and its listing when loaded.
+    filter: Option<(String, String)>,
 }
 
 /// Whether a local API request is the workload manager's.
@@ -200,7 +202,12 @@ impl Workloads {
                         "bad_request",
                         &format!("process {pid} does not run in workload {id}'s namespace"),
                     ),
-                    Err(e) => api::error("bad_request", &e),
+                    // Gone (or a zombie) already: a short command. Nothing
+                    // to watch; the namespace goes once it is empty.
+                    Err(_) => {
+                        w.started = true;
+                        ok(format!("workload {id}: process {pid} already ended"))
+                    }
                 }
             }
             LocalRequest::WorkloadEnded { id } => {
@@ -333,14 +340,18 @@ impl Manager {
         let ns = sys::new_netns().await?;
         record.netns_inode = sys::inode(&ns)?;
         self.save(record)?;
-        let mut forwarders = None;
+        let (mut forwarders, mut filter) = (None, None);
         if let Some(addr) = record.address {
             let (subnet, marker) = (self.subnet, self.marker());
             blocking(move || sys::ensure_bridge(subnet, &marker)).await?;
             sys::add_veth(&ns, &record.id, addr, self.subnet).await?;
         }
         match record.net {
-            NetMode::Custom => sys::load_filter(&ns, plan::custom_script(&record.allow)).await?,
+            NetMode::Custom => {
+                let script = plan::custom_script(&record.allow);
+                let listing = sys::load_filter(&ns, script.clone()).await?;
+                filter = Some((script, listing));
+            }
             NetMode::HostLoopback => forwarders = Some(forward::start(&ns, &record.forward).await?),
             NetMode::None | NetMode::Bridged => {}
         }
@@ -351,6 +362,7 @@ impl Manager {
             _forwarders: forwarders,
             created: clock::now(),
             started: false,
+            filter,
         })
     }
 
@@ -377,17 +389,29 @@ impl Manager {
             if let Some(w) = self.live.remove(&id) {
                 let record = w.record.clone();
                 drop(w); // closes the namespace handle and the forwarders
+                self.problems.note(&format!("filter {id}"), &Ok(()));
                 self.remove_leftovers(&record).await;
                 tracing::info!(id = %id, "workload ended: namespace, links and rules removed");
             }
         }
-        if only.is_none() && self.ticks.is_multiple_of(REPAIR_EVERY) && self.any_bridged() {
+        if only.is_none() && self.ticks.is_multiple_of(REPAIR_EVERY) {
+            self.repair().await;
+        }
+    }
+
+    /// Puts back what went away or changed: the bridge, the NAT table,
+    /// forwarding, and each `custom` filter (a workload with CAP_NET_ADMIN
+    /// could rewrite its own; `weft run --user` runs it without).
+    async fn repair(&mut self) {
+        if self.any_bridged() {
             let (subnet, marker) = (self.subnet, self.marker());
             let ok = blocking(move || {
-                if sys::has_bridge() && sys::forwarding_on() {
+                if sys::has_bridge() && sys::forwarding_on() && sys::has_table() {
                     Ok(())
                 } else {
-                    tracing::warn!("the workload bridge or IPv4 forwarding went away: repairing");
+                    tracing::warn!(
+                        "the workload bridge, its NAT table or IPv4 forwarding went away: repairing"
+                    );
                     sys::ensure_bridge(subnet, &marker)
                 }
             })
@@ -396,6 +420,24 @@ impl Manager {
                 tracing::warn!(error = %e, "repairing the workload bridge failed");
             }
             self.problems.note("bridge", &ok);
+        }
+        for (id, w) in &mut self.live {
+            let Some((script, want)) = &mut w.filter else {
+                continue;
+            };
+            let now = sys::filter_listing(&w.ns).await;
+            let r = if now.as_ref() == Ok(want) {
+                Ok(())
+            } else {
+                tracing::warn!(id = %id, "a custom workload's filter changed: restoring it");
+                sys::load_filter(&w.ns, script.clone())
+                    .await
+                    .map(|listing| *want = listing)
+            };
+            if let Err(e) = &r {
+                tracing::warn!(id = %id, error = %e, "restoring a custom workload's filter failed");
+            }
+            self.problems.note(&format!("filter {id}"), &r);
         }
     }
 
@@ -529,6 +571,13 @@ impl Manager {
         } else {
             None
         };
+        let filter = if record.net == NetMode::Custom {
+            let script = plan::custom_script(&record.allow);
+            let listing = sys::load_filter(&ns, script.clone()).await?;
+            Some((script, listing))
+        } else {
+            None
+        };
         Ok(Live {
             inode: record.netns_inode,
             record: record.clone(),
@@ -536,6 +585,7 @@ impl Manager {
             _forwarders: forwarders,
             created: clock::now(),
             started: true,
+            filter,
         })
     }
 }

@@ -104,7 +104,8 @@ pub(crate) fn host_script(subnet: Ipv4Net) -> String {
 
 /// The `custom` filter inside a workload's namespace: loopback, replies,
 /// and new connections only to `allow`; everything else refused at once
-/// (TCP reset, ICMP administratively prohibited) and counted.
+/// (TCP reset, ICMP administratively prohibited) and counted. Replaces the
+/// table atomically (also when weftd repairs it).
 pub(crate) fn custom_script(allow: &[Allow]) -> String {
     let mut rules = String::new();
     for a in allow {
@@ -130,7 +131,9 @@ pub(crate) fn custom_script(allow: &[Allow]) -> String {
         ));
     }
     format!(
-        "table {TABLE} {{\n\
+        "table {TABLE} {{}}\n\
+         delete table {TABLE}\n\
+         table {TABLE} {{\n\
          \x20 chain output {{\n\
          \x20   type filter hook output priority filter; policy drop;\n\
          \x20   oifname \"lo\" accept\n\

@@ -264,9 +264,43 @@ pub(crate) async fn add_veth(
     run("ip", &["link", "set", &host, "up"], None)
 }
 
-/// Loads the `custom` filter into the namespace.
-pub(crate) async fn load_filter(ns: &File, script: String) -> SysResult<()> {
-    in_netns(ns, move || run("nft", &["-f", "-"], Some(&script))).await
+/// Loads (or replaces) the `custom` filter in the namespace; returns the
+/// table as `nft -s` lists it then (the reference for drift checks).
+pub(crate) async fn load_filter(ns: &File, script: String) -> SysResult<String> {
+    in_netns(ns, move || {
+        run("nft", &["-f", "-"], Some(&script))?;
+        list_table()
+    })
+    .await
+}
+
+/// The table `inet weft_wl` in the namespace as `nft -s` lists it (without
+/// counter values), or the error when it is not there.
+pub(crate) async fn filter_listing(ns: &File) -> SysResult<String> {
+    in_netns(ns, list_table).await
+}
+
+fn list_table() -> SysResult<String> {
+    let mut args = vec!["-s", "list", "table"];
+    args.extend(TABLE.split(' '));
+    let out = Command::new("nft")
+        .args(&args)
+        .output()
+        .map_err(|e| format!("nft {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether this namespace has the NAT table.
+pub(crate) fn has_table() -> bool {
+    list_table().is_ok()
 }
 
 /// Deletes a workload veth (both ends); already gone is fine.

@@ -41,6 +41,13 @@ pub struct RunArgs {
     /// Repeatable.
     #[arg(long, value_name = "DEST[:PORT][/PROTO]")]
     allow: Vec<Allow>,
+    /// Run the command as this user (name or uid), with its primary group
+    /// and no supplementary groups. Without it the command runs as you
+    /// (root), with CAP_NET_ADMIN in its namespace: it could rewrite the
+    /// namespace's own rules (weftd restores a changed `custom` filter within
+    /// 5 s, but a root command has that window).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     /// The command and its arguments (after `--`).
     #[arg(required = true, last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -57,6 +64,7 @@ pub fn run(sock: &SocketArg, a: RunArgs, json: bool) -> anyhow::Result<ExitCode>
         code: "bad_request".into(),
         message,
     })?;
+    let ids = user_ids(a.user.as_deref())?;
     let info = match call(&sock.socket, &LocalRequest::WorkloadCreate(spec))? {
         LocalResponse::Workload(info) => info,
         LocalResponse::Error { code, message } => return Err(CodedError { code, message }.into()),
@@ -67,7 +75,7 @@ pub fn run(sock: &SocketArg, a: RunArgs, json: bool) -> anyhow::Result<ExitCode>
     } else {
         eprintln!("{}", describe(&info));
     }
-    let status = run_in(&sock.socket, &info, &a.command);
+    let status = run_in(&sock.socket, &info, &a.command, ids);
     // Whatever happened, weftd hears that the command ended (it also notices
     // by itself when nothing runs in the namespace any more).
     if let Err(e) = call(
@@ -103,6 +111,7 @@ fn run_in(
     socket: &std::path::Path,
     info: &WorkloadInfo,
     command: &[String],
+    ids: Option<(u32, u32)>,
 ) -> anyhow::Result<std::process::ExitStatus> {
     let ns = std::fs::File::open(&info.netns)
         .with_context(|| format!("opening weftd's namespace handle {}", info.netns))?;
@@ -115,10 +124,14 @@ fn run_in(
             .spawn(|| {
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                     .context("entering the workload's network namespace (weft run needs root)")?;
-                std::process::Command::new(program)
-                    .args(args)
-                    .spawn()
-                    .with_context(|| format!("starting {program}"))
+                let mut cmd = std::process::Command::new(program);
+                cmd.args(args);
+                if let Some((uid, gid)) = ids {
+                    use std::os::unix::process::CommandExt as _;
+                    // As root, std also drops the supplementary groups.
+                    cmd.uid(uid).gid(gid);
+                }
+                cmd.spawn().with_context(|| format!("starting {program}"))
             })
             .join()
             .map_err(|_| anyhow::anyhow!("the thread starting {program} panicked"))?
@@ -138,6 +151,27 @@ fn run_in(
     child
         .wait()
         .with_context(|| format!("waiting for {program}"))
+}
+
+/// `--user NAME|UID`: its uid and primary gid.
+fn user_ids(user: Option<&str>) -> anyhow::Result<Option<(u32, u32)>> {
+    use nix::unistd::{Uid, User};
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    let found = match user.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid))
+            .with_context(|| format!("looking up uid {uid}"))?
+            .map_or((uid, uid), |u| (uid, u.gid.as_raw())),
+        Err(_) => User::from_name(user)
+            .with_context(|| format!("looking up user {user:?}"))?
+            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+            .ok_or_else(|| CodedError {
+                code: "bad_request".into(),
+                message: format!("--user {user}: no such user"),
+            })?,
+    };
+    Ok(Some(found))
 }
 
 fn ignore_interrupts() {
