@@ -127,3 +127,32 @@ pub fn local_api(data: &[u8]) {
         assert_eq!(again.ok().flatten(), Some(resp));
     }
 }
+
+/// The DNS blocklist file parser ([`crate::dnsblock::parse_list`]) on
+/// arbitrary text: what parses is sorted, unique and valid, verifies against
+/// its own reference, and parses again to itself from one name a line.
+pub fn dns_blocklist(data: &[u8]) {
+    use crate::dnsblock::{BlockMode, DnsBlocklist, is_block_name, parse_list};
+    let text = String::from_utf8_lossy(data);
+    match parse_list(&text) {
+        Ok(domains) => {
+            assert!(domains.iter().all(|d| is_block_name(d)));
+            assert!(domains.windows(2).all(|w| w[0] < w[1]));
+            let again = parse_list(&domains.join("\n"));
+            assert_eq!(again.as_ref(), Ok(&domains));
+            let list = DnsBlocklist {
+                version: 1,
+                mode: BlockMode::Zero,
+                domains,
+            };
+            assert_eq!(list.verify(&list.to_ref()), Ok(()));
+        }
+        Err(errors) => {
+            assert!(!errors.is_empty());
+            assert!(errors.len() <= crate::dnsblock::MAX_ERRORS);
+            for e in &errors {
+                let _ = e.to_string();
+            }
+        }
+    }
+}

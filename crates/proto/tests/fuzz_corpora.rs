@@ -27,3 +27,8 @@ fn map_event_decode_corpus() {
 fn local_api_corpus() {
     replay("local_api", fuzzing::local_api, 4);
 }
+
+#[test]
+fn dns_blocklist_corpus() {
+    replay("dns_blocklist", fuzzing::dns_blocklist, 6);
+}
