@@ -367,6 +367,16 @@ fn each_mode_reaches_what_it_may_and_nothing_else_and_leaves_nothing() {
     );
     assert_clean(&mesh, &lab, "--net custom");
 
+    // A process the command left running keeps the namespace until it ends.
+    let out = run(&mesh, &br, &["sh", "-c", "sleep 2 >/dev/null 2>&1 &"]);
+    assert!(out.status.success(), "{out:?}");
+    let kept = leftovers(&mesh, &lab);
+    assert!(
+        kept.iter().any(|l| l.contains("wfwl")),
+        "the namespace went while a process ran in it: {kept:#?}"
+    );
+    assert_clean(&mesh, &lab, "the left-running process's end");
+
     // Bad input is refused before anything is made.
     let out = mesh
         .weft(
