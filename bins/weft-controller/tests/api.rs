@@ -14,14 +14,6 @@ use weft_proto::netmap::{MapChange, MapEvent};
 
 const IDLE: Duration = Duration::from_secs(10);
 
-async fn next_event(s: &mut weft_api_client::MapStream) -> MapEvent {
-    tokio::time::timeout(Duration::from_secs(10), s.next_map())
-        .await
-        .expect("no map event within 10 s")
-        .expect("stream ended")
-        .expect("stream error")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_and_concurrent_registration_over_https() {
     let dir = tempfile::tempdir().unwrap();

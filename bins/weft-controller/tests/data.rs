@@ -17,14 +17,6 @@ use weft_proto::netmap::{MapChange, MapEvent, NetworkMap};
 
 const IDLE: Duration = Duration::from_secs(10);
 
-async fn next_event(s: &mut weft_api_client::MapStream) -> MapEvent {
-    tokio::time::timeout(Duration::from_secs(10), s.next_map())
-        .await
-        .expect("no map event within 10 s")
-        .expect("stream ended")
-        .expect("stream error")
-}
-
 /// The next delta that carries a data change, applied to `map`.
 async fn next_data(s: &mut weft_api_client::MapStream, map: &mut NetworkMap) {
     loop {

@@ -15,14 +15,6 @@ use weft_proto::netmap::{MapChange, MapEvent, NetworkMap};
 
 const IDLE: Duration = Duration::from_secs(10);
 
-async fn next_event(s: &mut weft_api_client::MapStream) -> MapEvent {
-    tokio::time::timeout(Duration::from_secs(10), s.next_map())
-        .await
-        .expect("no map event within 10 s")
-        .expect("stream ended")
-        .expect("stream error")
-}
-
 /// The next host firewall change on `s` within `wait`, applied to `map`.
 async fn next_firewall(
     s: &mut weft_api_client::MapStream,

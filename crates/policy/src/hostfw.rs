@@ -43,7 +43,9 @@ use weft_proto::hostfw::{
 };
 
 use crate::model::{check_label, check_tag, parse_port_range};
-use crate::parse::{List, PolicyError, PolicyErrorKind, PolicyErrors, PortSpec, position};
+use crate::parse::{
+    List, PolicyError, PolicyErrorKind, PolicyErrors, PortSpec, from_toml, position,
+};
 
 /// Longest firewall file, in bytes.
 pub const MAX_FIREWALL_BYTES: usize = 256 * 1024;
@@ -180,14 +182,7 @@ pub fn parse_firewall(text: &str) -> Result<HostFirewallFile, PolicyErrors> {
             )),
         ));
     }
-    let doc: RawDoc = toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map_or((1, 1), |s| position(text, s.start));
-        PolicyErrors::one(
-            line,
-            column,
-            PolicyErrorKind::Syntax(e.message().to_string()),
-        )
-    })?;
+    let doc: RawDoc = from_toml(text)?;
     let mut cx = Cx {
         text,
         errors: Vec::new(),
@@ -517,15 +512,9 @@ pub fn node_selector(s: &str) -> Result<NodeSelector, PolicyErrorKind> {
     Ok(NodeSelector::Node(name.to_owned()))
 }
 
-/// A protocol name.
+/// A protocol name (`any`, `tcp`, `udp`, `icmp`).
 pub fn parse_proto(s: &str) -> Option<Proto> {
-    match s {
-        "any" => Some(Proto::Any),
-        "tcp" => Some(Proto::Tcp),
-        "udp" => Some(Proto::Udp),
-        "icmp" => Some(Proto::Icmp),
-        _ => None,
-    }
+    s.parse().ok()
 }
 
 /// A prefix, or one address (a /32 or /128). Host bits must be clear.

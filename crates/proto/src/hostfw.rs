@@ -70,19 +70,10 @@ pub enum RuleAction {
     Drop,
 }
 
-/// The transport protocol a rule matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Proto {
-    /// Any protocol (then the rule names no ports).
-    Any,
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// ICMP and ICMPv6 (no ports).
-    Icmp,
-}
+/// The transport protocol a rule matches: the access policy's
+/// ([`crate::policy::Proto`]: `any` (then the rule names no ports), `tcp`,
+/// `udp`, `icmp` (ICMP and ICMPv6, no ports)).
+pub use crate::policy::Proto;
 
 /// An inclusive range of ports (`start == end` for one port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -396,17 +387,6 @@ impl fmt::Display for Direction {
             Direction::In => "in",
             Direction::Out => "out",
             Direction::Forward => "forward",
-        })
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Any => "any",
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Icmp => "icmp",
         })
     }
 }

@@ -222,6 +222,16 @@ impl Drop for Controller {
     }
 }
 
+/// The next event of a map stream; panics after 10 s, at the end of the
+/// stream or on an error.
+pub async fn next_event(s: &mut weft_api_client::MapStream) -> weft_proto::netmap::MapEvent {
+    tokio::time::timeout(Duration::from_secs(10), s.next_map())
+        .await
+        .expect("no map event within 10 s")
+        .expect("stream ended")
+        .expect("stream error")
+}
+
 /// An identity whose proof of work reaches `bits` (found in microseconds for
 /// small `bits`, without the minting thread pool).
 pub fn identity(bits: u32) -> Identity {

@@ -124,14 +124,8 @@ async fn revoke(
 }
 
 /// Runs [`SweepFirewall`] every [`SWEEP_EVERY`] until `shutdown` turns true.
-pub async fn sweep(engine: Engine, mut shutdown: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(SWEEP_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            _ = every.tick() => {}
-        }
+pub async fn sweep(engine: Engine, shutdown: watch::Receiver<bool>) {
+    super::every(SWEEP_EVERY, shutdown, || async {
         match engine.execute(Actor::System, SweepFirewall).await {
             Ok(gone) if !gone.is_empty() => {
                 tracing::info!(rules = ?gone, "expired host firewall rules removed");
@@ -139,5 +133,6 @@ pub async fn sweep(engine: Engine, mut shutdown: watch::Receiver<bool>) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "removing expired host firewall rules failed"),
         }
-    }
+    })
+    .await;
 }

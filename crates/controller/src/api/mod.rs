@@ -109,6 +109,27 @@ pub use register::Challenges;
 pub use relay::RelayAuth;
 pub use tasks::sweep as task_sweep;
 
+/// Runs `tick` every `period` (the first at once; a late tick does not
+/// bunch up) until `shutdown` turns true: the controller's sweeps.
+pub(super) async fn every<F, Fut>(
+    period: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut tick: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = every.tick() => {}
+        }
+        tick().await;
+    }
+}
+
 /// Handler settings.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {

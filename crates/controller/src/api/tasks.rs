@@ -256,14 +256,8 @@ async fn result(
 
 /// Runs [`SweepTasks`] every [`SWEEP_EVERY`] until `shutdown` turns true, and
 /// sends a `task` event for each run whose lease expired.
-pub async fn sweep(engine: Engine, mut shutdown: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(SWEEP_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            _ = every.tick() => {}
-        }
+pub async fn sweep(engine: Engine, shutdown: watch::Receiver<bool>) {
+    super::every(SWEEP_EVERY, shutdown, || async {
         match engine.execute(Actor::System, SweepTasks).await {
             Ok(again) => {
                 for (node, task) in again {
@@ -272,5 +266,6 @@ pub async fn sweep(engine: Engine, mut shutdown: watch::Receiver<bool>) {
             }
             Err(e) => tracing::warn!(error = %e, "checking task leases and deadlines failed"),
         }
-    }
+    })
+    .await;
 }

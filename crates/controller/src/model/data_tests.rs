@@ -102,17 +102,18 @@ fn run<O: Operation>(
     (r, o, b.writes)
 }
 
-/// Who receives a `MapChange::Data` for `outcome`, by name.
-fn data_recipients(w: &World, o: &Outcome) -> Vec<String> {
+/// Who receives a change that `wanted` picks for `outcome`, by name.
+pub(crate) fn recipients_of(
+    w: &World,
+    o: &Outcome,
+    wanted: impl Fn(&MapChange) -> bool,
+) -> Vec<String> {
     let mut names = Vec::new();
     for out in compile(w, o) {
         let Payload::Delta(d) = &out.payload else {
             continue;
         };
-        if d.changes
-            .iter()
-            .any(|c| matches!(c, MapChange::Data { .. }))
-        {
+        if d.changes.iter().any(&wanted) {
             for r in out.recipients.iter() {
                 names.push(w.node(*r).unwrap().rec.name.clone());
             }
@@ -120,6 +121,11 @@ fn data_recipients(w: &World, o: &Outcome) -> Vec<String> {
     }
     names.sort();
     names
+}
+
+/// Who receives a `MapChange::Data` for `outcome`, by name.
+fn data_recipients(w: &World, o: &Outcome) -> Vec<String> {
+    recipients_of(w, o, |c| matches!(c, MapChange::Data { .. }))
 }
 
 #[test]

@@ -5,9 +5,9 @@ use weft_proto::hostfw::{ChainPolicy, Direction, Proto};
 use weft_proto::netmap::MapChange;
 
 use super::*;
-use crate::model::data::tests::{id, world};
+use crate::model::data::tests::{id, recipients_of, world};
 use crate::model::{NodePatch, Operation, Outcome, RemoveNode, UpdateNode};
-use crate::netmap::{Payload, compile, snapshot};
+use crate::netmap::snapshot;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, Write};
 
@@ -56,23 +56,9 @@ fn allow(node: &str, port: &str, ttl_secs: Option<u64>) -> AllowRule {
 
 /// Who receives a `MapChange::HostFirewall` for `outcome`, by name.
 fn recipients(w: &World, o: &Option<Outcome>) -> Vec<String> {
-    let Some(o) = o else { return Vec::new() };
-    let mut names = Vec::new();
-    for out in compile(w, o) {
-        let Payload::Delta(d) = &out.payload else {
-            continue;
-        };
-        if d.changes
-            .iter()
-            .any(|c| matches!(c, MapChange::HostFirewall { .. }))
-        {
-            for r in out.recipients.iter() {
-                names.push(w.node(*r).unwrap().rec.name.clone());
-            }
-        }
-    }
-    names.sort();
-    names
+    o.as_ref().map_or_else(Vec::new, |o| {
+        recipients_of(w, o, |c| matches!(c, MapChange::HostFirewall { .. }))
+    })
 }
 
 fn audits(writes: &[Write]) -> Vec<(String, String)> {

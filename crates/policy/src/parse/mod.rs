@@ -39,14 +39,7 @@ pub fn parse(text: &str) -> Result<Policy, PolicyErrors> {
             PolicyErrorKind::TooLarge(MAX_POLICY_BYTES),
         ));
     }
-    let doc: RawDoc = toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map_or((1, 1), |s| position(text, s.start));
-        PolicyErrors::one(
-            line,
-            column,
-            PolicyErrorKind::Syntax(e.message().to_string()),
-        )
-    })?;
+    let doc: RawDoc = from_toml(text)?;
     let mut cx = Cx {
         text,
         errors: Vec::new(),
@@ -66,6 +59,19 @@ pub fn parse(text: &str) -> Result<Policy, PolicyErrors> {
     }
     PolicyErrors::from_vec(cx.errors)?;
     Ok(policy)
+}
+
+/// `text` deserialized as TOML into `T`; a syntax or shape error with its
+/// line and column.
+pub(crate) fn from_toml<T: de::DeserializeOwned>(text: &str) -> Result<T, PolicyErrors> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map_or((1, 1), |s| position(text, s.start));
+        PolicyErrors::one(
+            line,
+            column,
+            PolicyErrorKind::Syntax(e.message().to_string()),
+        )
+    })
 }
 
 /// 1-based line and character column of byte `offset` in `text`.
