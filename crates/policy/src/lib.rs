@@ -78,6 +78,14 @@
 //! sides opposite it, each in O(its rules × log n) unless a deny rule picks it,
 //! and decides visibility per pair on demand instead of storing O(n²) sets.
 //!
+//! # The host firewall file
+//!
+//! [`hostfw`] is the other document the controller keeps: `[[firewall]]`
+//! profiles selecting nodes, with chain defaults and `[[firewall.rule]]`s, in
+//! the same TOML style and with the same line-accurate errors
+//! ([`hostfw::parse_firewall`]), compiled per node into the map's
+//! `HostFirewallSpec` ([`hostfw::compile_firewall`]).
+//!
 //! # Drive contract of the [`Engine`]
 //!
 //! 1. Build it from the node's compiled policy: [`Engine::new`] (or
