@@ -66,6 +66,8 @@ pub(crate) struct HostFw {
     /// When the controller's link was last seen up.
     last_up: Option<Instant>,
     last_apply_ms: Option<u64>,
+    /// weft's own endpoints' names, resolved.
+    pub(crate) lookups: Lookups,
     check: Option<JoinHandle<()>>,
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
@@ -83,6 +85,7 @@ impl HostFw {
             rollback_after,
             last_up: None,
             last_apply_ms: None,
+            lookups: Lookups::new(),
             check: None,
             events_tx,
             events_rx,
@@ -255,6 +258,12 @@ impl HostFw {
         self.rollback_after
     }
 
+    /// Whether a firewall is wanted or in force (else weft's own endpoints
+    /// need not be resolved).
+    pub(crate) fn active(&self, wanted: bool) -> bool {
+        wanted || self.guard.in_force().is_some()
+    }
+
     /// The spec in force.
     pub(crate) fn in_force(&self) -> Option<&HostFirewallSpec> {
         self.guard.in_force()
@@ -286,10 +295,20 @@ async fn check_until(check: &Selfcheck, deadline: Instant) -> Result<(), String>
     }
 }
 
+/// Resolved host names of weft's own endpoints: (host, port) -> addresses.
+/// A name that fails to resolve keeps its last addresses, so a passing DNS
+/// failure does not take weft's own rules out of the table.
+pub(crate) type Lookups = std::collections::BTreeMap<(String, u16), Vec<SocketAddr>>;
+
 /// weft's own endpoints: the controller's and the relays' TCP ports, the
-/// relays' STUN ports, resolved (a name that does not resolve within
+/// relays' STUN ports, resolved (a name that never resolved within
 /// [`LOOKUP_TIMEOUT`] is left out and logged).
-pub(crate) async fn own_endpoints(cred: Option<&Credential>, map: &NetworkMap, port: u16) -> Own {
+pub(crate) async fn own_endpoints(
+    cred: Option<&Credential>,
+    map: &NetworkMap,
+    port: u16,
+    cache: &mut Lookups,
+) -> Own {
     let mut own = Own {
         listen_port: port,
         ..Own::default()
@@ -301,14 +320,14 @@ pub(crate) async fn own_endpoints(cred: Option<&Credential>, map: &NetworkMap, p
     for url in tcp_urls {
         let (host, port) = url_host_port(url);
         let port = port.unwrap_or(if url.starts_with("http://") { 80 } else { 443 });
-        for a in lookup(host, port).await {
+        for a in lookup(host, port, cache).await {
             own.tcp.insert((a.ip(), a.port()));
         }
     }
     for r in &map.relays {
         if let Some(stun) = r.stun_port {
             let (host, _) = url_host_port(&r.url);
-            for a in lookup(host, stun).await {
+            for a in lookup(host, stun, cache).await {
                 own.udp.insert((a.ip(), a.port()));
             }
         }
@@ -316,19 +335,31 @@ pub(crate) async fn own_endpoints(cred: Option<&Credential>, map: &NetworkMap, p
     own
 }
 
-async fn lookup(host: &str, port: u16) -> Vec<SocketAddr> {
+async fn lookup(host: &str, port: u16, cache: &mut Lookups) -> Vec<SocketAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return vec![SocketAddr::new(ip, port)];
     }
-    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
-        Ok(Ok(addrs)) => addrs.collect(),
-        Ok(Err(e)) => {
-            tracing::warn!(%host, error = %e, "host firewall: cannot resolve weft's own endpoint");
-            Vec::new()
+    let key = (host.to_owned(), port);
+    let found =
+        match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+            Ok(Ok(addrs)) => Ok(addrs.collect::<Vec<_>>()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {LOOKUP_TIMEOUT:?}")),
+        };
+    match found {
+        Ok(addrs) if !addrs.is_empty() => {
+            cache.insert(key, addrs.clone());
+            addrs
         }
-        Err(_) => {
-            tracing::warn!(%host, "host firewall: resolving weft's own endpoint timed out");
-            Vec::new()
+        Ok(_) | Err(_) => {
+            let kept = cache.get(&key).cloned().unwrap_or_default();
+            tracing::warn!(
+                %host,
+                error = ?found.err(),
+                kept = kept.len(),
+                "host firewall: cannot resolve weft's own endpoint; keeping its last addresses"
+            );
+            kept
         }
     }
 }

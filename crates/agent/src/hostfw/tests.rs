@@ -149,3 +149,38 @@ fn an_invalid_spec_is_refused_and_nothing_changes() {
     assert!(fw.desired().is_none());
     assert!(fw.status(0).is_none());
 }
+
+#[tokio::test]
+async fn own_endpoints_resolve_names_and_keep_the_last_addresses_when_a_lookup_fails() {
+    use weft_proto::netmap::Relay;
+    let mut map: NetworkMap = serde_json::from_value(serde_json::json!({
+        "api_version": 1,
+        "version": 1,
+        "node": {"name": "n1", "node_key": weft_proto::NodeKey::from_bytes([1; 32])},
+        "networks": [],
+    }))
+    .unwrap_or_else(|e| panic!("a minimal map: {e}"));
+    map.relays = vec![Relay {
+        stun_port: Some(3478),
+        ..Relay::from_url("https://198.51.100.7:443")
+    }];
+    let cred = stand_in::joined("https://weft-test.invalid:8443");
+    let mut cache = Lookups::new();
+    let kept: SocketAddr = "192.0.2.1:8443".parse().unwrap();
+    cache.insert(("weft-test.invalid".into(), 8443), vec![kept]);
+    let own = own_endpoints(Some(&cred), &map, 51820, &mut cache).await;
+    assert_eq!(own.listen_port, 51820);
+    let tcp: Vec<(IpAddr, u16)> = own.tcp.iter().copied().collect();
+    assert_eq!(
+        tcp,
+        vec![
+            ("192.0.2.1".parse().unwrap(), 8443),
+            ("198.51.100.7".parse().unwrap(), 443)
+        ],
+        "the relay's literal address, and the controller's last addresses (.invalid never resolves)"
+    );
+    assert_eq!(
+        own.udp.iter().copied().collect::<Vec<_>>(),
+        vec![("198.51.100.7".parse().unwrap(), 3478)]
+    );
+}

@@ -24,7 +24,17 @@ impl Agent {
         if !self.from_cache || self.link_state.borrow().connected {
             self.hostfw.note_controller_up(now);
         }
-        let own = hostfw::own_endpoints(self.credential.as_ref(), map, self.dp.port()).await;
+        let own = if self.hostfw.active(map.host_firewall.is_some()) {
+            hostfw::own_endpoints(
+                self.credential.as_ref(),
+                map,
+                self.dp.port(),
+                &mut self.hostfw.lookups,
+            )
+            .await
+        } else {
+            hostfw::Own::default()
+        };
         let next = match self.hostfw.set_spec(map.host_firewall.clone(), own, now) {
             Ok(next) => {
                 self.note_hostfw(None);
