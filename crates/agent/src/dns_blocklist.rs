@@ -38,8 +38,6 @@ use crate::state::Credential;
 pub(crate) const FILE: &str = "dns-blocklist.json";
 /// After a failed fetch, the next try.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(10);
-/// The longest one fetch may take (a list can be tens of megabytes).
-const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// The status area of this module's failures.
 const AREA: &str = "dns-blocklist";
 
@@ -232,16 +230,11 @@ async fn fetch(
     path: &Path,
 ) -> Result<Blocklist, Why> {
     let client = ctl::client_for(cred).map_err(|e| format!("{e:#}"))?;
-    let list = match tokio::time::timeout(FETCH_TIMEOUT, client.fetch_dns_blocklist()).await {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => return Err(format!("fetching it failed: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "fetching it took over {} s",
-                FETCH_TIMEOUT.as_secs()
-            ));
-        }
-    };
+    // Bounded by the client's request timeout (30 s) and response size.
+    let list = client
+        .fetch_dns_blocklist()
+        .await
+        .map_err(|e| format!("fetching it failed: {e}"))?;
     let (reference, path) = (reference.clone(), path.to_owned());
     tokio::task::spawn_blocking(move || {
         list.verify(&reference)

@@ -137,20 +137,17 @@ async fn clear(
 }
 
 async fn fetch(State(st): State<AppState>, _: NodeAuth) -> Result<Response, ApiError> {
-    let list = {
+    let cache = {
         let world = st.engine.world().read().await;
-        world
-            .dns_blocklist()
-            .map(|b| std::sync::Arc::clone(&b.rec.list))
+        world.dns_blocklist().map(Blocklist::body_cache)
     };
-    let Some(list) = list else {
+    let Some(cache) = cache else {
         return Err(ApiError::not_found(
             "no_dns_blocklist",
             "no DNS blocklist is set",
         ));
     };
-    // Serialized outside the lock and without copying the list (it can be
-    // large). Strings and numbers only: this cannot fail.
-    let body = serde_json::to_vec(&*list).unwrap_or_default();
+    // Encoded outside the lock, once for every node that fetches this list.
+    let body = Bytes::from_owner(cache.get());
     Ok(([(http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }

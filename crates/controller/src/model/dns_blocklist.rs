@@ -10,7 +10,7 @@
 //! audit entry). [`ClearDnsBlocklist`] removes it. Audit: `dns.blocklist.set`,
 //! `dns.blocklist.clear`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::json;
 use weft_proto::dnsblock::{BlockMode, DnsBlocklist, DnsBlocklistRef, MAX_ENTRIES, is_block_name};
@@ -28,12 +28,45 @@ pub struct Blocklist {
     pub rec: DnsBlocklistRecord,
     /// What maps carry.
     pub reference: DnsBlocklistRef,
+    /// The list's JSON as nodes fetch it, encoded by the first fetch and
+    /// shared by the others (up to tens of megabytes each time otherwise).
+    body: Arc<OnceLock<Arc<[u8]>>>,
 }
 
 impl Blocklist {
     pub(super) fn new(rec: DnsBlocklistRecord) -> Self {
         let reference = rec.list.to_ref();
-        Blocklist { rec, reference }
+        Blocklist {
+            rec,
+            reference,
+            body: Arc::default(),
+        }
+    }
+
+    /// A handle on the fetch body: take it under the world's lock, encode
+    /// it ([`BodyCache::get`]) after.
+    pub fn body_cache(&self) -> BodyCache {
+        BodyCache {
+            list: Arc::clone(&self.rec.list),
+            body: Arc::clone(&self.body),
+        }
+    }
+}
+
+/// The blocklist's fetch body, encoded once (see [`Blocklist::body_cache`]).
+#[derive(Debug, Clone)]
+pub struct BodyCache {
+    list: Arc<DnsBlocklist>,
+    body: Arc<OnceLock<Arc<[u8]>>>,
+}
+
+impl BodyCache {
+    /// `{"version", "mode", "domains"}`, encoded on first use.
+    pub fn get(&self) -> Arc<[u8]> {
+        Arc::clone(self.body.get_or_init(|| {
+            // Strings and numbers only: this cannot fail.
+            Arc::from(serde_json::to_vec(&*self.list).unwrap_or_default())
+        }))
     }
 }
 
@@ -297,6 +330,17 @@ mod tests {
         };
         let e = w.apply(&mut b, &Actor::Admin, bad, 9).unwrap_err();
         assert_eq!(e.code(), "dns_blocklist_invalid");
+    }
+
+    #[test]
+    fn the_fetch_body_is_the_list_encoded_once() {
+        let (mut w, _) = world_with_nodes(1);
+        let (bl, _) = set(&mut w, "a.example\n", BlockMode::Zero);
+        let cache = w.dns_blocklist().unwrap().body_cache();
+        let body = cache.get();
+        let back: DnsBlocklist = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back.to_ref(), bl.reference);
+        assert!(Arc::ptr_eq(&body, &bl.body_cache().get()));
     }
 
     #[test]
