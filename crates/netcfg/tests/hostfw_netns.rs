@@ -428,3 +428,57 @@ fn the_gateway_table_renders_through_json() {
     let (ok, _) = pair.host.nft(&["list", "table", "inet", "weft"]);
     assert!(!ok, "deleted");
 }
+
+/// Whatever a spec may hold renders to something nft takes: overlapping and
+/// duplicate prefixes and ports, both families in one rule, every protocol,
+/// expiring rules of any protocol, every chain dropping.
+#[test]
+fn awkward_but_valid_rules_are_accepted_by_nft() {
+    let pair = Pair::new(&[8080]);
+    let net = |s: &str| s.parse().unwrap();
+    let mut rules = Vec::new();
+    for (i, proto) in [None, Some(L4::Tcp), Some(L4::Udp), Some(L4::Icmp)]
+        .into_iter()
+        .enumerate()
+    {
+        for chain in [Chain::Input, Chain::Output, Chain::Forward] {
+            for accept in [true, false] {
+                let mut r = allow_tcp(8080, &format!("r{i}-{}-{accept}", chain.name()));
+                r.chain = chain;
+                r.accept = accept;
+                r.proto = proto;
+                if matches!(proto, Some(L4::Tcp | L4::Udp)) {
+                    r.ports = vec![(80, 80), (80, 80), (70, 90), (1, 65535)];
+                    r.sport = vec![(1024, 65535), (2000, 3000)];
+                } else {
+                    r.ports.clear();
+                }
+                r.addrs = vec![
+                    net("192.0.2.0/24"),
+                    net("192.0.2.7/32"),
+                    net("192.0.2.7/32"),
+                    net("2001:db8::/32"),
+                    net("2001:db8::1/128"),
+                    net("0.0.0.0/0"),
+                ];
+                r.sets = vec!["d4_0".to_owned(), "d6_0".to_owned()];
+                r.iface = Some(if accept { "eth*" } else { "lo" }.to_owned());
+                r.expires_at_ms = (i % 2 == 0).then(|| now_ms() + 3_600_000);
+                rules.push(r);
+            }
+        }
+    }
+    let mut desired = firewall(rules);
+    let fw = desired.host_firewall.as_mut().unwrap();
+    fw.output_drop = true;
+    fw.forward_drop = true;
+    fw.management = vec![net("10.0.0.0/8"), net("10.1.0.0/16"), net("fd00::/8")];
+    fw.management_ports = vec![22, 22, 2222];
+    fw.sets.insert(
+        "d4_0".to_owned(),
+        ["192.0.2.1".parse().unwrap(), "10.77.0.2".parse().unwrap()].into(),
+    );
+    let report = pair.reconcile(&desired);
+    assert!(report.converged, "{report:?}");
+    assert!(pair.reconcile(&desired).applied.is_empty());
+}
