@@ -160,6 +160,23 @@ fn a_flushed_table_is_repaired_and_none_deletes_it() {
     let desired = firewall(vec![allow_tcp(8080, "line:3")]);
     assert!(pair.reconcile(&desired).converged);
     assert!(!pair.open(9090));
+    // A rule added by hand is not weft's: the table is replaced without it.
+    let (ok, out) = pair.host.nft(&[
+        "insert",
+        "rule",
+        "inet",
+        "weft_host",
+        "input",
+        "tcp",
+        "dport",
+        "9090",
+        "accept",
+    ]);
+    assert!(ok, "{out}");
+    assert!(pair.open(9090));
+    let report = pair.reconcile(&desired);
+    assert_eq!(report.applied.len(), 1, "{report:?}");
+    assert!(!pair.open(9090), "the hand-added rule is gone");
     let (ok, out) = pair.host.nft(&["flush", "table", "inet", "weft_host"]);
     assert!(ok, "{out}");
     assert!(
@@ -447,12 +464,9 @@ fn awkward_but_valid_rules_are_accepted_by_nft() {
                 r.chain = chain;
                 r.accept = accept;
                 r.proto = proto;
-                if matches!(proto, Some(L4::Tcp | L4::Udp)) {
-                    r.ports = vec![(80, 80), (80, 80), (70, 90), (1, 65535)];
-                    r.sport = vec![(1024, 65535), (2000, 3000)];
-                } else {
-                    r.ports.clear();
-                }
+                // Ports with any protocol or ICMP too (th dport).
+                r.ports = vec![(80, 80), (80, 80), (70, 90), (1, 65535)];
+                r.sport = vec![(1024, 65535), (2000, 3000)];
                 r.addrs = vec![
                     net("192.0.2.0/24"),
                     net("192.0.2.7/32"),

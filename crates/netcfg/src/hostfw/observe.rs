@@ -22,7 +22,9 @@ const MAX_ITEMS: usize = 1 << 16;
 pub struct ObservedHostFirewall {
     /// Chain name → whether its policy drops.
     pub policies: BTreeMap<String, bool>,
-    /// `(chain, comment)` of every rule whose comment starts with `weft:`.
+    /// `(chain, comment)` of every rule; a rule without a `weft:` comment
+    /// (someone else's, added by hand) as `(chain, "")`, which no rendering
+    /// has, so the planner replaces the table: it holds only weft's rules.
     pub rules: BTreeSet<(String, String)>,
     /// Domain sets (every named set except expiry guards) → their addresses.
     pub sets: BTreeMap<String, BTreeSet<IpAddr>>,
@@ -55,9 +57,9 @@ pub fn parse_listing(json: &str) -> Result<ObservedHostFirewall, String> {
                 out.policies.insert(c.name.to_string(), drop);
             }
             NfListObject::Rule(r) => {
-                if let Some(comment) = r.comment.as_deref().filter(|c| c.starts_with("weft:")) {
-                    out.rules.insert((r.chain.to_string(), comment.to_owned()));
-                }
+                let comment = r.comment.as_deref().filter(|c| c.starts_with("weft:"));
+                out.rules
+                    .insert((r.chain.to_string(), comment.unwrap_or_default().to_owned()));
             }
             NfListObject::Set(s) if !s.name.starts_with(GUARD_PREFIX) => {
                 let mut addrs = BTreeSet::new();

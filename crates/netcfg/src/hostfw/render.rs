@@ -450,18 +450,19 @@ fn expand(r: &HostFwRule, guard: Option<&str>, rules: &mut Vec<NftRule>) {
         }
         (None, _) => {}
     }
+    // Ports without TCP or UDP (the proto spec refuses them, but a rule
+    // must never match more than it says): the transport header's ports,
+    // which ICMP does not have, so such a rule matches less, never more.
     let l4 = match r.proto {
-        Some(L4::Tcp) => Some("tcp"),
-        Some(L4::Udp) => Some("udp"),
-        Some(L4::Icmp) | None => None,
+        Some(L4::Tcp) => "tcp",
+        Some(L4::Udp) => "udp",
+        Some(L4::Icmp) | None => "th",
     };
-    if let Some(l4) = l4 {
-        if !r.sport.is_empty() {
-            common.push(eq(payload(l4, "sport"), ports_expr(&r.sport)));
-        }
-        if !r.ports.is_empty() {
-            common.push(eq(payload(l4, "dport"), ports_expr(&r.ports)));
-        }
+    if !r.sport.is_empty() {
+        common.push(eq(payload(l4, "sport"), ports_expr(&r.sport)));
+    }
+    if !r.ports.is_empty() {
+        common.push(eq(payload(l4, "dport"), ports_expr(&r.ports)));
     }
     let field = if r.chain == Chain::Input {
         "saddr"

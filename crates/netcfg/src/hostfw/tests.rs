@@ -270,6 +270,7 @@ fn a_listing_reads_policies_weft_comments_and_domain_sets() {
     assert_eq!(
         rules,
         [
+            ("input", ""),
             ("input", "weft:base:drop"),
             ("input", "weft:base:lo"),
             ("input", "weft:dyn:1 0000abcd")
