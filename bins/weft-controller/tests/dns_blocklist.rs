@@ -22,19 +22,11 @@ async fn next_blocklist(
     map: &mut NetworkMap,
     wait: Duration,
 ) -> Option<Option<DnsBlocklistRef>> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let ev = tokio::time::timeout_at(deadline, s.next_map()).await.ok()?;
-        let Some(Ok(MapEvent::Delta(d))) = ev else {
-            continue;
-        };
-        map.apply(&d).unwrap();
-        for c in &d.changes {
-            if let MapChange::DnsBlocklist { blocklist } = c {
-                return Some(blocklist.clone());
-            }
-        }
-    }
+    next_change(s, map, wait, |c| match c {
+        MapChange::DnsBlocklist { blocklist } => Some(blocklist.clone()),
+        _ => None,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

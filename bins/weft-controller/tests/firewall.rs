@@ -21,19 +21,11 @@ async fn next_firewall(
     map: &mut NetworkMap,
     wait: Duration,
 ) -> Option<Option<HostFirewallSpec>> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let ev = tokio::time::timeout_at(deadline, s.next_map()).await.ok()?;
-        let Some(Ok(MapEvent::Delta(d))) = ev else {
-            continue;
-        };
-        map.apply(&d).unwrap();
-        for c in &d.changes {
-            if let MapChange::HostFirewall { spec } = c {
-                return Some(spec.clone());
-            }
-        }
-    }
+    next_change(s, map, wait, |c| match c {
+        MapChange::HostFirewall { spec } => Some(spec.clone()),
+        _ => None,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

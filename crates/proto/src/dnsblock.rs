@@ -26,7 +26,7 @@ pub const MAX_ENTRIES: usize = 500_000;
 /// At most this many bytes of list text.
 pub const MAX_TEXT_BYTES: usize = 16 * 1024 * 1024;
 /// At most this many bytes in one domain name.
-pub const MAX_NAME_LEN: usize = 253;
+pub const MAX_NAME_LEN: usize = crate::hostfw::MAX_DOMAIN_LEN;
 /// At most this many line errors are reported for one file.
 pub const MAX_ERRORS: usize = 20;
 
@@ -350,28 +350,17 @@ fn normalize(name: &str) -> Result<String, String> {
     }
 }
 
-/// Whether `name` can be a blocklist entry: lowercase, at least two labels of
-/// 1..=63 bytes of `[a-z0-9_-]` (a label does not start or end with `-`), at
-/// most [`MAX_NAME_LEN`] bytes, no trailing dot.
+/// Whether `name` can be a blocklist entry: a domain as the host firewall
+/// takes one ([`crate::hostfw::is_domain`]: lowercase, at least two labels of
+/// 1..=63 bytes of `[a-z0-9-]` not starting or ending with `-`, at most
+/// [`MAX_NAME_LEN`] bytes, no trailing dot), where `_` may also stand for a
+/// letter (`_dmarc.example.com`).
 pub fn is_block_name(name: &str) -> bool {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return false;
+    if name.contains('_') {
+        crate::hostfw::is_domain(&name.replace('_', "a"))
+    } else {
+        crate::hostfw::is_domain(name)
     }
-    let mut labels = 0;
-    for label in name.split('.') {
-        labels += 1;
-        if label.is_empty()
-            || label.len() > 63
-            || label.starts_with('-')
-            || label.ends_with('-')
-            || !label
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
-            return false;
-        }
-    }
-    labels >= 2
 }
 
 #[cfg(test)]

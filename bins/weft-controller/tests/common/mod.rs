@@ -222,6 +222,27 @@ impl Drop for Controller {
     }
 }
 
+/// The first change `pick` takes from the deltas `s` brings within `wait`
+/// (`None`: none came), each delta applied to `map` on the way.
+pub async fn next_change<T>(
+    s: &mut weft_api_client::MapStream,
+    map: &mut weft_proto::netmap::NetworkMap,
+    wait: Duration,
+    pick: impl Fn(&weft_proto::netmap::MapChange) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let ev = tokio::time::timeout_at(deadline, s.next_map()).await.ok()?;
+        let Some(Ok(weft_proto::netmap::MapEvent::Delta(d))) = ev else {
+            continue;
+        };
+        map.apply(&d).unwrap();
+        if let Some(t) = d.changes.iter().find_map(&pick) {
+            return Some(t);
+        }
+    }
+}
+
 /// The next event of a map stream; panics after 10 s, at the end of the
 /// stream or on an error.
 pub async fn next_event(s: &mut weft_api_client::MapStream) -> weft_proto::netmap::MapEvent {

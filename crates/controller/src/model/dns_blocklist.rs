@@ -166,48 +166,17 @@ mod tests {
 
     use super::*;
     use crate::model::Batch;
-    use crate::model::{Actor, NewNetwork, NewToken, NodeId, NodePatch, Registration, UpdateNode};
+    use crate::model::data::tests::{id, recipients_of, world};
+    use crate::model::{Actor, NodeId, NodePatch, UpdateNode};
     use crate::netmap::{Payload, compile, snapshot};
-    use crate::secret::SecretHash;
     use crate::store::StoreSnapshot;
 
-    /// A world with `n` enabled nodes in one network plus a disabled one;
-    /// the enabled nodes' ids.
-    fn world_with_nodes(n: u8) -> (World, Vec<NodeId>) {
-        let mut w = World::default();
+    /// The data tests' world (n1..n4) with n4 disabled; the enabled nodes' ids.
+    fn world_with_nodes() -> (World, Vec<NodeId>) {
+        let mut w = world(&mut Vec::new());
         let mut b = Batch::default();
-        let net = NewNetwork {
-            name: "a".into(),
-            ipv4_cidr: "10.0.0.0/24".parse().unwrap(),
-            ipv6_prefix: None,
-            dns_domain: "weft.internal".into(),
-            pow_difficulty: 0,
-        };
-        w.apply(&mut b, &Actor::Admin, net, 0).unwrap();
-        let token = NewToken {
-            networks: vec!["a".into()],
-            tags: Default::default(),
-            expires_at: u64::MAX,
-            max_uses: None,
-            description: None,
-            hash: SecretHash::of("t"),
-        };
-        w.apply(&mut b, &Actor::Admin, token, 0).unwrap();
-        for i in 1..=n + 1 {
-            let key = weft_proto::NodeKey::from_bytes([i; 32]);
-            let reg = Registration {
-                node_key: key,
-                token_hash: SecretHash::of("t"),
-                pow_bits: 0,
-                name: Some(format!("n{i}")),
-                hostname: None,
-                facts: None,
-                credential_hash: SecretHash::of(&format!("cred{i}")),
-            };
-            w.apply(&mut b, &Actor::Node(key), reg, 0).unwrap();
-        }
         let off = UpdateNode {
-            node: format!("n{}", n + 1),
+            node: "n4".into(),
             patch: NodePatch {
                 disabled: Some(true),
                 ..NodePatch::default()
@@ -215,10 +184,7 @@ mod tests {
         };
         w.apply(&mut b, &Actor::Admin, off, 0).unwrap();
         w.finish_batch(&mut b);
-        let ids = w
-            .node_ids()
-            .filter(|id| w.node(*id).is_some_and(|n| !n.rec.disabled))
-            .collect();
+        let ids = ["n1", "n2", "n3"].map(|n| id(&w, n)).to_vec();
         (w, ids)
     }
 
@@ -243,7 +209,7 @@ mod tests {
 
     #[test]
     fn set_versions_audits_and_reaches_every_enabled_node_once() {
-        let (mut w, nodes) = world_with_nodes(3);
+        let (mut w, nodes) = world_with_nodes();
         let (bl, mut b) = set(
             &mut w,
             "0.0.0.0 ads.example.com\nb.example\n",
@@ -275,6 +241,13 @@ mod tests {
         }
         got.sort_unstable();
         assert_eq!(got, nodes);
+        assert_eq!(
+            recipients_of(&w, &outcome, |c| matches!(
+                c,
+                MapChange::DnsBlocklist { .. }
+            )),
+            ["n1", "n2", "n3"]
+        );
         // Snapshots carry it too.
         for id in &nodes {
             assert_eq!(
@@ -286,7 +259,7 @@ mod tests {
 
     #[test]
     fn the_same_list_again_changes_nothing_and_a_new_mode_does() {
-        let (mut w, _) = world_with_nodes(1);
+        let (mut w, _) = world_with_nodes();
         let (first, mut b) = set(&mut w, "a.example\n", BlockMode::Nxdomain);
         w.finish_batch(&mut b);
         let (again, mut b) = set(&mut w, "# same\nA.example.\n", BlockMode::Nxdomain);
@@ -301,7 +274,7 @@ mod tests {
 
     #[test]
     fn clear_removes_it_once_and_unsorted_input_is_refused() {
-        let (mut w, nodes) = world_with_nodes(2);
+        let (mut w, nodes) = world_with_nodes();
         let (_, mut b) = set(&mut w, "a.example\n", BlockMode::Nxdomain);
         w.finish_batch(&mut b);
         let mut b = Batch::default();
@@ -334,7 +307,7 @@ mod tests {
 
     #[test]
     fn the_fetch_body_is_the_list_encoded_once() {
-        let (mut w, _) = world_with_nodes(1);
+        let (mut w, _) = world_with_nodes();
         let (bl, _) = set(&mut w, "a.example\n", BlockMode::Zero);
         let cache = w.dns_blocklist().unwrap().body_cache();
         let body = cache.get();
