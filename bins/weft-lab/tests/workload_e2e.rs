@@ -267,6 +267,29 @@ fn each_mode_reaches_what_it_may_and_nothing_else_and_leaves_nothing() {
         !reaches(&mesh, &br, local, 7100),
         "bridged reached the node's loopback"
     );
+    // Names resolve through the node's resolver even though it listens on
+    // the node's loopback (the namespace relays DNS to the gateway); in
+    // --net none they do not.
+    let conf = lab.run("n1", &["cat", "/etc/resolv.conf"]).unwrap();
+    let first = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("nameserver "))
+        .unwrap_or_default();
+    assert!(
+        first.starts_with("127."),
+        "n1's resolver is not on loopback: {conf}"
+    );
+    let name = "n2.lab.weft.internal";
+    let resolve = format!("import socket\nprint(socket.gethostbyname({name:?}))");
+    let out = run(&mesh, &br, &["python3", "-c", &resolve]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == n2.to_string(),
+        "bridged did not resolve {name}: {out:?}\n{}",
+        lab.run("n1", &["cat", "/etc/resolv.conf"])
+            .unwrap_or_default()
+    );
+    let out = run(&mesh, &none, &["python3", "-c", &resolve]);
+    assert!(!out.status.success(), "none resolved {name}: {out:?}");
     // The workload's own address is on the bridge: n2 let it in above only
     // because it arrived masqueraded as n1's overlay address (a peer drops an
     // inner source that is not the sender's).

@@ -9,6 +9,7 @@
 //!   it), an address from `--workload-subnet`, and NAT out (`inet weft_wl`):
 //!   to the overlay the workload's traffic leaves as the node's overlay
 //!   address, so the overlay policy applies to it as if it were the node.
+//!   DNS to a loopback resolver is relayed through the gateway (`dns`).
 //! - `custom`: bridged, and an nft filter in the namespace that lets out only
 //!   the `--allow` destinations (host names resolved at creation).
 //!
@@ -25,6 +26,7 @@
 //! `plan` is the pure part (names, addresses, rulesets, sweep decisions);
 //! `sys` runs `ip`/`nft` and reads `/proc`.
 
+mod dns;
 mod forward;
 mod plan;
 mod sys;
@@ -71,6 +73,8 @@ struct Manager {
     live: BTreeMap<String, Live>,
     ticks: u32,
     problems: Problems,
+    /// The DNS relay on the gateway, while bridged workloads exist.
+    relay: Option<dns::Relay>,
 }
 
 /// What fails now (the sweep, the bridge's repair, a cleanup), for `weft
@@ -153,6 +157,7 @@ impl Workloads {
             live: BTreeMap::new(),
             ticks: 0,
             problems: problems.clone(),
+            relay: None,
         };
         m.sweep().await;
         let this = Workloads(Arc::new(Mutex::new(m)), problems);
@@ -344,6 +349,7 @@ impl Manager {
         if let Some(addr) = record.address {
             let (subnet, marker) = (self.subnet, self.marker());
             blocking(move || sys::ensure_bridge(subnet, &marker)).await?;
+            self.ensure_relay().await;
             sys::add_veth(&ns, &record.id, addr, self.subnet).await?;
         }
         match record.net {
@@ -404,6 +410,7 @@ impl Manager {
     /// could rewrite its own; `weft run --user` runs it without).
     async fn repair(&mut self) {
         if self.any_bridged() {
+            self.ensure_relay().await;
             let (subnet, marker) = (self.subnet, self.marker());
             let ok = blocking(move || {
                 if sys::has_bridge() && sys::forwarding_on() && sys::has_table() {
@@ -441,6 +448,21 @@ impl Manager {
         }
     }
 
+    /// Starts the DNS relay if it is not running; a failure (port 53 of the
+    /// gateway taken) leaves workloads without loopback DNS, in status.
+    async fn ensure_relay(&mut self) {
+        if self.relay.is_some() {
+            return;
+        }
+        let r = dns::start(plan::gateway(self.subnet)).await;
+        let noted = r.as_ref().map(|_| ()).map_err(Clone::clone);
+        if let Err(e) = &noted {
+            tracing::warn!(error = %e, "bridged workloads get no DNS relay");
+        }
+        self.problems.note("dns relay", &noted);
+        self.relay = r.ok();
+    }
+
     fn any_bridged(&self) -> bool {
         self.live.values().any(|w| w.record.net.is_bridged())
     }
@@ -451,6 +473,10 @@ impl Manager {
         let veth = record.veth();
         let path = self.record_path(&record.id);
         let (last, marker) = (!self.any_bridged(), self.marker());
+        if last {
+            self.relay = None;
+            self.problems.note("dns relay", &Ok(()));
+        }
         let r = blocking(move || {
             if let Some(v) = veth {
                 sys::del_link(&v)?;
@@ -549,6 +575,9 @@ impl Manager {
         .await;
         if let Err(e) = &r {
             tracing::warn!(error = %e, "the workload sweep failed");
+        }
+        if bridged {
+            self.ensure_relay().await;
         }
         self.problems.note("sweep", &r);
     }

@@ -17,6 +17,9 @@ pub(crate) const VETH_PREFIX: &str = weft_netcfg::WORKLOAD_VETH_PREFIX;
 /// The nftables table of workload networking: NAT out on the node, the
 /// `custom` filter inside a workload's namespace.
 pub(crate) const TABLE: &str = "inet weft_wl";
+/// Inside a bridged workload's namespace: DNS to its loopback goes to the
+/// node's relay on the gateway (`workload::dns`).
+pub(crate) const DNS_TABLE: &str = "ip weft_wl_dns";
 /// The interface name of a bridged workload's veth inside its namespace.
 pub(crate) const INNER_IFACE: &str = "eth0";
 /// Default subnet of the workload bridge (`weftd --workload-subnet`).
@@ -97,6 +100,26 @@ pub(crate) fn host_script(subnet: Ipv4Net) -> String {
          \x20 chain postrouting {{\n\
          \x20   type nat hook postrouting priority srcnat; policy accept;\n\
          \x20   ip saddr {subnet} oifname != \"{BRIDGE}\" counter masquerade comment \"weft:wl-masq\"\n\
+         \x20 }}\n\
+         }}\n"
+    )
+}
+
+/// Inside a bridged workload's namespace: queries to a loopback resolver
+/// (the node's resolv.conf may name 127.0.0.53) go to the gateway's DNS
+/// relay instead, their loopback source masqueraded (with `route_localnet`
+/// on the inner interface).
+pub(crate) fn dns_script(gateway: Ipv4Addr) -> String {
+    format!(
+        "table {DNS_TABLE} {{\n\
+         \x20 chain output {{\n\
+         \x20   type nat hook output priority -100; policy accept;\n\
+         \x20   ip daddr 127.0.0.0/8 udp dport 53 dnat to {gateway}:53 comment \"weft:dns\"\n\
+         \x20   ip daddr 127.0.0.0/8 tcp dport 53 dnat to {gateway}:53 comment \"weft:dns\"\n\
+         \x20 }}\n\
+         \x20 chain postrouting {{\n\
+         \x20   type nat hook postrouting priority srcnat; policy accept;\n\
+         \x20   oifname \"{INNER_IFACE}\" ip saddr 127.0.0.0/8 masquerade comment \"weft:dns\"\n\
          \x20 }}\n\
          }}\n"
     )
@@ -293,6 +316,23 @@ mod tests {
         // Nothing accepted but loopback and replies when nothing is allowed.
         let none = custom_script(&[]);
         assert_eq!(none.matches(" accept").count(), 4, "{none}");
+    }
+
+    #[test]
+    fn loopback_dns_goes_to_the_gateway() {
+        let s = dns_script(Ipv4Addr::new(10, 231, 0, 1));
+        assert!(
+            s.contains("ip daddr 127.0.0.0/8 udp dport 53 dnat to 10.231.0.1:53"),
+            "{s}"
+        );
+        assert!(
+            s.contains("ip daddr 127.0.0.0/8 tcp dport 53 dnat to 10.231.0.1:53"),
+            "{s}"
+        );
+        assert!(
+            s.contains("oifname \"eth0\" ip saddr 127.0.0.0/8 masquerade"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -234,6 +234,7 @@ pub(crate) async fn add_veth(
     let weftd = std::process::id().to_string();
     let inner = format!("{addr}/{}", subnet.prefix_len());
     let gw = plan::gateway(subnet).to_string();
+    let dns = plan::dns_script(plan::gateway(subnet));
     {
         let host = host.clone();
         // Made inside, its peer sent to weftd's namespace (by weftd's pid).
@@ -256,7 +257,12 @@ pub(crate) async fn add_veth(
             )?;
             run("ip", &["addr", "add", &inner, "dev", INNER_IFACE], None)?;
             run("ip", &["link", "set", INNER_IFACE, "up"], None)?;
-            run("ip", &["route", "add", "default", "via", &gw], None)
+            run("ip", &["route", "add", "default", "via", &gw], None)?;
+            // Loopback DNS to the gateway's relay (this thread's namespace:
+            // /proc/sys/net follows the opener's).
+            let localnet = format!("/proc/sys/net/ipv4/conf/{INNER_IFACE}/route_localnet");
+            std::fs::write(&localnet, "1\n").map_err(|e| format!("{localnet}: {e}"))?;
+            run("nft", &["-f", "-"], Some(&dns))
         })
         .await?;
     }
