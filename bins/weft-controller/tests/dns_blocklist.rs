@@ -213,3 +213,51 @@ async fn the_blocklist_is_validated_versioned_audited_carried_and_fetched() {
     assert_eq!(set.detail["mode"], "nxdomain");
     assert_eq!(set.detail["sha256"], ra_ref.sha256.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_size_list_is_taken_and_fetched_and_one_more_name_is_refused() {
+    use weft_proto::dnsblock::MAX_ENTRIES;
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Controller::start(dir.path(), &[]);
+    let admin = ctl.admin();
+    let tok = network_with_token(&admin, "lab", "100.64.0.0/24", 8).await;
+    let c = ctl.client();
+    let a = identity(8);
+    let ra = register(&c, &tok, &a).await.unwrap();
+    let ca = c.with_bearer(&ra.credential).unwrap();
+    // 500,000 names of up to 30 bytes: about 15 MB of text, 16 MB of JSON.
+    let text: String = (0..MAX_ENTRIES)
+        .map(|i| format!("host{i}.tracker{}.example\n", i % 997))
+        .collect();
+    let t = std::time::Instant::now();
+    let st = admin
+        .set_dns_blocklist(&SetDnsBlocklistRequest {
+            text: text.clone(),
+            mode: BlockMode::Nxdomain,
+        })
+        .await
+        .unwrap();
+    let set_took = t.elapsed();
+    let info = st.blocklist.unwrap();
+    assert_eq!(info.entries as usize, MAX_ENTRIES);
+    let t = std::time::Instant::now();
+    let fetched = ca.fetch_dns_blocklist().await.unwrap();
+    let fetch_took = t.elapsed();
+    let map = ca.map().await.unwrap();
+    assert_eq!(fetched.verify(map.dns_blocklist.as_ref().unwrap()), Ok(()));
+    println!(
+        "{} bytes of list: set in {set_took:?}, fetched in {fetch_took:?}",
+        text.len()
+    );
+    let one_more = format!("{text}one-more.example\n");
+    let (status, code, message) = refused(
+        admin
+            .set_dns_blocklist(&SetDnsBlocklistRequest {
+                text: one_more,
+                mode: BlockMode::Nxdomain,
+            })
+            .await,
+    );
+    assert_eq!((status, code.as_str()), (400, "dns_blocklist_invalid"));
+    assert!(message.contains("more than 500000"), "{message}");
+}
