@@ -215,6 +215,11 @@ async fn the_blocklist_is_validated_versioned_audited_carried_and_fetched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::disallowed_methods,
+    clippy::print_stdout,
+    reason = "the set and the fetch are timed on the real clock and reported"
+)]
 async fn a_full_size_list_is_taken_and_fetched_and_one_more_name_is_refused() {
     use weft_proto::dnsblock::MAX_ENTRIES;
     let dir = tempfile::tempdir().unwrap();
