@@ -199,3 +199,66 @@ pub fn policy_match(data: &[u8]) {
         assert!(engine.flow_count() <= 16);
     }
 }
+
+/// Host firewall text: parse; errors render with their lines; what parses
+/// compiles, for nodes each profile form selects and one nobody selects, into
+/// specs that pass the map's own check, declared rules first with ids
+/// `line:N` of lines the text has, dynamic rules after them.
+pub fn hostfw_parse(data: &[u8]) {
+    use weft_proto::hostfw::{Direction, HostRule, Proto, RuleAction};
+
+    use crate::hostfw::{compile_firewall, parse_firewall};
+
+    let text = String::from_utf8_lossy(data);
+    let file = match parse_firewall(&text) {
+        Ok(f) => f,
+        Err(errors) => {
+            assert!(!errors.errors().is_empty());
+            let _ = errors.render("firewall.toml", &text);
+            return;
+        }
+    };
+    let lines = u32::try_from(text.lines().count()).unwrap_or(u32::MAX);
+    let dynamic = vec![HostRule {
+        id: "dyn:1".into(),
+        direction: Direction::In,
+        action: RuleAction::Accept,
+        proto: Proto::Tcp,
+        ports: vec![weft_proto::hostfw::PortRange { start: 80, end: 80 }],
+        peers: vec![],
+        comment: String::new(),
+        expires_at_ms: Some(1),
+    }];
+    let tags = |t: &[&str]| t.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    for (name, tags) in [
+        ("web1", tags(&["web"])),
+        ("db1", tags(&["db", "web"])),
+        ("node", tags(&[])),
+        ("zz-nobody-selects-this-0", tags(&["zz-nobody"])),
+    ] {
+        let profile = file.profile_for(name, &tags);
+        let Some(spec) = compile_firewall(&file, name, &tags, &dynamic, 7) else {
+            assert!(profile.is_none(), "{name}: a profile but no spec");
+            continue;
+        };
+        let Some(profile) = profile else {
+            panic!("{name}: a spec without a profile");
+        };
+        assert!(profile.line >= 1 && profile.line <= lines);
+        assert_eq!(spec.version, 7);
+        assert!(spec.check().is_ok(), "{name}: {:?}", spec.check());
+        let Some((last, declared)) = spec.rules.split_last() else {
+            panic!("{name}: the dynamic rule is missing");
+        };
+        assert_eq!(last.id, "dyn:1");
+        for r in declared {
+            let Some(n) =
+                r.id.strip_prefix("line:")
+                    .and_then(|n| n.parse::<u32>().ok())
+            else {
+                panic!("declared rule id {:?} is not line:N", r.id);
+            };
+            assert!(n >= 1 && n <= lines, "{}: line {n} of {lines}", r.id);
+        }
+    }
+}

@@ -17,3 +17,8 @@ fn policy_parse_corpus() {
 fn policy_match_corpus() {
     replay("policy_match", fuzzing::policy_match, 4);
 }
+
+#[test]
+fn hostfw_parse_corpus() {
+    replay("hostfw_parse", fuzzing::hostfw_parse, 7);
+}
