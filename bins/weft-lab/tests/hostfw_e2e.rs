@@ -13,7 +13,8 @@
 //! - `weft down` leaves no weft table behind.
 //! - A ruleset that cuts the node off its controller is rolled back within
 //!   `--firewall-rollback-secs`, and `weft status`, `weft events` and the
-//!   controller's event log say so.
+//!   controller's event log say so; a restarted weftd does not apply it again.
+//! - A rule naming a domain follows the domain's addresses.
 
 #![allow(clippy::disallowed_methods, reason = "tests wait on the real clock")]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
@@ -373,7 +374,7 @@ comment = "explicitly closed"
 fn a_ruleset_that_cuts_the_controller_off_is_rolled_back() {
     const ROLLBACK_SECS: u64 = 4;
     let lab = lab();
-    let mesh = start(
+    let mut mesh = start(
         &lab,
         &["--firewall-rollback-secs", &ROLLBACK_SECS.to_string()],
     );
@@ -485,6 +486,34 @@ comment = "cuts the controller off"
         (&v1.into(), &1.into()),
         "{fw}"
     );
+    assert_eq!(scan(&lab, "scanner", node_ip, &LISTEN), [80].into());
+
+    // weftd restarted (its cached map still asks for the refused version):
+    // the rollback is remembered, the restored firewall is back at once, and
+    // the controller stays reachable.
+    mesh.stop_agent("node").unwrap();
+    assert!(!nft_tables(&lab, "node").contains("weft_host"));
+    let rollback_arg = ROLLBACK_SECS.to_string();
+    mesh.start_agent_with_args(
+        "node",
+        None,
+        &[],
+        &["--firewall-rollback-secs", &rollback_arg],
+    )
+    .unwrap();
+    within(
+        "the restarted agent connected with the restored firewall",
+        Duration::from_secs(20),
+        || {
+            status(&mesh).is_some_and(|s| {
+                s["controller"]["connected"] == true
+                    && s["host_firewall"]["version"] == v1
+                    && s["host_firewall"]["wanted_version"] == v2
+            })
+        },
+    );
+    let fw = firewall(&mesh).unwrap();
+    assert_eq!(fw["last_rollback"]["version"], v2, "{fw}");
     assert_eq!(scan(&lab, "scanner", node_ip, &LISTEN), [80].into());
 }
 

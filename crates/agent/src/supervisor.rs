@@ -239,7 +239,7 @@ async fn serve<F: Future<Output = ()>>(
         integrity,
         node_api,
         workloads,
-        hostfw: crate::hostfw::HostFw::new(cfg.firewall_rollback),
+        hostfw: crate::hostfw::HostFw::new(cfg.firewall_rollback, &cfg.state_dir),
         linkmon,
         state,
         identity,

@@ -180,6 +180,20 @@ impl Guard {
         self.refused_upto.filter(|&r| w.version <= r)
     }
 
+    /// A rollback of an earlier run of weftd (remembered in the state
+    /// directory): its version stays refused, the firewall it restored is
+    /// in force again.
+    pub(crate) fn remember(&mut self, rb: RollbackStatus, restored: Option<HostFirewallSpec>) {
+        self.refused_upto = Some(rb.version);
+        self.last_rollback = Some(rb);
+        self.good = restored;
+    }
+
+    /// The spec the last rollback restored (what to remember with it).
+    pub(crate) fn good(&self) -> Option<&HostFirewallSpec> {
+        self.good.as_ref()
+    }
+
     /// `weft down`: nothing in force; the next map is applied afresh (a
     /// refused version stays refused).
     pub(crate) fn clear(&mut self) {
@@ -263,6 +277,28 @@ mod tests {
         assert_eq!(g.refused(), None);
         let rb = g.check_failed(generation(&n3), "x", 78).expect("rollback");
         assert_eq!(rb.restored, Some(1));
+    }
+
+    #[test]
+    fn a_remembered_rollback_keeps_its_version_out_after_a_restart() {
+        let now = crate::clock::now();
+        let mut g = Guard::default();
+        g.remember(
+            RollbackStatus {
+                version: 8,
+                restored: Some(7),
+                at_ms: 1,
+                reason: "x".into(),
+            },
+            Some(spec(7)),
+        );
+        // The cached map at start, no controller: the refused version is not
+        // applied; the one restored is in force.
+        assert_eq!(g.set_wanted(Some(spec(8)), false, N, now), Next::Nothing);
+        assert_eq!(g.in_force().map(|s| s.version), Some(7));
+        assert_eq!(g.refused(), Some(8));
+        assert_eq!(g.rollbacks().0, 0, "none in this run");
+        assert_eq!(g.set_wanted(Some(spec(9)), false, N, now), Next::Apply);
     }
 
     #[test]

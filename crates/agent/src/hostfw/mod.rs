@@ -11,6 +11,7 @@
 mod build;
 mod domains;
 mod guard;
+mod memory;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -69,17 +70,41 @@ pub(crate) struct HostFw {
     /// weft's own endpoints' names, resolved.
     pub(crate) lookups: Lookups,
     check: Option<JoinHandle<()>>,
+    /// The state directory (the remembered rollback).
+    state_dir: std::path::PathBuf,
+    /// Why the remembered rollback could not be read or written.
+    memory_error: Option<String>,
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
 }
 
 impl HostFw {
     /// A host firewall with nothing in force; a failed self-check rolls back
-    /// after `rollback_after`.
-    pub(crate) fn new(rollback_after: Duration) -> Self {
+    /// after `rollback_after`. A rollback of an earlier run remembered in
+    /// `state_dir` keeps its version refused.
+    pub(crate) fn new(rollback_after: Duration, state_dir: &std::path::Path) -> Self {
         let (events_tx, events_rx) = mpsc::channel(64);
-        Self {
-            guard: guard::Guard::default(),
+        let mut guard = guard::Guard::default();
+        let memory_error = match memory::load(state_dir) {
+            Ok(Some(m)) => {
+                tracing::warn!(
+                    version = m.rollback.version,
+                    "host firewall version {} was rolled back before weftd restarted; not applying it again",
+                    m.rollback.version
+                );
+                guard.remember(m.rollback, m.restored);
+                None
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!("{e}");
+                Some(e)
+            }
+        };
+        let mut fw = Self {
+            state_dir: state_dir.to_owned(),
+            memory_error,
+            guard,
             domains: domains::Domains::default(),
             own: Own::default(),
             rollback_after,
@@ -89,7 +114,10 @@ impl HostFw {
             check: None,
             events_tx,
             events_rx,
-        }
+        };
+        // The firewall a remembered rollback restored (its domains too).
+        fw.in_force_changed();
+        fw
     }
 
     /// The controller's link is up now (a map came from it, or it says so).
@@ -167,6 +195,35 @@ impl HostFw {
             .check_failed(generation, reason, clock::unix_ms())?;
         self.in_force_changed();
         Some(rb)
+    }
+
+    /// What to remember of rollback `rb`: it, and the spec now in force.
+    pub(crate) fn memory_of(&self, rb: &RollbackStatus) -> memory::Remembered {
+        memory::Remembered {
+            rollback: rb.clone(),
+            restored: self.guard.good().cloned(),
+        }
+    }
+
+    /// Remembers a rollback in the state directory (blocking: call off the
+    /// async runtime).
+    pub(crate) fn remember(dir: &std::path::Path, m: &memory::Remembered) -> Result<(), String> {
+        memory::save(dir, m)
+    }
+
+    /// The state directory.
+    pub(crate) fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
+    /// Why the remembered rollback could not be read or written (`None`: fine).
+    pub(crate) fn memory_error(&self) -> Option<&str> {
+        self.memory_error.as_deref()
+    }
+
+    /// The outcome of writing the remembered rollback.
+    pub(crate) fn set_memory_error(&mut self, error: Option<String>) {
+        self.memory_error = error;
     }
 
     /// A domain resolved; whether the table changes.

@@ -22,6 +22,12 @@ fn spec(version: u64) -> HostFirewallSpec {
     }
 }
 
+/// A host firewall over an empty state directory (kept while the test runs).
+fn fresh(bound: Duration) -> (HostFw, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (HostFw::new(bound, dir.path()), dir)
+}
+
 /// Puts `version` in force with the controller up; the check's generation
 /// and deadline.
 fn apply(fw: &mut HostFw, version: u64) -> (u64, Instant) {
@@ -49,7 +55,7 @@ async fn a_change_the_controller_survives_is_kept() {
         )
     })
     .await;
-    let mut fw = HostFw::new(Duration::from_secs(5));
+    let mut fw = fresh(Duration::from_secs(5)).0;
     let (generation, deadline) = apply(&mut fw, 1);
     fw.start_check(&stand_in::joined(&url), generation, deadline);
     assert!(fw.status(0).unwrap().checking);
@@ -72,7 +78,7 @@ async fn a_change_that_silences_the_controller_is_rolled_back_after_the_bound() 
     // A controller that answers, but never 200: as good as cut off.
     let url = stand_in::controller(|_, _| (503, "{}".into())).await;
     let bound = Duration::from_millis(1200);
-    let mut fw = HostFw::new(bound);
+    let (mut fw, dir) = fresh(bound);
     let (g1, d1) = apply(&mut fw, 1);
     fw.check_passed(g1);
     let _ = d1;
@@ -107,6 +113,21 @@ async fn a_change_that_silences_the_controller_is_rolled_back_after_the_bound() 
         fw.set_spec(Some(spec(2)), Own::default(), now).unwrap(),
         Next::Nothing
     );
+    // A restarted weftd remembers the rollback (the supervisor saves it).
+    HostFw::remember(dir.path(), &fw.memory_of(&rb)).unwrap();
+    let mut again = HostFw::new(bound, dir.path());
+    assert_eq!(
+        again.set_spec(Some(spec(2)), Own::default(), now).unwrap(),
+        Next::Nothing,
+        "not applied again after a restart"
+    );
+    assert_eq!(
+        again.in_force().map(|s| s.version),
+        Some(1),
+        "the restored one is"
+    );
+    assert!(again.desired().is_some());
+    assert_eq!(again.status(0).unwrap().last_rollback, Some(rb));
     assert!(matches!(
         fw.set_spec(Some(spec(3)), Own::default(), now).unwrap(),
         Next::ApplyAndCheck { .. }
@@ -139,7 +160,7 @@ async fn a_controller_that_does_not_answer_at_all_times_out_each_attempt() {
 
 #[test]
 fn an_invalid_spec_is_refused_and_nothing_changes() {
-    let mut fw = HostFw::new(Duration::from_secs(1));
+    let mut fw = fresh(Duration::from_secs(1)).0;
     let mut bad = spec(1);
     bad.management_ports = vec![0];
     let err = fw

@@ -97,6 +97,18 @@ impl Agent {
                 );
                 self.push_desired().await;
                 self.raise_rollback(&rb);
+                let (dir, saved) = (
+                    self.hostfw.state_dir().to_owned(),
+                    self.hostfw.memory_of(&rb),
+                );
+                let written =
+                    system::off_runtime((), move |()| hostfw::HostFw::remember(&dir, &saved))
+                        .await
+                        .1;
+                if let Err(e) = &written {
+                    tracing::error!("host firewall: cannot remember the rollback: {e}");
+                }
+                self.hostfw.set_memory_error(written.err());
                 self.note_hostfw(None);
             }
             Event::Resolved { domain, result } => {
@@ -147,6 +159,9 @@ impl Agent {
         }
         if let Some((what, why)) = extra {
             failing.push((what.to_owned(), why));
+        }
+        if let Some(e) = self.hostfw.memory_error() {
+            failing.push(("rollback memory".to_owned(), e.to_owned()));
         }
         self.failures
             .set_area("firewall", failing, clock::unix_ms());
