@@ -345,31 +345,13 @@ impl Manager {
         let ns = sys::new_netns().await?;
         record.netns_inode = sys::inode(&ns)?;
         self.save(record)?;
-        let (mut forwarders, mut filter) = (None, None);
         if let Some(addr) = record.address {
             let (subnet, marker) = (self.subnet, self.marker());
             blocking(move || sys::ensure_bridge(subnet, &marker)).await?;
             self.ensure_relay().await;
             sys::add_veth(&ns, &record.id, addr, self.subnet).await?;
         }
-        match record.net {
-            NetMode::Custom => {
-                let script = plan::custom_script(&record.allow);
-                let listing = sys::load_filter(&ns, script.clone()).await?;
-                filter = Some((script, listing));
-            }
-            NetMode::HostLoopback => forwarders = Some(forward::start(&ns, &record.forward).await?),
-            NetMode::None | NetMode::Bridged => {}
-        }
-        Ok(Live {
-            inode: record.netns_inode,
-            record: record.clone(),
-            ns,
-            _forwarders: forwarders,
-            created: clock::now(),
-            started: false,
-            filter,
-        })
+        live(record, ns, false).await
     }
 
     /// Removes the workloads nothing runs in any more (`only`: just that
@@ -595,28 +577,32 @@ impl Manager {
         if sys::inode(&ns)? != record.netns_inode {
             return Err("its process moved to another namespace".into());
         }
-        let forwarders = if record.net == NetMode::HostLoopback {
-            Some(forward::start(&ns, &record.forward).await?)
-        } else {
-            None
-        };
-        let filter = if record.net == NetMode::Custom {
+        live(record, ns, true).await
+    }
+}
+
+/// A workload in the namespace `ns` kept by weftd: its forwarders
+/// (`host-loopback`) or its filter (`custom`, loaded again: atomic) set up.
+async fn live(record: &Record, ns: File, started: bool) -> Result<Live, String> {
+    let (mut forwarders, mut filter) = (None, None);
+    match record.net {
+        NetMode::Custom => {
             let script = plan::custom_script(&record.allow);
             let listing = sys::load_filter(&ns, script.clone()).await?;
-            Some((script, listing))
-        } else {
-            None
-        };
-        Ok(Live {
-            inode: record.netns_inode,
-            record: record.clone(),
-            ns,
-            _forwarders: forwarders,
-            created: clock::now(),
-            started: true,
-            filter,
-        })
+            filter = Some((script, listing));
+        }
+        NetMode::HostLoopback => forwarders = Some(forward::start(&ns, &record.forward).await?),
+        NetMode::None | NetMode::Bridged => {}
     }
+    Ok(Live {
+        inode: record.netns_inode,
+        record: record.clone(),
+        ns,
+        _forwarders: forwarders,
+        created: clock::now(),
+        started,
+        filter,
+    })
 }
 
 /// Runs blocking system work off the runtime.
