@@ -275,3 +275,46 @@ fn a_restart_keeps_the_file_and_rules_and_a_removed_node_takes_its_rules() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].node, "n3");
 }
+
+#[test]
+fn a_rename_moves_a_node_out_of_a_profile_that_named_it() {
+    let mut w = world(&mut Vec::new());
+    run_at(&mut w, Actor::Admin, set(FILE), 1_000).0.unwrap();
+    assert!(w.node_host_firewall(id(&w, "n3")).is_some());
+    let op = UpdateNode {
+        node: "n3".into(),
+        patch: NodePatch {
+            name: Some("n3b".into()),
+            ..NodePatch::default()
+        },
+    };
+    let (r, o, _) = run_at(&mut w, Actor::Admin, op, 2_000);
+    r.unwrap();
+    assert_eq!(recipients(&w, &o), vec!["n3b"]);
+    assert!(w.node_host_firewall(id(&w, "n3b")).is_none());
+}
+
+#[test]
+fn a_node_holds_at_most_max_rules_declared_and_dynamic_together() {
+    let mut w = world(&mut Vec::new());
+    let mut text = String::from("[[firewall]]\nnodes = \"n1\"\n");
+    for p in 1..MAX_RULES {
+        text.push_str(&format!("[[firewall.rule]]\nproto = \"tcp\"\nport = {p}\n"));
+    }
+    run_at(&mut w, Actor::Admin, set(&text), 1_000).0.unwrap();
+    run_at(&mut w, Actor::Admin, allow("n1", "80", None), 2_000)
+        .0
+        .unwrap();
+    let e = run_at(&mut w, Actor::Admin, allow("n1", "81", None), 2_000)
+        .0
+        .unwrap_err();
+    assert_eq!(e.code(), "too_many_rules");
+    // A file that, with the node's dynamic rule, would pass the bound is
+    // refused, naming the node.
+    let more = format!("{text}[[firewall.rule]]\nproto = \"udp\"\nport = 1\n");
+    let e = run_at(&mut w, Actor::Admin, set(&more), 3_000)
+        .0
+        .unwrap_err();
+    assert_eq!(e.code(), "firewall_invalid");
+    assert!(e.to_string().contains("node n1"), "{e}");
+}
