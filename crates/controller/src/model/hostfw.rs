@@ -441,7 +441,7 @@ impl World {
             Vec::new()
         } else {
             weft_policy::hostfw::parse_ports(&req.ports)
-                .map_err(|e| bad_rule(format!("--port: {e}")))?
+                .map_err(|e| bad_rule(format!("ports: {e}")))?
         };
         let peers = req
             .peers
