@@ -420,7 +420,12 @@ fn each_mode_reaches_what_it_may_and_nothing_else_and_leaves_nothing() {
 
 /// Starts `weft run --net MODE -- sh -c 'echo $$ > PIDFILE; exec sleep 600'`
 /// in n1 in the background; the workload's pid once it runs.
-fn start_sleeper(mesh: &Mesh<'_>, lab: &Lab, mode: &str, name: &str) -> (std::process::Child, u32) {
+fn start_sleeper(
+    mesh: &Mesh<'_>,
+    lab: &Lab,
+    net: &[&str],
+    name: &str,
+) -> (std::process::Child, u32) {
     let pidfile = lab.log_dir().join(format!("{name}.pid"));
     let _ = std::fs::remove_file(&pidfile);
     let a = &mesh.agents["n1"];
@@ -430,7 +435,9 @@ fn start_sleeper(mesh: &Mesh<'_>, lab: &Lab, mode: &str, name: &str) -> (std::pr
         .arg(weft_lab::bin_path("weft").unwrap())
         .arg("--socket")
         .arg(&a.socket)
-        .args(["run", "--net", mode, "--", "sh", "-c", &script])
+        .arg("run")
+        .args(net)
+        .args(["--", "sh", "-c", &script])
         .spawn()
         .unwrap();
     let mut pid = 0;
@@ -468,7 +475,7 @@ fn after_weftd_is_sigkilled_the_next_one_sweeps_and_adopts() {
     let outside = lab.addr("controller").unwrap();
 
     // A workload that ends while weftd is dead is swept at the next start.
-    let (mut cli, pid) = start_sleeper(&mesh, &lab, "custom", "ends-while-dead");
+    let (mut cli, pid) = start_sleeper(&mesh, &lab, &["--net", "custom"], "ends-while-dead");
     sleepers.0.push(pid);
     mesh.kill_agent("n1").unwrap();
     kill(pid);
@@ -486,8 +493,11 @@ fn after_weftd_is_sigkilled_the_next_one_sweeps_and_adopts() {
 
     // A workload still running is adopted: kept (and working), then removed
     // when it ends.
-    let (mut cli, pid) = start_sleeper(&mesh, &lab, "bridged", "outlives-weftd");
+    let (mut cli, pid) = start_sleeper(&mesh, &lab, &["--net", "bridged"], "outlives-weftd");
     sleepers.0.push(pid);
+    let hl = ["--net", "host-loopback", "--forward", "7100"];
+    let (mut hl_cli, hl_pid) = start_sleeper(&mesh, &lab, &hl, "forwards-outlive-weftd");
+    sleepers.0.push(hl_pid);
     mesh.kill_agent("n1").unwrap();
     mesh.start_agent("n1", None).unwrap();
     within(
@@ -515,7 +525,26 @@ fn after_weftd_is_sigkilled_the_next_one_sweeps_and_adopts() {
         check.success(),
         "the adopted workload cannot reach the outside"
     );
+    // The adopted host-loopback workload has its forwarded port again.
+    let check = Command::new("nsenter")
+        .args([
+            &format!("--net=/proc/{hl_pid}/ns/net"),
+            "python3",
+            "-c",
+            TCP_ECHO_CHECK,
+            "127.0.0.1",
+            "7100",
+            "2",
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        check.success(),
+        "the adopted host-loopback workload lost its forwarded port"
+    );
     kill(pid);
+    kill(hl_pid);
     let _ = cli.wait();
+    let _ = hl_cli.wait();
     assert_clean(&mesh, &lab, "the adopted workload's end");
 }

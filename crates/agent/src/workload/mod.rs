@@ -270,10 +270,16 @@ impl Workloads {
         } else {
             None
         };
-        let mut id_bytes = [0u8; 4];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id_bytes);
+        let id = loop {
+            let mut id_bytes = [0u8; 4];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id_bytes);
+            let id = plan::id_from(id_bytes);
+            if !m.live.contains_key(&id) && !m.record_path(&id).exists() {
+                break id;
+            }
+        };
         let record = Record {
-            id: plan::id_from(id_bytes),
+            id,
             net: spec.net,
             address,
             forward: spec.forward.clone(),
