@@ -213,19 +213,18 @@ impl Agent {
     }
 }
 
-/// `s` without control characters, at most `max` bytes (event fields are
-/// bounded and refused with control characters).
+/// `s` without control, bidirectional or zero-width characters, at most
+/// `max` bytes (event fields are bounded and refused with those).
 fn truncate(s: &str, max: usize) -> String {
     let s: String = s
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if weft_proto::text::is_spoofing_char(c) {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    crate::telemetry::clip_to(s, max)
 }

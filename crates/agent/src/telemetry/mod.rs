@@ -28,6 +28,8 @@ mod process;
 mod usage;
 mod usage_file;
 
+pub(crate) use anomaly::clip_to;
+
 use std::sync::Arc;
 
 use tokio::sync::watch;

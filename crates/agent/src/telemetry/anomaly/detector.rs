@@ -580,7 +580,8 @@ fn clip(s: String) -> String {
     clip_to(s, weft_proto::events::MAX_SUMMARY_LEN)
 }
 
-fn clip_to(mut s: String, max: usize) -> String {
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn clip_to(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {

@@ -12,4 +12,5 @@ mod shell;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use detector::clip_to;
 pub(crate) use shell::Anomaly;
