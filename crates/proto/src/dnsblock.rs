@@ -306,8 +306,12 @@ pub fn parse_list(text: &str) -> Result<Vec<String>, Vec<ListError>> {
             }
         }
         if out.len() > MAX_ENTRIES * 2 {
-            // Far over the bound even before de-duplication: stop reading.
-            break;
+            // Memory stays bounded however often names repeat.
+            out.sort_unstable();
+            out.dedup();
+            if out.len() > MAX_ENTRIES {
+                return Err(vec![too_many(out.len(), "at least ")]);
+            }
         }
     }
     if !errors.is_empty() {
@@ -316,15 +320,16 @@ pub fn parse_list(text: &str) -> Result<Vec<String>, Vec<ListError>> {
     out.sort_unstable();
     out.dedup();
     if out.len() > MAX_ENTRIES {
-        return Err(vec![ListError {
-            line: 0,
-            message: format!(
-                "the list has {} domains, more than {MAX_ENTRIES}",
-                out.len()
-            ),
-        }]);
+        return Err(vec![too_many(out.len(), "")]);
     }
     Ok(out)
+}
+
+fn too_many(n: usize, at_least: &str) -> ListError {
+    ListError {
+        line: 0,
+        message: format!("the list has {at_least}{n} domains, more than {MAX_ENTRIES}"),
+    }
 }
 
 /// One name of a list, normalized: lowercase, no trailing dot, no leading `*.`.
@@ -419,6 +424,13 @@ mod tests {
             .collect();
         let errs = parse_list(&many).unwrap_err();
         assert!(errs[0].message.contains("more than"), "{}", errs[0]);
+        // Repeats do not count, however many (and nothing after them is lost).
+        let mut repeated = "a.example\n".repeat(MAX_ENTRIES * 2 + 10);
+        repeated.push_str("b.example\n");
+        assert_eq!(
+            parse_list(&repeated).unwrap(),
+            vec!["a.example", "b.example"]
+        );
         let too_many_errors: String = (0..100).map(|_| "x\n").collect();
         assert_eq!(parse_list(&too_many_errors).unwrap_err().len(), MAX_ERRORS);
         let long = format!("{}.example", "a.".repeat(130));

@@ -113,7 +113,7 @@ async fn set(
         })
     })
     .await
-    .map_err(|_| ApiError::invalid("bad_body", "the blocklist could not be parsed"))??;
+    .map_err(|_| ApiError::Internal)??;
     let bl = st.engine.execute(Actor::Admin, parsed).await?;
     let world = st.engine.world().read().await;
     Ok(Json(DnsBlocklistStatus {
