@@ -15,6 +15,9 @@ pub(crate) const MIN_REFRESH: Duration = Duration::from_secs(30);
 /// Longest time between two resolutions of a domain.
 pub(crate) const MAX_REFRESH: Duration = Duration::from_secs(3600);
 
+/// A resolution: the addresses and the smallest TTL, or why it failed.
+pub(crate) type Resolution = Result<(BTreeSet<IpAddr>, Duration), String>;
+
 /// One domain's state.
 #[derive(Debug, Clone, Default)]
 struct Entry {
@@ -73,12 +76,7 @@ impl Domains {
 
     /// A resolution finished: the addresses and the smallest TTL, or why it
     /// failed. Returns whether the addresses changed.
-    pub(crate) fn resolved(
-        &mut self,
-        domain: &str,
-        result: Result<(BTreeSet<IpAddr>, Duration), String>,
-        now: Instant,
-    ) -> bool {
+    pub(crate) fn resolved(&mut self, domain: &str, result: Resolution, now: Instant) -> bool {
         let Some(e) = self.entries.get_mut(domain) else {
             return false;
         };

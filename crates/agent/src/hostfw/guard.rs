@@ -204,23 +204,12 @@ impl Guard {
 
 #[cfg(test)]
 mod tests {
-    use weft_proto::hostfw::ChainPolicy;
-
     use super::*;
 
     const N: Duration = Duration::from_secs(10);
 
     fn spec(version: u64) -> HostFirewallSpec {
-        HostFirewallSpec {
-            version,
-            input: ChainPolicy::Drop,
-            output: ChainPolicy::Accept,
-            forward: ChainPolicy::Accept,
-            management: Vec::new(),
-            management_ports: Vec::new(),
-            log_drops: false,
-            rules: Vec::new(),
-        }
+        super::super::test_spec(version)
     }
 
     fn generation(n: &Next) -> u64 {

@@ -30,6 +30,7 @@ use crate::selfcheck::{Selfcheck, selfcheck_controlplane};
 use crate::state::Credential;
 
 pub(crate) use build::Own;
+use domains::Resolution;
 pub(crate) use guard::Next;
 
 /// `weftd --firewall-rollback-secs` default.
@@ -50,10 +51,7 @@ pub(crate) enum Event {
         result: Result<(), String>,
     },
     /// A domain resolved: its addresses and smallest TTL, or why not.
-    Resolved {
-        domain: String,
-        result: Result<(BTreeSet<IpAddr>, Duration), String>,
-    },
+    Resolved { domain: String, result: Resolution },
     /// Domains are due for resolution.
     RefreshDue,
 }
@@ -227,12 +225,7 @@ impl HostFw {
     }
 
     /// A domain resolved; whether the table changes.
-    pub(crate) fn resolved(
-        &mut self,
-        domain: &str,
-        result: Result<(BTreeSet<IpAddr>, Duration), String>,
-        now: Instant,
-    ) -> bool {
+    pub(crate) fn resolved(&mut self, domain: &str, result: Resolution, now: Instant) -> bool {
         self.domains.resolved(domain, result, now)
     }
 
@@ -425,7 +418,7 @@ async fn lookup(host: &str, port: u16, cache: &mut Lookups) -> Vec<SocketAddr> {
 /// AAAA answers (each family asked on its own: one refused or failing family
 /// does not lose the other's answers) and their smallest TTL (none: 0, so the
 /// next try comes after the shortest refresh). `Err` when both fail.
-async fn resolve(domain: &str) -> Result<(BTreeSet<IpAddr>, Duration), String> {
+async fn resolve(domain: &str) -> Resolution {
     use crate::domainset::{Families, resolve_families};
     let (v4, v6) = tokio::join!(
         resolve_families(
@@ -468,6 +461,22 @@ async fn resolve(domain: &str) -> Result<(BTreeSet<IpAddr>, Duration), String> {
         tracing::debug!(%domain, error = %e, "host firewall: one address family did not resolve");
     }
     Ok((addrs, Duration::from_secs(u64::from(ttl.unwrap_or(0)))))
+}
+
+/// A spec with input dropping and no rules (tests).
+#[cfg(test)]
+fn test_spec(version: u64) -> HostFirewallSpec {
+    use weft_proto::hostfw::ChainPolicy;
+    HostFirewallSpec {
+        version,
+        input: ChainPolicy::Drop,
+        output: ChainPolicy::Accept,
+        forward: ChainPolicy::Accept,
+        management: Vec::new(),
+        management_ports: Vec::new(),
+        log_drops: true,
+        rules: Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -4,22 +4,13 @@
 
 use std::time::Duration;
 
-use weft_proto::hostfw::{ChainPolicy, HostFirewallSpec};
+use weft_proto::hostfw::HostFirewallSpec;
 
 use super::*;
 use crate::stand_in;
 
 fn spec(version: u64) -> HostFirewallSpec {
-    HostFirewallSpec {
-        version,
-        input: ChainPolicy::Drop,
-        output: ChainPolicy::Accept,
-        forward: ChainPolicy::Accept,
-        management: Vec::new(),
-        management_ports: Vec::new(),
-        log_drops: true,
-        rules: Vec::new(),
-    }
+    test_spec(version)
 }
 
 /// A host firewall over an empty state directory (kept while the test runs).
@@ -45,6 +36,14 @@ fn apply(fw: &mut HostFw, version: u64) -> (u64, Instant) {
     }
 }
 
+/// The next event, which must be a check's result: its generation and result.
+async fn checked(fw: &mut HostFw) -> (u64, Result<(), String>) {
+    match fw.next().await {
+        Event::Checked { generation, result } => (generation, result),
+        other => panic!("expected the check's result, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_change_the_controller_survives_is_kept() {
     let url = stand_in::controller(|head, _| {
@@ -59,13 +58,7 @@ async fn a_change_the_controller_survives_is_kept() {
     let (generation, deadline) = apply(&mut fw, 1);
     fw.start_check(&stand_in::joined(&url), generation, deadline);
     assert!(fw.status(0).unwrap().checking);
-    let Event::Checked {
-        generation: g,
-        result,
-    } = fw.next().await
-    else {
-        panic!("expected the check's result");
-    };
+    let (g, result) = checked(&mut fw).await;
     assert_eq!((g, result), (generation, Ok(())));
     fw.check_passed(g);
     let st = fw.status(clock::unix_ms()).unwrap();
@@ -79,19 +72,12 @@ async fn a_change_that_silences_the_controller_is_rolled_back_after_the_bound() 
     let url = stand_in::controller(|_, _| (503, "{}".into())).await;
     let bound = Duration::from_millis(1200);
     let (mut fw, dir) = fresh(bound);
-    let (g1, d1) = apply(&mut fw, 1);
+    let (g1, _) = apply(&mut fw, 1);
     fw.check_passed(g1);
-    let _ = d1;
     let started = clock::now();
     let (generation, deadline) = apply(&mut fw, 2);
     fw.start_check(&stand_in::joined(&url), generation, deadline);
-    let Event::Checked {
-        generation: g,
-        result,
-    } = fw.next().await
-    else {
-        panic!("expected the check's result");
-    };
+    let (g, result) = checked(&mut fw).await;
     let took = started.elapsed();
     assert!(
         took >= bound && took < bound + Duration::from_secs(1),
