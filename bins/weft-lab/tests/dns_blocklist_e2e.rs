@@ -225,6 +225,8 @@ fn a_blocklisted_name_is_refused_counted_and_raises_an_anomaly() {
     let stats = weft_json(&mesh, &["dns", "stats"]);
     let blocked = stats["blocked"].as_u64().unwrap();
     assert!(blocked >= 5, "{stats}");
+    assert_eq!(stats["blocklist"]["entries"], 2, "{stats}");
+    assert_eq!(stats["blocklist"]["mode"], "nxdomain", "{stats}");
     let m = mesh.weft(NODE, &["metrics"]).unwrap();
     let text = String::from_utf8_lossy(&m.stdout);
     let metric: u64 = text

@@ -156,7 +156,12 @@ impl Dns {
 
     /// `weft dns stats`.
     pub(crate) fn stats_response(&self) -> weft_proto::local::LocalResponse {
-        crate::resolver::stats(self.mode, &self.config.stats, self.service.as_ref())
+        crate::resolver::stats(
+            self.mode,
+            &self.config.stats,
+            self.service.as_ref(),
+            &self.config.blocklist,
+        )
     }
 
     pub(crate) fn with_config(mode: DnsMode, config: DnsConfig) -> Self {

@@ -130,6 +130,7 @@ pub(crate) fn stats(
     mode: DnsMode,
     counters: &weft_dns::DnsStats,
     service: Option<&weft_dns::DnsService>,
+    blocklist: &weft_dns::BlocklistSlot,
 ) -> LocalResponse {
     let snap = counters.snapshot();
     let (p50, p90, p99) = match snap.latency_ms_p50_p90_p99 {
@@ -155,6 +156,14 @@ pub(crate) fn stats(
         latency_ms_p99: p99,
         ..DnsStatsReport::default()
     };
+    let list = blocklist.get();
+    if list.version() > 0 {
+        report.blocklist = Some(weft_proto::local::DnsBlocklistInForce {
+            version: list.version(),
+            entries: list.len() as u64,
+            mode: list.mode(),
+        });
+    }
     if let Some(service) = service {
         let ttl = service.ttl_bounds();
         report.min_ttl = ttl.min;

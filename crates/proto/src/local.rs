@@ -632,6 +632,20 @@ pub struct DnsStatsReport {
     /// Query log lines dropped because the writer fell behind.
     #[serde(default)]
     pub query_log_dropped: u64,
+    /// The controller's DNS blocklist in force (`None`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocklist: Option<DnsBlocklistInForce>,
+}
+
+/// The DNS blocklist a node's resolver applies (in [`DnsStatsReport`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsBlocklistInForce {
+    /// Its version (as the controller's `weft admin dns blocklist show`).
+    pub version: u64,
+    /// How many domains it lists.
+    pub entries: u64,
+    /// What a blocked name gets.
+    pub mode: crate::dnsblock::BlockMode,
 }
 
 /// One upstream's health in [`DnsStatsReport`].

@@ -136,6 +136,23 @@ fn render_stats(r: &DnsStatsReport) -> String {
         "queries: {}  cache hits: {}  blocked: {}  forwarded: {}  upstream failures: {}",
         r.queries, r.cache_hits, r.blocked, r.forwarded, r.upstream_failures
     );
+    match &r.blocklist {
+        Some(b) => {
+            let _ = writeln!(
+                o,
+                "blocklist: version {}, {} domains, blocked names get {}",
+                b.version,
+                b.entries,
+                match b.mode {
+                    weft_proto::dnsblock::BlockMode::Nxdomain => "NXDOMAIN",
+                    weft_proto::dnsblock::BlockMode::Zero => "0.0.0.0 / ::",
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(o, "blocklist: none");
+        }
+    }
     if let (Some(a), Some(b), Some(c)) = (r.latency_ms_p50, r.latency_ms_p90, r.latency_ms_p99) {
         let _ = writeln!(
             o,
@@ -247,6 +264,20 @@ mod tests {
         );
         assert!(text.contains("       6  example.com"), "{text}");
         assert!(text.contains("query log: off"), "{text}");
+        assert!(text.contains("blocklist: none"), "{text}");
+        let with_list = DnsStatsReport {
+            blocklist: Some(weft_proto::local::DnsBlocklistInForce {
+                version: 7,
+                entries: 2,
+                mode: weft_proto::dnsblock::BlockMode::Zero,
+            }),
+            ..r.clone()
+        };
+        let text = render_stats(&with_list);
+        assert!(
+            text.contains("blocklist: version 7, 2 domains, blocked names get 0.0.0.0 / ::"),
+            "{text}"
+        );
         let line = render(&DnsLogEntry {
             seq: 1,
             ts_ms: 0,
