@@ -51,8 +51,8 @@ mod clock;
 mod ctl;
 mod dataplane;
 mod dns;
-pub mod domainset;
 mod dns_blocklist;
+pub mod domainset;
 mod failures;
 #[doc(hidden)]
 pub mod fuzzing;
