@@ -345,6 +345,15 @@ fn normalize(name: &str) -> Result<String, String> {
     }
     if is_block_name(&n) {
         Ok(n)
+    } else if n
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| !tld.is_empty() && tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        Err(format!(
+            "{:?} ends in a numeric label: an address, not a domain",
+            shown()
+        ))
     } else if !n.contains('.') && !n.is_empty() && n.len() <= 63 {
         Err(format!(
             "{:?} is a single label: it would block a whole top-level domain",
@@ -359,8 +368,16 @@ fn normalize(name: &str) -> Result<String, String> {
 /// takes one ([`crate::hostfw::is_domain`]: lowercase, at least two labels of
 /// 1..=63 bytes of `[a-z0-9-]` not starting or ending with `-`, at most
 /// [`MAX_NAME_LEN`] bytes, no trailing dot), where `_` may also stand for a
-/// letter (`_dmarc.example.com`).
+/// letter (`_dmarc.example.com`), and whose last label is not all digits
+/// (`0.0.0.60` is an address, and would read as a hosts line).
 pub fn is_block_name(name: &str) -> bool {
+    if name
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return false;
+    }
     if name.contains('_') {
         crate::hostfw::is_domain(&name.replace('_', "a"))
     } else {
@@ -404,11 +421,13 @@ mod tests {
                     10.1.2.3 intranet.example.com\n\
                     com\n\
                     bad_name!.example.com\n\
+                    *.10.0.0.60\n\
                     two words.example\n\
                     0.0.0.0\n";
         let errs = parse_list(text).unwrap_err();
         let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
-        assert_eq!(lines, vec![2, 3, 4, 5, 6]);
+        assert_eq!(lines, vec![2, 3, 4, 5, 6, 7]);
+        assert!(errs[3].message.contains("numeric label"), "{}", errs[3]);
         assert!(errs[0].message.contains("10.1.2.3"), "{}", errs[0]);
         assert!(errs[1].message.contains("single label"), "{}", errs[1]);
         assert_eq!(errs[0].to_string().split(':').next(), Some("line 2"));
