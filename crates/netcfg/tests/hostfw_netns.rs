@@ -107,6 +107,7 @@ fn allow_tcp(port: u16, id: &str) -> HostFwRule {
         sets: Vec::new(),
         iface: None,
         sport: Vec::new(),
+        no_syn: false,
         comment: format!("weft:{id}"),
         expires_at_ms: None,
     }
@@ -411,6 +412,15 @@ fn interface_wildcards_and_source_ports_match() {
         listing.contains("tcp sport 40000 tcp dport 8080 accept"),
         "{listing}"
     );
+    // A rule for segments without SYN (weft's rule for the controller's
+    // answers) never lets a connection be opened.
+    let mut answers = allow_tcp(8080, "answers");
+    answers.no_syn = true;
+    let report = pair.reconcile(&firewall(vec![answers]));
+    assert!(report.converged, "{report:?}");
+    assert!(!pair.open(8080), "a SYN does not pass a no_syn rule");
+    let (_, listing) = pair.host.nft(&["list", "table", "inet", "weft_host"]);
+    assert!(listing.contains("tcp flags ack / syn,ack"), "{listing}");
 }
 
 /// The gateway table `inet weft` through typed JSON: masquerade in a NAT

@@ -120,6 +120,7 @@ fn rule(r: &HostRule, domains: &[String]) -> HostFwRule {
         sets,
         iface: None,
         sport: Vec::new(),
+        no_syn: false,
         comment: format!("weft:{}", r.id),
         expires_at_ms: r.expires_at_ms,
     }
@@ -137,6 +138,7 @@ fn own_rules(own: &Own) -> Vec<HostFwRule> {
         sets: Vec::new(),
         iface: None,
         sport: Vec::new(),
+        no_syn: false,
         comment: format!("weft:own-{comment}"),
         expires_at_ms: None,
     };
@@ -174,10 +176,13 @@ fn own_rules(own: &Own) -> Vec<HostFwRule> {
         // Its answers, by source address and port rather than by conntrack
         // state: a connection opened before the table existed (the map
         // stream) is picked up mid-stream by conntrack as `new`, which the
-        // established/related base rule does not let in.
+        // established/related base rule does not let in. Segments without
+        // SYN only, so a spoofed source cannot open a connection to a
+        // listening port through this rule.
         rules.push(HostFwRule {
             proto: Some(L4::Tcp),
             sport: vec![(*port, *port)],
+            no_syn: true,
             addrs: vec![IpNet::from(*ip)],
             ..base(Chain::Input, &format!("tcp-in-{i}"))
         });
@@ -274,6 +279,7 @@ mod tests {
             (answers.chain, answers.sport.clone()),
             (Chain::Input, vec![(8443, 8443)])
         );
+        assert!(answers.no_syn, "answers never open a connection");
         assert_eq!(own_of("weft:own-stun-0").proto, Some(L4::Udp));
         for c in [
             "weft:own-overlay-in",

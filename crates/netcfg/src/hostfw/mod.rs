@@ -116,6 +116,11 @@ pub struct HostFwRule {
     pub iface: Option<String>,
     /// Source port ranges (e.g. weft's own UDP port on output); empty: any.
     pub sport: Vec<(u16, u16)>,
+    /// TCP only: match only segments with ACK and without SYN, i.e. of a
+    /// connection that is already open (`tcp flags & (syn | ack) == ack`). A rule that lets a peer's
+    /// answers in by source address and port sets it, so a spoofed source can
+    /// never open a connection to a listening port through it.
+    pub no_syn: bool,
     /// `weft:<id>`: identifies the rule on observation, so it must be unique
     /// within the firewall and start with `weft:`.
     pub comment: String,

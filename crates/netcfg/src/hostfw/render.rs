@@ -15,8 +15,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{
-    CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, Range,
-    SetItem,
+    BinaryOperation, CT, Elem, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField,
+    Prefix, Range, SetItem,
 };
 use nftables::schema::{self, FlushObject, NfCmd, NfListObject, Nftables, SetFlag, SetType};
 use nftables::stmt::{Counter, Limit, Log, Match, Operator, Statement};
@@ -463,6 +463,18 @@ fn expand(r: &HostFwRule, guard: Option<&str>, rules: &mut Vec<NftRule>) {
     }
     if !r.ports.is_empty() {
         common.push(eq(payload(l4, "dport"), ports_expr(&r.ports)));
+    }
+    if r.no_syn && r.proto == Some(L4::Tcp) {
+        // `tcp flags & (syn | ack) == ack`: ACK without SYN, a segment of a
+        // connection already open. (nft lists `tcp flags & syn == 0` with an
+        // operator the nftables crate cannot read back.)
+        common.push(eq(
+            Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+                payload("tcp", "flags"),
+                Expression::List(vec![string("syn"), string("ack")]),
+            ))),
+            string("ack"),
+        ));
     }
     let field = if r.chain == Chain::Input {
         "saddr"

@@ -16,6 +16,7 @@ fn rule(chain: Chain, accept: bool, id: &str) -> HostFwRule {
         sets: Vec::new(),
         iface: None,
         sport: Vec::new(),
+        no_syn: false,
         comment: format!("weft:{id}"),
         expires_at_ms: None,
     }
