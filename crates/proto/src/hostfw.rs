@@ -19,6 +19,8 @@
 use std::fmt;
 
 use ipnet::IpNet;
+
+pub mod task_rule;
 use serde::{Deserialize, Serialize};
 
 /// Most rules one node's spec may carry (declared and dynamic together).

@@ -14,6 +14,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hostfw::task_rule::{TaskRule, check_task_rule_id};
 use crate::text::is_spoofing_char;
 
 /// Interpreters a script task may name.
@@ -73,10 +74,18 @@ pub enum Action {
     RestartDataplane,
     /// Clear the DNS cache.
     FlushDns,
+    /// Open a port in the node's host firewall for a while (a node-local rule
+    /// `task-<short task id>`, removed by the node when it expires).
+    FirewallAllow(TaskRule),
+    /// Close a rule `firewall-allow` opened before it expires.
+    FirewallRevoke {
+        /// The rule's id (`task-...`, as `weft status` lists it).
+        id: String,
+    },
 }
 
 /// Names of every action, in [`Action::parse_list`] order.
-pub const ACTION_NAMES: [&str; 7] = [
+pub const ACTION_NAMES: [&str; 9] = [
     "ping",
     "netcheck",
     "diagnostics",
@@ -84,6 +93,8 @@ pub const ACTION_NAMES: [&str; 7] = [
     "rotate-key",
     "restart-dataplane",
     "flush-dns",
+    "firewall-allow",
+    "firewall-revoke",
 ];
 
 /// Names of the read-only actions (on by default on the agent).
@@ -100,6 +111,8 @@ impl Action {
             Action::RotateKey => "rotate-key",
             Action::RestartDataplane => "restart-dataplane",
             Action::FlushDns => "flush-dns",
+            Action::FirewallAllow(_) => "firewall-allow",
+            Action::FirewallRevoke { .. } => "firewall-revoke",
         }
     }
 
@@ -136,8 +149,18 @@ impl Action {
             .collect())
     }
 
-    /// Checks the action's arguments (the ping peer name).
+    /// Checks the action's arguments (the ping peer name, the firewall rule
+    /// and its lifetime, the rule id to revoke).
     pub fn check(&self) -> Result<(), TaskLimitError> {
+        match self {
+            Action::FirewallAllow(rule) => {
+                return rule.check().map_err(|e| TaskLimitError::Firewall(e.0));
+            }
+            Action::FirewallRevoke { id } => {
+                return check_task_rule_id(id).map_err(|e| TaskLimitError::Firewall(e.0));
+            }
+            _ => {}
+        }
         if let Action::Ping { peer } = self {
             if peer.is_empty() || peer.len() > MAX_PEER_NAME {
                 return Err(TaskLimitError::Field {
@@ -732,7 +755,7 @@ pub enum TaskLimitError {
     Interpreter(String),
     /// An action name is unknown.
     #[error(
-        "unknown action {0:?} (actions: ping, netcheck, diagnostics, reconcile, rotate-key, restart-dataplane, flush-dns)"
+        "unknown action {0:?} (actions: ping, netcheck, diagnostics, reconcile, rotate-key, restart-dataplane, flush-dns, firewall-allow, firewall-revoke)"
     )]
     UnknownAction(String),
     /// A field is outside its bound.
@@ -745,6 +768,9 @@ pub enum TaskLimitError {
         /// The value (or its size), bounded.
         value: String,
     },
+    /// A `firewall-allow` rule or `firewall-revoke` id is out of bounds.
+    #[error("firewall action: {0}")]
+    Firewall(String),
     /// The JSON is not valid.
     #[error("invalid task JSON: {0}")]
     Json(String),
@@ -1047,5 +1073,47 @@ mod tests {
         ));
         assert!(Action::Diagnostics.read_only());
         assert!(!Action::RotateKey.read_only());
+    }
+
+    #[test]
+    fn firewall_actions_are_checked_and_not_read_only() {
+        use crate::hostfw::PortRange;
+        use crate::hostfw::task_rule::MAX_TASK_RULE_SECS;
+        let allow = |for_secs| {
+            Action::FirewallAllow(TaskRule {
+                proto: crate::hostfw::Proto::Tcp,
+                ports: vec![PortRange {
+                    start: 8080,
+                    end: 8080,
+                }],
+                from: vec!["10.0.0.0/8".parse().unwrap()],
+                comment: "x".into(),
+                for_secs,
+            })
+        };
+        assert_eq!(allow(7200).check(), Ok(()));
+        assert!(matches!(
+            allow(MAX_TASK_RULE_SECS + 1).check(),
+            Err(TaskLimitError::Firewall(_))
+        ));
+        assert!(allow(0).check().is_err());
+        let revoke = |id: &str| Action::FirewallRevoke { id: id.into() };
+        assert_eq!(revoke("task-abc").check(), Ok(()));
+        assert!(revoke("dyn:4").check().is_err());
+        assert!(!allow(60).read_only() && !revoke("task-a").read_only());
+        assert_eq!(
+            Action::parse_list("firewall-allow,firewall-revoke").unwrap(),
+            ["firewall-allow", "firewall-revoke"]
+        );
+        assert_eq!(
+            serde_json::to_value(TaskKind::Action(allow(60))).unwrap(),
+            serde_json::json!({"kind": "action", "action": "firewall-allow", "proto": "tcp",
+                "ports": [{"start": 8080, "end": 8080}], "from": ["10.0.0.0/8"],
+                "comment": "x", "for_secs": 60})
+        );
+        let back: TaskKind =
+            serde_json::from_str(r#"{"kind":"action","action":"firewall-revoke","id":"task-abc"}"#)
+                .unwrap();
+        assert_eq!(back, TaskKind::Action(revoke("task-abc")));
     }
 }

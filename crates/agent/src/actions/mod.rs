@@ -10,6 +10,8 @@
 //! | `restart-dataplane` | a fresh tunnel core (sessions renegotiated), relay reconnected; TUNs and socket kept | sessions |
 //! | `flush-dns` | empties the overlay resolver's answer cache | cache |
 //! | `rotate-key` | a new identity key, confirmed by the controller, then used | identity |
+//! | `firewall-allow RULE` | opens a port in the host firewall until the rule expires (node-local rule `task-<short task id>`) | host firewall |
+//! | `firewall-revoke ID` | closes such a rule before it expires | host firewall |
 //!
 //! [`run`] is the one entry point (the task runner calls it): it bounds the
 //! action by the task's timeout and its output by the task's cap, and answers
@@ -27,6 +29,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use weft_identity::{Difficulty, Identity};
+use weft_proto::hostfw::HostRule;
 use weft_proto::local::AgentStatus;
 use weft_proto::task::{
     Action, MAX_ERROR_BYTES, TaskLimits, TaskResult, TaskStatus, cut_at_char_boundary,
@@ -50,6 +53,10 @@ pub(crate) enum Request {
     /// Use `identity` from now on (the controller has it): `identity.next`
     /// becomes `identity.key`, the data plane and relay link take the key.
     InstallIdentity(Box<Identity>, oneshot::Sender<Result<(), String>>),
+    /// Add (or renew) a task-made host firewall rule (`Ok`: what was done).
+    FirewallAllow(Box<HostRule>, oneshot::Sender<Result<String, String>>),
+    /// Remove the task-made host firewall rule with this id.
+    FirewallRevoke(String, oneshot::Sender<Result<String, String>>),
 }
 
 /// The outcome of a reconciler pass asked for by the `reconcile` action.
@@ -154,27 +161,34 @@ impl Done {
 /// Runs `action` within `limits`: the timeout ends it (`timed_out`; a key
 /// rotation already under way still finishes, so the key on disk and at the
 /// controller stay in step), stdout is cut at the output cap (flagged), the
-/// error at [`MAX_ERROR_BYTES`]. `task_id` and `lease_id` are left empty for
-/// the runner to fill in.
-pub(crate) async fn run(ctx: &ActionContext, action: &Action, limits: &TaskLimits) -> TaskResult {
+/// error at [`MAX_ERROR_BYTES`]. `task_id` names the rule `firewall-allow`
+/// opens; the result's `task_id` and `lease_id` are left empty for the runner
+/// to fill in.
+pub(crate) async fn run(
+    ctx: &ActionContext,
+    task_id: &str,
+    action: &Action,
+    limits: &TaskLimits,
+) -> TaskResult {
     let started = clock::now();
     let cap = limits.output_cap_bytes as usize;
     let timeout = Duration::from_secs(u64::from(limits.timeout_secs));
-    let (status, done) = match tokio::time::timeout(timeout, perform(ctx, action, cap)).await {
-        Ok(done) if done.ok => (TaskStatus::Completed, done),
-        Ok(done) => (TaskStatus::Failed, done),
-        Err(_) => (
-            TaskStatus::TimedOut,
-            Done::failed(
-                String::new(),
-                format!(
-                    "action {} did not finish within {} s (the task's timeout)",
-                    action.name(),
-                    limits.timeout_secs
+    let (status, done) =
+        match tokio::time::timeout(timeout, perform(ctx, task_id, action, cap)).await {
+            Ok(done) if done.ok => (TaskStatus::Completed, done),
+            Ok(done) => (TaskStatus::Failed, done),
+            Err(_) => (
+                TaskStatus::TimedOut,
+                Done::failed(
+                    String::new(),
+                    format!(
+                        "action {} did not finish within {} s (the task's timeout)",
+                        action.name(),
+                        limits.timeout_secs
+                    ),
                 ),
             ),
-        ),
-    };
+        };
     let (stdout, cut) = cut_at_char_boundary(&done.stdout, cap);
     TaskResult {
         task_id: String::new(),
@@ -194,16 +208,20 @@ pub(crate) async fn run(ctx: &ActionContext, action: &Action, limits: &TaskLimit
     }
 }
 
-async fn perform(ctx: &ActionContext, action: &Action, cap: usize) -> Done {
+async fn perform(ctx: &ActionContext, task_id: &str, action: &Action, cap: usize) -> Done {
     match action {
+        Action::FirewallAllow(args) => {
+            let rule = args.rule(task_id, clock::unix_ms());
+            answer(ctx.ask(|r| Request::FirewallAllow(Box::new(rule), r)).await)
+        }
+        Action::FirewallRevoke { id } => {
+            answer(ctx.ask(|r| Request::FirewallRevoke(id.clone(), r)).await)
+        }
         Action::Ping { peer } => ping::ping(ctx, peer).await,
         Action::Netcheck => netcheck::netcheck(ctx).await,
         Action::Diagnostics => diagnostics::bundle(ctx, cap).await,
         Action::Reconcile => reconcile(ctx).await,
-        Action::RestartDataplane => match ctx.ask(Request::RestartDataplane).await {
-            Ok(Ok(what)) => Done::ok(what),
-            Ok(Err(e)) | Err(e) => Done::failed(String::new(), e),
-        },
+        Action::RestartDataplane => answer(ctx.ask(Request::RestartDataplane).await),
         Action::FlushDns => match ctx.ask(Request::FlushDns).await {
             Ok(Ok(n)) => Done::ok(format!(
                 "overlay DNS cache flushed: {n} cached answer{} dropped\n",
@@ -220,6 +238,14 @@ async fn perform(ctx: &ActionContext, action: &Action, cap: usize) -> Done {
                 Err(e) => Done::failed(String::new(), format!("the key rotation task failed: {e}")),
             }
         }
+    }
+}
+
+/// The supervisor's answer in words, or why it failed.
+fn answer(r: Result<Result<String, String>, String>) -> Done {
+    match r {
+        Ok(Ok(what)) => Done::ok(what),
+        Ok(Err(e)) | Err(e) => Done::failed(String::new(), e),
     }
 }
 

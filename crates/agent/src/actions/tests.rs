@@ -78,6 +78,15 @@ fn context(dir: &std::path::Path, c: Canned) -> ActionContext {
                 Request::InstallIdentity(_, r) => {
                     drop(r.send(state.promote_next_identity().map_err(|e| e.to_string())));
                 }
+                Request::FirewallAllow(rule, r) => {
+                    drop(r.send(Ok(format!(
+                        "opened {} until {:?}\n",
+                        rule.id, rule.expires_at_ms
+                    ))));
+                }
+                Request::FirewallRevoke(id, r) => {
+                    drop(r.send(Err(format!("no task-made firewall rule {id:?}"))));
+                }
             }
         }
     });
@@ -100,7 +109,7 @@ async fn ping_reaches_a_peer_by_name_and_fails_for_an_unknown_one() {
         canned(status("127.0.0.1", serde_json::json!([]))),
     );
     let ping = Action::Ping { peer: "db".into() };
-    let r = run(&ctx, &ping, &limits(64 * 1024)).await;
+    let r = run(&ctx, "tsk_test", &ping, &limits(64 * 1024)).await;
     assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
     let out: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(out["peer"], "db");
@@ -112,7 +121,7 @@ async fn ping_reaches_a_peer_by_name_and_fails_for_an_unknown_one() {
     let nobody = Action::Ping {
         peer: "nobody".into(),
     };
-    let r = run(&ctx, &nobody, &limits(64 * 1024)).await;
+    let r = run(&ctx, "tsk_test", &nobody, &limits(64 * 1024)).await;
     assert_eq!(r.status, TaskStatus::Failed);
     assert!(r.error.unwrap().contains("no peer named \"nobody\""));
 }
@@ -127,6 +136,7 @@ async fn ping_without_a_reply_fails_and_says_so() {
     );
     let r = run(
         &ctx,
+        "tsk_test",
         &Action::Ping {
             peer: "192.0.2.77".into(),
         },
@@ -165,7 +175,7 @@ async fn netcheck_probes_each_relay_by_stun_and_tcp() {
         "stun_port": stun.port(),
     }]);
     let ctx = context(dir.path(), canned(status("100.64.0.2", relays)));
-    let r = run(&ctx, &Action::Netcheck, &limits(64 * 1024)).await;
+    let r = run(&ctx, "tsk_test", &Action::Netcheck, &limits(64 * 1024)).await;
     assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
     let out: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(out["udp"], true);
@@ -192,7 +202,7 @@ async fn netcheck_fails_when_no_relay_answers() {
         .port();
     let relays = serde_json::json!([{ "url": format!("https://127.0.0.1:{port}") }]);
     let ctx = context(dir.path(), canned(status("100.64.0.2", relays)));
-    let r = run(&ctx, &Action::Netcheck, &limits(64 * 1024)).await;
+    let r = run(&ctx, "tsk_test", &Action::Netcheck, &limits(64 * 1024)).await;
     assert_eq!(r.status, TaskStatus::Failed, "{r:?}");
     assert_eq!(
         r.error.as_deref(),
@@ -213,7 +223,7 @@ async fn diagnostics_bundles_status_logs_routes_and_nft_within_the_cap() {
     tee.write_all(b"diagnostics-test: a line the bundle carries\n")
         .unwrap();
     drop(tee);
-    let r = run(&ctx, &Action::Diagnostics, &limits(256 * 1024)).await;
+    let r = run(&ctx, "tsk_test", &Action::Diagnostics, &limits(256 * 1024)).await;
     assert_eq!(r.status, TaskStatus::Completed);
     for part in [
         "== weft status ==\n{",
@@ -231,7 +241,7 @@ async fn diagnostics_bundles_status_logs_routes_and_nft_within_the_cap() {
     // Just over, at and under the size: cut (and flagged) only under it.
     let size = u32::try_from(r.stdout.len()).unwrap();
     for cap in [size / 2, 512, 1] {
-        let small = run(&ctx, &Action::Diagnostics, &limits(cap)).await;
+        let small = run(&ctx, "tsk_test", &Action::Diagnostics, &limits(cap)).await;
         assert!(small.stdout.len() <= cap as usize, "cap {cap}");
         assert!(small.stdout_truncated, "cap {cap}");
     }
@@ -249,6 +259,7 @@ async fn reconcile_reports_the_pass_and_fails_on_failed_actions_or_no_pass() {
     };
     let r = run(
         &context(dir.path(), c.clone()),
+        "tsk_test",
         &Action::Reconcile,
         &limits(4096),
     )
@@ -267,6 +278,7 @@ async fn reconcile_reports_the_pass_and_fails_on_failed_actions_or_no_pass() {
     c.reconciled.converged = false;
     let r = run(
         &context(dir.path(), c.clone()),
+        "tsk_test",
         &Action::Reconcile,
         &limits(4096),
     )
@@ -275,7 +287,13 @@ async fn reconcile_reports_the_pass_and_fails_on_failed_actions_or_no_pass() {
     assert!(r.stdout.contains("failed: add address: permission denied"));
 
     c.reconciled = Reconciled::default();
-    let r = run(&context(dir.path(), c), &Action::Reconcile, &limits(4096)).await;
+    let r = run(
+        &context(dir.path(), c),
+        "tsk_test",
+        &Action::Reconcile,
+        &limits(4096),
+    )
+    .await;
     assert_eq!(r.status, TaskStatus::Failed);
     assert!(r.error.unwrap().contains("no reconciler pass ran"));
 }
@@ -287,12 +305,12 @@ async fn restart_dataplane_and_flush_dns_report_what_the_supervisor_did() {
         dir.path(),
         canned(status("100.64.0.2", serde_json::json!([]))),
     );
-    let r = run(&ctx, &Action::RestartDataplane, &limits(4096)).await;
+    let r = run(&ctx, "tsk_test", &Action::RestartDataplane, &limits(4096)).await;
     assert_eq!(
         (r.status, r.stdout.as_str()),
         (TaskStatus::Completed, "restarted\n")
     );
-    let r = run(&ctx, &Action::FlushDns, &limits(4096)).await;
+    let r = run(&ctx, "tsk_test", &Action::FlushDns, &limits(4096)).await;
     assert_eq!(r.status, TaskStatus::Completed);
     assert_eq!(
         r.stdout,
@@ -318,7 +336,7 @@ async fn an_action_past_its_timeout_is_timed_out_and_output_is_cut_at_the_cap() 
         timeout_secs: 1,
         output_cap_bytes: 1024,
     };
-    let r = run(&ctx, &Action::Netcheck, &quick).await;
+    let r = run(&ctx, "tsk_test", &Action::Netcheck, &quick).await;
     assert_eq!(r.status, TaskStatus::TimedOut, "{r:?}");
     assert!(r.error.unwrap().contains("did not finish within 1 s"));
     assert!(
@@ -331,12 +349,12 @@ async fn an_action_past_its_timeout_is_timed_out_and_output_is_cut_at_the_cap() 
         dir.path(),
         canned(status("100.64.0.2", serde_json::json!([]))),
     );
-    let r = run(&ctx, &Action::FlushDns, &limits(10)).await;
+    let r = run(&ctx, "tsk_test", &Action::FlushDns, &limits(10)).await;
     assert_eq!(
         (r.stdout.as_str(), r.stdout_truncated),
         ("overlay DN", true)
     );
-    let r = run(&ctx, &Action::FlushDns, &limits(52)).await;
+    let r = run(&ctx, "tsk_test", &Action::FlushDns, &limits(52)).await;
     assert!(!r.stdout_truncated, "exactly at the cap: {:?}", r.stdout);
 }
 
@@ -365,6 +383,7 @@ async fn rotate_key_keeps_the_new_key_while_the_controller_is_away_and_finishes_
     let old = c.identity.node_key();
     let r = run(
         &context(dir.path(), c.clone()),
+        "tsk_test",
         &Action::RotateKey,
         &limits(4096),
     )
@@ -397,7 +416,13 @@ async fn rotate_key_keeps_the_new_key_while_the_controller_is_away_and_finishes_
     })
     .await;
     c.credential = Some(crate::stand_in::joined(&url));
-    let r = run(&context(dir.path(), c), &Action::RotateKey, &limits(4096)).await;
+    let r = run(
+        &context(dir.path(), c),
+        "tsk_test",
+        &Action::RotateKey,
+        &limits(4096),
+    )
+    .await;
     assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
     assert!(r.stdout.contains(&format!("now has key {pending}")));
     assert!(
@@ -425,7 +450,13 @@ async fn a_refused_rotation_keeps_the_old_key_and_moves_the_new_one_aside() {
     })
     .await;
     c.credential = Some(crate::stand_in::joined(&url));
-    let r = run(&context(dir.path(), c), &Action::RotateKey, &limits(4096)).await;
+    let r = run(
+        &context(dir.path(), c),
+        "tsk_test",
+        &Action::RotateKey,
+        &limits(4096),
+    )
+    .await;
     assert_eq!(r.status, TaskStatus::Failed);
     let e = r.error.unwrap();
     assert!(
@@ -452,7 +483,7 @@ async fn rotate_key_needs_a_joined_node() {
         dir.path(),
         canned(status("100.64.0.2", serde_json::json!([]))),
     );
-    let r = run(&ctx, &Action::RotateKey, &limits(4096)).await;
+    let r = run(&ctx, "tsk_test", &Action::RotateKey, &limits(4096)).await;
     assert_eq!(r.status, TaskStatus::Failed);
     assert!(r.error.unwrap().contains("has not joined"));
     assert!(
@@ -501,4 +532,47 @@ async fn a_pending_rotation_is_finished_at_start_with_the_same_key() {
     tokio::time::timeout(Duration::from_secs(1), rotate::resume(ctx))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn firewall_actions_name_the_rule_after_the_task_and_report_failures() {
+    use weft_proto::hostfw::task_rule::TaskRule;
+    use weft_proto::hostfw::{PortRange, Proto};
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(
+        dir.path(),
+        canned(status("127.0.0.1", serde_json::json!([]))),
+    );
+    let allow = Action::FirewallAllow(TaskRule {
+        proto: Proto::Tcp,
+        ports: vec![PortRange {
+            start: 8080,
+            end: 8080,
+        }],
+        from: vec![],
+        comment: String::new(),
+        for_secs: 60,
+    });
+    let before = clock::unix_ms();
+    let r = run(&ctx, "tsk_0123456789abcdef", &allow, &limits(4096)).await;
+    assert_eq!(r.status, TaskStatus::Completed, "{r:?}");
+    assert!(
+        r.stdout.starts_with("opened task-0123456789ab until Some("),
+        "{}",
+        r.stdout
+    );
+    let at: u64 = r.stdout["opened task-0123456789ab until Some(".len()..]
+        .trim_end_matches(")\n")
+        .parse()
+        .unwrap();
+    assert!(
+        at >= before + 60_000 && at <= clock::unix_ms() + 60_000,
+        "{at}"
+    );
+    let revoke = Action::FirewallRevoke {
+        id: "task-nothere".into(),
+    };
+    let r = run(&ctx, "tsk_x", &revoke, &limits(4096)).await;
+    assert_eq!(r.status, TaskStatus::Failed);
+    assert!(r.error.unwrap().contains("no task-made firewall rule"));
 }

@@ -5,12 +5,16 @@
 //! the control-plane self-check ([`crate::selfcheck`]) runs until it answers
 //! or `weftd --firewall-rollback-secs` pass; no answer restores the previous
 //! ruleset, shows it in `weft status` and raises a `firewall_rollback` event.
+//! Rules a `firewall-allow` task opened (`local`) are merged into the spec in
+//! force before the table is built; they only open, so they are not judged
+//! by the self-check.
 //!
 //! The supervisor owns one [`HostFw`]; its glue is `supervisor/hostfw.rs`.
 
 mod build;
 mod domains;
 mod guard;
+mod local;
 mod memory;
 
 use std::collections::BTreeSet;
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use weft_netcfg::hostfw::HostFirewall;
-use weft_proto::hostfw::HostFirewallSpec;
+use weft_proto::hostfw::{HostFirewallSpec, HostRule, MAX_RULES};
 use weft_proto::local::{ExpiringRuleStatus, HostFirewallStatus, RollbackStatus};
 use weft_proto::netmap::NetworkMap;
 
@@ -72,6 +76,11 @@ pub(crate) struct HostFw {
     state_dir: std::path::PathBuf,
     /// Why the remembered rollback could not be read or written.
     memory_error: Option<String>,
+    /// Rules `firewall-allow` tasks opened (`firewall-local.json`).
+    local: Vec<HostRule>,
+    /// Why `firewall-local.json` could not be read (then it is left as it
+    /// is and no task may change it).
+    local_error: Option<String>,
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
 }
@@ -99,9 +108,18 @@ impl HostFw {
                 Some(e)
             }
         };
+        let (local, local_error) = match local::load(state_dir, clock::unix_ms()) {
+            Ok(rules) => (rules, None),
+            Err(e) => {
+                tracing::error!("{e}");
+                (Vec::new(), Some(e))
+            }
+        };
         let mut fw = Self {
             state_dir: state_dir.to_owned(),
             memory_error,
+            local,
+            local_error,
             guard,
             domains: domains::Domains::default(),
             own: Own::default(),
@@ -147,8 +165,68 @@ impl HostFw {
 
     /// The table wanted now (`None`: no table).
     pub(crate) fn desired(&self) -> Option<HostFirewall> {
+        let spec = self.merged(clock::unix_ms())?;
+        Some(build::build(&spec, &self.own, &self.domains.addresses()))
+    }
+
+    /// The spec in force with the live task-made rules.
+    fn merged(&self, now_ms: u64) -> Option<HostFirewallSpec> {
         let spec = self.guard.in_force()?;
-        Some(build::build(spec, &self.own, &self.domains.addresses()))
+        Some(local::merge(spec, &self.local, now_ms))
+    }
+
+    /// The task-made rules with `rule` added (or renewed), to be saved
+    /// ([`HostFw::save_local`]) and then set ([`HostFw::set_local`]). `Err`:
+    /// why not (no host firewall in force, a damaged file, no room).
+    pub(crate) fn local_with(&self, rule: HostRule, now_ms: u64) -> Result<Vec<HostRule>, String> {
+        self.local_writable()?;
+        let Some(spec) = self.guard.in_force() else {
+            return Err(
+                "this node has no host firewall in force (no [[firewall]] profile of the                  controller's firewall file selects it, or it was rolled back), so nothing is                  closed to open; see weft status and weft admin firewall show"
+                    .to_owned(),
+            );
+        };
+        let rules = local::with(&self.local, rule, now_ms);
+        if spec.rules.len() + rules.len() > MAX_RULES {
+            return Err(format!(
+                "the node's host firewall would have more than {MAX_RULES} rules;                  revoke a task-made rule first"
+            ));
+        }
+        Ok(rules)
+    }
+
+    /// The task-made rules without rule `id`, to be saved and set. `Err`:
+    /// no such live rule, or a damaged file.
+    pub(crate) fn local_without(&self, id: &str, now_ms: u64) -> Result<Vec<HostRule>, String> {
+        self.local_writable()?;
+        local::without(&self.local, id, now_ms).ok_or_else(|| {
+            format!(
+                "no task-made firewall rule {id:?} in force on this node (it expired, was                  revoked, or never opened; weft status lists them); the admin's rules are                  revoked with weft admin firewall revoke"
+            )
+        })
+    }
+
+    fn local_writable(&self) -> Result<(), String> {
+        match &self.local_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Saves task-made rules in the state directory (blocking: call off the
+    /// async runtime).
+    pub(crate) fn save_local(dir: &std::path::Path, rules: &[HostRule]) -> Result<(), String> {
+        local::save(dir, rules)
+    }
+
+    /// The task-made rules from now on (saved).
+    pub(crate) fn set_local(&mut self, rules: Vec<HostRule>) {
+        self.local = rules;
+    }
+
+    /// Why `firewall-local.json` could not be read (`None`: fine).
+    pub(crate) fn local_error(&self) -> Option<&str> {
+        self.local_error.as_deref()
     }
 
     /// The spec in force changed: its domains, the time of the apply.
@@ -261,7 +339,8 @@ impl HostFw {
 
     /// For `weft status` (`None`: no firewall wanted, none in force, no rollback).
     pub(crate) fn status(&self, now_ms: u64) -> Option<HostFirewallStatus> {
-        let spec = self.guard.in_force();
+        let merged = self.merged(now_ms);
+        let spec = merged.as_ref();
         let (rollbacks, last_rollback) = self.guard.rollbacks();
         if spec.is_none() && self.guard.wanted_version().is_none() && rollbacks == 0 {
             return None;

@@ -191,3 +191,79 @@ async fn own_endpoints_resolve_names_and_keep_the_last_addresses_when_a_lookup_f
         vec![("198.51.100.7".parse().unwrap(), 3478)]
     );
 }
+
+/// A `firewall-allow` rule for task `task` open for `secs` from `now_ms`.
+fn task_rule(task: &str, secs: u64, now_ms: u64) -> HostRule {
+    use weft_proto::hostfw::task_rule::TaskRule;
+    use weft_proto::hostfw::{PortRange, Proto};
+    TaskRule {
+        proto: Proto::Tcp,
+        ports: vec![PortRange {
+            start: 8080,
+            end: 8080,
+        }],
+        from: vec!["10.0.0.0/8".parse().unwrap()],
+        comment: "deploy".into(),
+        for_secs: secs,
+    }
+    .rule(task, now_ms)
+}
+
+#[test]
+fn a_task_rule_needs_a_host_firewall_and_is_merged_built_and_listed() {
+    let (mut fw, dir) = fresh(Duration::from_secs(5));
+    let now_ms = clock::unix_ms();
+    let err = fw
+        .local_with(task_rule("tsk_aaaa", 60, now_ms), now_ms)
+        .unwrap_err();
+    assert!(err.contains("no host firewall in force"), "{err}");
+    apply(&mut fw, 1);
+    let rules = fw
+        .local_with(task_rule("tsk_aaaa", 60, now_ms), now_ms)
+        .unwrap();
+    HostFw::save_local(dir.path(), &rules).unwrap();
+    fw.set_local(rules);
+    let table = fw.desired().unwrap();
+    let r = table
+        .rules
+        .iter()
+        .find(|r| r.comment == "weft:task-aaaa")
+        .expect("the task's rule is in the table");
+    assert_eq!(r.ports, vec![(8080, 8080)]);
+    assert_eq!(r.expires_at_ms, Some(now_ms + 60_000));
+    let st = fw.status(now_ms).unwrap();
+    assert_eq!(st.version, Some(1), "the map's version");
+    assert_eq!(st.rules, 1);
+    assert_eq!(st.expiring[0].id, "task-aaaa");
+    assert_eq!(st.expiring[0].comment, "deploy");
+    // Past its expiry it is neither listed nor built.
+    let later = now_ms + 61_000;
+    assert_eq!(fw.status(later).unwrap().rules, 0);
+    // A restart keeps it (same state directory).
+    let again = HostFw::new(Duration::from_secs(5), dir.path());
+    assert_eq!(again.local.len(), 1);
+    assert!(again.local_error().is_none());
+    // Revoke: only a live task-made rule.
+    assert!(fw.local_without("task-bbbb", now_ms).is_err());
+    assert_eq!(fw.local_without("task-aaaa", now_ms).unwrap(), vec![]);
+}
+
+#[test]
+fn a_damaged_task_rule_file_is_named_and_blocks_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("firewall-local.json"), b"not json").unwrap();
+    let mut fw = HostFw::new(Duration::from_secs(5), dir.path());
+    let named = fw.local_error().unwrap().to_owned();
+    assert!(named.contains("firewall-local.json is damaged"), "{named}");
+    apply(&mut fw, 1);
+    let now_ms = clock::unix_ms();
+    assert_eq!(
+        fw.local_with(task_rule("tsk_aaaa", 60, now_ms), now_ms),
+        Err(named.clone())
+    );
+    assert_eq!(fw.local_without("task-aaaa", now_ms), Err(named));
+    assert_eq!(
+        std::fs::read(dir.path().join("firewall-local.json")).unwrap(),
+        b"not json"
+    );
+}

@@ -54,6 +54,12 @@ impl Agent {
             Request::InstallIdentity(identity, reply) => {
                 let _ = reply.send(self.install_identity(*identity).await);
             }
+            Request::FirewallAllow(rule, reply) => {
+                let _ = reply.send(self.firewall_allow(*rule).await);
+            }
+            Request::FirewallRevoke(id, reply) => {
+                let _ = reply.send(self.firewall_revoke(&id).await);
+            }
         }
     }
 

@@ -1,11 +1,13 @@
 //! The supervisor's side of the host firewall ([`crate::hostfw`]): the map's
 //! spec into the desired system state, the self-check started after an
 //! apply, and a rollback applied, shown (`weft status`, area `firewall`) and
-//! raised as a `firewall_rollback` event.
+//! raised as a `firewall_rollback` event; the rules `firewall-allow` and
+//! `firewall-revoke` tasks open and close.
 
 use std::collections::BTreeMap;
 
 use weft_proto::events::{AnomalyEvent, AnomalyKind, Baseline};
+use weft_proto::hostfw::HostRule;
 use weft_proto::local::RollbackStatus;
 use weft_proto::netmap::NetworkMap;
 
@@ -123,19 +125,89 @@ impl Agent {
         }
     }
 
+    /// `firewall-allow`: `rule` saved with the other task-made rules, then in
+    /// the table (`Ok`: what was opened, in words).
+    pub(super) async fn firewall_allow(&mut self, rule: HostRule) -> Result<String, String> {
+        let now_ms = clock::unix_ms();
+        let rules = self.hostfw.local_with(rule.clone(), now_ms)?;
+        self.save_local(rules).await?;
+        tracing::info!(id = %rule.id, expires_at_ms = ?rule.expires_at_ms, "host firewall: a task opened a rule");
+        let applied = self.push_local().await;
+        let ports = rule
+            .ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
+        let from = rule
+            .peers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>();
+        let secs = rule.expires_at_ms.unwrap_or(now_ms).saturating_sub(now_ms) / 1000;
+        Ok(format!(
+            "opened {}: in {} {} from {} for {secs} s (closes by itself at unix ms {}){applied}
+",
+            rule.id,
+            rule.proto,
+            if ports.is_empty() {
+                "every port".to_owned()
+            } else {
+                format!("port {}", ports.join(","))
+            },
+            if from.is_empty() {
+                "anyone".to_owned()
+            } else {
+                from.join(",")
+            },
+            rule.expires_at_ms.unwrap_or(now_ms),
+        ))
+    }
+
+    /// `firewall-revoke`: the task-made rule `id` removed from the file and
+    /// the table.
+    pub(super) async fn firewall_revoke(&mut self, id: &str) -> Result<String, String> {
+        let rules = self.hostfw.local_without(id, clock::unix_ms())?;
+        self.save_local(rules).await?;
+        tracing::info!(%id, "host firewall: a task closed a rule");
+        let applied = self.push_local().await;
+        Ok(format!(
+            "closed {id}{applied}
+"
+        ))
+    }
+
+    async fn save_local(&mut self, rules: Vec<HostRule>) -> Result<(), String> {
+        let dir = self.hostfw.state_dir().to_owned();
+        let (rules, saved) =
+            system::off_runtime(rules, move |r| hostfw::HostFw::save_local(&dir, r)).await;
+        saved?;
+        self.hostfw.set_local(rules);
+        Ok(())
+    }
+
+    /// The table with the task-made rules now; a note when it is not (yet)
+    /// in the system.
+    async fn push_local(&mut self) -> &'static str {
+        if self.down || self.derived.is_none() {
+            return "; saved, applied when weft is up again";
+        }
+        match self.push_desired().await {
+            Some(report) if report.converged => "",
+            _ => "; saved, but the reconciler pass did not converge (see weft status: it retries)",
+        }
+    }
+
     /// The desired system state again (the host firewall changed without a
     /// new map), applied at once.
-    async fn push_desired(&mut self) {
+    async fn push_desired(&mut self) -> Option<weft_netcfg::ReconcileReport> {
         if self.down {
-            return;
+            return None;
         }
-        let Some(derived) = self.derived.as_ref() else {
-            return;
-        };
+        let derived = self.derived.as_ref()?;
         let mut desired = system::desired_state(derived);
         desired.host_firewall = self.hostfw.desired();
         self.system.set_desired(desired, clock::now());
-        self.reconcile().await;
+        self.reconcile().await
     }
 
     /// Shows a refused spec or a rolled-back version in status (area
@@ -162,6 +234,9 @@ impl Agent {
         }
         if let Some(e) = self.hostfw.memory_error() {
             failing.push(("rollback memory".to_owned(), e.to_owned()));
+        }
+        if let Some(e) = self.hostfw.local_error() {
+            failing.push(("task-made rules".to_owned(), e.to_owned()));
         }
         self.failures
             .set_area("firewall", failing, clock::unix_ms());

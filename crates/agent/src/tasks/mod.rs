@@ -388,7 +388,7 @@ async fn execute(task: &LeasedTask, settings: &TaskSettings) -> TaskResult {
     let label = task.kind.label();
     let mut r = match gate::plan(task, settings) {
         Plan::Refuse(why) => refused(why),
-        Plan::Action(a) => run_action(settings, &a, &task.limits).await,
+        Plan::Action(a) => run_action(settings, &task.task_id, &a, &task.limits).await,
         Plan::Script { interpreter, body } => {
             run_program(
                 task,
@@ -444,9 +444,14 @@ fn refused(why: String) -> TaskResult {
 
 /// A built-in action ([`crate::actions::run`]: bounded by the task's timeout
 /// and output cap).
-async fn run_action(settings: &TaskSettings, action: &Action, limits: &TaskLimits) -> TaskResult {
+async fn run_action(
+    settings: &TaskSettings,
+    task_id: &str,
+    action: &Action,
+    limits: &TaskLimits,
+) -> TaskResult {
     match &settings.actions {
-        Some(ctx) => crate::actions::run(ctx, action, limits).await,
+        Some(ctx) => crate::actions::run(ctx, task_id, action, limits).await,
         None => refused(format!(
             "action {} cannot run: this task runner has no agent to act on",
             action.name()

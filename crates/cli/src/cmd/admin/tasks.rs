@@ -3,6 +3,8 @@
 //! with a tag, or on every member of a network; the controller checks its
 //! limits before any node can lease it, and keeps every run's result.
 
+mod firewall;
+
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,7 +26,9 @@ const CREATE_EXAMPLES: &str = "Examples:
   weft admin task create --tag web --script check.sh --wait
   weft admin task create --node db1 --action ping web1
   weft admin task create --network lab --action diagnostics --output-cap 262144
-  weft admin task create --node db1 --hook rotate-logs --timeout 5m";
+  weft admin task create --node db1 --hook rotate-logs --timeout 5m
+  weft admin task create --node db1 --action firewall-allow 'tcp:8080 from=10.0.0.0/8 for=2h comment=deploy'
+  weft admin task create --node db1 --action firewall-revoke task-0123456789ab";
 
 /// `weft admin task …`.
 #[derive(Debug, Subcommand)]
@@ -79,7 +83,10 @@ pub(super) struct CreateArgs {
     #[arg(long)]
     network: Option<String>,
     /// A built-in action and its argument: ping PEER, netcheck, diagnostics,
-    /// reconcile, rotate-key, restart-dataplane, flush-dns.
+    /// reconcile, rotate-key, restart-dataplane, flush-dns,
+    /// firewall-allow 'PROTO[:PORTS] [from=CIDR,...] for=DURATION
+    /// [comment=TEXT]' (opens the node's host firewall until it expires, at
+    /// most 30d; `comment=` takes the rest), firewall-revoke task-ID.
     #[arg(long, num_args = 1..=2, value_names = ["NAME", "ARG"])]
     action: Option<Vec<String>>,
     /// A script file to run (`-`: standard input), at most 64 KiB.
@@ -206,6 +213,18 @@ fn action(words: &[String]) -> anyhow::Result<Action> {
     let a = match (name, arg) {
         ("ping", Some(peer)) => Action::Ping { peer },
         ("ping", None) => bail!("--action ping needs the peer: --action ping PEER"),
+        ("firewall-allow", Some(rule)) => Action::FirewallAllow(firewall::parse(&rule)?),
+        ("firewall-allow", None) => bail!("{}", firewall::FORM),
+        ("firewall-revoke", Some(id)) => {
+            let a = Action::FirewallRevoke { id };
+            a.check()?;
+            a
+        }
+        ("firewall-revoke", None) => {
+            bail!(
+                "--action firewall-revoke needs the rule id: --action firewall-revoke task-ID (weft status on the node lists them)"
+            )
+        }
         (_, Some(arg)) if ACTION_NAMES.contains(&name) => {
             bail!("--action {name} takes no argument (got {arg:?})")
         }
@@ -482,6 +501,53 @@ mod tests {
         match Cli::try_parse_from(argv)?.cmd {
             TaskCmd::Create(a) => Ok(a),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn firewall_actions_take_one_argument() {
+        let a = create_args(&[
+            "--node",
+            "db1",
+            "--action",
+            "firewall-allow",
+            "tcp:8080 from=10.0.0.0/8 for=2h comment=deploy",
+        ])
+        .unwrap();
+        match request(&a).unwrap().kind {
+            TaskKind::Action(Action::FirewallAllow(r)) => {
+                assert_eq!((r.for_secs, r.comment.as_str()), (7200, "deploy"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let a =
+            create_args(&["--node", "db1", "--action", "firewall-revoke", "task-ab12"]).unwrap();
+        assert_eq!(
+            request(&a).unwrap().kind,
+            TaskKind::Action(Action::FirewallRevoke {
+                id: "task-ab12".into()
+            })
+        );
+        for (args, says) in [
+            (
+                &["--node", "a", "--action", "firewall-allow"][..],
+                "PROTO[:PORTS]",
+            ),
+            (
+                &["--node", "a", "--action", "firewall-allow", "tcp:80"],
+                "for= is required",
+            ),
+            (
+                &["--node", "a", "--action", "firewall-revoke"],
+                "needs the rule id",
+            ),
+            (
+                &["--node", "a", "--action", "firewall-revoke", "dyn:3"],
+                "not a task-made rule id",
+            ),
+        ] {
+            let e = format!("{:#}", request(&create_args(args).unwrap()).unwrap_err());
+            assert!(e.contains(says), "{args:?}: {e}");
         }
     }
 
