@@ -225,8 +225,9 @@ struct Args {
     allow_exec: bool,
     /// The built-in task actions this node runs (comma-separated names, `all`
     /// or `none`): ping, netcheck, diagnostics (read-only, the default),
-    /// reconcile, rotate-key, restart-dataplane, flush-dns. Others are
-    /// refused with a result that says so.
+    /// reconcile, rotate-key, restart-dataplane, flush-dns, firewall-allow,
+    /// firewall-revoke (open and close host firewall ports for a while).
+    /// Others are refused with a result that says so.
     #[arg(long, env = "WEFT_ALLOW_ACTIONS", value_name = "LIST|all|none",
           default_value = "ping,netcheck,diagnostics", value_parser = actions_arg)]
     allow_actions: Actions,
