@@ -183,6 +183,21 @@ mod tests {
             plan(&task(TaskKind::Action(Action::RotateKey), l), &off),
             Plan::Refuse("action rotate-key is not allowed here (--allow-actions)".into())
         );
+        let revoke = TaskKind::Action(Action::FirewallRevoke {
+            id: "task-abc".into(),
+        });
+        assert_eq!(
+            plan(&task(revoke.clone(), l), &off),
+            Plan::Refuse("action firewall-revoke is not allowed here (--allow-actions)".into())
+        );
+        let fw_on = TaskSettings {
+            allow_actions: Action::parse_list("firewall-allow,firewall-revoke").unwrap(),
+            ..TaskSettings::default()
+        };
+        assert!(matches!(
+            plan(&task(revoke, l), &fw_on),
+            Plan::Action(Action::FirewallRevoke { .. })
+        ));
         let none = TaskSettings {
             allow_actions: Vec::new(),
             ..TaskSettings::default()
