@@ -22,7 +22,8 @@
 //! - `selfcheck`: `weftd --selfcheck-controlplane` (one `GET /healthz`).
 //! - `clock`: the only place that reads clocks.
 //! - `actions`: the built-in task actions (ping, netcheck, diagnostics,
-//!   reconcile, restart-dataplane, flush-dns, rotate-key); `logring`: the
+//!   reconcile, restart-dataplane, flush-dns, rotate-key, firewall-allow,
+//!   firewall-revoke); `logring`: the
 //!   recent log lines `diagnostics` sends.
 //! - `telemetry`: host facts, Prometheus metrics, forwarding, usage, anomaly
 //!   detection (issue 16).
