@@ -117,7 +117,7 @@ fn a_task_opens_a_port_that_survives_a_restart_is_revoked_and_expires_offline() 
 
     // No host firewall: nothing to open, and the task says so.
     let r = act(&mesh, &["firewall-allow", "tcp:9000 for=1m"]);
-    assert_eq!(r["status"], "failed", "{r:#}");
+    assert_eq!(r["status"], "refused", "{r:#}");
     assert!(
         r["error"]
             .as_str()
@@ -176,7 +176,7 @@ fn a_task_opens_a_port_that_survives_a_restart_is_revoked_and_expires_offline() 
     assert!(expiring(&mesh, &long).is_none());
     let r = act(&mesh, &["firewall-revoke", &long]);
     assert_eq!(
-        r["status"], "failed",
+        r["status"], "refused",
         "a second revoke finds nothing: {r:#}"
     );
 

@@ -73,6 +73,7 @@ pub(super) async fn bundle(ctx: &ActionContext, cap: usize) -> Done {
         ok: true,
         stdout: text,
         cut,
+        refused: false,
         error: None,
     }
 }

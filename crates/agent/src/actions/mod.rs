@@ -54,9 +54,19 @@ pub(crate) enum Request {
     /// becomes `identity.key`, the data plane and relay link take the key.
     InstallIdentity(Box<Identity>, oneshot::Sender<Result<(), String>>),
     /// Add (or renew) a task-made host firewall rule (`Ok`: what was done).
-    FirewallAllow(Box<HostRule>, oneshot::Sender<Result<String, String>>),
+    FirewallAllow(Box<HostRule>, oneshot::Sender<Result<String, NotDone>>),
     /// Remove the task-made host firewall rule with this id.
-    FirewallRevoke(String, oneshot::Sender<Result<String, String>>),
+    FirewallRevoke(String, oneshot::Sender<Result<String, NotDone>>),
+}
+
+/// Why a firewall action changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotDone {
+    /// The node will not, in its state (no host firewall in force, a damaged
+    /// rules file, no room, no such rule): the result is `refused`.
+    Refused(String),
+    /// It tried and failed (the rules file could not be written): `failed`.
+    Failed(String),
 }
 
 /// The outcome of a reconciler pass asked for by the `reconcile` action.
@@ -136,6 +146,8 @@ pub(crate) struct Done {
     pub(crate) stdout: String,
     /// The producer cut the output itself (a diagnostics part).
     pub(crate) cut: bool,
+    /// The node would not do it (the result is `refused`, not `failed`).
+    pub(crate) refused: bool,
     pub(crate) error: Option<String>,
 }
 
@@ -153,6 +165,7 @@ impl Done {
             ok: false,
             stdout,
             cut: false,
+            refused: false,
             error: Some(error.into()),
         }
     }
@@ -176,6 +189,7 @@ pub(crate) async fn run(
     let (status, done) =
         match tokio::time::timeout(timeout, perform(ctx, task_id, action, cap)).await {
             Ok(done) if done.ok => (TaskStatus::Completed, done),
+            Ok(done) if done.refused => (TaskStatus::Refused, done),
             Ok(done) => (TaskStatus::Failed, done),
             Err(_) => (
                 TaskStatus::TimedOut,
@@ -212,10 +226,10 @@ async fn perform(ctx: &ActionContext, task_id: &str, action: &Action, cap: usize
     match action {
         Action::FirewallAllow(args) => {
             let rule = args.rule(task_id, clock::unix_ms());
-            answer(ctx.ask(|r| Request::FirewallAllow(Box::new(rule), r)).await)
+            firewall(ctx.ask(|r| Request::FirewallAllow(Box::new(rule), r)).await)
         }
         Action::FirewallRevoke { id } => {
-            answer(ctx.ask(|r| Request::FirewallRevoke(id.clone(), r)).await)
+            firewall(ctx.ask(|r| Request::FirewallRevoke(id.clone(), r)).await)
         }
         Action::Ping { peer } => ping::ping(ctx, peer).await,
         Action::Netcheck => netcheck::netcheck(ctx).await,
@@ -246,6 +260,18 @@ fn answer(r: Result<Result<String, String>, String>) -> Done {
     match r {
         Ok(Ok(what)) => Done::ok(what),
         Ok(Err(e)) | Err(e) => Done::failed(String::new(), e),
+    }
+}
+
+/// A firewall action's answer: done, refused or failed.
+fn firewall(r: Result<Result<String, NotDone>, String>) -> Done {
+    match r {
+        Ok(Ok(what)) => Done::ok(what),
+        Ok(Err(NotDone::Refused(why))) => Done {
+            refused: true,
+            ..Done::failed(String::new(), why)
+        },
+        Ok(Err(NotDone::Failed(why))) | Err(why) => Done::failed(String::new(), why),
     }
 }
 

@@ -85,7 +85,12 @@ fn context(dir: &std::path::Path, c: Canned) -> ActionContext {
                     ))));
                 }
                 Request::FirewallRevoke(id, r) => {
-                    drop(r.send(Err(format!("no task-made firewall rule {id:?}"))));
+                    let why = format!("no task-made firewall rule {id:?}");
+                    drop(r.send(Err(if id == "task-diskfull" {
+                        NotDone::Failed(why)
+                    } else {
+                        NotDone::Refused(why)
+                    })));
                 }
             }
         }
@@ -573,6 +578,11 @@ async fn firewall_actions_name_the_rule_after_the_task_and_report_failures() {
         id: "task-nothere".into(),
     };
     let r = run(&ctx, "tsk_x", &revoke, &limits(4096)).await;
-    assert_eq!(r.status, TaskStatus::Failed);
+    assert_eq!(r.status, TaskStatus::Refused);
     assert!(r.error.unwrap().contains("no task-made firewall rule"));
+    let revoke = Action::FirewallRevoke {
+        id: "task-diskfull".into(),
+    };
+    let r = run(&ctx, "tsk_x", &revoke, &limits(4096)).await;
+    assert_eq!(r.status, TaskStatus::Failed);
 }

@@ -12,6 +12,7 @@ use weft_proto::local::RollbackStatus;
 use weft_proto::netmap::NetworkMap;
 
 use super::Agent;
+use crate::actions::NotDone;
 use crate::clock;
 use crate::hostfw::{self, Event, Next};
 use crate::netmap::Derived;
@@ -127,9 +128,12 @@ impl Agent {
 
     /// `firewall-allow`: `rule` saved with the other task-made rules, then in
     /// the table (`Ok`: what was opened, in words).
-    pub(super) async fn firewall_allow(&mut self, rule: HostRule) -> Result<String, String> {
+    pub(super) async fn firewall_allow(&mut self, rule: HostRule) -> Result<String, NotDone> {
         let now_ms = clock::unix_ms();
-        let rules = self.hostfw.local_with(rule.clone(), now_ms)?;
+        let rules = self
+            .hostfw
+            .local_with(rule.clone(), now_ms)
+            .map_err(NotDone::Refused)?;
         self.save_local(rules).await?;
         tracing::info!(id = %rule.id, expires_at_ms = ?rule.expires_at_ms, "host firewall: a task opened a rule");
         let applied = self.push_local().await;
@@ -165,8 +169,11 @@ impl Agent {
 
     /// `firewall-revoke`: the task-made rule `id` removed from the file and
     /// the table.
-    pub(super) async fn firewall_revoke(&mut self, id: &str) -> Result<String, String> {
-        let rules = self.hostfw.local_without(id, clock::unix_ms())?;
+    pub(super) async fn firewall_revoke(&mut self, id: &str) -> Result<String, NotDone> {
+        let rules = self
+            .hostfw
+            .local_without(id, clock::unix_ms())
+            .map_err(NotDone::Refused)?;
         self.save_local(rules).await?;
         tracing::info!(%id, "host firewall: a task closed a rule");
         let applied = self.push_local().await;
@@ -176,11 +183,13 @@ impl Agent {
         ))
     }
 
-    async fn save_local(&mut self, rules: Vec<HostRule>) -> Result<(), String> {
+    async fn save_local(&mut self, rules: Vec<HostRule>) -> Result<(), NotDone> {
         let dir = self.hostfw.state_dir().to_owned();
         let (rules, saved) =
             system::off_runtime(rules, move |r| hostfw::HostFw::save_local(&dir, r)).await;
-        saved?;
+        saved.map_err(|e| {
+            NotDone::Failed(format!("the rule was not saved, nothing changed: {e}"))
+        })?;
         self.hostfw.set_local(rules);
         Ok(())
     }
