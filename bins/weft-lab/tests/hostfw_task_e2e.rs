@@ -5,8 +5,8 @@
 //! namespace; the rule is node-local (`task-<short task id>`, kept in
 //! `firewall-local.json` across a weftd restart), listed by `weft status`,
 //! closed early by `firewall-revoke`, and closes by itself within 2 s of its
-//! expiry with the controller stopped. Without a host firewall the action
-//! fails saying so. Needs root and FAILS (never skips) without it. Build the
+//! expiry with the controller stopped. Without a host firewall the action is
+//! refused, saying so. Needs root and FAILS (never skips) without it. Build the
 //! binaries first (`cargo build --bins`).
 
 #![allow(clippy::disallowed_methods, reason = "tests wait on the real clock")]
