@@ -63,6 +63,20 @@ pub(crate) struct Seen {
     pub(crate) last_change: Option<(u64, Vec<String>)>,
     /// Why the monitor is not working.
     pub(crate) error: Option<String>,
+    /// When the monitor stopped (Unix ms), with [`Self::error`].
+    pub(crate) failed_at_ms: u64,
+}
+
+/// The monitor's failure, if it stopped.
+fn failure_of(s: &Seen) -> Option<weft_proto::local::FailureStatus> {
+    s.error
+        .as_ref()
+        .map(|error| weft_proto::local::FailureStatus {
+            area: "linkmon".into(),
+            what: "link monitoring (netlink)".into(),
+            error: error.clone(),
+            since_unix_ms: s.failed_at_ms,
+        })
 }
 
 /// The running monitor.
@@ -78,10 +92,19 @@ impl LinkMon {
         let task = tokio::spawn(async move {
             if let Err(e) = run(&tx, &dp).await {
                 tracing::error!(error = %format!("{e:#}"), "link monitoring stopped");
-                tx.send_modify(|s| s.error = Some(format!("{e:#}")));
+                tx.send_modify(|s| {
+                    s.error = Some(format!("{e:#}"));
+                    s.failed_at_ms = clock::unix_ms();
+                });
             }
         });
         Self { seen, task }
+    }
+
+    /// The monitor's failure for `weft status`'s failure list: underlay
+    /// changes are no longer noticed, so paths recover only at their own pace.
+    pub(crate) fn failure(&self) -> Option<weft_proto::local::FailureStatus> {
+        failure_of(&self.seen.borrow())
     }
 
     /// Changes as they are found (for the controller link).
@@ -492,10 +515,26 @@ mod tests {
             changes: 2,
             last_change: Some((5, vec!["eth1 down".into()])),
             error: None,
+            failed_at_ms: 0,
         });
         assert_eq!(st.interfaces.len(), 2);
         assert!(!st.interfaces[1].up);
         assert_eq!(st.default_route_v4.as_deref(), Some("eth0"));
         assert_eq!(st.last_change, vec!["eth1 down"]);
+    }
+
+    #[test]
+    fn a_stopped_monitor_is_a_failure_in_status() {
+        assert_eq!(failure_of(&Seen::default()), None);
+        let f = failure_of(&Seen {
+            error: Some("netlink socket: permission denied".into()),
+            failed_at_ms: 42,
+            ..Seen::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (f.area.as_str(), f.error.as_str(), f.since_unix_ms),
+            ("linkmon", "netlink socket: permission denied", 42)
+        );
     }
 }

@@ -144,6 +144,7 @@ impl Agent {
                     self.workloads.failures(),
                 ]
                 .concat();
+                f.extend(self.linkmon.failure());
                 if let Some((error, since_unix_ms)) = link.routes_refused.clone() {
                     f.push(FailureStatus {
                         area: "routes".into(),
