@@ -427,31 +427,12 @@ async fn session(
                 }
                 on = seen.underlay.clone();
                 let now = gather(port, &reflexive.borrow(), &seen);
-                if now != endpoints {
-                    tracing::info!(?now, "reporting new endpoints (the underlay changed)");
-                    endpoints = now.clone();
-                    report_timed(&c, state, &ReportRequest {
-                        api_version: Some(weft_proto::api::API_VERSION),
-                        endpoints: Some(now),
-                        facts: None,
-                    })
-                    .await
-                    .context("reporting endpoints")?;
-                }
+                report_new_endpoints(&c, state, &mut endpoints, now, "the underlay changed").await?;
             }
             Ok(()) = reflexive.changed() => {
                 let now = gather(port, &reflexive.borrow_and_update(), &underlay.borrow());
-                if now != endpoints {
-                    tracing::info!(?now, "reporting new endpoints (reflexive address changed)");
-                    endpoints = now.clone();
-                    report_timed(&c, state, &ReportRequest {
-                        api_version: Some(weft_proto::api::API_VERSION),
-                        endpoints: Some(now),
-                        facts: None,
-                    })
-                    .await
-                    .context("reporting endpoints")?;
-                }
+                report_new_endpoints(&c, state, &mut endpoints, now, "reflexive address changed")
+                    .await?;
             }
             _ = report.tick() => {
                 let now = gather(port, &reflexive.borrow(), &underlay.borrow());
@@ -503,6 +484,33 @@ async fn report_with_facts(
 
 /// Sends a report and notes how long the controller took to answer it (the
 /// anomaly detector's control-plane latency signal).
+/// Reports `now` as the node's endpoints when they differ from the last
+/// reported ones (`endpoints`, updated); `why` goes to the log.
+async fn report_new_endpoints(
+    c: &Client,
+    state: &watch::Sender<LinkState>,
+    endpoints: &mut Vec<SocketAddr>,
+    now: Vec<SocketAddr>,
+    why: &str,
+) -> anyhow::Result<()> {
+    if now == *endpoints {
+        return Ok(());
+    }
+    tracing::info!(?now, "reporting new endpoints ({why})");
+    *endpoints = now.clone();
+    report_timed(
+        c,
+        state,
+        &ReportRequest {
+            api_version: Some(weft_proto::api::API_VERSION),
+            endpoints: Some(now),
+            facts: None,
+        },
+    )
+    .await
+    .context("reporting endpoints")
+}
+
 async fn report_timed(
     c: &Client,
     state: &watch::Sender<LinkState>,

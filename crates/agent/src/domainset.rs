@@ -18,8 +18,7 @@ use std::time::Duration;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use rand_core::{OsRng, RngCore as _};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::time::timeout;
 
 /// How long one UDP query waits for its answer.
@@ -356,20 +355,7 @@ async fn exchange(name: &Name, rtype: RecordType, server: SocketAddr) -> Result<
         return Ok(udp);
     }
     timeout(TCP_TIMEOUT, async {
-        let mut stream = TcpStream::connect(server)
-            .await
-            .map_err(|e| e.to_string())?;
-        let len = u16::try_from(bytes.len()).map_err(|_| "query too long".to_owned())?;
-        let mut framed = len.to_be_bytes().to_vec();
-        framed.extend_from_slice(&bytes);
-        stream.write_all(&framed).await.map_err(|e| e.to_string())?;
-        let len = stream.read_u16().await.map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; usize::from(len)];
-        stream
-            .read_exact(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?;
-        let m = Message::from_vec(&buf).map_err(|e| e.to_string())?;
+        let m = weft_dns::tcp_query(server, &bytes).await?;
         if is_answer(&m) {
             Ok(m)
         } else {

@@ -90,6 +90,7 @@ pub use system::{
 };
 pub use upstream::health::UpstreamHealth;
 pub use upstream::spec::{Upstream, UpstreamParseError};
+pub use upstream::tcp_query;
 pub use zone::{Answer, QueryType, Record, Zone, records_from_map};
 
 /// Where the resolver listens by default (see the crate docs).

@@ -214,6 +214,26 @@ async fn udp_exchange(
         .map_err(|_| "timed out".to_owned())?
 }
 
+/// One DNS message over TCP (RFC 1035 4.2.2: each message behind its
+/// two-byte length): connects to `server`, sends `query`, reads one answer.
+/// Whether it answers the query is the caller's to check; no timeout here.
+pub async fn tcp_query(server: SocketAddr, query: &[u8]) -> Result<Message, String> {
+    let mut stream = TcpStream::connect(server)
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = u16::try_from(query.len()).map_err(|_| "query too long".to_owned())?;
+    let mut framed = len.to_be_bytes().to_vec();
+    framed.extend_from_slice(query);
+    stream.write_all(&framed).await.map_err(|e| e.to_string())?;
+    let len = stream.read_u16().await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; usize::from(len)];
+    stream
+        .read_exact(&mut buf)
+        .await
+        .map_err(|e| e.to_string())?;
+    Message::from_vec(&buf).map_err(|e| e.to_string())
+}
+
 async fn tcp_exchange(
     upstream: SocketAddr,
     query: &[u8],
@@ -221,20 +241,7 @@ async fn tcp_exchange(
     pending: &Pending,
 ) -> Result<Message, String> {
     let exchange = async {
-        let mut stream = TcpStream::connect(upstream)
-            .await
-            .map_err(|e| e.to_string())?;
-        let len = u16::try_from(query.len()).map_err(|_| "query too long".to_owned())?;
-        let mut framed = len.to_be_bytes().to_vec();
-        framed.extend_from_slice(query);
-        stream.write_all(&framed).await.map_err(|e| e.to_string())?;
-        let len = stream.read_u16().await.map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; usize::from(len)];
-        stream
-            .read_exact(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?;
-        let m = Message::from_vec(&buf).map_err(|e| e.to_string())?;
+        let m = tcp_query(upstream, query).await?;
         if handler::answers(&m, id, &pending.question) {
             Ok(m)
         } else {
