@@ -306,6 +306,9 @@ mod tests {
             secrets: vec![],
             host_firewall: None,
             dns_blocklist: None,
+            services: vec![],
+            provides: vec![],
+            ssh_hosts: vec![],
         }
     }
 

@@ -365,6 +365,16 @@ impl Agent {
             req @ (LocalRequest::WorkloadCreate(_)
             | LocalRequest::WorkloadStarted { .. }
             | LocalRequest::WorkloadEnded { .. }) => self.workloads.handle(req).await,
+            // Issue 19: services (weft-agent `services`) and SSH (`ssh`)
+            // answer these; until they land, say so.
+            LocalRequest::Services
+            | LocalRequest::ServiceAdvertise(_)
+            | LocalRequest::ServiceConsume(_)
+            | LocalRequest::ServiceUnconsume(_)
+            | LocalRequest::SshHosts => LocalResponse::Error {
+                code: "unsupported".into(),
+                message: "this weftd does not serve services or SSH yet".into(),
+            },
             LocalRequest::Down => {
                 self.down = true;
                 self.stop_link();

@@ -25,6 +25,7 @@ mod integrity_api;
 mod members;
 mod node_api;
 mod relay_api;
+mod service_api;
 mod stream;
 mod tasks_api;
 mod tls;

@@ -667,6 +667,9 @@ mod tests {
             secrets: vec![],
             host_firewall: None,
             dns_blocklist: None,
+            services: vec![],
+            provides: vec![],
+            ssh_hosts: vec![],
         };
         let z = Zone::from_map(&map);
         let (_, records) = addrs(z.answer("me.prod.weft.internal", QueryType::Any));

@@ -22,6 +22,8 @@ use weft_policy::{
 
 fn node(name: &str, tag: &str, addr: Ipv4Addr) -> NodeFacts {
     NodeFacts {
+        services: Vec::new(),
+        ssh_port: None,
         name: name.into(),
         tags: vec![tag.into()],
         networks: vec![Membership {

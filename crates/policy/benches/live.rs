@@ -18,6 +18,8 @@ const N: usize = 1000;
 
 fn node(i: usize) -> NodeFacts {
     NodeFacts {
+        services: Vec::new(),
+        ssh_port: None,
         name: format!("n{i}"),
         tags: vec!["bench".into()],
         networks: vec![Membership {

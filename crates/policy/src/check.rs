@@ -258,6 +258,8 @@ impl Policy {
         cuts: &[IpNet],
     ) -> NodeFacts {
         let mut node = NodeFacts {
+            services: Vec::new(),
+            ssh_port: None,
             name: format!("({role}: {sel})"),
             tags: Vec::new(),
             networks: networks

@@ -79,6 +79,8 @@ pub fn allow_all(node: &str) -> CompiledPolicy {
         inbound: vec![flow.clone()],
         outbound: vec![flow],
         visible_peers: vec![],
+        ssh_inbound: Vec::new(),
+        ssh_outbound: Vec::new(),
     }
 }
 
@@ -182,6 +184,8 @@ impl<'a> Sides<'a> {
                 .iter()
                 .map(|&y| self.inventory.nodes()[y].name.clone())
                 .collect(),
+            ssh_inbound: Vec::new(),
+            ssh_outbound: Vec::new(),
         }
     }
 

@@ -14,6 +14,8 @@ use crate::{
 /// and IPv6 addresses.
 fn inventory() -> Inventory {
     let node = |name: &str, tags: &[&str], nets: &[(&str, &str)], subnets: &[&str]| NodeFacts {
+        services: Vec::new(),
+        ssh_port: None,
         name: name.into(),
         tags: tags.iter().map(|t| (*t).to_string()).collect(),
         networks: nets

@@ -23,6 +23,25 @@ pub struct NodeFacts {
     /// Subnets it routes for (approved routes), reachable through it.
     #[serde(default)]
     pub routed_subnets: Vec<IpNet>,
+    /// The named services it provides (approved instances): `service:NAME`
+    /// selects it, on the service's ports, in the service's network.
+    #[serde(default)]
+    pub services: Vec<ServiceFact>,
+    /// The port of its SSH server (`weftd --ssh`), when it runs one: `[[ssh]]`
+    /// rules naming it open TCP to this port and grant logins.
+    #[serde(default)]
+    pub ssh_port: Option<u16>,
+}
+
+/// A named service a node provides, as far as policy cares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceFact {
+    /// The service's name.
+    pub name: String,
+    /// Its network (the node's addresses there are the instance's).
+    pub network: String,
+    /// Its ports.
+    pub ports: Vec<weft_proto::service::ServicePort>,
 }
 
 /// A node's membership in one network.

@@ -138,7 +138,7 @@ pub use compile::{
 };
 pub use conntrack::{ConntrackConfig, Flow};
 pub use engine::{Counters, DropReason, Engine, Explanation, Verdict, Via};
-pub use inventory::{Inventory, InventoryError, Membership, NodeFacts};
+pub use inventory::{Inventory, InventoryError, Membership, NodeFacts, ServiceFact};
 pub use ipnet::IpNet;
 pub use live::{Flushed, LivePolicy, Transition, Viewpoint};
 pub use matcher::{

@@ -659,6 +659,8 @@ impl<K: Ord + Clone> LivePolicy<K> {
             inbound,
             outbound,
             visible_peers: Vec::new(),
+            ssh_inbound: Vec::new(),
+            ssh_outbound: Vec::new(),
         }
     }
 

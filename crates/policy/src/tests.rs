@@ -19,6 +19,8 @@ fn ip(s: &str) -> IpAddr {
 
 fn node(name: &str, tags: &[&str], nets: &[(&str, &str)], subnets: &[&str]) -> NodeFacts {
     NodeFacts {
+        services: Vec::new(),
+        ssh_port: None,
         name: name.into(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
         networks: nets
@@ -983,6 +985,8 @@ fn arb_inventory() -> impl Strategy<Value = Inventory> {
             .into_iter()
             .enumerate()
             .map(|(i, (tags, nets, routes))| NodeFacts {
+                services: Vec::new(),
+                ssh_port: None,
                 name: format!("n{i}"),
                 tags: tags.into_iter().map(String::from).collect(),
                 networks: nets
@@ -1407,6 +1411,8 @@ fn live_facts(
         });
     }
     NodeFacts {
+        services: Vec::new(),
+        ssh_port: None,
         name: if renamed {
             format!("r{i}")
         } else {

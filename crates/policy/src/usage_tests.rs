@@ -16,6 +16,8 @@ fn ip(s: &str) -> IpAddr {
 /// 5432 and 22, and anyone ping anyone.
 fn db_engine(cfg: ConntrackConfig) -> Engine {
     let facts = |name: &str, tag: &str, addr: &str| NodeFacts {
+        services: Vec::new(),
+        ssh_port: None,
         name: name.into(),
         tags: vec![tag.into()],
         networks: vec![Membership {

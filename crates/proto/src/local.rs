@@ -75,6 +75,20 @@ pub enum LocalRequest {
         /// The id [`LocalResponse::Workload`] gave.
         id: String,
     },
+    /// `weft service list`: the services this node may use and provides;
+    /// answered with [`LocalResponse::Services`].
+    Services,
+    /// `weft service advertise`: offer to provide a service (forwarded to the
+    /// controller; pending until an admin approves).
+    ServiceAdvertise(crate::service::AdvertiseServiceRequest),
+    /// `weft service listen|intercept`: add a consumer (kept in
+    /// `STATE_DIR/service-consumers.json`, started at once).
+    ServiceConsume(crate::service::Consumer),
+    /// `weft service listen|intercept --remove`: stop and forget a consumer.
+    ServiceUnconsume(crate::service::Consumer),
+    /// `weft ssh`: the SSH servers this node may log in to, from the map;
+    /// answered with [`LocalResponse::SshHosts`].
+    SshHosts,
 }
 
 /// Parameters of `weft why-blocked`: one packet, described by its five-tuple.
@@ -172,6 +186,17 @@ pub enum LocalResponse {
     },
     /// The answer to [`LocalRequest::DnsStats`].
     DnsStats(Box<DnsStatsReport>),
+    /// The answer to [`LocalRequest::Services`].
+    Services(Box<crate::service::LocalServices>),
+    /// The answer to [`LocalRequest::SshHosts`].
+    SshHosts {
+        /// The servers, sorted by node name.
+        hosts: Vec<crate::ssh::SshHost>,
+        /// The overlay DNS domain of each host's network, by network name
+        /// (for `HostKeyAlias` and names in the known_hosts file).
+        #[serde(default)]
+        domains: BTreeMap<String, String>,
+    },
     /// The request failed.
     Error {
         /// Stable machine-readable code.
@@ -237,6 +262,13 @@ pub struct AgentStatus {
     /// without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub underlay: Option<UnderlayStatus>,
+    /// Named services: those this node may use, provides, and its configured
+    /// listeners and interceptions (`None`: none of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<crate::service::LocalServices>,
+    /// The SSH server (`weftd --ssh`; `None`: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<crate::ssh::SshServerStatus>,
 }
 
 /// The host's underlay interfaces (neither loopback nor weft's own) and which

@@ -21,6 +21,8 @@ use crate::dnsblock::DnsBlocklistRef;
 use crate::hostfw::HostFirewallSpec;
 use crate::net::{Ipv4Net, Ipv6Net};
 use crate::policy::MapPolicy;
+use crate::service::{ProvidedService, ServiceView};
+use crate::ssh::SshHost;
 use crate::task::{EVENT_TASK, TaskNotice};
 
 /// SSE event name of a [`MapEvent::Snapshot`].
@@ -69,6 +71,20 @@ pub struct NetworkMap {
     /// node fetches the list when the version changes. None: no blocklist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_blocklist: Option<DnsBlocklistRef>,
+    /// The named services this node may use ([`crate::service`]), sorted by
+    /// network and name; each lists only the instances its policy lets it
+    /// reach. A service the policy does not let it use is absent (no DNS
+    /// record, no VIP route).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceView>,
+    /// The services this node provides (it checks their local instance and
+    /// reports health), sorted by network and name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provides: Vec<ProvidedService>,
+    /// The nodes this node may log in to with `weft ssh` ([`crate::ssh`]),
+    /// with their host keys and the users allowed, sorted by node name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_hosts: Vec<SshHost>,
 }
 
 /// The receiving node's own entry.
@@ -254,6 +270,22 @@ pub enum MapChange {
         #[serde(default)]
         blocklist: Option<DnsBlocklistRef>,
     },
+    /// The services this node may use or provides changed (created, removed,
+    /// an instance's health, the policy): replace both lists.
+    Services {
+        /// The new list (see [`NetworkMap::services`]).
+        #[serde(default)]
+        services: Vec<ServiceView>,
+        /// The new list (see [`NetworkMap::provides`]).
+        #[serde(default)]
+        provides: Vec<ProvidedService>,
+    },
+    /// The SSH servers this node may log in to changed: replace the list.
+    SshHosts {
+        /// The new list (see [`NetworkMap::ssh_hosts`]).
+        #[serde(default)]
+        hosts: Vec<SshHost>,
+    },
 }
 
 /// One event of a map stream.
@@ -420,7 +452,9 @@ impl NetworkMap {
                 | MapChange::Policy { .. }
                 | MapChange::Data { .. }
                 | MapChange::HostFirewall { .. }
-                | MapChange::DnsBlocklist { .. } => {}
+                | MapChange::DnsBlocklist { .. }
+                | MapChange::Services { .. }
+                | MapChange::SshHosts { .. } => {}
             }
         }
         for change in &delta.changes {
@@ -448,6 +482,11 @@ impl NetworkMap {
                 }
                 MapChange::DnsBlocklist { blocklist } => self.dns_blocklist = blocklist.clone(),
                 MapChange::HostFirewall { spec } => self.host_firewall = spec.clone(),
+                MapChange::Services { services, provides } => {
+                    self.services = services.clone();
+                    self.provides = provides.clone();
+                }
+                MapChange::SshHosts { hosts } => self.ssh_hosts = hosts.clone(),
             }
         }
         self.version = delta.version;
@@ -531,6 +570,9 @@ mod tests {
             secrets: vec![],
             host_firewall: None,
             dns_blocklist: None,
+            services: vec![],
+            provides: vec![],
+            ssh_hosts: vec![],
         }
     }
 

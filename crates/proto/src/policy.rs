@@ -172,6 +172,31 @@ pub struct CompiledPolicy {
     /// Names of the nodes this node may reach or be reached by (some packet in
     /// either direction is allowed), sorted. No other node may appear in its map.
     pub visible_peers: Vec<String>,
+    /// SSH logins this node's server accepts (`[[ssh]]` rules naming it in
+    /// `to`): who, from which overlay addresses, as which local users. Sorted by
+    /// peer name. Empty: nobody may log in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_inbound: Vec<SshGrant>,
+    /// The nodes this node may log in to over SSH, with the users, sorted by
+    /// node name. (The map's `ssh_hosts` adds their host keys.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_outbound: Vec<SshGrant>,
+}
+
+/// One node's SSH permission towards another, as one side's compiled policy
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshGrant {
+    /// The `[[ssh]]` rules it comes from.
+    pub rules: Vec<RuleId>,
+    /// The other node's name (for `ssh_inbound`, the client; for
+    /// `ssh_outbound`, the server).
+    pub peer: String,
+    /// The other node's overlay addresses (host prefixes).
+    pub addrs: Vec<IpNet>,
+    /// The local users on the server, sorted; `*` means "the user the client
+    /// asks for, whoever it is" (except `root`, which is only ever named).
+    pub users: Vec<String>,
 }
 
 /// One rule as it applies to one node and one direction.
@@ -333,6 +358,8 @@ mod tests {
                 peers: vec!["100.64.0.2/32".parse().unwrap()],
             }],
             visible_peers: vec!["db1".into()],
+            ssh_inbound: vec![],
+            ssh_outbound: vec![],
         }
     }
 

@@ -120,6 +120,8 @@ impl Control {
                     addrs.extend(self.rogue_claims.iter().copied());
                 }
                 NodeFacts {
+                    services: Vec::new(),
+                    ssh_port: None,
                     name: v.name.clone(),
                     tags: vec![],
                     networks: vec![Membership {

@@ -111,6 +111,8 @@ fn pair() -> Pair {
     ];
     let compiled = {
         let facts = |name: &str, ip| weft_policy::NodeFacts {
+            services: Vec::new(),
+            ssh_port: None,
             name: name.into(),
             tags: vec![name.into()],
             networks: vec![weft_policy::Membership {

@@ -785,6 +785,8 @@ fn compile_policy(net: &Net, tags: &[&str], policy_text: &str) -> weft_policy::C
         .iter()
         .enumerate()
         .map(|(i, h)| weft_policy::NodeFacts {
+            services: Vec::new(),
+            ssh_port: None,
             name: format!("n{i}"),
             tags: vec![tags[i].to_owned()],
             networks: vec![weft_policy::Membership {

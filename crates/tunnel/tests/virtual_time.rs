@@ -93,6 +93,8 @@ impl Net {
             })
             .collect();
         let facts = |i: usize| weft_policy::NodeFacts {
+            services: Vec::new(),
+            ssh_port: None,
             name: names[i].into(),
             tags: vec![names[i].into()],
             networks: vec![weft_policy::Membership {

@@ -63,6 +63,8 @@ fn allow_all(hosts: &[(&str, IpAddr)]) -> weft_policy::Compiled {
     let nodes = hosts
         .iter()
         .map(|(name, addr)| weft_policy::NodeFacts {
+            services: Vec::new(),
+            ssh_port: None,
             name: (*name).to_owned(),
             tags: vec![],
             networks: vec![weft_policy::Membership {

@@ -134,6 +134,8 @@ impl Agent {
             tasks: Some(self.tasks.status()),
             host_firewall: self.hostfw.status(now_unix_ms),
             underlay: Some(self.linkmon.status()),
+            services: None,
+            ssh: None,
             failures: {
                 let mut f = [
                     self.failures.list(),

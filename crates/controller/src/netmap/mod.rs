@@ -141,6 +141,10 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         secrets,
         host_firewall: world.node_host_firewall(node).cloned(),
         dns_blocklist: world.dns_blocklist_ref(),
+        // Filled by the service registry and the SSH hosts (issue 19).
+        services: Vec::new(),
+        provides: Vec::new(),
+        ssh_hosts: Vec::new(),
     })
 }
 

@@ -44,6 +44,8 @@ fn status() -> AgentStatus {
         tasks: None,
         host_firewall: None,
         underlay: None,
+        services: None,
+        ssh: None,
     }
 }
 
