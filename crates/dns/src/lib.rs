@@ -91,7 +91,9 @@ pub use system::{
 pub use upstream::health::UpstreamHealth;
 pub use upstream::spec::{Upstream, UpstreamParseError};
 pub use upstream::tcp_query;
-pub use zone::{Answer, QueryType, Record, Zone, records_from_map};
+pub use zone::{
+    Answer, QueryType, Record, ServiceRecord, Zone, records_from_map, services_from_map,
+};
 
 /// Where the resolver listens by default (see the crate docs).
 pub const DEFAULT_LISTEN: SocketAddr =

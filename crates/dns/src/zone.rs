@@ -16,6 +16,15 @@
 //!   authoritative for all of `D`: those names are never forwarded upstream, so
 //!   overlay names do not leak to the underlay resolver.
 //!
+//! Named services (the map's `services`: only those the policy lets this node
+//! use) add, for every service `s` of network `N`:
+//!
+//! - `s.svc.N.D` answers A with the service's virtual IP; AAAA has no data
+//!   (NOERROR, empty: VIPs are IPv4 only);
+//! - `svc.N.D` exists without data while `N` has a service here; every other
+//!   name under it, like a service this node may not use, does not exist
+//!   (NXDOMAIN, from the rule above).
+//!
 //! Reverse names of overlay addresses (`2.0.64.100.in-addr.arpa`, and the
 //! `ip6.arpa` nibble form) answer PTR with the full names holding that address,
 //! so reverse lookups (ping, ssh, logs) stay on the host too. Other reverse names
@@ -54,6 +63,40 @@ pub struct Record {
     pub ipv4: Option<Ipv4Addr>,
     /// The node's IPv6 address in the network.
     pub ipv6: Option<Ipv6Addr>,
+}
+
+/// One service this node may use, as the map lists it: `name.svc.network.domain`
+/// answers `vip`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRecord {
+    /// The service's name (a DNS label).
+    pub name: String,
+    /// Its network's name (a DNS label).
+    pub network: String,
+    /// The network's DNS domain.
+    pub domain: String,
+    /// The service's virtual IP.
+    pub vip: Ipv4Addr,
+}
+
+/// The label under a network that holds its services: `<s>.svc.<network>.<domain>`.
+pub const SERVICE_LABEL: &str = "svc";
+
+/// The service records of a network map: every listed service whose network
+/// is in the map (its domain comes from the network).
+pub fn services_from_map(map: &NetworkMap) -> Vec<ServiceRecord> {
+    map.services
+        .iter()
+        .filter_map(|s| {
+            let net = map.networks.iter().find(|n| n.name == s.network)?;
+            Some(ServiceRecord {
+                name: s.name.clone(),
+                network: s.network.clone(),
+                domain: net.dns_domain.clone(),
+                vip: s.vip,
+            })
+        })
+        .collect()
 }
 
 /// The records of a network map: this node and its peers, in every network.
@@ -179,6 +222,13 @@ impl Zone {
     /// hostname (letters, digits, hyphens; labels 1..=63, names up to 253) are
     /// skipped and listed by [`Zone::rejected`].
     pub fn from_records(records: Vec<Record>) -> Self {
+        Self::with_services(records, Vec::new())
+    }
+
+    /// Builds the zone of nodes and services. Like nodes, services whose name,
+    /// network or domain is not a valid hostname are skipped and listed by
+    /// [`Zone::rejected`].
+    pub fn with_services(records: Vec<Record>, services: Vec<ServiceRecord>) -> Self {
         let mut zone = Zone {
             serial: 1,
             ..Zone::default()
@@ -222,6 +272,27 @@ impl Zone {
                 }
             }
         }
+        for svc in services {
+            let name = svc.name.to_ascii_lowercase();
+            let network = svc.network.to_ascii_lowercase();
+            let domain = normalize(&svc.domain);
+            let full = format!("{name}.{SERVICE_LABEL}.{network}.{domain}");
+            if !is_label(&name) || !is_label(&network) || !is_hostname(&domain) || !fits(&full) {
+                zone.rejected.push(format!(
+                    "{}.{SERVICE_LABEL}.{}.{}",
+                    svc.name, svc.network, svc.domain
+                ));
+                continue;
+            }
+            let mut addrs = Addrs::default();
+            addrs.v4.insert(svc.vip);
+            zone.apexes.insert(domain.clone());
+            zone.insert(&full, &domain, &addrs);
+            zone.reverse
+                .entry(reverse_v4(svc.vip))
+                .or_default()
+                .insert(full);
+        }
         // The default domain is always ours, even with no network using it (before
         // the first map, or with custom domains only): its names never leak.
         zone.apexes.insert(DEFAULT_DNS_DOMAIN.to_owned());
@@ -231,9 +302,9 @@ impl Zone {
         zone
     }
 
-    /// The zone of a network map ([`records_from_map`]).
+    /// The zone of a network map ([`records_from_map`], [`services_from_map`]).
     pub fn from_map(map: &NetworkMap) -> Self {
-        Self::from_records(records_from_map(map))
+        Self::with_services(records_from_map(map), services_from_map(map))
     }
 
     /// Sets the SOA serial, for example from the map version (wrapping to 32 bits).
@@ -628,6 +699,114 @@ mod tests {
         );
     }
 
+    fn svc(name: &str, network: &str, vip: [u8; 4]) -> ServiceRecord {
+        ServiceRecord {
+            name: name.into(),
+            network: network.into(),
+            domain: "weft.internal".into(),
+            vip: Ipv4Addr::from(vip),
+        }
+    }
+
+    fn zone_with_services() -> Zone {
+        Zone::with_services(
+            vec![
+                rec("db1", "prod", [100, 64, 0, 2], None),
+                rec("web", "dev", [100, 65, 0, 3], None),
+            ],
+            vec![
+                svc("db", "prod", [100, 127, 255, 1]),
+                svc("Cache", "prod", [100, 127, 255, 2]),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_service_name_answers_its_vip_and_aaaa_has_no_data() {
+        let z = zone_with_services();
+        let (rcode, records) = addrs(z.answer("db.svc.prod.weft.internal", QueryType::A));
+        assert_eq!(rcode, Rcode::NoError);
+        assert_eq!(
+            records,
+            vec![RecordData::A(Ipv4Addr::new(100, 127, 255, 1))]
+        );
+        let (_, records) = addrs(z.answer("CACHE.svc.prod.weft.internal.", QueryType::A));
+        assert_eq!(
+            records,
+            vec![RecordData::A(Ipv4Addr::new(100, 127, 255, 2))]
+        );
+        let (rcode, records) = addrs(z.answer("db.svc.prod.weft.internal", QueryType::Aaaa));
+        assert_eq!((rcode, records.len()), (Rcode::NoError, 0));
+        let (_, records) = addrs(z.answer("db.svc.prod.weft.internal", QueryType::Any));
+        assert_eq!(records.len(), 1);
+        // Nodes are unchanged.
+        let (_, records) = addrs(z.answer("db1.prod.weft.internal", QueryType::A));
+        assert_eq!(records, vec![RecordData::A(Ipv4Addr::new(100, 64, 0, 2))]);
+    }
+
+    #[test]
+    fn services_not_listed_are_nxdomain_and_never_forwarded() {
+        let z = zone_with_services();
+        for name in [
+            // Not in this node's map (the policy does not let it use them).
+            "secret.svc.prod.weft.internal",
+            // In another network than the one asked.
+            "db.svc.dev.weft.internal",
+            "x.db.svc.prod.weft.internal",
+            // No short form.
+            "db.svc.weft.internal",
+            "db.weft.internal",
+        ] {
+            let (rcode, records) = addrs(z.answer(name, QueryType::A));
+            assert_eq!((rcode, records.len()), (Rcode::NxDomain, 0), "{name}");
+            assert!(z.is_authoritative_for(name), "{name}");
+        }
+        // The service label itself exists without data while a service does.
+        let (rcode, records) = addrs(z.answer("svc.prod.weft.internal", QueryType::A));
+        assert_eq!((rcode, records.len()), (Rcode::NoError, 0));
+        // A node without any usable service: everything under svc is NXDOMAIN.
+        let z = Zone::from_records(vec![rec("db1", "prod", [100, 64, 0, 2], None)]);
+        for name in ["db.svc.prod.weft.internal", "svc.prod.weft.internal"] {
+            let (rcode, _) = addrs(z.answer(name, QueryType::A));
+            assert_eq!(rcode, Rcode::NxDomain, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_vip_has_a_reverse_name_and_bad_service_names_are_rejected() {
+        let z = zone_with_services();
+        let (_, records) = addrs(z.answer("1.255.127.100.in-addr.arpa", QueryType::Ptr));
+        assert_eq!(
+            records,
+            vec![RecordData::Ptr("db.svc.prod.weft.internal".into())]
+        );
+        let z = Zone::with_services(
+            vec![],
+            vec![
+                svc("bad name", "prod", [100, 127, 255, 9]),
+                svc("ok", "prod", [100, 127, 255, 8]),
+            ],
+        );
+        assert_eq!(z.rejected(), ["bad name.svc.prod.weft.internal"]);
+        let (rcode, _) = addrs(z.answer("ok.svc.prod.weft.internal", QueryType::A));
+        assert_eq!(rcode, Rcode::NoError);
+    }
+
+    #[test]
+    fn a_node_named_svc_keeps_its_address_beside_the_services() {
+        let z = Zone::with_services(
+            vec![rec("svc", "prod", [100, 64, 0, 7], None)],
+            vec![svc("db", "prod", [100, 127, 255, 1])],
+        );
+        let (_, records) = addrs(z.answer("svc.prod.weft.internal", QueryType::A));
+        assert_eq!(records, vec![RecordData::A(Ipv4Addr::new(100, 64, 0, 7))]);
+        let (_, records) = addrs(z.answer("db.svc.prod.weft.internal", QueryType::A));
+        assert_eq!(
+            records,
+            vec![RecordData::A(Ipv4Addr::new(100, 127, 255, 1))]
+        );
+    }
+
     #[test]
     fn from_map_includes_this_node_and_peers() {
         use weft_proto::NodeKey;
@@ -667,11 +846,23 @@ mod tests {
             secrets: vec![],
             host_firewall: None,
             dns_blocklist: None,
-            services: vec![],
+            services: vec![weft_proto::service::ServiceView {
+                name: "pg".into(),
+                network: "prod".into(),
+                vip: Ipv4Addr::new(100, 127, 255, 1),
+                fqdn: "pg.svc.prod.weft.internal".into(),
+                ports: vec!["5432/tcp".parse().unwrap()],
+                instances: vec![],
+            }],
             provides: vec![],
             ssh_hosts: vec![],
         };
         let z = Zone::from_map(&map);
+        let (_, records) = addrs(z.answer("pg.svc.prod.weft.internal", QueryType::A));
+        assert_eq!(
+            records,
+            vec![RecordData::A(Ipv4Addr::new(100, 127, 255, 1))]
+        );
         let (_, records) = addrs(z.answer("me.prod.weft.internal", QueryType::Any));
         assert_eq!(records.len(), 2);
         let (_, records) = addrs(z.answer("db.weft.internal", QueryType::A));
