@@ -268,6 +268,21 @@ struct Args {
     #[arg(long, env = "WEFT_WORKLOAD_SUBNET", value_name = "CIDR",
           default_value = weft_agent::DEFAULT_WORKLOAD_SUBNET)]
     workload_subnet: weft_agent::WorkloadSubnet,
+    /// Run an SSH server on this node's overlay addresses (never on other
+    /// addresses), for the nodes the policy's `[[ssh]]` rules let log in.
+    /// The client is known by its overlay source address, so no SSH keys or
+    /// passwords are involved: any process on an allowed node may log in as
+    /// the users granted to it. Connect with `weft ssh NODE`. The host key is
+    /// STATE_DIR/ssh_host_ed25519_key (made on first start), published in the
+    /// maps of the nodes that may log in; sessions are audited on the
+    /// controller (`ssh.session`, `ssh.refused`).
+    #[arg(long, env = "WEFT_SSH")]
+    ssh: bool,
+    /// The SSH server's port on the overlay addresses (with `--ssh`).
+    #[arg(long, env = "WEFT_SSH_PORT", value_name = "PORT",
+          default_value_t = weft_proto::ssh::DEFAULT_SSH_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    ssh_port: u16,
     /// Log filter (e.g. `info`, `debug`, `weft_tunnel=trace`).
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
@@ -466,6 +481,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         firewall_rollback: std::time::Duration::from_secs(args.firewall_rollback_secs),
         workload_subnet: args.workload_subnet,
+        ssh_port: args.ssh.then_some(args.ssh_port),
     };
     cfg.tasks.check()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

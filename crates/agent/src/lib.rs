@@ -38,6 +38,9 @@
 //!   route changes (no polling); an underlay change re-runs STUN, re-probes
 //!   every path, lets peers roam to the new source address and re-reports
 //!   endpoints at once; `weft status` shows the underlay.
+//! - `ssh`: `weftd --ssh`, an SSH server on the overlay addresses for the
+//!   nodes the policy's `[[ssh]]` rules let log in (by their overlay source
+//!   address), sessions audited on the controller.
 //! - `outbox`: the agent's one on-disk queue for what it reports while the
 //!   controller is away (metrics samples, anomaly events, task results).
 //!
@@ -69,6 +72,7 @@ mod node_api;
 mod outbox;
 mod resolver;
 mod selfcheck;
+mod ssh;
 #[cfg(test)]
 mod stand_in;
 pub mod state;

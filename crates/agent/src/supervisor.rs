@@ -69,6 +69,9 @@ pub struct AgentConfig {
     /// `weftd --firewall-rollback-secs`: how long a host firewall change may
     /// leave the controller silent before it is rolled back.
     pub firewall_rollback: std::time::Duration,
+    /// `weftd --ssh`: the SSH server's port (`--ssh-port`) on the overlay
+    /// addresses; `None`: no SSH server.
+    pub ssh_port: Option<u16>,
 }
 
 struct Agent {
@@ -101,6 +104,8 @@ struct Agent {
     integrity: Integrity,
     /// The node API for workloads (metadata, data, secrets).
     node_api: NodeApi,
+    /// `weftd --ssh` and its reports.
+    ssh: crate::ssh::Ssh,
     /// `weft run`'s network namespaces.
     workloads: crate::workload::Workloads,
     /// The host firewall (`inet weft_host`) and its rollback guard.
@@ -238,6 +243,7 @@ async fn serve<F: Future<Output = ()>>(
         ),
         integrity,
         node_api,
+        ssh: crate::ssh::Ssh::start(cfg.ssh_port, &cfg.state_dir),
         workloads,
         hostfw: crate::hostfw::HostFw::new(cfg.firewall_rollback, &cfg.state_dir),
         linkmon,
@@ -360,6 +366,7 @@ impl Agent {
                 self.telemetry.metrics().respond(openmetrics, live).await
             }
             LocalRequest::Events => self.telemetry.events(),
+            LocalRequest::SshHosts => crate::ssh::hosts(self.map.as_ref()),
             LocalRequest::DnsLog { n, after_seq } => self.dns.log(n, after_seq).await,
             LocalRequest::DnsStats => self.dns.stats_response(),
             req @ (LocalRequest::WorkloadCreate(_)
@@ -370,8 +377,7 @@ impl Agent {
             LocalRequest::Services
             | LocalRequest::ServiceAdvertise(_)
             | LocalRequest::ServiceConsume(_)
-            | LocalRequest::ServiceUnconsume(_)
-            | LocalRequest::SshHosts => LocalResponse::Error {
+            | LocalRequest::ServiceUnconsume(_) => LocalResponse::Error {
                 code: "unsupported".into(),
                 message: "this weftd does not serve services or SSH yet".into(),
             },
@@ -559,6 +565,7 @@ impl Agent {
         self.telemetry.set_link(Some((&cred, &state)));
         self.tasks.set_link(Some(&cred));
         self.integrity.set_link(Some(cred.clone()));
+        self.ssh.set_link(Some((&cred, &state)));
         self.dns_blocklist.set_link(Some(cred.clone()));
         self.link = Some(link);
         self.link_state = state;
@@ -568,6 +575,7 @@ impl Agent {
         self.telemetry.set_link(None);
         self.tasks.set_link(None);
         self.integrity.set_link(None);
+        self.ssh.set_link(None);
         self.dns_blocklist.set_link(None);
         if let Some(link) = self.link.take() {
             link.stop();
@@ -584,6 +592,7 @@ impl Agent {
             self.map = Some(map);
             return;
         }
+        self.ssh.set_map(&map);
         let derived = netmap::derive(&map, &mut self.slots);
         let wanted: BTreeMap<usize, String> = derived
             .interfaces
@@ -707,6 +716,7 @@ impl Agent {
     }
 
     async fn teardown(&mut self) {
+        self.ssh.clear_map();
         self.dp
             .ensure_tuns(&BTreeMap::new(), netmap::OVERLAY_MTU)
             .await;

@@ -135,7 +135,7 @@ impl Agent {
             host_firewall: self.hostfw.status(now_unix_ms),
             underlay: Some(self.linkmon.status()),
             services: None,
-            ssh: None,
+            ssh: self.ssh.status(),
             failures: {
                 let mut f = [
                     self.failures.list(),
@@ -147,6 +147,7 @@ impl Agent {
                 ]
                 .concat();
                 f.extend(self.linkmon.failure());
+                f.extend(self.ssh.failures());
                 if let Some((error, since_unix_ms)) = link.routes_refused.clone() {
                     f.push(FailureStatus {
                         area: "routes".into(),

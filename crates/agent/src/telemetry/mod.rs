@@ -141,6 +141,7 @@ mod tests {
             tasks: crate::TaskSettings::default(),
             firewall_rollback: std::time::Duration::from_secs(10),
             workload_subnet: crate::WorkloadSubnet::default(),
+            ssh_port: None,
         };
         let node = weft_tunnel::Node::new(
             weft_proto::NodeKey::from_bytes([1; 32]),
