@@ -62,6 +62,8 @@ mod presence;
 mod relays;
 mod rotate_key;
 mod routes;
+mod services;
+mod services_view;
 mod tasks;
 mod tokens;
 pub mod usage;
@@ -83,6 +85,7 @@ pub use presence::{Presence, PresenceConfig};
 pub use relays::{NewRelay, RelayReport, RemoveRelay, ReportRelay};
 pub use rotate_key::{RotateKey, RotatedKey};
 pub use routes::{AdvertiseRoutes, ChangeRoute, GATEWAY_TAG, RouteOp, RouteStatus};
+pub use services::{AdvertiseService, CreateService, DecideInstance, RemoveService, ReportHealth};
 pub use tasks::{
     CancelTask, CreateTask, LEASE_GRACE_MS, LeaseTask, SubmitResult, SweepTasks, TaskQuery,
     TaskState,
@@ -156,6 +159,10 @@ pub struct Touched {
     /// when the batch closes, exactly those whose spec changed, each receiving
     /// it (`MapChange::HostFirewall`).
     pub hostfw: BTreeSet<NodeId>,
+    /// Nodes whose service lists may have changed (marked by operations);
+    /// when the batch closes, exactly those whose `services`/`provides`
+    /// changed, each receiving them (`MapChange::Services`).
+    pub services: BTreeSet<NodeId>,
 }
 
 impl Touched {
@@ -171,6 +178,7 @@ impl Touched {
             && self.data.is_empty()
             && !self.dns_blocklist
             && self.hostfw.is_empty()
+            && self.services.is_empty()
     }
 }
 
@@ -271,6 +279,8 @@ pub struct World {
     dns_blocklist: Option<Blocklist>,
     /// The host firewall file, dynamic rules and every node's compiled spec.
     hostfw: hostfw::HostFw,
+    /// Services, their instances and health, and each node's map lists.
+    services: services::Registry,
     next_audit_id: u64,
 }
 
@@ -312,6 +322,12 @@ impl World {
                 node.memberships.insert(m.network_id, m);
             }
         }
+        let registry = services::Registry::load(
+            snap.services,
+            |id| w.networks.get(&id).is_some(),
+            |id| w.nodes.get(&id).is_some(),
+        );
+        w.services = registry;
         for r in snap.routes {
             if w.nodes.get(&r.node_id).is_some() && w.networks.get(&r.network_id).is_some() {
                 w.routes.insert((r.network_id, r.prefix, r.node_id), r);
@@ -333,6 +349,7 @@ impl World {
                 .collect::<Vec<_>>(),
         );
         w.compile_all_host_firewalls();
+        w.compute_all_service_lists();
         w
     }
 }
@@ -393,6 +410,11 @@ impl World {
         }
         // Else visibility did not change in this batch: no transition.
         self.refresh_host_firewalls(&mut outcome.touched);
+        self.refresh_services(
+            &mut outcome.touched,
+            &outcome.policy_changed,
+            &mut batch.writes,
+        );
         Some(outcome)
     }
 }

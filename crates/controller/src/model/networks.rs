@@ -198,6 +198,15 @@ impl World {
                 ),
             ));
         }
+        if let Some((range, owner)) = self.service_range_overlapping(&n.ipv4_cidr) {
+            return Err(ApiError::conflict(
+                "cidr_overlap",
+                format!(
+                    "{} overlaps the service range {range} of network {owner:?} (where its services' virtual IPs come from); pick another CIDR",
+                    n.ipv4_cidr
+                ),
+            ));
+        }
         let id = self.networks.next_id;
         self.networks.next_id += 1;
         let rec = NetworkRecord {

@@ -151,7 +151,7 @@ impl World {
     /// How the policy sees a node: the one builder of its facts.
     pub(super) fn node_facts(&self, n: &NodeState) -> NodeFacts {
         NodeFacts {
-            services: Vec::new(),
+            services: self.service_facts(n),
             ssh_port: None,
             name: n.rec.name.clone(),
             tags: n.rec.tags.iter().cloned().collect(),

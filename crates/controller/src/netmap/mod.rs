@@ -24,6 +24,7 @@ use crate::model::{NetId, NetState, NodeId, NodeState, Outcome, World};
 use crate::store::MembershipRecord;
 
 mod blocklist;
+mod services;
 
 /// What a group of nodes receives for one version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +131,7 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         .collect();
     networks.sort_by(|a, b| a.name.cmp(&b.name));
     let (data, secrets) = world.node_data(node);
+    let (services, provides) = world.node_service_lists(node);
     Some(NetworkMap {
         api_version: API_VERSION,
         version: world.version,
@@ -141,9 +143,8 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         secrets,
         host_firewall: world.node_host_firewall(node).cloned(),
         dns_blocklist: world.dns_blocklist_ref(),
-        // Filled by the service registry and the SSH hosts (issue 19).
-        services: Vec::new(),
-        provides: Vec::new(),
+        services,
+        provides,
         ssh_hosts: Vec::new(),
     })
 }
@@ -273,6 +274,7 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
         .chain(outcome.policy_changed.iter())
         .chain(touched.data.iter())
         .chain(touched.hostfw.iter())
+        .chain(touched.services.iter())
         .filter(|id| enabled(id))
     {
         per_recipient.entry(*id).or_default();
@@ -308,6 +310,7 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             || outcome.policy_changed.contains(&id)
             || touched.data.contains(&id)
             || touched.hostfw.contains(&id)
+            || touched.services.contains(&id)
             || nets.iter().any(|n| touched.entries.contains(&(*n, mine)));
         if !is_subject {
             if !changes.is_empty() {
@@ -332,6 +335,9 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             changes.push(MapChange::HostFirewall {
                 spec: world.node_host_firewall(id).cloned(),
             });
+        }
+        if touched.services.contains(&id) {
+            changes.push(services::change(world, id));
         }
         if outcome.policy_changed.contains(&id) {
             let sent: BTreeSet<(NetId, NodeKey)> = keys.iter().copied().collect();

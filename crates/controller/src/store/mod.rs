@@ -16,6 +16,7 @@ pub mod data;
 pub mod dns_blocklist;
 pub mod hostfw;
 pub mod integrity;
+pub mod services;
 pub mod sqlite;
 pub mod tasks;
 pub mod usage;
@@ -349,6 +350,8 @@ pub struct StoreSnapshot {
     pub dns_blocklist: Option<dns_blocklist::DnsBlocklistRecord>,
     /// The host firewall file in force and the dynamic rules.
     pub hostfw: hostfw::HostFwRows,
+    /// The service registry: ranges, services, instances.
+    pub services: services::ServiceRows,
 }
 
 /// One row-level change. A batch of them is applied atomically.
@@ -406,6 +409,8 @@ pub enum Write {
     DnsBlocklist(Option<dns_blocklist::DnsBlocklistRecord>),
     /// A host firewall file version or dynamic rule row.
     HostFw(hostfw::HostFwWrite),
+    /// A service registry row.
+    Services(services::ServiceWrite),
     /// Insert a task, or record its cancellation.
     PutTask(tasks::TaskRecord),
     /// Insert or replace a task's run.

@@ -34,6 +34,8 @@ mod events;
 
 mod integrity;
 
+mod services;
+
 mod tasks;
 
 mod migrations;
@@ -437,6 +439,7 @@ impl Store for SqliteStore {
         snap.data = data::load(c)?;
         snap.dns_blocklist = dns_blocklist::load(c)?;
         snap.hostfw = hostfw::load(c)?;
+        snap.services = services::load(c)?;
         snap.integrity = integrity::load(c)?;
         Ok(snap)
     }
@@ -630,6 +633,7 @@ impl Store for SqliteStore {
                 Write::Data(w) => data::apply(&tx, w)?,
                 Write::DnsBlocklist(r) => dns_blocklist::put(&tx, r.as_ref())?,
                 Write::HostFw(w) => hostfw::apply(&tx, w)?,
+                Write::Services(w) => services::apply(&tx, w)?,
                 Write::UsageCounter(r) => usage::put_counter(&tx, r)?,
                 Write::UsageAdd(r) => usage::add_bucket(&tx, r)?,
                 Write::UsagePrune(before) => usage::prune(&tx, *before)?,

@@ -59,6 +59,11 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         "dns_blocklist",
         include_str!("../../../migrations/0012_dns_blocklist.sql"),
     ),
+    (
+        13,
+        "services",
+        include_str!("../../../migrations/0013_services.sql"),
+    ),
 ];
 
 #[cfg(test)]

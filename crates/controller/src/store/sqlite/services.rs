@@ -1,0 +1,307 @@
+//! The service registry's rows (migration 0013).
+
+use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
+use weft_proto::service::{HealthCheck, ServicePort};
+
+use super::{corrupt, parse, to_i64, to_u64};
+use crate::store::StoreError;
+use crate::store::services::{
+    InstanceRecord, InstanceState, ServiceOrigin, ServiceRangeRecord, ServiceRecord, ServiceRows,
+    ServiceWrite,
+};
+
+/// Applies one change inside the batch's transaction.
+pub(super) fn apply(tx: &Transaction<'_>, w: &ServiceWrite) -> Result<(), StoreError> {
+    match w {
+        ServiceWrite::PutRange(r) => {
+            tx.prepare_cached("INSERT INTO service_ranges (network_id, prefix) VALUES (?1, ?2)")?
+                .execute(params![to_i64(r.network_id), r.prefix.to_string()])?;
+        }
+        ServiceWrite::PutService(s) => {
+            let ports = serde_json::to_string(&s.ports)
+                .map_err(|e| StoreError::Corrupt(format!("service ports: {e}")))?;
+            tx.prepare_cached(
+                "INSERT INTO services (id, network_id, name, vip, ports, health, origin, version, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (id) DO UPDATE SET ports = excluded.ports, health = excluded.health,
+                   origin = excluded.origin, version = excluded.version",
+            )?
+            .execute(params![
+                to_i64(s.id),
+                to_i64(s.network_id),
+                s.name,
+                s.vip.to_string(),
+                ports,
+                s.health.to_string(),
+                s.origin.as_str(),
+                to_i64(s.version),
+                to_i64(s.created_at_ms),
+            ])?;
+        }
+        ServiceWrite::DeleteService(id) => {
+            tx.prepare_cached("DELETE FROM services WHERE id = ?1")?
+                .execute([to_i64(*id)])?;
+        }
+        ServiceWrite::PutInstance(i) => {
+            tx.prepare_cached(
+                "INSERT INTO service_instances (service_id, node_id, state, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (service_id, node_id) DO UPDATE SET state = excluded.state",
+            )?
+            .execute(params![
+                to_i64(i.service_id),
+                to_i64(i.node_id),
+                i.state.as_str(),
+                to_i64(i.created_at_ms),
+            ])?;
+        }
+        ServiceWrite::DeleteInstance {
+            service_id,
+            node_id,
+        } => {
+            tx.prepare_cached(
+                "DELETE FROM service_instances WHERE service_id = ?1 AND node_id = ?2",
+            )?
+            .execute(params![to_i64(*service_id), to_i64(*node_id)])?;
+        }
+        ServiceWrite::SetVersion(v) => {
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('services_version', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([v.to_string()])?;
+        }
+    }
+    Ok(())
+}
+
+/// The whole registry. A row that does not parse is refused as corrupt (never
+/// skipped: a service silently missing would change who reaches what).
+pub(super) fn load(c: &Connection) -> Result<ServiceRows, StoreError> {
+    let version = c
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'services_version'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .map(|v| parse::<u64>("services_version", &v))
+        .transpose()?
+        .unwrap_or(0);
+    let mut ranges = Vec::new();
+    let mut st = c.prepare("SELECT network_id, prefix FROM service_ranges ORDER BY network_id")?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+    for row in rows {
+        let (net, prefix) = row?;
+        ranges.push(ServiceRangeRecord {
+            network_id: to_u64(net),
+            prefix: parse("service_ranges.prefix", &prefix)?,
+        });
+    }
+    let mut services = Vec::new();
+    let mut st = c.prepare(
+        "SELECT id, network_id, name, vip, ports, health, origin, version, created_at_ms
+         FROM services ORDER BY id",
+    )?;
+    type Row = (i64, i64, String, String, String, String, String, i64, i64);
+    let rows = st.query_map([], |r| -> rusqlite::Result<Row> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, net, name, vip, ports, health, origin, version, at) = row?;
+        let bad = |what: String| corrupt("services")(format!("service {id} ({name:?}): {what}"));
+        weft_proto::service::check_service_name(&name).map_err(|e| bad(e.to_string()))?;
+        let ports: Vec<ServicePort> =
+            serde_json::from_str(&ports).map_err(|e| bad(format!("ports: {e}")))?;
+        weft_proto::service::check_ports(&ports).map_err(|e| bad(e.to_string()))?;
+        let health: HealthCheck = health.parse().map_err(|e| bad(format!("health: {e}")))?;
+        let origin =
+            ServiceOrigin::parse(&origin).ok_or_else(|| bad(format!("origin {origin:?}")))?;
+        services.push(ServiceRecord {
+            id: to_u64(id),
+            network_id: to_u64(net),
+            vip: vip.parse().map_err(|e| bad(format!("vip {vip:?}: {e}")))?,
+            name,
+            ports,
+            health,
+            origin,
+            version: to_u64(version),
+            created_at_ms: to_u64(at),
+        });
+    }
+    let mut instances = Vec::new();
+    let mut st = c.prepare(
+        "SELECT service_id, node_id, state, created_at_ms FROM service_instances
+         ORDER BY service_id, node_id",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (service, node, state, at) = row?;
+        instances.push(InstanceRecord {
+            service_id: to_u64(service),
+            node_id: to_u64(node),
+            state: InstanceState::parse(&state).ok_or_else(|| {
+                corrupt("service_instances")(format!(
+                    "service {service} node {node}: state {state:?}"
+                ))
+            })?,
+            created_at_ms: to_u64(at),
+        });
+    }
+    Ok(ServiceRows {
+        version,
+        ranges,
+        services,
+        instances,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NetworkRecord, NodeRecord, Store, Write};
+
+    fn net() -> NetworkRecord {
+        NetworkRecord {
+            id: 1,
+            name: "prod".into(),
+            ipv4_cidr: "100.64.0.0/24".parse().unwrap(),
+            ipv6_prefix: None,
+            dns_domain: "weft.internal".into(),
+            pow_difficulty: 8,
+            created_at: 1,
+            anomaly: None,
+        }
+    }
+
+    fn node(id: u64) -> NodeRecord {
+        NodeRecord {
+            id,
+            node_key: weft_proto::NodeKey::from_bytes([id as u8; 32]),
+            name: format!("n{id}"),
+            hostname: None,
+            tags: Default::default(),
+            disabled: false,
+            credential_hash: crate::secret::SecretHash::of(&format!("c{id}")),
+            endpoints: Vec::new(),
+            last_seen: None,
+            created_at: 1,
+            facts: None,
+            facts_changed_ms: None,
+        }
+    }
+
+    fn svc(id: u64, name: &str, vip: &str) -> ServiceRecord {
+        ServiceRecord {
+            id,
+            network_id: 1,
+            name: name.into(),
+            vip: vip.parse().unwrap(),
+            ports: weft_proto::service::parse_ports("5432/tcp,53/udp").unwrap(),
+            health: "http:/healthz".parse().unwrap(),
+            origin: ServiceOrigin::Admin,
+            version: 3,
+            created_at_ms: 9,
+        }
+    }
+
+    #[test]
+    fn the_registry_persists_cascades_and_refuses_damage() {
+        let mut s = SqliteStore::open_in_memory().unwrap();
+        let range = ServiceRangeRecord {
+            network_id: 1,
+            prefix: "100.127.255.0/24".parse().unwrap(),
+        };
+        let inst = |service_id, node_id, state| InstanceRecord {
+            service_id,
+            node_id,
+            state,
+            created_at_ms: 5,
+        };
+        s.apply(&[
+            Write::PutNetwork(net()),
+            Write::PutNode(node(1)),
+            Write::PutNode(node(2)),
+            Write::Services(ServiceWrite::PutRange(range.clone())),
+            Write::Services(ServiceWrite::PutService(svc(1, "db", "100.127.255.1"))),
+            Write::Services(ServiceWrite::PutService(svc(2, "web", "100.127.255.2"))),
+            Write::Services(ServiceWrite::PutInstance(inst(
+                1,
+                1,
+                InstanceState::Approved,
+            ))),
+            Write::Services(ServiceWrite::PutInstance(inst(
+                1,
+                2,
+                InstanceState::Pending,
+            ))),
+            Write::Services(ServiceWrite::PutInstance(inst(
+                2,
+                2,
+                InstanceState::Approved,
+            ))),
+            Write::Services(ServiceWrite::SetVersion(3)),
+        ])
+        .unwrap();
+        let rows = s.load().unwrap().services;
+        assert_eq!(rows.version, 3);
+        assert_eq!(rows.ranges, vec![range]);
+        assert_eq!(
+            rows.services,
+            vec![
+                svc(1, "db", "100.127.255.1"),
+                svc(2, "web", "100.127.255.2")
+            ]
+        );
+        assert_eq!(rows.instances.len(), 3);
+        // A second VIP or name is refused by the schema too.
+        assert!(
+            s.apply(&[Write::Services(ServiceWrite::PutService(svc(
+                3,
+                "db2",
+                "100.127.255.1"
+            )))])
+            .is_err()
+        );
+        // Approve, then the node and the service go: their rows go with them.
+        s.apply(&[
+            Write::Services(ServiceWrite::PutInstance(inst(
+                1,
+                2,
+                InstanceState::Approved,
+            ))),
+            Write::DeleteNode(1),
+            Write::Services(ServiceWrite::DeleteService(2)),
+        ])
+        .unwrap();
+        let rows = s.load().unwrap().services;
+        assert_eq!(rows.instances, vec![inst(1, 2, InstanceState::Approved)]);
+        assert_eq!(rows.services.len(), 1);
+        // A damaged row is refused, not skipped.
+        s.conn
+            .execute("UPDATE services SET ports = '[]' WHERE id = 1", [])
+            .unwrap();
+        let e = s.load().unwrap_err().to_string();
+        assert!(e.contains("service 1 (\"db\")"), "{e}");
+    }
+}
