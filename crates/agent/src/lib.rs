@@ -38,6 +38,10 @@
 //!   route changes (no polling); an underlay change re-runs STUN, re-probes
 //!   every path, lets peers roam to the new source address and re-reports
 //!   endpoints at once; `weft status` shows the underlay.
+//! - `consume`: service consumers besides the VIP (`weft service listen`,
+//!   `weft service intercept`): TCP listeners and an `IP_TRANSPARENT`
+//!   listener with its nft table (`inet weft_tproxy`), each stream carried to a
+//!   healthy instance over the overlay; kept in `service-consumers.json`.
 //! - `ssh`: `weftd --ssh`, an SSH server on the overlay addresses for the
 //!   nodes the policy's `[[ssh]]` rules let log in (by their overlay source
 //!   address), sessions audited on the controller.
@@ -52,6 +56,7 @@ mod actions;
 mod api;
 mod caps;
 mod clock;
+mod consume;
 mod ctl;
 mod dataplane;
 mod dns;

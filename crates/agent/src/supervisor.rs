@@ -112,6 +112,8 @@ struct Agent {
     hostfw: crate::hostfw::HostFw,
     /// Link monitoring (the underlay's changes, shown in status).
     linkmon: LinkMon,
+    /// `weft service listen|intercept`: listeners and interception.
+    consumers: crate::consume::Consumers,
 }
 
 /// Runs the agent until `shutdown` completes; then removes what it created.
@@ -247,6 +249,7 @@ async fn serve<F: Future<Output = ()>>(
         workloads,
         hostfw: crate::hostfw::HostFw::new(cfg.firewall_rollback, &cfg.state_dir),
         linkmon,
+        consumers: crate::consume::Consumers::start(&cfg.state_dir).await,
         state,
         identity,
         dp,
@@ -374,10 +377,9 @@ impl Agent {
             | LocalRequest::WorkloadEnded { .. }) => self.workloads.handle(req).await,
             // Issue 19: services (weft-agent `services`) and SSH (`ssh`)
             // answer these; until they land, say so.
-            LocalRequest::Services
-            | LocalRequest::ServiceAdvertise(_)
-            | LocalRequest::ServiceConsume(_)
-            | LocalRequest::ServiceUnconsume(_) => LocalResponse::Error {
+            LocalRequest::ServiceConsume(c) => self.consumers.consume(c).await,
+            LocalRequest::ServiceUnconsume(c) => self.consumers.unconsume(c).await,
+            LocalRequest::Services | LocalRequest::ServiceAdvertise(_) => LocalResponse::Error {
                 code: "unsupported".into(),
                 message: "this weftd does not serve services or SSH yet".into(),
             },
@@ -626,6 +628,7 @@ impl Agent {
         // exists when it is pointed at the resolver.
         self.dns.apply(&map, dns_link).await;
         self.note_dns();
+        self.consumers.on_map(&map).await;
         self.map = Some(map);
     }
 
@@ -724,6 +727,7 @@ impl Agent {
         self.derived = None;
         self.slots = Slots::default();
         self.hostfw_down();
+        self.consumers.teardown().await;
         if let Some(report) = self.system.shutdown().await {
             for (a, e) in &report.failed {
                 tracing::warn!(action = %a, error = %e, "teardown action failed");

@@ -144,6 +144,7 @@ impl Agent {
                     self.integrity.failures(),
                     self.dns_blocklist.failures(),
                     self.workloads.failures(),
+                    self.consumers.failures(),
                 ]
                 .concat();
                 f.extend(self.linkmon.failure());

@@ -29,7 +29,7 @@
 mod dns;
 mod forward;
 mod plan;
-mod sys;
+pub(crate) mod sys;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

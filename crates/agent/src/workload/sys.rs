@@ -28,7 +28,7 @@ pub(crate) type SysResult<T> = Result<T, String>;
 
 /// Runs `program args` in the calling thread's network namespace; its stderr
 /// in the error.
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> SysResult<()> {
+pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> SysResult<()> {
     let what = format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
         .args(args)
@@ -57,7 +57,7 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> SysResult<()> {
 }
 
 /// Like [`run`], but "not there" (the object is already gone) is success.
-fn run_gone_ok(program: &str, args: &[&str], stdin: Option<&str>) -> SysResult<()> {
+pub(crate) fn run_gone_ok(program: &str, args: &[&str], stdin: Option<&str>) -> SysResult<()> {
     match run(program, args, stdin) {
         Err(e)
             if e.contains("Cannot find device")
