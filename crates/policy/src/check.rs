@@ -5,11 +5,12 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
+use weft_proto::service::{ServicePort, ServiceProto};
 
-use crate::compile::{RuleId, RuleInfo, boundaries};
-use crate::inventory::{Inventory, Membership, NodeFacts, endpoints, selects};
+use crate::compile::{RuleId, RuleInfo, boundaries, ssh_rule_id};
+use crate::inventory::{Inventory, Membership, NodeFacts, ServiceFact, endpoints, selects};
 use crate::matcher::{IcmpKind, Precedence, RuleVerdict, Transport, proto_ports_match, tcp_flags};
-use crate::model::{Expect, Policy, PolicyTest, Selector, Service};
+use crate::model::{Action, Expect, Policy, PolicyTest, Selector, Service};
 
 /// Most (source, destination) pairs one check evaluates.
 pub const MAX_CHECK_PAIRS: usize = 65_536;
@@ -35,10 +36,28 @@ pub fn evaluate(
     }
     for (i, rule) in policy.rules.iter().enumerate() {
         if proto_ports_match(rule.proto, &rule.ports, transport)
-            && rule.from.iter().any(|s| selects(policy, s, from, src, 0))
-            && rule.to.iter().any(|s| selects(policy, s, to, dst, 0))
+            && rule.from.iter().any(|s| selects(policy, s, from, src, transport, 0))
+            && rule.to.iter().any(|s| selects(policy, s, to, dst, transport, 0))
         {
             prec.add(rule.action, RuleId(u32::try_from(i).unwrap_or(u32::MAX)));
+        }
+    }
+    // An [[ssh]] rule allows TCP to the target's SSH port, between overlay
+    // addresses of the nodes its sides select.
+    if let Transport::Tcp { dst_port, .. } = *transport
+        && to.ssh_port == Some(dst_port)
+        && from.overlay_addrs().any(|a| a == src)
+        && to.overlay_addrs().any(|a| a == dst)
+    {
+        for (i, ssh) in policy.ssh.iter().enumerate() {
+            if ssh
+                .from
+                .iter()
+                .any(|s| selects(policy, s, from, src, transport, 0))
+                && ssh.to.iter().any(|s| selects(policy, s, to, dst, transport, 0))
+            {
+                prec.add(Action::Allow, ssh_rule_id(policy, i));
+            }
         }
     }
     prec.verdict()
@@ -145,8 +164,8 @@ impl Policy {
         let cuts = self.cuts(inventory);
         let transport = service.transport();
         let networks = self.all_networks(inventory);
-        let rep_from = self.representative(from, "from", 1, &networks, &cuts);
-        let rep_to = self.representative(to, "to", 2, &networks, &cuts);
+        let rep_from = self.representative(from, "from", 1, &networks, &cuts, service);
+        let rep_to = self.representative(to, "to", 2, &networks, &cuts, service);
         let real_from = side(self, inventory.nodes(), from, &cuts);
         let real_to = side(self, inventory.nodes(), to, &cuts);
         let mut representative = false;
@@ -248,7 +267,8 @@ impl Policy {
         v
     }
 
-    /// A node matching `sel` and nothing more specific, member of every network.
+    /// A node matching `sel` and nothing more specific, member of every network
+    /// (providing a `service:` it names in every network, on the checked port).
     fn representative(
         &self,
         sel: &Selector,
@@ -256,6 +276,7 @@ impl Policy {
         host: u8,
         networks: &[String],
         cuts: &[IpNet],
+        service: Service,
     ) -> NodeFacts {
         let mut node = NodeFacts {
             services: Vec::new(),
@@ -272,11 +293,18 @@ impl Policy {
                 .collect(),
             routed_subnets: Vec::new(),
         };
-        self.shape(sel, &mut node, cuts, 0);
+        self.shape(sel, &mut node, cuts, service, 0);
         node
     }
 
-    fn shape(&self, sel: &Selector, node: &mut NodeFacts, cuts: &[IpNet], depth: usize) {
+    fn shape(
+        &self,
+        sel: &Selector,
+        node: &mut NodeFacts,
+        cuts: &[IpNet],
+        service: Service,
+        depth: usize,
+    ) {
         match sel {
             Selector::Any | Selector::Network(_) => {}
             Selector::Node(n) => node.name = n.clone(),
@@ -288,13 +316,36 @@ impl Policy {
                 }
             }
             Selector::Subnet(p) => node.routed_subnets.push(*p),
+            Selector::Service(n) => {
+                let port = match service {
+                    Service::Tcp(port) => Some(ServicePort {
+                        port,
+                        proto: ServiceProto::Tcp,
+                    }),
+                    Service::Udp(port) => Some(ServicePort {
+                        port,
+                        proto: ServiceProto::Udp,
+                    }),
+                    Service::Icmp => None,
+                };
+                let facts: Vec<ServiceFact> = node
+                    .networks
+                    .iter()
+                    .map(|m| ServiceFact {
+                        name: n.clone(),
+                        network: m.network.clone(),
+                        ports: port.into_iter().collect(),
+                    })
+                    .collect();
+                node.services.extend(facts);
+            }
             Selector::Group(g) => {
                 if depth > self.groups.len() {
                     return;
                 }
                 if let Some(group) = self.groups.get(g) {
                     for m in &group.members {
-                        self.shape(m, node, cuts, depth + 1);
+                        self.shape(m, node, cuts, service, depth + 1);
                     }
                 }
             }

@@ -17,15 +17,36 @@ use crate::matcher::{Transport, proto_ports_match};
 use crate::model::{Action, Policy, PortRange, Proto};
 pub use weft_proto::policy::{CompiledPolicy, FlowRule, RuleId, RuleInfo};
 
-/// The info of rule `id` of `policy` (None when it has no such rule).
+/// The info of rule `id` of `policy` (None when it has no such rule). Ids
+/// past the rules are `[[ssh]]` rules (see [`ssh_rule_id`]); their info is
+/// named `ssh "NAME"` (or `ssh #N`, N counting `[[ssh]]` blocks from 1) so an
+/// explanation says which block decided.
 pub(crate) fn rule_info(policy: &Policy, id: RuleId) -> Option<RuleInfo> {
-    let rule = policy.rules.get(usize::try_from(id.0).ok()?)?;
+    let i = usize::try_from(id.0).ok()?;
+    if let Some(rule) = policy.rules.get(i) {
+        return Some(RuleInfo {
+            id,
+            name: rule.name.clone(),
+            line: rule.line,
+            action: rule.action,
+        });
+    }
+    let k = i - policy.rules.len();
+    let ssh = policy.ssh.get(k)?;
     Some(RuleInfo {
         id,
-        name: rule.name.clone(),
-        line: rule.line,
-        action: rule.action,
+        name: Some(match &ssh.name {
+            Some(n) => format!("ssh {n:?}"),
+            None => format!("ssh #{}", k + 1),
+        }),
+        line: ssh.line,
+        action: Action::Allow,
     })
+}
+
+/// The rule id of `policy.ssh[i]`: after every `[[rule]]`.
+pub(crate) fn ssh_rule_id(policy: &Policy, i: usize) -> RuleId {
+    RuleId(u32::try_from(policy.rules.len() + i).unwrap_or(u32::MAX))
 }
 
 /// Every node's compiled policy.

@@ -7,6 +7,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use weft_proto::service::ServiceProto;
+
+use crate::matcher::Transport;
 use crate::model::{Policy, Selector};
 
 /// What the controller knows about one node, as far as policy cares.
@@ -106,6 +109,14 @@ impl Inventory {
 }
 
 impl NodeFacts {
+    /// The node's overlay addresses in `network` (none when not a member).
+    pub fn addrs_in<'a>(&'a self, network: &'a str) -> impl Iterator<Item = IpAddr> + 'a {
+        self.networks
+            .iter()
+            .filter(move |m| m.network == network)
+            .flat_map(|m| m.addrs.iter().copied())
+    }
+
     /// Every overlay address of the node, in all networks.
     pub fn overlay_addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.networks.iter().flat_map(|m| m.addrs.iter().copied())
@@ -176,6 +187,11 @@ pub(crate) fn endpoints(
                 }
             }
         }
+        Selector::Service(n) => {
+            for f in node.services.iter().filter(|f| f.name == *n) {
+                out.extend(node.addrs_in(&f.network).map(IpNet::from));
+            }
+        }
         Selector::Group(g) => {
             if depth > policy.groups.len() {
                 return;
@@ -189,13 +205,15 @@ pub(crate) fn endpoints(
     }
 }
 
-/// Whether `sel` selects address `addr` on `node` (the naive form of
-/// [`endpoints`], used by the reference evaluator).
+/// Whether `sel` selects address `addr` on `node` for a packet with
+/// `transport` (the naive form of [`endpoints`], used by the reference
+/// evaluator; only `service:` looks at the transport).
 pub(crate) fn selects(
     policy: &Policy,
     sel: &Selector,
     node: &NodeFacts,
     addr: IpAddr,
+    transport: &Transport,
     depth: usize,
 ) -> bool {
     match sel {
@@ -213,13 +231,26 @@ pub(crate) fn selects(
         Selector::Subnet(p) => {
             p.contains(&addr) && node.routed_subnets.iter().any(|s| s.contains(&addr))
         }
+        Selector::Service(n) => node.services.iter().any(|f| {
+            f.name == *n
+                && node.addrs_in(&f.network).any(|a| a == addr)
+                && f.ports.iter().any(|p| match *transport {
+                    Transport::Tcp { dst_port, .. } => {
+                        p.proto == ServiceProto::Tcp && p.port == dst_port
+                    }
+                    Transport::Udp { dst_port, .. } => {
+                        p.proto == ServiceProto::Udp && p.port == dst_port
+                    }
+                    _ => false,
+                })
+        }),
         Selector::Group(g) => {
             depth <= policy.groups.len()
                 && policy.groups.get(g).is_some_and(|group| {
                     group
                         .members
                         .iter()
-                        .any(|m| selects(policy, m, node, addr, depth + 1))
+                        .any(|m| selects(policy, m, node, addr, transport, depth + 1))
                 })
         }
     }
@@ -236,7 +267,7 @@ pub(crate) fn resolve(
     let mut buf = Vec::new();
     for (i, node) in inventory.nodes().iter().enumerate() {
         buf.clear();
-        for sel in list {
+        for sel in list.iter().filter(|s| !matches!(s, Selector::Service(_))) {
             endpoints(policy, sel, node, 0, &mut buf);
         }
         if !buf.is_empty() {

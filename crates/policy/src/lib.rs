@@ -22,9 +22,20 @@
 //! proto = "tcp"                   # any (default) | tcp | udp | icmp
 //! ports = [5432, "6379-6380"]     # tcp/udp only; omitted = every port
 //!
+//! [[rule]]
+//! action = "allow"
+//! from = "tag:web"
+//! to = "service:db"               # the providers of db, on db's ports only
+//!
+//! [[ssh]]                         # SSH through the mesh (weftd --ssh)
+//! name = "ops"                    # optional, unique among rules and ssh rules
+//! from = ["tag:ops"]              # clients
+//! to = ["tag:db"]                 # servers
+//! users = ["deploy", "*"]         # local users; "*" = any user but root
+//!
 //! [[test]]                        # the controller refuses a policy whose tests fail
 //! from = "node:web1"
-//! to = "node:db1"
+//! to = "node:db1"                 # or "service:db"
 //! proto = "tcp"
 //! port = 5432
 //! expect = "allow"                # or "deny"
@@ -39,7 +50,36 @@
 //! - `cidr:PREFIX`: node overlay addresses inside the prefix;
 //! - `subnet:PREFIX`: addresses inside the prefix that lie in a subnet some
 //!   gateway node routes (the traffic goes through, and is checked by, that
-//!   gateway).
+//!   gateway);
+//! - `service:NAME` (destinations only: a rule's or a test's `to`; refused in
+//!   `from`, in groups and in `[[ssh]]`): the nodes whose facts list a service
+//!   of that name ([`NodeFacts::services`], its approved instances), at their
+//!   addresses in the service's network, and only on the service's ports and
+//!   protocols. A rule's own `proto`/`ports` narrow that further (their
+//!   intersection; an empty one contributes nothing). Consumers and providers it
+//!   lets talk see each other, as with any rule. A service with the same name in
+//!   two networks is both, each on its own ports.
+//!
+//! # SSH rules
+//!
+//! An `[[ssh]]` rule lets the nodes `from` selects log in to the nodes `to`
+//! selects (their overlay addresses only) as one of `users`: each a login name
+//! or `*` (whichever user the client asks for, except `root`, which must be
+//! named). Only a target whose facts carry an SSH port
+//! ([`NodeFacts::ssh_port`], it runs `weftd --ssh`) is granted anything. For
+//! each client and target that share a network, the grant:
+//! - allows TCP from the client to the target's SSH port (both compiled
+//!   policies get the flow rule, and the two nodes see each other);
+//! - is listed in the target's [`CompiledPolicy::ssh_inbound`] (peer = the
+//!   client, its addresses, the users) and the client's
+//!   [`CompiledPolicy::ssh_outbound`] (peer = the target). Several `[[ssh]]`
+//!   rules for one pair merge into one grant: their ids, the union of users.
+//!
+//! Deny rules still win: a packet a deny matches is dropped, and an address
+//! pair whose SSH connection a deny drops carries no grant (a grant left with
+//! no address is dropped). `[[ssh]]` rules have the ids after the rules
+//! (`rules.len() + i`); explanations and `policy check` name them
+//! `ssh "NAME"` (or `ssh #N`, counting `[[ssh]]` blocks from 1) with their line.
 //!
 //! A new network starts with one visible rule, [`Policy::default_for_network`]
 //! (`from = to = ["network:NAME"]`, any protocol); removing it closes the
@@ -146,8 +186,9 @@ pub use matcher::{
     ip_proto, tcp_flags,
 };
 pub use model::{
-    Action, Expect, Group, MAX_GROUPS, MAX_LABEL, MAX_LIST, MAX_POLICY_BYTES, MAX_RULE_NAME,
-    MAX_RULES, MAX_TESTS, Policy, PolicyTest, PortRange, Proto, Rule, Selector, Service,
+    ANY_USER, Action, Expect, Group, MAX_GROUPS, MAX_LABEL, MAX_LIST, MAX_POLICY_BYTES,
+    MAX_RULE_NAME, MAX_RULES, MAX_SSH_RULES, MAX_TESTS, Policy, PolicyTest, PortRange, Proto,
+    Rule, Selector, Service, SshRule,
 };
 pub use packet::IpView;
 pub use parse::{PolicyError, PolicyErrorKind, PolicyErrors, parse, render_rule};

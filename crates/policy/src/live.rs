@@ -27,7 +27,7 @@ use ipnet::IpNet;
 
 use crate::compile::{CompiledPolicy, FlowRule, PairRule, RuleId, any_allowed};
 use crate::inventory::{NodeFacts, endpoints};
-use crate::model::{Action, Policy};
+use crate::model::{Action, Policy, Selector};
 
 const FROM: u8 = 0;
 const TO: u8 = 1;
@@ -217,7 +217,7 @@ fn selection(policy: &Policy, node: &NodeFacts) -> Selection {
         let Ok(rule_id) = u32::try_from(r) else { break };
         for (side, list) in [(FROM, &rule.from), (TO, &rule.to)] {
             buf.clear();
-            for sel in list {
+            for sel in list.iter().filter(|s| !matches!(s, Selector::Service(_))) {
                 endpoints(policy, sel, node, 0, &mut buf);
             }
             if !buf.is_empty() {

@@ -22,6 +22,8 @@ pub const MAX_RULES: usize = 16_384;
 pub const MAX_GROUPS: usize = 1024;
 /// Most tests in one policy.
 pub const MAX_TESTS: usize = 1024;
+/// Most `[[ssh]]` rules in one policy.
+pub const MAX_SSH_RULES: usize = 1024;
 /// Most entries in one list (`from`, `to`, `ports`, a group's members).
 pub const MAX_LIST: usize = 256;
 /// Longest rule or test name, in bytes.
@@ -39,6 +41,75 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// Assertions the policy must satisfy before the controller accepts it.
     pub tests: Vec<PolicyTest>,
+    /// `[[ssh]]` rules in file order: who may log in where, as which users.
+    /// Their [`RuleId`](crate::RuleId)s follow the rules' (`rules.len() + i`).
+    pub ssh: Vec<SshRule>,
+}
+
+/// One `[[ssh]]` rule: the nodes `from` selects may log in over SSH to the
+/// nodes `to` selects that run `weftd --ssh`, as one of `users`. It also opens
+/// TCP to each such target's SSH port (deny rules still win).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshRule {
+    /// Optional name, unique within the policy (shared with rule names).
+    pub name: Option<String>,
+    /// The clients (overlay addresses only; `service:` is refused).
+    pub from: Vec<Selector>,
+    /// The servers (overlay addresses only; `service:` is refused).
+    pub to: Vec<Selector>,
+    /// Local users on the server (`deploy`), or `*`: whichever user the
+    /// client asks for except `root` (which must be named). Never empty.
+    pub users: Vec<String>,
+    /// Line of the `[[ssh]]` header (1-based; 0 when built in code).
+    pub line: u32,
+}
+
+/// The user entry of an `[[ssh]]` rule that means "any user but root".
+pub const ANY_USER: &str = "*";
+
+/// Checks one `users` entry: `*` or a valid login name
+/// ([`weft_proto::ssh::check_user`]).
+pub(crate) fn check_ssh_user(u: &str) -> Result<(), PolicyErrorKind> {
+    if u == ANY_USER || weft_proto::ssh::check_user(u) {
+        Ok(())
+    } else {
+        Err(PolicyErrorKind::BadUser(u.chars().take(40).collect()))
+    }
+}
+
+/// Where a selector is written, for the places `service:` may not go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// A group's members (used on both sides).
+    Group,
+    /// A rule's `from`.
+    RuleFrom,
+    /// A rule's `to`.
+    RuleTo,
+    /// An `[[ssh]]` rule's `from` or `to`.
+    Ssh,
+    /// A test's `from`.
+    TestFrom,
+    /// A test's `to`.
+    TestTo,
+}
+
+/// Whether `sel` may be written at `place`: `service:` only in `to` of a rule
+/// or a test.
+pub(crate) fn check_place(sel: &Selector, place: Place) -> Result<(), PolicyErrorKind> {
+    match (sel, place) {
+        (Selector::Service(n), Place::Group | Place::RuleFrom | Place::Ssh | Place::TestFrom) => {
+            Err(PolicyErrorKind::ServiceNotHere(
+                n.clone(),
+                match place {
+                    Place::Group => "a group",
+                    Place::Ssh => "an [[ssh]] rule",
+                    _ => "from",
+                },
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A named set of selectors (`backend = ["tag:db", "node:cache1"]`).
@@ -87,6 +158,9 @@ pub enum Selector {
     /// `subnet:PREFIX`: addresses inside the prefix behind a gateway that routes
     /// a subnet overlapping it.
     Subnet(IpNet),
+    /// `service:NAME` (destinations only): the nodes providing that service, at
+    /// their addresses in its network, on its ports only.
+    Service(String),
 }
 
 /// A test: one connection attempt and the verdict it must get.
@@ -157,6 +231,9 @@ impl Policy {
         if self.tests.len() > MAX_TESTS {
             push(0, PolicyErrorKind::TooMany("tests", MAX_TESTS));
         }
+        if self.ssh.len() > MAX_SSH_RULES {
+            push(0, PolicyErrorKind::TooMany("ssh rules", MAX_SSH_RULES));
+        }
         for (name, group) in &self.groups {
             if let Err(e) = check_group_name(name) {
                 push(group.line, e);
@@ -171,7 +248,7 @@ impl Policy {
                 );
             }
             for m in &group.members {
-                if let Err(e) = self.check_selector(m) {
+                if let Err(e) = self.check_selector(m).and(check_place(m, Place::Group)) {
                     push(group.line, e);
                 }
             }
@@ -193,7 +270,10 @@ impl Policy {
                     );
                 }
             }
-            for (side, list) in [("from", &rule.from), ("to", &rule.to)] {
+            for (side, list, place) in [
+                ("from", &rule.from, Place::RuleFrom),
+                ("to", &rule.to, Place::RuleTo),
+            ] {
                 if list.is_empty() {
                     push(rule.line, PolicyErrorKind::EmptyList(side));
                 }
@@ -201,7 +281,7 @@ impl Policy {
                     push(rule.line, PolicyErrorKind::TooMany(side, MAX_LIST));
                 }
                 for s in list {
-                    if let Err(e) = self.check_selector(s) {
+                    if let Err(e) = self.check_selector(s).and(check_place(s, place)) {
                         push(rule.line, e);
                     }
                 }
@@ -218,14 +298,52 @@ impl Policy {
                 }
             }
         }
+        for ssh in &self.ssh {
+            if let Some(name) = &ssh.name {
+                if let Err(e) = check_rule_name(name) {
+                    push(ssh.line, e);
+                }
+                if let Some(first) = names.insert(name, ssh.line) {
+                    names.insert(name, first);
+                    push(
+                        ssh.line,
+                        PolicyErrorKind::DuplicateName(name.clone(), first),
+                    );
+                }
+            }
+            for (side, list) in [("from", &ssh.from), ("to", &ssh.to)] {
+                if list.is_empty() {
+                    push(ssh.line, PolicyErrorKind::EmptyList(side));
+                }
+                if list.len() > MAX_LIST {
+                    push(ssh.line, PolicyErrorKind::TooMany(side, MAX_LIST));
+                }
+                for s in list {
+                    if let Err(e) = self.check_selector(s).and(check_place(s, Place::Ssh)) {
+                        push(ssh.line, e);
+                    }
+                }
+            }
+            if ssh.users.is_empty() {
+                push(ssh.line, PolicyErrorKind::EmptyList("users"));
+            }
+            if ssh.users.len() > MAX_LIST {
+                push(ssh.line, PolicyErrorKind::TooMany("users", MAX_LIST));
+            }
+            for u in &ssh.users {
+                if let Err(e) = check_ssh_user(u) {
+                    push(ssh.line, e);
+                }
+            }
+        }
         for test in &self.tests {
             if let Some(name) = &test.name
                 && let Err(e) = check_rule_name(name)
             {
                 push(test.line, e);
             }
-            for s in [&test.from, &test.to] {
-                if let Err(e) = self.check_selector(s) {
+            for (s, place) in [(&test.from, Place::TestFrom), (&test.to, Place::TestTo)] {
+                if let Err(e) = self.check_selector(s).and(check_place(s, place)) {
                     push(test.line, e);
                 }
             }
@@ -242,6 +360,7 @@ impl Policy {
             Selector::Node(n) => check_label("node", n),
             Selector::Network(n) => check_label("network", n),
             Selector::Tag(t) => check_tag(t),
+            Selector::Service(n) => check_service(n),
             Selector::Group(g) => {
                 check_group_name(g)?;
                 if self.groups.contains_key(g) {
@@ -314,7 +433,8 @@ impl Policy {
         let groups = self.groups.values().flat_map(|g| g.members.iter());
         let rules = self.rules.iter().flat_map(|r| r.from.iter().chain(&r.to));
         let tests = self.tests.iter().flat_map(|t| [&t.from, &t.to]);
-        for s in groups.chain(rules).chain(tests) {
+        let ssh = self.ssh.iter().flat_map(|r| r.from.iter().chain(&r.to));
+        for s in groups.chain(rules).chain(tests).chain(ssh) {
             if let Selector::Network(n) = s {
                 out.insert(n.as_str());
             }
@@ -460,6 +580,7 @@ impl fmt::Display for Selector {
             Selector::Network(n) => write!(f, "network:{n}"),
             Selector::Cidr(c) => write!(f, "cidr:{c}"),
             Selector::Subnet(c) => write!(f, "subnet:{c}"),
+            Selector::Service(n) => write!(f, "service:{n}"),
         }
     }
 }
@@ -468,7 +589,8 @@ impl FromStr for Selector {
     type Err = PolicyErrorKind;
 
     /// Parses `*`, `node:NAME`, `tag:TAG`, `group:NAME`, `network:NAME`,
-    /// `cidr:PREFIX` or `subnet:PREFIX`, checking names and prefixes.
+    /// `cidr:PREFIX`, `subnet:PREFIX` or `service:NAME`, checking names and
+    /// prefixes (not where the selector may be written).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "*" {
             return Ok(Selector::Any);
@@ -482,6 +604,7 @@ impl FromStr for Selector {
             "group" => check_group_name(rest).map(|()| Selector::Group(rest.to_string())),
             "cidr" => parse_prefix(rest).map(Selector::Cidr),
             "subnet" => parse_prefix(rest).map(Selector::Subnet),
+            "service" => check_service(rest).map(|()| Selector::Service(rest.to_string())),
             _ => Err(unknown()),
         }
     }
@@ -533,6 +656,16 @@ pub(crate) fn check_label(kind: &'static str, s: &str) -> Result<(), PolicyError
             "1 to 63 lowercase letters, digits or '-', not starting or ending with '-'",
         ))
     }
+}
+
+pub(crate) fn check_service(s: &str) -> Result<(), PolicyErrorKind> {
+    weft_proto::service::check_service_name(s).map_err(|_| {
+        PolicyErrorKind::BadName(
+            "service",
+            s.chars().take(70).collect(),
+            "1 to 63 lowercase letters, digits or '-', not starting or ending with '-'",
+        )
+    })
 }
 
 pub(crate) fn check_tag(s: &str) -> Result<(), PolicyErrorKind> {

@@ -24,7 +24,7 @@ pub enum PolicyErrorKind {
     TooMany(&'static str, usize),
     /// A selector with an unknown `kind:` prefix (often a typo).
     #[error(
-        "unknown selector {0:?} (expected node:, tag:, group:, network:, cidr:, subnet:, or *)"
+        "unknown selector {0:?} (expected node:, tag:, group:, network:, cidr:, subnet:, service:, or *)"
     )]
     UnknownSelector(String),
     /// A node, network, tag, group or rule name with characters or a length the
@@ -72,6 +72,19 @@ pub enum PolicyErrorKind {
     /// An empty `from`/`to`/`ports` list or group.
     #[error("{0} is empty{hint}", hint = empty_hint(.0))]
     EmptyList(&'static str),
+    /// A `service:` selector where it cannot mean anything: it selects
+    /// destinations (with their ports), so only a rule's or a test's `to` takes it.
+    #[error(
+        "service:{0} cannot be used in {1}: it selects destinations on the service's ports, \
+         so write it in a rule's (or test's) `to`"
+    )]
+    ServiceNotHere(String, &'static str),
+    /// An `[[ssh]]` user that is neither `*` nor a valid login name.
+    #[error(
+        "invalid ssh user {0:?} (a login name: lowercase letters, digits, '_' or '-', \
+         starting with a letter or '_'; or \"*\" for any user but root)"
+    )]
+    BadUser(String),
     /// Two rules share a name (explanations would be ambiguous).
     #[error("duplicate rule name {0:?} (first used on line {1})")]
     DuplicateName(String, u32),

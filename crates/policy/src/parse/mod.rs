@@ -14,9 +14,9 @@ use serde::de::{self, IntoDeserializer};
 use toml::Spanned;
 
 use crate::model::{
-    Action, Expect, Group, MAX_GROUPS, MAX_LIST, MAX_POLICY_BYTES, MAX_RULES, MAX_TESTS, Policy,
-    PolicyTest, PortRange, Proto, Rule, Selector, Service, check_group_name, check_rule_name,
-    parse_port_range,
+    Action, Expect, Group, MAX_GROUPS, MAX_LIST, MAX_POLICY_BYTES, MAX_RULES, MAX_SSH_RULES,
+    MAX_TESTS, Place, Policy, PolicyTest, PortRange, Proto, Rule, Selector, Service, SshRule,
+    check_group_name, check_place, check_rule_name, check_ssh_user, parse_port_range,
 };
 
 mod errors;
@@ -96,6 +96,17 @@ struct RawDoc {
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
     test: Vec<Spanned<RawTest>>,
+    #[serde(default)]
+    ssh: Vec<Spanned<RawSsh>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    name: Option<Spanned<String>>,
+    from: Option<Spanned<List<String>>>,
+    to: Option<Spanned<List<String>>>,
+    users: Option<Spanned<List<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +226,9 @@ impl Cx<'_> {
         if doc.test.len() > MAX_TESTS {
             self.err(&whole, PolicyErrorKind::TooMany("tests", MAX_TESTS));
         }
+        if doc.ssh.len() > MAX_SSH_RULES {
+            self.err(&whole, PolicyErrorKind::TooMany("ssh rules", MAX_SSH_RULES));
+        }
         let mut group_spans = BTreeMap::new();
         for (name, members) in doc.groups {
             let name_span = name.span();
@@ -222,7 +236,7 @@ impl Cx<'_> {
                 self.err(&name_span, e);
             }
             let list_span = members.span();
-            let members = self.selectors(members.into_inner(), &list_span, "group");
+            let members = self.selectors(members.into_inner(), &list_span, "group", Place::Group);
             let line = self.line(&name_span);
             group_spans.insert(name.get_ref().clone(), name_span);
             policy
@@ -243,6 +257,13 @@ impl Cx<'_> {
                 policy.rules.push(rule);
             }
         }
+        for raw in doc.ssh {
+            let span = raw.span();
+            let line = self.line(&span);
+            if let Some(ssh) = self.ssh(raw.into_inner(), &span, line, &mut names) {
+                policy.ssh.push(ssh);
+            }
+        }
         for raw in doc.test {
             let span = raw.span();
             let line = self.line(&span);
@@ -260,22 +281,7 @@ impl Cx<'_> {
         line: u32,
         names: &mut BTreeMap<String, u32>,
     ) -> Option<Rule> {
-        let name = raw.name.and_then(|n| {
-            let s = n.span();
-            if let Err(e) = check_rule_name(n.get_ref()) {
-                self.err(&s, e);
-                return None;
-            }
-            if let Some(&first) = names.get(n.get_ref()) {
-                self.err(
-                    &s,
-                    PolicyErrorKind::DuplicateName(n.get_ref().clone(), first),
-                );
-            } else {
-                names.insert(n.get_ref().clone(), line);
-            }
-            Some(n.into_inner())
-        });
+        let name = self.rule_name(raw.name, line, names);
         let action = match raw.action {
             None => {
                 self.err(
@@ -296,18 +302,8 @@ impl Cx<'_> {
                 }
             },
         };
-        let mut side = |list: Option<Spanned<List<String>>>, key: &'static str| match list {
-            None => {
-                self.err(span, PolicyErrorKind::Missing(key));
-                Vec::new()
-            }
-            Some(l) => {
-                let s = l.span();
-                self.selectors(l.into_inner(), &s, key)
-            }
-        };
-        let from = side(raw.from, "from");
-        let to = side(raw.to, "to");
+        let from = self.side(raw.from, span, "from", Place::RuleFrom);
+        let to = self.side(raw.to, span, "to", Place::RuleTo);
         let proto = match raw.proto {
             None => Some(Proto::Any),
             Some(p) => match p.get_ref().parse::<Proto>().map_err(PolicyErrorKind::from) {
@@ -359,6 +355,93 @@ impl Cx<'_> {
         })
     }
 
+    /// A rule's or ssh rule's name: valid and unique among both.
+    fn rule_name(
+        &mut self,
+        name: Option<Spanned<String>>,
+        line: u32,
+        names: &mut BTreeMap<String, u32>,
+    ) -> Option<String> {
+        let n = name?;
+        let s = n.span();
+        if let Err(e) = check_rule_name(n.get_ref()) {
+            self.err(&s, e);
+            return None;
+        }
+        if let Some(&first) = names.get(n.get_ref()) {
+            self.err(
+                &s,
+                PolicyErrorKind::DuplicateName(n.get_ref().clone(), first),
+            );
+        } else {
+            names.insert(n.get_ref().clone(), line);
+        }
+        Some(n.into_inner())
+    }
+
+    /// A `from`/`to` list (an error on the block's header when it is missing).
+    fn side(
+        &mut self,
+        list: Option<Spanned<List<String>>>,
+        span: &Range<usize>,
+        key: &'static str,
+        place: Place,
+    ) -> Vec<Selector> {
+        match list {
+            None => {
+                self.err(span, PolicyErrorKind::Missing(key));
+                Vec::new()
+            }
+            Some(l) => {
+                let s = l.span();
+                self.selectors(l.into_inner(), &s, key, place)
+            }
+        }
+    }
+
+    fn ssh(
+        &mut self,
+        raw: RawSsh,
+        span: &Range<usize>,
+        line: u32,
+        names: &mut BTreeMap<String, u32>,
+    ) -> Option<SshRule> {
+        let name = self.rule_name(raw.name, line, names);
+        let from = self.side(raw.from, span, "from", Place::Ssh);
+        let to = self.side(raw.to, span, "to", Place::Ssh);
+        let mut users = Vec::new();
+        match raw.users {
+            None => self.err(
+                span,
+                PolicyErrorKind::Missing("users = [\"LOGIN\", ...] (or \"*\")"),
+            ),
+            Some(list) => {
+                let list_span = list.span();
+                let items = list.into_inner().0;
+                if items.is_empty() {
+                    self.err(&list_span, PolicyErrorKind::EmptyList("users"));
+                }
+                for (u, item_span) in items {
+                    let s = item_span.unwrap_or_else(|| list_span.clone());
+                    match check_ssh_user(&u) {
+                        Ok(()) => users.push(u),
+                        Err(e) => self.err(&(s.start + 1..s.end), e),
+                    }
+                }
+            }
+        }
+        if from.is_empty() || to.is_empty() || users.is_empty() {
+            return None;
+        }
+        Some(SshRule {
+            name,
+            from,
+            to,
+            users,
+            line,
+        })
+    }
+
     fn test(&mut self, raw: RawTest, span: &Range<usize>, line: u32) -> Option<PolicyTest> {
         let name = raw.name.and_then(|n| match check_rule_name(n.get_ref()) {
             Ok(()) => Some(n.into_inner()),
@@ -367,15 +450,15 @@ impl Cx<'_> {
                 None
             }
         });
-        let mut one = |s: Option<Spanned<String>>, key: &'static str| match s {
+        let mut one = |s: Option<Spanned<String>>, key: &'static str, place| match s {
             None => {
                 self.err(span, PolicyErrorKind::Missing(key));
                 None
             }
-            Some(s) => self.selector(s.get_ref(), &s.span()),
+            Some(s) => self.selector(s.get_ref(), &s.span(), place),
         };
-        let from = one(raw.from, "from");
-        let to = one(raw.to, "to");
+        let from = one(raw.from, "from", Place::TestFrom);
+        let to = one(raw.to, "to", Place::TestTo);
         let expect = match raw.expect {
             None => {
                 self.err(
@@ -450,6 +533,7 @@ impl Cx<'_> {
         list: List<String>,
         list_span: &Range<usize>,
         what: &'static str,
+        place: Place,
     ) -> Vec<Selector> {
         if list.0.is_empty() {
             self.err(list_span, PolicyErrorKind::EmptyList(what));
@@ -457,17 +541,20 @@ impl Cx<'_> {
         let mut out = Vec::new();
         for (text, span) in list.0 {
             let span = span.unwrap_or_else(|| list_span.clone());
-            if let Some(sel) = self.selector(&text, &span) {
+            if let Some(sel) = self.selector(&text, &span, place) {
                 out.push(sel);
             }
         }
         out
     }
 
-    fn selector(&mut self, text: &str, span: &Range<usize>) -> Option<Selector> {
+    fn selector(&mut self, text: &str, span: &Range<usize>, place: Place) -> Option<Selector> {
         // Point inside the string, past the opening quote.
         let inner = span.start + 1..span.end;
-        match text.parse::<Selector>() {
+        match text
+            .parse::<Selector>()
+            .and_then(|s| check_place(&s, place).map(|()| s))
+        {
             Ok(Selector::Group(g)) if !self.groups.contains(&g) => {
                 let hint = suggest(&g, self.groups.iter().map(String::as_str));
                 self.err(&inner, PolicyErrorKind::UnknownGroup(g, hint));

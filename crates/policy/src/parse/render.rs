@@ -21,6 +21,16 @@ pub(crate) fn render(policy: &Policy) -> String {
         out.push('\n');
         out.push_str(&render_rule(rule));
     }
+    for ssh in &policy.ssh {
+        out.push_str("\n[[ssh]]\n");
+        if let Some(name) = &ssh.name {
+            out.push_str(&format!("name = {}\n", string(name)));
+        }
+        out.push_str(&format!("from = {}\n", selector_list(&ssh.from)));
+        out.push_str(&format!("to = {}\n", selector_list(&ssh.to)));
+        let users: Vec<String> = ssh.users.iter().map(|u| string(u)).collect();
+        out.push_str(&format!("users = [{}]\n", users.join(", ")));
+    }
     for test in &policy.tests {
         out.push_str("\n[[test]]\n");
         if let Some(name) = &test.name {

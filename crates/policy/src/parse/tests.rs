@@ -143,12 +143,12 @@ fn unknown_selector_points_at_it() {
     let text = "[[rule]]\naction = \"allow\"\nfrom = [\"tag:web\", \"tg:web\"]\nto = [\"*\"]\n";
     assert_eq!(
         one_err(text),
-        "3:21: unknown selector \"tg:web\" (expected node:, tag:, group:, network:, cidr:, subnet:, or *)"
+        "3:21: unknown selector \"tg:web\" (expected node:, tag:, group:, network:, cidr:, subnet:, service:, or *)"
     );
     let e = parse(text).unwrap_err();
     assert_eq!(
         e.first().with_source("policy.toml"),
-        "policy.toml:3:21: unknown selector \"tg:web\" (expected node:, tag:, group:, network:, cidr:, subnet:, or *)"
+        "policy.toml:3:21: unknown selector \"tg:web\" (expected node:, tag:, group:, network:, cidr:, subnet:, service:, or *)"
     );
 }
 
@@ -345,7 +345,7 @@ expect = "deny"
             "4:9: a tcp test needs a port",
             "11:8: ports need proto = \"tcp\" or \"udp\" (this one has proto = \"icmp\")",
             "12:10: unknown expect \"maybe\" (expected \"allow\" or \"deny\")",
-            "16:7: unknown selector \"grp:x\" (expected node:, tag:, group:, network:, cidr:, subnet:, or *)",
+            "16:7: unknown selector \"grp:x\" (expected node:, tag:, group:, network:, cidr:, subnet:, service:, or *)",
             "18:8: invalid port \"99999\" (expected a port 1-65535 or a range like \"1000-2000\")",
         ]
     );
@@ -395,4 +395,109 @@ fn validate_matches_parse_for_code_built_policies() {
         p.validate().unwrap_err().first().kind,
         PolicyErrorKind::UnknownGroup(..)
     ));
+}
+
+const SERVICES: &str = r#"[[rule]]
+name = "web uses db"
+action = "allow"
+from = "tag:web"
+to = ["service:db", "node:cache1"]
+proto = "tcp"
+
+[[ssh]]
+name = "ops"
+from = ["tag:ops", "node:laptop"]
+to = "tag:db"
+users = ["deploy", "*"]
+
+[[ssh]]
+from = "*"
+to = "node:db1"
+users = "postgres"
+
+[[test]]
+from = "node:web1"
+to = "service:db"
+proto = "tcp"
+port = 5432
+expect = "allow"
+"#;
+
+#[test]
+fn parses_service_selectors_and_ssh_rules() {
+    let p = parse(SERVICES).unwrap();
+    assert_eq!(
+        p.rules[0].to,
+        vec![
+            Selector::Service("db".into()),
+            Selector::Node("cache1".into())
+        ]
+    );
+    assert_eq!(p.ssh.len(), 2);
+    let s = &p.ssh[0];
+    assert_eq!(s.name.as_deref(), Some("ops"));
+    assert_eq!(s.line, 8);
+    assert_eq!(
+        s.from,
+        vec![Selector::Tag("ops".into()), Selector::Node("laptop".into())]
+    );
+    assert_eq!(s.users, vec!["deploy".to_string(), "*".to_string()]);
+    assert_eq!(p.ssh[1].users, vec!["postgres".to_string()]);
+    assert_eq!(p.ssh[1].line, 14);
+    assert_eq!(p.tests[0].to, Selector::Service("db".into()));
+    // Rendering round-trips.
+    let q = parse(&p.to_text()).unwrap();
+    assert_eq!(q.to_text(), p.to_text());
+    assert_eq!(q.ssh.len(), 2);
+    assert_eq!(q.ssh[0].users, p.ssh[0].users);
+    assert!(p.validate().is_ok());
+}
+
+#[test]
+fn service_selectors_are_refused_where_they_mean_nothing() {
+    let e = one_err("[[rule]]\naction = \"allow\"\nfrom = \"service:db\"\nto = \"*\"\n");
+    assert!(e.starts_with("3:9: service:db cannot be used in from"), "{e}");
+    let e = one_err("[groups]\ng = [\"tag:a\", \"service:db\"]\n");
+    assert!(e.starts_with("2:16: service:db cannot be used in a group"), "{e}");
+    let e = one_err("[[ssh]]\nfrom = \"*\"\nto = [\"service:db\"]\nusers = \"*\"\n");
+    assert!(
+        e.starts_with("3:8: service:db cannot be used in an [[ssh]] rule"),
+        "{e}"
+    );
+    let e = one_err(
+        "[[test]]\nfrom = \"service:db\"\nto = \"*\"\nproto = \"icmp\"\nexpect = \"deny\"\n",
+    );
+    assert!(e.starts_with("2:9: service:db cannot be used in from"), "{e}");
+    let e = one_err("[[rule]]\naction = \"allow\"\nfrom = \"*\"\nto = \"service:Db\"\n");
+    assert!(e.starts_with("4:7: invalid service name \"Db\""), "{e}");
+    // A policy built in code is checked the same way.
+    let mut p = parse("[[rule]]\naction = \"allow\"\nfrom = \"*\"\nto = \"*\"\n").unwrap();
+    p.rules[0].from = vec![Selector::Service("db".into())];
+    let e = p.validate().unwrap_err();
+    assert!(matches!(
+        e.first().kind,
+        PolicyErrorKind::ServiceNotHere(_, "from")
+    ));
+}
+
+#[test]
+fn ssh_rule_errors_name_their_line() {
+    let e = one_err("\n[[ssh]]\nfrom = \"*\"\nto = \"*\"\nusers = [\"deploy\", \"Root!\"]\n");
+    assert!(e.starts_with("5:21: invalid ssh user \"Root!\""), "{e}");
+    let e = one_err("[[ssh]]\nfrom = \"*\"\nto = \"*\"\nusers = []\n");
+    assert!(e.starts_with("4:9: users is empty"), "{e}");
+    let e = one_err("[[ssh]]\nfrom = \"*\"\nto = \"*\"\n");
+    assert!(e.starts_with("1:1: missing users"), "{e}");
+    let e = one_err("[[ssh]]\nfrom = \"*\"\nusers = \"*\"\n");
+    assert!(e.starts_with("1:1: missing to"), "{e}");
+    let e = one_err("[[ssh]]\nfrom = \"*\"\nto = \"*\"\nusers = \"*\"\nport = 22\n");
+    assert!(e.contains("unknown field `port`"), "{e}");
+    let e = one_err(
+        "[[rule]]\nname = \"x\"\naction = \"allow\"\nfrom = \"*\"\nto = \"*\"\n\n\
+         [[ssh]]\nname = \"x\"\nfrom = \"*\"\nto = \"*\"\nusers = \"*\"\n",
+    );
+    assert!(
+        e.starts_with("8:8: duplicate rule name \"x\" (first used on line 1)"),
+        "{e}"
+    );
 }
