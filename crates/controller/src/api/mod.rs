@@ -50,6 +50,8 @@
 //! | POST | `/v1/admin/tasks/{id}/cancel` | admin | cancel the runs that have no result |
 //! | POST | `/v1/node/tasks/lease` | node | lease this node's run `{task_id}` (execution fields only; 409 unavailable, 410 expired, 403 integrity mismatch) |
 //! | POST | `/v1/node/tasks/result` | node | a run's result under its lease (checked against the caps; idempotent by task and lease; 409 `task_done`) |
+//! | POST | `/v1/node/ssh/server` | node | the node's SSH server `{server: {port, host_key} \| null}` (validated; audited `node.ssh_server` on change; the port is its `ssh_port` policy fact, the key goes into the maps of the nodes that may log in) |
+//! | POST | `/v1/node/ssh/sessions` | node | sessions its SSH server saw (at most 256 records, validated; each audited once as `ssh.session` or `ssh.refused`) |
 //! | POST | `/v1/relay/report` | relay | the relay's TLS fingerprint and STUN port |
 //! | GET | `/v1/relay/members` | relay | the node keys it may serve, once |
 //! | GET | `/v1/relay/members/stream` | relay | SSE: `members` snapshot, then `members_delta`s |
@@ -73,6 +75,7 @@ mod register;
 mod relay;
 mod rotate_key;
 mod routes;
+mod ssh;
 mod tasks;
 mod usage;
 pub mod views;
@@ -207,6 +210,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::routes())
         .merge(usage::routes())
         .merge(tasks::routes())
+        .merge(ssh::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))

@@ -64,6 +64,7 @@ mod rotate_key;
 mod routes;
 mod services;
 mod services_view;
+mod ssh;
 mod tasks;
 mod tokens;
 pub mod usage;
@@ -86,6 +87,7 @@ pub use relays::{NewRelay, RelayReport, RemoveRelay, ReportRelay};
 pub use rotate_key::{RotateKey, RotatedKey};
 pub use routes::{AdvertiseRoutes, ChangeRoute, GATEWAY_TAG, RouteOp, RouteStatus};
 pub use services::{AdvertiseService, CreateService, DecideInstance, RemoveService, ReportHealth};
+pub use ssh::{ReportSshServer, ReportSshSessions};
 pub use tasks::{
     CancelTask, CreateTask, LEASE_GRACE_MS, LeaseTask, SubmitResult, SweepTasks, TaskQuery,
     TaskState,
@@ -159,6 +161,10 @@ pub struct Touched {
     /// when the batch closes, exactly those whose spec changed, each receiving
     /// it (`MapChange::HostFirewall`).
     pub hostfw: BTreeSet<NodeId>,
+    /// Nodes whose `ssh_hosts` changed (recomputed for every node when a
+    /// server report or a batch changes them; exactly those receive
+    /// `MapChange::SshHosts`).
+    pub ssh_hosts: BTreeSet<NodeId>,
     /// Nodes whose service lists may have changed (marked by operations);
     /// when the batch closes, exactly those whose `services`/`provides`
     /// changed, each receiving them (`MapChange::Services`).
@@ -178,6 +184,7 @@ impl Touched {
             && self.data.is_empty()
             && !self.dns_blocklist
             && self.hostfw.is_empty()
+            && self.ssh_hosts.is_empty()
             && self.services.is_empty()
     }
 }
@@ -281,6 +288,8 @@ pub struct World {
     hostfw: hostfw::HostFw,
     /// Services, their instances and health, and each node's map lists.
     services: services::Registry,
+    /// SSH servers, audited session keys, every node's `ssh_hosts`.
+    ssh: ssh::Ssh,
     next_audit_id: u64,
 }
 
@@ -311,6 +320,7 @@ impl World {
             data: data::Data::load(snap.data),
             dns_blocklist: snap.dns_blocklist.map(Blocklist::new),
             hostfw: hostfw::HostFw::load(snap.hostfw),
+            ssh: ssh::Ssh::load(snap.ssh),
             ..World::default()
         };
         for m in snap.memberships {
@@ -349,6 +359,7 @@ impl World {
                 .collect::<Vec<_>>(),
         );
         w.compile_all_host_firewalls();
+        w.compute_all_ssh_hosts();
         w.compute_all_service_lists();
         w
     }
@@ -410,6 +421,7 @@ impl World {
         }
         // Else visibility did not change in this batch: no transition.
         self.refresh_host_firewalls(&mut outcome.touched);
+        self.refresh_ssh_hosts(&mut outcome.touched);
         self.refresh_services(
             &mut outcome.touched,
             &outcome.policy_changed,

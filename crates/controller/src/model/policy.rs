@@ -152,7 +152,7 @@ impl World {
     pub(super) fn node_facts(&self, n: &NodeState) -> NodeFacts {
         NodeFacts {
             services: self.service_facts(n),
-            ssh_port: None,
+            ssh_port: self.ssh_port(n.rec.id),
             name: n.rec.name.clone(),
             tags: n.rec.tags.iter().cloned().collect(),
             networks: n

@@ -25,6 +25,7 @@ use crate::store::MembershipRecord;
 
 mod blocklist;
 mod services;
+mod ssh;
 
 /// What a group of nodes receives for one version.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +146,7 @@ pub fn snapshot(world: &World, node: NodeId) -> Option<NetworkMap> {
         dns_blocklist: world.dns_blocklist_ref(),
         services,
         provides,
-        ssh_hosts: Vec::new(),
+        ssh_hosts: world.node_ssh_hosts(node),
     })
 }
 
@@ -274,6 +275,7 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
         .chain(outcome.policy_changed.iter())
         .chain(touched.data.iter())
         .chain(touched.hostfw.iter())
+        .chain(touched.ssh_hosts.iter())
         .chain(touched.services.iter())
         .filter(|id| enabled(id))
     {
@@ -310,6 +312,7 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             || outcome.policy_changed.contains(&id)
             || touched.data.contains(&id)
             || touched.hostfw.contains(&id)
+            || touched.ssh_hosts.contains(&id)
             || touched.services.contains(&id)
             || nets.iter().any(|n| touched.entries.contains(&(*n, mine)));
         if !is_subject {
@@ -335,6 +338,9 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             changes.push(MapChange::HostFirewall {
                 spec: world.node_host_firewall(id).cloned(),
             });
+        }
+        if touched.ssh_hosts.contains(&id) {
+            changes.push(ssh::change(world, id));
         }
         if touched.services.contains(&id) {
             changes.push(services::change(world, id));

@@ -18,6 +18,7 @@ pub mod hostfw;
 pub mod integrity;
 pub mod services;
 pub mod sqlite;
+pub mod ssh;
 pub mod tasks;
 pub mod usage;
 
@@ -350,6 +351,8 @@ pub struct StoreSnapshot {
     pub dns_blocklist: Option<dns_blocklist::DnsBlocklistRecord>,
     /// The host firewall file in force and the dynamic rules.
     pub hostfw: hostfw::HostFwRows,
+    /// SSH servers and audited session keys.
+    pub ssh: ssh::SshRows,
     /// The service registry: ranges, services, instances.
     pub services: services::ServiceRows,
 }
@@ -409,6 +412,8 @@ pub enum Write {
     DnsBlocklist(Option<dns_blocklist::DnsBlocklistRecord>),
     /// A host firewall file version or dynamic rule row.
     HostFw(hostfw::HostFwWrite),
+    /// An SSH row.
+    Ssh(ssh::SshWrite),
     /// A service registry row.
     Services(services::ServiceWrite),
     /// Insert a task, or record its cancellation.

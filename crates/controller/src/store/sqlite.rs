@@ -36,6 +36,8 @@ mod integrity;
 
 mod services;
 
+mod ssh;
+
 mod tasks;
 
 mod migrations;
@@ -439,6 +441,7 @@ impl Store for SqliteStore {
         snap.data = data::load(c)?;
         snap.dns_blocklist = dns_blocklist::load(c)?;
         snap.hostfw = hostfw::load(c)?;
+        snap.ssh = ssh::load(c)?;
         snap.services = services::load(c)?;
         snap.integrity = integrity::load(c)?;
         Ok(snap)
@@ -633,6 +636,7 @@ impl Store for SqliteStore {
                 Write::Data(w) => data::apply(&tx, w)?,
                 Write::DnsBlocklist(r) => dns_blocklist::put(&tx, r.as_ref())?,
                 Write::HostFw(w) => hostfw::apply(&tx, w)?,
+                Write::Ssh(w) => ssh::apply(&tx, w)?,
                 Write::Services(w) => services::apply(&tx, w)?,
                 Write::UsageCounter(r) => usage::put_counter(&tx, r)?,
                 Write::UsageAdd(r) => usage::add_bucket(&tx, r)?,

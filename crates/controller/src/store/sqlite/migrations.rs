@@ -64,6 +64,7 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         "services",
         include_str!("../../../migrations/0013_services.sql"),
     ),
+    (14, "ssh", include_str!("../../../migrations/0014_ssh.sql")),
 ];
 
 #[cfg(test)]
