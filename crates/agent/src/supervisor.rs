@@ -334,6 +334,7 @@ async fn serve<F: Future<Output = ()>>(
                     agent.retry_tuns().await;
                     agent.dns.tick().await;
                     agent.note_dns();
+                    agent.consumers.retry().await;
                 }
             }
         }
