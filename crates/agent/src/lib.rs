@@ -42,6 +42,9 @@
 //!   `weft service intercept`): TCP listeners and an `IP_TRANSPARENT`
 //!   listener with its nft table (`inet weft_tproxy`), each stream carried to a
 //!   healthy instance over the overlay; kept in `service-consumers.json`.
+//! - `services`: named services this node provides: health checks every
+//!   second on its own overlay address, reports to the controller on a flip,
+//!   every 30 s and on reconnect; `weft service list|advertise`.
 //! - `ssh`: `weftd --ssh`, an SSH server on the overlay addresses for the
 //!   nodes the policy's `[[ssh]]` rules let log in (by their overlay source
 //!   address), sessions audited on the controller.
@@ -77,6 +80,7 @@ mod node_api;
 mod outbox;
 mod resolver;
 mod selfcheck;
+mod services;
 mod ssh;
 #[cfg(test)]
 mod stand_in;

@@ -11,7 +11,7 @@ use weft_policy::CompiledPolicy;
 use weft_proto::NodeKey;
 use weft_proto::netmap::NetworkMap;
 use weft_proto::policy::MapPolicy;
-use weft_tunnel::{Backend, NetIndex, NetworkConfig, NodeConfig, PeerConfig, ServiceNat};
+use weft_tunnel::{NetIndex, NetworkConfig, NodeConfig, PeerConfig};
 
 /// Prefix of every interface weft creates.
 pub const IFACE_PREFIX: &str = "weft";
@@ -64,7 +64,8 @@ pub struct InterfacePlan {
     pub ifname: String,
     /// Addresses with the network's prefix length (`100.64.0.2/10`).
     pub addresses: Vec<(IpAddr, u8)>,
-    /// Routes through the interface (network prefixes and routed subnets).
+    /// Routes through the interface (network prefixes, routed subnets and
+    /// the VIPs (/32) of the services this node may use).
     pub routes: Vec<(IpAddr, u8)>,
     /// Subnets this node is a gateway for in the network (forwarded and
     /// masqueraded from the overlay).
@@ -145,6 +146,11 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
             |p: &weft_proto::net::Ipv4Net| IpNet::new(IpAddr::V4(p.network()), p.prefix_len()).ok();
         for r in &n.routes {
             routes.push((IpAddr::V4(r.prefix.network()), r.prefix.prefix_len()));
+        }
+        // The virtual IPs of the services this node may use in the network
+        // (the map lists no other): the tunnel maps them to instances.
+        for svc in map.services.iter().filter(|svc| svc.network == n.name) {
+            routes.push((IpAddr::V4(svc.vip), 32));
         }
         let serves: Vec<IpNet> = n.serves.iter().filter_map(net_of).collect();
         networks[slot] = NetworkConfig {
@@ -229,37 +235,11 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
                 Some(MapPolicy::Compiled(p)) => Some(CompiledPolicy::clone(p)),
                 Some(MapPolicy::Unreadable(_)) | None => None,
             },
-            services: service_nat(map, &assignment),
         },
         interfaces,
         peer_networks,
         policy_problem: policy_problem(map.policy.as_ref()),
     }
-}
-
-/// The services this node may use, for the tunnel's VIP translation: each in
-/// its network's slot, with its instances' overlay addresses and health (a
-/// service of a network the node is not in is left out).
-fn service_nat(map: &NetworkMap, slots: &BTreeMap<String, NetIndex>) -> Vec<ServiceNat> {
-    map.services
-        .iter()
-        .filter_map(|s| {
-            Some(ServiceNat {
-                name: s.name.clone(),
-                net: *slots.get(&s.network)?,
-                vip: s.vip,
-                ports: s.ports.clone(),
-                backends: s
-                    .instances
-                    .iter()
-                    .map(|i| Backend {
-                        addr: i.addr,
-                        health: i.health,
-                    })
-                    .collect(),
-            })
-        })
-        .collect()
 }
 
 /// Why a map's policy cannot be enforced (None when it can): the tunnel then
@@ -471,6 +451,46 @@ mod tests {
     }
 
     #[test]
+    fn service_vips_are_routed_through_their_network_only() {
+        let a = net("a", "100.64.0.0/16", [100, 64, 0, 2], &[]);
+        let b = net("b", "100.65.0.0/16", [100, 65, 0, 2], &[]);
+        let mut m = map(vec![a, b]);
+        let svc = |name: &str, network: &str, last: u8| weft_proto::service::ServiceView {
+            name: name.into(),
+            network: network.into(),
+            vip: Ipv4Addr::new(100, 127, 255, last),
+            fqdn: format!("{name}.svc.{network}.weft.internal"),
+            ports: vec!["5432/tcp".parse().unwrap()],
+            instances: vec![],
+        };
+        m.services = vec![svc("db", "a", 1), svc("web", "b", 2), svc("x", "gone", 3)];
+        let d = derive(&m, &mut Slots::default());
+        let vips = |i: usize| -> Vec<(IpAddr, u8)> {
+            d.interfaces[i]
+                .routes
+                .iter()
+                .copied()
+                .filter(|(_, p)| *p == 32)
+                .collect()
+        };
+        assert_eq!(vips(0), [(IpAddr::from([100, 127, 255, 1]), 32)]);
+        assert_eq!(vips(1), [(IpAddr::from([100, 127, 255, 2]), 32)]);
+        // The network's own prefix stays first (the firewall reads it there).
+        assert_eq!(
+            d.interfaces[0].routes[0],
+            (IpAddr::from([100, 64, 0, 0]), 16)
+        );
+        // No service in the map: no VIP route.
+        m.services.clear();
+        let d = derive(&m, &mut Slots::default());
+        assert!(
+            d.interfaces
+                .iter()
+                .all(|i| i.routes.iter().all(|(_, p)| *p != 32))
+        );
+    }
+
+    #[test]
     fn peer_in_two_networks_is_one_peer_with_both_addresses() {
         let m = map(vec![
             net(
@@ -540,60 +560,6 @@ mod tests {
                 "{why}"
             );
         }
-    }
-
-    #[test]
-    fn services_reach_the_tunnel_in_their_networks_slot_with_health() {
-        use weft_proto::service::{Health, ServiceInstance, ServiceView};
-        let a = net("a", "100.64.0.0/16", [100, 64, 0, 2], &[(1, [100, 64, 0, 3])]);
-        let b = net("b", "100.65.0.0/16", [100, 65, 0, 2], &[]);
-        let mut m = map(vec![a, b]);
-        let inst = |last: u8, health| ServiceInstance {
-            node_key: NodeKey::from_bytes([last; 32]),
-            node: format!("n{last}"),
-            addr: Ipv4Addr::new(100, 65, 0, last),
-            health,
-            checked_ms: None,
-        };
-        let view = |network: &str, instances| ServiceView {
-            name: "db".into(),
-            network: network.into(),
-            vip: Ipv4Addr::new(100, 127, 255, 1),
-            fqdn: format!("db.svc.{network}.weft.internal"),
-            ports: vec!["5432/tcp".parse().unwrap()],
-            instances,
-        };
-        m.services = vec![
-            view("b", vec![inst(3, Health::Healthy), inst(4, Health::Unhealthy)]),
-            view("not-a-member", vec![inst(5, Health::Healthy)]),
-        ];
-        let mut slots = Slots::default();
-        let d = derive(&m, &mut slots);
-        let slot_b = d.interfaces.iter().find(|i| i.network == "b").unwrap().slot;
-        assert_eq!(
-            d.node.services,
-            vec![ServiceNat {
-                name: "db".into(),
-                net: slot_b,
-                vip: Ipv4Addr::new(100, 127, 255, 1),
-                ports: vec!["5432/tcp".parse().unwrap()],
-                backends: vec![
-                    Backend {
-                        addr: Ipv4Addr::new(100, 65, 0, 3),
-                        health: Health::Healthy
-                    },
-                    Backend {
-                        addr: Ipv4Addr::new(100, 65, 0, 4),
-                        health: Health::Unhealthy
-                    },
-                ],
-            }]
-        );
-        // A health flip is a different NodeConfig, so the supervisor applies it.
-        m.services[0].instances[1].health = Health::Healthy;
-        let flipped = derive(&m, &mut slots);
-        assert_ne!(flipped.node, d.node);
-        assert_eq!(flipped.node.services[0].backends[1].health, Health::Healthy);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::telemetry::Telemetry;
 
 mod actions;
 mod hostfw;
+mod services;
 mod status;
 
 /// In the state directory: present while IPv4 forwarding is on because weft
@@ -112,6 +113,8 @@ struct Agent {
     hostfw: crate::hostfw::HostFw,
     /// Link monitoring (the underlay's changes, shown in status).
     linkmon: LinkMon,
+    /// Named services: the provided services' health checks and reports.
+    services: crate::services::Services,
     /// `weft service listen|intercept`: listeners and interception.
     consumers: crate::consume::Consumers,
 }
@@ -249,6 +252,7 @@ async fn serve<F: Future<Output = ()>>(
         workloads,
         hostfw: crate::hostfw::HostFw::new(cfg.firewall_rollback, &cfg.state_dir),
         linkmon,
+        services: crate::services::Services::start(),
         consumers: crate::consume::Consumers::start(&cfg.state_dir).await,
         state,
         identity,
@@ -301,6 +305,12 @@ async fn serve<F: Future<Output = ()>>(
             Some((req, reply)) = calls_rx.recv() => {
                 if crate::workload::is_workload(&req) {
                     agent.workloads.spawn(req, reply);
+                } else if let LocalRequest::ServiceAdvertise(req) = req {
+                    // A controller call: never holds up the loop.
+                    let cred = agent.credential.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(crate::services::advertise(cred, req).await);
+                    });
                 } else {
                     let resp = agent.handle(req).await;
                     let _ = reply.send(resp);
@@ -376,14 +386,12 @@ impl Agent {
             req @ (LocalRequest::WorkloadCreate(_)
             | LocalRequest::WorkloadStarted { .. }
             | LocalRequest::WorkloadEnded { .. }) => self.workloads.handle(req).await,
-            // Issue 19: services (weft-agent `services`) and SSH (`ssh`)
-            // answer these; until they land, say so.
             LocalRequest::ServiceConsume(c) => self.consumers.consume(c).await,
             LocalRequest::ServiceUnconsume(c) => self.consumers.unconsume(c).await,
-            LocalRequest::Services | LocalRequest::ServiceAdvertise(_) => LocalResponse::Error {
-                code: "unsupported".into(),
-                message: "this weftd does not serve services or SSH yet".into(),
-            },
+            LocalRequest::Services => LocalResponse::Services(Box::new(self.local_services())),
+            LocalRequest::ServiceAdvertise(req) => {
+                crate::services::advertise(self.credential.clone(), req).await
+            }
             LocalRequest::Down => {
                 self.down = true;
                 self.stop_link();
@@ -566,6 +574,7 @@ impl Agent {
             (self.dp.reflexive(), self.linkmon.subscribe()),
         );
         self.telemetry.set_link(Some((&cred, &state)));
+        self.services.set_link(Some((&cred, &state)));
         self.tasks.set_link(Some(&cred));
         self.integrity.set_link(Some(cred.clone()));
         self.ssh.set_link(Some((&cred, &state)));
@@ -576,6 +585,7 @@ impl Agent {
 
     fn stop_link(&mut self) {
         self.telemetry.set_link(None);
+        self.services.set_link(None);
         self.tasks.set_link(None);
         self.integrity.set_link(None);
         self.ssh.set_link(None);
@@ -595,6 +605,7 @@ impl Agent {
             self.map = Some(map);
             return;
         }
+        self.services.set_map(Some(&map));
         self.ssh.set_map(&map);
         let derived = netmap::derive(&map, &mut self.slots);
         let wanted: BTreeMap<usize, String> = derived
@@ -728,6 +739,7 @@ impl Agent {
         self.derived = None;
         self.slots = Slots::default();
         self.hostfw_down();
+        self.services.set_map(None);
         self.consumers.teardown().await;
         if let Some(report) = self.system.shutdown().await {
             for (a, e) in &report.failed {

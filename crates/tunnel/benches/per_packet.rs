@@ -135,7 +135,6 @@ fn pair() -> Pair {
                 }],
                 peers: peers.clone(),
                 policy: compiled.node(name).cloned(),
-                services: Vec::new(),
             },
         );
     }

@@ -116,7 +116,6 @@ impl Net {
                     serves: vec![],
                 }],
                 peers: peers.clone(),
-                services: Vec::new(),
             };
             h.node.apply_config(self.clock, &cfg);
         }
@@ -562,7 +561,6 @@ fn removed_peer_is_cut_off_at_once() {
             serves: vec![],
         }],
         peers,
-        services: Vec::new(),
     };
     {
         let now = net.clock;
@@ -633,7 +631,6 @@ fn networks_are_isolated_from_each_other() {
             },
         ],
         peers,
-        services: Vec::new(),
     };
     {
         let now = net.clock;
@@ -659,7 +656,6 @@ fn networks_are_isolated_from_each_other() {
             serves: vec![],
         }],
         peers,
-        services: Vec::new(),
     };
     {
         let now = net.clock;
@@ -825,7 +821,6 @@ fn set_policy(net: &mut Net, i: usize, policy: Option<weft_policy::CompiledPolic
             serves: vec![],
         }],
         peers,
-        services: Vec::new(),
     };
     let now = net.clock;
     net.hosts[i].node.apply_config(now, &cfg);
@@ -1203,7 +1198,6 @@ fn gateways() -> (Net, IpAddr) {
             peer(&net, 1, vec![(0, lan, 0)]),
             peer(&net, 2, vec![(0, lan, 1)]),
         ],
-        services: Vec::new(),
     };
     net.hosts[0].node.apply_config(now, &client);
     for g in [1, 2] {
@@ -1214,7 +1208,6 @@ fn gateways() -> (Net, IpAddr) {
                 serves: vec![lan],
             }],
             peers: vec![peer(&net, 0, vec![])],
-            services: Vec::new(),
         };
         net.hosts[g].node.apply_config(now, &cfg);
     }
@@ -1308,7 +1301,6 @@ fn config_with(
             serves: vec![],
         }],
         peers,
-        services: Vec::new(),
     }
 }
 

@@ -115,7 +115,6 @@ impl Net {
                     }],
                     peers: peers.clone(),
                     policy: compiled.node(names[i]).cloned(),
-                    services: Vec::new(),
                 },
             );
         }

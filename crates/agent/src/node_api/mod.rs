@@ -10,7 +10,10 @@
 //! - `GET /v1/data/{key}`: `{key, value, version}`;
 //! - `GET /v1/secrets/{key}`: `{key, version, value, value_base64}`: the
 //!   secret opened here with this node's X25519 key (the controller only ever
-//!   holds the sealed box); `value` only when the plaintext is UTF-8.
+//!   holds the sealed box); `value` only when the plaintext is UTF-8;
+//! - `GET /v1/services`: `{services: [{name, network, fqdn, vip, ports,
+//!   instances: [{node, addr, health}]}], map_version}`: the named services
+//!   this node may use (the policy allows it), for discovery by workloads.
 //!
 //! Errors are `{"error": {"code", "message"}}`: 403 `forbidden` (the message
 //! says who may), 404 `not_found` (unknown key or path), 405

@@ -70,6 +70,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) {
 enum Route<'a> {
     Metadata,
     DataList,
+    Services,
     Data(&'a str),
     Secret(&'a str),
 }
@@ -78,6 +79,7 @@ fn route(path: &str) -> Option<Route<'_>> {
     match path {
         "/v1/metadata" => Some(Route::Metadata),
         "/v1/data" => Some(Route::DataList),
+        "/v1/services" => Some(Route::Services),
         _ => {
             if let Some(key) = path.strip_prefix("/v1/data/") {
                 Some(Route::Data(key))
@@ -117,6 +119,12 @@ struct DataList<'a> {
 }
 
 #[derive(Serialize)]
+struct ServiceList<'a> {
+    services: &'a [super::view::ServiceItem],
+    map_version: u64,
+}
+
+#[derive(Serialize)]
 struct SecretBody<'a> {
     key: &'a str,
     version: u64,
@@ -133,8 +141,8 @@ fn answer<B>(req: &Request<B>, shared: &Shared, peer: &Peer) -> Response<Full<By
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "no such path: the node API serves GET /v1/metadata, /v1/data, /v1/data/{key} \
-             and /v1/secrets/{key}",
+            "no such path: the node API serves GET /v1/metadata, /v1/data, /v1/data/{key}, \
+             /v1/secrets/{key} and /v1/services",
         );
     };
     if req.method() != Method::GET {
@@ -171,6 +179,13 @@ fn answer<B>(req: &Request<B>, shared: &Shared, peer: &Peer) -> Response<Full<By
             StatusCode::OK,
             &DataList {
                 data: &view.data,
+                map_version: view.metadata.map_version,
+            },
+        ),
+        Route::Services => json(
+            StatusCode::OK,
+            &ServiceList {
+                services: &view.services,
                 map_version: view.metadata.map_version,
             },
         ),

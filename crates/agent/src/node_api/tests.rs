@@ -235,6 +235,42 @@ async fn data_secrets_and_errors_for_root() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_lists_what_this_node_may_use_with_health() {
+    let (_dir, socket) = socket_dir();
+    let api = start(&socket, Access::default()).await;
+    let mut m = serde_json::to_value(map()).unwrap();
+    let db1 = Identity::from_parts(&[8; 32], ProofOfWork { nonce: 0 }).node_key();
+    m["services"] = serde_json::json!([{
+        "name": "db", "network": "corp", "vip": "100.127.255.1",
+        "fqdn": "db.svc.corp.weft.internal", "ports": [{"port": 5432, "proto": "tcp"}],
+        "instances": [{"node_key": db1, "node": "db-1", "addr": "100.64.0.6",
+                       "health": "unhealthy"}],
+    }]);
+    api.set_map(&serde_json::from_value(m).unwrap(), &identity());
+    let (status, body) = get(&socket, "/v1/services").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "services": [{
+                "name": "db", "network": "corp", "fqdn": "db.svc.corp.weft.internal",
+                "vip": "100.127.255.1", "ports": ["5432/tcp"],
+                "instances": [{"node": "db-1", "addr": "100.64.0.6", "health": "unhealthy"}],
+            }],
+            "map_version": 42,
+        })
+    );
+    // None allowed: an empty list, not an error.
+    api.set_map(&map(), &identity());
+    let (status, body) = get(&socket, "/v1/services").unwrap();
+    assert_eq!(
+        (status, body.trim()),
+        (200, r#"{"services":[],"map_version":42}"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_credentials_decide_who_reads_what() {
     let (_dir, socket) = socket_dir();
     let id = identity();

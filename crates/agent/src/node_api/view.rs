@@ -42,6 +42,30 @@ pub(crate) struct DataItem {
     pub(crate) version: u64,
 }
 
+/// A service this node may use (each item of `GET /v1/services`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct ServiceItem {
+    pub(crate) name: String,
+    pub(crate) network: String,
+    /// `<name>.svc.<network>.<domain>`, answered by the agent's resolver.
+    pub(crate) fqdn: String,
+    /// The virtual IP (connect to it, or to `fqdn`).
+    pub(crate) vip: Ipv4Addr,
+    /// `5432/tcp`, ...
+    pub(crate) ports: Vec<String>,
+    /// The instances this node may reach, with their health.
+    pub(crate) instances: Vec<InstanceItem>,
+}
+
+/// One instance in [`ServiceItem`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct InstanceItem {
+    pub(crate) node: String,
+    pub(crate) addr: Ipv4Addr,
+    /// `healthy`, `unhealthy` or `unknown`.
+    pub(crate) health: weft_proto::service::Health,
+}
+
 /// A secret as the map carries it: sealed to this node's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SealedSecret {
@@ -59,6 +83,8 @@ pub(crate) struct View {
     pub(crate) data: Vec<DataItem>,
     /// Sorted by key.
     pub(crate) secrets: Vec<SealedSecret>,
+    /// The services this node may use, sorted by network and name.
+    pub(crate) services: Vec<ServiceItem>,
 }
 
 impl View {
@@ -98,6 +124,27 @@ impl View {
             })
             .collect();
         secrets.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut services: Vec<ServiceItem> = map
+            .services
+            .iter()
+            .map(|s| ServiceItem {
+                name: s.name.clone(),
+                network: s.network.clone(),
+                fqdn: s.fqdn.clone(),
+                vip: s.vip,
+                ports: s.ports.iter().map(ToString::to_string).collect(),
+                instances: s
+                    .instances
+                    .iter()
+                    .map(|i| InstanceItem {
+                        node: i.node.clone(),
+                        addr: i.addr,
+                        health: i.health,
+                    })
+                    .collect(),
+            })
+            .collect();
+        services.sort_by(|a, b| (&a.network, &a.name).cmp(&(&b.network, &b.name)));
         View {
             metadata: Metadata {
                 name: map.node.name.clone(),
@@ -109,6 +156,7 @@ impl View {
             },
             data,
             secrets,
+            services,
         }
     }
 

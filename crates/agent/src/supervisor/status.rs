@@ -134,7 +134,7 @@ impl Agent {
             tasks: Some(self.tasks.status()),
             host_firewall: self.hostfw.status(now_unix_ms),
             underlay: Some(self.linkmon.status()),
-            services: None,
+            services: Some(self.local_services()).filter(|s| *s != Default::default()),
             ssh: self.ssh.status(),
             failures: {
                 let mut f = [
@@ -144,6 +144,7 @@ impl Agent {
                     self.integrity.failures(),
                     self.dns_blocklist.failures(),
                     self.workloads.failures(),
+                    self.services.failures(),
                     self.consumers.failures(),
                 ]
                 .concat();

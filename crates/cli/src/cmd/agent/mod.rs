@@ -3,8 +3,7 @@
 //! [`explain`]: `why` and `why-blocked`; [`ping`]: `ping`; [`metrics`]:
 //! `metrics`; [`events`]: `events`; [`dns`]: `dns log` and `dns stats`;
 //! [`run`]: `run` (workload namespaces); [`node`]: `node get` (the node API,
-//! not the local API); [`ssh`]: `ssh` (the system's ssh to a node's
-//! `weftd --ssh`).
+//! not the local API); [`service`]: `service list|advertise`.
 
 mod dns;
 mod events;
@@ -14,7 +13,7 @@ mod metrics;
 mod node;
 mod ping;
 mod run;
-mod ssh;
+mod service;
 #[cfg(test)]
 mod tests;
 mod underlay;
@@ -42,7 +41,7 @@ pub use metrics::{MetricsArgs, metrics};
 pub use node::{NodeArgs, node};
 pub use ping::{PingArgs, ping};
 pub use run::{RunArgs, run};
-pub use ssh::{SshArgs, ssh};
+pub use service::{ServiceCmd, service};
 pub use up::{UpArgs, down, up};
 
 /// Where the agent listens.
