@@ -52,6 +52,11 @@
 //! | POST | `/v1/node/tasks/result` | node | a run's result under its lease (checked against the caps; idempotent by task and lease; 409 `task_done`) |
 //! | POST | `/v1/node/ssh/server` | node | the node's SSH server `{server: {port, host_key} \| null}` (validated; audited `node.ssh_server` on change; the port is its `ssh_port` policy fact, the key goes into the maps of the nodes that may log in) |
 //! | POST | `/v1/node/ssh/sessions` | node | sessions its SSH server saw (at most 256 records, validated; each audited once as `ssh.session` or `ssh.refused`) |
+//! | POST/GET | `/v1/admin/services` | admin | create (or with `replace`, replace) a service `{name, network, nodes, ports, health?, replace?, expect_version?}` (VIP from the network's service range; 409 `service_exists`) / list every service with its instances' health |
+//! | GET/DELETE | `/v1/admin/services/{network}/{name}` | admin | show (instances with health, last check, detail, online; pending offers) / remove a service |
+//! | POST | `/v1/admin/services/{network}/{name}/{approve\|reject}/{node}` | admin | decide on a node's offer of the service |
+//! | POST | `/v1/node/services/advertise` | node | offer a service this node provides `{name, network?, ports, health?}` (pending until approved; empty `ports` withdraws) |
+//! | POST | `/v1/node/services/health` | node | this node's instance checks (at most 256; flips change consumers' maps) |
 //! | POST | `/v1/relay/report` | relay | the relay's TLS fingerprint and STUN port |
 //! | GET | `/v1/relay/members` | relay | the node keys it may serve, once |
 //! | GET | `/v1/relay/members/stream` | relay | SSE: `members` snapshot, then `members_delta`s |
@@ -75,6 +80,7 @@ mod register;
 mod relay;
 mod rotate_key;
 mod routes;
+mod services;
 mod ssh;
 mod tasks;
 mod usage;
@@ -208,6 +214,7 @@ pub fn router(state: AppState) -> Router {
         .merge(integrity::routes())
         .merge(relay::routes())
         .merge(routes::routes())
+        .merge(services::routes())
         .merge(usage::routes())
         .merge(tasks::routes())
         .merge(ssh::routes())

@@ -1005,3 +1005,7 @@ fn approve_hint(target: &str, name: &str, network: &str, node: &str) -> String {
         "this node's offer of {target} waits for an admin: weft admin service approve {name} --network {network} --node {node}"
     )
 }
+
+#[cfg(test)]
+#[path = "services_tests.rs"]
+mod tests;
