@@ -18,13 +18,19 @@ want=(
     openssl:openssl
     ca-certificates:update-ca-certificates
     util-linux:setpriv
+    openssh-client:ssh
+    openssh-client:scp
+    openssh-sftp-server:/usr/lib/openssh/sftp-server
 )
 
 missing=()
 for entry in "${want[@]}"; do
     pkg=${entry%%:*}
     cmd=${entry#*:}
-    if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ] && ! [ -x "/sbin/$cmd" ]; then
+    # An absolute path (a helper outside PATH, e.g. sftp-server) is checked as is.
+    if [ "${cmd#/}" != "$cmd" ]; then
+        [ -x "$cmd" ] || missing+=("$pkg")
+    elif ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ] && ! [ -x "/sbin/$cmd" ]; then
         missing+=("$pkg")
     fi
 done

@@ -11,7 +11,7 @@ use weft_policy::CompiledPolicy;
 use weft_proto::NodeKey;
 use weft_proto::netmap::NetworkMap;
 use weft_proto::policy::MapPolicy;
-use weft_tunnel::{NetIndex, NetworkConfig, NodeConfig, PeerConfig};
+use weft_tunnel::{Backend, NetIndex, NetworkConfig, NodeConfig, PeerConfig, ServiceNat};
 
 /// Prefix of every interface weft creates.
 pub const IFACE_PREFIX: &str = "weft";
@@ -235,11 +235,37 @@ pub fn derive(map: &NetworkMap, slots: &mut Slots) -> Derived {
                 Some(MapPolicy::Compiled(p)) => Some(CompiledPolicy::clone(p)),
                 Some(MapPolicy::Unreadable(_)) | None => None,
             },
+            services: service_nat(map, &assignment),
         },
         interfaces,
         peer_networks,
         policy_problem: policy_problem(map.policy.as_ref()),
     }
+}
+
+/// The services this node may use, for the tunnel's VIP translation: each in
+/// its network's slot, with its instances' overlay addresses and health (a
+/// service of a network the node is not in is left out).
+fn service_nat(map: &NetworkMap, slots: &BTreeMap<String, NetIndex>) -> Vec<ServiceNat> {
+    map.services
+        .iter()
+        .filter_map(|s| {
+            Some(ServiceNat {
+                name: s.name.clone(),
+                net: *slots.get(&s.network)?,
+                vip: s.vip,
+                ports: s.ports.clone(),
+                backends: s
+                    .instances
+                    .iter()
+                    .map(|i| Backend {
+                        addr: i.addr,
+                        health: i.health,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
 }
 
 /// Why a map's policy cannot be enforced (None when it can): the tunnel then
@@ -429,28 +455,6 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_stable_across_changes() {
-        let mut slots = Slots::default();
-        let a = net("a", "100.64.0.0/16", [100, 64, 0, 2], &[]);
-        let b = net("b", "100.65.0.0/16", [100, 65, 0, 2], &[]);
-        let c = net("c", "100.66.0.0/16", [100, 66, 0, 2], &[]);
-        derive(&map(vec![a.clone(), b.clone()]), &mut slots);
-        assert_eq!(slots.get().get("b"), Some(&1));
-        // a leaves: b keeps weft1, c takes the free weft0.
-        let d = derive(&map(vec![b, c]), &mut slots);
-        assert_eq!(slots.get().get("b"), Some(&1));
-        assert_eq!(slots.get().get("c"), Some(&0));
-        assert_eq!(d.node.networks.len(), 2);
-        assert_eq!(
-            d.interfaces
-                .iter()
-                .map(|i| i.ifname.as_str())
-                .collect::<Vec<_>>(),
-            ["weft0", "weft1"]
-        );
-    }
-
-    #[test]
     fn service_vips_are_routed_through_their_network_only() {
         let a = net("a", "100.64.0.0/16", [100, 64, 0, 2], &[]);
         let b = net("b", "100.65.0.0/16", [100, 65, 0, 2], &[]);
@@ -487,6 +491,28 @@ mod tests {
             d.interfaces
                 .iter()
                 .all(|i| i.routes.iter().all(|(_, p)| *p != 32))
+        );
+    }
+
+    #[test]
+    fn slots_are_stable_across_changes() {
+        let mut slots = Slots::default();
+        let a = net("a", "100.64.0.0/16", [100, 64, 0, 2], &[]);
+        let b = net("b", "100.65.0.0/16", [100, 65, 0, 2], &[]);
+        let c = net("c", "100.66.0.0/16", [100, 66, 0, 2], &[]);
+        derive(&map(vec![a.clone(), b.clone()]), &mut slots);
+        assert_eq!(slots.get().get("b"), Some(&1));
+        // a leaves: b keeps weft1, c takes the free weft0.
+        let d = derive(&map(vec![b, c]), &mut slots);
+        assert_eq!(slots.get().get("b"), Some(&1));
+        assert_eq!(slots.get().get("c"), Some(&0));
+        assert_eq!(d.node.networks.len(), 2);
+        assert_eq!(
+            d.interfaces
+                .iter()
+                .map(|i| i.ifname.as_str())
+                .collect::<Vec<_>>(),
+            ["weft0", "weft1"]
         );
     }
 
@@ -560,6 +586,60 @@ mod tests {
                 "{why}"
             );
         }
+    }
+
+    #[test]
+    fn services_reach_the_tunnel_in_their_networks_slot_with_health() {
+        use weft_proto::service::{Health, ServiceInstance, ServiceView};
+        let a = net("a", "100.64.0.0/16", [100, 64, 0, 2], &[(1, [100, 64, 0, 3])]);
+        let b = net("b", "100.65.0.0/16", [100, 65, 0, 2], &[]);
+        let mut m = map(vec![a, b]);
+        let inst = |last: u8, health| ServiceInstance {
+            node_key: NodeKey::from_bytes([last; 32]),
+            node: format!("n{last}"),
+            addr: Ipv4Addr::new(100, 65, 0, last),
+            health,
+            checked_ms: None,
+        };
+        let view = |network: &str, instances| ServiceView {
+            name: "db".into(),
+            network: network.into(),
+            vip: Ipv4Addr::new(100, 127, 255, 1),
+            fqdn: format!("db.svc.{network}.weft.internal"),
+            ports: vec!["5432/tcp".parse().unwrap()],
+            instances,
+        };
+        m.services = vec![
+            view("b", vec![inst(3, Health::Healthy), inst(4, Health::Unhealthy)]),
+            view("not-a-member", vec![inst(5, Health::Healthy)]),
+        ];
+        let mut slots = Slots::default();
+        let d = derive(&m, &mut slots);
+        let slot_b = d.interfaces.iter().find(|i| i.network == "b").unwrap().slot;
+        assert_eq!(
+            d.node.services,
+            vec![ServiceNat {
+                name: "db".into(),
+                net: slot_b,
+                vip: Ipv4Addr::new(100, 127, 255, 1),
+                ports: vec!["5432/tcp".parse().unwrap()],
+                backends: vec![
+                    Backend {
+                        addr: Ipv4Addr::new(100, 65, 0, 3),
+                        health: Health::Healthy
+                    },
+                    Backend {
+                        addr: Ipv4Addr::new(100, 65, 0, 4),
+                        health: Health::Unhealthy
+                    },
+                ],
+            }]
+        );
+        // A health flip is a different NodeConfig, so the supervisor applies it.
+        m.services[0].instances[1].health = Health::Healthy;
+        let flipped = derive(&m, &mut slots);
+        assert_ne!(flipped.node, d.node);
+        assert_eq!(flipped.node.services[0].backends[1].health, Health::Healthy);
     }
 
     #[test]

@@ -123,6 +123,12 @@ enum Command {
     /// `custom` (bridged, only to --allow destinations). Removed when the
     /// command ends.
     Run(cmd::agent::RunArgs),
+    /// Log in to a node's `weftd --ssh` over the overlay with the system's
+    /// `ssh`: `weft ssh [USER@]NODE [-- CMD...]`. Who may log in as which
+    /// user comes from the policy's [[ssh]] rules; the host key comes from
+    /// the map (no trust-on-first-use prompt). `weft ssh --config` prints an
+    /// ssh_config snippet for scp, rsync and port forwarding by node name.
+    Ssh(cmd::agent::SshArgs),
     /// Named services: `weft service list` (what this node may use, with
     /// names, virtual IPs and health, and what it provides) and `weft service
     /// advertise NAME --port 5432` (offer to provide one; an admin approves).
@@ -161,6 +167,7 @@ pub fn main() -> ExitCode {
         Command::Events => cmd::agent::events(&cli.socket, json),
         Command::Dns(c) => cmd::agent::dns(&cli.socket, c, json),
         Command::Node(a) => cmd::agent::node(&a, json),
+        Command::Ssh(a) => cmd::agent::ssh(&cli.socket.socket, a),
         Command::Service(c) => cmd::agent::service(&cli.socket, c, json),
         Command::Identity(c) => cmd::identity::run(c, json),
         Command::Policy(c) => cmd::policy::run(c, json),

@@ -152,6 +152,7 @@ impl Control {
                     networks: vec![network],
                     peers: vec![],
                     policy: Some(CompiledPolicy::default()),
+                    services: Vec::new(),
                 });
                 continue;
             }
@@ -179,6 +180,7 @@ impl Control {
                 networks: vec![network],
                 peers,
                 policy: Some(view.node(&v.name).cloned().unwrap_or_default()),
+                services: Vec::new(),
             });
         }
         Ok(out)

@@ -135,6 +135,7 @@ fn pair() -> Pair {
                 }],
                 peers: peers.clone(),
                 policy: compiled.node(name).cloned(),
+                services: Vec::new(),
             },
         );
     }

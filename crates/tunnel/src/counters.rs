@@ -47,11 +47,17 @@ pub enum DropReason {
     NoPolicy,
     /// A STUN message that is malformed or answers no request of ours.
     BadStun,
+    /// A packet to a service VIP with no usable instance (none listed, or all
+    /// unhealthy): answered with ICMP host unreachable.
+    ServiceNoInstance,
+    /// A packet to a service VIP that is not TCP/UDP to one of the service's
+    /// ports (or a non-first fragment): answered with ICMP port unreachable.
+    ServicePort,
 }
 
 impl DropReason {
     /// All reasons, in display order.
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::MalformedIp,
         DropReason::NoRoute,
         DropReason::NotWireGuard,
@@ -71,6 +77,8 @@ impl DropReason {
         DropReason::PolicyDenied,
         DropReason::NoPolicy,
         DropReason::BadStun,
+        DropReason::ServiceNoInstance,
+        DropReason::ServicePort,
     ];
 
     /// A stable snake_case name (status output, metrics labels).
@@ -95,6 +103,8 @@ impl DropReason {
             DropReason::PolicyDenied => "policy_denied",
             DropReason::NoPolicy => "no_policy",
             DropReason::BadStun => "bad_stun",
+            DropReason::ServiceNoInstance => "service_no_instance",
+            DropReason::ServicePort => "service_port",
         }
     }
 

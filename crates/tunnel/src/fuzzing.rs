@@ -181,6 +181,7 @@ impl Harness {
                     )],
                 }],
                 policy: Some(weft_policy::allow_all("test")),
+                services: Vec::new(),
             },
         );
         let Some(peer) = Endpoint::new(

@@ -23,6 +23,8 @@ pub enum Unreachable {
     Host,
     /// Communication administratively prohibited (the access policy said no).
     Prohibited,
+    /// Port unreachable (a service VIP on a port the service does not have).
+    Port,
 }
 
 /// Builds an ICMP "host unreachable" for `original`; see [`icmp_error`].
@@ -72,6 +74,7 @@ pub fn icmp_error(
             out[21] = match kind {
                 Unreachable::Host => 1,
                 Unreachable::Prohibited => 13,
+                Unreachable::Port => 3,
             };
             out[28..].copy_from_slice(&original[..quoted]);
             let c = checksum(&[&out[20..]]);
@@ -102,6 +105,7 @@ pub fn icmp_error(
             out[41] = match kind {
                 Unreachable::Host => 3,       // address unreachable
                 Unreachable::Prohibited => 1, // administratively prohibited
+                Unreachable::Port => 4,
             };
             out[48..].copy_from_slice(&original[..quoted]);
             let mut pseudo = [0u8; 40];
@@ -136,6 +140,26 @@ pub fn checksum(parts: &[&[u8]]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// RFC 1624 (eqn. 3): the Internet checksum `sum` of data in which the 4
+/// bytes `old` became `new` (an IPv4 address, in the header or the TCP/UDP
+/// pseudo-header), without summing the data again: `~(~sum + ~old + new)`.
+///
+/// This is for a complete checksum. A partial one (a virtio-net
+/// `NEEDS_CSUM` packet's field holds the pseudo-header sum, not its
+/// complement) takes the inverse: `!checksum_replace4(!partial, old, new)`;
+/// the tunnel core never sees one (tun-rs completes them on read).
+pub fn checksum_replace4(sum: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    let mut acc = u32::from(!sum);
+    for i in [0, 2] {
+        acc += u32::from(!u16::from_be_bytes([old[i], old[i + 1]]));
+        acc += u32::from(u16::from_be_bytes([new[i], new[i + 1]]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ pub mod path;
 pub mod wg;
 
 pub use counters::{DropCounters, DropReason};
+pub use node::{Backend, MAX_SERVICE_FLOWS, ServiceNat, ServiceStatus};
 pub use node::{
     Dest, Event, MAX_USAGE_PEERS, MIN_OUT_BUF, NetIndex, NetOutcome, NetworkConfig, Node,
     NodeConfig, NodeUsage, PeerConfig, PeerStatus, PeerUsage, Transmit, TunOutcome, WG_OVERHEAD,

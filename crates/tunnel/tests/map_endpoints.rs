@@ -54,6 +54,7 @@ fn unusable_and_overlay_endpoints_are_not_candidates() {
             peer(2, [100, 64, 0, 2], endpoints),
             peer(3, [100, 64, 0, 3], vec![ep("192.0.2.9:41641")]),
         ],
+        services: Vec::new(),
     };
     node.apply_config(now, &cfg);
     let status = node.peer_status(now);

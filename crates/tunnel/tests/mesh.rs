@@ -116,6 +116,7 @@ impl Net {
                     serves: vec![],
                 }],
                 peers: peers.clone(),
+                services: Vec::new(),
             };
             h.node.apply_config(self.clock, &cfg);
         }
@@ -561,6 +562,7 @@ fn removed_peer_is_cut_off_at_once() {
             serves: vec![],
         }],
         peers,
+        services: Vec::new(),
     };
     {
         let now = net.clock;
@@ -631,6 +633,7 @@ fn networks_are_isolated_from_each_other() {
             },
         ],
         peers,
+        services: Vec::new(),
     };
     {
         let now = net.clock;
@@ -656,6 +659,7 @@ fn networks_are_isolated_from_each_other() {
             serves: vec![],
         }],
         peers,
+        services: Vec::new(),
     };
     {
         let now = net.clock;
@@ -821,6 +825,7 @@ fn set_policy(net: &mut Net, i: usize, policy: Option<weft_policy::CompiledPolic
             serves: vec![],
         }],
         peers,
+        services: Vec::new(),
     };
     let now = net.clock;
     net.hosts[i].node.apply_config(now, &cfg);
@@ -1198,6 +1203,7 @@ fn gateways() -> (Net, IpAddr) {
             peer(&net, 1, vec![(0, lan, 0)]),
             peer(&net, 2, vec![(0, lan, 1)]),
         ],
+        services: Vec::new(),
     };
     net.hosts[0].node.apply_config(now, &client);
     for g in [1, 2] {
@@ -1208,6 +1214,7 @@ fn gateways() -> (Net, IpAddr) {
                 serves: vec![lan],
             }],
             peers: vec![peer(&net, 0, vec![])],
+            services: Vec::new(),
         };
         net.hosts[g].node.apply_config(now, &cfg);
     }
@@ -1301,6 +1308,7 @@ fn config_with(
             serves: vec![],
         }],
         peers,
+        services: Vec::new(),
     }
 }
 

@@ -115,6 +115,7 @@ impl Net {
                     }],
                     peers: peers.clone(),
                     policy: compiled.node(names[i]).cloned(),
+                    services: Vec::new(),
                 },
             );
         }

@@ -7,10 +7,13 @@
 
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use weft_proto::service::{Health, ServiceView};
@@ -198,14 +201,60 @@ async fn carry(mut inbound: TcpStream, entry: Arc<Entry>, hash: u64) {
         },
         () = &mut stopped => return,
     };
+    let mut inbound = Counted {
+        inner: inbound,
+        bytes: &entry.bytes,
+    };
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => match r {
-            Ok((up, down)) => {
-                entry.bytes.fetch_add(up + down, Ordering::Relaxed);
+        r = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, service = %target.view.name, "service stream ended with an error");
             }
-            Err(e) => tracing::debug!(error = %e, service = %target.view.name, "service stream ended with an error"),
-        },
+        }
         () = &mut stopped => {}
+    }
+}
+
+/// A stream that adds what is read from it and written to it to `bytes` as
+/// it goes (so `weft service list` shows a long stream's progress).
+struct Counted<'a> {
+    inner: TcpStream,
+    bytes: &'a AtomicU64,
+}
+
+impl AsyncRead for Counted<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+impl AsyncWrite for Counted<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.bytes.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -135,6 +135,19 @@ impl Consumers {
         self.note();
     }
 
+    /// Tries again what failed for a reason that may pass (an address in
+    /// use, nft refusing); called on the supervisor's 2 s tick.
+    pub(crate) async fn retry(&mut self) {
+        let retriable = self.intercept.error.is_some()
+            || self
+                .slots
+                .values()
+                .any(|s| s.error.is_some() && s.entry.target().is_some());
+        if retriable && self.services.is_some() {
+            self.sync().await;
+        }
+    }
+
     /// `weft service listen|intercept`: adds `c`, started at once. Refused
     /// (and nothing kept) when it cannot run now.
     pub(crate) async fn consume(&mut self, c: Consumer) -> LocalResponse {
@@ -338,9 +351,9 @@ impl Consumers {
                                             Some(tokio::spawn(carry::serve(l, slot.entry.clone())));
                                     }
                                     Err(e) => {
+                                        // Kept with its target: retried on the tick.
                                         slot.error =
                                             Some(format!("cannot listen on {listen}: {e}"));
-                                        slot.stop();
                                     }
                                 }
                             }

@@ -215,3 +215,28 @@ async fn a_damaged_file_is_refused_shown_and_kept() {
     assert_eq!(code, "state");
     assert_eq!(std::fs::read(&path).unwrap(), b"not json", "never replaced");
 }
+
+#[tokio::test]
+async fn a_kept_listener_whose_address_is_taken_fails_in_status_and_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = echo().await;
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = taken.local_addr().unwrap();
+    store::save(dir.path(), &[listen(at)]).unwrap();
+    let mut cs = Consumers::start(dir.path()).await;
+    cs.on_map(&map(vec![db(port)])).await;
+    let f = cs.failures();
+    assert_eq!(f.len(), 1);
+    assert!(
+        f[0].error.contains(&format!("cannot listen on {at}")),
+        "{f:?}"
+    );
+    let st = cs.statuses();
+    let mine = &st.by_service[&("prod".to_owned(), "db".to_owned())];
+    assert!(!mine[0].active && mine[0].error.is_some());
+    // The address frees up: the next retry listens.
+    drop(taken);
+    cs.retry().await;
+    assert!(cs.failures().is_empty());
+    assert_eq!(round_trip(at).await, b"hello");
+}

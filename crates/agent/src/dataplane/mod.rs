@@ -47,6 +47,8 @@ mod tun;
 mod twins;
 mod udp;
 mod udp_batch;
+#[cfg(test)]
+mod vip_offload;
 mod workers;
 
 use std::collections::BTreeMap;

@@ -150,6 +150,7 @@ impl Host {
                 endpoints: vec![peer.udp.addr],
                 routes: vec![],
             }],
+            services: Vec::new(),
         };
         self.cmds.tell(Command::Apply(Box::new(cfg)));
     }

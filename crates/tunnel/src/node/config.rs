@@ -31,6 +31,9 @@ pub struct NodeConfig {
     /// [`crate::DropReason::NoPolicy`]; nothing turns enforcement off except the
     /// `unenforced-benchmark-only` build feature.
     pub policy: Option<CompiledPolicy>,
+    /// The services this node may use, by VIP: a packet to a VIP goes to one
+    /// of the service's backends, per flow (see [`ServiceNat`]).
+    pub services: Vec<ServiceNat>,
 }
 
 /// One overlay network as the data plane sees it.
@@ -69,6 +72,7 @@ impl Node {
     /// `unknown_session`); existing sessions of kept peers survive.
     pub fn apply_config(&mut self, now: Instant, cfg: &NodeConfig) {
         self.apply_policy(now, cfg.policy.as_ref());
+        self.services.apply(&cfg.services);
         self.local.clear();
         self.served.clear();
         for (net, nc) in cfg.networks.iter().enumerate() {

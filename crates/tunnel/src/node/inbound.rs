@@ -121,6 +121,8 @@ impl Node {
         if let Err(reason) = self.police(now, key, Direction::Ingress, &view, &out[..n]) {
             return NetOutcome::Dropped(reason);
         }
+        // A backend answering a flow to a service VIP: the reply comes from the VIP.
+        self.services.inbound(now, net, &view, &mut out[..n]);
         NetOutcome::WriteTun {
             net,
             packet: &out[..n],

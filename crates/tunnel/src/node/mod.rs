@@ -8,6 +8,7 @@ mod outcome;
 mod policy;
 mod refused;
 mod roam;
+mod services;
 mod timers;
 mod usage;
 mod wireguard;
@@ -16,6 +17,7 @@ pub use config::{NetIndex, NetworkConfig, NodeConfig, PeerConfig};
 use discovery::Stun;
 pub use outcome::{Dest, Event, NetOutcome, PeerStatus, Transmit, TunOutcome};
 pub use refused::{MAX_DISTINCT, MAX_REFUSAL_PEERS, Refusals, RefusedAttempts};
+pub use services::{Backend, MAX_SERVICE_FLOWS, ServiceNat, ServiceStatus};
 pub use usage::{MAX_USAGE_PEERS, NodeUsage, PeerUsage};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -85,6 +87,10 @@ pub struct Node {
     usage: usage::UsageIds,
     stun: Stun,
     scratch: Vec<u8>,
+    /// Service VIPs and their flows (consumer side).
+    services: services::Services,
+    /// Where a packet to a VIP is rewritten before it is encrypted.
+    nat_buf: Vec<u8>,
 }
 
 impl Node {
@@ -139,6 +145,8 @@ impl Node {
             usage: usage::UsageIds::default(),
             stun: Stun::default(),
             scratch: vec![0u8; 65_536 + WG_OVERHEAD],
+            services: services::Services::default(),
+            nat_buf: Vec::new(),
         }
     }
 
@@ -161,6 +169,12 @@ impl Node {
     /// Drop counters for packets not attributable to a peer plus all peers'.
     pub fn drops(&self) -> &DropCounters {
         &self.drops
+    }
+
+    /// Every configured service's counters (flows, packets, refusals), in
+    /// configuration order.
+    pub fn service_status(&self) -> Vec<ServiceStatus> {
+        self.services.status()
     }
 
     /// Status of every peer at `now`, ordered by key.

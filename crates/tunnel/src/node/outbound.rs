@@ -28,16 +28,77 @@ impl Node {
             return self.drop_tun(DropReason::MalformedIp);
         };
         let packet = &packet[..view.total_len];
+        if !self.services.is_empty() && self.services.is_vip(net, view.dst) {
+            return self.handle_vip_packet(now, net, packet, &view, out);
+        }
+        self.route_tun_packet(now, net, packet, &view, (packet, &view), out)
+    }
+
+    /// A packet to a service VIP: rewritten to a backend and routed (policy on
+    /// the real addresses), or refused with an ICMP unreachable.
+    fn handle_vip_packet<'a>(
+        &mut self,
+        now: Instant,
+        net: NetIndex,
+        packet: &[u8],
+        view: &IpView,
+        out: &'a mut [u8],
+    ) -> TunOutcome<'a> {
+        let mut buf = std::mem::take(&mut self.nat_buf);
+        let outcome = match self.services.outbound(now, net, packet, view, &mut buf) {
+            services::Outbound::Rewritten { len, backend } => {
+                let mut real = *view;
+                real.dst = IpAddr::V4(backend);
+                self.route_tun_packet(now, net, &buf[..len], &real, (packet, view), out)
+            }
+            services::Outbound::Refused(reason, kind) => {
+                self.drops.add(reason);
+                // Port unreachable comes from the VIP itself; host unreachable
+                // from this node, as for an address no peer has.
+                let from = match kind {
+                    ip::Unreachable::Port => Some(view.dst),
+                    _ => self.local_address(net, view.src.is_ipv4()),
+                };
+                match from.and_then(|f| ip::icmp_error(packet, view, f, out, kind)) {
+                    Some(n) => TunOutcome::Reply(&out[..n]),
+                    None => TunOutcome::Dropped(reason),
+                }
+            }
+            services::Outbound::NotVip => {
+                self.route_tun_packet(now, net, packet, view, (packet, view), out)
+            }
+        };
+        self.nat_buf = buf;
+        outcome
+    }
+
+    /// This node's address in `net` of the family asked for.
+    fn local_address(&self, net: NetIndex, v4: bool) -> Option<IpAddr> {
+        self.local
+            .iter()
+            .find(|(a, n)| **n == net && a.is_ipv4() == v4)
+            .map(|(a, _)| *a)
+    }
+
+    /// Routes, polices and encrypts `packet` (whose view is `view`); ICMP
+    /// errors for the local sender quote `quote` (the packet as the sender
+    /// wrote it, before a VIP rewrite).
+    fn route_tun_packet<'a>(
+        &mut self,
+        now: Instant,
+        net: NetIndex,
+        packet: &[u8],
+        view: &IpView,
+        quote: (&[u8], &IpView),
+        out: &'a mut [u8],
+    ) -> TunOutcome<'a> {
+        let view = *view;
         let routed = || self.gateway_for(now, net, view.dst);
         let Some(key) = self.by_ip.get(&(net, view.dst)).copied().or_else(routed) else {
             self.drops.add(DropReason::NoRoute);
-            let from = self
-                .local
-                .iter()
-                .find(|(a, n)| **n == net && a.is_ipv4() == view.src.is_ipv4())
-                .map(|(a, _)| *a);
+            let from = self.local_address(net, view.src.is_ipv4());
             if let Some(from) = from
-                && let Some(n) = ip::icmp_unreachable(packet, &view, from, out)
+                && let Some(n) = ip::icmp_unreachable(quote.0, quote.1, from, out)
             {
                 return TunOutcome::Reply(&out[..n]);
             }
@@ -48,13 +109,9 @@ impl Node {
         }
         if let Err(reason) = self.police(now, key, Direction::Egress, &view, packet) {
             // Tell the local sender at once instead of letting it time out.
-            if let Some(from) = self
-                .local
-                .iter()
-                .find(|(a, n)| **n == net && a.is_ipv4() == view.src.is_ipv4())
-                .map(|(a, _)| *a)
+            if let Some(from) = self.local_address(net, view.src.is_ipv4())
                 && let Some(n) =
-                    ip::icmp_error(packet, &view, from, out, ip::Unreachable::Prohibited)
+                    ip::icmp_error(quote.0, quote.1, from, out, ip::Unreachable::Prohibited)
             {
                 return TunOutcome::Reply(&out[..n]);
             }

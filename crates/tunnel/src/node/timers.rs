@@ -13,6 +13,7 @@ impl Node {
         if let Some(engine) = self.policy.as_mut() {
             engine.handle_timeout(now);
         }
+        self.services.expire(now);
         if now >= self.next_rate_reset {
             self.wg.reset_load();
             self.next_rate_reset = now + Duration::from_secs(1);
@@ -70,7 +71,11 @@ impl Node {
             .next
             .filter(|_| !self.stun.servers.is_empty())
             .map(|t| (t, "stun refresh"));
-        [Some(wg), paths, policy, stun]
+        let services = self
+            .services
+            .next_deadline()
+            .map(|t| (t, "service flow expiry"));
+        [Some(wg), paths, policy, stun, services]
             .into_iter()
             .flatten()
             .min_by_key(|(t, _)| *t)

@@ -18,6 +18,7 @@ mod networks;
 mod nodes;
 pub mod policy;
 mod relays;
+mod services;
 mod tasks;
 mod tokens;
 mod usage;
@@ -105,6 +106,12 @@ enum AdminCommand {
     /// `rules`, `revoke ID`).
     #[command(subcommand)]
     Firewall(firewall::FirewallCmd),
+    /// Named services: a name and a stable virtual IP in a network, served
+    /// by provider nodes, checked for health (`create NAME --network NET
+    /// --node A,B --port 5432/tcp`, `list`, `show`, `remove`; `approve` or
+    /// `reject` a node's offer).
+    #[command(subcommand)]
+    Service(services::ServiceCmd),
     /// The audit log (newest first).
     Audit {
         /// How many entries.
@@ -258,6 +265,7 @@ async fn dispatch(c: &Client, cmd: AdminCommand, json: bool) -> anyhow::Result<b
         AdminCommand::Task(t) => tasks::run(c, t, json).await?,
         AdminCommand::Dns(d) => dns::run(c, d, json).await?,
         AdminCommand::Firewall(f) => firewall::run(c, f, json).await?,
+        AdminCommand::Service(s) => services::run(c, s, json).await?,
         AdminCommand::Audit {
             limit,
             before,

@@ -3,7 +3,8 @@
 //! [`explain`]: `why` and `why-blocked`; [`ping`]: `ping`; [`metrics`]:
 //! `metrics`; [`events`]: `events`; [`dns`]: `dns log` and `dns stats`;
 //! [`run`]: `run` (workload namespaces); [`node`]: `node get` (the node API,
-//! not the local API); [`service`]: `service list|advertise`.
+//! not the local API); [`ssh`]: `ssh` (the system's ssh to a node's
+//! `weftd --ssh`); [`service`]: `service list|advertise`.
 
 mod dns;
 mod events;
@@ -14,6 +15,7 @@ mod node;
 mod ping;
 mod run;
 mod service;
+mod ssh;
 #[cfg(test)]
 mod tests;
 mod underlay;
@@ -42,6 +44,7 @@ pub use node::{NodeArgs, node};
 pub use ping::{PingArgs, ping};
 pub use run::{RunArgs, run};
 pub use service::{ServiceCmd, service};
+pub use ssh::{SshArgs, ssh};
 pub use up::{UpArgs, down, up};
 
 /// Where the agent listens.
