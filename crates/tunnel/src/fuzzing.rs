@@ -14,8 +14,10 @@ use crate::disco::{self, Disco, DiscoKey};
 use crate::ip::{self, IpView, Unreachable};
 use crate::wg::endpoint::Endpoint;
 use crate::{
-    Dest, MIN_OUT_BUF, NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig, WG_OVERHEAD,
+    Backend, Dest, MIN_OUT_BUF, NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig,
+    ServiceNat, WG_OVERHEAD,
 };
+use weft_proto::service::{Health, ServicePort, ServiceProto};
 
 /// The IP header view, ports, and both ICMP unreachable replies (into buffers of
 /// every interesting size), for IPv4 and IPv6 senders.
@@ -33,7 +35,11 @@ pub fn ip_packet(data: &[u8]) {
     ];
     let mut out = vec![0u8; 1500];
     for from in froms {
-        for kind in [Unreachable::Host, Unreachable::Prohibited] {
+        for kind in [
+            Unreachable::Host,
+            Unreachable::Prohibited,
+            Unreachable::Port,
+        ] {
             for size in [0, 27, 28, 47, 48, 60, 1280, 1500] {
                 let buf = &mut out[..size];
                 let Some(n) = ip::icmp_error(data, &view, from, buf, kind) else {
@@ -181,7 +187,27 @@ impl Harness {
                     )],
                 }],
                 policy: Some(weft_policy::allow_all("test")),
-                services: Vec::new(),
+                // A service VIP whose one backend is the peer: TUN packets to
+                // it and the peer's replies run through the VIP translation.
+                services: vec![ServiceNat {
+                    name: "db".into(),
+                    net: 0,
+                    vip: Ipv4Addr::new(100, 127, 255, 1),
+                    ports: vec![
+                        ServicePort {
+                            port: 5432,
+                            proto: ServiceProto::Tcp,
+                        },
+                        ServicePort {
+                            port: 53,
+                            proto: ServiceProto::Udp,
+                        },
+                    ],
+                    backends: vec![Backend {
+                        addr: Ipv4Addr::new(100, 64, 0, 2),
+                        health: Health::Healthy,
+                    }],
+                }],
             },
         );
         let Some(peer) = Endpoint::new(
@@ -219,11 +245,23 @@ impl Harness {
         };
         if let NetOutcome::WriteTun { net, packet } = outcome {
             // Only authenticated packets from the peer's addresses to ours reach
-            // the TUN.
+            // the TUN (a reply to a VIP flow from the VIP, on a service port).
             assert_eq!(net, 0);
             let view = IpView::parse(packet);
             assert!(view.is_ok(), "{view:?}");
             if let Ok(v) = view {
+                if v.src == IpAddr::V4(Ipv4Addr::new(100, 127, 255, 1)) {
+                    let sport = v.ports(packet).map(|p| p.0);
+                    assert!(
+                        matches!(
+                            (v.protocol, sport),
+                            (ip::proto::TCP, Some(5432)) | (ip::proto::UDP, Some(53))
+                        ),
+                        "a VIP source on {} port {sport:?}",
+                        v.protocol
+                    );
+                    return;
+                }
                 assert!(
                     matches!(v.src, IpAddr::V4(a) if a == Ipv4Addr::new(100, 64, 0, 2)
                         || (a.octets()[..2] == [10, 2]))
