@@ -11,3 +11,7 @@ pub(super) fn change(world: &World, id: NodeId) -> MapChange {
         hosts: world.node_ssh_hosts(id),
     }
 }
+
+#[cfg(test)]
+#[path = "ssh_tests.rs"]
+mod tests;
