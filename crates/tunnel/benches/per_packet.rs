@@ -22,14 +22,17 @@
 )]
 
 use std::hint::black_box;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use weft_identity::{Difficulty, Identity, SearchOptions};
+use weft_proto::service::{Health, ServicePort, ServiceProto};
 use weft_tunnel::batch::{DatagramBatch, PacketBatch};
-use weft_tunnel::{NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig, TunOutcome};
+use weft_tunnel::{
+    Backend, NetOutcome, NetworkConfig, Node, NodeConfig, PeerConfig, ServiceNat, TunOutcome,
+};
 
 const POLICY: &str = r#"
 [[rule]]
@@ -81,8 +84,17 @@ fn tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8, len: usize) 
     p
 }
 
+/// The VIP of [`pair_with`]'s service, whose one instance is `b`.
+const VIP: [u8; 4] = [100, 127, 255, 1];
+
 /// Two nodes with an established session and flow.
 fn pair() -> Pair {
+    pair_with(false)
+}
+
+/// [`pair`], `a` consuming a service at [`VIP`] (5201/tcp) served by `b`
+/// when `vip`.
+fn pair_with(vip: bool) -> Pair {
     let (ia, ib) = (identity(), identity());
     let now = Instant::now();
     let mut p = Pair {
@@ -135,7 +147,23 @@ fn pair() -> Pair {
                 }],
                 peers: peers.clone(),
                 policy: compiled.node(name).cloned(),
-                services: Vec::new(),
+                services: if vip && name == "a" {
+                    vec![ServiceNat {
+                        name: "perf".into(),
+                        net: 0,
+                        vip: VIP.into(),
+                        ports: vec![ServicePort {
+                            port: 5201,
+                            proto: ServiceProto::Tcp,
+                        }],
+                        backends: vec![Backend {
+                            addr: Ipv4Addr::new(100, 64, 0, 2),
+                            health: Health::Healthy,
+                        }],
+                    }]
+                } else {
+                    Vec::new()
+                },
             },
         );
     }
@@ -228,5 +256,23 @@ fn per_packet(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, per_packet);
+/// The same encryption with the destination a service VIP: the price of the
+/// per-flow lookup and the rewrite (copy + incremental checksums).
+fn per_packet_vip(c: &mut Criterion) {
+    let mut p = pair_with(true);
+    let now = Instant::now();
+    let direct = tcp(p.a_ip, p.b_ip, 40000, 5201, 0x10, 1380);
+    let vip = tcp(p.a_ip, IpAddr::from(VIP), 40000, 5201, 0x10, 1380);
+    let mut out = vec![0u8; 2048];
+    for (name, seg) in [("direct", &direct), ("vip", &vip)] {
+        c.bench_function(&format!("encrypt_service/{name}"), |bench| {
+            bench.iter(|| {
+                let r = p.a.handle_tun_packet(now, 0, black_box(seg), &mut out);
+                assert!(matches!(r, TunOutcome::Send { .. }), "{r:?}");
+            })
+        });
+    }
+}
+
+criterion_group!(benches, per_packet, per_packet_vip);
 criterion_main!(benches);

@@ -51,6 +51,9 @@ impl Node {
                 real.dst = IpAddr::V4(backend);
                 self.route_tun_packet(now, net, &buf[..len], &real, (packet, view), out)
             }
+            services::Outbound::Refused(DropReason::MalformedIp, _) => {
+                self.drop_tun(DropReason::MalformedIp)
+            }
             services::Outbound::Refused(reason, kind) => {
                 self.drops.add(reason);
                 // Port unreachable comes from the VIP itself; host unreachable
