@@ -85,6 +85,7 @@ impl Ssh {
                 Ok((key, public)) => {
                     let shared = Arc::new(server::Shared {
                         policy: Mutex::new(None),
+                        peers: Mutex::new(BTreeMap::new()),
                         records: records.clone(),
                         open: Default::default(),
                         total: Default::default(),
@@ -124,6 +125,16 @@ impl Ssh {
             _ => None,
         };
         *shared.policy.lock().unwrap_or_else(PoisonError::into_inner) = policy;
+        *shared.peers.lock().unwrap_or_else(PoisonError::into_inner) = map
+            .networks
+            .iter()
+            .flat_map(|n| &n.peers)
+            .flat_map(|p| {
+                std::iter::once(IpAddr::V4(p.ipv4))
+                    .chain(p.ipv6.map(IpAddr::V6))
+                    .map(move |a| (a, p.name.clone()))
+            })
+            .collect();
         let mut addrs: Vec<IpAddr> = map
             .networks
             .iter()

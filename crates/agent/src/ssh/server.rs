@@ -36,6 +36,8 @@ const REBIND: Duration = Duration::from_secs(2);
 /// What connections share.
 pub(crate) struct Shared {
     pub(crate) policy: Mutex<Option<Arc<CompiledPolicy>>>,
+    /// Peers' overlay addresses → their names (to name who was refused).
+    pub(crate) peers: Mutex<BTreeMap<IpAddr, String>>,
     pub(crate) records: Arc<Records>,
     pub(crate) open: AtomicU64,
     pub(crate) total: AtomicU64,
@@ -208,6 +210,14 @@ struct Conn {
 impl Conn {
     fn refuse(&mut self, user: &str, from_node: Option<String>, reason: String) -> Auth {
         self.shared.refused.fetch_add(1, Ordering::Relaxed);
+        let from_node = from_node.or_else(|| {
+            self.shared
+                .peers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&access::canonical(self.from.ip()))
+                .cloned()
+        });
         tracing::info!(from = %self.from, %user, %reason, "SSH login refused");
         if !self.refusal_recorded {
             self.refusal_recorded = true;
