@@ -175,6 +175,9 @@ pub fn render_status(st: &AgentStatus) -> String {
     if let Some(u) = &st.underlay {
         underlay::render(&mut o, u, now_ms);
     }
+    if let Some(s) = &st.services {
+        service::render_status(&mut o, s);
+    }
     for n in &st.networks {
         let _ = writeln!(
             o,

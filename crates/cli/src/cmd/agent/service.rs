@@ -246,6 +246,41 @@ pub(crate) fn render(s: &LocalServices) -> String {
     o
 }
 
+/// `weft status`'s lines for services: one per service this node may use
+/// (name, VIP, healthy instances) and per provided service (its check).
+pub(crate) fn render_status(o: &mut String, s: &LocalServices) {
+    for st in &s.services {
+        let v = &st.service;
+        let healthy = v
+            .instances
+            .iter()
+            .filter(|i| i.health == weft_proto::service::Health::Healthy)
+            .count();
+        let routed = if st.vip_routed { "" } else { ", not routed" };
+        let _ = writeln!(
+            o,
+            "service   {}  {}  {healthy}/{} instances healthy{routed}",
+            safe(&v.fqdn),
+            v.vip,
+            v.instances.len()
+        );
+    }
+    for p in &s.provides {
+        let _ = writeln!(
+            o,
+            "provides  {} ({})  check {}: {}{}",
+            safe(&p.service.name),
+            safe(&p.service.network),
+            p.service.health,
+            p.health,
+            p.detail
+                .as_deref()
+                .map(|d| format!(" ({})", safe(d)))
+                .unwrap_or_default()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +387,12 @@ mod tests {
         assert!(text.contains("cache"), "{text}");
         assert!(text.contains("healthy"), "{text}");
         assert!(render(&LocalServices::default()).contains("no services"));
+        let mut o = String::new();
+        render_status(&mut o, &s);
+        assert_eq!(
+            o,
+            "service   db.svc.prod.weft.internal  100.127.255.1  0/1 instances healthy, not routed\n\
+             provides  cache (prod)  check tcp: healthy\n"
+        );
     }
 }
