@@ -36,8 +36,14 @@ pub fn evaluate(
     }
     for (i, rule) in policy.rules.iter().enumerate() {
         if proto_ports_match(rule.proto, &rule.ports, transport)
-            && rule.from.iter().any(|s| selects(policy, s, from, src, transport, 0))
-            && rule.to.iter().any(|s| selects(policy, s, to, dst, transport, 0))
+            && rule
+                .from
+                .iter()
+                .any(|s| selects(policy, s, from, src, transport, 0))
+            && rule
+                .to
+                .iter()
+                .any(|s| selects(policy, s, to, dst, transport, 0))
         {
             prec.add(rule.action, RuleId(u32::try_from(i).unwrap_or(u32::MAX)));
         }
@@ -54,7 +60,10 @@ pub fn evaluate(
                 .from
                 .iter()
                 .any(|s| selects(policy, s, from, src, transport, 0))
-                && ssh.to.iter().any(|s| selects(policy, s, to, dst, transport, 0))
+                && ssh
+                    .to
+                    .iter()
+                    .any(|s| selects(policy, s, to, dst, transport, 0))
             {
                 prec.add(Action::Allow, ssh_rule_id(policy, i));
             }

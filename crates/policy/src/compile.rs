@@ -12,14 +12,16 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::inventory::{Inventory, resolve};
+use crate::inventory::Inventory;
 use crate::matcher::{Transport, proto_ports_match};
 use crate::model::{Action, Policy, PortRange, Proto};
-pub use weft_proto::policy::{CompiledPolicy, FlowRule, RuleId, RuleInfo};
+use crate::select::{FROM, Selection, SideKey, TO, action, eff, find, pair_visible, selection};
+use crate::ssh::{Party, grants, ssh_entry};
+pub use weft_proto::policy::{CompiledPolicy, FlowRule, RuleId, RuleInfo, SshGrant};
 
 /// The info of rule `id` of `policy` (None when it has no such rule). Ids
 /// past the rules are `[[ssh]]` rules (see [`ssh_rule_id`]); their info is
-/// named `ssh "NAME"` (or `ssh #N`, N counting `[[ssh]]` blocks from 1) so an
+/// named `ssh: NAME` (or `ssh #N`, N counting `[[ssh]]` blocks from 1) so an
 /// explanation says which block decided.
 pub(crate) fn rule_info(policy: &Policy, id: RuleId) -> Option<RuleInfo> {
     let i = usize::try_from(id.0).ok()?;
@@ -36,7 +38,7 @@ pub(crate) fn rule_info(policy: &Policy, id: RuleId) -> Option<RuleInfo> {
     Some(RuleInfo {
         id,
         name: Some(match &ssh.name {
-            Some(n) => format!("ssh {n:?}"),
+            Some(n) => format!("ssh: {n}"),
             None => format!("ssh #{}", k + 1),
         }),
         line: ssh.line,
@@ -108,9 +110,9 @@ pub fn allow_all(node: &str) -> CompiledPolicy {
 /// Compiles `policy` for every node of `inventory`. The policy should be valid
 /// ([`Policy::validate`]); a hand-built invalid one compiles its well-formed parts.
 pub fn compile(policy: &Policy, inventory: &Inventory) -> Compiled {
-    let sides = Sides::new(policy, inventory);
+    let world = World::new(policy, inventory);
     let nodes = (0..inventory.nodes().len())
-        .map(|x| (inventory.nodes()[x].name.clone(), sides.compile_node(x)))
+        .map(|x| (inventory.nodes()[x].name.clone(), world.compile_node(x)))
         .collect();
     Compiled { nodes }
 }
@@ -122,15 +124,16 @@ pub fn compile_node(policy: &Policy, inventory: &Inventory, node: &str) -> Optio
         .nodes()
         .binary_search_by(|n| n.name.as_str().cmp(node))
         .ok()?;
-    Some(Sides::new(policy, inventory).compile_node(x))
+    Some(World::new(policy, inventory).compile_node(x))
 }
 
-/// Every rule's sides resolved to prefixes per node index.
-struct Sides<'a> {
+/// Every node's selection, and every rule side's members.
+struct World<'a> {
     policy: &'a Policy,
     inventory: &'a Inventory,
-    from: Vec<BTreeMap<usize, Vec<IpNet>>>,
-    to: Vec<BTreeMap<usize, Vec<IpNet>>>,
+    sels: Vec<Selection>,
+    /// Members (node indices, ascending) of each rule side (or `to` part).
+    sides: BTreeMap<SideKey, Vec<usize>>,
 }
 
 /// One rule's view of one (node, peer) pair: its local and peer prefixes.
@@ -142,137 +145,157 @@ pub(crate) struct PairRule<'a> {
     pub(crate) peer: &'a [IpNet],
 }
 
-impl<'a> Sides<'a> {
+impl<'a> World<'a> {
     fn new(policy: &'a Policy, inventory: &'a Inventory) -> Self {
-        let from = policy
-            .rules
+        let sels: Vec<Selection> = inventory
+            .nodes()
             .iter()
-            .map(|r| resolve(policy, inventory, &r.from))
+            .map(|n| selection(policy, n))
             .collect();
-        let to = policy
-            .rules
-            .iter()
-            .map(|r| resolve(policy, inventory, &r.to))
-            .collect();
-        Sides {
+        let mut sides: BTreeMap<SideKey, Vec<usize>> = BTreeMap::new();
+        for (x, sel) in sels.iter().enumerate() {
+            for e in sel {
+                sides.entry(e.key).or_default().push(x);
+            }
+        }
+        World {
             policy,
             inventory,
-            from,
-            to,
+            sels,
+            sides,
         }
     }
 
-    fn compile_node(&self, x: usize) -> CompiledPolicy {
-        // Rules where x initiates (outbound) or is reached (inbound).
-        let out: Vec<usize> = (0..self.policy.rules.len())
-            .filter(|&r| self.from[r].contains_key(&x))
-            .collect();
-        let inb: Vec<usize> = (0..self.policy.rules.len())
-            .filter(|&r| self.to[r].contains_key(&x))
-            .collect();
+    /// The parts of the side opposite `key`, with their members.
+    fn opposite_sides(&self, key: &SideKey) -> impl Iterator<Item = (&SideKey, &Vec<usize>)> {
+        self.sides
+            .range(key.opposite_start()..)
+            .take_while(move |(k, _)| key.faces(k))
+    }
 
+    fn compile_node(&self, x: usize) -> CompiledPolicy {
+        let sel = &self.sels[x];
         let mut candidates = BTreeSet::new();
-        for &r in &out {
-            if self.policy.rules[r].action == Action::Allow {
-                candidates.extend(self.to[r].keys().filter(|&&y| y != x));
-            }
-        }
-        for &r in &inb {
-            if self.policy.rules[r].action == Action::Allow {
-                candidates.extend(self.from[r].keys().filter(|&&y| y != x));
+        for e in sel {
+            if action(self.policy, e.key.rule) == Some(Action::Allow) {
+                for (_, members) in self.opposite_sides(&e.key) {
+                    candidates.extend(members.iter().copied().filter(|&y| y != x));
+                }
             }
         }
         let visible: BTreeSet<usize> = candidates
             .into_iter()
-            .filter(|&y| {
-                any_allowed(&self.pair_rules(&out, &self.from, &self.to, x, y))
-                    || any_allowed(&self.pair_rules(&inb, &self.to, &self.from, x, y))
-            })
+            .filter(|&y| pair_visible(self.policy, sel, &self.sels[y]))
             .collect();
 
-        let outbound = self.flow_rules(&out, &self.from, &self.to, x, &visible);
-        let inbound = self.flow_rules(&inb, &self.to, &self.from, x, &visible);
-        let ids: BTreeSet<RuleId> = outbound.iter().chain(&inbound).map(|f| f.rule).collect();
+        let outbound = self.flow_rules(x, FROM, &visible);
+        let inbound = self.flow_rules(x, TO, &visible);
+
+        let mut clients = BTreeSet::new();
+        let mut servers = BTreeSet::new();
+        for e in sel.iter().filter(|e| ssh_entry(self.policy, e)) {
+            let into = if e.key.side == FROM {
+                &mut servers
+            } else {
+                &mut clients
+            };
+            for (_, members) in self.opposite_sides(&e.key) {
+                into.extend(members.iter().copied().filter(|&y| y != x));
+            }
+        }
+        let party = |y: usize| Party {
+            facts: &self.inventory.nodes()[y],
+            sel: &self.sels[y],
+        };
+        let (ssh_inbound, ssh_outbound) = grants(
+            self.policy,
+            party(x),
+            clients.into_iter().map(party),
+            servers.into_iter().map(party),
+        );
         CompiledPolicy {
             node: self.inventory.nodes()[x].name.clone(),
-            rules: ids
-                .into_iter()
-                .filter_map(|id| rule_info(self.policy, id))
-                .collect(),
+            rules: rule_infos(
+                self.policy,
+                &outbound,
+                &inbound,
+                &ssh_inbound,
+                &ssh_outbound,
+            ),
             inbound,
             outbound,
             visible_peers: visible
                 .iter()
                 .map(|&y| self.inventory.nodes()[y].name.clone())
                 .collect(),
-            ssh_inbound: Vec::new(),
-            ssh_outbound: Vec::new(),
+            ssh_inbound,
+            ssh_outbound,
         }
     }
 
-    /// The rules among `rules` that relate local node `x` (on side `mine`) to
-    /// peer `y` (on side `theirs`).
-    fn pair_rules<'s>(
-        &'s self,
-        rules: &[usize],
-        mine: &'s [BTreeMap<usize, Vec<IpNet>>],
-        theirs: &'s [BTreeMap<usize, Vec<IpNet>>],
-        x: usize,
-        y: usize,
-    ) -> Vec<PairRule<'s>> {
-        rules
-            .iter()
-            .filter_map(|&r| {
-                let rule = &self.policy.rules[r];
-                Some(PairRule {
-                    action: rule.action,
-                    proto: rule.proto,
-                    ports: &rule.ports,
-                    local: mine[r].get(&x)?,
-                    peer: theirs[r].get(&y)?,
-                })
-            })
-            .collect()
-    }
-
-    fn flow_rules(
-        &self,
-        rules: &[usize],
-        mine: &[BTreeMap<usize, Vec<IpNet>>],
-        theirs: &[BTreeMap<usize, Vec<IpNet>>],
-        x: usize,
-        visible: &BTreeSet<usize>,
-    ) -> Vec<FlowRule> {
+    /// Node `x`'s flow rules for the entries on side `mine` (`FROM`: outbound).
+    fn flow_rules(&self, x: usize, mine: u8, visible: &BTreeSet<usize>) -> Vec<FlowRule> {
         let mut out = Vec::new();
-        for &r in rules {
-            let Some(local) = mine[r].get(&x) else {
-                continue;
-            };
-            let peers: Vec<IpNet> = theirs[r]
-                .iter()
-                .filter(|(y, _)| visible.contains(y))
-                .flat_map(|(_, nets)| nets.iter().copied())
-                .collect();
-            if peers.is_empty() {
-                continue;
+        for e in self.sels[x].iter().filter(|e| e.key.side == mine) {
+            for (key, members) in self.opposite_sides(&e.key) {
+                let peers: Vec<IpNet> = members
+                    .iter()
+                    .filter(|y| visible.contains(y))
+                    .filter_map(|&y| find(&self.sels[y], key))
+                    .flat_map(|t| t.nets.iter().copied())
+                    .collect();
+                if peers.is_empty() {
+                    continue;
+                }
+                let restr = if mine == FROM {
+                    &key.restr
+                } else {
+                    &e.key.restr
+                };
+                let Some(eff) = eff(self.policy, e.key.rule, restr) else {
+                    continue;
+                };
+                // Exact CIDR aggregation (sibling prefixes merge only when both
+                // halves are present): sequentially allocated members collapse to
+                // a few prefixes, so a rule naming a whole network stays O(log n)
+                // in size and a join does not grow every member's policy by one
+                // address.
+                out.push(FlowRule {
+                    rule: RuleId(e.key.rule),
+                    action: eff.action,
+                    proto: eff.proto,
+                    ports: eff.ports.to_vec(),
+                    local: e.nets.clone(),
+                    peers: IpNet::aggregate(&peers),
+                });
             }
-            // Exact CIDR aggregation (sibling prefixes merge only when both halves
-            // are present): sequentially allocated members collapse to a few
-            // prefixes, so a rule naming a whole network stays O(log n) in size
-            // and a join does not grow every member's policy by one address.
-            let peers = IpNet::aggregate(&peers);
-            let rule = &self.policy.rules[r];
-            out.push(FlowRule {
-                rule: RuleId(u32::try_from(r).unwrap_or(u32::MAX)),
-                action: rule.action,
-                proto: rule.proto,
-                ports: rule.ports.clone(),
-                local: local.clone(),
-                peers,
-            });
         }
         out
     }
+}
+
+/// The infos of every rule the flow rules and grants name, sorted by id.
+pub(crate) fn rule_infos(
+    policy: &Policy,
+    outbound: &[FlowRule],
+    inbound: &[FlowRule],
+    ssh_inbound: &[SshGrant],
+    ssh_outbound: &[SshGrant],
+) -> Vec<RuleInfo> {
+    let ids: BTreeSet<RuleId> = outbound
+        .iter()
+        .chain(inbound)
+        .map(|f| f.rule)
+        .chain(
+            ssh_inbound
+                .iter()
+                .chain(ssh_outbound)
+                .flat_map(|g| g.rules.iter().copied()),
+        )
+        .collect();
+    ids.into_iter()
+        .filter_map(|id| rule_info(policy, id))
+        .collect()
 }
 
 /// Whether some packet is allowed by `rules` (deny wins). Exact: membership in

@@ -1,7 +1,6 @@
 //! The facts about nodes a policy is evaluated against, and what each selector
 //! means for one node.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -254,27 +253,4 @@ pub(crate) fn selects(
                 })
         }
     }
-}
-
-/// The prefixes a list of selectors picks out, per node index (nodes with none
-/// are absent). Prefixes are sorted and deduplicated.
-pub(crate) fn resolve(
-    policy: &Policy,
-    inventory: &Inventory,
-    list: &[Selector],
-) -> BTreeMap<usize, Vec<IpNet>> {
-    let mut out = BTreeMap::new();
-    let mut buf = Vec::new();
-    for (i, node) in inventory.nodes().iter().enumerate() {
-        buf.clear();
-        for sel in list.iter().filter(|s| !matches!(s, Selector::Service(_))) {
-            endpoints(policy, sel, node, 0, &mut buf);
-        }
-        if !buf.is_empty() {
-            buf.sort_unstable();
-            buf.dedup();
-            out.insert(i, buf.clone());
-        }
-    }
-    out
 }

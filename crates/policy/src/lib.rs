@@ -79,7 +79,8 @@
 //! pair whose SSH connection a deny drops carries no grant (a grant left with
 //! no address is dropped). `[[ssh]]` rules have the ids after the rules
 //! (`rules.len() + i`); explanations and `policy check` name them
-//! `ssh "NAME"` (or `ssh #N`, counting `[[ssh]]` blocks from 1) with their line.
+//! `rule "ssh: NAME"` (or `rule "ssh #N"`, counting `[[ssh]]` blocks from 1)
+//! with their line.
 //!
 //! A new network starts with one visible rule, [`Policy::default_for_network`]
 //! (`from = to = ["network:NAME"]`, any protocol); removing it closes the
@@ -165,8 +166,12 @@ mod model;
 pub mod packet;
 mod parse;
 mod ratelimit;
+mod select;
+mod ssh;
 pub mod usage;
 
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -174,7 +179,8 @@ mod usage_tests;
 
 pub use check::{CheckReport, MAX_CHECK_PAIRS, PairDecision, TestFailure, evaluate};
 pub use compile::{
-    Compiled, CompiledPolicy, FlowRule, RuleId, RuleInfo, allow_all, compile, compile_node,
+    Compiled, CompiledPolicy, FlowRule, RuleId, RuleInfo, SshGrant, allow_all, compile,
+    compile_node,
 };
 pub use conntrack::{ConntrackConfig, Flow};
 pub use engine::{Counters, DropReason, Engine, Explanation, Verdict, Via};
@@ -187,8 +193,8 @@ pub use matcher::{
 };
 pub use model::{
     ANY_USER, Action, Expect, Group, MAX_GROUPS, MAX_LABEL, MAX_LIST, MAX_POLICY_BYTES,
-    MAX_RULE_NAME, MAX_RULES, MAX_SSH_RULES, MAX_TESTS, Policy, PolicyTest, PortRange, Proto,
-    Rule, Selector, Service, SshRule,
+    MAX_RULE_NAME, MAX_RULES, MAX_SSH_RULES, MAX_TESTS, Policy, PolicyTest, PortRange, Proto, Rule,
+    Selector, Service, SshRule,
 };
 pub use packet::IpView;
 pub use parse::{PolicyError, PolicyErrorKind, PolicyErrors, parse, render_rule};

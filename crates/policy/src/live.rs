@@ -25,29 +25,14 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::compile::{CompiledPolicy, FlowRule, PairRule, RuleId, any_allowed};
-use crate::inventory::{NodeFacts, endpoints};
-use crate::model::{Action, Policy, Selector};
-
-const FROM: u8 = 0;
-const TO: u8 = 1;
-
-/// One rule side that picks a node, and the prefixes it picks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    rule: u32,
-    side: u8,
-    nets: Vec<IpNet>,
-}
-
-/// A node's selection: its entries sorted by (rule, side).
-type Selection = Vec<Entry>;
-
-fn find(sel: &[Entry], rule: u32, side: u8) -> Option<&Entry> {
-    sel.binary_search_by(|e| (e.rule, e.side).cmp(&(rule, side)))
-        .ok()
-        .map(|i| &sel[i])
-}
+use crate::compile::{CompiledPolicy, FlowRule, RuleId, rule_infos};
+use crate::inventory::NodeFacts;
+use crate::model::{Action, Policy};
+use crate::select::{
+    Entry, FROM, Restr, Selection, SideKey, TO, action, eff, find, pair_visible, restricted,
+    selection,
+};
+use crate::ssh::{Party, grants, ssh_entry};
 
 /// The members of one rule side and their prefixes.
 #[derive(Debug, Clone)]
@@ -143,8 +128,8 @@ struct LiveNode {
 pub struct LivePolicy<K> {
     policy: Arc<Policy>,
     nodes: BTreeMap<K, LiveNode>,
-    /// Per rule: its from and to sides.
-    sides: Vec<[Side<K>; 2]>,
+    /// Every rule side (and `to` part) with members.
+    sides: BTreeMap<SideKey, Side<K>>,
     /// Nodes to recompile at the next flush.
     dirty: BTreeSet<K>,
     /// The selections, before the first change since the last flush, of the
@@ -157,7 +142,7 @@ impl<K> Default for LivePolicy<K> {
         LivePolicy {
             policy: Arc::default(),
             nodes: BTreeMap::new(),
-            sides: Vec::new(),
+            sides: BTreeMap::new(),
             dirty: BTreeSet::new(),
             before: BTreeMap::new(),
         }
@@ -207,77 +192,6 @@ pub struct Flushed<K> {
     pub changed: BTreeSet<K>,
     /// How to ask about visibility before the flush.
     pub transition: Transition<K>,
-}
-
-/// The selection `policy` makes on `node`.
-fn selection(policy: &Policy, node: &NodeFacts) -> Selection {
-    let mut out = Vec::new();
-    let mut buf = Vec::new();
-    for (r, rule) in policy.rules.iter().enumerate() {
-        let Ok(rule_id) = u32::try_from(r) else { break };
-        for (side, list) in [(FROM, &rule.from), (TO, &rule.to)] {
-            buf.clear();
-            for sel in list.iter().filter(|s| !matches!(s, Selector::Service(_))) {
-                endpoints(policy, sel, node, 0, &mut buf);
-            }
-            if !buf.is_empty() {
-                buf.sort_unstable();
-                buf.dedup();
-                out.push(Entry {
-                    rule: rule_id,
-                    side,
-                    nets: buf.clone(),
-                });
-            }
-        }
-    }
-    out
-}
-
-/// Whether some packet is allowed between the nodes with selections `a` and
-/// `b`, in either direction (deny wins).
-fn pair_visible(policy: &Policy, a: &[Entry], b: &[Entry]) -> bool {
-    // Fast path (no allocation): with no deny rule relating the pair, any allow
-    // rule relating it allows some packet.
-    let (mut allow, mut deny) = (false, false);
-    for e in a {
-        if find(b, e.rule, 1 - e.side).is_some() {
-            match policy.rules.get(e.rule as usize).map(|r| r.action) {
-                Some(Action::Allow) => allow = true,
-                Some(Action::Deny) => deny = true,
-                None => {}
-            }
-        }
-    }
-    if !allow {
-        return false;
-    }
-    if !deny {
-        return true;
-    }
-    let mut out = Vec::new();
-    let mut inb = Vec::new();
-    for e in a {
-        let Some(theirs) = find(b, e.rule, 1 - e.side) else {
-            continue;
-        };
-        let Some(rule) = policy.rules.get(e.rule as usize) else {
-            continue;
-        };
-        let pr = PairRule {
-            action: rule.action,
-            proto: rule.proto,
-            ports: &rule.ports,
-            local: &e.nets,
-            peer: &theirs.nets,
-        };
-        if e.side == FROM {
-            out.push(pr);
-        } else {
-            inb.push(pr);
-        }
-    }
-    any_allowed(&out) || any_allowed(&inb)
 }
 
 /// `nets` minus the addresses in `hole`, aggregated: interval arithmetic per
@@ -342,9 +256,7 @@ impl<K: Ord + Clone> LivePolicy<K> {
     /// Compiles `policy` for `nodes`.
     pub fn new(policy: Policy, nodes: impl IntoIterator<Item = (K, NodeFacts)>) -> Self {
         let mut live = LivePolicy {
-            sides: (0..policy.rules.len())
-                .map(|_| Default::default())
-                .collect(),
+            sides: BTreeMap::new(),
             policy: Arc::new(policy),
             nodes: BTreeMap::new(),
             dirty: BTreeSet::new(),
@@ -391,9 +303,7 @@ impl<K: Ord + Clone> LivePolicy<K> {
     fn insert(&mut self, k: K, facts: NodeFacts) {
         let sel = selection(&self.policy, &facts);
         for e in &sel {
-            if let Some(s) = self.sides.get_mut(e.rule as usize) {
-                s[usize::from(e.side)].add(&k, &e.nets);
-            }
+            self.sides.entry(e.key).or_default().add(&k, &e.nets);
         }
         self.nodes.insert(
             k,
@@ -405,23 +315,37 @@ impl<K: Ord + Clone> LivePolicy<K> {
         );
     }
 
+    /// The parts of the side opposite `key`, with their members.
+    fn opposite_sides<'a>(
+        &'a self,
+        key: &'a SideKey,
+    ) -> impl Iterator<Item = (&'a SideKey, &'a Side<K>)> + 'a {
+        self.sides
+            .range(key.opposite_start()..)
+            .take_while(move |(k, _)| key.faces(k))
+    }
+
     /// Marks dirty the node and every member of a side opposite one of its entries.
     fn mark(&mut self, k: &K, sel: &[Entry]) {
-        self.dirty.insert(k.clone());
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.insert(k.clone());
         for e in sel {
-            if let Some(s) = self.sides.get(e.rule as usize) {
-                self.dirty
-                    .extend(s[usize::from(1 - e.side)].members.iter().cloned());
+            for (_, s) in self.opposite_sides(&e.key) {
+                dirty.extend(s.members.iter().cloned());
             }
         }
+        self.dirty = dirty;
     }
 
     /// Takes `k` out of the sides; returns its node.
     fn take(&mut self, k: &K) -> Option<LiveNode> {
         let node = self.nodes.remove(k)?;
         for e in &node.sel {
-            if let Some(s) = self.sides.get_mut(e.rule as usize) {
-                s[usize::from(e.side)].remove(k, &e.nets);
+            if let Some(s) = self.sides.get_mut(&e.key) {
+                s.remove(k, &e.nets);
+                if s.members.is_empty() {
+                    self.sides.remove(&e.key);
+                }
             }
         }
         Some(node)
@@ -462,9 +386,8 @@ impl<K: Ord + Clone> LivePolicy<K> {
 
     /// Recompiles the nodes the changes since the last flush may affect.
     pub fn flush(&mut self) -> Flushed<K> {
-        for s in &mut self.sides {
-            s[0].refresh();
-            s[1].refresh();
+        for s in self.sides.values_mut() {
+            s.refresh();
         }
         let dirty = std::mem::take(&mut self.dirty);
         let mut changed = BTreeSet::new();
@@ -537,26 +460,28 @@ impl<K: Ord + Clone> LivePolicy<K> {
         self.nodes.keys()
     }
 
-    fn peer_nets(&self, z: &K, rule: u32, side: u8) -> &[IpNet] {
+    fn peer_nets(&self, z: &K, key: &SideKey) -> &[IpNet] {
         self.nodes
             .get(z)
-            .and_then(|n| find(&n.sel, rule, side))
+            .and_then(|n| find(&n.sel, key))
             .map_or(&[], |e| e.nets.as_slice())
     }
 
     fn deny_free(&self, node: &LiveNode) -> bool {
-        node.sel.iter().all(|e| {
-            self.policy.rules.get(e.rule as usize).map(|r| r.action) == Some(Action::Allow)
-        })
+        node.sel
+            .iter()
+            .all(|e| action(&self.policy, e.key.rule) == Some(Action::Allow))
     }
 
     /// `old` (the compile of unchanged node `k` before the changes since the last
     /// flush) with the changed nodes' old contributions taken out and their new
     /// ones put in: O(changed nodes × rules) instead of O(n). None when that is
     /// not exact (a removed prefix is not a host prefix, a routed subnet covers
-    /// it, or an unchanged node contributes it too); then compile from scratch.
+    /// it, or an unchanged node contributes it too, or a rule of the node has
+    /// `to` parts with their own ports); then compile from scratch.
     fn update_node(&self, k: &K, node: &LiveNode, old: &CompiledPolicy) -> Option<CompiledPolicy> {
         let rules = &self.policy.rules;
+        let empty = Side::default();
         let mut outbound = Vec::new();
         let mut inbound = Vec::new();
         for mine in [FROM, TO] {
@@ -566,13 +491,19 @@ impl<K: Ord + Clone> LivePolicy<K> {
             } else {
                 &old.inbound
             };
-            for e in node.sel.iter().filter(|e| e.side == mine) {
-                let (Some(rule), Some(sides)) =
-                    (rules.get(e.rule as usize), self.sides.get(e.rule as usize))
-                else {
+            for e in node.sel.iter().filter(|e| e.key.side == mine) {
+                if restricted(&self.policy, e.key.rule) {
+                    return None;
+                }
+                let Some(rule) = rules.get(e.key.rule as usize) else {
                     continue;
                 };
-                let side = &sides[usize::from(theirs_side)];
+                let tkey = SideKey {
+                    rule: e.key.rule,
+                    side: theirs_side,
+                    restr: Restr::Plain,
+                };
+                let side = self.sides.get(&tkey).unwrap_or(&empty);
                 let mut removed: Vec<IpNet> = Vec::new();
                 let mut added: Vec<IpNet> = Vec::new();
                 for (c, before) in &self.before {
@@ -580,13 +511,13 @@ impl<K: Ord + Clone> LivePolicy<K> {
                         continue;
                     }
                     if let Some(b) = before
-                        && let Some(be) = find(b, e.rule, theirs_side)
+                        && let Some(be) = find(b, &tkey)
                         && pair_visible(&self.policy, &node.sel, b)
                     {
                         removed.extend(be.nets.iter().copied());
                     }
                     if let Some(now) = self.nodes.get(c)
-                        && let Some(ne) = find(&now.sel, e.rule, theirs_side)
+                        && let Some(ne) = find(&now.sel, &tkey)
                         && pair_visible(&self.policy, &node.sel, &now.sel)
                     {
                         added.extend(ne.nets.iter().copied());
@@ -602,7 +533,7 @@ impl<K: Ord + Clone> LivePolicy<K> {
                         .before
                         .keys()
                         .filter_map(|c| self.nodes.get(c))
-                        .filter_map(|n| find(&n.sel, e.rule, theirs_side))
+                        .filter_map(|n| find(&n.sel, &tkey))
                         .filter(|ne| ne.nets.contains(p))
                         .count();
                     if usize::try_from(now).ok()? != changed_now {
@@ -611,7 +542,7 @@ impl<K: Ord + Clone> LivePolicy<K> {
                 }
                 let old_peers = old_flows
                     .iter()
-                    .find(|f| f.rule.0 == e.rule)
+                    .find(|f| f.rule.0 == e.key.rule)
                     .map_or(&[][..], |f| f.peers.as_slice());
                 let mut peers = if removed.is_empty() {
                     old_peers.to_vec()
@@ -626,7 +557,7 @@ impl<K: Ord + Clone> LivePolicy<K> {
                     continue;
                 }
                 let flow = FlowRule {
-                    rule: RuleId(e.rule),
+                    rule: RuleId(e.key.rule),
                     action: rule.action,
                     proto: rule.proto,
                     ports: rule.ports.clone(),
@@ -640,41 +571,73 @@ impl<K: Ord + Clone> LivePolicy<K> {
                 }
             }
         }
-        Some(self.finish(node, outbound, inbound))
+        Some(self.finish(k, node, outbound, inbound))
     }
 
+    /// The compiled policy from its flow rules, with the node's SSH grants
+    /// (decided afresh against the members opposite its `[[ssh]]` entries).
     fn finish(
         &self,
+        k: &K,
         node: &LiveNode,
         outbound: Vec<FlowRule>,
         inbound: Vec<FlowRule>,
     ) -> CompiledPolicy {
-        let ids: BTreeSet<RuleId> = outbound.iter().chain(&inbound).map(|f| f.rule).collect();
+        let mut clients = BTreeSet::new();
+        let mut servers = BTreeSet::new();
+        for e in node.sel.iter().filter(|e| ssh_entry(&self.policy, e)) {
+            let into = if e.key.side == FROM {
+                &mut servers
+            } else {
+                &mut clients
+            };
+            for (_, s) in self.opposite_sides(&e.key) {
+                into.extend(s.members.iter().filter(|z| *z != k));
+            }
+        }
+        let party = |z: &K| {
+            self.nodes.get(z).map(|n| Party {
+                facts: &n.facts,
+                sel: &n.sel,
+            })
+        };
+        let me = Party {
+            facts: &node.facts,
+            sel: &node.sel,
+        };
+        let (ssh_inbound, ssh_outbound) = grants(
+            &self.policy,
+            me,
+            clients.into_iter().filter_map(party),
+            servers.into_iter().filter_map(party),
+        );
         CompiledPolicy {
             node: node.facts.name.clone(),
-            rules: ids
-                .into_iter()
-                .filter_map(|id| crate::compile::rule_info(&self.policy, id))
-                .collect(),
+            rules: rule_infos(
+                &self.policy,
+                &outbound,
+                &inbound,
+                &ssh_inbound,
+                &ssh_outbound,
+            ),
             inbound,
             outbound,
             visible_peers: Vec::new(),
-            ssh_inbound: Vec::new(),
-            ssh_outbound: Vec::new(),
+            ssh_inbound,
+            ssh_outbound,
         }
     }
 
     fn compile_node(&self, k: &K, node: &LiveNode) -> CompiledPolicy {
-        let rules = &self.policy.rules;
         let deny_free = self.deny_free(node);
         // Exact visibility, only needed when a deny rule picks the node.
         let visible: Option<BTreeSet<&K>> = (!deny_free).then(|| {
             let mut candidates = BTreeSet::new();
             for e in &node.sel {
-                if rules.get(e.rule as usize).map(|r| r.action) == Some(Action::Allow)
-                    && let Some(s) = self.sides.get(e.rule as usize)
-                {
-                    candidates.extend(s[usize::from(1 - e.side)].members.iter());
+                if action(&self.policy, e.key.rule) == Some(Action::Allow) {
+                    for (_, s) in self.opposite_sides(&e.key) {
+                        candidates.extend(s.members.iter());
+                    }
                 }
             }
             candidates
@@ -691,47 +654,55 @@ impl<K: Ord + Clone> LivePolicy<K> {
         let mut outbound = Vec::new();
         let mut inbound = Vec::new();
         for mine in [FROM, TO] {
-            for e in node.sel.iter().filter(|e| e.side == mine) {
-                let (Some(rule), Some(sides)) =
-                    (rules.get(e.rule as usize), self.sides.get(e.rule as usize))
-                else {
-                    continue;
-                };
-                let theirs = &sides[usize::from(1 - mine)];
-                let own = find(&node.sel, e.rule, 1 - mine).map(|o| o.nets.as_slice());
-                let all = theirs.agg.as_deref().unwrap_or_default();
-                let peers = match (&visible, own) {
-                    (None, None) => all.to_vec(),
-                    (None, Some(own)) if own.iter().all(|n| theirs.sole(n)) => subtract(all, own),
-                    _ => {
-                        let nets: Vec<IpNet> = theirs
-                            .members
-                            .iter()
-                            .filter(|z| *z != k && visible.as_ref().is_none_or(|v| v.contains(z)))
-                            .flat_map(|z| self.peer_nets(z, e.rule, 1 - mine).iter().copied())
-                            .collect();
-                        IpNet::aggregate(&nets)
+            for e in node.sel.iter().filter(|e| e.key.side == mine) {
+                for (tkey, theirs) in self.opposite_sides(&e.key) {
+                    let restr = if mine == FROM {
+                        &tkey.restr
+                    } else {
+                        &e.key.restr
+                    };
+                    let Some(eff) = eff(&self.policy, e.key.rule, restr) else {
+                        continue;
+                    };
+                    let own = find(&node.sel, tkey).map(|o| o.nets.as_slice());
+                    let all = theirs.agg.as_deref().unwrap_or_default();
+                    let peers = match (&visible, own) {
+                        (None, None) => all.to_vec(),
+                        (None, Some(own)) if own.iter().all(|n| theirs.sole(n)) => {
+                            subtract(all, own)
+                        }
+                        _ => {
+                            let nets: Vec<IpNet> = theirs
+                                .members
+                                .iter()
+                                .filter(|z| {
+                                    *z != k && visible.as_ref().is_none_or(|v| v.contains(z))
+                                })
+                                .flat_map(|z| self.peer_nets(z, tkey).iter().copied())
+                                .collect();
+                            IpNet::aggregate(&nets)
+                        }
+                    };
+                    if peers.is_empty() {
+                        continue;
                     }
-                };
-                if peers.is_empty() {
-                    continue;
-                }
-                let flow = FlowRule {
-                    rule: RuleId(e.rule),
-                    action: rule.action,
-                    proto: rule.proto,
-                    ports: rule.ports.clone(),
-                    local: e.nets.clone(),
-                    peers,
-                };
-                if mine == FROM {
-                    outbound.push(flow);
-                } else {
-                    inbound.push(flow);
+                    let flow = FlowRule {
+                        rule: RuleId(e.key.rule),
+                        action: eff.action,
+                        proto: eff.proto,
+                        ports: eff.ports.to_vec(),
+                        local: e.nets.clone(),
+                        peers,
+                    };
+                    if mine == FROM {
+                        outbound.push(flow);
+                    } else {
+                        inbound.push(flow);
+                    }
                 }
             }
         }
-        self.finish(node, outbound, inbound)
+        self.finish(k, node, outbound, inbound)
     }
 }
 

@@ -969,14 +969,50 @@ const TAGS: [&str; 3] = ["a", "b", "c"];
 const NETS: [&str; 2] = ["x", "y"];
 const PORTS: [u16; 7] = [22, 80, 999, 1000, 1500, 2000, 2001];
 
+/// Service facts a generated node may have: `db` in each network on
+/// different ports (one outside every generated rule's ports), `web` in x.
+pub(crate) fn service_facts(pick: &[usize]) -> Vec<ServiceFact> {
+    use weft_proto::service::{ServicePort, ServiceProto};
+    let port = |port, proto| ServicePort { port, proto };
+    let all = [
+        (
+            "db",
+            "x",
+            vec![port(80, ServiceProto::Tcp), port(1500, ServiceProto::Udp)],
+        ),
+        ("db", "y", vec![port(2001, ServiceProto::Tcp)]),
+        (
+            "web",
+            "x",
+            vec![port(22, ServiceProto::Tcp), port(999, ServiceProto::Udp)],
+        ),
+    ];
+    pick.iter()
+        .filter_map(|&i| all.get(i))
+        .map(|(name, network, ports)| ServiceFact {
+            name: (*name).into(),
+            network: (*network).into(),
+            ports: ports.clone(),
+        })
+        .collect()
+}
+
+/// An SSH port a generated node may have (both in [`PORTS`]).
+fn ssh_port(pick: u8) -> Option<u16> {
+    [None, Some(22), Some(2001)][usize::from(pick % 3)]
+}
+
 /// Node i: overlay 100.64.j.(i+1) in network j when a member; may route
-/// 10.i.0.0/16. Addresses are unique, so every address has one owner.
+/// 10.i.0.0/16; may provide services and run an SSH server. Addresses are
+/// unique, so every address has one owner.
 fn arb_inventory() -> impl Strategy<Value = Inventory> {
     proptest::collection::vec(
         (
             proptest::sample::subsequence(TAGS.to_vec(), 0..=2),
             proptest::sample::subsequence(vec![0usize, 1], 0..=2),
             any::<bool>(),
+            proptest::sample::subsequence(vec![0usize, 1, 2], 0..=2),
+            0u8..3,
         ),
         NODES,
     )
@@ -984,9 +1020,9 @@ fn arb_inventory() -> impl Strategy<Value = Inventory> {
         let nodes = specs
             .into_iter()
             .enumerate()
-            .map(|(i, (tags, nets, routes))| NodeFacts {
-                services: Vec::new(),
-                ssh_port: None,
+            .map(|(i, (tags, nets, routes, services, ssh))| NodeFacts {
+                services: service_facts(&services),
+                ssh_port: ssh_port(ssh),
                 name: format!("n{i}"),
                 tags: tags.into_iter().map(String::from).collect(),
                 networks: nets
@@ -1047,6 +1083,31 @@ fn arb_selector(groups: bool) -> BoxedStrategy<Selector> {
     proptest::strategy::Union::new(options).boxed()
 }
 
+/// A `to` selector: any selector, or a `service:`.
+fn arb_to_selector() -> BoxedStrategy<Selector> {
+    prop_oneof![
+        3 => arb_selector(true),
+        1 => proptest::sample::select(vec!["db", "web", "none"])
+            .prop_map(|s| Selector::Service(s.into())),
+    ]
+    .boxed()
+}
+
+fn arb_ssh_rule() -> impl Strategy<Value = SshRule> {
+    (
+        proptest::collection::vec(arb_selector(true), 1..=2),
+        proptest::collection::vec(arb_selector(true), 1..=2),
+        proptest::sample::subsequence(vec!["*", "deploy", "root"], 1..=2),
+    )
+        .prop_map(|(from, to, users)| SshRule {
+            name: None,
+            from,
+            to,
+            users: users.into_iter().map(String::from).collect(),
+            line: 0,
+        })
+}
+
 fn arb_rule() -> impl Strategy<Value = Rule> {
     let ports = proptest::sample::subsequence(
         vec![
@@ -1062,7 +1123,7 @@ fn arb_rule() -> impl Strategy<Value = Rule> {
     (
         any::<bool>(),
         proptest::collection::vec(arb_selector(true), 1..=2),
-        proptest::collection::vec(arb_selector(true), 1..=2),
+        proptest::collection::vec(arb_to_selector(), 1..=2),
         0..4u8,
         ports,
     )
@@ -1089,10 +1150,12 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
         proptest::collection::vec(arb_selector(false), 1..=2),
         proptest::collection::vec(arb_selector(false), 0..=1),
         proptest::collection::vec(arb_rule(), 0..6),
+        proptest::collection::vec(arb_ssh_rule(), 0..3),
     )
-        .prop_map(|(g0, g1, rules)| {
+        .prop_map(|(g0, g1, rules, ssh)| {
             let mut p = Policy {
                 rules,
+                ssh,
                 ..Policy::default()
             };
             p.groups.insert(
@@ -1114,6 +1177,11 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
             for (i, r) in p.rules.iter_mut().enumerate() {
                 if i % 2 == 0 {
                     r.name = Some(format!("rule {i}"));
+                }
+            }
+            for (i, r) in p.ssh.iter_mut().enumerate() {
+                if i % 2 == 1 {
+                    r.name = Some(format!("ssh {i}"));
                 }
             }
             p
@@ -1170,6 +1238,85 @@ fn all_pairs(inv: &Inventory) -> Vec<(usize, IpAddr, usize, IpAddr)> {
         }
     }
     out
+}
+
+/// The SSH grant of client `c` on server `s`, by the crate docs' definition,
+/// rule by rule and address pair by address pair: (rules, client addresses,
+/// server addresses, users).
+type RefGrant = (Vec<RuleId>, Vec<IpNet>, Vec<IpNet>, Vec<String>);
+
+fn reference_grant(p: &Policy, c: &NodeFacts, s: &NodeFacts) -> Option<RefGrant> {
+    use std::collections::BTreeSet;
+    let port = s.ssh_port?;
+    if c.name == s.name {
+        return None;
+    }
+    let t = Transport::Tcp {
+        src_port: 0,
+        dst_port: port,
+        flags: tcp_flags::SYN,
+    };
+    let (mut rules, mut ca, mut sa, mut users) = (
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+        BTreeSet::new(),
+    );
+    let sel = |list: &[Selector], n: &NodeFacts, a: IpAddr| {
+        list.iter().any(|x| inventory::selects(p, x, n, a, &t, 0))
+    };
+    for (k, r) in p.ssh.iter().enumerate() {
+        for m in &c.networks {
+            for n in s.networks.iter().filter(|n| n.network == m.network) {
+                for &a in &m.addrs {
+                    for &b in &n.addrs {
+                        if sel(&r.from, c, a)
+                            && sel(&r.to, s, b)
+                            && !matches!(evaluate(p, c, a, s, b, &t), RuleVerdict::Deny(_))
+                        {
+                            rules.insert(RuleId((p.rules.len() + k) as u32));
+                            ca.insert(IpNet::from(a));
+                            sa.insert(IpNet::from(b));
+                            users.extend(r.users.iter().cloned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (!rules.is_empty()).then(|| {
+        (
+            rules.into_iter().collect(),
+            ca.into_iter().collect(),
+            sa.into_iter().collect(),
+            users.into_iter().collect(),
+        )
+    })
+}
+
+/// Every node's SSH grants by [`reference_grant`]: (inbound, outbound).
+fn reference_grants(
+    p: &Policy,
+    nodes: &[NodeFacts],
+    me: &NodeFacts,
+) -> (Vec<SshGrant>, Vec<SshGrant>) {
+    let mut sorted: Vec<&NodeFacts> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let grant = |peer: &NodeFacts, g: &RefGrant, addrs: &Vec<IpNet>| SshGrant {
+        rules: g.0.clone(),
+        peer: peer.name.clone(),
+        addrs: addrs.clone(),
+        users: g.3.clone(),
+    };
+    let inbound = sorted
+        .iter()
+        .filter_map(|c| reference_grant(p, c, me).map(|g| grant(c, &g, &g.1)))
+        .collect();
+    let outbound = sorted
+        .iter()
+        .filter_map(|s| reference_grant(p, me, s).map(|g| grant(s, &g, &g.2)))
+        .collect();
+    (inbound, outbound)
 }
 
 proptest! {
@@ -1229,6 +1376,20 @@ proptest! {
                 prop_assert!(some, "{} sees {} but nothing is allowed", a.name, b.name);
             }
         }
+        // SSH grants are exactly the reference's, on both ends, and name
+        // only rules the compiled policy explains.
+        for n in inv.nodes() {
+            let cp = c.node(&n.name).unwrap();
+            let (inb, out) = reference_grants(&p, inv.nodes(), n);
+            prop_assert_eq!(&cp.ssh_inbound, &inb, "ssh_inbound of {}", n.name);
+            prop_assert_eq!(&cp.ssh_outbound, &out, "ssh_outbound of {}", n.name);
+            for g in cp.ssh_inbound.iter().chain(&cp.ssh_outbound) {
+                prop_assert!(c.visible_peers(&n.name).contains(&g.peer));
+                for id in &g.rules {
+                    prop_assert!(cp.rules.iter().any(|r| r.id == *id));
+                }
+            }
+        }
     }
 
     /// Adding a deny rule anywhere never allows more.
@@ -1256,6 +1417,7 @@ proptest! {
     #[test]
     fn no_rules_deny_everything(inv in arb_inventory(), mut p in arb_policy(), t in arb_transport()) {
         p.rules.clear();
+        p.ssh.clear();
         let c = compile(&p, &inv);
         for n in inv.nodes() {
             prop_assert!(c.visible_peers(&n.name).is_empty());
@@ -1277,6 +1439,7 @@ proptest! {
         let strip = |mut p: Policy| {
             p.groups.values_mut().for_each(|g| g.line = 0);
             p.rules.iter_mut().for_each(|r| r.line = 0);
+            p.ssh.iter_mut().for_each(|r| r.line = 0);
             p
         };
         prop_assert_eq!(strip(q), strip(p));
@@ -1361,7 +1524,16 @@ proptest! {
 enum LiveStep {
     /// Node `i` joins or changes: tags, networks with a host byte (small, so two
     /// nodes may share an address), a routed subnet, and whether it is renamed.
-    Upsert(usize, Vec<&'static str>, Vec<(usize, u8)>, bool, bool),
+    /// Also the services it provides and its SSH port (picks).
+    Upsert(
+        usize,
+        Vec<&'static str>,
+        Vec<(usize, u8)>,
+        bool,
+        bool,
+        Vec<usize>,
+        u8,
+    ),
     Remove(usize),
     SetPolicy(Policy),
 }
@@ -1374,8 +1546,12 @@ fn arb_live_step() -> impl Strategy<Value = LiveStep> {
             proptest::collection::vec((0usize..2, 1u8..6), 0..=2),
             proptest::bool::weighted(0.15),
             proptest::bool::weighted(0.2),
+            proptest::sample::subsequence(vec![0usize, 1, 2], 0..=2),
+            0u8..3,
         )
-            .prop_map(|(i, tags, nets, routes, renamed)| LiveStep::Upsert(i, tags, nets, routes, renamed)),
+            .prop_map(|(i, tags, nets, routes, renamed, services, ssh)| {
+                LiveStep::Upsert(i, tags, nets, routes, renamed, services, ssh)
+            }),
         2 => (0..NODES).prop_map(LiveStep::Remove),
         1 => arb_policy().prop_map(LiveStep::SetPolicy),
     ]
@@ -1387,6 +1563,8 @@ fn live_facts(
     nets: &[(usize, u8)],
     routes: bool,
     renamed: bool,
+    services: &[usize],
+    ssh: u8,
 ) -> NodeFacts {
     let mut networks: Vec<Membership> = Vec::new();
     for &(j, host) in nets {
@@ -1411,8 +1589,8 @@ fn live_facts(
         });
     }
     NodeFacts {
-        services: Vec::new(),
-        ssh_port: None,
+        services: service_facts(services),
+        ssh_port: ssh_port(ssh),
         name: if renamed {
             format!("r{i}")
         } else {
@@ -1478,8 +1656,8 @@ proptest! {
             let mut changed = std::collections::BTreeSet::new();
             for step in batch {
                 match step {
-                    LiveStep::Upsert(i, tags, nets, routes, renamed) => {
-                        let f = live_facts(i, &tags, &nets, routes, renamed);
+                    LiveStep::Upsert(i, tags, nets, routes, renamed, services, ssh) => {
+                        let f = live_facts(i, &tags, &nets, routes, renamed, &services, ssh);
                         facts.insert(i, f.clone());
                         live.upsert(i, f);
                     }

@@ -456,9 +456,15 @@ fn parses_service_selectors_and_ssh_rules() {
 #[test]
 fn service_selectors_are_refused_where_they_mean_nothing() {
     let e = one_err("[[rule]]\naction = \"allow\"\nfrom = \"service:db\"\nto = \"*\"\n");
-    assert!(e.starts_with("3:9: service:db cannot be used in from"), "{e}");
+    assert!(
+        e.starts_with("3:9: service:db cannot be used in from"),
+        "{e}"
+    );
     let e = one_err("[groups]\ng = [\"tag:a\", \"service:db\"]\n");
-    assert!(e.starts_with("2:16: service:db cannot be used in a group"), "{e}");
+    assert!(
+        e.starts_with("2:16: service:db cannot be used in a group"),
+        "{e}"
+    );
     let e = one_err("[[ssh]]\nfrom = \"*\"\nto = [\"service:db\"]\nusers = \"*\"\n");
     assert!(
         e.starts_with("3:8: service:db cannot be used in an [[ssh]] rule"),
@@ -467,7 +473,10 @@ fn service_selectors_are_refused_where_they_mean_nothing() {
     let e = one_err(
         "[[test]]\nfrom = \"service:db\"\nto = \"*\"\nproto = \"icmp\"\nexpect = \"deny\"\n",
     );
-    assert!(e.starts_with("2:9: service:db cannot be used in from"), "{e}");
+    assert!(
+        e.starts_with("2:9: service:db cannot be used in from"),
+        "{e}"
+    );
     let e = one_err("[[rule]]\naction = \"allow\"\nfrom = \"*\"\nto = \"service:Db\"\n");
     assert!(e.starts_with("4:7: invalid service name \"Db\""), "{e}");
     // A policy built in code is checked the same way.
