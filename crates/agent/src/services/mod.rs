@@ -422,5 +422,35 @@ mod tests {
         };
         assert_eq!(code, "not_joined");
         assert!(message.contains("weft up"), "{message}");
+        // The controller's answer, or its refusal, in words.
+        let url = crate::stand_in::controller(|head, body| {
+            assert!(head.starts_with("POST /v1/node/services/advertise "), "{head}");
+            if body.contains(r#""name":"db""#) {
+                (
+                    200,
+                    r#"{"state":"pending","message":"an admin runs weft admin service approve db --node web"}"#
+                        .into(),
+                )
+            } else {
+                (
+                    409,
+                    r#"{"error":{"code":"ports","message":"the service has other ports"}}"#.into(),
+                )
+            }
+        })
+        .await;
+        let cred = || Some(crate::stand_in::joined(&url));
+        let LocalResponse::Ok { message, .. } = advertise(cred(), req("db")).await else {
+            panic!("not answered")
+        };
+        assert_eq!(
+            message,
+            "pending: an admin runs weft admin service approve db --node web"
+        );
+        let LocalResponse::Error { code, message } = advertise(cred(), req("cache")).await else {
+            panic!("a refusal was not an error")
+        };
+        assert_eq!(code, "refused");
+        assert!(message.contains("other ports"), "{message}");
     }
 }

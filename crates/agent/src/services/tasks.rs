@@ -248,6 +248,102 @@ mod tests {
     use tokio::net::TcpListener;
     use weft_proto::service::{HealthCheck, ProvidedService};
 
+    /// Against a stand-in controller: a report on each new connection and
+    /// each flip, a refused report retried and shown until it goes through.
+    #[tokio::test]
+    async fn reports_go_on_connect_and_flip_and_failures_show_until_retried() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let refuse = Arc::new(AtomicBool::new(true));
+        let url = crate::stand_in::controller({
+            let (seen, refuse) = (seen.clone(), refuse.clone());
+            move |head, body| {
+                assert!(head.starts_with("POST /v1/node/services/health "), "{head}");
+                seen.lock().unwrap().push(body.to_owned());
+                if refuse.load(Ordering::SeqCst) {
+                    (
+                        503,
+                        r#"{"error":{"code":"busy","message":"try later"}}"#.into(),
+                    )
+                } else {
+                    (204, String::new())
+                }
+            }
+        })
+        .await;
+        let key = ("prod".to_owned(), "db".to_owned());
+        let mut v = Verdict::default();
+        v.record(Ok(()), 1);
+        v.record(Ok(()), 2);
+        let (checked_tx, checked_rx) = watch::channel(Checked {
+            verdicts: [(key.clone(), v.clone())].into(),
+            flips: 1,
+        });
+        let (link_tx, link_rx) = watch::channel(None);
+        let (shown_tx, mut shown) = watch::channel(Vec::new());
+        let _task = tokio::spawn(reporter(link_rx, checked_rx, shown_tx));
+        let (state_tx, state_rx) = watch::channel(LinkState::default());
+        link_tx.send_replace(Some((crate::stand_in::joined(&url), state_rx)));
+        let connect = |up: bool| {
+            state_tx.send_modify(|s| s.connected = up);
+        };
+        let wait = |n: usize| {
+            let seen = seen.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), async {
+                    while seen.lock().unwrap().len() < n {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| panic!("fewer than {n} reports"));
+            }
+        };
+        tokio::task::yield_now().await;
+        connect(true);
+        wait(1).await;
+        assert!(seen.lock().unwrap()[0].contains(r#""health":"healthy""#));
+        // Refused: shown in status, retried.
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while shown.borrow_and_update().is_empty() {
+                shown.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        let f = shown.borrow().clone();
+        assert_eq!(
+            (f[0].area.as_str(), f[0].what.as_str()),
+            ("services", "health report")
+        );
+        assert!(f[0].error.contains("try later"), "{}", f[0].error);
+        refuse.store(false, Ordering::SeqCst);
+        wait(2).await;
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while !shown.borrow_and_update().is_empty() {
+                shown.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        // A flip: reported at once.
+        v.record(Err("refused".into()), 3);
+        v.record(Err("refused".into()), 4);
+        checked_tx.send_replace(Checked {
+            verdicts: [(key, v)].into(),
+            flips: 2,
+        });
+        wait(3).await;
+        assert!(seen.lock().unwrap()[2].contains(r#""health":"unhealthy""#));
+        // A new connection: reported again.
+        connect(false);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        connect(true);
+        wait(4).await;
+        assert_eq!(seen.lock().unwrap().len(), 4, "no report without a reason");
+    }
+
     #[test]
     fn unknown_verdicts_are_not_reported() {
         let mut v = Verdicts::new();
