@@ -4,8 +4,10 @@
 //! `metrics`; [`events`]: `events`; [`dns`]: `dns log` and `dns stats`;
 //! [`run`]: `run` (workload namespaces); [`node`]: `node get` (the node API,
 //! not the local API); [`ssh`]: `ssh` (the system's ssh to a node's
-//! `weftd --ssh`); [`service`]: `service list|advertise`.
+//! `weftd --ssh`); [`service`]: `service list|advertise`;
+//! [`consume`]: `service listen|intercept`.
 
+mod consume;
 mod dns;
 mod events;
 mod explain;
@@ -168,6 +170,9 @@ pub fn render_status(st: &AgentStatus) -> String {
             "tasks     {} running; results: {} delivered, {} waiting, {} lost",
             t.running, t.delivered, t.waiting, t.lost
         );
+    }
+    if let Some(s) = &st.ssh {
+        ssh::render_status(&mut o, s);
     }
     if let Some(fw) = &st.host_firewall {
         hostfw::render(&mut o, fw, now_ms);
