@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_lab::mesh::{Mesh, NetworkSpec};
+use weft_lab::scripts::ECHO_SERVER;
 use weft_lab::{Lab, Topology};
 
 const NODES: [&str; 3] = ["ops", "db1", "web"];
@@ -131,6 +132,39 @@ users = ["{}"]
     // Another user, and root, are refused before connecting.
     let out = mesh.weft("ops", &["ssh", "root@db1", "--", "id"]).unwrap();
     assert!(!out.status.success(), "root@db1 must be refused");
+
+    // A shell with a pty (forced: no terminal here).
+    let out = mesh
+        .weft("ops", &["ssh", "db1", "--ssh-arg=-tt", "--", "tty"])
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && tty.contains("/dev/pts/"),
+        "no pty: {tty} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Port forwarding (ssh -L): ops's 127.0.0.1:17007 reaches db1's own
+    // 127.0.0.1:7007 through the session.
+    let mut echo = Command::new("python3");
+    echo.args(["-c", ECHO_SERVER, "7007"]);
+    let _echo = lab.spawn("db1", "echo", &echo).unwrap();
+    lab.wait_for_tcp_port("db1", 7007, Duration::from_secs(10))
+        .unwrap();
+    let mut fwd = Command::new(weft_lab::bin_path("weft").unwrap());
+    fwd.arg("--socket")
+        .arg(lab.log_dir().join("ops.sock"))
+        .args([
+            "ssh",
+            "-L",
+            "127.0.0.1:17007:127.0.0.1:7007",
+            "--ssh-arg=-N",
+            "db1",
+        ]);
+    let _fwd = lab.spawn("ops", "ssh-forward", &fwd).unwrap();
+    within("a forwarded port echoes", Duration::from_secs(20), || {
+        lab.tcp_echoes("ops", std::net::Ipv4Addr::LOCALHOST, 17007)
+    });
 
     // web is not granted: weft ssh refuses, and so does the server itself.
     let out = mesh

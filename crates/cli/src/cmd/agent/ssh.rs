@@ -24,11 +24,11 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::Args;
 use weft_proto::local::{LocalRequest, LocalResponse};
-use weft_proto::ssh::{DEFAULT_SSH_PORT, SshHost};
+use weft_proto::ssh::{DEFAULT_SSH_PORT, SshHost, SshServerStatus};
 
 use super::call;
 use crate::CodedError;
-use crate::cmd::format::out;
+use crate::cmd::format::{out, safe};
 
 /// `weft ssh`.
 #[derive(Debug, Args)]
@@ -122,6 +122,30 @@ pub fn ssh(socket: &Path, args: SshArgs) -> anyhow::Result<ExitCode> {
         ),
     }
     .into())
+}
+
+/// `weft status`'s SSH lines (weftd --ssh).
+pub(super) fn render_status(o: &mut String, s: &SshServerStatus) {
+    let listening = if s.listening.is_empty() {
+        "no overlay address yet".to_owned()
+    } else {
+        s.listening
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        o,
+        "ssh       listening {listening}; sessions: {} open, {} accepted, {} refused",
+        s.sessions_open, s.sessions_total, s.refused_total
+    );
+    if !s.host_key.is_empty() {
+        let _ = writeln!(o, "          host key {}", safe(&s.host_key));
+    }
+    if let Some(e) = &s.error {
+        let _ = writeln!(o, "          not serving: {}", safe(e));
+    }
 }
 
 /// `NODE.NETWORK.DOMAIN` of `h` (its `node` when the domain is unknown).
