@@ -174,9 +174,6 @@ pub fn render_status(st: &AgentStatus) -> String {
     if let Some(s) = &st.ssh {
         ssh::render_status(&mut o, s);
     }
-    if let Some(s) = &st.ssh {
-        ssh::render_status(&mut o, s);
-    }
     if let Some(fw) = &st.host_firewall {
         hostfw::render(&mut o, fw, now_ms);
     }
