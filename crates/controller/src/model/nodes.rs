@@ -303,6 +303,8 @@ impl World {
                 n.online = true;
             }
         }
+        // Instances' health follows their providers' presence.
+        self.compute_all_service_lists();
     }
 
     /// A node by key.

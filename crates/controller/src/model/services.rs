@@ -71,6 +71,9 @@ pub(super) struct Registry {
     pub(super) instances: BTreeMap<(ServiceId, NodeId), InstanceRecord>,
     pub(super) by_node: BTreeMap<NodeId, BTreeSet<ServiceId>>,
     pub(super) health: BTreeMap<(ServiceId, NodeId), Reported>,
+    /// Whether each node with offers was online when its lists were last
+    /// refreshed (a change of presence changes its instances' health).
+    pub(super) provider_online: BTreeMap<NodeId, bool>,
     next_id: ServiceId,
     /// Each enabled node's lists as its map carries them, when not both
     /// empty (for finding the nodes a batch really changed).
@@ -124,6 +127,7 @@ impl Registry {
             set.remove(&sid);
             if set.is_empty() {
                 self.by_node.remove(&node);
+                self.provider_online.remove(&node);
             }
         }
         self.health.remove(&(sid, node));
@@ -404,10 +408,11 @@ impl World {
     }
 
     /// `node`'s policy facts changed (its instances).
-    fn mark_provider(&self, batch: &mut Batch, node: NodeId) {
+    fn mark_provider(&mut self, batch: &mut Batch, node: NodeId) {
         if let Some(n) = self.nodes.get(&node) {
             batch.touched.policy_nodes.insert(n.rec.node_key);
             batch.touched.services.insert(node);
+            self.services.provider_online.insert(node, n.online);
         }
     }
 

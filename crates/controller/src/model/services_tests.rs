@@ -47,11 +47,11 @@ fn code<O: Operation>(w: &mut World, op: O) -> (u16, &'static str) {
     (e.status().as_u16(), e.code())
 }
 
-fn online(w: &mut World, name: &str, on: bool) {
+fn online(w: &mut World, name: &str, on: bool) -> Option<Outcome> {
     let node = id(w, name);
-    run(w, Actor::Admin, SetPresence { node, online: on })
-        .0
-        .unwrap();
+    let (r, o, _) = run(w, Actor::Admin, SetPresence { node, online: on });
+    r.unwrap();
+    o
 }
 
 fn report(w: &mut World, name: &str, svc: &str, health: Health) -> Option<Outcome> {
@@ -141,7 +141,10 @@ fn vips_come_from_a_top_down_range_that_avoids_networks_and_other_ranges() {
     .0
     .unwrap_err();
     assert_eq!(e.code(), "cidr_overlap");
-    assert!(e.to_string().contains("service range 100.127.253.0/24"), "{e}");
+    assert!(
+        e.to_string().contains("service range 100.127.253.0/24"),
+        "{e}"
+    );
     assert_eq!(w.service_list().services.len(), 3);
 }
 
@@ -228,8 +231,19 @@ fn consumers_see_instances_their_policy_reaches_with_health_and_only_changed_nod
         seen(&w, "n2", "db"),
         [("n1".to_string(), Health::Unhealthy)]
     );
-    online(&mut w, "n1", true);
+    let o = online(&mut w, "n1", true);
+    assert_eq!(service_recipients(&w, &o), ["n2", "n3"]);
     assert_eq!(seen(&w, "n2", "db"), [("n1".to_string(), Health::Unknown)]);
+    // A provider's new endpoints change no service list.
+    let node = id(&w, "n1");
+    let rep = crate::model::Report {
+        node,
+        endpoints: Some(vec!["192.0.2.7:51820".parse().unwrap()]),
+        facts: None,
+    };
+    let (r, o, _) = run(&mut w, Actor::Node(NodeKey::from_bytes([1; 32])), rep);
+    r.unwrap();
+    assert!(service_recipients(&w, &o).is_empty());
     let o = report(&mut w, "n1", "db", Health::Healthy);
     assert_eq!(service_recipients(&w, &o), ["n2", "n3"]);
     assert_eq!(seen(&w, "n3", "db"), [("n1".to_string(), Health::Healthy)]);

@@ -224,6 +224,9 @@ impl World {
                 }
             }
             self.services.maps.retain(|id, _| nodes.get(id).is_some());
+            self.services
+                .provider_online
+                .retain(|id, _| nodes.get(id).is_some());
         }
         for key in &touched.policy_nodes {
             if let Some(id) = self.nodes.id_by_key(key) {
@@ -231,16 +234,25 @@ impl World {
                 candidates.extend(self.provider_audience(id, None));
             }
         }
-        // Presence (and endpoint) changes of providers: their health.
-        for (net, key) in &touched.entries {
-            if let Some(n) = self.find_node_by_key(key) {
-                let id = n.rec.id;
-                if !n.online {
-                    // A provider that comes back reports again.
-                    self.services.health.retain(|(_, node), _| *node != id);
-                }
-                candidates.extend(self.provider_audience(id, Some(*net)));
+        // Presence changes of providers: their instances' health. (Other
+        // entry changes, such as endpoints, change no service list.)
+        let keys: BTreeSet<&weft_proto::NodeKey> = touched.entries.iter().map(|(_, k)| k).collect();
+        for key in keys {
+            let Some(n) = self.find_node_by_key(key) else {
+                continue;
+            };
+            let (id, online) = (n.rec.id, n.online);
+            if !self.services.by_node.contains_key(&id) {
+                continue;
             }
+            if self.services.provider_online.insert(id, online) == Some(online) {
+                continue;
+            }
+            if !online {
+                // A provider that comes back reports again.
+                self.services.health.retain(|(_, node), _| *node != id);
+            }
+            candidates.extend(self.provider_audience(id, None));
         }
         for id in candidates {
             let enabled = self.nodes.get(&id).is_some_and(|n| !n.rec.disabled);
