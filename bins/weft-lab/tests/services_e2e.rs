@@ -11,7 +11,9 @@
 //!   printed), and `weft admin service show db` shows db1 unhealthy (so does
 //!   db1's own `weft service list`);
 //! - `other`, which the policy does not allow, gets NXDOMAIN, has no route to
-//!   the VIP, and a connection to it fails.
+//!   the VIP, and a connection to it fails;
+//! - `weft service advertise db` on other is pending on the controller until
+//!   withdrawn.
 //!
 //! Root only; FAILS without root. Binaries from `WEFT_BIN_DIR`.
 
@@ -297,4 +299,25 @@ fn a_service_by_name_fails_over_and_stays_invisible_to_others() {
     assert_eq!(list["services"].as_array().map(Vec::len), Some(0), "{list}");
     // web still resolves and connects.
     assert_eq!(echo(&lab, "web", &fqdn).as_deref(), Ok("db2"));
+
+    // other offers to provide db: pending until an admin decides; withdrawn.
+    let out = mesh
+        .weft("other", &["service", "advertise", "db", "--port", &port])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("pending: "), "{text}");
+    println!("weft service advertise db (other): {}", text.trim());
+    assert_eq!(show(&mesh)["pending"], serde_json::json!(["other"]));
+    let out = mesh
+        .weft("other", &["service", "advertise", "db", "--withdraw"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("withdrawn: "), "{text}");
+    assert_eq!(show(&mesh)["pending"], serde_json::json!([]));
 }
