@@ -178,7 +178,7 @@ impl Drop for Open<'_> {
     }
 }
 
-async fn carry(mut inbound: TcpStream, entry: Arc<Entry>, hash: u64) {
+async fn carry(inbound: TcpStream, entry: Arc<Entry>, hash: u64) {
     let mut stop = entry.stop.subscribe();
     if *stop.borrow_and_update() {
         return;

@@ -69,7 +69,6 @@ struct Intercept {
 
 /// What `weft service list` shows of the consumers.
 #[derive(Debug, Default)]
-#[allow(dead_code, reason = "read by the services listing (weft service list)")]
 pub(crate) struct ConsumerStatuses {
     /// By the service they reach: (network, name).
     pub(crate) by_service: BTreeMap<(String, String), Vec<ConsumerStatus>>,
@@ -248,7 +247,6 @@ impl Consumers {
     }
 
     /// Every configured consumer with its state, by the service it reaches.
-    #[allow(dead_code, reason = "read by the services listing (weft service list)")]
     pub(crate) fn statuses(&self) -> ConsumerStatuses {
         let mut out = ConsumerStatuses::default();
         for c in self.config.as_deref().unwrap_or_default() {
