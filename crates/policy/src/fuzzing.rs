@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// A small inventory: two networks, tags, a gateway with a routed subnet, IPv4
-/// and IPv6 addresses.
+/// and IPv6 addresses, a service provider, SSH servers.
 fn inventory() -> Inventory {
     let node = |name: &str, tags: &[&str], nets: &[(&str, &str)], subnets: &[&str]| NodeFacts {
         services: Vec::new(),
@@ -27,21 +27,34 @@ fn inventory() -> Inventory {
             .collect(),
         routed_subnets: subnets.iter().filter_map(|s| s.parse().ok()).collect(),
     };
+    // db1 provides `db` (and runs an SSH server), laptop runs one too.
+    let mut db1 = node("db1", &["db"], &[("office", "100.64.0.10")], &[]);
+    db1.services.push(crate::ServiceFact {
+        name: "db".into(),
+        network: "office".into(),
+        ports: ["5432/tcp", "53/udp"]
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+    });
+    db1.ssh_port = Some(22);
+    let mut laptop = node(
+        "laptop",
+        &["admin"],
+        &[("office", "100.64.0.30"), ("lab", "100.65.0.30")],
+        &[],
+    );
+    laptop.ssh_port = Some(2222);
     Inventory::new(vec![
         node("web1", &["web"], &[("office", "100.64.0.1,fd7a::1")], &[]),
-        node("db1", &["db"], &[("office", "100.64.0.10")], &[]),
+        db1,
         node(
             "gw",
             &["gw"],
             &[("office", "100.64.0.20,fd7a::20")],
             &["10.1.0.0/16", "fd00:1::/64"],
         ),
-        node(
-            "laptop",
-            &["admin"],
-            &[("office", "100.64.0.30"), ("lab", "100.65.0.30")],
-            &[],
-        ),
+        laptop,
         node("lone", &[], &[("lab", "100.65.0.9")], &[]),
     ])
     .unwrap_or_default()
@@ -73,6 +86,15 @@ pub fn policy_parse(data: &[u8]) {
         if let Some(cp) = compiled.node(&node.name) {
             let m = Matcher::new(cp);
             assert!(m.is_ok(), "{}: compiled policy refused: {m:?}", node.name);
+            for g in cp.ssh_inbound.iter().chain(&cp.ssh_outbound) {
+                assert!(
+                    compiled.visible_peers(&node.name).contains(&g.peer),
+                    "{}: ssh grant towards invisible {}",
+                    node.name,
+                    g.peer
+                );
+                assert!(!g.users.is_empty() && !g.addrs.is_empty() && !g.rules.is_empty());
+            }
             let e = Engine::new(cp.clone(), ConntrackConfig::default());
             assert!(e.is_ok());
         }
