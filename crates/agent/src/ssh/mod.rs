@@ -86,6 +86,7 @@ impl Ssh {
                     let shared = Arc::new(server::Shared {
                         policy: Mutex::new(None),
                         peers: Mutex::new(BTreeMap::new()),
+                        refusals: Mutex::new(BTreeMap::new()),
                         records: records.clone(),
                         open: Default::default(),
                         total: Default::default(),

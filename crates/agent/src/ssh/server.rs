@@ -30,6 +30,12 @@ const MAX_CONNECTIONS: usize = 64;
 const MAX_CHANNELS: usize = 32;
 /// How long a `direct-tcpip` connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Refusals from one source address recorded for the controller at most
+/// once per this many milliseconds (all are counted and logged), so a node
+/// hammering the port cannot flood the outbox and the audit log.
+const REFUSAL_RECORD_EVERY_MS: u64 = 10_000;
+/// Source addresses whose last recorded refusal is remembered.
+const MAX_REFUSAL_SOURCES: usize = 1024;
 /// How often listeners that could not bind are retried.
 const REBIND: Duration = Duration::from_secs(2);
 
@@ -38,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) policy: Mutex<Option<Arc<CompiledPolicy>>>,
     /// Peers' overlay addresses → their names (to name who was refused).
     pub(crate) peers: Mutex<BTreeMap<IpAddr, String>>,
+    /// When a refusal from each source address was last recorded.
+    pub(crate) refusals: Mutex<BTreeMap<IpAddr, u64>>,
     pub(crate) records: Arc<Records>,
     pub(crate) open: AtomicU64,
     pub(crate) total: AtomicU64,
@@ -48,6 +56,26 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether a refusal from `from` is recorded now (at most one per
+    /// [`REFUSAL_RECORD_EVERY_MS`] per address).
+    pub(crate) fn may_record_refusal(&self, from: IpAddr, now_ms: u64) -> bool {
+        let mut seen = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen
+            .get(&from)
+            .is_some_and(|t| now_ms.saturating_sub(*t) < REFUSAL_RECORD_EVERY_MS)
+        {
+            return false;
+        }
+        if seen.len() >= MAX_REFUSAL_SOURCES {
+            seen.retain(|_, t| now_ms.saturating_sub(*t) < REFUSAL_RECORD_EVERY_MS);
+            if seen.len() >= MAX_REFUSAL_SOURCES {
+                return false;
+            }
+        }
+        seen.insert(from, now_ms);
+        true
+    }
+
     fn policy(&self) -> Option<Arc<CompiledPolicy>> {
         self.policy
             .lock()
@@ -219,9 +247,9 @@ impl Conn {
                 .cloned()
         });
         tracing::info!(from = %self.from, %user, %reason, "SSH login refused");
-        if !self.refusal_recorded {
+        let now = clock::unix_ms();
+        if !self.refusal_recorded && self.shared.may_record_refusal(self.from.ip(), now) {
             self.refusal_recorded = true;
-            let now = clock::unix_ms();
             self.shared.records.push(SshSessionRecord {
                 id: self.shared.records.new_id(),
                 from_node,
@@ -452,5 +480,38 @@ impl russh::server::Handler for Conn {
             Conn::ended(&shared, record);
         });
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_from_one_address_are_recorded_at_most_every_ten_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Shared {
+            policy: Mutex::new(None),
+            peers: Mutex::new(BTreeMap::new()),
+            refusals: Mutex::new(BTreeMap::new()),
+            records: Arc::new(Records::open(dir.path(), 0)),
+            open: Default::default(),
+            total: Default::default(),
+            refused: Default::default(),
+            listening: Mutex::new(Vec::new()),
+            bind_errors: Mutex::new(BTreeMap::new()),
+        };
+        let a: IpAddr = "100.64.0.4".parse().unwrap();
+        let b: IpAddr = "100.64.0.5".parse().unwrap();
+        assert!(shared.may_record_refusal(a, 1_000));
+        assert!(!shared.may_record_refusal(a, 5_000));
+        assert!(shared.may_record_refusal(b, 5_000));
+        assert!(shared.may_record_refusal(a, 11_000));
+        // The table is bounded: past it, old entries go, fresh ones refuse.
+        for i in 0..(MAX_REFUSAL_SOURCES as u32 + 10) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            shared.may_record_refusal(ip, 20_000);
+        }
+        assert!(shared.refusals.lock().unwrap().len() <= MAX_REFUSAL_SOURCES);
     }
 }
