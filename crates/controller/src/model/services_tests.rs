@@ -434,3 +434,87 @@ fn a_restart_keeps_services_vips_and_instances() {
     assert_eq!(db.instances.len(), 1);
     assert_eq!(again.service_list().version, 3);
 }
+
+#[test]
+fn a_service_selector_follows_the_instances_and_their_ports() {
+    let mut w = world(&mut Vec::new());
+    let policy = "[[rule]]\naction = \"allow\"\nfrom = \"tag:db\"\nto = \"service:db\"\n";
+    ok(
+        &mut w,
+        SetPolicy {
+            text: policy.into(),
+            expect_version: None,
+        },
+    );
+    // Before the service exists the rule selects nothing.
+    let n1 = id(&w, "n1");
+    assert!(w.node_policy(n1).unwrap().outbound.is_empty());
+    let (r, o, _) = run(&mut w, Actor::Admin, create("db", "a", &["n3"], "5432/tcp"));
+    r.unwrap();
+    let o = o.unwrap();
+    // The consumer's policy now opens the instance's port, and its map lists
+    // the service; n2 (not tag db) gets neither.
+    assert!(o.policy_changed.contains(&n1));
+    assert_eq!(seen(&w, "n1", "db").len(), 1);
+    assert!(seen(&w, "n2", "db").is_empty());
+    let matcher = weft_policy::Matcher::new(w.node_policy(n1).unwrap()).unwrap();
+    let n3_addr = w
+        .node(id(&w, "n3"))
+        .unwrap()
+        .memberships
+        .values()
+        .next()
+        .unwrap()
+        .ipv4;
+    let n1_addr = w
+        .node(n1)
+        .unwrap()
+        .memberships
+        .values()
+        .next()
+        .unwrap()
+        .ipv4;
+    let probe = |port| {
+        weft_policy::FiveTuple::tcp(
+            n1_addr.into(),
+            40_000,
+            n3_addr.into(),
+            port,
+            weft_policy::tcp_flags::SYN,
+        )
+    };
+    assert!(
+        matcher
+            .evaluate(weft_policy::Direction::Egress, &probe(5432))
+            .is_allow()
+    );
+    assert!(
+        !matcher
+            .evaluate(weft_policy::Direction::Egress, &probe(22))
+            .is_allow()
+    );
+    // Replacing the instance moves the rule to the new provider.
+    let mut moved = create("db", "a", &["n2"], "5432/tcp");
+    moved.0.replace = true;
+    ok(&mut w, moved);
+    assert_eq!(
+        seen(&w, "n1", "db"),
+        [("n2".to_string(), Health::Unhealthy)]
+    );
+    let matcher = weft_policy::Matcher::new(w.node_policy(n1).unwrap()).unwrap();
+    assert!(
+        !matcher
+            .evaluate(weft_policy::Direction::Egress, &probe(5432))
+            .is_allow()
+    );
+    // Removing the service closes it again.
+    ok(
+        &mut w,
+        RemoveService {
+            network: "a".into(),
+            name: "db".into(),
+        },
+    );
+    assert!(w.node_policy(n1).unwrap().outbound.is_empty());
+    assert!(seen(&w, "n1", "db").is_empty());
+}

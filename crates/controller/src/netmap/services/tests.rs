@@ -58,8 +58,9 @@ fn setup() -> World {
 }
 
 /// Policies the test switches between: everyone, the `db` port only from
-/// tag x, and UDP only.
-const POLICIES: [&str; 3] = [
+/// tag x, UDP only, and `service:` selectors.
+const POLICIES: [&str; 4] = [
+    "[[rule]]\naction = \"allow\"\nfrom = \"tag:x\"\nto = \"service:db\"\n\n[[rule]]\naction = \"allow\"\nfrom = \"*\"\nto = \"service:dns\"\nproto = \"udp\"\n",
     "[[rule]]\naction = \"allow\"\nfrom = \"*\"\nto = \"*\"\n",
     "[[rule]]\naction = \"allow\"\nfrom = \"tag:x\"\nto = \"*\"\nproto = \"tcp\"\nports = [5432]\n",
     "[[rule]]\naction = \"allow\"\nfrom = \"*\"\nto = \"network:a\"\nproto = \"udp\"\n\n[[rule]]\naction = \"deny\"\nfrom = \"*\"\nto = \"node:n0\"\n",
@@ -166,7 +167,7 @@ fn apply_step(w: &mut World, b: &mut Batch, s: &Step, now: u64) -> Result<(), Ap
         },
         Step::Policy(p) => {
             let op = SetPolicy {
-                text: POLICIES[usize::from(*p % 3)].into(),
+                text: POLICIES[usize::from(*p % 4)].into(),
                 expect_version: None,
             };
             w.apply(b, a, op, now).map(drop)
@@ -253,7 +254,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
         1 => n.clone().prop_map(Step::Remove),
         1 => (n.clone(), any::<bool>()).prop_map(|(i, nb)| Step::Leave(i, nb)),
         3 => (n.clone(), proptest::bool::weighted(0.75)).prop_map(|(i, on)| Step::Presence(i, on)),
-        1 => (0u8..3).prop_map(Step::Policy),
+        2 => (0u8..4).prop_map(Step::Policy),
         4 => (s.clone(), any::<bool>(), 0u8..16, any::<bool>())
             .prop_map(|(s, nb, m, r)| Step::Create(s, nb, m, r)),
         1 => (s.clone(), any::<bool>()).prop_map(|(s, nb)| Step::RemoveService(s, nb)),
@@ -315,6 +316,18 @@ proptest! {
                         held.remove(&id);
                     }
                 }
+            }
+            // The incrementally kept policies (their `service:` parts follow
+            // the instances) equal a from-scratch compile.
+            let fresh = weft_policy::compile(&w.policy.parsed, &w.inventory());
+            for id in w.node_ids() {
+                let n = w.node(id).unwrap();
+                if n.rec.disabled {
+                    continue;
+                }
+                let mut want = fresh.node(&n.rec.name).expect("compiled").clone();
+                want.visible_peers.clear();
+                prop_assert_eq!(w.node_policy(id).map(|p| &**p), Some(&want), "policy of {}", &n.rec.name);
             }
             for (id, map) in &held {
                 let mut fresh = snapshot(&w, *id).unwrap();
