@@ -591,7 +591,12 @@ mod tests {
     #[test]
     fn services_reach_the_tunnel_in_their_networks_slot_with_health() {
         use weft_proto::service::{Health, ServiceInstance, ServiceView};
-        let a = net("a", "100.64.0.0/16", [100, 64, 0, 2], &[(1, [100, 64, 0, 3])]);
+        let a = net(
+            "a",
+            "100.64.0.0/16",
+            [100, 64, 0, 2],
+            &[(1, [100, 64, 0, 3])],
+        );
         let b = net("b", "100.65.0.0/16", [100, 65, 0, 2], &[]);
         let mut m = map(vec![a, b]);
         let inst = |last: u8, health| ServiceInstance {
@@ -610,7 +615,10 @@ mod tests {
             instances,
         };
         m.services = vec![
-            view("b", vec![inst(3, Health::Healthy), inst(4, Health::Unhealthy)]),
+            view(
+                "b",
+                vec![inst(3, Health::Healthy), inst(4, Health::Unhealthy)],
+            ),
             view("not-a-member", vec![inst(5, Health::Healthy)]),
         ];
         let mut slots = Slots::default();
