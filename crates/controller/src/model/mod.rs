@@ -63,6 +63,7 @@ mod relays;
 mod rotate_key;
 mod routes;
 mod services;
+mod services_node;
 mod services_view;
 mod ssh;
 mod tasks;

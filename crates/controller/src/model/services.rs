@@ -12,8 +12,9 @@
 //!   (`service.create`, or `service.replace` with `replace`). A node may
 //!   advertise a service: its offer is `pending` until an admin approves it
 //!   (`service.advertise`, `service.approve`, `service.reject`); a rejected
-//!   offer stays rejected when advertised again. Advertising a new name
-//!   creates the service (origin `node`) without instances.
+//!   offer stays rejected when advertised again (or withdrawn). Advertising
+//!   a new name creates the service (origin `node`) without instances; the
+//!   node side (offers, health reports) is `services_node`.
 //! - Only approved instances are in maps and in the policy's facts
 //!   (`service:NAME` selectors); a change of a node's instances upserts its
 //!   facts into the live policy (`touched.policy_nodes`).
@@ -32,9 +33,8 @@ use serde_json::json;
 use weft_proto::net::Ipv4Net;
 use weft_proto::service::{
     AdvertiseServiceRequest, AdvertiseServiceResponse, CreateServiceRequest, Health, HealthCheck,
-    HealthReport, MAX_HEALTH_DETAIL, MAX_HEALTH_REPORTS, MAX_INSTANCES, MAX_SERVICES,
-    ProvidedService, SERVICE_RANGE_PREFIX_LEN, ServiceInfo, ServicePort, ServiceView, check_ports,
-    check_service_name,
+    HealthReport, MAX_INSTANCES, MAX_SERVICES, ProvidedService, SERVICE_RANGE_PREFIX_LEN,
+    ServiceInfo, ServicePort, ServiceView, check_ports, check_service_name,
 };
 
 use super::nodes::node_not_found;
@@ -74,7 +74,7 @@ pub(super) struct Registry {
     /// Whether each node with offers was online when its lists were last
     /// refreshed (a change of presence changes its instances' health).
     pub(super) provider_online: BTreeMap<NodeId, bool>,
-    next_id: ServiceId,
+    pub(super) next_id: ServiceId,
     /// Each enabled node's lists as its map carries them, when not both
     /// empty (for finding the nodes a batch really changed).
     pub(super) maps: BTreeMap<NodeId, NodeLists>,
@@ -109,7 +109,7 @@ impl Registry {
         r
     }
 
-    fn insert_service(&mut self, s: ServiceRecord) {
+    pub(super) fn insert_service(&mut self, s: ServiceRecord) {
         self.by_name.insert((s.network_id, s.name.clone()), s.id);
         self.services.insert(s.id, s);
     }
@@ -122,7 +122,11 @@ impl Registry {
         self.instances.insert((i.service_id, i.node_id), i);
     }
 
-    fn remove_instance(&mut self, sid: ServiceId, node: NodeId) -> Option<InstanceRecord> {
+    pub(super) fn remove_instance(
+        &mut self,
+        sid: ServiceId,
+        node: NodeId,
+    ) -> Option<InstanceRecord> {
         if let Some(set) = self.by_node.get_mut(&node) {
             set.remove(&sid);
             if set.is_empty() {
@@ -281,19 +285,19 @@ operation!(ReportHealth => (), |op, w, batch, actor, now_ms| {
     w.report_health(batch, actor, op.node, op.report, now_ms)
 });
 
-fn service_not_found(network: &str, name: &str) -> ApiError {
+pub(super) fn service_not_found(network: &str, name: &str) -> ApiError {
     ApiError::not_found(
         "service_not_found",
         format!("no service {name:?} in network {network:?} (list them: weft admin service list)"),
     )
 }
 
-fn network_not_found(name: &str) -> ApiError {
+pub(super) fn network_not_found(name: &str) -> ApiError {
     ApiError::not_found("network_not_found", format!("no network named {name:?}"))
 }
 
 /// Checks a port list and returns it sorted and de-duplicated.
-fn checked_ports(mut ports: Vec<ServicePort>) -> Result<Vec<ServicePort>, ApiError> {
+pub(super) fn checked_ports(mut ports: Vec<ServicePort>) -> Result<Vec<ServicePort>, ApiError> {
     ports.sort();
     ports.dedup();
     check_ports(&ports).map_err(|e| {
@@ -305,16 +309,16 @@ fn checked_ports(mut ports: Vec<ServicePort>) -> Result<Vec<ServicePort>, ApiErr
     Ok(ports)
 }
 
-fn checked_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn checked_name(name: &str) -> Result<(), ApiError> {
     check_service_name(name).map_err(|e| ApiError::invalid("invalid_service_name", e.to_string()))
 }
 
-fn checked_health(h: &HealthCheck) -> Result<(), ApiError> {
+pub(super) fn checked_health(h: &HealthCheck) -> Result<(), ApiError> {
     h.check()
         .map_err(|e| ApiError::invalid("invalid_health_check", e.to_string()))
 }
 
-fn show_ports(ports: &[ServicePort]) -> Vec<String> {
+pub(super) fn show_ports(ports: &[ServicePort]) -> Vec<String> {
     ports.iter().map(ToString::to_string).collect()
 }
 
@@ -377,7 +381,7 @@ impl World {
     }
 
     /// A free VIP in network `net`'s range (the lowest).
-    fn free_vip(&mut self, batch: &mut Batch, net: NetId) -> Result<Ipv4Addr, ApiError> {
+    pub(super) fn free_vip(&mut self, batch: &mut Batch, net: NetId) -> Result<Ipv4Addr, ApiError> {
         let range = self.service_range(batch, net)?;
         let used: BTreeSet<Ipv4Addr> = self.services.in_network(net).map(|s| s.vip).collect();
         (1..range.size().saturating_sub(1))
@@ -391,7 +395,7 @@ impl World {
             })
     }
 
-    fn bump_registry(&mut self, batch: &mut Batch) -> u64 {
+    pub(super) fn bump_registry(&mut self, batch: &mut Batch) -> u64 {
         self.services.version += 1;
         batch.writes.push(Write::Services(ServiceWrite::SetVersion(
             self.services.version,
@@ -401,14 +405,14 @@ impl World {
 
     /// Marks every member of `net` as a node whose service lists may have
     /// changed.
-    fn mark_network(&self, batch: &mut Batch, net: NetId) {
+    pub(super) fn mark_network(&self, batch: &mut Batch, net: NetId) {
         if let Some(n) = self.networks.get(&net) {
             batch.touched.services.extend(n.members.iter().copied());
         }
     }
 
     /// `node`'s policy facts changed (its instances).
-    fn mark_provider(&mut self, batch: &mut Batch, node: NodeId) {
+    pub(super) fn mark_provider(&mut self, batch: &mut Batch, node: NodeId) {
         if let Some(n) = self.nodes.get(&node) {
             batch.touched.policy_nodes.insert(n.rec.node_key);
             batch.touched.services.insert(node);
@@ -416,14 +420,14 @@ impl World {
         }
     }
 
-    fn put_offer(&mut self, batch: &mut Batch, i: InstanceRecord) {
+    pub(super) fn put_offer(&mut self, batch: &mut Batch, i: InstanceRecord) {
         batch
             .writes
             .push(Write::Services(ServiceWrite::PutInstance(i.clone())));
         self.services.put_instance(i);
     }
 
-    fn delete_offer(&mut self, batch: &mut Batch, sid: ServiceId, node: NodeId) {
+    pub(super) fn delete_offer(&mut self, batch: &mut Batch, sid: ServiceId, node: NodeId) {
         if self.services.remove_instance(sid, node).is_some() {
             batch
                 .writes
@@ -434,7 +438,7 @@ impl World {
         }
     }
 
-    fn find_service(&self, network: &str, name: &str) -> Result<ServiceId, ApiError> {
+    pub(super) fn find_service(&self, network: &str, name: &str) -> Result<ServiceId, ApiError> {
         let net = self
             .networks
             .id_by_name(network)
@@ -720,295 +724,6 @@ impl World {
         }
         self.service_info(sid)
     }
-
-    /// The network a node's advertisement is for: the one named, or its only
-    /// network.
-    fn advertised_network(
-        &self,
-        node: NodeId,
-        network: Option<&str>,
-    ) -> Result<(NetId, String), ApiError> {
-        let n = self.nodes.get(&node).ok_or(ApiError::Unauthorized)?;
-        if let Some(name) = network {
-            let net = self
-                .networks
-                .id_by_name(name)
-                .ok_or_else(|| network_not_found(name))?;
-            if !n.memberships.contains_key(&net) {
-                return Err(ApiError::conflict(
-                    "not_a_member",
-                    format!("this node is not a member of network {name:?}"),
-                ));
-            }
-            return Ok((net, name.to_owned()));
-        }
-        let mut nets = n.memberships.keys().copied();
-        match (nets.next(), nets.next()) {
-            (Some(net), None) => {
-                let name = self
-                    .networks
-                    .get(&net)
-                    .map(|x| x.rec.name.clone())
-                    .unwrap_or_default();
-                Ok((net, name))
-            }
-            (None, _) => Err(ApiError::conflict(
-                "not_a_member",
-                "this node is in no network",
-            )),
-            (Some(_), Some(_)) => Err(ApiError::invalid(
-                "network_required",
-                "this node is in several networks: say which (--network)",
-            )),
-        }
-    }
-
-    fn advertise_service(
-        &mut self,
-        batch: &mut Batch,
-        actor: &Actor,
-        node: NodeId,
-        req: AdvertiseServiceRequest,
-        now_ms: u64,
-    ) -> Result<AdvertiseServiceResponse, ApiError> {
-        checked_name(&req.name)?;
-        checked_health(&req.health)?;
-        let (net, net_name) = self.advertised_network(node, req.network.as_deref())?;
-        let node_name = self
-            .nodes
-            .get(&node)
-            .map(|n| n.rec.name.clone())
-            .unwrap_or_default();
-        let target = format!("{net_name}/{}", req.name);
-        let existing = self.services.by_name.get(&(net, req.name.clone())).copied();
-        let answer = |state: &str, message: String| AdvertiseServiceResponse {
-            state: state.into(),
-            message,
-        };
-        if req.ports.is_empty() {
-            // Withdraw the offer (and the instance).
-            let Some(sid) = existing.filter(|s| self.services.instances.contains_key(&(*s, node)))
-            else {
-                return Ok(answer(
-                    "withdrawn",
-                    format!("this node does not offer {target}; nothing to withdraw"),
-                ));
-            };
-            let was = self.services.instances.get(&(sid, node)).map(|i| i.state);
-            self.delete_offer(batch, sid, node);
-            if was == Some(InstanceState::Approved) {
-                self.mark_provider(batch, node);
-                self.mark_network(batch, net);
-            }
-            let orphan = self.services.offers(sid).next().is_none()
-                && self
-                    .services
-                    .services
-                    .get(&sid)
-                    .is_some_and(|s| s.origin == ServiceOrigin::Node);
-            if orphan {
-                if let Some(s) = self.services.services.remove(&sid) {
-                    self.services.by_name.remove(&(s.network_id, s.name));
-                }
-                batch
-                    .writes
-                    .push(Write::Services(ServiceWrite::DeleteService(sid)));
-            }
-            self.bump_registry(batch);
-            self.audit(
-                batch,
-                actor,
-                "service.advertise",
-                target.clone(),
-                json!({"node": node_name, "withdrawn": true, "was": was.map(InstanceState::as_str)}),
-                now_ms,
-            );
-            return Ok(answer(
-                "withdrawn",
-                format!("this node no longer offers {target}"),
-            ));
-        }
-        let ports = checked_ports(req.ports)?;
-        let sid = match existing {
-            Some(sid) => {
-                let s = self
-                    .services
-                    .services
-                    .get(&sid)
-                    .ok_or_else(|| service_not_found(&net_name, &req.name))?;
-                if s.ports != ports {
-                    return Err(ApiError::conflict(
-                        "service_ports_differ",
-                        format!(
-                            "service {target} has ports {}; offer those (or ask an admin to change them with weft admin service create --replace)",
-                            show_ports(&s.ports).join(",")
-                        ),
-                    ));
-                }
-                match self.services.instances.get(&(sid, node)).map(|i| i.state) {
-                    Some(InstanceState::Approved) => {
-                        return Ok(answer(
-                            "approved",
-                            format!("this node is an instance of {target}"),
-                        ));
-                    }
-                    Some(InstanceState::Pending) => {
-                        return Ok(answer(
-                            "pending",
-                            approve_hint(&target, &req.name, &net_name, &node_name),
-                        ));
-                    }
-                    Some(InstanceState::Rejected) => {
-                        return Ok(answer(
-                            "rejected",
-                            format!(
-                                "an admin rejected this node's offer of {target}; it stays rejected until approved: weft admin service approve {} --network {net_name} --node {node_name}",
-                                req.name
-                            ),
-                        ));
-                    }
-                    None => {}
-                }
-                if self.services.offers(sid).count() >= MAX_INSTANCES {
-                    return Err(ApiError::conflict(
-                        "too_many_instances",
-                        format!("service {target} has {MAX_INSTANCES} offers, the most it may"),
-                    ));
-                }
-                sid
-            }
-            None => {
-                if self.services.services.len() >= MAX_SERVICES {
-                    return Err(ApiError::conflict(
-                        "too_many_services",
-                        format!("the controller holds {MAX_SERVICES} services, the most it may"),
-                    ));
-                }
-                let vip = self.free_vip(batch, net)?;
-                let sid = self.services.next_id;
-                self.services.next_id += 1;
-                let rec = ServiceRecord {
-                    id: sid,
-                    network_id: net,
-                    name: req.name.clone(),
-                    vip,
-                    ports: ports.clone(),
-                    health: req.health.clone(),
-                    origin: ServiceOrigin::Node,
-                    version: self.services.version + 1,
-                    created_at_ms: now_ms,
-                };
-                batch
-                    .writes
-                    .push(Write::Services(ServiceWrite::PutService(rec.clone())));
-                self.services.insert_service(rec);
-                sid
-            }
-        };
-        self.put_offer(
-            batch,
-            InstanceRecord {
-                service_id: sid,
-                node_id: node,
-                state: InstanceState::Pending,
-                created_at_ms: now_ms,
-            },
-        );
-        self.bump_registry(batch);
-        self.audit(
-            batch,
-            actor,
-            "service.advertise",
-            target.clone(),
-            json!({"node": node_name, "ports": show_ports(&ports), "health": req.health.to_string(), "new_service": existing.is_none()}),
-            now_ms,
-        );
-        Ok(answer(
-            "pending",
-            approve_hint(&target, &req.name, &net_name, &node_name),
-        ))
-    }
-
-    fn report_health(
-        &mut self,
-        batch: &mut Batch,
-        actor: &Actor,
-        node: NodeId,
-        report: HealthReport,
-        now_ms: u64,
-    ) -> Result<(), ApiError> {
-        if report.checks.len() > MAX_HEALTH_REPORTS {
-            return Err(ApiError::invalid(
-                "too_many_checks",
-                format!("at most {MAX_HEALTH_REPORTS} checks per report"),
-            ));
-        }
-        if let Some(c) = report.checks.iter().find(|c| {
-            c.detail
-                .as_ref()
-                .is_some_and(|d| d.len() > MAX_HEALTH_DETAIL)
-        }) {
-            return Err(ApiError::invalid(
-                "detail_too_long",
-                format!(
-                    "the detail of {}/{} is longer than {MAX_HEALTH_DETAIL} bytes",
-                    c.network.chars().take(64).collect::<String>(),
-                    c.service.chars().take(64).collect::<String>()
-                ),
-            ));
-        }
-        let node_name = self
-            .nodes
-            .get(&node)
-            .map(|n| n.rec.name.clone())
-            .ok_or(ApiError::Unauthorized)?;
-        for c in report.checks {
-            // A check of something this node no longer provides (a map it
-            // had not received yet) is ignored.
-            let Ok(sid) = self.find_service(&c.network, &c.service) else {
-                continue;
-            };
-            let approved = self
-                .services
-                .instances
-                .get(&(sid, node))
-                .is_some_and(|i| i.state == InstanceState::Approved);
-            if !approved {
-                continue;
-            }
-            let new = Reported {
-                health: c.health,
-                checked_ms: c.checked_ms,
-                detail: c.detail,
-            };
-            let old = self.services.health.insert((sid, node), new.clone());
-            let from = old.map_or(Health::Unknown, |o| o.health);
-            if from == new.health {
-                continue;
-            }
-            if let Some(s) = self.services.services.get(&sid) {
-                let net = s.network_id;
-                self.mark_network(batch, net);
-            }
-            if from != Health::Unknown && new.health != Health::Unknown {
-                self.audit(
-                    batch,
-                    actor,
-                    "service.health",
-                    format!("{}/{}", c.network, c.service),
-                    json!({"node": node_name, "from": from.to_string(), "to": new.health.to_string(), "detail": new.detail}),
-                    now_ms,
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-fn approve_hint(target: &str, name: &str, network: &str, node: &str) -> String {
-    format!(
-        "this node's offer of {target} waits for an admin: weft admin service approve {name} --network {network} --node {node}"
-    )
 }
 
 #[cfg(test)]

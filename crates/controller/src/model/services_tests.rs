@@ -384,6 +384,13 @@ fn offers_wait_for_approval_stay_rejected_and_can_be_withdrawn() {
         run(&mut w, me.clone(), adv("6379")).0.unwrap().state,
         "rejected"
     );
+    // Withdrawing does not lift a rejection; approving does.
+    run(&mut w, me.clone(), adv("")).0.unwrap();
+    assert_eq!(
+        run(&mut w, me.clone(), adv("6379")).0.unwrap().state,
+        "rejected"
+    );
+    run(&mut w, Actor::Admin, decide(true)).0.unwrap();
     // Withdrawing the last offer of a node-made service removes it.
     let r = run(&mut w, me.clone(), adv("")).0.unwrap();
     assert_eq!(r.state, "withdrawn");
