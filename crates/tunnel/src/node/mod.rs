@@ -89,8 +89,6 @@ pub struct Node {
     scratch: Vec<u8>,
     /// Service VIPs and their flows (consumer side).
     services: services::Services,
-    /// Where a packet to a VIP is rewritten before it is encrypted.
-    nat_buf: Vec<u8>,
 }
 
 impl Node {
@@ -146,7 +144,6 @@ impl Node {
             stun: Stun::default(),
             scratch: vec![0u8; 65_536 + WG_OVERHEAD],
             services: services::Services::default(),
-            nat_buf: Vec::new(),
         }
     }
 

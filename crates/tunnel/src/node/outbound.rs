@@ -28,14 +28,16 @@ impl Node {
             return self.drop_tun(DropReason::MalformedIp);
         };
         let packet = &packet[..view.total_len];
-        if !self.services.is_empty() && self.services.is_vip(net, view.dst) {
+        if !self.services.is_empty() {
             return self.handle_vip_packet(now, net, packet, &view, out);
         }
-        self.route_tun_packet(now, net, packet, &view, (packet, &view), out)
+        self.route_tun_packet(now, net, packet, &view, None, out)
     }
 
-    /// A packet to a service VIP: rewritten to a backend and routed (policy on
-    /// the real addresses), or refused with an ICMP unreachable.
+    /// A packet that may be to a service VIP: rewritten to a backend and
+    /// routed (policy on the real addresses; the rewrite is applied as the
+    /// packet is copied into the encrypted message), or refused with an ICMP
+    /// unreachable; any other packet is routed as it is.
     fn handle_vip_packet<'a>(
         &mut self,
         now: Instant,
@@ -44,12 +46,11 @@ impl Node {
         view: &IpView,
         out: &'a mut [u8],
     ) -> TunOutcome<'a> {
-        let mut buf = std::mem::take(&mut self.nat_buf);
-        let outcome = match self.services.outbound(now, net, packet, view, &mut buf) {
-            services::Outbound::Rewritten { len, backend } => {
+        match self.services.outbound(now, net, packet, view) {
+            services::Outbound::Rewritten { backend, rewrite } => {
                 let mut real = *view;
                 real.dst = IpAddr::V4(backend);
-                self.route_tun_packet(now, net, &buf[..len], &real, (packet, view), out)
+                self.route_tun_packet(now, net, packet, &real, Some(&rewrite), out)
             }
             services::Outbound::Refused(DropReason::MalformedIp, _) => {
                 self.drop_tun(DropReason::MalformedIp)
@@ -67,12 +68,8 @@ impl Node {
                     None => TunOutcome::Dropped(reason),
                 }
             }
-            services::Outbound::NotVip => {
-                self.route_tun_packet(now, net, packet, view, (packet, view), out)
-            }
-        };
-        self.nat_buf = buf;
-        outcome
+            services::Outbound::NotVip => self.route_tun_packet(now, net, packet, view, None, out),
+        }
     }
 
     /// This node's address in `net` of the family asked for.
@@ -83,19 +80,23 @@ impl Node {
             .map(|(a, _)| *a)
     }
 
-    /// Routes, polices and encrypts `packet` (whose view is `view`); ICMP
-    /// errors for the local sender quote `quote` (the packet as the sender
-    /// wrote it, before a VIP rewrite).
+    /// Routes, polices and encrypts `packet` by `view` (for a packet to a
+    /// VIP: the backend as destination, and `rewrite` to apply to the bytes
+    /// as they are encrypted). ICMP errors for the local sender quote the
+    /// packet as the sender wrote it.
     fn route_tun_packet<'a>(
         &mut self,
         now: Instant,
         net: NetIndex,
         packet: &[u8],
-        view: &IpView,
-        quote: (&[u8], &IpView),
+        real: &IpView,
+        rewrite: Option<&services::Rewrite>,
         out: &'a mut [u8],
     ) -> TunOutcome<'a> {
-        let view = *view;
+        let view = *real;
+        // ICMP errors read the sender and the header lengths from the view,
+        // the quoted bytes from `packet` (as sent: to the VIP).
+        let quote = (packet, &view);
         let routed = || self.gateway_for(now, net, view.dst);
         let Some(key) = self.by_ip.get(&(net, view.dst)).copied().or_else(routed) else {
             self.drops.add(DropReason::NoRoute);
@@ -124,7 +125,15 @@ impl Node {
             return self.drop_tun(DropReason::NoRoute);
         };
         let relay_up = self.relay_up;
-        match peer.tunn.encrypt(&mut self.wg, now, packet, out) {
+        let patch = |plain: &mut [u8]| {
+            if let Some(r) = rewrite {
+                r.apply(plain);
+            }
+        };
+        match peer
+            .tunn
+            .encrypt_with(&mut self.wg, now, packet, out, patch)
+        {
             Ok(Encrypted::Data(n)) => {
                 let dst = match peer.path.route(now, relay_up) {
                     Route::Direct(a) => Dest::Udp(a),

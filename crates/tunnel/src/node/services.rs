@@ -122,6 +122,8 @@ struct ReplyKey {
 #[derive(Debug, Clone, Copy)]
 struct Flow {
     backend: Ipv4Addr,
+    /// Its service's index in `list` (kept by `apply`).
+    svc: usize,
     replied: bool,
     closing: bool,
     deadline: Instant,
@@ -145,8 +147,10 @@ impl Flow {
 pub(super) enum Outbound {
     /// Not a VIP: route it as it is.
     NotVip,
-    /// Rewritten into the scratch buffer (`len` bytes), to the backend.
-    Rewritten { len: usize, backend: Ipv4Addr },
+    /// To the backend: apply `rewrite` to the packet's bytes (on their way
+    /// into the encrypted message; the policy reads the view with the
+    /// backend as destination).
+    Rewritten { backend: Ipv4Addr, rewrite: Rewrite },
     /// Refused: answer with this unreachable.
     Refused(DropReason, ip::Unreachable),
 }
@@ -156,7 +160,8 @@ pub(super) enum Outbound {
 pub(super) struct Services {
     list: Vec<ServiceNat>,
     by_vip: BTreeMap<(NetIndex, Ipv4Addr), usize>,
-    counters: BTreeMap<(NetIndex, Ipv4Addr), ServiceStatus>,
+    /// Counters, by index in `list`.
+    stats: Vec<ServiceStatus>,
     flows: BTreeMap<FlowKey, Flow>,
     replies: BTreeMap<ReplyKey, FlowKey>,
     by_deadline: BTreeMap<(Instant, u64), FlowKey>,
@@ -214,7 +219,7 @@ impl Services {
         Self {
             list: Vec::new(),
             by_vip: BTreeMap::new(),
-            counters: BTreeMap::new(),
+            stats: Vec::new(),
             flows: BTreeMap::new(),
             replies: BTreeMap::new(),
             by_deadline: BTreeMap::new(),
@@ -231,7 +236,7 @@ impl Services {
     }
 
     /// Whether `dst` in `net` is a VIP.
-    #[inline]
+    #[cfg(test)]
     pub(super) fn is_vip(&self, net: NetIndex, dst: IpAddr) -> bool {
         match dst {
             IpAddr::V4(d) => self.by_vip.contains_key(&(net, d)),
@@ -240,50 +245,51 @@ impl Services {
     }
 
     /// Puts `services` in force. Flows whose service, port or backend is gone
-    /// end; the others keep their backend whatever its health now.
+    /// end; the others keep their backend whatever its health now. Counters
+    /// stay with a service while its network and VIP do.
     pub(super) fn apply(&mut self, services: &[ServiceNat]) {
+        let mut old: BTreeMap<(NetIndex, Ipv4Addr), ServiceStatus> = self
+            .list
+            .iter()
+            .zip(std::mem::take(&mut self.stats))
+            .map(|(s, st)| ((s.net, s.vip), st))
+            .collect();
         self.list = services.to_vec();
         self.by_vip.clear();
+        self.stats.clear();
         for (i, s) in self.list.iter().enumerate() {
             self.by_vip.entry((s.net, s.vip)).or_insert(i);
+            let mut st = old.remove(&(s.net, s.vip)).unwrap_or_default();
+            st.name.clone_from(&s.name);
+            st.net = s.net;
+            st.vip = Some(s.vip);
+            st.flows = 0;
+            self.stats.push(st);
         }
-        let by_vip = &self.by_vip;
-        self.counters.retain(|k, _| by_vip.contains_key(k));
-        for s in &self.list {
-            let c = self.counters.entry((s.net, s.vip)).or_default();
-            c.name.clone_from(&s.name);
-            c.net = s.net;
-            c.vip = Some(s.vip);
-        }
-        let list = &self.list;
-        let stale: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter(|(k, f)| {
-                let Some(s) = by_vip.get(&(k.net, k.vip.0)).map(|i| &list[*i]) else {
-                    return true;
-                };
-                let port_ok = s
-                    .ports
+        let (list, by_vip) = (&self.list, &self.by_vip);
+        let mut stale = Vec::new();
+        for (k, f) in &mut self.flows {
+            let idx = by_vip.get(&(k.net, k.vip.0)).copied();
+            let keep = idx.is_some_and(|i| {
+                let s = &list[i];
+                s.ports
                     .iter()
-                    .any(|p| proto_number(p.proto) == k.proto && p.port == k.vip.1);
-                !port_ok || !s.backends.iter().any(|b| b.addr == f.backend)
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
-            self.remove(&k);
+                    .any(|p| proto_number(p.proto) == k.proto && p.port == k.vip.1)
+                    && s.backends.iter().any(|b| b.addr == f.backend)
+            });
+            match idx {
+                Some(i) if keep => f.svc = i,
+                _ => stale.push(*k),
+            }
         }
-        self.recount();
-    }
-
-    fn recount(&mut self) {
-        for c in self.counters.values_mut() {
-            c.flows = 0;
+        for k in &stale {
+            if let Some(f) = self.flows.remove(k) {
+                self.replies.remove(&reply_key(k, f.backend));
+            }
         }
-        for k in self.flows.keys() {
-            if let Some(c) = self.counters.get_mut(&(k.net, k.vip.0)) {
-                c.flows += 1;
+        for f in self.flows.values() {
+            if let Some(st) = self.stats.get_mut(f.svc) {
+                st.flows += 1;
             }
         }
     }
@@ -291,22 +297,21 @@ impl Services {
     fn remove(&mut self, k: &FlowKey) {
         if let Some(f) = self.flows.remove(k) {
             self.replies.remove(&reply_key(k, f.backend));
-            if let Some(c) = self.counters.get_mut(&(k.net, k.vip.0)) {
-                c.flows = c.flows.saturating_sub(1);
+            if let Some(st) = self.stats.get_mut(f.svc) {
+                st.flows = st.flows.saturating_sub(1);
             }
         }
     }
 
-    /// Handles a packet from the TUN of `net` whose destination is a VIP
-    /// ([`Services::is_vip`]): on success the rewritten packet is in
-    /// `scratch[..len]`.
+    /// Handles a packet from the TUN of `net`: [`Outbound::NotVip`] unless its
+    /// destination is a VIP.
+    #[inline]
     pub(super) fn outbound(
         &mut self,
         now: Instant,
         net: NetIndex,
         packet: &[u8],
         view: &IpView,
-        scratch: &mut Vec<u8>,
     ) -> Outbound {
         let (IpAddr::V4(client), IpAddr::V4(vip)) = (view.src, view.dst) else {
             return Outbound::NotVip;
@@ -319,16 +324,8 @@ impl Services {
             _ => None,
         };
         let Some((sport, dport)) = ports else {
-            return self.refuse(net, vip, DropReason::ServicePort);
+            return self.refuse(idx, DropReason::ServicePort);
         };
-        let svc = &self.list[idx];
-        let has_port = svc
-            .ports
-            .iter()
-            .any(|p| proto_number(p.proto) == view.protocol && p.port == dport);
-        if !has_port {
-            return self.refuse(net, vip, DropReason::ServicePort);
-        }
         let key = FlowKey {
             net,
             proto: view.protocol,
@@ -336,49 +333,59 @@ impl Services {
             vip: (vip, dport),
         };
         let flags = tcp_flags(view, packet);
+        let tcp = view.protocol == proto::TCP;
+        // The common case: a live flow, one lookup.
         let syn_only = flags.is_some_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN);
-        if let Some(f) = self.flows.get(&key)
-            && (f.deadline <= now || (f.closing && syn_only))
-        {
-            // Expired, or a new connection reusing a closed one's ports: pick afresh.
-            self.remove(&key);
-        }
-        let backend = match self.flows.get(&key) {
-            Some(f) => f.backend,
-            None => {
+        let backend = match self.flows.get_mut(&key) {
+            Some(f) if f.deadline > now && !(f.closing && syn_only) => {
+                if flags.is_some_and(|f| f & (TCP_FIN | TCP_RST) != 0) {
+                    f.closing = true;
+                }
+                f.deadline = now + f.timeout(tcp);
+                f.backend
+            }
+            found => {
+                let has_port = self.list[idx]
+                    .ports
+                    .iter()
+                    .any(|p| proto_number(p.proto) == view.protocol && p.port == dport);
+                if !has_port {
+                    return self.refuse(idx, DropReason::ServicePort);
+                }
+                if found.is_some() {
+                    // Expired, or a new connection reusing a closed one's
+                    // ports: pick afresh.
+                    self.remove(&key);
+                }
                 let Some(backend) = pick(&self.list[idx].backends, flow_hash(&key)) else {
-                    return self.refuse(net, vip, DropReason::ServiceNoInstance);
+                    return self.refuse(idx, DropReason::ServiceNoInstance);
                 };
-                self.open(now, key, backend);
-                backend
+                let Some(rewrite) = Rewrite::plan(packet, view, Field::Dst, backend) else {
+                    return Outbound::Refused(DropReason::MalformedIp, ip::Unreachable::Host);
+                };
+                self.open(now, key, idx, backend);
+                if let Some(f) = self.flows.get_mut(&key)
+                    && flags.is_some_and(|f| f & (TCP_FIN | TCP_RST) != 0)
+                {
+                    f.closing = true;
+                    f.deadline = now + f.timeout(tcp);
+                }
+                self.stats[idx].packets_out += 1;
+                return Outbound::Rewritten { backend, rewrite };
             }
         };
-        let tcp = view.protocol == proto::TCP;
-        if let Some(f) = self.flows.get_mut(&key) {
-            if flags.is_some_and(|f| f & (TCP_FIN | TCP_RST) != 0) {
-                f.closing = true;
-            }
-            f.deadline = now + f.timeout(tcp);
-        }
-        let len = view.total_len;
-        if scratch.len() < len {
-            scratch.resize(len, 0);
-        }
-        scratch[..len].copy_from_slice(&packet[..len]);
-        if !rewrite_v4(&mut scratch[..len], view, Field::Dst, backend) {
-            return self.refuse(net, vip, DropReason::MalformedIp);
-        }
-        if let Some(c) = self.counters.get_mut(&(net, vip)) {
-            c.packets_out += 1;
-        }
-        Outbound::Rewritten { len, backend }
+        let Some(rewrite) = Rewrite::plan(packet, view, Field::Dst, backend) else {
+            return Outbound::Refused(DropReason::MalformedIp, ip::Unreachable::Host);
+        };
+        self.stats[idx].packets_out += 1;
+        Outbound::Rewritten { backend, rewrite }
     }
 
-    fn refuse(&mut self, net: NetIndex, vip: Ipv4Addr, why: DropReason) -> Outbound {
-        if let Some(c) = self.counters.get_mut(&(net, vip)) {
+    fn refuse(&mut self, idx: usize, why: DropReason) -> Outbound {
+        if let Some(st) = self.stats.get_mut(idx) {
             match why {
-                DropReason::ServiceNoInstance => c.drops_no_instance += 1,
-                DropReason::ServicePort => c.drops_port += 1,
+                DropReason::ServiceNoInstance => st.drops_no_instance += 1,
+                DropReason::ServicePort => st.drops_port += 1,
                 _ => {}
             }
         }
@@ -389,7 +396,7 @@ impl Services {
         Outbound::Refused(why, kind)
     }
 
-    fn open(&mut self, now: Instant, key: FlowKey, backend: Ipv4Addr) {
+    fn open(&mut self, now: Instant, key: FlowKey, svc: usize, backend: Ipv4Addr) {
         while self.flows.len() >= self.capacity {
             if !self.pop_earliest(now) {
                 break;
@@ -402,6 +409,7 @@ impl Services {
         }
         let mut flow = Flow {
             backend,
+            svc,
             replied: false,
             closing: false,
             deadline: now,
@@ -413,9 +421,9 @@ impl Services {
         self.by_deadline.insert(flow.indexed, key);
         self.flows.insert(key, flow);
         self.replies.insert(reply_key(&key, backend), key);
-        if let Some(c) = self.counters.get_mut(&(key.net, key.vip.0)) {
-            c.flows += 1;
-            c.flows_opened += 1;
+        if let Some(st) = self.stats.get_mut(svc) {
+            st.flows += 1;
+            st.flows_opened += 1;
         }
     }
 
@@ -493,10 +501,12 @@ impl Services {
             f.closing = true;
         }
         f.deadline = now + f.timeout(key.proto == proto::TCP);
-        if rewrite_v4(packet, view, Field::Src, key.vip.0)
-            && let Some(c) = self.counters.get_mut(&(net, key.vip.0))
-        {
-            c.packets_in += 1;
+        let svc = f.svc;
+        if let Some(rewrite) = Rewrite::plan(packet, view, Field::Src, key.vip.0) {
+            rewrite.apply(packet);
+            if let Some(st) = self.stats.get_mut(svc) {
+                st.packets_in += 1;
+            }
         }
     }
 
@@ -530,10 +540,7 @@ impl Services {
 
     /// Every service's counters, in configuration order.
     pub(super) fn status(&self) -> Vec<ServiceStatus> {
-        self.list
-            .iter()
-            .filter_map(|s| self.counters.get(&(s.net, s.vip)).cloned())
-            .collect()
+        self.stats.clone()
     }
 
     #[cfg(test)]
@@ -589,56 +596,89 @@ fn tcp_flags(view: &IpView, packet: &[u8]) -> Option<u8> {
     packet.get(view.transport_offset + 13).copied()
 }
 
-/// Which address [`rewrite_v4`] replaces.
+/// Which address a [`Rewrite`] replaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Field {
     Src,
     Dst,
 }
 
-/// Replaces the source or destination of an IPv4 packet with `new`, updating
-/// the header checksum and (first fragment or whole packet) the TCP or UDP
-/// checksum incrementally; a UDP checksum of 0 (none) stays 0. Returns false,
-/// leaving the packet alone, when it is not IPv4 or its transport header is
-/// cut short.
-pub(crate) fn rewrite_v4(packet: &mut [u8], view: &IpView, which: Field, new: Ipv4Addr) -> bool {
-    if !view.src.is_ipv4() || packet.len() < 20 {
-        return false;
-    }
-    let at = match which {
-        Field::Src => 12,
-        Field::Dst => 16,
-    };
-    let t = view.transport_offset;
-    let csum_at = match (view.protocol, view.fragment) {
-        (_, true) => None,
-        (proto::TCP, false) => Some(t + 16),
-        (proto::UDP, false) => Some(t + 6),
-        _ => None,
-    };
-    if let Some(c) = csum_at
-        && c + 2 > view.total_len.min(packet.len())
-    {
-        return false;
-    }
-    let mut old = [0u8; 4];
-    old.copy_from_slice(&packet[at..at + 4]);
-    let new = new.octets();
-    packet[at..at + 4].copy_from_slice(&new);
-    let hc = u16::from_be_bytes([packet[10], packet[11]]);
-    packet[10..12].copy_from_slice(&ip::checksum_replace4(hc, old, new).to_be_bytes());
-    if let Some(c) = csum_at {
-        let sum = u16::from_be_bytes([packet[c], packet[c + 1]]);
+/// A planned change of an IPv4 packet's source or destination, with the
+/// checksums it implies, applied to the packet's bytes wherever they are
+/// (in place, or on their way into the encrypted message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rewrite {
+    /// Where the address is (12: source, 16: destination).
+    at: usize,
+    old: [u8; 4],
+    new: [u8; 4],
+    /// The TCP/UDP checksum's offset (None: not a first fragment or whole
+    /// TCP/UDP packet, or a UDP datagram without a checksum).
+    csum_at: Option<usize>,
+    udp: bool,
+}
+
+impl Rewrite {
+    /// The rewrite of `packet`'s source or destination to `new`, updating
+    /// the header checksum and (first fragment or whole packet) the TCP or
+    /// UDP checksum incrementally (RFC 1624); a UDP checksum of 0 (none)
+    /// stays 0. None when the packet is not IPv4 or its transport header is
+    /// cut short.
+    pub(crate) fn plan(packet: &[u8], view: &IpView, which: Field, new: Ipv4Addr) -> Option<Self> {
+        if !view.src.is_ipv4() || packet.len() < 20 {
+            return None;
+        }
+        let at = match which {
+            Field::Src => 12,
+            Field::Dst => 16,
+        };
+        let t = view.transport_offset;
         let udp = view.protocol == proto::UDP;
-        if !(udp && sum == 0) {
-            let mut next = ip::checksum_replace4(sum, old, new);
-            if udp && next == 0 {
+        let csum_at = match (view.protocol, view.fragment) {
+            (_, true) => None,
+            (proto::TCP, false) => Some(t + 16),
+            (proto::UDP, false) => Some(t + 6),
+            _ => None,
+        };
+        let mut csum_at = csum_at;
+        if let Some(c) = csum_at {
+            let field = packet.get(c..c + 2).filter(|_| c + 2 <= view.total_len)?;
+            if udp && field == [0, 0] {
+                csum_at = None;
+            }
+        }
+        let mut old = [0u8; 4];
+        old.copy_from_slice(&packet[at..at + 4]);
+        Some(Self {
+            at,
+            old,
+            new: new.octets(),
+            csum_at,
+            udp,
+        })
+    }
+
+    /// Applies it to `packet` (the bytes it was planned on, or a copy).
+    #[inline]
+    pub(crate) fn apply(&self, packet: &mut [u8]) {
+        let Some(addr) = packet.get_mut(self.at..self.at + 4) else {
+            return;
+        };
+        addr.copy_from_slice(&self.new);
+        let hc = u16::from_be_bytes([packet[10], packet[11]]);
+        packet[10..12]
+            .copy_from_slice(&ip::checksum_replace4(hc, self.old, self.new).to_be_bytes());
+        if let Some(c) = self.csum_at
+            && let Some(field) = packet.get_mut(c..c + 2)
+        {
+            let sum = u16::from_be_bytes([field[0], field[1]]);
+            let mut next = ip::checksum_replace4(sum, self.old, self.new);
+            if self.udp && next == 0 {
                 next = 0xffff;
             }
-            packet[c..c + 2].copy_from_slice(&next.to_be_bytes());
+            field.copy_from_slice(&next.to_be_bytes());
         }
     }
-    true
 }
 
 #[cfg(test)]

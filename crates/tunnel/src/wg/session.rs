@@ -129,6 +129,17 @@ impl Keypair {
     /// Encrypts `packet` into a transport data message in `out` (at least
     /// `packet.len() + 32` bytes) and returns its length.
     pub fn seal(&mut self, packet: &[u8], out: &mut [u8]) -> Result<usize, Error> {
+        self.seal_with(packet, out, |_| {})
+    }
+
+    /// [`Keypair::seal`], with `patch` applied to the plaintext once it is in
+    /// `out` (a service VIP rewrite: no extra copy of the packet).
+    pub fn seal_with(
+        &mut self,
+        packet: &[u8],
+        out: &mut [u8],
+        patch: impl FnOnce(&mut [u8]),
+    ) -> Result<usize, Error> {
         let n = DATA_HEADER + packet.len() + TAG_LEN;
         if out.len() < n {
             return Err(Error::BufferTooSmall);
@@ -144,6 +155,7 @@ impl Keypair {
         let body = &mut out[DATA_HEADER..n];
         let (plain, tag_out) = body.split_at_mut(packet.len());
         plain.copy_from_slice(packet);
+        patch(plain);
         let tag = self
             .send
             .seal_in_place_separate_tag(nonce(counter), Aad::empty(), plain)

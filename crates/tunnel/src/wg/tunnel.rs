@@ -190,8 +190,21 @@ impl Tunnel {
         packet: &[u8],
         out: &mut [u8],
     ) -> Result<Encrypted, Error> {
+        self.encrypt_with(local, now, packet, out, |_| {})
+    }
+
+    /// [`Tunnel::encrypt`], with `patch` applied to the plaintext (as sealed,
+    /// or as queued behind a handshake) without another copy of it.
+    pub fn encrypt_with(
+        &mut self,
+        local: &mut Local,
+        now: Instant,
+        packet: &[u8],
+        out: &mut [u8],
+        patch: impl FnOnce(&mut [u8]),
+    ) -> Result<Encrypted, Error> {
         if let Some(kp) = self.current.as_mut().filter(|k| k.can_send(now)) {
-            let n = kp.seal(packet, out)?;
+            let n = kp.seal_with(packet, out, patch)?;
             self.sent();
             if !packet.is_empty() {
                 self.last_data_sent = Some(now);
@@ -202,7 +215,9 @@ impl Tunnel {
             return Ok(Encrypted::Data(n));
         }
         if !packet.is_empty() && self.queue.len() < MAX_QUEUED {
-            self.queue.push_back(packet.to_vec());
+            let mut queued = packet.to_vec();
+            patch(&mut queued);
+            self.queue.push_back(queued);
         }
         if self.next.is_some() {
             // We answered a handshake: the initiator's first message confirms it.
