@@ -2,7 +2,8 @@
 //! node joins (and leaves again) a network whose members may all reach each
 //! other, incrementally ([`LivePolicy`]) and from scratch ([`compile`]), with
 //! and without a deny rule that picks every node (the exact, O(n) per node path).
-//! Also the cost of replacing the policy (everyone recompiles).
+//! Also the cost of replacing the policy (everyone recompiles), and of a join
+//! under an `[[ssh]]` rule letting every node log in to every node.
 //!
 //! `cargo bench -p weft-policy --bench live`
 
@@ -75,6 +76,33 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(live.set_policy(p.clone()).changed.len()))
         });
     }
+    g.finish();
+
+    // Every node runs an SSH server and everyone may log in everywhere: each
+    // server's grants list every other node, so a join changes every node.
+    let mut g = c.benchmark_group("one join at 1,000 nodes, [[ssh]] * -> *");
+    g.sample_size(10);
+    let ssh_node = |i: usize| NodeFacts {
+        ssh_port: Some(22),
+        ..node(i)
+    };
+    let p = parse(&format!(
+        "{MEMBERS}\n[[ssh]]\nfrom = \"*\"\nto = \"*\"\nusers = \"deploy\"\n"
+    ))
+    .unwrap();
+    let mut live = LivePolicy::new(p.clone(), (0..N).map(|i| (i, ssh_node(i))));
+    g.bench_function("incremental (join + leave)", |b| {
+        b.iter(|| {
+            live.upsert(N, ssh_node(N));
+            black_box(live.flush().changed.len());
+            live.remove(&N);
+            black_box(live.flush().changed.len());
+        })
+    });
+    let inv = Inventory::new((0..=N).map(ssh_node).collect()).unwrap();
+    g.bench_function("from scratch (one compile)", |b| {
+        b.iter(|| black_box(compile(&p, &inv)))
+    });
     g.finish();
 }
 

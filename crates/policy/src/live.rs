@@ -17,6 +17,15 @@
 //! decides one pair in O(rules), and [`Transition::was_visible`] answers for the
 //! state before the last flush.
 //!
+//! A rule's `to` side is kept per part (the rule's own ports, a service's port,
+//! an SSH server's port; see `select.rs`), each with its members and aggregate;
+//! the sides opposite a node's entries are all parts of the other side. So a
+//! node gaining or losing a service or its SSH port changes its selection, and
+//! the members opposite its old and new entries are recompiled. A node's SSH
+//! grants are decided afresh at each recompile against the members opposite its
+//! `[[ssh]]` entries: O(those members), so under `from = "*"`, `to = "*"` a
+//! join costs O(n) per node (every server's grant list changes anyway).
+//!
 //! Compiled policies here leave [`CompiledPolicy::visible_peers`] empty; use
 //! [`LivePolicy::visible_peers`].
 
@@ -25,14 +34,14 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::compile::{CompiledPolicy, FlowRule, RuleId, rule_infos};
+use crate::compile::{CompiledPolicy, FlowRule, RuleId, SshGrant, rule_infos};
 use crate::inventory::NodeFacts;
 use crate::model::{Action, Policy};
 use crate::select::{
     Entry, FROM, Restr, Selection, SideKey, TO, action, eff, find, pair_visible, restricted,
     selection,
 };
-use crate::ssh::{Party, grants, ssh_entry};
+use crate::ssh::{Party, grants, ssh_entry, update_grants};
 
 /// The members of one rule side and their prefixes.
 #[derive(Debug, Clone)]
@@ -135,6 +144,10 @@ pub struct LivePolicy<K> {
     /// The selections, before the first change since the last flush, of the
     /// nodes changed since (None: the node did not exist).
     before: BTreeMap<K, Option<Selection>>,
+    /// The names, before the first change since the last flush, of the nodes
+    /// changed since (None: the node did not exist): their SSH grants on
+    /// unchanged nodes are the ones to decide again.
+    before_names: BTreeMap<K, Option<String>>,
 }
 
 impl<K> Default for LivePolicy<K> {
@@ -145,6 +158,7 @@ impl<K> Default for LivePolicy<K> {
             sides: BTreeMap::new(),
             dirty: BTreeSet::new(),
             before: BTreeMap::new(),
+            before_names: BTreeMap::new(),
         }
     }
 }
@@ -261,12 +275,14 @@ impl<K: Ord + Clone> LivePolicy<K> {
             nodes: BTreeMap::new(),
             dirty: BTreeSet::new(),
             before: BTreeMap::new(),
+            before_names: BTreeMap::new(),
         };
         for (k, facts) in nodes {
             live.insert(k, facts);
         }
         live.dirty = live.nodes.keys().cloned().collect();
         live.before.clear();
+        live.before_names.clear();
         live.flush();
         live
     }
@@ -363,6 +379,9 @@ impl<K: Ord + Clone> LivePolicy<K> {
         let compiled = old.as_ref().and_then(|o| o.compiled.clone());
         let old_sel = old.map(|o| o.sel);
         self.before.entry(k.clone()).or_insert(old_sel);
+        // Its name as of the last flush (its compile's), None if it is new.
+        let name = compiled.as_ref().map(|c| c.node.clone());
+        self.before_names.entry(k.clone()).or_insert(name);
         self.insert(k.clone(), facts);
         if let Some(n) = self.nodes.get_mut(&k) {
             // Kept to tell at the flush whether it changed.
@@ -381,6 +400,9 @@ impl<K: Ord + Clone> LivePolicy<K> {
         if let Some(old) = self.take(k) {
             self.mark(k, &old.sel);
             self.before.entry(k.clone()).or_insert(Some(old.sel));
+            self.before_names
+                .entry(k.clone())
+                .or_insert(Some(old.facts.name));
         }
     }
 
@@ -395,13 +417,19 @@ impl<K: Ord + Clone> LivePolicy<K> {
             let Some(node) = self.nodes.get(&k) else {
                 continue;
             };
-            let next = match &node.compiled {
-                // A node that did not change itself, picked by a deny rule: update
-                // its old compile with the changed nodes only.
-                Some(old) if !self.before.contains_key(&k) && !self.deny_free(node) => self
+            // A node that did not change itself keeps its SSH grants towards
+            // the nodes that did not change either.
+            let unchanged = node
+                .compiled
+                .as_deref()
+                .filter(|_| !self.before.contains_key(&k));
+            let next = match unchanged {
+                // Picked by a deny rule: update its old compile with the changed
+                // nodes only.
+                Some(old) if !self.deny_free(node) => self
                     .update_node(&k, node, old)
-                    .unwrap_or_else(|| self.compile_node(&k, node)),
-                _ => self.compile_node(&k, node),
+                    .unwrap_or_else(|| self.compile_node(&k, node, unchanged)),
+                _ => self.compile_node(&k, node, unchanged),
             };
             if node.compiled.as_deref() != Some(&next) {
                 changed.insert(k.clone());
@@ -410,6 +438,7 @@ impl<K: Ord + Clone> LivePolicy<K> {
                 }
             }
         }
+        self.before_names.clear();
         // A node changed and changed back since the last flush: nothing to report.
         let before = std::mem::take(&mut self.before)
             .into_iter()
@@ -571,18 +600,42 @@ impl<K: Ord + Clone> LivePolicy<K> {
                 }
             }
         }
-        Some(self.finish(k, node, outbound, inbound))
+        Some(self.finish(k, node, outbound, inbound, Some(old)))
     }
 
-    /// The compiled policy from its flow rules, with the node's SSH grants
-    /// (decided afresh against the members opposite its `[[ssh]]` entries).
+    /// The compiled policy from its flow rules, with the node's SSH grants:
+    /// `unchanged` (its compile before the changes since the last flush, when
+    /// the node itself did not change) with the grants towards the changed
+    /// nodes decided again, else decided afresh against the members opposite
+    /// its `[[ssh]]` entries.
     fn finish(
         &self,
         k: &K,
         node: &LiveNode,
         outbound: Vec<FlowRule>,
         inbound: Vec<FlowRule>,
+        unchanged: Option<&CompiledPolicy>,
     ) -> CompiledPolicy {
+        let me = Party {
+            facts: &node.facts,
+            sel: &node.sel,
+        };
+        if let Some(old) = unchanged {
+            let mut gone: BTreeSet<&str> = BTreeSet::new();
+            let mut changed = Vec::new();
+            for (c, name) in &self.before_names {
+                gone.extend(name.as_deref());
+                if let Some(n) = self.nodes.get(c).filter(|_| c != k) {
+                    gone.insert(&n.facts.name);
+                    changed.push(Party {
+                        facts: &n.facts,
+                        sel: &n.sel,
+                    });
+                }
+            }
+            let (ssh_inbound, ssh_outbound) = update_grants(&self.policy, me, old, &gone, &changed);
+            return self.assemble(node, outbound, inbound, ssh_inbound, ssh_outbound);
+        }
         let mut clients = BTreeSet::new();
         let mut servers = BTreeSet::new();
         for e in node.sel.iter().filter(|e| ssh_entry(&self.policy, e)) {
@@ -601,16 +654,23 @@ impl<K: Ord + Clone> LivePolicy<K> {
                 sel: &n.sel,
             })
         };
-        let me = Party {
-            facts: &node.facts,
-            sel: &node.sel,
-        };
         let (ssh_inbound, ssh_outbound) = grants(
             &self.policy,
             me,
             clients.into_iter().filter_map(party),
             servers.into_iter().filter_map(party),
         );
+        self.assemble(node, outbound, inbound, ssh_inbound, ssh_outbound)
+    }
+
+    fn assemble(
+        &self,
+        node: &LiveNode,
+        outbound: Vec<FlowRule>,
+        inbound: Vec<FlowRule>,
+        ssh_inbound: Vec<SshGrant>,
+        ssh_outbound: Vec<SshGrant>,
+    ) -> CompiledPolicy {
         CompiledPolicy {
             node: node.facts.name.clone(),
             rules: rule_infos(
@@ -628,7 +688,12 @@ impl<K: Ord + Clone> LivePolicy<K> {
         }
     }
 
-    fn compile_node(&self, k: &K, node: &LiveNode) -> CompiledPolicy {
+    fn compile_node(
+        &self,
+        k: &K,
+        node: &LiveNode,
+        unchanged: Option<&CompiledPolicy>,
+    ) -> CompiledPolicy {
         let deny_free = self.deny_free(node);
         // Exact visibility, only needed when a deny rule picks the node.
         let visible: Option<BTreeSet<&K>> = (!deny_free).then(|| {
@@ -702,7 +767,7 @@ impl<K: Ord + Clone> LivePolicy<K> {
                 }
             }
         }
-        self.finish(k, node, outbound, inbound)
+        self.finish(k, node, outbound, inbound, unchanged)
     }
 }
 

@@ -141,6 +141,39 @@ pub(crate) fn grants<'a>(
     )
 }
 
+/// `me`'s grants given its grants `old` before some nodes changed: those
+/// towards peers named in `gone` (the changed nodes' names before and now)
+/// dropped, those towards the `changed` nodes decided again. Exact because a
+/// grant depends only on its two nodes (and the policy).
+pub(crate) fn update_grants(
+    policy: &Policy,
+    me: Party<'_>,
+    old: &weft_proto::policy::CompiledPolicy,
+    gone: &BTreeSet<&str>,
+    changed: &[Party<'_>],
+) -> (Vec<SshGrant>, Vec<SshGrant>) {
+    let keep = |list: &[SshGrant]| -> BTreeMap<String, SshGrant> {
+        list.iter()
+            .filter(|g| !gone.contains(g.peer.as_str()))
+            .map(|g| (g.peer.clone(), g.clone()))
+            .collect()
+    };
+    let mut inbound = keep(&old.ssh_inbound);
+    let mut outbound = keep(&old.ssh_outbound);
+    for &c in changed {
+        if let Some(g) = pair_grant(policy, c, me) {
+            inbound.insert(c.facts.name.clone(), grant(&c.facts.name, &g, &g.client));
+        }
+        if let Some(g) = pair_grant(policy, me, c) {
+            outbound.insert(c.facts.name.clone(), grant(&c.facts.name, &g, &g.server));
+        }
+    }
+    (
+        inbound.into_values().collect(),
+        outbound.into_values().collect(),
+    )
+}
+
 /// Whether `e` is an `[[ssh]]` entry (so the members opposite it are grant
 /// candidates).
 pub(crate) fn ssh_entry(policy: &Policy, e: &Entry) -> bool {
