@@ -503,7 +503,7 @@ fn after_weftd_is_sigkilled_the_next_one_sweeps_and_adopts() {
     within(
         "the running workload adopted",
         Duration::from_secs(10),
-        || mesh.agent_log_tail("n1").contains("adopted a workload"),
+        || mesh.agent_log("n1").contains("adopted a workload"),
     );
     let still = leftovers(&mesh, &lab);
     assert!(

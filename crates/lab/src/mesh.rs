@@ -488,6 +488,15 @@ impl<'l> Mesh<'l> {
         Ok(())
     }
 
+    /// The whole log of `node`'s current weftd (empty when it has none).
+    pub fn agent_log(&self, node: &str) -> String {
+        self.agents
+            .get(node)
+            .and_then(|a| a.process.as_ref())
+            .and_then(|p| p.log().ok())
+            .unwrap_or_default()
+    }
+
     /// The last log lines of an agent (for error messages).
     pub fn agent_log_tail(&self, node: &str) -> String {
         self.agents

@@ -136,8 +136,15 @@ pub(crate) fn remove() -> Result<(), String> {
         ],
         None,
     ) {
-        // No such route ("No such process"), or no such table.
-        Err(e) if !e.contains("No such process") && !e.contains("No such file") => errors.push(e),
+        // No such route ("No such process"), or no such table ("No such
+        // file", or "FIB table does not exist").
+        Err(e)
+            if !e.contains("No such process")
+                && !e.contains("No such file")
+                && !e.contains("does not exist") =>
+        {
+            errors.push(e)
+        }
         _ => {}
     }
     if errors.is_empty() {
