@@ -97,6 +97,16 @@ impl World {
             })
             .collect();
         provides.sort_by(|a, b| (&a.network, &a.name).cmp(&(&b.network, &b.name)));
+        // Indexing a compiled policy costs more than everything else here; a
+        // node none of whose networks has a service (the common case) needs
+        // no index.
+        if !me
+            .memberships
+            .keys()
+            .any(|n| self.services.in_network(*n).next().is_some())
+        {
+            return (Vec::new(), provides);
+        }
         let matcher = match self.node_policy(id).map(|p| Matcher::new(p)) {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
