@@ -512,10 +512,9 @@ fn a_network_change_cuts_the_reconnect_wait_short() {
         let addr = format!("10.99.0.{attempt}/32");
         lab.run("node1", &["ip", "addr", "add", &addr, "dev", "eth0"])
             .unwrap();
-        let took = weft_lab::timed_wait("reconnected", Duration::from_secs(30), || {
-            connected(&mesh)
-        })
-        .unwrap();
+        let took =
+            weft_lab::timed_wait("reconnected", Duration::from_secs(30), || connected(&mesh))
+                .unwrap();
         let log = agent_log(&mesh, "node1");
         if log.matches(MARK).count() > seen_before {
             println!("reconnected {took:?} after the address change");
