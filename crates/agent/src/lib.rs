@@ -85,6 +85,7 @@ mod ssh;
 #[cfg(test)]
 mod stand_in;
 pub mod state;
+mod state_file;
 mod supervisor;
 mod system;
 mod tasks;

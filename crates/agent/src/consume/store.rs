@@ -25,21 +25,14 @@ struct Saved {
 /// parse, or holds a consumer `weft service listen|intercept` would refuse, is
 /// an error naming it and what to do (the file is left as it is).
 pub(crate) fn load(dir: &Path) -> Result<Vec<Consumer>, String> {
+    const WHAT_TO_DO: &str = "no service listener or interception runs and none can be added or \
+         removed; move the file aside (or fix it) and restart weftd, then add the consumers \
+         again with `weft service listen|intercept`";
     let path = dir.join(FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    let damaged = |why: String| crate::state_file::damaged(&path, &why, WHAT_TO_DO);
+    let Some(saved) = crate::state_file::load::<Saved>(&path, WHAT_TO_DO)? else {
+        return Ok(Vec::new());
     };
-    let damaged = |why: String| {
-        format!(
-            "{} is damaged ({why}): no service listener or interception runs and none can be \
-             added or removed; move the file aside (or fix it) and restart weftd, then add the \
-             consumers again with `weft service listen|intercept`",
-            path.display()
-        )
-    };
-    let saved: Saved = serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
     if saved.consumers.len() > MAX_CONSUMERS {
         return Err(damaged(format!(
             "{} consumers, at most {MAX_CONSUMERS}",
@@ -61,11 +54,12 @@ pub(crate) fn load(dir: &Path) -> Result<Vec<Consumer>, String> {
 
 /// Writes `consumers` (0600, atomically; blocking: call off the runtime).
 pub(crate) fn save(dir: &Path, consumers: &[Consumer]) -> Result<(), String> {
-    let bytes = serde_json::to_vec_pretty(&Saved {
-        consumers: consumers.to_vec(),
-    })
-    .map_err(|e| e.to_string())?;
-    crate::state::write_private(&dir.join(FILE), &bytes).map_err(|e| format!("{e:#}"))
+    crate::state_file::save(
+        &dir.join(FILE),
+        &Saved {
+            consumers: consumers.to_vec(),
+        },
+    )
 }
 
 /// `db listen 127.0.0.1:15432` / `db (network prod) intercept 10.1.2.3:5432`.

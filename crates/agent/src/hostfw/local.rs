@@ -39,34 +39,27 @@ fn task_made(r: &HostRule) -> Result<(), String> {
 /// A file that does not parse, or holds a rule no task could have made, is an
 /// error naming it and what to do.
 pub(crate) fn load(dir: &Path, now_ms: u64) -> Result<Vec<HostRule>, String> {
+    const WHAT_TO_DO: &str = "the task-made firewall rules it held are not applied and no task \
+         may add or revoke one; move it aside (the rules open again only when the tasks run \
+         again) and restart weftd";
     let path = dir.join(FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    let Some(saved) = crate::state_file::load::<Saved>(&path, WHAT_TO_DO)? else {
+        return Ok(Vec::new());
     };
-    let damaged = |why: String| {
-        format!(
-            "{} is damaged ({why}): the task-made firewall rules it held are not applied and \
-             no task may add or revoke one; move it aside (the rules open again only when the \
-             tasks run again) and restart weftd",
-            path.display()
-        )
-    };
-    let saved: Saved = serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?;
     for r in &saved.rules {
-        task_made(r).map_err(&damaged)?;
+        task_made(r).map_err(|why| crate::state_file::damaged(&path, &why, WHAT_TO_DO))?;
     }
     Ok(live(saved.rules, now_ms))
 }
 
 /// Writes `rules` (0600, atomically: blocking, call off the async runtime).
 pub(crate) fn save(dir: &Path, rules: &[HostRule]) -> Result<(), String> {
-    let bytes = serde_json::to_vec_pretty(&Saved {
-        rules: rules.to_vec(),
-    })
-    .map_err(|e| e.to_string())?;
-    crate::state::write_private(&dir.join(FILE), &bytes).map_err(|e| format!("{e:#}"))
+    crate::state_file::save(
+        &dir.join(FILE),
+        &Saved {
+            rules: rules.to_vec(),
+        },
+    )
 }
 
 /// `rules` without those expired at `now_ms`.

@@ -27,25 +27,16 @@ pub(crate) struct Remembered {
 /// naming the file and what to do (the caller shows it; nothing is refused
 /// from it then).
 pub(crate) fn load(dir: &Path) -> Result<Option<Remembered>, String> {
-    let path = dir.join(FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("reading {}: {e}", path.display())),
-    };
-    serde_json::from_str(&text).map(Some).map_err(|e| {
-        format!(
-            "{} is damaged ({e}): the host firewall version it refused may be applied again; \
-             delete the file once `weft status` shows the firewall you want",
-            path.display()
-        )
-    })
+    crate::state_file::load(
+        &dir.join(FILE),
+        "the host firewall version it refused may be applied again; delete the file once \
+         `weft status` shows the firewall you want",
+    )
 }
 
 /// Remembers `rb` (0600, written atomically).
 pub(crate) fn save(dir: &Path, rb: &Remembered) -> Result<(), String> {
-    let bytes = serde_json::to_vec(rb).map_err(|e| e.to_string())?;
-    crate::state::write_private(&dir.join(FILE), &bytes).map_err(|e| format!("{e:#}"))
+    crate::state_file::save(&dir.join(FILE), rb)
 }
 
 #[cfg(test)]
