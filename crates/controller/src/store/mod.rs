@@ -22,6 +22,9 @@ pub mod ssh;
 pub mod tasks;
 pub mod usage;
 
+#[cfg(test)]
+pub(crate) mod replication_tests;
+
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -441,6 +444,70 @@ pub enum Write {
     SetMapVersion(u64),
     /// Persist the admin token hash.
     SetAdminHash(SecretHash),
+    /// A replica started (`online`) or stopped holding a map stream of a
+    /// node: insert or delete its `presence` row.
+    Presence {
+        /// The replica.
+        replica: String,
+        /// The node.
+        node_id: u64,
+        /// Whether the replica now holds a stream of it.
+        online: bool,
+    },
+    /// A replica is gone (stopped, or its heartbeat went stale): delete its
+    /// `presence` rows and its `replicas` row.
+    ReplicaGone(String),
+    /// Append a batch to the changes log (the last write of a batch
+    /// committed through [`Store::commit_exclusive`]; PostgreSQL also
+    /// `NOTIFY weft_changes` with the seq, in the same transaction).
+    Change(ChangeRecord),
+}
+
+/// One committed batch in the changes log, as the other replicas replay it
+/// ([`Write::Change`], [`Store::changes_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeRecord {
+    /// Gap-free sequence number (1, 2, ...), the last one + 1, chosen by the
+    /// committing replica under the write lock.
+    pub seq: u64,
+    /// The replica that committed it.
+    pub replica: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// The batch as the engine serializes it (JSON); opaque to the store.
+    pub body: String,
+}
+
+/// A running replica's heartbeat row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRecord {
+    /// Its id (unique per process start).
+    pub id: String,
+    /// When it started, Unix milliseconds.
+    pub started_ms: u64,
+    /// Its last heartbeat, Unix milliseconds.
+    pub heartbeat_ms: u64,
+}
+
+/// A replica holds a map stream of a node.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PresenceRecord {
+    /// The replica.
+    pub replica: String,
+    /// The node.
+    pub node_id: u64,
+}
+
+/// Wakes a replica's writer when another replica committed a change
+/// ([`Store::change_listener`]; PostgreSQL: its own connection, `LISTEN
+/// weft_changes`).
+pub trait ChangeListener: Send + 'static {
+    /// Waits until another replica may have committed a change (`Ok(true)`)
+    /// or `timeout` passed (`Ok(false)`). An error (the connection dropped)
+    /// makes the engine poll [`Store::last_change_seq`] and ask for a new
+    /// listener later; a missed notification costs only latency, because
+    /// the writer always catches up from the log before each batch.
+    fn wait(&mut self, timeout: std::time::Duration) -> Result<bool, StoreError>;
 }
 
 /// Which audit records to read.
@@ -460,6 +527,77 @@ pub trait Store: Send + 'static {
     fn load(&mut self) -> Result<StoreSnapshot, StoreError>;
     /// Applies `writes` in one transaction; returns once it is durable.
     fn apply(&mut self, writes: &[Write]) -> Result<(), StoreError>;
+
+    // ---- replication: several controller processes on one database ----
+    //
+    // The engine's writer, per batch: `begin_exclusive`, `changes_since`
+    // (replays the other replicas' batches), applies its own operations,
+    // then `commit_exclusive` with its writes and its change row. The
+    // defaults describe a store no other process writes: no lock, no log.
+
+    /// Begins the exclusive write section: takes the database-wide write
+    /// lock (PostgreSQL: `BEGIN`, then `SELECT pg_advisory_xact_lock(...)`;
+    /// SQLite: an exclusive `flock` on `<db>-writer`, held until the commit,
+    /// whose own transaction is `BEGIN IMMEDIATE`), so that at most one
+    /// replica is between this and [`Store::commit_exclusive`] or
+    /// [`Store::rollback_exclusive`]. In between, [`Store::load`],
+    /// [`Store::load_presence`], [`Store::changes_since`] and
+    /// [`Store::last_change_seq`] see every other replica's commits (on
+    /// PostgreSQL they read inside that transaction; `apply` is not called
+    /// in between, only `commit_exclusive`).
+    fn begin_exclusive(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Inside the exclusive transaction: applies `writes` (their last one is
+    /// usually the batch's [`Write::Change`]; a duplicate `seq` fails the
+    /// commit) and commits, releasing the lock; returns once durable. On
+    /// error the transaction is rolled back and the lock released too.
+    fn commit_exclusive(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        self.apply(writes)
+    }
+
+    /// Ends the exclusive transaction without writing (releases the lock).
+    fn rollback_exclusive(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The changes with `seq > after`, oldest first, at most `limit`. A
+    /// first seq above `after + 1` means the log was pruned past `after`:
+    /// the caller reloads everything.
+    fn changes_since(&mut self, after: u64, limit: usize) -> Result<Vec<ChangeRecord>, StoreError> {
+        let _ = (after, limit);
+        Ok(Vec::new())
+    }
+
+    /// The newest seq in the log (0: none).
+    fn last_change_seq(&mut self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    /// Deletes the changes with `seq <= through` (the log stays bounded).
+    fn prune_changes(&mut self, through: u64) -> Result<(), StoreError> {
+        let _ = through;
+        Ok(())
+    }
+
+    /// Upserts this replica's heartbeat row (its own short transaction) and
+    /// returns every replica's row.
+    fn heartbeat(&mut self, me: &ReplicaRecord) -> Result<Vec<ReplicaRecord>, StoreError> {
+        Ok(vec![me.clone()])
+    }
+
+    /// Every `presence` row.
+    fn load_presence(&mut self) -> Result<Vec<PresenceRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// A listener woken by other replicas' commits, on its own connection;
+    /// `None`: the engine polls [`Store::last_change_seq`] instead.
+    fn change_listener(&mut self) -> Result<Option<Box<dyn ChangeListener>>, StoreError> {
+        Ok(None)
+    }
+
     /// Reads audit records, newest first.
     fn audit(&mut self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
     /// Reads the last uploaded value of each of a node's usage series.

@@ -24,6 +24,8 @@ use crate::secret::SecretHash;
 
 mod usage;
 
+mod replicas;
+
 mod data;
 
 mod dns_blocklist;
@@ -46,6 +48,8 @@ use migrations::MIGRATIONS;
 /// A SQLite database file.
 pub struct SqliteStore {
     conn: Connection,
+    /// The cross-process write lock (replicas on one file).
+    writer: replicas::WriterLock,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -87,7 +91,9 @@ impl SqliteStore {
     /// and runs pending migrations.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        store.writer = replicas::WriterLock::beside(path);
+        Ok(store)
     }
 
     /// Opens an existing weft database, refusing (with [`StoreError::NotWeft`]) a
@@ -118,6 +124,7 @@ impl SqliteStore {
                 | rusqlite::OpenFlags::SQLITE_OPEN_URI
                 | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
+        let writer = replicas::WriterLock::beside(path);
         let tables: u32 = conn
             .query_row(
                 "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'",
@@ -130,7 +137,9 @@ impl SqliteStore {
                 "is a SQLite database but not weft's (no schema_migrations table)",
             ));
         }
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        store.writer = writer;
+        Ok(store)
     }
 
     /// Creates a new database at `path` (mode 0600; SQLite gives its -wal and
@@ -160,7 +169,10 @@ impl SqliteStore {
             )));
         }
         conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")?;
-        let mut store = Self { conn };
+        let mut store = Self {
+            conn,
+            writer: replicas::WriterLock::default(),
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -655,10 +667,59 @@ impl Store for SqliteStore {
                     )?
                     .execute([h.to_string()])?;
                 }
+                Write::Presence {
+                    replica,
+                    node_id,
+                    online,
+                } => replicas::put_presence(&tx, replica, *node_id, *online)?,
+                Write::ReplicaGone(id) => replicas::replica_gone(&tx, id)?,
+                Write::Change(c) => replicas::put_change(&tx, c)?,
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    fn begin_exclusive(&mut self) -> Result<(), StoreError> {
+        self.writer.lock()
+    }
+
+    fn commit_exclusive(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        let r = self.apply(writes);
+        self.writer.unlock();
+        r
+    }
+
+    fn rollback_exclusive(&mut self) -> Result<(), StoreError> {
+        self.writer.unlock();
+        Ok(())
+    }
+
+    fn changes_since(
+        &mut self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<super::ChangeRecord>, StoreError> {
+        replicas::changes_since(&self.conn, after, limit)
+    }
+
+    fn last_change_seq(&mut self) -> Result<u64, StoreError> {
+        replicas::last_seq(&self.conn)
+    }
+
+    fn prune_changes(&mut self, through: u64) -> Result<(), StoreError> {
+        replicas::prune(&self.conn, through)
+    }
+
+    fn heartbeat(
+        &mut self,
+        me: &super::ReplicaRecord,
+    ) -> Result<Vec<super::ReplicaRecord>, StoreError> {
+        replicas::heartbeat(&self.conn, me)
+    }
+
+    fn load_presence(&mut self) -> Result<Vec<super::PresenceRecord>, StoreError> {
+        replicas::load_presence(&self.conn)
     }
 
     fn usage_counters(

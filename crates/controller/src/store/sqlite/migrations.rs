@@ -65,6 +65,11 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         include_str!("../../../migrations/0013_services.sql"),
     ),
     (14, "ssh", include_str!("../../../migrations/0014_ssh.sql")),
+    (
+        15,
+        "replicas",
+        include_str!("../../../migrations/0015_replicas.sql"),
+    ),
 ];
 
 #[cfg(test)]
