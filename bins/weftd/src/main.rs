@@ -38,8 +38,9 @@ struct Args {
     /// must be at least what the controller's networks require.
     #[arg(long, default_value_t = Difficulty::DEFAULT)]
     mint_difficulty: Difficulty,
-    /// Join this controller at start (like `weft up --controller`).
-    #[arg(long, env = "WEFT_CONTROLLER_URL", value_name = "URL")]
+    /// Join this controller at start (like `weft up --controller`): one URL,
+    /// or the replicas' URLs comma-separated.
+    #[arg(long, env = "WEFT_CONTROLLER_URL", value_name = "URL[,URL...]")]
     controller: Option<String>,
     /// Join token file for --controller (read once; the token is never logged).
     #[arg(long, env = "WEFT_TOKEN_FILE", value_name = "PATH")]

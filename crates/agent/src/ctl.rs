@@ -1,5 +1,15 @@
 //! The controller link: registration, the map stream (resume from the last version,
 //! backoff with jitter on failure) and endpoint/liveness reports.
+//!
+//! A node may know several URLs of its controller (replicas; `weft up
+//! --controller URL1,URL2`), and a URL's name may have several addresses. The
+//! link keeps one [`Client`] for all its sessions: when a session fails it
+//! moves to the next URL (or address) after a random wait under
+//! [`FAILOVER_SPREAD`], and when the controller sends `reconnect` (it is
+//! shutting down) after a random wait within the spread the notice asks for;
+//! the stream resumes with `Last-Event-ID`, so the new controller sends the
+//! deltas since, not a snapshot. Once every URL failed in a row, the
+//! exponential [`Backoff`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,11 +17,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use weft_api_client::{Client, ClientConfig, Trust};
+use weft_api_client::{Client, ClientConfig, CurrentController, Trust};
 use weft_identity::Identity;
 use weft_proto::NodeKey;
 use weft_proto::api::ReportRequest;
-use weft_proto::netmap::{MapEvent, NetworkMap, StreamEvent};
+use weft_proto::netmap::{MapEvent, NetworkMap, ReconnectNotice, StreamEvent};
 use weft_proto::task::TaskNotice;
 use weft_relay_client::{OutageLog, OutageNote};
 
@@ -41,6 +51,11 @@ pub(crate) struct LinkState {
     /// The last report's round trip (the controller's answer time), with the
     /// number of reports answered so far on this link.
     pub(crate) report_rtt: Option<(u64, Duration)>,
+    /// The controller URL in use (or next to try) and the address that answered.
+    pub(crate) current: Option<CurrentController>,
+    /// Map snapshots and deltas received on this link.
+    pub(crate) snapshots: u64,
+    pub(crate) deltas: u64,
 }
 
 /// A running link task.
@@ -60,13 +75,49 @@ const REPORT_EVERY: Duration = Duration::from_secs(30);
 /// A stream silent for this long (no event, no keepalive) is considered dead; the
 /// controller sends keepalive comments every 15 s.
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// After the controller in use failed, the link waits a random time under
+/// this before trying the next URL: a fleet whose replica died spreads its
+/// reconnects over it (10,000 agents: 5,000 stream opens a second), and is
+/// back within it plus one connection.
+pub(crate) const FAILOVER_SPREAD: Duration = Duration::from_secs(2);
 
+/// The controller URLs of `weft up --controller URL1,URL2` (comma-separated,
+/// spaces trimmed, duplicates dropped): at least one, at most
+/// [`weft_api_client::MAX_URLS`]. Each URL is checked when a client is made.
+pub(crate) fn parse_controllers(list: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for u in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        if !out.iter().any(|o| o == u) {
+            out.push(u.to_owned());
+        }
+    }
+    if out.is_empty() {
+        return Err(
+            "no controller URL given (--controller https://host:port[,https://host2:port])".into(),
+        );
+    }
+    if out.len() > weft_api_client::MAX_URLS {
+        return Err(format!(
+            "{} controller URLs given; at most {}",
+            out.len(),
+            weft_api_client::MAX_URLS
+        ));
+    }
+    Ok(out)
+}
+
+/// A client of the controller at `urls` (one URL or several, comma-separated).
+/// With a credential, the node's clients all start at the same URL, and
+/// different nodes at different ones (spread over replicas).
 pub(crate) fn client(
-    url: &str,
+    urls: &str,
     trust: &TrustSettings,
     credential: Option<&str>,
 ) -> anyhow::Result<Client> {
-    let mut cfg = ClientConfig::new(url);
+    let list = parse_controllers(urls).map_err(anyhow::Error::msg)?;
+    let mut cfg = ClientConfig::new(list[0].clone());
+    cfg.more_urls = list[1..].to_vec();
+    cfg.spread_seed = credential.map_or(0, spread_seed);
     cfg.allow_insecure_http = trust.allow_insecure_http;
     cfg.trust = match (&trust.pin_sha256, &trust.ca_file) {
         (Some(pin), _) => Trust::Fingerprint(
@@ -76,22 +127,30 @@ pub(crate) fn client(
         (None, Some(ca)) => Trust::CaFile(ca.into()),
         (None, None) => Trust::SystemRoots,
     };
-    let c = Client::new(cfg).with_context(|| format!("controller {url}"))?;
+    let c = Client::new(cfg).with_context(|| format!("controller {urls}"))?;
     match credential {
         Some(cred) => c.with_bearer(cred).context("node credential"),
         None => Ok(c),
     }
 }
 
-/// A client of the controller for the node's credential (trust settings and
-/// bearer from `cred`).
+/// A stable number from the node's credential (FNV-1a): where its clients
+/// start in the controller list.
+fn spread_seed(credential: &str) -> u64 {
+    credential.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// A client of the controller for the node's credential (its URLs, trust
+/// settings and bearer from `cred`).
 pub(crate) fn client_for(cred: &Credential) -> anyhow::Result<Client> {
     let trust = TrustSettings {
         ca_file: cred.ca_file.clone(),
         pin_sha256: cred.pin_sha256.clone(),
         allow_insecure_http: cred.allow_insecure_http,
     };
-    client(&cred.controller, &trust, Some(&cred.credential))
+    client(&cred.controller_list(), &trust, Some(&cred.credential))
 }
 
 /// Registers this node with a join token; returns the node credential.
@@ -185,21 +244,32 @@ async fn link_task(
     state: watch::Sender<LinkState>,
     (mut reflexive, mut underlay): (watch::Receiver<Vec<SocketAddr>>, watch::Receiver<Seen>),
 ) {
-    let trust = TrustSettings {
-        ca_file: cred.ca_file.clone(),
-        pin_sha256: cred.pin_sha256.clone(),
-        allow_insecure_http: cred.allow_insecure_http,
+    let seed = u64::from_le_bytes(key.as_bytes()[..8].try_into().unwrap_or([7; 8]));
+    let mut failover = Failover::new(cred.controllers.len(), seed);
+    // One client for every session: it remembers the URL and address in use.
+    let client = loop {
+        match client_for(&cred) {
+            Ok(c) => break c,
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(error = %msg, "the controller URLs are unusable; fix them with weft up --controller");
+                state.send_modify(|s| {
+                    s.connected = false;
+                    s.last_error = Some(msg);
+                    s.last_error_permanent = true;
+                });
+                tokio::time::sleep(BACKOFF_MAX).await;
+            }
+        }
     };
-    let mut backoff = Backoff::new(u64::from_le_bytes(
-        key.as_bytes()[..8].try_into().unwrap_or([7; 8]),
-    ));
+    state.send_modify(|s| s.current = Some(client.current()));
     let mut map: Option<NetworkMap> = None;
     let mut outage = OutageLog::default();
     let mut facts = FactsTracker::default();
     loop {
         let ctx = LinkCtx {
             cred: &cred,
-            trust: &trust,
+            client: &client,
             port,
             maps: &maps,
             tasks: &tasks,
@@ -226,6 +296,27 @@ async fn link_task(
                 );
                 continue;
             }
+            Ok(Ended::Reconnect(n)) => {
+                let (_, wait) = failover.after(SessionEnd::Reconnect {
+                    within: Duration::from_millis(n.within_ms),
+                });
+                // The next URL, or the next address of a name with several.
+                let to = client.fail_over();
+                tracing::info!(
+                    reason = %n.reason,
+                    to = %to,
+                    wait_ms = wait.as_millis() as u64,
+                    "the controller asked to reconnect elsewhere"
+                );
+                state.send_modify(|s| {
+                    s.connected = false;
+                    s.last_error = None;
+                    s.last_error_permanent = false;
+                    s.current = Some(client.current());
+                });
+                wait_or_network_change(wait, &mut underlay).await;
+                continue;
+            }
             Ok(Ended::Stream) => ("map stream ended".to_owned(), false),
             Err(e) => {
                 let permanent = e
@@ -234,12 +325,17 @@ async fn link_task(
                 (format!("{e:#}"), permanent)
             }
         };
+        let (move_on, wait) = failover.after(SessionEnd::Failed { lived, permanent });
+        let to = client.fail_over();
+        if move_on {
+            tracing::info!(error = %msg, to = %to, wait_ms = wait.as_millis() as u64, "moving to the next controller URL");
+        }
         state.send_modify(|s| {
             s.connected = false;
             s.last_error = Some(msg.clone());
             s.last_error_permanent = permanent;
+            s.current = Some(client.current());
         });
-        let wait = backoff.after_session(lived, permanent);
         let retry_in_ms = wait.as_millis() as u64;
         // One line when the controller becomes unreachable and one when it is
         // back, not one per retry.
@@ -311,10 +407,81 @@ impl Backoff {
     }
 }
 
+/// How a session ended, for [`Failover::after`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SessionEnd {
+    /// It failed (or the controller ended the stream) after living `lived`;
+    /// `permanent`: the controller refused us.
+    Failed { lived: Duration, permanent: bool },
+    /// The controller asked us to reconnect elsewhere, spread over `within`.
+    Reconnect { within: Duration },
+}
+
+/// Where and when the link reconnects (pure; the jitter comes from a seeded
+/// generator). With several URLs every end moves to the next one; a failure
+/// waits a random time under [`FAILOVER_SPREAD`] while some URL has not
+/// failed since the last working session, then the [`Backoff`]; a
+/// `reconnect` notice waits a random time within its spread.
+#[derive(Debug)]
+pub(crate) struct Failover {
+    urls: usize,
+    failed_in_row: usize,
+    seed: u64,
+    backoff: Backoff,
+    rng: u64,
+}
+
+impl Failover {
+    pub(crate) fn new(urls: usize, seed: u64) -> Self {
+        Self {
+            urls: urls.max(1),
+            failed_in_row: 0,
+            seed,
+            backoff: Backoff::new(seed),
+            rng: seed.rotate_left(17) | 1,
+        }
+    }
+
+    /// Whether to move to the next URL, and how long to wait first.
+    pub(crate) fn after(&mut self, end: SessionEnd) -> (bool, Duration) {
+        let several = self.urls > 1;
+        match end {
+            SessionEnd::Reconnect { within } => {
+                self.failed_in_row = 0;
+                (several, self.uniform(within))
+            }
+            SessionEnd::Failed { lived, permanent } => {
+                if lived >= BACKOFF_RESET_AFTER {
+                    self.failed_in_row = 0;
+                    // A working session: the backoff starts afresh too.
+                    self.backoff = Backoff::new(self.seed);
+                }
+                self.failed_in_row += 1;
+                if several && !permanent && self.failed_in_row < self.urls {
+                    (true, self.uniform(FAILOVER_SPREAD))
+                } else {
+                    (several, self.backoff.after_session(lived, permanent))
+                }
+            }
+        }
+    }
+
+    /// A random wait in `[0, max)`.
+    fn uniform(&mut self, max: Duration) -> Duration {
+        // xorshift64
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        max.mul_f64((self.rng % 10_000) as f64 / 10_000.0)
+    }
+}
+
 /// Why a session ended without an error.
 enum Ended {
     /// The controller ended the map stream.
     Stream,
+    /// The controller asked to reconnect elsewhere (it is shutting down).
+    Reconnect(ReconnectNotice),
     /// The underlay changed so that the connection's address or route may be
     /// gone ([`linkmon::path_lost`]): reconnect at once.
     PathLost,
@@ -323,7 +490,8 @@ enum Ended {
 /// What a session needs that does not change between reconnects.
 struct LinkCtx<'a> {
     cred: &'a Credential,
-    trust: &'a TrustSettings,
+    /// The client every session uses (it knows the URL in use).
+    client: &'a Client,
     port: u16,
     maps: &'a mpsc::Sender<NetworkMap>,
     /// Task notices, for the task runner.
@@ -340,8 +508,8 @@ async fn session(
     outage: &mut OutageLog,
     facts: &mut FactsTracker,
 ) -> anyhow::Result<Ended> {
-    let (cred, trust, port, maps, state) = (ctx.cred, ctx.trust, ctx.port, ctx.maps, ctx.state);
-    let c = client(&cred.controller, trust, Some(&cred.credential))?;
+    let (cred, port, maps, state) = (ctx.cred, ctx.port, ctx.maps, ctx.state);
+    let c = ctx.client;
     let mut endpoints = gather(
         port,
         &reflexive.borrow_and_update(),
@@ -350,31 +518,39 @@ async fn session(
     // The underlay this connection was made on.
     let mut on = underlay.borrow().underlay.clone();
     facts.new_session();
-    report_with_facts(&c, state, facts, Some(endpoints.clone()))
+    report_with_facts(c, state, facts, Some(endpoints.clone()))
         .await
         .context("reporting endpoints")?;
-    advertise(&c, &cred.advertise_routes, state).await;
+    advertise(c, &cred.advertise_routes, state).await;
     // Resume from our version only if we still hold the map it belongs to.
     let resume = if map.is_some() { *version } else { None };
     let mut stream = c
         .map_stream(resume, STREAM_IDLE_TIMEOUT)
         .await
         .context("opening the map stream")?;
+    let on_controller = c.current();
+    let controller = on_controller.url.clone();
+    let address = on_controller
+        .address
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     state.send_modify(|s| {
         s.connected = true;
         s.last_error = None;
         s.last_error_permanent = false;
+        s.current = Some(on_controller);
     });
     match outage.recovered(crate::clock::now()) {
         Some(OutageNote::Back { after, failures }) => tracing::info!(
-            controller = %cred.controller,
+            controller = %controller,
+            address = %address,
             failed_attempts = failures,
             resume_from = ?resume,
             "controller back after {:.1} s; map stream open",
             after.as_secs_f64()
         ),
         _ => {
-            tracing::info!(controller = %cred.controller, resume_from = ?resume, "map stream open")
+            tracing::info!(controller = %controller, address = %address, resume_from = ?resume, "map stream open")
         }
     }
     let mut report = tokio::time::interval(REPORT_EVERY);
@@ -394,7 +570,9 @@ async fn session(
                             tracing::debug!(error = %e, "task notice not queued");
                         }
                     }
+                    StreamEvent::Reconnect(n) => return Ok(Ended::Reconnect(n)),
                     StreamEvent::Map(MapEvent::Snapshot(m)) => {
+                        state.send_modify(|s| s.snapshots += 1);
                         *version = Some(m.version);
                         *map = Some(m.clone());
                         if maps.send(m).await.is_err() {
@@ -405,6 +583,7 @@ async fn session(
                         let Some(current) = map.as_mut() else {
                             anyhow::bail!("delta before any snapshot");
                         };
+                        state.send_modify(|s| s.deltas += 1);
                         current
                             .apply(&d)
                             .context("applying a map delta (will resync from a snapshot)")
@@ -427,11 +606,11 @@ async fn session(
                 }
                 on = seen.underlay.clone();
                 let now = gather(port, &reflexive.borrow(), &seen);
-                report_new_endpoints(&c, state, &mut endpoints, now, "the underlay changed").await?;
+                report_new_endpoints(c, state, &mut endpoints, now, "the underlay changed").await?;
             }
             Ok(()) = reflexive.changed() => {
                 let now = gather(port, &reflexive.borrow_and_update(), &underlay.borrow());
-                report_new_endpoints(&c, state, &mut endpoints, now, "reflexive address changed")
+                report_new_endpoints(c, state, &mut endpoints, now, "reflexive address changed")
                     .await?;
             }
             _ = report.tick() => {
@@ -441,10 +620,10 @@ async fn session(
                     tracing::info!(?now, "host addresses changed; reporting new endpoints");
                     endpoints = now.clone();
                 }
-                report_with_facts(&c, state, facts, changed.then_some(now))
+                report_with_facts(c, state, facts, changed.then_some(now))
                     .await
                     .context("reporting liveness")?;
-                advertise(&c, &cred.advertise_routes, state).await;
+                advertise(c, &cred.advertise_routes, state).await;
             }
         }
     }
@@ -653,6 +832,112 @@ mod tests {
         let xs: Vec<_> = (0..5).map(|_| x.after_session(quick, false)).collect();
         let ys: Vec<_> = (0..5).map(|_| y.after_session(quick, false)).collect();
         assert_ne!(xs, ys);
+    }
+
+    #[test]
+    fn a_failed_controller_is_left_for_the_next_url_quickly_then_the_backoff() {
+        let quick = Duration::from_millis(50);
+        let failed = SessionEnd::Failed {
+            lived: quick,
+            permanent: false,
+        };
+        // Two URLs: a session that worked for a while and broke moves to the
+        // other URL within the failover spread.
+        let mut f = Failover::new(2, 42);
+        let (move_on, wait) = f.after(SessionEnd::Failed {
+            lived: Duration::from_secs(600),
+            permanent: false,
+        });
+        assert!(move_on);
+        assert!(wait < FAILOVER_SPREAD, "{wait:?}");
+        // The other failed too: every URL failed in a row, so the backoff
+        // (still moving on, round and round).
+        let (move_on, wait) = f.after(failed);
+        assert!(move_on);
+        assert!(wait >= BACKOFF_MIN / 2 && wait <= BACKOFF_MIN, "{wait:?}");
+        let waits: Vec<Duration> = (0..8).map(|_| f.after(failed).1).collect();
+        assert!(waits[7] >= BACKOFF_MAX / 2, "{waits:?}");
+        // A working session again: the next failure is quick again.
+        let (_, wait) = f.after(SessionEnd::Failed {
+            lived: Duration::from_secs(60),
+            permanent: false,
+        });
+        assert!(wait < FAILOVER_SPREAD, "{wait:?}");
+
+        // The controller's reconnect notice: the next URL, within its spread,
+        // and it is not a failure (the next failure still fails over quickly).
+        let mut f = Failover::new(3, 7);
+        let within = Duration::from_secs(5);
+        let waits: Vec<Duration> = (0..50)
+            .map(|_| {
+                let (move_on, wait) = f.after(SessionEnd::Reconnect { within });
+                assert!(move_on);
+                wait
+            })
+            .collect();
+        assert!(waits.iter().all(|w| *w < within), "{waits:?}");
+        assert!(
+            waits.iter().any(|w| *w < within / 4) && waits.iter().any(|w| *w > within * 3 / 4),
+            "spread over the window: {waits:?}"
+        );
+        assert!(f.after(failed).1 < FAILOVER_SPREAD);
+
+        // One URL: nothing to move to; failures back off as before.
+        let mut f = Failover::new(1, 9);
+        let (move_on, wait) = f.after(failed);
+        assert!(!move_on);
+        assert!(wait >= BACKOFF_MIN / 2 && wait <= BACKOFF_MIN, "{wait:?}");
+        assert!(!f.after(SessionEnd::Reconnect { within }).0);
+
+        // A refusal: the next URL, but after the longest wait.
+        let mut f = Failover::new(2, 9);
+        let (move_on, wait) = f.after(SessionEnd::Failed {
+            lived: quick,
+            permanent: true,
+        });
+        assert!(move_on);
+        assert!(wait >= BACKOFF_MAX / 2, "{wait:?}");
+
+        // Two agents do not fail over in lockstep.
+        let (mut x, mut y) = (Failover::new(2, 1), Failover::new(2, 2));
+        let long = SessionEnd::Failed {
+            lived: Duration::from_secs(600),
+            permanent: false,
+        };
+        assert_ne!(x.after(long).1, y.after(long).1);
+    }
+
+    #[test]
+    fn controller_lists_are_parsed_trimmed_and_bounded() {
+        assert_eq!(
+            parse_controllers("https://a:8443, https://b:8443,,https://a:8443").unwrap(),
+            vec!["https://a:8443".to_owned(), "https://b:8443".to_owned()]
+        );
+        assert_eq!(parse_controllers("https://a").unwrap().len(), 1);
+        assert!(parse_controllers(" , ").is_err());
+        let many: Vec<String> = (0..17).map(|i| format!("https://c{i}")).collect();
+        assert!(parse_controllers(&many.join(",")).is_err());
+        // Every URL is checked when the client is made.
+        let err = format!(
+            "{:#}",
+            client("https://a:8443,ftp://b", &TrustSettings::default(), None).unwrap_err()
+        );
+        assert!(err.contains("ftp://b"), "{err}");
+        let c = client(
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            &TrustSettings::default(),
+            Some("cred"),
+        )
+        .unwrap();
+        assert_eq!(c.urls().len(), 2);
+        // A node's clients all start at the same URL.
+        let again = client(
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            &TrustSettings::default(),
+            Some("cred"),
+        )
+        .unwrap();
+        assert_eq!(c.current().url, again.current().url);
     }
 
     #[test]

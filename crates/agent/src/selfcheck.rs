@@ -13,7 +13,8 @@ use crate::ctl::{self, TrustSettings};
 /// How to reach the controller for the check.
 #[derive(Debug, Clone, Default)]
 pub struct Selfcheck {
-    /// The controller's base URL.
+    /// The controller's base URL, or its replicas' comma-separated (the
+    /// check passes when one of them answers).
     pub controller: String,
     /// PEM CA file for its certificate.
     pub ca_file: Option<String>,

@@ -8,7 +8,7 @@ use crate::state::Credential;
 /// A node's credential for a controller at `url` (plain HTTP, loopback).
 pub(crate) fn joined(url: &str) -> Credential {
     Credential {
-        controller: url.to_owned(),
+        controllers: vec![url.to_owned()],
         credential: "node-credential".into(),
         ca_file: None,
         pin_sha256: None,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! STATE_DIR/identity.key     private identity (weft-identity key file, 0600)
-//! STATE_DIR/credential.json  controller URL, TLS trust, node credential (0600)
+//! STATE_DIR/credential.json  controller URLs, TLS trust, node credential (0600)
 //! STATE_DIR/netmap.json      last applied network map + SHA-256 checksum (0600)
 //! ```
 //!
@@ -29,10 +29,16 @@ pub struct StateDir {
 }
 
 /// What the agent needs to reconnect to its controller.
+///
+/// On disk the URLs are `controllers` (a list) plus `controller` (the first
+/// of them, as files written before lists existed have it and as an older
+/// weftd reads it); a file with only `controller` is read as a list of one.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "CredentialFile", into = "CredentialFile")]
 pub struct Credential {
-    /// Controller base URL.
-    pub controller: String,
+    /// Controller base URLs (replicas of one controller), at least one; the
+    /// link moves from one to the next when the one in use fails.
+    pub controllers: Vec<String>,
     /// The per-node bearer credential. Never logged.
     pub credential: String,
     /// PEM CA file to trust, if any.
@@ -49,10 +55,79 @@ pub struct Credential {
     pub advertise_routes: Vec<String>,
 }
 
+/// The file's shape of [`Credential`].
+#[derive(Serialize, Deserialize)]
+struct CredentialFile {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    controller: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    controllers: Vec<String>,
+    credential: String,
+    #[serde(default)]
+    ca_file: Option<String>,
+    #[serde(default)]
+    pin_sha256: Option<String>,
+    #[serde(default)]
+    allow_insecure_http: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    advertise_routes: Vec<String>,
+}
+
+impl TryFrom<CredentialFile> for Credential {
+    type Error = String;
+
+    fn try_from(f: CredentialFile) -> Result<Self, String> {
+        let controllers = if f.controllers.is_empty() {
+            vec![f.controller]
+        } else {
+            f.controllers
+        };
+        if controllers.iter().any(String::is_empty) {
+            return Err("no controller URL".into());
+        }
+        if controllers.len() > weft_api_client::MAX_URLS {
+            return Err(format!(
+                "{} controller URLs; at most {}",
+                controllers.len(),
+                weft_api_client::MAX_URLS
+            ));
+        }
+        Ok(Credential {
+            controllers,
+            credential: f.credential,
+            ca_file: f.ca_file,
+            pin_sha256: f.pin_sha256,
+            allow_insecure_http: f.allow_insecure_http,
+            advertise_routes: f.advertise_routes,
+        })
+    }
+}
+
+impl From<Credential> for CredentialFile {
+    fn from(c: Credential) -> Self {
+        CredentialFile {
+            controller: c.controllers.first().cloned().unwrap_or_default(),
+            controllers: c.controllers,
+            credential: c.credential,
+            ca_file: c.ca_file,
+            pin_sha256: c.pin_sha256,
+            allow_insecure_http: c.allow_insecure_http,
+            advertise_routes: c.advertise_routes,
+        }
+    }
+}
+
+impl Credential {
+    /// The URLs as `weft up --controller` takes them (comma-separated).
+    pub fn controller_list(&self) -> String {
+        self.controllers.join(",")
+    }
+}
+
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential")
-            .field("controller", &self.controller)
+            .field("controllers", &self.controllers)
             .field("credential", &"<redacted>")
             .field("ca_file", &self.ca_file)
             .field("pin_sha256", &self.pin_sha256)
@@ -342,7 +417,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = StateDir::open(dir.path()).unwrap();
         let c = Credential {
-            controller: "https://c".into(),
+            controllers: vec!["https://c".into(), "https://c2:8443".into()],
             credential: "sekrit-123".into(),
             ca_file: None,
             pin_sha256: None,
@@ -354,5 +429,39 @@ mod tests {
         assert!(!format!("{c:?}").contains("sekrit"));
         fs::set_permissions(st.credential_path(), fs::Permissions::from_mode(0o644)).unwrap();
         assert!(st.load_credential().is_err());
+    }
+
+    #[test]
+    fn credential_files_with_one_url_still_load_and_lists_keep_the_first_for_old_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = StateDir::open(dir.path()).unwrap();
+        // A file written before controller lists existed.
+        let old = r#"{"controller":"https://c:8443","credential":"k","ca_file":null,"pin_sha256":"ab","allow_insecure_http":false}"#;
+        write_private(&st.credential_path(), old.as_bytes()).unwrap();
+        let c = st.load_credential().unwrap().unwrap();
+        assert_eq!(c.controllers, vec!["https://c:8443".to_owned()]);
+        assert_eq!(c.pin_sha256.as_deref(), Some("ab"));
+
+        // A list is written as `controllers`, and its first URL as
+        // `controller` (what an older weftd reads).
+        let two = Credential {
+            controllers: vec!["https://a:8443".into(), "https://b:8443".into()],
+            ..c
+        };
+        st.save_credential(&two).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&fs::read(st.credential_path()).unwrap()).unwrap();
+        assert_eq!(v["controller"], "https://a:8443");
+        assert_eq!(v["controllers"][1], "https://b:8443");
+        assert_eq!(st.load_credential().unwrap(), Some(two));
+        assert_eq!(
+            st.load_credential().unwrap().unwrap().controller_list(),
+            "https://a:8443,https://b:8443"
+        );
+
+        // No URL at all is refused, naming the file.
+        write_private(&st.credential_path(), br#"{"credential":"k"}"#).unwrap();
+        let err = format!("{:#}", st.load_credential().unwrap_err());
+        assert!(err.contains("credential.json is corrupt"), "{err}");
     }
 }

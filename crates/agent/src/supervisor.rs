@@ -457,20 +457,25 @@ impl Agent {
     }
 
     async fn up(&mut self, up: UpRequest) -> LocalResponse {
+        let controllers = match up.controller.as_deref().map(ctl::parse_controllers) {
+            None => None,
+            Some(Ok(list)) => Some(list),
+            Some(Err(e)) => return api::error("bad_request", &e),
+        };
         if let Some(token) = up.token.clone() {
-            let Some(url) = up
-                .controller
+            let Some(urls) = controllers
                 .clone()
-                .or_else(|| self.credential.as_ref().map(|c| c.controller.clone()))
+                .or_else(|| self.credential.as_ref().map(|c| c.controllers.clone()))
             else {
                 return api::error("bad_request", "first join needs --controller URL");
             };
             // Joining another network of the same controller (a second token)
             // keeps the trust settings of the first join unless new ones are given.
-            let same = self
-                .credential
-                .as_ref()
-                .filter(|c| up.controller.as_ref().is_none_or(|u| *u == c.controller));
+            let same = self.credential.as_ref().filter(|c| {
+                controllers
+                    .as_ref()
+                    .is_none_or(|u| u.iter().any(|u| c.controllers.contains(u)))
+            });
             let explicit = up.ca_file.is_some() || up.pin_sha256.is_some();
             let trust = match same {
                 Some(c) if !explicit => ctl::TrustSettings {
@@ -486,7 +491,7 @@ impl Agent {
             };
             let name = up.name.clone().or_else(hostname);
             match ctl::register(
-                &url,
+                &urls.join(","),
                 &trust,
                 &token,
                 &self.identity,
@@ -503,7 +508,7 @@ impl Agent {
                             .unwrap_or_default()
                     });
                     let cred = Credential {
-                        controller: url,
+                        controllers: urls,
                         credential,
                         ca_file: trust.ca_file,
                         pin_sha256: trust.pin_sha256,
@@ -531,6 +536,28 @@ impl Agent {
         } else if let Some(cred) = self.credential.as_mut() {
             self.down = false;
             let mut restart = self.link.is_none();
+            // A new list of the controller's URLs (its replicas) for the
+            // credential this node has.
+            if let Some(urls) = controllers
+                && urls != cred.controllers
+            {
+                let trust = ctl::TrustSettings {
+                    ca_file: cred.ca_file.clone(),
+                    pin_sha256: cred.pin_sha256.clone(),
+                    allow_insecure_http: cred.allow_insecure_http,
+                };
+                if let Err(e) = ctl::client(&urls.join(","), &trust, None) {
+                    return api::error("bad_request", &format!("{e:#}"));
+                }
+                let before = cred.controller_list();
+                cred.controllers = urls;
+                let cred = cred.clone();
+                if let Err(e) = self.state.save_credential(&cred) {
+                    return api::error("state", &format!("{e:#}"));
+                }
+                tracing::info!(before = %before, now = %cred.controller_list(), "controller URLs changed");
+                restart = true;
+            }
             if let Some(routes) = up.advertise_routes.clone()
                 && routes != cred.advertise_routes
             {

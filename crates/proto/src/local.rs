@@ -112,7 +112,9 @@ pub struct ExplainRequest {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpRequest {
-    /// Controller URL (`https://host:port`); required on first join.
+    /// Controller URL (`https://host:port`), or several comma-separated (the
+    /// replicas of one controller); required on first join. Without a token:
+    /// replaces the list of a node that joined before.
     #[serde(default)]
     pub controller: Option<String>,
     /// Join token; required on first join. Never logged.
@@ -446,8 +448,26 @@ pub struct RelayStatus {
 /// Controller connection state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControllerStatus {
-    /// Where it is.
+    /// The controller URL in use (the one the link is on, or will try next).
     pub url: String,
+    /// Every controller URL this node knows, in order (the list of `weft up
+    /// --controller URL1,URL2`); empty for an agent that does not report it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    /// The address the link connected to last (`ip:port`: one of the URL's
+    /// host's addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Map snapshots received since weftd started.
+    #[serde(default)]
+    pub snapshots: u64,
+    /// Map deltas received since weftd started.
+    #[serde(default)]
+    pub deltas: u64,
+    /// Times the link moved to another controller URL or address (a failure,
+    /// or the controller's `reconnect` notice) since weftd started.
+    #[serde(default)]
+    pub failovers: u64,
     /// Whether the map stream is open right now.
     pub connected: bool,
     /// Version of the map in use.

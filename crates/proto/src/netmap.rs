@@ -29,6 +29,10 @@ use crate::task::{EVENT_TASK, TaskNotice};
 pub const EVENT_SNAPSHOT: &str = "snapshot";
 /// SSE event name of a [`MapEvent::Delta`].
 pub const EVENT_DELTA: &str = "delta";
+/// SSE event name of a [`ReconnectNotice`].
+pub const EVENT_RECONNECT: &str = "reconnect";
+/// The longest spread a [`ReconnectNotice`] may ask for (10 minutes).
+pub const MAX_RECONNECT_WITHIN_MS: u64 = 600_000;
 
 /// Default DNS domain of a network: names are `<node>.<network>.<domain>`.
 pub const DEFAULT_DNS_DOMAIN: &str = "weft.internal";
@@ -408,6 +412,44 @@ pub enum StreamEvent {
     Map(MapEvent),
     /// A task to lease.
     Task(TaskNotice),
+    /// The controller is going away (SIGTERM, draining): reconnect elsewhere.
+    Reconnect(ReconnectNotice),
+}
+
+/// `reconnect`: the controller that sent it is shutting down. The receiver
+/// closes this stream and, after a random wait in `[0, within_ms)` (so a fleet
+/// does not arrive at once), opens one on the next controller URL it knows
+/// (another replica), resuming with `Last-Event-ID`. The event has no `id:`
+/// line: it is not a map version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconnectNotice {
+    /// Spread the reconnects over this many milliseconds (at most
+    /// [`MAX_RECONNECT_WITHIN_MS`]).
+    pub within_ms: u64,
+    /// Why, for the log (at most 200 bytes).
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl ReconnectNotice {
+    /// Decodes and bounds the event's data.
+    pub fn decode(data: &str) -> Result<Self, MapEventError> {
+        let n: ReconnectNotice =
+            serde_json::from_str(data).map_err(|e| MapEventError::Json(e.to_string()))?;
+        if n.within_ms > MAX_RECONNECT_WITHIN_MS || n.reason.len() > 200 {
+            return Err(MapEventError::Json(
+                "reconnect notice out of bounds (within_ms at most 600000, reason at most 200 bytes)"
+                    .into(),
+            ));
+        }
+        Ok(n)
+    }
+
+    /// The JSON payload (the SSE `data` field).
+    pub fn to_json(&self) -> String {
+        // Numbers and a string: serialization cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 impl StreamEvent {
@@ -419,6 +461,9 @@ impl StreamEvent {
             return TaskNotice::decode(data)
                 .map(StreamEvent::Task)
                 .map_err(|e| MapEventError::Json(e.to_string()));
+        }
+        if event == EVENT_RECONNECT {
+            return ReconnectNotice::decode(data).map(StreamEvent::Reconnect);
         }
         MapEvent::decode(event, id, data).map(StreamEvent::Map)
     }
@@ -770,5 +815,28 @@ mod tests {
             StreamEvent::decode("bogus", None, "{}"),
             Err(MapEventError::UnknownEvent(_))
         ));
+    }
+
+    #[test]
+    fn reconnect_notices_are_bounded() {
+        let n = ReconnectNotice {
+            within_ms: 5000,
+            reason: "controller shutting down".into(),
+        };
+        assert_eq!(
+            StreamEvent::decode(EVENT_RECONNECT, Some("9"), &n.to_json()),
+            Ok(StreamEvent::Reconnect(n))
+        );
+        assert_eq!(
+            StreamEvent::decode(EVENT_RECONNECT, None, r#"{"within_ms":0}"#),
+            Ok(StreamEvent::Reconnect(ReconnectNotice {
+                within_ms: 0,
+                reason: String::new()
+            }))
+        );
+        assert!(StreamEvent::decode(EVENT_RECONNECT, None, r#"{"within_ms":600001}"#).is_err());
+        let long = format!(r#"{{"within_ms":1,"reason":"{}"}}"#, "x".repeat(201));
+        assert!(StreamEvent::decode(EVENT_RECONNECT, None, &long).is_err());
+        assert!(StreamEvent::decode(EVENT_RECONNECT, None, "{").is_err());
     }
 }

@@ -78,8 +78,11 @@ struct ServeArgs {
     /// `weft netcheck` can tell whether a node's NAT maps endpoint-independently.
     #[arg(long, value_name = "PORT", conflicts_with = "no_stun")]
     stun_alt_port: Option<u16>,
-    /// Controller URL, for example `https://controller.example.net:8443`.
-    #[arg(long, env = "WEFT_CONTROLLER_URL", value_name = "URL")]
+    /// Controller URL, for example `https://controller.example.net:8443`; or
+    /// the URLs of its replicas, comma-separated. The relay moves to the next
+    /// when the one in use fails or shuts down; a name with several addresses
+    /// has each tried (the certificate must match the name).
+    #[arg(long, env = "WEFT_CONTROLLER_URL", value_name = "URL[,URL...]")]
     controller: String,
     /// File holding the relay token (from `weft admin relay create`).
     #[arg(long, value_name = "FILE")]
@@ -196,10 +199,31 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, Some(ca)) => Trust::CaFile(ca.clone()),
         (None, None) => Trust::SystemRoots,
     };
+    let mut urls: Vec<String> = Vec::new();
+    for u in args
+        .controller
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        if !urls.iter().any(|o| o == u) {
+            urls.push(u.to_owned());
+        }
+    }
+    let Some(first) = urls.first().cloned() else {
+        bail!(
+            "--controller is empty: give the controller's URL (or its replicas', comma-separated)"
+        );
+    };
     let client = Client::new(ClientConfig {
         trust,
         allow_insecure_http: args.allow_insecure_http,
-        ..ClientConfig::new(args.controller.clone())
+        more_urls: urls[1..].to_vec(),
+        // Relays spread over the replicas by their token.
+        spread_seed: token.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }),
+        ..ClientConfig::new(first)
     })
     .context("--controller")?
     .with_bearer(&token)?;

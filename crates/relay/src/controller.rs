@@ -6,6 +6,12 @@
 //! to 30 s). The core keeps the last member set for its grace period and then
 //! refuses everyone, so a relay that cannot reach its controller fails closed.
 //!
+//! With several controller URLs (`--controller URL1,URL2`: replicas), a
+//! failure or the end of the member stream (a controller shutting down ends
+//! it) moves to the next URL after a random wait under 2 s, and the backoff
+//! applies once every URL failed in a row. The member stream has no resume:
+//! each connection starts with a snapshot.
+//!
 //! One failure is not retried: a controller certificate this relay does not
 //! trust (a wrong or missing `--pin-sha256`, or a CA it lacks). Retrying cannot
 //! help, so [`follow`] ends with a message that names the fingerprint the
@@ -26,7 +32,8 @@ use weft_relay_core::MembershipUpdate;
 pub struct LinkConfig {
     /// A controller client that sends the relay token as bearer.
     pub client: Client,
-    /// Its URL (for the message when its certificate is not trusted).
+    /// Its URLs, comma-separated (for the message when a certificate is not
+    /// trusted).
     pub controller_url: String,
     /// What to report at every (re)connect.
     pub report: RelayReportRequest,
@@ -40,6 +47,8 @@ pub struct LinkConfig {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest random wait before moving to the next controller URL.
+const FAILOVER_SPREAD: Duration = Duration::from_secs(2);
 
 /// What to tell the operator when the controller at `url` presented a
 /// certificate this relay does not trust (`e`, whose certificate had the
@@ -64,6 +73,8 @@ pub async fn follow(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut backoff = BACKOFF_MIN;
+    let urls = cfg.client.urls().len();
+    let mut failed_in_row = 0;
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -87,7 +98,7 @@ pub async fn follow(
                 error!(token_of = %info.name, name = %want, "the relay token belongs to another relay; not serving");
                 return Err(());
             }
-            info!(name = %info.name, url = %info.url, "reported to the controller");
+            info!(name = %info.name, url = %info.url, controller = %cfg.client.current().url, "reported to the controller");
             let mut stream = cfg
                 .client
                 .relay_members_stream(cfg.idle_timeout)
@@ -149,11 +160,27 @@ pub async fn follow(
         // A stream that delivered before breaking resets the backoff.
         if outcome == Ok(true) {
             backoff = BACKOFF_MIN;
+            failed_in_row = 0;
         }
+        failed_in_row += 1;
+        // The next URL, or the next address of a name with several.
+        let to = cfg.client.fail_over();
+        let wait = if urls > 1 {
+            info!(to = %to, "moving to the next controller URL");
+            if failed_in_row < urls {
+                weft_api_client::jitter(FAILOVER_SPREAD)
+            } else {
+                backoff
+            }
+        } else {
+            backoff
+        };
         tokio::select! {
             _ = stop.changed() => return Ok(()),
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if wait == backoff {
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
     }
 }

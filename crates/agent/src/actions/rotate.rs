@@ -136,7 +136,7 @@ async fn confirm_and_install(
         pin_sha256: cred.pin_sha256.clone(),
         allow_insecure_http: cred.allow_insecure_http,
     };
-    let answer = match ctl::client(&cred.controller, &trust, Some(&cred.credential)) {
+    let answer = match ctl::client(&cred.controller_list(), &trust, Some(&cred.credential)) {
         Ok(c) => c.rotate_key(&req).await,
         Err(e) => return Err(Failure::Transient(format!("{e:#}"))),
     };

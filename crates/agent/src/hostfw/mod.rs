@@ -246,7 +246,7 @@ impl HostFw {
             old.abort();
         }
         let check = Selfcheck {
-            controller: cred.controller.clone(),
+            controller: cred.controller_list(),
             ca_file: cred.ca_file.clone(),
             pin_sha256: cred.pin_sha256.clone(),
             allow_insecure_http: cred.allow_insecure_http,
@@ -444,7 +444,8 @@ pub(crate) async fn own_endpoints(
     };
     let mut tcp_urls: Vec<&str> = map.relays.iter().map(|r| r.url.as_str()).collect();
     if let Some(c) = cred {
-        tcp_urls.push(&c.controller);
+        // Every controller URL: the link may move to any of them.
+        tcp_urls.extend(c.controllers.iter().map(String::as_str));
     }
     for url in tcp_urls {
         let (host, port) = url_host_port(url);

@@ -272,7 +272,7 @@ impl Agent {
             target: self
                 .credential
                 .as_ref()
-                .map(|c| truncate(&c.controller, 200)),
+                .map(|c| truncate(&c.controller_list(), 200)),
             observed: secs as f64,
             unit: "s without the controller".to_owned(),
             baseline: Baseline::Expected,

@@ -99,7 +99,19 @@ impl Agent {
                 "up".into()
             },
             controller: self.credential.as_ref().map(|c| ControllerStatus {
-                url: c.controller.clone(),
+                url: link
+                    .current
+                    .as_ref()
+                    .map_or_else(|| c.controller_list(), |cur| cur.url.clone()),
+                urls: c.controllers.clone(),
+                address: link
+                    .current
+                    .as_ref()
+                    .and_then(|cur| cur.address)
+                    .map(|a| a.to_string()),
+                snapshots: link.snapshots,
+                deltas: link.deltas,
+                failovers: link.current.as_ref().map_or(0, |cur| cur.moves),
                 connected: link.connected,
                 map_version: self.map.as_ref().map(|m| m.version),
                 from_cache: self.from_cache,

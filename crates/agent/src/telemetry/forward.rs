@@ -287,7 +287,7 @@ impl Uploader {
                 pin_sha256: c.pin_sha256.clone(),
                 allow_insecure_http: c.allow_insecure_http,
             };
-            ctl::client(&c.controller, &trust, Some(&c.credential))
+            ctl::client(&c.controller_list(), &trust, Some(&c.credential))
                 .inspect_err(|e| tracing::warn!("metrics forwarding: {e:#}"))
                 .ok()
         });

@@ -228,7 +228,7 @@ fn client_for(c: &Credential) -> Option<weft_api_client::Client> {
         pin_sha256: c.pin_sha256.clone(),
         allow_insecure_http: c.allow_insecure_http,
     };
-    ctl::client(&c.controller, &trust, Some(&c.credential))
+    ctl::client(&c.controller_list(), &trust, Some(&c.credential))
         .inspect_err(|e| tracing::warn!("usage uploads: {e:#}"))
         .ok()
 }

@@ -273,7 +273,7 @@ fn uplink_client(cred: &Credential) -> Option<Client> {
         pin_sha256: cred.pin_sha256.clone(),
         allow_insecure_http: cred.allow_insecure_http,
     };
-    ctl::client(&cred.controller, &trust, Some(&cred.credential))
+    ctl::client(&cred.controller_list(), &trust, Some(&cred.credential))
         .inspect_err(|e| tracing::warn!("anomaly events cannot be uploaded: {e:#}"))
         .ok()
 }

@@ -120,7 +120,24 @@ pub fn render_status(st: &AgentStatus) -> String {
         };
         let ver = c.map_version.map_or("-".to_owned(), |v| v.to_string());
         let cache = if c.from_cache { ", map from cache" } else { "" };
-        let _ = writeln!(o, "controller {}  {conn}, map version {ver}{cache}", c.url);
+        let at = c
+            .address
+            .as_deref()
+            .filter(|a| !c.url.contains(*a))
+            .map_or(String::new(), |a| format!(" ({a})"));
+        let _ = writeln!(
+            o,
+            "controller {}{at}  {conn}, map version {ver}{cache}",
+            c.url
+        );
+        if c.urls.len() > 1 {
+            let _ = writeln!(
+                o,
+                "          controllers: {} (moved {} times)",
+                c.urls.join(", "),
+                c.failovers
+            );
+        }
         if let Some(e) = &c.last_error {
             let _ = writeln!(o, "          last error: {}", safe(e));
         }

@@ -14,6 +14,11 @@ fn status() -> AgentStatus {
         state: "up".into(),
         controller: Some(ControllerStatus {
             url: "https://c:8443".into(),
+            urls: vec!["https://c:8443".into()],
+            address: Some("10.0.0.1:8443".into()),
+            snapshots: 1,
+            deltas: 2,
+            failovers: 0,
             connected: true,
             map_version: Some(3),
             from_cache: false,
@@ -223,4 +228,29 @@ fn status_shows_the_underlay_and_the_default_route() {
         out.contains("  eth1           up    198.51.100.10/24  (default route)"),
         "{out}"
     );
+}
+
+#[test]
+fn status_shows_the_controller_in_use_and_the_list() {
+    let st = status();
+    let text = render_status(&st);
+    assert!(
+        text.contains("controller https://c:8443 (10.0.0.1:8443)  connected"),
+        "{text}"
+    );
+    assert!(!text.contains("controllers:"), "one URL: no list\n{text}");
+    let mut st = status();
+    let c = st.controller.as_mut().unwrap();
+    c.urls = vec!["https://a:8443".into(), "https://c:8443".into()];
+    c.failovers = 3;
+    let text = render_status(&st);
+    assert!(
+        text.contains("controllers: https://a:8443, https://c:8443 (moved 3 times)"),
+        "{text}"
+    );
+    // An address that is the URL's host itself is not repeated.
+    let mut st = status();
+    let c = st.controller.as_mut().unwrap();
+    c.url = "https://10.0.0.1:8443".into();
+    assert!(render_status(&st).contains("controller https://10.0.0.1:8443  connected"));
 }

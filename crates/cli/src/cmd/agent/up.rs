@@ -14,10 +14,15 @@ use crate::clock::now;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Controller URL, e.g. https://controller.example.net:8443 (used with a
-    /// join token; without --controller, a second token joins the controller
-    /// this node already uses).
-    #[arg(long, env = "WEFT_CONTROLLER_URL", value_name = "URL")]
+    /// Controller URL, e.g. https://controller.example.net:8443, or several
+    /// comma-separated: the replicas of one controller
+    /// (https://c1:8443,https://c2:8443). A name with several addresses works
+    /// too: each is tried (the certificate must match the name). weftd spreads
+    /// nodes over them, moves to the next when the one in use fails or shuts
+    /// down, and resumes its map there. With a join token: where to join
+    /// (without --controller, a second token joins the controller this node
+    /// already uses). Without a token: replaces the URLs a joined node uses.
+    #[arg(long, env = "WEFT_CONTROLLER_URL", value_name = "URL[,URL...]")]
     controller: Option<String>,
     /// Read the join token from this file ("-" for standard input).
     #[arg(long, value_name = "PATH", conflicts_with = "token")]
