@@ -182,6 +182,20 @@ impl Client {
         .await
     }
 
+    /// `DELETE /v1/admin/networks/{name}`: deletes the network, its
+    /// memberships, routes, services and data (its nodes stay registered).
+    pub async fn remove_network(
+        &self,
+        name: &str,
+    ) -> Result<weft_proto::api::NetworkRemoveResponse, ClientError> {
+        self.request::<(), _>(
+            Method::DELETE,
+            &format!("/v1/admin/networks/{}", escape(name)),
+            None,
+        )
+        .await
+    }
+
     /// `POST /v1/admin/relays` (the relay token is in the response, once).
     pub async fn create_relay(
         &self,

@@ -34,7 +34,7 @@ use crate::netmap;
 use crate::relay_feed::RelayFeed;
 use crate::store::tasks::TaskResultRecord;
 use crate::store::usage::UsageSum;
-use crate::store::{AuditQuery, AuditRecord, EventQuery, EventRecord, Store, Write};
+use crate::store::{AuditQuery, AuditRecord, EventQuery, EventRecord, Store, StoreError, Write};
 use weft_proto::usage::UsageUpload;
 
 /// Most operations committed in one transaction.
@@ -50,8 +50,13 @@ enum Cmd {
     UsageSums(u64, Reply<Vec<UsageSum>>),
     Events(EventQuery, Reply<Vec<(u64, EventRecord)>>),
     TaskResults(String, Reply<Vec<TaskResultRecord>>),
+    /// A read of the store on the writer's thread, after the batch.
+    Read(StoreRead),
     Shutdown,
 }
+
+/// A read [`Engine::read_store`] queues: it answers its caller itself.
+type StoreRead = Box<dyn FnOnce(&mut dyn Store) + Send>;
 
 /// An operation waiting for the writer, its type erased: the writer applies
 /// it in a batch, then answers its caller once the batch's commit is known.
@@ -225,6 +230,26 @@ impl Engine {
         rx.await.map_err(|_| unavailable())?
     }
 
+    /// Runs `read` on the store, on the writer's thread after the batch in
+    /// progress (readiness probes, the audit retention sweep). A store
+    /// error is logged and answered as `storage_unavailable`.
+    pub async fn read_store<T, F>(&self, read: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: StoreRead = Box::new(move |store: &mut dyn Store| {
+            let r = read(store).map_err(|e| {
+                error!(error = %e, "reading the store failed");
+                unavailable()
+            });
+            let _ = reply.send(r);
+        });
+        self.tx.send(Cmd::Read(job)).map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
     /// Rolls a node's usage upload into the usage buckets (its own
     /// transaction, after the batch of operations it arrived with).
     pub async fn usage_upload(&self, node: NodeId, upload: UsageUpload) -> Result<(), ApiError> {
@@ -318,6 +343,7 @@ fn writer<S: Store>(
         let mut usage_reads = Vec::new();
         let mut event_reads = Vec::new();
         let mut result_reads = Vec::new();
+        let mut store_reads: Vec<StoreRead> = Vec::new();
         let mut stop = false;
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
@@ -334,6 +360,7 @@ fn writer<S: Store>(
                 Cmd::UsageSums(since, reply) => usage_reads.push((since, reply)),
                 Cmd::Events(q, reply) => event_reads.push((q, reply)),
                 Cmd::TaskResults(id, reply) => result_reads.push((id, reply)),
+                Cmd::Read(read) => store_reads.push(read),
                 Cmd::Shutdown => stop = true,
             }
             if ops.len() < MAX_BATCH && !stop {
@@ -365,6 +392,9 @@ fn writer<S: Store>(
             let _ = reply.send(r);
         }
         serve_usage(&mut store, usages, usage_reads);
+        for read in store_reads {
+            read(&mut store);
+        }
         if stop {
             break;
         }

@@ -23,7 +23,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 use weft_proto::netmap::Relay;
 
-use crate::api::{self, ApiConfig, AppState, Challenges, Limiter, Peer};
+use crate::api::{
+    self, ApiConfig, AppState, AuditRetention, Challenges, Limiter, Peer, Readiness,
+};
 use crate::engine::Engine;
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
@@ -140,6 +142,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Concurrent connections at most (each map stream is one).
     pub max_connections: usize,
+    /// What the audit retention sweep keeps.
+    pub audit_retention: AuditRetention,
     /// A listener for `GET /metrics` without authentication, over plain HTTP
     /// (`serve --metrics-listen`); `None`: only the API port's, admin token.
     pub metrics_listener: Option<TcpListener>,
@@ -153,6 +157,7 @@ impl Default for Config {
             hub: HubConfig::default(),
             shutdown_grace: Duration::from_secs(5),
             max_connections: 16_384,
+            audit_retention: AuditRetention::default(),
             metrics_listener: None,
         }
     }
@@ -278,6 +283,7 @@ pub async fn run(
             }
         })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let readiness = Arc::new(Readiness::default());
     let state = AppState {
         engine: engine.clone(),
         challenges: Arc::new(Challenges::new(
@@ -288,6 +294,17 @@ pub async fn run(
             config.api.rate_limit,
             config.api.refusal_summary_every,
         )),
+        public_limiter: Arc::new(Limiter::named(
+            "public",
+            config.api.public_rate_limit,
+            config.api.refusal_summary_every,
+        )),
+        auth_limiter: Arc::new(Limiter::named(
+            "failed authentication",
+            config.api.auth_fail_limit,
+            config.api.refusal_summary_every,
+        )),
+        readiness: readiness.clone(),
         cfg: Arc::new(config.api.clone()),
         shutdown: shutdown_rx,
         history: Arc::default(),
@@ -298,6 +315,11 @@ pub async fn run(
     });
     let sweep_task = tokio::spawn(api::task_sweep(engine.clone(), state.shutdown.clone()));
     let firewall_sweep = tokio::spawn(api::firewall_sweep(engine.clone(), state.shutdown.clone()));
+    let audit_sweep = tokio::spawn(api::audit_sweep(
+        engine.clone(),
+        config.audit_retention,
+        state.shutdown.clone(),
+    ));
     let router = api::router(state);
     let acceptor = config.tls.clone().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
@@ -306,7 +328,12 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => {
+                // /readyz says 503 from now: the load balancer stops
+                // sending while the streams drain.
+                readiness.set_shutting_down();
+                break;
+            }
             a = listener.accept() => a,
         };
         let (tcp, peer) = match accepted {
@@ -366,6 +393,7 @@ pub async fn run(
     }
     let _ = sweep_task.await;
     let _ = firewall_sweep.await;
+    let _ = audit_sweep.await;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(config.shutdown_grace) => warn!("requests still open after the grace period; closing them"),

@@ -70,6 +70,19 @@ pub struct Health {
     pub map_version: u64,
 }
 
+/// `GET /readyz`: whether this controller should get traffic now (200
+/// `ready`, 503 `not_ready` with the reasons).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyStatus {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    /// [`API_VERSION`].
+    pub api_version: u32,
+    /// Why it is not ready (empty when ready).
+    #[serde(default)]
+    pub reasons: Vec<ErrorBody>,
+}
+
 /// `POST /v1/register/challenge` response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChallengeResponse {
@@ -622,4 +635,33 @@ pub struct LeaveResponse {
     pub node: String,
     /// The network it left.
     pub network: String,
+}
+
+/// `DELETE /v1/admin/networks/{name}`: what deleting the network removed.
+/// Its members stay registered (a node left in no network keeps its
+/// identity and credential); each receives a map without the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRemoveResponse {
+    /// The network's name.
+    pub network: String,
+    /// How many nodes were members.
+    pub members: u64,
+    /// How many of them are now in no network.
+    pub orphaned: u64,
+    /// Subnet routes that went with it.
+    pub routes: u64,
+    /// Its services' names, sorted (removed with their instances).
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Data entries scoped to it that went.
+    pub data_keys: u64,
+    /// Join tokens that still grant other networks, without this one.
+    #[serde(default)]
+    pub tokens_changed: Vec<u64>,
+    /// Join tokens that granted only this network: revoked.
+    #[serde(default)]
+    pub tokens_revoked: Vec<u64>,
+    /// Whether its generated default rule was taken out of the policy (an
+    /// edited policy is left as it is).
+    pub policy_rule_removed: bool,
 }

@@ -242,6 +242,13 @@ pub enum MapChange {
         /// The peer.
         node_key: NodeKey,
     },
+    /// The node left a network (the network was deleted): drop it, with its
+    /// peers, routes and names. Later changes of the same delta do not name
+    /// it.
+    NetworkRemove {
+        /// The network's name.
+        network: String,
+    },
     /// The node's own entry changed (renamed, tagged).
     SelfUpdate {
         /// The new entry.
@@ -482,16 +489,27 @@ impl NetworkMap {
             });
         }
         // Check everything first so a bad delta leaves the map untouched.
+        let mut removed: Vec<&str> = Vec::new();
+        let known = |removed: &[&str], network: &str| {
+            if removed.contains(&network) {
+                return Err(ApplyError::UnknownNetwork(network.to_owned()));
+            }
+            self.network_index(network).map(|_| ())
+        };
         for change in &delta.changes {
             match change {
                 MapChange::PeerUpsert { network, peer } => {
                     if peer.node_key == self.node.node_key {
                         return Err(ApplyError::SelfAsPeer);
                     }
-                    self.network_index(network)?;
+                    known(&removed, network)?;
                 }
                 MapChange::PeerRemove { network, .. } => {
-                    self.network_index(network)?;
+                    known(&removed, network)?;
+                }
+                MapChange::NetworkRemove { network } => {
+                    known(&removed, network)?;
+                    removed.push(network);
                 }
                 MapChange::SelfUpdate { .. }
                 | MapChange::Policy { .. }
@@ -518,6 +536,10 @@ impl NetworkMap {
                     if let Ok(j) = peers.binary_search_by(|p| p.node_key.cmp(node_key)) {
                         peers.remove(j);
                     }
+                }
+                MapChange::NetworkRemove { network } => {
+                    let i = self.network_index(network)?;
+                    self.networks.remove(i);
                 }
                 MapChange::SelfUpdate { node } => self.node = node.clone(),
                 MapChange::Policy { policy } => self.policy = policy.clone(),
@@ -646,6 +668,45 @@ mod tests {
         m.apply(&delta(7, vec![rm.clone(), rm])).unwrap();
         assert_eq!(m.networks[0].peers.len(), 2);
         assert_eq!(m.version, 7);
+    }
+
+    #[test]
+    fn a_network_removal_drops_the_network_and_nothing_may_name_it_after() {
+        let mut m = map();
+        let mut other = m.networks[0].clone();
+        other.name = "zoo".into();
+        m.networks.push(other);
+        let rm = |n: &str| MapChange::NetworkRemove { network: n.into() };
+        let j = serde_json::to_value(rm("lab")).unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({"op": "network_remove", "network": "lab"})
+        );
+        // A change naming the network after its removal: refused whole.
+        let bad = delta(
+            6,
+            vec![
+                rm("lab"),
+                MapChange::PeerUpsert {
+                    network: "lab".into(),
+                    peer: peer(4),
+                },
+            ],
+        );
+        assert_eq!(m.apply(&bad), Err(ApplyError::UnknownNetwork("lab".into())));
+        assert_eq!(m.networks.len(), 2);
+        assert_eq!(
+            m.apply(&delta(6, vec![rm("lab"), rm("lab")])),
+            Err(ApplyError::UnknownNetwork("lab".into()))
+        );
+        m.apply(&delta(6, vec![rm("lab")])).unwrap();
+        let names: Vec<&str> = m.networks.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["zoo"]);
+        assert_eq!(m.version, 6);
+        assert_eq!(
+            m.apply(&delta(7, vec![rm("lab")])),
+            Err(ApplyError::UnknownNetwork("lab".into()))
+        );
     }
 
     #[test]

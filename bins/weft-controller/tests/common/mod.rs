@@ -99,6 +99,15 @@ impl Controller {
                 "1000000",
             ]);
         }
+        // Tests poll /healthz and try bad credentials from 127.0.0.1 too.
+        for (flag, rate) in [
+            ("--public-burst", "--public-per-minute"),
+            ("--auth-fail-burst", "--auth-fail-per-minute"),
+        ] {
+            if !extra.contains(&flag) {
+                args.extend_from_slice(&[flag, "1000000", rate, "1000000"]);
+            }
+        }
         args.extend_from_slice(extra);
         let child = Command::new(BIN)
             .args(&args)

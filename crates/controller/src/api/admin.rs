@@ -1,4 +1,5 @@
-//! The admin API: networks, join tokens, nodes and the audit log.
+//! The admin API: networks (create, list, show, delete), join tokens, nodes
+//! and the audit log.
 
 use std::collections::BTreeSet;
 
@@ -11,8 +12,8 @@ use serde::Deserialize;
 use weft_identity::Difficulty;
 use weft_proto::api::{
     AuditEntry, AuditList, CreateNetworkRequest, CreateTokenRequest, CreateTokenResponse, Network,
-    NetworkList, NodeInfo, NodeList, PolicyCheckRequest, PolicyCheckResponse, PolicyDoc,
-    SetPolicyRequest, TokenInfo, TokenList, UpdateNodeRequest,
+    NetworkList, NetworkRemoveResponse, NodeInfo, NodeList, PolicyCheckRequest,
+    PolicyCheckResponse, PolicyDoc, SetPolicyRequest, TokenInfo, TokenList, UpdateNodeRequest,
 };
 use weft_proto::net::{Ipv4Net, Ipv6Net};
 use weft_proto::netmap::DEFAULT_DNS_DOMAIN;
@@ -21,7 +22,8 @@ use super::{AdminAuth, ApiJson, ApiPath, ApiQuery, AppState, views};
 use crate::clock;
 use crate::error::ApiError;
 use crate::model::{
-    Actor, NewNetwork, NewToken, NodePatch, RemoveNode, RevokeToken, SetPolicy, UpdateNode,
+    Actor, NewNetwork, NewToken, NodePatch, RemoveNetwork, RemoveNode, RevokeToken, SetPolicy,
+    UpdateNode,
 };
 use crate::secret::{self, JOIN_PREFIX};
 use crate::store::AuditQuery;
@@ -36,7 +38,10 @@ pub(super) fn routes() -> Router<AppState> {
             "/v1/admin/networks",
             get(list_networks).post(create_network),
         )
-        .route("/v1/admin/networks/{name}", get(show_network))
+        .route(
+            "/v1/admin/networks/{name}",
+            get(show_network).delete(remove_network),
+        )
         .route("/v1/admin/tokens", get(list_tokens).post(create_token))
         .route("/v1/admin/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/v1/admin/nodes", get(list_nodes))
@@ -111,6 +116,29 @@ async fn show_network(
         ApiError::not_found("network_not_found", format!("no network named {name:?}"))
     })?;
     Ok(Json(views::network(net)))
+}
+
+async fn remove_network(
+    State(st): State<AppState>,
+    _: AdminAuth,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<NetworkRemoveResponse>, ApiError> {
+    validate::name("network", &name)?;
+    let r = st
+        .engine
+        .execute(Actor::Admin, RemoveNetwork { name })
+        .await?;
+    Ok(Json(NetworkRemoveResponse {
+        network: r.network,
+        members: r.members,
+        orphaned: r.orphaned,
+        routes: r.routes,
+        services: r.services,
+        data_keys: r.data_keys,
+        tokens_changed: r.tokens_changed,
+        tokens_revoked: r.tokens_revoked,
+        policy_rule_removed: r.policy_rule_removed,
+    }))
 }
 
 async fn create_token(

@@ -2,7 +2,8 @@
 //!
 //! | Method | Path | Auth | Purpose |
 //! |---|---|---|---|
-//! | GET | `/healthz` | none | liveness, API and map version |
+//! | GET | `/healthz` | none | liveness: the process answers (API and map version); public rate limit |
+//! | GET | `/readyz` | none | readiness: 200 when this controller should get traffic, 503 with reasons while it shuts down, catches up with other replicas or its store does not answer; public rate limit |
 //! | GET | `/metrics` | admin | Prometheus metrics (text format 0.0.4) |
 //! | POST | `/v1/register/challenge` | none | a fresh single-use challenge |
 //! | POST | `/v1/register` | join token in body | register a key, get a credential |
@@ -23,7 +24,7 @@
 //! | POST | `/v1/node/usage` | node | usage counters (flows per peer and port, sidecar users) |
 //! | GET | `/v1/admin/usage` | admin | usage over a window (`?by=&since=`: by node, peer, port or user) |
 //! | POST/GET | `/v1/admin/networks` | admin | create / list networks |
-//! | GET | `/v1/admin/networks/{name}` | admin | show a network |
+//! | GET/DELETE | `/v1/admin/networks/{name}` | admin | show / delete a network (its memberships, routes, services, data; tokens lose it, revoked if it was their only one; its nodes stay registered) |
 //! | POST/GET | `/v1/admin/tokens` | admin | create (secret shown once) / list join tokens |
 //! | DELETE | `/v1/admin/tokens/{id}` | admin | revoke a join token |
 //! | GET | `/v1/admin/nodes` | admin | list nodes (`?network=`) |
@@ -63,6 +64,10 @@
 //!
 //! Credentials only travel in `Authorization: Bearer`; a query string that looks
 //! like it carries one is refused, and query strings are never logged.
+//!
+//! Requests anyone can make without a credential are rate limited per source
+//! (`limit`): registration, the probes and unknown paths, and failed
+//! authentications; per replica, for the reasons `limit` gives.
 
 mod admin;
 mod data;
@@ -78,6 +83,7 @@ mod node;
 mod node_metrics;
 mod register;
 mod relay;
+pub mod retention;
 mod rotate_key;
 mod routes;
 mod services;
@@ -111,11 +117,13 @@ use crate::secret::{
     ADMIN_PREFIX, JOIN_PREFIX, MAX_SECRET_LEN, NODE_PREFIX, RELAY_PREFIX, SecretHash,
 };
 
+pub use health::Readiness;
 pub use hostfw::sweep as firewall_sweep;
 pub use limit::{Limiter, Peer, RateLimit};
 pub use metrics::scrape_router;
 pub use register::Challenges;
 pub use relay::RelayAuth;
+pub use retention::{AuditRetention, sweep as audit_sweep};
 pub use tasks::sweep as task_sweep;
 
 /// Runs `tick` every `period` (the first at once; a late tick does not
@@ -151,8 +159,12 @@ pub struct ApiConfig {
     /// Successful registrations remembered (for single use of their challenge)
     /// per challenge lifetime at most; beyond it registration answers 503.
     pub max_used_challenges: usize,
-    /// Per-source limit of the unauthenticated endpoints.
+    /// Per-source limit of the registration endpoints.
     pub rate_limit: RateLimit,
+    /// Per-source limit of `/healthz`, `/readyz` and unknown paths.
+    pub public_rate_limit: RateLimit,
+    /// Per-source budget of failed authentications (401 answers).
+    pub auth_fail_limit: RateLimit,
     /// At most one WARN summarizing rate-limit refusals per this interval.
     pub refusal_summary_every: Duration,
 }
@@ -165,6 +177,8 @@ impl Default for ApiConfig {
             challenge_ttl: Duration::from_secs(60),
             max_used_challenges: 65_536,
             rate_limit: RateLimit::default(),
+            public_rate_limit: RateLimit::PUBLIC,
+            auth_fail_limit: RateLimit::AUTH_FAIL,
             refusal_summary_every: Duration::from_secs(60),
         }
     }
@@ -177,8 +191,14 @@ pub struct AppState {
     pub engine: Engine,
     /// Registration challenges (the MAC key and the used set).
     pub challenges: Arc<Challenges>,
-    /// Per-source limits of the unauthenticated endpoints.
+    /// Per-source limits of the registration endpoints.
     pub limiter: Arc<Limiter>,
+    /// Per-source limits of `/healthz`, `/readyz` and unknown paths.
+    pub public_limiter: Arc<Limiter>,
+    /// Per-source budgets of failed authentications.
+    pub auth_limiter: Arc<Limiter>,
+    /// What `/readyz` reports beyond the store (catching up).
+    pub readiness: Arc<Readiness>,
     /// Settings.
     pub cfg: Arc<ApiConfig>,
     /// Becomes `true` when the server shuts down (ends map streams).
@@ -197,8 +217,12 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             register::limit,
         ));
-    Router::new()
+    let probes = Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limit::public));
+    Router::new()
+        .merge(probes)
         .route("/metrics", get(metrics::admin_scrape))
         .merge(unauthenticated)
         .route("/v1/map", get(map::get_map))
@@ -218,9 +242,13 @@ pub fn router(state: AppState) -> Router {
         .merge(usage::routes())
         .merge(tasks::routes())
         .merge(ssh::routes())
-        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
+        .fallback(limit::not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit::auth_failures,
+        ))
         .layer(middleware::from_fn(guard))
         .layer(middleware::from_fn_with_state(
             state.clone(),

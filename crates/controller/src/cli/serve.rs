@@ -69,6 +69,33 @@ pub(super) struct ServeArgs {
     /// when many nodes enrol at once from behind one NAT or proxy.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     register_per_minute: u32,
+    /// Requests one client address (an IPv6 /64) may send at once to
+    /// /healthz, /readyz and paths that do not exist; beyond it they get 429
+    /// with Retry-After. Per replica.
+    #[arg(long, default_value_t = crate::api::RateLimit::PUBLIC.burst, value_parser = clap::value_parser!(u32).range(1..))]
+    public_burst: u32,
+    /// Such requests per minute one client address regains (the default
+    /// fits a load balancer probing every second from one address ten
+    /// times over).
+    #[arg(long, default_value_t = crate::api::RateLimit::PUBLIC.per_minute, value_parser = clap::value_parser!(u32).range(1..))]
+    public_per_minute: u32,
+    /// Failed authentications (401 answers) one client address may have at
+    /// once; with none left, every request from it gets 429 with
+    /// Retry-After (the probes aside) until one comes back. Per replica.
+    #[arg(long, default_value_t = crate::api::RateLimit::AUTH_FAIL.burst, value_parser = clap::value_parser!(u32).range(1..))]
+    auth_fail_burst: u32,
+    /// Failed authentications per minute one client address regains.
+    #[arg(long, default_value_t = crate::api::RateLimit::AUTH_FAIL.per_minute, value_parser = clap::value_parser!(u32).range(1..))]
+    auth_fail_per_minute: u32,
+    /// Audit records older than this many days are deleted (checked at
+    /// start and every hour; each sweep is itself audited as
+    /// `audit.prune` with the count). 0: kept whatever their age.
+    #[arg(long, default_value_t = crate::api::retention::DEFAULT_RETAIN_DAYS, value_name = "DAYS", value_parser = clap::value_parser!(u64).range(0..=36_500))]
+    audit_retain_days: u64,
+    /// At most this many audit records are kept, the newest (checked with
+    /// the age). 0: no limit.
+    #[arg(long, default_value_t = crate::api::retention::DEFAULT_RETAIN_COUNT, value_name = "N")]
+    audit_retain_count: u64,
     /// Milliseconds a node's map stream must stay open before peers see the
     /// node online. A stream that closes sooner costs peers nothing.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(0..=3_600_000), value_name = "MS")]
@@ -242,9 +269,23 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
                     per_minute: args.register_per_minute,
                     ..Default::default()
                 },
+                public_rate_limit: crate::api::RateLimit {
+                    burst: args.public_burst,
+                    per_minute: args.public_per_minute,
+                    ..crate::api::RateLimit::PUBLIC
+                },
+                auth_fail_limit: crate::api::RateLimit {
+                    burst: args.auth_fail_burst,
+                    per_minute: args.auth_fail_per_minute,
+                    ..crate::api::RateLimit::AUTH_FAIL
+                },
                 ..Default::default()
             },
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            audit_retention: crate::api::AuditRetention::from_flags(
+                args.audit_retain_days,
+                args.audit_retain_count,
+            ),
             metrics_listener,
             hub: crate::hub::HubConfig {
                 presence: crate::model::PresenceConfig {

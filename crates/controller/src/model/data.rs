@@ -621,6 +621,21 @@ impl World {
         self.data.entries.remove(&ScopeRef::Node(id));
         self.data.secrets.remove(&id);
     }
+
+    /// Network `net` is being deleted: forgets the entries scoped to it and
+    /// returns their rows' deletes (the caller marks its members).
+    pub(super) fn data_forget_network(&mut self, net: u64) -> Vec<Write> {
+        let scope = ScopeRef::Network(net);
+        let keys = self.data.entries.remove(&scope).unwrap_or_default();
+        keys.into_keys()
+            .map(|key| {
+                Write::Data(DataWrite::Delete {
+                    scope: scope.clone(),
+                    key,
+                })
+            })
+            .collect()
+    }
 }
 
 /// What a node sees of resolved entries: key, value, version (not where they

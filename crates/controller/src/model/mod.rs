@@ -49,6 +49,7 @@ macro_rules! operation {
     };
 }
 
+mod audit;
 mod data;
 mod dns_blocklist;
 mod events;
@@ -56,6 +57,7 @@ mod facts;
 mod hostfw;
 mod integrity;
 mod networks;
+mod networks_remove;
 mod nodes;
 mod policy;
 mod presence;
@@ -70,6 +72,7 @@ mod tasks;
 mod tokens;
 pub mod usage;
 
+pub use audit::PruneAudit;
 pub use data::{DataChanged, SetData, SetSecret, UnsetData, UnsetSecret};
 pub use dns_blocklist::{Blocklist, ClearDnsBlocklist, SetDnsBlocklist};
 pub use events::{RecordEvents, SetNetworkAnomaly};
@@ -78,6 +81,7 @@ pub use integrity::{
     ApproveHook, CONTROLLER_EVENT_BASE, ExpectWeftd, ReportIntegrity, RevokeHook, judge,
 };
 pub use networks::{FIRST_HOST_OFFSET, LeaveNetwork, Left, NetState, NewNetwork};
+pub use networks_remove::{NetworkRemoved, RemoveNetwork};
 pub use nodes::{
     NodeDetail, NodePatch, NodeState, Registered, Registration, RemoveNode, Report, SetPresence,
     UpdateNode,
@@ -141,6 +145,10 @@ pub struct Touched {
     pub self_changed: BTreeSet<NodeId>,
     /// Nodes whose set of networks changed: they get a fresh snapshot.
     pub resync: BTreeSet<NodeId>,
+    /// Nodes that left networks (by name) that were deleted: each gets a
+    /// `MapChange::NetworkRemove` per network (a delta, not a snapshot),
+    /// unless it is in `resync` too.
+    pub left: BTreeMap<NodeId, BTreeSet<String>>,
     /// Nodes whose streams must be closed (disabled or removed).
     pub evicted: BTreeSet<NodeId>,
     /// Relays whose member streams must be closed (removed).
@@ -178,6 +186,7 @@ impl Touched {
         self.entries.is_empty()
             && self.self_changed.is_empty()
             && self.resync.is_empty()
+            && self.left.is_empty()
             && self.evicted.is_empty()
             && self.evicted_relays.is_empty()
             && !self.recompile

@@ -55,6 +55,14 @@ impl Networks {
         self.rows.insert(net.rec.id, net);
     }
 
+    /// Forgets network `id`. Its id is not handed out again while this
+    /// controller runs (after a restart it may be: nothing names it then).
+    pub(super) fn remove(&mut self, id: NetId) -> Option<NetState> {
+        let net = self.rows.remove(&id)?;
+        self.by_name.remove(&net.rec.name);
+        Some(net)
+    }
+
     /// A network by id.
     pub(super) fn get(&self, id: &NetId) -> Option<&NetState> {
         self.rows.get(id)

@@ -68,6 +68,22 @@ impl Tokens {
         t.uses = t.uses.saturating_add(1);
         Some(t)
     }
+
+    /// Network `net` is gone: takes it out of every token that grants it
+    /// (a token left granting no network is revoked); returns the rows to
+    /// persist.
+    pub(super) fn drop_network(&mut self, net: u64) -> Vec<TokenRecord> {
+        let mut out = Vec::new();
+        for t in self.rows.values_mut() {
+            if t.networks.remove(&net) {
+                if t.networks.is_empty() {
+                    t.revoked = true;
+                }
+                out.push(t.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Admin: revoke a join token, by id.

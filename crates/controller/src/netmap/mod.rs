@@ -272,6 +272,7 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
     for id in touched
         .self_changed
         .iter()
+        .chain(touched.left.keys())
         .chain(outcome.policy_changed.iter())
         .chain(touched.data.iter())
         .chain(touched.hostfw.iter())
@@ -309,6 +310,7 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             }
         }
         let is_subject = touched.self_changed.contains(&id)
+            || touched.left.contains_key(&id)
             || outcome.policy_changed.contains(&id)
             || touched.data.contains(&id)
             || touched.hostfw.contains(&id)
@@ -324,6 +326,13 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
                     .push(id);
             }
             continue;
+        }
+        // Networks it left (deleted): each goes whole, peers and all.
+        if let Some(left) = touched.left.get(&id) {
+            changes.extend(
+                left.iter()
+                    .map(|n| MapChange::NetworkRemove { network: n.clone() }),
+            );
         }
         if touched.self_changed.contains(&id) {
             changes.push(MapChange::SelfUpdate {

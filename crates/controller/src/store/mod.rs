@@ -400,6 +400,18 @@ pub enum Write {
     PutPolicy(PolicyRecord),
     /// Append an audit record.
     Audit(AuditRecord),
+    /// Delete the audit records with `id <= through_id` (audit retention;
+    /// the sweep that emits it is itself audited, with a higher id).
+    AuditPrune {
+        /// The newest id deleted.
+        through_id: u64,
+    },
+    /// Delete a network and every row that names it: memberships, the
+    /// members' routes there, its service range, its services with their
+    /// instances, and data entries scoped to it. The model deletes those
+    /// rows one by one first; a driver deletes what is left, so no foreign
+    /// key is left dangling. Join tokens are rewritten by `PutToken`.
+    DeleteNetwork(u64),
     /// Append anomaly events (one already held, by node and event id, is
     /// skipped) and delete the oldest beyond [`EVENTS_KEPT`].
     Events(Vec<EventRecord>),
@@ -510,6 +522,15 @@ pub trait ChangeListener: Send + 'static {
     fn wait(&mut self, timeout: std::time::Duration) -> Result<bool, StoreError>;
 }
 
+/// What an audit retention sweep deletes ([`Store::audit_cut`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditCut {
+    /// The newest id to delete: every record with `id <= through_id` goes.
+    pub through_id: u64,
+    /// How many records that is.
+    pub count: u64,
+}
+
 /// Which audit records to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
@@ -611,7 +632,32 @@ pub trait Store: Send + 'static {
     fn events(&mut self, query: &EventQuery) -> Result<Vec<(u64, EventRecord)>, StoreError>;
     /// Reads the results of a task's runs.
     fn task_results(&mut self, task_id: &str) -> Result<Vec<tasks::TaskResultRecord>, StoreError>;
+    /// Which audit records a retention sweep deletes: every record up to the
+    /// newest one older than `older_than_ms` (`None`: no age limit), and
+    /// every record beyond the newest `keep` (`None`: no count limit).
+    /// `None` when nothing is to be deleted. Records are deleted by id
+    /// prefix ([`Write::AuditPrune`]), so a record with an out-of-order time
+    /// goes with its older neighbours.
+    fn audit_cut(
+        &mut self,
+        older_than_ms: Option<u64>,
+        keep: Option<u64>,
+    ) -> Result<Option<AuditCut>, StoreError> {
+        let _ = (older_than_ms, keep);
+        Err(StoreError::Db(
+            "this store driver does not implement audit retention (Store::audit_cut)".into(),
+        ))
+    }
+    /// Checks that the database answers (a readiness probe): a trivial
+    /// query, no write.
+    fn ping(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
+
+/// Network deletion and audit retention, run by each driver's tests.
+#[cfg(test)]
+pub(crate) mod ops_tests;
 
 /// The behaviour every driver must have; run by each driver's tests.
 #[cfg(test)]

@@ -43,6 +43,7 @@ mod ssh;
 mod tasks;
 
 mod migrations;
+mod ops;
 use migrations::MIGRATIONS;
 
 /// A SQLite database file.
@@ -535,7 +536,7 @@ impl Store for SqliteStore {
                         "INSERT INTO join_tokens (id, token_hash, description, tags, networks, max_uses, uses, expires_at, revoked, created_at)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                          ON CONFLICT (id) DO UPDATE SET uses = excluded.uses, revoked = excluded.revoked,
-                           description = excluded.description",
+                           description = excluded.description, networks = excluded.networks",
                     )?
                     .execute(params![
                         to_i64(t.id),
@@ -634,6 +635,8 @@ impl Store for SqliteStore {
                         a.detail.to_string()
                     ])?;
                 }
+                Write::AuditPrune { through_id } => ops::audit_prune(&tx, *through_id)?,
+                Write::DeleteNetwork(id) => ops::delete_network(&tx, *id)?,
                 Write::Events(records) => events::insert(&tx, records)?,
                 Write::PutHookApproval(r) => integrity::put_approval(&tx, r)?,
                 Write::DeleteHookApproval { name, sha256 } => {
@@ -778,6 +781,18 @@ impl Store for SqliteStore {
     ) -> Result<Vec<super::tasks::TaskResultRecord>, StoreError> {
         tasks::results(&self.conn, task_id)
     }
+
+    fn audit_cut(
+        &mut self,
+        older_than_ms: Option<u64>,
+        keep: Option<u64>,
+    ) -> Result<Option<super::AuditCut>, StoreError> {
+        ops::audit_cut(&self.conn, older_than_ms, keep)
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        ops::ping(&self.conn)
+    }
 }
 
 /// The newest schema version this build knows.
@@ -796,6 +811,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         store_suite(|| SqliteStore::open(&path).unwrap());
+    }
+
+    #[test]
+    fn sqlite_deletes_a_network_and_prunes_the_audit_log() {
+        use crate::store::ops_tests::{audit_retention_suite, delete_network_suite};
+        delete_network_suite(SqliteStore::open_in_memory().unwrap());
+        audit_retention_suite(SqliteStore::open_in_memory().unwrap());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `admin network …` and `admin route …`: overlay networks and the subnet
 //! routes their gateways offer.
 
-use anyhow::anyhow;
+use std::io::IsTerminal as _;
+
+use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand};
 use weft_api_client::Client;
 use weft_proto::api::{CreateNetworkRequest, Network, RouteInfo, RouteRequest};
@@ -38,6 +40,20 @@ pub(super) enum NetworkCmd {
     /// Set the network's anomaly thresholds (those not given are kept;
     /// defaults when never set); its members receive them in their maps.
     Anomaly(super::events::AnomalyArgs),
+    /// Delete a network: every member leaves it (each gets a map without
+    /// it; a node left in no network stays registered, with its key, name
+    /// and credential), and its subnet routes, services, data entries and
+    /// its generated policy rule go; join tokens lose it, and a token that
+    /// granted only this network is revoked. Audited as `network.remove`.
+    /// Asks for the network's name on a terminal; pass --yes to skip that
+    /// (required when stdin is not a terminal).
+    Remove {
+        /// The network.
+        name: String,
+        /// Delete without asking.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Remove a node from this network only (its interface, address, routes
     /// and names there go; its other networks stay).
     Leave {
@@ -135,6 +151,7 @@ pub(super) async fn network(c: &Client, cmd: NetworkCmd, json: bool) -> anyhow::
             vec![net]
         }
         NetworkCmd::Anomaly(a) => return super::events::set_anomaly(c, a, json).await,
+        NetworkCmd::Remove { name, yes } => return remove(c, &name, yes, json).await,
         NetworkCmd::Leave { name, node } => {
             let left = c.leave_network(&name, &node).await?;
             if json {
@@ -151,6 +168,67 @@ pub(super) async fn network(c: &Client, cmd: NetworkCmd, json: bool) -> anyhow::
         return print_json(nets.first().ok_or_else(|| anyhow!("no network returned"))?);
     }
     out(&networks_table(&nets));
+    Ok(())
+}
+
+/// `weft admin network remove NAME [--yes]`.
+async fn remove(c: &Client, name: &str, yes: bool, json: bool) -> anyhow::Result<()> {
+    if !yes {
+        // Shows what is at stake (and fails early on an unknown network).
+        let net = c.show_network(name).await?;
+        if json || !std::io::stdin().is_terminal() {
+            bail!(
+                "refusing to delete network {name} ({} members) without confirmation: stdin is not a terminal to ask on; pass --yes",
+                net.node_count
+            );
+        }
+        eprint!(
+            "Delete network {name} ({}, {} members)? Its members leave it, its routes, services and data go, tokens that grant only it are revoked.\nType the network's name to confirm: ",
+            net.ipv4_cidr, net.node_count
+        );
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .context("reading the confirmation")?;
+        if answer.trim() != name {
+            bail!("not confirmed: network {name} was not deleted");
+        }
+    }
+    let r = c.remove_network(name).await?;
+    if json {
+        return print_json(&r);
+    }
+    let list = |ids: &[u64]| {
+        if ids.is_empty() {
+            "none".to_owned()
+        } else {
+            ids.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    out(&format!(
+        "network {} deleted: {} members left it ({} now in no network, still registered), {} routes, {} services{}, {} data entries\njoin tokens revoked: {}; still granting other networks: {}\npolicy: {}\n",
+        r.network,
+        r.members,
+        r.orphaned,
+        r.routes,
+        r.services.len(),
+        if r.services.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.services.join(", "))
+        },
+        r.data_keys,
+        list(&r.tokens_revoked),
+        list(&r.tokens_changed),
+        if r.policy_rule_removed {
+            "its generated default rule was removed"
+        } else {
+            "unchanged (review the rules that name it: weft admin policy show)"
+        },
+    ));
     Ok(())
 }
 
