@@ -271,6 +271,28 @@ impl Hub {
         queued
     }
 
+    /// Tells every open stream to reconnect elsewhere within `within_ms`
+    /// (the controller is shutting down): a `reconnect` event
+    /// ([`weft_proto::netmap::ReconnectNotice`]), queued as an out-of-band
+    /// frame (`task: true`: streams send it whatever the map version).
+    /// Returns how many streams it was queued on.
+    pub fn drain(&self, within_ms: u64) -> usize {
+        let notice = weft_proto::netmap::ReconnectNotice {
+            within_ms,
+            reason: "controller shutting down".into(),
+        };
+        let mut buf = Vec::with_capacity(96);
+        let name = weft_proto::netmap::EVENT_RECONNECT;
+        sse::encode_event(&mut buf, None, Some(name), &notice.to_json());
+        // Out of band like a task's frame, with the notice as its bytes.
+        let mut frame = task_frame("");
+        frame.bytes = Bytes::from(buf);
+        let subs = lock(&self.subs);
+        // Every stream gets the same frame: the order does not matter.
+        let all = subs.values().flatten();
+        all.filter(|s| s.tx.try_send(frame.clone()).is_ok()).count()
+    }
+
     /// Pushes one version's outgoing payloads to subscribers and records them for
     /// replay; closes the streams of evicted nodes. Call with the state
     /// write-locked, after the batch committed. Returns what it queued.

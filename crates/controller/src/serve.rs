@@ -3,9 +3,12 @@
 //! [`prepare`] opens (and migrates) the database, loads the state and creates
 //! the admin token on first start. [`run`] serves HTTP/1.1 (over TLS unless the
 //! config has none) on an already-bound listener until `shutdown` resolves, so
-//! tests can bind port 0. On shutdown it stops accepting, ends every map stream,
-//! waits for in-flight requests (up to a grace period), then lets the store
-//! writer finish its queue.
+//! tests can bind port 0. On shutdown it stops accepting, tells every map
+//! stream to reconnect elsewhere (a `reconnect` event: agents move to another
+//! replica, or come back spread over [`Config::drain_spread`]), gives the
+//! streams [`Config::drain_wait`] to take it, ends them, waits for in-flight
+//! requests (up to a grace period), then lets the store writer finish its
+//! queue.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -140,6 +143,13 @@ pub struct Config {
     pub hub: HubConfig,
     /// How long shutdown waits for open requests.
     pub shutdown_grace: Duration,
+    /// On shutdown, map streams are told to reconnect elsewhere within this
+    /// (each agent waits a random share of it): a fleet does not arrive at
+    /// another replica, or at this controller when it is back, at once.
+    pub drain_spread: Duration,
+    /// How long shutdown waits, after telling the streams, before ending
+    /// them (less when every stream has gone).
+    pub drain_wait: Duration,
     /// Concurrent connections at most (each map stream is one).
     pub max_connections: usize,
     /// What the audit retention sweep keeps.
@@ -156,6 +166,8 @@ impl Default for Config {
             api: ApiConfig::default(),
             hub: HubConfig::default(),
             shutdown_grace: Duration::from_secs(5),
+            drain_spread: Duration::from_secs(5),
+            drain_wait: Duration::from_secs(1),
             max_connections: 16_384,
             audit_retention: AuditRetention::default(),
             metrics_listener: None,
@@ -385,8 +397,23 @@ pub async fn run(
             }
         });
     }
-    info!("shutting down: no new connections; ending map streams");
     drop(listener);
+    let told = engine
+        .hub()
+        .drain(u64::try_from(config.drain_spread.as_millis()).unwrap_or(u64::MAX));
+    info!(
+        streams = told,
+        spread_ms = config.drain_spread.as_millis() as u64,
+        "shutting down: no new connections; map streams told to reconnect elsewhere"
+    );
+    let until = tokio::time::Instant::now() + config.drain_wait;
+    while told > 0 && engine.hub().stream_count() > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    info!(
+        streams = engine.hub().stream_count(),
+        "ending the map streams left"
+    );
     let _ = shutdown_tx.send(true);
     if let Some(t) = metrics_task {
         let _ = t.await;

@@ -119,6 +119,12 @@ pub(super) struct ServeArgs {
     /// Seconds shutdown waits for open requests.
     #[arg(long, default_value_t = 5)]
     shutdown_grace_secs: u64,
+    /// On SIGTERM every map stream is told to reconnect elsewhere (another
+    /// replica, or this controller when it is back), each agent after a
+    /// random wait within this many seconds, so a fleet does not arrive at
+    /// once. 0: at once.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
+    drain_spread_secs: u64,
     /// Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     log: String,
@@ -282,6 +288,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
                 ..Default::default()
             },
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            drain_spread: Duration::from_secs(args.drain_spread_secs),
             audit_retention: crate::api::AuditRetention::from_flags(
                 args.audit_retain_days,
                 args.audit_retain_count,
