@@ -1,13 +1,18 @@
 //! Controller load benchmark (not a timed test): simulated agents on loopback.
 //!
-//! Registers N nodes into one network (each agent with its own TLS
-//! connection), holds N map streams, then applies changes that touch every
-//! node (a join, a rename, then a policy edit that every node's compiled
-//! policy picks up) and measures how long until every stream saw each one. Prints registrations/s, fan-out p50/p99/max, the controller's RSS
-//! and CPU time.
+//! Registers N nodes into one full-mesh network (PoW difficulty `--pow-bits`,
+//! 0 by default, so 10,000 identities cost nothing), opens N map streams at
+//! once (light agents: one task and one plain-HTTP connection each, see
+//! `fanout/agent.rs`), then applies changes that touch every node (a join, a
+//! rename, a policy edit every node's compiled policy picks up) and measures
+//! how long until every stream saw each one. With `--restart` it then restarts
+//! the controller (SIGTERM, start again on the same data directory and port)
+//! and measures how long until every agent's stream is open again, and the
+//! policy edit once more. Prints registrations/s, fan-out p50/p99/max, the
+//! controller's RSS and CPU time, and the command line.
 //!
 //! ```text
-//! cargo bench -p weft-controller-bin --bench fanout -- [--nodes 1000] [--plain-http]
+//! cargo bench -p weft-controller-bin --bench fanout -- [--nodes 1000] [--restart] [--pow-bits 0]
 //! ```
 #![expect(clippy::disallowed_methods, reason = "a benchmark measures wall time")]
 #![allow(
@@ -24,12 +29,15 @@ use std::time::{Duration, Instant};
 
 use rand_core::{OsRng, RngCore as _};
 use tokio::sync::{Semaphore, mpsc};
-use weft_api_client::{Client, ClientConfig, Trust, parse_fingerprint};
+use weft_api_client::{Client, ClientConfig};
 use weft_identity::{Identity, ProofOfWork};
 use weft_proto::api::{
     CreateNetworkRequest, CreateTokenRequest, SetPolicyRequest, UpdateNodeRequest,
 };
-use weft_proto::netmap::{MapChange, MapEvent};
+
+#[path = "fanout/agent.rs"]
+mod agent;
+use agent::{Report, Shared};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
 
@@ -77,43 +85,54 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn start(dir: &Path, plain: bool) -> (Child, String, Option<[u8; 32]>, String) {
-    let log = std::fs::File::create(dir.join("controller.log")).unwrap();
+/// Starts the controller on `dir` (plain HTTP, `listen`); returns it, its URL
+/// and the admin token once it serves.
+fn start(dir: &Path, listen: &str) -> (Child, String, String) {
+    let _ = std::fs::remove_file(dir.join("controller.url"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("controller.log"))
+        .unwrap();
     let out = std::fs::File::create(dir.join("stdout.txt")).unwrap();
-    let mut args = vec![
+    let args = [
         "serve",
         "--data-dir",
         dir.to_str().unwrap(),
         "--listen",
-        "127.0.0.1:0",
+        listen,
+        "--plain-http",
         "--log",
         "warn",
         // Presence is debounced (5 s by default): 1 s keeps the presence storm
-        // inside the settle time after the streams open, as before.
+        // inside the settle time after the streams open.
         "--online-after-ms",
         "1000",
+        // Every simulated agent registers from 127.0.0.1.
+        "--register-burst",
+        "1000000",
+        "--register-per-minute",
+        "100000000",
     ];
-    if plain {
-        args.push("--plain-http");
-    }
     let mut child = Command::new(BIN)
-        .args(&args)
+        .args(args)
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
-    for _ in 0..1000 {
+    for _ in 0..30_000 {
         if let Ok(url) = std::fs::read_to_string(dir.join("controller.url")) {
-            let stdout = std::fs::read_to_string(dir.join("stdout.txt")).unwrap();
-            let fp = stdout
-                .lines()
-                .find_map(|l| l.strip_prefix("TLS certificate fingerprint: "))
-                .map(|f| parse_fingerprint(f).unwrap());
             let token = std::fs::read_to_string(dir.join("admin.token"))
                 .unwrap()
                 .trim()
                 .to_owned();
-            return (child, url.trim().to_owned(), fp, token);
+            return (child, url.trim().to_owned(), token);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "controller exited at start: {status}; see {}/controller.log",
+                dir.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -122,27 +141,61 @@ fn start(dir: &Path, plain: bool) -> (Child, String, Option<[u8; 32]>, String) {
     panic!("controller did not start");
 }
 
-fn client(url: &str, fp: Option<[u8; 32]>) -> Client {
-    let trust = fp.map_or(Trust::SystemRoots, Trust::Fingerprint);
-    Client::new(ClientConfig {
-        trust,
-        ..ClientConfig::new(url)
-    })
-    .unwrap()
+fn client(url: &str) -> Client {
+    Client::new(ClientConfig::new(url)).unwrap()
 }
 
-/// Waits until `n` streams reported `marker`; returns the latencies from `t0`.
+/// Waits until `n` agents reported a stream opened at or after `since`;
+/// returns the latencies from `t0`, the snapshot count and the refusals.
+async fn opened(
+    rx: &mut mpsc::UnboundedReceiver<Report>,
+    n: usize,
+    since: Instant,
+    t0: Instant,
+    limit: Duration,
+) -> (Vec<Duration>, usize, usize) {
+    let mut seen = vec![false; n];
+    let (mut lat, mut snapshots, mut refused) = (Vec::with_capacity(n), 0, 0);
+    let deadline = Instant::now() + limit;
+    while lat.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(Report::Opened {
+                agent,
+                snapshot,
+                at,
+            })) if at >= since && !seen[agent] => {
+                seen[agent] = true;
+                snapshots += usize::from(snapshot);
+                lat.push(at - t0);
+            }
+            Ok(Some(Report::Refused { status })) => {
+                if refused == 0 {
+                    println!("first refusal of a stream open: HTTP {status}");
+                }
+                refused += 1;
+            }
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    lat.sort();
+    (lat, snapshots, refused)
+}
+
+/// Waits until `n` deltas containing `marker` arrived (60 s at most); returns
+/// the latencies from `t0`.
 async fn collect(
-    rx: &mut mpsc::UnboundedReceiver<(String, Instant)>,
-    marker: &str,
+    rx: &mut mpsc::UnboundedReceiver<Report>,
+    marker: &[u8],
     n: usize,
     t0: Instant,
 ) -> Vec<Duration> {
     let mut lat = Vec::with_capacity(n);
     let deadline = Instant::now() + Duration::from_secs(60);
     while lat.len() < n && Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
-            Ok(Some((m, at))) if m == marker => lat.push(at - t0),
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(Report::Hit { marker: m, at })) if &*m == marker => lat.push(at - t0),
             Ok(Some(_)) => {}
             _ => break,
         }
@@ -151,43 +204,62 @@ async fn collect(
     lat
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 fn report(name: &str, lat: &[Duration], n: usize) {
     println!(
         "fan-out ({name}): {}/{} streams saw it; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         lat.len(),
         n,
-        percentile(lat, 0.50).as_secs_f64() * 1e3,
-        percentile(lat, 0.99).as_secs_f64() * 1e3,
-        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        ms(percentile(lat, 0.50)),
+        ms(percentile(lat, 0.99)),
+        ms(lat.last().copied().unwrap_or_default()),
     );
+}
+
+struct Args {
+    n: usize,
+    restart: bool,
+    pow_bits: u32,
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args
-        .iter()
-        .position(|a| a == "--nodes")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let plain = args.iter().any(|a| a == "--plain-http");
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+    };
+    let a = Args {
+        n: value("--nodes").unwrap_or(1000),
+        restart: args.iter().any(|a| a == "--restart"),
+        pow_bits: value("--pow-bits").map_or(0, |v: usize| v as u32),
+    };
+    agent::self_check();
     raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(n, plain));
+    rt.block_on(run(a));
 }
 
-async fn run(n: usize, plain: bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, url, fp, admin_token) = start(dir.path(), plain);
-    let pid = child.id();
+async fn run(a: Args) {
+    let n = a.n;
     println!(
-        "controller {url} (pid {pid}), {n} simulated agents, {}",
-        if plain { "HTTP" } else { "HTTPS" }
+        "command: cargo bench -p weft-controller-bin --bench fanout -- --nodes {n} --pow-bits {}{}",
+        a.pow_bits,
+        if a.restart { " --restart" } else { "" }
     );
-    let admin = client(&url, fp).with_bearer(&admin_token).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url, admin_token) = start(dir.path(), "127.0.0.1:0");
+    let pid = child.id();
+    let listen = url.trim_start_matches("http://").to_owned();
+    println!("controller {url} (pid {pid}), {n} simulated agents, plain HTTP on loopback");
+    let admin = client(&url).with_bearer(&admin_token).unwrap();
     admin
         .create_network(&CreateNetworkRequest {
             api_version: None,
@@ -195,7 +267,7 @@ async fn run(n: usize, plain: bool) {
             ipv4_cidr: "100.64.0.0/16".into(),
             ipv6_prefix: Some("fd7a:115c:a1e0::/48".into()),
             dns_domain: None,
-            pow_difficulty: Some(8),
+            pow_difficulty: Some(a.pow_bits),
         })
         .await
         .unwrap();
@@ -211,26 +283,26 @@ async fn run(n: usize, plain: bool) {
         .await
         .unwrap()
         .token;
-    let ids: Vec<Arc<Identity>> = (0..n + 1).map(|_| Arc::new(identity(8))).collect();
+    let ids: Vec<Arc<Identity>> = (0..n + 1).map(|_| Arc::new(identity(a.pow_bits))).collect();
 
-    // 1. Registrations: 64 agents at a time, each its own client (TLS session).
+    // 1. Registrations: 64 at a time over one client's connection pool.
     let sem = Arc::new(Semaphore::new(64));
     let creds: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
     let (_, _, cpu0) = usage(pid);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
+    let reg = client(&url);
     for (i, id) in ids.iter().take(n).enumerate() {
-        let (sem, token, id, url, creds) = (
+        let (sem, token, id, reg, creds) = (
             sem.clone(),
             token.clone(),
             id.clone(),
-            url.clone(),
+            reg.clone(),
             creds.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
-            let c = client(&url, fp);
-            let r = c
+            let r = reg
                 .register(
                     &token,
                     id.node_key(),
@@ -250,62 +322,48 @@ async fn run(n: usize, plain: bool) {
     let reg_secs = t0.elapsed().as_secs_f64();
     let (rss, _, cpu1) = usage(pid);
     println!(
-        "registered {n} nodes in {reg_secs:.2} s: {:.0} registrations/s (controller CPU {:.2} s, RSS {rss:.1} MiB)",
+        "registered {n} nodes in {reg_secs:.2} s: {:.0} registrations/s (controller CPU {:.2} s, {:.2} ms per join; RSS {rss:.1} MiB)",
         n as f64 / reg_secs,
-        cpu1 - cpu0
+        cpu1 - cpu0,
+        (cpu1 - cpu0) * 1e3 / n as f64
     );
 
-    // 2. Hold N streams; wait for every snapshot, then for the presence storm to settle.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Instant)>();
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
-    let armed: Arc<std::sync::RwLock<Option<String>>> = Arc::default();
-    let creds = creds.lock().unwrap().clone();
+    // 2. Every agent opens its stream at once.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
+    let shared = Arc::new(Shared {
+        addr: listen.parse().unwrap(),
+        armed: std::sync::RwLock::new(None),
+        tx,
+    });
+    let mut creds = creds.lock().unwrap().clone();
+    creds.sort();
     let t1 = Instant::now();
-    for (_, cred) in creds {
-        let (tx, ready_tx, armed, url) = (tx.clone(), ready_tx.clone(), armed.clone(), url.clone());
-        tokio::spawn(async move {
-            let c = client(&url, fp).with_bearer(&cred).unwrap();
-            let mut s = c.map_stream(None, Duration::from_secs(60)).await.unwrap();
-            let mut first = true;
-            while let Some(Ok(ev)) = s.next_map().await {
-                if first {
-                    let _ = ready_tx.send(());
-                    first = false;
-                }
-                let MapEvent::Delta(d) = ev else { continue };
-                let marker = armed.read().unwrap().clone();
-                let Some(marker) = marker else { continue };
-                let hit = d.changes.iter().any(|ch| match ch {
-                    MapChange::PeerUpsert { peer, .. } => {
-                        peer.node_key.to_string() == marker || peer.name == marker
-                    }
-                    MapChange::Policy { policy: Some(p) } => {
-                        serde_json::to_string(p).is_ok_and(|text| text.contains(&marker))
-                    }
-                    _ => false,
-                });
-                if hit {
-                    let _ = tx.send((marker, Instant::now()));
-                }
-            }
-        });
-    }
-    for _ in 0..n {
-        ready_rx.recv().await.unwrap();
-    }
+    let agents: Vec<_> = creds
+        .into_iter()
+        .map(|(i, cred)| tokio::spawn(agent::run(i, cred, shared.clone())))
+        .collect();
+    let (lat, snaps, refused) = opened(&mut rx, n, t1, t1, Duration::from_secs(180)).await;
     println!(
-        "{n} streams open with their snapshots after {:.2} s",
-        t1.elapsed().as_secs_f64()
+        "{}/{n} streams open with their snapshots ({snaps} snapshots, {refused} refusals) after {:.2} s; p50 {:.0} ms, p99 {:.0} ms",
+        lat.len(),
+        t1.elapsed().as_secs_f64(),
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (rss_idle, _, cpu_idle) = usage(pid);
+    settle(pid, "the presence changes of the streams opening").await;
+    let (rss_idle, _, _) = usage(pid);
 
     // 3. One change that touches every node: a new node joins.
+    let arm = |m: &[u8]| {
+        let m: Arc<[u8]> = Arc::from(m);
+        *shared.armed.write().unwrap() = Some(m.clone());
+        m
+    };
     let newcomer = ids[n].clone();
-    *armed.write().unwrap() = Some(newcomer.node_key().to_string());
-    let c = client(&url, fp);
+    let key = newcomer.node_key().to_string();
+    arm(key.as_bytes());
     let t2 = Instant::now();
-    c.register(
+    reg.register(
         &token,
         newcomer.node_key(),
         newcomer.pow().nonce,
@@ -315,15 +373,15 @@ async fn run(n: usize, plain: bool) {
     )
     .await
     .unwrap();
-    let join = collect(&mut rx, &newcomer.node_key().to_string(), n, t2).await;
+    let join = collect(&mut rx, key.as_bytes(), n, t2).await;
     report("join", &join, n);
 
     // 4. Another: rename the newcomer (an admin change).
-    *armed.write().unwrap() = Some("renamed-newcomer".into());
+    arm(b"renamed-newcomer");
     let t3 = Instant::now();
     admin
         .update_node(
-            &newcomer.node_key().to_string(),
+            &key,
             &UpdateNodeRequest {
                 name: Some("renamed-newcomer".into()),
                 ..Default::default()
@@ -331,19 +389,97 @@ async fn run(n: usize, plain: bool) {
         )
         .await
         .unwrap();
-    let rename = collect(&mut rx, "renamed-newcomer", n, t3).await;
+    let rename = collect(&mut rx, b"renamed-newcomer", n, t3).await;
     report("rename", &rename, n);
 
     // 5. A policy edit every node's compiled policy picks up (a new rule among
     //    all members): the controller recompiles everyone.
-    let marker = "bench-policy-edit";
-    *armed.write().unwrap() = Some(marker.into());
+    policy_edit(&admin, &mut rx, &arm, pid, n, "bench-policy-edit").await;
+    let (rss_end, hwm, cpu_end) = usage(pid);
+    println!(
+        "controller RSS: {rss_idle:.1} MiB holding {n} streams, {rss_end:.1} MiB at the end, peak {hwm:.1} MiB; CPU: {:.2} s registering, {cpu_end:.2} s total",
+        cpu1 - cpu0,
+    );
+
+    // 6. A controller restart: every agent reconnects at once.
+    if a.restart {
+        let t5 = Instant::now();
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        );
+        let _ = child.wait();
+        let stopped = t5.elapsed();
+        let (c2, url2, _) = start(dir.path(), &listen);
+        child = c2;
+        let pid = child.id();
+        let up = t5.elapsed();
+        let (lat, snaps, refused) = opened(&mut rx, n, t5, t5, Duration::from_secs(180)).await;
+        let within = lat
+            .iter()
+            .filter(|d| **d <= Duration::from_secs(60))
+            .count();
+        println!(
+            "restart: stopped in {:.2} s, serving again ({url2}) {:.2} s after SIGTERM; {}/{n} streams open again ({within} within 60 s; {snaps} snapshots, {refused} refusals), last {:.2} s after SIGTERM; p50 {:.0} ms, p99 {:.0} ms",
+            stopped.as_secs_f64(),
+            up.as_secs_f64(),
+            lat.len(),
+            lat.last().copied().unwrap_or_default().as_secs_f64(),
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99)),
+        );
+        settle(pid, "the reconnect").await;
+        let admin = client(&url2).with_bearer(&admin_token).unwrap();
+        policy_edit(&admin, &mut rx, &arm, pid, n, "after-restart-edit").await;
+        let (rss, hwm, cpu) = usage(pid);
+        println!(
+            "after the restart: controller RSS {rss:.1} MiB, peak {hwm:.1} MiB, CPU {cpu:.2} s"
+        );
+    }
+    for t in agents {
+        t.abort();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Waits (3 s at least, 300 s at most) until the controller is idle (under
+/// 5 % of a core over a second) and says how long that took.
+async fn settle(pid: u32, what: &str) {
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut cpu = usage(pid).2;
+    while t.elapsed() < Duration::from_secs(300) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = usage(pid).2;
+        if now - cpu < 0.05 {
+            break;
+        }
+        cpu = now;
+    }
+    println!(
+        "controller idle {:.1} s after {what} (CPU {cpu:.2} s so far)",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// Adds a rule among all members named `marker` and measures until `n`
+/// streams saw it.
+async fn policy_edit(
+    admin: &Client,
+    rx: &mut mpsc::UnboundedReceiver<Report>,
+    arm: &impl Fn(&[u8]) -> Arc<[u8]>,
+    pid: u32,
+    n: usize,
+    marker: &str,
+) {
+    arm(marker.as_bytes());
     let mut text = admin.get_policy().await.unwrap().text;
     text.push_str(&format!(
         "\n[[rule]]\nname = \"{marker}\"\naction = \"allow\"\nfrom = \"tag:bench\"\nto = \"tag:bench\"\nproto = \"tcp\"\nports = [443]\n"
     ));
-    let (_, _, cpu_before_edit) = usage(pid);
-    let t4 = Instant::now();
+    let (_, _, cpu_before) = usage(pid);
+    let t = Instant::now();
     admin
         .set_policy(&SetPolicyRequest {
             api_version: None,
@@ -352,21 +488,13 @@ async fn run(n: usize, plain: bool) {
         })
         .await
         .unwrap();
-    let edit = collect(&mut rx, marker, n, t4).await;
-    report("policy edit", &edit, n);
-    let (_, _, cpu_after_edit) = usage(pid);
+    let answered = t.elapsed();
+    let edit = collect(rx, marker.as_bytes(), n, t).await;
+    report(&format!("policy edit {marker}"), &edit, n);
+    let (_, _, cpu_after) = usage(pid);
     println!(
-        "policy edit: controller CPU {:.2} s (recompile of every node and the fan-out)",
-        cpu_after_edit - cpu_before_edit
+        "policy edit: answered after {:.1} ms; controller CPU {:.2} s (recompile of every node and the fan-out)",
+        ms(answered),
+        cpu_after - cpu_before
     );
-
-    let (rss_end, hwm, cpu_end) = usage(pid);
-    println!(
-        "controller RSS: {rss_idle:.1} MiB holding {n} streams, {rss_end:.1} MiB at the end, peak {hwm:.1} MiB; CPU: {:.2} s registering, {:.2} s total",
-        cpu1 - cpu0,
-        cpu_end
-    );
-    let _ = cpu_idle;
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -140,10 +140,14 @@ impl Engine {
     /// it times every commit and fan-out into `metrics`.
     pub fn start<S: Store>(
         store: S,
-        world: World,
+        mut world: World,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Engine, EngineThread)> {
+        // Presence is not stored: nodes seen lately stay online while their
+        // streams come back (model::presence), so a restart is no presence storm.
+        let assumed = crate::model::assumed_online(&world, clock::now_unix_ms() / 1000);
+        world.restore_online(&assumed);
         let (tx, rx) = mpsc::unbounded_channel();
         let (presence, events) = std_mpsc::channel();
         let relay_feed = Arc::new(RelayFeed::new(&world));
@@ -153,7 +157,7 @@ impl Engine {
             let tx = tx.clone();
             std::thread::Builder::new()
                 .name("weft-presence".into())
-                .spawn(move || presence_loop(cfg, &events, &tx))?
+                .spawn(move || presence_loop(cfg, &assumed, &events, &tx))?
         };
         let thread = {
             let world = world.clone();
@@ -300,10 +304,12 @@ impl Engine {
 /// they arrived and queues each debounced transition for the writer.
 fn presence_loop(
     cfg: PresenceConfig,
+    assumed: &[NodeId],
     events: &std_mpsc::Receiver<StreamEvent>,
     tx: &mpsc::UnboundedSender<Cmd>,
 ) {
     let mut tracker = Presence::new(cfg);
+    tracker.assume_online(assumed, clock::now(), crate::model::RESTART_GRACE);
     loop {
         let event = match tracker.next_deadline() {
             None => events.recv().ok(),

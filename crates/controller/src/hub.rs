@@ -8,14 +8,22 @@
 //! A delta shared by many nodes is serialized once; each subscriber gets a cheap
 //! reference-counted copy of the bytes through a bounded queue. A subscriber that
 //! falls behind (queue full) is not disconnected: it is flagged as lagged and its
-//! stream replaces the backlog with a fresh snapshot.
+//! stream replaces the backlog with a fresh snapshot. Snapshots share each
+//! network's peer entries, encoded once per version
+//! ([`crate::netmap::shared`]).
+//!
+//! Stream opens are admitted ([`Hub::admit`]) a few at a time, in arrival
+//! order: after a controller restart every agent reconnects at once, and each
+//! waits its turn for its snapshot (its stream already open and kept alive)
+//! instead of all of them competing for the state lock until they time out.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures_util::FutureExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use weft_proto::netmap::{EVENT_DELTA, EVENT_SNAPSHOT, MapEvent};
 use weft_proto::sse;
 use weft_proto::task::{EVENT_TASK, TaskNotice};
@@ -23,6 +31,7 @@ use weft_proto::task::{EVENT_TASK, TaskNotice};
 use crate::error::ApiError;
 use crate::metrics::Pushed;
 use crate::model::{NodeId, PresenceConfig, World};
+use crate::netmap::shared::{SnapshotCache, snapshot_chunks};
 use crate::netmap::{self, Outgoing, Payload};
 
 /// One encoded SSE event.
@@ -32,8 +41,17 @@ pub struct Frame {
     pub version: u64,
     /// A `task` event: not a map version, never skipped as stale.
     pub task: bool,
-    /// The encoded event.
+    /// The encoded event (its first part when `more` is not empty).
     pub bytes: Bytes,
+    /// The rest of the event: a snapshot assembled from shared parts.
+    pub more: Vec<Bytes>,
+}
+
+impl Frame {
+    /// The event's bytes, in order.
+    pub fn into_chunks(self) -> impl Iterator<Item = Bytes> {
+        std::iter::once(self.bytes).chain(self.more)
+    }
 }
 
 /// Hub limits.
@@ -51,6 +69,9 @@ pub struct HubConfig {
     pub streams_per_node: usize,
     /// When a node's streams make it online or offline for its peers.
     pub presence: PresenceConfig,
+    /// Stream opens served (snapshot or replay computed) at once; the others
+    /// wait their turn, in order, with their streams kept alive.
+    pub open_concurrency: usize,
 }
 
 impl Default for HubConfig {
@@ -62,6 +83,7 @@ impl Default for HubConfig {
             ring_bytes: 16 << 20,
             streams_per_node: 4,
             presence: PresenceConfig::default(),
+            open_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
         }
     }
 }
@@ -124,6 +146,10 @@ pub struct Hub {
     subs: Mutex<HashMap<NodeId, Vec<SubHandle>>>,
     ring: Mutex<Ring>,
     next_id: AtomicU64,
+    /// Each network's peer list at the current version, for snapshots.
+    snapshots: SnapshotCache,
+    /// Stream opens being served.
+    admission: Arc<Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -149,6 +175,7 @@ pub fn encode(event: &MapEvent) -> Frame {
         version: event.version(),
         task: false,
         bytes: Bytes::from(buf),
+        more: Vec::new(),
     }
 }
 
@@ -164,6 +191,7 @@ pub fn task_frame(task_id: &str) -> Frame {
         version: 0,
         task: true,
         bytes: Bytes::from(buf),
+        more: Vec::new(),
     }
 }
 
@@ -175,12 +203,40 @@ pub fn snapshot_frame(world: &World, node: NodeId) -> Option<Frame> {
 impl Hub {
     /// An empty hub.
     pub fn new(cfg: HubConfig) -> Self {
+        let admission = Arc::new(Semaphore::new(cfg.open_concurrency.max(1)));
         Self {
             cfg,
             subs: Mutex::new(HashMap::new()),
             ring: Mutex::new(Ring::default()),
             next_id: AtomicU64::new(1),
+            snapshots: SnapshotCache::default(),
+            admission,
         }
+    }
+
+    /// The snapshot frame of `node` at the world's version, its peer entries
+    /// shared with every other snapshot of this version; `None` if the node
+    /// does not exist or is disabled.
+    pub fn snapshot(&self, world: &World, node: NodeId) -> Option<Frame> {
+        match snapshot_chunks(&self.snapshots, world, node) {
+            Some(mut chunks) if !chunks.is_empty() => {
+                let bytes = chunks.remove(0);
+                Some(Frame {
+                    version: world.version,
+                    task: false,
+                    bytes,
+                    more: chunks,
+                })
+            }
+            _ => snapshot_frame(world, node),
+        }
+    }
+
+    /// Waits for a turn to serve a stream open (first come, first served);
+    /// hold the permit while computing its first frames. (`None` only if the
+    /// semaphore were closed, which it never is.)
+    pub fn admit(&self) -> impl Future<Output = Option<OwnedSemaphorePermit>> + Send + 'static {
+        self.admission.clone().acquire_owned().map(Result::ok)
     }
 
     /// Registers a stream for `node` and returns the frames it must send first:
@@ -192,16 +248,29 @@ impl Hub {
         node: NodeId,
         last_event_id: Option<u64>,
     ) -> Result<(Subscription, Vec<Frame>), ApiError> {
-        let initial = match last_event_id.and_then(|last| self.replay(world.version, node, last)) {
-            Some(frames) => frames,
-            None => vec![snapshot_frame(world, node).ok_or(ApiError::NodeDisabled)?],
-        };
+        let mut sub = self.open(node)?;
+        match self.initial(world, &mut sub, last_event_id) {
+            Some(frames) => Ok((sub, frames)),
+            None => {
+                self.unsubscribe(node, sub.id);
+                Err(ApiError::NodeDisabled)
+            }
+        }
+    }
+
+    /// Registers a stream for `node`; its first frames come from
+    /// [`Hub::initial`]. Frames published meanwhile are queued (and skipped
+    /// by the stream when they are not newer than its first frames).
+    pub fn open(&self, node: NodeId) -> Result<Subscription, ApiError> {
         let (tx, rx) = mpsc::channel(self.cfg.queue);
         let lagged = Arc::new(AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut subs = lock(&self.subs);
         let list = subs.entry(node).or_default();
         if list.len() >= self.cfg.streams_per_node {
+            if list.is_empty() {
+                subs.remove(&node);
+            }
             return Err(ApiError::TooMany {
                 code: "too_many_streams",
                 message: format!("at most {} map streams per node", self.cfg.streams_per_node),
@@ -212,15 +281,31 @@ impl Hub {
             tx,
             lagged: lagged.clone(),
         });
-        Ok((
-            Subscription {
-                id,
-                node,
-                rx,
-                lagged,
-            },
-            initial,
-        ))
+        Ok(Subscription {
+            id,
+            node,
+            rx,
+            lagged,
+        })
+    }
+
+    /// The frames an opened stream sends first: the deltas after
+    /// `last_event_id` if the ring still has them all, else a snapshot;
+    /// `None` if the node is gone or disabled. Call with the state
+    /// read-locked: everything queued so far is older, and is dropped.
+    pub fn initial(
+        &self,
+        world: &World,
+        sub: &mut Subscription,
+        last_event_id: Option<u64>,
+    ) -> Option<Vec<Frame>> {
+        while sub.rx.try_recv().is_ok() {}
+        sub.lagged.store(false, Ordering::Release);
+        world.node(sub.node).filter(|n| !n.rec.disabled)?;
+        match last_event_id.and_then(|last| self.replay(world.version, sub.node, last)) {
+            Some(frames) => Some(frames),
+            None => Some(vec![self.snapshot(world, sub.node)?]),
+        }
     }
 
     /// Removes a stream.
@@ -248,6 +333,7 @@ impl Hub {
     pub fn evict_all(&self) {
         lock(&self.subs).clear();
         *lock(&self.ring) = Ring::default();
+        self.snapshots.clear();
     }
 
     /// Sends a `task` event ([`weft_proto::task::TaskNotice`]) to every open
@@ -324,7 +410,7 @@ impl Hub {
                     Payload::Resync => {
                         for r in o.recipients.iter() {
                             if let Some(list) = subs.get(r)
-                                && let Some(frame) = snapshot_frame(world, *r)
+                                && let Some(frame) = self.snapshot(world, *r)
                             {
                                 push(list, &frame, &mut pushed, true);
                             }
@@ -374,6 +460,7 @@ impl Hub {
                             version: e.version,
                             task: false,
                             bytes: bytes.clone(),
+                            more: Vec::new(),
                         }),
                         RingPayload::Resync => return None,
                     }

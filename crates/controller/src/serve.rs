@@ -365,8 +365,16 @@ pub async fn run(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        // Handlers see the peer address (per-source rate limits).
-        let svc = TowerToHyperService::new(router.clone().layer(axum::Extension(Peer(peer))));
+        // Handlers see the peer address (per-source rate limits), put in each
+        // request's extensions. (Not `router.layer(Extension(..))`: that
+        // rebuilds every route for every connection, ~100 KiB each, kept for
+        // as long as a map stream lives.)
+        let inner = TowerToHyperService::new(router.clone());
+        let svc =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                hyper::service::Service::call(&inner, req)
+            });
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {

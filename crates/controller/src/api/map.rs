@@ -2,7 +2,10 @@
 //!
 //! The stream starts with `retry: 2000`, then either the deltas after the
 //! client's `Last-Event-ID` (when the replay ring still covers them) or a
-//! snapshot, then every later delta as it is committed. Each event's id is the
+//! snapshot, then every later delta as it is committed. The response starts at
+//! once; the first frames wait for the stream's turn ([`crate::hub::Hub::admit`]:
+//! a few opens at a time, in order, so a fleet reconnecting at once queues
+//! instead of timing out), with keepalives while it waits. Each event's id is the
 //! map version it brings the node to. A comment line every keepalive interval
 //! lets an idle agent tell a live stream from a dead one. After the snapshot
 //! (or the replayed deltas) comes a `task` event (no id) for every task the
@@ -11,6 +14,8 @@
 //! controller shuts down.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -19,7 +24,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::HeaderMap;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Interval, MissedTickBehavior};
 use weft_proto::netmap::NetworkMap;
 use weft_proto::sse;
@@ -28,7 +33,7 @@ use super::{AppState, NodeAuth};
 use crate::clock;
 use crate::engine::Engine;
 use crate::error::ApiError;
-use crate::hub::{Frame, Subscription, snapshot_frame, task_frame};
+use crate::hub::{Subscription, task_frame};
 use crate::model::NodeId;
 use crate::netmap;
 
@@ -78,8 +83,13 @@ impl Drop for StreamGuard {
     }
 }
 
+type Admission = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
+
 struct StreamState {
     initial: std::vec::IntoIter<Bytes>,
+    /// Waiting for the turn to compute the first frames (resuming after this
+    /// `Last-Event-ID`); `None` once they were sent.
+    opening: Option<(Admission, Option<u64>)>,
     sub: Subscription,
     engine: Engine,
     keepalive: Interval,
@@ -94,17 +104,8 @@ pub(super) async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers)?;
-    // The pending tasks are read under the same lock as the subscription:
-    // a task created later reaches the new stream as an event.
-    let (sub, initial, tasks) = {
-        let world = st.engine.world().read().await;
-        let (sub, initial) = st.engine.hub().subscribe(&world, auth.id, last)?;
-        (
-            sub,
-            initial,
-            world.pending_tasks(auth.id, clock::now_unix_ms()),
-        )
-    };
+    let hub = st.engine.hub();
+    let sub = hub.open(auth.id)?;
     st.engine.presence(auth.id, true);
     let guard = Arc::new(StreamGuard {
         engine: st.engine.clone(),
@@ -113,22 +114,17 @@ pub(super) async fn stream(
     });
     let mut head = Vec::new();
     sse::encode_retry(&mut head, 2000);
-    let last_version = initial
-        .last()
-        .map_or(last.unwrap_or(0), |f: &Frame| f.version);
-    let mut chunks = vec![Bytes::from(head)];
-    chunks.extend(initial.into_iter().map(|f| f.bytes));
-    chunks.extend(tasks.iter().map(|t| task_frame(t).bytes));
     let period = st.cfg.keepalive;
     let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let state = StreamState {
-        initial: chunks.into_iter(),
+        initial: vec![Bytes::from(head)].into_iter(),
+        opening: Some((Box::pin(hub.admit()), last)),
         sub,
         engine: st.engine.clone(),
         keepalive,
         shutdown: st.shutdown.clone(),
-        last_version,
+        last_version: last.unwrap_or(0),
         _guard: guard,
     };
     let body = futures_util::stream::unfold(state, |mut s| async move {
@@ -146,8 +142,54 @@ pub(super) async fn stream(
         .into_response())
 }
 
+fn keepalive_comment() -> Bytes {
+    let mut out = Vec::new();
+    sse::encode_comment(&mut out, "keepalive");
+    Bytes::from(out)
+}
+
+/// Waits for the stream's turn, then queues its first frames: the replay or
+/// snapshot, then a `task` event per task to lease now (read under the same
+/// lock: a task created later reaches the stream as an event). `Err` carries
+/// a chunk to send meanwhile (a keepalive); `Ok(false)`: end the stream.
+async fn open(s: &mut StreamState) -> Result<bool, Bytes> {
+    let Some((admission, last)) = s.opening.as_mut() else {
+        return Ok(true);
+    };
+    let permit = tokio::select! {
+        biased;
+        _ = s.shutdown.changed() => return Ok(false),
+        p = admission => p,
+        _ = s.keepalive.tick() => return Err(keepalive_comment()),
+    };
+    let last = *last;
+    s.opening = None;
+    let world = s.engine.world().read().await;
+    let Some(frames) = s.engine.hub().initial(&world, &mut s.sub, last) else {
+        return Ok(false);
+    };
+    let tasks = world.pending_tasks(s.sub.node, clock::now_unix_ms());
+    drop(world);
+    drop(permit);
+    if let Some(f) = frames.last() {
+        s.last_version = f.version;
+    }
+    let mut chunks: Vec<Bytes> = frames.into_iter().flat_map(|f| f.into_chunks()).collect();
+    chunks.extend(tasks.iter().map(|t| task_frame(t).bytes));
+    s.initial = chunks.into_iter();
+    Ok(true)
+}
+
 /// The next bytes to send, or `None` to end the stream.
 async fn next_chunk(s: &mut StreamState) -> Option<Bytes> {
+    if let Some(b) = s.initial.next() {
+        return Some(b);
+    }
+    match open(s).await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(keepalive) => return Some(keepalive),
+    }
     if let Some(b) = s.initial.next() {
         return Some(b);
     }
@@ -161,16 +203,15 @@ async fn next_chunk(s: &mut StreamState) -> Option<Bytes> {
             // meanwhile, so every frame queued now is older than the snapshot.
             let world = s.engine.world().read().await;
             while s.sub.rx.try_recv().is_ok() {}
-            let frame = snapshot_frame(&world, s.sub.node)?;
+            let frame = s.engine.hub().snapshot(&world, s.sub.node)?;
             s.last_version = frame.version;
             // Task events may have been among the dropped frames.
             let tasks = world.pending_tasks(s.sub.node, clock::now_unix_ms());
-            s.initial = tasks
-                .iter()
-                .map(|t| task_frame(t).bytes)
-                .collect::<Vec<_>>()
-                .into_iter();
-            return Some(frame.bytes);
+            drop(world);
+            let mut chunks: Vec<Bytes> = frame.into_chunks().collect();
+            chunks.extend(tasks.iter().map(|t| task_frame(t).bytes));
+            s.initial = chunks.into_iter();
+            return s.initial.next();
         }
         tokio::select! {
             biased;
@@ -184,13 +225,13 @@ async fn next_chunk(s: &mut StreamState) -> Option<Bytes> {
                     continue;
                 }
                 s.last_version = frame.version;
-                return Some(frame.bytes);
+                // A snapshot pushed on a resync comes in several parts.
+                let mut chunks = frame.into_chunks();
+                let first = chunks.next();
+                s.initial = chunks.collect::<Vec<_>>().into_iter();
+                return first;
             }
-            _ = s.keepalive.tick() => {
-                let mut out = Vec::new();
-                sse::encode_comment(&mut out, "keepalive");
-                return Some(Bytes::from(out));
-            }
+            _ = s.keepalive.tick() => return Some(keepalive_comment()),
         }
     }
 }

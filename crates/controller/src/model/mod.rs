@@ -87,7 +87,7 @@ pub use nodes::{
     UpdateNode,
 };
 pub use policy::{PolicyState, SetPolicy};
-pub use presence::{Presence, PresenceConfig};
+pub use presence::{Presence, PresenceConfig, RESTART_GRACE, assumed_online};
 pub use relays::{NewRelay, RelayReport, RemoveRelay, ReportRelay};
 pub use rotate_key::{RotateKey, RotatedKey};
 pub use routes::{AdvertiseRoutes, ChangeRoute, GATEWAY_TAG, RouteOp, RouteStatus};

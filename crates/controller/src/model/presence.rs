@@ -11,11 +11,43 @@
 //!
 //! Pure: time comes in as `now`; the engine's presence thread feeds stream
 //! opens and closes in and wakes at [`Presence::next_deadline`].
+//!
+//! Presence is not stored, but a restart must not make the whole fleet flap:
+//! every node flipping offline and back online would send every peer an
+//! update about every other (O(n²) after a restart of an n-node mesh). So a
+//! controller starts with the nodes seen within [`SEEN_WINDOW_SECS`] taken as
+//! online ([`assumed_online`], [`Presence::assume_online`]): one whose stream
+//! comes back within [`RESTART_GRACE`] (plus the offline window) costs
+//! nothing; one that does not goes offline then, as if its stream had closed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use super::NodeId;
+use super::{NodeId, World};
+
+/// A node whose last sign of life (a presence change, a report, its
+/// registration) is this recent when the controller starts is taken as online.
+/// Agents report every 30 s.
+pub(crate) const SEEN_WINDOW_SECS: u64 = 120;
+
+/// How long after a start an assumed-online node has to open a stream again
+/// before its offline window starts.
+pub const RESTART_GRACE: Duration = Duration::from_secs(60);
+
+/// The enabled nodes seen within [`SEEN_WINDOW_SECS`] before `now_secs`.
+pub fn assumed_online(world: &World, now_secs: u64) -> Vec<NodeId> {
+    world
+        .node_ids()
+        .filter_map(|id| world.node(id))
+        .filter(|n| !n.rec.disabled)
+        .filter(|n| {
+            n.rec
+                .last_seen
+                .is_some_and(|s| s.saturating_add(SEEN_WINDOW_SECS) >= now_secs)
+        })
+        .map(|n| n.rec.id)
+        .collect()
+}
 
 /// The two debounce windows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +111,25 @@ impl Presence {
         }
         e.streams = e.streams.saturating_add(1);
         self.reschedule(node);
+    }
+
+    /// Takes `nodes` as online without a stream (peers were told so before a
+    /// restart): each goes offline unless a stream of it opens within
+    /// `grace` plus the offline window.
+    pub fn assume_online(&mut self, nodes: &[NodeId], now: Instant, grace: Duration) {
+        let since = now.checked_add(grace).unwrap_or(now);
+        for &node in nodes {
+            self.nodes.insert(
+                node,
+                Entry {
+                    streams: 0,
+                    since,
+                    online: true,
+                    deadline: None,
+                },
+            );
+            self.reschedule(node);
+        }
     }
 
     /// A map stream of `node` closed.
@@ -257,6 +308,24 @@ mod tests {
         p.opened(2, t0);
         p.closed(9, t0); // never opened: ignored
         assert_eq!(p.poll(t0 + 10 * S), vec![(2, true), (1, true), (3, true)]);
+    }
+
+    #[test]
+    fn nodes_assumed_online_stay_online_if_they_come_back_within_the_grace() {
+        let (mut p, t0) = tracker();
+        p.assume_online(&[1, 2, 3], t0, 60 * S);
+        assert!(p.is_online(1) && p.is_online(2) && p.is_online(3));
+        // 1 reconnects within the grace, 2 after it but within the offline
+        // window: neither changes anything.
+        p.opened(1, t0 + 10 * S);
+        assert!(p.poll(t0 + 70 * S).is_empty());
+        p.opened(2, t0 + 70 * S);
+        // 3 never comes back: offline when the grace and the window are over.
+        assert_eq!(p.next_deadline(), Some(t0 + 75 * S));
+        assert!(p.poll(t0 + 74 * S).is_empty());
+        assert_eq!(p.poll(t0 + 75 * S), vec![(3, false)]);
+        assert!(p.is_online(1) && p.is_online(2) && !p.is_online(3));
+        assert_eq!(p.next_deadline(), None);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::store::MembershipRecord;
 
 mod blocklist;
 mod services;
+pub mod shared;
 mod ssh;
 
 /// What a group of nodes receives for one version.
@@ -88,12 +89,28 @@ fn network_view(
         .filter_map(|p| p.memberships.get(&net.rec.id).map(|pm| peer_view(p, pm)))
         .collect();
     peers.sort_by_key(|a| a.node_key);
+    let mut view = network_view_parts(world, net, me, m, |k| {
+        peers.binary_search_by_key(k, |p| p.node_key).is_ok()
+    });
+    view.peers = peers;
+    view
+}
+
+/// `me`'s view of `net` without its peers (`peers` is empty; `is_peer` says
+/// which keys are among them, for the routes).
+fn network_view_parts(
+    world: &World,
+    net: &NetState,
+    me: &NodeState,
+    m: &MembershipRecord,
+    is_peer: impl Fn(&NodeKey) -> bool,
+) -> NetworkView {
     let (gateways, serves) = world.map_routes(net.rec.id, me.rec.id);
     // Only through gateways this node may talk to.
     let routes = gateways
         .into_iter()
         .filter_map(|(prefix, mut keys)| {
-            keys.retain(|k| peers.binary_search_by_key(k, |p| p.node_key).is_ok());
+            keys.retain(|k| is_peer(k));
             let mut keys = keys.into_iter();
             let via = keys.next()?;
             Some(weft_proto::netmap::SubnetRoute {
@@ -110,7 +127,7 @@ fn network_view(
         dns_domain: net.rec.dns_domain.clone(),
         ipv4: m.ipv4,
         ipv6: m.ipv6,
-        peers,
+        peers: Vec::new(),
         routes,
         serves,
         anomaly: net.rec.anomaly.filter(|a| !a.is_empty()),
@@ -166,9 +183,6 @@ type Candidate<'a> = (
     Option<Viewpoint<'a, NodeKey>>,
     Option<Viewpoint<'a, NodeKey>>,
 );
-
-/// Recipients that receive the same changes, and those changes.
-type Group = (Vec<NodeId>, Vec<MapChange>);
 
 /// Computes who receives what for the changes of a batch, at `world.version`.
 ///
@@ -283,7 +297,19 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
         per_recipient.entry(*id).or_default();
     }
 
-    let mut groups: BTreeMap<Vec<(NetId, NodeKey)>, Group> = BTreeMap::new();
+    // Every entry once, in (network, key) order; a recipient's changes are a
+    // list of indices into it, so recipients that receive the same changes
+    // share one delta, cloned once (not once per recipient: a presence storm
+    // touches every node, each of them seen by every other).
+    let flat: Vec<(NetId, &Entry<'_>)> = by_net
+        .iter()
+        .flat_map(|(n, es)| es.iter().map(move |e| (*n, e)))
+        .collect();
+    let mut ranges: BTreeMap<NetId, std::ops::Range<usize>> = BTreeMap::new();
+    for (i, (n, _)) in flat.iter().enumerate() {
+        ranges.entry(*n).or_insert(i..i).end = i + 1;
+    }
+    let mut groups: BTreeMap<Vec<usize>, Vec<NodeId>> = BTreeMap::new();
     let mut out = Vec::new();
     let mut resync = Vec::new();
     for (id, nets) in per_recipient {
@@ -294,18 +320,17 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
         let Some(me) = world.node(id) else { continue };
         let mine = me.rec.node_key;
         let (me_now, me_before) = outcome.viewpoints(world, &me.rec.node_key);
-        let mut keys = Vec::new();
-        let mut changes = Vec::new();
+        let mut shown_idx = Vec::new();
         for n in &nets {
-            for (key, upsert, change, now, before) in by_net.get(n).into_iter().flatten() {
+            for i in ranges.get(n).cloned().unwrap_or_default() {
+                let (key, upsert, _, now, before) = flat[i].1;
                 let shown = if *upsert {
                     sees(&me_now, now)
                 } else {
                     sees(&me_before, before) || sees(&me_now, now)
                 };
                 if *key != mine && shown {
-                    keys.push((*n, *key));
-                    changes.push(change.clone());
+                    shown_idx.push(i);
                 }
             }
         }
@@ -318,15 +343,16 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             || touched.services.contains(&id)
             || nets.iter().any(|n| touched.entries.contains(&(*n, mine)));
         if !is_subject {
-            if !changes.is_empty() {
-                groups
-                    .entry(keys)
-                    .or_insert_with(|| (Vec::new(), changes))
-                    .0
-                    .push(id);
+            if !shown_idx.is_empty() {
+                groups.entry(shown_idx).or_default().push(id);
             }
             continue;
         }
+        let keys: Vec<(NetId, NodeKey)> = shown_idx
+            .iter()
+            .map(|i| (flat[*i].0, flat[*i].1.0))
+            .collect();
+        let mut changes: Vec<MapChange> = shown_idx.iter().map(|i| flat[*i].1.2.clone()).collect();
         // Networks it left (deleted): each goes whole, peers and all.
         if let Some(left) = touched.left.get(&id) {
             changes.extend(
@@ -386,7 +412,8 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             });
         }
     }
-    for (_, (recipients, changes)) in groups {
+    for (shown_idx, recipients) in groups {
+        let changes = shown_idx.iter().map(|i| flat[*i].1.2.clone()).collect();
         out.push(Outgoing {
             recipients: Arc::from(recipients),
             payload: Payload::Delta(Arc::new(MapDelta {

@@ -349,6 +349,7 @@ proptest! {
     ) {
         let mut w = setup();
         let mut held: BTreeMap<NodeId, NetworkMap> = BTreeMap::new();
+        let cache = shared::SnapshotCache::default();
         for (t, steps) in batches.iter().enumerate() {
             let mut batch = Batch::default();
             for s in steps {
@@ -368,6 +369,27 @@ proptest! {
                 }
             }
             check_invariants(&w, &held);
+            check_shared_snapshots(&w, &cache);
+        }
+    }
+}
+
+/// Snapshots assembled from the shared peer lists are byte for byte the
+/// plain encoding (twice: built, then from the cache).
+fn check_shared_snapshots(w: &World, cache: &shared::SnapshotCache) {
+    for id in w.node_ids() {
+        let plain = snapshot(w, id).map(|m| {
+            crate::hub::encode(&weft_proto::netmap::MapEvent::Snapshot(m))
+                .bytes
+                .to_vec()
+        });
+        for _ in 0..2 {
+            let assembled = shared::snapshot_chunks(cache, w, id).map(|c| c.concat());
+            assert_eq!(
+                assembled.as_deref().map(String::from_utf8_lossy),
+                plain.as_deref().map(String::from_utf8_lossy),
+                "shared snapshot of node {id}"
+            );
         }
     }
 }
