@@ -10,15 +10,24 @@
 //! - concurrent registrations are serialized, so addresses never collide;
 //! - every batch that changes a map gets the next version, persisted with it.
 //!
+//! Several replicas may share the database ([`crate::replica`]): the writer
+//! holds the database-wide write lock from before it catches up with the
+//! other replicas' changes (replayed and published like its own batches)
+//! until its batch and the batch's change row are committed. A `Tick` every
+//! [`replica::POLL`] catches up when idle, writes the heartbeat and withdraws
+//! dead replicas' presence.
+//!
 //! If a commit fails, the state is reloaded from the store (undoing the batch in
 //! memory), every caller in the batch gets `503 storage_unavailable`, and all
 //! streams are closed so agents resynchronise.
 //!
 //! Map streams opening and closing go to a second thread, `weft-presence`,
 //! which debounces them ([`Presence`]) and queues an operation only when a
-//! node really goes online or offline; a flapping stream costs nothing.
+//! node really goes online or offline for this replica ([`StreamPresence`]);
+//! a flapping stream costs nothing.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
 
@@ -29,9 +38,12 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::model::{Actor, Batch, NodeId, Operation, Presence, PresenceConfig, SetPresence, World};
-use crate::netmap;
+use crate::model::{
+    Actor, AnyOp, Batch, NodeId, Operation, Presence, PresenceConfig, RecordedOp, ReplicaGone,
+    StreamPresence, World,
+};
 use crate::relay_feed::RelayFeed;
+use crate::replica::{self, Fanout, Replica};
 use crate::store::tasks::TaskResultRecord;
 use crate::store::usage::UsageSum;
 use crate::store::{AuditQuery, AuditRecord, EventQuery, EventRecord, Store, StoreError, Write};
@@ -50,6 +62,8 @@ enum Cmd {
     UsageSums(u64, Reply<Vec<UsageSum>>),
     Events(EventQuery, Reply<Vec<(u64, EventRecord)>>),
     TaskResults(String, Reply<Vec<TaskResultRecord>>),
+    /// Time for the replica's periodic work ([`Replica::tick`]).
+    Tick,
     /// A read of the store on the writer's thread, after the batch.
     Read(StoreRead),
     Shutdown,
@@ -61,8 +75,15 @@ type StoreRead = Box<dyn FnOnce(&mut dyn Store) + Send>;
 /// An operation waiting for the writer, its type erased: the writer applies
 /// it in a batch, then answers its caller once the batch's commit is known.
 trait Queued: Send {
-    /// Applies it to the state and keeps its result.
-    fn apply(&mut self, world: &mut World, batch: &mut Batch, now_ms: u64);
+    /// Applies it to the state and keeps its result. Returns it as the
+    /// changes log records it if it succeeded (`Some(None)`: it succeeded
+    /// but its type cannot be recorded); `None` if it failed.
+    fn apply(
+        &mut self,
+        world: &mut World,
+        batch: &mut Batch,
+        now_ms: u64,
+    ) -> Option<Option<RecordedOp>>;
     /// Answers the caller: its result if the batch committed, else its own
     /// error or `storage_unavailable`.
     fn answer(self: Box<Self>, committed: bool);
@@ -78,10 +99,21 @@ struct Pending<O: Operation> {
 }
 
 impl<O: Operation> Queued for Pending<O> {
-    fn apply(&mut self, world: &mut World, batch: &mut Batch, now_ms: u64) {
-        if let Some(op) = self.op.take() {
-            self.result = Some(world.apply(batch, &self.actor, op, now_ms));
-        }
+    fn apply(
+        &mut self,
+        world: &mut World,
+        batch: &mut Batch,
+        now_ms: u64,
+    ) -> Option<Option<RecordedOp>> {
+        let op = self.op.take()?;
+        let recorded = AnyOp::record(&op).map(|op| RecordedOp {
+            actor: self.actor.clone(),
+            op,
+        });
+        let result = world.apply(batch, &self.actor, op, now_ms);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok.then_some(recorded)
     }
 
     fn answer(self: Box<Self>, committed: bool) {
@@ -111,6 +143,7 @@ pub struct Engine {
     hub: Arc<Hub>,
     relay_feed: Arc<RelayFeed>,
     metrics: Arc<Metrics>,
+    catching_up: Arc<AtomicBool>,
 }
 
 /// The writer and presence threads; join them after [`Engine::shutdown`].
@@ -139,25 +172,41 @@ impl Engine {
     /// Starts the writer thread over `store`, with `world` loaded from it;
     /// it times every commit and fan-out into `metrics`.
     pub fn start<S: Store>(
-        store: S,
+        mut store: S,
         mut world: World,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Engine, EngineThread)> {
-        // Presence is not stored: nodes seen lately stay online while their
-        // streams come back (model::presence), so a restart is no presence storm.
-        let assumed = crate::model::assumed_online(&world, clock::now_unix_ms() / 1000);
-        world.restore_online(&assumed);
+        let relay_feed = Arc::new(RelayFeed::new(&world));
+        let mut replica = Replica::new();
+        replica
+            .start(
+                &mut store,
+                &mut world,
+                &Fanout {
+                    hub: &hub,
+                    feed: &relay_feed,
+                    metrics: &metrics,
+                },
+            )
+            .map_err(|e| std::io::Error::other(format!("starting the replica: {e}")))?;
+        let catching_up = replica.catching_up();
+        let listener = match store.change_listener() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for other replicas' changes; polling only");
+                None
+            }
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let (presence, events) = std_mpsc::channel();
-        let relay_feed = Arc::new(RelayFeed::new(&world));
         let world = Arc::new(RwLock::new(world));
         let presence_thread = {
             let cfg = hub.config().presence;
             let tx = tx.clone();
             std::thread::Builder::new()
                 .name("weft-presence".into())
-                .spawn(move || presence_loop(cfg, &assumed, &events, &tx))?
+                .spawn(move || presence_loop(cfg, &events, &tx))?
         };
         let thread = {
             let world = world.clone();
@@ -166,8 +215,43 @@ impl Engine {
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("weft-store".into())
-                .spawn(move || writer(store, world, hub, feed, metrics, rx))?
+                .spawn(move || writer(store, replica, world, hub, feed, metrics, rx))?
         };
+        if let Some(mut listener) = listener {
+            // Wakes the writer as soon as another replica commits (the poll
+            // below catches up anyway, later, when a notification is lost).
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name("weft-replica-listen".into())
+                .spawn(move || {
+                    loop {
+                        match listener.wait(std::time::Duration::from_secs(1)) {
+                            Ok(true) => {
+                                if tx.send(Cmd::Tick).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(false) if tx.is_closed() => return,
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "listening for other replicas' changes failed; polling only");
+                                return;
+                            }
+                        }
+                    }
+                })?;
+        }
+        {
+            // Wakes the writer for its periodic work; ends with the writer.
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name("weft-replica-tick".into())
+                .spawn(move || {
+                    while tx.send(Cmd::Tick).is_ok() {
+                        std::thread::sleep(replica::POLL);
+                    }
+                })?;
+        }
         Ok((
             Engine {
                 tx,
@@ -176,6 +260,7 @@ impl Engine {
                 hub,
                 relay_feed,
                 metrics,
+                catching_up,
             },
             EngineThread(thread, presence_thread),
         ))
@@ -293,6 +378,29 @@ impl Engine {
         &self.metrics
     }
 
+    /// Whether this replica is behind the other replicas' changes or cannot
+    /// reach the store (`/readyz` is false then).
+    pub fn catching_up(&self) -> bool {
+        self.catching_up.load(Ordering::Acquire)
+    }
+
+    /// Waits (at most `limit`) until this replica's state reaches map
+    /// version `version`, catching up meanwhile: a stream resuming from a
+    /// version another replica published just now gets its deltas here, not
+    /// a snapshot. Returns whether it did.
+    pub async fn reach_version(&self, version: u64, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.world.read().await.version >= version {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline || self.tx.send(Cmd::Tick).is_err() {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Asks the writer to stop after the operations already queued.
     pub fn shutdown(&self) {
         let _ = self.presence.send(StreamEvent::Stop);
@@ -304,12 +412,10 @@ impl Engine {
 /// they arrived and queues each debounced transition for the writer.
 fn presence_loop(
     cfg: PresenceConfig,
-    assumed: &[NodeId],
     events: &std_mpsc::Receiver<StreamEvent>,
     tx: &mpsc::UnboundedSender<Cmd>,
 ) {
     let mut tracker = Presence::new(cfg);
-    tracker.assume_online(assumed, clock::now(), crate::model::RESTART_GRACE);
     loop {
         let event = match tracker.next_deadline() {
             None => events.recv().ok(),
@@ -336,6 +442,7 @@ fn presence_loop(
 
 fn writer<S: Store>(
     mut store: S,
+    mut replica: Replica,
     world: Arc<RwLock<World>>,
     hub: Arc<Hub>,
     feed: Arc<RelayFeed>,
@@ -351,16 +458,22 @@ fn writer<S: Store>(
         let mut result_reads = Vec::new();
         let mut store_reads: Vec<StoreRead> = Vec::new();
         let mut stop = false;
+        let mut tick = false;
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
                 Cmd::Op(op) => ops.push(op),
                 Cmd::Presence(node, online) => ops.push(Box::new(Pending {
                     actor: Actor::Admin,
-                    op: Some(SetPresence { node, online }),
+                    op: Some(StreamPresence {
+                        replica: replica.id.clone(),
+                        node,
+                        online,
+                    }),
                     result: None,
                     reply: None,
                 })),
+                Cmd::Tick => tick = true,
                 Cmd::Audit(q, reply) => audits.push((q, reply)),
                 Cmd::Usage(node, upload, reply) => usages.push((node, upload, reply)),
                 Cmd::UsageSums(since, reply) => usage_reads.push((since, reply)),
@@ -373,8 +486,31 @@ fn writer<S: Store>(
                 next = rx.try_recv().ok();
             }
         }
+        let out = Fanout {
+            hub: &hub,
+            feed: &feed,
+            metrics: &metrics,
+        };
         if !ops.is_empty() {
-            commit_batch(&mut store, &world, &hub, &feed, &metrics, ops);
+            commit_batch(&mut store, &mut replica, &world, &out, ops);
+        }
+        if tick {
+            let dead = replica.tick(&mut store, &world, &out);
+            if !dead.is_empty() {
+                info!(replicas = ?dead, "withdrawing the presence of replicas that stopped");
+                let ops = dead
+                    .into_iter()
+                    .map(|replica| -> Box<dyn Queued> {
+                        Box::new(Pending {
+                            actor: Actor::System,
+                            op: Some(ReplicaGone { replica }),
+                            result: None,
+                            reply: None,
+                        })
+                    })
+                    .collect();
+                commit_batch(&mut store, &mut replica, &world, &out, ops);
+            }
         }
         for (q, reply) in audits {
             let r = store.audit(&q).map_err(|e| {
@@ -409,33 +545,60 @@ fn writer<S: Store>(
 
 fn commit_batch<S: Store>(
     store: &mut S,
+    replica: &mut Replica,
     world: &RwLock<World>,
-    hub: &Hub,
-    feed: &RelayFeed,
-    metrics: &Metrics,
+    out: &Fanout<'_>,
     mut ops: Vec<Box<dyn Queued>>,
 ) {
+    // The database-wide write lock, then the other replicas' changes: this
+    // batch applies to the state every earlier change made.
+    if let Err(e) = store.begin_exclusive() {
+        error!(error = %e, ops = ops.len(), "the store is not available; refusing the batch");
+        replica.unavailable();
+        for op in ops {
+            op.answer(false);
+        }
+        return;
+    }
     let mut w = world.blocking_write();
+    if let Err(e) = replica.catch_up(store, &mut w, out) {
+        error!(error = %e, ops = ops.len(), "catching up with the other replicas failed; refusing the batch");
+        let _ = store.rollback_exclusive();
+        replica.must_reload();
+        drop(w);
+        for op in ops {
+            op.answer(false);
+        }
+        return;
+    }
     let now = clock::now_unix_ms();
     let mut batch = Batch::default();
+    let mut recorded = Vec::new();
     for op in &mut ops {
-        op.apply(&mut w, &mut batch, now);
+        if let Some(r) = op.apply(&mut w, &mut batch, now) {
+            recorded.push(r);
+        }
     }
     let outcome = w.finish_batch(&mut batch);
+    let change = replica.change_row(&w, now, recorded, batch.writes.len());
+    let changed = change.is_some();
+    if let Some(c) = change {
+        batch.writes.push(Write::Change(c));
+    }
     let started = clock::now();
-    let applied = store.apply(&batch.writes);
+    let applied = store.commit_exclusive(&batch.writes);
     let committed = clock::now();
-    metrics.commit(
+    out.metrics.commit(
         committed.saturating_duration_since(started),
         applied.is_ok(),
     );
     match applied {
         Ok(()) => {
+            if changed {
+                w.change_seq += 1;
+            }
             if let Some(o) = &outcome {
-                let out = netmap::compile(&w, o);
-                let pushed = hub.publish(&w, &out, &o.touched.evicted);
-                metrics.fanout(clock::now().saturating_duration_since(committed), pushed);
-                feed.publish(&w, &o.touched);
+                out.publish(&w, o);
             }
             drop(w);
             for write in &batch.writes {
@@ -449,20 +612,18 @@ fn commit_batch<S: Store>(
         }
         Err(e) => {
             error!(error = %e, ops = ops.len(), "commit failed; reloading state from the store");
-            match store.load() {
-                Ok(snap) => {
-                    let relays = std::mem::take(&mut w.relays);
-                    let online = w.online_nodes();
-                    *w = World::from_snapshot(snap, relays);
-                    // Presence is not stored; the tracker still holds it.
-                    w.restore_online(&online);
-                }
-                Err(e) => {
-                    error!(error = %e, "reloading state failed; the controller keeps serving reads of possibly uncommitted state")
-                }
+            // Undo the batch in memory: reload under the lock, now if the
+            // store answers, else before the next batch.
+            replica.must_reload();
+            let reloaded = store.begin_exclusive().and_then(|()| {
+                let r = replica.catch_up(store, &mut w, out);
+                let released = store.rollback_exclusive();
+                r.and(released)
+            });
+            if let Err(e) = reloaded {
+                error!(error = %e, "reloading state failed; the controller keeps serving reads of possibly uncommitted state until the store is back");
+                out.hub.evict_all();
             }
-            hub.evict_all();
-            feed.reset(&w);
             drop(w);
             for op in ops {
                 op.answer(false);

@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod model;
 pub mod netmap;
 pub mod relay_feed;
+pub mod replica;
 pub mod secret;
 pub mod serve;
 pub mod store;

@@ -58,6 +58,19 @@ impl fmt::Debug for SecretHash {
     }
 }
 
+impl serde::Serialize for SecretHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SecretHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for SecretHash {
     type Err = &'static str;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -235,8 +235,7 @@ pub fn prepare(
     if !loose.is_empty() {
         warn!(files = %loose.join(", "), "the database is readable by other users; it holds credential hashes and the audit log (chmod 600 it)");
     }
-    let snap = store.load()?;
-    let mut world = World::from_snapshot(snap, relays);
+    let mut world = crate::replica::load(&mut store, relays)?;
     let admin_token_path = data_dir.join(ADMIN_TOKEN_FILE);
     let mut admin_token_created = false;
     if world.admin_hash.is_none() {
@@ -260,16 +259,13 @@ pub fn prepare(
                 detail: serde_json::json!({"file": admin_token_path.display().to_string()}),
             }),
         ])?;
-        let snap = store.load()?;
         let relays = std::mem::take(&mut world.relays);
-        world = World::from_snapshot(snap, relays);
+        world = crate::replica::load(&mut store, relays)?;
         admin_token_created = true;
     }
-    // Every start begins a new map version: presence (online) is not persisted,
-    // so a stream resuming from before the restart must get a fresh snapshot
-    // rather than an empty replay.
-    world.version += 1;
-    store.apply(&[Write::SetMapVersion(world.version)])?;
+    // Every start begins a new map version: a stream resuming from before the
+    // restart gets a fresh snapshot rather than an empty replay.
+    crate::replica::bump(&mut store, &mut world)?;
     Ok(Prepared {
         store,
         world,
@@ -365,16 +361,8 @@ pub async fn run(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        // Handlers see the peer address (per-source rate limits), put in each
-        // request's extensions. (Not `router.layer(Extension(..))`: that
-        // rebuilds every route for every connection, ~100 KiB each, kept for
-        // as long as a map stream lives.)
-        let inner = TowerToHyperService::new(router.clone());
-        let svc =
-            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(Peer(peer));
-                hyper::service::Service::call(&inner, req)
-            });
+        // Handlers see the peer address (per-source rate limits).
+        let svc = TowerToHyperService::new(router.clone().layer(axum::Extension(Peer(peer))));
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {

@@ -61,15 +61,15 @@ impl Data {
 }
 
 /// `PUT /v1/admin/data`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SetData(pub proto::SetDataRequest);
 
 /// `DELETE /v1/admin/data`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct UnsetData(pub proto::UnsetDataRequest);
 
 /// `PUT /v1/admin/secrets`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SetSecret {
     /// The node (key or name).
     pub node: String,
@@ -80,7 +80,7 @@ pub struct SetSecret {
 }
 
 /// `DELETE /v1/admin/secrets`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct UnsetSecret(pub proto::UnsetSecretRequest);
 
 /// What a data set or unset did.

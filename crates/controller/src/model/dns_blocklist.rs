@@ -71,7 +71,7 @@ impl BodyCache {
 }
 
 /// `PUT /v1/admin/dns/blocklist`, parsed: replace the list.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SetDnsBlocklist {
     /// The domains, as `weft_proto::dnsblock::parse_list` returns them
     /// (normalized, sorted, unique; checked again here).
@@ -82,7 +82,7 @@ pub struct SetDnsBlocklist {
 
 /// `DELETE /v1/admin/dns/blocklist`: remove the list. Answers whether there
 /// was one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ClearDnsBlocklist;
 
 operation!(SetDnsBlocklist => Blocklist, |op, w, batch, actor, now_ms| {

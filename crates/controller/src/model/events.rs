@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::store::{EventRecord, Write};
 
 /// A node uploads events its detector raised.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RecordEvents {
     /// The node (authenticated).
     pub node: NodeId,
@@ -19,7 +19,7 @@ pub struct RecordEvents {
 }
 
 /// Admin: replace a network's anomaly thresholds (empty: the defaults).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SetNetworkAnomaly {
     /// The network's name.
     pub network: String,

@@ -91,7 +91,7 @@ impl HostFw {
 }
 
 /// `PUT /v1/admin/firewall`: replace the declared file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SetFirewall {
     /// The new text.
     pub text: String,
@@ -100,18 +100,18 @@ pub struct SetFirewall {
 }
 
 /// `POST /v1/admin/firewall/rules`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AllowRule(pub AllowRuleRequest);
 
 /// `DELETE /v1/admin/firewall/rules/{id}`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RevokeRule {
     /// `dyn:<n>` or `<n>`.
     pub id: String,
 }
 
 /// Removes the dynamic rules whose expiry has passed; returns their ids.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SweepFirewall;
 
 operation!(SetFirewall => FirewallDoc, |op, w, batch, actor, now_ms| {

@@ -147,7 +147,7 @@ pub fn judge(
 }
 
 /// A node reports what it runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ReportIntegrity {
     /// The node (authenticated).
     pub node: NodeId,
@@ -156,7 +156,7 @@ pub struct ReportIntegrity {
 }
 
 /// Admin: approve one hash of a hook.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ApproveHook {
     /// The hook's file name.
     pub name: String,
@@ -165,7 +165,7 @@ pub struct ApproveHook {
 }
 
 /// Admin: revoke one approved hash of a hook, or all of them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RevokeHook {
     /// The hook's file name.
     pub name: String,
@@ -174,7 +174,7 @@ pub struct RevokeHook {
 }
 
 /// Admin: the hash weftd of a version must have.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ExpectWeftd(pub ExpectRequest);
 
 operation!(ReportIntegrity => NodeIntegrity, |op, w, batch, actor, now_ms| {

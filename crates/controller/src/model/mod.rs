@@ -62,6 +62,7 @@ mod nodes;
 mod policy;
 mod presence;
 mod relays;
+mod remote;
 mod rotate_key;
 mod routes;
 mod services;
@@ -87,8 +88,11 @@ pub use nodes::{
     UpdateNode,
 };
 pub use policy::{PolicyState, SetPolicy};
-pub use presence::{Presence, PresenceConfig, RESTART_GRACE, assumed_online};
+pub use presence::{Presence, PresenceConfig};
 pub use relays::{NewRelay, RelayReport, RemoveRelay, ReportRelay};
+pub use remote::{
+    AnyOp, ChangeBody, Diverged, Holders, RecordedOp, ReplicaGone, StreamPresence,
+};
 pub use rotate_key::{RotateKey, RotatedKey};
 pub use routes::{AdvertiseRoutes, ChangeRoute, GATEWAY_TAG, RouteOp, RouteStatus};
 pub use services::{AdvertiseService, CreateService, DecideInstance, RemoveService, ReportHealth};
@@ -112,7 +116,7 @@ pub type NodeId = u64;
 pub type RelayId = u64;
 
 /// Who did something (for the audit log).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Actor {
     /// The admin token holder.
     Admin,
@@ -271,6 +275,11 @@ pub trait Operation: Send + 'static {
 pub struct World {
     /// The last map version handed out.
     pub version: u64,
+    /// The last change of the changes log this state includes (several
+    /// replicas: [`remote`]).
+    pub change_seq: u64,
+    /// Which replicas hold each node's map streams.
+    holders: Holders,
     /// Admin token hash.
     pub admin_hash: Option<SecretHash>,
     /// Relays from the configuration (`--relay URL`): in every map, URL only.

@@ -90,7 +90,7 @@ impl Networks {
 }
 
 /// A validated request to create a network.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewNetwork {
     /// Name.
     pub name: String,
@@ -106,7 +106,7 @@ pub struct NewNetwork {
 
 /// Admin: remove a node from one network; its address there is released, its
 /// routes there are forgotten, its other networks stay.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LeaveNetwork {
     /// The network's name.
     pub network: String,

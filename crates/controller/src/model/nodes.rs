@@ -121,7 +121,7 @@ impl Nodes {
 }
 
 /// A registration whose signature and proof of work the handler already checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Registration {
     /// The key.
     pub node_key: NodeKey,
@@ -140,7 +140,7 @@ pub struct Registration {
 }
 
 /// A validated node update.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct NodePatch {
     /// New name.
     pub name: Option<String>,
@@ -151,7 +151,7 @@ pub struct NodePatch {
 }
 
 /// Admin: rename, tag, disable or enable a node.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct UpdateNode {
     /// The node's key or name.
     pub node: String,
@@ -160,11 +160,11 @@ pub struct UpdateNode {
 }
 
 /// Admin: remove a node, by key or name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RemoveNode(pub String);
 
 /// Agent: liveness and (optionally) its endpoints.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// The reporting node.
     pub node: NodeId,
@@ -176,7 +176,7 @@ pub struct Report {
 
 /// The node went online or offline, as [`Presence`](super::Presence)
 /// debounced its map streams.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct SetPresence {
     /// The node.
     pub node: NodeId,

@@ -135,7 +135,7 @@ fn validate(text: &str, inventory: &Inventory) -> Result<Policy, ApiError> {
 
 /// Admin: replace the policy text (validated against the current nodes),
 /// optionally only if the current version is `expect_version`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SetPolicy {
     /// The new text.
     pub text: String,

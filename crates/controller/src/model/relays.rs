@@ -14,7 +14,7 @@ use crate::store::{RelayRecord, Write};
 use super::{Actor, Batch, RelayId, World, secs};
 
 /// A validated request to register a relay.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewRelay {
     /// Name (a DNS label).
     pub name: String,
@@ -25,7 +25,7 @@ pub struct NewRelay {
 }
 
 /// What a relay reports about itself (validated).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RelayReport {
     /// `sha256:<hex>` of its TLS certificate.
     pub tls_fingerprint: Option<String>,
@@ -34,11 +34,11 @@ pub struct RelayReport {
 }
 
 /// Admin: remove a relay, by name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RemoveRelay(pub String);
 
 /// Relay: report its TLS fingerprint and STUN port.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ReportRelay {
     /// The reporting relay.
     pub relay: RelayId,

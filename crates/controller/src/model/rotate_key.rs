@@ -15,7 +15,7 @@ use super::{Actor, Batch, NodeId, World};
 
 /// Agent: replace node `node`'s key `old_key` with `new_key` (the handler
 /// checked the new key's signature and computed its proof-of-work bits).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RotateKey {
     /// The authenticated node.
     pub node: NodeId,

@@ -45,7 +45,7 @@ pub(super) const MAX_ROUTES_PER_NODE: usize = 64;
 pub(super) type RouteKey = (NetId, Ipv4Net, NodeId);
 
 /// An admin's route operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RouteOp {
     /// Set a route on a node, approved at once.
     Add,
@@ -72,7 +72,7 @@ impl RouteOp {
 
 /// Agent: the subnets a node advertises (CIDR text, validated here); the set
 /// replaces its previous one (admin-set routes stay).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AdvertiseRoutes {
     /// The advertising node.
     pub node: NodeId,
@@ -81,7 +81,7 @@ pub struct AdvertiseRoutes {
 }
 
 /// Admin: add, approve, reject or withdraw a subnet route.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChangeRoute {
     /// What to do.
     pub op: RouteOp,

@@ -221,12 +221,12 @@ pub(super) fn no_check(check: &HealthCheck, ports: &[ServicePort]) -> bool {
 
 /// Admin: create a service (`replace`: replace an existing one's instances,
 /// ports and check; its VIP stays).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CreateService(pub CreateServiceRequest);
 
 /// Admin: remove a service (its instances and pending offers go; its VIP is
 /// free again).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RemoveService {
     /// The network's name.
     pub network: String,
@@ -235,7 +235,7 @@ pub struct RemoveService {
 }
 
 /// Admin: approve or reject a node's offer of a service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DecideInstance {
     /// The network's name.
     pub network: String,
@@ -248,7 +248,7 @@ pub struct DecideInstance {
 }
 
 /// Node: offer (or withdraw) a service this node provides.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct AdvertiseService {
     /// The advertising node.
     pub node: NodeId,
@@ -257,7 +257,7 @@ pub struct AdvertiseService {
 }
 
 /// Node: its instances' health.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ReportHealth {
     /// The reporting node.
     pub node: NodeId,

@@ -72,7 +72,7 @@ impl Ssh {
 }
 
 /// A node reports its SSH server (or that it serves none).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ReportSshServer {
     /// The node (authenticated).
     pub node: NodeId,
@@ -81,7 +81,7 @@ pub struct ReportSshServer {
 }
 
 /// A node reports sessions its SSH server saw.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ReportSshSessions {
     /// The node (authenticated).
     pub node: NodeId,

@@ -69,7 +69,7 @@ impl Tasks {
 }
 
 /// Admin: create a task (the id is drawn by the caller).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CreateTask {
     /// The new task's id.
     pub id: String,
@@ -78,7 +78,7 @@ pub struct CreateTask {
 }
 
 /// A node leases its run of a task.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LeaseTask {
     /// The node (authenticated).
     pub node: NodeId,
@@ -89,7 +89,7 @@ pub struct LeaseTask {
 }
 
 /// A node returns the result of a run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SubmitResult {
     /// The node (authenticated).
     pub node: NodeId,
@@ -98,7 +98,7 @@ pub struct SubmitResult {
 }
 
 /// Admin: cancel a task's runs that have no result yet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CancelTask {
     /// The task.
     pub id: String,
@@ -106,7 +106,7 @@ pub struct CancelTask {
 
 /// Expires runs past their deadline and makes runs whose lease expired
 /// leasable again; returns the `(node, task)` pairs to notify again.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SweepTasks;
 
 operation!(CreateTask => TaskView, |op, w, batch, actor, now_ms| {

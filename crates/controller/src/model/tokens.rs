@@ -11,7 +11,7 @@ use crate::secret::SecretHash;
 use crate::store::{TokenRecord, Write};
 
 /// Admin: create a join token (validated request).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewToken {
     /// Network names.
     pub networks: Vec<String>,
@@ -87,7 +87,7 @@ impl Tokens {
 }
 
 /// Admin: revoke a join token, by id.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct RevokeToken(pub u64);
 
 /// Whether a token can be used.
