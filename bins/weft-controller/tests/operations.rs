@@ -88,7 +88,7 @@ async fn deleting_a_network_reaches_its_members_and_keeps_their_identity() {
         .iter()
         .map(|p| p.name.clone())
         .collect();
-    assert_eq!(peers, [rc.name.clone()]);
+    assert_eq!(peers, std::slice::from_ref(&rc.name));
     // What the deltas made is what a fresh map says.
     let mut fresh = cb.map().await.unwrap();
     fresh.version = b1.version;
@@ -159,7 +159,7 @@ fn retry_after(head: &str) -> u64 {
         .unwrap_or_else(|| panic!("no Retry-After in {head}"))
         .trim()
         .parse()
-        .unwrap()
+        .expect("Retry-After is a number of seconds")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
