@@ -4,7 +4,11 @@
 //! in use dies moves to its next URL and resumes with `Last-Event-ID`, and
 //! the controller answers with the deltas it missed, not a snapshot.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail loudly"
+)]
 #![allow(
     clippy::disallowed_methods,
     reason = "the test measures real delays of a real controller"
