@@ -186,7 +186,7 @@ pub use conntrack::{ConntrackConfig, Flow};
 pub use engine::{Counters, DropReason, Engine, Explanation, Verdict, Via};
 pub use inventory::{Inventory, InventoryError, Membership, NodeFacts, ServiceFact};
 pub use ipnet::IpNet;
-pub use live::{Flushed, LivePolicy, Transition, Viewpoint};
+pub use live::{Flushed, LivePolicy, Transition, Viewpoint, VisibilityClass};
 pub use matcher::{
     Direction, FiveTuple, IcmpKind, InvalidPolicy, Matcher, PacketError, RuleVerdict, Transport,
     ip_proto, tcp_flags,

@@ -197,7 +197,24 @@ impl<K: Ord> Viewpoint<'_, K> {
     pub fn sees(&self, other: &Viewpoint<'_, K>) -> bool {
         self.key != other.key && pair_visible(self.policy, self.sel, other.sel)
     }
+
+    /// The rule sides that pick this node, when they alone decide whether it
+    /// sees another node: with no deny rule in the policy, two distinct nodes
+    /// see each other exactly when any other two distinct nodes of the same
+    /// classes do (a deny rule makes prefixes count too: `None`). Lets a
+    /// caller decide visibility once per pair of classes, not per pair of
+    /// nodes.
+    pub fn class(&self) -> Option<VisibilityClass> {
+        if self.policy.rules.iter().any(|r| r.action == Action::Deny) {
+            return None;
+        }
+        Some(VisibilityClass(self.sel.iter().map(|e| e.key).collect()))
+    }
 }
+
+/// See [`Viewpoint::class`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VisibilityClass(Vec<SideKey>);
 
 /// The result of a flush.
 #[derive(Debug, Clone)]

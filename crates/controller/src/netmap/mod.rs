@@ -239,6 +239,12 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
         BTreeMap::new()
     };
 
+    let changed_groups = group_candidates(changed_vps.iter());
+    let member_groups: Option<BTreeMap<NetId, Vec<Vec<&Candidate<'_>>>>> = member_vps
+        .iter()
+        .map(|(n, c)| Some((*n, group_candidates(c.iter())?)))
+        .collect();
+
     // Per touched network: its changes, each with the key of its subject and
     // whether it is an upsert.
     let mut by_net: BTreeMap<NetId, Vec<Entry<'_>>> = BTreeMap::new();
@@ -385,18 +391,39 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             let changed_me = visibility_changed
                 .as_ref()
                 .is_none_or(|c| c.contains(&mine));
-            let members = me
-                .memberships
-                .keys()
-                .filter(|_| changed_me)
-                .filter_map(|n| member_vps.get(n))
-                .flatten();
             // Visibility flips towards the candidates, deduplicated.
             let mut flips: BTreeMap<NodeKey, bool> = BTreeMap::new();
-            for (key, now, before) in changed_vps.iter().chain(members) {
-                let (b, a) = (sees(&me_before, before), sees(&me_now, now));
-                if a != b {
-                    flips.insert(**key, a);
+            if let (Some(cg), Some(mg)) = (&changed_groups, &member_groups) {
+                // Once per group of candidates alike (see `group_candidates`).
+                let member_groups = me
+                    .memberships
+                    .keys()
+                    .filter(|_| changed_me)
+                    .filter_map(|n| mg.get(n))
+                    .flatten();
+                for group in cg.iter().chain(member_groups) {
+                    let Some((_, now, before)) = group.iter().find(|c| *c.0 != mine) else {
+                        continue;
+                    };
+                    let (b, a) = (sees(&me_before, before), sees(&me_now, now));
+                    if a != b {
+                        for (key, _, _) in group.iter().filter(|c| *c.0 != mine) {
+                            flips.insert(**key, a);
+                        }
+                    }
+                }
+            } else {
+                let members = me
+                    .memberships
+                    .keys()
+                    .filter(|_| changed_me)
+                    .filter_map(|n| member_vps.get(n))
+                    .flatten();
+                for (key, now, before) in changed_vps.iter().chain(members) {
+                    let (b, a) = (sees(&me_before, before), sees(&me_now, now));
+                    if a != b {
+                        flips.insert(**key, a);
+                    }
                 }
             }
             changes.extend(policy_changes(world, me, &flips, &sent));
@@ -441,6 +468,30 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
         blocklist::add_change(world, &mut out);
     }
     out
+}
+
+/// `candidates` grouped by their visibility classes before and after the
+/// batch (`None` in a class: no viewpoint): every node sees the members of a
+/// group alike (but itself), so a recipient decides once per group, and a
+/// policy edit costs O(n × groups), not O(n²). `None` when a deny rule makes
+/// prefixes count ([`weft_policy::Viewpoint::class`]).
+fn group_candidates<'a, 'b>(
+    candidates: impl Iterator<Item = &'b Candidate<'a>>,
+) -> Option<Vec<Vec<&'b Candidate<'a>>>> {
+    type Class = Option<weft_policy::VisibilityClass>;
+    let mut groups: BTreeMap<(Class, Class), Vec<&'b Candidate<'a>>> = BTreeMap::new();
+    for c in candidates {
+        let now = match &c.1 {
+            Some(v) => Some(v.class()?),
+            None => None,
+        };
+        let before = match &c.2 {
+            Some(v) => Some(v.class()?),
+            None => None,
+        };
+        groups.entry((before, now)).or_default().push(c);
+    }
+    Some(groups.into_values().collect())
 }
 
 /// A compiled policy as shipped in the map: typed and versioned, shared with

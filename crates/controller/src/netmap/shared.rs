@@ -11,10 +11,11 @@
 //! and after it). The bytes are exactly those of [`super::snapshot`] encoded
 //! as an SSE `snapshot` event (tested), so agents cannot tell the difference.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use weft_policy::VisibilityClass;
 use weft_proto::NodeKey;
 use weft_proto::api::API_VERSION;
 use weft_proto::netmap::{EVENT_SNAPSHOT, NetworkMap, NetworkView, Peer};
@@ -32,6 +33,12 @@ pub struct PeerList {
     entries: Vec<(NodeId, NodeKey, usize, usize)>,
     /// The entries' values, to reuse their encoding at the next version.
     peers: Vec<Peer>,
+    /// Per entry, its visibility class (an index into `reps`; `None`: not
+    /// in the policy, seen by nobody); `None` when classes do not decide
+    /// visibility (a deny rule: [`weft_policy::Viewpoint::class`]).
+    classes: Option<Vec<Option<usize>>>,
+    /// Per class, up to two of its members (one that is not the viewer).
+    reps: Vec<Vec<NodeKey>>,
 }
 
 impl PeerList {
@@ -51,6 +58,9 @@ impl PeerList {
         let mut entries = Vec::with_capacity(members.len());
         let mut peers = Vec::with_capacity(members.len());
         let mut j = 0;
+        let mut table: BTreeMap<VisibilityClass, usize> = BTreeMap::new();
+        let mut reps: Vec<Vec<NodeKey>> = Vec::new();
+        let mut classes = Some(Vec::with_capacity(members.len()));
         for (p, m) in members {
             if !buf.is_empty() {
                 buf.push(b',');
@@ -78,12 +88,31 @@ impl PeerList {
             }
             entries.push((p.rec.id, p.rec.node_key, start, buf.len()));
             peers.push(peer);
+            if let Some(cs) = classes.as_mut() {
+                match world.viewpoint(&p.rec.node_key).map(|v| v.class()) {
+                    None => cs.push(None),
+                    Some(None) => classes = None,
+                    Some(Some(c)) => {
+                        let next = reps.len();
+                        let i = *table.entry(c).or_insert(next);
+                        if i == next {
+                            reps.push(Vec::new());
+                        }
+                        if reps[i].len() < 2 {
+                            reps[i].push(p.rec.node_key);
+                        }
+                        cs.push(Some(i));
+                    }
+                }
+            }
         }
         PeerList {
             version: world.version,
             bytes: Bytes::from(buf),
             entries,
             peers,
+            classes,
+            reps,
         }
     }
 
@@ -208,16 +237,35 @@ pub fn snapshot_chunks(cache: &SnapshotCache, world: &World, node: NodeId) -> Op
             continue;
         };
         let list = cache.list(world, net);
-        let keep: Vec<bool> = list
-            .entries
-            .iter()
-            .map(|(id, key, _, _)| {
-                *id != node
-                    && viewer
-                        .as_ref()
-                        .is_some_and(|v| world.viewpoint(key).is_some_and(|o| v.sees(&o)))
-            })
-            .collect();
+        let keep: Vec<bool> = match (&viewer, &list.classes) {
+            // Decided once per class: a representative that is not the viewer.
+            (Some(v), Some(classes)) if v.class().is_some() => {
+                let verdict: Vec<bool> = list
+                    .reps
+                    .iter()
+                    .map(|keys| {
+                        keys.iter()
+                            .find(|k| **k != me.rec.node_key)
+                            .is_some_and(|k| world.viewpoint(k).is_some_and(|o| v.sees(&o)))
+                    })
+                    .collect();
+                list.entries
+                    .iter()
+                    .zip(classes)
+                    .map(|((id, _, _, _), c)| *id != node && c.is_some_and(|c| verdict[c]))
+                    .collect()
+            }
+            _ => list
+                .entries
+                .iter()
+                .map(|(id, key, _, _)| {
+                    *id != node
+                        && viewer
+                            .as_ref()
+                            .is_some_and(|v| world.viewpoint(key).is_some_and(|o| v.sees(&o)))
+                })
+                .collect(),
+        };
         let visible: Vec<NodeKey> = list
             .entries
             .iter()
