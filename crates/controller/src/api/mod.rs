@@ -197,7 +197,8 @@ pub struct AppState {
     pub public_limiter: Arc<Limiter>,
     /// Per-source budgets of failed authentications.
     pub auth_limiter: Arc<Limiter>,
-    /// What `/readyz` reports beyond the store (catching up).
+    /// What `/readyz` reports beyond the store and the engine (shutting
+    /// down).
     pub readiness: Arc<Readiness>,
     /// Settings.
     pub cfg: Arc<ApiConfig>,
