@@ -34,6 +34,11 @@ for entry in "${want[@]}"; do
         missing+=("$pkg")
     fi
 done
+# PostgreSQL's server: the controller's tests start throwaway clusters with
+# initdb, which Debian keeps off PATH in /usr/lib/postgresql/N/bin.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    missing+=(postgresql)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-deps: all system packages present"

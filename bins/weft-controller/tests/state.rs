@@ -77,6 +77,7 @@ fn assert_refused(code: i32, err: &str, names: &str) {
 
 #[test]
 fn a_deleted_tls_key_or_certificate_is_refused_and_init_replaces_it() {
+    sqlite_only();
     for lost in ["key.pem", "cert.pem"] {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
@@ -101,6 +102,7 @@ fn a_deleted_tls_key_or_certificate_is_refused_and_init_replaces_it() {
 
 #[test]
 fn a_truncated_or_missing_database_is_refused_and_init_replaces_it() {
+    sqlite_only();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let (_, token) = ran_once(&dir);
@@ -143,6 +145,7 @@ fn a_truncated_or_missing_database_is_refused_and_init_replaces_it() {
 
 #[test]
 fn first_start_creates_state_privately_and_prints_only_the_token_path() {
+    sqlite_only();
     let tmp = tempfile::tempdir().unwrap();
     // Not created by the harness: the binary creates it.
     let dir = tmp.path().join("new").join("data");
@@ -193,6 +196,7 @@ fn first_start_creates_state_privately_and_prints_only_the_token_path() {
 
 #[test]
 fn a_second_controller_on_the_same_data_dir_is_refused() {
+    sqlite_only();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let ctl = Controller::start(&dir, &[]);
@@ -217,6 +221,7 @@ fn raw_tls_health(ctl: &Controller) -> u16 {
 
 #[test]
 fn looser_modes_are_warned_about_at_start() {
+    sqlite_only();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     ran_once(&dir);

@@ -26,16 +26,14 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 use weft_proto::netmap::Relay;
 
-use crate::api::{
-    self, ApiConfig, AppState, AuditRetention, Challenges, Limiter, Peer, Readiness,
-};
+use crate::api::{self, ApiConfig, AppState, AuditRetention, Challenges, Limiter, Peer, Readiness};
 use crate::engine::Engine;
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::model::World;
 use crate::secret::{self, ADMIN_PREFIX};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{AuditRecord, Store as _, StoreError, Write};
+use crate::store::{AuditRecord, Store, StoreError, Write};
 use crate::{clock, tls};
 
 /// File name of the database in the data directory.
@@ -122,6 +120,9 @@ pub enum ServeError {
     /// Another process holds the data directory.
     #[error(transparent)]
     Lock(#[from] weft_tls::LockError),
+    /// The database cannot be used as it is (the message says what to do).
+    #[error("{0}")]
+    Database(String),
     /// A file or socket operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -175,9 +176,12 @@ impl Default for Config {
     }
 }
 
+mod database;
+pub use database::{Opened, prepare_database};
+
 /// The opened store and loaded state.
-pub struct Prepared {
-    store: SqliteStore,
+pub struct Prepared<S: Store = SqliteStore> {
+    store: S,
     world: World,
     /// Whether this start created the admin token (in `admin_token_path`).
     pub admin_token_created: bool,
@@ -196,7 +200,7 @@ pub fn prepare(
     mode: StateMode,
 ) -> Result<Prepared, ServeError> {
     let db = data_dir.join(DB_FILE);
-    let mut store = match mode {
+    let store = match mode {
         StateMode::Fresh => SqliteStore::create(&db)?,
         StateMode::Existing => SqliteStore::open_existing(&db)?,
         StateMode::Init => match SqliteStore::open_existing(&db) {
@@ -235,6 +239,16 @@ pub fn prepare(
     if !loose.is_empty() {
         warn!(files = %loose.join(", "), "the database is readable by other users; it holds credential hashes and the audit log (chmod 600 it)");
     }
+    finish(store, data_dir, relays)
+}
+
+/// Loads the state from the opened `store`, creates the admin token on first
+/// start (into `data_dir`), and begins a new map version.
+fn finish<S: Store>(
+    mut store: S,
+    data_dir: &Path,
+    relays: Vec<Relay>,
+) -> Result<Prepared<S>, ServeError> {
     let mut world = crate::replica::load(&mut store, relays)?;
     let admin_token_path = data_dir.join(ADMIN_TOKEN_FILE);
     let mut admin_token_created = false;
@@ -275,21 +289,22 @@ pub fn prepare(
 }
 
 /// Serves until `shutdown` resolves.
-pub async fn run(
-    prepared: Prepared,
+pub async fn run<S: Store>(
+    prepared: Prepared<S>,
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let hub = Arc::new(Hub::new(config.hub.clone()));
     let metrics = Arc::new(Metrics::new());
+    // Starting the engine reads the store (the replica's catch-up): blocking
+    // I/O, and PostgreSQL's client runs a runtime of its own.
     let (engine, writer) =
-        Engine::start(prepared.store, prepared.world, hub, metrics).map_err(|source| {
-            ServeError::Io {
+        tokio::task::block_in_place(|| Engine::start(prepared.store, prepared.world, hub, metrics))
+            .map_err(|source| ServeError::Io {
                 what: "starting the store writer".into(),
                 source,
-            }
-        })?;
+            })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let readiness = Arc::new(Readiness::default());
     let state = AppState {
@@ -361,8 +376,16 @@ pub async fn run(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        // Handlers see the peer address (per-source rate limits).
-        let svc = TowerToHyperService::new(router.clone().layer(axum::Extension(Peer(peer))));
+        // Handlers see the peer address (per-source rate limits), put in each
+        // request's extensions. (Not `router.layer(Extension(..))`: that
+        // rebuilds every route for every connection, ~100 KiB each, kept for
+        // as long as a map stream lives.)
+        let inner = TowerToHyperService::new(router.clone());
+        let svc =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(Peer(peer));
+                hyper::service::Service::call(&inner, req)
+            });
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {

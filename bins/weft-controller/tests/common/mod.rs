@@ -109,6 +109,10 @@ impl Controller {
             }
         }
         args.extend_from_slice(extra);
+        let database = test_database(dir);
+        if let Some(url) = &database {
+            args.extend_from_slice(&["--database", url]);
+        }
         let child = Command::new(BIN)
             .args(&args)
             .env("RUST_LOG", "debug")
@@ -398,7 +402,52 @@ pub fn serve_command(dir: &Path) -> Command {
         "--listen",
         "127.0.0.1:0",
     ]);
+    if let Some(url) = test_database(dir) {
+        cmd.args(["--database", &url]);
+    }
     cmd
+}
+
+static SQLITE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this test binary's tests as about SQLite's file (they run on SQLite
+/// whatever `WEFT_TEST_DATABASE` says).
+pub fn sqlite_only() {
+    SQLITE_ONLY.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+static DBS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>> =
+    std::sync::OnceLock::new();
+
+/// Makes the controller on `dir` a replica of the one on `first`: with
+/// `WEFT_TEST_DATABASE=postgres` it gets the same database (`true`); on
+/// SQLite nothing is done (`false`: link the database file instead).
+pub fn share_database(first: &Path, dir: &Path) -> bool {
+    let Some(url) = test_database(first) else {
+        return false;
+    };
+    DBS.get_or_init(std::sync::Mutex::default)
+        .lock()
+        .unwrap()
+        .insert(dir.to_owned(), url);
+    true
+}
+
+/// With `WEFT_TEST_DATABASE=postgres`: the PostgreSQL database of the
+/// controller on `dir` (made on first use in this process's throwaway
+/// cluster; the same one each time the controller on `dir` restarts).
+/// Otherwise `None`: SQLite in `dir`.
+pub fn test_database(dir: &Path) -> Option<String> {
+    if SQLITE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+        || !weft_controller::store::testing::postgres_wanted()
+    {
+        return None;
+    }
+    let mut dbs = DBS.get_or_init(std::sync::Mutex::default).lock().unwrap();
+    let url = dbs
+        .entry(dir.to_owned())
+        .or_insert_with(|| weft_controller::store::testing::fresh_postgres_database("ctl"));
+    Some(url.clone())
 }
 
 /// A raw HTTP/1.1 exchange over cleartext TCP: returns status and body.

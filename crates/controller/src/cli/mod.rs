@@ -1,9 +1,11 @@
-//! The `weft-controller` command line: `serve`.
+//! The `weft-controller` command line: `serve`, `migrate-store`.
 //!
 //! `weft-controller admin …` is a deprecated alias of `weft admin …` for one
 //! release; the `weft-controller` binary hands it to `weft-cli` before this
 //! parser sees it.
 
+mod database;
+mod migrate_store;
 mod serve;
 
 use std::io::Write as _;
@@ -28,14 +30,18 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controller (HTTPS API and map streams).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// Copy a SQLite installation into an empty PostgreSQL database, with
+    /// every table's row count verified (--dry-run: copy, count, roll back).
+    MigrateStore(migrate_store::MigrateStoreArgs),
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
+        Command::MigrateStore(args) => migrate_store::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

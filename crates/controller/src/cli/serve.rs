@@ -28,6 +28,16 @@ pub(super) struct ServeArgs {
     /// with some state missing is refused, naming the file.
     #[arg(long)]
     init: bool,
+    /// Keep the state in PostgreSQL instead of DIR/controller.db:
+    /// postgres://USER@HOST[:PORT]/DBNAME[?sslmode=require]. Several
+    /// controllers (replicas, each with its own DIR) may share one database.
+    /// No password in the URL: see --database-password-file. An empty
+    /// database gets weft's schema on a first start; move a SQLite
+    /// installation over with `weft-controller migrate-store`.
+    #[arg(long, env = "WEFT_DATABASE_URL", value_name = "URL")]
+    database: Option<String>,
+    #[command(flatten)]
+    pg: super::database::PgOptions,
     /// Address to listen on; port 0 picks a free port (written to DIR/listen.addr).
     #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
     listen: SocketAddr,
@@ -160,6 +170,17 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             addr.ip()
         );
     }
+    let database = match &args.database {
+        Some(url) => {
+            let target = args.pg.target(url)?;
+            info!(database = %target.shown(), "state in PostgreSQL");
+            Some(target)
+        }
+        None if args.pg.any() => bail!(
+            "--database-password-file, --database-ca and --database-insecure go with --database postgres://…"
+        ),
+        None => None,
+    };
     let nofile = raise_nofile_limit();
     // Judge and lock the data directory before anything is written to it.
     let data_dir = serve::open_data_dir(&args.data_dir, args.init)?;
@@ -213,14 +234,16 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             };
             Some(material)
         };
-        let prepared = serve::prepare(&args.data_dir, relays, mode)?;
-        if prepared.admin_token_created {
+        let prepared = tokio::task::block_in_place(|| {
+            serve::prepare_database(&args.data_dir, database.as_ref(), relays, mode)
+        })?;
+        if prepared.admin_token_created() {
             // Only the path: stdout usually ends up in the journal.
             out(&format!(
                 "Admin token created: {} (mode 0600; read it from there)\n",
-                prepared.admin_token_path.display()
+                prepared.admin_token_path().display()
             ));
-            info!(file = %prepared.admin_token_path.display(), "created the admin token");
+            info!(file = %prepared.admin_token_path().display(), "created the admin token");
         }
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
@@ -288,11 +311,11 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
                 ..Default::default()
             },
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
-            drain_spread: Duration::from_secs(args.drain_spread_secs),
             audit_retention: crate::api::AuditRetention::from_flags(
                 args.audit_retain_days,
                 args.audit_retain_count,
             ),
+            drain_spread: Duration::from_secs(args.drain_spread_secs),
             metrics_listener,
             hub: crate::hub::HubConfig {
                 presence: crate::model::PresenceConfig {
@@ -303,7 +326,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             },
             ..Config::default()
         };
-        serve::run(prepared, config, listener, shutdown_signal()).await?;
+        prepared.run(config, listener, shutdown_signal()).await?;
         Ok::<(), anyhow::Error>(())
     })?;
     // Held until here: another controller cannot take the directory meanwhile.

@@ -15,8 +15,8 @@ use crate::model::{
 };
 use crate::netmap::{Payload, compile, snapshot};
 use crate::secret::SecretHash;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, Write};
+use crate::store::Write;
+use crate::store::testing::test_store;
 
 /// Networks `a` and `b`; n1 (tags web, db) and n2 (web) in `a`, n3 (no tag)
 /// in `a` and `b`, n4 in `b`.
@@ -377,7 +377,7 @@ fn unknown_scopes_keys_and_nodes_are_refused() {
 
 #[test]
 fn a_restart_keeps_data_and_secrets_and_a_removed_node_takes_its_own() {
-    let mut store = SqliteStore::open_in_memory().unwrap();
+    let mut store = test_store();
     let mut writes = Vec::new();
     let mut w = world(&mut writes);
     writes.extend(run(&mut w, set(tag("web"), "k", "tag")).2);

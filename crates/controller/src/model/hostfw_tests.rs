@@ -8,8 +8,8 @@ use super::*;
 use crate::model::data::tests::{id, recipients_of, world};
 use crate::model::{NodePatch, Operation, Outcome, RemoveNode, UpdateNode};
 use crate::netmap::snapshot;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, Write};
+use crate::store::Write;
+use crate::store::testing::test_store;
 
 /// n1 (tags web, db), n2 (web), n3, n4: tag db and n3 get a firewall.
 const FILE: &str = r#"[[firewall]]
@@ -230,7 +230,7 @@ fn dynamic_rules_reach_their_node_expire_and_are_audited() {
 
 #[test]
 fn a_restart_keeps_the_file_and_rules_and_a_removed_node_takes_its_rules() {
-    let mut store = SqliteStore::open_in_memory().unwrap();
+    let mut store = test_store();
     let mut writes = Vec::new();
     let mut w = world(&mut writes);
     writes.extend(run_at(&mut w, Actor::Admin, set(FILE), 1_000).2);

@@ -11,8 +11,8 @@ use super::*;
 use crate::model::data::tests::{id, recipients_of, world};
 use crate::model::{NewNetwork, Operation, Outcome, RemoveNode, SetPolicy, SetPresence};
 use crate::netmap::snapshot;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{Store, Write};
+use crate::store::Write;
+use crate::store::testing::test_store;
 
 /// Runs `op` as one batch: its result, the batch's outcome and writes.
 fn run<O: Operation>(
@@ -402,7 +402,7 @@ fn offers_wait_for_approval_stay_rejected_and_can_be_withdrawn() {
 
 #[test]
 fn a_restart_keeps_services_vips_and_instances() {
-    let mut store = SqliteStore::open_in_memory().unwrap();
+    let mut store = test_store();
     let mut writes = Vec::new();
     let mut w = world(&mut writes);
     for op in [

@@ -16,11 +16,16 @@ pub mod data;
 pub mod dns_blocklist;
 pub mod hostfw;
 pub mod integrity;
+pub mod postgres;
 pub mod services;
 pub mod sqlite;
 pub mod ssh;
 pub mod tasks;
+pub mod testing;
 pub mod usage;
+
+#[cfg(test)]
+pub(crate) mod row_suites;
 
 #[cfg(test)]
 pub(crate) mod replication_tests;
@@ -40,6 +45,11 @@ pub enum StoreError {
     /// The database engine reported an error (I/O, corruption, constraint).
     #[error("database error: {0}")]
     Db(String),
+    /// The database cannot be reached right now (PostgreSQL down or
+    /// restarting, the connection lost): the call did nothing durable, and a
+    /// later one may work (the API answers 503).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// A stored value does not parse (manual edits or corruption).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -46,6 +46,11 @@ mod migrations;
 mod ops;
 use migrations::MIGRATIONS;
 
+// Row checks the PostgreSQL driver shares.
+pub(super) use dns_blocklist::checked as checked_blocklist;
+pub(super) use hostfw::rule_from_row;
+pub(super) use services::{instance_from_row, service_from_row};
+
 /// A SQLite database file.
 pub struct SqliteStore {
     conn: Connection,
@@ -59,19 +64,22 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-fn corrupt(what: &str) -> impl Fn(String) -> StoreError + '_ {
+pub(super) fn corrupt(what: &str) -> impl Fn(String) -> StoreError + '_ {
     move |e| StoreError::Corrupt(format!("{what}: {e}"))
 }
 
-fn json_list<T: serde::Serialize>(v: impl IntoIterator<Item = T>) -> String {
+pub(super) fn json_list<T: serde::Serialize>(v: impl IntoIterator<Item = T>) -> String {
     serde_json::to_string(&v.into_iter().collect::<Vec<T>>()).unwrap_or_else(|_| "[]".into())
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, StoreError> {
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
+    what: &str,
+    s: &str,
+) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError>
+pub(super) fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {
@@ -79,11 +87,11 @@ where
         .map_err(|e: T::Err| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-fn to_i64(v: u64) -> i64 {
+pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn to_u64(v: i64) -> u64 {
+pub(super) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
@@ -797,7 +805,7 @@ impl Store for SqliteStore {
 
 /// The newest schema version this build knows.
 #[cfg(test)]
-fn newest() -> u32 {
+pub(crate) fn newest() -> u32 {
     MIGRATIONS.last().map_or(0, |m| m.0)
 }
 

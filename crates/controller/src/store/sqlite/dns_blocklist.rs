@@ -55,9 +55,17 @@ pub(super) fn load(c: &Connection) -> Result<Option<DnsBlocklistRecord>, StoreEr
             },
         )
         .optional()?;
-    let Some((version, mode, entries, sha256, text, set_by, at)) = row else {
-        return Ok(None);
-    };
+    row.map(checked).transpose()
+}
+
+/// A blocklist row's columns: version, mode, entries, sha256, domains,
+/// set_by, set_at_ms.
+pub(in crate::store) type BlocklistRow = (i64, String, i64, String, String, String, i64);
+
+/// The blocklist of a row, checked (both drivers): a row whose domains do not
+/// match its digest, or hold an invalid or unsorted name, is corrupt.
+pub(in crate::store) fn checked(row: BlocklistRow) -> Result<DnsBlocklistRecord, StoreError> {
+    let (version, mode, entries, sha256, text, set_by, at) = row;
     let bad = corrupt("dns_blocklist");
     let mode: BlockMode = mode.parse().map_err(&bad)?;
     let domains: Vec<String> = if text.is_empty() {
@@ -77,7 +85,7 @@ pub(super) fn load(c: &Connection) -> Result<Option<DnsBlocklistRecord>, StoreEr
     if domains.iter().any(|d| !is_block_name(d)) || domains.windows(2).any(|w| w[0] >= w[1]) {
         return Err(bad("an invalid, unsorted or repeated domain".into()));
     }
-    Ok(Some(DnsBlocklistRecord {
+    Ok(DnsBlocklistRecord {
         list: Arc::new(DnsBlocklist {
             version: to_u64(version),
             mode,
@@ -85,7 +93,7 @@ pub(super) fn load(c: &Connection) -> Result<Option<DnsBlocklistRecord>, StoreEr
         }),
         set_by,
         set_at_ms: to_u64(at),
-    }))
+    })
 }
 
 #[cfg(test)]

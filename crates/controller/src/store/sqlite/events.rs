@@ -92,7 +92,7 @@ mod tests {
 
     use super::insert_keeping;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{EventQuery, EventRecord, Store, Write};
+    use crate::store::{EventQuery, EventRecord, Store};
 
     fn record(node_id: u64, id: u64, received_at_ms: u64) -> EventRecord {
         EventRecord {
@@ -118,43 +118,6 @@ mod tests {
                 summary: "scan".into(),
             },
         }
-    }
-
-    #[test]
-    fn events_are_kept_once_filtered_and_read_oldest_first() {
-        let mut s = SqliteStore::open_in_memory().unwrap();
-        s.apply(&[Write::Events(vec![record(1, 10, 100), record(2, 10, 200)])])
-            .unwrap();
-        // A retried upload of the same event adds nothing.
-        s.apply(&[Write::Events(vec![record(1, 10, 300), record(1, 11, 400)])])
-            .unwrap();
-        let all = s
-            .events(&EventQuery {
-                limit: 100,
-                ..EventQuery::default()
-            })
-            .unwrap();
-        let ids: Vec<(u64, u64)> = all.iter().map(|(_, r)| (r.node_id, r.event.id)).collect();
-        assert_eq!(ids, vec![(1, 10), (2, 10), (1, 11)]);
-        assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "oldest first");
-        let one = s
-            .events(&EventQuery {
-                node_id: Some(1),
-                since_ms: Some(150),
-                limit: 100,
-            })
-            .unwrap();
-        assert_eq!(one.len(), 1);
-        assert_eq!(one[0].1.event.id, 11);
-        let newest = s
-            .events(&EventQuery {
-                limit: 2,
-                ..EventQuery::default()
-            })
-            .unwrap();
-        assert_eq!(newest.len(), 2);
-        assert_eq!(newest[1].1.event.id, 11);
-        assert_eq!(newest[1].1, record(1, 11, 400));
     }
 
     #[test]

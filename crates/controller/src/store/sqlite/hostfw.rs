@@ -70,19 +70,7 @@ pub(super) fn load(c: &Connection) -> Result<HostFwRows, StoreError> {
                 expires_at_ms
          FROM host_firewall_rules ORDER BY id",
     )?;
-    type Row = (
-        i64,
-        i64,
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-        i64,
-        Option<i64>,
-    );
-    let rows = st.query_map([], |r| -> rusqlite::Result<Row> {
+    let rows = st.query_map([], |r| -> rusqlite::Result<RuleRow> {
         Ok((
             r.get(0)?,
             r.get(1)?,
@@ -98,45 +86,66 @@ pub(super) fn load(c: &Connection) -> Result<HostFwRows, StoreError> {
     })?;
     let mut rules = Vec::new();
     for row in rows {
-        let (id, node_id, direction, proto, ports, peers, comment, created_by, at, expires) = row?;
-        let id = to_u64(id);
-        let bad = |what: &str| corrupt("host_firewall_rules")(format!("rule {id}: {what}"));
-        let direction = match direction.as_str() {
-            "in" => Direction::In,
-            "out" => Direction::Out,
-            "forward" => Direction::Forward,
-            other => return Err(bad(&format!("direction {other:?}"))),
-        };
-        let proto = weft_policy::hostfw::parse_proto(&proto)
-            .ok_or_else(|| bad(&format!("proto {proto:?}")))?;
-        let ports: Vec<PortRange> =
-            serde_json::from_str(&ports).map_err(|e| bad(&format!("ports: {e}")))?;
-        let peers: Vec<String> =
-            serde_json::from_str(&peers).map_err(|e| bad(&format!("peers: {e}")))?;
-        let peers = peers
-            .iter()
-            .map(|p| host_addr(p).map_err(|e| bad(&format!("peer {p:?}: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        let rule = HostRule {
-            id: format!("dyn:{id}"),
-            direction,
-            action: RuleAction::Accept,
-            proto,
-            ports,
-            peers,
-            comment,
-            expires_at_ms: expires.map(to_u64),
-        };
-        rule.check().map_err(|e| bad(&e.to_string()))?;
-        rules.push(FirewallRuleRecord {
-            id,
-            node_id: to_u64(node_id),
-            rule,
-            created_by,
-            created_at_ms: to_u64(at),
-        });
+        rules.push(rule_from_row(row?)?);
     }
     Ok(HostFwRows { file, rules })
+}
+
+/// A dynamic rule row's columns: id, node_id, direction, proto, ports, peers,
+/// comment, created_by, created_at_ms, expires_at_ms.
+pub(in crate::store) type RuleRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+);
+
+/// The dynamic rule of a row, checked (both drivers): a value that does not
+/// parse, or a rule that fails its own check, is corrupt.
+pub(in crate::store) fn rule_from_row(row: RuleRow) -> Result<FirewallRuleRecord, StoreError> {
+    let (id, node_id, direction, proto, ports, peers, comment, created_by, at, expires) = row;
+    let id = to_u64(id);
+    let bad = |what: &str| corrupt("host_firewall_rules")(format!("rule {id}: {what}"));
+    let direction = match direction.as_str() {
+        "in" => Direction::In,
+        "out" => Direction::Out,
+        "forward" => Direction::Forward,
+        other => return Err(bad(&format!("direction {other:?}"))),
+    };
+    let proto =
+        weft_policy::hostfw::parse_proto(&proto).ok_or_else(|| bad(&format!("proto {proto:?}")))?;
+    let ports: Vec<PortRange> =
+        serde_json::from_str(&ports).map_err(|e| bad(&format!("ports: {e}")))?;
+    let peers: Vec<String> =
+        serde_json::from_str(&peers).map_err(|e| bad(&format!("peers: {e}")))?;
+    let peers = peers
+        .iter()
+        .map(|p| host_addr(p).map_err(|e| bad(&format!("peer {p:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rule = HostRule {
+        id: format!("dyn:{id}"),
+        direction,
+        action: RuleAction::Accept,
+        proto,
+        ports,
+        peers,
+        comment,
+        expires_at_ms: expires.map(to_u64),
+    };
+    rule.check().map_err(|e| bad(&e.to_string()))?;
+    Ok(FirewallRuleRecord {
+        id,
+        node_id: to_u64(node_id),
+        rule,
+        created_by,
+        created_at_ms: to_u64(at),
+    })
 }
 
 #[cfg(test)]

@@ -103,8 +103,7 @@ pub(super) fn load(c: &Connection) -> Result<ServiceRows, StoreError> {
         "SELECT id, network_id, name, vip, ports, health, origin, version, created_at_ms
          FROM services ORDER BY id",
     )?;
-    type Row = (i64, i64, String, String, String, String, String, i64, i64);
-    let rows = st.query_map([], |r| -> rusqlite::Result<Row> {
+    let rows = st.query_map([], |r| -> rusqlite::Result<ServiceRow> {
         Ok((
             r.get(0)?,
             r.get(1)?,
@@ -118,26 +117,7 @@ pub(super) fn load(c: &Connection) -> Result<ServiceRows, StoreError> {
         ))
     })?;
     for row in rows {
-        let (id, net, name, vip, ports, health, origin, version, at) = row?;
-        let bad = |what: String| corrupt("services")(format!("service {id} ({name:?}): {what}"));
-        weft_proto::service::check_service_name(&name).map_err(|e| bad(e.to_string()))?;
-        let ports: Vec<ServicePort> =
-            serde_json::from_str(&ports).map_err(|e| bad(format!("ports: {e}")))?;
-        weft_proto::service::check_ports(&ports).map_err(|e| bad(e.to_string()))?;
-        let health: HealthCheck = health.parse().map_err(|e| bad(format!("health: {e}")))?;
-        let origin =
-            ServiceOrigin::parse(&origin).ok_or_else(|| bad(format!("origin {origin:?}")))?;
-        services.push(ServiceRecord {
-            id: to_u64(id),
-            network_id: to_u64(net),
-            vip: vip.parse().map_err(|e| bad(format!("vip {vip:?}: {e}")))?,
-            name,
-            ports,
-            health,
-            origin,
-            version: to_u64(version),
-            created_at_ms: to_u64(at),
-        });
+        services.push(service_from_row(row?)?);
     }
     let mut instances = Vec::new();
     let mut st = c.prepare(
@@ -153,23 +133,54 @@ pub(super) fn load(c: &Connection) -> Result<ServiceRows, StoreError> {
         ))
     })?;
     for row in rows {
-        let (service, node, state, at) = row?;
-        instances.push(InstanceRecord {
-            service_id: to_u64(service),
-            node_id: to_u64(node),
-            state: InstanceState::parse(&state).ok_or_else(|| {
-                corrupt("service_instances")(format!(
-                    "service {service} node {node}: state {state:?}"
-                ))
-            })?,
-            created_at_ms: to_u64(at),
-        });
+        instances.push(instance_from_row(row?)?);
     }
     Ok(ServiceRows {
         version,
         ranges,
         services,
         instances,
+    })
+}
+
+/// A service row's columns: id, network_id, name, vip, ports, health, origin,
+/// version, created_at_ms.
+pub(in crate::store) type ServiceRow = (i64, i64, String, String, String, String, String, i64, i64);
+
+/// The service of a row, checked (both drivers).
+pub(in crate::store) fn service_from_row(row: ServiceRow) -> Result<ServiceRecord, StoreError> {
+    let (id, net, name, vip, ports, health, origin, version, at) = row;
+    let bad = |what: String| corrupt("services")(format!("service {id} ({name:?}): {what}"));
+    weft_proto::service::check_service_name(&name).map_err(|e| bad(e.to_string()))?;
+    let ports: Vec<ServicePort> =
+        serde_json::from_str(&ports).map_err(|e| bad(format!("ports: {e}")))?;
+    weft_proto::service::check_ports(&ports).map_err(|e| bad(e.to_string()))?;
+    let health: HealthCheck = health.parse().map_err(|e| bad(format!("health: {e}")))?;
+    let origin = ServiceOrigin::parse(&origin).ok_or_else(|| bad(format!("origin {origin:?}")))?;
+    Ok(ServiceRecord {
+        id: to_u64(id),
+        network_id: to_u64(net),
+        vip: vip.parse().map_err(|e| bad(format!("vip {vip:?}: {e}")))?,
+        name,
+        ports,
+        health,
+        origin,
+        version: to_u64(version),
+        created_at_ms: to_u64(at),
+    })
+}
+
+/// The instance of a row (service_id, node_id, state, created_at_ms), checked.
+pub(in crate::store) fn instance_from_row(
+    (service, node, state, at): (i64, i64, String, i64),
+) -> Result<InstanceRecord, StoreError> {
+    Ok(InstanceRecord {
+        service_id: to_u64(service),
+        node_id: to_u64(node),
+        state: InstanceState::parse(&state).ok_or_else(|| {
+            corrupt("service_instances")(format!("service {service} node {node}: state {state:?}"))
+        })?,
+        created_at_ms: to_u64(at),
     })
 }
 

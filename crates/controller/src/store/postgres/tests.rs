@@ -1,0 +1,181 @@
+//! The PostgreSQL driver against a throwaway cluster: the shared store
+//! suites, then what only this driver has (reconnecting, a newer schema).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use super::cluster::TestCluster;
+use super::*;
+use crate::store::tests::store_suite;
+
+/// A fresh database in this process's cluster.
+fn fresh_url(name: &str) -> String {
+    crate::store::testing::fresh_postgres_database(name)
+}
+
+#[test]
+fn postgres_passes_the_store_suite() {
+    let url = fresh_url("suite");
+    store_suite(|| PgStore::open_url(&url).unwrap());
+}
+
+#[test]
+fn postgres_deletes_a_network_and_prunes_the_audit_log() {
+    use crate::store::ops_tests::{audit_retention_suite, delete_network_suite};
+    delete_network_suite(PgStore::open_url(&fresh_url("delnet")).unwrap());
+    audit_retention_suite(PgStore::open_url(&fresh_url("retain")).unwrap());
+}
+
+#[test]
+fn postgres_passes_the_replication_suite() {
+    let url = fresh_url("repl");
+    crate::store::replication_tests::replication_suite(move || PgStore::open_url(&url).unwrap());
+}
+
+#[test]
+fn postgres_passes_the_row_suites() {
+    use crate::store::row_suites as rows;
+    let open = |name: &str| {
+        let url = fresh_url(name);
+        move || PgStore::open_url(&url).unwrap()
+    };
+    rows::usage_suite(open("usage")());
+    rows::events_suite(open("events")());
+    rows::tasks_suite(open("tasks"));
+    rows::integrity_suite(open("integrity"));
+    rows::dns_blocklist_suite(open("dns"));
+    rows::services_suite(open("services")());
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_opening_twice_migrates_once() {
+    let url = fresh_url("schema");
+    let mut s = PgStore::open_url(&url).unwrap();
+    assert_eq!(s.schema_version().unwrap(), migrations::newest());
+    drop(s);
+    // Two replicas starting together: the advisory lock serializes them.
+    let (a, b) = (url.clone(), url.clone());
+    let t = std::thread::spawn(move || PgStore::open_url(&a).map(drop));
+    PgStore::open_url(&b).unwrap();
+    t.join().unwrap().unwrap();
+    let mut s = PgStore::open_url(&url).unwrap();
+    s.client()
+        .unwrap()
+        .execute(
+            "INSERT INTO schema_migrations VALUES (99, 'future', 0)",
+            &[],
+        )
+        .unwrap();
+    drop(s);
+    assert!(matches!(
+        PgStore::open_url(&url),
+        Err(StoreError::SchemaTooNew { found: 99, .. })
+    ));
+}
+
+#[test]
+fn a_restarted_server_costs_one_call_then_the_store_reconnects() {
+    // Its own cluster: stopping the shared one would break other tests.
+    let cluster = TestCluster::start().unwrap();
+    let url = cluster.create_database("restart").unwrap();
+    let mut s = PgStore::open_url(&url).unwrap();
+    s.apply(&[Write::SetMapVersion(3)]).unwrap();
+    cluster.stop().unwrap();
+    let e = s.apply(&[Write::SetMapVersion(4)]).unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    assert!(matches!(s.ping(), Err(StoreError::Unavailable(_))));
+    cluster.restart().unwrap();
+    s.ping().unwrap();
+    s.apply(&[Write::SetMapVersion(5)]).unwrap();
+    assert_eq!(s.load().unwrap().map_version, 5);
+}
+
+#[test]
+fn an_exclusive_section_dies_with_its_connection_and_releases_the_lock() {
+    let url = fresh_url("excl");
+    let mut a = PgStore::open_url(&url).unwrap();
+    let mut b = PgStore::open_url(&url).unwrap();
+    a.begin_exclusive().unwrap();
+    // Kill a's backend: its transaction and advisory lock go with it.
+    b.client()
+        .unwrap()
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap();
+    let e = a.commit_exclusive(&[Write::SetMapVersion(1)]).unwrap_err();
+    assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+    b.begin_exclusive().unwrap();
+    b.commit_exclusive(&[Write::SetMapVersion(2)]).unwrap();
+    // a reconnects on its next call.
+    assert_eq!(a.load().unwrap().map_version, 2);
+}
+
+#[test]
+fn migrate_store_copies_every_row_and_a_dry_run_writes_nothing() {
+    use super::copy::{CopyError, copy_from_sqlite};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{AuditQuery, EventQuery};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("controller.db");
+    let mut src = SqliteStore::create(&path).unwrap();
+    src.apply(&crate::store::row_suites::sample_rows()).unwrap();
+    let url = fresh_url("copy");
+    let target = Target::parse(&url, &ConnectOptions::default()).unwrap();
+
+    let dry = copy_from_sqlite(&path, &target, true, |_| {}).unwrap();
+    assert!(!dry.committed);
+    assert!(dry.rows() > 20, "{dry:?}");
+    assert!(
+        !PgStore::has_schema(&target).unwrap(),
+        "a dry run leaves nothing, not even the schema"
+    );
+
+    let mut seen = Vec::new();
+    let report = copy_from_sqlite(&path, &target, false, |t| seen.push(t.table.clone())).unwrap();
+    assert!(report.committed);
+    assert_eq!(report.tables.len(), seen.len());
+    assert!(
+        report.tables.iter().all(|t| t.sqlite == t.postgres),
+        "{report:?}"
+    );
+    let nodes = seen.iter().position(|t| t == "nodes").unwrap();
+    let members = seen.iter().position(|t| t == "memberships").unwrap();
+    assert!(nodes < members, "parents first: {seen:?}");
+
+    let mut dst = PgStore::open(target.clone()).unwrap();
+    let (a, b) = (src.load().unwrap(), dst.load().unwrap());
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    assert_eq!(a.data, b.data, "secrets' bytes too");
+    let q = AuditQuery {
+        limit: 100,
+        ..AuditQuery::default()
+    };
+    assert_eq!(src.audit(&q).unwrap(), dst.audit(&q).unwrap());
+    let e = EventQuery {
+        limit: 100,
+        ..EventQuery::default()
+    };
+    assert_eq!(src.events(&e).unwrap(), dst.events(&e).unwrap());
+    assert_eq!(src.usage_sums(0).unwrap(), dst.usage_sums(0).unwrap());
+    // The event log's sequence continues after the copied rows.
+    let mut next = crate::store::row_suites::sample_rows();
+    next.retain(|w| matches!(w, Write::Events(_)));
+    if let Some(Write::Events(evs)) = next.first_mut() {
+        for ev in evs.iter_mut() {
+            ev.event.id += 100;
+        }
+    }
+    dst.apply(&next).unwrap();
+    let all = dst.events(&e).unwrap();
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "{all:?}");
+
+    // A second copy into the full database is refused.
+    assert!(matches!(
+        copy_from_sqlite(&path, &target, false, |_| {}),
+        Err(CopyError::NotEmpty { .. })
+    ));
+}
