@@ -64,6 +64,8 @@ enum Cmd {
     TaskResults(String, Reply<Vec<TaskResultRecord>>),
     /// Time for the replica's periodic work ([`Replica::tick`]).
     Tick,
+    /// Catch up with the other replicas now; answered when done.
+    Sync(oneshot::Sender<()>),
     /// A read of the store on the writer's thread, after the batch.
     Read(StoreRead),
     Shutdown,
@@ -384,6 +386,15 @@ impl Engine {
         self.catching_up.load(Ordering::Acquire)
     }
 
+    /// Catches up with the other replicas' changes now (a credential one of
+    /// them just created is known here when this returns).
+    pub async fn catch_up(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Sync(reply)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Waits (at most `limit`) until this replica's state reaches map
     /// version `version`, catching up meanwhile: a stream resuming from a
     /// version another replica published just now gets its deltas here, not
@@ -459,6 +470,7 @@ fn writer<S: Store>(
         let mut store_reads: Vec<StoreRead> = Vec::new();
         let mut stop = false;
         let mut tick = false;
+        let mut synced = Vec::new();
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
@@ -474,6 +486,10 @@ fn writer<S: Store>(
                     reply: None,
                 })),
                 Cmd::Tick => tick = true,
+                Cmd::Sync(reply) => {
+                    tick = true;
+                    synced.push(reply);
+                }
                 Cmd::Audit(q, reply) => audits.push((q, reply)),
                 Cmd::Usage(node, upload, reply) => usages.push((node, upload, reply)),
                 Cmd::UsageSums(since, reply) => usage_reads.push((since, reply)),
@@ -511,6 +527,9 @@ fn writer<S: Store>(
                     .collect();
                 commit_batch(&mut store, &mut replica, &world, &out, ops);
             }
+        }
+        for reply in synced {
+            let _ = reply.send(());
         }
         for (q, reply) in audits {
             let r = store.audit(&q).map_err(|e| {

@@ -560,7 +560,13 @@ impl FromRequestParts<AppState> for NodeAuth {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let hash = bearer(parts)?;
-        let world = state.engine.world().read().await;
+        let mut world = state.engine.world().read().await;
+        if world.node_by_credential(&hash).is_none() {
+            // Registered through another replica a moment ago?
+            drop(world);
+            state.engine.catch_up().await;
+            world = state.engine.world().read().await;
+        }
         let node = world
             .node_by_credential(&hash)
             .ok_or(ApiError::Unauthorized)?;
