@@ -267,4 +267,47 @@ fn agents_move_between_controller_addresses_by_delta_and_obey_a_drain() {
             now.as_deref().unwrap_or("-")
         );
     }
+
+    // `weft up --controller` without a token replaces a joined node's list,
+    // kept in its credential file (`controllers`, and `controller` = the
+    // first for an older weftd).
+    let out = mesh
+        .weft(
+            "node2",
+            &[
+                "up",
+                "--controller",
+                &format!("{u2},{u1}"),
+                "--timeout",
+                "30",
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c2 = mesh.status("node2").unwrap().controller.unwrap();
+    assert_eq!(c2.urls, vec![u2.clone(), u1.clone()]);
+    assert!(c2.connected, "{c2:?}");
+    let cred: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(mesh.agents["node2"].state_dir.join("credential.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cred["controllers"], serde_json::json!([u2, u1]));
+    assert_eq!(cred["controller"], serde_json::json!(u2));
+    // A bad list is refused and changes nothing.
+    let out = mesh
+        .weft(
+            "node2",
+            &["up", "--controller", "ftp://x", "--timeout", "5"],
+        )
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        mesh.status("node2").unwrap().controller.unwrap().urls,
+        vec![u2, u1]
+    );
 }
