@@ -6,7 +6,11 @@
 //! presence is correct across replicas (a node held by a replica that is
 //! killed goes offline within 30 s).
 
-#![allow(clippy::expect_used, reason = "test helpers fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers fail loudly"
+)]
 #![allow(
     clippy::disallowed_methods,
     reason = "the test measures real delays of real controllers"
@@ -199,7 +203,10 @@ async fn a_node_held_by_a_killed_replica_goes_offline_within_30_s() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!("offline {:?} after the kill", killed.elapsed());
-    assert!(online(on_a.name.clone()).await, "the node held by A stays online");
+    assert!(
+        online(on_a.name.clone()).await,
+        "the node held by A stays online"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -236,7 +243,10 @@ async fn a_stream_moves_to_the_other_replica_and_resumes_by_delta() {
     let mut seen_newcomer = false;
     let until = Instant::now() + Duration::from_secs(10);
     while !seen_newcomer {
-        assert!(Instant::now() < until, "the newcomer did not arrive by delta");
+        assert!(
+            Instant::now() < until,
+            "the newcomer did not arrive by delta"
+        );
         match next_event(&mut s).await {
             MapEvent::Snapshot(_) => panic!("resuming on the other replica sent a snapshot"),
             MapEvent::Delta(d) => {
