@@ -164,6 +164,16 @@ async fn open(s: &mut StreamState) -> Result<bool, Bytes> {
     };
     let last = *last;
     s.opening = None;
+    // Resuming from a version another replica published a moment ago: catch
+    // up first (bounded), so the stream gets deltas here, not a snapshot.
+    let have = s.engine.world().read().await.version;
+    if let Some(l) = last
+        && l > have
+    {
+        s.engine
+            .reach_version(l, std::time::Duration::from_secs(2))
+            .await;
+    }
     let world = s.engine.world().read().await;
     let Some(frames) = s.engine.hub().initial(&world, &mut s.sub, last) else {
         return Ok(false);
