@@ -179,6 +179,16 @@ impl Engine {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Engine, EngineThread)> {
+        // Presence held by replicas is stored (model::remote) and survives a
+        // restart. A database without presence rows (the first start after
+        // the upgrade): nodes seen lately stay online while their streams
+        // come back (model::presence), so a restart is no presence storm.
+        let assumed = if world.holders().replicas().is_empty() {
+            crate::model::assumed_online(&world, clock::now_unix_ms() / 1000)
+        } else {
+            Vec::new()
+        };
+        world.restore_online(&assumed);
         let relay_feed = Arc::new(RelayFeed::new(&world));
         let mut replica = Replica::new();
         replica
@@ -208,7 +218,7 @@ impl Engine {
             let tx = tx.clone();
             std::thread::Builder::new()
                 .name("weft-presence".into())
-                .spawn(move || presence_loop(cfg, &events, &tx))?
+                .spawn(move || presence_loop(cfg, &assumed, &events, &tx))?
         };
         let thread = {
             let world = world.clone();
@@ -423,10 +433,12 @@ impl Engine {
 /// they arrived and queues each debounced transition for the writer.
 fn presence_loop(
     cfg: PresenceConfig,
+    assumed: &[NodeId],
     events: &std_mpsc::Receiver<StreamEvent>,
     tx: &mpsc::UnboundedSender<Cmd>,
 ) {
     let mut tracker = Presence::new(cfg);
+    tracker.assume_online(assumed, clock::now(), crate::model::RESTART_GRACE);
     loop {
         let event = match tracker.next_deadline() {
             None => events.recv().ok(),

@@ -88,11 +88,9 @@ pub use nodes::{
     UpdateNode,
 };
 pub use policy::{PolicyState, SetPolicy};
-pub use presence::{Presence, PresenceConfig};
+pub use presence::{Presence, PresenceConfig, RESTART_GRACE, assumed_online};
 pub use relays::{NewRelay, RelayReport, RemoveRelay, ReportRelay};
-pub use remote::{
-    AnyOp, ChangeBody, Diverged, Holders, RecordedOp, ReplicaGone, StreamPresence,
-};
+pub use remote::{AnyOp, ChangeBody, Diverged, Holders, RecordedOp, ReplicaGone, StreamPresence};
 pub use rotate_key::{RotateKey, RotatedKey};
 pub use routes::{AdvertiseRoutes, ChangeRoute, GATEWAY_TAG, RouteOp, RouteStatus};
 pub use services::{AdvertiseService, CreateService, DecideInstance, RemoveService, ReportHealth};
