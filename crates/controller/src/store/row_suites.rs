@@ -106,7 +106,8 @@ pub(crate) fn usage_suite<S: Store>(mut s: S) {
     assert!(s.usage_sums(0).unwrap().is_empty());
 }
 
-fn event(node_id: u64, id: u64, received_at_ms: u64) -> EventRecord {
+/// An anomaly event `id` of node `node_id`, received at `received_at_ms`.
+pub(crate) fn event(node_id: u64, id: u64, received_at_ms: u64) -> EventRecord {
     EventRecord {
         node_id,
         node_name: format!("n{node_id}"),
@@ -381,7 +382,8 @@ fn svc(id: u64, name: &str, vip: &str) -> ServiceRecord {
 }
 
 /// The service registry persists and cascades; a second VIP is refused.
-pub(crate) fn services_suite<S: Store>(mut s: S) {
+/// Returns the store, holding service 1 (`db`) and its instance on node 2.
+pub(crate) fn services_suite<S: Store>(mut s: S) -> S {
     let range = ServiceRangeRecord {
         network_id: 1,
         prefix: "100.127.255.0/24".parse().unwrap(),
@@ -460,6 +462,7 @@ pub(crate) fn services_suite<S: Store>(mut s: S) {
     let rows = s.load().unwrap().services;
     assert_eq!(rows.instances, vec![inst(1, 2, InstanceState::Approved)]);
     assert_eq!(rows.services.len(), 1);
+    s
 }
 
 #[test]

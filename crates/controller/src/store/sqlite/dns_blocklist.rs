@@ -103,45 +103,28 @@ mod tests {
     use weft_proto::dnsblock::{BlockMode, DnsBlocklist};
 
     use crate::store::dns_blocklist::DnsBlocklistRecord;
+    use crate::store::row_suites::dns_blocklist_suite;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{Store, Write};
 
+    /// Persisting, replacing and clearing are `row_suites::dns_blocklist_suite`'s
+    /// (run on every driver); here a row edited by hand.
     #[test]
-    fn the_list_persists_is_replaced_and_cleared_and_damage_is_refused() {
+    fn a_row_edited_by_hand_is_refused_not_served() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("weft.db");
-        let mut s = SqliteStore::create(&path).unwrap();
-        assert_eq!(s.load().unwrap().dns_blocklist, None);
-        let rec = |version, domains: &[&str]| DnsBlocklistRecord {
+        dns_blocklist_suite(|| SqliteStore::open(&path).unwrap());
+        let mut s = SqliteStore::open_existing(&path).unwrap();
+        let list = DnsBlocklistRecord {
             list: Arc::new(DnsBlocklist {
-                version,
+                version: 6,
                 mode: BlockMode::Zero,
-                domains: domains.iter().map(|d| (*d).to_owned()).collect(),
+                domains: vec!["a.example".to_owned()],
             }),
             set_by: "admin".into(),
             set_at_ms: 5,
         };
-        s.apply(&[Write::DnsBlocklist(Some(rec(
-            3,
-            &["a.example", "b.example"],
-        )))])
-        .unwrap();
-        s.apply(&[Write::DnsBlocklist(Some(rec(4, &["c.example"])))])
-            .unwrap();
-        drop(s);
-        let mut s = SqliteStore::open_existing(&path).unwrap();
-        assert_eq!(
-            s.load().unwrap().dns_blocklist,
-            Some(rec(4, &["c.example"]))
-        );
-        // An empty list is a list.
-        s.apply(&[Write::DnsBlocklist(Some(rec(5, &[])))]).unwrap();
-        assert_eq!(s.load().unwrap().dns_blocklist, Some(rec(5, &[])));
-        s.apply(&[Write::DnsBlocklist(None)]).unwrap();
-        assert_eq!(s.load().unwrap().dns_blocklist, None);
-        // A row edited by hand no longer matches its digest: refused, not served.
-        s.apply(&[Write::DnsBlocklist(Some(rec(6, &["a.example"])))])
-            .unwrap();
+        s.apply(&[Write::DnsBlocklist(Some(list))]).unwrap();
         drop(s);
         let c = rusqlite::Connection::open(&path).unwrap();
         c.execute("UPDATE dns_blocklist SET domains = 'z.example'", [])

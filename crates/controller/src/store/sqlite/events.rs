@@ -87,38 +87,10 @@ pub(super) fn query(c: &Connection, q: &EventQuery) -> Result<Vec<(u64, EventRec
 
 #[cfg(test)]
 mod tests {
-    use weft_proto::NodeKey;
-    use weft_proto::events::{AnomalyEvent, AnomalyKind, Baseline};
-
     use super::insert_keeping;
+    use crate::store::row_suites::event as record;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{EventQuery, EventRecord, Store};
-
-    fn record(node_id: u64, id: u64, received_at_ms: u64) -> EventRecord {
-        EventRecord {
-            node_id,
-            node_name: format!("n{node_id}"),
-            node_key: NodeKey::from_bytes([node_id as u8; 32]),
-            received_at_ms,
-            event: AnomalyEvent {
-                id,
-                at_ms: received_at_ms,
-                kind: AnomalyKind::Scan,
-                peer: None,
-                peer_key: None,
-                target: Some("b".into()),
-                observed: 30.0,
-                unit: "distinct ports".into(),
-                baseline: Baseline::Threshold {
-                    threshold: 20.0,
-                    ratio: 1.5,
-                },
-                window_secs: 10,
-                details: Default::default(),
-                summary: "scan".into(),
-            },
-        }
-    }
+    use crate::store::{EventQuery, Store};
 
     #[test]
     fn only_the_newest_events_are_kept() {

@@ -188,127 +188,15 @@ pub(in crate::store) fn instance_from_row(
 mod tests {
     #![allow(clippy::unwrap_used, reason = "test code")]
 
-    use super::*;
+    use crate::store::Store as _;
+    use crate::store::row_suites::services_suite;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{NetworkRecord, NodeRecord, Store, Write};
 
-    fn net() -> NetworkRecord {
-        NetworkRecord {
-            id: 1,
-            name: "prod".into(),
-            ipv4_cidr: "100.64.0.0/24".parse().unwrap(),
-            ipv6_prefix: None,
-            dns_domain: "weft.internal".into(),
-            pow_difficulty: 8,
-            created_at: 1,
-            anomaly: None,
-        }
-    }
-
-    fn node(id: u64) -> NodeRecord {
-        NodeRecord {
-            id,
-            node_key: weft_proto::NodeKey::from_bytes([id as u8; 32]),
-            name: format!("n{id}"),
-            hostname: None,
-            tags: Default::default(),
-            disabled: false,
-            credential_hash: crate::secret::SecretHash::of(&format!("c{id}")),
-            endpoints: Vec::new(),
-            last_seen: None,
-            created_at: 1,
-            facts: None,
-            facts_changed_ms: None,
-        }
-    }
-
-    fn svc(id: u64, name: &str, vip: &str) -> ServiceRecord {
-        ServiceRecord {
-            id,
-            network_id: 1,
-            name: name.into(),
-            vip: vip.parse().unwrap(),
-            ports: weft_proto::service::parse_ports("5432/tcp,53/udp").unwrap(),
-            health: "http:/healthz".parse().unwrap(),
-            origin: ServiceOrigin::Admin,
-            version: 3,
-            created_at_ms: 9,
-        }
-    }
-
+    /// The rows themselves are `row_suites::services_suite`'s (run on every
+    /// driver); here what only SQLite's text columns allow: a damaged row.
     #[test]
-    fn the_registry_persists_cascades_and_refuses_damage() {
-        let mut s = SqliteStore::open_in_memory().unwrap();
-        let range = ServiceRangeRecord {
-            network_id: 1,
-            prefix: "100.127.255.0/24".parse().unwrap(),
-        };
-        let inst = |service_id, node_id, state| InstanceRecord {
-            service_id,
-            node_id,
-            state,
-            created_at_ms: 5,
-        };
-        s.apply(&[
-            Write::PutNetwork(net()),
-            Write::PutNode(node(1)),
-            Write::PutNode(node(2)),
-            Write::Services(ServiceWrite::PutRange(range.clone())),
-            Write::Services(ServiceWrite::PutService(svc(1, "db", "100.127.255.1"))),
-            Write::Services(ServiceWrite::PutService(svc(2, "web", "100.127.255.2"))),
-            Write::Services(ServiceWrite::PutInstance(inst(
-                1,
-                1,
-                InstanceState::Approved,
-            ))),
-            Write::Services(ServiceWrite::PutInstance(inst(
-                1,
-                2,
-                InstanceState::Pending,
-            ))),
-            Write::Services(ServiceWrite::PutInstance(inst(
-                2,
-                2,
-                InstanceState::Approved,
-            ))),
-            Write::Services(ServiceWrite::SetVersion(3)),
-        ])
-        .unwrap();
-        let rows = s.load().unwrap().services;
-        assert_eq!(rows.version, 3);
-        assert_eq!(rows.ranges, vec![range]);
-        assert_eq!(
-            rows.services,
-            vec![
-                svc(1, "db", "100.127.255.1"),
-                svc(2, "web", "100.127.255.2")
-            ]
-        );
-        assert_eq!(rows.instances.len(), 3);
-        // A second VIP or name is refused by the schema too.
-        assert!(
-            s.apply(&[Write::Services(ServiceWrite::PutService(svc(
-                3,
-                "db2",
-                "100.127.255.1"
-            )))])
-            .is_err()
-        );
-        // Approve, then the node and the service go: their rows go with them.
-        s.apply(&[
-            Write::Services(ServiceWrite::PutInstance(inst(
-                1,
-                2,
-                InstanceState::Approved,
-            ))),
-            Write::DeleteNode(1),
-            Write::Services(ServiceWrite::DeleteService(2)),
-        ])
-        .unwrap();
-        let rows = s.load().unwrap().services;
-        assert_eq!(rows.instances, vec![inst(1, 2, InstanceState::Approved)]);
-        assert_eq!(rows.services.len(), 1);
-        // A damaged row is refused, not skipped.
+    fn a_damaged_row_is_refused_not_skipped() {
+        let mut s = services_suite(SqliteStore::open_in_memory().unwrap());
         s.conn
             .execute("UPDATE services SET ports = '[]' WHERE id = 1", [])
             .unwrap();
