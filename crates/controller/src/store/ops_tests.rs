@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use weft_proto::NodeKey;
 use weft_proto::service::{HealthCheck, ServicePort, ServiceProto};
 
 use super::data::{DataRecord, DataWrite, ScopeRef};
@@ -28,22 +27,7 @@ fn net(id: u64, name: &str, cidr: &str) -> NetworkRecord {
     }
 }
 
-fn node(id: u64) -> NodeRecord {
-    NodeRecord {
-        id,
-        node_key: NodeKey::from_bytes([id as u8; 32]),
-        name: format!("n{id}"),
-        hostname: None,
-        tags: BTreeSet::new(),
-        disabled: false,
-        credential_hash: SecretHash::of(&format!("c{id}")),
-        endpoints: Vec::new(),
-        last_seen: None,
-        created_at: 1,
-        facts: None,
-        facts_changed_ms: None,
-    }
-}
+use super::row_suites::node;
 
 fn member(node_id: u64, network_id: u64, ip: [u8; 4]) -> MembershipRecord {
     MembershipRecord {

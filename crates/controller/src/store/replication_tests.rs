@@ -5,9 +5,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::{ChangeRecord, NodeRecord, PresenceRecord, ReplicaRecord, Store, Write};
-use crate::secret::SecretHash;
-use weft_proto::NodeKey;
+use super::{ChangeRecord, PresenceRecord, ReplicaRecord, Store, Write};
 
 fn change(seq: u64, replica: &str) -> Write {
     Write::Change(ChangeRecord {
@@ -18,22 +16,7 @@ fn change(seq: u64, replica: &str) -> Write {
     })
 }
 
-fn node(id: u64) -> NodeRecord {
-    NodeRecord {
-        id,
-        node_key: NodeKey::from_bytes([id as u8; 32]),
-        name: format!("n{id}"),
-        hostname: None,
-        tags: Default::default(),
-        disabled: false,
-        credential_hash: SecretHash::of(&format!("c{id}")),
-        endpoints: Vec::new(),
-        last_seen: None,
-        created_at: 1,
-        facts: None,
-        facts_changed_ms: None,
-    }
-}
+use super::row_suites::node;
 
 /// `open` must return a new handle on the same database each call.
 pub(crate) fn replication_suite<S: Store>(open: impl Fn() -> S + Send + Sync + 'static) {

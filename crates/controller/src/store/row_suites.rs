@@ -26,7 +26,8 @@ use super::usage::{SeriesKey, SeriesKind, UsageBucketRecord, UsageCounterRecord}
 use super::{EventQuery, EventRecord, NetworkRecord, NodeRecord, Store, Write};
 use crate::secret::SecretHash;
 
-fn node(id: u64) -> NodeRecord {
+/// A node row `id` named `n{id}`, for the store's test suites.
+pub(crate) fn node(id: u64) -> NodeRecord {
     NodeRecord {
         id,
         node_key: NodeKey::from_bytes([id as u8; 32]),
