@@ -6,13 +6,28 @@
 //! `fanout/agent.rs`), then applies changes that touch every node (a join, a
 //! rename, a policy edit every node's compiled policy picks up) and measures
 //! how long until every stream saw each one. With `--restart` it then restarts
-//! the controller (SIGTERM, start again on the same data directory and port)
+//! the controllers (SIGTERM, start again on the same data directory and port)
 //! and measures how long until every agent's stream is open again, and the
 //! policy edit once more. Prints registrations/s, fan-out p50/p99/max, the
-//! controller's RSS and CPU time, and the command line.
+//! controllers' RSS and CPU time, and the command line.
+//!
+//! Several replicas (`--replicas N`, see `fanout/fleet.rs`) share one
+//! database: `--database postgres://USER@HOST/DB` (an empty database; the
+//! password from `PGPASSWORD` or `WEFT_DATABASE_PASSWORD`), `--database
+//! throwaway` (a PostgreSQL cluster the bench starts with `initdb` in a
+//! temporary directory and removes; needs the server binaries, e.g. Debian's
+//! `postgresql` package), or SQLite when absent (the replicas share the first
+//! one's file). Registrations and agents are spread round-robin over the
+//! replicas; each agent knows every replica's address and fails over like
+//! weftd. With `--restart` and several replicas, one replica is also
+//! restarted alone (its agents move to the others by delta). The join goes
+//! through the last replica, the rename and the first policy edit through the
+//! first, so the fan-out crosses replicas. `--compare-sqlite` then registers N
+//! nodes on one SQLite controller, for registrations/s on both in one run.
 //!
 //! ```text
 //! cargo bench -p weft-controller-bin --bench fanout -- [--nodes 1000] [--restart] [--pow-bits 0]
+//!     [--replicas 2 --database throwaway|postgres://…] [--compare-sqlite]
 //! ```
 #![expect(clippy::disallowed_methods, reason = "a benchmark measures wall time")]
 #![allow(
@@ -22,8 +37,6 @@
     reason = "a benchmark reports and aborts"
 )]
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,15 +44,17 @@ use rand_core::{OsRng, RngCore as _};
 use tokio::sync::{Semaphore, mpsc};
 use weft_api_client::{Client, ClientConfig};
 use weft_identity::{Identity, ProofOfWork};
-use weft_proto::api::{
-    CreateNetworkRequest, CreateTokenRequest, SetPolicyRequest, UpdateNodeRequest,
-};
+use weft_proto::api::{CreateNetworkRequest, CreateTokenRequest, UpdateNodeRequest};
 
 #[path = "fanout/agent.rs"]
 mod agent;
+#[path = "fanout/fleet.rs"]
+mod fleet;
+#[path = "fanout/measure.rs"]
+mod measure;
 use agent::{Report, Shared};
-
-const BIN: &str = env!("CARGO_BIN_EXE_weft-controller");
+use fleet::{Database, Fleet};
+use measure::{Watch, ms, percentile, report, settle};
 
 fn identity(bits: u32) -> Identity {
     let mut seed = [0u8; 32];
@@ -58,185 +73,35 @@ fn raise_nofile() {
     let _ = setrlimit(Resource::Nofile, lim);
 }
 
-/// (RSS MiB, peak RSS MiB, CPU seconds) of a process.
-fn usage(pid: u32) -> (f64, f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |field: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the ")".
-    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0, ticks / 100.0)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-/// Starts the controller on `dir` (plain HTTP, `listen`); returns it, its URL
-/// and the admin token once it serves.
-fn start(dir: &Path, listen: &str) -> (Child, String, String) {
-    let _ = std::fs::remove_file(dir.join("controller.url"));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("controller.log"))
-        .unwrap();
-    let out = std::fs::File::create(dir.join("stdout.txt")).unwrap();
-    let args = [
-        "serve",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        listen,
-        "--plain-http",
-        "--log",
-        "warn",
-        // Presence is debounced (5 s by default): 1 s keeps the presence storm
-        // inside the settle time after the streams open.
-        "--online-after-ms",
-        "1000",
-        // Every simulated agent registers from 127.0.0.1.
-        "--register-burst",
-        "1000000",
-        "--register-per-minute",
-        "100000000",
-    ];
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    for _ in 0..30_000 {
-        if let Ok(url) = std::fs::read_to_string(dir.join("controller.url")) {
-            let token = std::fs::read_to_string(dir.join("admin.token"))
-                .unwrap()
-                .trim()
-                .to_owned();
-            return (child, url.trim().to_owned(), token);
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "controller exited at start: {status}; see {}/controller.log",
-                dir.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("controller did not start");
-}
-
 fn client(url: &str) -> Client {
     Client::new(ClientConfig::new(url)).unwrap()
-}
-
-/// Waits until `n` agents reported a stream opened at or after `since`;
-/// returns the latencies from `t0`, the snapshot count and the refusals.
-async fn opened(
-    rx: &mut mpsc::UnboundedReceiver<Report>,
-    n: usize,
-    since: Instant,
-    t0: Instant,
-    limit: Duration,
-) -> (Vec<Duration>, usize, usize) {
-    let mut seen = vec![false; n];
-    let (mut lat, mut snapshots, mut refused) = (Vec::with_capacity(n), 0, 0);
-    let deadline = Instant::now() + limit;
-    while lat.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, rx.recv()).await {
-            Ok(Some(Report::Opened {
-                agent,
-                snapshot,
-                at,
-            })) if at >= since && !seen[agent] => {
-                seen[agent] = true;
-                snapshots += usize::from(snapshot);
-                lat.push(at - t0);
-            }
-            Ok(Some(Report::Refused { status })) => {
-                if refused == 0 {
-                    println!("first refusal of a stream open: HTTP {status}");
-                }
-                refused += 1;
-            }
-            Ok(Some(_)) => {}
-            _ => break,
-        }
-    }
-    lat.sort();
-    (lat, snapshots, refused)
-}
-
-/// Waits until `n` deltas containing `marker` arrived (60 s at most); returns
-/// the latencies from `t0`.
-async fn collect(
-    rx: &mut mpsc::UnboundedReceiver<Report>,
-    marker: &[u8],
-    n: usize,
-    t0: Instant,
-) -> Vec<Duration> {
-    let mut lat = Vec::with_capacity(n);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while lat.len() < n && Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-            Ok(Some(Report::Hit { marker: m, at })) if &*m == marker => lat.push(at - t0),
-            Ok(Some(_)) => {}
-            _ => break,
-        }
-    }
-    lat.sort();
-    lat
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn report(name: &str, lat: &[Duration], n: usize) {
-    println!(
-        "fan-out ({name}): {}/{} streams saw it; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        lat.len(),
-        n,
-        ms(percentile(lat, 0.50)),
-        ms(percentile(lat, 0.99)),
-        ms(lat.last().copied().unwrap_or_default()),
-    );
 }
 
 struct Args {
     n: usize,
     restart: bool,
     pow_bits: u32,
+    replicas: usize,
+    database: Option<String>,
+    compare_sqlite: bool,
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str| {
+    let text = |name: &str| {
         args.iter()
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
+            .cloned()
     };
+    let value = |name: &str| text(name).and_then(|v| v.parse().ok());
     let a = Args {
         n: value("--nodes").unwrap_or(1000),
         restart: args.iter().any(|a| a == "--restart"),
         pow_bits: value("--pow-bits").map_or(0, |v: usize| v as u32),
+        replicas: value("--replicas").unwrap_or(1).max(1),
+        database: text("--database"),
+        compare_sqlite: args.iter().any(|a| a == "--compare-sqlite"),
     };
     agent::self_check();
     raise_nofile();
@@ -247,19 +112,8 @@ fn main() {
     rt.block_on(run(a));
 }
 
-async fn run(a: Args) {
-    let n = a.n;
-    println!(
-        "command: cargo bench -p weft-controller-bin --bench fanout -- --nodes {n} --pow-bits {}{}",
-        a.pow_bits,
-        if a.restart { " --restart" } else { "" }
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, url, admin_token) = start(dir.path(), "127.0.0.1:0");
-    let pid = child.id();
-    let listen = url.trim_start_matches("http://").to_owned();
-    println!("controller {url} (pid {pid}), {n} simulated agents, plain HTTP on loopback");
-    let admin = client(&url).with_bearer(&admin_token).unwrap();
+/// Makes the bench network and a join token (through `admin`).
+async fn setup(admin: &Client, pow_bits: u32) -> String {
     admin
         .create_network(&CreateNetworkRequest {
             api_version: None,
@@ -267,11 +121,11 @@ async fn run(a: Args) {
             ipv4_cidr: "100.64.0.0/16".into(),
             ipv6_prefix: Some("fd7a:115c:a1e0::/48".into()),
             dns_domain: None,
-            pow_difficulty: Some(a.pow_bits),
+            pow_difficulty: Some(pow_bits),
         })
         .await
         .unwrap();
-    let token = admin
+    admin
         .create_token(&CreateTokenRequest {
             api_version: None,
             networks: vec!["bench".into()],
@@ -282,22 +136,26 @@ async fn run(a: Args) {
         })
         .await
         .unwrap()
-        .token;
-    let ids: Vec<Arc<Identity>> = (0..n + 1).map(|_| Arc::new(identity(a.pow_bits))).collect();
+        .token
+}
 
-    // 1. Registrations: 64 at a time over one client's connection pool.
+/// Registers `ids`, 64 at a time, node `i` through replica `i % replicas`;
+/// prints registrations/s and returns each node's credential, in order.
+async fn register_all(fleet: &Fleet, token: &str, ids: &[Arc<Identity>]) -> Vec<String> {
+    let n = ids.len();
+    let regs: Vec<Client> = fleet.replicas.iter().map(|r| client(&r.url)).collect();
     let sem = Arc::new(Semaphore::new(64));
     let creds: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
-    let (_, _, cpu0) = usage(pid);
+    let (_, _, cpu0) = fleet.usage();
+    let db0 = fleet.database_cpu();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    let reg = client(&url);
-    for (i, id) in ids.iter().take(n).enumerate() {
+    for (i, id) in ids.iter().enumerate() {
         let (sem, token, id, reg, creds) = (
             sem.clone(),
-            token.clone(),
+            token.to_owned(),
             id.clone(),
-            reg.clone(),
+            regs[i % regs.len()].clone(),
             creds.clone(),
         );
         tasks.push(tokio::spawn(async move {
@@ -319,67 +177,123 @@ async fn run(a: Args) {
     for t in tasks {
         t.await.unwrap();
     }
-    let reg_secs = t0.elapsed().as_secs_f64();
-    let (rss, _, cpu1) = usage(pid);
+    let secs = t0.elapsed().as_secs_f64();
+    let (rss, _, cpu1) = fleet.usage();
+    let db = match (db0, fleet.database_cpu()) {
+        (Some(a), Some(b)) => format!("; PostgreSQL CPU {:.2} s", b - a),
+        _ => String::new(),
+    };
     println!(
-        "registered {n} nodes in {reg_secs:.2} s: {:.0} registrations/s (controller CPU {:.2} s, {:.2} ms per join; RSS {rss:.1} MiB)",
-        n as f64 / reg_secs,
+        "registered {n} nodes through {} replica(s) in {secs:.2} s: {:.0} registrations/s (controller CPU {:.2} s, {:.2} ms per join; RSS {rss:.1} MiB{db})",
+        fleet.replicas.len(),
+        n as f64 / secs,
         cpu1 - cpu0,
         (cpu1 - cpu0) * 1e3 / n as f64
     );
+    let mut creds = std::mem::take(&mut *creds.lock().unwrap());
+    creds.sort();
+    creds.into_iter().map(|(_, c)| c).collect()
+}
 
-    // 2. Every agent opens its stream at once.
-    let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
+fn admins(fleet: &Fleet) -> Vec<Client> {
+    fleet
+        .replicas
+        .iter()
+        .map(|r| client(&r.url).with_bearer(&fleet.admin_token).unwrap())
+        .collect()
+}
+
+async fn run(a: Args) {
+    let n = a.n;
+    let shown: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    println!(
+        "command: cargo bench -p weft-controller-bin --bench fanout -- {}",
+        shown.join(" ")
+    );
+    let db = Database::parse(a.database.as_deref());
+    let mut fleet = Fleet::start(a.replicas, &db);
+    let r = fleet.replicas.len();
+    let urls: Vec<String> = fleet
+        .replicas
+        .iter()
+        .map(|x| format!("{} (pid {})", x.url, x.pid()))
+        .collect();
+    println!(
+        "{r} replica(s) on {}: {}; {n} simulated agents, plain HTTP on loopback",
+        db.describe(),
+        urls.join(", ")
+    );
+    let admin = admins(&fleet);
+    let token = setup(&admin[0], a.pow_bits).await;
+    let ids: Vec<Arc<Identity>> = (0..n + 1).map(|_| Arc::new(identity(a.pow_bits))).collect();
+
+    // 1. Registrations.
+    let creds = register_all(&fleet, &token, &ids[..n]).await;
+
+    // 2. Every agent opens its stream at once, on replica `i % r` first.
+    let (tx, rx) = mpsc::unbounded_channel::<Report>();
     let shared = Arc::new(Shared {
-        addr: listen.parse().unwrap(),
+        addrs: fleet
+            .replicas
+            .iter()
+            .map(|x| x.listen.parse().unwrap())
+            .collect(),
         armed: std::sync::RwLock::new(None),
         tx,
     });
-    let mut creds = creds.lock().unwrap().clone();
-    creds.sort();
+    let mut watch = Watch {
+        rx,
+        shared: shared.clone(),
+        on: vec![None; n],
+    };
+    let everyone: Vec<usize> = (0..n).collect();
     let t1 = Instant::now();
     let agents: Vec<_> = creds
         .into_iter()
+        .enumerate()
         .map(|(i, cred)| tokio::spawn(agent::run(i, cred, shared.clone())))
         .collect();
-    let (lat, snaps, refused) = opened(&mut rx, n, t1, t1, Duration::from_secs(180)).await;
+    let o = watch.opened(&everyone, t1, Duration::from_secs(180)).await;
     println!(
-        "{}/{n} streams open with their snapshots ({snaps} snapshots, {refused} refusals) after {:.2} s; p50 {:.0} ms, p99 {:.0} ms",
-        lat.len(),
+        "{}/{n} streams open with their snapshots ({} snapshots, {} refusals) after {:.2} s; p50 {:.0} ms, p99 {:.0} ms; {}",
+        o.lat.len(),
+        o.snapshots,
+        o.refused,
         t1.elapsed().as_secs_f64(),
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99)),
+        ms(percentile(&o.lat, 0.5)),
+        ms(percentile(&o.lat, 0.99)),
+        watch.spread(r),
     );
-    settle(pid, "the presence changes of the streams opening").await;
-    let (rss_idle, _, _) = usage(pid);
+    settle(&fleet, "the presence changes of the streams opening").await;
+    let (rss_idle, _, _) = fleet.usage();
 
-    // 3. One change that touches every node: a new node joins.
-    let arm = |m: &[u8]| {
-        let m: Arc<[u8]> = Arc::from(m);
-        *shared.armed.write().unwrap() = Some(m.clone());
-        m
-    };
+    // 3. One change that touches every node: a new node joins (through the
+    //    last replica).
     let newcomer = ids[n].clone();
     let key = newcomer.node_key().to_string();
-    arm(key.as_bytes());
+    watch.arm(key.as_bytes());
     let t2 = Instant::now();
-    reg.register(
-        &token,
-        newcomer.node_key(),
-        newcomer.pow().nonce,
-        |ctx, m| newcomer.sign(ctx, m),
-        None,
-        None,
-    )
-    .await
-    .unwrap();
-    let join = collect(&mut rx, key.as_bytes(), n, t2).await;
+    client(&fleet.replicas[r - 1].url)
+        .register(
+            &token,
+            newcomer.node_key(),
+            newcomer.pow().nonce,
+            |ctx, m| newcomer.sign(ctx, m),
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let join = watch.collect(key.as_bytes(), n, t2).await;
     report("join", &join, n);
 
-    // 4. Another: rename the newcomer (an admin change).
-    arm(b"renamed-newcomer");
+    // 4. Another: rename the newcomer (an admin change, through the first).
+    watch.arm(b"renamed-newcomer");
     let t3 = Instant::now();
-    admin
+    admin[0]
         .update_node(
             &key,
             &UpdateNodeRequest {
@@ -389,112 +303,130 @@ async fn run(a: Args) {
         )
         .await
         .unwrap();
-    let rename = collect(&mut rx, b"renamed-newcomer", n, t3).await;
+    let rename = watch.collect(b"renamed-newcomer", n, t3).await;
     report("rename", &rename, n);
 
-    // 5. A policy edit every node's compiled policy picks up (a new rule among
-    //    all members): the controller recompiles everyone.
-    policy_edit(&admin, &mut rx, &arm, pid, n, "bench-policy-edit").await;
-    let (rss_end, hwm, cpu_end) = usage(pid);
+    // 5. A policy edit every node's compiled policy picks up (a new rule
+    //    among all members): every replica recompiles everyone.
+    watch
+        .policy_edit(&admin[0], &fleet, n, "bench-policy-edit")
+        .await;
+    let (rss_end, hwm, cpu_end) = fleet.usage();
     println!(
-        "controller RSS: {rss_idle:.1} MiB holding {n} streams, {rss_end:.1} MiB at the end, peak {hwm:.1} MiB; CPU: {:.2} s registering, {cpu_end:.2} s total",
-        cpu1 - cpu0,
+        "controller RSS: {rss_idle:.1} MiB holding {n} streams, {rss_end:.1} MiB at the end, peak {hwm:.1} MiB; CPU {cpu_end:.2} s total ({})",
+        fleet.each()
     );
 
-    // 6. A controller restart: every agent reconnects at once.
     if a.restart {
-        let t5 = Instant::now();
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(pid as i32).unwrap(),
-            rustix::process::Signal::TERM,
-        );
-        let _ = child.wait();
-        let stopped = t5.elapsed();
-        let (c2, url2, _) = start(dir.path(), &listen);
-        child = c2;
-        let pid = child.id();
-        let up = t5.elapsed();
-        let (lat, snaps, refused) = opened(&mut rx, n, t5, t5, Duration::from_secs(180)).await;
-        let within = lat
-            .iter()
-            .filter(|d| **d <= Duration::from_secs(60))
-            .count();
-        println!(
-            "restart: stopped in {:.2} s, serving again ({url2}) {:.2} s after SIGTERM; {}/{n} streams open again ({within} within 60 s; {snaps} snapshots, {refused} refusals), last {:.2} s after SIGTERM; p50 {:.0} ms, p99 {:.0} ms",
-            stopped.as_secs_f64(),
-            up.as_secs_f64(),
-            lat.len(),
-            lat.last().copied().unwrap_or_default().as_secs_f64(),
-            ms(percentile(&lat, 0.5)),
-            ms(percentile(&lat, 0.99)),
-        );
-        settle(pid, "the reconnect").await;
-        let admin = client(&url2).with_bearer(&admin_token).unwrap();
-        policy_edit(&admin, &mut rx, &arm, pid, n, "after-restart-edit").await;
-        let (rss, hwm, cpu) = usage(pid);
-        println!(
-            "after the restart: controller RSS {rss:.1} MiB, peak {hwm:.1} MiB, CPU {cpu:.2} s"
-        );
+        restart_all(&mut fleet, &mut watch, n).await;
+        if r > 1 {
+            restart_one(&mut fleet, &mut watch, n, &key).await;
+        }
     }
     for t in agents {
         t.abort();
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(fleet);
+
+    if a.compare_sqlite {
+        let sqlite = Fleet::start(1, &Database::Sqlite);
+        let token = setup(&admins(&sqlite)[0], a.pow_bits).await;
+        let ids: Vec<Arc<Identity>> = (0..n).map(|_| Arc::new(identity(a.pow_bits))).collect();
+        print!("for comparison, one SQLite controller: ");
+        register_all(&sqlite, &token, &ids).await;
+    }
 }
 
-/// Waits (3 s at least, 300 s at most) until the controller is idle (under
-/// 5 % of a core over a second) and says how long that took.
-async fn settle(pid: u32, what: &str) {
+/// Every replica restarts at once (SIGTERM to all, then start all): every
+/// agent reconnects.
+async fn restart_all(fleet: &mut Fleet, watch: &mut Watch, n: usize) {
+    let r = fleet.replicas.len();
+    let everyone: Vec<usize> = (0..n).collect();
+    let db0 = fleet.database_cpu();
     let t = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut cpu = usage(pid).2;
-    while t.elapsed() < Duration::from_secs(300) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = usage(pid).2;
-        if now - cpu < 0.05 {
-            break;
-        }
-        cpu = now;
+    fleet.stop_all();
+    let stopped = t.elapsed();
+    for i in 0..r {
+        fleet.restart(i);
     }
+    let up = t.elapsed();
+    let o = watch.opened(&everyone, t, Duration::from_secs(180)).await;
+    let within = o
+        .lat
+        .iter()
+        .filter(|d| **d <= Duration::from_secs(60))
+        .count();
     println!(
-        "controller idle {:.1} s after {what} (CPU {cpu:.2} s so far)",
-        t.elapsed().as_secs_f64()
+        "restart of every replica: stopped in {:.2} s, serving again {:.2} s after SIGTERM; {}/{n} streams open again ({within} within 60 s; {} snapshots, {} refusals), last {:.2} s after SIGTERM; p50 {:.0} ms, p99 {:.0} ms; {}",
+        stopped.as_secs_f64(),
+        up.as_secs_f64(),
+        o.lat.len(),
+        o.snapshots,
+        o.refused,
+        o.lat.last().copied().unwrap_or_default().as_secs_f64(),
+        ms(percentile(&o.lat, 0.5)),
+        ms(percentile(&o.lat, 0.99)),
+        watch.spread(r),
+    );
+    settle(fleet, "the reconnect").await;
+    if let (Some(a), Some(b)) = (db0, fleet.database_cpu()) {
+        println!("PostgreSQL CPU over the restart: {:.2} s", b - a);
+    }
+    let admin = admins(fleet);
+    watch
+        .policy_edit(&admin[0], fleet, n, "after-restart-edit")
+        .await;
+    let (rss, hwm, cpu) = fleet.usage();
+    println!(
+        "after the restart: controller RSS {rss:.1} MiB, peak {hwm:.1} MiB, CPU {cpu:.2} s ({})",
+        fleet.each()
     );
 }
 
-/// Adds a rule among all members named `marker` and measures until `n`
-/// streams saw it.
-async fn policy_edit(
-    admin: &Client,
-    rx: &mut mpsc::UnboundedReceiver<Report>,
-    arm: &impl Fn(&[u8]) -> Arc<[u8]>,
-    pid: u32,
-    n: usize,
-    marker: &str,
-) {
-    arm(marker.as_bytes());
-    let mut text = admin.get_policy().await.unwrap().text;
-    text.push_str(&format!(
-        "\n[[rule]]\nname = \"{marker}\"\naction = \"allow\"\nfrom = \"tag:bench\"\nto = \"tag:bench\"\nproto = \"tcp\"\nports = [443]\n"
-    ));
-    let (_, _, cpu_before) = usage(pid);
+/// The last replica restarts alone: its agents move to the others (by
+/// delta), then a policy edit goes through it once it is back. A rename
+/// right after its exit gives every moved stream a delta to resume with (a
+/// stream resuming at the current version gets no event to time).
+async fn restart_one(fleet: &mut Fleet, watch: &mut Watch, n: usize, key: &str) {
+    let r = fleet.replicas.len();
+    let last = r - 1;
+    let moved: Vec<usize> = (0..n).filter(|a| watch.on[*a] == Some(last)).collect();
     let t = Instant::now();
-    admin
-        .set_policy(&SetPolicyRequest {
-            api_version: None,
-            text,
-            expect_version: None,
-        })
+    fleet.stop(last);
+    let stopped = t.elapsed();
+    watch.arm(b"moved-newcomer");
+    admins(fleet)[0]
+        .update_node(
+            key,
+            &UpdateNodeRequest {
+                name: Some("moved-newcomer".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
-    let answered = t.elapsed();
-    let edit = collect(rx, marker.as_bytes(), n, t).await;
-    report(&format!("policy edit {marker}"), &edit, n);
-    let (_, _, cpu_after) = usage(pid);
+    let o = watch.opened(&moved, t, Duration::from_secs(120)).await;
     println!(
-        "policy edit: answered after {:.1} ms; controller CPU {:.2} s (recompile of every node and the fan-out)",
-        ms(answered),
-        cpu_after - cpu_before
+        "restart of replica {last} alone: stopped in {:.2} s; {}/{} of its streams open again elsewhere ({} snapshots, {} refusals), last {:.2} s after SIGTERM; p50 {:.0} ms, p99 {:.0} ms; {}",
+        stopped.as_secs_f64(),
+        o.lat.len(),
+        moved.len(),
+        o.snapshots,
+        o.refused,
+        o.lat.last().copied().unwrap_or_default().as_secs_f64(),
+        ms(percentile(&o.lat, 0.5)),
+        ms(percentile(&o.lat, 0.99)),
+        watch.spread(r),
     );
+    let t = Instant::now();
+    fleet.restart(last);
+    println!(
+        "replica {last} serving again {:.2} s after its start",
+        t.elapsed().as_secs_f64()
+    );
+    settle(fleet, "the move").await;
+    let admin = admins(fleet);
+    watch
+        .policy_edit(&admin[last], fleet, n, "after-one-restart-edit")
+        .await;
 }

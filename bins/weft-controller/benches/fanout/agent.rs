@@ -2,9 +2,13 @@
 //! HTTP/1.1 request and a streaming scan of the chunked SSE body that never
 //! parses a map (a snapshot of a 10,000-node mesh is megabytes of JSON; parsing
 //! 10,000 of them would measure the bench, not the controller). It reconnects
-//! like weftd does (`crates/agent/src/ctl.rs`): `Last-Event-ID` resume,
-//! backoff from 500 ms doubling to 10 s, each wait 0.5-1.0 times the step
-//! (jitter), reset after a session that lived 10 s.
+//! like weftd's map subscription does (`crates/api-client/src/stream.rs`):
+//! `Last-Event-ID` resume; with several controller addresses a broken stream
+//! moves to the next one after a random wait under 2 s, and a `reconnect`
+//! notice moves it after a random wait within the notice's spread; once every
+//! address failed in a row (or with one address), backoff from 500 ms doubling
+//! to 10 s, each wait 0.5-1.0 times the step (jitter), reset after a session
+//! that lived 10 s.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -16,8 +20,9 @@ use tokio::sync::mpsc;
 
 /// What every agent shares with the bench.
 pub(crate) struct Shared {
-    /// The controller's address.
-    pub(crate) addr: SocketAddr,
+    /// The controllers' addresses (the replicas); agent `i` starts on
+    /// `addrs[i % addrs.len()]`.
+    pub(crate) addrs: Vec<SocketAddr>,
     /// The text a delta must contain to count as "saw it".
     pub(crate) armed: RwLock<Option<Arc<[u8]>>>,
     /// Reports to the bench.
@@ -27,9 +32,11 @@ pub(crate) struct Shared {
 /// What an agent reports.
 #[derive(Debug)]
 pub(crate) enum Report {
-    /// A stream (re)opened and delivered its first event (snapshot or replay).
+    /// A stream (re)opened on replica `replica` and delivered its first
+    /// event (snapshot or replay).
     Opened {
         agent: usize,
+        replica: usize,
         snapshot: bool,
         at: Instant,
     },
@@ -42,40 +49,86 @@ pub(crate) enum Report {
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+/// The random wait before the next address after a failure (weftd's).
+const FAILOVER_SPREAD_MS: u64 = 2000;
 /// Largest delta kept for the marker search (bigger ones are skipped).
 const MAX_DELTA: usize = 8 << 20;
 
+/// How a session ended.
+enum Ended {
+    /// The controller asked to reconnect elsewhere within this many ms.
+    Reconnect(u64),
+    /// The connection failed or closed; whether any map event arrived.
+    Broken { delivered: bool },
+}
+
 /// Runs one agent until the bench ends.
 pub(crate) async fn run(agent: usize, credential: String, shared: Arc<Shared>) {
+    let n = shared.addrs.len();
+    let mut at = agent % n;
     let mut version: Option<u64> = None;
     let mut step = BACKOFF_MIN;
+    let mut failures = 0usize;
     let mut rng = (agent as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     loop {
         let started = Instant::now();
-        let _ = session(agent, &credential, &shared, &mut version).await;
+        let ended = session(agent, at, &credential, &shared, &mut version).await;
         if started.elapsed() >= BACKOFF_RESET_AFTER {
             step = BACKOFF_MIN;
         }
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let wait = step.mul_f64(0.5 + (rng % 1000) as f64 / 2000.0);
-        step = (step * 2).min(BACKOFF_MAX);
+        at = (at + 1) % n;
+        let wait = match ended {
+            Ended::Reconnect(within_ms) => {
+                failures = 0;
+                Duration::from_millis(rng % within_ms.max(1))
+            }
+            Ended::Broken { delivered } => {
+                failures = if delivered { 1 } else { failures + 1 };
+                if n > 1 && failures < n {
+                    Duration::from_millis(rng % FAILOVER_SPREAD_MS)
+                } else {
+                    let wait = step.mul_f64(0.5 + (rng % 1000) as f64 / 2000.0);
+                    step = (step * 2).min(BACKOFF_MAX);
+                    wait
+                }
+            }
+        };
         tokio::time::sleep(wait).await;
     }
 }
 
 async fn session(
     agent: usize,
+    replica: usize,
     credential: &str,
     shared: &Shared,
     version: &mut Option<u64>,
-) -> std::io::Result<()> {
-    let mut tcp = TcpStream::connect(shared.addr).await?;
+) -> Ended {
+    let mut delivered = false;
+    match stream(agent, replica, credential, shared, version, &mut delivered).await {
+        Ok(Some(within_ms)) => Ended::Reconnect(within_ms),
+        Ok(None) | Err(_) => Ended::Broken { delivered },
+    }
+}
+
+/// One stream; `Some(within_ms)` when the controller sent a reconnect
+/// notice.
+async fn stream(
+    agent: usize,
+    replica: usize,
+    credential: &str,
+    shared: &Shared,
+    version: &mut Option<u64>,
+    delivered: &mut bool,
+) -> std::io::Result<Option<u64>> {
+    let addr = shared.addrs[replica];
+    let mut tcp = TcpStream::connect(addr).await?;
     let _ = tcp.set_nodelay(true);
     let mut req = format!(
-        "GET /v1/map/stream HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {credential}\r\naccept: text/event-stream\r\n",
-        shared.addr
+        "GET /v1/map/stream HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {credential}\r\naccept: text/event-stream\r\n",
     );
     if let Some(v) = version {
         req.push_str(&format!("last-event-id: {v}\r\n"));
@@ -109,7 +162,6 @@ async fn session(
     }
     let mut body = Dechunk::default();
     let mut sse = Scan::default();
-    let mut first = true;
     let (mut from, mut to) = (head_end, have);
     loop {
         let mut events = Vec::new();
@@ -119,10 +171,18 @@ async fn session(
                 *version = Some(v);
             }
             let at = Instant::now();
-            if first && (ev.kind == Kind::Snapshot || ev.kind == Kind::Delta) {
-                first = false;
+            if ev.kind == Kind::Reconnect {
+                let within_ms = serde_json::from_slice::<serde_json::Value>(&ev.data)
+                    .ok()
+                    .and_then(|v| v.get("within_ms")?.as_u64())
+                    .unwrap_or(5000);
+                return Ok(Some(within_ms));
+            }
+            if !*delivered && (ev.kind == Kind::Snapshot || ev.kind == Kind::Delta) {
+                *delivered = true;
                 let _ = shared.tx.send(Report::Opened {
                     agent,
+                    replica,
                     snapshot: ev.kind == Kind::Snapshot,
                     at,
                 });
@@ -137,11 +197,11 @@ async fn session(
             }
         }
         if body.done {
-            return Ok(());
+            return Ok(None);
         }
         let n = tcp.read(&mut buf).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         (from, to) = (0, n);
     }
@@ -225,6 +285,7 @@ enum Kind {
     Other,
     Snapshot,
     Delta,
+    Reconnect,
 }
 
 #[derive(Debug, Default)]
@@ -248,7 +309,7 @@ enum Field {
 }
 
 /// SSE scanning that keeps only what the bench needs: the id, the event name,
-/// and a delta's data.
+/// and a delta's or a reconnect notice's data.
 #[derive(Default)]
 struct Scan {
     field: Field,
@@ -280,7 +341,9 @@ impl Scan {
                         self.field = match self.name.as_slice() {
                             b"id" => Field::Id,
                             b"event" => Field::Event,
-                            b"data" if self.ev.kind == Kind::Delta => Field::Data,
+                            b"data" if matches!(self.ev.kind, Kind::Delta | Kind::Reconnect) => {
+                                Field::Data
+                            }
                             _ => Field::Skip,
                         };
                         self.value.clear();
@@ -328,6 +391,7 @@ impl Scan {
                 self.ev.kind = match value {
                     b"snapshot" => Kind::Snapshot,
                     b"delta" => Kind::Delta,
+                    b"reconnect" => Kind::Reconnect,
                     _ => Kind::Other,
                 }
             }
@@ -343,7 +407,7 @@ impl Scan {
 /// Checks the scanner on a body split at every byte (run at the bench's
 /// start: a bench target's unit tests would not run under `cargo bench`).
 pub(crate) fn self_check() {
-    let body = b"retry: 2000\n\nid: 7\nevent: snapshot\ndata: {\"big\":1}\n\n: keepalive\n\nid: 8\nevent: delta\ndata: {\"x\":\"marker\"}\n\n";
+    let body = b"retry: 2000\n\nid: 7\nevent: snapshot\ndata: {\"big\":1}\n\n: keepalive\n\nid: 8\nevent: delta\ndata: {\"x\":\"marker\"}\n\nevent: reconnect\ndata: {\"reason\":\"draining\",\"within_ms\":5000}\n\n";
     let mut wire = Vec::new();
     for part in body.chunks(13) {
         wire.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
@@ -360,11 +424,16 @@ pub(crate) fn self_check() {
         let kinds: Vec<_> = evs.iter().map(|e| (e.id, e.kind)).collect();
         assert_eq!(
             kinds,
-            vec![(Some(7), Kind::Snapshot), (Some(8), Kind::Delta)],
+            vec![
+                (Some(7), Kind::Snapshot),
+                (Some(8), Kind::Delta),
+                (None, Kind::Reconnect)
+            ],
             "split {split}"
         );
         assert!(contains(&evs[1].data, b"marker"));
         assert!(!contains(&evs[1].data, b"markers"));
         assert!(evs[0].data.is_empty());
+        assert!(contains(&evs[2].data, b"\"within_ms\":5000"));
     }
 }
