@@ -22,6 +22,7 @@ use weft_proto::api::ErrorBody;
 
 use crate::ClientError;
 use crate::failover::{self, AddrChoice};
+use crate::retry;
 use crate::tls::{SeenCert, client_config, tls_failure_hint};
 
 /// Largest response body read (a full map of tens of thousands of peers).
@@ -52,7 +53,8 @@ pub struct ClientConfig {
     pub base_url: String,
     /// More URLs of the same controller (its replicas; at most [`MAX_URLS`]
     /// in all). A call whose connection to the URL in use fails (nothing was
-    /// sent yet) is tried on the next one, which then stays in use;
+    /// sent yet), or that is answered 503 and is safe to send again, is
+    /// tried on the next one, which then stays in use;
     /// [`Client::fail_over`] moves on explicitly (a stream that broke).
     pub more_urls: Vec<String>,
     /// Where a fleet starts: URL `seed % n` first, and of a host name's
@@ -283,6 +285,27 @@ impl Client {
             self.shared.moves.fetch_add(1, Ordering::Relaxed);
         }
         self.shared.transports[next].url.clone()
+    }
+
+    /// URL `index` answered 503: the next one becomes the one in use,
+    /// unless another call moved already. Its connections stay pooled (they
+    /// work; the replica behind them does not, for now).
+    fn leave_unavailable(&self, index: usize) {
+        let n = self.shared.transports.len();
+        let next = (index + 1) % n;
+        if self
+            .shared
+            .current
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.shared.moves.fetch_add(1, Ordering::Relaxed);
+        }
+        let (from, to) = (
+            &self.shared.transports[index].url,
+            &self.shared.transports[next].url,
+        );
+        tracing::info!(%from, %to, "the controller URL in use answered 503 (unavailable); trying the next");
     }
 
     fn index(&self) -> usize {
@@ -517,26 +540,42 @@ impl Client {
     }
 
     /// One JSON call: returns the status and body bytes of a 2xx response, or
-    /// the controller's `{code, message}` as [`ClientError::Api`].
+    /// the controller's `{code, message}` as [`ClientError::Api`]. With
+    /// several URLs, a call that is safe to send again
+    /// ([`retry::safe_after_503`]) and is answered 503 (that replica cannot
+    /// reach the database, or is stopping) goes to the next URL, which then
+    /// stays in use; each URL is tried once.
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let n = self.shared.transports.len();
+        let again = n > 1 && retry::safe_after_503(&method, path);
         let work = async {
-            let (resp, sender, index) = self.send(method, path, body, &[], true).await?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| ClientError::Http(format!("reading response: {e}")))?
-                .to_bytes();
-            self.give_back(index, sender);
-            if !status.is_success() {
-                return Err(api_error(status, &bytes));
+            let mut tried = 0;
+            loop {
+                let (resp, sender, index) = self
+                    .send(method.clone(), path, body.clone(), &[], true)
+                    .await?;
+                tried += 1;
+                let status = resp.status();
+                let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
+                    .collect()
+                    .await
+                    .map_err(|e| ClientError::Http(format!("reading response: {e}")))?
+                    .to_bytes();
+                self.give_back(index, sender);
+                if status == StatusCode::SERVICE_UNAVAILABLE && again && tried < n {
+                    self.leave_unavailable(index);
+                    continue;
+                }
+                if !status.is_success() {
+                    return Err(api_error(status, &bytes));
+                }
+                return Ok((status, bytes));
             }
-            Ok((status, bytes))
         };
         tokio::time::timeout(self.shared.timeout, work)
             .await

@@ -4,7 +4,10 @@
 //! - Takes several URLs of one controller (its replicas) and a host name
 //!   with several addresses: a connection that fails moves to the next
 //!   ([`ClientConfig::more_urls`], [`Client::fail_over`]); the TLS server
-//!   name stays the URL's host name.
+//!   name stays the URL's host name. A call answered `503` goes to the
+//!   next URL too when sending it twice cannot do twice what it asks
+//!   (reads, settings, reports and deduplicated uploads; `retry` lists them
+//!   and why).
 //! - Refuses `http://` to anything but a loopback host unless
 //!   [`ClientConfig::allow_insecure_http`] is set.
 //! - Trusts the system roots, a CA file, or a pinned SHA-256 certificate
@@ -15,7 +18,8 @@
 //!   resumes with `Last-Event-ID`, moving to the next controller URL when a
 //!   stream breaks or the controller sends `reconnect` (it is shutting down).
 //! - Relays use [`Client::relay_report`] and [`MembersStream`] (the member set
-//!   they may serve); [`tls_client_config`] gives other TLS clients (the relay
+//!   they may serve, resumed with `Last-Event-ID` on any replica; the
+//!   controller's `reconnect` notice); [`tls_client_config`] gives other TLS clients (the relay
 //!   client) the same trust rules.
 //!
 //! It holds no agent logic and keeps no state beyond a small connection pool.
@@ -31,6 +35,7 @@ mod integrity_api;
 mod members;
 mod node_api;
 mod relay_api;
+mod retry;
 mod service_api;
 mod stream;
 mod tasks_api;
@@ -38,7 +43,7 @@ mod tls;
 
 pub use client::{Client, ClientConfig, CurrentController, MAX_URLS, Trust};
 pub use error::ClientError;
-pub use members::MembersStream;
+pub use members::{MembersStream, MembersStreamEvent};
 pub use stream::{MapStream, MapSubscription, jitter};
 pub use tls::{
     SeenCert, format_fingerprint, parse_fingerprint, tls_client_config, tls_client_config_seen,

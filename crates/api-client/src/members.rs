@@ -1,5 +1,7 @@
 //! The relay member stream: SSE parsed with the bounded `weft_proto::sse`
-//! parser into [`MembersEvent`]s.
+//! parser into [`MembersEvent`]s, and the controller's `reconnect` notice
+//! ([`MembersStreamEvent`]). It tracks the version of the last event, to
+//! resume from with `Last-Event-ID` on the next connection.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -9,18 +11,30 @@ use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use weft_proto::netmap::{EVENT_RECONNECT, ReconnectNotice};
 use weft_proto::relay_api::MembersEvent;
 use weft_proto::sse::SseParser;
 
 use crate::ClientError;
+
+/// What a member stream brings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembersStreamEvent {
+    /// A snapshot or delta of the member set.
+    Members(MembersEvent),
+    /// The controller is shutting down: reconnect elsewhere within the
+    /// notice's spread, resuming from [`MembersStream::last_event_id`].
+    Reconnect(ReconnectNotice),
+}
 
 /// One open member stream. Dropping it closes the connection.
 pub struct MembersStream {
     body: Incoming,
     _sender: SendRequest<Full<Bytes>>,
     parser: SseParser,
-    pending: VecDeque<Result<MembersEvent, ClientError>>,
+    pending: VecDeque<Result<MembersStreamEvent, ClientError>>,
     idle_timeout: Duration,
+    last_event_id: Option<u64>,
 }
 
 impl std::fmt::Debug for MembersStream {
@@ -34,6 +48,7 @@ impl MembersStream {
         body: Incoming,
         sender: SendRequest<Full<Bytes>>,
         idle_timeout: Duration,
+        last_event_id: Option<u64>,
     ) -> Self {
         Self {
             body,
@@ -41,13 +56,32 @@ impl MembersStream {
             parser: SseParser::default(),
             pending: VecDeque::new(),
             idle_timeout,
+            last_event_id,
         }
     }
 
-    /// The next event. `None` when the controller ended the stream (relay
-    /// removed, controller stopping); an error when it broke, sent something
-    /// invalid, or stayed silent (not even a keepalive) for the idle timeout.
+    /// The version of the last member event received (or the one the
+    /// stream resumed from): send it as `Last-Event-ID` when reconnecting.
+    pub fn last_event_id(&self) -> Option<u64> {
+        self.last_event_id
+    }
+
+    /// The next member event. `None` when the controller ended the stream
+    /// (relay removed, controller stopping) or asked to reconnect
+    /// elsewhere; an error when it broke, sent something invalid, or stayed
+    /// silent (not even a keepalive) for the idle timeout.
     pub async fn next(&mut self) -> Option<Result<MembersEvent, ClientError>> {
+        match self.next_event().await? {
+            Ok(MembersStreamEvent::Members(ev)) => Some(Ok(ev)),
+            Ok(MembersStreamEvent::Reconnect(_)) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The next event, the controller's `reconnect` notice included.
+    /// `None` when the controller ended the stream; an error as for
+    /// [`MembersStream::next`].
+    pub async fn next_event(&mut self) -> Option<Result<MembersStreamEvent, ClientError>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
                 return Some(ev);
@@ -69,10 +103,19 @@ impl MembersStream {
                 return Some(Err(ClientError::MemberStream(e.to_string())));
             }
             while let Some(ev) = self.parser.next_event() {
-                self.pending.push_back(
+                let decoded = if ev.event == EVENT_RECONNECT {
+                    ReconnectNotice::decode(&ev.data)
+                        .map(MembersStreamEvent::Reconnect)
+                        .map_err(|e| ClientError::MemberStream(e.to_string()))
+                } else {
                     MembersEvent::decode(&ev.event, &ev.data)
-                        .map_err(|e| ClientError::MemberStream(e.to_string())),
-                );
+                        .map(MembersStreamEvent::Members)
+                        .map_err(|e| ClientError::MemberStream(e.to_string()))
+                };
+                if let Ok(MembersStreamEvent::Members(m)) = &decoded {
+                    self.last_event_id = Some(m.version());
+                }
+                self.pending.push_back(decoded);
             }
         }
     }

@@ -30,7 +30,22 @@ impl Client {
         &self,
         idle_timeout: Duration,
     ) -> Result<MembersStream, ClientError> {
-        let extra = [("accept", "text/event-stream".to_owned())];
+        self.relay_members_stream_from(None, idle_timeout).await
+    }
+
+    /// Opens the member stream resuming after `last_event_id` (the version
+    /// of the last member event received, on this controller or another
+    /// replica): the deltas since, or a snapshot when the controller no
+    /// longer has them all.
+    pub async fn relay_members_stream_from(
+        &self,
+        last_event_id: Option<u64>,
+        idle_timeout: Duration,
+    ) -> Result<MembersStream, ClientError> {
+        let mut extra = vec![("accept", "text/event-stream".to_owned())];
+        if let Some(v) = last_event_id {
+            extra.push(("last-event-id", v.to_string()));
+        }
         let (body, sender) = self
             .open_stream(
                 "/v1/relay/members/stream",
@@ -38,6 +53,11 @@ impl Client {
                 "opening the member stream",
             )
             .await?;
-        Ok(MembersStream::new(body, sender, idle_timeout))
+        Ok(MembersStream::new(
+            body,
+            sender,
+            idle_timeout,
+            last_event_id,
+        ))
     }
 }

@@ -264,3 +264,112 @@ async fn urls_are_checked_and_bounded() {
         .collect();
     assert_eq!(starts.len(), 2);
 }
+
+/// A stand-in controller that answers every request with `status` and a JSON
+/// error body; returns its URL and the request lines it got.
+async fn answers(status: u16) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < end + 4 + length {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + length);
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    log.lock().unwrap().push(line);
+                    let body = if status == 200 {
+                        r#"{"status":"ok","api_version":1,"map_version":5}"#.to_owned()
+                    } else {
+                        r#"{"code":"storage_unavailable","message":"retry later"}"#.to_owned()
+                    };
+                    let resp = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if conn.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_call_safe_to_repeat_moves_past_a_503_a_creation_does_not() {
+    let (sick, seen_sick) = answers(503).await;
+    let (well, seen_well) = answers(200).await;
+    let c = client(&sick, &[&well]);
+    // A read answered 503 goes to the next URL, which stays in use.
+    assert_eq!(c.health().await.unwrap().map_version, 5);
+    assert_eq!(c.current().url, well);
+    assert_eq!(c.current().moves, 1);
+    assert_eq!(seen_sick.lock().unwrap().len(), 1);
+    assert_eq!(seen_well.lock().unwrap().len(), 1);
+
+    // A creation answered 503 is not sent again: the caller gets the 503.
+    let c = client(&sick, &[&well]);
+    let req = weft_proto::task::CreateTaskRequest {
+        target: weft_proto::task::TaskTarget::Node("n1".into()),
+        kind: weft_proto::task::TaskKind::Action(weft_proto::task::Action::Netcheck),
+        timeout_secs: None,
+        output_cap_bytes: None,
+        deadline_secs: None,
+    };
+    let err = c.create_task(&req).await.unwrap_err();
+    assert!(
+        matches!(&err, weft_api_client::ClientError::Api { status: 503, .. }),
+        "{err}"
+    );
+    assert_eq!(c.current().url, sick, "still on the first URL");
+    assert_eq!(seen_well.lock().unwrap().len(), 1, "never sent to the next");
+    assert_eq!(
+        seen_sick.lock().unwrap().last().unwrap(),
+        "post /v1/admin/tasks http/1.1"
+    );
+
+    // A report (it sets state) is safe: it goes to the next URL.
+    let req = weft_proto::api::ReportRequest::default();
+    // The stand-in answers the health body; the report ignores bodies.
+    c.report(&req).await.unwrap();
+    assert_eq!(c.current().url, well);
+    assert_eq!(
+        seen_well.lock().unwrap().last().unwrap(),
+        "post /v1/node/report http/1.1"
+    );
+
+    // Every URL answers 503: each is tried once, the 503 is the answer.
+    let (sick2, seen_sick2) = answers(503).await;
+    let before = seen_sick.lock().unwrap().len();
+    let err = client(&sick, &[&sick2]).health().await.unwrap_err();
+    assert!(
+        matches!(&err, weft_api_client::ClientError::Api { status: 503, .. }),
+        "{err}"
+    );
+    assert_eq!(seen_sick.lock().unwrap().len(), before + 1);
+    assert_eq!(seen_sick2.lock().unwrap().len(), 1);
+}

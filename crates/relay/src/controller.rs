@@ -7,22 +7,31 @@
 //! refuses everyone, so a relay that cannot reach its controller fails closed.
 //!
 //! With several controller URLs (`--controller URL1,URL2`: replicas), a
-//! failure or the end of the member stream (a controller shutting down ends
-//! it) moves to the next URL after a random wait under 2 s, and the backoff
-//! applies once every URL failed in a row. The member stream has no resume:
-//! each connection starts with a snapshot.
+//! failure or the end of the member stream moves to the next URL after a
+//! random wait under 2 s, and the backoff applies once every URL failed in
+//! a row. A controller shutting down sends `reconnect` first: the link
+//! moves to the next URL after a random wait within the spread it asks
+//! for, without declaring the member set stale.
+//!
+//! The member stream resumes: the link keeps the member set it was told
+//! (and its version) and reconnects with `Last-Event-ID`, on the same
+//! controller or another replica, which sends the deltas since (a
+//! snapshot only when it no longer has them all). Once the stream is open
+//! again the core gets the kept set back, then the deltas.
 //!
 //! One failure is not retried: a controller certificate this relay does not
 //! trust (a wrong or missing `--pin-sha256`, or a CA it lacks). Retrying cannot
 //! help, so [`follow`] ends with a message that names the fingerprint the
 //! controller presented and what to pass, and the relay exits with it.
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
-use weft_api_client::{Client, ClientError, format_fingerprint};
+use weft_api_client::{Client, ClientError, MembersStreamEvent, format_fingerprint};
+use weft_proto::NodeKey;
 use weft_proto::relay_api::{MembersEvent, RelayReportRequest};
 
 use weft_relay_core::MembershipUpdate;
@@ -64,6 +73,58 @@ pub fn untrusted_message(url: &str, e: &ClientError, seen: &[u8; 32]) -> String 
     )
 }
 
+/// How a session with the controller ended (`Err(())`: before its
+/// stream opened).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The stream opened, then broke or ended.
+    Broke,
+    /// The controller asked to reconnect elsewhere within this spread.
+    Moved(Duration),
+}
+
+/// The member set as the link was last told, to resume from.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The version of the last member event (its `Last-Event-ID`).
+    version: Option<u64>,
+    members: BTreeSet<NodeKey>,
+}
+
+impl Kept {
+    /// Takes a stream event in; returns the update for the core.
+    fn take(&mut self, ev: MembersEvent) -> MembershipUpdate {
+        self.version = Some(ev.version());
+        match ev {
+            MembersEvent::Snapshot(s) => {
+                debug!(
+                    members = s.members.len(),
+                    version = s.version,
+                    "member snapshot"
+                );
+                self.members = s.members.iter().copied().collect();
+                MembershipUpdate::Snapshot(s.members)
+            }
+            MembersEvent::Delta(d) => {
+                debug!(
+                    added = d.added.len(),
+                    removed = d.removed.len(),
+                    version = d.version,
+                    "member delta"
+                );
+                self.members.extend(d.added.iter().copied());
+                for k in &d.removed {
+                    self.members.remove(k);
+                }
+                MembershipUpdate::Delta {
+                    added: d.added,
+                    removed: d.removed,
+                }
+            }
+        }
+    }
+}
+
 /// Runs the link until `stop` becomes `true` (or the receiver of `tx` is gone).
 /// Ends early with the message to exit with when the controller's certificate
 /// is not trusted (see [`untrusted_message`]).
@@ -75,6 +136,11 @@ pub async fn follow(
     let mut backoff = BACKOFF_MIN;
     let urls = cfg.client.urls().len();
     let mut failed_in_row = 0;
+    let kept = Mutex::new(Kept::default());
+    let kept_lock = || {
+        kept.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    };
     loop {
         if *stop.borrow() {
             return Ok(());
@@ -99,49 +165,46 @@ pub async fn follow(
                 return Err(());
             }
             info!(name = %info.name, url = %info.url, controller = %cfg.client.current().url, "reported to the controller");
+            let from = kept_lock().version;
             let mut stream = cfg
                 .client
-                .relay_members_stream(cfg.idle_timeout)
+                .relay_members_stream_from(from, cfg.idle_timeout)
                 .await
                 .map_err(|e| warn!(error = %e, "cannot open the member stream"))?;
+            if let Some(version) = from {
+                // The set as last told is current again; the deltas since
+                // (or a snapshot) follow.
+                let members: Vec<NodeKey> = kept_lock().members.iter().copied().collect();
+                info!(version, members = members.len(), controller = %cfg.client.current().url, "member stream resumed");
+                tx.send(MembershipUpdate::Snapshot(members))
+                    .await
+                    .map_err(|_| ())?;
+            }
             loop {
-                match stream.next().await {
-                    Some(Ok(MembersEvent::Snapshot(s))) => {
-                        debug!(
-                            members = s.members.len(),
-                            version = s.version,
-                            "member snapshot"
-                        );
-                        tx.send(MembershipUpdate::Snapshot(s.members))
-                            .await
-                            .map_err(|_| ())?;
+                match stream.next_event().await {
+                    Some(Ok(MembersStreamEvent::Members(ev))) => {
+                        if matches!(ev, MembersEvent::Snapshot(_)) {
+                            info!(version = ev.version(), resumed_from = ?from, "member stream started with a snapshot");
+                        }
+                        let update = kept_lock().take(ev);
+                        tx.send(update).await.map_err(|_| ())?;
                     }
-                    Some(Ok(MembersEvent::Delta(d))) => {
-                        debug!(
-                            added = d.added.len(),
-                            removed = d.removed.len(),
-                            version = d.version,
-                            "member delta"
-                        );
-                        tx.send(MembershipUpdate::Delta {
-                            added: d.added,
-                            removed: d.removed,
-                        })
-                        .await
-                        .map_err(|_| ())?;
+                    Some(Ok(MembersStreamEvent::Reconnect(n))) => {
+                        info!(reason = %n.reason, within_ms = n.within_ms, "the controller asked to reconnect elsewhere");
+                        return Ok(Ended::Moved(Duration::from_millis(n.within_ms)));
                     }
                     Some(Err(e)) => {
                         warn!(error = %e, "member stream broke");
-                        return Ok(true);
+                        return Ok(Ended::Broke);
                     }
                     None => {
                         warn!("the controller ended the member stream");
-                        return Ok(true);
+                        return Ok(Ended::Broke);
                     }
                 }
             }
         };
-        let outcome: Result<bool, ()> = tokio::select! {
+        let outcome: Result<Ended, ()> = tokio::select! {
             _ = stop.changed() => return Ok(()),
             r = session => r,
         };
@@ -154,18 +217,26 @@ pub async fn follow(
             let _ = tx.send(MembershipUpdate::LinkDown).await;
             return Err(msg);
         }
-        if tx.send(MembershipUpdate::LinkDown).await.is_err() {
+        // Asked to move: the set is not stale, the next stream resumes it.
+        let moved = match outcome {
+            Ok(Ended::Moved(spread)) => Some(spread),
+            _ => None,
+        };
+        if moved.is_none() && tx.send(MembershipUpdate::LinkDown).await.is_err() {
             return Ok(());
         }
         // A stream that delivered before breaking resets the backoff.
-        if outcome == Ok(true) {
+        if matches!(outcome, Ok(Ended::Broke | Ended::Moved(_))) {
             backoff = BACKOFF_MIN;
             failed_in_row = 0;
         }
         failed_in_row += 1;
         // The next URL, or the next address of a name with several.
         let to = cfg.client.fail_over();
-        let wait = if urls > 1 {
+        let wait = if let Some(spread) = moved {
+            info!(to = %to, "moving to the next controller URL");
+            weft_api_client::jitter(spread.min(FAILOVER_SPREAD.saturating_mul(5)))
+        } else if urls > 1 {
             info!(to = %to, "moving to the next controller URL");
             if failed_in_row < urls {
                 weft_api_client::jitter(FAILOVER_SPREAD)
@@ -184,3 +255,6 @@ pub async fn follow(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
