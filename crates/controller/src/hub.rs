@@ -24,13 +24,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use weft_proto::netmap::{EVENT_DELTA, EVENT_SNAPSHOT, MapEvent};
+use weft_proto::netmap::{EVENT_DELTA, EVENT_SNAPSHOT, MapChange, MapEvent};
 use weft_proto::sse;
 use weft_proto::task::{EVENT_TASK, TaskNotice};
 
 use crate::error::ApiError;
 use crate::metrics::Pushed;
 use crate::model::{NodeId, PresenceConfig, World};
+use crate::netmap::delta::SharedEncoding;
 use crate::netmap::shared::{SnapshotCache, snapshot_chunks};
 use crate::netmap::{self, Outgoing, Payload};
 
@@ -48,6 +49,16 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A map event from its chunks.
+    fn from_chunks(version: u64, chunks: &[Bytes]) -> Frame {
+        Frame {
+            version,
+            task: false,
+            bytes: chunks.first().cloned().unwrap_or_default(),
+            more: chunks.get(1..).unwrap_or_default().to_vec(),
+        }
+    }
+
     /// The event's bytes, in order.
     pub fn into_chunks(self) -> impl Iterator<Item = Bytes> {
         std::iter::once(self.bytes).chain(self.more)
@@ -95,13 +106,16 @@ struct SubHandle {
 }
 
 enum RingPayload {
-    Delta(Bytes),
+    /// The frame's chunks (slices of the batch's shared encoding among them).
+    Delta(Arc<[Bytes]>),
     Resync,
 }
 
 struct RingEntry {
     version: u64,
     groups: Vec<(Arc<[NodeId]>, RingPayload)>,
+    /// Encoded bytes it holds: each delta's own, and the shared ones once.
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -117,13 +131,7 @@ impl RingEntry {
     }
 
     fn bytes(&self) -> usize {
-        self.groups
-            .iter()
-            .map(|g| match &g.1 {
-                RingPayload::Delta(b) => b.len(),
-                RingPayload::Resync => 0,
-            })
-            .sum()
+        self.bytes
     }
 }
 
@@ -391,6 +399,9 @@ impl Hub {
         let version = world.version;
         let mut groups = Vec::with_capacity(outgoing.len());
         let mut pushed = Pushed::default();
+        let mut bytes = 0;
+        // The batch's shared peer changes, encoded once (by list).
+        let mut encodings: Vec<(*const MapChange, SharedEncoding)> = Vec::new();
         {
             let mut subs = lock(&self.subs);
             for id in evicted {
@@ -399,13 +410,26 @@ impl Hub {
             for o in outgoing {
                 match &o.payload {
                     Payload::Delta(delta) => {
-                        let frame = encode(&MapEvent::Delta((**delta).clone()));
+                        let key = delta.shared().as_ptr();
+                        let i = match encodings.iter().position(|e| e.0 == key) {
+                            Some(i) => i,
+                            None => {
+                                let enc = SharedEncoding::new(delta.shared());
+                                bytes += enc.bytes.len();
+                                encodings.push((key, enc));
+                                encodings.len() - 1
+                            }
+                        };
+                        let (chunks, own) = delta.frame_chunks(&encodings[i].1);
+                        bytes += own;
+                        let chunks: Arc<[Bytes]> = chunks.into();
+                        let frame = Frame::from_chunks(version, &chunks);
                         for r in o.recipients.iter() {
                             if let Some(list) = subs.get(r) {
                                 push(list, &frame, &mut pushed, false);
                             }
                         }
-                        groups.push((o.recipients.clone(), RingPayload::Delta(frame.bytes)));
+                        groups.push((o.recipients.clone(), RingPayload::Delta(chunks)));
                     }
                     Payload::Resync => {
                         for r in o.recipients.iter() {
@@ -420,7 +444,11 @@ impl Hub {
                 }
             }
         }
-        let entry = RingEntry { version, groups };
+        let entry = RingEntry {
+            version,
+            groups,
+            bytes,
+        };
         let mut ring = lock(&self.ring);
         ring.recipients += entry.recipients();
         ring.bytes += entry.bytes();
@@ -456,12 +484,9 @@ impl Hub {
             for (recipients, payload) in &e.groups {
                 if recipients.binary_search(&node).is_ok() {
                     match payload {
-                        RingPayload::Delta(bytes) => frames.push(Frame {
-                            version: e.version,
-                            task: false,
-                            bytes: bytes.clone(),
-                            more: Vec::new(),
-                        }),
+                        RingPayload::Delta(chunks) => {
+                            frames.push(Frame::from_chunks(e.version, chunks));
+                        }
                         RingPayload::Resync => return None,
                     }
                 }

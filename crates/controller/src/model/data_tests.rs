@@ -113,6 +113,7 @@ pub(crate) fn recipients_of(
         let Payload::Delta(d) = &out.payload else {
             continue;
         };
+        let d = &d.to_map_delta();
         if d.changes.iter().any(&wanted) {
             for r in out.recipients.iter() {
                 names.push(w.node(*r).unwrap().rec.name.clone());

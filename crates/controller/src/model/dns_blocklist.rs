@@ -231,6 +231,7 @@ mod tests {
             let Payload::Delta(d) = &o.payload else {
                 panic!("a blocklist change is a delta")
             };
+            let d = &d.to_map_delta();
             assert_eq!(
                 d.changes,
                 vec![MapChange::DnsBlocklist {

@@ -201,6 +201,7 @@ fn removing_a_network_takes_what_names_it_and_keeps_the_nodes() {
     assert_eq!(removed, ["n1", "n2", "n3"]);
     for x in &out {
         if let Payload::Delta(d) = &x.payload {
+            let d = &d.to_map_delta();
             assert!(
                 !d.changes.iter().any(|c| matches!(
                     c,
@@ -215,6 +216,7 @@ fn removing_a_network_takes_what_names_it_and_keeps_the_nodes() {
         let me = id(&w, &name);
         for x in out.iter().filter(|x| x.recipients.contains(&me)) {
             if let Payload::Delta(d) = &x.payload {
+                let d = &d.to_map_delta();
                 map.apply(d).unwrap();
             }
         }

@@ -6,10 +6,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use weft_proto::api::API_VERSION;
-use weft_proto::netmap::{MapChange, MapDelta};
+use weft_proto::netmap::MapChange;
 
-use super::{Outgoing, Payload};
+use super::{Delta, Outgoing, Payload};
 use crate::model::{NodeId, World};
 
 /// Adds the blocklist's current reference to what `out` sends.
@@ -21,7 +20,7 @@ pub(super) fn add_change(world: &World, out: &mut Vec<Outgoing>) {
     for o in out.iter_mut() {
         covered.extend(o.recipients.iter().copied());
         if let Payload::Delta(d) = &mut o.payload {
-            Arc::make_mut(d).changes.push(change.clone());
+            Arc::make_mut(d).push(change.clone());
         }
     }
     let rest: Vec<NodeId> = world
@@ -32,11 +31,7 @@ pub(super) fn add_change(world: &World, out: &mut Vec<Outgoing>) {
     if !rest.is_empty() {
         out.push(Outgoing {
             recipients: Arc::from(rest),
-            payload: Payload::Delta(Arc::new(MapDelta {
-                api_version: API_VERSION,
-                version: world.version,
-                changes: vec![change],
-            })),
+            payload: Payload::Delta(Arc::new(Delta::own(world.version, vec![change]))),
         });
     }
 }

@@ -17,13 +17,15 @@ use std::sync::Arc;
 use weft_policy::{CompiledPolicy, Viewpoint};
 use weft_proto::NodeKey;
 use weft_proto::api::API_VERSION;
-use weft_proto::netmap::{MapChange, MapDelta, NetworkMap, NetworkView, Peer, SelfNode};
+use weft_proto::netmap::{MapChange, NetworkMap, NetworkView, Peer, SelfNode};
 use weft_proto::policy::MapPolicy;
 
 use crate::model::{NetId, NetState, NodeId, NodeState, Outcome, World};
 use crate::store::MembershipRecord;
+pub use delta::Delta;
 
 mod blocklist;
+pub mod delta;
 mod services;
 pub mod shared;
 mod ssh;
@@ -31,8 +33,9 @@ mod ssh;
 /// What a group of nodes receives for one version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
-    /// These changes.
-    Delta(Arc<MapDelta>),
+    /// These changes (sharing the batch's peer changes with its other
+    /// deltas).
+    Delta(Arc<Delta>),
     /// A fresh snapshot each (their set of networks changed).
     Resync,
 }
@@ -315,6 +318,8 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
     for (i, (n, _)) in flat.iter().enumerate() {
         ranges.entry(*n).or_insert(i..i).end = i + 1;
     }
+    // The batch's peer changes, once: every delta slices them.
+    let shared: Arc<[MapChange]> = flat.iter().map(|(_, e)| e.2.clone()).collect();
     let mut groups: BTreeMap<Vec<usize>, Vec<NodeId>> = BTreeMap::new();
     let mut out = Vec::new();
     let mut resync = Vec::new();
@@ -358,7 +363,7 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             .iter()
             .map(|i| (flat[*i].0, flat[*i].1.0))
             .collect();
-        let mut changes: Vec<MapChange> = shown_idx.iter().map(|i| flat[*i].1.2.clone()).collect();
+        let mut changes: Vec<MapChange> = Vec::new();
         // Networks it left (deleted): each goes whole, peers and all.
         if let Some(left) = touched.left.get(&id) {
             changes.extend(
@@ -428,26 +433,23 @@ pub fn compile(world: &World, outcome: &Outcome) -> Vec<Outgoing> {
             }
             changes.extend(policy_changes(world, me, &flips, &sent));
         }
-        if !changes.is_empty() {
+        let delta = Delta::picked(version, &shared, &shown_idx, changes);
+        if !delta.is_empty() {
             out.push(Outgoing {
                 recipients: Arc::from(vec![id]),
-                payload: Payload::Delta(Arc::new(MapDelta {
-                    api_version: API_VERSION,
-                    version,
-                    changes,
-                })),
+                payload: Payload::Delta(Arc::new(delta)),
             });
         }
     }
     for (shown_idx, recipients) in groups {
-        let changes = shown_idx.iter().map(|i| flat[*i].1.2.clone()).collect();
         out.push(Outgoing {
             recipients: Arc::from(recipients),
-            payload: Payload::Delta(Arc::new(MapDelta {
-                api_version: API_VERSION,
+            payload: Payload::Delta(Arc::new(Delta::picked(
                 version,
-                changes,
-            })),
+                &shared,
+                &shown_idx,
+                Vec::new(),
+            ))),
         });
     }
     // Resync every touched node that is still enabled (new members and nodes

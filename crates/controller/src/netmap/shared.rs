@@ -208,7 +208,7 @@ impl Chunks {
 /// and including `"field":`, and the text after `[]`. `None` if it occurs
 /// other than once (a value could hold such a key: the caller then encodes the
 /// plain way).
-fn split_at_empty<'a>(json: &'a [u8], field: &str) -> Option<(&'a [u8], &'a [u8])> {
+pub(super) fn split_at_empty<'a>(json: &'a [u8], field: &str) -> Option<(&'a [u8], &'a [u8])> {
     let pat = format!("\"{field}\":[]");
     let pat = pat.as_bytes();
     let mut found = None;

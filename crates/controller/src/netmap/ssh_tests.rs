@@ -121,6 +121,7 @@ impl Fixture {
                             self.held.insert(*r, snapshot(&self.w, *r).unwrap());
                         }
                         Payload::Delta(d) => {
+                            let d = &d.to_map_delta();
                             if d.changes
                                 .iter()
                                 .any(|c| matches!(c, MapChange::SshHosts { .. }))

@@ -266,6 +266,7 @@ fn deliver(
                     held.insert(*r, snapshot(w, *r).unwrap());
                 }
                 Payload::Delta(d) => {
+                    let d = &d.to_map_delta();
                     for c in &d.changes {
                         if let MapChange::PeerUpsert { peer, .. } = c {
                             assert_ne!(
@@ -423,6 +424,7 @@ fn a_change_reaches_only_members_of_the_touched_network() {
     let Payload::Delta(d) = &out[0].payload else {
         panic!("expected a delta")
     };
+    let d = &d.to_map_delta();
     assert!(
         matches!(&d.changes[..], [MapChange::PeerUpsert { peer, .. }] if peer.node_key == key(1))
     );
@@ -472,6 +474,7 @@ fn one_join_reaches_every_member_with_its_new_policy() {
         let Payload::Delta(d) = &o.payload else {
             panic!("expected a delta")
         };
+        let d = &d.to_map_delta();
         assert!(
             d.changes.iter().any(
                 |c| matches!(c, MapChange::PeerUpsert { peer, .. } if peer.node_key == key(99))

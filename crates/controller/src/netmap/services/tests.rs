@@ -291,6 +291,7 @@ proptest! {
                                 held.insert(*r, snapshot(&w, *r).unwrap());
                             }
                             Payload::Delta(d) => {
+                                let d = &d.to_map_delta();
                                 let Some(map) = held.get_mut(r) else { continue };
                                 for c in &d.changes {
                                     if let MapChange::Services { services, provides } = c {
