@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use weft_api_client::{Client, MapStream};
-use weft_proto::api::UpdateNodeRequest;
+use weft_proto::api::{RegisterRequest, UpdateNodeRequest};
 use weft_proto::netmap::{MapEvent, NetworkMap};
 
 const IDLE: Duration = Duration::from_secs(10);
@@ -275,4 +275,65 @@ async fn a_stream_moves_to_the_other_replica_and_resumes_by_delta() {
             .collect()
     };
     assert_eq!(peers(&map), peers(&fresh));
+}
+
+/// A registration `id` signs over `challenge` (base64), for `register_raw`.
+fn signed(token: &str, id: &weft_identity::Identity, challenge: &str) -> RegisterRequest {
+    serde_json::from_value(register_body(token, id, challenge)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_challenge_from_one_replica_registers_at_the_other_once() {
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let a = Controller::start(d1.path(), FLAGS);
+    let token = network_with_token(&a.admin(), "lab", "100.64.0.0/24", 0).await;
+    let b = second_replica(&a, d2.path());
+    let (ca, cb) = (a.client(), b.client());
+
+    // Issued by A, used at B.
+    let id = identity(0);
+    let ch = ca.register_challenge().await.unwrap().challenge;
+    let req = signed(&token, &id, &ch);
+    let first = cb
+        .register_raw(&req)
+        .await
+        .expect("B accepts A's challenge");
+    // The same registration again, at either replica: refused.
+    for (c, at) in [(&ca, "A"), (&cb, "B")] {
+        let (status, code, _) = refused(c.register_raw(&req).await);
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "invalid_challenge"),
+            "a replay at {at}"
+        );
+    }
+    // Two registrations on one challenge at both replicas at once: one wins.
+    let ch = cb.register_challenge().await.unwrap().challenge;
+    let id2 = identity(0);
+    let req2 = signed(&token, &id2, &ch);
+    let (ra, rb) = tokio::join!(ca.register_raw(&req2), cb.register_raw(&req2));
+    assert_eq!(
+        usize::from(ra.is_ok()) + usize::from(rb.is_ok()),
+        1,
+        "exactly one use: {ra:?} {rb:?}"
+    );
+    // A fresh challenge registers the same key again (a retry), rotating
+    // its credential; the first credential is no longer valid.
+    let ch = ca.register_challenge().await.unwrap().challenge;
+    let again = cb.register_raw(&signed(&token, &id, &ch)).await.unwrap();
+    assert_eq!(again.node_key, first.node_key);
+    assert_ne!(again.credential, first.credential);
+    // Both replicas restart: the key is the database's, so a challenge
+    // issued before the restart still works after it.
+    let ch = ca.register_challenge().await.unwrap().challenge;
+    drop(b);
+    let mut a = a;
+    a.sigterm(Duration::from_secs(20));
+    let a = Controller::start(d1.path(), FLAGS);
+    let id3 = identity(0);
+    a.client()
+        .register_raw(&signed(&token, &id3, &ch))
+        .await
+        .expect("a challenge from before the restart");
 }

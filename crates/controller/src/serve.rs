@@ -19,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use rand_core::OsRng;
+use rand_core::{OsRng, RngCore as _};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -32,8 +32,9 @@ use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::model::World;
 use crate::secret::{self, ADMIN_PREFIX};
+use crate::store::challenges::{ChallengeKey, ChallengeWrite};
 use crate::store::sqlite::SqliteStore;
-use crate::store::{AuditRecord, Store, StoreError, Write};
+use crate::store::{AuditQuery, AuditRecord, Store, StoreError, Write};
 use crate::{clock, tls};
 
 /// File name of the database in the data directory.
@@ -179,14 +180,22 @@ impl Default for Config {
 mod database;
 pub use database::{Opened, prepare_database};
 
+#[cfg(test)]
+mod start_tests;
+
 /// The opened store and loaded state.
 pub struct Prepared<S: Store = SqliteStore> {
     store: S,
     world: World,
+    /// The key registration challenges are MACed with (every replica's).
+    challenge_key: ChallengeKey,
     /// Whether this start created the admin token (in `admin_token_path`).
     pub admin_token_created: bool,
-    /// Where the admin token was written.
+    /// Where the admin token was written, or would be.
     pub admin_token_path: PathBuf,
+    /// When another start (another replica) created the admin token: where
+    /// it wrote it, as its audit record says (`host:path`), if still there.
+    pub admin_token_origin: Option<String>,
 }
 
 /// Opens `data_dir/controller.db` (migrating it), loads the state, and on first
@@ -242,49 +251,130 @@ pub fn prepare(
     finish(store, data_dir, relays)
 }
 
-/// Loads the state from the opened `store`, creates the admin token on first
-/// start (into `data_dir`), and begins a new map version.
+/// Settles, under the database-wide write lock, what the first start
+/// creates: the admin token (written to `data_dir` with mode 0600, stored
+/// hashed) and the registration challenges' key. Replicas starting together
+/// on an empty database take turns here, so exactly one creates each; the
+/// others find them. Then loads the state and begins a new map version.
 fn finish<S: Store>(
     mut store: S,
     data_dir: &Path,
     relays: Vec<Relay>,
 ) -> Result<Prepared<S>, ServeError> {
-    let mut world = crate::replica::load(&mut store, relays)?;
     let admin_token_path = data_dir.join(ADMIN_TOKEN_FILE);
-    let mut admin_token_created = false;
-    if world.admin_hash.is_none() {
-        let (token, hash) = secret::generate(ADMIN_PREFIX, &mut OsRng);
-        // Write the file first: if we crash in between, the next start creates a
-        // new token and overwrites it, so the file never holds a dead token for long.
-        tls::write_private(&admin_token_path, format!("{token}\n").as_bytes()).map_err(
-            |source| ServeError::Io {
-                what: format!("writing {}", admin_token_path.display()),
-                source,
-            },
-        )?;
-        store.apply(&[
-            Write::SetAdminHash(hash),
-            Write::Audit(AuditRecord {
-                id: 1,
-                at_ms: clock::now_unix_ms(),
-                actor: "controller".into(),
-                action: "admin.token.create".into(),
-                target: "admin".into(),
-                detail: serde_json::json!({"file": admin_token_path.display().to_string()}),
-            }),
-        ])?;
-        let relays = std::mem::take(&mut world.relays);
-        world = crate::replica::load(&mut store, relays)?;
-        admin_token_created = true;
+    store.begin_exclusive()?;
+    let settled = settle(&mut store, &admin_token_path);
+    if settled.is_err() {
+        let _ = store.rollback_exclusive();
     }
+    let (challenge_key, admin_token_created) = settled?;
+    let admin_token_origin = if admin_token_created {
+        None
+    } else {
+        admin_token_origin(&mut store)
+    };
+    let mut world = crate::replica::load(&mut store, relays)?;
     // Every start begins a new map version: a stream resuming from before the
     // restart gets a fresh snapshot rather than an empty replay.
     crate::replica::bump(&mut store, &mut world)?;
     Ok(Prepared {
         store,
         world,
+        challenge_key,
         admin_token_created,
         admin_token_path,
+        admin_token_origin,
+    })
+}
+
+/// Holding the write lock: creates the challenge key and the admin token if
+/// the database has none, and ends the exclusive section. Returns the key
+/// and whether this start created the admin token.
+fn settle<S: Store>(
+    store: &mut S,
+    admin_token_path: &Path,
+) -> Result<(ChallengeKey, bool), ServeError> {
+    let rows = store.start_rows()?;
+    let mut writes = Vec::new();
+    let key = match rows.challenge_key {
+        Some(k) => k,
+        None => {
+            let mut k = [0u8; 32];
+            OsRng.fill_bytes(&mut k);
+            let k = ChallengeKey(k);
+            writes.push(Write::Challenge(ChallengeWrite::CreateKey(k.clone())));
+            k
+        }
+    };
+    let created = rows.admin_hash.is_none();
+    if created {
+        let last_audit = store
+            .audit(&AuditQuery {
+                limit: 1,
+                ..AuditQuery::default()
+            })?
+            .first()
+            .map_or(0, |a| a.id);
+        let (token, hash) = secret::generate(ADMIN_PREFIX, &mut OsRng);
+        // Write the file first: if the commit fails, the next start creates a
+        // new token and overwrites it, so the file never holds a dead token
+        // for long.
+        tls::write_private(admin_token_path, format!("{token}\n").as_bytes()).map_err(
+            |source| ServeError::Io {
+                what: format!("writing {}", admin_token_path.display()),
+                source,
+            },
+        )?;
+        writes.push(Write::SetAdminHash(hash));
+        writes.push(Write::Audit(AuditRecord {
+            id: last_audit + 1,
+            at_ms: clock::now_unix_ms(),
+            actor: "controller".into(),
+            action: ADMIN_TOKEN_CREATE.into(),
+            target: "admin".into(),
+            detail: serde_json::json!({
+                "file": admin_token_path.display().to_string(),
+                "host": host_name(),
+            }),
+        }));
+    }
+    if writes.is_empty() {
+        store.rollback_exclusive()?;
+    } else {
+        store.commit_exclusive(&writes)?;
+    }
+    Ok((key, created))
+}
+
+/// This machine's name, for where the admin token was written ("unknown"
+/// when it cannot be read).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().chars().take(253).collect::<String>())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The audit action of the admin token's creation.
+const ADMIN_TOKEN_CREATE: &str = "admin.token.create";
+
+/// Where the start that created the admin token wrote it (`host:path`), from
+/// its audit record; `None` if the record is gone (audit retention) or
+/// unreadable.
+fn admin_token_origin(store: &mut dyn Store) -> Option<String> {
+    let records = store
+        .audit(&AuditQuery {
+            limit: 100,
+            target: Some("admin".into()),
+            ..AuditQuery::default()
+        })
+        .ok()?;
+    let r = records.iter().find(|r| r.action == ADMIN_TOKEN_CREATE)?;
+    let file = r.detail.get("file")?.as_str()?;
+    Some(match r.detail.get("host").and_then(|h| h.as_str()) {
+        Some(host) => format!("{host}:{file}"),
+        None => file.to_owned(),
     })
 }
 
@@ -309,7 +399,8 @@ pub async fn run<S: Store>(
     let readiness = Arc::new(Readiness::default());
     let state = AppState {
         engine: engine.clone(),
-        challenges: Arc::new(Challenges::new(
+        challenges: Arc::new(Challenges::with_key(
+            &prepared.challenge_key,
             config.api.challenge_ttl,
             config.api.max_used_challenges,
         )),
@@ -417,16 +508,18 @@ pub async fn run<S: Store>(
         });
     }
     drop(listener);
-    let told = engine
-        .hub()
-        .drain(u64::try_from(config.drain_spread.as_millis()).unwrap_or(u64::MAX));
+    let spread = u64::try_from(config.drain_spread.as_millis()).unwrap_or(u64::MAX);
+    let told = engine.hub().drain(spread);
+    let relays = engine.relay_feed().drain(spread);
     info!(
         streams = told,
-        spread_ms = config.drain_spread.as_millis() as u64,
+        relay_streams = relays,
+        spread_ms = spread,
         "shutting down: no new connections; map streams told to reconnect elsewhere"
     );
     let until = tokio::time::Instant::now() + config.drain_wait;
-    while told > 0 && engine.hub().stream_count() > 0 && tokio::time::Instant::now() < until {
+    let open = || engine.hub().stream_count() + engine.relay_feed().stream_count();
+    while told + relays > 0 && open() > 0 && tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     info!(

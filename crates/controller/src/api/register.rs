@@ -5,10 +5,8 @@
 //! own task, so those costs spread over all cores; the engine then checks the
 //! token and allocates addresses, serialized with every other write.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Request, State};
@@ -28,107 +26,69 @@ use weft_proto::api::{
 use super::{ApiJson, AppState, Peer};
 use crate::clock;
 use crate::error::ApiError;
-use crate::model::{Actor, Registered, Registration};
+use crate::model::ChallengeRefusal;
+use crate::model::{Actor, ChallengedRegistration, Registered, Registration};
 use crate::secret::{self, MAX_SECRET_LEN, NODE_PREFIX, SecretHash};
+use crate::store::challenges::{ChallengeKey, ChallengeTag, TAG_LEN, UsedChallengeRecord};
 use crate::validate;
 
 /// Bytes of a challenge that are authenticated: issue time and a random nonce.
 const BODY_LEN: usize = 16;
-/// Bytes of HMAC-SHA256 kept in a challenge (128 bits).
-const TAG_LEN: usize = CHALLENGE_LEN - BODY_LEN;
-/// Domain separation for the MAC.
-const MAC_CONTEXT: &[u8] = b"weft-register-challenge-v1";
+const _: () = assert!(BODY_LEN + TAG_LEN == CHALLENGE_LEN);
+/// Domain separation for the MAC (v2: the issue time is Unix ms, shared by
+/// every replica, not one process's monotonic clock).
+const MAC_CONTEXT: &[u8] = b"weft-register-challenge-v2";
+/// A challenge issued up to this far in the future (by a replica whose
+/// clock is ahead) is still accepted.
+const MAX_SKEW_MS: u64 = 5_000;
 
-/// A challenge's identity in the replay set.
-type Tag = [u8; TAG_LEN];
-
-/// Why a challenge is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChallengeRefusal {
-    /// Not issued by this controller process (forged, tampered, or issued before
-    /// a restart).
-    Forged,
-    /// Older than its lifetime.
-    Expired,
-    /// Already used by a registration.
-    Used,
-    /// Too many registrations completed within one challenge lifetime.
-    Full,
-}
-
-impl From<ChallengeRefusal> for ApiError {
-    fn from(r: ChallengeRefusal) -> Self {
-        let message = match r {
-            ChallengeRefusal::Forged => {
-                "challenge was not issued by this controller (or it restarted since); request a new one"
-            }
-            ChallengeRefusal::Expired => "challenge has expired; request a new one",
-            ChallengeRefusal::Used => "challenge was already used; request a new one",
-            ChallengeRefusal::Full => {
-                return ApiError::Unavailable {
-                    code: "too_many_registrations",
-                    message: "too many registrations within one minute; retry in a minute".into(),
-                };
-            }
-        };
-        ApiError::invalid("invalid_challenge", message)
-    }
-}
-
-/// Stateless registration challenges.
+/// Stateless registration challenges, valid on every replica.
 ///
-/// A challenge is `issued_ms (8 bytes, big endian, on this process's monotonic
-/// clock) || nonce (8 random bytes) || HMAC-SHA256(key, context || those 16
-/// bytes)[..16]`, with a key made at start and never stored: issuing one stores
-/// nothing, and checking one needs only the key and the clock, so no number of
-/// challenge requests can crowd out another client's. A restart invalidates the
-/// challenges in flight (clients ask again, as they did when challenges lived
-/// in memory).
+/// A challenge is `issued_ms (8 bytes, big endian, Unix ms) || nonce (8
+/// random bytes) || HMAC-SHA256(key, context || those 16 bytes)[..16]`. The
+/// key is kept in the database (created once, under the write lock, by the
+/// first start: `serve`), so every replica issues and checks the same
+/// challenges: one issued by replica A is accepted by B. Issuing one stores
+/// nothing, and checking one needs only the key and the clock, so no number
+/// of challenge requests can crowd out another client's.
 ///
-/// Single use: a registration signs `challenge || SHA-256(token)` with the node
-/// key, so a challenge cannot be moved to another key or token, but a captured
-/// registration could be sent again while the challenge is fresh, and a
-/// successful registration rotates the node's credential and returns the new
-/// one. So a challenge is reserved (by its MAC) once its MAC, freshness and
-/// signature check, kept if the registration succeeds, and released if it fails
-/// (replaying a failed registration can gain nothing the first attempt did not).
-/// The set therefore only holds challenges of successful registrations (which
-/// need a valid join token) younger than the lifetime, plus those in flight; it
-/// is bounded, and when full the controller answers 503 rather than forget a
-/// challenge early.
+/// Single use: a registration signs `challenge || SHA-256(token)` with the
+/// node key, so a challenge cannot be moved to another key or token, but a
+/// captured registration could be sent again while the challenge is fresh,
+/// and a successful registration rotates the node's credential and returns
+/// the new one. So the registration's batch records the challenge as used,
+/// and refuses one already recorded
+/// ([`ChallengedRegistration`](crate::model::ChallengedRegistration)): the
+/// set lives in the state every replica shares, is replicated with the
+/// registration, and is bounded (entries expire with the challenge; when
+/// `max_used` are live the controller answers 503 rather than forget one
+/// early). A failed registration uses nothing.
 pub struct Challenges {
     key: hmac::Key,
-    epoch: Instant,
     ttl: Duration,
-    used: Mutex<Used>,
-    max_used: usize,
-}
-
-#[derive(Default)]
-struct Used {
-    // Lookup only; never iterated in an order that matters.
-    by_tag: HashMap<Tag, Instant>,
-    // (tag, expiry) in reservation order, which is expiry order up to the
-    // lifetime; may name tags already released.
-    queue: VecDeque<(Tag, Instant)>,
+    max_used: u32,
 }
 
 impl Challenges {
-    /// Challenges valid for `ttl`, with at most `max_used` successful
-    /// registrations remembered per `ttl`.
+    /// Challenges with a random key (tests; a controller always uses
+    /// [`Challenges::with_key`]).
     pub fn new(ttl: Duration, max_used: usize) -> Self {
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
+        Self::with_key(&ChallengeKey(key), ttl, max_used)
+    }
+
+    /// Challenges MACed with `key`, valid for `ttl`, with at most `max_used`
+    /// successful registrations remembered per `ttl`.
+    pub fn with_key(key: &ChallengeKey, ttl: Duration, max_used: usize) -> Self {
         Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, &key),
-            epoch: clock::now(),
+            key: hmac::Key::new(hmac::HMAC_SHA256, &key.0),
             ttl,
-            used: Mutex::new(Used::default()),
-            max_used: max_used.max(1),
+            max_used: u32::try_from(max_used.max(1)).unwrap_or(u32::MAX),
         }
     }
 
-    fn tag(&self, body: &[u8]) -> Tag {
+    fn tag(&self, body: &[u8]) -> ChallengeTag {
         let mut ctx = hmac::Context::with_key(&self.key);
         ctx.update(MAC_CONTEXT);
         ctx.update(body);
@@ -138,116 +98,54 @@ impl Challenges {
         tag
     }
 
-    /// Issues a challenge valid until `now + ttl`. Stores nothing.
-    pub fn issue(&self, now: Instant) -> [u8; CHALLENGE_LEN] {
-        let ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
-            .unwrap_or(u64::MAX);
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Issues a challenge valid until `now_ms + ttl`. Stores nothing.
+    pub fn issue(&self, now_ms: u64) -> [u8; CHALLENGE_LEN] {
         let mut c = [0u8; CHALLENGE_LEN];
-        c[..8].copy_from_slice(&ms.to_be_bytes());
+        c[..8].copy_from_slice(&now_ms.to_be_bytes());
         OsRng.fill_bytes(&mut c[8..BODY_LEN]);
         let tag = self.tag(&c[..BODY_LEN]);
         c[BODY_LEN..].copy_from_slice(&tag);
         c
     }
 
-    /// Checks the MAC and freshness; returns the challenge's tag and expiry.
+    /// Checks the MAC and freshness; returns the challenge's tag and expiry
+    /// (whether it was used is the registration batch's to decide).
     pub fn verify(
         &self,
         c: &[u8; CHALLENGE_LEN],
-        now: Instant,
-    ) -> Result<(Tag, Instant), ChallengeRefusal> {
+        now_ms: u64,
+    ) -> Result<UsedChallengeRecord, ChallengeRefusal> {
         let tag = self.tag(&c[..BODY_LEN]);
         if !bool::from(tag.ct_eq(&c[BODY_LEN..])) {
             return Err(ChallengeRefusal::Forged);
         }
         let mut ms = [0u8; 8];
         ms.copy_from_slice(&c[..8]);
-        let issued = self
-            .epoch
-            .checked_add(Duration::from_millis(u64::from_be_bytes(ms)))
-            .ok_or(ChallengeRefusal::Forged)?;
-        let expiry = issued + self.ttl;
-        // Issued in the future cannot happen with our own MAC on a monotonic
-        // clock; refuse it rather than trust it.
-        if issued > now {
+        let issued = u64::from_be_bytes(ms);
+        // Our own MAC on a time further ahead than the replicas' skew:
+        // refuse it rather than trust it.
+        if issued > now_ms.saturating_add(MAX_SKEW_MS) {
             return Err(ChallengeRefusal::Forged);
         }
-        if now >= expiry {
+        let expires_ms = issued.saturating_add(self.ttl_ms());
+        if now_ms >= expires_ms {
             return Err(ChallengeRefusal::Expired);
         }
-        Ok((tag, expiry))
-    }
-
-    /// Marks a verified challenge used. Dropping the returned reservation
-    /// without [`Reservation::keep`] releases it.
-    pub fn reserve(
-        &self,
-        c: &[u8; CHALLENGE_LEN],
-        now: Instant,
-    ) -> Result<Reservation<'_>, ChallengeRefusal> {
-        let (tag, expiry) = self.verify(c, now)?;
-        let mut used = self.lock();
-        while let Some(&(t, exp)) = used.queue.front() {
-            if exp > now {
-                break;
-            }
-            used.queue.pop_front();
-            if used.by_tag.get(&t).is_some_and(|e| *e <= now) {
-                used.by_tag.remove(&t);
-            }
-        }
-        if used.by_tag.contains_key(&tag) {
-            return Err(ChallengeRefusal::Used);
-        }
-        if used.by_tag.len() >= self.max_used {
-            return Err(ChallengeRefusal::Full);
-        }
-        // Released tags leave stale queue entries; compact now and then so the
-        // queue stays within twice the set.
-        if used.queue.len() >= 2 * self.max_used {
-            let Used { by_tag, queue } = &mut *used;
-            queue.retain(|(t, _)| by_tag.contains_key(t));
-        }
-        used.by_tag.insert(tag, expiry);
-        used.queue.push_back((tag, expiry));
-        Ok(Reservation {
-            set: self,
-            tag,
-            keep: false,
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Used> {
-        self.used
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        Ok(UsedChallengeRecord { tag, expires_ms })
     }
 
     /// The lifetime of a challenge.
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
-}
 
-/// A challenge marked used while its registration runs.
-pub struct Reservation<'a> {
-    set: &'a Challenges,
-    tag: Tag,
-    keep: bool,
-}
-
-impl Reservation<'_> {
-    /// The registration succeeded: the challenge stays used until it expires.
-    pub fn keep(mut self) {
-        self.keep = true;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.keep {
-            self.set.lock().by_tag.remove(&self.tag);
-        }
+    /// Live used challenges kept at most.
+    pub fn max_used(&self) -> u32 {
+        self.max_used
     }
 }
 
@@ -272,7 +170,7 @@ pub(super) async fn limit(State(st): State<AppState>, req: Request, next: Next) 
 pub(super) async fn challenge(
     State(st): State<AppState>,
 ) -> Result<Json<ChallengeResponse>, ApiError> {
-    let c = st.challenges.issue(clock::now());
+    let c = st.challenges.issue(clock::now_unix_ms());
     Ok(Json(ChallengeResponse {
         challenge: URL_SAFE_NO_PAD.encode(c),
         expires_in_secs: st.challenges.ttl().as_secs(),
@@ -332,7 +230,7 @@ async fn register_checked(
         validate::facts(f)?;
     }
     // Cheap checks first: a forged or stale challenge costs one HMAC.
-    st.challenges.verify(&challenge, clock::now())?;
+    let used = st.challenges.verify(&challenge, clock::now_unix_ms())?;
     let message = register_signed_message(&challenge, &req.token);
     verify_signature(
         &req.node_key,
@@ -341,25 +239,28 @@ async fn register_checked(
         &signature,
     )
     .map_err(|_| ApiError::BadSignature)?;
-    // Single use, from here: the signature binds the challenge to this key and
-    // token, so only a replay of this very registration can collide.
-    let reservation = st.challenges.reserve(&challenge, clock::now())?;
     let pow_bits = ProofOfWork {
         nonce: req.pow_nonce,
     }
     .achieved(&req.node_key);
     let (credential, credential_hash) = secret::generate(NODE_PREFIX, &mut OsRng);
-    let op = Registration {
-        node_key: req.node_key,
-        token_hash: SecretHash::of(&req.token),
-        pow_bits,
-        name: req.name.clone(),
-        hostname: req.hostname.clone(),
-        facts: req.facts,
-        credential_hash,
+    // Single use, in the batch: the signature binds the challenge to this
+    // key and token, so only a replay of this very registration can
+    // collide, on this replica or another.
+    let op = ChallengedRegistration {
+        challenge: used,
+        max_used: st.challenges.max_used(),
+        registration: Registration {
+            node_key: req.node_key,
+            token_hash: SecretHash::of(&req.token),
+            pow_bits,
+            name: req.name.clone(),
+            hostname: req.hostname.clone(),
+            facts: req.facts,
+            credential_hash,
+        },
     };
     let Registered { name, addresses } = st.engine.execute(Actor::Node(req.node_key), op).await?;
-    reservation.keep();
     Ok(Json(RegisterResponse {
         api_version: API_VERSION,
         node_key: req.node_key,
@@ -374,85 +275,58 @@ mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(60);
+    const T0: u64 = 1_700_000_000_000;
 
     #[test]
-    fn issuing_stores_nothing_and_a_fresh_challenge_verifies() {
-        let ch = Challenges::new(TTL, 4);
-        let t0 = clock::now();
-        for _ in 0..100_000 {
-            ch.issue(t0);
-        }
-        assert!(ch.lock().by_tag.is_empty() && ch.lock().queue.is_empty());
-        let c = ch.issue(t0);
-        assert!(ch.verify(&c, t0 + Duration::from_secs(59)).is_ok());
-        assert_ne!(ch.issue(t0), c, "random nonce");
+    fn issuing_stores_nothing_and_a_fresh_challenge_verifies_on_any_holder_of_the_key() {
+        let key = ChallengeKey([3; 32]);
+        let a = Challenges::with_key(&key, TTL, 4);
+        let b = Challenges::with_key(&key, TTL, 4);
+        let c = a.issue(T0);
+        let used = b.verify(&c, T0 + 59_000).unwrap();
+        assert_eq!(used.expires_ms, T0 + 60_000);
+        assert_eq!(a.verify(&c, T0).unwrap(), used, "the same tag everywhere");
+        assert_ne!(a.issue(T0), c, "random nonce");
+        // A replica whose clock is a little behind the issuer's accepts it.
+        assert!(b.verify(&c, T0 - MAX_SKEW_MS).is_ok());
     }
 
     #[test]
     fn forged_tampered_and_expired_challenges_are_refused() {
         let ch = Challenges::new(TTL, 4);
-        let t0 = clock::now();
-        let c = ch.issue(t0);
+        let c = ch.issue(T0);
         // Every bit matters: time, nonce and MAC.
         for byte in [0, 7, 8, 15, 16, 31] {
             let mut bad = c;
             bad[byte] ^= 1;
             assert_eq!(
-                ch.verify(&bad, t0),
+                ch.verify(&bad, T0),
                 Err(ChallengeRefusal::Forged),
                 "byte {byte}"
             );
         }
-        // Random bytes, and a challenge from another process (another key).
+        // Random bytes, and a challenge under another key (another database).
         let mut random = [0u8; CHALLENGE_LEN];
         OsRng.fill_bytes(&mut random);
-        assert_eq!(ch.verify(&random, t0), Err(ChallengeRefusal::Forged));
+        assert_eq!(ch.verify(&random, T0), Err(ChallengeRefusal::Forged));
         let other = Challenges::new(TTL, 4);
         assert_eq!(
-            ch.verify(&other.issue(t0), t0),
+            ch.verify(&other.issue(T0), T0),
             Err(ChallengeRefusal::Forged)
         );
         // Moving the issue time forward needs a new MAC.
-        let later = ch.issue(t0 + Duration::from_secs(30));
+        let later = ch.issue(T0 + 30_000);
         let mut moved = c;
         moved[..8].copy_from_slice(&later[..8]);
         assert_eq!(
-            ch.verify(&moved, t0 + Duration::from_secs(61)),
+            ch.verify(&moved, T0 + 61_000),
             Err(ChallengeRefusal::Forged)
         );
-        assert_eq!(ch.verify(&c, t0 + TTL), Err(ChallengeRefusal::Expired));
+        assert_eq!(ch.verify(&c, T0 + 60_000), Err(ChallengeRefusal::Expired));
+        // Issued further ahead than the skew allows.
         assert_eq!(
-            ch.reserve(&c, t0 + TTL).err(),
-            Some(ChallengeRefusal::Expired)
+            ch.verify(&ch.issue(T0 + MAX_SKEW_MS + 1), T0),
+            Err(ChallengeRefusal::Forged)
         );
-    }
-
-    #[test]
-    fn a_kept_challenge_is_single_use_and_a_released_one_is_not() {
-        let ch = Challenges::new(TTL, 2);
-        let t0 = clock::now();
-        let a = ch.issue(t0);
-        ch.reserve(&a, t0).unwrap().keep();
-        assert_eq!(ch.reserve(&a, t0).err(), Some(ChallengeRefusal::Used));
-        // In flight counts as used too.
-        let b = ch.issue(t0);
-        let r = ch.reserve(&b, t0).unwrap();
-        assert_eq!(ch.reserve(&b, t0).err(), Some(ChallengeRefusal::Used));
-        // A failed registration releases it.
-        drop(r);
-        // The set is bounded: when full, refuse rather than forget early...
-        let held = ch.reserve(&b, t0).unwrap();
-        let c = ch.issue(t0);
-        assert_eq!(ch.reserve(&c, t0).err(), Some(ChallengeRefusal::Full));
-        drop(held);
-        // ...and expired entries make room.
-        let d = ch.issue(t0 + TTL);
-        ch.reserve(&d, t0 + TTL).unwrap().keep();
-        // Released tags cannot grow the queue without bound.
-        for _ in 0..1000 {
-            let e = ch.issue(t0 + TTL);
-            drop(ch.reserve(&e, t0 + TTL).unwrap());
-        }
-        assert!(ch.lock().queue.len() <= 4, "{}", ch.lock().queue.len());
     }
 }

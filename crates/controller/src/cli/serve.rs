@@ -216,23 +216,26 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
+        // Before the database, the TLS pair is only loaded (`--tls-cert`, or
+        // the data directory's when it must hold one): a bad one stops the
+        // start before anything is written.
         let tls = if plain {
             if !loopback {
                 warn!(listen = %args.listen, "serving cleartext HTTP on a non-loopback address (--insecure-http): credentials cross the network unencrypted");
             }
             None
         } else {
-            let material = match (&args.tls_cert, &args.tls_key) {
-                (Some(cert), Some(key)) => weft_tls::load(cert, key, tls::PROFILE)?,
-                _ => weft_tls::load_or_generate(
+            match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some(weft_tls::load(cert, key, tls::PROFILE)?),
+                _ if !mode.may_create() => Some(weft_tls::load_or_generate(
                     &args.data_dir.join("tls"),
                     &args.tls_san,
                     tls::PROFILE,
-                    mode.may_create(),
+                    false,
                     crate::clock::now_unix_ms() / 1000,
-                )?,
-            };
-            Some(material)
+                )?),
+                _ => None,
+            }
         };
         let prepared = tokio::task::block_in_place(|| {
             serve::prepare_database(&args.data_dir, database.as_ref(), relays, mode)
@@ -244,7 +247,31 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
                 prepared.admin_token_path().display()
             ));
             info!(file = %prepared.admin_token_path().display(), "created the admin token");
+        } else if !prepared.admin_token_path().exists() {
+            // Another replica created it (several replicas on one database).
+            let origin = prepared.admin_token_origin().unwrap_or(
+                "unknown (its audit record is gone): every replica that created one printed its path",
+            );
+            out(&format!(
+                "Admin token: created by another start, in {origin}; copy it to {} (mode 0600) for `weft admin` here\n",
+                prepared.admin_token_path().display()
+            ));
+            info!(origin, "the admin token was created by another start");
         }
+        // A TLS pair to create is created only now, once the database is
+        // settled: a start that cannot reach the database leaves nothing in
+        // the data directory that the next start would take for state.
+        let tls = match tls {
+            Some(m) => Some(m),
+            None if plain => None,
+            None => Some(weft_tls::load_or_generate(
+                &args.data_dir.join("tls"),
+                &args.tls_san,
+                tls::PROFILE,
+                mode.may_create(),
+                crate::clock::now_unix_ms() / 1000,
+            )?),
+        };
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;

@@ -50,6 +50,7 @@ macro_rules! operation {
 }
 
 mod audit;
+mod challenges;
 mod data;
 mod dns_blocklist;
 mod events;
@@ -74,6 +75,7 @@ mod tokens;
 pub mod usage;
 
 pub use audit::PruneAudit;
+pub use challenges::{ChallengeRefusal, ChallengedRegistration, KEEP_AFTER_EXPIRY_MS};
 pub use data::{DataChanged, SetData, SetSecret, UnsetData, UnsetSecret};
 pub use dns_blocklist::{Blocklist, ClearDnsBlocklist, SetDnsBlocklist};
 pub use events::{RecordEvents, SetNetworkAnomaly};
@@ -307,6 +309,8 @@ pub struct World {
     services: services::Registry,
     /// SSH servers, audited session keys, every node's `ssh_hosts`.
     ssh: ssh::Ssh,
+    /// Registration challenges used, until they expire.
+    used_challenges: challenges::UsedChallenges,
     next_audit_id: u64,
 }
 
@@ -338,6 +342,7 @@ impl World {
             dns_blocklist: snap.dns_blocklist.map(Blocklist::new),
             hostfw: hostfw::HostFw::load(snap.hostfw),
             ssh: ssh::Ssh::load(snap.ssh),
+            used_challenges: challenges::UsedChallenges::load(snap.used_challenges),
             ..World::default()
         };
         for m in snap.memberships {

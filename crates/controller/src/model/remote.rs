@@ -27,13 +27,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Actor, AdvertiseRoutes, AdvertiseService, AllowRule, ApproveHook, Batch, CancelTask,
-    ChangeRoute, ClearDnsBlocklist, CreateService, CreateTask, DecideInstance, ExpectWeftd,
-    LeaseTask, LeaveNetwork, NewNetwork, NewRelay, NewToken, NodeId, Outcome, PruneAudit,
-    RecordEvents, Registration, RemoveNetwork, RemoveNode, RemoveRelay, RemoveService, Report,
-    ReportHealth, ReportIntegrity, ReportRelay, ReportSshServer, ReportSshSessions, RevokeHook,
-    RevokeRule, RevokeToken, RotateKey, SetData, SetDnsBlocklist, SetFirewall, SetNetworkAnomaly,
-    SetPolicy, SetPresence, SetSecret, SubmitResult, SweepFirewall, SweepTasks, UnsetData,
-    UnsetSecret, UpdateNode, World,
+    ChallengedRegistration, ChangeRoute, ClearDnsBlocklist, CreateService, CreateTask,
+    DecideInstance, ExpectWeftd, LeaseTask, LeaveNetwork, NewNetwork, NewRelay, NewToken, NodeId,
+    Outcome, PruneAudit, RecordEvents, Registration, RemoveNetwork, RemoveNode, RemoveRelay,
+    RemoveService, Report, ReportHealth, ReportIntegrity, ReportRelay, ReportSshServer,
+    ReportSshSessions, RevokeHook, RevokeRule, RevokeToken, RotateKey, SetData, SetDnsBlocklist,
+    SetFirewall, SetNetworkAnomaly, SetPolicy, SetPresence, SetSecret, SubmitResult, SweepFirewall,
+    SweepTasks, UnsetData, UnsetSecret, UpdateNode, World,
 };
 use crate::store::{PresenceRecord, Write};
 
@@ -83,6 +83,7 @@ replayable!(
     AllowRule,
     ApproveHook,
     CancelTask,
+    ChallengedRegistration,
     ChangeRoute,
     ClearDnsBlocklist,
     CreateService,

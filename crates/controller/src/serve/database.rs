@@ -40,6 +40,15 @@ impl Opened {
         }
     }
 
+    /// Where another start (another replica) wrote the admin token, when
+    /// this one did not create it: `host:path` from its audit record.
+    pub fn admin_token_origin(&self) -> Option<&str> {
+        match self {
+            Opened::Sqlite(p) => p.admin_token_origin.as_deref(),
+            Opened::Postgres(p) => p.admin_token_origin.as_deref(),
+        }
+    }
+
     /// Serves until `shutdown` resolves ([`super::run`]).
     pub async fn run(
         self,

@@ -12,6 +12,7 @@
 //! Durability contract: [`Store::apply`] returns `Ok` only after the transaction
 //! is durable. The controller acknowledges a request only after that.
 
+pub mod challenges;
 pub mod data;
 pub mod dns_blocklist;
 pub mod hostfw;
@@ -368,6 +369,10 @@ pub struct StoreSnapshot {
     pub ssh: ssh::SshRows,
     /// The service registry: ranges, services, instances.
     pub services: services::ServiceRows,
+    /// The key registration challenges are MACed with, once created.
+    pub challenge_key: Option<challenges::ChallengeKey>,
+    /// The challenges of registrations, until they expire.
+    pub used_challenges: Vec<challenges::UsedChallengeRecord>,
 }
 
 /// One row-level change. A batch of them is applied atomically.
@@ -466,6 +471,8 @@ pub enum Write {
     SetMapVersion(u64),
     /// Persist the admin token hash.
     SetAdminHash(SecretHash),
+    /// The challenge key, or a used registration challenge.
+    Challenge(challenges::ChallengeWrite),
     /// A replica started (`online`) or stopped holding a map stream of a
     /// node: insert or delete its `presence` row.
     Presence {
@@ -662,6 +669,16 @@ pub trait Store: Send + 'static {
     /// query, no write.
     fn ping(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// The admin token's hash and the challenge key, which a start settles
+    /// under the write lock (`serve`); drivers read just those rows.
+    fn start_rows(&mut self) -> Result<challenges::StartRows, StoreError> {
+        let snap = self.load()?;
+        Ok(challenges::StartRows {
+            admin_hash: snap.admin_hash,
+            challenge_key: snap.challenge_key,
+        })
     }
 }
 

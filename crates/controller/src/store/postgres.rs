@@ -27,6 +27,7 @@ use super::{
     PresenceRecord, ReplicaRecord, Store, StoreError, StoreSnapshot, Write,
 };
 
+mod challenges;
 pub mod cluster;
 pub mod conn;
 pub mod copy;
@@ -419,6 +420,10 @@ impl Store for PgStore {
             client.simple_query("SELECT 1")?;
             Ok(())
         })
+    }
+
+    fn start_rows(&mut self) -> Result<crate::store::challenges::StartRows, StoreError> {
+        self.with_db(challenges::start_rows)
     }
 
     fn audit(&mut self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {

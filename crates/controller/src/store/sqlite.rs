@@ -24,6 +24,8 @@ use crate::secret::SecretHash;
 
 mod usage;
 
+mod challenges;
+
 mod replicas;
 
 mod data;
@@ -464,6 +466,8 @@ impl Store for SqliteStore {
         snap.hostfw = hostfw::load(c)?;
         snap.ssh = ssh::load(c)?;
         snap.services = services::load(c)?;
+        snap.challenge_key = challenges::key(c)?;
+        snap.used_challenges = challenges::used(c)?;
         snap.integrity = integrity::load(c)?;
         Ok(snap)
     }
@@ -678,6 +682,7 @@ impl Store for SqliteStore {
                     )?
                     .execute([h.to_string()])?;
                 }
+                Write::Challenge(w) => challenges::apply(&tx, w)?,
                 Write::Presence {
                     replica,
                     node_id,
@@ -800,6 +805,10 @@ impl Store for SqliteStore {
 
     fn ping(&mut self) -> Result<(), StoreError> {
         ops::ping(&self.conn)
+    }
+
+    fn start_rows(&mut self) -> Result<crate::store::challenges::StartRows, StoreError> {
+        challenges::start_rows(&self.conn)
     }
 }
 

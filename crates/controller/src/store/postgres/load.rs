@@ -185,6 +185,8 @@ pub(super) fn load<C: GenericClient>(db: &mut Db<'_, C>) -> Result<StoreSnapshot
     snap.hostfw = hostfw::load(db)?;
     snap.ssh = ssh::load(db)?;
     snap.services = services::load(db)?;
+    snap.challenge_key = super::challenges::key(db)?;
+    snap.used_challenges = super::challenges::used(db)?;
     snap.integrity = integrity::load(db)?;
     Ok(snap)
 }

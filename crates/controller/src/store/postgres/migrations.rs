@@ -84,6 +84,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "replicas",
         include_str!("../../../migrations/postgres/0015_replicas.sql"),
     ),
+    (
+        16,
+        "challenges",
+        include_str!("../../../migrations/postgres/0016_challenges.sql"),
+    ),
 ];
 
 /// The advisory lock key replicas take while migrating (and migrate-store

@@ -211,6 +211,7 @@ pub(super) fn apply_one<C: GenericClient>(db: &mut Db<'_, C>, w: &Write) -> Resu
         Write::UsagePrune(before) => usage::prune(db, *before)?,
         Write::SetMapVersion(v) => put_meta(db, "map_version", &v.to_string())?,
         Write::SetAdminHash(h) => put_meta(db, "admin_hash", &h.to_string())?,
+        Write::Challenge(w) => super::challenges::apply(db, w)?,
         Write::Presence {
             replica,
             node_id,

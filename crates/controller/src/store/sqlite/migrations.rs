@@ -70,6 +70,11 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         "replicas",
         include_str!("../../../migrations/0015_replicas.sql"),
     ),
+    (
+        16,
+        "challenges",
+        include_str!("../../../migrations/0016_challenges.sql"),
+    ),
 ];
 
 #[cfg(test)]
