@@ -19,7 +19,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -31,24 +30,9 @@ use weft_proto::netmap::{MapEvent, NetworkMap};
 const IDLE: Duration = Duration::from_secs(10);
 const FLAGS: &[&str] = &["--online-after-ms", "300", "--offline-after-ms", "1000"];
 
-/// Starts a replica in `dir` on the database of `first`: its own data
-/// directory with a copy of the TLS pair and admin token; on SQLite its
-/// `controller.db` (with the WAL and shared-memory files) links to the
-/// first's.
+/// Starts a replica in `dir` on the database of `first` ([`replica_of`]).
 fn second_replica(first: &Controller, dir: &Path) -> Controller {
-    std::fs::create_dir_all(dir.join("tls")).unwrap();
-    for d in [dir, &dir.join("tls")] {
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
-    for f in ["admin.token", "tls/cert.pem", "tls/key.pem"] {
-        std::fs::copy(first.dir.join(f), dir.join(f)).unwrap();
-    }
-    if !share_database(&first.dir, dir) {
-        for f in ["controller.db", "controller.db-wal", "controller.db-shm"] {
-            std::os::unix::fs::symlink(first.dir.join(f), dir.join(f)).unwrap();
-        }
-    }
-    Controller::start(dir, FLAGS)
+    replica_of(first, dir, FLAGS)
 }
 
 /// A node's map as one stream built it, and the last version it saw.

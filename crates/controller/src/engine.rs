@@ -133,6 +133,9 @@ impl<O: Operation> Queued for Pending<O> {
 enum StreamEvent {
     Opened(NodeId),
     Closed(NodeId),
+    /// This replica's presence was withdrawn: announce every node online
+    /// here again.
+    Reannounce,
     Stop,
 }
 
@@ -225,9 +228,17 @@ impl Engine {
             let hub = hub.clone();
             let feed = relay_feed.clone();
             let metrics = metrics.clone();
+            let presence = presence.clone();
             std::thread::Builder::new()
                 .name("weft-store".into())
-                .spawn(move || writer(store, replica, world, hub, feed, metrics, rx))?
+                .spawn(move || {
+                    let out = Fanout {
+                        hub: &hub,
+                        feed: &feed,
+                        metrics: &metrics,
+                    };
+                    writer(store, replica, &world, &out, &presence, rx);
+                })?
         };
         if let Some(mut listener) = listener {
             // Wakes the writer as soon as another replica commits (the poll
@@ -451,6 +462,13 @@ fn presence_loop(
         match event {
             Some(StreamEvent::Opened(node)) => tracker.opened(node, clock::now()),
             Some(StreamEvent::Closed(node)) => tracker.closed(node, clock::now()),
+            Some(StreamEvent::Reannounce) => {
+                for node in tracker.online_nodes() {
+                    if tx.send(Cmd::Presence(node, true)).is_err() {
+                        return;
+                    }
+                }
+            }
             Some(StreamEvent::Stop) => return,
             None if tracker.next_deadline().is_none() => return, // every sender gone
             None => {}
@@ -466,10 +484,9 @@ fn presence_loop(
 fn writer<S: Store>(
     mut store: S,
     mut replica: Replica,
-    world: Arc<RwLock<World>>,
-    hub: Arc<Hub>,
-    feed: Arc<RelayFeed>,
-    metrics: Arc<Metrics>,
+    world: &RwLock<World>,
+    out: &Fanout<'_>,
+    presence: &std_mpsc::Sender<StreamEvent>,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
 ) {
     while let Some(first) = rx.blocking_recv() {
@@ -514,16 +531,11 @@ fn writer<S: Store>(
                 next = rx.try_recv().ok();
             }
         }
-        let out = Fanout {
-            hub: &hub,
-            feed: &feed,
-            metrics: &metrics,
-        };
         if !ops.is_empty() {
-            commit_batch(&mut store, &mut replica, &world, &out, ops);
+            commit_batch(&mut store, &mut replica, world, out, ops);
         }
         if tick {
-            let dead = replica.tick(&mut store, &world, &out);
+            let dead = replica.tick(&mut store, world, out);
             if !dead.is_empty() {
                 info!(replicas = ?dead, "withdrawing the presence of replicas that stopped");
                 let ops = dead
@@ -537,8 +549,12 @@ fn writer<S: Store>(
                         })
                     })
                     .collect();
-                commit_batch(&mut store, &mut replica, &world, &out, ops);
+                commit_batch(&mut store, &mut replica, world, out, ops);
             }
+        }
+        if replica.take_withdrawn() {
+            // The presence thread knows which nodes are online here.
+            let _ = presence.send(StreamEvent::Reannounce);
         }
         for reply in synced {
             let _ = reply.send(());

@@ -8,10 +8,17 @@
 //! Streams subscribe under the read lock, so a snapshot and the deltas after it
 //! never overlap or leave a gap. A stream whose bounded queue overflows is
 //! flagged and replaces its backlog with a fresh snapshot, like map streams.
-//! Relay streams do not resume: a reconnecting relay gets a snapshot (32 bytes
-//! of key per member), which is simple and cheap at this rate.
+//!
+//! Relay streams resume: each event's id is the map version it brings the
+//! set to, and the feed keeps the last [`RELAY_RING`] deltas. A relay that
+//! reconnects with `Last-Event-ID` gets the deltas after it, if the feed
+//! still has every one, else a snapshot (32 bytes of key per member). Every
+//! replica publishes the same deltas at the same versions (it replays the
+//! same changes), so a relay that moves to another replica resumes there.
+//! On drain ([`RelayFeed::drain`]) every stream gets the `reconnect` event
+//! map streams get.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -26,6 +33,8 @@ use crate::model::{RelayId, Touched, World};
 
 /// Events queued per relay stream before it is flagged as lagged.
 pub const RELAY_QUEUE: usize = 256;
+/// Member deltas kept for streams that resume.
+pub const RELAY_RING: usize = 1024;
 
 struct Sub {
     id: u64,
@@ -38,6 +47,10 @@ struct Inner {
     members: BTreeSet<NodeKey>,
     subs: Vec<Sub>,
     next_id: u64,
+    /// The last deltas, oldest first, by the version each brings the set to.
+    ring: VecDeque<(u64, Bytes)>,
+    /// Every delta after this version is in `ring`.
+    ring_from: u64,
 }
 
 /// A relay stream's end of a subscription.
@@ -76,6 +89,8 @@ impl RelayFeed {
                 members: world.relay_members().collect(),
                 subs: Vec::new(),
                 next_id: 1,
+                ring: VecDeque::new(),
+                ring_from: world.version,
             }),
         }
     }
@@ -102,22 +117,37 @@ impl RelayFeed {
         encode(&MembersEvent::Snapshot(self.snapshot(world)))
     }
 
-    /// Registers a stream of `relay`; returns it and the snapshot to send first,
-    /// or `None` when the relay already holds `max_streams`. Call with the state
+    /// Registers a stream of `relay`; returns it and the events to send
+    /// first: the deltas after `last_event_id` if the feed has every one
+    /// (none when the relay is up to date), else a snapshot. `None` when
+    /// the relay already holds `max_streams`. Call with the state
     /// read-locked.
     pub fn subscribe(
         &self,
         world: &World,
         relay: RelayId,
         max_streams: usize,
-    ) -> Option<(RelaySubscription, Bytes)> {
-        let first = self.snapshot_event(world);
+        last_event_id: Option<u64>,
+    ) -> Option<(RelaySubscription, Vec<Bytes>)> {
         let (tx, rx) = mpsc::channel(RELAY_QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
         let mut inner = self.lock();
         if inner.subs.iter().filter(|s| s.relay == relay).count() >= max_streams {
             return None;
         }
+        let first = match last_event_id {
+            Some(last) if last >= inner.ring_from && last <= world.version => inner
+                .ring
+                .iter()
+                .filter(|(v, _)| *v > last)
+                .map(|(_, b)| b.clone())
+                .collect(),
+            _ => vec![encode(&MembersEvent::Snapshot(MemberSnapshot {
+                api_version: API_VERSION,
+                version: world.version,
+                members: inner.members.iter().copied().collect(),
+            }))],
+        };
         let id = inner.next_id;
         inner.next_id += 1;
         inner.subs.push(Sub {
@@ -140,6 +170,32 @@ impl RelayFeed {
     /// Removes a stream.
     pub fn unsubscribe(&self, id: u64) {
         self.lock().subs.retain(|s| s.id != id);
+    }
+
+    /// Open relay streams.
+    pub fn stream_count(&self) -> usize {
+        self.lock().subs.len()
+    }
+
+    /// Tells every relay stream to reconnect elsewhere within `within_ms`
+    /// (the controller is shutting down): the `reconnect` event
+    /// ([`weft_proto::netmap::ReconnectNotice`]) map streams get. Returns
+    /// how many streams it was queued on.
+    pub fn drain(&self, within_ms: u64) -> usize {
+        let notice = weft_proto::netmap::ReconnectNotice {
+            within_ms,
+            reason: "controller shutting down".into(),
+        };
+        let mut buf = Vec::with_capacity(96);
+        let name = weft_proto::netmap::EVENT_RECONNECT;
+        sse::encode_event(&mut buf, None, Some(name), &notice.to_json());
+        let ev = Bytes::from(buf);
+        let inner = self.lock();
+        inner
+            .subs
+            .iter()
+            .filter(|s| s.tx.try_send(ev.clone()).is_ok())
+            .count()
     }
 
     /// Whether `relay` holds a stream now.
@@ -190,6 +246,12 @@ impl RelayFeed {
                 s.lagged.store(true, Ordering::Release);
             }
         }
+        inner.ring.push_back((world.version, ev));
+        while inner.ring.len() > RELAY_RING {
+            if let Some((v, _)) = inner.ring.pop_front() {
+                inner.ring_from = v;
+            }
+        }
     }
 
     /// Rebuilds the mirror from a reloaded state and closes every stream (their
@@ -198,5 +260,7 @@ impl RelayFeed {
         let mut inner = self.lock();
         inner.members = world.relay_members().collect();
         inner.subs.clear();
+        inner.ring.clear();
+        inner.ring_from = world.version;
     }
 }

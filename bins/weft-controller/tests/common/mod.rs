@@ -433,6 +433,27 @@ pub fn share_database(first: &Path, dir: &Path) -> bool {
     true
 }
 
+/// Starts a replica in `dir` on the database of `first`, with `flags`: its
+/// own data directory with a copy of the TLS pair and admin token; on
+/// SQLite its `controller.db` (with the WAL and shared-memory files) links
+/// to the first's.
+pub fn replica_of(first: &Controller, dir: &Path, flags: &[&str]) -> Controller {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir.join("tls")).unwrap();
+    for d in [dir, &dir.join("tls")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    for f in ["admin.token", "tls/cert.pem", "tls/key.pem"] {
+        std::fs::copy(first.dir.join(f), dir.join(f)).unwrap();
+    }
+    if !share_database(&first.dir, dir) {
+        for f in ["controller.db", "controller.db-wal", "controller.db-shm"] {
+            std::os::unix::fs::symlink(first.dir.join(f), dir.join(f)).unwrap();
+        }
+    }
+    Controller::start(dir, flags)
+}
+
 /// With `WEFT_TEST_DATABASE=postgres`: the PostgreSQL database of the
 /// controller on `dir` (made on first use in this process's throwaway
 /// cluster; the same one each time the controller on `dir` restarts).

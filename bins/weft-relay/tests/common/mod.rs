@@ -187,6 +187,33 @@ impl Controller {
             c.wait().unwrap();
         }
     }
+
+    /// SIGTERM (the controller drains), then waits for its exit.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut c = self.child.take().unwrap();
+        sigterm_child(&mut c, Duration::from_secs(15), "the controller")
+    }
+
+    /// A second replica of this controller in `dir`, on the same SQLite
+    /// database (linked), with copies of its TLS pair and admin token.
+    pub fn replica(&self, dir: &Path) -> Controller {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(dir.join("tls")).unwrap();
+        for d in [dir, &dir.join("tls")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        for f in ["admin.token", "tls/cert.pem", "tls/key.pem"] {
+            std::fs::copy(self.dir.join(f), dir.join(f)).unwrap();
+        }
+        for f in ["controller.db", "controller.db-wal", "controller.db-shm"] {
+            std::os::unix::fs::symlink(self.dir.join(f), dir.join(f)).unwrap();
+        }
+        Controller::start(dir, "127.0.0.1:0")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("controller.log")).unwrap_or_default()
+    }
 }
 
 impl Drop for Controller {
@@ -237,8 +264,22 @@ impl Relay {
     /// Starts `weft-relay serve` on `dir` for `ctl` with the relay token in
     /// `dir/relay.token`, listening on `listen` (TLS) and 127.0.0.1:0 (STUN).
     pub fn start(dir: &Path, ctl: &Controller, listen: &str, extra: &[&str]) -> Relay {
+        Relay::start_urls(dir, ctl, &ctl.url, listen, extra)
+    }
+
+    /// As [`Relay::start`], with `--controller urls` (several replicas of
+    /// `ctl`, comma-separated, all with `ctl`'s certificate).
+    pub fn start_urls(
+        dir: &Path,
+        ctl: &Controller,
+        urls: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> Relay {
         std::fs::create_dir_all(dir).unwrap();
         let mut args = serve_args(dir, ctl, listen, &dir.join("relay.token"));
+        let i = args.iter().position(|a| a == "--controller").unwrap();
+        args[i + 1] = urls.to_owned();
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut r = Relay {
             child: None,

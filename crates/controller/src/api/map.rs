@@ -47,7 +47,8 @@ pub(super) async fn get_map(
         .ok_or(ApiError::NodeDisabled)
 }
 
-fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+/// The `Last-Event-ID` header: a map version (map and relay member streams).
+pub(super) fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(v) = headers.get("last-event-id") else {
         return Ok(None);
     };

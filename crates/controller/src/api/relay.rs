@@ -3,21 +3,24 @@
 //!
 //! A relay authenticates with its relay token (`weft_relay_…`, shown once at
 //! creation, stored hashed). The member stream starts with `retry: 2000` and a
-//! `members` snapshot, then sends a `members_delta` whenever nodes are
-//! registered, disabled, enabled or removed, and a keepalive comment every
-//! keepalive interval. It ends when the relay is removed or the controller stops.
+//! `members` snapshot (or, resuming with `Last-Event-ID`, the deltas after
+//! it: [`crate::relay_feed`]), then sends a `members_delta` whenever nodes
+//! are registered, disabled, enabled or removed, and a keepalive comment
+//! every keepalive interval. A controller shutting down sends `reconnect`
+//! first. It ends when the relay is removed or the controller stops.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http::StatusCode;
 use http::request::Parts;
+use http::{HeaderMap, StatusCode};
 use rand_core::OsRng;
 use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
@@ -190,11 +193,23 @@ struct StreamState {
     _guard: Arc<StreamGuard>,
 }
 
-async fn stream(State(st): State<AppState>, auth: RelayAuth) -> Result<Response, ApiError> {
+async fn stream(
+    State(st): State<AppState>,
+    auth: RelayAuth,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let last = super::map::last_event_id(&headers)?;
+    // Resuming from a version another replica published a moment ago:
+    // catch up first (bounded), so the relay gets deltas, not a snapshot.
+    if let Some(l) = last
+        && l > st.engine.world().read().await.version
+    {
+        st.engine.reach_version(l, Duration::from_secs(2)).await;
+    }
     let feed = st.engine.relay_feed().clone();
     let (sub, first) = {
         let world = st.engine.world().read().await;
-        feed.subscribe(&world, auth.id, STREAMS_PER_RELAY)
+        feed.subscribe(&world, auth.id, STREAMS_PER_RELAY, last)
             .ok_or_else(|| ApiError::TooMany {
                 code: "too_many_streams",
                 message: format!("at most {STREAMS_PER_RELAY} member streams per relay"),
@@ -209,8 +224,10 @@ async fn stream(State(st): State<AppState>, auth: RelayAuth) -> Result<Response,
     let period = st.cfg.keepalive;
     let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut initial = vec![Bytes::from(head)];
+    initial.extend(first);
     let state = StreamState {
-        initial: vec![Bytes::from(head), first].into_iter(),
+        initial: initial.into_iter(),
         sub,
         engine: st.engine.clone(),
         keepalive,

@@ -92,7 +92,9 @@ pub use nodes::{
 pub use policy::{PolicyState, SetPolicy};
 pub use presence::{Presence, PresenceConfig, RESTART_GRACE, assumed_online};
 pub use relays::{NewRelay, RelayReport, RemoveRelay, ReportRelay};
-pub use remote::{AnyOp, ChangeBody, Diverged, Holders, RecordedOp, ReplicaGone, StreamPresence};
+pub use remote::{
+    AnyOp, ChangeBody, Diverged, Holders, RecordedOp, Replayed, ReplicaGone, StreamPresence,
+};
 pub use rotate_key::{RotateKey, RotatedKey};
 pub use routes::{AdvertiseRoutes, ChangeRoute, GATEWAY_TAG, RouteOp, RouteStatus};
 pub use services::{AdvertiseService, CreateService, DecideInstance, RemoveService, ReportHealth};

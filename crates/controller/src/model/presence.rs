@@ -171,6 +171,16 @@ impl Presence {
         out
     }
 
+    /// Every node peers were told is online through this tracker (to
+    /// announce again after this replica's presence was withdrawn).
+    pub fn online_nodes(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, e)| e.online)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
     /// What peers were told about `node`.
     pub fn is_online(&self, node: NodeId) -> bool {
         self.nodes.get(&node).is_some_and(|e| e.online)

@@ -317,9 +317,10 @@ impl World {
 
     /// Replays change `seq` (committed by another replica): runs its
     /// operations and closes the batch. Returns the outcome to publish, as
-    /// for a local batch; [`Diverged`] if it did not end on the recorded
+    /// for a local batch, and the `task` events to send after it
+    /// ([`Replayed`]); [`Diverged`] if it did not end on the recorded
     /// version and write count, or cannot be replayed (the caller reloads).
-    pub fn replay(&mut self, seq: u64, body: ChangeBody) -> Result<Option<Outcome>, Diverged> {
+    pub fn replay(&mut self, seq: u64, body: ChangeBody) -> Result<Replayed, Diverged> {
         let diverged = |why: String| Diverged { seq, why };
         if body.opaque {
             return Err(diverged(
@@ -334,11 +335,12 @@ impl World {
                 )));
             }
             self.version = body.version;
-            return Ok(None);
+            return Ok(Replayed::default());
         }
         let mut batch = Batch::default();
+        let mut tasks = Vec::new();
         for r in body.ops {
-            r.op.apply(self, &mut batch, &r.actor, body.now_ms);
+            self.replay_op(&mut batch, r, body.now_ms, &mut tasks);
         }
         let outcome = self.finish_batch(&mut batch);
         if self.version != body.version || batch.writes.len() != body.writes {
@@ -350,9 +352,22 @@ impl World {
                 body.writes
             )));
         }
-        Ok(outcome)
+        Ok(Replayed { outcome, tasks })
     }
 }
+
+/// What replaying a change yields.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    /// The outcome to publish, as for a local batch.
+    pub outcome: Option<Outcome>,
+    /// The `task` events the committing replica sent after the batch
+    /// (`(node, task id)`), for this replica's streams (see the `notices`
+    /// module).
+    pub tasks: Vec<(NodeId, String)>,
+}
+
+mod notices;
 
 #[cfg(test)]
 mod tests;

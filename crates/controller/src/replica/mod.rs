@@ -38,7 +38,7 @@ use weft_proto::netmap::Relay;
 use crate::clock;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::model::{ChangeBody, Outcome, RecordedOp, World};
+use crate::model::{AnyOp, ChangeBody, Outcome, RecordedOp, World};
 use crate::netmap;
 use crate::relay_feed::RelayFeed;
 use crate::store::{ChangeRecord, ReplicaRecord, Store, StoreError, Write};
@@ -171,6 +171,9 @@ pub struct Replica {
     /// Replicas this one saw alive (their death is not a restart's).
     seen_alive: BTreeSet<String>,
     catching_up: Arc<AtomicBool>,
+    /// This replica's presence rows may be gone: another replica withdrew
+    /// it (it stalled past [`STALE_AFTER`]) or its state was reloaded.
+    withdrawn: bool,
 }
 
 impl Replica {
@@ -185,6 +188,7 @@ impl Replica {
             last_prune: None,
             seen_alive: BTreeSet::new(),
             catching_up: Arc::new(AtomicBool::new(true)),
+            withdrawn: false,
         }
     }
 
@@ -197,6 +201,14 @@ impl Replica {
     pub fn must_reload(&mut self) {
         self.reload = true;
         self.catching_up.store(true, Ordering::Release);
+    }
+
+    /// Whether this replica's presence was withdrawn (or its state
+    /// reloaded) since the last call: the streams it holds must be
+    /// announced again ([`crate::model::StreamPresence`]), else their nodes
+    /// stay offline for every replica while their streams live here.
+    pub fn take_withdrawn(&mut self) -> bool {
+        std::mem::take(&mut self.withdrawn)
     }
 
     /// The store failed: not ready until a catch-up succeeds.
@@ -289,14 +301,31 @@ impl Replica {
                 return self.reload(store, w, out);
             }
             for c in changes {
+                let mut me_gone = false;
                 let replayed = serde_json::from_str::<ChangeBody>(&c.body)
                     .map_err(|e| format!("change {} does not parse: {e}", c.seq))
-                    .and_then(|body| w.replay(c.seq, body).map_err(|d| d.to_string()));
+                    .and_then(|body| {
+                        // Another replica found this one dead: it stalled
+                        // past STALE_AFTER, and is back.
+                        me_gone = body.ops.iter().any(
+                            |r| matches!(&r.op, AnyOp::ReplicaGone(g) if g.replica == self.id),
+                        );
+                        w.replay(c.seq, body).map_err(|d| d.to_string())
+                    });
+                if me_gone {
+                    warn!(replica = %self.id, by = %c.replica, "another replica withdrew this replica's presence (it stalled); announcing its streams again");
+                    self.withdrawn = true;
+                }
                 match replayed {
-                    Ok(outcome) => {
+                    Ok(replayed) => {
                         w.change_seq = c.seq;
-                        if let Some(o) = &outcome {
+                        if let Some(o) = &replayed.outcome {
                             out.publish(w, o);
+                        }
+                        // A node streaming from here hears of a task another
+                        // replica created (or offered again) at once.
+                        for (node, task) in &replayed.tasks {
+                            out.hub.notify_task(*node, task);
                         }
                     }
                     Err(why) => {
@@ -327,6 +356,8 @@ impl Replica {
         }
         w.change_seq = seq;
         self.reload = false;
+        // The rows loaded may lack this replica's (withdrawn meanwhile).
+        self.withdrawn = true;
         out.reset(w);
         info!(seq, version = w.version, "state reloaded from the store");
         Ok(())

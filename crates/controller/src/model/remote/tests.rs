@@ -143,14 +143,14 @@ fn replayed_batches_end_where_they_ended_on_the_committing_replica() {
         let replayed = b.replay(i as u64 + 1, through_json(&body)).unwrap();
         assert_eq!(
             local.as_ref().map(|o| &o.touched),
-            replayed.as_ref().map(|o| &o.touched),
+            replayed.outcome.as_ref().map(|o| &o.touched),
             "batch {i}"
         );
         assert_eq!(
             local.as_ref().map(|o| &o.policy_changed),
-            replayed.as_ref().map(|o| &o.policy_changed)
+            replayed.outcome.as_ref().map(|o| &o.policy_changed)
         );
-        if let (Some(l), Some(r)) = (&local, &replayed) {
+        if let (Some(l), Some(r)) = (&local, &replayed.outcome) {
             // The same deltas for every recipient.
             let lo = netmap::compile(&a, l);
             let ro = netmap::compile(&b, r);
@@ -234,7 +234,60 @@ fn a_replay_that_does_not_end_where_it_was_committed_is_refused() {
         writes: 1,
         ..ChangeBody::default()
     };
-    assert!(matches!(b.replay(1, bump.clone()), Ok(None)));
+    assert!(
+        matches!(b.replay(1, bump.clone()), Ok(r) if r.outcome.is_none() && r.tasks.is_empty())
+    );
     assert_eq!(b.version, 1);
     assert!(b.replay(2, bump).is_err(), "the version already moved");
+}
+
+#[test]
+fn a_replayed_task_names_the_streams_to_notify_as_its_replica_did() {
+    use crate::model::{CreateTask, LeaseTask, SweepTasks};
+    use weft_proto::task::{Action, CreateTaskRequest, TaskKind, TaskTarget};
+    let mut a = World::default();
+    let mut b = World::default();
+    let mut seq = 0;
+    let mut step = |a: &mut World, b: &mut World, ops: Vec<(Actor, AnyOp)>, now: u64| {
+        let (body, _) = commit(a, ops, now);
+        seq += 1;
+        let r = b.replay(seq, through_json(&body)).unwrap();
+        assert_same(a, b);
+        r.tasks
+    };
+    assert!(step(&mut a, &mut b, setup(), 1).is_empty());
+    let regs = vec![registration(1), registration(2)];
+    assert!(step(&mut a, &mut b, regs, 2).is_empty());
+    let create = CreateTask {
+        id: "tsk_1".into(),
+        req: CreateTaskRequest {
+            target: TaskTarget::Tag("web".into()),
+            kind: TaskKind::Action(Action::Netcheck),
+            timeout_secs: Some(1),
+            output_cap_bytes: None,
+            deadline_secs: None,
+        },
+    };
+    let tasks = step(
+        &mut a,
+        &mut b,
+        vec![(Actor::Admin, AnyOp::CreateTask(create))],
+        3,
+    );
+    let t = |n: NodeId| (n, "tsk_1".to_string());
+    assert_eq!(tasks, vec![t(0), t(1)], "every run's node, as the API does");
+    // Node 0 leases its run and lets the lease expire: the sweep offers it
+    // again, on every replica.
+    let lease = LeaseTask {
+        node: 0,
+        task_id: "tsk_1".into(),
+        lease_id: "lse_1".into(),
+    };
+    let lease = vec![(Actor::Node(key(1)), AnyOp::LeaseTask(lease))];
+    assert!(step(&mut a, &mut b, lease, 4).is_empty());
+    let expired = a.task("tsk_1").unwrap().runs[&0]
+        .lease_expires_at_ms
+        .unwrap();
+    let sweep = vec![(Actor::System, AnyOp::SweepTasks(SweepTasks))];
+    assert_eq!(step(&mut a, &mut b, sweep, expired), vec![t(0)]);
 }
