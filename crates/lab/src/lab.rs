@@ -21,6 +21,27 @@ use crate::wire::{Wire, WireStats};
 /// Where per-run log directories are created.
 pub const LOG_ROOT: &str = "/tmp/weft-lab";
 
+/// A lab node's network namespace, held open ([`Lab::open_netns`]).
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    file: std::fs::File,
+}
+
+impl Netns {
+    /// Moves the calling thread (only it) into the namespace: the sockets it
+    /// opens afterwards live in the node, so an in-process client reaches
+    /// the lab's addresses. Threads it then starts inherit the namespace; a
+    /// runtime whose every thread enters (tokio's `on_thread_start`) serves
+    /// the node's side of a test. Processes are better started with
+    /// [`Lab::spawn`].
+    pub fn enter(&self) -> Result<()> {
+        use std::os::fd::AsRawFd as _;
+        crate::sys::enter_netns(self.file.as_raw_fd())
+            .map_err(|e| LabError::io(format!("cannot enter namespace {}", self.name), e))
+    }
+}
+
 /// A running lab: namespaces, links, NATs and impairments of one [`Topology`].
 ///
 /// Dropping it (also while unwinding from a panic) kills every process in its
@@ -104,6 +125,16 @@ impl Lab {
     /// The network namespace of node `name` (for `ip netns exec` by hand).
     pub fn netns(&self, name: &str) -> Result<String> {
         Ok(names::netns_name(self.run_id(), &self.node(name)?.name))
+    }
+
+    /// Node `name`'s network namespace, held open, for code of this process
+    /// that must talk to the lab itself: see [`Netns::enter`].
+    pub fn open_netns(&self, name: &str) -> Result<Netns> {
+        let netns = self.netns(name)?;
+        let path = Path::new(crate::guard::NETNS_DIR).join(&netns);
+        let file = std::fs::File::open(&path)
+            .map_err(|e| LabError::io(format!("cannot open {}", path.display()), e))?;
+        Ok(Netns { name: netns, file })
     }
 
     /// Every namespace of this run, switches included.

@@ -73,7 +73,7 @@ use std::path::PathBuf;
 
 pub use error::{LabError, ProcessExit, Result};
 pub use guard::{teardown_active_runs, teardown_run};
-pub use lab::{LOG_ROOT, Lab};
+pub use lab::{LOG_ROOT, Lab, Netns};
 pub use netem::Impairment;
 pub use process::{Process, timed_wait, wait_until};
 pub use sweep::{SweepReport, sweep};

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -104,6 +104,8 @@ pub struct Mesh<'l> {
     /// The network.
     pub network: NetworkSpec,
     restarts: u32,
+    /// Extra `weft-controller serve` arguments, for every start and replica.
+    controller_args: Vec<String>,
 }
 
 impl<'l> Mesh<'l> {
@@ -113,9 +115,22 @@ impl<'l> Mesh<'l> {
         controller_node: &str,
         network: NetworkSpec,
     ) -> anyhow::Result<Self> {
+        Self::start_with_args(lab, controller_node, network, &[])
+    }
+
+    /// [`Mesh::start`] with extra `weft-controller serve` arguments, kept for
+    /// restarts and replicas: `--database postgres://…` keeps the state in
+    /// PostgreSQL, so that [`Mesh::start_replica`] can add replicas.
+    pub fn start_with_args(
+        lab: &'l Lab,
+        controller_node: &str,
+        network: NetworkSpec,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let data_dir = lab.log_dir().join("controller-data");
         std::fs::create_dir_all(&data_dir)?;
-        let controller = start_controller(lab, controller_node, &data_dir, 0)?;
+        let controller_args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+        let controller = start_controller(lab, controller_node, &data_dir, 0, &controller_args)?;
         let mesh = Self {
             lab,
             controller,
@@ -123,6 +138,7 @@ impl<'l> Mesh<'l> {
             agents: BTreeMap::new(),
             network,
             restarts: 0,
+            controller_args,
         };
         mesh.admin(&[
             "network",
@@ -144,16 +160,59 @@ impl<'l> Mesh<'l> {
     /// Runs `weft admin --data-dir DIR ARGS...` next to the controller and
     /// returns its stdout.
     pub fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.admin_at(&self.controller, args)
+    }
+
+    /// [`Mesh::admin`] through `replica` (its data directory names its URL,
+    /// the admin token and the certificate).
+    pub fn admin_at(&self, replica: &Controller, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = Command::new(bin_path("weft")?);
         cmd.arg("admin")
             .arg("--data-dir")
-            .arg(&self.controller.data_dir)
+            .arg(&replica.data_dir)
             .args(args);
         let out = self
             .lab
-            .exec(&self.controller.node, &cmd)
-            .with_context(|| format!("weft admin {}", args.join(" ")))?;
+            .exec(&replica.node, &cmd)
+            .with_context(|| format!("weft admin {} (at {})", args.join(" "), replica.url))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts another replica of the controller in `node`, on the database
+    /// of the first (the mesh must keep its state in one, see
+    /// [`Mesh::start_with_args`]). Its own data directory holds copies of the
+    /// first replica's TLS pair (one certificate, so agents pin one
+    /// fingerprint for all replicas) and admin token.
+    pub fn start_replica(&mut self, node: &str) -> anyhow::Result<Controller> {
+        if !self.controller_args.iter().any(|a| a == "--database") {
+            bail!("replicas share a database: start the mesh with --database");
+        }
+        let dir = self.lab.log_dir().join(format!("controller-data-{node}"));
+        for d in [dir.clone(), dir.join("tls")] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+        }
+        for f in ["admin.token", "tls/cert.pem", "tls/key.pem"] {
+            let from = self.controller.data_dir.join(f);
+            std::fs::copy(&from, dir.join(f))
+                .with_context(|| format!("copying {} to {}", from.display(), dir.display()))?;
+        }
+        self.restarts += 1;
+        start_controller(self.lab, node, &dir, self.restarts, &self.controller_args)
+    }
+
+    /// Starts `replica` again on its data directory (after a kill).
+    pub fn restart_replica(&mut self, replica: &mut Controller) -> anyhow::Result<()> {
+        let _ = replica.process.kill();
+        self.restarts += 1;
+        *replica = start_controller(
+            self.lab,
+            &replica.node,
+            &replica.data_dir,
+            self.restarts,
+            &self.controller_args,
+        )?;
+        Ok(())
     }
 
     /// Registers a relay on the controller and starts `weft-relay` in `node`
@@ -267,7 +326,8 @@ impl<'l> Mesh<'l> {
         self.restarts += 1;
         let node = self.controller.node.clone();
         let dir = self.controller.data_dir.clone();
-        self.controller = start_controller(self.lab, &node, &dir, self.restarts)?;
+        self.controller =
+            start_controller(self.lab, &node, &dir, self.restarts, &self.controller_args)?;
         Ok(())
     }
 
@@ -558,6 +618,7 @@ fn start_controller(
     node: &str,
     data_dir: &Path,
     generation: u32,
+    args: &[String],
 ) -> anyhow::Result<Controller> {
     let mut cmd = Command::new(bin_path("weft-controller")?);
     cmd.arg("serve")
@@ -565,7 +626,8 @@ fn start_controller(
         .arg(data_dir)
         .args(["--listen", &format!("0.0.0.0:{CONTROLLER_PORT}")])
         .args(["--tls-san", &lab.addr(node)?.to_string()])
-        .args(["--log", "info"]);
+        .args(["--log", "info"])
+        .args(args);
     let mut process = lab.spawn(node, &format!("controller-{generation}"), &cmd)?;
     let line = process
         .wait_for_log("TLS certificate fingerprint:", Duration::from_secs(30))

@@ -19,6 +19,16 @@ pub(crate) fn kill(pid: i32, sig: i32) -> bool {
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
+/// Moves the calling thread (only it) into the network namespace `fd` refers to.
+pub(crate) fn enter_netns(fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    // SAFETY: setns on a namespace fd affects only the calling thread.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Returns this process's id as the kernel sees it.
 pub(crate) fn getpid() -> i32 {
     // SAFETY: getpid has no preconditions and cannot fail.

@@ -25,7 +25,7 @@
 
 #![allow(
     unsafe_code,
-    reason = "AF_PACKET sockets and setns have no safe std equivalent; each call is wrapped once below"
+    reason = "AF_PACKET sockets have no safe std equivalent; each call is wrapped once below"
 )]
 
 use std::collections::VecDeque;
@@ -368,7 +368,7 @@ fn open_packet_sockets(netns: &str, ifaces: [&str; 2]) -> Result<[OwnedFd; 2]> {
     let ifaces = ifaces.map(str::to_owned);
     let opened = std::thread::scope(|s| {
         s.spawn(|| -> Result<[OwnedFd; 2]> {
-            enter_netns(ns.as_raw_fd())
+            crate::sys::enter_netns(ns.as_raw_fd())
                 .map_err(|e| LabError::io(format!("cannot enter {netns}"), e))?;
             let [a, b] = &ifaces;
             Ok([open_packet_socket(a)?, open_packet_socket(b)?])
@@ -456,15 +456,6 @@ fn if_index(name: &str) -> std::io::Result<i32> {
         return Err(std::io::Error::last_os_error());
     }
     i32::try_from(index).map_err(std::io::Error::other)
-}
-
-fn enter_netns(fd: RawFd) -> std::io::Result<()> {
-    // SAFETY: setns on a namespace fd affects only the calling thread.
-    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Waits up to `wait` for `fd` to become readable.
