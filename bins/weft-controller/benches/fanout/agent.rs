@@ -165,6 +165,9 @@ async fn stream(
     let (mut from, mut to) = (head_end, have);
     loop {
         let mut events = Vec::new();
+        // A delta's data is kept only while a marker is armed: copying every
+        // delta of a presence storm would load the bench, not the controller.
+        sse.keep = shared.armed.read().is_ok_and(|m| m.is_some());
         body.feed(&buf[from..to], |data| sse.feed(data, &mut events));
         for ev in events {
             if let Some(v) = ev.id {
@@ -317,6 +320,8 @@ struct Scan {
     value: Vec<u8>,
     ev: Event,
     any: bool,
+    /// Keep a delta's data (a reconnect notice's always).
+    keep: bool,
 }
 
 impl Scan {
@@ -341,7 +346,10 @@ impl Scan {
                         self.field = match self.name.as_slice() {
                             b"id" => Field::Id,
                             b"event" => Field::Event,
-                            b"data" if matches!(self.ev.kind, Kind::Delta | Kind::Reconnect) => {
+                            b"data"
+                                if self.ev.kind == Kind::Reconnect
+                                    || (self.ev.kind == Kind::Delta && self.keep) =>
+                            {
                                 Field::Data
                             }
                             _ => Field::Skip,
@@ -417,6 +425,7 @@ pub(crate) fn self_check() {
     wire.extend_from_slice(b"0\r\n\r\n");
     for split in 1..wire.len() {
         let (mut d, mut s, mut evs) = (Dechunk::default(), Scan::default(), Vec::new());
+        s.keep = true;
         for piece in wire.chunks(split) {
             d.feed(piece, |b| s.feed(b, &mut evs));
         }

@@ -145,20 +145,36 @@ impl Watch {
         marker: &str,
     ) {
         self.arm(marker.as_bytes());
-        let mut text = admin.get_policy().await.unwrap().text;
+        let t = Instant::now();
+        let mut text = match admin.get_policy().await {
+            Ok(p) => p.text,
+            Err(e) => {
+                println!(
+                    "policy edit {marker}: reading the policy FAILED after {:.1} s: {e}; not measured",
+                    t.elapsed().as_secs_f64()
+                );
+                return;
+            }
+        };
         text.push_str(&format!(
             "\n[[rule]]\nname = \"{marker}\"\naction = \"allow\"\nfrom = \"tag:bench\"\nto = \"tag:bench\"\nproto = \"tcp\"\nports = [443]\n"
         ));
         let (_, _, cpu_before) = fleet.usage();
         let t = Instant::now();
-        admin
+        let set = admin
             .set_policy(&SetPolicyRequest {
                 api_version: None,
                 text,
                 expect_version: None,
             })
-            .await
-            .unwrap();
+            .await;
+        if let Err(e) = set {
+            println!(
+                "policy edit {marker} FAILED after {:.1} s: {e}; not measured",
+                t.elapsed().as_secs_f64()
+            );
+            return;
+        }
         let answered = t.elapsed();
         let edit = self.collect(marker.as_bytes(), n, t).await;
         report(&format!("policy edit {marker}"), &edit, n);
