@@ -272,9 +272,8 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
                 crate::clock::now_unix_ms() / 1000,
             )?),
         };
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("binding {}", args.listen))?;
+        let listener =
+            bind_api(args.listen).with_context(|| format!("binding {}", args.listen))?;
         let bound = listener.local_addr().context("reading the bound address")?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{bound}");
@@ -384,3 +383,22 @@ fn shutdown_signal() -> impl Future<Output = ()> {
         }
     }
 }
+
+/// The API listener, with an accept queue of [`ACCEPT_BACKLOG`]
+/// (`TcpListener::bind` asks for 128): after a restart every agent connects at
+/// once, and a connection that finds the queue full waits for a SYN
+/// retransmission (1, 3, 7, 15, 31 s later), which is how the last streams
+/// came back only after 96 s at 10,000 nodes. The kernel caps it at
+/// `net.core.somaxconn`.
+fn bind_api(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
+/// Connections waiting to be accepted, at most (see [`bind_api`]).
+const ACCEPT_BACKLOG: u32 = 16_384;
