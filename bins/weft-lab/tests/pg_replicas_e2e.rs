@@ -35,20 +35,17 @@
 #![allow(clippy::print_stdout, reason = "measured times are reported")]
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::net::Ipv4Addr;
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use prometheus_parse::{Scrape, Value};
 use rand_core::OsRng;
-use weft_api_client::{Client, ClientConfig, ClientError, MapStream, Trust, parse_fingerprint};
+use weft_api_client::{Client, ClientError, MapStream};
 use weft_controller::store::postgres::cluster::TestCluster;
 use weft_identity::{Difficulty, Identity, SearchOptions};
-use weft_lab::mesh::{CONTROLLER_PORT, Controller, Mesh, NetworkSpec};
+use weft_lab::mesh::{Mesh, NetworkSpec};
 use weft_lab::{Lab, Nat, Net, Topology, timed_wait};
 use weft_proto::api::{CreateTokenRequest, RegisterResponse, UpdateNodeRequest};
 use weft_proto::netmap::{MapEvent, NetworkMap};
@@ -61,6 +58,10 @@ const REGISTRATIONS: usize = 32;
 const FAILOVER_LIMIT: Duration = Duration::from_secs(5);
 /// Map stream idle timeout of the followers.
 const IDLE: Duration = Duration::from_secs(30);
+
+mod pg_replicas;
+
+use pg_replicas::{Replica, Side, metric, server_errors};
 
 /// `serve` flags for both replicas: the test registers from one address
 /// and polls `/readyz`, and presence settles fast.
@@ -88,125 +89,6 @@ fn topology() -> Topology {
             .router("office", Net::Internet, Nat::Easy),
         |t, n| t.host(*n, Net::lan("office")),
     )
-}
-
-/// One replica as the test's API client sees it.
-#[derive(Clone)]
-struct Replica {
-    node: &'static str,
-    addr: Ipv4Addr,
-    url: String,
-    fingerprint: String,
-    admin_token: String,
-}
-
-impl Replica {
-    fn of(c: &Controller, node: &'static str, addr: Ipv4Addr) -> Replica {
-        let admin_token = std::fs::read_to_string(c.data_dir.join("admin.token"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        Replica {
-            node,
-            addr,
-            url: c.url.clone(),
-            fingerprint: c.fingerprint.clone(),
-            admin_token,
-        }
-    }
-
-    fn client(&self) -> Client {
-        Client::new(ClientConfig {
-            trust: Trust::Fingerprint(parse_fingerprint(&self.fingerprint).unwrap()),
-            ..ClientConfig::new(self.url.clone())
-        })
-        .unwrap()
-    }
-
-    fn admin(&self) -> Client {
-        self.client().with_bearer(&self.admin_token).unwrap()
-    }
-
-    /// `curl` in the replica's node: (HTTP status, body); status 0 when no
-    /// HTTP answer came.
-    fn curl(&self, lab: &Lab, path: &str, admin: bool) -> (u16, String) {
-        let netns = lab.netns(self.node).unwrap();
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", &netns, "curl", "-sk", "--max-time", "5"])
-            .args(["-w", "\n%{http_code}"]);
-        if admin {
-            cmd.arg("-H")
-                .arg(format!("Authorization: Bearer {}", self.admin_token));
-        }
-        let out = cmd
-            .arg(format!("https://127.0.0.1:{CONTROLLER_PORT}{path}"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
-    }
-
-    fn metrics(&self, lab: &Lab) -> Scrape {
-        let (code, body) = self.curl(lab, "/metrics", true);
-        assert_eq!(code, 200, "GET /metrics on {}: {body}", self.node);
-        Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
-            .unwrap_or_else(|e| panic!("not a Prometheus exposition ({e}):\n{body}"))
-    }
-}
-
-/// The sum of `metric`'s samples whose labels include every `(name,
-/// value)`; there must be at least one.
-fn metric(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let values: Vec<f64> = s
-        .samples
-        .iter()
-        .filter(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-        .map(|x| match x.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-            _ => panic!("{metric} is not a single value"),
-        })
-        .collect();
-    assert!(!values.is_empty(), "no {metric}{labels:?} in the scrape");
-    values.iter().sum()
-}
-
-/// HTTP answers with status 500 or above other than 503, by route.
-fn server_errors(s: &Scrape) -> Vec<String> {
-    metric(s, "weft_controller_http_requests_total", &[]);
-    s.samples
-        .iter()
-        .filter(|x| x.metric == "weft_controller_http_requests_total")
-        .filter_map(|x| {
-            let status: u16 = x.labels.get("status")?.parse().ok()?;
-            (status >= 500 && status != 503).then(|| format!("{:?}: {:?}", x.labels, x.value))
-        })
-        .collect()
-}
-
-/// The test's side of the network: a runtime whose every thread lives in
-/// a lab node, so the sockets its tasks open do too.
-struct Side {
-    rt: tokio::runtime::Runtime,
-}
-
-impl Side {
-    fn new(lab: &Lab, node: &str) -> Side {
-        let ns = Arc::new(lab.open_netns(node).unwrap());
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .on_thread_start(move || ns.enter().expect("enter the client node"))
-            .build()
-            .unwrap();
-        Side { rt }
-    }
-
-    /// Runs `f` on the runtime's threads (never on the caller's, which is
-    /// outside the lab).
-    fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
-        self.rt.block_on(self.rt.spawn(f)).expect("task panicked")
-    }
 }
 
 /// A fresh identity meeting the lab network's proof of work.
@@ -437,6 +319,8 @@ fn two_postgres_replicas_carry_real_agents_through_a_kill_and_a_database_restart
         AGENTS.iter().map(|n| link(mesh, &replicas, n).1).collect()
     };
     if !on(&mesh).contains(&Some("ctl2")) || !on(&mesh).contains(&Some("ctl1")) {
+        println!("every agent on one replica: node1 gets its list reversed");
+        let was = on(&mesh)[0];
         let st = mesh.status("node1").unwrap().controller.unwrap();
         let reversed: Vec<String> = st.urls.iter().rev().cloned().collect();
         let out = mesh
@@ -446,7 +330,6 @@ fn two_postgres_replicas_carry_real_agents_through_a_kill_and_a_database_restart
             )
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        let was = on(&mesh)[0];
         timed_wait(
             "node1 on the other replica",
             Duration::from_secs(15),
@@ -560,7 +443,7 @@ fn two_postgres_replicas_carry_real_agents_through_a_kill_and_a_database_restart
     let (ca, cb) = (a.client(), b.client());
     let (followers_back, va, vb) = side.run(async move {
         for f in &mut followers {
-            f.drain(Duration::from_millis(300)).await;
+            f.drain(Duration::from_millis(100)).await;
         }
         let va = ca.health().await.unwrap().map_version;
         let vb = cb.health().await.unwrap().map_version;
