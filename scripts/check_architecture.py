@@ -70,6 +70,7 @@ weftd               -> weft-agent weft-identity weft-proto
 # normal graph.
 DEV_EDGES = """
 weft-controller-bin -> weft-api-client weft-identity weft-proto
+weft-lab-bin        -> weft-api-client weft-controller weft-identity weft-proto
 weft-relay-bin      -> weft-api-client weft-identity weft-proto weft-relay-client weft-relay-core
 weft-relay-client   -> weft-identity
 """
