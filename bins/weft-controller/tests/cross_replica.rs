@@ -243,13 +243,8 @@ async fn a_relay_told_to_reconnect_resumes_on_the_other_replica_by_delta() {
         let status = a.sigterm(Duration::from_secs(15));
         (status, a.log())
     });
-    let notice = loop {
-        match next_members(&mut ms).await {
-            MembersStreamEvent::Reconnect(n) => break n,
-            MembersStreamEvent::Members(ev) => {
-                panic!("expected the reconnect notice, got {ev:?}")
-            }
-        }
+    let MembersStreamEvent::Reconnect(notice) = next_members(&mut ms).await else {
+        panic!("expected the reconnect notice");
     };
     assert_eq!(notice.within_ms, 2000);
     let last = ms.last_event_id().expect("a version to resume from");
