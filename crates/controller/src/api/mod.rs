@@ -189,7 +189,8 @@ impl Default for ApiConfig {
 pub struct AppState {
     /// The engine.
     pub engine: Engine,
-    /// Registration challenges (the MAC key and the used set).
+    /// Registration challenges (the MAC key every replica shares; the used
+    /// set is in the state, `model::challenges`).
     pub challenges: Arc<Challenges>,
     /// Per-source limits of the registration endpoints.
     pub limiter: Arc<Limiter>,
