@@ -31,8 +31,6 @@ pub struct NodeState {
     /// Not persisted: after a restart every node is offline until it
     /// reconnects.
     pub online: bool,
-    /// The `last_seen` value peers were last told about.
-    pub seen_published: Option<u64>,
 }
 
 /// The nodes, by id, with their indexes by key, name and credential; ids are
@@ -57,12 +55,10 @@ impl Nodes {
         };
         for rec in rows {
             nodes.next_id = nodes.next_id.max(rec.id + 1);
-            let seen = rec.last_seen;
             nodes.put(NodeState {
                 rec,
                 memberships: BTreeMap::new(),
                 online: false,
-                seen_published: seen,
             });
         }
         nodes
@@ -419,13 +415,13 @@ impl World {
                     credential_hash: r.credential_hash,
                     endpoints: Vec::new(),
                     last_seen: None,
+                    seen_published: None,
                     created_at: now,
                     facts: None,
                     facts_changed_ms: None,
                 },
                 memberships: BTreeMap::new(),
                 online: false,
-                seen_published: None,
             },
         };
         node.rec.credential_hash = r.credential_hash;
@@ -441,6 +437,12 @@ impl World {
             self.data_tags_changed(batch, id, &node.memberships, &tags_before, &node.rec.tags);
         }
         let facts = take_facts(&mut node.rec, r.facts, now_ms);
+        // Peers are told below (touch_everywhere): the row written here, before
+        // its memberships, carries the time they are told.
+        let publish = !is_retry || tags_changed;
+        if publish {
+            node.rec.seen_published = node.rec.last_seen;
+        }
         batch.writes.push(Write::PutNode(node.rec.clone()));
         for (net_id, off) in planned {
             let Some(net) = self.networks.get_mut(&net_id) else {
@@ -469,7 +471,7 @@ impl World {
         }
         // Peers learn about the node in every network (new ones, and the old ones
         // when tags changed).
-        if !is_retry || tags_changed {
+        if publish {
             Self::touch_everywhere(batch, &mut node);
             batch.touched.policy_nodes.insert(node.rec.node_key);
         }
@@ -531,8 +533,11 @@ impl World {
         self.nodes.take(id).ok_or_else(|| node_not_found(sel))
     }
 
+    /// Tells `node`'s peers in every network about it, with its current
+    /// `last_seen`. Write the row ([`Write::PutNode`]) after this, so that
+    /// the stored `seen_published` is what peers were told.
     pub(super) fn touch_everywhere(batch: &mut Batch, node: &mut NodeState) {
-        node.seen_published = node.rec.last_seen;
+        node.rec.seen_published = node.rec.last_seen;
         for net in node.memberships.keys() {
             batch.touched.entries.insert((*net, node.rec.node_key));
         }
@@ -697,10 +702,10 @@ impl World {
         if node.online != online {
             node.online = online;
             node.rec.last_seen = Some(secs(now_ms));
-            batch.writes.push(Write::PutNode(node.rec.clone()));
             if !node.rec.disabled {
                 Self::touch_everywhere(batch, node);
             }
+            batch.writes.push(Write::PutNode(node.rec.clone()));
             // A gateway coming or going may change which gateway carries a subnet.
             self.resync_gateway_networks(batch, id);
         }
@@ -714,3 +719,7 @@ pub(super) fn node_not_found(sel: &str) -> ApiError {
         format!("no node with key or name {sel:?}"),
     )
 }
+
+#[cfg(test)]
+#[path = "nodes_seen_tests.rs"]
+mod seen_tests;

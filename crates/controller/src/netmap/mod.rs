@@ -66,7 +66,7 @@ pub fn peer_view(n: &NodeState, m: &MembershipRecord) -> Peer {
         ipv4: m.ipv4,
         ipv6: m.ipv6,
         endpoints: n.rec.endpoints.clone(),
-        last_seen_ms: n.seen_published.map(crate::model::secs_to_ms),
+        last_seen_ms: n.rec.seen_published.map(crate::model::secs_to_ms),
         online: n.online,
     }
 }

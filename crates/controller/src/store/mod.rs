@@ -122,6 +122,10 @@ pub struct NodeRecord {
     pub endpoints: Vec<SocketAddr>,
     /// Unix seconds.
     pub last_seen: Option<u64>,
+    /// The `last_seen` peers were last told about (maps carry it), Unix
+    /// seconds: a liveness report moves `last_seen` without publishing, so a
+    /// controller loading the row must not publish `last_seen` in its place.
+    pub seen_published: Option<u64>,
     /// Unix seconds.
     pub created_at: u64,
     /// The host facts it last reported (boxed: most writes of a node row
@@ -715,6 +719,7 @@ pub(crate) mod tests {
             credential_hash: SecretHash::of(name),
             endpoints: vec!["192.0.2.1:51820".parse().unwrap()],
             last_seen: Some(5),
+            seen_published: Some(4),
             created_at: 2,
             facts: Some(Box::new(HostFacts {
                 kernel_version: Some("6.1.0".into()),

@@ -38,6 +38,7 @@ pub(crate) fn node(id: u64) -> NodeRecord {
         credential_hash: SecretHash::of(&format!("c{id}")),
         endpoints: Vec::new(),
         last_seen: None,
+        seen_published: None,
         created_at: 1,
         facts: None,
         facts_changed_ms: None,
@@ -492,6 +493,8 @@ pub(crate) fn sample_rows() -> Vec<Write> {
     use super::{AuditRecord, MembershipRecord, PolicyRecord, RelayRecord, TokenRecord};
     let mut n1 = node(1);
     n1.disabled = true;
+    n1.last_seen = Some(8);
+    n1.seen_published = Some(7);
     n1.facts = Some(Box::new(weft_proto::facts::HostFacts {
         kernel_version: Some("6.1.0".into()),
         ..Default::default()

@@ -278,7 +278,7 @@ impl Store for SqliteStore {
         }
 
         let mut st = c.prepare(
-            "SELECT id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at, facts, facts_changed_ms FROM nodes ORDER BY id",
+            "SELECT id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at, facts, facts_changed_ms, seen_published FROM nodes ORDER BY id",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
@@ -294,6 +294,7 @@ impl Store for SqliteStore {
                 r.get::<_, i64>(9)?,
                 r.get::<_, Option<String>>(10)?,
                 r.get::<_, Option<i64>>(11)?,
+                r.get::<_, Option<i64>>(12)?,
             ))
         })?;
         for row in rows {
@@ -310,6 +311,7 @@ impl Store for SqliteStore {
                 created,
                 facts,
                 facts_ms,
+                published,
             ) = row?;
             snap.nodes.push(NodeRecord {
                 id: to_u64(id),
@@ -326,6 +328,7 @@ impl Store for SqliteStore {
                     .map(|f| parse_json("node facts", &f).map(Box::new))
                     .transpose()?,
                 facts_changed_ms: facts_ms.map(to_u64),
+                seen_published: published.map(to_u64),
             });
         }
 
@@ -500,13 +503,13 @@ impl Store for SqliteStore {
                 }
                 Write::PutNode(n) => {
                     tx.prepare_cached(
-                        "INSERT INTO nodes (id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at, facts, facts_changed_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                        "INSERT INTO nodes (id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at, facts, facts_changed_ms, seen_published)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                          ON CONFLICT (id) DO UPDATE SET node_key = excluded.node_key, name = excluded.name, hostname = excluded.hostname,
                            tags = excluded.tags, disabled = excluded.disabled,
                            credential_hash = excluded.credential_hash, endpoints = excluded.endpoints,
                            last_seen = excluded.last_seen, facts = excluded.facts,
-                           facts_changed_ms = excluded.facts_changed_ms",
+                           facts_changed_ms = excluded.facts_changed_ms, seen_published = excluded.seen_published",
                     )?
                     .execute(params![
                         to_i64(n.id),
@@ -520,7 +523,8 @@ impl Store for SqliteStore {
                         n.last_seen.map(to_i64),
                         to_i64(n.created_at),
                         n.facts.as_ref().and_then(|f| serde_json::to_string(f).ok()),
-                        n.facts_changed_ms.map(to_i64)
+                        n.facts_changed_ms.map(to_i64),
+                        n.seen_published.map(to_i64)
                     ])?;
                 }
                 Write::DeleteNode(id) => {

@@ -51,7 +51,7 @@ pub(super) fn load<C: GenericClient>(db: &mut Db<'_, C>) -> Result<StoreSnapshot
     }
     for r in db.query(
         "SELECT id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen,
-                created_at, facts, facts_changed_ms
+                created_at, facts, facts_changed_ms, seen_published
          FROM nodes ORDER BY id",
         &[],
     )? {
@@ -75,6 +75,7 @@ pub(super) fn load<C: GenericClient>(db: &mut Db<'_, C>) -> Result<StoreSnapshot
                 .map(|f| parse_json("node facts", &f).map(Box::new))
                 .transpose()?,
             facts_changed_ms: col::<Option<i64>>(&r, 11)?.map(to_u64),
+            seen_published: col::<Option<i64>>(&r, 12)?.map(to_u64),
         });
     }
     for r in db.query(

@@ -89,6 +89,11 @@ pub const MIGRATIONS: &[(u32, &str, &str)] = &[
         "challenges",
         include_str!("../../../migrations/postgres/0016_challenges.sql"),
     ),
+    (
+        17,
+        "seen_published",
+        include_str!("../../../migrations/postgres/0017_seen_published.sql"),
+    ),
 ];
 
 /// The advisory lock key replicas take while migrating (and migrate-store

@@ -44,13 +44,13 @@ pub(super) fn apply_one<C: GenericClient>(db: &mut Db<'_, C>, w: &Write) -> Resu
         }
         Write::PutNode(n) => {
             db.exec(
-                "INSERT INTO nodes (id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at, facts, facts_changed_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                "INSERT INTO nodes (id, node_key, name, hostname, tags, disabled, credential_hash, endpoints, last_seen, created_at, facts, facts_changed_ms, seen_published)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                  ON CONFLICT (id) DO UPDATE SET node_key = excluded.node_key, name = excluded.name, hostname = excluded.hostname,
                    tags = excluded.tags, disabled = excluded.disabled,
                    credential_hash = excluded.credential_hash, endpoints = excluded.endpoints,
                    last_seen = excluded.last_seen, facts = excluded.facts,
-                   facts_changed_ms = excluded.facts_changed_ms",
+                   facts_changed_ms = excluded.facts_changed_ms, seen_published = excluded.seen_published",
                 &[
                     &to_i64(n.id),
                     &n.node_key.to_string(),
@@ -64,6 +64,7 @@ pub(super) fn apply_one<C: GenericClient>(db: &mut Db<'_, C>, w: &Write) -> Resu
                     &to_i64(n.created_at),
                     &n.facts.as_ref().and_then(|f| serde_json::to_string(f).ok()),
                     &n.facts_changed_ms.map(to_i64),
+                    &n.seen_published.map(to_i64),
                 ],
             )?;
         }

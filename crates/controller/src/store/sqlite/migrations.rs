@@ -75,6 +75,11 @@ pub(super) const MIGRATIONS: &[(u32, &str, &str)] = &[
         "challenges",
         include_str!("../../../migrations/0016_challenges.sql"),
     ),
+    (
+        17,
+        "seen_published",
+        include_str!("../../../migrations/0017_seen_published.sql"),
+    ),
 ];
 
 #[cfg(test)]
