@@ -7,7 +7,8 @@ use weft_proto::events::{AnomalyKind, Baseline};
 use weft_proto::integrity::{ExpectRequest, HookHash, IntegrityReport, IntegrityState};
 
 use super::*;
-use crate::model::{NewNetwork, NewToken, Operation, Registration, RemoveNode};
+use crate::model::tests::network_and_token;
+use crate::model::{Operation, Registration, RemoveNode};
 use crate::secret::SecretHash;
 use crate::store::{AuditRecord, EventRecord, Write};
 
@@ -19,25 +20,7 @@ fn h(c: char) -> String {
 
 /// A world with network `a`, and nodes `n1` and `n2` registered in it.
 fn world() -> World {
-    let mut w = World::default();
-    let mut b = Batch::default();
-    let net = NewNetwork {
-        name: "a".into(),
-        ipv4_cidr: "10.0.0.0/29".parse().unwrap(),
-        ipv6_prefix: None,
-        dns_domain: "weft.internal".into(),
-        pow_difficulty: 0,
-    };
-    w.apply(&mut b, &Actor::Admin, net, 0).unwrap();
-    let token = NewToken {
-        networks: vec!["a".into()],
-        tags: Default::default(),
-        expires_at: u64::MAX,
-        max_uses: None,
-        description: None,
-        hash: SecretHash::of("t"),
-    };
-    w.apply(&mut b, &Actor::Admin, token, 0).unwrap();
+    let (mut w, mut b) = network_and_token("10.0.0.0/29", None);
     for i in 1..=2u8 {
         let reg = Registration {
             node_key: NodeKey::from_bytes([i; 32]),

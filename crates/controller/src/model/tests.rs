@@ -12,11 +12,17 @@ fn key(i: u8) -> NodeKey {
 /// A world with network `a` (a /29: five addresses) and token `t` for it,
 /// and the batch that made them (not closed).
 fn world() -> (World, Batch) {
+    network_and_token("10.0.0.0/29", Some(3))
+}
+
+/// A world with network `a` (`cidr`) and token `t` for it with `max_uses`,
+/// and the open batch that made them: the start the model's tests share.
+pub(super) fn network_and_token(cidr: &str, max_uses: Option<u32>) -> (World, Batch) {
     let mut w = World::default();
     let mut b = Batch::default();
     let net = NewNetwork {
         name: "a".into(),
-        ipv4_cidr: "10.0.0.0/29".parse().unwrap(),
+        ipv4_cidr: cidr.parse().unwrap(),
         ipv6_prefix: None,
         dns_domain: "weft.internal".into(),
         pow_difficulty: 0,
@@ -26,7 +32,7 @@ fn world() -> (World, Batch) {
         networks: vec!["a".into()],
         tags: Default::default(),
         expires_at: u64::MAX,
-        max_uses: Some(3),
+        max_uses,
         description: None,
         hash: SecretHash::of("t"),
     };

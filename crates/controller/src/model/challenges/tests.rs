@@ -2,7 +2,8 @@
 //! replaying the batch; the set stays bounded and prunes by the batch time.
 
 use super::*;
-use crate::model::{AnyOp, ChangeBody, NewNetwork, NewToken, RecordedOp};
+use crate::model::tests::network_and_token;
+use crate::model::{AnyOp, ChangeBody, RecordedOp};
 use crate::secret::SecretHash;
 use crate::store::challenges::TAG_LEN;
 use weft_proto::NodeKey;
@@ -16,25 +17,7 @@ fn key(i: u8) -> NodeKey {
 
 /// A world with network `a` and token `t` (three uses) for it.
 fn world() -> World {
-    let mut w = World::default();
-    let mut b = Batch::default();
-    let net = NewNetwork {
-        name: "a".into(),
-        ipv4_cidr: "10.0.0.0/24".parse().unwrap(),
-        ipv6_prefix: None,
-        dns_domain: "weft.internal".into(),
-        pow_difficulty: 0,
-    };
-    w.apply(&mut b, &Actor::Admin, net, 0).unwrap();
-    let token = NewToken {
-        networks: vec!["a".into()],
-        tags: Default::default(),
-        expires_at: u64::MAX,
-        max_uses: Some(3),
-        description: None,
-        hash: SecretHash::of("t"),
-    };
-    w.apply(&mut b, &Actor::Admin, token, 0).unwrap();
+    let (mut w, mut b) = network_and_token("10.0.0.0/24", Some(3));
     w.finish_batch(&mut b);
     w
 }
