@@ -26,6 +26,30 @@ use rustls_pki_types::pem::PemObject as _;
 use super::tls::MakeRustls;
 use crate::store::StoreError;
 
+/// How long a session may sit idle inside a transaction before the server
+/// ends it. The write lock (`pg_advisory_xact_lock`) lives as long as its
+/// transaction, so a replica that stops while holding it (SIGSTOP, a paused
+/// VM, a lost network that keeps the TCP connection open) would otherwise
+/// block every other replica until it wakes. A replica whose transaction was
+/// ended this way gets an error on its next statement and reloads its state.
+pub const IDLE_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Adds `-c idle_in_transaction_session_timeout=…` to the session options,
+/// unless the URL's `options` already sets it.
+fn limit_idle_transactions(config: &mut postgres::Config) {
+    let given = config.get_options().unwrap_or("").to_owned();
+    if given.contains("idle_in_transaction_session_timeout") {
+        return;
+    }
+    let ms = IDLE_TRANSACTION_TIMEOUT.as_millis();
+    let ours = format!("-c idle_in_transaction_session_timeout={ms}");
+    if given.trim().is_empty() {
+        config.options(&ours);
+    } else {
+        config.options(&format!("{given} {ours}"));
+    }
+}
+
 /// What `--database` needs besides the URL.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
@@ -170,6 +194,7 @@ impl Target {
             config.connect_timeout(Duration::from_secs(10));
         }
         config.keepalives_idle(Duration::from_secs(30));
+        limit_idle_transactions(&mut config);
         let shown = shown(&config, tls);
         Ok(Target {
             config,
@@ -191,6 +216,12 @@ impl Target {
                 StoreError::Db(format!("connecting to {}: {why}{detail}", self.shown))
             }
         })
+    }
+
+    /// The session options sent to the server (`-c name=value …`).
+    #[cfg(test)]
+    pub(crate) fn config_options(&self) -> String {
+        self.config.get_options().unwrap_or("").to_owned()
     }
 
     /// The URL as shown in logs: user, hosts, database, TLS; never a password.

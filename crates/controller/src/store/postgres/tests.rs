@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
+use std::time::Duration;
+
 use super::cluster::TestCluster;
 use super::*;
 use crate::store::tests::store_suite;
@@ -110,6 +112,63 @@ fn an_exclusive_section_dies_with_its_connection_and_releases_the_lock() {
     b.commit_exclusive(&[Write::SetMapVersion(2)]).unwrap();
     // a reconnects on its next call.
     assert_eq!(a.load().unwrap().map_version, 2);
+}
+
+#[test]
+fn a_write_lock_held_by_a_stalled_replica_is_released_by_the_server() {
+    // The URL's own setting wins over the 60 s default: 1 s here.
+    let base = fresh_url("stall");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20idle_in_transaction_session_timeout%3D1000");
+    let mut a = PgStore::open_url(&url).unwrap();
+    let mut b = PgStore::open_url(&url).unwrap();
+    a.begin_exclusive().unwrap();
+    // a stalls holding the lock; b gets it once the server ends a's session.
+    let started = crate::clock::now();
+    b.begin_exclusive().unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(10),
+        "b waited {waited:?}"
+    );
+    b.commit_exclusive(&[Write::SetMapVersion(3)]).unwrap();
+    let e = a.commit_exclusive(&[Write::SetMapVersion(4)]).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Unavailable(_) | StoreError::Db(_)),
+        "{e:?}"
+    );
+    // a reconnects on its next call and sees b's write.
+    assert_eq!(a.load().unwrap().map_version, 3);
+}
+
+#[test]
+fn the_idle_transaction_limit_is_added_to_the_session_options() {
+    let t = Target::parse("postgres://u@localhost/db", &ConnectOptions::default()).unwrap();
+    let options = t.config_options();
+    assert!(
+        options.contains("idle_in_transaction_session_timeout=60000"),
+        "{options}"
+    );
+    let t = Target::parse(
+        "postgres://u@localhost/db?options=-c%20search_path%3Dweft",
+        &ConnectOptions::default(),
+    )
+    .unwrap();
+    let options = t.config_options();
+    assert!(options.contains("search_path=weft"), "{options}");
+    assert!(
+        options.contains("idle_in_transaction_session_timeout=60000"),
+        "{options}"
+    );
+    let t = Target::parse(
+        "postgres://u@localhost/db?options=-c%20idle_in_transaction_session_timeout%3D5000",
+        &ConnectOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        t.config_options(),
+        "-c idle_in_transaction_session_timeout=5000"
+    );
 }
 
 #[test]
