@@ -23,6 +23,7 @@ pub mod facts;
 pub mod hostfw;
 pub mod icmp;
 pub mod integrity;
+pub mod ipfmt;
 pub mod local;
 pub mod net;
 pub mod netmap;

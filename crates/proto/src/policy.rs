@@ -193,6 +193,7 @@ pub struct SshGrant {
     /// `ssh_outbound`, the server).
     pub peer: String,
     /// The other node's overlay addresses (host prefixes).
+    #[serde(serialize_with = "crate::ipfmt::nets")]
     pub addrs: Vec<IpNet>,
     /// The local users on the server, sorted; `*` means "the user the client
     /// asks for, whoever it is" (except `root`, which is only ever named).
@@ -213,8 +214,10 @@ pub struct FlowRule {
     pub ports: Vec<PortRange>,
     /// This node's addresses the rule covers (host prefixes, or routed subnets
     /// for a gateway).
+    #[serde(serialize_with = "crate::ipfmt::nets")]
     pub local: Vec<IpNet>,
     /// The peers' addresses the rule covers (host prefixes and routed subnets).
+    #[serde(serialize_with = "crate::ipfmt::nets")]
     pub peers: Vec<IpNet>,
 }
 
