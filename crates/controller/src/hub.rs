@@ -31,7 +31,7 @@ use weft_proto::task::{EVENT_TASK, TaskNotice};
 use crate::error::ApiError;
 use crate::metrics::Pushed;
 use crate::model::{NodeId, PresenceConfig, World};
-use crate::netmap::delta::SharedEncoding;
+use crate::netmap::delta::{Delta, SharedEncoding};
 use crate::netmap::shared::{SnapshotCache, snapshot_chunks};
 use crate::netmap::{self, Outgoing, Payload};
 
@@ -108,6 +108,12 @@ struct SubHandle {
 enum RingPayload {
     /// The frame's chunks (slices of the batch's shared encoding among them).
     Delta(Arc<[Bytes]>),
+    /// A delta none of whose recipients had a stream here when it was
+    /// published: encoded only if one of them resumes from before it. After a
+    /// join every node's compiled policy changes, and a replica holds only
+    /// its share of the streams (none while a fleet registers), so most such
+    /// deltas are never read.
+    Pending(Arc<Delta>, Arc<SharedEncoding>),
     Resync,
 }
 
@@ -401,7 +407,7 @@ impl Hub {
         let mut pushed = Pushed::default();
         let mut bytes = 0;
         // The batch's shared peer changes, encoded once (by list).
-        let mut encodings: Vec<(*const MapChange, SharedEncoding)> = Vec::new();
+        let mut encodings: Vec<(*const MapChange, Arc<SharedEncoding>)> = Vec::new();
         {
             let mut subs = lock(&self.subs);
             for id in evicted {
@@ -416,11 +422,20 @@ impl Hub {
                             None => {
                                 let enc = SharedEncoding::new(delta.shared());
                                 bytes += enc.bytes.len();
-                                encodings.push((key, enc));
+                                encodings.push((key, Arc::new(enc)));
                                 encodings.len() - 1
                             }
                         };
-                        let (chunks, own) = delta.frame_chunks(&encodings[i].1);
+                        let enc = &encodings[i].1;
+                        if !o.recipients.iter().any(|r| subs.contains_key(r)) {
+                            bytes += delta.own_size_estimate();
+                            groups.push((
+                                o.recipients.clone(),
+                                RingPayload::Pending(Arc::clone(delta), Arc::clone(enc)),
+                            ));
+                            continue;
+                        }
+                        let (chunks, own) = delta.frame_chunks(enc);
                         bytes += own;
                         let chunks: Arc<[Bytes]> = chunks.into();
                         let frame = Frame::from_chunks(version, &chunks);
@@ -474,18 +489,31 @@ impl Hub {
         if last == current {
             return Some(Vec::new());
         }
-        let ring = lock(&self.ring);
+        let mut ring = lock(&self.ring);
         let first = ring.entries.front()?.version;
         if first > last + 1 {
             return None;
         }
         let mut frames = Vec::new();
-        for e in ring.entries.iter().filter(|e| e.version > last) {
-            for (recipients, payload) in &e.groups {
+        let Ring { entries, bytes, .. } = &mut *ring;
+        for e in entries.iter_mut().filter(|e| e.version > last) {
+            for (recipients, payload) in &mut e.groups {
                 if recipients.binary_search(&node).is_ok() {
                     match payload {
                         RingPayload::Delta(chunks) => {
                             frames.push(Frame::from_chunks(e.version, chunks));
+                        }
+                        RingPayload::Pending(delta, enc) => {
+                            // Encoded once, for every recipient that resumes.
+                            let (chunks, own) = delta.frame_chunks(enc);
+                            let chunks: Arc<[Bytes]> = chunks.into();
+                            frames.push(Frame::from_chunks(e.version, &chunks));
+                            // Counted by its real size from now on (the
+                            // ring is trimmed at the next publish).
+                            let estimate = delta.own_size_estimate();
+                            e.bytes = (e.bytes + own).saturating_sub(estimate);
+                            *bytes = (*bytes + own).saturating_sub(estimate);
+                            *payload = RingPayload::Delta(chunks);
                         }
                         RingPayload::Resync => return None,
                     }
@@ -508,5 +536,86 @@ fn push(list: &[SubHandle], frame: &Frame, pushed: &mut Pushed, snapshot: bool) 
             // The stream ended; its guard unsubscribes it.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::NodeKey;
+
+    fn bytes(f: Frame) -> Vec<u8> {
+        f.into_chunks().flat_map(|c| c.to_vec()).collect()
+    }
+
+    fn remove(i: u8) -> MapChange {
+        MapChange::PeerRemove {
+            network: "lab".into(),
+            node_key: NodeKey::from_bytes([i; 32]),
+        }
+    }
+
+    #[test]
+    fn a_delta_nobody_held_a_stream_for_is_encoded_when_one_resumes() {
+        let hub = Hub::new(HubConfig::default());
+        let mut world = World::default();
+        world.version = 7;
+        let shared: Arc<[MapChange]> = vec![remove(1), remove(2), remove(3)].into();
+        let own = vec![MapChange::NetworkRemove {
+            network: "gone".into(),
+        }];
+        let held = Arc::new(Delta::picked(7, &shared, &[0, 2], Vec::new()));
+        let away = Arc::new(Delta::picked(7, &shared, &[1, 2], own));
+        let out = [
+            Outgoing {
+                recipients: Arc::from(vec![1]),
+                payload: Payload::Delta(Arc::clone(&held)),
+            },
+            Outgoing {
+                recipients: Arc::from(vec![2, 3]),
+                payload: Payload::Delta(Arc::clone(&away)),
+            },
+        ];
+        let mut sub = hub.open(1).unwrap();
+        hub.publish(&world, &out, &BTreeSet::new());
+
+        // The held stream got its frame at once; the other delta waits.
+        let want_held = encode(&MapEvent::Delta(held.to_map_delta())).bytes.to_vec();
+        assert_eq!(bytes(sub.rx.try_recv().unwrap()), want_held);
+        {
+            let ring = lock(&hub.ring);
+            let kinds: Vec<&str> = ring.entries[0]
+                .groups
+                .iter()
+                .map(|g| match g.1 {
+                    RingPayload::Delta(_) => "encoded",
+                    RingPayload::Pending(..) => "pending",
+                    RingPayload::Resync => "resync",
+                })
+                .collect();
+            assert_eq!(kinds, ["encoded", "pending"]);
+        }
+
+        // Node 3 resumes from before it: the same bytes an eager encoding
+        // gives, and the ring now keeps them (node 2 gets the same).
+        let want_away = encode(&MapEvent::Delta(away.to_map_delta())).bytes.to_vec();
+        let before = lock(&hub.ring).bytes;
+        let frames = hub.replay(7, 3, 6).unwrap();
+        assert_eq!(frames.len(), 1);
+        assert_eq!(bytes(frames[0].clone()), want_away);
+        assert!(matches!(
+            lock(&hub.ring).entries[0].groups[1].1,
+            RingPayload::Delta(_)
+        ));
+        // It counts its real size now, not the estimate.
+        let after = lock(&hub.ring).bytes;
+        let (_, own) = away.frame_chunks(&SharedEncoding::new(&shared));
+        assert_eq!(after + away.own_size_estimate(), before + own);
+        let again = hub.replay(7, 2, 6).unwrap();
+        assert_eq!(bytes(again[0].clone()), want_away);
+        // Node 1 resumes its own delta, and nobody else's.
+        let mine = hub.replay(7, 1, 6).unwrap();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(bytes(mine[0].clone()), want_held);
     }
 }

@@ -104,6 +104,36 @@ impl Delta {
         }
     }
 
+    /// About how many bytes its own changes take encoded, without encoding
+    /// them (to bound the hub's ring by what it holds before it encodes).
+    pub fn own_size_estimate(&self) -> usize {
+        use weft_proto::policy::MapPolicy;
+        self.own
+            .iter()
+            .map(|c| match c {
+                MapChange::Policy {
+                    policy: Some(MapPolicy::Compiled(p)),
+                } => {
+                    let nets: usize = p
+                        .inbound
+                        .iter()
+                        .chain(&p.outbound)
+                        .map(|f| f.local.len() + f.peers.len() + 2)
+                        .sum();
+                    let grants: usize = p
+                        .ssh_inbound
+                        .iter()
+                        .chain(&p.ssh_outbound)
+                        .map(|g| g.addrs.len() + g.users.len() + 2)
+                        .sum();
+                    64 + 64 * p.rules.len() + 24 * (nets + grants) + 32 * p.visible_peers.len()
+                }
+                _ => 256,
+            })
+            .sum::<usize>()
+            + 64
+    }
+
     /// The shared list it slices (to encode it once per batch).
     pub fn shared(&self) -> &Arc<[MapChange]> {
         &self.shared
