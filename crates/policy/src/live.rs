@@ -255,7 +255,23 @@ fn subtract(nets: &[IpNet], hole: &[IpNet]) -> Vec<IpNet> {
                 out.push((start, end));
             }
         }
-        out
+        // Adjacent or overlapping pieces as one range: the exact prefix
+        // cover of each maximal range is then the aggregate of the whole
+        // (no `IpNet::aggregate` pass, which was a third of this function's
+        // time in a 10,000-node policy edit).
+        out.sort_unstable();
+        let mut merged: Vec<(T, T)> = Vec::with_capacity(out.len());
+        for (s, e) in out {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 || s - last.1 == one => {
+                    if e > last.1 {
+                        last.1 = e;
+                    }
+                }
+                _ => merged.push((s, e)),
+            }
+        }
+        merged
     }
     let v4 = |n: &IpNet| match n {
         IpNet::V4(n) => Some((u32::from(n.network()), u32::from(n.broadcast()))),
@@ -280,7 +296,7 @@ fn subtract(nets: &[IpNet], hole: &[IpNet]) -> Vec<IpNet> {
     ) {
         out.extend(ipnet::Ipv6Subnets::new(s.into(), e.into(), 0).map(IpNet::V6));
     }
-    IpNet::aggregate(&out)
+    out
 }
 
 impl<K: Ord + Clone> LivePolicy<K> {
@@ -838,5 +854,92 @@ impl<K: Ord + Clone> Transition<K> {
             Before::Rebuilt(_) => None,
             Before::Nodes(before) => Some(before.keys()),
         }
+    }
+}
+
+#[cfg(test)]
+mod subtract_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What `subtract` computed before it merged ranges itself: the cover of
+    /// each piece, aggregated.
+    fn reference(nets: &[IpNet], hole: &[IpNet]) -> Vec<IpNet> {
+        let mut left: Vec<IpNet> = Vec::new();
+        for n in nets {
+            let mut pieces = vec![*n];
+            for h in hole {
+                pieces = pieces
+                    .into_iter()
+                    .flat_map(|p| {
+                        if !p.contains(h) && !h.contains(&p) {
+                            vec![p]
+                        } else if h.contains(&p) {
+                            Vec::new()
+                        } else {
+                            // Split p until h is cut out.
+                            let mut keep = Vec::new();
+                            let mut cur = p;
+                            while cur != *h {
+                                let Ok(mut halves) = cur.subnets(cur.prefix_len() + 1) else {
+                                    break;
+                                };
+                                let (Some(a), Some(b)) = (halves.next(), halves.next()) else {
+                                    break;
+                                };
+                                let (into, other) = if a.contains(h) { (a, b) } else { (b, a) };
+                                keep.push(other);
+                                cur = into;
+                            }
+                            keep
+                        }
+                    })
+                    .collect();
+            }
+            left.extend(pieces);
+        }
+        IpNet::aggregate(&left)
+    }
+
+    fn net() -> impl Strategy<Value = IpNet> {
+        prop_oneof![
+            (0u32..64, 24u8..=32).prop_map(|(a, l)| {
+                let addr = std::net::Ipv4Addr::from(0x0a00_0000 | (a << 2));
+                IpNet::new(addr.into(), l)
+                    .map(|n| n.trunc())
+                    .unwrap_or_default()
+            }),
+            (0u128..64, 120u8..=128).prop_map(|(a, l)| {
+                let addr = std::net::Ipv6Addr::from((0xfd00u128 << 112) | (a << 1));
+                IpNet::new(addr.into(), l)
+                    .map(|n| n.trunc())
+                    .unwrap_or_default()
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn subtract_is_the_aggregate_of_what_is_left(
+            nets in proptest::collection::vec(net(), 0..12),
+            hole in proptest::collection::vec(net(), 0..4),
+        ) {
+            prop_assert_eq!(subtract(&nets, &hole), reference(&nets, &hole));
+        }
+    }
+
+    #[test]
+    fn a_host_cut_from_a_sequential_block_leaves_its_exact_cover() {
+        let all: Vec<IpNet> = vec![
+            "10.0.0.0/22".parse().unwrap(),
+            "fd00::/118".parse().unwrap(),
+        ];
+        let own: Vec<IpNet> = vec![
+            "10.0.1.7/32".parse().unwrap(),
+            "fd00::107/128".parse().unwrap(),
+        ];
+        let got = subtract(&all, &own);
+        assert_eq!(got, reference(&all, &own));
+        assert_eq!(got.len(), 10 + 10);
     }
 }
