@@ -333,6 +333,7 @@ async fn run(a: Args) {
         "controller RSS: {rss_idle:.1} MiB holding {n} streams, {rss_end:.1} MiB at the end, peak {hwm:.1} MiB; CPU {cpu_end:.2} s total ({})",
         fleet.each()
     );
+    settled_rss(&fleet, "the edits").await;
 
     if a.restart {
         restart_all(&mut fleet, &mut watch, n).await;
@@ -396,6 +397,19 @@ async fn restart_all(fleet: &mut Fleet, watch: &mut Watch, n: usize) {
     let (rss, hwm, cpu) = fleet.usage();
     println!(
         "after the restart: controller RSS {rss:.1} MiB, peak {hwm:.1} MiB, CPU {cpu:.2} s ({})",
+        fleet.each()
+    );
+    settled_rss(fleet, "the restart's edit").await;
+}
+
+/// The RSS once the controllers have been idle a while (they return the
+/// memory a storm of encoding freed after it calms down, see
+/// `weft_controller::memory`).
+async fn settled_rss(fleet: &Fleet, after: &str) {
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (rss, _, _) = fleet.usage();
+    println!(
+        "controller RSS 12 s after {after}, idle: {rss:.1} MiB ({})",
         fleet.each()
     );
 }

@@ -164,6 +164,8 @@ pub struct Hub {
     snapshots: SnapshotCache,
     /// Stream opens being served.
     admission: Arc<Semaphore>,
+    /// Bytes encoded for streams (for [`crate::memory::sweep`]).
+    encoded: Arc<crate::memory::Encoded>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -225,7 +227,13 @@ impl Hub {
             next_id: AtomicU64::new(1),
             snapshots: SnapshotCache::default(),
             admission,
+            encoded: Arc::default(),
         }
+    }
+
+    /// Bytes encoded for streams so far (deltas and snapshots).
+    pub fn encoded(&self) -> Arc<crate::memory::Encoded> {
+        Arc::clone(&self.encoded)
     }
 
     /// The snapshot frame of `node` at the world's version, its peer entries
@@ -234,6 +242,9 @@ impl Hub {
     pub fn snapshot(&self, world: &World, node: NodeId) -> Option<Frame> {
         match snapshot_chunks(&self.snapshots, world, node) {
             Some(mut chunks) if !chunks.is_empty() => {
+                // Its own part (the shared peer entries are counted once per
+                // version, by the cache).
+                self.encoded.add(chunks[0].len());
                 let bytes = chunks.remove(0);
                 Some(Frame {
                     version: world.version,
@@ -459,6 +470,7 @@ impl Hub {
                 }
             }
         }
+        self.encoded.add(bytes);
         let entry = RingEntry {
             version,
             groups,

@@ -45,6 +45,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod history;
 pub mod hub;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod netmap;

@@ -434,6 +434,11 @@ pub async fn run<S: Store>(
         config.audit_retention,
         state.shutdown.clone(),
     ));
+    let memory_sweep = tokio::spawn(crate::memory::sweep(
+        engine.hub().encoded(),
+        Duration::from_secs(5),
+        state.shutdown.clone(),
+    ));
     let router = api::router(state);
     let acceptor = config.tls.clone().map(TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
@@ -533,6 +538,7 @@ pub async fn run<S: Store>(
     let _ = sweep_task.await;
     let _ = firewall_sweep.await;
     let _ = audit_sweep.await;
+    let _ = memory_sweep.await;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(config.shutdown_grace) => warn!("requests still open after the grace period; closing them"),

@@ -143,15 +143,24 @@ impl Delta {
     /// `enc` (the encoding of [`Delta::shared`]); and how many of those bytes
     /// are its own (not in `enc`).
     pub fn frame_chunks(&self, enc: &SharedEncoding) -> (Vec<Bytes>, usize) {
+        // The event written in place: compact JSON has no line breaks, so
+        // this is `sse::encode_event`'s output without the JSON's own
+        // allocation and copy (tested).
         let plain = || {
-            let json = serde_json::to_string(&self.to_map_delta()).unwrap_or_default();
-            let mut buf = Vec::with_capacity(json.len() + 48);
-            weft_proto::sse::encode_event(
-                &mut buf,
-                Some(&self.version.to_string()),
-                Some(EVENT_DELTA),
-                &json,
-            );
+            let mut buf =
+                format!("id: {}\nevent: {EVENT_DELTA}\ndata: ", self.version).into_bytes();
+            buf.reserve(self.own_size_estimate() + 64);
+            if serde_json::to_writer(&mut buf, &self.to_map_delta()).is_err() {
+                buf.truncate(0);
+                weft_proto::sse::encode_event(
+                    &mut buf,
+                    Some(&self.version.to_string()),
+                    Some(EVENT_DELTA),
+                    "",
+                );
+            } else {
+                buf.extend_from_slice(b"\n\n");
+            }
             let len = buf.len();
             (vec![Bytes::from(buf)], len)
         };
@@ -185,6 +194,9 @@ impl Delta {
                 enc.bytes
                     .slice(enc.spans[r.start].0..enc.spans[r.end - 1].1),
             );
+        }
+        if !self.own.is_empty() {
+            text.reserve(self.own_size_estimate());
         }
         for c in &self.own {
             text.push(b',');
