@@ -224,6 +224,42 @@ impl TestCluster {
         self.pg_ctl("reloading PostgreSQL", &["reload"])
     }
 
+    /// Turns TLS on with this certificate chain and key (PEM): the files go
+    /// in the data directory, owned by the server's user, the key 0600, and
+    /// the server reloads. Connections over the Unix socket stay cleartext.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> Result<(), ClusterError> {
+        let data = self.dir.join("data");
+        for (name, text, mode) in [
+            ("server.crt", cert_pem, 0o644),
+            ("server.key", key_pem, 0o600),
+        ] {
+            let path = data.join(name);
+            std::fs::write(&path, text).map_err(step(format!("writing {}", path.display())))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(step(format!("chmod {}", path.display())))?;
+            if let Some((uid, gid)) = self.owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(step(format!("giving {} to uid {uid}", path.display())))?;
+            }
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on")?;
+        self.pg_ctl("reloading PostgreSQL", &["reload"])?;
+        // The reload is asynchronous: wait until new sessions see it.
+        for _ in 0..100 {
+            if self.psql("postgres", "SHOW ssl")?.trim() == "on" {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(ClusterError::Step {
+            what: "turning TLS on".into(),
+            why: format!(
+                "the server did not load its certificate\nserver log:\n{}",
+                self.log()
+            ),
+        })
+    }
+
     /// Stops the server (fast shutdown: connections are cut), keeping the
     /// data: [`TestCluster::restart`] brings it back on the same port.
     pub fn stop(&self) -> Result<(), ClusterError> {

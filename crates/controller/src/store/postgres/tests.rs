@@ -238,3 +238,93 @@ fn migrate_store_copies_every_row_and_a_dry_run_writes_nothing() {
         Err(CopyError::NotEmpty { .. })
     ));
 }
+
+/// A CA, and a certificate it signs for `names` (PEM: CA, chain, key).
+fn test_pki(names: &[&str]) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name
+        .push(DnType::CommonName, "weft test database CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let leaf =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// TLS against a real server with `ssl = on`: `sslmode=require` verifies the
+/// chain against `--database-ca` and the name against the URL's host, and
+/// the session really is encrypted (`pg_stat_ssl`); a certificate from
+/// another CA, or for another name, is refused, and nothing falls back to
+/// cleartext.
+#[test]
+fn tls_to_a_server_with_ssl_on_is_verified_and_encrypted() {
+    let cluster = TestCluster::start().unwrap();
+    cluster.create_database("tls").unwrap();
+    let (ca, chain, key) = test_pki(&["127.0.0.1"]);
+    cluster.enable_tls(&chain, &key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let url = format!("{}?sslmode=require", cluster.tcp_url("tls"));
+    let opts = |ca: &std::path::Path| ConnectOptions {
+        ca_file: Some(ca.to_owned()),
+        ..ConnectOptions::default()
+    };
+
+    // Verified and encrypted; the store works over it.
+    let target = Target::parse(&url, &opts(&ca_file)).unwrap();
+    assert!(target.shown().contains("(TLS)"), "{}", target.shown());
+    let mut c = target.connect().unwrap();
+    let row = c
+        .query_one(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the session is not encrypted");
+    let version: String = row.get(1);
+    assert!(version.starts_with("TLSv1."), "{version}");
+    drop(c);
+    let mut store = PgStore::open(target).unwrap();
+    assert_eq!(store.schema_version().unwrap(), migrations::newest());
+    drop(store);
+
+    // Another CA: refused, naming the certificate problem.
+    let (other_ca, _, _) = test_pki(&["127.0.0.1"]);
+    let other_file = dir.path().join("other.pem");
+    std::fs::write(&other_file, &other_ca).unwrap();
+    let e = Target::parse(&url, &opts(&other_file))
+        .unwrap()
+        .connect()
+        .err()
+        .expect("a certificate from another CA was accepted");
+    let e = e.to_string();
+    assert!(
+        e.contains("invalid peer certificate")
+            && (e.contains("BadSignature") || e.contains("UnknownIssuer")),
+        "{e}"
+    );
+
+    // The right CA but a certificate for another name: refused too.
+    let (ca2, chain2, key2) = test_pki(&["db.example"]);
+    cluster.enable_tls(&chain2, &key2).unwrap();
+    let ca2_file = dir.path().join("ca2.pem");
+    std::fs::write(&ca2_file, &ca2).unwrap();
+    let e = Target::parse(&url, &opts(&ca2_file))
+        .unwrap()
+        .connect()
+        .err()
+        .expect("a certificate for another name was accepted");
+    let e = e.to_string();
+    assert!(e.contains("not valid for name"), "{e}");
+}
