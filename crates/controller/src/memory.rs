@@ -100,7 +100,10 @@ fn rss_mib() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4096 / (1 << 20))
+        .map_or(0, |pages| {
+            let page = u64::try_from(rustix::param::page_size()).unwrap_or(4096);
+            pages.saturating_mul(page) / (1 << 20)
+        })
 }
 
 /// Returns free memory to the system; whether any was.
@@ -116,7 +119,7 @@ pub fn trim() -> bool {
     released != 0
 }
 
-/// Other allocators return memory by themselves.
+/// Elsewhere (another libc): nothing to call.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn trim() -> bool {
     false
