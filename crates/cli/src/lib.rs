@@ -332,6 +332,78 @@ mod tests {
         }
     }
 
+    /// A node key is URL-safe base64, so one in 64 starts with `-`. Every
+    /// argument that takes a key must accept one as it is printed, without
+    /// `--` or `--node=` (a CI run failed on `node rename -01fI…`).
+    #[test]
+    fn every_node_key_argument_accepts_a_key_that_starts_with_a_hyphen() {
+        use clap::CommandFactory as _;
+        fn walk(cmd: &clap::Command, path: &str, found: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let help = arg.get_help().map(|h| h.to_string().to_lowercase());
+                let takes_key = help.is_some_and(|h| {
+                    ["key or name", "name or key", "names or keys", "node key"]
+                        .iter()
+                        .any(|k| h.contains(k))
+                });
+                if takes_key {
+                    assert!(
+                        arg.is_allow_hyphen_values_set(),
+                        "{path} {}: takes a node key but refuses one starting with '-'",
+                        arg.get_id()
+                    );
+                    found.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), found);
+            }
+        }
+        let mut found = Vec::new();
+        walk(&Cli::command(), "weft", &mut found);
+        assert!(found.len() >= 20, "{found:?}");
+
+        let key = "-01fI0hqfs8cfkIi8TyuE6eRm-jXTfsw66EVVQXvqJU";
+        assert_eq!(
+            key.parse::<weft_proto::NodeKey>()
+                .map(|k| k.to_string())
+                .as_deref(),
+            Ok(key)
+        );
+        for argv in [
+            &["weft", "admin", "node", "rename", key, "db2", "--json"][..],
+            &["weft", "admin", "node", "remove", key],
+            &["weft", "admin", "node", "tag", key, "web", "db"],
+            &["weft", "admin", "route", "approve", key, "10.0.0.0/24"],
+            &["weft", "admin", "events", "--node", key, "--json"],
+            &["weft", "admin", "audit", "--target", key],
+            &[
+                "weft",
+                "admin",
+                "service",
+                "create",
+                "db",
+                "--network",
+                "prod",
+                "--node",
+                key,
+                "--port",
+                "5432/tcp",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let dbg = format!("{:?}", cli.command);
+            assert!(dbg.contains(key), "{argv:?}: {dbg}");
+        }
+        // Flags after the key are still flags.
+        assert!(
+            Cli::try_parse_from(["weft", "admin", "node", "rename", key, "db2", "--json"])
+                .is_ok_and(|c| c.json)
+        );
+        // And a typo is still a usage error where no key is expected.
+        assert!(Cli::try_parse_from(["weft", "admin", "node", "list", "-0"]).is_err());
+    }
+
     #[test]
     fn usage_errors_exit_2() {
         let e = Cli::try_parse_from(["weft", "up", "--advertise-routes", "0.0.0.0/0"]).unwrap_err();

@@ -32,7 +32,7 @@ use crate::cmd::format::{datetime, out, safe, table};
 #[command(group(ArgGroup::new("scope").required(true).multiple(false)))]
 pub(super) struct Scope {
     /// One node (key or name).
-    #[arg(long, group = "scope")]
+    #[arg(allow_hyphen_values = true, long, group = "scope")]
     node: Option<String>,
     /// Every node with this tag.
     #[arg(long, group = "scope")]
@@ -47,7 +47,7 @@ pub(super) struct Scope {
 #[command(group(ArgGroup::new("filter").required(false).multiple(false)))]
 pub(super) struct Filter {
     /// Only this node's (key or name).
-    #[arg(long, group = "filter")]
+    #[arg(allow_hyphen_values = true, long, group = "filter")]
     node: Option<String>,
     /// Only this tag's.
     #[arg(long, group = "filter")]

@@ -14,7 +14,7 @@ use crate::cmd::format::{out, parse_duration};
 #[derive(Debug, Args)]
 pub(super) struct EventsArgs {
     /// Only this node's events (key or name).
-    #[arg(long)]
+    #[arg(allow_hyphen_values = true, long)]
     node: Option<String>,
     /// Only events received in this last stretch of time (30m, 24h, 7d).
     #[arg(long)]

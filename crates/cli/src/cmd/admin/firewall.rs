@@ -59,7 +59,7 @@ pub(crate) enum FirewallCmd {
     /// List the dynamic rules (ids `dyn:N`) and when each expires.
     Rules {
         /// Only this node's (name or key).
-        #[arg(long)]
+        #[arg(allow_hyphen_values = true, long)]
         node: Option<String>,
     },
     /// Remove a dynamic rule by id (`dyn:N` or `N`).
@@ -73,6 +73,7 @@ pub(crate) enum FirewallCmd {
 #[derive(Debug, Args)]
 pub(crate) struct AllowArgs {
     /// The node (name or key).
+    #[arg(allow_hyphen_values = true)]
     node: String,
     /// in (the default), out or forward.
     #[arg(long, default_value = "in", value_parser = ["in", "out", "forward"])]

@@ -62,7 +62,7 @@ pub(super) enum IntegrityCmd {
     /// unknown) with the reasons; `--node` adds its weftd and hooks.
     Show {
         /// One node (name or key).
-        #[arg(long)]
+        #[arg(allow_hyphen_values = true, long)]
         node: Option<String>,
     },
 }

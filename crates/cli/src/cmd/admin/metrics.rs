@@ -24,6 +24,7 @@ const LEVELS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█
 #[derive(Debug, Args)]
 pub(super) struct MetricsArgs {
     /// Key or name.
+    #[arg(allow_hyphen_values = true)]
     node: String,
     /// How far back: `90s`, `30m`, `6h`, `1d` (the controller keeps 24 h at
     /// one-minute resolution, in memory).

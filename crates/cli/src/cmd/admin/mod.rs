@@ -121,7 +121,7 @@ enum AdminCommand {
         #[arg(long)]
         before: Option<u64>,
         /// Only entries about this target (network name, node key, `token:<id>`).
-        #[arg(long)]
+        #[arg(allow_hyphen_values = true, long)]
         target: Option<String>,
     },
 }

@@ -60,6 +60,7 @@ pub(super) enum NetworkCmd {
         /// The network.
         name: String,
         /// The node (key or name).
+        #[arg(allow_hyphen_values = true)]
         node: String,
     },
 }
@@ -81,6 +82,7 @@ pub(super) enum RouteCmd {
 #[derive(Debug, Args)]
 pub(super) struct RouteArgs {
     /// The gateway node (key or name).
+    #[arg(allow_hyphen_values = true)]
     node: String,
     /// The subnet, for example 192.168.50.0/24.
     prefix: String,

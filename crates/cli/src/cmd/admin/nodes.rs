@@ -24,11 +24,13 @@ pub(super) enum NodeCmd {
     /// version and the SHA-256 of its binary).
     Show {
         /// Key or name.
+        #[arg(allow_hyphen_values = true)]
         node: String,
     },
     /// Rename a node.
     Rename {
         /// Key or name.
+        #[arg(allow_hyphen_values = true)]
         node: String,
         /// New name (a DNS label).
         new_name: String,
@@ -36,6 +38,7 @@ pub(super) enum NodeCmd {
     /// Replace a node's tags (no tags clears them).
     Tag {
         /// Key or name.
+        #[arg(allow_hyphen_values = true)]
         node: String,
         /// The new tags.
         tags: Vec<String>,
@@ -43,16 +46,19 @@ pub(super) enum NodeCmd {
     /// Disable a node: out of every map, credential refused.
     Disable {
         /// Key or name.
+        #[arg(allow_hyphen_values = true)]
         node: String,
     },
     /// Enable a disabled node.
     Enable {
         /// Key or name.
+        #[arg(allow_hyphen_values = true)]
         node: String,
     },
     /// Remove a node (it must register again to come back).
     Remove {
         /// Key or name.
+        #[arg(allow_hyphen_values = true)]
         node: String,
     },
     /// The metrics the node forwards (every 30 s) as sparklines: throughput,

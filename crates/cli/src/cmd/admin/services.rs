@@ -68,7 +68,12 @@ pub(crate) struct CreateArgs {
     #[arg(long)]
     network: String,
     /// The provider nodes (names or keys), comma-separated or repeated.
-    #[arg(long = "node", value_delimiter = ',', required = true)]
+    #[arg(
+        allow_hyphen_values = true,
+        long = "node",
+        value_delimiter = ',',
+        required = true
+    )]
     nodes: Vec<String>,
     /// Its ports, `5432/tcp`, `53/udp` or `5432` (tcp), comma-separated or
     /// repeated. Consumers use the same port on the VIP.
@@ -95,7 +100,7 @@ pub(crate) struct DecideArgs {
     /// The service's name.
     name: String,
     /// The node (name or key).
-    #[arg(long)]
+    #[arg(allow_hyphen_values = true, long)]
     node: String,
     /// The service's network (needed when several networks have a service
     /// of that name).

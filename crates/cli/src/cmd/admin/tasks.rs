@@ -44,7 +44,7 @@ pub(super) enum TaskCmd {
     /// List tasks, newest first.
     List {
         /// Only tasks with a run on this node (name or key).
-        #[arg(long)]
+        #[arg(allow_hyphen_values = true, long)]
         node: Option<String>,
         /// Only tasks with a run in this state: pending, leased, done,
         /// cancelled, expired.
@@ -74,7 +74,7 @@ pub(super) enum TaskCmd {
 #[command(group(ArgGroup::new("what").required(true).args(["action", "script", "hook"])))]
 pub(super) struct CreateArgs {
     /// Run on this node (name or key).
-    #[arg(long)]
+    #[arg(allow_hyphen_values = true, long)]
     node: Option<String>,
     /// Run on every enabled node with this tag.
     #[arg(long)]
