@@ -59,15 +59,29 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> SysResul
 /// Like [`run`], but "not there" (the object is already gone) is success.
 pub(crate) fn run_gone_ok(program: &str, args: &[&str], stdin: Option<&str>) -> SysResult<()> {
     match run(program, args, stdin) {
-        Err(e)
-            if e.contains("Cannot find device")
-                || e.contains("No such file or directory")
-                || e.contains("does not exist") =>
-        {
-            Ok(())
-        }
+        Err(e) if is_gone(&e) => Ok(()),
         r => r,
     }
+}
+
+/// Whether `ip` or `nft` failed because the object is not there.
+///
+/// `ip link del` says "Cannot find device" when the name is unknown, but
+/// "RTNETLINK answers: No such device" (ENODEV) when the link vanished
+/// between its lookup and the delete: a workload veth does, when the
+/// kernel tears down the namespace holding its peer (asynchronously, after
+/// the last reference is dropped). A program that could not be started
+/// ([`run`]'s "cannot run") is a failure even when the reason is ENOENT.
+fn is_gone(err: &str) -> bool {
+    !err.contains(": cannot run ")
+        && [
+            "Cannot find device",
+            "No such device",
+            "No such file or directory",
+            "does not exist",
+        ]
+        .iter()
+        .any(|m| err.contains(m))
 }
 
 /// Runs `f` on a fresh thread inside the namespace `ns`.
@@ -345,4 +359,29 @@ pub(crate) fn has_bridge() -> bool {
 /// Whether IPv4 forwarding is on.
 pub(crate) fn forwarding_on() -> bool {
     std::fs::read_to_string(IP_FORWARD).is_ok_and(|s| s.trim() == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_gone;
+
+    #[test]
+    fn an_object_already_gone_is_recognised_and_other_failures_are_not() {
+        for gone in [
+            "ip link del wfwl1: exit status: 1: Cannot find device \"wfwl1\"",
+            "ip link del wfwl1: exit status: 2: RTNETLINK answers: No such device",
+            "nft delete table inet weft-wl: exit status: 1: Error: Could not process rule: No such file or directory",
+            "ip netns del x: exit status: 1: Cannot remove namespace file: does not exist",
+        ] {
+            assert!(is_gone(gone), "{gone}");
+        }
+        for failed in [
+            "ip link del wfwl1: exit status: 2: RTNETLINK answers: Operation not permitted",
+            "ip link del wfwl1: cannot run ip: Permission denied",
+            "ip link del wfwl1: cannot run ip: No such file or directory (os error 2)",
+            "nft -f -: exit status: 1: Error: syntax error",
+        ] {
+            assert!(!is_gone(failed), "{failed}");
+        }
+    }
 }
