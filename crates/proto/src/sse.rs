@@ -12,6 +12,51 @@ use std::collections::VecDeque;
 /// Appends one event to `out`. `data` may contain newlines (one `data:` line each).
 /// `id` and `event` must not contain line breaks; such characters are dropped.
 pub fn encode_event(out: &mut Vec<u8>, id: Option<&str>, event: Option<&str>, data: &str) {
+    encode_fields(out, id, event);
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.strip_suffix('\r').unwrap_or(line).as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// Appends one event whose data is `value`'s compact JSON, serialized
+/// straight into `out` (compact JSON has no line breaks, so the output is
+/// [`encode_event`]'s for `serde_json::to_string(value)`, without that
+/// string). On an error, `out` is left as it was.
+pub fn encode_json_event<T: serde::Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    id: Option<&str>,
+    event: Option<&str>,
+    value: &T,
+) -> Result<(), serde_json::Error> {
+    let start = out.len();
+    begin_data_line(out, id, event);
+    if let Err(e) = serde_json::to_writer(&mut *out, value) {
+        out.truncate(start);
+        return Err(e);
+    }
+    end_data_line(out);
+    Ok(())
+}
+
+/// Appends an event's `id` and `event` lines (like [`encode_event`]) and
+/// the start of its single `data:` line. The caller appends the data, which
+/// must hold no line break (compact JSON), then calls [`end_data_line`]:
+/// for an event assembled from pieces encoded elsewhere.
+pub fn begin_data_line(out: &mut Vec<u8>, id: Option<&str>, event: Option<&str>) {
+    encode_fields(out, id, event);
+    out.extend_from_slice(b"data: ");
+}
+
+/// Ends the `data:` line [`begin_data_line`] started, and the event.
+pub fn end_data_line(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\n\n");
+}
+
+/// The `id:` and `event:` lines, line breaks dropped.
+fn encode_fields(out: &mut Vec<u8>, id: Option<&str>, event: Option<&str>) {
     let clean = |s: &str| s.replace(['\r', '\n'], "");
     if let Some(id) = id {
         out.extend_from_slice(b"id: ");
@@ -23,12 +68,6 @@ pub fn encode_event(out: &mut Vec<u8>, id: Option<&str>, event: Option<&str>, da
         out.extend_from_slice(clean(event).as_bytes());
         out.push(b'\n');
     }
-    for line in data.split('\n') {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line.strip_suffix('\r').unwrap_or(line).as_bytes());
-        out.push(b'\n');
-    }
-    out.push(b'\n');
 }
 
 /// Appends a comment line (`: text`), which clients ignore: used as keepalive.
@@ -312,6 +351,30 @@ mod tests {
             })
         );
         assert_eq!(p.next_event(), None);
+    }
+
+    #[test]
+    fn a_json_event_is_the_event_of_its_json_text() {
+        let value = serde_json::json!({"a": "line\nbreak\r", "b": ["é", 1, null]});
+        let text = serde_json::to_string(&value).unwrap();
+        let mut want = b"before".to_vec();
+        encode_event(&mut want, Some("7\n"), Some("delta"), &text);
+        let mut got = b"before".to_vec();
+        encode_json_event(&mut got, Some("7\n"), Some("delta"), &value).unwrap();
+        assert_eq!(got, want);
+
+        // Pieces between begin and end make the same event.
+        let mut pieces = b"before".to_vec();
+        begin_data_line(&mut pieces, Some("7\n"), Some("delta"));
+        pieces.extend_from_slice(text.as_bytes());
+        end_data_line(&mut pieces);
+        assert_eq!(pieces, want);
+
+        // A value that cannot be serialized leaves `out` as it was.
+        let bad: std::collections::BTreeMap<Vec<u8>, u8> = [(vec![1], 1)].into();
+        let mut out = b"before".to_vec();
+        assert!(encode_json_event(&mut out, Some("1"), None, &bad).is_err());
+        assert_eq!(out, b"before");
     }
 
     #[test]

@@ -29,6 +29,23 @@ pub(crate) type SysResult<T> = Result<T, String>;
 /// Runs `program args` in the calling thread's network namespace; its stderr
 /// in the error.
 pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> SysResult<()> {
+    run_to_exit(program, args, stdin)?
+}
+
+/// Like [`run`], but "not there" (the object is already gone) is success.
+/// Only the program's own failure can mean that: one that could not be
+/// started (ENOENT for a missing `ip`) is a failure.
+pub(crate) fn run_gone_ok(program: &str, args: &[&str], stdin: Option<&str>) -> SysResult<()> {
+    match run_to_exit(program, args, stdin)? {
+        Err(e) if is_gone(&e) => Ok(()),
+        r => r,
+    }
+}
+
+/// Runs `program args` to its exit: the outer error is that it could not be
+/// run (not started, input not written, not waited for), the inner one that
+/// it failed, with its stderr.
+fn run_to_exit(program: &str, args: &[&str], stdin: Option<&str>) -> SysResult<SysResult<()>> {
     let what = format!("{program} {}", args.join(" "));
     let mut child = Command::new(program)
         .args(args)
@@ -49,18 +66,10 @@ pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> SysResul
         .wait_with_output()
         .map_err(|e| format!("{what}: {e}"))?;
     if out.status.success() {
-        Ok(())
+        Ok(Ok(()))
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
-        Err(format!("{what}: {}: {}", out.status, err.trim()))
-    }
-}
-
-/// Like [`run`], but "not there" (the object is already gone) is success.
-pub(crate) fn run_gone_ok(program: &str, args: &[&str], stdin: Option<&str>) -> SysResult<()> {
-    match run(program, args, stdin) {
-        Err(e) if is_gone(&e) => Ok(()),
-        r => r,
+        Ok(Err(format!("{what}: {}: {}", out.status, err.trim())))
     }
 }
 
@@ -70,18 +79,16 @@ pub(crate) fn run_gone_ok(program: &str, args: &[&str], stdin: Option<&str>) -> 
 /// "RTNETLINK answers: No such device" (ENODEV) when the link vanished
 /// between its lookup and the delete: a workload veth does, when the
 /// kernel tears down the namespace holding its peer (asynchronously, after
-/// the last reference is dropped). A program that could not be started
-/// ([`run`]'s "cannot run") is a failure even when the reason is ENOENT.
+/// the last reference is dropped).
 fn is_gone(err: &str) -> bool {
-    !err.contains(": cannot run ")
-        && [
-            "Cannot find device",
-            "No such device",
-            "No such file or directory",
-            "does not exist",
-        ]
-        .iter()
-        .any(|m| err.contains(m))
+    [
+        "Cannot find device",
+        "No such device",
+        "No such file or directory",
+        "does not exist",
+    ]
+    .iter()
+    .any(|m| err.contains(m))
 }
 
 /// Runs `f` on a fresh thread inside the namespace `ns`.
@@ -363,7 +370,7 @@ pub(crate) fn forwarding_on() -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_gone;
+    use super::{is_gone, run_gone_ok};
 
     #[test]
     fn an_object_already_gone_is_recognised_and_other_failures_are_not() {
@@ -377,11 +384,21 @@ mod tests {
         }
         for failed in [
             "ip link del wfwl1: exit status: 2: RTNETLINK answers: Operation not permitted",
-            "ip link del wfwl1: cannot run ip: Permission denied",
-            "ip link del wfwl1: cannot run ip: No such file or directory (os error 2)",
             "nft -f -: exit status: 1: Error: syntax error",
         ] {
             assert!(!is_gone(failed), "{failed}");
         }
+        // A program that cannot be started is a failure, though its reason
+        // (ENOENT) reads like "gone".
+        let e = run_gone_ok(
+            "/nonexistent/weft-no-such-program",
+            &["link", "del", "x"],
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("cannot run") && e.contains("No such file or directory"),
+            "{e}"
+        );
     }
 }

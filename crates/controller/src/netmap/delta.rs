@@ -19,6 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use weft_proto::api::API_VERSION;
 use weft_proto::netmap::{EVENT_DELTA, MapChange, MapDelta};
+use weft_proto::sse;
 
 use super::shared::split_at_empty;
 
@@ -143,23 +144,13 @@ impl Delta {
     /// `enc` (the encoding of [`Delta::shared`]); and how many of those bytes
     /// are its own (not in `enc`).
     pub fn frame_chunks(&self, enc: &SharedEncoding) -> (Vec<Bytes>, usize) {
-        // The event written in place: compact JSON has no line breaks, so
-        // this is `sse::encode_event`'s output without the JSON's own
-        // allocation and copy (tested).
+        let id = self.version.to_string();
         let plain = || {
-            let mut buf =
-                format!("id: {}\nevent: {EVENT_DELTA}\ndata: ", self.version).into_bytes();
-            buf.reserve(self.own_size_estimate() + 64);
-            if serde_json::to_writer(&mut buf, &self.to_map_delta()).is_err() {
-                buf.truncate(0);
-                weft_proto::sse::encode_event(
-                    &mut buf,
-                    Some(&self.version.to_string()),
-                    Some(EVENT_DELTA),
-                    "",
-                );
-            } else {
-                buf.extend_from_slice(b"\n\n");
+            let mut buf = Vec::with_capacity(self.own_size_estimate() + 64);
+            if sse::encode_json_event(&mut buf, Some(&id), Some(EVENT_DELTA), &self.to_map_delta())
+                .is_err()
+            {
+                sse::encode_event(&mut buf, Some(&id), Some(EVENT_DELTA), "");
             }
             let len = buf.len();
             (vec![Bytes::from(buf)], len)
@@ -178,7 +169,8 @@ impl Delta {
         let Some((head, tail)) = split_at_empty(&json, "changes") else {
             return plain();
         };
-        let mut first = format!("id: {}\nevent: {EVENT_DELTA}\ndata: ", self.version).into_bytes();
+        let mut first = Vec::with_capacity(64 + head.len());
+        sse::begin_data_line(&mut first, Some(&id), Some(EVENT_DELTA));
         first.extend_from_slice(head);
         first.push(b'[');
         let mut out = Vec::with_capacity(self.runs.len() * 2 + 2);
@@ -206,7 +198,7 @@ impl Delta {
         }
         text.push(b']');
         text.extend_from_slice(tail);
-        text.extend_from_slice(b"\n\n");
+        sse::end_data_line(&mut text);
         own_len += text.len();
         out.push(Bytes::from(text));
         (out, own_len)
